@@ -1,0 +1,53 @@
+//! X.509 encoding shared by the certconn host and its plugins.
+//!
+//! Both sides build certificates — the host the local CA's self-signed root and its CSRs, the
+//! `local-ca` plugin end-entity certificates — and both must agree on algorithm identifiers and
+//! extension encodings. This crate holds that one piece of knowledge. It performs no cryptography:
+//! signing is a callback, so the host can use its provider and a plugin its host's custody.
+
+#![forbid(unsafe_code)]
+
+pub mod algorithm;
+pub mod extensions;
+pub mod key;
+pub mod signed;
+pub mod tbs;
+
+pub use der;
+pub use spki;
+pub use x509_cert;
+
+pub use algorithm::SignatureScheme;
+pub use extensions::{ExtendedKeyUsageName, KeyUsageName, SubjectAltName};
+pub use key::PublicKeyKind;
+pub use signed::SignedParts;
+pub use tbs::CertificateTemplate;
+
+/// Errors from encoding or decoding certificate structures.
+#[derive(Debug)]
+pub enum Error {
+    /// A DER structure could not be decoded or encoded.
+    Der(der::Error),
+    /// The structure decoded but its content is not acceptable.
+    Invalid(String),
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::Der(e) => write!(f, "DER: {e}"),
+            Error::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<der::Error> for Error {
+    fn from(e: der::Error) -> Self {
+        Error::Der(e)
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T> = core::result::Result<T, Error>;

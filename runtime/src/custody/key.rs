@@ -1,0 +1,228 @@
+//! One private key and what it can do. Key bytes are zeroized on drop and never printed.
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::{KeySize, OaepPrivateDecryptingKey, Pkcs1PrivateDecryptingKey, PrivateDecryptingKey};
+use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
+use certconn_x509::{PublicKeyKind, SignatureScheme};
+use zeroize::Zeroizing;
+
+use crate::crypto::provider::Padding;
+use crate::crypto::CryptoError;
+
+/// Key types custody can create.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyAlgorithm {
+    EcP256,
+    EcP384,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+}
+
+impl std::str::FromStr for KeyAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "ec-p256" => Self::EcP256,
+            "ec-p384" => Self::EcP384,
+            "rsa-2048" => Self::Rsa2048,
+            "rsa-3072" => Self::Rsa3072,
+            "rsa-4096" => Self::Rsa4096,
+            other => return Err(format!("unknown key algorithm {other:?}: expected ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096")),
+        })
+    }
+}
+
+impl std::fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::EcP256 => "ec-p256",
+            Self::EcP384 => "ec-p384",
+            Self::Rsa2048 => "rsa-2048",
+            Self::Rsa3072 => "rsa-3072",
+            Self::Rsa4096 => "rsa-4096",
+        })
+    }
+}
+
+enum Inner {
+    Ec(EcdsaKeyPair),
+    Rsa { sign: RsaKeyPair, oaep: OaepPrivateDecryptingKey, pkcs1: Pkcs1PrivateDecryptingKey },
+}
+
+/// A private key held by the host.
+pub struct PrivateKey {
+    inner: Inner,
+    kind: PublicKeyKind,
+    pkcs8: Zeroizing<Vec<u8>>,
+    spki: Vec<u8>,
+}
+
+impl std::fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key bytes.
+        write!(f, "PrivateKey({})", self.kind.describe())
+    }
+}
+
+impl PrivateKey {
+    /// Generates a fresh key.
+    pub fn generate(alg: KeyAlgorithm) -> Result<Self, CryptoError> {
+        let failed = |_| CryptoError::Failed(format!("generating a {alg} key failed"));
+        let pkcs8: Vec<u8> = match alg {
+            KeyAlgorithm::EcP256 | KeyAlgorithm::EcP384 => {
+                let sig_alg = if alg == KeyAlgorithm::EcP256 {
+                    &signature::ECDSA_P256_SHA256_ASN1_SIGNING
+                } else {
+                    &signature::ECDSA_P384_SHA384_ASN1_SIGNING
+                };
+                EcdsaKeyPair::generate(sig_alg).map_err(failed)?.to_pkcs8v1().map_err(failed)?.as_ref().to_vec()
+            }
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+                let size = match alg {
+                    KeyAlgorithm::Rsa2048 => KeySize::Rsa2048,
+                    KeyAlgorithm::Rsa3072 => KeySize::Rsa3072,
+                    _ => KeySize::Rsa4096,
+                };
+                let kp = RsaKeyPair::generate(size).map_err(failed)?;
+                AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp).map_err(failed)?.as_ref().to_vec()
+            }
+        };
+        Self::from_pkcs8(Zeroizing::new(pkcs8))
+    }
+
+    /// Loads a PKCS#8 PrivateKeyInfo (RSA, or EC on P-256/P-384).
+    pub fn from_pkcs8(pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, CryptoError> {
+        let (inner, spki) = if let Ok(kp) = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8)
+            .or_else(|_| EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, &pkcs8))
+        {
+            let spki = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(kp.public_key())
+                .map_err(|_| CryptoError::Failed("encoding the EC public key failed".into()))?
+                .as_ref()
+                .to_vec();
+            (Inner::Ec(kp), spki)
+        } else {
+            let sign = RsaKeyPair::from_pkcs8(&pkcs8)
+                .map_err(|e| CryptoError::InvalidInput(format!("not an RSA or EC (P-256/P-384) PKCS#8 key: {e}")))?;
+            let decrypting = || {
+                PrivateDecryptingKey::from_pkcs8(&pkcs8)
+                    .map_err(|e| CryptoError::InvalidInput(format!("RSA key refused for decryption: {e}")))
+            };
+            let refused = |_| CryptoError::InvalidInput("RSA key refused for decryption".into());
+            let oaep = OaepPrivateDecryptingKey::new(decrypting()?).map_err(refused)?;
+            let pkcs1 = Pkcs1PrivateDecryptingKey::new(decrypting()?).map_err(refused)?;
+            let spki = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(sign.public_key())
+                .map_err(|_| CryptoError::Failed("encoding the RSA public key failed".into()))?
+                .as_ref()
+                .to_vec();
+            (Inner::Rsa { sign, oaep, pkcs1 }, spki)
+        };
+        let (_, kind) = PublicKeyKind::of_der(&spki).map_err(|e| CryptoError::InvalidInput(e.to_string()))?;
+        Ok(Self { inner, kind, pkcs8, spki })
+    }
+
+    /// DER SubjectPublicKeyInfo.
+    pub fn public_key_der(&self) -> &[u8] {
+        &self.spki
+    }
+
+    /// The key's kind (RSA with size, or the curve).
+    pub fn kind(&self) -> PublicKeyKind {
+        self.kind
+    }
+
+    /// The PKCS#8 encoding, for sealing into a PFX. Zeroized when the key is dropped.
+    pub fn pkcs8_der(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
+    /// Signs `message` (hashing it) with `scheme`, which must fit the key.
+    pub fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mismatch = || CryptoError::InvalidInput(format!("a {} key cannot sign with {}", self.kind.describe(), scheme.name()));
+        let rng = SystemRandom::new();
+        match &self.inner {
+            Inner::Ec(kp) => {
+                let ok = matches!(
+                    (self.kind, scheme),
+                    (PublicKeyKind::EcP256, SignatureScheme::EcdsaP256Sha256) | (PublicKeyKind::EcP384, SignatureScheme::EcdsaP384Sha384)
+                );
+                if !ok {
+                    return Err(mismatch());
+                }
+                Ok(kp.sign(&rng, message).map_err(|_| CryptoError::Failed("ECDSA signing failed".into()))?.as_ref().to_vec())
+            }
+            Inner::Rsa { sign, .. } => {
+                let padding: &'static dyn signature::RsaEncoding = match scheme {
+                    SignatureScheme::RsaPkcs1Sha256 => &signature::RSA_PKCS1_SHA256,
+                    SignatureScheme::RsaPkcs1Sha384 => &signature::RSA_PKCS1_SHA384,
+                    SignatureScheme::RsaPkcs1Sha512 => &signature::RSA_PKCS1_SHA512,
+                    SignatureScheme::RsaPssSha256 => &signature::RSA_PSS_SHA256,
+                    _ => return Err(mismatch()),
+                };
+                let mut sig = vec![0u8; sign.public_modulus_len()];
+                sign.sign(padding, &rng, message, &mut sig)
+                    .map_err(|_| CryptoError::Failed("RSA signing failed".into()))?;
+                Ok(sig)
+            }
+        }
+    }
+
+    /// Decrypts an RSA key-transport ciphertext.
+    pub fn decrypt(&self, padding: Padding, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let Inner::Rsa { oaep, pkcs1, .. } = &self.inner else {
+            return Err(CryptoError::InvalidInput(format!("a {} key cannot decrypt", self.kind.describe())));
+        };
+        let failed = |_| CryptoError::Failed("RSA decryption failed (wrong key, padding or corrupt ciphertext)".into());
+        let mut out = Zeroizing::new(vec![0u8; oaep.key_size_bytes()]);
+        let n = match padding.oaep() {
+            Some(alg) => oaep.decrypt(alg, ciphertext, &mut out, None).map_err(failed)?.len(),
+            None => pkcs1.decrypt(ciphertext, &mut out).map_err(failed)?.len(),
+        };
+        out.truncate(n);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::provider;
+
+    #[test]
+    fn generated_keys_sign_and_verify() {
+        for (alg, scheme) in [
+            (KeyAlgorithm::EcP256, SignatureScheme::EcdsaP256Sha256),
+            (KeyAlgorithm::Rsa2048, SignatureScheme::RsaPkcs1Sha256),
+        ] {
+            let key = PrivateKey::generate(alg).unwrap();
+            let sig = key.sign(scheme, b"message").unwrap();
+            assert!(provider::verify(key.public_key_der(), scheme, b"message", &sig).unwrap());
+            assert!(!provider::verify(key.public_key_der(), scheme, b"massage", &sig).unwrap());
+            let reloaded = PrivateKey::from_pkcs8(Zeroizing::new(key.pkcs8_der().to_vec())).unwrap();
+            assert_eq!(reloaded.public_key_der(), key.public_key_der());
+        }
+    }
+
+    #[test]
+    fn ec_key_refuses_rsa_scheme_and_decrypt() {
+        let key = PrivateKey::generate(KeyAlgorithm::EcP256).unwrap();
+        assert!(key.sign(SignatureScheme::RsaPkcs1Sha256, b"m").is_err());
+        assert!(key.decrypt(Padding::OaepSha256, b"c").is_err());
+    }
+
+    #[test]
+    fn rsa_oaep_round_trip() {
+        let key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+        let ct = provider::rsa_encrypt(key.public_key_der(), Padding::OaepSha256, b"secret").unwrap();
+        assert_eq!(&key.decrypt(Padding::OaepSha256, &ct).unwrap()[..], b"secret");
+        assert!(key.decrypt(Padding::OaepSha512, &ct).is_err());
+    }
+
+    #[test]
+    fn debug_output_has_no_key_bytes() {
+        let key = PrivateKey::generate(KeyAlgorithm::EcP256).unwrap();
+        assert_eq!(format!("{key:?}"), "PrivateKey(EC P-256)");
+    }
+}

@@ -1,0 +1,34 @@
+//! Key custody: the host holds every private key; plugins get named handles they were granted.
+//!
+//! `key` is one private key and the operations on it; `store` keeps keys (and the certificate
+//! chain that belongs to each) on disk; `grant` is the per-backend view that enforces which
+//! handles a backend instance may use.
+
+pub mod grant;
+pub mod key;
+pub mod store;
+
+pub use grant::Grants;
+pub use key::{KeyAlgorithm, PrivateKey};
+pub use store::KeyStore;
+
+/// Why a custody operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CustodyError {
+    #[error("key {0:?} does not exist")]
+    NoSuchKey(String),
+    #[error("key {0:?} already exists")]
+    Exists(String),
+    #[error("key handle {0:?} is not granted to this backend")]
+    NotGranted(String),
+    #[error("key {name:?} cannot {operation}: it is {kind}")]
+    Unsupported { name: String, operation: String, kind: String },
+    #[error("key name {0:?} is invalid: use letters, digits, '-', '_' and '.', at most 64 characters")]
+    BadName(String),
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
+    #[error("key store {path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("key file {path} is corrupt: {reason}")]
+    Corrupt { path: std::path::PathBuf, reason: String },
+}

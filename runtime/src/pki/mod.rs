@@ -1,0 +1,32 @@
+//! PKI formats the host writes: CSRs, the local CA's self-signed certificate, PKCS#12 files and
+//! CMS EnvelopedData. Encoding uses the RustCrypto `der` family; every primitive comes from
+//! [`crate::crypto::provider`].
+
+pub mod ca;
+pub mod cms;
+pub mod csr;
+pub mod pem;
+pub mod pkcs12;
+
+/// Why a PKI structure could not be produced or read.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{what}: {source}")]
+    Der { what: &'static str, source: der::Error },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
+}
+
+impl PkiError {
+    pub(crate) fn der(what: &'static str) -> impl FnOnce(der::Error) -> PkiError {
+        move |source| PkiError::Der { what, source }
+    }
+}
+
+impl From<certconn_x509::Error> for PkiError {
+    fn from(e: certconn_x509::Error) -> Self {
+        PkiError::Invalid(e.to_string())
+    }
+}

@@ -1,0 +1,234 @@
+//! Writing PKCS#12 (PFX) files, RFC 7292.
+//!
+//! The modern profile, the default: the key in a pkcs8ShroudedKeyBag and the certificates in an
+//! encryptedData, both under PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC), and an HMAC-SHA256 MAC keyed
+//! by the PKCS#12 KDF over SHA-256 — what OpenSSL 3 writes by default and Windows 10+ reads.
+
+use cms::content_info::{CmsVersion, ContentInfo};
+use cms::encrypted_data::EncryptedData;
+use cms::enveloped_data::EncryptedContentInfo;
+use const_oid::ObjectIdentifier;
+use der::asn1::{Any, BmpString, OctetString, SetOfVec};
+use der::{Decode, Encode};
+use pkcs12::cert_type::CertBag;
+use pkcs12::digest_info::DigestInfo;
+use pkcs12::mac_data::MacData;
+use pkcs12::pbe_params::{EncryptedPrivateKeyInfo, Pbes2Params, Pbkdf2Params};
+use pkcs12::pfx::{Pfx, Version};
+use pkcs12::safe_bag::SafeBag;
+use spki::AlgorithmIdentifierOwned;
+use x509_cert::attr::Attribute;
+use zeroize::Zeroizing;
+
+use super::PkiError;
+use crate::crypto::policy::Cipher;
+use crate::crypto::provider::{self, Digest};
+
+const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
+const ID_ENCRYPTED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.6");
+const SHROUDED_KEY_BAG: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.10.1.2");
+const CERT_BAG: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.10.1.3");
+const X509_CERTIFICATE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.22.1");
+const LOCAL_KEY_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.21");
+const FRIENDLY_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.20");
+const PBES2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.5.13");
+const PBKDF2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.5.12");
+const HMAC_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.2.9");
+const AES_256_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.42");
+const SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+
+/// OpenSSL 3's default; the password is random and long, so this guards a weak one only.
+pub const DEFAULT_ITERATIONS: u32 = 2048;
+
+/// What goes into a PFX.
+pub struct PfxContents<'a> {
+    /// PKCS#8 PrivateKeyInfo DER.
+    pub key_pkcs8: &'a [u8],
+    /// The certificate for the key, DER.
+    pub certificate: &'a [u8],
+    /// Issuer certificates, DER, nearest first.
+    pub chain: &'a [Vec<u8>],
+    /// Shown by Windows and macOS when importing.
+    pub friendly_name: Option<&'a str>,
+}
+
+/// Writes a PFX protected by `password` (modern profile).
+pub fn write(contents: &PfxContents<'_>, password: &str, iterations: u32) -> Result<Vec<u8>, PkiError> {
+    let local_key_id = provider::digest(Digest::Sha256, contents.certificate);
+    let bag_attrs = |with_name: bool| -> Result<SetOfVec<Attribute>, PkiError> {
+        let mut attrs = SetOfVec::new();
+        let id = Any::encode_from(&OctetString::new(local_key_id.clone()).map_err(PkiError::der("localKeyId"))?)
+            .map_err(PkiError::der("localKeyId"))?;
+        attrs
+            .insert(Attribute { oid: LOCAL_KEY_ID, values: SetOfVec::try_from(vec![id]).map_err(PkiError::der("localKeyId"))? })
+            .map_err(PkiError::der("attributes"))?;
+        if let (true, Some(name)) = (with_name, contents.friendly_name) {
+            let bmp = Any::encode_from(&BmpString::from_utf8(name).map_err(PkiError::der("friendlyName"))?)
+                .map_err(PkiError::der("friendlyName"))?;
+            attrs
+                .insert(Attribute { oid: FRIENDLY_NAME, values: SetOfVec::try_from(vec![bmp]).map_err(PkiError::der("friendlyName"))? })
+                .map_err(PkiError::der("attributes"))?;
+        }
+        Ok(attrs)
+    };
+
+    // Certificates: a SafeContents of certBags, encrypted as one encryptedData.
+    let mut cert_bags = Vec::with_capacity(1 + contents.chain.len());
+    for (i, cert) in std::iter::once(contents.certificate).chain(contents.chain.iter().map(Vec::as_slice)).enumerate() {
+        let bag = CertBag {
+            cert_id: X509_CERTIFICATE,
+            cert_value: OctetString::new(cert).map_err(PkiError::der("certBag"))?,
+        };
+        cert_bags.push(SafeBag {
+            bag_id: CERT_BAG,
+            bag_value: bag.to_der().map_err(PkiError::der("certBag"))?,
+            bag_attributes: if i == 0 { Some(bag_attrs(true)?) } else { None },
+        });
+    }
+    let cert_safe = cert_bags.to_der().map_err(PkiError::der("certificate SafeContents"))?;
+    let (cert_alg, cert_ct) = pbes2_encrypt(password, iterations, &cert_safe)?;
+    let encrypted_certs = EncryptedData {
+        version: CmsVersion::V0,
+        enc_content_info: EncryptedContentInfo {
+            content_type: ID_DATA,
+            content_enc_alg: cert_alg,
+            encrypted_content: Some(OctetString::new(cert_ct).map_err(PkiError::der("encryptedData"))?),
+        },
+        unprotected_attrs: None,
+    };
+
+    // The key: a pkcs8ShroudedKeyBag in a plain data SafeContents.
+    let (key_alg, key_ct) = pbes2_encrypt(password, iterations, contents.key_pkcs8)?;
+    let shrouded = EncryptedPrivateKeyInfo {
+        encryption_algorithm: key_alg,
+        encrypted_data: OctetString::new(key_ct).map_err(PkiError::der("shrouded key"))?,
+    };
+    let key_safe = vec![SafeBag {
+        bag_id: SHROUDED_KEY_BAG,
+        bag_value: shrouded.to_der().map_err(PkiError::der("shrouded key"))?,
+        bag_attributes: Some(bag_attrs(true)?),
+    }]
+    .to_der()
+    .map_err(PkiError::der("key SafeContents"))?;
+
+    let auth_safe: Vec<ContentInfo> = vec![
+        ContentInfo {
+            content_type: ID_ENCRYPTED_DATA,
+            content: Any::encode_from(&encrypted_certs).map_err(PkiError::der("encryptedData"))?,
+        },
+        ContentInfo {
+            content_type: ID_DATA,
+            content: Any::encode_from(&OctetString::new(key_safe).map_err(PkiError::der("key data"))?)
+                .map_err(PkiError::der("key data"))?,
+        },
+    ];
+    let auth_safe_der = auth_safe.to_der().map_err(PkiError::der("AuthenticatedSafe"))?;
+
+    let mac_salt = provider::random_vec(16)?;
+    let mac_key = pkcs12_kdf_sha256_mac_key(password, &mac_salt, iterations);
+    let mac = provider::hmac_sha256(&mac_key[..], &auth_safe_der);
+    let pfx = Pfx {
+        version: Version::V3,
+        auth_safe: ContentInfo {
+            content_type: ID_DATA,
+            content: Any::encode_from(&OctetString::new(auth_safe_der).map_err(PkiError::der("authSafe"))?)
+                .map_err(PkiError::der("authSafe"))?,
+        },
+        mac_data: Some(MacData {
+            mac: DigestInfo {
+                algorithm: AlgorithmIdentifierOwned { oid: SHA256, parameters: Some(Any::null()) },
+                digest: OctetString::new(mac).map_err(PkiError::der("MAC"))?,
+            },
+            mac_salt: OctetString::new(mac_salt).map_err(PkiError::der("MAC salt"))?,
+            iterations: i32::try_from(iterations).map_err(|_| PkiError::Invalid("iteration count too large".into()))?,
+        }),
+    };
+    pfx.to_der().map_err(PkiError::der("PFX"))
+}
+
+/// PBES2 with PBKDF2-HMAC-SHA256 and AES-256-CBC; returns the AlgorithmIdentifier and ciphertext.
+fn pbes2_encrypt(password: &str, iterations: u32, plaintext: &[u8]) -> Result<(AlgorithmIdentifierOwned, Vec<u8>), PkiError> {
+    let salt = provider::random_vec(16)?;
+    let iv = provider::random_vec(16)?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    provider::pbkdf2_sha256(password.as_bytes(), &salt, iterations, &mut key[..])?;
+    let ciphertext = provider::cbc_encrypt(Cipher::Aes256Cbc, &key[..], &iv, plaintext)?;
+    let kdf = Pbkdf2Params {
+        salt: OctetString::new(salt).map_err(PkiError::der("PBKDF2 salt"))?,
+        iteration_count: iterations,
+        key_length: None,
+        prf: AlgorithmIdentifierOwned { oid: HMAC_WITH_SHA256, parameters: Some(Any::null()) },
+    };
+    let params = Pbes2Params {
+        kdf: AlgorithmIdentifierOwned {
+            oid: PBKDF2,
+            parameters: Some(Any::encode_from(&kdf).map_err(PkiError::der("PBKDF2 parameters"))?),
+        },
+        encryption: AlgorithmIdentifierOwned {
+            oid: AES_256_CBC,
+            parameters: Some(Any::encode_from(&OctetString::new(iv).map_err(PkiError::der("IV"))?).map_err(PkiError::der("IV"))?),
+        },
+    };
+    let alg = AlgorithmIdentifierOwned {
+        oid: PBES2,
+        parameters: Some(Any::from_der(&params.to_der().map_err(PkiError::der("PBES2 parameters"))?).map_err(PkiError::der("PBES2 parameters"))?),
+    };
+    Ok((alg, ciphertext))
+}
+
+/// The MAC key: RFC 7292 appendix B.2 with SHA-256 (u = 32, v = 64), ID = 3, 32 bytes — a single
+/// block, so only `A = H^c(D || I)` is needed.
+fn pkcs12_kdf_sha256_mac_key(password: &str, salt: &[u8], iterations: u32) -> Zeroizing<Vec<u8>> {
+    const V: usize = 64;
+    let mut bmp = Zeroizing::new(Vec::with_capacity(password.len() * 2 + 2));
+    for unit in password.encode_utf16() {
+        bmp.extend_from_slice(&unit.to_be_bytes());
+    }
+    bmp.extend_from_slice(&[0, 0]);
+    let fill = |src: &[u8]| -> Zeroizing<Vec<u8>> {
+        if src.is_empty() {
+            return Zeroizing::new(Vec::new());
+        }
+        let len = src.len().div_ceil(V) * V;
+        Zeroizing::new(src.iter().copied().cycle().take(len).collect())
+    };
+    let mut input = Zeroizing::new(vec![3u8; V]);
+    input.extend_from_slice(&fill(salt));
+    input.extend_from_slice(&fill(&bmp));
+    let mut a = Zeroizing::new(provider::digest(Digest::Sha256, &input));
+    for _ in 1..iterations {
+        *a = provider::digest(Digest::Sha256, &a);
+    }
+    a
+}
+
+/// A random PFX password: 24 characters of URL-safe base64 (144 bits).
+pub fn random_password() -> Result<Zeroizing<String>, PkiError> {
+    use base64::Engine;
+    let bytes = Zeroizing::new(provider::random_vec(18)?);
+    Ok(Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Interoperability with OpenSSL's KDF is proven by the openssl-reads-our-PFX tests.
+    #[test]
+    fn mac_kdf_is_deterministic_and_password_sensitive() {
+        let a = pkcs12_kdf_sha256_mac_key("password", b"saltsalt", 2048);
+        let b = pkcs12_kdf_sha256_mac_key("password", b"saltsalt", 2048);
+        let c = pkcs12_kdf_sha256_mac_key("passwore", b"saltsalt", 2048);
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn random_passwords_differ() {
+        let a = random_password().unwrap();
+        let b = random_password().unwrap();
+        assert_eq!(a.len(), 24);
+        assert_ne!(*a, *b);
+    }
+}

@@ -1,0 +1,146 @@
+//! The one wasmtime [`Engine`]: component model, pooling allocator, epoch interruption, and an
+//! on-disk cache of compiled components keyed by the engine's compatibility hash and the
+//! component's SHA-256, so a restart does not recompile.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::certconn::plugin::{crypto, custody, log, types};
+use super::state::PluginState;
+use super::PluginError;
+use crate::crypto::provider::{self, Digest};
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Engine-wide limits. Per-backend limits are at most these.
+#[derive(Clone, Debug)]
+pub struct EngineLimits {
+    /// Concurrent plugin instances across all backends.
+    pub max_instances: u32,
+    /// Largest linear memory any plugin may have.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        Self { max_instances: 256, max_memory_bytes: 256 << 20 }
+    }
+}
+
+/// The engine, its linker and the compiled-component cache.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    cache_dir: PathBuf,
+    _ticker: Arc<EpochTicker>,
+}
+
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl PluginEngine {
+    /// Builds the engine and links the host interfaces: WASI with nothing granted, `wasi:http`
+    /// through the host's policy, and certconn's custody, crypto and log.
+    pub fn new(cache_dir: &Path, limits: &EngineLimits) -> Result<Self, PluginError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(limits.max_instances)
+            .total_core_instances(limits.max_instances * 4)
+            .total_memories(limits.max_instances * 2)
+            .total_tables(limits.max_instances * 4)
+            .total_stacks(limits.max_instances)
+            .max_memory_size(limits.max_memory_bytes)
+            .max_core_instance_size(4 << 20)
+            .max_component_instance_size(1 << 20)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(1 << 20)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        let link = |e: wasmtime::Error| PluginError::Engine(format!("linking host interfaces: {e:#}"));
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link)?;
+        types::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s).map_err(link)?;
+        custody::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s).map_err(link)?;
+        crypto::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s).map_err(link)?;
+        log::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s).map_err(link)?;
+
+        let ticker = Arc::new(EpochTicker { stop: Arc::new(std::sync::atomic::AtomicBool::new(false)) });
+        let stop = ticker.stop.clone();
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("certconn-epoch".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| PluginError::Engine(format!("starting the epoch thread: {e}")))?;
+
+        Ok(Self { engine, linker, cache_dir: cache_dir.to_owned(), _ticker: ticker })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn linker(&self) -> &Linker<PluginState> {
+        &self.linker
+    }
+
+    /// Compiles `wasm` (a component), or loads the cached compilation.
+    pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<Component, PluginError> {
+        let mut hasher = DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        let dir = self.cache_dir.join(format!("{:016x}", hasher.finish()));
+        let path = dir.join(format!("{}.cwasm", hex::encode(provider::digest(Digest::Sha256, wasm))));
+        if path.exists() {
+            // SAFETY: the cache directory is ours (created 0700 under the data directory), the
+            // file name is the SHA-256 of the source component, and the directory name is the
+            // engine's compatibility hash, so the artifact was produced by a compatible engine
+            // from exactly this component.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(plugin = name, path = %path.display(), "discarding unusable compiled-plugin cache entry: {e:#}"),
+            }
+        }
+        let component = Component::new(&self.engine, wasm).map_err(|e| PluginError::Invalid {
+            plugin: name.into(),
+            reason: format!("not a valid WebAssembly component: {e:#}"),
+        })?;
+        if let Err(e) = self.store_compiled(&dir, &path, &component) {
+            tracing::warn!(plugin = name, "could not cache the compiled plugin: {e}");
+        }
+        Ok(component)
+    }
+
+    fn store_compiled(&self, dir: &Path, path: &Path, component: &Component) -> Result<(), String> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| e.to_string())?;
+        let bytes = component.serialize().map_err(|e| format!("{e:#}"))?;
+        crate::custody::store::write_atomic(path, &bytes, 0o600).map_err(|e| e.to_string())
+    }
+}

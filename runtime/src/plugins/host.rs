@@ -1,0 +1,179 @@
+//! The host side of the `custody`, `crypto` and `log` imports.
+//!
+//! Custody goes through the instance's [`Grants`](crate::custody::Grants); every primitive goes
+//! through the algorithm policy and then the provider. Nothing here returns key material.
+
+use certconn_x509::SignatureScheme;
+
+use super::bindings::certconn::plugin::{crypto, custody, log, types};
+use super::state::PluginState;
+use crate::crypto::policy::Cipher;
+use crate::crypto::provider::{self, Digest, Padding};
+use crate::crypto::CryptoError;
+use crate::custody::CustodyError;
+
+/// Longest log message kept from a plugin; longer ones are cut.
+const MAX_LOG_MESSAGE: usize = 4096;
+/// Most random bytes per call.
+const MAX_RANDOM: u32 = 1024;
+
+pub(crate) fn scheme(a: types::SignatureAlgorithm) -> SignatureScheme {
+    use types::SignatureAlgorithm as A;
+    match a {
+        A::EcdsaP256Sha256 => SignatureScheme::EcdsaP256Sha256,
+        A::EcdsaP384Sha384 => SignatureScheme::EcdsaP384Sha384,
+        A::RsaPkcs1Sha256 => SignatureScheme::RsaPkcs1Sha256,
+        A::RsaPkcs1Sha384 => SignatureScheme::RsaPkcs1Sha384,
+        A::RsaPkcs1Sha512 => SignatureScheme::RsaPkcs1Sha512,
+        A::RsaPkcs1Sha1 => SignatureScheme::RsaPkcs1Sha1,
+        A::RsaPssSha256 => SignatureScheme::RsaPssSha256,
+    }
+}
+
+fn padding(p: types::EncryptionPadding) -> Padding {
+    use types::EncryptionPadding as P;
+    match p {
+        P::RsaOaepSha1 => Padding::OaepSha1,
+        P::RsaOaepSha256 => Padding::OaepSha256,
+        P::RsaOaepSha384 => Padding::OaepSha384,
+        P::RsaOaepSha512 => Padding::OaepSha512,
+        P::RsaPkcs1 => Padding::Pkcs1,
+    }
+}
+
+fn cipher(c: types::SymmetricCipher) -> Cipher {
+    use types::SymmetricCipher as C;
+    match c {
+        C::Aes128Cbc => Cipher::Aes128Cbc,
+        C::Aes192Cbc => Cipher::Aes192Cbc,
+        C::Aes256Cbc => Cipher::Aes256Cbc,
+        C::DesEde3Cbc => Cipher::DesEde3Cbc,
+        C::DesCbc => Cipher::DesCbc,
+    }
+}
+
+fn custody_error(e: CustodyError) -> custody::CustodyError {
+    match e {
+        CustodyError::NotGranted(h) | CustodyError::NoSuchKey(h) => custody::CustodyError::NotGranted(h),
+        CustodyError::Crypto(CryptoError::InvalidInput(m)) => custody::CustodyError::Unsupported(m),
+        other => custody::CustodyError::Failed(other.to_string()),
+    }
+}
+
+fn crypto_error(e: CryptoError) -> crypto::CryptoError {
+    match e {
+        CryptoError::Refused { .. } => crypto::CryptoError::Refused(e.to_string()),
+        CryptoError::InvalidInput(m) => crypto::CryptoError::InvalidInput(m),
+        CryptoError::Failed(m) => crypto::CryptoError::Failed(m),
+    }
+}
+
+impl PluginState {
+    fn denied(&self, what: &str, handle: &str) {
+        tracing::warn!(backend = %self.backend, job = self.job.as_deref(), handle, "plugin asked custody to {what} with a key it was not granted");
+    }
+}
+
+impl types::Host for PluginState {}
+
+impl custody::Host for PluginState {
+    fn sign(&mut self, handle: String, algorithm: types::SignatureAlgorithm, message: Vec<u8>) -> Result<Vec<u8>, custody::CustodyError> {
+        let scheme = scheme(algorithm);
+        self.policy.check_signing(scheme).map_err(|e| custody::CustodyError::Failed(e.to_string()))?;
+        let key = self.grants.key(&handle).inspect_err(|_| self.denied("sign", &handle)).map_err(custody_error)?;
+        key.key.sign(scheme, &message).map_err(|e| custody_error(e.into()))
+    }
+
+    fn decrypt(&mut self, handle: String, pad: types::EncryptionPadding, ciphertext: Vec<u8>) -> Result<Vec<u8>, custody::CustodyError> {
+        let key = self.grants.key(&handle).inspect_err(|_| self.denied("decrypt", &handle)).map_err(custody_error)?;
+        key.key
+            .decrypt(padding(pad), &ciphertext)
+            .map(|plain| plain.to_vec())
+            .map_err(|e| custody_error(e.into()))
+    }
+
+    fn public_key(&mut self, handle: String) -> Result<Vec<u8>, custody::CustodyError> {
+        let key = self.grants.key(&handle).inspect_err(|_| self.denied("read the public key", &handle)).map_err(custody_error)?;
+        Ok(key.key.public_key_der().to_vec())
+    }
+
+    fn certificate_chain(&mut self, handle: String) -> Result<Vec<Vec<u8>>, custody::CustodyError> {
+        let key = self.grants.key(&handle).inspect_err(|_| self.denied("read the chain", &handle)).map_err(custody_error)?;
+        Ok(key.chain.clone())
+    }
+}
+
+impl crypto::Host for PluginState {
+    fn digest(&mut self, algorithm: types::DigestAlgorithm, data: Vec<u8>) -> Result<Vec<u8>, crypto::CryptoError> {
+        let d = match algorithm {
+            types::DigestAlgorithm::Sha1 => Digest::Sha1,
+            types::DigestAlgorithm::Sha256 => Digest::Sha256,
+            types::DigestAlgorithm::Sha384 => Digest::Sha384,
+            types::DigestAlgorithm::Sha512 => Digest::Sha512,
+        };
+        Ok(provider::digest(d, &data))
+    }
+
+    fn verify(
+        &mut self,
+        public_key: Vec<u8>,
+        algorithm: types::SignatureAlgorithm,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<bool, crypto::CryptoError> {
+        let scheme = scheme(algorithm);
+        self.policy.check_verification(scheme).map_err(crypto_error)?;
+        provider::verify(&public_key, scheme, &message, &signature).map_err(crypto_error)
+    }
+
+    fn public_key_encrypt(&mut self, public_key: Vec<u8>, pad: types::EncryptionPadding, plaintext: Vec<u8>) -> Result<Vec<u8>, crypto::CryptoError> {
+        provider::rsa_encrypt(&public_key, padding(pad), &plaintext).map_err(crypto_error)
+    }
+
+    fn symmetric_encrypt(&mut self, c: types::SymmetricCipher, key: Vec<u8>, iv: Vec<u8>, plaintext: Vec<u8>) -> Result<Vec<u8>, crypto::CryptoError> {
+        let c = cipher(c);
+        self.policy.check_cipher(c).map_err(crypto_error)?;
+        provider::cbc_encrypt(c, &key, &iv, &plaintext).map_err(crypto_error)
+    }
+
+    fn symmetric_decrypt(&mut self, c: types::SymmetricCipher, key: Vec<u8>, iv: Vec<u8>, ciphertext: Vec<u8>) -> Result<Vec<u8>, crypto::CryptoError> {
+        let c = cipher(c);
+        self.policy.check_cipher(c).map_err(crypto_error)?;
+        provider::cbc_decrypt(c, &key, &iv, &ciphertext).map_err(crypto_error)
+    }
+
+    fn random_bytes(&mut self, len: u32) -> Vec<u8> {
+        // A failing DRBG is a host fault; an empty answer makes the plugin fail its job visibly.
+        provider::random_vec(len.min(MAX_RANDOM) as usize).unwrap_or_default()
+    }
+}
+
+impl log::Host for PluginState {
+    fn log(&mut self, level: log::Level, message: String) {
+        if self.log_lines_left == 0 {
+            return;
+        }
+        self.log_lines_left -= 1;
+        let mut message = message;
+        if message.len() > MAX_LOG_MESSAGE {
+            let mut cut = MAX_LOG_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("…");
+        }
+        let backend = &*self.backend;
+        let job = self.job.as_deref();
+        match level {
+            log::Level::Trace => tracing::trace!(target: "certconn::plugin", backend, job, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "certconn::plugin", backend, job, "{message}"),
+            log::Level::Info => tracing::info!(target: "certconn::plugin", backend, job, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "certconn::plugin", backend, job, "{message}"),
+            log::Level::Error => tracing::error!(target: "certconn::plugin", backend, job, "{message}"),
+        }
+        if self.log_lines_left == 0 {
+            tracing::warn!(backend, job, "plugin log limit reached; further lines from this call are dropped");
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! What one plugin store holds: a locked-down WASI context, the HTTP hooks, resource limits,
+//! and the custody grants of the backend instance it runs for.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::http::HttpPolicy;
+use crate::crypto::AlgorithmPolicy;
+use crate::custody::Grants;
+
+/// Bytes of a plugin's stderr kept, to explain a panic in the job's error.
+const STDERR_CAPTURE: usize = 16 * 1024;
+
+/// Per-store data for one plugin call.
+pub struct PluginState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    pub(crate) http_policy: HttpPolicy,
+    pub(crate) limits: MemoryLimit,
+    pub(crate) grants: Grants,
+    pub(crate) policy: AlgorithmPolicy,
+    pub(crate) backend: Arc<str>,
+    pub(crate) job: Option<Arc<str>>,
+    pub(crate) log_lines_left: u32,
+    pub(crate) stderr: MemoryOutputPipe,
+}
+
+impl PluginState {
+    /// A store state with no filesystem, no sockets, no environment, no arguments and no stdin;
+    /// stderr is captured (bounded) for diagnostics.
+    pub fn new(
+        backend: Arc<str>,
+        job: Option<Arc<str>>,
+        grants: Grants,
+        policy: AlgorithmPolicy,
+        memory_limit: usize,
+        log_lines: u32,
+    ) -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            http_policy: HttpPolicy::deny_all(backend.clone()),
+            limits: MemoryLimit::new(memory_limit),
+            grants,
+            policy,
+            backend,
+            job,
+            log_lines_left: log_lines,
+            stderr,
+        }
+    }
+
+    /// The last line the plugin wrote to stderr (a panic message, usually).
+    pub fn last_stderr_line(&self) -> Option<String> {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        text.lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.chars().take(500).collect())
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_policy }
+    }
+}
+
+/// A memory cap that remembers it was hit, so a trap can be explained as "memory limit".
+pub struct MemoryLimit {
+    max: usize,
+    hit: Arc<AtomicBool>,
+}
+
+impl MemoryLimit {
+    fn new(max: usize) -> Self {
+        Self { max, hit: Arc::new(AtomicBool::new(false)) }
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.max
+    }
+
+    pub fn was_hit(&self) -> bool {
+        self.hit.load(Ordering::Relaxed)
+    }
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            self.hit.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}

@@ -5,8 +5,12 @@
 //! the pipeline — custody key generation, CSR, the routed backend plugin, PKCS#12, sealing for
 //! the device — and its result lands in the outbox before it is reported.
 
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod connector;
 pub mod crypto;
 pub mod custody;
+pub mod jobs;
 pub mod pki;
 pub mod plugins;

@@ -127,6 +127,34 @@ impl KeyStore {
         Ok(stored)
     }
 
+    /// Stores an existing key under `name` (a device key kept while its CA answers pending).
+    pub fn put(&self, name: &str, key: PrivateKey) -> Result<Arc<StoredKey>, CustodyError> {
+        check_name(name)?;
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        if keys.contains_key(name) {
+            return Err(CustodyError::Exists(name.into()));
+        }
+        write_atomic(&self.dir.join(format!("{name}.key")), key.pkcs8_der(), 0o600)?;
+        let stored = Arc::new(StoredKey { name: name.into(), key, chain: Vec::new() });
+        keys.insert(name.into(), stored.clone());
+        Ok(stored)
+    }
+
+    /// Removes key `name` and its chain from the store. Missing keys are not an error.
+    pub fn remove(&self, name: &str) -> Result<(), CustodyError> {
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        keys.remove(name);
+        for file in [format!("{name}.key"), format!("{name}.chain.pem")] {
+            let path = self.dir.join(file);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Records the certificate chain of key `name` (its own certificate first).
     pub fn set_chain(&self, name: &str, chain: Vec<Vec<u8>>) -> Result<Arc<StoredKey>, CustodyError> {
         let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());

@@ -33,19 +33,22 @@ const OAEP_SHA256_PARAMS: &[u8] = &[
     0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
 ];
 
+/// Parses a recipient certificate and checks that it can be sealed for.
+pub fn check_recipient(recipient_der: &[u8]) -> Result<Certificate, PkiError> {
+    let recipient = Certificate::from_der(recipient_der).map_err(PkiError::der("recipient certificate"))?;
+    match PublicKeyKind::of(&recipient.tbs_certificate.subject_public_key_info)? {
+        PublicKeyKind::Rsa { bits } if bits >= 2048 => Ok(recipient),
+        other => Err(PkiError::Invalid(format!(
+            "recipient certificate has a {} key; sealing needs RSA-2048 or larger",
+            other.describe()
+        ))),
+    }
+}
+
 /// Seals `plaintext` for the holder of `recipient_der`'s private key. DER ContentInfo.
 pub fn seal_for(recipient_der: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, PkiError> {
-    let recipient = Certificate::from_der(recipient_der).map_err(PkiError::der("recipient certificate"))?;
+    let recipient = check_recipient(recipient_der)?;
     let spki = &recipient.tbs_certificate.subject_public_key_info;
-    match PublicKeyKind::of(spki)? {
-        PublicKeyKind::Rsa { bits } if bits >= 2048 => {}
-        other => {
-            return Err(PkiError::Invalid(format!(
-                "recipient certificate has a {} key; sealing needs RSA-2048 or larger",
-                other.describe()
-            )))
-        }
-    }
     let spki_der = spki.to_der().map_err(PkiError::der("recipient public key"))?;
 
     let cek = Zeroizing::new(provider::random_vec(32)?);

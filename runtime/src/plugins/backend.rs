@@ -95,9 +95,7 @@ impl LoadedBackend {
             policy,
             limits,
         };
-        this.info = this
-            .run(None, false, async |store, b| b.certconn_plugin_backend().call_describe(store).await)
-            .await?;
+        this.info = this.describe().await?;
         // `run` with configure=true fails with PluginError::Config on bad settings.
         this.run(None, true, async |_, _| Ok(())).await?;
         Ok(this)
@@ -176,6 +174,11 @@ impl LoadedBackend {
         };
         tracing::warn!(backend = %self.name, job = state.job.as_deref(), "plugin-fault: {reason}");
         PluginError::Fault { backend: self.name.to_string(), reason }
+    }
+
+    /// `describe` in a fresh, unconfigured instance: the bare cost of instantiate + one call.
+    pub async fn describe(&self) -> Result<BackendInfo, PluginError> {
+        self.run(None, false, async |store, b| b.certconn_plugin_backend().call_describe(store).await).await
     }
 
     /// `issue` for one job.

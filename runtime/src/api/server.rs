@@ -1,0 +1,262 @@
+//! Routes and handlers of the request API.
+//!
+//! Every error is JSON `{"error": "...", "field": "..."}` with a status that says whose fault it
+//! is; nothing is journaled unless the whole request is valid.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::connector::{Connector, SubmitError};
+use crate::crypto::provider;
+use crate::custody::KeyAlgorithm;
+use crate::jobs::model::{IssueJob, JobRecord, JobState, RevocationReason, RevokeJob};
+use crate::jobs::JournalError;
+
+/// An API error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), field: None }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self.field {
+            Some(f) => json!({ "error": self.message, "field": f }),
+            None => json!({ "error": self.message }),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+impl From<JournalError> for ApiError {
+    fn from(e: JournalError) -> Self {
+        match e {
+            JournalError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            JournalError::NotRetryable { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            other => {
+                tracing::error!("journal: {other}");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the journal is unavailable; the request was not stored")
+            }
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Invalid(i) => ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message: i.message, field: Some(i.field) },
+            SubmitError::Journal(j) => j.into(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    connector: Arc<Connector>,
+    token: Arc<Zeroizing<String>>,
+}
+
+/// The router, with authentication on everything under `/v1` except `/v1/health`.
+pub fn router(connector: Arc<Connector>, token: Zeroizing<String>) -> Router {
+    let max_body = connector.services.config.api.max_body_bytes;
+    let state = AppState { connector, token: Arc::new(token) };
+    let authed = Router::new()
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/issue", post(submit_issue))
+        .route("/v1/jobs/revoke", post(submit_revoke))
+        .route("/v1/jobs/{id}", get(show_job))
+        .route("/v1/jobs/{id}/retry", post(retry_job))
+        .route("/v1/jobs/{id}/result", get(job_result))
+        .route("/v1/plugins", get(list_plugins))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/v1/health", get(health))
+        .merge(authed)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !provider::constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+    }
+    Ok(next.run(request).await)
+}
+
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let counts = state.connector.services.journal.counts().unwrap_or_default();
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "backends": state.connector.services.registry.backends().count(),
+        "jobs": counts.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+    }))
+}
+
+/// Body of `POST /v1/jobs/issue`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueBody {
+    /// Makes the submission idempotent: the same key returns the same job.
+    pub idempotency_key: Option<String>,
+    pub profile: String,
+    #[serde(default)]
+    pub subject: String,
+    #[serde(default)]
+    pub sans: Vec<String>,
+    pub key: Option<KeyAlgorithm>,
+    /// PEM certificate of the device the PFX password is sealed for.
+    pub recipient: Option<String>,
+    /// PEM CSR from a device holding its own key.
+    pub csr: Option<String>,
+    pub validity_days: Option<u32>,
+}
+
+/// Body of `POST /v1/jobs/revoke`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    pub idempotency_key: Option<String>,
+    pub serial: String,
+    #[serde(default)]
+    pub reason: RevocationReason,
+    pub backend: Option<String>,
+}
+
+fn idempotency_key(given: Option<String>) -> Result<String, ApiError> {
+    match given {
+        Some(k) if k.is_empty() || k.len() > 200 => {
+            Err(ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message: "must be 1 to 200 characters".into(), field: Some("idempotency_key") })
+        }
+        Some(k) => Ok(k),
+        None => provider::random_vec(16)
+            .map(hex::encode)
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+}
+
+fn accepted((job, created): (JobRecord, bool)) -> Response {
+    let status = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    (status, Json(json!({ "job": job, "created": created }))).into_response()
+}
+
+async fn submit_issue(State(state): State<AppState>, body: Result<Json<IssueBody>, JsonRejection>) -> Result<Response, ApiError> {
+    let Json(b) = body?;
+    let key = idempotency_key(b.idempotency_key)?;
+    let job = IssueJob {
+        profile: b.profile,
+        subject: b.subject,
+        sans: b.sans,
+        key: b.key,
+        recipient_pem: b.recipient,
+        csr_pem: b.csr,
+        validity_days: b.validity_days,
+    };
+    Ok(accepted(state.connector.submit_issue("api", &key, &job)?))
+}
+
+async fn submit_revoke(State(state): State<AppState>, body: Result<Json<RevokeBody>, JsonRejection>) -> Result<Response, ApiError> {
+    let Json(b) = body?;
+    let key = idempotency_key(b.idempotency_key)?;
+    let job = RevokeJob { serial: b.serial, reason: b.reason, backend: b.backend };
+    Ok(accepted(state.connector.submit_revoke("api", &key, &job)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_jobs(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let filter = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("unknown state {s:?}; expected queued, running, pending, succeeded, failed or dead"),
+            field: Some("state"),
+        })?),
+    };
+    let jobs = state.connector.services.journal.list(filter, q.limit.unwrap_or(100).min(10_000))?;
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+async fn show_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobRecord>, ApiError> {
+    Ok(Json(state.connector.services.journal.get(&id)?))
+}
+
+async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobRecord>, ApiError> {
+    let job = state.connector.services.journal.retry(&id)?;
+    state.connector.wake();
+    Ok(Json(job))
+}
+
+async fn job_result(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let journal = &state.connector.services.journal;
+    let job = journal.get(&id)?;
+    if job.state != JobState::Succeeded {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("job {id} is {}; it has no result", job.state.as_str())));
+    }
+    let result = journal.take_result(&id)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the job has no stored result"))?;
+    Ok(Json(json!({ "job": job, "result": result })))
+}
+
+async fn list_plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let mut out = Vec::new();
+    for b in state.connector.services.registry.backends() {
+        let (healthy, message) = match b.health().await {
+            Ok(h) => (h.healthy, h.message),
+            Err(e) => (false, e.to_string()),
+        };
+        let caps = b.info.capabilities;
+        use crate::plugins::bindings::types::Capabilities as C;
+        let capabilities: Vec<&str> = [(C::ISSUE, "issue"), (C::REVOKE, "revoke"), (C::POLL, "poll"), (C::CHECK_IMPORT, "check-import")]
+            .into_iter()
+            .filter(|(c, _)| caps.contains(*c))
+            .map(|(_, n)| n)
+            .collect();
+        out.push(json!({
+            "backend": &*b.name,
+            "plugin": b.plugin,
+            "name": b.info.name,
+            "version": b.info.version,
+            "capabilities": capabilities,
+            "healthy": healthy,
+            "health": message,
+            "memory_mb": b.limits.memory_bytes >> 20,
+            "timeout_seconds": b.limits.timeout.as_secs(),
+        }));
+    }
+    Json(json!({ "backends": out }))
+}

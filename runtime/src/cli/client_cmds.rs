@@ -1,0 +1,292 @@
+//! `certconn submit`, `certconn jobs` and `certconn plugins`: clients of a running daemon.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use base64::Engine as _;
+use clap::Subcommand;
+use hyper::Method;
+use serde_json::{json, Value};
+
+use crate::api::client::ApiClient;
+use crate::api::token;
+use crate::custody::KeyAlgorithm;
+use crate::jobs::model::RevocationReason;
+
+#[derive(Debug, Subcommand)]
+pub enum Submit {
+    /// Issue a certificate: the daemon makes the key, gets it certified, and returns a PFX.
+    Issue {
+        /// Profile that selects the backend and certificate contents.
+        #[arg(long)]
+        profile: String,
+        /// Subject distinguished name, e.g. "CN=Alice,O=Example".
+        #[arg(long, default_value = "")]
+        subject: String,
+        /// Subject alternative name as kind:value (dns:, email:, upn:, uri:, ip:). Repeatable.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Device key type (default: the profile's).
+        #[arg(long)]
+        key: Option<KeyAlgorithm>,
+        /// Device certificate (PEM) to seal the PFX password for, as CMS EnvelopedData.
+        #[arg(long)]
+        recipient: Option<PathBuf>,
+        /// A CSR (PEM) from a device that holds its own key; the result is a certificate, no PFX.
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        #[arg(long)]
+        validity_days: Option<u32>,
+        /// Where to write the PFX (or, with --csr, the certificate PEM). With --recipient the
+        /// sealed password goes to FILE.password.cms.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Same key, same job: safe to repeat after a timeout.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Return once the job is accepted.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the result.
+        #[arg(long, default_value_t = 120)]
+        timeout_seconds: u64,
+    },
+    /// Revoke a certificate by serial number.
+    Revoke {
+        /// Serial number, hexadecimal.
+        #[arg(long)]
+        serial: String,
+        #[arg(long, value_parser = parse_reason, default_value = "unspecified")]
+        reason: RevocationReason,
+        /// Backend to revoke at (default: the one that issued the serial).
+        #[arg(long)]
+        backend: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long, default_value_t = 120)]
+        timeout_seconds: u64,
+    },
+}
+
+fn parse_reason(s: &str) -> Result<RevocationReason, String> {
+    serde_json::from_value(json!(s)).map_err(|_| {
+        format!("unknown reason {s:?}: expected unspecified, key-compromise, ca-compromise, affiliation-changed, superseded, cessation-of-operation, certificate-hold or privilege-withdrawn")
+    })
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Jobs {
+    /// List jobs, newest first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job.
+    Show { id: String },
+    /// Queue a failed or dead job again.
+    Retry { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Plugins {
+    /// List backend instances with their plugin, version and health.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn client(config_path: &Path) -> anyhow::Result<ApiClient> {
+    let config = super::certconn_config(config_path)?;
+    let token = token::read(&config.token_file()).map_err(anyhow::Error::msg)?;
+    Ok(ApiClient::new(config.api.listen, token))
+}
+
+fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading the {what} {}", path.display()))
+}
+
+pub async fn submit(config_path: &Path, what: Submit) -> anyhow::Result<()> {
+    let api = client(config_path)?;
+    match what {
+        Submit::Issue { profile, subject, sans, key, recipient, csr, validity_days, out, idempotency_key, no_wait, timeout_seconds } => {
+            let recipient_pem = recipient.as_deref().map(|p| read_text(p, "recipient certificate")).transpose()?;
+            let csr_pem = csr.as_deref().map(|p| read_text(p, "CSR")).transpose()?;
+            let body = json!({
+                "idempotency_key": idempotency_key,
+                "profile": profile,
+                "subject": subject,
+                "sans": sans,
+                "key": key,
+                "recipient": recipient_pem,
+                "csr": csr_pem,
+                "validity_days": validity_days,
+            });
+            let accepted = api.call(Method::POST, "/v1/jobs/issue", Some(&body)).await?;
+            let id = job_id(&accepted)?;
+            if no_wait {
+                println!("{id}");
+                return Ok(());
+            }
+            let result = wait_for_result(&api, &id, Duration::from_secs(timeout_seconds)).await?;
+            write_issue_result(&id, &result, out.as_deref())
+        }
+        Submit::Revoke { serial, reason, backend, idempotency_key, no_wait, timeout_seconds } => {
+            let body = json!({ "idempotency_key": idempotency_key, "serial": serial, "reason": reason, "backend": backend });
+            let accepted = api.call(Method::POST, "/v1/jobs/revoke", Some(&body)).await?;
+            let id = job_id(&accepted)?;
+            if no_wait {
+                println!("{id}");
+                return Ok(());
+            }
+            let result = wait_for_result(&api, &id, Duration::from_secs(timeout_seconds)).await?;
+            let backend = result["job"]["backend"].as_str().unwrap_or("?");
+            println!("job {id}: revoked serial {} at backend {backend}", result["result"]["serial"].as_str().unwrap_or(&serial));
+            Ok(())
+        }
+    }
+}
+
+fn job_id(accepted: &Value) -> anyhow::Result<String> {
+    accepted["job"]["id"].as_str().map(String::from).context("the daemon's answer has no job id")
+}
+
+/// Polls until the job ends; returns its result, or an error with the job's reason.
+async fn wait_for_result(api: &ApiClient, id: &str, timeout: Duration) -> anyhow::Result<Value> {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(20);
+    loop {
+        let job = api.call(Method::GET, &format!("/v1/jobs/{id}"), None).await?;
+        match job["state"].as_str().unwrap_or("") {
+            "succeeded" => return Ok(api.call(Method::GET, &format!("/v1/jobs/{id}/result"), None).await?),
+            "failed" | "dead" => bail!(
+                "job {id} {}: {}",
+                job["state"].as_str().unwrap_or(""),
+                job["last_error"].as_str().unwrap_or("no reason recorded")
+            ),
+            _ if start.elapsed() > timeout => bail!(
+                "job {id} is still {} after {timeout:?}; it keeps running — see `certconn jobs show {id}`",
+                job["state"].as_str().unwrap_or("?")
+            ),
+            _ => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+fn write_issue_result(id: &str, answer: &Value, out: Option<&Path>) -> anyhow::Result<()> {
+    let result = &answer["result"];
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let serial = result["serial"].as_str().unwrap_or("?");
+    println!("job {id}: issued serial {serial} by backend {}", answer["job"]["backend"].as_str().unwrap_or("?"));
+    match (result["pfx_base64"].as_str(), out) {
+        (Some(pfx), Some(path)) => {
+            let bytes = b64.decode(pfx).context("the PFX in the answer is not base64")?;
+            write_private(path, &bytes)?;
+            println!("PFX: {}", path.display());
+            if let Some(sealed) = result["sealed_password_base64"].as_str() {
+                let sealed_path = PathBuf::from(format!("{}.password.cms", path.display()));
+                write_private(&sealed_path, &b64.decode(sealed).context("the sealed password is not base64")?)?;
+                println!("PFX password sealed for the recipient (CMS EnvelopedData): {}", sealed_path.display());
+                println!("read it: openssl cms -decrypt -inform DER -in {} -recip DEVICE-CERT.pem -inkey DEVICE-KEY.pem", sealed_path.display());
+            } else if let Some(password) = result["password"].as_str() {
+                println!("PFX password (shown once, not kept): {password}");
+                println!("read it: openssl pkcs12 -info -in {} -passin pass:{password} -noenc", path.display());
+            } else {
+                println!("the PFX password was already handed out and is not kept");
+            }
+        }
+        (Some(_), None) => println!("no --out given: the PFX was not written (the job's result keeps the certificate)"),
+        (None, Some(path)) => {
+            let pem = format!("{}{}", result["certificate_pem"].as_str().unwrap_or(""), result["chain_pem"].as_str().unwrap_or(""));
+            std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+            println!("certificate chain (PEM): {}", path.display());
+        }
+        (None, None) => print!("{}", result["certificate_pem"].as_str().unwrap_or("")),
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+pub async fn jobs(config_path: &Path, what: Jobs) -> anyhow::Result<()> {
+    let api = client(config_path)?;
+    match what {
+        Jobs::List { state, limit, json } => {
+            let mut path = format!("/v1/jobs?limit={limit}");
+            if let Some(s) = state {
+                path.push_str(&format!("&state={s}"));
+            }
+            let answer = api.call(Method::GET, &path, None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+                return Ok(());
+            }
+            println!("{:<32}  {:<7}  {:<9}  {:>3}  {:<12}  {}", "ID", "KIND", "STATE", "TRY", "BACKEND", "LAST ERROR");
+            for j in answer["jobs"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                println!(
+                    "{:<32}  {:<7}  {:<9}  {:>3}  {:<12}  {}",
+                    j["id"].as_str().unwrap_or(""),
+                    j["kind"].as_str().unwrap_or(""),
+                    j["state"].as_str().unwrap_or(""),
+                    j["attempts"],
+                    j["backend"].as_str().unwrap_or("-"),
+                    j["last_error"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Jobs::Show { id } => {
+            let job = api.call(Method::GET, &format!("/v1/jobs/{id}"), None).await?;
+            println!("{}", serde_json::to_string_pretty(&job)?);
+        }
+        Jobs::Retry { id } => {
+            let job = api.call(Method::POST, &format!("/v1/jobs/{id}/retry"), None).await?;
+            println!("job {} is {} again", job["id"].as_str().unwrap_or(&id), job["state"].as_str().unwrap_or("?"));
+        }
+    }
+    Ok(())
+}
+
+pub async fn plugins(config_path: &Path, what: Plugins) -> anyhow::Result<()> {
+    let api = client(config_path)?;
+    let Plugins::List { json } = what;
+    let answer = api.call(Method::GET, "/v1/plugins", None).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    println!("{:<14}  {:<14}  {:<8}  {:<20}  {:<8}  {}", "BACKEND", "PLUGIN", "VERSION", "CAPABILITIES", "HEALTH", "");
+    for b in answer["backends"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let caps: Vec<&str> = b["capabilities"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        println!(
+            "{:<14}  {:<14}  {:<8}  {:<20}  {:<8}  {}",
+            b["backend"].as_str().unwrap_or(""),
+            b["plugin"].as_str().unwrap_or(""),
+            b["version"].as_str().unwrap_or(""),
+            caps.join(","),
+            if b["healthy"].as_bool() == Some(true) { "ok" } else { "UNHEALTHY" },
+            b["health"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The `certconn` command line. Library errors become one readable report here, with the
+//! chain of causes; the exit status is 1 for errors and 2 for usage mistakes (clap's).
+
+mod bench;
+mod client_cmds;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// certconn: a certificate connector with sandboxed WebAssembly CA backends.
+#[derive(Debug, Parser)]
+#[command(name = "certconn", version, about, long_about = None)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "CERTCONN_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `certconn=debug`.
+    #[arg(long, global = true, default_value = "info", env = "CERTCONN_LOG")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: request API, journal, scheduler and plugin engine.
+    Serve {
+        #[arg(long, short, env = "CERTCONN_CONFIG", default_value = "certconn.toml")]
+        config: PathBuf,
+    },
+    /// Submit work to a running daemon.
+    Submit {
+        #[arg(long, short, env = "CERTCONN_CONFIG", default_value = "certconn.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        what: client_cmds::Submit,
+    },
+    /// Inspect and retry jobs.
+    Jobs {
+        #[arg(long, short, env = "CERTCONN_CONFIG", default_value = "certconn.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        what: client_cmds::Jobs,
+    },
+    /// Show the loaded backends.
+    Plugins {
+        #[arg(long, short, env = "CERTCONN_CONFIG", default_value = "certconn.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        what: client_cmds::Plugins,
+    },
+    /// Check a config file and report the first problem with its line.
+    CheckConfig {
+        #[arg(long, short, env = "CERTCONN_CONFIG", default_value = "certconn.toml")]
+        config: PathBuf,
+    },
+    /// Measure plugin overhead and pipeline throughput, and print the figures.
+    Bench(bench::BenchArgs),
+}
+
+fn init_logging(cli: &Cli) {
+    // The benchmark measures the pipeline, not the terminal: per-job info lines are off unless asked for.
+    let level = match (&cli.command, cli.log.as_str()) {
+        (Command::Bench(_), "info") => "warn",
+        (_, l) => l,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config } => serve::serve(&config).await,
+            Command::Submit { config, what } => client_cmds::submit(&config, what).await,
+            Command::Jobs { config, what } => client_cmds::jobs(&config, what).await,
+            Command::Plugins { config, what } => client_cmds::plugins(&config, what).await,
+            Command::CheckConfig { config } => {
+                certconn_config(&config)?;
+                println!("{}: ok", config.display());
+                Ok(())
+            }
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the config, as every command does.
+pub(crate) fn certconn_config(path: &std::path::Path) -> anyhow::Result<crate::config::Config> {
+    Ok(crate::config::Config::load(path)?)
+}

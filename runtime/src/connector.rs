@@ -1,0 +1,124 @@
+//! Assembling a running connector from its config: data directory, custody, journal, plugin
+//! engine and backends. `serve`, `bench` and the tests all start certconn through here, so what
+//! they exercise is what runs in production.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
+
+use crate::config::Config;
+use crate::custody::{CustodyError, KeyStore};
+use crate::jobs::intake::{self, IntakeError};
+use crate::jobs::model::{IssueJob, JobKind, JobRecord, RevokeJob};
+use crate::jobs::{scheduler, Journal, JournalError};
+use crate::pki::{self, PkiError};
+use crate::plugins::{PluginEngine, PluginError, Registry};
+
+/// Why certconn could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Custody(#[from] CustodyError),
+    #[error("creating the self-signed certificate of key {key:?}: {source}")]
+    SelfSigned { key: String, source: PkiError },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+}
+
+/// Why a submission was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Invalid(#[from] IntakeError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Everything a job needs, shared by the workers and the API.
+pub struct Services {
+    pub config: Arc<Config>,
+    pub journal: Arc<Journal>,
+    pub keys: Arc<KeyStore>,
+    pub registry: Arc<Registry>,
+    pub engine: Arc<PluginEngine>,
+}
+
+/// A started connector: services plus the scheduler's wake-up signal.
+pub struct Connector {
+    pub services: Arc<Services>,
+    wake: Arc<Notify>,
+}
+
+impl Connector {
+    /// Opens everything the config names, creating first-start state (data directory, keys and
+    /// their self-signed certificates). Any failure stops start-up with the reason.
+    pub async fn open(config: Config) -> Result<Self, StartError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+        let keys = Arc::new(KeyStore::open(&config.keys_dir())?);
+        for (name, k) in &config.keys {
+            let stored = match keys.get(name) {
+                Ok(s) => s,
+                Err(_) => {
+                    tracing::info!(key = %name, algorithm = %k.algorithm, "creating custody key");
+                    keys.create(name, k.algorithm)?
+                }
+            };
+            if let (Some(ss), true) = (&k.self_signed, stored.chain.is_empty()) {
+                let subject = x509_cert::name::Name::from_str(ss.subject.get_ref())
+                    .map_err(|e| StartError::SelfSigned { key: name.clone(), source: PkiError::Invalid(e.to_string()) })?;
+                let cert = pki::ca::self_signed(&stored.key, &subject, ss.validity_days)
+                    .map_err(|source| StartError::SelfSigned { key: name.clone(), source })?;
+                keys.set_chain(name, vec![cert])?;
+                tracing::info!(key = %name, subject = %ss.subject.get_ref(), "created self-signed CA certificate");
+            }
+        }
+        let journal = Arc::new(Journal::open(&config.journal_path())?);
+        let reclaimed = journal.reclaim_running()?;
+        if reclaimed > 0 {
+            tracing::info!(jobs = reclaimed, "resuming jobs that were running when certconn stopped");
+        }
+        let engine = Arc::new(PluginEngine::new(&config.cache_dir(), &config.engine_limits())?);
+        let registry = Arc::new(Registry::load(engine.clone(), &config, keys.clone(), config.policy()).await?);
+        let services = Arc::new(Services { config: Arc::new(config), journal, keys, registry, engine });
+        Ok(Self { services, wake: Arc::new(Notify::new()) })
+    }
+
+    /// Validates and journals an issue request. The bool is true when it is new (false: the same
+    /// source and idempotency key were seen before, and that job is returned).
+    pub fn submit_issue(&self, source: &str, idempotency_key: &str, req: &IssueJob) -> Result<(JobRecord, bool), SubmitError> {
+        intake::check_issue(&self.services.config, req)?;
+        let value = serde_json::to_value(req).map_err(|e| IntakeError { field: "request", message: e.to_string() })?;
+        let r = self.services.journal.enqueue(source, idempotency_key, JobKind::Issue, &value)?;
+        self.wake.notify_one();
+        Ok(r)
+    }
+
+    /// Validates and journals a revocation.
+    pub fn submit_revoke(&self, source: &str, idempotency_key: &str, req: &RevokeJob) -> Result<(JobRecord, bool), SubmitError> {
+        intake::check_revoke(&self.services.config, req)?;
+        let value = serde_json::to_value(req).map_err(|e| IntakeError { field: "request", message: e.to_string() })?;
+        let r = self.services.journal.enqueue(source, idempotency_key, JobKind::Revoke, &value)?;
+        self.wake.notify_one();
+        Ok(r)
+    }
+
+    /// Wakes the workers (after an operator retry).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs the scheduler until `shutdown` turns true.
+    pub async fn run_scheduler(&self, shutdown: watch::Receiver<bool>) {
+        scheduler::run(self.services.clone(), self.wake.clone(), shutdown).await
+    }
+}

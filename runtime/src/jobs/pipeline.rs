@@ -1,0 +1,327 @@
+//! The pipeline steps. Each turns one leased job into an [`Outcome`]; the scheduler records it.
+//!
+//! issue:  custody keygen → CSR → routed backend `issue` (or `poll`) → check the certificate is
+//!         for our key → PKCS#12 under a random password → seal the password for the device.
+//! revoke: find the backend that issued the serial → backend `revoke` → mark it in the ledger.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use der::{Decode, Encode};
+use x509_cert::name::Name;
+use x509_cert::Certificate;
+use zeroize::Zeroizing;
+
+use super::journal::IssuedRecord;
+use super::model::{IssueJob, JobKind, JobRecord, JobResult, RevocationReason, RevokeJob};
+use crate::connector::Services;
+use crate::custody::PrivateKey;
+use crate::pki::{self, pem};
+use crate::plugins::backend::describe_backend_error;
+use crate::plugins::bindings::types as wit;
+use crate::plugins::{LoadedBackend, PluginError};
+use certconn_x509::SubjectAltName;
+
+/// What happened to a job in one run.
+#[derive(Debug)]
+pub enum Outcome {
+    Done {
+        backend: String,
+        result: JobResult,
+        password: Option<Zeroizing<String>>,
+        issued: Option<IssuedRecord>,
+        revoked: Option<(String, String, String)>,
+    },
+    Pending { backend: String, token: String, retry_after_seconds: u32, message: String },
+    Retry { backend: Option<String>, error: String },
+    Fail { backend: Option<String>, error: String },
+}
+
+fn fail(backend: Option<&str>, error: impl Into<String>) -> Outcome {
+    Outcome::Fail { backend: backend.map(Into::into), error: error.into() }
+}
+
+/// Runs one job.
+pub async fn run(services: &Arc<Services>, job: &JobRecord) -> Outcome {
+    match job.kind {
+        JobKind::Issue => match serde_json::from_value::<IssueJob>(job.request.clone()) {
+            Ok(req) => issue(services, job, &req).await,
+            Err(e) => fail(None, format!("stored request does not parse: {e}")),
+        },
+        JobKind::Revoke => match serde_json::from_value::<RevokeJob>(job.request.clone()) {
+            Ok(req) => revoke(services, job, &req).await,
+            Err(e) => fail(None, format!("stored request does not parse: {e}")),
+        },
+    }
+}
+
+/// Maps a backend's answer that is not a success.
+fn from_backend_error(backend: &str, e: wit::BackendError) -> Outcome {
+    match e {
+        wit::BackendError::Pending(p) => Outcome::Pending {
+            backend: backend.into(),
+            token: p.poll_token,
+            retry_after_seconds: p.retry_after_seconds.max(1),
+            message: p.message,
+        },
+        wit::BackendError::Transient(m) => Outcome::Retry { backend: Some(backend.into()), error: format!("transient: {m}") },
+        other => fail(Some(backend), describe_backend_error(&other)),
+    }
+}
+
+fn from_plugin_error(backend: &str, e: PluginError) -> Outcome {
+    match e {
+        // A fault may pass (a timeout under load); it is retried and dead-lettered if it keeps on.
+        PluginError::Fault { .. } => Outcome::Retry { backend: Some(backend.into()), error: e.to_string() },
+        other => fail(Some(backend), other.to_string()),
+    }
+}
+
+/// The custody name of a device key kept while the CA answers pending.
+fn pending_key_name(job_id: &str) -> String {
+    format!("pending-{job_id}")
+}
+
+/// Turns the validated request's SAN strings into WIT values.
+fn wit_sans(sans: &[SubjectAltName]) -> Vec<wit::SubjectAltName> {
+    sans.iter()
+        .map(|s| match s {
+            SubjectAltName::Dns(v) => wit::SubjectAltName::Dns(v.clone()),
+            SubjectAltName::Email(v) => wit::SubjectAltName::Email(v.clone()),
+            SubjectAltName::Upn(v) => wit::SubjectAltName::Upn(v.clone()),
+            SubjectAltName::Uri(v) => wit::SubjectAltName::Uri(v.clone()),
+            SubjectAltName::Ip(v) => wit::SubjectAltName::Ip(v.to_string()),
+        })
+        .collect()
+}
+
+async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Outcome {
+    let Some(profile) = services.config.profiles.get(&req.profile) else {
+        return fail(None, format!("profile {:?} is not configured", req.profile));
+    };
+    let Some(backend) = services.registry.route(&req.profile) else {
+        return fail(None, format!("profile {:?} routes to backend {:?}, which is not loaded", req.profile, profile.backend.get_ref()));
+    };
+    let bname = backend.name.to_string();
+
+    // The key: the device's own (CSR given), a key kept from a pending first attempt, or a new one.
+    let (csr_der, key): (Vec<u8>, Option<Arc<crate::custody::store::StoredKey>>) = match &req.csr_pem {
+        Some(pem_text) => match pem::decode_all(pem_text) {
+            Ok(blocks) => match blocks.into_iter().next() {
+                Some((_, der)) => (der, None),
+                None => return fail(Some(&bname), "the CSR has no PEM block"),
+            },
+            Err(e) => return fail(Some(&bname), format!("the CSR is not PEM: {e}")),
+        },
+        None => {
+            let alg = req.key.unwrap_or(profile.key_algorithm);
+            let key = match services.keys.get(&pending_key_name(&job.id)) {
+                Ok(k) => k,
+                Err(_) => match tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await {
+                    Ok(Ok(k)) => Arc::new(crate::custody::store::StoredKey { name: String::new(), key: k, chain: Vec::new() }),
+                    Ok(Err(e)) => return Outcome::Retry { backend: Some(bname), error: format!("key generation: {e}") },
+                    Err(e) => return Outcome::Retry { backend: Some(bname), error: format!("key generation task: {e}") },
+                },
+            };
+            let subject = match Name::from_str(&req.subject) {
+                Ok(n) => n,
+                Err(e) => return fail(Some(&bname), format!("subject {:?}: {e}", req.subject)),
+            };
+            let sans = match req.sans.iter().map(|s| SubjectAltName::parse(s)).collect::<Result<Vec<_>, _>>() {
+                Ok(s) => s,
+                Err(e) => return fail(Some(&bname), e.to_string()),
+            };
+            match pki::csr::build(&key.key, &subject, &sans) {
+                Ok(csr) => (csr, Some(key)),
+                Err(e) => return fail(Some(&bname), format!("building the CSR: {e}")),
+            }
+        }
+    };
+
+    let request = match issue_request(job, req, profile, csr_der) {
+        Ok(r) => r,
+        Err(e) => return fail(Some(&bname), e),
+    };
+    let answer = match &job.poll_token {
+        Some(token) => backend.poll(&job.id, token).await,
+        None => backend.issue(&request).await,
+    };
+    let issued = match answer {
+        Ok(Ok(issued)) => issued,
+        Ok(Err(e)) => {
+            let outcome = from_backend_error(&bname, e);
+            if let (Outcome::Pending { .. }, Some(k)) = (&outcome, &key) {
+                if k.name.is_empty() {
+                    // Keep the device key in custody until the CA answers.
+                    let copy = PrivateKey::from_pkcs8(Zeroizing::new(k.key.pkcs8_der().to_vec()));
+                    if let Err(e) = copy.map_err(crate::custody::CustodyError::from).and_then(|c| services.keys.put(&pending_key_name(&job.id), c)) {
+                        return Outcome::Retry { backend: Some(bname), error: format!("keeping the device key while pending: {e}") };
+                    }
+                }
+            }
+            return outcome;
+        }
+        Err(e) => return from_plugin_error(&bname, e),
+    };
+    let outcome = finish_issue(services, &backend, &request.csr, key.as_deref().map(|k| &k.key), issued, req);
+    if matches!(outcome, Outcome::Done { .. }) {
+        if let Err(e) = services.keys.remove(&pending_key_name(&job.id)) {
+            tracing::warn!(job = %job.id, "could not remove the kept device key: {e}");
+        }
+    }
+    outcome
+}
+
+fn issue_request(job: &JobRecord, req: &IssueJob, profile: &crate::config::ProfileConfig, csr: Vec<u8>) -> Result<wit::IssueRequest, String> {
+    let (subject, sans) = if req.csr_pem.is_some() && req.subject.is_empty() {
+        (None, Vec::new())
+    } else {
+        let name = Name::from_str(&req.subject).map_err(|e| format!("subject {:?}: {e}", req.subject))?;
+        let sans = req.sans.iter().map(|s| SubjectAltName::parse(s)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+        (Some(name.to_der().map_err(|e| format!("subject: {e}"))?), wit_sans(&sans))
+    };
+    Ok(wit::IssueRequest {
+        job_id: job.id.clone(),
+        profile: req.profile.clone(),
+        csr,
+        subject,
+        subject_alt_names: sans,
+        validity_days: req.validity_days.or(profile.validity_days),
+        template: profile.template.clone(),
+    })
+}
+
+/// Checks the backend's certificate and packages it.
+fn finish_issue(
+    services: &Services,
+    backend: &LoadedBackend,
+    csr_der: &[u8],
+    key: Option<&PrivateKey>,
+    issued: wit::IssuedCertificate,
+    req: &IssueJob,
+) -> Outcome {
+    let bname = backend.name.to_string();
+    let cert = match Certificate::from_der(&issued.certificate) {
+        Ok(c) => c,
+        Err(e) => return fail(Some(&bname), format!("the backend returned a certificate that does not parse: {e}")),
+    };
+    // The certificate must be for the key we asked for: a backend cannot substitute a key.
+    let expected_spki = match key {
+        Some(k) => k.public_key_der().to_vec(),
+        None => match x509_cert::request::CertReq::from_der(csr_der).and_then(|c| c.info.public_key.to_der()) {
+            Ok(s) => s,
+            Err(e) => return fail(Some(&bname), format!("CSR: {e}")),
+        },
+    };
+    match cert.tbs_certificate.subject_public_key_info.to_der() {
+        Ok(spki) if spki == expected_spki => {}
+        _ => return fail(Some(&bname), "the backend returned a certificate for a different public key"),
+    }
+    for (i, c) in issued.chain.iter().enumerate() {
+        if Certificate::from_der(c).is_err() {
+            return fail(Some(&bname), format!("chain certificate {i} from the backend does not parse"));
+        }
+    }
+
+    let serial = super::model::serial_hex(cert.tbs_certificate.serial_number.as_bytes());
+    let issuer_der = match cert.tbs_certificate.issuer.to_der() {
+        Ok(d) => d,
+        Err(e) => return fail(Some(&bname), format!("issuer: {e}")),
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut result = JobResult {
+        certificate_pem: Some(pem::encode("CERTIFICATE", &issued.certificate)),
+        chain_pem: Some(issued.chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect()),
+        serial: Some(serial.clone()),
+        ..Default::default()
+    };
+    let mut password_out = None;
+    if let Some(key) = key {
+        let password = match pki::pkcs12::random_password() {
+            Ok(p) => p,
+            Err(e) => return Outcome::Retry { backend: Some(bname), error: e.to_string() },
+        };
+        let friendly = cert.tbs_certificate.subject.to_string();
+        let contents = pki::pkcs12::PfxContents {
+            key_pkcs8: key.pkcs8_der(),
+            certificate: &issued.certificate,
+            chain: &issued.chain,
+            friendly_name: Some(&friendly),
+        };
+        let pfx = match pki::pkcs12::write(&contents, &password, services.config.pfx.iterations) {
+            Ok(p) => p,
+            Err(e) => return fail(Some(&bname), format!("writing the PFX: {e}")),
+        };
+        result.pfx_base64 = Some(b64.encode(&pfx));
+        match &req.recipient_pem {
+            Some(recipient) => {
+                let sealed = pem::certificate_from_pem_or_der(recipient.as_bytes())
+                    .map_err(|e| format!("recipient certificate: {e}"))
+                    .and_then(|der| pki::cms::seal_for(&der, password.as_bytes()).map_err(|e| format!("sealing the password: {e}")));
+                match sealed {
+                    Ok(s) => result.sealed_password_base64 = Some(b64.encode(s)),
+                    Err(e) => return fail(Some(&bname), e),
+                }
+            }
+            None => password_out = Some(password),
+        }
+    }
+    let issued_record = IssuedRecord {
+        backend: bname.clone(),
+        serial,
+        issuer_der,
+        not_after: cert.tbs_certificate.validity.not_after.to_unix_duration().as_secs() as i64,
+        certificate_der: issued.certificate,
+    };
+    Outcome::Done { backend: bname, result, password: password_out, issued: Some(issued_record), revoked: None }
+}
+
+fn reason_to_wit(r: RevocationReason) -> wit::RevocationReason {
+    use wit::RevocationReason as W;
+    match r {
+        RevocationReason::Unspecified => W::Unspecified,
+        RevocationReason::KeyCompromise => W::KeyCompromise,
+        RevocationReason::CaCompromise => W::CaCompromise,
+        RevocationReason::AffiliationChanged => W::AffiliationChanged,
+        RevocationReason::Superseded => W::Superseded,
+        RevocationReason::CessationOfOperation => W::CessationOfOperation,
+        RevocationReason::CertificateHold => W::CertificateHold,
+        RevocationReason::PrivilegeWithdrawn => W::PrivilegeWithdrawn,
+    }
+}
+
+async fn revoke(services: &Arc<Services>, job: &JobRecord, req: &RevokeJob) -> Outcome {
+    let serial = match req.normalized_serial() {
+        Ok(s) => s,
+        Err(e) => return fail(None, e),
+    };
+    let known = match services.journal.issued_by(&serial) {
+        Ok(k) => k,
+        Err(e) => return Outcome::Retry { backend: None, error: e.to_string() },
+    };
+    let (bname, issuer) = match (&req.backend, known) {
+        (Some(b), Some((issued_by, issuer))) if *b == issued_by => (b.clone(), Some(issuer)),
+        (Some(b), _) => (b.clone(), None),
+        (None, Some((b, issuer))) => (b, Some(issuer)),
+        (None, None) => return fail(None, format!("serial {serial} was not issued through certconn; name the backend to revoke it at")),
+    };
+    let Some(backend) = services.registry.backend(&bname) else {
+        return fail(Some(&bname), format!("backend {bname:?} is not loaded"));
+    };
+    let request = wit::RevokeRequest { job_id: job.id.clone(), serial: serial.clone(), issuer, reason: reason_to_wit(req.reason) };
+    match backend.revoke(&request).await {
+        Ok(Ok(())) => {
+            let reason = serde_json::to_value(req.reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            Outcome::Done {
+                backend: bname.clone(),
+                result: JobResult { serial: Some(serial.clone()), revoked: Some(true), ..Default::default() },
+                password: None,
+                issued: None,
+                revoked: Some((bname, serial, reason)),
+            }
+        }
+        Ok(Err(e)) => from_backend_error(&bname, e),
+        Err(e) => from_plugin_error(&bname, e),
+    }
+}

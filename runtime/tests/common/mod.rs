@@ -1,0 +1,181 @@
+//! Test harness: runs the real `certconn` binary as a daemon with a throwaway data directory,
+//! and talks to it through the real API client. Plugins must be built beforehand
+//! (`scripts/build-plugins`); a test never starts a build.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use certconn::api::client::ApiClient;
+use hyper::Method;
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("runtime/ has a parent").to_owned()
+}
+
+fn plugin_dir(var: &str, default: &str) -> PathBuf {
+    let dir = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| repo_root().join(default));
+    assert!(
+        dir.is_dir(),
+        "plugin directory {} does not exist: run scripts/build-plugins first (tests never build)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn plugins() -> PathBuf {
+    plugin_dir("CERTCONN_PLUGIN_DIR", "dist/plugins")
+}
+
+pub fn test_plugins() -> PathBuf {
+    plugin_dir("CERTCONN_TEST_PLUGIN_DIR", "dist/test-plugins")
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_certconn"))
+}
+
+/// A port nobody is listening on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// The quick-start CA and profiles, plus `extra` TOML.
+pub fn config_text(data: &Path, plugins: &Path, port: u16, extra: &str) -> String {
+    format!(
+        r#"
+data_dir = "{data}"
+[api]
+listen = "127.0.0.1:{port}"
+[jobs]
+workers = 4
+backoff_initial_ms = 50
+backoff_max_ms = 500
+[plugins]
+dir = "{plugins}"
+[keys.local-ca]
+algorithm = "ec-p256"
+self_signed = {{ subject = "CN=certconn Test CA,O=certconn" }}
+[backends.local]
+plugin = "local-ca"
+keys = ["local-ca"]
+[backends.local.settings]
+ca_key = "local-ca"
+[backends.local.settings.profiles.smime]
+key_usage = ["digital_signature", "key_encipherment"]
+extended_key_usage = ["email_protection", "client_auth"]
+validity_days = 365
+[profiles.smime]
+backend = "local"
+{extra}
+"#,
+        data = data.display(),
+        plugins = plugins.display()
+    )
+}
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub config: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `certconn serve` and waits until its API answers.
+    pub fn start(config: &Path, port: u16, log: &Path) -> Daemon {
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let child = Command::new(binary())
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn certconn serve");
+        let mut d = Daemon { child, config: config.to_owned(), port, log: log.to_owned() };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("certconn serve exited with {status}; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "daemon did not listen within 60 s; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+
+    pub fn client(&self) -> ApiClient {
+        let config = certconn::config::Config::load(&self.config).expect("config");
+        let token = certconn::api::token::read(&config.token_file()).expect("token");
+        ApiClient::new(config.api.listen, token)
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary()).args(args).env("CERTCONN_CONFIG", &self.config).output().expect("run certconn")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until job `id` is terminal; returns the job JSON.
+pub async fn wait_job(api: &ApiClient, id: &str, timeout: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let job = api.call(Method::GET, &format!("/v1/jobs/{id}"), None).await.expect("get job");
+        if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "dead")) {
+            return job;
+        }
+        assert!(start.elapsed() < timeout, "job {id} did not finish: {job}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Runs a command, asserting success, returning stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An RSA device key and self-signed certificate made by openssl.
+pub fn openssl_device(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = dir.join("device.key");
+    let cert = dir.join("device.pem");
+    run_ok(Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=device"]).arg("-keyout").arg(&key).arg("-out").arg(&cert));
+    (key, cert)
+}

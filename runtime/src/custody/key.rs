@@ -14,10 +14,15 @@ use crate::crypto::CryptoError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyAlgorithm {
+    #[serde(rename = "ec-p256")]
     EcP256,
+    #[serde(rename = "ec-p384")]
     EcP384,
+    #[serde(rename = "rsa-2048")]
     Rsa2048,
+    #[serde(rename = "rsa-3072")]
     Rsa3072,
+    #[serde(rename = "rsa-4096")]
     Rsa4096,
 }
 
@@ -218,6 +223,15 @@ mod tests {
         let ct = provider::rsa_encrypt(key.public_key_der(), Padding::OaepSha256, b"secret").unwrap();
         assert_eq!(&key.decrypt(Padding::OaepSha256, &ct).unwrap()[..], b"secret");
         assert!(key.decrypt(Padding::OaepSha512, &ct).is_err());
+    }
+
+    #[test]
+    fn serde_and_cli_names_agree() {
+        for alg in [KeyAlgorithm::EcP256, KeyAlgorithm::EcP384, KeyAlgorithm::Rsa2048, KeyAlgorithm::Rsa3072, KeyAlgorithm::Rsa4096] {
+            let json = serde_json::to_value(alg).unwrap();
+            assert_eq!(json.as_str().unwrap(), alg.to_string());
+            assert_eq!(alg.to_string().parse::<KeyAlgorithm>().unwrap(), alg);
+        }
     }
 
     #[test]

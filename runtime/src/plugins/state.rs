@@ -65,11 +65,17 @@ impl PluginState {
         }
     }
 
-    /// The last line the plugin wrote to stderr (a panic message, usually).
+    /// What the plugin said on stderr before it died: its panic message if it panicked
+    /// (Rust prints `panicked at FILE:LINE:COL:` then the message), else its last line.
     pub fn last_stderr_line(&self) -> Option<String> {
         let bytes = self.stderr.contents();
         let text = String::from_utf8_lossy(&bytes);
-        text.lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.chars().take(500).collect())
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("note: ")).collect();
+        let said = match lines.iter().rposition(|l| l.contains("panicked at")) {
+            Some(i) => lines[i..].iter().take(2).copied().collect::<Vec<_>>().join(" "),
+            None => (*lines.last()?).to_owned(),
+        };
+        Some(said.chars().take(500).collect())
     }
 }
 

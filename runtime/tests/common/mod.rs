@@ -179,3 +179,23 @@ pub fn openssl_device(dir: &Path) -> (PathBuf, PathBuf) {
     run_ok(Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=device"]).arg("-keyout").arg(&key).arg("-out").arg(&cert));
     (key, cert)
 }
+
+/// A plugin directory holding the first-party and the test plugins, for configs that mix them.
+pub fn mixed_plugin_dir(dir: &Path) -> PathBuf {
+    let out = dir.join("plugins");
+    std::fs::create_dir_all(&out).unwrap();
+    for src in [plugins().join("local-ca.wasm"), test_plugins().join("sandbox-probe.wasm")] {
+        std::fs::copy(&src, out.join(src.file_name().unwrap())).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    }
+    out
+}
+
+/// Submits an issue job through the API; returns its id.
+pub async fn submit(api: &ApiClient, profile: &str, key: &str, extra: Value) -> String {
+    let mut body = serde_json::json!({ "profile": profile, "subject": "CN=test device", "idempotency_key": key });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let answer = api.call(Method::POST, "/v1/jobs/issue", Some(&body)).await.expect("submit");
+    answer["job"]["id"].as_str().expect("job id").to_owned()
+}

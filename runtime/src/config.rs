@@ -402,7 +402,7 @@ backend = "local"
     fn unknown_backend_names_key_and_line() {
         let text = GOOD.replace("backend = \"local\"", "backend = \"nope\"");
         let e = Config::parse(Path::new("c.toml"), &text).unwrap_err().to_string();
-        assert!(e.contains("line 14"), "{e}");
+        assert!(e.contains("line 13"), "{e}");
         assert!(e.contains("profiles.device.backend"), "{e}");
         assert!(e.contains("nope"), "{e}");
     }

@@ -20,11 +20,19 @@ use crate::plugins::{BackendLimits, EngineLimits};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}, line {line}: {key}: {message}")]
-    Invalid { path: PathBuf, line: usize, key: String, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
 }
 
 /// The whole configuration.
@@ -70,7 +78,11 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: default_listen(), token_file: None, max_body_bytes: default_body_limit() }
+        Self {
+            listen: default_listen(),
+            token_file: None,
+            max_body_bytes: default_body_limit(),
+        }
     }
 }
 
@@ -165,7 +177,9 @@ pub struct PfxConfig {
 
 impl Default for PfxConfig {
     fn default() -> Self {
-        Self { iterations: default_pfx_iterations() }
+        Self {
+            iterations: default_pfx_iterations(),
+        }
     }
 }
 
@@ -252,14 +266,19 @@ fn default_key() -> KeyAlgorithm {
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
     /// Parses and validates `text` as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         config.source_path = path.to_owned();
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         let resolve = |p: &mut PathBuf| {
@@ -279,10 +298,25 @@ impl Config {
         Ok(config)
     }
 
-    fn invalid(&self, text: &str, span: std::ops::Range<usize>, key: String, message: String) -> ConfigError {
+    fn invalid(
+        &self,
+        text: &str,
+        span: std::ops::Range<usize>,
+        key: String,
+        message: String,
+    ) -> ConfigError {
         let line = text[..span.start.min(text.len())].lines().count().max(1);
-        let line = if text[..span.start.min(text.len())].ends_with('\n') { line + 1 } else { line };
-        ConfigError::Invalid { path: self.source_path.clone(), line, key, message }
+        let line = if text[..span.start.min(text.len())].ends_with('\n') {
+            line + 1
+        } else {
+            line
+        };
+        ConfigError::Invalid {
+            path: self.source_path.clone(),
+            line,
+            key,
+            message,
+        }
     }
 
     fn validate(&self, text: &str) -> Result<(), ConfigError> {
@@ -299,7 +333,10 @@ impl Config {
             return Err(whole("jobs.max_attempts", "must be at least 1".into()));
         }
         if self.pfx.iterations == 0 || self.pfx.iterations > 10_000_000 {
-            return Err(whole("pfx.iterations", "must be between 1 and 10000000".into()));
+            return Err(whole(
+                "pfx.iterations",
+                "must be between 1 and 10000000".into(),
+            ));
         }
         for (name, key) in &self.keys {
             if let Some(ss) = &key.self_signed {
@@ -310,28 +347,57 @@ impl Config {
         }
         for (name, b) in &self.backends {
             let plugin = b.plugin.get_ref();
-            if plugin.is_empty() || !plugin.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
-                return Err(self.invalid(text, b.plugin.span(), format!("backends.{name}.plugin"), "must be a plugin file name without .wasm (letters, digits, - and _)".into()));
+            if plugin.is_empty()
+                || !plugin
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            {
+                return Err(self.invalid(
+                    text,
+                    b.plugin.span(),
+                    format!("backends.{name}.plugin"),
+                    "must be a plugin file name without .wasm (letters, digits, - and _)".into(),
+                ));
             }
             for k in &b.keys {
                 if !self.keys.contains_key(k.get_ref()) {
                     // Keys may also be created by `certconn keys create`; those are checked at
                     // start against the store. Only warn-level here would hide typos, so
                     // require declared keys to be in [keys] for now.
-                    return Err(self.invalid(text, k.span(), format!("backends.{name}.keys"), format!("key {:?} is not declared in [keys]", k.get_ref())));
+                    return Err(self.invalid(
+                        text,
+                        k.span(),
+                        format!("backends.{name}.keys"),
+                        format!("key {:?} is not declared in [keys]", k.get_ref()),
+                    ));
                 }
             }
             if b.memory_mb == 0 || b.memory_mb > 4096 {
-                return Err(whole(&format!("backends.{name}.memory_mb"), "must be between 1 and 4096".into()));
+                return Err(whole(
+                    &format!("backends.{name}.memory_mb"),
+                    "must be between 1 and 4096".into(),
+                ));
             }
             if b.timeout_seconds == 0 {
-                return Err(whole(&format!("backends.{name}.timeout_seconds"), "must be at least 1".into()));
+                return Err(whole(
+                    &format!("backends.{name}.timeout_seconds"),
+                    "must be at least 1".into(),
+                ));
             }
         }
         for (name, p) in &self.profiles {
             if !self.backends.contains_key(p.backend.get_ref()) {
                 let known: Vec<&str> = self.backends.keys().map(String::as_str).collect();
-                return Err(self.invalid(text, p.backend.span(), format!("profiles.{name}.backend"), format!("no backend named {:?} (configured: {})", p.backend.get_ref(), known.join(", "))));
+                return Err(self.invalid(
+                    text,
+                    p.backend.span(),
+                    format!("profiles.{name}.backend"),
+                    format!(
+                        "no backend named {:?} (configured: {})",
+                        p.backend.get_ref(),
+                        known.join(", ")
+                    ),
+                ));
             }
         }
         Ok(())
@@ -339,16 +405,30 @@ impl Config {
 
     /// Engine-wide plugin limits.
     pub fn engine_limits(&self) -> EngineLimits {
-        let largest = self.backends.values().map(|b| b.memory_mb << 20).max().unwrap_or(64 << 20);
-        EngineLimits { max_instances: self.plugins.max_instances, max_memory_bytes: largest.max(16 << 20) }
+        let largest = self
+            .backends
+            .values()
+            .map(|b| b.memory_mb << 20)
+            .max()
+            .unwrap_or(64 << 20);
+        EngineLimits {
+            max_instances: self.plugins.max_instances,
+            max_memory_bytes: largest.max(16 << 20),
+        }
     }
 
     pub fn token_file(&self) -> PathBuf {
-        self.api.token_file.clone().unwrap_or_else(|| self.data_dir.join("api-token"))
+        self.api
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("api-token"))
     }
 
     pub fn cache_dir(&self) -> PathBuf {
-        self.plugins.cache_dir.clone().unwrap_or_else(|| self.data_dir.join("cache"))
+        self.plugins
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("cache"))
     }
 
     pub fn journal_path(&self) -> PathBuf {
@@ -360,14 +440,20 @@ impl Config {
     }
 
     pub fn policy(&self) -> crate::crypto::AlgorithmPolicy {
-        crate::crypto::AlgorithmPolicy { fips: self.crypto.fips, allow_single_des: self.crypto.allow_single_des }
+        crate::crypto::AlgorithmPolicy {
+            fips: self.crypto.fips,
+            allow_single_des: self.crypto.allow_single_des,
+        }
     }
 }
 
 /// Line of the first mention of a dotted key's last part, for errors about a whole value.
 fn find_line(text: &str, dotted: &str) -> usize {
     let last = dotted.rsplit('.').next().unwrap_or(dotted);
-    text.lines().position(|l| l.trim_start().starts_with(last)).map(|i| i + 1).unwrap_or(1)
+    text.lines()
+        .position(|l| l.trim_start().starts_with(last))
+        .map(|i| i + 1)
+        .unwrap_or(1)
 }
 
 #[cfg(test)]
@@ -401,7 +487,9 @@ backend = "local"
     #[test]
     fn unknown_backend_names_key_and_line() {
         let text = GOOD.replace("backend = \"local\"", "backend = \"nope\"");
-        let e = Config::parse(Path::new("c.toml"), &text).unwrap_err().to_string();
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 13"), "{e}");
         assert!(e.contains("profiles.device.backend"), "{e}");
         assert!(e.contains("nope"), "{e}");
@@ -409,15 +497,30 @@ backend = "local"
 
     #[test]
     fn unknown_field_and_bad_type_name_the_line() {
-        let e = Config::parse(Path::new("c.toml"), &GOOD.replace("[plugins]", "[plugins]\ndirr = 1")).unwrap_err().to_string();
+        let e = Config::parse(
+            Path::new("c.toml"),
+            &GOOD.replace("[plugins]", "[plugins]\ndirr = 1"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("dirr") && e.contains("line 4"), "{e}");
-        let e = Config::parse(Path::new("c.toml"), &GOOD.replace("algorithm = \"ec-p256\"", "algorithm = \"ec-p999\"")).unwrap_err().to_string();
+        let e = Config::parse(
+            Path::new("c.toml"),
+            &GOOD.replace("algorithm = \"ec-p256\"", "algorithm = \"ec-p999\""),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("ec-p999") && e.contains("line 6"), "{e}");
     }
 
     #[test]
     fn bad_subject_is_reported() {
-        let e = Config::parse(Path::new("c.toml"), &GOOD.replace("CN=Test CA", "not a dn")).unwrap_err().to_string();
-        assert!(e.contains("keys.ca.self_signed.subject") && e.contains("line 7"), "{e}");
+        let e = Config::parse(Path::new("c.toml"), &GOOD.replace("CN=Test CA", "not a dn"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("keys.ca.self_signed.subject") && e.contains("line 7"),
+            "{e}"
+        );
     }
 }

@@ -20,7 +20,10 @@ use crate::plugins::{PluginEngine, PluginError, Registry};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("data directory {path}: {source}")]
-    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Custody(#[from] CustodyError),
     #[error("creating the self-signed certificate of key {key:?}: {source}")]
@@ -63,7 +66,10 @@ impl Connector {
             .recursive(true)
             .mode(0o700)
             .create(&config.data_dir)
-            .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+            .map_err(|source| StartError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
         let keys = Arc::new(KeyStore::open(&config.keys_dir())?);
         for (name, k) in &config.keys {
             let stored = match keys.get(name) {
@@ -74,10 +80,19 @@ impl Connector {
                 }
             };
             if let (Some(ss), true) = (&k.self_signed, stored.chain.is_empty()) {
-                let subject = x509_cert::name::Name::from_str(ss.subject.get_ref())
-                    .map_err(|e| StartError::SelfSigned { key: name.clone(), source: PkiError::Invalid(e.to_string()) })?;
-                let cert = pki::ca::self_signed(&stored.key, &subject, ss.validity_days)
-                    .map_err(|source| StartError::SelfSigned { key: name.clone(), source })?;
+                let subject =
+                    x509_cert::name::Name::from_str(ss.subject.get_ref()).map_err(|e| {
+                        StartError::SelfSigned {
+                            key: name.clone(),
+                            source: PkiError::Invalid(e.to_string()),
+                        }
+                    })?;
+                let cert = pki::ca::self_signed(&stored.key, &subject, ss.validity_days).map_err(
+                    |source| StartError::SelfSigned {
+                        key: name.clone(),
+                        source,
+                    },
+                )?;
                 keys.set_chain(name, vec![cert])?;
                 tracing::info!(key = %name, subject = %ss.subject.get_ref(), "created self-signed CA certificate");
             }
@@ -85,29 +100,67 @@ impl Connector {
         let journal = Arc::new(Journal::open(&config.journal_path())?);
         let reclaimed = journal.reclaim_running()?;
         if reclaimed > 0 {
-            tracing::info!(jobs = reclaimed, "resuming jobs that were running when certconn stopped");
+            tracing::info!(
+                jobs = reclaimed,
+                "resuming jobs that were running when certconn stopped"
+            );
         }
-        let engine = Arc::new(PluginEngine::new(&config.cache_dir(), &config.engine_limits())?);
-        let registry = Arc::new(Registry::load(engine.clone(), &config, keys.clone(), config.policy()).await?);
-        let services = Arc::new(Services { config: Arc::new(config), journal, keys, registry, engine });
-        Ok(Self { services, wake: Arc::new(Notify::new()) })
+        let engine = Arc::new(PluginEngine::new(
+            &config.cache_dir(),
+            &config.engine_limits(),
+        )?);
+        let registry =
+            Arc::new(Registry::load(engine.clone(), &config, keys.clone(), config.policy()).await?);
+        let services = Arc::new(Services {
+            config: Arc::new(config),
+            journal,
+            keys,
+            registry,
+            engine,
+        });
+        Ok(Self {
+            services,
+            wake: Arc::new(Notify::new()),
+        })
     }
 
     /// Validates and journals an issue request. The bool is true when it is new (false: the same
     /// source and idempotency key were seen before, and that job is returned).
-    pub fn submit_issue(&self, source: &str, idempotency_key: &str, req: &IssueJob) -> Result<(JobRecord, bool), SubmitError> {
+    pub fn submit_issue(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+        req: &IssueJob,
+    ) -> Result<(JobRecord, bool), SubmitError> {
         intake::check_issue(&self.services.config, req)?;
-        let value = serde_json::to_value(req).map_err(|e| IntakeError { field: "request", message: e.to_string() })?;
-        let r = self.services.journal.enqueue(source, idempotency_key, JobKind::Issue, &value)?;
+        let value = serde_json::to_value(req).map_err(|e| IntakeError {
+            field: "request",
+            message: e.to_string(),
+        })?;
+        let r = self
+            .services
+            .journal
+            .enqueue(source, idempotency_key, JobKind::Issue, &value)?;
         self.wake.notify_one();
         Ok(r)
     }
 
     /// Validates and journals a revocation.
-    pub fn submit_revoke(&self, source: &str, idempotency_key: &str, req: &RevokeJob) -> Result<(JobRecord, bool), SubmitError> {
+    pub fn submit_revoke(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+        req: &RevokeJob,
+    ) -> Result<(JobRecord, bool), SubmitError> {
         intake::check_revoke(&self.services.config, req)?;
-        let value = serde_json::to_value(req).map_err(|e| IntakeError { field: "request", message: e.to_string() })?;
-        let r = self.services.journal.enqueue(source, idempotency_key, JobKind::Revoke, &value)?;
+        let value = serde_json::to_value(req).map_err(|e| IntakeError {
+            field: "request",
+            message: e.to_string(),
+        })?;
+        let r = self
+            .services
+            .journal
+            .enqueue(source, idempotency_key, JobKind::Revoke, &value)?;
         self.wake.notify_one();
         Ok(r)
     }

@@ -20,8 +20,13 @@ settings = { mode = "fail" }
 [profiles.broken]
 backend = "broken"
 "#;
-    let text = config_text(&dir.path().join("data"), &mixed_plugin_dir(dir.path()), port, extra)
-        .replace("workers = 4", "workers = 4\nmax_attempts = 4");
+    let text = config_text(
+        &dir.path().join("data"),
+        &mixed_plugin_dir(dir.path()),
+        port,
+        extra,
+    )
+    .replace("workers = 4", "workers = 4\nmax_attempts = 4");
     std::fs::write(&config, text).unwrap();
     let daemon = Daemon::start(&config, port, &dir.path().join("daemon.log"));
     let api = daemon.client();
@@ -32,17 +37,28 @@ backend = "broken"
         good.push(submit(&api, "smime", &format!("good-{i}"), json!({})).await);
     }
     for id in &good {
-        assert_eq!(wait_job(&api, id, Duration::from_secs(120)).await["state"], "succeeded");
+        assert_eq!(
+            wait_job(&api, id, Duration::from_secs(120)).await["state"],
+            "succeeded"
+        );
     }
     let job = wait_job(&api, &poison, Duration::from_secs(60)).await;
     assert_eq!(job["state"], "dead", "{job}");
     assert_eq!(job["attempts"], 4, "{job}");
     let reason = job["last_error"].as_str().unwrap();
-    assert!(reason.contains("dead-lettered after 4 attempts") && reason.contains("sandbox-probe always fails"), "{reason}");
+    assert!(
+        reason.contains("dead-lettered after 4 attempts")
+            && reason.contains("sandbox-probe always fails"),
+        "{reason}"
+    );
 
     // An operator can retry it; it fails the same way, attempts start over.
     let out = daemon.cli(&["jobs", "retry", &poison]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let job = wait_job(&api, &poison, Duration::from_secs(60)).await;
     assert_eq!(job["state"], "dead");
     assert_eq!(job["attempts"], 4);

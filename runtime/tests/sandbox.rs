@@ -21,17 +21,30 @@ async fn every_escape_attempt_fails_its_job_and_nothing_else() {
     for (name, settings, limits) in [
         ("spin", r#"{ mode = "loop" }"#, "timeout_seconds = 1"),
         ("hog", r#"{ mode = "memory" }"#, "memory_mb = 16"),
-        ("snoop", r#"{ mode = "read-file", path = "/etc/passwd" }"#, ""),
+        (
+            "snoop",
+            r#"{ mode = "read-file", path = "/etc/passwd" }"#,
+            "",
+        ),
         ("environ", r#"{ mode = "env" }"#, ""),
-        ("caller", &format!(r#"{{ mode = "http", authority = "{bait_addr}" }}"#), ""),
+        (
+            "caller",
+            &format!(r#"{{ mode = "http", authority = "{bait_addr}" }}"#),
+            "",
+        ),
         ("crasher", r#"{ mode = "panic" }"#, ""),
     ] {
         extra.push_str(&format!(
             "[backends.{name}]\nplugin = \"sandbox-probe\"\n{limits}\nsettings = {settings}\n[profiles.{name}]\nbackend = \"{name}\"\n"
         ));
     }
-    let text = config_text(&dir.path().join("data"), &mixed_plugin_dir(dir.path()), port, &extra)
-        .replace("workers = 4", "workers = 4\nmax_attempts = 1");
+    let text = config_text(
+        &dir.path().join("data"),
+        &mixed_plugin_dir(dir.path()),
+        port,
+        &extra,
+    )
+    .replace("workers = 4", "workers = 4\nmax_attempts = 1");
     let config = dir.path().join("certconn.toml");
     std::fs::write(&config, text).unwrap();
     let daemon = Daemon::start(&config, port, &dir.path().join("daemon.log"));
@@ -68,15 +81,27 @@ async fn every_escape_attempt_fails_its_job_and_nothing_else() {
         assert!(!error.contains("BREACH"), "{name}: sandbox breach: {error}");
     }
     for id in &good {
-        assert_eq!(wait_job(&api, id, Duration::from_secs(60)).await["state"], "succeeded");
+        assert_eq!(
+            wait_job(&api, id, Duration::from_secs(60)).await["state"],
+            "succeeded"
+        );
     }
-    assert!(bait.accept().is_err(), "the http probe reached a real server");
+    assert!(
+        bait.accept().is_err(),
+        "the http probe reached a real server"
+    );
 
     // The daemon is healthy and still serves.
     let health = api.call(Method::GET, "/v1/health", None).await.unwrap();
     assert_eq!(health["status"], "ok");
     let again = submit(&api, "smime", "after", json!({})).await;
-    assert_eq!(wait_job(&api, &again, Duration::from_secs(30)).await["state"], "succeeded");
+    assert_eq!(
+        wait_job(&api, &again, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
-    assert!(log.contains("plugin HTTP request denied"), "the denial is logged");
+    assert!(
+        log.contains("plugin HTTP request denied"),
+        "the denial is logged"
+    );
 }

@@ -19,7 +19,11 @@ pub fn unsupported(operation: &str) -> BackendError {
 }
 
 /// The CA has not decided yet; the host calls `poll` with `poll_token` after `retry_after_seconds`.
-pub fn pending(poll_token: impl Into<String>, retry_after_seconds: u32, message: impl Into<String>) -> BackendError {
+pub fn pending(
+    poll_token: impl Into<String>,
+    retry_after_seconds: u32,
+    message: impl Into<String>,
+) -> BackendError {
     BackendError::Pending(Pending {
         poll_token: poll_token.into(),
         retry_after_seconds,
@@ -29,5 +33,8 @@ pub fn pending(poll_token: impl Into<String>, retry_after_seconds: u32, message:
 
 /// One bad setting.
 pub fn field(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError { field: field.into(), message: message.into() }
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
 }

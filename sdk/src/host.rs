@@ -42,7 +42,11 @@ impl From<CryptoError> for BackendError {
 }
 
 /// Signs `message` with the granted key `handle`; the host hashes.
-pub fn sign(handle: &str, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, CustodyError> {
+pub fn sign(
+    handle: &str,
+    scheme: SignatureScheme,
+    message: &[u8],
+) -> Result<Vec<u8>, CustodyError> {
     custody::sign(handle, scheme.into(), message)
 }
 
@@ -57,12 +61,21 @@ pub fn certificate_chain(handle: &str) -> Result<Vec<Vec<u8>>, CustodyError> {
 }
 
 /// Decrypts a key-transport ciphertext with the granted key.
-pub fn decrypt(handle: &str, padding: EncryptionPadding, ciphertext: &[u8]) -> Result<Vec<u8>, CustodyError> {
+pub fn decrypt(
+    handle: &str,
+    padding: EncryptionPadding,
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, CustodyError> {
     custody::decrypt(handle, padding, ciphertext)
 }
 
 /// Verifies a signature with a DER SubjectPublicKeyInfo.
-pub fn verify(public_key: &[u8], scheme: SignatureScheme, message: &[u8], signature: &[u8]) -> Result<bool, CryptoError> {
+pub fn verify(
+    public_key: &[u8],
+    scheme: SignatureScheme,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<bool, CryptoError> {
     crypto::verify(public_key, scheme.into(), message, signature)
 }
 
@@ -77,16 +90,30 @@ pub fn random_bytes(len: u32) -> Vec<u8> {
 }
 
 /// Encrypts to a public key (key transport).
-pub fn public_key_encrypt(public_key: &[u8], padding: EncryptionPadding, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn public_key_encrypt(
+    public_key: &[u8],
+    padding: EncryptionPadding,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     crypto::public_key_encrypt(public_key, padding, plaintext)
 }
 
 /// Symmetric CBC encryption with PKCS#7 padding.
-pub fn symmetric_encrypt(cipher: SymmetricCipher, key: &[u8], iv: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn symmetric_encrypt(
+    cipher: SymmetricCipher,
+    key: &[u8],
+    iv: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     crypto::symmetric_encrypt(cipher, key, iv, plaintext)
 }
 
 /// Symmetric CBC decryption, padding removed.
-pub fn symmetric_decrypt(cipher: SymmetricCipher, key: &[u8], iv: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn symmetric_decrypt(
+    cipher: SymmetricCipher,
+    key: &[u8],
+    iv: &[u8],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     crypto::symmetric_decrypt(cipher, key, iv, ciphertext)
 }

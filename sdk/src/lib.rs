@@ -67,12 +67,19 @@ pub trait Backend: 'static {
     }
 
     /// Issues a certificate, or returns [`error::pending`] when the CA has not decided yet.
-    fn issue(_config: &Self::Config, _request: IssueRequest) -> Result<IssuedCertificate, BackendError> {
+    fn issue(
+        _config: &Self::Config,
+        _request: IssueRequest,
+    ) -> Result<IssuedCertificate, BackendError> {
         Err(error::unsupported("issue"))
     }
 
     /// Asks about a request that was pending.
-    fn poll(_config: &Self::Config, _job_id: String, _poll_token: String) -> Result<IssuedCertificate, BackendError> {
+    fn poll(
+        _config: &Self::Config,
+        _job_id: String,
+        _poll_token: String,
+    ) -> Result<IssuedCertificate, BackendError> {
         Err(error::unsupported("poll"))
     }
 
@@ -88,7 +95,10 @@ pub trait Backend: 'static {
 
     /// Reports health. `config` is `None` when the host asks before configuring.
     fn health(_config: Option<&Self::Config>) -> HealthReport {
-        HealthReport { healthy: true, message: "ok".into() }
+        HealthReport {
+            healthy: true,
+            message: "ok".into(),
+        }
     }
 }
 
@@ -103,7 +113,10 @@ pub fn parse_settings<T: DeserializeOwned>(json: &str) -> Result<T, Vec<FieldErr
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
-        vec![FieldError { field, message: e.into_inner().to_string() }]
+        vec![FieldError {
+            field,
+            message: e.into_inner().to_string(),
+        }]
     })
 }
 
@@ -112,7 +125,9 @@ pub fn parse_settings<T: DeserializeOwned>(json: &str) -> Result<T, Vec<FieldErr
 pub struct Adapter<B>(PhantomData<B>);
 
 impl<B: Backend> Adapter<B> {
-    fn with_config<R>(f: impl FnOnce(&B::Config) -> Result<R, BackendError>) -> Result<R, BackendError> {
+    fn with_config<R>(
+        f: impl FnOnce(&B::Config) -> Result<R, BackendError>,
+    ) -> Result<R, BackendError> {
         SETTINGS.with(|s| {
             let guard = s.borrow();
             let config = guard

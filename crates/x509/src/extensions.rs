@@ -17,7 +17,8 @@ use crate::{Error, Result};
 /// Microsoft's user principal name otherName (used by Windows logon and Intune).
 pub const UPN_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.20.2.3");
 /// PKCS#9 extensionRequest attribute, which carries requested extensions in a CSR.
-pub const EXTENSION_REQUEST_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.14");
+pub const EXTENSION_REQUEST_OID: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.14");
 const SUBJECT_ALT_NAME_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
 
 /// A subject alternative name, mirroring the WIT `subject-alt-name` variant.
@@ -37,7 +38,9 @@ impl SubjectAltName {
             Error::Invalid(format!("subject alternative name {s:?} is not of the form kind:value (dns:, email:, upn:, uri:, ip:)"))
         })?;
         if value.is_empty() {
-            return Err(Error::Invalid(format!("subject alternative name {s:?} has an empty value")));
+            return Err(Error::Invalid(format!(
+                "subject alternative name {s:?} has an empty value"
+            )));
         }
         Ok(match kind {
             "dns" => Self::Dns(value.to_owned()),
@@ -45,7 +48,9 @@ impl SubjectAltName {
             "upn" => Self::Upn(value.to_owned()),
             "uri" => Self::Uri(value.to_owned()),
             "ip" => Self::Ip(value.parse().map_err(|_| {
-                Error::Invalid(format!("subject alternative name {s:?}: {value:?} is not an IP address"))
+                Error::Invalid(format!(
+                    "subject alternative name {s:?}: {value:?} is not an IP address"
+                ))
             })?),
             other => {
                 return Err(Error::Invalid(format!(
@@ -58,7 +63,8 @@ impl SubjectAltName {
     /// Encodes this name as an X.509 GeneralName.
     pub fn to_general_name(&self) -> Result<GeneralName> {
         let ia5 = |s: &str| {
-            Ia5String::new(s).map_err(|_| Error::Invalid(format!("{s:?} is not an IA5 (ASCII) string")))
+            Ia5String::new(s)
+                .map_err(|_| Error::Invalid(format!("{s:?} is not an IA5 (ASCII) string")))
         };
         Ok(match self {
             Self::Dns(d) => GeneralName::DnsName(ia5(d)?),
@@ -79,8 +85,12 @@ impl SubjectAltName {
             GeneralName::Rfc822Name(e) => Some(Self::Email(e.to_string())),
             GeneralName::UniformResourceIdentifier(u) => Some(Self::Uri(u.to_string())),
             GeneralName::IpAddress(o) => match o.as_bytes().len() {
-                4 => <[u8; 4]>::try_from(o.as_bytes()).ok().map(|b| Self::Ip(b.into())),
-                16 => <[u8; 16]>::try_from(o.as_bytes()).ok().map(|b| Self::Ip(b.into())),
+                4 => <[u8; 4]>::try_from(o.as_bytes())
+                    .ok()
+                    .map(|b| Self::Ip(b.into())),
+                16 => <[u8; 16]>::try_from(o.as_bytes())
+                    .ok()
+                    .map(|b| Self::Ip(b.into())),
                 _ => None,
             },
             GeneralName::OtherName(o) if o.type_id == UPN_OID => o
@@ -205,7 +215,13 @@ fn extension<E: AsExtension>(value: &E, subject: &Name) -> Result<Extension> {
 
 /// `basicConstraints` (critical): a CA with an optional path length, or an end entity.
 pub fn basic_constraints(ca: bool, path_len: Option<u8>, subject: &Name) -> Result<Extension> {
-    extension(&BasicConstraints { ca, path_len_constraint: path_len }, subject)
+    extension(
+        &BasicConstraints {
+            ca,
+            path_len_constraint: path_len,
+        },
+        subject,
+    )
 }
 
 /// `keyUsage` (critical). Empty input is an error: a certificate without usages is a config mistake.
@@ -220,12 +236,18 @@ pub fn key_usage(usages: &[KeyUsageName], subject: &Name) -> Result<Extension> {
 
 /// `extKeyUsage` (not critical).
 pub fn extended_key_usage(purposes: &[ExtendedKeyUsageName], subject: &Name) -> Result<Extension> {
-    extension(&ExtendedKeyUsage(purposes.iter().map(|p| p.oid()).collect()), subject)
+    extension(
+        &ExtendedKeyUsage(purposes.iter().map(|p| p.oid()).collect()),
+        subject,
+    )
 }
 
 /// `subjectAltName`; critical when the subject is empty, as RFC 5280 requires.
 pub fn subject_alt_name(names: &[SubjectAltName], subject: &Name) -> Result<Extension> {
-    let general = names.iter().map(|n| n.to_general_name()).collect::<Result<Vec<_>>>()?;
+    let general = names
+        .iter()
+        .map(|n| n.to_general_name())
+        .collect::<Result<Vec<_>>>()?;
     extension(&SanExtension(general), subject)
 }
 
@@ -247,9 +269,16 @@ pub fn authority_key_identifier(id: &[u8], subject: &Name) -> Result<Extension> 
 }
 
 /// The subject alternative names a CSR asks for in its extensionRequest attribute.
-pub fn requested_subject_alt_names(csr: &x509_cert::request::CertReq) -> Result<Vec<SubjectAltName>> {
+pub fn requested_subject_alt_names(
+    csr: &x509_cert::request::CertReq,
+) -> Result<Vec<SubjectAltName>> {
     let mut out = Vec::new();
-    for attr in csr.info.attributes.iter().filter(|a| a.oid == EXTENSION_REQUEST_OID) {
+    for attr in csr
+        .info
+        .attributes
+        .iter()
+        .filter(|a| a.oid == EXTENSION_REQUEST_OID)
+    {
         for value in attr.values.iter() {
             let exts: Vec<Extension> = value.decode_as()?;
             for ext in exts.iter().filter(|e| e.extn_id == SUBJECT_ALT_NAME_OID) {
@@ -284,7 +313,14 @@ mod tests {
 
     #[test]
     fn san_text_forms_round_trip() {
-        for s in ["dns:host.example", "email:a@example.com", "upn:a@corp.example", "uri:https://x.example/", "ip:192.0.2.1", "ip:2001:db8::1"] {
+        for s in [
+            "dns:host.example",
+            "email:a@example.com",
+            "upn:a@corp.example",
+            "uri:https://x.example/",
+            "ip:192.0.2.1",
+            "ip:2001:db8::1",
+        ] {
             let san = SubjectAltName::parse(s).unwrap();
             assert_eq!(san.to_string(), s);
             let gn = san.to_general_name().unwrap();
@@ -294,18 +330,47 @@ mod tests {
 
     #[test]
     fn bad_san_forms_say_what_is_wrong() {
-        assert!(SubjectAltName::parse("nocolon").unwrap_err().to_string().contains("kind:value"));
-        assert!(SubjectAltName::parse("fax:123").unwrap_err().to_string().contains("fax"));
-        assert!(SubjectAltName::parse("ip:not-an-ip").unwrap_err().to_string().contains("IP"));
-        assert!(SubjectAltName::parse("dns:").unwrap_err().to_string().contains("empty"));
+        assert!(SubjectAltName::parse("nocolon")
+            .unwrap_err()
+            .to_string()
+            .contains("kind:value"));
+        assert!(SubjectAltName::parse("fax:123")
+            .unwrap_err()
+            .to_string()
+            .contains("fax"));
+        assert!(SubjectAltName::parse("ip:not-an-ip")
+            .unwrap_err()
+            .to_string()
+            .contains("IP"));
+        assert!(SubjectAltName::parse("dns:")
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
     }
 
     #[test]
     fn usage_names_parse_and_reject() {
-        assert_eq!("key_encipherment".parse::<KeyUsageName>().unwrap(), KeyUsageName::KeyEncipherment);
+        assert_eq!(
+            "key_encipherment".parse::<KeyUsageName>().unwrap(),
+            KeyUsageName::KeyEncipherment
+        );
         assert!("keyEncipherment".parse::<KeyUsageName>().is_err());
-        assert_eq!("client_auth".parse::<ExtendedKeyUsageName>().unwrap().oid().to_string(), "1.3.6.1.5.5.7.3.2");
-        assert_eq!("1.2.3.4".parse::<ExtendedKeyUsageName>().unwrap().oid().to_string(), "1.2.3.4");
+        assert_eq!(
+            "client_auth"
+                .parse::<ExtendedKeyUsageName>()
+                .unwrap()
+                .oid()
+                .to_string(),
+            "1.3.6.1.5.5.7.3.2"
+        );
+        assert_eq!(
+            "1.2.3.4"
+                .parse::<ExtendedKeyUsageName>()
+                .unwrap()
+                .oid()
+                .to_string(),
+            "1.2.3.4"
+        );
         assert!("clientAuthX".parse::<ExtendedKeyUsageName>().is_err());
     }
 }

@@ -15,7 +15,9 @@ const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34")
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PublicKeyKind {
     /// RSA with the modulus size in bits.
-    Rsa { bits: usize },
+    Rsa {
+        bits: usize,
+    },
     EcP256,
     EcP384,
 }
@@ -29,7 +31,9 @@ impl PublicKeyKind {
                     .subject_public_key
                     .as_bytes()
                     .ok_or_else(|| Error::Invalid("RSA public key has unused bits".into()))?;
-                Ok(Self::Rsa { bits: rsa_modulus_bits(bytes)? })
+                Ok(Self::Rsa {
+                    bits: rsa_modulus_bits(bytes)?,
+                })
             }
             EC_PUBLIC_KEY => {
                 let curve = spki
@@ -38,14 +42,20 @@ impl PublicKeyKind {
                     .as_ref()
                     .ok_or_else(|| Error::Invalid("EC public key without a named curve".into()))?
                     .decode_as::<ObjectIdentifier>()
-                    .map_err(|_| Error::Invalid("EC public key parameters are not a named curve".into()))?;
+                    .map_err(|_| {
+                        Error::Invalid("EC public key parameters are not a named curve".into())
+                    })?;
                 match curve {
                     SECP256R1 => Ok(Self::EcP256),
                     SECP384R1 => Ok(Self::EcP384),
-                    other => Err(Error::Invalid(format!("unsupported elliptic curve {other}"))),
+                    other => Err(Error::Invalid(format!(
+                        "unsupported elliptic curve {other}"
+                    ))),
                 }
             }
-            other => Err(Error::Invalid(format!("unsupported public key algorithm {other}"))),
+            other => Err(Error::Invalid(format!(
+                "unsupported public key algorithm {other}"
+            ))),
         }
     }
 

@@ -23,7 +23,10 @@ impl<'a> SignedParts<'a> {
         let mut outer = SliceReader::new(der_bytes)?;
         let header = der::Header::decode(&mut outer)?;
         if header.tag != Tag::Sequence {
-            return Err(Error::Invalid(format!("expected a SEQUENCE, found {}", header.tag)));
+            return Err(Error::Invalid(format!(
+                "expected a SEQUENCE, found {}",
+                header.tag
+            )));
         }
         let body_len: usize = header.length.try_into()?;
         let body = outer.read_slice(header.length)?;
@@ -43,12 +46,20 @@ impl<'a> SignedParts<'a> {
         let signature = bits
             .as_bytes()
             .ok_or_else(|| Error::Invalid("signature BIT STRING has unused bits".into()))?;
-        Ok(Self { tbs, algorithm, signature })
+        Ok(Self {
+            tbs,
+            algorithm,
+            signature,
+        })
     }
 }
 
 /// Encodes `SEQUENCE { tbs, algorithm, BIT STRING signature }` from already-encoded `tbs` DER.
-pub fn assemble(tbs_der: &[u8], algorithm: &AlgorithmIdentifierOwned, signature: &[u8]) -> Result<Vec<u8>> {
+pub fn assemble(
+    tbs_der: &[u8],
+    algorithm: &AlgorithmIdentifierOwned,
+    signature: &[u8],
+) -> Result<Vec<u8>> {
     let alg = algorithm.to_der()?;
     let sig = der::asn1::BitString::from_bytes(signature)?.to_der()?;
     let body_len = der::Length::try_from(tbs_der.len() + alg.len() + sig.len())?;
@@ -67,7 +78,10 @@ mod tests {
     #[test]
     fn split_and_assemble_are_inverse() {
         let alg = crate::SignatureScheme::EcdsaP256Sha256.algorithm_identifier();
-        let tbs = der::asn1::OctetString::new(vec![1u8, 2, 3]).unwrap().to_der().unwrap();
+        let tbs = der::asn1::OctetString::new(vec![1u8, 2, 3])
+            .unwrap()
+            .to_der()
+            .unwrap();
         let whole = assemble(&tbs, &alg, &[9, 9, 9]).unwrap();
         let parts = SignedParts::split(&whole).unwrap();
         assert_eq!(parts.tbs, &tbs[..]);
@@ -78,7 +92,10 @@ mod tests {
     #[test]
     fn trailing_garbage_is_refused() {
         let alg = crate::SignatureScheme::EcdsaP256Sha256.algorithm_identifier();
-        let tbs = der::asn1::OctetString::new(vec![1u8]).unwrap().to_der().unwrap();
+        let tbs = der::asn1::OctetString::new(vec![1u8])
+            .unwrap()
+            .to_der()
+            .unwrap();
         let mut whole = assemble(&tbs, &alg, &[9]).unwrap();
         whole.push(0);
         assert!(SignedParts::split(&whole).is_err());

@@ -31,7 +31,9 @@ impl CertificateTemplate {
     /// DER of the TBSCertificate for signing with `scheme`.
     pub fn tbs_der(&self, scheme: SignatureScheme) -> Result<Vec<u8>> {
         if self.not_after <= self.not_before {
-            return Err(Error::Invalid("certificate validity ends before it starts".into()));
+            return Err(Error::Invalid(
+                "certificate validity ends before it starts".into(),
+            ));
         }
         let mut serial = self.serial.clone();
         if serial.first().is_some_and(|b| b & 0x80 != 0) {
@@ -50,7 +52,11 @@ impl CertificateTemplate {
             subject_public_key_info: self.public_key.clone(),
             issuer_unique_id: None,
             subject_unique_id: None,
-            extensions: if self.extensions.is_empty() { None } else { Some(self.extensions.clone()) },
+            extensions: if self.extensions.is_empty() {
+                None
+            } else {
+                Some(self.extensions.clone())
+            },
         };
         Ok(tbs.to_der()?)
     }
@@ -64,7 +70,8 @@ impl CertificateTemplate {
     ) -> core::result::Result<Vec<u8>, SignError<E>> {
         let tbs = self.tbs_der(scheme).map_err(SignError::Encode)?;
         let signature = sign(&tbs).map_err(SignError::Signer)?;
-        signed::assemble(&tbs, &scheme.algorithm_identifier(), &signature).map_err(SignError::Encode)
+        signed::assemble(&tbs, &scheme.algorithm_identifier(), &signature)
+            .map_err(SignError::Encode)
     }
 }
 

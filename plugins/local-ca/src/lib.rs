@@ -126,17 +126,26 @@ impl Backend for LocalCa {
             errors.push(error::field("default_validity_days", "must be at least 1"));
         }
         if c.max_validity_days < c.default_validity_days {
-            errors.push(error::field("max_validity_days", "must not be below default_validity_days"));
+            errors.push(error::field(
+                "max_validity_days",
+                "must not be below default_validity_days",
+            ));
         }
         if c.min_rsa_bits < 2048 {
             errors.push(error::field("min_rsa_bits", "must be at least 2048"));
         }
         for (name, p) in &c.profiles {
             if p.key_usage.is_empty() {
-                errors.push(error::field(format!("profiles.{name}.key_usage"), "must list at least one key usage"));
+                errors.push(error::field(
+                    format!("profiles.{name}.key_usage"),
+                    "must list at least one key usage",
+                ));
             }
             if p.validity_days == Some(0) {
-                errors.push(error::field(format!("profiles.{name}.validity_days"), "must be at least 1"));
+                errors.push(error::field(
+                    format!("profiles.{name}.validity_days"),
+                    "must be at least 1",
+                ));
             }
         }
         if errors.is_empty() {
@@ -156,24 +165,34 @@ impl Backend for LocalCa {
                 c.ca_key
             ))
         })?;
-        let ca = Certificate::from_der(ca_der)
-            .map_err(|e| error::rejected(format!("the CA certificate in custody does not parse: {e}")))?;
+        let ca = Certificate::from_der(ca_der).map_err(|e| {
+            error::rejected(format!("the CA certificate in custody does not parse: {e}"))
+        })?;
         let ca_kind = PublicKeyKind::of(&ca.tbs_certificate.subject_public_key_info)
             .map_err(|e| error::rejected(format!("CA key: {e}")))?;
         let scheme = ca_kind.default_signature_scheme();
 
         let subject = match &request.subject {
-            Some(der) => Name::from_der(der).map_err(|e| error::rejected(format!("requested subject is not a DER Name: {e}")))?,
+            Some(der) => Name::from_der(der).map_err(|e| {
+                error::rejected(format!("requested subject is not a DER Name: {e}"))
+            })?,
             None => csr.info.subject.clone(),
         };
         let sans = if request.subject_alt_names.is_empty() {
-            extensions::requested_subject_alt_names(&csr)
-                .map_err(|e| error::rejected(format!("CSR extension request does not parse: {e}")))?
+            extensions::requested_subject_alt_names(&csr).map_err(|e| {
+                error::rejected(format!("CSR extension request does not parse: {e}"))
+            })?
         } else {
-            request.subject_alt_names.iter().map(from_wit_san).collect::<Result<Vec<_>, _>>()?
+            request
+                .subject_alt_names
+                .iter()
+                .map(from_wit_san)
+                .collect::<Result<Vec<_>, _>>()?
         };
         if subject.0.is_empty() && sans.is_empty() {
-            return Err(error::rejected("the certificate would have neither a subject nor a subject alternative name"));
+            return Err(error::rejected(
+                "the certificate would have neither a subject nor a subject alternative name",
+            ));
         }
 
         let profile = profile_for(c, &request.profile);
@@ -186,7 +205,12 @@ impl Backend for LocalCa {
             .duration_since(UNIX_EPOCH)
             .map_err(|_| error::transient("the clock is before 1970"))?
             .as_secs();
-        let ca_not_after = ca.tbs_certificate.validity.not_after.to_unix_duration().as_secs();
+        let ca_not_after = ca
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs();
         let not_after = (now + u64::from(days) * 86_400).min(ca_not_after);
         if not_after <= now {
             return Err(error::rejected("the CA certificate has expired"));
@@ -194,14 +218,19 @@ impl Backend for LocalCa {
 
         let public_key = csr.info.public_key.clone();
         let key_id = subject_key_id(&public_key)?;
-        let enc = |e: certconn_sdk::x509::Error| error::rejected(format!("encoding the certificate: {e}"));
+        let enc = |e: certconn_sdk::x509::Error| {
+            error::rejected(format!("encoding the certificate: {e}"))
+        };
         let mut exts = vec![
             extensions::basic_constraints(false, None, &subject).map_err(enc)?,
             extensions::key_usage(&profile.key_usage, &subject).map_err(enc)?,
             extensions::subject_key_identifier(&key_id, &subject).map_err(enc)?,
         ];
         if !profile.extended_key_usage.is_empty() {
-            exts.push(extensions::extended_key_usage(&profile.extended_key_usage, &subject).map_err(enc)?);
+            exts.push(
+                extensions::extended_key_usage(&profile.extended_key_usage, &subject)
+                    .map_err(enc)?,
+            );
         }
         if !sans.is_empty() {
             let mut san = extensions::subject_alt_name(&sans, &subject).map_err(enc)?;
@@ -227,27 +256,48 @@ impl Backend for LocalCa {
                 certconn_sdk::x509::tbs::SignError::Encode(e) => enc(e),
                 certconn_sdk::x509::tbs::SignError::Signer(e) => BackendError::from(e),
             })?;
-        log::info(&format!("issued for job {} under profile {}", request.job_id, request.profile));
+        log::info(&format!(
+            "issued for job {} under profile {}",
+            request.job_id, request.profile
+        ));
         Ok(IssuedCertificate { certificate, chain })
     }
 
     fn revoke(_c: &Config, request: RevokeRequest) -> Result<(), BackendError> {
         let serial = request.serial.trim();
-        if serial.is_empty() || serial.len() > 42 || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(error::rejected(format!("serial {serial:?} is not a hexadecimal serial number")));
+        if serial.is_empty() || serial.len() > 42 || !serial.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(error::rejected(format!(
+                "serial {serial:?} is not a hexadecimal serial number"
+            )));
         }
-        log::info(&format!("revoked serial {serial} for job {} ({:?})", request.job_id, request.reason));
+        log::info(&format!(
+            "revoked serial {serial} for job {} ({:?})",
+            request.job_id, request.reason
+        ));
         Ok(())
     }
 
     fn health(config: Option<&Config>) -> HealthReport {
         let Some(c) = config else {
-            return HealthReport { healthy: false, message: "not configured".into() };
+            return HealthReport {
+                healthy: false,
+                message: "not configured".into(),
+            };
         };
         match host::certificate_chain(&c.ca_key) {
-            Ok(chain) if !chain.is_empty() => HealthReport { healthy: true, message: "CA key and certificate available".into() },
-            Ok(_) => HealthReport { healthy: false, message: format!("custody key {:?} has no certificate", c.ca_key) },
-            Err(e) => HealthReport { healthy: false, message: e.to_string() },
+            Ok(chain) if !chain.is_empty() => HealthReport {
+                healthy: true,
+                message: "CA key and certificate available".into(),
+            },
+            Ok(_) => HealthReport {
+                healthy: false,
+                message: format!("custody key {:?} has no certificate", c.ca_key),
+            },
+            Err(e) => HealthReport {
+                healthy: false,
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -255,13 +305,18 @@ impl Backend for LocalCa {
 /// Parses the CSR, verifies its signature with the host and refuses weak or unknown keys.
 fn checked_csr(c: &Config, der: &[u8]) -> Result<CertReq, BackendError> {
     let csr = CertReq::from_der(der).map_err(|e| error::rejected(format!("malformed CSR: {e}")))?;
-    let parts = SignedParts::split(der).map_err(|e| error::rejected(format!("malformed CSR: {e}")))?;
+    let parts =
+        SignedParts::split(der).map_err(|e| error::rejected(format!("malformed CSR: {e}")))?;
     let scheme = SignatureScheme::from_algorithm_identifier(&parts.algorithm)
         .map_err(|e| error::rejected(format!("CSR signature: {e}")))?;
-    let kind = PublicKeyKind::of(&csr.info.public_key).map_err(|e| error::rejected(format!("CSR key: {e}")))?;
+    let kind = PublicKeyKind::of(&csr.info.public_key)
+        .map_err(|e| error::rejected(format!("CSR key: {e}")))?;
     if let PublicKeyKind::Rsa { bits } = kind {
         if bits < c.min_rsa_bits {
-            return Err(error::rejected(format!("CSR key is RSA-{bits}; the minimum is RSA-{}", c.min_rsa_bits)));
+            return Err(error::rejected(format!(
+                "CSR key is RSA-{bits}; the minimum is RSA-{}",
+                c.min_rsa_bits
+            )));
         }
     }
     let spki = csr
@@ -270,7 +325,9 @@ fn checked_csr(c: &Config, der: &[u8]) -> Result<CertReq, BackendError> {
         .to_der()
         .map_err(|e| error::rejected(format!("CSR key: {e}")))?;
     if !host::verify(&spki, scheme, parts.tbs, parts.signature)? {
-        return Err(error::rejected("CSR signature does not verify with the CSR's public key"));
+        return Err(error::rejected(
+            "CSR signature does not verify with the CSR's public key",
+        ));
     }
     Ok(csr)
 }
@@ -290,7 +347,10 @@ fn profile_for(c: &Config, name: &str) -> Resolved {
             validity_days: p.validity_days,
         },
         None => Resolved {
-            key_usage: vec![KeyUsageName::DigitalSignature, KeyUsageName::KeyEncipherment],
+            key_usage: vec![
+                KeyUsageName::DigitalSignature,
+                KeyUsageName::KeyEncipherment,
+            ],
             extended_key_usage: vec![ExtendedKeyUsageName::ClientAuth],
             validity_days: None,
         },
@@ -298,13 +358,17 @@ fn profile_for(c: &Config, name: &str) -> Resolved {
 }
 
 /// RFC 7093 method 1: the leftmost 160 bits of the SHA-256 of the subjectPublicKey bits.
-fn subject_key_id(spki: &certconn_sdk::x509::spki::SubjectPublicKeyInfoOwned) -> Result<Vec<u8>, BackendError> {
+fn subject_key_id(
+    spki: &certconn_sdk::x509::spki::SubjectPublicKeyInfoOwned,
+) -> Result<Vec<u8>, BackendError> {
     let mut digest = host::sha256(spki.subject_public_key.raw_bytes())?;
     digest.truncate(20);
     Ok(digest)
 }
 
-fn from_wit_san(san: &certconn_sdk::SubjectAltName) -> Result<extensions::SubjectAltName, BackendError> {
+fn from_wit_san(
+    san: &certconn_sdk::SubjectAltName,
+) -> Result<extensions::SubjectAltName, BackendError> {
     use certconn_sdk::SubjectAltName as W;
     use extensions::SubjectAltName as X;
     Ok(match san {
@@ -312,7 +376,10 @@ fn from_wit_san(san: &certconn_sdk::SubjectAltName) -> Result<extensions::Subjec
         W::Email(v) => X::Email(v.clone()),
         W::Upn(v) => X::Upn(v.clone()),
         W::Uri(v) => X::Uri(v.clone()),
-        W::Ip(v) => X::Ip(v.parse().map_err(|_| error::rejected(format!("{v:?} is not an IP address")))?),
+        W::Ip(v) => X::Ip(
+            v.parse()
+                .map_err(|_| error::rejected(format!("{v:?} is not an IP address")))?,
+        ),
     })
 }
 

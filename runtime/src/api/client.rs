@@ -33,8 +33,16 @@ impl ApiClient {
     }
 
     /// Sends a request; returns the JSON body of a 2xx answer.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value, ClientError> {
-        let unreachable = |reason: String| ClientError::Unreachable { base: self.base.clone(), reason };
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let unreachable = |reason: String| ClientError::Unreachable {
+            base: self.base.clone(),
+            reason,
+        };
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
         let request = Request::builder()
             .method(method)
@@ -43,18 +51,35 @@ impl ApiClient {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| unreachable(e.to_string()))?;
-        let response = self.http.request(request).await.map_err(|e| unreachable(format!("{e}")))?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| unreachable(format!("{e}")))?;
         let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
-        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&body) }));
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&body) }));
         if status.is_success() {
             Ok(value)
         } else {
-            let mut message = value.get("error").and_then(|e| e.as_str()).unwrap_or("request failed").to_owned();
+            let mut message = value
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("request failed")
+                .to_owned();
             if let Some(field) = value.get("field").and_then(|f| f.as_str()) {
                 message = format!("{field}: {message}");
             }
-            Err(ClientError::Api { status: status.as_u16(), message })
+            Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+            })
         }
     }
 }

@@ -32,7 +32,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), field: None }
+        Self {
+            status,
+            message: message.into(),
+            field: None,
+        }
     }
 }
 
@@ -59,7 +63,10 @@ impl From<JournalError> for ApiError {
             JournalError::NotRetryable { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             other => {
                 tracing::error!("journal: {other}");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the journal is unavailable; the request was not stored")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the journal is unavailable; the request was not stored",
+                )
             }
         }
     }
@@ -68,7 +75,11 @@ impl From<JournalError> for ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
-            SubmitError::Invalid(i) => ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message: i.message, field: Some(i.field) },
+            SubmitError::Invalid(i) => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: i.message,
+                field: Some(i.field),
+            },
             SubmitError::Journal(j) => j.into(),
         }
     }
@@ -83,7 +94,10 @@ struct AppState {
 /// The router, with authentication on everything under `/v1` except `/v1/health`.
 pub fn router(connector: Arc<Connector>, token: Zeroizing<String>) -> Router {
     let max_body = connector.services.config.api.max_body_bytes;
-    let state = AppState { connector, token: Arc::new(token) };
+    let state = AppState {
+        connector,
+        token: Arc::new(token),
+    };
     let authed = Router::new()
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/issue", post(submit_issue))
@@ -101,7 +115,11 @@ pub fn router(connector: Arc<Connector>, token: Zeroizing<String>) -> Router {
         .with_state(state)
 }
 
-async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+async fn authenticate(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -109,13 +127,21 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !provider::constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ));
     }
     Ok(next.run(request).await)
 }
 
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let counts = state.connector.services.journal.counts().unwrap_or_default();
+    let counts = state
+        .connector
+        .services
+        .journal
+        .counts()
+        .unwrap_or_default();
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
@@ -156,9 +182,11 @@ pub struct RevokeBody {
 
 fn idempotency_key(given: Option<String>) -> Result<String, ApiError> {
     match given {
-        Some(k) if k.is_empty() || k.len() > 200 => {
-            Err(ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message: "must be 1 to 200 characters".into(), field: Some("idempotency_key") })
-        }
+        Some(k) if k.is_empty() || k.len() > 200 => Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: "must be 1 to 200 characters".into(),
+            field: Some("idempotency_key"),
+        }),
         Some(k) => Ok(k),
         None => provider::random_vec(16)
             .map(hex::encode)
@@ -167,11 +195,18 @@ fn idempotency_key(given: Option<String>) -> Result<String, ApiError> {
 }
 
 fn accepted((job, created): (JobRecord, bool)) -> Response {
-    let status = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
     (status, Json(json!({ "job": job, "created": created }))).into_response()
 }
 
-async fn submit_issue(State(state): State<AppState>, body: Result<Json<IssueBody>, JsonRejection>) -> Result<Response, ApiError> {
+async fn submit_issue(
+    State(state): State<AppState>,
+    body: Result<Json<IssueBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
     let Json(b) = body?;
     let key = idempotency_key(b.idempotency_key)?;
     let job = IssueJob {
@@ -186,10 +221,17 @@ async fn submit_issue(State(state): State<AppState>, body: Result<Json<IssueBody
     Ok(accepted(state.connector.submit_issue("api", &key, &job)?))
 }
 
-async fn submit_revoke(State(state): State<AppState>, body: Result<Json<RevokeBody>, JsonRejection>) -> Result<Response, ApiError> {
+async fn submit_revoke(
+    State(state): State<AppState>,
+    body: Result<Json<RevokeBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
     let Json(b) = body?;
     let key = idempotency_key(b.idempotency_key)?;
-    let job = RevokeJob { serial: b.serial, reason: b.reason, backend: b.backend };
+    let job = RevokeJob {
+        serial: b.serial,
+        reason: b.reason,
+        backend: b.backend,
+    };
     Ok(accepted(state.connector.submit_revoke("api", &key, &job)?))
 }
 
@@ -199,36 +241,59 @@ struct ListQuery {
     limit: Option<u32>,
 }
 
-async fn list_jobs(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_jobs(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let filter = match q.state.as_deref() {
         None => None,
         Some(s) => Some(JobState::parse(s).ok_or_else(|| ApiError {
             status: StatusCode::BAD_REQUEST,
-            message: format!("unknown state {s:?}; expected queued, running, pending, succeeded, failed or dead"),
+            message: format!(
+                "unknown state {s:?}; expected queued, running, pending, succeeded, failed or dead"
+            ),
             field: Some("state"),
         })?),
     };
-    let jobs = state.connector.services.journal.list(filter, q.limit.unwrap_or(100).min(10_000))?;
+    let jobs = state
+        .connector
+        .services
+        .journal
+        .list(filter, q.limit.unwrap_or(100).min(10_000))?;
     Ok(Json(json!({ "jobs": jobs })))
 }
 
-async fn show_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobRecord>, ApiError> {
+async fn show_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, ApiError> {
     Ok(Json(state.connector.services.journal.get(&id)?))
 }
 
-async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobRecord>, ApiError> {
+async fn retry_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, ApiError> {
     let job = state.connector.services.journal.retry(&id)?;
     state.connector.wake();
     Ok(Json(job))
 }
 
-async fn job_result(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn job_result(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let journal = &state.connector.services.journal;
     let job = journal.get(&id)?;
     if job.state != JobState::Succeeded {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("job {id} is {}; it has no result", job.state.as_str())));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("job {id} is {}; it has no result", job.state.as_str()),
+        ));
     }
-    let result = journal.take_result(&id)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the job has no stored result"))?;
+    let result = journal
+        .take_result(&id)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the job has no stored result"))?;
     Ok(Json(json!({ "job": job, "result": result })))
 }
 
@@ -241,11 +306,16 @@ async fn list_plugins(State(state): State<AppState>) -> Json<serde_json::Value> 
         };
         let caps = b.info.capabilities;
         use crate::plugins::bindings::types::Capabilities as C;
-        let capabilities: Vec<&str> = [(C::ISSUE, "issue"), (C::REVOKE, "revoke"), (C::POLL, "poll"), (C::CHECK_IMPORT, "check-import")]
-            .into_iter()
-            .filter(|(c, _)| caps.contains(*c))
-            .map(|(_, n)| n)
-            .collect();
+        let capabilities: Vec<&str> = [
+            (C::ISSUE, "issue"),
+            (C::REVOKE, "revoke"),
+            (C::POLL, "poll"),
+            (C::CHECK_IMPORT, "check-import"),
+        ]
+        .into_iter()
+        .filter(|(c, _)| caps.contains(*c))
+        .map(|(_, n)| n)
+        .collect();
         out.push(json!({
             "backend": &*b.name,
             "plugin": b.plugin,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use spki::SubjectPublicKeyInfoOwned;
 use der::Decode;
+use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::name::Name;
 
 use crate::config::Config;
@@ -23,7 +23,9 @@ use crate::connector::Connector;
 use crate::custody::{KeyAlgorithm, PrivateKey};
 use crate::jobs::model::{IssueJob, JobState};
 use crate::pki;
-use certconn_x509::{extensions, CertificateTemplate, ExtendedKeyUsageName, KeyUsageName, SubjectAltName};
+use certconn_x509::{
+    extensions, CertificateTemplate, ExtendedKeyUsageName, KeyUsageName, SubjectAltName,
+};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -42,8 +44,12 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let plugins = std::fs::canonicalize(&args.plugins)
-        .with_context(|| format!("plugin directory {} (build it with scripts/build-plugins)", args.plugins.display()))?;
+    let plugins = std::fs::canonicalize(&args.plugins).with_context(|| {
+        format!(
+            "plugin directory {} (build it with scripts/build-plugins)",
+            args.plugins.display()
+        )
+    })?;
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let dir = std::env::temp_dir().join(format!("certconn-bench-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -52,7 +58,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn bench(args: &BenchArgs, plugins: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+async fn bench(
+    args: &BenchArgs,
+    plugins: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
     let toml = format!(
         r#"
 data_dir = "{data}"
@@ -79,9 +89,21 @@ backend = "local"
     std::fs::write(&config_path, &toml)?;
     let config = Config::parse(&config_path, &toml)?;
     let connector = Arc::new(Connector::open(config).await?);
-    let backend = connector.services.registry.backend("local").context("backend local is not loaded")?;
+    let backend = connector
+        .services
+        .registry
+        .backend("local")
+        .context("backend local is not loaded")?;
 
-    println!("certconn bench: {} jobs, {} workers, {} plugin calls, {} cores", args.jobs, args.workers, args.calls, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "certconn bench: {} jobs, {} workers, {} plugin calls, {} cores",
+        args.jobs,
+        args.workers,
+        args.calls,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
 
     // 1. Plugin overhead.
     for _ in 0..50 {
@@ -122,16 +144,33 @@ backend = "local"
     let journal = connector.services.journal.clone();
     loop {
         let counts = journal.counts()?;
-        let done: i64 = counts.iter().filter(|(s, _)| s == JobState::Succeeded.as_str()).map(|(_, n)| n).sum();
-        let bad: i64 = counts.iter().filter(|(s, _)| s == "failed" || s == "dead").map(|(_, n)| n).sum();
+        let done: i64 = counts
+            .iter()
+            .filter(|(s, _)| s == JobState::Succeeded.as_str())
+            .map(|(_, n)| n)
+            .sum();
+        let bad: i64 = counts
+            .iter()
+            .filter(|(s, _)| s == "failed" || s == "dead")
+            .map(|(_, n)| n)
+            .sum();
         if bad > 0 {
-            bail!("{bad} bench jobs failed: {:?}", journal.list(Some(JobState::Failed), 1)?.first().and_then(|j| j.last_error.clone()));
+            bail!(
+                "{bad} bench jobs failed: {:?}",
+                journal
+                    .list(Some(JobState::Failed), 1)?
+                    .first()
+                    .and_then(|j| j.last_error.clone())
+            );
         }
         if done as usize >= args.jobs {
             break;
         }
         if t.elapsed() > Duration::from_secs(600) {
-            bail!("the pipeline did not finish {} jobs in 10 minutes ({done} done)", args.jobs);
+            bail!(
+                "the pipeline did not finish {} jobs in 10 minutes ({done} done)",
+                args.jobs
+            );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -191,7 +230,13 @@ fn direct_issue(ca: &PrivateKey, ca_chain: &[Vec<u8>], iterations: u32) -> anyho
         public_key: SubjectPublicKeyInfoOwned::from_der(key.public_key_der())?,
         extensions: vec![
             extensions::basic_constraints(false, None, &subject)?,
-            extensions::key_usage(&[KeyUsageName::DigitalSignature, KeyUsageName::KeyEncipherment], &subject)?,
+            extensions::key_usage(
+                &[
+                    KeyUsageName::DigitalSignature,
+                    KeyUsageName::KeyEncipherment,
+                ],
+                &subject,
+            )?,
             extensions::extended_key_usage(&[ExtendedKeyUsageName::ClientAuth], &subject)?,
             extensions::subject_alt_name(&sans, &subject)?,
         ],
@@ -202,7 +247,12 @@ fn direct_issue(ca: &PrivateKey, ca_chain: &[Vec<u8>], iterations: u32) -> anyho
         .map_err(|e| anyhow::anyhow!("signing: {e:?}"))?;
     let password = pki::pkcs12::random_password()?;
     pki::pkcs12::write(
-        &pki::pkcs12::PfxContents { key_pkcs8: key.pkcs8_der(), certificate: &cert, chain: ca_chain, friendly_name: Some("bench") },
+        &pki::pkcs12::PfxContents {
+            key_pkcs8: key.pkcs8_der(),
+            certificate: &cert,
+            chain: ca_chain,
+            friendly_name: Some("bench"),
+        },
         &password,
         iterations,
     )?;

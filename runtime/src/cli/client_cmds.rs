@@ -116,8 +116,23 @@ fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
 pub async fn submit(config_path: &Path, what: Submit) -> anyhow::Result<()> {
     let api = client(config_path)?;
     match what {
-        Submit::Issue { profile, subject, sans, key, recipient, csr, validity_days, out, idempotency_key, no_wait, timeout_seconds } => {
-            let recipient_pem = recipient.as_deref().map(|p| read_text(p, "recipient certificate")).transpose()?;
+        Submit::Issue {
+            profile,
+            subject,
+            sans,
+            key,
+            recipient,
+            csr,
+            validity_days,
+            out,
+            idempotency_key,
+            no_wait,
+            timeout_seconds,
+        } => {
+            let recipient_pem = recipient
+                .as_deref()
+                .map(|p| read_text(p, "recipient certificate"))
+                .transpose()?;
             let csr_pem = csr.as_deref().map(|p| read_text(p, "CSR")).transpose()?;
             let body = json!({
                 "idempotency_key": idempotency_key,
@@ -129,7 +144,9 @@ pub async fn submit(config_path: &Path, what: Submit) -> anyhow::Result<()> {
                 "csr": csr_pem,
                 "validity_days": validity_days,
             });
-            let accepted = api.call(Method::POST, "/v1/jobs/issue", Some(&body)).await?;
+            let accepted = api
+                .call(Method::POST, "/v1/jobs/issue", Some(&body))
+                .await?;
             let id = job_id(&accepted)?;
             if no_wait {
                 println!("{id}");
@@ -138,9 +155,18 @@ pub async fn submit(config_path: &Path, what: Submit) -> anyhow::Result<()> {
             let result = wait_for_result(&api, &id, Duration::from_secs(timeout_seconds)).await?;
             write_issue_result(&id, &result, out.as_deref())
         }
-        Submit::Revoke { serial, reason, backend, idempotency_key, no_wait, timeout_seconds } => {
+        Submit::Revoke {
+            serial,
+            reason,
+            backend,
+            idempotency_key,
+            no_wait,
+            timeout_seconds,
+        } => {
             let body = json!({ "idempotency_key": idempotency_key, "serial": serial, "reason": reason, "backend": backend });
-            let accepted = api.call(Method::POST, "/v1/jobs/revoke", Some(&body)).await?;
+            let accepted = api
+                .call(Method::POST, "/v1/jobs/revoke", Some(&body))
+                .await?;
             let id = job_id(&accepted)?;
             if no_wait {
                 println!("{id}");
@@ -148,14 +174,20 @@ pub async fn submit(config_path: &Path, what: Submit) -> anyhow::Result<()> {
             }
             let result = wait_for_result(&api, &id, Duration::from_secs(timeout_seconds)).await?;
             let backend = result["job"]["backend"].as_str().unwrap_or("?");
-            println!("job {id}: revoked serial {} at backend {backend}", result["result"]["serial"].as_str().unwrap_or(&serial));
+            println!(
+                "job {id}: revoked serial {} at backend {backend}",
+                result["result"]["serial"].as_str().unwrap_or(&serial)
+            );
             Ok(())
         }
     }
 }
 
 fn job_id(accepted: &Value) -> anyhow::Result<String> {
-    accepted["job"]["id"].as_str().map(String::from).context("the daemon's answer has no job id")
+    accepted["job"]["id"]
+        .as_str()
+        .map(String::from)
+        .context("the daemon's answer has no job id")
 }
 
 /// Polls until the job ends; returns its result, or an error with the job's reason.
@@ -163,7 +195,9 @@ async fn wait_for_result(api: &ApiClient, id: &str, timeout: Duration) -> anyhow
     let start = Instant::now();
     let mut delay = Duration::from_millis(20);
     loop {
-        let job = api.call(Method::GET, &format!("/v1/jobs/{id}"), None).await?;
+        let job = api
+            .call(Method::GET, &format!("/v1/jobs/{id}"), None)
+            .await?;
         match job["state"].as_str().unwrap_or("") {
             "succeeded" => return Ok(api.call(Method::GET, &format!("/v1/jobs/{id}/result"), None).await?),
             "failed" | "dead" => bail!(
@@ -187,27 +221,48 @@ fn write_issue_result(id: &str, answer: &Value, out: Option<&Path>) -> anyhow::R
     let result = &answer["result"];
     let b64 = base64::engine::general_purpose::STANDARD;
     let serial = result["serial"].as_str().unwrap_or("?");
-    println!("job {id}: issued serial {serial} by backend {}", answer["job"]["backend"].as_str().unwrap_or("?"));
+    println!(
+        "job {id}: issued serial {serial} by backend {}",
+        answer["job"]["backend"].as_str().unwrap_or("?")
+    );
     match (result["pfx_base64"].as_str(), out) {
         (Some(pfx), Some(path)) => {
-            let bytes = b64.decode(pfx).context("the PFX in the answer is not base64")?;
+            let bytes = b64
+                .decode(pfx)
+                .context("the PFX in the answer is not base64")?;
             write_private(path, &bytes)?;
             println!("PFX: {}", path.display());
             if let Some(sealed) = result["sealed_password_base64"].as_str() {
                 let sealed_path = PathBuf::from(format!("{}.password.cms", path.display()));
-                write_private(&sealed_path, &b64.decode(sealed).context("the sealed password is not base64")?)?;
-                println!("PFX password sealed for the recipient (CMS EnvelopedData): {}", sealed_path.display());
+                write_private(
+                    &sealed_path,
+                    &b64.decode(sealed)
+                        .context("the sealed password is not base64")?,
+                )?;
+                println!(
+                    "PFX password sealed for the recipient (CMS EnvelopedData): {}",
+                    sealed_path.display()
+                );
                 println!("read it: openssl cms -decrypt -inform DER -in {} -recip DEVICE-CERT.pem -inkey DEVICE-KEY.pem", sealed_path.display());
             } else if let Some(password) = result["password"].as_str() {
                 println!("PFX password (shown once, not kept): {password}");
-                println!("read it: openssl pkcs12 -info -in {} -passin pass:{password} -noenc", path.display());
+                println!(
+                    "read it: openssl pkcs12 -info -in {} -passin pass:{password} -noenc",
+                    path.display()
+                );
             } else {
                 println!("the PFX password was already handed out and is not kept");
             }
         }
-        (Some(_), None) => println!("no --out given: the PFX was not written (the job's result keeps the certificate)"),
+        (Some(_), None) => println!(
+            "no --out given: the PFX was not written (the job's result keeps the certificate)"
+        ),
         (None, Some(path)) => {
-            let pem = format!("{}{}", result["certificate_pem"].as_str().unwrap_or(""), result["chain_pem"].as_str().unwrap_or(""));
+            let pem = format!(
+                "{}{}",
+                result["certificate_pem"].as_str().unwrap_or(""),
+                result["chain_pem"].as_str().unwrap_or("")
+            );
             std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
             println!("certificate chain (PEM): {}", path.display());
         }
@@ -226,7 +281,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", path.display()))
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 pub async fn jobs(config_path: &Path, what: Jobs) -> anyhow::Result<()> {
@@ -242,8 +298,15 @@ pub async fn jobs(config_path: &Path, what: Jobs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&answer)?);
                 return Ok(());
             }
-            println!("{:<32}  {:<7}  {:<9}  {:>3}  {:<12}  {}", "ID", "KIND", "STATE", "TRY", "BACKEND", "LAST ERROR");
-            for j in answer["jobs"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            println!(
+                "{:<32}  {:<7}  {:<9}  {:>3}  {:<12}  LAST ERROR",
+                "ID", "KIND", "STATE", "TRY", "BACKEND"
+            );
+            for j in answer["jobs"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
                 println!(
                     "{:<32}  {:<7}  {:<9}  {:>3}  {:<12}  {}",
                     j["id"].as_str().unwrap_or(""),
@@ -256,12 +319,20 @@ pub async fn jobs(config_path: &Path, what: Jobs) -> anyhow::Result<()> {
             }
         }
         Jobs::Show { id } => {
-            let job = api.call(Method::GET, &format!("/v1/jobs/{id}"), None).await?;
+            let job = api
+                .call(Method::GET, &format!("/v1/jobs/{id}"), None)
+                .await?;
             println!("{}", serde_json::to_string_pretty(&job)?);
         }
         Jobs::Retry { id } => {
-            let job = api.call(Method::POST, &format!("/v1/jobs/{id}/retry"), None).await?;
-            println!("job {} is {} again", job["id"].as_str().unwrap_or(&id), job["state"].as_str().unwrap_or("?"));
+            let job = api
+                .call(Method::POST, &format!("/v1/jobs/{id}/retry"), None)
+                .await?;
+            println!(
+                "job {} is {} again",
+                job["id"].as_str().unwrap_or(&id),
+                job["state"].as_str().unwrap_or("?")
+            );
         }
     }
     Ok(())
@@ -275,16 +346,30 @@ pub async fn plugins(config_path: &Path, what: Plugins) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
-    println!("{:<14}  {:<14}  {:<8}  {:<20}  {:<8}  {}", "BACKEND", "PLUGIN", "VERSION", "CAPABILITIES", "HEALTH", "");
-    for b in answer["backends"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let caps: Vec<&str> = b["capabilities"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    println!(
+        "{:<14}  {:<14}  {:<8}  {:<20}  HEALTH",
+        "BACKEND", "PLUGIN", "VERSION", "CAPABILITIES"
+    );
+    for b in answer["backends"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let caps: Vec<&str> = b["capabilities"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         println!(
             "{:<14}  {:<14}  {:<8}  {:<20}  {:<8}  {}",
             b["backend"].as_str().unwrap_or(""),
             b["plugin"].as_str().unwrap_or(""),
             b["version"].as_str().unwrap_or(""),
             caps.join(","),
-            if b["healthy"].as_bool() == Some(true) { "ok" } else { "UNHEALTHY" },
+            if b["healthy"].as_bool() == Some(true) {
+                "ok"
+            } else {
+                "UNHEALTHY"
+            },
             b["health"].as_str().unwrap_or("")
         );
     }

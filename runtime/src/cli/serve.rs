@@ -14,7 +14,9 @@ pub async fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
     let token_path = config.token_file();
     let connector = Arc::new(Connector::open(config).await?);
     let token = token::load_or_create(&token_path).map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the API to {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the API to {listen}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(api = %bound, token_file = %token_path.display(), backends = connector.services.registry.backends().count(), "certconn is serving");
 
@@ -44,7 +46,9 @@ pub async fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         r = signals => r.context("waiting for signals")?,
     }
     let _ = stop_tx.send(true);
-    scheduler.await.context("the scheduler stopped abnormally")?;
+    scheduler
+        .await
+        .context("the scheduler stopped abnormally")?;
     tracing::info!("stopped");
     Ok(())
 }

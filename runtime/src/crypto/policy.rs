@@ -42,7 +42,10 @@ pub struct AlgorithmPolicy {
 
 impl AlgorithmPolicy {
     fn refuse(&self, algorithm: &str, reason: &str) -> CryptoError {
-        CryptoError::Refused { algorithm: algorithm.into(), reason: reason.into() }
+        CryptoError::Refused {
+            algorithm: algorithm.into(),
+            reason: reason.into(),
+        }
     }
 
     /// May this scheme produce a new signature?
@@ -67,7 +70,9 @@ impl AlgorithmPolicy {
                 cipher.name(),
                 "single DES is broken; set crypto.allow_single_des = true only for a legacy peer",
             )),
-            Cipher::DesEde3Cbc if self.fips => Err(self.refuse(cipher.name(), "not FIPS-approved for encryption")),
+            Cipher::DesEde3Cbc if self.fips => {
+                Err(self.refuse(cipher.name(), "not FIPS-approved for encryption"))
+            }
             _ => Ok(()),
         }
     }
@@ -75,7 +80,10 @@ impl AlgorithmPolicy {
     /// May an RSA key of this size be used?
     pub fn check_rsa_bits(&self, bits: usize) -> Result<(), CryptoError> {
         if self.fips && bits < 2048 {
-            return Err(self.refuse(&format!("RSA-{bits}"), "RSA keys below 2048 bits are not FIPS-approved"));
+            return Err(self.refuse(
+                &format!("RSA-{bits}"),
+                "RSA keys below 2048 bits are not FIPS-approved",
+            ));
         }
         Ok(())
     }
@@ -87,19 +95,37 @@ mod tests {
 
     #[test]
     fn fips_refuses_legacy_and_names_it() {
-        let p = AlgorithmPolicy { fips: true, allow_single_des: true };
+        let p = AlgorithmPolicy {
+            fips: true,
+            allow_single_des: true,
+        };
         let e = p.check_cipher(Cipher::DesEde3Cbc).unwrap_err().to_string();
         assert!(e.contains("3DES"), "{e}");
-        assert!(p.check_signing(SignatureScheme::RsaPkcs1Sha1).unwrap_err().to_string().contains("sha1"));
-        assert!(p.check_rsa_bits(1024).unwrap_err().to_string().contains("RSA-1024"));
+        assert!(p
+            .check_signing(SignatureScheme::RsaPkcs1Sha1)
+            .unwrap_err()
+            .to_string()
+            .contains("sha1"));
+        assert!(p
+            .check_rsa_bits(1024)
+            .unwrap_err()
+            .to_string()
+            .contains("RSA-1024"));
         assert!(p.check_cipher(Cipher::Aes256Cbc).is_ok());
     }
 
     #[test]
     fn single_des_needs_explicit_permission() {
-        assert!(AlgorithmPolicy::default().check_cipher(Cipher::DesCbc).is_err());
-        let p = AlgorithmPolicy { fips: false, allow_single_des: true };
+        assert!(AlgorithmPolicy::default()
+            .check_cipher(Cipher::DesCbc)
+            .is_err());
+        let p = AlgorithmPolicy {
+            fips: false,
+            allow_single_des: true,
+        };
         assert!(p.check_cipher(Cipher::DesCbc).is_ok());
-        assert!(AlgorithmPolicy::default().check_cipher(Cipher::DesEde3Cbc).is_ok());
+        assert!(AlgorithmPolicy::default()
+            .check_cipher(Cipher::DesEde3Cbc)
+            .is_ok());
     }
 }

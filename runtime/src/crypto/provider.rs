@@ -92,27 +92,42 @@ fn verification_algorithm(scheme: SignatureScheme) -> &'static dyn VerificationA
 }
 
 /// Verifies `sig` over `msg` with a DER SubjectPublicKeyInfo. `Ok(false)` is a mismatch.
-pub fn verify(spki: &[u8], scheme: SignatureScheme, msg: &[u8], sig: &[u8]) -> Result<bool, CryptoError> {
+pub fn verify(
+    spki: &[u8],
+    scheme: SignatureScheme,
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<bool, CryptoError> {
     Ok(UnparsedPublicKey::new(verification_algorithm(scheme), spki)
         .verify(msg, sig)
         .is_ok())
 }
 
 /// Encrypts `plaintext` to an RSA SubjectPublicKeyInfo.
-pub fn rsa_encrypt(spki: &[u8], padding: Padding, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn rsa_encrypt(
+    spki: &[u8],
+    padding: Padding,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let key = PublicEncryptingKey::from_der(spki)
         .map_err(|e| CryptoError::InvalidInput(format!("not an RSA public key: {e}")))?;
-    let failed = |_| CryptoError::Failed("RSA encryption failed (plaintext too long for the key?)".into());
+    let failed =
+        |_| CryptoError::Failed("RSA encryption failed (plaintext too long for the key?)".into());
     match padding.oaep() {
         Some(alg) => {
-            let key = OaepPublicEncryptingKey::new(key).map_err(|_| CryptoError::InvalidInput("RSA key refused for OAEP".into()))?;
+            let key = OaepPublicEncryptingKey::new(key)
+                .map_err(|_| CryptoError::InvalidInput("RSA key refused for OAEP".into()))?;
             let mut out = vec![0u8; key.ciphertext_size()];
-            let n = key.encrypt(alg, plaintext, &mut out, None).map_err(failed)?.len();
+            let n = key
+                .encrypt(alg, plaintext, &mut out, None)
+                .map_err(failed)?
+                .len();
             out.truncate(n);
             Ok(out)
         }
         None => {
-            let key = Pkcs1PublicEncryptingKey::new(key).map_err(|_| CryptoError::InvalidInput("RSA key refused for PKCS#1".into()))?;
+            let key = Pkcs1PublicEncryptingKey::new(key)
+                .map_err(|_| CryptoError::InvalidInput("RSA key refused for PKCS#1".into()))?;
             let mut out = vec![0u8; key.ciphertext_size()];
             let n = key.encrypt(plaintext, &mut out).map_err(failed)?.len();
             out.truncate(n);
@@ -133,15 +148,28 @@ fn cipher_key(cipher: Cipher, key: &[u8]) -> Result<UnboundCipherKey, CryptoErro
         Cipher::DesCbc => (&aws_lc_rs::cipher::DES_FOR_LEGACY_USE_ONLY, 8),
     };
     if key.len() != key_len {
-        return Err(CryptoError::InvalidInput(format!("{} needs a {key_len}-byte key, got {}", cipher.name(), key.len())));
+        return Err(CryptoError::InvalidInput(format!(
+            "{} needs a {key_len}-byte key, got {}",
+            cipher.name(),
+            key.len()
+        )));
     }
-    UnboundCipherKey::new(alg, key).map_err(|_| CryptoError::InvalidInput(format!("{} key refused", cipher.name())))
+    UnboundCipherKey::new(alg, key)
+        .map_err(|_| CryptoError::InvalidInput(format!("{} key refused", cipher.name())))
 }
 
 fn iv_context(cipher: Cipher, iv: &[u8]) -> Result<[u8; 16], CryptoError> {
-    let block = if matches!(cipher, Cipher::DesCbc | Cipher::DesEde3Cbc) { 8 } else { 16 };
+    let block = if matches!(cipher, Cipher::DesCbc | Cipher::DesEde3Cbc) {
+        8
+    } else {
+        16
+    };
     if iv.len() != block {
-        return Err(CryptoError::InvalidInput(format!("{} needs a {block}-byte IV, got {}", cipher.name(), iv.len())));
+        return Err(CryptoError::InvalidInput(format!(
+            "{} needs a {block}-byte IV, got {}",
+            cipher.name(),
+            iv.len()
+        )));
     }
     let mut out = [0u8; 16];
     out[..block].copy_from_slice(iv);
@@ -149,12 +177,21 @@ fn iv_context(cipher: Cipher, iv: &[u8]) -> Result<[u8; 16], CryptoError> {
 }
 
 /// CBC encryption with PKCS#7 padding under the caller's IV.
-pub fn cbc_encrypt(cipher: Cipher, key: &[u8], iv: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn cbc_encrypt(
+    cipher: Cipher,
+    key: &[u8],
+    iv: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let iv_buf = iv_context(cipher, iv)?;
     let key = PaddedBlockEncryptingKey::cbc_pkcs7(cipher_key(cipher, key)?)
         .map_err(|_| CryptoError::Failed(format!("{} key setup failed", cipher.name())))?;
     let context = if iv.len() == 8 {
-        EncryptionContext::Iv64(<[u8; 8]>::try_from(&iv_buf[..8]).map_err(|_| CryptoError::InvalidInput("IV".into()))?.into())
+        EncryptionContext::Iv64(
+            <[u8; 8]>::try_from(&iv_buf[..8])
+                .map_err(|_| CryptoError::InvalidInput("IV".into()))?
+                .into(),
+        )
     } else {
         EncryptionContext::Iv128(iv_buf.into())
     };
@@ -165,34 +202,56 @@ pub fn cbc_encrypt(cipher: Cipher, key: &[u8], iv: &[u8], plaintext: &[u8]) -> R
 }
 
 /// CBC decryption; removes PKCS#7 padding. A padding error is reported as such.
-pub fn cbc_decrypt(cipher: Cipher, key: &[u8], iv: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn cbc_decrypt(
+    cipher: Cipher,
+    key: &[u8],
+    iv: &[u8],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let iv_buf = iv_context(cipher, iv)?;
     let key = PaddedBlockDecryptingKey::cbc_pkcs7(cipher_key(cipher, key)?)
         .map_err(|_| CryptoError::Failed(format!("{} key setup failed", cipher.name())))?;
     let context = if iv.len() == 8 {
-        DecryptionContext::Iv64(<[u8; 8]>::try_from(&iv_buf[..8]).map_err(|_| CryptoError::InvalidInput("IV".into()))?.into())
+        DecryptionContext::Iv64(
+            <[u8; 8]>::try_from(&iv_buf[..8])
+                .map_err(|_| CryptoError::InvalidInput("IV".into()))?
+                .into(),
+        )
     } else {
         DecryptionContext::Iv128(iv_buf.into())
     };
     let mut data = ciphertext.to_vec();
     let n = key
         .decrypt(&mut data, context)
-        .map_err(|_| CryptoError::Failed(format!("{} decryption failed (wrong key or corrupt data)", cipher.name())))?
+        .map_err(|_| {
+            CryptoError::Failed(format!(
+                "{} decryption failed (wrong key or corrupt data)",
+                cipher.name()
+            ))
+        })?
         .len();
     data.truncate(n);
     Ok(data)
 }
 
 /// PBKDF2-HMAC-SHA256 into `out`.
-pub fn pbkdf2_sha256(password: &[u8], salt: &[u8], iterations: u32, out: &mut [u8]) -> Result<(), CryptoError> {
-    let iterations = NonZeroU32::new(iterations).ok_or_else(|| CryptoError::InvalidInput("PBKDF2 needs at least one iteration".into()))?;
+pub fn pbkdf2_sha256(
+    password: &[u8],
+    salt: &[u8],
+    iterations: u32,
+    out: &mut [u8],
+) -> Result<(), CryptoError> {
+    let iterations = NonZeroU32::new(iterations)
+        .ok_or_else(|| CryptoError::InvalidInput("PBKDF2 needs at least one iteration".into()))?;
     pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, password, out);
     Ok(())
 }
 
 /// HMAC-SHA256 of `data` under `key`.
 pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data).as_ref().to_vec()
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
+        .as_ref()
+        .to_vec()
 }
 
 /// Constant-time equality, for MACs and tokens.
@@ -215,13 +274,18 @@ mod tests {
             let iv = random_vec(ivlen).unwrap();
             let ct = cbc_encrypt(cipher, &key, &iv, b"attack at dawn").unwrap();
             assert_ne!(&ct[..], b"attack at dawn");
-            assert_eq!(cbc_decrypt(cipher, &key, &iv, &ct).unwrap(), b"attack at dawn");
+            assert_eq!(
+                cbc_decrypt(cipher, &key, &iv, &ct).unwrap(),
+                b"attack at dawn"
+            );
         }
     }
 
     #[test]
     fn wrong_iv_length_is_named() {
-        let e = cbc_encrypt(Cipher::Aes256Cbc, &[0; 32], &[0; 8], b"x").unwrap_err().to_string();
+        let e = cbc_encrypt(Cipher::Aes256Cbc, &[0; 32], &[0; 8], b"x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("16-byte IV"), "{e}");
     }
 

@@ -16,7 +16,10 @@ pub struct Grants {
 
 impl Grants {
     pub fn new(store: Arc<KeyStore>, granted: impl IntoIterator<Item = String>) -> Self {
-        Self { store, granted: Arc::new(granted.into_iter().collect()) }
+        Self {
+            store,
+            granted: Arc::new(granted.into_iter().collect()),
+        }
     }
 
     /// The key behind `handle`, if it was granted and exists.
@@ -24,7 +27,9 @@ impl Grants {
         if !self.granted.contains(handle) {
             return Err(CustodyError::NotGranted(handle.into()));
         }
-        self.store.get(handle).map_err(|_| CustodyError::NotGranted(handle.into()))
+        self.store
+            .get(handle)
+            .map_err(|_| CustodyError::NotGranted(handle.into()))
     }
 
     /// The granted handle names.

@@ -2,7 +2,9 @@
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::rsa::{KeySize, OaepPrivateDecryptingKey, Pkcs1PrivateDecryptingKey, PrivateDecryptingKey};
+use aws_lc_rs::rsa::{
+    KeySize, OaepPrivateDecryptingKey, Pkcs1PrivateDecryptingKey, PrivateDecryptingKey,
+};
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use certconn_x509::{PublicKeyKind, SignatureScheme};
 use zeroize::Zeroizing;
@@ -54,7 +56,11 @@ impl std::fmt::Display for KeyAlgorithm {
 
 enum Inner {
     Ec(EcdsaKeyPair),
-    Rsa { sign: RsaKeyPair, oaep: OaepPrivateDecryptingKey, pkcs1: Pkcs1PrivateDecryptingKey },
+    Rsa {
+        sign: RsaKeyPair,
+        oaep: OaepPrivateDecryptingKey,
+        pkcs1: Pkcs1PrivateDecryptingKey,
+    },
 }
 
 /// A private key held by the host.
@@ -83,7 +89,12 @@ impl PrivateKey {
                 } else {
                     &signature::ECDSA_P384_SHA384_ASN1_SIGNING
                 };
-                EcdsaKeyPair::generate(sig_alg).map_err(failed)?.to_pkcs8v1().map_err(failed)?.as_ref().to_vec()
+                EcdsaKeyPair::generate(sig_alg)
+                    .map_err(failed)?
+                    .to_pkcs8v1()
+                    .map_err(failed)?
+                    .as_ref()
+                    .to_vec()
             }
             KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
                 let size = match alg {
@@ -92,7 +103,10 @@ impl PrivateKey {
                     _ => KeySize::Rsa4096,
                 };
                 let kp = RsaKeyPair::generate(size).map_err(failed)?;
-                AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp).map_err(failed)?.as_ref().to_vec()
+                AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp)
+                    .map_err(failed)?
+                    .as_ref()
+                    .to_vec()
             }
         };
         Self::from_pkcs8(Zeroizing::new(pkcs8))
@@ -100,20 +114,23 @@ impl PrivateKey {
 
     /// Loads a PKCS#8 PrivateKeyInfo (RSA, or EC on P-256/P-384).
     pub fn from_pkcs8(pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, CryptoError> {
-        let (inner, spki) = if let Ok(kp) = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8)
-            .or_else(|_| EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, &pkcs8))
-        {
+        let (inner, spki) = if let Ok(kp) =
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8).or_else(
+                |_| EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, &pkcs8),
+            ) {
             let spki = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(kp.public_key())
                 .map_err(|_| CryptoError::Failed("encoding the EC public key failed".into()))?
                 .as_ref()
                 .to_vec();
             (Inner::Ec(kp), spki)
         } else {
-            let sign = RsaKeyPair::from_pkcs8(&pkcs8)
-                .map_err(|e| CryptoError::InvalidInput(format!("not an RSA or EC (P-256/P-384) PKCS#8 key: {e}")))?;
+            let sign = RsaKeyPair::from_pkcs8(&pkcs8).map_err(|e| {
+                CryptoError::InvalidInput(format!("not an RSA or EC (P-256/P-384) PKCS#8 key: {e}"))
+            })?;
             let decrypting = || {
-                PrivateDecryptingKey::from_pkcs8(&pkcs8)
-                    .map_err(|e| CryptoError::InvalidInput(format!("RSA key refused for decryption: {e}")))
+                PrivateDecryptingKey::from_pkcs8(&pkcs8).map_err(|e| {
+                    CryptoError::InvalidInput(format!("RSA key refused for decryption: {e}"))
+                })
             };
             let refused = |_| CryptoError::InvalidInput("RSA key refused for decryption".into());
             let oaep = OaepPrivateDecryptingKey::new(decrypting()?).map_err(refused)?;
@@ -124,8 +141,14 @@ impl PrivateKey {
                 .to_vec();
             (Inner::Rsa { sign, oaep, pkcs1 }, spki)
         };
-        let (_, kind) = PublicKeyKind::of_der(&spki).map_err(|e| CryptoError::InvalidInput(e.to_string()))?;
-        Ok(Self { inner, kind, pkcs8, spki })
+        let (_, kind) =
+            PublicKeyKind::of_der(&spki).map_err(|e| CryptoError::InvalidInput(e.to_string()))?;
+        Ok(Self {
+            inner,
+            kind,
+            pkcs8,
+            spki,
+        })
     }
 
     /// DER SubjectPublicKeyInfo.
@@ -145,18 +168,29 @@ impl PrivateKey {
 
     /// Signs `message` (hashing it) with `scheme`, which must fit the key.
     pub fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let mismatch = || CryptoError::InvalidInput(format!("a {} key cannot sign with {}", self.kind.describe(), scheme.name()));
+        let mismatch = || {
+            CryptoError::InvalidInput(format!(
+                "a {} key cannot sign with {}",
+                self.kind.describe(),
+                scheme.name()
+            ))
+        };
         let rng = SystemRandom::new();
         match &self.inner {
             Inner::Ec(kp) => {
                 let ok = matches!(
                     (self.kind, scheme),
-                    (PublicKeyKind::EcP256, SignatureScheme::EcdsaP256Sha256) | (PublicKeyKind::EcP384, SignatureScheme::EcdsaP384Sha384)
+                    (PublicKeyKind::EcP256, SignatureScheme::EcdsaP256Sha256)
+                        | (PublicKeyKind::EcP384, SignatureScheme::EcdsaP384Sha384)
                 );
                 if !ok {
                     return Err(mismatch());
                 }
-                Ok(kp.sign(&rng, message).map_err(|_| CryptoError::Failed("ECDSA signing failed".into()))?.as_ref().to_vec())
+                Ok(kp
+                    .sign(&rng, message)
+                    .map_err(|_| CryptoError::Failed("ECDSA signing failed".into()))?
+                    .as_ref()
+                    .to_vec())
             }
             Inner::Rsa { sign, .. } => {
                 let padding: &'static dyn signature::RsaEncoding = match scheme {
@@ -175,14 +209,28 @@ impl PrivateKey {
     }
 
     /// Decrypts an RSA key-transport ciphertext.
-    pub fn decrypt(&self, padding: Padding, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    pub fn decrypt(
+        &self,
+        padding: Padding,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let Inner::Rsa { oaep, pkcs1, .. } = &self.inner else {
-            return Err(CryptoError::InvalidInput(format!("a {} key cannot decrypt", self.kind.describe())));
+            return Err(CryptoError::InvalidInput(format!(
+                "a {} key cannot decrypt",
+                self.kind.describe()
+            )));
         };
-        let failed = |_| CryptoError::Failed("RSA decryption failed (wrong key, padding or corrupt ciphertext)".into());
+        let failed = |_| {
+            CryptoError::Failed(
+                "RSA decryption failed (wrong key, padding or corrupt ciphertext)".into(),
+            )
+        };
         let mut out = Zeroizing::new(vec![0u8; oaep.key_size_bytes()]);
         let n = match padding.oaep() {
-            Some(alg) => oaep.decrypt(alg, ciphertext, &mut out, None).map_err(failed)?.len(),
+            Some(alg) => oaep
+                .decrypt(alg, ciphertext, &mut out, None)
+                .map_err(failed)?
+                .len(),
             None => pkcs1.decrypt(ciphertext, &mut out).map_err(failed)?.len(),
         };
         out.truncate(n);
@@ -205,7 +253,8 @@ mod tests {
             let sig = key.sign(scheme, b"message").unwrap();
             assert!(provider::verify(key.public_key_der(), scheme, b"message", &sig).unwrap());
             assert!(!provider::verify(key.public_key_der(), scheme, b"massage", &sig).unwrap());
-            let reloaded = PrivateKey::from_pkcs8(Zeroizing::new(key.pkcs8_der().to_vec())).unwrap();
+            let reloaded =
+                PrivateKey::from_pkcs8(Zeroizing::new(key.pkcs8_der().to_vec())).unwrap();
             assert_eq!(reloaded.public_key_der(), key.public_key_der());
         }
     }
@@ -220,14 +269,24 @@ mod tests {
     #[test]
     fn rsa_oaep_round_trip() {
         let key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
-        let ct = provider::rsa_encrypt(key.public_key_der(), Padding::OaepSha256, b"secret").unwrap();
-        assert_eq!(&key.decrypt(Padding::OaepSha256, &ct).unwrap()[..], b"secret");
+        let ct =
+            provider::rsa_encrypt(key.public_key_der(), Padding::OaepSha256, b"secret").unwrap();
+        assert_eq!(
+            &key.decrypt(Padding::OaepSha256, &ct).unwrap()[..],
+            b"secret"
+        );
         assert!(key.decrypt(Padding::OaepSha512, &ct).is_err());
     }
 
     #[test]
     fn serde_and_cli_names_agree() {
-        for alg in [KeyAlgorithm::EcP256, KeyAlgorithm::EcP384, KeyAlgorithm::Rsa2048, KeyAlgorithm::Rsa3072, KeyAlgorithm::Rsa4096] {
+        for alg in [
+            KeyAlgorithm::EcP256,
+            KeyAlgorithm::EcP384,
+            KeyAlgorithm::Rsa2048,
+            KeyAlgorithm::Rsa3072,
+            KeyAlgorithm::Rsa4096,
+        ] {
             let json = serde_json::to_value(alg).unwrap();
             assert_eq!(json.as_str().unwrap(), alg.to_string());
             assert_eq!(alg.to_string().parse::<KeyAlgorithm>().unwrap(), alg);

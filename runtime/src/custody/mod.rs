@@ -22,13 +22,25 @@ pub enum CustodyError {
     #[error("key handle {0:?} is not granted to this backend")]
     NotGranted(String),
     #[error("key {name:?} cannot {operation}: it is {kind}")]
-    Unsupported { name: String, operation: String, kind: String },
-    #[error("key name {0:?} is invalid: use letters, digits, '-', '_' and '.', at most 64 characters")]
+    Unsupported {
+        name: String,
+        operation: String,
+        kind: String,
+    },
+    #[error(
+        "key name {0:?} is invalid: use letters, digits, '-', '_' and '.', at most 64 characters"
+    )]
     BadName(String),
     #[error(transparent)]
     Crypto(#[from] crate::crypto::CryptoError),
     #[error("key store {path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("key file {path} is corrupt: {reason}")]
-    Corrupt { path: std::path::PathBuf, reason: String },
+    Corrupt {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }

@@ -42,7 +42,10 @@ pub struct KeySummary {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CustodyError + '_ {
-    move |source| CustodyError::Io { path: path.to_owned(), source }
+    move |source| CustodyError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Key names become file names: keep them boring.
@@ -50,8 +53,14 @@ fn check_name(name: &str) -> Result<(), CustodyError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok { Ok(()) } else { Err(CustodyError::BadName(name.into())) }
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CustodyError::BadName(name.into()))
+    }
 }
 
 /// Writes `bytes` to `path` atomically with the given mode.
@@ -78,7 +87,11 @@ impl KeyStore {
         let mut keys = BTreeMap::new();
         for entry in fs::read_dir(dir).map_err(io(dir))? {
             let path = entry.map_err(io(dir))?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".key")) else {
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".key"))
+            else {
                 continue;
             };
             let name = name.to_owned();
@@ -86,21 +99,34 @@ impl KeyStore {
             if mode & 0o077 != 0 {
                 return Err(CustodyError::Corrupt {
                     path,
-                    reason: format!("permissions {:o} let others read it; expected 0600", mode & 0o777),
+                    reason: format!(
+                        "permissions {:o} let others read it; expected 0600",
+                        mode & 0o777
+                    ),
                 });
             }
             let der = Zeroizing::new(fs::read(&path).map_err(io(&path))?);
-            let key = PrivateKey::from_pkcs8(der).map_err(|e| CustodyError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+            let key = PrivateKey::from_pkcs8(der).map_err(|e| CustodyError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
             let chain_path = dir.join(format!("{name}.chain.pem"));
             let chain = match fs::read_to_string(&chain_path) {
-                Ok(text) => pem::decode_certificates(&text)
-                    .map_err(|reason| CustodyError::Corrupt { path: chain_path.clone(), reason })?,
+                Ok(text) => {
+                    pem::decode_certificates(&text).map_err(|reason| CustodyError::Corrupt {
+                        path: chain_path.clone(),
+                        reason,
+                    })?
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(io(&chain_path)(e)),
             };
             keys.insert(name.clone(), Arc::new(StoredKey { name, key, chain }));
         }
-        Ok(Self { dir: dir.to_owned(), keys: RwLock::new(keys) })
+        Ok(Self {
+            dir: dir.to_owned(),
+            keys: RwLock::new(keys),
+        })
     }
 
     /// The key called `name`.
@@ -121,8 +147,16 @@ impl KeyStore {
             return Err(CustodyError::Exists(name.into()));
         }
         let key = PrivateKey::generate(alg)?;
-        write_atomic(&self.dir.join(format!("{name}.key")), key.pkcs8_der(), 0o600)?;
-        let stored = Arc::new(StoredKey { name: name.into(), key, chain: Vec::new() });
+        write_atomic(
+            &self.dir.join(format!("{name}.key")),
+            key.pkcs8_der(),
+            0o600,
+        )?;
+        let stored = Arc::new(StoredKey {
+            name: name.into(),
+            key,
+            chain: Vec::new(),
+        });
         keys.insert(name.into(), stored.clone());
         Ok(stored)
     }
@@ -134,8 +168,16 @@ impl KeyStore {
         if keys.contains_key(name) {
             return Err(CustodyError::Exists(name.into()));
         }
-        write_atomic(&self.dir.join(format!("{name}.key")), key.pkcs8_der(), 0o600)?;
-        let stored = Arc::new(StoredKey { name: name.into(), key, chain: Vec::new() });
+        write_atomic(
+            &self.dir.join(format!("{name}.key")),
+            key.pkcs8_der(),
+            0o600,
+        )?;
+        let stored = Arc::new(StoredKey {
+            name: name.into(),
+            key,
+            chain: Vec::new(),
+        });
         keys.insert(name.into(), stored.clone());
         Ok(stored)
     }
@@ -156,14 +198,31 @@ impl KeyStore {
     }
 
     /// Records the certificate chain of key `name` (its own certificate first).
-    pub fn set_chain(&self, name: &str, chain: Vec<Vec<u8>>) -> Result<Arc<StoredKey>, CustodyError> {
+    pub fn set_chain(
+        &self,
+        name: &str,
+        chain: Vec<Vec<u8>>,
+    ) -> Result<Arc<StoredKey>, CustodyError> {
         let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        let old = keys.get(name).ok_or_else(|| CustodyError::NoSuchKey(name.into()))?;
-        let text: String = chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect();
-        write_atomic(&self.dir.join(format!("{name}.chain.pem")), text.as_bytes(), 0o644)?;
+        let old = keys
+            .get(name)
+            .ok_or_else(|| CustodyError::NoSuchKey(name.into()))?;
+        let text: String = chain
+            .iter()
+            .map(|c| pem::encode("CERTIFICATE", c))
+            .collect();
+        write_atomic(
+            &self.dir.join(format!("{name}.chain.pem")),
+            text.as_bytes(),
+            0o644,
+        )?;
         // Re-load the key from its PKCS#8 rather than share it: a key has one owner.
         let key = PrivateKey::from_pkcs8(Zeroizing::new(old.key.pkcs8_der().to_vec()))?;
-        let stored = Arc::new(StoredKey { name: name.into(), key, chain });
+        let stored = Arc::new(StoredKey {
+            name: name.into(),
+            key,
+            chain,
+        });
         keys.insert(name.into(), stored.clone());
         Ok(stored)
     }
@@ -174,7 +233,11 @@ impl KeyStore {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .map(|k| KeySummary { name: k.name.clone(), kind: k.key.kind().describe(), certificates: k.chain.len() })
+            .map(|k| KeySummary {
+                name: k.name.clone(),
+                kind: k.key.kind().describe(),
+                certificates: k.chain.len(),
+            })
             .collect()
     }
 }
@@ -189,7 +252,10 @@ mod tests {
         let store = KeyStore::open(dir.path()).unwrap();
         let k = store.create("ca", KeyAlgorithm::EcP256).unwrap();
         store.set_chain("ca", vec![vec![0x30, 0x00]]).unwrap();
-        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = KeyStore::open(dir.path()).unwrap();
         let k2 = again.get("ca").unwrap();
@@ -201,16 +267,25 @@ mod tests {
     fn names_are_checked_and_unique() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path()).unwrap();
-        assert!(matches!(store.create("../evil", KeyAlgorithm::EcP256), Err(CustodyError::BadName(_))));
+        assert!(matches!(
+            store.create("../evil", KeyAlgorithm::EcP256),
+            Err(CustodyError::BadName(_))
+        ));
         store.create("a", KeyAlgorithm::EcP256).unwrap();
-        assert!(matches!(store.create("a", KeyAlgorithm::EcP256), Err(CustodyError::Exists(_))));
+        assert!(matches!(
+            store.create("a", KeyAlgorithm::EcP256),
+            Err(CustodyError::Exists(_))
+        ));
         assert!(matches!(store.get("b"), Err(CustodyError::NoSuchKey(_))));
     }
 
     #[test]
     fn world_readable_key_stops_start_and_destroys_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        KeyStore::open(dir.path()).unwrap().create("k", KeyAlgorithm::EcP256).unwrap();
+        KeyStore::open(dir.path())
+            .unwrap()
+            .create("k", KeyAlgorithm::EcP256)
+            .unwrap();
         let path = dir.path().join("k.key");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let before = fs::read(&path).unwrap();

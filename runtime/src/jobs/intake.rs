@@ -22,20 +22,38 @@ pub struct IntakeError {
 }
 
 fn bad(field: &'static str, message: impl Into<String>) -> IntakeError {
-    IntakeError { field, message: message.into() }
+    IntakeError {
+        field,
+        message: message.into(),
+    }
 }
 
 /// Checks an issue request against the config.
 pub fn check_issue(config: &Config, req: &IssueJob) -> Result<(), IntakeError> {
     if !config.profiles.contains_key(&req.profile) {
         let known: Vec<&str> = config.profiles.keys().map(String::as_str).collect();
-        return Err(bad("profile", format!("no profile named {:?} (configured: {})", req.profile, known.join(", "))));
+        return Err(bad(
+            "profile",
+            format!(
+                "no profile named {:?} (configured: {})",
+                req.profile,
+                known.join(", ")
+            ),
+        ));
     }
     if req.subject.is_empty() && req.csr_pem.is_none() {
-        return Err(bad("subject", "is required (for example \"CN=Alice,O=Example\")"));
+        return Err(bad(
+            "subject",
+            "is required (for example \"CN=Alice,O=Example\")",
+        ));
     }
     if !req.subject.is_empty() {
-        Name::from_str(&req.subject).map_err(|e| bad("subject", format!("{:?} is not a distinguished name: {e}", req.subject)))?;
+        Name::from_str(&req.subject).map_err(|e| {
+            bad(
+                "subject",
+                format!("{:?} is not a distinguished name: {e}", req.subject),
+            )
+        })?;
     }
     for san in &req.sans {
         SubjectAltName::parse(san).map_err(|e| bad("sans", e.to_string()))?;
@@ -46,12 +64,16 @@ pub fn check_issue(config: &Config, req: &IssueJob) -> Result<(), IntakeError> {
         }
     }
     if let Some(recipient) = &req.recipient_pem {
-        let der = pem::certificate_from_pem_or_der(recipient.as_bytes()).map_err(|e| bad("recipient", e))?;
+        let der = pem::certificate_from_pem_or_der(recipient.as_bytes())
+            .map_err(|e| bad("recipient", e))?;
         cms::check_recipient(&der).map_err(|e| bad("recipient", e.to_string()))?;
     }
     if let Some(csr) = &req.csr_pem {
         if req.key.is_some() || req.recipient_pem.is_some() {
-            return Err(bad("csr", "a CSR brings its own key: do not also give key or recipient"));
+            return Err(bad(
+                "csr",
+                "a CSR brings its own key: do not also give key or recipient",
+            ));
         }
         check_csr(csr)?;
     }
@@ -65,15 +87,38 @@ fn check_csr(text: &str) -> Result<(), IntakeError> {
         return Err(bad("csr", "no PEM block"));
     };
     if label != "CERTIFICATE REQUEST" && label != "NEW CERTIFICATE REQUEST" {
-        return Err(bad("csr", format!("expected a CERTIFICATE REQUEST block, found {label}")));
+        return Err(bad(
+            "csr",
+            format!("expected a CERTIFICATE REQUEST block, found {label}"),
+        ));
     }
     let csr = CertReq::from_der(&der).map_err(|e| bad("csr", format!("malformed PKCS#10: {e}")))?;
-    let parts = SignedParts::split(&der).map_err(|e| bad("csr", format!("malformed PKCS#10: {e}")))?;
-    let scheme = SignatureScheme::from_algorithm_identifier(&parts.algorithm).map_err(|e| bad("csr", e.to_string()))?;
-    PublicKeyKind::of(&csr.info.public_key).map_err(|e| bad("csr", e.to_string()))?;
-    let spki = csr.info.public_key.to_der().map_err(|e| bad("csr", e.to_string()))?;
-    if !provider::verify(&spki, scheme, parts.tbs, parts.signature).map_err(|e| bad("csr", e.to_string()))? {
-        return Err(bad("csr", "the CSR's signature does not verify with its own public key"));
+    let parts =
+        SignedParts::split(&der).map_err(|e| bad("csr", format!("malformed PKCS#10: {e}")))?;
+    let scheme = SignatureScheme::from_algorithm_identifier(&parts.algorithm)
+        .map_err(|e| bad("csr", e.to_string()))?;
+    if let PublicKeyKind::Rsa { bits } =
+        PublicKeyKind::of(&csr.info.public_key).map_err(|e| bad("csr", e.to_string()))?
+    {
+        if bits < 2048 {
+            return Err(bad(
+                "csr",
+                format!("the CSR's key is RSA-{bits}; RSA-2048 or larger is required"),
+            ));
+        }
+    }
+    let spki = csr
+        .info
+        .public_key
+        .to_der()
+        .map_err(|e| bad("csr", e.to_string()))?;
+    if !provider::verify(&spki, scheme, parts.tbs, parts.signature)
+        .map_err(|e| bad("csr", e.to_string()))?
+    {
+        return Err(bad(
+            "csr",
+            "the CSR's signature does not verify with its own public key",
+        ));
     }
     Ok(())
 }

@@ -17,7 +17,10 @@ use crate::crypto::provider;
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {path}: {source}")]
-    Open { path: std::path::PathBuf, source: rusqlite::Error },
+    Open {
+        path: std::path::PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("journal: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("journal holds a malformed record for job {id}: {reason}")]
@@ -40,7 +43,10 @@ pub struct IssuedRecord {
 
 /// Current time in unix milliseconds.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 const SCHEMA: &str = r#"
@@ -92,7 +98,9 @@ pub struct Journal {
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal").field("owner", &self.owner).finish_non_exhaustive()
+        f.debug_struct("Journal")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -122,22 +130,33 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<(JobRecord, String)> {
 }
 
 fn finish_record((mut job, request): (JobRecord, String)) -> Result<JobRecord, JournalError> {
-    job.request = serde_json::from_str(&request).map_err(|e| JournalError::Corrupt { id: job.id.clone(), reason: e.to_string() })?;
+    job.request = serde_json::from_str(&request).map_err(|e| JournalError::Corrupt {
+        id: job.id.clone(),
+        reason: e.to_string(),
+    })?;
     Ok(job)
 }
 
 impl Journal {
     /// Opens (creating) the journal at `path`.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
-        let open_err = |source| JournalError::Open { path: path.to_owned(), source };
+        let open_err = |source| JournalError::Open {
+            path: path.to_owned(),
+            source,
+        };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 5000;",
         )
         .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
-        let owner = hex::encode(provider::random_vec(8).unwrap_or_else(|_| std::process::id().to_be_bytes().to_vec()));
-        Ok(Self { conn: Mutex::new(conn), owner })
+        let owner = hex::encode(
+            provider::random_vec(8).unwrap_or_else(|_| std::process::id().to_be_bytes().to_vec()),
+        );
+        Ok(Self {
+            conn: Mutex::new(conn),
+            owner,
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -146,7 +165,13 @@ impl Journal {
 
     /// Records a new job, or returns the existing one with the same source and idempotency key.
     /// The bool is true when the job is new.
-    pub fn enqueue(&self, source: &str, idempotency_key: &str, kind: JobKind, request: &serde_json::Value) -> Result<(JobRecord, bool), JournalError> {
+    pub fn enqueue(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+        kind: JobKind,
+        request: &serde_json::Value,
+    ) -> Result<(JobRecord, bool), JournalError> {
         let now = now_ms();
         let id = new_job_id();
         let conn = self.conn();
@@ -219,7 +244,10 @@ impl Journal {
         if changed == 0 {
             return Ok(false);
         }
-        let json = serde_json::to_string(result).map_err(|e| JournalError::Corrupt { id: id.into(), reason: e.to_string() })?;
+        let json = serde_json::to_string(result).map_err(|e| JournalError::Corrupt {
+            id: id.into(),
+            reason: e.to_string(),
+        })?;
         tx.execute(
             "INSERT INTO outbox (job_id, result, password, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![id, json, password, now],
@@ -241,7 +269,13 @@ impl Journal {
     }
 
     /// Puts a leased job back in the queue after a passing failure.
-    pub fn retry_later(&self, id: &str, backend: Option<&str>, error: &str, next_run_at: i64) -> Result<bool, JournalError> {
+    pub fn retry_later(
+        &self,
+        id: &str,
+        backend: Option<&str>,
+        error: &str,
+        next_run_at: i64,
+    ) -> Result<bool, JournalError> {
         let conn = self.conn();
         Ok(conn.execute(
             "UPDATE jobs SET state = 'queued', backend = COALESCE(?3, backend), last_error = ?4, next_run_at = ?5, lease_owner = NULL, lease_until = NULL, updated_at = ?6
@@ -251,7 +285,14 @@ impl Journal {
     }
 
     /// Parks a leased job as pending at the CA until `next_run_at`. A poll does not use up an attempt.
-    pub fn pend(&self, id: &str, backend: &str, token: &str, message: &str, next_run_at: i64) -> Result<bool, JournalError> {
+    pub fn pend(
+        &self,
+        id: &str,
+        backend: &str,
+        token: &str,
+        message: &str,
+        next_run_at: i64,
+    ) -> Result<bool, JournalError> {
         let conn = self.conn();
         Ok(conn.execute(
             "UPDATE jobs SET state = 'pending', backend = ?3, poll_token = ?4, last_error = ?5, next_run_at = ?6, attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, updated_at = ?7
@@ -261,7 +302,13 @@ impl Journal {
     }
 
     /// Ends a leased job as failed or dead, with the reason.
-    pub fn fail(&self, id: &str, state: JobState, backend: Option<&str>, error: &str) -> Result<bool, JournalError> {
+    pub fn fail(
+        &self,
+        id: &str,
+        state: JobState,
+        backend: Option<&str>,
+        error: &str,
+    ) -> Result<bool, JournalError> {
         debug_assert!(matches!(state, JobState::Failed | JobState::Dead));
         let conn = self.conn();
         Ok(conn.execute(
@@ -284,7 +331,10 @@ impl Journal {
     pub fn retry(&self, id: &str) -> Result<JobRecord, JournalError> {
         let job = self.get(id)?;
         if !matches!(job.state, JobState::Failed | JobState::Dead) {
-            return Err(JournalError::NotRetryable { id: id.into(), state: job.state.as_str() });
+            return Err(JournalError::NotRetryable {
+                id: id.into(),
+                state: job.state.as_str(),
+            });
         }
         let conn = self.conn();
         conn.execute(
@@ -299,14 +349,22 @@ impl Journal {
     pub fn get(&self, id: &str) -> Result<JobRecord, JournalError> {
         let conn = self.conn();
         let row = conn
-            .query_row("SELECT * FROM jobs WHERE id = ?1", params![id], job_from_row)
+            .query_row(
+                "SELECT * FROM jobs WHERE id = ?1",
+                params![id],
+                job_from_row,
+            )
             .optional()?
             .ok_or_else(|| JournalError::NotFound(id.into()))?;
         finish_record(row)
     }
 
     /// Jobs, newest first, optionally in one state.
-    pub fn list(&self, state: Option<JobState>, limit: u32) -> Result<Vec<JobRecord>, JournalError> {
+    pub fn list(
+        &self,
+        state: Option<JobState>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, JournalError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT * FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id LIMIT ?2",
@@ -320,8 +378,11 @@ impl Journal {
     /// Counts jobs per state.
     pub fn counts(&self) -> Result<Vec<(String, i64)>, JournalError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
+        let mut stmt =
+            conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -331,17 +392,29 @@ impl Journal {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let row: Option<(String, Option<String>)> = tx
-            .query_row("SELECT result, password FROM outbox WHERE job_id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT result, password FROM outbox WHERE job_id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         let Some((json, password)) = row else {
             return Ok(None);
         };
-        let mut result: JobResult = serde_json::from_str(&json).map_err(|e| JournalError::Corrupt { id: id.into(), reason: e.to_string() })?;
+        let mut result: JobResult =
+            serde_json::from_str(&json).map_err(|e| JournalError::Corrupt {
+                id: id.into(),
+                reason: e.to_string(),
+            })?;
         if password.is_some() {
-            tx.execute("UPDATE outbox SET password = NULL WHERE job_id = ?1", params![id])?;
+            tx.execute(
+                "UPDATE outbox SET password = NULL WHERE job_id = ?1",
+                params![id],
+            )?;
             result.password = password;
         } else {
-            result.password_claimed = result.sealed_password_base64.is_none() && result.pfx_base64.is_some();
+            result.password_claimed =
+                result.sealed_password_base64.is_none() && result.pfx_base64.is_some();
         }
         tx.commit()?;
         Ok(Some(result))
@@ -365,7 +438,10 @@ fn new_job_id() -> String {
     match provider::random_vec(16) {
         Ok(b) => hex::encode(b),
         // The DRBG failing is fatal elsewhere; a time-based id keeps intake from panicking.
-        Err(_) => format!("{:032x}", now_ms() as u128 ^ ((std::process::id() as u128) << 64)),
+        Err(_) => format!(
+            "{:032x}",
+            now_ms() as u128 ^ ((std::process::id() as u128) << 64)
+        ),
     }
 }
 
@@ -383,8 +459,12 @@ mod tests {
     #[test]
     fn same_idempotency_key_is_one_job() {
         let (_d, j) = journal();
-        let (a, new_a) = j.enqueue("api", "k1", JobKind::Issue, &json!({"x": 1})).unwrap();
-        let (b, new_b) = j.enqueue("api", "k1", JobKind::Issue, &json!({"x": 2})).unwrap();
+        let (a, new_a) = j
+            .enqueue("api", "k1", JobKind::Issue, &json!({"x": 1}))
+            .unwrap();
+        let (b, new_b) = j
+            .enqueue("api", "k1", JobKind::Issue, &json!({"x": 2}))
+            .unwrap();
         assert!(new_a && !new_b);
         assert_eq!(a.id, b.id);
         assert_eq!(b.request, json!({"x": 1}));
@@ -403,8 +483,12 @@ mod tests {
         let other = Journal::open(&dir.path().join("j.sqlite")).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert_eq!(other.lease_next(60_000).unwrap().unwrap().id, job.id);
-        assert!(!j.succeed(&job.id, "b", &JobResult::default(), None, None, None).unwrap());
-        assert!(other.succeed(&job.id, "b", &JobResult::default(), None, None, None).unwrap());
+        assert!(!j
+            .succeed(&job.id, "b", &JobResult::default(), None, None, None)
+            .unwrap());
+        assert!(other
+            .succeed(&job.id, "b", &JobResult::default(), None, None, None)
+            .unwrap());
         assert_eq!(j.get(&job.id).unwrap().state, JobState::Succeeded);
         assert_eq!(j.get(&job.id).unwrap().attempts, 2);
     }
@@ -414,9 +498,17 @@ mod tests {
         let (_d, j) = journal();
         let (job, _) = j.enqueue("api", "k", JobKind::Issue, &json!({})).unwrap();
         j.lease_next(60_000).unwrap().unwrap();
-        let result = JobResult { pfx_base64: Some("AA==".into()), ..Default::default() };
-        assert!(j.succeed(&job.id, "b", &result, Some("s3cret"), None, None).unwrap());
-        assert_eq!(j.take_result(&job.id).unwrap().unwrap().password.as_deref(), Some("s3cret"));
+        let result = JobResult {
+            pfx_base64: Some("AA==".into()),
+            ..Default::default()
+        };
+        assert!(j
+            .succeed(&job.id, "b", &result, Some("s3cret"), None, None)
+            .unwrap());
+        assert_eq!(
+            j.take_result(&job.id).unwrap().unwrap().password.as_deref(),
+            Some("s3cret")
+        );
         let again = j.take_result(&job.id).unwrap().unwrap();
         assert_eq!(again.password, None);
         assert!(again.password_claimed);
@@ -426,7 +518,10 @@ mod tests {
     fn retry_only_from_terminal_failure() {
         let (_d, j) = journal();
         let (job, _) = j.enqueue("api", "k", JobKind::Issue, &json!({})).unwrap();
-        assert!(matches!(j.retry(&job.id), Err(JournalError::NotRetryable { .. })));
+        assert!(matches!(
+            j.retry(&job.id),
+            Err(JournalError::NotRetryable { .. })
+        ));
         j.lease_next(60_000).unwrap().unwrap();
         assert!(j.fail(&job.id, JobState::Dead, Some("b"), "boom").unwrap());
         let again = j.retry(&job.id).unwrap();

@@ -108,10 +108,23 @@ impl RevokeJob {
     /// The serial as the ledger keys it. Accepts `0x`, colons and an odd digit count, as people
     /// paste serials.
     pub fn normalized_serial(&self) -> Result<String, String> {
-        let digits: String = self.serial.trim().trim_start_matches("0x").chars().filter(|c| *c != ':').collect();
-        let padded = if digits.len() % 2 == 1 { format!("0{digits}") } else { digits };
+        let digits: String = self
+            .serial
+            .trim()
+            .trim_start_matches("0x")
+            .chars()
+            .filter(|c| *c != ':')
+            .collect();
+        let padded = if digits.len() % 2 == 1 {
+            format!("0{digits}")
+        } else {
+            digits
+        };
         if padded.is_empty() || padded.len() > 42 {
-            return Err(format!("{:?} is not a serial number (1 to 20 bytes of hex)", self.serial));
+            return Err(format!(
+                "{:?} is not a serial number (1 to 20 bytes of hex)",
+                self.serial
+            ));
         }
         hex::decode(&padded)
             .map(|b| serial_hex(&b))

@@ -28,18 +28,32 @@ use certconn_x509::SubjectAltName;
 pub enum Outcome {
     Done {
         backend: String,
-        result: JobResult,
+        result: Box<JobResult>,
         password: Option<Zeroizing<String>>,
-        issued: Option<IssuedRecord>,
+        issued: Option<Box<IssuedRecord>>,
         revoked: Option<(String, String, String)>,
     },
-    Pending { backend: String, token: String, retry_after_seconds: u32, message: String },
-    Retry { backend: Option<String>, error: String },
-    Fail { backend: Option<String>, error: String },
+    Pending {
+        backend: String,
+        token: String,
+        retry_after_seconds: u32,
+        message: String,
+    },
+    Retry {
+        backend: Option<String>,
+        error: String,
+    },
+    Fail {
+        backend: Option<String>,
+        error: String,
+    },
 }
 
 fn fail(backend: Option<&str>, error: impl Into<String>) -> Outcome {
-    Outcome::Fail { backend: backend.map(Into::into), error: error.into() }
+    Outcome::Fail {
+        backend: backend.map(Into::into),
+        error: error.into(),
+    }
 }
 
 /// Runs one job.
@@ -65,7 +79,10 @@ fn from_backend_error(backend: &str, e: wit::BackendError) -> Outcome {
             retry_after_seconds: p.retry_after_seconds.max(1),
             message: p.message,
         },
-        wit::BackendError::Transient(m) => Outcome::Retry { backend: Some(backend.into()), error: format!("transient: {m}") },
+        wit::BackendError::Transient(m) => Outcome::Retry {
+            backend: Some(backend.into()),
+            error: format!("transient: {m}"),
+        },
         other => fail(Some(backend), describe_backend_error(&other)),
     }
 }
@@ -73,7 +90,10 @@ fn from_backend_error(backend: &str, e: wit::BackendError) -> Outcome {
 fn from_plugin_error(backend: &str, e: PluginError) -> Outcome {
     match e {
         // A fault may pass (a timeout under load); it is retried and dead-lettered if it keeps on.
-        PluginError::Fault { .. } => Outcome::Retry { backend: Some(backend.into()), error: e.to_string() },
+        PluginError::Fault { .. } => Outcome::Retry {
+            backend: Some(backend.into()),
+            error: e.to_string(),
+        },
         other => fail(Some(backend), other.to_string()),
     }
 }
@@ -101,43 +121,72 @@ async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Out
         return fail(None, format!("profile {:?} is not configured", req.profile));
     };
     let Some(backend) = services.registry.route(&req.profile) else {
-        return fail(None, format!("profile {:?} routes to backend {:?}, which is not loaded", req.profile, profile.backend.get_ref()));
+        return fail(
+            None,
+            format!(
+                "profile {:?} routes to backend {:?}, which is not loaded",
+                req.profile,
+                profile.backend.get_ref()
+            ),
+        );
     };
     let bname = backend.name.to_string();
 
     // The key: the device's own (CSR given), a key kept from a pending first attempt, or a new one.
-    let (csr_der, key): (Vec<u8>, Option<Arc<crate::custody::store::StoredKey>>) = match &req.csr_pem {
-        Some(pem_text) => match pem::decode_all(pem_text) {
-            Ok(blocks) => match blocks.into_iter().next() {
-                Some((_, der)) => (der, None),
-                None => return fail(Some(&bname), "the CSR has no PEM block"),
-            },
-            Err(e) => return fail(Some(&bname), format!("the CSR is not PEM: {e}")),
-        },
-        None => {
-            let alg = req.key.unwrap_or(profile.key_algorithm);
-            let key = match services.keys.get(&pending_key_name(&job.id)) {
-                Ok(k) => k,
-                Err(_) => match tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await {
-                    Ok(Ok(k)) => Arc::new(crate::custody::store::StoredKey { name: String::new(), key: k, chain: Vec::new() }),
-                    Ok(Err(e)) => return Outcome::Retry { backend: Some(bname), error: format!("key generation: {e}") },
-                    Err(e) => return Outcome::Retry { backend: Some(bname), error: format!("key generation task: {e}") },
+    let (csr_der, key): (Vec<u8>, Option<Arc<crate::custody::store::StoredKey>>) =
+        match &req.csr_pem {
+            Some(pem_text) => match pem::decode_all(pem_text) {
+                Ok(blocks) => match blocks.into_iter().next() {
+                    Some((_, der)) => (der, None),
+                    None => return fail(Some(&bname), "the CSR has no PEM block"),
                 },
-            };
-            let subject = match Name::from_str(&req.subject) {
-                Ok(n) => n,
-                Err(e) => return fail(Some(&bname), format!("subject {:?}: {e}", req.subject)),
-            };
-            let sans = match req.sans.iter().map(|s| SubjectAltName::parse(s)).collect::<Result<Vec<_>, _>>() {
-                Ok(s) => s,
-                Err(e) => return fail(Some(&bname), e.to_string()),
-            };
-            match pki::csr::build(&key.key, &subject, &sans) {
-                Ok(csr) => (csr, Some(key)),
-                Err(e) => return fail(Some(&bname), format!("building the CSR: {e}")),
+                Err(e) => return fail(Some(&bname), format!("the CSR is not PEM: {e}")),
+            },
+            None => {
+                let alg = req.key.unwrap_or(profile.key_algorithm);
+                let key = match services.keys.get(&pending_key_name(&job.id)) {
+                    Ok(k) => k,
+                    Err(_) => {
+                        match tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await {
+                            Ok(Ok(k)) => Arc::new(crate::custody::store::StoredKey {
+                                name: String::new(),
+                                key: k,
+                                chain: Vec::new(),
+                            }),
+                            Ok(Err(e)) => {
+                                return Outcome::Retry {
+                                    backend: Some(bname),
+                                    error: format!("key generation: {e}"),
+                                }
+                            }
+                            Err(e) => {
+                                return Outcome::Retry {
+                                    backend: Some(bname),
+                                    error: format!("key generation task: {e}"),
+                                }
+                            }
+                        }
+                    }
+                };
+                let subject = match Name::from_str(&req.subject) {
+                    Ok(n) => n,
+                    Err(e) => return fail(Some(&bname), format!("subject {:?}: {e}", req.subject)),
+                };
+                let sans = match req
+                    .sans
+                    .iter()
+                    .map(|s| SubjectAltName::parse(s))
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    Ok(s) => s,
+                    Err(e) => return fail(Some(&bname), e.to_string()),
+                };
+                match pki::csr::build(&key.key, &subject, &sans) {
+                    Ok(csr) => (csr, Some(key)),
+                    Err(e) => return fail(Some(&bname), format!("building the CSR: {e}")),
+                }
             }
-        }
-    };
+        };
 
     let request = match issue_request(job, req, profile, csr_der) {
         Ok(r) => r,
@@ -155,8 +204,14 @@ async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Out
                 if k.name.is_empty() {
                     // Keep the device key in custody until the CA answers.
                     let copy = PrivateKey::from_pkcs8(Zeroizing::new(k.key.pkcs8_der().to_vec()));
-                    if let Err(e) = copy.map_err(crate::custody::CustodyError::from).and_then(|c| services.keys.put(&pending_key_name(&job.id), c)) {
-                        return Outcome::Retry { backend: Some(bname), error: format!("keeping the device key while pending: {e}") };
+                    if let Err(e) = copy
+                        .map_err(crate::custody::CustodyError::from)
+                        .and_then(|c| services.keys.put(&pending_key_name(&job.id), c))
+                    {
+                        return Outcome::Retry {
+                            backend: Some(bname),
+                            error: format!("keeping the device key while pending: {e}"),
+                        };
                     }
                 }
             }
@@ -164,7 +219,14 @@ async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Out
         }
         Err(e) => return from_plugin_error(&bname, e),
     };
-    let outcome = finish_issue(services, &backend, &request.csr, key.as_deref().map(|k| &k.key), issued, req);
+    let outcome = finish_issue(
+        services,
+        &backend,
+        &request.csr,
+        key.as_deref().map(|k| &k.key),
+        issued,
+        req,
+    );
     if matches!(outcome, Outcome::Done { .. }) {
         if let Err(e) = services.keys.remove(&pending_key_name(&job.id)) {
             tracing::warn!(job = %job.id, "could not remove the kept device key: {e}");
@@ -173,13 +235,27 @@ async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Out
     outcome
 }
 
-fn issue_request(job: &JobRecord, req: &IssueJob, profile: &crate::config::ProfileConfig, csr: Vec<u8>) -> Result<wit::IssueRequest, String> {
+fn issue_request(
+    job: &JobRecord,
+    req: &IssueJob,
+    profile: &crate::config::ProfileConfig,
+    csr: Vec<u8>,
+) -> Result<wit::IssueRequest, String> {
     let (subject, sans) = if req.csr_pem.is_some() && req.subject.is_empty() {
         (None, Vec::new())
     } else {
-        let name = Name::from_str(&req.subject).map_err(|e| format!("subject {:?}: {e}", req.subject))?;
-        let sans = req.sans.iter().map(|s| SubjectAltName::parse(s)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-        (Some(name.to_der().map_err(|e| format!("subject: {e}"))?), wit_sans(&sans))
+        let name =
+            Name::from_str(&req.subject).map_err(|e| format!("subject {:?}: {e}", req.subject))?;
+        let sans = req
+            .sans
+            .iter()
+            .map(|s| SubjectAltName::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        (
+            Some(name.to_der().map_err(|e| format!("subject: {e}"))?),
+            wit_sans(&sans),
+        )
     };
     Ok(wit::IssueRequest {
         job_id: job.id.clone(),
@@ -204,23 +280,38 @@ fn finish_issue(
     let bname = backend.name.to_string();
     let cert = match Certificate::from_der(&issued.certificate) {
         Ok(c) => c,
-        Err(e) => return fail(Some(&bname), format!("the backend returned a certificate that does not parse: {e}")),
+        Err(e) => {
+            return fail(
+                Some(&bname),
+                format!("the backend returned a certificate that does not parse: {e}"),
+            )
+        }
     };
     // The certificate must be for the key we asked for: a backend cannot substitute a key.
     let expected_spki = match key {
         Some(k) => k.public_key_der().to_vec(),
-        None => match x509_cert::request::CertReq::from_der(csr_der).and_then(|c| c.info.public_key.to_der()) {
+        None => match x509_cert::request::CertReq::from_der(csr_der)
+            .and_then(|c| c.info.public_key.to_der())
+        {
             Ok(s) => s,
             Err(e) => return fail(Some(&bname), format!("CSR: {e}")),
         },
     };
     match cert.tbs_certificate.subject_public_key_info.to_der() {
         Ok(spki) if spki == expected_spki => {}
-        _ => return fail(Some(&bname), "the backend returned a certificate for a different public key"),
+        _ => {
+            return fail(
+                Some(&bname),
+                "the backend returned a certificate for a different public key",
+            )
+        }
     }
     for (i, c) in issued.chain.iter().enumerate() {
         if Certificate::from_der(c).is_err() {
-            return fail(Some(&bname), format!("chain certificate {i} from the backend does not parse"));
+            return fail(
+                Some(&bname),
+                format!("chain certificate {i} from the backend does not parse"),
+            );
         }
     }
 
@@ -232,7 +323,13 @@ fn finish_issue(
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut result = JobResult {
         certificate_pem: Some(pem::encode("CERTIFICATE", &issued.certificate)),
-        chain_pem: Some(issued.chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect()),
+        chain_pem: Some(
+            issued
+                .chain
+                .iter()
+                .map(|c| pem::encode("CERTIFICATE", c))
+                .collect(),
+        ),
         serial: Some(serial.clone()),
         ..Default::default()
     };
@@ -240,7 +337,12 @@ fn finish_issue(
     if let Some(key) = key {
         let password = match pki::pkcs12::random_password() {
             Ok(p) => p,
-            Err(e) => return Outcome::Retry { backend: Some(bname), error: e.to_string() },
+            Err(e) => {
+                return Outcome::Retry {
+                    backend: Some(bname),
+                    error: e.to_string(),
+                }
+            }
         };
         let friendly = cert.tbs_certificate.subject.to_string();
         let contents = pki::pkcs12::PfxContents {
@@ -258,7 +360,10 @@ fn finish_issue(
             Some(recipient) => {
                 let sealed = pem::certificate_from_pem_or_der(recipient.as_bytes())
                     .map_err(|e| format!("recipient certificate: {e}"))
-                    .and_then(|der| pki::cms::seal_for(&der, password.as_bytes()).map_err(|e| format!("sealing the password: {e}")));
+                    .and_then(|der| {
+                        pki::cms::seal_for(&der, password.as_bytes())
+                            .map_err(|e| format!("sealing the password: {e}"))
+                    });
                 match sealed {
                     Ok(s) => result.sealed_password_base64 = Some(b64.encode(s)),
                     Err(e) => return fail(Some(&bname), e),
@@ -271,10 +376,21 @@ fn finish_issue(
         backend: bname.clone(),
         serial,
         issuer_der,
-        not_after: cert.tbs_certificate.validity.not_after.to_unix_duration().as_secs() as i64,
+        not_after: cert
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs() as i64,
         certificate_der: issued.certificate,
     };
-    Outcome::Done { backend: bname, result, password: password_out, issued: Some(issued_record), revoked: None }
+    Outcome::Done {
+        backend: bname,
+        result: Box::new(result),
+        password: password_out,
+        issued: Some(Box::new(issued_record)),
+        revoked: None,
+    }
 }
 
 fn reason_to_wit(r: RevocationReason) -> wit::RevocationReason {
@@ -298,24 +414,48 @@ async fn revoke(services: &Arc<Services>, job: &JobRecord, req: &RevokeJob) -> O
     };
     let known = match services.journal.issued_by(&serial) {
         Ok(k) => k,
-        Err(e) => return Outcome::Retry { backend: None, error: e.to_string() },
+        Err(e) => {
+            return Outcome::Retry {
+                backend: None,
+                error: e.to_string(),
+            }
+        }
     };
     let (bname, issuer) = match (&req.backend, known) {
         (Some(b), Some((issued_by, issuer))) if *b == issued_by => (b.clone(), Some(issuer)),
         (Some(b), _) => (b.clone(), None),
         (None, Some((b, issuer))) => (b, Some(issuer)),
-        (None, None) => return fail(None, format!("serial {serial} was not issued through certconn; name the backend to revoke it at")),
+        (None, None) => {
+            return fail(
+                None,
+                format!(
+                "serial {serial} was not issued through certconn; name the backend to revoke it at"
+            ),
+            )
+        }
     };
     let Some(backend) = services.registry.backend(&bname) else {
         return fail(Some(&bname), format!("backend {bname:?} is not loaded"));
     };
-    let request = wit::RevokeRequest { job_id: job.id.clone(), serial: serial.clone(), issuer, reason: reason_to_wit(req.reason) };
+    let request = wit::RevokeRequest {
+        job_id: job.id.clone(),
+        serial: serial.clone(),
+        issuer,
+        reason: reason_to_wit(req.reason),
+    };
     match backend.revoke(&request).await {
         Ok(Ok(())) => {
-            let reason = serde_json::to_value(req.reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let reason = serde_json::to_value(req.reason)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
             Outcome::Done {
                 backend: bname.clone(),
-                result: JobResult { serial: Some(serial.clone()), revoked: Some(true), ..Default::default() },
+                result: Box::new(JobResult {
+                    serial: Some(serial.clone()),
+                    revoked: Some(true),
+                    ..Default::default()
+                }),
                 password: None,
                 issued: None,
                 revoked: Some((bname, serial, reason)),

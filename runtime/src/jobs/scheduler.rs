@@ -34,7 +34,12 @@ pub async fn run(services: Arc<Services>, wake: Arc<Notify>, mut shutdown: watch
     while workers.join_next().await.is_some() {}
 }
 
-async fn worker(n: usize, services: Arc<Services>, wake: Arc<Notify>, shutdown: watch::Receiver<bool>) {
+async fn worker(
+    n: usize,
+    services: Arc<Services>,
+    wake: Arc<Notify>,
+    shutdown: watch::Receiver<bool>,
+) {
     let lease_ms = (services.config.jobs.lease_seconds * 1000) as i64;
     loop {
         if *shutdown.borrow() {
@@ -51,7 +56,9 @@ async fn worker(n: usize, services: Arc<Services>, wake: Arc<Notify>, shutdown: 
             }
             Ok(None) => {
                 let wait = match services.journal.next_due() {
-                    Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(1, IDLE_POLL.as_millis() as i64) as u64),
+                    Ok(Some(due)) => Duration::from_millis(
+                        (due - now_ms()).clamp(1, IDLE_POLL.as_millis() as i64) as u64,
+                    ),
                     _ => IDLE_POLL,
                 };
                 let mut shutdown = shutdown.clone();
@@ -71,7 +78,9 @@ async fn worker(n: usize, services: Arc<Services>, wake: Arc<Notify>, shutdown: 
 
 /// Delay before attempt `attempts + 1`: initial × 2^(attempts−1), capped, with equal jitter.
 pub fn backoff_ms(initial: u64, max: u64, attempts: u32) -> u64 {
-    let exp = initial.saturating_mul(1u64 << attempts.saturating_sub(1).min(32)).min(max);
+    let exp = initial
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(32))
+        .min(max);
     let mut r = [0u8; 8];
     let jitter = match provider::fill_random(&mut r) {
         Ok(()) => u64::from_le_bytes(r) % (exp / 2 + 1),
@@ -80,21 +89,52 @@ pub fn backoff_ms(initial: u64, max: u64, attempts: u32) -> u64 {
     exp / 2 + jitter
 }
 
-fn record(services: &Services, id: &str, attempts: u32, outcome: Outcome) -> Result<(), crate::jobs::JournalError> {
+fn record(
+    services: &Services,
+    id: &str,
+    attempts: u32,
+    outcome: Outcome,
+) -> Result<(), crate::jobs::JournalError> {
     let jobs = &services.config.jobs;
     let journal = &services.journal;
     let kept = match outcome {
-        Outcome::Done { backend, result, password, issued, revoked } => {
-            let revoked = revoked.as_ref().map(|(b, s, r)| (b.as_str(), s.as_str(), r.as_str()));
-            let kept = journal.succeed(id, &backend, &result, password.as_deref().map(|p| p.as_str()), issued.as_ref(), revoked)?;
+        Outcome::Done {
+            backend,
+            result,
+            password,
+            issued,
+            revoked,
+        } => {
+            let revoked = revoked
+                .as_ref()
+                .map(|(b, s, r)| (b.as_str(), s.as_str(), r.as_str()));
+            let kept = journal.succeed(
+                id,
+                &backend,
+                &result,
+                password.as_deref().map(|p| p.as_str()),
+                issued.as_deref(),
+                revoked,
+            )?;
             if kept {
                 tracing::info!(job = id, %backend, serial = result.serial.as_deref(), "job succeeded");
             }
             kept
         }
-        Outcome::Pending { backend, token, retry_after_seconds, message } => {
+        Outcome::Pending {
+            backend,
+            token,
+            retry_after_seconds,
+            message,
+        } => {
             tracing::info!(job = id, %backend, retry_after_seconds, "pending at the CA: {message}");
-            journal.pend(id, &backend, &token, &message, now_ms() + i64::from(retry_after_seconds) * 1000)?
+            journal.pend(
+                id,
+                &backend,
+                &token,
+                &message,
+                now_ms() + i64::from(retry_after_seconds) * 1000,
+            )?
         }
         Outcome::Retry { backend, error } if attempts >= jobs.max_attempts => {
             let reason = format!("dead-lettered after {attempts} attempts; last error: {error}");
@@ -103,16 +143,29 @@ fn record(services: &Services, id: &str, attempts: u32, outcome: Outcome) -> Res
         }
         Outcome::Retry { backend, error } => {
             let delay = backoff_ms(jobs.backoff_initial_ms, jobs.backoff_max_ms, attempts);
-            tracing::warn!(job = id, backend = backend.as_deref(), attempt = attempts, retry_in_ms = delay, "{error}");
+            tracing::warn!(
+                job = id,
+                backend = backend.as_deref(),
+                attempt = attempts,
+                retry_in_ms = delay,
+                "{error}"
+            );
             journal.retry_later(id, backend.as_deref(), &error, now_ms() + delay as i64)?
         }
         Outcome::Fail { backend, error } => {
-            tracing::warn!(job = id, backend = backend.as_deref(), "job failed: {error}");
+            tracing::warn!(
+                job = id,
+                backend = backend.as_deref(),
+                "job failed: {error}"
+            );
             journal.fail(id, JobState::Failed, backend.as_deref(), &error)?
         }
     };
     if !kept {
-        tracing::warn!(job = id, "the lease was lost before the outcome was recorded; another worker owns the job");
+        tracing::warn!(
+            job = id,
+            "the lease was lost before the outcome was recorded; another worker owns the job"
+        );
     }
     Ok(())
 }
@@ -127,7 +180,11 @@ mod tests {
             let exp = (500u64 << (attempt - 1)).min(10_000);
             for _ in 0..50 {
                 let d = backoff_ms(500, 10_000, attempt);
-                assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d} not in [{}, {exp}]", exp / 2);
+                assert!(
+                    d >= exp / 2 && d <= exp,
+                    "attempt {attempt}: {d} not in [{}, {exp}]",
+                    exp / 2
+                );
             }
         }
     }

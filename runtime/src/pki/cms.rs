@@ -7,7 +7,8 @@
 use cms::cert::IssuerAndSerialNumber;
 use cms::content_info::{CmsVersion, ContentInfo};
 use cms::enveloped_data::{
-    EncryptedContentInfo, EnvelopedData, KeyTransRecipientInfo, RecipientIdentifier, RecipientInfo, RecipientInfos,
+    EncryptedContentInfo, EnvelopedData, KeyTransRecipientInfo, RecipientIdentifier, RecipientInfo,
+    RecipientInfos,
 };
 use const_oid::ObjectIdentifier;
 use der::asn1::{Any, OctetString, SetOfVec};
@@ -28,14 +29,16 @@ const AES_256_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.1
 
 /// RSAES-OAEP-params { hashFunc sha256, maskGenFunc mgf1(sha256), pSourceFunc default }.
 const OAEP_SHA256_PARAMS: &[u8] = &[
-    0x30, 0x2f, 0xa0, 0x0f, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
-    0x00, 0xa1, 0x1c, 0x30, 0x1a, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08, 0x30, 0x0d,
-    0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
+    0x30, 0x2f, 0xa0, 0x0f, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+    0x01, 0x05, 0x00, 0xa1, 0x1c, 0x30, 0x1a, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01,
+    0x01, 0x08, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+    0x00,
 ];
 
 /// Parses a recipient certificate and checks that it can be sealed for.
 pub fn check_recipient(recipient_der: &[u8]) -> Result<Certificate, PkiError> {
-    let recipient = Certificate::from_der(recipient_der).map_err(PkiError::der("recipient certificate"))?;
+    let recipient =
+        Certificate::from_der(recipient_der).map_err(PkiError::der("recipient certificate"))?;
     match PublicKeyKind::of(&recipient.tbs_certificate.subject_public_key_info)? {
         PublicKeyKind::Rsa { bits } if bits >= 2048 => Ok(recipient),
         other => Err(PkiError::Invalid(format!(
@@ -49,7 +52,9 @@ pub fn check_recipient(recipient_der: &[u8]) -> Result<Certificate, PkiError> {
 pub fn seal_for(recipient_der: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, PkiError> {
     let recipient = check_recipient(recipient_der)?;
     let spki = &recipient.tbs_certificate.subject_public_key_info;
-    let spki_der = spki.to_der().map_err(PkiError::der("recipient public key"))?;
+    let spki_der = spki
+        .to_der()
+        .map_err(PkiError::der("recipient public key"))?;
 
     let cek = Zeroizing::new(provider::random_vec(32)?);
     let iv = provider::random_vec(16)?;
@@ -64,21 +69,31 @@ pub fn seal_for(recipient_der: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, PkiEr
         }),
         key_enc_alg: AlgorithmIdentifierOwned {
             oid: RSAES_OAEP,
-            parameters: Some(Any::from_der(OAEP_SHA256_PARAMS).map_err(PkiError::der("OAEP parameters"))?),
+            parameters: Some(
+                Any::from_der(OAEP_SHA256_PARAMS).map_err(PkiError::der("OAEP parameters"))?,
+            ),
         },
         enc_key: OctetString::new(wrapped).map_err(PkiError::der("encrypted key"))?,
     };
     let enveloped = EnvelopedData {
         version: CmsVersion::V0,
         originator_info: None,
-        recip_infos: RecipientInfos(SetOfVec::try_from(vec![RecipientInfo::Ktri(ktri)]).map_err(PkiError::der("recipients"))?),
+        recip_infos: RecipientInfos(
+            SetOfVec::try_from(vec![RecipientInfo::Ktri(ktri)])
+                .map_err(PkiError::der("recipients"))?,
+        ),
         encrypted_content: EncryptedContentInfo {
             content_type: ID_DATA,
             content_enc_alg: AlgorithmIdentifierOwned {
                 oid: AES_256_CBC,
-                parameters: Some(Any::encode_from(&OctetString::new(iv).map_err(PkiError::der("IV"))?).map_err(PkiError::der("IV"))?),
+                parameters: Some(
+                    Any::encode_from(&OctetString::new(iv).map_err(PkiError::der("IV"))?)
+                        .map_err(PkiError::der("IV"))?,
+                ),
             },
-            encrypted_content: Some(OctetString::new(ciphertext).map_err(PkiError::der("ciphertext"))?),
+            encrypted_content: Some(
+                OctetString::new(ciphertext).map_err(PkiError::der("ciphertext"))?,
+            ),
         },
         unprotected_attrs: None,
     };

@@ -12,7 +12,10 @@ pub mod pkcs12;
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("{what}: {source}")]
-    Der { what: &'static str, source: der::Error },
+    Der {
+        what: &'static str,
+        source: der::Error,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]

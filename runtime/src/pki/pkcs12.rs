@@ -26,7 +26,8 @@ use crate::crypto::provider::{self, Digest};
 
 const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
 const ID_ENCRYPTED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.6");
-const SHROUDED_KEY_BAG: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.10.1.2");
+const SHROUDED_KEY_BAG: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.10.1.2");
 const CERT_BAG: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.10.1.3");
 const X509_CERTIFICATE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.22.1");
 const LOCAL_KEY_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.21");
@@ -53,20 +54,34 @@ pub struct PfxContents<'a> {
 }
 
 /// Writes a PFX protected by `password` (modern profile).
-pub fn write(contents: &PfxContents<'_>, password: &str, iterations: u32) -> Result<Vec<u8>, PkiError> {
+pub fn write(
+    contents: &PfxContents<'_>,
+    password: &str,
+    iterations: u32,
+) -> Result<Vec<u8>, PkiError> {
     let local_key_id = provider::digest(Digest::Sha256, contents.certificate);
     let bag_attrs = |with_name: bool| -> Result<SetOfVec<Attribute>, PkiError> {
         let mut attrs = SetOfVec::new();
-        let id = Any::encode_from(&OctetString::new(local_key_id.clone()).map_err(PkiError::der("localKeyId"))?)
-            .map_err(PkiError::der("localKeyId"))?;
+        let id = Any::encode_from(
+            &OctetString::new(local_key_id.clone()).map_err(PkiError::der("localKeyId"))?,
+        )
+        .map_err(PkiError::der("localKeyId"))?;
         attrs
-            .insert(Attribute { oid: LOCAL_KEY_ID, values: SetOfVec::try_from(vec![id]).map_err(PkiError::der("localKeyId"))? })
+            .insert(Attribute {
+                oid: LOCAL_KEY_ID,
+                values: SetOfVec::try_from(vec![id]).map_err(PkiError::der("localKeyId"))?,
+            })
             .map_err(PkiError::der("attributes"))?;
         if let (true, Some(name)) = (with_name, contents.friendly_name) {
-            let bmp = Any::encode_from(&BmpString::from_utf8(name).map_err(PkiError::der("friendlyName"))?)
-                .map_err(PkiError::der("friendlyName"))?;
+            let bmp = Any::encode_from(
+                &BmpString::from_utf8(name).map_err(PkiError::der("friendlyName"))?,
+            )
+            .map_err(PkiError::der("friendlyName"))?;
             attrs
-                .insert(Attribute { oid: FRIENDLY_NAME, values: SetOfVec::try_from(vec![bmp]).map_err(PkiError::der("friendlyName"))? })
+                .insert(Attribute {
+                    oid: FRIENDLY_NAME,
+                    values: SetOfVec::try_from(vec![bmp]).map_err(PkiError::der("friendlyName"))?,
+                })
                 .map_err(PkiError::der("attributes"))?;
         }
         Ok(attrs)
@@ -74,7 +89,10 @@ pub fn write(contents: &PfxContents<'_>, password: &str, iterations: u32) -> Res
 
     // Certificates: a SafeContents of certBags, encrypted as one encryptedData.
     let mut cert_bags = Vec::with_capacity(1 + contents.chain.len());
-    for (i, cert) in std::iter::once(contents.certificate).chain(contents.chain.iter().map(Vec::as_slice)).enumerate() {
+    for (i, cert) in std::iter::once(contents.certificate)
+        .chain(contents.chain.iter().map(Vec::as_slice))
+        .enumerate()
+    {
         let bag = CertBag {
             cert_id: X509_CERTIFICATE,
             cert_value: OctetString::new(cert).map_err(PkiError::der("certBag"))?,
@@ -85,14 +103,18 @@ pub fn write(contents: &PfxContents<'_>, password: &str, iterations: u32) -> Res
             bag_attributes: if i == 0 { Some(bag_attrs(true)?) } else { None },
         });
     }
-    let cert_safe = cert_bags.to_der().map_err(PkiError::der("certificate SafeContents"))?;
+    let cert_safe = cert_bags
+        .to_der()
+        .map_err(PkiError::der("certificate SafeContents"))?;
     let (cert_alg, cert_ct) = pbes2_encrypt(password, iterations, &cert_safe)?;
     let encrypted_certs = EncryptedData {
         version: CmsVersion::V0,
         enc_content_info: EncryptedContentInfo {
             content_type: ID_DATA,
             content_enc_alg: cert_alg,
-            encrypted_content: Some(OctetString::new(cert_ct).map_err(PkiError::der("encryptedData"))?),
+            encrypted_content: Some(
+                OctetString::new(cert_ct).map_err(PkiError::der("encryptedData"))?,
+            ),
         },
         unprotected_attrs: None,
     };
@@ -118,11 +140,15 @@ pub fn write(contents: &PfxContents<'_>, password: &str, iterations: u32) -> Res
         },
         ContentInfo {
             content_type: ID_DATA,
-            content: Any::encode_from(&OctetString::new(key_safe).map_err(PkiError::der("key data"))?)
-                .map_err(PkiError::der("key data"))?,
+            content: Any::encode_from(
+                &OctetString::new(key_safe).map_err(PkiError::der("key data"))?,
+            )
+            .map_err(PkiError::der("key data"))?,
         },
     ];
-    let auth_safe_der = auth_safe.to_der().map_err(PkiError::der("AuthenticatedSafe"))?;
+    let auth_safe_der = auth_safe
+        .to_der()
+        .map_err(PkiError::der("AuthenticatedSafe"))?;
 
     let mac_salt = provider::random_vec(16)?;
     let mac_key = pkcs12_kdf_sha256_mac_key(password, &mac_salt, iterations);
@@ -131,23 +157,33 @@ pub fn write(contents: &PfxContents<'_>, password: &str, iterations: u32) -> Res
         version: Version::V3,
         auth_safe: ContentInfo {
             content_type: ID_DATA,
-            content: Any::encode_from(&OctetString::new(auth_safe_der).map_err(PkiError::der("authSafe"))?)
-                .map_err(PkiError::der("authSafe"))?,
+            content: Any::encode_from(
+                &OctetString::new(auth_safe_der).map_err(PkiError::der("authSafe"))?,
+            )
+            .map_err(PkiError::der("authSafe"))?,
         },
         mac_data: Some(MacData {
             mac: DigestInfo {
-                algorithm: AlgorithmIdentifierOwned { oid: SHA256, parameters: Some(Any::null()) },
+                algorithm: AlgorithmIdentifierOwned {
+                    oid: SHA256,
+                    parameters: Some(Any::null()),
+                },
                 digest: OctetString::new(mac).map_err(PkiError::der("MAC"))?,
             },
             mac_salt: OctetString::new(mac_salt).map_err(PkiError::der("MAC salt"))?,
-            iterations: i32::try_from(iterations).map_err(|_| PkiError::Invalid("iteration count too large".into()))?,
+            iterations: i32::try_from(iterations)
+                .map_err(|_| PkiError::Invalid("iteration count too large".into()))?,
         }),
     };
     pfx.to_der().map_err(PkiError::der("PFX"))
 }
 
 /// PBES2 with PBKDF2-HMAC-SHA256 and AES-256-CBC; returns the AlgorithmIdentifier and ciphertext.
-fn pbes2_encrypt(password: &str, iterations: u32, plaintext: &[u8]) -> Result<(AlgorithmIdentifierOwned, Vec<u8>), PkiError> {
+fn pbes2_encrypt(
+    password: &str,
+    iterations: u32,
+    plaintext: &[u8],
+) -> Result<(AlgorithmIdentifierOwned, Vec<u8>), PkiError> {
     let salt = provider::random_vec(16)?;
     let iv = provider::random_vec(16)?;
     let mut key = Zeroizing::new([0u8; 32]);
@@ -157,7 +193,10 @@ fn pbes2_encrypt(password: &str, iterations: u32, plaintext: &[u8]) -> Result<(A
         salt: OctetString::new(salt).map_err(PkiError::der("PBKDF2 salt"))?,
         iteration_count: iterations,
         key_length: None,
-        prf: AlgorithmIdentifierOwned { oid: HMAC_WITH_SHA256, parameters: Some(Any::null()) },
+        prf: AlgorithmIdentifierOwned {
+            oid: HMAC_WITH_SHA256,
+            parameters: Some(Any::null()),
+        },
     };
     let params = Pbes2Params {
         kdf: AlgorithmIdentifierOwned {
@@ -166,12 +205,18 @@ fn pbes2_encrypt(password: &str, iterations: u32, plaintext: &[u8]) -> Result<(A
         },
         encryption: AlgorithmIdentifierOwned {
             oid: AES_256_CBC,
-            parameters: Some(Any::encode_from(&OctetString::new(iv).map_err(PkiError::der("IV"))?).map_err(PkiError::der("IV"))?),
+            parameters: Some(
+                Any::encode_from(&OctetString::new(iv).map_err(PkiError::der("IV"))?)
+                    .map_err(PkiError::der("IV"))?,
+            ),
         },
     };
     let alg = AlgorithmIdentifierOwned {
         oid: PBES2,
-        parameters: Some(Any::from_der(&params.to_der().map_err(PkiError::der("PBES2 parameters"))?).map_err(PkiError::der("PBES2 parameters"))?),
+        parameters: Some(
+            Any::from_der(&params.to_der().map_err(PkiError::der("PBES2 parameters"))?)
+                .map_err(PkiError::der("PBES2 parameters"))?,
+        ),
     };
     Ok((alg, ciphertext))
 }
@@ -206,7 +251,9 @@ fn pkcs12_kdf_sha256_mac_key(password: &str, salt: &[u8], iterations: u32) -> Ze
 pub fn random_password() -> Result<Zeroizing<String>, PkiError> {
     use base64::Engine;
     let bytes = Zeroizing::new(provider::random_vec(18)?);
-    Ok(Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..])))
+    Ok(Zeroizing::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..]),
+    ))
 }
 
 #[cfg(test)]

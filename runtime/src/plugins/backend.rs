@@ -9,7 +9,9 @@ use std::time::Duration;
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
-use super::bindings::types::{BackendError, BackendInfo, HealthReport, IssueRequest, IssuedCertificate, RevokeRequest};
+use super::bindings::types::{
+    BackendError, BackendInfo, HealthReport, IssueRequest, IssuedCertificate, RevokeRequest,
+};
 use super::bindings::{CaBackend, CaBackendPre};
 use super::engine::{PluginEngine, EPOCH_TICK};
 use super::state::PluginState;
@@ -30,7 +32,11 @@ pub struct BackendLimits {
 
 impl Default for BackendLimits {
     fn default() -> Self {
-        Self { memory_bytes: 64 << 20, timeout: Duration::from_secs(30), log_lines: 200 }
+        Self {
+            memory_bytes: 64 << 20,
+            timeout: Duration::from_secs(30),
+            log_lines: 200,
+        }
     }
 }
 
@@ -49,7 +55,10 @@ pub struct LoadedBackend {
 
 impl std::fmt::Debug for LoadedBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedBackend").field("name", &self.name).field("plugin", &self.plugin).finish_non_exhaustive()
+        f.debug_struct("LoadedBackend")
+            .field("name", &self.name)
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -132,7 +141,11 @@ impl LoadedBackend {
         let work = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             if configure {
-                if let Err(e) = instance.certconn_plugin_backend().call_configure(&mut store, &self.settings_json).await? {
+                if let Err(e) = instance
+                    .certconn_plugin_backend()
+                    .call_configure(&mut store, &self.settings_json)
+                    .await?
+                {
                     return Ok(Err(e));
                 }
             }
@@ -141,7 +154,10 @@ impl LoadedBackend {
         match tokio::time::timeout(outer, work).await {
             Err(_) => Err(PluginError::Fault {
                 backend: self.name.to_string(),
-                reason: format!("did not answer within its time limit of {:?}", self.limits.timeout),
+                reason: format!(
+                    "did not answer within its time limit of {:?}",
+                    self.limits.timeout
+                ),
             }),
             Ok(Err(e)) => Err(self.fault(&store, e)),
             Ok(Ok(Err(config_error))) => Err(self.config_error(config_error)),
@@ -153,17 +169,32 @@ impl LoadedBackend {
         let errors = match e {
             BackendError::InvalidConfig(fields) => fields
                 .into_iter()
-                .map(|f| if f.field.is_empty() { f.message } else { format!("{}: {}", f.field, f.message) })
+                .map(|f| {
+                    if f.field.is_empty() {
+                        f.message
+                    } else {
+                        format!("{}: {}", f.field, f.message)
+                    }
+                })
                 .collect(),
-            other => vec![format!("configure failed: {}", describe_backend_error(&other))],
+            other => vec![format!(
+                "configure failed: {}",
+                describe_backend_error(&other)
+            )],
         };
-        PluginError::Config { backend: self.name.to_string(), errors }
+        PluginError::Config {
+            backend: self.name.to_string(),
+            errors,
+        }
     }
 
     fn fault(&self, store: &Store<PluginState>, e: wasmtime::Error) -> PluginError {
         let state = store.data();
         let reason = if state.limits.was_hit() {
-            format!("exceeded its memory limit of {} MiB", state.limits.max_bytes() >> 20)
+            format!(
+                "exceeded its memory limit of {} MiB",
+                state.limits.max_bytes() >> 20
+            )
         } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
             format!("exceeded its time limit of {:?}", self.limits.timeout)
         } else {
@@ -173,35 +204,54 @@ impl LoadedBackend {
             }
         };
         tracing::warn!(backend = %self.name, job = state.job.as_deref(), "plugin-fault: {reason}");
-        PluginError::Fault { backend: self.name.to_string(), reason }
+        PluginError::Fault {
+            backend: self.name.to_string(),
+            reason,
+        }
     }
 
     /// `describe` in a fresh, unconfigured instance: the bare cost of instantiate + one call.
     pub async fn describe(&self) -> Result<BackendInfo, PluginError> {
-        self.run(None, false, async |store, b| b.certconn_plugin_backend().call_describe(store).await).await
+        self.run(None, false, async |store, b| {
+            b.certconn_plugin_backend().call_describe(store).await
+        })
+        .await
     }
 
     /// `issue` for one job.
     pub async fn issue(&self, request: &IssueRequest) -> CallResult<IssuedCertificate> {
-        self.run(Some(&request.job_id), true, async |store, b| b.certconn_plugin_backend().call_issue(store, request).await)
-            .await
+        self.run(Some(&request.job_id), true, async |store, b| {
+            b.certconn_plugin_backend().call_issue(store, request).await
+        })
+        .await
     }
 
     /// `poll` for one pending job.
     pub async fn poll(&self, job_id: &str, token: &str) -> CallResult<IssuedCertificate> {
-        self.run(Some(job_id), true, async |store, b| b.certconn_plugin_backend().call_poll(store, job_id, token).await)
-            .await
+        self.run(Some(job_id), true, async |store, b| {
+            b.certconn_plugin_backend()
+                .call_poll(store, job_id, token)
+                .await
+        })
+        .await
     }
 
     /// `revoke` for one job.
     pub async fn revoke(&self, request: &RevokeRequest) -> CallResult<()> {
-        self.run(Some(&request.job_id), true, async |store, b| b.certconn_plugin_backend().call_revoke(store, request).await)
-            .await
+        self.run(Some(&request.job_id), true, async |store, b| {
+            b.certconn_plugin_backend()
+                .call_revoke(store, request)
+                .await
+        })
+        .await
     }
 
     /// `health`, configured.
     pub async fn health(&self) -> Result<HealthReport, PluginError> {
-        self.run(None, true, async |store, b| b.certconn_plugin_backend().call_health(store).await).await
+        self.run(None, true, async |store, b| {
+            b.certconn_plugin_backend().call_health(store).await
+        })
+        .await
     }
 }
 
@@ -210,7 +260,11 @@ pub fn describe_backend_error(e: &BackendError) -> String {
     match e {
         BackendError::InvalidConfig(fields) => format!(
             "invalid-config: {}",
-            fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; ")
+            fields
+                .iter()
+                .map(|f| format!("{}: {}", f.field, f.message))
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
         BackendError::Rejected(m) => format!("rejected: {m}"),
         BackendError::Transient(m) => format!("transient: {m}"),

@@ -30,7 +30,10 @@ pub struct EngineLimits {
 
 impl Default for EngineLimits {
     fn default() -> Self {
-        Self { max_instances: 256, max_memory_bytes: 256 << 20 }
+        Self {
+            max_instances: 256,
+            max_memory_bytes: 256 << 20,
+        }
     }
 }
 
@@ -76,7 +79,8 @@ impl PluginEngine {
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);
-        let link = |e: wasmtime::Error| PluginError::Engine(format!("linking host interfaces: {e:#}"));
+        let link =
+            |e: wasmtime::Error| PluginError::Engine(format!("linking host interfaces: {e:#}"));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link)?;
         types::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s).map_err(link)?;
@@ -84,7 +88,9 @@ impl PluginEngine {
         crypto::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s).map_err(link)?;
         log::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s).map_err(link)?;
 
-        let ticker = Arc::new(EpochTicker { stop: Arc::new(std::sync::atomic::AtomicBool::new(false)) });
+        let ticker = Arc::new(EpochTicker {
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        });
         let stop = ticker.stop.clone();
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -100,7 +106,12 @@ impl PluginEngine {
             })
             .map_err(|e| PluginError::Engine(format!("starting the epoch thread: {e}")))?;
 
-        Ok(Self { engine, linker, cache_dir: cache_dir.to_owned(), _ticker: ticker })
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_owned(),
+            _ticker: ticker,
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -114,9 +125,14 @@ impl PluginEngine {
     /// Compiles `wasm` (a component), or loads the cached compilation.
     pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<Component, PluginError> {
         let mut hasher = DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         let dir = self.cache_dir.join(format!("{:016x}", hasher.finish()));
-        let path = dir.join(format!("{}.cwasm", hex::encode(provider::digest(Digest::Sha256, wasm))));
+        let path = dir.join(format!(
+            "{}.cwasm",
+            hex::encode(provider::digest(Digest::Sha256, wasm))
+        ));
         if path.exists() {
             // SAFETY: the cache directory is ours (created 0700 under the data directory), the
             // file name is the SHA-256 of the source component, and the directory name is the
@@ -124,7 +140,9 @@ impl PluginEngine {
             // from exactly this component.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(plugin = name, path = %path.display(), "discarding unusable compiled-plugin cache entry: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(plugin = name, path = %path.display(), "discarding unusable compiled-plugin cache entry: {e:#}")
+                }
             }
         }
         let component = Component::new(&self.engine, wasm).map_err(|e| PluginError::Invalid {
@@ -139,7 +157,11 @@ impl PluginEngine {
 
     fn store_compiled(&self, dir: &Path, path: &Path, component: &Component) -> Result<(), String> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| e.to_string())?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| e.to_string())?;
         let bytes = component.serialize().map_err(|e| format!("{e:#}"))?;
         crate::custody::store::write_atomic(path, &bytes, 0o600).map_err(|e| e.to_string())
     }

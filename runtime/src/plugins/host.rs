@@ -54,7 +54,9 @@ fn cipher(c: types::SymmetricCipher) -> Cipher {
 
 fn custody_error(e: CustodyError) -> custody::CustodyError {
     match e {
-        CustodyError::NotGranted(h) | CustodyError::NoSuchKey(h) => custody::CustodyError::NotGranted(h),
+        CustodyError::NotGranted(h) | CustodyError::NoSuchKey(h) => {
+            custody::CustodyError::NotGranted(h)
+        }
         CustodyError::Crypto(CryptoError::InvalidInput(m)) => custody::CustodyError::Unsupported(m),
         other => custody::CustodyError::Failed(other.to_string()),
     }
@@ -77,15 +79,37 @@ impl PluginState {
 impl types::Host for PluginState {}
 
 impl custody::Host for PluginState {
-    fn sign(&mut self, handle: String, algorithm: types::SignatureAlgorithm, message: Vec<u8>) -> Result<Vec<u8>, custody::CustodyError> {
+    fn sign(
+        &mut self,
+        handle: String,
+        algorithm: types::SignatureAlgorithm,
+        message: Vec<u8>,
+    ) -> Result<Vec<u8>, custody::CustodyError> {
         let scheme = scheme(algorithm);
-        self.policy.check_signing(scheme).map_err(|e| custody::CustodyError::Failed(e.to_string()))?;
-        let key = self.grants.key(&handle).inspect_err(|_| self.denied("sign", &handle)).map_err(custody_error)?;
-        key.key.sign(scheme, &message).map_err(|e| custody_error(e.into()))
+        self.policy
+            .check_signing(scheme)
+            .map_err(|e| custody::CustodyError::Failed(e.to_string()))?;
+        let key = self
+            .grants
+            .key(&handle)
+            .inspect_err(|_| self.denied("sign", &handle))
+            .map_err(custody_error)?;
+        key.key
+            .sign(scheme, &message)
+            .map_err(|e| custody_error(e.into()))
     }
 
-    fn decrypt(&mut self, handle: String, pad: types::EncryptionPadding, ciphertext: Vec<u8>) -> Result<Vec<u8>, custody::CustodyError> {
-        let key = self.grants.key(&handle).inspect_err(|_| self.denied("decrypt", &handle)).map_err(custody_error)?;
+    fn decrypt(
+        &mut self,
+        handle: String,
+        pad: types::EncryptionPadding,
+        ciphertext: Vec<u8>,
+    ) -> Result<Vec<u8>, custody::CustodyError> {
+        let key = self
+            .grants
+            .key(&handle)
+            .inspect_err(|_| self.denied("decrypt", &handle))
+            .map_err(custody_error)?;
         key.key
             .decrypt(padding(pad), &ciphertext)
             .map(|plain| plain.to_vec())
@@ -93,18 +117,30 @@ impl custody::Host for PluginState {
     }
 
     fn public_key(&mut self, handle: String) -> Result<Vec<u8>, custody::CustodyError> {
-        let key = self.grants.key(&handle).inspect_err(|_| self.denied("read the public key", &handle)).map_err(custody_error)?;
+        let key = self
+            .grants
+            .key(&handle)
+            .inspect_err(|_| self.denied("read the public key", &handle))
+            .map_err(custody_error)?;
         Ok(key.key.public_key_der().to_vec())
     }
 
     fn certificate_chain(&mut self, handle: String) -> Result<Vec<Vec<u8>>, custody::CustodyError> {
-        let key = self.grants.key(&handle).inspect_err(|_| self.denied("read the chain", &handle)).map_err(custody_error)?;
+        let key = self
+            .grants
+            .key(&handle)
+            .inspect_err(|_| self.denied("read the chain", &handle))
+            .map_err(custody_error)?;
         Ok(key.chain.clone())
     }
 }
 
 impl crypto::Host for PluginState {
-    fn digest(&mut self, algorithm: types::DigestAlgorithm, data: Vec<u8>) -> Result<Vec<u8>, crypto::CryptoError> {
+    fn digest(
+        &mut self,
+        algorithm: types::DigestAlgorithm,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, crypto::CryptoError> {
         let d = match algorithm {
             types::DigestAlgorithm::Sha1 => Digest::Sha1,
             types::DigestAlgorithm::Sha256 => Digest::Sha256,
@@ -122,21 +158,40 @@ impl crypto::Host for PluginState {
         signature: Vec<u8>,
     ) -> Result<bool, crypto::CryptoError> {
         let scheme = scheme(algorithm);
-        self.policy.check_verification(scheme).map_err(crypto_error)?;
+        self.policy
+            .check_verification(scheme)
+            .map_err(crypto_error)?;
         provider::verify(&public_key, scheme, &message, &signature).map_err(crypto_error)
     }
 
-    fn public_key_encrypt(&mut self, public_key: Vec<u8>, pad: types::EncryptionPadding, plaintext: Vec<u8>) -> Result<Vec<u8>, crypto::CryptoError> {
+    fn public_key_encrypt(
+        &mut self,
+        public_key: Vec<u8>,
+        pad: types::EncryptionPadding,
+        plaintext: Vec<u8>,
+    ) -> Result<Vec<u8>, crypto::CryptoError> {
         provider::rsa_encrypt(&public_key, padding(pad), &plaintext).map_err(crypto_error)
     }
 
-    fn symmetric_encrypt(&mut self, c: types::SymmetricCipher, key: Vec<u8>, iv: Vec<u8>, plaintext: Vec<u8>) -> Result<Vec<u8>, crypto::CryptoError> {
+    fn symmetric_encrypt(
+        &mut self,
+        c: types::SymmetricCipher,
+        key: Vec<u8>,
+        iv: Vec<u8>,
+        plaintext: Vec<u8>,
+    ) -> Result<Vec<u8>, crypto::CryptoError> {
         let c = cipher(c);
         self.policy.check_cipher(c).map_err(crypto_error)?;
         provider::cbc_encrypt(c, &key, &iv, &plaintext).map_err(crypto_error)
     }
 
-    fn symmetric_decrypt(&mut self, c: types::SymmetricCipher, key: Vec<u8>, iv: Vec<u8>, ciphertext: Vec<u8>) -> Result<Vec<u8>, crypto::CryptoError> {
+    fn symmetric_decrypt(
+        &mut self,
+        c: types::SymmetricCipher,
+        key: Vec<u8>,
+        iv: Vec<u8>,
+        ciphertext: Vec<u8>,
+    ) -> Result<Vec<u8>, crypto::CryptoError> {
         let c = cipher(c);
         self.policy.check_cipher(c).map_err(crypto_error)?;
         provider::cbc_decrypt(c, &key, &iv, &ciphertext).map_err(crypto_error)
@@ -161,19 +216,33 @@ impl log::Host for PluginState {
                 cut -= 1;
             }
             message.truncate(cut);
-            message.push_str("…");
+            message.push('…');
         }
         let backend = &*self.backend;
         let job = self.job.as_deref();
         match level {
-            log::Level::Trace => tracing::trace!(target: "certconn::plugin", backend, job, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "certconn::plugin", backend, job, "{message}"),
-            log::Level::Info => tracing::info!(target: "certconn::plugin", backend, job, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "certconn::plugin", backend, job, "{message}"),
-            log::Level::Error => tracing::error!(target: "certconn::plugin", backend, job, "{message}"),
+            log::Level::Trace => {
+                tracing::trace!(target: "certconn::plugin", backend, job, "{message}")
+            }
+            log::Level::Debug => {
+                tracing::debug!(target: "certconn::plugin", backend, job, "{message}")
+            }
+            log::Level::Info => {
+                tracing::info!(target: "certconn::plugin", backend, job, "{message}")
+            }
+            log::Level::Warn => {
+                tracing::warn!(target: "certconn::plugin", backend, job, "{message}")
+            }
+            log::Level::Error => {
+                tracing::error!(target: "certconn::plugin", backend, job, "{message}")
+            }
         }
         if self.log_lines_left == 0 {
-            tracing::warn!(backend, job, "plugin log limit reached; further lines from this call are dropped");
+            tracing::warn!(
+                backend,
+                job,
+                "plugin log limit reached; further lines from this call are dropped"
+            );
         }
     }
 }

@@ -26,9 +26,15 @@ pub enum PluginError {
     #[error("plugin {plugin:?}: {reason}")]
     Invalid { plugin: String, reason: String },
     #[error("reading plugin {path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("backend {backend:?} settings are invalid: {}", .errors.join("; "))]
-    Config { backend: String, errors: Vec<String> },
+    Config {
+        backend: String,
+        errors: Vec<String>,
+    },
     /// The plugin trapped, ran out of time or memory: a `plugin-fault`.
     #[error("plugin-fault in backend {backend:?}: {reason}")]
     Fault { backend: String, reason: String },

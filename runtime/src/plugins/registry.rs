@@ -36,7 +36,17 @@ impl Registry {
                 backend: name.clone(),
                 errors: vec![format!("settings cannot be expressed as JSON: {e}")],
             })?;
-            let loaded = LoadedBackend::load(engine.clone(), name, plugin, &wasm, settings, grants, policy, b.limits()).await?;
+            let loaded = LoadedBackend::load(
+                engine.clone(),
+                name,
+                plugin,
+                &wasm,
+                settings,
+                grants,
+                policy,
+                b.limits(),
+            )
+            .await?;
             tracing::info!(
                 backend = %name,
                 %plugin,
@@ -45,7 +55,11 @@ impl Registry {
             );
             backends.insert(name.clone(), Arc::new(loaded));
         }
-        let routes = config.profiles.iter().map(|(p, v)| (p.clone(), v.backend.get_ref().clone())).collect();
+        let routes = config
+            .profiles
+            .iter()
+            .map(|(p, v)| (p.clone(), v.backend.get_ref().clone()))
+            .collect();
         Ok(Self { backends, routes })
     }
 
@@ -66,5 +80,8 @@ impl Registry {
 }
 
 fn read_plugin(path: &Path) -> Result<Vec<u8>, PluginError> {
-    std::fs::read(path).map_err(|source| PluginError::Io { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| PluginError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }

@@ -1,8 +1,8 @@
 //! What one plugin store holds: a locked-down WASI context, the HTTP hooks, resource limits,
 //! and the custody grants of the backend instance it runs for.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
@@ -70,9 +70,17 @@ impl PluginState {
     pub fn last_stderr_line(&self) -> Option<String> {
         let bytes = self.stderr.contents();
         let text = String::from_utf8_lossy(&bytes);
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("note: ")).collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("note: "))
+            .collect();
         let said = match lines.iter().rposition(|l| l.contains("panicked at")) {
-            Some(i) => lines[i..].iter().take(2).copied().collect::<Vec<_>>().join(" "),
+            Some(i) => lines[i..]
+                .iter()
+                .take(2)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" "),
             None => (*lines.last()?).to_owned(),
         };
         Some(said.chars().take(500).collect())
@@ -81,13 +89,20 @@ impl PluginState {
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for PluginState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_policy }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_policy,
+        }
     }
 }
 
@@ -99,7 +114,10 @@ pub struct MemoryLimit {
 
 impl MemoryLimit {
     fn new(max: usize) -> Self {
-        Self { max, hit: Arc::new(AtomicBool::new(false)) }
+        Self {
+            max,
+            hit: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub fn max_bytes(&self) -> usize {
@@ -112,7 +130,12 @@ impl MemoryLimit {
 }
 
 impl ResourceLimiter for MemoryLimit {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max {
             self.hit.store(true, Ordering::Relaxed);
             return Ok(false);
@@ -120,7 +143,12 @@ impl ResourceLimiter for MemoryLimit {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }

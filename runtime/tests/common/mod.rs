@@ -13,11 +13,16 @@ use hyper::Method;
 use serde_json::Value;
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("runtime/ has a parent").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("runtime/ has a parent")
+        .to_owned()
 }
 
 fn plugin_dir(var: &str, default: &str) -> PathBuf {
-    let dir = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| repo_root().join(default));
+    let dir = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(default));
     assert!(
         dir.is_dir(),
         "plugin directory {} does not exist: run scripts/build-plugins first (tests never build)",
@@ -40,7 +45,10 @@ pub fn binary() -> PathBuf {
 
 /// A port nobody is listening on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// The quick-start CA and profiles, plus `extra` TOML.
@@ -88,7 +96,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `certconn serve` and waits until its API answers.
     pub fn start(config: &Path, port: u16, log: &Path) -> Daemon {
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
         let child = Command::new(binary())
             .args(["--log-format", "json", "serve", "--config"])
             .arg(config)
@@ -97,7 +109,12 @@ impl Daemon {
             .stderr(log_file)
             .spawn()
             .expect("spawn certconn serve");
-        let mut d = Daemon { child, config: config.to_owned(), port, log: log.to_owned() };
+        let mut d = Daemon {
+            child,
+            config: config.to_owned(),
+            port,
+            log: log.to_owned(),
+        };
         d.wait_ready();
         d
     }
@@ -109,9 +126,16 @@ impl Daemon {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("certconn serve exited with {status}; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                panic!(
+                    "certconn serve exited with {status}; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "daemon did not listen within 60 s; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "daemon did not listen within 60 s; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -124,7 +148,10 @@ impl Daemon {
 
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 
@@ -136,7 +163,11 @@ impl Daemon {
 
     /// Runs the CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(binary()).args(args).env("CERTCONN_CONFIG", &self.config).output().expect("run certconn")
+        Command::new(binary())
+            .args(args)
+            .env("CERTCONN_CONFIG", &self.config)
+            .output()
+            .expect("run certconn")
     }
 }
 
@@ -150,7 +181,10 @@ impl Drop for Daemon {
 pub async fn wait_job(api: &ApiClient, id: &str, timeout: Duration) -> Value {
     let start = Instant::now();
     loop {
-        let job = api.call(Method::GET, &format!("/v1/jobs/{id}"), None).await.expect("get job");
+        let job = api
+            .call(Method::GET, &format!("/v1/jobs/{id}"), None)
+            .await
+            .expect("get job");
         if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "dead")) {
             return job;
         }
@@ -161,7 +195,9 @@ pub async fn wait_job(api: &ApiClient, id: &str, timeout: Duration) -> Value {
 
 /// Runs a command, asserting success, returning stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
@@ -176,7 +212,24 @@ pub fn run_ok(cmd: &mut Command) -> String {
 pub fn openssl_device(dir: &Path) -> (PathBuf, PathBuf) {
     let key = dir.join("device.key");
     let cert = dir.join("device.pem");
-    run_ok(Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=device"]).arg("-keyout").arg(&key).arg("-out").arg(&cert));
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=device",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
     (key, cert)
 }
 
@@ -184,8 +237,12 @@ pub fn openssl_device(dir: &Path) -> (PathBuf, PathBuf) {
 pub fn mixed_plugin_dir(dir: &Path) -> PathBuf {
     let out = dir.join("plugins");
     std::fs::create_dir_all(&out).unwrap();
-    for src in [plugins().join("local-ca.wasm"), test_plugins().join("sandbox-probe.wasm")] {
-        std::fs::copy(&src, out.join(src.file_name().unwrap())).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    for src in [
+        plugins().join("local-ca.wasm"),
+        test_plugins().join("sandbox-probe.wasm"),
+    ] {
+        std::fs::copy(&src, out.join(src.file_name().unwrap()))
+            .unwrap_or_else(|e| panic!("{}: {e}", src.display()));
     }
     out
 }
@@ -196,6 +253,9 @@ pub async fn submit(api: &ApiClient, profile: &str, key: &str, extra: Value) -> 
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
     }
-    let answer = api.call(Method::POST, "/v1/jobs/issue", Some(&body)).await.expect("submit");
+    let answer = api
+        .call(Method::POST, "/v1/jobs/issue", Some(&body))
+        .await
+        .expect("submit");
     answer["job"]["id"].as_str().expect("job id").to_owned()
 }

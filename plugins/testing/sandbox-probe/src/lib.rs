@@ -6,7 +6,9 @@
 
 use certconn_sdk::bindings::wasi::http::outgoing_handler;
 use certconn_sdk::bindings::wasi::http::types::{Fields, OutgoingRequest, Scheme};
-use certconn_sdk::{error, Backend, BackendError, BackendInfo, Capabilities, IssueRequest, IssuedCertificate};
+use certconn_sdk::{
+    error, Backend, BackendError, BackendInfo, Capabilities, IssueRequest, IssuedCertificate,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -54,13 +56,18 @@ impl Backend for Probe {
             "read-file" => {
                 let path = c.path.as_deref().unwrap_or("/etc/passwd");
                 match std::fs::read(path) {
-                    Ok(bytes) => Err(error::rejected(format!("SANDBOX BREACH: read {} bytes from {path}", bytes.len()))),
+                    Ok(bytes) => Err(error::rejected(format!(
+                        "SANDBOX BREACH: read {} bytes from {path}",
+                        bytes.len()
+                    ))),
                     Err(e) => Err(error::rejected(format!("read-file {path}: {e}"))),
                 }
             }
             "env" => {
                 let n = std::env::vars_os().count();
-                Err(error::rejected(format!("environment variables visible: {n}")))
+                Err(error::rejected(format!(
+                    "environment variables visible: {n}"
+                )))
             }
             "http" => Err(http_get(c.authority.as_deref().unwrap_or("127.0.0.1:9"))),
             "fail" => Err(error::transient("sandbox-probe always fails")),
@@ -85,8 +92,13 @@ fn http_get(authority: &str) -> BackendError {
                     "SANDBOX BREACH: http to {authority} answered with status {}",
                     response.status()
                 )),
-                Some(Ok(Err(code))) => error::rejected(format!("http to {authority} refused: {code:?}")),
-                other => error::rejected(format!("http to {authority} ended oddly: {}", other.is_some())),
+                Some(Ok(Err(code))) => {
+                    error::rejected(format!("http to {authority} refused: {code:?}"))
+                }
+                other => error::rejected(format!(
+                    "http to {authority} ended oddly: {}",
+                    other.is_some()
+                )),
             }
         }
     }

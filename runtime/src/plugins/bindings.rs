@@ -13,5 +13,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use certconn::plugin::types;
-pub use exports::certconn::plugin::backend as backend_export;
+pub use self::certconn::plugin::types;
+pub use self::exports::certconn::plugin::backend as backend_export;

@@ -258,6 +258,17 @@ fn issued_pfx_and_sealed_password_are_read_by_openssl() {
         .unwrap();
     assert_eq!(reason, "key-compromise");
 
+    // The compiled plugin is cached under the engine's compatibility hash, named by the
+    // component's SHA-256, so a restart does not recompile.
+    let sha = openssl(&["dgst", "-sha256", "-r", plugins().join("local-ca.wasm").to_str().unwrap()]);
+    let sha = sha.split_whitespace().next().unwrap().to_owned();
+    let cached: Vec<_> = std::fs::read_dir(dir.path().join("data/cache"))
+        .unwrap()
+        .flat_map(|engine_dir| std::fs::read_dir(engine_dir.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(cached, vec![format!("{sha}.cwasm")]);
+
     // jobs list and plugins list show what happened.
     let jobs = daemon.cli(&["jobs", "list"]);
     let jobs = String::from_utf8_lossy(&jobs.stdout);

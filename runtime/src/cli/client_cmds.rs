@@ -312,7 +312,7 @@ pub async fn jobs(config_path: &Path, what: Jobs) -> anyhow::Result<()> {
                     j["id"].as_str().unwrap_or(""),
                     j["kind"].as_str().unwrap_or(""),
                     j["state"].as_str().unwrap_or(""),
-                    j["attempts"],
+                    j["attempts"].as_u64().unwrap_or(0),
                     j["backend"].as_str().unwrap_or("-"),
                     j["last_error"].as_str().unwrap_or("")
                 );

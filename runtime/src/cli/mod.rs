@@ -19,6 +19,9 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `certconn=debug`.
     #[arg(long, global = true, default_value = "info", env = "CERTCONN_LOG")]
     pub log: String,
+    /// The config file (the daemon's, for client commands: they read its API address and token).
+    #[arg(long, short, global = true, env = "CERTCONN_CONFIG", default_value = "certconn.toml")]
+    pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -32,36 +35,24 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: request API, journal, scheduler and plugin engine.
-    Serve {
-        #[arg(long, short, env = "CERTCONN_CONFIG", default_value = "certconn.toml")]
-        config: PathBuf,
-    },
+    Serve,
     /// Submit work to a running daemon.
     Submit {
-        #[arg(long, short, env = "CERTCONN_CONFIG", default_value = "certconn.toml")]
-        config: PathBuf,
         #[command(subcommand)]
         what: client_cmds::Submit,
     },
     /// Inspect and retry jobs.
     Jobs {
-        #[arg(long, short, env = "CERTCONN_CONFIG", default_value = "certconn.toml")]
-        config: PathBuf,
         #[command(subcommand)]
         what: client_cmds::Jobs,
     },
     /// Show the loaded backends.
     Plugins {
-        #[arg(long, short, env = "CERTCONN_CONFIG", default_value = "certconn.toml")]
-        config: PathBuf,
         #[command(subcommand)]
         what: client_cmds::Plugins,
     },
     /// Check a config file and report the first problem with its line.
-    CheckConfig {
-        #[arg(long, short, env = "CERTCONN_CONFIG", default_value = "certconn.toml")]
-        config: PathBuf,
-    },
+    CheckConfig,
     /// Measure plugin overhead and pipeline throughput, and print the figures.
     Bench(bench::BenchArgs),
 }
@@ -98,12 +89,13 @@ pub fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        let config = cli.config;
         match cli.command {
-            Command::Serve { config } => serve::serve(&config).await,
-            Command::Submit { config, what } => client_cmds::submit(&config, what).await,
-            Command::Jobs { config, what } => client_cmds::jobs(&config, what).await,
-            Command::Plugins { config, what } => client_cmds::plugins(&config, what).await,
-            Command::CheckConfig { config } => {
+            Command::Serve => serve::serve(&config).await,
+            Command::Submit { what } => client_cmds::submit(&config, what).await,
+            Command::Jobs { what } => client_cmds::jobs(&config, what).await,
+            Command::Plugins { what } => client_cmds::plugins(&config, what).await,
+            Command::CheckConfig => {
                 certconn_config(&config)?;
                 println!("{}: ok", config.display());
                 Ok(())

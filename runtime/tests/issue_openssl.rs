@@ -260,7 +260,12 @@ fn issued_pfx_and_sealed_password_are_read_by_openssl() {
 
     // The compiled plugin is cached under the engine's compatibility hash, named by the
     // component's SHA-256, so a restart does not recompile.
-    let sha = openssl(&["dgst", "-sha256", "-r", plugins().join("local-ca.wasm").to_str().unwrap()]);
+    let sha = openssl(&[
+        "dgst",
+        "-sha256",
+        "-r",
+        plugins().join("local-ca.wasm").to_str().unwrap(),
+    ]);
     let sha = sha.split_whitespace().next().unwrap().to_owned();
     let cached: Vec<_> = std::fs::read_dir(dir.path().join("data/cache"))
         .unwrap()

@@ -122,6 +122,35 @@ backend = "local"
     println!("plugin overhead: instantiate + describe           {describe_us:>9.1} µs/call");
     println!("plugin overhead: instantiate + configure + health {health_us:>9.1} µs/call");
 
+    // The plugin's own work on one issue (instantiate + configure + issue), CSR made in advance.
+    let device = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+    let subject = Name::from_str("CN=bench device,O=certconn")?;
+    let csr = pki::csr::build(
+        &device,
+        &subject,
+        &[SubjectAltName::Email("device@bench.example".into())],
+    )?;
+    let issue_request = crate::plugins::bindings::types::IssueRequest {
+        job_id: "bench".into(),
+        profile: "device".into(),
+        csr,
+        subject: None,
+        subject_alt_names: Vec::new(),
+        validity_days: None,
+        template: None,
+    };
+    let issue_calls = (args.calls / 4).max(1);
+    let t = Instant::now();
+    for _ in 0..issue_calls {
+        backend.issue(&issue_request).await?.map_err(|e| {
+            anyhow::anyhow!("{}", crate::plugins::backend::describe_backend_error(&e))
+        })?;
+    }
+    let issue_us = t.elapsed().as_secs_f64() * 1e6 / issue_calls as f64;
+    println!(
+        "local-ca:  instantiate + configure + issue (CSR check, sign) {issue_us:>9.1} µs/call"
+    );
+
     // 2. Pipeline throughput.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let scheduler = {

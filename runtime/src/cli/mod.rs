@@ -20,7 +20,13 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "info", env = "CERTCONN_LOG")]
     pub log: String,
     /// The config file (the daemon's, for client commands: they read its API address and token).
-    #[arg(long, short, global = true, env = "CERTCONN_CONFIG", default_value = "certconn.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "CERTCONN_CONFIG",
+        default_value = "certconn.toml"
+    )]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,

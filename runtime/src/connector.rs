@@ -133,16 +133,7 @@ impl Connector {
         req: &IssueJob,
     ) -> Result<(JobRecord, bool), SubmitError> {
         intake::check_issue(&self.services.config, req)?;
-        let value = serde_json::to_value(req).map_err(|e| IntakeError {
-            field: "request",
-            message: e.to_string(),
-        })?;
-        let r = self
-            .services
-            .journal
-            .enqueue(source, idempotency_key, JobKind::Issue, &value)?;
-        self.wake.notify_one();
-        Ok(r)
+        self.journal_request(source, idempotency_key, JobKind::Issue, req)
     }
 
     /// Validates and journals a revocation.
@@ -153,6 +144,17 @@ impl Connector {
         req: &RevokeJob,
     ) -> Result<(JobRecord, bool), SubmitError> {
         intake::check_revoke(&self.services.config, req)?;
+        self.journal_request(source, idempotency_key, JobKind::Revoke, req)
+    }
+
+    /// Writes a validated request to the journal and wakes a worker.
+    fn journal_request(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+        kind: JobKind,
+        req: &impl serde::Serialize,
+    ) -> Result<(JobRecord, bool), SubmitError> {
         let value = serde_json::to_value(req).map_err(|e| IntakeError {
             field: "request",
             message: e.to_string(),
@@ -160,7 +162,7 @@ impl Connector {
         let r = self
             .services
             .journal
-            .enqueue(source, idempotency_key, JobKind::Revoke, &value)?;
+            .enqueue(source, idempotency_key, kind, &value)?;
         self.wake.notify_one();
         Ok(r)
     }

@@ -20,19 +20,12 @@ async fn refused(api: &ApiClient, body: Value) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_refused_with_the_reason_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("certconn.toml");
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("data"), &plugins(), port, ""),
-    )
-    .unwrap();
-    let daemon = Daemon::start(&config, port, &dir.path().join("daemon.log"));
+    let daemon = start_default(dir.path());
     let api = daemon.client();
 
     // Wrong token.
     let stranger = ApiClient::new(
-        format!("127.0.0.1:{port}").parse().unwrap(),
+        format!("127.0.0.1:{}", daemon.port).parse().unwrap(),
         zeroize::Zeroizing::new("0".repeat(64)),
     );
     match stranger.call(Method::GET, "/v1/jobs", None).await {
@@ -41,7 +34,7 @@ async fn malformed_requests_are_refused_with_the_reason_and_store_nothing() {
     }
 
     // Malformed JSON and unknown fields (raw bodies through hyper).
-    let (status, message) = raw_post(port, &daemon, "{\"profile\": \"smime\",").await;
+    let (status, message) = raw_post(&daemon, "{\"profile\": \"smime\",").await;
     assert_eq!(status, 400, "{message}");
     assert!(message.contains("line 1"), "{message}");
     let (status, message) = refused(
@@ -228,14 +221,14 @@ async fn malformed_requests_are_refused_with_the_reason_and_store_nothing() {
     let _ = device_cert;
 }
 
-async fn raw_post(port: u16, daemon: &Daemon, body: &str) -> (u16, String) {
+async fn raw_post(daemon: &Daemon, body: &str) -> (u16, String) {
     use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client;
     let config = certconn::config::Config::load(&daemon.config).unwrap();
     let token = certconn::api::token::read(&config.token_file()).unwrap();
     let client: Client<_, Full<bytes::Bytes>> =
         Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let req = hyper::Request::post(format!("http://127.0.0.1:{port}/v1/jobs/issue"))
+    let req = hyper::Request::post(format!("http://127.0.0.1:{}/v1/jobs/issue", daemon.port))
         .header("authorization", format!("Bearer {}", token.as_str()))
         .header("content-type", "application/json")
         .body(Full::new(bytes::Bytes::from(body.to_owned())))

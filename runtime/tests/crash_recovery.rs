@@ -12,15 +12,8 @@ use serde_json::json;
 async fn kill_nine_mid_batch_loses_and_duplicates_nothing() {
     const JOBS: usize = 150;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("certconn.toml");
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("data"), &plugins(), port, ""),
-    )
-    .unwrap();
-    let log = dir.path().join("daemon.log");
-    let mut daemon = Daemon::start(&config, port, &log);
+    let mut daemon = start_default(dir.path());
+    let (config, port, log) = (daemon.config.clone(), daemon.port, daemon.log.clone());
     let api = daemon.client();
 
     // RSA-2048 device keys make each job slow enough that the kill lands mid-batch.

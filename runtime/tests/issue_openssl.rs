@@ -14,14 +14,7 @@ fn openssl(args: &[&str]) -> String {
 #[test]
 fn issued_pfx_and_sealed_password_are_read_by_openssl() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("certconn.toml");
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("data"), &plugins(), port, ""),
-    )
-    .unwrap();
-    let daemon = Daemon::start(&config, port, &dir.path().join("daemon.log"));
+    let daemon = start_default(dir.path());
     let (device_key, device_cert) = openssl_device(dir.path());
     let pfx = dir.path().join("alice.pfx");
 
@@ -291,14 +284,7 @@ fn issued_pfx_and_sealed_password_are_read_by_openssl() {
 #[test]
 fn without_recipient_the_password_is_shown_once_and_not_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("certconn.toml");
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("data"), &plugins(), port, ""),
-    )
-    .unwrap();
-    let daemon = Daemon::start(&config, port, &dir.path().join("daemon.log"));
+    let daemon = start_default(dir.path());
     let pfx = dir.path().join("bob.pfx");
     let out = daemon.cli(&[
         "submit",

@@ -11,8 +11,6 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_job_is_dead_lettered_and_blocks_nobody() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("certconn.toml");
     let extra = r#"
 [backends.broken]
 plugin = "sandbox-probe"
@@ -20,15 +18,11 @@ settings = { mode = "fail" }
 [profiles.broken]
 backend = "broken"
 "#;
-    let text = config_text(
-        &dir.path().join("data"),
-        &mixed_plugin_dir(dir.path()),
-        port,
-        extra,
-    )
-    .replace("workers = 4", "workers = 4\nmax_attempts = 4");
-    std::fs::write(&config, text).unwrap();
-    let daemon = Daemon::start(&config, port, &dir.path().join("daemon.log"));
+    let plugins = mixed_plugin_dir(dir.path());
+    let daemon = start_in(dir.path(), |data, port| {
+        config_text(data, &plugins, port, extra)
+            .replace("workers = 4", "workers = 4\nmax_attempts = 4")
+    });
     let api = daemon.client();
 
     let poison = submit(&api, "broken", "poison", json!({})).await;

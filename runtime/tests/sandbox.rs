@@ -12,7 +12,6 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_escape_attempt_fails_its_job_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     // A server the http probe aims at: it must never see a connection.
     let bait = TcpListener::bind("127.0.0.1:0").unwrap();
     bait.set_nonblocking(true).unwrap();
@@ -38,16 +37,11 @@ async fn every_escape_attempt_fails_its_job_and_nothing_else() {
             "[backends.{name}]\nplugin = \"sandbox-probe\"\n{limits}\nsettings = {settings}\n[profiles.{name}]\nbackend = \"{name}\"\n"
         ));
     }
-    let text = config_text(
-        &dir.path().join("data"),
-        &mixed_plugin_dir(dir.path()),
-        port,
-        &extra,
-    )
-    .replace("workers = 4", "workers = 4\nmax_attempts = 1");
-    let config = dir.path().join("certconn.toml");
-    std::fs::write(&config, text).unwrap();
-    let daemon = Daemon::start(&config, port, &dir.path().join("daemon.log"));
+    let plugins = mixed_plugin_dir(dir.path());
+    let daemon = start_in(dir.path(), |data, port| {
+        config_text(data, &plugins, port, &extra)
+            .replace("workers = 4", "workers = 4\nmax_attempts = 1")
+    });
     let api = daemon.client();
 
     let mut hostile = Vec::new();

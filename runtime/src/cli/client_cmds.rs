@@ -144,15 +144,11 @@ pub async fn submit(config_path: &Path, what: Submit) -> anyhow::Result<()> {
                 "csr": csr_pem,
                 "validity_days": validity_days,
             });
-            let accepted = api
-                .call(Method::POST, "/v1/jobs/issue", Some(&body))
-                .await?;
-            let id = job_id(&accepted)?;
-            if no_wait {
-                println!("{id}");
+            let Some((id, result)) =
+                submit_and_wait(&api, "/v1/jobs/issue", &body, no_wait, timeout_seconds).await?
+            else {
                 return Ok(());
-            }
-            let result = wait_for_result(&api, &id, Duration::from_secs(timeout_seconds)).await?;
+            };
             write_issue_result(&id, &result, out.as_deref())
         }
         Submit::Revoke {
@@ -164,15 +160,11 @@ pub async fn submit(config_path: &Path, what: Submit) -> anyhow::Result<()> {
             timeout_seconds,
         } => {
             let body = json!({ "idempotency_key": idempotency_key, "serial": serial, "reason": reason, "backend": backend });
-            let accepted = api
-                .call(Method::POST, "/v1/jobs/revoke", Some(&body))
-                .await?;
-            let id = job_id(&accepted)?;
-            if no_wait {
-                println!("{id}");
+            let Some((id, result)) =
+                submit_and_wait(&api, "/v1/jobs/revoke", &body, no_wait, timeout_seconds).await?
+            else {
                 return Ok(());
-            }
-            let result = wait_for_result(&api, &id, Duration::from_secs(timeout_seconds)).await?;
+            };
             let backend = result["job"]["backend"].as_str().unwrap_or("?");
             println!(
                 "job {id}: revoked serial {} at backend {backend}",
@@ -183,11 +175,25 @@ pub async fn submit(config_path: &Path, what: Submit) -> anyhow::Result<()> {
     }
 }
 
-fn job_id(accepted: &Value) -> anyhow::Result<String> {
-    accepted["job"]["id"]
+/// Submits, then (unless `no_wait`, which prints the job id) waits for the job's result.
+async fn submit_and_wait(
+    api: &ApiClient,
+    path: &str,
+    body: &Value,
+    no_wait: bool,
+    timeout_seconds: u64,
+) -> anyhow::Result<Option<(String, Value)>> {
+    let accepted = api.call(Method::POST, path, Some(body)).await?;
+    let id = accepted["job"]["id"]
         .as_str()
         .map(String::from)
-        .context("the daemon's answer has no job id")
+        .context("the daemon's answer has no job id")?;
+    if no_wait {
+        println!("{id}");
+        return Ok(None);
+    }
+    let result = wait_for_result(api, &id, Duration::from_secs(timeout_seconds)).await?;
+    Ok(Some((id, result)))
 }
 
 /// Polls until the job ends; returns its result, or an error with the job's reason.

@@ -142,23 +142,10 @@ impl KeyStore {
     /// Generates and stores a new key called `name`.
     pub fn create(&self, name: &str, alg: KeyAlgorithm) -> Result<Arc<StoredKey>, CustodyError> {
         check_name(name)?;
-        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        if keys.contains_key(name) {
+        if self.get(name).is_ok() {
             return Err(CustodyError::Exists(name.into()));
         }
-        let key = PrivateKey::generate(alg)?;
-        write_atomic(
-            &self.dir.join(format!("{name}.key")),
-            key.pkcs8_der(),
-            0o600,
-        )?;
-        let stored = Arc::new(StoredKey {
-            name: name.into(),
-            key,
-            chain: Vec::new(),
-        });
-        keys.insert(name.into(), stored.clone());
-        Ok(stored)
+        self.put(name, PrivateKey::generate(alg)?)
     }
 
     /// Stores an existing key under `name` (a device key kept while its CA answers pending).

@@ -259,3 +259,16 @@ pub async fn submit(api: &ApiClient, profile: &str, key: &str, extra: Value) -> 
         .expect("submit");
     answer["job"]["id"].as_str().expect("job id").to_owned()
 }
+
+/// Writes `dir/certconn.toml` from `text(data_dir, port)` and starts a daemon on it.
+pub fn start_in(dir: &Path, text: impl FnOnce(&Path, u16) -> String) -> Daemon {
+    let port = free_port();
+    let config = dir.join("certconn.toml");
+    std::fs::write(&config, text(&dir.join("data"), port)).unwrap();
+    Daemon::start(&config, port, &dir.join("daemon.log"))
+}
+
+/// A daemon with the default test config (local-ca, profile `smime`).
+pub fn start_default(dir: &Path) -> Daemon {
+    start_in(dir, |data, port| config_text(data, &plugins(), port, ""))
+}

@@ -515,6 +515,23 @@ mod tests {
     }
 
     #[test]
+    fn pending_waits_for_its_poll_time_without_using_attempts() {
+        let (_d, j) = journal();
+        let (job, _) = j.enqueue("api", "k", JobKind::Issue, &json!({})).unwrap();
+        j.lease_next(60_000).unwrap().unwrap();
+        assert!(j
+            .pend(&job.id, "b", "token-1", "awaiting approval", now_ms() + 150)
+            .unwrap());
+        let parked = j.get(&job.id).unwrap();
+        assert_eq!((parked.state, parked.attempts), (JobState::Pending, 0));
+        assert!(j.lease_next(60_000).unwrap().is_none(), "not due yet");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let polled = j.lease_next(60_000).unwrap().expect("due now");
+        assert_eq!(polled.poll_token.as_deref(), Some("token-1"));
+        assert_eq!(polled.attempts, 1);
+    }
+
+    #[test]
     fn retry_only_from_terminal_failure() {
         let (_d, j) = journal();
         let (job, _) = j.enqueue("api", "k", JobKind::Issue, &json!({})).unwrap();

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use super::journal::IssuedRecord;
 use super::model::{IssueJob, JobKind, JobRecord, JobResult, RevocationReason, RevokeJob};
 use crate::connector::Services;
+use crate::custody::store::StoredKey;
 use crate::custody::PrivateKey;
 use crate::pki::{self, pem};
 use crate::plugins::backend::describe_backend_error;
@@ -116,6 +117,42 @@ fn wit_sans(sans: &[SubjectAltName]) -> Vec<wit::SubjectAltName> {
         .collect()
 }
 
+/// Where the key being certified lives.
+enum DeviceKey {
+    /// The device sent a CSR and keeps its key.
+    OwnedByDevice,
+    /// Made for this attempt; it goes into the PFX.
+    Fresh(PrivateKey),
+    /// Made by an earlier attempt that the CA answered `pending`; kept in custody until now.
+    Kept(Arc<StoredKey>),
+}
+
+impl DeviceKey {
+    fn private(&self) -> Option<&PrivateKey> {
+        match self {
+            Self::OwnedByDevice => None,
+            Self::Fresh(k) => Some(k),
+            Self::Kept(k) => Some(&k.key),
+        }
+    }
+}
+
+/// The subject and SANs of a request, parsed once (intake already validated them).
+fn requested_names(req: &IssueJob) -> Result<(Option<Name>, Vec<SubjectAltName>), String> {
+    let subject = if req.subject.is_empty() {
+        None
+    } else {
+        Some(Name::from_str(&req.subject).map_err(|e| format!("subject {:?}: {e}", req.subject))?)
+    };
+    let sans = req
+        .sans
+        .iter()
+        .map(|s| SubjectAltName::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok((subject, sans))
+}
+
 async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Outcome {
     let Some(profile) = services.config.profiles.get(&req.profile) else {
         return fail(None, format!("profile {:?} is not configured", req.profile));
@@ -131,66 +168,64 @@ async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Out
         );
     };
     let bname = backend.name.to_string();
+    let (subject, sans) = match requested_names(req) {
+        Ok(n) => n,
+        Err(e) => return fail(Some(&bname), e),
+    };
 
-    // The key: the device's own (CSR given), a key kept from a pending first attempt, or a new one.
-    let (csr_der, key): (Vec<u8>, Option<Arc<crate::custody::store::StoredKey>>) =
-        match &req.csr_pem {
-            Some(pem_text) => match pem::decode_all(pem_text) {
-                Ok(blocks) => match blocks.into_iter().next() {
-                    Some((_, der)) => (der, None),
-                    None => return fail(Some(&bname), "the CSR has no PEM block"),
-                },
-                Err(e) => return fail(Some(&bname), format!("the CSR is not PEM: {e}")),
-            },
-            None => {
-                let alg = req.key.unwrap_or(profile.key_algorithm);
-                let key = match services.keys.get(&pending_key_name(&job.id)) {
-                    Ok(k) => k,
-                    Err(_) => {
-                        match tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await {
-                            Ok(Ok(k)) => Arc::new(crate::custody::store::StoredKey {
-                                name: String::new(),
-                                key: k,
-                                chain: Vec::new(),
-                            }),
-                            Ok(Err(e)) => {
-                                return Outcome::Retry {
-                                    backend: Some(bname),
-                                    error: format!("key generation: {e}"),
-                                }
+    let (csr, key) = match &req.csr_pem {
+        Some(pem_text) => match pem::decode_all(pem_text).map(|b| b.into_iter().next()) {
+            Ok(Some((_, der))) => (der, DeviceKey::OwnedByDevice),
+            Ok(None) => return fail(Some(&bname), "the CSR has no PEM block"),
+            Err(e) => return fail(Some(&bname), format!("the CSR is not PEM: {e}")),
+        },
+        None => {
+            let key = match services.keys.get(&pending_key_name(&job.id)) {
+                Ok(kept) => DeviceKey::Kept(kept),
+                Err(_) => {
+                    let alg = req.key.unwrap_or(profile.key_algorithm);
+                    match tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await {
+                        Ok(Ok(k)) => DeviceKey::Fresh(k),
+                        Ok(Err(e)) => {
+                            return Outcome::Retry {
+                                backend: Some(bname),
+                                error: format!("key generation: {e}"),
                             }
-                            Err(e) => {
-                                return Outcome::Retry {
-                                    backend: Some(bname),
-                                    error: format!("key generation task: {e}"),
-                                }
+                        }
+                        Err(e) => {
+                            return Outcome::Retry {
+                                backend: Some(bname),
+                                error: format!("key generation task: {e}"),
                             }
                         }
                     }
-                };
-                let subject = match Name::from_str(&req.subject) {
-                    Ok(n) => n,
-                    Err(e) => return fail(Some(&bname), format!("subject {:?}: {e}", req.subject)),
-                };
-                let sans = match req
-                    .sans
-                    .iter()
-                    .map(|s| SubjectAltName::parse(s))
-                    .collect::<Result<Vec<_>, _>>()
-                {
-                    Ok(s) => s,
-                    Err(e) => return fail(Some(&bname), e.to_string()),
-                };
-                match pki::csr::build(&key.key, &subject, &sans) {
-                    Ok(csr) => (csr, Some(key)),
-                    Err(e) => return fail(Some(&bname), format!("building the CSR: {e}")),
                 }
+            };
+            let Some(subject) = &subject else {
+                return fail(
+                    Some(&bname),
+                    "a subject is required when certconn makes the key",
+                );
+            };
+            match key.private().map(|k| pki::csr::build(k, subject, &sans)) {
+                Some(Ok(csr)) => (csr, key),
+                Some(Err(e)) => return fail(Some(&bname), format!("building the CSR: {e}")),
+                None => return fail(Some(&bname), "no key to certify"),
             }
-        };
+        }
+    };
 
-    let request = match issue_request(job, req, profile, csr_der) {
-        Ok(r) => r,
-        Err(e) => return fail(Some(&bname), e),
+    let request = wit::IssueRequest {
+        job_id: job.id.clone(),
+        profile: req.profile.clone(),
+        csr,
+        subject: match subject.as_ref().map(|n| n.to_der()).transpose() {
+            Ok(s) => s,
+            Err(e) => return fail(Some(&bname), format!("subject: {e}")),
+        },
+        subject_alt_names: wit_sans(&sans),
+        validity_days: req.validity_days.or(profile.validity_days),
+        template: profile.template.clone(),
     };
     let answer = match &job.poll_token {
         Some(token) => backend.poll(&job.id, token).await,
@@ -200,72 +235,26 @@ async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Out
         Ok(Ok(issued)) => issued,
         Ok(Err(e)) => {
             let outcome = from_backend_error(&bname, e);
-            if let (Outcome::Pending { .. }, Some(k)) = (&outcome, &key) {
-                if k.name.is_empty() {
-                    // Keep the device key in custody until the CA answers.
-                    let copy = PrivateKey::from_pkcs8(Zeroizing::new(k.key.pkcs8_der().to_vec()));
-                    if let Err(e) = copy
-                        .map_err(crate::custody::CustodyError::from)
-                        .and_then(|c| services.keys.put(&pending_key_name(&job.id), c))
-                    {
-                        return Outcome::Retry {
-                            backend: Some(bname),
-                            error: format!("keeping the device key while pending: {e}"),
-                        };
-                    }
+            if let (Outcome::Pending { .. }, DeviceKey::Fresh(k)) = (&outcome, key) {
+                // Keep the device key in custody until the CA answers.
+                if let Err(e) = services.keys.put(&pending_key_name(&job.id), k) {
+                    return Outcome::Retry {
+                        backend: Some(bname),
+                        error: format!("keeping the device key while pending: {e}"),
+                    };
                 }
             }
             return outcome;
         }
         Err(e) => return from_plugin_error(&bname, e),
     };
-    let outcome = finish_issue(
-        services,
-        &backend,
-        &request.csr,
-        key.as_deref().map(|k| &k.key),
-        issued,
-        req,
-    );
-    if matches!(outcome, Outcome::Done { .. }) {
+    let outcome = finish_issue(services, &backend, &request.csr, key.private(), issued, req);
+    if let (Outcome::Done { .. }, DeviceKey::Kept(_)) = (&outcome, &key) {
         if let Err(e) = services.keys.remove(&pending_key_name(&job.id)) {
             tracing::warn!(job = %job.id, "could not remove the kept device key: {e}");
         }
     }
     outcome
-}
-
-fn issue_request(
-    job: &JobRecord,
-    req: &IssueJob,
-    profile: &crate::config::ProfileConfig,
-    csr: Vec<u8>,
-) -> Result<wit::IssueRequest, String> {
-    let (subject, sans) = if req.csr_pem.is_some() && req.subject.is_empty() {
-        (None, Vec::new())
-    } else {
-        let name =
-            Name::from_str(&req.subject).map_err(|e| format!("subject {:?}: {e}", req.subject))?;
-        let sans = req
-            .sans
-            .iter()
-            .map(|s| SubjectAltName::parse(s))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        (
-            Some(name.to_der().map_err(|e| format!("subject: {e}"))?),
-            wit_sans(&sans),
-        )
-    };
-    Ok(wit::IssueRequest {
-        job_id: job.id.clone(),
-        profile: req.profile.clone(),
-        csr,
-        subject,
-        subject_alt_names: sans,
-        validity_days: req.validity_days.or(profile.validity_days),
-        template: profile.template.clone(),
-    })
 }
 
 /// Checks the backend's certificate and packages it.

@@ -209,7 +209,17 @@ impl log::Host for PluginState {
             return;
         }
         self.log_lines_left -= 1;
-        let mut message = message;
+        // Control characters would let a plugin forge log lines in the human format.
+        let mut message: String = message
+            .chars()
+            .map(|c| {
+                if c.is_control() && c != '\t' {
+                    '\u{FFFD}'
+                } else {
+                    c
+                }
+            })
+            .collect();
         if message.len() > MAX_LOG_MESSAGE {
             let mut cut = MAX_LOG_MESSAGE;
             while !message.is_char_boundary(cut) {

@@ -18,9 +18,19 @@ fn issued_pfx_and_sealed_password_are_read_by_openssl() {
     let (device_key, device_cert) = openssl_device(dir.path());
     let pfx = dir.path().join("alice.pfx");
     use std::os::unix::fs::PermissionsExt;
-    let mode = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o777;
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
     assert_eq!(mode("data/api-token"), 0o600, "the API token is private");
-    assert_eq!(mode("data/keys/local-ca.key"), 0o600, "the CA key is private");
+    assert_eq!(
+        mode("data/keys/local-ca.key"),
+        0o600,
+        "the CA key is private"
+    );
     assert_eq!(mode("data"), 0o700);
 
     // Issue with a recipient: the password is sealed for the device.

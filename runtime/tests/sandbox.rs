@@ -100,8 +100,13 @@ async fn every_escape_attempt_fails_its_job_and_nothing_else() {
     );
     // --log-format json: every line is one JSON object, plugin lines tagged with backend and job.
     for line in log.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
     }
-    assert!(log.lines().any(|l| l.contains("\"target\":\"certconn::plugin\"") && l.contains("\"backend\":\"local\"") && l.contains("\"job\"")));
+    assert!(log
+        .lines()
+        .any(|l| l.contains("\"target\":\"certconn::plugin\"")
+            && l.contains("\"backend\":\"local\"")
+            && l.contains("\"job\"")));
 }

@@ -16,6 +16,8 @@ pub enum Cipher {
     Aes256Cbc,
     DesEde3Cbc,
     DesCbc,
+    /// RC2-CBC: read-only, for legacy PKCS#12 files; not offered to plugins.
+    Rc2Cbc,
 }
 
 impl Cipher {
@@ -27,6 +29,7 @@ impl Cipher {
             Self::Aes256Cbc => "AES-256-CBC",
             Self::DesEde3Cbc => "3DES-CBC",
             Self::DesCbc => "DES-CBC",
+            Self::Rc2Cbc => "RC2-CBC",
         }
     }
 }
@@ -73,6 +76,7 @@ impl AlgorithmPolicy {
             Cipher::DesEde3Cbc if self.fips => {
                 Err(self.refuse(cipher.name(), "not FIPS-approved for encryption"))
             }
+            Cipher::Rc2Cbc if self.fips => Err(self.refuse(cipher.name(), "not FIPS-approved")),
             _ => Ok(()),
         }
     }

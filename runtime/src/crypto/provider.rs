@@ -146,6 +146,11 @@ fn cipher_key(cipher: Cipher, key: &[u8]) -> Result<UnboundCipherKey, CryptoErro
         Cipher::Aes256Cbc => (&AES_256, 32),
         Cipher::DesEde3Cbc => (&aws_lc_rs::cipher::DES_EDE3_FOR_LEGACY_USE_ONLY, 24),
         Cipher::DesCbc => (&aws_lc_rs::cipher::DES_FOR_LEGACY_USE_ONLY, 8),
+        Cipher::Rc2Cbc => {
+            return Err(CryptoError::InvalidInput(
+                "RC2 is decrypt-only, through rc2_cbc_decrypt".into(),
+            ))
+        }
     };
     if key.len() != key_len {
         return Err(CryptoError::InvalidInput(format!(
@@ -234,8 +239,18 @@ pub fn cbc_decrypt(
     Ok(data)
 }
 
-/// PBKDF2-HMAC-SHA256 into `out`.
-pub fn pbkdf2_sha256(
+/// PBKDF2 pseudo-random functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prf {
+    HmacSha1,
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
+}
+
+/// PBKDF2 into `out`.
+pub fn pbkdf2(
+    prf: Prf,
     password: &[u8],
     salt: &[u8],
     iterations: u32,
@@ -243,8 +258,47 @@ pub fn pbkdf2_sha256(
 ) -> Result<(), CryptoError> {
     let iterations = NonZeroU32::new(iterations)
         .ok_or_else(|| CryptoError::InvalidInput("PBKDF2 needs at least one iteration".into()))?;
-    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, password, out);
+    let alg = match prf {
+        Prf::HmacSha1 => pbkdf2::PBKDF2_HMAC_SHA1,
+        Prf::HmacSha256 => pbkdf2::PBKDF2_HMAC_SHA256,
+        Prf::HmacSha384 => pbkdf2::PBKDF2_HMAC_SHA384,
+        Prf::HmacSha512 => pbkdf2::PBKDF2_HMAC_SHA512,
+    };
+    pbkdf2::derive(alg, iterations, salt, password, out);
     Ok(())
+}
+
+/// HMAC with the given digest.
+pub fn hmac(digest: Digest, key: &[u8], data: &[u8]) -> Vec<u8> {
+    let alg = match digest {
+        Digest::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        Digest::Sha256 => hmac::HMAC_SHA256,
+        Digest::Sha384 => hmac::HMAC_SHA384,
+        Digest::Sha512 => hmac::HMAC_SHA512,
+    };
+    hmac::sign(&hmac::Key::new(alg, key), data)
+        .as_ref()
+        .to_vec()
+}
+
+/// RC2-CBC decryption with PKCS#7 padding removed, for legacy PKCS#12 files only. RC2 is not in
+/// aws-lc-rs; this is RustCrypto's, reached only after the policy allowed `Cipher::Rc2Cbc`.
+pub fn rc2_cbc_decrypt(
+    key: &[u8],
+    effective_bits: usize,
+    iv: &[u8],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    use cbc::cipher::{block_padding::Pkcs7, BlockDecryptMut, InnerIvInit};
+    let iv: [u8; 8] = iv.try_into().map_err(|_| {
+        CryptoError::InvalidInput(format!("RC2-CBC needs an 8-byte IV, got {}", iv.len()))
+    })?;
+    let cipher = rc2::Rc2::new_with_eff_key_len(key, effective_bits);
+    cbc::Decryptor::<rc2::Rc2>::inner_iv_init(cipher, &iv.into())
+        .decrypt_padded_vec_mut::<Pkcs7>(ciphertext)
+        .map_err(|_| {
+            CryptoError::Failed("RC2-CBC decryption failed (wrong key or corrupt data)".into())
+        })
 }
 
 /// HMAC-SHA256 of `data` under `key`.
@@ -293,7 +347,7 @@ mod tests {
     fn pbkdf2_matches_rfc7914_vector() {
         // RFC 7914 section 11: PBKDF2-HMAC-SHA256, P="passwd", S="salt", c=1, dkLen=64.
         let mut out = [0u8; 64];
-        pbkdf2_sha256(b"passwd", b"salt", 1, &mut out).unwrap();
+        pbkdf2(Prf::HmacSha256, b"passwd", b"salt", 1, &mut out).unwrap();
         assert_eq!(hex::encode(&out[..16]), "55ac046e56e3089fec1691c22544b605");
     }
 }

@@ -125,7 +125,12 @@ impl PrivateKey {
             (Inner::Ec(kp), spki)
         } else {
             let sign = RsaKeyPair::from_pkcs8(&pkcs8).map_err(|e| {
-                CryptoError::InvalidInput(format!("not an RSA or EC (P-256/P-384) PKCS#8 key: {e}"))
+                CryptoError::InvalidInput(match e.to_string().as_str() {
+                    "TooSmall" => {
+                        "the RSA key is smaller than 2048 bits, which certconn does not hold".into()
+                    }
+                    other => format!("not an RSA or EC (P-256/P-384) PKCS#8 key: {other}"),
+                })
             })?;
             let decrypting = || {
                 PrivateDecryptingKey::from_pkcs8(&pkcs8).map_err(|e| {

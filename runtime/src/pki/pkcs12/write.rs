@@ -1,4 +1,4 @@
-//! Writing PKCS#12 (PFX) files, RFC 7292.
+//! Writing PKCS#12 (PFX) files.
 //!
 //! The modern profile, the default: the key in a pkcs8ShroudedKeyBag and the certificates in an
 //! encryptedData, both under PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC), and an HMAC-SHA256 MAC keyed
@@ -7,7 +7,6 @@
 use cms::content_info::{CmsVersion, ContentInfo};
 use cms::encrypted_data::EncryptedData;
 use cms::enveloped_data::EncryptedContentInfo;
-use const_oid::ObjectIdentifier;
 use der::asn1::{Any, BmpString, OctetString, SetOfVec};
 use der::{Decode, Encode};
 use pkcs12::cert_type::CertBag;
@@ -20,23 +19,14 @@ use spki::AlgorithmIdentifierOwned;
 use x509_cert::attr::Attribute;
 use zeroize::Zeroizing;
 
-use super::PkiError;
+use super::kdf;
+use super::oid::{
+    AES_256_CBC, CERT_BAG, DATA as ID_DATA, ENCRYPTED_DATA as ID_ENCRYPTED_DATA, FRIENDLY_NAME,
+    HMAC_WITH_SHA256, LOCAL_KEY_ID, PBES2, PBKDF2, SHA256, SHROUDED_KEY_BAG, X509_CERTIFICATE,
+};
 use crate::crypto::policy::Cipher;
 use crate::crypto::provider::{self, Digest};
-
-const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
-const ID_ENCRYPTED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.6");
-const SHROUDED_KEY_BAG: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.10.1.2");
-const CERT_BAG: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.10.1.3");
-const X509_CERTIFICATE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.22.1");
-const LOCAL_KEY_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.21");
-const FRIENDLY_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.20");
-const PBES2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.5.13");
-const PBKDF2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.5.12");
-const HMAC_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.2.9");
-const AES_256_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.42");
-const SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+use crate::pki::PkiError;
 
 /// OpenSSL 3's default; the password is random and long, so this guards a weak one only.
 pub const DEFAULT_ITERATIONS: u32 = 2048;
@@ -151,7 +141,14 @@ pub fn write(
         .map_err(PkiError::der("AuthenticatedSafe"))?;
 
     let mac_salt = provider::random_vec(16)?;
-    let mac_key = pkcs12_kdf_sha256_mac_key(password, &mac_salt, iterations);
+    let mac_key = kdf::derive(
+        Digest::Sha256,
+        &kdf::bmp_password(password),
+        &mac_salt,
+        kdf::Purpose::Mac,
+        iterations,
+        32,
+    );
     let mac = provider::hmac_sha256(&mac_key[..], &auth_safe_der);
     let pfx = Pfx {
         version: Version::V3,
@@ -187,7 +184,13 @@ fn pbes2_encrypt(
     let salt = provider::random_vec(16)?;
     let iv = provider::random_vec(16)?;
     let mut key = Zeroizing::new([0u8; 32]);
-    provider::pbkdf2_sha256(password.as_bytes(), &salt, iterations, &mut key[..])?;
+    provider::pbkdf2(
+        provider::Prf::HmacSha256,
+        password.as_bytes(),
+        &salt,
+        iterations,
+        &mut key[..],
+    )?;
     let ciphertext = provider::cbc_encrypt(Cipher::Aes256Cbc, &key[..], &iv, plaintext)?;
     let kdf = Pbkdf2Params {
         salt: OctetString::new(salt).map_err(PkiError::der("PBKDF2 salt"))?,
@@ -221,32 +224,6 @@ fn pbes2_encrypt(
     Ok((alg, ciphertext))
 }
 
-/// The MAC key: RFC 7292 appendix B.2 with SHA-256 (u = 32, v = 64), ID = 3, 32 bytes — a single
-/// block, so only `A = H^c(D || I)` is needed.
-fn pkcs12_kdf_sha256_mac_key(password: &str, salt: &[u8], iterations: u32) -> Zeroizing<Vec<u8>> {
-    const V: usize = 64;
-    let mut bmp = Zeroizing::new(Vec::with_capacity(password.len() * 2 + 2));
-    for unit in password.encode_utf16() {
-        bmp.extend_from_slice(&unit.to_be_bytes());
-    }
-    bmp.extend_from_slice(&[0, 0]);
-    let fill = |src: &[u8]| -> Zeroizing<Vec<u8>> {
-        if src.is_empty() {
-            return Zeroizing::new(Vec::new());
-        }
-        let len = src.len().div_ceil(V) * V;
-        Zeroizing::new(src.iter().copied().cycle().take(len).collect())
-    };
-    let mut input = Zeroizing::new(vec![3u8; V]);
-    input.extend_from_slice(&fill(salt));
-    input.extend_from_slice(&fill(&bmp));
-    let mut a = Zeroizing::new(provider::digest(Digest::Sha256, &input));
-    for _ in 1..iterations {
-        *a = provider::digest(Digest::Sha256, &a);
-    }
-    a
-}
-
 /// A random PFX password: 24 characters of URL-safe base64 (144 bits).
 pub fn random_password() -> Result<Zeroizing<String>, PkiError> {
     use base64::Engine;
@@ -259,17 +236,6 @@ pub fn random_password() -> Result<Zeroizing<String>, PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // Interoperability with OpenSSL's KDF is proven by the openssl-reads-our-PFX tests.
-    #[test]
-    fn mac_kdf_is_deterministic_and_password_sensitive() {
-        let a = pkcs12_kdf_sha256_mac_key("password", b"saltsalt", 2048);
-        let b = pkcs12_kdf_sha256_mac_key("password", b"saltsalt", 2048);
-        let c = pkcs12_kdf_sha256_mac_key("passwore", b"saltsalt", 2048);
-        assert_eq!(a.len(), 32);
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-    }
 
     #[test]
     fn random_passwords_differ() {

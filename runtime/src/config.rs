@@ -257,6 +257,9 @@ pub struct ProfileConfig {
     pub validity_days: Option<u32>,
     /// CA-side template name, passed to the backend.
     pub template: Option<String>,
+    /// `modern` (PBES2/AES-256, HMAC-SHA256) or `compat` (3DES, HMAC-SHA1) for older devices.
+    #[serde(default)]
+    pub pfx_format: crate::pki::pkcs12::PfxProfile,
 }
 
 fn default_key() -> KeyAlgorithm {

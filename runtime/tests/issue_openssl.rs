@@ -389,3 +389,52 @@ fn without_recipient_the_password_is_shown_once_and_not_kept() {
     let log = std::fs::read_to_string(&daemon.log).unwrap();
     assert!(!log.contains(&password), "the password appears in the log");
 }
+
+#[test]
+fn a_compat_profile_delivers_a_3des_pfx_for_older_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[profiles.legacy]\nbackend = \"local\"\nkey_algorithm = \"rsa-2048\"\npfx_format = \"compat\"\n";
+    let daemon = start_in(dir.path(), |data, port| {
+        config_text(data, &plugins(), port, extra)
+    });
+    let pfx = dir.path().join("old.pfx");
+    let out = daemon.cli(&[
+        "submit",
+        "issue",
+        "--profile",
+        "legacy",
+        "--subject",
+        "CN=Old Phone",
+        "--out",
+        pfx.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let password = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PFX password (shown once, not kept): "))
+        .unwrap()
+        .to_owned();
+    let info = Command::new("openssl")
+        .args([
+            "pkcs12",
+            "-info",
+            "-noout",
+            "-in",
+            pfx.to_str().unwrap(),
+            "-passin",
+            &format!("pass:{password}"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&info.stderr);
+    assert!(info.status.success(), "{text}");
+    assert!(
+        text.contains("MAC: sha1") && text.contains("pbeWithSHA1And3-KeyTripleDES-CBC"),
+        "{text}"
+    );
+}

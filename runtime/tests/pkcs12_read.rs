@@ -169,7 +169,14 @@ fn our_own_pfx_round_trips() {
         chain: &[],
         friendly_name: Some("rt"),
     };
-    let bytes = pkcs12::write(&contents, "pw", 2048).unwrap();
+    let bytes = pkcs12::write(
+        &contents,
+        "pw",
+        2048,
+        pkcs12::PfxProfile::Modern,
+        &AlgorithmPolicy::default(),
+    )
+    .unwrap();
     let opened = pkcs12::open(&bytes, "pw", &AlgorithmPolicy::default()).unwrap();
     let (k, c) = opened.key_and_certificate().unwrap();
     assert_eq!(k.public_key_der(), key.public_key_der());
@@ -183,4 +190,68 @@ fn our_own_pfx_round_trips() {
         "{:?}",
         opened.protections
     );
+}
+
+#[test]
+fn compat_profile_is_3des_with_a_sha1_mac_and_refused_in_fips_mode() {
+    use certconn::custody::{KeyAlgorithm, PrivateKey};
+    let key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+    let subject: x509_cert::name::Name = "CN=old device".parse().unwrap();
+    let cert = certconn::pki::ca::self_signed(&key, &subject, 1).unwrap();
+    let contents = pkcs12::PfxContents {
+        key_pkcs8: key.pkcs8_der(),
+        certificate: &cert,
+        chain: &[],
+        friendly_name: None,
+    };
+    let bytes = pkcs12::write(
+        &contents,
+        "pw",
+        2048,
+        pkcs12::PfxProfile::Compat,
+        &AlgorithmPolicy::default(),
+    )
+    .unwrap();
+    let opened = pkcs12::open(&bytes, "pw", &AlgorithmPolicy::default()).unwrap();
+    assert_eq!(
+        opened.key_and_certificate().unwrap().0.public_key_der(),
+        key.public_key_der()
+    );
+    assert!(
+        opened.protections.iter().any(|p| p.contains("HMAC-SHA1")),
+        "{:?}",
+        opened.protections
+    );
+    assert_eq!(
+        opened
+            .protections
+            .iter()
+            .filter(|p| p.contains("pbeWithSHAAnd3-KeyTripleDES-CBC"))
+            .count(),
+        2
+    );
+    // openssl reads it too (3DES PBE is in OpenSSL 3's default provider).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("compat.p12");
+    std::fs::write(&path, &bytes).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["pkcs12", "-info", "-noout", "-passin", "pass:pw", "-in"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("MAC: sha1") && text.contains("pbeWithSHA1And3-KeyTripleDES-CBC"),
+        "{text}"
+    );
+
+    let fips = AlgorithmPolicy {
+        fips: true,
+        allow_single_des: false,
+    };
+    let err = pkcs12::write(&contents, "pw", 2048, pkcs12::PfxProfile::Compat, &fips)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("3DES") && err.contains("FIPS"), "{err}");
 }

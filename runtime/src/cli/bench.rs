@@ -284,6 +284,8 @@ fn direct_issue(ca: &PrivateKey, ca_chain: &[Vec<u8>], iterations: u32) -> anyho
         },
         &password,
         iterations,
+        pki::pkcs12::PfxProfile::Modern,
+        &crate::crypto::AlgorithmPolicy::default(),
     )?;
     Ok(())
 }

@@ -301,13 +301,6 @@ pub fn rc2_cbc_decrypt(
         })
 }
 
-/// HMAC-SHA256 of `data` under `key`.
-pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
-        .as_ref()
-        .to_vec()
-}
-
 /// Constant-time equality, for MACs and tokens.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()

@@ -334,13 +334,25 @@ fn finish_issue(
             }
         };
         let friendly = cert.tbs_certificate.subject.to_string();
+        let pfx_profile = services
+            .config
+            .profiles
+            .get(&req.profile)
+            .map(|p| p.pfx_format)
+            .unwrap_or_default();
         let contents = pki::pkcs12::PfxContents {
             key_pkcs8: key.pkcs8_der(),
             certificate: &issued.certificate,
             chain: &issued.chain,
             friendly_name: Some(&friendly),
         };
-        let pfx = match pki::pkcs12::write(&contents, &password, services.config.pfx.iterations) {
+        let pfx = match pki::pkcs12::write(
+            &contents,
+            &password,
+            services.config.pfx.iterations,
+            pfx_profile,
+            &services.config.policy(),
+        ) {
             Ok(p) => p,
             Err(e) => return fail(Some(&bname), format!("writing the PFX: {e}")),
         };

@@ -8,7 +8,7 @@ mod write;
 
 pub use pkcs12::pfx::Pfx;
 pub use read::{open, OpenedPfx, PfxError};
-pub use write::{random_password, write, PfxContents, DEFAULT_ITERATIONS};
+pub use write::{random_password, write, PfxContents, PfxProfile, DEFAULT_ITERATIONS};
 
 /// The object identifiers PKCS#12 files use, in one place for the reader and the writer.
 pub(crate) mod oid {

@@ -1,18 +1,21 @@
-//! Writing PKCS#12 (PFX) files.
+//! Writing PKCS#12 (PFX) files, in one of two profiles:
 //!
-//! The modern profile, the default: the key in a pkcs8ShroudedKeyBag and the certificates in an
-//! encryptedData, both under PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC), and an HMAC-SHA256 MAC keyed
-//! by the PKCS#12 KDF over SHA-256 — what OpenSSL 3 writes by default and Windows 10+ reads.
+//! - `modern`, the default: the key in a pkcs8ShroudedKeyBag and the certificates in an
+//!   encryptedData, both under PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC), and an HMAC-SHA256 MAC
+//!   keyed by the PKCS#12 KDF over SHA-256 — what OpenSSL 3 writes by default, Windows 10+ reads.
+//! - `compat`, for older devices (Windows 7/8, old Android, old macOS): both bags under
+//!   pbeWithSHAAnd3-KeyTripleDES-CBC and an HMAC-SHA1 MAC. Refused in FIPS mode.
 
 use cms::content_info::{CmsVersion, ContentInfo};
 use cms::encrypted_data::EncryptedData;
 use cms::enveloped_data::EncryptedContentInfo;
+use const_oid::ObjectIdentifier;
 use der::asn1::{Any, BmpString, OctetString, SetOfVec};
 use der::{Decode, Encode};
 use pkcs12::cert_type::CertBag;
 use pkcs12::digest_info::DigestInfo;
 use pkcs12::mac_data::MacData;
-use pkcs12::pbe_params::{EncryptedPrivateKeyInfo, Pbes2Params, Pbkdf2Params};
+use pkcs12::pbe_params::{EncryptedPrivateKeyInfo, Pbes2Params, Pbkdf2Params, Pkcs12PbeParams};
 use pkcs12::pfx::{Pfx, Version};
 use pkcs12::safe_bag::SafeBag;
 use spki::AlgorithmIdentifierOwned;
@@ -22,14 +25,46 @@ use zeroize::Zeroizing;
 use super::kdf;
 use super::oid::{
     AES_256_CBC, CERT_BAG, DATA as ID_DATA, ENCRYPTED_DATA as ID_ENCRYPTED_DATA, FRIENDLY_NAME,
-    HMAC_WITH_SHA256, LOCAL_KEY_ID, PBES2, PBKDF2, SHA256, SHROUDED_KEY_BAG, X509_CERTIFICATE,
+    HMAC_WITH_SHA256, LOCAL_KEY_ID, PBES2, PBE_SHA1_3DES, PBKDF2, SHA1, SHA256, SHROUDED_KEY_BAG,
+    X509_CERTIFICATE,
 };
 use crate::crypto::policy::Cipher;
 use crate::crypto::provider::{self, Digest};
+use crate::crypto::AlgorithmPolicy;
 use crate::pki::PkiError;
 
 /// OpenSSL 3's default; the password is random and long, so this guards a weak one only.
 pub const DEFAULT_ITERATIONS: u32 = 2048;
+
+/// How a PFX is protected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PfxProfile {
+    #[default]
+    Modern,
+    Compat,
+}
+
+impl PfxProfile {
+    fn encrypt(
+        self,
+        password: &str,
+        iterations: u32,
+        plaintext: &[u8],
+    ) -> Result<(AlgorithmIdentifierOwned, Vec<u8>), PkiError> {
+        match self {
+            Self::Modern => pbes2_encrypt(password, iterations, plaintext),
+            Self::Compat => pbe_3des_encrypt(password, iterations, plaintext),
+        }
+    }
+
+    fn mac_digest(self) -> (Digest, ObjectIdentifier) {
+        match self {
+            Self::Modern => (Digest::Sha256, SHA256),
+            Self::Compat => (Digest::Sha1, SHA1),
+        }
+    }
+}
 
 /// What goes into a PFX.
 pub struct PfxContents<'a> {
@@ -43,12 +78,17 @@ pub struct PfxContents<'a> {
     pub friendly_name: Option<&'a str>,
 }
 
-/// Writes a PFX protected by `password` (modern profile).
+/// Writes a PFX protected by `password` in `profile`, which `policy` must allow.
 pub fn write(
     contents: &PfxContents<'_>,
     password: &str,
     iterations: u32,
+    profile: PfxProfile,
+    policy: &AlgorithmPolicy,
 ) -> Result<Vec<u8>, PkiError> {
+    if profile == PfxProfile::Compat {
+        policy.check_cipher(Cipher::DesEde3Cbc)?;
+    }
     let local_key_id = provider::digest(Digest::Sha256, contents.certificate);
     let bag_attrs = |with_name: bool| -> Result<SetOfVec<Attribute>, PkiError> {
         let mut attrs = SetOfVec::new();
@@ -96,7 +136,7 @@ pub fn write(
     let cert_safe = cert_bags
         .to_der()
         .map_err(PkiError::der("certificate SafeContents"))?;
-    let (cert_alg, cert_ct) = pbes2_encrypt(password, iterations, &cert_safe)?;
+    let (cert_alg, cert_ct) = profile.encrypt(password, iterations, &cert_safe)?;
     let encrypted_certs = EncryptedData {
         version: CmsVersion::V0,
         enc_content_info: EncryptedContentInfo {
@@ -110,7 +150,7 @@ pub fn write(
     };
 
     // The key: a pkcs8ShroudedKeyBag in a plain data SafeContents.
-    let (key_alg, key_ct) = pbes2_encrypt(password, iterations, contents.key_pkcs8)?;
+    let (key_alg, key_ct) = profile.encrypt(password, iterations, contents.key_pkcs8)?;
     let shrouded = EncryptedPrivateKeyInfo {
         encryption_algorithm: key_alg,
         encrypted_data: OctetString::new(key_ct).map_err(PkiError::der("shrouded key"))?,
@@ -140,16 +180,18 @@ pub fn write(
         .to_der()
         .map_err(PkiError::der("AuthenticatedSafe"))?;
 
+    let (mac_digest, mac_oid) = profile.mac_digest();
+    let mac_len = provider::digest(mac_digest, b"").len();
     let mac_salt = provider::random_vec(16)?;
     let mac_key = kdf::derive(
-        Digest::Sha256,
+        mac_digest,
         &kdf::bmp_password(password),
         &mac_salt,
         kdf::Purpose::Mac,
         iterations,
-        32,
+        mac_len,
     );
-    let mac = provider::hmac_sha256(&mac_key[..], &auth_safe_der);
+    let mac = provider::hmac(mac_digest, &mac_key[..], &auth_safe_der);
     let pfx = Pfx {
         version: Version::V3,
         auth_safe: ContentInfo {
@@ -162,7 +204,7 @@ pub fn write(
         mac_data: Some(MacData {
             mac: DigestInfo {
                 algorithm: AlgorithmIdentifierOwned {
-                    oid: SHA256,
+                    oid: mac_oid,
                     parameters: Some(Any::null()),
                 },
                 digest: OctetString::new(mac).map_err(PkiError::der("MAC"))?,
@@ -173,6 +215,29 @@ pub fn write(
         }),
     };
     pfx.to_der().map_err(PkiError::der("PFX"))
+}
+
+/// pbeWithSHAAnd3-KeyTripleDES-CBC (RFC 7292 appendix C): key and IV from the PKCS#12 KDF.
+fn pbe_3des_encrypt(
+    password: &str,
+    iterations: u32,
+    plaintext: &[u8],
+) -> Result<(AlgorithmIdentifierOwned, Vec<u8>), PkiError> {
+    let salt = provider::random_vec(8)?;
+    let bmp = kdf::bmp_password(password);
+    let key = kdf::derive(Digest::Sha1, &bmp, &salt, kdf::Purpose::Key, iterations, 24);
+    let iv = kdf::derive(Digest::Sha1, &bmp, &salt, kdf::Purpose::Iv, iterations, 8);
+    let ciphertext = provider::cbc_encrypt(Cipher::DesEde3Cbc, &key, &iv, plaintext)?;
+    let params = Pkcs12PbeParams {
+        salt: OctetString::new(salt).map_err(PkiError::der("PBE salt"))?,
+        iterations: i32::try_from(iterations)
+            .map_err(|_| PkiError::Invalid("iteration count too large".into()))?,
+    };
+    let alg = AlgorithmIdentifierOwned {
+        oid: PBE_SHA1_3DES,
+        parameters: Some(Any::encode_from(&params).map_err(PkiError::der("PBE parameters"))?),
+    };
+    Ok((alg, ciphertext))
 }
 
 /// PBES2 with PBKDF2-HMAC-SHA256 and AES-256-CBC; returns the AlgorithmIdentifier and ciphertext.

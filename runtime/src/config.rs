@@ -45,6 +45,9 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub crypto: CryptoConfig,
+    /// How the software key store is protected at rest.
+    #[serde(default)]
+    pub custody: crate::custody::KekSource,
     #[serde(default)]
     pub jobs: JobsConfig,
     pub plugins: PluginsConfig,
@@ -514,6 +517,28 @@ backend = "local"
         .unwrap_err()
         .to_string();
         assert!(e.contains("ec-p999") && e.contains("line 6"), "{e}");
+    }
+
+    #[test]
+    fn custody_protection_parses_and_rejects_unknown_kinds() {
+        let c = Config::parse(
+            Path::new("c.toml"),
+            &format!("{GOOD}[custody]\nprotection = \"passphrase\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.custody,
+            crate::custody::KekSource::Passphrase {
+                passphrase_env: "CERTCONN_KEYSTORE_PASSPHRASE".into()
+            }
+        );
+        let e = Config::parse(
+            Path::new("c.toml"),
+            &format!("{GOOD}[custody]\nprotection = \"rot13\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rot13") && e.contains("line 15"), "{e}");
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl Connector {
                 path: config.data_dir.clone(),
                 source,
             })?;
-        let keys = Arc::new(KeyStore::open(&config.keys_dir())?);
+        let keys = Arc::new(KeyStore::open(&config.keys_dir(), &config.custody)?);
         for (name, k) in &config.keys {
             let stored = match keys.get(name) {
                 Ok(s) => s,

@@ -5,10 +5,12 @@
 //! handles a backend instance may use.
 
 pub mod grant;
+pub mod kek;
 pub mod key;
 pub mod store;
 
 pub use grant::Grants;
+pub use kek::KekSource;
 pub use key::{KeyAlgorithm, PrivateKey};
 pub use store::KeyStore;
 
@@ -38,6 +40,8 @@ pub enum CustodyError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("wrong key-encryption key: {0}")]
+    WrongKek(String),
     #[error("key file {path} is corrupt: {reason}")]
     Corrupt {
         path: std::path::PathBuf,

@@ -1,9 +1,8 @@
-//! The software key store: one PKCS#8 file per key (mode 0600, in a 0700 directory) and, beside
-//! it, the key's certificate chain as PEM. Files are written to a temporary name, synced, and
-//! renamed, so a crash never leaves half a key behind.
-//!
-//! Encryption at rest (a key-encryption key from a passphrase, key file or systemd credential)
-//! and PKCS#11 tokens are the next step for this module; see docs/design/custody.md.
+//! The software key store: one file per key (mode 0600, in a 0700 directory) and, beside it, the
+//! key's certificate chain as PEM. With `custody.protection` set, each key file is PKCS#8 sealed
+//! with AES-256-GCM under the key-encryption key ([`kek`]), bound to the key's name; otherwise it
+//! is plain PKCS#8. Files are written to a temporary name, synced, and renamed, so a crash never
+//! leaves half a key behind. A tampered file or a wrong KEK stops start-up and changes nothing.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,6 +13,7 @@ use std::sync::{Arc, RwLock};
 
 use zeroize::Zeroizing;
 
+use super::kek::{self, Kek, KekSource};
 use super::{CustodyError, KeyAlgorithm, PrivateKey};
 use crate::pki::pem;
 
@@ -30,6 +30,7 @@ pub struct StoredKey {
 #[derive(Debug)]
 pub struct KeyStore {
     dir: PathBuf,
+    kek: Option<Kek>,
     keys: RwLock<BTreeMap<String, Arc<StoredKey>>>,
 }
 
@@ -80,11 +81,15 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), C
 }
 
 impl KeyStore {
-    /// Opens (creating if needed) the store in `dir` and loads every key.
-    pub fn open(dir: &Path) -> Result<Self, CustodyError> {
+    /// Opens (creating if needed) the store in `dir`, obtains its key-encryption key from
+    /// `protection`, and loads every key. Plain key files found in a protected store are sealed
+    /// in place (the way to turn protection on).
+    pub fn open(dir: &Path, protection: &KekSource) -> Result<Self, CustodyError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        let kek = Kek::obtain(protection, dir)?;
         let mut keys = BTreeMap::new();
+        let mut to_seal = Vec::new();
         for entry in fs::read_dir(dir).map_err(io(dir))? {
             let path = entry.map_err(io(dir))?.path();
             let Some(name) = path
@@ -105,7 +110,30 @@ impl KeyStore {
                     ),
                 });
             }
-            let der = Zeroizing::new(fs::read(&path).map_err(io(&path))?);
+            let bytes = Zeroizing::new(fs::read(&path).map_err(io(&path))?);
+            let der =
+                match (&kek, kek::is_sealed(&bytes)) {
+                    (Some(kek), true) => kek.open(&name, &bytes).ok_or_else(|| {
+                        CustodyError::Corrupt {
+                        path: path.clone(),
+                        reason:
+                            "authentication failed: the file was changed, or belongs to another key"
+                                .into(),
+                    }
+                    })?,
+                    (None, true) => {
+                        return Err(CustodyError::Corrupt {
+                            path,
+                            reason: "the key is encrypted but custody.protection is \"none\""
+                                .into(),
+                        })
+                    }
+                    (Some(_), false) => {
+                        to_seal.push(name.clone());
+                        bytes
+                    }
+                    (None, false) => bytes,
+                };
             let key = PrivateKey::from_pkcs8(der).map_err(|e| CustodyError::Corrupt {
                 path: path.clone(),
                 reason: e.to_string(),
@@ -123,10 +151,26 @@ impl KeyStore {
             };
             keys.insert(name.clone(), Arc::new(StoredKey { name, key, chain }));
         }
-        Ok(Self {
+        let store = Self {
             dir: dir.to_owned(),
+            kek,
             keys: RwLock::new(keys),
-        })
+        };
+        for name in to_seal {
+            let key = store.get(&name)?;
+            store.write_key(&name, &key.key)?;
+            tracing::info!(key = %name, "sealed a plain key file under the key-encryption key");
+        }
+        Ok(store)
+    }
+
+    /// Writes a key file, sealed when the store is protected.
+    fn write_key(&self, name: &str, key: &PrivateKey) -> Result<(), CustodyError> {
+        let path = self.dir.join(format!("{name}.key"));
+        match &self.kek {
+            Some(kek) => write_atomic(&path, &kek.seal(name, key.pkcs8_der())?, 0o600),
+            None => write_atomic(&path, key.pkcs8_der(), 0o600),
+        }
     }
 
     /// The key called `name`.
@@ -155,11 +199,7 @@ impl KeyStore {
         if keys.contains_key(name) {
             return Err(CustodyError::Exists(name.into()));
         }
-        write_atomic(
-            &self.dir.join(format!("{name}.key")),
-            key.pkcs8_der(),
-            0o600,
-        )?;
+        self.write_key(name, &key)?;
         let stored = Arc::new(StoredKey {
             name: name.into(),
             key,
@@ -236,7 +276,7 @@ mod tests {
     #[test]
     fn keys_survive_reopen_with_their_chain() {
         let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::open(dir.path()).unwrap();
+        let store = KeyStore::open(dir.path(), &KekSource::None).unwrap();
         let k = store.create("ca", KeyAlgorithm::EcP256).unwrap();
         store.set_chain("ca", vec![vec![0x30, 0x00]]).unwrap();
         let mode = fs::metadata(dir.path().join("ca.key"))
@@ -244,16 +284,126 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let again = KeyStore::open(dir.path()).unwrap();
+        let again = KeyStore::open(dir.path(), &KekSource::None).unwrap();
         let k2 = again.get("ca").unwrap();
         assert_eq!(k2.key.public_key_der(), k.key.public_key_der());
         assert_eq!(k2.chain, vec![vec![0x30, 0x00]]);
     }
 
+    fn with_passphrase<T>(value: &str, f: impl FnOnce(&KekSource) -> T) -> T {
+        // Each test uses its own variable: tests run in parallel.
+        let var = format!(
+            "CERTCONN_TEST_PASSPHRASE_{}",
+            crate::crypto::provider::random_vec(4)
+                .map(hex::encode)
+                .unwrap()
+        );
+        // SAFETY: the variable name is unique to this call, so no other thread reads or writes it.
+        unsafe { std::env::set_var(&var, value) };
+        let r = f(&KekSource::Passphrase {
+            passphrase_env: var.clone(),
+        });
+        unsafe { std::env::remove_var(&var) };
+        r
+    }
+
+    #[test]
+    fn sealed_keys_open_only_with_the_right_passphrase_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = with_passphrase("correct horse", |p| {
+            let store = KeyStore::open(dir.path(), p).unwrap();
+            let a = store.create("a", KeyAlgorithm::EcP256).unwrap();
+            store.create("b", KeyAlgorithm::EcP256).unwrap();
+            a.key.public_key_der().to_vec()
+        });
+        let on_disk = fs::read(dir.path().join("a.key")).unwrap();
+        assert!(kek::is_sealed(&on_disk), "the key file is not plain PKCS#8");
+        with_passphrase("correct horse", |p| {
+            assert_eq!(
+                KeyStore::open(dir.path(), p)
+                    .unwrap()
+                    .get("a")
+                    .unwrap()
+                    .key
+                    .public_key_der(),
+                &public[..]
+            );
+        });
+        let before: Vec<_> = ["a.key", "b.key", "kek.json"]
+            .iter()
+            .map(|f| fs::read(dir.path().join(f)).unwrap())
+            .collect();
+        let err = with_passphrase("wrong horse", |p| {
+            KeyStore::open(dir.path(), p).unwrap_err().to_string()
+        });
+        assert!(
+            err.contains("wrong key-encryption key") && err.contains("nothing was changed"),
+            "{err}"
+        );
+        assert!(KeyStore::open(dir.path(), &KekSource::None)
+            .unwrap_err()
+            .to_string()
+            .contains("custody.protection"));
+        // Swapping two key files is detected: each is bound to its name.
+        fs::rename(dir.path().join("a.key"), dir.path().join("tmp")).unwrap();
+        fs::rename(dir.path().join("b.key"), dir.path().join("a.key")).unwrap();
+        fs::rename(dir.path().join("tmp"), dir.path().join("b.key")).unwrap();
+        let err = with_passphrase("correct horse", |p| {
+            KeyStore::open(dir.path(), p).unwrap_err().to_string()
+        });
+        assert!(err.contains("authentication failed"), "{err}");
+        fs::rename(dir.path().join("a.key"), dir.path().join("tmp")).unwrap();
+        fs::rename(dir.path().join("b.key"), dir.path().join("a.key")).unwrap();
+        fs::rename(dir.path().join("tmp"), dir.path().join("b.key")).unwrap();
+        // A flipped byte is detected too, and nothing was rewritten by any failed start.
+        let mut tampered = fs::read(dir.path().join("a.key")).unwrap();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        fs::write(dir.path().join("a.key"), &tampered).unwrap();
+        let err = with_passphrase("correct horse", |p| {
+            KeyStore::open(dir.path(), p).unwrap_err().to_string()
+        });
+        assert!(
+            err.contains("a.key") && err.contains("authentication failed"),
+            "{err}"
+        );
+        assert_eq!(fs::read(dir.path().join("b.key")).unwrap(), before[1]);
+        assert_eq!(fs::read(dir.path().join("kek.json")).unwrap(), before[2]);
+    }
+
+    #[test]
+    fn turning_protection_on_seals_existing_plain_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        KeyStore::open(dir.path(), &KekSource::None)
+            .unwrap()
+            .create("k", KeyAlgorithm::EcP256)
+            .unwrap();
+        assert!(!kek::is_sealed(
+            &fs::read(dir.path().join("k.key")).unwrap()
+        ));
+        let kek_file = dir.path().join("kek.bin");
+        fs::write(&kek_file, hex::encode([7u8; 32])).unwrap();
+        fs::set_permissions(&kek_file, fs::Permissions::from_mode(0o600)).unwrap();
+        let source = KekSource::KeyFile {
+            key_file: kek_file.clone(),
+        };
+        KeyStore::open(dir.path(), &source).unwrap();
+        assert!(kek::is_sealed(&fs::read(dir.path().join("k.key")).unwrap()));
+        assert!(KeyStore::open(dir.path(), &source)
+            .unwrap()
+            .get("k")
+            .is_ok());
+        fs::set_permissions(&kek_file, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(KeyStore::open(dir.path(), &source)
+            .unwrap_err()
+            .to_string()
+            .contains("0600"));
+    }
+
     #[test]
     fn names_are_checked_and_unique() {
         let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::open(dir.path()).unwrap();
+        let store = KeyStore::open(dir.path(), &KekSource::None).unwrap();
         assert!(matches!(
             store.create("../evil", KeyAlgorithm::EcP256),
             Err(CustodyError::BadName(_))
@@ -269,14 +419,16 @@ mod tests {
     #[test]
     fn world_readable_key_stops_start_and_destroys_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        KeyStore::open(dir.path())
+        KeyStore::open(dir.path(), &KekSource::None)
             .unwrap()
             .create("k", KeyAlgorithm::EcP256)
             .unwrap();
         let path = dir.path().join("k.key");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let before = fs::read(&path).unwrap();
-        let err = KeyStore::open(dir.path()).unwrap_err().to_string();
+        let err = KeyStore::open(dir.path(), &KekSource::None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("0600"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), before);
     }

@@ -32,6 +32,39 @@ pub enum StartError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    #[error("data directory {path} is in use by another certconn process (serve, or a keys command); stop it first")]
+    Locked { path: std::path::PathBuf },
+}
+
+/// Creates the data directory (0700) and takes its exclusive lock, held for the life of the
+/// returned file. One process at a time owns a data directory: the daemon, or an offline
+/// administrative command such as `certconn keys`.
+pub fn lock_data_dir(config: &Config) -> Result<std::fs::File, StartError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    let path = config.data_dir.join("certconn.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked {
+            path: config.data_dir.clone(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartError::DataDir { path, source }),
+    }
 }
 
 /// Why a submission was not accepted.
@@ -56,20 +89,14 @@ pub struct Services {
 pub struct Connector {
     pub services: Arc<Services>,
     wake: Arc<Notify>,
+    _lock: std::fs::File,
 }
 
 impl Connector {
     /// Opens everything the config names, creating first-start state (data directory, keys and
     /// their self-signed certificates). Any failure stops start-up with the reason.
     pub async fn open(config: Config) -> Result<Self, StartError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&config.data_dir)
-            .map_err(|source| StartError::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            })?;
+        let lock = lock_data_dir(&config)?;
         let keys = Arc::new(KeyStore::open(&config.keys_dir(), &config.custody)?);
         for (name, k) in &config.keys {
             let stored = match keys.get(name) {
@@ -121,6 +148,7 @@ impl Connector {
         Ok(Self {
             services,
             wake: Arc::new(Notify::new()),
+            _lock: lock,
         })
     }
 

@@ -3,6 +3,7 @@
 
 mod bench;
 mod client_cmds;
+mod keys;
 mod serve;
 
 use std::path::PathBuf;
@@ -57,6 +58,11 @@ pub enum Command {
         #[command(subcommand)]
         what: client_cmds::Plugins,
     },
+    /// Administer custody keys (offline: the daemon must be stopped).
+    Keys {
+        #[command(subcommand)]
+        what: keys::Keys,
+    },
     /// Check a config file and report the first problem with its line.
     CheckConfig,
     /// Measure plugin overhead and pipeline throughput, and print the figures.
@@ -101,6 +107,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Submit { what } => client_cmds::submit(&config, what).await,
             Command::Jobs { what } => client_cmds::jobs(&config, what).await,
             Command::Plugins { what } => client_cmds::plugins(&config, what).await,
+            Command::Keys { what } => keys::run(&config, what),
             Command::CheckConfig => {
                 certconn_config(&config)?;
                 println!("{}: ok", config.display());

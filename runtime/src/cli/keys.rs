@@ -1,0 +1,170 @@
+//! `certconn keys`: administer the key store offline. These commands take the data directory's
+//! lock, so they refuse to run while the daemon owns it (the daemon holds keys in memory).
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+use crate::connector::lock_data_dir;
+use crate::crypto::provider::{self, Digest};
+use crate::custody::{KeyAlgorithm, KeyStore, PrivateKey};
+use crate::pki::{pem, pkcs12};
+
+#[derive(Debug, Subcommand)]
+pub enum Keys {
+    /// Generate a key in custody.
+    Create {
+        name: String,
+        #[arg(long, default_value = "ec-p256")]
+        alg: KeyAlgorithm,
+    },
+    /// List keys with their type, certificates and public-key fingerprint.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a key's public half as PEM SubjectPublicKeyInfo.
+    ExportPublic { name: String },
+    /// Take an existing key into custody: an unencrypted PKCS#8 file (PEM or DER), or a PFX
+    /// (its certificate and chain come along).
+    Import {
+        name: String,
+        #[arg(long, conflicts_with = "pfx", required_unless_present = "pfx")]
+        pkcs8: Option<PathBuf>,
+        #[arg(long)]
+        pfx: Option<PathBuf>,
+        /// The PFX password, read from this environment variable (never from the command line).
+        #[arg(long, default_value = "CERTCONN_PFX_PASSWORD")]
+        pfx_password_env: String,
+    },
+    /// Delete a key and its certificates from custody.
+    Delete {
+        name: String,
+        /// Required: deleting a key cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let _lock = lock_data_dir(&config)?;
+    let store = KeyStore::open(&config.keys_dir(), &config.custody)?;
+    match what {
+        Keys::Create { name, alg } => {
+            let key = store.create(&name, alg)?;
+            println!(
+                "created {name}: {} {}",
+                key.key.kind().describe(),
+                fingerprint(key.key.public_key_der())
+            );
+        }
+        Keys::List { json } => {
+            let rows: Vec<serde_json::Value> = store
+                .list()
+                .into_iter()
+                .map(|k| {
+                    let fp = store.get(&k.name).map(|s| fingerprint(s.key.public_key_der())).unwrap_or_default();
+                    serde_json::json!({ "name": k.name, "kind": k.kind, "certificates": k.certificates, "spki_sha256": fp })
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<24}  {:<10}  {:>5}  SPKI SHA-256",
+                    "NAME", "TYPE", "CERTS"
+                );
+                for r in rows {
+                    println!(
+                        "{:<24}  {:<10}  {:>5}  {}",
+                        r["name"].as_str().unwrap_or(""),
+                        r["kind"].as_str().unwrap_or(""),
+                        r["certificates"],
+                        r["spki_sha256"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Keys::ExportPublic { name } => {
+            let key = store.get(&name)?;
+            print!("{}", pem::encode("PUBLIC KEY", key.key.public_key_der()));
+        }
+        Keys::Import {
+            name,
+            pkcs8,
+            pfx,
+            pfx_password_env,
+        } => {
+            let (key, chain) = match (pkcs8, pfx) {
+                (Some(path), _) => (read_pkcs8(&path)?, Vec::new()),
+                (None, Some(path)) => {
+                    let password =
+                        Zeroizing::new(std::env::var(&pfx_password_env).unwrap_or_default());
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let opened = pkcs12::open(&bytes, &password, &config.policy())
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    let (key, cert) = opened.key_and_certificate()?;
+                    let mut chain = vec![cert.der.clone()];
+                    chain.extend(
+                        opened
+                            .certificates
+                            .iter()
+                            .filter(|c| c.der != cert.der)
+                            .map(|c| c.der.clone()),
+                    );
+                    (key, chain)
+                }
+                (None, None) => bail!("give --pkcs8 FILE or --pfx FILE"),
+            };
+            let description = format!(
+                "{} {}",
+                key.kind().describe(),
+                fingerprint(key.public_key_der())
+            );
+            store.put(&name, key)?;
+            if !chain.is_empty() {
+                store.set_chain(&name, chain)?;
+            }
+            println!("imported {name}: {description}");
+        }
+        Keys::Delete { name, yes } => {
+            store.get(&name)?;
+            if !yes {
+                bail!("deleting {name} cannot be undone; repeat with --yes");
+            }
+            store.remove(&name)?;
+            println!("deleted {name}");
+        }
+    }
+    Ok(())
+}
+
+fn fingerprint(spki: &[u8]) -> String {
+    hex::encode(provider::digest(Digest::Sha256, spki))
+}
+
+fn read_pkcs8(path: &std::path::Path) -> anyhow::Result<PrivateKey> {
+    let mut raw = Zeroizing::new(Vec::new());
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut raw))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let der = match std::str::from_utf8(&raw) {
+        Ok(text) if text.contains("-----BEGIN") => {
+            let blocks = pem::decode_all(text).map_err(anyhow::Error::msg)?;
+            let (label, der) = blocks.into_iter().next().context("no PEM block")?;
+            match label.as_str() {
+                "PRIVATE KEY" => Zeroizing::new(der),
+                "ENCRYPTED PRIVATE KEY" => bail!("{}: encrypted PKCS#8 is not supported; decrypt it with `openssl pkcs8 -topk8 -nocrypt` first, or import a PFX", path.display()),
+                other => bail!("{}: expected a PRIVATE KEY (PKCS#8) block, found {other}; convert with `openssl pkcs8 -topk8 -nocrypt`", path.display()),
+            }
+        }
+        _ => raw,
+    };
+    PrivateKey::from_pkcs8(der).with_context(|| format!("{}", path.display()))
+}

@@ -263,6 +263,10 @@ pub struct ProfileConfig {
     /// `modern` (PBES2/AES-256, HMAC-SHA256) or `compat` (3DES, HMAC-SHA1) for older devices.
     #[serde(default)]
     pub pfx_format: crate::pki::pkcs12::PfxProfile,
+    /// How the PFX password reaches an RSA recipient: `rsa-oaep` (default) or `rsa-pkcs1`.
+    /// EC recipients always use ECDH.
+    #[serde(default)]
+    pub recipient_key_transport: crate::pki::cms::KeyTransport,
 }
 
 fn default_key() -> KeyAlgorithm {

@@ -53,14 +53,12 @@ async fn malformed_requests_are_refused_with_the_reason_and_store_nothing() {
                 "req",
                 "-x509",
                 "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
+                "ed25519",
                 "-nodes",
                 "-days",
                 "1",
                 "-subj",
-                "/CN=ec",
+                "/CN=ed25519",
             ])
             .arg("-keyout")
             .arg(dir.path().join("ec.key"))
@@ -127,9 +125,10 @@ async fn malformed_requests_are_refused_with_the_reason_and_store_nothing() {
             "recipient",
         ),
         (
+            // Ed25519 cannot receive a sealed password (no key transport or agreement defined).
             json!({ "profile": "smime", "subject": "CN=x", "recipient": std::fs::read_to_string(&ec_cert).unwrap() }),
             "recipient",
-            "RSA-2048",
+            "unsupported public key algorithm 1.3.101.112",
         ),
         (
             json!({ "profile": "smime", "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n" }),

@@ -334,6 +334,12 @@ fn finish_issue(
             }
         };
         let friendly = cert.tbs_certificate.subject.to_string();
+        let key_transport = services
+            .config
+            .profiles
+            .get(&req.profile)
+            .map(|p| p.recipient_key_transport)
+            .unwrap_or_default();
         let pfx_profile = services
             .config
             .profiles
@@ -362,7 +368,7 @@ fn finish_issue(
                 let sealed = pem::certificate_from_pem_or_der(recipient.as_bytes())
                     .map_err(|e| format!("recipient certificate: {e}"))
                     .and_then(|der| {
-                        pki::cms::seal_for(&der, password.as_bytes())
+                        pki::cms::seal_for(&der, password.as_bytes(), key_transport)
                             .map_err(|e| format!("sealing the password: {e}"))
                     });
                 match sealed {

@@ -41,9 +41,15 @@ pub struct BenchArgs {
     /// Plugin calls for the overhead figure.
     #[arg(long, default_value_t = 2000)]
     calls: usize,
+    /// Measure the PKI building blocks instead (PFX, sealing, custody), this many of each.
+    #[arg(long, num_args = 0..=1, default_missing_value = "200", value_name = "N")]
+    pki: Option<usize>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.pki {
+        return tokio::task::spawn_blocking(move || super::bench_pki::run(n.max(1))).await?;
+    }
     let plugins = std::fs::canonicalize(&args.plugins).with_context(|| {
         format!(
             "plugin directory {} (build it with scripts/build-plugins)",

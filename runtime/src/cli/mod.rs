@@ -2,6 +2,7 @@
 //! chain of causes; the exit status is 1 for errors and 2 for usage mistakes (clap's).
 
 mod bench;
+mod bench_pki;
 mod client_cmds;
 mod keys;
 mod serve;

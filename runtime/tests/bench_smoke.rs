@@ -1,0 +1,63 @@
+//! The benchmark commands keep working and print every figure they promise (no timing is
+//! asserted here: figures are for people, in `certconn bench`).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn bench_prints_overhead_throughput_direct_and_ratio() {
+    let out = Command::new(binary())
+        .args([
+            "bench",
+            "--jobs",
+            "20",
+            "--workers",
+            "2",
+            "--calls",
+            "20",
+            "--plugins",
+        ])
+        .arg(plugins())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "plugin overhead: instantiate + describe",
+        "local-ca:  instantiate + configure + issue",
+        "pipeline:",
+        "direct:",
+        "ratio pipeline/direct:",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+}
+
+#[test]
+fn pki_bench_prints_pfx_seal_and_custody_rates() {
+    let out = Command::new(binary())
+        .args(["bench", "--pki", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "PFX write, modern",
+        "PFX read,  compat",
+        "seal for EC P-256",
+        "custody RSA-OAEP-SHA512 decrypt",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+}

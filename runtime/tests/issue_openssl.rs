@@ -301,7 +301,7 @@ fn without_recipient_the_password_is_shown_once_and_not_kept() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_default(dir.path());
     let pfx = dir.path().join("bob.pfx");
-    let out = daemon.cli(&[
+    let bob = [
         "submit",
         "issue",
         "--profile",
@@ -314,18 +314,15 @@ fn without_recipient_the_password_is_shown_once_and_not_kept() {
         pfx.to_str().unwrap(),
         "--idempotency-key",
         "bob-1",
-    ]);
+    ];
+    let out = daemon.cli(&bob);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let password = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("PFX password (shown once, not kept): "))
-        .unwrap_or_else(|| panic!("no password line in {stdout}"))
-        .to_owned();
+    let password = shown_password(&stdout);
     let text = run_ok(Command::new("openssl").args([
         "pkcs12",
         "-in",
@@ -353,20 +350,7 @@ fn without_recipient_the_password_is_shown_once_and_not_kept() {
     assert!(key_text.contains("Private-Key: (2048 bit"), "{key_text}");
 
     // The same idempotency key returns the same job, and the password is gone.
-    let again = daemon.cli(&[
-        "submit",
-        "issue",
-        "--profile",
-        "smime",
-        "--subject",
-        "CN=Bob",
-        "--key",
-        "rsa-2048",
-        "--out",
-        pfx.to_str().unwrap(),
-        "--idempotency-key",
-        "bob-1",
-    ]);
+    let again = daemon.cli(&bob);
     let again = String::from_utf8_lossy(&again.stdout).into_owned();
     assert!(
         again.contains("already handed out and is not kept"),
@@ -414,11 +398,7 @@ fn a_compat_profile_delivers_a_3des_pfx_for_older_devices() {
         "{stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let password = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("PFX password (shown once, not kept): "))
-        .unwrap()
-        .to_owned();
+    let password = shown_password(&stdout);
     let info = Command::new("openssl")
         .args([
             "pkcs12",

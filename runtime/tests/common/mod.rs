@@ -272,3 +272,12 @@ pub fn start_in(dir: &Path, text: impl FnOnce(&Path, u16) -> String) -> Daemon {
 pub fn start_default(dir: &Path) -> Daemon {
     start_in(dir, |data, port| config_text(data, &plugins(), port, ""))
 }
+
+/// The one-time PFX password `certconn submit issue` printed.
+pub fn shown_password(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PFX password (shown once, not kept): "))
+        .unwrap_or_else(|| panic!("no password line in {stdout}"))
+        .to_owned()
+}

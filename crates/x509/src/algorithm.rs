@@ -1,6 +1,6 @@
 //! Signature algorithm identifiers: one table from scheme to OID and back.
 
-use der::asn1::{AnyRef, ObjectIdentifier};
+use der::asn1::ObjectIdentifier;
 use der::{Decode, Encode};
 use spki::AlgorithmIdentifierOwned;
 
@@ -96,11 +96,6 @@ impl SignatureScheme {
             Self::RsaPssSha256 => "RSASSA-PSS (SHA-256)",
         }
     }
-}
-
-/// Returns whether `any` is absent or an ASN.1 NULL, as parameters of RSA keys must be.
-pub fn is_absent_or_null(any: Option<AnyRef<'_>>) -> bool {
-    any.map(|a| a.is_null()).unwrap_or(true)
 }
 
 #[cfg(test)]

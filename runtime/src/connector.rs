@@ -32,6 +32,8 @@ pub enum StartError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    #[error("{0}")]
+    Fips(String),
     #[error("data directory {path} is in use by another certconn process (serve, or a keys command); stop it first")]
     Locked { path: std::path::PathBuf },
 }
@@ -96,6 +98,10 @@ impl Connector {
     /// Opens everything the config names, creating first-start state (data directory, keys and
     /// their self-signed certificates). Any failure stops start-up with the reason.
     pub async fn open(config: Config) -> Result<Self, StartError> {
+        let fips = crate::crypto::fips::FipsStatus::probe(config.crypto.fips);
+        if let Some(reason) = fips.refusal() {
+            return Err(StartError::Fips(reason));
+        }
         let lock = lock_data_dir(&config)?;
         let keys = Arc::new(KeyStore::open(&config.keys_dir(), &config.custody)?);
         for (name, k) in &config.keys {

@@ -282,6 +282,16 @@ fn issued_pfx_and_sealed_password_are_read_by_openssl() {
         .collect();
     assert_eq!(cached, vec![format!("{sha}.cwasm")]);
 
+    // status reports the FIPS state honestly for this build.
+    let status = daemon.cli(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    let expected = if cfg!(feature = "fips") {
+        "module built yes, active yes, self-test passed"
+    } else {
+        "FIPS: policy off, module built no, active no, self-test n/a"
+    };
+    assert!(status.contains(expected), "{status}");
+
     // jobs list and plugins list show what happened.
     let jobs = daemon.cli(&["jobs", "list"]);
     let jobs = String::from_utf8_lossy(&jobs.stdout);

@@ -381,3 +381,55 @@ pub async fn plugins(config_path: &Path, what: Plugins) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `certconn status`: the daemon's health, job counts and FIPS state.
+pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
+    let api = client(config_path)?;
+    let health = api.call(Method::GET, "/v1/health", None).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&health)?);
+        return Ok(());
+    }
+    let fips = &health["fips"];
+    let yes = |v: &Value| {
+        if v.as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        }
+    };
+    println!(
+        "certconn {}: {}",
+        health["version"].as_str().unwrap_or("?"),
+        health["status"].as_str().unwrap_or("?")
+    );
+    println!("backends: {}", health["backends"]);
+    let jobs: Vec<String> = health["jobs"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
+        .unwrap_or_default();
+    println!(
+        "jobs: {}",
+        if jobs.is_empty() {
+            "none".into()
+        } else {
+            jobs.join(", ")
+        }
+    );
+    println!(
+        "FIPS: policy {}, module built {}, active {}, self-test {}",
+        if fips["policy"].as_bool() == Some(true) {
+            "on"
+        } else {
+            "off"
+        },
+        yes(&fips["module_built"]),
+        yes(&fips["module_active"]),
+        match fips["self_test_passed"].as_bool() {
+            Some(true) => "passed",
+            Some(false) => "FAILED",
+            None => "n/a",
+        }
+    );
+    Ok(())
+}

@@ -54,6 +54,11 @@ pub enum Command {
         #[command(subcommand)]
         what: client_cmds::Jobs,
     },
+    /// Show the daemon's health, job counts and FIPS state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the loaded backends.
     Plugins {
         #[command(subcommand)]
@@ -107,6 +112,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Serve => serve::serve(&config).await,
             Command::Submit { what } => client_cmds::submit(&config, what).await,
             Command::Jobs { what } => client_cmds::jobs(&config, what).await,
+            Command::Status { json } => client_cmds::status(&config, json).await,
             Command::Plugins { what } => client_cmds::plugins(&config, what).await,
             Command::Keys { what } => keys::run(&config, what),
             Command::CheckConfig => {

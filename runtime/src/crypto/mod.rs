@@ -3,6 +3,7 @@
 //! Every primitive certconn uses — its own and those plugins ask for through the `crypto` import —
 //! runs here, so FIPS mode is one switch in one place.
 
+pub mod fips;
 pub mod policy;
 pub mod provider;
 

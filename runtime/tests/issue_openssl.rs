@@ -214,6 +214,11 @@ fn issued_pfx_and_sealed_password_are_read_by_openssl() {
         text.contains("E-mail Protection, TLS Web Client Authentication"),
         "{text}"
     );
+    assert!(
+        text.contains("X509v3 Extended Key Usage: \n"),
+        "EKU must not be critical: {text}"
+    );
+    assert!(text.contains("X509v3 Key Usage: critical"), "{text}");
     assert!(text.contains("CA:FALSE"), "{text}");
     assert!(
         text.contains("ASN1 OID: prime256v1"),

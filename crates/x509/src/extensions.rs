@@ -234,12 +234,15 @@ pub fn key_usage(usages: &[KeyUsageName], subject: &Name) -> Result<Extension> {
     extension(&KeyUsage(set), subject)
 }
 
-/// `extKeyUsage` (not critical).
+/// `extKeyUsage`, not critical: x509-cert marks it critical by default, which RFC 5280 allows
+/// but which some S/MIME clients reject in end-entity certificates.
 pub fn extended_key_usage(purposes: &[ExtendedKeyUsageName], subject: &Name) -> Result<Extension> {
-    extension(
+    let mut ext = extension(
         &ExtendedKeyUsage(purposes.iter().map(|p| p.oid()).collect()),
         subject,
-    )
+    )?;
+    ext.critical = false;
+    Ok(ext)
 }
 
 /// `subjectAltName`; critical when the subject is empty, as RFC 5280 requires.

@@ -21,21 +21,7 @@ fn a_key_file_protected_store_serves_and_refuses_the_wrong_key() {
     let mut daemon = start_in(dir.path(), |data, port| {
         config_text(data, &plugins(), port, &custody)
     });
-    let out = daemon.cli(&[
-        "submit",
-        "issue",
-        "--profile",
-        "smime",
-        "--subject",
-        "CN=Sealed",
-        "--out",
-        dir.path().join("s.pfx").to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    issue_pfx(&daemon, "smime", "CN=Sealed", &dir.path().join("s.pfx"));
     daemon.stop();
 
     let ca_key = dir.path().join("data/keys/local-ca.key");

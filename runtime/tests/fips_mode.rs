@@ -41,32 +41,8 @@ fn fips_policy_runs_only_on_the_fips_module() {
     );
 
     let pfx = dir.path().join("fips.pfx");
-    let out = daemon.cli(&[
-        "submit",
-        "issue",
-        "--profile",
-        "smime",
-        "--subject",
-        "CN=FIPS",
-        "--out",
-        pfx.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let password = shown_password(&stdout);
-    run_ok(Command::new("openssl").args([
-        "pkcs12",
-        "-info",
-        "-noout",
-        "-in",
-        pfx.to_str().unwrap(),
-        "-passin",
-        &format!("pass:{password}"),
-    ]));
+    let password = issue_pfx(&daemon, "smime", "CN=FIPS", &pfx);
+    openssl_pkcs12_info(&pfx, &password);
 
     let out = daemon.cli(&[
         "submit",

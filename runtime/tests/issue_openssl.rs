@@ -397,37 +397,8 @@ fn a_compat_profile_delivers_a_3des_pfx_for_older_devices() {
         config_text(data, &plugins(), port, extra)
     });
     let pfx = dir.path().join("old.pfx");
-    let out = daemon.cli(&[
-        "submit",
-        "issue",
-        "--profile",
-        "legacy",
-        "--subject",
-        "CN=Old Phone",
-        "--out",
-        pfx.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let password = shown_password(&stdout);
-    let info = Command::new("openssl")
-        .args([
-            "pkcs12",
-            "-info",
-            "-noout",
-            "-in",
-            pfx.to_str().unwrap(),
-            "-passin",
-            &format!("pass:{password}"),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&info.stderr);
-    assert!(info.status.success(), "{text}");
+    let password = issue_pfx(&daemon, "legacy", "CN=Old Phone", &pfx);
+    let text = openssl_pkcs12_info(&pfx, &password);
     assert!(
         text.contains("MAC: sha1") && text.contains("pbeWithSHA1And3-KeyTripleDES-CBC"),
         "{text}"

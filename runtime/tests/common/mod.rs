@@ -281,3 +281,48 @@ pub fn shown_password(stdout: &str) -> String {
         .unwrap_or_else(|| panic!("no password line in {stdout}"))
         .to_owned()
 }
+
+/// `certconn submit issue --profile P --subject S --out PFX` against `daemon`; asserts success
+/// and returns the one-time password it printed.
+pub fn issue_pfx(daemon: &Daemon, profile: &str, subject: &str, pfx: &Path) -> String {
+    let out = daemon.cli(&[
+        "submit",
+        "issue",
+        "--profile",
+        profile,
+        "--subject",
+        subject,
+        "--out",
+        pfx.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    shown_password(&stdout)
+}
+
+/// What `openssl pkcs12 -info -noout` says about `pfx` (it reports on stderr); asserts it opened it.
+pub fn openssl_pkcs12_info(pfx: &Path, password: &str) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "pkcs12",
+            "-info",
+            "-noout",
+            "-passin",
+            &format!("pass:{password}"),
+            "-in",
+        ])
+        .arg(pfx)
+        .output()
+        .expect("run openssl");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "openssl could not read {}: {text}",
+        pfx.display()
+    );
+    text
+}

@@ -81,6 +81,8 @@ pub enum SubmitError {
 /// Everything a job needs, shared by the workers and the API.
 pub struct Services {
     pub config: Arc<Config>,
+    /// Probed once at start: the self-test is not free, and the module cannot change under us.
+    pub fips: crate::crypto::fips::FipsStatus,
     pub journal: Arc<Journal>,
     pub keys: Arc<KeyStore>,
     pub registry: Arc<Registry>,
@@ -145,6 +147,7 @@ impl Connector {
         let registry =
             Arc::new(Registry::load(engine.clone(), &config, keys.clone(), config.policy()).await?);
         let services = Arc::new(Services {
+            fips,
             config: Arc::new(config),
             journal,
             keys,

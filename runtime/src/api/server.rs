@@ -146,7 +146,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "backends": state.connector.services.registry.backends().count(),
-        "fips": crate::crypto::fips::FipsStatus::probe(state.connector.services.config.crypto.fips),
+        "fips": &state.connector.services.fips,
         "jobs": counts.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
     }))
 }

@@ -6,34 +6,7 @@ use std::process::Command;
 
 use certconn::pki::cms::{seal_for, KeyTransport};
 use certconn::pki::pem;
-use common::run_ok;
-
-fn recipient(
-    dir: &std::path::Path,
-    name: &str,
-    newkey: &[&str],
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    let key = dir.join(format!("{name}.key"));
-    let cert = dir.join(format!("{name}.pem"));
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                &format!("/CN={name}"),
-            ])
-            .args(newkey)
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert),
-    );
-    (key, cert)
-}
+use common::{openssl_self_signed, run_ok};
 
 #[test]
 fn openssl_decrypts_oaep_pkcs1_and_ecdh_envelopes() {
@@ -65,7 +38,7 @@ fn openssl_decrypts_oaep_pkcs1_and_ecdh_envelopes() {
         ),
     ];
     for (name, newkey, transport, algorithm) in cases {
-        let (key, cert) = recipient(dir.path(), name, &newkey);
+        let (key, cert) = openssl_self_signed(dir.path(), name, &newkey);
         let der = pem::certificate_from_pem_or_der(&std::fs::read(&cert).unwrap()).unwrap();
         let secret = format!("the PFX password for {name}");
         let sealed =
@@ -102,7 +75,7 @@ fn unsupported_recipients_are_refused_with_the_reason() {
         ("weak", vec!["-newkey", "rsa:1024"], "RSA-1024"),
         ("ed", vec!["-newkey", "ed25519"], "1.3.101.112"),
     ] {
-        let (_, cert) = recipient(dir.path(), name, &newkey);
+        let (_, cert) = openssl_self_signed(dir.path(), name, &newkey);
         let der = pem::certificate_from_pem_or_der(&std::fs::read(&cert).unwrap()).unwrap();
         let err = seal_for(&der, b"x", KeyTransport::RsaOaep)
             .unwrap_err()

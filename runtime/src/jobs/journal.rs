@@ -104,18 +104,30 @@ impl std::fmt::Debug for Journal {
     }
 }
 
+/// A column whose text is not one of the values certconn writes: the journal was edited or is
+/// corrupt, which must not be mistaken for a real state.
+fn unknown_value(column: &str, value: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("unknown {column} {value:?}").into(),
+    )
+}
+
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<(JobRecord, String)> {
     let id: String = row.get("id")?;
     let kind: String = row.get("kind")?;
     let state: String = row.get("state")?;
+    let kind = JobKind::parse(&kind).ok_or_else(|| unknown_value("job kind", &kind))?;
+    let state = JobState::parse(&state).ok_or_else(|| unknown_value("job state", &state))?;
     let request: String = row.get("request")?;
     Ok((
         JobRecord {
             id,
             source: row.get("source")?,
             idempotency_key: row.get("idempotency_key")?,
-            kind: JobKind::parse(&kind).unwrap_or(JobKind::Issue),
-            state: JobState::parse(&state).unwrap_or(JobState::Failed),
+            kind,
+            state,
             request: serde_json::Value::Null,
             attempts: row.get("attempts")?,
             backend: row.get("backend")?,
@@ -529,6 +541,20 @@ mod tests {
         let polled = j.lease_next(60_000).unwrap().expect("due now");
         assert_eq!(polled.poll_token.as_deref(), Some("token-1"));
         assert_eq!(polled.attempts, 1);
+    }
+
+    #[test]
+    fn an_edited_state_is_an_error_not_a_guess() {
+        let (_d, j) = journal();
+        let (job, _) = j.enqueue("api", "k", JobKind::Issue, &json!({})).unwrap();
+        j.conn()
+            .execute(
+                "UPDATE jobs SET state = 'paused' WHERE id = ?1",
+                params![job.id],
+            )
+            .unwrap();
+        let err = j.get(&job.id).unwrap_err().to_string();
+        assert!(err.contains("unknown job state \"paused\""), "{err}");
     }
 
     #[test]

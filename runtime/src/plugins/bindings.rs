@@ -14,4 +14,3 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::certconn::plugin::types;
-pub use self::exports::certconn::plugin::backend as backend_export;

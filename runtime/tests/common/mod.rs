@@ -208,29 +208,34 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// An RSA device key and self-signed certificate made by openssl.
-pub fn openssl_device(dir: &Path) -> (PathBuf, PathBuf) {
-    let key = dir.join("device.key");
-    let cert = dir.join("device.pem");
+/// A key and self-signed certificate made by openssl: `dir/NAME.key`, `dir/NAME.pem`.
+/// `newkey` is openssl's key choice, e.g. `["-newkey", "rsa:2048"]`.
+pub fn openssl_self_signed(dir: &Path, name: &str, newkey: &[&str]) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.pem"));
     run_ok(
         Command::new("openssl")
             .args([
                 "req",
                 "-x509",
-                "-newkey",
-                "rsa:2048",
                 "-nodes",
                 "-days",
                 "2",
                 "-subj",
-                "/CN=device",
+                &format!("/CN={name}"),
             ])
+            .args(newkey)
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
             .arg(&cert),
     );
     (key, cert)
+}
+
+/// An RSA-2048 device key and self-signed certificate made by openssl.
+pub fn openssl_device(dir: &Path) -> (PathBuf, PathBuf) {
+    openssl_self_signed(dir, "device", &["-newkey", "rsa:2048"])
 }
 
 /// A plugin directory holding the first-party and the test plugins, for configs that mix them.

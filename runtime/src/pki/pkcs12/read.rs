@@ -181,11 +181,10 @@ pub fn open(bytes: &[u8], password: &str, policy: &AlgorithmPolicy) -> Result<Op
             )
         });
         kdf_password = matched.ok_or(PfxError::WrongPassword)?;
-        opened.protections.push(
-            format!("MAC HMAC-{digest:?} ({iterations} iterations)")
-                .to_uppercase()
-                .replace("ITERATIONS", "iterations"),
-        );
+        opened.protections.push(format!(
+            "MAC HMAC-{} ({iterations} iterations)",
+            digest.name()
+        ));
     } else {
         opened.protections.push("no MAC".into());
     }

@@ -45,9 +45,9 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub crypto: CryptoConfig,
-    /// How the software key store is protected at rest.
+    /// How the software key store is protected at rest, and the PKCS#11 token if any.
     #[serde(default)]
-    pub custody: crate::custody::KekSource,
+    pub custody: crate::custody::CustodyConfig,
     #[serde(default)]
     pub jobs: JobsConfig,
     pub plugins: PluginsConfig,
@@ -194,6 +194,9 @@ fn default_pfx_iterations() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     pub algorithm: KeyAlgorithm,
+    /// `software` (default) or `pkcs11` (the `custody.pkcs11` token).
+    #[serde(default)]
+    pub store: crate::custody::KeyLocation,
     /// Give the key a self-signed CA certificate when it is created (for `local-ca`).
     pub self_signed: Option<SelfSigned>,
 }
@@ -349,6 +352,13 @@ impl Config {
             ));
         }
         for (name, key) in &self.keys {
+            if key.store == crate::custody::KeyLocation::Pkcs11 && self.custody.pkcs11.is_none() {
+                return Err(whole(
+                    &format!("keys.{name}"),
+                    "store = \"pkcs11\" needs a [custody.pkcs11] section (module, token_label)"
+                        .into(),
+                ));
+            }
             if let Some(ss) = &key.self_signed {
                 if let Err(e) = ss.subject.get_ref().parse::<x509_cert::name::Name>() {
                     return Err(self.invalid(text, ss.subject.span(), format!("keys.{name}.self_signed.subject"), format!("not a distinguished name ({e}); write it like \"CN=Example CA,O=Example\"")));
@@ -524,6 +534,42 @@ backend = "local"
     }
 
     #[test]
+    fn pkcs11_token_config_parses_and_is_required_by_pkcs11_keys() {
+        let c = Config::parse(
+            Path::new("c.toml"),
+            &format!("{GOOD}[custody]\nprotection = \"passphrase\"\n[custody.pkcs11]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"certconn\"\n"),
+        )
+        .unwrap();
+        let p11 = c.custody.pkcs11.expect("pkcs11 parsed");
+        assert_eq!(p11.token_label, "certconn");
+        assert_eq!(p11.pin_env, "CERTCONN_PKCS11_PIN");
+        assert!(matches!(
+            c.custody.protection,
+            crate::custody::KekSource::Passphrase { .. }
+        ));
+        let e = Config::parse(
+            Path::new("c.toml"),
+            &format!("{GOOD}[custody.pkcs11]\nmodule = \"/x.so\"\ntoken = \"t\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("pkcs11") && e.contains("token"), "{e}");
+        let e = Config::parse(
+            Path::new("c.toml"),
+            &GOOD.replace(
+                "algorithm = \"ec-p256\"",
+                "algorithm = \"ec-p256\"\nstore = \"pkcs11\"",
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("keys.ca") && e.contains("[custody.pkcs11]"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn custody_protection_parses_and_rejects_unknown_kinds() {
         let c = Config::parse(
             Path::new("c.toml"),
@@ -531,18 +577,20 @@ backend = "local"
         )
         .unwrap();
         assert_eq!(
-            c.custody,
+            c.custody.protection,
             crate::custody::KekSource::Passphrase {
                 passphrase_env: "CERTCONN_KEYSTORE_PASSPHRASE".into()
             }
         );
+        assert_eq!(c.custody.pkcs11, None);
         let e = Config::parse(
             Path::new("c.toml"),
             &format!("{GOOD}[custody]\nprotection = \"rot13\"\n"),
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("rot13") && e.contains("line 15"), "{e}");
+        // The [custody] table is read as a whole (see CustodyConfig), so the error points at it.
+        assert!(e.contains("rot13") && e.contains("line 14"), "{e}");
     }
 
     #[test]

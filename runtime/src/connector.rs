@@ -110,8 +110,8 @@ impl Connector {
             let stored = match keys.get(name) {
                 Ok(s) => s,
                 Err(_) => {
-                    tracing::info!(key = %name, algorithm = %k.algorithm, "creating custody key");
-                    keys.create(name, k.algorithm)?
+                    tracing::info!(key = %name, algorithm = %k.algorithm, store = ?k.store, "creating custody key");
+                    keys.create(name, k.algorithm, k.store)?
                 }
             };
             if let (Some(ss), true) = (&k.self_signed, stored.chain.is_empty()) {

@@ -41,9 +41,9 @@ fn bench_prints_overhead_throughput_direct_and_ratio() {
 }
 
 #[test]
-fn pki_bench_prints_pfx_seal_and_custody_rates() {
+fn pki_bench_prints_pfx_seal_and_custody_rates_software_and_softhsm() {
     let out = Command::new(binary())
-        .args(["bench", "--pki", "2"])
+        .args(["bench", "--pki", "2", "--pkcs11", "softhsm"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -56,7 +56,9 @@ fn pki_bench_prints_pfx_seal_and_custody_rates() {
         "PFX write, modern",
         "PFX read,  compat",
         "seal for EC P-256",
-        "custody RSA-OAEP-SHA512 decrypt",
+        "custody RSA-OAEP-SHA512 decrypt, RSA-2048 (software store)",
+        "custody sign, EC P-256 (SoftHSM2)",
+        "custody RSA-OAEP-SHA512 decrypt, RSA-2048 (SoftHSM2)",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
     }

@@ -164,7 +164,7 @@ fn our_own_pfx_round_trips() {
     let subject: x509_cert::name::Name = "CN=round trip".parse().unwrap();
     let cert = certconn::pki::ca::self_signed(&key, &subject, 1).unwrap();
     let contents = pkcs12::PfxContents {
-        key_pkcs8: key.pkcs8_der(),
+        key_pkcs8: key.pkcs8_der().unwrap(),
         certificate: &cert,
         chain: &[],
         friendly_name: Some("rt"),
@@ -199,7 +199,7 @@ fn compat_profile_is_3des_with_a_sha1_mac_and_refused_in_fips_mode() {
     let subject: x509_cert::name::Name = "CN=old device".parse().unwrap();
     let cert = certconn::pki::ca::self_signed(&key, &subject, 1).unwrap();
     let contents = pkcs12::PfxContents {
-        key_pkcs8: key.pkcs8_der(),
+        key_pkcs8: key.pkcs8_der().unwrap(),
         certificate: &cert,
         chain: &[],
         friendly_name: None,

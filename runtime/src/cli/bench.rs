@@ -44,11 +44,22 @@ pub struct BenchArgs {
     /// Measure the PKI building blocks instead (PFX, sealing, custody), this many of each.
     #[arg(long, num_args = 0..=1, default_missing_value = "200", value_name = "N")]
     pki: Option<usize>,
+    /// With --pki, also measure custody on a PKCS#11 token: `softhsm` makes a throwaway SoftHSM2
+    /// token (needs `softhsm2-util`); a module path uses that module's token `--pkcs11-token`,
+    /// with the user PIN in `CERTCONN_PKCS11_PIN` (two keys are made on it and destroyed).
+    #[arg(long, value_name = "softhsm|MODULE", requires = "pki")]
+    pkcs11: Option<String>,
+    #[arg(long, default_value = "certconn-bench")]
+    pkcs11_token: String,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(n) = args.pki {
-        return tokio::task::spawn_blocking(move || super::bench_pki::run(n.max(1))).await?;
+        let token = args
+            .pkcs11
+            .clone()
+            .map(|module| super::bench_pki::TokenChoice::new(&module, &args.pkcs11_token));
+        return tokio::task::spawn_blocking(move || super::bench_pki::run(n.max(1), token)).await?;
     }
     let plugins = std::fs::canonicalize(&args.plugins).with_context(|| {
         format!(
@@ -283,7 +294,7 @@ fn direct_issue(ca: &PrivateKey, ca_chain: &[Vec<u8>], iterations: u32) -> anyho
     let password = pki::pkcs12::random_password()?;
     pki::pkcs12::write(
         &pki::pkcs12::PfxContents {
-            key_pkcs8: key.pkcs8_der(),
+            key_pkcs8: key.pkcs8_der()?,
             certificate: &cert,
             chain: ca_chain,
             friendly_name: Some("bench"),

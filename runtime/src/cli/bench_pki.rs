@@ -1,6 +1,7 @@
 //! `certconn bench --pki`: the PKI building blocks on their own, one thread, per second.
 //! PFX write and read (modern vs compat), sealing the password for a device (RSA-OAEP,
-//! RSA-PKCS#1, ECDH P-256), and custody's private-key operations on the software store.
+//! RSA-PKCS#1, ECDH P-256), and custody's private-key operations on the software store and,
+//! with `--pkcs11`, on a PKCS#11 token.
 
 use std::time::Instant;
 
@@ -8,7 +9,9 @@ use anyhow::Context;
 
 use crate::crypto::provider::{self, Padding};
 use crate::crypto::AlgorithmPolicy;
-use crate::custody::{KeyAlgorithm, PrivateKey};
+use crate::custody::{
+    CustodyConfig, KeyAlgorithm, KeyLocation, KeyStore, Pkcs11Config, PrivateKey,
+};
 use crate::pki::cms::{self, KeyTransport};
 use crate::pki::pkcs12::{self, PfxContents, PfxProfile};
 
@@ -26,14 +29,159 @@ fn line(what: &str, per_second: f64) {
     println!("{what:<58} {per_second:>10.1} /s");
 }
 
-pub fn run(n: usize) -> anyhow::Result<()> {
+/// Which token `--pkcs11` measures.
+pub enum TokenChoice {
+    /// A throwaway SoftHSM2 token made for the run.
+    SoftHsm,
+    /// The token `label` of an installed module.
+    Module {
+        module: std::path::PathBuf,
+        label: String,
+    },
+}
+
+impl TokenChoice {
+    pub fn new(module: &str, label: &str) -> Self {
+        if module == "softhsm" {
+            Self::SoftHsm
+        } else {
+            Self::Module {
+                module: module.into(),
+                label: label.into(),
+            }
+        }
+    }
+}
+
+/// Where Debian's softhsm2 package installs the module.
+const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Sets up the token and returns the custody config for it.
+fn token_custody(choice: &TokenChoice, dir: &std::path::Path) -> anyhow::Result<CustodyConfig> {
+    let (module, label, pin_file) = match choice {
+        TokenChoice::Module { module, label } => (module.clone(), label.clone(), None),
+        TokenChoice::SoftHsm => {
+            use std::os::unix::fs::PermissionsExt;
+            let tokens = dir.join("tokens");
+            std::fs::create_dir_all(&tokens)?;
+            let conf = dir.join("softhsm2.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                    tokens.display()
+                ),
+            )?;
+            let pin = hex::encode(provider::random_vec(8)?);
+            let out = std::process::Command::new("softhsm2-util")
+                .env("SOFTHSM2_CONF", &conf)
+                .args([
+                    "--init-token",
+                    "--free",
+                    "--label",
+                    "certconn-bench",
+                    "--pin",
+                ])
+                .arg(&pin)
+                .args(["--so-pin", &pin])
+                .output()
+                .context("running softhsm2-util (install the softhsm2 package)")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "softhsm2-util --init-token: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // SoftHSM reads its configuration from the environment when the module starts; this
+            // process has no other token user.
+            std::env::set_var("SOFTHSM2_CONF", &conf);
+            let pin_file = dir.join("pin");
+            std::fs::write(&pin_file, pin)?;
+            std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))?;
+            (
+                SOFTHSM_MODULE.into(),
+                "certconn-bench".to_owned(),
+                Some(pin_file),
+            )
+        }
+    };
+    Ok(CustodyConfig {
+        protection: Default::default(),
+        pkcs11: Some(Pkcs11Config {
+            module,
+            token_label: label,
+            pin_env: "CERTCONN_PKCS11_PIN".into(),
+            pin_file,
+        }),
+    })
+}
+
+/// Custody sign and OAEP-decrypt on a token, beside the software figures.
+fn bench_token(n: usize, choice: &TokenChoice) -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    let result = (|| {
+        let custody = token_custody(choice, &dir)?;
+        let store = KeyStore::open(&dir.join("keys"), &custody)?;
+        let what = match choice {
+            TokenChoice::SoftHsm => "SoftHSM2".to_owned(),
+            TokenChoice::Module { label, .. } => format!("PKCS#11 token {label:?}"),
+        };
+        let run = || -> anyhow::Result<()> {
+            for (name, alg) in [
+                ("bench-ec-p256", KeyAlgorithm::EcP256),
+                ("bench-rsa-2048", KeyAlgorithm::Rsa2048),
+            ] {
+                let k = store.create(name, alg, KeyLocation::Pkcs11)?;
+                let scheme = k.key.kind().default_signature_scheme();
+                line(
+                    &format!("custody sign, {} ({what})", k.key.kind().describe()),
+                    rate(n, || {
+                        Ok(k.key.sign(scheme, b"message to sign").map(drop)?)
+                    })?,
+                );
+                if alg == KeyAlgorithm::Rsa2048 {
+                    let ct = provider::rsa_encrypt(
+                        k.key.public_key_der(),
+                        Padding::OaepSha512,
+                        b"pfx password",
+                    )?;
+                    line(
+                        &format!("custody RSA-OAEP-SHA512 decrypt, RSA-2048 ({what})"),
+                        rate(n, || {
+                            Ok(k.key.decrypt(Padding::OaepSha512, &ct).map(drop)?)
+                        })?,
+                    );
+                }
+            }
+            Ok(())
+        };
+        let outcome = run();
+        for name in ["bench-ec-p256", "bench-rsa-2048"] {
+            let _ = store.remove(name);
+        }
+        outcome
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "certconn-bench-pkcs11-{}-{}",
+        std::process::id(),
+        hex::encode(provider::random_vec(4)?)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+pub fn run(n: usize, token: Option<TokenChoice>) -> anyhow::Result<()> {
     let policy = AlgorithmPolicy::default();
     println!("certconn bench --pki: {n} operations each, one thread");
     let key = PrivateKey::generate(KeyAlgorithm::Rsa2048)?;
     let subject: x509_cert::name::Name = "CN=bench".parse()?;
     let cert = crate::pki::ca::self_signed(&key, &subject, 1)?;
     let contents = PfxContents {
-        key_pkcs8: key.pkcs8_der(),
+        key_pkcs8: key.pkcs8_der()?,
         certificate: &cert,
         chain: &[],
         friendly_name: Some("bench"),
@@ -117,8 +265,9 @@ pub fn run(n: usize) -> anyhow::Result<()> {
         "custody RSA-OAEP-SHA512 decrypt, RSA-2048 (software store)",
         rate(n, || Ok(key.decrypt(Padding::OaepSha512, &ct).map(drop)?))?,
     );
-    println!(
-        "custody on a PKCS#11 token (SoftHSM2): not measured — the PKCS#11 store is not built yet"
-    );
+    match token {
+        Some(choice) => bench_token(n, &choice)?,
+        None => println!("custody on a PKCS#11 token: add --pkcs11 softhsm (or a module path)"),
+    }
     Ok(())
 }

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use crate::config::Config;
 use crate::connector::lock_data_dir;
 use crate::crypto::provider::{self, Digest};
-use crate::custody::{KeyAlgorithm, KeyStore, PrivateKey};
+use crate::custody::{KeyAlgorithm, KeyLocation, KeyStore, PrivateKey};
 use crate::pki::{pem, pkcs12};
 
 #[derive(Debug, Subcommand)]
@@ -21,6 +21,10 @@ pub enum Keys {
         name: String,
         #[arg(long, default_value = "ec-p256")]
         alg: KeyAlgorithm,
+        /// `software` (sealed at rest per custody.protection) or `pkcs11` (on the
+        /// custody.pkcs11 token, never extractable).
+        #[arg(long, default_value = "software")]
+        store: KeyLocation,
     },
     /// List keys with their type, certificates and public-key fingerprint.
     List {
@@ -55,10 +59,18 @@ pub fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config)?;
     let store = KeyStore::open(&config.keys_dir(), &config.custody)?;
     match what {
-        Keys::Create { name, alg } => {
-            let key = store.create(&name, alg)?;
+        Keys::Create {
+            name,
+            alg,
+            store: location,
+        } => {
+            let key = store.create(&name, alg, location)?;
+            let place = match key.key.token() {
+                Some(t) => format!(" on PKCS#11 token {:?}", t.token_label()),
+                None => String::new(),
+            };
             println!(
-                "created {name}: {} {}",
+                "created {name}: {}{place} {}",
                 key.key.kind().describe(),
                 fingerprint(key.key.public_key_der())
             );
@@ -69,21 +81,22 @@ pub fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()> {
                 .into_iter()
                 .map(|k| {
                     let fp = store.get(&k.name).map(|s| fingerprint(s.key.public_key_der())).unwrap_or_default();
-                    serde_json::json!({ "name": k.name, "kind": k.kind, "certificates": k.certificates, "spki_sha256": fp })
+                    serde_json::json!({ "name": k.name, "kind": k.kind, "store": k.store, "certificates": k.certificates, "spki_sha256": fp })
                 })
                 .collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:<24}  {:<10}  {:>5}  SPKI SHA-256",
-                    "NAME", "TYPE", "CERTS"
+                    "{:<24}  {:<10}  {:<20}  {:>5}  SPKI SHA-256",
+                    "NAME", "TYPE", "STORE", "CERTS"
                 );
                 for r in rows {
                     println!(
-                        "{:<24}  {:<10}  {:>5}  {}",
+                        "{:<24}  {:<10}  {:<20}  {:>5}  {}",
                         r["name"].as_str().unwrap_or(""),
                         r["kind"].as_str().unwrap_or(""),
+                        r["store"].as_str().unwrap_or(""),
                         r["certificates"],
                         r["spki_sha256"].as_str().unwrap_or("")
                     );

@@ -68,6 +68,16 @@ impl Padding {
             Self::Pkcs1 => None,
         }
     }
+    /// The OAEP hash (also the MGF1 hash), or `None` for PKCS#1 v1.5.
+    pub fn oaep_digest(self) -> Option<Digest> {
+        match self {
+            Self::OaepSha1 => Some(Digest::Sha1),
+            Self::OaepSha256 => Some(Digest::Sha256),
+            Self::OaepSha384 => Some(Digest::Sha384),
+            Self::OaepSha512 => Some(Digest::Sha512),
+            Self::Pkcs1 => None,
+        }
+    }
 }
 
 /// Fills `buf` from the approved DRBG.

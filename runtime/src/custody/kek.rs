@@ -71,7 +71,8 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> CustodyError {
     }
 }
 
-fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, CustodyError> {
+/// Reads a file that holds a secret, refusing it when others may read it.
+pub(crate) fn read_protected_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, CustodyError> {
     let meta = std::fs::metadata(path).map_err(|source| CustodyError::Io {
         path: path.to_owned(),
         source,
@@ -80,15 +81,21 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, CustodyError> {
         return Err(corrupt(
             path,
             format!(
-                "permissions {:o} let others read the key-encryption key; expected 0600 or 0400",
+                "permissions {:o} let others read this secret; expected 0600 or 0400",
                 meta.permissions().mode() & 0o777
             ),
         ));
     }
-    let raw = Zeroizing::new(std::fs::read(path).map_err(|source| CustodyError::Io {
-        path: path.to_owned(),
-        source,
-    })?);
+    Ok(Zeroizing::new(std::fs::read(path).map_err(|source| {
+        CustodyError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    })?))
+}
+
+fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, CustodyError> {
+    let raw = read_protected_file(path)?;
     let text = std::str::from_utf8(&raw).map(str::trim).unwrap_or("");
     if raw.len() == 32 {
         return Ok(raw);

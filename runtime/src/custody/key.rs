@@ -9,6 +9,7 @@ use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use certconn_x509::{PublicKeyKind, SignatureScheme};
 use zeroize::Zeroizing;
 
+use super::pkcs11::TokenKey;
 use crate::crypto::provider::Padding;
 use crate::crypto::CryptoError;
 
@@ -61,20 +62,31 @@ enum Inner {
         oaep: OaepPrivateDecryptingKey,
         pkcs1: Pkcs1PrivateDecryptingKey,
     },
+    /// On a PKCS#11 token: only a handle is here.
+    Token(TokenKey),
 }
 
-/// A private key held by the host.
+/// A private key held by the host: in memory (software store, device keys) or on a token.
 pub struct PrivateKey {
     inner: Inner,
     kind: PublicKeyKind,
-    pkcs8: Zeroizing<Vec<u8>>,
+    /// `None` for token keys, which cannot leave the token.
+    pkcs8: Option<Zeroizing<Vec<u8>>>,
     spki: Vec<u8>,
 }
 
 impl std::fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key bytes.
-        write!(f, "PrivateKey({})", self.kind.describe())
+        match &self.inner {
+            Inner::Token(t) => write!(
+                f,
+                "PrivateKey({} on token {:?})",
+                self.kind.describe(),
+                t.token_label()
+            ),
+            _ => write!(f, "PrivateKey({})", self.kind.describe()),
+        }
     }
 }
 
@@ -151,9 +163,39 @@ impl PrivateKey {
         Ok(Self {
             inner,
             kind,
-            pkcs8,
+            pkcs8: Some(pkcs8),
             spki,
         })
+    }
+
+    /// Wraps a key that lives on a PKCS#11 token.
+    pub fn from_token(key: TokenKey) -> Self {
+        Self {
+            kind: key.kind(),
+            spki: key.public_key_der().to_vec(),
+            inner: Inner::Token(key),
+            pkcs8: None,
+        }
+    }
+
+    /// The token key behind this key, when it is on a token.
+    pub fn token(&self) -> Option<&TokenKey> {
+        match &self.inner {
+            Inner::Token(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// A second owner of the same key (a new handle for token keys, a re-parse for software
+    /// keys: the aws-lc key objects are not `Clone`).
+    pub fn duplicate(&self) -> Result<Self, CryptoError> {
+        match (&self.inner, &self.pkcs8) {
+            (Inner::Token(t), _) => Ok(Self::from_token(t.clone())),
+            (_, Some(pkcs8)) => Self::from_pkcs8(Zeroizing::new(pkcs8.to_vec())),
+            (_, None) => Err(CryptoError::Failed(
+                "a software key without its PKCS#8".into(),
+            )),
+        }
     }
 
     /// DER SubjectPublicKeyInfo.
@@ -166,9 +208,19 @@ impl PrivateKey {
         self.kind
     }
 
-    /// The PKCS#8 encoding, for sealing into a PFX. Zeroized when the key is dropped.
-    pub fn pkcs8_der(&self) -> &[u8] {
-        &self.pkcs8
+    /// The PKCS#8 encoding, for sealing into a PFX or the key store. Zeroized when the key is
+    /// dropped. Token keys have none: they cannot leave the token.
+    pub fn pkcs8_der(&self) -> Result<&[u8], CryptoError> {
+        match (&self.inner, &self.pkcs8) {
+            (Inner::Token(t), _) => Err(CryptoError::InvalidInput(format!(
+                "the key is on PKCS#11 token {:?} and cannot be exported",
+                t.token_label()
+            ))),
+            (_, Some(p)) => Ok(p),
+            (_, None) => Err(CryptoError::Failed(
+                "a software key without its PKCS#8".into(),
+            )),
+        }
     }
 
     /// Signs `message` (hashing it) with `scheme`, which must fit the key.
@@ -180,23 +232,26 @@ impl PrivateKey {
                 scheme.name()
             ))
         };
+        let fits = match (self.kind, scheme) {
+            (PublicKeyKind::EcP256, SignatureScheme::EcdsaP256Sha256)
+            | (PublicKeyKind::EcP384, SignatureScheme::EcdsaP384Sha384) => true,
+            (PublicKeyKind::Rsa { .. }, s) => !matches!(
+                s,
+                SignatureScheme::EcdsaP256Sha256 | SignatureScheme::EcdsaP384Sha384
+            ),
+            _ => false,
+        };
+        if !fits {
+            return Err(mismatch());
+        }
         let rng = SystemRandom::new();
         match &self.inner {
-            Inner::Ec(kp) => {
-                let ok = matches!(
-                    (self.kind, scheme),
-                    (PublicKeyKind::EcP256, SignatureScheme::EcdsaP256Sha256)
-                        | (PublicKeyKind::EcP384, SignatureScheme::EcdsaP384Sha384)
-                );
-                if !ok {
-                    return Err(mismatch());
-                }
-                Ok(kp
-                    .sign(&rng, message)
-                    .map_err(|_| CryptoError::Failed("ECDSA signing failed".into()))?
-                    .as_ref()
-                    .to_vec())
-            }
+            Inner::Token(t) => t.sign(scheme, message),
+            Inner::Ec(kp) => Ok(kp
+                .sign(&rng, message)
+                .map_err(|_| CryptoError::Failed("ECDSA signing failed".into()))?
+                .as_ref()
+                .to_vec()),
             Inner::Rsa { sign, .. } => {
                 let padding: &'static dyn signature::RsaEncoding = match scheme {
                     SignatureScheme::RsaPkcs1Sha256 => &signature::RSA_PKCS1_SHA256,
@@ -219,6 +274,9 @@ impl PrivateKey {
         padding: Padding,
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if let Inner::Token(t) = &self.inner {
+            return t.decrypt(padding, ciphertext);
+        }
         let Inner::Rsa { oaep, pkcs1, .. } = &self.inner else {
             return Err(CryptoError::InvalidInput(format!(
                 "a {} key cannot decrypt",
@@ -259,7 +317,7 @@ mod tests {
             assert!(provider::verify(key.public_key_der(), scheme, b"message", &sig).unwrap());
             assert!(!provider::verify(key.public_key_der(), scheme, b"massage", &sig).unwrap());
             let reloaded =
-                PrivateKey::from_pkcs8(Zeroizing::new(key.pkcs8_der().to_vec())).unwrap();
+                PrivateKey::from_pkcs8(Zeroizing::new(key.pkcs8_der().unwrap().to_vec())).unwrap();
             assert_eq!(reloaded.public_key_der(), key.public_key_der());
         }
     }

@@ -3,6 +3,10 @@
 //! with AES-256-GCM under the key-encryption key ([`kek`]), bound to the key's name; otherwise it
 //! is plain PKCS#8. Files are written to a temporary name, synced, and renamed, so a crash never
 //! leaves half a key behind. A tampered file or a wrong KEK stops start-up and changes nothing.
+//!
+//! Keys created with `store = "pkcs11"` live on the configured token; the store keeps only
+//! `NAME.p11` (the token label and the key's `CKA_ID`, nothing secret) so that names, chains,
+//! grants and listings work the same for both.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,8 +17,9 @@ use std::sync::{Arc, RwLock};
 
 use zeroize::Zeroizing;
 
-use super::kek::{self, Kek, KekSource};
-use super::{CustodyError, KeyAlgorithm, PrivateKey};
+use super::kek::{self, Kek};
+use super::pkcs11::Token;
+use super::{CustodyConfig, CustodyError, KeyAlgorithm, PrivateKey};
 use crate::pki::pem;
 
 /// A key with the certificates that belong to it.
@@ -31,7 +36,39 @@ pub struct StoredKey {
 pub struct KeyStore {
     dir: PathBuf,
     kek: Option<Kek>,
+    token: Option<Arc<Token>>,
     keys: RwLock<BTreeMap<String, Arc<StoredKey>>>,
+}
+
+/// Where a new key is made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyLocation {
+    /// In the software store (sealed at rest when `custody.protection` is set).
+    #[default]
+    Software,
+    /// On the `custody.pkcs11` token, never extractable.
+    Pkcs11,
+}
+
+impl std::str::FromStr for KeyLocation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "software" => Ok(Self::Software),
+            "pkcs11" => Ok(Self::Pkcs11),
+            other => Err(format!(
+                "unknown key store {other:?}: expected software or pkcs11"
+            )),
+        }
+    }
+}
+
+/// The content of `NAME.p11`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TokenRecord {
+    token: String,
+    id: String,
 }
 
 /// One line of `certconn keys list`.
@@ -39,6 +76,8 @@ pub struct KeyStore {
 pub struct KeySummary {
     pub name: String,
     pub kind: String,
+    /// `software`, or `pkcs11:<token label>`.
+    pub store: String,
     pub certificates: usize,
 }
 
@@ -80,23 +119,89 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), C
     Ok(())
 }
 
+fn load_chain(dir: &Path, name: &str) -> Result<Vec<Vec<u8>>, CustodyError> {
+    let chain_path = dir.join(format!("{name}.chain.pem"));
+    match fs::read_to_string(&chain_path) {
+        Ok(text) => pem::decode_certificates(&text).map_err(|reason| CustodyError::Corrupt {
+            path: chain_path.clone(),
+            reason,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io(&chain_path)(e)),
+    }
+}
+
+fn read_token_record(path: &Path) -> Result<TokenRecord, CustodyError> {
+    let text = fs::read_to_string(path).map_err(io(path))?;
+    serde_json::from_str(&text).map_err(|e| CustodyError::Corrupt {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn record_id(path: &Path, record: &TokenRecord) -> Result<Vec<u8>, CustodyError> {
+    hex::decode(&record.id).map_err(|_| CustodyError::Corrupt {
+        path: path.to_owned(),
+        reason: "\"id\" is not hex".into(),
+    })
+}
+
+/// Finds the token key a `NAME.p11` record points at.
+fn load_token_key(
+    path: &Path,
+    name: &str,
+    token: Option<&Arc<Token>>,
+) -> Result<PrivateKey, CustodyError> {
+    let record = read_token_record(path)?;
+    let token = token.ok_or_else(|| CustodyError::NoToken(name.into()))?;
+    if record.token != token.label() {
+        return Err(CustodyError::Corrupt {
+            path: path.to_owned(),
+            reason: format!(
+                "the key is on token {:?}, but custody.pkcs11 names token {:?}",
+                record.token,
+                token.label()
+            ),
+        });
+    }
+    let id = record_id(path, &record)?;
+    let key = token.find(&id).map_err(|e| CustodyError::Corrupt {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(PrivateKey::from_token(key))
+}
+
 impl KeyStore {
     /// Opens (creating if needed) the store in `dir`, obtains its key-encryption key from
     /// `protection`, and loads every key. Plain key files found in a protected store are sealed
     /// in place (the way to turn protection on).
-    pub fn open(dir: &Path, protection: &KekSource) -> Result<Self, CustodyError> {
+    pub fn open(dir: &Path, custody: &CustodyConfig) -> Result<Self, CustodyError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
-        let kek = Kek::obtain(protection, dir)?;
+        let kek = Kek::obtain(&custody.protection, dir)?;
+        let token = custody.pkcs11.as_ref().map(Token::open).transpose()?;
         let mut keys = BTreeMap::new();
         let mut to_seal = Vec::new();
         for entry in fs::read_dir(dir).map_err(io(dir))? {
             let path = entry.map_err(io(dir))?.path();
-            let Some(name) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".key"))
-            else {
+            let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if let Some(name) = file_name.strip_suffix(".p11") {
+                let key = load_token_key(&path, name, token.as_ref())?;
+                let chain = load_chain(dir, name)?;
+                keys.insert(
+                    name.to_owned(),
+                    Arc::new(StoredKey {
+                        name: name.to_owned(),
+                        key,
+                        chain,
+                    }),
+                );
+                continue;
+            }
+            let Some(name) = file_name.strip_suffix(".key") else {
                 continue;
             };
             let name = name.to_owned();
@@ -138,22 +243,13 @@ impl KeyStore {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
-            let chain_path = dir.join(format!("{name}.chain.pem"));
-            let chain = match fs::read_to_string(&chain_path) {
-                Ok(text) => {
-                    pem::decode_certificates(&text).map_err(|reason| CustodyError::Corrupt {
-                        path: chain_path.clone(),
-                        reason,
-                    })?
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(io(&chain_path)(e)),
-            };
+            let chain = load_chain(dir, &name)?;
             keys.insert(name.clone(), Arc::new(StoredKey { name, key, chain }));
         }
         let store = Self {
             dir: dir.to_owned(),
             kek,
+            token,
             keys: RwLock::new(keys),
         };
         for name in to_seal {
@@ -168,8 +264,8 @@ impl KeyStore {
     fn write_key(&self, name: &str, key: &PrivateKey) -> Result<(), CustodyError> {
         let path = self.dir.join(format!("{name}.key"));
         match &self.kek {
-            Some(kek) => write_atomic(&path, &kek.seal(name, key.pkcs8_der())?, 0o600),
-            None => write_atomic(&path, key.pkcs8_der(), 0o600),
+            Some(kek) => write_atomic(&path, &kek.seal(name, key.pkcs8_der()?)?, 0o600),
+            None => write_atomic(&path, key.pkcs8_der()?, 0o600),
         }
     }
 
@@ -183,13 +279,53 @@ impl KeyStore {
             .ok_or_else(|| CustodyError::NoSuchKey(name.into()))
     }
 
-    /// Generates and stores a new key called `name`.
-    pub fn create(&self, name: &str, alg: KeyAlgorithm) -> Result<Arc<StoredKey>, CustodyError> {
+    /// Generates and stores a new key called `name`, in software or on the token.
+    pub fn create(
+        &self,
+        name: &str,
+        alg: KeyAlgorithm,
+        location: KeyLocation,
+    ) -> Result<Arc<StoredKey>, CustodyError> {
         check_name(name)?;
         if self.get(name).is_ok() {
             return Err(CustodyError::Exists(name.into()));
         }
-        self.put(name, PrivateKey::generate(alg)?)
+        match location {
+            KeyLocation::Software => self.put(name, PrivateKey::generate(alg)?),
+            KeyLocation::Pkcs11 => {
+                let token = self
+                    .token
+                    .as_ref()
+                    .ok_or_else(|| CustodyError::NoToken(name.into()))?;
+                let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+                if keys.contains_key(name) {
+                    return Err(CustodyError::Exists(name.into()));
+                }
+                let id = crate::crypto::provider::random_vec(16)?;
+                let key = PrivateKey::from_token(token.generate(name, &id, alg)?);
+                let record = TokenRecord {
+                    token: token.label().to_owned(),
+                    id: hex::encode(&id),
+                };
+                let json =
+                    serde_json::to_vec_pretty(&record).map_err(|e| CustodyError::Corrupt {
+                        path: self.dir.join(format!("{name}.p11")),
+                        reason: e.to_string(),
+                    })?;
+                if let Err(e) = write_atomic(&self.dir.join(format!("{name}.p11")), &json, 0o600) {
+                    // Do not leave an orphan on the token.
+                    let _ = token.destroy(&id);
+                    return Err(e);
+                }
+                let stored = Arc::new(StoredKey {
+                    name: name.into(),
+                    key,
+                    chain: Vec::new(),
+                });
+                keys.insert(name.into(), stored.clone());
+                Ok(stored)
+            }
+        }
     }
 
     /// Stores an existing key under `name` (a device key kept while its CA answers pending).
@@ -209,11 +345,25 @@ impl KeyStore {
         Ok(stored)
     }
 
-    /// Removes key `name` and its chain from the store. Missing keys are not an error.
+    /// Removes key `name` and its chain from the store (destroying it on the token when it
+    /// lives there). Missing keys are not an error.
     pub fn remove(&self, name: &str) -> Result<(), CustodyError> {
         let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let record_path = self.dir.join(format!("{name}.p11"));
+        if keys.get(name).is_some_and(|k| k.key.token().is_some()) {
+            let record = read_token_record(&record_path)?;
+            let token = self
+                .token
+                .as_ref()
+                .ok_or_else(|| CustodyError::NoToken(name.into()))?;
+            token.destroy(&record_id(&record_path, &record)?)?;
+        }
         keys.remove(name);
-        for file in [format!("{name}.key"), format!("{name}.chain.pem")] {
+        for file in [
+            format!("{name}.key"),
+            format!("{name}.p11"),
+            format!("{name}.chain.pem"),
+        ] {
             let path = self.dir.join(file);
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -243,8 +393,8 @@ impl KeyStore {
             text.as_bytes(),
             0o644,
         )?;
-        // Re-load the key from its PKCS#8 rather than share it: a key has one owner.
-        let key = PrivateKey::from_pkcs8(Zeroizing::new(old.key.pkcs8_der().to_vec()))?;
+        // A second owner of the key rather than a shared one: a key has one owner.
+        let key = old.key.duplicate()?;
         let stored = Arc::new(StoredKey {
             name: name.into(),
             key,
@@ -263,6 +413,10 @@ impl KeyStore {
             .map(|k| KeySummary {
                 name: k.name.clone(),
                 kind: k.key.kind().describe(),
+                store: match k.key.token() {
+                    Some(t) => format!("pkcs11:{}", t.token_label()),
+                    None => "software".into(),
+                },
                 certificates: k.chain.len(),
             })
             .collect()
@@ -271,26 +425,29 @@ impl KeyStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::KekSource;
     use super::*;
 
     #[test]
     fn keys_survive_reopen_with_their_chain() {
         let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::open(dir.path(), &KekSource::None).unwrap();
-        let k = store.create("ca", KeyAlgorithm::EcP256).unwrap();
+        let store = KeyStore::open(dir.path(), &CustodyConfig::default()).unwrap();
+        let k = store
+            .create("ca", KeyAlgorithm::EcP256, KeyLocation::Software)
+            .unwrap();
         store.set_chain("ca", vec![vec![0x30, 0x00]]).unwrap();
         let mode = fs::metadata(dir.path().join("ca.key"))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let again = KeyStore::open(dir.path(), &KekSource::None).unwrap();
+        let again = KeyStore::open(dir.path(), &CustodyConfig::default()).unwrap();
         let k2 = again.get("ca").unwrap();
         assert_eq!(k2.key.public_key_der(), k.key.public_key_der());
         assert_eq!(k2.chain, vec![vec![0x30, 0x00]]);
     }
 
-    fn with_passphrase<T>(value: &str, f: impl FnOnce(&KekSource) -> T) -> T {
+    fn with_passphrase<T>(value: &str, f: impl FnOnce(&CustodyConfig) -> T) -> T {
         // Each test uses its own variable: tests run in parallel.
         let var = format!(
             "CERTCONN_TEST_PASSPHRASE_{}",
@@ -302,7 +459,8 @@ mod tests {
         unsafe { std::env::set_var(&var, value) };
         let r = f(&KekSource::Passphrase {
             passphrase_env: var.clone(),
-        });
+        }
+        .into());
         unsafe { std::env::remove_var(&var) };
         r
     }
@@ -312,8 +470,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let public = with_passphrase("correct horse", |p| {
             let store = KeyStore::open(dir.path(), p).unwrap();
-            let a = store.create("a", KeyAlgorithm::EcP256).unwrap();
-            store.create("b", KeyAlgorithm::EcP256).unwrap();
+            let a = store
+                .create("a", KeyAlgorithm::EcP256, KeyLocation::Software)
+                .unwrap();
+            store
+                .create("b", KeyAlgorithm::EcP256, KeyLocation::Software)
+                .unwrap();
             a.key.public_key_der().to_vec()
         });
         let on_disk = fs::read(dir.path().join("a.key")).unwrap();
@@ -340,7 +502,7 @@ mod tests {
             err.contains("wrong key-encryption key") && err.contains("nothing was changed"),
             "{err}"
         );
-        assert!(KeyStore::open(dir.path(), &KekSource::None)
+        assert!(KeyStore::open(dir.path(), &CustodyConfig::default())
             .unwrap_err()
             .to_string()
             .contains("custody.protection"));
@@ -374,9 +536,9 @@ mod tests {
     #[test]
     fn turning_protection_on_seals_existing_plain_keys() {
         let dir = tempfile::tempdir().unwrap();
-        KeyStore::open(dir.path(), &KekSource::None)
+        KeyStore::open(dir.path(), &CustodyConfig::default())
             .unwrap()
-            .create("k", KeyAlgorithm::EcP256)
+            .create("k", KeyAlgorithm::EcP256, KeyLocation::Software)
             .unwrap();
         assert!(!kek::is_sealed(
             &fs::read(dir.path().join("k.key")).unwrap()
@@ -384,9 +546,10 @@ mod tests {
         let kek_file = dir.path().join("kek.bin");
         fs::write(&kek_file, hex::encode([7u8; 32])).unwrap();
         fs::set_permissions(&kek_file, fs::Permissions::from_mode(0o600)).unwrap();
-        let source = KekSource::KeyFile {
+        let source: CustodyConfig = KekSource::KeyFile {
             key_file: kek_file.clone(),
-        };
+        }
+        .into();
         KeyStore::open(dir.path(), &source).unwrap();
         assert!(kek::is_sealed(&fs::read(dir.path().join("k.key")).unwrap()));
         assert!(KeyStore::open(dir.path(), &source)
@@ -403,14 +566,16 @@ mod tests {
     #[test]
     fn names_are_checked_and_unique() {
         let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::open(dir.path(), &KekSource::None).unwrap();
+        let store = KeyStore::open(dir.path(), &CustodyConfig::default()).unwrap();
         assert!(matches!(
-            store.create("../evil", KeyAlgorithm::EcP256),
+            store.create("../evil", KeyAlgorithm::EcP256, KeyLocation::Software),
             Err(CustodyError::BadName(_))
         ));
-        store.create("a", KeyAlgorithm::EcP256).unwrap();
+        store
+            .create("a", KeyAlgorithm::EcP256, KeyLocation::Software)
+            .unwrap();
         assert!(matches!(
-            store.create("a", KeyAlgorithm::EcP256),
+            store.create("a", KeyAlgorithm::EcP256, KeyLocation::Software),
             Err(CustodyError::Exists(_))
         ));
         assert!(matches!(store.get("b"), Err(CustodyError::NoSuchKey(_))));
@@ -419,14 +584,14 @@ mod tests {
     #[test]
     fn world_readable_key_stops_start_and_destroys_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        KeyStore::open(dir.path(), &KekSource::None)
+        KeyStore::open(dir.path(), &CustodyConfig::default())
             .unwrap()
-            .create("k", KeyAlgorithm::EcP256)
+            .create("k", KeyAlgorithm::EcP256, KeyLocation::Software)
             .unwrap();
         let path = dir.path().join("k.key");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let before = fs::read(&path).unwrap();
-        let err = KeyStore::open(dir.path(), &KekSource::None)
+        let err = KeyStore::open(dir.path(), &CustodyConfig::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("0600"), "{err}");

@@ -346,8 +346,12 @@ fn finish_issue(
             .get(&req.profile)
             .map(|p| p.pfx_format)
             .unwrap_or_default();
+        let key_pkcs8 = match key.pkcs8_der() {
+            Ok(k) => k,
+            Err(e) => return fail(Some(&bname), format!("the device key: {e}")),
+        };
         let contents = pki::pkcs12::PfxContents {
-            key_pkcs8: key.pkcs8_der(),
+            key_pkcs8,
             certificate: &issued.certificate,
             chain: &issued.chain,
             friendly_name: Some(&friendly),

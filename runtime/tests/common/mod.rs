@@ -91,11 +91,23 @@ pub struct Daemon {
     pub config: PathBuf,
     pub port: u16,
     pub log: PathBuf,
+    /// Extra environment for the daemon and for `cli` (e.g. `SOFTHSM2_CONF`).
+    pub env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl Daemon {
     /// Starts `certconn serve` and waits until its API answers.
     pub fn start(config: &Path, port: u16, log: &Path) -> Daemon {
+        Self::start_with_env(config, port, log, Vec::new())
+    }
+
+    /// `start` with extra environment variables.
+    pub fn start_with_env(
+        config: &Path,
+        port: u16,
+        log: &Path,
+        env: Vec<(String, std::ffi::OsString)>,
+    ) -> Daemon {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -104,6 +116,7 @@ impl Daemon {
         let child = Command::new(binary())
             .args(["--log-format", "json", "serve", "--config"])
             .arg(config)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -114,6 +127,7 @@ impl Daemon {
             config: config.to_owned(),
             port,
             log: log.to_owned(),
+            env,
         };
         d.wait_ready();
         d
@@ -166,6 +180,7 @@ impl Daemon {
         Command::new(binary())
             .args(args)
             .env("CERTCONN_CONFIG", &self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run certconn")
     }
@@ -331,3 +346,50 @@ pub fn openssl_pkcs12_info(pfx: &Path, password: &str) -> String {
     );
     text
 }
+
+/// A throwaway SoftHSM2 token in `dir`: returns the `SOFTHSM2_CONF` path and a 0600 PIN file.
+/// The token's label is `label`, its user PIN is in the file.
+pub fn softhsm_token(dir: &Path, label: &str) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let tokens = dir.join("softhsm-tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let pin = "4711-test-pin";
+    run_ok(
+        Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &conf)
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                pin,
+                "--so-pin",
+                "so-4711",
+            ]),
+    );
+    let pin_file = dir.join("pkcs11.pin");
+    std::fs::write(&pin_file, pin).unwrap();
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (conf, pin_file)
+}
+
+/// The `[custody.pkcs11]` section for a `softhsm_token`.
+pub fn softhsm_custody(label: &str, pin_file: &Path) -> String {
+    format!(
+        "[custody.pkcs11]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken_label = \"{label}\"\npin_file = \"{}\"\n",
+        pin_file.display()
+    )
+}
+
+/// Where Debian's softhsm2 package puts the module.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";

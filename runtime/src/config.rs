@@ -230,6 +230,24 @@ pub struct BackendConfig {
     /// Handed to the plugin's `configure` as JSON.
     #[serde(default)]
     pub settings: toml::Table,
+    /// Settings whose value is the text of a file, read at load (a plugin has no file access):
+    /// `trust_anchors_pem = "anchors.pem"`. Relative to the config file.
+    #[serde(default)]
+    pub settings_files: BTreeMap<String, PathBuf>,
+}
+
+impl BackendConfig {
+    /// The settings as the JSON object `configure` receives, with `settings_files` read in.
+    pub fn settings_json(&self) -> Result<String, String> {
+        let mut settings = self.settings.clone();
+        for (key, path) in &self.settings_files {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("settings_files.{key}: reading {}: {e}", path.display()))?;
+            settings.insert(key.clone(), toml::Value::String(text));
+        }
+        serde_json::to_string(&settings)
+            .map_err(|e| format!("settings cannot be expressed as JSON: {e}"))
+    }
 }
 
 fn default_memory_mb() -> usize {
@@ -307,6 +325,19 @@ impl Config {
         if let Some(f) = config.api.token_file.as_mut() {
             resolve(f);
         }
+        if let Some(f) = config
+            .custody
+            .pkcs11
+            .as_mut()
+            .and_then(|p| p.pin_file.as_mut())
+        {
+            resolve(f);
+        }
+        for b in config.backends.values_mut() {
+            for f in b.settings_files.values_mut() {
+                resolve(f);
+            }
+        }
         config.validate(text)?;
         Ok(config)
     }
@@ -366,6 +397,16 @@ impl Config {
             }
         }
         for (name, b) in &self.backends {
+            if let Some(key) = b
+                .settings_files
+                .keys()
+                .find(|k| b.settings.contains_key(*k))
+            {
+                return Err(whole(
+                    &format!("backends.{name}.settings_files.{key}"),
+                    "is also set in settings; give it in one place".into(),
+                ));
+            }
             let plugin = b.plugin.get_ref();
             if plugin.is_empty()
                 || !plugin

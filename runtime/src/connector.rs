@@ -11,7 +11,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::Config;
 use crate::custody::{CustodyError, KeyStore};
 use crate::jobs::intake::{self, IntakeError};
-use crate::jobs::model::{IssueJob, JobKind, JobRecord, RevokeJob};
+use crate::jobs::model::{ImportJob, IssueJob, JobKind, JobRecord, RevokeJob};
 use crate::jobs::{scheduler, Journal, JournalError};
 use crate::pki::{self, PkiError};
 use crate::plugins::{PluginEngine, PluginError, Registry};
@@ -171,6 +171,17 @@ impl Connector {
     ) -> Result<(JobRecord, bool), SubmitError> {
         intake::check_issue(&self.services.config, req)?;
         self.journal_request(source, idempotency_key, JobKind::Issue, req)
+    }
+
+    /// Validates and journals an imported-PFX delivery.
+    pub fn submit_import(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+        req: &ImportJob,
+    ) -> Result<(JobRecord, bool), SubmitError> {
+        intake::check_import(&self.services.config, &self.services.keys, req)?;
+        self.journal_request(source, idempotency_key, JobKind::Import, req)
     }
 
     /// Validates and journals a revocation.

@@ -9,6 +9,7 @@
 
 pub mod algorithm;
 pub mod extensions;
+pub mod facts;
 pub mod key;
 pub mod signed;
 pub mod tbs;
@@ -19,6 +20,7 @@ pub use x509_cert;
 
 pub use algorithm::SignatureScheme;
 pub use extensions::{ExtendedKeyUsageName, KeyUsageName, SubjectAltName};
+pub use facts::CertificateFacts;
 pub use key::PublicKeyKind;
 pub use signed::SignedParts;
 pub use tbs::CertificateTemplate;

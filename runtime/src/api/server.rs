@@ -19,7 +19,10 @@ use zeroize::Zeroizing;
 use crate::connector::{Connector, SubmitError};
 use crate::crypto::provider;
 use crate::custody::KeyAlgorithm;
-use crate::jobs::model::{IssueJob, JobRecord, JobState, RevocationReason, RevokeJob};
+use crate::jobs::model::{
+    ImportJob, ImportPurpose, IssueJob, JobRecord, JobState, PasswordPadding, RevocationReason,
+    RevokeJob,
+};
 use crate::jobs::JournalError;
 
 /// An API error response.
@@ -102,6 +105,8 @@ pub fn router(connector: Arc<Connector>, token: Zeroizing<String>) -> Router {
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/issue", post(submit_issue))
         .route("/v1/jobs/revoke", post(submit_revoke))
+        .route("/v1/jobs/import", post(submit_import))
+        .route("/v1/keys/{name}", get(show_key))
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/retry", post(retry_job))
         .route("/v1/jobs/{id}/result", get(job_result))
@@ -170,6 +175,35 @@ pub struct IssueBody {
     pub validity_days: Option<u32>,
 }
 
+/// Body of `POST /v1/jobs/import`: deliver an imported PFX to a device.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportBody {
+    pub idempotency_key: Option<String>,
+    /// Default: `import`.
+    #[serde(default = "default_import_profile")]
+    pub profile: String,
+    /// The PFX file, base64.
+    pub pfx: String,
+    /// The PFX password encrypted to `key_name` (`certconn pfx encrypt-password`), base64.
+    pub encrypted_password: String,
+    pub key_name: String,
+    /// `oaepSha512` (default), `oaepSha384`, `oaepSha256`.
+    #[serde(default)]
+    pub padding_scheme: PasswordPadding,
+    pub user_principal_name: String,
+    pub intended_purpose: ImportPurpose,
+    /// PEM certificate of the device the PFX password is sealed for.
+    pub recipient: String,
+}
+
+/// The profile an import names when it names none.
+pub const DEFAULT_IMPORT_PROFILE: &str = "import";
+
+fn default_import_profile() -> String {
+    DEFAULT_IMPORT_PROFILE.into()
+}
+
 /// Body of `POST /v1/jobs/revoke`.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -201,7 +235,11 @@ fn accepted((job, created): (JobRecord, bool)) -> Response {
     } else {
         StatusCode::OK
     };
-    (status, Json(json!({ "job": job, "created": created }))).into_response()
+    (
+        status,
+        Json(json!({ "job": job.summarized(), "created": created })),
+    )
+        .into_response()
 }
 
 async fn submit_issue(
@@ -220,6 +258,43 @@ async fn submit_issue(
         validity_days: b.validity_days,
     };
     Ok(accepted(state.connector.submit_issue("api", &key, &job)?))
+}
+
+async fn submit_import(
+    State(state): State<AppState>,
+    body: Result<Json<ImportBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(b) = body?;
+    let key = idempotency_key(b.idempotency_key)?;
+    let job = ImportJob {
+        profile: b.profile,
+        pfx_base64: b.pfx,
+        encrypted_password_base64: b.encrypted_password,
+        key_name: b.key_name,
+        padding_scheme: b.padding_scheme,
+        user_principal_name: b.user_principal_name,
+        intended_purpose: b.intended_purpose,
+        recipient_pem: b.recipient,
+    };
+    Ok(accepted(state.connector.submit_import("api", &key, &job)?))
+}
+
+/// A custody key's public half, so that admins can encrypt PFX passwords to it.
+async fn show_key(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = state
+        .connector
+        .services
+        .keys
+        .get(&name)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    Ok(Json(json!({
+        "name": name,
+        "kind": key.key.kind().describe(),
+        "public_key_pem": crate::pki::pem::encode("PUBLIC KEY", key.key.public_key_der()),
+    })))
 }
 
 async fn submit_revoke(
@@ -261,6 +336,7 @@ async fn list_jobs(
         .services
         .journal
         .list(filter, q.limit.unwrap_or(100).min(10_000))?;
+    let jobs: Vec<JobRecord> = jobs.into_iter().map(JobRecord::summarized).collect();
     Ok(Json(json!({ "jobs": jobs })))
 }
 
@@ -268,7 +344,9 @@ async fn show_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobRecord>, ApiError> {
-    Ok(Json(state.connector.services.journal.get(&id)?))
+    Ok(Json(
+        state.connector.services.journal.get(&id)?.summarized(),
+    ))
 }
 
 async fn retry_job(
@@ -277,7 +355,7 @@ async fn retry_job(
 ) -> Result<Json<JobRecord>, ApiError> {
     let job = state.connector.services.journal.retry(&id)?;
     state.connector.wake();
-    Ok(Json(job))
+    Ok(Json(job.summarized()))
 }
 
 async fn job_result(
@@ -295,7 +373,7 @@ async fn job_result(
     let result = journal
         .take_result(&id)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the job has no stored result"))?;
-    Ok(Json(json!({ "job": job, "result": result })))
+    Ok(Json(json!({ "job": job.summarized(), "result": result })))
 }
 
 async fn list_plugins(State(state): State<AppState>) -> Json<serde_json::Value> {

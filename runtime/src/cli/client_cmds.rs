@@ -103,13 +103,13 @@ pub enum Plugins {
     },
 }
 
-fn client(config_path: &Path) -> anyhow::Result<ApiClient> {
+pub(super) fn client(config_path: &Path) -> anyhow::Result<ApiClient> {
     let config = super::certconn_config(config_path)?;
     let token = token::read(&config.token_file()).map_err(anyhow::Error::msg)?;
     Ok(ApiClient::new(config.api.listen, token))
 }
 
-fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
+pub(super) fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading the {what} {}", path.display()))
 }
 
@@ -277,7 +277,7 @@ fn write_issue_result(id: &str, answer: &Value, out: Option<&Path>) -> anyhow::R
     Ok(())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -5,6 +5,7 @@ mod bench;
 mod bench_pki;
 mod client_cmds;
 mod keys;
+mod pfx;
 mod serve;
 
 use std::path::PathBuf;
@@ -69,6 +70,11 @@ pub enum Command {
         #[command(subcommand)]
         what: keys::Keys,
     },
+    /// Imported PFX files for S/MIME: encrypt a password to a connector key, submit files.
+    Pfx {
+        #[command(subcommand)]
+        what: pfx::Pfx,
+    },
     /// Check a config file and report the first problem with its line.
     CheckConfig,
     /// Measure plugin overhead and pipeline throughput, and print the figures.
@@ -115,6 +121,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Status { json } => client_cmds::status(&config, json).await,
             Command::Plugins { what } => client_cmds::plugins(&config, what).await,
             Command::Keys { what } => keys::run(&config, what),
+            Command::Pfx { what } => pfx::run(&config, what).await,
             Command::CheckConfig => {
                 certconn_config(&config)?;
                 println!("{}: ok", config.display());

@@ -6,6 +6,7 @@
 //! can end it. A crash at any point leaves a job that is queued or leased, and an expired lease
 //! is taken up again, so every job ends exactly once.
 
+pub mod import;
 pub mod intake;
 pub mod journal;
 pub mod model;

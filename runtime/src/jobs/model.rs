@@ -57,6 +57,8 @@ impl JobState {
 pub enum JobKind {
     Issue,
     Revoke,
+    /// Deliver an imported PFX (S/MIME): see [`ImportJob`].
+    Import,
 }
 
 impl JobKind {
@@ -64,6 +66,7 @@ impl JobKind {
         match self {
             Self::Issue => "issue",
             Self::Revoke => "revoke",
+            Self::Import => "import",
         }
     }
 
@@ -71,6 +74,7 @@ impl JobKind {
         match s {
             "issue" => Some(Self::Issue),
             "revoke" => Some(Self::Revoke),
+            "import" => Some(Self::Import),
             _ => None,
         }
     }
@@ -92,6 +96,133 @@ pub struct IssueJob {
     /// A CSR (PEM) from a device that holds its own key: no PFX, only the certificate.
     pub csr_pem: Option<String>,
     pub validity_days: Option<u32>,
+}
+
+/// An imported-PFX delivery as stored in the journal (validated at intake).
+///
+/// The PFX stays under its own password; the password travels encrypted to a custody key
+/// (`key_name`) with RSA-OAEP — the format Microsoft's PFX import tooling produces. Neither is a
+/// secret without the custody key, which never leaves the host.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ImportJob {
+    /// The profile whose backend decides (a `pfx-import` instance).
+    pub profile: String,
+    /// The PKCS#12 file, base64.
+    pub pfx_base64: String,
+    /// The PFX password encrypted to `key_name`, base64.
+    pub encrypted_password_base64: String,
+    /// The custody key that decrypts the password.
+    pub key_name: String,
+    /// `oaepSha512` (default), `oaepSha384` or `oaepSha256`.
+    pub padding_scheme: PasswordPadding,
+    /// The user the certificate is delivered to.
+    pub user_principal_name: String,
+    pub intended_purpose: ImportPurpose,
+    /// The device's certificate (PEM); the PFX password is sealed for it.
+    pub recipient_pem: String,
+}
+
+/// How the PFX password was encrypted to the custody key (Microsoft Graph's
+/// `userPfxPaddingScheme` names). `pkcs1` and `oaepSha1` are not accepted: the format itself
+/// retired them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(try_from = "String")]
+pub enum PasswordPadding {
+    #[serde(rename = "oaepSha256")]
+    OaepSha256,
+    #[serde(rename = "oaepSha384")]
+    OaepSha384,
+    #[default]
+    #[serde(rename = "oaepSha512")]
+    OaepSha512,
+}
+
+impl PasswordPadding {
+    pub fn padding(self) -> crate::crypto::provider::Padding {
+        use crate::crypto::provider::Padding;
+        match self {
+            Self::OaepSha256 => Padding::OaepSha256,
+            Self::OaepSha384 => Padding::OaepSha384,
+            Self::OaepSha512 => Padding::OaepSha512,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OaepSha256 => "oaepSha256",
+            Self::OaepSha384 => "oaepSha384",
+            Self::OaepSha512 => "oaepSha512",
+        }
+    }
+}
+
+impl std::str::FromStr for PasswordPadding {
+    type Err = String;
+    /// Case-insensitive, with or without separators (`oaepSha512`, `OAEP_SHA512`, `oaep-sha512`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let folded: String = s
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        match folded.as_str() {
+            "oaepsha256" => Ok(Self::OaepSha256),
+            "oaepsha384" => Ok(Self::OaepSha384),
+            "oaepsha512" => Ok(Self::OaepSha512),
+            "pkcs1" | "oaepsha1" | "none" => Err(format!(
+                "padding {s:?} is not accepted for PFX passwords (the import format retired it); use oaepSha512, oaepSha384 or oaepSha256"
+            )),
+            _ => Err(format!(
+                "unknown padding {s:?}; expected oaepSha512, oaepSha384 or oaepSha256"
+            )),
+        }
+    }
+}
+
+/// What an imported PFX is delivered for (Microsoft Graph's `userPfxIntendedPurpose` names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ImportPurpose {
+    #[serde(rename = "smimeEncryption")]
+    SmimeEncryption,
+    #[serde(rename = "smimeSigning")]
+    SmimeSigning,
+    #[serde(rename = "unassigned")]
+    Unassigned,
+}
+
+impl std::str::FromStr for ImportPurpose {
+    type Err = String;
+    /// Case-insensitive, with or without separators (`smimeEncryption`, `smime-encryption`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let folded: String = s
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        match folded.as_str() {
+            "smimeencryption" => Ok(Self::SmimeEncryption),
+            "smimesigning" => Ok(Self::SmimeSigning),
+            "unassigned" => Ok(Self::Unassigned),
+            _ => Err(format!(
+                "unknown purpose {s:?}; expected smimeEncryption, smimeSigning or unassigned"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for PasswordPadding {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl TryFrom<String> for ImportPurpose {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
 }
 
 /// A revocation request as stored in the journal.
@@ -173,6 +304,39 @@ pub struct JobRecord {
     pub next_run_at: i64,
     #[serde(skip)]
     pub poll_token: Option<String>,
+}
+
+impl JobRecord {
+    /// The record as the API and CLI show it: an import's PFX and encrypted password are
+    /// replaced by their size and SHA-256 (they are large, and nobody needs them back from a
+    /// listing; the result carries the PFX).
+    pub fn summarized(mut self) -> Self {
+        if self.kind == JobKind::Import {
+            if let Some(obj) = self.request.as_object_mut() {
+                for field in ["pfx_base64", "encrypted_password_base64"] {
+                    if let Some(serde_json::Value::String(b64)) = obj.remove(field) {
+                        let name = field.trim_end_matches("_base64");
+                        let bytes = base64::Engine::decode(
+                            &base64::engine::general_purpose::STANDARD,
+                            b64.trim(),
+                        )
+                        .unwrap_or_default();
+                        obj.insert(
+                            name.to_owned(),
+                            serde_json::json!({
+                                "bytes": bytes.len(),
+                                "sha256": hex::encode(crate::crypto::provider::digest(
+                                    crate::crypto::provider::Digest::Sha256,
+                                    &bytes
+                                )),
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+        self
+    }
 }
 
 /// What a finished issue job produced, as kept in the outbox.

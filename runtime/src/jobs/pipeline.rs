@@ -3,6 +3,7 @@
 //! issue:  custody keygen → CSR → routed backend `issue` (or `poll`) → check the certificate is
 //!         for our key → PKCS#12 under a random password → seal the password for the device.
 //! revoke: find the backend that issued the serial → backend `revoke` → mark it in the ledger.
+//! import: see [`super::import`].
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
 use super::journal::IssuedRecord;
-use super::model::{IssueJob, JobKind, JobRecord, JobResult, RevocationReason, RevokeJob};
+use super::model::{
+    ImportJob, IssueJob, JobKind, JobRecord, JobResult, RevocationReason, RevokeJob,
+};
 use crate::connector::Services;
 use crate::custody::store::StoredKey;
 use crate::custody::PrivateKey;
@@ -50,7 +53,7 @@ pub enum Outcome {
     },
 }
 
-fn fail(backend: Option<&str>, error: impl Into<String>) -> Outcome {
+pub(super) fn fail(backend: Option<&str>, error: impl Into<String>) -> Outcome {
     Outcome::Fail {
         backend: backend.map(Into::into),
         error: error.into(),
@@ -68,11 +71,15 @@ pub async fn run(services: &Arc<Services>, job: &JobRecord) -> Outcome {
             Ok(req) => revoke(services, job, &req).await,
             Err(e) => fail(None, format!("stored request does not parse: {e}")),
         },
+        JobKind::Import => match serde_json::from_value::<ImportJob>(job.request.clone()) {
+            Ok(req) => super::import::run(services, job, &req).await,
+            Err(e) => fail(None, format!("stored request does not parse: {e}")),
+        },
     }
 }
 
 /// Maps a backend's answer that is not a success.
-fn from_backend_error(backend: &str, e: wit::BackendError) -> Outcome {
+pub(super) fn from_backend_error(backend: &str, e: wit::BackendError) -> Outcome {
     match e {
         wit::BackendError::Pending(p) => Outcome::Pending {
             backend: backend.into(),
@@ -88,7 +95,7 @@ fn from_backend_error(backend: &str, e: wit::BackendError) -> Outcome {
     }
 }
 
-fn from_plugin_error(backend: &str, e: PluginError) -> Outcome {
+pub(super) fn from_plugin_error(backend: &str, e: PluginError) -> Outcome {
     match e {
         // A fault may pass (a timeout under load); it is retried and dead-lettered if it keeps on.
         PluginError::Fault { .. } => Outcome::Retry {

@@ -10,7 +10,8 @@ use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
 use super::bindings::types::{
-    BackendError, BackendInfo, HealthReport, IssueRequest, IssuedCertificate, RevokeRequest,
+    BackendError, BackendInfo, HealthReport, ImportCheck, IssueRequest, IssuedCertificate,
+    RevokeRequest,
 };
 use super::bindings::{CaBackend, CaBackendPre};
 use super::engine::{PluginEngine, EPOCH_TICK};
@@ -241,6 +242,16 @@ impl LoadedBackend {
         self.run(Some(&request.job_id), true, async |store, b| {
             b.certconn_plugin_backend()
                 .call_revoke(store, request)
+                .await
+        })
+        .await
+    }
+
+    /// `check-import` for one import job.
+    pub async fn check_import(&self, request: &ImportCheck) -> CallResult<()> {
+        self.run(Some(&request.job_id), true, async |store, b| {
+            b.certconn_plugin_backend()
+                .call_check_import(store, request)
                 .await
         })
         .await

@@ -32,9 +32,9 @@ impl Registry {
             let path = config.plugins.dir.join(format!("{plugin}.wasm"));
             let wasm = read_plugin(&path)?;
             let grants = Grants::new(keys.clone(), b.keys.iter().map(|k| k.get_ref().clone()));
-            let settings = serde_json::to_string(&b.settings).map_err(|e| PluginError::Config {
+            let settings = b.settings_json().map_err(|e| PluginError::Config {
                 backend: name.clone(),
-                errors: vec![format!("settings cannot be expressed as JSON: {e}")],
+                errors: vec![e],
             })?;
             let loaded = LoadedBackend::load(
                 engine.clone(),

@@ -26,7 +26,7 @@ fn rate(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f
 }
 
 fn line(what: &str, per_second: f64) {
-    println!("{what:<58} {per_second:>10.1} /s");
+    println!("{what:<66} {per_second:>10.1} /s");
 }
 
 /// Which token `--pkcs11` measures.

@@ -16,16 +16,6 @@ fn keys(config: &std::path::Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn keys_are_administered_offline_and_never_while_the_daemon_runs() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,16 +27,6 @@ fn certconn(
         .unwrap()
 }
 
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `pkcs11-tool -O` over the token: what an outside tool sees of our objects.
 fn token_objects(conf: &std::path::Path, label: &str, pin_file: &std::path::Path) -> String {
     let pin = std::fs::read_to_string(pin_file).unwrap();

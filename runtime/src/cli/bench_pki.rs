@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::crypto::provider::{self, Padding};
 use crate::crypto::AlgorithmPolicy;
 use crate::custody::{
-    CustodyConfig, KeyAlgorithm, KeyLocation, KeyStore, Pkcs11Config, PrivateKey,
+    pkcs11, CustodyConfig, KeyAlgorithm, KeyLocation, KeyStore, Pkcs11Config, PrivateKey,
 };
 use crate::pki::cms::{self, KeyTransport};
 use crate::pki::pkcs12::{self, PfxContents, PfxProfile};
@@ -53,52 +53,19 @@ impl TokenChoice {
     }
 }
 
-/// Where Debian's softhsm2 package installs the module.
-const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
 /// Sets up the token and returns the custody config for it.
 fn token_custody(choice: &TokenChoice, dir: &std::path::Path) -> anyhow::Result<CustodyConfig> {
     let (module, label, pin_file) = match choice {
         TokenChoice::Module { module, label } => (module.clone(), label.clone(), None),
         TokenChoice::SoftHsm => {
-            use std::os::unix::fs::PermissionsExt;
-            let tokens = dir.join("tokens");
-            std::fs::create_dir_all(&tokens)?;
-            let conf = dir.join("softhsm2.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                    tokens.display()
-                ),
-            )?;
             let pin = hex::encode(provider::random_vec(8)?);
-            let out = std::process::Command::new("softhsm2-util")
-                .env("SOFTHSM2_CONF", &conf)
-                .args([
-                    "--init-token",
-                    "--free",
-                    "--label",
-                    "certconn-bench",
-                    "--pin",
-                ])
-                .arg(&pin)
-                .args(["--so-pin", &pin])
-                .output()
-                .context("running softhsm2-util (install the softhsm2 package)")?;
-            anyhow::ensure!(
-                out.status.success(),
-                "softhsm2-util --init-token: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let (conf, pin_file) = pkcs11::softhsm_throwaway_token(dir, "certconn-bench", &pin)
+                .map_err(anyhow::Error::msg)?;
             // SoftHSM reads its configuration from the environment when the module starts; this
             // process has no other token user.
             std::env::set_var("SOFTHSM2_CONF", &conf);
-            let pin_file = dir.join("pin");
-            std::fs::write(&pin_file, pin)?;
-            std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))?;
             (
-                SOFTHSM_MODULE.into(),
+                pkcs11::SOFTHSM_MODULE.into(),
                 "certconn-bench".to_owned(),
                 Some(pin_file),
             )

@@ -57,6 +57,58 @@ fn default_pin_env() -> String {
     "CERTCONN_PKCS11_PIN".into()
 }
 
+/// Where Debian's softhsm2 package installs the module.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A throwaway SoftHSM2 token for `bench --pkcs11 softhsm` and the tests: a config and token
+/// directory in `dir`, one token labelled `label` with user PIN `pin`, and a 0600 file holding
+/// the PIN (for `pin_file`). Returns the paths of the config (for `SOFTHSM2_CONF`) and the PIN
+/// file. Needs `softhsm2-util`.
+pub fn softhsm_throwaway_token(
+    dir: &std::path::Path,
+    label: &str,
+    pin: &str,
+) -> Result<(PathBuf, PathBuf), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    let tokens = dir.join("softhsm-tokens");
+    std::fs::create_dir_all(&tokens).map_err(|e| io("creating the token directory", e))?;
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .map_err(|e| io("writing softhsm2.conf", e))?;
+    let out = std::process::Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            pin,
+            "--so-pin",
+            pin,
+        ])
+        .output()
+        .map_err(|e| io("running softhsm2-util (install the softhsm2 package)", e))?;
+    if !out.status.success() {
+        return Err(format!(
+            "softhsm2-util --init-token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let pin_file = dir.join("pkcs11.pin");
+    std::fs::write(&pin_file, pin).map_err(|e| io("writing the PIN file", e))?;
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("protecting the PIN file", e))?;
+    Ok((conf, pin_file))
+}
+
 fn token_error(token: &str, what: &str) -> impl FnOnce(P11Error) -> CustodyError {
     let (token, what) = (token.to_owned(), what.to_owned());
     move |e| CustodyError::Token {

@@ -15,7 +15,7 @@ use der::Decode;
 use zeroize::Zeroizing;
 
 use super::model::{ImportJob, ImportPurpose, JobRecord, JobResult};
-use super::pipeline::{fail, from_backend_error, from_plugin_error, Outcome};
+use super::pipeline::{fail, from_backend_error, from_plugin_error, routed, Outcome};
 use crate::connector::Services;
 use crate::pki::{self, pem};
 use crate::plugins::bindings::types as wit;
@@ -102,18 +102,9 @@ fn open(services: &Services, job_id: &str, req: &ImportJob) -> Result<Opened, St
 
 /// Runs one import job.
 pub async fn run(services: &Arc<Services>, job: &JobRecord, req: &ImportJob) -> Outcome {
-    let Some(profile) = services.config.profiles.get(&req.profile) else {
-        return fail(None, format!("profile {:?} is not configured", req.profile));
-    };
-    let Some(backend) = services.registry.route(&req.profile) else {
-        return fail(
-            None,
-            format!(
-                "profile {:?} routes to backend {:?}, which is not loaded",
-                req.profile,
-                profile.backend.get_ref()
-            ),
-        );
+    let (profile, backend) = match routed(services, &req.profile) {
+        Ok(r) => r,
+        Err(e) => return fail(None, e),
     };
     let bname = backend.name.to_string();
     let opened = {

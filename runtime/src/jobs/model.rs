@@ -156,16 +156,20 @@ impl PasswordPadding {
     }
 }
 
+/// A name as people write it, reduced for matching: `oaepSha512`, `OAEP_SHA512` and
+/// `oaep-sha512` all become `oaepsha512`.
+fn folded_name(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
 impl std::str::FromStr for PasswordPadding {
     type Err = String;
     /// Case-insensitive, with or without separators (`oaepSha512`, `OAEP_SHA512`, `oaep-sha512`).
     fn from_str(s: &str) -> Result<Self, String> {
-        let folded: String = s
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase();
-        match folded.as_str() {
+        match folded_name(s).as_str() {
             "oaepsha256" => Ok(Self::OaepSha256),
             "oaepsha384" => Ok(Self::OaepSha384),
             "oaepsha512" => Ok(Self::OaepSha512),
@@ -195,12 +199,7 @@ impl std::str::FromStr for ImportPurpose {
     type Err = String;
     /// Case-insensitive, with or without separators (`smimeEncryption`, `smime-encryption`).
     fn from_str(s: &str) -> Result<Self, String> {
-        let folded: String = s
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase();
-        match folded.as_str() {
+        match folded_name(s).as_str() {
             "smimeencryption" => Ok(Self::SmimeEncryption),
             "smimesigning" => Ok(Self::SmimeSigning),
             "unassigned" => Ok(Self::Unassigned),

@@ -18,6 +18,7 @@ use super::journal::IssuedRecord;
 use super::model::{
     ImportJob, IssueJob, JobKind, JobRecord, JobResult, RevocationReason, RevokeJob,
 };
+use crate::config::ProfileConfig;
 use crate::connector::Services;
 use crate::custody::store::StoredKey;
 use crate::custody::PrivateKey;
@@ -160,19 +161,30 @@ fn requested_names(req: &IssueJob) -> Result<(Option<Name>, Vec<SubjectAltName>)
     Ok((subject, sans))
 }
 
+/// The profile a job names and the backend it routes to, or why the job cannot run (no backend
+/// is involved yet, so the caller fails it with none).
+pub(super) fn routed<'a>(
+    services: &'a Services,
+    profile_name: &str,
+) -> Result<(&'a ProfileConfig, Arc<LoadedBackend>), String> {
+    let profile = services
+        .config
+        .profiles
+        .get(profile_name)
+        .ok_or_else(|| format!("profile {profile_name:?} is not configured"))?;
+    let backend = services.registry.route(profile_name).ok_or_else(|| {
+        format!(
+            "profile {profile_name:?} routes to backend {:?}, which is not loaded",
+            profile.backend.get_ref()
+        )
+    })?;
+    Ok((profile, backend))
+}
+
 async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Outcome {
-    let Some(profile) = services.config.profiles.get(&req.profile) else {
-        return fail(None, format!("profile {:?} is not configured", req.profile));
-    };
-    let Some(backend) = services.registry.route(&req.profile) else {
-        return fail(
-            None,
-            format!(
-                "profile {:?} routes to backend {:?}, which is not loaded",
-                req.profile,
-                profile.backend.get_ref()
-            ),
-        );
+    let (profile, backend) = match routed(services, &req.profile) {
+        Ok(r) => r,
+        Err(e) => return fail(None, e),
     };
     let bname = backend.name.to_string();
     let (subject, sans) = match requested_names(req) {

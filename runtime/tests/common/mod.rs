@@ -347,40 +347,22 @@ pub fn openssl_pkcs12_info(pfx: &Path, password: &str) -> String {
     text
 }
 
-/// A throwaway SoftHSM2 token in `dir`: returns the `SOFTHSM2_CONF` path and a 0600 PIN file.
-/// The token's label is `label`, its user PIN is in the file.
+/// A throwaway SoftHSM2 token in `dir` labelled `label`: returns the `SOFTHSM2_CONF` path and a
+/// 0600 file holding its user PIN.
 pub fn softhsm_token(dir: &Path, label: &str) -> (PathBuf, PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
-    let tokens = dir.join("softhsm-tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    let pin = "4711-test-pin";
-    run_ok(
-        Command::new("softhsm2-util")
-            .env("SOFTHSM2_CONF", &conf)
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--pin",
-                pin,
-                "--so-pin",
-                "so-4711",
-            ]),
+    certconn::custody::pkcs11::softhsm_throwaway_token(dir, label, "4711-test-pin")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `out` must be a success; returns its stdout (and shows both streams when it is not).
+pub fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
-    let pin_file = dir.join("pkcs11.pin");
-    std::fs::write(&pin_file, pin).unwrap();
-    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (conf, pin_file)
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The `[custody.pkcs11]` section for a `softhsm_token`.
@@ -391,5 +373,4 @@ pub fn softhsm_custody(label: &str, pin_file: &Path) -> String {
     )
 }
 
-/// Where Debian's softhsm2 package puts the module.
-pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub use certconn::custody::pkcs11::SOFTHSM_MODULE;

@@ -62,8 +62,62 @@ pub struct Config {
     /// Certificate profiles, by name: what a request names.
     #[serde(default)]
     pub profiles: BTreeMap<String, ProfileConfig>,
+    /// certconn's own SCEP server, served on the API listener at `/scep`. Off when absent.
+    pub scep: Option<ScepConfig>,
     #[serde(skip)]
     pub source_path: PathBuf,
+}
+
+/// certconn's SCEP server (RFC 8894): devices and device-management services enrol here, and the
+/// CSR goes to the backend the profile routes to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScepConfig {
+    /// The profile every SCEP request is routed by.
+    pub profile: String,
+    /// Custody key of the RA: it decrypts requests and signs replies. Created (RSA-2048) at first
+    /// start with an RA certificate issued by `ca_key`.
+    #[serde(default = "default_ra_key")]
+    pub ra_key: String,
+    /// Custody key whose certificate chain is the CA published by GetCACert and that issues
+    /// the RA certificate (for example the local CA's key).
+    pub ca_key: String,
+    /// The RA certificate's subject.
+    #[serde(default = "default_ra_subject")]
+    pub ra_subject: String,
+    /// A static challenge password, read from this environment variable.
+    pub challenge_env: Option<String>,
+    /// A static challenge password, read from this file (0600; trailing newline ignored).
+    pub challenge_file: Option<PathBuf>,
+    /// Accept one-time challenges minted by `certconn scep challenge` (or the API).
+    #[serde(default = "default_true")]
+    pub one_time_challenges: bool,
+    /// How long a one-time challenge stays valid, in minutes.
+    #[serde(default = "default_challenge_minutes")]
+    pub challenge_minutes: u32,
+    /// How long a PKIOperation waits for the backend before answering PENDING, in seconds.
+    #[serde(default = "default_scep_wait")]
+    pub wait_seconds: u32,
+}
+
+fn default_ra_key() -> String {
+    "scep-ra".into()
+}
+
+fn default_ra_subject() -> String {
+    "CN=certconn SCEP RA".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_challenge_minutes() -> u32 {
+    60
+}
+
+fn default_scep_wait() -> u32 {
+    10
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,6 +392,9 @@ impl Config {
                 resolve(f);
             }
         }
+        if let Some(f) = config.scep.as_mut().and_then(|s| s.challenge_file.as_mut()) {
+            resolve(f);
+        }
         config.validate(text)?;
         Ok(config)
     }
@@ -458,6 +515,40 @@ impl Config {
                         p.backend.get_ref(),
                         known.join(", ")
                     ),
+                ));
+            }
+        }
+        if let Some(scep) = &self.scep {
+            if !self.profiles.contains_key(&scep.profile) {
+                return Err(whole(
+                    "scep.profile",
+                    format!("no profile named {:?}", scep.profile),
+                ));
+            }
+            if !self.keys.contains_key(&scep.ca_key) {
+                return Err(whole(
+                    "scep.ca_key",
+                    format!("key {:?} is not declared in [keys]", scep.ca_key),
+                ));
+            }
+            if let Err(e) = scep.ra_subject.parse::<x509_cert::name::Name>() {
+                return Err(whole(
+                    "scep.ra_subject",
+                    format!("not a distinguished name ({e})"),
+                ));
+            }
+            if scep.challenge_env.is_some() && scep.challenge_file.is_some() {
+                return Err(whole(
+                    "scep.challenge_env",
+                    "give the static challenge in one place: challenge_env or challenge_file"
+                        .into(),
+                ));
+            }
+            if scep.wait_seconds > 60 {
+                return Err(whole(
+                    "scep.wait_seconds",
+                    "at most 60: longer requests time out in SCEP clients; PENDING covers the rest"
+                        .into(),
                 ));
             }
         }

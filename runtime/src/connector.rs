@@ -34,6 +34,8 @@ pub enum StartError {
     Plugin(#[from] PluginError),
     #[error("{0}")]
     Fips(String),
+    #[error("SCEP server: {0}")]
+    Scep(String),
     #[error("data directory {path} is in use by another certconn process (serve, or a keys command); stop it first")]
     Locked { path: std::path::PathBuf },
 }
@@ -92,6 +94,8 @@ pub struct Services {
 /// A started connector: services plus the scheduler's wake-up signal.
 pub struct Connector {
     pub services: Arc<Services>,
+    /// The SCEP server's RA, when `[scep]` is configured.
+    pub scep: Option<Arc<crate::scep::Ra>>,
     wake: Arc<Notify>,
     _lock: std::fs::File,
 }
@@ -132,6 +136,7 @@ impl Connector {
                 tracing::info!(key = %name, subject = %ss.subject.get_ref(), "created self-signed CA certificate");
             }
         }
+        let scep = crate::scep::Ra::open(&config, &keys)?.map(Arc::new);
         let journal = Arc::new(Journal::open(&config.journal_path())?);
         let reclaimed = journal.reclaim_running()?;
         if reclaimed > 0 {
@@ -156,6 +161,7 @@ impl Connector {
         });
         Ok(Self {
             services,
+            scep,
             wake: Arc::new(Notify::new()),
             _lock: lock,
         })

@@ -14,3 +14,4 @@ pub mod custody;
 pub mod jobs;
 pub mod pki;
 pub mod plugins;
+pub mod scep;

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod algorithm;
+pub mod ber;
 pub mod extensions;
 pub mod facts;
 pub mod key;

@@ -97,6 +97,10 @@ struct AppState {
 /// The router, with authentication on everything under `/v1` except `/v1/health`.
 pub fn router(connector: Arc<Connector>, token: Zeroizing<String>) -> Router {
     let max_body = connector.services.config.api.max_body_bytes;
+    let scep = connector
+        .scep
+        .clone()
+        .map(|ra| crate::scep::http::routes(connector.clone(), ra));
     let state = AppState {
         connector,
         token: Arc::new(token),
@@ -111,13 +115,36 @@ pub fn router(connector: Arc<Connector>, token: Zeroizing<String>) -> Router {
         .route("/v1/jobs/{id}/retry", post(retry_job))
         .route("/v1/jobs/{id}/result", get(job_result))
         .route("/v1/plugins", get(list_plugins))
+        .route("/v1/scep/challenges", post(mint_scep_challenge))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
+    let api = Router::new()
         .route("/v1/health", get(health))
         .merge(authed)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .with_state(state)
+        .with_state(state);
+    match scep {
+        Some(scep) => scep.merge(api),
+        None => api,
+    }
+}
+
+/// Mints a one-time SCEP challenge password. The challenge is in this answer only.
+async fn mint_scep_challenge(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let ra = state.connector.scep.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "the SCEP server is not configured ([scep] in the config)",
+        )
+    })?;
+    let (challenge, expires_at) = ra
+        .mint_challenge(&state.connector)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "challenge": challenge.as_str(), "expires_at": expires_at })),
+    )
+        .into_response())
 }
 
 async fn authenticate(

@@ -382,6 +382,28 @@ pub async fn plugins(config_path: &Path, what: Plugins) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Subcommand)]
+pub enum Scep {
+    /// Mint a one-time challenge password for one SCEP enrolment (printed once; only its hash is kept).
+    Challenge {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `certconn scep challenge`.
+pub async fn scep(config_path: &Path, what: Scep) -> anyhow::Result<()> {
+    let api = client(config_path)?;
+    let Scep::Challenge { json } = what;
+    let answer = api.call(Method::POST, "/v1/scep/challenges", None).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        println!("{}", answer["challenge"].as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
 /// `certconn status`: the daemon's health, job counts and FIPS state.
 pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
     let api = client(config_path)?;

@@ -75,6 +75,11 @@ pub enum Command {
         #[command(subcommand)]
         what: pfx::Pfx,
     },
+    /// certconn's SCEP server: mint one-time challenge passwords.
+    Scep {
+        #[command(subcommand)]
+        what: client_cmds::Scep,
+    },
     /// Check a config file and report the first problem with its line.
     CheckConfig,
     /// Measure plugin overhead and pipeline throughput, and print the figures.
@@ -120,6 +125,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Jobs { what } => client_cmds::jobs(&config, what).await,
             Command::Status { json } => client_cmds::status(&config, json).await,
             Command::Plugins { what } => client_cmds::plugins(&config, what).await,
+            Command::Scep { what } => client_cmds::scep(&config, what).await,
             Command::Keys { what } => keys::run(&config, what),
             Command::Pfx { what } => pfx::run(&config, what).await,
             Command::CheckConfig => {

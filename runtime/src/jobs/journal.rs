@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS certificates (
     PRIMARY KEY (backend, serial)
 );
 CREATE INDEX IF NOT EXISTS certificates_serial ON certificates (serial);
+-- One-time SCEP challenges: only their SHA-256 is kept, never the challenge itself.
+CREATE TABLE IF NOT EXISTS scep_challenges (
+    digest      TEXT PRIMARY KEY,
+    expires_at  INTEGER NOT NULL,
+    used_at     INTEGER
+);
 "#;
 
 /// The journal. One connection behind a mutex: SQLite has one writer anyway, and every
@@ -430,6 +436,64 @@ impl Journal {
         }
         tx.commit()?;
         Ok(Some(result))
+    }
+
+    /// The job a source's idempotency key names, if any.
+    pub fn find(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<JobRecord>, JournalError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT * FROM jobs WHERE source = ?1 AND idempotency_key = ?2",
+                params![source, idempotency_key],
+                job_from_row,
+            )
+            .optional()?;
+        row.map(finish_record).transpose()
+    }
+
+    /// Records a one-time SCEP challenge by its digest.
+    pub fn add_challenge(&self, digest: &str, expires_at: i64) -> Result<(), JournalError> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM scep_challenges WHERE expires_at < ?1",
+            params![now_ms()],
+        )?;
+        conn.execute(
+            "INSERT INTO scep_challenges (digest, expires_at) VALUES (?1, ?2)",
+            params![digest, expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// Uses up a one-time challenge: true only the first time, and only before it expires.
+    pub fn consume_challenge(&self, digest: &str) -> Result<bool, JournalError> {
+        let now = now_ms();
+        let conn = self.conn();
+        let n = conn.execute(
+            "UPDATE scep_challenges SET used_at = ?2
+             WHERE digest = ?1 AND used_at IS NULL AND expires_at > ?2",
+            params![digest, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// A certificate certconn issued, by serial: (DER, revoked).
+    pub fn issued_certificate(
+        &self,
+        serial: &str,
+    ) -> Result<Option<(Vec<u8>, bool)>, JournalError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT certificate, revoked_at IS NOT NULL FROM certificates WHERE serial = ?1 LIMIT 1",
+                params![serial],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
     }
 
     /// The backend that issued `serial`, and the issuer name, if certconn issued it.

@@ -1,11 +1,14 @@
-//! The local CA's self-signed root, created once in custody.
+//! Certificates the host itself signs with custody keys: the local CA's self-signed root and
+//! the SCEP server's RA certificate (issued by a CA key in custody, or self-signed).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use certconn_x509::{extensions, CertificateTemplate, KeyUsageName};
 use der::Decode;
 use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::ext::Extension;
 use x509_cert::name::Name;
+use x509_cert::Certificate;
 
 use super::PkiError;
 use crate::crypto::provider::{self, Digest};
@@ -13,22 +16,8 @@ use crate::custody::PrivateKey;
 
 /// A self-signed CA certificate for `key`, valid for `days` from now.
 pub fn self_signed(key: &PrivateKey, subject: &Name, days: u32) -> Result<Vec<u8>, PkiError> {
-    let public_key = SubjectPublicKeyInfoOwned::from_der(key.public_key_der())
-        .map_err(PkiError::der("public key"))?;
-    let mut key_id = provider::digest(Digest::Sha256, public_key.subject_public_key.raw_bytes());
-    key_id.truncate(20);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| PkiError::Invalid("clock before 1970".into()))?
-        .as_secs();
-    let template = CertificateTemplate {
-        serial: provider::random_vec(16)?,
-        issuer: subject.clone(),
-        subject: subject.clone(),
-        not_before: now.saturating_sub(300),
-        not_after: now + u64::from(days) * 86_400,
-        public_key,
-        extensions: vec![
+    let extensions = |key_id: &[u8]| -> Result<Vec<Extension>, PkiError> {
+        Ok(vec![
             extensions::basic_constraints(true, Some(0), subject)?,
             extensions::key_usage(
                 &[
@@ -38,12 +27,90 @@ pub fn self_signed(key: &PrivateKey, subject: &Name, days: u32) -> Result<Vec<u8
                 ],
                 subject,
             )?,
-            extensions::subject_key_identifier(&key_id, subject)?,
-        ],
+            extensions::subject_key_identifier(key_id, subject)?,
+        ])
     };
-    let scheme = key.kind().default_signature_scheme();
+    sign(key, subject, key, subject, days, extensions)
+}
+
+/// An RA certificate for `ra_key`: a non-CA certificate that signs (SCEP replies) and receives
+/// key transport (SCEP requests). Issued by `issuer` when given (the CA's key and certificate),
+/// else self-signed.
+pub fn ra_certificate(
+    ra_key: &PrivateKey,
+    subject: &Name,
+    issuer: Option<(&PrivateKey, &[u8])>,
+    days: u32,
+) -> Result<Vec<u8>, PkiError> {
+    let extensions = |key_id: &[u8]| -> Result<Vec<Extension>, PkiError> {
+        Ok(vec![
+            extensions::basic_constraints(false, None, subject)?,
+            extensions::key_usage(
+                &[
+                    KeyUsageName::DigitalSignature,
+                    KeyUsageName::KeyEncipherment,
+                ],
+                subject,
+            )?,
+            extensions::subject_key_identifier(key_id, subject)?,
+        ])
+    };
+    match issuer {
+        Some((ca_key, ca_cert)) => {
+            let ca = Certificate::from_der(ca_cert).map_err(PkiError::der("CA certificate"))?;
+            let mut exts = extensions(&key_id_of(ra_key)?)?;
+            if let Some(aki) = certconn_x509::extensions::subject_key_identifier_of(&ca) {
+                exts.push(extensions::authority_key_identifier(&aki, subject)?);
+            }
+            sign(
+                ra_key,
+                subject,
+                ca_key,
+                &ca.tbs_certificate.subject,
+                days,
+                |_| Ok(exts.clone()),
+            )
+        }
+        None => sign(ra_key, subject, ra_key, subject, days, extensions),
+    }
+}
+
+fn key_id_of(key: &PrivateKey) -> Result<Vec<u8>, PkiError> {
+    let public_key = SubjectPublicKeyInfoOwned::from_der(key.public_key_der())
+        .map_err(PkiError::der("public key"))?;
+    let mut key_id = provider::digest(Digest::Sha256, public_key.subject_public_key.raw_bytes());
+    key_id.truncate(20);
+    Ok(key_id)
+}
+
+/// Signs a certificate for `subject_key` with `signer`.
+fn sign(
+    subject_key: &PrivateKey,
+    subject: &Name,
+    signer: &PrivateKey,
+    issuer: &Name,
+    days: u32,
+    extensions: impl FnOnce(&[u8]) -> Result<Vec<Extension>, PkiError>,
+) -> Result<Vec<u8>, PkiError> {
+    let public_key = SubjectPublicKeyInfoOwned::from_der(subject_key.public_key_der())
+        .map_err(PkiError::der("public key"))?;
+    let key_id = key_id_of(subject_key)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| PkiError::Invalid("clock before 1970".into()))?
+        .as_secs();
+    let template = CertificateTemplate {
+        serial: provider::random_vec(16)?,
+        issuer: issuer.clone(),
+        subject: subject.clone(),
+        not_before: now.saturating_sub(300),
+        not_after: now + u64::from(days) * 86_400,
+        public_key,
+        extensions: extensions(&key_id)?,
+    };
+    let scheme = signer.kind().default_signature_scheme();
     template
-        .sign(scheme, |tbs| key.sign(scheme, tbs))
+        .sign(scheme, |tbs| signer.sign(scheme, tbs))
         .map_err(|e| match e {
             certconn_x509::tbs::SignError::Encode(e) => PkiError::from(e),
             certconn_x509::tbs::SignError::Signer(e) => PkiError::from(e),

@@ -2,7 +2,6 @@
 //! CMS EnvelopedData. Encoding uses the RustCrypto `der` family; every primitive comes from
 //! [`crate::crypto::provider`].
 
-pub mod ber;
 pub mod ca;
 pub mod cms;
 pub mod csr;

@@ -374,3 +374,39 @@ pub fn softhsm_custody(label: &str, pin_file: &Path) -> String {
 }
 
 pub use certconn::custody::pkcs11::SOFTHSM_MODULE;
+
+/// A plain HTTP/1.0 request to a daemon on loopback: (status, body). For protocols the API
+/// client does not speak (SCEP).
+pub fn http_raw(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/x-pki-message\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP response head");
+    let status = std::str::from_utf8(&out[9..12]).unwrap().parse().unwrap();
+    (status, out[split + 4..].to_vec())
+}
+
+/// The `[scep]` section used by the SCEP tests: profile `smime` on the local CA.
+pub fn scep_section(challenge_file: &Path) -> String {
+    format!(
+        "[scep]\nprofile = \"smime\"\nca_key = \"local-ca\"\nchallenge_file = \"{}\"\nwait_seconds = 5\n",
+        challenge_file.display()
+    )
+}
+
+/// Writes a 0600 file.
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}

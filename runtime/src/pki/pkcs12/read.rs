@@ -22,7 +22,7 @@ use crate::crypto::policy::Cipher;
 use crate::crypto::provider::{self, Digest, Prf};
 use crate::crypto::{AlgorithmPolicy, CryptoError};
 use crate::custody::PrivateKey;
-use crate::pki::ber;
+use certconn_x509::ber;
 
 /// Largest PFX accepted.
 pub const MAX_SIZE: usize = 1 << 20;

@@ -6,17 +6,17 @@
 //! Bounded: nesting depth at most [`MAX_DEPTH`]; output never larger than the input plus the
 //! length octets it adds. Set ordering is not changed (the `der` crate sorts SET OF on decode).
 
-use super::PkiError;
+use crate::Error;
 
 /// Deepest nesting accepted.
 pub const MAX_DEPTH: usize = 64;
 
 /// Re-encodes one BER element (and nothing after it) as DER.
-pub fn to_der(input: &[u8]) -> Result<Vec<u8>, PkiError> {
+pub fn to_der(input: &[u8]) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(input.len());
     let used = element(input, 0, &mut out)?;
     if used != input.len() {
-        return Err(PkiError::Invalid(format!(
+        return Err(Error::Invalid(format!(
             "{} bytes of trailing data after the BER element",
             input.len() - used
         )));
@@ -24,12 +24,12 @@ pub fn to_der(input: &[u8]) -> Result<Vec<u8>, PkiError> {
     Ok(out)
 }
 
-fn invalid(at: usize, what: &str) -> PkiError {
-    PkiError::Invalid(format!("BER at offset {at}: {what}"))
+fn invalid(at: usize, what: &str) -> Error {
+    Error::Invalid(format!("BER at offset {at}: {what}"))
 }
 
 /// Reads identifier octets; returns (tag bytes, constructed, length of identifier).
-fn identifier(input: &[u8]) -> Result<(&[u8], bool, usize), PkiError> {
+fn identifier(input: &[u8]) -> Result<(&[u8], bool, usize), Error> {
     let first = *input
         .first()
         .ok_or_else(|| invalid(0, "truncated identifier"))?;
@@ -52,7 +52,7 @@ fn identifier(input: &[u8]) -> Result<(&[u8], bool, usize), PkiError> {
 }
 
 /// Reads length octets; `None` is the indefinite form. Returns (length, octets used).
-fn length(input: &[u8], at: usize) -> Result<(Option<usize>, usize), PkiError> {
+fn length(input: &[u8], at: usize) -> Result<(Option<usize>, usize), Error> {
     let first = *input
         .first()
         .ok_or_else(|| invalid(at, "truncated length"))?;
@@ -85,7 +85,7 @@ fn push_length(out: &mut Vec<u8>, len: usize) {
 }
 
 /// Converts the element at the start of `input`; returns how many input bytes it used.
-fn element(input: &[u8], depth: usize, out: &mut Vec<u8>) -> Result<usize, PkiError> {
+fn element(input: &[u8], depth: usize, out: &mut Vec<u8>) -> Result<usize, Error> {
     if depth > MAX_DEPTH {
         return Err(invalid(0, "nested too deeply"));
     }
@@ -166,7 +166,7 @@ struct Tlv<'a> {
 }
 
 /// Splits DER children into their elements.
-fn split(children: &[u8]) -> Result<Vec<Tlv<'_>>, PkiError> {
+fn split(children: &[u8]) -> Result<Vec<Tlv<'_>>, Error> {
     let mut out = Vec::new();
     let mut rest = children;
     while !rest.is_empty() {
@@ -188,7 +188,7 @@ fn split(children: &[u8]) -> Result<Vec<Tlv<'_>>, PkiError> {
 }
 
 /// Concatenates primitive OCTET STRING segments.
-fn join_segments(children: &[u8]) -> Result<Vec<u8>, PkiError> {
+fn join_segments(children: &[u8]) -> Result<Vec<u8>, Error> {
     let mut content = Vec::with_capacity(children.len());
     for seg in split(children)? {
         if seg.tag != [0x04] || seg.whole[0] & 0x20 != 0 {
@@ -199,7 +199,7 @@ fn join_segments(children: &[u8]) -> Result<Vec<u8>, PkiError> {
     Ok(content)
 }
 
-fn is_segmented_encrypted_content_info(children: &[u8]) -> Result<bool, PkiError> {
+fn is_segmented_encrypted_content_info(children: &[u8]) -> Result<bool, Error> {
     let parts = split(children)?;
     Ok(parts.len() == 3
         && parts[0].tag == [0x06]

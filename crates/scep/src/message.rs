@@ -385,6 +385,17 @@ pub fn verify(
             "messageDigest does not match the content".into(),
         ));
     }
+    // RSA keys under 2048 bits are read only for SHA-1 signatures (old Apple devices send
+    // RSA-1024 with SHA-1); otherwise say so rather than report a bad signature.
+    if let Ok(certconn_x509::PublicKeyKind::Rsa { bits }) =
+        certconn_x509::PublicKeyKind::of(&signer_cert.tbs_certificate.subject_public_key_info)
+    {
+        if bits < 2048 && digest != Digest::Sha1 {
+            return Err(Error::Unsupported(format!(
+                "the signer's key is RSA-{bits}; RSA-2048 or larger is required (RSA-1024 is read only with SHA-1, for legacy devices)"
+            )));
+        }
+    }
     // Verify over the bytes as sent, with the [0] IMPLICIT tag replaced by SET (0x31).
     let mut signed_bytes = raw_attrs;
     signed_bytes[0] = 0x31;

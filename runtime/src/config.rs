@@ -281,6 +281,9 @@ pub struct BackendConfig {
     pub timeout_seconds: u64,
     #[serde(default = "default_log_lines")]
     pub log_lines_per_call: u32,
+    /// Outbound HTTP this instance may make: hosts, internal addresses, response size.
+    #[serde(default)]
+    pub http: crate::plugins::http::HttpGrant,
     /// Handed to the plugin's `configure` as JSON.
     #[serde(default)]
     pub settings: toml::Table,

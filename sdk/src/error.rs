@@ -31,6 +31,21 @@ pub fn pending(
     })
 }
 
+/// A backend error as one line of text, for health messages and logs.
+pub fn describe(e: &BackendError) -> String {
+    match e {
+        BackendError::InvalidConfig(fields) => fields
+            .iter()
+            .map(|f| format!("{}: {}", f.field, f.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        BackendError::Rejected(m) | BackendError::Transient(m) | BackendError::Unsupported(m) => {
+            m.clone()
+        }
+        BackendError::Pending(p) => p.message.clone(),
+    }
+}
+
 /// One bad setting.
 pub fn field(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError {

@@ -44,7 +44,17 @@ pub mod bindings {
 
 pub mod error;
 pub mod host;
+pub mod http;
 pub mod log;
+pub mod scep;
+
+/// Seconds since the Unix epoch, from the host's wall clock (0 if the clock is before 1970).
+pub fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 pub use bindings::certconn::plugin::types::{
     BackendError, BackendInfo, Capabilities, FieldError, HealthReport, ImportCheck, ImportPurpose,

@@ -159,7 +159,7 @@ backend = "local"
     let issue_calls = (args.calls / 4).max(1);
     let t = Instant::now();
     for _ in 0..issue_calls {
-        backend.issue(&issue_request).await?.map_err(|e| {
+        backend.issue(&issue_request, None).await?.map_err(|e| {
             anyhow::anyhow!("{}", crate::plugins::backend::describe_backend_error(&e))
         })?;
     }

@@ -7,11 +7,19 @@ use std::sync::Arc;
 use super::store::StoredKey;
 use super::{CustodyError, KeyStore};
 
+/// The handle that names, during one `issue` or `poll` call, the key the CSR certifies when
+/// certconn made it (server-side keys). Enrolment protocols need it: a SCEP client signs its
+/// request with the key being certified and receives the reply encrypted to it.
+pub const REQUEST_HANDLE: &str = "request";
+
 /// The keys one backend instance was granted, by handle name.
 #[derive(Clone, Debug)]
 pub struct Grants {
     store: Arc<KeyStore>,
     granted: Arc<BTreeSet<String>>,
+    request: Option<Arc<StoredKey>>,
+    /// The hosts the instance may reach over HTTP.
+    pub http: Arc<crate::plugins::http::HttpGrant>,
 }
 
 impl Grants {
@@ -19,11 +27,35 @@ impl Grants {
         Self {
             store,
             granted: Arc::new(granted.into_iter().collect()),
+            request: None,
+            http: Arc::default(),
+        }
+    }
+
+    /// These grants with outbound HTTP to `http`'s hosts.
+    pub fn with_http(self, http: crate::plugins::http::HttpGrant) -> Self {
+        Self {
+            http: Arc::new(http),
+            ..self
+        }
+    }
+
+    /// These grants plus [`REQUEST_HANDLE`] bound to `key`, for one call.
+    pub fn with_request_key(&self, key: Option<Arc<StoredKey>>) -> Self {
+        Self {
+            request: key,
+            ..self.clone()
         }
     }
 
     /// The key behind `handle`, if it was granted and exists.
     pub fn key(&self, handle: &str) -> Result<Arc<StoredKey>, CustodyError> {
+        if handle == REQUEST_HANDLE {
+            return self
+                .request
+                .clone()
+                .ok_or_else(|| CustodyError::NotGranted(handle.into()));
+        }
         if !self.granted.contains(handle) {
             return Err(CustodyError::NotGranted(handle.into()));
         }

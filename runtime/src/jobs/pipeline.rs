@@ -129,17 +129,25 @@ fn wit_sans(sans: &[SubjectAltName]) -> Vec<wit::SubjectAltName> {
 enum DeviceKey {
     /// The device sent a CSR and keeps its key.
     OwnedByDevice,
-    /// Made for this attempt; it goes into the PFX.
-    Fresh(PrivateKey),
+    /// Made for this attempt; it goes into the PFX. Held as a stored key (not yet in the
+    /// store) so the backend can use it as the `request` handle.
+    Fresh(Arc<StoredKey>),
     /// Made by an earlier attempt that the CA answered `pending`; kept in custody until now.
     Kept(Arc<StoredKey>),
 }
 
 impl DeviceKey {
+    fn request_key(&self) -> Option<Arc<StoredKey>> {
+        match self {
+            Self::OwnedByDevice => None,
+            Self::Fresh(k) | Self::Kept(k) => Some(k.clone()),
+        }
+    }
+
     fn private(&self) -> Option<&PrivateKey> {
         match self {
             Self::OwnedByDevice => None,
-            Self::Fresh(k) => Some(k),
+            Self::Fresh(k) => Some(&k.key),
             Self::Kept(k) => Some(&k.key),
         }
     }
@@ -204,7 +212,11 @@ async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Out
                 Err(_) => {
                     let alg = req.key.unwrap_or(profile.key_algorithm);
                     match tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await {
-                        Ok(Ok(k)) => DeviceKey::Fresh(k),
+                        Ok(Ok(k)) => DeviceKey::Fresh(Arc::new(StoredKey {
+                            name: crate::custody::grant::REQUEST_HANDLE.into(),
+                            key: k,
+                            chain: Vec::new(),
+                        })),
                         Ok(Err(e)) => {
                             return Outcome::Retry {
                                 backend: Some(bname),
@@ -247,15 +259,22 @@ async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Out
         template: profile.template.clone(),
     };
     let answer = match &job.poll_token {
-        Some(token) => backend.poll(&job.id, token).await,
-        None => backend.issue(&request).await,
+        Some(token) => backend.poll(&job.id, token, key.request_key()).await,
+        None => backend.issue(&request, key.request_key()).await,
     };
     let issued = match answer {
         Ok(Ok(issued)) => issued,
         Ok(Err(e)) => {
             let outcome = from_backend_error(&bname, e);
             if let (Outcome::Pending { .. }, DeviceKey::Fresh(k)) = (&outcome, key) {
-                // Keep the device key in custody until the CA answers.
+                // Keep the device key in custody until the CA answers. The plugin's store is
+                // gone, so this is the last reference.
+                let Ok(StoredKey { key: k, .. }) = Arc::try_unwrap(k) else {
+                    return Outcome::Retry {
+                        backend: Some(bname),
+                        error: "the device key is still in use; retrying".into(),
+                    };
+                };
                 if let Err(e) = services.keys.put(&pending_key_name(&job.id), k) {
                     return Outcome::Retry {
                         backend: Some(bname),

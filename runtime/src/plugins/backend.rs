@@ -18,6 +18,7 @@ use super::engine::{PluginEngine, EPOCH_TICK};
 use super::state::PluginState;
 use super::PluginError;
 use crate::crypto::AlgorithmPolicy;
+use crate::custody::store::StoredKey;
 use crate::custody::Grants;
 
 /// Limits of one backend instance.
@@ -111,11 +112,15 @@ impl LoadedBackend {
         Ok(this)
     }
 
-    fn new_store(&self, job: Option<&str>) -> Store<PluginState> {
+    fn new_store(
+        &self,
+        job: Option<&str>,
+        request_key: Option<Arc<StoredKey>>,
+    ) -> Store<PluginState> {
         let state = PluginState::new(
             self.name.clone(),
             job.map(Arc::from),
-            self.grants.clone(),
+            self.grants.with_request_key(request_key),
             self.policy,
             self.limits.memory_bytes,
             self.limits.log_lines,
@@ -135,7 +140,19 @@ impl LoadedBackend {
         configure: bool,
         op: impl AsyncFnOnce(&mut Store<PluginState>, &CaBackend) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        let mut store = self.new_store(job);
+        self.run_with_key(job, None, configure, op).await
+    }
+
+    /// `run`, with [`REQUEST_HANDLE`](crate::custody::grant::REQUEST_HANDLE) bound to the key
+    /// the job's CSR certifies.
+    async fn run_with_key<R>(
+        &self,
+        job: Option<&str>,
+        request_key: Option<Arc<StoredKey>>,
+        configure: bool,
+        op: impl AsyncFnOnce(&mut Store<PluginState>, &CaBackend) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let mut store = self.new_store(job, request_key);
         // The epoch deadline stops a spinning plugin; this outer timeout also covers time spent
         // in the host on the plugin's behalf (HTTP, custody).
         let outer = self.limits.timeout + Duration::from_secs(1);
@@ -219,17 +236,29 @@ impl LoadedBackend {
         .await
     }
 
-    /// `issue` for one job.
-    pub async fn issue(&self, request: &IssueRequest) -> CallResult<IssuedCertificate> {
-        self.run(Some(&request.job_id), true, async |store, b| {
-            b.certconn_plugin_backend().call_issue(store, request).await
-        })
+    /// `issue` for one job; `request_key` is the key the CSR certifies when certconn made it.
+    pub async fn issue(
+        &self,
+        request: &IssueRequest,
+        request_key: Option<Arc<StoredKey>>,
+    ) -> CallResult<IssuedCertificate> {
+        self.run_with_key(
+            Some(&request.job_id),
+            request_key,
+            true,
+            async |store, b| b.certconn_plugin_backend().call_issue(store, request).await,
+        )
         .await
     }
 
     /// `poll` for one pending job.
-    pub async fn poll(&self, job_id: &str, token: &str) -> CallResult<IssuedCertificate> {
-        self.run(Some(job_id), true, async |store, b| {
+    pub async fn poll(
+        &self,
+        job_id: &str,
+        token: &str,
+        request_key: Option<Arc<StoredKey>>,
+    ) -> CallResult<IssuedCertificate> {
+        self.run_with_key(Some(job_id), request_key, true, async |store, b| {
             b.certconn_plugin_backend()
                 .call_poll(store, job_id, token)
                 .await

@@ -54,7 +54,7 @@ impl PluginState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            http_policy: HttpPolicy::deny_all(backend.clone()),
+            http_policy: HttpPolicy::new(backend.clone(), grants.http.clone()),
             limits: MemoryLimit::new(memory_limit),
             grants,
             policy,

@@ -192,3 +192,26 @@ openssl pkcs12 -in device.pfx -passin "pass:$pw" -nokeys -clcerts 2>/dev/null | 
         "issued by micromdm's CA: {stdout}"
     );
 }
+
+/// The SCEP server answers PENDING at once (wait_seconds = 0); the host keeps the device key,
+/// polls, the backend sends CertPoll, and the certificate arrives on a later poll.
+#[test]
+fn pending_then_cert_poll_delivers_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let challenge = dir.path().join("challenge");
+    write_private(&challenge, CHALLENGE);
+    let daemon = start_in(dir.path(), |data, port| {
+        self_loop_config(data, port, &challenge, "poll_seconds = 1").replace("wait_seconds = 5", "wait_seconds = 0")
+    });
+    let out = issue(&daemon, dir.path(), "pending-device");
+    assert!(
+        out.status.success(),
+        "{}\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+    );
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(log.contains("answered PENDING"), "the backend saw PENDING: {log}");
+    assert!(dir.path().join("pending-device.pfx").exists());
+}

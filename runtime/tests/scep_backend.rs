@@ -201,7 +201,8 @@ fn pending_then_cert_poll_delivers_the_certificate() {
     let challenge = dir.path().join("challenge");
     write_private(&challenge, CHALLENGE);
     let daemon = start_in(dir.path(), |data, port| {
-        self_loop_config(data, port, &challenge, "poll_seconds = 1").replace("wait_seconds = 5", "wait_seconds = 0")
+        self_loop_config(data, port, &challenge, "poll_seconds = 1")
+            .replace("wait_seconds = 5", "wait_seconds = 0")
     });
     let out = issue(&daemon, dir.path(), "pending-device");
     assert!(
@@ -212,6 +213,9 @@ fn pending_then_cert_poll_delivers_the_certificate() {
         std::fs::read_to_string(&daemon.log).unwrap_or_default()
     );
     let log = std::fs::read_to_string(&daemon.log).unwrap();
-    assert!(log.contains("answered PENDING"), "the backend saw PENDING: {log}");
+    assert!(
+        log.contains("answered PENDING"),
+        "the backend saw PENDING: {log}"
+    );
     assert!(dir.path().join("pending-device.pfx").exists());
 }

@@ -14,6 +14,8 @@ use certconn_scep::{
     PkiStatus,
 };
 use certconn_x509::der::{Decode, Encode};
+use certconn_x509::x509_cert::name::Name;
+use certconn_x509::x509_cert::request::CertReq;
 use certconn_x509::x509_cert::Certificate;
 use certconn_x509::{CertificateTemplate, SignatureScheme};
 
@@ -295,6 +297,7 @@ impl ScepClient {
                 fail_info: None,
                 content: Some(&sealed),
                 extra_certificates: &[],
+                send_certificates: true,
             },
         )
         .map_err(rejected)?;
@@ -455,4 +458,189 @@ fn url_base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// What `poll` needs to ask about the same request again.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PollToken {
+    transaction_id: String,
+    /// The requester's subject, DER hex.
+    subject: String,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A SHA-256 pin as written in settings: 64 hex digits, colons allowed, any case.
+pub fn normalize_fingerprint(text: &str) -> Result<String, String> {
+    let f = text.replace(':', "").to_ascii_lowercase();
+    if f.len() == 64 && unhex(&f).is_some() {
+        Ok(f)
+    } else {
+        Err("must be 64 hex digits (colons allowed)".into())
+    }
+}
+
+/// The whole enrolment of one job at one SCEP CA, shared by every SCEP-speaking backend: the
+/// `scep` backend gives it a static challenge, `ndes` one fetched from mscep_admin.
+pub struct Enrolment {
+    pub client: ScepClient,
+    /// SHA-256 of the CA certificate, normalized (see [`normalize_fingerprint`]).
+    pub ca_fingerprint: Option<String>,
+    pub poll_seconds: u32,
+    pub include_ca_in_chain: bool,
+}
+
+impl Enrolment {
+    /// GetCACert, with the pin checked.
+    fn ca(&self) -> Result<CaCertificates, BackendError> {
+        let ca = self.client.ca_certificates()?;
+        match &self.ca_fingerprint {
+            Some(want) => {
+                let got = hex(&HostCrypto
+                    .digest(Digest::Sha256, &ca.ca)
+                    .map_err(rejected)?);
+                if &got != want {
+                    return Err(rejected(format!(
+                        "the SCEP CA's certificate has SHA-256 {got}, not the pinned {want}: refusing to enrol"
+                    )));
+                }
+            }
+            None => crate::log::warn(
+                "ca_fingerprint_sha256 is not set: trusting the CA certificate GetCACert returned",
+            ),
+        }
+        Ok(ca)
+    }
+
+    /// PKCSReq for the job's device key. `challenge` is asked for last, just before the request
+    /// is signed, so a one-time challenge is as fresh as it can be.
+    pub fn issue(
+        &self,
+        request: &crate::IssueRequest,
+        challenge: impl FnOnce() -> Result<Option<String>, BackendError>,
+    ) -> Result<IssuedCertificate, BackendError> {
+        let csr =
+            CertReq::from_der(&request.csr).map_err(|e| rejected(format!("the job's CSR: {e}")))?;
+        let subject = match &request.subject {
+            Some(der) => Name::from_der(der).map_err(|e| rejected(format!("subject: {e}")))?,
+            None => csr.info.subject.clone(),
+        };
+        let ca = self.ca()?;
+        let caps = self.client.capabilities()?;
+        let requester = CustodyIdentity::self_signed(REQUEST_HANDLE, &subject)?;
+        let txid = transaction_id(&requester)?;
+        let challenge = challenge()?;
+        let csr = csr_with_challenge(csr, &subject, challenge.as_deref())?;
+        crate::log::info(&format!(
+            "SCEP PKCSReq for job {} (transaction {txid})",
+            request.job_id
+        ));
+        let reply =
+            self.client
+                .transact(&caps, &ca, &requester, MessageType::PkcsReq, &txid, &csr)?;
+        let subject_hex = hex(&subject.to_der().map_err(rejected)?);
+        self.finish(
+            reply,
+            &ca,
+            PollToken {
+                transaction_id: txid,
+                subject: subject_hex,
+            },
+        )
+    }
+
+    /// CertPoll for a request that was answered PENDING.
+    pub fn poll(&self, poll_token: &str) -> Result<IssuedCertificate, BackendError> {
+        let token: PollToken =
+            serde_json::from_str(poll_token).map_err(|e| rejected(format!("poll token: {e}")))?;
+        let subject = unhex(&token.subject)
+            .and_then(|d| Name::from_der(&d).ok())
+            .ok_or_else(|| rejected("poll token: bad subject"))?;
+        let ca = self.ca()?;
+        let caps = self.client.capabilities()?;
+        let requester = CustodyIdentity::self_signed(REQUEST_HANDLE, &subject)?;
+        let content = cert_poll_content(&ca, &subject)?;
+        let reply = self.client.transact(
+            &caps,
+            &ca,
+            &requester,
+            MessageType::CertPoll,
+            &token.transaction_id,
+            &content,
+        )?;
+        self.finish(reply, &ca, token)
+    }
+
+    fn finish(
+        &self,
+        reply: Reply,
+        ca: &CaCertificates,
+        token: PollToken,
+    ) -> Result<IssuedCertificate, BackendError> {
+        match reply {
+            Reply::Issued(mut issued) => {
+                if !self.include_ca_in_chain {
+                    issued.chain.retain(|c| *c != ca.ca);
+                }
+                Ok(issued)
+            }
+            Reply::Pending => Err(BackendError::Pending(crate::Pending {
+                message: format!(
+                    "the SCEP CA answered PENDING (transaction {})",
+                    token.transaction_id
+                ),
+                poll_token: serde_json::to_string(&token).map_err(rejected)?,
+                retry_after_seconds: self.poll_seconds,
+            })),
+        }
+    }
+}
+
+/// challengePassword (PKCS#9).
+const CHALLENGE_PASSWORD: certconn_x509::der::oid::ObjectIdentifier =
+    certconn_x509::der::oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.7");
+
+/// The host's CSR with the challenge password added, re-signed with the device key.
+fn csr_with_challenge(
+    mut req: CertReq,
+    subject: &Name,
+    challenge: Option<&str>,
+) -> Result<Vec<u8>, BackendError> {
+    use certconn_x509::der::asn1::{Any, SetOfVec, Utf8StringRef};
+    use certconn_x509::x509_cert::attr::Attribute;
+    req.info.subject = subject.clone();
+    if let Some(c) = challenge {
+        let value = Utf8StringRef::new(c)
+            .and_then(|s| Any::encode_from(&s))
+            .map_err(|e| rejected(format!("challenge: {e}")))?;
+        let attr = Attribute {
+            oid: CHALLENGE_PASSWORD,
+            values: SetOfVec::try_from(vec![value])
+                .map_err(|e| rejected(format!("challenge: {e}")))?,
+        };
+        req.info
+            .attributes
+            .insert(attr)
+            .map_err(|e| rejected(format!("challenge: {e}")))?;
+    }
+    let tbs = req
+        .info
+        .to_der()
+        .map_err(|e| rejected(format!("CSR: {e}")))?;
+    let scheme = SignatureScheme::RsaPkcs1Sha256;
+    let signature = custody::sign(REQUEST_HANDLE, scheme.into(), &tbs)?;
+    certconn_x509::signed::assemble(&tbs, &scheme.algorithm_identifier(), &signature)
+        .map_err(|e| rejected(format!("CSR: {e}")))
 }

@@ -18,6 +18,7 @@ pub mod certs;
 pub mod crypto;
 pub mod envelope;
 pub mod message;
+pub mod ndes;
 mod oid;
 mod tlv;
 

@@ -160,8 +160,10 @@ pub struct Outgoing<'a> {
     pub fail_info: Option<FailInfo>,
     /// The pkcsPKIEnvelope (a DER ContentInfo), absent in FAILURE and PENDING replies.
     pub content: Option<&'a [u8]>,
-    /// Certificates sent beside the signer's own (which is always included).
+    /// Certificates sent beside the signer's own.
     pub extra_certificates: &'a [Vec<u8>],
+    /// Whether the message carries certificates at all (NDES sends its CertRep without any).
+    pub send_certificates: bool,
 }
 
 fn attribute(oid: const_oid::ObjectIdentifier, value: Any) -> Result<Attribute> {
@@ -259,9 +261,13 @@ pub fn sign(
                 None => None,
             },
         },
-        certificates: Some(CertificateSet(
-            SetOfVec::try_from(certs).map_err(Error::malformed("certificates"))?,
-        )),
+        certificates: if out.send_certificates {
+            Some(CertificateSet(
+                SetOfVec::try_from(certs).map_err(Error::malformed("certificates"))?,
+            ))
+        } else {
+            None
+        },
         crls: None,
         signer_infos: SignerInfos(
             SetOfVec::try_from(vec![signer]).map_err(Error::malformed("signer infos"))?,

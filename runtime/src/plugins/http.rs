@@ -27,7 +27,7 @@ pub struct HttpGrant {
     /// on a private network).
     #[serde(default)]
     pub allow_private: bool,
-    /// Largest response body read, in bytes.
+    /// Largest response body read (and request body sent), in bytes.
     #[serde(default = "default_max_response")]
     pub max_response_bytes: usize,
 }
@@ -130,7 +130,7 @@ type ResponseFuture = Box<
 impl WasiHttpHooks for HttpPolicy {
     fn send_request(
         &mut self,
-        mut request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
         _options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> ResponseFuture {
@@ -172,6 +172,21 @@ impl WasiHttpHooks for HttpPolicy {
             let stream = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(HttpError::Connect)?;
+            // The body is sent whole with a Content-Length: servers that do not read chunked
+            // requests (several SCEP servers) then work too, and a plugin cannot stream an
+            // unbounded upload.
+            let (mut parts, body) = request.into_parts();
+            let body = Limited::new(body, grant.max_response_bytes)
+                .collect()
+                .await
+                .map_err(|_| HttpError::HttpRequestBodySize(None))?
+                .to_bytes();
+            parts.headers.insert(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from(body.len()),
+            );
+            parts.headers.remove(http::header::TRANSFER_ENCODING);
+            let mut request = http::Request::from_parts(parts, Full::new(body));
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                     .await

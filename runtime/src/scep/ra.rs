@@ -423,6 +423,7 @@ impl Ra {
                 fail_info,
                 content,
                 extra_certificates: &[],
+                send_certificates: true,
             },
         )
         .map_err(|e| NotScep(format!("building the CertRep: {e}")))

@@ -51,9 +51,20 @@ pub struct BenchArgs {
     pkcs11: Option<String>,
     #[arg(long, default_value = "certconn-bench")]
     pkcs11_token: String,
+    /// Measure SCEP enrolments per second at these SCEP servers instead (repeat the option to
+    /// compare servers in one run): `--jobs` enrolments each, `--workers` at a time, device keys
+    /// and requests made in advance.
+    #[arg(long, value_name = "URL")]
+    scep: Vec<String>,
+    /// With --scep: the challenge password the servers accept.
+    #[arg(long, requires = "scep", default_value = "")]
+    challenge: String,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !args.scep.is_empty() {
+        return super::bench_scep::run(&args.scep, &args.challenge, args.jobs.max(1), args.workers.max(1)).await;
+    }
     if let Some(n) = args.pki {
         let token = args
             .pkcs11

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_pki;
+mod bench_scep;
 mod client_cmds;
 mod keys;
 mod pfx;

@@ -11,12 +11,26 @@ use x509_cert::request::{CertReqInfo, Version};
 use super::PkiError;
 use crate::custody::PrivateKey;
 
+/// challengePassword (PKCS#9), the SCEP enrolment secret.
+const CHALLENGE_PASSWORD: const_oid::ObjectIdentifier =
+    const_oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.7");
+
 /// Builds and signs a CSR for `key` with `subject` and, when given, the SANs as an
 /// extensionRequest.
 pub fn build(
     key: &PrivateKey,
     subject: &Name,
     sans: &[SubjectAltName],
+) -> Result<Vec<u8>, PkiError> {
+    build_with_challenge(key, subject, sans, None)
+}
+
+/// [`build`], with a challengePassword attribute (SCEP) when `challenge` is given.
+pub fn build_with_challenge(
+    key: &PrivateKey,
+    subject: &Name,
+    sans: &[SubjectAltName],
+    challenge: Option<&str>,
 ) -> Result<Vec<u8>, PkiError> {
     let public_key = SubjectPublicKeyInfoOwned::from_der(key.public_key_der())
         .map_err(PkiError::der("public key"))?;
@@ -32,6 +46,18 @@ pub fn build(
                 values,
             })
             .map_err(PkiError::der("extension request"))?;
+    }
+    if let Some(c) = challenge {
+        let value = der::asn1::Utf8StringRef::new(c)
+            .and_then(|s| Any::encode_from(&s))
+            .map_err(PkiError::der("challenge password"))?;
+        attributes
+            .insert(Attribute {
+                oid: CHALLENGE_PASSWORD,
+                values: SetOfVec::try_from(vec![value])
+                    .map_err(PkiError::der("challenge password"))?,
+            })
+            .map_err(PkiError::der("challenge password"))?;
     }
     let info = CertReqInfo {
         version: Version::V1,

@@ -282,3 +282,120 @@ fn bad_messages_get_a_clear_http_error_and_issue_nothing() {
     );
     assert_eq!(jobs_total(&daemon), 0);
 }
+
+/// A RenewalReq signed by the certificate certconn issued (no challenge) gets a certificate for
+/// the new key; one signed by a certificate certconn did not issue gets badCertId.
+#[test]
+fn renewal_is_signed_by_a_certificate_certconn_issued() {
+    use certconn::crypto::AlgorithmPolicy;
+    use certconn::custody::{KeyAlgorithm, PrivateKey};
+    use certconn::scep::adapter::{CustodyIdentity, HostCrypto};
+    use certconn_scep::{
+        certs, envelope, message, CaCertificates, Cipher, Crypto, Digest, FailInfo, KeyTransport,
+        MessageType, Outgoing, PkiStatus,
+    };
+    use std::str::FromStr;
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path());
+    let (out, cert) = scepclient(&daemon, dir.path(), "renew-me", STATIC_CHALLENGE);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old_cert = certconn::pki::pem::decode_all(&std::fs::read_to_string(&cert).unwrap())
+        .unwrap()
+        .remove(0)
+        .1;
+    let p8 = dir.path().join("old.p8");
+    run_ok(
+        Command::new("openssl")
+            .args(["pkcs8", "-topk8", "-nocrypt", "-outform", "DER", "-in"])
+            .arg(dir.path().join("renew-me/renew-me.key"))
+            .arg("-out")
+            .arg(&p8),
+    );
+    let old_key =
+        PrivateKey::from_pkcs8(zeroize::Zeroizing::new(std::fs::read(&p8).unwrap())).unwrap();
+
+    let crypto = HostCrypto {
+        policy: AlgorithmPolicy::default(),
+    };
+    let (_, bag) = http_raw(daemon.port, "GET", "/scep?operation=GetCACert", b"");
+    let ca = CaCertificates::from_response(&bag).unwrap();
+    let renew = |signer: &CustodyIdentity, txid: &str| {
+        let new_key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+        let subject = x509_cert::name::Name::from_str("CN=renew-me").unwrap();
+        let csr = certconn::pki::csr::build(&new_key, &subject, &[]).unwrap();
+        let sealed = envelope::seal(
+            &crypto,
+            &csr,
+            &ca.encryption,
+            Cipher::Aes128Cbc,
+            KeyTransport::Pkcs1,
+        )
+        .unwrap();
+        let nonce = crypto.random(16).unwrap();
+        let msg = message::sign(
+            &crypto,
+            signer,
+            Digest::Sha256,
+            &Outgoing {
+                message_type: MessageType::RenewalReq,
+                transaction_id: txid,
+                sender_nonce: &nonce,
+                recipient_nonce: None,
+                pki_status: None,
+                fail_info: None,
+                content: Some(&sealed),
+                extra_certificates: &[],
+                send_certificates: true,
+            },
+        )
+        .unwrap();
+        let (status, body) = http_raw(daemon.port, "POST", "/scep?operation=PKIOperation", &msg);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        (message::verify(&crypto, &body, &ca.all).unwrap(), new_key)
+    };
+
+    let old = CustodyIdentity {
+        key: &old_key,
+        certificate: &old_cert,
+    };
+    let (rep, new_key) = renew(&old, "renewal-1");
+    assert_eq!(
+        rep.pki_status,
+        Some(PkiStatus::Success),
+        "{:?}",
+        rep.fail_info
+    );
+    let (bag, _) = envelope::open(&crypto, &old, rep.content.as_deref().unwrap()).unwrap();
+    let issued = certs::parse_certs_only(&bag).unwrap();
+    let leaf = <x509_cert::Certificate as der::Decode>::from_der(&issued[0]).unwrap();
+    assert_eq!(
+        der::Encode::to_der(&leaf.tbs_certificate.subject_public_key_info).unwrap(),
+        new_key.public_key_der()
+    );
+
+    // Signed by a certificate certconn never issued: refused, nothing journaled.
+    let stranger_key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+    let stranger = certconn::pki::ca::ra_certificate(
+        &stranger_key,
+        &x509_cert::name::Name::from_str("CN=renew-me").unwrap(),
+        None,
+        30,
+    )
+    .unwrap();
+    let before = jobs_total(&daemon);
+    let (rep, _) = renew(
+        &CustodyIdentity {
+            key: &stranger_key,
+            certificate: &stranger,
+        },
+        "renewal-2",
+    );
+    assert_eq!(rep.pki_status, Some(PkiStatus::Failure));
+    assert_eq!(rep.fail_info, Some(FailInfo::BadCertId));
+    assert_eq!(jobs_total(&daemon), before);
+}

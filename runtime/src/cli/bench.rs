@@ -63,7 +63,13 @@ pub struct BenchArgs {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.scep.is_empty() {
-        return super::bench_scep::run(&args.scep, &args.challenge, args.jobs.max(1), args.workers.max(1)).await;
+        return super::bench_scep::run(
+            &args.scep,
+            &args.challenge,
+            args.jobs.max(1),
+            args.workers.max(1),
+        )
+        .await;
     }
     if let Some(n) = args.pki {
         let token = args

@@ -13,7 +13,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use certconn_scep::{envelope, message, CaCertificates, Capabilities, CipherPolicy, Crypto, KeyTransport, MessageType, Outgoing, PkiStatus};
+use certconn_scep::{
+    envelope, message, CaCertificates, Capabilities, CipherPolicy, Crypto, KeyTransport,
+    MessageType, Outgoing, PkiStatus,
+};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -26,17 +29,28 @@ use crate::scep::adapter::{CustodyIdentity, HostCrypto};
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-async fn fetch(client: &HttpClient, method: &str, url: &str, body: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+async fn fetch(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Vec<u8>> {
     let request = hyper::Request::builder()
         .method(method)
         .uri(url)
         .header("content-type", "application/x-pki-message")
         .body(Full::new(Bytes::from(body)))?;
-    let response = client.request(request).await.with_context(|| format!("{method} {url}"))?;
+    let response = client
+        .request(request)
+        .await
+        .with_context(|| format!("{method} {url}"))?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes().to_vec();
     if !status.is_success() {
-        bail!("{method} {url}: HTTP {status}: {}", String::from_utf8_lossy(&body));
+        bail!(
+            "{method} {url}: HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     Ok(body)
 }
@@ -47,21 +61,46 @@ struct Prepared {
     nonce: Vec<u8>,
 }
 
-pub async fn run(urls: &[String], challenge: &str, n: usize, concurrency: usize) -> anyhow::Result<()> {
+pub async fn run(
+    urls: &[String],
+    challenge: &str,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
     // micromdm's scepserver answers in single DES: the bench client reads it.
     let crypto = Arc::new(HostCrypto {
-        policy: AlgorithmPolicy { fips: false, allow_single_des: true },
+        policy: AlgorithmPolicy {
+            fips: false,
+            allow_single_des: true,
+        },
     });
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     println!("SCEP enrolments, {n} per server, {concurrency} at a time, RSA-2048 device keys made in advance");
     let mut first = None;
     for url in urls {
         let caps = Capabilities::parse(&String::from_utf8_lossy(
-            &fetch(&client, "GET", &format!("{url}?operation=GetCACaps"), Vec::new()).await?,
+            &fetch(
+                &client,
+                "GET",
+                &format!("{url}?operation=GetCACaps"),
+                Vec::new(),
+            )
+            .await?,
         ));
-        let ca = CaCertificates::from_response(&fetch(&client, "GET", &format!("{url}?operation=GetCACert"), Vec::new()).await?)
-            .context("GetCACert")?;
-        let cipher = caps.cipher(CipherPolicy { allow_des3: true, allow_single_des: true })?;
+        let ca = CaCertificates::from_response(
+            &fetch(
+                &client,
+                "GET",
+                &format!("{url}?operation=GetCACert"),
+                Vec::new(),
+            )
+            .await?,
+        )
+        .context("GetCACert")?;
+        let cipher = caps.cipher(CipherPolicy {
+            allow_des3: true,
+            allow_single_des: true,
+        })?;
         let digest = match caps.digest() {
             certconn_scep::Digest::Sha1 => certconn_scep::Digest::Sha256,
             d => d,
@@ -73,24 +112,41 @@ pub async fn run(urls: &[String], challenge: &str, n: usize, concurrency: usize)
                 (0..n)
                     .map(|i| {
                         let key = PrivateKey::generate(KeyAlgorithm::Rsa2048)?;
-                        let subject = Name::from_str(&format!("CN=bench-device-{i},O=certconn bench"))?;
-                        let csr = pki::csr::build_with_challenge(&key, &subject, &[], Some(&challenge))?;
+                        let subject =
+                            Name::from_str(&format!("CN=bench-device-{i},O=certconn bench"))?;
+                        let csr =
+                            pki::csr::build_with_challenge(&key, &subject, &[], Some(&challenge))?;
                         let me = pki::ca::ra_certificate(&key, &subject, None, 1)?;
-                        let identity = CustodyIdentity { key: &key, certificate: &me };
-                        let sealed = envelope::seal(&*crypto, &csr, &ca.encryption, cipher, KeyTransport::Pkcs1)?;
+                        let identity = CustodyIdentity {
+                            key: &key,
+                            certificate: &me,
+                        };
+                        let sealed = envelope::seal(
+                            &*crypto,
+                            &csr,
+                            &ca.encryption,
+                            cipher,
+                            KeyTransport::Pkcs1,
+                        )?;
                         let nonce = crypto.random(16)?.to_vec();
-                        let txid = format!("bench-{i}-{}", hex::encode(crypto.random(8)?.as_slice()));
-                        let message = message::sign(&*crypto, &identity, digest, &Outgoing {
-                            message_type: MessageType::PkcsReq,
-                            transaction_id: &txid,
-                            sender_nonce: &nonce,
-                            recipient_nonce: None,
-                            pki_status: None,
-                            fail_info: None,
-                            content: Some(&sealed),
-                            extra_certificates: &[],
-                            send_certificates: true,
-                        })?;
+                        let txid =
+                            format!("bench-{i}-{}", hex::encode(crypto.random(8)?.as_slice()));
+                        let message = message::sign(
+                            &*crypto,
+                            &identity,
+                            digest,
+                            &Outgoing {
+                                message_type: MessageType::PkcsReq,
+                                transaction_id: &txid,
+                                sender_nonce: &nonce,
+                                recipient_nonce: None,
+                                pki_status: None,
+                                fail_info: None,
+                                content: Some(&sealed),
+                                extra_certificates: &[],
+                                send_certificates: true,
+                            },
+                        )?;
                         Ok(Prepared { message, nonce })
                     })
                     .collect()
@@ -107,8 +163,14 @@ pub async fn run(urls: &[String], challenge: &str, n: usize, concurrency: usize)
         let start = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..concurrency {
-            let (prepared, next, client, crypto, known, post_url) =
-                (prepared.clone(), next.clone(), client.clone(), crypto.clone(), known.clone(), post_url.clone());
+            let (prepared, next, client, crypto, known, post_url) = (
+                prepared.clone(),
+                next.clone(),
+                client.clone(),
+                crypto.clone(),
+                known.clone(),
+                post_url.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -117,8 +179,14 @@ pub async fn run(urls: &[String], challenge: &str, n: usize, concurrency: usize)
                     };
                     let body = fetch(&client, "POST", &post_url, p.message.clone()).await?;
                     let rep = message::verify(&*crypto, &body, &known)?;
-                    if rep.pki_status != Some(PkiStatus::Success) || rep.recipient_nonce.as_deref() != Some(&p.nonce[..]) {
-                        bail!("enrolment {i} at {post_url}: {:?} {:?}", rep.pki_status, rep.fail_info);
+                    if rep.pki_status != Some(PkiStatus::Success)
+                        || rep.recipient_nonce.as_deref() != Some(&p.nonce[..])
+                    {
+                        bail!(
+                            "enrolment {i} at {post_url}: {:?} {:?}",
+                            rep.pki_status,
+                            rep.fail_info
+                        );
                     }
                 }
             }));
@@ -135,7 +203,9 @@ pub async fn run(urls: &[String], challenge: &str, n: usize, concurrency: usize)
         );
         match first {
             None => first = Some((url.clone(), rate)),
-            Some((ref base, base_rate)) => println!("{:<40} {:>9.2}× of {base}", "", rate / base_rate),
+            Some((ref base, base_rate)) => {
+                println!("{:<40} {:>9.2}× of {base}", "", rate / base_rate)
+            }
         }
     }
     Ok(())

@@ -38,7 +38,7 @@ impl Capabilities {
 
     pub fn has(&self, keyword: &str) -> bool {
         let k = keyword.to_ascii_uppercase();
-        self.keywords.iter().any(|x| *x == k)
+        self.keywords.contains(&k)
     }
 
     /// RFC 8894 "SCEPStandard" implies AES, POSTPKIOperation, SHA-256.

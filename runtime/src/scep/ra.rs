@@ -48,7 +48,30 @@ pub struct Ra {
     challenge_minutes: u32,
     wait: Duration,
     crypto: HostCrypto,
-    nonces: Mutex<(HashSet<Vec<u8>>, VecDeque<Vec<u8>>)>,
+    nonces: Mutex<NonceWindow>,
+}
+
+/// The most recent senderNonces, for replay detection.
+#[derive(Default)]
+struct NonceWindow {
+    seen: HashSet<Vec<u8>>,
+    order: VecDeque<Vec<u8>>,
+}
+
+impl NonceWindow {
+    /// False when `nonce` was seen before.
+    fn insert(&mut self, nonce: &[u8]) -> bool {
+        if !self.seen.insert(nonce.to_vec()) {
+            return false;
+        }
+        self.order.push_back(nonce.to_vec());
+        if self.order.len() > NONCE_WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
 }
 
 impl Ra {
@@ -100,7 +123,7 @@ impl Ra {
             crypto: HostCrypto {
                 policy: config.policy(),
             },
-            nonces: Mutex::new((HashSet::new(), VecDeque::new())),
+            nonces: Mutex::new(NonceWindow::default()),
         }))
     }
 
@@ -181,18 +204,10 @@ impl Ra {
         let Some(n) = nonce else {
             return true;
         };
-        let mut guard = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        let (set, order) = &mut *guard;
-        if !set.insert(n.to_vec()) {
-            return false;
-        }
-        order.push_back(n.to_vec());
-        if order.len() > NONCE_WINDOW {
-            if let Some(old) = order.pop_front() {
-                set.remove(&old);
-            }
-        }
-        true
+        self.nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(n)
     }
 
     async fn process(

@@ -92,6 +92,9 @@ pub struct ScepConfig {
     /// Accept one-time challenges minted by `certconn scep challenge` (or the API).
     #[serde(default = "default_true")]
     pub one_time_challenges: bool,
+    /// Ask this URL (plain http) about challenges neither static nor one-time: certconn POSTs
+    /// `{transaction_id, challenge, csr_pem, subject}` and accepts on a 2xx answer. Fails closed.
+    pub challenge_webhook: Option<String>,
     /// How long a one-time challenge stays valid, in minutes.
     #[serde(default = "default_challenge_minutes")]
     pub challenge_minutes: u32,
@@ -546,6 +549,14 @@ impl Config {
                     "give the static challenge in one place: challenge_env or challenge_file"
                         .into(),
                 ));
+            }
+            if let Some(url) = &scep.challenge_webhook {
+                if !url.starts_with("http://") || url.parse::<http::Uri>().is_err() {
+                    return Err(whole(
+                        "scep.challenge_webhook",
+                        format!("{url:?} is not an http:// URL"),
+                    ));
+                }
             }
             if scep.wait_seconds > 60 {
                 return Err(whole(

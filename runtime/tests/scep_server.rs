@@ -283,19 +283,153 @@ fn bad_messages_get_a_clear_http_error_and_issue_nothing() {
     assert_eq!(jobs_total(&daemon), 0);
 }
 
+use certconn::crypto::AlgorithmPolicy;
+use certconn::custody::{KeyAlgorithm, PrivateKey};
+use certconn::scep::adapter::{CustodyIdentity, HostCrypto};
+use certconn_scep::{
+    certs, envelope, message, CaCertificates, Cipher, Crypto, Digest, FailInfo, KeyTransport,
+    MessageType, Outgoing, PkiStatus, SignedMessage,
+};
+use std::str::FromStr;
+
+fn host_crypto() -> HostCrypto {
+    HostCrypto {
+        policy: AlgorithmPolicy::default(),
+    }
+}
+
+fn ca_of(daemon: &Daemon) -> CaCertificates {
+    let (_, bag) = http_raw(daemon.port, "GET", "/scep?operation=GetCACert", b"");
+    CaCertificates::from_response(&bag).unwrap()
+}
+
+/// Sends one request built by certconn's own SCEP code (as a client would), by POST or by GET
+/// with the message in URL-safe base64, and returns the verified CertRep.
+fn send(
+    daemon: &Daemon,
+    signer: &CustodyIdentity,
+    message_type: MessageType,
+    csr: &[u8],
+    cipher: Cipher,
+    txid: &str,
+    via_get: bool,
+) -> SignedMessage {
+    use base64::Engine;
+    let crypto = host_crypto();
+    let ca = ca_of(daemon);
+    let sealed = envelope::seal(&crypto, csr, &ca.encryption, cipher, KeyTransport::Pkcs1).unwrap();
+    let nonce = crypto.random(16).unwrap();
+    let msg = message::sign(
+        &crypto,
+        signer,
+        Digest::Sha256,
+        &Outgoing {
+            message_type,
+            transaction_id: txid,
+            sender_nonce: &nonce,
+            recipient_nonce: None,
+            pki_status: None,
+            fail_info: None,
+            content: Some(&sealed),
+            extra_certificates: &[],
+            send_certificates: true,
+        },
+    )
+    .unwrap();
+    let (status, body) = if via_get {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&msg);
+        http_raw(
+            daemon.port,
+            "GET",
+            &format!("/scep?operation=PKIOperation&message={b64}"),
+            b"",
+        )
+    } else {
+        http_raw(daemon.port, "POST", "/scep?operation=PKIOperation", &msg)
+    };
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let rep = message::verify(&crypto, &body, &ca.all).unwrap();
+    assert_eq!(rep.recipient_nonce.as_deref(), Some(&nonce[..]));
+    rep
+}
+
+fn name(s: &str) -> x509_cert::name::Name {
+    x509_cert::name::Name::from_str(s).unwrap()
+}
+
+/// A PKCSReq in 3DES sent by GET (URL-safe base64) is answered in 3DES with the certificate.
+#[test]
+fn des3_request_by_get_is_answered_in_des3() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path());
+    let key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+    let subject = name("CN=get-des3-device");
+    let csr = certconn::pki::csr::build_with_challenge(&key, &subject, &[], Some(STATIC_CHALLENGE))
+        .unwrap();
+    let me = certconn::pki::ca::ra_certificate(&key, &subject, None, 1).unwrap();
+    let identity = CustodyIdentity {
+        key: &key,
+        certificate: &me,
+    };
+    let rep = send(
+        &daemon,
+        &identity,
+        MessageType::PkcsReq,
+        &csr,
+        Cipher::DesEde3Cbc,
+        "get-des3-1",
+        true,
+    );
+    assert_eq!(
+        rep.pki_status,
+        Some(PkiStatus::Success),
+        "{:?}",
+        rep.fail_info
+    );
+    let (bag, opened) =
+        envelope::open(&host_crypto(), &identity, rep.content.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        opened.cipher,
+        Cipher::DesEde3Cbc,
+        "answered in the cipher the request used"
+    );
+    let issued = certs::parse_certs_only(&bag).unwrap();
+    let leaf = <x509_cert::Certificate as der::Decode>::from_der(&issued[0]).unwrap();
+    assert_eq!(
+        der::Encode::to_der(&leaf.tbs_certificate.subject_public_key_info).unwrap(),
+        key.public_key_der()
+    );
+
+    // The same transaction ID with another CSR is a replay: badRequest, nothing new journaled.
+    let other = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+    let other_csr =
+        certconn::pki::csr::build_with_challenge(&other, &subject, &[], Some(STATIC_CHALLENGE))
+            .unwrap();
+    let other_me = certconn::pki::ca::ra_certificate(&other, &subject, None, 1).unwrap();
+    let before = jobs_total(&daemon);
+    let rep = send(
+        &daemon,
+        &CustodyIdentity {
+            key: &other,
+            certificate: &other_me,
+        },
+        MessageType::PkcsReq,
+        &other_csr,
+        Cipher::Aes128Cbc,
+        "get-des3-1",
+        false,
+    );
+    assert_eq!(
+        (rep.pki_status, rep.fail_info),
+        (Some(PkiStatus::Failure), Some(FailInfo::BadRequest))
+    );
+    assert_eq!(jobs_total(&daemon), before);
+}
+
 /// A RenewalReq signed by the certificate certconn issued (no challenge) gets a certificate for
 /// the new key; one signed by a certificate certconn did not issue gets badCertId.
 #[test]
 fn renewal_is_signed_by_a_certificate_certconn_issued() {
-    use certconn::crypto::AlgorithmPolicy;
-    use certconn::custody::{KeyAlgorithm, PrivateKey};
-    use certconn::scep::adapter::{CustodyIdentity, HostCrypto};
-    use certconn_scep::{
-        certs, envelope, message, CaCertificates, Cipher, Crypto, Digest, FailInfo, KeyTransport,
-        MessageType, Outgoing, PkiStatus,
-    };
-    use std::str::FromStr;
-
     let dir = tempfile::tempdir().unwrap();
     let daemon = start(dir.path());
     let (out, cert) = scepclient(&daemon, dir.path(), "renew-me", STATIC_CHALLENGE);
@@ -318,59 +452,29 @@ fn renewal_is_signed_by_a_certificate_certconn_issued() {
     );
     let old_key =
         PrivateKey::from_pkcs8(zeroize::Zeroizing::new(std::fs::read(&p8).unwrap())).unwrap();
-
-    let crypto = HostCrypto {
-        policy: AlgorithmPolicy::default(),
-    };
-    let (_, bag) = http_raw(daemon.port, "GET", "/scep?operation=GetCACert", b"");
-    let ca = CaCertificates::from_response(&bag).unwrap();
-    let renew = |signer: &CustodyIdentity, txid: &str| {
-        let new_key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
-        let subject = x509_cert::name::Name::from_str("CN=renew-me").unwrap();
-        let csr = certconn::pki::csr::build(&new_key, &subject, &[]).unwrap();
-        let sealed = envelope::seal(
-            &crypto,
-            &csr,
-            &ca.encryption,
-            Cipher::Aes128Cbc,
-            KeyTransport::Pkcs1,
-        )
-        .unwrap();
-        let nonce = crypto.random(16).unwrap();
-        let msg = message::sign(
-            &crypto,
-            signer,
-            Digest::Sha256,
-            &Outgoing {
-                message_type: MessageType::RenewalReq,
-                transaction_id: txid,
-                sender_nonce: &nonce,
-                recipient_nonce: None,
-                pki_status: None,
-                fail_info: None,
-                content: Some(&sealed),
-                extra_certificates: &[],
-                send_certificates: true,
-            },
-        )
-        .unwrap();
-        let (status, body) = http_raw(daemon.port, "POST", "/scep?operation=PKIOperation", &msg);
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        (message::verify(&crypto, &body, &ca.all).unwrap(), new_key)
-    };
+    let new_key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+    let csr = certconn::pki::csr::build(&new_key, &name("CN=renew-me"), &[]).unwrap();
 
     let old = CustodyIdentity {
         key: &old_key,
         certificate: &old_cert,
     };
-    let (rep, new_key) = renew(&old, "renewal-1");
+    let rep = send(
+        &daemon,
+        &old,
+        MessageType::RenewalReq,
+        &csr,
+        Cipher::Aes128Cbc,
+        "renewal-1",
+        false,
+    );
     assert_eq!(
         rep.pki_status,
         Some(PkiStatus::Success),
         "{:?}",
         rep.fail_info
     );
-    let (bag, _) = envelope::open(&crypto, &old, rep.content.as_deref().unwrap()).unwrap();
+    let (bag, _) = envelope::open(&host_crypto(), &old, rep.content.as_deref().unwrap()).unwrap();
     let issued = certs::parse_certs_only(&bag).unwrap();
     let leaf = <x509_cert::Certificate as der::Decode>::from_der(&issued[0]).unwrap();
     assert_eq!(
@@ -380,22 +484,105 @@ fn renewal_is_signed_by_a_certificate_certconn_issued() {
 
     // Signed by a certificate certconn never issued: refused, nothing journaled.
     let stranger_key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
-    let stranger = certconn::pki::ca::ra_certificate(
-        &stranger_key,
-        &x509_cert::name::Name::from_str("CN=renew-me").unwrap(),
-        None,
-        30,
-    )
-    .unwrap();
+    let stranger =
+        certconn::pki::ca::ra_certificate(&stranger_key, &name("CN=renew-me"), None, 30).unwrap();
     let before = jobs_total(&daemon);
-    let (rep, _) = renew(
+    let rep = send(
+        &daemon,
         &CustodyIdentity {
             key: &stranger_key,
             certificate: &stranger,
         },
+        MessageType::RenewalReq,
+        &csr,
+        Cipher::Aes128Cbc,
         "renewal-2",
+        false,
     );
-    assert_eq!(rep.pki_status, Some(PkiStatus::Failure));
-    assert_eq!(rep.fail_info, Some(FailInfo::BadCertId));
+    assert_eq!(
+        (rep.pki_status, rep.fail_info),
+        (Some(PkiStatus::Failure), Some(FailInfo::BadCertId))
+    );
     assert_eq!(jobs_total(&daemon), before);
+}
+
+/// Challenges that are neither static nor one-time go to the administrator's webhook, which sees
+/// the transaction, the challenge and the CSR; a 2xx admits, anything else refuses.
+#[test]
+fn webhook_decides_unknown_challenges() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let recorder = seen.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let admit = request["challenge"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("hook-ok");
+            recorder.lock().unwrap().push(request);
+            let status = if admit {
+                "204 No Content"
+            } else {
+                "403 Forbidden"
+            };
+            let _ = stream.write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let challenge = dir.path().join("challenge");
+    write_private(&challenge, STATIC_CHALLENGE);
+    let extra = format!(
+        "{}challenge_webhook = \"http://127.0.0.1:{hook_port}/scep-challenge\"\n\n[crypto]\nallow_single_des = true\n",
+        scep_section(&challenge)
+    );
+    let daemon = start_in(dir.path(), |data, port| {
+        config_text(data, &plugins(), port, &extra)
+            .replace("algorithm = \"ec-p256\"", "algorithm = \"rsa-2048\"")
+    });
+
+    let (out, cert) = scepclient(&daemon, dir.path(), "hooked", "hook-ok-7");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cert.exists());
+    let (out, cert) = scepclient(&daemon, dir.path(), "unhooked", "hook-no");
+    assert!(!out.status.success());
+    assert!(!cert.exists());
+    // The static challenge never reaches the webhook.
+    let (out, _) = scepclient(&daemon, dir.path(), "static", STATIC_CHALLENGE);
+    assert!(out.status.success());
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0]["challenge"], "hook-ok-7");
+    assert!(seen[0]["csr_pem"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE REQUEST"));
+    assert!(seen[0]["subject"].as_str().unwrap().contains("hooked"));
+    assert!(!seen[0]["transaction_id"].as_str().unwrap().is_empty());
+    assert_eq!(jobs_total(&daemon), 2);
 }

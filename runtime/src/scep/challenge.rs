@@ -41,6 +41,62 @@ pub fn mint(journal: &Journal, minutes: u32) -> Result<(Zeroizing<String>, i64),
     Ok((challenge, expires_at))
 }
 
+/// Asks the administrator's webhook whether `given` admits this request: a 2xx answer within
+/// five seconds accepts; anything else — another status, an error, a timeout — refuses.
+pub async fn ask_webhook(
+    url: &str,
+    transaction_id: &str,
+    given: &str,
+    csr_pem: &str,
+    subject: &str,
+) -> bool {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let body = serde_json::json!({
+        "transaction_id": transaction_id,
+        "challenge": given,
+        "csr_pem": csr_pem,
+        "subject": subject,
+    })
+    .to_string();
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = match hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(url, "SCEP challenge webhook: {e}");
+            return false;
+        }
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), client.request(request)).await {
+        Ok(Ok(response)) => {
+            let status = response.status();
+            let _ = response.into_body().collect().await;
+            if !status.is_success() {
+                tracing::info!(url, %status, transaction = transaction_id, "SCEP challenge webhook refused the request");
+            }
+            status.is_success()
+        }
+        Ok(Err(e)) => {
+            tracing::error!(
+                url,
+                "SCEP challenge webhook unreachable (refusing the request): {e}"
+            );
+            false
+        }
+        Err(_) => {
+            tracing::error!(
+                url,
+                "SCEP challenge webhook did not answer within 5 s (refusing the request)"
+            );
+            false
+        }
+    }
+}
+
 /// Checks `given` against the static challenge (constant time) and then the one-time ones.
 pub fn check(
     journal: &Journal,

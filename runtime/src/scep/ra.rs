@@ -47,6 +47,7 @@ pub struct Ra {
     one_time: bool,
     challenge_minutes: u32,
     wait: Duration,
+    webhook: Option<String>,
     crypto: HostCrypto,
     nonces: Mutex<NonceWindow>,
 }
@@ -120,6 +121,7 @@ impl Ra {
             one_time: sc.one_time_challenges,
             challenge_minutes: sc.challenge_minutes,
             wait: Duration::from_secs(u64::from(sc.wait_seconds)),
+            webhook: sc.challenge_webhook.clone(),
             crypto: HostCrypto {
                 policy: config.policy(),
             },
@@ -238,7 +240,7 @@ impl Ra {
                 {
                     Some(job) => same_request(job, &csr_pem)?,
                     None => {
-                        self.admit(connector, msg, &plain)?;
+                        self.admit(connector, msg, &plain, &csr_pem).await?;
                         let req = IssueJob {
                             profile: self.profile.clone(),
                             subject: String::new(),
@@ -323,11 +325,12 @@ impl Ra {
 
     /// Checks what a new request must satisfy: the signer and the challenge (PKCSReq) or a
     /// still-valid certificate certconn issued (RenewalReq).
-    fn admit(
+    async fn admit(
         &self,
         connector: &Connector,
         msg: &SignedMessage,
         csr_der: &[u8],
+        csr_pem: &str,
     ) -> Result<(), (FailInfo, String)> {
         let csr = CertReq::from_der(csr_der)
             .map_err(|e| (FailInfo::BadRequest, format!("malformed PKCS#10: {e}")))?;
@@ -380,16 +383,30 @@ impl Ra {
         }
         let given = challenge_password(&csr);
         let static_challenge = self.static_challenge.as_deref().map(String::as_str);
-        challenge::check(
+        match challenge::check(
             &connector.services.journal,
             static_challenge,
             self.one_time,
             given.as_deref(),
-        )
-        .map_err(|e| match e {
-            ChallengeError::Journal(j) => internal(j),
-            other => (FailInfo::BadRequest, other.to_string()),
-        })
+        ) {
+            Ok(()) => Ok(()),
+            Err(ChallengeError::Journal(j)) => Err(internal(j)),
+            Err(ChallengeError::Invalid) if self.webhook.is_some() => {
+                let url = self.webhook.as_deref().unwrap_or_default();
+                let subject = csr.info.subject.to_string();
+                let given = given.as_deref().unwrap_or_default();
+                if challenge::ask_webhook(url, &msg.transaction_id, given, csr_pem, &subject).await
+                {
+                    Ok(())
+                } else {
+                    Err((
+                        FailInfo::BadRequest,
+                        "the challenge password is not valid (refused by the webhook)".into(),
+                    ))
+                }
+            }
+            Err(other) => Err((FailInfo::BadRequest, other.to_string())),
+        }
     }
 
     /// Waits up to `wait` for the job to leave the queue.

@@ -26,21 +26,11 @@ use certconn_x509::PublicKeyKind;
 
 const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
 const ID_ENVELOPED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.3");
-const RSAES_OAEP: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.7");
 const AES_256_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.42");
 const AES_256_WRAP: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.45");
-const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const DH_SINGLE_PASS_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.1.11.1");
 const DH_SINGLE_PASS_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.1.11.2");
-
-/// RSAES-OAEP-params { hashFunc sha256, maskGenFunc mgf1(sha256), pSourceFunc default }.
-const OAEP_SHA256_PARAMS: &[u8] = &[
-    0x30, 0x2f, 0xa0, 0x0f, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-    0x01, 0x05, 0x00, 0xa1, 0x1c, 0x30, 0x1a, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01,
-    0x01, 0x08, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
-    0x00,
-];
 
 /// How the content-encryption key reaches an RSA recipient. EC recipients always use ECDH
 /// (RFC 5753 dhSinglePass-stdDH with the X9.63 KDF and AES-256 key wrap).
@@ -124,22 +114,15 @@ fn key_transport(
     let spki_der = spki
         .to_der()
         .map_err(PkiError::der("recipient public key"))?;
+    // One definition of the RSA key-transport identifiers, shared with SCEP.
     let (padding, key_enc_alg) = match transport {
         KeyTransport::RsaOaep => (
             Padding::OaepSha256,
-            AlgorithmIdentifierOwned {
-                oid: RSAES_OAEP,
-                parameters: Some(
-                    Any::from_der(OAEP_SHA256_PARAMS).map_err(PkiError::der("OAEP parameters"))?,
-                ),
-            },
+            certconn_scep::KeyTransport::OaepSha256.algorithm_identifier(),
         ),
         KeyTransport::RsaPkcs1 => (
             Padding::Pkcs1,
-            AlgorithmIdentifierOwned {
-                oid: RSA_ENCRYPTION,
-                parameters: Some(Any::null()),
-            },
+            certconn_scep::KeyTransport::Pkcs1.algorithm_identifier(),
         ),
     };
     let wrapped = provider::rsa_encrypt(&spki_der, padding, cek)?;

@@ -397,6 +397,14 @@ impl Config {
             for f in b.settings_files.values_mut() {
                 resolve(f);
             }
+            if let Some(f) = b.http.trust_anchors.as_mut() {
+                resolve(f);
+            }
+            for c in &mut b.http.credentials {
+                if let Some(f) = c.password_file.as_mut() {
+                    resolve(f);
+                }
+            }
         }
         if let Some(f) = config.scep.as_mut().and_then(|s| s.challenge_file.as_mut()) {
             resolve(f);

@@ -15,3 +15,4 @@ pub mod jobs;
 pub mod pki;
 pub mod plugins;
 pub mod scep;
+pub mod secret;

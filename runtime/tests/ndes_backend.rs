@@ -516,3 +516,146 @@ async fn ndes_page_errors_are_told_apart() {
         "{e}"
     );
 }
+
+/// The stand-in behind `support/ntlm_front.py`: mscep_admin under Windows authentication,
+/// checked by pyspnego's NTLM acceptor (not certconn's code).
+struct NtlmFront {
+    child: std::process::Child,
+    port: u16,
+    events: std::path::PathBuf,
+}
+
+impl NtlmFront {
+    fn start(dir: &std::path::Path, upstream: u16) -> Self {
+        let users = dir.join("ntlm-users");
+        write_private(&users, &format!("CORP:svc-ndes:{PASSWORD}\n"));
+        let events = dir.join("ntlm-events");
+        let mut child = std::process::Command::new("python3")
+            .arg(repo_root().join("runtime/tests/support/ntlm_front.py"))
+            .arg(format!("http://127.0.0.1:{upstream}"))
+            .arg(repo_root().join("runtime/tests/data/ndes/mscep_admin_password.utf16le.html"))
+            .arg(&events)
+            .env("NTLM_USER_FILE", &users)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs support/ntlm_front.py (scripts/install-deps --test installs pyspnego)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            panic!("ntlm_front.py did not print its port (is pyspnego installed?): {line:?}")
+        });
+        NtlmFront {
+            child,
+            port,
+            events,
+        }
+    }
+
+    fn events(&self) -> String {
+        std::fs::read_to_string(&self.events).unwrap_or_default()
+    }
+}
+
+impl Drop for NtlmFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_ntlm_daemon(dir: &std::path::Path, front: &NtlmFront, password: &str) -> Daemon {
+    let secret = dir.join("ndes-ntlm-password");
+    write_private(&secret, password);
+    let extra = format!(
+        r#"
+[backends.ndes]
+plugin = "ndes"
+[backends.ndes.http]
+allow = ["127.0.0.1:{port}"]
+[[backends.ndes.http.credentials]]
+host = "127.0.0.1:{port}"
+scheme = "ntlm"
+username = '{USER}'
+password_file = "{secret}"
+[backends.ndes.settings]
+url = "http://127.0.0.1:{port}"
+auth = "ntlm"
+username = '{USER}'
+poll_seconds = 1
+[profiles.wifi]
+backend = "ndes"
+key_algorithm = "rsa-2048"
+"#,
+        port = front.port,
+        secret = secret.display()
+    );
+    start_in(dir, |data, port| {
+        config_text(data, &plugins(), port, &extra)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndes_behind_windows_authentication_uses_the_hosts_ntlm_credentials() {
+    let ndes = Ndes::start();
+    let dir = tempfile::tempdir().unwrap();
+    let front = NtlmFront::start(dir.path(), ndes.port);
+    let daemon = start_ntlm_daemon(dir.path(), &front, PASSWORD);
+    let api = daemon.client();
+    for n in 0..2 {
+        let id = submit(
+            &api,
+            "wifi",
+            &format!("ntlm-{n}"),
+            json!({ "subject": format!("CN=ntlm-laptop-{n}") }),
+        )
+        .await;
+        let job = wait_job(&api, &id, Duration::from_secs(30)).await;
+        assert_eq!(
+            job["state"],
+            "succeeded",
+            "{job}\nfront: {}\n{}",
+            front.events(),
+            std::fs::read_to_string(&daemon.log).unwrap_or_default()
+        );
+    }
+    let events = front.events();
+    // pyspnego verified the NTLMv2 response and the MIC for the granted account, once per
+    // enrolment: a fresh challenge each time.
+    assert_eq!(
+        events.matches("authenticated CORP\\svc-ndes").count(),
+        2,
+        "{events}"
+    );
+    assert!(!events.contains("refused"), "{events}");
+    assert_eq!(
+        ndes.seen.lock().unwrap().challenges,
+        vec![PAGE_CHALLENGE.to_string(); 2],
+        "the challenge from the NTLM-protected page is in each CSR"
+    );
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(!log.contains(PASSWORD), "the password is not in the log");
+    drop(daemon);
+
+    // A wrong password: pyspnego refuses the AUTHENTICATE message; the job fails for good with
+    // a message that says where to look.
+    let dir2 = tempfile::tempdir().unwrap();
+    let daemon = start_ntlm_daemon(dir2.path(), &front, "not-the-password");
+    let api = daemon.client();
+    let id = submit(&api, "wifi", "ntlm-wrong", json!({})).await;
+    let job = wait_job(&api, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let e = job["last_error"].as_str().unwrap();
+    assert!(
+        e.contains("refused Windows authentication") && e.contains("http.credentials"),
+        "{e}"
+    );
+    assert!(front.events().contains("refused"), "{}", front.events());
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains("the server refused the granted credentials"),
+        "the host logs the refusal"
+    );
+    assert!(!log.contains("not-the-password"));
+}

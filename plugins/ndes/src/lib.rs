@@ -1,11 +1,17 @@
 //! `ndes`: a Microsoft CA through NDES (Network Device Enrollment Service).
 //!
 //! Each enrolment fetches a fresh one-time challenge from `mscep_admin` with the service
-//! account's credentials (HTTP Basic), immediately before the request is signed — challenges
+//! account's credentials, immediately before the request is signed — challenges
 //! are never cached or reused, so none is ever used near its 60-minute expiry — and then
 //! enrols like any SCEP client (the SDK's [`Enrolment`]): NDES's CA + signing RA + encryption
 //! RA layout, its DES3-only capabilities, its CertRep without certificates and PENDING (a CA
 //! manager's approval) are handled there.
+//!
+//! Two ways to authenticate to `mscep_admin`: `auth = "basic"` — this plugin sends HTTP Basic
+//! with the `username`/`password` settings — or `auth = "ntlm"` — Windows authentication, done
+//! by the host with the credentials the administrator granted this backend
+//! (`[[backends.NAME.http.credentials]]`), so the password never enters the plugin and the
+//! NTLM handshake runs on one connection in the host (never in FIPS mode: MD4, HMAC-MD5).
 //!
 //! The page is read as NDES serves it (UTF-16LE, usually no BOM, no charset); "the password
 //! cache is full" is a transient error (it clears as unused challenges expire) and "you do not
@@ -32,12 +38,16 @@ pub struct Config {
     /// Path of the challenge page.
     #[serde(default = "default_admin_path")]
     pub admin_path: String,
-    /// The account allowed to fetch challenges (`DOMAIN\user` or `user@domain`).
-    pub username: String,
-    /// Its password (give it through `settings_files`).
-    pub password: String,
-    /// How to authenticate to mscep_admin: `basic`. (`ntlm` is recognised and refused: not
-    /// implemented yet, and never available in FIPS mode.)
+    /// The account allowed to fetch challenges (`DOMAIN\user` or `user@domain`). With
+    /// `auth = "basic"` the plugin authenticates as it; with `ntlm` it only names the account
+    /// in messages (the host holds the credentials).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Its password, for `auth = "basic"` only (give it through `settings_files`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// How to authenticate to mscep_admin: `basic` (this plugin, with `username`/`password`)
+    /// or `ntlm` (the host, with the backend's `http.credentials`).
     #[serde(default)]
     pub auth: Auth,
     /// SHA-256 of the CA certificate, hex (colons allowed). Strongly recommended.
@@ -83,7 +93,7 @@ fn default_admin_path() -> String {
     "/certsrv/mscep_admin/".into()
 }
 
-const SCHEMA: &str = r#"{"type":"object","required":["url","username","password"],"properties":{"url":{"type":"string"},"scep_path":{"type":"string"},"admin_path":{"type":"string"},"username":{"type":"string"},"password":{"type":"string"},"auth":{"enum":["basic","ntlm"]},"ca_fingerprint_sha256":{"type":"string"},"allow_des3":{"type":"boolean"},"key_transport":{"enum":["pkcs1","oaep-sha1"]},"poll_seconds":{"type":"integer","minimum":1}},"additionalProperties":false}"#;
+const SCHEMA: &str = r#"{"type":"object","required":["url"],"properties":{"url":{"type":"string"},"scep_path":{"type":"string"},"admin_path":{"type":"string"},"username":{"type":"string"},"password":{"type":"string"},"auth":{"enum":["basic","ntlm"]},"ca_fingerprint_sha256":{"type":"string"},"allow_des3":{"type":"boolean"},"key_transport":{"enum":["pkcs1","oaep-sha1"]},"poll_seconds":{"type":"integer","minimum":1}},"additionalProperties":false}"#;
 
 pub struct Ndes;
 
@@ -114,27 +124,45 @@ impl Config {
         }
     }
 
+    /// The account, for messages.
+    fn account(&self) -> &str {
+        self.username.as_deref().unwrap_or("the granted account")
+    }
+
     /// A fresh one-time challenge from mscep_admin.
     fn challenge(&self) -> Result<String, BackendError> {
         let url = format!("{}{}", self.base(), self.admin_path);
-        if url.starts_with("http://") {
-            log::warn("mscep_admin is reached over plain http: the service account's password travels in clear");
-        }
-        let credentials = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", self.username, self.password));
-        let response = http::fetch(
-            "GET",
-            &url,
-            &[("authorization", &format!("Basic {credentials}"))],
-            None,
-        )
-        .map_err(|e| error::transient(format!("fetching an NDES challenge: {e}")))?;
+        let authorization;
+        let headers: &[(&str, &str)] = match self.auth {
+            Auth::Basic => {
+                if url.starts_with("http://") {
+                    log::warn("mscep_admin is reached over plain http with Basic authentication: the service account's password travels in clear (use https, or auth = \"ntlm\")");
+                }
+                let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}:{}",
+                    self.username.as_deref().unwrap_or_default(),
+                    self.password.as_deref().unwrap_or_default()
+                ));
+                authorization = format!("Basic {credentials}");
+                &[("authorization", &authorization)]
+            }
+            // The host answers NDES's Windows-authentication challenge.
+            Auth::Ntlm => &[],
+        };
+        let response = http::fetch("GET", &url, headers, None)
+            .map_err(|e| error::transient(format!("fetching an NDES challenge: {e}")))?;
         match response.status {
             200 => {}
-            401 => {
+            401 if self.auth == Auth::Basic => {
                 return Err(error::rejected(format!(
                     "NDES refused the credentials of {} at {url} (HTTP 401): check username/password and that Basic authentication is enabled on mscep_admin",
-                    self.username
+                    self.account()
+                )))
+            }
+            401 => {
+                return Err(error::rejected(format!(
+                    "NDES refused Windows authentication for {} at {url} (HTTP 401): check the backend's http.credentials (scheme = \"ntlm\", DOMAIN\\user, password) and that Windows authentication is enabled on mscep_admin",
+                    self.account()
                 )))
             }
             s if s >= 500 => return Err(error::transient(format!("NDES mscep_admin answered HTTP {s}"))),
@@ -147,7 +175,7 @@ impl Config {
             )),
             AdminPage::InsufficientPermission => Err(error::rejected(format!(
                 "NDES says {} does not have sufficient permission to enrol with SCEP: give the account Enroll permission on the NDES certificate templates (and membership of the CA's enrolment agents)",
-                self.username
+                self.account()
             ))),
             AdminPage::Unrecognized(text) => Err(error::rejected(format!(
                 "NDES mscep_admin returned a page without a challenge: {text}"
@@ -173,17 +201,29 @@ impl Backend for Ndes {
         if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
             errors.push(error::field("url", "must be an http:// or https:// URL"));
         }
-        if c.auth == Auth::Ntlm {
-            errors.push(error::field(
-                "auth",
-                "NTLM is not implemented yet (and is never available in FIPS mode): enable Basic authentication on mscep_admin and set auth = \"basic\"",
-            ));
-        }
-        if c.username.is_empty() {
-            errors.push(error::field("username", "is empty"));
-        }
-        if c.password.is_empty() {
-            errors.push(error::field("password", "is empty"));
+        match c.auth {
+            Auth::Basic => {
+                if c.username.as_deref().unwrap_or_default().is_empty() {
+                    errors.push(error::field(
+                        "username",
+                        "is required with auth = \"basic\"",
+                    ));
+                }
+                if c.password.as_deref().unwrap_or_default().is_empty() {
+                    errors.push(error::field(
+                        "password",
+                        "is required with auth = \"basic\"",
+                    ));
+                }
+            }
+            Auth::Ntlm => {
+                if c.password.is_some() {
+                    errors.push(error::field(
+                        "password",
+                        "with auth = \"ntlm\" the host holds the password: grant it in [[backends.NAME.http.credentials]] (scheme = \"ntlm\") and remove it from the settings",
+                    ));
+                }
+            }
         }
         if let Some(Err(e)) = c
             .ca_fingerprint_sha256

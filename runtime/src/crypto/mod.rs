@@ -4,6 +4,7 @@
 //! runs here, so FIPS mode is one switch in one place.
 
 pub mod fips;
+pub mod ntlm;
 pub mod oaep;
 pub mod policy;
 pub mod provider;

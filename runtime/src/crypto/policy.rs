@@ -81,6 +81,17 @@ impl AlgorithmPolicy {
         }
     }
 
+    /// May NTLM (MD4 and HMAC-MD5 over the password) authenticate to a Windows service?
+    pub fn check_ntlm(&self) -> Result<(), CryptoError> {
+        if self.fips {
+            return Err(self.refuse(
+                "NTLM (MD4, HMAC-MD5)",
+                "not FIPS-approved; use Basic authentication over https instead",
+            ));
+        }
+        Ok(())
+    }
+
     /// May an RSA key of this size be used?
     pub fn check_rsa_bits(&self, bits: usize) -> Result<(), CryptoError> {
         if self.fips && bits < 2048 {

@@ -18,8 +18,8 @@ pub struct Grants {
     store: Arc<KeyStore>,
     granted: Arc<BTreeSet<String>>,
     request: Option<Arc<StoredKey>>,
-    /// The hosts the instance may reach over HTTP.
-    pub http: Arc<crate::plugins::http::HttpGrant>,
+    /// The hosts the instance may reach over HTTP, with its credentials and trust anchors.
+    pub http: Arc<crate::plugins::http::HttpAccess>,
 }
 
 impl Grants {
@@ -33,7 +33,7 @@ impl Grants {
     }
 
     /// These grants with outbound HTTP to `http`'s hosts.
-    pub fn with_http(self, http: crate::plugins::http::HttpGrant) -> Self {
+    pub fn with_http(self, http: crate::plugins::http::HttpAccess) -> Self {
         Self {
             http: Arc::new(http),
             ..self

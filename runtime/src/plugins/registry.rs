@@ -31,8 +31,15 @@ impl Registry {
             let plugin = b.plugin.get_ref();
             let path = config.plugins.dir.join(format!("{plugin}.wasm"));
             let wasm = read_plugin(&path)?;
+            let http =
+                crate::plugins::http::HttpAccess::new(b.http.clone(), policy).map_err(|e| {
+                    PluginError::Config {
+                        backend: name.clone(),
+                        errors: vec![e],
+                    }
+                })?;
             let grants = Grants::new(keys.clone(), b.keys.iter().map(|k| k.get_ref().clone()))
-                .with_http(b.http.clone());
+                .with_http(http);
             let settings = b.settings_json().map_err(|e| PluginError::Config {
                 backend: name.clone(),
                 errors: vec![e],

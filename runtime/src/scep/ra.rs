@@ -504,26 +504,15 @@ fn challenge_password(csr: &CertReq) -> Option<String> {
 }
 
 fn static_challenge(sc: &ScepConfig) -> Result<Option<Zeroizing<String>>, StartError> {
-    let text = if let Some(var) = &sc.challenge_env {
-        Zeroizing::new(std::env::var(var).map_err(|_| {
-            StartError::Scep(format!(
-                "scep.challenge_env: environment variable {var} is not set"
-            ))
-        })?)
-    } else if let Some(path) = &sc.challenge_file {
-        let bytes = crate::custody::kek::read_protected_file(path)
-            .map_err(|e| StartError::Scep(format!("scep.challenge_file: {e}")))?;
-        Zeroizing::new(String::from_utf8(bytes.to_vec()).map_err(|_| {
-            StartError::Scep(format!("scep.challenge_file {}: not UTF-8", path.display()))
-        })?)
-    } else {
+    let (env, file) = (sc.challenge_env.as_deref(), sc.challenge_file.as_deref());
+    if env.is_none() && file.is_none() {
         return Ok(None);
-    };
-    let trimmed = Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string());
-    if trimmed.is_empty() {
-        return Err(StartError::Scep(
-            "the static SCEP challenge is empty".into(),
-        ));
     }
-    Ok(Some(trimmed))
+    crate::secret::read_text(
+        "the static SCEP challenge (scep.challenge_env/challenge_file)",
+        env,
+        file,
+    )
+    .map(Some)
+    .map_err(StartError::Scep)
 }

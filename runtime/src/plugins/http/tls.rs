@@ -1,0 +1,142 @@
+//! https for plugins, by the host's rustls on the aws-lc-rs provider (its FIPS provider in FIPS
+//! builds). Each backend trusts either its own anchors (`http.trust_anchors`, a PEM file: an
+//! on-premises CA's web server is usually certified by the enterprise PKI, and pinning the
+//! backend to it keeps a public CA from vouching for a look-alike) or the system's trust store.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use wasmtime_wasi_http::Error as HttpError;
+
+use super::HttpGrant;
+use crate::crypto::AlgorithmPolicy;
+
+/// The system trust store, read once per process at the first https request that needs it.
+static SYSTEM_ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
+
+fn system_roots() -> Result<Arc<RootCertStore>, String> {
+    SYSTEM_ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut store = RootCertStore::empty();
+            let (added, _ignored) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(format!(
+                    "the system trust store has no usable certificates ({} errors); install ca-certificates or set http.trust_anchors",
+                    found.errors.len()
+                ));
+            }
+            Ok(Arc::new(store))
+        })
+        .clone()
+}
+
+/// Which certificates a backend's https connections must chain to.
+pub(super) enum Trust {
+    /// Only these (from `http.trust_anchors`), loaded when the backend loads.
+    Anchors(Arc<RootCertStore>),
+    /// The system store, loaded at first use; the client config is made once.
+    System(OnceLock<Result<Arc<ClientConfig>, String>>),
+}
+
+/// A TLS connection about to be made: the backend's client config and the name to verify.
+pub(super) struct Target {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl Trust {
+    /// The grant's trust: its anchors file read and checked now, or the system store later.
+    pub(super) fn from_grant(grant: &HttpGrant) -> Result<Self, String> {
+        match &grant.trust_anchors {
+            Some(path) => Ok(Self::Anchors(Arc::new(read_anchors(path)?))),
+            None => Ok(Self::System(OnceLock::new())),
+        }
+    }
+
+    fn client_config(&self, policy: &AlgorithmPolicy) -> Result<Arc<ClientConfig>, String> {
+        match self {
+            Self::Anchors(roots) => client_config(roots.clone(), policy),
+            Self::System(config) => config
+                .get_or_init(|| client_config(system_roots()?, policy))
+                .clone(),
+        }
+    }
+
+    /// Prepares a connection to `host` (a DNS name or an IP literal).
+    pub(super) fn target(&self, host: &str, policy: &AlgorithmPolicy) -> Result<Target, HttpError> {
+        let config = self
+            .client_config(policy)
+            .map_err(|e| HttpError::InternalError(Some(e)))?;
+        let name =
+            ServerName::try_from(host.to_owned()).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+        Ok(Target {
+            connector: TlsConnector::from(config),
+            name,
+        })
+    }
+}
+
+impl Target {
+    /// The TLS handshake over `tcp`. A certificate that does not verify is a
+    /// `TLS-certificate-error` for the plugin, with the reason in the host's log.
+    pub(super) async fn connect(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, HttpError> {
+        self.connector
+            .connect(self.name.clone(), tcp)
+            .await
+            .map_err(|e| {
+                let certificate = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+                tracing::warn!(server = ?self.name, "plugin HTTPS: TLS handshake failed: {e}");
+                if certificate {
+                    HttpError::TlsCertificateError
+                } else {
+                    HttpError::Tls(e)
+                }
+            })
+    }
+}
+
+fn read_anchors(path: &Path) -> Result<RootCertStore, String> {
+    let what = || format!("http.trust_anchors {}", path.display());
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", what()))?;
+    let mut store = RootCertStore::empty();
+    for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+        let cert = cert.map_err(|e| format!("{}: certificate {}: {e}", what(), i + 1))?;
+        store
+            .add(cert)
+            .map_err(|e| format!("{}: certificate {}: {e}", what(), i + 1))?;
+    }
+    if store.is_empty() {
+        return Err(format!("{}: no PEM CERTIFICATE blocks in the file", what()));
+    }
+    Ok(store)
+}
+
+fn client_config(
+    roots: Arc<RootCertStore>,
+    policy: &AlgorithmPolicy,
+) -> Result<Arc<ClientConfig>, String> {
+    #[cfg(feature = "fips")]
+    let provider = rustls::crypto::default_fips_provider();
+    #[cfg(not(feature = "fips"))]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS configuration: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if policy.fips && !config.fips() {
+        return Err("the TLS configuration is not FIPS-approved in this build".into());
+    }
+    Ok(Arc::new(config))
+}

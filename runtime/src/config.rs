@@ -221,6 +221,18 @@ pub struct PluginsConfig {
     /// Concurrent plugin instances across all backends.
     #[serde(default = "default_instances")]
     pub max_instances: u32,
+    /// Watch `dir` and load a new or changed plugin without a restart (publish by writing a
+    /// temporary file and renaming it to `NAME.wasm`).
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// Rescan `dir` this often even without a change event, in seconds (a backstop for
+    /// filesystems that do not deliver events, and the retry of a failed health check).
+    #[serde(default = "default_rescan")]
+    pub rescan_seconds: u64,
+}
+
+fn default_rescan() -> u64 {
+    30
 }
 
 fn default_instances() -> u32 {
@@ -270,7 +282,7 @@ fn default_ca_days() -> u32 {
     3650
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// Plugin file name without `.wasm`, in `plugins.dir`.
@@ -284,6 +296,15 @@ pub struct BackendConfig {
     pub timeout_seconds: u64,
     #[serde(default = "default_log_lines")]
     pub log_lines_per_call: u32,
+    /// Jobs this instance runs at once; more wait, or go to a profile's fallback. Unlimited
+    /// (up to `jobs.workers`) when absent.
+    pub max_concurrency: Option<usize>,
+    /// Faults in a row (plugin faults, unreachable CA) after which the instance is quarantined.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after: u32,
+    /// How long a quarantine lasts before one job probes the instance again, in seconds.
+    #[serde(default = "default_quarantine_seconds")]
+    pub quarantine_seconds: u64,
     /// Outbound HTTP this instance may make: hosts, internal addresses, response size.
     #[serde(default)]
     pub http: crate::plugins::http::HttpGrant,
@@ -308,6 +329,13 @@ impl BackendConfig {
         serde_json::to_string(&settings)
             .map_err(|e| format!("settings cannot be expressed as JSON: {e}"))
     }
+}
+
+fn default_quarantine_after() -> u32 {
+    5
+}
+fn default_quarantine_seconds() -> u64 {
+    30
 }
 
 fn default_memory_mb() -> usize {
@@ -335,6 +363,11 @@ impl BackendConfig {
 pub struct ProfileConfig {
     /// The backend instance that serves this profile.
     pub backend: Spanned<String>,
+    /// Backend instances tried in order when `backend` is unloaded, quarantined, at its
+    /// concurrency limit, or fails with a fault or a transient error. A CA's final answer
+    /// (issued, rejected, pending) is never passed on.
+    #[serde(default)]
+    pub fallbacks: Vec<Spanned<String>>,
     /// Device key type when the request does not say.
     #[serde(default = "default_key")]
     pub key_algorithm: KeyAlgorithm,
@@ -478,17 +511,25 @@ impl Config {
                     "is also set in settings; give it in one place".into(),
                 ));
             }
-            let plugin = b.plugin.get_ref();
-            if plugin.is_empty()
-                || !plugin
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-            {
+            if !crate::plugins::manifest::valid_name(b.plugin.get_ref()) {
                 return Err(self.invalid(
                     text,
                     b.plugin.span(),
                     format!("backends.{name}.plugin"),
-                    "must be a plugin file name without .wasm (letters, digits, - and _)".into(),
+                    "must be a plugin file name without .wasm (lowercase letters, digits, - and _)"
+                        .into(),
+                ));
+            }
+            if b.max_concurrency == Some(0) {
+                return Err(whole(
+                    &format!("backends.{name}.max_concurrency"),
+                    "must be at least 1 (leave it out for no limit)".into(),
+                ));
+            }
+            if b.quarantine_after == 0 {
+                return Err(whole(
+                    &format!("backends.{name}.quarantine_after"),
+                    "must be at least 1".into(),
                 ));
             }
             for k in &b.keys {
@@ -517,19 +558,35 @@ impl Config {
                 ));
             }
         }
+        let known: Vec<&str> = self.backends.keys().map(String::as_str).collect();
         for (name, p) in &self.profiles {
-            if !self.backends.contains_key(p.backend.get_ref()) {
-                let known: Vec<&str> = self.backends.keys().map(String::as_str).collect();
-                return Err(self.invalid(
-                    text,
-                    p.backend.span(),
-                    format!("profiles.{name}.backend"),
-                    format!(
-                        "no backend named {:?} (configured: {})",
-                        p.backend.get_ref(),
-                        known.join(", ")
-                    ),
-                ));
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, b) in std::iter::once(&p.backend).chain(&p.fallbacks).enumerate() {
+                let key = if i == 0 {
+                    format!("profiles.{name}.backend")
+                } else {
+                    format!("profiles.{name}.fallbacks")
+                };
+                if !self.backends.contains_key(b.get_ref()) {
+                    return Err(self.invalid(
+                        text,
+                        b.span(),
+                        key,
+                        format!(
+                            "no backend named {:?} (configured: {})",
+                            b.get_ref(),
+                            known.join(", ")
+                        ),
+                    ));
+                }
+                if !seen.insert(b.get_ref()) {
+                    return Err(self.invalid(
+                        text,
+                        b.span(),
+                        key,
+                        format!("backend {:?} is listed twice", b.get_ref()),
+                    ));
+                }
             }
         }
         if let Some(scep) = &self.scep {

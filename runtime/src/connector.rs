@@ -71,6 +71,37 @@ pub fn lock_data_dir(config: &Config) -> Result<std::fs::File, StartError> {
     }
 }
 
+/// Creates the keys `[keys]` declares that the store does not hold yet, with their self-signed
+/// certificates: first-start state, made the same way for the daemon and the conformance kit.
+pub fn create_configured_keys(config: &Config, keys: &KeyStore) -> Result<(), StartError> {
+    for (name, k) in &config.keys {
+        let stored = match keys.get(name) {
+            Ok(s) => s,
+            Err(_) => {
+                tracing::info!(key = %name, algorithm = %k.algorithm, store = ?k.store, "creating custody key");
+                keys.create(name, k.algorithm, k.store)?
+            }
+        };
+        if let (Some(ss), true) = (&k.self_signed, stored.chain.is_empty()) {
+            let subject = x509_cert::name::Name::from_str(ss.subject.get_ref()).map_err(|e| {
+                StartError::SelfSigned {
+                    key: name.clone(),
+                    source: PkiError::Invalid(e.to_string()),
+                }
+            })?;
+            let cert = pki::ca::self_signed(&stored.key, &subject, ss.validity_days).map_err(
+                |source| StartError::SelfSigned {
+                    key: name.clone(),
+                    source,
+                },
+            )?;
+            keys.set_chain(name, vec![cert])?;
+            tracing::info!(key = %name, subject = %ss.subject.get_ref(), "created self-signed CA certificate");
+        }
+    }
+    Ok(())
+}
+
 /// Why a submission was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -110,32 +141,7 @@ impl Connector {
         }
         let lock = lock_data_dir(&config)?;
         let keys = Arc::new(KeyStore::open(&config.keys_dir(), &config.custody)?);
-        for (name, k) in &config.keys {
-            let stored = match keys.get(name) {
-                Ok(s) => s,
-                Err(_) => {
-                    tracing::info!(key = %name, algorithm = %k.algorithm, store = ?k.store, "creating custody key");
-                    keys.create(name, k.algorithm, k.store)?
-                }
-            };
-            if let (Some(ss), true) = (&k.self_signed, stored.chain.is_empty()) {
-                let subject =
-                    x509_cert::name::Name::from_str(ss.subject.get_ref()).map_err(|e| {
-                        StartError::SelfSigned {
-                            key: name.clone(),
-                            source: PkiError::Invalid(e.to_string()),
-                        }
-                    })?;
-                let cert = pki::ca::self_signed(&stored.key, &subject, ss.validity_days).map_err(
-                    |source| StartError::SelfSigned {
-                        key: name.clone(),
-                        source,
-                    },
-                )?;
-                keys.set_chain(name, vec![cert])?;
-                tracing::info!(key = %name, subject = %ss.subject.get_ref(), "created self-signed CA certificate");
-            }
-        }
+        create_configured_keys(&config, &keys)?;
         let scep = crate::scep::Ra::open(&config, &keys)?.map(Arc::new);
         let journal = Arc::new(Journal::open(&config.journal_path())?);
         let reclaimed = journal.reclaim_running()?;
@@ -224,6 +230,19 @@ impl Connector {
     /// Wakes the workers (after an operator retry).
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Watches the plugins directory and rescans it periodically until `shutdown` turns true:
+    /// new and changed plugin versions are loaded without a restart.
+    pub async fn run_plugin_watcher(&self, shutdown: watch::Receiver<bool>) {
+        let plugins = &self.services.config.plugins;
+        crate::plugins::watch::run(
+            self.services.registry.clone(),
+            plugins.watch,
+            std::time::Duration::from_secs(plugins.rescan_seconds.max(1)),
+            shutdown,
+        )
+        .await
     }
 
     /// Runs the scheduler until `shutdown` turns true.

@@ -527,6 +527,15 @@ struct NtlmFront {
 
 impl NtlmFront {
     fn start(dir: &std::path::Path, upstream: u16) -> Self {
+        Self::start_with(dir, upstream, None)
+    }
+
+    /// With `tls` = (certificate, key) PEM files, the front serves https.
+    fn start_with(
+        dir: &std::path::Path,
+        upstream: u16,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Self {
         let users = dir.join("ntlm-users");
         write_private(&users, &format!("CORP:svc-ndes:{PASSWORD}\n"));
         let events = dir.join("ntlm-events");
@@ -535,6 +544,7 @@ impl NtlmFront {
             .arg(format!("http://127.0.0.1:{upstream}"))
             .arg(repo_root().join("runtime/tests/data/ndes/mscep_admin_password.utf16le.html"))
             .arg(&events)
+            .args(tls.iter().flat_map(|(c, k)| [c.as_os_str(), k.as_os_str()]))
             .env("NTLM_USER_FILE", &users)
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -565,35 +575,152 @@ impl Drop for NtlmFront {
     }
 }
 
-fn start_ntlm_daemon(dir: &std::path::Path, front: &NtlmFront, password: &str) -> Daemon {
-    let secret = dir.join("ndes-ntlm-password");
-    write_private(&secret, password);
-    let extra = format!(
+/// An ndes backend instance `name` (profile `name` too) that reaches `front` with host-held
+/// NTLM credentials; over https when `anchors` names its trust anchors file.
+fn ntlm_backend(
+    name: &str,
+    front: &NtlmFront,
+    secret: &std::path::Path,
+    anchors: Option<&std::path::Path>,
+) -> String {
+    let (scheme, trust) = match anchors {
+        Some(a) => ("https", format!("trust_anchors = \"{}\"", a.display())),
+        None => ("http", String::new()),
+    };
+    format!(
         r#"
-[backends.ndes]
+[backends.{name}]
 plugin = "ndes"
-[backends.ndes.http]
+[backends.{name}.http]
 allow = ["127.0.0.1:{port}"]
-[[backends.ndes.http.credentials]]
+{trust}
+[[backends.{name}.http.credentials]]
 host = "127.0.0.1:{port}"
 scheme = "ntlm"
 username = '{USER}'
 password_file = "{secret}"
-[backends.ndes.settings]
-url = "http://127.0.0.1:{port}"
+[backends.{name}.settings]
+url = "{scheme}://127.0.0.1:{port}"
 auth = "ntlm"
 username = '{USER}'
 poll_seconds = 1
-[profiles.wifi]
-backend = "ndes"
+[profiles.{name}]
+backend = "{name}"
 key_algorithm = "rsa-2048"
 "#,
         port = front.port,
         secret = secret.display()
-    );
+    )
+}
+
+fn start_ntlm_daemon(dir: &std::path::Path, front: &NtlmFront, password: &str) -> Daemon {
+    let secret = dir.join("ndes-ntlm-password");
+    write_private(&secret, password);
+    let extra = ntlm_backend("wifi", front, &secret, None);
     start_in(dir, |data, port| {
         config_text(data, &plugins(), port, &extra)
     })
+}
+
+/// A CA and a server certificate for 127.0.0.1 it issued, made by the openssl CLI:
+/// (CA certificate, server certificate, server key).
+fn server_pki(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let file = |ext: &str| dir.join(format!("{name}.{ext}"));
+    let (ca, ca_key, cert, key, csr, ext) = (
+        file("ca.pem"),
+        file("ca.key"),
+        file("pem"),
+        file("key"),
+        file("csr"),
+        file("ext"),
+    );
+    run_ok(
+        std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args(["-subj", &format!("/CN={name} CA")])
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca),
+    );
+    run_ok(
+        std::process::Command::new("openssl")
+            .args(["req", "-new", "-newkey", "rsa:2048", "-nodes"])
+            .args(["-subj", &format!("/CN={name}")])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+    );
+    std::fs::write(
+        &ext,
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run_ok(
+        std::process::Command::new("openssl")
+            .args(["x509", "-req", "-days", "1", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .args(["-CAcreateserial", "-extfile"])
+            .arg(&ext)
+            .arg("-out")
+            .arg(&cert),
+    );
+    (ca, cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndes_over_https_trusts_only_the_backends_anchors() {
+    let ndes = Ndes::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = server_pki(dir.path(), "ndes-web");
+    let (stranger, _, _) = server_pki(dir.path(), "some-other");
+    let front = NtlmFront::start_with(dir.path(), ndes.port, Some((&cert, &key)));
+    let secret = dir.path().join("ndes-ntlm-password");
+    write_private(&secret, PASSWORD);
+    let extra = ntlm_backend("trusting", &front, &secret, Some(&ca))
+        + &ntlm_backend("doubting", &front, &secret, Some(&stranger));
+    let daemon = start_in(dir.path(), |data, port| {
+        config_text(data, &plugins(), port, &extra)
+    });
+    let api = daemon.client();
+    let id = submit(
+        &api,
+        "trusting",
+        "https-1",
+        json!({ "subject": "CN=tls-laptop" }),
+    )
+    .await;
+    let job = wait_job(&api, &id, Duration::from_secs(30)).await;
+    assert_eq!(
+        job["state"],
+        "succeeded",
+        "{job}\nfront: {}",
+        front.events()
+    );
+    assert!(front.events().contains("authenticated CORP\\svc-ndes"));
+
+    // The same server, but this backend trusts another CA: no connection gets past TLS.
+    let before = front.events();
+    let id = submit(&api, "doubting", "https-2", json!({})).await;
+    let job = wait_job(&api, &id, Duration::from_secs(60)).await;
+    assert_ne!(job["state"], "succeeded", "{job}");
+    let e = job["last_error"].as_str().unwrap_or_default();
+    assert!(e.contains("TlsCertificateError"), "{e}");
+    assert_eq!(
+        front.events(),
+        before,
+        "nothing reached the server's application"
+    );
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(log.contains("TLS handshake failed"), "the host logs why");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,3 +117,9 @@ pub fn symmetric_decrypt(
 ) -> Result<Vec<u8>, CryptoError> {
     crypto::symmetric_decrypt(cipher, key, iv, ciphertext)
 }
+
+/// HMAC-SHA-256 of `data` under `key`, computed by the host: for CA APIs that authenticate
+/// requests with a keyed hash. (`certconn:plugin@0.2`.)
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    crypto::hmac(DigestAlgorithm::Sha256, key, data)
+}

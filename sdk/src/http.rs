@@ -15,7 +15,19 @@ pub struct Response {
     pub status: u16,
     /// The Content-Type header, when there was one.
     pub content_type: Option<String>,
+    /// Every header, names lower-cased, values that are not UTF-8 left out.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Why a request got no response.
@@ -102,12 +114,16 @@ pub fn fetch(
         }
     };
     let status = response.status();
-    let content_type = response
+    let headers: Vec<(String, String)> = response
         .headers()
-        .get("content-type")
+        .entries()
         .into_iter()
-        .next()
-        .and_then(|v| String::from_utf8(v).ok());
+        .filter_map(|(n, v)| Some((n.to_ascii_lowercase(), String::from_utf8(v).ok()?)))
+        .collect();
+    let content_type = headers
+        .iter()
+        .find(|(n, _)| n == "content-type")
+        .map(|(_, v)| v.clone());
     let incoming = response.consume().map_err(|_| bad("response body"))?;
     let mut out = Vec::new();
     {
@@ -128,6 +144,7 @@ pub fn fetch(
     Ok(Response {
         status,
         content_type,
+        headers,
         body: out,
     })
 }

@@ -185,6 +185,51 @@ impl<B: Backend> Guest for Adapter<B> {
     }
 }
 
+#[doc(hidden)]
+pub const fn __manifest_bytes<const N: usize>(text: &str) -> [u8; N] {
+    let bytes = text.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
+/// Embeds the plugin's manifest in the component, making the build output a plugin package
+/// that certconn loads as it is.
+///
+/// The file (`certconn-plugin.toml`, path relative to the calling source file) holds the
+/// description, the vendor and `[requests]`; `name`, `version` and `contract` are filled in
+/// from `Cargo.toml` and this SDK, so they cannot drift:
+///
+/// ```ignore
+/// certconn_sdk::plugin_manifest!("../certconn-plugin.toml");
+/// ```
+///
+/// For a component built any other way, `certconn plugin pack COMPONENT --manifest FILE` embeds
+/// a complete manifest instead.
+#[macro_export]
+macro_rules! plugin_manifest {
+    ($path:literal) => {
+        const _: () = {
+            // The contract is the version of `wit/certconn.wit` this SDK is generated from.
+            const TEXT: &str = concat!(
+                "name = \"",
+                env!("CARGO_PKG_NAME"),
+                "\"\nversion = \"",
+                env!("CARGO_PKG_VERSION"),
+                "\"\ncontract = \"0.2.0\"\n",
+                include_str!($path)
+            );
+            #[used]
+            #[link_section = "certconn-manifest"]
+            static MANIFEST: [u8; TEXT.len()] = $crate::__manifest_bytes::<{ TEXT.len() }>(TEXT);
+        };
+    };
+}
+
 /// Exports a [`Backend`] implementation as the component's `certconn:plugin/backend`.
 ///
 /// ```ignore

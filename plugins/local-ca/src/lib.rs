@@ -384,3 +384,4 @@ fn from_wit_san(
 }
 
 certconn_sdk::export_backend!(LocalCa);
+certconn_sdk::plugin_manifest!("../certconn-plugin.toml");

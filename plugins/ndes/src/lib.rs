@@ -279,3 +279,4 @@ impl Backend for Ndes {
 }
 
 certconn_sdk::export_backend!(Ndes);
+certconn_sdk::plugin_manifest!("../certconn-plugin.toml");

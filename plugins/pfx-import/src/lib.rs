@@ -419,3 +419,4 @@ fn build_chain(
 }
 
 certconn_sdk::export_backend!(PfxImport);
+certconn_sdk::plugin_manifest!("../certconn-plugin.toml");

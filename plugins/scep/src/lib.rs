@@ -179,3 +179,4 @@ impl Backend for Scep {
 }
 
 certconn_sdk::export_backend!(Scep);
+certconn_sdk::plugin_manifest!("../certconn-plugin.toml");

@@ -115,6 +115,7 @@ pub fn router(connector: Arc<Connector>, token: Zeroizing<String>) -> Router {
         .route("/v1/jobs/{id}/retry", post(retry_job))
         .route("/v1/jobs/{id}/result", get(job_result))
         .route("/v1/plugins", get(list_plugins))
+        .route("/v1/plugins/{name}/{action}", post(plugin_action))
         .route("/v1/scep/challenges", post(mint_scep_challenge))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let api = Router::new()
@@ -174,10 +175,17 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         .journal
         .counts()
         .unwrap_or_default();
+    let registry = &state.connector.services.registry;
+    let down: Vec<String> = registry
+        .instances()
+        .filter(|i| i.status().state != "serving")
+        .map(|i| format!("{}: {}", i.name, i.status().state))
+        .collect();
     Json(json!({
-        "status": "ok",
+        "status": if down.is_empty() { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
-        "backends": state.connector.services.registry.backends().count(),
+        "backends": registry.instances().count(),
+        "backends_not_serving": down,
         "fips": &state.connector.services.fips,
         "jobs": counts.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
     }))
@@ -403,36 +411,59 @@ async fn job_result(
     Ok(Json(json!({ "job": job.summarized(), "result": result })))
 }
 
+/// Plugin files, backend instances, the versions they run and their health.
 async fn list_plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let mut out = Vec::new();
-    for b in state.connector.services.registry.backends() {
-        let (healthy, message) = match b.health().await {
-            Ok(h) => (h.healthy, h.message),
-            Err(e) => (false, e.to_string()),
-        };
-        let caps = b.info.capabilities;
-        use crate::plugins::bindings::types::Capabilities as C;
-        let capabilities: Vec<&str> = [
-            (C::ISSUE, "issue"),
-            (C::REVOKE, "revoke"),
-            (C::POLL, "poll"),
-            (C::CHECK_IMPORT, "check-import"),
-        ]
-        .into_iter()
-        .filter(|(c, _)| caps.contains(*c))
-        .map(|(_, n)| n)
-        .collect();
-        out.push(json!({
-            "backend": &*b.name,
-            "plugin": b.plugin,
-            "name": b.info.name,
-            "version": b.info.version,
-            "capabilities": capabilities,
-            "healthy": healthy,
-            "health": message,
-            "memory_mb": b.limits.memory_bytes >> 20,
-            "timeout_seconds": b.limits.timeout.as_secs(),
-        }));
+    let registry = &state.connector.services.registry;
+    let mut status = serde_json::to_value(registry.status()).unwrap_or_else(|_| json!({}));
+    if let Some(backends) = status["backends"].as_array_mut() {
+        // Health checks may each wait on a CA: run them at once.
+        let checks: Vec<_> = registry
+            .instances()
+            .map(|i| {
+                let current = i.current();
+                tokio::spawn(async move {
+                    match current {
+                        Some(b) => match b.health().await {
+                            Ok(h) => (h.healthy, h.message),
+                            Err(e) => (false, e.to_string()),
+                        },
+                        None => (false, "not serving".to_string()),
+                    }
+                })
+            })
+            .collect();
+        for (b, check) in backends.iter_mut().zip(checks) {
+            let (healthy, message) = check
+                .await
+                .unwrap_or_else(|e| (false, format!("health check task: {e}")));
+            b["healthy"] = json!(healthy);
+            b["health"] = json!(crate::plugins::backend::bounded(&message));
+        }
     }
-    Json(json!({ "backends": out }))
+    Json(status)
+}
+
+/// `POST /v1/plugins/NAME/{load,reload,unload,rollback}`.
+async fn plugin_action(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let registry = &state.connector.services.registry;
+    let conflict = |e: String| ApiError::new(StatusCode::CONFLICT, e);
+    let answer = match action.as_str() {
+        "load" => json!({ "report": registry.reload(&name, true).await.map_err(conflict)? }),
+        "reload" => json!({ "report": registry.reload(&name, false).await.map_err(conflict)? }),
+        "unload" => json!({ "unloaded": registry.unload(&name).await.map_err(conflict)? }),
+        "rollback" => {
+            let done = registry.rollback(&name).await.map_err(conflict)?;
+            json!({ "rolled_back": done.into_iter().map(|(b, from, to)| json!({"backend": b, "from": from, "to": to})).collect::<Vec<_>>() })
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no plugin action {other:?}: load, reload, unload or rollback"),
+            ))
+        }
+    };
+    Ok(Json(answer))
 }

@@ -1,4 +1,5 @@
-//! `certconn submit`, `certconn jobs` and `certconn plugins`: clients of a running daemon.
+//! `certconn submit`, `certconn jobs`, `certconn scep` and `certconn status`: clients of a
+//! running daemon.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -92,15 +93,6 @@ pub enum Jobs {
     Show { id: String },
     /// Queue a failed or dead job again.
     Retry { id: String },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Plugins {
-    /// List backend instances with their plugin, version and health.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 pub(super) fn client(config_path: &Path) -> anyhow::Result<ApiClient> {
@@ -340,44 +332,6 @@ pub async fn jobs(config_path: &Path, what: Jobs) -> anyhow::Result<()> {
                 job["state"].as_str().unwrap_or("?")
             );
         }
-    }
-    Ok(())
-}
-
-pub async fn plugins(config_path: &Path, what: Plugins) -> anyhow::Result<()> {
-    let api = client(config_path)?;
-    let Plugins::List { json } = what;
-    let answer = api.call(Method::GET, "/v1/plugins", None).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
-        return Ok(());
-    }
-    println!(
-        "{:<14}  {:<14}  {:<8}  {:<20}  HEALTH",
-        "BACKEND", "PLUGIN", "VERSION", "CAPABILITIES"
-    );
-    for b in answer["backends"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        let caps: Vec<&str> = b["capabilities"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        println!(
-            "{:<14}  {:<14}  {:<8}  {:<20}  {:<8}  {}",
-            b["backend"].as_str().unwrap_or(""),
-            b["plugin"].as_str().unwrap_or(""),
-            b["version"].as_str().unwrap_or(""),
-            caps.join(","),
-            if b["healthy"].as_bool() == Some(true) {
-                "ok"
-            } else {
-                "UNHEALTHY"
-            },
-            b["health"].as_str().unwrap_or("")
-        );
     }
     Ok(())
 }

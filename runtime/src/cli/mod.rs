@@ -5,8 +5,10 @@ mod bench;
 mod bench_pki;
 mod bench_scep;
 mod client_cmds;
+mod conformance;
 mod keys;
 mod pfx;
+mod plugins;
 mod serve;
 
 use std::path::PathBuf;
@@ -61,10 +63,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the loaded backends.
+    /// Plugins and backend instances: list, inspect, load, unload, reload, rollback, pack, test.
+    #[command(visible_alias = "plugin")]
     Plugins {
         #[command(subcommand)]
-        what: client_cmds::Plugins,
+        what: plugins::Plugins,
     },
     /// Administer custody keys (offline: the daemon must be stopped).
     Keys {
@@ -125,7 +128,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Submit { what } => client_cmds::submit(&config, what).await,
             Command::Jobs { what } => client_cmds::jobs(&config, what).await,
             Command::Status { json } => client_cmds::status(&config, json).await,
-            Command::Plugins { what } => client_cmds::plugins(&config, what).await,
+            Command::Plugins { what } => plugins::run(&config, what).await,
             Command::Scep { what } => client_cmds::scep(&config, what).await,
             Command::Keys { what } => keys::run(&config, what),
             Command::Pfx { what } => pfx::run(&config, what).await,

@@ -18,13 +18,18 @@ pub async fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the API to {listen}"))?;
     let bound = listener.local_addr()?;
-    tracing::info!(api = %bound, token_file = %token_path.display(), backends = connector.services.registry.backends().count(), "certconn is serving");
+    tracing::info!(api = %bound, token_file = %token_path.display(), backends = connector.services.registry.instances().count(), "certconn is serving");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let scheduler = {
         let connector = connector.clone();
         let stop_rx = stop_rx.clone();
         tokio::spawn(async move { connector.run_scheduler(stop_rx).await })
+    };
+    let watcher = {
+        let connector = connector.clone();
+        let stop_rx = stop_rx.clone();
+        tokio::spawn(async move { connector.run_plugin_watcher(stop_rx).await })
     };
     let app = server::router(connector.clone(), token);
     let mut api_stop = stop_rx.clone();
@@ -49,6 +54,7 @@ pub async fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
     scheduler
         .await
         .context("the scheduler stopped abnormally")?;
+    let _ = watcher.await;
     tracing::info!("stopped");
     Ok(())
 }

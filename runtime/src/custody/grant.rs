@@ -15,7 +15,7 @@ pub const REQUEST_HANDLE: &str = "request";
 /// The keys one backend instance was granted, by handle name.
 #[derive(Clone, Debug)]
 pub struct Grants {
-    store: Arc<KeyStore>,
+    store: Option<Arc<KeyStore>>,
     granted: Arc<BTreeSet<String>>,
     request: Option<Arc<StoredKey>>,
     /// The hosts the instance may reach over HTTP, with its credentials and trust anchors.
@@ -25,8 +25,18 @@ pub struct Grants {
 impl Grants {
     pub fn new(store: Arc<KeyStore>, granted: impl IntoIterator<Item = String>) -> Self {
         Self {
-            store,
+            store: Some(store),
             granted: Arc::new(granted.into_iter().collect()),
+            request: None,
+            http: Arc::default(),
+        }
+    }
+
+    /// Nothing at all: no keys, no HTTP (for describing a plugin that is not configured).
+    pub fn none() -> Self {
+        Self {
+            store: None,
+            granted: Arc::default(),
             request: None,
             http: Arc::default(),
         }
@@ -60,8 +70,9 @@ impl Grants {
             return Err(CustodyError::NotGranted(handle.into()));
         }
         self.store
-            .get(handle)
-            .map_err(|_| CustodyError::NotGranted(handle.into()))
+            .as_ref()
+            .and_then(|s| s.get(handle).ok())
+            .ok_or_else(|| CustodyError::NotGranted(handle.into()))
     }
 
     /// The granted handle names.

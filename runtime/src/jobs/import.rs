@@ -15,7 +15,7 @@ use der::Decode;
 use zeroize::Zeroizing;
 
 use super::model::{ImportJob, ImportPurpose, JobRecord, JobResult};
-use super::pipeline::{fail, from_backend_error, from_plugin_error, routed, Outcome};
+use super::pipeline::{call_through, fail, from_backend_error, routed, Outcome, Routed};
 use crate::connector::Services;
 use crate::pki::{self, pem};
 use crate::plugins::bindings::types as wit;
@@ -102,11 +102,11 @@ fn open(services: &Services, job_id: &str, req: &ImportJob) -> Result<Opened, St
 
 /// Runs one import job.
 pub async fn run(services: &Arc<Services>, job: &JobRecord, req: &ImportJob) -> Outcome {
-    let (profile, backend) = match routed(services, &req.profile) {
+    let (profile, mut route) = match routed(services, &req.profile) {
         Ok(r) => r,
         Err(e) => return fail(None, e),
     };
-    let bname = backend.name.to_string();
+    let bname = profile.backend.get_ref().clone();
     let opened = {
         let (services, job_id, req) = (services.clone(), job.id.clone(), req.clone());
         match tokio::task::spawn_blocking(move || open(&services, &job_id, &req)).await {
@@ -127,11 +127,23 @@ pub async fn run(services: &Arc<Services>, job: &JobRecord, req: &ImportJob) -> 
         user_principal_name: req.user_principal_name.clone(),
         purpose: purpose_to_wit(req.intended_purpose),
     };
-    match backend.check_import(&check).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return from_backend_error(&bname, e),
-        Err(e) => return from_plugin_error(&bname, e),
-    }
+    let check_ref = &check;
+    let (bname, version) =
+        match call_through(
+            &mut route,
+            |b| async move { b.check_import(check_ref).await },
+        )
+        .await
+        {
+            Routed::Answer { lease, answer } => {
+                let name = lease.backend.name.to_string();
+                if let Err(e) = answer {
+                    return from_backend_error(&name, e);
+                }
+                (name, lease.backend.version_id())
+            }
+            Routed::Final(o) | Routed::Exhausted(o) => return o,
+        };
     let sealed = pem::certificate_from_pem_or_der(req.recipient_pem.as_bytes())
         .map_err(|e| format!("recipient certificate: {e}"))
         .and_then(|der| {
@@ -165,6 +177,7 @@ pub async fn run(services: &Arc<Services>, job: &JobRecord, req: &ImportJob) -> 
         )),
         pfx_base64: Some(b64.encode(&opened.pfx)),
         sealed_password_base64: Some(b64.encode(sealed)),
+        backend_version: Some(version),
         ..Default::default()
     };
     Outcome::Done {

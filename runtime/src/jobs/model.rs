@@ -359,4 +359,7 @@ pub struct JobResult {
     pub password_claimed: bool,
     /// Revocation results.
     pub revoked: Option<bool>,
+    /// The plugin version that did the work: `name version (sha256 prefix)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_version: Option<String>,
 }

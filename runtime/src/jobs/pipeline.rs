@@ -23,8 +23,10 @@ use crate::connector::Services;
 use crate::custody::store::StoredKey;
 use crate::custody::PrivateKey;
 use crate::pki::{self, pem};
-use crate::plugins::backend::describe_backend_error;
+use crate::plugins::backend::{bounded, describe_backend_error, CallResult};
 use crate::plugins::bindings::types as wit;
+use crate::plugins::instance::Lease;
+use crate::plugins::registry::Route;
 use crate::plugins::{LoadedBackend, PluginError};
 use certconn_x509::SubjectAltName;
 
@@ -82,30 +84,32 @@ pub async fn run(services: &Arc<Services>, job: &JobRecord) -> Outcome {
 /// Maps a backend's answer that is not a success.
 pub(super) fn from_backend_error(backend: &str, e: wit::BackendError) -> Outcome {
     match e {
+        wit::BackendError::Pending(p) if p.poll_token.len() > MAX_POLL_TOKEN => fail(
+            Some(backend),
+            format!(
+                "the backend answered pending with a {}-byte poll token; at most {MAX_POLL_TOKEN}",
+                p.poll_token.len()
+            ),
+        ),
         wit::BackendError::Pending(p) => Outcome::Pending {
             backend: backend.into(),
             token: p.poll_token,
             retry_after_seconds: p.retry_after_seconds.max(1),
-            message: p.message,
+            message: bounded(&p.message),
         },
         wit::BackendError::Transient(m) => Outcome::Retry {
             backend: Some(backend.into()),
-            error: format!("transient: {m}"),
+            error: format!("transient: {}", bounded(&m)),
         },
         other => fail(Some(backend), describe_backend_error(&other)),
     }
 }
 
-pub(super) fn from_plugin_error(backend: &str, e: PluginError) -> Outcome {
-    match e {
-        // A fault may pass (a timeout under load); it is retried and dead-lettered if it keeps on.
-        PluginError::Fault { .. } => Outcome::Retry {
-            backend: Some(backend.into()),
-            error: e.to_string(),
-        },
-        other => fail(Some(backend), other.to_string()),
-    }
-}
+/// Largest poll token kept in the journal.
+const MAX_POLL_TOKEN: usize = 8 * 1024;
+/// Largest certificate a backend may return, and most certificates in its chain.
+const MAX_CERTIFICATE: usize = 64 * 1024;
+const MAX_CHAIN: usize = 16;
 
 /// The custody name of a device key kept while the CA answers pending.
 fn pending_key_name(job_id: &str) -> String {
@@ -169,35 +173,109 @@ fn requested_names(req: &IssueJob) -> Result<(Option<Name>, Vec<SubjectAltName>)
     Ok((subject, sans))
 }
 
-/// The profile a job names and the backend it routes to, or why the job cannot run (no backend
-/// is involved yet, so the caller fails it with none).
+/// The profile a job names and the backends it routes to, in order, or why the job cannot run
+/// (no backend is involved yet, so the caller fails it with none).
 pub(super) fn routed<'a>(
     services: &'a Services,
     profile_name: &str,
-) -> Result<(&'a ProfileConfig, Arc<LoadedBackend>), String> {
+) -> Result<(&'a ProfileConfig, Route), String> {
     let profile = services
         .config
         .profiles
         .get(profile_name)
         .ok_or_else(|| format!("profile {profile_name:?} is not configured"))?;
-    let backend = services.registry.route(profile_name).ok_or_else(|| {
-        format!(
-            "profile {profile_name:?} routes to backend {:?}, which is not loaded",
-            profile.backend.get_ref()
-        )
-    })?;
-    Ok((profile, backend))
+    let route = services
+        .registry
+        .route(profile_name)
+        .ok_or_else(|| format!("profile {profile_name:?} has no route"))?;
+    Ok((profile, route))
+}
+
+/// How a call through a [`Route`] ended.
+pub(super) enum Routed<T> {
+    /// A backend answered (issued, rejected, pending…): the CA's decision, never passed on.
+    Answer {
+        lease: Lease,
+        answer: Result<T, wit::BackendError>,
+    },
+    /// The call could not be made for a reason no other backend changes (bad settings).
+    Final(Outcome),
+    /// Every candidate was down, quarantined or failed with a fault or a transient error:
+    /// retried later with all the reasons.
+    Exhausted(Outcome),
+}
+
+/// Makes one call through `route`: candidates in order; a plugin fault or a transient error
+/// counts against that instance's circuit breaker and moves to the next candidate.
+pub(super) async fn call_through<T, F, Fut>(route: &mut Route, mut call: F) -> Routed<T>
+where
+    F: FnMut(Arc<LoadedBackend>) -> Fut,
+    Fut: std::future::Future<Output = CallResult<T>>,
+{
+    let mut failures = Vec::new();
+    let mut last = None;
+    while let Some(lease) = route.next().await {
+        let name = lease.backend.name.to_string();
+        let failure = match call(lease.backend.clone()).await {
+            Ok(Err(wit::BackendError::Transient(m))) => format!("transient: {m}"),
+            Err(e @ PluginError::Fault { .. }) => bounded(&e.to_string()),
+            Err(other) => return Routed::Final(fail(Some(&name), other.to_string())),
+            Ok(answer) => {
+                lease.instance.breaker.success(&name);
+                return Routed::Answer { lease, answer };
+            }
+        };
+        lease.instance.breaker.failure(&name, &failure);
+        if route.remaining() > 0 {
+            tracing::warn!(backend = %name, "trying the next backend of the route after: {failure}");
+        }
+        failures.push((name.clone(), failure));
+        last = Some(name);
+    }
+    let error = match (failures.len(), route.skipped.is_empty()) {
+        (1, true) => failures.remove(0).1,
+        (0, true) => "no backend is configured for this route".into(),
+        _ => failures
+            .into_iter()
+            .map(|(n, e)| format!("backend {n:?}: {e}"))
+            .chain(route.skipped.drain(..))
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    Routed::Exhausted(Outcome::Retry {
+        backend: last,
+        error,
+    })
 }
 
 async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Outcome {
-    let (profile, backend) = match routed(services, &req.profile) {
+    let (profile, mut route) = match routed(services, &req.profile) {
         Ok(r) => r,
         Err(e) => return fail(None, e),
     };
-    let bname = backend.name.to_string();
+    // A pending job polls the backend that answered pending, and no other.
+    if job.poll_token.is_some() {
+        match job
+            .backend
+            .as_deref()
+            .and_then(|b| services.registry.route_to(b))
+        {
+            Some(r) => route = r,
+            None => {
+                return fail(
+                    job.backend.as_deref(),
+                    "the backend this job is pending at is no longer configured",
+                )
+            }
+        }
+    }
+    let bname = job
+        .backend
+        .clone()
+        .unwrap_or_else(|| profile.backend.get_ref().clone());
     let (subject, sans) = match requested_names(req) {
         Ok(n) => n,
-        Err(e) => return fail(Some(&bname), e),
+        Err(e) => return fail(None, e),
     };
 
     let (csr, key) = match &req.csr_pem {
@@ -258,13 +336,27 @@ async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Out
         validity_days: req.validity_days.or(profile.validity_days),
         template: profile.template.clone(),
     };
-    let answer = match &job.poll_token {
-        Some(token) => backend.poll(&job.id, token, key.request_key()).await,
-        None => backend.issue(&request, key.request_key()).await,
+    let (job_id, poll_token, request_ref) = (&job.id, &job.poll_token, &request);
+    let routed = call_through(&mut route, |backend| {
+        let request_key = key.request_key();
+        async move {
+            match poll_token {
+                Some(token) => backend.poll(job_id, token, request_key).await,
+                None => backend.issue(request_ref, request_key).await,
+            }
+        }
+    })
+    .await;
+    let (lease, answer) = match routed {
+        Routed::Answer { lease, answer } => (lease, answer),
+        Routed::Final(o) | Routed::Exhausted(o) => return o,
     };
+    let backend = lease.backend.clone();
+    let bname = backend.name.to_string();
+    drop(lease);
     let issued = match answer {
-        Ok(Ok(issued)) => issued,
-        Ok(Err(e)) => {
+        Ok(issued) => issued,
+        Err(e) => {
             let outcome = from_backend_error(&bname, e);
             if let (Outcome::Pending { .. }, DeviceKey::Fresh(k)) = (&outcome, key) {
                 // Keep the device key in custody until the CA answers. The plugin's store is
@@ -284,7 +376,6 @@ async fn issue(services: &Arc<Services>, job: &JobRecord, req: &IssueJob) -> Out
             }
             return outcome;
         }
-        Err(e) => return from_plugin_error(&bname, e),
     };
     let outcome = finish_issue(services, &backend, &request.csr, key.private(), issued, req);
     if let (Outcome::Done { .. }, DeviceKey::Kept(_)) = (&outcome, &key) {
@@ -305,6 +396,19 @@ fn finish_issue(
     req: &IssueJob,
 ) -> Outcome {
     let bname = backend.name.to_string();
+    if issued.certificate.len() > MAX_CERTIFICATE
+        || issued.chain.len() > MAX_CHAIN
+        || issued.chain.iter().any(|c| c.len() > MAX_CERTIFICATE)
+    {
+        return fail(
+            Some(&bname),
+            format!(
+                "the backend returned a {}-byte certificate with {} chain certificates; at most {MAX_CERTIFICATE} bytes each and {MAX_CHAIN} in the chain",
+                issued.certificate.len(),
+                issued.chain.len()
+            ),
+        );
+    }
     let cert = match Certificate::from_der(&issued.certificate) {
         Ok(c) => c,
         Err(e) => {
@@ -358,6 +462,7 @@ fn finish_issue(
                 .collect(),
         ),
         serial: Some(serial.clone()),
+        backend_version: Some(backend.version_id()),
         ..Default::default()
     };
     let mut password_out = None;
@@ -483,8 +588,8 @@ async fn revoke(services: &Arc<Services>, job: &JobRecord, req: &RevokeJob) -> O
             )
         }
     };
-    let Some(backend) = services.registry.backend(&bname) else {
-        return fail(Some(&bname), format!("backend {bname:?} is not loaded"));
+    let Some(mut route) = services.registry.route_to(&bname) else {
+        return fail(Some(&bname), format!("backend {bname:?} is not configured"));
     };
     let request = wit::RevokeRequest {
         job_id: job.id.clone(),
@@ -492,8 +597,14 @@ async fn revoke(services: &Arc<Services>, job: &JobRecord, req: &RevokeJob) -> O
         issuer,
         reason: reason_to_wit(req.reason),
     };
-    match backend.revoke(&request).await {
-        Ok(Ok(())) => {
+    let request_ref = &request;
+    let (version, answer) =
+        match call_through(&mut route, |b| async move { b.revoke(request_ref).await }).await {
+            Routed::Answer { lease, answer } => (lease.backend.version_id(), answer),
+            Routed::Final(o) | Routed::Exhausted(o) => return o,
+        };
+    match answer {
+        Ok(()) => {
             let reason = serde_json::to_value(req.reason)
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))
@@ -503,6 +614,7 @@ async fn revoke(services: &Arc<Services>, job: &JobRecord, req: &RevokeJob) -> O
                 result: Box::new(JobResult {
                     serial: Some(serial.clone()),
                     revoked: Some(true),
+                    backend_version: Some(version),
                     ..Default::default()
                 }),
                 password: None,
@@ -510,7 +622,6 @@ async fn revoke(services: &Arc<Services>, job: &JobRecord, req: &RevokeJob) -> O
                 revoked: Some((bname, serial, reason)),
             }
         }
-        Ok(Err(e)) => from_backend_error(&bname, e),
-        Err(e) => from_plugin_error(&bname, e),
+        Err(e) => from_backend_error(&bname, e),
     }
 }

@@ -6,15 +6,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
 use super::bindings::types::{
     BackendError, BackendInfo, HealthReport, ImportCheck, IssueRequest, IssuedCertificate,
     RevokeRequest,
 };
-use super::bindings::{CaBackend, CaBackendPre};
+use super::bindings::{BackendInstance, BackendPre, Contract};
 use super::engine::{PluginEngine, EPOCH_TICK};
+use super::manifest::Manifest;
+use super::package::PluginPackage;
 use super::state::PluginState;
 use super::PluginError;
 use crate::crypto::AlgorithmPolicy;
@@ -42,12 +43,104 @@ impl Default for BackendLimits {
     }
 }
 
-/// A plugin loaded as a backend instance with its settings, grants and limits.
+/// One version of a plugin, compiled and linked once and shared by every backend instance that
+/// runs it. Its identity is the package's SHA-256.
+pub struct PreparedPlugin {
+    pub manifest: Manifest,
+    pub sha256: String,
+    /// The `certconn:plugin` version the component was built against (from its exports).
+    pub contract: semver::Version,
+    pre: BackendPre,
+}
+
+impl std::fmt::Debug for PreparedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedPlugin")
+            .field("version", &self.version_id())
+            .field("contract", &self.contract.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedPlugin {
+    /// Compiles (or loads from cache) the package's component, tells its contract line from its
+    /// exports, checks that against the manifest, and links it. Nothing runs yet.
+    pub fn prepare(engine: &PluginEngine, package: &PluginPackage) -> Result<Self, PluginError> {
+        let name = &package.manifest.name;
+        let invalid = |reason: String| PluginError::Invalid {
+            plugin: name.clone(),
+            reason,
+        };
+        let component = engine.compile(name, &package.bytes)?;
+        let (line, contract) = Contract::detect(engine.engine(), &component).map_err(invalid)?;
+        let declared = package
+            .manifest
+            .contract_version()
+            .map_err(|e| invalid(e.to_string()))?;
+        if Contract::of(&declared) != Some(line) {
+            return Err(invalid(format!(
+                "its manifest says contract {declared}, but the component was built for certconn:plugin@{contract}"
+            )));
+        }
+        let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
+            invalid(format!(
+                "it imports something certconn:plugin@{contract} on this host does not offer (built for a newer {}.{} than this certconn?): {e:#}",
+                contract.major, contract.minor
+            ))
+        })?;
+        let pre = BackendPre::new(line, instance_pre).map_err(|e| {
+            invalid(format!(
+                "its backend export does not match certconn:plugin@{contract}: {e:#}"
+            ))
+        })?;
+        Ok(Self {
+            manifest: package.manifest.clone(),
+            sha256: package.sha256.clone(),
+            contract,
+            pre,
+        })
+    }
+
+    /// `name version (sha256 prefix)`.
+    pub fn version_id(&self) -> String {
+        super::package::version_id(&self.manifest, &self.sha256)
+    }
+
+    /// The plugin's `describe`, unconfigured, with nothing granted.
+    pub async fn describe(
+        self: &Arc<Self>,
+        engine: Arc<PluginEngine>,
+        policy: AlgorithmPolicy,
+    ) -> Result<BackendInfo, PluginError> {
+        LoadedBackend {
+            name: self.manifest.name.as_str().into(),
+            plugin: self.clone(),
+            info: empty_info(),
+            engine,
+            settings_json: "{}".into(),
+            grants: Grants::none(),
+            policy,
+            limits: BackendLimits::default(),
+        }
+        .describe()
+        .await
+    }
+}
+
+fn empty_info() -> BackendInfo {
+    BackendInfo {
+        name: String::new(),
+        version: String::new(),
+        capabilities: super::bindings::types::Capabilities::empty(),
+        config_schema: String::new(),
+    }
+}
+
+/// A plugin version loaded as a backend instance with its settings, grants and limits.
 pub struct LoadedBackend {
     pub name: Arc<str>,
-    pub plugin: String,
+    pub plugin: Arc<PreparedPlugin>,
     pub info: BackendInfo,
-    pre: CaBackendPre<PluginState>,
     engine: Arc<PluginEngine>,
     settings_json: String,
     grants: Grants,
@@ -68,38 +161,21 @@ impl std::fmt::Debug for LoadedBackend {
 pub type CallResult<T> = Result<Result<T, BackendError>, PluginError>;
 
 impl LoadedBackend {
-    /// Compiles (or loads from cache) and links `wasm`, asks it to describe itself, and checks
-    /// that it accepts `settings_json`. Nothing is registered if any step fails.
-    #[allow(clippy::too_many_arguments)]
+    /// Asks the plugin to describe itself and checks that it accepts `settings_json`. Nothing
+    /// is registered if any step fails.
     pub async fn load(
         engine: Arc<PluginEngine>,
         name: &str,
-        plugin: &str,
-        wasm: &[u8],
+        plugin: Arc<PreparedPlugin>,
         settings_json: String,
         grants: Grants,
         policy: AlgorithmPolicy,
         limits: BackendLimits,
     ) -> Result<Self, PluginError> {
-        let component: Component = engine.compile(plugin, wasm)?;
-        let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| PluginError::Invalid {
-            plugin: plugin.into(),
-            reason: format!("does not fit the certconn:plugin@0.1 contract or asks for an import the host does not offer: {e:#}"),
-        })?;
-        let pre = CaBackendPre::new(instance_pre).map_err(|e| PluginError::Invalid {
-            plugin: plugin.into(),
-            reason: format!("does not export certconn:plugin/backend@0.1: {e:#}"),
-        })?;
         let mut this = Self {
             name: name.into(),
-            plugin: plugin.into(),
-            info: BackendInfo {
-                name: String::new(),
-                version: String::new(),
-                capabilities: super::bindings::types::Capabilities::empty(),
-                config_schema: String::new(),
-            },
-            pre,
+            plugin,
+            info: empty_info(),
             engine,
             settings_json,
             grants,
@@ -110,6 +186,11 @@ impl LoadedBackend {
         // `run` with configure=true fails with PluginError::Config on bad settings.
         this.run(None, true, async |_, _| Ok(())).await?;
         Ok(this)
+    }
+
+    /// How logs, status and job results name the version this instance runs.
+    pub fn version_id(&self) -> String {
+        self.plugin.version_id()
     }
 
     fn new_store(
@@ -138,7 +219,7 @@ impl LoadedBackend {
         &self,
         job: Option<&str>,
         configure: bool,
-        op: impl AsyncFnOnce(&mut Store<PluginState>, &CaBackend) -> wasmtime::Result<R>,
+        op: impl AsyncFnOnce(&mut Store<PluginState>, &BackendInstance) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         self.run_with_key(job, None, configure, op).await
     }
@@ -150,20 +231,16 @@ impl LoadedBackend {
         job: Option<&str>,
         request_key: Option<Arc<StoredKey>>,
         configure: bool,
-        op: impl AsyncFnOnce(&mut Store<PluginState>, &CaBackend) -> wasmtime::Result<R>,
+        op: impl AsyncFnOnce(&mut Store<PluginState>, &BackendInstance) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let mut store = self.new_store(job, request_key);
         // The epoch deadline stops a spinning plugin; this outer timeout also covers time spent
         // in the host on the plugin's behalf (HTTP, custody).
         let outer = self.limits.timeout + Duration::from_secs(1);
         let work = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
+            let instance = self.plugin.pre.instantiate(&mut store).await?;
             if configure {
-                if let Err(e) = instance
-                    .certconn_plugin_backend()
-                    .call_configure(&mut store, &self.settings_json)
-                    .await?
-                {
+                if let Err(e) = instance.configure(&mut store, &self.settings_json).await? {
                     return Ok(Err(e));
                 }
             }
@@ -187,11 +264,12 @@ impl LoadedBackend {
         let errors = match e {
             BackendError::InvalidConfig(fields) => fields
                 .into_iter()
+                .take(50)
                 .map(|f| {
                     if f.field.is_empty() {
-                        f.message
+                        bounded(&f.message)
                     } else {
-                        format!("{}: {}", f.field, f.message)
+                        bounded(&format!("{}: {}", f.field, f.message))
                     }
                 })
                 .collect(),
@@ -221,7 +299,7 @@ impl LoadedBackend {
                 None => format!("trapped: {}", e.root_cause()),
             }
         };
-        tracing::warn!(backend = %self.name, job = state.job.as_deref(), "plugin-fault: {reason}");
+        tracing::warn!(backend = %self.name, version = %self.version_id(), job = state.job.as_deref(), "plugin-fault: {reason}");
         PluginError::Fault {
             backend: self.name.to_string(),
             reason,
@@ -230,10 +308,8 @@ impl LoadedBackend {
 
     /// `describe` in a fresh, unconfigured instance: the bare cost of instantiate + one call.
     pub async fn describe(&self) -> Result<BackendInfo, PluginError> {
-        self.run(None, false, async |store, b| {
-            b.certconn_plugin_backend().call_describe(store).await
-        })
-        .await
+        self.run(None, false, async |store, b| b.describe(store).await)
+            .await
     }
 
     /// `issue` for one job; `request_key` is the key the CSR certifies when certconn made it.
@@ -246,7 +322,7 @@ impl LoadedBackend {
             Some(&request.job_id),
             request_key,
             true,
-            async |store, b| b.certconn_plugin_backend().call_issue(store, request).await,
+            async |store, b| b.issue(store, request).await,
         )
         .await
     }
@@ -259,9 +335,7 @@ impl LoadedBackend {
         request_key: Option<Arc<StoredKey>>,
     ) -> CallResult<IssuedCertificate> {
         self.run_with_key(Some(job_id), request_key, true, async |store, b| {
-            b.certconn_plugin_backend()
-                .call_poll(store, job_id, token)
-                .await
+            b.poll(store, job_id, token).await
         })
         .await
     }
@@ -269,9 +343,7 @@ impl LoadedBackend {
     /// `revoke` for one job.
     pub async fn revoke(&self, request: &RevokeRequest) -> CallResult<()> {
         self.run(Some(&request.job_id), true, async |store, b| {
-            b.certconn_plugin_backend()
-                .call_revoke(store, request)
-                .await
+            b.revoke(store, request).await
         })
         .await
     }
@@ -279,25 +351,21 @@ impl LoadedBackend {
     /// `check-import` for one import job.
     pub async fn check_import(&self, request: &ImportCheck) -> CallResult<()> {
         self.run(Some(&request.job_id), true, async |store, b| {
-            b.certconn_plugin_backend()
-                .call_check_import(store, request)
-                .await
+            b.check_import(store, request).await
         })
         .await
     }
 
     /// `health`, configured.
     pub async fn health(&self) -> Result<HealthReport, PluginError> {
-        self.run(None, true, async |store, b| {
-            b.certconn_plugin_backend().call_health(store).await
-        })
-        .await
+        self.run(None, true, async |store, b| b.health(store).await)
+            .await
     }
 }
 
 /// One line describing a backend's error, for job records and logs.
 pub fn describe_backend_error(e: &BackendError) -> String {
-    match e {
+    let text = match e {
         BackendError::InvalidConfig(fields) => format!(
             "invalid-config: {}",
             fields
@@ -306,9 +374,26 @@ pub fn describe_backend_error(e: &BackendError) -> String {
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
-        BackendError::Rejected(m) => format!("rejected: {m}"),
-        BackendError::Transient(m) => format!("transient: {m}"),
-        BackendError::Unsupported(m) => format!("unsupported: {m}"),
-        BackendError::Pending(p) => format!("pending: {}", p.message),
+        BackendError::Rejected(m) => format!("rejected: {}", bounded(m)),
+        BackendError::Transient(m) => format!("transient: {}", bounded(m)),
+        BackendError::Unsupported(m) => format!("unsupported: {}", bounded(m)),
+        BackendError::Pending(p) => format!("pending: {}", bounded(&p.message)),
+    };
+    bounded(&text)
+}
+
+/// Longest text from a plugin (an error, a pending message) that the host keeps: a plugin must
+/// not fill the journal or the log.
+pub const MAX_PLUGIN_TEXT: usize = 2000;
+
+/// `text`, cut to [`MAX_PLUGIN_TEXT`] bytes at a character boundary, saying how long it was.
+pub fn bounded(text: &str) -> String {
+    if text.len() <= MAX_PLUGIN_TEXT {
+        return text.to_owned();
     }
+    let mut cut = MAX_PLUGIN_TEXT;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… (cut: {} bytes in all)", &text[..cut], text.len())
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::certconn::plugin::{crypto, custody, log, types};
+use super::bindings::v0_2::certconn::plugin::{crypto, custody, log, types};
 use super::state::PluginState;
 use super::PluginError;
 use crate::crypto::provider::{self, Digest};
@@ -57,7 +57,8 @@ impl Drop for EpochTicker {
 
 impl PluginEngine {
     /// Builds the engine and links the host interfaces: WASI with nothing granted, `wasi:http`
-    /// through the host's policy, and certconn's custody, crypto and log.
+    /// through the host's policy, and certconn's custody, crypto and log — for every contract
+    /// line the host runs (see `bindings`), so one linker serves backends of any of them.
     pub fn new(cache_dir: &Path, limits: &EngineLimits) -> Result<Self, PluginError> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(limits.max_instances)
@@ -87,6 +88,7 @@ impl PluginEngine {
         custody::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s).map_err(link)?;
         crypto::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s).map_err(link)?;
         log::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s).map_err(link)?;
+        super::bindings::v0_1::add_to_linker(&mut linker).map_err(link)?;
 
         let ticker = Arc::new(EpochTicker {
             stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),

@@ -5,7 +5,7 @@
 
 use certconn_x509::SignatureScheme;
 
-use super::bindings::certconn::plugin::{crypto, custody, log, types};
+use super::bindings::v0_2::certconn::plugin::{crypto, custody, log, types};
 use super::state::PluginState;
 use crate::crypto::policy::Cipher;
 use crate::crypto::provider::{self, Digest, Padding};
@@ -27,6 +27,16 @@ pub(crate) fn scheme(a: types::SignatureAlgorithm) -> SignatureScheme {
         A::RsaPkcs1Sha512 => SignatureScheme::RsaPkcs1Sha512,
         A::RsaPkcs1Sha1 => SignatureScheme::RsaPkcs1Sha1,
         A::RsaPssSha256 => SignatureScheme::RsaPssSha256,
+    }
+}
+
+fn digest(d: types::DigestAlgorithm) -> Digest {
+    use types::DigestAlgorithm as D;
+    match d {
+        D::Sha1 => Digest::Sha1,
+        D::Sha256 => Digest::Sha256,
+        D::Sha384 => Digest::Sha384,
+        D::Sha512 => Digest::Sha512,
     }
 }
 
@@ -141,13 +151,7 @@ impl crypto::Host for PluginState {
         algorithm: types::DigestAlgorithm,
         data: Vec<u8>,
     ) -> Result<Vec<u8>, crypto::CryptoError> {
-        let d = match algorithm {
-            types::DigestAlgorithm::Sha1 => Digest::Sha1,
-            types::DigestAlgorithm::Sha256 => Digest::Sha256,
-            types::DigestAlgorithm::Sha384 => Digest::Sha384,
-            types::DigestAlgorithm::Sha512 => Digest::Sha512,
-        };
-        Ok(provider::digest(d, &data))
+        Ok(provider::digest(digest(algorithm), &data))
     }
 
     fn verify(
@@ -200,6 +204,15 @@ impl crypto::Host for PluginState {
     fn random_bytes(&mut self, len: u32) -> Vec<u8> {
         // A failing DRBG is a host fault; an empty answer makes the plugin fail its job visibly.
         provider::random_vec(len.min(MAX_RANDOM) as usize).unwrap_or_default()
+    }
+
+    fn hmac(
+        &mut self,
+        algorithm: types::DigestAlgorithm,
+        key: Vec<u8>,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, crypto::CryptoError> {
+        Ok(provider::hmac(digest(algorithm), &key, &data))
     }
 }
 

@@ -1,20 +1,29 @@
 //! The plugin engine: CA backends as sandboxed WebAssembly components.
 //!
-//! - `bindings`: the host side of `wit/` (`certconn:plugin@0.1.x`).
+//! - `manifest`, `package`: a plugin package (component + embedded manifest) and reading it.
+//! - `bindings`: the host side of each `certconn:plugin` contract line it runs (0.1, 0.2).
 //! - `engine`: one wasmtime engine, pooling allocator, epoch ticker, compiled-component cache.
 //! - `state`, `host`, `http`: what a plugin's store holds and the host functions it can call.
-//! - `backend`: a configured backend instance, and one fresh store per call with its limits.
-//! - `registry`: the backend instances from config, and profile routing.
+//! - `backend`: a plugin version prepared once, loaded per instance; one fresh store per call.
+//! - `instance`, `breaker`: a configured backend instance, its current and previous version,
+//!   concurrency limit and circuit breaker.
+//! - `registry`: all instances, loading and swapping versions, routing with fallbacks.
+//! - `watch`: the plugins directory watcher that triggers rescans.
 
 pub mod backend;
 pub mod bindings;
+pub mod breaker;
 pub mod engine;
 pub mod host;
 pub mod http;
+pub mod instance;
+pub mod manifest;
+pub mod package;
 pub mod registry;
 pub mod state;
+pub mod watch;
 
-pub use backend::{BackendLimits, LoadedBackend};
+pub use backend::{BackendLimits, LoadedBackend, PreparedPlugin};
 pub use engine::{EngineLimits, PluginEngine};
 pub use registry::Registry;
 

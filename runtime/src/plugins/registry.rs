@@ -1,36 +1,112 @@
-//! The backend instances named in config, and routing a profile to its backend.
+//! The backend instances named in config, the plugin files they run, and routing a profile to
+//! its backends.
+//!
+//! Loading a plugin version — at start, when the watcher sees a new file, or when an
+//! administrator asks — happens off the hot path and is all-or-nothing per instance: the package
+//! is read and its manifest checked, the component compiled once and linked against its contract
+//! line, then every instance that runs it describes and configures it with its own settings and
+//! (when replacing a working version) must report healthy. Only then is it swapped in. A version
+//! that fails keeps nothing from happening but a log line and a `problem` in the status; a
+//! deterministic failure is remembered by SHA-256 so the periodic rescan does not retry it, a
+//! failed health check is retried (the CA may come back).
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use super::{LoadedBackend, PluginEngine, PluginError};
-use crate::config::Config;
+use serde::Serialize;
+
+use super::breaker::BreakerConfig;
+use super::instance::{Instance, InstanceSpec, InstanceStatus, Lease, Unavailable};
+use super::manifest::Manifest;
+use super::package::PluginPackage;
+use super::{LoadedBackend, PluginEngine, PluginError, PreparedPlugin};
+use crate::config::{BackendConfig, Config};
 use crate::crypto::AlgorithmPolicy;
 use crate::custody::{Grants, KeyStore};
 
-/// All backend instances and the profile → backend routes.
-#[derive(Debug, Default)]
+/// What the registry remembers about one plugin file.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FileStatus {
+    pub plugin: String,
+    pub path: PathBuf,
+    /// SHA-256 of the version the instances run.
+    pub loaded_sha256: Option<String>,
+    /// A version that was refused, and why; not retried until the file changes.
+    pub rejected: Option<Rejection>,
+    /// The administrator unloaded it.
+    pub unloaded: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    pub sha256: String,
+    pub version: Option<String>,
+    pub reason: String,
+    /// False when a later rescan may try it again (a failed health check).
+    pub permanent: bool,
+}
+
+/// What one load attempt did.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub plugin: String,
+    /// The version read from the file, when it could be read.
+    pub version: Option<String>,
+    /// Instances now running it.
+    pub installed: Vec<String>,
+    /// Instances that kept their version, with the reason.
+    pub refused: Vec<(String, String)>,
+    /// Nothing to do (the instances already run this file).
+    pub unchanged: bool,
+}
+
+/// The registry as `/v1/plugins` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegistryStatus {
+    pub plugins_dir: PathBuf,
+    pub plugins: Vec<FileStatus>,
+    pub backends: Vec<InstanceStatus>,
+}
+
+/// All backend instances, their plugin files and the profile routes.
 pub struct Registry {
-    backends: BTreeMap<String, Arc<LoadedBackend>>,
-    routes: BTreeMap<String, String>,
+    engine: Arc<PluginEngine>,
+    policy: AlgorithmPolicy,
+    dir: PathBuf,
+    instances: BTreeMap<String, Arc<Instance>>,
+    /// Profile → backend instances in the order they are tried.
+    routes: BTreeMap<String, Vec<String>>,
+    /// Instance configs, for comparing a manifest's requests with the grants.
+    configs: BTreeMap<String, BackendConfig>,
+    files: Mutex<BTreeMap<String, FileStatus>>,
+    /// One load at a time: the watcher, the periodic rescan and the admin API take turns.
+    loading: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("instances", &self.instances.keys().collect::<Vec<_>>())
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registry {
-    /// Loads every backend in `config`. A backend that fails to load stops start-up with the
-    /// reason: a daemon that silently serves fewer CAs than configured is worse than one that
-    /// refuses to start.
+    /// Creates every backend instance in `config` and loads the plugin files present. A plugin
+    /// that rejects an instance's settings stops start-up with the field named (the config is
+    /// wrong); a missing or unusable plugin file does not — that instance waits for a good file,
+    /// says why in its status and at error level in the log, and the profiles routed to it use
+    /// their fallbacks.
     pub async fn load(
         engine: Arc<PluginEngine>,
         config: &Config,
         keys: Arc<KeyStore>,
         policy: AlgorithmPolicy,
     ) -> Result<Self, PluginError> {
-        let mut backends = BTreeMap::new();
+        let mut instances = BTreeMap::new();
         for (name, b) in &config.backends {
-            let plugin = b.plugin.get_ref();
-            let path = config.plugins.dir.join(format!("{plugin}.wasm"));
-            let wasm = read_plugin(&path)?;
             let http =
                 crate::plugins::http::HttpAccess::new(b.http.clone(), policy).map_err(|e| {
                     PluginError::Config {
@@ -40,56 +116,598 @@ impl Registry {
                 })?;
             let grants = Grants::new(keys.clone(), b.keys.iter().map(|k| k.get_ref().clone()))
                 .with_http(http);
-            let settings = b.settings_json().map_err(|e| PluginError::Config {
+            let settings_json = b.settings_json().map_err(|e| PluginError::Config {
                 backend: name.clone(),
                 errors: vec![e],
             })?;
-            let loaded = LoadedBackend::load(
-                engine.clone(),
-                name,
-                plugin,
-                &wasm,
-                settings,
-                grants,
-                policy,
-                b.limits(),
-            )
-            .await?;
-            tracing::info!(
-                backend = %name,
-                %plugin,
-                version = %loaded.info.version,
-                "backend loaded"
+            instances.insert(
+                name.clone(),
+                Arc::new(Instance::new(InstanceSpec {
+                    name: name.clone(),
+                    plugin: b.plugin.get_ref().clone(),
+                    settings_json,
+                    grants,
+                    limits: b.limits(),
+                    max_concurrency: b.max_concurrency,
+                    breaker: BreakerConfig {
+                        threshold: b.quarantine_after,
+                        cooldown: std::time::Duration::from_secs(b.quarantine_seconds),
+                    },
+                })),
             );
-            backends.insert(name.clone(), Arc::new(loaded));
         }
         let routes = config
             .profiles
             .iter()
-            .map(|(p, v)| (p.clone(), v.backend.get_ref().clone()))
+            .map(|(p, v)| {
+                let order = std::iter::once(&v.backend)
+                    .chain(&v.fallbacks)
+                    .map(|b| b.get_ref().clone())
+                    .collect();
+                (p.clone(), order)
+            })
             .collect();
-        Ok(Self { backends, routes })
+        let registry = Self {
+            engine,
+            policy,
+            dir: config.plugins.dir.clone(),
+            instances,
+            routes,
+            configs: config
+                .backends
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            files: Mutex::new(BTreeMap::new()),
+            loading: tokio::sync::Mutex::new(()),
+        };
+        for plugin in registry.plugin_names() {
+            let report = registry.load_plugin(&plugin, true, true).await?;
+            for (backend, reason) in &report.refused {
+                tracing::error!(%backend, %plugin, "backend not serving: {reason}");
+            }
+        }
+        Ok(registry)
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, FileStatus>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The plugin files the instances run, by name.
+    pub fn plugin_names(&self) -> BTreeSet<String> {
+        self.instances.values().map(|i| i.plugin.clone()).collect()
+    }
+
+    /// Where plugin `name` is published.
+    pub fn plugin_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.wasm"))
+    }
+
+    pub fn plugins_dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The backend instance called `name`.
-    pub fn backend(&self, name: &str) -> Option<Arc<LoadedBackend>> {
-        self.backends.get(name).cloned()
+    pub fn instance(&self, name: &str) -> Option<Arc<Instance>> {
+        self.instances.get(name).cloned()
     }
 
-    /// The backend a profile routes to.
-    pub fn route(&self, profile: &str) -> Option<Arc<LoadedBackend>> {
-        self.routes.get(profile).and_then(|b| self.backend(b))
+    /// The version instance `name` serves now.
+    pub fn backend(&self, name: &str) -> Option<Arc<LoadedBackend>> {
+        self.instances.get(name).and_then(|i| i.current())
     }
 
     /// All backend instances, by name.
-    pub fn backends(&self) -> impl Iterator<Item = &Arc<LoadedBackend>> {
-        self.backends.values()
+    pub fn instances(&self) -> impl Iterator<Item = &Arc<Instance>> {
+        self.instances.values()
+    }
+
+    /// The instances a profile routes to, in order: its backend, then its fallbacks.
+    pub fn route(&self, profile: &str) -> Option<Route> {
+        let order = self.routes.get(profile)?;
+        Some(Route {
+            candidates: order
+                .iter()
+                .filter_map(|n| self.instances.get(n).cloned())
+                .collect(),
+            skipped: Vec::new(),
+        })
+    }
+
+    /// Instance `name` alone (a pending job polls where it started; a revocation goes to the
+    /// backend that issued).
+    pub fn route_to(&self, name: &str) -> Option<Route> {
+        Some(Route {
+            candidates: vec![self.instances.get(name)?.clone()],
+            skipped: Vec::new(),
+        })
+    }
+
+    /// Checks every plugin file in use and loads those that changed. The watcher calls this on
+    /// any change in the plugins directory, and a timer as a backstop.
+    pub async fn rescan(&self) -> Vec<LoadReport> {
+        let mut reports = Vec::new();
+        for plugin in self.plugin_names() {
+            match self.load_plugin(&plugin, false, false).await {
+                Ok(r) if !r.unchanged => reports.push(r),
+                Ok(_) => {}
+                Err(e) => tracing::error!(%plugin, "loading the plugin: {e}"),
+            }
+        }
+        reports
+    }
+
+    /// `certconn plugins load|reload NAME`: loads the file now, even if it was refused before
+    /// (the CA may be back); `load` also undoes `unload`.
+    pub async fn reload(&self, plugin: &str, and_enable: bool) -> Result<LoadReport, String> {
+        if !self.plugin_names().contains(plugin) {
+            return Err(self.unknown_plugin(plugin));
+        }
+        if and_enable {
+            self.set_unloaded(plugin, false);
+        } else if self.files().get(plugin).is_some_and(|f| f.unloaded) {
+            return Err(format!(
+                "plugin {plugin:?} is unloaded; `certconn plugins load {plugin}` loads it again"
+            ));
+        }
+        self.load_plugin(plugin, true, false)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn unknown_plugin(&self, plugin: &str) -> String {
+        format!(
+            "no backend runs a plugin named {plugin:?} (configured plugins: {})",
+            self.plugin_names()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    fn set_unloaded(&self, plugin: &str, unloaded: bool) -> Vec<String> {
+        let mut names = Vec::new();
+        for i in self.instances.values().filter(|i| i.plugin == plugin) {
+            i.set_unloaded(unloaded);
+            names.push(i.name.clone());
+        }
+        let mut files = self.files();
+        let f = files.entry(plugin.to_owned()).or_default();
+        f.plugin = plugin.to_owned();
+        f.unloaded = unloaded;
+        names
+    }
+
+    /// `certconn plugins unload NAME`: its instances stop taking jobs (jobs in flight finish;
+    /// profiles move to their fallbacks) until it is loaded again. The watcher leaves it alone.
+    pub async fn unload(&self, plugin: &str) -> Result<Vec<String>, String> {
+        if !self.plugin_names().contains(plugin) {
+            return Err(self.unknown_plugin(plugin));
+        }
+        let _turn = self.loading.lock().await;
+        let names = self.set_unloaded(plugin, true);
+        tracing::warn!(%plugin, backends = ?names, "plugin unloaded by the administrator");
+        Ok(names)
+    }
+
+    /// `certconn plugins rollback NAME`: each instance running it goes back to the version it
+    /// ran before. The file now in the directory is remembered as refused, so the watcher does
+    /// not put it back; publishing a different file does.
+    pub async fn rollback(&self, plugin: &str) -> Result<Vec<(String, String, String)>, String> {
+        if !self.plugin_names().contains(plugin) {
+            return Err(self.unknown_plugin(plugin));
+        }
+        let _turn = self.loading.lock().await;
+        let mut done = Vec::new();
+        let mut errors = Vec::new();
+        for i in self.instances.values().filter(|i| i.plugin == plugin) {
+            match i.rollback() {
+                Ok((from, to)) => {
+                    tracing::warn!(backend = %i.name, %from, %to, "rolled back by the administrator");
+                    done.push((i.name.clone(), from, to));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if done.is_empty() {
+            return Err(errors.join("; "));
+        }
+        if let Ok(bytes) = std::fs::read(self.plugin_path(plugin)) {
+            let sha = hex::encode(crate::crypto::provider::digest(
+                crate::crypto::provider::Digest::Sha256,
+                &bytes,
+            ));
+            let mut files = self.files();
+            let f = files.entry(plugin.to_owned()).or_default();
+            f.loaded_sha256 = self
+                .instances
+                .values()
+                .find(|i| i.plugin == plugin)
+                .and_then(|i| i.loaded_sha());
+            f.rejected = Some(Rejection {
+                sha256: sha,
+                version: None,
+                reason: "rolled back by the administrator; publish a new file to load it".into(),
+                permanent: true,
+            });
+        }
+        Ok(done)
+    }
+
+    /// Loads the file of `plugin` into every instance that runs it. `force` tries a file that
+    /// was refused before; at `startup` there is nothing to protect, so a failing health check
+    /// does not keep the only version out, but settings the plugin rejects are an error.
+    async fn load_plugin(
+        &self,
+        plugin: &str,
+        force: bool,
+        startup: bool,
+    ) -> Result<LoadReport, PluginError> {
+        let _turn = self.loading.lock().await;
+        let path = self.plugin_path(plugin);
+        let users: Vec<Arc<Instance>> = self
+            .instances
+            .values()
+            .filter(|i| i.plugin == plugin && (!i.is_unloaded() || startup))
+            .cloned()
+            .collect();
+        let mut report = LoadReport {
+            plugin: plugin.to_owned(),
+            version: None,
+            installed: Vec::new(),
+            refused: Vec::new(),
+            unchanged: false,
+        };
+        let refuse_all = |report: &mut LoadReport, reason: &str| {
+            for i in &users {
+                if i.current().is_none() || startup {
+                    i.note_problem(reason);
+                } else {
+                    i.note_problem(format!(
+                        "kept {}: {reason}",
+                        i.current().map(|b| b.version_id()).unwrap_or_default()
+                    ));
+                }
+                report.refused.push((i.name.clone(), reason.to_owned()));
+            }
+        };
+        if users.is_empty() {
+            report.unchanged = true;
+            return Ok(report);
+        }
+        // Read the file's bytes once; everything after works on them, so a rename during the
+        // load cannot mix two versions.
+        let package = match tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || PluginPackage::read(&path)
+        })
+        .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(PluginError::Io { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                let reason = format!("waiting for {}", path.display());
+                if startup || force {
+                    tracing::warn!(%plugin, "plugin file missing: {reason}");
+                    refuse_all(&mut report, &reason);
+                } else {
+                    report.unchanged = true;
+                }
+                return Ok(report);
+            }
+            Ok(Err(e)) => {
+                let sha = std::fs::read(&path)
+                    .map(|b| {
+                        hex::encode(crate::crypto::provider::digest(
+                            crate::crypto::provider::Digest::Sha256,
+                            &b,
+                        ))
+                    })
+                    .unwrap_or_default();
+                if !force && self.already_refused(plugin, &sha) {
+                    report.unchanged = true;
+                    return Ok(report);
+                }
+                let reason = e.to_string();
+                tracing::error!(%plugin, "new plugin file refused: {reason}");
+                self.remember_refusal(plugin, &path, &sha, None, &reason, true);
+                refuse_all(&mut report, &reason);
+                return Ok(report);
+            }
+            Err(e) => return Err(PluginError::Engine(format!("plugin loading task: {e}"))),
+        };
+        let version = package.version_id();
+        report.version = Some(version.clone());
+        let up_to_date = users
+            .iter()
+            .all(|i| i.loaded_sha().as_deref() == Some(package.sha256.as_str()));
+        if !force && (up_to_date || self.already_refused(plugin, &package.sha256)) {
+            report.unchanged = true;
+            return Ok(report);
+        }
+        if package.manifest.name != plugin {
+            let reason = format!(
+                "the package is the plugin {:?} but is published as {}.wasm",
+                package.manifest.name, plugin
+            );
+            tracing::error!(%plugin, %version, "new plugin version refused: {reason}");
+            self.remember_refusal(
+                plugin,
+                &path,
+                &package.sha256,
+                Some(&version),
+                &reason,
+                true,
+            );
+            refuse_all(&mut report, &reason);
+            return Ok(report);
+        }
+        let engine = self.engine.clone();
+        let sha = package.sha256.clone();
+        let manifest = package.manifest.clone();
+        let prepared =
+            match tokio::task::spawn_blocking(move || PreparedPlugin::prepare(&engine, &package))
+                .await
+            {
+                Ok(Ok(p)) => Arc::new(p),
+                Ok(Err(e)) => {
+                    let reason = e.to_string();
+                    tracing::error!(%plugin, %version, "new plugin version refused: {reason}");
+                    self.remember_refusal(plugin, &path, &sha, Some(&version), &reason, true);
+                    refuse_all(&mut report, &reason);
+                    return Ok(report);
+                }
+                Err(e) => return Err(PluginError::Engine(format!("compile task: {e}"))),
+            };
+
+        let mut health_failed = false;
+        let mut permanent_failure = None;
+        for instance in &users {
+            for note in self.unmet_requests(&instance.name, &manifest) {
+                tracing::warn!(backend = %instance.name, %version, "{note}");
+            }
+            let built = match instance
+                .build(self.engine.clone(), prepared.clone(), self.policy)
+                .await
+            {
+                Ok(b) => b,
+                Err(e @ PluginError::Config { .. }) if startup => return Err(e),
+                Err(e) => {
+                    let reason = e.to_string();
+                    tracing::error!(backend = %instance.name, %version, "new plugin version refused: {reason}");
+                    instance.note_problem(match instance.current() {
+                        Some(cur) => {
+                            format!("kept {}: {version} refused: {reason}", cur.version_id())
+                        }
+                        None => reason.clone(),
+                    });
+                    report.refused.push((instance.name.clone(), reason.clone()));
+                    permanent_failure = Some(reason);
+                    continue;
+                }
+            };
+            let replacing = instance.current().is_some();
+            match built.health().await {
+                Ok(h) if h.healthy => {}
+                outcome => {
+                    let why = match outcome {
+                        Ok(h) => h.message,
+                        Err(e) => e.to_string(),
+                    };
+                    if replacing && !startup {
+                        let reason = format!("health check failed: {why}");
+                        tracing::warn!(backend = %instance.name, %version, "new plugin version not swapped in: {reason}");
+                        instance.note_problem(format!(
+                            "kept {}: {version} not swapped in: {reason}",
+                            instance
+                                .current()
+                                .map(|b| b.version_id())
+                                .unwrap_or_default()
+                        ));
+                        report.refused.push((instance.name.clone(), reason));
+                        health_failed = true;
+                        continue;
+                    }
+                    tracing::warn!(backend = %instance.name, %version, "loaded, but its health check fails: {why}");
+                }
+            }
+            let was = instance.install(Arc::new(built));
+            match was {
+                Some(was) => {
+                    tracing::info!(backend = %instance.name, %version, %was, "new plugin version swapped in")
+                }
+                None => {
+                    tracing::info!(backend = %instance.name, %version, contract = %prepared.contract, "backend loaded")
+                }
+            }
+            report.installed.push(instance.name.clone());
+        }
+        {
+            let mut files = self.files();
+            let f = files.entry(plugin.to_owned()).or_default();
+            f.plugin = plugin.to_owned();
+            f.path = path.clone();
+            if !report.installed.is_empty() {
+                f.loaded_sha256 = Some(sha.clone());
+            }
+            f.rejected = match (&permanent_failure, health_failed) {
+                (Some(reason), _) => Some(Rejection {
+                    sha256: sha.clone(),
+                    version: Some(version.clone()),
+                    reason: reason.clone(),
+                    permanent: true,
+                }),
+                (None, true) => Some(Rejection {
+                    sha256: sha.clone(),
+                    version: Some(version.clone()),
+                    reason: "health check failed; retried at the next rescan".into(),
+                    permanent: false,
+                }),
+                (None, false) => None,
+            };
+        }
+        Ok(report)
+    }
+
+    fn already_refused(&self, plugin: &str, sha: &str) -> bool {
+        self.files()
+            .get(plugin)
+            .and_then(|f| f.rejected.as_ref())
+            .is_some_and(|r| r.permanent && r.sha256 == sha)
+    }
+
+    fn remember_refusal(
+        &self,
+        plugin: &str,
+        path: &Path,
+        sha: &str,
+        version: Option<&str>,
+        reason: &str,
+        permanent: bool,
+    ) {
+        let mut files = self.files();
+        let f = files.entry(plugin.to_owned()).or_default();
+        f.plugin = plugin.to_owned();
+        f.path = path.to_owned();
+        f.rejected = Some(Rejection {
+            sha256: sha.to_owned(),
+            version: version.map(str::to_owned),
+            reason: reason.to_owned(),
+            permanent,
+        });
+    }
+
+    /// What the manifest asks for that instance `backend`'s grant does not give, in words.
+    fn unmet_requests(&self, backend: &str, manifest: &Manifest) -> Vec<String> {
+        let Some(config) = self.configs.get(backend) else {
+            return Vec::new();
+        };
+        let setting = |entry: &str| -> Option<String> {
+            let key = entry.strip_prefix("settings.")?;
+            config
+                .settings
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        let mut notes = Vec::new();
+        for entry in &manifest.requests.http {
+            let wanted = match setting(entry) {
+                Some(url) => url.parse::<http::Uri>().ok().and_then(|u| {
+                    u.host().map(|h| {
+                        let port = u.port_u16().unwrap_or(if u.scheme_str() == Some("https") {
+                            443
+                        } else {
+                            80
+                        });
+                        (h.to_owned(), port)
+                    })
+                }),
+                None if entry.starts_with("settings.") => None,
+                None => {
+                    let (h, p) = entry
+                        .rsplit_once(':')
+                        .map_or((entry.as_str(), None), |(h, p)| (h, p.parse::<u16>().ok()));
+                    Some((h.to_owned(), p.unwrap_or(443)))
+                }
+            };
+            if let Some((host, port)) = wanted {
+                if !config
+                    .http
+                    .allow
+                    .iter()
+                    .any(|a| super::http::entry_matches(a, &host, port))
+                {
+                    notes.push(format!("the plugin asks to reach {host}:{port} ({entry}), which is not in http.allow: those requests will be denied"));
+                }
+            }
+        }
+        for entry in &manifest.requests.keys {
+            let handle = setting(entry).unwrap_or_else(|| entry.clone());
+            if !entry.starts_with("settings.") || setting(entry).is_some() {
+                if !config.keys.iter().any(|k| *k.get_ref() == handle) {
+                    notes.push(format!("the plugin asks for custody key {handle:?} ({entry}), which is not granted in keys: its use will be denied"));
+                }
+            }
+        }
+        let limits = config.limits();
+        if let Some(mb) = manifest.requests.memory_mb {
+            if mb << 20 > limits.memory_bytes {
+                notes.push(format!("the plugin asks for {mb} MiB of memory; the instance is granted {} MiB (memory_mb)", limits.memory_bytes >> 20));
+            }
+        }
+        if let Some(s) = manifest.requests.timeout_seconds {
+            if s > limits.timeout.as_secs() {
+                notes.push(format!("the plugin asks for {s}s per call; the instance is granted {}s (timeout_seconds)", limits.timeout.as_secs()));
+            }
+        }
+        notes
+    }
+
+    /// Everything `certconn plugins list` shows.
+    pub fn status(&self) -> RegistryStatus {
+        let files = self.files();
+        let plugins = self
+            .plugin_names()
+            .into_iter()
+            .map(|p| {
+                let mut f = files.get(&p).cloned().unwrap_or_default();
+                f.plugin = p.clone();
+                f.path = self.plugin_path(&p);
+                f
+            })
+            .collect();
+        RegistryStatus {
+            plugins_dir: self.dir.clone(),
+            plugins,
+            backends: self.instances.values().map(|i| i.status()).collect(),
+        }
     }
 }
 
-fn read_plugin(path: &Path) -> Result<Vec<u8>, PluginError> {
-    std::fs::read(path).map_err(|source| PluginError::Io {
-        path: path.to_owned(),
-        source,
-    })
+/// The instances one job may use, tried in order.
+pub struct Route {
+    candidates: Vec<Arc<Instance>>,
+    /// Why candidates were passed over, for the job's error.
+    pub skipped: Vec<String>,
+}
+
+impl Route {
+    /// The next candidate that can take the job: serving, admitted by its breaker, with a free
+    /// slot. When every serving candidate is at its concurrency limit, waits for the first.
+    pub async fn next(&mut self) -> Option<Lease> {
+        let mut busy = Vec::new();
+        while !self.candidates.is_empty() {
+            let candidate = self.candidates.remove(0);
+            match candidate.lease(false).await {
+                Ok(lease) => {
+                    // Busy ones skipped for this one stay in line behind it.
+                    busy.append(&mut self.candidates);
+                    self.candidates = busy;
+                    return Some(lease);
+                }
+                Err(Unavailable::Busy) => busy.push(candidate),
+                Err(Unavailable::Down(reason)) => self.skipped.push(reason),
+            }
+        }
+        while !busy.is_empty() {
+            let candidate = busy.remove(0);
+            match candidate.lease(true).await {
+                Ok(lease) => {
+                    self.candidates = busy;
+                    return Some(lease);
+                }
+                Err(Unavailable::Busy) => {}
+                Err(Unavailable::Down(reason)) => self.skipped.push(reason),
+            }
+        }
+        None
+    }
+
+    /// Candidates not tried yet.
+    pub fn remaining(&self) -> usize {
+        self.candidates.len()
+    }
 }

@@ -6,10 +6,12 @@ acceptor — an NTLM implementation independent of certconn's, which checks the 
 and the MIC against the account in NTLM_USER_FILE (DOMAIN:USER:PASSWORD). Every other path is
 passed to the stand-in unchanged. The handshake is per connection, as IIS does it.
 
-usage: ntlm_front.py UPSTREAM_URL PAGE_FILE EVENTS_FILE  (prints the port it listens on)
+usage: ntlm_front.py UPSTREAM_URL PAGE_FILE EVENTS_FILE [CERT_PEM KEY_PEM]
+With a certificate and key it serves https. Prints the port it listens on.
 """
 import base64
 import http.server
+import ssl
 import sys
 import urllib.request
 
@@ -85,5 +87,9 @@ class Front(http.server.BaseHTTPRequestHandler):
 
 
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Front)
+if len(sys.argv) > 5:
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sys.argv[4], sys.argv[5])
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
 print(server.server_address[1], flush=True)
 server.serve_forever()

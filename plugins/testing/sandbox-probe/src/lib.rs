@@ -7,21 +7,39 @@
 use certconn_sdk::bindings::wasi::http::outgoing_handler;
 use certconn_sdk::bindings::wasi::http::types::{Fields, OutgoingRequest, Scheme};
 use certconn_sdk::{
-    error, Backend, BackendError, BackendInfo, Capabilities, IssueRequest, IssuedCertificate,
+    error, host, http, log, Backend, BackendError, BackendInfo, Capabilities, IssueRequest,
+    IssuedCertificate,
 };
 use serde::Deserialize;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// loop | memory | read-file | env | http | fail | panic
+    /// loop | memory | recursion | huge-certificate | huge-error | trap | read-file | env |
+    /// http | redirect | ungranted-key | log-storm | fail | panic
     pub mode: String,
     /// For `read-file`.
     #[serde(default)]
     pub path: Option<String>,
-    /// For `http`: host:port to call.
+    /// For `http` and `redirect`: host:port to call.
     #[serde(default)]
     pub authority: Option<String>,
+    /// For `ungranted-key`: the custody handle to try.
+    #[serde(default)]
+    pub handle: Option<String>,
+    /// For `huge-certificate` and `huge-error`: how many MiB.
+    #[serde(default)]
+    pub mib: Option<usize>,
+}
+
+/// Recurses with a frame the optimiser cannot remove, until the stack runs out.
+#[inline(never)]
+#[allow(unconditional_recursion)] // on purpose: the host's stack limit must stop it
+fn dive(depth: u64, pad: &mut [u8; 512]) -> u64 {
+    pad[(depth % 512) as usize] = depth as u8;
+    let mut next = [0u8; 512];
+    next.copy_from_slice(core::hint::black_box(pad));
+    dive(depth + 1, &mut next) + u64::from(next[0])
 }
 
 pub struct Probe;
@@ -69,7 +87,66 @@ impl Backend for Probe {
                     "environment variables visible: {n}"
                 )))
             }
+            "recursion" => {
+                let mut pad = [0u8; 512];
+                let n = dive(0, &mut pad);
+                Err(error::rejected(format!(
+                    "SANDBOX BREACH: recursion ended at {n}"
+                )))
+            }
+            "huge-certificate" => Ok(IssuedCertificate {
+                certificate: vec![0x30; c.mib.unwrap_or(32) << 20],
+                chain: Vec::new(),
+            }),
+            "huge-error" => Err(error::rejected("E".repeat(c.mib.unwrap_or(32) << 20))),
+            "trap" => {
+                // Mid-job: after using the host, before answering.
+                let _ = host::random_bytes(16);
+                log::info("about to trap");
+                core::arch::wasm32::unreachable()
+            }
             "http" => Err(http_get(c.authority.as_deref().unwrap_or("127.0.0.1:9"))),
+            "redirect" => {
+                let first = format!(
+                    "http://{}/",
+                    c.authority.as_deref().unwrap_or("127.0.0.1:9")
+                );
+                let r = http::fetch("GET", &first, &[], None)
+                    .map_err(|e| error::rejected(format!("the granted host: {e}")))?;
+                let Some(next) = r.header("location").map(str::to_owned) else {
+                    return Err(error::rejected(format!(
+                        "expected a redirect, got {}",
+                        r.status
+                    )));
+                };
+                match http::fetch("GET", &next, &[], None) {
+                    Ok(r) => Err(error::rejected(format!(
+                        "SANDBOX BREACH: followed the redirect to {next} and got {}",
+                        r.status
+                    ))),
+                    Err(e) => Err(error::rejected(format!("redirect to {next} refused: {e}"))),
+                }
+            }
+            "ungranted-key" => {
+                let handle = c.handle.as_deref().unwrap_or("local-ca");
+                match host::sign(
+                    handle,
+                    certconn_sdk::x509::SignatureScheme::EcdsaP256Sha256,
+                    b"x",
+                ) {
+                    Ok(sig) => Err(error::rejected(format!(
+                        "SANDBOX BREACH: signed with {handle} ({} bytes)",
+                        sig.len()
+                    ))),
+                    Err(e) => Err(error::rejected(format!("custody refused {handle}: {e}"))),
+                }
+            }
+            "log-storm" => {
+                for i in 0..200_000u32 {
+                    log::info(&format!("storm line {i}"));
+                }
+                Err(error::rejected("logged 200000 lines"))
+            }
             "fail" => Err(error::transient("sandbox-probe always fails")),
             "panic" => panic!("sandbox-probe panicked on purpose"),
             other => Err(error::rejected(format!("unknown mode {other:?}"))),
@@ -105,3 +182,4 @@ fn http_get(authority: &str) -> BackendError {
 }
 
 certconn_sdk::export_backend!(Probe);
+certconn_sdk::plugin_manifest!("../certconn-plugin.toml");

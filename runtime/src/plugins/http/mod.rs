@@ -75,7 +75,7 @@ impl Default for HttpGrant {
 }
 
 /// `host` or `host:port` (IPv6 in brackets) matches `host:port`?
-fn entry_matches(entry: &str, host: &str, port: u16) -> bool {
+pub(crate) fn entry_matches(entry: &str, host: &str, port: u16) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let (h, p) = split_host_port(entry);
     h.eq_ignore_ascii_case(host) && p.is_none_or(|p| p == port)

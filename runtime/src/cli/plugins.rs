@@ -1,0 +1,335 @@
+//! `certconn plugins` (alias `plugin`): what the daemon runs, and the tools around a package.
+//!
+//! `list`, `load`, `unload`, `reload`, `rollback` talk to the running daemon; `inspect`, `pack`
+//! and `test` work on a file, offline.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use hyper::Method;
+use serde_json::Value;
+
+use super::client_cmds::client;
+use crate::plugins::manifest::Manifest;
+use crate::plugins::package::{self, PluginPackage};
+use crate::plugins::{EngineLimits, PluginEngine, PreparedPlugin};
+
+#[derive(Debug, Subcommand)]
+pub enum Plugins {
+    /// Plugin files and backend instances: version, state, health and problems.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a plugin package without running it as a backend: manifest, contract, describe and
+    /// settings schema.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a plugin now. NAME loads `plugins.dir/NAME.wasm` (and undoes `unload`); a FILE is
+    /// checked, published into `plugins.dir` by rename, then loaded.
+    Load { plugin: String },
+    /// Stop serving a plugin's backends (jobs in flight finish; profiles use their fallbacks).
+    Unload { plugin: String },
+    /// Load the plugin's file again now, even one refused before.
+    Reload { plugin: String },
+    /// Return every backend running the plugin to the version it ran before.
+    Rollback { plugin: String },
+    /// Make a plugin package: embed a manifest (`certconn-plugin.toml`) into a component.
+    Pack {
+        /// The component (`wasm32-wasip2` build output, or `wasm-tools component new`).
+        component: PathBuf,
+        #[arg(long)]
+        manifest: PathBuf,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// The conformance checks every backend must pass, against the backend in `--config`.
+    Test(super::conformance::TestArgs),
+}
+
+pub async fn run(config_path: &Path, what: Plugins) -> anyhow::Result<()> {
+    match what {
+        Plugins::List { json } => list(config_path, json).await,
+        Plugins::Inspect { file, json } => inspect(&file, json).await,
+        Plugins::Load { plugin } => load(config_path, &plugin).await,
+        Plugins::Unload { plugin } => action(config_path, &plugin, "unload").await,
+        Plugins::Reload { plugin } => action(config_path, &plugin, "reload").await,
+        Plugins::Rollback { plugin } => action(config_path, &plugin, "rollback").await,
+        Plugins::Pack {
+            component,
+            manifest,
+            out,
+        } => pack(&component, &manifest, &out),
+        Plugins::Test(args) => super::conformance::run(config_path, args).await,
+    }
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("-")
+}
+
+async fn list(config_path: &Path, json: bool) -> anyhow::Result<()> {
+    let answer = client(config_path)?
+        .call(Method::GET, "/v1/plugins", None)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    let empty = Vec::new();
+    println!(
+        "{:<12}  {:<11}  {:<11}  {:<32}  {:<20}  HEALTH",
+        "BACKEND", "PLUGIN", "STATE", "VERSION", "CAPABILITIES"
+    );
+    for b in answer["backends"].as_array().unwrap_or(&empty) {
+        let caps: Vec<&str> = b["capabilities"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<12}  {:<11}  {:<11}  {:<32}  {:<20}  {}  {}",
+            text(&b["backend"]),
+            text(&b["plugin"]),
+            text(&b["state"]),
+            text(&b["version"]),
+            caps.join(","),
+            if b["healthy"].as_bool() == Some(true) {
+                "ok"
+            } else {
+                "UNHEALTHY"
+            },
+            text(&b["health"]),
+        );
+        if let Some(p) = b["problem"].as_str() {
+            println!("{:<12}  problem: {p}", "");
+        }
+        if let Some(p) = b["previous"].as_str() {
+            println!("{:<12}  previous (rollback): {p}", "");
+        }
+        if let Some(r) = b["breaker"]["reason"].as_str() {
+            println!("{:<12}  quarantined after: {r}", "");
+        }
+    }
+    for p in answer["plugins"].as_array().unwrap_or(&empty) {
+        if let Some(r) = p["rejected"].as_object() {
+            println!(
+                "plugin {}: refused {} ({}): {}",
+                text(&p["plugin"]),
+                r.get("version").map(text).unwrap_or("-"),
+                r.get("sha256")
+                    .and_then(Value::as_str)
+                    .map(|s| &s[..12.min(s.len())])
+                    .unwrap_or("-"),
+                r.get("reason").map(text).unwrap_or("-")
+            );
+        }
+        if p["unloaded"].as_bool() == Some(true) {
+            println!("plugin {}: unloaded", text(&p["plugin"]));
+        }
+    }
+    Ok(())
+}
+
+async fn action(config_path: &Path, plugin: &str, what: &str) -> anyhow::Result<()> {
+    let answer = client(config_path)?
+        .call(Method::POST, &format!("/v1/plugins/{plugin}/{what}"), None)
+        .await?;
+    print_answer(plugin, &answer);
+    if answer["report"]["installed"]
+        .as_array()
+        .is_some_and(|a| a.is_empty())
+        && answer["report"]["refused"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    {
+        bail!("{plugin}: no backend took the new version");
+    }
+    Ok(())
+}
+
+fn print_answer(plugin: &str, answer: &Value) {
+    let empty = Vec::new();
+    if let Some(report) = answer.get("report") {
+        let version = text(&report["version"]);
+        for b in report["installed"].as_array().unwrap_or(&empty) {
+            println!("{}: now runs {version}", text(b));
+        }
+        for r in report["refused"].as_array().unwrap_or(&empty) {
+            println!("{}: kept its version: {}", text(&r[0]), text(&r[1]));
+        }
+        if report["unchanged"].as_bool() == Some(true) {
+            println!("{plugin}: already running {version}");
+        }
+    }
+    if let Some(names) = answer["unloaded"].as_array() {
+        for n in names {
+            println!("{}: unloaded", text(n));
+        }
+    }
+    for r in answer["rolled_back"].as_array().unwrap_or(&empty) {
+        println!(
+            "{}: rolled back from {} to {}",
+            text(&r["backend"]),
+            text(&r["from"]),
+            text(&r["to"])
+        );
+    }
+}
+
+/// `load FILE` publishes the file first; `load NAME` just asks the daemon.
+async fn load(config_path: &Path, plugin: &str) -> anyhow::Result<()> {
+    let as_file = Path::new(plugin);
+    let name = if plugin.ends_with(".wasm") || as_file.components().count() > 1 {
+        let package = PluginPackage::read(as_file)?;
+        let config = super::certconn_config(config_path)?;
+        let target = config
+            .plugins
+            .dir
+            .join(format!("{}.wasm", package.manifest.name));
+        publish(&package.bytes, &target)?;
+        println!("published {} as {}", package.version_id(), target.display());
+        package.manifest.name
+    } else {
+        plugin.to_owned()
+    };
+    action(config_path, &name, "load").await
+}
+
+/// Writes `bytes` to `target` the supported way: a temporary file beside it, then a rename.
+fn publish(bytes: &[u8], target: &Path) -> anyhow::Result<()> {
+    let tmp = target.with_extension("wasm.tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, target).with_context(|| format!("renaming to {}", target.display()))?;
+    Ok(())
+}
+
+fn pack(component: &Path, manifest: &Path, out: &Path) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
+    let text =
+        std::fs::read(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let manifest_value = Manifest::parse(&text).with_context(|| manifest.display().to_string())?;
+    let packed = package::embed(&bytes, &manifest_value)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| component.display().to_string())?;
+    let checked = PluginPackage::from_bytes(out, packed)?;
+    publish(&checked.bytes, out)?;
+    println!("{} → {}", checked.version_id(), out.display());
+    Ok(())
+}
+
+/// A throwaway engine for offline commands: small pool, cache in a temporary directory.
+pub(super) fn offline_engine() -> anyhow::Result<(Arc<PluginEngine>, tempfile::TempDir)> {
+    let cache = tempfile::tempdir().context("a temporary directory")?;
+    let engine = PluginEngine::new(
+        cache.path(),
+        &EngineLimits {
+            max_instances: 8,
+            max_memory_bytes: 256 << 20,
+        },
+    )?;
+    Ok((Arc::new(engine), cache))
+}
+
+async fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
+    let package = PluginPackage::read(file)?;
+    let (engine, _cache) = offline_engine()?;
+    let prepared = PreparedPlugin::prepare(&engine, &package).map(Arc::new);
+    let describe = match &prepared {
+        Ok(p) => Some(
+            p.describe(engine.clone(), crate::crypto::AlgorithmPolicy::default())
+                .await,
+        ),
+        Err(_) => None,
+    };
+    let m = &package.manifest;
+    if json {
+        let out = serde_json::json!({
+            "file": file,
+            "bytes": package.bytes.len(),
+            "sha256": package.sha256,
+            "manifest": m,
+            "contract": prepared.as_ref().map(|p| p.contract.to_string()).ok(),
+            "refused": prepared.as_ref().err().map(|e| e.to_string()),
+            "describe": describe.as_ref().map(|d| match d {
+                Ok(info) => serde_json::json!({
+                    "name": info.name,
+                    "version": info.version,
+                    "capabilities": crate::plugins::instance::capability_names(info.capabilities),
+                    "config_schema": serde_json::from_str::<Value>(&info.config_schema).unwrap_or(Value::String(info.config_schema.clone())),
+                }),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            }),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "file       {} ({} KiB, sha256 {})",
+            file.display(),
+            package.bytes.len() / 1024,
+            package.sha256
+        );
+        println!(
+            "plugin     {} {}{}",
+            m.name,
+            m.version,
+            if m.description.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", m.description)
+            }
+        );
+        if !m.vendor.is_empty() {
+            println!("vendor     {}", m.vendor);
+        }
+        match &prepared {
+            Ok(p) => println!(
+                "contract   certconn:plugin@{} (manifest {}): runs on this certconn",
+                p.contract, m.contract
+            ),
+            Err(e) => println!("contract   manifest {}: REFUSED: {e}", m.contract),
+        }
+        let r = &m.requests;
+        println!(
+            "requests   http: {}; keys: {}; memory: {}; timeout: {}",
+            if r.http.is_empty() {
+                "none".into()
+            } else {
+                r.http.join(", ")
+            },
+            if r.keys.is_empty() {
+                "none".into()
+            } else {
+                r.keys.join(", ")
+            },
+            r.memory_mb.map_or("default".into(), |m| format!("{m} MiB")),
+            r.timeout_seconds
+                .map_or("default".into(), |s| format!("{s}s")),
+        );
+        match &describe {
+            Some(Ok(info)) => {
+                println!(
+                    "describe   {} {}: {}",
+                    info.name,
+                    info.version,
+                    crate::plugins::instance::capability_names(info.capabilities).join(", ")
+                );
+                let schema = serde_json::from_str::<Value>(&info.config_schema)
+                    .and_then(|v| serde_json::to_string_pretty(&v))
+                    .unwrap_or_else(|_| info.config_schema.clone());
+                println!("settings   {}", schema.replace('\n', "\n           "));
+            }
+            Some(Err(e)) => println!("describe   FAILED: {e}"),
+            None => {}
+        }
+    }
+    if let Err(e) = prepared {
+        bail!("{} cannot run on this certconn: {e}", file.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! A plugin package on disk: the component bytes, their SHA-256 (the version's identity: the
+//! watcher compares it, rollback returns to it) and the embedded [`Manifest`]. Reading checks
+//! the size and the manifest; compiling and the contract check happen in the engine.
+
+use std::path::{Path, PathBuf};
+
+use wasmparser::{Parser, Payload};
+
+use super::manifest::{Manifest, SECTION};
+use super::PluginError;
+use crate::crypto::provider::{self, Digest};
+
+/// Largest plugin file read.
+pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
+
+/// A plugin file, read and its manifest checked.
+pub struct PluginPackage {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    pub manifest: Manifest,
+}
+
+impl std::fmt::Debug for PluginPackage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginPackage")
+            .field("path", &self.path)
+            .field("sha256", &self.sha256)
+            .field("manifest", &self.manifest)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(path: &Path, reason: impl Into<String>) -> PluginError {
+    PluginError::Invalid {
+        plugin: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl PluginPackage {
+    /// Reads and checks `path`.
+    pub fn read(path: &Path) -> Result<Self, PluginError> {
+        let io = |source| PluginError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        if len > MAX_PLUGIN_BYTES {
+            return Err(invalid(
+                path,
+                format!(
+                    "{len} bytes is larger than the {MAX_PLUGIN_BYTES}-byte limit for a plugin"
+                ),
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// Checks `bytes` as if read from `path`.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, PluginError> {
+        let section = find_manifest(&bytes).map_err(|e| invalid(path, e))?.ok_or_else(|| {
+            invalid(
+                path,
+                format!("it has no {SECTION} section: package the component with its manifest (`certconn plugin pack COMPONENT --manifest certconn-plugin.toml`)"),
+            )
+        })?;
+        let manifest = Manifest::parse(&section).map_err(|e| invalid(path, e.to_string()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            sha256: hex::encode(provider::digest(Digest::Sha256, &bytes)),
+            bytes,
+            manifest,
+        })
+    }
+
+    /// `name version (sha256 prefix)`: how logs, status and job results name this version.
+    pub fn version_id(&self) -> String {
+        version_id(&self.manifest, &self.sha256)
+    }
+}
+
+/// `name version (sha256 prefix)`.
+pub fn version_id(manifest: &Manifest, sha256: &str) -> String {
+    format!(
+        "{} {} ({})",
+        manifest.name,
+        manifest.version,
+        &sha256[..12.min(sha256.len())]
+    )
+}
+
+/// The manifest section's bytes: at the component's top level, else inside one of its core
+/// modules (where a Rust plugin's `#[link_section]` puts it). Two different manifests are an
+/// error rather than a guess.
+pub fn find_manifest(bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut depth = 0usize;
+    let mut top = None;
+    let mut nested: Option<Vec<u8>> = None;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| format!("not a WebAssembly component: {e}"))?;
+        match payload {
+            Payload::Version { encoding, .. } if depth == 0 => {
+                if encoding != wasmparser::Encoding::Component {
+                    return Err("a core WebAssembly module, not a component: build for wasm32-wasip2 (or run `wasm-tools component new`)".into());
+                }
+            }
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::CustomSection(c) if c.name() == SECTION => {
+                let data = c.data().to_vec();
+                let slot = if depth == 0 { &mut top } else { &mut nested };
+                match slot {
+                    Some(seen) if *seen != data => {
+                        return Err(format!("it has two different {SECTION} sections"))
+                    }
+                    _ => *slot = Some(data),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(top.or(nested))
+}
+
+fn leb128(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// `component` with `manifest` as its top-level manifest section (replacing any there).
+pub fn embed(component: &[u8], manifest: &Manifest) -> Result<Vec<u8>, String> {
+    let toml = manifest.to_toml().map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(component.len() + toml.len() + 32);
+    let mut depth = 0usize;
+    let mut saw_component = false;
+    for payload in Parser::new(0).parse_all(component) {
+        let payload = payload.map_err(|e| format!("not a WebAssembly component: {e}"))?;
+        let top = depth == 0;
+        match &payload {
+            Payload::Version {
+                encoding, range, ..
+            } if top => {
+                if *encoding != wasmparser::Encoding::Component {
+                    return Err("a core WebAssembly module, not a component".into());
+                }
+                saw_component = true;
+                out.extend_from_slice(&component[range.clone()]);
+            }
+            Payload::CustomSection(c) if top && c.name() == SECTION => {}
+            Payload::End(_) => {
+                depth = depth.saturating_sub(1);
+            }
+            other if top => {
+                if let Some((_, range)) = other.as_section() {
+                    // The section's id and size precede its contents.
+                    let start = section_start(component, range.start)?;
+                    out.extend_from_slice(&component[start..range.end]);
+                }
+                if matches!(
+                    other,
+                    Payload::ModuleSection { .. } | Payload::ComponentSection { .. }
+                ) {
+                    depth += 1;
+                }
+            }
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            _ => {}
+        }
+    }
+    if !saw_component {
+        return Err("empty input".into());
+    }
+    let mut name = Vec::new();
+    leb128(SECTION.len(), &mut name);
+    name.extend_from_slice(SECTION.as_bytes());
+    out.push(0); // custom section id
+    leb128(name.len() + toml.len(), &mut out);
+    out.extend_from_slice(&name);
+    out.extend_from_slice(toml.as_bytes());
+    Ok(out)
+}
+
+/// Where the section whose contents start at `contents` begins: walks back over the LEB128 size
+/// and the id byte. The size is at most 5 bytes; the id byte is below 0x80, and so is the last
+/// byte of the size, so the walk is unambiguous from the end of the size backwards.
+fn section_start(bytes: &[u8], contents: usize) -> Result<usize, String> {
+    // The size's last byte has its high bit clear; earlier size bytes have it set.
+    let mut at = contents.checked_sub(1).ok_or("a section with no header")?;
+    while at > 0 && bytes[at - 1] & 0x80 != 0 {
+        at -= 1;
+    }
+    at.checked_sub(1)
+        .ok_or_else(|| "a section with no id".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(version: &str) -> Manifest {
+        Manifest::parse(
+            format!("name = \"demo\"\nversion = \"{version}\"\ncontract = \"0.2.0\"\n").as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// The smallest component: magic, component layer.
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    #[test]
+    fn embedding_replaces_the_manifest_and_keeps_the_rest() {
+        let once = embed(EMPTY_COMPONENT, &manifest("1.0.0")).unwrap();
+        let found = find_manifest(&once).unwrap().unwrap();
+        assert_eq!(Manifest::parse(&found).unwrap().version, "1.0.0");
+        let twice = embed(&once, &manifest("2.0.0")).unwrap();
+        let found = find_manifest(&twice).unwrap().unwrap();
+        assert_eq!(Manifest::parse(&found).unwrap().version, "2.0.0");
+        assert_eq!(
+            twice.len(),
+            once.len(),
+            "the old section was replaced, not kept"
+        );
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(&twice)
+            .unwrap();
+    }
+
+    #[test]
+    fn core_modules_and_garbage_are_refused_with_the_reason() {
+        let core = b"\0asm\x01\0\0\0";
+        assert!(find_manifest(core)
+            .unwrap_err()
+            .contains("core WebAssembly module"));
+        assert!(embed(core, &manifest("1.0.0")).is_err());
+        assert!(find_manifest(b"MZ\x90\0 not wasm").is_err());
+        let e = PluginPackage::from_bytes(Path::new("x.wasm"), EMPTY_COMPONENT.to_vec())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("certconn plugin pack"), "{e}");
+    }
+}

@@ -7,6 +7,9 @@ already issued, holds template "manual" for approval (pending: issued on the sec
 knows which serials it issued for revocation. Loopback only.
 
     python3 mock-ca.py [--port 8700] [--api-key demo-key]   # prints the port it listens on
+
+For tests: --delay-ms N makes each issuance take N ms, and GET /mock/stats (unsigned) tells how
+many issuance requests it served and the most it ever had in flight at once.
 """
 import argparse
 import base64
@@ -17,6 +20,7 @@ import http.server
 import json
 import secrets
 import threading
+import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,6 +30,7 @@ from cryptography.x509.oid import NameOID
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, default=8700)
 parser.add_argument("--api-key", default="demo-key")
+parser.add_argument("--delay-ms", type=int, default=0)
 args = parser.parse_args()
 
 now = datetime.datetime.now(datetime.timezone.utc)
@@ -48,6 +53,7 @@ lock = threading.Lock()
 by_idempotency_key = {}  # key -> request id
 requests = {}  # request id -> {"csr": ..., "days": ..., "polls": n, "certificate": der or None}
 issued_serials = set()
+stats = {"issue_requests": 0, "in_flight": 0, "max_in_flight": 0}
 
 
 def issue(csr_der, days):
@@ -101,6 +107,23 @@ class Api(http.server.BaseHTTPRequestHandler):
     def handle_api(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if self.path == "/mock/stats":
+            with lock:
+                return self.reply(200, dict(stats))
+        if self.command == "POST" and self.path == "/v1/certificates":
+            with lock:
+                stats["issue_requests"] += 1
+                stats["in_flight"] += 1
+                stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
+            try:
+                time.sleep(args.delay_ms / 1000)
+                return self.handle_signed(body)
+            finally:
+                with lock:
+                    stats["in_flight"] -= 1
+        self.handle_signed(body)
+
+    def handle_signed(self, body):
         if not self.authentic(body):
             return self.reply(401, {"error": "bad request signature"})
         try:

@@ -63,3 +63,37 @@ fn pki_bench_prints_pfx_seal_and_custody_rates_software_and_softhsm() {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
     }
 }
+
+#[test]
+fn hot_swap_bench_prints_latency_failures_and_dip() {
+    let out = Command::new(binary())
+        .args([
+            "bench",
+            "--hot-swap",
+            "--warm-up-seconds",
+            "2",
+            "--after-seconds",
+            "1",
+            "--workers",
+            "2",
+            "--plugins",
+        ])
+        .arg(plugins())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "swap: rename → registry swapped",
+        "swap: rename → first job on the new version",
+        " 0 failed, 0 retried",
+        "throughput before the rename",
+        "worst 100 ms window in the 2 s after",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+}

@@ -639,7 +639,9 @@ fn server_pki(
     );
     run_ok(
         std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
             .args(["-subj", &format!("/CN={name} CA")])
             .arg("-keyout")
             .arg(&ca_key)

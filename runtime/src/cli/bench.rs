@@ -59,6 +59,16 @@ pub struct BenchArgs {
     /// With --scep: the challenge password the servers accept.
     #[arg(long, requires = "scep", default_value = "")]
     challenge: String,
+    /// Measure a hot swap under load instead: publish a new local-ca version while jobs run;
+    /// print the swap latency, failed jobs and the throughput dip.
+    #[arg(long)]
+    hot_swap: bool,
+    /// With --hot-swap: seconds of load before the new version is published.
+    #[arg(long, default_value_t = 3, requires = "hot_swap")]
+    warm_up_seconds: u64,
+    /// With --hot-swap: seconds of load after the first job on the new version.
+    #[arg(long, default_value_t = 2, requires = "hot_swap")]
+    after_seconds: u64,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -87,7 +97,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let dir = std::env::temp_dir().join(format!("certconn-bench-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = bench(&args, &plugins, &dir).await;
+    let result = if args.hot_swap {
+        super::bench_swap::run(
+            &plugins,
+            &dir,
+            args.workers.max(1),
+            Duration::from_secs(args.warm_up_seconds),
+            Duration::from_secs(args.after_seconds),
+        )
+        .await
+    } else {
+        bench(&args, &plugins, &dir).await
+    };
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_pki;
 mod bench_scep;
+mod bench_swap;
 mod client_cmds;
 mod conformance;
 mod keys;

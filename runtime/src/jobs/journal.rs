@@ -302,6 +302,23 @@ impl Journal {
         )? == 1)
     }
 
+    /// Puts a leased job back in the queue because no backend could take it (unloaded, not
+    /// loaded, quarantined). Waiting for a backend does not use up an attempt: an administrator
+    /// unloading a plugin for a while must not dead-letter the jobs queued for it.
+    pub fn wait_for_backend(
+        &self,
+        id: &str,
+        error: &str,
+        next_run_at: i64,
+    ) -> Result<bool, JournalError> {
+        let conn = self.conn();
+        Ok(conn.execute(
+            "UPDATE jobs SET state = 'queued', last_error = ?3, next_run_at = ?4, attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, updated_at = ?5
+             WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
+            params![id, self.owner, error, next_run_at, now_ms()],
+        )? == 1)
+    }
+
     /// Parks a leased job as pending at the CA until `next_run_at`. A poll does not use up an attempt.
     pub fn pend(
         &self,

@@ -54,6 +54,9 @@ pub enum Outcome {
         backend: Option<String>,
         error: String,
     },
+    /// No backend of the route could take the job (unloaded, not loaded, quarantined): it waits
+    /// without using up an attempt.
+    Unavailable { error: String },
 }
 
 pub(super) fn fail(backend: Option<&str>, error: impl Into<String>) -> Outcome {
@@ -232,9 +235,16 @@ where
         failures.push((name.clone(), failure));
         last = Some(name);
     }
+    if failures.is_empty() {
+        let error = if route.skipped.is_empty() {
+            "no backend is configured for this route".into()
+        } else {
+            format!("waiting for a backend: {}", route.skipped.join("; "))
+        };
+        return Routed::Exhausted(Outcome::Unavailable { error });
+    }
     let error = match (failures.len(), route.skipped.is_empty()) {
         (1, true) => failures.remove(0).1,
-        (0, true) => "no backend is configured for this route".into(),
         _ => failures
             .into_iter()
             .map(|(n, e)| format!("backend {n:?}: {e}"))

@@ -152,6 +152,11 @@ fn record(
             );
             journal.retry_later(id, backend.as_deref(), &error, now_ms() + delay as i64)?
         }
+        Outcome::Unavailable { error } => {
+            let delay = jobs.backoff_max_ms.min(5_000);
+            tracing::warn!(job = id, retry_in_ms = delay, "{error}");
+            journal.wait_for_backend(id, &error, now_ms() + delay as i64)?
+        }
         Outcome::Fail { backend, error } => {
             tracing::warn!(
                 job = id,

@@ -365,21 +365,22 @@ impl LoadedBackend {
 
 /// One line describing a backend's error, for job records and logs.
 pub fn describe_backend_error(e: &BackendError) -> String {
-    let text = match e {
+    match e {
         BackendError::InvalidConfig(fields) => format!(
             "invalid-config: {}",
-            fields
-                .iter()
-                .map(|f| format!("{}: {}", f.field, f.message))
-                .collect::<Vec<_>>()
-                .join("; ")
+            bounded(
+                &fields
+                    .iter()
+                    .map(|f| format!("{}: {}", f.field, f.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
         ),
         BackendError::Rejected(m) => format!("rejected: {}", bounded(m)),
         BackendError::Transient(m) => format!("transient: {}", bounded(m)),
         BackendError::Unsupported(m) => format!("unsupported: {}", bounded(m)),
         BackendError::Pending(p) => format!("pending: {}", bounded(&p.message)),
-    };
-    bounded(&text)
+    }
 }
 
 /// Longest text from a plugin (an error, a pending message) that the host keeps: a plugin must

@@ -411,7 +411,7 @@ impl Registry {
                     return Ok(report);
                 }
                 let reason = e.to_string();
-                tracing::error!(%plugin, "new plugin file refused: {reason}");
+                tracing::error!(%plugin, "new plugin version refused: {reason}");
                 self.remember_refusal(plugin, &path, &sha, None, &reason, true);
                 refuse_all(&mut report, &reason);
                 return Ok(report);

@@ -410,3 +410,133 @@ pub fn write_private(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+/// `examples/vendor-template/mock-ca.py` on a free loopback port; killed on drop.
+pub struct MockCa {
+    child: Child,
+    pub port: u16,
+}
+
+impl MockCa {
+    /// Starts the mock CA; `delay_ms` makes each issuance that slow.
+    pub fn start(delay_ms: u64) -> MockCa {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .arg(repo_root().join("examples/vendor-template/mock-ca.py"))
+            .args(["--port", "0", "--delay-ms", &delay_ms.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs examples/vendor-template/mock-ca.py");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the mock CA prints its port");
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "mock-ca.py did not print its port (is python3-cryptography installed?): {line:?}"
+            )
+        });
+        MockCa { child, port }
+    }
+
+    /// `/mock/stats`: issue_requests, in_flight, max_in_flight.
+    pub fn stats(&self) -> Value {
+        let (status, body) = http_raw(self.port, "GET", "/mock/stats", b"");
+        assert_eq!(status, 200);
+        serde_json::from_slice(&body).expect("stats JSON")
+    }
+
+    /// A `[backends.NAME]` of the vendor template talking to this CA, and profile NAME.
+    pub fn backend(&self, name: &str, extra: &str) -> String {
+        format!(
+            "[backends.{name}]\nplugin = \"vendor-template\"\nhttp = {{ allow = [\"127.0.0.1:{port}\"] }}\n{extra}\n[backends.{name}.settings]\nurl = \"http://127.0.0.1:{port}\"\napi_key = \"demo-key\"\n[profiles.{name}]\nbackend = \"{name}\"\n",
+            port = self.port
+        )
+    }
+}
+
+impl Drop for MockCa {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Copies plugins into a fresh `dir/plugins`: `(source, published name)` pairs, for tests that
+/// publish, replace and roll back plugin files.
+pub fn plugin_dir_with(dir: &Path, files: &[(PathBuf, &str)]) -> PathBuf {
+    let out = dir.join("plugins");
+    std::fs::create_dir_all(&out).unwrap();
+    for (src, name) in files {
+        std::fs::copy(src, out.join(format!("{name}.wasm")))
+            .unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    }
+    out
+}
+
+/// `certconn plugin pack`: `component` with a manifest naming it `name` at `version` for
+/// `contract`, written to `out`.
+pub fn pack(component: &Path, name: &str, version: &str, contract: &str, out: &Path) {
+    let manifest = out.with_extension("toml");
+    std::fs::write(
+        &manifest,
+        format!("name = \"{name}\"\nversion = \"{version}\"\ncontract = \"{contract}\"\ndescription = \"repacked by a test\"\n"),
+    )
+    .unwrap();
+    ok(Command::new(binary())
+        .args(["plugin", "pack"])
+        .arg(component)
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run certconn plugin pack"));
+}
+
+/// Publishes `src` as `dir/NAME.wasm` the supported way: temporary file, then rename.
+pub fn publish(src: &Path, dir: &Path, name: &str) {
+    let tmp = dir.join(format!(".{name}.wasm.tmp"));
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).unwrap();
+}
+
+/// `GET /v1/plugins`.
+pub async fn plugins_status(api: &ApiClient) -> Value {
+    api.call(Method::GET, "/v1/plugins", None)
+        .await
+        .expect("plugins status")
+}
+
+/// The status entry of backend instance `name`.
+pub async fn backend_status(api: &ApiClient, name: &str) -> Value {
+    let all = plugins_status(api).await;
+    all["backends"]
+        .as_array()
+        .and_then(|a| a.iter().find(|b| b["backend"] == name).cloned())
+        .unwrap_or_else(|| panic!("no backend {name} in {all}"))
+}
+
+/// Polls `check` every 20 ms until it returns Some, or panics after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The job's stored result (`backend_version` says which plugin version did the work).
+pub async fn job_result(api: &ApiClient, id: &str) -> Value {
+    api.call(Method::GET, &format!("/v1/jobs/{id}/result"), None)
+        .await
+        .expect("job result")["result"]
+        .clone()
+}

@@ -118,32 +118,7 @@ async fn bench(
     plugins: &std::path::Path,
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let toml = format!(
-        r#"
-data_dir = "{data}"
-[jobs]
-workers = {workers}
-[plugins]
-dir = "{plugins}"
-[keys.bench-ca]
-algorithm = "ec-p256"
-self_signed = {{ subject = "CN=certconn bench CA" }}
-[backends.local]
-plugin = "local-ca"
-keys = ["bench-ca"]
-[backends.local.settings]
-ca_key = "bench-ca"
-[profiles.device]
-backend = "local"
-"#,
-        data = dir.join("data").display(),
-        workers = args.workers,
-        plugins = plugins.display()
-    );
-    let config_path = dir.join("bench.toml");
-    std::fs::write(&config_path, &toml)?;
-    let config = Config::parse(&config_path, &toml)?;
-    let connector = Arc::new(Connector::open(config).await?);
+    let connector = Arc::new(Connector::open(bench_config(dir, plugins, args.workers)?).await?);
     let backend = connector
         .services
         .registry
@@ -212,15 +187,7 @@ backend = "local"
         let c = connector.clone();
         tokio::spawn(async move { c.run_scheduler(stop_rx).await })
     };
-    let request = IssueJob {
-        profile: "device".into(),
-        subject: "CN=bench device,O=certconn".into(),
-        sans: vec!["email:device@bench.example".into()],
-        key: Some(KeyAlgorithm::EcP256),
-        recipient_pem: None,
-        csr_pem: None,
-        validity_days: None,
-    };
+    let request = bench_request();
     let t = Instant::now();
     for i in 0..args.jobs {
         connector.submit_issue("bench", &format!("job-{i}"), &request)?;
@@ -287,6 +254,52 @@ backend = "local"
     println!("direct:    {:>6} issues (keygen, CSR, CA signature, PKCS#12)     in {direct_secs:>7.3} s = {direct_rate:>8.1} issues/s", args.jobs);
     println!("ratio pipeline/direct: {:.3} (the journal, scheduler and plugin sandbox cost {:.1}% of throughput)", pipeline_rate / direct_rate, (1.0 - pipeline_rate / direct_rate) * 100.0);
     Ok(())
+}
+
+/// The benchmarks' connector: the local CA (`bench-ca` key) behind profile `device`, the
+/// journal in `dir/data`, plugins from `plugins`.
+pub(super) fn bench_config(
+    dir: &std::path::Path,
+    plugins: &std::path::Path,
+    workers: usize,
+) -> anyhow::Result<Config> {
+    let toml = format!(
+        r#"
+data_dir = "{data}"
+[jobs]
+workers = {workers}
+[plugins]
+dir = "{plugins}"
+[keys.bench-ca]
+algorithm = "ec-p256"
+self_signed = {{ subject = "CN=certconn bench CA" }}
+[backends.local]
+plugin = "local-ca"
+keys = ["bench-ca"]
+[backends.local.settings]
+ca_key = "bench-ca"
+[profiles.device]
+backend = "local"
+"#,
+        data = dir.join("data").display(),
+        plugins = plugins.display()
+    );
+    let config_path = dir.join("bench.toml");
+    std::fs::write(&config_path, &toml)?;
+    Ok(Config::parse(&config_path, &toml)?)
+}
+
+/// The issue job every benchmark submits: an EC P-256 device key made by certconn.
+pub(super) fn bench_request() -> IssueJob {
+    IssueJob {
+        profile: "device".into(),
+        subject: "CN=bench device,O=certconn".into(),
+        sans: vec!["email:device@bench.example".into()],
+        key: Some(KeyAlgorithm::EcP256),
+        recipient_pem: None,
+        csr_pem: None,
+        validity_days: None,
+    }
 }
 
 /// One issuance without journal or plugin: what the pipeline's cryptography costs on its own.

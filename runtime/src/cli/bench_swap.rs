@@ -15,10 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::config::Config;
 use crate::connector::Connector;
-use crate::custody::KeyAlgorithm;
-use crate::jobs::model::{IssueJob, JobState};
+use crate::jobs::model::JobState;
 use crate::plugins::manifest::Manifest;
 use crate::plugins::package::{self, PluginPackage};
 
@@ -44,30 +42,8 @@ pub async fn run(
     let new_bytes = package::embed(&old.bytes, &manifest).map_err(anyhow::Error::msg)?;
     let new = PluginPackage::from_bytes(Path::new("local-ca.wasm"), new_bytes)?;
 
-    let toml = format!(
-        r#"
-data_dir = "{data}"
-[jobs]
-workers = {workers}
-[plugins]
-dir = "{plugins}"
-[keys.bench-ca]
-algorithm = "ec-p256"
-self_signed = {{ subject = "CN=certconn bench CA" }}
-[backends.local]
-plugin = "local-ca"
-keys = ["bench-ca"]
-[backends.local.settings]
-ca_key = "bench-ca"
-[profiles.device]
-backend = "local"
-"#,
-        data = dir.join("data").display(),
-        plugins = plugin_dir.display()
-    );
-    let config_path = dir.join("bench.toml");
-    std::fs::write(&config_path, &toml)?;
-    let connector = Arc::new(Connector::open(Config::parse(&config_path, &toml)?).await?);
+    let connector =
+        Arc::new(Connector::open(super::bench::bench_config(dir, &plugin_dir, workers)?).await?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let scheduler = {
         let c = connector.clone();
@@ -82,15 +58,7 @@ backend = "local"
     let old_id = old.version_id();
     let new_id = new.version_id();
     let journal = connector.services.journal.clone();
-    let request = IssueJob {
-        profile: "device".into(),
-        subject: "CN=bench device,O=certconn".into(),
-        sans: vec!["email:device@bench.example".into()],
-        key: Some(KeyAlgorithm::EcP256),
-        recipient_pem: None,
-        csr_pem: None,
-        validity_days: None,
-    };
+    let request = super::bench::bench_request();
     let in_flight_target = workers * 2;
     println!(
         "certconn bench --hot-swap: local-ca {} → {}, {workers} workers, {in_flight_target} jobs in flight, {:?} before the rename, {:?} after the first job on the new version",

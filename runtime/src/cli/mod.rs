@@ -95,6 +95,13 @@ fn init_logging(cli: &Cli) {
     // The benchmark measures the pipeline, not the terminal: per-job info lines are off unless asked for.
     let level = match (&cli.command, cli.log.as_str()) {
         (Command::Bench(_), "info") => "warn",
+        // The conformance report is the output; the plugin's own log lines would bury it.
+        (
+            Command::Plugins {
+                what: plugins::Plugins::Test(_),
+            },
+            "info",
+        ) => "warn",
         (_, l) => l,
     };
     let filter = tracing_subscriber::EnvFilter::try_new(level)

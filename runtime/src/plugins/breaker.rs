@@ -96,6 +96,18 @@ impl Breaker {
         }
     }
 
+    /// The probe this breaker admitted did not run after all (the instance was busy): the next
+    /// job may probe, with no new cooldown.
+    pub fn release_probe(&self) {
+        let mut state = self.state();
+        if let State::Probing { reason } = &*state {
+            *state = State::Open {
+                until: Instant::now(),
+                reason: reason.clone(),
+            };
+        }
+    }
+
     /// The backend answered.
     pub fn success(&self, backend: &str) {
         let mut state = self.state();
@@ -182,6 +194,12 @@ mod tests {
         assert!(matches!(b.admit(), Admission::No(r) if r.contains("still down")));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(b.admit(), Admission::Probe);
+        b.release_probe();
+        assert_eq!(
+            b.admit(),
+            Admission::Probe,
+            "a probe given back is taken by the next job"
+        );
         b.success("x");
         assert_eq!(b.admit(), Admission::Yes);
         assert_eq!(b.status().state, "closed");

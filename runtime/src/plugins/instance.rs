@@ -214,9 +214,8 @@ impl Instance {
                 Ok(p) => Some(p),
                 Err(_) => {
                     if probe {
-                        // Give the probe back: another job will take it.
-                        self.breaker
-                            .failure(&self.name, "probe could not start: instance busy");
+                        // Give the probe back: the next job takes it.
+                        self.breaker.release_probe();
                     }
                     return Err(Unavailable::Busy);
                 }

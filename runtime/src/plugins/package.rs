@@ -102,10 +102,10 @@ pub fn find_manifest(bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| format!("not a WebAssembly component: {e}"))?;
         match payload {
-            Payload::Version { encoding, .. } if depth == 0 => {
-                if encoding != wasmparser::Encoding::Component {
-                    return Err("a core WebAssembly module, not a component: build for wasm32-wasip2 (or run `wasm-tools component new`)".into());
-                }
+            Payload::Version { encoding, .. }
+                if depth == 0 && encoding != wasmparser::Encoding::Component =>
+            {
+                return Err("a core WebAssembly module, not a component: build for wasm32-wasip2 (or run `wasm-tools component new`)".into());
             }
             Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),

@@ -626,10 +626,9 @@ impl Registry {
         }
         for entry in &manifest.requests.keys {
             let handle = setting(entry).unwrap_or_else(|| entry.clone());
-            if !entry.starts_with("settings.") || setting(entry).is_some() {
-                if !config.keys.iter().any(|k| *k.get_ref() == handle) {
-                    notes.push(format!("the plugin asks for custody key {handle:?} ({entry}), which is not granted in keys: its use will be denied"));
-                }
+            let known = !entry.starts_with("settings.") || setting(entry).is_some();
+            if known && !config.keys.iter().any(|k| *k.get_ref() == handle) {
+                notes.push(format!("the plugin asks for custody key {handle:?} ({entry}), which is not granted in keys: its use will be denied"));
             }
         }
         let limits = config.limits();

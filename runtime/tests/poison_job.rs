@@ -14,6 +14,9 @@ async fn poison_job_is_dead_lettered_and_blocks_nobody() {
     let extra = r#"
 [backends.broken]
 plugin = "sandbox-probe"
+# Its circuit breaker would quarantine it after 5 faults, and the job would then wait for the
+# probes (routing.rs tests that); this test is about backoff and dead-lettering.
+quarantine_after = 1000
 settings = { mode = "fail" }
 [profiles.broken]
 backend = "broken"

@@ -92,7 +92,8 @@ fn hot_swap_bench_prints_latency_failures_and_dip() {
         "swap: rename → first job on the new version",
         " 0 failed, 0 retried",
         "throughput before the rename",
-        "worst 100 ms window in the 2 s after",
+        "worst 100 ms window: the second before",
+        "jobs per 100 ms, the 2 s after:",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
     }

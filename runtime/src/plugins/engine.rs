@@ -74,6 +74,9 @@ impl PluginEngine {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
+            // One thread per compilation: a plugin version loaded under load must not take
+            // every core from the jobs in flight (see `compile_in_background`).
+            .parallel_compilation(false)
             .epoch_interruption(true)
             .max_wasm_stack(1 << 20)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

@@ -444,23 +444,18 @@ impl Registry {
             refuse_all(&mut report, &reason);
             return Ok(report);
         }
-        let engine = self.engine.clone();
         let sha = package.sha256.clone();
         let manifest = package.manifest.clone();
-        let prepared =
-            match tokio::task::spawn_blocking(move || PreparedPlugin::prepare(&engine, &package))
-                .await
-            {
-                Ok(Ok(p)) => Arc::new(p),
-                Ok(Err(e)) => {
-                    let reason = e.to_string();
-                    tracing::error!(%plugin, %version, "new plugin version refused: {reason}");
-                    self.remember_refusal(plugin, &path, &sha, Some(&version), &reason, true);
-                    refuse_all(&mut report, &reason);
-                    return Ok(report);
-                }
-                Err(e) => return Err(PluginError::Engine(format!("compile task: {e}"))),
-            };
+        let prepared = match compile_in_background(self.engine.clone(), package).await? {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(%plugin, %version, "new plugin version refused: {reason}");
+                self.remember_refusal(plugin, &path, &sha, Some(&version), &reason, true);
+                refuse_all(&mut report, &reason);
+                return Ok(report);
+            }
+        };
 
         let mut health_failed = false;
         let mut permanent_failure = None;
@@ -664,6 +659,30 @@ impl Registry {
             backends: self.instances.values().map(|i| i.status()).collect(),
         }
     }
+}
+
+/// Compiles and links a plugin version on a thread of its own at low CPU priority (nice 10), so
+/// that loading a new version while jobs run slows the jobs as little as it can: compilation is
+/// the one CPU-heavy step of a hot load (cranelift, hundreds of milliseconds), and the engine
+/// compiles on one thread (`parallel_compilation(false)`), so the other cores stay with the jobs.
+async fn compile_in_background(
+    engine: Arc<PluginEngine>,
+    package: PluginPackage,
+) -> Result<Result<PreparedPlugin, PluginError>, PluginError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("certconn-compile".into())
+        .spawn(move || {
+            // SAFETY: setpriority on the calling thread (on Linux, PRIO_PROCESS with `who` 0
+            // is this thread) changes only its scheduling priority; a failure is harmless.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            }
+            let _ = tx.send(PreparedPlugin::prepare(&engine, &package));
+        })
+        .map_err(|e| PluginError::Engine(format!("starting a compile thread: {e}")))?;
+    rx.await
+        .map_err(|_| PluginError::Engine("the compile thread ended without an answer".into()))
 }
 
 /// The instances one job may use, tried in order.

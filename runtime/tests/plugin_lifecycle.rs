@@ -178,6 +178,72 @@ async fn a_broken_version_never_replaces_a_working_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_health_check_fails_waits_until_its_ca_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MockCa::start(0);
+    let port = ca.port;
+    let template = test_plugins().join("vendor-template.wasm");
+    let plugin_dir = plugin_dir_with(
+        dir.path(),
+        &[
+            (plugins().join("local-ca.wasm"), "local-ca"),
+            (template.clone(), "vendor-template"),
+        ],
+    );
+    let v2 = dir.path().join("vendor-template-2.wasm");
+    pack(&template, "vendor-template", "0.2.0", "0.2.0", &v2);
+    let extra = ca.backend("example", "");
+    let daemon = start_in(dir.path(), |data, port| {
+        config_text(data, &plugin_dir, port, &extra)
+            .replace("[plugins]\n", "[plugins]\nrescan_seconds = 1\n")
+    });
+    let api = daemon.client();
+    let before = version_of(&backend_status(&api, "example").await);
+
+    // The CA goes away; a new version published now cannot pass its health check.
+    drop(ca);
+    publish(&v2, &plugin_dir, "vendor-template");
+    let status = wait_for(Duration::from_secs(15), "the health refusal", || async {
+        let s = backend_status(&api, "example").await;
+        s["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("health check failed"))
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(
+        version_of(&status),
+        before,
+        "the working version stays: {status}"
+    );
+    assert!(
+        status["problem"]
+            .as_str()
+            .unwrap()
+            .contains("vendor-template 0.2.0"),
+        "{status}"
+    );
+
+    // The CA is back on its port: a periodic rescan tries the version again and swaps it in.
+    let _ca = MockCa::start_on(port, 0);
+    let swapped = wait_for(
+        Duration::from_secs(15),
+        "the swap once the CA answers",
+        || async {
+            let v = version_of(&backend_status(&api, "example").await);
+            v.starts_with("vendor-template 0.2.0").then_some(v)
+        },
+    )
+    .await;
+    let id = submit(&api, "example", "after-recovery", json!({})).await;
+    assert_eq!(
+        wait_job(&api, &id, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+    assert_eq!(job_result(&api, &id).await["backend_version"], swapped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unload_moves_a_profile_to_its_fallback_and_load_brings_it_back() {
     let dir = tempfile::tempdir().unwrap();
     let ca = MockCa::start(0);

@@ -483,29 +483,28 @@ impl Registry {
                     continue;
                 }
             };
-            let replacing = instance.current().is_some();
-            match built.health().await {
-                Ok(h) if h.healthy => {}
-                outcome => {
-                    let why = match outcome {
-                        Ok(h) => h.message,
-                        Err(e) => e.to_string(),
-                    };
-                    if replacing && !startup {
-                        let reason = format!("health check failed: {why}");
-                        tracing::warn!(backend = %instance.name, %version, "new plugin version not swapped in: {reason}");
-                        instance.note_problem(format!(
-                            "kept {}: {version} not swapped in: {reason}",
-                            instance
-                                .current()
-                                .map(|b| b.version_id())
-                                .unwrap_or_default()
-                        ));
-                        report.refused.push((instance.name.clone(), reason));
-                        health_failed = true;
-                        continue;
-                    }
-                    tracing::warn!(backend = %instance.name, %version, "loaded, but its health check fails: {why}");
+            // Health gates only the replacement of a working version: with nothing to protect
+            // (first load, start-up) the version serves, and a CA that is down at start must
+            // not hold the daemon up behind its connect timeouts.
+            if instance.current().is_some() && !startup {
+                let why = match built.health().await {
+                    Ok(h) if h.healthy => None,
+                    Ok(h) => Some(h.message),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(why) = why {
+                    let reason = format!("health check failed: {why}");
+                    tracing::warn!(backend = %instance.name, %version, "new plugin version not swapped in: {reason}");
+                    instance.note_problem(format!(
+                        "kept {}: {version} not swapped in: {reason}",
+                        instance
+                            .current()
+                            .map(|b| b.version_id())
+                            .unwrap_or_default()
+                    ));
+                    report.refused.push((instance.name.clone(), reason));
+                    health_failed = true;
+                    continue;
                 }
             }
             let was = instance.install(Arc::new(built));

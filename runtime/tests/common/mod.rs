@@ -420,10 +420,20 @@ pub struct MockCa {
 impl MockCa {
     /// Starts the mock CA; `delay_ms` makes each issuance that slow.
     pub fn start(delay_ms: u64) -> MockCa {
+        Self::start_on(0, delay_ms)
+    }
+
+    /// `start` on a given port (0: any free one).
+    pub fn start_on(port: u16, delay_ms: u64) -> MockCa {
         use std::io::BufRead;
         let mut child = Command::new("python3")
             .arg(repo_root().join("examples/vendor-template/mock-ca.py"))
-            .args(["--port", "0", "--delay-ms", &delay_ms.to_string()])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--delay-ms",
+                &delay_ms.to_string(),
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs examples/vendor-template/mock-ca.py");

@@ -244,16 +244,33 @@ impl Registry {
         if !self.plugin_names().contains(plugin) {
             return Err(self.unknown_plugin(plugin));
         }
+        let mut enabled = Vec::new();
         if and_enable {
+            enabled = self
+                .instances
+                .values()
+                .filter(|i| i.plugin == plugin && i.is_unloaded() && i.loaded_sha().is_some())
+                .map(|i| i.name.clone())
+                .collect();
             self.set_unloaded(plugin, false);
         } else if self.files().get(plugin).is_some_and(|f| f.unloaded) {
             return Err(format!(
                 "plugin {plugin:?} is unloaded; `certconn plugins load {plugin}` loads it again"
             ));
         }
-        self.load_plugin(plugin, true, false)
+        let mut report = self
+            .load_plugin(plugin, true, false)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // Instances brought back by `load` serve again, on the version they had.
+        for name in enabled {
+            if !report.installed.contains(&name) && !report.refused.iter().any(|(n, _)| *n == name)
+            {
+                report.installed.push(name);
+                report.unchanged = false;
+            }
+        }
+        Ok(report)
     }
 
     fn unknown_plugin(&self, plugin: &str) -> String {
@@ -336,8 +353,9 @@ impl Registry {
     }
 
     /// Loads the file of `plugin` into every instance that runs it. `force` tries a file that
-    /// was refused before; at `startup` there is nothing to protect, so a failing health check
-    /// does not keep the only version out, but settings the plugin rejects are an error.
+    /// was refused before; at `startup` settings the plugin rejects are an error (the config is
+    /// wrong) and a missing file is noted for each instance. A file that disappears later
+    /// changes nothing: the instances keep the version they run.
     async fn load_plugin(
         &self,
         plugin: &str,
@@ -423,7 +441,9 @@ impl Registry {
         let up_to_date = users
             .iter()
             .all(|i| i.loaded_sha().as_deref() == Some(package.sha256.as_str()));
-        if !force && (up_to_date || self.already_refused(plugin, &package.sha256)) {
+        // Already running it everywhere: nothing to do, even when forced (a reload of the same
+        // file must not make the running version its own "previous").
+        if up_to_date || (!force && self.already_refused(plugin, &package.sha256)) {
             report.unchanged = true;
             return Ok(report);
         }

@@ -383,3 +383,45 @@ async fn load_file_publishes_and_loads_and_inspect_reads_a_package_offline() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("certconn plugin pack"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_manifest_asks_beyond_the_grant_is_logged_at_load_and_denied_at_use() {
+    let dir = tempfile::tempdir().unwrap();
+    // local-ca's manifest asks for the key its `ca_key` setting names; this instance is not
+    // granted it. ndes asks to reach the host of its `url`; this instance may reach another.
+    let extra = r#"
+[backends.ungranted]
+plugin = "local-ca"
+settings = { ca_key = "local-ca" }
+[profiles.ungranted]
+backend = "ungranted"
+[backends.elsewhere]
+plugin = "ndes"
+http = { allow = ["ndes.example:80"] }
+settings = { url = "http://ca.example", auth = "ntlm" }
+"#;
+    let daemon = start_in(dir.path(), |data, port| {
+        config_text(data, &plugins(), port, extra)
+    });
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains(r#"the plugin asks for custody key \"local-ca\" (settings.ca_key), which is not granted"#),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "the plugin asks to reach ca.example (settings.url), which is not in http.allow"
+        ),
+        "{log}"
+    );
+    let api = daemon.client();
+    let id = submit(&api, "ungranted", "beyond-grant", json!({})).await;
+    let job = wait_job(&api, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["last_error"].as_str().unwrap().contains("NotGranted"),
+        "{job}"
+    );
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(log.contains("with a key it was not granted"));
+}

@@ -178,8 +178,9 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     let registry = &state.connector.services.registry;
     let down: Vec<String> = registry
         .instances()
-        .filter(|i| i.status().state != "serving")
-        .map(|i| format!("{}: {}", i.name, i.status().state))
+        .map(|i| (i, i.status().state))
+        .filter(|(_, state)| *state != "serving")
+        .map(|(i, state)| format!("{}: {state}", i.name))
         .collect();
     Json(json!({
         "status": if down.is_empty() { "ok" } else { "degraded" },

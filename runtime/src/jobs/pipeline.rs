@@ -100,9 +100,9 @@ pub(super) fn from_backend_error(backend: &str, e: wit::BackendError) -> Outcome
             retry_after_seconds: p.retry_after_seconds.max(1),
             message: bounded(&p.message),
         },
-        wit::BackendError::Transient(m) => Outcome::Retry {
+        e @ wit::BackendError::Transient(_) => Outcome::Retry {
             backend: Some(backend.into()),
-            error: format!("transient: {}", bounded(&m)),
+            error: describe_backend_error(&e),
         },
         other => fail(Some(backend), describe_backend_error(&other)),
     }
@@ -220,7 +220,7 @@ where
     while let Some(lease) = route.next().await {
         let name = lease.backend.name.to_string();
         let failure = match call(lease.backend.clone()).await {
-            Ok(Err(wit::BackendError::Transient(m))) => format!("transient: {m}"),
+            Ok(Err(e @ wit::BackendError::Transient(_))) => describe_backend_error(&e),
             Err(e @ PluginError::Fault { .. }) => bounded(&e.to_string()),
             Err(other) => return Routed::Final(fail(Some(&name), other.to_string())),
             Ok(answer) => {

@@ -71,7 +71,7 @@ impl PreparedPlugin {
             plugin: name.clone(),
             reason,
         };
-        let component = engine.compile(name, &package.bytes)?;
+        let component = engine.compile(package)?;
         let (line, contract) = Contract::detect(engine.engine(), &component).map_err(invalid)?;
         let declared = package
             .manifest

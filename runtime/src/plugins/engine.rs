@@ -14,7 +14,6 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::bindings::v0_2::certconn::plugin::{crypto, custody, log, types};
 use super::state::PluginState;
 use super::PluginError;
-use crate::crypto::provider::{self, Digest};
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -127,17 +126,19 @@ impl PluginEngine {
         &self.linker
     }
 
-    /// Compiles `wasm` (a component), or loads the cached compilation.
-    pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<Component, PluginError> {
+    /// Compiles a package's component, or loads the cached compilation (keyed by the package's
+    /// SHA-256).
+    pub fn compile(
+        &self,
+        package: &super::package::PluginPackage,
+    ) -> Result<Component, PluginError> {
+        let (name, wasm) = (package.manifest.name.as_str(), package.bytes.as_slice());
         let mut hasher = DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         let dir = self.cache_dir.join(format!("{:016x}", hasher.finish()));
-        let path = dir.join(format!(
-            "{}.cwasm",
-            hex::encode(provider::digest(Digest::Sha256, wasm))
-        ));
+        let path = dir.join(format!("{}.cwasm", package.sha256));
         if path.exists() {
             // SAFETY: the cache directory is ours (created 0700 under the data directory), the
             // file name is the SHA-256 of the source component, and the directory name is the

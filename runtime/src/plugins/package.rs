@@ -70,7 +70,7 @@ impl PluginPackage {
         let manifest = Manifest::parse(&section).map_err(|e| invalid(path, e.to_string()))?;
         Ok(Self {
             path: path.to_owned(),
-            sha256: hex::encode(provider::digest(Digest::Sha256, &bytes)),
+            sha256: sha256_hex(&bytes),
             bytes,
             manifest,
         })
@@ -80,6 +80,11 @@ impl PluginPackage {
     pub fn version_id(&self) -> String {
         version_id(&self.manifest, &self.sha256)
     }
+}
+
+/// The SHA-256 of a plugin file, hex: a version's identity (cache key, refusals, rollback).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(provider::digest(Digest::Sha256, bytes))
 }
 
 /// `name version (sha256 prefix)`.

@@ -331,10 +331,7 @@ impl Registry {
             return Err(errors.join("; "));
         }
         if let Ok(bytes) = std::fs::read(self.plugin_path(plugin)) {
-            let sha = hex::encode(crate::crypto::provider::digest(
-                crate::crypto::provider::Digest::Sha256,
-                &bytes,
-            ));
+            let sha = super::package::sha256_hex(&bytes);
             let mut files = self.files();
             let f = files.entry(plugin.to_owned()).or_default();
             f.loaded_sha256 = self
@@ -417,12 +414,7 @@ impl Registry {
             }
             Ok(Err(e)) => {
                 let sha = std::fs::read(&path)
-                    .map(|b| {
-                        hex::encode(crate::crypto::provider::digest(
-                            crate::crypto::provider::Digest::Sha256,
-                            &b,
-                        ))
-                    })
+                    .map(|b| super::package::sha256_hex(&b))
                     .unwrap_or_default();
                 if !force && self.already_refused(plugin, &sha) {
                     report.unchanged = true;
@@ -608,33 +600,29 @@ impl Registry {
         };
         let mut notes = Vec::new();
         for entry in &manifest.requests.http {
+            // (host, port); no port: any port of that host will do.
             let wanted = match setting(entry) {
                 Some(url) => url.parse::<http::Uri>().ok().and_then(|u| {
-                    u.host().map(|h| {
-                        let port = u.port_u16().unwrap_or(if u.scheme_str() == Some("https") {
-                            443
-                        } else {
-                            80
-                        });
-                        (h.to_owned(), port)
-                    })
+                    let port = u.port_u16().unwrap_or(if u.scheme_str() == Some("https") {
+                        443
+                    } else {
+                        80
+                    });
+                    u.host().map(|h| (h.to_owned(), Some(port)))
                 }),
                 None if entry.starts_with("settings.") => None,
                 None => {
-                    let (h, p) = entry
-                        .rsplit_once(':')
-                        .map_or((entry.as_str(), None), |(h, p)| (h, p.parse::<u16>().ok()));
-                    Some((h.to_owned(), p.unwrap_or(443)))
+                    let (h, p) = super::http::split_host_port(entry);
+                    Some((h.to_owned(), p))
                 }
             };
             if let Some((host, port)) = wanted {
-                if !config
-                    .http
-                    .allow
-                    .iter()
-                    .any(|a| super::http::entry_matches(a, &host, port))
-                {
-                    notes.push(format!("the plugin asks to reach {host}:{port} ({entry}), which is not in http.allow: those requests will be denied"));
+                let granted = config.http.allow.iter().any(|a| {
+                    let port = port.or(super::http::split_host_port(a).1).unwrap_or(0);
+                    super::http::entry_matches(a, &host, port)
+                });
+                if !granted {
+                    notes.push(format!("the plugin asks to reach {host} ({entry}), which is not in http.allow: those requests will be denied"));
                 }
             }
         }

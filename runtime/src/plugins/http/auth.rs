@@ -146,9 +146,10 @@ impl Credential {
                 if !connection.is_tls() {
                     tracing::warn!(backend, host = %self.host, "sending Basic credentials over plain http: the password travels in clear (use https)");
                 }
-                let token = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{}:{}", self.username, &*self.password));
-                let value = Zeroizing::new(format!("Basic {token}"));
+                let pair = Zeroizing::new(format!("{}:{}", self.username, &*self.password));
+                let token =
+                    Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*pair));
+                let value = Zeroizing::new(format!("Basic {}", &*token));
                 let mut value = HeaderValue::from_str(&value).map_err(|_| {
                     HttpError::InternalError(Some(
                         "the Basic credentials are not valid header text".into(),

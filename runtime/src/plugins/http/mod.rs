@@ -91,7 +91,8 @@ impl HttpGrant {
     }
 }
 
-fn split_host_port(entry: &str) -> (&str, Option<u16>) {
+/// `host` or `host:port` (IPv6 in brackets): the host and the port, if one is given.
+pub(crate) fn split_host_port(entry: &str) -> (&str, Option<u16>) {
     if let Some(rest) = entry.strip_prefix('[') {
         // [v6]:port
         if let Some((h, p)) = rest.split_once("]:") {
@@ -173,7 +174,7 @@ impl HttpAccess {
             .enumerate()
             .map(|(i, c)| auth::Credential::resolve(i, c, &grant, &policy))
             .collect::<Result<Vec<_>, _>>()?;
-        let tls = tls::Trust::from_grant(&grant)?;
+        let tls = tls::Trust::from_grant(&grant, &policy)?;
         Ok(Self {
             grant,
             credentials,

@@ -39,8 +39,8 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
 
 /// Which certificates a backend's https connections must chain to.
 pub(super) enum Trust {
-    /// Only these (from `http.trust_anchors`), loaded when the backend loads.
-    Anchors(Arc<RootCertStore>),
+    /// Only these (from `http.trust_anchors`): the client config is made when the backend loads.
+    Anchors(Arc<ClientConfig>),
     /// The system store, loaded at first use; the client config is made once.
     System(OnceLock<Result<Arc<ClientConfig>, String>>),
 }
@@ -53,16 +53,19 @@ pub(super) struct Target {
 
 impl Trust {
     /// The grant's trust: its anchors file read and checked now, or the system store later.
-    pub(super) fn from_grant(grant: &HttpGrant) -> Result<Self, String> {
+    pub(super) fn from_grant(grant: &HttpGrant, policy: &AlgorithmPolicy) -> Result<Self, String> {
         match &grant.trust_anchors {
-            Some(path) => Ok(Self::Anchors(Arc::new(read_anchors(path)?))),
+            Some(path) => Ok(Self::Anchors(client_config(
+                Arc::new(read_anchors(path)?),
+                policy,
+            )?)),
             None => Ok(Self::System(OnceLock::new())),
         }
     }
 
     fn client_config(&self, policy: &AlgorithmPolicy) -> Result<Arc<ClientConfig>, String> {
         match self {
-            Self::Anchors(roots) => client_config(roots.clone(), policy),
+            Self::Anchors(config) => Ok(config.clone()),
             Self::System(config) => config
                 .get_or_init(|| client_config(system_roots()?, policy))
                 .clone(),

@@ -1,18 +1,21 @@
 //! certconn: a certificate connector runtime.
 //!
-//! The flow (see `docs/design/overview.md`): a job arrives through a source (the request API),
-//! is written to the journal before it is acknowledged, is leased by the scheduler, runs through
-//! the pipeline — custody key generation, CSR, the routed backend plugin, PKCS#12, sealing for
-//! the device — and its result lands in the outbox before it is reported.
+//! The flow (see `docs/design/layers.md`): a job arrives through a source (`sources`: the
+//! request API, the SCEP server), is validated and written to the journal before it is
+//! acknowledged (`jobs::intake`, `journal`), is leased by the scheduler, runs through its step —
+//! custody key generation, CSR, the routed backend plugin, PKCS#12, sealing for the device
+//! (`jobs`, `plugins`, `custody`, `pki`, `crypto`) — and its result lands in the outbox before it
+//! is reported back through its source. `app` is the composition root that wires them.
 
-pub mod api;
-pub mod cli;
+pub mod app;
 pub mod config;
-pub mod connector;
 pub mod crypto;
 pub mod custody;
+pub mod files;
 pub mod jobs;
+pub mod journal;
 pub mod pki;
 pub mod plugins;
-pub mod scep;
+pub mod report;
 pub mod secret;
+pub mod sources;

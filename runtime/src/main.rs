@@ -1,3 +1,8 @@
+//! The `certconn` binary: the command line and the benchmarks, on the library's API.
+
+mod bench;
+mod cli;
+
 fn main() -> std::process::ExitCode {
-    certconn::cli::main()
+    cli::main()
 }

@@ -12,6 +12,7 @@ pub mod ber;
 pub mod extensions;
 pub mod facts;
 pub mod key;
+pub mod pem;
 pub mod signed;
 pub mod tbs;
 

@@ -10,10 +10,9 @@ use clap::Subcommand;
 use hyper::Method;
 use serde_json::{json, Value};
 
-use crate::api::client::ApiClient;
-use crate::api::token;
-use crate::custody::KeyAlgorithm;
-use crate::jobs::model::RevocationReason;
+use certconn::custody::KeyAlgorithm;
+use certconn::jobs::model::RevocationReason;
+use certconn::sources::api::client::ApiClient;
 
 #[derive(Debug, Subcommand)]
 pub enum Submit {
@@ -96,9 +95,7 @@ pub enum Jobs {
 }
 
 pub(super) fn client(config_path: &Path) -> anyhow::Result<ApiClient> {
-    let config = super::certconn_config(config_path)?;
-    let token = token::read(&config.token_file()).map_err(anyhow::Error::msg)?;
-    Ok(ApiClient::new(config.api.listen, token))
+    super::api_client(&super::certconn_config(config_path)?)
 }
 
 pub(super) fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {

@@ -8,11 +8,11 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use zeroize::Zeroizing;
 
-use crate::config::Config;
-use crate::connector::lock_data_dir;
-use crate::crypto::provider::{self, Digest};
-use crate::custody::{KeyAlgorithm, KeyLocation, KeyStore, PrivateKey};
-use crate::pki::{pem, pkcs12};
+use certconn::app::datadir;
+use certconn::app::Config;
+use certconn::crypto::provider::{self, Digest};
+use certconn::custody::{KeyAlgorithm, KeyLocation, KeyStore, PrivateKey};
+use certconn::pki::{pem, pkcs12};
 
 #[derive(Debug, Subcommand)]
 pub enum Keys {
@@ -56,7 +56,7 @@ pub enum Keys {
 
 pub fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    let _lock = lock_data_dir(&config)?;
+    let _lock = datadir::lock(&config.data_dir)?;
     let store = KeyStore::open(&config.keys_dir(), &config.custody)?;
     match what {
         Keys::Create {

@@ -1,12 +1,7 @@
 //! The `certconn` command line. Library errors become one readable report here, with the
 //! chain of causes; the exit status is 1 for errors and 2 for usage mistakes (clap's).
 
-mod bench;
-mod bench_pki;
-mod bench_scep;
-mod bench_swap;
 mod client_cmds;
-mod conformance;
 mod keys;
 mod pfx;
 mod plugins;
@@ -88,7 +83,7 @@ pub enum Command {
     /// Check a config file and report the first problem with its line.
     CheckConfig,
     /// Measure plugin overhead and pipeline throughput, and print the figures.
-    Bench(bench::BenchArgs),
+    Bench(crate::bench::BenchArgs),
 }
 
 fn init_logging(cli: &Cli) {
@@ -145,7 +140,7 @@ pub fn main() -> std::process::ExitCode {
                 println!("{}: ok", config.display());
                 Ok(())
             }
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => crate::bench::run(args).await,
         }
     });
     match result {
@@ -163,6 +158,17 @@ pub fn main() -> std::process::ExitCode {
 }
 
 /// Loads the config, as every command does.
-pub(crate) fn certconn_config(path: &std::path::Path) -> anyhow::Result<crate::config::Config> {
-    Ok(crate::config::Config::load(path)?)
+pub(crate) fn certconn_config(path: &std::path::Path) -> anyhow::Result<certconn::app::Config> {
+    Ok(certconn::app::Config::load(path)?)
+}
+
+/// Reads the API token and makes a client for the daemon the config names.
+pub(crate) fn api_client(
+    config: &certconn::app::Config,
+) -> anyhow::Result<certconn::sources::api::client::ApiClient> {
+    let token = certconn::sources::api::token::read(&config.token_file())?;
+    Ok(certconn::sources::api::client::ApiClient::new(
+        config.api_address(),
+        token,
+    ))
 }

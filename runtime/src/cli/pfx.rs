@@ -17,10 +17,10 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::client_cmds::{client, read_text, write_private};
-use crate::api::client::ApiClient;
-use crate::crypto::provider;
-use crate::jobs::model::{ImportPurpose, PasswordPadding};
-use crate::pki::pem;
+use certconn::crypto::provider;
+use certconn::jobs::model::{ImportPurpose, PasswordPadding};
+use certconn::pki::pem;
+use certconn::sources::api::client::ApiClient;
 
 #[derive(Debug, Subcommand)]
 pub enum Pfx {
@@ -61,7 +61,7 @@ pub enum Pfx {
         #[arg(long, default_value = "oaepSha512")]
         padding: PasswordPadding,
         /// The profile whose backend decides (a pfx-import instance).
-        #[arg(long, default_value = crate::api::server::DEFAULT_IMPORT_PROFILE)]
+        #[arg(long, default_value = certconn::sources::api::server::DEFAULT_IMPORT_PROFILE)]
         profile: String,
         #[command(flatten)]
         password: PasswordSource,

@@ -12,9 +12,9 @@ use hyper::Method;
 use serde_json::Value;
 
 use super::client_cmds::client;
-use crate::plugins::manifest::Manifest;
-use crate::plugins::package::{self, PluginPackage};
-use crate::plugins::{EngineLimits, PluginEngine, PreparedPlugin};
+use certconn::plugins::manifest::Manifest;
+use certconn::plugins::package::{self, PluginPackage};
+use certconn::plugins::{EngineLimits, PluginEngine, PreparedPlugin};
 
 #[derive(Debug, Subcommand)]
 pub enum Plugins {
@@ -49,7 +49,63 @@ pub enum Plugins {
         out: PathBuf,
     },
     /// The conformance checks every backend must pass, against the backend in `--config`.
-    Test(super::conformance::TestArgs),
+    Test(TestArgs),
+}
+
+/// `certconn plugin test`: see [`certconn::plugins::conformance`].
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// The plugin package to test.
+    pub file: PathBuf,
+    /// The backend in `--config` whose settings and grants to use (default: the one whose
+    /// plugin has the package's name, or the only one).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// The profile name sent with issue requests.
+    #[arg(long, default_value = "conformance")]
+    pub profile: String,
+    /// A CA-side template under which the CA answers pending (manual approval): tests
+    /// pending and `poll`. Without it, that check is skipped.
+    #[arg(long)]
+    pub pending_template: Option<String>,
+    /// How long to poll a pending request before failing, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub pending_timeout: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the conformance kit and prints its report; any failed check is an error.
+async fn test(config_path: &Path, args: TestArgs) -> anyhow::Result<()> {
+    use certconn::plugins::conformance::{self, KitConfig, KitOptions, Verdict};
+    let config = super::certconn_config(config_path)?;
+    let report = conformance::run(
+        KitConfig {
+            backends: &config.backends,
+            keys: &config.keys,
+            policy: config.policy(),
+            engine: config.engine_limits(),
+        },
+        &KitOptions {
+            file: args.file,
+            backend: args.backend,
+            profile: args.profile,
+            pending_template: args.pending_template,
+            pending_timeout: std::time::Duration::from_secs(args.pending_timeout),
+        },
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        println!("{report}");
+    }
+    let failed = report.count(Verdict::Fail);
+    if failed > 0 {
+        bail!("{failed} conformance check(s) failed");
+    }
+    Ok(())
 }
 
 pub async fn run(config_path: &Path, what: Plugins) -> anyhow::Result<()> {
@@ -65,7 +121,7 @@ pub async fn run(config_path: &Path, what: Plugins) -> anyhow::Result<()> {
             manifest,
             out,
         } => pack(&component, &manifest, &out),
-        Plugins::Test(args) => super::conformance::run(config_path, args).await,
+        Plugins::Test(args) => test(config_path, args).await,
     }
 }
 
@@ -242,7 +298,7 @@ async fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
     let prepared = PreparedPlugin::prepare(&engine, &package).map(Arc::new);
     let describe = match &prepared {
         Ok(p) => Some(
-            p.describe(engine.clone(), crate::crypto::AlgorithmPolicy::default())
+            p.describe(engine.clone(), certconn::crypto::AlgorithmPolicy::default())
                 .await,
         ),
         Err(_) => None,
@@ -260,7 +316,7 @@ async fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
                 Ok(info) => serde_json::json!({
                     "name": info.name,
                     "version": info.version,
-                    "capabilities": crate::plugins::instance::capability_names(info.capabilities),
+                    "capabilities": certconn::plugins::instance::capability_names(info.capabilities),
                     "config_schema": serde_json::from_str::<Value>(&info.config_schema).unwrap_or(Value::String(info.config_schema.clone())),
                 }),
                 Err(e) => serde_json::json!({ "error": e.to_string() }),
@@ -317,7 +373,7 @@ async fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
                     "describe   {} {}: {}",
                     info.name,
                     info.version,
-                    crate::plugins::instance::capability_names(info.capabilities).join(", ")
+                    certconn::plugins::instance::capability_names(info.capabilities).join(", ")
                 );
                 let schema = serde_json::from_str::<Value>(&info.config_schema)
                     .and_then(|v| serde_json::to_string_pretty(&v))

@@ -34,12 +34,13 @@ impl Cipher {
     }
 }
 
-/// What the administrator allows.
-#[derive(Clone, Copy, Debug, Default)]
+/// What the administrator allows: the `[crypto]` section of the config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AlgorithmPolicy {
-    /// Only FIPS-approved algorithms.
+    /// Only FIPS-approved algorithms (needs the `fips` build; start-up refuses otherwise).
     pub fips: bool,
-    /// Permit single DES (never in FIPS mode).
+    /// Permit single DES for legacy SCEP peers (never in FIPS mode).
     pub allow_single_des: bool,
 }
 

@@ -18,8 +18,6 @@ pub struct Grants {
     store: Option<Arc<KeyStore>>,
     granted: Arc<BTreeSet<String>>,
     request: Option<Arc<StoredKey>>,
-    /// The hosts the instance may reach over HTTP, with its credentials and trust anchors.
-    pub http: Arc<crate::plugins::http::HttpAccess>,
 }
 
 impl Grants {
@@ -28,25 +26,15 @@ impl Grants {
             store: Some(store),
             granted: Arc::new(granted.into_iter().collect()),
             request: None,
-            http: Arc::default(),
         }
     }
 
-    /// Nothing at all: no keys, no HTTP (for describing a plugin that is not configured).
+    /// No keys at all (for describing a plugin that is not configured).
     pub fn none() -> Self {
         Self {
             store: None,
             granted: Arc::default(),
             request: None,
-            http: Arc::default(),
-        }
-    }
-
-    /// These grants with outbound HTTP to `http`'s hosts.
-    pub fn with_http(self, http: crate::plugins::http::HttpAccess) -> Self {
-        Self {
-            http: Arc::new(http),
-            ..self
         }
     }
 

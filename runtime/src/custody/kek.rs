@@ -7,14 +7,14 @@
 //! `keys/kek.json` records the KDF parameters and an AES-256-GCM check value, so a wrong
 //! passphrase or key is reported before any key file is touched.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::CustodyError;
+use crate::config::ConfigPath;
 use crate::crypto::provider::{self, Prf};
 
 /// PBKDF2 iterations for a passphrase-derived KEK (OWASP 2023 figure for PBKDF2-HMAC-SHA256).
@@ -35,7 +35,7 @@ pub enum KekSource {
         passphrase_env: String,
     },
     /// A file holding 32 random bytes (raw or 64 hex characters).
-    KeyFile { key_file: PathBuf },
+    KeyFile { key_file: ConfigPath },
     /// A systemd credential (`LoadCredential=`/`SetCredentialEncrypted=`), same format as a key file.
     Credential { credential: String },
 }
@@ -71,31 +71,8 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> CustodyError {
     }
 }
 
-/// Reads a file that holds a secret, refusing it when others may read it.
-pub(crate) fn read_protected_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, CustodyError> {
-    let meta = std::fs::metadata(path).map_err(|source| CustodyError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(corrupt(
-            path,
-            format!(
-                "permissions {:o} let others read this secret; expected 0600 or 0400",
-                meta.permissions().mode() & 0o777
-            ),
-        ));
-    }
-    Ok(Zeroizing::new(std::fs::read(path).map_err(|source| {
-        CustodyError::Io {
-            path: path.to_owned(),
-            source,
-        }
-    })?))
-}
-
 fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, CustodyError> {
-    let raw = read_protected_file(path)?;
+    let raw = crate::files::read_protected(path)?;
     let text = std::str::from_utf8(&raw).map(str::trim).unwrap_or("");
     if raw.len() == 32 {
         return Ok(raw);
@@ -199,7 +176,7 @@ impl Kek {
                 };
                 let text = serde_json::to_string_pretty(&record)
                     .map_err(|e| corrupt(&record_path, e.to_string()))?;
-                super::store::write_atomic(&record_path, text.as_bytes(), 0o600)?;
+                crate::files::write_atomic(&record_path, text.as_bytes(), 0o600)?;
             }
         }
         Ok(Some(kek))

@@ -2,19 +2,21 @@
 //!
 //! `key` is one private key and the operations on it; `store` keeps keys (and the certificate
 //! chain that belongs to each) on disk; `grant` is the per-backend view that enforces which
-//! handles a backend instance may use.
+//! handles a backend instance may use; `settings` are the `[custody]` and `[keys]` sections.
 
 pub mod grant;
 pub mod kek;
 pub mod key;
 pub mod pkcs11;
+pub mod settings;
 pub mod store;
 
 pub use grant::Grants;
 pub use kek::KekSource;
 pub use key::{KeyAlgorithm, PrivateKey};
 pub use pkcs11::Pkcs11Config;
-pub use store::{KeyLocation, KeyStore};
+pub use settings::{CustodyConfig, KeyConfig, SelfSigned};
+pub use store::{KeyLocation, KeyStore, StoredKey};
 
 /// Why a custody operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +39,16 @@ pub enum CustodyError {
     BadName(String),
     #[error(transparent)]
     Crypto(#[from] crate::crypto::CryptoError),
-    #[error("key store {path}: {source}")]
+    #[error("key store {path}")]
     Io {
         path: std::path::PathBuf,
+        #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
     #[error("wrong key-encryption key: {0}")]
     WrongKek(String),
     #[error("PKCS#11 token {token:?}: {reason}")]
@@ -53,43 +60,4 @@ pub enum CustodyError {
         path: std::path::PathBuf,
         reason: String,
     },
-}
-
-/// `[custody]`: how the software store is sealed at rest (`protection` and its settings, see
-/// [`KekSource`]) and, optionally, the PKCS#11 token for `store = "pkcs11"` keys
-/// (`[custody.pkcs11]`, see [`Pkcs11Config`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CustodyConfig {
-    pub protection: KekSource,
-    pub pkcs11: Option<Pkcs11Config>,
-}
-
-impl From<KekSource> for CustodyConfig {
-    fn from(protection: KekSource) -> Self {
-        Self {
-            protection,
-            pkcs11: None,
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for CustodyConfig {
-    // `KekSource` is an internally tagged enum with `deny_unknown_fields`, which serde cannot
-    // flatten; so the `pkcs11` table is taken out first and the rest is the protection.
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let mut table = toml::Table::deserialize(d)?;
-        let pkcs11 = table
-            .remove("pkcs11")
-            .map(|v| {
-                Pkcs11Config::deserialize(v).map_err(|e| D::Error::custom(format!("pkcs11: {e}")))
-            })
-            .transpose()?;
-        let protection = if table.is_empty() {
-            KekSource::None
-        } else {
-            KekSource::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?
-        };
-        Ok(Self { protection, pkcs11 })
-    }
 }

@@ -30,6 +30,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::{CustodyError, KeyAlgorithm};
+use crate::config::ConfigPath;
 use crate::crypto::provider::{self, Digest, Padding};
 use crate::crypto::{oaep, CryptoError};
 
@@ -43,14 +44,14 @@ const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34")
 #[serde(deny_unknown_fields)]
 pub struct Pkcs11Config {
     /// The vendor's PKCS#11 library, e.g. `/usr/lib/softhsm/libsofthsm2.so`.
-    pub module: PathBuf,
+    pub module: ConfigPath,
     /// The token's label (`softhsm2-util --show-slots` shows it).
     pub token_label: String,
     /// Environment variable holding the user PIN.
     #[serde(default = "default_pin_env")]
     pub pin_env: String,
     /// A file holding the user PIN (mode 0600/0400) instead of the environment.
-    pub pin_file: Option<PathBuf>,
+    pub pin_file: Option<ConfigPath>,
 }
 
 fn default_pin_env() -> String {
@@ -395,27 +396,11 @@ impl Token {
 }
 
 fn read_pin(config: &Pkcs11Config) -> Result<AuthPin, CustodyError> {
-    let bad = |reason: String| CustodyError::Token {
-        token: config.token_label.clone(),
-        reason,
-    };
-    let text: Zeroizing<String> = match &config.pin_file {
-        Some(path) => {
-            let bytes = super::kek::read_protected_file(path)?;
-            Zeroizing::new(
-                std::str::from_utf8(&bytes)
-                    .map_err(|_| bad(format!("PIN file {} is not text", path.display())))?
-                    .trim()
-                    .to_owned(),
-            )
-        }
-        None => Zeroizing::new(std::env::var(&config.pin_env).map_err(|_| {
-            bad(format!(
-                "the PIN is read from the environment variable {}, which is not set",
-                config.pin_env
-            ))
-        })?),
-    };
+    const WHAT: &str = "the PKCS#11 user PIN (custody.pkcs11.pin_env or pin_file)";
+    let text = match &config.pin_file {
+        Some(path) => crate::secret::read_text(WHAT, None, Some(path)),
+        None => crate::secret::read_text(WHAT, Some(&config.pin_env), None),
+    }?;
     Ok(AuthPin::new(text.as_str().into()))
 }
 

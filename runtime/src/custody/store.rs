@@ -10,17 +10,15 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-
-use zeroize::Zeroizing;
 
 use super::kek::{self, Kek};
 use super::pkcs11::Token;
 use super::{CustodyConfig, CustodyError, KeyAlgorithm, PrivateKey};
-use crate::pki::pem;
+use crate::files::{self, write_atomic};
+use certconn_x509::pem;
 
 /// A key with the certificates that belong to it.
 #[derive(Debug)]
@@ -103,28 +101,12 @@ fn check_name(name: &str) -> Result<(), CustodyError> {
     }
 }
 
-/// Writes `bytes` to `path` atomically with the given mode.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CustodyError> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    Ok(())
-}
-
 fn load_chain(dir: &Path, name: &str) -> Result<Vec<Vec<u8>>, CustodyError> {
     let chain_path = dir.join(format!("{name}.chain.pem"));
     match fs::read_to_string(&chain_path) {
-        Ok(text) => pem::decode_certificates(&text).map_err(|reason| CustodyError::Corrupt {
+        Ok(text) => pem::decode_certificates(&text).map_err(|e| CustodyError::Corrupt {
             path: chain_path.clone(),
-            reason,
+            reason: e.to_string(),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(io(&chain_path)(e)),
@@ -205,17 +187,7 @@ impl KeyStore {
                 continue;
             };
             let name = name.to_owned();
-            let mode = fs::metadata(&path).map_err(io(&path))?.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(CustodyError::Corrupt {
-                    path,
-                    reason: format!(
-                        "permissions {:o} let others read it; expected 0600",
-                        mode & 0o777
-                    ),
-                });
-            }
-            let bytes = Zeroizing::new(fs::read(&path).map_err(io(&path))?);
+            let bytes = files::read_protected(&path)?;
             let der =
                 match (&kek, kek::is_sealed(&bytes)) {
                     (Some(kek), true) => kek.open(&name, &bytes).ok_or_else(|| {
@@ -264,8 +236,12 @@ impl KeyStore {
     fn write_key(&self, name: &str, key: &PrivateKey) -> Result<(), CustodyError> {
         let path = self.dir.join(format!("{name}.key"));
         match &self.kek {
-            Some(kek) => write_atomic(&path, &kek.seal(name, key.pkcs8_der()?)?, 0o600),
-            None => write_atomic(&path, key.pkcs8_der()?, 0o600),
+            Some(kek) => Ok(write_atomic(
+                &path,
+                &kek.seal(name, key.pkcs8_der()?)?,
+                0o600,
+            )?),
+            None => Ok(write_atomic(&path, key.pkcs8_der()?, 0o600)?),
         }
     }
 
@@ -315,7 +291,7 @@ impl KeyStore {
                 if let Err(e) = write_atomic(&self.dir.join(format!("{name}.p11")), &json, 0o600) {
                     // Do not leave an orphan on the token.
                     let _ = token.destroy(&id);
-                    return Err(e);
+                    return Err(e.into());
                 }
                 let stored = Arc::new(StoredKey {
                     name: name.into(),
@@ -547,7 +523,7 @@ mod tests {
         fs::write(&kek_file, hex::encode([7u8; 32])).unwrap();
         fs::set_permissions(&kek_file, fs::Permissions::from_mode(0o600)).unwrap();
         let source: CustodyConfig = KekSource::KeyFile {
-            key_file: kek_file.clone(),
+            key_file: kek_file.clone().into(),
         }
         .into();
         KeyStore::open(dir.path(), &source).unwrap();
@@ -557,10 +533,8 @@ mod tests {
             .get("k")
             .is_ok());
         fs::set_permissions(&kek_file, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(KeyStore::open(dir.path(), &source)
-            .unwrap_err()
-            .to_string()
-            .contains("0600"));
+        let e = crate::report::chain(&KeyStore::open(dir.path(), &source).unwrap_err());
+        assert!(e.contains("0644") && e.contains("chmod 600"), "{e}");
     }
 
     #[test]
@@ -591,10 +565,15 @@ mod tests {
         let path = dir.path().join("k.key");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let before = fs::read(&path).unwrap();
-        let err = KeyStore::open(dir.path(), &CustodyConfig::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("0600"), "{err}");
+        let err = crate::report::chain(
+            &KeyStore::open(dir.path(), &CustodyConfig::default()).unwrap_err(),
+        );
+        // The error says what is wrong and how to fix it, not that the key is "corrupt".
+        assert!(
+            err.contains("k.key") && err.contains("0644") && err.contains("chmod 600"),
+            "{err}"
+        );
+        assert!(!err.contains("corrupt"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), before);
     }
 }

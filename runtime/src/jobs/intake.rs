@@ -1,17 +1,150 @@
 //! Intake: every request is validated completely before it is journaled, so bad input is
-//! refused with the field and the reason and nothing is stored.
+//! refused with the field and the reason and nothing is stored. Every source (the request API,
+//! the SCEP server, upstreams) submits through one [`Intake`].
 
+use std::collections::BTreeSet;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use der::{Decode, Encode};
 use x509_cert::name::Name;
 use x509_cert::request::CertReq;
 
 use super::model::{ImportJob, IssueJob, RevokeJob};
-use crate::config::Config;
+use super::ports::Custody;
 use crate::crypto::provider;
+use crate::journal::{JobKind, JobRecord, JobStore, JournalError, NewJob};
 use crate::pki::{cms, pem};
 use certconn_x509::{PublicKeyKind, SignatureScheme, SignedParts, SubjectAltName};
+
+/// Why a submission was not accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    #[error(transparent)]
+    Invalid(#[from] IntakeError),
+    #[error("the request was not stored")]
+    Journal(#[from] JournalError),
+    #[error(
+        "job {id} is an import that ended: its PFX and encrypted password were erased; submit \
+         it again (certconn pfx import …) with the password to use now"
+    )]
+    Erased { id: String },
+}
+
+/// Validates requests and journals them: the one door into the job queue.
+pub struct Intake {
+    store: Arc<dyn JobStore>,
+    profiles: BTreeSet<String>,
+    backends: BTreeSet<String>,
+    custody: Arc<dyn Custody>,
+}
+
+impl Intake {
+    /// Requests may name `profiles`; revocations may name `backends`.
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        profiles: impl IntoIterator<Item = String>,
+        backends: impl IntoIterator<Item = String>,
+        custody: Arc<dyn Custody>,
+    ) -> Self {
+        Self {
+            store,
+            profiles: profiles.into_iter().collect(),
+            backends: backends.into_iter().collect(),
+            custody,
+        }
+    }
+
+    /// Validates and journals an issue request. The bool is true when it is new (false: the
+    /// same source and idempotency key were seen before, and that job is returned).
+    pub async fn submit_issue(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+        req: &IssueJob,
+    ) -> Result<(JobRecord, bool), SubmitError> {
+        self.check_profile(&req.profile)?;
+        check_issue(req)?;
+        self.journal(source, idempotency_key, JobKind::Issue, req)
+            .await
+    }
+
+    /// Validates and journals an imported-PFX delivery.
+    pub async fn submit_import(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+        req: &ImportJob,
+    ) -> Result<(JobRecord, bool), SubmitError> {
+        self.check_profile(&req.profile)?;
+        check_import(&*self.custody, req)?;
+        self.journal(source, idempotency_key, JobKind::Import, req)
+            .await
+    }
+
+    /// Validates and journals a revocation.
+    pub async fn submit_revoke(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+        req: &RevokeJob,
+    ) -> Result<(JobRecord, bool), SubmitError> {
+        req.normalized_serial()
+            .map_err(|e| bad("serial", e.to_string()))?;
+        if let Some(b) = &req.backend {
+            if !self.backends.contains(b) {
+                return Err(bad("backend", format!("no backend named {b:?}")).into());
+            }
+        }
+        self.journal(source, idempotency_key, JobKind::Revoke, req)
+            .await
+    }
+
+    /// An operator's retry of a failed or dead job: queued again, attempts start over. An
+    /// import cannot be retried: its PFX and encrypted password were erased when it ended, and
+    /// a retry must use what the administrator gives now (submit it again).
+    pub async fn retry(&self, id: &str) -> Result<JobRecord, SubmitError> {
+        let job = self.store.get(id).await?;
+        if job.kind == JobKind::Import && job.state.is_terminal() {
+            return Err(SubmitError::Erased { id: id.to_owned() });
+        }
+        Ok(self.store.retry(id).await?)
+    }
+
+    async fn journal(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+        kind: JobKind,
+        req: &impl serde::Serialize,
+    ) -> Result<(JobRecord, bool), SubmitError> {
+        let request = serde_json::to_value(req).map_err(|e| bad("request", e.to_string()))?;
+        Ok(self
+            .store
+            .enqueue(NewJob {
+                source,
+                idempotency_key,
+                kind,
+                request: &request,
+            })
+            .await?)
+    }
+
+    fn check_profile(&self, profile: &str) -> Result<(), IntakeError> {
+        if self.profiles.contains(profile) {
+            return Ok(());
+        }
+        let known: Vec<&str> = self.profiles.iter().map(String::as_str).collect();
+        Err(bad(
+            "profile",
+            format!(
+                "no profile named {profile:?} (configured: {})",
+                known.join(", ")
+            ),
+        ))
+    }
+}
 
 /// A request refused at intake.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -28,9 +161,8 @@ fn bad(field: &'static str, message: impl Into<String>) -> IntakeError {
     }
 }
 
-/// Checks an issue request against the config.
-pub fn check_issue(config: &Config, req: &IssueJob) -> Result<(), IntakeError> {
-    check_profile(config, &req.profile)?;
+/// Checks an issue request on its own (the profile is checked by [`Intake`]).
+pub fn check_issue(req: &IssueJob) -> Result<(), IntakeError> {
     if req.subject.is_empty() && req.csr_pem.is_none() {
         return Err(bad(
             "subject",
@@ -116,13 +248,8 @@ const MAX_ENCRYPTED_PASSWORD: usize = 1024;
 
 /// Checks an imported-PFX delivery: everything that can be known without the custody key.
 /// Opening the PFX needs the password, which only the pipeline decrypts.
-pub fn check_import(
-    config: &Config,
-    keys: &crate::custody::KeyStore,
-    req: &ImportJob,
-) -> Result<(), IntakeError> {
+fn check_import(custody: &dyn Custody, req: &ImportJob) -> Result<(), IntakeError> {
     use base64::Engine as _;
-    check_profile(config, &req.profile)?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let pfx = b64
         .decode(req.pfx_base64.trim())
@@ -152,7 +279,9 @@ pub fn check_import(
             ),
         ));
     }
-    let key = keys.get(&req.key_name).map_err(|_| {
+    crate::pki::pkcs12::Pfx::from_der(&pfx)
+        .map_err(|e| bad("pfx", format!("not a PKCS#12 file: {e}")))?;
+    let key = custody.key(&req.key_name).map_err(|_| {
         bad(
             "key_name",
             format!("no custody key named {:?}", req.key_name),
@@ -194,34 +323,159 @@ pub fn check_import(
     Ok(())
 }
 
-fn check_profile(config: &Config, profile: &str) -> Result<(), IntakeError> {
-    if config.profiles.contains_key(profile) {
-        return Ok(());
-    }
-    let known: Vec<&str> = config.profiles.keys().map(String::as_str).collect();
-    Err(bad(
-        "profile",
-        format!(
-            "no profile named {profile:?} (configured: {})",
-            known.join(", ")
-        ),
-    ))
-}
-
 fn check_recipient(pem_text: &str) -> Result<(), IntakeError> {
-    let der =
-        pem::certificate_from_pem_or_der(pem_text.as_bytes()).map_err(|e| bad("recipient", e))?;
+    let der = pem::certificate_from_pem_or_der(pem_text.as_bytes())
+        .map_err(|e| bad("recipient", e.to_string()))?;
     cms::check_recipient(&der).map_err(|e| bad("recipient", e.to_string()))?;
     Ok(())
 }
 
-/// Checks a revocation request.
-pub fn check_revoke(config: &Config, req: &RevokeJob) -> Result<(), IntakeError> {
-    req.normalized_serial().map_err(|e| bad("serial", e))?;
-    if let Some(b) = &req.backend {
-        if !config.backends.contains_key(b) {
-            return Err(bad("backend", format!("no backend named {b:?}")));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::custody::{KeyAlgorithm, PrivateKey};
+    use crate::jobs::model::{ImportPurpose, PasswordPadding, RevocationReason};
+    use crate::jobs::ports::testing::MemoryCustody;
+    use crate::journal::SqliteJournal;
+
+    fn intake() -> (tempfile::TempDir, Arc<SqliteJournal>, Intake) {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(SqliteJournal::open(&dir.path().join("j.sqlite"), "t").unwrap());
+        let custody = MemoryCustody::default().with_key(
+            "pfx-password",
+            PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap(),
+        );
+        let intake = Intake::new(
+            journal.clone(),
+            ["smime".to_owned()],
+            ["local".to_owned()],
+            Arc::new(custody),
+        );
+        (dir, journal, intake)
+    }
+
+    fn issue() -> IssueJob {
+        IssueJob {
+            profile: "smime".into(),
+            subject: "CN=Alice,O=Example".into(),
+            sans: vec!["email:alice@example.com".into()],
+            key: None,
+            recipient_pem: None,
+            csr_pem: None,
+            validity_days: None,
         }
     }
-    Ok(())
+
+    async fn refused(r: Result<(JobRecord, bool), SubmitError>) -> IntakeError {
+        match r {
+            Err(SubmitError::Invalid(e)) => e,
+            other => panic!("not refused at intake: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_input_names_the_field_and_stores_nothing() {
+        let (_d, journal, intake) = intake();
+        let cases: Vec<(&str, IssueJob)> = vec![
+            (
+                "profile",
+                IssueJob {
+                    profile: "nope".into(),
+                    ..issue()
+                },
+            ),
+            (
+                "subject",
+                IssueJob {
+                    subject: "not a dn".into(),
+                    ..issue()
+                },
+            ),
+            (
+                "sans",
+                IssueJob {
+                    sans: vec!["fax:123".into()],
+                    ..issue()
+                },
+            ),
+            (
+                "validity_days",
+                IssueJob {
+                    validity_days: Some(0),
+                    ..issue()
+                },
+            ),
+            (
+                "csr",
+                IssueJob {
+                    csr_pem: Some("garbage".into()),
+                    ..issue()
+                },
+            ),
+            (
+                "recipient",
+                IssueJob {
+                    recipient_pem: Some("garbage".into()),
+                    ..issue()
+                },
+            ),
+        ];
+        for (field, req) in cases {
+            let e = refused(intake.submit_issue("api", field, &req).await).await;
+            assert_eq!(e.field, field, "{e}");
+        }
+        let import = ImportJob {
+            profile: "smime".into(),
+            pfx_base64: "bm90IGEgUEZY".into(), // "not a PFX"
+            encrypted_password_base64: base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                [1u8; 256],
+            ),
+            key_name: "pfx-password".into(),
+            padding_scheme: PasswordPadding::OaepSha512,
+            user_principal_name: "alice@example.com".into(),
+            intended_purpose: ImportPurpose::SmimeEncryption,
+            recipient_pem: String::new(),
+        };
+        let e = refused(intake.submit_import("api", "i", &import).await).await;
+        assert_eq!(e.field, "pfx", "{e}");
+        assert!(e.message.contains("not a PKCS#12 file"), "{e}");
+        let revoke = RevokeJob {
+            serial: "0a".into(),
+            reason: RevocationReason::Unspecified,
+            backend: Some("other".into()),
+        };
+        assert_eq!(
+            refused(intake.submit_revoke("api", "r", &revoke).await)
+                .await
+                .field,
+            "backend"
+        );
+        let revoke = RevokeJob {
+            serial: "xyz".into(),
+            backend: None,
+            ..revoke
+        };
+        assert_eq!(
+            refused(intake.submit_revoke("api", "r", &revoke).await)
+                .await
+                .field,
+            "serial"
+        );
+        assert!(
+            journal.list(None, 100).await.unwrap().is_empty(),
+            "something was stored"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_valid_request_is_journaled_once_per_idempotency_key() {
+        let (_d, journal, intake) = intake();
+        let (a, new_a) = intake.submit_issue("api", "k", &issue()).await.unwrap();
+        let (b, new_b) = intake.submit_issue("api", "k", &issue()).await.unwrap();
+        assert!(new_a && !new_b);
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.kind, JobKind::Issue);
+        assert_eq!(journal.list(None, 100).await.unwrap().len(), 1);
+    }
 }

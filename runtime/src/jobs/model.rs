@@ -1,84 +1,11 @@
-//! What a job is: its kind, its request (never a secret), its state, and its result.
+//! What a job asks for (the request of each kind, as journaled) and what it produces. The
+//! journal keeps both as JSON; the job's identity and state are the journal's
+//! ([`crate::journal::JobRecord`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::custody::KeyAlgorithm;
-
-/// Where a job is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    /// Waiting for a worker (first run or a retry after backoff).
-    Queued,
-    /// Leased by a worker.
-    Running,
-    /// The CA has not decided; polled at `next_run_at`.
-    Pending,
-    Succeeded,
-    /// Permanently refused (bad request, CA rejection).
-    Failed,
-    /// Dead-lettered after exhausting its attempts.
-    Dead,
-}
-
-impl JobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Pending => "pending",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Dead => "dead",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "queued" => Self::Queued,
-            "running" => Self::Running,
-            "pending" => Self::Pending,
-            "succeeded" => Self::Succeeded,
-            "failed" => Self::Failed,
-            "dead" => Self::Dead,
-            _ => return None,
-        })
-    }
-
-    /// A job in a terminal state never runs again (unless an operator retries it).
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Dead)
-    }
-}
-
-/// The kinds of work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobKind {
-    Issue,
-    Revoke,
-    /// Deliver an imported PFX (S/MIME): see [`ImportJob`].
-    Import,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Issue => "issue",
-            Self::Revoke => "revoke",
-            Self::Import => "import",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "issue" => Some(Self::Issue),
-            "revoke" => Some(Self::Revoke),
-            "import" => Some(Self::Import),
-            _ => None,
-        }
-    }
-}
+use crate::journal::{JobKind, JobRecord};
 
 /// An issue request as stored in the journal (validated at intake).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -237,7 +164,7 @@ pub struct RevokeJob {
 impl RevokeJob {
     /// The serial as the ledger keys it. Accepts `0x`, colons and an odd digit count, as people
     /// paste serials.
-    pub fn normalized_serial(&self) -> Result<String, String> {
+    pub fn normalized_serial(&self) -> Result<String, BadSerial> {
         let digits: String = self
             .serial
             .trim()
@@ -250,26 +177,28 @@ impl RevokeJob {
         } else {
             digits
         };
+        let bad = |why| BadSerial {
+            given: self.serial.clone(),
+            why,
+        };
         if padded.is_empty() || padded.len() > 42 {
-            return Err(format!(
-                "{:?} is not a serial number (1 to 20 bytes of hex)",
-                self.serial
-            ));
+            return Err(bad("1 to 20 bytes of hex"));
         }
         hex::decode(&padded)
             .map(|b| serial_hex(&b))
-            .map_err(|_| format!("{:?} is not a hexadecimal serial number", self.serial))
+            .map_err(|_| bad("not hexadecimal"))
     }
 }
 
-/// Serial numbers as OpenSSL prints them: lowercase hex without DER sign-padding zeros.
-pub fn serial_hex(bytes: &[u8]) -> String {
-    let trimmed = match bytes.iter().position(|b| *b != 0) {
-        Some(i) => &bytes[i..],
-        None => &bytes[bytes.len().saturating_sub(1)..],
-    };
-    hex::encode(trimmed)
+/// A serial number that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("{given:?} is not a serial number ({why})")]
+pub struct BadSerial {
+    pub given: String,
+    pub why: &'static str,
 }
+
+pub use crate::pki::issued::serial_hex;
 
 /// RFC 5280 CRLReason names as used on the CLI and API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -286,56 +215,45 @@ pub enum RevocationReason {
     PrivilegeWithdrawn,
 }
 
-/// One job as the journal knows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct JobRecord {
-    pub id: String,
-    pub source: String,
-    pub idempotency_key: String,
-    pub kind: JobKind,
-    pub state: JobState,
-    pub request: serde_json::Value,
-    pub attempts: u32,
-    pub backend: Option<String>,
-    pub last_error: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub next_run_at: i64,
-    #[serde(skip)]
-    pub poll_token: Option<String>,
+/// The request of `job` as the API and CLI show it: an import's PFX and encrypted password are
+/// replaced by their size and SHA-256 (they are large, and nobody needs them back from a
+/// listing; the result carries the PFX).
+pub fn summarize(mut job: JobRecord) -> JobRecord {
+    if let Some(erased) = erased_request(&job) {
+        job.request = erased;
+    }
+    job
 }
 
-impl JobRecord {
-    /// The record as the API and CLI show it: an import's PFX and encrypted password are
-    /// replaced by their size and SHA-256 (they are large, and nobody needs them back from a
-    /// listing; the result carries the PFX).
-    pub fn summarized(mut self) -> Self {
-        if self.kind == JobKind::Import {
-            if let Some(obj) = self.request.as_object_mut() {
-                for field in ["pfx_base64", "encrypted_password_base64"] {
-                    if let Some(serde_json::Value::String(b64)) = obj.remove(field) {
-                        let name = field.trim_end_matches("_base64");
-                        let bytes = base64::Engine::decode(
-                            &base64::engine::general_purpose::STANDARD,
-                            b64.trim(),
-                        )
-                        .unwrap_or_default();
-                        obj.insert(
-                            name.to_owned(),
-                            serde_json::json!({
-                                "bytes": bytes.len(),
-                                "sha256": hex::encode(crate::crypto::provider::digest(
-                                    crate::crypto::provider::Digest::Sha256,
-                                    &bytes
-                                )),
-                            }),
-                        );
-                    }
-                }
-            }
-        }
-        self
+/// The request to keep once `job` has ended, when it held secrets: an import's PFX and
+/// encrypted password give way to their size and SHA-256. `None` when nothing needs erasing.
+pub fn erased_request(job: &JobRecord) -> Option<serde_json::Value> {
+    if job.kind != JobKind::Import {
+        return None;
     }
+    let mut request = job.request.clone();
+    let obj = request.as_object_mut()?;
+    let mut changed = false;
+    for field in ["pfx_base64", "encrypted_password_base64"] {
+        if let Some(serde_json::Value::String(b64)) = obj.remove(field) {
+            let name = field.trim_end_matches("_base64");
+            let bytes =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.trim())
+                    .unwrap_or_default();
+            obj.insert(
+                name.to_owned(),
+                serde_json::json!({
+                    "bytes": bytes.len(),
+                    "sha256": hex::encode(crate::crypto::provider::digest(
+                        crate::crypto::provider::Digest::Sha256,
+                        &bytes
+                    )),
+                }),
+            );
+            changed = true;
+        }
+    }
+    changed.then_some(request)
 }
 
 /// What a finished issue job produced, as kept in the outbox.
@@ -362,4 +280,44 @@ pub struct JobResult {
     /// The plugin version that did the work: `name version (sha256 prefix)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_version: Option<String>,
+}
+
+impl JobResult {
+    /// Job `id`'s result as the outbox hands it out: the password the first time, and after
+    /// that only the note that it was handed out.
+    pub fn from_outbox(
+        id: &str,
+        stored: crate::journal::StoredResult,
+    ) -> Result<Self, crate::journal::JournalError> {
+        let mut result: JobResult = serde_json::from_str(&stored.result).map_err(|e| {
+            crate::journal::JournalError::Corrupt {
+                id: id.to_owned(),
+                reason: format!("its result: {e}"),
+            }
+        })?;
+        match stored.password {
+            Some(p) => result.password = Some(p.as_str().to_owned()),
+            None => {
+                result.password_claimed =
+                    result.sealed_password_base64.is_none() && result.pfx_base64.is_some()
+            }
+        }
+        Ok(result)
+    }
+}
+
+impl RevocationReason {
+    /// The name the API and the ledger use (`key-compromise`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::KeyCompromise => "key-compromise",
+            Self::CaCompromise => "ca-compromise",
+            Self::AffiliationChanged => "affiliation-changed",
+            Self::Superseded => "superseded",
+            Self::CessationOfOperation => "cessation-of-operation",
+            Self::CertificateHold => "certificate-hold",
+            Self::PrivilegeWithdrawn => "privilege-withdrawn",
+        }
+    }
 }

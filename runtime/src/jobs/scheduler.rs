@@ -1,78 +1,252 @@
-//! The scheduler: a fixed set of workers lease due jobs from the journal, run them through the
-//! pipeline, and record the outcome — success, retry with exponential backoff and jitter,
-//! pending with a next-poll time, failure, or dead-letter after `max_attempts`.
+//! The scheduler: a fixed set of workers lease due jobs from the job store, run them, renew
+//! their leases while they run, and record the outcome — success, retry with exponential backoff
+//! and jitter, pending with a next-poll time, failure, or dead-letter after `max_attempts`.
 //!
 //! Workers take the job that is due soonest, so a job that keeps failing waits out its backoff
 //! while the jobs behind it run: a poison job can slow nothing but itself.
+//!
+//! A lease is renewed every third of its length while the job runs, so a job outlives its lease
+//! only when its worker is gone; if a renewal finds the lease lost anyway (the journal was
+//! unreachable for a whole lease), the worker abandons the job — another worker owns it, and the
+//! fenced journal would refuse this one's outcome in any case.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::journal::now_ms;
-use super::model::JobState;
-use super::pipeline::{self, Outcome};
-use crate::connector::Services;
+use super::model::erased_request;
+use super::outcome::{Completed, ErrorClass, Outcome};
+use super::settings::JobsConfig;
+use super::steps::JobRunner;
 use crate::crypto::provider;
+use crate::journal::{
+    millis, now_ms, Completion, JobRecord, JobState, JobStore, JournalError, Lease, Leased,
+};
 
 /// Longest a worker sleeps without looking at the journal.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
-/// Runs the workers until `shutdown` turns true; jobs in flight finish first.
-pub async fn run(services: Arc<Services>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
-    let mut workers = JoinSet::new();
-    for n in 0..services.config.jobs.workers {
-        let services = services.clone();
-        let wake = wake.clone();
-        let shutdown = shutdown.clone();
-        workers.spawn(async move { worker(n, services, wake, shutdown).await });
-    }
-    let _ = shutdown.wait_for(|s| *s).await;
-    wake.notify_waiters();
-    while workers.join_next().await.is_some() {}
+/// How often and how long jobs are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
 }
 
-async fn worker(
-    n: usize,
-    services: Arc<Services>,
-    wake: Arc<Notify>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let lease_ms = (services.config.jobs.lease_seconds * 1000) as i64;
-    loop {
-        if *shutdown.borrow() {
-            return;
+/// The workers and what they need.
+pub struct Scheduler {
+    store: Arc<dyn JobStore>,
+    runner: Arc<dyn JobRunner>,
+    workers: usize,
+    lease: Duration,
+    retry: RetryPolicy,
+}
+
+impl Scheduler {
+    pub fn new(store: Arc<dyn JobStore>, runner: Arc<dyn JobRunner>, config: &JobsConfig) -> Self {
+        Self {
+            store,
+            runner,
+            workers: config.workers,
+            lease: config.lease(),
+            retry: RetryPolicy {
+                max_attempts: config.max_attempts,
+                backoff_initial_ms: config.backoff_initial_ms,
+                backoff_max_ms: config.backoff_max_ms,
+            },
         }
-        let leased = services.journal.lease_next(lease_ms);
-        match leased {
-            Ok(Some(job)) => {
-                tracing::debug!(worker = n, job = %job.id, attempt = job.attempts, "running job");
-                let outcome = pipeline::run(&services, &job).await;
-                if let Err(e) = record(&services, &job.id, job.attempts, outcome) {
-                    tracing::error!(job = %job.id, "recording the outcome failed, the lease will expire and the job run again: {e}");
+    }
+
+    /// Runs the workers until `shutdown` turns true; jobs in flight finish first.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let mut workers = JoinSet::new();
+        for n in 0..self.workers {
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            workers.spawn(async move { this.worker(n, shutdown).await });
+        }
+        while workers.join_next().await.is_some() {}
+    }
+
+    async fn worker(&self, n: usize, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.store.lease_next(self.lease).await {
+                Ok(Some(leased)) => {
+                    tracing::debug!(worker = n, job = %leased.job.id, attempt = leased.job.attempts, "running job");
+                    self.work(leased).await;
+                }
+                Ok(None) => {
+                    let wait = match self.store.next_due().await {
+                        Ok(Some(due)) => Duration::from_millis(
+                            (due - now_ms()).clamp(1, millis(IDLE_POLL)) as u64,
+                        ),
+                        _ => IDLE_POLL,
+                    };
+                    tokio::select! {
+                        _ = self.store.wait_for_work(wait) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("journal: {}", crate::report::chain(&e));
+                    tokio::time::sleep(IDLE_POLL).await;
                 }
             }
-            Ok(None) => {
-                let wait = match services.journal.next_due() {
-                    Ok(Some(due)) => Duration::from_millis(
-                        (due - now_ms()).clamp(1, IDLE_POLL.as_millis() as i64) as u64,
-                    ),
-                    _ => IDLE_POLL,
-                };
-                let mut shutdown = shutdown.clone();
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => {}
-                }
+        }
+    }
+
+    /// Runs one leased job while renewing its lease, then records how it ended.
+    async fn work(&self, leased: Leased) {
+        let Leased { job, lease } = leased;
+        let outcome = tokio::select! {
+            biased;
+            outcome = self.runner.run(&job) => outcome,
+            () = self.keep_lease(&lease) => {
+                tracing::warn!(job = %job.id, "the job's lease was lost (the journal was unreachable for longer than jobs.lease_seconds); abandoning it to the worker that took it over");
+                return;
             }
+        };
+        match self.record(&job, &lease, outcome).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                job = %job.id,
+                "the lease was lost before the outcome was recorded; another worker owns the job"
+            ),
             Err(e) => {
-                tracing::error!("journal: {e}");
-                tokio::time::sleep(IDLE_POLL).await;
+                tracing::error!(job = %job.id, "recording the outcome failed, the lease will expire and the job run again: {}", crate::report::chain(&e))
             }
         }
+    }
+
+    /// Renews `lease` every third of its length; returns only when it is lost.
+    async fn keep_lease(&self, lease: &Lease) {
+        let every = (self.lease / 3).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(every).await;
+            match self.store.renew(lease, self.lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(job = %lease.job_id, "renewing the lease: {}", crate::report::chain(&e))
+                }
+            }
+        }
+    }
+
+    /// The retry policy: what each outcome does to the job.
+    async fn record(
+        &self,
+        job: &JobRecord,
+        lease: &Lease,
+        outcome: Outcome,
+    ) -> Result<bool, JournalError> {
+        let id = job.id.as_str();
+        let error = match outcome {
+            Ok(done) => return self.complete(job, lease, done).await,
+            Err(error) => error,
+        };
+        let backend = error.backend.as_deref();
+        let reason = error.report();
+        match &error.class {
+            ErrorClass::Pending { token, retry_after } => {
+                tracing::info!(
+                    job = id,
+                    backend,
+                    retry_after_seconds = retry_after.as_secs(),
+                    "pending at the CA: {reason}"
+                );
+                let at = now_ms().saturating_add(millis(*retry_after));
+                self.store
+                    .park(lease, backend.unwrap_or_default(), token, &reason, at)
+                    .await
+            }
+            ErrorClass::Unavailable => {
+                let delay = self.retry.backoff_max_ms.min(5_000);
+                tracing::warn!(job = id, retry_in_ms = delay, "{reason}");
+                let at = now_ms().saturating_add(delay as i64);
+                self.store.requeue(lease, None, &reason, at, false).await
+            }
+            ErrorClass::Transient if job.attempts >= self.retry.max_attempts => {
+                let reason = format!(
+                    "dead-lettered after {} attempts; last error: {reason}",
+                    job.attempts
+                );
+                tracing::warn!(job = id, backend, "{reason}");
+                self.end(job, lease, JobState::Dead, backend, &reason).await
+            }
+            ErrorClass::Transient => {
+                let delay = backoff_ms(
+                    self.retry.backoff_initial_ms,
+                    self.retry.backoff_max_ms,
+                    job.attempts,
+                );
+                tracing::warn!(
+                    job = id,
+                    backend,
+                    attempt = job.attempts,
+                    retry_in_ms = delay,
+                    "{reason}"
+                );
+                let at = now_ms().saturating_add(delay as i64);
+                self.store.requeue(lease, backend, &reason, at, true).await
+            }
+            ErrorClass::Permanent => {
+                tracing::warn!(job = id, backend, "job failed: {reason}");
+                self.end(job, lease, JobState::Failed, backend, &reason)
+                    .await
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        job: &JobRecord,
+        lease: &Lease,
+        done: Completed,
+    ) -> Result<bool, JournalError> {
+        let result = serde_json::to_string(&done.result).map_err(|e| JournalError::Corrupt {
+            id: job.id.clone(),
+            reason: format!("its result does not serialize: {e}"),
+        })?;
+        let erased = erased_request(job);
+        let kept = self
+            .store
+            .complete(
+                lease,
+                Completion {
+                    backend: &done.backend,
+                    result: &result,
+                    password: done.password.as_deref().map(String::as_str),
+                    issued: done.issued.as_ref(),
+                    revoked: done.revoked.as_ref(),
+                    request: erased.as_ref(),
+                },
+            )
+            .await?;
+        if kept {
+            tracing::info!(job = %job.id, backend = %done.backend, serial = done.result.serial.as_deref(), "job succeeded");
+        }
+        Ok(kept)
+    }
+
+    async fn end(
+        &self,
+        job: &JobRecord,
+        lease: &Lease,
+        state: JobState,
+        backend: Option<&str>,
+        reason: &str,
+    ) -> Result<bool, JournalError> {
+        let erased = erased_request(job);
+        self.store
+            .end(lease, state, backend, reason, erased.as_ref())
+            .await
     }
 }
 
@@ -89,95 +263,30 @@ pub fn backoff_ms(initial: u64, max: u64, attempts: u32) -> u64 {
     exp / 2 + jitter
 }
 
-fn record(
-    services: &Services,
-    id: &str,
-    attempts: u32,
-    outcome: Outcome,
-) -> Result<(), crate::jobs::JournalError> {
-    let jobs = &services.config.jobs;
-    let journal = &services.journal;
-    let kept = match outcome {
-        Outcome::Done {
-            backend,
-            result,
-            password,
-            issued,
-            revoked,
-        } => {
-            let revoked = revoked
-                .as_ref()
-                .map(|(b, s, r)| (b.as_str(), s.as_str(), r.as_str()));
-            let kept = journal.succeed(
-                id,
-                &backend,
-                &result,
-                password.as_deref().map(|p| p.as_str()),
-                issued.as_deref(),
-                revoked,
-            )?;
-            if kept {
-                tracing::info!(job = id, %backend, serial = result.serial.as_deref(), "job succeeded");
-            }
-            kept
-        }
-        Outcome::Pending {
-            backend,
-            token,
-            retry_after_seconds,
-            message,
-        } => {
-            tracing::info!(job = id, %backend, retry_after_seconds, "pending at the CA: {message}");
-            journal.pend(
-                id,
-                &backend,
-                &token,
-                &message,
-                now_ms() + i64::from(retry_after_seconds) * 1000,
-            )?
-        }
-        Outcome::Retry { backend, error } if attempts >= jobs.max_attempts => {
-            let reason = format!("dead-lettered after {attempts} attempts; last error: {error}");
-            tracing::warn!(job = id, backend = backend.as_deref(), "{reason}");
-            journal.fail(id, JobState::Dead, backend.as_deref(), &reason)?
-        }
-        Outcome::Retry { backend, error } => {
-            let delay = backoff_ms(jobs.backoff_initial_ms, jobs.backoff_max_ms, attempts);
-            tracing::warn!(
-                job = id,
-                backend = backend.as_deref(),
-                attempt = attempts,
-                retry_in_ms = delay,
-                "{error}"
-            );
-            journal.retry_later(id, backend.as_deref(), &error, now_ms() + delay as i64)?
-        }
-        Outcome::Unavailable { error } => {
-            let delay = jobs.backoff_max_ms.min(5_000);
-            tracing::warn!(job = id, retry_in_ms = delay, "{error}");
-            journal.wait_for_backend(id, &error, now_ms() + delay as i64)?
-        }
-        Outcome::Fail { backend, error } => {
-            tracing::warn!(
-                job = id,
-                backend = backend.as_deref(),
-                "job failed: {error}"
-            );
-            journal.fail(id, JobState::Failed, backend.as_deref(), &error)?
-        }
-    };
-    if !kept {
-        tracing::warn!(
-            job = id,
-            "the lease was lost before the outcome was recorded; another worker owns the job"
-        );
+/// A job error's class as it shows in logs and tests.
+impl std::fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Permanent => "permanent",
+            Self::Transient => "transient",
+            Self::Unavailable => "unavailable",
+            Self::Pending { .. } => "pending",
+        })
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::backoff_ms;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::jobs::ports::testing::MemoryCustody;
+    use crate::jobs::routing::testing::{StandIn, StandIns};
+    use crate::jobs::steps::tests::{settings, OneEntryLedger, TestCa};
+    use crate::jobs::steps::Steps;
+    use crate::jobs::JobError;
+    use crate::journal::{JobKind, NewJob, Outbox, SqliteJournal};
 
     #[test]
     fn backoff_grows_caps_and_jitters_within_bounds() {
@@ -192,5 +301,143 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A scheduler over a fresh SQLite journal, with a lease of `lease`.
+    fn scheduler(
+        runner: Arc<dyn JobRunner>,
+        workers: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> (tempfile::TempDir, Arc<SqliteJournal>, Arc<Scheduler>) {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(SqliteJournal::open(&dir.path().join("j.sqlite"), "test").unwrap());
+        let scheduler = Arc::new(Scheduler {
+            store: journal.clone(),
+            runner,
+            workers,
+            lease,
+            retry: RetryPolicy {
+                max_attempts,
+                backoff_initial_ms: 1,
+                backoff_max_ms: 1,
+            },
+        });
+        (dir, journal, scheduler)
+    }
+
+    async fn enqueue(j: &SqliteJournal, request: serde_json::Value) -> JobRecord {
+        j.enqueue(NewJob {
+            source: "api",
+            idempotency_key: "k",
+            kind: JobKind::Issue,
+            request: &request,
+        })
+        .await
+        .unwrap()
+        .0
+    }
+
+    #[tokio::test]
+    async fn slow_backend_past_lease_issues_once() {
+        let ca = TestCa::new();
+        // The CA takes three leases' time to answer.
+        let lease = Duration::from_millis(200);
+        let backend = {
+            let ca = ca.clone();
+            StandIn::slow("ca", lease * 3, move |_, key| ca.issue(key))
+        };
+        let steps = Steps::new(
+            settings(),
+            Arc::new(MemoryCustody::default()),
+            Arc::new(StandIns(vec![backend.clone()])),
+            Arc::new(OneEntryLedger::default()),
+        );
+        let (_dir, journal, scheduler) = scheduler(Arc::new(steps), 4, lease, 5);
+        let (stop, stopped) = watch::channel(false);
+        let running = tokio::spawn(scheduler.run(stopped));
+        let job = enqueue(
+            &journal,
+            serde_json::json!({"profile": "smime", "subject": "CN=Alice", "sans": [], "key": null,
+                "recipient_pem": null, "csr_pem": null, "validity_days": null}),
+        )
+        .await;
+        let ended = journal
+            .wait_settled(&job.id, Duration::from_secs(30))
+            .await
+            .unwrap();
+        stop.send(true).unwrap();
+        running.await.unwrap();
+        assert_eq!(ended.state, JobState::Succeeded, "{:?}", ended.last_error);
+        assert_eq!(
+            backend.calls(),
+            1,
+            "the CA was asked more than once for one job"
+        );
+        assert_eq!(ended.attempts, 1);
+        assert!(journal.take_result(&job.id).await.unwrap().is_some());
+    }
+
+    /// Answers with the outcomes it is given, in order, and counts its runs.
+    struct Scripted {
+        outcomes: Mutex<Vec<fn() -> Outcome>>,
+        runs: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl JobRunner for Scripted {
+        async fn run(&self, _job: &JobRecord) -> Outcome {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            let next = self.outcomes.lock().unwrap().remove(0);
+            next()
+        }
+    }
+
+    async fn run_script(script: Vec<fn() -> Outcome>, max_attempts: u32) -> (JobRecord, usize) {
+        let runner = Arc::new(Scripted {
+            outcomes: Mutex::new(script),
+            runs: AtomicUsize::new(0),
+        });
+        let (_dir, journal, scheduler) =
+            scheduler(runner.clone(), 2, Duration::from_secs(60), max_attempts);
+        let (stop, stopped) = watch::channel(false);
+        let running = tokio::spawn(scheduler.run(stopped));
+        let job = enqueue(&journal, serde_json::json!({})).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let ended = loop {
+            let j = journal
+                .wait_settled(&job.id, Duration::from_secs(30))
+                .await
+                .unwrap();
+            if j.state.is_terminal() || tokio::time::Instant::now() > deadline {
+                break j;
+            }
+        };
+        stop.send(true).unwrap();
+        running.await.unwrap();
+        (ended, runner.runs.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_then_dead_lettered() {
+        let transient: fn() -> Outcome = || Err(JobError::transient("CA unreachable").at("ca"));
+        let (job, runs) = run_script(vec![transient; 3], 3).await;
+        assert_eq!((job.state, runs, job.attempts), (JobState::Dead, 3, 3));
+        let error = job.last_error.unwrap();
+        assert!(
+            error.starts_with("dead-lettered after 3 attempts; last error: CA unreachable"),
+            "{error}"
+        );
+        assert_eq!(job.backend.as_deref(), Some("ca"));
+    }
+
+    #[tokio::test]
+    async fn a_permanent_error_fails_at_once_and_waiting_uses_no_attempt() {
+        let unavailable: fn() -> Outcome = || Err(JobError::unavailable("waiting for a backend"));
+        let permanent: fn() -> Outcome = || Err(JobError::permanent("rejected: no"));
+        // Waiting could go on for ever without dead-lettering: two waits, then the CA's answer.
+        let (job, runs) = run_script(vec![unavailable, unavailable, permanent], 1).await;
+        assert_eq!((job.state, runs, job.attempts), (JobState::Failed, 3, 1));
+        assert_eq!(job.last_error.as_deref(), Some("rejected: no"));
     }
 }

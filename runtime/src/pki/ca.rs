@@ -12,7 +12,53 @@ use x509_cert::Certificate;
 
 use super::PkiError;
 use crate::crypto::provider::{self, Digest};
-use crate::custody::PrivateKey;
+use crate::custody::{CustodyError, KeyConfig, KeyStore, PrivateKey};
+
+/// Why the keys `[keys]` declares could not be provisioned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProvisionError {
+    #[error(transparent)]
+    Custody(#[from] CustodyError),
+    #[error("creating the self-signed certificate of key {key:?}")]
+    SelfSigned {
+        key: String,
+        #[source]
+        source: PkiError,
+    },
+}
+
+/// Creates the keys `wanted` declares that the store does not hold yet, with their self-signed
+/// CA certificates: first-start state, made the same way for the daemon and the conformance kit.
+pub fn provision<'a>(
+    keys: &KeyStore,
+    wanted: impl IntoIterator<Item = (&'a String, &'a KeyConfig)>,
+) -> Result<(), ProvisionError> {
+    for (name, k) in wanted {
+        let stored = match keys.get(name) {
+            Ok(s) => s,
+            Err(_) => {
+                tracing::info!(key = %name, algorithm = %k.algorithm, store = ?k.store.get_ref(), "creating custody key");
+                keys.create(name, k.algorithm, *k.store.get_ref())?
+            }
+        };
+        if let (Some(ss), true) = (&k.self_signed, stored.chain.is_empty()) {
+            let failed = |source| ProvisionError::SelfSigned {
+                key: name.clone(),
+                source,
+            };
+            let subject = ss
+                .subject
+                .get_ref()
+                .parse::<Name>()
+                .map_err(|e| failed(PkiError::Invalid(e.to_string())))?;
+            let cert = self_signed(&stored.key, &subject, ss.validity_days).map_err(failed)?;
+            keys.set_chain(name, vec![cert])?;
+            tracing::info!(key = %name, subject = %ss.subject.get_ref(), "created self-signed CA certificate");
+        }
+    }
+    Ok(())
+}
 
 /// A self-signed CA certificate for `key`, valid for `days` from now.
 pub fn self_signed(key: &PrivateKey, subject: &Name, days: u32) -> Result<Vec<u8>, PkiError> {

@@ -5,15 +5,19 @@
 pub mod ca;
 pub mod cms;
 pub mod csr;
-pub mod pem;
+pub mod issued;
 pub mod pkcs12;
+
+/// PEM is shared with the plugins: see [`certconn_x509::pem`].
+pub use certconn_x509::pem;
 
 /// Why a PKI structure could not be produced or read.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Der {
         what: &'static str,
+        #[source]
         source: der::Error,
     },
     #[error("{0}")]

@@ -14,6 +14,8 @@ use super::bindings::types::{
 };
 use super::bindings::{BackendInstance, BackendPre, Contract};
 use super::engine::{PluginEngine, EPOCH_TICK};
+use super::http::HttpAccess;
+use super::instance::InstanceSpec;
 use super::manifest::Manifest;
 use super::package::PluginPackage;
 use super::state::PluginState;
@@ -119,6 +121,7 @@ impl PreparedPlugin {
             engine,
             settings_json: "{}".into(),
             grants: Grants::none(),
+            http: Arc::default(),
             policy,
             limits: BackendLimits::default(),
         }
@@ -144,6 +147,7 @@ pub struct LoadedBackend {
     engine: Arc<PluginEngine>,
     settings_json: String,
     grants: Grants,
+    http: Arc<HttpAccess>,
     policy: AlgorithmPolicy,
     pub limits: BackendLimits,
 }
@@ -165,22 +169,20 @@ impl LoadedBackend {
     /// is registered if any step fails.
     pub async fn load(
         engine: Arc<PluginEngine>,
-        name: &str,
         plugin: Arc<PreparedPlugin>,
-        settings_json: String,
-        grants: Grants,
+        spec: &InstanceSpec,
         policy: AlgorithmPolicy,
-        limits: BackendLimits,
     ) -> Result<Self, PluginError> {
         let mut this = Self {
-            name: name.into(),
+            name: spec.name.as_str().into(),
             plugin,
             info: empty_info(),
             engine,
-            settings_json,
-            grants,
+            settings_json: spec.settings_json.clone(),
+            grants: spec.grants.clone(),
+            http: spec.http.clone(),
             policy,
-            limits,
+            limits: spec.limits.clone(),
         };
         this.info = this.describe().await?;
         // `run` with configure=true fails with PluginError::Config on bad settings.
@@ -202,6 +204,7 @@ impl LoadedBackend {
             self.name.clone(),
             job.map(Arc::from),
             self.grants.with_request_key(request_key),
+            self.http.clone(),
             self.policy,
             self.limits.memory_bytes,
             self.limits.log_lines,

@@ -140,14 +140,27 @@ impl PluginEngine {
         let dir = self.cache_dir.join(format!("{:016x}", hasher.finish()));
         let path = dir.join(format!("{}.cwasm", package.sha256));
         if path.exists() {
-            // SAFETY: the cache directory is ours (created 0700 under the data directory), the
-            // file name is the SHA-256 of the source component, and the directory name is the
-            // engine's compatibility hash, so the artifact was produced by a compatible engine
-            // from exactly this component.
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(c) => return Ok(c),
+            match self.trusted_entry(&dir, &path) {
+                // SAFETY: `deserialize_file` maps the file as native code and runs it; that is
+                // sound only for the output of `Component::serialize` by a compatible engine,
+                // unmodified since. The directory name is this engine's compatibility hash and
+                // the file name the SHA-256 of the source component, both written by
+                // `store_compiled` below; `trusted_entry` has just checked that the cache
+                // directory, this subdirectory and the file are owned by certconn's user (or
+                // root) and writable by nobody else, so nobody but certconn can have put or
+                // changed it there.
+                Ok(()) => match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        tracing::warn!(plugin = name, path = %path.display(), "discarding unusable compiled-plugin cache entry: {e:#}")
+                    }
+                },
                 Err(e) => {
-                    tracing::warn!(plugin = name, path = %path.display(), "discarding unusable compiled-plugin cache entry: {e:#}")
+                    tracing::error!(
+                        plugin = name,
+                        "not loading the compiled-plugin cache entry (compiling instead): {}",
+                        crate::report::chain(&e)
+                    )
                 }
             }
         }
@@ -161,14 +174,25 @@ impl PluginEngine {
         Ok(component)
     }
 
-    fn store_compiled(&self, dir: &Path, path: &Path, component: &Component) -> Result<(), String> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| e.to_string())?;
-        let bytes = component.serialize().map_err(|e| format!("{e:#}"))?;
-        crate::custody::store::write_atomic(path, &bytes, 0o600).map_err(|e| e.to_string())
+    /// Checks that a cache entry may be trusted: see the SAFETY note in [`Self::compile`].
+    fn trusted_entry(&self, dir: &Path, path: &Path) -> Result<(), crate::files::FileError> {
+        crate::files::check_trusted_dir(&self.cache_dir)?;
+        crate::files::check_trusted_dir(dir)?;
+        crate::files::check_trusted_file(path)
+    }
+
+    fn store_compiled(
+        &self,
+        dir: &Path,
+        path: &Path,
+        component: &Component,
+    ) -> Result<(), PluginError> {
+        let cache = |e: crate::files::FileError| PluginError::Engine(crate::report::chain(&e));
+        crate::files::private_dir(&self.cache_dir).map_err(cache)?;
+        crate::files::private_dir(dir).map_err(cache)?;
+        let bytes = component
+            .serialize()
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        crate::files::write_atomic(path, &bytes, 0o600).map_err(cache)
     }
 }

@@ -11,19 +11,56 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::breaker::{Admission, Breaker, BreakerConfig, BreakerStatus};
+use super::http::HttpAccess;
+use super::settings::BackendConfig;
 use super::{BackendLimits, LoadedBackend, PluginEngine, PluginError, PreparedPlugin};
 use crate::crypto::AlgorithmPolicy;
-use crate::custody::Grants;
+use crate::custody::{Grants, KeyStore};
 
 /// What an instance is made of, from its config.
+#[derive(Clone)]
 pub struct InstanceSpec {
     pub name: String,
     pub plugin: String,
     pub settings_json: String,
     pub grants: Grants,
+    pub http: Arc<HttpAccess>,
     pub limits: BackendLimits,
     pub max_concurrency: Option<usize>,
     pub breaker: BreakerConfig,
+}
+
+impl InstanceSpec {
+    /// The one way from `[backends.NAME]` to an instance, for the registry and the conformance
+    /// kit alike: settings files read, HTTP secrets and trust anchors loaded, keys granted.
+    pub fn from_config(
+        name: &str,
+        config: &BackendConfig,
+        keys: Arc<KeyStore>,
+        policy: AlgorithmPolicy,
+    ) -> Result<Self, PluginError> {
+        let refused = |e: String| PluginError::Config {
+            backend: name.to_owned(),
+            errors: vec![e],
+        };
+        let http = HttpAccess::new(config.http.clone(), policy).map_err(refused)?;
+        let settings_json = config
+            .settings_json()
+            .map_err(|e| refused(crate::report::chain(&e)))?;
+        Ok(Self {
+            name: name.to_owned(),
+            plugin: config.plugin.get_ref().clone(),
+            settings_json,
+            grants: Grants::new(keys, config.keys.iter().map(|k| k.get_ref().clone())),
+            http: Arc::new(http),
+            limits: config.limits(),
+            max_concurrency: config.max_concurrency,
+            breaker: BreakerConfig {
+                threshold: config.quarantine_after,
+                cooldown: std::time::Duration::from_secs(config.quarantine_seconds),
+            },
+        })
+    }
 }
 
 #[derive(Default)]
@@ -40,8 +77,7 @@ struct Versions {
 pub struct Instance {
     pub name: String,
     pub plugin: String,
-    settings_json: String,
-    grants: Grants,
+    spec: InstanceSpec,
     pub limits: BackendLimits,
     pub breaker: Breaker,
     max_concurrency: Option<usize>,
@@ -94,15 +130,14 @@ pub struct InstanceStatus {
 impl Instance {
     pub fn new(spec: InstanceSpec) -> Self {
         Self {
-            name: spec.name,
-            plugin: spec.plugin,
-            settings_json: spec.settings_json,
-            grants: spec.grants,
-            limits: spec.limits,
+            name: spec.name.clone(),
+            plugin: spec.plugin.clone(),
+            limits: spec.limits.clone(),
             breaker: Breaker::new(spec.breaker),
             max_concurrency: spec.max_concurrency,
             permits: spec.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
             versions: Mutex::new(Versions::default()),
+            spec,
         }
     }
 
@@ -141,16 +176,7 @@ impl Instance {
         plugin: Arc<PreparedPlugin>,
         policy: AlgorithmPolicy,
     ) -> Result<LoadedBackend, PluginError> {
-        LoadedBackend::load(
-            engine,
-            &self.name,
-            plugin,
-            self.settings_json.clone(),
-            self.grants.clone(),
-            policy,
-            self.limits.clone(),
-        )
-        .await
+        LoadedBackend::load(engine, plugin, &self.spec, policy).await
     }
 
     /// Makes `new` the serving version; the one it replaces becomes `previous`.

@@ -7,12 +7,18 @@
 //! - `backend`: a plugin version prepared once, loaded per instance; one fresh store per call.
 //! - `instance`, `breaker`: a configured backend instance, its current and previous version,
 //!   concurrency limit and circuit breaker.
-//! - `registry`: all instances, loading and swapping versions, routing with fallbacks.
+//! - `registry`: all instances, loading and swapping versions.
 //! - `watch`: the plugins directory watcher that triggers rescans.
+//! - `settings`: the `[plugins]` and `[backends.NAME]` config sections.
+//! - `conformance`: the kit a backend author runs (`certconn plugin test`).
+//!
+//! Routing a job to its backends (fallbacks, the breaker's verdict) is the job side's
+//! (`jobs::routing`); the composition root lets it call the instances here.
 
 pub mod backend;
 pub mod bindings;
 pub mod breaker;
+pub mod conformance;
 pub mod engine;
 pub mod host;
 pub mod http;
@@ -20,12 +26,14 @@ pub mod instance;
 pub mod manifest;
 pub mod package;
 pub mod registry;
+pub mod settings;
 pub mod state;
 pub mod watch;
 
 pub use backend::{BackendLimits, LoadedBackend, PreparedPlugin};
 pub use engine::{EngineLimits, PluginEngine};
 pub use registry::Registry;
+pub use settings::{BackendConfig, PluginsConfig};
 
 /// Why a plugin could not be loaded or did not answer.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,4 @@
-//! The backend instances named in config, the plugin files they run, and routing a profile to
-//! its backends.
+//! The backend instances named in config and the plugin files they run.
 //!
 //! Loading a plugin version — at start, when the watcher sees a new file, or when an
 //! administrator asks — happens off the hot path and is all-or-nothing per instance: the package
@@ -16,14 +15,13 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::breaker::BreakerConfig;
-use super::instance::{Instance, InstanceSpec, InstanceStatus, Lease, Unavailable};
+use super::instance::{Instance, InstanceSpec, InstanceStatus};
 use super::manifest::Manifest;
 use super::package::PluginPackage;
+use super::settings::BackendConfig;
 use super::{LoadedBackend, PluginEngine, PluginError, PreparedPlugin};
-use crate::config::{BackendConfig, Config};
 use crate::crypto::AlgorithmPolicy;
-use crate::custody::{Grants, KeyStore};
+use crate::custody::KeyStore;
 
 /// What the registry remembers about one plugin file.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -69,14 +67,12 @@ pub struct RegistryStatus {
     pub backends: Vec<InstanceStatus>,
 }
 
-/// All backend instances, their plugin files and the profile routes.
+/// All backend instances and their plugin files.
 pub struct Registry {
     engine: Arc<PluginEngine>,
     policy: AlgorithmPolicy,
     dir: PathBuf,
     instances: BTreeMap<String, Arc<Instance>>,
-    /// Profile → backend instances in the order they are tried.
-    routes: BTreeMap<String, Vec<String>>,
     /// Instance configs, for comparing a manifest's requests with the grants.
     configs: BTreeMap<String, BackendConfig>,
     files: Mutex<BTreeMap<String, FileStatus>>,
@@ -88,76 +84,34 @@ impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("instances", &self.instances.keys().collect::<Vec<_>>())
-            .field("routes", &self.routes)
             .finish_non_exhaustive()
     }
 }
 
 impl Registry {
-    /// Creates every backend instance in `config` and loads the plugin files present. A plugin
+    /// Creates every backend instance in `backends` and loads the plugin files present. A plugin
     /// that rejects an instance's settings stops start-up with the field named (the config is
     /// wrong); a missing or unusable plugin file does not — that instance waits for a good file,
     /// says why in its status and at error level in the log, and the profiles routed to it use
     /// their fallbacks.
     pub async fn load(
         engine: Arc<PluginEngine>,
-        config: &Config,
+        plugins_dir: &Path,
+        backends: &BTreeMap<String, BackendConfig>,
         keys: Arc<KeyStore>,
         policy: AlgorithmPolicy,
     ) -> Result<Self, PluginError> {
         let mut instances = BTreeMap::new();
-        for (name, b) in &config.backends {
-            let http =
-                crate::plugins::http::HttpAccess::new(b.http.clone(), policy).map_err(|e| {
-                    PluginError::Config {
-                        backend: name.clone(),
-                        errors: vec![e],
-                    }
-                })?;
-            let grants = Grants::new(keys.clone(), b.keys.iter().map(|k| k.get_ref().clone()))
-                .with_http(http);
-            let settings_json = b.settings_json().map_err(|e| PluginError::Config {
-                backend: name.clone(),
-                errors: vec![e],
-            })?;
-            instances.insert(
-                name.clone(),
-                Arc::new(Instance::new(InstanceSpec {
-                    name: name.clone(),
-                    plugin: b.plugin.get_ref().clone(),
-                    settings_json,
-                    grants,
-                    limits: b.limits(),
-                    max_concurrency: b.max_concurrency,
-                    breaker: BreakerConfig {
-                        threshold: b.quarantine_after,
-                        cooldown: std::time::Duration::from_secs(b.quarantine_seconds),
-                    },
-                })),
-            );
+        for (name, b) in backends {
+            let spec = InstanceSpec::from_config(name, b, keys.clone(), policy)?;
+            instances.insert(name.clone(), Arc::new(Instance::new(spec)));
         }
-        let routes = config
-            .profiles
-            .iter()
-            .map(|(p, v)| {
-                let order = std::iter::once(&v.backend)
-                    .chain(&v.fallbacks)
-                    .map(|b| b.get_ref().clone())
-                    .collect();
-                (p.clone(), order)
-            })
-            .collect();
         let registry = Self {
             engine,
             policy,
-            dir: config.plugins.dir.clone(),
+            dir: plugins_dir.to_owned(),
             instances,
-            routes,
-            configs: config
-                .backends
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            configs: backends.clone(),
             files: Mutex::new(BTreeMap::new()),
             loading: tokio::sync::Mutex::new(()),
         };
@@ -201,27 +155,6 @@ impl Registry {
     /// All backend instances, by name.
     pub fn instances(&self) -> impl Iterator<Item = &Arc<Instance>> {
         self.instances.values()
-    }
-
-    /// The instances a profile routes to, in order: its backend, then its fallbacks.
-    pub fn route(&self, profile: &str) -> Option<Route> {
-        let order = self.routes.get(profile)?;
-        Some(Route {
-            candidates: order
-                .iter()
-                .filter_map(|n| self.instances.get(n).cloned())
-                .collect(),
-            skipped: Vec::new(),
-        })
-    }
-
-    /// Instance `name` alone (a pending job polls where it started; a revocation goes to the
-    /// backend that issued).
-    pub fn route_to(&self, name: &str) -> Option<Route> {
-        Some(Route {
-            candidates: vec![self.instances.get(name)?.clone()],
-            skipped: Vec::new(),
-        })
     }
 
     /// Checks every plugin file in use and loads those that changed. The watcher calls this on
@@ -690,49 +623,4 @@ async fn compile_in_background(
         .map_err(|e| PluginError::Engine(format!("starting a compile thread: {e}")))?;
     rx.await
         .map_err(|_| PluginError::Engine("the compile thread ended without an answer".into()))
-}
-
-/// The instances one job may use, tried in order.
-pub struct Route {
-    candidates: Vec<Arc<Instance>>,
-    /// Why candidates were passed over, for the job's error.
-    pub skipped: Vec<String>,
-}
-
-impl Route {
-    /// The next candidate that can take the job: serving, admitted by its breaker, with a free
-    /// slot. When every serving candidate is at its concurrency limit, waits for the first.
-    pub async fn next(&mut self) -> Option<Lease> {
-        let mut busy = Vec::new();
-        while !self.candidates.is_empty() {
-            let candidate = self.candidates.remove(0);
-            match candidate.lease(false).await {
-                Ok(lease) => {
-                    // Busy ones skipped for this one stay in line behind it.
-                    busy.append(&mut self.candidates);
-                    self.candidates = busy;
-                    return Some(lease);
-                }
-                Err(Unavailable::Busy) => busy.push(candidate),
-                Err(Unavailable::Down(reason)) => self.skipped.push(reason),
-            }
-        }
-        while !busy.is_empty() {
-            let candidate = busy.remove(0);
-            match candidate.lease(true).await {
-                Ok(lease) => {
-                    self.candidates = busy;
-                    return Some(lease);
-                }
-                Err(Unavailable::Busy) => {}
-                Err(Unavailable::Down(reason)) => self.skipped.push(reason),
-            }
-        }
-        None
-    }
-
-    /// Candidates not tried yet.
-    pub fn remaining(&self) -> usize {
-        self.candidates.len()
-    }
 }

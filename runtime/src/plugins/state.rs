@@ -10,7 +10,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::http::HttpPolicy;
+use super::http::{HttpAccess, HttpPolicy};
 use crate::crypto::AlgorithmPolicy;
 use crate::custody::Grants;
 
@@ -39,6 +39,7 @@ impl PluginState {
         backend: Arc<str>,
         job: Option<Arc<str>>,
         grants: Grants,
+        http: Arc<HttpAccess>,
         policy: AlgorithmPolicy,
         memory_limit: usize,
         log_lines: u32,
@@ -54,7 +55,7 @@ impl PluginState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            http_policy: HttpPolicy::new(backend.clone(), grants.http.clone()),
+            http_policy: HttpPolicy::new(backend.clone(), http),
             limits: MemoryLimit::new(memory_limit),
             grants,
             policy,

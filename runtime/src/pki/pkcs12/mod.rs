@@ -10,6 +10,30 @@ pub use pkcs12::pfx::Pfx;
 pub use read::{open, OpenedPfx, PfxError};
 pub use write::{random_password, write, PfxContents, PfxProfile, DEFAULT_ITERATIONS};
 
+/// `[pfx]`: how the PFX files certconn writes are protected.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PfxConfig {
+    /// PBKDF2 and MAC iterations.
+    #[serde(
+        default = "default_iterations",
+        deserialize_with = "crate::config::in_range::<_, u32, 1, 10_000_000>"
+    )]
+    pub iterations: u32,
+}
+
+impl Default for PfxConfig {
+    fn default() -> Self {
+        Self {
+            iterations: DEFAULT_ITERATIONS,
+        }
+    }
+}
+
+fn default_iterations() -> u32 {
+    DEFAULT_ITERATIONS
+}
+
 /// The object identifiers PKCS#12 files use, in one place for the reader and the writer.
 pub(crate) mod oid {
     use const_oid::ObjectIdentifier as Oid;

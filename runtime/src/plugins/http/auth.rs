@@ -6,8 +6,6 @@
 //! answer only, so a plugin for a Windows service (NDES's `mscep_admin`) needs no MD4, no
 //! password and no connection handling.
 
-use std::path::PathBuf;
-
 use base64::Engine as _;
 use http::HeaderValue;
 use serde::Deserialize;
@@ -39,7 +37,7 @@ pub struct CredentialConfig {
     /// The password, from this environment variable…
     pub password_env: Option<String>,
     /// …or from this file (0600).
-    pub password_file: Option<PathBuf>,
+    pub password_file: Option<crate::config::ConfigPath>,
 }
 
 /// A credential with its password read.
@@ -115,7 +113,8 @@ impl Credential {
             &what,
             config.password_env.as_deref(),
             config.password_file.as_deref(),
-        )?;
+        )
+        .map_err(|e| crate::report::chain(&e))?;
         Ok(Self {
             host: config.host.clone(),
             scheme: config.scheme,

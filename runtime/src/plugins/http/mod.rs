@@ -17,7 +17,6 @@ mod tls;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +51,7 @@ pub struct HttpGrant {
     /// PEM file of the CA certificates this backend trusts for https (only these). Without it,
     /// the system's trust store (`/etc/ssl/certs`).
     #[serde(default)]
-    pub trust_anchors: Option<PathBuf>,
+    pub trust_anchors: Option<crate::config::ConfigPath>,
     /// Credentials the host answers a granted server's authentication challenge with.
     #[serde(default)]
     pub credentials: Vec<CredentialConfig>,

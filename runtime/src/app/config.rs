@@ -1,0 +1,407 @@
+//! The one TOML config file: the sections, each owned and checked by its module, composed here,
+//! and the checks that span sections (a profile naming a missing backend, a lease shorter than a
+//! backend's timeout), each reported at the line of the offending value.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::{self, Checker, ConfigError, ConfigPath};
+use crate::crypto::AlgorithmPolicy;
+use crate::custody::{CustodyConfig, KeyConfig};
+use crate::jobs::{JobsConfig, ProfileConfig};
+use crate::pki::pkcs12::PfxConfig;
+use crate::plugins::{BackendConfig, EngineLimits, PluginsConfig};
+use crate::sources::api::ApiConfig;
+use crate::sources::scep::ScepConfig;
+
+/// The whole configuration.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Journal, key store, API token and issued files live here.
+    pub data_dir: ConfigPath,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub crypto: AlgorithmPolicy,
+    /// How the software key store is protected at rest, and the PKCS#11 token if any.
+    #[serde(default)]
+    pub custody: CustodyConfig,
+    #[serde(default)]
+    pub jobs: JobsConfig,
+    pub plugins: PluginsConfig,
+    #[serde(default)]
+    pub pfx: PfxConfig,
+    /// Custody keys to create at first start, by name.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyConfig>,
+    /// Backend instances, by name.
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+    /// Certificate profiles, by name: what a request names.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, ProfileConfig>,
+    /// certconn's own SCEP server, served on the API listener at `/scep`. Off when absent.
+    pub scep: Option<ScepConfig>,
+    #[serde(skip)]
+    pub source_path: PathBuf,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut config: Config = config::parse(path, text)?;
+        config.source_path = path.to_owned();
+        config.check(&Checker::new(path, text))?;
+        Ok(config)
+    }
+
+    /// Each section's own checks, then the ones that span sections.
+    fn check(&self, cx: &Checker<'_>) -> Result<(), ConfigError> {
+        for (name, key) in &self.keys {
+            key.check(name, &self.custody, cx)?;
+        }
+        for (name, b) in &self.backends {
+            b.check(name, cx)?;
+            for k in &b.keys {
+                if !self.keys.contains_key(k.get_ref()) {
+                    return Err(cx.at(
+                        k.span(),
+                        format!("backends.{name}.keys"),
+                        format!("key {:?} is not declared in [keys]", k.get_ref()),
+                    ));
+                }
+            }
+        }
+        let known: Vec<&str> = self.backends.keys().map(String::as_str).collect();
+        for (name, p) in &self.profiles {
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, b) in std::iter::once(&p.backend).chain(&p.fallbacks).enumerate() {
+                let key = if i == 0 {
+                    format!("profiles.{name}.backend")
+                } else {
+                    format!("profiles.{name}.fallbacks")
+                };
+                if !self.backends.contains_key(b.get_ref()) {
+                    return Err(cx.at(
+                        b.span(),
+                        key,
+                        format!(
+                            "no backend named {:?} (configured: {})",
+                            b.get_ref(),
+                            known.join(", ")
+                        ),
+                    ));
+                }
+                if !seen.insert(b.get_ref()) {
+                    return Err(cx.at(
+                        b.span(),
+                        key,
+                        format!("backend {:?} is listed twice", b.get_ref()),
+                    ));
+                }
+            }
+        }
+        self.check_lease(cx)?;
+        if let Some(scep) = &self.scep {
+            scep.check(cx)?;
+            if !self.profiles.contains_key(scep.profile.get_ref()) {
+                return Err(cx.at(
+                    scep.profile.span(),
+                    "scep.profile",
+                    format!("no profile named {:?}", scep.profile.get_ref()),
+                ));
+            }
+            if !self.keys.contains_key(scep.ca_key.get_ref()) {
+                return Err(cx.at(
+                    scep.ca_key.span(),
+                    "scep.ca_key",
+                    format!("key {:?} is not declared in [keys]", scep.ca_key.get_ref()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A job must be able to outlive one plugin call without its lease running out: a lease at
+    /// least as long as the longest backend timeout (the scheduler renews it every third).
+    fn check_lease(&self, cx: &Checker<'_>) -> Result<(), ConfigError> {
+        let lease = &self.jobs.lease_seconds;
+        if *lease.get_ref() == 0 {
+            return Err(cx.at(lease.span(), "jobs.lease_seconds", "must be at least 1"));
+        }
+        let longest = self
+            .backends
+            .iter()
+            .max_by_key(|(_, b)| *b.timeout_seconds.get_ref());
+        if let Some((name, b)) = longest {
+            let timeout = *b.timeout_seconds.get_ref();
+            if *lease.get_ref() < timeout {
+                let message = format!(
+                    "jobs.lease_seconds ({}) is shorter than backends.{name}.timeout_seconds \
+                     ({timeout}): a job could outlive its lease; set lease_seconds to at least \
+                     {timeout}",
+                    lease.get_ref()
+                );
+                // Point at the lease when the file sets it, else at the timeout that outgrew it.
+                return Err(if lease.span().is_empty() {
+                    cx.at(
+                        b.timeout_seconds.span(),
+                        format!("backends.{name}.timeout_seconds"),
+                        message,
+                    )
+                } else {
+                    cx.at(lease.span(), "jobs.lease_seconds", message)
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Engine-wide plugin limits.
+    pub fn engine_limits(&self) -> EngineLimits {
+        let largest = self
+            .backends
+            .values()
+            .map(|b| b.memory_mb << 20)
+            .max()
+            .unwrap_or(64 << 20);
+        EngineLimits {
+            max_instances: self.plugins.max_instances,
+            max_memory_bytes: largest.max(16 << 20),
+        }
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.api
+            .token_file
+            .as_ref()
+            .map(ConfigPath::to_path_buf)
+            .unwrap_or_else(|| self.data_dir.join("api-token"))
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.plugins
+            .cache_dir
+            .as_ref()
+            .map(ConfigPath::to_path_buf)
+            .unwrap_or_else(|| self.data_dir.join("cache"))
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.data_dir.join("journal.sqlite")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+
+    /// Where `serve` writes the address the API listens on (the port, when `listen` asks for
+    /// port 0).
+    pub fn api_addr_file(&self) -> PathBuf {
+        self.data_dir.join("api.addr")
+    }
+
+    /// The API address clients use: the one the daemon wrote when it bound port 0, else
+    /// `api.listen`.
+    pub fn api_address(&self) -> std::net::SocketAddr {
+        if self.api.listen.port() == 0 {
+            if let Some(addr) = std::fs::read_to_string(self.api_addr_file())
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                return addr;
+            }
+        }
+        self.api.listen
+    }
+
+    pub fn policy(&self) -> AlgorithmPolicy {
+        self.crypto
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::custody::KeyAlgorithm;
+
+    const GOOD: &str = r#"
+data_dir = "data"
+[plugins]
+dir = "plugins"
+[keys.ca]
+algorithm = "ec-p256"
+self_signed = { subject = "CN=Test CA" }
+[backends.local]
+plugin = "local-ca"
+keys = ["ca"]
+settings = { ca_key = "ca" }
+[profiles.device]
+backend = "local"
+"#;
+
+    fn error(text: &str) -> String {
+        Config::parse(Path::new("c.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn good_config_resolves_paths_against_its_directory() {
+        let c = Config::parse(
+            Path::new("/etc/certconn/certconn.toml"),
+            &GOOD.replace(
+                "settings = { ca_key = \"ca\" }",
+                "settings = { ca_key = \"ca\" }\nhttp = { trust_anchors = \"anchors.pem\" }\nsettings_files = { x = \"/abs/x.pem\" }",
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir.as_path(), Path::new("/etc/certconn/data"));
+        assert_eq!(c.plugins.dir.as_path(), Path::new("/etc/certconn/plugins"));
+        let http = &c.backends["local"].http;
+        assert_eq!(
+            http.trust_anchors.as_deref(),
+            Some(Path::new("/etc/certconn/anchors.pem"))
+        );
+        assert_eq!(
+            c.backends["local"].settings_files["x"].get_ref().as_path(),
+            Path::new("/abs/x.pem")
+        );
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:7443");
+        assert_eq!(c.profiles["device"].key_algorithm, KeyAlgorithm::EcP256);
+    }
+
+    #[test]
+    fn unknown_backend_names_key_and_line() {
+        let e = error(&GOOD.replace("backend = \"local\"", "backend = \"nope\""));
+        assert!(e.contains("line 13"), "{e}");
+        assert!(e.contains("profiles.device.backend"), "{e}");
+        assert!(e.contains("nope"), "{e}");
+        assert!(e.contains("13 | backend = \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_and_bad_type_name_the_line() {
+        let e = error(&GOOD.replace("[plugins]", "[plugins]\ndirr = 1"));
+        assert!(e.contains("dirr") && e.contains("line 4"), "{e}");
+        let e = error(&GOOD.replace("algorithm = \"ec-p256\"", "algorithm = \"ec-p999\""));
+        assert!(e.contains("ec-p999") && e.contains("line 6"), "{e}");
+    }
+
+    #[test]
+    fn a_value_out_of_range_is_reported_at_its_own_line_not_a_namesake() {
+        // Two backends; the second one's memory_mb is wrong. The error must point at it, not at
+        // the first line that mentions memory_mb.
+        let text = GOOD.replace(
+            "[profiles.device]",
+            "[backends.other]\nplugin = \"local-ca\"\nmemory_mb = 64\n[backends.broken]\nplugin = \"local-ca\"\nmemory_mb = 0\n[profiles.device]",
+        );
+        let e = error(&text);
+        assert!(e.contains("line 17") && e.contains("17 | memory_mb = 0"), "{e}");
+        assert!(e.contains("between 1 and 4096 (it is 0)"), "{e}");
+    }
+
+    #[test]
+    fn a_lease_shorter_than_a_backend_timeout_is_refused() {
+        let e = error(&GOOD.replace(
+            "plugin = \"local-ca\"",
+            "plugin = \"local-ca\"\ntimeout_seconds = 300",
+        ));
+        assert!(e.contains("backends.local.timeout_seconds"), "{e}");
+        assert!(e.contains("at least 300"), "{e}");
+        let e = error(&format!("{GOOD}[jobs]\nlease_seconds = 10\n"));
+        assert!(
+            e.contains("jobs.lease_seconds") && e.contains("line 15"),
+            "{e}"
+        );
+        let e = error(&format!("{GOOD}[jobs]\nlease_seconds = 0\n"));
+        assert!(e.contains("must be at least 1"), "{e}");
+        // An enormous lease is no overflow.
+        Config::parse(
+            Path::new("c.toml"),
+            &format!("{GOOD}[jobs]\nlease_seconds = 18446744073709551615\n"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn pkcs11_token_config_parses_and_is_required_by_pkcs11_keys() {
+        let c = Config::parse(
+            Path::new("c.toml"),
+            &format!("{GOOD}[custody]\nprotection = \"passphrase\"\n[custody.pkcs11]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"certconn\"\n"),
+        )
+        .unwrap();
+        let p11 = c.custody.pkcs11.expect("pkcs11 parsed");
+        assert_eq!(p11.token_label, "certconn");
+        assert_eq!(p11.pin_env, "CERTCONN_PKCS11_PIN");
+        assert!(matches!(
+            c.custody.protection,
+            crate::custody::KekSource::Passphrase { .. }
+        ));
+        let e = error(&format!(
+            "{GOOD}[custody.pkcs11]\nmodule = \"/x.so\"\ntoken = \"t\"\n"
+        ));
+        assert!(e.contains("pkcs11") && e.contains("token"), "{e}");
+        let e = error(&GOOD.replace(
+            "algorithm = \"ec-p256\"",
+            "algorithm = \"ec-p256\"\nstore = \"pkcs11\"",
+        ));
+        assert!(
+            e.contains("keys.ca") && e.contains("[custody.pkcs11]") && e.contains("line 7"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn custody_protection_parses_and_rejects_unknown_kinds() {
+        let c = Config::parse(
+            Path::new("c.toml"),
+            &format!("{GOOD}[custody]\nprotection = \"passphrase\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.custody.protection,
+            crate::custody::KekSource::Passphrase {
+                passphrase_env: "CERTCONN_KEYSTORE_PASSPHRASE".into()
+            }
+        );
+        assert_eq!(c.custody.pkcs11, None);
+        let e = error(&format!("{GOOD}[custody]\nprotection = \"rot13\"\n"));
+        // The [custody] table is read as a whole (see CustodyConfig), so the error points at it.
+        assert!(e.contains("rot13") && e.contains("line 14"), "{e}");
+    }
+
+    #[test]
+    fn bad_subject_is_reported() {
+        let e = error(&GOOD.replace("CN=Test CA", "not a dn"));
+        assert!(
+            e.contains("keys.ca.self_signed.subject") && e.contains("line 7"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn scep_references_are_checked_at_their_line() {
+        let e = error(&format!(
+            "{GOOD}[scep]\nprofile = \"device\"\nca_key = \"missing\"\n"
+        ));
+        assert!(e.contains("scep.ca_key") && e.contains("line 16"), "{e}");
+        let e = error(&format!(
+            "{GOOD}[scep]\nprofile = \"device\"\nca_key = \"ca\"\nwait_seconds = 61\n"
+        ));
+        assert!(
+            e.contains("between 0 and 60") && e.contains("line 17"),
+            "{e}"
+        );
+    }
+}

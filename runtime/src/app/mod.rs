@@ -1,0 +1,246 @@
+//! The composition root: opens the data directory, custody, the journal and the plugin engine
+//! from the config, builds the steps, the scheduler and the sources on the small traits each
+//! needs, and runs them. `serve`, `bench` and the tests all start certconn through here, so what
+//! they exercise is what runs in production. Nothing in the library imports this module: it is
+//! the one place that knows every concrete type (see `docs/design/layers.md`).
+
+mod config;
+pub mod datadir;
+mod wiring;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+pub use config::Config;
+pub use datadir::DataDirError;
+
+use crate::crypto::fips::FipsStatus;
+use crate::custody::{CustodyError, KeyStore};
+use crate::jobs::{Intake, Scheduler, StepSettings, Steps};
+use crate::journal::{Journal, JournalError, SqliteJournal};
+use crate::plugins::{PluginEngine, PluginError, Registry};
+use crate::sources::api::server::ApiState;
+use crate::sources::api::token::{self, TokenError};
+use crate::sources::scep::{Ra, RaError, RaPorts};
+
+/// Why certconn could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Custody(#[from] CustodyError),
+    #[error(transparent)]
+    Provision(#[from] crate::pki::ca::ProvisionError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("{0}")]
+    Fips(String),
+    #[error("SCEP server")]
+    Scep(#[from] RaError),
+}
+
+/// Why the running daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("binding the API to {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the API address to the data directory")]
+    Address(#[source] crate::files::FileError),
+    #[error("the API server stopped")]
+    Api(#[source] std::io::Error),
+    #[error("the scheduler stopped abnormally")]
+    Scheduler(#[source] tokio::task::JoinError),
+}
+
+/// A started connector: everything opened and wired, nothing running yet.
+pub struct App {
+    pub config: Config,
+    /// Probed once at start: the self-test is not free, and the module cannot change under us.
+    pub fips: FipsStatus,
+    pub keys: Arc<KeyStore>,
+    pub journal: Arc<dyn Journal>,
+    pub engine: Arc<PluginEngine>,
+    pub registry: Arc<Registry>,
+    pub intake: Arc<Intake>,
+    pub scheduler: Arc<Scheduler>,
+    /// The SCEP server's RA, when `[scep]` is configured.
+    pub scep: Option<Arc<Ra>>,
+    _lock: std::fs::File,
+}
+
+impl App {
+    /// Opens everything the config names, creating first-start state (data directory, keys and
+    /// their self-signed certificates). Any failure stops start-up with the reason.
+    pub async fn open(config: Config) -> Result<Self, StartError> {
+        let fips = FipsStatus::probe(config.crypto.fips);
+        if let Some(reason) = fips.refusal() {
+            return Err(StartError::Fips(reason));
+        }
+        let lock = datadir::lock(&config.data_dir)?;
+        let instance = datadir::instance_id(&config.data_dir)?;
+        let keys = Arc::new(KeyStore::open(&config.keys_dir(), &config.custody)?);
+        crate::pki::ca::provision(&keys, &config.keys)?;
+        let journal: Arc<dyn Journal> =
+            Arc::new(SqliteJournal::open(&config.journal_path(), &instance)?);
+        let released = journal.release_held().await?;
+        if released > 0 {
+            tracing::info!(
+                jobs = released,
+                "resuming jobs that were running when certconn stopped"
+            );
+        }
+        let engine = Arc::new(PluginEngine::new(
+            &config.cache_dir(),
+            &config.engine_limits(),
+        )?);
+        let registry = Arc::new(
+            Registry::load(
+                engine.clone(),
+                &config.plugins.dir,
+                &config.backends,
+                keys.clone(),
+                config.policy(),
+            )
+            .await?,
+        );
+        let custody = Arc::new(wiring::StoreCustody(keys.clone()));
+        let steps = Steps::new(
+            StepSettings {
+                profiles: config.profiles.clone(),
+                pfx_iterations: config.pfx.iterations,
+                policy: config.policy(),
+            },
+            custody.clone(),
+            Arc::new(wiring::RegistryBackends(registry.clone())),
+            journal.clone(),
+        );
+        let scheduler = Arc::new(Scheduler::new(
+            journal.clone(),
+            Arc::new(steps),
+            &config.jobs,
+        ));
+        let intake = Arc::new(Intake::new(
+            journal.clone(),
+            config.profiles.keys().cloned(),
+            config.backends.keys().cloned(),
+            custody,
+        ));
+        let scep = match &config.scep {
+            Some(sc) => Some(Arc::new(Ra::open(
+                sc,
+                &keys,
+                config.policy(),
+                RaPorts {
+                    intake: intake.clone(),
+                    jobs: journal.clone(),
+                    outbox: journal.clone(),
+                    ledger: journal.clone(),
+                    challenges: journal.clone(),
+                    replay: journal.clone(),
+                },
+            )?)),
+            None => None,
+        };
+        tracing::debug!(journal = %journal.location(), schema = journal.schema_version(), %instance, "opened");
+        Ok(Self {
+            config,
+            fips,
+            keys,
+            journal,
+            engine,
+            registry,
+            intake,
+            scheduler,
+            scep,
+            _lock: lock,
+        })
+    }
+
+    /// The HTTP routes: the request API, and the SCEP server when configured.
+    pub fn router(&self, token: Zeroizing<String>) -> axum::Router {
+        let api = crate::sources::api::server::router(ApiState {
+            intake: self.intake.clone(),
+            jobs: self.journal.clone(),
+            outbox: self.journal.clone(),
+            registry: self.registry.clone(),
+            keys: self.keys.clone(),
+            fips: self.fips.clone(),
+            scep: self.scep.clone(),
+            token,
+            max_body_bytes: self.config.api.max_body_bytes,
+        });
+        match &self.scep {
+            Some(ra) => crate::sources::scep::http::routes(ra.clone()).merge(api),
+            None => api,
+        }
+    }
+
+    /// Runs the scheduler until `shutdown` turns true; jobs in flight finish first.
+    pub async fn run_scheduler(&self, shutdown: watch::Receiver<bool>) {
+        self.scheduler.clone().run(shutdown).await
+    }
+
+    /// Watches the plugins directory and rescans it periodically until `shutdown` turns true:
+    /// new and changed plugin versions are loaded without a restart.
+    pub async fn run_plugin_watcher(&self, shutdown: watch::Receiver<bool>) {
+        let plugins = &self.config.plugins;
+        crate::plugins::watch::run(
+            self.registry.clone(),
+            plugins.watch,
+            std::time::Duration::from_secs(plugins.rescan_seconds),
+            shutdown,
+        )
+        .await
+    }
+
+    /// Serves until `shutdown` turns true: binds the API (writing the address it got to
+    /// `<data_dir>/api.addr`, the readiness signal for scripts and tests), runs the scheduler
+    /// and the plugin watcher, then drains: the API stops taking requests, jobs in flight end.
+    pub async fn serve(&self, shutdown: watch::Receiver<bool>) -> Result<(), ServeError> {
+        let token_path = self.config.token_file();
+        let token = token::load_or_create(&token_path)?;
+        let listen = self.config.api.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: listen,
+            source,
+        })?;
+        crate::files::write_atomic(
+            &self.config.api_addr_file(),
+            format!("{bound}\n").as_bytes(),
+            0o644,
+        )
+        .map_err(ServeError::Address)?;
+        tracing::info!(api = %bound, token_file = %token_path.display(), backends = self.registry.instances().count(), "certconn is serving");
+
+        let scheduler = tokio::spawn(self.scheduler.clone().run(shutdown.clone()));
+        let watcher = self.run_plugin_watcher(shutdown.clone());
+        let mut api_stop = shutdown.clone();
+        let api = axum::serve(listener, self.router(token)).with_graceful_shutdown(async move {
+            let _ = api_stop.wait_for(|s| *s).await;
+        });
+        let (api, ()) = tokio::join!(api, watcher);
+        api.map_err(ServeError::Api)?;
+        scheduler.await.map_err(ServeError::Scheduler)?;
+        Ok(())
+    }
+}

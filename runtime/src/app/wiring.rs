@@ -1,0 +1,116 @@
+//! Adapters that let the job side call the concrete parts: custody's key store as the steps'
+//! [`Custody`], the plugin registry's instances as routing [`Candidate`]s. They live here, in
+//! the composition root, so that neither side imports the other.
+
+use std::sync::Arc;
+
+use crate::custody::{CustodyError, KeyStore, PrivateKey, StoredKey};
+use crate::jobs::ports::Custody;
+use crate::jobs::routing::{Backends, CaBackend, Candidate, Slot, Unavailable, Verdict};
+use crate::plugins::backend::CallResult;
+use crate::plugins::bindings::types as wit;
+use crate::plugins::instance::{self, Instance};
+use crate::plugins::{LoadedBackend, Registry};
+
+/// The custody name of a device key kept while the CA answers pending.
+fn pending_key_name(job_id: &str) -> String {
+    format!("pending-{job_id}")
+}
+
+/// The key store as the steps' custody.
+pub struct StoreCustody(pub Arc<KeyStore>);
+
+impl Custody for StoreCustody {
+    fn key(&self, name: &str) -> Result<Arc<StoredKey>, CustodyError> {
+        self.0.get(name)
+    }
+
+    fn keep_pending(&self, job_id: &str, key: PrivateKey) -> Result<(), CustodyError> {
+        self.0.put(&pending_key_name(job_id), key).map(|_| ())
+    }
+
+    fn pending_key(&self, job_id: &str) -> Option<Arc<StoredKey>> {
+        self.0.get(&pending_key_name(job_id)).ok()
+    }
+
+    fn forget_pending(&self, job_id: &str) -> Result<(), CustodyError> {
+        self.0.remove(&pending_key_name(job_id))
+    }
+}
+
+/// The registry's instances as routing candidates.
+pub struct RegistryBackends(pub Arc<Registry>);
+
+impl Backends for RegistryBackends {
+    fn candidate(&self, name: &str) -> Option<Arc<dyn Candidate>> {
+        self.0
+            .instance(name)
+            .map(|i| Arc::new(InstanceCandidate(i)) as Arc<dyn Candidate>)
+    }
+}
+
+struct InstanceCandidate(Arc<Instance>);
+
+#[async_trait::async_trait]
+impl Candidate for InstanceCandidate {
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    async fn lease(&self, wait: bool) -> Result<Slot, Unavailable> {
+        match self.0.lease(wait).await {
+            Ok(lease) => Ok(Slot::new(
+                lease.backend.clone(),
+                Box::new(BreakerVerdict(lease)),
+            )),
+            Err(instance::Unavailable::Down(reason)) => Err(Unavailable::Down(reason)),
+            Err(instance::Unavailable::Busy) => Err(Unavailable::Busy),
+        }
+    }
+}
+
+/// Reports a call's outcome to the instance's circuit breaker; holds its concurrency slot until
+/// dropped.
+struct BreakerVerdict(instance::Lease);
+
+impl Verdict for BreakerVerdict {
+    fn success(&self) {
+        self.0.instance.breaker.success(&self.0.instance.name);
+    }
+
+    fn failure(&self, why: &str) {
+        self.0.instance.breaker.failure(&self.0.instance.name, why);
+    }
+}
+
+#[async_trait::async_trait]
+impl CaBackend for LoadedBackend {
+    fn version_id(&self) -> String {
+        LoadedBackend::version_id(self)
+    }
+
+    async fn issue(
+        &self,
+        request: &wit::IssueRequest,
+        key: Option<Arc<StoredKey>>,
+    ) -> CallResult<wit::IssuedCertificate> {
+        LoadedBackend::issue(self, request, key).await
+    }
+
+    async fn poll(
+        &self,
+        job_id: &str,
+        token: &str,
+        key: Option<Arc<StoredKey>>,
+    ) -> CallResult<wit::IssuedCertificate> {
+        LoadedBackend::poll(self, job_id, token, key).await
+    }
+
+    async fn revoke(&self, request: &wit::RevokeRequest) -> CallResult<()> {
+        LoadedBackend::revoke(self, request).await
+    }
+
+    async fn check_import(&self, request: &wit::ImportCheck) -> CallResult<()> {
+        LoadedBackend::check_import(self, request).await
+    }
+}

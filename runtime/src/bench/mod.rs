@@ -1,0 +1,365 @@
+//! `certconn bench`: the figures the foundation promises, measured in one run.
+//!
+//! 1. Per-call plugin overhead: a fresh instance + `describe`, and a fresh instance +
+//!    `configure` + `health` (what every job pays before its real work).
+//! 2. Issue jobs per second through the whole pipeline (journal, scheduler, custody keygen, CSR,
+//!    `local-ca` plugin, PKCS#12, journal commit) with EC P-256 keys.
+//! 3. The same cryptographic work done directly in the host (keygen, CSR, CA signature, PKCS#12)
+//!    with the same parallelism, and the ratio of 2 to 1.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use der::Decode;
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::name::Name;
+
+use certconn::app::{App, Config};
+use certconn::custody::{KeyAlgorithm, PrivateKey};
+use certconn::jobs::model::IssueJob;
+use certconn::journal::JobState;
+use certconn::pki;
+
+mod pki_parts;
+mod scep;
+mod swap;
+use certconn_x509::{
+    extensions, CertificateTemplate, ExtendedKeyUsageName, KeyUsageName, SubjectAltName,
+};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Directory holding local-ca.wasm.
+    #[arg(long, env = "CERTCONN_PLUGIN_DIR", default_value = "dist/plugins")]
+    plugins: PathBuf,
+    /// Issue jobs to run through the pipeline (and directly).
+    #[arg(long, default_value_t = 400)]
+    jobs: usize,
+    /// Scheduler workers (and parallel tasks for the direct run).
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Plugin calls for the overhead figure.
+    #[arg(long, default_value_t = 2000)]
+    calls: usize,
+    /// Measure the PKI building blocks instead (PFX, sealing, custody), this many of each.
+    #[arg(long, num_args = 0..=1, default_missing_value = "200", value_name = "N")]
+    pki: Option<usize>,
+    /// With --pki, also measure custody on a PKCS#11 token: `softhsm` makes a throwaway SoftHSM2
+    /// token (needs `softhsm2-util`); a module path uses that module's token `--pkcs11-token`,
+    /// with the user PIN in `CERTCONN_PKCS11_PIN` (two keys are made on it and destroyed).
+    #[arg(long, value_name = "softhsm|MODULE", requires = "pki")]
+    pkcs11: Option<String>,
+    #[arg(long, default_value = "certconn-bench")]
+    pkcs11_token: String,
+    /// Measure SCEP enrolments per second at these SCEP servers instead (repeat the option to
+    /// compare servers in one run): `--jobs` enrolments each, `--workers` at a time, device keys
+    /// and requests made in advance.
+    #[arg(long, value_name = "URL")]
+    scep: Vec<String>,
+    /// With --scep: the challenge password the servers accept.
+    #[arg(long, requires = "scep", default_value = "")]
+    challenge: String,
+    /// Measure a hot swap under load instead: publish a new local-ca version while jobs run;
+    /// print the swap latency, failed jobs and the throughput dip.
+    #[arg(long)]
+    hot_swap: bool,
+    /// With --hot-swap: seconds of load before the new version is published.
+    #[arg(long, default_value_t = 3, requires = "hot_swap")]
+    warm_up_seconds: u64,
+    /// With --hot-swap: seconds of load after the first job on the new version.
+    #[arg(long, default_value_t = 2, requires = "hot_swap")]
+    after_seconds: u64,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !args.scep.is_empty() {
+        return scep::run(
+            &args.scep,
+            &args.challenge,
+            args.jobs.max(1),
+            args.workers.max(1),
+        )
+        .await;
+    }
+    if let Some(n) = args.pki {
+        let token = args
+            .pkcs11
+            .clone()
+            .map(|module| pki_parts::TokenChoice::new(&module, &args.pkcs11_token));
+        return tokio::task::spawn_blocking(move || pki_parts::run(n.max(1), token)).await?;
+    }
+    let plugins = std::fs::canonicalize(&args.plugins).with_context(|| {
+        format!(
+            "plugin directory {} (build it with scripts/build-plugins)",
+            args.plugins.display()
+        )
+    })?;
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+    let dir = std::env::temp_dir().join(format!("certconn-bench-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = if args.hot_swap {
+        swap::run(
+            &plugins,
+            &dir,
+            args.workers.max(1),
+            Duration::from_secs(args.warm_up_seconds),
+            Duration::from_secs(args.after_seconds),
+        )
+        .await
+    } else {
+        bench(&args, &plugins, &dir).await
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn bench(
+    args: &BenchArgs,
+    plugins: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let app = Arc::new(App::open(bench_config(dir, plugins, args.workers)?).await?);
+    let backend = app
+        .registry
+        .backend("local")
+        .context("backend local is not loaded")?;
+
+    println!(
+        "certconn bench: {} jobs, {} workers, {} plugin calls, {} cores",
+        args.jobs,
+        args.workers,
+        args.calls,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    // 1. Plugin overhead.
+    for _ in 0..50 {
+        backend.describe().await?;
+    }
+    let t = Instant::now();
+    for _ in 0..args.calls {
+        backend.describe().await?;
+    }
+    let describe_us = t.elapsed().as_secs_f64() * 1e6 / args.calls as f64;
+    let t = Instant::now();
+    for _ in 0..args.calls {
+        backend.health().await?;
+    }
+    let health_us = t.elapsed().as_secs_f64() * 1e6 / args.calls as f64;
+    println!("plugin overhead: instantiate + describe           {describe_us:>9.1} µs/call");
+    println!("plugin overhead: instantiate + configure + health {health_us:>9.1} µs/call");
+
+    // The plugin's own work on one issue (instantiate + configure + issue), CSR made in advance.
+    let device = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+    let subject = Name::from_str("CN=bench device,O=certconn")?;
+    let csr = pki::csr::build(
+        &device,
+        &subject,
+        &[SubjectAltName::Email("device@bench.example".into())],
+    )?;
+    let issue_request = certconn::plugins::bindings::types::IssueRequest {
+        job_id: "bench".into(),
+        profile: "device".into(),
+        csr,
+        subject: None,
+        subject_alt_names: Vec::new(),
+        validity_days: None,
+        template: None,
+    };
+    let issue_calls = (args.calls / 4).max(1);
+    let t = Instant::now();
+    for _ in 0..issue_calls {
+        backend.issue(&issue_request, None).await?.map_err(|e| {
+            anyhow::anyhow!("{}", certconn::plugins::backend::describe_backend_error(&e))
+        })?;
+    }
+    let issue_us = t.elapsed().as_secs_f64() * 1e6 / issue_calls as f64;
+    println!(
+        "local-ca:  instantiate + configure + issue (CSR check, sign) {issue_us:>9.1} µs/call"
+    );
+
+    // 2. Pipeline throughput.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let scheduler = {
+        let app = app.clone();
+        tokio::spawn(async move { app.run_scheduler(stop_rx).await })
+    };
+    let request = bench_request();
+    let t = Instant::now();
+    for i in 0..args.jobs {
+        app.intake
+            .submit_issue("bench", &format!("job-{i}"), &request)
+            .await?;
+    }
+    let journal = app.journal.clone();
+    loop {
+        let counts = journal.counts().await?;
+        let done: i64 = counts
+            .iter()
+            .filter(|(s, _)| *s == JobState::Succeeded)
+            .map(|(_, n)| n)
+            .sum();
+        let bad: i64 = counts
+            .iter()
+            .filter(|(s, _)| matches!(s, JobState::Failed | JobState::Dead))
+            .map(|(_, n)| n)
+            .sum();
+        if bad > 0 {
+            bail!(
+                "{bad} bench jobs failed: {:?}",
+                journal
+                    .list(Some(JobState::Failed), 1)
+                    .await?
+                    .first()
+                    .and_then(|j| j.last_error.clone())
+            );
+        }
+        if done as usize >= args.jobs {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "the pipeline did not finish {} jobs in 10 minutes ({done} done)",
+                args.jobs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pipeline_secs = t.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    scheduler.await?;
+    let pipeline_rate = args.jobs as f64 / pipeline_secs;
+    println!("pipeline:  {:>6} issue jobs (EC P-256, local-ca, PKCS#12) in {pipeline_secs:>7.3} s = {pipeline_rate:>8.1} jobs/s", args.jobs);
+
+    // 3. The same cryptographic work, directly.
+    let ca = app.keys.get("bench-ca")?;
+    let iterations = app.config.pfx.iterations;
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..args.workers {
+        let ca = ca.clone();
+        let n = args.jobs / args.workers + usize::from(w < args.jobs % args.workers);
+        tasks.spawn_blocking(move || -> anyhow::Result<()> {
+            for _ in 0..n {
+                direct_issue(&ca.key, &ca.chain, iterations)?;
+            }
+            Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let direct_secs = t.elapsed().as_secs_f64();
+    let direct_rate = args.jobs as f64 / direct_secs;
+    println!("direct:    {:>6} issues (keygen, CSR, CA signature, PKCS#12)     in {direct_secs:>7.3} s = {direct_rate:>8.1} issues/s", args.jobs);
+    println!("ratio pipeline/direct: {:.3} (the journal, scheduler and plugin sandbox cost {:.1}% of throughput)", pipeline_rate / direct_rate, (1.0 - pipeline_rate / direct_rate) * 100.0);
+    Ok(())
+}
+
+/// The benchmarks' configuration: the local CA (`bench-ca` key) behind profile `device`, the
+/// journal in `dir/data`, plugins from `plugins`.
+pub(crate) fn bench_config(
+    dir: &std::path::Path,
+    plugins: &std::path::Path,
+    workers: usize,
+) -> anyhow::Result<Config> {
+    let toml = format!(
+        r#"
+data_dir = "{data}"
+[jobs]
+workers = {workers}
+[plugins]
+dir = "{plugins}"
+[keys.bench-ca]
+algorithm = "ec-p256"
+self_signed = {{ subject = "CN=certconn bench CA" }}
+[backends.local]
+plugin = "local-ca"
+keys = ["bench-ca"]
+[backends.local.settings]
+ca_key = "bench-ca"
+[profiles.device]
+backend = "local"
+"#,
+        data = dir.join("data").display(),
+        plugins = plugins.display()
+    );
+    let config_path = dir.join("bench.toml");
+    std::fs::write(&config_path, &toml)?;
+    Ok(Config::parse(&config_path, &toml)?)
+}
+
+/// The issue job every benchmark submits: an EC P-256 device key made by certconn.
+pub(crate) fn bench_request() -> IssueJob {
+    IssueJob {
+        profile: "device".into(),
+        subject: "CN=bench device,O=certconn".into(),
+        sans: vec!["email:device@bench.example".into()],
+        key: Some(KeyAlgorithm::EcP256),
+        recipient_pem: None,
+        csr_pem: None,
+        validity_days: None,
+    }
+}
+
+/// One issuance without journal or plugin: what the pipeline's cryptography costs on its own.
+fn direct_issue(ca: &PrivateKey, ca_chain: &[Vec<u8>], iterations: u32) -> anyhow::Result<()> {
+    let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+    let subject = Name::from_str("CN=bench device,O=certconn")?;
+    let sans = [SubjectAltName::Email("device@bench.example".into())];
+    let csr = pki::csr::build(&key, &subject, &sans)?;
+    // The plugin verifies the CSR signature; so does this.
+    let parts = certconn_x509::SignedParts::split(&csr)?;
+    let scheme = certconn_x509::SignatureScheme::from_algorithm_identifier(&parts.algorithm)?;
+    let req = x509_cert::request::CertReq::from_der(&csr)?;
+    let spki = der::Encode::to_der(&req.info.public_key)?;
+    if !certconn::crypto::provider::verify(&spki, scheme, parts.tbs, parts.signature)? {
+        bail!("CSR does not verify");
+    }
+    let ca_cert = x509_cert::Certificate::from_der(&ca_chain[0])?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let template = CertificateTemplate {
+        serial: certconn::crypto::provider::random_vec(16)?,
+        issuer: ca_cert.tbs_certificate.subject.clone(),
+        subject: subject.clone(),
+        not_before: now - 300,
+        not_after: now + 365 * 86_400,
+        public_key: SubjectPublicKeyInfoOwned::from_der(key.public_key_der())?,
+        extensions: vec![
+            extensions::basic_constraints(false, None, &subject)?,
+            extensions::key_usage(
+                &[
+                    KeyUsageName::DigitalSignature,
+                    KeyUsageName::KeyEncipherment,
+                ],
+                &subject,
+            )?,
+            extensions::extended_key_usage(&[ExtendedKeyUsageName::ClientAuth], &subject)?,
+            extensions::subject_alt_name(&sans, &subject)?,
+        ],
+    };
+    let ca_scheme = ca.kind().default_signature_scheme();
+    let cert = template
+        .sign(ca_scheme, |tbs| ca.sign(ca_scheme, tbs))
+        .map_err(|e| anyhow::anyhow!("signing: {e:?}"))?;
+    let password = pki::pkcs12::random_password()?;
+    pki::pkcs12::write(
+        &pki::pkcs12::PfxContents {
+            key_pkcs8: key.pkcs8_der()?,
+            certificate: &cert,
+            chain: ca_chain,
+            friendly_name: Some("bench"),
+        },
+        &password,
+        iterations,
+        pki::pkcs12::PfxProfile::Modern,
+        &certconn::crypto::AlgorithmPolicy::default(),
+    )?;
+    Ok(())
+}

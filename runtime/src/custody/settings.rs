@@ -1,0 +1,109 @@
+//! The config sections custody owns: `[custody]` (how the software store is sealed at rest, and
+//! the PKCS#11 token) and `[keys.NAME]` (the keys to create at first start).
+
+use toml::Spanned;
+
+use super::{KekSource, KeyAlgorithm, KeyLocation, Pkcs11Config};
+use crate::config::{Checker, ConfigError};
+
+/// `[custody]`: how the software store is sealed at rest (`protection` and its settings, see
+/// [`KekSource`]) and, optionally, the PKCS#11 token for `store = "pkcs11"` keys
+/// (`[custody.pkcs11]`, see [`Pkcs11Config`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CustodyConfig {
+    pub protection: KekSource,
+    pub pkcs11: Option<Pkcs11Config>,
+}
+
+impl From<KekSource> for CustodyConfig {
+    fn from(protection: KekSource) -> Self {
+        Self {
+            protection,
+            pkcs11: None,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CustodyConfig {
+    // `KekSource` is an internally tagged enum with `deny_unknown_fields`, which serde cannot
+    // flatten; so the `pkcs11` table is taken out first and the rest is the protection.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let pkcs11 = table
+            .remove("pkcs11")
+            .map(|v| {
+                Pkcs11Config::deserialize(v).map_err(|e| D::Error::custom(format!("pkcs11: {e}")))
+            })
+            .transpose()?;
+        let protection = if table.is_empty() {
+            KekSource::None
+        } else {
+            KekSource::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?
+        };
+        Ok(Self { protection, pkcs11 })
+    }
+}
+
+/// `[keys.NAME]`: a custody key to create at first start.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub algorithm: KeyAlgorithm,
+    /// `software` (default) or `pkcs11` (the `custody.pkcs11` token).
+    #[serde(default = "software")]
+    pub store: Spanned<KeyLocation>,
+    /// Give the key a self-signed CA certificate when it is created (for `local-ca`).
+    pub self_signed: Option<SelfSigned>,
+}
+
+/// A self-signed CA certificate for a key created at first start.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfSigned {
+    /// RFC 4514, most significant RDN last as written (`CN=Example CA,O=Example`).
+    pub subject: Spanned<String>,
+    #[serde(
+        default = "default_ca_days",
+        deserialize_with = "crate::config::in_range::<_, u32, 1, 36500>"
+    )]
+    pub validity_days: u32,
+}
+
+fn software() -> Spanned<KeyLocation> {
+    Spanned::new(0..0, KeyLocation::Software)
+}
+
+fn default_ca_days() -> u32 {
+    3650
+}
+
+impl KeyConfig {
+    /// Checks what can be checked of key `name` on its own, and against the custody section.
+    pub fn check(
+        &self,
+        name: &str,
+        custody: &CustodyConfig,
+        cx: &Checker<'_>,
+    ) -> Result<(), ConfigError> {
+        if *self.store.get_ref() == KeyLocation::Pkcs11 && custody.pkcs11.is_none() {
+            return Err(cx.at(
+                self.store.span(),
+                format!("keys.{name}.store"),
+                "store = \"pkcs11\" needs a [custody.pkcs11] section (module, token_label)",
+            ));
+        }
+        if let Some(ss) = &self.self_signed {
+            if let Err(e) = ss.subject.get_ref().parse::<x509_cert::name::Name>() {
+                return Err(cx.at(
+                    ss.subject.span(),
+                    format!("keys.{name}.self_signed.subject"),
+                    format!(
+                        "not a distinguished name ({e}); write it like \"CN=Example CA,O=Example\""
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

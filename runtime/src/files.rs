@@ -1,0 +1,304 @@
+//! Files certconn trusts: secrets it reads, state it writes, code it loads.
+//!
+//! One place for the rules, so that every caller gets them the same way:
+//! - a secret is read only after its mode and owner are checked on the *open* file (no window in
+//!   which another file could be swapped in), and never through a symbolic link;
+//! - state is written to a temporary name in the same directory, synced, renamed, and the
+//!   directory synced, so a crash leaves the old file or the new one, never half of either;
+//! - a directory whose files certconn executes or trusts (the compiled-plugin cache) must be
+//!   owned by the daemon's user or root and writable by nobody else.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+/// Largest secret file read (a key-encryption key, a password, a token, a PIN).
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Why a file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileError {
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: permissions {mode:04o} let other users read it; run `chmod 600 {path}` (and \
+         check who may have read it)"
+    )]
+    Readable { path: PathBuf, mode: u32 },
+    #[error("{path}: permissions {mode:04o} let other users change it; run `chmod go-w {path}`")]
+    Writable { path: PathBuf, mode: u32 },
+    #[error(
+        "{path} is owned by uid {owner}, not by certconn's user (uid {expected}) or root; \
+         `chown` it to the user certconn runs as"
+    )]
+    Owner {
+        path: PathBuf,
+        owner: u32,
+        expected: u32,
+    },
+    #[error("{path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("{path} is a symbolic link; certconn does not follow links to secrets or code")]
+    Symlink { path: PathBuf },
+    #[error("{path} is {size} bytes; a secret file holds at most {MAX_SECRET_FILE}")]
+    TooLarge { path: PathBuf, size: u64 },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+    move |source| {
+        if source.raw_os_error() == Some(libc::ELOOP) {
+            FileError::Symlink {
+                path: path.to_owned(),
+            }
+        } else {
+            FileError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
+/// The effective user id of this process.
+pub fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Checks that `meta` belongs to this process's user (or root).
+fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), FileError> {
+    let expected = current_uid();
+    if meta.uid() == expected || meta.uid() == 0 {
+        Ok(())
+    } else {
+        Err(FileError::Owner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            expected,
+        })
+    }
+}
+
+/// Reads a file that holds a secret. Refused when it is a link, not a regular file, readable
+/// or writable by other users, owned by another user, or larger than [`MAX_SECRET_FILE`].
+/// The checks are made on the open file before a byte is read.
+pub fn read_protected(path: &Path) -> Result<Zeroizing<Vec<u8>>, FileError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io(path))?;
+    let meta = file.metadata().map_err(io(path))?;
+    if !meta.is_file() {
+        return Err(FileError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(FileError::Readable {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    check_owner(path, &meta)?;
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(FileError::TooLarge {
+            path: path.to_owned(),
+            size: meta.len(),
+        });
+    }
+    let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
+    Read::by_ref(&mut file)
+        .take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io(path))?;
+    Ok(bytes)
+}
+
+/// Writes `bytes` to `path` atomically with `mode`: a temporary file in the same directory,
+/// synced, renamed over `path`, then the directory synced so the rename itself survives a
+/// power loss.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        // The mode given to open() is filtered by the umask; the file must have exactly `mode`.
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    if let Some(dir) = dir {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) with mode 0700 when missing, then checks it as
+/// [`check_trusted_dir`] does.
+pub fn private_dir(dir: &Path) -> Result<(), FileError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))?;
+    check_trusted_dir(dir)
+}
+
+/// Checks a directory whose contents certconn trusts: a directory (not a link), owned by this
+/// user or root, writable by nobody else.
+pub fn check_trusted_dir(dir: &Path) -> Result<(), FileError> {
+    let meta = fs::symlink_metadata(dir).map_err(io(dir))?;
+    if meta.file_type().is_symlink() {
+        return Err(FileError::Symlink {
+            path: dir.to_owned(),
+        });
+    }
+    check_not_writable_by_others(dir, &meta)
+}
+
+/// Checks a file whose contents certconn trusts (compiled code it maps and runs): a regular
+/// file (not a link), owned by this user or root, writable by nobody else.
+pub fn check_trusted_file(path: &Path) -> Result<(), FileError> {
+    let meta = fs::symlink_metadata(path).map_err(io(path))?;
+    if meta.file_type().is_symlink() {
+        return Err(FileError::Symlink {
+            path: path.to_owned(),
+        });
+    }
+    if !meta.is_file() {
+        return Err(FileError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    check_not_writable_by_others(path, &meta)
+}
+
+fn check_not_writable_by_others(path: &Path, meta: &fs::Metadata) -> Result<(), FileError> {
+    check_owner(path, meta)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(FileError::Writable {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_secret_is_read_only_when_nobody_else_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        fs::write(&path, b"s3cret\n").unwrap();
+        chmod(&path, 0o644);
+        let e = read_protected(&path).unwrap_err();
+        assert!(matches!(e, FileError::Readable { mode: 0o644, .. }), "{e}");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        chmod(&path, 0o600);
+        assert_eq!(&read_protected(&path).unwrap()[..], b"s3cret\n");
+        chmod(&path, 0o400);
+        assert_eq!(&read_protected(&path).unwrap()[..], b"s3cret\n");
+    }
+
+    #[test]
+    fn a_link_to_a_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::write(&target, b"x").unwrap();
+        chmod(&target, 0o600);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = read_protected(&link).unwrap_err();
+        assert!(matches!(e, FileError::Symlink { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_huge_secret_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        fs::write(&path, vec![b'a'; (MAX_SECRET_FILE + 1) as usize]).unwrap();
+        chmod(&path, 0o600);
+        assert!(matches!(
+            read_protected(&path),
+            Err(FileError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn write_atomic_sets_the_mode_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"one", 0o600).unwrap();
+        write_atomic(&path, b"two", 0o640).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn a_trusted_directory_must_not_be_writable_by_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        private_dir(&cache).unwrap();
+        assert_eq!(
+            fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        chmod(&cache, 0o777);
+        let e = check_trusted_dir(&cache).unwrap_err();
+        assert!(matches!(e, FileError::Writable { .. }), "{e}");
+        let file = dir.path().join("code");
+        fs::write(&file, b"x").unwrap();
+        chmod(&file, 0o666);
+        assert!(matches!(
+            check_trusted_file(&file),
+            Err(FileError::Writable { .. })
+        ));
+        chmod(&file, 0o644);
+        check_trusted_file(&file).unwrap();
+    }
+}

@@ -1,0 +1,78 @@
+//! What the job steps need from custody, in the steps' own words. The routing to backends is
+//! in [`super::routing`]; the journal's parts ([`crate::journal::Ledger`], the job store) are
+//! the journal's traits.
+
+use std::sync::Arc;
+
+use crate::custody::{CustodyError, PrivateKey, StoredKey};
+
+/// Custody as the job steps use it: named keys, and the device keys of jobs pending at a CA.
+pub trait Custody: Send + Sync {
+    /// The custody key `name` (an import decrypts its PFX password with it).
+    fn key(&self, name: &str) -> Result<Arc<StoredKey>, CustodyError>;
+    /// Keeps the device key of job `job_id` while its CA answers pending, so that the
+    /// certificate the CA issues later is for a key that still exists.
+    fn keep_pending(&self, job_id: &str, key: PrivateKey) -> Result<(), CustodyError>;
+    /// The device key kept for `job_id`, if any.
+    fn pending_key(&self, job_id: &str) -> Option<Arc<StoredKey>>;
+    /// Forgets the device key kept for `job_id` (its job ended). Missing is not an error.
+    fn forget_pending(&self, job_id: &str) -> Result<(), CustodyError>;
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Custody in memory.
+    #[derive(Default)]
+    pub struct MemoryCustody {
+        pub keys: Mutex<BTreeMap<String, Arc<StoredKey>>>,
+        pub pending: Mutex<BTreeMap<String, Arc<StoredKey>>>,
+    }
+
+    impl MemoryCustody {
+        pub fn with_key(self, name: &str, key: PrivateKey) -> Self {
+            self.keys.lock().unwrap().insert(
+                name.to_owned(),
+                Arc::new(StoredKey {
+                    name: name.to_owned(),
+                    key,
+                    chain: Vec::new(),
+                }),
+            );
+            self
+        }
+    }
+
+    impl Custody for MemoryCustody {
+        fn key(&self, name: &str) -> Result<Arc<StoredKey>, CustodyError> {
+            self.keys
+                .lock()
+                .unwrap()
+                .get(name)
+                .cloned()
+                .ok_or_else(|| CustodyError::NoSuchKey(name.to_owned()))
+        }
+        fn keep_pending(&self, job_id: &str, key: PrivateKey) -> Result<(), CustodyError> {
+            self.pending.lock().unwrap().insert(
+                job_id.to_owned(),
+                Arc::new(StoredKey {
+                    name: format!("pending-{job_id}"),
+                    key,
+                    chain: Vec::new(),
+                }),
+            );
+            Ok(())
+        }
+        fn pending_key(&self, job_id: &str) -> Option<Arc<StoredKey>> {
+            self.pending.lock().unwrap().get(job_id).cloned()
+        }
+        fn forget_pending(&self, job_id: &str) -> Result<(), CustodyError> {
+            self.pending.lock().unwrap().remove(job_id);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The config sections the job side owns: `[jobs]` (workers, retries, leases) and
+//! `[profiles.NAME]` (what a request names: its backends and the certificate's shape).
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::custody::KeyAlgorithm;
+
+/// `[jobs]`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Jobs running at once.
+    #[serde(
+        default = "default_workers",
+        deserialize_with = "crate::config::in_range::<_, usize, 1, 1024>"
+    )]
+    pub workers: usize,
+    /// Attempts before a job is dead-lettered.
+    #[serde(
+        default = "default_attempts",
+        deserialize_with = "crate::config::in_range::<_, u32, 1, 1000>"
+    )]
+    pub max_attempts: u32,
+    /// First retry delay; doubles each attempt, with jitter.
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial_ms: u64,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+    /// How long a worker holds a job before another may take it up, in seconds. The worker
+    /// renews it while the job runs; it expires only when the worker (or its process) is gone.
+    /// At least the longest `backends.*.timeout_seconds`.
+    #[serde(default = "default_lease")]
+    pub lease_seconds: Spanned<u64>,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            workers: default_workers(),
+            max_attempts: default_attempts(),
+            backoff_initial_ms: default_backoff_initial(),
+            backoff_max_ms: default_backoff_max(),
+            lease_seconds: default_lease(),
+        }
+    }
+}
+
+impl JobsConfig {
+    /// The lease a worker takes and renews.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(*self.lease_seconds.get_ref())
+    }
+}
+
+fn default_workers() -> usize {
+    8
+}
+fn default_attempts() -> u32 {
+    5
+}
+fn default_backoff_initial() -> u64 {
+    500
+}
+fn default_backoff_max() -> u64 {
+    300_000
+}
+fn default_lease() -> Spanned<u64> {
+    Spanned::new(0..0, 120)
+}
+
+/// `[profiles.NAME]`: what a request names.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// The backend instance that serves this profile.
+    pub backend: Spanned<String>,
+    /// Backend instances tried in order when `backend` is unloaded, quarantined, at its
+    /// concurrency limit, or fails with a fault or a transient error. A CA's final answer
+    /// (issued, rejected, pending) is never passed on.
+    #[serde(default)]
+    pub fallbacks: Vec<Spanned<String>>,
+    /// Device key type when the request does not say.
+    #[serde(default = "default_key")]
+    pub key_algorithm: KeyAlgorithm,
+    #[serde(
+        default,
+        deserialize_with = "crate::config::in_range_opt::<_, u32, 1, 3650>"
+    )]
+    pub validity_days: Option<u32>,
+    /// CA-side template name, passed to the backend.
+    pub template: Option<String>,
+    /// `modern` (PBES2/AES-256, HMAC-SHA256) or `compat` (3DES, HMAC-SHA1) for older devices.
+    #[serde(default)]
+    pub pfx_format: crate::pki::pkcs12::PfxProfile,
+    /// How the PFX password reaches an RSA recipient: `rsa-oaep` (default) or `rsa-pkcs1`.
+    /// EC recipients always use ECDH.
+    #[serde(default)]
+    pub recipient_key_transport: crate::pki::cms::KeyTransport,
+}
+
+impl ProfileConfig {
+    /// The backend instances this profile routes to, in the order they are tried.
+    pub fn route(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&self.backend)
+            .chain(&self.fallbacks)
+            .map(|b| b.get_ref().as_str())
+    }
+}
+
+fn default_key() -> KeyAlgorithm {
+    KeyAlgorithm::EcP256
+}

@@ -1,0 +1,331 @@
+//! The issue step: custody keygen → CSR → routed backend `issue` (or `poll`) → the certificate
+//! must be for our key → PKCS#12 under a random password → the password sealed for the device.
+//! A device that sent a CSR keeps its key and gets the certificate only.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use certconn_x509::SubjectAltName;
+use der::{Decode, Encode};
+use x509_cert::name::Name;
+use zeroize::Zeroizing;
+
+use super::Steps;
+use crate::custody::grant::REQUEST_HANDLE;
+use crate::custody::{PrivateKey, StoredKey};
+use crate::jobs::model::{IssueJob, JobResult};
+use crate::jobs::outcome::{Completed, ErrorClass, JobError, Outcome};
+use crate::jobs::routing::{backend_refusal, call_through, CaBackend, Route};
+use crate::jobs::settings::ProfileConfig;
+use crate::journal::{IssuedRecord, JobRecord};
+use crate::pki::{self, pem};
+use crate::plugins::bindings::types as wit;
+
+/// Where the key being certified lives.
+enum DeviceKey {
+    /// The device sent a CSR and keeps its key.
+    OwnedByDevice,
+    /// Made for this attempt; it goes into the PFX. Held as a stored key (not in the store) so
+    /// the backend can use it as the `request` handle.
+    Fresh(Arc<StoredKey>),
+    /// Made by an earlier attempt that the CA answered `pending`; kept in custody until now.
+    Kept(Arc<StoredKey>),
+}
+
+impl DeviceKey {
+    fn request_key(&self) -> Option<Arc<StoredKey>> {
+        match self {
+            Self::OwnedByDevice => None,
+            Self::Fresh(k) | Self::Kept(k) => Some(k.clone()),
+        }
+    }
+
+    fn private(&self) -> Option<&PrivateKey> {
+        match self {
+            Self::OwnedByDevice => None,
+            Self::Fresh(k) | Self::Kept(k) => Some(&k.key),
+        }
+    }
+}
+
+/// The subject and SANs of a request, parsed once (intake already validated them).
+fn requested_names(req: &IssueJob) -> Result<(Option<Name>, Vec<SubjectAltName>), JobError> {
+    let subject = if req.subject.is_empty() {
+        None
+    } else {
+        Some(Name::from_str(&req.subject).map_err(|e| {
+            JobError::permanent(format!(
+                "subject {:?} is not a distinguished name",
+                req.subject
+            ))
+            .because(e)
+        })?)
+    };
+    let sans = req
+        .sans
+        .iter()
+        .map(|s| SubjectAltName::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| JobError::permanent("a subject alternative name").because(e))?;
+    Ok((subject, sans))
+}
+
+/// Turns the validated request's SAN strings into WIT values.
+fn wit_sans(sans: &[SubjectAltName]) -> Vec<wit::SubjectAltName> {
+    sans.iter()
+        .map(|s| match s {
+            SubjectAltName::Dns(v) => wit::SubjectAltName::Dns(v.clone()),
+            SubjectAltName::Email(v) => wit::SubjectAltName::Email(v.clone()),
+            SubjectAltName::Upn(v) => wit::SubjectAltName::Upn(v.clone()),
+            SubjectAltName::Uri(v) => wit::SubjectAltName::Uri(v.clone()),
+            SubjectAltName::Ip(v) => wit::SubjectAltName::Ip(v.to_string()),
+        })
+        .collect()
+}
+
+impl Steps {
+    pub(super) async fn issue(&self, job: &JobRecord, req: &IssueJob) -> Outcome {
+        let profile = self.profile(&req.profile)?;
+        // A pending job polls the backend that answered pending, and no other.
+        let mut route = match (&job.poll_token, job.backend.as_deref()) {
+            (Some(_), Some(b)) => Route::to(b, &*self.backends).ok_or_else(|| {
+                JobError::permanent("the backend this job is pending at is no longer configured")
+                    .at(b)
+            })?,
+            (Some(_), None) => {
+                return Err(JobError::permanent(
+                    "the job is pending at a backend the journal does not name",
+                ))
+            }
+            (None, _) => Route::for_profile(profile, &*self.backends),
+        };
+        let (subject, sans) = requested_names(req)?;
+        let (csr, key) = self
+            .csr_and_key(job, req, profile, subject.as_ref(), &sans)
+            .await?;
+        let request = wit::IssueRequest {
+            job_id: job.id.clone(),
+            profile: req.profile.clone(),
+            csr,
+            subject: subject
+                .as_ref()
+                .map(|n| n.to_der())
+                .transpose()
+                .map_err(|e| JobError::permanent("encoding the subject").because(e))?,
+            subject_alt_names: wit_sans(&sans),
+            validity_days: req.validity_days.or(profile.validity_days),
+            template: profile.template.clone(),
+        };
+        let (job_id, poll_token, request_ref, key_ref) = (&job.id, &job.poll_token, &request, &key);
+        let answer = call_through(&mut route, |backend| async move {
+            let request_key = key_ref.request_key();
+            match poll_token {
+                Some(token) => backend.poll(job_id, token, request_key).await,
+                None => backend.issue(request_ref, request_key).await,
+            }
+        })
+        .await?;
+        let name = answer.backend_name;
+        let outcome = match answer.answer {
+            Ok(issued) => self.package(
+                &name,
+                &*answer.backend,
+                &request.csr,
+                &key,
+                issued,
+                req,
+                profile,
+            ),
+            Err(refusal) => Err(backend_refusal(&name, refusal)),
+        };
+        self.settle_device_key(job, key, &outcome)?;
+        outcome
+    }
+
+    /// The CSR to send and the key it certifies: the device's own CSR, or a key certconn makes
+    /// (or kept from an earlier pending attempt) and a CSR for it.
+    async fn csr_and_key(
+        &self,
+        job: &JobRecord,
+        req: &IssueJob,
+        profile: &ProfileConfig,
+        subject: Option<&Name>,
+        sans: &[SubjectAltName],
+    ) -> Result<(Vec<u8>, DeviceKey), JobError> {
+        if let Some(pem_text) = &req.csr_pem {
+            let blocks = pem::decode_all(pem_text)
+                .map_err(|e| JobError::permanent("the CSR is not PEM").because(e))?;
+            let (_, der) = blocks
+                .into_iter()
+                .next()
+                .ok_or_else(|| JobError::permanent("the CSR has no PEM block"))?;
+            return Ok((der, DeviceKey::OwnedByDevice));
+        }
+        let key = match self.custody.pending_key(&job.id) {
+            Some(kept) => DeviceKey::Kept(kept),
+            None => {
+                let alg = req.key.unwrap_or(profile.key_algorithm);
+                let key = tokio::task::spawn_blocking(move || PrivateKey::generate(alg))
+                    .await
+                    .map_err(|e| JobError::transient("the key generation task").because(e))?
+                    .map_err(|e| JobError::transient("generating the device key").because(e))?;
+                DeviceKey::Fresh(Arc::new(StoredKey {
+                    name: REQUEST_HANDLE.into(),
+                    key,
+                    chain: Vec::new(),
+                }))
+            }
+        };
+        let subject = subject.ok_or_else(|| {
+            JobError::permanent("a subject is required when certconn makes the key")
+        })?;
+        let private = key
+            .private()
+            .ok_or_else(|| JobError::permanent("no key to certify"))?;
+        let csr = pki::csr::build(private, subject, sans)
+            .map_err(|e| JobError::permanent("building the CSR").because(e))?;
+        Ok((csr, key))
+    }
+
+    /// Keeps a fresh device key in custody when the CA answered pending (the certificate it
+    /// issues later must be for a key that still exists); forgets a kept one once the job has
+    /// an answer that ends it.
+    fn settle_device_key(
+        &self,
+        job: &JobRecord,
+        key: DeviceKey,
+        outcome: &Outcome,
+    ) -> Result<(), JobError> {
+        let pending = matches!(
+            outcome,
+            Err(JobError {
+                class: ErrorClass::Pending { .. },
+                ..
+            })
+        );
+        let ended = matches!(
+            outcome,
+            Ok(_)
+                | Err(JobError {
+                    class: ErrorClass::Permanent,
+                    ..
+                })
+        );
+        match key {
+            DeviceKey::Fresh(k) if pending => {
+                // The plugin's store is gone, so this is the last reference.
+                let StoredKey { key, .. } = Arc::try_unwrap(k)
+                    .map_err(|_| JobError::transient("the device key is still in use; retrying"))?;
+                self.custody.keep_pending(&job.id, key).map_err(|e| {
+                    JobError::transient("keeping the device key while the CA decides").because(e)
+                })
+            }
+            DeviceKey::Kept(_) if ended => {
+                if let Err(e) = self.custody.forget_pending(&job.id) {
+                    tracing::warn!(job = %job.id, "could not remove the kept device key: {}", crate::report::chain(&e));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks the backend's certificate and packages it: the certificate and chain, and with a
+    /// key certconn made, a PFX under a random password, the password sealed for the device or
+    /// handed out once.
+    #[allow(clippy::too_many_arguments)]
+    fn package(
+        &self,
+        name: &str,
+        backend: &dyn CaBackend,
+        csr_der: &[u8],
+        key: &DeviceKey,
+        issued: wit::IssuedCertificate,
+        req: &IssueJob,
+        profile: &ProfileConfig,
+    ) -> Outcome {
+        let fail = |e: JobError| e.at(name);
+        let expected_spki = match key.private() {
+            Some(k) => k.public_key_der().to_vec(),
+            None => x509_cert::request::CertReq::from_der(csr_der)
+                .and_then(|c| c.info.public_key.to_der())
+                .map_err(|e| fail(JobError::permanent("the CSR").because(e)))?,
+        };
+        let checked = pki::issued::check(&issued.certificate, &issued.chain, &expected_spki)
+            .map_err(|e| {
+                fail(JobError::permanent("the backend's certificate is refused").because(e))
+            })?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut result = JobResult {
+            certificate_pem: Some(pem::encode("CERTIFICATE", &issued.certificate)),
+            chain_pem: Some(
+                issued
+                    .chain
+                    .iter()
+                    .map(|c| pem::encode("CERTIFICATE", c))
+                    .collect(),
+            ),
+            serial: Some(checked.serial.clone()),
+            backend_version: Some(backend.version_id()),
+            ..Default::default()
+        };
+        let mut password_out = None;
+        if let Some(key) = key.private() {
+            let password = pki::pkcs12::random_password()
+                .map_err(|e| fail(JobError::transient("a PFX password").because(e)))?;
+            let friendly = checked.certificate.tbs_certificate.subject.to_string();
+            let key_pkcs8 = key
+                .pkcs8_der()
+                .map_err(|e| fail(JobError::permanent("the device key").because(e)))?;
+            let contents = pki::pkcs12::PfxContents {
+                key_pkcs8,
+                certificate: &issued.certificate,
+                chain: &issued.chain,
+                friendly_name: Some(&friendly),
+            };
+            let pfx = pki::pkcs12::write(
+                &contents,
+                &password,
+                self.settings.pfx_iterations,
+                profile.pfx_format,
+                &self.settings.policy,
+            )
+            .map_err(|e| fail(JobError::permanent("writing the PFX").because(e)))?;
+            result.pfx_base64 = Some(b64.encode(&pfx));
+            match &req.recipient_pem {
+                Some(recipient) => {
+                    let sealed = seal_for(recipient, &password, profile).map_err(fail)?;
+                    result.sealed_password_base64 = Some(b64.encode(sealed));
+                }
+                None => password_out = Some(password),
+            }
+        }
+        Ok(Completed {
+            backend: name.to_owned(),
+            result,
+            password: password_out,
+            issued: Some(IssuedRecord {
+                backend: name.to_owned(),
+                serial: checked.serial,
+                issuer_der: checked.issuer_der,
+                not_after: checked.not_after,
+                certificate_der: issued.certificate,
+            }),
+            revoked: None,
+        })
+    }
+}
+
+/// Seals `password` for the device certificate `recipient_pem` (CMS EnvelopedData), the way the
+/// profile says an RSA recipient gets it.
+pub(super) fn seal_for(
+    recipient_pem: &str,
+    password: &Zeroizing<String>,
+    profile: &ProfileConfig,
+) -> Result<Vec<u8>, JobError> {
+    let der = pem::certificate_from_pem_or_der(recipient_pem.as_bytes())
+        .map_err(|e| JobError::permanent("the recipient certificate").because(e))?;
+    pki::cms::seal_for(&der, password.as_bytes(), profile.recipient_key_transport)
+        .map_err(|e| JobError::permanent("sealing the password for the device").because(e))
+}

@@ -1,0 +1,451 @@
+//! What every journal must do, written once. An implementation runs all of it with
+//! `crate::journal_behaviour_tests!(factory)` in its own test module, where `factory()` returns a
+//! [`Factory`] over a fresh, empty journal (for SQLite a file in a temporary directory; for a
+//! shared database a fresh schema). `Factory::open` may be called several times to get several
+//! instances of certconn on the same journal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+
+/// Opens instances of one fresh journal.
+pub(crate) trait Factory {
+    /// The journal as instance `instance` sees it.
+    fn open(&self, instance: &str) -> Arc<dyn Journal>;
+}
+
+/// Generates one `#[tokio::test]` per behaviour for the factory expression `$factory`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! journal_behaviour_tests {
+    ($factory:expr) => {
+        $crate::journal_behaviour_tests!(@each $factory;
+            same_idempotency_key_is_one_job,
+            a_stale_lease_cannot_end_the_job_even_in_one_process,
+            a_renewed_lease_is_not_taken_over,
+            a_lost_lease_cannot_be_renewed,
+            the_password_is_handed_out_once,
+            pending_waits_for_its_poll_time_without_using_attempts,
+            waiting_for_a_backend_uses_no_attempt,
+            operator_retry_only_from_a_terminal_failure,
+            release_held_leaves_other_instances_leases_alone,
+            wait_settled_returns_when_the_job_ends,
+            wait_settled_gives_up_after_its_time,
+            ending_a_job_can_erase_its_request,
+            the_ledger_records_issue_and_revocation,
+            a_one_time_challenge_works_once_and_not_after_expiry,
+            a_replayed_value_is_refused_within_the_window,
+            enqueue_wakes_a_waiting_worker,
+            counts_and_list_by_state,
+        );
+    };
+    (@each $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let factory = $factory();
+                $crate::journal::behaviour::$name(&factory).await;
+            }
+        )*
+    };
+}
+
+fn req(x: i64) -> serde_json::Value {
+    json!({ "x": x })
+}
+
+async fn enqueue(j: &dyn Journal, key: &str) -> JobRecord {
+    let r = req(1);
+    j.enqueue(NewJob {
+        source: "api",
+        idempotency_key: key,
+        kind: JobKind::Issue,
+        request: &r,
+    })
+    .await
+    .unwrap()
+    .0
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn done(result: &str) -> Completion<'_> {
+    Completion {
+        backend: "b",
+        result,
+        ..Default::default()
+    }
+}
+
+pub(crate) async fn same_idempotency_key_is_one_job(f: &dyn Factory) {
+    let j = f.open("a");
+    let (r1, r2) = (req(1), req(2));
+    let new = |key, source, request| NewJob {
+        source,
+        idempotency_key: key,
+        kind: JobKind::Issue,
+        request,
+    };
+    let (a, new_a) = j.enqueue(new("k1", "api", &r1)).await.unwrap();
+    let (b, new_b) = j.enqueue(new("k1", "api", &r2)).await.unwrap();
+    assert!(new_a && !new_b);
+    assert_eq!(a.id, b.id);
+    assert_eq!(b.request, r1, "the first request is kept");
+    let (c, new_c) = j.enqueue(new("k1", "scep", &r2)).await.unwrap();
+    assert!(new_c);
+    assert_ne!(c.id, a.id);
+    assert_eq!(j.find("api", "k1").await.unwrap().unwrap().id, a.id);
+    assert!(j.find("api", "nope").await.unwrap().is_none());
+}
+
+pub(crate) async fn a_stale_lease_cannot_end_the_job_even_in_one_process(f: &dyn Factory) {
+    let j = f.open("a");
+    let job = enqueue(&*j, "k").await;
+    // A lease that is already over: the worker holding it is "slow".
+    let first = j.lease_next(Duration::ZERO).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Another worker of the same instance takes the job up.
+    let second = j.lease_next(MINUTE).await.unwrap().unwrap();
+    assert_eq!(first.job.id, job.id);
+    assert_eq!(second.job.id, job.id);
+    assert_ne!(first.lease, second.lease);
+    assert!(!j.complete(&first.lease, done("{}")).await.unwrap());
+    assert!(!j.renew(&first.lease, MINUTE).await.unwrap());
+    assert!(!j
+        .requeue(&first.lease, None, "e", now_ms(), true)
+        .await
+        .unwrap());
+    assert!(!j
+        .end(&first.lease, JobState::Failed, None, "e", None)
+        .await
+        .unwrap());
+    assert!(!j.park(&first.lease, "b", "t", "m", now_ms()).await.unwrap());
+    assert!(j.complete(&second.lease, done("{}")).await.unwrap());
+    let ended = j.get(&job.id).await.unwrap();
+    assert_eq!((ended.state, ended.attempts), (JobState::Succeeded, 2));
+    assert!(j.take_result(&job.id).await.unwrap().is_some());
+}
+
+pub(crate) async fn a_renewed_lease_is_not_taken_over(f: &dyn Factory) {
+    let j = f.open("a");
+    enqueue(&*j, "k").await;
+    let held = j
+        .lease_next(Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(j.renew(&held.lease, MINUTE).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(
+        j.lease_next(MINUTE).await.unwrap().is_none(),
+        "a renewed lease was taken over"
+    );
+    assert!(j.complete(&held.lease, done("{}")).await.unwrap());
+}
+
+pub(crate) async fn a_lost_lease_cannot_be_renewed(f: &dyn Factory) {
+    let j = f.open("a");
+    enqueue(&*j, "k").await;
+    let first = j.lease_next(Duration::ZERO).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let _second = j.lease_next(MINUTE).await.unwrap().unwrap();
+    assert!(!j.renew(&first.lease, MINUTE).await.unwrap());
+}
+
+pub(crate) async fn the_password_is_handed_out_once(f: &dyn Factory) {
+    let j = f.open("a");
+    let job = enqueue(&*j, "k").await;
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    let kept = j
+        .complete(
+            &held.lease,
+            Completion {
+                password: Some("s3cret"),
+                ..done(r#"{"pfx":"AA=="}"#)
+            },
+        )
+        .await
+        .unwrap();
+    assert!(kept);
+    let first = j.take_result(&job.id).await.unwrap().unwrap();
+    assert_eq!(first.result, r#"{"pfx":"AA=="}"#);
+    assert_eq!(
+        first.password.as_deref().map(String::as_str),
+        Some("s3cret")
+    );
+    let again = j.take_result(&job.id).await.unwrap().unwrap();
+    assert!(again.password.is_none());
+    assert_eq!(again.result, first.result);
+}
+
+pub(crate) async fn pending_waits_for_its_poll_time_without_using_attempts(f: &dyn Factory) {
+    let j = f.open("a");
+    let job = enqueue(&*j, "k").await;
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    assert!(j
+        .park(
+            &held.lease,
+            "b",
+            "token-1",
+            "awaiting approval",
+            now_ms() + 150
+        )
+        .await
+        .unwrap());
+    let parked = j.get(&job.id).await.unwrap();
+    assert_eq!((parked.state, parked.attempts), (JobState::Pending, 0));
+    assert!(j.lease_next(MINUTE).await.unwrap().is_none(), "not due yet");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let polled = j.lease_next(MINUTE).await.unwrap().expect("due now");
+    assert_eq!(polled.job.poll_token.as_deref(), Some("token-1"));
+    assert_eq!(polled.job.backend.as_deref(), Some("b"));
+    assert_eq!(polled.job.attempts, 1);
+}
+
+pub(crate) async fn waiting_for_a_backend_uses_no_attempt(f: &dyn Factory) {
+    let j = f.open("a");
+    let job = enqueue(&*j, "k").await;
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    assert!(j
+        .requeue(&held.lease, None, "waiting", now_ms(), false)
+        .await
+        .unwrap());
+    assert_eq!(j.get(&job.id).await.unwrap().attempts, 0);
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    assert!(j
+        .requeue(&held.lease, Some("b"), "transient", now_ms(), true)
+        .await
+        .unwrap());
+    let requeued = j.get(&job.id).await.unwrap();
+    assert_eq!(requeued.state, JobState::Queued);
+    assert_eq!(requeued.attempts, 1);
+    assert_eq!(requeued.backend.as_deref(), Some("b"));
+    assert_eq!(requeued.last_error.as_deref(), Some("transient"));
+}
+
+pub(crate) async fn operator_retry_only_from_a_terminal_failure(f: &dyn Factory) {
+    let j = f.open("a");
+    let job = enqueue(&*j, "k").await;
+    assert!(matches!(
+        j.retry(&job.id).await,
+        Err(JournalError::NotRetryable { .. })
+    ));
+    assert!(matches!(
+        j.retry("no-such-job").await,
+        Err(JournalError::NotFound(_))
+    ));
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    assert!(j
+        .end(&held.lease, JobState::Dead, Some("b"), "boom", None)
+        .await
+        .unwrap());
+    let again = j.retry(&job.id).await.unwrap();
+    assert_eq!((again.state, again.attempts), (JobState::Queued, 0));
+}
+
+pub(crate) async fn release_held_leaves_other_instances_leases_alone(f: &dyn Factory) {
+    let a = f.open("instance-a");
+    let b = f.open("instance-b");
+    let ja = enqueue(&*a, "ka").await;
+    let held_a = a.lease_next(MINUTE).await.unwrap().unwrap();
+    let jb = enqueue(&*b, "kb").await;
+    let held_b = b.lease_next(MINUTE).await.unwrap().unwrap();
+    assert_eq!(
+        (held_a.job.id.as_str(), held_b.job.id.as_str()),
+        (ja.id.as_str(), jb.id.as_str())
+    );
+    // Instance a restarts: what it held is due again; b's live lease is untouched.
+    assert_eq!(a.release_held().await.unwrap(), 1);
+    assert_eq!(a.get(&ja.id).await.unwrap().state, JobState::Queued);
+    assert_eq!(a.get(&jb.id).await.unwrap().state, JobState::Running);
+    assert!(b.complete(&held_b.lease, done("{}")).await.unwrap());
+    // a's old lease is gone with the release.
+    assert!(!a.complete(&held_a.lease, done("{}")).await.unwrap());
+}
+
+pub(crate) async fn wait_settled_returns_when_the_job_ends(f: &dyn Factory) {
+    let j = f.open("a");
+    let job = enqueue(&*j, "k").await;
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    let worker = {
+        let j = j.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            j.complete(&held.lease, done("{}")).await.unwrap()
+        })
+    };
+    let started = std::time::Instant::now();
+    let settled = j.wait_settled(&job.id, MINUTE).await.unwrap();
+    assert_eq!(settled.state, JobState::Succeeded);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(worker.await.unwrap());
+}
+
+pub(crate) async fn wait_settled_gives_up_after_its_time(f: &dyn Factory) {
+    let j = f.open("a");
+    let job = enqueue(&*j, "k").await;
+    let waited = j
+        .wait_settled(&job.id, Duration::from_millis(30))
+        .await
+        .unwrap();
+    assert_eq!(waited.state, JobState::Queued);
+}
+
+pub(crate) async fn ending_a_job_can_erase_its_request(f: &dyn Factory) {
+    let j = f.open("a");
+    let secret = json!({ "pfx_base64": "c2VjcmV0", "profile": "import" });
+    let erased = json!({ "pfx": { "bytes": 6 }, "profile": "import" });
+    for (key, fail) in [("k1", false), ("k2", true)] {
+        let (job, _) = j
+            .enqueue(NewJob {
+                source: "api",
+                idempotency_key: key,
+                kind: JobKind::Import,
+                request: &secret,
+            })
+            .await
+            .unwrap();
+        let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+        let ended = if fail {
+            j.end(&held.lease, JobState::Failed, None, "no", Some(&erased))
+                .await
+        } else {
+            j.complete(
+                &held.lease,
+                Completion {
+                    request: Some(&erased),
+                    ..done("{}")
+                },
+            )
+            .await
+        };
+        assert!(ended.unwrap());
+        assert_eq!(j.get(&job.id).await.unwrap().request, erased);
+    }
+}
+
+pub(crate) async fn the_ledger_records_issue_and_revocation(f: &dyn Factory) {
+    let j = f.open("a");
+    let job = enqueue(&*j, "issue").await;
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    let issued = IssuedRecord {
+        backend: "b".into(),
+        serial: "0a1b".into(),
+        issuer_der: vec![0x30, 0x00],
+        not_after: 1_900_000_000,
+        certificate_der: vec![0x30, 0x03, 1, 2, 3],
+    };
+    assert!(j
+        .complete(
+            &held.lease,
+            Completion {
+                issued: Some(&issued),
+                ..done("{}")
+            }
+        )
+        .await
+        .unwrap());
+    let entry = j.certificate("0a1b").await.unwrap().unwrap();
+    assert_eq!(
+        (entry.backend.as_str(), entry.job_id.as_str()),
+        ("b", job.id.as_str())
+    );
+    assert_eq!(entry.certificate_der, issued.certificate_der);
+    assert_eq!(entry.revoked, None);
+    assert!(j.certificate("ffff").await.unwrap().is_none());
+
+    enqueue(&*j, "revoke").await;
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    let revocation = Revocation {
+        backend: "b".into(),
+        serial: "0a1b".into(),
+        reason: "key-compromise".into(),
+    };
+    assert!(j
+        .complete(
+            &held.lease,
+            Completion {
+                revoked: Some(&revocation),
+                ..done("{}")
+            }
+        )
+        .await
+        .unwrap());
+    let (_, reason) = j
+        .certificate("0a1b")
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked
+        .unwrap();
+    assert_eq!(reason, "key-compromise");
+}
+
+pub(crate) async fn a_one_time_challenge_works_once_and_not_after_expiry(f: &dyn Factory) {
+    let a = f.open("a");
+    let b = f.open("b");
+    a.add_challenge("d1", now_ms() + 60_000).await.unwrap();
+    a.add_challenge("d2", now_ms() - 1).await.unwrap();
+    // Minted on one instance, good on another, once.
+    assert!(b.consume_challenge("d1").await.unwrap());
+    assert!(!a.consume_challenge("d1").await.unwrap());
+    assert!(!a.consume_challenge("d2").await.unwrap(), "expired");
+    assert!(!a.consume_challenge("unknown").await.unwrap());
+}
+
+pub(crate) async fn a_replayed_value_is_refused_within_the_window(f: &dyn Factory) {
+    let a = f.open("a");
+    let b = f.open("b");
+    let short = Duration::from_millis(40);
+    assert!(a.first_use("nonce", b"n1", short).await.unwrap());
+    assert!(!b.first_use("nonce", b"n1", short).await.unwrap());
+    assert!(
+        a.first_use("other-scope", b"n1", short).await.unwrap(),
+        "scopes are separate"
+    );
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(
+        b.first_use("nonce", b"n1", short).await.unwrap(),
+        "forgotten after the window"
+    );
+}
+
+pub(crate) async fn enqueue_wakes_a_waiting_worker(f: &dyn Factory) {
+    let j = f.open("a");
+    let waiter = {
+        let j = j.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            j.wait_for_work(MINUTE).await;
+            started.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    enqueue(&*j, "k").await;
+    let waited = waiter.await.unwrap();
+    assert!(waited < Duration::from_secs(30), "not woken: {waited:?}");
+}
+
+pub(crate) async fn counts_and_list_by_state(f: &dyn Factory) {
+    let j = f.open("a");
+    for k in ["k1", "k2", "k3"] {
+        enqueue(&*j, k).await;
+    }
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    assert!(j
+        .end(&held.lease, JobState::Failed, None, "no", None)
+        .await
+        .unwrap());
+    let counts: std::collections::BTreeMap<_, _> = j.counts().await.unwrap().into_iter().collect();
+    assert_eq!(
+        counts,
+        std::collections::BTreeMap::from([(JobState::Queued, 2), (JobState::Failed, 1)])
+    );
+    let failed = j.list(Some(JobState::Failed), 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, held.job.id);
+    assert_eq!(j.list(None, 2).await.unwrap().len(), 2);
+}

@@ -1,0 +1,211 @@
+//! The journal: the durable state every other part trusts — jobs and their leases, the outbox
+//! of results, the ledger of certificates issued and revoked, SCEP one-time challenges and the
+//! replay window. It is a set of small async traits ([`JobStore`], [`Outbox`], [`Ledger`],
+//! [`ChallengeStore`], [`ReplayGuard`]), so each user depends on the part it needs and an
+//! implementation is one new file: SQLite ([`sqlite`], the embedded default) today, PostgreSQL
+//! for fleets next. The behaviour every implementation must have is written once, as tests any
+//! implementation runs (`behaviour`).
+//!
+//! Fencing. Each lease carries a fresh random token, and every write that ends, parks, requeues
+//! or renews a leased job is conditional on that token. A worker whose lease expired — it was
+//! slow, paused, or its process died — can never overwrite the outcome of the worker that took
+//! the job up after it, even a worker of the same process. Leases are renewed while a job runs
+//! (the scheduler's business), so a slow CA does not make a job run twice.
+//!
+//! Requests are kept as JSON: the journal stores what the job layer gives it and never needs to
+//! know an issue from an import.
+
+pub mod record;
+pub mod schema;
+pub mod sqlite;
+
+#[cfg(test)]
+pub(crate) mod behaviour;
+
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+pub use record::{
+    Completion, IssuedRecord, JobKind, JobRecord, JobState, Lease, Leased, LedgerEntry, NewJob,
+    Revocation, StoredResult,
+};
+pub use sqlite::SqliteJournal;
+
+/// Why the journal could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    #[error("journal {path}")]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database said no; the cause says why.
+    #[error("journal")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("journal holds a malformed record for job {id}: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("job {0} not found")]
+    NotFound(String),
+    #[error("job {id} is {state}; only failed or dead jobs can be retried")]
+    NotRetryable { id: String, state: &'static str },
+    #[error(
+        "journal schema version {found} is newer than this certconn knows ({supported}); run the \
+         certconn version that wrote it, or a newer one"
+    )]
+    TooNew { found: i64, supported: i64 },
+    /// The journal's worker thread went away (the process is shutting down).
+    #[error("the journal is shutting down")]
+    Closed,
+}
+
+/// Current time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A duration in milliseconds, saturating (a lease of `u64::MAX` seconds must not wrap).
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Jobs: the queue, leases and their fenced outcomes.
+#[async_trait::async_trait]
+pub trait JobStore: Send + Sync {
+    /// Records a new job, or returns the existing one with the same source and idempotency key.
+    /// The bool is true when the job is new. Wakes a worker.
+    async fn enqueue(&self, new: NewJob<'_>) -> Result<(JobRecord, bool), JournalError>;
+
+    /// Takes up to one due job — queued or pending with `next_run_at` passed, or running with an
+    /// expired lease — for `lease_for`, under a fresh lease token. Counts an attempt.
+    async fn lease_next(&self, lease_for: Duration) -> Result<Option<Leased>, JournalError>;
+
+    /// Extends `lease` to `lease_for` from now. False when the lease was lost.
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<bool, JournalError>;
+
+    /// Ends a leased job successfully: outbox row, ledger changes and state in one transaction.
+    /// False (and nothing changed) when `lease` no longer holds the job.
+    async fn complete(&self, lease: &Lease, done: Completion<'_>) -> Result<bool, JournalError>;
+
+    /// Puts a leased job back in the queue until `at` (unix ms). `uses_attempt` false when the
+    /// job only waits (for a backend to be loaded or to leave quarantine).
+    async fn requeue(
+        &self,
+        lease: &Lease,
+        backend: Option<&str>,
+        error: &str,
+        at: i64,
+        uses_attempt: bool,
+    ) -> Result<bool, JournalError>;
+
+    /// Parks a leased job as pending at the CA until `at`; a poll does not use up an attempt.
+    async fn park(
+        &self,
+        lease: &Lease,
+        backend: &str,
+        poll_token: &str,
+        message: &str,
+        at: i64,
+    ) -> Result<bool, JournalError>;
+
+    /// Ends a leased job as [`JobState::Failed`] or [`JobState::Dead`] with the reason; with
+    /// `request`, the stored request is replaced (secrets erased when the job ends).
+    async fn end(
+        &self,
+        lease: &Lease,
+        state: JobState,
+        backend: Option<&str>,
+        error: &str,
+        request: Option<&serde_json::Value>,
+    ) -> Result<bool, JournalError>;
+
+    /// At start: the jobs this instance held when it stopped are due again now. Leases other
+    /// instances hold are left alone; they expire on their own if their holder is gone.
+    async fn release_held(&self) -> Result<usize, JournalError>;
+
+    /// When the next job becomes due, if any (unix ms).
+    async fn next_due(&self) -> Result<Option<i64>, JournalError>;
+
+    /// Returns when work may have arrived (a job was enqueued or retried), or after `max`.
+    async fn wait_for_work(&self, max: Duration);
+
+    /// An operator's retry of a failed or dead job: attempts start over.
+    async fn retry(&self, id: &str) -> Result<JobRecord, JournalError>;
+
+    /// One job.
+    async fn get(&self, id: &str) -> Result<JobRecord, JournalError>;
+
+    /// The job a source's idempotency key names, if any.
+    async fn find(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<JobRecord>, JournalError>;
+
+    /// Jobs, newest first, optionally in one state.
+    async fn list(
+        &self,
+        state: Option<JobState>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, JournalError>;
+
+    /// How many jobs are in each state (states with none are left out).
+    async fn counts(&self) -> Result<Vec<(JobState, i64)>, JournalError>;
+
+    /// Waits until job `id` is settled — ended, or pending at its CA — or `max` passed, and
+    /// returns it as it is then. A source that answers in-line (SCEP) waits here instead of
+    /// polling.
+    async fn wait_settled(&self, id: &str, max: Duration) -> Result<JobRecord, JournalError>;
+}
+
+/// The results of finished jobs.
+#[async_trait::async_trait]
+pub trait Outbox: Send + Sync {
+    /// A finished job's result. The PFX password, if still held, is returned this once and
+    /// erased in the same transaction.
+    async fn take_result(&self, id: &str) -> Result<Option<StoredResult>, JournalError>;
+}
+
+/// The certificates issued and revoked through certconn.
+#[async_trait::async_trait]
+pub trait Ledger: Send + Sync {
+    /// The certificate with this serial (lowercase hex, no sign padding), if certconn issued it.
+    async fn certificate(&self, serial: &str) -> Result<Option<LedgerEntry>, JournalError>;
+}
+
+/// SCEP one-time challenge passwords, kept only as digests.
+#[async_trait::async_trait]
+pub trait ChallengeStore: Send + Sync {
+    /// Records a challenge digest valid until `expires_at` (unix ms).
+    async fn add_challenge(&self, digest: &str, expires_at: i64) -> Result<(), JournalError>;
+    /// Uses up a challenge: true only the first time, and only before it expires.
+    async fn consume_challenge(&self, digest: &str) -> Result<bool, JournalError>;
+}
+
+/// Values that must not be accepted twice (SCEP senderNonces), for as long as they are kept.
+#[async_trait::async_trait]
+pub trait ReplayGuard: Send + Sync {
+    /// True the first time `value` is seen in `scope` within `keep_for`; false for a replay.
+    async fn first_use(
+        &self,
+        scope: &str,
+        value: &[u8],
+        keep_for: Duration,
+    ) -> Result<bool, JournalError>;
+}
+
+/// All of it: what the composition root opens and hands out in parts.
+pub trait Journal: JobStore + Outbox + Ledger + ChallengeStore + ReplayGuard {
+    /// The schema version in use.
+    fn schema_version(&self) -> i64;
+    /// Where it is, for the log and status (never a password).
+    fn location(&self) -> String;
+}
+
+/// A password the outbox holds until its one reader takes it.
+pub type Password = Zeroizing<String>;

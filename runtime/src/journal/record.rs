@@ -1,0 +1,192 @@
+//! What the journal keeps and hands back.
+
+use serde::{Deserialize, Serialize};
+
+use super::Password;
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for a worker (first run or a retry after backoff).
+    Queued,
+    /// Leased by a worker.
+    Running,
+    /// The CA has not decided; polled at `next_run_at`.
+    Pending,
+    Succeeded,
+    /// Permanently refused (bad request, CA rejection).
+    Failed,
+    /// Dead-lettered after exhausting its attempts.
+    Dead,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::Pending,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// A job in a terminal state never runs again (unless an operator retries it).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Dead)
+    }
+
+    /// Settled: nothing will happen to it without the CA or an operator (ended, or pending).
+    pub fn is_settled(self) -> bool {
+        self.is_terminal() || self == Self::Pending
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kinds of work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Issue,
+    Revoke,
+    /// Deliver an imported PFX (S/MIME).
+    Import,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issue => "issue",
+            Self::Revoke => "revoke",
+            Self::Import => "import",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "issue" => Some(Self::Issue),
+            "revoke" => Some(Self::Revoke),
+            "import" => Some(Self::Import),
+            _ => None,
+        }
+    }
+}
+
+/// One job as the journal knows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub source: String,
+    pub idempotency_key: String,
+    pub kind: JobKind,
+    pub state: JobState,
+    pub request: serde_json::Value,
+    pub attempts: u32,
+    pub backend: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub next_run_at: i64,
+    #[serde(skip)]
+    pub poll_token: Option<String>,
+}
+
+/// A job to record.
+#[derive(Clone, Copy, Debug)]
+pub struct NewJob<'a> {
+    pub source: &'a str,
+    pub idempotency_key: &'a str,
+    pub kind: JobKind,
+    pub request: &'a serde_json::Value,
+}
+
+/// One worker's hold on one job: every write about the job while it runs is fenced on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub job_id: String,
+    /// Random, fresh for every lease of the job.
+    pub token: String,
+}
+
+/// A job taken by a worker, with its lease.
+#[derive(Clone, Debug)]
+pub struct Leased {
+    pub job: JobRecord,
+    pub lease: Lease,
+}
+
+/// A certificate certconn issued, for the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedRecord {
+    pub backend: String,
+    pub serial: String,
+    pub issuer_der: Vec<u8>,
+    /// Seconds since the epoch.
+    pub not_after: i64,
+    pub certificate_der: Vec<u8>,
+}
+
+/// A revocation to record in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub backend: String,
+    pub serial: String,
+    /// RFC 5280 reason, as the API names it (`key-compromise`).
+    pub reason: String,
+}
+
+/// How a leased job ends successfully.
+#[derive(Debug, Default)]
+pub struct Completion<'a> {
+    pub backend: &'a str,
+    /// The result as the outbox keeps it (JSON).
+    pub result: &'a str,
+    /// A PFX password handed out once by [`super::Outbox::take_result`], then erased.
+    pub password: Option<&'a str>,
+    pub issued: Option<&'a IssuedRecord>,
+    pub revoked: Option<&'a Revocation>,
+    /// Replaces the stored request (its secrets erased now that the job ended).
+    pub request: Option<&'a serde_json::Value>,
+}
+
+/// A certificate in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub backend: String,
+    pub serial: String,
+    pub job_id: String,
+    pub issuer_der: Vec<u8>,
+    pub not_after: i64,
+    pub certificate_der: Vec<u8>,
+    /// When (unix ms) and why it was revoked.
+    pub revoked: Option<(i64, String)>,
+}
+
+/// A finished job's result as the outbox hands it out.
+#[derive(Debug)]
+pub struct StoredResult {
+    /// The result JSON the job completed with.
+    pub result: String,
+    /// The PFX password, the first time only.
+    pub password: Option<Password>,
+}

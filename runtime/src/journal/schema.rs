@@ -1,0 +1,101 @@
+//! The journal's schema, as numbered migrations. A journal records the number it is at
+//! (SQLite: `PRAGMA user_version`); opening it applies the missing ones in order, each in one
+//! transaction, so a crash mid-upgrade leaves the previous version whole. A journal newer than
+//! this binary is refused rather than guessed at. Every change to the schema is one more
+//! migration here, and a line in `CHANGELOG.md`'s upgrade notes.
+
+/// One step of the schema.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub description: &'static str,
+    /// SQLite statements.
+    pub sqlite: &'static str,
+}
+
+/// The version a journal written by this binary is at.
+pub const CURRENT: i64 = 2;
+
+/// Every migration, oldest first.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "jobs, outbox, certificate ledger, SCEP one-time challenges",
+        // `IF NOT EXISTS`: journals written before versioning (user_version 0) already have
+        // these tables and adopt version 1 as they are.
+        sqlite: r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    id              TEXT PRIMARY KEY,
+    source          TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    request         TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_run_at     INTEGER NOT NULL,
+    lease_owner     TEXT,
+    lease_until     INTEGER,
+    poll_token      TEXT,
+    backend         TEXT,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    UNIQUE (source, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_run_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    job_id      TEXT PRIMARY KEY REFERENCES jobs(id),
+    result      TEXT NOT NULL,
+    password    TEXT,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    backend     TEXT NOT NULL,
+    serial      TEXT NOT NULL,
+    job_id      TEXT NOT NULL REFERENCES jobs(id),
+    issuer      BLOB NOT NULL,
+    not_after   INTEGER NOT NULL,
+    certificate BLOB NOT NULL,
+    revoked_at  INTEGER,
+    revocation_reason TEXT,
+    PRIMARY KEY (backend, serial)
+);
+CREATE INDEX IF NOT EXISTS certificates_serial ON certificates (serial);
+-- One-time SCEP challenges: only their SHA-256 is kept, never the challenge itself.
+CREATE TABLE IF NOT EXISTS scep_challenges (
+    digest      TEXT PRIMARY KEY,
+    expires_at  INTEGER NOT NULL,
+    used_at     INTEGER
+);
+"#,
+    },
+    Migration {
+        version: 2,
+        description:
+            "per-lease fencing tokens; the replay window (SCEP senderNonces) as shared state",
+        sqlite: r#"
+ALTER TABLE jobs ADD COLUMN lease_token TEXT;
+CREATE INDEX jobs_lease_owner ON jobs (lease_owner) WHERE state = 'running';
+CREATE TABLE replay_window (
+    scope       TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    PRIMARY KEY (scope, value)
+);
+CREATE INDEX replay_window_expiry ON replay_window (expires_at);
+"#,
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_consecutive_and_end_at_current() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1, "{}", m.description);
+        }
+        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(CURRENT));
+    }
+}

@@ -1,0 +1,834 @@
+//! The journal on SQLite: the embedded default. WAL, `synchronous = FULL` (a job written before
+//! it is acknowledged survives a power loss), one writer connection and one reader connection,
+//! and every call on tokio's blocking pool so that no fsync ever stalls an async thread.
+//!
+//! One process owns a data directory (its lock file), so "this instance" is the data directory's
+//! instance id; a lease is still fenced per lease, because two workers of one process can hold
+//! the same job one after the other.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use tokio::sync::{watch, Notify};
+use zeroize::Zeroizing;
+
+use super::record::*;
+use super::schema::{self, MIGRATIONS};
+use super::{
+    millis, now_ms, ChallengeStore, JobStore, Journal, JournalError, Ledger, Outbox, ReplayGuard,
+};
+use crate::crypto::provider;
+
+impl From<rusqlite::Error> for JournalError {
+    fn from(e: rusqlite::Error) -> Self {
+        JournalError::Backend(Box::new(e))
+    }
+}
+
+/// The journal in one SQLite file.
+#[derive(Clone)]
+pub struct SqliteJournal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    /// This instance: the owner of the leases it takes.
+    owner: String,
+    version: i64,
+    /// A job was enqueued or retried: a worker should look.
+    work: Notify,
+    /// Bumped after every change of a job's state, for [`JobStore::wait_settled`].
+    changes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for SqliteJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteJournal")
+            .field("path", &self.inner.path)
+            .field("owner", &self.inner.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A column whose text is not one of the values certconn writes: the journal was edited or is
+/// corrupt, which must not be mistaken for a real state.
+fn unknown_value(column: &str, value: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("unknown {column} {value:?}").into(),
+    )
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<(JobRecord, String)> {
+    let kind: String = row.get("kind")?;
+    let state: String = row.get("state")?;
+    let kind = JobKind::parse(&kind).ok_or_else(|| unknown_value("job kind", &kind))?;
+    let state = JobState::parse(&state).ok_or_else(|| unknown_value("job state", &state))?;
+    Ok((
+        JobRecord {
+            id: row.get("id")?,
+            source: row.get("source")?,
+            idempotency_key: row.get("idempotency_key")?,
+            kind,
+            state,
+            request: serde_json::Value::Null,
+            attempts: row.get("attempts")?,
+            backend: row.get("backend")?,
+            last_error: row.get("last_error")?,
+            created_at: row.get("created_at")?,
+            updated_at: row.get("updated_at")?,
+            next_run_at: row.get("next_run_at")?,
+            poll_token: row.get("poll_token")?,
+        },
+        row.get("request")?,
+    ))
+}
+
+fn finish_record((mut job, request): (JobRecord, String)) -> Result<JobRecord, JournalError> {
+    job.request = serde_json::from_str(&request).map_err(|e| JournalError::Corrupt {
+        id: job.id.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(job)
+}
+
+fn random_hex(bytes: usize) -> Result<String, JournalError> {
+    provider::random_vec(bytes)
+        .map(hex::encode)
+        .map_err(|e| JournalError::Backend(Box::new(e)))
+}
+
+const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+     PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 5000;";
+
+/// Brings the schema of `conn` up to [`schema::CURRENT`], one transaction per migration.
+fn migrate(conn: &mut Connection) -> Result<i64, JournalError> {
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > schema::CURRENT {
+            return Err(JournalError::TooNew {
+                found: version,
+                supported: schema::CURRENT,
+            });
+        }
+        let Some(next) = MIGRATIONS.iter().find(|m| m.version == version + 1) else {
+            return Ok(version);
+        };
+        tx.execute_batch(next.sqlite)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", next.version))?;
+        tx.commit()?;
+        tracing::info!(
+            version = next.version,
+            "journal schema migrated: {}",
+            next.description
+        );
+    }
+}
+
+impl SqliteJournal {
+    /// Opens (creating) the journal at `path` for the instance `owner`, migrating its schema.
+    pub fn open(path: &Path, owner: &str) -> Result<Self, JournalError> {
+        let open_err = |e: JournalError| match e {
+            JournalError::Backend(source) => JournalError::Open {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        };
+        let connect = || -> Result<Connection, JournalError> {
+            let conn = Connection::open(path)?;
+            conn.execute_batch(PRAGMAS)?;
+            Ok(conn)
+        };
+        let mut writer = connect().map_err(open_err)?;
+        let version = migrate(&mut writer).map_err(open_err)?;
+        let reader = connect().map_err(open_err)?;
+        reader
+            .execute_batch("PRAGMA query_only = ON;")
+            .map_err(|e| open_err(e.into()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+                owner: owner.to_owned(),
+                version,
+                work: Notify::new(),
+                changes: watch::Sender::new(0),
+            }),
+        })
+    }
+
+    /// Runs `f` on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|_| JournalError::Closed)?
+    }
+
+    /// Runs a fenced state change of a leased job; notes the change for waiters.
+    async fn fenced(
+        &self,
+        sql: &'static str,
+        lease: &Lease,
+        values: Vec<rusqlite::types::Value>,
+    ) -> Result<bool, JournalError> {
+        let (id, token) = (lease.job_id.clone(), lease.token.clone());
+        let changed = self
+            .blocking(move |inner| {
+                let conn = inner.writer();
+                let mut all: Vec<rusqlite::types::Value> = vec![id.into(), token.into()];
+                all.extend(values);
+                Ok(conn.execute(sql, rusqlite::params_from_iter(all))? == 1)
+            })
+            .await?;
+        if changed {
+            self.inner.changed();
+        }
+        Ok(changed)
+    }
+}
+
+impl Inner {
+    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic under this lock cannot leave a transaction open: rusqlite rolls back on drop.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn get(&self, id: &str) -> Result<JobRecord, JournalError> {
+        let row = self
+            .reader()
+            .query_row(
+                "SELECT * FROM jobs WHERE id = ?1",
+                params![id],
+                job_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| JournalError::NotFound(id.into()))?;
+        finish_record(row)
+    }
+}
+
+#[async_trait::async_trait]
+impl JobStore for SqliteJournal {
+    async fn enqueue(&self, new: NewJob<'_>) -> Result<(JobRecord, bool), JournalError> {
+        let (source, key, kind) = (
+            new.source.to_owned(),
+            new.idempotency_key.to_owned(),
+            new.kind,
+        );
+        let request = new.request.to_string();
+        let id = random_hex(16)?;
+        let (job, created) = self
+            .blocking(move |inner| {
+                let now = now_ms();
+                let conn = inner.writer();
+                let inserted = conn.execute(
+                    "INSERT INTO jobs (id, source, idempotency_key, kind, state, request, next_run_at, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6, ?6)
+                     ON CONFLICT (source, idempotency_key) DO NOTHING",
+                    params![id, source, key, kind.as_str(), request, now],
+                )?;
+                let row = conn.query_row(
+                    "SELECT * FROM jobs WHERE source = ?1 AND idempotency_key = ?2",
+                    params![source, key],
+                    job_from_row,
+                )?;
+                Ok((finish_record(row)?, inserted == 1))
+            })
+            .await?;
+        if created {
+            self.inner.work.notify_one();
+        }
+        Ok((job, created))
+    }
+
+    async fn lease_next(&self, lease_for: Duration) -> Result<Option<Leased>, JournalError> {
+        let token = random_hex(16)?;
+        let leased = self
+            .blocking(move |inner| {
+                let now = now_ms();
+                let until = now.saturating_add(millis(lease_for));
+                let conn = inner.writer();
+                let row = conn
+                    .query_row(
+                        "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_token = ?2, lease_until = ?3,
+                                attempts = attempts + 1, updated_at = ?4
+                         WHERE id = (
+                            SELECT id FROM jobs
+                            WHERE (state IN ('queued', 'pending') AND next_run_at <= ?4)
+                               OR (state = 'running' AND lease_until < ?4)
+                            ORDER BY next_run_at LIMIT 1)
+                         RETURNING *",
+                        params![inner.owner, token, until, now],
+                        job_from_row,
+                    )
+                    .optional()?;
+                row.map(finish_record)
+                    .transpose()
+                    .map(|job| {
+                        job.map(|job| Leased {
+                            lease: Lease {
+                                job_id: job.id.clone(),
+                                token,
+                            },
+                            job,
+                        })
+                    })
+            })
+            .await?;
+        if leased.is_some() {
+            self.inner.changed();
+        }
+        Ok(leased)
+    }
+
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<bool, JournalError> {
+        let until = now_ms().saturating_add(millis(lease_for));
+        let (id, token) = (lease.job_id.clone(), lease.token.clone());
+        self.blocking(move |inner| {
+            Ok(inner.writer().execute(
+                "UPDATE jobs SET lease_until = ?3
+                 WHERE id = ?1 AND lease_token = ?2 AND state = 'running'",
+                params![id, token, until],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn complete(&self, lease: &Lease, done: Completion<'_>) -> Result<bool, JournalError> {
+        let (id, token) = (lease.job_id.clone(), lease.token.clone());
+        let backend = done.backend.to_owned();
+        let result = done.result.to_owned();
+        let password = done.password.map(|p| Zeroizing::new(p.to_owned()));
+        let issued = done.issued.cloned();
+        let revoked = done.revoked.cloned();
+        let request = done.request.map(|r| r.to_string());
+        let kept = self
+            .blocking(move |inner| {
+                let now = now_ms();
+                let mut conn = inner.writer();
+                let tx = conn.transaction()?;
+                let changed = tx.execute(
+                    "UPDATE jobs SET state = 'succeeded', backend = ?3, last_error = NULL, lease_owner = NULL,
+                            lease_token = NULL, lease_until = NULL, poll_token = NULL,
+                            request = COALESCE(?5, request), updated_at = ?4
+                     WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+                    params![id, token, backend, now, request],
+                )?;
+                if changed == 0 {
+                    return Ok(false);
+                }
+                tx.execute(
+                    "INSERT INTO outbox (job_id, result, password, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, result, password.as_deref().map(String::as_str), now],
+                )?;
+                if let Some(c) = issued {
+                    tx.execute(
+                        "INSERT INTO certificates (backend, serial, job_id, issuer, not_after, certificate)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![c.backend, c.serial, id, c.issuer_der, c.not_after, c.certificate_der],
+                    )?;
+                }
+                if let Some(r) = revoked {
+                    tx.execute(
+                        "UPDATE certificates SET revoked_at = ?3, revocation_reason = ?4
+                         WHERE backend = ?1 AND serial = ?2 AND revoked_at IS NULL",
+                        params![r.backend, r.serial, now, r.reason],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(true)
+            })
+            .await?;
+        if kept {
+            self.inner.changed();
+        }
+        Ok(kept)
+    }
+
+    async fn requeue(
+        &self,
+        lease: &Lease,
+        backend: Option<&str>,
+        error: &str,
+        at: i64,
+        uses_attempt: bool,
+    ) -> Result<bool, JournalError> {
+        self.fenced(
+            "UPDATE jobs SET state = 'queued', backend = COALESCE(?3, backend), last_error = ?4,
+                    next_run_at = ?5, attempts = attempts - ?6, lease_owner = NULL, lease_token = NULL,
+                    lease_until = NULL, updated_at = ?7
+             WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+            lease,
+            vec![
+                backend.map(str::to_owned).into(),
+                error.to_owned().into(),
+                at.into(),
+                i64::from(!uses_attempt).into(),
+                now_ms().into(),
+            ],
+        )
+        .await
+    }
+
+    async fn park(
+        &self,
+        lease: &Lease,
+        backend: &str,
+        poll_token: &str,
+        message: &str,
+        at: i64,
+    ) -> Result<bool, JournalError> {
+        self.fenced(
+            "UPDATE jobs SET state = 'pending', backend = ?3, poll_token = ?4, last_error = ?5,
+                    next_run_at = ?6, attempts = attempts - 1, lease_owner = NULL, lease_token = NULL,
+                    lease_until = NULL, updated_at = ?7
+             WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+            lease,
+            vec![
+                backend.to_owned().into(),
+                poll_token.to_owned().into(),
+                message.to_owned().into(),
+                at.into(),
+                now_ms().into(),
+            ],
+        )
+        .await
+    }
+
+    async fn end(
+        &self,
+        lease: &Lease,
+        state: JobState,
+        backend: Option<&str>,
+        error: &str,
+        request: Option<&serde_json::Value>,
+    ) -> Result<bool, JournalError> {
+        debug_assert!(matches!(state, JobState::Failed | JobState::Dead));
+        self.fenced(
+            "UPDATE jobs SET state = ?3, backend = COALESCE(?4, backend), last_error = ?5,
+                    request = COALESCE(?6, request), lease_owner = NULL, lease_token = NULL,
+                    lease_until = NULL, updated_at = ?7
+             WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+            lease,
+            vec![
+                state.as_str().to_owned().into(),
+                backend.map(str::to_owned).into(),
+                error.to_owned().into(),
+                request.map(|r| r.to_string()).into(),
+                now_ms().into(),
+            ],
+        )
+        .await
+    }
+
+    async fn release_held(&self) -> Result<usize, JournalError> {
+        let n = self
+            .blocking(|inner| {
+                Ok(inner.writer().execute(
+                    "UPDATE jobs SET state = 'queued', next_run_at = ?1, lease_owner = NULL, lease_token = NULL,
+                            lease_until = NULL, updated_at = ?1
+                     WHERE state = 'running' AND lease_owner = ?2",
+                    params![now_ms(), inner.owner],
+                )?)
+            })
+            .await?;
+        if n > 0 {
+            self.inner.changed();
+        }
+        Ok(n)
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, JournalError> {
+        self.blocking(|inner| {
+            Ok(inner.reader().query_row(
+                "SELECT MIN(t) FROM (
+                    SELECT MIN(next_run_at) AS t FROM jobs WHERE state IN ('queued', 'pending')
+                    UNION ALL SELECT MIN(lease_until) FROM jobs WHERE state = 'running')",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn wait_for_work(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.inner.work.notified()).await;
+    }
+
+    async fn retry(&self, id: &str) -> Result<JobRecord, JournalError> {
+        let id = id.to_owned();
+        let job = self
+            .blocking(move |inner| {
+                let conn = inner.writer();
+                let state: Option<String> = conn
+                    .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                let state = state.ok_or_else(|| JournalError::NotFound(id.clone()))?;
+                let changed = conn.execute(
+                    "UPDATE jobs SET state = 'queued', attempts = 0, next_run_at = ?2, updated_at = ?2
+                     WHERE id = ?1 AND state IN ('failed', 'dead')",
+                    params![id, now_ms()],
+                )?;
+                if changed == 0 {
+                    return Err(JournalError::NotRetryable {
+                        id: id.clone(),
+                        state: JobState::parse(&state).map_or("in an unknown state", JobState::as_str),
+                    });
+                }
+                drop(conn);
+                inner.get(&id)
+            })
+            .await?;
+        self.inner.changed();
+        self.inner.work.notify_one();
+        Ok(job)
+    }
+
+    async fn get(&self, id: &str) -> Result<JobRecord, JournalError> {
+        let id = id.to_owned();
+        self.blocking(move |inner| inner.get(&id)).await
+    }
+
+    async fn find(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<JobRecord>, JournalError> {
+        let (source, key) = (source.to_owned(), idempotency_key.to_owned());
+        self.blocking(move |inner| {
+            let row = inner
+                .reader()
+                .query_row(
+                    "SELECT * FROM jobs WHERE source = ?1 AND idempotency_key = ?2",
+                    params![source, key],
+                    job_from_row,
+                )
+                .optional()?;
+            row.map(finish_record).transpose()
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        state: Option<JobState>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, JournalError> {
+        self.blocking(move |inner| {
+            let conn = inner.reader();
+            let mut stmt = conn.prepare(
+                "SELECT * FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![state.map(JobState::as_str), limit], job_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(finish_record).collect()
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Vec<(JobState, i64)>, JournalError> {
+        self.blocking(|inner| {
+            let conn = inner.reader();
+            let mut stmt =
+                conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(s, n)| {
+                    JobState::parse(&s)
+                        .map(|s| (s, n))
+                        .ok_or_else(|| unknown_value("job state", &s).into())
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn wait_settled(&self, id: &str, max: Duration) -> Result<JobRecord, JournalError> {
+        let deadline = tokio::time::Instant::now() + max;
+        // Subscribe before reading, so a change between the read and the wait is not lost.
+        let mut changes = self.inner.changes.subscribe();
+        loop {
+            let job = self.get(id).await?;
+            if job.state.is_settled() {
+                return Ok(job);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or the journal is closing: the job as it is now.
+                _ => return self.get(id).await,
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Outbox for SqliteJournal {
+    async fn take_result(&self, id: &str) -> Result<Option<StoredResult>, JournalError> {
+        let id = id.to_owned();
+        self.blocking(move |inner| {
+            let mut conn = inner.writer();
+            let tx = conn.transaction()?;
+            let row: Option<(String, Option<String>)> = tx
+                .query_row(
+                    "SELECT result, password FROM outbox WHERE job_id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((result, password)) = row else {
+                return Ok(None);
+            };
+            let password = password.map(Zeroizing::new);
+            if password.is_some() {
+                tx.execute(
+                    "UPDATE outbox SET password = NULL WHERE job_id = ?1",
+                    params![id],
+                )?;
+            }
+            tx.commit()?;
+            Ok(Some(StoredResult { result, password }))
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for SqliteJournal {
+    async fn certificate(&self, serial: &str) -> Result<Option<LedgerEntry>, JournalError> {
+        let serial = serial.to_owned();
+        self.blocking(move |inner| {
+            Ok(inner
+                .reader()
+                .query_row(
+                    "SELECT backend, serial, job_id, issuer, not_after, certificate, revoked_at, revocation_reason
+                     FROM certificates WHERE serial = ?1 LIMIT 1",
+                    params![serial],
+                    |r| {
+                        let revoked_at: Option<i64> = r.get(6)?;
+                        let reason: Option<String> = r.get(7)?;
+                        Ok(LedgerEntry {
+                            backend: r.get(0)?,
+                            serial: r.get(1)?,
+                            job_id: r.get(2)?,
+                            issuer_der: r.get(3)?,
+                            not_after: r.get(4)?,
+                            certificate_der: r.get(5)?,
+                            revoked: revoked_at.map(|t| (t, reason.unwrap_or_default())),
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl ChallengeStore for SqliteJournal {
+    async fn add_challenge(&self, digest: &str, expires_at: i64) -> Result<(), JournalError> {
+        let digest = digest.to_owned();
+        self.blocking(move |inner| {
+            let mut conn = inner.writer();
+            let tx = conn.transaction()?;
+            tx.execute(
+                "DELETE FROM scep_challenges WHERE expires_at < ?1",
+                params![now_ms()],
+            )?;
+            tx.execute(
+                "INSERT INTO scep_challenges (digest, expires_at) VALUES (?1, ?2)",
+                params![digest, expires_at],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn consume_challenge(&self, digest: &str) -> Result<bool, JournalError> {
+        let digest = digest.to_owned();
+        self.blocking(move |inner| {
+            let now = now_ms();
+            Ok(inner.writer().execute(
+                "UPDATE scep_challenges SET used_at = ?2
+                 WHERE digest = ?1 AND used_at IS NULL AND expires_at > ?2",
+                params![digest, now],
+            )? == 1)
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl ReplayGuard for SqliteJournal {
+    async fn first_use(
+        &self,
+        scope: &str,
+        value: &[u8],
+        keep_for: Duration,
+    ) -> Result<bool, JournalError> {
+        let (scope, value) = (scope.to_owned(), hex::encode(value));
+        self.blocking(move |inner| {
+            let now = now_ms();
+            let mut conn = inner.writer();
+            let tx = conn.transaction()?;
+            tx.execute(
+                "DELETE FROM replay_window WHERE expires_at <= ?1",
+                params![now],
+            )?;
+            let inserted = tx.execute(
+                "INSERT INTO replay_window (scope, value, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (scope, value) DO NOTHING",
+                params![scope, value, now.saturating_add(millis(keep_for))],
+            )?;
+            tx.commit()?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+}
+
+impl Journal for SqliteJournal {
+    fn schema_version(&self) -> i64 {
+        self.inner.version
+    }
+
+    fn location(&self) -> String {
+        format!("sqlite:{}", self.inner.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::behaviour;
+
+    struct Sqlite(tempfile::TempDir);
+
+    impl behaviour::Factory for Sqlite {
+        fn open(&self, instance: &str) -> Arc<dyn Journal> {
+            Arc::new(SqliteJournal::open(&self.0.path().join("journal.sqlite"), instance).unwrap())
+        }
+    }
+
+    fn factory() -> Sqlite {
+        Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    crate::journal_behaviour_tests!(factory);
+
+    #[tokio::test]
+    async fn an_edited_state_is_an_error_not_a_guess() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = SqliteJournal::open(&dir.path().join("j.sqlite"), "a").unwrap();
+        let request = serde_json::json!({});
+        let (job, _) = j
+            .enqueue(NewJob {
+                source: "api",
+                idempotency_key: "k",
+                kind: JobKind::Issue,
+                request: &request,
+            })
+            .await
+            .unwrap();
+        j.inner
+            .writer()
+            .execute(
+                "UPDATE jobs SET state = 'paused' WHERE id = ?1",
+                params![job.id],
+            )
+            .unwrap();
+        let err = crate::report::chain(&j.get(&job.id).await.unwrap_err());
+        assert!(err.contains("unknown job state \"paused\""), "{err}");
+    }
+
+    /// The schema before versioning, as certconn 0.1 wrote it, with one finished job.
+    const UNVERSIONED: &str = r#"
+CREATE TABLE jobs (id TEXT PRIMARY KEY, source TEXT NOT NULL, idempotency_key TEXT NOT NULL,
+    kind TEXT NOT NULL, state TEXT NOT NULL, request TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_run_at INTEGER NOT NULL, lease_owner TEXT, lease_until INTEGER, poll_token TEXT, backend TEXT,
+    last_error TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, UNIQUE (source, idempotency_key));
+CREATE INDEX jobs_due ON jobs (state, next_run_at);
+CREATE TABLE outbox (job_id TEXT PRIMARY KEY REFERENCES jobs(id), result TEXT NOT NULL, password TEXT,
+    created_at INTEGER NOT NULL);
+CREATE TABLE certificates (backend TEXT NOT NULL, serial TEXT NOT NULL, job_id TEXT NOT NULL REFERENCES jobs(id),
+    issuer BLOB NOT NULL, not_after INTEGER NOT NULL, certificate BLOB NOT NULL, revoked_at INTEGER,
+    revocation_reason TEXT, PRIMARY KEY (backend, serial));
+CREATE INDEX certificates_serial ON certificates (serial);
+CREATE TABLE scep_challenges (digest TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, used_at INTEGER);
+INSERT INTO jobs VALUES ('j1', 'api', 'k1', 'issue', 'succeeded', '{"profile":"smime"}', 1, 0, NULL, NULL,
+    NULL, 'local', NULL, 1, 2);
+INSERT INTO certificates VALUES ('local', '0a', 'j1', x'30', 99, x'3000', NULL, NULL);
+"#;
+
+    #[tokio::test]
+    async fn a_journal_from_before_versioning_is_migrated_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(UNVERSIONED)
+            .unwrap();
+        let j = SqliteJournal::open(&path, "a").unwrap();
+        assert_eq!(j.schema_version(), schema::CURRENT);
+        let job = j.get("j1").await.unwrap();
+        assert_eq!(
+            (job.state, job.request["profile"].as_str()),
+            (JobState::Succeeded, Some("smime"))
+        );
+        assert_eq!(j.certificate("0a").await.unwrap().unwrap().job_id, "j1");
+        // The new columns work on the old rows.
+        assert!(j
+            .first_use("t", b"n", Duration::from_secs(60))
+            .await
+            .unwrap());
+        drop(j);
+        // Opening again changes nothing.
+        assert_eq!(
+            SqliteJournal::open(&path, "a").unwrap().schema_version(),
+            schema::CURRENT
+        );
+    }
+
+    #[test]
+    fn a_journal_newer_than_this_binary_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sqlite");
+        drop(SqliteJournal::open(&path, "a").unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!("PRAGMA user_version = {}", schema::CURRENT + 1))
+            .unwrap();
+        let e = SqliteJournal::open(&path, "a").unwrap_err();
+        assert!(matches!(e, JournalError::TooNew { .. }), "{e}");
+        assert!(
+            e.to_string().contains("newer than this certconn knows"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,36 @@
+//! One line for an error and its causes, where a line is all there is room for: a job's
+//! `last_error` in the journal, an API error body, a log field. Each error's own `Display` says
+//! only what happened at its level (rustls style), so the chain reads once, outermost first.
+
+use std::error::Error;
+
+/// `error: cause: cause's cause`.
+pub fn chain(error: &dyn Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // A wrapper that prints its cause anyway (a third-party error) must not print it twice.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("opening the journal")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn causes_follow_once() {
+        let e = Outer(std::io::Error::other("disk on fire"));
+        assert_eq!(chain(&e), "opening the journal: disk on fire");
+    }
+}

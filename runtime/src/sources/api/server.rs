@@ -1,0 +1,478 @@
+//! Routes and handlers of the request API.
+//!
+//! Every error is JSON `{"error": "...", "field": "..."}` with a status that says whose fault it
+//! is; nothing is journaled unless the whole request is valid.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::crypto::fips::FipsStatus;
+use crate::crypto::provider;
+use crate::custody::{KeyAlgorithm, KeyStore};
+use crate::jobs::model::{
+    summarize, ImportJob, ImportPurpose, IssueJob, JobResult, PasswordPadding, RevocationReason,
+    RevokeJob,
+};
+use crate::jobs::{Intake, SubmitError};
+use crate::journal::{JobRecord, JobState, JobStore, JournalError, Outbox};
+use crate::plugins::Registry;
+use crate::sources::scep::Ra;
+
+/// An API error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self.field {
+            Some(f) => json!({ "error": self.message, "field": f }),
+            None => json!({ "error": self.message }),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+impl From<JournalError> for ApiError {
+    fn from(e: JournalError) -> Self {
+        match e {
+            JournalError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            JournalError::NotRetryable { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            other => {
+                tracing::error!("{}", crate::report::chain(&other));
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the journal is unavailable; the request was not stored",
+                )
+            }
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Invalid(i) => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: i.message,
+                field: Some(i.field),
+            },
+            SubmitError::Journal(j) => j.into(),
+            e @ SubmitError::Erased { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        }
+    }
+}
+
+/// What the request API serves from.
+pub struct ApiState {
+    pub intake: Arc<Intake>,
+    pub jobs: Arc<dyn JobStore>,
+    pub outbox: Arc<dyn Outbox>,
+    pub registry: Arc<Registry>,
+    pub keys: Arc<KeyStore>,
+    /// Probed once at start: the self-test is not free, and the module cannot change under us.
+    pub fips: FipsStatus,
+    /// The SCEP server's RA, for minting one-time challenges.
+    pub scep: Option<Arc<Ra>>,
+    pub token: Zeroizing<String>,
+    pub max_body_bytes: usize,
+}
+
+type AppState = Arc<ApiState>;
+
+/// The router, with authentication on everything under `/v1` except `/v1/health`.
+pub fn router(state: ApiState) -> Router {
+    let max_body = state.max_body_bytes;
+    let state = Arc::new(state);
+    let authed = Router::new()
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/issue", post(submit_issue))
+        .route("/v1/jobs/revoke", post(submit_revoke))
+        .route("/v1/jobs/import", post(submit_import))
+        .route("/v1/keys/{name}", get(show_key))
+        .route("/v1/jobs/{id}", get(show_job))
+        .route("/v1/jobs/{id}/retry", post(retry_job))
+        .route("/v1/jobs/{id}/result", get(job_result))
+        .route("/v1/plugins", get(list_plugins))
+        .route("/v1/plugins/{name}/{action}", post(plugin_action))
+        .route("/v1/scep/challenges", post(mint_scep_challenge))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/v1/health", get(health))
+        .merge(authed)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Mints a one-time SCEP challenge password. The challenge is in this answer only.
+async fn mint_scep_challenge(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let ra = state.scep.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "the SCEP server is not configured ([scep] in the config)",
+        )
+    })?;
+    let (challenge, expires_at) = ra
+        .mint_challenge()
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "one-time challenges are off (scep.one_time_challenges = false)",
+            )
+        })?
+        .map_err(ApiError::from)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "challenge": challenge.as_str(), "expires_at": expires_at })),
+    )
+        .into_response())
+}
+
+async fn authenticate(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !provider::constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let counts = state.jobs.counts().await.unwrap_or_default();
+    let registry = &state.registry;
+    let down: Vec<String> = registry
+        .instances()
+        .map(|i| (i, i.status().state))
+        .filter(|(_, state)| *state != "serving")
+        .map(|(i, state)| format!("{}: {state}", i.name))
+        .collect();
+    Json(json!({
+        "status": if down.is_empty() { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "backends": registry.instances().count(),
+        "backends_not_serving": down,
+        "fips": &state.fips,
+        "jobs": counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect::<std::collections::BTreeMap<_, _>>(),
+    }))
+}
+
+/// Body of `POST /v1/jobs/issue`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueBody {
+    /// Makes the submission idempotent: the same key returns the same job.
+    pub idempotency_key: Option<String>,
+    pub profile: String,
+    #[serde(default)]
+    pub subject: String,
+    #[serde(default)]
+    pub sans: Vec<String>,
+    pub key: Option<KeyAlgorithm>,
+    /// PEM certificate of the device the PFX password is sealed for.
+    pub recipient: Option<String>,
+    /// PEM CSR from a device holding its own key.
+    pub csr: Option<String>,
+    pub validity_days: Option<u32>,
+}
+
+/// Body of `POST /v1/jobs/import`: deliver an imported PFX to a device.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportBody {
+    pub idempotency_key: Option<String>,
+    /// Default: `import`.
+    #[serde(default = "default_import_profile")]
+    pub profile: String,
+    /// The PFX file, base64.
+    pub pfx: String,
+    /// The PFX password encrypted to `key_name` (`certconn pfx encrypt-password`), base64.
+    pub encrypted_password: String,
+    pub key_name: String,
+    /// `oaepSha512` (default), `oaepSha384`, `oaepSha256`.
+    #[serde(default)]
+    pub padding_scheme: PasswordPadding,
+    pub user_principal_name: String,
+    pub intended_purpose: ImportPurpose,
+    /// PEM certificate of the device the PFX password is sealed for.
+    pub recipient: String,
+}
+
+/// The profile an import names when it names none.
+pub const DEFAULT_IMPORT_PROFILE: &str = "import";
+
+fn default_import_profile() -> String {
+    DEFAULT_IMPORT_PROFILE.into()
+}
+
+/// Body of `POST /v1/jobs/revoke`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    pub idempotency_key: Option<String>,
+    pub serial: String,
+    #[serde(default)]
+    pub reason: RevocationReason,
+    pub backend: Option<String>,
+}
+
+fn idempotency_key(given: Option<String>) -> Result<String, ApiError> {
+    match given {
+        Some(k) if k.is_empty() || k.len() > 200 => Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: "must be 1 to 200 characters".into(),
+            field: Some("idempotency_key"),
+        }),
+        Some(k) => Ok(k),
+        None => provider::random_vec(16)
+            .map(hex::encode)
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+}
+
+fn accepted((job, created): (JobRecord, bool)) -> Response {
+    let status = if created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({ "job": summarize(job), "created": created })),
+    )
+        .into_response()
+}
+
+async fn submit_issue(
+    State(state): State<AppState>,
+    body: Result<Json<IssueBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(b) = body?;
+    let key = idempotency_key(b.idempotency_key)?;
+    let job = IssueJob {
+        profile: b.profile,
+        subject: b.subject,
+        sans: b.sans,
+        key: b.key,
+        recipient_pem: b.recipient,
+        csr_pem: b.csr,
+        validity_days: b.validity_days,
+    };
+    Ok(accepted(
+        state.intake.submit_issue("api", &key, &job).await?,
+    ))
+}
+
+async fn submit_import(
+    State(state): State<AppState>,
+    body: Result<Json<ImportBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(b) = body?;
+    let key = idempotency_key(b.idempotency_key)?;
+    let job = ImportJob {
+        profile: b.profile,
+        pfx_base64: b.pfx,
+        encrypted_password_base64: b.encrypted_password,
+        key_name: b.key_name,
+        padding_scheme: b.padding_scheme,
+        user_principal_name: b.user_principal_name,
+        intended_purpose: b.intended_purpose,
+        recipient_pem: b.recipient,
+    };
+    Ok(accepted(
+        state.intake.submit_import("api", &key, &job).await?,
+    ))
+}
+
+/// A custody key's public half, so that admins can encrypt PFX passwords to it.
+async fn show_key(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = state
+        .keys
+        .get(&name)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    Ok(Json(json!({
+        "name": name,
+        "kind": key.key.kind().describe(),
+        "public_key_pem": crate::pki::pem::encode("PUBLIC KEY", key.key.public_key_der()),
+    })))
+}
+
+async fn submit_revoke(
+    State(state): State<AppState>,
+    body: Result<Json<RevokeBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(b) = body?;
+    let key = idempotency_key(b.idempotency_key)?;
+    let job = RevokeJob {
+        serial: b.serial,
+        reason: b.reason,
+        backend: b.backend,
+    };
+    Ok(accepted(
+        state.intake.submit_revoke("api", &key, &job).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_jobs(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let filter = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "unknown state {s:?}; expected queued, running, pending, succeeded, failed or dead"
+            ),
+            field: Some("state"),
+        })?),
+    };
+    let jobs = state
+        .jobs
+        .list(filter, q.limit.unwrap_or(100).min(10_000))
+        .await?;
+    let jobs: Vec<JobRecord> = jobs.into_iter().map(summarize).collect();
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+async fn show_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, ApiError> {
+    Ok(Json(summarize(state.jobs.get(&id).await?)))
+}
+
+async fn retry_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, ApiError> {
+    let job = state.intake.retry(&id).await?;
+    Ok(Json(summarize(job)))
+}
+
+async fn job_result(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let job = state.jobs.get(&id).await?;
+    if job.state != JobState::Succeeded {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("job {id} is {}; it has no result", job.state.as_str()),
+        ));
+    }
+    let stored = state
+        .outbox
+        .take_result(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the job has no stored result"))?;
+    let result = JobResult::from_outbox(&id, stored)?;
+    Ok(Json(json!({ "job": summarize(job), "result": result })))
+}
+
+/// Plugin files, backend instances, the versions they run and their health.
+async fn list_plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let registry = &state.registry;
+    let mut status = serde_json::to_value(registry.status()).unwrap_or_else(|_| json!({}));
+    if let Some(backends) = status["backends"].as_array_mut() {
+        // Health checks may each wait on a CA: run them at once.
+        let checks: Vec<_> = registry
+            .instances()
+            .map(|i| {
+                let current = i.current();
+                tokio::spawn(async move {
+                    match current {
+                        Some(b) => match b.health().await {
+                            Ok(h) => (h.healthy, h.message),
+                            Err(e) => (false, e.to_string()),
+                        },
+                        None => (false, "not serving".to_string()),
+                    }
+                })
+            })
+            .collect();
+        for (b, check) in backends.iter_mut().zip(checks) {
+            let (healthy, message) = check
+                .await
+                .unwrap_or_else(|e| (false, format!("health check task: {e}")));
+            b["healthy"] = json!(healthy);
+            b["health"] = json!(crate::plugins::backend::bounded(&message));
+        }
+    }
+    Json(status)
+}
+
+/// `POST /v1/plugins/NAME/{load,reload,unload,rollback}`.
+async fn plugin_action(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let registry = &state.registry;
+    let conflict = |e: String| ApiError::new(StatusCode::CONFLICT, e);
+    let answer = match action.as_str() {
+        "load" => json!({ "report": registry.reload(&name, true).await.map_err(conflict)? }),
+        "reload" => json!({ "report": registry.reload(&name, false).await.map_err(conflict)? }),
+        "unload" => json!({ "unloaded": registry.unload(&name).await.map_err(conflict)? }),
+        "rollback" => {
+            let done = registry.rollback(&name).await.map_err(conflict)?;
+            json!({ "rolled_back": done.into_iter().map(|(b, from, to)| json!({"backend": b, "from": from, "to": to})).collect::<Vec<_>>() })
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no plugin action {other:?}: load, reload, unload or rollback"),
+            ))
+        }
+    };
+    Ok(Json(answer))
+}

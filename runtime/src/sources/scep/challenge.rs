@@ -1,0 +1,296 @@
+//! Challenge passwords: who may enrol over SCEP. One trait, [`ChallengeValidator`], and its
+//! implementations — a static challenge from the configuration, one-time challenges minted on
+//! demand (`certconn scep challenge`, `POST /v1/scep/challenges`; only their SHA-256 is
+//! journaled, the challenge is shown once to whoever minted it), and an administrator's webhook.
+//! They are asked in order; the first to accept admits the request, one that refuses ends the
+//! question. A device-management service's own validator (Intune's) is one more implementation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use zeroize::Zeroizing;
+
+use crate::crypto::provider::{self, Digest};
+use crate::journal::{now_ms, ChallengeStore, JournalError};
+
+/// What a validator is shown of a request.
+#[derive(Debug)]
+pub struct ChallengeRequest<'a> {
+    pub transaction_id: &'a str,
+    /// The challenge password in the CSR.
+    pub challenge: &'a str,
+    pub csr_pem: &'a str,
+    /// The CSR's subject, RFC 4514.
+    pub subject: &'a str,
+}
+
+/// A validator's answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The challenge admits the request.
+    Accepted,
+    /// Not a challenge this validator knows; the next one is asked.
+    NotMine,
+    /// Refused, with the reason for the log (the client is told only "badRequest").
+    Refused(String),
+}
+
+/// One way of deciding whether a challenge admits a request.
+#[async_trait::async_trait]
+pub trait ChallengeValidator: Send + Sync {
+    /// For logs: `static`, `one-time`, `webhook`.
+    fn name(&self) -> &'static str;
+    async fn validate(&self, request: &ChallengeRequest<'_>) -> Result<Verdict, JournalError>;
+}
+
+/// Why a challenge was not accepted; the SCEP reply says only "badRequest".
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChallengeError {
+    #[error("the request carries no challenge password")]
+    Missing,
+    #[error("the challenge password is not valid (wrong, expired or already used)")]
+    Invalid,
+    #[error(
+        "the challenge password is not valid (refused by the {validator} validator: {reason})"
+    )]
+    Refused {
+        validator: &'static str,
+        reason: String,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Asks `validators` in order whether the request's challenge admits it. Returns the name of
+/// the validator that accepted.
+pub async fn admit(
+    validators: &[Box<dyn ChallengeValidator>],
+    request: &ChallengeRequest<'_>,
+) -> Result<&'static str, ChallengeError> {
+    for v in validators {
+        match v.validate(request).await? {
+            Verdict::Accepted => return Ok(v.name()),
+            Verdict::NotMine => {}
+            Verdict::Refused(reason) => {
+                return Err(ChallengeError::Refused {
+                    validator: v.name(),
+                    reason,
+                })
+            }
+        }
+    }
+    Err(ChallengeError::Invalid)
+}
+
+/// The static challenge (`scep.challenge_env` or `challenge_file`), compared in constant time.
+pub struct StaticChallenge(pub Zeroizing<String>);
+
+#[async_trait::async_trait]
+impl ChallengeValidator for StaticChallenge {
+    fn name(&self) -> &'static str {
+        "static"
+    }
+    async fn validate(&self, r: &ChallengeRequest<'_>) -> Result<Verdict, JournalError> {
+        Ok(
+            if provider::constant_time_eq(self.0.as_bytes(), r.challenge.as_bytes()) {
+                Verdict::Accepted
+            } else {
+                Verdict::NotMine
+            },
+        )
+    }
+}
+
+/// One-time challenges: minted here, kept as digests in the journal (so one minted on one
+/// instance is good on another, once).
+pub struct OneTimeChallenges {
+    pub store: Arc<dyn ChallengeStore>,
+    pub valid_for: Duration,
+}
+
+fn digest_hex(challenge: &str) -> String {
+    hex::encode(provider::digest(Digest::Sha256, challenge.as_bytes()))
+}
+
+impl OneTimeChallenges {
+    /// Mints a challenge. Returns it and its expiry (unix ms).
+    pub async fn mint(&self) -> Result<(Zeroizing<String>, i64), JournalError> {
+        let bytes = provider::random_vec(18).map_err(|e| JournalError::Backend(Box::new(e)))?;
+        // URL-safe base64 without padding: 24 characters, all valid in a PrintableString.
+        let challenge = Zeroizing::new(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(bytes)
+                .replace('_', "."),
+        );
+        let expires_at = now_ms().saturating_add(crate::journal::millis(self.valid_for));
+        self.store
+            .add_challenge(&digest_hex(&challenge), expires_at)
+            .await?;
+        Ok((challenge, expires_at))
+    }
+}
+
+#[async_trait::async_trait]
+impl ChallengeValidator for OneTimeChallenges {
+    fn name(&self) -> &'static str {
+        "one-time"
+    }
+    async fn validate(&self, r: &ChallengeRequest<'_>) -> Result<Verdict, JournalError> {
+        Ok(
+            if self
+                .store
+                .consume_challenge(&digest_hex(r.challenge))
+                .await?
+            {
+                Verdict::Accepted
+            } else {
+                Verdict::NotMine
+            },
+        )
+    }
+}
+
+/// The administrator's webhook (`scep.challenge_webhook`): certconn POSTs
+/// `{transaction_id, challenge, csr_pem, subject}` and accepts on a 2xx answer within five
+/// seconds. Anything else — another status, an error, a timeout — refuses: it fails closed.
+pub struct Webhook {
+    pub url: String,
+}
+
+#[async_trait::async_trait]
+impl ChallengeValidator for Webhook {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+    async fn validate(&self, r: &ChallengeRequest<'_>) -> Result<Verdict, JournalError> {
+        use http_body_util::{BodyExt, Full};
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+        let url = self.url.as_str();
+        let body = serde_json::json!({
+            "transaction_id": r.transaction_id,
+            "challenge": r.challenge,
+            "csr_pem": r.csr_pem,
+            "subject": r.subject,
+        })
+        .to_string();
+        let client: Client<_, Full<bytes::Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let request = match hyper::Request::post(url)
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(body)))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(url, "SCEP challenge webhook: {e}");
+                return Ok(Verdict::Refused(format!("the webhook request: {e}")));
+            }
+        };
+        Ok(
+            match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    let _ = response.into_body().collect().await;
+                    if status.is_success() {
+                        Verdict::Accepted
+                    } else {
+                        tracing::info!(url, %status, transaction = r.transaction_id, "SCEP challenge webhook refused the request");
+                        Verdict::Refused(format!("it answered {status}"))
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(
+                        url,
+                        "SCEP challenge webhook unreachable (refusing the request): {e}"
+                    );
+                    Verdict::Refused("it is unreachable".into())
+                }
+                Err(_) => {
+                    tracing::error!(
+                        url,
+                        "SCEP challenge webhook did not answer within 5 s (refusing the request)"
+                    );
+                    Verdict::Refused("it did not answer within 5 s".into())
+                }
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::SqliteJournal;
+
+    async fn admit_given(
+        validators: &[Box<dyn ChallengeValidator>],
+        challenge: &str,
+    ) -> Result<&'static str, ChallengeError> {
+        let request = ChallengeRequest {
+            transaction_id: "t",
+            challenge,
+            csr_pem: "",
+            subject: "CN=x",
+        };
+        admit(validators, &request).await
+    }
+
+    /// Refuses everything, counting the questions.
+    struct Refuser(std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl ChallengeValidator for Refuser {
+        fn name(&self) -> &'static str {
+            "refuser"
+        }
+        async fn validate(&self, _: &ChallengeRequest<'_>) -> Result<Verdict, JournalError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Verdict::Refused("no".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn validators_are_asked_in_order_until_one_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteJournal::open(&dir.path().join("j.sqlite"), "t").unwrap());
+        let one_time = OneTimeChallenges {
+            store,
+            valid_for: Duration::from_secs(60),
+        };
+        let (minted, _) = one_time.mint().await.unwrap();
+        let validators: Vec<Box<dyn ChallengeValidator>> = vec![
+            Box::new(StaticChallenge(Zeroizing::new("static-secret".into()))),
+            Box::new(one_time),
+        ];
+        assert_eq!(
+            admit_given(&validators, "static-secret").await.unwrap(),
+            "static"
+        );
+        assert_eq!(admit_given(&validators, &minted).await.unwrap(), "one-time");
+        assert!(
+            matches!(
+                admit_given(&validators, &minted).await,
+                Err(ChallengeError::Invalid)
+            ),
+            "a one-time challenge works once"
+        );
+        let refuser = Refuser(Default::default());
+        let mut validators = validators;
+        validators.push(Box::new(refuser));
+        let e = admit_given(&validators, "wrong").await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ChallengeError::Refused {
+                    validator: "refuser",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // The static challenge still short-circuits before the refusing validator.
+        assert!(admit_given(&validators, "static-secret").await.is_ok());
+    }
+}

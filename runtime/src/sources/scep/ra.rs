@@ -1,0 +1,793 @@
+//! The SCEP registration authority: its custody key and certificate, and the processing of one
+//! pkiMessage into a CertRep.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certconn_scep::{
+    certs, envelope, message, Capabilities, FailInfo, IssuerAndSubject, MessageType, Outgoing,
+    PkiStatus, SignedMessage,
+};
+use der::Decode;
+use x509_cert::request::CertReq;
+use x509_cert::Certificate;
+use zeroize::Zeroizing;
+
+use super::adapter::{CustodyIdentity, HostCrypto};
+use super::challenge::{
+    self, ChallengeError, ChallengeRequest, ChallengeValidator, OneTimeChallenges, StaticChallenge,
+    Webhook,
+};
+use super::settings::ScepConfig;
+use crate::crypto::AlgorithmPolicy;
+use crate::custody::{CustodyError, KeyAlgorithm, KeyLocation, KeyStore, StoredKey};
+use crate::jobs::model::{serial_hex, IssueJob, JobResult};
+use crate::jobs::{Intake, SubmitError};
+use crate::journal::{
+    ChallengeStore, JobRecord, JobState, JobStore, JournalError, Ledger, Outbox, ReplayGuard,
+};
+use crate::pki::{self, pem};
+
+/// The journal source of SCEP jobs; the idempotency key is `scep:<transactionID>`.
+pub const SOURCE: &str = "scep";
+/// How long a senderNonce is remembered for replay detection: longer than any client retries a
+/// message.
+const NONCE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// The replay-window scope of SCEP senderNonces.
+const NONCE_SCOPE: &str = "scep-sender-nonce";
+/// challengePassword (PKCS#9).
+const CHALLENGE_PASSWORD: const_oid::ObjectIdentifier =
+    const_oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.7");
+
+/// What a request gets when it cannot be answered with a CertRep at all.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotScep(pub String);
+
+/// Why the SCEP server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RaError {
+    #[error(transparent)]
+    Custody(#[from] CustodyError),
+    #[error("key {0:?} has no certificate to publish as the SCEP CA")]
+    NoCaCertificate(String),
+    #[error("scep.ra_subject is not a distinguished name: {0}")]
+    Subject(String),
+    #[error("issuing the RA certificate")]
+    Certificate(#[source] pki::PkiError),
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
+}
+
+/// What the RA works with besides its key: the one door into the queue, the journal's parts it
+/// reads, and the replay window.
+pub struct RaPorts {
+    pub intake: Arc<Intake>,
+    pub jobs: Arc<dyn JobStore>,
+    pub outbox: Arc<dyn Outbox>,
+    pub ledger: Arc<dyn Ledger>,
+    pub challenges: Arc<dyn ChallengeStore>,
+    pub replay: Arc<dyn ReplayGuard>,
+}
+
+/// The RA: configuration, key and certificates, and what it admits requests with.
+pub struct Ra {
+    key: Arc<StoredKey>,
+    certificate: Vec<u8>,
+    ca_certificates: Vec<Vec<u8>>,
+    profile: String,
+    wait: Duration,
+    crypto: HostCrypto,
+    validators: Vec<Box<dyn ChallengeValidator>>,
+    one_time: Option<OneTimeChallenges>,
+    ports: RaPorts,
+}
+
+impl Ra {
+    /// Sets the RA up at start: creates its key and certificate the first time.
+    pub fn open(
+        sc: &ScepConfig,
+        keys: &KeyStore,
+        policy: AlgorithmPolicy,
+        ports: RaPorts,
+    ) -> Result<Self, RaError> {
+        let ca_key = sc.ca_key.get_ref();
+        let ca = keys.get(ca_key)?;
+        let ca_cert = ca
+            .chain
+            .first()
+            .ok_or_else(|| RaError::NoCaCertificate(ca_key.clone()))?
+            .clone();
+        let ra = match keys.get(&sc.ra_key) {
+            Ok(k) => k,
+            Err(_) => {
+                tracing::info!(key = %sc.ra_key, "creating the SCEP RA key");
+                keys.create(&sc.ra_key, KeyAlgorithm::Rsa2048, KeyLocation::Software)?
+            }
+        };
+        let ra = if ra.chain.is_empty() {
+            let subject = x509_cert::name::Name::from_str(sc.ra_subject.get_ref())
+                .map_err(|e| RaError::Subject(e.to_string()))?;
+            let cert = pki::ca::ra_certificate(&ra.key, &subject, Some((&ca.key, &ca_cert)), 730)
+                .map_err(RaError::Certificate)?;
+            keys.set_chain(&sc.ra_key, vec![cert, ca_cert.clone()])?;
+            tracing::info!(key = %sc.ra_key, subject = %sc.ra_subject.get_ref(), "issued the SCEP RA certificate");
+            keys.get(&sc.ra_key)?
+        } else {
+            ra
+        };
+        let mut validators: Vec<Box<dyn ChallengeValidator>> = Vec::new();
+        if let Some(s) = static_challenge(sc)? {
+            validators.push(Box::new(StaticChallenge(s)));
+        }
+        let valid_for = Duration::from_secs(u64::from(sc.challenge_minutes) * 60);
+        if sc.one_time_challenges {
+            validators.push(Box::new(OneTimeChallenges {
+                store: ports.challenges.clone(),
+                valid_for,
+            }));
+        }
+        if let Some(url) = &sc.challenge_webhook {
+            validators.push(Box::new(Webhook {
+                url: url.get_ref().clone(),
+            }));
+        }
+        let one_time = sc.one_time_challenges.then(|| OneTimeChallenges {
+            store: ports.challenges.clone(),
+            valid_for,
+        });
+        let certificate = ra.chain[0].clone();
+        Ok(Self {
+            key: ra,
+            certificate,
+            ca_certificates: ca.chain.clone(),
+            profile: sc.profile.get_ref().clone(),
+            wait: Duration::from_secs(u64::from(sc.wait_seconds)),
+            crypto: HostCrypto { policy },
+            validators,
+            one_time,
+            ports,
+        })
+    }
+
+    /// GetCACaps: what this server does. 3DES is left out in FIPS mode.
+    pub fn capabilities(&self) -> Capabilities {
+        let mut caps = vec![
+            "POSTPKIOperation",
+            "Renewal",
+            "SHA-1",
+            "SHA-256",
+            "SHA-512",
+            "AES",
+        ];
+        if !self.crypto.policy.fips {
+            caps.push("DES3");
+        }
+        caps.push("SCEPStandard");
+        Capabilities::of(&caps)
+    }
+
+    /// GetCACert: the RA certificate and the CA chain, as a certs-only SignedData.
+    pub fn ca_certificates(&self) -> Result<Vec<u8>, NotScep> {
+        let mut all = vec![self.certificate.clone()];
+        all.extend(self.ca_certificates.iter().cloned());
+        certs::certs_only(&all).map_err(|e| NotScep(e.to_string()))
+    }
+
+    /// Mints a one-time challenge; `None` when one-time challenges are off.
+    pub async fn mint_challenge(&self) -> Option<Result<(Zeroizing<String>, i64), JournalError>> {
+        match &self.one_time {
+            Some(o) => Some(o.mint().await),
+            None => None,
+        }
+    }
+
+    fn identity(&self) -> CustodyIdentity<'_> {
+        CustodyIdentity {
+            key: &self.key.key,
+            certificate: &self.certificate,
+        }
+    }
+
+    /// PKIOperation: one pkiMessage in, one CertRep out. `Err` only when the message cannot be
+    /// answered in SCEP at all (not a verifiable pkiMessage): the caller sends HTTP 400.
+    pub async fn pki_operation(&self, bytes: &[u8]) -> Result<Vec<u8>, NotScep> {
+        let msg = message::verify(&self.crypto, bytes, &[])
+            .map_err(|e| NotScep(format!("not a valid SCEP pkiMessage: {e}")))?;
+        let reply = |status: PkiStatus,
+                     fail: Option<(FailInfo, String)>,
+                     content: Option<Vec<u8>>| {
+            if let Some((f, why)) = &fail {
+                tracing::warn!(transaction = %msg.transaction_id, fail_info = f.name(), "SCEP request refused: {why}");
+            }
+            self.cert_rep(&msg, status, fail.map(|f| f.0), content.as_deref())
+        };
+        if !self.fresh_nonce(msg.sender_nonce.as_deref()).await {
+            return reply(
+                PkiStatus::Failure,
+                Some((
+                    FailInfo::BadRequest,
+                    "replayed message: senderNonce seen before".into(),
+                )),
+                None,
+            );
+        }
+        match self.process(&msg).await {
+            Ok(Answer::Issued(content)) => reply(PkiStatus::Success, None, Some(content)),
+            Ok(Answer::Pending) => reply(PkiStatus::Pending, None, None),
+            Err((f, why)) => reply(PkiStatus::Failure, Some((f, why)), None),
+        }
+    }
+
+    /// False for a senderNonce seen before within the window (a replay). A journal that
+    /// cannot answer fails closed: the request is refused, and the client sends it again.
+    async fn fresh_nonce(&self, nonce: Option<&[u8]>) -> bool {
+        let Some(n) = nonce else {
+            return true;
+        };
+        match self
+            .ports
+            .replay
+            .first_use(NONCE_SCOPE, n, NONCE_WINDOW)
+            .await
+        {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                internal(e);
+                false
+            }
+        }
+    }
+
+    async fn process(&self, msg: &SignedMessage) -> Result<Answer, (FailInfo, String)> {
+        let bad = |f: FailInfo| move |e: certconn_scep::Error| (f, e.to_string());
+        let content = msg.content.as_deref().ok_or((
+            FailInfo::BadRequest,
+            "the message carries no pkcsPKIEnvelope".to_string(),
+        ))?;
+        let (plain, opened) =
+            envelope::open(&self.crypto, &self.identity(), content).map_err(|e| match e {
+                certconn_scep::Error::Unsupported(_) => (FailInfo::BadAlg, e.to_string()),
+                _ => (FailInfo::BadMessageCheck, e.to_string()),
+            })?;
+        let key = format!("scep:{}", msg.transaction_id);
+        let job = match msg.message_type {
+            MessageType::PkcsReq | MessageType::RenewalReq => {
+                let csr_pem = pem::encode("CERTIFICATE REQUEST", &plain);
+                // A resent request (the client polling by resending) finds its job again.
+                match self.ports.jobs.find(SOURCE, &key).await.map_err(internal)? {
+                    Some(job) => same_request(job, &csr_pem)?,
+                    None => {
+                        self.admit(msg, &plain, &csr_pem).await?;
+                        let req = IssueJob {
+                            profile: self.profile.clone(),
+                            subject: String::new(),
+                            sans: Vec::new(),
+                            key: None,
+                            recipient_pem: None,
+                            csr_pem: Some(csr_pem.clone()),
+                            validity_days: None,
+                        };
+                        let (job, _) = self
+                            .ports
+                            .intake
+                            .submit_issue(SOURCE, &key, &req)
+                            .await
+                            .map_err(|e| match e {
+                                SubmitError::Invalid(i) => (FailInfo::BadRequest, i.to_string()),
+                                other => internal(other),
+                            })?;
+                        same_request(job, &csr_pem)?
+                    }
+                }
+            }
+            MessageType::CertPoll => {
+                IssuerAndSubject::from_der(&plain)
+                    .map_err(|e| (FailInfo::BadRequest, format!("CertPoll content: {e}")))?;
+                self.ports
+                    .jobs
+                    .find(SOURCE, &key)
+                    .await
+                    .map_err(internal)?
+                    .ok_or((
+                        FailInfo::BadCertId,
+                        format!("no request with transaction ID {}", msg.transaction_id),
+                    ))?
+            }
+            other => {
+                return Err((
+                    FailInfo::BadRequest,
+                    format!("messageType {} is not served here", other.code()),
+                ));
+            }
+        };
+        let job = if job.state.is_settled() {
+            job
+        } else {
+            // Wait for the job to leave the queue, up to `wait_seconds`; then PENDING.
+            self.ports
+                .jobs
+                .wait_settled(&job.id, self.wait)
+                .await
+                .map_err(internal)?
+        };
+        match job.state {
+            JobState::Succeeded => {
+                let stored = self
+                    .ports
+                    .outbox
+                    .take_result(&job.id)
+                    .await
+                    .map_err(internal)?
+                    .ok_or_else(|| internal("the finished job has no result"))?;
+                let result = JobResult::from_outbox(&job.id, stored).map_err(internal)?;
+                let mut chain = Vec::new();
+                for text in [result.certificate_pem, result.chain_pem]
+                    .into_iter()
+                    .flatten()
+                {
+                    for (_, der) in pem::decode_all(&text).map_err(internal)? {
+                        chain.push(der);
+                    }
+                }
+                let bag = certs::certs_only(&chain).map_err(bad(FailInfo::BadRequest))?;
+                // Answer in the cipher and key transport the request was sealed with: the
+                // strongest the client has shown it reads.
+                let sealed = envelope::seal(
+                    &self.crypto,
+                    &bag,
+                    &msg.signer,
+                    opened.cipher,
+                    opened.transport,
+                )
+                .map_err(bad(FailInfo::BadAlg))?;
+                Ok(Answer::Issued(sealed))
+            }
+            JobState::Failed | JobState::Dead => Err((
+                FailInfo::BadRequest,
+                job.last_error
+                    .unwrap_or_else(|| "the backend refused the request".into()),
+            )),
+            _ => Ok(Answer::Pending),
+        }
+    }
+
+    /// Checks what a new request must satisfy: the signer and the challenge (PKCSReq) or a
+    /// still-valid certificate certconn issued (RenewalReq).
+    async fn admit(
+        &self,
+        msg: &SignedMessage,
+        csr_der: &[u8],
+        csr_pem: &str,
+    ) -> Result<(), (FailInfo, String)> {
+        let csr = CertReq::from_der(csr_der)
+            .map_err(|e| (FailInfo::BadRequest, format!("malformed PKCS#10: {e}")))?;
+        let signer = Certificate::from_der(&msg.signer)
+            .map_err(|e| (FailInfo::BadRequest, e.to_string()))?;
+        if msg.message_type == MessageType::RenewalReq {
+            let serial = serial_hex(signer.tbs_certificate.serial_number.as_bytes());
+            let issued = self
+                .ports
+                .ledger
+                .certificate(&serial)
+                .await
+                .map_err(internal)?;
+            match issued {
+                Some(entry) if entry.certificate_der == msg.signer => {
+                    if entry.revoked.is_some() {
+                        return Err((
+                            FailInfo::BadCertId,
+                            format!("the renewing certificate {serial} is revoked"),
+                        ));
+                    }
+                    let now = crate::journal::now_ms() / 1000;
+                    let not_after = signer
+                        .tbs_certificate
+                        .validity
+                        .not_after
+                        .to_unix_duration()
+                        .as_secs() as i64;
+                    if not_after < now {
+                        return Err((
+                            FailInfo::BadCertId,
+                            format!("the renewing certificate {serial} has expired"),
+                        ));
+                    }
+                    return Ok(());
+                }
+                _ => {
+                    return Err((
+                        FailInfo::BadCertId,
+                        "a RenewalReq must be signed by a certificate certconn issued".into(),
+                    ));
+                }
+            }
+        }
+        // PKCSReq: signed with the key the CSR certifies (RFC 8894 §3.3.1), plus the challenge.
+        if signer.tbs_certificate.subject_public_key_info != csr.info.public_key {
+            return Err((
+                FailInfo::BadMessageCheck,
+                "the message is not signed by the key of the CSR".into(),
+            ));
+        }
+        let Some(given) = challenge_password(&csr) else {
+            return Err((FailInfo::BadRequest, ChallengeError::Missing.to_string()));
+        };
+        let subject = csr.info.subject.to_string();
+        let request = ChallengeRequest {
+            transaction_id: &msg.transaction_id,
+            challenge: &given,
+            csr_pem,
+            subject: &subject,
+        };
+        let admitted = challenge::admit(&self.validators, &request).await;
+        match admitted {
+            Ok(validator) => {
+                tracing::debug!(transaction = %msg.transaction_id, validator, "SCEP challenge accepted");
+                Ok(())
+            }
+            Err(ChallengeError::Journal(j)) => Err(internal(j)),
+            Err(other) => Err((FailInfo::BadRequest, other.to_string())),
+        }
+    }
+
+    fn cert_rep(
+        &self,
+        msg: &SignedMessage,
+        status: PkiStatus,
+        fail_info: Option<FailInfo>,
+        content: Option<&[u8]>,
+    ) -> Result<Vec<u8>, NotScep> {
+        let nonce = self.crypto_nonce()?;
+        // The reply is signed with the request's digest, but never with SHA-1: custody does
+        // not make new SHA-1 signatures, and every SCEP client that sends SHA-1 reads SHA-256.
+        let digest = match msg.digest {
+            certconn_scep::Digest::Sha1 => certconn_scep::Digest::Sha256,
+            d => d,
+        };
+        message::sign(
+            &self.crypto,
+            &self.identity(),
+            digest,
+            &Outgoing {
+                message_type: MessageType::CertRep,
+                transaction_id: &msg.transaction_id,
+                sender_nonce: &nonce,
+                recipient_nonce: msg.sender_nonce.as_deref(),
+                pki_status: Some(status),
+                fail_info,
+                content,
+                extra_certificates: &[],
+                send_certificates: true,
+            },
+        )
+        .map_err(|e| NotScep(format!("building the CertRep: {e}")))
+    }
+
+    fn crypto_nonce(&self) -> Result<Zeroizing<Vec<u8>>, NotScep> {
+        use certconn_scep::Crypto;
+        self.crypto.random(16).map_err(|e| NotScep(e.to_string()))
+    }
+}
+
+enum Answer {
+    Issued(Vec<u8>),
+    Pending,
+}
+
+fn internal(e: impl std::fmt::Display) -> (FailInfo, String) {
+    tracing::error!("SCEP server: {e}");
+    (
+        FailInfo::BadRequest,
+        "internal error; see the server log".into(),
+    )
+}
+
+/// A transaction ID names one request: the same ID with another CSR is refused.
+fn same_request(job: JobRecord, csr_pem: &str) -> Result<JobRecord, (FailInfo, String)> {
+    let stored = job.request.get("csr_pem").and_then(|v| v.as_str());
+    if stored != Some(csr_pem) {
+        return Err((
+            FailInfo::BadRequest,
+            "the transaction ID was already used for a different request".into(),
+        ));
+    }
+    Ok(job)
+}
+
+fn challenge_password(csr: &CertReq) -> Option<String> {
+    let attr = csr
+        .info
+        .attributes
+        .iter()
+        .find(|a| a.oid == CHALLENGE_PASSWORD)?;
+    let value = attr.values.iter().next()?;
+    // DirectoryString: PrintableString, UTF8String, … — the value bytes are the text.
+    String::from_utf8(value.value().to_vec()).ok()
+}
+
+fn static_challenge(sc: &ScepConfig) -> Result<Option<Zeroizing<String>>, RaError> {
+    let (env, file) = (
+        sc.challenge_env.as_ref().map(|e| e.get_ref().as_str()),
+        sc.challenge_file.as_deref(),
+    );
+    if env.is_none() && file.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(crate::secret::read_text(
+        "the static SCEP challenge (scep.challenge_env/challenge_file)",
+        env,
+        file,
+    )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use certconn_scep::{Cipher, Crypto, Digest, KeyTransport};
+    use der::Encode;
+
+    use super::*;
+    use crate::custody::{CustodyConfig, PrivateKey};
+    use crate::jobs::ports::testing::MemoryCustody;
+    use crate::journal::{Completion, SqliteJournal};
+
+    const CHALLENGE: &str = "static-Secret-42";
+
+    /// An RA over a fresh journal and key store, with no scheduler: tests play the worker.
+    struct Harness {
+        _dir: tempfile::TempDir,
+        journal: Arc<SqliteJournal>,
+        ra: Ra,
+        ca: Arc<StoredKey>,
+        ra_cert: Vec<u8>,
+    }
+
+    fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyStore::open(&dir.path().join("keys"), &CustodyConfig::default()).unwrap();
+        let ca = keys
+            .create("ca", KeyAlgorithm::EcP256, KeyLocation::Software)
+            .unwrap();
+        let ca_cert = pki::ca::self_signed(&ca.key, &"CN=RA test CA".parse().unwrap(), 30).unwrap();
+        let ca = keys.set_chain("ca", vec![ca_cert]).unwrap();
+        let challenge_file = dir.path().join("challenge");
+        std::fs::write(&challenge_file, CHALLENGE).unwrap();
+        std::fs::set_permissions(
+            &challenge_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let sc: ScepConfig = toml::from_str(&format!(
+            "profile = \"smime\"\nca_key = \"ca\"\nwait_seconds = 0\nchallenge_file = {:?}\n",
+            challenge_file.display().to_string()
+        ))
+        .unwrap();
+        let journal = Arc::new(SqliteJournal::open(&dir.path().join("j.sqlite"), "t").unwrap());
+        let intake = Arc::new(Intake::new(
+            journal.clone(),
+            ["smime".to_owned()],
+            Vec::<String>::new(),
+            Arc::new(MemoryCustody::default()),
+        ));
+        let ra = Ra::open(
+            &sc,
+            &keys,
+            AlgorithmPolicy::default(),
+            RaPorts {
+                intake,
+                jobs: journal.clone(),
+                outbox: journal.clone(),
+                ledger: journal.clone(),
+                challenges: journal.clone(),
+                replay: journal.clone(),
+            },
+        )
+        .unwrap();
+        let ra_cert = keys.get("scep-ra").unwrap().chain[0].clone();
+        Harness {
+            _dir: dir,
+            journal,
+            ra,
+            ca,
+            ra_cert,
+        }
+    }
+
+    /// A device: its key and the throwaway self-signed certificate it signs requests with.
+    struct Device {
+        key: PrivateKey,
+        cert: Vec<u8>,
+        subject: x509_cert::name::Name,
+    }
+
+    fn device(name: &str) -> Device {
+        let key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+        let subject: x509_cert::name::Name = format!("CN={name}").parse().unwrap();
+        let cert = pki::ca::self_signed(&key, &subject, 1).unwrap();
+        Device { key, cert, subject }
+    }
+
+    fn crypto() -> HostCrypto {
+        HostCrypto {
+            policy: AlgorithmPolicy::default(),
+        }
+    }
+
+    /// A pkiMessage of `kind` from `device` with `content` sealed for the RA.
+    fn message(
+        h: &Harness,
+        device: &Device,
+        kind: MessageType,
+        txid: &str,
+        content: &[u8],
+    ) -> Vec<u8> {
+        let crypto = crypto();
+        let sealed = envelope::seal(
+            &crypto,
+            content,
+            &h.ra_cert,
+            Cipher::Aes256Cbc,
+            KeyTransport::Pkcs1,
+        )
+        .unwrap();
+        let nonce = crypto.random(16).unwrap();
+        message::sign(
+            &crypto,
+            &CustodyIdentity {
+                key: &device.key,
+                certificate: &device.cert,
+            },
+            Digest::Sha256,
+            &Outgoing {
+                message_type: kind,
+                transaction_id: txid,
+                sender_nonce: &nonce,
+                recipient_nonce: None,
+                pki_status: None,
+                fail_info: None,
+                content: Some(&sealed),
+                extra_certificates: &[],
+                send_certificates: true,
+            },
+        )
+        .unwrap()
+    }
+
+    fn pkcs_req(h: &Harness, device: &Device, txid: &str, challenge: &str) -> Vec<u8> {
+        let csr =
+            pki::csr::build_with_challenge(&device.key, &device.subject, &[], Some(challenge))
+                .unwrap();
+        message(h, device, MessageType::PkcsReq, txid, &csr)
+    }
+
+    async fn answer(h: &Harness, msg: &[u8]) -> SignedMessage {
+        let rep = h.ra.pki_operation(msg).await.unwrap();
+        message::verify(&crypto(), &rep, &[]).unwrap()
+    }
+
+    /// Plays the worker: completes the queued job with a certificate for `device`'s key.
+    async fn issue(h: &Harness, device: &Device) {
+        let held = h
+            .journal
+            .lease_next(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("a queued job");
+        let cert = pki::ca::ra_certificate(
+            &device.key,
+            &device.subject,
+            Some((&h.ca.key, &h.ca.chain[0])),
+            1,
+        )
+        .unwrap();
+        let result = serde_json::to_string(&JobResult {
+            certificate_pem: Some(pem::encode("CERTIFICATE", &cert)),
+            chain_pem: Some(pem::encode("CERTIFICATE", &h.ca.chain[0])),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(h
+            .journal
+            .complete(
+                &held.lease,
+                Completion {
+                    backend: "local",
+                    result: &result,
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap());
+    }
+
+    #[tokio::test]
+    async fn pkcs_req_is_journaled_answered_pending_then_cert_poll_delivers() {
+        let h = harness();
+        let d = device("device-1");
+        let rep = answer(&h, &pkcs_req(&h, &d, "tx-1", CHALLENGE)).await;
+        assert_eq!(rep.pki_status, Some(PkiStatus::Pending));
+        let job = h
+            .journal
+            .find(SOURCE, "scep:tx-1")
+            .await
+            .unwrap()
+            .expect("journaled");
+        assert_eq!(job.state, JobState::Queued);
+        issue(&h, &d).await;
+        let poll = IssuerAndSubject {
+            issuer: d.subject.clone(),
+            subject: d.subject.clone(),
+        }
+        .to_der()
+        .unwrap();
+        let rep = answer(&h, &message(&h, &d, MessageType::CertPoll, "tx-1", &poll)).await;
+        assert_eq!(
+            rep.pki_status,
+            Some(PkiStatus::Success),
+            "{:?}",
+            rep.fail_info_text
+        );
+        let (bag, _) = envelope::open(
+            &crypto(),
+            &CustodyIdentity {
+                key: &d.key,
+                certificate: &d.cert,
+            },
+            rep.content.as_deref().unwrap(),
+        )
+        .unwrap();
+        let certs = certs::parse_certs_only(&bag).unwrap();
+        let leaf = Certificate::from_der(&certs[0]).unwrap();
+        assert_eq!(
+            leaf.tbs_certificate
+                .subject_public_key_info
+                .to_der()
+                .unwrap(),
+            d.key.public_key_der()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replayed_message_and_a_wrong_challenge_are_refused_and_journal_nothing_new() {
+        let h = harness();
+        let d = device("device-2");
+        let req = pkcs_req(&h, &d, "tx-2", CHALLENGE);
+        assert_eq!(answer(&h, &req).await.pki_status, Some(PkiStatus::Pending));
+        let replay = answer(&h, &req).await;
+        assert_eq!(
+            (replay.pki_status, replay.fail_info),
+            (Some(PkiStatus::Failure), Some(FailInfo::BadRequest))
+        );
+        let wrong = answer(&h, &pkcs_req(&h, &device("device-3"), "tx-3", "guess")).await;
+        assert_eq!(
+            (wrong.pki_status, wrong.fail_info),
+            (Some(PkiStatus::Failure), Some(FailInfo::BadRequest))
+        );
+        assert_eq!(h.journal.list(None, 10).await.unwrap().len(), 1);
+        // A CertPoll for a transaction nobody sent is badCertId.
+        let poll = IssuerAndSubject {
+            issuer: d.subject.clone(),
+            subject: d.subject.clone(),
+        }
+        .to_der()
+        .unwrap();
+        let rep = answer(
+            &h,
+            &message(&h, &d, MessageType::CertPoll, "tx-none", &poll),
+        )
+        .await;
+        assert_eq!(rep.fail_info, Some(FailInfo::BadCertId));
+    }
+
+    #[tokio::test]
+    async fn a_one_time_challenge_minted_here_admits_once() {
+        let h = harness();
+        let (challenge, _) = h.ra.mint_challenge().await.unwrap().unwrap();
+        let first = answer(&h, &pkcs_req(&h, &device("a"), "tx-a", &challenge)).await;
+        assert_eq!(first.pki_status, Some(PkiStatus::Pending));
+        let second = answer(&h, &pkcs_req(&h, &device("b"), "tx-b", &challenge)).await;
+        assert_eq!(second.fail_info, Some(FailInfo::BadRequest));
+    }
+}

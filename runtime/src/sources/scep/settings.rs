@@ -1,0 +1,98 @@
+//! `[scep]`: certconn's SCEP server. Off when the section is absent.
+
+use toml::Spanned;
+
+use crate::config::{Checker, ConfigError, ConfigPath};
+
+/// certconn's SCEP server (RFC 8894): devices and device-management services enrol here, and the
+/// CSR goes to the backend the profile routes to.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScepConfig {
+    /// The profile every SCEP request is routed by.
+    pub profile: Spanned<String>,
+    /// Custody key of the RA: it decrypts requests and signs replies. Created (RSA-2048) at first
+    /// start with an RA certificate issued by `ca_key`.
+    #[serde(default = "default_ra_key")]
+    pub ra_key: String,
+    /// Custody key whose certificate chain is the CA published by GetCACert and that issues
+    /// the RA certificate (for example the local CA's key).
+    pub ca_key: Spanned<String>,
+    /// The RA certificate's subject.
+    #[serde(default = "default_ra_subject")]
+    pub ra_subject: Spanned<String>,
+    /// A static challenge password, read from this environment variable.
+    pub challenge_env: Option<Spanned<String>>,
+    /// A static challenge password, read from this file (0600; trailing newline ignored).
+    pub challenge_file: Option<ConfigPath>,
+    /// Accept one-time challenges minted by `certconn scep challenge` (or the API).
+    #[serde(default = "default_true")]
+    pub one_time_challenges: bool,
+    /// Ask this URL (plain http) about challenges neither static nor one-time: certconn POSTs
+    /// `{transaction_id, challenge, csr_pem, subject}` and accepts on a 2xx answer. Fails closed.
+    pub challenge_webhook: Option<Spanned<String>>,
+    /// How long a one-time challenge stays valid, in minutes.
+    #[serde(
+        default = "default_challenge_minutes",
+        deserialize_with = "crate::config::in_range::<_, u32, 1, 525_600>"
+    )]
+    pub challenge_minutes: u32,
+    /// How long a PKIOperation waits for the backend before answering PENDING, in seconds. At
+    /// most 60: longer requests time out in SCEP clients; PENDING covers the rest.
+    #[serde(
+        default = "default_scep_wait",
+        deserialize_with = "crate::config::in_range::<_, u32, 0, 60>"
+    )]
+    pub wait_seconds: u32,
+}
+
+fn default_ra_key() -> String {
+    "scep-ra".into()
+}
+
+fn default_ra_subject() -> Spanned<String> {
+    Spanned::new(0..0, "CN=certconn SCEP RA".into())
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_challenge_minutes() -> u32 {
+    60
+}
+
+fn default_scep_wait() -> u32 {
+    10
+}
+
+impl ScepConfig {
+    /// Checks what can be checked of the section on its own.
+    pub fn check(&self, cx: &Checker<'_>) -> Result<(), ConfigError> {
+        if let Err(e) = self.ra_subject.get_ref().parse::<x509_cert::name::Name>() {
+            return Err(cx.at(
+                self.ra_subject.span(),
+                "scep.ra_subject",
+                format!("not a distinguished name ({e})"),
+            ));
+        }
+        if let (Some(env), Some(_)) = (&self.challenge_env, &self.challenge_file) {
+            return Err(cx.at(
+                env.span(),
+                "scep.challenge_env",
+                "give the static challenge in one place: challenge_env or challenge_file",
+            ));
+        }
+        if let Some(url) = &self.challenge_webhook {
+            if !url.get_ref().starts_with("http://") || url.get_ref().parse::<http::Uri>().is_err()
+            {
+                return Err(cx.at(
+                    url.span(),
+                    "scep.challenge_webhook",
+                    format!("{:?} is not an http:// URL", url.get_ref()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,274 @@
+//! Bad input gets a clear error that says what and where, and stores nothing.
+
+use crate::common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use certconn::sources::api::client::{ApiClient, ClientError};
+use common::*;
+use hyper::Method;
+use serde_json::{json, Value};
+
+async fn refused(api: &ApiClient, body: Value) -> (u16, String) {
+    match api.call(Method::POST, "/v1/jobs/issue", Some(&body)).await {
+        Err(ClientError::Api { status, message }) => (status, message),
+        other => panic!("{body} was accepted: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused_with_the_reason_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_default(dir.path());
+    let api = daemon.client();
+
+    // Wrong token.
+    let stranger = ApiClient::new(
+        format!("127.0.0.1:{}", daemon.port).parse().unwrap(),
+        zeroize::Zeroizing::new("0".repeat(64)),
+    );
+    match stranger.call(Method::GET, "/v1/jobs", None).await {
+        Err(ClientError::Api { status: 401, .. }) => {}
+        other => panic!("wrong token accepted: {other:?}"),
+    }
+
+    // Malformed JSON and unknown fields (raw bodies through hyper).
+    let (status, message) = raw_post(&daemon, "{\"profile\": \"smime\",").await;
+    assert_eq!(status, 400, "{message}");
+    assert!(message.contains("line 1"), "{message}");
+    let (status, message) = refused(
+        &api,
+        json!({ "profile": "smime", "subject": "CN=x", "colour": "blue" }),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(message.contains("colour"), "{message}");
+
+    let (device_key, device_cert) = openssl_device(dir.path());
+    // Ed25519 cannot receive a sealed password (no key transport or agreement is defined for it).
+    let (_, ec_cert) = openssl_self_signed(dir.path(), "ed25519", &["-newkey", "ed25519"]);
+    let csr_path = dir.path().join("req.csr");
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-new", "-subj", "/CN=csr device"])
+            .arg("-key")
+            .arg(&device_key)
+            .arg("-out")
+            .arg(&csr_path),
+    );
+    let csr = std::fs::read_to_string(&csr_path).unwrap();
+    // Flip one character inside the base64 body: the CSR still parses or not, but never verifies.
+    let mut tampered: Vec<char> = csr.chars().collect();
+    let pos = csr.find("\n").unwrap() + 200;
+    tampered[pos] = if tampered[pos] == 'A' { 'B' } else { 'A' };
+    let tampered: String = tampered.into_iter().collect();
+    let weak_key = dir.path().join("weak.key");
+    let weak_csr = dir.path().join("weak.csr");
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-new", "-newkey", "rsa:1024", "-nodes", "-subj", "/CN=weak",
+            ])
+            .arg("-keyout")
+            .arg(&weak_key)
+            .arg("-out")
+            .arg(&weak_csr),
+    );
+
+    for (body, field, needle) in [
+        (
+            json!({ "profile": "nope", "subject": "CN=x" }),
+            "profile",
+            "no profile named \"nope\"",
+        ),
+        (
+            json!({ "profile": "smime", "subject": "" }),
+            "subject",
+            "required",
+        ),
+        (
+            json!({ "profile": "smime", "subject": "not a dn" }),
+            "subject",
+            "not a distinguished name",
+        ),
+        (
+            json!({ "profile": "smime", "subject": "CN=x", "sans": ["fax:1"] }),
+            "sans",
+            "fax",
+        ),
+        (
+            json!({ "profile": "smime", "subject": "CN=x", "validity_days": 0 }),
+            "validity_days",
+            "between",
+        ),
+        (
+            json!({ "profile": "smime", "subject": "CN=x", "recipient": "garbage" }),
+            "recipient",
+            "recipient",
+        ),
+        (
+            // Ed25519 cannot receive a sealed password (no key transport or agreement defined).
+            json!({ "profile": "smime", "subject": "CN=x", "recipient": std::fs::read_to_string(&ec_cert).unwrap() }),
+            "recipient",
+            "unsupported public key algorithm 1.3.101.112",
+        ),
+        (
+            json!({ "profile": "smime", "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n" }),
+            "csr",
+            "PKCS#10",
+        ),
+        (
+            json!({ "profile": "smime", "csr": "hello" }),
+            "csr",
+            "not PEM",
+        ),
+        (json!({ "profile": "smime", "csr": tampered }), "csr", "csr"),
+        (
+            json!({ "profile": "smime", "csr": std::fs::read_to_string(&weak_csr).unwrap() }),
+            "csr",
+            "RSA-1024",
+        ),
+    ] {
+        let (status, message) = refused(&api, body.clone()).await;
+        assert_eq!(status, 422, "{body}: {message}");
+        assert!(
+            message.starts_with(&format!("{field}: ")),
+            "{body}: {message}"
+        );
+        assert!(
+            message.contains(needle),
+            "{body}: {message:?} lacks {needle:?}"
+        );
+    }
+    match api
+        .call(
+            Method::POST,
+            "/v1/jobs/revoke",
+            Some(&json!({ "serial": "xyz" })),
+        )
+        .await
+    {
+        Err(ClientError::Api {
+            status: 422,
+            message,
+        }) => assert!(message.starts_with("serial: "), "{message}"),
+        other => panic!("bad serial accepted: {other:?}"),
+    }
+
+    let db = rusqlite::Connection::open(dir.path().join("data/journal.sqlite")).unwrap();
+    let jobs: i64 = db
+        .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(jobs, 0, "refused requests stored nothing");
+
+    // A well-formed CSR from a device that keeps its key: certificate only, no PFX.
+    let id = submit(
+        &api,
+        "smime",
+        "csr-ok",
+        json!({ "subject": "", "csr": csr }),
+    )
+    .await;
+    assert_eq!(
+        wait_job(&api, &id, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+    let result = api
+        .call(Method::GET, &format!("/v1/jobs/{id}/result"), None)
+        .await
+        .unwrap();
+    assert!(result["result"]["pfx_base64"].is_null());
+    let cert = dir.path().join("csr-cert.pem");
+    std::fs::write(&cert, result["result"]["certificate_pem"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        run_ok(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-pubkey", "-in"])
+                .arg(&cert)
+        ),
+        run_ok(
+            Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(&device_key)
+        ),
+        "certified the CSR's key"
+    );
+    assert!(run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-subject", "-in"])
+            .arg(&cert)
+    )
+    .contains("csr device"));
+    let _ = device_cert;
+}
+
+async fn raw_post(daemon: &Daemon, body: &str) -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    let config = certconn::app::Config::load(&daemon.config).unwrap();
+    let token = certconn::sources::api::token::read(&config.token_file()).unwrap();
+    let client: Client<_, Full<bytes::Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let req = hyper::Request::post(format!("http://127.0.0.1:{}/v1/jobs/issue", daemon.port))
+        .header("authorization", format!("Bearer {}", token.as_str()))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_owned())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn a_bad_config_names_the_key_and_line_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let text =
+        config_text(&data, &plugins(), "").replace("backend = \"local\"", "backend = \"locale\"");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, &text).unwrap();
+    let line = text.lines().position(|l| l.contains("\"locale\"")).unwrap() + 1;
+    for cmd in [
+        &["check-config", "--config"][..],
+        &["serve", "--config"][..],
+    ] {
+        let out = Command::new(binary())
+            .args(cmd)
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("line {line}"))
+                && stderr.contains("profiles.smime.backend")
+                && stderr.contains("locale"),
+            "{stderr}"
+        );
+    }
+    assert!(
+        !data.exists(),
+        "a refused config must not create the data directory"
+    );
+
+    // A plugin that rejects its settings stops start-up with the field named.
+    let text = config_text(&data, &plugins(), "").replace(
+        "ca_key = \"local-ca\"",
+        "ca_key = \"local-ca\"\nmax_validity_days = \"long\"",
+    );
+    std::fs::write(&config, &text).unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("backend \"local\" settings are invalid")
+            && stderr.contains("max_validity_days"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,91 @@
+//! The benchmark commands keep working and print every figure they promise (no timing is
+//! asserted here: figures are for people, in `certconn bench`).
+
+use crate::common;
+
+use std::process::Command;
+
+use common::*;
+
+/// Runs `certconn bench ARGS`, asserts it succeeded and printed every one of `needles`.
+fn bench_prints(args: &[&str], needles: &[&str]) {
+    let out = Command::new(binary())
+        .arg("bench")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in needles {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+}
+
+#[test]
+fn bench_prints_overhead_throughput_direct_and_ratio() {
+    let plugins = plugins();
+    bench_prints(
+        &[
+            "--jobs",
+            "20",
+            "--workers",
+            "2",
+            "--calls",
+            "20",
+            "--plugins",
+            plugins.to_str().unwrap(),
+        ],
+        &[
+            "plugin overhead: instantiate + describe",
+            "local-ca:  instantiate + configure + issue",
+            "pipeline:",
+            "direct:",
+            "ratio pipeline/direct:",
+        ],
+    );
+}
+
+#[test]
+fn pki_bench_prints_pfx_seal_and_custody_rates_software_and_softhsm() {
+    bench_prints(
+        &["--pki", "2", "--pkcs11", "softhsm"],
+        &[
+            "PFX write, modern",
+            "PFX read,  compat",
+            "seal for EC P-256",
+            "custody RSA-OAEP-SHA512 decrypt, RSA-2048 (software store)",
+            "custody sign, EC P-256 (SoftHSM2)",
+            "custody RSA-OAEP-SHA512 decrypt, RSA-2048 (SoftHSM2)",
+        ],
+    );
+}
+
+#[test]
+fn hot_swap_bench_prints_latency_failures_and_dip() {
+    let plugins = plugins();
+    bench_prints(
+        &[
+            "--hot-swap",
+            "--warm-up-seconds",
+            "2",
+            "--after-seconds",
+            "1",
+            "--workers",
+            "2",
+            "--plugins",
+            plugins.to_str().unwrap(),
+        ],
+        &[
+            "swap: rename → registry swapped",
+            "swap: rename → first job on the new version",
+            " 0 failed, 0 retried",
+            "throughput before the rename",
+            "worst 100 ms window: the second before",
+            "jobs per 100 ms, the 2 s after:",
+        ],
+    );
+}

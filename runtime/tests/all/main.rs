@@ -1,0 +1,28 @@
+//! certconn's integration tests, in one binary (as wasmtime does): the suite links wasmtime and
+//! aws-lc once instead of once per file. Each module is one area; `common` starts real daemons
+//! and talks to them. Plugins must be built beforehand (`scripts/build-plugins`); a test never
+//! starts a build.
+
+mod common;
+
+mod bad_input;
+mod bench_smoke;
+mod cms_seal;
+mod conformance;
+mod contracts;
+mod crash_recovery;
+mod custody_at_rest;
+mod fips_mode;
+mod issue_openssl;
+mod keys_cli;
+mod ndes_backend;
+mod pfx_import;
+mod pkcs11_custody;
+mod pkcs12_read;
+mod plugin_lifecycle;
+mod poison_job;
+mod routing;
+mod sandbox;
+mod scep_backend;
+mod scep_messages;
+mod scep_server;

@@ -1,0 +1,418 @@
+//! Plugins at run time: a new version published by rename is validated and swapped in without a
+//! restart while jobs in flight finish on the version they started on; a broken version never
+//! replaces a working one and says why; rollback, unload and load; inspect and load FILE.
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn version_of(status: &serde_json::Value) -> String {
+    status["version"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_is_swapped_in_while_jobs_in_flight_finish_on_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // A slow CA: each issuance takes 4 s, so a job is in flight across the swap.
+    let ca = MockCa::start(4000);
+    let template = test_plugins().join("vendor-template.wasm");
+    let plugin_dir = plugin_dir_with(
+        dir.path(),
+        &[
+            (template.clone(), "vendor-template"),
+            (plugins().join("local-ca.wasm"), "local-ca"),
+        ],
+    );
+    let v2 = dir.path().join("vendor-template-2.wasm");
+    pack(&template, "vendor-template", "0.2.0", "0.2.0", &v2);
+    let extra = ca.backend("example", "");
+    let daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
+    let api = daemon.client();
+    let before = version_of(&backend_status(&api, "example").await);
+    assert!(before.starts_with("vendor-template 0.1.0 ("), "{before}");
+
+    // A job starts on 0.1.0 …
+    let slow = submit(&api, "example", "in-flight", json!({})).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the CA to see the first request",
+        || async { (ca.stats()["in_flight"].as_u64() == Some(1)).then_some(()) },
+    )
+    .await;
+    // … then 0.2.0 is published the supported way.
+    let published = Instant::now();
+    publish(&v2, &plugin_dir, "vendor-template");
+    let swapped = wait_for(Duration::from_secs(20), "the swap", || async {
+        let v = version_of(&backend_status(&api, "example").await);
+        v.starts_with("vendor-template 0.2.0").then_some(v)
+    })
+    .await;
+    let swap_time = published.elapsed();
+    assert!(
+        ca.stats()["in_flight"].as_u64() == Some(1),
+        "the swap did not wait for the job in flight"
+    );
+    let job = wait_job(&api, &slow, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let result = job_result(&api, &slow).await;
+    assert_eq!(
+        result["backend_version"], before,
+        "the job in flight finished on the version it started on"
+    );
+    let next = submit(&api, "example", "after-swap", json!({})).await;
+    assert_eq!(
+        wait_job(&api, &next, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+    assert_eq!(job_result(&api, &next).await["backend_version"], swapped);
+    let status = backend_status(&api, "example").await;
+    assert_eq!(status["previous"], before, "{status}");
+    eprintln!("swap seen {swap_time:?} after the rename");
+
+    // Rollback: back to 0.1.0; the file still in the directory is not put back by a rescan.
+    let out = daemon.cli(&["plugins", "rollback", "vendor-template"]);
+    let text = ok(out);
+    assert!(
+        text.contains("rolled back from vendor-template 0.2.0"),
+        "{text}"
+    );
+    assert_eq!(version_of(&backend_status(&api, "example").await), before);
+    let listed = ok(daemon.cli(&["plugins", "list"]));
+    assert!(
+        listed.contains("rolled back by the administrator"),
+        "{listed}"
+    );
+    // Any change in the directory triggers a rescan; it must leave the rollback alone.
+    std::fs::write(plugin_dir.join("unrelated.wasm"), b"not used").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(version_of(&backend_status(&api, "example").await), before);
+    let id = submit(&api, "example", "after-rollback", json!({})).await;
+    wait_job(&api, &id, Duration::from_secs(30)).await;
+    assert_eq!(job_result(&api, &id).await["backend_version"], before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_version_never_replaces_a_working_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin_dir = plugin_dir_with(dir.path(), &[(plugins().join("local-ca.wasm"), "local-ca")]);
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugin_dir, "").replace("[plugins]\n", "[plugins]\nrescan_seconds = 1\n")
+    });
+    let api = daemon.client();
+    let working = version_of(&backend_status(&api, "local").await);
+    assert!(working.starts_with("local-ca 0.1.0"), "{working}");
+
+    // 1. Not a component at all.
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x01\0\0\0 truncated core module").unwrap();
+    publish(&garbage, &plugin_dir, "local-ca");
+    let refused = wait_for(Duration::from_secs(10), "the refusal", || async {
+        let s = plugins_status(&api).await;
+        s["plugins"][0]["rejected"]["reason"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(refused.contains("core WebAssembly module"), "{refused}");
+    let status = backend_status(&api, "local").await;
+    assert_eq!(version_of(&status), working);
+    assert_eq!(status["state"], "serving");
+    assert!(
+        status["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("kept local-ca 0.1.0")),
+        "{status}"
+    );
+
+    // 2. A valid component that rejects the instance's settings (a 0.1 plugin published as
+    //    local-ca): configure fails, nothing is swapped.
+    let wrong = dir.path().join("wrong.wasm");
+    pack(
+        &test_plugins().join("contract-v0-1.wasm"),
+        "local-ca",
+        "9.9.9",
+        "0.1.0",
+        &wrong,
+    );
+    publish(&wrong, &plugin_dir, "local-ca");
+    let refused = wait_for(Duration::from_secs(10), "the second refusal", || async {
+        let s = plugins_status(&api).await;
+        s["plugins"][0]["rejected"]["reason"]
+            .as_str()
+            .filter(|r| r.contains("settings are invalid"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(
+        refused.contains("profiles"),
+        "names the refused setting: {refused}"
+    );
+    // The periodic rescan (every second here) does not retry a refused file.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert_eq!(
+        log.matches("new plugin version refused").count(),
+        2,
+        "each broken file is refused once, not at every rescan"
+    );
+    assert_eq!(version_of(&backend_status(&api, "local").await), working);
+
+    // Jobs carried on throughout, on the working version.
+    let id = submit(&api, "smime", "still-serving", json!({})).await;
+    assert_eq!(
+        wait_job(&api, &id, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+    assert_eq!(job_result(&api, &id).await["backend_version"], working);
+    let health = api
+        .call(hyper::Method::GET, "/v1/health", None)
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_health_check_fails_waits_until_its_ca_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MockCa::start(0);
+    let port = ca.port;
+    let template = test_plugins().join("vendor-template.wasm");
+    let plugin_dir = plugin_dir_with(
+        dir.path(),
+        &[
+            (plugins().join("local-ca.wasm"), "local-ca"),
+            (template.clone(), "vendor-template"),
+        ],
+    );
+    let v2 = dir.path().join("vendor-template-2.wasm");
+    pack(&template, "vendor-template", "0.2.0", "0.2.0", &v2);
+    let extra = ca.backend("example", "");
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugin_dir, &extra)
+            .replace("[plugins]\n", "[plugins]\nrescan_seconds = 1\n")
+    });
+    let api = daemon.client();
+    let before = version_of(&backend_status(&api, "example").await);
+
+    // The CA goes away; a new version published now cannot pass its health check.
+    drop(ca);
+    publish(&v2, &plugin_dir, "vendor-template");
+    let status = wait_for(Duration::from_secs(15), "the health refusal", || async {
+        let s = backend_status(&api, "example").await;
+        s["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("health check failed"))
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(
+        version_of(&status),
+        before,
+        "the working version stays: {status}"
+    );
+    assert!(
+        status["problem"]
+            .as_str()
+            .unwrap()
+            .contains("vendor-template 0.2.0"),
+        "{status}"
+    );
+
+    // The CA is back on its port: a periodic rescan tries the version again and swaps it in.
+    let _ca = MockCa::start_on(port, 0);
+    let swapped = wait_for(
+        Duration::from_secs(15),
+        "the swap once the CA answers",
+        || async {
+            let v = version_of(&backend_status(&api, "example").await);
+            v.starts_with("vendor-template 0.2.0").then_some(v)
+        },
+    )
+    .await;
+    let id = submit(&api, "example", "after-recovery", json!({})).await;
+    assert_eq!(
+        wait_job(&api, &id, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+    assert_eq!(job_result(&api, &id).await["backend_version"], swapped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unload_moves_a_profile_to_its_fallback_and_load_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MockCa::start(0);
+    let plugin_dir = plugin_dir_with(
+        dir.path(),
+        &[
+            (plugins().join("local-ca.wasm"), "local-ca"),
+            (
+                test_plugins().join("vendor-template.wasm"),
+                "vendor-template",
+            ),
+        ],
+    );
+    let extra = ca.backend("example", "")
+        + "[profiles.mixed]\nbackend = \"example\"\nfallbacks = [\"local\"]\n";
+    let daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
+    let api = daemon.client();
+    let id = submit(&api, "mixed", "before-unload", json!({})).await;
+    assert_eq!(
+        wait_job(&api, &id, Duration::from_secs(30)).await["backend"],
+        "example"
+    );
+
+    let text = ok(daemon.cli(&["plugins", "unload", "vendor-template"]));
+    assert!(text.contains("example: unloaded"), "{text}");
+    assert_eq!(backend_status(&api, "example").await["state"], "unloaded");
+    let id = submit(&api, "mixed", "while-unloaded", json!({})).await;
+    let job = wait_job(&api, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["backend"], "local", "the fallback served it");
+    let health = api
+        .call(hyper::Method::GET, "/v1/health", None)
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+
+    // The only route of profile `example` is unloaded: the job waits and says why.
+    let id = submit(&api, "example", "no-route", json!({})).await;
+    let job = wait_for(Duration::from_secs(10), "the retry", || async {
+        let j = api
+            .call(hyper::Method::GET, &format!("/v1/jobs/{id}"), None)
+            .await
+            .unwrap();
+        j["last_error"].as_str().is_some().then_some(j)
+    })
+    .await;
+    assert!(
+        job["last_error"].as_str().unwrap().contains("is unloaded"),
+        "{job}"
+    );
+
+    let text = ok(daemon.cli(&["plugins", "load", "vendor-template"]));
+    assert!(
+        text.contains("example: now runs vendor-template 0.1.0"),
+        "{text}"
+    );
+    let job = wait_job(&api, &id, Duration::from_secs(30)).await;
+    assert_eq!(
+        job["state"], "succeeded",
+        "the waiting job went through: {job}"
+    );
+    let id = submit(&api, "mixed", "after-load", json!({})).await;
+    assert_eq!(
+        wait_job(&api, &id, Duration::from_secs(30)).await["backend"],
+        "example"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_file_publishes_and_loads_and_inspect_reads_a_package_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    // The instance is configured before its plugin exists: the daemon starts and waits for it.
+    let plugin_dir = plugin_dir_with(dir.path(), &[(plugins().join("local-ca.wasm"), "local-ca")]);
+    let ca = MockCa::start(0);
+    let extra = ca.backend("example", "");
+    let daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
+    let api = daemon.client();
+    let status = backend_status(&api, "example").await;
+    assert_eq!(status["state"], "not-loaded");
+    assert!(
+        status["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("waiting for") && p.contains("vendor-template.wasm")),
+        "{status}"
+    );
+
+    let text = ok(daemon.cli(&[
+        "plugins",
+        "load",
+        test_plugins()
+            .join("vendor-template.wasm")
+            .to_str()
+            .unwrap(),
+    ]));
+    assert!(text.contains("published vendor-template 0.1.0"), "{text}");
+    assert!(
+        text.contains("example: now runs vendor-template 0.1.0"),
+        "{text}"
+    );
+    assert!(plugin_dir.join("vendor-template.wasm").exists());
+    let id = submit(&api, "example", "loaded", json!({})).await;
+    assert_eq!(
+        wait_job(&api, &id, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+
+    // inspect: offline, no daemon involved.
+    let out = std::process::Command::new(binary())
+        .args(["plugins", "inspect"])
+        .arg(plugins().join("ndes.wasm"))
+        .output()
+        .unwrap();
+    let text = ok(out);
+    for needle in [
+        "plugin     ndes 0.1.0",
+        "certconn:plugin@0.2.0",
+        "runs on this certconn",
+        "http: settings.url",
+        "describe   ndes 0.1.0: issue, poll",
+        "\"admin_path\"",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in {text}");
+    }
+    // A file without a manifest is refused with what to do.
+    let bare = dir.path().join("bare.wasm");
+    std::fs::write(&bare, b"\0asm\x0d\0\x01\0").unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["plugins", "inspect"])
+        .arg(&bare)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certconn plugin pack"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_manifest_asks_beyond_the_grant_is_logged_at_load_and_denied_at_use() {
+    let dir = tempfile::tempdir().unwrap();
+    // local-ca's manifest asks for the key its `ca_key` setting names; this instance is not
+    // granted it. ndes asks to reach the host of its `url`; this instance may reach another.
+    let extra = r#"
+[backends.ungranted]
+plugin = "local-ca"
+settings = { ca_key = "local-ca" }
+[profiles.ungranted]
+backend = "ungranted"
+[backends.elsewhere]
+plugin = "ndes"
+http = { allow = ["ndes.example:80"] }
+settings = { url = "http://ca.example", auth = "ntlm" }
+"#;
+    let daemon = start_in(dir.path(), |data| config_text(data, &plugins(), extra));
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains(r#"the plugin asks for custody key \"local-ca\" (settings.ca_key), which is not granted"#),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "the plugin asks to reach ca.example (settings.url), which is not in http.allow"
+        ),
+        "{log}"
+    );
+    let api = daemon.client();
+    let id = submit(&api, "ungranted", "beyond-grant", json!({})).await;
+    let job = wait_job(&api, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["last_error"].as_str().unwrap().contains("NotGranted"),
+        "{job}"
+    );
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(log.contains("with a key it was not granted"));
+}

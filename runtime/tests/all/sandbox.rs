@@ -1,0 +1,236 @@
+//! Hostile plugins: each job fails with a clear error; the daemon and the other backends carry
+//! on; nothing leaks. Every hostile behaviour runs as its own backend instance beside a working
+//! one (`local`), with `max_attempts = 1` so each fault shows once.
+
+use crate::common;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::*;
+use hyper::Method;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_escape_attempt_fails_its_job_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    // A server the http probe aims at: it must never see a connection.
+    let bait = TcpListener::bind("127.0.0.1:0").unwrap();
+    bait.set_nonblocking(true).unwrap();
+    let bait_addr = bait.local_addr().unwrap();
+    // A granted server that redirects to the bait (not granted).
+    let redirector = TcpListener::bind("127.0.0.1:0").unwrap();
+    let redirector_addr = redirector.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut s in redirector.incoming().flatten() {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(format!("HTTP/1.1 302 Found\r\nLocation: http://{bait_addr}/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+        }
+    });
+    let mut extra = String::new();
+    for (name, settings, limits) in [
+        ("spin", r#"{ mode = "loop" }"#, "timeout_seconds = 1"),
+        ("hog", r#"{ mode = "memory" }"#, "memory_mb = 16"),
+        (
+            "snoop",
+            r#"{ mode = "read-file", path = "/etc/passwd" }"#,
+            "",
+        ),
+        ("environ", r#"{ mode = "env" }"#, ""),
+        (
+            "caller",
+            &format!(r#"{{ mode = "http", authority = "{bait_addr}" }}"#),
+            "",
+        ),
+        ("crasher", r#"{ mode = "panic" }"#, ""),
+        ("diver", r#"{ mode = "recursion" }"#, ""),
+        ("bulky", r#"{ mode = "huge-certificate", mib = 32 }"#, ""),
+        ("chatty", r#"{ mode = "huge-error", mib = 8 }"#, ""),
+        ("trapper", r#"{ mode = "trap" }"#, ""),
+        (
+            "redirected",
+            &format!(r#"{{ mode = "redirect", authority = "{redirector_addr}" }}"#),
+            &format!(r#"http = {{ allow = ["{redirector_addr}"] }}"#),
+        ),
+        (
+            "rebinder",
+            &format!(
+                r#"{{ mode = "http", authority = "localhost:{}" }}"#,
+                bait_addr.port()
+            ),
+            &format!(r#"http = {{ allow = ["localhost:{}"] }}"#, bait_addr.port()),
+        ),
+        (
+            "thief",
+            r#"{ mode = "ungranted-key", handle = "local-ca" }"#,
+            "",
+        ),
+        ("storm", r#"{ mode = "log-storm" }"#, ""),
+    ] {
+        extra.push_str(&format!(
+            // The breaker would quarantine these after 5 faults; this test wants every job run.
+            "[backends.{name}]\nplugin = \"sandbox-probe\"\nquarantine_after = 1000000\n{limits}\nsettings = {settings}\n[profiles.{name}]\nbackend = \"{name}\"\n"
+        ));
+    }
+    let plugins = mixed_plugin_dir(dir.path());
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugins, &extra).replace("workers = 4", "workers = 4\nmax_attempts = 1")
+    });
+    let api = daemon.client();
+
+    let names = [
+        "spin",
+        "hog",
+        "snoop",
+        "environ",
+        "caller",
+        "crasher",
+        "diver",
+        "bulky",
+        "chatty",
+        "trapper",
+        "redirected",
+        "rebinder",
+        "thief",
+        "storm",
+    ];
+    let mut hostile = Vec::new();
+    for name in names {
+        hostile.push((name, submit(&api, name, name, json!({})).await));
+    }
+    let mut good = Vec::new();
+    for i in 0..20 {
+        good.push(submit(&api, "smime", &format!("good-{i}"), json!({})).await);
+    }
+
+    let expect = |name: &str| -> (&str, Vec<&str>) {
+        match name {
+            "spin" => ("dead", vec!["plugin-fault", "time limit of 1s"]),
+            "hog" => ("dead", vec!["plugin-fault", "memory limit of 16 MiB"]),
+            "snoop" => ("failed", vec!["read-file /etc/passwd"]),
+            "environ" => ("failed", vec!["environment variables visible: 0"]),
+            "caller" => ("failed", vec!["refused", "HttpRequestDenied"]),
+            "crasher" => ("dead", vec!["plugin-fault", "panicked on purpose"]),
+            // Rust's shadow stack in linear memory runs out first (an out-of-bounds access),
+            // or wasm's own call stack: either way a trap.
+            "diver" => ("dead", vec!["plugin-fault", "trapped: wasm trap:"]),
+            "bulky" => ("failed", vec!["33554432-byte certificate", "at most 65536"]),
+            "chatty" => (
+                "failed",
+                vec!["rejected: EEEE", "cut: 8388608 bytes in all"],
+            ),
+            "trapper" => ("dead", vec!["plugin-fault", "unreachable"]),
+            "redirected" => (
+                "failed",
+                vec!["redirect to", "refused", "HttpRequestDenied"],
+            ),
+            "rebinder" => ("failed", vec!["refused", "DestinationIpProhibited"]),
+            "thief" => ("failed", vec!["custody refused local-ca", "NotGranted"]),
+            "storm" => ("failed", vec!["logged 200000 lines"]),
+            _ => unreachable!(),
+        }
+    };
+    for (name, id) in &hostile {
+        let job = wait_job(&api, id, Duration::from_secs(60)).await;
+        let (state, needles) = expect(name);
+        let error = job["last_error"].as_str().unwrap_or_default();
+        assert_eq!(job["state"], state, "{name}: {job}");
+        for n in needles {
+            assert!(error.contains(n), "{name}: {error:?} lacks {n:?}");
+        }
+        assert!(!error.contains("BREACH"), "{name}: sandbox breach: {error}");
+        assert!(
+            error.len() < 4096,
+            "{name}: the error kept in the journal is bounded ({} bytes)",
+            error.len()
+        );
+    }
+    for id in &good {
+        assert_eq!(
+            wait_job(&api, id, Duration::from_secs(60)).await["state"],
+            "succeeded"
+        );
+    }
+    assert!(
+        bait.accept().is_err(),
+        "the http probe reached a real server"
+    );
+
+    // The daemon is healthy and still serves.
+    let health = api.call(Method::GET, "/v1/health", None).await.unwrap();
+    assert_eq!(health["status"], "ok");
+    let again = submit(&api, "smime", "after", json!({})).await;
+    assert_eq!(
+        wait_job(&api, &again, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+
+    // Nothing leaks: more faults than the engine has instance slots (128), memory bombs and
+    // outsized answers; afterwards the daemon's memory is about where it was and good jobs run.
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let pid = daemon.child.id();
+    let before = rss(pid);
+    let mut faults = Vec::new();
+    for i in 0..150 {
+        let name = match i % 10 {
+            0 => "hog",
+            1 => "bulky",
+            _ => "crasher",
+        };
+        faults.push(submit(&api, name, &format!("leak-{i}"), json!({})).await);
+    }
+    for id in &faults {
+        let job = wait_job(&api, id, Duration::from_secs(120)).await;
+        assert_ne!(job["state"], "succeeded");
+    }
+    let after = rss(pid);
+    eprintln!("daemon RSS {before} kB before 150 hostile jobs, {after} kB after");
+    assert!(
+        after < before + 96 * 1024,
+        "RSS grew from {before} kB to {after} kB over 150 hostile jobs"
+    );
+    for i in 0..10 {
+        let id = submit(&api, "smime", &format!("after-leak-{i}"), json!({})).await;
+        assert_eq!(
+            wait_job(&api, &id, Duration::from_secs(30)).await["state"],
+            "succeeded"
+        );
+    }
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("plugin HTTP request denied: host not granted"),
+        "the denial is logged"
+    );
+    assert!(
+        log.contains("a granted name resolves to an internal address"),
+        "the private-address refusal is logged"
+    );
+    assert!(
+        log.contains("with a key it was not granted"),
+        "the custody denial is logged"
+    );
+    // The log storm: at most log_lines_per_call (200) lines got through, then one notice.
+    let storm = log.matches("storm line").count();
+    assert!(storm <= 200 && storm > 0, "{storm} storm lines in the log");
+    assert!(log.contains("plugin log limit reached"));
+    // --log-format json: every line is one JSON object, plugin lines tagged with backend and job.
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(log
+        .lines()
+        .any(|l| l.contains("\"target\":\"certconn::plugin\"")
+            && l.contains("\"backend\":\"local\"")
+            && l.contains("\"job\"")));
+}

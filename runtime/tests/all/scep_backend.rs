@@ -1,0 +1,240 @@
+//! The `scep` backend (the SDK's SCEP client in a plugin) enrols end to end: against certconn's
+//! own SCEP server, and against micromdm's `scepserver` (Debian package `scep`) — which binds
+//! every interface, so it runs with the daemon inside a private network namespace that has only
+//! loopback (`unshare --net`).
+
+use crate::common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const CHALLENGE: &str = "static-Secret-42";
+
+/// One daemon that is both ends: profile `scep-device` goes to the `scep` backend, which enrols
+/// at this daemon's own SCEP server (reached through `port`, a [`Relay`] to it), which routes
+/// to the local CA.
+fn self_loop_config(data: &Path, port: u16, challenge_file: &Path, backend_extra: &str) -> String {
+    let extra = format!(
+        r#"{scep}
+[backends.scep-ca]
+plugin = "scep"
+http = {{ allow = ["127.0.0.1:{port}"] }}
+[backends.scep-ca.settings]
+url = "http://127.0.0.1:{port}/scep"
+challenge = "{CHALLENGE}"
+{backend_extra}
+[profiles.scep-device]
+backend = "scep-ca"
+key_algorithm = "rsa-2048"
+"#,
+        scep = scep_section(challenge_file),
+    );
+    config_text(data, &plugins(), &extra)
+        .replace("algorithm = \"ec-p256\"", "algorithm = \"rsa-2048\"")
+}
+
+/// A daemon whose `scep` backend enrols at its own SCEP server, and the relay that lets it.
+fn start_loop(dir: &Path, backend_extra: &str) -> (Daemon, Relay) {
+    start_loop_with(dir, |data, port, challenge| {
+        self_loop_config(data, port, challenge, backend_extra)
+    })
+}
+
+fn start_loop_with(
+    dir: &Path,
+    config: impl FnOnce(&Path, u16, &Path) -> String,
+) -> (Daemon, Relay) {
+    let challenge = dir.join("challenge");
+    write_private(&challenge, CHALLENGE);
+    let relay = Relay::new();
+    let daemon = start_in(dir, |data| config(data, relay.port, &challenge));
+    relay.to(&daemon);
+    (daemon, relay)
+}
+
+fn issue(daemon: &Daemon, dir: &Path, name: &str) -> std::process::Output {
+    daemon.cli(&[
+        "submit",
+        "issue",
+        "--profile",
+        "scep-device",
+        "--subject",
+        &format!("CN={name},O=Example"),
+        "--out",
+        dir.join(format!("{name}.pfx")).to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn scep_backend_enrols_at_certconns_own_scep_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, _relay) = start_loop(dir.path(), "");
+    let out = issue(&daemon, dir.path(), "scep-device-1");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "issue through SCEP failed:\n{stdout}\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+    );
+    let password = shown_password(&stdout);
+    let pfx = dir.path().join("scep-device-1.pfx");
+    assert!(
+        openssl_pkcs12_info(&pfx, &password).contains("Shrouded Keybag"),
+        "the PFX holds the key"
+    );
+    let info = run_ok(Command::new("bash").arg("-c").arg(format!(
+        "openssl pkcs12 -in {} -passin pass:{password} -nokeys -clcerts | openssl x509 -noout -subject -issuer",
+        pfx.display()
+    )));
+    assert!(
+        info.contains("CN = scep-device-1") || info.contains("CN=scep-device-1"),
+        "{info}"
+    );
+    assert!(
+        info.contains("certconn Test CA"),
+        "issued by the local CA behind the SCEP server: {info}"
+    );
+    // Two jobs: the one submitted (scep backend) and the one the SCEP server made (local CA).
+    let jobs = ok(daemon.cli(&["jobs", "list", "--json"]));
+    let jobs: serde_json::Value = serde_json::from_str(&jobs).unwrap();
+    let sources: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["source"].as_str())
+        .collect();
+    assert!(sources.contains(&"scep"), "{sources:?}");
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(!log.contains(CHALLENGE), "the challenge is not logged");
+}
+
+#[test]
+fn a_wrong_pin_or_an_ungranted_host_fails_the_job_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, _relay) = start_loop(
+        dir.path(),
+        &format!("ca_fingerprint_sha256 = \"{}\"", "ab".repeat(32)),
+    );
+    let out = issue(&daemon, dir.path(), "pinned");
+    assert!(!out.status.success());
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(err.contains("not the pinned"), "{err}");
+
+    // Without the HTTP grant the plugin cannot reach the server at all.
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, _relay) = start_loop_with(dir.path(), |data, port, challenge| {
+        self_loop_config(data, port, challenge, "").replace(
+            &format!("http = {{ allow = [\"127.0.0.1:{port}\"] }}\n"),
+            "",
+        )
+    });
+    let out = issue(&daemon, dir.path(), "ungranted");
+    assert!(!out.status.success());
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains("host not granted to this backend"),
+        "the denial is logged: {log}"
+    );
+}
+
+/// micromdm's scepserver and a certconn daemon in one private network namespace; the `scep`
+/// backend enrols there. The script prints the issued certificate's subject and issuer.
+#[test]
+fn scep_backend_enrols_at_micromdm_scepserver() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let scep_port = 18080;
+    let extra = format!(
+        r#"
+[crypto]
+allow_single_des = true
+[backends.micromdm]
+plugin = "scep"
+http = {{ allow = ["127.0.0.1:{scep_port}"] }}
+[backends.micromdm.settings]
+url = "http://127.0.0.1:{scep_port}/scep"
+challenge = "{CHALLENGE}"
+allow_single_des = true
+[profiles.scep-device]
+backend = "micromdm"
+key_algorithm = "rsa-2048"
+"#
+    );
+    std::fs::write(
+        d.join("certconn.toml"),
+        config_text(&d.join("data"), &plugins(), &extra),
+    )
+    .unwrap();
+    let script = format!(
+        r#"set -e
+ip link set lo up
+cd {d}
+scepserver ca -init -depot depot >/dev/null 2>&1
+scepserver -depot depot -port {scep_port} -challenge {CHALLENGE} >scepserver.log 2>&1 &
+scep_pid=$!
+{bin} --log-format json serve --config certconn.toml >daemon.log 2>&1 &
+daemon_pid=$!
+echo "$scep_pid $daemon_pid" >pids
+# Nothing may outlive this shell: the namespace it made is unreachable once it is gone.
+trap 'kill $scep_pid $daemon_pid 2>/dev/null; wait $scep_pid $daemon_pid 2>/dev/null || true' EXIT
+for i in $(seq 100); do [ -s data/api.addr ] && (echo > /dev/tcp/127.0.0.1/{scep_port}) 2>/dev/null && break; sleep 0.1; done
+CERTCONN_CONFIG=certconn.toml {bin} submit issue --profile scep-device --subject "CN=micromdm-device,O=Example" --out device.pfx >submit.out 2>&1 || {{ cat submit.out; cat daemon.log; exit 1; }}
+pw=$(sed -n 's/^PFX password (shown once, not kept): //p' submit.out)
+openssl pkcs12 -in device.pfx -passin "pass:$pw" -nokeys -clcerts 2>/dev/null | openssl x509 -noout -subject -issuer
+"#,
+        d = d.display(),
+        bin = binary().display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--net", "bash", "-c", &script])
+        .output()
+        .expect("unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "enrolment at micromdm scepserver failed:\n{stdout}\n{}\nscepserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(d.join("scepserver.log")).unwrap_or_default()
+    );
+    assert!(stdout.contains("micromdm-device"), "{stdout}");
+    let pids = std::fs::read_to_string(d.join("pids")).unwrap();
+    for pid in pids.split_whitespace() {
+        assert!(
+            !Path::new("/proc").join(pid).exists(),
+            "process {pid} outlived its network namespace"
+        );
+    }
+    assert!(
+        stdout.contains("issuer=") && !stdout.contains("certconn Test CA"),
+        "issued by micromdm's CA: {stdout}"
+    );
+}
+
+/// The SCEP server answers PENDING at once (wait_seconds = 0); the host keeps the device key,
+/// polls, the backend sends CertPoll, and the certificate arrives on a later poll.
+#[test]
+fn pending_then_cert_poll_delivers_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, _relay) = start_loop_with(dir.path(), |data, port, challenge| {
+        self_loop_config(data, port, challenge, "poll_seconds = 1")
+            .replace("wait_seconds = 5", "wait_seconds = 0")
+    });
+    let out = issue(&daemon, dir.path(), "pending-device");
+    assert!(
+        out.status.success(),
+        "{}\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+    );
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains("answered PENDING"),
+        "the backend saw PENDING: {log}"
+    );
+    assert!(dir.path().join("pending-device.pfx").exists());
+}

@@ -307,7 +307,10 @@ backend = "local"
             "[backends.other]\nplugin = \"local-ca\"\nmemory_mb = 64\n[backends.broken]\nplugin = \"local-ca\"\nmemory_mb = 0\n[profiles.device]",
         );
         let e = error(&text);
-        assert!(e.contains("line 17") && e.contains("17 | memory_mb = 0"), "{e}");
+        assert!(
+            e.contains("line 17") && e.contains("17 | memory_mb = 0"),
+            "{e}"
+        );
         assert!(e.contains("between 1 and 4096 (it is 0)"), "{e}");
     }
 

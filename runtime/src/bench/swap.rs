@@ -40,7 +40,7 @@ pub async fn run(
     let mut version = semver::Version::parse(&manifest.version)?;
     version.patch += 1;
     manifest.version = version.to_string();
-    let new_bytes = package::embed(&old.bytes, &manifest).map_err(anyhow::Error::msg)?;
+    let new_bytes = package::embed(&old.bytes, &manifest)?;
     let new = PluginPackage::from_bytes(Path::new("local-ca.wasm"), new_bytes)?;
 
     let app = Arc::new(App::open(super::bench_config(dir, &plugin_dir, workers)?).await?);

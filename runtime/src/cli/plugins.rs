@@ -270,9 +270,8 @@ fn pack(component: &Path, manifest: &Path, out: &Path) -> anyhow::Result<()> {
     let text =
         std::fs::read(manifest).with_context(|| format!("reading {}", manifest.display()))?;
     let manifest_value = Manifest::parse(&text).with_context(|| manifest.display().to_string())?;
-    let packed = package::embed(&bytes, &manifest_value)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| component.display().to_string())?;
+    let packed =
+        package::embed(&bytes, &manifest_value).with_context(|| component.display().to_string())?;
     let checked = PluginPackage::from_bytes(out, packed)?;
     publish(&checked.bytes, out)?;
     println!("{} → {}", checked.version_id(), out.display());

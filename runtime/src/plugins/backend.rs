@@ -74,7 +74,8 @@ impl PreparedPlugin {
             reason,
         };
         let component = engine.compile(package)?;
-        let (line, contract) = Contract::detect(engine.engine(), &component).map_err(invalid)?;
+        let (line, contract) = Contract::detect(engine.engine(), &component)
+            .map_err(|e| invalid(crate::report::chain(&e)))?;
         let declared = package
             .manifest
             .contract_version()

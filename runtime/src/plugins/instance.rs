@@ -39,14 +39,12 @@ impl InstanceSpec {
         keys: Arc<KeyStore>,
         policy: AlgorithmPolicy,
     ) -> Result<Self, PluginError> {
-        let refused = |e: String| PluginError::Config {
+        let refused = |e: &dyn std::error::Error| PluginError::Config {
             backend: name.to_owned(),
-            errors: vec![e],
+            errors: vec![crate::report::chain(e)],
         };
-        let http = HttpAccess::new(config.http.clone(), policy).map_err(refused)?;
-        let settings_json = config
-            .settings_json()
-            .map_err(|e| refused(crate::report::chain(&e)))?;
+        let http = HttpAccess::new(config.http.clone(), policy).map_err(|e| refused(&e))?;
+        let settings_json = config.settings_json().map_err(|e| refused(&e))?;
         Ok(Self {
             name: name.to_owned(),
             plugin: config.plugin.get_ref().clone(),
@@ -191,21 +189,17 @@ impl Instance {
         was
     }
 
-    /// Swaps back to the previous version. Returns (from, to).
-    pub fn rollback(&self) -> Result<(String, String), String> {
+    /// Swaps back to the previous version. Returns (from, to); `None` when there is no
+    /// previous version.
+    pub fn rollback(&self) -> Option<(String, String)> {
         let mut v = self.versions();
-        let Some(previous) = v.previous.take() else {
-            return Err(format!(
-                "backend {:?} has no previous version to roll back to",
-                self.name
-            ));
-        };
+        let previous = v.previous.take()?;
         let to = previous.version_id();
         let from = v.current.replace(previous);
         let from_id = from.as_ref().map(|b| b.version_id()).unwrap_or_default();
         v.previous = from;
         v.problem = None;
-        Ok((from_id, to))
+        Some((from_id, to))
     }
 
     pub fn set_unloaded(&self, unloaded: bool) {

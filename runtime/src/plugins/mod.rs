@@ -42,7 +42,7 @@ pub enum PluginError {
     Engine(String),
     #[error("plugin {plugin:?}: {reason}")]
     Invalid { plugin: String, reason: String },
-    #[error("reading plugin {path}: {source}")]
+    #[error("reading plugin {path}")]
     Io {
         path: std::path::PathBuf,
         source: std::io::Error,

@@ -32,6 +32,27 @@ impl std::fmt::Debug for PluginPackage {
     }
 }
 
+/// Why bytes are not a plugin package.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PackageError {
+    #[error("not a WebAssembly component")]
+    NotWasm(#[source] wasmparser::BinaryReaderError),
+    #[error(
+        "a core WebAssembly module, not a component: build for wasm32-wasip2 (or run \
+         `wasm-tools component new`)"
+    )]
+    CoreModule,
+    #[error("empty input")]
+    Empty,
+    #[error("it has two different {SECTION} sections")]
+    TwoManifests,
+    #[error("a section without its header")]
+    Truncated,
+    #[error(transparent)]
+    Manifest(#[from] super::manifest::ManifestError),
+}
+
 fn invalid(path: &Path, reason: impl Into<String>) -> PluginError {
     PluginError::Invalid {
         plugin: path.display().to_string(),
@@ -61,7 +82,9 @@ impl PluginPackage {
 
     /// Checks `bytes` as if read from `path`.
     pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, PluginError> {
-        let section = find_manifest(&bytes).map_err(|e| invalid(path, e))?.ok_or_else(|| {
+        let section = find_manifest(&bytes)
+            .map_err(|e| invalid(path, crate::report::chain(&e)))?
+            .ok_or_else(|| {
             invalid(
                 path,
                 format!("it has no {SECTION} section: package the component with its manifest (`certconn plugin pack COMPONENT --manifest certconn-plugin.toml`)"),
@@ -100,17 +123,17 @@ pub fn version_id(manifest: &Manifest, sha256: &str) -> String {
 /// The manifest section's bytes: at the component's top level, else inside one of its core
 /// modules (where a Rust plugin's `#[link_section]` puts it). Two different manifests are an
 /// error rather than a guess.
-pub fn find_manifest(bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
+pub fn find_manifest(bytes: &[u8]) -> Result<Option<Vec<u8>>, PackageError> {
     let mut depth = 0usize;
     let mut top = None;
     let mut nested: Option<Vec<u8>> = None;
     for payload in Parser::new(0).parse_all(bytes) {
-        let payload = payload.map_err(|e| format!("not a WebAssembly component: {e}"))?;
+        let payload = payload.map_err(PackageError::NotWasm)?;
         match payload {
             Payload::Version { encoding, .. }
                 if depth == 0 && encoding != wasmparser::Encoding::Component =>
             {
-                return Err("a core WebAssembly module, not a component: build for wasm32-wasip2 (or run `wasm-tools component new`)".into());
+                return Err(PackageError::CoreModule);
             }
             Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),
@@ -118,9 +141,7 @@ pub fn find_manifest(bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
                 let data = c.data().to_vec();
                 let slot = if depth == 0 { &mut top } else { &mut nested };
                 match slot {
-                    Some(seen) if *seen != data => {
-                        return Err(format!("it has two different {SECTION} sections"))
-                    }
+                    Some(seen) if *seen != data => return Err(PackageError::TwoManifests),
                     _ => *slot = Some(data),
                 }
             }
@@ -143,20 +164,20 @@ fn leb128(mut n: usize, out: &mut Vec<u8>) {
 }
 
 /// `component` with `manifest` as its top-level manifest section (replacing any there).
-pub fn embed(component: &[u8], manifest: &Manifest) -> Result<Vec<u8>, String> {
-    let toml = manifest.to_toml().map_err(|e| e.to_string())?;
+pub fn embed(component: &[u8], manifest: &Manifest) -> Result<Vec<u8>, PackageError> {
+    let toml = manifest.to_toml()?;
     let mut out = Vec::with_capacity(component.len() + toml.len() + 32);
     let mut depth = 0usize;
     let mut saw_component = false;
     for payload in Parser::new(0).parse_all(component) {
-        let payload = payload.map_err(|e| format!("not a WebAssembly component: {e}"))?;
+        let payload = payload.map_err(PackageError::NotWasm)?;
         let top = depth == 0;
         match &payload {
             Payload::Version {
                 encoding, range, ..
             } if top => {
                 if *encoding != wasmparser::Encoding::Component {
-                    return Err("a core WebAssembly module, not a component".into());
+                    return Err(PackageError::CoreModule);
                 }
                 saw_component = true;
                 out.extend_from_slice(&component[range.clone()]);
@@ -183,7 +204,7 @@ pub fn embed(component: &[u8], manifest: &Manifest) -> Result<Vec<u8>, String> {
         }
     }
     if !saw_component {
-        return Err("empty input".into());
+        return Err(PackageError::Empty);
     }
     let mut name = Vec::new();
     leb128(SECTION.len(), &mut name);
@@ -198,14 +219,13 @@ pub fn embed(component: &[u8], manifest: &Manifest) -> Result<Vec<u8>, String> {
 /// Where the section whose contents start at `contents` begins: walks back over the LEB128 size
 /// and the id byte. The size is at most 5 bytes; the id byte is below 0x80, and so is the last
 /// byte of the size, so the walk is unambiguous from the end of the size backwards.
-fn section_start(bytes: &[u8], contents: usize) -> Result<usize, String> {
+fn section_start(bytes: &[u8], contents: usize) -> Result<usize, PackageError> {
     // The size's last byte has its high bit clear; earlier size bytes have it set.
-    let mut at = contents.checked_sub(1).ok_or("a section with no header")?;
+    let mut at = contents.checked_sub(1).ok_or(PackageError::Truncated)?;
     while at > 0 && bytes[at - 1] & 0x80 != 0 {
         at -= 1;
     }
-    at.checked_sub(1)
-        .ok_or_else(|| "a section with no id".to_string())
+    at.checked_sub(1).ok_or(PackageError::Truncated)
 }
 
 #[cfg(test)]
@@ -243,9 +263,7 @@ mod tests {
     #[test]
     fn core_modules_and_garbage_are_refused_with_the_reason() {
         let core = b"\0asm\x01\0\0\0";
-        assert!(find_manifest(core)
-            .unwrap_err()
-            .contains("core WebAssembly module"));
+        assert!(matches!(find_manifest(core), Err(PackageError::CoreModule)));
         assert!(embed(core, &manifest("1.0.0")).is_err());
         assert!(find_manifest(b"MZ\x90\0 not wasm").is_err());
         let e = PluginPackage::from_bytes(Path::new("x.wasm"), EMPTY_COMPONENT.to_vec())

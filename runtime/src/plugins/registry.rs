@@ -23,6 +23,23 @@ use super::{LoadedBackend, PluginEngine, PluginError, PreparedPlugin};
 use crate::crypto::AlgorithmPolicy;
 use crate::custody::KeyStore;
 
+/// Why an administrator's plugin action was not done.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    #[error("no backend runs a plugin named {plugin:?} (configured plugins: {known})")]
+    UnknownPlugin { plugin: String, known: String },
+    #[error("plugin {0:?} is unloaded; `certconn plugins load {0}` loads it again")]
+    Unloaded(String),
+    #[error("no backend running plugin {plugin:?} has a previous version to roll back to ({})", .backends.join(", "))]
+    NothingToRollBack {
+        plugin: String,
+        backends: Vec<String>,
+    },
+    #[error(transparent)]
+    Load(#[from] PluginError),
+}
+
 /// What the registry remembers about one plugin file.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct FileStatus {
@@ -173,7 +190,11 @@ impl Registry {
 
     /// `certconn plugins load|reload NAME`: loads the file now, even if it was refused before
     /// (the CA may be back); `load` also undoes `unload`.
-    pub async fn reload(&self, plugin: &str, and_enable: bool) -> Result<LoadReport, String> {
+    pub async fn reload(
+        &self,
+        plugin: &str,
+        and_enable: bool,
+    ) -> Result<LoadReport, RegistryError> {
         if !self.plugin_names().contains(plugin) {
             return Err(self.unknown_plugin(plugin));
         }
@@ -187,14 +208,9 @@ impl Registry {
                 .collect();
             self.set_unloaded(plugin, false);
         } else if self.files().get(plugin).is_some_and(|f| f.unloaded) {
-            return Err(format!(
-                "plugin {plugin:?} is unloaded; `certconn plugins load {plugin}` loads it again"
-            ));
+            return Err(RegistryError::Unloaded(plugin.to_owned()));
         }
-        let mut report = self
-            .load_plugin(plugin, true, false)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut report = self.load_plugin(plugin, true, false).await?;
         // Instances brought back by `load` serve again, on the version they had.
         for name in enabled {
             if !report.installed.contains(&name) && !report.refused.iter().any(|(n, _)| *n == name)
@@ -206,14 +222,15 @@ impl Registry {
         Ok(report)
     }
 
-    fn unknown_plugin(&self, plugin: &str) -> String {
-        format!(
-            "no backend runs a plugin named {plugin:?} (configured plugins: {})",
-            self.plugin_names()
+    fn unknown_plugin(&self, plugin: &str) -> RegistryError {
+        RegistryError::UnknownPlugin {
+            plugin: plugin.to_owned(),
+            known: self
+                .plugin_names()
                 .into_iter()
                 .collect::<Vec<_>>()
-                .join(", ")
-        )
+                .join(", "),
+        }
     }
 
     fn set_unloaded(&self, plugin: &str, unloaded: bool) -> Vec<String> {
@@ -231,7 +248,7 @@ impl Registry {
 
     /// `certconn plugins unload NAME`: its instances stop taking jobs (jobs in flight finish;
     /// profiles move to their fallbacks) until it is loaded again. The watcher leaves it alone.
-    pub async fn unload(&self, plugin: &str) -> Result<Vec<String>, String> {
+    pub async fn unload(&self, plugin: &str) -> Result<Vec<String>, RegistryError> {
         if !self.plugin_names().contains(plugin) {
             return Err(self.unknown_plugin(plugin));
         }
@@ -244,24 +261,30 @@ impl Registry {
     /// `certconn plugins rollback NAME`: each instance running it goes back to the version it
     /// ran before. The file now in the directory is remembered as refused, so the watcher does
     /// not put it back; publishing a different file does.
-    pub async fn rollback(&self, plugin: &str) -> Result<Vec<(String, String, String)>, String> {
+    pub async fn rollback(
+        &self,
+        plugin: &str,
+    ) -> Result<Vec<(String, String, String)>, RegistryError> {
         if !self.plugin_names().contains(plugin) {
             return Err(self.unknown_plugin(plugin));
         }
         let _turn = self.loading.lock().await;
         let mut done = Vec::new();
-        let mut errors = Vec::new();
+        let mut without = Vec::new();
         for i in self.instances.values().filter(|i| i.plugin == plugin) {
             match i.rollback() {
-                Ok((from, to)) => {
+                Some((from, to)) => {
                     tracing::warn!(backend = %i.name, %from, %to, "rolled back by the administrator");
                     done.push((i.name.clone(), from, to));
                 }
-                Err(e) => errors.push(e),
+                None => without.push(i.name.clone()),
             }
         }
         if done.is_empty() {
-            return Err(errors.join("; "));
+            return Err(RegistryError::NothingToRollBack {
+                plugin: plugin.to_owned(),
+                backends: without,
+            });
         }
         if let Ok(bytes) = std::fs::read(self.plugin_path(plugin)) {
             let sha = super::package::sha256_hex(&bytes);

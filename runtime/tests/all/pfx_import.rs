@@ -549,6 +549,38 @@ async fn imported_pfx_files_are_checked_by_policy_and_delivered_sealed_for_the_d
         }
     }
 
+    // Once an import has ended, succeeded or failed, the journal keeps neither its PFX nor its
+    // encrypted password: only their size and digest. And it cannot be retried: a new attempt
+    // is a new submission with what the administrator gives now.
+    let db = rusqlite::Connection::open(dir.path().join("data/journal.sqlite")).unwrap();
+    let requests: Vec<(String, String, String)> = db
+        .prepare("SELECT id, state, request FROM jobs WHERE kind = 'import'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(requests.len() >= 3, "{requests:?}");
+    let mut failed = None;
+    for (id, state, request) in &requests {
+        assert!(state == "succeeded" || state == "failed", "{id} is {state}");
+        assert!(
+            !request.contains("pfx_base64") && !request.contains("encrypted_password_base64"),
+            "job {id} ({state}) kept its secrets: {request}"
+        );
+        assert!(request.contains("\"sha256\""), "{request}");
+        if state == "failed" {
+            failed = Some(id.clone());
+        }
+    }
+    let failed = failed.expect("a failed import");
+    let e = api
+        .call(Method::POST, &format!("/v1/jobs/{failed}/retry"), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("submit it again"), "{e}");
+
     // Intake refuses what it can see without the key, naming the field.
     let base = json!({
         "pfx": alice_b64,

@@ -416,3 +416,39 @@ settings = { url = "http://ca.example", auth = "ntlm" }
     let log = std::fs::read_to_string(&daemon.log).unwrap();
     assert!(log.contains("with a key it was not granted"));
 }
+
+/// The compiled-plugin cache holds native code certconn maps and runs: an entry whose directory
+/// other users may write is never loaded (the plugin is compiled afresh and the log says why).
+#[test]
+fn a_compiled_plugin_cache_others_may_write_is_not_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = start_default(dir.path());
+    let pfx = dir.path().join("first.pfx");
+    issue_pfx(&daemon, "smime", "CN=first", &pfx);
+    daemon.stop();
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        !log.contains("not loading the compiled-plugin cache entry"),
+        "{log}"
+    );
+
+    // Some other user could now have swapped the cached code.
+    let engine_dir = std::fs::read_dir(dir.path().join("data/cache"))
+        .unwrap()
+        .next()
+        .expect("a cache entry")
+        .unwrap()
+        .path();
+    std::fs::set_permissions(&engine_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(&daemon.log, "").unwrap();
+    let daemon = Daemon::start(&daemon.config, &daemon.log);
+    let pfx = dir.path().join("second.pfx");
+    issue_pfx(&daemon, "smime", "CN=second", &pfx);
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains("not loading the compiled-plugin cache entry")
+            && log.contains("let other users change it"),
+        "{log}"
+    );
+}

@@ -67,24 +67,50 @@ impl Contract {
     pub fn detect(
         engine: &Engine,
         component: &Component,
-    ) -> Result<(Self, semver::Version), String> {
+    ) -> Result<(Self, semver::Version), ContractError> {
         let ty = component.component_type();
         let exported: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
         let Some(version) = exported.iter().find_map(|n| n.strip_prefix(BACKEND_EXPORT)) else {
-            return Err(format!(
-                "it does not export certconn:plugin/backend (exports: {}); is it a certconn backend?",
-                if exported.is_empty() { "none".to_string() } else { exported.join(", ") }
-            ));
+            return Err(ContractError::NotABackend {
+                exports: if exported.is_empty() {
+                    "none".to_string()
+                } else {
+                    exported.join(", ")
+                },
+            });
         };
-        let version = semver::Version::parse(version)
-            .map_err(|e| format!("its certconn:plugin version {version:?} is not semver: {e}"))?;
+        let version =
+            semver::Version::parse(version).map_err(|source| ContractError::NotSemver {
+                version: version.to_owned(),
+                source,
+            })?;
         match Self::of(&version) {
             Some(line) => Ok((line, version)),
-            None => Err(format!(
-                "it was built for certconn:plugin@{version}, which this certconn does not run (it runs {SUPPORTED_LINES}; current {CURRENT}): rebuild it against a supported contract or upgrade certconn"
-            )),
+            None => Err(ContractError::Unsupported { version }),
         }
     }
+}
+
+/// Why a component cannot run as a backend of any contract line this host runs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContractError {
+    #[error(
+        "it does not export certconn:plugin/backend (exports: {exports}); is it a certconn backend?"
+    )]
+    NotABackend { exports: String },
+    #[error("its certconn:plugin version {version:?} is not semver")]
+    NotSemver {
+        version: String,
+        #[source]
+        source: semver::Error,
+    },
+    #[error(
+        "it was built for certconn:plugin@{version}, which this certconn does not run (it runs \
+         {SUPPORTED_LINES}; current {CURRENT}): rebuild it against a supported contract or \
+         upgrade certconn"
+    )]
+    Unsupported { version: semver::Version },
 }
 
 /// A component linked and checked against its contract line, ready to instantiate.

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use wasmtime_wasi_http::Error as HttpError;
 use zeroize::Zeroizing;
 
-use super::{entry_matches, ntlm, Answer, Connection, HttpGrant, Outgoing};
+use super::{entry_matches, ntlm, Answer, Connection, GrantError, HttpGrant, Outgoing};
 use crate::crypto::AlgorithmPolicy;
 
 /// An HTTP authentication scheme the host can answer.
@@ -91,30 +91,42 @@ impl Credential {
         config: &CredentialConfig,
         grant: &HttpGrant,
         policy: &AlgorithmPolicy,
-    ) -> Result<Self, String> {
-        let what = format!("http.credentials[{index}] ({})", config.host);
+    ) -> Result<Self, GrantError> {
+        let host = || config.host.clone();
         if !grant
             .allow
             .iter()
             .any(|a| a.eq_ignore_ascii_case(&config.host))
         {
-            return Err(format!(
-                "{what}: host is not one of http.allow ({})",
-                grant.allow.join(", ")
-            ));
+            return Err(GrantError::CredentialHost {
+                index,
+                host: host(),
+                allow: grant.allow.join(", "),
+            });
         }
         if config.username.is_empty() {
-            return Err(format!("{what}: username is empty"));
+            return Err(GrantError::EmptyUsername {
+                index,
+                host: host(),
+            });
         }
         if config.scheme == AuthScheme::Ntlm {
-            policy.check_ntlm().map_err(|e| format!("{what}: {e}"))?;
+            policy.check_ntlm().map_err(|source| GrantError::Refused {
+                index,
+                host: host(),
+                source,
+            })?;
         }
         let password = crate::secret::read_text(
-            &what,
+            "the password",
             config.password_env.as_deref(),
             config.password_file.as_deref(),
         )
-        .map_err(|e| crate::report::chain(&e))?;
+        .map_err(|source| GrantError::Password {
+            index,
+            host: host(),
+            source,
+        })?;
         Ok(Self {
             host: config.host.clone(),
             scheme: config.scheme,
@@ -206,9 +218,11 @@ impl Credential {
             })?;
         let challenge = b64
             .decode(token.as_bytes())
-            .map_err(|_| "the NTLM CHALLENGE is not base64".to_string())
-            .and_then(|raw| ntlm::Challenge::parse(&raw))
-            .map_err(|e| HttpError::InternalError(Some(e)))?;
+            .map_err(|_| HttpError::InternalError(Some("the NTLM CHALLENGE is not base64".into())))
+            .and_then(|raw| {
+                ntlm::Challenge::parse(&raw)
+                    .map_err(|e| HttpError::InternalError(Some(e.to_string())))
+            })?;
         let (domain, user) = ntlm::split_username(&self.username);
         let mut client_challenge = [0u8; 8];
         crate::crypto::provider::fill_random(&mut client_challenge)
@@ -225,7 +239,7 @@ impl Credential {
             client_challenge,
             ntlm::filetime_now(),
         )
-        .map_err(|e| HttpError::InternalError(Some(e)))?;
+        .map_err(|e| HttpError::InternalError(Some(crate::report::chain(&e))))?;
         let mut value = header(&authenticate)?;
         value.set_sensitive(true);
         connection
@@ -290,16 +304,20 @@ mod tests {
             fips: true,
             ..AlgorithmPolicy::default()
         };
-        let e = Credential::resolve(0, &config, &grant, &fips).unwrap_err();
+        let e = crate::report::chain(&Credential::resolve(0, &config, &grant, &fips).unwrap_err());
         assert!(e.contains("NTLM") && e.contains("FIPS"), "{e}");
         config.host = "elsewhere.example".into();
-        let e = Credential::resolve(0, &config, &grant, &AlgorithmPolicy::default()).unwrap_err();
+        let e = Credential::resolve(0, &config, &grant, &AlgorithmPolicy::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not one of http.allow"), "{e}");
         config.host = "ndes.corp.example".into();
         config.password_env = Some("CERTCONN_TEST_HTTP_PASSWORD_UNSET".into());
-        let e = Credential::resolve(0, &config, &grant, &AlgorithmPolicy::default()).unwrap_err();
+        let e = crate::report::chain(
+            &Credential::resolve(0, &config, &grant, &AlgorithmPolicy::default()).unwrap_err(),
+        );
         assert!(
-            e.contains("CERTCONN_TEST_HTTP_PASSWORD_UNSET is not set"),
+            e.starts_with("http.credentials[0] (ndes.corp.example): the password: environment variable CERTCONN_TEST_HTTP_PASSWORD_UNSET is not set"),
             "{e}"
         );
     }

@@ -13,7 +13,7 @@
 
 mod auth;
 mod ntlm;
-mod tls;
+pub mod tls;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -134,6 +134,51 @@ pub fn is_internal(ip: IpAddr) -> bool {
     }
 }
 
+/// Why a backend's HTTP grant cannot be used. Each names the setting to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GrantError {
+    #[error("http.credentials[{index}] ({host}): host is not one of http.allow ({allow})")]
+    CredentialHost {
+        index: usize,
+        host: String,
+        allow: String,
+    },
+    #[error("http.credentials[{index}] ({host}): username is empty")]
+    EmptyUsername { index: usize, host: String },
+    #[error("http.credentials[{index}] ({host})")]
+    Refused {
+        index: usize,
+        host: String,
+        #[source]
+        source: crate::crypto::CryptoError,
+    },
+    #[error("http.credentials[{index}] ({host})")]
+    Password {
+        index: usize,
+        host: String,
+        #[source]
+        source: crate::secret::SecretError,
+    },
+    #[error("http.trust_anchors {path}")]
+    AnchorsFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("http.trust_anchors {path}: certificate {number}")]
+    Anchor {
+        path: std::path::PathBuf,
+        number: usize,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("http.trust_anchors {path}: no PEM CERTIFICATE blocks in the file")]
+    NoAnchors { path: std::path::PathBuf },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
 /// A backend instance's HTTP grant made ready to use: credentials read, trust anchors loaded.
 /// Built once when the backend loads, so a missing secret or a bad PEM file stops the load with
 /// the reason instead of failing a job later.
@@ -166,7 +211,7 @@ impl Default for HttpAccess {
 
 impl HttpAccess {
     /// Reads the grant's secrets and trust anchors. Errors name the setting.
-    pub fn new(grant: HttpGrant, policy: AlgorithmPolicy) -> Result<Self, String> {
+    pub fn new(grant: HttpGrant, policy: AlgorithmPolicy) -> Result<Self, GrantError> {
         let credentials = grant
             .credentials
             .iter()

@@ -3,7 +3,7 @@
 //! are in [`crate::crypto::ntlm`], under the algorithm policy.
 
 use crate::crypto::ntlm::{self as compute, utf16le, NtlmV2Input};
-use crate::crypto::AlgorithmPolicy;
+use crate::crypto::{AlgorithmPolicy, CryptoError};
 
 const SIGNATURE: &[u8; 8] = b"NTLMSSP\0";
 
@@ -69,20 +69,39 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// Why an NTLM exchange could not go on. A server's malformed message is refused, never
+/// panicked on: every offset in it is checked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NtlmError {
+    #[error("the server's NTLM CHALLENGE is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("the server does not offer Unicode NTLM; certconn speaks only that")]
+    NotUnicode,
+    #[error("the NTLM AUTHENTICATE message would be too long")]
+    TooLong,
+    #[error("computing the NTLMv2 response")]
+    Crypto(#[from] CryptoError),
+}
+
 /// The AV pairs of a target-info block, up to MsvAvEOL.
-fn av_pairs(info: &[u8]) -> Result<Vec<(u16, &[u8])>, String> {
+fn av_pairs(info: &[u8]) -> Result<Vec<(u16, &[u8])>, NtlmError> {
     let mut pairs = Vec::new();
     let mut at = 0;
     loop {
         let (Some(id), Some(len)) = (u16_at(info, at), u16_at(info, at + 2)) else {
-            return Err("the NTLM CHALLENGE's target info ends without MsvAvEOL".into());
+            return Err(NtlmError::Malformed(
+                "its target info ends without MsvAvEOL",
+            ));
         };
         if id == AV_EOL {
             return Ok(pairs);
         }
         let value = info
             .get(at + 4..at + 4 + len as usize)
-            .ok_or("an NTLM target-info pair runs past its block")?;
+            .ok_or(NtlmError::Malformed(
+                "a target-info pair runs past its block",
+            ))?;
         pairs.push((id, value));
         at += 4 + len as usize;
     }
@@ -90,14 +109,14 @@ fn av_pairs(info: &[u8]) -> Result<Vec<(u16, &[u8])>, String> {
 
 impl Challenge {
     /// Parses a CHALLENGE message from the server.
-    pub fn parse(raw: &[u8]) -> Result<Self, String> {
-        let bad = |what: &str| format!("the server's NTLM CHALLENGE is malformed: {what}");
+    pub fn parse(raw: &[u8]) -> Result<Self, NtlmError> {
+        let bad = NtlmError::Malformed;
         if raw.get(..8) != Some(SIGNATURE) || u32_at(raw, 8) != Some(2) {
             return Err(bad("not an NTLMSSP CHALLENGE message"));
         }
         let flags = u32_at(raw, 20).ok_or_else(|| bad("too short"))?;
         if flags & NEGOTIATE_UNICODE == 0 {
-            return Err("the server does not offer Unicode NTLM; certconn speaks only that".into());
+            return Err(NtlmError::NotUnicode);
         }
         let server_challenge: [u8; 8] = raw
             .get(24..32)
@@ -158,7 +177,7 @@ pub fn filetime_now() -> u64 {
 
 /// The target info certconn sends back: the server's pairs, with MsvAvFlags saying a MIC
 /// follows when the server sent a timestamp (MS-NLMP §3.1.5.1.2).
-fn client_target_info(challenge: &Challenge, with_mic: bool) -> Result<Vec<u8>, String> {
+fn client_target_info(challenge: &Challenge, with_mic: bool) -> Result<Vec<u8>, NtlmError> {
     let mut out = Vec::new();
     let mut flags = 0u32;
     for (id, value) in av_pairs(&challenge.target_info)? {
@@ -166,7 +185,7 @@ fn client_target_info(challenge: &Challenge, with_mic: bool) -> Result<Vec<u8>, 
             flags = value
                 .try_into()
                 .map(u32::from_le_bytes)
-                .map_err(|_| "MsvAvFlags is not 4 bytes".to_string())?;
+                .map_err(|_| NtlmError::Malformed("MsvAvFlags is not 4 bytes"))?;
             continue;
         }
         out.extend_from_slice(&id.to_le_bytes());
@@ -193,7 +212,7 @@ pub fn authenticate(
     identity: &Identity<'_>,
     client_challenge: [u8; 8],
     now: u64,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, NtlmError> {
     let server_time = challenge.timestamp();
     let with_mic = server_time.is_some();
     let target_info = client_target_info(challenge, with_mic)?;
@@ -208,8 +227,7 @@ pub fn authenticate(
             timestamp: server_time.unwrap_or(now),
             target_info: &target_info,
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     // With a server timestamp the LM response is 24 zero bytes (MS-NLMP §3.3.2).
     let lm = if with_mic {
         vec![0; 24]
@@ -225,10 +243,10 @@ pub fn authenticate(
     message.extend_from_slice(SIGNATURE);
     message.extend_from_slice(&3u32.to_le_bytes());
     let mut payload = Vec::new();
-    let mut field = |message: &mut Vec<u8>, value: &[u8]| -> Result<(), String> {
-        let len = u16::try_from(value.len()).map_err(|_| "an NTLM field is too long")?;
-        let offset = u32::try_from(AUTHENTICATE_HEADER + payload.len())
-            .map_err(|_| "the NTLM message is too long")?;
+    let mut field = |message: &mut Vec<u8>, value: &[u8]| -> Result<(), NtlmError> {
+        let len = u16::try_from(value.len()).map_err(|_| NtlmError::TooLong)?;
+        let offset =
+            u32::try_from(AUTHENTICATE_HEADER + payload.len()).map_err(|_| NtlmError::TooLong)?;
         message.extend_from_slice(&len.to_le_bytes());
         message.extend_from_slice(&len.to_le_bytes());
         message.extend_from_slice(&offset.to_le_bytes());
@@ -251,8 +269,7 @@ pub fn authenticate(
             policy,
             &v2.session_base_key,
             &[negotiate, &challenge.raw, &message],
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         message[MIC_OFFSET..MIC_OFFSET + 16].copy_from_slice(&mic);
     }
     Ok(message)
@@ -357,10 +374,13 @@ mod tests {
         }
         let mut bad = good.clone();
         bad[44] = 0xff; // target-info offset far outside
-        assert!(Challenge::parse(&bad).unwrap_err().contains("outside"));
+        assert!(Challenge::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
         let mut oem = good.clone();
         oem[20] &= !1;
-        assert!(Challenge::parse(&oem).unwrap_err().contains("Unicode"));
+        assert!(matches!(Challenge::parse(&oem), Err(NtlmError::NotUnicode)));
         assert!(Challenge::parse(b"NTLMSSP\0\x01\0\0\0").is_err());
     }
 

@@ -14,23 +14,38 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use wasmtime_wasi_http::Error as HttpError;
 
-use super::HttpGrant;
+use super::{GrantError, HttpGrant};
 use crate::crypto::AlgorithmPolicy;
 
-/// The system trust store, read once per process at the first https request that needs it.
-static SYSTEM_ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
+/// Why the host cannot make TLS connections for a backend. Cloned out of the once-made
+/// client configurations, so it holds no source that cannot be cloned.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    #[error(
+        "the system trust store has no usable certificates ({errors} errors); install \
+         ca-certificates or set http.trust_anchors"
+    )]
+    NoSystemRoots { errors: usize },
+    #[error("TLS configuration")]
+    Config(#[source] rustls::Error),
+    #[error("the TLS configuration is not FIPS-approved in this build")]
+    NotFips,
+}
 
-fn system_roots() -> Result<Arc<RootCertStore>, String> {
+/// The system trust store, read once per process at the first https request that needs it.
+static SYSTEM_ROOTS: OnceLock<Result<Arc<RootCertStore>, TlsError>> = OnceLock::new();
+
+fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
     SYSTEM_ROOTS
         .get_or_init(|| {
             let found = rustls_native_certs::load_native_certs();
             let mut store = RootCertStore::empty();
             let (added, _ignored) = store.add_parsable_certificates(found.certs);
             if added == 0 {
-                return Err(format!(
-                    "the system trust store has no usable certificates ({} errors); install ca-certificates or set http.trust_anchors",
-                    found.errors.len()
-                ));
+                return Err(TlsError::NoSystemRoots {
+                    errors: found.errors.len(),
+                });
             }
             Ok(Arc::new(store))
         })
@@ -42,7 +57,7 @@ pub(super) enum Trust {
     /// Only these (from `http.trust_anchors`): the client config is made when the backend loads.
     Anchors(Arc<ClientConfig>),
     /// The system store, loaded at first use; the client config is made once.
-    System(OnceLock<Result<Arc<ClientConfig>, String>>),
+    System(OnceLock<Result<Arc<ClientConfig>, TlsError>>),
 }
 
 /// A TLS connection about to be made: the backend's client config and the name to verify.
@@ -53,7 +68,10 @@ pub(super) struct Target {
 
 impl Trust {
     /// The grant's trust: its anchors file read and checked now, or the system store later.
-    pub(super) fn from_grant(grant: &HttpGrant, policy: &AlgorithmPolicy) -> Result<Self, String> {
+    pub(super) fn from_grant(
+        grant: &HttpGrant,
+        policy: &AlgorithmPolicy,
+    ) -> Result<Self, GrantError> {
         match &grant.trust_anchors {
             Some(path) => Ok(Self::Anchors(client_config(
                 Arc::new(read_anchors(path)?),
@@ -63,7 +81,7 @@ impl Trust {
         }
     }
 
-    fn client_config(&self, policy: &AlgorithmPolicy) -> Result<Arc<ClientConfig>, String> {
+    fn client_config(&self, policy: &AlgorithmPolicy) -> Result<Arc<ClientConfig>, TlsError> {
         match self {
             Self::Anchors(config) => Ok(config.clone()),
             Self::System(config) => config
@@ -76,7 +94,7 @@ impl Trust {
     pub(super) fn target(&self, host: &str, policy: &AlgorithmPolicy) -> Result<Target, HttpError> {
         let config = self
             .client_config(policy)
-            .map_err(|e| HttpError::InternalError(Some(e)))?;
+            .map_err(|e| HttpError::InternalError(Some(crate::report::chain(&e))))?;
         let name =
             ServerName::try_from(host.to_owned()).map_err(|_| HttpError::HttpRequestUriInvalid)?;
         Ok(Target {
@@ -108,18 +126,26 @@ impl Target {
     }
 }
 
-fn read_anchors(path: &Path) -> Result<RootCertStore, String> {
-    let what = || format!("http.trust_anchors {}", path.display());
-    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", what()))?;
+fn read_anchors(path: &Path) -> Result<RootCertStore, GrantError> {
+    let pem = std::fs::read(path).map_err(|source| GrantError::AnchorsFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let anchor =
+        |number: usize, source: Box<dyn std::error::Error + Send + Sync>| GrantError::Anchor {
+            path: path.to_owned(),
+            number,
+            source,
+        };
     let mut store = RootCertStore::empty();
     for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
-        let cert = cert.map_err(|e| format!("{}: certificate {}: {e}", what(), i + 1))?;
-        store
-            .add(cert)
-            .map_err(|e| format!("{}: certificate {}: {e}", what(), i + 1))?;
+        let cert = cert.map_err(|e| anchor(i + 1, Box::new(e)))?;
+        store.add(cert).map_err(|e| anchor(i + 1, Box::new(e)))?;
     }
     if store.is_empty() {
-        return Err(format!("{}: no PEM CERTIFICATE blocks in the file", what()));
+        return Err(GrantError::NoAnchors {
+            path: path.to_owned(),
+        });
     }
     Ok(store)
 }
@@ -127,19 +153,19 @@ fn read_anchors(path: &Path) -> Result<RootCertStore, String> {
 fn client_config(
     roots: Arc<RootCertStore>,
     policy: &AlgorithmPolicy,
-) -> Result<Arc<ClientConfig>, String> {
+) -> Result<Arc<ClientConfig>, TlsError> {
     #[cfg(feature = "fips")]
     let provider = rustls::crypto::default_fips_provider();
     #[cfg(not(feature = "fips"))]
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS configuration: {e}"))?
+        .map_err(TlsError::Config)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     if policy.fips && !config.fips() {
-        return Err("the TLS configuration is not FIPS-approved in this build".into());
+        return Err(TlsError::NotFips);
     }
     Ok(Arc::new(config))
 }

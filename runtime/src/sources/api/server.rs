@@ -25,6 +25,7 @@ use crate::jobs::model::{
 };
 use crate::jobs::{Intake, SubmitError};
 use crate::journal::{JobRecord, JobState, JobStore, JournalError, Outbox};
+use crate::plugins::registry::RegistryError;
 use crate::plugins::Registry;
 use crate::sources::scep::Ra;
 
@@ -458,7 +459,12 @@ async fn plugin_action(
     Path((name, action)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let registry = &state.registry;
-    let conflict = |e: String| ApiError::new(StatusCode::CONFLICT, e);
+    let conflict = |e: RegistryError| match e {
+        e @ RegistryError::UnknownPlugin { .. } => {
+            ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+        }
+        e => ApiError::new(StatusCode::CONFLICT, crate::report::chain(&e)),
+    };
     let answer = match action.as_str() {
         "load" => json!({ "report": registry.reload(&name, true).await.map_err(conflict)? }),
         "reload" => json!({ "report": registry.reload(&name, false).await.map_err(conflict)? }),

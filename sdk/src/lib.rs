@@ -123,10 +123,16 @@ pub fn parse_settings<T: DeserializeOwned>(json: &str) -> Result<T, Vec<FieldErr
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
-        vec![FieldError {
-            field,
-            message: e.into_inner().to_string(),
-        }]
+        let inner = e.into_inner();
+        let mut message = inner.to_string();
+        // " at line 1 column 23" points into the JSON the host made of the administrator's
+        // TOML; the host says where in the TOML instead.
+        if inner.line() != 0 {
+            if let Some(at) = message.rfind(" at line ") {
+                message.truncate(at);
+            }
+        }
+        vec![FieldError { field, message }]
     })
 }
 

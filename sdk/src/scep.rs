@@ -234,7 +234,7 @@ impl ScepClient {
 
     fn get(&self, operation: &str) -> Result<http::Response, BackendError> {
         let r = http::fetch("GET", &self.url_for(operation, None), &[], None)
-            .map_err(|e| transient(format!("{operation}: {e}")))?;
+            .map_err(|e| e.into_backend_error(operation))?;
         check_status(operation, &r)?;
         Ok(r)
     }
@@ -242,7 +242,7 @@ impl ScepClient {
     /// GetCACaps. An error answer counts as "no capabilities", as RFC 8894 says.
     pub fn capabilities(&self) -> Result<Capabilities, BackendError> {
         let r = http::fetch("GET", &self.url_for("GetCACaps", None), &[], None)
-            .map_err(|e| transient(format!("GetCACaps: {e}")))?;
+            .map_err(|e| e.into_backend_error("GetCACaps"))?;
         if r.status >= 500 {
             return Err(transient(format!("GetCACaps: HTTP {}", r.status)));
         }
@@ -316,7 +316,7 @@ impl ScepClient {
                 None,
             )
         }
-        .map_err(|e| transient(format!("PKIOperation: {e}")))?;
+        .map_err(|e| e.into_backend_error("PKIOperation"))?;
         check_status("PKIOperation", &response)?;
 
         // NDES signs with its signing RA and sends no certificates: verify against what
@@ -503,18 +503,38 @@ pub struct Enrolment {
 }
 
 impl Enrolment {
-    /// GetCACert, with the pin checked.
+    /// GetCACert, with the pin checked. The pin may be any certificate of what GetCACert
+    /// returns — the issuing CA, a root above it (the fingerprint an operator usually has, the
+    /// one a CA prints at start-up), or the RA — so a CA that answers with its intermediate
+    /// still matches a pinned root.
     fn ca(&self) -> Result<CaCertificates, BackendError> {
         let ca = self.client.ca_certificates()?;
         match &self.ca_fingerprint {
             Some(want) => {
-                let got = hex(&HostCrypto
-                    .digest(Digest::Sha256, &ca.ca)
-                    .map_err(rejected)?);
-                if &got != want {
-                    return Err(rejected(format!(
-                        "the SCEP CA's certificate has SHA-256 {got}, not the pinned {want}: refusing to enrol"
-                    )));
+                let mut seen = Vec::new();
+                let mut matched = None;
+                for der in &ca.all {
+                    let got = hex(&HostCrypto.digest(Digest::Sha256, der).map_err(rejected)?);
+                    let subject = Certificate::from_der(der)
+                        .map(|c| c.tbs_certificate.subject.to_string())
+                        .unwrap_or_else(|_| "an unreadable certificate".into());
+                    if &got == want {
+                        matched = Some(subject);
+                        break;
+                    }
+                    seen.push(format!("{subject}: {got}"));
+                }
+                match matched {
+                    Some(subject) => crate::log::info(&format!(
+                        "the pinned certificate is {subject:?}, among the {} GetCACert returned",
+                        ca.all.len()
+                    )),
+                    None => {
+                        return Err(rejected(format!(
+                            "no certificate GetCACert returned has the pinned SHA-256 {want} (it returned {}): refusing to enrol",
+                            seen.join("; ")
+                        )))
+                    }
                 }
             }
             None => crate::log::warn(

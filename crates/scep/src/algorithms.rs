@@ -34,7 +34,12 @@ impl Digest {
             oid::SHA256 => Self::Sha256,
             oid::SHA384 => Self::Sha384,
             oid::SHA512 => Self::Sha512,
-            other => return Err(Error::Unsupported(format!("digest algorithm {other}"))),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "digest algorithm {} ({other})",
+                    known_name(&other).unwrap_or("an unknown algorithm")
+                )))
+            }
         })
     }
 
@@ -96,7 +101,12 @@ impl Cipher {
             oid::AES128_CBC => Self::Aes128Cbc,
             oid::AES192_CBC => Self::Aes192Cbc,
             oid::AES256_CBC => Self::Aes256Cbc,
-            other => return Err(Error::Unsupported(format!("content encryption {other}"))),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "content encryption {} ({other}); SCEP here speaks AES-CBC, and 3DES or DES where allowed",
+                    known_name(&other).unwrap_or("an unknown algorithm")
+                )))
+            }
         })
     }
 
@@ -214,5 +224,40 @@ pub(crate) fn signer_digest(
             n.name()
         ))),
         _ => Ok(digest),
+    }
+}
+
+/// The names of algorithms a peer may use that SCEP here does not, for errors that say which
+/// one it was rather than only its OID.
+pub fn known_name(o: &ObjectIdentifier) -> Option<&'static str> {
+    Some(match o.to_string().as_str() {
+        "2.16.840.1.101.3.4.1.6" => "AES-128-GCM",
+        "2.16.840.1.101.3.4.1.26" => "AES-192-GCM",
+        "2.16.840.1.101.3.4.1.46" => "AES-256-GCM",
+        "2.16.840.1.101.3.4.1.7" => "AES-128-CCM",
+        "2.16.840.1.101.3.4.1.47" => "AES-256-CCM",
+        "1.2.840.113549.3.2" => "RC2-CBC",
+        "1.2.840.113549.3.4" => "RC4",
+        "1.2.840.113549.2.5" => "MD5",
+        "1.2.840.113549.2.2" => "MD2",
+        "2.16.840.1.101.3.4.2.4" => "SHA-224",
+        "2.16.840.1.101.3.4.2.8" => "SHA3-256",
+        "1.2.840.113549.1.9.16.3.18" => "ChaCha20-Poly1305",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn an_unsupported_cipher_is_named() {
+        let gcm = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.46");
+        let e = Cipher::from_oid(&gcm).unwrap_err().to_string();
+        assert!(
+            e.contains("AES-256-GCM") && e.contains("2.16.840.1.101.3.4.1.46"),
+            "{e}"
+        );
     }
 }

@@ -114,17 +114,25 @@ impl CertificateFacts {
         self.key_usage.as_ref().is_none_or(|k| k.contains(&usage))
     }
 
-    /// Every address-like name of the certificate, lower-cased: email and UPN SANs and subject
-    /// emailAddress attributes.
+    /// Every address-like name of the certificate, lower-cased, each once, in the order first
+    /// met: email and UPN SANs, then subject emailAddress attributes (a certificate often
+    /// carries the same address in both).
     pub fn addresses(&self) -> Vec<String> {
-        self.subject_alt_names
+        let mut out: Vec<String> = Vec::new();
+        let names = self
+            .subject_alt_names
             .iter()
             .filter_map(|n| match n {
                 SubjectAltName::Email(e) | SubjectAltName::Upn(e) => Some(e.to_ascii_lowercase()),
                 _ => None,
             })
-            .chain(self.subject_emails.iter().map(|e| e.to_ascii_lowercase()))
-            .collect()
+            .chain(self.subject_emails.iter().map(|e| e.to_ascii_lowercase()));
+        for name in names {
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
     }
 }
 
@@ -198,6 +206,21 @@ mod tests {
         );
         assert!(!f.is_ca);
         assert_eq!((f.not_before, f.not_after), (1_700_000_000, 1_800_000_000));
+    }
+
+    #[test]
+    fn an_address_in_both_the_san_and_the_subject_is_named_once() {
+        let cert = certificate("CN=Carol,emailAddress=Carol@Example.com", |s| {
+            vec![extensions::subject_alt_name(
+                &[SubjectAltName::Email("carol@example.com".into())],
+                s,
+            )
+            .unwrap()]
+        });
+        assert_eq!(
+            CertificateFacts::of(&cert).unwrap().addresses(),
+            ["carol@example.com"]
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod algorithm;
 pub mod ber;
+pub mod dn;
 pub mod extensions;
 pub mod facts;
 pub mod key;

@@ -90,8 +90,9 @@ impl Config {
             ],
             (!body.is_empty()).then_some(body.as_bytes()),
         )
-        // Unreachable, refused, timed out: a retry may succeed.
-        .map_err(|e| error::transient(format!("the CA at {}: {e}", self.url)))?;
+        // Unreachable, refused, timed out: a retry may succeed (transient); an untrusted
+        // certificate or a host not granted will not (rejected).
+        .map_err(|e| e.into_backend_error(&format!("the CA at {}", self.url)))?;
         let value = if response.body.is_empty() {
             Value::Null
         } else {

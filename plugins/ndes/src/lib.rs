@@ -150,7 +150,7 @@ impl Config {
             Auth::Ntlm => &[],
         };
         let response = http::fetch("GET", &url, headers, None)
-            .map_err(|e| error::transient(format!("fetching an NDES challenge: {e}")))?;
+            .map_err(|e| e.into_backend_error("fetching an NDES challenge"))?;
         match response.status {
             200 => {}
             401 if self.auth == Auth::Basic => {

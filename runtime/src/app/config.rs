@@ -45,6 +45,9 @@ pub struct Config {
     pub scep: Option<ScepConfig>,
     #[serde(skip)]
     pub source_path: PathBuf,
+    /// The file as read, to point at a line when a plugin refuses a setting.
+    #[serde(skip)]
+    pub source_text: String,
 }
 
 impl Config {
@@ -61,6 +64,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let mut config: Config = config::parse(path, text)?;
         config.source_path = path.to_owned();
+        config.source_text = text.to_owned();
         config.check(&Checker::new(path, text))?;
         Ok(config)
     }
@@ -165,6 +169,63 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The line (1-based) of backend `backend`'s setting `path`, as a plugin names it
+    /// (`ca_key`, `profiles.smime.validity_days`): in `[backends.B.settings…]` tables, an inline
+    /// `settings = { … }` or dotted `settings.…` keys; else the backend's own table header. A
+    /// plugin sees its settings as JSON; the administrator wrote TOML, and is told where.
+    pub fn setting_line(&self, backend: &str, path: &str) -> Option<usize> {
+        let lines: Vec<&str> = self.source_text.lines().collect();
+        let key_of = |line: &str| -> Option<String> {
+            let (key, _) = line.split_once('=')?;
+            Some(key.trim().trim_matches('"').to_owned())
+        };
+        let header = |name: &str| {
+            lines
+                .iter()
+                .position(|l| l.split('#').next().unwrap_or("").trim() == format!("[{name}]"))
+        };
+        let segments: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
+        let (last, parents) = segments.split_last()?;
+        let table = std::iter::once(format!("backends.{backend}.settings"))
+            .chain(parents.iter().map(|p| p.to_string()))
+            .collect::<Vec<_>>()
+            .join(".");
+        // Keys under a table header, up to the next header.
+        let under = |start: usize, wanted: &str| -> Option<usize> {
+            lines[start + 1..]
+                .iter()
+                .take_while(|l| !l.trim_start().starts_with('['))
+                .position(|l| key_of(l).as_deref() == Some(wanted))
+                .map(|i| start + 1 + i + 1)
+        };
+        if let Some(found) = header(&table).and_then(|h| under(h, last)) {
+            return Some(found);
+        }
+        let own = header(&format!("backends.{backend}"));
+        if let Some(h) = own {
+            let dotted = format!("settings.{}", segments.join("."));
+            if let Some(found) = under(h, &dotted) {
+                return Some(found);
+            }
+            // An inline table: `settings = { ca_key = "x" }`.
+            let inline = lines[h + 1..]
+                .iter()
+                .take_while(|l| !l.trim_start().starts_with('['))
+                .position(|l| {
+                    key_of(l).as_deref() == Some("settings")
+                        && l.split_once('{').is_some_and(|(_, rest)| {
+                            rest.contains(&format!("{last} ="))
+                                || rest.contains(&format!("{last}="))
+                        })
+                });
+            if let Some(i) = inline {
+                return Some(h + 1 + i + 1);
+            }
+        }
+        own.or_else(|| header(&format!("backends.{backend}.settings")))
+            .map(|h| h + 1)
     }
 
     /// Engine-wide plugin limits.
@@ -382,6 +443,38 @@ backend = "local"
         let e = error(&format!("{GOOD}[custody]\nprotection = \"rot13\"\n"));
         // The [custody] table is read as a whole (see CustodyConfig), so the error points at it.
         assert!(e.contains("rot13") && e.contains("line 14"), "{e}");
+    }
+
+    #[test]
+    fn custody_protection_defaults_to_none_or_to_the_kind_its_settings_name() {
+        let parse =
+            |extra: &str| Config::parse(Path::new("/etc/c/c.toml"), &format!("{GOOD}{extra}"));
+        assert_eq!(
+            parse("[custody]\n").unwrap().custody.protection,
+            crate::custody::KekSource::None
+        );
+        assert_eq!(
+            parse("[custody]\nkey_file = \"kek.bin\"\n")
+                .unwrap()
+                .custody
+                .protection,
+            crate::custody::KekSource::KeyFile {
+                key_file: Path::new("/etc/c/kek.bin").into()
+            }
+        );
+        assert_eq!(
+            parse("[custody]\npassphrase_env = \"MY_PASS\"\n")
+                .unwrap()
+                .custody
+                .protection,
+            crate::custody::KekSource::Passphrase {
+                passphrase_env: "MY_PASS".into()
+            }
+        );
+        let e = parse("[custody]\nkey_file = \"k\"\ncredential = \"c\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("several kinds of protection"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! they exercise is what runs in production. Nothing in the library imports this module: it is
 //! the one place that knows every concrete type (see `docs/design/layers.md`).
 
+pub mod check;
 mod config;
 pub mod datadir;
 mod wiring;
@@ -44,6 +45,61 @@ pub enum StartError {
     Fips(String),
     #[error("SCEP server")]
     Scep(#[from] RaError),
+    #[error("{}", render_settings(path, backend, problems))]
+    Settings {
+        path: std::path::PathBuf,
+        backend: String,
+        /// Each refused setting, with its line in the config file when it was found.
+        problems: Vec<(Option<usize>, crate::plugins::SettingError)>,
+    },
+}
+
+fn render_settings(
+    path: &std::path::Path,
+    backend: &str,
+    problems: &[(Option<usize>, crate::plugins::SettingError)],
+) -> String {
+    let mut out = format!(
+        "config {}: backend {backend:?} refused its settings:",
+        path.display()
+    );
+    for (line, e) in problems {
+        let key = match e.setting() {
+            Some(s) => format!("backends.{backend}.settings.{s}"),
+            None => format!("backends.{backend}"),
+        };
+        match line {
+            Some(l) => out.push_str(&format!("\n  line {l}: {key}: {}", e.message)),
+            None => out.push_str(&format!("\n  {key}: {}", e.message)),
+        }
+    }
+    out
+}
+
+impl StartError {
+    /// A plugin's refusal of its settings, pointed at the lines of `config` it is about.
+    fn from_plugin(config: &Config, e: PluginError) -> Self {
+        match e {
+            PluginError::Config { backend, errors } => {
+                let problems = errors
+                    .into_iter()
+                    .map(|e| {
+                        let line = e
+                            .setting()
+                            .and_then(|s| config.setting_line(&backend, s))
+                            .or_else(|| config.setting_line(&backend, "settings"));
+                        (line, e)
+                    })
+                    .collect();
+                Self::Settings {
+                    path: config.source_path.clone(),
+                    backend,
+                    problems,
+                }
+            }
+            other => Self::Plugin(other),
+        }
+    }
 }
 
 /// Why the running daemon stopped with an error.
@@ -115,7 +171,8 @@ impl App {
                 keys.clone(),
                 config.policy(),
             )
-            .await?,
+            .await
+            .map_err(|e| StartError::from_plugin(&config, e))?,
         );
         let custody = Arc::new(wiring::StoreCustody(keys.clone()));
         let steps = Steps::new(

@@ -53,6 +53,7 @@ pub struct BenchArgs {
     /// with the user PIN in `CERTCONN_PKCS11_PIN` (two keys are made on it and destroyed).
     #[arg(long, value_name = "softhsm|MODULE", requires = "pki")]
     pkcs11: Option<String>,
+    /// The token label to use on MODULE (with `--pkcs11 MODULE`).
     #[arg(long, default_value = "certconn-bench")]
     pkcs11_token: String,
     /// Measure SCEP enrolments per second at these SCEP servers instead (repeat the option to

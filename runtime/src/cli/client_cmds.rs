@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use certconn::custody::KeyAlgorithm;
 use certconn::jobs::model::RevocationReason;
-use certconn::sources::api::client::ApiClient;
+use certconn::sources::api::client::{ApiClient, ClientError};
 
 #[derive(Debug, Subcommand)]
 pub enum Submit {
@@ -21,13 +21,16 @@ pub enum Submit {
         /// Profile that selects the backend and certificate contents.
         #[arg(long)]
         profile: String,
-        /// Subject distinguished name, e.g. "CN=Alice,O=Example".
+        /// Subject distinguished name, RFC 4514: comma-separated, the most significant part
+        /// last, e.g. "CN=Alice,O=Example" (not OpenSSL's "/O=Example/CN=Alice"). With --csr it
+        /// replaces the CSR's own subject.
         #[arg(long, default_value = "")]
         subject: String,
         /// Subject alternative name as kind:value (dns:, email:, upn:, uri:, ip:). Repeatable.
         #[arg(long = "san")]
         sans: Vec<String>,
-        /// Device key type (default: the profile's).
+        /// Device key type: ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096 (default: the
+        /// profile's).
         #[arg(long)]
         key: Option<KeyAlgorithm>,
         /// Device certificate (PEM) to seal the PFX password for, as CMS EnvelopedData.
@@ -36,6 +39,7 @@ pub enum Submit {
         /// A CSR (PEM) from a device that holds its own key; the result is a certificate, no PFX.
         #[arg(long)]
         csr: Option<PathBuf>,
+        /// Days the certificate is valid, 1 to 3650 (default: the profile's, else the backend's).
         #[arg(long)]
         validity_days: Option<u32>,
         /// Where to write the PFX (or, with --csr, the certificate PEM). With --recipient the
@@ -45,7 +49,7 @@ pub enum Submit {
         /// Same key, same job: safe to repeat after a timeout.
         #[arg(long)]
         idempotency_key: Option<String>,
-        /// Return once the job is accepted.
+        /// Return once the job is accepted (prints its id).
         #[arg(long)]
         no_wait: bool,
         /// How long to wait for the result.
@@ -54,18 +58,23 @@ pub enum Submit {
     },
     /// Revoke a certificate by serial number.
     Revoke {
-        /// Serial number, hexadecimal.
+        /// Serial number, hexadecimal (colons and a 0x prefix are fine, as OpenSSL prints it).
         #[arg(long)]
         serial: String,
+        /// Why (RFC 5280): unspecified, key-compromise, ca-compromise, affiliation-changed,
+        /// superseded, cessation-of-operation, certificate-hold or privilege-withdrawn.
         #[arg(long, value_parser = parse_reason, default_value = "unspecified")]
         reason: RevocationReason,
         /// Backend to revoke at (default: the one that issued the serial).
         #[arg(long)]
         backend: Option<String>,
+        /// Same key, same job: safe to repeat after a timeout.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Return once the job is accepted (prints its id).
         #[arg(long)]
         no_wait: bool,
+        /// How long to wait for the result.
         #[arg(long, default_value_t = 120)]
         timeout_seconds: u64,
     },
@@ -81,17 +90,40 @@ fn parse_reason(s: &str) -> Result<RevocationReason, String> {
 pub enum Jobs {
     /// List jobs, newest first.
     List {
+        /// Only jobs in this state: queued, running, pending, succeeded, failed or dead.
         #[arg(long)]
         state: Option<String>,
+        /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Print the daemon's JSON answer.
         #[arg(long)]
         json: bool,
     },
-    /// Show one job.
-    Show { id: String },
-    /// Queue a failed or dead job again.
-    Retry { id: String },
+    /// Show one job: its state, attempts, backend, times, last error and a summary of its
+    /// result (nothing is handed out: see `jobs result`).
+    Show {
+        /// The job's ID (as `submit` printed it).
+        id: String,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch a finished job's result: the certificate or PFX (written to --out), the sealed
+    /// password beside it, or the one-time password (shown once). For a job submitted earlier,
+    /// or one whose `submit` was interrupted.
+    Result {
+        /// The job's ID (as `submit` printed it).
+        id: String,
+        /// Where to write the PFX (or, for a CSR job, the certificate chain PEM).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Queue a failed or dead job again (not an import: submit it again).
+    Retry {
+        /// The job's ID.
+        id: String,
+    },
 }
 
 pub(super) fn client(config_path: &Path) -> anyhow::Result<ApiClient> {
@@ -123,6 +155,19 @@ pub async fn submit(config_path: &Path, what: Submit) -> anyhow::Result<()> {
                 .map(|p| read_text(p, "recipient certificate"))
                 .transpose()?;
             let csr_pem = csr.as_deref().map(|p| read_text(p, "CSR")).transpose()?;
+            if let (Some(text), false) = (&csr_pem, subject.is_empty()) {
+                let of_csr = certconn::pki::pem::decode_all(text)
+                    .ok()
+                    .and_then(|b| b.into_iter().next())
+                    .and_then(|(_, der)| {
+                        <x509_cert::request::CertReq as der::Decode>::from_der(&der).ok()
+                    })
+                    .map(|c| c.info.subject.to_string())
+                    .unwrap_or_else(|| "?".into());
+                eprintln!(
+                    "warning: --subject {subject:?} replaces the CSR's own subject {of_csr:?} in the certificate"
+                );
+            }
             let body = json!({
                 "idempotency_key": idempotency_key,
                 "profile": profile,
@@ -181,7 +226,23 @@ async fn submit_and_wait(
         println!("{id}");
         return Ok(None);
     }
-    let result = wait_for_result(api, &id, Duration::from_secs(timeout_seconds)).await?;
+    let created = accepted["created"].as_bool() == Some(true);
+    println!(
+        "job {id}: {}; waiting for the result",
+        if created {
+            "accepted"
+        } else {
+            "already submitted with this idempotency key"
+        }
+    );
+    let result = wait_for_result(api, &id, Duration::from_secs(timeout_seconds))
+        .await
+        .map_err(|e| match e.downcast_ref::<ClientError>() {
+            Some(ClientError::Unreachable { .. }) => anyhow::anyhow!(
+                "{e}\njob {id} is journaled and goes on when the daemon runs: fetch its result with `certconn jobs result {id} --out FILE`"
+            ),
+            _ => e,
+        })?;
     Ok(Some((id, result)))
 }
 
@@ -266,6 +327,86 @@ fn write_issue_result(id: &str, answer: &Value, out: Option<&Path>) -> anyhow::R
     Ok(())
 }
 
+/// A time the daemon gives in unix milliseconds, as people read it (UTC, RFC 3339).
+fn when(ms: &Value) -> String {
+    ms.as_i64()
+        .and_then(|ms| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+        })
+        .and_then(|t| {
+            t.replace_nanosecond(0)
+                .ok()?
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `jobs show`: one job, for a person.
+fn print_job(job: &Value) {
+    let field = |k: &str| job[k].as_str().unwrap_or("-").to_owned();
+    println!("job        {}", field("id"));
+    println!(
+        "kind       {} (source {}, idempotency key {})",
+        field("kind"),
+        field("source"),
+        field("idempotency_key")
+    );
+    println!(
+        "state      {} after {} attempt(s)",
+        field("state"),
+        job["attempts"].as_u64().unwrap_or(0)
+    );
+    println!("backend    {}", field("backend"));
+    println!("created    {}", when(&job["created_at"]));
+    println!("updated    {}", when(&job["updated_at"]));
+    if matches!(job["state"].as_str(), Some("queued" | "pending")) {
+        println!("next run   {}", when(&job["next_run_at"]));
+    }
+    let request = &job["request"];
+    for key in [
+        "profile",
+        "subject",
+        "serial",
+        "reason",
+        "user_principal_name",
+    ] {
+        if let Some(v) = request[key].as_str().filter(|v| !v.is_empty()) {
+            println!("{:<10} {v}", key.replace("user_principal_name", "user"));
+        }
+    }
+    if let Some(sans) = request["sans"].as_array().filter(|s| !s.is_empty()) {
+        let sans: Vec<&str> = sans.iter().filter_map(Value::as_str).collect();
+        println!("sans       {}", sans.join(", "));
+    }
+    let result = &job["result"];
+    if result.is_object() {
+        if let Some(serial) = result["serial"].as_str() {
+            println!("serial     {serial}");
+        }
+        if let Some(version) = result["backend_version"].as_str() {
+            println!("served by  {version}");
+        }
+        if result["revoked"].as_bool() == Some(true) {
+            println!("revoked    yes");
+        }
+        if result["pfx"].as_bool() == Some(true) {
+            println!(
+                "result     a PFX{}: `certconn jobs result {} --out FILE`",
+                if result["password_sealed"].as_bool() == Some(true) {
+                    ", its password sealed for the device"
+                } else {
+                    ""
+                },
+                field("id")
+            );
+        }
+    }
+    if let Some(e) = job["last_error"].as_str() {
+        println!("last error {e}");
+    }
+}
+
 pub(super) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -313,11 +454,28 @@ pub async fn jobs(config_path: &Path, what: Jobs) -> anyhow::Result<()> {
                 );
             }
         }
-        Jobs::Show { id } => {
+        Jobs::Show { id, json } => {
             let job = api
                 .call(Method::GET, &format!("/v1/jobs/{id}"), None)
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&job)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                print_job(&job);
+            }
+        }
+        Jobs::Result { id, out } => {
+            let answer = api
+                .call(Method::GET, &format!("/v1/jobs/{id}/result"), None)
+                .await?;
+            match answer["job"]["kind"].as_str() {
+                Some("revoke") => println!(
+                    "job {id}: revoked serial {} at backend {}",
+                    answer["result"]["serial"].as_str().unwrap_or("?"),
+                    answer["job"]["backend"].as_str().unwrap_or("?")
+                ),
+                _ => write_issue_result(&id, &answer, out.as_deref())?,
+            }
         }
         Jobs::Retry { id } => {
             let job = api
@@ -337,6 +495,7 @@ pub async fn jobs(config_path: &Path, what: Jobs) -> anyhow::Result<()> {
 pub enum Scep {
     /// Mint a one-time challenge password for one SCEP enrolment (printed once; only its hash is kept).
     Challenge {
+        /// Print the daemon's JSON answer (the challenge and its expiry).
         #[arg(long)]
         json: bool,
     },

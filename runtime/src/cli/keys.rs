@@ -18,7 +18,9 @@ use certconn::pki::{pem, pkcs12};
 pub enum Keys {
     /// Generate a key in custody.
     Create {
+        /// The key's name: letters, digits, '-', '_' and '.', at most 64 characters.
         name: String,
+        /// ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096.
         #[arg(long, default_value = "ec-p256")]
         alg: KeyAlgorithm,
         /// `software` (sealed at rest per custody.protection) or `pkcs11` (on the
@@ -28,25 +30,43 @@ pub enum Keys {
     },
     /// List keys with their type, certificates and public-key fingerprint.
     List {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Print a key's public half as PEM SubjectPublicKeyInfo.
-    ExportPublic { name: String },
+    ExportPublic {
+        /// The key's name.
+        name: String,
+    },
     /// Take an existing key into custody: an unencrypted PKCS#8 file (PEM or DER), or a PFX
     /// (its certificate and chain come along).
     Import {
+        /// The name the key gets in custody.
         name: String,
+        /// An unencrypted PKCS#8 private key file, PEM or DER.
         #[arg(long, conflicts_with = "pfx", required_unless_present = "pfx")]
         pkcs8: Option<PathBuf>,
+        /// A PKCS#12 file: its key, certificate and chain.
         #[arg(long)]
         pfx: Option<PathBuf>,
         /// The PFX password, read from this environment variable (never from the command line).
         #[arg(long, default_value = "CERTCONN_PFX_PASSWORD")]
         pfx_password_env: String,
     },
+    /// Move a software key onto the PKCS#11 token (`[custody.pkcs11]`): created there sensitive
+    /// and not extractable, checked to sign as the same key, then the key file is overwritten
+    /// and removed. Its certificates stay.
+    Migrate {
+        /// The key's name.
+        name: String,
+        /// Where to: `pkcs11` (the only destination there is).
+        #[arg(long, default_value = "pkcs11")]
+        to: KeyLocation,
+    },
     /// Delete a key and its certificates from custody.
     Delete {
+        /// The key's name.
         name: String,
         /// Required: deleting a key cannot be undone.
         #[arg(long)]
@@ -80,8 +100,17 @@ pub fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()> {
                 .list()
                 .into_iter()
                 .map(|k| {
-                    let fp = store.get(&k.name).map(|s| fingerprint(s.key.public_key_der())).unwrap_or_default();
-                    serde_json::json!({ "name": k.name, "kind": k.kind, "store": k.store, "certificates": k.certificates, "spki_sha256": fp })
+                    let fp = store
+                        .get(&k.name)
+                        .map(|s| fingerprint(s.key.public_key_der()))
+                        .unwrap_or_default();
+                    serde_json::json!({
+                        "name": k.name,
+                        "kind": k.kind,
+                        "store": k.store,
+                        "certificates": k.certificates,
+                        "spki_sha256": fp,
+                    })
                 })
                 .collect();
             if json {
@@ -145,6 +174,26 @@ pub fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()> {
                 store.set_chain(&name, chain)?;
             }
             println!("imported {name}: {description}");
+        }
+        Keys::Migrate { name, to } => {
+            if to != KeyLocation::Pkcs11 {
+                bail!("keys migrate moves a software key onto the PKCS#11 token: --to pkcs11");
+            }
+            let key = store.migrate_to_token(&name)?;
+            let token = key
+                .key
+                .token()
+                .map(|t| t.token_label().to_owned())
+                .unwrap_or_default();
+            println!(
+                "moved {name} onto PKCS#11 token {token:?}: sensitive, not extractable, {} (same public key {})",
+                key.key.kind().describe(),
+                fingerprint(key.key.public_key_der())
+            );
+            println!(
+                "the key file {} was overwritten and removed; a backup of it still holds the key — destroy any copy you made",
+                config.keys_dir().join(format!("{name}.key")).display()
+            );
         }
         Keys::Delete { name, yes } => {
             store.get(&name)?;

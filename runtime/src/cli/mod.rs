@@ -36,7 +36,9 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
+    /// One line per event, for a person (colour only on a terminal, never with NO_COLOR).
     Human,
+    /// One JSON object per event, for a log collector.
     Json,
 }
 
@@ -56,6 +58,7 @@ pub enum Command {
     },
     /// Show the daemon's health, job counts and FIPS state.
     Status {
+        /// Print the daemon's JSON answer (`GET /v1/health`).
         #[arg(long)]
         json: bool,
     },
@@ -80,10 +83,28 @@ pub enum Command {
         #[command(subcommand)]
         what: client_cmds::Scep,
     },
-    /// Check a config file and report the first problem with its line.
-    CheckConfig,
+    /// Check a config as `serve` would before serving, without the network and without touching
+    /// the data directory: the file, the secrets it names, the key-encryption key and token, and
+    /// every plugin loaded and configured with its settings and grants.
+    CheckConfig {
+        /// Only parse and validate the file itself (syntax, ranges, references between sections):
+        /// for a config meant for another machine, whose files and plugins are not here.
+        #[arg(long)]
+        syntax_only: bool,
+    },
     /// Measure plugin overhead and pipeline throughput, and print the figures.
     Bench(crate::bench::BenchArgs),
+    /// Print a shell completion script: `certconn completions bash > /etc/bash_completion.d/certconn`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (certconn.1 and one per command) into a directory.
+    Man {
+        /// The directory to write them to (created if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 fn init_logging(cli: &Cli) {
@@ -101,8 +122,12 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal, and never when NO_COLOR asks (no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -113,6 +138,9 @@ fn init_logging(cli: &Cli) {
 /// Entry point of the binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve) {
+        end_quietly_on_a_closed_pipe();
+    }
     init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -135,12 +163,14 @@ pub fn main() -> std::process::ExitCode {
             Command::Scep { what } => client_cmds::scep(&config, what).await,
             Command::Keys { what } => keys::run(&config, what),
             Command::Pfx { what } => pfx::run(&config, what).await,
-            Command::CheckConfig => {
-                certconn_config(&config)?;
-                println!("{}: ok", config.display());
+            Command::CheckConfig { syntax_only } => check_config(&config, syntax_only).await,
+            Command::Bench(args) => crate::bench::run(args).await,
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "certconn", &mut std::io::stdout());
                 Ok(())
             }
-            Command::Bench(args) => crate::bench::run(args).await,
+            Command::Man { out } => write_man_pages(&out),
         }
     });
     match result {
@@ -154,6 +184,76 @@ pub fn main() -> std::process::ExitCode {
             }
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `certconn man`: the manual pages, generated from the same definitions as `--help`.
+fn write_man_pages(out: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let command = <Cli as clap::CommandFactory>::command();
+    clap_mangen::generate_to(command, out)?;
+    let mut written: Vec<String> = std::fs::read_dir(out)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("certconn") && n.ends_with(".1"))
+        .collect();
+    written.sort();
+    println!(
+        "{} manual page(s) in {}: {}",
+        written.len(),
+        out.display(),
+        written.join(", ")
+    );
+    Ok(())
+}
+
+/// `certconn check-config`: the config parses and validates, and everything `serve` checks
+/// before serving that needs no network passes (see `certconn::app::check`).
+async fn check_config(path: &std::path::Path, syntax_only: bool) -> anyhow::Result<()> {
+    let config = certconn_config(path)?;
+    if syntax_only {
+        println!("{}: ok (syntax and references only)", path.display());
+        return Ok(());
+    }
+    let report = certconn::app::check::check(&config).await?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !report.is_ok() {
+        for p in &report.problems {
+            eprintln!("error: {p}");
+        }
+        anyhow::bail!(
+            "{}: {} problem(s) `certconn serve` would meet",
+            path.display(),
+            report.problems.len()
+        );
+    }
+    let backends: Vec<String> = report
+        .backends
+        .iter()
+        .map(|(name, version)| format!("{name} ({version})"))
+        .collect();
+    println!(
+        "{}: ok; backends loaded and configured: {}",
+        path.display(),
+        if backends.is_empty() {
+            "none".to_string()
+        } else {
+            backends.join(", ")
+        }
+    );
+    Ok(())
+}
+
+/// A command whose output goes into a pipe that closes early (`certconn jobs list | head -4`)
+/// ends the way every Unix tool does — by SIGPIPE, silently — instead of panicking on the write.
+/// Rust ignores SIGPIPE by default for the sake of sockets; only the daemon needs that.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread is started
+    // affects nothing but how this process reacts to writing into a closed pipe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -171,4 +271,39 @@ pub(crate) fn api_client(
         config.api_address(),
         token,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `--help` explains every command and every option: an option without a word of help is
+    /// one an administrator has to guess at.
+    #[test]
+    fn every_command_and_option_says_what_it_is_for() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} <{id}>"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                let here = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(here.clone());
+                }
+                walk(sub, &here, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "certconn", &mut missing);
+        assert!(missing.is_empty(), "no help for: {missing:#?}");
+    }
 }

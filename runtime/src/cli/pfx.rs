@@ -58,6 +58,7 @@ pub enum Pfx {
         /// The custody key the password is encrypted to.
         #[arg(long, default_value = "pfx-password")]
         key_name: String,
+        /// oaepSha512, oaepSha384 or oaepSha256.
         #[arg(long, default_value = "oaepSha512")]
         padding: PasswordPadding,
         /// The profile whose backend decides (a pfx-import instance).
@@ -74,6 +75,12 @@ pub enum Pfx {
         /// How long to wait for all decisions.
         #[arg(long, default_value_t = 300)]
         timeout_seconds: u64,
+        /// Names this attempt: the same key (with the same file) returns the job it made before.
+        /// Without it, a file is the same job for the same user, purpose, device and password,
+        /// so a rerun after a timeout is safe and a rerun with a corrected password is a new
+        /// attempt.
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
 }
 
@@ -179,10 +186,18 @@ pub async fn run(config_path: &Path, what: Pfx) -> anyhow::Result<()> {
             out_dir,
             no_wait,
             timeout_seconds,
+            idempotency_key,
         } => {
             let password = password.read()?;
             let recipient_pem = read_text(&recipient, "recipient certificate")?;
-            let api = client(config_path)?;
+            let config = super::certconn_config(config_path)?;
+            let api = super::api_client(&config)?;
+            // The password takes part in a file's identity, keyed by the API token so that the
+            // job's idempotency key (which listings show) says nothing about the password.
+            let token = certconn::sources::api::token::read(&config.token_file())?;
+            let mut tagged = Zeroizing::new(b"certconn pfx import password\0".to_vec());
+            tagged.extend_from_slice(password.as_bytes());
+            let password_tag = provider::hmac(provider::Digest::Sha256, token.as_bytes(), &tagged);
             let spki = public_key(config_path, &key_name, None).await?;
             let import = Import {
                 api: &api,
@@ -194,6 +209,8 @@ pub async fn run(config_path: &Path, what: Pfx) -> anyhow::Result<()> {
                 profile: &profile,
                 spki: &spki,
                 password: &password,
+                password_tag: &password_tag,
+                idempotency_key: idempotency_key.as_deref(),
             };
             import
                 .run_all(&files, out_dir.as_deref(), no_wait, timeout_seconds)
@@ -213,6 +230,10 @@ struct Import<'a> {
     profile: &'a str,
     spki: &'a [u8],
     password: &'a str,
+    /// A keyed digest of the password: part of each file's identity.
+    password_tag: &'a [u8],
+    /// The administrator's name for this attempt, if given.
+    idempotency_key: Option<&'a str>,
 }
 
 /// Where one file got to.
@@ -226,19 +247,27 @@ impl Import<'_> {
     async fn submit(&self, file: &Path) -> Result<String, String> {
         let pfx = std::fs::read(file).map_err(|e| format!("reading it: {e}"))?;
         let b64 = base64::engine::general_purpose::STANDARD;
-        // The same file for the same user, purpose and device is the same job: safe to rerun.
-        let mut identity = pfx.clone();
-        identity.extend_from_slice(
-            format!(
-                "\0{}\0{:?}\0{}",
-                self.user, self.purpose, self.recipient_pem
-            )
-            .as_bytes(),
-        );
-        let idempotency_key = format!(
-            "pfx-import-{}",
-            hex::encode(&provider::digest(provider::Digest::Sha256, &identity)[..16])
-        );
+        // The same file for the same user, purpose, device and password is the same job: safe
+        // to rerun. A corrected password is a new attempt, not the failed one again.
+        let file_id = hex::encode(&provider::digest(provider::Digest::Sha256, &pfx)[..16]);
+        let idempotency_key = match self.idempotency_key {
+            Some(key) => format!("{key}-{file_id}"),
+            None => {
+                let mut identity = pfx.clone();
+                identity.extend_from_slice(
+                    format!(
+                        "\0{}\0{:?}\0{}\0",
+                        self.user, self.purpose, self.recipient_pem
+                    )
+                    .as_bytes(),
+                );
+                identity.extend_from_slice(self.password_tag);
+                format!(
+                    "pfx-import-{}",
+                    hex::encode(&provider::digest(provider::Digest::Sha256, &identity)[..16])
+                )
+            }
+        };
         let encrypted =
             encrypt(self.spki, self.padding, self.password).map_err(|e| format!("{e:#}"))?;
         let body = json!({

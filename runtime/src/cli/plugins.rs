@@ -13,38 +13,67 @@ use serde_json::Value;
 
 use super::client_cmds::client;
 use certconn::plugins::manifest::Manifest;
-use certconn::plugins::package::{self, PluginPackage};
+use certconn::plugins::package::PluginPackage;
 use certconn::plugins::{EngineLimits, PluginEngine, PreparedPlugin};
 
 #[derive(Debug, Subcommand)]
 pub enum Plugins {
     /// Plugin files and backend instances: version, state, health and problems.
     List {
+        /// Print the daemon's JSON answer.
         #[arg(long)]
         json: bool,
     },
     /// Show a plugin package without running it as a backend: manifest, contract, describe and
     /// settings schema.
     Inspect {
+        /// The plugin package (`.wasm`).
         file: PathBuf,
+        /// Print it as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Load a plugin now. NAME loads `plugins.dir/NAME.wasm` (and undoes `unload`); a FILE is
     /// checked, published into `plugins.dir` by rename, then loaded.
-    Load { plugin: String },
-    /// Stop serving a plugin's backends (jobs in flight finish; profiles use their fallbacks).
-    Unload { plugin: String },
+    Load {
+        /// A plugin name, or the path of a plugin package to publish.
+        plugin: String,
+    },
+    /// Stop serving every backend that runs a plugin (jobs in flight finish; profiles use their
+    /// fallbacks). To stop one backend of several, use `drain`.
+    Unload {
+        /// The plugin's name (its file name without `.wasm`).
+        plugin: String,
+    },
     /// Load the plugin's file again now, even one refused before.
-    Reload { plugin: String },
-    /// Return every backend running the plugin to the version it ran before.
-    Rollback { plugin: String },
+    Reload {
+        /// The plugin's name.
+        plugin: String,
+    },
+    /// Return the backends running a plugin — or one backend — to the version they ran before.
+    Rollback {
+        /// A plugin name (all its backends) or a backend name (that one only).
+        name: String,
+    },
+    /// Stop one backend taking new jobs (jobs in flight finish; its profiles use their
+    /// fallbacks or wait); other backends of the same plugin go on.
+    Drain {
+        /// The backend's name (`[backends.NAME]`).
+        backend: String,
+    },
+    /// Let a drained backend take jobs again.
+    Undrain {
+        /// The backend's name.
+        backend: String,
+    },
     /// Make a plugin package: embed a manifest (`certconn-plugin.toml`) into a component.
     Pack {
         /// The component (`wasm32-wasip2` build output, or `wasm-tools component new`).
         component: PathBuf,
+        /// The manifest to embed (`certconn-plugin.toml`).
         #[arg(long)]
         manifest: PathBuf,
+        /// Where to write the package.
         #[arg(long, short)]
         out: PathBuf,
     },
@@ -115,12 +144,14 @@ pub async fn run(config_path: &Path, what: Plugins) -> anyhow::Result<()> {
         Plugins::Load { plugin } => load(config_path, &plugin).await,
         Plugins::Unload { plugin } => action(config_path, &plugin, "unload").await,
         Plugins::Reload { plugin } => action(config_path, &plugin, "reload").await,
-        Plugins::Rollback { plugin } => action(config_path, &plugin, "rollback").await,
+        Plugins::Rollback { name } => action(config_path, &name, "rollback").await,
+        Plugins::Drain { backend } => drain(config_path, &backend, "drain").await,
+        Plugins::Undrain { backend } => drain(config_path, &backend, "undrain").await,
         Plugins::Pack {
             component,
             manifest,
             out,
-        } => pack(&component, &manifest, &out),
+        } => pack(&component, &manifest, &out).await,
         Plugins::Test(args) => test(config_path, args).await,
     }
 }
@@ -237,6 +268,27 @@ fn print_answer(plugin: &str, answer: &Value) {
     }
 }
 
+async fn drain(config_path: &Path, backend: &str, what: &str) -> anyhow::Result<()> {
+    let answer = client(config_path)?
+        .call(
+            Method::POST,
+            &format!("/v1/backends/{backend}/{what}"),
+            None,
+        )
+        .await?;
+    let done = if what == "drain" {
+        "drained"
+    } else {
+        "undrained"
+    };
+    if answer["changed"].as_bool() == Some(true) {
+        println!("{backend}: {done}");
+    } else {
+        println!("{backend}: already {done}");
+    }
+    Ok(())
+}
+
 /// `load FILE` publishes the file first; `load NAME` just asks the daemon.
 async fn load(config_path: &Path, plugin: &str) -> anyhow::Result<()> {
     let as_file = Path::new(plugin);
@@ -264,15 +316,16 @@ fn publish(bytes: &[u8], target: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pack(component: &Path, manifest: &Path, out: &Path) -> anyhow::Result<()> {
+async fn pack(component: &Path, manifest: &Path, out: &Path) -> anyhow::Result<()> {
     let bytes =
         std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
     let text =
         std::fs::read(manifest).with_context(|| format!("reading {}", manifest.display()))?;
     let manifest_value = Manifest::parse(&text).with_context(|| manifest.display().to_string())?;
-    let packed =
-        package::embed(&bytes, &manifest_value).with_context(|| component.display().to_string())?;
-    let checked = PluginPackage::from_bytes(out, packed)?;
+    let (engine, _cache) = offline_engine()?;
+    let checked = certconn::plugins::pack::pack(engine, &bytes, &manifest_value, out)
+        .await
+        .with_context(|| component.display().to_string())?;
     publish(&checked.bytes, out)?;
     println!("{} → {}", checked.version_id(), out.display());
     Ok(())

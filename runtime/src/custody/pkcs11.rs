@@ -172,7 +172,16 @@ impl Token {
         })?;
         match ctx.initialize(CInitializeArgs::OsThreads) {
             Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(err("initialising the module")(e)),
+            Err(e) => {
+                return Err(CustodyError::Token {
+                    token: label.clone(),
+                    reason: format!(
+                        "initialising the module {}: {e}{}",
+                        config.module.display(),
+                        module_config_hint(&config.module)
+                    ),
+                })
+            }
         }
         let mut slot = None;
         for s in ctx
@@ -188,8 +197,9 @@ impl Token {
         let slot = slot.ok_or_else(|| CustodyError::Token {
             token: label.clone(),
             reason: format!(
-                "no initialised token with this label in {}",
-                config.module.display()
+                "no initialised token with this label in {}{}",
+                config.module.display(),
+                module_config_hint(&config.module)
             ),
         })?;
         let pin = read_pin(config)?;
@@ -306,6 +316,95 @@ impl Token {
         self.key_from_handle(private_handle, id)
     }
 
+    /// Puts an existing software key on the token as a key pair: the private half sensitive
+    /// and not extractable (`CKA_SENSITIVE`, `CKA_EXTRACTABLE` false), `id` its `CKA_ID` and
+    /// `name` its label — for `certconn keys migrate`. The token must confirm both attributes;
+    /// if it does not, the objects are destroyed and the migration refused. A key made outside
+    /// a token can never be `CKA_NEVER_EXTRACTABLE`: the software copy is the caller's to
+    /// destroy.
+    pub fn import(
+        self: &Arc<Self>,
+        name: &str,
+        id: &[u8],
+        key: &super::PrivateKey,
+    ) -> Result<TokenKey, CustodyError> {
+        let refused = |reason: String| CustodyError::Token {
+            token: self.label.clone(),
+            reason,
+        };
+        let pkcs8 = key
+            .pkcs8_der()
+            .map_err(|e| refused(format!("the key to import: {e}")))?;
+        let info = pkcs8::PrivateKeyInfo::from_der(pkcs8)
+            .map_err(|e| refused(format!("the key to import is not PKCS#8: {e}")))?;
+        let spki = spki::SubjectPublicKeyInfoRef::from_der(key.public_key_der())
+            .map_err(|e| refused(format!("the key's public half: {e}")))?;
+        let common_public = vec![
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Label(name.as_bytes().to_vec()),
+            Attribute::Id(id.to_vec()),
+            Attribute::Verify(true),
+        ];
+        let common_private = vec![
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Label(name.as_bytes().to_vec()),
+            Attribute::Id(id.to_vec()),
+            Attribute::Sign(true),
+        ];
+        let material = ImportMaterial::of(&info, &spki).map_err(refused)?;
+        let (mut public, mut private) = material.attributes();
+        public.extend(common_public);
+        private.extend(common_private);
+        let session = self.session()?;
+        let public_handle = session
+            .create_object(&public)
+            .map_err(token_error(&self.label, "creating the public key"))?;
+        let created = session.create_object(&private);
+        // The template held the private key's components: wipe them now.
+        for a in &mut private {
+            if let Attribute::Value(v)
+            | Attribute::PrivateExponent(v)
+            | Attribute::Prime1(v)
+            | Attribute::Prime2(v)
+            | Attribute::Exponent1(v)
+            | Attribute::Exponent2(v)
+            | Attribute::Coefficient(v) = a
+            {
+                zeroize::Zeroize::zeroize(v);
+            }
+        }
+        let private_handle = match created {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = session.destroy_object(public_handle);
+                return Err(token_error(&self.label, "creating the private key")(e));
+            }
+        };
+        let kept = session
+            .get_attributes(
+                private_handle,
+                &[AttributeType::Sensitive, AttributeType::Extractable],
+            )
+            .map_err(token_error(&self.label, "reading the new key's attributes"))?;
+        let protected = kept.contains(&Attribute::Sensitive(true))
+            && kept.contains(&Attribute::Extractable(false));
+        if !protected {
+            let _ = session.destroy_object(private_handle);
+            let _ = session.destroy_object(public_handle);
+            return Err(refused(
+                "the token did not keep the imported key sensitive and non-extractable; it was removed again".into(),
+            ));
+        }
+        drop(session);
+        self.key_from_handle(private_handle, id)
+    }
+
     /// The key pair whose `CKA_ID` is `id`.
     pub fn find(self: &Arc<Self>, id: &[u8]) -> Result<TokenKey, CustodyError> {
         let session = self.session()?;
@@ -395,6 +494,30 @@ impl Token {
     }
 }
 
+/// Where a module looks for its own configuration, when it has one: the usual cause of a
+/// module that initialises without tokens, or not at all, is that certconn runs without it.
+fn module_config_hint(module: &std::path::Path) -> String {
+    let name = module
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    if name.contains("softhsm") {
+        let set = std::env::var_os("SOFTHSM2_CONF")
+            .map(|v| format!("SOFTHSM2_CONF is {}", std::path::Path::new(&v).display()))
+            .unwrap_or_else(|| {
+                "SOFTHSM2_CONF is not set, so /etc/softhsm/softhsm2.conf is used".into()
+            });
+        format!(
+            " (SoftHSM2 reads its token directory from the file SOFTHSM2_CONF names: {set}; \
+             set it in certconn's environment, e.g. Environment=SOFTHSM2_CONF=… in the unit)"
+        )
+    } else {
+        " (if the module needs its own configuration file or environment, check that certconn's \
+         environment has it)"
+            .into()
+    }
+}
+
 fn read_pin(config: &Pkcs11Config) -> Result<AuthPin, CustodyError> {
     const WHAT: &str = "the PKCS#11 user PIN (custody.pkcs11.pin_env or pin_file)";
     let text = match &config.pin_file {
@@ -402,6 +525,143 @@ fn read_pin(config: &Pkcs11Config) -> Result<AuthPin, CustodyError> {
         None => crate::secret::read_text(WHAT, Some(&config.pin_env), None),
     }?;
     Ok(AuthPin::new(text.as_str().into()))
+}
+
+/// The PKCS#11 attributes of a software key about to be imported.
+enum ImportMaterial {
+    Ec {
+        params: Vec<u8>,
+        point: Vec<u8>,
+        value: Zeroizing<Vec<u8>>,
+    },
+    Rsa {
+        public: [Vec<u8>; 2],
+        private: Zeroizing<Vec<Vec<u8>>>,
+    },
+}
+
+/// RFC 8017 RSAPrivateKey.
+#[derive(der::Sequence)]
+struct RsaPrivateKey<'a> {
+    version: u8,
+    modulus: der::asn1::UintRef<'a>,
+    public_exponent: der::asn1::UintRef<'a>,
+    private_exponent: der::asn1::UintRef<'a>,
+    prime1: der::asn1::UintRef<'a>,
+    prime2: der::asn1::UintRef<'a>,
+    exponent1: der::asn1::UintRef<'a>,
+    exponent2: der::asn1::UintRef<'a>,
+    coefficient: der::asn1::UintRef<'a>,
+}
+
+/// RFC 5915 ECPrivateKey (the parameters and public key, when present, are not needed: the
+/// curve is in the PKCS#8 algorithm, the point in the key's SubjectPublicKeyInfo).
+#[derive(der::Sequence)]
+struct EcPrivateKey<'a> {
+    version: u8,
+    private_key: der::asn1::OctetStringRef<'a>,
+    #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
+    parameters: Option<ObjectIdentifier>,
+    #[asn1(context_specific = "1", tag_mode = "EXPLICIT", optional = "true")]
+    public_key: Option<der::asn1::BitStringRef<'a>>,
+}
+
+impl ImportMaterial {
+    fn of(
+        info: &pkcs8::PrivateKeyInfo<'_>,
+        spki: &spki::SubjectPublicKeyInfoRef<'_>,
+    ) -> Result<Self, String> {
+        let bad = |what: &str, e: der::Error| format!("the key to import: {what}: {e}");
+        match info.algorithm.oid {
+            EC_PUBLIC_KEY => {
+                let curve: ObjectIdentifier = info
+                    .algorithm
+                    .parameters_oid()
+                    .map_err(|e| format!("the key to import has no named curve: {e}"))?;
+                let ec =
+                    EcPrivateKey::from_der(info.private_key).map_err(|e| bad("ECPrivateKey", e))?;
+                let point = spki
+                    .subject_public_key
+                    .as_bytes()
+                    .ok_or("the key's public point is not whole bytes")?;
+                Ok(Self::Ec {
+                    params: curve.to_der().map_err(|e| bad("the curve", e))?,
+                    point: OctetString::new(point)
+                        .and_then(|o| o.to_der())
+                        .map_err(|e| bad("the point", e))?,
+                    value: Zeroizing::new(ec.private_key.as_bytes().to_vec()),
+                })
+            }
+            RSA_ENCRYPTION => {
+                let rsa = RsaPrivateKey::from_der(info.private_key)
+                    .map_err(|e| bad("RSAPrivateKey", e))?;
+                Ok(Self::Rsa {
+                    public: [
+                        rsa.modulus.as_bytes().to_vec(),
+                        rsa.public_exponent.as_bytes().to_vec(),
+                    ],
+                    private: Zeroizing::new(
+                        [
+                            rsa.private_exponent,
+                            rsa.prime1,
+                            rsa.prime2,
+                            rsa.exponent1,
+                            rsa.exponent2,
+                            rsa.coefficient,
+                        ]
+                        .iter()
+                        .map(|v| v.as_bytes().to_vec())
+                        .collect(),
+                    ),
+                })
+            }
+            other => Err(format!(
+                "the key to import is of algorithm {other}, which certconn does not put on tokens"
+            )),
+        }
+    }
+
+    /// (public template, private template) for these keys.
+    fn attributes(&self) -> (Vec<Attribute>, Vec<Attribute>) {
+        match self {
+            Self::Ec {
+                params,
+                point,
+                value,
+            } => (
+                vec![
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::EcParams(params.clone()),
+                    Attribute::EcPoint(point.clone()),
+                ],
+                vec![
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::EcParams(params.clone()),
+                    Attribute::Value(value.to_vec()),
+                ],
+            ),
+            Self::Rsa { public, private } => (
+                vec![
+                    Attribute::KeyType(KeyType::RSA),
+                    Attribute::Modulus(public[0].clone()),
+                    Attribute::PublicExponent(public[1].clone()),
+                    Attribute::Encrypt(true),
+                ],
+                vec![
+                    Attribute::KeyType(KeyType::RSA),
+                    Attribute::Modulus(public[0].clone()),
+                    Attribute::PublicExponent(public[1].clone()),
+                    Attribute::PrivateExponent(private[0].clone()),
+                    Attribute::Prime1(private[1].clone()),
+                    Attribute::Prime2(private[2].clone()),
+                    Attribute::Exponent1(private[3].clone()),
+                    Attribute::Exponent2(private[4].clone()),
+                    Attribute::Coefficient(private[5].clone()),
+                    Attribute::Decrypt(true),
+                ],
+            ),
+        }
+    }
 }
 
 /// Builds a DER SubjectPublicKeyInfo from the token's public-key attributes.

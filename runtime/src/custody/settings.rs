@@ -36,6 +36,31 @@ impl<'de> serde::Deserialize<'de> for CustodyConfig {
                 Pkcs11Config::deserialize(v).map_err(|e| D::Error::custom(format!("pkcs11: {e}")))
             })
             .transpose()?;
+        if !table.contains_key("protection") {
+            // `protection` defaults to `none`; a table that gives the setting of one kind of
+            // protection means that kind (`key_file = "…"` alone is `protection = "key-file"`).
+            let kinds: Vec<&str> = [
+                ("passphrase_env", "passphrase"),
+                ("key_file", "key-file"),
+                ("credential", "credential"),
+            ]
+            .into_iter()
+            .filter(|(field, _)| table.contains_key(*field))
+            .map(|(_, kind)| kind)
+            .collect();
+            match kinds.as_slice() {
+                [] => {}
+                [kind] => {
+                    table.insert("protection".into(), toml::Value::String((*kind).into()));
+                }
+                several => {
+                    return Err(D::Error::custom(format!(
+                    "settings of several kinds of protection ({}); set protection to one of them",
+                    several.join(", ")
+                )))
+                }
+            }
+        }
         let protection = if table.is_empty() {
             KekSource::None
         } else {
@@ -94,13 +119,11 @@ impl KeyConfig {
             ));
         }
         if let Some(ss) = &self.self_signed {
-            if let Err(e) = ss.subject.get_ref().parse::<x509_cert::name::Name>() {
+            if let Err(e) = certconn_x509::dn::parse(ss.subject.get_ref()) {
                 return Err(cx.at(
                     ss.subject.span(),
                     format!("keys.{name}.self_signed.subject"),
-                    format!(
-                        "not a distinguished name ({e}); write it like \"CN=Example CA,O=Example\""
-                    ),
+                    e.to_string(),
                 ));
             }
         }

@@ -380,6 +380,79 @@ impl KeyStore {
         Ok(stored)
     }
 
+    /// Moves software key `name` onto the PKCS#11 token (`certconn keys migrate`): the key is
+    /// created there sensitive and not extractable, checked to be the same key (its public
+    /// half, and a signature made on the token that the old public key verifies), recorded as
+    /// `NAME.p11`, and only then is `NAME.key` overwritten and removed. Its certificate chain
+    /// stays. A failure at any step leaves the software key as it was and nothing on the token.
+    pub fn migrate_to_token(&self, name: &str) -> Result<Arc<StoredKey>, CustodyError> {
+        let token = self
+            .token
+            .as_ref()
+            .ok_or_else(|| CustodyError::NoToken(name.into()))?;
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let current = keys
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CustodyError::NoSuchKey(name.into()))?;
+        if let Some(t) = current.key.token() {
+            return Err(CustodyError::Token {
+                token: t.token_label().to_owned(),
+                reason: format!("key {name:?} is on this token already"),
+            });
+        }
+        let id = crate::crypto::provider::random_vec(16)?;
+        let moved = PrivateKey::from_token(token.import(name, &id, &current.key)?);
+        let undo = |reason: String| {
+            let _ = token.destroy(&id);
+            CustodyError::Token {
+                token: token.label().to_owned(),
+                reason,
+            }
+        };
+        if moved.public_key_der() != current.key.public_key_der() {
+            return Err(undo(
+                "the key on the token has another public key than the one imported".into(),
+            ));
+        }
+        let scheme = moved.kind().default_signature_scheme();
+        let probe = b"certconn keys migrate: the token signs for this key";
+        let signed = moved
+            .sign(scheme, probe)
+            .map_err(|e| undo(format!("a test signature on the token failed: {e}")))?;
+        if !crate::crypto::provider::verify(current.key.public_key_der(), scheme, probe, &signed)
+            .unwrap_or(false)
+        {
+            return Err(undo(
+                "the token's signature does not verify with the key's public half".into(),
+            ));
+        }
+        let record = TokenRecord {
+            token: token.label().to_owned(),
+            id: hex::encode(&id),
+        };
+        let record_path = self.dir.join(format!("{name}.p11"));
+        let json = serde_json::to_vec_pretty(&record).map_err(|e| undo(e.to_string()))?;
+        if let Err(e) = write_atomic(&record_path, &json, 0o600) {
+            let _ = token.destroy(&id);
+            return Err(e.into());
+        }
+        // The software copy goes: overwritten first, then unlinked (a backup of the file, or a
+        // copy-on-write filesystem, still holds it: the command says so).
+        let key_path = self.dir.join(format!("{name}.key"));
+        if let Ok(meta) = fs::metadata(&key_path) {
+            let _ = write_atomic(&key_path, &vec![0u8; meta.len() as usize], 0o600);
+        }
+        fs::remove_file(&key_path).map_err(io(&key_path))?;
+        let stored = Arc::new(StoredKey {
+            name: name.into(),
+            key: moved,
+            chain: current.chain.clone(),
+        });
+        keys.insert(name.into(), stored.clone());
+        Ok(stored)
+    }
+
     /// All keys, for listing.
     pub fn list(&self) -> Vec<KeySummary> {
         self.keys

@@ -3,11 +3,9 @@
 //! the SCEP server, upstreams) submits through one [`Intake`].
 
 use std::collections::BTreeSet;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use der::{Decode, Encode};
-use x509_cert::name::Name;
 use x509_cert::request::CertReq;
 
 use super::model::{ImportJob, IssueJob, RevokeJob};
@@ -170,12 +168,7 @@ pub fn check_issue(req: &IssueJob) -> Result<(), IntakeError> {
         ));
     }
     if !req.subject.is_empty() {
-        Name::from_str(&req.subject).map_err(|e| {
-            bad(
-                "subject",
-                format!("{:?} is not a distinguished name: {e}", req.subject),
-            )
-        })?;
+        crate::pki::dn::parse(&req.subject).map_err(|e| bad("subject", e.to_string()))?;
     }
     for san in &req.sans {
         SubjectAltName::parse(san).map_err(|e| bad("sans", e.to_string()))?;

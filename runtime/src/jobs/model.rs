@@ -306,6 +306,19 @@ impl JobResult {
     }
 }
 
+impl JobResult {
+    /// What a listing may show of a result: no certificate body, no PFX, no password.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "serial": self.serial,
+            "backend_version": self.backend_version,
+            "pfx": self.pfx_base64.is_some(),
+            "password_sealed": self.sealed_password_base64.is_some(),
+            "revoked": self.revoked,
+        })
+    }
+}
+
 impl RevocationReason {
     /// The name the API and the ledger use (`key-compromise`).
     pub fn as_str(self) -> &'static str {

@@ -179,6 +179,12 @@ pub(crate) async fn the_password_is_handed_out_once(f: &dyn Factory) {
     let again = j.take_result(&job.id).await.unwrap().unwrap();
     assert!(again.password.is_none());
     assert_eq!(again.result, first.result);
+    // Peeking hands nothing out.
+    assert_eq!(
+        j.peek_result(&job.id).await.unwrap().as_deref(),
+        Some(first.result.as_str())
+    );
+    assert!(j.peek_result("no-such-job").await.unwrap().is_none());
 }
 
 pub(crate) async fn pending_waits_for_its_poll_time_without_using_attempts(f: &dyn Factory) {

@@ -169,6 +169,10 @@ pub trait Outbox: Send + Sync {
     /// A finished job's result. The PFX password, if still held, is returned this once and
     /// erased in the same transaction.
     async fn take_result(&self, id: &str) -> Result<Option<StoredResult>, JournalError>;
+
+    /// A finished job's result, without its password and without handing anything out: what
+    /// a listing may show.
+    async fn peek_result(&self, id: &str) -> Result<Option<String>, JournalError>;
 }
 
 /// The certificates issued and revoked through certconn.

@@ -107,6 +107,23 @@ fn random_hex(bytes: usize) -> Result<String, JournalError> {
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 5000;";
 
+/// The schema version of the journal at `path`, read without changing anything; `None` when
+/// there is no journal there yet.
+pub fn schema_version_of(path: &Path) -> Result<Option<i64>, JournalError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let open_err = |e: rusqlite::Error| JournalError::Open {
+        path: path.to_owned(),
+        source: Box::new(e),
+    };
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(open_err)?;
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map(Some)
+        .map_err(open_err)
+}
+
 /// Brings the schema of `conn` up to [`schema::CURRENT`], one transaction per migration.
 fn migrate(conn: &mut Connection) -> Result<i64, JournalError> {
     loop {
@@ -613,6 +630,21 @@ impl Outbox for SqliteJournal {
             }
             tx.commit()?;
             Ok(Some(StoredResult { result, password }))
+        })
+        .await
+    }
+
+    async fn peek_result(&self, id: &str) -> Result<Option<String>, JournalError> {
+        let id = id.to_owned();
+        self.blocking(move |inner| {
+            Ok(inner
+                .reader()
+                .query_row(
+                    "SELECT result FROM outbox WHERE job_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?)
         })
         .await
     }

@@ -47,10 +47,7 @@ pub fn provision<'a>(
                 key: name.clone(),
                 source,
             };
-            let subject = ss
-                .subject
-                .get_ref()
-                .parse::<Name>()
+            let subject = super::dn::parse(ss.subject.get_ref())
                 .map_err(|e| failed(PkiError::Invalid(e.to_string())))?;
             let cert = self_signed(&stored.key, &subject, ss.validity_days).map_err(failed)?;
             keys.set_chain(name, vec![cert])?;

@@ -8,8 +8,8 @@ pub mod csr;
 pub mod issued;
 pub mod pkcs12;
 
-/// PEM is shared with the plugins: see [`certconn_x509::pem`].
-pub use certconn_x509::pem;
+/// PEM and distinguished names are shared with the plugins: see [`certconn_x509`].
+pub use certconn_x509::{dn, pem};
 
 /// Why a PKI structure could not be produced or read.
 #[derive(Debug, thiserror::Error)]

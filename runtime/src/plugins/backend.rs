@@ -19,7 +19,7 @@ use super::instance::InstanceSpec;
 use super::manifest::Manifest;
 use super::package::PluginPackage;
 use super::state::PluginState;
-use super::PluginError;
+use super::{PluginError, SettingError};
 use crate::crypto::AlgorithmPolicy;
 use crate::custody::store::StoredKey;
 use crate::custody::Grants;
@@ -269,18 +269,15 @@ impl LoadedBackend {
             BackendError::InvalidConfig(fields) => fields
                 .into_iter()
                 .take(50)
-                .map(|f| {
-                    if f.field.is_empty() {
-                        bounded(&f.message)
-                    } else {
-                        bounded(&format!("{}: {}", f.field, f.message))
-                    }
+                .map(|f| SettingError {
+                    field: bounded(&f.field),
+                    message: bounded(super::without_json_position(&f.message)),
                 })
                 .collect(),
-            other => vec![format!(
+            other => vec![SettingError::general(format!(
                 "configure failed: {}",
                 describe_backend_error(&other)
-            )],
+            ))],
         };
         PluginError::Config {
             backend: self.name.to_string(),

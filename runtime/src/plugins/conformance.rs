@@ -508,6 +508,14 @@ pub async fn run(config: KitConfig<'_>, options: &KitOptions) -> Result<Report, 
     Ok(report)
 }
 
+fn joined(errors: &[super::SettingError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Settings a backend must refuse, each with the field it must name.
 async fn configure_refusals(kit: &Kit, schema: Option<&Value>, report: &mut Report) {
     let expect = |e: &Result<LoadedBackend, PluginError>, field: &str| -> (Verdict, String) {
@@ -516,15 +524,14 @@ async fn configure_refusals(kit: &Kit, schema: Option<&Value>, report: &mut Repo
                 Verdict::Fail,
                 format!("accepted; an administrator's mistake in {field:?} would go unnoticed"),
             ),
-            Err(PluginError::Config { errors, .. }) if errors.iter().any(|x| x.contains(field)) => {
-                (Verdict::Pass, errors.join("; "))
+            Err(PluginError::Config { errors, .. })
+                if errors.iter().any(|x| x.to_string().contains(field)) =>
+            {
+                (Verdict::Pass, joined(errors))
             }
             Err(PluginError::Config { errors, .. }) => (
                 Verdict::Warn,
-                format!(
-                    "refused, but without naming {field:?}: {}",
-                    errors.join("; ")
-                ),
+                format!("refused, but without naming {field:?}: {}", joined(errors)),
             ),
             Err(other) => (
                 Verdict::Fail,

@@ -41,7 +41,7 @@ impl InstanceSpec {
     ) -> Result<Self, PluginError> {
         let refused = |e: &dyn std::error::Error| PluginError::Config {
             backend: name.to_owned(),
-            errors: vec![crate::report::chain(e)],
+            errors: vec![super::SettingError::general(crate::report::chain(e))],
         };
         let http = HttpAccess::new(config.http.clone(), policy).map_err(|e| refused(&e))?;
         let settings_json = config.settings_json().map_err(|e| refused(&e))?;
@@ -67,6 +67,9 @@ struct Versions {
     previous: Option<Arc<LoadedBackend>>,
     /// The administrator unloaded the plugin: not serving until it is loaded again.
     unloaded: bool,
+    /// The administrator drained this instance: it takes no new jobs (jobs in flight finish)
+    /// until it is undrained; other instances of the same plugin go on.
+    drained: bool,
     /// Why the instance is not serving, or why the last new version was not taken.
     problem: Option<String>,
 }
@@ -106,7 +109,7 @@ pub struct Lease {
 pub struct InstanceStatus {
     pub backend: String,
     pub plugin: String,
-    /// `serving`, `quarantined`, `probing`, `unloaded` or `not-loaded`.
+    /// `serving`, `quarantined`, `probing`, `drained`, `unloaded` or `not-loaded`.
     pub state: &'static str,
     /// The version it runs: `name version (sha256 prefix)`.
     pub version: Option<String>,
@@ -190,20 +193,31 @@ impl Instance {
     }
 
     /// Swaps back to the previous version. Returns (from, to); `None` when there is no
-    /// previous version.
+    /// previous version. The version rolled back from is dropped, not kept as the next
+    /// "previous": a rollback is not a toggle (a second one has nothing to go back to until a
+    /// new version is loaded).
     pub fn rollback(&self) -> Option<(String, String)> {
         let mut v = self.versions();
         let previous = v.previous.take()?;
         let to = previous.version_id();
         let from = v.current.replace(previous);
         let from_id = from.as_ref().map(|b| b.version_id()).unwrap_or_default();
-        v.previous = from;
         v.problem = None;
         Some((from_id, to))
     }
 
     pub fn set_unloaded(&self, unloaded: bool) {
         self.versions().unloaded = unloaded;
+    }
+
+    /// Drains (`true`) or undrains the instance. Returns whether that changed anything.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        let mut v = self.versions();
+        std::mem::replace(&mut v.drained, drained) != drained
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.versions().drained
     }
 
     /// Records why the instance is not serving or did not take a new version.
@@ -214,7 +228,7 @@ impl Instance {
     /// The serving version with a concurrency slot, if the breaker admits a job now. With
     /// `wait`, waits for a slot; otherwise a full instance is `Err(Busy)`.
     pub async fn lease(self: &Arc<Self>, wait: bool) -> Result<Lease, Unavailable> {
-        let Some(backend) = self.current() else {
+        let Some(backend) = self.current().filter(|_| !self.is_drained()) else {
             return Err(Unavailable::Down(self.why_not_serving()));
         };
         let probe = match self.breaker.admit() {
@@ -251,7 +265,12 @@ impl Instance {
 
     fn why_not_serving(&self) -> String {
         let v = self.versions();
-        if v.unloaded {
+        if v.drained {
+            format!(
+                "backend {:?} is drained (certconn plugins undrain {})",
+                self.name, self.name
+            )
+        } else if v.unloaded {
             format!(
                 "backend {:?} is unloaded (certconn plugins load {})",
                 self.name, self.plugin
@@ -269,6 +288,7 @@ impl Instance {
         let breaker = self.breaker.status();
         let state = match (&v.current, v.unloaded, breaker.state) {
             (_, true, _) => "unloaded",
+            (Some(_), _, _) if v.drained => "drained",
             (None, _, _) => "not-loaded",
             (Some(_), _, "closed") => "serving",
             (Some(_), _, other) => other,

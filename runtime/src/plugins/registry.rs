@@ -29,6 +29,8 @@ use crate::custody::KeyStore;
 pub enum RegistryError {
     #[error("no backend runs a plugin named {plugin:?} (configured plugins: {known})")]
     UnknownPlugin { plugin: String, known: String },
+    #[error("no backend named {backend:?} (configured backends: {known})")]
+    UnknownBackend { backend: String, known: String },
     #[error("plugin {0:?} is unloaded; `certconn plugins load {0}` loads it again")]
     Unloaded(String),
     #[error("no backend running plugin {plugin:?} has a previous version to roll back to ({})", .backends.join(", "))]
@@ -258,20 +260,56 @@ impl Registry {
         Ok(names)
     }
 
-    /// `certconn plugins rollback NAME`: each instance running it goes back to the version it
-    /// ran before. The file now in the directory is remembered as refused, so the watcher does
-    /// not put it back; publishing a different file does.
+    /// `certconn plugins drain|undrain BACKEND`: one instance stops taking new jobs (jobs in
+    /// flight finish; its profiles use their fallbacks or wait) or takes them again. Other
+    /// instances of the same plugin — another NDES forest — go on. Returns whether anything
+    /// changed.
+    pub fn drain(&self, backend: &str, drained: bool) -> Result<bool, RegistryError> {
+        let instance = self
+            .instances
+            .get(backend)
+            .ok_or_else(|| self.unknown_backend(backend))?;
+        let changed = instance.set_drained(drained);
+        if changed {
+            tracing::warn!(%backend, drained, "backend {} by the administrator", if drained { "drained" } else { "undrained" });
+        }
+        Ok(changed)
+    }
+
+    fn unknown_backend(&self, backend: &str) -> RegistryError {
+        RegistryError::UnknownBackend {
+            backend: backend.to_owned(),
+            known: self
+                .instances
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// `certconn plugins rollback NAME`: each instance running plugin NAME — or the one
+    /// backend NAME — goes back to the version it ran before. The file now in the directory is
+    /// remembered as refused, so the watcher does not put it back; publishing a different file
+    /// does.
     pub async fn rollback(
         &self,
-        plugin: &str,
+        name: &str,
     ) -> Result<Vec<(String, String, String)>, RegistryError> {
-        if !self.plugin_names().contains(plugin) {
-            return Err(self.unknown_plugin(plugin));
-        }
+        let (plugin, only) = match self.instances.get(name) {
+            Some(i) => (i.plugin.clone(), Some(name)),
+            None if self.plugin_names().contains(name) => (name.to_owned(), None),
+            None => return Err(self.unknown_plugin(name)),
+        };
+        let plugin = plugin.as_str();
         let _turn = self.loading.lock().await;
         let mut done = Vec::new();
         let mut without = Vec::new();
-        for i in self.instances.values().filter(|i| i.plugin == plugin) {
+        for i in self
+            .instances
+            .values()
+            .filter(|i| i.plugin == plugin && only.is_none_or(|b| i.name == b))
+        {
             match i.rollback() {
                 Some((from, to)) => {
                     tracing::warn!(backend = %i.name, %from, %to, "rolled back by the administrator");
@@ -286,22 +324,30 @@ impl Registry {
                 backends: without,
             });
         }
+        let serving = self
+            .instances
+            .values()
+            .find(|i| i.plugin == plugin)
+            .and_then(|i| i.loaded_sha());
+        let mut files = self.files();
+        let f = files.entry(plugin.to_owned()).or_default();
+        f.loaded_sha256 = serving.clone();
+        // The file in the directory is the version rolled back from (unless someone already
+        // published the old one again): the watcher must not put it back. It is never the
+        // version now serving, so the list cannot call the serving version refused.
         if let Ok(bytes) = std::fs::read(self.plugin_path(plugin)) {
             let sha = super::package::sha256_hex(&bytes);
-            let mut files = self.files();
-            let f = files.entry(plugin.to_owned()).or_default();
-            f.loaded_sha256 = self
-                .instances
-                .values()
-                .find(|i| i.plugin == plugin)
-                .and_then(|i| i.loaded_sha());
-            f.rejected = Some(Rejection {
-                sha256: sha,
-                version: None,
-                reason: "rolled back by the administrator; publish a new file to load it".into(),
-                permanent: true,
-            });
+            if serving.as_deref() != Some(sha.as_str()) {
+                f.rejected = Some(Rejection {
+                    sha256: sha,
+                    version: done.first().map(|(_, from, _)| from.clone()),
+                    reason: "rolled back by the administrator; publish a new file to load it"
+                        .into(),
+                    permanent: true,
+                });
+            }
         }
+        drop(files);
         Ok(done)
     }
 
@@ -542,65 +588,11 @@ impl Registry {
     }
 
     /// What the manifest asks for that instance `backend`'s grant does not give, in words.
-    fn unmet_requests(&self, backend: &str, manifest: &Manifest) -> Vec<String> {
-        let Some(config) = self.configs.get(backend) else {
-            return Vec::new();
-        };
-        let setting = |entry: &str| -> Option<String> {
-            let key = entry.strip_prefix("settings.")?;
-            config
-                .settings
-                .get(key)
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        };
-        let mut notes = Vec::new();
-        for entry in &manifest.requests.http {
-            // (host, port); no port: any port of that host will do.
-            let wanted = match setting(entry) {
-                Some(url) => url.parse::<http::Uri>().ok().and_then(|u| {
-                    let port = u.port_u16().unwrap_or(if u.scheme_str() == Some("https") {
-                        443
-                    } else {
-                        80
-                    });
-                    u.host().map(|h| (h.to_owned(), Some(port)))
-                }),
-                None if entry.starts_with("settings.") => None,
-                None => {
-                    let (h, p) = super::http::split_host_port(entry);
-                    Some((h.to_owned(), p))
-                }
-            };
-            if let Some((host, port)) = wanted {
-                let granted = config.http.allow.iter().any(|a| {
-                    let port = port.or(super::http::split_host_port(a).1).unwrap_or(0);
-                    super::http::entry_matches(a, &host, port)
-                });
-                if !granted {
-                    notes.push(format!("the plugin asks to reach {host} ({entry}), which is not in http.allow: those requests will be denied"));
-                }
-            }
+    fn unmet_requests(&self, backend: &str, manifest: &Manifest) -> Vec<Unmet> {
+        match self.configs.get(backend) {
+            Some(config) => unmet_requests(config, manifest),
+            None => Vec::new(),
         }
-        for entry in &manifest.requests.keys {
-            let handle = setting(entry).unwrap_or_else(|| entry.clone());
-            let known = !entry.starts_with("settings.") || setting(entry).is_some();
-            if known && !config.keys.iter().any(|k| *k.get_ref() == handle) {
-                notes.push(format!("the plugin asks for custody key {handle:?} ({entry}), which is not granted in keys: its use will be denied"));
-            }
-        }
-        let limits = config.limits();
-        if let Some(mb) = manifest.requests.memory_mb {
-            if mb << 20 > limits.memory_bytes {
-                notes.push(format!("the plugin asks for {mb} MiB of memory; the instance is granted {} MiB (memory_mb)", limits.memory_bytes >> 20));
-            }
-        }
-        if let Some(s) = manifest.requests.timeout_seconds {
-            if s > limits.timeout.as_secs() {
-                notes.push(format!("the plugin asks for {s}s per call; the instance is granted {}s (timeout_seconds)", limits.timeout.as_secs()));
-            }
-        }
-        notes
     }
 
     /// Everything `certconn plugins list` shows.
@@ -622,6 +614,87 @@ impl Registry {
             backends: self.instances.values().map(|i| i.status()).collect(),
         }
     }
+}
+
+/// One thing a plugin's manifest asks for that its instance is not granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unmet {
+    /// A custody key it needs (named by its settings): its work will fail.
+    Key(String),
+    /// Hosts, memory, time: it may cope with less.
+    Other(String),
+}
+
+impl std::fmt::Display for Unmet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Key(s) | Self::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// What `manifest` asks for that `config` (a backend instance) does not grant, in words: the
+/// administrator sees it at load (and in `certconn check-config`), and the plugin is denied
+/// those uses when it tries.
+pub fn unmet_requests(config: &BackendConfig, manifest: &Manifest) -> Vec<Unmet> {
+    let setting = |entry: &str| -> Option<String> {
+        let key = entry.strip_prefix("settings.")?;
+        config
+            .settings
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let mut notes = Vec::new();
+    for entry in &manifest.requests.http {
+        // (host, port); no port: any port of that host will do.
+        let wanted = match setting(entry) {
+            Some(url) => url.parse::<http::Uri>().ok().and_then(|u| {
+                let port = u.port_u16().unwrap_or(if u.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                });
+                u.host().map(|h| (h.to_owned(), Some(port)))
+            }),
+            None if entry.starts_with("settings.") => None,
+            None => {
+                let (h, p) = super::http::split_host_port(entry);
+                Some((h.to_owned(), p))
+            }
+        };
+        if let Some((host, port)) = wanted {
+            let granted = config.http.allow.iter().any(|a| {
+                let port = port.or(super::http::split_host_port(a).1).unwrap_or(0);
+                super::http::entry_matches(a, &host, port)
+            });
+            if !granted {
+                notes.push(Unmet::Other(format!("the plugin asks to reach {host} ({entry}), which is not in http.allow: those requests will be denied")));
+            }
+        }
+    }
+    for entry in &manifest.requests.keys {
+        let handle = setting(entry).unwrap_or_else(|| entry.clone());
+        let known = !entry.starts_with("settings.") || setting(entry).is_some();
+        if known && !config.keys.iter().any(|k| *k.get_ref() == handle) {
+            notes.push(Unmet::Key(format!("the plugin asks for custody key {handle:?} ({entry}), which is not granted in keys: its use will be denied")));
+        }
+    }
+    let limits = config.limits();
+    if let Some(mb) = manifest.requests.memory_mb {
+        if mb << 20 > limits.memory_bytes {
+            notes.push(Unmet::Other(format!("the plugin asks for {mb} MiB of memory; the instance is granted {} MiB (memory_mb)", limits.memory_bytes >> 20)));
+        }
+    }
+    if let Some(s) = manifest.requests.timeout_seconds {
+        if s > limits.timeout.as_secs() {
+            notes.push(Unmet::Other(format!(
+                "the plugin asks for {s}s per call; the instance is granted {}s (timeout_seconds)",
+                limits.timeout.as_secs()
+            )));
+        }
+    }
+    notes
 }
 
 /// Compiles and links a plugin version on a thread of its own at low CPU priority (nice 10), so

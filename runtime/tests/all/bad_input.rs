@@ -253,22 +253,82 @@ fn a_bad_config_names_the_key_and_line_and_creates_nothing() {
         "a refused config must not create the data directory"
     );
 
-    // A plugin that rejects its settings stops start-up with the field named.
-    let text = config_text(&data, &plugins(), "").replace(
-        "ca_key = \"local-ca\"",
-        "ca_key = \"local-ca\"\nmax_validity_days = \"long\"",
-    );
-    std::fs::write(&config, &text).unwrap();
-    let out = Command::new(binary())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // A plugin that rejects its settings stops start-up — and check-config, which runs the same
+    // checks — with the setting named at its line in this file (not in the JSON the plugin
+    // was handed).
+    for (from, to, named) in [
+        (
+            "ca_key = \"local-ca\"",
+            "ca_key = \"local-ca\"\nmax_validity_days = \"long\"",
+            "max_validity_days",
+        ),
+        ("ca_key = \"local-ca\"", "ca_keyy = \"local-ca\"", "ca_keyy"),
+    ] {
+        let text = config_text(&data, &plugins(), "").replace(from, to);
+        std::fs::write(&config, &text).unwrap();
+        let line = text.lines().position(|l| l.starts_with(named)).unwrap() + 1;
+        for cmd in ["serve", "check-config"] {
+            let out = Command::new(binary())
+                .args([cmd, "--config"])
+                .arg(&config)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{cmd}: {stderr}");
+            assert!(
+                stderr.contains("backend \"local\" refused its settings")
+                    && stderr.contains(&format!("line {line}: backends.local.settings.{named}")),
+                "{cmd}: {stderr}"
+            );
+            assert!(!stderr.contains("column"), "{cmd}: {stderr}");
+        }
+    }
+}
+
+/// `check-config` is what an administrator runs before a restart: it finds what `serve` would
+/// refuse or serve degraded, not just what the TOML parser sees — and changes nothing.
+#[test]
+fn check_config_finds_what_serve_would_meet_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("c.toml");
+    let check = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        Command::new(binary())
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let good = config_text(&data, &plugins(), "");
+    let out = check(&good);
+    let stdout = ok(out);
     assert!(
-        stderr.contains("backend \"local\" settings are invalid")
-            && stderr.contains("max_validity_days"),
-        "{stderr}"
+        stdout.contains("ok; backends loaded and configured: local (local-ca "),
+        "{stdout}"
     );
+    for (text, expect) in [
+        (
+            good.replace("keys = [\"local-ca\"]", "keys = []"),
+            "custody key \"local-ca\" (settings.ca_key), which is not granted",
+        ),
+        (
+            config_text(
+                &data,
+                &plugins(),
+                "[backends.imports]\nplugin = \"pfx-import\"\nsettings_files = { trust_anchors_pem = \"/nonexistent/roots.pem\" }",
+            ),
+            "settings_files.trust_anchors_pem: reading /nonexistent/roots.pem",
+        ),
+        (
+            config_text(&data, &plugins(), "[backends.gone]\nplugin = \"nosuch\""),
+            "nosuch.wasm",
+        ),
+    ] {
+        let out = check(&text);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(expect), "{expect}: {stderr}");
+    }
+    assert!(!data.exists(), "check-config created the data directory");
 }

@@ -402,3 +402,90 @@ fn a_compat_profile_delivers_a_3des_pfx_for_older_devices() {
         "{text}"
     );
 }
+
+/// PEM as other tools write it: base64 in 76-column lines (Java, .NET), CRLF line ends and
+/// trailing spaces. A device's CSR and a recipient certificate in that form are read like
+/// OpenSSL's 64-column LF files.
+#[test]
+fn pem_with_76_column_lines_crlf_and_trailing_spaces_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_default(dir.path());
+    let rewrap = |path: &std::path::Path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut out = String::new();
+        let mut b64 = String::new();
+        for line in text.lines() {
+            if line.starts_with("-----BEGIN") {
+                out.push_str(line);
+                out.push_str("\r\n");
+            } else if line.starts_with("-----END") {
+                for chunk in b64.as_bytes().chunks(76) {
+                    out.push_str(std::str::from_utf8(chunk).unwrap());
+                    out.push_str("  \r\n");
+                }
+                b64.clear();
+                out.push_str(line);
+                out.push_str("\r\n");
+            } else {
+                b64.push_str(line.trim());
+            }
+        }
+        let rewrapped = path.with_extension("76.pem");
+        std::fs::write(&rewrapped, out).unwrap();
+        rewrapped
+    };
+    // A device with its own key: a CSR from openssl, rewrapped.
+    let key = dir.path().join("device.key");
+    let csr = dir.path().join("device.csr");
+    run_ok(Command::new("openssl").args([
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=wrapped-device",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+    ]));
+    let cert = dir.path().join("device.cert.pem");
+    let out = daemon.cli(&[
+        "submit",
+        "issue",
+        "--profile",
+        "smime",
+        "--csr",
+        rewrap(&csr).to_str().unwrap(),
+        "--out",
+        cert.to_str().unwrap(),
+    ]);
+    ok(out);
+    let subject = run_ok(Command::new("openssl").args([
+        "x509",
+        "-noout",
+        "-subject",
+        "-in",
+        cert.to_str().unwrap(),
+    ]));
+    assert!(subject.contains("wrapped-device"), "{subject}");
+    // A recipient certificate the same way.
+    let (_, recipient) = openssl_device(dir.path());
+    let pfx = dir.path().join("sealed.pfx");
+    ok(daemon.cli(&[
+        "submit",
+        "issue",
+        "--profile",
+        "smime",
+        "--subject",
+        "CN=sealed",
+        "--recipient",
+        rewrap(&recipient).to_str().unwrap(),
+        "--out",
+        pfx.to_str().unwrap(),
+    ]));
+    assert!(dir.path().join("sealed.pfx.password.cms").exists());
+}

@@ -707,9 +707,17 @@ async fn ndes_over_https_trusts_only_the_backends_anchors() {
     let before = front.events();
     let id = submit(&api, "doubting", "https-2", json!({})).await;
     let job = wait_job(&api, &id, Duration::from_secs(60)).await;
-    assert_ne!(job["state"], "succeeded", "{job}");
+    // Not retried: an untrusted certificate is for the administrator to fix. The job says why
+    // and where to fix it.
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
     let e = job["last_error"].as_str().unwrap_or_default();
-    assert!(e.contains("TlsCertificateError"), "{e}");
+    assert!(
+        e.contains("TLS certificate of 127.0.0.1 not accepted")
+            && e.contains("UnknownIssuer")
+            && e.contains("http.trust_anchors"),
+        "{e}"
+    );
     assert_eq!(
         front.events(),
         before,

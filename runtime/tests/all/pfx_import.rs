@@ -494,6 +494,35 @@ async fn imported_pfx_files_are_checked_by_policy_and_delivered_sealed_for_the_d
         ],
     );
     assert!(!ok && output.contains("wrong password"), "{output}");
+    // The same file, user, purpose and device with the right password is a new attempt, not the
+    // failed job again; rerunning it then is the same job (idempotent).
+    let rerun = [
+        alice.to_str().unwrap(),
+        "--user",
+        "alice@example.com",
+        "--purpose",
+        "unassigned",
+        "--recipient",
+        recipient,
+    ];
+    let (ok, corrected) = pfx_import(&daemon, PASSWORD, &rerun);
+    assert!(ok && corrected.contains("delivered"), "{corrected}");
+    let (ok, again) = pfx_import(&daemon, PASSWORD, &rerun);
+    let job_of = |text: &str| {
+        line_for(text, &alice)
+            .split("job ")
+            .nth(1)
+            .map(str::to_owned)
+    };
+    assert!(
+        ok && job_of(&again) == job_of(&corrected),
+        "{corrected}\n{again}"
+    );
+    // An explicit --idempotency-key is a new attempt too.
+    let mut named = rerun.to_vec();
+    named.extend(["--idempotency-key", "second-try"]);
+    let (ok, fresh) = pfx_import(&daemon, PASSWORD, &named);
+    assert!(ok && job_of(&fresh) != job_of(&corrected), "{fresh}");
 
     // The admin's side of the format, then the API with the other accepted paddings.
     let alice_b64 = b64.encode(std::fs::read(&alice).unwrap());
@@ -546,8 +575,47 @@ async fn imported_pfx_files_are_checked_by_policy_and_delivered_sealed_for_the_d
                 e.contains("does not decrypt with custody key \"pfx-password\" and oaepSha512"),
                 "{e}"
             );
+            // Said once, without the job id repeated in front.
+            assert!(!e.contains("job "), "{e}");
         }
     }
+
+    // The admin's side done with OpenSSL, as docs/operations.md shows it: OAEP with SHA-512
+    // and MGF1-SHA-512.
+    let public = dir.path().join("pfx-password.pem");
+    let key = api
+        .call(Method::GET, "/v1/keys/pfx-password", None)
+        .await
+        .unwrap();
+    std::fs::write(&public, key["public_key_pem"].as_str().unwrap()).unwrap();
+    let password_file = dir.path().join("pw.txt");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let encrypted = run_ok(Command::new("sh").arg("-c").arg(format!(
+        "openssl pkeyutl -encrypt -pubin -inkey {} -pkeyopt rsa_padding_mode:oaep \
+         -pkeyopt rsa_oaep_md:sha512 -pkeyopt rsa_mgf1_md:sha512 -in {} | base64 -w0",
+        public.display(),
+        password_file.display()
+    )));
+    let body = json!({
+        "pfx": alice_b64,
+        "encrypted_password": encrypted.trim(),
+        "key_name": "pfx-password",
+        "user_principal_name": "alice@example.com",
+        "intended_purpose": "smimeEncryption",
+        "recipient": recipient_pem,
+        "idempotency_key": "openssl-side",
+    });
+    let accepted = api
+        .call(Method::POST, "/v1/jobs/import", Some(&body))
+        .await
+        .unwrap();
+    let job = wait_job(
+        &api,
+        accepted["job"]["id"].as_str().unwrap(),
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(job["state"], "succeeded", "{job}");
 
     // Once an import has ended, succeeded or failed, the journal keeps neither its PFX nor its
     // encrypted password: only their size and digest. And it cannot be retried: a new attempt
@@ -604,6 +672,11 @@ async fn imported_pfx_files_are_checked_by_policy_and_delivered_sealed_for_the_d
             "EC P-256; PFX passwords are encrypted to an RSA key",
         ),
         ("pfx", json!("%%%"), "pfx: not base64"),
+        (
+            "pfx",
+            json!(b64.encode(b"MZ this is not a PFX at all")),
+            "pfx: not a PKCS#12 file",
+        ),
         (
             "encrypted_password",
             json!(b64.encode([1u8; 100])),

@@ -313,3 +313,112 @@ fn token_rsa_decrypts_what_openssl_encrypts_with_every_padding_and_signs_every_s
     let names: Vec<String> = again.list().into_iter().map(|k| k.name).collect();
     assert_eq!(names, ["dec", "ec-ec-p256", "ec-ec-p384"]);
 }
+
+/// `certconn keys migrate NAME --to pkcs11` moves an existing software CA key onto the token
+/// (sensitive, not extractable): the CA keeps its certificate and goes on signing, and no key
+/// file is left.
+#[test]
+fn a_software_key_migrates_onto_the_token_and_goes_on_signing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (conf, pin_file) = softhsm_token(dir.path(), "migrate");
+    let config = dir.path().join("certconn.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            &dir.path().join("data"),
+            &plugins(),
+            &softhsm_custody("migrate", &pin_file),
+        ),
+    )
+    .unwrap();
+    let env: Vec<(String, OsString)> = vec![("SOFTHSM2_CONF".into(), conf.clone().into())];
+    // First start: the local CA key is made in software, with its certificate.
+    let mut daemon = Daemon::start_with_env(&config, &dir.path().join("daemon.log"), env.clone());
+    daemon.stop();
+    let keys_dir = dir.path().join("data/keys");
+    assert!(keys_dir.join("local-ca.key").exists());
+    ok(certconn(
+        &conf,
+        &config,
+        &["keys", "create", "archive", "--alg", "rsa-2048"],
+    ));
+    let before = ok(certconn(&conf, &config, &["keys", "list"]));
+
+    for name in ["local-ca", "archive"] {
+        let moved = ok(certconn(
+            &conf,
+            &config,
+            &["keys", "migrate", name, "--to", "pkcs11"],
+        ));
+        assert!(
+            moved.contains(&format!("moved {name} onto PKCS#11 token \"migrate\""))
+                && moved.contains("destroy any copy"),
+            "{moved}"
+        );
+        assert!(!keys_dir.join(format!("{name}.key")).exists());
+        assert!(keys_dir.join(format!("{name}.p11")).exists());
+    }
+    let after = ok(certconn(&conf, &config, &["keys", "list"]));
+    for name in ["local-ca", "archive"] {
+        let line = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name}: {text}"))
+                .to_owned()
+        };
+        assert!(line(&after).contains("pkcs11:migrate"), "{after}");
+        // Same public key: the fingerprint column did not change.
+        let fp = |l: String| l.split_whitespace().last().unwrap().to_owned();
+        assert_eq!(fp(line(&before)), fp(line(&after)));
+    }
+    let objects = token_objects(&conf, "migrate", &pin_file);
+    let private: Vec<&str> = objects.split("Private Key Object").skip(1).collect();
+    assert_eq!(private.len(), 2, "{objects}");
+    for p in &private {
+        // pkcs11-tool lists the key's access flags ("sensitive", "extractable", "never
+        // extractable", ...): sensitive, and not extractable.
+        let access: Vec<&str> = p
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Access:"))
+            .unwrap_or_else(|| panic!("no Access line: {p}"))
+            .split(',')
+            .map(str::trim)
+            .collect();
+        assert!(access.contains(&"sensitive"), "{p}");
+        assert!(!access.contains(&"extractable"), "{p}");
+    }
+    // Twice is refused with the reason.
+    let out = certconn(
+        &conf,
+        &config,
+        &["keys", "migrate", "local-ca", "--to", "pkcs11"],
+    );
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("on this token already"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The CA signs on the token now, under the certificate it always had.
+    let daemon = Daemon::start_with_env(&config, &dir.path().join("daemon.log"), env);
+    let pfx = dir.path().join("after.pfx");
+    let password = issue_pfx(&daemon, "smime", "CN=after migration", &pfx);
+    let leaf = dir.path().join("leaf.pem");
+    run_ok(
+        Command::new("openssl")
+            .args(["pkcs12", "-nokeys", "-clcerts", "-passin"])
+            .arg(format!("pass:{password}"))
+            .arg("-in")
+            .arg(&pfx)
+            .arg("-out")
+            .arg(&leaf),
+    );
+    let verified = run_ok(
+        Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(keys_dir.join("local-ca.chain.pem"))
+            .arg(&leaf),
+    );
+    assert!(verified.contains(": OK"), "{verified}");
+}

@@ -82,9 +82,22 @@ async fn a_new_version_is_swapped_in_while_jobs_in_flight_finish_on_the_old_one(
     assert_eq!(version_of(&backend_status(&api, "example").await), before);
     let listed = ok(daemon.cli(&["plugins", "list"]));
     assert!(
-        listed.contains("rolled back by the administrator"),
+        listed.contains("refused vendor-template 0.2.0")
+            && listed.contains("rolled back by the administrator"),
         "{listed}"
     );
+    // A rollback is not a toggle: a second one has nothing to go back to, and changes nothing.
+    let out = daemon.cli(&["plugins", "rollback", "vendor-template"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success()
+            && stderr
+                .contains("no backend running plugin \"vendor-template\" has a previous version"),
+        "{stderr}"
+    );
+    assert_eq!(version_of(&backend_status(&api, "example").await), before);
+    let status = backend_status(&api, "example").await;
+    assert!(status["previous"].is_null(), "{status}");
     // Any change in the directory triggers a rescan; it must leave the rollback alone.
     std::fs::write(plugin_dir.join("unrelated.wasm"), b"not used").unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -451,4 +464,44 @@ fn a_compiled_plugin_cache_others_may_write_is_not_trusted() {
             && log.contains("let other users change it"),
         "{log}"
     );
+}
+
+/// `certconn plugin pack` makes a package only when the manifest's version is the one the
+/// component's own `describe` gives; otherwise it says both and writes nothing.
+#[test]
+fn pack_refuses_a_manifest_version_the_component_does_not_describe() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = test_plugins().join("vendor-template.wasm");
+    let pack_with = |version: &str| {
+        let manifest = dir.path().join(format!("{version}.toml"));
+        std::fs::write(
+            &manifest,
+            format!("name = \"vendor-template\"\nversion = \"{version}\"\ncontract = \"0.2.0\"\n"),
+        )
+        .unwrap();
+        let out = dir.path().join(format!("{version}/vendor-template.wasm"));
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        let result = std::process::Command::new(binary())
+            .args(["plugin", "pack"])
+            .arg(&component)
+            .arg("--manifest")
+            .arg(&manifest)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        (result, out)
+    };
+    let (out, file) = pack_with("0.9.0");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("manifest says version 0.9.0")
+            && stderr.contains("describe says 0.1.0"),
+        "{stderr}"
+    );
+    assert!(!file.exists(), "nothing is written");
+    let (out, file) = pack_with("0.1.0");
+    assert!(ok(out).contains("vendor-template 0.1.0"));
+    assert!(file.exists());
 }

@@ -135,10 +135,77 @@ fallbacks = ["local"]
 fn the_multi_ca_example_config_is_valid() {
     let example = repo_root().join("examples/multi-ca.toml");
     let out = std::process::Command::new(binary())
-        .args(["check-config", "--config"])
+        .args(["check-config", "--syntax-only", "--config"])
         .arg(&example)
         .output()
         .unwrap();
     let text = ok(out);
     assert!(text.contains("multi-ca.toml: ok"), "{text}");
+    // Checked fully, on a machine that is not the one it was written for, it says what is
+    // missing here instead of "ok".
+    let out = std::process::Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("/etc/certconn/"),
+        "{stderr}"
+    );
+}
+
+/// Two instances of one plugin (two forests of the same CA product): one is drained for
+/// maintenance — its profile falls back, the other instance serves on — then undrained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_backend_of_a_plugin_is_drained_and_undrained_while_its_sibling_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[backends.forest-b]
+plugin = "local-ca"
+keys = ["local-ca"]
+[backends.forest-b.settings]
+ca_key = "local-ca"
+[profiles.smime-b]
+backend = "forest-b"
+"#;
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugins(), extra).replace(
+            "[profiles.smime]\nbackend = \"local\"",
+            "[profiles.smime]\nbackend = \"local\"\nfallbacks = [\"forest-b\"]",
+        )
+    });
+    let api = daemon.client();
+    let served_by = |profile: &'static str, key: &'static str| {
+        let api = &api;
+        async move {
+            let id = submit(api, profile, key, json!({})).await;
+            let job = wait_job(api, &id, Duration::from_secs(30)).await;
+            assert_eq!(job["state"], "succeeded", "{job}");
+            job["backend"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(served_by("smime", "before").await, "local");
+    assert_eq!(
+        ok(daemon.cli(&["plugins", "drain", "local"])).trim(),
+        "local: drained"
+    );
+    assert_eq!(backend_status(&api, "local").await["state"], "drained");
+    assert_eq!(backend_status(&api, "forest-b").await["state"], "serving");
+    assert_eq!(served_by("smime", "drained").await, "forest-b");
+    assert_eq!(served_by("smime-b", "sibling").await, "forest-b");
+    assert_eq!(
+        ok(daemon.cli(&["plugins", "drain", "local"])).trim(),
+        "local: already drained"
+    );
+    let out = daemon.cli(&["plugins", "drain", "nosuch"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("no backend named \"nosuch\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(daemon.cli(&["plugins", "undrain", "local"]));
+    assert_eq!(backend_status(&api, "local").await["state"], "serving");
+    assert_eq!(served_by("smime", "after").await, "local");
 }

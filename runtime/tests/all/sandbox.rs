@@ -124,7 +124,12 @@ async fn every_escape_attempt_fails_its_job_and_nothing_else() {
             "trapper" => ("dead", vec!["plugin-fault", "unreachable"]),
             "redirected" => (
                 "failed",
-                vec!["redirect to", "refused", "HttpRequestDenied"],
+                vec![
+                    "redirect to",
+                    "refused",
+                    "the host denied a request",
+                    "not in this backend's http.allow",
+                ],
             ),
             "rebinder" => ("failed", vec!["refused", "DestinationIpProhibited"]),
             "thief" => ("failed", vec!["custody refused local-ca", "NotGranted"]),

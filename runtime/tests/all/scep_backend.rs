@@ -111,6 +111,47 @@ fn scep_backend_enrols_at_certconns_own_scep_server() {
     assert!(!log.contains(CHALLENGE), "the challenge is not logged");
 }
 
+/// The pin may be any certificate GetCACert returns — here the RA's, not the CA's — as an
+/// operator pins the certificate they were given, wherever it sits in the chain.
+#[test]
+fn a_pin_matches_any_certificate_of_the_returned_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    // The daemon's first start makes the RA certificate; its fingerprint is the pin.
+    let (mut first, relay) = start_loop(dir.path(), "");
+    first.stop();
+    drop(relay);
+    let chain = std::fs::read_to_string(dir.path().join("data/keys/scep-ra.chain.pem")).unwrap();
+    let ra_der = certconn::pki::pem::decode_certificates(&chain).unwrap()[0].clone();
+    let pin = hex_sha256(&ra_der);
+    let (daemon, _relay) = start_loop_with(dir.path(), |data, port, challenge| {
+        self_loop_config(
+            data,
+            port,
+            challenge,
+            &format!("ca_fingerprint_sha256 = \"{pin}\""),
+        )
+    });
+    let out = issue(&daemon, dir.path(), "ra-pinned");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains("the pinned certificate is") && log.contains("CN=certconn SCEP RA"),
+        "the log says which certificate matched: {log}"
+    );
+}
+
+fn hex_sha256(der: &[u8]) -> String {
+    hex::encode(certconn::crypto::provider::digest(
+        certconn::crypto::provider::Digest::Sha256,
+        der,
+    ))
+}
+
 #[test]
 fn a_wrong_pin_or_an_ungranted_host_fails_the_job_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,7 +163,11 @@ fn a_wrong_pin_or_an_ungranted_host_fails_the_job_with_the_reason() {
     assert!(!out.status.success());
     let err =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(err.contains("not the pinned"), "{err}");
+    assert!(
+        err.contains("no certificate GetCACert returned has the pinned SHA-256")
+            && err.contains("certconn Test CA"),
+        "{err}"
+    );
 
     // Without the HTTP grant the plugin cannot reach the server at all.
     let dir = tempfile::tempdir().unwrap();

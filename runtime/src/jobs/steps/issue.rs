@@ -2,7 +2,6 @@
 //! must be for our key → PKCS#12 under a random password → the password sealed for the device.
 //! A device that sent a CSR keeps its key and gets the certificate only.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -54,13 +53,10 @@ fn requested_names(req: &IssueJob) -> Result<(Option<Name>, Vec<SubjectAltName>)
     let subject = if req.subject.is_empty() {
         None
     } else {
-        Some(Name::from_str(&req.subject).map_err(|e| {
-            JobError::permanent(format!(
-                "subject {:?} is not a distinguished name",
-                req.subject
-            ))
-            .because(e)
-        })?)
+        Some(
+            crate::pki::dn::parse(&req.subject)
+                .map_err(|e| JobError::permanent("the subject").because(e))?,
+        )
     };
     let sans = req
         .sans

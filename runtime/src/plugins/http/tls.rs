@@ -115,14 +115,46 @@ impl Target {
                 let certificate = e
                     .get_ref()
                     .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                    .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+                    .and_then(|r| match r {
+                        rustls::Error::InvalidCertificate(c) => Some(c.clone()),
+                        _ => None,
+                    });
                 tracing::warn!(server = ?self.name, "plugin HTTPS: TLS handshake failed: {e}");
-                if certificate {
-                    HttpError::TlsCertificateError
-                } else {
-                    HttpError::Tls(e)
+                match certificate {
+                    // The plugin is told why, in words it can pass on: an untrusted issuer, an
+                    // expired certificate or a name mismatch is for the administrator to fix,
+                    // not for a retry (`wasi:http`'s own code for it carries no reason).
+                    Some(reason) => HttpError::InternalError(Some(format!(
+                        "TLS certificate of {} not accepted: {}; if the server's CA is a private one, name it in this backend's http.trust_anchors",
+                        server_label(&self.name),
+                        certificate_reason(&reason)
+                    ))),
+                    None => HttpError::Tls(e),
                 }
             })
+    }
+}
+
+fn server_label(name: &ServerName<'_>) -> String {
+    match name {
+        ServerName::DnsName(d) => d.as_ref().to_owned(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        _ => "the server".to_owned(),
+    }
+}
+
+/// Why a certificate was not accepted, in words an administrator acts on.
+fn certificate_reason(e: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        C::UnknownIssuer => "it is not issued by a trusted CA (UnknownIssuer)".into(),
+        C::Expired | C::ExpiredContext { .. } => "it has expired (Expired)".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "it is not valid yet (NotValidYet)".into(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "it is not for this host name (NotValidForName)".into()
+        }
+        C::Revoked => "it is revoked (Revoked)".into(),
+        other => format!("{other:?}"),
     }
 }
 

@@ -125,6 +125,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs/{id}/result", get(job_result))
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/plugins/{name}/{action}", post(plugin_action))
+        .route("/v1/backends/{name}/{action}", post(backend_action))
         .route("/v1/scep/challenges", post(mint_scep_challenge))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -386,11 +387,19 @@ async fn list_jobs(
     Ok(Json(json!({ "jobs": jobs })))
 }
 
+/// One job, and a summary of its result when it has one (nothing is handed out).
 async fn show_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<JobRecord>, ApiError> {
-    Ok(Json(summarize(state.jobs.get(&id).await?)))
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let job = summarize(state.jobs.get(&id).await?);
+    let mut value = serde_json::to_value(&job).unwrap_or_else(|_| json!({}));
+    if let Some(text) = state.outbox.peek_result(&id).await? {
+        if let Ok(result) = serde_json::from_str::<JobResult>(&text) {
+            value["result"] = result.summary();
+        }
+    }
+    Ok(Json(value))
 }
 
 async fn retry_job(
@@ -451,6 +460,32 @@ async fn list_plugins(State(state): State<AppState>) -> Json<serde_json::Value> 
         }
     }
     Json(status)
+}
+
+/// `POST /v1/backends/NAME/{drain,undrain}`.
+async fn backend_action(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let drained = match action.as_str() {
+        "drain" => true,
+        "undrain" => false,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no backend action {other:?}: drain or undrain"),
+            ))
+        }
+    };
+    let changed = state.registry.drain(&name, drained).map_err(|e| match e {
+        e @ RegistryError::UnknownBackend { .. } => {
+            ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+        }
+        e => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+    })?;
+    Ok(Json(
+        json!({ "backend": name, "drained": drained, "changed": changed }),
+    ))
 }
 
 /// `POST /v1/plugins/NAME/{load,reload,unload,rollback}`.

@@ -1,7 +1,6 @@
 //! The SCEP registration authority: its custody key and certificate, and the processing of one
 //! pkiMessage into a CertRep.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,7 +107,7 @@ impl Ra {
             }
         };
         let ra = if ra.chain.is_empty() {
-            let subject = x509_cert::name::Name::from_str(sc.ra_subject.get_ref())
+            let subject = pki::dn::parse(sc.ra_subject.get_ref())
                 .map_err(|e| RaError::Subject(e.to_string()))?;
             let cert = pki::ca::ra_certificate(&ra.key, &subject, Some((&ca.key, &ca_cert)), 730)
                 .map_err(RaError::Certificate)?;

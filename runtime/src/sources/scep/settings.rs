@@ -69,12 +69,8 @@ fn default_scep_wait() -> u32 {
 impl ScepConfig {
     /// Checks what can be checked of the section on its own.
     pub fn check(&self, cx: &Checker<'_>) -> Result<(), ConfigError> {
-        if let Err(e) = self.ra_subject.get_ref().parse::<x509_cert::name::Name>() {
-            return Err(cx.at(
-                self.ra_subject.span(),
-                "scep.ra_subject",
-                format!("not a distinguished name ({e})"),
-            ));
+        if let Err(e) = crate::pki::dn::parse(self.ra_subject.get_ref()) {
+            return Err(cx.at(self.ra_subject.span(), "scep.ra_subject", e.to_string()));
         }
         if let (Some(env), Some(_)) = (&self.challenge_env, &self.challenge_file) {
             return Err(cx.at(

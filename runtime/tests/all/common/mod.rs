@@ -531,21 +531,15 @@ pub fn plugin_dir_with(dir: &Path, files: &[(PathBuf, &str)]) -> PathBuf {
 /// `certconn plugin pack`: `component` with a manifest naming it `name` at `version` for
 /// `contract`, written to `out`.
 pub fn pack(component: &Path, name: &str, version: &str, contract: &str, out: &Path) {
-    let manifest = out.with_extension("toml");
-    std::fs::write(
-        &manifest,
-        format!("name = \"{name}\"\nversion = \"{version}\"\ncontract = \"{contract}\"\ndescription = \"repacked by a test\"\n"),
+    // A test fixture, not `certconn plugin pack`: the variants tests need (a "new version" of a
+    // component, a package that lies about its contract) are exactly what pack refuses.
+    let manifest = certconn::plugins::manifest::Manifest::parse(
+        format!("name = \"{name}\"\nversion = \"{version}\"\ncontract = \"{contract}\"\ndescription = \"repacked by a test\"\n").as_bytes(),
     )
     .unwrap();
-    ok(Command::new(binary())
-        .args(["plugin", "pack"])
-        .arg(component)
-        .arg("--manifest")
-        .arg(&manifest)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .expect("run certconn plugin pack"));
+    let packaged = certconn::plugins::package::PluginPackage::read(component).unwrap();
+    let bytes = certconn::plugins::package::embed(&packaged.bytes, &manifest).unwrap();
+    std::fs::write(out, bytes).unwrap();
 }
 
 /// Publishes `src` as `dir/NAME.wasm` the supported way: temporary file, then rename.

@@ -1,0 +1,201 @@
+//! `certconn check-config`: every check `serve` makes before it serves that needs neither the
+//! network nor the data directory, so an administrator can trust a config before a restart —
+//! the secrets it names are readable (and private), the key-encryption key and the PKCS#11 token
+//! open, every plugin file exists, compiles, links against its contract and accepts its
+//! settings with the keys it is granted, and what a plugin's manifest asks beyond its grant is
+//! said. It writes nothing outside a temporary directory: keys are made fresh there (as the
+//! conformance kit does), plugins compiled there. Health checks are left out (they call CAs).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{Config, StartError};
+use crate::crypto::fips::FipsStatus;
+use crate::custody::{CustodyConfig, KeyConfig, KeyLocation, KeyStore, SelfSigned};
+use crate::journal::schema;
+use crate::plugins::instance::InstanceSpec;
+use crate::plugins::package::PluginPackage;
+use crate::plugins::registry::{unmet_requests, Unmet};
+use crate::plugins::{LoadedBackend, PluginEngine, PluginError, PreparedPlugin};
+
+/// What the check found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// What would stop `serve`, or leave a backend not serving.
+    pub problems: Vec<String>,
+    /// What `serve` would log and go on with.
+    pub warnings: Vec<String>,
+    /// Backends that loaded and accepted their settings: (name, plugin version).
+    pub backends: Vec<(String, String)>,
+}
+
+impl CheckReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Runs the checks. `Err` only when the check itself cannot run (no temporary directory).
+pub async fn check(config: &Config) -> Result<CheckReport, std::io::Error> {
+    let mut report = CheckReport::default();
+    if let Some(reason) = FipsStatus::probe(config.crypto.fips).refusal() {
+        report.problems.push(reason);
+    }
+    let scratch = tempfile::tempdir()?;
+    check_files(config, &scratch, &mut report);
+    let keys = match scratch_keys(config, &scratch) {
+        Ok(k) => k,
+        Err(e) => {
+            report.problems.push(crate::report::chain(&e));
+            return Ok(report);
+        }
+    };
+    check_backends(config, keys, &scratch, &mut report).await;
+    Ok(report)
+}
+
+/// Secrets and state that `serve` reads: the API token, the SCEP challenge, the journal's
+/// schema, the key-encryption key, the PKCS#11 token.
+fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckReport) {
+    let token = config.token_file();
+    if token.exists() {
+        if let Err(e) = crate::files::read_protected(&token) {
+            report
+                .problems
+                .push(format!("the API token: {}", crate::report::chain(&e)));
+        }
+    }
+    if let Some(sc) = &config.scep {
+        let env = sc.challenge_env.as_ref().map(|e| e.get_ref().as_str());
+        if env.is_some() || sc.challenge_file.is_some() {
+            if let Err(e) = crate::secret::read_text(
+                "the static SCEP challenge (scep.challenge_env/challenge_file)",
+                env,
+                sc.challenge_file.as_deref(),
+            ) {
+                report.problems.push(crate::report::chain(&e));
+            }
+        }
+    }
+    match crate::journal::sqlite::schema_version_of(&config.journal_path()) {
+        Ok(Some(v)) if v > schema::CURRENT => report.problems.push(format!(
+            "journal {}: schema version {v} is newer than this certconn knows ({})",
+            config.journal_path().display(),
+            schema::CURRENT
+        )),
+        Ok(Some(v)) if v < schema::CURRENT => report.warnings.push(format!(
+            "journal {}: schema version {v} will be migrated to {} at start",
+            config.journal_path().display(),
+            schema::CURRENT
+        )),
+        Ok(_) => {}
+        Err(e) => report.problems.push(crate::report::chain(&e)),
+    }
+    // The key-encryption key: obtained as `serve` would, against a scratch record.
+    if let Err(e) = crate::custody::kek::Kek::obtain(&config.custody.protection, scratch.path()) {
+        report
+            .problems
+            .push(format!("custody.protection: {}", crate::report::chain(&e)));
+    }
+    if let Some(p11) = &config.custody.pkcs11 {
+        if let Err(e) = crate::custody::pkcs11::Token::open(p11) {
+            report.problems.push(crate::report::chain(&e));
+        }
+    }
+}
+
+/// The keys `[keys]` declares, made fresh in the scratch directory and in software (a key that
+/// `serve` would make on the token is not made on it by a check).
+fn scratch_keys(config: &Config, scratch: &tempfile::TempDir) -> Result<Arc<KeyStore>, StartError> {
+    let keys = Arc::new(KeyStore::open(
+        &scratch.path().join("keys"),
+        &CustodyConfig::default(),
+    )?);
+    let software: BTreeMap<String, KeyConfig> = config
+        .keys
+        .iter()
+        .map(|(name, k)| {
+            (
+                name.clone(),
+                KeyConfig {
+                    algorithm: k.algorithm,
+                    store: toml::Spanned::new(k.store.span(), KeyLocation::Software),
+                    self_signed: k.self_signed.as_ref().map(|s| SelfSigned {
+                        subject: s.subject.clone(),
+                        validity_days: s.validity_days,
+                    }),
+                },
+            )
+        })
+        .collect();
+    crate::pki::ca::provision(&keys, &software)?;
+    Ok(keys)
+}
+
+/// Each backend: its plugin file read, compiled and linked, described and configured with its
+/// settings, settings files, HTTP secrets and granted keys.
+async fn check_backends(
+    config: &Config,
+    keys: Arc<KeyStore>,
+    scratch: &tempfile::TempDir,
+    report: &mut CheckReport,
+) {
+    let engine = match PluginEngine::new(&scratch.path().join("cache"), &config.engine_limits()) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            report.problems.push(crate::report::chain(&e));
+            return;
+        }
+    };
+    let mut prepared: BTreeMap<String, Result<Arc<PreparedPlugin>, String>> = BTreeMap::new();
+    for (name, b) in &config.backends {
+        let spec = match InstanceSpec::from_config(name, b, keys.clone(), config.policy()) {
+            Ok(s) => s,
+            Err(e) => {
+                report.problems.push(settings_problem(config, e));
+                continue;
+            }
+        };
+        let plugin = b.plugin.get_ref();
+        let compiled = prepared
+            .entry(plugin.clone())
+            .or_insert_with(|| {
+                let path = config.plugins.dir.join(format!("{plugin}.wasm"));
+                let package = PluginPackage::read(&path).map_err(|e| crate::report::chain(&e))?;
+                if package.manifest.name != *plugin {
+                    return Err(format!(
+                        "{}: the package is the plugin {:?} but is published as {plugin}.wasm",
+                        path.display(),
+                        package.manifest.name
+                    ));
+                }
+                PreparedPlugin::prepare(&engine, &package)
+                    .map(Arc::new)
+                    .map_err(|e| crate::report::chain(&e))
+            })
+            .clone();
+        let compiled = match compiled {
+            Ok(c) => c,
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("backends.{name} (plugin {plugin}): {e}"));
+                continue;
+            }
+        };
+        for note in unmet_requests(b, &compiled.manifest) {
+            match note {
+                Unmet::Key(_) => report.problems.push(format!("backends.{name}: {note}")),
+                Unmet::Other(_) => report.warnings.push(format!("backends.{name}: {note}")),
+            }
+        }
+        match LoadedBackend::load(engine.clone(), compiled.clone(), &spec, config.policy()).await {
+            Ok(loaded) => report.backends.push((name.clone(), loaded.version_id())),
+            Err(e) => report.problems.push(settings_problem(config, e)),
+        }
+    }
+}
+
+fn settings_problem(config: &Config, e: PluginError) -> String {
+    StartError::from_plugin(config, e).to_string()
+}

@@ -1,0 +1,238 @@
+//! The command line as an administrator meets it: pipes, signals, terminals.
+
+use crate::common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `certconn … | head -1`: when the reader goes away, the command ends by SIGPIPE like any Unix
+/// tool — no panic, no backtrace.
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("certconn.toml");
+    std::fs::write(
+        &config,
+        config_text(&dir.path().join("data"), &plugins(), ""),
+    )
+    .unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    // Nobody will read: the first write fails with EPIPE.
+    drop(reader);
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
+/// SIGHUP (what logrotate and habit send) neither stops the daemon nor goes unnoticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_logged_and_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = start_default(dir.path());
+    let pid = daemon.child.id().to_string();
+    ok(Command::new("kill").args(["-HUP", &pid]).output().unwrap());
+    let start = Instant::now();
+    while !std::fs::read_to_string(&daemon.log)
+        .unwrap()
+        .contains("SIGHUP received")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no log line for SIGHUP"
+        );
+        assert!(
+            daemon.child.try_wait().unwrap().is_none(),
+            "the daemon died of SIGHUP"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let id = submit(
+        &daemon.client(),
+        "smime",
+        "after-hup",
+        serde_json::json!({}),
+    )
+    .await;
+    let job = wait_job(&daemon.client(), &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(daemon.child.try_wait().unwrap().is_none());
+}
+
+/// Logs carry colour only for a terminal: written to a file (journald, a log collector) they
+/// are plain text.
+#[test]
+fn logs_to_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("certconn.toml");
+    std::fs::write(
+        &config,
+        config_text(&dir.path().join("data"), &plugins(), ""),
+    )
+    .unwrap();
+    let log = dir.path().join("human.log");
+    let mut child = Command::new(binary())
+        .args(["--log-format", "human", "serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("certconn is serving")
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI escapes in a log file:\n{text}"
+    );
+}
+
+/// `submit` says which job it made before it waits; if the daemon goes away while it waits, it
+/// says how to fetch the result later — and `jobs result` does, once the daemon is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_submit_names_its_job_and_jobs_result_fetches_it_later() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    // A CA that takes 3 s, so the daemon can be stopped while the client waits.
+    let ca = MockCa::start(3000);
+    let plugin_dir = plugin_dir_with(
+        dir.path(),
+        &[
+            (
+                test_plugins().join("vendor-template.wasm"),
+                "vendor-template",
+            ),
+            (plugins().join("local-ca.wasm"), "local-ca"),
+        ],
+    );
+    let extra = ca.backend("example", "");
+    let mut daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
+    let pfx = dir.path().join("later.pfx");
+    let mut submit = Command::new(binary())
+        .args([
+            "submit",
+            "issue",
+            "--profile",
+            "example",
+            "--subject",
+            "CN=later",
+            "--out",
+        ])
+        .arg(&pfx)
+        .env("CERTCONN_CONFIG", &daemon.config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(submit.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let id = first
+        .strip_prefix("job ")
+        .and_then(|r| r.split(':').next())
+        .unwrap_or_else(|| panic!("the first line names no job: {first:?}"))
+        .to_owned();
+    assert!(
+        first.contains("accepted; waiting for the result"),
+        "{first}"
+    );
+    daemon.kill9();
+    let out = submit.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("certconn jobs result {id} --out FILE")),
+        "{stderr}"
+    );
+    // The job was journaled: back up, it finishes, and its result can be fetched.
+    let daemon = Daemon::start(&daemon.config, &daemon.log);
+    let job = wait_job(&daemon.client(), &id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let shown = ok(daemon.cli(&["jobs", "show", &id]));
+    assert!(
+        shown.contains("state      succeeded")
+            && shown.contains("served by  vendor-template")
+            && shown.contains(&format!("certconn jobs result {id} --out FILE")),
+        "{shown}"
+    );
+    let fetched = ok(daemon.cli(&["jobs", "result", &id, "--out", pfx.to_str().unwrap()]));
+    let password = shown_password(&fetched);
+    openssl_pkcs12_info(&pfx, &password);
+    // Handed out once: a second fetch writes the PFX but has no password to show.
+    let again = ok(daemon.cli(&["jobs", "result", &id, "--out", pfx.to_str().unwrap()]));
+    assert!(again.contains("already handed out"), "{again}");
+}
+
+/// A subject written the way OpenSSL prints it, or with ';', is refused with the RFC 4514
+/// spelling to use; `--subject` beside a CSR says it replaces the CSR's subject.
+#[test]
+fn subjects_get_a_hint_and_an_override_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_default(dir.path());
+    for (given, hint) in [
+        ("/O=Example/CN=dev", "\"CN=dev,O=Example\""),
+        ("cn=dev;o=Example", "\"cn=dev,o=Example\""),
+    ] {
+        let out = daemon.cli(&["submit", "issue", "--profile", "smime", "--subject", given]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(hint),
+            "{given}: {stderr}"
+        );
+    }
+    let key = dir.path().join("d.key");
+    let csr = dir.path().join("d.csr");
+    run_ok(Command::new("openssl").args([
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=from-the-csr",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+    ]));
+    let out = daemon.cli(&[
+        "submit",
+        "issue",
+        "--profile",
+        "smime",
+        "--csr",
+        csr.to_str().unwrap(),
+        "--subject",
+        "CN=override",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("replaces the CSR's own subject \"CN=from-the-csr\""),
+        "{stderr}"
+    );
+}

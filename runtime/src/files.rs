@@ -162,6 +162,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileErro
     Ok(())
 }
 
+/// Removes a file that held a secret: its bytes are overwritten with zeros in place and synced
+/// before it is unlinked, so the blocks it used do not keep the secret on a filesystem that
+/// writes in place (a copy-on-write filesystem, a snapshot or a backup may still hold it). A
+/// file that is already gone is not an error.
+pub fn overwrite_and_remove(path: &Path) -> Result<(), FileError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path);
+    let mut file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let len = file.metadata().map_err(io(path))?.len();
+    let zeros = [0u8; 4096];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n]).map_err(io(path))?;
+        left -= n as u64;
+    }
+    file.sync_all().map_err(io(path))?;
+    drop(file);
+    fs::remove_file(path).map_err(io(path))
+}
+
 /// Creates `dir` (and its parents) with mode 0700 when missing, then checks it as
 /// [`check_trusted_dir`] does.
 pub fn private_dir(dir: &Path) -> Result<(), FileError> {
@@ -220,6 +247,23 @@ mod tests {
 
     fn chmod(path: &Path, mode: u32) {
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_removed_secret_leaves_zeros_behind_not_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        fs::write(&path, vec![0x5a; 10_000]).unwrap();
+        // A second name for the same inode shows what the removal left in its blocks.
+        let other = dir.path().join("other-name");
+        fs::hard_link(&path, &other).unwrap();
+        overwrite_and_remove(&path).unwrap();
+        assert!(!path.exists());
+        assert_eq!(fs::read(&other).unwrap(), vec![0u8; 10_000]);
+        // Gone already: nothing to do. A link is not followed.
+        overwrite_and_remove(&path).unwrap();
+        std::os::unix::fs::symlink(&other, &path).unwrap();
+        assert!(overwrite_and_remove(&path).is_err());
     }
 
     #[test]

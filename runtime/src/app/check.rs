@@ -1,9 +1,10 @@
-//! `certconn check-config`: every check `serve` makes before it serves that needs neither the
-//! network nor the data directory, so an administrator can trust a config before a restart —
+//! `certconn check-config`: every check `serve` makes before it serves that needs no network
+//! and changes nothing, so an administrator can trust a config before a restart —
 //! the secrets it names are readable (and private), the key-encryption key and the PKCS#11 token
 //! open, every plugin file exists, compiles, links against its contract and accepts its
 //! settings with the keys it is granted, and what a plugin's manifest asks beyond its grant is
-//! said. It writes nothing outside a temporary directory: keys are made fresh there (as the
+//! said. It reads the data directory (the API token, the journal's schema version) but writes
+//! nothing outside a temporary directory: keys are made fresh there (as the
 //! conformance kit does), plugins compiled there. Health checks are left out (they call CAs).
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
+    /// Nothing found that would stop `serve` or leave a backend out.
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
     }

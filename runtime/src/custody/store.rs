@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use super::kek::{self, Kek};
 use super::pkcs11::Token;
 use super::{CustodyConfig, CustodyError, KeyAlgorithm, PrivateKey};
-use crate::files::{self, write_atomic};
+use crate::files::{self, overwrite_and_remove, write_atomic};
 use certconn_x509::pem;
 
 /// A key with the certificates that belong to it.
@@ -335,11 +335,8 @@ impl KeyStore {
             token.destroy(&record_id(&record_path, &record)?)?;
         }
         keys.remove(name);
-        for file in [
-            format!("{name}.key"),
-            format!("{name}.p11"),
-            format!("{name}.chain.pem"),
-        ] {
+        overwrite_and_remove(&self.dir.join(format!("{name}.key")))?;
+        for file in [format!("{name}.p11"), format!("{name}.chain.pem")] {
             let path = self.dir.join(file);
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -437,13 +434,9 @@ impl KeyStore {
             let _ = token.destroy(&id);
             return Err(e.into());
         }
-        // The software copy goes: overwritten first, then unlinked (a backup of the file, or a
-        // copy-on-write filesystem, still holds it: the command says so).
+        // The software copy goes (a backup of the file still holds it: the command says so).
         let key_path = self.dir.join(format!("{name}.key"));
-        if let Ok(meta) = fs::metadata(&key_path) {
-            let _ = write_atomic(&key_path, &vec![0u8; meta.len() as usize], 0o600);
-        }
-        fs::remove_file(&key_path).map_err(io(&key_path))?;
+        overwrite_and_remove(&key_path)?;
         let stored = Arc::new(StoredKey {
             name: name.into(),
             key: moved,

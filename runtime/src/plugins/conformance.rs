@@ -508,14 +508,6 @@ pub async fn run(config: KitConfig<'_>, options: &KitOptions) -> Result<Report, 
     Ok(report)
 }
 
-fn joined(errors: &[super::SettingError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// Settings a backend must refuse, each with the field it must name.
 async fn configure_refusals(kit: &Kit, schema: Option<&Value>, report: &mut Report) {
     let expect = |e: &Result<LoadedBackend, PluginError>, field: &str| -> (Verdict, String) {
@@ -527,11 +519,14 @@ async fn configure_refusals(kit: &Kit, schema: Option<&Value>, report: &mut Repo
             Err(PluginError::Config { errors, .. })
                 if errors.iter().any(|x| x.to_string().contains(field)) =>
             {
-                (Verdict::Pass, joined(errors))
+                (Verdict::Pass, super::join(errors))
             }
             Err(PluginError::Config { errors, .. }) => (
                 Verdict::Warn,
-                format!("refused, but without naming {field:?}: {}", joined(errors)),
+                format!(
+                    "refused, but without naming {field:?}: {}",
+                    super::join(errors)
+                ),
             ),
             Err(other) => (
                 Verdict::Fail,

@@ -75,7 +75,8 @@ impl std::fmt::Display for SettingError {
     }
 }
 
-fn join(errors: &[SettingError]) -> String {
+/// Several settings errors on one line, as the journal and the CLI show them.
+pub(crate) fn join(errors: &[SettingError]) -> String {
     errors
         .iter()
         .map(ToString::to_string)

@@ -17,5 +17,6 @@ pub mod journal;
 pub mod pki;
 pub mod plugins;
 pub mod report;
+pub mod revocation;
 pub mod secret;
 pub mod sources;

@@ -20,6 +20,18 @@ pub fn chain(error: &dyn Error) -> String {
     out
 }
 
+/// A time in unix milliseconds as people read it: UTC, RFC 3339, whole seconds. `-` when it
+/// is out of range.
+pub fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

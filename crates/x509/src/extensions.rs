@@ -2,12 +2,17 @@
 
 use core::str::FromStr;
 
+use const_oid::db::rfc5912::{ID_AD_CA_ISSUERS, ID_AD_OCSP};
+use const_oid::db::rfc6960::ID_PKIX_OCSP_NOCHECK;
 use der::asn1::{Ia5String, ObjectIdentifier, OctetString, Utf8StringRef};
 use der::{Decode, Encode};
+use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+use x509_cert::ext::pkix::name::DistributionPointName;
 use x509_cert::ext::pkix::name::{GeneralName, OtherName};
 use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
-    SubjectAltName as SanExtension, SubjectKeyIdentifier,
+    AccessDescription, AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, BasicConstraints,
+    CrlDistributionPoints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName as SanExtension,
+    SubjectKeyIdentifier,
 };
 use x509_cert::ext::{AsExtension, Extension};
 use x509_cert::name::Name;
@@ -269,6 +274,61 @@ pub fn authority_key_identifier(id: &[u8], subject: &Name) -> Result<Extension> 
         },
         subject,
     )
+}
+
+/// `cRLDistributionPoints`: one distribution point per URL (each a full name), in order.
+pub fn crl_distribution_points(urls: &[String], subject: &Name) -> Result<Extension> {
+    let points = urls
+        .iter()
+        .map(|u| {
+            Ok(DistributionPoint {
+                distribution_point: Some(DistributionPointName::FullName(vec![uri(u)?])),
+                reasons: None,
+                crl_issuer: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    extension(&CrlDistributionPoints(points), subject)
+}
+
+/// `authorityInfoAccess` with OCSP responders and the URLs where the issuer's certificate is.
+pub fn authority_info_access(
+    ocsp: &[String],
+    ca_issuers: &[String],
+    subject: &Name,
+) -> Result<Extension> {
+    let describe = |method: ObjectIdentifier, urls: &[String]| {
+        urls.iter()
+            .map(move |u| {
+                Ok(AccessDescription {
+                    access_method: method,
+                    access_location: uri(u)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    let mut all = describe(ID_AD_OCSP, ocsp)?;
+    all.extend(describe(ID_AD_CA_ISSUERS, ca_issuers)?);
+    extension(&AuthorityInfoAccessSyntax(all), subject)
+}
+
+/// `id-pkix-ocsp-nocheck` (RFC 6960 §4.2.2.2.1): a delegated OCSP responder's certificate is
+/// not itself checked for revocation (it is short-lived instead).
+pub fn ocsp_no_check() -> Result<Extension> {
+    Ok(Extension {
+        extn_id: ID_PKIX_OCSP_NOCHECK,
+        critical: false,
+        extn_value: OctetString::new(der::asn1::Null.to_der()?)?,
+    })
+}
+
+fn uri(url: &str) -> Result<GeneralName> {
+    if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("ldap://")) {
+        return Err(Error::Invalid(format!(
+            "{url:?} is not an http://, https:// or ldap:// URL"
+        )));
+    }
+    Ok(GeneralName::UniformResourceIdentifier(Ia5String::new(url)?))
 }
 
 /// The subject alternative names a CSR asks for in its extensionRequest attribute.

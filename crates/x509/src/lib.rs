@@ -9,6 +9,7 @@
 
 pub mod algorithm;
 pub mod ber;
+pub mod crl;
 pub mod dn;
 pub mod extensions;
 pub mod facts;

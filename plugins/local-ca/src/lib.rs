@@ -45,6 +45,18 @@ pub struct Config {
     /// else the built-in default (digital_signature + key_encipherment, client_auth).
     #[serde(default)]
     pub profiles: BTreeMap<String, Profile>,
+    /// Where relying parties fetch this CA's CRL (cRLDistributionPoints of every certificate):
+    /// the URL at which certconn serves it (`http://HOST:PORT/pki/NAME/crl` with
+    /// `[revocation.cas.NAME]`), or where you publish `crl_dir`'s copy.
+    #[serde(default)]
+    pub crl_urls: Vec<String>,
+    /// OCSP responders (authorityInfoAccess), e.g. `http://HOST:PORT/pki/NAME/ocsp`.
+    #[serde(default)]
+    pub ocsp_urls: Vec<String>,
+    /// Where this CA's certificate is (authorityInfoAccess caIssuers), e.g.
+    /// `http://HOST:PORT/pki/NAME/ca.crt`.
+    #[serde(default)]
+    pub ca_issuers_urls: Vec<String>,
 }
 
 /// What a certificate issued under one profile contains.
@@ -92,6 +104,9 @@ const SCHEMA: &str = r#"{
     "default_validity_days": {"type": "integer", "minimum": 1, "default": 365},
     "max_validity_days": {"type": "integer", "minimum": 1, "default": 825},
     "min_rsa_bits": {"type": "integer", "minimum": 2048, "default": 2048},
+    "crl_urls": {"type": "array", "items": {"type": "string", "description": "http(s):// or ldap:// URL of this CA's CRL"}},
+    "ocsp_urls": {"type": "array", "items": {"type": "string", "description": "http(s):// URL of an OCSP responder for this CA"}},
+    "ca_issuers_urls": {"type": "array", "items": {"type": "string", "description": "http(s):// URL of this CA's certificate"}},
     "profiles": {"type": "object", "additionalProperties": {
       "type": "object", "required": ["key_usage"], "additionalProperties": false,
       "properties": {
@@ -133,6 +148,23 @@ impl Backend for LocalCa {
         }
         if c.min_rsa_bits < 2048 {
             errors.push(error::field("min_rsa_bits", "must be at least 2048"));
+        }
+        for (field, urls) in [
+            ("crl_urls", &c.crl_urls),
+            ("ocsp_urls", &c.ocsp_urls),
+            ("ca_issuers_urls", &c.ca_issuers_urls),
+        ] {
+            for (i, url) in urls.iter().enumerate() {
+                let scheme_ok = url.starts_with("http://")
+                    || url.starts_with("https://")
+                    || (field == "crl_urls" && url.starts_with("ldap://"));
+                if !scheme_ok || !url.is_ascii() || url.contains(char::is_whitespace) {
+                    errors.push(error::field(
+                        format!("{field}[{i}]"),
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    ));
+                }
+            }
         }
         for (name, p) in &c.profiles {
             if p.key_usage.is_empty() {
@@ -240,6 +272,15 @@ impl Backend for LocalCa {
         if let Some(aki) = subject_key_identifier_of(&ca) {
             exts.push(extensions::authority_key_identifier(&aki, &subject).map_err(enc)?);
         }
+        if !c.crl_urls.is_empty() {
+            exts.push(extensions::crl_distribution_points(&c.crl_urls, &subject).map_err(enc)?);
+        }
+        if !(c.ocsp_urls.is_empty() && c.ca_issuers_urls.is_empty()) {
+            exts.push(
+                extensions::authority_info_access(&c.ocsp_urls, &c.ca_issuers_urls, &subject)
+                    .map_err(enc)?,
+            );
+        }
 
         let template = CertificateTemplate {
             serial: host::random_bytes(16),
@@ -263,6 +304,8 @@ impl Backend for LocalCa {
         Ok(IssuedCertificate { certificate, chain })
     }
 
+    /// The host's ledger is this CA's database and `[revocation]` publishes it (CRL, OCSP):
+    /// revoking here only checks the serial.
     fn revoke(_c: &Config, request: RevokeRequest) -> Result<(), BackendError> {
         let serial = request.serial.trim();
         if serial.is_empty() || serial.len() > 42 || !serial.bytes().all(|b| b.is_ascii_hexdigit())

@@ -11,6 +11,7 @@ use crate::custody::{CustodyConfig, KeyConfig};
 use crate::jobs::{JobsConfig, ProfileConfig};
 use crate::pki::pkcs12::PfxConfig;
 use crate::plugins::{BackendConfig, EngineLimits, PluginsConfig};
+use crate::revocation::RevocationConfig;
 use crate::sources::api::ApiConfig;
 use crate::sources::scep::ScepConfig;
 
@@ -43,6 +44,9 @@ pub struct Config {
     pub profiles: BTreeMap<String, ProfileConfig>,
     /// certconn's own SCEP server, served on the API listener at `/scep`. Off when absent.
     pub scep: Option<ScepConfig>,
+    /// CRLs and OCSP for CAs whose key certconn holds, served on the API listener at `/pki/`.
+    /// Off when absent.
+    pub revocation: Option<RevocationConfig>,
     #[serde(skip)]
     pub source_path: PathBuf,
     /// The file as read, to point at a line when a plugin refuses a setting.
@@ -116,6 +120,18 @@ impl Config {
             }
         }
         self.check_lease(cx)?;
+        if let Some(rev) = &self.revocation {
+            rev.check(cx)?;
+            for (name, ca) in &rev.cas {
+                if !self.keys.contains_key(ca.key.get_ref()) {
+                    return Err(cx.at(
+                        ca.key.span(),
+                        format!("revocation.cas.{name}.key"),
+                        format!("key {:?} is not declared in [keys]", ca.key.get_ref()),
+                    ));
+                }
+            }
+        }
         if let Some(scep) = &self.scep {
             scep.check(cx)?;
             if !self.profiles.contains_key(scep.profile.get_ref()) {

@@ -23,6 +23,7 @@ use crate::custody::{CustodyError, KeyStore};
 use crate::jobs::{Intake, Scheduler, StepSettings, Steps};
 use crate::journal::{Journal, JournalError, SqliteJournal};
 use crate::plugins::{PluginEngine, PluginError, Registry};
+use crate::revocation::Publisher;
 use crate::sources::api::server::ApiState;
 use crate::sources::api::token::{self, TokenError};
 use crate::sources::scep::{Ra, RaError, RaPorts};
@@ -45,6 +46,8 @@ pub enum StartError {
     Fips(String),
     #[error("SCEP server")]
     Scep(#[from] RaError),
+    #[error("publishing revocation")]
+    Revocation(#[from] crate::revocation::PublishError),
     #[error("{}", render_settings(path, backend, problems))]
     Settings {
         path: std::path::PathBuf,
@@ -122,6 +125,10 @@ pub enum ServeError {
     Scheduler(#[source] tokio::task::JoinError),
 }
 
+/// How often the revocation publisher looks at the ledger: the longest a revocation waits
+/// for its CRL (plus `after_revoke_seconds`). The look is one indexed query per CA.
+const PUBLISH_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A started connector: everything opened and wired, nothing running yet.
 pub struct App {
     pub config: Config,
@@ -135,6 +142,8 @@ pub struct App {
     pub scheduler: Arc<Scheduler>,
     /// The SCEP server's RA, when `[scep]` is configured.
     pub scep: Option<Arc<Ra>>,
+    /// CRLs and OCSP, when `[revocation]` is configured.
+    pub revocation: Option<Arc<Publisher>>,
     _lock: std::fs::File,
 }
 
@@ -192,6 +201,7 @@ impl App {
         ));
         let intake = Arc::new(Intake::new(
             journal.clone(),
+            journal.clone(),
             config.profiles.keys().cloned(),
             config.backends.keys().cloned(),
             custody,
@@ -212,6 +222,12 @@ impl App {
             )?)),
             None => None,
         };
+        let revocation = match &config.revocation {
+            Some(rc) => Some(Arc::new(
+                Publisher::open(rc, keys.clone(), journal.clone()).await?,
+            )),
+            None => None,
+        };
         tracing::debug!(journal = %journal.location(), schema = journal.schema_version(), %instance, "opened");
         Ok(Self {
             config,
@@ -223,6 +239,7 @@ impl App {
             intake,
             scheduler,
             scep,
+            revocation,
             _lock: lock,
         })
     }
@@ -237,9 +254,15 @@ impl App {
             keys: self.keys.clone(),
             fips: self.fips.clone(),
             scep: self.scep.clone(),
+            ledger: self.journal.clone(),
+            revocation: self.revocation.clone(),
             token,
             max_body_bytes: self.config.api.max_body_bytes,
         });
+        let api = match &self.revocation {
+            Some(p) => crate::revocation::http::routes(p.clone()).merge(api),
+            None => api,
+        };
         match &self.scep {
             Some(ra) => crate::sources::scep::http::routes(ra.clone()).merge(api),
             None => api,
@@ -290,6 +313,9 @@ impl App {
         tracing::info!(api = %bound, token_file = %token_path.display(), backends = self.registry.instances().count(), "certconn is serving");
 
         let scheduler = tokio::spawn(self.scheduler.clone().run(shutdown.clone()));
+        if let Some(p) = &self.revocation {
+            tokio::spawn(p.clone().run(PUBLISH_TICK, shutdown.clone()));
+        }
         let watcher = self.run_plugin_watcher(shutdown.clone());
         let mut api_stop = shutdown.clone();
         let api = axum::serve(listener, self.router(token)).with_graceful_shutdown(async move {

@@ -80,7 +80,7 @@ pub enum Submit {
     },
 }
 
-fn parse_reason(s: &str) -> Result<RevocationReason, String> {
+pub(super) fn parse_reason(s: &str) -> Result<RevocationReason, String> {
     serde_json::from_value(json!(s)).map_err(|_| {
         format!("unknown reason {s:?}: expected unspecified, key-compromise, ca-compromise, affiliation-changed, superseded, cessation-of-operation, certificate-hold or privilege-withdrawn")
     })
@@ -330,15 +330,7 @@ fn write_issue_result(id: &str, answer: &Value, out: Option<&Path>) -> anyhow::R
 /// A time the daemon gives in unix milliseconds, as people read it (UTC, RFC 3339).
 fn when(ms: &Value) -> String {
     ms.as_i64()
-        .and_then(|ms| {
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-        })
-        .and_then(|t| {
-            t.replace_nanosecond(0)
-                .ok()?
-                .format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .map(certconn::report::rfc3339_ms)
         .unwrap_or_else(|| "-".into())
 }
 
@@ -548,6 +540,24 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
             jobs.join(", ")
         }
     );
+    for ca in health["revocation"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        println!(
+            "CA {}: CRL #{} ({} revoked) until {}, OCSP {}{}",
+            ca["name"].as_str().unwrap_or("?"),
+            ca["crl_number"],
+            ca["revoked"],
+            ca["next_update"].as_str().unwrap_or("?"),
+            ca["ocsp"].as_str().unwrap_or("?"),
+            ca["responder_not_after"]
+                .as_str()
+                .map(|t| format!(" (responder certificate until {t})"))
+                .unwrap_or_default()
+        );
+    }
     println!(
         "FIPS: policy {}, module built {}, active {}, self-test {}",
         if fips["policy"].as_bool() == Some(true) {

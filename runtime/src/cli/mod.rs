@@ -1,6 +1,7 @@
 //! The `certconn` command line. Library errors become one readable report here, with the
 //! chain of causes; the exit status is 1 for errors and 2 for usage mistakes (clap's).
 
+mod certs;
 mod client_cmds;
 mod keys;
 mod pfx;
@@ -77,6 +78,11 @@ pub enum Command {
     Pfx {
         #[command(subcommand)]
         what: pfx::Pfx,
+    },
+    /// The certificates certconn issued and revoked (the ledger), and audited reason changes.
+    Certs {
+        #[command(subcommand)]
+        what: certs::Certs,
     },
     /// certconn's SCEP server: mint one-time challenge passwords.
     Scep {
@@ -161,6 +167,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Status { json } => client_cmds::status(&config, json).await,
             Command::Plugins { what } => plugins::run(&config, what).await,
             Command::Scep { what } => client_cmds::scep(&config, what).await,
+            Command::Certs { what } => certs::certs(&config, what).await,
             Command::Keys { what } => keys::run(&config, what),
             Command::Pfx { what } => pfx::run(&config, what).await,
             Command::CheckConfig { syntax_only } => check_config(&config, syntax_only).await,

@@ -11,7 +11,7 @@ use x509_cert::request::CertReq;
 use super::model::{ImportJob, IssueJob, RevokeJob};
 use super::ports::Custody;
 use crate::crypto::provider;
-use crate::journal::{JobKind, JobRecord, JobStore, JournalError, NewJob};
+use crate::journal::{JobKind, JobRecord, JobStore, JournalError, Ledger, NewJob};
 use crate::pki::{cms, pem};
 use certconn_x509::{PublicKeyKind, SignatureScheme, SignedParts, SubjectAltName};
 
@@ -24,6 +24,16 @@ pub enum SubmitError {
     #[error("the request was not stored")]
     Journal(#[from] JournalError),
     #[error(
+        "certificate {serial} was already revoked at {at} (reason {reason}); to change the \
+         reason, use `certconn certs set-reason {serial} REASON`"
+    )]
+    AlreadyRevoked {
+        serial: String,
+        /// RFC 3339.
+        at: String,
+        reason: String,
+    },
+    #[error(
         "job {id} is an import that ended: its PFX and encrypted password were erased; submit \
          it again (certconn pfx import …) with the password to use now"
     )]
@@ -33,21 +43,25 @@ pub enum SubmitError {
 /// Validates requests and journals them: the one door into the job queue.
 pub struct Intake {
     store: Arc<dyn JobStore>,
+    ledger: Arc<dyn Ledger>,
     profiles: BTreeSet<String>,
     backends: BTreeSet<String>,
     custody: Arc<dyn Custody>,
 }
 
 impl Intake {
-    /// Requests may name `profiles`; revocations may name `backends`.
+    /// Requests may name `profiles`; revocations may name `backends` and are checked against
+    /// the `ledger`.
     pub fn new(
         store: Arc<dyn JobStore>,
+        ledger: Arc<dyn Ledger>,
         profiles: impl IntoIterator<Item = String>,
         backends: impl IntoIterator<Item = String>,
         custody: Arc<dyn Custody>,
     ) -> Self {
         Self {
             store,
+            ledger,
             profiles: profiles.into_iter().collect(),
             backends: backends.into_iter().collect(),
             custody,
@@ -81,18 +95,47 @@ impl Intake {
             .await
     }
 
-    /// Validates and journals a revocation.
+    /// Validates and journals a revocation. A serial the ledger does not know is refused unless
+    /// the request names the backend to revoke it at (a certificate that CA issued before or
+    /// outside certconn); a serial already revoked is refused with when and why, unless this is
+    /// the same request again (its idempotency key), which returns its job.
     pub async fn submit_revoke(
         &self,
         source: &str,
         idempotency_key: &str,
         req: &RevokeJob,
     ) -> Result<(JobRecord, bool), SubmitError> {
-        req.normalized_serial()
+        let serial = req
+            .normalized_serial()
             .map_err(|e| bad("serial", e.to_string()))?;
         if let Some(b) = &req.backend {
             if !self.backends.contains(b) {
                 return Err(bad("backend", format!("no backend named {b:?}")).into());
+            }
+        }
+        if let Some(job) = self.store.find(source, idempotency_key).await? {
+            return Ok((job, false));
+        }
+        match (self.ledger.certificate(&serial).await?, &req.backend) {
+            (Some(entry), _) => {
+                if let Some((at, reason)) = entry.revoked {
+                    return Err(SubmitError::AlreadyRevoked {
+                        serial,
+                        at: crate::report::rfc3339_ms(at),
+                        reason,
+                    });
+                }
+            }
+            (None, Some(_)) => {}
+            (None, None) => {
+                return Err(bad(
+                    "serial",
+                    format!(
+                        "certconn issued no certificate with serial {serial}; to revoke one a CA \
+                         issued outside certconn, name the backend to revoke it at"
+                    ),
+                )
+                .into())
             }
         }
         self.journal(source, idempotency_key, JobKind::Revoke, req)
@@ -340,6 +383,7 @@ mod tests {
         );
         let intake = Intake::new(
             journal.clone(),
+            journal.clone(),
             ["smime".to_owned()],
             ["local".to_owned()],
             Arc::new(custody),
@@ -454,6 +498,16 @@ mod tests {
                 .await
                 .field,
             "serial"
+        );
+        let never_issued = RevokeJob {
+            serial: "0b".into(),
+            ..revoke
+        };
+        let e = refused(intake.submit_revoke("api", "r", &never_issued).await).await;
+        assert_eq!(e.field, "serial");
+        assert!(
+            e.message.contains("issued no certificate with serial 0b"),
+            "{e}"
         );
         assert!(
             journal.list(None, 100).await.unwrap().is_empty(),

@@ -36,6 +36,8 @@ macro_rules! journal_behaviour_tests {
             wait_settled_gives_up_after_its_time,
             ending_a_job_can_erase_its_request,
             the_ledger_records_issue_and_revocation,
+            the_ledger_lists_what_a_crl_and_an_admin_need,
+            crl_numbers_only_grow,
             a_one_time_challenge_works_once_and_not_after_expiry,
             a_replayed_value_is_refused_within_the_window,
             enqueue_wakes_a_waiting_worker,
@@ -388,6 +390,150 @@ pub(crate) async fn the_ledger_records_issue_and_revocation(f: &dyn Factory) {
         .revoked
         .unwrap();
     assert_eq!(reason, "key-compromise");
+}
+
+async fn issue_and_revoke(
+    j: &dyn Journal,
+    serial: &str,
+    issuer: &[u8],
+    not_after: i64,
+    reason: Option<&str>,
+) {
+    enqueue(j, &format!("issue-{serial}")).await;
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    let issued = IssuedRecord {
+        backend: "b".into(),
+        serial: serial.into(),
+        issuer_der: issuer.to_vec(),
+        not_after,
+        certificate_der: vec![0x30, 0x00],
+    };
+    let completion = Completion {
+        issued: Some(&issued),
+        ..done("{}")
+    };
+    assert!(j.complete(&held.lease, completion).await.unwrap());
+    if let Some(reason) = reason {
+        enqueue(j, &format!("revoke-{serial}")).await;
+        let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+        let revocation = Revocation {
+            backend: "b".into(),
+            serial: serial.into(),
+            reason: reason.into(),
+        };
+        let completion = Completion {
+            revoked: Some(&revocation),
+            ..done("{}")
+        };
+        assert!(j.complete(&held.lease, completion).await.unwrap());
+    }
+}
+
+pub(crate) async fn the_ledger_lists_what_a_crl_and_an_admin_need(f: &dyn Factory) {
+    let j = f.open("a");
+    let (ca1, ca2) = ([0x30, 0x01, 1], [0x30, 0x01, 2]);
+    let empty = j.revocation_mark(&ca1).await.unwrap();
+    issue_and_revoke(&*j, "01", &ca1, 2_000, Some("key-compromise")).await;
+    issue_and_revoke(&*j, "02", &ca1, 1_000, None).await;
+    issue_and_revoke(&*j, "03", &ca2, 3_000, Some("superseded")).await;
+    issue_and_revoke(&*j, "04", &ca1, 4_000, None).await;
+
+    let all = j
+        .certificates(&LedgerQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let serials: Vec<&str> = all.iter().map(|e| e.serial.as_str()).collect();
+    assert_eq!(serials, ["02", "01", "03", "04"], "soonest expiry first");
+    let revoked = j
+        .certificates(&LedgerQuery {
+            revoked: true,
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(revoked.len(), 2);
+    let expiring = j
+        .certificates(&LedgerQuery {
+            expiring_before: Some(2_500),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        expiring
+            .iter()
+            .map(|e| e.serial.as_str())
+            .collect::<Vec<_>>(),
+        ["02"],
+        "revoked certificates are not 'expiring'"
+    );
+    let of_ca1 = j
+        .certificates(&LedgerQuery {
+            issuer_der: Some(ca1.to_vec()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(of_ca1.len(), 1, "the limit holds");
+
+    let crl = j.revocations(&ca1).await.unwrap();
+    assert_eq!(crl.len(), 1);
+    assert_eq!(
+        (crl[0].serial.as_str(), crl[0].reason.as_str()),
+        ("01", "key-compromise")
+    );
+    let mark = j.revocation_mark(&ca1).await.unwrap();
+    assert_ne!(mark, empty, "a revocation changes the mark");
+
+    let change = ReasonChange {
+        backend: "b".into(),
+        serial: "01".into(),
+        old_reason: "key-compromise".into(),
+        new_reason: "superseded".into(),
+        changed_by: "test".into(),
+        changed_at: 5,
+    };
+    j.change_reason(&change).await.unwrap();
+    assert_eq!(j.revocations(&ca1).await.unwrap()[0].reason, "superseded");
+    assert_ne!(
+        j.revocation_mark(&ca1).await.unwrap(),
+        mark,
+        "a reason change changes the mark"
+    );
+    assert_eq!(
+        j.reason_changes(10).await.unwrap(),
+        std::slice::from_ref(&change)
+    );
+    // The old reason no longer matches: a stale change is refused, as is a serial not revoked.
+    assert!(matches!(
+        j.change_reason(&change).await,
+        Err(JournalError::NotRevoked { .. })
+    ));
+    let not_revoked = ReasonChange {
+        serial: "02".into(),
+        old_reason: String::new(),
+        ..change
+    };
+    assert!(matches!(
+        j.change_reason(&not_revoked).await,
+        Err(JournalError::NotRevoked { .. })
+    ));
+    assert_eq!(j.reason_changes(10).await.unwrap().len(), 1);
+}
+
+pub(crate) async fn crl_numbers_only_grow(f: &dyn Factory) {
+    let a = f.open("a");
+    let b = f.open("b");
+    assert_eq!(a.next_crl_number("ca").await.unwrap(), 1);
+    assert_eq!(b.next_crl_number("ca").await.unwrap(), 2);
+    assert_eq!(a.next_crl_number("other").await.unwrap(), 1);
+    assert_eq!(a.next_crl_number("ca").await.unwrap(), 3);
 }
 
 pub(crate) async fn a_one_time_challenge_works_once_and_not_after_expiry(f: &dyn Factory) {

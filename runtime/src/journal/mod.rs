@@ -27,8 +27,8 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 pub use record::{
-    Completion, IssuedRecord, JobKind, JobRecord, JobState, Lease, Leased, LedgerEntry, NewJob,
-    Revocation, StoredResult,
+    Completion, IssuedRecord, JobKind, JobRecord, JobState, Lease, Leased, LedgerEntry,
+    LedgerQuery, NewJob, ReasonChange, Revocation, RevocationMark, RevokedSerial, StoredResult,
 };
 pub use sqlite::SqliteJournal;
 
@@ -49,6 +49,8 @@ pub enum JournalError {
     Corrupt { id: String, reason: String },
     #[error("job {0} not found")]
     NotFound(String),
+    #[error("certificate {serial} of backend {backend:?} is not revoked in the ledger")]
+    NotRevoked { backend: String, serial: String },
     #[error("job {id} is {state}; only failed or dead jobs can be retried")]
     NotRetryable { id: String, state: &'static str },
     #[error(
@@ -182,6 +184,32 @@ pub trait Ledger: Send + Sync {
     async fn certificate(&self, serial: &str) -> Result<Option<LedgerEntry>, JournalError>;
 }
 
+/// The ledger as administrators and relying parties see it: listings, the revocations a CRL
+/// lists, CRL numbers, and audited reason changes. Separate from [`Ledger`] so that the job
+/// steps, which only look a serial up, depend on no more than that.
+#[async_trait::async_trait]
+pub trait RevocationLedger: Ledger {
+    /// The certificates `query` selects, soonest expiry first.
+    async fn certificates(&self, query: &LedgerQuery) -> Result<Vec<LedgerEntry>, JournalError>;
+
+    /// Every revoked certificate of `issuer_der` (a DER Name), oldest revocation first: a CRL.
+    async fn revocations(&self, issuer_der: &[u8]) -> Result<Vec<RevokedSerial>, JournalError>;
+
+    /// A cheap summary of `issuer_der`'s revocations that changes whenever a CRL would.
+    async fn revocation_mark(&self, issuer_der: &[u8]) -> Result<RevocationMark, JournalError>;
+
+    /// The next cRLNumber of `ca`: one more than the last one handed out, durable before it is
+    /// returned, so numbers only grow even across crashes (a number may be skipped, never reused).
+    async fn next_crl_number(&self, ca: &str) -> Result<u64, JournalError>;
+
+    /// Changes the reason of a revoked certificate, recording who did it. Fails with
+    /// [`JournalError::NotRevoked`] when the serial is not a revoked certificate of `backend`.
+    async fn change_reason(&self, change: &ReasonChange) -> Result<(), JournalError>;
+
+    /// The reason changes, newest first.
+    async fn reason_changes(&self, limit: usize) -> Result<Vec<ReasonChange>, JournalError>;
+}
+
 /// SCEP one-time challenge passwords, kept only as digests.
 #[async_trait::async_trait]
 pub trait ChallengeStore: Send + Sync {
@@ -204,7 +232,7 @@ pub trait ReplayGuard: Send + Sync {
 }
 
 /// All of it: what the composition root opens and hands out in parts.
-pub trait Journal: JobStore + Outbox + Ledger + ChallengeStore + ReplayGuard {
+pub trait Journal: JobStore + Outbox + RevocationLedger + ChallengeStore + ReplayGuard {
     /// The schema version in use.
     fn schema_version(&self) -> i64;
     /// Where it is, for the log and status (never a password).

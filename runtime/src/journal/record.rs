@@ -190,3 +190,50 @@ pub struct StoredResult {
     /// The PFX password, the first time only.
     pub password: Option<Password>,
 }
+
+/// Which certificates a ledger listing returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerQuery {
+    /// Only revoked certificates.
+    pub revoked: bool,
+    /// Only certificates not revoked that expire before this time (seconds since the epoch).
+    pub expiring_before: Option<i64>,
+    pub backend: Option<String>,
+    /// Only certificates of this issuer (DER Name).
+    pub issuer_der: Option<Vec<u8>>,
+    /// At most this many, soonest expiry first.
+    pub limit: usize,
+}
+
+/// One line of a CRL: a revoked serial, without the certificate (a CRL may have 100 000).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedSerial {
+    /// Lowercase hex, as the ledger keys it.
+    pub serial: String,
+    /// Unix ms.
+    pub revoked_at: i64,
+    /// As the API names it (`key-compromise`).
+    pub reason: String,
+}
+
+/// What changed in the ledger's revocations of one issuer, cheaply: when it differs from the
+/// last one seen, a CRL must be made again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RevocationMark {
+    pub revoked: i64,
+    pub latest_revocation: i64,
+    pub latest_change: i64,
+}
+
+/// A revocation's reason changed by an operator: kept for audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReasonChange {
+    pub backend: String,
+    pub serial: String,
+    pub old_reason: String,
+    pub new_reason: String,
+    /// Who asked (the API's caller, the CLI's user).
+    pub changed_by: String,
+    /// Unix ms.
+    pub changed_at: i64,
+}

@@ -14,7 +14,7 @@ pub struct Migration {
 }
 
 /// The version a journal written by this binary is at.
-pub const CURRENT: i64 = 2;
+pub const CURRENT: i64 = 3;
 
 /// Every migration, oldest first.
 pub const MIGRATIONS: &[Migration] = &[
@@ -83,6 +83,27 @@ CREATE TABLE replay_window (
     PRIMARY KEY (scope, value)
 );
 CREATE INDEX replay_window_expiry ON replay_window (expires_at);
+"#,
+    },
+    Migration {
+        version: 3,
+        description: "published revocation: CRL numbers per CA, the audit of reason changes",
+        sqlite: r#"
+CREATE INDEX certificates_issuer_revoked ON certificates (issuer, revoked_at);
+CREATE INDEX certificates_not_after ON certificates (not_after);
+CREATE TABLE crl_numbers (
+    ca          TEXT PRIMARY KEY,
+    number      INTEGER NOT NULL
+);
+CREATE TABLE revocation_changes (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    backend     TEXT NOT NULL,
+    serial      TEXT NOT NULL,
+    old_reason  TEXT NOT NULL,
+    new_reason  TEXT NOT NULL,
+    changed_by  TEXT NOT NULL,
+    changed_at  INTEGER NOT NULL
+);
 "#,
     },
 ];

@@ -18,6 +18,7 @@ use super::record::*;
 use super::schema::{self, MIGRATIONS};
 use super::{
     millis, now_ms, ChallengeStore, JobStore, Journal, JournalError, Ledger, Outbox, ReplayGuard,
+    RevocationLedger,
 };
 use crate::crypto::provider;
 
@@ -650,6 +651,23 @@ impl Outbox for SqliteJournal {
     }
 }
 
+const LEDGER_COLUMNS: &str =
+    "backend, serial, job_id, issuer, not_after, certificate, revoked_at, revocation_reason";
+
+fn ledger_entry(r: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
+    let revoked_at: Option<i64> = r.get(6)?;
+    let reason: Option<String> = r.get(7)?;
+    Ok(LedgerEntry {
+        backend: r.get(0)?,
+        serial: r.get(1)?,
+        job_id: r.get(2)?,
+        issuer_der: r.get(3)?,
+        not_after: r.get(4)?,
+        certificate_der: r.get(5)?,
+        revoked: revoked_at.map(|t| (t, reason.unwrap_or_default())),
+    })
+}
+
 #[async_trait::async_trait]
 impl Ledger for SqliteJournal {
     async fn certificate(&self, serial: &str) -> Result<Option<LedgerEntry>, JournalError> {
@@ -658,24 +676,152 @@ impl Ledger for SqliteJournal {
             Ok(inner
                 .reader()
                 .query_row(
-                    "SELECT backend, serial, job_id, issuer, not_after, certificate, revoked_at, revocation_reason
-                     FROM certificates WHERE serial = ?1 LIMIT 1",
+                    &format!("SELECT {LEDGER_COLUMNS} FROM certificates WHERE serial = ?1 LIMIT 1"),
                     params![serial],
-                    |r| {
-                        let revoked_at: Option<i64> = r.get(6)?;
-                        let reason: Option<String> = r.get(7)?;
-                        Ok(LedgerEntry {
-                            backend: r.get(0)?,
-                            serial: r.get(1)?,
-                            job_id: r.get(2)?,
-                            issuer_der: r.get(3)?,
-                            not_after: r.get(4)?,
-                            certificate_der: r.get(5)?,
-                            revoked: revoked_at.map(|t| (t, reason.unwrap_or_default())),
-                        })
-                    },
+                    ledger_entry,
                 )
                 .optional()?)
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl RevocationLedger for SqliteJournal {
+    async fn certificates(&self, query: &LedgerQuery) -> Result<Vec<LedgerEntry>, JournalError> {
+        let q = query.clone();
+        self.blocking(move |inner| {
+            let conn = inner.reader();
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {LEDGER_COLUMNS} FROM certificates
+                 WHERE (?1 = 0 OR revoked_at IS NOT NULL)
+                   AND (?2 IS NULL OR (revoked_at IS NULL AND not_after < ?2))
+                   AND (?3 IS NULL OR backend = ?3)
+                   AND (?4 IS NULL OR issuer = ?4)
+                 ORDER BY not_after, serial LIMIT ?5"
+            ))?;
+            let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(
+                params![q.revoked, q.expiring_before, q.backend, q.issuer_der, limit],
+                ledger_entry,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn revocations(&self, issuer_der: &[u8]) -> Result<Vec<RevokedSerial>, JournalError> {
+        let issuer = issuer_der.to_vec();
+        self.blocking(move |inner| {
+            let conn = inner.reader();
+            let mut stmt = conn.prepare_cached(
+                "SELECT serial, revoked_at, revocation_reason FROM certificates
+                 WHERE issuer = ?1 AND revoked_at IS NOT NULL ORDER BY revoked_at, serial",
+            )?;
+            let rows = stmt.query_map(params![issuer], |r| {
+                Ok(RevokedSerial {
+                    serial: r.get(0)?,
+                    revoked_at: r.get(1)?,
+                    reason: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn revocation_mark(&self, issuer_der: &[u8]) -> Result<RevocationMark, JournalError> {
+        let issuer = issuer_der.to_vec();
+        self.blocking(move |inner| {
+            Ok(inner.reader().query_row(
+                "SELECT COUNT(revoked_at), COALESCE(MAX(revoked_at), 0),
+                        (SELECT COALESCE(MAX(id), 0) FROM revocation_changes)
+                 FROM certificates WHERE issuer = ?1 AND revoked_at IS NOT NULL",
+                params![issuer],
+                |r| {
+                    Ok(RevocationMark {
+                        revoked: r.get(0)?,
+                        latest_revocation: r.get(1)?,
+                        latest_change: r.get(2)?,
+                    })
+                },
+            )?)
+        })
+        .await
+    }
+
+    async fn next_crl_number(&self, ca: &str) -> Result<u64, JournalError> {
+        let ca = ca.to_owned();
+        self.blocking(move |inner| {
+            let mut conn = inner.writer();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let number: i64 = tx.query_row(
+                "INSERT INTO crl_numbers (ca, number) VALUES (?1, 1)
+                 ON CONFLICT (ca) DO UPDATE SET number = number + 1
+                 RETURNING number",
+                params![ca],
+                |r| r.get(0),
+            )?;
+            tx.commit()?;
+            Ok(u64::try_from(number).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn change_reason(&self, change: &ReasonChange) -> Result<(), JournalError> {
+        let c = change.clone();
+        self.blocking(move |inner| {
+            let mut conn = inner.writer();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let changed = tx.execute(
+                "UPDATE certificates SET revocation_reason = ?3
+                 WHERE backend = ?1 AND serial = ?2 AND revoked_at IS NOT NULL
+                   AND revocation_reason = ?4",
+                params![c.backend, c.serial, c.new_reason, c.old_reason],
+            )?;
+            if changed == 0 {
+                return Err(JournalError::NotRevoked {
+                    backend: c.backend,
+                    serial: c.serial,
+                });
+            }
+            tx.execute(
+                "INSERT INTO revocation_changes
+                   (backend, serial, old_reason, new_reason, changed_by, changed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    c.backend,
+                    c.serial,
+                    c.old_reason,
+                    c.new_reason,
+                    c.changed_by,
+                    c.changed_at
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reason_changes(&self, limit: usize) -> Result<Vec<ReasonChange>, JournalError> {
+        self.blocking(move |inner| {
+            let conn = inner.reader();
+            let mut stmt = conn.prepare_cached(
+                "SELECT backend, serial, old_reason, new_reason, changed_by, changed_at
+                 FROM revocation_changes ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok(ReasonChange {
+                    backend: r.get(0)?,
+                    serial: r.get(1)?,
+                    old_reason: r.get(2)?,
+                    new_reason: r.get(3)?,
+                    changed_by: r.get(4)?,
+                    changed_at: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }

@@ -118,6 +118,40 @@ pub fn ra_certificate(
     }
 }
 
+/// A delegated OCSP responder's certificate for `responder_key`, issued by the CA (`ca_key`,
+/// `ca_cert`): it may sign OCSP responses only (id-kp-OCSPSigning) and carries
+/// id-pkix-ocsp-nocheck, so it is kept short-lived and renewed instead of checked.
+pub fn ocsp_responder_certificate(
+    responder_key: &PrivateKey,
+    subject: &Name,
+    ca_key: &PrivateKey,
+    ca_cert: &[u8],
+    days: u32,
+) -> Result<Vec<u8>, PkiError> {
+    let ca = Certificate::from_der(ca_cert).map_err(PkiError::der("CA certificate"))?;
+    let mut exts = vec![
+        extensions::basic_constraints(false, None, subject)?,
+        extensions::key_usage(&[KeyUsageName::DigitalSignature], subject)?,
+        extensions::extended_key_usage(
+            &[certconn_x509::ExtendedKeyUsageName::OcspSigning],
+            subject,
+        )?,
+        extensions::ocsp_no_check()?,
+        extensions::subject_key_identifier(&key_id_of(responder_key)?, subject)?,
+    ];
+    if let Some(aki) = certconn_x509::extensions::subject_key_identifier_of(&ca) {
+        exts.push(extensions::authority_key_identifier(&aki, subject)?);
+    }
+    sign(
+        responder_key,
+        subject,
+        ca_key,
+        &ca.tbs_certificate.subject,
+        days,
+        |_| Ok(exts),
+    )
+}
+
 fn key_id_of(key: &PrivateKey) -> Result<Vec<u8>, PkiError> {
     let public_key = SubjectPublicKeyInfoOwned::from_der(key.public_key_der())
         .map_err(PkiError::der("public key"))?;

@@ -6,6 +6,7 @@ pub mod ca;
 pub mod cms;
 pub mod csr;
 pub mod issued;
+pub mod ocsp;
 pub mod pkcs12;
 
 /// PEM and distinguished names are shared with the plugins: see [`certconn_x509`].

@@ -22,6 +22,7 @@ mod pkcs11_custody;
 mod pkcs12_read;
 mod plugin_lifecycle;
 mod poison_job;
+mod revocation;
 mod routing;
 mod sandbox;
 mod scep_backend;

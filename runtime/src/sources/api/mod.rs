@@ -4,8 +4,10 @@
 //!
 //! - `token`: the API token file (created 0600 at first start).
 //! - `server`: routes and handlers.
+//! - `certificates`: the ledger for administrators.
 //! - `client`: what the CLI uses to talk to a running daemon.
 
+pub mod certificates;
 pub mod client;
 pub mod server;
 pub mod token;

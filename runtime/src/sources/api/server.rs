@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use super::certificates;
 use crate::crypto::fips::FipsStatus;
 use crate::crypto::provider;
 use crate::custody::{KeyAlgorithm, KeyStore};
@@ -24,9 +25,10 @@ use crate::jobs::model::{
     RevokeJob,
 };
 use crate::jobs::{Intake, SubmitError};
-use crate::journal::{JobRecord, JobState, JobStore, JournalError, Outbox};
+use crate::journal::{JobRecord, JobState, JobStore, JournalError, Outbox, RevocationLedger};
 use crate::plugins::registry::RegistryError;
 use crate::plugins::Registry;
+use crate::revocation::Publisher;
 use crate::sources::scep::Ra;
 
 /// An API error response.
@@ -38,11 +40,20 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
             field: None,
+        }
+    }
+
+    /// A request field that is not acceptable.
+    pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: message.into(),
+            field: Some(field),
         }
     }
 }
@@ -88,7 +99,9 @@ impl From<SubmitError> for ApiError {
                 field: Some(i.field),
             },
             SubmitError::Journal(j) => j.into(),
-            e @ SubmitError::Erased { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            e @ (SubmitError::Erased { .. } | SubmitError::AlreadyRevoked { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
         }
     }
 }
@@ -104,11 +117,15 @@ pub struct ApiState {
     pub fips: FipsStatus,
     /// The SCEP server's RA, for minting one-time challenges.
     pub scep: Option<Arc<Ra>>,
+    /// The ledger, for `/v1/certificates`.
+    pub ledger: Arc<dyn RevocationLedger>,
+    /// The CRL and OCSP publisher, for health.
+    pub revocation: Option<Arc<Publisher>>,
     pub token: Zeroizing<String>,
     pub max_body_bytes: usize,
 }
 
-type AppState = Arc<ApiState>;
+pub(super) type AppState = Arc<ApiState>;
 
 /// The router, with authentication on everything under `/v1` except `/v1/health`.
 pub fn router(state: ApiState) -> Router {
@@ -127,6 +144,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/plugins/{name}/{action}", post(plugin_action))
         .route("/v1/backends/{name}/{action}", post(backend_action))
         .route("/v1/scep/challenges", post(mint_scep_challenge))
+        .route("/v1/certificates", get(certificates::list))
+        .route(
+            "/v1/certificates/reason-changes",
+            get(certificates::reason_changes),
+        )
+        .route("/v1/certificates/{serial}", get(certificates::show))
+        .route(
+            "/v1/certificates/{serial}/reason",
+            post(certificates::set_reason),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/v1/health", get(health))
@@ -197,6 +224,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "backends_not_serving": down,
         "fips": &state.fips,
         "jobs": counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect::<std::collections::BTreeMap<_, _>>(),
+        "revocation": state.revocation.as_ref().map(|p| p.status()),
     }))
 }
 

@@ -566,6 +566,7 @@ mod tests {
         let journal = Arc::new(SqliteJournal::open(&dir.path().join("j.sqlite"), "t").unwrap());
         let intake = Arc::new(Intake::new(
             journal.clone(),
+            journal.clone(),
             ["smime".to_owned()],
             Vec::<String>::new(),
             Arc::new(MemoryCustody::default()),

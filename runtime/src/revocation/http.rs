@@ -1,0 +1,108 @@
+//! The revocation routes, unauthenticated like any CRL or OCSP server: relying parties fetch
+//! `GET /pki/<ca>/crl` (DER, `application/pkix-crl`), `GET /pki/<ca>/ca.crt` (the AIA
+//! caIssuers target) and ask `POST /pki/<ca>/ocsp` or `GET /pki/<ca>/ocsp/<base64 request>`
+//! (RFC 6960 appendix A).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
+use base64::{alphabet, Engine};
+
+use super::Publisher;
+
+/// An OCSP request is a few hundred bytes; anything near this is not one.
+const MAX_OCSP_REQUEST: usize = 16 * 1024;
+
+/// Base64 as clients put it in a URL: some drop the padding.
+const PADDING_OPTIONAL: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The routes, for merging into the API listener.
+pub fn routes(publisher: Arc<Publisher>) -> Router {
+    Router::new()
+        .route("/pki/{ca}/crl", get(crl))
+        .route("/pki/{ca}/ca.crt", get(certificate))
+        .route("/pki/{ca}/ocsp", post(ocsp_post))
+        .route("/pki/{ca}/ocsp/{*request}", get(ocsp_get))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_OCSP_REQUEST))
+        .with_state(publisher)
+}
+
+fn not_here(ca: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("certconn publishes no CA named {ca:?}\n"),
+    )
+        .into_response()
+}
+
+async fn crl(State(p): State<Arc<Publisher>>, Path(ca): Path<String>) -> Response {
+    let Some(current) = p.crl(&ca) else {
+        return not_here(&ca);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // Caches may keep it until it would be replaced, never past its nextUpdate.
+    let max_age = current.next_update.saturating_sub(now).min(3600);
+    let cache = HeaderValue::from_str(&format!("public, max-age={max_age}"))
+        .unwrap_or(HeaderValue::from_static("no-cache"));
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/pkix-crl"),
+            ),
+            (header::CACHE_CONTROL, cache),
+        ],
+        current.der.as_ref().clone(),
+    )
+        .into_response()
+}
+
+async fn certificate(State(p): State<Arc<Publisher>>, Path(ca): Path<String>) -> Response {
+    match p.certificate(&ca) {
+        Some(der) => ([(header::CONTENT_TYPE, "application/pkix-cert")], der).into_response(),
+        None => not_here(&ca),
+    }
+}
+
+async fn ocsp_post(
+    State(p): State<Arc<Publisher>>,
+    Path(ca): Path<String>,
+    body: Bytes,
+) -> Response {
+    ocsp(&p, &ca, &body).await
+}
+
+async fn ocsp_get(
+    State(p): State<Arc<Publisher>>,
+    Path((ca, request)): Path<(String, String)>,
+) -> Response {
+    let text: String = request.chars().filter(|c| !c.is_whitespace()).collect();
+    match PADDING_OPTIONAL.decode(text) {
+        Ok(der) => ocsp(&p, &ca, &der).await,
+        Err(_) => respond(crate::pki::ocsp::Refusal::Malformed.response_der()),
+    }
+}
+
+async fn ocsp(p: &Publisher, ca: &str, request: &[u8]) -> Response {
+    match p.ocsp(ca, request).await {
+        Some(der) => respond(der),
+        None => not_here(ca),
+    }
+}
+
+fn respond(der: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/ocsp-response")], der).into_response()
+}

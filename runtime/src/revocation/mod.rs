@@ -1,0 +1,574 @@
+//! Revocation that relying parties can see: a CRL and an OCSP responder for every CA whose key
+//! certconn holds and that `[revocation.cas]` names.
+//!
+//! The ledger is the source of truth (a revocation is in it once its job succeeded, in the same
+//! transaction); this module turns it into signed lists. A CRL is made at start, after every
+//! change of a CA's revocations (optionally after a short delay that gathers a burst), and at
+//! least every `crl_refresh_hours`; its number comes from the journal, so it only grows, across
+//! restarts and instances. OCSP responses without a nonce are produced once per certificate and
+//! kept until the next CRL (RFC 5019's pre-produced responses): a busy responder does not sign
+//! per request. A request with a nonce gets a fresh signature that echoes it.
+//!
+//! Decision (recorded in `docs/design/revocation.md`): the host signs CRLs and OCSP responses
+//! itself with the custody key; no plugin is involved, so no plugin can have the CA key sign a
+//! list of its choosing.
+
+pub mod http;
+mod settings;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use der::{Decode, Encode};
+use tokio::sync::watch;
+use x509_cert::Certificate;
+
+pub use settings::{OcspSigner, PublishedCa, RevocationConfig};
+
+use crate::custody::{CustodyError, KeyAlgorithm, KeyLocation, KeyStore, StoredKey};
+use crate::journal::{JournalError, RevocationLedger, RevocationMark};
+use crate::pki::ocsp::{self, Answer, Issuer, Status};
+use crate::pki::PkiError;
+use certconn_x509::crl::{reason_from_name, CrlTemplate, RevokedEntry};
+
+/// Why revocation could not be published.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    #[error(transparent)]
+    Custody(#[from] CustodyError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("custody key {key:?} of CA {ca:?} has no certificate; give it one (self_signed in [keys.{key}])")]
+    NoCertificate { ca: String, key: String },
+    #[error("CA {ca:?}: {what}")]
+    Pki {
+        ca: String,
+        what: &'static str,
+        #[source]
+        source: PkiError,
+    },
+    #[error("writing the CRL of {ca:?} to {path}")]
+    Write {
+        ca: String,
+        path: PathBuf,
+        #[source]
+        source: crate::files::FileError,
+    },
+    #[error("signing was interrupted (shutting down)")]
+    Interrupted,
+}
+
+/// The CRL a CA publishes now.
+#[derive(Debug, Clone)]
+pub struct CurrentCrl {
+    pub der: Arc<Vec<u8>>,
+    pub number: u64,
+    /// Seconds since the epoch.
+    pub this_update: u64,
+    pub next_update: u64,
+    pub revoked: usize,
+    mark: RevocationMark,
+}
+
+/// One CA's published state, as status shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaStatus {
+    pub name: String,
+    pub key: String,
+    pub crl_number: u64,
+    pub revoked: usize,
+    /// RFC 3339.
+    pub this_update: String,
+    pub next_update: String,
+    /// `delegated`, `ca` or `off`.
+    pub ocsp: &'static str,
+    /// The delegated responder certificate's expiry (RFC 3339), when there is one.
+    pub responder_not_after: Option<String>,
+}
+
+/// A cap on cached OCSP responses per CA; beyond it the cache starts over (responses are cheap to
+/// make again, memory is not unbounded).
+const CACHE_LIMIT: usize = 65_536;
+
+struct Authority {
+    name: String,
+    key_name: String,
+    ca: Arc<StoredKey>,
+    ca_der: Vec<u8>,
+    issuer: Issuer,
+    key_id: Option<Vec<u8>>,
+    signer: OcspSigner,
+    responder_days: u32,
+    current: RwLock<Option<CurrentCrl>>,
+    /// The delegated responder: its key, with its certificate first in the chain.
+    responder: RwLock<Option<Arc<StoredKey>>>,
+    /// Pre-produced responses by the DER of the CertID asked about.
+    cache: Mutex<HashMap<Vec<u8>, Arc<Vec<u8>>>>,
+    /// When a change of the ledger was first seen and not yet published.
+    changed_since: Mutex<Option<Instant>>,
+}
+
+/// The CRLs and OCSP responders of the configured CAs.
+pub struct Publisher {
+    authorities: BTreeMap<String, Arc<Authority>>,
+    ledger: Arc<dyn RevocationLedger>,
+    keys: Arc<KeyStore>,
+    validity: Duration,
+    refresh: Duration,
+    after_revoke: Duration,
+    crl_dir: Option<PathBuf>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn rfc3339(secs: u64) -> String {
+    crate::report::rfc3339_ms(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX))
+}
+
+impl Publisher {
+    /// Opens every configured CA (its key and certificate from custody, its delegated OCSP
+    /// responder created or renewed) and makes the first CRLs, so that the routes never serve
+    /// nothing.
+    pub async fn open(
+        config: &RevocationConfig,
+        keys: Arc<KeyStore>,
+        ledger: Arc<dyn RevocationLedger>,
+    ) -> Result<Self, PublishError> {
+        let mut authorities = BTreeMap::new();
+        for (name, ca) in &config.cas {
+            let key_name = ca.key.get_ref().clone();
+            let stored = keys.get(&key_name)?;
+            let ca_der = stored
+                .chain
+                .first()
+                .ok_or_else(|| PublishError::NoCertificate {
+                    ca: name.clone(),
+                    key: key_name.clone(),
+                })?
+                .clone();
+            let pki = |what| {
+                let ca = name.clone();
+                move |source| PublishError::Pki { ca, what, source }
+            };
+            let issuer = Issuer::of(&ca_der).map_err(pki("reading its certificate"))?;
+            let parsed = Certificate::from_der(&ca_der)
+                .map_err(|e| PkiError::Der {
+                    what: "CA certificate",
+                    source: e,
+                })
+                .map_err(pki("reading its certificate"))?;
+            authorities.insert(
+                name.clone(),
+                Arc::new(Authority {
+                    name: name.clone(),
+                    key_name,
+                    ca: stored,
+                    key_id: certconn_x509::extensions::subject_key_identifier_of(&parsed),
+                    ca_der,
+                    issuer,
+                    signer: ca.ocsp,
+                    responder_days: ca.responder_validity_days,
+                    current: RwLock::new(None),
+                    responder: RwLock::new(None),
+                    cache: Mutex::new(HashMap::new()),
+                    changed_since: Mutex::new(None),
+                }),
+            );
+        }
+        let publisher = Self {
+            authorities,
+            ledger,
+            keys,
+            validity: Duration::from_secs(u64::from(config.crl_validity_hours) * 3600),
+            refresh: Duration::from_secs(u64::from(*config.crl_refresh_hours.get_ref()) * 3600),
+            after_revoke: Duration::from_secs(u64::from(config.after_revoke_seconds)),
+            crl_dir: config.crl_dir.as_ref().map(|p| p.to_path_buf()),
+        };
+        for a in publisher.authorities.values() {
+            publisher.renew_responder(a)?;
+            publisher.publish(a).await?;
+        }
+        Ok(publisher)
+    }
+
+    /// Names of the published CAs.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.authorities.keys().map(String::as_str)
+    }
+
+    /// Looks at the ledger once per `tick` and publishes what changed, until `shutdown`.
+    pub async fn run(self: Arc<Self>, tick: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            for a in self.authorities.values() {
+                if let Err(e) = self.refresh(a).await {
+                    tracing::warn!(event_id = 3100, ca = %a.name, error = %crate::report::chain(&e), "publishing revocation failed; the previous CRL stays until it is fixed");
+                }
+            }
+        }
+    }
+
+    /// Publishes `a`'s CRL again when its revocations changed (after the configured delay),
+    /// when it is due, or when its delegated responder needs a new certificate.
+    async fn refresh(&self, a: &Authority) -> Result<(), PublishError> {
+        let renewed = self.renew_responder(a)?;
+        let mark = self.ledger.revocation_mark(&a.issuer.name_der).await?;
+        let (changed, due) = {
+            let current = a.current.read().unwrap_or_else(|p| p.into_inner());
+            match &*current {
+                None => (true, true),
+                Some(c) => (
+                    c.mark != mark,
+                    now_secs() >= c.this_update + self.refresh.as_secs(),
+                ),
+            }
+        };
+        let waited = {
+            let mut since = a.changed_since.lock().unwrap_or_else(|p| p.into_inner());
+            if changed {
+                since.get_or_insert_with(Instant::now).elapsed() >= self.after_revoke
+            } else {
+                *since = None;
+                false
+            }
+        };
+        if waited || due || renewed {
+            self.publish(a).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes, signs, stores and swaps in a new CRL for `a`; clears its OCSP cache.
+    async fn publish(&self, a: &Authority) -> Result<(), PublishError> {
+        // The mark is read before the list: a revocation landing in between changes the mark
+        // again, so it is published on the next look, never lost.
+        let mark = self.ledger.revocation_mark(&a.issuer.name_der).await?;
+        let revoked = self.ledger.revocations(&a.issuer.name_der).await?;
+        let number = self.ledger.next_crl_number(&a.name).await?;
+        let this_update = now_secs();
+        let next_update = this_update + self.validity.as_secs();
+        let entries: Vec<RevokedEntry> = revoked
+            .iter()
+            .filter_map(|r| {
+                let serial = hex::decode(&r.serial).ok()?;
+                Some(RevokedEntry {
+                    serial,
+                    revoked_at: u64::try_from(r.revoked_at / 1000).unwrap_or(0),
+                    reason: reason_from_name(&r.reason)
+                        .filter(|r| *r != x509_cert::ext::pkix::CrlReason::Unspecified),
+                })
+            })
+            .collect();
+        let count = entries.len();
+        let template = CrlTemplate {
+            issuer: Certificate::from_der(&a.ca_der)
+                .map_err(|e| PublishError::Pki {
+                    ca: a.name.clone(),
+                    what: "reading its certificate",
+                    source: PkiError::Der {
+                        what: "CA certificate",
+                        source: e,
+                    },
+                })?
+                .tbs_certificate
+                .subject,
+            this_update,
+            next_update,
+            number,
+            authority_key_id: a.key_id.clone(),
+            entries,
+        };
+        let ca = a.ca.clone();
+        let der = tokio::task::spawn_blocking(move || sign_crl(&ca, &template))
+            .await
+            .map_err(|_| PublishError::Interrupted)?
+            .map_err(|source| PublishError::Pki {
+                ca: a.name.clone(),
+                what: "signing its CRL",
+                source,
+            })?;
+        if let Some(dir) = &self.crl_dir {
+            for (file, bytes) in [
+                (format!("{}.crl", a.name), &der),
+                (format!("{}.crt", a.name), &a.ca_der),
+            ] {
+                let path = dir.join(file);
+                crate::files::write_atomic(&path, bytes, 0o644).map_err(|source| {
+                    PublishError::Write {
+                        ca: a.name.clone(),
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+            }
+        }
+        *a.current.write().unwrap_or_else(|p| p.into_inner()) = Some(CurrentCrl {
+            der: Arc::new(der),
+            number,
+            this_update,
+            next_update,
+            revoked: count,
+            mark,
+        });
+        a.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *a.changed_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        tracing::info!(event_id = 3001, ca = %a.name, crl_number = number, revoked = count, next_update = %rfc3339(next_update), "published a CRL");
+        Ok(())
+    }
+
+    /// Creates the delegated responder's key, or gives it a new certificate when it has none,
+    /// when a third of its validity is left, or when the CA's certificate changed. True when
+    /// it issued one.
+    fn renew_responder(&self, a: &Authority) -> Result<bool, PublishError> {
+        if a.signer != OcspSigner::Delegated {
+            return Ok(false);
+        }
+        let name = PublishedCa::responder_key(&a.name);
+        let stored = match self.keys.get(&name) {
+            Ok(k) => k,
+            Err(_) => {
+                tracing::info!(key = %name, ca = %a.name, "creating the OCSP responder key");
+                self.keys
+                    .create(&name, KeyAlgorithm::EcP256, KeyLocation::Software)?
+            }
+        };
+        let fresh = stored.chain.first().is_some_and(|cert| {
+            stored.chain.get(1) == Some(&a.ca_der) && third_left(cert).unwrap_or(false)
+        });
+        if fresh {
+            let mut slot = a.responder.write().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(stored);
+            }
+            return Ok(false);
+        }
+        let subject = certconn_x509::dn::parse(&format!("CN=OCSP responder for {}", a.name))
+            .map_err(|e| PublishError::Pki {
+                ca: a.name.clone(),
+                what: "naming its OCSP responder",
+                source: PkiError::Invalid(e.to_string()),
+            })?;
+        let cert = crate::pki::ca::ocsp_responder_certificate(
+            &stored.key,
+            &subject,
+            &a.ca.key,
+            &a.ca_der,
+            a.responder_days,
+        )
+        .map_err(|source| PublishError::Pki {
+            ca: a.name.clone(),
+            what: "issuing its OCSP responder certificate",
+            source,
+        })?;
+        self.keys.set_chain(&name, vec![cert, a.ca_der.clone()])?;
+        let renewed = self.keys.get(&name)?;
+        *a.responder.write().unwrap_or_else(|p| p.into_inner()) = Some(renewed);
+        a.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        tracing::info!(event_id = 3002, ca = %a.name, days = a.responder_days, "issued the OCSP responder certificate");
+        Ok(true)
+    }
+
+    /// The current CRL of `ca` (DER), or `None` for a CA not published here.
+    pub fn crl(&self, ca: &str) -> Option<CurrentCrl> {
+        let a = self.authorities.get(ca)?;
+        let current = a.current.read().unwrap_or_else(|p| p.into_inner());
+        current.clone()
+    }
+
+    /// The certificate of `ca` (DER), for AIA caIssuers.
+    pub fn certificate(&self, ca: &str) -> Option<Vec<u8>> {
+        Some(self.authorities.get(ca)?.ca_der.clone())
+    }
+
+    /// Answers an OCSP request for `ca`: `None` when the CA is not published here or does not
+    /// answer OCSP; otherwise an OCSPResponse's DER (refusals included, as RFC 6960 wants).
+    pub async fn ocsp(&self, ca: &str, request: &[u8]) -> Option<Vec<u8>> {
+        let a = self.authorities.get(ca)?;
+        if a.signer == OcspSigner::Off {
+            return None;
+        }
+        let query = match ocsp::read_request(request, &a.issuer) {
+            Ok(q) => q,
+            Err(refusal) => {
+                tracing::info!(event_id = 3201, ca = %a.name, ?refusal, "refused an OCSP request");
+                return Some(refusal.response_der());
+            }
+        };
+        let cache_key = match (&query.nonce, query.ids.as_slice()) {
+            (None, [id]) => id.to_der().ok(),
+            _ => None,
+        };
+        if let Some(k) = &cache_key {
+            let cache = a.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(hit) = cache.get(k) {
+                return Some(hit.as_ref().clone());
+            }
+        }
+        let answer = match self.answer(a, query).await {
+            Ok(der) => der,
+            Err(e) => {
+                tracing::warn!(event_id = 3202, ca = %a.name, error = %crate::report::chain(&e), "could not answer an OCSP request");
+                return Some(
+                    x509_ocsp::OcspResponse::internal_error()
+                        .to_der()
+                        .unwrap_or_default(),
+                );
+            }
+        };
+        if let Some(k) = cache_key {
+            let mut cache = a.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(k, Arc::new(answer.clone()));
+        }
+        Some(answer)
+    }
+
+    async fn answer(&self, a: &Authority, query: ocsp::Query) -> Result<Vec<u8>, PublishError> {
+        let mut answers = Vec::with_capacity(query.ids.len());
+        for id in query.ids {
+            let serial = ocsp::serial_of(&id);
+            let status = match self.ledger.certificate(&serial).await? {
+                Some(e) if e.issuer_der == a.issuer.name_der => match e.revoked {
+                    None => Status::Good,
+                    Some((at, reason)) => Status::Revoked(
+                        u64::try_from(at / 1000).unwrap_or(0),
+                        reason_from_name(&reason),
+                    ),
+                },
+                _ => Status::Unknown,
+            };
+            answers.push(Answer { id, status });
+        }
+        let (this_update, next_update) = {
+            let current = a.current.read().unwrap_or_else(|p| p.into_inner());
+            match &*current {
+                Some(c) => (c.this_update, c.next_update),
+                None => {
+                    let now = now_secs();
+                    (now, now + self.validity.as_secs())
+                }
+            }
+        };
+        let signer_key = match a.signer {
+            OcspSigner::Delegated => a
+                .responder
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            _ => None,
+        };
+        let ca = a.ca.clone();
+        let nonce = query.nonce;
+        tokio::task::spawn_blocking(move || {
+            let signer = match &signer_key {
+                Some(r) => ocsp::Signer {
+                    key: &r.key,
+                    certificate: r.chain.first().map(Vec::as_slice),
+                },
+                None => ocsp::Signer {
+                    key: &ca.key,
+                    certificate: None,
+                },
+            };
+            ocsp::respond(
+                answers,
+                nonce.as_deref(),
+                this_update,
+                next_update,
+                now_secs(),
+                &signer,
+            )
+        })
+        .await
+        .map_err(|_| PublishError::Interrupted)?
+        .map_err(|source| PublishError::Pki {
+            ca: a.name.clone(),
+            what: "signing an OCSP response",
+            source,
+        })
+    }
+
+    /// Each CA's published state.
+    pub fn status(&self) -> Vec<CaStatus> {
+        self.authorities
+            .values()
+            .map(|a| {
+                let current = a.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let responder_not_after = a
+                    .responder
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .and_then(|r| r.chain.first().and_then(|c| not_after(c)))
+                    .map(rfc3339);
+                CaStatus {
+                    name: a.name.clone(),
+                    key: a.key_name.clone(),
+                    crl_number: current.as_ref().map_or(0, |c| c.number),
+                    revoked: current.as_ref().map_or(0, |c| c.revoked),
+                    this_update: current
+                        .as_ref()
+                        .map_or(String::new(), |c| rfc3339(c.this_update)),
+                    next_update: current
+                        .as_ref()
+                        .map_or(String::new(), |c| rfc3339(c.next_update)),
+                    ocsp: match a.signer {
+                        OcspSigner::Delegated => "delegated",
+                        OcspSigner::Ca => "ca",
+                        OcspSigner::Off => "off",
+                    },
+                    responder_not_after,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Signs `template` with the CA key in custody.
+fn sign_crl(ca: &StoredKey, template: &CrlTemplate) -> Result<Vec<u8>, PkiError> {
+    let scheme = ca.key.kind().default_signature_scheme();
+    template
+        .sign(scheme, |tbs| ca.key.sign(scheme, tbs))
+        .map_err(|e| match e {
+            certconn_x509::tbs::SignError::Encode(e) => PkiError::from(e),
+            certconn_x509::tbs::SignError::Signer(e) => PkiError::from(e),
+        })
+}
+
+fn not_after(cert_der: &[u8]) -> Option<u64> {
+    let cert = Certificate::from_der(cert_der).ok()?;
+    Some(
+        cert.tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs(),
+    )
+}
+
+/// True while more than a third of `cert_der`'s validity is left.
+fn third_left(cert_der: &[u8]) -> Option<bool> {
+    let cert = Certificate::from_der(cert_der).ok()?;
+    let v = &cert.tbs_certificate.validity;
+    let (start, end) = (
+        v.not_before.to_unix_duration().as_secs(),
+        v.not_after.to_unix_duration().as_secs(),
+    );
+    let renew_at = end.saturating_sub((end.saturating_sub(start)) / 3);
+    Some(now_secs() < renew_at)
+}

@@ -30,6 +30,21 @@ pub fn certs_only(certs: &[Vec<u8>]) -> Result<Vec<u8>> {
     Ok(tlv::encode(0x30, &info))
 }
 
+/// A degenerate SignedData carrying one CRL and no certificates: the content of a CertRep
+/// answering GetCRL (RFC 8894 §3.3.4). DER ContentInfo.
+pub fn crl_only(crl: &[u8]) -> Result<Vec<u8>> {
+    x509_cert::crl::CertificateList::from_der(crl).map_err(Error::malformed("CRL"))?;
+    let data_oid = oid::DATA.to_der().map_err(Error::malformed("OID"))?;
+    let signed_oid = oid::SIGNED_DATA.to_der().map_err(Error::malformed("OID"))?;
+    let mut signed = vec![0x02, 0x01, 0x01, 0x31, 0x00];
+    signed.extend(tlv::encode(0x30, &data_oid));
+    signed.extend(tlv::encode(0xa1, crl));
+    signed.extend([0x31, 0x00]);
+    let mut info = signed_oid;
+    info.extend(tlv::encode(0xa0, &tlv::encode(0x30, &signed)));
+    Ok(tlv::encode(0x30, &info))
+}
+
 /// The certificates of a certs-only SignedData (BER accepted), DER each, in the order sent.
 pub fn parse_certs_only(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     let der = certconn_x509::ber::to_der(bytes)

@@ -206,6 +206,12 @@ impl App {
             config.backends.keys().cloned(),
             custody,
         ));
+        let revocation = match &config.revocation {
+            Some(rc) => Some(Arc::new(
+                Publisher::open(rc, keys.clone(), journal.clone()).await?,
+            )),
+            None => None,
+        };
         let scep = match &config.scep {
             Some(sc) => Some(Arc::new(Ra::open(
                 sc,
@@ -213,6 +219,10 @@ impl App {
                 config.policy(),
                 RaPorts {
                     intake: intake.clone(),
+                    crls: revocation.clone().map(|p| {
+                        Arc::new(wiring::PublishedCrls(p))
+                            as Arc<dyn crate::sources::scep::CrlSource>
+                    }),
                     jobs: journal.clone(),
                     outbox: journal.clone(),
                     ledger: journal.clone(),
@@ -220,12 +230,6 @@ impl App {
                     replay: journal.clone(),
                 },
             )?)),
-            None => None,
-        };
-        let revocation = match &config.revocation {
-            Some(rc) => Some(Arc::new(
-                Publisher::open(rc, keys.clone(), journal.clone()).await?,
-            )),
             None => None,
         };
         tracing::debug!(journal = %journal.location(), schema = journal.schema_version(), %instance, "opened");

@@ -114,3 +114,14 @@ impl CaBackend for LoadedBackend {
         LoadedBackend::check_import(self, request).await
     }
 }
+
+/// The revocation publisher as the SCEP RA's source of CRLs (GetCRL).
+pub struct PublishedCrls(pub Arc<crate::revocation::Publisher>);
+
+impl crate::sources::scep::CrlSource for PublishedCrls {
+    fn crl_of(&self, issuer_der: &[u8]) -> Option<Vec<u8>> {
+        self.0
+            .crl_by_issuer(issuer_der)
+            .map(|c| c.der.as_ref().clone())
+    }
+}

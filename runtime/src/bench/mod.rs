@@ -6,6 +6,9 @@
 //!    `local-ca` plugin, PKCS#12, journal commit) with EC P-256 keys.
 //! 3. The same cryptographic work done directly in the host (keygen, CSR, CA signature, PKCS#12)
 //!    with the same parallelism, and the ratio of 2 to 1.
+//!
+//! Other figures by option: `--pki` (PFX, sealing, custody), `--scep URL` (enrolments per
+//! second), `--hot-swap` (a new plugin version under load), `--ocsp` (CRL and OCSP costs).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -24,6 +27,7 @@ use certconn::jobs::model::IssueJob;
 use certconn::journal::JobState;
 use certconn::pki;
 
+mod ocsp;
 mod pki_parts;
 mod scep;
 mod swap;
@@ -64,6 +68,13 @@ pub struct BenchArgs {
     /// With --scep: the challenge password the servers accept.
     #[arg(long, requires = "scep", default_value = "")]
     challenge: String,
+    /// Measure revocation publishing instead: a full CRL of `--revoked` entries made and signed,
+    /// then `--calls` OCSP responses from the cache and freshly signed.
+    #[arg(long)]
+    ocsp: bool,
+    /// With --ocsp: revoked certificates in the ledger.
+    #[arg(long, default_value_t = 100_000, requires = "ocsp")]
+    revoked: usize,
     /// Measure a hot swap under load instead: publish a new local-ca version while jobs run;
     /// print the swap latency, failed jobs and the throughput dip.
     #[arg(long)]
@@ -92,6 +103,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .clone()
             .map(|module| pki_parts::TokenChoice::new(&module, &args.pkcs11_token));
         return tokio::task::spawn_blocking(move || pki_parts::run(n.max(1), token)).await?;
+    }
+    if args.ocsp {
+        let dir = tempfile::tempdir()?;
+        return ocsp::run(dir.path(), args.revoked, args.calls.max(1)).await;
     }
     let plugins = std::fs::canonicalize(&args.plugins).with_context(|| {
         format!(

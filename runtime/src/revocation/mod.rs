@@ -388,6 +388,16 @@ impl Publisher {
         current.clone()
     }
 
+    /// The current CRL of the CA whose subject is `issuer_der` (DER Name).
+    pub fn crl_by_issuer(&self, issuer_der: &[u8]) -> Option<CurrentCrl> {
+        let a = self
+            .authorities
+            .values()
+            .find(|a| a.issuer.name_der == issuer_der)?;
+        let current = a.current.read().unwrap_or_else(|p| p.into_inner());
+        current.clone()
+    }
+
     /// The certificate of `ca` (DER), for AIA caIssuers.
     pub fn certificate(&self, ca: &str) -> Option<Vec<u8>> {
         Some(self.authorities.get(ca)?.ca_der.clone())
@@ -571,4 +581,106 @@ fn third_left(cert_der: &[u8]) -> Option<bool> {
     );
     let renew_at = end.saturating_sub((end.saturating_sub(start)) / 3);
     Some(now_secs() < renew_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::custody::CustodyConfig;
+    use crate::journal::SqliteJournal;
+    use certconn_x509::{extensions, CertificateTemplate};
+
+    const DAY: u64 = 86_400;
+
+    /// A responder certificate issued `age_days` ago, valid `days` in all.
+    fn aged_responder_cert(
+        responder: &StoredKey,
+        ca: &StoredKey,
+        age_days: u64,
+        days: u64,
+    ) -> Vec<u8> {
+        let ca_cert = Certificate::from_der(&ca.chain[0]).unwrap();
+        let subject = certconn_x509::dn::parse("CN=old responder").unwrap();
+        let now = now_secs();
+        let template = CertificateTemplate {
+            serial: vec![0x42],
+            issuer: ca_cert.tbs_certificate.subject.clone(),
+            subject: subject.clone(),
+            not_before: now - age_days * DAY,
+            not_after: now - age_days * DAY + days * DAY,
+            public_key: spki::SubjectPublicKeyInfoOwned::from_der(responder.key.public_key_der())
+                .unwrap(),
+            extensions: vec![extensions::basic_constraints(false, None, &subject).unwrap()],
+        };
+        let scheme = ca.key.kind().default_signature_scheme();
+        template
+            .sign(scheme, |tbs| ca.key.sign(scheme, tbs))
+            .map_err(|_| "sign")
+            .unwrap()
+    }
+
+    fn setup(dir: &std::path::Path) -> (Arc<KeyStore>, Arc<SqliteJournal>, RevocationConfig) {
+        let keys = Arc::new(KeyStore::open(&dir.join("keys"), &CustodyConfig::default()).unwrap());
+        let ca = keys
+            .create("ca", KeyAlgorithm::EcP256, KeyLocation::Software)
+            .unwrap();
+        let subject = certconn_x509::dn::parse("CN=Renewal CA").unwrap();
+        let cert = crate::pki::ca::self_signed(&ca.key, &subject, 365).unwrap();
+        keys.set_chain("ca", vec![cert]).unwrap();
+        let journal = Arc::new(SqliteJournal::open(&dir.join("j.sqlite"), "t").unwrap());
+        let config: RevocationConfig = toml::from_str("[cas.local]\nkey = \"ca\"\n").unwrap();
+        (keys, journal, config)
+    }
+
+    #[tokio::test]
+    async fn a_responder_certificate_with_a_third_left_is_renewed_and_a_fresh_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, journal, config) = setup(dir.path());
+        let ca = keys.get("ca").unwrap();
+        let responder = keys
+            .create("ocsp-local", KeyAlgorithm::EcP256, KeyLocation::Software)
+            .unwrap();
+        // 30 days of validity, 25 gone: less than a third left.
+        let old = aged_responder_cert(&responder, &ca, 25, 30);
+        keys.set_chain("ocsp-local", vec![old.clone(), ca.chain[0].clone()])
+            .unwrap();
+
+        let publisher = Publisher::open(&config, keys.clone(), journal.clone())
+            .await
+            .unwrap();
+        let renewed = keys.get("ocsp-local").unwrap().chain[0].clone();
+        assert_ne!(renewed, old, "the ageing certificate was replaced");
+        let end = not_after(&renewed).unwrap();
+        assert!(end > now_secs() + 29 * DAY, "a new 30-day certificate");
+        let shown = publisher.status();
+        assert!(shown[0].responder_not_after.is_some());
+        assert_eq!(shown[0].crl_number, 1);
+
+        // Opened again: the fresh certificate stays, and the CRL number goes on growing.
+        let again = Publisher::open(&config, keys.clone(), journal)
+            .await
+            .unwrap();
+        assert_eq!(keys.get("ocsp-local").unwrap().chain[0], renewed);
+        assert_eq!(again.status()[0].crl_number, 2);
+    }
+
+    #[tokio::test]
+    async fn a_responder_certificate_from_another_ca_certificate_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, journal, config) = setup(dir.path());
+        let ca = keys.get("ca").unwrap();
+        let responder = keys
+            .create("ocsp-local", KeyAlgorithm::EcP256, KeyLocation::Software)
+            .unwrap();
+        // Young, but its chain names a CA certificate that is not the current one.
+        let young = aged_responder_cert(&responder, &ca, 0, 30);
+        keys.set_chain("ocsp-local", vec![young.clone(), young.clone()])
+            .unwrap();
+        Publisher::open(&config, keys.clone(), journal)
+            .await
+            .unwrap();
+        let chain = keys.get("ocsp-local").unwrap().chain.clone();
+        assert_ne!(chain[0], young);
+        assert_eq!(chain[1], ca.chain[0]);
+    }
 }

@@ -209,6 +209,47 @@ fn a_revocation_reaches_the_crl_and_the_ocsp_responder_that_openssl_reads() {
     // The nonce openssl sent came back (openssl checks it; the text shows it).
     assert!(answer.contains("OCSP Nonce"), "{answer}");
 
+    // The same over GET (RFC 6960 appendix A.1): the request base64'd and URL-encoded in the path.
+    let req = dir.path().join("req.der");
+    let o = openssl(&[
+        "ocsp",
+        "-issuer",
+        ca.to_str().unwrap(),
+        "-cert",
+        cert.to_str().unwrap(),
+        "-no_nonce",
+        "-reqout",
+        req.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", both(&o));
+    let b64 = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        std::fs::read(&req).unwrap(),
+    )
+    .replace('+', "%2B")
+    .replace('/', "%2F")
+    .replace('=', "%3D");
+    let (status, body) = http_raw(daemon.port, "GET", &format!("/pki/local/ocsp/{b64}"), b"");
+    assert_eq!(status, 200);
+    let resp = dir.path().join("resp.der");
+    std::fs::write(&resp, body).unwrap();
+    let o = openssl(&[
+        "ocsp",
+        "-respin",
+        resp.to_str().unwrap(),
+        "-issuer",
+        ca.to_str().unwrap(),
+        "-cert",
+        cert.to_str().unwrap(),
+        "-CAfile",
+        ca.to_str().unwrap(),
+    ]);
+    let text = both(&o);
+    assert!(
+        text.contains("Response verify OK") && text.contains(": good"),
+        "{text}"
+    );
+
     // Revoke.
     cli_ok(
         &daemon,

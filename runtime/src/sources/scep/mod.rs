@@ -18,5 +18,5 @@ pub mod http;
 pub mod ra;
 pub mod settings;
 
-pub use ra::{Ra, RaError, RaPorts};
+pub use ra::{CrlSource, Ra, RaError, RaPorts};
 pub use settings::ScepConfig;

@@ -64,11 +64,19 @@ pub enum RaError {
 /// reads, and the replay window.
 pub struct RaPorts {
     pub intake: Arc<Intake>,
+    /// The CRLs GetCRL answers with (`[revocation]`), when certconn publishes any.
+    pub crls: Option<Arc<dyn CrlSource>>,
     pub jobs: Arc<dyn JobStore>,
     pub outbox: Arc<dyn Outbox>,
     pub ledger: Arc<dyn Ledger>,
     pub challenges: Arc<dyn ChallengeStore>,
     pub replay: Arc<dyn ReplayGuard>,
+}
+
+/// Where the RA finds a CA's current CRL for GetCRL.
+pub trait CrlSource: Send + Sync {
+    /// The current CRL (DER) of the CA whose subject is `issuer_der`, if certconn publishes one.
+    fn crl_of(&self, issuer_der: &[u8]) -> Option<Vec<u8>>;
 }
 
 /// The RA: configuration, key and certificates, and what it admits requests with.
@@ -251,6 +259,9 @@ impl Ra {
                 certconn_scep::Error::Unsupported(_) => (FailInfo::BadAlg, e.to_string()),
                 _ => (FailInfo::BadMessageCheck, e.to_string()),
             })?;
+        if msg.message_type == MessageType::GetCrl {
+            return self.get_crl(msg, &plain, opened.cipher, opened.transport);
+        }
         let key = format!("scep:{}", msg.transaction_id);
         let job = match msg.message_type {
             MessageType::PkcsReq | MessageType::RenewalReq => {
@@ -351,6 +362,39 @@ impl Ra {
             )),
             _ => Ok(Answer::Pending),
         }
+    }
+
+    /// GetCRL: the current CRL of the issuer named in the IssuerAndSerialNumber, sealed for
+    /// the requester like any CertRep content.
+    fn get_crl(
+        &self,
+        msg: &SignedMessage,
+        plain: &[u8],
+        cipher: certconn_scep::Cipher,
+        transport: certconn_scep::KeyTransport,
+    ) -> Result<Answer, (FailInfo, String)> {
+        let asked = cms::cert::IssuerAndSerialNumber::from_der(plain)
+            .map_err(|e| (FailInfo::BadRequest, format!("GetCRL content: {e}")))?;
+        let issuer_der = der::Encode::to_der(&asked.issuer).map_err(internal)?;
+        let crl = self
+            .ports
+            .crls
+            .as_ref()
+            .and_then(|c| c.crl_of(&issuer_der))
+            .ok_or_else(|| {
+                (
+                    FailInfo::BadCertId,
+                    format!(
+                        "certconn publishes no CRL for issuer {} (see [revocation] in the config)",
+                        asked.issuer
+                    ),
+                )
+            })?;
+        let bag = certs::crl_only(&crl).map_err(internal)?;
+        let sealed = envelope::seal(&self.crypto, &bag, &msg.signer, cipher, transport)
+            .map_err(|e| (FailInfo::BadAlg, e.to_string()))?;
+        tracing::info!(event_id = 4301, transaction = %msg.transaction_id, issuer = %asked.issuer, "answered GetCRL");
+        Ok(Answer::Issued(sealed))
     }
 
     /// Checks what a new request must satisfy: the signer and the challenge (PKCSReq) or a
@@ -577,6 +621,7 @@ mod tests {
             AlgorithmPolicy::default(),
             RaPorts {
                 intake,
+                crls: Some(Arc::new(crl_for(&ca))),
                 jobs: journal.clone(),
                 outbox: journal.clone(),
                 ledger: journal.clone(),
@@ -593,6 +638,111 @@ mod tests {
             ca,
             ra_cert,
         }
+    }
+
+    /// The one CRL the test RA knows: its CA's, empty, number 1.
+    struct FixedCrl {
+        issuer: Vec<u8>,
+        crl: Vec<u8>,
+    }
+
+    impl CrlSource for FixedCrl {
+        fn crl_of(&self, issuer_der: &[u8]) -> Option<Vec<u8>> {
+            (issuer_der == self.issuer).then(|| self.crl.clone())
+        }
+    }
+
+    fn crl_for(ca: &StoredKey) -> FixedCrl {
+        let issuer = Certificate::from_der(&ca.chain[0])
+            .unwrap()
+            .tbs_certificate
+            .subject;
+        let template = certconn_x509::crl::CrlTemplate {
+            issuer: issuer.clone(),
+            this_update: 1_700_000_000,
+            next_update: 1_700_086_400,
+            number: 1,
+            authority_key_id: None,
+            entries: Vec::new(),
+        };
+        let scheme = ca.key.kind().default_signature_scheme();
+        let crl = template
+            .sign(scheme, |tbs| ca.key.sign(scheme, tbs))
+            .map_err(|_| "signing")
+            .unwrap();
+        FixedCrl {
+            issuer: issuer.to_der().unwrap(),
+            crl,
+        }
+    }
+
+    #[tokio::test]
+    async fn get_crl_answers_with_the_issuers_crl_sealed_for_the_requester() {
+        let h = harness();
+        let d = device("device-crl");
+        let asked = |issuer: x509_cert::name::Name| {
+            cms::cert::IssuerAndSerialNumber {
+                issuer,
+                serial_number: x509_cert::serial_number::SerialNumber::new(&[1]).unwrap(),
+            }
+            .to_der()
+            .unwrap()
+        };
+        let ca_subject = Certificate::from_der(&h.ca.chain[0])
+            .unwrap()
+            .tbs_certificate
+            .subject;
+        let rep = answer(
+            &h,
+            &message(
+                &h,
+                &d,
+                MessageType::GetCrl,
+                "tx-crl",
+                &asked(ca_subject.clone()),
+            ),
+        )
+        .await;
+        assert_eq!(
+            rep.pki_status,
+            Some(PkiStatus::Success),
+            "{:?}",
+            rep.fail_info_text
+        );
+        let (bag, _) = envelope::open(
+            &crypto(),
+            &CustodyIdentity {
+                key: &d.key,
+                certificate: &d.cert,
+            },
+            rep.content.as_deref().unwrap(),
+        )
+        .unwrap();
+        let info = cms::content_info::ContentInfo::from_der(&bag).unwrap();
+        let signed: cms::signed_data::SignedData = info.content.decode_as().unwrap();
+        let crls = signed.crls.expect("a CRL in the bag");
+        assert_eq!(crls.0.len(), 1);
+        let crl =
+            x509_cert::crl::CertificateList::from_der(&crls.0.get(0).unwrap().to_der().unwrap())
+                .unwrap();
+        assert_eq!(crl.tbs_cert_list.issuer, ca_subject);
+        assert!(signed.certificates.is_none());
+
+        let rep = answer(
+            &h,
+            &message(
+                &h,
+                &d,
+                MessageType::GetCrl,
+                "tx-crl-2",
+                &asked(d.subject.clone()),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (rep.pki_status, rep.fail_info),
+            (Some(PkiStatus::Failure), Some(FailInfo::BadCertId))
+        );
     }
 
     /// A device: its key and the throwaway self-signed certificate it signs requests with.

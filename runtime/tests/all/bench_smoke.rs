@@ -89,3 +89,15 @@ fn hot_swap_bench_prints_latency_failures_and_dip() {
         ],
     );
 }
+
+#[test]
+fn ocsp_bench_prints_crl_time_and_both_ocsp_rates() {
+    bench_prints(
+        &["--ocsp", "--revoked", "500", "--calls", "20"],
+        &[
+            "CRL with 500 entries: made and signed in",
+            "OCSP responses from the cache (no nonce)",
+            "OCSP responses freshly signed (nonce, ECDSA P-256)",
+        ],
+    );
+}

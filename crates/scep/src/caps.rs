@@ -2,7 +2,9 @@
 
 use crate::{Cipher, Digest, Error, Result};
 
-/// The capabilities a CA advertised, one keyword per line, compared without case.
+/// The capabilities a CA advertised, one keyword per line, compared without case and kept as
+/// written: a server's answer spells them as RFC 8894 does (`POSTPKIOperation`), which some
+/// clients compare exactly.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
     keywords: Vec<String>,
@@ -26,7 +28,7 @@ impl Capabilities {
                 .split(['\n', '\r'])
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
-                .map(str::to_ascii_uppercase)
+                .map(str::to_owned)
                 .collect(),
         }
     }
@@ -37,8 +39,9 @@ impl Capabilities {
     }
 
     pub fn has(&self, keyword: &str) -> bool {
-        let k = keyword.to_ascii_uppercase();
-        self.keywords.contains(&k)
+        self.keywords
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(keyword))
     }
 
     /// RFC 8894 "SCEPStandard" implies AES, POSTPKIOperation, SHA-256.
@@ -129,6 +132,18 @@ mod tests {
         assert_eq!(
             modern.cipher(CipherPolicy::default()).unwrap(),
             Cipher::Aes128Cbc
+        );
+
+        let lower = Capabilities::parse("postpkioperation\nsha-256\n");
+        assert!(
+            lower.post(),
+            "clients and servers that write lower case are understood"
+        );
+        assert_eq!(lower.digest(), Digest::Sha256);
+        assert_eq!(
+            Capabilities::of(&["POSTPKIOperation", "SHA-256"]).to_body(),
+            "POSTPKIOperation\nSHA-256\n",
+            "a server's keywords go out as written"
         );
 
         let bare = Capabilities::parse("");

@@ -256,10 +256,10 @@ pub fn sign(
             .map_err(Error::malformed("digest algorithms"))?,
         encap_content_info: EncapsulatedContentInfo {
             econtent_type: oid::DATA,
-            econtent: match out.content {
-                Some(c) => Some(octets(c)?),
-                None => None,
-            },
+            // Always present, empty when there is nothing to carry (a FAILURE or PENDING
+            // CertRep): clients built on OpenSSL's PKCS7 verification refuse a SignedData
+            // without content ("no content"), others crash reading one.
+            econtent: Some(octets(out.content.unwrap_or_default())?),
         },
         certificates: if out.send_certificates {
             Some(CertificateSet(
@@ -381,6 +381,8 @@ pub fn verify(
         ),
         None => None,
     };
+    // An empty content is no content (how FAILURE and PENDING replies carry none).
+    let content = content.filter(|c| !c.is_empty());
     let want = crypto.digest(digest, content.as_deref().unwrap_or_default())?;
     let got = single_value(attrs, oid::MESSAGE_DIGEST)?
         .ok_or_else(|| Error::invalid("signed attributes", "no messageDigest"))?

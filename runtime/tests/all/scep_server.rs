@@ -90,7 +90,15 @@ fn scepclient_enrols_with_the_static_challenge_and_openssl_verifies_the_certific
     let (status, caps) = http_raw(daemon.port, "GET", "/scep?operation=GetCACaps", b"");
     assert_eq!(status, 200);
     let caps = String::from_utf8(caps).unwrap();
-    for k in ["POSTPKIOPERATION", "AES", "SHA-256", "RENEWAL"] {
+    // Spelled as RFC 8894 spells them: some clients compare keywords exactly.
+    for k in [
+        "POSTPKIOperation",
+        "AES",
+        "SHA-256",
+        "SHA-384",
+        "Renewal",
+        "SCEPStandard",
+    ] {
         assert!(caps.lines().any(|l| l == k), "GetCACaps lacks {k}: {caps}");
     }
 
@@ -281,6 +289,24 @@ fn bad_messages_get_a_clear_http_error_and_issue_nothing() {
         "replay: {dump}"
     );
     assert_eq!(jobs_total(&daemon), 0);
+    // Every refusal is in the log with its reason and an event id an admin can search for
+    // (the log line is written before the answer is sent).
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    let events = |id: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("\"event_id\":{id}")))
+            .count()
+    };
+    assert_eq!(events("4101"), 5, "one per refused HTTP request:\n{log}");
+    assert!(
+        log.contains("unknown operation") && log.contains("missing the operation"),
+        "{log}"
+    );
+    assert_eq!(
+        events("4201"),
+        2,
+        "the badMessageCheck and the replay:\n{log}"
+    );
 }
 
 use certconn::crypto::AlgorithmPolicy;

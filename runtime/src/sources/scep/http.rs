@@ -30,6 +30,15 @@ pub fn routes(ra: Arc<Ra>) -> Router {
         .with_state(ScepState { ra })
 }
 
+/// A request that is not SCEP at all (not a pkiMessage, a missing parameter): HTTP 400, and a
+/// warning an administrator sees — a client that gets this retries for ever, and nothing else
+/// would say why.
+fn refused(text: impl Into<String>) -> Response {
+    let text = text.into();
+    tracing::warn!(event_id = 4101, reason = %text, "SCEP request refused before it was read");
+    plain(StatusCode::BAD_REQUEST, text)
+}
+
 fn plain(status: StatusCode, text: impl Into<String>) -> Response {
     (
         status,
@@ -53,7 +62,7 @@ async fn handle(
             .map(|(_, v)| v.as_str())
     };
     let Some(operation) = param("operation") else {
-        return plain(StatusCode::BAD_REQUEST, "missing the operation parameter");
+        return refused("missing the operation parameter");
     };
     match operation {
         "GetCACaps" => plain(StatusCode::OK, s.ra.capabilities().to_body()),
@@ -77,19 +86,18 @@ async fn handle(
             };
             let message = match message {
                 Ok(m) => m,
-                Err(e) => return plain(StatusCode::BAD_REQUEST, e),
+                Err(e) => return refused(e),
             };
             match s.ra.pki_operation(&message).await {
                 Ok(rep) => {
                     ([(header::CONTENT_TYPE, "application/x-pki-message")], rep).into_response()
                 }
-                Err(e) => plain(StatusCode::BAD_REQUEST, e.0),
+                Err(e) => refused(e.0),
             }
         }
-        other => plain(
-            StatusCode::BAD_REQUEST,
-            format!("unknown operation {other:?}; expected GetCACaps, GetCACert or PKIOperation"),
-        ),
+        other => refused(format!(
+            "unknown operation {other:?}; expected GetCACaps, GetCACert or PKIOperation"
+        )),
     }
 }
 

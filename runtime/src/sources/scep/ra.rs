@@ -160,12 +160,16 @@ impl Ra {
     }
 
     /// GetCACaps: what this server does. 3DES is left out in FIPS mode.
+    /// GetCACaps, spelled as RFC 8894 spells the keywords. `SHA-384` is not an RFC 8894
+    /// keyword, but certconn verifies SHA-384 and a widely shipped client picks AES only when it
+    /// sees it beside `AES`. In FIPS mode there is no `DES3`: a client must use AES.
     pub fn capabilities(&self) -> Capabilities {
         let mut caps = vec![
             "POSTPKIOperation",
             "Renewal",
             "SHA-1",
             "SHA-256",
+            "SHA-384",
             "SHA-512",
             "AES",
         ];
@@ -207,7 +211,7 @@ impl Ra {
                      fail: Option<(FailInfo, String)>,
                      content: Option<Vec<u8>>| {
             if let Some((f, why)) = &fail {
-                tracing::warn!(transaction = %msg.transaction_id, fail_info = f.name(), "SCEP request refused: {why}");
+                tracing::warn!(event_id = 4201, transaction = %msg.transaction_id, fail_info = f.name(), "SCEP request refused: {why}");
             }
             self.cert_rep(&msg, status, fail.map(|f| f.0), content.as_deref())
         };
@@ -409,51 +413,55 @@ impl Ra {
             .map_err(|e| (FailInfo::BadRequest, format!("malformed PKCS#10: {e}")))?;
         let signer = Certificate::from_der(&msg.signer)
             .map_err(|e| (FailInfo::BadRequest, e.to_string()))?;
-        if msg.message_type == MessageType::RenewalReq {
-            let serial = serial_hex(signer.tbs_certificate.serial_number.as_bytes());
-            let issued = self
-                .ports
-                .ledger
-                .certificate(&serial)
-                .await
-                .map_err(internal)?;
-            match issued {
-                Some(entry) if entry.certificate_der == msg.signer => {
-                    if entry.revoked.is_some() {
-                        return Err((
-                            FailInfo::BadCertId,
-                            format!("the renewing certificate {serial} is revoked"),
-                        ));
-                    }
-                    let now = crate::journal::now_ms() / 1000;
-                    let not_after = signer
-                        .tbs_certificate
-                        .validity
-                        .not_after
-                        .to_unix_duration()
-                        .as_secs() as i64;
-                    if not_after < now {
-                        return Err((
-                            FailInfo::BadCertId,
-                            format!("the renewing certificate {serial} has expired"),
-                        ));
-                    }
-                    return Ok(());
-                }
-                _ => {
+        // Signed by a certificate certconn issued (the very bytes in the ledger): a renewal,
+        // whether the client says RenewalReq or, as certmonger does, PKCSReq. Its validity is
+        // what authorises it; no challenge is needed.
+        let serial = serial_hex(signer.tbs_certificate.serial_number.as_bytes());
+        let issued = self
+            .ports
+            .ledger
+            .certificate(&serial)
+            .await
+            .map_err(internal)?
+            .filter(|entry| entry.certificate_der == msg.signer);
+        match (issued, msg.message_type) {
+            (Some(entry), _) => {
+                if entry.revoked.is_some() {
                     return Err((
                         FailInfo::BadCertId,
-                        "a RenewalReq must be signed by a certificate certconn issued".into(),
+                        format!("the renewing certificate {serial} is revoked"),
                     ));
                 }
+                let now = crate::journal::now_ms() / 1000;
+                let not_after = signer
+                    .tbs_certificate
+                    .validity
+                    .not_after
+                    .to_unix_duration()
+                    .as_secs() as i64;
+                if not_after < now {
+                    return Err((
+                        FailInfo::BadCertId,
+                        format!("the renewing certificate {serial} has expired"),
+                    ));
+                }
+                tracing::info!(event_id = 4202, transaction = %msg.transaction_id, %serial, "SCEP renewal authorised by the certificate certconn issued");
+                return Ok(());
             }
+            (None, MessageType::RenewalReq) => {
+                return Err((
+                    FailInfo::BadCertId,
+                    "a RenewalReq must be signed by a certificate certconn issued".into(),
+                ));
+            }
+            (None, _) => {}
         }
-        // PKCSReq: signed with the key the CSR certifies (RFC 8894 §3.3.1), plus the challenge.
+        // PKCSReq from anyone else: the challenge authorises it. RFC 8894 §3.3.1 says the
+        // signer SHOULD use the CSR's key, not MUST; clients that sign with a separate key (or
+        // with an old certificate from another CA around a CSR for a new key) are accepted. The
+        // CSR's own signature is its proof of possession, checked by the backend.
         if signer.tbs_certificate.subject_public_key_info != csr.info.public_key {
-            return Err((
-                FailInfo::BadMessageCheck,
-                "the message is not signed by the key of the CSR".into(),
-            ));
+            tracing::debug!(transaction = %msg.transaction_id, "SCEP request signed by a key other than the CSR's; the challenge decides");
         }
         let Some(given) = challenge_password(&csr) else {
             return Err((FailInfo::BadRequest, ChallengeError::Missing.to_string()));
@@ -939,5 +947,204 @@ mod tests {
         assert_eq!(first.pki_status, Some(PkiStatus::Pending));
         let second = answer(&h, &pkcs_req(&h, &device("b"), "tx-b", &challenge)).await;
         assert_eq!(second.fail_info, Some(FailInfo::BadRequest));
+    }
+
+    /// What OpenSSL's own verifiers make of a reply: `openssl smime -verify` (PKCS7_verify,
+    /// what many SCEP clients are built on) and `openssl cms -verify`, signature checked, chain
+    /// not (the RA certificate is the test's). Returns the content they output.
+    fn openssl_reads(reply: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("reply.der");
+        std::fs::write(&input, reply).unwrap();
+        let mut contents = Vec::new();
+        for tool in ["smime", "cms"] {
+            let out = dir.path().join(format!("{tool}.out"));
+            let o = std::process::Command::new("openssl")
+                .args([
+                    tool,
+                    "-verify",
+                    "-inform",
+                    "DER",
+                    "-noverify",
+                    "-binary",
+                    "-in",
+                ])
+                .arg(&input)
+                .arg("-out")
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "openssl {tool} -verify refused the reply: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            contents.push(std::fs::read(&out).unwrap());
+        }
+        assert_eq!(contents[0], contents[1]);
+        contents.remove(0)
+    }
+
+    #[tokio::test]
+    async fn every_reply_type_has_content_that_openssls_verifiers_read() {
+        let h = harness();
+        let d = device("device-openssl");
+        // PENDING (the harness answers at once, before any worker ran).
+        let pending =
+            h.ra.pki_operation(&pkcs_req(&h, &d, "tx-o", CHALLENGE))
+                .await
+                .unwrap();
+        assert_eq!(
+            message::verify(&crypto(), &pending, &[])
+                .unwrap()
+                .pki_status,
+            Some(PkiStatus::Pending)
+        );
+        assert!(openssl_reads(&pending).is_empty(), "an empty content");
+        // FAILURE.
+        let failure =
+            h.ra.pki_operation(&pkcs_req(&h, &device("x"), "tx-f", "wrong"))
+                .await
+                .unwrap();
+        let read = message::verify(&crypto(), &failure, &[]).unwrap();
+        assert_eq!(read.pki_status, Some(PkiStatus::Failure));
+        assert!(
+            read.content.is_none(),
+            "certconn's own reader sees no content"
+        );
+        assert!(openssl_reads(&failure).is_empty());
+        // SUCCESS: the content is the EnvelopedData certconn's reader saw.
+        issue(&h, &d).await;
+        let poll = IssuerAndSubject {
+            issuer: d.subject.clone(),
+            subject: d.subject.clone(),
+        }
+        .to_der()
+        .unwrap();
+        let success =
+            h.ra.pki_operation(&message(&h, &d, MessageType::CertPoll, "tx-o", &poll))
+                .await
+                .unwrap();
+        let read = message::verify(&crypto(), &success, &[]).unwrap();
+        assert_eq!(read.pki_status, Some(PkiStatus::Success));
+        assert_eq!(openssl_reads(&success), read.content.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_request_signed_by_another_key_is_decided_by_its_challenge() {
+        let h = harness();
+        // The client signs with its own throwaway key; the CSR is for a different key.
+        let signer = device("signer");
+        let csr_key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+        let csr = |challenge: &str| {
+            pki::csr::build_with_challenge(&csr_key, &signer.subject, &[], Some(challenge)).unwrap()
+        };
+        let ok = answer(
+            &h,
+            &message(&h, &signer, MessageType::PkcsReq, "tx-k1", &csr(CHALLENGE)),
+        )
+        .await;
+        assert_eq!(
+            ok.pki_status,
+            Some(PkiStatus::Pending),
+            "{:?}",
+            ok.fail_info_text
+        );
+        let wrong = answer(
+            &h,
+            &message(&h, &signer, MessageType::PkcsReq, "tx-k2", &csr("guess")),
+        )
+        .await;
+        assert_eq!(
+            (wrong.pki_status, wrong.fail_info),
+            (Some(PkiStatus::Failure), Some(FailInfo::BadRequest))
+        );
+        assert_eq!(h.journal.list(None, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pkcs_req_signed_by_a_certificate_certconn_issued_is_a_renewal_without_challenge() {
+        let h = harness();
+        let d = device("renewer");
+        // What certconn issued earlier, in the ledger.
+        let issued =
+            pki::ca::ra_certificate(&d.key, &d.subject, Some((&h.ca.key, &h.ca.chain[0])), 30)
+                .unwrap();
+        let serial = serial_hex(
+            Certificate::from_der(&issued)
+                .unwrap()
+                .tbs_certificate
+                .serial_number
+                .as_bytes(),
+        );
+        let request = serde_json::json!({});
+        h.journal
+            .enqueue(crate::journal::NewJob {
+                source: "api",
+                idempotency_key: "earlier",
+                kind: crate::journal::JobKind::Issue,
+                request: &request,
+            })
+            .await
+            .unwrap();
+        let held = h
+            .journal
+            .lease_next(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let record = crate::journal::IssuedRecord {
+            backend: "local".into(),
+            serial,
+            issuer_der: vec![0x30, 0x00],
+            not_after: 4_000_000_000,
+            certificate_der: issued.clone(),
+        };
+        assert!(h
+            .journal
+            .complete(
+                &held.lease,
+                Completion {
+                    backend: "local",
+                    result: "{}",
+                    issued: Some(&record),
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap());
+        // certmonger's way: a PKCSReq for a new key, no challenge, signed with the current
+        // certificate.
+        let current = Device {
+            key: d.key.duplicate().unwrap(),
+            cert: issued,
+            subject: d.subject.clone(),
+        };
+        let new_key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+        let csr = pki::csr::build_with_challenge(&new_key, &d.subject, &[], None).unwrap();
+        let rep = answer(
+            &h,
+            &message(&h, &current, MessageType::PkcsReq, "tx-renew", &csr),
+        )
+        .await;
+        assert_eq!(
+            rep.pki_status,
+            Some(PkiStatus::Pending),
+            "{:?}",
+            rep.fail_info_text
+        );
+        // The same request signed by a look-alike certificate (same key, not the issued bytes)
+        // still needs a challenge.
+        let lookalike = Device {
+            key: d.key.duplicate().unwrap(),
+            cert: d.cert.clone(),
+            subject: d.subject.clone(),
+        };
+        let rep = answer(
+            &h,
+            &message(&h, &lookalike, MessageType::PkcsReq, "tx-fake", &csr),
+        )
+        .await;
+        assert_eq!(rep.pki_status, Some(PkiStatus::Failure));
     }
 }

@@ -3,8 +3,6 @@
 //! Like [`crate::tbs`], this is encoding only: signing is a callback, so the host signs with a
 //! custody key and the bytes signed are exactly the ones encoded here.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use der::asn1::Uint;
 use der::Encode;
 use x509_cert::certificate::Version;
@@ -12,9 +10,8 @@ use x509_cert::crl::{RevokedCert, TbsCertList};
 use x509_cert::ext::pkix::{CrlNumber, CrlReason};
 use x509_cert::ext::{AsExtension, Extension};
 use x509_cert::name::Name;
-use x509_cert::serial_number::SerialNumber;
-use x509_cert::time::Time;
 
+use crate::tbs::{serial_number, time};
 use crate::{signed, Error, Result, SignatureScheme};
 
 /// One revoked certificate on the list.
@@ -104,28 +101,6 @@ impl CrlTemplate {
         signed::assemble(&tbs, &scheme.algorithm_identifier(), &signature)
             .map_err(SignError::Encode)
     }
-}
-
-/// A serial's DER INTEGER from unsigned big-endian bytes (a leading zero added when the top
-/// bit is set, leading zeros beyond that dropped).
-pub fn serial_number(unsigned: &[u8]) -> Result<SerialNumber> {
-    let start = unsigned
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(unsigned.len().saturating_sub(1));
-    let mut bytes = unsigned[start..].to_vec();
-    if bytes.is_empty() {
-        bytes.push(0);
-    }
-    if bytes[0] & 0x80 != 0 {
-        bytes.insert(0, 0);
-    }
-    Ok(SerialNumber::new(&bytes)?)
-}
-
-/// RFC 5280: UTCTime through 2049, GeneralizedTime from 2050.
-fn time(unix: u64) -> Result<Time> {
-    Ok(Time::try_from(UNIX_EPOCH + Duration::from_secs(unix))?)
 }
 
 /// Keyed by the names the API and the ledger use (`key-compromise`), which are RFC 5280's

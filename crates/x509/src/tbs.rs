@@ -35,13 +35,9 @@ impl CertificateTemplate {
                 "certificate validity ends before it starts".into(),
             ));
         }
-        let mut serial = self.serial.clone();
-        if serial.first().is_some_and(|b| b & 0x80 != 0) {
-            serial.insert(0, 0);
-        }
         let tbs = TbsCertificate {
             version: Version::V3,
-            serial_number: SerialNumber::new(&serial)?,
+            serial_number: serial_number(&self.serial)?,
             signature: scheme.algorithm_identifier(),
             issuer: self.issuer.clone(),
             validity: Validity {
@@ -75,6 +71,24 @@ impl CertificateTemplate {
     }
 }
 
+/// A serial's DER INTEGER from unsigned big-endian bytes: leading zeros dropped, a zero added
+/// when the top bit is set (the minimal encoding DER requires). Certificates and CRL entries
+/// both encode serials this way.
+pub fn serial_number(unsigned: &[u8]) -> Result<SerialNumber> {
+    let start = unsigned
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(unsigned.len().saturating_sub(1));
+    let mut bytes = unsigned[start..].to_vec();
+    if bytes.is_empty() {
+        bytes.push(0);
+    }
+    if bytes[0] & 0x80 != 0 {
+        bytes.insert(0, 0);
+    }
+    Ok(SerialNumber::new(&bytes)?)
+}
+
 /// Failure of [`CertificateTemplate::sign`]: either encoding or the signer.
 #[derive(Debug)]
 pub enum SignError<E> {
@@ -83,7 +97,7 @@ pub enum SignError<E> {
 }
 
 /// RFC 5280: UTCTime through 2049, GeneralizedTime from 2050.
-fn time(unix: u64) -> Result<Time> {
+pub(crate) fn time(unix: u64) -> Result<Time> {
     let t = UNIX_EPOCH + Duration::from_secs(unix);
     Ok(Time::try_from(t)?)
 }

@@ -120,8 +120,6 @@ pub struct PublishedCrls(pub Arc<crate::revocation::Publisher>);
 
 impl crate::sources::scep::CrlSource for PublishedCrls {
     fn crl_of(&self, issuer_der: &[u8]) -> Option<Vec<u8>> {
-        self.0
-            .crl_by_issuer(issuer_der)
-            .map(|c| c.der.as_ref().clone())
+        self.0.crl_by_issuer(issuer_der).map(|c| c.der.to_vec())
     }
 }

@@ -162,32 +162,36 @@ pub struct RevokeJob {
 }
 
 impl RevokeJob {
-    /// The serial as the ledger keys it. Accepts `0x`, colons and an odd digit count, as people
-    /// paste serials.
+    /// The serial as the ledger keys it (see [`normalize_serial`]).
     pub fn normalized_serial(&self) -> Result<String, BadSerial> {
-        let digits: String = self
-            .serial
-            .trim()
-            .trim_start_matches("0x")
-            .chars()
-            .filter(|c| *c != ':')
-            .collect();
-        let padded = if digits.len() % 2 == 1 {
-            format!("0{digits}")
-        } else {
-            digits
-        };
-        let bad = |why| BadSerial {
-            given: self.serial.clone(),
-            why,
-        };
-        if padded.is_empty() || padded.len() > 42 {
-            return Err(bad("1 to 20 bytes of hex"));
-        }
-        hex::decode(&padded)
-            .map(|b| serial_hex(&b))
-            .map_err(|_| bad("not hexadecimal"))
+        normalize_serial(&self.serial)
     }
+}
+
+/// A serial as the ledger keys it (lowercase hex, no sign padding). Accepts `0x`, colons and an
+/// odd digit count, as people paste serials.
+pub fn normalize_serial(given: &str) -> Result<String, BadSerial> {
+    let digits: String = given
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    let padded = if digits.len() % 2 == 1 {
+        format!("0{digits}")
+    } else {
+        digits
+    };
+    let bad = |why| BadSerial {
+        given: given.to_owned(),
+        why,
+    };
+    if padded.is_empty() || padded.len() > 42 {
+        return Err(bad("1 to 20 bytes of hex"));
+    }
+    hex::decode(&padded)
+        .map(|b| serial_hex(&b))
+        .map_err(|_| bad("not hexadecimal"))
 }
 
 /// A serial number that is not one.

@@ -1,8 +1,10 @@
-//! Certificates the host itself signs with custody keys: the local CA's self-signed root and
-//! the SCEP server's RA certificate (issued by a CA key in custody, or self-signed).
+//! Certificates the host itself signs with custody keys: the local CA's self-signed root, the
+//! SCEP server's RA certificate (issued by a CA key in custody, or self-signed), the delegated
+//! OCSP responder's certificate, and CRLs.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use certconn_x509::crl::CrlTemplate;
 use certconn_x509::{extensions, CertificateTemplate, KeyUsageName};
 use der::Decode;
 use spki::SubjectPublicKeyInfoOwned;
@@ -186,10 +188,11 @@ fn sign(
         extensions: extensions(&key_id)?,
     };
     let scheme = signer.kind().default_signature_scheme();
-    template
-        .sign(scheme, |tbs| signer.sign(scheme, tbs))
-        .map_err(|e| match e {
-            certconn_x509::tbs::SignError::Encode(e) => PkiError::from(e),
-            certconn_x509::tbs::SignError::Signer(e) => PkiError::from(e),
-        })
+    Ok(template.sign(scheme, |tbs| signer.sign(scheme, tbs))?)
+}
+
+/// Signs a CRL with the CA's custody key, in the key's default scheme.
+pub fn sign_crl(ca_key: &PrivateKey, template: &CrlTemplate) -> Result<Vec<u8>, PkiError> {
+    let scheme = ca_key.kind().default_signature_scheme();
+    Ok(template.sign(scheme, |tbs| ca_key.sign(scheme, tbs))?)
 }

@@ -33,6 +33,16 @@ impl PkiError {
     }
 }
 
+/// A custody signature over an encoded structure (certificate or CRL) that failed in either half.
+impl From<certconn_x509::tbs::SignError<crate::crypto::CryptoError>> for PkiError {
+    fn from(e: certconn_x509::tbs::SignError<crate::crypto::CryptoError>) -> Self {
+        match e {
+            certconn_x509::tbs::SignError::Encode(e) => PkiError::from(e),
+            certconn_x509::tbs::SignError::Signer(e) => PkiError::from(e),
+        }
+    }
+}
+
 impl From<certconn_x509::Error> for PkiError {
     fn from(e: certconn_x509::Error) -> Self {
         PkiError::Invalid(e.to_string())

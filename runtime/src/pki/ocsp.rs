@@ -32,9 +32,8 @@ pub struct Issuer {
 }
 
 impl Issuer {
-    /// The issuer of certificates signed by `ca_der`.
-    pub fn of(ca_der: &[u8]) -> Result<Self, PkiError> {
-        let ca = Certificate::from_der(ca_der).map_err(PkiError::der("CA certificate"))?;
+    /// The issuer of certificates signed by `ca`.
+    pub fn of(ca: &Certificate) -> Result<Self, PkiError> {
         Ok(Self {
             name_der: ca
                 .tbs_certificate

@@ -65,7 +65,7 @@ async fn crl(State(p): State<Arc<Publisher>>, Path(ca): Path<String>) -> Respons
             ),
             (header::CACHE_CONTROL, cache),
         ],
-        current.der.as_ref().clone(),
+        current.der,
     )
         .into_response()
 }
@@ -92,7 +92,7 @@ async fn ocsp_get(
     let text: String = request.chars().filter(|c| !c.is_whitespace()).collect();
     match PADDING_OPTIONAL.decode(text) {
         Ok(der) => ocsp(&p, &ca, &der).await,
-        Err(_) => respond(crate::pki::ocsp::Refusal::Malformed.response_der()),
+        Err(_) => respond(crate::pki::ocsp::Refusal::Malformed.response_der().into()),
     }
 }
 
@@ -103,6 +103,6 @@ async fn ocsp(p: &Publisher, ca: &str, request: &[u8]) -> Response {
     }
 }
 
-fn respond(der: Vec<u8>) -> Response {
+fn respond(der: Bytes) -> Response {
     ([(header::CONTENT_TYPE, "application/ocsp-response")], der).into_response()
 }

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use der::{Decode, Encode};
 use tokio::sync::watch;
 use x509_cert::Certificate;
@@ -64,7 +65,8 @@ pub enum PublishError {
 /// The CRL a CA publishes now.
 #[derive(Debug, Clone)]
 pub struct CurrentCrl {
-    pub der: Arc<Vec<u8>>,
+    /// Shared, not copied, by every response that serves it (a CRL may be megabytes).
+    pub der: Bytes,
     pub number: u64,
     /// Seconds since the epoch.
     pub this_update: u64,
@@ -98,6 +100,8 @@ struct Authority {
     key_name: String,
     ca: Arc<StoredKey>,
     ca_der: Vec<u8>,
+    /// The CA certificate's subject: every CRL's issuer.
+    issuer_name: x509_cert::name::Name,
     issuer: Issuer,
     key_id: Option<Vec<u8>>,
     signer: OcspSigner,
@@ -106,7 +110,7 @@ struct Authority {
     /// The delegated responder: its key, with its certificate first in the chain.
     responder: RwLock<Option<Arc<StoredKey>>>,
     /// Pre-produced responses by the DER of the CertID asked about.
-    cache: Mutex<HashMap<Vec<u8>, Arc<Vec<u8>>>>,
+    cache: Mutex<HashMap<Vec<u8>, Bytes>>,
     /// When a change of the ledger was first seen and not yet published.
     changed_since: Mutex<Option<Instant>>,
 }
@@ -158,13 +162,10 @@ impl Publisher {
                 let ca = name.clone();
                 move |source| PublishError::Pki { ca, what, source }
             };
-            let issuer = Issuer::of(&ca_der).map_err(pki("reading its certificate"))?;
             let parsed = Certificate::from_der(&ca_der)
-                .map_err(|e| PkiError::Der {
-                    what: "CA certificate",
-                    source: e,
-                })
+                .map_err(PkiError::der("CA certificate"))
                 .map_err(pki("reading its certificate"))?;
+            let issuer = Issuer::of(&parsed).map_err(pki("reading its certificate"))?;
             authorities.insert(
                 name.clone(),
                 Arc::new(Authority {
@@ -172,6 +173,7 @@ impl Publisher {
                     key_name,
                     ca: stored,
                     key_id: certconn_x509::extensions::subject_key_identifier_of(&parsed),
+                    issuer_name: parsed.tbs_certificate.subject,
                     ca_der,
                     issuer,
                     signer: ca.ocsp,
@@ -274,17 +276,7 @@ impl Publisher {
             .collect();
         let count = entries.len();
         let template = CrlTemplate {
-            issuer: Certificate::from_der(&a.ca_der)
-                .map_err(|e| PublishError::Pki {
-                    ca: a.name.clone(),
-                    what: "reading its certificate",
-                    source: PkiError::Der {
-                        what: "CA certificate",
-                        source: e,
-                    },
-                })?
-                .tbs_certificate
-                .subject,
+            issuer: a.issuer_name.clone(),
             this_update,
             next_update,
             number,
@@ -292,7 +284,7 @@ impl Publisher {
             entries,
         };
         let ca = a.ca.clone();
-        let der = tokio::task::spawn_blocking(move || sign_crl(&ca, &template))
+        let der = tokio::task::spawn_blocking(move || crate::pki::ca::sign_crl(&ca.key, &template))
             .await
             .map_err(|_| PublishError::Interrupted)?
             .map_err(|source| PublishError::Pki {
@@ -316,7 +308,7 @@ impl Publisher {
             }
         }
         *a.current.write().unwrap_or_else(|p| p.into_inner()) = Some(CurrentCrl {
-            der: Arc::new(der),
+            der: Bytes::from(der),
             number,
             this_update,
             next_update,
@@ -405,7 +397,7 @@ impl Publisher {
 
     /// Answers an OCSP request for `ca`: `None` when the CA is not published here or does not
     /// answer OCSP; otherwise an OCSPResponse's DER (refusals included, as RFC 6960 wants).
-    pub async fn ocsp(&self, ca: &str, request: &[u8]) -> Option<Vec<u8>> {
+    pub async fn ocsp(&self, ca: &str, request: &[u8]) -> Option<Bytes> {
         let a = self.authorities.get(ca)?;
         if a.signer == OcspSigner::Off {
             return None;
@@ -414,7 +406,7 @@ impl Publisher {
             Ok(q) => q,
             Err(refusal) => {
                 tracing::info!(event_id = 3201, ca = %a.name, ?refusal, "refused an OCSP request");
-                return Some(refusal.response_der());
+                return Some(Bytes::from(refusal.response_der()));
             }
         };
         let cache_key = match (&query.nonce, query.ids.as_slice()) {
@@ -424,18 +416,18 @@ impl Publisher {
         if let Some(k) = &cache_key {
             let cache = a.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(hit) = cache.get(k) {
-                return Some(hit.as_ref().clone());
+                return Some(hit.clone());
             }
         }
         let answer = match self.answer(a, query).await {
-            Ok(der) => der,
+            Ok(der) => Bytes::from(der),
             Err(e) => {
                 tracing::warn!(event_id = 3202, ca = %a.name, error = %crate::report::chain(&e), "could not answer an OCSP request");
-                return Some(
+                return Some(Bytes::from(
                     x509_ocsp::OcspResponse::internal_error()
                         .to_der()
                         .unwrap_or_default(),
-                );
+                ));
             }
         };
         if let Some(k) = cache_key {
@@ -443,7 +435,7 @@ impl Publisher {
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
             }
-            cache.insert(k, Arc::new(answer.clone()));
+            cache.insert(k, answer.clone());
         }
         Some(answer)
     }
@@ -547,17 +539,6 @@ impl Publisher {
             })
             .collect()
     }
-}
-
-/// Signs `template` with the CA key in custody.
-fn sign_crl(ca: &StoredKey, template: &CrlTemplate) -> Result<Vec<u8>, PkiError> {
-    let scheme = ca.key.kind().default_signature_scheme();
-    template
-        .sign(scheme, |tbs| ca.key.sign(scheme, tbs))
-        .map_err(|e| match e {
-            certconn_x509::tbs::SignError::Encode(e) => PkiError::from(e),
-            certconn_x509::tbs::SignError::Signer(e) => PkiError::from(e),
-        })
 }
 
 fn not_after(cert_der: &[u8]) -> Option<u64> {

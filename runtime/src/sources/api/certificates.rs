@@ -82,27 +82,23 @@ pub(super) async fn list(
     Ok(Json(json!({ "certificates": out })))
 }
 
-fn normalized(serial: &str) -> Result<String, ApiError> {
-    crate::jobs::model::RevokeJob {
-        serial: serial.to_owned(),
-        reason: RevocationReason::Unspecified,
-        backend: None,
-    }
-    .normalized_serial()
-    .map_err(|e| ApiError::invalid("serial", e.to_string()))
+/// The ledger's entry for `serial` as given in the path, or 422/404 saying why there is none.
+async fn known(state: &AppState, serial: &str) -> Result<LedgerEntry, ApiError> {
+    let serial = crate::jobs::model::normalize_serial(serial)
+        .map_err(|e| ApiError::invalid("serial", e.to_string()))?;
+    state.ledger.certificate(&serial).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("certconn issued no certificate with serial {serial}"),
+        )
+    })
 }
 
 pub(super) async fn show(
     State(state): State<AppState>,
     Path(serial): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let serial = normalized(&serial)?;
-    let entry = state.ledger.certificate(&serial).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("certconn issued no certificate with serial {serial}"),
-        )
-    })?;
+    let entry = known(&state, &serial).await?;
     Ok(Json(view(&state, entry).await))
 }
 
@@ -111,13 +107,8 @@ pub(super) async fn set_reason(
     Path(serial): Path<String>,
     Json(body): Json<ReasonBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let serial = normalized(&serial)?;
-    let entry = state.ledger.certificate(&serial).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("certconn issued no certificate with serial {serial}"),
-        )
-    })?;
+    let entry = known(&state, &serial).await?;
+    let serial = entry.serial.clone();
     let Some((_, old)) = entry.revoked.clone() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -151,13 +142,7 @@ pub(super) async fn set_reason(
         Err(e) => return Err(e.into()),
     }
     tracing::warn!(event_id = 3010, serial = %change.serial, backend = %change.backend, from = %change.old_reason, to = %change.new_reason, by = %change.changed_by, "changed a revocation's reason");
-    let entry = state.ledger.certificate(&serial).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("certificate {serial} vanished"),
-        )
-    })?;
-    Ok(Json(view(&state, entry).await))
+    Ok(Json(view(&state, known(&state, &serial).await?).await))
 }
 
 pub(super) async fn reason_changes(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

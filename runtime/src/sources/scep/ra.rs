@@ -673,11 +673,7 @@ mod tests {
             authority_key_id: None,
             entries: Vec::new(),
         };
-        let scheme = ca.key.kind().default_signature_scheme();
-        let crl = template
-            .sign(scheme, |tbs| ca.key.sign(scheme, tbs))
-            .map_err(|_| "signing")
-            .unwrap();
+        let crl = pki::ca::sign_crl(&ca.key, &template).unwrap();
         FixedCrl {
             issuer: issuer.to_der().unwrap(),
             crl,
@@ -717,15 +713,7 @@ mod tests {
             "{:?}",
             rep.fail_info_text
         );
-        let (bag, _) = envelope::open(
-            &crypto(),
-            &CustodyIdentity {
-                key: &d.key,
-                certificate: &d.cert,
-            },
-            rep.content.as_deref().unwrap(),
-        )
-        .unwrap();
+        let bag = opened(&rep, &d);
         let info = cms::content_info::ContentInfo::from_der(&bag).unwrap();
         let signed: cms::signed_data::SignedData = info.content.decode_as().unwrap();
         let crls = signed.crls.expect("a CRL in the bag");
@@ -820,6 +808,20 @@ mod tests {
         message(h, device, MessageType::PkcsReq, txid, &csr)
     }
 
+    /// The content of a reply sealed for `device`, opened with its key.
+    fn opened(rep: &SignedMessage, device: &Device) -> Vec<u8> {
+        let (bag, _) = envelope::open(
+            &crypto(),
+            &CustodyIdentity {
+                key: &device.key,
+                certificate: &device.cert,
+            },
+            rep.content.as_deref().expect("a sealed content"),
+        )
+        .unwrap();
+        bag.to_vec()
+    }
+
     async fn answer(h: &Harness, msg: &[u8]) -> SignedMessage {
         let rep = h.ra.pki_operation(msg).await.unwrap();
         message::verify(&crypto(), &rep, &[]).unwrap()
@@ -887,15 +889,7 @@ mod tests {
             "{:?}",
             rep.fail_info_text
         );
-        let (bag, _) = envelope::open(
-            &crypto(),
-            &CustodyIdentity {
-                key: &d.key,
-                certificate: &d.cert,
-            },
-            rep.content.as_deref().unwrap(),
-        )
-        .unwrap();
+        let bag = opened(&rep, &d);
         let certs = certs::parse_certs_only(&bag).unwrap();
         let leaf = Certificate::from_der(&certs[0]).unwrap();
         assert_eq!(

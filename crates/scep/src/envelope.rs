@@ -1,16 +1,12 @@
 //! The pkcsPKIEnvelope: CMS EnvelopedData with one key-transport recipient (RFC 8894 §3.2.2).
 
-use cms::cert::IssuerAndSerialNumber;
 use cms::content_info::{CmsVersion, ContentInfo};
-use cms::enveloped_data::{
-    EncryptedContentInfo, EnvelopedData, KeyTransRecipientInfo, RecipientIdentifier, RecipientInfo,
-    RecipientInfos,
-};
+use cms::enveloped_data::EncryptedContentInfo;
 use der::asn1::{Any, OctetString, SetOfVec};
 use der::{Decode, Encode};
 use spki::AlgorithmIdentifierOwned;
-use x509_cert::Certificate;
 
+use crate::lenient::{self, CertificateId, EnvelopedData, IssuerSerial, KeyTransRecipientInfo};
 use crate::{oid, Cipher, Crypto, Error, Identity, KeyTransport, Result};
 
 /// Encrypts `content` for the holder of `recipient_der`'s key. Returns a DER ContentInfo.
@@ -21,8 +17,7 @@ pub fn seal(
     cipher: Cipher,
     transport: KeyTransport,
 ) -> Result<Vec<u8>> {
-    let recipient =
-        Certificate::from_der(recipient_der).map_err(Error::malformed("recipient certificate"))?;
+    let recipient = lenient::certificate("recipient certificate", recipient_der)?;
     let tbs = &recipient.tbs_certificate;
     let spki = tbs
         .subject_public_key_info
@@ -32,21 +27,17 @@ pub fn seal(
     let iv = crypto.random(cipher.iv_len())?;
     let ciphertext = crypto.cbc_encrypt(cipher, &cek, &iv, content)?;
     let wrapped = crypto.encrypt_key(&spki, transport, &cek)?;
-    let info = RecipientInfo::Ktri(KeyTransRecipientInfo {
+    let info = Any::encode_from(&KeyTransRecipientInfo {
         version: CmsVersion::V0,
-        rid: RecipientIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
-            issuer: tbs.issuer.clone(),
-            serial_number: tbs.serial_number.clone(),
-        }),
+        rid: CertificateId::IssuerAndSerialNumber(IssuerSerial::of(&recipient)),
         key_enc_alg: transport.algorithm_identifier(),
         enc_key: OctetString::new(wrapped).map_err(Error::malformed("encrypted key"))?,
-    });
+    })
+    .map_err(Error::malformed("recipient"))?;
     let enveloped = EnvelopedData {
         version: CmsVersion::V0,
         originator_info: None,
-        recip_infos: RecipientInfos(
-            SetOfVec::try_from(vec![info]).map_err(Error::malformed("recipients"))?,
-        ),
+        recip_infos: SetOfVec::try_from(vec![info]).map_err(Error::malformed("recipients"))?,
         encrypted_content: EncryptedContentInfo {
             content_type: oid::DATA,
             content_enc_alg: AlgorithmIdentifierOwned {
@@ -99,30 +90,10 @@ pub fn open(
         .content
         .decode_as()
         .map_err(Error::malformed("EnvelopedData"))?;
-    let me = Certificate::from_der(identity.certificate())
-        .map_err(Error::malformed("our certificate"))?;
-    let my_ski = certconn_x509::extensions::subject_key_identifier_of(&me);
+    let me = lenient::certificate("our certificate", identity.certificate())?;
     let ktri = enveloped
-        .recip_infos
-        .0
-        .iter()
-        .find_map(|r| match r {
-            RecipientInfo::Ktri(k) => match &k.rid {
-                RecipientIdentifier::IssuerAndSerialNumber(ias)
-                    if ias.issuer == me.tbs_certificate.issuer
-                        && ias.serial_number == me.tbs_certificate.serial_number =>
-                {
-                    Some(k)
-                }
-                RecipientIdentifier::SubjectKeyIdentifier(ski)
-                    if my_ski.as_deref() == Some(ski.0.as_bytes()) =>
-                {
-                    Some(k)
-                }
-                _ => None,
-            },
-            _ => None,
-        })
+        .key_transport_recipients()
+        .find(|k| k.rid.names(&me))
         .ok_or_else(|| {
             Error::WrongRecipient(format!(
                 "the envelope has no key-transport recipient for our certificate (serial {})",

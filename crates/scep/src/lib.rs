@@ -17,6 +17,7 @@ pub mod caps;
 pub mod certs;
 pub mod crypto;
 pub mod envelope;
+pub mod lenient;
 pub mod message;
 pub mod ndes;
 mod oid;

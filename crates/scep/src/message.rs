@@ -1,19 +1,16 @@
 //! The pkiMessage (RFC 8894 §3.2): a CMS SignedData whose signed attributes carry the SCEP
 //! transaction and whose content is the pkcsPKIEnvelope.
 
-use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
 use cms::content_info::{CmsVersion, ContentInfo};
-use cms::signed_data::{
-    CertificateSet, EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo, SignerInfos,
-};
+use cms::signed_data::EncapsulatedContentInfo;
 use der::asn1::{Any, OctetString, PrintableStringRef, SetOfVec};
 use der::{Decode, Encode, Sequence, Tag, Tagged};
 use spki::AlgorithmIdentifierOwned;
 use x509_cert::attr::Attribute;
 use x509_cert::name::Name;
-use x509_cert::Certificate;
 
 use crate::algorithms::signer_digest;
+use crate::lenient::{self, CertificateId, IssuerSerial, SignedData, SignerInfo};
 use crate::{oid, tlv, Crypto, Digest, Error, Identity, Result};
 
 /// SCEP messageType values.
@@ -191,8 +188,7 @@ pub fn sign(
     digest: Digest,
     out: &Outgoing<'_>,
 ) -> Result<Vec<u8>> {
-    let me = Certificate::from_der(identity.certificate())
-        .map_err(Error::malformed("signer certificate"))?;
+    let me = lenient::certificate("signer certificate", identity.certificate())?;
     let content = out.content.unwrap_or_default();
     let mut attrs = vec![
         attribute(
@@ -231,10 +227,7 @@ pub fn sign(
 
     let signer = SignerInfo {
         version: CmsVersion::V1,
-        sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
-            issuer: me.tbs_certificate.issuer.clone(),
-            serial_number: me.tbs_certificate.serial_number.clone(),
-        }),
+        sid: CertificateId::IssuerAndSerialNumber(IssuerSerial::of(&me)),
         digest_alg: digest.algorithm_identifier(),
         signed_attrs: Some(signed_attrs),
         signature_algorithm: AlgorithmIdentifierOwned {
@@ -244,11 +237,12 @@ pub fn sign(
         signature: OctetString::new(signature).map_err(Error::malformed("signature"))?,
         unsigned_attrs: None,
     };
-    let mut certs = vec![CertificateChoices::Certificate(me)];
-    for der in out.extra_certificates {
-        certs.push(CertificateChoices::Certificate(
-            Certificate::from_der(der).map_err(Error::malformed("certificate"))?,
-        ));
+    let mut certs = Vec::new();
+    for der in std::iter::once(identity.certificate())
+        .chain(out.extra_certificates.iter().map(Vec::as_slice))
+    {
+        lenient::certificate("certificate", der)?;
+        certs.push(Any::from_der(der).map_err(Error::malformed("certificate"))?);
     }
     let signed = SignedData {
         version: CmsVersion::V1,
@@ -262,16 +256,12 @@ pub fn sign(
             econtent: Some(octets(out.content.unwrap_or_default())?),
         },
         certificates: if out.send_certificates {
-            Some(CertificateSet(
-                SetOfVec::try_from(certs).map_err(Error::malformed("certificates"))?,
-            ))
+            Some(SetOfVec::try_from(certs).map_err(Error::malformed("certificates"))?)
         } else {
             None
         },
         crls: None,
-        signer_infos: SignerInfos(
-            SetOfVec::try_from(vec![signer]).map_err(Error::malformed("signer infos"))?,
-        ),
+        signer_infos: SetOfVec::try_from(vec![signer]).map_err(Error::malformed("signer infos"))?,
     };
     ContentInfo {
         content_type: oid::SIGNED_DATA,
@@ -333,7 +323,7 @@ pub fn verify(
         .decode_as()
         .map_err(Error::malformed("SignedData"))?;
     let raw_attrs = raw_signed_attributes(info.content.value())?;
-    let signer_info = match signed.signer_infos.0.as_slice() {
+    let signer_info = match signed.signer_infos.as_slice() {
         [one] => one,
         [] => return Err(Error::invalid("SignedData", "no signer")),
         _ => return Err(Error::invalid("SignedData", "more than one signer")),
@@ -343,29 +333,20 @@ pub fn verify(
         .as_ref()
         .ok_or_else(|| Error::invalid("SignerInfo", "no signed attributes"))?;
 
-    let certificates: Vec<Vec<u8>> = match &signed.certificates {
-        Some(set) => set
-            .0
-            .iter()
-            .filter_map(|c| match c {
-                CertificateChoices::Certificate(c) => c.to_der().ok(),
-                _ => None,
-            })
-            .collect(),
-        None => Vec::new(),
-    };
+    let certificates = signed.certificate_ders();
     let signer = certificates
         .iter()
         .chain(known_signers)
-        .find(|der| identifies(&signer_info.sid, der))
+        .find(|der| {
+            lenient::certificate("certificate", der).is_ok_and(|c| signer_info.sid.names(&c))
+        })
         .cloned()
         .ok_or_else(|| {
             Error::BadSignature(
                 "the signer's certificate is neither in the message nor known".into(),
             )
         })?;
-    let signer_cert =
-        Certificate::from_der(&signer).map_err(Error::malformed("signer certificate"))?;
+    let signer_cert = lenient::certificate("signer certificate", &signer)?;
     let spki = signer_cert
         .tbs_certificate
         .subject_public_key_info
@@ -455,23 +436,6 @@ pub fn verify(
         signer,
         digest,
     })
-}
-
-/// Whether `cert_der` is the certificate a SignerIdentifier names.
-fn identifies(sid: &SignerIdentifier, cert_der: &[u8]) -> bool {
-    let Ok(cert) = Certificate::from_der(cert_der) else {
-        return false;
-    };
-    match sid {
-        SignerIdentifier::IssuerAndSerialNumber(ias) => {
-            ias.issuer == cert.tbs_certificate.issuer
-                && ias.serial_number == cert.tbs_certificate.serial_number
-        }
-        SignerIdentifier::SubjectKeyIdentifier(ski) => {
-            certconn_x509::extensions::subject_key_identifier_of(&cert).as_deref()
-                == Some(ski.0.as_bytes())
-        }
-    }
 }
 
 fn single_value(

@@ -354,7 +354,9 @@ pub fn requested_subject_alt_names(
 }
 
 /// The subject key identifier of a certificate, when it carries one.
-pub fn subject_key_identifier_of(cert: &x509_cert::Certificate) -> Option<Vec<u8>> {
+pub fn subject_key_identifier_of<P: x509_cert::certificate::Profile>(
+    cert: &x509_cert::certificate::CertificateInner<P>,
+) -> Option<Vec<u8>> {
     const SKI_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.14");
     cert.tbs_certificate
         .extensions

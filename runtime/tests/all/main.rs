@@ -7,6 +7,7 @@ mod common;
 
 mod bad_input;
 mod bench_smoke;
+mod certmonger;
 mod cli;
 mod cms_seal;
 mod conformance;

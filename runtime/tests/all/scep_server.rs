@@ -54,34 +54,6 @@ fn openssl(args: &[&str]) -> String {
     run_ok(Command::new("openssl").args(args))
 }
 
-/// The CA and RA certificates as GetCACert publishes them, PEM.
-fn ca_bundle(daemon: &Daemon, dir: &Path) -> PathBuf {
-    let (status, body) = http_raw(daemon.port, "GET", "/scep?operation=GetCACert", b"");
-    assert_eq!(status, 200);
-    let der = dir.join("cacert.p7b");
-    std::fs::write(&der, body).unwrap();
-    let pem = dir.join("ca-bundle.pem");
-    openssl(&[
-        "pkcs7",
-        "-inform",
-        "DER",
-        "-in",
-        der.to_str().unwrap(),
-        "-print_certs",
-        "-out",
-        pem.to_str().unwrap(),
-    ]);
-    pem
-}
-
-fn jobs_total(daemon: &Daemon) -> usize {
-    let out = ok(daemon.cli(&["jobs", "list", "--json"]));
-    serde_json::from_str::<serde_json::Value>(&out).unwrap()["jobs"]
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or(0)
-}
-
 #[test]
 fn scepclient_enrols_with_the_static_challenge_and_openssl_verifies_the_certificate() {
     let dir = tempfile::tempdir().unwrap();
@@ -110,7 +82,7 @@ fn scepclient_enrols_with_the_static_challenge_and_openssl_verifies_the_certific
         String::from_utf8_lossy(&out.stderr),
         std::fs::read_to_string(&daemon.log).unwrap_or_default()
     );
-    let bundle = ca_bundle(&daemon, dir.path());
+    let bundle = scep_ca_bundle(&daemon, dir.path());
     let verified = openssl(&[
         "verify",
         "-CAfile",

@@ -10,7 +10,6 @@ use certconn_scep::{
 };
 use der::Decode;
 use x509_cert::request::CertReq;
-use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
 use super::adapter::{CustodyIdentity, HostCrypto};
@@ -266,14 +265,32 @@ impl Ra {
         if msg.message_type == MessageType::GetCrl {
             return self.get_crl(msg, &plain, opened.cipher, opened.transport);
         }
-        let key = format!("scep:{}", msg.transaction_id);
         let job = match msg.message_type {
             MessageType::PkcsReq | MessageType::RenewalReq => {
                 let csr_pem = pem::encode("CERTIFICATE REQUEST", &plain);
-                // A resent request (the client polling by resending) finds its job again.
-                match self.ports.jobs.find(SOURCE, &key).await.map_err(internal)? {
-                    Some(job) => same_request(job, &csr_pem)?,
-                    None => {
+                let (latest, generation) = self.latest_request(&msg.transaction_id).await?;
+                match latest {
+                    // A resent request (the client polling by resending) finds its job again.
+                    Some(job) if same_csr(&job, &csr_pem) => job,
+                    Some(job) if !job.state.is_settled() => {
+                        return Err((
+                            FailInfo::BadRequest,
+                            "the transaction ID is in use by a different request still in progress"
+                                .into(),
+                        ))
+                    }
+                    // A new CSR for the same key under a settled transaction ID: the SCEP
+                    // drafts derived the ID from the key, and certmonger still does, so a
+                    // same-key renewal comes under the ID of the first request. Another key
+                    // under a used ID is refused.
+                    Some(job) if !same_key(&job, &plain) => {
+                        return Err((
+                            FailInfo::BadRequest,
+                            "the transaction ID was already used for a request for another key"
+                                .into(),
+                        ))
+                    }
+                    _ => {
                         self.admit(msg, &plain, &csr_pem).await?;
                         let req = IssueJob {
                             profile: self.profile.clone(),
@@ -284,6 +301,7 @@ impl Ra {
                             csr_pem: Some(csr_pem.clone()),
                             validity_days: None,
                         };
+                        let key = transaction_key(&msg.transaction_id, generation + 1);
                         let (job, _) = self
                             .ports
                             .intake
@@ -293,22 +311,24 @@ impl Ra {
                                 SubmitError::Invalid(i) => (FailInfo::BadRequest, i.to_string()),
                                 other => internal(other),
                             })?;
-                        same_request(job, &csr_pem)?
+                        if !same_csr(&job, &csr_pem) {
+                            // Another request took this generation between our look and ours.
+                            return Err((
+                                FailInfo::BadRequest,
+                                "the transaction ID was just used for a different request".into(),
+                            ));
+                        }
+                        job
                     }
                 }
             }
             MessageType::CertPoll => {
                 IssuerAndSubject::from_der(&plain)
                     .map_err(|e| (FailInfo::BadRequest, format!("CertPoll content: {e}")))?;
-                self.ports
-                    .jobs
-                    .find(SOURCE, &key)
-                    .await
-                    .map_err(internal)?
-                    .ok_or((
-                        FailInfo::BadCertId,
-                        format!("no request with transaction ID {}", msg.transaction_id),
-                    ))?
+                self.latest_request(&msg.transaction_id).await?.0.ok_or((
+                    FailInfo::BadCertId,
+                    format!("no request with transaction ID {}", msg.transaction_id),
+                ))?
             }
             other => {
                 return Err((
@@ -368,6 +388,24 @@ impl Ra {
         }
     }
 
+    /// The latest request journaled under a transaction ID, and its generation (0 when none).
+    /// Generations are looked up in order; a transaction ID rarely has more than a few (one
+    /// per same-key renewal).
+    async fn latest_request(
+        &self,
+        transaction_id: &str,
+    ) -> Result<(Option<JobRecord>, u32), (FailInfo, String)> {
+        let mut latest = (None, 0);
+        for generation in 1.. {
+            let key = transaction_key(transaction_id, generation);
+            match self.ports.jobs.find(SOURCE, &key).await.map_err(internal)? {
+                Some(job) => latest = (Some(job), generation),
+                None => break,
+            }
+        }
+        Ok(latest)
+    }
+
     /// GetCRL: the current CRL of the issuer named in the IssuerAndSerialNumber, sealed for
     /// the requester like any CertRep content.
     fn get_crl(
@@ -411,7 +449,8 @@ impl Ra {
     ) -> Result<(), (FailInfo, String)> {
         let csr = CertReq::from_der(csr_der)
             .map_err(|e| (FailInfo::BadRequest, format!("malformed PKCS#10: {e}")))?;
-        let signer = Certificate::from_der(&msg.signer)
+        // Read leniently: a client's throwaway signer may carry a serial RFC 5280 refuses.
+        let signer = certconn_scep::lenient::certificate("signer certificate", &msg.signer)
             .map_err(|e| (FailInfo::BadRequest, e.to_string()))?;
         // Signed by a certificate certconn issued (the very bytes in the ledger): a renewal,
         // whether the client says RenewalReq or, as certmonger does, PKCSReq. Its validity is
@@ -536,16 +575,32 @@ fn internal(e: impl std::fmt::Display) -> (FailInfo, String) {
     )
 }
 
-/// A transaction ID names one request: the same ID with another CSR is refused.
-fn same_request(job: JobRecord, csr_pem: &str) -> Result<JobRecord, (FailInfo, String)> {
-    let stored = job.request.get("csr_pem").and_then(|v| v.as_str());
-    if stored != Some(csr_pem) {
-        return Err((
-            FailInfo::BadRequest,
-            "the transaction ID was already used for a different request".into(),
-        ));
+/// The journal key of the `generation`th request under a transaction ID: `scep:<ID>` for the
+/// first, `scep:<ID>#2`, `#3`… for the requests that came under the same ID once the one before
+/// had settled. A transaction ID names one request at a time.
+fn transaction_key(transaction_id: &str, generation: u32) -> String {
+    match generation {
+        0 | 1 => format!("scep:{transaction_id}"),
+        n => format!("scep:{transaction_id}#{n}"),
     }
-    Ok(job)
+}
+
+/// Whether `job` asked for a certificate for the key of the CSR `csr_der`.
+fn same_key(job: &JobRecord, csr_der: &[u8]) -> bool {
+    let key_of = |der: &[u8]| CertReq::from_der(der).ok().map(|c| c.info.public_key);
+    let stored = job
+        .request
+        .get("csr_pem")
+        .and_then(|v| v.as_str())
+        .and_then(|text| pem::decode_all(text).ok())
+        .and_then(|blocks| blocks.into_iter().next())
+        .and_then(|(_, der)| key_of(&der));
+    stored.is_some() && stored == key_of(csr_der)
+}
+
+/// Whether `job` is the request for `csr_pem`.
+fn same_csr(job: &JobRecord, csr_pem: &str) -> bool {
+    job.request.get("csr_pem").and_then(|v| v.as_str()) == Some(csr_pem)
 }
 
 fn challenge_password(csr: &CertReq) -> Option<String> {
@@ -578,6 +633,7 @@ fn static_challenge(sc: &ScepConfig) -> Result<Option<Zeroizing<String>>, RaErro
 mod tests {
     use certconn_scep::{Cipher, Crypto, Digest, KeyTransport};
     use der::Encode;
+    use x509_cert::Certificate;
 
     use super::*;
     use crate::custody::{CustodyConfig, PrivateKey};
@@ -1140,5 +1196,167 @@ mod tests {
         )
         .await;
         assert_eq!(rep.pki_status, Some(PkiStatus::Failure));
+    }
+
+    /// A device whose throwaway signer certificate has a 32-byte serial, made by the openssl
+    /// CLI as a mainstream Linux client makes it.
+    fn device_with_long_serial(dir: &std::path::Path, name: &str) -> Device {
+        let key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+        let key_file = dir.join(format!("{name}.key.der"));
+        std::fs::write(&key_file, key.pkcs8_der().unwrap()).unwrap();
+        let cert_file = dir.join(format!("{name}.crt.der"));
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-new", "-keyform", "DER", "-key"])
+            .arg(&key_file)
+            .args([
+                "-subj",
+                &format!("/CN={name}"),
+                "-days",
+                "1",
+                "-outform",
+                "DER",
+            ])
+            .args(["-set_serial", &format!("0x{}", "a5".repeat(32))])
+            .arg("-out")
+            .arg(&cert_file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cert = std::fs::read(&cert_file).unwrap();
+        assert!(
+            Certificate::from_der(&cert).is_err(),
+            "RFC 5280's profile refuses this serial"
+        );
+        Device {
+            key,
+            cert,
+            subject: format!("CN={name}").parse().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_signer_with_a_32_byte_serial_enrols_and_openssl_opens_the_reply() {
+        let h = harness();
+        let dir = tempfile::tempdir().unwrap();
+        let d = device_with_long_serial(dir.path(), "long-serial");
+        let rep = answer(&h, &pkcs_req(&h, &d, "tx-long", CHALLENGE)).await;
+        assert_eq!(
+            rep.pki_status,
+            Some(PkiStatus::Pending),
+            "{:?}",
+            rep.fail_info_text
+        );
+        issue(&h, &d).await;
+        let poll = IssuerAndSubject {
+            issuer: d.subject.clone(),
+            subject: d.subject.clone(),
+        }
+        .to_der()
+        .unwrap();
+        let reply =
+            h.ra.pki_operation(&message(&h, &d, MessageType::CertPoll, "tx-long", &poll))
+                .await
+                .unwrap();
+        let rep = message::verify(&crypto(), &reply, &[]).unwrap();
+        assert_eq!(rep.pki_status, Some(PkiStatus::Success));
+        // The reply is sealed for the 32-byte serial, and OpenSSL finds itself as recipient.
+        let envelope = dir.path().join("envelope.der");
+        std::fs::write(&envelope, openssl_reads(&reply)).unwrap();
+        let key_file = dir.path().join("long-serial.key.der");
+        let out = std::process::Command::new("openssl")
+            .args(["cms", "-decrypt", "-inform", "DER", "-in"])
+            .arg(&envelope)
+            .args(["-recip"])
+            .arg(dir.path().join("long-serial.crt.der"))
+            .args(["-inkey"])
+            .arg(&key_file)
+            .args(["-keyform", "DER", "-binary"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl cms -decrypt: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, opened(&rep, &d));
+        let certs = certs::parse_certs_only(&out.stdout).unwrap();
+        let leaf = Certificate::from_der(&certs[0]).unwrap();
+        assert_eq!(
+            leaf.tbs_certificate
+                .subject_public_key_info
+                .to_der()
+                .unwrap(),
+            d.key.public_key_der()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transaction_id_names_a_new_request_once_the_one_before_has_settled() {
+        let h = harness();
+        let d = device("same-key");
+        let rep = answer(&h, &pkcs_req(&h, &d, "tx-key-hash", CHALLENGE)).await;
+        assert_eq!(rep.pki_status, Some(PkiStatus::Pending));
+        // Another CSR under the same ID while the first is in progress is refused.
+        let other = pki::csr::build_with_challenge(
+            &d.key,
+            &"CN=same-key-2".parse().unwrap(),
+            &[],
+            Some(CHALLENGE),
+        )
+        .unwrap();
+        let rep = answer(
+            &h,
+            &message(&h, &d, MessageType::PkcsReq, "tx-key-hash", &other),
+        )
+        .await;
+        assert_eq!(
+            (rep.pki_status, rep.fail_info),
+            (Some(PkiStatus::Failure), Some(FailInfo::BadRequest))
+        );
+        issue(&h, &d).await;
+        // Once it has settled, a CSR for another key under the same ID is still refused…
+        let stranger = device("stranger");
+        let rep = answer(&h, &pkcs_req(&h, &stranger, "tx-key-hash", CHALLENGE)).await;
+        assert_eq!(
+            (rep.pki_status, rep.fail_info),
+            (Some(PkiStatus::Failure), Some(FailInfo::BadRequest))
+        );
+        // …and a new CSR for the same key (a same-key renewal from a client that derives the
+        // ID from the key) is a new request, journaled beside the first.
+        let rep = answer(
+            &h,
+            &message(&h, &d, MessageType::PkcsReq, "tx-key-hash", &other),
+        )
+        .await;
+        assert_eq!(
+            rep.pki_status,
+            Some(PkiStatus::Pending),
+            "{:?}",
+            rep.fail_info_text
+        );
+        let second = h
+            .journal
+            .find(SOURCE, "scep:tx-key-hash#2")
+            .await
+            .unwrap()
+            .expect("the second request is journaled");
+        assert_eq!(second.state, JobState::Queued);
+        // CertPoll asks about the latest request under the ID.
+        let poll = IssuerAndSubject {
+            issuer: d.subject.clone(),
+            subject: d.subject.clone(),
+        }
+        .to_der()
+        .unwrap();
+        let rep = answer(
+            &h,
+            &message(&h, &d, MessageType::CertPoll, "tx-key-hash", &poll),
+        )
+        .await;
+        assert_eq!(rep.pki_status, Some(PkiStatus::Pending));
     }
 }

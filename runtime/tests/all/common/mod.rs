@@ -448,6 +448,35 @@ pub fn scep_section(challenge_file: &Path) -> String {
     )
 }
 
+/// The CA and RA certificates as GetCACert publishes them, PEM.
+pub fn scep_ca_bundle(daemon: &Daemon, dir: &Path) -> PathBuf {
+    let (status, body) = http_raw(daemon.port, "GET", "/scep?operation=GetCACert", b"");
+    assert_eq!(status, 200);
+    let der = dir.join("cacert.p7b");
+    std::fs::write(&der, body).unwrap();
+    let pem = dir.join("ca-bundle.pem");
+    run_ok(Command::new("openssl").args([
+        "pkcs7",
+        "-inform",
+        "DER",
+        "-in",
+        der.to_str().unwrap(),
+        "-print_certs",
+        "-out",
+        pem.to_str().unwrap(),
+    ]));
+    pem
+}
+
+/// How many jobs the daemon's journal holds.
+pub fn jobs_total(daemon: &Daemon) -> usize {
+    let out = ok(daemon.cli(&["jobs", "list", "--json"]));
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["jobs"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0)
+}
+
 /// Writes a 0600 file.
 pub fn write_private(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;

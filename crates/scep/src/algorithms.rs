@@ -198,32 +198,45 @@ impl KeyTransport {
     }
 }
 
-/// The digest a SignerInfo signs with: from its signatureAlgorithm when that names one
-/// (sha256WithRSAEncryption), else from its digestAlgorithm (rsaEncryption, as NDES writes).
-pub(crate) fn signer_digest(
+/// The digest and signature scheme of a SignerInfo. The digest comes from its
+/// signatureAlgorithm when that names one (sha256WithRSAEncryption), else from its
+/// digestAlgorithm (rsaEncryption, as NDES writes). RSASSA-PSS is read with SHA-256, MGF1-SHA-256
+/// and a 32-byte salt: what clients that sign with PSS send.
+pub(crate) fn signer_scheme(
     digest_alg: &AlgorithmIdentifierOwned,
     signature_alg: &AlgorithmIdentifierOwned,
-) -> Result<Digest> {
+) -> Result<(Digest, SignatureScheme)> {
+    let digest = Digest::from_oid(&digest_alg.oid)?;
     let named = match signature_alg.oid {
         oid::RSA_ENCRYPTION => None,
         oid::SHA1_WITH_RSA => Some(Digest::Sha1),
         oid::SHA256_WITH_RSA => Some(Digest::Sha256),
         oid::SHA384_WITH_RSA => Some(Digest::Sha384),
         oid::SHA512_WITH_RSA => Some(Digest::Sha512),
+        oid::RSASSA_PSS => {
+            let scheme = SignatureScheme::from_algorithm_identifier(signature_alg)
+                .map_err(|e| Error::Unsupported(e.to_string()))?;
+            if digest != Digest::Sha256 {
+                return Err(Error::BadSignature(format!(
+                    "the signer's digest ({}) and RSASSA-PSS with SHA-256 disagree",
+                    digest.name()
+                )));
+            }
+            return Ok((digest, scheme));
+        }
         other => {
             return Err(Error::Unsupported(format!(
                 "signature algorithm {other} (SCEP signers are RSA keys)"
             )))
         }
     };
-    let digest = Digest::from_oid(&digest_alg.oid)?;
     match named {
         Some(n) if n != digest => Err(Error::BadSignature(format!(
             "the signer's digest ({}) and signature algorithm ({}) disagree",
             digest.name(),
             n.name()
         ))),
-        _ => Ok(digest),
+        _ => Ok((digest, digest.rsa_scheme())),
     }
 }
 

@@ -9,7 +9,7 @@ use spki::AlgorithmIdentifierOwned;
 use x509_cert::attr::Attribute;
 use x509_cert::name::Name;
 
-use crate::algorithms::signer_digest;
+use crate::algorithms::signer_scheme;
 use crate::lenient::{self, CertificateId, IssuerSerial, SignedData, SignerInfo};
 use crate::{oid, tlv, Crypto, Digest, Error, Identity, Result};
 
@@ -181,24 +181,41 @@ fn octets(b: &[u8]) -> Result<Any> {
         .map_err(Error::malformed("SCEP attribute"))
 }
 
-/// Signs a pkiMessage with `identity`. Returns the DER ContentInfo.
+/// Signs a pkiMessage with `identity` (RSA PKCS#1 v1.5 over `digest`). Returns the DER
+/// ContentInfo.
 pub fn sign(
     crypto: &dyn Crypto,
     identity: &dyn Identity,
     digest: Digest,
     out: &Outgoing<'_>,
 ) -> Result<Vec<u8>> {
-    let me = lenient::certificate("signer certificate", identity.certificate())?;
-    let content = out.content.unwrap_or_default();
+    sign_with(crypto, identity, digest, digest.rsa_scheme(), out)
+}
+
+/// Signs a pkiMessage with RSASSA-PSS (SHA-256, MGF1-SHA-256, 32-byte salt), as some clients
+/// sign theirs.
+pub fn sign_pss(
+    crypto: &dyn Crypto,
+    identity: &dyn Identity,
+    out: &Outgoing<'_>,
+) -> Result<Vec<u8>> {
+    sign_with(
+        crypto,
+        identity,
+        Digest::Sha256,
+        certconn_x509::SignatureScheme::RsaPssSha256,
+        out,
+    )
+}
+
+fn sign_with(
+    crypto: &dyn Crypto,
+    identity: &dyn Identity,
+    digest: Digest,
+    scheme: certconn_x509::SignatureScheme,
+    out: &Outgoing<'_>,
+) -> Result<Vec<u8>> {
     let mut attrs = vec![
-        attribute(
-            oid::CONTENT_TYPE,
-            Any::encode_from(&oid::DATA).map_err(Error::malformed("contentType"))?,
-        )?,
-        attribute(
-            oid::MESSAGE_DIGEST,
-            octets(&crypto.digest(digest, content)?)?,
-        )?,
         attribute(
             oid::SCEP_MESSAGE_TYPE,
             printable(&out.message_type.code().to_string())?,
@@ -218,28 +235,88 @@ pub fn sign(
             printable(&f.code().to_string())?,
         )?);
     }
-    let signed_attrs = SetOfVec::try_from(attrs).map_err(Error::malformed("signed attributes"))?;
+    signed_data(
+        crypto,
+        identity,
+        (digest, scheme),
+        attrs,
+        out.content.unwrap_or_default(),
+        out.extra_certificates,
+        out.send_certificates,
+    )
+}
+
+/// GetNextCACert's answer (RFC 8894 §4.7): the certificates that take over next, as a
+/// certs-only bag, carried in a SignedData signed by `identity` (the current RA, which clients
+/// already trust as the server's signer).
+pub fn sign_next_ca(
+    crypto: &dyn Crypto,
+    identity: &dyn Identity,
+    digest: Digest,
+    bag: &[u8],
+) -> Result<Vec<u8>> {
+    signed_data(
+        crypto,
+        identity,
+        (digest, digest.rsa_scheme()),
+        Vec::new(),
+        bag,
+        &[],
+        true,
+    )
+}
+
+/// A SignedData over `content` with contentType and messageDigest, then `attrs`, as signed
+/// attributes.
+fn signed_data(
+    crypto: &dyn Crypto,
+    identity: &dyn Identity,
+    (digest, scheme): (Digest, certconn_x509::SignatureScheme),
+    attrs: Vec<Attribute>,
+    content: &[u8],
+    extra_certificates: &[Vec<u8>],
+    send_certificates: bool,
+) -> Result<Vec<u8>> {
+    let me = lenient::certificate("signer certificate", identity.certificate())?;
+    let mut all = vec![
+        attribute(
+            oid::CONTENT_TYPE,
+            Any::encode_from(&oid::DATA).map_err(Error::malformed("contentType"))?,
+        )?,
+        attribute(
+            oid::MESSAGE_DIGEST,
+            octets(&crypto.digest(digest, content)?)?,
+        )?,
+    ];
+    all.extend(attrs);
+    let signed_attrs = SetOfVec::try_from(all).map_err(Error::malformed("signed attributes"))?;
     // The signature covers the attributes encoded as a SET (tag 0x31), RFC 5652 §5.4.
     let to_sign = signed_attrs
         .to_der()
         .map_err(Error::malformed("signed attributes"))?;
-    let signature = identity.sign(digest.rsa_scheme(), &to_sign)?;
+    let signature = identity.sign(scheme, &to_sign)?;
+    // PKCS#1 v1.5 is written as rsaEncryption, as NDES and most clients write it; PSS needs
+    // its parameters.
+    let signature_algorithm = match scheme {
+        certconn_x509::SignatureScheme::RsaPssSha256 => scheme.algorithm_identifier(),
+        _ => AlgorithmIdentifierOwned {
+            oid: oid::RSA_ENCRYPTION,
+            parameters: Some(Any::null()),
+        },
+    };
 
     let signer = SignerInfo {
         version: CmsVersion::V1,
         sid: CertificateId::IssuerAndSerialNumber(IssuerSerial::of(&me)),
         digest_alg: digest.algorithm_identifier(),
         signed_attrs: Some(signed_attrs),
-        signature_algorithm: AlgorithmIdentifierOwned {
-            oid: oid::RSA_ENCRYPTION,
-            parameters: Some(Any::null()),
-        },
+        signature_algorithm,
         signature: OctetString::new(signature).map_err(Error::malformed("signature"))?,
         unsigned_attrs: None,
     };
     let mut certs = Vec::new();
-    for der in std::iter::once(identity.certificate())
-        .chain(out.extra_certificates.iter().map(Vec::as_slice))
+    for der in
+        std::iter::once(identity.certificate()).chain(extra_certificates.iter().map(Vec::as_slice))
     {
         lenient::certificate("certificate", der)?;
         certs.push(Any::from_der(der).map_err(Error::malformed("certificate"))?);
@@ -253,9 +330,9 @@ pub fn sign(
             // Always present, empty when there is nothing to carry (a FAILURE or PENDING
             // CertRep): clients built on OpenSSL's PKCS7 verification refuse a SignedData
             // without content ("no content"), others crash reading one.
-            econtent: Some(octets(out.content.unwrap_or_default())?),
+            econtent: Some(octets(content)?),
         },
-        certificates: if out.send_certificates {
+        certificates: if send_certificates {
             Some(SetOfVec::try_from(certs).map_err(Error::malformed("certificates"))?)
         } else {
             None
@@ -352,7 +429,8 @@ pub fn verify(
         .subject_public_key_info
         .to_der()
         .map_err(Error::malformed("signer public key"))?;
-    let digest = signer_digest(&signer_info.digest_alg, &signer_info.signature_algorithm)?;
+    let (digest, scheme) =
+        signer_scheme(&signer_info.digest_alg, &signer_info.signature_algorithm)?;
 
     let content = match &signed.encap_content_info.econtent {
         Some(any) => Some(
@@ -390,7 +468,7 @@ pub fn verify(
     signed_bytes[0] = 0x31;
     let ok = crypto.verify(
         &spki,
-        digest.rsa_scheme(),
+        scheme,
         &signed_bytes,
         signer_info.signature.as_bytes(),
     )?;

@@ -128,6 +128,9 @@ pub enum ServeError {
 /// How often the revocation publisher looks at the ledger: the longest a revocation waits
 /// for its CRL (plus `after_revoke_seconds`). The look is one indexed query per CA.
 const PUBLISH_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the SCEP RA checks whether its next certificate is due: its points are months
+/// apart, so an hour late is nothing.
+const RA_TICK: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A started connector: everything opened and wired, nothing running yet.
 pub struct App {
@@ -215,7 +218,7 @@ impl App {
         let scep = match &config.scep {
             Some(sc) => Some(Arc::new(Ra::open(
                 sc,
-                &keys,
+                keys.clone(),
                 config.policy(),
                 RaPorts {
                     intake: intake.clone(),
@@ -319,6 +322,9 @@ impl App {
         let scheduler = tokio::spawn(self.scheduler.clone().run(shutdown.clone()));
         if let Some(p) = &self.revocation {
             tokio::spawn(p.clone().run(PUBLISH_TICK, shutdown.clone()));
+        }
+        if let Some(ra) = &self.scep {
+            tokio::spawn(ra.clone().run(RA_TICK, shutdown.clone()));
         }
         let watcher = self.run_plugin_watcher(shutdown.clone());
         let mut api_stop = shutdown.clone();

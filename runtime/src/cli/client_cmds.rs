@@ -558,6 +558,28 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
                 .unwrap_or_default()
         );
     }
+    let ra = &health["scep_ra"];
+    if ra.is_object() {
+        println!(
+            "SCEP RA: certificate #{} until {}; {}",
+            ra["generation"],
+            ra["not_after"].as_str().unwrap_or("?"),
+            if ra["next_announced"].as_bool() == Some(true) {
+                format!(
+                    "the next one is announced and takes over at {}",
+                    ra["switch_at"].as_str().unwrap_or("?")
+                )
+            } else {
+                format!(
+                    "the next one is made at {}",
+                    ra["next_at"].as_str().unwrap_or("?")
+                )
+            }
+        );
+        if let Some(w) = ra["warning"].as_str() {
+            println!("warning: SCEP RA: {w}");
+        }
+    }
     println!(
         "FIPS: policy {}, module built {}, active {}, self-test {}",
         if fips["policy"].as_bool() == Some(true) {

@@ -78,6 +78,18 @@ pub fn self_signed(key: &PrivateKey, subject: &Name, days: u32) -> Result<Vec<u8
     sign(key, subject, key, subject, days, extensions)
 }
 
+/// What an RA certificate is for: the NDES layout has one RA that signs and one that receives
+/// key transport, because some clients pick the encryption certificate by its key usage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RaUsage {
+    /// Signs replies and receives key transport.
+    SignAndDecrypt,
+    /// Signs replies only (digitalSignature).
+    Sign,
+    /// Receives key transport only (keyEncipherment).
+    Decrypt,
+}
+
 /// An RA certificate for `ra_key`: a non-CA certificate that signs (SCEP replies) and receives
 /// key transport (SCEP requests). Issued by `issuer` when given (the CA's key and certificate),
 /// else self-signed.
@@ -87,16 +99,38 @@ pub fn ra_certificate(
     issuer: Option<(&PrivateKey, &[u8])>,
     days: u32,
 ) -> Result<Vec<u8>, PkiError> {
+    ra_certificate_at(
+        ra_key,
+        subject,
+        issuer,
+        days,
+        RaUsage::SignAndDecrypt,
+        unix_now()?,
+    )
+}
+
+/// [`ra_certificate`] for one `usage`, valid from `now` (seconds since the Unix epoch): the RA
+/// renews itself on its own clock, which tests set.
+pub fn ra_certificate_at(
+    ra_key: &PrivateKey,
+    subject: &Name,
+    issuer: Option<(&PrivateKey, &[u8])>,
+    days: u32,
+    usage: RaUsage,
+    now: u64,
+) -> Result<Vec<u8>, PkiError> {
+    let usages: &[KeyUsageName] = match usage {
+        RaUsage::SignAndDecrypt => &[
+            KeyUsageName::DigitalSignature,
+            KeyUsageName::KeyEncipherment,
+        ],
+        RaUsage::Sign => &[KeyUsageName::DigitalSignature],
+        RaUsage::Decrypt => &[KeyUsageName::KeyEncipherment],
+    };
     let extensions = |key_id: &[u8]| -> Result<Vec<Extension>, PkiError> {
         Ok(vec![
             extensions::basic_constraints(false, None, subject)?,
-            extensions::key_usage(
-                &[
-                    KeyUsageName::DigitalSignature,
-                    KeyUsageName::KeyEncipherment,
-                ],
-                subject,
-            )?,
+            extensions::key_usage(usages, subject)?,
             extensions::subject_key_identifier(key_id, subject)?,
         ])
     };
@@ -107,7 +141,8 @@ pub fn ra_certificate(
             if let Some(aki) = certconn_x509::extensions::subject_key_identifier_of(&ca) {
                 exts.push(extensions::authority_key_identifier(&aki, subject)?);
             }
-            sign(
+            sign_at(
+                now,
                 ra_key,
                 subject,
                 ca_key,
@@ -116,7 +151,7 @@ pub fn ra_certificate(
                 |_| Ok(exts.clone()),
             )
         }
-        None => sign(ra_key, subject, ra_key, subject, days, extensions),
+        None => sign_at(now, ra_key, subject, ra_key, subject, days, extensions),
     }
 }
 
@@ -171,13 +206,36 @@ fn sign(
     days: u32,
     extensions: impl FnOnce(&[u8]) -> Result<Vec<Extension>, PkiError>,
 ) -> Result<Vec<u8>, PkiError> {
+    sign_at(
+        unix_now()?,
+        subject_key,
+        subject,
+        signer,
+        issuer,
+        days,
+        extensions,
+    )
+}
+
+fn unix_now() -> Result<u64, PkiError> {
+    Ok(SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| PkiError::Invalid("clock before 1970".into()))?
+        .as_secs())
+}
+
+fn sign_at(
+    now: u64,
+    subject_key: &PrivateKey,
+    subject: &Name,
+    signer: &PrivateKey,
+    issuer: &Name,
+    days: u32,
+    extensions: impl FnOnce(&[u8]) -> Result<Vec<Extension>, PkiError>,
+) -> Result<Vec<u8>, PkiError> {
     let public_key = SubjectPublicKeyInfoOwned::from_der(subject_key.public_key_der())
         .map_err(PkiError::der("public key"))?;
     let key_id = key_id_of(subject_key)?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| PkiError::Invalid("clock before 1970".into()))?
-        .as_secs();
     let template = CertificateTemplate {
         serial: provider::random_vec(16)?,
         issuer: issuer.clone(),

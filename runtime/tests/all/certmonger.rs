@@ -30,10 +30,12 @@ struct Certmonger {
     env: Vec<(&'static str, PathBuf)>,
     bus_address: String,
     log: PathBuf,
+    /// The log of the certconn it enrols at, shown when a request goes wrong.
+    certconn_log: PathBuf,
 }
 
 impl Certmonger {
-    fn start(dir: &Path) -> Certmonger {
+    fn start(dir: &Path, certconn: &Daemon) -> Certmonger {
         let dir = dir.join("certmonger");
         for sub in ["requests", "cas", "local", "tmp", "home"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
@@ -101,6 +103,7 @@ impl Certmonger {
             env,
             bus_address,
             log,
+            certconn_log: certconn.log.clone(),
         };
         // Ready when it answers on the bus.
         let start = Instant::now();
@@ -140,7 +143,8 @@ impl Certmonger {
     }
 
     /// Waits until request `id` is in `want` (and `also` holds), failing on any other
-    /// settled status; returns the listing.
+    /// settled status, or on a CA error (a refused renewal leaves the request in MONITORING
+    /// with a `ca-error`); returns the listing.
     fn wait_for(&self, id: &str, want: &str, also: impl Fn() -> bool) -> String {
         let start = Instant::now();
         loop {
@@ -155,16 +159,19 @@ impl Certmonger {
             }
             let settled_elsewhere = ["CA_REJECTED", "CA_UNREACHABLE", "CA_UNCONFIGURED"]
                 .contains(&status.as_str())
-                || (status == "MONITORING" && want != "MONITORING");
+                || (status == "MONITORING" && want != "MONITORING")
+                || (want == "MONITORING" && listing.contains("ca-error:"));
             assert!(
                 !settled_elsewhere || status == want,
-                "request {id} ended in {status}, not {want}:\n{listing}\ncertmonger log:\n{}",
-                self.log_text()
+                "request {id} ended in {status}, not {want}:\n{listing}\ncertmonger log:\n{}\ncertconn log:\n{}",
+                self.log_text(),
+                std::fs::read_to_string(&self.certconn_log).unwrap_or_default()
             );
             assert!(
                 start.elapsed() < SETTLE,
-                "request {id} did not reach {want} within {SETTLE:?}:\n{listing}\ncertmonger log:\n{}",
-                self.log_text()
+                "request {id} did not reach {want} within {SETTLE:?}:\n{listing}\ncertmonger log:\n{}\ncertconn log:\n{}",
+                self.log_text(),
+                std::fs::read_to_string(&self.certconn_log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -250,7 +257,7 @@ fn certmonger_enrols_renews_and_rekeys_through_its_own_daemon() {
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
 
-    let cm = Certmonger::start(dir.path());
+    let cm = Certmonger::start(dir.path(), &daemon);
     ok(cm.getcert(&[
         "add-scep-ca",
         "-c",

@@ -225,6 +225,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "fips": &state.fips,
         "jobs": counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect::<std::collections::BTreeMap<_, _>>(),
         "revocation": state.revocation.as_ref().map(|p| p.status()),
+        "scep_ra": state.scep.as_ref().map(|ra| ra.status()),
     }))
 }
 

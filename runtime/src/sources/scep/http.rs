@@ -74,6 +74,18 @@ async fn handle(
                 .into_response(),
             Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, e.0),
         },
+        "GetNextCACert" => match s.ra.next_ca_certificates() {
+            Ok(Some(signed)) => (
+                [(header::CONTENT_TYPE, "application/x-x509-next-ca-cert")],
+                signed,
+            )
+                .into_response(),
+            Ok(None) => plain(
+                StatusCode::NOT_FOUND,
+                "no next RA certificate is announced yet",
+            ),
+            Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, e.0),
+        },
         "PKIOperation" => {
             let message = if method == Method::POST {
                 body_message(&body)
@@ -96,7 +108,7 @@ async fn handle(
             }
         }
         other => refused(format!(
-            "unknown operation {other:?}; expected GetCACaps, GetCACert or PKIOperation"
+            "unknown operation {other:?}; expected GetCACaps, GetCACert, GetNextCACert or PKIOperation"
         )),
     }
 }

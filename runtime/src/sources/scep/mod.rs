@@ -16,6 +16,7 @@ pub mod adapter;
 pub mod challenge;
 pub mod http;
 pub mod ra;
+pub mod ra_keys;
 pub mod settings;
 
 pub use ra::{CrlSource, Ra, RaError, RaPorts};

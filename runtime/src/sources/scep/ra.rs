@@ -17,13 +17,15 @@ use super::challenge::{
     self, ChallengeError, ChallengeRequest, ChallengeValidator, OneTimeChallenges, StaticChallenge,
     Webhook,
 };
+use super::ra_keys::{Generation, RaKeys};
 use super::settings::ScepConfig;
 use crate::crypto::AlgorithmPolicy;
-use crate::custody::{CustodyError, KeyAlgorithm, KeyLocation, KeyStore, StoredKey};
+use crate::custody::{CustodyError, KeyStore, StoredKey};
 use crate::jobs::model::{serial_hex, IssueJob, JobResult};
 use crate::jobs::{Intake, SubmitError};
 use crate::journal::{
-    ChallengeStore, JobRecord, JobState, JobStore, JournalError, Ledger, Outbox, ReplayGuard,
+    ChallengeStore, JobRecord, JobState, JobStore, JournalError, Ledger, LedgerEntry, Outbox,
+    ReplayGuard,
 };
 use crate::pki::{self, pem};
 
@@ -80,8 +82,7 @@ pub trait CrlSource: Send + Sync {
 
 /// The RA: configuration, key and certificates, and what it admits requests with.
 pub struct Ra {
-    key: Arc<StoredKey>,
-    certificate: Vec<u8>,
+    ra_keys: RaKeys,
     ca_certificates: Vec<Vec<u8>>,
     profile: String,
     wait: Duration,
@@ -92,38 +93,31 @@ pub struct Ra {
 }
 
 impl Ra {
-    /// Sets the RA up at start: creates its key and certificate the first time.
+    /// Sets the RA up at start: creates its key and certificate the first time, and takes
+    /// over the next generation when that is due.
     pub fn open(
         sc: &ScepConfig,
-        keys: &KeyStore,
+        keys: Arc<KeyStore>,
         policy: AlgorithmPolicy,
         ports: RaPorts,
     ) -> Result<Self, RaError> {
+        Self::open_at(sc, keys, policy, ports, unix_now())
+    }
+
+    /// [`Ra::open`] on the caller's clock (seconds since the Unix epoch).
+    pub fn open_at(
+        sc: &ScepConfig,
+        keys: Arc<KeyStore>,
+        policy: AlgorithmPolicy,
+        ports: RaPorts,
+        now: u64,
+    ) -> Result<Self, RaError> {
         let ca_key = sc.ca_key.get_ref();
         let ca = keys.get(ca_key)?;
-        let ca_cert = ca
-            .chain
-            .first()
-            .ok_or_else(|| RaError::NoCaCertificate(ca_key.clone()))?
-            .clone();
-        let ra = match keys.get(&sc.ra_key) {
-            Ok(k) => k,
-            Err(_) => {
-                tracing::info!(key = %sc.ra_key, "creating the SCEP RA key");
-                keys.create(&sc.ra_key, KeyAlgorithm::Rsa2048, KeyLocation::Software)?
-            }
-        };
-        let ra = if ra.chain.is_empty() {
-            let subject = pki::dn::parse(sc.ra_subject.get_ref())
-                .map_err(|e| RaError::Subject(e.to_string()))?;
-            let cert = pki::ca::ra_certificate(&ra.key, &subject, Some((&ca.key, &ca_cert)), 730)
-                .map_err(RaError::Certificate)?;
-            keys.set_chain(&sc.ra_key, vec![cert, ca_cert.clone()])?;
-            tracing::info!(key = %sc.ra_key, subject = %sc.ra_subject.get_ref(), "issued the SCEP RA certificate");
-            keys.get(&sc.ra_key)?
-        } else {
-            ra
-        };
+        if ca.chain.is_empty() {
+            return Err(RaError::NoCaCertificate(ca_key.clone()));
+        }
+        let ra_keys = RaKeys::open(sc, keys, ca.clone(), now)?;
         let mut validators: Vec<Box<dyn ChallengeValidator>> = Vec::new();
         if let Some(s) = static_challenge(sc)? {
             validators.push(Box::new(StaticChallenge(s)));
@@ -144,10 +138,8 @@ impl Ra {
             store: ports.challenges.clone(),
             valid_for,
         });
-        let certificate = ra.chain[0].clone();
         Ok(Self {
-            key: ra,
-            certificate,
+            ra_keys,
             ca_certificates: ca.chain.clone(),
             profile: sc.profile.get_ref().clone(),
             wait: Duration::from_secs(u64::from(sc.wait_seconds)),
@@ -164,6 +156,7 @@ impl Ra {
     /// sees it beside `AES`. In FIPS mode there is no `DES3`: a client must use AES.
     pub fn capabilities(&self) -> Capabilities {
         let mut caps = vec![
+            "GetNextCACert",
             "POSTPKIOperation",
             "Renewal",
             "SHA-1",
@@ -179,11 +172,66 @@ impl Ra {
         Capabilities::of(&caps)
     }
 
-    /// GetCACert: the RA certificate and the CA chain, as a certs-only SignedData.
+    /// GetCACert: the current RA certificate(s) and the CA chain, as a certs-only SignedData.
     pub fn ca_certificates(&self) -> Result<Vec<u8>, NotScep> {
-        let mut all = vec![self.certificate.clone()];
+        let mut all = self.ra_keys.current().certificates();
         all.extend(self.ca_certificates.iter().cloned());
         certs::certs_only(&all).map_err(|e| NotScep(e.to_string()))
+    }
+
+    /// GetNextCACert: the RA certificate(s) that take over next and the CA chain, signed by
+    /// the current RA; `Ok(None)` while no next generation is announced.
+    pub fn next_ca_certificates(&self) -> Result<Option<Vec<u8>>, NotScep> {
+        let Some(next) = self.ra_keys.next() else {
+            return Ok(None);
+        };
+        let mut all = next.certificates();
+        all.extend(self.ca_certificates.iter().cloned());
+        let bag = certs::certs_only(&all).map_err(|e| NotScep(e.to_string()))?;
+        let current = self.ra_keys.current();
+        message::sign_next_ca(
+            &self.crypto,
+            &identity_of(&current.signer),
+            certconn_scep::Digest::Sha256,
+            &bag,
+        )
+        .map(Some)
+        .map_err(|e| NotScep(format!("building the GetNextCACert answer: {e}")))
+    }
+
+    /// Renews the RA when that is due (see [`RaKeys`]); the app calls it every hour, tests
+    /// with their own clock.
+    pub fn maintain(&self, now: u64) -> Result<(), RaError> {
+        self.ra_keys.maintain(now)
+    }
+
+    /// Runs [`Ra::maintain`] every `tick` until shutdown.
+    pub async fn run(
+        self: Arc<Self>,
+        tick: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = self.maintain(unix_now()) {
+                tracing::error!(event_id = 4404, error = %crate::report::chain(&e), "SCEP RA maintenance failed");
+            }
+        }
+    }
+
+    /// What status shows of the RA: its generation, when the next one comes, any warning.
+    pub fn status(&self) -> serde_json::Value {
+        self.ra_keys.status(unix_now())
+    }
+
+    /// The current RA generation.
+    pub fn current_generation(&self) -> Generation {
+        self.ra_keys.current()
     }
 
     /// Mints a one-time challenge; `None` when one-time challenges are off.
@@ -194,11 +242,20 @@ impl Ra {
         }
     }
 
-    fn identity(&self) -> CustodyIdentity<'_> {
-        CustodyIdentity {
-            key: &self.key.key,
-            certificate: &self.certificate,
+    /// Opens a request's envelope with whichever of the server's keys it was sealed for.
+    fn open_envelope(
+        &self,
+        content: &[u8],
+    ) -> Result<(Vec<u8>, envelope::Opened), certconn_scep::Error> {
+        for key in self.ra_keys.decryptors() {
+            match envelope::open(&self.crypto, &identity_of(&key), content) {
+                Err(certconn_scep::Error::WrongRecipient(_)) => continue,
+                other => return other,
+            }
         }
+        Err(certconn_scep::Error::WrongRecipient(
+            "the envelope is for none of this SCEP server's certificates (RA, encryption RA, or an RSA CA)".into(),
+        ))
     }
 
     /// PKIOperation: one pkiMessage in, one CertRep out. `Err` only when the message cannot be
@@ -257,11 +314,10 @@ impl Ra {
             FailInfo::BadRequest,
             "the message carries no pkcsPKIEnvelope".to_string(),
         ))?;
-        let (plain, opened) =
-            envelope::open(&self.crypto, &self.identity(), content).map_err(|e| match e {
-                certconn_scep::Error::Unsupported(_) => (FailInfo::BadAlg, e.to_string()),
-                _ => (FailInfo::BadMessageCheck, e.to_string()),
-            })?;
+        let (plain, opened) = self.open_envelope(content).map_err(|e| match e {
+            certconn_scep::Error::Unsupported(_) => (FailInfo::BadAlg, e.to_string()),
+            _ => (FailInfo::BadMessageCheck, e.to_string()),
+        })?;
         if msg.message_type == MessageType::GetCrl {
             return self.get_crl(msg, &plain, opened.cipher, opened.transport);
         }
@@ -269,9 +325,13 @@ impl Ra {
             MessageType::PkcsReq | MessageType::RenewalReq => {
                 let csr_pem = pem::encode("CERTIFICATE REQUEST", &plain);
                 let (latest, generation) = self.latest_request(&msg.transaction_id).await?;
+                let issued = self.issued_signer(msg).await?;
+                // Signed by the certificate that request produced: a renewal of it, even when
+                // the CSR is byte for byte the first one (certmonger's same-key resubmit).
+                let renews = |job: &JobRecord| issued.as_ref().is_some_and(|e| e.job_id == job.id);
                 match latest {
                     // A resent request (the client polling by resending) finds its job again.
-                    Some(job) if same_csr(&job, &csr_pem) => job,
+                    Some(job) if same_csr(&job, &csr_pem) && !renews(&job) => job,
                     Some(job) if !job.state.is_settled() => {
                         return Err((
                             FailInfo::BadRequest,
@@ -291,7 +351,7 @@ impl Ra {
                         ))
                     }
                     _ => {
-                        self.admit(msg, &plain, &csr_pem).await?;
+                        self.admit(msg, issued, &plain, &csr_pem).await?;
                         let req = IssueJob {
                             profile: self.profile.clone(),
                             subject: String::new(),
@@ -439,30 +499,38 @@ impl Ra {
         Ok(Answer::Issued(sealed))
     }
 
-    /// Checks what a new request must satisfy: the signer and the challenge (PKCSReq) or a
-    /// still-valid certificate certconn issued (RenewalReq).
-    async fn admit(
+    /// The ledger entry of the message's signer, when certconn issued that very certificate.
+    async fn issued_signer(
         &self,
         msg: &SignedMessage,
-        csr_der: &[u8],
-        csr_pem: &str,
-    ) -> Result<(), (FailInfo, String)> {
-        let csr = CertReq::from_der(csr_der)
-            .map_err(|e| (FailInfo::BadRequest, format!("malformed PKCS#10: {e}")))?;
-        // Read leniently: a client's throwaway signer may carry a serial RFC 5280 refuses.
-        let signer = certconn_scep::lenient::certificate("signer certificate", &msg.signer)
-            .map_err(|e| (FailInfo::BadRequest, e.to_string()))?;
-        // Signed by a certificate certconn issued (the very bytes in the ledger): a renewal,
-        // whether the client says RenewalReq or, as certmonger does, PKCSReq. Its validity is
-        // what authorises it; no challenge is needed.
+    ) -> Result<Option<LedgerEntry>, (FailInfo, String)> {
+        let signer = signer_certificate(msg)?;
         let serial = serial_hex(signer.tbs_certificate.serial_number.as_bytes());
-        let issued = self
+        Ok(self
             .ports
             .ledger
             .certificate(&serial)
             .await
             .map_err(internal)?
-            .filter(|entry| entry.certificate_der == msg.signer);
+            .filter(|entry| entry.certificate_der == msg.signer))
+    }
+
+    /// Checks what a new request must satisfy: the signer and the challenge (PKCSReq) or a
+    /// still-valid certificate certconn issued (RenewalReq).
+    async fn admit(
+        &self,
+        msg: &SignedMessage,
+        issued: Option<LedgerEntry>,
+        csr_der: &[u8],
+        csr_pem: &str,
+    ) -> Result<(), (FailInfo, String)> {
+        let csr = CertReq::from_der(csr_der)
+            .map_err(|e| (FailInfo::BadRequest, format!("malformed PKCS#10: {e}")))?;
+        let signer = signer_certificate(msg)?;
+        let serial = serial_hex(signer.tbs_certificate.serial_number.as_bytes());
+        // Signed by a certificate certconn issued (the very bytes in the ledger): a renewal,
+        // whether the client says RenewalReq or, as certmonger does, PKCSReq. Its validity is
+        // what authorises it; no challenge is needed.
         match (issued, msg.message_type) {
             (Some(entry), _) => {
                 if entry.revoked.is_some() {
@@ -537,9 +605,10 @@ impl Ra {
             certconn_scep::Digest::Sha1 => certconn_scep::Digest::Sha256,
             d => d,
         };
+        let current = self.ra_keys.current();
         message::sign(
             &self.crypto,
-            &self.identity(),
+            &identity_of(&current.signer),
             digest,
             &Outgoing {
                 message_type: MessageType::CertRep,
@@ -560,6 +629,27 @@ impl Ra {
         use certconn_scep::Crypto;
         self.crypto.random(16).map_err(|e| NotScep(e.to_string()))
     }
+}
+
+/// The certificate that signed `msg`, read leniently: a client's throwaway signer may carry a
+/// serial RFC 5280 refuses.
+fn signer_certificate(
+    msg: &SignedMessage,
+) -> Result<certconn_scep::lenient::AnyCertificate, (FailInfo, String)> {
+    certconn_scep::lenient::certificate("signer certificate", &msg.signer)
+        .map_err(|e| (FailInfo::BadRequest, e.to_string()))
+}
+
+/// The custody key and certificate of one RA key, as the SCEP crate's signer or recipient.
+fn identity_of(key: &StoredKey) -> CustodyIdentity<'_> {
+    CustodyIdentity {
+        key: &key.key,
+        certificate: &key.chain[0],
+    }
+}
+
+fn unix_now() -> u64 {
+    u64::try_from(crate::journal::now_ms() / 1000).unwrap_or(0)
 }
 
 enum Answer {
@@ -636,7 +726,7 @@ mod tests {
     use x509_cert::Certificate;
 
     use super::*;
-    use crate::custody::{CustodyConfig, PrivateKey};
+    use crate::custody::{CustodyConfig, KeyAlgorithm, KeyLocation, PrivateKey};
     use crate::jobs::ports::testing::MemoryCustody;
     use crate::journal::{Completion, SqliteJournal};
 
@@ -652,12 +742,17 @@ mod tests {
     }
 
     fn harness() -> Harness {
+        harness_with("", unix_now(), KeyAlgorithm::EcP256)
+    }
+
+    /// A harness with `extra` lines in `[scep]`, its RA opened at `now`, its CA key `ca_alg`.
+    fn harness_with(extra: &str, now: u64, ca_alg: KeyAlgorithm) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let keys = KeyStore::open(&dir.path().join("keys"), &CustodyConfig::default()).unwrap();
-        let ca = keys
-            .create("ca", KeyAlgorithm::EcP256, KeyLocation::Software)
-            .unwrap();
-        let ca_cert = pki::ca::self_signed(&ca.key, &"CN=RA test CA".parse().unwrap(), 30).unwrap();
+        let keys =
+            Arc::new(KeyStore::open(&dir.path().join("keys"), &CustodyConfig::default()).unwrap());
+        let ca = keys.create("ca", ca_alg, KeyLocation::Software).unwrap();
+        let ca_cert =
+            pki::ca::self_signed(&ca.key, &"CN=RA test CA".parse().unwrap(), 3650).unwrap();
         let ca = keys.set_chain("ca", vec![ca_cert]).unwrap();
         let challenge_file = dir.path().join("challenge");
         std::fs::write(&challenge_file, CHALLENGE).unwrap();
@@ -667,7 +762,7 @@ mod tests {
         )
         .unwrap();
         let sc: ScepConfig = toml::from_str(&format!(
-            "profile = \"smime\"\nca_key = \"ca\"\nwait_seconds = 0\nchallenge_file = {:?}\n",
+            "profile = \"smime\"\nca_key = \"ca\"\nwait_seconds = 0\nchallenge_file = {:?}\n{extra}",
             challenge_file.display().to_string()
         ))
         .unwrap();
@@ -679,9 +774,9 @@ mod tests {
             Vec::<String>::new(),
             Arc::new(MemoryCustody::default()),
         ));
-        let ra = Ra::open(
+        let ra = Ra::open_at(
             &sc,
-            &keys,
+            keys.clone(),
             AlgorithmPolicy::default(),
             RaPorts {
                 intake,
@@ -692,6 +787,7 @@ mod tests {
                 challenges: journal.clone(),
                 replay: journal.clone(),
             },
+            now,
         )
         .unwrap();
         let ra_cert = keys.get("scep-ra").unwrap().chain[0].clone();
@@ -1358,5 +1454,375 @@ mod tests {
         )
         .await;
         assert_eq!(rep.pki_status, Some(PkiStatus::Pending));
+    }
+
+    #[tokio::test]
+    async fn a_request_signed_with_rsassa_pss_is_verified_and_admitted() {
+        let h = harness();
+        let d = device("pss-signer");
+        let csr = pki::csr::build_with_challenge(&d.key, &d.subject, &[], Some(CHALLENGE)).unwrap();
+        let crypto = crypto();
+        let sealed = envelope::seal(
+            &crypto,
+            &csr,
+            &h.ra_cert,
+            Cipher::Aes256Cbc,
+            KeyTransport::Pkcs1,
+        )
+        .unwrap();
+        let nonce = crypto.random(16).unwrap();
+        let identity = CustodyIdentity {
+            key: &d.key,
+            certificate: &d.cert,
+        };
+        let outgoing = |content: Option<&[u8]>| -> Vec<u8> {
+            message::sign_pss(
+                &crypto,
+                &identity,
+                &Outgoing {
+                    message_type: MessageType::PkcsReq,
+                    transaction_id: "tx-pss",
+                    sender_nonce: &nonce,
+                    recipient_nonce: None,
+                    pki_status: None,
+                    fail_info: None,
+                    content,
+                    extra_certificates: &[],
+                    send_certificates: true,
+                },
+            )
+            .unwrap()
+        };
+        let request = outgoing(Some(&sealed));
+        // OpenSSL reads the request as an RSASSA-PSS SignedData: the encoding is the standard one.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pss.der");
+        std::fs::write(&file, &request).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "cms",
+                "-verify",
+                "-noverify",
+                "-inform",
+                "DER",
+                "-binary",
+                "-in",
+            ])
+            .arg(&file)
+            .args(["-out", "/dev/null"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl cms -verify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dump = std::process::Command::new("openssl")
+            .args(["cms", "-cmsout", "-print", "-inform", "DER", "-in"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&dump.stdout).contains("rsassaPss"));
+
+        let rep = answer(&h, &request).await;
+        assert_eq!(
+            rep.pki_status,
+            Some(PkiStatus::Pending),
+            "{:?}",
+            rep.fail_info_text
+        );
+        assert!(h
+            .journal
+            .find(SOURCE, "scep:tx-pss")
+            .await
+            .unwrap()
+            .is_some());
+        // A PSS signature that does not verify is refused like any other.
+        let mut forged = outgoing(Some(&sealed));
+        let at = forged.len() - 10;
+        forged[at] ^= 0x01;
+        assert!(h.ra.pki_operation(&forged).await.is_err());
+    }
+
+    /// A PKCSReq from `device` sealed for `recipient` (whatever certificate a client chose).
+    fn pkcs_req_to(device: &Device, txid: &str, recipient: &[u8]) -> Vec<u8> {
+        let csr =
+            pki::csr::build_with_challenge(&device.key, &device.subject, &[], Some(CHALLENGE))
+                .unwrap();
+        let crypto = crypto();
+        let sealed = envelope::seal(
+            &crypto,
+            &csr,
+            recipient,
+            Cipher::Aes128Cbc,
+            KeyTransport::Pkcs1,
+        )
+        .unwrap();
+        let nonce = crypto.random(16).unwrap();
+        message::sign(
+            &crypto,
+            &CustodyIdentity {
+                key: &device.key,
+                certificate: &device.cert,
+            },
+            Digest::Sha256,
+            &Outgoing {
+                message_type: MessageType::PkcsReq,
+                transaction_id: txid,
+                sender_nonce: &nonce,
+                recipient_nonce: None,
+                pki_status: None,
+                fail_info: None,
+                content: Some(&sealed),
+                extra_certificates: &[],
+                send_certificates: true,
+            },
+        )
+        .unwrap()
+    }
+
+    fn key_usage(cert: &[u8]) -> (bool, bool) {
+        let cert = Certificate::from_der(cert).unwrap();
+        let (_, ku) = cert
+            .tbs_certificate
+            .get::<x509_cert::ext::pkix::KeyUsage>()
+            .unwrap()
+            .expect("a key usage");
+        (ku.digital_signature(), ku.key_encipherment())
+    }
+
+    #[tokio::test]
+    async fn the_ndes_layout_has_a_signing_and_an_encryption_ra_and_any_of_them_or_the_ca_decrypts()
+    {
+        let h = harness_with("ra_layout = \"ndes\"", unix_now(), KeyAlgorithm::Rsa2048);
+        let published = certs::parse_certs_only(&h.ra.ca_certificates().unwrap()).unwrap();
+        assert_eq!(published.len(), 3, "signing RA, encryption RA, CA");
+        // What a client that picks by key usage finds: one certificate for each job.
+        let encryption: Vec<_> = published
+            .iter()
+            .filter(|c| key_usage(c) == (false, true))
+            .collect();
+        let signing: Vec<_> = published
+            .iter()
+            .filter(|c| **c != h.ca.chain[0] && key_usage(c) == (true, false))
+            .collect();
+        assert_eq!((encryption.len(), signing.len()), (1, 1));
+        assert_eq!(signing[0], &h.ra_cert);
+        for (txid, recipient) in [
+            ("tx-enc", encryption[0].as_slice()),
+            ("tx-sign", signing[0].as_slice()),
+            ("tx-ca", h.ca.chain[0].as_slice()),
+        ] {
+            let d = device(txid);
+            let rep = answer(&h, &pkcs_req_to(&d, txid, recipient)).await;
+            assert_eq!(
+                rep.pki_status,
+                Some(PkiStatus::Pending),
+                "{txid}: {:?}",
+                rep.fail_info_text
+            );
+            assert_eq!(
+                rep.signer, h.ra_cert,
+                "replies are signed by the signing RA"
+            );
+        }
+        // A certificate the server holds no key for is still the wrong recipient.
+        let stranger = device("stranger");
+        let rep = answer(&h, &pkcs_req_to(&device("d"), "tx-x", &stranger.cert)).await;
+        assert_eq!(rep.fail_info, Some(FailInfo::BadMessageCheck));
+    }
+
+    /// openssl's reading of a GetNextCACert answer: the certificates it carries and the
+    /// certificate that signed it.
+    fn openssl_next_ca(signed: &[u8]) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("next.der");
+        std::fs::write(&input, signed).unwrap();
+        let (bag, signer) = (dir.path().join("bag.der"), dir.path().join("signer.pem"));
+        let o = std::process::Command::new("openssl")
+            .args([
+                "cms",
+                "-verify",
+                "-noverify",
+                "-inform",
+                "DER",
+                "-binary",
+                "-in",
+            ])
+            .arg(&input)
+            .arg("-out")
+            .arg(&bag)
+            .arg("-signer")
+            .arg(&signer)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let certs = certs::parse_certs_only(&std::fs::read(&bag).unwrap()).unwrap();
+        let signer = pem::decode_all(&std::fs::read_to_string(&signer).unwrap()).unwrap();
+        (certs, signer[0].1.clone())
+    }
+
+    #[tokio::test]
+    async fn the_ra_renews_announces_its_successor_switches_and_still_decrypts_for_the_old_one() {
+        let day = 86_400;
+        let t0 = unix_now();
+        let h = harness_with("ra_validity_days = 30", t0, KeyAlgorithm::EcP256);
+        let old = h.ra_cert.clone();
+        assert!(h.ra.capabilities().to_body().contains("GetNextCACert"));
+        assert!(h.ra.next_ca_certificates().unwrap().is_none());
+        // A client fetched GetCACert before the switch and seals its request for the old RA.
+        let late = device("late");
+        let sealed_for_old = pkcs_req(&h, &late, "tx-late", CHALLENGE);
+
+        // Day 21 of 30 (past two thirds): the next RA is made and announced, not yet used.
+        h.ra.maintain(t0 + 21 * day).unwrap();
+        let (announced, signer) = openssl_next_ca(
+            &h.ra
+                .next_ca_certificates()
+                .unwrap()
+                .expect("the next RA is announced"),
+        );
+        assert_eq!(signer, old, "the announcement is signed by the current RA");
+        let next = announced[0].clone();
+        assert_ne!(next, old);
+        assert!(announced.contains(&h.ca.chain[0]));
+        let published = certs::parse_certs_only(&h.ra.ca_certificates().unwrap()).unwrap();
+        assert_eq!(
+            published[0], old,
+            "GetCACert still publishes the current RA"
+        );
+
+        // Day 26 (past five sixths): the next RA takes over.
+        h.ra.maintain(t0 + 26 * day).unwrap();
+        let published = certs::parse_certs_only(&h.ra.ca_certificates().unwrap()).unwrap();
+        assert_eq!(published[0], next);
+        assert!(h.ra.next_ca_certificates().unwrap().is_none());
+        assert_eq!(h.ra.current_generation().number, 2);
+        let status = h.ra.ra_keys.status(t0 + 26 * day);
+        assert_eq!(status["generation"], 2);
+        assert_eq!(status["next_announced"], false);
+        assert!(status["warning"].is_null(), "{status}");
+
+        // The request sealed for the old RA before the switch is still read, and answered
+        // by the new RA.
+        let rep = answer(&h, &sealed_for_old).await;
+        assert_eq!(
+            rep.pki_status,
+            Some(PkiStatus::Pending),
+            "{:?}",
+            rep.fail_info_text
+        );
+        assert_eq!(rep.signer, next);
+        // A client that enrols across the switch seals for the new RA.
+        let fresh = device("fresh");
+        let rep = answer(&h, &pkcs_req_to(&fresh, "tx-fresh", &next)).await;
+        assert_eq!(rep.pki_status, Some(PkiStatus::Pending));
+
+        // Once the old RA has expired (day 31), it no longer decrypts.
+        h.ra.maintain(t0 + 31 * day).unwrap();
+        let rep = answer(
+            &h,
+            &pkcs_req(&h, &device("too-late"), "tx-too-late", CHALLENGE),
+        )
+        .await;
+        assert_eq!(rep.fail_info, Some(FailInfo::BadMessageCheck));
+    }
+
+    #[tokio::test]
+    async fn an_identical_csr_signed_by_the_certificate_it_produced_is_a_renewal_not_a_resend() {
+        let h = harness();
+        let d = device("resubmitter");
+        let first = pkcs_req(&h, &d, "tx-resubmit", CHALLENGE);
+        assert_eq!(
+            answer(&h, &first).await.pki_status,
+            Some(PkiStatus::Pending)
+        );
+        // The worker issues, recording the certificate in the ledger.
+        let held = h
+            .journal
+            .lease_next(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("a queued job");
+        let issued =
+            pki::ca::ra_certificate(&d.key, &d.subject, Some((&h.ca.key, &h.ca.chain[0])), 30)
+                .unwrap();
+        let record = crate::journal::IssuedRecord {
+            backend: "local".into(),
+            serial: serial_hex(
+                Certificate::from_der(&issued)
+                    .unwrap()
+                    .tbs_certificate
+                    .serial_number
+                    .as_bytes(),
+            ),
+            issuer_der: vec![0x30, 0x00],
+            not_after: 4_000_000_000,
+            certificate_der: issued.clone(),
+        };
+        let result = serde_json::to_string(&JobResult {
+            certificate_pem: Some(pem::encode("CERTIFICATE", &issued)),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(h
+            .journal
+            .complete(
+                &held.lease,
+                Completion {
+                    backend: "local",
+                    result: &result,
+                    issued: Some(&record),
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap());
+        // The same CSR resent under the throwaway signer is the first request again.
+        let resent = pkcs_req(&h, &d, "tx-resubmit", CHALLENGE);
+        assert_eq!(
+            answer(&h, &resent).await.pki_status,
+            Some(PkiStatus::Success)
+        );
+        assert!(h
+            .journal
+            .find(SOURCE, "scep:tx-resubmit#2")
+            .await
+            .unwrap()
+            .is_none());
+        // Byte for byte the same CSR, signed by the certificate it produced: a renewal.
+        let holder = Device {
+            key: d.key.duplicate().unwrap(),
+            cert: issued,
+            subject: d.subject.clone(),
+        };
+        let csr = pki::csr::build_with_challenge(&d.key, &d.subject, &[], Some(CHALLENGE)).unwrap();
+        let first_job = h
+            .journal
+            .find(SOURCE, "scep:tx-resubmit")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(same_csr(
+            &first_job,
+            &pem::encode("CERTIFICATE REQUEST", &csr)
+        ));
+        let rep = answer(
+            &h,
+            &message(&h, &holder, MessageType::PkcsReq, "tx-resubmit", &csr),
+        )
+        .await;
+        assert_eq!(
+            rep.pki_status,
+            Some(PkiStatus::Pending),
+            "{:?}",
+            rep.fail_info_text
+        );
+        assert!(h
+            .journal
+            .find(SOURCE, "scep:tx-resubmit#2")
+            .await
+            .unwrap()
+            .is_some());
     }
 }

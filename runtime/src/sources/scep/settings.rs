@@ -21,6 +21,18 @@ pub struct ScepConfig {
     /// The RA certificate's subject.
     #[serde(default = "default_ra_subject")]
     pub ra_subject: Spanned<String>,
+    /// `single`: one RA certificate signs replies and receives requests. `ndes`: a signing RA
+    /// (digitalSignature) and an encryption RA (keyEncipherment, key `<ra_key>-enc`), as NDES
+    /// publishes them, for clients that pick the encryption certificate by its key usage.
+    #[serde(default)]
+    pub ra_layout: RaLayout,
+    /// How long each RA certificate is valid, in days. The next one is made and announced by
+    /// GetNextCACert at two thirds of that, and takes over at five sixths.
+    #[serde(
+        default = "default_ra_validity_days",
+        deserialize_with = "crate::config::in_range::<_, u32, 2, 3650>"
+    )]
+    pub ra_validity_days: u32,
     /// A static challenge password, read from this environment variable.
     pub challenge_env: Option<Spanned<String>>,
     /// A static challenge password, read from this file (0600; trailing newline ignored).
@@ -44,6 +56,21 @@ pub struct ScepConfig {
         deserialize_with = "crate::config::in_range::<_, u32, 0, 60>"
     )]
     pub wait_seconds: u32,
+}
+
+/// How the RA's certificates are laid out (`scep.ra_layout`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RaLayout {
+    /// One RA certificate that signs and decrypts.
+    #[default]
+    Single,
+    /// A signing RA and an encryption RA, as NDES publishes them.
+    Ndes,
+}
+
+fn default_ra_validity_days() -> u32 {
+    730
 }
 
 fn default_ra_key() -> String {

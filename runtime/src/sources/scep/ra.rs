@@ -10,6 +10,7 @@ use certconn_scep::{
 };
 use der::Decode;
 use x509_cert::request::CertReq;
+use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
 use super::adapter::{CustodyIdentity, HostCrypto};
@@ -318,8 +319,16 @@ impl Ra {
             certconn_scep::Error::Unsupported(_) => (FailInfo::BadAlg, e.to_string()),
             _ => (FailInfo::BadMessageCheck, e.to_string()),
         })?;
-        if msg.message_type == MessageType::GetCrl {
-            return self.get_crl(msg, &plain, opened.cipher, opened.transport);
+        match msg.message_type {
+            MessageType::GetCrl => {
+                return self.get_crl(msg, &plain, opened.cipher, opened.transport)
+            }
+            MessageType::GetCert => {
+                return self
+                    .get_cert(msg, &plain, opened.cipher, opened.transport)
+                    .await
+            }
+            _ => {}
         }
         let job = match msg.message_type {
             MessageType::PkcsReq | MessageType::RenewalReq => {
@@ -464,6 +473,46 @@ impl Ra {
             }
         }
         Ok(latest)
+    }
+
+    /// GetCert: a certificate certconn issued, named by issuer and serial, sealed for the
+    /// requester. Certificates are public; what this answers is only whether certconn issued
+    /// that one.
+    async fn get_cert(
+        &self,
+        msg: &SignedMessage,
+        plain: &[u8],
+        cipher: certconn_scep::Cipher,
+        transport: certconn_scep::KeyTransport,
+    ) -> Result<Answer, (FailInfo, String)> {
+        let asked = certconn_scep::lenient::IssuerSerial::from_der(plain)
+            .map_err(|e| (FailInfo::BadRequest, format!("GetCert content: {e}")))?;
+        let serial = serial_hex(asked.serial_number.as_bytes());
+        let not_found = || {
+            (
+                FailInfo::BadCertId,
+                format!(
+                    "certconn issued no certificate {serial} by {}",
+                    asked.issuer
+                ),
+            )
+        };
+        let entry = self
+            .ports
+            .ledger
+            .certificate(&serial)
+            .await
+            .map_err(internal)?
+            .ok_or_else(not_found)?;
+        let cert = Certificate::from_der(&entry.certificate_der).map_err(internal)?;
+        if cert.tbs_certificate.issuer != asked.issuer {
+            return Err(not_found());
+        }
+        let bag = certs::certs_only(&[entry.certificate_der]).map_err(internal)?;
+        let sealed = envelope::seal(&self.crypto, &bag, &msg.signer, cipher, transport)
+            .map_err(|e| (FailInfo::BadAlg, e.to_string()))?;
+        tracing::info!(event_id = 4302, transaction = %msg.transaction_id, %serial, "answered GetCert");
+        Ok(Answer::Issued(sealed))
     }
 
     /// GetCRL: the current CRL of the issuer named in the IssuerAndSerialNumber, sealed for
@@ -723,7 +772,6 @@ fn static_challenge(sc: &ScepConfig) -> Result<Option<Zeroizing<String>>, RaErro
 mod tests {
     use certconn_scep::{Cipher, Crypto, Digest, KeyTransport};
     use der::Encode;
-    use x509_cert::Certificate;
 
     use super::*;
     use crate::custody::{CustodyConfig, KeyAlgorithm, KeyLocation, PrivateKey};
@@ -1729,7 +1777,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_identical_csr_signed_by_the_certificate_it_produced_is_a_renewal_not_a_resend() {
+    async fn an_identical_csr_signed_by_the_certificate_it_produced_is_a_renewal_and_get_cert_finds_it(
+    ) {
         let h = harness();
         let d = device("resubmitter");
         let first = pkcs_req(&h, &d, "tx-resubmit", CHALLENGE);
@@ -1824,5 +1873,49 @@ mod tests {
             .await
             .unwrap()
             .is_some());
+
+        // GetCert finds the certificate by issuer and serial; another issuer finds nothing.
+        let cert = Certificate::from_der(&holder.cert).unwrap();
+        let ask = |issuer: x509_cert::name::Name| {
+            cms::cert::IssuerAndSerialNumber {
+                issuer,
+                serial_number: cert.tbs_certificate.serial_number.clone(),
+            }
+            .to_der()
+            .unwrap()
+        };
+        let rep = answer(
+            &h,
+            &message(
+                &h,
+                &d,
+                MessageType::GetCert,
+                "tx-get-cert",
+                &ask(cert.tbs_certificate.issuer.clone()),
+            ),
+        )
+        .await;
+        assert_eq!(
+            rep.pki_status,
+            Some(PkiStatus::Success),
+            "{:?}",
+            rep.fail_info_text
+        );
+        assert_eq!(
+            certs::parse_certs_only(&opened(&rep, &d)).unwrap(),
+            vec![holder.cert.clone()]
+        );
+        let rep = answer(
+            &h,
+            &message(
+                &h,
+                &d,
+                MessageType::GetCert,
+                "tx-get-cert-2",
+                &ask(d.subject.clone()),
+            ),
+        )
+        .await;
+        assert_eq!(rep.fail_info, Some(FailInfo::BadCertId));
     }
 }

@@ -1640,9 +1640,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_ndes_layout_has_a_signing_and_an_encryption_ra_and_any_of_them_or_the_ca_decrypts()
-    {
-        let h = harness_with("ra_layout = \"ndes\"", unix_now(), KeyAlgorithm::Rsa2048);
+    async fn the_ndes_layout_has_a_signing_and_an_encryption_ra_and_either_or_the_ca_if_allowed_decrypts(
+    ) {
+        let h = harness_with(
+            "ra_layout = \"ndes\"\ndecrypt_with_ca_key = true",
+            unix_now(),
+            KeyAlgorithm::Rsa2048,
+        );
         let published = certs::parse_certs_only(&h.ra.ca_certificates().unwrap()).unwrap();
         assert_eq!(published.len(), 3, "signing RA, encryption RA, CA");
         // What a client that picks by key usage finds: one certificate for each job.
@@ -1674,6 +1678,15 @@ mod tests {
                 "replies are signed by the signing RA"
             );
         }
+        // Without decrypt_with_ca_key the CA key opens nothing.
+        let strict = harness_with("ra_layout = \"ndes\"", unix_now(), KeyAlgorithm::Rsa2048);
+        let d = device("ca-sealed");
+        let rep = answer(
+            &strict,
+            &pkcs_req_to(&d, "tx-ca-strict", &strict.ca.chain[0]),
+        )
+        .await;
+        assert_eq!(rep.fail_info, Some(FailInfo::BadMessageCheck));
         // A certificate the server holds no key for is still the wrong recipient.
         let stranger = device("stranger");
         let rep = answer(&h, &pkcs_req_to(&device("d"), "tx-x", &stranger.cert)).await;

@@ -82,6 +82,8 @@ struct Maker {
     subject: Name,
     ca: Arc<StoredKey>,
     validity_days: u32,
+    /// Whether the CA key opens requests sealed for the CA certificate (`scep.decrypt_with_ca_key`).
+    ca_decrypts: bool,
 }
 
 /// The RA's keys: which generation signs, which is next, which decrypt.
@@ -107,6 +109,7 @@ impl RaKeys {
                 .map_err(|e| RaError::Subject(e.to_string()))?,
             ca,
             validity_days: sc.ra_validity_days,
+            ca_decrypts: sc.decrypt_with_ca_key,
         };
         let mut all = vec![maker.generation(1, now)?];
         for number in 2.. {
@@ -190,8 +193,9 @@ impl RaKeys {
     /// What `certconn status` and `/v1/health` show of the RA at `now`.
     pub fn status(&self, now: u64) -> serde_json::Value {
         let st = self.read();
-        let time =
-            |secs: u64| crate::report::rfc3339_ms(i64::try_from(secs).unwrap_or(i64::MAX) * 1000);
+        let time = |secs: u64| {
+            crate::report::rfc3339_ms(i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000))
+        };
         let left = st.current.not_after.saturating_sub(now);
         serde_json::json!({
             "generation": st.current.number,
@@ -218,8 +222,10 @@ impl RaKeys {
     }
 
     /// Every key that may open a request's envelope, current first: each generation's RA
-    /// keys (the encryption RA first in the NDES layout), and the CA key when it is RSA —
-    /// clients that cannot tell the RA certificates apart fall back to the CA certificate.
+    /// keys (the encryption RA first in the NDES layout), and the CA key when it is RSA and
+    /// `scep.decrypt_with_ca_key` allows it — clients that cannot tell the RA certificates apart
+    /// fall back to the CA certificate. That is opt-in because it makes the SCEP endpoint an RSA
+    /// decryption oracle for the CA key, and RSA decryption and signing are the same operation.
     pub fn decryptors(&self) -> Vec<Arc<StoredKey>> {
         let st = self.read();
         let mut all = Vec::new();
@@ -231,7 +237,9 @@ impl RaKeys {
             all.push(g.signer.clone());
         }
         let ca = &self.maker.ca;
-        if matches!(ca.key.kind(), certconn_x509::PublicKeyKind::Rsa { .. }) && !ca.chain.is_empty()
+        if self.maker.ca_decrypts
+            && matches!(ca.key.kind(), certconn_x509::PublicKeyKind::Rsa { .. })
+            && !ca.chain.is_empty()
         {
             all.push(ca.clone());
         }

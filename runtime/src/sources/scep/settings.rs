@@ -26,6 +26,11 @@ pub struct ScepConfig {
     /// publishes them, for clients that pick the encryption certificate by its key usage.
     #[serde(default)]
     pub ra_layout: RaLayout,
+    /// Open requests sealed for the CA certificate with the CA key (when it is RSA), for clients
+    /// that cannot tell the RA certificates apart. Off by default: it makes this endpoint an
+    /// RSA decryption oracle for the CA key. Prefer `ra_layout = "ndes"`.
+    #[serde(default)]
+    pub decrypt_with_ca_key: bool,
     /// How long each RA certificate is valid, in days. The next one is made and announced by
     /// GetNextCACert at two thirds of that, and takes over at five sixths.
     #[serde(

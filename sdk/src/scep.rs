@@ -32,6 +32,11 @@ pub use certconn_scep as messages;
 /// an `issue` or `poll` call when certconn made the key).
 pub const REQUEST_HANDLE: &str = "request";
 
+/// The custody handle of the key of the certificate a renewal replaces, its chain that
+/// certificate first (bound by the host for the length of an `issue` or `poll` call of a renewal
+/// job). With it, [`Enrolment`] sends a RenewalReq signed by that certificate.
+pub const CURRENT_HANDLE: &str = "current";
+
 /// The host's primitives, for `certconn-scep`.
 pub struct HostCrypto;
 
@@ -154,6 +159,34 @@ impl Identity for CustodyIdentity {
 }
 
 impl CustodyIdentity {
+    /// The certificate's public key, DER SubjectPublicKeyInfo.
+    pub fn public_key(&self) -> Result<Vec<u8>, BackendError> {
+        Certificate::from_der(&self.certificate)
+            .map_err(rejected)?
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(rejected)
+    }
+
+    /// The certificate a renewal replaces, with its key (the [`CURRENT_HANDLE`]), when the host
+    /// bound one to this call.
+    pub fn current() -> Result<Option<Self>, BackendError> {
+        match custody::certificate_chain(CURRENT_HANDLE) {
+            Err(custody::CustodyError::NotGranted(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+            Ok(chain) => match chain.into_iter().next() {
+                Some(certificate) => Ok(Some(Self {
+                    handle: CURRENT_HANDLE.into(),
+                    certificate,
+                })),
+                None => Err(rejected(
+                    "the renewed certificate's key (custody handle `current`) comes without its certificate",
+                )),
+            },
+        }
+    }
+
     /// A short-lived self-signed certificate for the custody key `handle`, as RFC 8894 §2.3 has
     /// a requester without a certificate sign its request.
     pub fn self_signed(
@@ -258,13 +291,16 @@ impl ScepClient {
         CaCertificates::from_response(&r.body).map_err(|e| rejected(format!("GetCACert: {e}")))
     }
 
-    /// Sends one pkiMessage (PKCSReq, RenewalReq or CertPoll) and reads the CertRep.
+    /// Sends one pkiMessage (PKCSReq, RenewalReq or CertPoll) signed by `requester` and reads
+    /// the CertRep, whose certificate must be for `certified` (DER SubjectPublicKeyInfo: the
+    /// requester's own key, except in a renewal, which certifies a new key).
     #[allow(clippy::too_many_arguments)]
     pub fn transact(
         &self,
         caps: &Capabilities,
         ca: &CaCertificates,
         requester: &CustodyIdentity,
+        certified: &[u8],
         message_type: MessageType,
         transaction_id: &str,
         content: &[u8],
@@ -347,7 +383,7 @@ impl ScepClient {
                 let (bag, _) =
                     envelope::open(&HostCrypto, requester, &content).map_err(rejected)?;
                 let certificates = certs::parse_certs_only(&bag).map_err(rejected)?;
-                Ok(Reply::Issued(pick_leaf(certificates, requester, ca)?))
+                Ok(Reply::Issued(pick_leaf(certificates, certified, ca)?))
             }
             Some(PkiStatus::Pending) => Ok(Reply::Pending),
             Some(PkiStatus::Failure) => {
@@ -380,20 +416,20 @@ fn check_status(operation: &str, r: &http::Response) -> Result<(), BackendError>
     }
 }
 
-/// The certificate for our key first, then the others (the CA's certificates from GetCACert
-/// when the reply carried only the leaf).
+/// The certificate for the `certified` key (DER SubjectPublicKeyInfo) first, then the others
+/// (the CA's certificates from GetCACert when the reply carried only the leaf).
 fn pick_leaf(
     certificates: Vec<Vec<u8>>,
-    requester: &CustodyIdentity,
+    certified: &[u8],
     ca: &CaCertificates,
 ) -> Result<IssuedCertificate, BackendError> {
-    let mine = Certificate::from_der(&requester.certificate).map_err(rejected)?;
-    let key = &mine.tbs_certificate.subject_public_key_info;
+    let key = certconn_x509::spki::SubjectPublicKeyInfoOwned::from_der(certified)
+        .map_err(|e| rejected(format!("the certified key: {e}")))?;
     let mut leaf = None;
     let mut chain = Vec::new();
     for der in certificates {
         let cert = Certificate::from_der(&der).map_err(rejected)?;
-        if leaf.is_none() && &cert.tbs_certificate.subject_public_key_info == key {
+        if leaf.is_none() && cert.tbs_certificate.subject_public_key_info == key {
             leaf = Some(der);
         } else {
             chain.push(der);
@@ -410,13 +446,12 @@ fn pick_leaf(
 /// The transaction ID of a request: SHA-256 of the requester's public key, hex (RFC 8894
 /// §3.2.1.1), so a retry of the same job is the same transaction.
 pub fn transaction_id(requester: &CustodyIdentity) -> Result<String, BackendError> {
-    let cert = Certificate::from_der(&requester.certificate).map_err(rejected)?;
-    let spki = cert
-        .tbs_certificate
-        .subject_public_key_info
-        .to_der()
-        .map_err(rejected)?;
-    let digest = HostCrypto.digest(Digest::Sha256, &spki).map_err(rejected)?;
+    transaction_id_of(&requester.public_key()?)
+}
+
+/// The transaction ID for the key `spki` (DER SubjectPublicKeyInfo) certifies.
+fn transaction_id_of(spki: &[u8]) -> Result<String, BackendError> {
+    let digest = HostCrypto.digest(Digest::Sha256, spki).map_err(rejected)?;
     Ok(digest.iter().map(|b| format!("{b:02X}")).collect())
 }
 
@@ -466,6 +501,9 @@ struct PollToken {
     transaction_id: String,
     /// The requester's subject, DER hex.
     subject: String,
+    /// A RenewalReq: the CertPoll is signed with the renewed certificate, as the request was.
+    #[serde(default)]
+    renewal: bool,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -544,8 +582,11 @@ impl Enrolment {
         Ok(ca)
     }
 
-    /// PKCSReq for the job's device key. `challenge` is asked for last, just before the request
-    /// is signed, so a one-time challenge is as fresh as it can be.
+    /// PKCSReq for the job's device key, or, when the host bound the certificate a renewal
+    /// replaces ([`CURRENT_HANDLE`]) and the CA advertises `Renewal`, a RenewalReq signed by that
+    /// certificate (RFC 8894 §3.3.1.2) for the new key. `challenge` is asked for last, just
+    /// before the request is signed, so a one-time challenge is as fresh as it can be; a
+    /// renewal carries it too when there is one (some CAs check it on every request).
     pub fn issue(
         &self,
         request: &crate::IssueRequest,
@@ -559,17 +600,28 @@ impl Enrolment {
         };
         let ca = self.ca()?;
         let caps = self.client.capabilities()?;
-        let requester = CustodyIdentity::self_signed(REQUEST_HANDLE, &subject)?;
-        let txid = transaction_id(&requester)?;
+        let device = CustodyIdentity::self_signed(REQUEST_HANDLE, &subject)?;
+        let certified = device.public_key()?;
+        let txid = transaction_id_of(&certified)?;
+        let renewing = self.renewing(&caps)?;
         let challenge = challenge()?;
         let csr = csr_with_challenge(csr, &subject, challenge.as_deref())?;
+        let (requester, message_type) = match &renewing {
+            Some(current) => (current, MessageType::RenewalReq),
+            None => (&device, MessageType::PkcsReq),
+        };
         crate::log::info(&format!(
-            "SCEP PKCSReq for job {} (transaction {txid})",
+            "SCEP {} for job {} (transaction {txid})",
+            if renewing.is_some() {
+                "RenewalReq"
+            } else {
+                "PKCSReq"
+            },
             request.job_id
         ));
         let reply =
             self.client
-                .transact(&caps, &ca, &requester, MessageType::PkcsReq, &txid, &csr)?;
+                .transact(&caps, &ca, requester, &certified, message_type, &txid, &csr)?;
         let subject_hex = hex(&subject.to_der().map_err(rejected)?);
         self.finish(
             reply,
@@ -577,11 +629,25 @@ impl Enrolment {
             PollToken {
                 transaction_id: txid,
                 subject: subject_hex,
+                renewal: renewing.is_some(),
             },
         )
     }
 
-    /// CertPoll for a request that was answered PENDING.
+    /// The certificate this job renews, when the host bound one and the CA can take a
+    /// RenewalReq; without `Renewal` in its capabilities, the job enrols with a PKCSReq.
+    fn renewing(&self, caps: &Capabilities) -> Result<Option<CustodyIdentity>, BackendError> {
+        let current = CustodyIdentity::current()?;
+        if current.is_some() && !caps.renewal() {
+            crate::log::info(
+                "the CA does not advertise Renewal in GetCACaps: the renewal enrols with a PKCSReq",
+            );
+            return Ok(None);
+        }
+        Ok(current)
+    }
+
+    /// CertPoll for a request that was answered PENDING, signed as the request was.
     pub fn poll(&self, poll_token: &str) -> Result<IssuedCertificate, BackendError> {
         let token: PollToken =
             serde_json::from_str(poll_token).map_err(|e| rejected(format!("poll token: {e}")))?;
@@ -590,12 +656,21 @@ impl Enrolment {
             .ok_or_else(|| rejected("poll token: bad subject"))?;
         let ca = self.ca()?;
         let caps = self.client.capabilities()?;
-        let requester = CustodyIdentity::self_signed(REQUEST_HANDLE, &subject)?;
+        let device = CustodyIdentity::self_signed(REQUEST_HANDLE, &subject)?;
+        let certified = device.public_key()?;
+        let current = if token.renewal {
+            Some(CustodyIdentity::current()?.ok_or_else(|| {
+                rejected("the renewal is pending but the renewed certificate's key is no longer bound (custody handle `current`)")
+            })?)
+        } else {
+            None
+        };
         let content = cert_poll_content(&ca, &subject)?;
         let reply = self.client.transact(
             &caps,
             &ca,
-            &requester,
+            current.as_ref().unwrap_or(&device),
+            &certified,
             MessageType::CertPoll,
             &token.transaction_id,
             &content,

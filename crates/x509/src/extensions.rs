@@ -344,11 +344,26 @@ pub fn requested_subject_alt_names(
     {
         for value in attr.values.iter() {
             let exts: Vec<Extension> = value.decode_as()?;
-            for ext in exts.iter().filter(|e| e.extn_id == SUBJECT_ALT_NAME_OID) {
-                let names = SanExtension::from_der(ext.extn_value.as_bytes())?;
-                out.extend(names.0.iter().filter_map(SubjectAltName::from_general_name));
-            }
+            out.extend(subject_alt_names_in(&exts)?);
         }
+    }
+    Ok(out)
+}
+
+/// The subject alternative names a certificate carries (those certconn can express), so that
+/// a renewal asks for what the renewed certificate had.
+pub fn subject_alt_names_of(cert: &x509_cert::Certificate) -> Result<Vec<SubjectAltName>> {
+    match &cert.tbs_certificate.extensions {
+        Some(exts) => subject_alt_names_in(exts),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn subject_alt_names_in(exts: &[Extension]) -> Result<Vec<SubjectAltName>> {
+    let mut out = Vec::new();
+    for ext in exts.iter().filter(|e| e.extn_id == SUBJECT_ALT_NAME_OID) {
+        let names = SanExtension::from_der(ext.extn_value.as_bytes())?;
+        out.extend(names.0.iter().filter_map(SubjectAltName::from_general_name));
     }
     Ok(out)
 }

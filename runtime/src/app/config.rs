@@ -81,6 +81,20 @@ impl Config {
         for (name, b) in &self.backends {
             b.check(name, cx)?;
             for k in &b.keys {
+                let reserved = [
+                    crate::custody::grant::REQUEST_HANDLE,
+                    crate::custody::grant::CURRENT_HANDLE,
+                ];
+                if reserved.contains(&k.get_ref().as_str()) {
+                    return Err(cx.at(
+                        k.span(),
+                        format!("backends.{name}.keys"),
+                        format!(
+                            "{:?} is the handle certconn binds to a job's own key during a call; name the custody key otherwise",
+                            k.get_ref()
+                        ),
+                    ));
+                }
                 if !self.keys.contains_key(k.get_ref()) {
                     return Err(cx.at(
                         k.span(),
@@ -365,6 +379,23 @@ backend = "local"
         assert!(e.contains("profiles.device.backend"), "{e}");
         assert!(e.contains("nope"), "{e}");
         assert!(e.contains("13 | backend = \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn a_call_bound_handle_cannot_be_granted_by_name() {
+        for handle in ["request", "current"] {
+            let text = GOOD
+                .replace(
+                    "[keys.ca]",
+                    &format!("[keys.{handle}]\nalgorithm = \"ec-p256\"\n[keys.ca]"),
+                )
+                .replace("keys = [\"ca\"]", &format!("keys = [\"ca\", \"{handle}\"]"));
+            let e = error(&text);
+            assert!(
+                e.contains("backends.local.keys") && e.contains("handle certconn binds"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

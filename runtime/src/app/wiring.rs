@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::custody::grant::CallKeys;
 use crate::custody::{CustodyError, KeyStore, PrivateKey, StoredKey};
 use crate::jobs::ports::Custody;
 use crate::jobs::routing::{Backends, CaBackend, Candidate, Slot, Unavailable, Verdict};
@@ -15,6 +16,11 @@ use crate::plugins::{LoadedBackend, Registry};
 /// The custody name of a device key kept while the CA answers pending.
 fn pending_key_name(job_id: &str) -> String {
     format!("pending-{job_id}")
+}
+
+/// The custody name of a device key kept to renew certificate `serial` (hex).
+fn renewal_key_name(serial: &str) -> String {
+    format!("renewal-{serial}")
 }
 
 /// The key store as the steps' custody.
@@ -35,6 +41,25 @@ impl Custody for StoreCustody {
 
     fn forget_pending(&self, job_id: &str) -> Result<(), CustodyError> {
         self.0.remove(&pending_key_name(job_id))
+    }
+
+    fn keep_for_renewal(
+        &self,
+        serial: &str,
+        key: PrivateKey,
+        chain: Vec<Vec<u8>>,
+    ) -> Result<(), CustodyError> {
+        let name = renewal_key_name(serial);
+        self.0.put(&name, key)?;
+        self.0.set_chain(&name, chain).map(|_| ())
+    }
+
+    fn renewal_key(&self, serial: &str) -> Option<Arc<StoredKey>> {
+        self.0.get(&renewal_key_name(serial)).ok()
+    }
+
+    fn forget_renewal(&self, serial: &str) -> Result<(), CustodyError> {
+        self.0.remove(&renewal_key_name(serial))
     }
 }
 
@@ -92,18 +117,18 @@ impl CaBackend for LoadedBackend {
     async fn issue(
         &self,
         request: &wit::IssueRequest,
-        key: Option<Arc<StoredKey>>,
+        keys: CallKeys,
     ) -> CallResult<wit::IssuedCertificate> {
-        LoadedBackend::issue(self, request, key).await
+        LoadedBackend::issue(self, request, keys).await
     }
 
     async fn poll(
         &self,
         job_id: &str,
         token: &str,
-        key: Option<Arc<StoredKey>>,
+        keys: CallKeys,
     ) -> CallResult<wit::IssuedCertificate> {
-        LoadedBackend::poll(self, job_id, token, key).await
+        LoadedBackend::poll(self, job_id, token, keys).await
     }
 
     async fn revoke(&self, request: &wit::RevokeRequest) -> CallResult<()> {

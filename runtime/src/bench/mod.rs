@@ -22,6 +22,7 @@ use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::name::Name;
 
 use certconn::app::{App, Config};
+use certconn::custody::grant::CallKeys;
 use certconn::custody::{KeyAlgorithm, PrivateKey};
 use certconn::jobs::model::IssueJob;
 use certconn::journal::JobState;
@@ -191,9 +192,12 @@ async fn bench(
     let issue_calls = (args.calls / 4).max(1);
     let t = Instant::now();
     for _ in 0..issue_calls {
-        backend.issue(&issue_request, None).await?.map_err(|e| {
-            anyhow::anyhow!("{}", certconn::plugins::backend::describe_backend_error(&e))
-        })?;
+        backend
+            .issue(&issue_request, CallKeys::default())
+            .await?
+            .map_err(|e| {
+                anyhow::anyhow!("{}", certconn::plugins::backend::describe_backend_error(&e))
+            })?;
     }
     let issue_us = t.elapsed().as_secs_f64() * 1e6 / issue_calls as f64;
     println!(
@@ -321,6 +325,7 @@ pub(crate) fn bench_request() -> IssueJob {
         recipient_pem: None,
         csr_pem: None,
         validity_days: None,
+        renews: None,
     }
 }
 

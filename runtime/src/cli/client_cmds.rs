@@ -42,6 +42,11 @@ pub enum Submit {
         /// Days the certificate is valid, 1 to 3650 (default: the profile's, else the backend's).
         #[arg(long)]
         validity_days: Option<u32>,
+        /// Serial (hex) of the certificate this one renews. certconn proves the renewal with
+        /// that certificate's key (a SCEP RenewalReq), which it keeps only under a profile with
+        /// keep_keys_for_renewal = true; the new certificate gets a new key.
+        #[arg(long, conflicts_with = "csr")]
+        renews: Option<String>,
         /// Where to write the PFX (or, with --csr, the certificate PEM). With --recipient the
         /// sealed password goes to FILE.password.cms.
         #[arg(long)]
@@ -145,6 +150,7 @@ pub async fn submit(config_path: &Path, what: Submit) -> anyhow::Result<()> {
             recipient,
             csr,
             validity_days,
+            renews,
             out,
             idempotency_key,
             no_wait,
@@ -177,6 +183,7 @@ pub async fn submit(config_path: &Path, what: Submit) -> anyhow::Result<()> {
                 "recipient": recipient_pem,
                 "csr": csr_pem,
                 "validity_days": validity_days,
+                "renews": renews,
             });
             let Some((id, result)) =
                 submit_and_wait(&api, "/v1/jobs/issue", &body, no_wait, timeout_seconds).await?

@@ -12,12 +12,37 @@ use super::{CustodyError, KeyStore};
 /// request with the key being certified and receives the reply encrypted to it.
 pub const REQUEST_HANDLE: &str = "request";
 
+/// The handle that names, during one `issue` or `poll` call of a renewal, the key of the
+/// certificate being renewed; its custody chain is that certificate and its issuers. A SCEP
+/// client signs a RenewalReq with it and receives the reply encrypted to it.
+pub const CURRENT_HANDLE: &str = "current";
+
+/// The keys one `issue` or `poll` call gets besides the instance's grants.
+#[derive(Clone, Debug, Default)]
+pub struct CallKeys {
+    /// The key the CSR certifies, when certconn made it ([`REQUEST_HANDLE`]).
+    pub request: Option<Arc<StoredKey>>,
+    /// The key of the certificate a renewal replaces, with that certificate first in its
+    /// chain ([`CURRENT_HANDLE`]).
+    pub current: Option<Arc<StoredKey>>,
+}
+
+impl CallKeys {
+    /// Only the request key (a first enrolment).
+    pub fn request(key: Option<Arc<StoredKey>>) -> Self {
+        Self {
+            request: key,
+            current: None,
+        }
+    }
+}
+
 /// The keys one backend instance was granted, by handle name.
 #[derive(Clone, Debug)]
 pub struct Grants {
     store: Option<Arc<KeyStore>>,
     granted: Arc<BTreeSet<String>>,
-    request: Option<Arc<StoredKey>>,
+    call: CallKeys,
 }
 
 impl Grants {
@@ -25,7 +50,7 @@ impl Grants {
         Self {
             store: Some(store),
             granted: Arc::new(granted.into_iter().collect()),
-            request: None,
+            call: CallKeys::default(),
         }
     }
 
@@ -34,23 +59,27 @@ impl Grants {
         Self {
             store: None,
             granted: Arc::default(),
-            request: None,
+            call: CallKeys::default(),
         }
     }
 
-    /// These grants plus [`REQUEST_HANDLE`] bound to `key`, for one call.
-    pub fn with_request_key(&self, key: Option<Arc<StoredKey>>) -> Self {
+    /// These grants plus [`REQUEST_HANDLE`] and [`CURRENT_HANDLE`] bound to the call's keys.
+    pub fn with_call_keys(&self, call: CallKeys) -> Self {
         Self {
-            request: key,
+            call,
             ..self.clone()
         }
     }
 
     /// The key behind `handle`, if it was granted and exists.
     pub fn key(&self, handle: &str) -> Result<Arc<StoredKey>, CustodyError> {
-        if handle == REQUEST_HANDLE {
-            return self
-                .request
+        let bound = match handle {
+            REQUEST_HANDLE => Some(&self.call.request),
+            CURRENT_HANDLE => Some(&self.call.current),
+            _ => None,
+        };
+        if let Some(key) = bound {
+            return key
                 .clone()
                 .ok_or_else(|| CustodyError::NotGranted(handle.into()));
         }

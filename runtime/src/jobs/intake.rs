@@ -204,7 +204,7 @@ fn bad(field: &'static str, message: impl Into<String>) -> IntakeError {
 
 /// Checks an issue request on its own (the profile is checked by [`Intake`]).
 pub fn check_issue(req: &IssueJob) -> Result<(), IntakeError> {
-    if req.subject.is_empty() && req.csr_pem.is_none() {
+    if req.subject.is_empty() && req.csr_pem.is_none() && req.renews.is_none() {
         return Err(bad(
             "subject",
             "is required (for example \"CN=Alice,O=Example\")",
@@ -232,6 +232,15 @@ pub fn check_issue(req: &IssueJob) -> Result<(), IntakeError> {
             ));
         }
         check_csr(csr)?;
+    }
+    if let Some(serial) = &req.renews {
+        if req.csr_pem.is_some() {
+            return Err(bad(
+                "renews",
+                "a device that sends its own CSR holds its own key and renews with it; renews is for keys certconn made",
+            ));
+        }
+        crate::jobs::model::normalize_serial(serial).map_err(|e| bad("renews", e.to_string()))?;
     }
     Ok(())
 }
@@ -400,6 +409,7 @@ mod tests {
             recipient_pem: None,
             csr_pem: None,
             validity_days: None,
+            renews: None,
         }
     }
 
@@ -453,6 +463,13 @@ mod tests {
                 "recipient",
                 IssueJob {
                     recipient_pem: Some("garbage".into()),
+                    ..issue()
+                },
+            ),
+            (
+                "renews",
+                IssueJob {
+                    renews: Some("not-hex".into()),
                     ..issue()
                 },
             ),

@@ -23,6 +23,11 @@ pub struct IssueJob {
     /// A CSR (PEM) from a device that holds its own key: no PFX, only the certificate.
     pub csr_pem: Option<String>,
     pub validity_days: Option<u32>,
+    /// The serial (hex) of a certificate this request renews. Its key, kept in custody when
+    /// the profile says `keep_keys_for_renewal`, proves the renewal to CAs that ask for it
+    /// (a SCEP RenewalReq is signed with it); the new certificate gets a new key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renews: Option<String>,
 }
 
 /// An imported-PFX delivery as stored in the journal (validated at intake).

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use crate::custody::{CustodyError, PrivateKey, StoredKey};
 
-/// Custody as the job steps use it: named keys, and the device keys of jobs pending at a CA.
+/// Custody as the job steps use it: named keys, the device keys of jobs pending at a CA, and
+/// the device keys a profile keeps so that their certificates can be renewed.
 pub trait Custody: Send + Sync {
     /// The custody key `name` (an import decrypts its PFX password with it).
     fn key(&self, name: &str) -> Result<Arc<StoredKey>, CustodyError>;
@@ -17,6 +18,18 @@ pub trait Custody: Send + Sync {
     fn pending_key(&self, job_id: &str) -> Option<Arc<StoredKey>>;
     /// Forgets the device key kept for `job_id` (its job ended). Missing is not an error.
     fn forget_pending(&self, job_id: &str) -> Result<(), CustodyError>;
+    /// Keeps the device key of the certificate `serial` (hex, as the ledger has it), with that
+    /// certificate first in `chain`, so that a later renewal can prove possession of it.
+    fn keep_for_renewal(
+        &self,
+        serial: &str,
+        key: PrivateKey,
+        chain: Vec<Vec<u8>>,
+    ) -> Result<(), CustodyError>;
+    /// The key kept for renewing the certificate `serial`, if any.
+    fn renewal_key(&self, serial: &str) -> Option<Arc<StoredKey>>;
+    /// Forgets the key kept for `serial` (renewed or revoked). Missing is not an error.
+    fn forget_renewal(&self, serial: &str) -> Result<(), CustodyError>;
 }
 
 #[cfg(test)]
@@ -31,6 +44,7 @@ pub(crate) mod testing {
     pub struct MemoryCustody {
         pub keys: Mutex<BTreeMap<String, Arc<StoredKey>>>,
         pub pending: Mutex<BTreeMap<String, Arc<StoredKey>>>,
+        pub renewal: Mutex<BTreeMap<String, Arc<StoredKey>>>,
     }
 
     impl MemoryCustody {
@@ -72,6 +86,29 @@ pub(crate) mod testing {
         }
         fn forget_pending(&self, job_id: &str) -> Result<(), CustodyError> {
             self.pending.lock().unwrap().remove(job_id);
+            Ok(())
+        }
+        fn keep_for_renewal(
+            &self,
+            serial: &str,
+            key: PrivateKey,
+            chain: Vec<Vec<u8>>,
+        ) -> Result<(), CustodyError> {
+            self.renewal.lock().unwrap().insert(
+                serial.to_owned(),
+                Arc::new(StoredKey {
+                    name: format!("renewal-{serial}"),
+                    key,
+                    chain,
+                }),
+            );
+            Ok(())
+        }
+        fn renewal_key(&self, serial: &str) -> Option<Arc<StoredKey>> {
+            self.renewal.lock().unwrap().get(serial).cloned()
+        }
+        fn forget_renewal(&self, serial: &str) -> Result<(), CustodyError> {
+            self.renewal.lock().unwrap().remove(serial);
             Ok(())
         }
     }

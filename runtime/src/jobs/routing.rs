@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use super::outcome::JobError;
 use super::settings::ProfileConfig;
+use crate::custody::grant::CallKeys;
+#[cfg(test)]
 use crate::custody::StoredKey;
 use crate::plugins::backend::{bounded, describe_backend_error, CallResult};
 use crate::plugins::bindings::types as wit;
@@ -22,18 +24,19 @@ use crate::plugins::PluginError;
 pub trait CaBackend: Send + Sync {
     /// `plugin version (sha256 prefix)`: which version did the work, for the job's result.
     fn version_id(&self) -> String;
-    /// `issue`; `key` is the key the CSR certifies when certconn made it.
+    /// `issue`, with the job's own keys bound (the key the CSR certifies when certconn made
+    /// it; for a renewal, the key of the certificate it replaces).
     async fn issue(
         &self,
         request: &wit::IssueRequest,
-        key: Option<Arc<StoredKey>>,
+        keys: CallKeys,
     ) -> CallResult<wit::IssuedCertificate>;
     /// `poll` for a job pending at this backend.
     async fn poll(
         &self,
         job_id: &str,
         token: &str,
-        key: Option<Arc<StoredKey>>,
+        keys: CallKeys,
     ) -> CallResult<wit::IssuedCertificate>;
     async fn revoke(&self, request: &wit::RevokeRequest) -> CallResult<()>;
     async fn check_import(&self, request: &wit::ImportCheck) -> CallResult<()>;
@@ -267,6 +270,8 @@ pub(crate) mod testing {
         /// The public keys (SPKI DER) of the `request` keys each call was handed. Only the
         /// public half is kept: holding the key would keep the step from owning it again.
         pub keys_seen: Mutex<Vec<Option<Vec<u8>>>>,
+        /// The certificate bound to the `current` handle in each call (a renewal's).
+        pub current_seen: Mutex<Vec<Option<Vec<u8>>>>,
         pub down: Mutex<Option<String>>,
         pub successes: AtomicUsize,
         pub failures: AtomicUsize,
@@ -286,6 +291,7 @@ pub(crate) mod testing {
                 delay: std::time::Duration::ZERO,
                 calls: AtomicUsize::new(0),
                 keys_seen: Mutex::new(Vec::new()),
+                current_seen: Mutex::new(Vec::new()),
                 down: Mutex::new(None),
                 successes: AtomicUsize::new(0),
                 failures: AtomicUsize::new(0),
@@ -309,6 +315,18 @@ pub(crate) mod testing {
         pub fn calls(&self) -> usize {
             self.calls.load(Ordering::SeqCst)
         }
+
+        fn see(&self, keys: &CallKeys) {
+            self.keys_seen.lock().unwrap().push(
+                keys.request
+                    .as_ref()
+                    .map(|k| k.key.public_key_der().to_vec()),
+            );
+            self.current_seen
+                .lock()
+                .unwrap()
+                .push(keys.current.as_ref().and_then(|k| k.chain.first().cloned()));
+        }
     }
 
     #[async_trait::async_trait]
@@ -319,27 +337,21 @@ pub(crate) mod testing {
         async fn issue(
             &self,
             request: &wit::IssueRequest,
-            key: Option<Arc<StoredKey>>,
+            keys: CallKeys,
         ) -> CallResult<wit::IssuedCertificate> {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            self.keys_seen
-                .lock()
-                .unwrap()
-                .push(key.as_ref().map(|k| k.key.public_key_der().to_vec()));
+            self.see(&keys);
             tokio::time::sleep(self.delay).await;
-            (self.issue)(request, key.as_deref())
+            (self.issue)(request, keys.request.as_deref())
         }
         async fn poll(
             &self,
             job_id: &str,
             _token: &str,
-            key: Option<Arc<StoredKey>>,
+            keys: CallKeys,
         ) -> CallResult<wit::IssuedCertificate> {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            self.keys_seen
-                .lock()
-                .unwrap()
-                .push(key.as_ref().map(|k| k.key.public_key_der().to_vec()));
+            self.see(&keys);
             (self.issue)(
                 &wit::IssueRequest {
                     job_id: job_id.to_owned(),
@@ -350,7 +362,7 @@ pub(crate) mod testing {
                     validity_days: None,
                     template: None,
                 },
-                key.as_deref(),
+                keys.request.as_deref(),
             )
         }
         async fn revoke(&self, _request: &wit::RevokeRequest) -> CallResult<()> {
@@ -448,7 +460,11 @@ mod tests {
     async fn issue_through(route: &mut Route) -> Result<Answer<wit::IssuedCertificate>, JobError> {
         let req = request();
         let req = &req;
-        call_through(route, |b| async move { b.issue(req, None).await }).await
+        call_through(
+            route,
+            |b| async move { b.issue(req, CallKeys::default()).await },
+        )
+        .await
     }
 
     #[tokio::test]

@@ -98,6 +98,12 @@ pub struct ProfileConfig {
     /// EC recipients always use ECDH.
     #[serde(default)]
     pub recipient_key_transport: crate::pki::cms::KeyTransport,
+    /// Keep the device key certconn made (sealed in custody like any key) after the PFX is
+    /// delivered, so that the certificate can later be renewed by proof of possession (a SCEP
+    /// RenewalReq signed with it). Off by default: a server-side key then lives only in the
+    /// PFX the device got. The key is forgotten once its certificate is renewed or revoked.
+    #[serde(default)]
+    pub keep_keys_for_renewal: bool,
 }
 
 impl ProfileConfig {

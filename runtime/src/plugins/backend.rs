@@ -21,7 +21,7 @@ use super::package::PluginPackage;
 use super::state::PluginState;
 use super::{PluginError, SettingError};
 use crate::crypto::AlgorithmPolicy;
-use crate::custody::store::StoredKey;
+use crate::custody::grant::CallKeys;
 use crate::custody::Grants;
 
 /// Limits of one backend instance.
@@ -196,15 +196,11 @@ impl LoadedBackend {
         self.plugin.version_id()
     }
 
-    fn new_store(
-        &self,
-        job: Option<&str>,
-        request_key: Option<Arc<StoredKey>>,
-    ) -> Store<PluginState> {
+    fn new_store(&self, job: Option<&str>, call_keys: CallKeys) -> Store<PluginState> {
         let state = PluginState::new(
             self.name.clone(),
             job.map(Arc::from),
-            self.grants.with_request_key(request_key),
+            self.grants.with_call_keys(call_keys),
             self.http.clone(),
             self.policy,
             self.limits.memory_bytes,
@@ -225,19 +221,20 @@ impl LoadedBackend {
         configure: bool,
         op: impl AsyncFnOnce(&mut Store<PluginState>, &BackendInstance) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        self.run_with_key(job, None, configure, op).await
+        self.run_with_keys(job, CallKeys::default(), configure, op)
+            .await
     }
 
-    /// `run`, with [`REQUEST_HANDLE`](crate::custody::grant::REQUEST_HANDLE) bound to the key
-    /// the job's CSR certifies.
-    async fn run_with_key<R>(
+    /// `run`, with the call's own keys bound ([`CallKeys`]: the key the job's CSR certifies,
+    /// and for a renewal the key of the certificate it replaces).
+    async fn run_with_keys<R>(
         &self,
         job: Option<&str>,
-        request_key: Option<Arc<StoredKey>>,
+        call_keys: CallKeys,
         configure: bool,
         op: impl AsyncFnOnce(&mut Store<PluginState>, &BackendInstance) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        let mut store = self.new_store(job, request_key);
+        let mut store = self.new_store(job, call_keys);
         // The epoch deadline stops a spinning plugin; this outer timeout also covers time spent
         // in the host on the plugin's behalf (HTTP, custody).
         let outer = self.limits.timeout + Duration::from_secs(1);
@@ -313,18 +310,15 @@ impl LoadedBackend {
             .await
     }
 
-    /// `issue` for one job; `request_key` is the key the CSR certifies when certconn made it.
+    /// `issue` for one job, with the job's own keys bound (see [`CallKeys`]).
     pub async fn issue(
         &self,
         request: &IssueRequest,
-        request_key: Option<Arc<StoredKey>>,
+        call_keys: CallKeys,
     ) -> CallResult<IssuedCertificate> {
-        self.run_with_key(
-            Some(&request.job_id),
-            request_key,
-            true,
-            async |store, b| b.issue(store, request).await,
-        )
+        self.run_with_keys(Some(&request.job_id), call_keys, true, async |store, b| {
+            b.issue(store, request).await
+        })
         .await
     }
 
@@ -333,9 +327,9 @@ impl LoadedBackend {
         &self,
         job_id: &str,
         token: &str,
-        request_key: Option<Arc<StoredKey>>,
+        call_keys: CallKeys,
     ) -> CallResult<IssuedCertificate> {
-        self.run_with_key(Some(job_id), request_key, true, async |store, b| {
+        self.run_with_keys(Some(job_id), call_keys, true, async |store, b| {
             b.poll(store, job_id, token).await
         })
         .await

@@ -26,7 +26,7 @@ use super::package::PluginPackage;
 use super::settings::BackendConfig;
 use super::{EngineLimits, LoadedBackend, PluginEngine, PluginError, PreparedPlugin};
 use crate::crypto::{provider, AlgorithmPolicy};
-use crate::custody::grant::REQUEST_HANDLE;
+use crate::custody::grant::{CallKeys, REQUEST_HANDLE};
 use crate::custody::{CustodyConfig, KeyAlgorithm, KeyConfig, KeyStore, PrivateKey, StoredKey};
 
 /// What the kit is asked to test.
@@ -613,7 +613,10 @@ async fn issue_checks(
     let key = device("issue")?;
     let job = format!("conformance-{}", random_id());
     let req = request(&job, &args.profile, &key.csr, None);
-    let first = match backend.issue(&req, Some(key.key.clone())).await {
+    let first = match backend
+        .issue(&req, CallKeys::request(Some(key.key.clone())))
+        .await
+    {
         Ok(Ok(issued)) => match check_issued(&issued, &key) {
             Ok(serial) => {
                 report.add(
@@ -660,7 +663,7 @@ async fn issue_checks(
     // The same job again: what the host does after a crash between the CA's answer and the
     // journal write.
     if let Some((issued, serial)) = &first {
-        match backend.issue(&req, Some(key.key.clone())).await {
+        match backend.issue(&req, CallKeys::request(Some(key.key.clone()))).await {
             Ok(Ok(again)) if again.certificate == issued.certificate => report.add(
                 "idempotent retry",
                 Verdict::Pass,
@@ -691,7 +694,7 @@ async fn issue_checks(
         b"\x30\x03\x02\x01",
         None,
     );
-    match backend.issue(&bad, None).await {
+    match backend.issue(&bad, CallKeys::default()).await {
         Ok(Err(BackendError::Rejected(m))) => {
             report.add("malformed request", Verdict::Pass, format!("rejected: {m}"))
         }
@@ -721,7 +724,7 @@ async fn issue_checks(
             let pending_key = device("pending")?;
             let job = format!("conformance-{}", random_id());
             let req = request(&job, &args.profile, &pending_key.csr, Some(template));
-            match backend.issue(&req, Some(pending_key.key.clone())).await {
+            match backend.issue(&req, CallKeys::request(Some(pending_key.key.clone()))).await {
                 Ok(Err(BackendError::Pending(p))) => {
                     match poll_until(backend, &job, &p.poll_token, &pending_key, args, caps).await {
                         Ok((_, serial)) => report.add("pending and poll", Verdict::Pass, format!("pending ({}), retry after {}s, then {serial} by poll", p.message, p.retry_after_seconds)),
@@ -732,7 +735,7 @@ async fn issue_checks(
                 Ok(Err(e)) => report.add("pending and poll", Verdict::Fail, describe_backend_error(&e)),
                 Err(e) => report.add("pending and poll", Verdict::Fail, e.to_string()),
             }
-            match backend.poll(&job, "certconn-conformance-unknown-token", Some(pending_key.key.clone())).await {
+            match backend.poll(&job, "certconn-conformance-unknown-token", CallKeys::request(Some(pending_key.key.clone()))).await {
                 Ok(Err(BackendError::Rejected(_))) => report.add("poll: unknown token", Verdict::Pass, "rejected"),
                 Ok(other) => report.add("poll: unknown token", Verdict::Warn, format!("answered {}", match other { Ok(_) => "a certificate".into(), Err(e) => describe_backend_error(&e) })),
                 Err(e) => report.add("poll: unknown token", Verdict::Fail, format!("crashed: {e}")),
@@ -758,7 +761,10 @@ async fn poll_until(
     let deadline = Instant::now() + args.pending_timeout;
     let mut token = token.to_owned();
     loop {
-        match backend.poll(job, &token, Some(device.key.clone())).await {
+        match backend
+            .poll(job, &token, CallKeys::request(Some(device.key.clone())))
+            .await
+        {
             Ok(Ok(issued)) => return check_issued(&issued, device).map(|s| (issued, s)),
             Ok(Err(BackendError::Pending(p))) => {
                 if Instant::now() > deadline {

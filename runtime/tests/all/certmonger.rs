@@ -254,6 +254,15 @@ fn certmonger_enrols_renews_and_rekeys_through_its_own_daemon() {
             .replace("algorithm = \"ec-p256\"", "algorithm = \"rsa-2048\"")
     });
     let bundle = scep_ca_bundle(&daemon, dir.path());
+    // Nothing is announced by GetNextCACert while the RA is young; status says when it comes.
+    let (status, body) = http_raw(daemon.port, "GET", "/scep?operation=GetNextCACert", b"");
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    let shown = ok(daemon.cli(&["status"]));
+    assert!(
+        shown.contains("SCEP RA: certificate #1 until ")
+            && shown.contains("the next one is made at"),
+        "{shown}"
+    );
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
 

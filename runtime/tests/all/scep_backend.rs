@@ -111,6 +111,106 @@ fn scep_backend_enrols_at_certconns_own_scep_server() {
     assert!(!log.contains(CHALLENGE), "the challenge is not logged");
 }
 
+/// The serial `submit issue` printed ("issued serial HEX by backend …").
+fn issued_serial(stdout: &str) -> String {
+    stdout
+        .split("issued serial ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no serial in {stdout}"))
+        .to_owned()
+}
+
+/// The certificate in a PFX, as `openssl x509 -noout -subject -serial -pubkey` prints it.
+fn pfx_certificate_text(pfx: &Path, password: &str) -> String {
+    run_ok(Command::new("bash").arg("-c").arg(format!(
+        "openssl pkcs12 -in {} -passin pass:{password} -nokeys -clcerts | openssl x509 -noout -subject -serial -pubkey",
+        pfx.display()
+    )))
+}
+
+/// A profile that keeps its device keys renews a certificate by RenewalReq: signed with the
+/// old certificate and its kept key, the reply encrypted to it, and certconn's SCEP server
+/// authorises it by that certificate, not by the challenge. The renewal names no subject: it
+/// asks for the renewed certificate's. The key is used once.
+#[test]
+fn a_kept_key_renews_by_renewal_req_at_certconns_own_scep_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, _relay) = start_loop_with(dir.path(), |data, port, challenge| {
+        self_loop_config(data, port, challenge, "").replace(
+            "key_algorithm = \"rsa-2048\"\n",
+            "key_algorithm = \"rsa-2048\"\nkeep_keys_for_renewal = true\n",
+        )
+    });
+    let first = ok(issue(&daemon, dir.path(), "renewing-device"));
+    let serial = issued_serial(&first);
+    let before = pfx_certificate_text(
+        &dir.path().join("renewing-device.pfx"),
+        &shown_password(&first),
+    );
+    let kept = |serial: &str| {
+        dir.path()
+            .join("data/keys")
+            .join(format!("renewal-{serial}.key"))
+            .exists()
+    };
+    assert!(kept(&serial), "the device key is kept in custody");
+
+    let renew = |out: &str| {
+        daemon.cli(&[
+            "submit",
+            "issue",
+            "--profile",
+            "scep-device",
+            "--renews",
+            &serial,
+            "--out",
+            dir.path().join(out).to_str().unwrap(),
+        ])
+    };
+    let second = ok(renew("renewed.pfx"));
+    let after = pfx_certificate_text(&dir.path().join("renewed.pfx"), &shown_password(&second));
+    let line = |text: &str, prefix: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+            .to_owned()
+    };
+    let public_key = |text: &str| -> String {
+        text.split_once("-----BEGIN PUBLIC KEY")
+            .unwrap_or_else(|| panic!("no public key in {text}"))
+            .1
+            .to_owned()
+    };
+    assert_eq!(line(&before, "subject="), line(&after, "subject="));
+    assert_ne!(line(&before, "serial="), line(&after, "serial="));
+    assert_ne!(public_key(&before), public_key(&after), "a renewal re-keys");
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains("SCEP RenewalReq for job"),
+        "the backend sent a RenewalReq: {log}"
+    );
+    assert!(
+        log.contains("SCEP renewal authorised by the certificate certconn issued"),
+        "the server took it as a renewal: {log}"
+    );
+    assert!(!kept(&serial), "used once");
+    assert!(kept(&issued_serial(&second)), "the new key is kept in turn");
+
+    // Nothing is left to prove the old certificate with.
+    let again = renew("again.pfx");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(!again.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("no key is kept for certificate {serial}")),
+        "{text}"
+    );
+}
+
 /// The pin may be any certificate GetCACert returns — here the RA's, not the CA's — as an
 /// operator pins the certificate they were given, wherever it sits in the chain.
 #[test]
@@ -188,6 +288,9 @@ fn a_wrong_pin_or_an_ungranted_host_fails_the_job_with_the_reason() {
 
 /// micromdm's scepserver and a certconn daemon in one private network namespace; the `scep`
 /// backend enrols there. The script prints the issued certificate's subject and issuer.
+/// micromdm's `scepserver` enrols a device, then renews it by a RenewalReq signed with the kept
+/// key (`-allowrenew 0`: micromdm otherwise refuses a second certificate for a CN until 14 days
+/// before the first expires; it checks the challenge on renewals too, and gets it).
 #[test]
 fn scep_backend_enrols_at_micromdm_scepserver() {
     let dir = tempfile::tempdir().unwrap();
@@ -207,6 +310,7 @@ allow_single_des = true
 [profiles.scep-device]
 backend = "micromdm"
 key_algorithm = "rsa-2048"
+keep_keys_for_renewal = true
 "#
     );
     std::fs::write(
@@ -219,7 +323,7 @@ key_algorithm = "rsa-2048"
 ip link set lo up
 cd {d}
 scepserver ca -init -depot depot >/dev/null 2>&1
-scepserver -depot depot -port {scep_port} -challenge {CHALLENGE} >scepserver.log 2>&1 &
+scepserver -depot depot -port {scep_port} -challenge {CHALLENGE} -allowrenew 0 >scepserver.log 2>&1 &
 scep_pid=$!
 {bin} --log-format json serve --config certconn.toml >daemon.log 2>&1 &
 daemon_pid=$!
@@ -230,6 +334,11 @@ for i in $(seq 100); do [ -s data/api.addr ] && (echo > /dev/tcp/127.0.0.1/{scep
 CERTCONN_CONFIG=certconn.toml {bin} submit issue --profile scep-device --subject "CN=micromdm-device,O=Example" --out device.pfx >submit.out 2>&1 || {{ cat submit.out; cat daemon.log; exit 1; }}
 pw=$(sed -n 's/^PFX password (shown once, not kept): //p' submit.out)
 openssl pkcs12 -in device.pfx -passin "pass:$pw" -nokeys -clcerts 2>/dev/null | openssl x509 -noout -subject -issuer
+serial=$(sed -n 's/^job .*: issued serial \([0-9a-f]*\) .*/\1/p' submit.out)
+CERTCONN_CONFIG=certconn.toml {bin} submit issue --profile scep-device --subject "CN=micromdm-device,O=Example" --renews "$serial" --out renewed.pfx >renew.out 2>&1 || {{ cat renew.out; cat daemon.log; exit 1; }}
+pw=$(sed -n 's/^PFX password (shown once, not kept): //p' renew.out)
+echo "renewed: $(openssl pkcs12 -in renewed.pfx -passin "pass:$pw" -nokeys -clcerts 2>/dev/null | openssl x509 -noout -subject -serial)"
+grep -c 'SCEP RenewalReq for job' daemon.log | sed 's/^/renewal requests: /'
 "#,
         d = d.display(),
         bin = binary().display(),
@@ -257,6 +366,13 @@ openssl pkcs12 -in device.pfx -passin "pass:$pw" -nokeys -clcerts 2>/dev/null | 
         stdout.contains("issuer=") && !stdout.contains("certconn Test CA"),
         "issued by micromdm's CA: {stdout}"
     );
+    // The kept key renewed the certificate by RenewalReq, which micromdm answered.
+    let renewed = stdout
+        .lines()
+        .find(|l| l.starts_with("renewed: subject="))
+        .unwrap_or_else(|| panic!("no renewed certificate: {stdout}"));
+    assert!(renewed.contains("CN = micromdm-device"), "{stdout}");
+    assert!(stdout.contains("renewal requests: 1"), "{stdout}");
 }
 
 /// The SCEP server answers PENDING at once (wait_seconds = 0); the host keeps the device key,

@@ -11,9 +11,9 @@ use x509_cert::name::Name;
 use zeroize::Zeroizing;
 
 use super::Steps;
-use crate::custody::grant::REQUEST_HANDLE;
+use crate::custody::grant::{CallKeys, REQUEST_HANDLE};
 use crate::custody::{PrivateKey, StoredKey};
-use crate::jobs::model::{IssueJob, JobResult};
+use crate::jobs::model::{normalize_serial, IssueJob, JobResult};
 use crate::jobs::outcome::{Completed, ErrorClass, JobError, Outcome};
 use crate::jobs::routing::{backend_refusal, call_through, CaBackend, Route};
 use crate::jobs::settings::ProfileConfig;
@@ -67,6 +67,19 @@ fn requested_names(req: &IssueJob) -> Result<(Option<Name>, Vec<SubjectAltName>)
     Ok((subject, sans))
 }
 
+/// The subject and SANs of the certificate a renewal replaces, for a renewal that names none.
+fn names_of_renewed(current: &StoredKey) -> Result<(Option<Name>, Vec<SubjectAltName>), JobError> {
+    let der = current
+        .chain
+        .first()
+        .ok_or_else(|| JobError::permanent("the kept key has no certificate"))?;
+    let cert = x509_cert::Certificate::from_der(der)
+        .map_err(|e| JobError::permanent("the renewed certificate").because(e))?;
+    let sans = certconn_x509::extensions::subject_alt_names_of(&cert)
+        .map_err(|e| JobError::permanent("the renewed certificate's names").because(e))?;
+    Ok((Some(cert.tbs_certificate.subject), sans))
+}
+
 /// Turns the validated request's SAN strings into WIT values.
 fn wit_sans(sans: &[SubjectAltName]) -> Vec<wit::SubjectAltName> {
     sans.iter()
@@ -96,7 +109,11 @@ impl Steps {
             }
             (None, _) => Route::for_profile(profile, &*self.backends),
         };
-        let (subject, sans) = requested_names(req)?;
+        let renewed = self.renewed(req)?;
+        let (subject, sans) = match &renewed {
+            Some((_, current)) if req.subject.is_empty() => names_of_renewed(current)?,
+            _ => requested_names(req)?,
+        };
         let (csr, key) = self
             .csr_and_key(job, req, profile, subject.as_ref(), &sans)
             .await?;
@@ -113,12 +130,16 @@ impl Steps {
             validity_days: req.validity_days.or(profile.validity_days),
             template: profile.template.clone(),
         };
+        let current = renewed.as_ref().map(|(_, k)| k);
         let (job_id, poll_token, request_ref, key_ref) = (&job.id, &job.poll_token, &request, &key);
         let answer = call_through(&mut route, |backend| async move {
-            let request_key = key_ref.request_key();
+            let keys = CallKeys {
+                request: key_ref.request_key(),
+                current: current.cloned(),
+            };
             match poll_token {
-                Some(token) => backend.poll(job_id, token, request_key).await,
-                None => backend.issue(request_ref, request_key).await,
+                Some(token) => backend.poll(job_id, token, keys).await,
+                None => backend.issue(request_ref, keys).await,
             }
         })
         .await?;
@@ -136,7 +157,46 @@ impl Steps {
             Err(refusal) => Err(backend_refusal(&name, refusal)),
         };
         self.settle_device_key(job, key, &outcome)?;
+        if let (Ok(_), Some((serial, _))) = (&outcome, &renewed) {
+            // Renewed: the old key has done its one job.
+            if let Err(e) = self.custody.forget_renewal(serial) {
+                tracing::warn!(job = %job.id, %serial, "could not remove the renewed certificate's kept key: {}", crate::report::chain(&e));
+            }
+        }
         outcome
+    }
+
+    /// For a renewal, the renewed certificate's serial and its kept key (the `current` handle).
+    /// A renewal needs a key certconn made and kept: a device that holds its own key signs its
+    /// own renewal.
+    fn renewed(&self, req: &IssueJob) -> Result<Option<(String, Arc<StoredKey>)>, JobError> {
+        let Some(given) = &req.renews else {
+            return Ok(None);
+        };
+        let serial = normalize_serial(given)
+            .map_err(|e| JobError::permanent("the serial of the renewed certificate").because(e))?;
+        let key = self.custody.renewal_key(&serial).ok_or_else(|| {
+            JobError::permanent(format!(
+                "no key is kept for certificate {serial}: certconn keeps the keys it makes only under a profile with keep_keys_for_renewal = true, and forgets a key once its certificate is renewed or revoked; enrol anew instead"
+            ))
+        })?;
+        let certificate = key.chain.first().ok_or_else(|| {
+            JobError::permanent(format!("the key kept for {serial} has no certificate"))
+        })?;
+        let not_after = x509_cert::Certificate::from_der(certificate)
+            .map_err(|e| JobError::permanent("the renewed certificate").because(e))?
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs();
+        let now = crate::journal::now_ms() / 1000;
+        if (not_after as i64) < now {
+            return Err(JobError::permanent(format!(
+                "certificate {serial} has expired: an expired certificate proves nothing; enrol anew instead"
+            )));
+        }
+        Ok(Some((serial, key)))
     }
 
     /// The CSR to send and the key it certifies: the device's own CSR, or a key certconn makes
@@ -297,6 +357,11 @@ impl Steps {
                 None => password_out = Some(password),
             }
         }
+        if profile.keep_keys_for_renewal {
+            if let Some(private) = key.private() {
+                self.keep_for_renewal(&checked.serial, private, &issued);
+            }
+        }
         Ok(Completed {
             backend: name.to_owned(),
             result,
@@ -310,6 +375,23 @@ impl Steps {
             }),
             revoked: None,
         })
+    }
+}
+
+impl Steps {
+    /// Keeps the device key of a certificate just issued, with the certificate and its chain.
+    /// A failure costs only the later proof of possession, not the certificate: it is logged,
+    /// and the job completes.
+    fn keep_for_renewal(&self, serial: &str, key: &PrivateKey, issued: &wit::IssuedCertificate) {
+        let mut chain = vec![issued.certificate.clone()];
+        chain.extend(issued.chain.iter().cloned());
+        let kept = key
+            .duplicate()
+            .map_err(crate::custody::CustodyError::from)
+            .and_then(|k| self.custody.keep_for_renewal(serial, k, chain));
+        if let Err(e) = kept {
+            tracing::warn!(event_id = 1105, %serial, "the device key could not be kept for renewal; the certificate can be replaced only by a new enrolment: {}", crate::report::chain(&e));
+        }
     }
 }
 

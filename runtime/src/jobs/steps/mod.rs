@@ -90,13 +90,14 @@ impl JobRunner for Steps {
 pub(crate) mod tests {
     use std::sync::Arc;
 
-    use der::Decode;
+    use der::{Decode, Encode};
 
     use super::*;
     use crate::custody::{KeyAlgorithm, PrivateKey, StoredKey};
     use crate::jobs::model::JobResult;
     use crate::jobs::ports::testing::MemoryCustody;
     use crate::jobs::routing::testing::{StandIn, StandIns};
+    use crate::jobs::Completed;
     use crate::jobs::ErrorClass;
     use crate::journal::{JobState, LedgerEntry};
     use crate::plugins::backend::CallResult;
@@ -200,11 +201,16 @@ pub(crate) mod tests {
             let ca = ca.clone();
             StandIn::new("ca", move |_, key| ca.issue(key))
         };
-        let s = steps(vec![backend.clone()], Arc::default());
+        let custody = Arc::new(MemoryCustody::default());
+        let s = steps(vec![backend.clone()], custody.clone());
         let done = s
             .run(&job(JobKind::Issue, issue_request()))
             .await
             .expect("completed");
+        assert!(
+            custody.renewal.lock().unwrap().is_empty(),
+            "a profile keeps no device key unless it says so"
+        );
         let JobResult {
             pfx_base64: Some(pfx),
             serial: Some(serial),
@@ -293,6 +299,137 @@ pub(crate) mod tests {
             custody.pending_key(&j.id).is_none(),
             "forgotten once issued"
         );
+    }
+
+    /// Opens a job's PFX: the key and certificate (DER) it holds.
+    fn pfx_key_and_certificate(done: &Completed) -> (Vec<u8>, Vec<u8>) {
+        let pfx = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            done.result.pfx_base64.as_ref().expect("a PFX"),
+        )
+        .unwrap();
+        let password = done.password.as_ref().expect("a password");
+        let opened = crate::pki::pkcs12::open(&pfx, password, &AlgorithmPolicy::default()).unwrap();
+        let (key, cert) = opened.key_and_certificate().unwrap();
+        (key.public_key_der().to_vec(), cert.der.clone())
+    }
+
+    #[tokio::test]
+    async fn a_kept_key_proves_one_renewal_and_goes_when_renewed_or_revoked() {
+        let ca = TestCa::new();
+        let subjects = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let backend = {
+            let (ca, subjects) = (ca.clone(), subjects.clone());
+            StandIn::new("ca", move |req, key| {
+                subjects.lock().unwrap().push(req.subject.clone());
+                ca.issue(key)
+            })
+        };
+        let custody = Arc::new(MemoryCustody::default());
+        let mut keeping = settings();
+        keeping
+            .profiles
+            .get_mut("smime")
+            .unwrap()
+            .keep_keys_for_renewal = true;
+        let s = Steps::new(
+            keeping,
+            custody.clone(),
+            Arc::new(StandIns(vec![backend.clone()])),
+            Arc::new(OneEntryLedger::default()),
+        );
+        let first = s
+            .run(&job(JobKind::Issue, issue_request()))
+            .await
+            .expect("issued");
+        let serial = first.result.serial.clone().unwrap();
+        let kept = custody
+            .renewal_key(&serial)
+            .expect("the device key is kept");
+        let (first_key, first_cert) = pfx_key_and_certificate(&first);
+        assert_eq!(
+            kept.key.public_key_der(),
+            first_key,
+            "the very key in the PFX"
+        );
+        assert_eq!(kept.chain, vec![first_cert.clone(), ca.cert.clone()]);
+        assert_eq!(
+            backend.current_seen.lock().unwrap()[0],
+            None,
+            "not a renewal"
+        );
+
+        // The renewal names the serial as people write it; the backend gets the old
+        // certificate's key as `current`, and the new certificate is for a new key.
+        let spelled: String = serial
+            .to_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        // It names no subject: the renewed certificate's is asked for.
+        let mut renewal = issue_request();
+        renewal["renews"] = spelled.into();
+        renewal["subject"] = "".into();
+        renewal["sans"] = serde_json::json!([]);
+        let mut j = job(JobKind::Issue, renewal.clone());
+        j.id = "job-2".into();
+        let second = s.run(&j).await.expect("renewed");
+        assert_eq!(
+            backend.current_seen.lock().unwrap()[1].as_ref(),
+            Some(&first_cert)
+        );
+        let (second_key, _) = pfx_key_and_certificate(&second);
+        assert_ne!(second_key, first_key, "a renewal re-keys");
+        let first_subject = x509_cert::Certificate::from_der(&first_cert)
+            .unwrap()
+            .tbs_certificate
+            .subject
+            .to_der()
+            .unwrap();
+        assert_eq!(subjects.lock().unwrap()[1].as_ref(), Some(&first_subject));
+        let second_serial = second.result.serial.clone().unwrap();
+        assert!(
+            custody.renewal_key(&serial).is_none(),
+            "used once, then gone"
+        );
+        assert!(custody.renewal_key(&second_serial).is_some());
+
+        // The same certificate cannot be renewed twice.
+        j.id = "job-3".into();
+        let e = s.run(&j).await.expect_err("nothing to prove it with");
+        assert_eq!(e.class, ErrorClass::Permanent);
+        assert!(
+            e.report().contains("no key is kept for certificate"),
+            "{}",
+            e.report()
+        );
+        assert_eq!(backend.calls(), 2, "refused before any backend call");
+
+        // Revoking the new certificate forgets its key too.
+        let revoker = Steps::new(
+            settings(),
+            custody.clone(),
+            Arc::new(StandIns(vec![backend.clone()])),
+            Arc::new(OneEntryLedger(Some(LedgerEntry {
+                backend: "ca".into(),
+                serial: second_serial.clone(),
+                job_id: "job-2".into(),
+                issuer_der: vec![0x30, 0x00],
+                not_after: 0,
+                certificate_der: Vec::new(),
+                revoked: None,
+            }))),
+        );
+        revoker
+            .run(&job(
+                JobKind::Revoke,
+                serde_json::json!({"serial": second_serial, "reason": "superseded", "backend": null}),
+            ))
+            .await
+            .expect("revoked");
+        assert!(custody.renewal_key(&second_serial).is_none());
     }
 
     #[tokio::test]

@@ -54,6 +54,10 @@ impl Steps {
         let answer =
             call_through(&mut route, |b| async move { b.revoke(request_ref).await }).await?;
         answer.answer.map_err(|e| backend_refusal(&name, e))?;
+        // A revoked certificate is renewed by no one: its kept key (if any) goes.
+        if let Err(e) = self.custody.forget_renewal(&serial) {
+            tracing::warn!(job = %job.id, %serial, "could not remove the revoked certificate's kept key: {}", crate::report::chain(&e));
+        }
         Ok(Completed {
             backend: name.clone(),
             result: JobResult {

@@ -246,6 +246,8 @@ pub struct IssueBody {
     /// PEM CSR from a device holding its own key.
     pub csr: Option<String>,
     pub validity_days: Option<u32>,
+    /// Serial (hex) of a certificate this request renews, whose key certconn kept.
+    pub renews: Option<String>,
 }
 
 /// Body of `POST /v1/jobs/import`: deliver an imported PFX to a device.
@@ -329,6 +331,7 @@ async fn submit_issue(
         recipient_pem: b.recipient,
         csr_pem: b.csr,
         validity_days: b.validity_days,
+        renews: b.renews,
     };
     Ok(accepted(
         state.intake.submit_issue("api", &key, &job).await?,

@@ -369,6 +369,7 @@ impl Ra {
                             recipient_pem: None,
                             csr_pem: Some(csr_pem.clone()),
                             validity_days: None,
+                            renews: None,
                         };
                         let key = transaction_key(&msg.transaction_id, generation + 1);
                         let (job, _) = self
@@ -787,6 +788,9 @@ mod tests {
         ra: Ra,
         ca: Arc<StoredKey>,
         ra_cert: Vec<u8>,
+        /// What the RA was opened with, to open it again as a restart would.
+        keys: Arc<KeyStore>,
+        sc: ScepConfig,
     }
 
     fn harness() -> Harness {
@@ -845,6 +849,8 @@ mod tests {
             ra,
             ca,
             ra_cert,
+            keys,
+            sc,
         }
     }
 
@@ -1778,6 +1784,19 @@ mod tests {
         let fresh = device("fresh");
         let rep = answer(&h, &pkcs_req_to(&fresh, "tx-fresh", &next)).await;
         assert_eq!(rep.pki_status, Some(PkiStatus::Pending));
+
+        // A restart finds the same generations in custody and the same current one.
+        let reopened = RaKeys::open(&h.sc, h.keys.clone(), h.ca.clone(), t0 + 26 * day).unwrap();
+        assert_eq!(reopened.current().number, 2);
+        assert_eq!(reopened.current().certificate(), next.as_slice());
+        assert!(reopened.next().is_none());
+        // … and, restarted before the switch point, the old one with the next announced.
+        let before = RaKeys::open(&h.sc, h.keys.clone(), h.ca.clone(), t0 + 22 * day).unwrap();
+        assert_eq!(before.current().certificate(), old.as_slice());
+        assert_eq!(
+            before.next().map(|g| g.certificate().to_vec()),
+            Some(next.clone())
+        );
 
         // Once the old RA has expired (day 31), it no longer decrypts.
         h.ra.maintain(t0 + 31 * day).unwrap();

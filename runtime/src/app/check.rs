@@ -163,6 +163,7 @@ async fn check_backends(
             .entry(plugin.clone())
             .or_insert_with(|| {
                 let path = config.plugins.dir.join(format!("{plugin}.wasm"));
+                crate::plugins::placement::check(&config.plugins.dir, &path)?;
                 let package = PluginPackage::read(&path).map_err(|e| crate::report::chain(&e))?;
                 if package.manifest.name != *plugin {
                     return Err(format!(

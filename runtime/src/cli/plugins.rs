@@ -308,11 +308,11 @@ async fn load(config_path: &Path, plugin: &str) -> anyhow::Result<()> {
     action(config_path, &name, "load").await
 }
 
-/// Writes `bytes` to `target` the supported way: a temporary file beside it, then a rename.
+/// Writes `bytes` to `target` the supported way: a temporary file beside it, then a rename —
+/// mode 0644 whatever the umask, since certconn loads no plugin others may change.
 fn publish(bytes: &[u8], target: &Path) -> anyhow::Result<()> {
-    let tmp = target.with_extension("wasm.tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, target).with_context(|| format!("renaming to {}", target.display()))?;
+    certconn::files::write_atomic(target, bytes, 0o644)
+        .with_context(|| format!("writing {}", target.display()))?;
     Ok(())
 }
 

@@ -225,6 +225,11 @@ impl Instance {
         self.versions().problem = Some(problem.into());
     }
 
+    /// Forgets the recorded problem (its cause is gone).
+    pub fn clear_problem(&self) {
+        self.versions().problem = None;
+    }
+
     /// The serving version with a concurrency slot, if the breaker admits a job now. With
     /// `wait`, waits for a slot; otherwise a full instance is `Err(Busy)`.
     pub async fn lease(self: &Arc<Self>, wait: bool) -> Result<Lease, Unavailable> {

@@ -27,6 +27,7 @@ pub mod instance;
 pub mod manifest;
 pub mod pack;
 pub mod package;
+pub mod placement;
 pub mod registry;
 pub mod settings;
 pub mod state;

@@ -60,8 +60,11 @@ pub struct Rejection {
     pub sha256: String,
     pub version: Option<String>,
     pub reason: String,
-    /// False when a later rescan may try it again (a failed health check).
+    /// False when a later rescan may try it again (a failed health check, an untrusted file).
     pub permanent: bool,
+    /// Refused for where it lies, not for what it holds: the file or the plugin directory may
+    /// be changed by someone other than certconn's user or root ([`super::placement`]).
+    pub untrusted: bool,
 }
 
 /// What one load attempt did.
@@ -344,6 +347,7 @@ impl Registry {
                     reason: "rolled back by the administrator; publish a new file to load it"
                         .into(),
                     permanent: true,
+                    untrusted: false,
                 });
             }
         }
@@ -392,6 +396,14 @@ impl Registry {
         if users.is_empty() {
             report.unchanged = true;
             return Ok(report);
+        }
+        match super::placement::check(&self.dir, &path) {
+            Ok(()) => self.clear_untrusted(plugin, &users),
+            Err(why) => {
+                let reason = self.refuse_untrusted(plugin, &path, &why);
+                refuse_all(&mut report, &reason);
+                return Ok(report);
+            }
         }
         // Read the file's bytes once; everything after works on them, so a rename during the
         // load cannot mix two versions.
@@ -546,12 +558,14 @@ impl Registry {
                     version: Some(version.clone()),
                     reason: reason.clone(),
                     permanent: true,
+                    untrusted: false,
                 }),
                 (None, true) => Some(Rejection {
                     sha256: sha.clone(),
                     version: Some(version.clone()),
                     reason: "health check failed; retried at the next rescan".into(),
                     permanent: false,
+                    untrusted: false,
                 }),
                 (None, false) => None,
             };
@@ -584,7 +598,52 @@ impl Registry {
             version: version.map(str::to_owned),
             reason: reason.to_owned(),
             permanent,
+            untrusted: false,
         });
+    }
+
+    /// Refuses the file of `plugin` for where it lies, telling each instance, and logs it once
+    /// per file and reason (the check runs again at every rescan, so that a fixed mode is seen).
+    fn refuse_untrusted(&self, plugin: &str, path: &Path, why: &str) -> String {
+        let reason = format!("not loaded: {why}");
+        let sha = std::fs::read(path)
+            .map(|b| super::package::sha256_hex(&b))
+            .unwrap_or_default();
+        let mut files = self.files();
+        let f = files.entry(plugin.to_owned()).or_default();
+        let known = f
+            .rejected
+            .as_ref()
+            .is_some_and(|r| r.untrusted && r.reason == reason && r.sha256 == sha);
+        if !known {
+            tracing::error!(%plugin, "plugin file refused: {reason}");
+        }
+        f.plugin = plugin.to_owned();
+        f.path = path.to_owned();
+        f.rejected = Some(Rejection {
+            sha256: sha,
+            version: None,
+            reason: reason.clone(),
+            permanent: false,
+            untrusted: true,
+        });
+        reason
+    }
+
+    /// Forgets an earlier refusal of `plugin`'s file for where it lay, once the file passes
+    /// the check: the instances' notes about it go too (a new version, if any, loads next).
+    fn clear_untrusted(&self, plugin: &str, users: &[Arc<Instance>]) {
+        let mut files = self.files();
+        let Some(f) = files.get_mut(plugin) else {
+            return;
+        };
+        if f.rejected.as_ref().is_some_and(|r| r.untrusted) {
+            f.rejected = None;
+            tracing::info!(%plugin, "plugin file trusted again");
+            for i in users {
+                i.clear_problem();
+            }
+        }
     }
 
     /// What the manifest asks for that instance `backend`'s grant does not give, in words.

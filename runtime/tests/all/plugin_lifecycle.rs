@@ -187,6 +187,181 @@ async fn a_broken_version_never_replaces_a_working_one() {
     assert_eq!(health["status"], "ok", "{health}");
 }
 
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The reason the plugin file of `local-ca` is refused, once it contains `wanted`.
+async fn refusal_containing(
+    api: &certconn::sources::api::client::ApiClient,
+    wanted: &str,
+) -> String {
+    wait_for(Duration::from_secs(10), wanted, || async {
+        plugins_status(api).await["plugins"][0]["rejected"]["reason"]
+            .as_str()
+            .filter(|r| r.contains(wanted))
+            .map(str::to_owned)
+    })
+    .await
+}
+
+/// Whoever can replace a plugin can sign with the keys it was granted, so only a trusted hand
+/// may place one: a file or directory others may change, a file owned by another user, a link
+/// out of the directory — each refused with its reason while the version in memory keeps
+/// serving; fixed, the file loads without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_others_may_change_is_never_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin_dir = plugin_dir_with(dir.path(), &[(plugins().join("local-ca.wasm"), "local-ca")]);
+    let file = plugin_dir.join("local-ca.wasm");
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugin_dir, "").replace("[plugins]\n", "[plugins]\nrescan_seconds = 1\n")
+    });
+    let api = daemon.client();
+    let working = version_of(&backend_status(&api, "local").await);
+    let serving = |status: &serde_json::Value, version: &str| {
+        assert_eq!(version_of(status), version, "{status}");
+        assert_eq!(status["state"], "serving", "{status}");
+    };
+
+    // 1. The serving file becomes writable by everyone: refused, the version in memory serves.
+    chmod(&file, 0o666);
+    let reason = refusal_containing(&api, "0666").await;
+    assert!(
+        reason.contains("chmod go-w") && reason.contains("local-ca.wasm"),
+        "{reason}"
+    );
+    let status = backend_status(&api, "local").await;
+    serving(&status, &working);
+    assert!(
+        status["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("kept local-ca 0.1.0") && p.contains("0666")),
+        "{status}"
+    );
+    let id = submit(&api, "smime", "still-serving", json!({})).await;
+    assert_eq!(
+        wait_job(&api, &id, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+    // Fixed: the refusal and the note go.
+    chmod(&file, 0o644);
+    wait_for(Duration::from_secs(10), "the refusal to clear", || async {
+        let s = plugins_status(&api).await;
+        (s["plugins"][0]["rejected"].is_null()
+            && backend_status(&api, "local").await["problem"].is_null())
+        .then_some(())
+    })
+    .await;
+
+    // 2. A new version in a directory everyone may write: not loaded until the directory is fixed.
+    let v2 = dir.path().join("local-ca-2.wasm");
+    pack(
+        &plugins().join("local-ca.wasm"),
+        "local-ca",
+        "0.1.1",
+        "0.2.0",
+        &v2,
+    );
+    chmod(&plugin_dir, 0o777);
+    publish(&v2, &plugin_dir, "local-ca");
+    let reason = refusal_containing(&api, "0777").await;
+    assert!(reason.contains(plugin_dir.to_str().unwrap()), "{reason}");
+    serving(&backend_status(&api, "local").await, &working);
+    chmod(&plugin_dir, 0o755);
+    let second = wait_for(Duration::from_secs(10), "0.1.1 to load", || async {
+        let v = version_of(&backend_status(&api, "local").await);
+        v.starts_with("local-ca 0.1.1").then_some(v)
+    })
+    .await;
+
+    // 3. A symbolic link out of the directory.
+    let outside = dir.path().join("outside.wasm");
+    pack(
+        &plugins().join("local-ca.wasm"),
+        "local-ca",
+        "0.1.2",
+        "0.2.0",
+        &outside,
+    );
+    let link = plugin_dir.join(".link.tmp");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    std::fs::rename(&link, &file).unwrap();
+    refusal_containing(&api, "outside the plugin directory").await;
+    serving(&backend_status(&api, "local").await, &second);
+
+    // 4. A file owned by another user (the CI runs as root, which may give it away).
+    let foreign = dir.path().join("foreign.wasm");
+    pack(
+        &plugins().join("local-ca.wasm"),
+        "local-ca",
+        "0.1.3",
+        "0.2.0",
+        &foreign,
+    );
+    std::os::unix::fs::chown(&foreign, Some(65534), None).expect("chown (the suite runs as root)");
+    std::fs::rename(&foreign, &file).unwrap();
+    refusal_containing(&api, "owned by uid 65534").await;
+    serving(&backend_status(&api, "local").await, &second);
+    std::os::unix::fs::chown(&file, Some(0), None).unwrap();
+    wait_for(Duration::from_secs(10), "0.1.3 to load", || async {
+        version_of(&backend_status(&api, "local").await)
+            .starts_with("local-ca 0.1.3")
+            .then_some(())
+    })
+    .await;
+
+    // Each refusal was logged once, not at every rescan (every second here).
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert_eq!(log.matches("plugin file refused").count(), 4, "{log}");
+}
+
+/// A daemon started with an untrusted plugin file serves nothing from it, says why in the
+/// status and in `check-config`, and loads it once it is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_plugin_at_start_is_not_served_until_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin_dir = plugin_dir_with(dir.path(), &[(plugins().join("local-ca.wasm"), "local-ca")]);
+    let file = plugin_dir.join("local-ca.wasm");
+    chmod(&file, 0o664);
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugin_dir, "").replace("[plugins]\n", "[plugins]\nrescan_seconds = 1\n")
+    });
+    let api = daemon.client();
+    let status = backend_status(&api, "local").await;
+    assert!(status["version"].is_null(), "{status}");
+    assert!(
+        status["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("not loaded") && p.contains("0664")),
+        "{status}"
+    );
+    let checked = std::process::Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("0664") && stderr.contains("backends.local"),
+        "{stderr}"
+    );
+    chmod(&file, 0o644);
+    wait_for(
+        Duration::from_secs(10),
+        "the fixed file to load",
+        || async { (backend_status(&api, "local").await["state"] == "serving").then_some(()) },
+    )
+    .await;
+    let id = submit(&api, "smime", "after-the-fix", json!({})).await;
+    assert_eq!(
+        wait_job(&api, &id, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_whose_health_check_fails_waits_until_its_ca_answers() {
     let dir = tempfile::tempdir().unwrap();

@@ -41,7 +41,11 @@ pub struct CertificateFacts {
 impl CertificateFacts {
     /// Decodes the facts of `cert`. A malformed extension is an error, not an absent one.
     pub fn of(cert: &Certificate) -> Result<Self> {
-        let tbs = &cert.tbs_certificate;
+        Self::of_tbs(&cert.tbs_certificate)
+    }
+
+    /// The facts of a certificate not yet signed (what a CA key is asked to sign).
+    pub fn of_tbs(tbs: &x509_cert::TbsCertificate) -> Result<Self> {
         let mut facts = Self {
             subject_alt_names: Vec::new(),
             subject_emails: Vec::new(),

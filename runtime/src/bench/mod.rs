@@ -22,7 +22,7 @@ use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::name::Name;
 
 use certconn::app::{App, Config};
-use certconn::custody::grant::CallKeys;
+use certconn::custody::grant::{CallKeys, IssuanceScope};
 use certconn::custody::{KeyAlgorithm, PrivateKey};
 use certconn::jobs::model::IssueJob;
 use certconn::journal::JobState;
@@ -190,10 +190,15 @@ async fn bench(
         template: None,
     };
     let issue_calls = (args.calls / 4).max(1);
+    // What the issue step hands the call: the one certificate the CA key may sign.
+    let call_keys = CallKeys {
+        scope: Some(IssuanceScope::for_request(None, &issue_request.csr, None)?),
+        ..CallKeys::default()
+    };
     let t = Instant::now();
     for _ in 0..issue_calls {
         backend
-            .issue(&issue_request, CallKeys::default())
+            .issue(&issue_request, call_keys.clone())
             .await?
             .map_err(|e| {
                 anyhow::anyhow!("{}", certconn::plugins::backend::describe_backend_error(&e))

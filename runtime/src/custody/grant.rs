@@ -17,7 +17,46 @@ pub const REQUEST_HANDLE: &str = "request";
 /// client signs a RenewalReq with it and receives the reply encrypted to it.
 pub const CURRENT_HANDLE: &str = "current";
 
-/// The keys one `issue` or `poll` call gets besides the instance's grants.
+/// What one `issue` or `poll` call may have a CA key sign (the host checks every signature with
+/// a CA key against it: `plugins::issuance`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuanceScope {
+    /// The key the job certifies, DER SubjectPublicKeyInfo (certconn's device key or the key
+    /// of the device's CSR).
+    pub certified_key: Vec<u8>,
+    /// The longest validity the job allows: the request's, else the profile's, else
+    /// [`MAX_VALIDITY_DAYS`].
+    pub max_validity_days: u32,
+}
+
+/// The longest validity a request may ask for (intake refuses more).
+pub const MAX_VALIDITY_DAYS: u32 = 3650;
+
+impl IssuanceScope {
+    /// The scope of an issue call: the certified key is `request_key` when certconn made it,
+    /// else the key of the CSR (`csr_der`); the validity is `validity_days` when the job says.
+    pub fn for_request(
+        request_key: Option<&StoredKey>,
+        csr_der: &[u8],
+        validity_days: Option<u32>,
+    ) -> Result<Self, der::Error> {
+        use der::{Decode, Encode};
+        let certified_key = match request_key {
+            Some(k) => k.key.public_key_der().to_vec(),
+            None => x509_cert::request::CertReq::from_der(csr_der)?
+                .info
+                .public_key
+                .to_der()?,
+        };
+        Ok(Self {
+            certified_key,
+            max_validity_days: validity_days.unwrap_or(MAX_VALIDITY_DAYS),
+        })
+    }
+}
+
+/// The keys one `issue` or `poll` call gets besides the instance's grants, and what a CA key
+/// may sign during it.
 #[derive(Clone, Debug, Default)]
 pub struct CallKeys {
     /// The key the CSR certifies, when certconn made it ([`REQUEST_HANDLE`]).
@@ -25,14 +64,22 @@ pub struct CallKeys {
     /// The key of the certificate a renewal replaces, with that certificate first in its
     /// chain ([`CURRENT_HANDLE`]).
     pub current: Option<Arc<StoredKey>>,
+    /// The one certificate a CA key may sign in this call; none outside an issue.
+    pub scope: Option<IssuanceScope>,
 }
 
 impl CallKeys {
-    /// Only the request key (a first enrolment).
+    /// Only the request key (a first enrolment of it), which a CA key may certify for up to
+    /// [`MAX_VALIDITY_DAYS`].
     pub fn request(key: Option<Arc<StoredKey>>) -> Self {
+        let scope = key.as_ref().map(|k| IssuanceScope {
+            certified_key: k.key.public_key_der().to_vec(),
+            max_validity_days: MAX_VALIDITY_DAYS,
+        });
         Self {
             request: key,
             current: None,
+            scope,
         }
     }
 }
@@ -90,6 +137,11 @@ impl Grants {
             .as_ref()
             .and_then(|s| s.get(handle).ok())
             .ok_or_else(|| CustodyError::NotGranted(handle.into()))
+    }
+
+    /// What a CA key may sign in this call.
+    pub fn scope(&self) -> Option<&IssuanceScope> {
+        self.call.scope.as_ref()
     }
 
     /// The granted handle names.

@@ -104,6 +104,17 @@ impl custody::Host for PluginState {
             .key(&handle)
             .inspect_err(|_| self.denied("sign", &handle))
             .map_err(custody_error)?;
+        if let Some(ca) = super::issuance::ca_certificate_of(&key.chain) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            super::issuance::check(self.grants.scope(), &ca, &message, now).map_err(|why| {
+                tracing::error!(backend = %self.backend, job = self.job.as_deref(), handle, "issuance policy: refused to sign with CA key {handle}: {why}");
+                custody::CustodyError::Failed(format!(
+                    "certconn's issuance policy refused to sign with CA key {handle}: {why}"
+                ))
+            })?;
+        }
         key.key
             .sign(scheme, &message)
             .map_err(|e| custody_error(e.into()))

@@ -24,6 +24,7 @@ pub mod engine;
 pub mod host;
 pub mod http;
 pub mod instance;
+pub mod issuance;
 pub mod manifest;
 pub mod pack;
 pub mod package;

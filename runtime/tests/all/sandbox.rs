@@ -239,3 +239,68 @@ async fn every_escape_attempt_fails_its_job_and_nothing_else() {
             && l.contains("\"backend\":\"local\"")
             && l.contains("\"job\"")));
 }
+
+/// A plugin holding the CA key (as a replaced `local-ca` would) asks custody to sign what it
+/// likes: the host signs only the job's own certificate. A subordinate CA, a certificate for
+/// another key, one valid for a hundred years, and raw bytes are each refused and logged, the
+/// job fails with the reason, and the honest backend beside it keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_holding_the_ca_key_signs_only_the_jobs_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let forgeries = ["honest", "ca", "other-key", "century", "raw"];
+    let mut extra = String::new();
+    for what in forgeries {
+        extra.push_str(&format!(
+            "[backends.forge-{what}]\nplugin = \"sandbox-probe\"\nkeys = [\"local-ca\"]\nsettings = {{ mode = \"forge\", forge = \"{what}\", handle = \"local-ca\" }}\n[profiles.forge-{what}]\nbackend = \"forge-{what}\"\n"
+        ));
+    }
+    let plugins = mixed_plugin_dir(dir.path());
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugins, &extra).replace("workers = 4", "workers = 4\nmax_attempts = 1")
+    });
+    let api = daemon.client();
+    for what in forgeries {
+        let profile = format!("forge-{what}");
+        let id = submit(&api, &profile, what, json!({})).await;
+        let job = wait_job(&api, &id, Duration::from_secs(60)).await;
+        let error = job["last_error"].as_str().unwrap_or_default();
+        assert!(!error.contains("BREACH"), "{what}: {error}");
+        if what == "honest" {
+            assert_eq!(job["state"], "succeeded", "{what}: {job}");
+            continue;
+        }
+        assert_eq!(job["state"], "failed", "{what}: {job}");
+        let why = match what {
+            "ca" => "CA certificate (basicConstraints cA = true)",
+            "other-key" => "not the one this job certifies",
+            "century" => "valid beyond the CA certificate",
+            "raw" => "not a TBSCertificate",
+            _ => unreachable!(),
+        };
+        assert!(
+            error.contains("issuance policy refused to sign with CA key local-ca")
+                && error.contains(why),
+            "{what}: {error}"
+        );
+    }
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert_eq!(
+        log.matches("issuance policy: refused to sign with CA key local-ca")
+            .count(),
+        4,
+        "each refusal is logged: {log}"
+    );
+    for what in ["forge-ca", "forge-other-key", "forge-century", "forge-raw"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("issuance policy") && l.contains(what)),
+            "the log names the backend {what}"
+        );
+    }
+    // The honest CA beside them carries on.
+    let id = submit(&api, "smime", "after-the-forgers", json!({})).await;
+    assert_eq!(
+        wait_job(&api, &id, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+}

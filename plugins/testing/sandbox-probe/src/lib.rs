@@ -16,8 +16,13 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// loop | memory | recursion | huge-certificate | huge-error | trap | read-file | env |
-    /// http | redirect | ungranted-key | log-storm | fail | panic
+    /// http | redirect | ungranted-key | log-storm | fail | panic | forge
     pub mode: String,
+    /// For `forge`: what to have the CA key (`handle`) sign — `honest` (the job's certificate),
+    /// `ca` (a subordinate CA), `other-key`, `century` (valid 100 years), `raw` (not a
+    /// TBSCertificate).
+    #[serde(default)]
+    pub forge: Option<String>,
     /// For `read-file`.
     #[serde(default)]
     pub path: Option<String>,
@@ -44,6 +49,70 @@ fn dive(depth: u64, pad: &mut [u8; 512]) -> u64 {
 
 pub struct Probe;
 
+/// Has the CA key `handle` sign what `what` names, as a replaced `local-ca` could. The host's
+/// issuance policy must refuse all but `honest`; a forged certificate it signs is reported as a
+/// breach in the error text.
+fn forge(
+    handle: &str,
+    what: &str,
+    request: &IssueRequest,
+) -> Result<IssuedCertificate, BackendError> {
+    use certconn_sdk::x509::der::{Decode, Encode};
+    use certconn_sdk::x509::spki::SubjectPublicKeyInfoOwned;
+    use certconn_sdk::x509::x509_cert::{request::CertReq, Certificate};
+    use certconn_sdk::x509::{extensions, CertificateTemplate, SignatureScheme};
+
+    let fail = |e: String| error::rejected(format!("forge: {e}"));
+    let chain = host::certificate_chain(handle).map_err(|e| fail(e.to_string()))?;
+    let ca = Certificate::from_der(
+        chain
+            .first()
+            .ok_or_else(|| fail("no CA certificate".into()))?,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let csr = CertReq::from_der(&request.csr).map_err(|e| fail(e.to_string()))?;
+    let mut public_key = csr.info.public_key.clone();
+    if let Ok(der) = host::public_key("request") {
+        public_key = SubjectPublicKeyInfoOwned::from_der(&der).map_err(|e| fail(e.to_string()))?;
+    }
+    if what == "other-key" {
+        // Any key but the job's: the CA's own.
+        public_key = ca.tbs_certificate.subject_public_key_info.clone();
+    }
+    let subject = csr.info.subject.clone();
+    let now = certconn_sdk::now_seconds();
+    let days: u64 = if what == "century" { 36_500 } else { 30 };
+    let template = CertificateTemplate {
+        serial: host::random_bytes(16),
+        issuer: ca.tbs_certificate.subject.clone(),
+        subject: subject.clone(),
+        not_before: now - 60,
+        not_after: now + days * 86_400,
+        public_key,
+        extensions: vec![extensions::basic_constraints(what == "ca", None, &subject)
+            .map_err(|e| fail(format!("{e:?}")))?],
+    };
+    let scheme = SignatureScheme::EcdsaP256Sha256;
+    if what == "raw" {
+        return match host::sign(handle, scheme, b"not a certificate") {
+            Ok(_) => Err(error::rejected(
+                "SANDBOX BREACH: the CA key signed raw bytes",
+            )),
+            Err(e) => Err(error::rejected(format!("custody refused: {e}"))),
+        };
+    }
+    match template.sign(scheme, |tbs| host::sign(handle, scheme, tbs)) {
+        Ok(certificate) if what == "honest" => Ok(IssuedCertificate {
+            certificate,
+            chain: vec![ca.to_der().map_err(|e| fail(e.to_string()))?],
+        }),
+        Ok(_) => Err(error::rejected(format!(
+            "SANDBOX BREACH: the CA key signed a forged certificate ({what})"
+        ))),
+        Err(e) => Err(error::rejected(format!("custody refused: {e:?}"))),
+    }
+}
+
 impl Backend for Probe {
     type Config = Config;
 
@@ -56,7 +125,7 @@ impl Backend for Probe {
         }
     }
 
-    fn issue(c: &Config, _request: IssueRequest) -> Result<IssuedCertificate, BackendError> {
+    fn issue(c: &Config, request: IssueRequest) -> Result<IssuedCertificate, BackendError> {
         match c.mode.as_str() {
             "loop" => {
                 let mut n: u64 = 0;
@@ -141,6 +210,11 @@ impl Backend for Probe {
                     Err(e) => Err(error::rejected(format!("custody refused {handle}: {e}"))),
                 }
             }
+            "forge" => forge(
+                c.handle.as_deref().unwrap_or("local-ca"),
+                c.forge.as_deref().unwrap_or("honest"),
+                &request,
+            ),
             "log-storm" => {
                 for i in 0..200_000u32 {
                     log::info(&format!("storm line {i}"));

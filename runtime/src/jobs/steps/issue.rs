@@ -11,7 +11,7 @@ use x509_cert::name::Name;
 use zeroize::Zeroizing;
 
 use super::Steps;
-use crate::custody::grant::{CallKeys, REQUEST_HANDLE};
+use crate::custody::grant::{CallKeys, IssuanceScope, REQUEST_HANDLE};
 use crate::custody::{PrivateKey, StoredKey};
 use crate::jobs::model::{normalize_serial, IssueJob, JobResult};
 use crate::jobs::outcome::{Completed, ErrorClass, JobError, Outcome};
@@ -131,11 +131,20 @@ impl Steps {
             template: profile.template.clone(),
         };
         let current = renewed.as_ref().map(|(_, k)| k);
+        // The one certificate a CA key may sign for this job (the host's issuance policy).
+        let scope = IssuanceScope::for_request(
+            key.request_key().as_deref(),
+            &request.csr,
+            request.validity_days,
+        )
+        .map_err(|e| JobError::permanent("the CSR").because(e))?;
+        let scope = &scope;
         let (job_id, poll_token, request_ref, key_ref) = (&job.id, &job.poll_token, &request, &key);
         let answer = call_through(&mut route, |backend| async move {
             let keys = CallKeys {
                 request: key_ref.request_key(),
                 current: current.cloned(),
+                scope: Some(scope.clone()),
             };
             match poll_token {
                 Some(token) => backend.poll(job_id, token, keys).await,
@@ -302,12 +311,9 @@ impl Steps {
         profile: &ProfileConfig,
     ) -> Outcome {
         let fail = |e: JobError| e.at(name);
-        let expected_spki = match key.private() {
-            Some(k) => k.public_key_der().to_vec(),
-            None => x509_cert::request::CertReq::from_der(csr_der)
-                .and_then(|c| c.info.public_key.to_der())
-                .map_err(|e| fail(JobError::permanent("the CSR").because(e)))?,
-        };
+        let expected_spki = IssuanceScope::for_request(key.request_key().as_deref(), csr_der, None)
+            .map_err(|e| fail(JobError::permanent("the CSR").because(e)))?
+            .certified_key;
         let checked = pki::issued::check(&issued.certificate, &issued.chain, &expected_spki)
             .map_err(|e| {
                 fail(JobError::permanent("the backend's certificate is refused").because(e))

@@ -1,0 +1,218 @@
+//! The host's issuance policy: what a CA key may sign when a plugin asks.
+//!
+//! A backend granted a CA key could otherwise have custody sign any bytes with it — a
+//! subordinate CA, a certificate for a key of its choosing, a hundred-year certificate. So when
+//! the key a plugin signs with is a CA key (its own certificate says `cA`), the host reads the
+//! message as a TBSCertificate and signs only a certificate for the job in hand: for the key the
+//! job certifies, not a CA, issued by this CA, within the CA's own validity and the job's
+//! validity. Everything else is refused — including any signature with a CA key outside an
+//! `issue` or `poll` call — and the job fails with the reason. CRLs, OCSP answers and RA
+//! certificates are signed by the host itself (`pki::ca`, `revocation`), never through a plugin.
+
+use der::{Decode, Encode};
+use x509_cert::{Certificate, TbsCertificate};
+
+use certconn_x509::CertificateFacts;
+
+pub use crate::custody::grant::{IssuanceScope, MAX_VALIDITY_DAYS};
+
+/// How far before "now" a certificate may start (CAs backdate a little for clock skew).
+const BACKDATE_SECONDS: u64 = 2 * 86_400;
+
+/// The CA certificate of a key, when the key's own certificate (first in its chain) is one.
+pub fn ca_certificate_of(chain: &[Vec<u8>]) -> Option<Certificate> {
+    let cert = Certificate::from_der(chain.first()?).ok()?;
+    CertificateFacts::of(&cert)
+        .ok()
+        .filter(|f| f.is_ca)
+        .map(|_| cert)
+}
+
+/// Checks that `message` is a certificate the CA `ca` may sign for this call. The error says
+/// why, in words an administrator reading the job's failure can act on.
+pub fn check(
+    scope: Option<&IssuanceScope>,
+    ca: &Certificate,
+    message: &[u8],
+    now: u64,
+) -> Result<(), String> {
+    let scope = scope.ok_or(
+        "a CA key signs only a certificate for the job in hand, and this call is not issuing one",
+    )?;
+    let tbs = TbsCertificate::from_der(message)
+        .map_err(|e| format!("the message is not a TBSCertificate ({e})"))?;
+    let facts = CertificateFacts::of_tbs(&tbs)
+        .map_err(|e| format!("the certificate's extensions do not decode ({e})"))?;
+    if facts.is_ca {
+        return Err("it is a CA certificate (basicConstraints cA = true)".into());
+    }
+    let key = tbs
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| format!("its public key does not encode ({e})"))?;
+    if key != scope.certified_key {
+        return Err("it is for a key that is not the one this job certifies".into());
+    }
+    if tbs.issuer != ca.tbs_certificate.subject {
+        return Err(format!(
+            "its issuer {} is not the CA's subject {}",
+            tbs.issuer, ca.tbs_certificate.subject
+        ));
+    }
+    let ca_until = ca
+        .tbs_certificate
+        .validity
+        .not_after
+        .to_unix_duration()
+        .as_secs();
+    if facts.not_after > ca_until {
+        return Err(format!(
+            "it is valid beyond the CA certificate itself (until {}, the CA until {})",
+            tbs.validity.not_after, ca.tbs_certificate.validity.not_after
+        ));
+    }
+    if facts.not_before + BACKDATE_SECONDS < now {
+        return Err(format!(
+            "it starts at {}, more than two days in the past",
+            tbs.validity.not_before
+        ));
+    }
+    let allowed = u64::from(scope.max_validity_days) * 86_400 + BACKDATE_SECONDS;
+    if facts.not_after.saturating_sub(now) > allowed {
+        return Err(format!(
+            "it is valid for {} days, more than the {} this job allows",
+            facts.not_after.saturating_sub(now) / 86_400,
+            scope.max_validity_days
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use certconn_x509::{extensions, CertificateTemplate, SignatureScheme};
+    use x509_cert::name::Name;
+
+    use super::*;
+    use crate::custody::{KeyAlgorithm, PrivateKey};
+
+    struct Case {
+        ca_key: PrivateKey,
+        ca: Certificate,
+        device: Vec<u8>,
+        now: u64,
+    }
+
+    fn case() -> Case {
+        let ca_key = PrivateKey::generate(KeyAlgorithm::EcP256).unwrap();
+        let der = crate::pki::ca::self_signed(&ca_key, &Name::from_str("CN=Test CA").unwrap(), 365)
+            .unwrap();
+        let device = PrivateKey::generate(KeyAlgorithm::EcP256).unwrap();
+        Case {
+            ca: Certificate::from_der(&der).unwrap(),
+            ca_key,
+            device: device.public_key_der().to_vec(),
+            now: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        }
+    }
+
+    /// A TBSCertificate as a plugin would make it, changed by `edit`.
+    fn tbs(c: &Case, edit: impl FnOnce(&mut CertificateTemplate)) -> Vec<u8> {
+        let subject = Name::from_str("CN=device").unwrap();
+        let mut t = CertificateTemplate {
+            serial: vec![1, 2, 3],
+            issuer: c.ca.tbs_certificate.subject.clone(),
+            subject: subject.clone(),
+            not_before: c.now - 60,
+            not_after: c.now + 30 * 86_400,
+            public_key: spki::SubjectPublicKeyInfoOwned::from_der(&c.device).unwrap(),
+            extensions: vec![extensions::basic_constraints(false, None, &subject).unwrap()],
+        };
+        edit(&mut t);
+        let mut out = None;
+        t.sign(SignatureScheme::EcdsaP256Sha256, |m| {
+            out = Some(m.to_vec());
+            c.ca_key.sign(SignatureScheme::EcdsaP256Sha256, m)
+        })
+        .unwrap();
+        out.unwrap()
+    }
+
+    fn scope(c: &Case) -> IssuanceScope {
+        IssuanceScope {
+            certified_key: c.device.clone(),
+            max_validity_days: 30,
+        }
+    }
+
+    #[test]
+    fn a_ca_key_signs_only_the_jobs_certificate() {
+        let c = case();
+        let s = scope(&c);
+        check(Some(&s), &c.ca, &tbs(&c, |_| {}), c.now).expect("the job's own certificate");
+
+        let refused = |message: Vec<u8>, scope: Option<&IssuanceScope>, why: &str| {
+            let e = check(scope, &c.ca, &message, c.now).unwrap_err();
+            assert!(e.contains(why), "{why}: {e}");
+        };
+        refused(tbs(&c, |_| {}), None, "not issuing one");
+        refused(b"raw bytes".to_vec(), Some(&s), "not a TBSCertificate");
+        let subject = Name::from_str("CN=device").unwrap();
+        refused(
+            tbs(&c, |t| {
+                t.extensions = vec![extensions::basic_constraints(true, None, &subject).unwrap()]
+            }),
+            Some(&s),
+            "CA certificate",
+        );
+        let other = PrivateKey::generate(KeyAlgorithm::EcP256).unwrap();
+        refused(
+            tbs(&c, |t| {
+                t.public_key =
+                    spki::SubjectPublicKeyInfoOwned::from_der(other.public_key_der()).unwrap()
+            }),
+            Some(&s),
+            "not the one this job certifies",
+        );
+        refused(
+            tbs(&c, |t| t.not_after = c.now + 100 * 365 * 86_400),
+            Some(&s),
+            "beyond the CA certificate",
+        );
+        refused(
+            tbs(&c, |t| t.not_after = c.now + 90 * 86_400),
+            Some(&s),
+            "more than the 30 this job allows",
+        );
+        refused(
+            tbs(&c, |t| t.not_before = c.now - 30 * 86_400),
+            Some(&s),
+            "in the past",
+        );
+        refused(
+            tbs(&c, |t| t.issuer = Name::from_str("CN=Another CA").unwrap()),
+            Some(&s),
+            "not the CA's subject",
+        );
+    }
+
+    #[test]
+    fn only_a_key_whose_certificate_is_a_ca_is_a_ca_key() {
+        let c = case();
+        assert!(ca_certificate_of(&[c.ca.to_der().unwrap()]).is_some());
+        assert!(ca_certificate_of(&[]).is_none());
+        let leaf = crate::pki::ca::ra_certificate(
+            &PrivateKey::generate(KeyAlgorithm::EcP256).unwrap(),
+            &Name::from_str("CN=leaf").unwrap(),
+            None,
+            1,
+        )
+        .unwrap();
+        assert!(ca_certificate_of(&[leaf]).is_none());
+    }
+}

@@ -10,6 +10,7 @@ use super::state::PluginState;
 use crate::crypto::policy::Cipher;
 use crate::crypto::provider::{self, Digest, Padding};
 use crate::crypto::CryptoError;
+use crate::custody::grant::{CURRENT_HANDLE, REQUEST_HANDLE};
 use crate::custody::CustodyError;
 
 /// Longest log message kept from a plugin; longer ones are cut.
@@ -82,6 +83,11 @@ fn crypto_error(e: CryptoError) -> crypto::CryptoError {
 
 impl PluginState {
     fn denied(&self, what: &str, handle: &str) {
+        // The call-bound handles are simply unbound when a job has no such key (a first
+        // enrolment has no `current`): a backend asking is how it finds out, not a denial.
+        if handle == REQUEST_HANDLE || handle == CURRENT_HANDLE {
+            return;
+        }
         tracing::warn!(backend = %self.backend, job = self.job.as_deref(), handle, "plugin asked custody to {what} with a key it was not granted");
     }
 }

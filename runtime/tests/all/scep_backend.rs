@@ -109,6 +109,8 @@ fn scep_backend_enrols_at_certconns_own_scep_server() {
     assert!(sources.contains(&"scep"), "{sources:?}");
     let log = std::fs::read_to_string(&daemon.log).unwrap();
     assert!(!log.contains(CHALLENGE), "the challenge is not logged");
+    // Asking for `current` (no renewal here) is how the backend finds out; not a denial.
+    assert!(!log.contains("was not granted"), "{log}");
 }
 
 /// The serial `submit issue` printed ("issued serial HEX by backend …").
@@ -375,14 +377,33 @@ grep -c 'SCEP RenewalReq for job' daemon.log | sed 's/^/renewal requests: /'
     assert!(stdout.contains("renewal requests: 1"), "{stdout}");
 }
 
-/// The SCEP server answers PENDING at once (wait_seconds = 0); the host keeps the device key,
+/// The SCEP server answers PENDING at once (wait_seconds = 0, and its profile goes to a CA that
+/// takes 3 s, so the job cannot have finished when it answers); the host keeps the device key,
 /// polls, the backend sends CertPoll, and the certificate arrives on a later poll.
 #[test]
 fn pending_then_cert_poll_delivers_the_certificate() {
     let dir = tempfile::tempdir().unwrap();
+    let slow_ca = MockCa::start(3000);
+    let plugin_dir = plugin_dir_with(
+        dir.path(),
+        &[
+            (plugins().join("local-ca.wasm"), "local-ca"),
+            (plugins().join("scep.wasm"), "scep"),
+            (
+                test_plugins().join("vendor-template.wasm"),
+                "vendor-template",
+            ),
+        ],
+    );
     let (daemon, _relay) = start_loop_with(dir.path(), |data, port, challenge| {
-        self_loop_config(data, port, challenge, "poll_seconds = 1")
+        let text = self_loop_config(data, port, challenge, "poll_seconds = 1")
             .replace("wait_seconds = 5", "wait_seconds = 0")
+            .replace("[scep]\nprofile = \"smime\"", "[scep]\nprofile = \"slow\"")
+            .replace(
+                &format!("dir = \"{}\"", plugins().display()),
+                &format!("dir = \"{}\"", plugin_dir.display()),
+            );
+        format!("{text}{}", slow_ca.backend("slow", ""))
     });
     let out = issue(&daemon, dir.path(), "pending-device");
     assert!(

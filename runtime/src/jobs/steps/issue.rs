@@ -157,7 +157,7 @@ impl Steps {
             Ok(issued) => self.package(
                 &name,
                 &*answer.backend,
-                &request.csr,
+                &scope.certified_key,
                 &key,
                 issued,
                 req,
@@ -304,17 +304,16 @@ impl Steps {
         &self,
         name: &str,
         backend: &dyn CaBackend,
-        csr_der: &[u8],
+        certified_key: &[u8],
         key: &DeviceKey,
         issued: wit::IssuedCertificate,
         req: &IssueJob,
         profile: &ProfileConfig,
     ) -> Outcome {
         let fail = |e: JobError| e.at(name);
-        let expected_spki = IssuanceScope::for_request(key.request_key().as_deref(), csr_der, None)
-            .map_err(|e| fail(JobError::permanent("the CSR").because(e)))?
-            .certified_key;
-        let checked = pki::issued::check(&issued.certificate, &issued.chain, &expected_spki)
+        // The key the job certifies, found once (the issuance scope): the certificate must be
+        // for it.
+        let checked = pki::issued::check(&issued.certificate, &issued.chain, certified_key)
             .map_err(|e| {
                 fail(JobError::permanent("the backend's certificate is refused").because(e))
             })?;

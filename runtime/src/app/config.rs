@@ -106,6 +106,9 @@ impl Config {
         }
         let known: Vec<&str> = self.backends.keys().map(String::as_str).collect();
         for (name, p) in &self.profiles {
+            if let Err((setting, span, why)) = p.usage_limits() {
+                return Err(cx.at(span, format!("profiles.{name}.{setting}"), why));
+            }
             let mut seen = std::collections::BTreeSet::new();
             for (i, b) in std::iter::once(&p.backend).chain(&p.fallbacks).enumerate() {
                 let key = if i == 0 {

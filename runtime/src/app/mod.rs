@@ -164,6 +164,8 @@ impl App {
         crate::pki::ca::provision(&keys, &config.keys)?;
         let journal: Arc<dyn Journal> =
             Arc::new(SqliteJournal::open(&config.journal_path(), &instance)?);
+        // Before any backend loads: no CA signature without its trail entry.
+        keys.record_signatures_in(journal.clone());
         let released = journal.release_held().await?;
         if released > 0 {
             tracing::info!(

@@ -192,7 +192,12 @@ async fn bench(
     let issue_calls = (args.calls / 4).max(1);
     // What the issue step hands the call: the one certificate the CA key may sign.
     let call_keys = CallKeys {
-        scope: Some(IssuanceScope::for_request(None, &issue_request.csr, None)?),
+        scope: Some(IssuanceScope::for_request(
+            None,
+            &issue_request.csr,
+            None,
+            Default::default(),
+        )?),
         ..CallKeys::default()
     };
     let t = Instant::now();

@@ -1,6 +1,7 @@
 //! The `certconn` command line. Library errors become one readable report here, with the
 //! chain of causes; the exit status is 1 for errors and 2 for usage mistakes (clap's).
 
+mod audit;
 mod certs;
 mod client_cmds;
 mod keys;
@@ -83,6 +84,11 @@ pub enum Command {
     Certs {
         #[command(subcommand)]
         what: certs::Certs,
+    },
+    /// The signature trail: every signature a CA key made, chained by hash (verify, list).
+    Audit {
+        #[command(subcommand)]
+        what: audit::Audit,
     },
     /// certconn's SCEP server: mint one-time challenge passwords.
     Scep {
@@ -169,6 +175,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Scep { what } => client_cmds::scep(&config, what).await,
             Command::Certs { what } => certs::certs(&config, what).await,
             Command::Keys { what } => keys::run(&config, what),
+            Command::Audit { what } => audit::run(&config, what),
             Command::Pfx { what } => pfx::run(&config, what).await,
             Command::CheckConfig { syntax_only } => check_config(&config, syntax_only).await,
             Command::Bench(args) => crate::bench::run(args).await,

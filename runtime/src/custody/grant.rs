@@ -4,8 +4,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use certconn_x509::extensions::{ExtendedKeyUsageName, KeyUsageName};
+use der::oid::ObjectIdentifier;
+
 use super::store::StoredKey;
 use super::{CustodyError, KeyStore};
+use crate::journal::SignatureTrail;
 
 /// The handle that names, during one `issue` or `poll` call, the key the CSR certifies when
 /// certconn made it (server-side keys). Enrolment protocols need it: a SCEP client signs its
@@ -27,6 +31,82 @@ pub struct IssuanceScope {
     /// The longest validity the job allows: the request's, else the profile's, else
     /// [`MAX_VALIDITY_DAYS`].
     pub max_validity_days: u32,
+    /// The key usages and extended key usages the certificate may carry (the profile's).
+    pub usage: UsageLimits,
+}
+
+/// The key usages and extended key usages a certificate signed by a CA key for a plugin may
+/// carry: a profile's `allowed_key_usage` and `allowed_extended_key_usage`, else
+/// [`UsageLimits::default`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageLimits {
+    pub key_usage: Vec<KeyUsageName>,
+    pub extended_key_usage: Vec<ObjectIdentifier>,
+}
+
+impl Default for UsageLimits {
+    /// What end-entity certificates of devices and users carry. Never `key_cert_sign` or
+    /// `crl_sign` (that is a CA's), and by default none of the purposes a relying party trusts
+    /// beyond one device: code signing, time stamping, OCSP signing (a certificate that
+    /// could answer for the CA) and anyExtendedKeyUsage — a profile that needs one names it.
+    fn default() -> Self {
+        Self {
+            key_usage: vec![
+                KeyUsageName::DigitalSignature,
+                KeyUsageName::NonRepudiation,
+                KeyUsageName::KeyEncipherment,
+                KeyUsageName::DataEncipherment,
+                KeyUsageName::KeyAgreement,
+            ],
+            extended_key_usage: [
+                ExtendedKeyUsageName::ServerAuth,
+                ExtendedKeyUsageName::ClientAuth,
+                ExtendedKeyUsageName::EmailProtection,
+                ExtendedKeyUsageName::SmartcardLogon,
+            ]
+            .into_iter()
+            .map(ExtendedKeyUsageName::oid)
+            .collect(),
+        }
+    }
+}
+
+impl UsageLimits {
+    /// The limits a profile names: key usages and extended key usages by their config names
+    /// (`digital_signature`, `client_auth`, a dotted OID); `None` keeps the default of each.
+    /// A limit that would let a plugin make a CA (`key_cert_sign`, `crl_sign`) is an error.
+    pub fn parse(
+        key_usage: Option<&[String]>,
+        extended_key_usage: Option<&[String]>,
+    ) -> Result<Self, String> {
+        let mut limits = Self::default();
+        if let Some(names) = key_usage {
+            limits.key_usage = names
+                .iter()
+                .map(|n| n.parse::<KeyUsageName>().map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?;
+            if let Some(ca) = limits
+                .key_usage
+                .iter()
+                .find(|u| matches!(u, KeyUsageName::KeyCertSign | KeyUsageName::CrlSign))
+            {
+                return Err(format!(
+                    "{ca:?} is a CA's key usage; certconn never lets a CA key sign one for a plugin"
+                ));
+            }
+        }
+        if let Some(names) = extended_key_usage {
+            limits.extended_key_usage = names
+                .iter()
+                .map(|n| {
+                    n.parse::<ExtendedKeyUsageName>()
+                        .map(ExtendedKeyUsageName::oid)
+                        .map_err(|e| e.to_string())
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(limits)
+    }
 }
 
 /// The longest validity a request may ask for (intake refuses more).
@@ -39,6 +119,7 @@ impl IssuanceScope {
         request_key: Option<&StoredKey>,
         csr_der: &[u8],
         validity_days: Option<u32>,
+        usage: UsageLimits,
     ) -> Result<Self, der::Error> {
         use der::{Decode, Encode};
         let certified_key = match request_key {
@@ -51,6 +132,7 @@ impl IssuanceScope {
         Ok(Self {
             certified_key,
             max_validity_days: validity_days.unwrap_or(MAX_VALIDITY_DAYS),
+            usage,
         })
     }
 }
@@ -75,6 +157,7 @@ impl CallKeys {
         let scope = key.as_ref().map(|k| IssuanceScope {
             certified_key: k.key.public_key_der().to_vec(),
             max_validity_days: MAX_VALIDITY_DAYS,
+            usage: UsageLimits::default(),
         });
         Self {
             request: key,
@@ -142,6 +225,12 @@ impl Grants {
     /// What a CA key may sign in this call.
     pub fn scope(&self) -> Option<&IssuanceScope> {
         self.call.scope.as_ref()
+    }
+
+    /// Where signatures with a CA key are recorded before they are made (none in tools that
+    /// run a plugin without a journal: the conformance kit, the benchmark).
+    pub fn signature_trail(&self) -> Option<Arc<dyn SignatureTrail>> {
+        self.store.as_ref().and_then(|s| s.signature_trail())
     }
 
     /// The granted handle names.

@@ -18,6 +18,7 @@ use super::kek::{self, Kek};
 use super::pkcs11::Token;
 use super::{CustodyConfig, CustodyError, KeyAlgorithm, PrivateKey};
 use crate::files::{self, overwrite_and_remove, write_atomic};
+use crate::journal::SignatureTrail;
 use certconn_x509::pem;
 
 /// A key with the certificates that belong to it.
@@ -30,12 +31,24 @@ pub struct StoredKey {
 }
 
 /// Keys on disk, loaded at start.
-#[derive(Debug)]
 pub struct KeyStore {
     dir: PathBuf,
     kek: Option<Kek>,
     token: Option<Arc<Token>>,
     keys: RwLock<BTreeMap<String, Arc<StoredKey>>>,
+    /// Where every signature a CA key makes is recorded first (set once the journal is open).
+    trail: std::sync::OnceLock<Arc<dyn SignatureTrail>>,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("dir", &self.dir)
+            .field("sealed", &self.kek.is_some())
+            .field("token", &self.token.is_some())
+            .field("recorded", &self.trail.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where a new key is made.
@@ -155,6 +168,17 @@ fn load_token_key(
 }
 
 impl KeyStore {
+    /// Records every later signature a CA key makes in `trail` (once; a second call is
+    /// ignored). The daemon sets it as soon as the journal is open, before any backend loads.
+    pub fn record_signatures_in(&self, trail: Arc<dyn SignatureTrail>) {
+        let _ = self.trail.set(trail);
+    }
+
+    /// The signature trail, once set.
+    pub fn signature_trail(&self) -> Option<Arc<dyn SignatureTrail>> {
+        self.trail.get().cloned()
+    }
+
     /// Opens (creating if needed) the store in `dir`, obtains its key-encryption key from
     /// `protection`, and loads every key. Plain key files found in a protected store are sealed
     /// in place (the way to turn protection on).
@@ -223,6 +247,7 @@ impl KeyStore {
             kek,
             token,
             keys: RwLock::new(keys),
+            trail: std::sync::OnceLock::new(),
         };
         for name in to_seal {
             let key = store.get(&name)?;

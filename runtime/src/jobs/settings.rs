@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::custody::grant::UsageLimits;
 use crate::custody::KeyAlgorithm;
 
 /// `[jobs]`.
@@ -104,9 +105,47 @@ pub struct ProfileConfig {
     /// PFX the device got. The key is forgotten once its certificate is renewed or revoked.
     #[serde(default)]
     pub keep_keys_for_renewal: bool,
+    /// The key usages a CA key in custody may sign into this profile's certificates for a
+    /// plugin (the host's issuance policy); default: every end-entity usage, never
+    /// `key_cert_sign` or `crl_sign`.
+    pub allowed_key_usage: Option<Spanned<Vec<String>>>,
+    /// The extended key usages likewise; default: `server_auth`, `client_auth`,
+    /// `email_protection`, `smartcard_logon`. Code signing, time stamping, OCSP signing and
+    /// anyExtendedKeyUsage only when listed.
+    pub allowed_extended_key_usage: Option<Spanned<Vec<String>>>,
 }
 
 impl ProfileConfig {
+    /// The usage limits of the issuance policy for this profile, or why they do not parse and
+    /// the setting that says it.
+    pub fn usage_limits(
+        &self,
+    ) -> Result<UsageLimits, (&'static str, std::ops::Range<usize>, String)> {
+        let span = |v: &Option<Spanned<Vec<String>>>| v.as_ref().map_or(0..0, |v| v.span());
+        UsageLimits::parse(
+            self.allowed_key_usage
+                .as_ref()
+                .map(|v| v.get_ref().as_slice()),
+            None,
+        )
+        .map_err(|e| ("allowed_key_usage", span(&self.allowed_key_usage), e))?;
+        UsageLimits::parse(
+            self.allowed_key_usage
+                .as_ref()
+                .map(|v| v.get_ref().as_slice()),
+            self.allowed_extended_key_usage
+                .as_ref()
+                .map(|v| v.get_ref().as_slice()),
+        )
+        .map_err(|e| {
+            (
+                "allowed_extended_key_usage",
+                span(&self.allowed_extended_key_usage),
+                e,
+            )
+        })
+    }
+
     /// The backend instances this profile routes to, in the order they are tried.
     pub fn route(&self) -> impl Iterator<Item = &str> {
         std::iter::once(&self.backend)

@@ -38,6 +38,7 @@ macro_rules! journal_behaviour_tests {
             the_ledger_records_issue_and_revocation,
             the_ledger_lists_what_a_crl_and_an_admin_need,
             crl_numbers_only_grow,
+            the_signature_trail_chains_every_entry_and_never_reuses_a_serial,
             a_one_time_challenge_works_once_and_not_after_expiry,
             a_replayed_value_is_refused_within_the_window,
             enqueue_wakes_a_waiting_worker,
@@ -534,6 +535,60 @@ pub(crate) async fn crl_numbers_only_grow(f: &dyn Factory) {
     assert_eq!(b.next_crl_number("ca").await.unwrap(), 2);
     assert_eq!(a.next_crl_number("other").await.unwrap(), 1);
     assert_eq!(a.next_crl_number("ca").await.unwrap(), 3);
+}
+
+pub(crate) async fn the_signature_trail_chains_every_entry_and_never_reuses_a_serial(
+    f: &dyn Factory,
+) {
+    let a = f.open("a");
+    let b = f.open("b");
+    let signature = |serial: &str, kind| NewSignature {
+        key: "ca".into(),
+        kind,
+        job: Some(format!("job-{serial}")),
+        backend: "local".into(),
+        signer: "local-ca 1.0.0".into(),
+        signer_sha256: "ab".repeat(32),
+        tbs_sha256: "cd".repeat(32),
+        issuer: "CN=Test CA".into(),
+        serial: serial.into(),
+        subject: "CN=device".into(),
+    };
+    let first = a
+        .append_signature(&signature("01", SignedKind::Certificate))
+        .await
+        .unwrap();
+    assert_eq!((first.seq, first.prev_hash.as_str()), (1, trail::GENESIS));
+    // Another instance continues the same chain.
+    let second = b
+        .append_signature(&signature("02", SignedKind::Certificate))
+        .await
+        .unwrap();
+    assert_eq!((second.seq, &second.prev_hash), (2, &first.hash));
+    // A CRL number may equal a certificate serial; only certificate serials are unique.
+    a.append_signature(&signature("01", SignedKind::Crl))
+        .await
+        .unwrap();
+    // The serial is reserved across instances, and a refused append records nothing.
+    match b
+        .append_signature(&signature("01", SignedKind::Certificate))
+        .await
+    {
+        Err(JournalError::SerialReused { seq, serial, .. }) => {
+            assert_eq!((seq, serial.as_str()), (1, "01"))
+        }
+        other => panic!("a reused serial was not refused: {other:?}"),
+    }
+    let mut other_issuer = signature("01", SignedKind::Certificate);
+    other_issuer.issuer = "CN=Another CA".into();
+    a.append_signature(&other_issuer).await.unwrap();
+
+    let all = a.signatures(0, 100).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[1], second);
+    let head = trail::verify(&all).unwrap();
+    assert_eq!((head.entries, head.last_seq), (4, 4));
+    assert_eq!(a.signatures(2, 1).await.unwrap()[0].seq, 3);
 }
 
 pub(crate) async fn a_one_time_challenge_works_once_and_not_after_expiry(f: &dyn Factory) {

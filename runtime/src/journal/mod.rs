@@ -18,6 +18,7 @@
 pub mod record;
 pub mod schema;
 pub mod sqlite;
+pub mod trail;
 
 #[cfg(test)]
 pub(crate) mod behaviour;
@@ -31,6 +32,7 @@ pub use record::{
     LedgerQuery, NewJob, ReasonChange, Revocation, RevocationMark, RevokedSerial, StoredResult,
 };
 pub use sqlite::SqliteJournal;
+pub use trail::{NewSignature, SignatureRecord, SignedKind};
 
 /// Why the journal could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,15 @@ pub enum JournalError {
          certconn version that wrote it, or a newer one"
     )]
     TooNew { found: i64, supported: i64 },
+    #[error(
+        "serial {serial} of {issuer} was already signed (signature trail entry {seq}); a serial \
+         is never used twice"
+    )]
+    SerialReused {
+        issuer: String,
+        serial: String,
+        seq: u64,
+    },
     /// The journal's worker thread went away (the process is shutting down).
     #[error("the journal is shutting down")]
     Closed,
@@ -231,8 +242,29 @@ pub trait ReplayGuard: Send + Sync {
     ) -> Result<bool, JournalError>;
 }
 
+/// The chained record of every signature a CA key makes (see [`trail`]).
+#[async_trait::async_trait]
+pub trait SignatureTrail: Send + Sync {
+    /// Records `signature` as the next entry of the chain, durably, before the signature is
+    /// made. A certificate serial its issuer already used is refused with
+    /// [`JournalError::SerialReused`] and nothing is recorded.
+    async fn append_signature(
+        &self,
+        signature: &NewSignature,
+    ) -> Result<SignatureRecord, JournalError>;
+
+    /// Up to `limit` entries after `after_seq`, oldest first.
+    async fn signatures(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<SignatureRecord>, JournalError>;
+}
+
 /// All of it: what the composition root opens and hands out in parts.
-pub trait Journal: JobStore + Outbox + RevocationLedger + ChallengeStore + ReplayGuard {
+pub trait Journal:
+    JobStore + Outbox + RevocationLedger + ChallengeStore + ReplayGuard + SignatureTrail
+{
     /// The schema version in use.
     fn schema_version(&self) -> i64;
     /// Where it is, for the log and status (never a password).

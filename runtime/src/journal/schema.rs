@@ -14,7 +14,10 @@ pub struct Migration {
 }
 
 /// The version a journal written by this binary is at.
-pub const CURRENT: i64 = 3;
+pub const CURRENT: i64 = 4;
+
+/// The first version with the signature trail.
+pub const SIGNATURE_TRAIL_SINCE: i64 = 4;
 
 /// Every migration, oldest first.
 pub const MIGRATIONS: &[Migration] = &[
@@ -104,6 +107,31 @@ CREATE TABLE revocation_changes (
     changed_by  TEXT NOT NULL,
     changed_at  INTEGER NOT NULL
 );
+"#,
+    },
+    Migration {
+        version: 4,
+        description:
+            "the signature trail: every CA signature, chained by hash; serials unique per issuer",
+        sqlite: r#"
+CREATE TABLE signature_trail (
+    seq         INTEGER PRIMARY KEY,
+    at          INTEGER NOT NULL,
+    key         TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    job_id      TEXT,
+    backend     TEXT NOT NULL,
+    signer      TEXT NOT NULL,
+    signer_sha256 TEXT NOT NULL,
+    tbs_sha256  TEXT NOT NULL,
+    issuer      TEXT NOT NULL,
+    serial      TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    prev_hash   TEXT NOT NULL,
+    hash        TEXT NOT NULL
+);
+CREATE UNIQUE INDEX signature_trail_serial ON signature_trail (issuer, serial)
+    WHERE kind = 'certificate';
 "#,
     },
 ];

@@ -16,9 +16,10 @@ use zeroize::Zeroizing;
 
 use super::record::*;
 use super::schema::{self, MIGRATIONS};
+use super::trail::{self, NewSignature, SignatureRecord, SignedKind};
 use super::{
     millis, now_ms, ChallengeStore, JobStore, Journal, JournalError, Ledger, Outbox, ReplayGuard,
-    RevocationLedger,
+    RevocationLedger, SignatureTrail,
 };
 use crate::crypto::provider;
 
@@ -889,6 +890,160 @@ impl ReplayGuard for SqliteJournal {
         })
         .await
     }
+}
+
+#[async_trait::async_trait]
+impl SignatureTrail for SqliteJournal {
+    async fn append_signature(
+        &self,
+        signature: &NewSignature,
+    ) -> Result<SignatureRecord, JournalError> {
+        let s = signature.clone();
+        self.blocking(move |inner| {
+            let mut conn = inner.writer();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if s.kind == SignedKind::Certificate {
+                let used: Option<i64> = tx
+                    .query_row(
+                        "SELECT seq FROM signature_trail
+                         WHERE issuer = ?1 AND serial = ?2 AND kind = 'certificate'",
+                        params![s.issuer, s.serial],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(seq) = used {
+                    return Err(JournalError::SerialReused {
+                        issuer: s.issuer,
+                        serial: s.serial,
+                        seq: u64::try_from(seq).unwrap_or(0),
+                    });
+                }
+            }
+            let last: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT seq, hash FROM signature_trail ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let (seq, prev_hash) = match last {
+                Some((seq, hash)) => (u64::try_from(seq).unwrap_or(0) + 1, hash),
+                None => (1, trail::GENESIS.to_owned()),
+            };
+            let at = now_ms();
+            let hash = trail::entry_hash(seq, at, &s, &prev_hash);
+            tx.execute(
+                "INSERT INTO signature_trail (seq, at, key, kind, job_id, backend, signer,
+                   signer_sha256, tbs_sha256, issuer, serial, subject, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                params![
+                    i64::try_from(seq).unwrap_or(i64::MAX),
+                    at,
+                    s.key,
+                    s.kind.as_str(),
+                    s.job,
+                    s.backend,
+                    s.signer,
+                    s.signer_sha256,
+                    s.tbs_sha256,
+                    s.issuer,
+                    s.serial,
+                    s.subject,
+                    prev_hash,
+                    hash
+                ],
+            )?;
+            tx.commit()?;
+            Ok(SignatureRecord {
+                seq,
+                at,
+                signature: s,
+                prev_hash,
+                hash,
+            })
+        })
+        .await
+    }
+
+    async fn signatures(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<SignatureRecord>, JournalError> {
+        self.blocking(move |inner| signatures_after(&inner.reader(), after_seq, limit))
+            .await
+    }
+}
+
+/// The signature trail of the journal at `path`, read without changing anything (for
+/// `certconn audit`, which works on a stopped daemon's journal or a copy of it): up to `limit`
+/// entries after `after_seq`, oldest first. `Ok(None)` when the journal predates the trail.
+pub fn read_signature_trail(
+    path: &Path,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Option<Vec<SignatureRecord>>, JournalError> {
+    if schema_version_of(path)?.unwrap_or(0) < schema::SIGNATURE_TRAIL_SINCE {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| JournalError::Open {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
+    signatures_after(&conn, after_seq, limit).map(Some)
+}
+
+fn signatures_after(
+    conn: &Connection,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<SignatureRecord>, JournalError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, at, key, kind, job_id, backend, signer, signer_sha256, tbs_sha256,
+                issuer, serial, subject, prev_hash, hash
+         FROM signature_trail WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            i64::try_from(after_seq).unwrap_or(i64::MAX),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ],
+        |r| {
+            let kind: String = r.get(3)?;
+            Ok((
+                kind,
+                SignatureRecord {
+                    seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    at: r.get(1)?,
+                    signature: NewSignature {
+                        key: r.get(2)?,
+                        kind: SignedKind::Certificate,
+                        job: r.get(4)?,
+                        backend: r.get(5)?,
+                        signer: r.get(6)?,
+                        signer_sha256: r.get(7)?,
+                        tbs_sha256: r.get(8)?,
+                        issuer: r.get(9)?,
+                        serial: r.get(10)?,
+                        subject: r.get(11)?,
+                    },
+                    prev_hash: r.get(12)?,
+                    hash: r.get(13)?,
+                },
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (kind, mut record) = row?;
+        record.signature.kind = SignedKind::parse(&kind).ok_or_else(|| JournalError::Corrupt {
+            id: format!("signature trail entry {}", record.seq),
+            reason: format!("unknown kind {kind:?}"),
+        })?;
+        out.push(record);
+    }
+    Ok(out)
 }
 
 impl Journal for SqliteJournal {

@@ -18,7 +18,7 @@ use super::http::HttpAccess;
 use super::instance::InstanceSpec;
 use super::manifest::Manifest;
 use super::package::PluginPackage;
-use super::state::PluginState;
+use super::state::{PluginIdentity, PluginState};
 use super::{PluginError, SettingError};
 use crate::crypto::AlgorithmPolicy;
 use crate::custody::grant::CallKeys;
@@ -52,6 +52,8 @@ pub struct PreparedPlugin {
     pub sha256: String,
     /// The `certconn:plugin` version the component was built against (from its exports).
     pub contract: semver::Version,
+    /// What signatures made for this version are recorded under.
+    pub identity: Arc<PluginIdentity>,
     pre: BackendPre,
 }
 
@@ -97,6 +99,10 @@ impl PreparedPlugin {
             ))
         })?;
         Ok(Self {
+            identity: Arc::new(PluginIdentity {
+                name_version: format!("{} {}", package.manifest.name, package.manifest.version),
+                sha256: package.sha256.clone(),
+            }),
             manifest: package.manifest.clone(),
             sha256: package.sha256.clone(),
             contract,
@@ -198,7 +204,7 @@ impl LoadedBackend {
 
     fn new_store(&self, job: Option<&str>, call_keys: CallKeys) -> Store<PluginState> {
         let state = PluginState::new(
-            self.name.clone(),
+            (self.name.clone(), self.plugin.identity.clone()),
             job.map(Arc::from),
             self.grants.with_call_keys(call_keys),
             self.http.clone(),

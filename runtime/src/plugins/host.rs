@@ -3,6 +3,8 @@
 //! Custody goes through the instance's [`Grants`](crate::custody::Grants); every primitive goes
 //! through the algorithm policy and then the provider. Nothing here returns key material.
 
+use std::sync::Arc;
+
 use certconn_x509::SignatureScheme;
 
 use super::bindings::v0_2::certconn::plugin::{crypto, custody, log, types};
@@ -12,6 +14,7 @@ use crate::crypto::provider::{self, Digest, Padding};
 use crate::crypto::CryptoError;
 use crate::custody::grant::{CURRENT_HANDLE, REQUEST_HANDLE};
 use crate::custody::CustodyError;
+use crate::journal::{JournalError, NewSignature, SignatureRecord, SignatureTrail, SignedKind};
 
 /// Longest log message kept from a plugin; longer ones are cut.
 const MAX_LOG_MESSAGE: usize = 4096;
@@ -92,10 +95,65 @@ impl PluginState {
     }
 }
 
+impl PluginState {
+    /// A signature the issuance policy refused: logged with the plugin version, and the
+    /// plugin's error (which fails its job) says why.
+    fn refuse(&self, handle: &str, why: &str) -> custody::CustodyError {
+        tracing::error!(backend = %self.backend, plugin = %self.plugin.name_version, plugin_sha256 = %self.plugin.sha256, job = self.job.as_deref(), handle, "issuance policy: refused to sign with CA key {handle}: {why}");
+        custody::CustodyError::Failed(format!(
+            "certconn's issuance policy refused to sign with CA key {handle}: {why}"
+        ))
+    }
+
+    /// What the signature trail records of a permitted certificate, before it is signed, and
+    /// where. Without a trail (tools that run a plugin without a journal) nothing is recorded.
+    fn trail_entry(
+        &self,
+        handle: &str,
+        message: &[u8],
+        permitted: super::issuance::Permitted,
+    ) -> Option<(Arc<dyn SignatureTrail>, NewSignature)> {
+        let trail = self.grants.signature_trail()?;
+        let entry = NewSignature {
+            key: handle.to_owned(),
+            kind: SignedKind::Certificate,
+            job: self.job.as_deref().map(str::to_owned),
+            backend: self.backend.to_string(),
+            signer: self.plugin.name_version.clone(),
+            signer_sha256: self.plugin.sha256.clone(),
+            tbs_sha256: hex::encode(provider::digest(Digest::Sha256, message)),
+            issuer: permitted.issuer,
+            serial: permitted.serial,
+            subject: permitted.subject,
+        };
+        Some((trail, entry))
+    }
+
+    /// The trail's answer: recorded, or a refusal (a serial its issuer already used), or a
+    /// failure to record — and then nothing is signed.
+    fn recorded(
+        &self,
+        handle: &str,
+        recorded: Result<SignatureRecord, JournalError>,
+    ) -> Result<(), custody::CustodyError> {
+        match recorded {
+            Ok(r) => {
+                tracing::info!(backend = %self.backend, job = self.job.as_deref(), seq = r.seq, hash = %r.hash, serial = %r.signature.serial, "signature trail: CA key {handle} signs a certificate");
+                Ok(())
+            }
+            Err(e @ JournalError::SerialReused { .. }) => Err(self.refuse(handle, &e.to_string())),
+            Err(e) => Err(custody::CustodyError::Failed(format!(
+                "the signature could not be recorded in the signature trail, so nothing was signed: {}",
+                crate::report::chain(&e)
+            ))),
+        }
+    }
+}
+
 impl types::Host for PluginState {}
 
 impl custody::Host for PluginState {
-    fn sign(
+    async fn sign(
         &mut self,
         handle: String,
         algorithm: types::SignatureAlgorithm,
@@ -114,12 +172,13 @@ impl custody::Host for PluginState {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            super::issuance::check(self.grants.scope(), &ca, &message, now).map_err(|why| {
-                tracing::error!(backend = %self.backend, job = self.job.as_deref(), handle, "issuance policy: refused to sign with CA key {handle}: {why}");
-                custody::CustodyError::Failed(format!(
-                    "certconn's issuance policy refused to sign with CA key {handle}: {why}"
-                ))
-            })?;
+            let permitted = super::issuance::check(self.grants.scope(), &ca, &message, now)
+                .map_err(|why| self.refuse(&handle, &why))?;
+            if let Some((trail, entry)) = self.trail_entry(&handle, &message, permitted) {
+                // Only owned values cross the await (the store's state is not Sync).
+                let recorded = trail.append_signature(&entry).await;
+                self.recorded(&handle, recorded)?;
+            }
         }
         key.key
             .sign(scheme, &message)

@@ -5,8 +5,10 @@
 //! the key a plugin signs with is a CA key (its own certificate says `cA`), the host reads the
 //! message as a TBSCertificate and signs only a certificate for the job in hand: for the key the
 //! job certifies, not a CA, issued by this CA, within the CA's own validity and the job's
-//! validity. Everything else is refused — including any signature with a CA key outside an
-//! `issue` or `poll` call — and the job fails with the reason. CRLs, OCSP answers and RA
+//! validity, with no key usage or extended key usage beyond the profile's limits, and a serial
+//! its issuer never used (the signature trail reserves it: `journal::trail`). Everything else
+//! is refused — including any signature with a CA key outside an `issue` or `poll` call — and
+//! the job fails with the reason. CRLs, OCSP answers and RA
 //! certificates are signed by the host itself (`pki::ca`, `revocation`), never through a plugin.
 
 use der::{Decode, Encode};
@@ -14,7 +16,7 @@ use x509_cert::{Certificate, TbsCertificate};
 
 use certconn_x509::CertificateFacts;
 
-pub use crate::custody::grant::{IssuanceScope, MAX_VALIDITY_DAYS};
+pub use crate::custody::grant::{IssuanceScope, UsageLimits, MAX_VALIDITY_DAYS};
 
 /// How far before "now" a certificate may start (CAs backdate a little for clock skew).
 const BACKDATE_SECONDS: u64 = 2 * 86_400;
@@ -28,6 +30,15 @@ pub fn ca_certificate_of(chain: &[Vec<u8>]) -> Option<Certificate> {
         .map(|_| cert)
 }
 
+/// A certificate the policy let through: what the signature trail records of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Permitted {
+    /// Lowercase hex, no sign padding (as the ledger and OpenSSL write serials).
+    pub serial: String,
+    pub subject: String,
+    pub issuer: String,
+}
+
 /// Checks that `message` is a certificate the CA `ca` may sign for this call. The error says
 /// why, in words an administrator reading the job's failure can act on.
 pub fn check(
@@ -35,7 +46,7 @@ pub fn check(
     ca: &Certificate,
     message: &[u8],
     now: u64,
-) -> Result<(), String> {
+) -> Result<Permitted, String> {
     let scope = scope.ok_or(
         "a CA key signs only a certificate for the job in hand, and this call is not issuing one",
     )?;
@@ -85,6 +96,35 @@ pub fn check(
             scope.max_validity_days
         ));
     }
+    check_usage(&scope.usage, &facts)?;
+    Ok(Permitted {
+        serial: crate::pki::issued::serial_hex(tbs.serial_number.as_bytes()),
+        subject: tbs.subject.to_string(),
+        issuer: tbs.issuer.to_string(),
+    })
+}
+
+/// Key usage and extended key usage within `limits`. An absent extension restricts nothing in
+/// the certificate, and is accepted: an OCSP responder, the purpose that matters most here,
+/// needs its EKU present, and `key_cert_sign` needs `cA`, which is refused above.
+fn check_usage(limits: &UsageLimits, facts: &CertificateFacts) -> Result<(), String> {
+    if let Some(used) = &facts.key_usage {
+        if let Some(bit) = used.iter().find(|u| !limits.key_usage.contains(u)) {
+            return Err(format!(
+                "its key usage {bit:?} is not one the profile allows (allowed_key_usage)"
+            ));
+        }
+    }
+    if let Some(purposes) = &facts.extended_key_usage {
+        if let Some(oid) = purposes
+            .iter()
+            .find(|p| !limits.extended_key_usage.contains(p))
+        {
+            return Err(format!(
+                "its extended key usage {oid} is not one the profile allows (allowed_extended_key_usage)"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -92,6 +132,7 @@ pub fn check(
 mod tests {
     use std::str::FromStr;
 
+    use certconn_x509::extensions::{ExtendedKeyUsageName, KeyUsageName};
     use certconn_x509::{extensions, CertificateTemplate, SignatureScheme};
     use x509_cert::name::Name;
 
@@ -147,6 +188,7 @@ mod tests {
         IssuanceScope {
             certified_key: c.device.clone(),
             max_validity_days: 30,
+            usage: UsageLimits::default(),
         }
     }
 
@@ -154,7 +196,12 @@ mod tests {
     fn a_ca_key_signs_only_the_jobs_certificate() {
         let c = case();
         let s = scope(&c);
-        check(Some(&s), &c.ca, &tbs(&c, |_| {}), c.now).expect("the job's own certificate");
+        let permitted =
+            check(Some(&s), &c.ca, &tbs(&c, |_| {}), c.now).expect("the job's own certificate");
+        assert_eq!(
+            (permitted.serial.as_str(), permitted.subject.as_str()),
+            ("010203", "CN=device")
+        );
 
         let refused = |message: Vec<u8>, scope: Option<&IssuanceScope>, why: &str| {
             let e = check(scope, &c.ca, &message, c.now).unwrap_err();
@@ -199,6 +246,72 @@ mod tests {
             Some(&s),
             "not the CA's subject",
         );
+        let with = |ku: &[KeyUsageName], eku: &[ExtendedKeyUsageName]| {
+            let (ku, eku, subject) = (ku.to_vec(), eku.to_vec(), subject.clone());
+            tbs(&c, move |t| {
+                t.extensions
+                    .push(extensions::key_usage(&ku, &subject).unwrap());
+                t.extensions
+                    .push(extensions::extended_key_usage(&eku, &subject).unwrap());
+            })
+        };
+        check(
+            Some(&s),
+            &c.ca,
+            &with(
+                &[KeyUsageName::DigitalSignature],
+                &[ExtendedKeyUsageName::ClientAuth],
+            ),
+            c.now,
+        )
+        .expect("client authentication is a default purpose");
+        refused(
+            with(
+                &[KeyUsageName::DigitalSignature],
+                &[ExtendedKeyUsageName::OcspSigning],
+            ),
+            Some(&s),
+            "extended key usage 1.3.6.1.5.5.7.3.9 is not one the profile allows",
+        );
+        refused(
+            with(
+                &[KeyUsageName::DigitalSignature, KeyUsageName::KeyCertSign],
+                &[ExtendedKeyUsageName::ClientAuth],
+            ),
+            Some(&s),
+            "key usage KeyCertSign",
+        );
+        // A profile that allows code signing lets it through, and only it.
+        let signing = IssuanceScope {
+            usage: UsageLimits::parse(None, Some(&["code_signing".to_owned()])).unwrap(),
+            ..s.clone()
+        };
+        check(
+            Some(&signing),
+            &c.ca,
+            &with(
+                &[KeyUsageName::DigitalSignature],
+                &[ExtendedKeyUsageName::CodeSigning],
+            ),
+            c.now,
+        )
+        .expect("the profile allows code signing");
+        refused(
+            with(
+                &[KeyUsageName::DigitalSignature],
+                &[ExtendedKeyUsageName::ClientAuth],
+            ),
+            Some(&signing),
+            "1.3.6.1.5.5.7.3.2 is not one the profile allows",
+        );
+    }
+
+    #[test]
+    fn a_profile_cannot_allow_a_cas_key_usage() {
+        let e = UsageLimits::parse(Some(&["key_cert_sign".to_owned()]), None).unwrap_err();
+        assert!(e.contains("CA's key usage"), "{e}");
+        let e = UsageLimits::parse(None, Some(&["nonsense".to_owned()])).unwrap_err();
+        assert!(e.contains("unknown extended key usage"), "{e}");
     }
 
     #[test]

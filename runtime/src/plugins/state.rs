@@ -17,6 +17,15 @@ use crate::custody::Grants;
 /// Bytes of a plugin's stderr kept, to explain a panic in the job's error.
 const STDERR_CAPTURE: usize = 16 * 1024;
 
+/// Which plugin version a store runs: what the signature trail and the policy's refusals name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PluginIdentity {
+    /// `name version`.
+    pub name_version: String,
+    /// SHA-256 of the plugin file, hex.
+    pub sha256: String,
+}
+
 /// Per-store data for one plugin call.
 pub struct PluginState {
     wasi: WasiCtx,
@@ -27,6 +36,7 @@ pub struct PluginState {
     pub(crate) grants: Grants,
     pub(crate) policy: AlgorithmPolicy,
     pub(crate) backend: Arc<str>,
+    pub(crate) plugin: Arc<PluginIdentity>,
     pub(crate) job: Option<Arc<str>>,
     pub(crate) log_lines_left: u32,
     pub(crate) stderr: MemoryOutputPipe,
@@ -36,7 +46,7 @@ impl PluginState {
     /// A store state with no filesystem, no sockets, no environment, no arguments and no stdin;
     /// stderr is captured (bounded) for diagnostics.
     pub fn new(
-        backend: Arc<str>,
+        (backend, plugin): (Arc<str>, Arc<PluginIdentity>),
         job: Option<Arc<str>>,
         grants: Grants,
         http: Arc<HttpAccess>,
@@ -60,6 +70,7 @@ impl PluginState {
             grants,
             policy,
             backend,
+            plugin,
             job,
             log_lines_left: log_lines,
             stderr,

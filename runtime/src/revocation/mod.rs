@@ -29,7 +29,7 @@ use x509_cert::Certificate;
 pub use settings::{OcspSigner, PublishedCa, RevocationConfig};
 
 use crate::custody::{CustodyError, KeyAlgorithm, KeyLocation, KeyStore, StoredKey};
-use crate::journal::{JournalError, RevocationLedger, RevocationMark};
+use crate::journal::{JournalError, NewSignature, RevocationLedger, RevocationMark, SignedKind};
 use crate::pki::ocsp::{self, Answer, Issuer, Status};
 use crate::pki::PkiError;
 use certconn_x509::crl::{reason_from_name, CrlTemplate, RevokedEntry};
@@ -195,7 +195,7 @@ impl Publisher {
             crl_dir: config.crl_dir.as_ref().map(|p| p.to_path_buf()),
         };
         for a in publisher.authorities.values() {
-            publisher.renew_responder(a)?;
+            publisher.renew_responder(a).await?;
             publisher.publish(a).await?;
         }
         Ok(publisher)
@@ -226,7 +226,7 @@ impl Publisher {
     /// Publishes `a`'s CRL again when its revocations changed (after the configured delay),
     /// when it is due, or when its delegated responder needs a new certificate.
     async fn refresh(&self, a: &Authority) -> Result<(), PublishError> {
-        let renewed = self.renew_responder(a)?;
+        let renewed = self.renew_responder(a).await?;
         let mark = self.ledger.revocation_mark(&a.issuer.name_der).await?;
         let (changed, due) = {
             let current = a.current.read().unwrap_or_else(|p| p.into_inner());
@@ -292,6 +292,21 @@ impl Publisher {
                 what: "signing its CRL",
                 source,
             })?;
+        let tbs = x509_cert::crl::CertificateList::from_der(&der)
+            .and_then(|crl| crl.tbs_cert_list.to_der())
+            .map_err(|e| PublishError::Pki {
+                ca: a.name.clone(),
+                what: "reading back its CRL",
+                source: PkiError::Invalid(e.to_string()),
+            })?;
+        self.record(
+            a,
+            SignedKind::Crl,
+            &tbs,
+            format!("{number:x}"),
+            String::new(),
+        )
+        .await?;
         if let Some(dir) = &self.crl_dir {
             for (file, bytes) in [
                 (format!("{}.crl", a.name), &der),
@@ -321,10 +336,44 @@ impl Publisher {
         Ok(())
     }
 
+    /// Records a signature the host made with `a`'s CA key in the signature trail, before what
+    /// it signed is served or stored (see `journal::trail`).
+    async fn record(
+        &self,
+        a: &Authority,
+        kind: SignedKind,
+        tbs: &[u8],
+        serial: String,
+        subject: String,
+    ) -> Result<(), PublishError> {
+        let Some(trail) = self.keys.signature_trail() else {
+            return Ok(());
+        };
+        let r = trail
+            .append_signature(&NewSignature {
+                key: a.ca.name.clone(),
+                kind,
+                job: None,
+                backend: "host".into(),
+                signer: format!("certconn {}", env!("CARGO_PKG_VERSION")),
+                signer_sha256: String::new(),
+                tbs_sha256: hex::encode(crate::crypto::provider::digest(
+                    crate::crypto::provider::Digest::Sha256,
+                    tbs,
+                )),
+                issuer: a.issuer_name.to_string(),
+                serial,
+                subject,
+            })
+            .await?;
+        tracing::info!(ca = %a.name, seq = r.seq, hash = %r.hash, "signature trail: CA key {} signs a {}", a.ca.name, kind.as_str());
+        Ok(())
+    }
+
     /// Creates the delegated responder's key, or gives it a new certificate when it has none,
     /// when a third of its validity is left, or when the CA's certificate changed. True when
     /// it issued one.
-    fn renew_responder(&self, a: &Authority) -> Result<bool, PublishError> {
+    async fn renew_responder(&self, a: &Authority) -> Result<bool, PublishError> {
         if a.signer != OcspSigner::Delegated {
             return Ok(false);
         }
@@ -365,6 +414,27 @@ impl Publisher {
             what: "issuing its OCSP responder certificate",
             source,
         })?;
+        let signed = Certificate::from_der(&cert).map_err(|e| PublishError::Pki {
+            ca: a.name.clone(),
+            what: "reading back its OCSP responder certificate",
+            source: PkiError::Invalid(e.to_string()),
+        })?;
+        let tbs = signed
+            .tbs_certificate
+            .to_der()
+            .map_err(|e| PublishError::Pki {
+                ca: a.name.clone(),
+                what: "encoding its OCSP responder certificate",
+                source: PkiError::Invalid(e.to_string()),
+            })?;
+        self.record(
+            a,
+            SignedKind::Certificate,
+            &tbs,
+            crate::pki::issued::serial_hex(signed.tbs_certificate.serial_number.as_bytes()),
+            signed.tbs_certificate.subject.to_string(),
+        )
+        .await?;
         self.keys.set_chain(&name, vec![cert, a.ca_der.clone()])?;
         let renewed = self.keys.get(&name)?;
         *a.responder.write().unwrap_or_else(|p| p.into_inner()) = Some(renewed);

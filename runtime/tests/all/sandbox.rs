@@ -247,7 +247,15 @@ async fn every_escape_attempt_fails_its_job_and_nothing_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_holding_the_ca_key_signs_only_the_jobs_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let forgeries = ["honest", "ca", "other-key", "century", "raw"];
+    let forgeries = [
+        "honest",
+        "ca",
+        "other-key",
+        "century",
+        "raw",
+        "ocsp-eku",
+        "fixed-serial",
+    ];
     let mut extra = String::new();
     for what in forgeries {
         extra.push_str(&format!(
@@ -255,46 +263,77 @@ async fn a_plugin_holding_the_ca_key_signs_only_the_jobs_certificate() {
         ));
     }
     let plugins = mixed_plugin_dir(dir.path());
-    let daemon = start_in(dir.path(), |data| {
+    let mut daemon = start_in(dir.path(), |data| {
         config_text(data, &plugins, &extra).replace("workers = 4", "workers = 4\nmax_attempts = 1")
     });
     let api = daemon.client();
-    for what in forgeries {
-        let profile = format!("forge-{what}");
-        let id = submit(&api, &profile, what, json!({})).await;
-        let job = wait_job(&api, &id, Duration::from_secs(60)).await;
+    let refused = |job: &serde_json::Value, what: &str, why: &str| {
         let error = job["last_error"].as_str().unwrap_or_default();
         assert!(!error.contains("BREACH"), "{what}: {error}");
-        if what == "honest" {
-            assert_eq!(job["state"], "succeeded", "{what}: {job}");
-            continue;
-        }
         assert_eq!(job["state"], "failed", "{what}: {job}");
-        let why = match what {
-            "ca" => "CA certificate (basicConstraints cA = true)",
-            "other-key" => "not the one this job certifies",
-            "century" => "valid beyond the CA certificate",
-            "raw" => "not a TBSCertificate",
-            _ => unreachable!(),
-        };
         assert!(
             error.contains("issuance policy refused to sign with CA key local-ca")
                 && error.contains(why),
             "{what}: {error}"
         );
+    };
+    for what in forgeries {
+        let profile = format!("forge-{what}");
+        let id = submit(&api, &profile, what, json!({})).await;
+        let job = wait_job(&api, &id, Duration::from_secs(60)).await;
+        let why = match what {
+            "honest" | "fixed-serial" => {
+                assert_eq!(job["state"], "succeeded", "{what}: {job}");
+                continue;
+            }
+            "ca" => "CA certificate (basicConstraints cA = true)",
+            "other-key" => "not the one this job certifies",
+            "century" => "valid beyond the CA certificate",
+            "raw" => "not a TBSCertificate",
+            "ocsp-eku" => "extended key usage 1.3.6.1.5.5.7.3.9 is not one the profile allows",
+            _ => unreachable!(),
+        };
+        refused(&job, what, why);
     }
-    let log = std::fs::read_to_string(&daemon.log).unwrap();
-    assert_eq!(
-        log.matches("issuance policy: refused to sign with CA key local-ca")
-            .count(),
-        4,
-        "each refusal is logged: {log}"
+    // The same serial a second time: the signature trail refuses it before it is signed.
+    let id = submit(&api, "forge-fixed-serial", "fixed-serial-again", json!({})).await;
+    let job = wait_job(&api, &id, Duration::from_secs(60)).await;
+    refused(&job, "fixed-serial again", "serial 7e57 of CN=");
+    refused(
+        &job,
+        "fixed-serial again",
+        "was already signed (signature trail entry",
     );
-    for what in ["forge-ca", "forge-other-key", "forge-century", "forge-raw"] {
+
+    // Outside any job (its health check), the CA key signs nothing.
+    let status = plugins_status(&api).await;
+    let health = status["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backend"] == "forge-honest")
+        .map(|b| b["health"].as_str().unwrap_or_default().to_owned())
+        .unwrap();
+    assert!(
+        health.contains("custody refused outside a job")
+            && health.contains("this call is not issuing one"),
+        "{health}"
+    );
+
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    for what in [
+        "forge-ca",
+        "forge-other-key",
+        "forge-century",
+        "forge-raw",
+        "forge-ocsp-eku",
+        "forge-fixed-serial",
+    ] {
         assert!(
-            log.lines()
-                .any(|l| l.contains("issuance policy") && l.contains(what)),
-            "the log names the backend {what}"
+            log.lines().any(|l| l.contains("issuance policy: refused")
+                && l.contains(what)
+                && l.contains("sandbox-probe 0.")),
+            "the log names the backend {what} and the plugin version: {log}"
         );
     }
     // The honest CA beside them carries on.
@@ -302,5 +341,90 @@ async fn a_plugin_holding_the_ca_key_signs_only_the_jobs_certificate() {
     assert_eq!(
         wait_job(&api, &id, Duration::from_secs(30)).await["state"],
         "succeeded"
+    );
+
+    // Every certificate a CA key signed is in the trail, once, chained; nothing refused is.
+    daemon.stop();
+    let verified = ok(daemon.cli(&["audit", "verify"]));
+    assert!(verified.contains("3 entries, chain intact"), "{verified}");
+    let listed = ok(daemon.cli(&["audit", "list", "--json"]));
+    let entries: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let signers: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["backend"].as_str().unwrap(),
+                e["serial"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(signers.len(), 3, "{listed}");
+    assert_eq!(signers[0].0, "forge-honest");
+    assert_eq!(signers[1], ("forge-fixed-serial", "7e57"));
+    assert_eq!(signers[2].0, "local");
+    for e in &entries {
+        assert_eq!(e["kind"], "certificate");
+        assert_eq!(e["key"], "local-ca");
+        assert_eq!(e["tbs_sha256"].as_str().unwrap().len(), 64);
+        assert!(e["job"].as_str().is_some_and(|j| !j.is_empty()), "{e}");
+    }
+    assert!(entries[2]["signer"]
+        .as_str()
+        .unwrap()
+        .starts_with("local-ca "));
+
+    // Tampering with a copy of the journal is found: an edited entry, then a removed one.
+    let journal = dir.path().join("data").join("journal.sqlite");
+    let tamper = |name: &str, sql: &str| -> String {
+        let copy = dir.path().join(name);
+        std::fs::copy(&journal, &copy).unwrap();
+        rusqlite::Connection::open(&copy)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        let out = daemon.cli(&["audit", "verify", "--journal", copy.to_str().unwrap()]);
+        assert!(!out.status.success(), "{name} verified");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let edited = tamper(
+        "edited.sqlite",
+        "UPDATE signature_trail SET subject = 'CN=nobody' WHERE seq = 2;",
+    );
+    assert!(edited.contains("entry 2 was altered"), "{edited}");
+    let removed = tamper(
+        "removed.sqlite",
+        "DELETE FROM signature_trail WHERE seq = 2;",
+    );
+    assert!(
+        removed.contains("entry 3 does not follow entry 1"),
+        "{removed}"
+    );
+    // A cut tail is found against a head kept from before.
+    let head = verified
+        .lines()
+        .find_map(|l| l.strip_prefix("head: "))
+        .unwrap()
+        .to_owned();
+    let copy = dir.path().join("cut.sqlite");
+    std::fs::copy(&journal, &copy).unwrap();
+    rusqlite::Connection::open(&copy)
+        .unwrap()
+        .execute_batch("DELETE FROM signature_trail WHERE seq = 3;")
+        .unwrap();
+    let out = daemon.cli(&[
+        "audit",
+        "verify",
+        "--journal",
+        copy.to_str().unwrap(),
+        "--expect-head",
+        &head,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("entries were cut from its end"),
+        "{err}"
     );
 }

@@ -7,8 +7,8 @@
 use certconn_sdk::bindings::wasi::http::outgoing_handler;
 use certconn_sdk::bindings::wasi::http::types::{Fields, OutgoingRequest, Scheme};
 use certconn_sdk::{
-    error, host, http, log, Backend, BackendError, BackendInfo, Capabilities, IssueRequest,
-    IssuedCertificate,
+    error, host, http, log, Backend, BackendError, BackendInfo, Capabilities, HealthReport,
+    IssueRequest, IssuedCertificate,
 };
 use serde::Deserialize;
 
@@ -20,7 +20,9 @@ pub struct Config {
     pub mode: String,
     /// For `forge`: what to have the CA key (`handle`) sign — `honest` (the job's certificate),
     /// `ca` (a subordinate CA), `other-key`, `century` (valid 100 years), `raw` (not a
-    /// TBSCertificate).
+    /// TBSCertificate), `ocsp-eku` (an OCSP responder for the CA), `fixed-serial` (the job's
+    /// certificate, always with serial 0x7e57: the second one reuses it). In `forge` mode
+    /// `health` also asks the CA key to sign, outside any job.
     #[serde(default)]
     pub forge: Option<String>,
     /// For `read-file`.
@@ -82,15 +84,29 @@ fn forge(
     let subject = csr.info.subject.clone();
     let now = certconn_sdk::now_seconds();
     let days: u64 = if what == "century" { 36_500 } else { 30 };
+    let mut exts = vec![extensions::basic_constraints(what == "ca", None, &subject)
+        .map_err(|e| fail(format!("{e:?}")))?];
+    if what == "ocsp-eku" {
+        exts.push(
+            extensions::extended_key_usage(
+                &[certconn_sdk::x509::extensions::ExtendedKeyUsageName::OcspSigning],
+                &subject,
+            )
+            .map_err(|e| fail(format!("{e:?}")))?,
+        );
+    }
     let template = CertificateTemplate {
-        serial: host::random_bytes(16),
+        serial: if what == "fixed-serial" {
+            vec![0x7e, 0x57]
+        } else {
+            host::random_bytes(16)
+        },
         issuer: ca.tbs_certificate.subject.clone(),
         subject: subject.clone(),
         not_before: now - 60,
         not_after: now + days * 86_400,
         public_key,
-        extensions: vec![extensions::basic_constraints(what == "ca", None, &subject)
-            .map_err(|e| fail(format!("{e:?}")))?],
+        extensions: exts,
     };
     let scheme = SignatureScheme::EcdsaP256Sha256;
     if what == "raw" {
@@ -102,7 +118,7 @@ fn forge(
         };
     }
     match template.sign(scheme, |tbs| host::sign(handle, scheme, tbs)) {
-        Ok(certificate) if what == "honest" => Ok(IssuedCertificate {
+        Ok(certificate) if what == "honest" || what == "fixed-serial" => Ok(IssuedCertificate {
             certificate,
             chain: vec![ca.to_der().map_err(|e| fail(e.to_string()))?],
         }),
@@ -122,6 +138,31 @@ impl Backend for Probe {
             version: env!("CARGO_PKG_VERSION").into(),
             capabilities: Capabilities::ISSUE,
             config_schema: r#"{"type":"object","required":["mode"]}"#.into(),
+        }
+    }
+
+    /// In `forge` mode, asks the CA key to sign outside any job: healthy only if refused.
+    fn health(config: Option<&Config>) -> HealthReport {
+        let Some(c) = config.filter(|c| c.mode == "forge") else {
+            return HealthReport {
+                healthy: true,
+                message: "probe".into(),
+            };
+        };
+        let handle = c.handle.as_deref().unwrap_or("local-ca");
+        match host::sign(
+            handle,
+            certconn_sdk::x509::SignatureScheme::EcdsaP256Sha256,
+            b"outside any job",
+        ) {
+            Ok(_) => HealthReport {
+                healthy: false,
+                message: format!("SANDBOX BREACH: {handle} signed outside a job"),
+            },
+            Err(e) => HealthReport {
+                healthy: true,
+                message: format!("custody refused outside a job: {e}"),
+            },
         }
     }
 

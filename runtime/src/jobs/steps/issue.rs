@@ -136,6 +136,8 @@ impl Steps {
             key.request_key().as_deref(),
             &request.csr,
             request.validity_days,
+            // Checked when the config was loaded.
+            profile.usage_limits().unwrap_or_default(),
         )
         .map_err(|e| JobError::permanent("the CSR").because(e))?;
         let scope = &scope;

@@ -18,6 +18,8 @@ pub mod v0_2 {
         path: "../wit",
         world: "certconn:plugin/ca-backend",
         exports: { default: async },
+        // Signing with a CA key waits for the signature trail's durable write.
+        imports: { "certconn:plugin/custody.sign": async },
         with: {
             "wasi:http": wasmtime_wasi_http::p2::bindings::http,
             "wasi:io": wasmtime_wasi::p2::bindings::io,

@@ -9,6 +9,8 @@ wasmtime::component::bindgen!({
     path: "../wit/compat/v0.1",
     world: "certconn:plugin/ca-backend",
     exports: { default: async },
+        // Signing with a CA key waits for the signature trail's durable write.
+        imports: { "certconn:plugin/custody.sign": async },
     with: {
         "wasi:http": wasmtime_wasi_http::p2::bindings::http,
         "wasi:io": wasmtime_wasi::p2::bindings::io,
@@ -50,13 +52,15 @@ fn crypto_error(e: current::crypto::CryptoError) -> crypto::CryptoError {
 }
 
 impl custody::Host for PluginState {
-    fn sign(
+    async fn sign(
         &mut self,
         handle: String,
         algorithm: current::types::SignatureAlgorithm,
         message: Vec<u8>,
     ) -> Result<Vec<u8>, custody::CustodyError> {
-        current::custody::Host::sign(self, handle, algorithm, message).map_err(custody_error)
+        current::custody::Host::sign(self, handle, algorithm, message)
+            .await
+            .map_err(custody_error)
     }
 
     fn decrypt(

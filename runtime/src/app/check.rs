@@ -149,7 +149,18 @@ async fn check_backends(
             return;
         }
     };
-    let mut prepared: BTreeMap<String, Result<Arc<PreparedPlugin>, String>> = BTreeMap::new();
+    let trust = match super::publisher_trust(config) {
+        Ok(t) => t,
+        Err(e) => {
+            report.problems.push(crate::report::chain(&e));
+            return;
+        }
+    };
+    type Checked = (
+        Arc<PreparedPlugin>,
+        Option<crate::plugins::signature::Signer>,
+    );
+    let mut prepared: BTreeMap<String, Result<Checked, String>> = BTreeMap::new();
     for (name, b) in &config.backends {
         let spec = match InstanceSpec::from_config(name, b, keys.clone(), config.policy()) {
             Ok(s) => s,
@@ -172,13 +183,25 @@ async fn check_backends(
                         package.manifest.name
                     ));
                 }
+                let signer = crate::plugins::signature::signer_of(&package.bytes)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
                 PreparedPlugin::prepare(&engine, &package)
-                    .map(Arc::new)
+                    .map(|p| (Arc::new(p), signer))
                     .map_err(|e| crate::report::chain(&e))
             })
             .clone();
         let compiled = match compiled {
-            Ok(c) => c,
+            Ok((c, signer)) => {
+                if let Err(why) =
+                    crate::plugins::signature::check_trust(signer.as_ref(), trust.for_backend(name))
+                {
+                    report
+                        .problems
+                        .push(format!("backends.{name} (plugin {plugin}): {why}"));
+                    continue;
+                }
+                c
+            }
             Err(e) => {
                 report
                     .problems

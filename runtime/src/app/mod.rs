@@ -28,6 +28,17 @@ use crate::sources::api::server::ApiState;
 use crate::sources::api::token::{self, TokenError};
 use crate::sources::scep::{Ra, RaError, RaPorts};
 
+/// The publishers each backend trusts, from the config's key files.
+pub fn publisher_trust(
+    config: &Config,
+) -> Result<crate::plugins::signature::PublisherTrust, StartError> {
+    crate::plugins::signature::PublisherTrust::load(
+        &config.plugins.trusted_publishers,
+        &config.backends,
+    )
+    .map_err(|(setting, source)| StartError::Publisher { setting, source })
+}
+
 /// Why certconn could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -44,6 +55,12 @@ pub enum StartError {
     Plugin(#[from] PluginError),
     #[error("{0}")]
     Fips(String),
+    #[error("{setting}")]
+    Publisher {
+        setting: String,
+        #[source]
+        source: crate::plugins::signature::SignatureError,
+    },
     #[error("SCEP server")]
     Scep(#[from] RaError),
     #[error("publishing revocation")]
@@ -184,6 +201,7 @@ impl App {
                 &config.backends,
                 keys.clone(),
                 config.policy(),
+                publisher_trust(&config)?,
             )
             .await
             .map_err(|e| StartError::from_plugin(&config, e))?,

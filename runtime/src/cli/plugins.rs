@@ -76,6 +76,28 @@ pub enum Plugins {
         /// Where to write the package.
         #[arg(long, short)]
         out: PathBuf,
+        /// Sign the package with this publisher key (PKCS#8 PEM, ECDSA P-256; see `keygen`).
+        #[arg(long, value_name = "KEY")]
+        sign_key: Option<PathBuf>,
+    },
+    /// Sign a plugin package (the SDK's build output, say) with a publisher key, replacing any
+    /// signature it had. Administrators trust the key's `.pub` in `plugins.trusted_publishers`.
+    Sign {
+        /// The plugin package.
+        package: PathBuf,
+        /// The publisher's private key (PKCS#8 PEM, ECDSA P-256).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signed package (default: over the package).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Make a publisher key pair for signing plugins: PREFIX.key (private, mode 0600; keep it
+    /// offline or in your release system) and PREFIX.pub (give it to administrators).
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// The conformance checks every backend must pass, against the backend in `--config`.
     Test(TestArgs),
@@ -151,7 +173,10 @@ pub async fn run(config_path: &Path, what: Plugins) -> anyhow::Result<()> {
             component,
             manifest,
             out,
-        } => pack(&component, &manifest, &out).await,
+            sign_key,
+        } => pack(&component, &manifest, &out, sign_key.as_deref()).await,
+        Plugins::Sign { package, key, out } => sign(&package, &key, out.as_deref()),
+        Plugins::Keygen { out } => keygen(&out),
         Plugins::Test(args) => test(config_path, args).await,
     }
 }
@@ -316,7 +341,12 @@ fn publish(bytes: &[u8], target: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn pack(component: &Path, manifest: &Path, out: &Path) -> anyhow::Result<()> {
+async fn pack(
+    component: &Path,
+    manifest: &Path,
+    out: &Path,
+    sign_key: Option<&Path>,
+) -> anyhow::Result<()> {
     let bytes =
         std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
     let text =
@@ -326,8 +356,86 @@ async fn pack(component: &Path, manifest: &Path, out: &Path) -> anyhow::Result<(
     let checked = certconn::plugins::pack::pack(engine, &bytes, &manifest_value, out)
         .await
         .with_context(|| component.display().to_string())?;
-    publish(&checked.bytes, out)?;
-    println!("{} → {}", checked.version_id(), out.display());
+    let Some(key) = sign_key else {
+        publish(&checked.bytes, out)?;
+        println!("{} → {}", checked.version_id(), out.display());
+        return Ok(());
+    };
+    let key = signing_key(key)?;
+    let signed = certconn::plugins::signature::sign(&checked.bytes, &key)?;
+    publish(&signed, out)?;
+    let package = PluginPackage::from_bytes(out, signed)?;
+    println!(
+        "{} → {}, signed by publisher {}",
+        package.version_id(),
+        out.display(),
+        certconn::plugins::signature::fingerprint(key.public_key_der())
+    );
+    Ok(())
+}
+
+/// A publisher's private key from a PKCS#8 PEM file.
+fn signing_key(path: &Path) -> anyhow::Result<certconn::custody::PrivateKey> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    );
+    let blocks = certconn::pki::pem::decode_all(&text)
+        .with_context(|| format!("{}: not PEM", path.display()))?;
+    let Some((_, der)) = blocks.into_iter().find(|(l, _)| l == "PRIVATE KEY") else {
+        bail!(
+            "{}: no PRIVATE KEY block; a publisher key is PKCS#8 PEM (`certconn plugin keygen`, or \
+             `openssl pkcs8 -topk8 -nocrypt` from an EC key)",
+            path.display()
+        );
+    };
+    certconn::custody::PrivateKey::from_pkcs8(zeroize::Zeroizing::new(der))
+        .with_context(|| format!("{}: not a private key certconn can use", path.display()))
+}
+
+fn sign(package: &Path, key: &Path, out: Option<&Path>) -> anyhow::Result<()> {
+    let checked = PluginPackage::read(package)?;
+    let key = signing_key(key)?;
+    let signed = certconn::plugins::signature::sign(&checked.bytes, &key)?;
+    let out = out.unwrap_or(package);
+    publish(&signed, out)?;
+    println!(
+        "{} → {}, signed by publisher {}",
+        PluginPackage::from_bytes(out, signed)?.version_id(),
+        out.display(),
+        certconn::plugins::signature::fingerprint(key.public_key_der())
+    );
+    Ok(())
+}
+
+fn keygen(prefix: &Path) -> anyhow::Result<()> {
+    let with = |ext: &str| {
+        let mut p = prefix.as_os_str().to_owned();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    let (private, public) = (with(".key"), with(".pub"));
+    for p in [&private, &public] {
+        if p.exists() {
+            bail!("{} exists; not replacing a publisher key", p.display());
+        }
+    }
+    let key = certconn::custody::PrivateKey::generate(certconn::custody::KeyAlgorithm::EcP256)?;
+    let pem = zeroize::Zeroizing::new(certconn::pki::pem::encode("PRIVATE KEY", key.pkcs8_der()?));
+    certconn::files::write_atomic(&private, pem.as_bytes(), 0o600)?;
+    certconn::files::write_atomic(
+        &public,
+        certconn::pki::pem::encode("PUBLIC KEY", key.public_key_der()).as_bytes(),
+        0o644,
+    )?;
+    println!(
+        "publisher key {} (private, keep it safe) and {} (public)",
+        private.display(),
+        public.display()
+    );
+    println!(
+        "fingerprint {}",
+        certconn::plugins::signature::fingerprint(key.public_key_der())
+    );
     Ok(())
 }
 
@@ -363,6 +471,8 @@ async fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
             "sha256": package.sha256,
             "manifest": m,
             "contract": prepared.as_ref().map(|p| p.contract.to_string()).ok(),
+            "signed_by": certconn::plugins::signature::signer_of(&package.bytes).ok().flatten().map(|s| s.fingerprint),
+            "signature_refused": certconn::plugins::signature::signer_of(&package.bytes).err().map(|e| e.to_string()),
             "refused": prepared.as_ref().err().map(|e| e.to_string()),
             "describe": describe.as_ref().map(|d| match d {
                 Ok(info) => serde_json::json!({
@@ -394,6 +504,13 @@ async fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
         );
         if !m.vendor.is_empty() {
             println!("vendor     {}", m.vendor);
+        }
+        match certconn::plugins::signature::signer_of(&package.bytes) {
+            Ok(Some(s)) => println!("signed     by publisher {}", s.fingerprint),
+            Ok(None) => {
+                println!("signed     no (loads only where no trusted publisher is configured)")
+            }
+            Err(e) => println!("signed     REFUSED: {e}"),
         }
         match &prepared {
             Ok(p) => println!(

@@ -31,6 +31,7 @@ pub mod package;
 pub mod placement;
 pub mod registry;
 pub mod settings;
+pub mod signature;
 pub mod state;
 pub mod watch;
 

@@ -182,7 +182,10 @@ pub fn embed(component: &[u8], manifest: &Manifest) -> Result<Vec<u8>, PackageEr
                 saw_component = true;
                 out.extend_from_slice(&component[range.clone()]);
             }
-            Payload::CustomSection(c) if top && c.name() == SECTION => {}
+            // The old manifest is replaced; a publisher signature no longer holds once the
+            // package changes, so it goes too (sign again after packing).
+            Payload::CustomSection(c)
+                if top && (c.name() == SECTION || c.name() == super::signature::SECTION) => {}
             Payload::End(_) => {
                 depth = depth.saturating_sub(1);
             }
@@ -206,20 +209,25 @@ pub fn embed(component: &[u8], manifest: &Manifest) -> Result<Vec<u8>, PackageEr
     if !saw_component {
         return Err(PackageError::Empty);
     }
-    let mut name = Vec::new();
-    leb128(SECTION.len(), &mut name);
-    name.extend_from_slice(SECTION.as_bytes());
-    out.push(0); // custom section id
-    leb128(name.len() + toml.len(), &mut out);
-    out.extend_from_slice(&name);
-    out.extend_from_slice(toml.as_bytes());
+    append_custom_section(&mut out, SECTION, toml.as_bytes());
     Ok(out)
+}
+
+/// Appends a top-level custom section `name` holding `data`.
+pub(crate) fn append_custom_section(out: &mut Vec<u8>, name: &str, data: &[u8]) {
+    let mut header = Vec::new();
+    leb128(name.len(), &mut header);
+    header.extend_from_slice(name.as_bytes());
+    out.push(0); // custom section id
+    leb128(header.len() + data.len(), out);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(data);
 }
 
 /// Where the section whose contents start at `contents` begins: walks back over the LEB128 size
 /// and the id byte. The size is at most 5 bytes; the id byte is below 0x80, and so is the last
 /// byte of the size, so the walk is unambiguous from the end of the size backwards.
-fn section_start(bytes: &[u8], contents: usize) -> Result<usize, PackageError> {
+pub(crate) fn section_start(bytes: &[u8], contents: usize) -> Result<usize, PackageError> {
     // The size's last byte has its high bit clear; earlier size bytes have it set.
     let mut at = contents.checked_sub(1).ok_or(PackageError::Truncated)?;
     while at > 0 && bytes[at - 1] & 0x80 != 0 {

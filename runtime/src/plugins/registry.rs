@@ -19,6 +19,7 @@ use super::instance::{Instance, InstanceSpec, InstanceStatus};
 use super::manifest::Manifest;
 use super::package::PluginPackage;
 use super::settings::BackendConfig;
+use super::signature::PublisherTrust;
 use super::{LoadedBackend, PluginEngine, PluginError, PreparedPlugin};
 use crate::crypto::AlgorithmPolicy;
 use crate::custody::KeyStore;
@@ -49,6 +50,8 @@ pub struct FileStatus {
     pub path: PathBuf,
     /// SHA-256 of the version the instances run.
     pub loaded_sha256: Option<String>,
+    /// The fingerprint of the publisher key that signed that version, if signed.
+    pub signed_by: Option<String>,
     /// A version that was refused, and why; not retried until the file changes.
     pub rejected: Option<Rejection>,
     /// The administrator unloaded it.
@@ -97,6 +100,8 @@ pub struct Registry {
     instances: BTreeMap<String, Arc<Instance>>,
     /// Instance configs, for comparing a manifest's requests with the grants.
     configs: BTreeMap<String, BackendConfig>,
+    /// The publishers each backend trusts ([`super::signature`]).
+    trust: PublisherTrust,
     files: Mutex<BTreeMap<String, FileStatus>>,
     /// One load at a time: the watcher, the periodic rescan and the admin API take turns.
     loading: tokio::sync::Mutex<()>,
@@ -122,6 +127,7 @@ impl Registry {
         backends: &BTreeMap<String, BackendConfig>,
         keys: Arc<KeyStore>,
         policy: AlgorithmPolicy,
+        trust: PublisherTrust,
     ) -> Result<Self, PluginError> {
         let mut instances = BTreeMap::new();
         for (name, b) in backends {
@@ -134,6 +140,7 @@ impl Registry {
             dir: plugins_dir.to_owned(),
             instances,
             configs: backends.clone(),
+            trust,
             files: Mutex::new(BTreeMap::new()),
             loading: tokio::sync::Mutex::new(()),
         };
@@ -470,6 +477,23 @@ impl Registry {
             refuse_all(&mut report, &reason);
             return Ok(report);
         }
+        let signer = match super::signature::signer_of(&package.bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(%plugin, %version, "new plugin version refused: {reason}");
+                self.remember_refusal(
+                    plugin,
+                    &path,
+                    &package.sha256,
+                    Some(&version),
+                    &reason,
+                    true,
+                );
+                refuse_all(&mut report, &reason);
+                return Ok(report);
+            }
+        };
         let sha = package.sha256.clone();
         let manifest = package.manifest.clone();
         let prepared = match compile_in_background(self.engine.clone(), package).await? {
@@ -486,6 +510,19 @@ impl Registry {
         let mut health_failed = false;
         let mut permanent_failure = None;
         for instance in &users {
+            if let Err(reason) = super::signature::check_trust(
+                signer.as_ref(),
+                self.trust.for_backend(&instance.name),
+            ) {
+                tracing::error!(backend = %instance.name, %version, "new plugin version refused: {reason}");
+                instance.note_problem(match instance.current() {
+                    Some(cur) => format!("kept {}: {version} refused: {reason}", cur.version_id()),
+                    None => reason.clone(),
+                });
+                report.refused.push((instance.name.clone(), reason.clone()));
+                permanent_failure = Some(reason);
+                continue;
+            }
             for note in self.unmet_requests(&instance.name, &manifest) {
                 tracing::warn!(backend = %instance.name, %version, "{note}");
             }
@@ -551,6 +588,7 @@ impl Registry {
             f.path = path.clone();
             if !report.installed.is_empty() {
                 f.loaded_sha256 = Some(sha.clone());
+                f.signed_by = signer.as_ref().map(|s| s.fingerprint.clone());
             }
             f.rejected = match (&permanent_failure, health_failed) {
                 (Some(reason), _) => Some(Rejection {

@@ -37,6 +37,10 @@ pub struct PluginsConfig {
         deserialize_with = "crate::config::in_range::<_, u64, 1, 86_400>"
     )]
     pub rescan_seconds: u64,
+    /// Public keys (PEM, ECDSA P-256) of the publishers whose signed packages may load, for
+    /// every backend that has no list of its own. Empty: any package loads, signed or not.
+    #[serde(default)]
+    pub trusted_publishers: Vec<Spanned<ConfigPath>>,
 }
 
 fn default_true() -> bool {
@@ -98,6 +102,8 @@ pub struct BackendConfig {
     /// `trust_anchors_pem = "anchors.pem"`. Relative to the config file.
     #[serde(default)]
     pub settings_files: BTreeMap<String, Spanned<ConfigPath>>,
+    /// This backend's own trusted publishers, instead of `plugins.trusted_publishers`.
+    pub trusted_publishers: Option<Vec<Spanned<ConfigPath>>>,
 }
 
 /// Longest call a backend may be given, in seconds.

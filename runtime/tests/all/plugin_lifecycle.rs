@@ -680,3 +680,186 @@ fn pack_refuses_a_manifest_version_the_component_does_not_describe() {
     assert!(ok(out).contains("vendor-template 0.1.0"));
     assert!(file.exists());
 }
+
+/// `certconn plugin` with no daemon.
+fn certconn_offline(args: &[&str]) -> String {
+    ok(std::process::Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run certconn"))
+}
+
+/// With a trusted publisher configured, only packages that publisher signed load — at start
+/// and on every hot swap: an unsigned package, one signed by another key, and one changed after
+/// signing are each refused with the reason while the signed version keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_packages_a_trusted_publisher_signed_are_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let made = certconn_offline(&[
+        "plugin",
+        "keygen",
+        "--out",
+        path("vendor").to_str().unwrap(),
+    ]);
+    let vendor = made
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint "))
+        .unwrap()
+        .to_owned();
+    certconn_offline(&[
+        "plugin",
+        "keygen",
+        "--out",
+        path("stranger").to_str().unwrap(),
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(path("vendor.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let sign = |src: &std::path::Path, key: &str, out: &std::path::Path| {
+        certconn_offline(&[
+            "plugin",
+            "sign",
+            src.to_str().unwrap(),
+            "--key",
+            path(key).to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let plugin_dir = path("plugins");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    let said = sign(
+        &plugins().join("local-ca.wasm"),
+        "vendor.key",
+        &plugin_dir.join("local-ca.wasm"),
+    );
+    assert!(said.contains(&vendor), "{said}");
+    let inspected = certconn_offline(&[
+        "plugin",
+        "inspect",
+        plugin_dir.join("local-ca.wasm").to_str().unwrap(),
+    ]);
+    assert!(
+        inspected.contains(&format!("signed     by publisher {vendor}")),
+        "{inspected}"
+    );
+
+    let trusted = format!(
+        "[plugins]\ntrusted_publishers = [\"{}\"]\nrescan_seconds = 1\n",
+        path("vendor.pub").display()
+    );
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugin_dir, "").replace("[plugins]\n", &trusted)
+    });
+    let api = daemon.client();
+    let working = version_of(&backend_status(&api, "local").await);
+    assert!(working.starts_with("local-ca 0.1.0"), "{working}");
+    assert_eq!(
+        plugins_status(&api).await["plugins"][0]["signed_by"],
+        vendor
+    );
+    let serving = |status: &serde_json::Value, version: &str| {
+        assert_eq!(version_of(status), version, "{status}");
+        assert_eq!(status["state"], "serving", "{status}");
+    };
+
+    // 1. Unsigned.
+    let unsigned = path("unsigned.wasm");
+    pack(
+        &plugins().join("local-ca.wasm"),
+        "local-ca",
+        "0.1.1",
+        "0.2.0",
+        &unsigned,
+    );
+    publish(&unsigned, &plugin_dir, "local-ca");
+    let reason = refusal_containing(&api, "it is not signed").await;
+    assert!(
+        reason.contains("vendor.pub"),
+        "names the trusted key: {reason}"
+    );
+    serving(&backend_status(&api, "local").await, &working);
+
+    // 2. Signed by a key the administrator does not trust.
+    let theirs = path("theirs.wasm");
+    pack(
+        &plugins().join("local-ca.wasm"),
+        "local-ca",
+        "0.1.2",
+        "0.2.0",
+        &theirs,
+    );
+    sign(&theirs, "stranger.key", &theirs);
+    publish(&theirs, &plugin_dir, "local-ca");
+    refusal_containing(&api, "which this backend does not trust").await;
+    serving(&backend_status(&api, "local").await, &working);
+
+    // 3. Signed by the vendor, then changed: its manifest now claims another version.
+    let changed = path("changed.wasm");
+    pack(
+        &plugins().join("local-ca.wasm"),
+        "local-ca",
+        "0.1.3",
+        "0.2.0",
+        &changed,
+    );
+    sign(&changed, "vendor.key", &changed);
+    let mut bytes = std::fs::read(&changed).unwrap();
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"\"0.1.3\"")
+        .expect("the manifest's version");
+    bytes[at + 5] = b'9';
+    std::fs::write(&changed, &bytes).unwrap();
+    publish(&changed, &plugin_dir, "local-ca");
+    refusal_containing(&api, "changed after it was signed").await;
+    serving(&backend_status(&api, "local").await, &working);
+
+    // Jobs carried on, on the signed version.
+    let id = submit(&api, "smime", "still-signed", json!({})).await;
+    assert_eq!(
+        wait_job(&api, &id, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+
+    // 4. A new version the vendor signed is swapped in hot.
+    let next = path("next.wasm");
+    pack(
+        &plugins().join("local-ca.wasm"),
+        "local-ca",
+        "0.1.4",
+        "0.2.0",
+        &next,
+    );
+    sign(&next, "vendor.key", &next);
+    publish(&next, &plugin_dir, "local-ca");
+    wait_for(Duration::from_secs(10), "0.1.4 to load", || async {
+        version_of(&backend_status(&api, "local").await)
+            .starts_with("local-ca 0.1.4")
+            .then_some(())
+    })
+    .await;
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert_eq!(
+        log.matches("new plugin version refused").count(),
+        3,
+        "{log}"
+    );
+
+    // check-config says the same of an unsigned file before a restart would.
+    publish(&unsigned, &plugin_dir, "local-ca");
+    let out = daemon.cli(&["check-config"]);
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("it is not signed"),
+        "{said}"
+    );
+}

@@ -126,10 +126,12 @@ fn scratch_keys(config: &Config, scratch: &tempfile::TempDir) -> Result<Arc<KeyS
                         subject: s.subject.clone(),
                         validity_days: s.validity_days,
                     }),
+                    role: k.role.clone(),
                 },
             )
         })
         .collect();
+    keys.assign_roles(config.key_roles());
     crate::pki::ca::provision(&keys, &software)?;
     Ok(keys)
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{self, Checker, ConfigError, ConfigPath};
 use crate::crypto::AlgorithmPolicy;
-use crate::custody::{CustodyConfig, KeyConfig};
+use crate::custody::{CustodyConfig, KeyConfig, KeyRole};
 use crate::jobs::{JobsConfig, ProfileConfig};
 use crate::pki::pkcs12::PfxConfig;
 use crate::plugins::{BackendConfig, EngineLimits, PluginsConfig};
@@ -95,11 +95,26 @@ impl Config {
                         ),
                     ));
                 }
-                if !self.keys.contains_key(k.get_ref()) {
+                let Some(key) = self.keys.get(k.get_ref()) else {
                     return Err(cx.at(
                         k.span(),
                         format!("backends.{name}.keys"),
                         format!("key {:?} is not declared in [keys]", k.get_ref()),
+                    ));
+                };
+                if key.role().host_only() || self.host_made_key(k.get_ref()) {
+                    return Err(cx.at(
+                        k.span(),
+                        format!("backends.{name}.keys"),
+                        format!(
+                            "key {:?} is the host's own ({}); it is never granted to a plugin",
+                            k.get_ref(),
+                            if key.role().host_only() {
+                                format!("role {}", key.role().as_str())
+                            } else {
+                                "certconn makes and uses it itself".to_owned()
+                            }
+                        ),
                     ));
                 }
             }
@@ -140,12 +155,26 @@ impl Config {
         if let Some(rev) = &self.revocation {
             rev.check(cx)?;
             for (name, ca) in &rev.cas {
-                if !self.keys.contains_key(ca.key.get_ref()) {
-                    return Err(cx.at(
-                        ca.key.span(),
-                        format!("revocation.cas.{name}.key"),
-                        format!("key {:?} is not declared in [keys]", ca.key.get_ref()),
-                    ));
+                match self.keys.get(ca.key.get_ref()).map(|k| k.role()) {
+                    None => {
+                        return Err(cx.at(
+                            ca.key.span(),
+                            format!("revocation.cas.{name}.key"),
+                            format!("key {:?} is not declared in [keys]", ca.key.get_ref()),
+                        ))
+                    }
+                    Some(KeyRole::Ca | KeyRole::General) => {}
+                    Some(other) => {
+                        return Err(cx.at(
+                            ca.key.span(),
+                            format!("revocation.cas.{name}.key"),
+                            format!(
+                            "key {:?} has role {}; a CA's CRLs are signed by a key with role ca",
+                            ca.key.get_ref(),
+                            other.as_str()
+                        ),
+                        ))
+                    }
                 }
             }
         }
@@ -158,15 +187,54 @@ impl Config {
                     format!("no profile named {:?}", scep.profile.get_ref()),
                 ));
             }
-            if !self.keys.contains_key(scep.ca_key.get_ref()) {
-                return Err(cx.at(
-                    scep.ca_key.span(),
-                    "scep.ca_key",
-                    format!("key {:?} is not declared in [keys]", scep.ca_key.get_ref()),
-                ));
+            match self.keys.get(scep.ca_key.get_ref()).map(|k| k.role()) {
+                None => {
+                    return Err(cx.at(
+                        scep.ca_key.span(),
+                        "scep.ca_key",
+                        format!("key {:?} is not declared in [keys]", scep.ca_key.get_ref()),
+                    ))
+                }
+                Some(KeyRole::Ca | KeyRole::General) => {}
+                Some(other) => {
+                    return Err(cx.at(
+                        scep.ca_key.span(),
+                        "scep.ca_key",
+                        format!(
+                            "key {:?} has role {}; the SCEP server's CA key has role ca",
+                            scep.ca_key.get_ref(),
+                            other.as_str()
+                        ),
+                    ))
+                }
             }
         }
         Ok(())
+    }
+
+    /// The keys certconn makes and uses itself: the SCEP server's RA keys (every generation, and
+    /// their encryption twins) and the OCSP responders' keys.
+    fn host_made_key(&self, name: &str) -> bool {
+        let ra = self.scep.as_ref().is_some_and(|s| {
+            let base = s.ra_key.as_str();
+            name.strip_prefix(base).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with('.') || rest.starts_with("-enc")
+            })
+        });
+        let responder = self.revocation.as_ref().is_some_and(|r| {
+            r.cas
+                .keys()
+                .any(|ca| crate::revocation::PublishedCa::responder_key(ca) == name)
+        });
+        ra || responder
+    }
+
+    /// The role of each key `[keys]` declares, for custody.
+    pub fn key_roles(&self) -> BTreeMap<String, crate::custody::KeyRole> {
+        self.keys
+            .iter()
+            .map(|(name, k)| (name.clone(), k.role()))
+            .collect()
     }
 
     /// A job must be able to outlive one plugin call without its lease running out: a lease at
@@ -399,6 +467,42 @@ backend = "local"
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn a_keys_role_limits_who_may_be_granted_it() {
+        // The host's own keys are never granted, whether by role or because certconn makes them.
+        let ra = GOOD.replace(
+            "[backends.local]",
+            "[keys.ra]\nalgorithm = \"rsa-2048\"\nrole = \"scep-ra\"\n[backends.local]",
+        );
+        let e = error(&ra.replace("keys = [\"ca\"]", "keys = [\"ca\", \"ra\"]"));
+        assert!(
+            e.contains("backends.local.keys") && e.contains("host's own (role scep-ra)"),
+            "{e}"
+        );
+        let made = format!(
+            "{}[keys.scep-ra]\nalgorithm = \"rsa-2048\"\n[scep]\nca_key = \"ca\"\nprofile = \"device\"\nchallenge_file = \"c\"\n",
+            GOOD.replace("keys = [\"ca\"]", "keys = [\"ca\", \"scep-ra\"]")
+        );
+        let e = error(&made);
+        assert!(e.contains("certconn makes and uses it itself"), "{e}");
+        // A self-signed key is a CA; saying otherwise is an error at the role's line.
+        let e = error(&GOOD.replace(
+            "self_signed = { subject = \"CN=Test CA\" }",
+            "self_signed = { subject = \"CN=Test CA\" }\nrole = \"signing\"",
+        ));
+        assert!(e.contains("line 8: keys.ca.role"), "{e}");
+        let c = Config::parse(Path::new("c.toml"), GOOD).unwrap();
+        assert_eq!(c.key_roles()["ca"], KeyRole::Ca);
+        let e = error(&GOOD.replace(
+            "algorithm = \"ec-p256\"",
+            "algorithm = \"ec-p256\"\nrole = \"boss\"",
+        ));
+        assert!(
+            e.contains("keys.ca.role") || e.contains("unknown variant"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -178,6 +178,7 @@ impl App {
         let lock = datadir::lock(&config.data_dir)?;
         let instance = datadir::instance_id(&config.data_dir)?;
         let keys = Arc::new(KeyStore::open(&config.keys_dir(), &config.custody)?);
+        keys.assign_roles(config.key_roles());
         crate::pki::ca::provision(&keys, &config.keys)?;
         let journal: Arc<dyn Journal> =
             Arc::new(SqliteJournal::open(&config.journal_path(), &instance)?);

@@ -8,7 +8,7 @@ use certconn_x509::extensions::{ExtendedKeyUsageName, KeyUsageName};
 use der::oid::ObjectIdentifier;
 
 use super::store::StoredKey;
-use super::{CustodyError, KeyStore};
+use super::{CustodyError, KeyRole, KeyStore};
 use crate::journal::SignatureTrail;
 
 /// The handle that names, during one `issue` or `poll` call, the key the CSR certifies when
@@ -220,6 +220,18 @@ impl Grants {
             .as_ref()
             .and_then(|s| s.get(handle).ok())
             .ok_or_else(|| CustodyError::NotGranted(handle.into()))
+    }
+
+    /// The role of the key behind `handle`: the call-bound handles are the job's own device
+    /// keys (signing and decrypting, as enrolment protocols need).
+    pub fn role(&self, handle: &str) -> KeyRole {
+        match handle {
+            REQUEST_HANDLE | CURRENT_HANDLE => KeyRole::General,
+            _ => self
+                .store
+                .as_ref()
+                .map_or(KeyRole::General, |s| s.role(handle)),
+        }
     }
 
     /// What a CA key may sign in this call.

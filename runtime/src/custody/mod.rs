@@ -15,7 +15,7 @@ pub use grant::Grants;
 pub use kek::KekSource;
 pub use key::{KeyAlgorithm, PrivateKey};
 pub use pkcs11::Pkcs11Config;
-pub use settings::{CustodyConfig, KeyConfig, SelfSigned};
+pub use settings::{CustodyConfig, KeyConfig, KeyRole, SelfSigned};
 pub use store::{KeyLocation, KeyStore, StoredKey};
 
 /// Why a custody operation failed.

@@ -80,6 +80,68 @@ pub struct KeyConfig {
     pub store: Spanned<KeyLocation>,
     /// Give the key a self-signed CA certificate when it is created (for `local-ca`).
     pub self_signed: Option<SelfSigned>,
+    /// What the key is for, which fixes what it may do ([`KeyRole`]). Default: `ca` for a key
+    /// with `self_signed`, else `general`.
+    pub role: Option<Spanned<KeyRole>>,
+}
+
+/// What a custody key is for. The role fixes what a plugin granted the key may have it do;
+/// the roles the host keeps for itself cannot be granted at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyRole {
+    /// Signs certificates: for a plugin, only the job's own certificate (the issuance policy),
+    /// even before it has a CA certificate; never decrypts.
+    Ca,
+    /// The SCEP server's RA key: the host's only, never granted to a plugin.
+    ScepRa,
+    /// Decrypts imported PFX passwords: decrypts only, never signs.
+    PfxPassword,
+    /// A plugin's own signing key (a client-auth key, a request-signing key): signs, never
+    /// decrypts; a certificate that makes it a CA still brings the issuance policy.
+    Signing,
+    /// certconn's identity towards its upstream service: the host's only.
+    UpstreamIdentity,
+    /// No role stated: signs and decrypts, and the issuance policy applies when its
+    /// certificate is a CA's (how keys behaved before roles).
+    General,
+}
+
+impl KeyRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ca => "ca",
+            Self::ScepRa => "scep-ra",
+            Self::PfxPassword => "pfx-password",
+            Self::Signing => "signing",
+            Self::UpstreamIdentity => "upstream-identity",
+            Self::General => "general",
+        }
+    }
+
+    /// Only the host uses keys of this role; a backend may not be granted one.
+    pub fn host_only(self) -> bool {
+        matches!(self, Self::ScepRa | Self::UpstreamIdentity)
+    }
+
+    /// Why a plugin may not have a key of this role sign, if it may not.
+    pub fn refuses_signing(self) -> Option<&'static str> {
+        match self {
+            Self::PfxPassword => Some("a pfx-password key only decrypts"),
+            _ if self.host_only() => Some("this key is the host's own"),
+            _ => None,
+        }
+    }
+
+    /// Why a plugin may not have a key of this role decrypt, if it may not.
+    pub fn refuses_decryption(self) -> Option<&'static str> {
+        match self {
+            Self::Ca => Some("a CA key never decrypts for a plugin"),
+            Self::Signing => Some("a signing key only signs"),
+            _ if self.host_only() => Some("this key is the host's own"),
+            _ => None,
+        }
+    }
 }
 
 /// A self-signed CA certificate for a key created at first start.
@@ -104,6 +166,16 @@ fn default_ca_days() -> u32 {
 }
 
 impl KeyConfig {
+    /// The key's role: as stated, else `ca` for a key made with a self-signed CA certificate,
+    /// else `general`.
+    pub fn role(&self) -> KeyRole {
+        match (&self.role, &self.self_signed) {
+            (Some(r), _) => *r.get_ref(),
+            (None, Some(_)) => KeyRole::Ca,
+            (None, None) => KeyRole::General,
+        }
+    }
+
     /// Checks what can be checked of key `name` on its own, and against the custody section.
     pub fn check(
         &self,
@@ -117,6 +189,18 @@ impl KeyConfig {
                 format!("keys.{name}.store"),
                 "store = \"pkcs11\" needs a [custody.pkcs11] section (module, token_label)",
             ));
+        }
+        if let (Some(role), Some(_)) = (&self.role, &self.self_signed) {
+            if *role.get_ref() != KeyRole::Ca {
+                return Err(cx.at(
+                    role.span(),
+                    format!("keys.{name}.role"),
+                    format!(
+                        "self_signed makes a CA certificate, so the role is ca, not {}",
+                        role.get_ref().as_str()
+                    ),
+                ));
+            }
         }
         if let Some(ss) = &self.self_signed {
             if let Err(e) = certconn_x509::dn::parse(ss.subject.get_ref()) {

@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 
 use super::kek::{self, Kek};
 use super::pkcs11::Token;
-use super::{CustodyConfig, CustodyError, KeyAlgorithm, PrivateKey};
+use super::{CustodyConfig, CustodyError, KeyAlgorithm, KeyRole, PrivateKey};
 use crate::files::{self, overwrite_and_remove, write_atomic};
 use crate::journal::SignatureTrail;
 use certconn_x509::pem;
@@ -38,6 +38,8 @@ pub struct KeyStore {
     keys: RwLock<BTreeMap<String, Arc<StoredKey>>>,
     /// Where every signature a CA key makes is recorded first (set once the journal is open).
     trail: std::sync::OnceLock<Arc<dyn SignatureTrail>>,
+    /// The role of each key the config declares (`[keys.NAME] role`); others are general.
+    roles: std::sync::OnceLock<BTreeMap<String, KeyRole>>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -174,6 +176,20 @@ impl KeyStore {
         let _ = self.trail.set(trail);
     }
 
+    /// Gives the keys the config declares their roles (once, at start, before any backend
+    /// loads; a second call is ignored).
+    pub fn assign_roles(&self, roles: BTreeMap<String, KeyRole>) {
+        let _ = self.roles.set(roles);
+    }
+
+    /// The role of key `name`: as the config declared it, else general.
+    pub fn role(&self, name: &str) -> KeyRole {
+        self.roles
+            .get()
+            .and_then(|r| r.get(name).copied())
+            .unwrap_or(KeyRole::General)
+    }
+
     /// The signature trail, once set.
     pub fn signature_trail(&self) -> Option<Arc<dyn SignatureTrail>> {
         self.trail.get().cloned()
@@ -248,6 +264,7 @@ impl KeyStore {
             token,
             keys: RwLock::new(keys),
             trail: std::sync::OnceLock::new(),
+            roles: std::sync::OnceLock::new(),
         };
         for name in to_seal {
             let key = store.get(&name)?;

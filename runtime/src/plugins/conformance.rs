@@ -317,6 +317,13 @@ pub async fn run(config: KitConfig<'_>, options: &KitOptions) -> Result<Report, 
         &scratch.path().join("keys"),
         &CustodyConfig::default(),
     )?);
+    keys.assign_roles(
+        config
+            .keys
+            .iter()
+            .map(|(name, k)| (name.clone(), k.role()))
+            .collect(),
+    );
     crate::pki::ca::provision(&keys, config.keys)?;
     let spec = InstanceSpec::from_config(
         &backend_name,

@@ -13,7 +13,7 @@ use crate::crypto::policy::Cipher;
 use crate::crypto::provider::{self, Digest, Padding};
 use crate::crypto::CryptoError;
 use crate::custody::grant::{CURRENT_HANDLE, REQUEST_HANDLE};
-use crate::custody::CustodyError;
+use crate::custody::{CustodyError, KeyRole};
 use crate::journal::{JournalError, NewSignature, SignatureRecord, SignatureTrail, SignedKind};
 
 /// Longest log message kept from a plugin; longer ones are cut.
@@ -105,6 +105,15 @@ impl PluginState {
         ))
     }
 
+    /// A use the key's role does not allow: logged with the plugin version, and the plugin's
+    /// error (which fails its job) says why.
+    fn refuse_by_role(&self, handle: &str, operation: &str, why: &str) -> custody::CustodyError {
+        tracing::error!(backend = %self.backend, plugin = %self.plugin.name_version, plugin_sha256 = %self.plugin.sha256, job = self.job.as_deref(), handle, "key role: refused to {operation} with key {handle}: {why}");
+        custody::CustodyError::Failed(format!(
+            "certconn refused to {operation} with key {handle}: {why}"
+        ))
+    }
+
     /// What the signature trail records of a permitted certificate, before it is signed, and
     /// where. Without a trail (tools that run a plugin without a journal) nothing is recorded.
     fn trail_entry(
@@ -168,7 +177,18 @@ impl custody::Host for PluginState {
             .key(&handle)
             .inspect_err(|_| self.denied("sign", &handle))
             .map_err(custody_error)?;
-        if let Some(ca) = super::issuance::ca_certificate_of(&key.chain) {
+        let role = self.grants.role(&handle);
+        if let Some(why) = role.refuses_signing() {
+            return Err(self.refuse_by_role(&handle, "sign", why));
+        }
+        let ca = super::issuance::ca_certificate_of(&key.chain);
+        if ca.is_none() && role == KeyRole::Ca {
+            return Err(self.refuse(
+                &handle,
+                "its role is ca, but custody holds no CA certificate for it to check a certificate against",
+            ));
+        }
+        if let Some(ca) = ca {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -196,6 +216,9 @@ impl custody::Host for PluginState {
             .key(&handle)
             .inspect_err(|_| self.denied("decrypt", &handle))
             .map_err(custody_error)?;
+        if let Some(why) = self.grants.role(&handle).refuses_decryption() {
+            return Err(self.refuse_by_role(&handle, "decrypt", why));
+        }
         key.key
             .decrypt(padding(pad), &ciphertext)
             .map(|plain| plain.to_vec())

@@ -428,3 +428,71 @@ async fn a_plugin_holding_the_ca_key_signs_only_the_jobs_certificate() {
         "{err}"
     );
 }
+
+/// Each custody key has a role that fixes what a plugin granted it may have it do: a CA key
+/// never decrypts (and signs only the job's certificate), a PFX-password key never signs, a
+/// signing key never decrypts. Each refusal fails the job with the reason and is logged with
+/// the plugin version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_role_fixes_what_a_plugin_may_have_it_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra = String::from(
+        "[keys.pfx-password]\nalgorithm = \"rsa-2048\"\nrole = \"pfx-password\"\n[keys.signer]\nalgorithm = \"ec-p256\"\nrole = \"signing\"\n",
+    );
+    for key in ["local-ca", "pfx-password", "signer"] {
+        extra.push_str(&format!(
+            "[backends.misuse-{key}]\nplugin = \"sandbox-probe\"\nkeys = [\"{key}\"]\nsettings = {{ mode = \"misuse-key\", handle = \"{key}\" }}\n[profiles.misuse-{key}]\nbackend = \"misuse-{key}\"\n"
+        ));
+    }
+    let plugins = mixed_plugin_dir(dir.path());
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugins, &extra).replace("workers = 4", "workers = 4\nmax_attempts = 1")
+    });
+    let api = daemon.client();
+    let mut said = std::collections::BTreeMap::new();
+    for key in ["local-ca", "pfx-password", "signer"] {
+        let id = submit(&api, &format!("misuse-{key}"), key, json!({})).await;
+        let job = wait_job(&api, &id, Duration::from_secs(60)).await;
+        assert_eq!(job["state"], "failed", "{key}: {job}");
+        said.insert(
+            key,
+            job["last_error"].as_str().unwrap_or_default().to_owned(),
+        );
+    }
+    let ca = &said["local-ca"];
+    assert!(
+        ca.contains("sign: ") && ca.contains("not a TBSCertificate"),
+        "{ca}"
+    );
+    assert!(
+        ca.contains("decrypt: ") && ca.contains("a CA key never decrypts for a plugin"),
+        "{ca}"
+    );
+    let pfx = &said["pfx-password"];
+    assert!(pfx.contains("a pfx-password key only decrypts"), "{pfx}");
+    assert!(
+        !pfx.contains("refused to decrypt"),
+        "a pfx-password key may decrypt: {pfx}"
+    );
+    let signer = &said["signer"];
+    assert!(
+        signer.contains("sign: done"),
+        "a signing key signs: {signer}"
+    );
+    assert!(signer.contains("a signing key only signs"), "{signer}");
+
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    for (key, op) in [
+        ("local-ca", "decrypt"),
+        ("pfx-password", "sign"),
+        ("signer", "decrypt"),
+    ] {
+        assert!(
+            log.lines().any(
+                |l| l.contains(&format!("key role: refused to {op} with key {key}"))
+                    && l.contains("sandbox-probe 0.")
+            ),
+            "{key} {op}: {log}"
+        );
+    }
+}

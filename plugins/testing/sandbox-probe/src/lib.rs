@@ -251,6 +251,26 @@ impl Backend for Probe {
                     Err(e) => Err(error::rejected(format!("custody refused {handle}: {e}"))),
                 }
             }
+            // Asks custody to sign and to decrypt with `handle`, and says what each answered.
+            "misuse-key" => {
+                let handle = c.handle.as_deref().unwrap_or("local-ca");
+                let signed = host::sign(
+                    handle,
+                    certconn_sdk::x509::SignatureScheme::EcdsaP256Sha256,
+                    b"x",
+                );
+                let decrypted =
+                    host::decrypt(handle, host::EncryptionPadding::RsaOaepSha256, &[0u8; 256]);
+                let outcome = |r: Result<Vec<u8>, host::CustodyError>| match r {
+                    Ok(_) => "done".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                Err(error::rejected(format!(
+                    "sign: {}; decrypt: {}",
+                    outcome(signed),
+                    outcome(decrypted)
+                )))
+            }
             "forge" => forge(
                 c.handle.as_deref().unwrap_or("local-ca"),
                 c.forge.as_deref().unwrap_or("honest"),

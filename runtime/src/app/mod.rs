@@ -256,6 +256,9 @@ impl App {
             )?)),
             None => None,
         };
+        if let Some(ra) = &scep {
+            ra.record_made().await;
+        }
         tracing::debug!(journal = %journal.location(), schema = journal.schema_version(), %instance, "opened");
         Ok(Self {
             config,

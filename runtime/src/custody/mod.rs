@@ -10,6 +10,7 @@ pub mod key;
 pub mod pkcs11;
 pub mod settings;
 pub mod store;
+pub mod trail;
 
 pub use grant::Grants;
 pub use kek::KekSource;
@@ -55,6 +56,8 @@ pub enum CustodyError {
     Token { token: String, reason: String },
     #[error("key {0:?} is on a PKCS#11 token, but custody.pkcs11 is not configured")]
     NoToken(String),
+    #[error("the signature trail")]
+    Trail(#[source] crate::journal::JournalError),
     #[error("key file {path} is corrupt: {reason}")]
     Corrupt {
         path: std::path::PathBuf,

@@ -4,6 +4,15 @@ use serde::{Deserialize, Serialize};
 
 use super::Password;
 
+/// Serial numbers as OpenSSL prints them: lowercase hex without DER sign-padding zeros.
+pub fn serial_hex(bytes: &[u8]) -> String {
+    let trimmed = match bytes.iter().position(|b| *b != 0) {
+        Some(i) => &bytes[i..],
+        None => &bytes[bytes.len().saturating_sub(1)..],
+    };
+    hex::encode(trimmed)
+}
+
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

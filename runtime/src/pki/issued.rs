@@ -84,14 +84,8 @@ pub fn check(
     })
 }
 
-/// Serial numbers as OpenSSL prints them: lowercase hex without DER sign-padding zeros.
-pub fn serial_hex(bytes: &[u8]) -> String {
-    let trimmed = match bytes.iter().position(|b| *b != 0) {
-        Some(i) => &bytes[i..],
-        None => &bytes[bytes.len().saturating_sub(1)..],
-    };
-    hex::encode(trimmed)
-}
+/// Serial numbers as the ledger keeps them (defined with the ledger).
+pub use crate::journal::record::serial_hex;
 
 #[cfg(test)]
 mod tests {

@@ -299,14 +299,7 @@ impl Publisher {
                 what: "reading back its CRL",
                 source: PkiError::Invalid(e.to_string()),
             })?;
-        self.record(
-            a,
-            SignedKind::Crl,
-            &tbs,
-            format!("{number:x}"),
-            String::new(),
-        )
-        .await?;
+        self.record_crl(a, &tbs, number).await?;
         if let Some(dir) = &self.crl_dir {
             for (file, bytes) in [
                 (format!("{}.crl", a.name), &der),
@@ -336,16 +329,10 @@ impl Publisher {
         Ok(())
     }
 
-    /// Records a signature the host made with `a`'s CA key in the signature trail, before what
-    /// it signed is served or stored (see `journal::trail`).
-    async fn record(
-        &self,
-        a: &Authority,
-        kind: SignedKind,
-        tbs: &[u8],
-        serial: String,
-        subject: String,
-    ) -> Result<(), PublishError> {
+    /// Records CRL `number`, which the host signed with `a`'s CA key, in the signature trail
+    /// before it is served or stored (see `journal::trail`).
+    async fn record_crl(&self, a: &Authority, tbs: &[u8], number: u64) -> Result<(), PublishError> {
+        let kind = SignedKind::Crl;
         let Some(trail) = self.keys.signature_trail() else {
             return Ok(());
         };
@@ -355,15 +342,15 @@ impl Publisher {
                 kind,
                 job: None,
                 backend: "host".into(),
-                signer: format!("certconn {}", env!("CARGO_PKG_VERSION")),
+                signer: crate::custody::trail::host_signer(),
                 signer_sha256: String::new(),
                 tbs_sha256: hex::encode(crate::crypto::provider::digest(
                     crate::crypto::provider::Digest::Sha256,
                     tbs,
                 )),
                 issuer: a.issuer_name.to_string(),
-                serial,
-                subject,
+                serial: format!("{number:x}"),
+                subject: String::new(),
             })
             .await?;
         tracing::info!(ca = %a.name, seq = r.seq, hash = %r.hash, "signature trail: CA key {} signs a {}", a.ca.name, kind.as_str());
@@ -414,27 +401,7 @@ impl Publisher {
             what: "issuing its OCSP responder certificate",
             source,
         })?;
-        let signed = Certificate::from_der(&cert).map_err(|e| PublishError::Pki {
-            ca: a.name.clone(),
-            what: "reading back its OCSP responder certificate",
-            source: PkiError::Invalid(e.to_string()),
-        })?;
-        let tbs = signed
-            .tbs_certificate
-            .to_der()
-            .map_err(|e| PublishError::Pki {
-                ca: a.name.clone(),
-                what: "encoding its OCSP responder certificate",
-                source: PkiError::Invalid(e.to_string()),
-            })?;
-        self.record(
-            a,
-            SignedKind::Certificate,
-            &tbs,
-            crate::pki::issued::serial_hex(signed.tbs_certificate.serial_number.as_bytes()),
-            signed.tbs_certificate.subject.to_string(),
-        )
-        .await?;
+        crate::custody::trail::record_host_certificate(&self.keys, &a.ca.name, &cert).await?;
         self.keys.set_chain(&name, vec![cert, a.ca_der.clone()])?;
         let renewed = self.keys.get(&name)?;
         *a.responder.write().unwrap_or_else(|p| p.into_inner()) = Some(renewed);

@@ -337,6 +337,37 @@ fn a_revocation_reaches_the_crl_and_the_ocsp_responder_that_openssl_reads() {
     assert_eq!(published, served);
     let status = cli_ok(&daemon, &["status"]);
     assert!(status.contains("CA local: CRL #"), "{status}");
+
+    // The signature trail holds every CRL the CA key signed, by number, and the OCSP
+    // responder's certificate, beside the certificates issued for jobs.
+    let listed = cli_ok(&daemon, &["audit", "list", "--json", "--last", "1000"]);
+    let entries: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let crls: Vec<u64> = entries
+        .iter()
+        .filter(|e| e["kind"] == "crl")
+        .map(|e| u64::from_str_radix(e["serial"].as_str().unwrap(), 16).unwrap())
+        .collect();
+    let last = crl_number(&superseded);
+    assert!(
+        crls.len() >= 3 && crls.windows(2).all(|w| w[0] < w[1]) && crls.contains(&last),
+        "CRL numbers {crls:?}, last {last}"
+    );
+    assert!(
+        entries.iter().any(|e| e["backend"] == "host"
+            && e["subject"]
+                .as_str()
+                .unwrap()
+                .contains("OCSP responder for local")),
+        "{listed}"
+    );
+    assert!(entries.iter().all(|e| e["key"] == "local-ca"), "{listed}");
+    assert!(
+        cli_ok(&daemon, &["audit", "verify"]).contains("chain intact"),
+        "{listed}"
+    );
 }
 
 #[test]

@@ -138,6 +138,34 @@ fn scepclient_enrols_with_the_static_challenge_and_openssl_verifies_the_certific
         !log.contains("wrong-challenge"),
         "a given challenge is not logged"
     );
+
+    // The CA key signed two certificates: the RA's (the host's own, at first start) and the
+    // device's (for the local-ca plugin's job); the signature trail holds both, in that order.
+    let listed = ok(daemon.cli(&["audit", "list", "--json"]));
+    let entries: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2, "{listed}");
+    assert_eq!(entries[0]["backend"], "host", "{listed}");
+    assert!(
+        entries[0]["signer"]
+            .as_str()
+            .unwrap()
+            .starts_with("certconn "),
+        "{listed}"
+    );
+    assert!(
+        entries[1]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("CN=device-one"),
+        "{listed}"
+    );
+    assert!(
+        ok(daemon.cli(&["audit", "verify"])).contains("2 entries, chain intact"),
+        "{listed}"
+    );
 }
 
 #[test]

@@ -222,7 +222,13 @@ impl Ra {
             if let Err(e) = self.maintain(unix_now()) {
                 tracing::error!(event_id = 4404, error = %crate::report::chain(&e), "SCEP RA maintenance failed");
             }
+            self.record_made().await;
         }
+    }
+
+    /// Records the RA certificates made since the last call in the signature trail.
+    pub async fn record_made(&self) {
+        self.ra_keys.record_made().await;
     }
 
     /// What status shows of the RA: its generation, when the next one comes, any warning.

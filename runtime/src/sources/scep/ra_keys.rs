@@ -84,6 +84,9 @@ struct Maker {
     validity_days: u32,
     /// Whether the CA key opens requests sealed for the CA certificate (`scep.decrypt_with_ca_key`).
     ca_decrypts: bool,
+    /// RA certificates made since the signature trail last took them ([`RaKeys::take_made`]):
+    /// making one happens under the generations' lock, recording it is async.
+    made: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 /// The RA's keys: which generation signs, which is next, which decrypt.
@@ -110,6 +113,7 @@ impl RaKeys {
             ca,
             validity_days: sc.ra_validity_days,
             ca_decrypts: sc.decrypt_with_ca_key,
+            made: std::sync::Mutex::default(),
         };
         let mut all = vec![maker.generation(1, now)?];
         for number in 2.. {
@@ -188,6 +192,24 @@ impl RaKeys {
             );
         }
         Ok(())
+    }
+
+    /// Records the RA certificates made since the last call in the signature trail. They are
+    /// the CA key's signatures too; they are made under the generations' lock, which no await
+    /// may cross, so they are recorded right after (at start, and after each maintenance).
+    pub async fn record_made(&self) {
+        let made = std::mem::take(&mut *self.maker.made.lock().unwrap_or_else(|p| p.into_inner()));
+        for cert in made {
+            if let Err(e) = crate::custody::trail::record_host_certificate(
+                &self.maker.keys,
+                &self.maker.ca.name,
+                &cert,
+            )
+            .await
+            {
+                tracing::error!(event_id = 4405, error = %crate::report::chain(&e), "could not record an SCEP RA certificate in the signature trail");
+            }
+        }
     }
 
     /// What `certconn status` and `/v1/health` show of the RA at `now`.
@@ -312,7 +334,12 @@ impl Maker {
             now,
         )
         .map_err(RaError::Certificate)?;
-        self.keys.set_chain(&name, vec![cert, ca_cert.clone()])?;
+        self.keys
+            .set_chain(&name, vec![cert.clone(), ca_cert.clone()])?;
+        self.made
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(cert);
         tracing::info!(key = %name, generation = number, "issued an SCEP RA certificate");
         Ok(self.keys.get(&name)?)
     }

@@ -570,15 +570,21 @@ pub(crate) async fn the_signature_trail_chains_every_entry_and_never_reuses_a_se
         .await
         .unwrap();
     // The serial is reserved across instances, and a refused append records nothing.
-    match b
-        .append_signature(&signature("01", SignedKind::Certificate))
-        .await
-    {
+    let mut reuse = signature("01", SignedKind::Certificate);
+    reuse.tbs_sha256 = "ef".repeat(32);
+    match b.append_signature(&reuse).await {
         Err(JournalError::SerialReused { seq, serial, .. }) => {
             assert_eq!((seq, serial.as_str()), (1, "01"))
         }
         other => panic!("a reused serial was not refused: {other:?}"),
     }
+    // The very same certificate again (a retry) is the entry already there, not a new one.
+    assert_eq!(
+        b.append_signature(&signature("02", SignedKind::Certificate))
+            .await
+            .unwrap(),
+        second
+    );
     let mut other_issuer = signature("01", SignedKind::Certificate);
     other_issuer.issuer = "CN=Another CA".into();
     a.append_signature(&other_issuer).await.unwrap();

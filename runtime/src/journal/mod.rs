@@ -246,8 +246,9 @@ pub trait ReplayGuard: Send + Sync {
 #[async_trait::async_trait]
 pub trait SignatureTrail: Send + Sync {
     /// Records `signature` as the next entry of the chain, durably, before the signature is
-    /// made. A certificate serial its issuer already used is refused with
-    /// [`JournalError::SerialReused`] and nothing is recorded.
+    /// made. A certificate serial its issuer already used for another certificate is refused
+    /// with [`JournalError::SerialReused`] and nothing is recorded; the same certificate again
+    /// (the same TBSCertificate hash: a retried job) returns the entry already there.
     async fn append_signature(
         &self,
         signature: &NewSignature,

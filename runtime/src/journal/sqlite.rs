@@ -912,10 +912,19 @@ impl SignatureTrail for SqliteJournal {
                     )
                     .optional()?;
                 if let Some(seq) = used {
+                    let seq = u64::try_from(seq).unwrap_or(0);
+                    // The very same certificate again (a retried job whose first answer was
+                    // lost) is not a reuse: it is the entry already there.
+                    if let Some(same) = signatures_after(&tx, seq.saturating_sub(1), 1)?
+                        .into_iter()
+                        .find(|r| r.seq == seq && r.signature.tbs_sha256 == s.tbs_sha256)
+                    {
+                        return Ok(same);
+                    }
                     return Err(JournalError::SerialReused {
                         issuer: s.issuer,
                         serial: s.serial,
-                        seq: u64::try_from(seq).unwrap_or(0),
+                        seq,
                     });
                 }
             }

@@ -240,6 +240,9 @@ async fn list(config_path: &Path, json: bool) -> anyhow::Result<()> {
                 r.get("reason").map(text).unwrap_or("-")
             );
         }
+        if let Some(f) = p["signed_by"].as_str() {
+            println!("plugin {}: signed by publisher {f}", text(&p["plugin"]));
+        }
         if p["unloaded"].as_bool() == Some(true) {
             println!("plugin {}: unloaded", text(&p["plugin"]));
         }

@@ -494,6 +494,43 @@ impl Registry {
                 return Ok(report);
             }
         };
+        // Trust is decided before the code is compiled: a package no backend trusts never
+        // reaches the compiler.
+        let distrusted: BTreeMap<String, String> = users
+            .iter()
+            .filter_map(|i| {
+                super::signature::check_trust(signer.as_ref(), self.trust.for_backend(&i.name))
+                    .err()
+                    .map(|reason| (i.name.clone(), reason))
+            })
+            .collect();
+        let refuse_distrusted = |instance: &Instance, report: &mut LoadReport| {
+            let reason = distrusted.get(&instance.name)?;
+            tracing::error!(backend = %instance.name, %version, "new plugin version refused: {reason}");
+            instance.note_problem(match instance.current() {
+                Some(cur) => format!("kept {}: {version} refused: {reason}", cur.version_id()),
+                None => reason.clone(),
+            });
+            report.refused.push((instance.name.clone(), reason.clone()));
+            Some(reason.clone())
+        };
+        if distrusted.len() == users.len() {
+            let mut last = None;
+            for instance in &users {
+                last = refuse_distrusted(instance, &mut report).or(last);
+            }
+            if let Some(reason) = last {
+                self.remember_refusal(
+                    plugin,
+                    &path,
+                    &package.sha256,
+                    Some(&version),
+                    &reason,
+                    true,
+                );
+            }
+            return Ok(report);
+        }
         let sha = package.sha256.clone();
         let manifest = package.manifest.clone();
         let prepared = match compile_in_background(self.engine.clone(), package).await? {
@@ -510,16 +547,7 @@ impl Registry {
         let mut health_failed = false;
         let mut permanent_failure = None;
         for instance in &users {
-            if let Err(reason) = super::signature::check_trust(
-                signer.as_ref(),
-                self.trust.for_backend(&instance.name),
-            ) {
-                tracing::error!(backend = %instance.name, %version, "new plugin version refused: {reason}");
-                instance.note_problem(match instance.current() {
-                    Some(cur) => format!("kept {}: {version} refused: {reason}", cur.version_id()),
-                    None => reason.clone(),
-                });
-                report.refused.push((instance.name.clone(), reason.clone()));
+            if let Some(reason) = refuse_distrusted(instance, &mut report) {
                 permanent_failure = Some(reason);
                 continue;
             }

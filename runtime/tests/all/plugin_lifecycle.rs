@@ -765,6 +765,11 @@ async fn only_packages_a_trusted_publisher_signed_are_loaded() {
         plugins_status(&api).await["plugins"][0]["signed_by"],
         vendor
     );
+    let listed = ok(daemon.cli(&["plugins", "list"]));
+    assert!(
+        listed.contains(&format!("plugin local-ca: signed by publisher {vendor}")),
+        "{listed}"
+    );
     let serving = |status: &serde_json::Value, version: &str| {
         assert_eq!(version_of(status), version, "{status}");
         assert_eq!(status["state"], "serving", "{status}");

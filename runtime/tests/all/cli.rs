@@ -115,8 +115,7 @@ fn logs_to_a_file_carry_no_colour_codes() {
 async fn an_interrupted_submit_names_its_job_and_jobs_result_fetches_it_later() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    // A CA that takes 3 s, so the daemon can be stopped while the client waits.
-    let ca = MockCa::start(3000);
+    let ca = MockCa::start(0);
     let plugin_dir = plugin_dir_with(
         dir.path(),
         &[
@@ -129,6 +128,11 @@ async fn an_interrupted_submit_names_its_job_and_jobs_result_fetches_it_later() 
     );
     let extra = ca.backend("example", "");
     let mut daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
+    // The backend is drained (in memory only), so the job waits, journaled, while the client
+    // waits for it, and it cannot reach the CA before the daemon is killed. (A job killed while
+    // its request is at an idempotent CA with a key certconn made is another matter: see the
+    // issue 18 closing note.)
+    ok(daemon.cli(&["plugins", "drain", "example"]));
     let pfx = dir.path().join("later.pfx");
     let mut submit = Command::new(binary())
         .args([
@@ -170,6 +174,11 @@ async fn an_interrupted_submit_names_its_job_and_jobs_result_fetches_it_later() 
     let daemon = Daemon::start(&daemon.config, &daemon.log);
     let job = wait_job(&daemon.client(), &id, Duration::from_secs(60)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        ca.stats()["issue_requests"],
+        1,
+        "the job reached the CA once, after the restart"
+    );
     let shown = ok(daemon.cli(&["jobs", "show", &id]));
     assert!(
         shown.contains("state      succeeded")

@@ -82,6 +82,10 @@ impl Candidate for InstanceCandidate {
         &self.0.name
     }
 
+    fn reaches_outside(&self) -> bool {
+        self.0.reaches_outside()
+    }
+
     async fn lease(&self, wait: bool) -> Result<Slot, Unavailable> {
         match self.0.lease(wait).await {
             Ok(lease) => Ok(Slot::new(

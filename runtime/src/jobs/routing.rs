@@ -73,6 +73,10 @@ pub trait Verdict: Send {
 #[async_trait::async_trait]
 pub trait Candidate: Send + Sync {
     fn name(&self) -> &str;
+    /// True when a call may leave the host (the instance was granted network access): a CA
+    /// out there may act on a request whose answer certconn then loses, so the job must be
+    /// able to send the same request again.
+    fn reaches_outside(&self) -> bool;
     /// The serving version with a slot, if the instance admits a job now. With `wait`, waits
     /// for a slot; otherwise a full instance is [`Unavailable::Busy`].
     async fn lease(&self, wait: bool) -> Result<Slot, Unavailable>;
@@ -94,6 +98,12 @@ impl Route {
     /// The route of `profile`: its backend, then its fallbacks.
     pub fn for_profile(profile: &ProfileConfig, backends: &dyn Backends) -> Self {
         Self::of(profile.route(), backends)
+    }
+
+    /// True when any candidate may send the call off the host
+    /// ([`Candidate::reaches_outside`]).
+    pub fn reaches_outside(&self) -> bool {
+        self.candidates.iter().any(|c| c.reaches_outside())
     }
 
     /// Instance `name` alone (a pending job polls where it started; a revocation goes to the
@@ -390,6 +400,9 @@ pub(crate) mod testing {
     impl Candidate for Arc<StandIn> {
         fn name(&self) -> &str {
             &self.name
+        }
+        fn reaches_outside(&self) -> bool {
+            true
         }
         async fn lease(&self, _wait: bool) -> Result<Slot, Unavailable> {
             if let Some(why) = self.down.lock().unwrap().clone() {

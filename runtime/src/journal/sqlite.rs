@@ -942,9 +942,11 @@ impl SignatureTrail for SqliteJournal {
             let at = now_ms();
             let hash = trail::entry_hash(seq, at, &s, &prev_hash);
             tx.execute(
-                "INSERT INTO signature_trail (seq, at, key, kind, job_id, backend, signer,
-                   signer_sha256, tbs_sha256, issuer, serial, subject, prev_hash, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                concat!(
+                    "INSERT INTO signature_trail (",
+                    trail_columns!(),
+                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                ),
                 params![
                     i64::try_from(seq).unwrap_or(i64::MAX),
                     at,
@@ -984,6 +986,14 @@ impl SignatureTrail for SqliteJournal {
     }
 }
 
+/// The columns of a trail entry, in the order the append binds them and the reader reads them.
+macro_rules! trail_columns {
+    () => {
+        "seq, at, key, kind, job_id, backend, signer, signer_sha256, tbs_sha256, issuer, serial, subject, prev_hash, hash"
+    };
+}
+use trail_columns;
+
 /// The signature trail of the journal at `path`, read without changing anything (for
 /// `certconn audit`, which works on a stopped daemon's journal or a copy of it): up to `limit`
 /// entries after `after_seq`, oldest first. `Ok(None)` when the journal predates the trail.
@@ -1008,11 +1018,11 @@ fn signatures_after(
     after_seq: u64,
     limit: usize,
 ) -> Result<Vec<SignatureRecord>, JournalError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, at, key, kind, job_id, backend, signer, signer_sha256, tbs_sha256,
-                issuer, serial, subject, prev_hash, hash
-         FROM signature_trail WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-    )?;
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        trail_columns!(),
+        " FROM signature_trail WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+    ))?;
     let rows = stmt.query_map(
         params![
             i64::try_from(after_seq).unwrap_or(i64::MAX),

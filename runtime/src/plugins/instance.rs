@@ -165,6 +165,11 @@ impl Instance {
             .map(|b| b.plugin.sha256.clone())
     }
 
+    /// True when the instance was granted any host to talk to: its calls may leave the host.
+    pub fn reaches_outside(&self) -> bool {
+        !self.spec.http.grant.allow.is_empty()
+    }
+
     pub fn is_unloaded(&self) -> bool {
         self.versions().unloaded
     }

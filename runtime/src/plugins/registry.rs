@@ -451,6 +451,12 @@ impl Registry {
         };
         let version = package.version_id();
         report.version = Some(version.clone());
+        // This version is refused for every instance that uses it, and remembered so.
+        let refuse_package = |report: &mut LoadReport, sha: &str, reason: &str| {
+            tracing::error!(%plugin, %version, "new plugin version refused: {reason}");
+            self.remember_refusal(plugin, &path, sha, Some(&version), reason, true);
+            refuse_all(report, reason);
+        };
         let up_to_date = users
             .iter()
             .all(|i| i.loaded_sha().as_deref() == Some(package.sha256.as_str()));
@@ -465,32 +471,13 @@ impl Registry {
                 "the package is the plugin {:?} but is published as {}.wasm",
                 package.manifest.name, plugin
             );
-            tracing::error!(%plugin, %version, "new plugin version refused: {reason}");
-            self.remember_refusal(
-                plugin,
-                &path,
-                &package.sha256,
-                Some(&version),
-                &reason,
-                true,
-            );
-            refuse_all(&mut report, &reason);
+            refuse_package(&mut report, &package.sha256, &reason);
             return Ok(report);
         }
         let signer = match super::signature::signer_of(&package.bytes) {
             Ok(s) => s,
             Err(e) => {
-                let reason = e.to_string();
-                tracing::error!(%plugin, %version, "new plugin version refused: {reason}");
-                self.remember_refusal(
-                    plugin,
-                    &path,
-                    &package.sha256,
-                    Some(&version),
-                    &reason,
-                    true,
-                );
-                refuse_all(&mut report, &reason);
+                refuse_package(&mut report, &package.sha256, &e.to_string());
                 return Ok(report);
             }
         };
@@ -536,10 +523,7 @@ impl Registry {
         let prepared = match compile_in_background(self.engine.clone(), package).await? {
             Ok(p) => Arc::new(p),
             Err(e) => {
-                let reason = e.to_string();
-                tracing::error!(%plugin, %version, "new plugin version refused: {reason}");
-                self.remember_refusal(plugin, &path, &sha, Some(&version), &reason, true);
-                refuse_all(&mut report, &reason);
+                refuse_package(&mut report, &sha, &e.to_string());
                 return Ok(report);
             }
         };

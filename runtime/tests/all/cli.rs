@@ -129,9 +129,8 @@ async fn an_interrupted_submit_names_its_job_and_jobs_result_fetches_it_later() 
     let extra = ca.backend("example", "");
     let mut daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
     // The backend is drained (in memory only), so the job waits, journaled, while the client
-    // waits for it, and it cannot reach the CA before the daemon is killed. (A job killed while
-    // its request is at an idempotent CA with a key certconn made is another matter: see the
-    // issue 18 closing note.)
+    // waits for it, and it cannot reach the CA before the daemon is killed. (A job killed
+    // while its request is at the CA is crash_recovery's case.)
     ok(daemon.cli(&["plugins", "drain", "example"]));
     let pfx = dir.path().join("later.pfx");
     let mut submit = Command::new(binary())

@@ -91,3 +91,61 @@ async fn kill_nine_mid_batch_loses_and_duplicates_nothing() {
         .unwrap()
         .contains("resuming jobs that were running"));
 }
+
+/// The device key certconn made is kept in custody before the request leaves the host: killed
+/// while the request is at the CA, the daemon comes back, sends the same request again, and the
+/// CA (which remembers the job by its idempotency key) answers with the certificate it issued —
+/// for that key, which still exists. Then the kept key is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_killed_while_its_request_is_at_the_ca_gets_that_certificate_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each issuance takes 2 s at the CA: time for the kill to land while the request is there.
+    let ca = MockCa::start(2_000);
+    let plugin_dir = plugin_dir_with(
+        dir.path(),
+        &[
+            (
+                test_plugins().join("vendor-template.wasm"),
+                "vendor-template",
+            ),
+            (plugins().join("local-ca.wasm"), "local-ca"),
+        ],
+    );
+    let extra = ca.backend("example", "");
+    let mut daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
+    let (config, log) = (daemon.config.clone(), daemon.log.clone());
+    let id = submit(&daemon.client(), "example", "at-the-ca", json!({})).await;
+    wait_for(Duration::from_secs(60), "the request at the CA", || async {
+        (ca.stats()["in_flight"] == 1).then_some(())
+    })
+    .await;
+    daemon.kill9();
+    let keys_dir = dir.path().join("data/keys");
+    let kept = || {
+        std::fs::read_dir(&keys_dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("pending-"))
+            .count()
+    };
+    assert!(kept() > 0, "the device key was not kept before the call");
+    // The CA finishes the request the daemon no longer waits for.
+    wait_for(Duration::from_secs(60), "the CA to finish", || async {
+        (ca.stats()["in_flight"] == 0).then_some(())
+    })
+    .await;
+
+    let daemon = Daemon::start(&config, &log);
+    let job = wait_job(&daemon.client(), &id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        ca.stats()["issue_requests"],
+        2,
+        "the request was sent again after the restart"
+    );
+    // The CA issued once, for the kept key: the PFX holds that certificate and its key.
+    let pfx = dir.path().join("at-the-ca.pfx");
+    let fetched = ok(daemon.cli(&["jobs", "result", &id, "--out", pfx.to_str().unwrap()]));
+    openssl_pkcs12_info(&pfx, &shown_password(&fetched));
+    assert_eq!(kept(), 0, "the kept device key outlived its job");
+}

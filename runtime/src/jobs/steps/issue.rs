@@ -28,7 +28,8 @@ enum DeviceKey {
     /// Made for this attempt; it goes into the PFX. Held as a stored key (not in the store) so
     /// the backend can use it as the `request` handle.
     Fresh(Arc<StoredKey>),
-    /// Made by an earlier attempt that the CA answered `pending`; kept in custody until now.
+    /// Kept in custody until the job ends: made by an earlier attempt that the CA answered
+    /// `pending` or that may have reached it, or made now for a call that leaves the host.
     Kept(Arc<StoredKey>),
 }
 
@@ -117,6 +118,7 @@ impl Steps {
         let (csr, key) = self
             .csr_and_key(job, req, profile, subject.as_ref(), &sans)
             .await?;
+        let key = self.keep_if_outside(job, key, &route)?;
         let request = wit::IssueRequest {
             job_id: job.id.clone(),
             profile: req.profile.clone(),
@@ -253,6 +255,39 @@ impl Steps {
         let csr = pki::csr::build(private, subject, sans)
             .map_err(|e| JobError::permanent("building the CSR").because(e))?;
         Ok((csr, key))
+    }
+
+    /// Keeps a fresh device key in custody before a call that may leave the host. A CA out
+    /// there may issue for the request and the answer be lost (the daemon killed, the
+    /// connection cut); the retry then sends the same request for the same key, and a CA that
+    /// remembers the job (an idempotency key, a SCEP transaction id) answers with the
+    /// certificate it already issued — for this key, which must still exist. A backend on
+    /// the host itself (no network grant) loses nothing with its answer, and the key stays in
+    /// memory only.
+    fn keep_if_outside(
+        &self,
+        job: &JobRecord,
+        key: DeviceKey,
+        route: &Route,
+    ) -> Result<DeviceKey, JobError> {
+        let DeviceKey::Fresh(fresh) = key else {
+            return Ok(key);
+        };
+        if !route.reaches_outside() {
+            return Ok(DeviceKey::Fresh(fresh));
+        }
+        let copy = fresh
+            .key
+            .duplicate()
+            .map_err(|e| JobError::transient("copying the device key").because(e))?;
+        self.custody.keep_pending(&job.id, copy).map_err(|e| {
+            JobError::transient("keeping the device key before asking the CA").because(e)
+        })?;
+        let kept = self
+            .custody
+            .pending_key(&job.id)
+            .ok_or_else(|| JobError::transient("the device key just kept is not in custody"))?;
+        Ok(DeviceKey::Kept(kept))
     }
 
     /// Keeps a fresh device key in custody when the CA answered pending (the certificate it

@@ -56,9 +56,14 @@ pub async fn check(config: &Config) -> Result<CheckReport, std::io::Error> {
     Ok(report)
 }
 
-/// Secrets and state that `serve` reads: the API token, the SCEP challenge, the journal's
-/// schema, the key-encryption key, the PKCS#11 token.
+/// Secrets and state that `serve` reads: the API's TLS certificate and key, the API token, the
+/// SCEP challenge, the journal's schema, the key-encryption key, the PKCS#11 token.
 fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckReport) {
+    if let Some(tls) = &config.api.tls {
+        if let Err(e) = crate::sources::api::tls::server_config(tls, &config.policy()) {
+            report.problems.push(crate::report::chain(&e));
+        }
+    }
     let token = config.token_file();
     if token.exists() {
         if let Err(e) = crate::files::read_protected(&token) {

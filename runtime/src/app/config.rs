@@ -152,6 +152,7 @@ impl Config {
             }
         }
         self.check_lease(cx)?;
+        self.api.check(cx)?;
         if let Some(rev) = &self.revocation {
             rev.check(cx)?;
             for (name, ca) in &rev.cas {
@@ -375,16 +376,30 @@ impl Config {
 
     /// The API address clients use: the one the daemon wrote when it bound port 0, else
     /// `api.listen`.
+    /// An unspecified address (`0.0.0.0`, `::`) is reached on loopback.
     pub fn api_address(&self) -> std::net::SocketAddr {
-        if self.api.listen.port() == 0 {
-            if let Some(addr) = std::fs::read_to_string(self.api_addr_file())
+        let listen = *self.api.listen.get_ref();
+        let mut addr = listen;
+        if listen.port() == 0 {
+            if let Some(bound) = std::fs::read_to_string(self.api_addr_file())
                 .ok()
                 .and_then(|t| t.trim().parse().ok())
             {
-                return addr;
+                addr = bound;
             }
         }
-        self.api.listen
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        addr
+    }
+
+    /// Where `serve` writes the address of `api.plain_listen` it got.
+    pub fn plain_addr_file(&self) -> PathBuf {
+        self.data_dir.join("plain.addr")
     }
 
     pub fn policy(&self) -> AlgorithmPolicy {
@@ -439,7 +454,7 @@ backend = "local"
             c.backends["local"].settings_files["x"].get_ref().as_path(),
             Path::new("/abs/x.pem")
         );
-        assert_eq!(c.api.listen.to_string(), "127.0.0.1:7443");
+        assert_eq!(c.api.listen.get_ref().to_string(), "127.0.0.1:7443");
         assert_eq!(c.profiles["device"].key_algorithm, KeyAlgorithm::EcP256);
     }
 

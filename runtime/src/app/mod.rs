@@ -9,7 +9,9 @@ mod config;
 pub mod datadir;
 mod wiring;
 
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -25,6 +27,7 @@ use crate::journal::{Journal, JournalError, SqliteJournal};
 use crate::plugins::{PluginEngine, PluginError, Registry};
 use crate::revocation::Publisher;
 use crate::sources::api::server::ApiState;
+use crate::sources::api::tls::{Peer, TlsListener};
 use crate::sources::api::token::{self, TokenError};
 use crate::sources::scep::{Ra, RaError, RaPorts};
 
@@ -138,6 +141,8 @@ pub enum ServeError {
     Address(#[source] crate::files::FileError),
     #[error("the API server stopped")]
     Api(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::sources::api::tls::ApiTlsError),
     #[error("the scheduler stopped abnormally")]
     Scheduler(#[source] tokio::task::JoinError),
 }
@@ -290,14 +295,38 @@ impl App {
             token,
             max_body_bytes: self.config.api.max_body_bytes,
         });
-        let api = match &self.revocation {
-            Some(p) => crate::revocation::http::routes(p.clone()).merge(api),
-            None => api,
+        self.public_routes().merge(api)
+    }
+
+    /// What is served without the token (and, on `api.plain_listen`, without TLS): the SCEP
+    /// endpoint and the published CRLs, OCSP and CA certificates, when configured.
+    pub fn public_routes(&self) -> axum::Router {
+        let routes = axum::Router::new();
+        let routes = match &self.revocation {
+            Some(p) => crate::revocation::http::routes(p.clone()).merge(routes),
+            None => routes,
         };
         match &self.scep {
-            Some(ra) => crate::sources::scep::http::routes(ra.clone()).merge(api),
-            None => api,
+            Some(ra) => crate::sources::scep::http::routes(ra.clone()).merge(routes),
+            None => routes,
         }
+    }
+
+    /// Binds `addr` and writes the address it got to `file` (the readiness signal scripts and
+    /// tests wait for; the port, when `addr` asks for port 0).
+    async fn bind(
+        &self,
+        addr: SocketAddr,
+        file: &std::path::Path,
+    ) -> Result<tokio::net::TcpListener, ServeError> {
+        let bind_error = |source| ServeError::Bind { addr, source };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(bind_error)?;
+        let bound = listener.local_addr().map_err(bind_error)?;
+        crate::files::write_atomic(file, format!("{bound}\n").as_bytes(), 0o644)
+            .map_err(ServeError::Address)?;
+        Ok(listener)
     }
 
     /// Runs the scheduler until `shutdown` turns true; jobs in flight finish first.
@@ -324,24 +353,29 @@ impl App {
     pub async fn serve(&self, shutdown: watch::Receiver<bool>) -> Result<(), ServeError> {
         let token_path = self.config.token_file();
         let token = token::load_or_create(&token_path)?;
-        let listen = self.config.api.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: listen,
-                source,
-            })?;
+        let api_config = &self.config.api;
+        // The certificate and key are read before anything listens: a bad file stops the start.
+        let tls = api_config
+            .tls
+            .as_ref()
+            .map(|t| crate::sources::api::tls::server_config(t, &self.config.policy()))
+            .transpose()?;
+        let plain = match api_config.plain_listen {
+            Some(addr) => Some(self.bind(addr, &self.config.plain_addr_file()).await?),
+            None => None,
+        };
+        // Bound last: api.addr says everything is listening.
+        let listener = self
+            .bind(*api_config.listen.get_ref(), &self.config.api_addr_file())
+            .await?;
         let bound = listener.local_addr().map_err(|source| ServeError::Bind {
-            addr: listen,
+            addr: *api_config.listen.get_ref(),
             source,
         })?;
-        crate::files::write_atomic(
-            &self.config.api_addr_file(),
-            format!("{bound}\n").as_bytes(),
-            0o644,
-        )
-        .map_err(ServeError::Address)?;
-        tracing::info!(api = %bound, token_file = %token_path.display(), backends = self.registry.instances().count(), "certconn is serving");
+        if tls.is_some() && self.scep.is_some() && plain.is_none() {
+            tracing::warn!("the SCEP endpoint is served over TLS only (on the API listener); most SCEP clients need plain HTTP: set api.plain_listen");
+        }
+        tracing::info!(api = %bound, tls = tls.is_some(), plain = ?plain.as_ref().and_then(|l| l.local_addr().ok()), token_file = %token_path.display(), backends = self.registry.instances().count(), "certconn is serving");
 
         let scheduler = tokio::spawn(self.scheduler.clone().run(shutdown.clone()));
         if let Some(p) = &self.revocation {
@@ -351,12 +385,38 @@ impl App {
             tokio::spawn(ra.clone().run(RA_TICK, shutdown.clone()));
         }
         let watcher = self.run_plugin_watcher(shutdown.clone());
-        let mut api_stop = shutdown.clone();
-        let api = axum::serve(listener, self.router(token)).with_graceful_shutdown(async move {
-            let _ = api_stop.wait_for(|s| *s).await;
-        });
-        let (api, ()) = tokio::join!(api, watcher);
+        let stopped = |mut stop: watch::Receiver<bool>| async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let app = self
+            .router(token)
+            .into_make_service_with_connect_info::<Peer>();
+        let api: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+            Some(config) => Box::pin(
+                axum::serve(
+                    TlsListener::new(listener, config).map_err(ServeError::Api)?,
+                    app,
+                )
+                .with_graceful_shutdown(stopped(shutdown.clone()))
+                .into_future(),
+            ),
+            None => Box::pin(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped(shutdown.clone()))
+                    .into_future(),
+            ),
+        };
+        let plain: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match plain {
+            Some(listener) => Box::pin(
+                axum::serve(listener, self.public_routes())
+                    .with_graceful_shutdown(stopped(shutdown.clone()))
+                    .into_future(),
+            ),
+            None => Box::pin(async { Ok(()) }),
+        };
+        let (api, plain, ()) = tokio::join!(api, plain, watcher);
         api.map_err(ServeError::Api)?;
+        plain.map_err(ServeError::Api)?;
         scheduler.await.map_err(ServeError::Scheduler)?;
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod ntlm;
 pub mod oaep;
 pub mod policy;
 pub mod provider;
+pub mod tls;
 
 pub use policy::AlgorithmPolicy;
 

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod api_tls;
 mod bad_input;
 mod bench_smoke;
 mod certmonger;

@@ -186,11 +186,7 @@ fn client_config(
     roots: Arc<RootCertStore>,
     policy: &AlgorithmPolicy,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    #[cfg(feature = "fips")]
-    let provider = rustls::crypto::default_fips_provider();
-    #[cfg(not(feature = "fips"))]
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+    let mut config = ClientConfig::builder_with_provider(crate::crypto::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
         .with_root_certificates(roots)

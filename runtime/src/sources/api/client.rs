@@ -1,17 +1,27 @@
-//! A small client for the request API, used by the CLI.
+//! A small client for the request API, used by the CLI: plain HTTP on loopback, or TLS as
+//! `[api.tls]` says (see [`super::tls::client_config`]). One connection per call: the CLI makes
+//! a handful of calls, and nothing is kept between them.
+
+use std::net::SocketAddr;
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
+
+use super::tls::ApiTlsError;
 
 /// Talks to one daemon.
 pub struct ApiClient {
+    addr: SocketAddr,
     base: String,
     token: Zeroizing<String>,
-    http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
 /// A non-2xx answer, with the server's error text.
@@ -24,11 +34,50 @@ pub enum ClientError {
 }
 
 impl ApiClient {
-    pub fn new(addr: std::net::SocketAddr, token: Zeroizing<String>) -> Self {
+    /// A client for a daemon serving plain HTTP at `addr`.
+    pub fn new(addr: SocketAddr, token: Zeroizing<String>) -> Self {
         Self {
+            addr,
             base: format!("http://{addr}"),
             token,
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            tls: None,
+        }
+    }
+
+    /// A client for the daemon `config` describes: its address, and TLS when `[api.tls]` is
+    /// set.
+    pub fn for_config(
+        config: &crate::app::Config,
+        token: Zeroizing<String>,
+    ) -> Result<Self, ApiTlsError> {
+        let addr = config.api_address();
+        let Some(tls) = &config.api.tls else {
+            return Ok(Self::new(addr, token));
+        };
+        let connector = TlsConnector::from(super::tls::client_config(tls, &config.policy())?);
+        let name = super::tls::server_name(tls, addr)?;
+        Ok(Self {
+            addr,
+            base: format!("https://{addr}"),
+            token,
+            tls: Some((connector, name)),
+        })
+    }
+
+    /// One request on a fresh connection.
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        match &self.tls {
+            Some((connector, name)) => {
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                send(tls, request).await
+            }
+            None => send(tcp, request).await,
         }
     }
 
@@ -46,16 +95,13 @@ impl ApiClient {
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
         let request = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base))
+            .uri(path)
+            .header("host", self.addr.to_string())
             .header("authorization", format!("Bearer {}", self.token.as_str()))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| unreachable(e.to_string()))?;
-        let response = self
-            .http
-            .request(request)
-            .await
-            .map_err(|e| unreachable(format!("{e}")))?;
+        let response = self.exchange(request).await.map_err(unreachable)?;
         let status = response.status();
         let body = response
             .into_body()
@@ -82,4 +128,19 @@ impl ApiClient {
             })
         }
     }
+}
+
+/// Sends `request` over `io` (HTTP/1.1) and returns the response head; the body streams on.
+async fn send<I>(io: I, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, String>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -6,10 +6,12 @@
 //! - `server`: routes and handlers.
 //! - `certificates`: the ledger for administrators.
 //! - `client`: what the CLI uses to talk to a running daemon.
+//! - `tls`: the API over TLS, and client certificates.
 
 pub mod certificates;
 pub mod client;
 pub mod server;
+pub mod tls;
 pub mod token;
 
 use std::net::SocketAddr;
@@ -23,7 +25,7 @@ pub struct ApiConfig {
     /// Where the request API listens. Loopback by default; port 0 takes a free port and writes
     /// the address it got to `<data_dir>/api.addr`.
     #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
+    pub listen: toml::Spanned<SocketAddr>,
     /// Bearer token file; created with mode 0600 on first start. Default: `<data_dir>/api-token`.
     pub token_file: Option<ConfigPath>,
     /// Largest request body accepted.
@@ -32,6 +34,16 @@ pub struct ApiConfig {
         deserialize_with = "crate::config::in_range::<_, usize, 1024, 1_073_741_824>"
     )]
     pub max_body_bytes: usize,
+    /// TLS for the API (and everything served on its listener).
+    pub tls: Option<tls::ApiTlsConfig>,
+    /// Serve the API in plain HTTP on an address other than loopback. The bearer token then
+    /// crosses the network in clear, so it takes this explicit setting.
+    #[serde(default)]
+    pub allow_plain_http: bool,
+    /// A second listener, plain HTTP, serving only what clients need without TLS and without
+    /// the token: the SCEP endpoint (its messages are CMS-protected) and the published CRLs,
+    /// OCSP and CA certificates. Port 0 takes a free port, written to `<data_dir>/plain.addr`.
+    pub plain_listen: Option<SocketAddr>,
 }
 
 impl Default for ApiConfig {
@@ -40,12 +52,37 @@ impl Default for ApiConfig {
             listen: default_listen(),
             token_file: None,
             max_body_bytes: default_body_limit(),
+            tls: None,
+            allow_plain_http: false,
+            plain_listen: None,
         }
     }
 }
 
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 7443))
+fn default_listen() -> toml::Spanned<SocketAddr> {
+    toml::Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 7443)))
+}
+
+impl ApiConfig {
+    /// Refuses an API that would carry its bearer token in clear over a network: a listener off
+    /// loopback needs `[api.tls]`, or `allow_plain_http = true` for a network the administrator
+    /// trusts (a TLS-terminating proxy on the same host, a private segment).
+    pub fn check(&self, cx: &crate::config::Checker<'_>) -> Result<(), crate::config::ConfigError> {
+        let listen = self.listen.get_ref();
+        if !listen.ip().is_loopback() && self.tls.is_none() && !self.allow_plain_http {
+            return Err(cx.at(
+                self.listen.span(),
+                "api.listen",
+                format!(
+                    "{listen} is reachable from the network, and the API's bearer token would cross it in clear; \
+                     configure [api.tls] (certificate and key), listen on loopback, or set \
+                     api.allow_plain_http = true if a TLS proxy or a trusted network protects it. \
+                     SCEP clients that need plain HTTP can use api.plain_listen"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_body_limit() -> usize {

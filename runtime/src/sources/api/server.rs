@@ -188,11 +188,21 @@ async fn mint_scep_challenge(State(state): State<AppState>) -> Result<Response, 
         .into_response())
 }
 
+/// The bearer token, or a client certificate the TLS handshake verified against
+/// `api.tls.client_ca` (only asked for when that is set).
 async fn authenticate(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let by_certificate = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<super::tls::Peer>>()
+        .and_then(|peer| peer.0.client_certificate.as_ref());
+    if let Some(subject) = by_certificate {
+        tracing::debug!(client = %subject, "API request authenticated by client certificate");
+        return Ok(next.run(request).await);
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)

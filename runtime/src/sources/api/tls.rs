@@ -1,0 +1,298 @@
+//! The request API over TLS (`[api.tls]`). The API carries a bearer token that can issue,
+//! revoke and read results, so off loopback it must not travel in clear. The server side is
+//! rustls on this build's provider ([`crate::crypto::tls::provider`]: the FIPS one in FIPS
+//! builds); the CLI's client side trusts the certificates of the configured chain, so a
+//! self-signed API certificate works without touching the system trust store.
+//!
+//! Client certificates are optional: with `client_ca`, a client that presents a certificate
+//! issued by one of those CAs is authenticated by it (admin tools that hold a certificate rather
+//! than the token); a client without one still connects and must present the token.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ConfigPath;
+use crate::crypto::AlgorithmPolicy;
+use crate::files::FileError;
+
+/// How long a client may take over the handshake before its connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes that finished and wait for the server to take them.
+const ACCEPT_QUEUE: usize = 64;
+
+/// `[api.tls]`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    /// PEM file: the API's certificate first, then its chain.
+    pub certificate: ConfigPath,
+    /// PEM file of the certificate's private key (PKCS#8, SEC1 or PKCS#1); a secret file (mode
+    /// 0600, owned by certconn's user).
+    pub key: ConfigPath,
+    /// PEM file of the CAs whose client certificates authenticate a client instead of the
+    /// token. Without it no client certificate is asked for.
+    pub client_ca: Option<ConfigPath>,
+    /// The name the CLI checks the certificate against when it connects. Default: the IP
+    /// address it connects to (`api.listen`, with an unspecified address meaning loopback).
+    pub server_name: Option<String>,
+}
+
+/// Why the API's TLS could not be set up. Each names the setting to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiTlsError {
+    #[error("api.tls.{setting}: {path}")]
+    Read {
+        setting: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("api.tls.key")]
+    Key(#[source] FileError),
+    #[error("api.tls.{setting}: {path}: {reason}")]
+    Pem {
+        setting: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("api.tls.key: {key} is not the key of the certificate in {certificate}")]
+    KeyMismatch {
+        key: std::path::PathBuf,
+        certificate: std::path::PathBuf,
+    },
+    #[error("api.tls: the certificate or the key is not usable: {0}")]
+    Certified(#[source] rustls::Error),
+    #[error("api.tls.client_ca: {0}")]
+    ClientCa(String),
+    #[error("api.tls: the TLS configuration is not FIPS-approved in this build")]
+    NotFips,
+    #[error("api.tls.server_name: {0:?} is neither a DNS name nor an IP address")]
+    ServerName(String),
+}
+
+/// The server configuration: the certificate and key read now (a bad file stops the start
+/// with the reason), client certificates asked for when `client_ca` is set.
+pub fn server_config(
+    tls: &ApiTlsConfig,
+    policy: &AlgorithmPolicy,
+) -> Result<Arc<ServerConfig>, ApiTlsError> {
+    let chain = certificates("certificate", &tls.certificate)?;
+    let key_pem = crate::files::read_protected(&tls.key).map_err(ApiTlsError::Key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| ApiTlsError::Pem {
+        setting: "key",
+        path: tls.key.to_path_buf(),
+        reason: format!("no usable private key ({e})"),
+    })?;
+    let provider = crate::crypto::tls::provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(ApiTlsError::Certified)?;
+    let builder = match &tls.client_ca {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for (i, cert) in certificates("client_ca", path)?.into_iter().enumerate() {
+                roots.add(cert).map_err(|e| {
+                    ApiTlsError::ClientCa(format!("{}: certificate {}: {e}", path.display(), i + 1))
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| ApiTlsError::ClientCa(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => ApiTlsError::KeyMismatch {
+            key: tls.key.to_path_buf(),
+            certificate: tls.certificate.to_path_buf(),
+        },
+        other => ApiTlsError::Certified(other),
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if policy.fips && !config.fips() {
+        return Err(ApiTlsError::NotFips);
+    }
+    Ok(Arc::new(config))
+}
+
+/// The CLI's client configuration: it trusts the certificates of the configured chain (the
+/// CLI runs beside the daemon and reads the same config), so neither a private CA nor a
+/// self-signed certificate needs the system trust store.
+pub fn client_config(
+    tls: &ApiTlsConfig,
+    policy: &AlgorithmPolicy,
+) -> Result<Arc<ClientConfig>, ApiTlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates("certificate", &tls.certificate)? {
+        // A chain may hold certificates webpki cannot take as anchors; the others still do.
+        let _ = roots.add(cert);
+    }
+    let mut config = ClientConfig::builder_with_provider(crate::crypto::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(ApiTlsError::Certified)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if policy.fips && !config.fips() {
+        return Err(ApiTlsError::NotFips);
+    }
+    Ok(Arc::new(config))
+}
+
+/// The name the CLI verifies for a daemon at `addr`.
+pub fn server_name(
+    tls: &ApiTlsConfig,
+    addr: SocketAddr,
+) -> Result<ServerName<'static>, ApiTlsError> {
+    match &tls.server_name {
+        Some(name) => {
+            ServerName::try_from(name.clone()).map_err(|_| ApiTlsError::ServerName(name.clone()))
+        }
+        None => Ok(ServerName::IpAddress(addr.ip().into())),
+    }
+}
+
+/// Every certificate in the PEM file `path`; at least one.
+fn certificates(
+    setting: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, ApiTlsError> {
+    let pem = std::fs::read(path).map_err(|source| ApiTlsError::Read {
+        setting,
+        path: path.to_owned(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiTlsError::Pem {
+            setting,
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(ApiTlsError::Pem {
+            setting,
+            path: path.to_owned(),
+            reason: "no PEM CERTIFICATE block in it".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Who is at the other end of a connection to the API.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The subject of the client certificate the handshake verified, if one was presented.
+    pub client_certificate: Option<String>,
+}
+
+/// A TLS listener for `axum::serve`. Handshakes run in their own tasks, each bounded by
+/// [`HANDSHAKE_TIMEOUT`], so a client that stalls mid-handshake holds up nobody else.
+pub struct TlsListener {
+    local: SocketAddr,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, Peer)>,
+}
+
+impl TlsListener {
+    /// Serves TLS with `config` on `tcp` until this listener is dropped.
+    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (tx, ready) = mpsc::channel(ACCEPT_QUEUE);
+        let acceptor = TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = tx.closed() => return,
+                    a = tcp.accept() => a,
+                };
+                let (stream, addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait rather than spin.
+                        tracing::warn!("API listener: accepting a connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let peer = Peer {
+                                addr,
+                                client_certificate: client_subject(&tls),
+                            };
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %addr, "API: TLS handshake failed: {e}")
+                        }
+                        Err(_) => tracing::debug!(peer = %addr, "API: TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { local, ready })
+    }
+}
+
+/// The subject of the verified client certificate on `tls`.
+fn client_subject(tls: &TlsStream<TcpStream>) -> Option<String> {
+    use der::Decode;
+    let first = tls.get_ref().1.peer_certificates()?.first()?;
+    let subject = x509_cert::Certificate::from_der(first)
+        .map(|c| c.tbs_certificate.subject.to_string())
+        .unwrap_or_else(|_| "an unreadable subject".to_owned());
+    Some(subject)
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(next) => next,
+            // The accepting task holds the sender until this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(Peer {
+            addr: self.local,
+            client_certificate: None,
+        })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        Peer {
+            addr: *stream.remote_addr(),
+            client_certificate: None,
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The request API over TLS: the CLI and curl reach it with the configured certificate, plain
+//! HTTP on the TLS port gets nowhere, a client certificate from `client_ca` stands in for the
+//! token, SCEP and the published CRLs stay reachable in plain HTTP on `plain_listen`, and an
+//! API off loopback without TLS is refused with the reason.
+
+use crate::common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// A certificate for the API at 127.0.0.1, self-signed, with its key (mode 0600).
+fn api_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (key, cert) = (dir.join("api.key"), dir.join("api.pem"));
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=certconn API",
+            ])
+            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .args(["-addext", "extendedKeyUsage=serverAuth"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    set_private(&key);
+    (cert, key)
+}
+
+fn set_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A CA for admin tools' client certificates, and one client certificate under it.
+fn client_ca_and_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca_key, ca) = openssl_self_signed(dir, "admin-ca", &["-newkey", "rsa:2048"]);
+    let (key, csr, cert) = (
+        dir.join("admin.key"),
+        dir.join("admin.csr"),
+        dir.join("admin.pem"),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-new", "-nodes", "-subj", "/CN=admin tool"])
+            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+    );
+    let ext = dir.join("client.ext");
+    std::fs::write(
+        &ext,
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .args(["-CAcreateserial", "-extfile"])
+            .arg(&ext)
+            .arg("-out")
+            .arg(&cert),
+    );
+    (ca, cert, key)
+}
+
+fn tls_config(data: &Path, cert: &Path, key: &Path, more: &str) -> String {
+    config_text(
+        data,
+        &plugins(),
+        &format!(
+            "[api.tls]\ncertificate = \"{}\"\nkey = \"{}\"\n{more}",
+            cert.display(),
+            key.display()
+        ),
+    )
+}
+
+/// `curl` against the daemon over TLS, trusting the API certificate: (HTTP status, body).
+fn curl(port: u16, path: &str, cacert: &Path, args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(cacert)
+        .args(args)
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "curl failed: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.trim().parse().expect("status code"), body.to_owned())
+}
+
+#[test]
+fn the_cli_and_curl_reach_the_api_over_tls_and_plain_http_gets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = api_certificate(dir.path());
+    let daemon = start_in(dir.path(), |data| tls_config(data, &cert, &key, ""));
+
+    // The CLI (which reads the same config) issues a certificate through the TLS API.
+    let pfx = dir.path().join("tls.pfx");
+    let password = issue_pfx(&daemon, "smime", "CN=over TLS", &pfx);
+    openssl_pkcs12_info(&pfx, &password);
+
+    // curl, trusting only the API certificate: TLS with the token works, without it 401.
+    let token = std::fs::read_to_string(dir.path().join("data/api-token")).unwrap();
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let (status, body) = curl(daemon.port, "/v1/jobs", &cert, &["-H", &auth]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("CN=over TLS"), "{body}");
+    let (status, _) = curl(daemon.port, "/v1/jobs", &cert, &[]);
+    assert_eq!(status, 401);
+
+    // openssl s_client sees the configured certificate, on TLS 1.3 or 1.2.
+    let mut s_client = Command::new("openssl")
+        .args(["s_client", "-brief", "-connect"])
+        .arg(format!("127.0.0.1:{}", daemon.port))
+        .arg("-CAfile")
+        .arg(&cert)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&s_client.stderr).to_string()
+        + &String::from_utf8_lossy(&std::mem::take(&mut s_client.stdout));
+    assert!(
+        seen.contains("CN=certconn API") || seen.contains("CN = certconn API"),
+        "{seen}"
+    );
+    assert!(seen.contains("Verification: OK"), "{seen}");
+
+    // Plain HTTP on the TLS port gets no HTTP answer, let alone data.
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    tcp.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plain HTTP was answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[test]
+fn a_client_certificate_from_client_ca_stands_in_for_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = api_certificate(dir.path());
+    let (client_ca, client_cert, client_key) = client_ca_and_certificate(dir.path());
+    let more = format!("client_ca = \"{}\"\n", client_ca.display());
+    let daemon = start_in(dir.path(), |data| tls_config(data, &cert, &key, &more));
+    let with_cert = [
+        "--cert",
+        client_cert.to_str().unwrap(),
+        "--key",
+        client_key.to_str().unwrap(),
+    ];
+    let (status, body) = curl(daemon.port, "/v1/jobs", &cert, &with_cert);
+    assert_eq!(status, 200, "{body}");
+    // No certificate and no token: the connection is fine, the request is not.
+    let (status, _) = curl(daemon.port, "/v1/jobs", &cert, &[]);
+    assert_eq!(status, 401);
+    // A certificate from another CA does not get through the handshake.
+    let (other_key, other) = openssl_self_signed(dir.path(), "stranger", &["-newkey", "rsa:2048"]);
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&cert)
+        .arg("--cert")
+        .arg(&other)
+        .arg("--key")
+        .arg(&other_key)
+        .arg(format!("https://127.0.0.1:{}/v1/jobs", daemon.port))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a stranger's certificate was accepted: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The CLI still uses the token.
+    ok(daemon.cli(&["jobs", "list"]));
+}
+
+#[test]
+fn scep_and_crls_stay_plain_http_on_plain_listen_and_nothing_else_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = api_certificate(dir.path());
+    let challenge = dir.path().join("challenge");
+    write_private(&challenge, "tls-test-challenge\n");
+    let daemon = start_in(dir.path(), |data| {
+        tls_config(data, &cert, &key, "").replace(
+            "listen = \"127.0.0.1:0\"\n",
+            "listen = \"127.0.0.1:0\"\nplain_listen = \"127.0.0.1:0\"\n",
+        ) + &scep_section(&challenge)
+    });
+    let plain: std::net::SocketAddr = std::fs::read_to_string(dir.path().join("data/plain.addr"))
+        .expect("serve writes data/plain.addr")
+        .trim()
+        .parse()
+        .unwrap();
+    let (status, caps) = http_raw(plain.port(), "GET", "/scep?operation=GetCACaps", b"");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&caps).contains("SCEPStandard"));
+    // The API is not on the plain listener, with or without a token.
+    let (status, _) = http_raw(plain.port(), "GET", "/v1/health", b"");
+    assert_eq!(status, 404);
+    let (status, _) = http_raw(plain.port(), "POST", "/v1/jobs/issue", b"{}");
+    assert_eq!(status, 404);
+    // The API is still there over TLS.
+    let (status, _) = curl(daemon.port, "/v1/health", &cert, &[]);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn an_api_off_loopback_without_tls_is_refused_unless_the_config_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("certconn.toml");
+    let text = config_text(&dir.path().join("data"), &plugins(), "")
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"");
+    std::fs::write(&config, &text).unwrap();
+    let out = Command::new(binary())
+        .args(["check-config", "--syntax-only", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("api.listen")
+            && stderr.contains("in clear")
+            && stderr.contains("[api.tls]"),
+        "{stderr}"
+    );
+    let out = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("api.listen"));
+
+    // Said explicitly, it is accepted.
+    std::fs::write(
+        &config,
+        text.replace(
+            "listen = \"0.0.0.0:0\"",
+            "listen = \"0.0.0.0:0\"\nallow_plain_http = true",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["check-config", "--syntax-only", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_key_that_is_not_the_certificates_stops_the_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = api_certificate(dir.path());
+    let (other_key, _) = openssl_self_signed(dir.path(), "other", &["-newkey", "rsa:2048"]);
+    set_private(&other_key);
+    let config = dir.path().join("certconn.toml");
+    std::fs::write(
+        &config,
+        tls_config(&dir.path().join("data"), &cert, &other_key, ""),
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("api.tls.key") && text.contains("is not the key of the certificate"),
+        "{text}"
+    );
+    // A key others may read is refused, naming the fix.
+    let (readable_cert, readable_key) = {
+        let sub = dir.path().join("readable");
+        std::fs::create_dir(&sub).unwrap();
+        api_certificate(&sub)
+    };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&readable_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(
+        &config,
+        tls_config(&dir.path().join("data"), &readable_cert, &readable_key, ""),
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("api.tls.key") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+}

@@ -397,6 +397,20 @@ impl Config {
         addr
     }
 
+    /// A client for the daemon this config describes: its address, and TLS when `[api.tls]`
+    /// is set.
+    pub fn api_client(
+        &self,
+        token: zeroize::Zeroizing<String>,
+    ) -> Result<crate::sources::api::client::ApiClient, crate::sources::api::tls::ApiTlsError> {
+        use crate::sources::api::client::ApiClient;
+        let addr = self.api_address();
+        match &self.api.tls {
+            Some(tls) => ApiClient::with_tls(addr, token, tls, &self.policy()),
+            None => Ok(ApiClient::new(addr, token)),
+        }
+    }
+
     /// Where `serve` writes the address of `api.plain_listen` it got.
     pub fn plain_addr_file(&self) -> PathBuf {
         self.data_dir.join("plain.addr")

@@ -281,9 +281,7 @@ pub(crate) fn api_client(
     config: &certconn::app::Config,
 ) -> anyhow::Result<certconn::sources::api::client::ApiClient> {
     let token = certconn::sources::api::token::read(&config.token_file())?;
-    Ok(certconn::sources::api::client::ApiClient::for_config(
-        config, token,
-    )?)
+    Ok(config.api_client(token)?)
 }
 
 #[cfg(test)]

@@ -44,17 +44,15 @@ impl ApiClient {
         }
     }
 
-    /// A client for the daemon `config` describes: its address, and TLS when `[api.tls]` is
-    /// set.
-    pub fn for_config(
-        config: &crate::app::Config,
+    /// A client for a daemon serving TLS at `addr` as `tls` (the daemon's own `[api.tls]`)
+    /// describes.
+    pub fn with_tls(
+        addr: SocketAddr,
         token: Zeroizing<String>,
+        tls: &super::tls::ApiTlsConfig,
+        policy: &crate::crypto::AlgorithmPolicy,
     ) -> Result<Self, ApiTlsError> {
-        let addr = config.api_address();
-        let Some(tls) = &config.api.tls else {
-            return Ok(Self::new(addr, token));
-        };
-        let connector = TlsConnector::from(super::tls::client_config(tls, &config.policy())?);
+        let connector = TlsConnector::from(super::tls::client_config(tls, policy)?);
         let name = super::tls::server_name(tls, addr)?;
         Ok(Self {
             addr,

@@ -175,7 +175,7 @@ impl Daemon {
     pub fn client(&self) -> ApiClient {
         let config = certconn::app::Config::load(&self.config).expect("config");
         let token = certconn::sources::api::token::read(&config.token_file()).expect("token");
-        ApiClient::for_config(&config, token).expect("API client")
+        config.api_client(token).expect("API client")
     }
 
     /// Runs the CLI against this daemon.

@@ -14,6 +14,7 @@ pub mod custody;
 pub mod files;
 pub mod jobs;
 pub mod journal;
+pub mod metrics;
 pub mod pki;
 pub mod plugins;
 pub mod report;

@@ -38,6 +38,17 @@ pub struct CertificateFacts {
     pub not_after: u64,
 }
 
+/// A DER certificate's validity (notBefore, notAfter), in seconds since the Unix epoch, without
+/// decoding its extensions: for code that only watches when certificates expire.
+pub fn validity_of(der: &[u8]) -> Result<(u64, u64)> {
+    let cert = Certificate::from_der(der)?;
+    let v = &cert.tbs_certificate.validity;
+    Ok((
+        v.not_before.to_unix_duration().as_secs(),
+        v.not_after.to_unix_duration().as_secs(),
+    ))
+}
+
 impl CertificateFacts {
     /// Decodes the facts of `cert`. A malformed extension is an error, not an absent one.
     pub fn of(cert: &Certificate) -> Result<Self> {

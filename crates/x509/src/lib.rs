@@ -24,7 +24,7 @@ pub use x509_cert;
 
 pub use algorithm::SignatureScheme;
 pub use extensions::{ExtendedKeyUsageName, KeyUsageName, SubjectAltName};
-pub use facts::CertificateFacts;
+pub use facts::{validity_of, CertificateFacts};
 pub use key::PublicKeyKind;
 pub use signed::SignedParts;
 pub use tbs::CertificateTemplate;

@@ -352,6 +352,15 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("api-token"))
     }
 
+    /// The read-only token's file (`api.read_token_file`).
+    pub fn read_token_file(&self) -> PathBuf {
+        self.api
+            .read_token_file
+            .as_ref()
+            .map(ConfigPath::to_path_buf)
+            .unwrap_or_else(|| self.data_dir.join("api-read-token"))
+    }
+
     pub fn cache_dir(&self) -> PathBuf {
         self.plugins
             .cache_dir

@@ -281,7 +281,7 @@ impl App {
     }
 
     /// The HTTP routes: the request API, and the SCEP server when configured.
-    pub fn router(&self, token: Zeroizing<String>) -> axum::Router {
+    pub fn router(&self, token: Zeroizing<String>, read_token: Zeroizing<String>) -> axum::Router {
         let api = crate::sources::api::server::router(ApiState {
             intake: self.intake.clone(),
             jobs: self.journal.clone(),
@@ -293,6 +293,14 @@ impl App {
             ledger: self.journal.clone(),
             revocation: self.revocation.clone(),
             token,
+            read_token,
+            watched_keys: self.config.keys.keys().cloned().collect(),
+            tls_not_after: self
+                .config
+                .api
+                .tls
+                .as_ref()
+                .and_then(crate::sources::api::tls::certificate_not_after),
             max_body_bytes: self.config.api.max_body_bytes,
         });
         self.public_routes().merge(api)
@@ -353,6 +361,7 @@ impl App {
     pub async fn serve(&self, shutdown: watch::Receiver<bool>) -> Result<(), ServeError> {
         let token_path = self.config.token_file();
         let token = token::load_or_create(&token_path)?;
+        let read_token = token::load_or_create(&self.config.read_token_file())?;
         let api_config = &self.config.api;
         // The certificate and key are read before anything listens: a bad file stops the start.
         let tls = api_config
@@ -389,7 +398,7 @@ impl App {
             let _ = stop.wait_for(|s| *s).await;
         };
         let app = self
-            .router(token)
+            .router(token, read_token)
             .into_make_service_with_connect_info::<Peer>();
         let api: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
             Some(config) => Box::pin(

@@ -104,6 +104,8 @@ impl Scheduler {
     /// Runs one leased job while renewing its lease, then records how it ended.
     async fn work(&self, leased: Leased) {
         let Leased { job, lease } = leased;
+        let started = std::time::Instant::now();
+        let waited = Duration::from_millis(u64::try_from(now_ms() - job.next_run_at).unwrap_or(0));
         let outcome = tokio::select! {
             biased;
             outcome = self.runner.run(&job) => outcome,
@@ -112,6 +114,12 @@ impl Scheduler {
                 return;
             }
         };
+        crate::metrics::global().job_ran(
+            job.kind.as_str(),
+            self.outcome_label(&job, &outcome),
+            started.elapsed(),
+            waited,
+        );
         match self.record(&job, &lease, outcome).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
@@ -136,6 +144,20 @@ impl Scheduler {
                     tracing::warn!(job = %lease.job_id, "renewing the lease: {}", crate::report::chain(&e))
                 }
             }
+        }
+    }
+
+    /// What [`Self::record`] will make of `outcome`, as the metrics count it.
+    fn outcome_label(&self, job: &JobRecord, outcome: &Outcome) -> crate::metrics::JobOutcome {
+        match outcome {
+            Ok(_) => "succeeded",
+            Err(e) => match e.class {
+                ErrorClass::Pending { .. } => "pending",
+                ErrorClass::Unavailable => "unavailable",
+                ErrorClass::Transient if job.attempts >= self.retry.max_attempts => "dead",
+                ErrorClass::Transient => "retried",
+                ErrorClass::Permanent => "failed",
+            },
         }
     }
 

@@ -193,7 +193,8 @@ impl LoadedBackend {
         };
         this.info = this.describe().await?;
         // `run` with configure=true fails with PluginError::Config on bad settings.
-        this.run(None, true, async |_, _| Ok(())).await?;
+        this.run("configure", None, true, async |_, _| Ok(()))
+            .await?;
         Ok(this)
     }
 
@@ -223,17 +224,33 @@ impl LoadedBackend {
     /// Runs one operation in a fresh instance (configured first when `configure` is set).
     async fn run<R>(
         &self,
+        operation: &'static str,
         job: Option<&str>,
         configure: bool,
         op: impl AsyncFnOnce(&mut Store<PluginState>, &BackendInstance) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        self.run_with_keys(job, CallKeys::default(), configure, op)
+        self.run_with_keys(operation, job, CallKeys::default(), configure, op)
             .await
     }
 
     /// `run`, with the call's own keys bound ([`CallKeys`]: the key the job's CSR certifies,
     /// and for a renewal the key of the certificate it replaces).
     async fn run_with_keys<R>(
+        &self,
+        operation: &'static str,
+        job: Option<&str>,
+        call_keys: CallKeys,
+        configure: bool,
+        op: impl AsyncFnOnce(&mut Store<PluginState>, &BackendInstance) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let started = std::time::Instant::now();
+        let answer = self.run_in_fresh_store(job, call_keys, configure, op).await;
+        let faulted = matches!(answer, Err(PluginError::Fault { .. }));
+        crate::metrics::global().plugin_call(&self.name, operation, started.elapsed(), faulted);
+        answer
+    }
+
+    async fn run_in_fresh_store<R>(
         &self,
         job: Option<&str>,
         call_keys: CallKeys,
@@ -312,8 +329,10 @@ impl LoadedBackend {
 
     /// `describe` in a fresh, unconfigured instance: the bare cost of instantiate + one call.
     pub async fn describe(&self) -> Result<BackendInfo, PluginError> {
-        self.run(None, false, async |store, b| b.describe(store).await)
-            .await
+        self.run("describe", None, false, async |store, b| {
+            b.describe(store).await
+        })
+        .await
     }
 
     /// `issue` for one job, with the job's own keys bound (see [`CallKeys`]).
@@ -322,9 +341,13 @@ impl LoadedBackend {
         request: &IssueRequest,
         call_keys: CallKeys,
     ) -> CallResult<IssuedCertificate> {
-        self.run_with_keys(Some(&request.job_id), call_keys, true, async |store, b| {
-            b.issue(store, request).await
-        })
+        self.run_with_keys(
+            "issue",
+            Some(&request.job_id),
+            call_keys,
+            true,
+            async |store, b| b.issue(store, request).await,
+        )
         .await
     }
 
@@ -335,7 +358,7 @@ impl LoadedBackend {
         token: &str,
         call_keys: CallKeys,
     ) -> CallResult<IssuedCertificate> {
-        self.run_with_keys(Some(job_id), call_keys, true, async |store, b| {
+        self.run_with_keys("poll", Some(job_id), call_keys, true, async |store, b| {
             b.poll(store, job_id, token).await
         })
         .await
@@ -343,7 +366,7 @@ impl LoadedBackend {
 
     /// `revoke` for one job.
     pub async fn revoke(&self, request: &RevokeRequest) -> CallResult<()> {
-        self.run(Some(&request.job_id), true, async |store, b| {
+        self.run("revoke", Some(&request.job_id), true, async |store, b| {
             b.revoke(store, request).await
         })
         .await
@@ -351,15 +374,18 @@ impl LoadedBackend {
 
     /// `check-import` for one import job.
     pub async fn check_import(&self, request: &ImportCheck) -> CallResult<()> {
-        self.run(Some(&request.job_id), true, async |store, b| {
-            b.check_import(store, request).await
-        })
+        self.run(
+            "check-import",
+            Some(&request.job_id),
+            true,
+            async |store, b| b.check_import(store, request).await,
+        )
         .await
     }
 
     /// `health`, configured.
     pub async fn health(&self) -> Result<HealthReport, PluginError> {
-        self.run(None, true, async |store, b| b.health(store).await)
+        self.run("health", None, true, async |store, b| b.health(store).await)
             .await
     }
 }

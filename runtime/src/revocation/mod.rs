@@ -591,12 +591,7 @@ fn not_after(cert_der: &[u8]) -> Option<u64> {
 
 /// True while more than a third of `cert_der`'s validity is left.
 fn third_left(cert_der: &[u8]) -> Option<bool> {
-    let cert = Certificate::from_der(cert_der).ok()?;
-    let v = &cert.tbs_certificate.validity;
-    let (start, end) = (
-        v.not_before.to_unix_duration().as_secs(),
-        v.not_after.to_unix_duration().as_secs(),
-    );
+    let (start, end) = certconn_x509::validity_of(cert_der).ok()?;
     let renew_at = end.saturating_sub((end.saturating_sub(start)) / 3);
     Some(now_secs() < renew_at)
 }

@@ -18,6 +18,7 @@ mod custody_at_rest;
 mod fips_mode;
 mod issue_openssl;
 mod keys_cli;
+mod metrics;
 mod ndes_backend;
 mod pfx_import;
 mod pkcs11_custody;

@@ -7,9 +7,11 @@
 //! - `certificates`: the ledger for administrators.
 //! - `client`: what the CLI uses to talk to a running daemon.
 //! - `tls`: the API over TLS, and client certificates.
+//! - `metrics`: `GET /metrics` for Prometheus.
 
 pub mod certificates;
 pub mod client;
+mod metrics;
 pub mod server;
 pub mod tls;
 pub mod token;
@@ -28,6 +30,10 @@ pub struct ApiConfig {
     pub listen: toml::Spanned<SocketAddr>,
     /// Bearer token file; created with mode 0600 on first start. Default: `<data_dir>/api-token`.
     pub token_file: Option<ConfigPath>,
+    /// The read-only token (it reads `/metrics` and nothing else), for a scraper that must not
+    /// hold the token that issues and revokes; created with mode 0600 on first start. Default:
+    /// `<data_dir>/api-read-token`.
+    pub read_token_file: Option<ConfigPath>,
     /// Largest request body accepted.
     #[serde(
         default = "default_body_limit",
@@ -51,6 +57,7 @@ impl Default for ApiConfig {
         Self {
             listen: default_listen(),
             token_file: None,
+            read_token_file: None,
             max_body_bytes: default_body_limit(),
             tls: None,
             allow_plain_http: false,

@@ -122,6 +122,13 @@ pub struct ApiState {
     /// The CRL and OCSP publisher, for health.
     pub revocation: Option<Arc<Publisher>>,
     pub token: Zeroizing<String>,
+    /// Reads `/metrics` and nothing else: for a scraper, which must not hold a token that
+    /// issues and revokes.
+    pub read_token: Zeroizing<String>,
+    /// The configured custody keys: `/metrics` shows when their certificates expire.
+    pub watched_keys: Vec<String>,
+    /// When the API's own TLS certificate expires (Unix seconds), with `[api.tls]`.
+    pub tls_not_after: Option<u64>,
     pub max_body_bytes: usize,
 }
 
@@ -155,9 +162,16 @@ pub fn router(state: ApiState) -> Router {
             post(certificates::set_reason),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let readable = Router::new()
+        .route("/metrics", get(super::metrics::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authenticate_reader,
+        ));
     Router::new()
         .route("/v1/health", get(health))
         .merge(authed)
+        .merge(readable)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -195,27 +209,54 @@ async fn authenticate(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let by_certificate = request
+    if by_certificate(&request) || presents(&request, &state.token) {
+        return Ok(next.run(request).await);
+    }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token",
+    ))
+}
+
+/// [`authenticate`], or the read-only token.
+async fn authenticate_reader(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if by_certificate(&request)
+        || presents(&request, &state.read_token)
+        || presents(&request, &state.token)
+    {
+        return Ok(next.run(request).await);
+    }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (the API token or the read-only token)",
+    ))
+}
+
+/// True when the TLS handshake verified a client certificate.
+fn by_certificate(request: &Request) -> bool {
+    let subject = request
         .extensions()
         .get::<axum::extract::ConnectInfo<super::tls::Peer>>()
         .and_then(|peer| peer.0.client_certificate.as_ref());
-    if let Some(subject) = by_certificate {
+    if let Some(subject) = subject {
         tracing::debug!(client = %subject, "API request authenticated by client certificate");
-        return Ok(next.run(request).await);
     }
+    subject.is_some()
+}
+
+/// True when the request's bearer token is `token` (compared in constant time).
+fn presents(request: &Request, token: &str) -> bool {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !provider::constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token",
-        ));
-    }
-    Ok(next.run(request).await)
+    provider::constant_time_eq(presented.as_bytes(), token.as_bytes())
 }
 
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {

@@ -167,6 +167,14 @@ pub fn server_name(
     }
 }
 
+/// When the API's certificate (the first in `certificate`) expires, in Unix seconds.
+pub fn certificate_not_after(tls: &ApiTlsConfig) -> Option<u64> {
+    let chain = certificates("certificate", &tls.certificate).ok()?;
+    certconn_x509::validity_of(chain.first()?)
+        .ok()
+        .map(|(_, end)| end)
+}
+
 /// Every certificate in the PEM file `path`; at least one.
 fn certificates(
     setting: &'static str,

@@ -231,6 +231,11 @@ impl Ra {
         self.ra_keys.record_made().await;
     }
 
+    /// When the RA certificate that signs now expires (Unix seconds).
+    pub fn current_not_after(&self) -> u64 {
+        self.ra_keys.current().not_after
+    }
+
     /// What status shows of the RA: its generation, when the next one comes, any warning.
     pub fn status(&self) -> serde_json::Value {
         self.ra_keys.status(unix_now())

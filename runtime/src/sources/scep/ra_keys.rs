@@ -14,9 +14,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use der::Decode;
 use x509_cert::name::Name;
-use x509_cert::Certificate;
 
 use super::ra::RaError;
 use super::settings::{RaLayout, ScepConfig};
@@ -353,11 +351,6 @@ fn renewal_overdue(st: &Generations, now: u64) -> bool {
 
 /// A certificate's validity, in seconds since the Unix epoch.
 fn validity(cert_der: &[u8]) -> Result<(u64, u64), RaError> {
-    let cert = Certificate::from_der(cert_der)
-        .map_err(|e| RaError::Certificate(PkiError::Invalid(format!("RA certificate: {e}"))))?;
-    let v = &cert.tbs_certificate.validity;
-    Ok((
-        v.not_before.to_unix_duration().as_secs(),
-        v.not_after.to_unix_duration().as_secs(),
-    ))
+    certconn_x509::validity_of(cert_der)
+        .map_err(|e| RaError::Certificate(PkiError::Invalid(format!("RA certificate: {e}"))))
 }

@@ -1,0 +1,297 @@
+//! Prometheus metrics: what the daemon counts as it works, and the text exposition format
+//! `/metrics` answers in.
+//!
+//! Counters and histograms live in one process-wide [`Metrics`] (as every Prometheus client
+//! library keeps its default registry): the job scheduler and the plugin host record into it
+//! without being handed a registry, and a counter starts at zero with the process, which
+//! Prometheus's `rate()` expects. Gauges that describe state rather than events (jobs by state,
+//! backend health, certificate expiry) are read at scrape time from where that state lives.
+//!
+//! Label values are bounded by the config: job kinds and outcomes are fixed sets, backends are
+//! the configured instances. Nothing is ever labelled by device, subject, serial or job.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// Upper bounds of the duration histograms, in seconds: from a millisecond (a local issue)
+/// to an hour (a job that waited out its backoff).
+const BUCKETS: [f64; 17] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 3600.0,
+];
+
+/// A duration histogram with [`BUCKETS`].
+#[derive(Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative; the exposition sums them), and one for +Inf.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let seconds = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// How a job's run ended, as the metrics count it.
+pub type JobOutcome = &'static str;
+
+/// Everything the daemon counts.
+#[derive(Default)]
+pub struct Metrics {
+    /// Runs of jobs, by (kind, outcome).
+    job_runs: Mutex<BTreeMap<(&'static str, JobOutcome), u64>>,
+    /// How long a run took, by kind.
+    job_seconds: Mutex<BTreeMap<&'static str, Arc<Histogram>>>,
+    /// How long a job waited between being due and being taken, by kind.
+    queue_wait_seconds: Mutex<BTreeMap<&'static str, Arc<Histogram>>>,
+    /// Plugin calls, by (backend, operation).
+    plugin_call_seconds: Mutex<BTreeMap<(String, &'static str), Arc<Histogram>>>,
+    /// Plugin faults (traps, limits), by backend.
+    plugin_faults: Mutex<BTreeMap<String, u64>>,
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    static GLOBAL: OnceLock<Metrics> = OnceLock::new();
+    GLOBAL.get_or_init(Metrics::default)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update under these locks is one map insert that cannot panic halfway.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn histogram<K: Ord + Clone>(map: &Mutex<BTreeMap<K, Arc<Histogram>>>, key: &K) -> Arc<Histogram> {
+    lock(map).entry(key.clone()).or_default().clone()
+}
+
+impl Metrics {
+    /// A job's run ended with `outcome` after `ran`, having waited `waited` to be taken.
+    pub fn job_ran(
+        &self,
+        kind: &'static str,
+        outcome: JobOutcome,
+        ran: Duration,
+        waited: Duration,
+    ) {
+        *lock(&self.job_runs).entry((kind, outcome)).or_default() += 1;
+        histogram(&self.job_seconds, &kind).observe(ran);
+        histogram(&self.queue_wait_seconds, &kind).observe(waited);
+    }
+
+    /// A call into backend `backend`'s plugin took `took`; `faulted` when it trapped or hit a
+    /// limit.
+    pub fn plugin_call(
+        &self,
+        backend: &str,
+        operation: &'static str,
+        took: Duration,
+        faulted: bool,
+    ) {
+        histogram(&self.plugin_call_seconds, &(backend.to_owned(), operation)).observe(took);
+        if faulted {
+            *lock(&self.plugin_faults)
+                .entry(backend.to_owned())
+                .or_default() += 1;
+        }
+    }
+
+    /// Writes the counters and histograms.
+    pub fn write(&self, out: &mut Exposition) {
+        out.family(
+            "certconn_job_runs_total",
+            "counter",
+            "Runs of jobs by kind and outcome (succeeded, failed, dead, retried, pending, unavailable).",
+        );
+        for ((kind, outcome), n) in lock(&self.job_runs).iter() {
+            out.sample(
+                "certconn_job_runs_total",
+                &[("kind", kind), ("outcome", outcome)],
+                *n as f64,
+            );
+        }
+        out.family(
+            "certconn_job_run_seconds",
+            "histogram",
+            "How long one run of a job took, by kind.",
+        );
+        for (kind, h) in lock(&self.job_seconds).iter() {
+            out.histogram("certconn_job_run_seconds", &[("kind", kind)], h);
+        }
+        out.family(
+            "certconn_job_queue_wait_seconds",
+            "histogram",
+            "How long a job waited between being due and a worker taking it, by kind.",
+        );
+        for (kind, h) in lock(&self.queue_wait_seconds).iter() {
+            out.histogram("certconn_job_queue_wait_seconds", &[("kind", kind)], h);
+        }
+        out.family(
+            "certconn_plugin_call_seconds",
+            "histogram",
+            "How long a call into a backend's plugin took (a fresh instance each), by backend and operation.",
+        );
+        for ((backend, operation), h) in lock(&self.plugin_call_seconds).iter() {
+            out.histogram(
+                "certconn_plugin_call_seconds",
+                &[("backend", backend), ("operation", operation)],
+                h,
+            );
+        }
+        out.family(
+            "certconn_plugin_faults_total",
+            "counter",
+            "Plugin calls that trapped or exceeded a limit, by backend.",
+        );
+        for (backend, n) in lock(&self.plugin_faults).iter() {
+            out.sample(
+                "certconn_plugin_faults_total",
+                &[("backend", backend)],
+                *n as f64,
+            );
+        }
+    }
+}
+
+/// The Prometheus text exposition format (version 0.0.4), written family by family.
+#[derive(Default)]
+pub struct Exposition(String);
+
+impl Exposition {
+    /// The content type `/metrics` answers with.
+    pub const CONTENT_TYPE: &'static str = "text/plain; version=0.0.4; charset=utf-8";
+
+    /// Starts family `name`: its HELP and TYPE lines.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {}", escape(help, false));
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    /// One sample of the current family.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.0.push_str(name);
+        self.labels(labels, None);
+        let _ = writeln!(self.0, " {}", number(value));
+    }
+
+    /// The buckets, sum and count of a histogram.
+    pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+        let mut cumulative = 0u64;
+        for (i, bound) in BUCKETS
+            .iter()
+            .map(|b| number(*b))
+            .chain(["+Inf".to_owned()])
+            .enumerate()
+        {
+            cumulative += h.counts[i].load(Ordering::Relaxed);
+            let _ = write!(self.0, "{name}_bucket");
+            self.labels(labels, Some(("le", &bound)));
+            let _ = writeln!(self.0, " {cumulative}");
+        }
+        let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = write!(self.0, "{name}_sum");
+        self.labels(labels, None);
+        let _ = writeln!(self.0, " {}", number(sum));
+        let _ = write!(self.0, "{name}_count");
+        self.labels(labels, None);
+        let _ = writeln!(self.0, " {cumulative}");
+    }
+
+    fn labels(&mut self, labels: &[(&str, &str)], extra: Option<(&str, &str)>) {
+        let all: Vec<(&str, &str)> = labels.iter().copied().chain(extra).collect();
+        if all.is_empty() {
+            return;
+        }
+        self.0.push('{');
+        for (i, (k, v)) in all.iter().enumerate() {
+            if i > 0 {
+                self.0.push(',');
+            }
+            let _ = write!(self.0, "{k}=\"{}\"", escape(v, true));
+        }
+        self.0.push('}');
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A float as the exposition format writes it.
+fn number(v: f64) -> String {
+    if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else if v.is_nan() {
+        "NaN".to_owned()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Escapes a HELP text (backslash, newline) or a label value (also the double quote).
+fn escape(s: &str, quote: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quote => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_count_every_observation() {
+        let m = Metrics::default();
+        m.job_ran(
+            "issue",
+            "succeeded",
+            Duration::from_millis(3),
+            Duration::ZERO,
+        );
+        m.job_ran(
+            "issue",
+            "succeeded",
+            Duration::from_secs(7200),
+            Duration::ZERO,
+        );
+        m.job_ran("issue", "failed", Duration::from_millis(20), Duration::ZERO);
+        let mut out = Exposition::default();
+        m.write(&mut out);
+        let text = out.into_string();
+        assert!(
+            text.contains("certconn_job_runs_total{kind=\"issue\",outcome=\"succeeded\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("certconn_job_run_seconds_bucket{kind=\"issue\",le=\"0.005\"} 1"));
+        assert!(text.contains("certconn_job_run_seconds_bucket{kind=\"issue\",le=\"0.025\"} 2"));
+        assert!(text.contains("certconn_job_run_seconds_bucket{kind=\"issue\",le=\"3600\"} 2"));
+        assert!(text.contains("certconn_job_run_seconds_bucket{kind=\"issue\",le=\"+Inf\"} 3"));
+        assert!(text.contains("certconn_job_run_seconds_count{kind=\"issue\"} 3"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = Exposition::default();
+        out.sample("x", &[("backend", "a\"b\\c\nd")], 1.0);
+        assert_eq!(out.into_string(), "x{backend=\"a\\\"b\\\\c\\nd\"} 1\n");
+    }
+}

@@ -1,0 +1,131 @@
+//! `GET /metrics`: the process's counters and histogram ([`crate::metrics`]), and gauges read
+//! now from where the state lives — jobs by state in the journal, backends in the registry, the
+//! expiry of the certificates certconn depends on. The API token or the read-only token
+//! (`api.read_token_file`) reads it.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::server::AppState;
+use crate::metrics::Exposition;
+
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    let mut out = Exposition::default();
+    out.family(
+        "certconn_build_info",
+        "gauge",
+        "The running build: version, and whether FIPS mode is in force.",
+    );
+    let fips = state.fips.policy && state.fips.module_active;
+    out.sample(
+        "certconn_build_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("fips", if fips { "true" } else { "false" }),
+        ],
+        1.0,
+    );
+
+    out.family("certconn_jobs", "gauge", "Jobs in the journal by state.");
+    match state.jobs.counts().await {
+        Ok(counts) => {
+            for (job_state, n) in counts {
+                out.sample("certconn_jobs", &[("state", job_state.as_str())], n as f64);
+            }
+        }
+        Err(e) => tracing::warn!("metrics: counting jobs: {}", crate::report::chain(&e)),
+    }
+
+    out.family(
+        "certconn_backend_serving",
+        "gauge",
+        "1 when the backend instance takes jobs; 0 when it is quarantined, probing, drained, unloaded or not loaded.",
+    );
+    let statuses: Vec<_> = state.registry.instances().map(|i| i.status()).collect();
+    for s in &statuses {
+        let serving = if s.state == "serving" { 1.0 } else { 0.0 };
+        out.sample(
+            "certconn_backend_serving",
+            &[("backend", &s.backend)],
+            serving,
+        );
+    }
+    out.family(
+        "certconn_backend_breaker_open",
+        "gauge",
+        "1 while the backend's circuit breaker keeps it out of service (quarantined or probing).",
+    );
+    for s in &statuses {
+        let open = if s.breaker.state == "closed" {
+            0.0
+        } else {
+            1.0
+        };
+        out.sample(
+            "certconn_backend_breaker_open",
+            &[("backend", &s.backend)],
+            open,
+        );
+    }
+    out.family(
+        "certconn_backend_in_flight",
+        "gauge",
+        "Jobs a backend instance is working on now (instances with a concurrency limit).",
+    );
+    for s in &statuses {
+        if let Some(n) = s.in_flight {
+            out.sample(
+                "certconn_backend_in_flight",
+                &[("backend", &s.backend)],
+                n as f64,
+            );
+        }
+    }
+
+    out.family(
+        "certconn_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When a certificate certconn depends on expires (Unix time): custody keys' certificates (key/NAME), the SCEP RA (scep-ra), the API's TLS certificate (api-tls).",
+    );
+    for name in &state.watched_keys {
+        let not_after = state
+            .keys
+            .get(name)
+            .ok()
+            .and_then(|k| k.chain.first().and_then(|der| not_after(der)));
+        if let Some(t) = not_after {
+            out.sample(
+                "certconn_certificate_expiry_timestamp_seconds",
+                &[("certificate", &format!("key/{name}"))],
+                t as f64,
+            );
+        }
+    }
+    if let Some(ra) = &state.scep {
+        out.sample(
+            "certconn_certificate_expiry_timestamp_seconds",
+            &[("certificate", "scep-ra")],
+            ra.current_not_after() as f64,
+        );
+    }
+    if let Some(t) = state.tls_not_after {
+        out.sample(
+            "certconn_certificate_expiry_timestamp_seconds",
+            &[("certificate", "api-tls")],
+            t as f64,
+        );
+    }
+
+    crate::metrics::global().write(&mut out);
+    (
+        [(header::CONTENT_TYPE, Exposition::CONTENT_TYPE)],
+        out.into_string(),
+    )
+        .into_response()
+}
+
+/// A certificate's notAfter in Unix seconds.
+fn not_after(der: &[u8]) -> Option<u64> {
+    certconn_x509::validity_of(der).ok().map(|(_, end)| end)
+}

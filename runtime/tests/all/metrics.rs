@@ -1,0 +1,197 @@
+//! `/metrics` read the way Prometheus reads it: parsed by `prometheus_client`'s text-format
+//! parser, behind the read-only token, with counters that move with the jobs and the expiry of
+//! the CA certificate certconn holds.
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// `curl` GET of `path` with `token` (if any): (HTTP status, body).
+fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.trim().parse().unwrap(), body.to_owned())
+}
+
+/// The samples of an exposition as prometheus_client's parser reads them:
+/// (name, labels) → value. Panics when the parser refuses the text.
+fn parse(text: &str) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
+    let script = "import sys, json\n\
+from prometheus_client.parser import text_string_to_metric_families as families\n\
+print(json.dumps([[s.name, s.labels, s.value] for f in families(sys.stdin.read()) for s in f.samples]))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples: Vec<(String, BTreeMap<String, String>, f64)> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    samples
+        .into_iter()
+        .map(|(name, labels, value)| ((name, labels), value))
+        .collect()
+}
+
+fn sample(
+    samples: &BTreeMap<(String, BTreeMap<String, String>), f64>,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    let labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    samples.get(&(name.to_owned(), labels)).copied()
+}
+
+fn token(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join("data").join(name))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_move_with_the_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_default(dir.path());
+    let read = token(dir.path(), "api-read-token");
+    let admin = token(dir.path(), "api-token");
+    assert_ne!(read, admin);
+
+    // Who may read: the read-only token and the API token; nobody else. The read-only token
+    // reads nothing but /metrics.
+    assert_eq!(get(daemon.port, "/metrics", None).0, 401);
+    assert_eq!(get(daemon.port, "/metrics", Some("wrong")).0, 401);
+    assert_eq!(get(daemon.port, "/metrics", Some(&admin)).0, 200);
+    assert_eq!(get(daemon.port, "/v1/jobs", Some(&read)).0, 401);
+
+    let (status, before) = get(daemon.port, "/metrics", Some(&read));
+    assert_eq!(status, 200);
+    let before = parse(&before);
+    let issued_before = sample(
+        &before,
+        "certconn_job_runs_total",
+        &[("kind", "issue"), ("outcome", "succeeded")],
+    )
+    .unwrap_or(0.0);
+
+    let api = daemon.client();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(submit(&api, "smime", &format!("metrics-{i}"), json!({})).await);
+    }
+    for id in &ids {
+        let job = wait_job(&api, id, Duration::from_secs(60)).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+
+    let (_, after) = get(daemon.port, "/metrics", Some(&read));
+    let after = parse(&after);
+    assert_eq!(
+        sample(
+            &after,
+            "certconn_job_runs_total",
+            &[("kind", "issue"), ("outcome", "succeeded")]
+        ),
+        Some(issued_before + 3.0),
+        "{after:?}"
+    );
+    assert_eq!(
+        sample(&after, "certconn_jobs", &[("state", "succeeded")]),
+        Some(3.0)
+    );
+    let calls = sample(
+        &after,
+        "certconn_plugin_call_seconds_count",
+        &[("backend", "local"), ("operation", "issue")],
+    )
+    .expect("plugin call histogram");
+    assert!(calls >= 3.0, "{calls}");
+    assert_eq!(
+        sample(
+            &after,
+            "certconn_job_run_seconds_count",
+            &[("kind", "issue")]
+        ),
+        Some(issued_before + 3.0)
+    );
+    assert_eq!(
+        sample(&after, "certconn_backend_serving", &[("backend", "local")]),
+        Some(1.0)
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        sample(
+            &after,
+            "certconn_build_info",
+            &[("version", version), ("fips", "false")]
+        ),
+        Some(1.0)
+    );
+
+    // The CA certificate's expiry is the one openssl reads from the chain certconn wrote.
+    let expiry = sample(
+        &after,
+        "certconn_certificate_expiry_timestamp_seconds",
+        &[("certificate", "key/local-ca")],
+    )
+    .expect("CA expiry");
+    let end = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-dates", "-dateopt", "iso_8601", "-in"])
+            .arg(dir.path().join("data/keys/local-ca.chain.pem")),
+    );
+    let not_after = end
+        .lines()
+        .find_map(|l| l.strip_prefix("notAfter="))
+        .expect("notAfter");
+    let parsed = time::OffsetDateTime::parse(
+        &not_after.replace(' ', "T"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap_or_else(|e| panic!("{not_after}: {e}"));
+    assert_eq!(expiry as i64, parsed.unix_timestamp());
+
+    // No label names a device, a subject or a job.
+    let text = get(daemon.port, "/metrics", Some(&read)).1;
+    assert!(!text.contains("test device"), "{text}");
+    for id in &ids {
+        assert!(!text.contains(id.as_str()));
+    }
+}

@@ -356,9 +356,14 @@ impl App {
     }
 
     /// Serves until `shutdown` turns true: binds the API (writing the address it got to
-    /// `<data_dir>/api.addr`, the readiness signal for scripts and tests), runs the scheduler
+    /// `<data_dir>/api.addr`, the readiness signal for scripts and tests, and sending it on
+    /// `ready`, for the service manager), runs the scheduler
     /// and the plugin watcher, then drains: the API stops taking requests, jobs in flight end.
-    pub async fn serve(&self, shutdown: watch::Receiver<bool>) -> Result<(), ServeError> {
+    pub async fn serve(
+        &self,
+        shutdown: watch::Receiver<bool>,
+        ready: tokio::sync::oneshot::Sender<SocketAddr>,
+    ) -> Result<(), ServeError> {
         let token_path = self.config.token_file();
         let token = token::load_or_create(&token_path)?;
         let read_token = token::load_or_create(&self.config.read_token_file())?;
@@ -384,6 +389,7 @@ impl App {
         if tls.is_some() && self.scep.is_some() && plain.is_none() {
             tracing::warn!("the SCEP endpoint is served over TLS only (on the API listener); most SCEP clients need plain HTTP: set api.plain_listen");
         }
+        let _ = ready.send(bound);
         tracing::info!(api = %bound, tls = tls.is_some(), plain = ?plain.as_ref().and_then(|l| l.local_addr().ok()), token_file = %token_path.display(), backends = self.registry.instances().count(), "certconn is serving");
 
         let scheduler = tokio::spawn(self.scheduler.clone().run(shutdown.clone()));

@@ -8,6 +8,7 @@ mod keys;
 mod pfx;
 mod plugins;
 mod serve;
+mod systemd;
 
 use std::path::PathBuf;
 
@@ -42,6 +43,37 @@ pub enum LogFormat {
     Human,
     /// One JSON object per event, for a log collector.
     Json,
+    /// For journald (systemd's unit uses it): no timestamp of our own (the journal keeps
+    /// one), and each line prefixed with its syslog priority (`<3>` error … `<7>` debug) so
+    /// `journalctl -p warning` filters it.
+    Journald,
+}
+
+/// Prefixes each event with its syslog priority, as journald reads a service's stderr.
+struct SyslogPriority<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for SyslogPriority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = *event.metadata().level();
+        let priority = match level {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>{level} ")?;
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +176,16 @@ fn init_logging(cli: &Cli) {
     match cli.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Human => builder.init(),
+        LogFormat::Journald => {
+            let format = tracing_subscriber::fmt::format()
+                .without_time()
+                .with_level(false)
+                .with_ansi(false);
+            builder
+                .with_ansi(false)
+                .event_format(SyslogPriority(format))
+                .init()
+        }
     }
 }
 

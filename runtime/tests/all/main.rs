@@ -31,3 +31,4 @@ mod sandbox;
 mod scep_backend;
 mod scep_messages;
 mod scep_server;
+mod systemd;

@@ -1,0 +1,152 @@
+//! certconn under systemd: the shipped unit verifies and keeps its hardening score, and the
+//! daemon speaks the notify protocol — READY once the API listens, STATUS, watchdog pings from
+//! the event loop, STOPPING on SIGTERM — to a test listener on `NOTIFY_SOCKET`.
+
+use crate::common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The shipped unit with its paths pointed at this build and a config in `dir`.
+fn unit_for_test(dir: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("certconn.toml");
+    std::fs::write(&config, config_text(&dir.join("data"), &plugins(), "")).unwrap();
+    let shipped = std::fs::read_to_string(repo_root().join("dist/systemd/certconn.service"))
+        .expect("dist/systemd/certconn.service");
+    let unit = dir.join("certconn.service");
+    std::fs::write(
+        &unit,
+        shipped
+            .replace("/usr/bin/certconn", binary().to_str().unwrap())
+            .replace("/etc/certconn/certconn.toml", config.to_str().unwrap()),
+    )
+    .unwrap();
+    unit
+}
+
+#[test]
+fn the_unit_verifies_and_its_exposure_stays_low() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_for_test(dir.path());
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze");
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze security");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let level: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for certconn.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    eprintln!("systemd-analyze security: exposure {level}");
+    assert!(level <= 2.0, "the unit's exposure rose to {level}:\n{text}");
+}
+
+/// The next datagram on `socket`, within `timeout`.
+fn next_message(socket: &UnixDatagram, timeout: Duration) -> Option<String> {
+    socket.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[test]
+fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let config = dir.path().join("certconn.toml");
+    std::fs::write(
+        &config,
+        config_text(&dir.path().join("data"), &plugins(), ""),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start_with_env(
+        &config,
+        &dir.path().join("daemon.log"),
+        vec![
+            ("NOTIFY_SOCKET".into(), socket_path.clone().into()),
+            // 200 ms: pings every 100 ms, and STATUS with them.
+            ("WATCHDOG_USEC".into(), "200000".into()),
+        ],
+    );
+    let ready = next_message(&socket, Duration::from_secs(30)).expect("a message from serve");
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(
+        ready.contains(&format!("STATUS=serving on 127.0.0.1:{}", daemon.port)),
+        "{ready}"
+    );
+
+    let (mut pings, mut status) = (0, None);
+    let start = Instant::now();
+    while (pings < 3 || status.is_none()) && start.elapsed() < Duration::from_secs(30) {
+        match next_message(&socket, Duration::from_secs(5)) {
+            Some(m) if m == "WATCHDOG=1" => pings += 1,
+            Some(m) if m.starts_with("STATUS=") => status = Some(m),
+            Some(other) => panic!("unexpected message before the stop: {other}"),
+            None => break,
+        }
+    }
+    assert!(pings >= 3, "{pings} watchdog pings in 30 s");
+    let status = status.expect("a STATUS update");
+    assert!(
+        status.contains("no jobs waiting") || status.contains("jobs: "),
+        "{status}"
+    );
+
+    daemon.stop();
+    let mut stopping = false;
+    while let Some(m) = next_message(&socket, Duration::from_secs(5)) {
+        if m.lines().any(|l| l == "STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1 after SIGTERM");
+}
+
+#[test]
+fn a_watchdog_meant_for_another_process_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let config = dir.path().join("certconn.toml");
+    std::fs::write(
+        &config,
+        config_text(&dir.path().join("data"), &plugins(), ""),
+    )
+    .unwrap();
+    let _daemon = Daemon::start_with_env(
+        &config,
+        &dir.path().join("daemon.log"),
+        vec![
+            ("NOTIFY_SOCKET".into(), socket_path.clone().into()),
+            ("WATCHDOG_USEC".into(), "100000".into()),
+            // PID 1 is never the daemon.
+            ("WATCHDOG_PID".into(), "1".into()),
+        ],
+    );
+    let ready = next_message(&socket, Duration::from_secs(30)).expect("READY");
+    assert!(ready.contains("READY=1"), "{ready}");
+    // No pings: STATUS alone comes every 30 s, so nothing in 1.5 s (fifteen watchdog periods).
+    let next = next_message(&socket, Duration::from_millis(1500));
+    assert_eq!(next, None, "pinged a watchdog that is not ours");
+}

@@ -7,6 +7,7 @@
 pub mod check;
 mod config;
 pub mod datadir;
+pub mod reload;
 mod wiring;
 
 use std::future::{Future, IntoFuture};
@@ -22,7 +23,7 @@ pub use datadir::DataDirError;
 
 use crate::crypto::fips::FipsStatus;
 use crate::custody::{CustodyError, KeyStore};
-use crate::jobs::{Intake, Scheduler, StepSettings, Steps};
+use crate::jobs::{Intake, Profiles, Scheduler, StepSettings, Steps};
 use crate::journal::{Journal, JournalError, SqliteJournal};
 use crate::plugins::{PluginEngine, PluginError, Registry};
 use crate::revocation::Publisher;
@@ -169,6 +170,8 @@ pub struct App {
     pub scep: Option<Arc<Ra>>,
     /// CRLs and OCSP, when `[revocation]` is configured.
     pub revocation: Option<Arc<Publisher>>,
+    /// Applies a changed `[backends]`/`[profiles]` without a restart.
+    pub reloader: Arc<reload::Reloader>,
     _lock: std::fs::File,
 }
 
@@ -213,9 +216,10 @@ impl App {
             .map_err(|e| StartError::from_plugin(&config, e))?,
         );
         let custody = Arc::new(wiring::StoreCustody(keys.clone()));
+        let profiles = Arc::new(Profiles::new(config.profiles.clone()));
         let steps = Steps::new(
             StepSettings {
-                profiles: config.profiles.clone(),
+                profiles: profiles.clone(),
                 pfx_iterations: config.pfx.iterations,
                 policy: config.policy(),
             },
@@ -265,8 +269,17 @@ impl App {
             ra.record_made().await;
         }
         tracing::debug!(journal = %journal.location(), schema = journal.schema_version(), %instance, "opened");
+        let reloader = Arc::new(reload::Reloader::new(
+            &config,
+            registry.clone(),
+            profiles,
+            intake.clone(),
+            keys.clone(),
+            journal.clone(),
+        ));
         Ok(Self {
             config,
+            reloader,
             fips,
             keys,
             journal,
@@ -292,6 +305,7 @@ impl App {
             scep: self.scep.clone(),
             ledger: self.journal.clone(),
             revocation: self.revocation.clone(),
+            reload: self.reloader.clone(),
             token,
             read_token,
             watched_keys: self.config.keys.keys().cloned().collect(),
@@ -390,7 +404,7 @@ impl App {
             tracing::warn!("the SCEP endpoint is served over TLS only (on the API listener); most SCEP clients need plain HTTP: set api.plain_listen");
         }
         let _ = ready.send(bound);
-        tracing::info!(api = %bound, tls = tls.is_some(), plain = ?plain.as_ref().and_then(|l| l.local_addr().ok()), token_file = %token_path.display(), backends = self.registry.instances().count(), "certconn is serving");
+        tracing::info!(api = %bound, tls = tls.is_some(), plain = ?plain.as_ref().and_then(|l| l.local_addr().ok()), token_file = %token_path.display(), backends = self.registry.instances().len(), "certconn is serving");
 
         let scheduler = tokio::spawn(self.scheduler.clone().run(shutdown.clone()));
         if let Some(p) = &self.revocation {

@@ -514,6 +514,35 @@ pub async fn scep(config_path: &Path, what: Scep) -> anyhow::Result<()> {
 }
 
 /// `certconn status`: the daemon's health, job counts and FIPS state.
+/// `certconn reload`: the daemon reads its config file again.
+pub async fn reload(config_path: &Path) -> anyhow::Result<()> {
+    let api = client(config_path)?;
+    let answer = api.call(Method::POST, "/v1/reload", None).await?;
+    let changed = &answer["changed"];
+    let mut lines = Vec::new();
+    for (key, what) in [
+        ("backends_added", "backend added"),
+        ("backends_changed", "backend changed"),
+        ("backends_removed", "backend removed"),
+        ("profiles_added", "profile added"),
+        ("profiles_changed", "profile changed"),
+        ("profiles_removed", "profile removed"),
+    ] {
+        for name in changed[key].as_array().into_iter().flatten() {
+            lines.push(format!("{what}: {}", name.as_str().unwrap_or("?")));
+        }
+    }
+    if lines.is_empty() {
+        println!("reloaded: no backend or profile changed");
+    } else {
+        println!("reloaded:");
+        for l in lines {
+            println!("  {l}");
+        }
+    }
+    Ok(())
+}
+
 pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
     let api = client(config_path)?;
     let health = api.call(Method::GET, "/v1/health", None).await?;

@@ -96,6 +96,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Reload `[backends]` and `[profiles]` from the config file without a restart (as SIGHUP
+    /// does); prints what changed, or why nothing did.
+    Reload,
     /// Plugins and backend instances: list, inspect, load, unload, reload, rollback, pack, test.
     #[command(visible_alias = "plugin")]
     Plugins {
@@ -213,6 +216,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Submit { what } => client_cmds::submit(&config, what).await,
             Command::Jobs { what } => client_cmds::jobs(&config, what).await,
             Command::Status { json } => client_cmds::status(&config, json).await,
+            Command::Reload => client_cmds::reload(&config).await,
             Command::Plugins { what } => plugins::run(&config, what).await,
             Command::Scep { what } => client_cmds::scep(&config, what).await,
             Command::Certs { what } => certs::certs(&config, what).await,

@@ -22,14 +22,17 @@ pub async fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let notifier = Notifier::from_env().map(Arc::new);
+    let reloader = app.reloader.clone();
     let signals = async {
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
-                // Until configuration reload exists, a HUP (what logrotate and admins send out of
-                // habit) must not kill the daemon.
-                _ = hangup.recv() => tracing::warn!("SIGHUP received: certconn does not reload its configuration yet; restart it to apply changes (ignored)"),
+                // The reload logs what it changed, or why it changed nothing.
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = certconn::sources::api::server::ConfigReload::reload(&*reloader).await;
+                }
             }
         }
         tracing::info!("stopping: finishing jobs in flight");

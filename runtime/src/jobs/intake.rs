@@ -44,9 +44,15 @@ pub enum SubmitError {
 pub struct Intake {
     store: Arc<dyn JobStore>,
     ledger: Arc<dyn Ledger>,
+    /// The profiles and backends configured now (a reload replaces them).
+    names: std::sync::RwLock<Names>,
+    custody: Arc<dyn Custody>,
+}
+
+#[derive(Default)]
+struct Names {
     profiles: BTreeSet<String>,
     backends: BTreeSet<String>,
-    custody: Arc<dyn Custody>,
 }
 
 impl Intake {
@@ -62,10 +68,30 @@ impl Intake {
         Self {
             store,
             ledger,
-            profiles: profiles.into_iter().collect(),
-            backends: backends.into_iter().collect(),
+            names: std::sync::RwLock::new(Names {
+                profiles: profiles.into_iter().collect(),
+                backends: backends.into_iter().collect(),
+            }),
             custody,
         }
+    }
+
+    /// A configuration reload: requests may name these profiles and backends from now on.
+    pub fn set_names(
+        &self,
+        profiles: impl IntoIterator<Item = String>,
+        backends: impl IntoIterator<Item = String>,
+    ) {
+        let names = Names {
+            profiles: profiles.into_iter().collect(),
+            backends: backends.into_iter().collect(),
+        };
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
+    }
+
+    fn names(&self) -> std::sync::RwLockReadGuard<'_, Names> {
+        // Written only by one assignment, which cannot panic halfway.
+        self.names.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Validates and journals an issue request. The bool is true when it is new (false: the
@@ -109,7 +135,7 @@ impl Intake {
             .normalized_serial()
             .map_err(|e| bad("serial", e.to_string()))?;
         if let Some(b) = &req.backend {
-            if !self.backends.contains(b) {
+            if !self.names().backends.contains(b) {
                 return Err(bad("backend", format!("no backend named {b:?}")).into());
             }
         }
@@ -173,10 +199,11 @@ impl Intake {
     }
 
     fn check_profile(&self, profile: &str) -> Result<(), IntakeError> {
-        if self.profiles.contains(profile) {
+        let names = self.names();
+        if names.profiles.contains(profile) {
             return Ok(());
         }
-        let known: Vec<&str> = self.profiles.iter().map(String::as_str).collect();
+        let known: Vec<&str> = names.profiles.iter().map(String::as_str).collect();
         Err(bad(
             "profile",
             format!(

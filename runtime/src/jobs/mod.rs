@@ -26,5 +26,5 @@ pub mod steps;
 pub use intake::{Intake, IntakeError, SubmitError};
 pub use outcome::{Completed, ErrorClass, JobError, Outcome};
 pub use scheduler::Scheduler;
-pub use settings::{JobsConfig, ProfileConfig};
+pub use settings::{JobsConfig, ProfileConfig, Profiles};
 pub use steps::{JobRunner, StepSettings, Steps};

@@ -1,6 +1,8 @@
 //! The config sections the job side owns: `[jobs]` (workers, retries, leases) and
 //! `[profiles.NAME]` (what a request names: its backends and the certificate's shape).
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -156,4 +158,44 @@ impl ProfileConfig {
 
 fn default_key() -> KeyAlgorithm {
     KeyAlgorithm::EcP256
+}
+
+/// The configured profiles, shared by intake (which checks a request names one) and the steps
+/// (which run by one), and replaced whole by a configuration reload. A job reads its profile
+/// once per run, so a reload never changes a run halfway.
+#[derive(Debug, Default)]
+pub struct Profiles(RwLock<Arc<BTreeMap<String, Arc<ProfileConfig>>>>);
+
+impl Profiles {
+    pub fn new(profiles: BTreeMap<String, ProfileConfig>) -> Self {
+        let p = Self::default();
+        p.replace(profiles);
+        p
+    }
+
+    /// The profile called `name`, as configured now.
+    pub fn get(&self, name: &str) -> Option<Arc<ProfileConfig>> {
+        self.snapshot().get(name).cloned()
+    }
+
+    /// The names of the profiles configured now.
+    pub fn names(&self) -> Vec<String> {
+        self.snapshot().keys().cloned().collect()
+    }
+
+    /// Puts `profiles` in place of the ones configured.
+    pub fn replace(&self, profiles: BTreeMap<String, ProfileConfig>) {
+        let new = Arc::new(
+            profiles
+                .into_iter()
+                .map(|(name, p)| (name, Arc::new(p)))
+                .collect(),
+        );
+        // The lock guards one pointer swap, which cannot panic halfway.
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = new;
+    }
+
+    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<ProfileConfig>>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }

@@ -97,20 +97,29 @@ pub struct Registry {
     engine: Arc<PluginEngine>,
     policy: AlgorithmPolicy,
     dir: PathBuf,
-    instances: BTreeMap<String, Arc<Instance>>,
-    /// Instance configs, for comparing a manifest's requests with the grants.
-    configs: BTreeMap<String, BackendConfig>,
-    /// The publishers each backend trusts ([`super::signature`]).
-    trust: PublisherTrust,
+    /// The instances and what configures them; a configuration reload replaces it whole.
+    configured: std::sync::RwLock<Arc<Configured>>,
     files: Mutex<BTreeMap<String, FileStatus>>,
     /// One load at a time: the watcher, the periodic rescan and the admin API take turns.
     loading: tokio::sync::Mutex<()>,
 }
 
+/// The backend instances the config names, with their configs and trust.
+struct Configured {
+    instances: BTreeMap<String, Arc<Instance>>,
+    /// Instance configs, for comparing a manifest's requests with the grants.
+    configs: BTreeMap<String, BackendConfig>,
+    /// The publishers each backend trusts ([`super::signature`]).
+    trust: PublisherTrust,
+}
+
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
-            .field("instances", &self.instances.keys().collect::<Vec<_>>())
+            .field(
+                "instances",
+                &self.configured().instances.keys().collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -138,9 +147,11 @@ impl Registry {
             engine,
             policy,
             dir: plugins_dir.to_owned(),
-            instances,
-            configs: backends.clone(),
-            trust,
+            configured: std::sync::RwLock::new(Arc::new(Configured {
+                instances,
+                configs: backends.clone(),
+                trust,
+            })),
             files: Mutex::new(BTreeMap::new()),
             loading: tokio::sync::Mutex::new(()),
         };
@@ -153,13 +164,26 @@ impl Registry {
         Ok(registry)
     }
 
+    /// The instances as configured now. A snapshot: a reload meanwhile does not change it.
+    fn configured(&self) -> Arc<Configured> {
+        // Written only by one pointer swap, which cannot panic halfway.
+        self.configured
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn files(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, FileStatus>> {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The plugin files the instances run, by name.
     pub fn plugin_names(&self) -> BTreeSet<String> {
-        self.instances.values().map(|i| i.plugin.clone()).collect()
+        self.configured()
+            .instances
+            .values()
+            .map(|i| i.plugin.clone())
+            .collect()
     }
 
     /// Where plugin `name` is published.
@@ -173,17 +197,81 @@ impl Registry {
 
     /// The backend instance called `name`.
     pub fn instance(&self, name: &str) -> Option<Arc<Instance>> {
-        self.instances.get(name).cloned()
+        self.configured().instances.get(name).cloned()
     }
 
     /// The version instance `name` serves now.
     pub fn backend(&self, name: &str) -> Option<Arc<LoadedBackend>> {
-        self.instances.get(name).and_then(|i| i.current())
+        self.instance(name).and_then(|i| i.current())
     }
 
-    /// All backend instances, by name.
-    pub fn instances(&self) -> impl Iterator<Item = &Arc<Instance>> {
-        self.instances.values()
+    /// All backend instances configured now, by name.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.configured().instances.values().cloned().collect()
+    }
+
+    /// A configuration reload: the instances become those of `backends`. The instances named
+    /// in `rebuild` (new, or configured differently) are made afresh and must each load their
+    /// plugin before anything changes; if one does not, nothing changes and the error says
+    /// why. The others keep running as they are (version, breaker, drain). A removed instance
+    /// takes no new jobs; jobs in flight on it finish on the version they hold.
+    pub async fn reconfigure(
+        &self,
+        backends: &BTreeMap<String, BackendConfig>,
+        rebuild: &BTreeSet<String>,
+        keys: Arc<KeyStore>,
+        trust: PublisherTrust,
+    ) -> Result<(), PluginError> {
+        let _turn = self.loading.lock().await;
+        let old = self.configured();
+        let mut instances = BTreeMap::new();
+        let mut fresh = Vec::new();
+        for (name, config) in backends {
+            match old.instances.get(name) {
+                Some(i) if !rebuild.contains(name) => {
+                    instances.insert(name.clone(), i.clone());
+                }
+                before => {
+                    let spec = InstanceSpec::from_config(name, config, keys.clone(), self.policy)?;
+                    let instance = Arc::new(Instance::new(spec));
+                    // What the administrator said about the instance it replaces still holds.
+                    if let Some(before) = before {
+                        instance.set_drained(before.is_drained());
+                    }
+                    instances.insert(name.clone(), instance.clone());
+                    fresh.push(instance);
+                }
+            }
+        }
+        let candidate = Configured {
+            instances,
+            configs: backends.clone(),
+            trust,
+        };
+        let plugins: BTreeSet<String> = fresh.iter().map(|i| i.plugin.clone()).collect();
+        for plugin in plugins {
+            let users: Vec<Arc<Instance>> = fresh
+                .iter()
+                .filter(|i| i.plugin == plugin)
+                .cloned()
+                .collect();
+            let report = self
+                .load_into(&plugin, users, &candidate, true, true)
+                .await?;
+            if let Some((backend, reason)) = report.refused.first() {
+                return Err(PluginError::Invalid {
+                    plugin: plugin.clone(),
+                    reason: format!("backend {backend:?} cannot load it: {reason}"),
+                });
+            }
+            if self.files().get(&plugin).is_some_and(|f| f.unloaded) {
+                for i in fresh.iter().filter(|i| i.plugin == plugin) {
+                    i.set_unloaded(true);
+                }
+            }
+        }
+        *self.configured.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(candidate);
+        Ok(())
     }
 
     /// Checks every plugin file in use and loads those that changed. The watcher calls this on
@@ -213,8 +301,8 @@ impl Registry {
         let mut enabled = Vec::new();
         if and_enable {
             enabled = self
-                .instances
-                .values()
+                .instances()
+                .iter()
                 .filter(|i| i.plugin == plugin && i.is_unloaded() && i.loaded_sha().is_some())
                 .map(|i| i.name.clone())
                 .collect();
@@ -247,7 +335,7 @@ impl Registry {
 
     fn set_unloaded(&self, plugin: &str, unloaded: bool) -> Vec<String> {
         let mut names = Vec::new();
-        for i in self.instances.values().filter(|i| i.plugin == plugin) {
+        for i in self.instances().iter().filter(|i| i.plugin == plugin) {
             i.set_unloaded(unloaded);
             names.push(i.name.clone());
         }
@@ -276,8 +364,7 @@ impl Registry {
     /// changed.
     pub fn drain(&self, backend: &str, drained: bool) -> Result<bool, RegistryError> {
         let instance = self
-            .instances
-            .get(backend)
+            .instance(backend)
             .ok_or_else(|| self.unknown_backend(backend))?;
         let changed = instance.set_drained(drained);
         if changed {
@@ -290,6 +377,7 @@ impl Registry {
         RegistryError::UnknownBackend {
             backend: backend.to_owned(),
             known: self
+                .configured()
                 .instances
                 .keys()
                 .cloned()
@@ -306,7 +394,7 @@ impl Registry {
         &self,
         name: &str,
     ) -> Result<Vec<(String, String, String)>, RegistryError> {
-        let (plugin, only) = match self.instances.get(name) {
+        let (plugin, only) = match self.instance(name) {
             Some(i) => (i.plugin.clone(), Some(name)),
             None if self.plugin_names().contains(name) => (name.to_owned(), None),
             None => return Err(self.unknown_plugin(name)),
@@ -316,8 +404,8 @@ impl Registry {
         let mut done = Vec::new();
         let mut without = Vec::new();
         for i in self
-            .instances
-            .values()
+            .instances()
+            .iter()
             .filter(|i| i.plugin == plugin && only.is_none_or(|b| i.name == b))
         {
             match i.rollback() {
@@ -335,8 +423,8 @@ impl Registry {
             });
         }
         let serving = self
-            .instances
-            .values()
+            .instances()
+            .iter()
             .find(|i| i.plugin == plugin)
             .and_then(|i| i.loaded_sha());
         let mut files = self.files();
@@ -373,13 +461,28 @@ impl Registry {
         startup: bool,
     ) -> Result<LoadReport, PluginError> {
         let _turn = self.loading.lock().await;
-        let path = self.plugin_path(plugin);
-        let users: Vec<Arc<Instance>> = self
+        let configured = self.configured();
+        let users: Vec<Arc<Instance>> = configured
             .instances
             .values()
             .filter(|i| i.plugin == plugin && (!i.is_unloaded() || startup))
             .cloned()
             .collect();
+        self.load_into(plugin, users, &configured, force, startup)
+            .await
+    }
+
+    /// [`Self::load_plugin`] into `users`, configured as `configured` says; the caller holds
+    /// the loading turn.
+    async fn load_into(
+        &self,
+        plugin: &str,
+        users: Vec<Arc<Instance>>,
+        configured: &Configured,
+        force: bool,
+        startup: bool,
+    ) -> Result<LoadReport, PluginError> {
+        let path = self.plugin_path(plugin);
         let mut report = LoadReport {
             plugin: plugin.to_owned(),
             version: None,
@@ -483,10 +586,11 @@ impl Registry {
         };
         // Trust is decided before the code is compiled: a package no backend trusts never
         // reaches the compiler.
+        let trust = &configured.trust;
         let distrusted: BTreeMap<String, String> = users
             .iter()
             .filter_map(|i| {
-                super::signature::check_trust(signer.as_ref(), self.trust.for_backend(&i.name))
+                super::signature::check_trust(signer.as_ref(), trust.for_backend(&i.name))
                     .err()
                     .map(|reason| (i.name.clone(), reason))
             })
@@ -535,7 +639,11 @@ impl Registry {
                 permanent_failure = Some(reason);
                 continue;
             }
-            for note in self.unmet_requests(&instance.name, &manifest) {
+            let unmet = match configured.configs.get(&instance.name) {
+                Some(config) => unmet_requests(config, &manifest),
+                None => Vec::new(),
+            };
+            for note in unmet {
                 tracing::warn!(backend = %instance.name, %version, "{note}");
             }
             let built = match instance
@@ -696,14 +804,6 @@ impl Registry {
         }
     }
 
-    /// What the manifest asks for that instance `backend`'s grant does not give, in words.
-    fn unmet_requests(&self, backend: &str, manifest: &Manifest) -> Vec<Unmet> {
-        match self.configs.get(backend) {
-            Some(config) => unmet_requests(config, manifest),
-            None => Vec::new(),
-        }
-    }
-
     /// Everything `certconn plugins list` shows.
     pub fn status(&self) -> RegistryStatus {
         let files = self.files();
@@ -720,7 +820,7 @@ impl Registry {
         RegistryStatus {
             plugins_dir: self.dir.clone(),
             plugins,
-            backends: self.instances.values().map(|i| i.status()).collect(),
+            backends: self.instances().iter().map(|i| i.status()).collect(),
         }
     }
 }

@@ -25,6 +25,7 @@ mod pkcs11_custody;
 mod pkcs12_read;
 mod plugin_lifecycle;
 mod poison_job;
+mod reload;
 mod revocation;
 mod routing;
 mod sandbox;

@@ -114,6 +114,7 @@ fn open(key: &StoredKey, req: &ImportJob, policy: &AlgorithmPolicy) -> Result<Op
 impl Steps {
     pub(super) async fn import(&self, job: &JobRecord, req: &ImportJob) -> Outcome {
         let profile = self.profile(&req.profile)?;
+        let profile = &*profile;
         let mut route = Route::for_profile(profile, &*self.backends);
         let bname = profile.backend.get_ref().clone();
         let key = self.custody.key(&req.key_name).map_err(|e| {

@@ -97,6 +97,7 @@ fn wit_sans(sans: &[SubjectAltName]) -> Vec<wit::SubjectAltName> {
 impl Steps {
     pub(super) async fn issue(&self, job: &JobRecord, req: &IssueJob) -> Outcome {
         let profile = self.profile(&req.profile)?;
+        let profile = &*profile;
         // A pending job polls the backend that answered pending, and no other.
         let mut route = match (&job.poll_token, job.backend.as_deref()) {
             (Some(_), Some(b)) => Route::to(b, &*self.backends).ok_or_else(|| {

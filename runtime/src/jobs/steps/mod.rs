@@ -11,21 +11,20 @@ mod import;
 mod issue;
 mod revoke;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::model::{ImportJob, IssueJob, RevokeJob};
 use super::outcome::{JobError, Outcome};
 use super::ports::Custody;
 use super::routing::Backends;
-use super::settings::ProfileConfig;
+use super::settings::{ProfileConfig, Profiles};
 use crate::crypto::AlgorithmPolicy;
 use crate::journal::{JobKind, JobRecord, Ledger};
 
 /// What the steps need to know from the config.
 #[derive(Debug, Clone)]
 pub struct StepSettings {
-    pub profiles: BTreeMap<String, ProfileConfig>,
+    pub profiles: Arc<Profiles>,
     /// PBKDF2 and MAC iterations of the PFX files certconn writes.
     pub pfx_iterations: u32,
     pub policy: AlgorithmPolicy,
@@ -62,7 +61,7 @@ impl Steps {
 
     /// The profile a job names; a job whose profile is gone from the config fails (no backend
     /// is involved yet).
-    fn profile(&self, name: &str) -> Result<&ProfileConfig, JobError> {
+    fn profile(&self, name: &str) -> Result<Arc<ProfileConfig>, JobError> {
         self.settings
             .profiles
             .get(name)
@@ -88,6 +87,7 @@ impl JobRunner for Steps {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use der::{Decode, Encode};
@@ -154,7 +154,10 @@ pub(crate) mod tests {
         let profile: ProfileConfig =
             toml::from_str("backend = \"ca\"\nfallbacks = [\"spare\"]\n").unwrap();
         StepSettings {
-            profiles: BTreeMap::from([("smime".to_owned(), profile)]),
+            profiles: Arc::new(Profiles::new(BTreeMap::from([(
+                "smime".to_owned(),
+                profile,
+            )]))),
             pfx_iterations: 1000,
             policy: AlgorithmPolicy::default(),
         }
@@ -326,12 +329,12 @@ pub(crate) mod tests {
             })
         };
         let custody = Arc::new(MemoryCustody::default());
-        let mut keeping = settings();
+        let keeping = settings();
+        let mut smime = (*keeping.profiles.get("smime").unwrap()).clone();
+        smime.keep_keys_for_renewal = true;
         keeping
             .profiles
-            .get_mut("smime")
-            .unwrap()
-            .keep_keys_for_renewal = true;
+            .replace(BTreeMap::from([("smime".to_owned(), smime)]));
         let s = Steps::new(
             keeping,
             custody.clone(),

@@ -42,7 +42,12 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         "gauge",
         "1 when the backend instance takes jobs; 0 when it is quarantined, probing, drained, unloaded or not loaded.",
     );
-    let statuses: Vec<_> = state.registry.instances().map(|i| i.status()).collect();
+    let statuses: Vec<_> = state
+        .registry
+        .instances()
+        .iter()
+        .map(|i| i.status())
+        .collect();
     for s in &statuses {
         let serving = if s.state == "serving" { 1.0 } else { 0.0 };
         out.sample(

@@ -106,6 +106,14 @@ impl From<SubmitError> for ApiError {
     }
 }
 
+/// A configuration reload as the API offers it (`POST /v1/reload`); the composition root
+/// provides it.
+#[async_trait::async_trait]
+pub trait ConfigReload: Send + Sync {
+    /// What changed, or why nothing did (the whole chain, for the administrator).
+    async fn reload(&self) -> Result<serde_json::Value, String>;
+}
+
 /// What the request API serves from.
 pub struct ApiState {
     pub intake: Arc<Intake>,
@@ -121,6 +129,7 @@ pub struct ApiState {
     pub ledger: Arc<dyn RevocationLedger>,
     /// The CRL and OCSP publisher, for health.
     pub revocation: Option<Arc<Publisher>>,
+    pub reload: Arc<dyn ConfigReload>,
     pub token: Zeroizing<String>,
     /// Reads `/metrics` and nothing else: for a scraper, which must not hold a token that
     /// issues and revokes.
@@ -151,6 +160,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/plugins/{name}/{action}", post(plugin_action))
         .route("/v1/backends/{name}/{action}", post(backend_action))
         .route("/v1/scep/challenges", post(mint_scep_challenge))
+        .route("/v1/reload", post(reload_config))
         .route("/v1/certificates", get(certificates::list))
         .route(
             "/v1/certificates/reason-changes",
@@ -175,6 +185,15 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// Reloads `[backends]` and `[profiles]` from the config file; 422 with the reason when the
+/// new file is refused (the running configuration stays).
+async fn reload_config(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.reload.reload().await {
+        Ok(changed) => Ok(Json(json!({ "changed": changed }))),
+        Err(why) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, why)),
+    }
 }
 
 /// Mints a one-time SCEP challenge password. The challenge is in this answer only.
@@ -264,6 +283,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     let registry = &state.registry;
     let down: Vec<String> = registry
         .instances()
+        .iter()
         .map(|i| (i, i.status().state))
         .filter(|(_, state)| *state != "serving")
         .map(|(i, state)| format!("{}: {state}", i.name))
@@ -271,7 +291,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
         "status": if down.is_empty() { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
-        "backends": registry.instances().count(),
+        "backends": registry.instances().len(),
         "backends_not_serving": down,
         "fips": &state.fips,
         "jobs": counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect::<std::collections::BTreeMap<_, _>>(),
@@ -521,6 +541,7 @@ async fn list_plugins(State(state): State<AppState>) -> Json<serde_json::Value> 
         // Health checks may each wait on a CA: run them at once.
         let checks: Vec<_> = registry
             .instances()
+            .iter()
             .map(|i| {
                 let current = i.current();
                 tokio::spawn(async move {

@@ -14,8 +14,8 @@ use common::*;
 fn unit_for_test(dir: &std::path::Path) -> std::path::PathBuf {
     let config = dir.join("certconn.toml");
     std::fs::write(&config, config_text(&dir.join("data"), &plugins(), "")).unwrap();
-    let shipped = std::fs::read_to_string(repo_root().join("dist/systemd/certconn.service"))
-        .expect("dist/systemd/certconn.service");
+    let shipped = std::fs::read_to_string(repo_root().join("packaging/systemd/certconn.service"))
+        .expect("packaging/systemd/certconn.service");
     let unit = dir.join("certconn.service");
     std::fs::write(
         &unit,

@@ -8,8 +8,9 @@ knows which serials it issued for revocation. Loopback only.
 
     python3 mock-ca.py [--port 8700] [--api-key demo-key]   # prints the port it listens on
 
-For tests: --delay-ms N makes each issuance take N ms, and GET /mock/stats (unsigned) tells how
-many issuance requests it served and the most it ever had in flight at once.
+For tests: --delay-ms N makes each issuance take N ms, --fail-first N answers the first N
+issuance requests 503 (a CA briefly down), and GET /mock/stats (unsigned) tells how many
+issuance requests it served and the most it ever had in flight at once.
 """
 import argparse
 import base64
@@ -31,6 +32,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, default=8700)
 parser.add_argument("--api-key", default="demo-key")
 parser.add_argument("--delay-ms", type=int, default=0)
+parser.add_argument("--fail-first", type=int, default=0)
 args = parser.parse_args()
 
 now = datetime.datetime.now(datetime.timezone.utc)
@@ -116,10 +118,13 @@ class Api(http.server.BaseHTTPRequestHandler):
         if self.command == "POST" and self.path == "/v1/certificates":
             with lock:
                 stats["issue_requests"] += 1
+                failing = stats["issue_requests"] <= args.fail_first
                 stats["in_flight"] += 1
                 stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
             try:
                 time.sleep(args.delay_ms / 1000)
+                if failing:
+                    return self.reply(503, {"error": "the CA is briefly down (--fail-first)"})
                 return self.handle_signed(body)
             finally:
                 with lock:

@@ -32,4 +32,5 @@ mod sandbox;
 mod scep_backend;
 mod scep_messages;
 mod scep_server;
+mod status_page;
 mod systemd;

@@ -93,32 +93,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         "gauge",
         "When a certificate certconn depends on expires (Unix time): custody keys' certificates (key/NAME), the SCEP RA (scep-ra), the API's TLS certificate (api-tls).",
     );
-    for name in &state.watched_keys {
-        let not_after = state
-            .keys
-            .get(name)
-            .ok()
-            .and_then(|k| k.chain.first().and_then(|der| not_after(der)));
-        if let Some(t) = not_after {
-            out.sample(
-                "certconn_certificate_expiry_timestamp_seconds",
-                &[("certificate", &format!("key/{name}"))],
-                t as f64,
-            );
-        }
-    }
-    if let Some(ra) = &state.scep {
+    for (name, not_after) in super::status::watched_certificates(&state) {
         out.sample(
             "certconn_certificate_expiry_timestamp_seconds",
-            &[("certificate", "scep-ra")],
-            ra.current_not_after() as f64,
-        );
-    }
-    if let Some(t) = state.tls_not_after {
-        out.sample(
-            "certconn_certificate_expiry_timestamp_seconds",
-            &[("certificate", "api-tls")],
-            t as f64,
+            &[("certificate", &name)],
+            not_after as f64,
         );
     }
 
@@ -128,9 +107,4 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         out.into_string(),
     )
         .into_response()
-}
-
-/// A certificate's notAfter in Unix seconds.
-fn not_after(der: &[u8]) -> Option<u64> {
-    certconn_x509::validity_of(der).ok().map(|(_, end)| end)
 }

@@ -8,11 +8,13 @@
 //! - `client`: what the CLI uses to talk to a running daemon.
 //! - `tls`: the API over TLS, and client certificates.
 //! - `metrics`: `GET /metrics` for Prometheus.
+//! - `status`: the status page and `GET /v1/status`.
 
 pub mod certificates;
 pub mod client;
 mod metrics;
 pub mod server;
+pub mod status;
 pub mod tls;
 pub mod token;
 
@@ -30,8 +32,9 @@ pub struct ApiConfig {
     pub listen: toml::Spanned<SocketAddr>,
     /// Bearer token file; created with mode 0600 on first start. Default: `<data_dir>/api-token`.
     pub token_file: Option<ConfigPath>,
-    /// The read-only token (it reads `/metrics` and nothing else), for a scraper that must not
-    /// hold the token that issues and revokes; created with mode 0600 on first start. Default:
+    /// The read-only token (it reads `/metrics` and `/v1/status` and nothing else), for a
+    /// scraper or a person at the status page, who must not hold the token that issues and
+    /// revokes; created with mode 0600 on first start. Default:
     /// `<data_dir>/api-read-token`.
     pub read_token_file: Option<ConfigPath>,
     /// Largest request body accepted.

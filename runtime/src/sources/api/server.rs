@@ -131,8 +131,8 @@ pub struct ApiState {
     pub revocation: Option<Arc<Publisher>>,
     pub reload: Arc<dyn ConfigReload>,
     pub token: Zeroizing<String>,
-    /// Reads `/metrics` and nothing else: for a scraper, which must not hold a token that
-    /// issues and revokes.
+    /// Reads `/metrics` and `/v1/status` and nothing else: for a scraper or the status page,
+    /// which must not hold a token that issues and revokes.
     pub read_token: Zeroizing<String>,
     /// The configured custody keys: `/metrics` shows when their certificates expire.
     pub watched_keys: Vec<String>,
@@ -174,12 +174,17 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let readable = Router::new()
         .route("/metrics", get(super::metrics::metrics))
+        .route("/v1/status", get(super::status::status))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate_reader,
         ));
     Router::new()
         .route("/v1/health", get(health))
+        .route("/status", get(super::status::page))
+        .route("/status/page.js", get(super::status::script))
+        .route("/status/page.css", get(super::status::style))
+        .route("/status/icon.svg", get(super::status::icon))
         .merge(authed)
         .merge(readable)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -535,35 +540,7 @@ async fn job_result(
 
 /// Plugin files, backend instances, the versions they run and their health.
 async fn list_plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let registry = &state.registry;
-    let mut status = serde_json::to_value(registry.status()).unwrap_or_else(|_| json!({}));
-    if let Some(backends) = status["backends"].as_array_mut() {
-        // Health checks may each wait on a CA: run them at once.
-        let checks: Vec<_> = registry
-            .instances()
-            .iter()
-            .map(|i| {
-                let current = i.current();
-                tokio::spawn(async move {
-                    match current {
-                        Some(b) => match b.health().await {
-                            Ok(h) => (h.healthy, h.message),
-                            Err(e) => (false, e.to_string()),
-                        },
-                        None => (false, "not serving".to_string()),
-                    }
-                })
-            })
-            .collect();
-        for (b, check) in backends.iter_mut().zip(checks) {
-            let (healthy, message) = check
-                .await
-                .unwrap_or_else(|e| (false, format!("health check task: {e}")));
-            b["healthy"] = json!(healthy);
-            b["health"] = json!(crate::plugins::backend::bounded(&message));
-        }
-    }
-    Json(status)
+    Json(super::status::backends_with_health(&state.registry).await)
 }
 
 /// `POST /v1/backends/NAME/{drain,undrain}`.

@@ -498,15 +498,20 @@ impl MockCa {
 
     /// `start` on a given port (0: any free one).
     pub fn start_on(port: u16, delay_ms: u64) -> MockCa {
+        Self::start_with(&[
+            "--port",
+            &port.to_string(),
+            "--delay-ms",
+            &delay_ms.to_string(),
+        ])
+    }
+
+    /// The mock CA with these command-line arguments (`--fail-first N`, …).
+    pub fn start_with(args: &[&str]) -> MockCa {
         use std::io::BufRead;
         let mut child = Command::new("python3")
             .arg(repo_root().join("examples/vendor-template/mock-ca.py"))
-            .args([
-                "--port",
-                &port.to_string(),
-                "--delay-ms",
-                &delay_ms.to_string(),
-            ])
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs examples/vendor-template/mock-ca.py");

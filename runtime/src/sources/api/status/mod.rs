@@ -1,0 +1,180 @@
+//! The status page: `GET /status` (with its script and style sheet, embedded in the binary —
+//! nothing is fetched from elsewhere) and the one endpoint it reads, `GET /v1/status`, which
+//! the read-only token may read.
+//!
+//! The page holds no data of its own: it asks for a token once, keeps it in the tab's
+//! `sessionStorage` (gone when the tab closes; never in a cookie, the URL or `localStorage`),
+//! sends it as a bearer token, and builds the page from `/v1/status` with DOM text nodes (no
+//! HTML from data). It refreshes itself every five seconds. Retrying a failed or dead job from
+//! the page takes the API token; the read-only token reads only.
+//!
+//! `/v1/status` gathers what an administrator checks first: version and FIPS state, backends
+//! with a live health check, jobs by state, the jobs that failed or were dead-lettered with
+//! their reasons, and when the certificates certconn depends on expire — with a warning three
+//! weeks ahead (an expired SCEP RA certificate is how SCEP "quietly stops").
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::server::AppState;
+use crate::journal::JobState;
+use crate::plugins::Registry;
+
+/// How far ahead a certificate's expiry is a warning.
+pub const EXPIRY_WARNING_DAYS: u64 = 21;
+
+/// Failed and dead jobs listed, of each.
+const ATTENTION_JOBS: u32 = 20;
+
+const PAGE: &str = include_str!("page.html");
+const SCRIPT: &str = include_str!("page.js");
+const STYLE: &str = include_str!("page.css");
+const ICON: &str = include_str!("icon.svg");
+
+/// Headers for the page and its assets: nothing from elsewhere may load or run, the page may
+/// not be framed, and nothing is cached or sent on as a referrer.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub(super) async fn page() -> Response {
+    asset("text/html; charset=utf-8", PAGE)
+}
+
+pub(super) async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+pub(super) async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+pub(super) async fn icon() -> Response {
+    asset("image/svg+xml", ICON)
+}
+
+/// The certificates certconn depends on, labelled, with their notAfter (Unix seconds): custody
+/// keys' certificates (`key/NAME`), the SCEP RA (`scep-ra`), the API's TLS certificate
+/// (`api-tls`).
+pub(super) fn watched_certificates(state: &AppState) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for name in &state.watched_keys {
+        let not_after = state.keys.get(name).ok().and_then(|k| {
+            k.chain
+                .first()
+                .and_then(|der| certconn_x509::validity_of(der).ok())
+        });
+        if let Some((_, end)) = not_after {
+            out.push((format!("key/{name}"), end));
+        }
+    }
+    if let Some(ra) = &state.scep {
+        out.push(("scep-ra".to_owned(), ra.current_not_after()));
+    }
+    if let Some(end) = state.tls_not_after {
+        out.push(("api-tls".to_owned(), end));
+    }
+    out
+}
+
+/// Every backend instance as `plugins list` shows it, with a health check of each run now (at
+/// once: each may wait on its CA).
+pub(super) async fn backends_with_health(registry: &Registry) -> serde_json::Value {
+    let mut status = serde_json::to_value(registry.status()).unwrap_or_else(|_| json!({}));
+    if let Some(backends) = status["backends"].as_array_mut() {
+        let checks: Vec<_> = registry
+            .instances()
+            .iter()
+            .map(|i| {
+                let current = i.current();
+                tokio::spawn(async move {
+                    match current {
+                        Some(b) => match b.health().await {
+                            Ok(h) => (h.healthy, h.message),
+                            Err(e) => (false, e.to_string()),
+                        },
+                        None => (false, "not serving".to_string()),
+                    }
+                })
+            })
+            .collect();
+        for (b, check) in backends.iter_mut().zip(checks) {
+            let (healthy, message) = check
+                .await
+                .unwrap_or_else(|e| (false, format!("health check task: {e}")));
+            b["healthy"] = json!(healthy);
+            b["health"] = json!(crate::plugins::backend::bounded(&message));
+        }
+    }
+    status
+}
+
+/// `GET /v1/status`: what the status page shows.
+pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let now = crate::journal::now_ms() / 1000;
+    let now = u64::try_from(now).unwrap_or(0);
+    let certificates: Vec<_> = watched_certificates(&state)
+        .into_iter()
+        .map(|(name, not_after)| {
+            let days_left = (i128::from(not_after) - i128::from(now)) / 86_400;
+            json!({
+                "name": name,
+                "not_after": crate::report::rfc3339_ms(i64::try_from(not_after).unwrap_or(i64::MAX).saturating_mul(1000)),
+                "days_left": days_left,
+                "warning": not_after < now + EXPIRY_WARNING_DAYS * 86_400,
+                "expired": not_after <= now,
+            })
+        })
+        .collect();
+    let mut attention = Vec::new();
+    for job_state in [JobState::Dead, JobState::Failed] {
+        if let Ok(jobs) = state.jobs.list(Some(job_state), ATTENTION_JOBS).await {
+            attention.extend(jobs.into_iter().map(|j| {
+                json!({
+                    "id": j.id,
+                    "kind": j.kind.as_str(),
+                    "state": j.state.as_str(),
+                    "backend": j.backend,
+                    "attempts": j.attempts,
+                    "reason": j.last_error,
+                    "updated_at": crate::report::rfc3339_ms(j.updated_at),
+                })
+            }));
+        }
+    }
+    let counts = state.jobs.counts().await.unwrap_or_default();
+    let backends = backends_with_health(&state.registry).await;
+    let degraded = backends["backends"].as_array().is_some_and(|b| {
+        b.iter()
+            .any(|b| b["state"] != "serving" || b["healthy"] != true)
+    }) || certificates.iter().any(|c| c["warning"] == true);
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "status": if degraded { "attention" } else { "ok" },
+        "fips": &state.fips,
+        "backends": backends["backends"],
+        "jobs": counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect::<std::collections::BTreeMap<_, _>>(),
+        "attention": attention,
+        "certificates": certificates,
+        "certificate_warning_days": EXPIRY_WARNING_DAYS,
+        "scep_ra": state.scep.as_ref().map(|ra| ra.status()),
+        "revocation": state.revocation.as_ref().map(|p| p.status()),
+    }))
+}

@@ -15,6 +15,7 @@ mod conformance;
 mod contracts;
 mod crash_recovery;
 mod custody_at_rest;
+mod deb_package;
 mod fips_mode;
 mod issue_openssl;
 mod keys_cli;

@@ -1,0 +1,193 @@
+//! The Debian package as an administrator meets it: `dpkg -i`, the daemon started from the
+//! installed paths as the `certconn` user with the installed config, a certificate issued and
+//! read by openssl, then `dpkg --purge` leaving nothing behind. Built by `scripts/package-deb`
+//! (scripts/test runs it); installing needs root, as CI has.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn deb() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let deb = target.join("debian/certconn.deb");
+    assert!(
+        deb.exists(),
+        "{} is missing: scripts/test builds it with scripts/package-deb",
+        deb.display()
+    );
+    deb
+}
+
+fn sh(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// A command run as the package's `certconn` user, as systemd would run it. `setpriv` execs
+/// the command itself (no session process in between), so killing the child kills certconn.
+fn as_certconn(args: &[&str]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=certconn",
+        "--regid=certconn",
+        "--init-groups",
+        "--reset-env",
+    ])
+    .args(args);
+    cmd
+}
+
+/// Purges the package when the test ends, however it ends.
+struct Purge;
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        let _ = Command::new("dpkg").args(["--purge", "certconn"]).output();
+    }
+}
+
+/// The installed daemon, killed when the test ends (declared after [`Purge`], so it goes
+/// first).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn install_start_issue_and_purge() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "installing a .deb takes root (CI runs the suite as root)"
+    );
+    let deb = deb();
+    let (_, info) = sh(Command::new("dpkg-deb").arg("--info").arg(&deb));
+    assert!(info.contains("Package: certconn"), "{info}");
+    let (_, contents) = sh(Command::new("dpkg-deb").arg("--contents").arg(&deb));
+    for path in [
+        "./usr/bin/certconn",
+        "./usr/lib/certconn/plugins/local-ca.wasm",
+        "./usr/lib/certconn/plugins/scep.wasm",
+        "./etc/certconn/certconn.toml",
+        "./lib/systemd/system/certconn.service",
+        "./usr/share/doc/certconn/runbook.md",
+    ] {
+        assert!(
+            contents.contains(path),
+            "{path} not in the package:\n{contents}"
+        );
+    }
+    let conffiles = Command::new("dpkg-deb")
+        .arg("--ctrl-tarfile")
+        .arg(&deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, listed) = sh(Command::new("tar")
+        .args(["-xO", "./conffiles"])
+        .stdin(conffiles.stdout.unwrap()));
+    assert_eq!(listed.trim(), "/etc/certconn/certconn.toml");
+
+    // A leftover from an interrupted run goes first.
+    let _ = Command::new("dpkg").args(["--purge", "certconn"]).output();
+    let (ok, out) = sh(Command::new("dpkg").arg("-i").arg(&deb));
+    assert!(ok, "dpkg -i: {out}");
+    let _purge = Purge;
+    let (ok, user) = sh(Command::new("getent").args(["passwd", "certconn"]));
+    assert!(ok && user.contains("/var/lib/certconn"), "{user}");
+    let meta = std::fs::metadata("/var/lib/certconn").unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+
+    // The administrator moves the API to a free port (a conffile edit, as in real life).
+    let config = Path::new("/etc/certconn/certconn.toml");
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        text.replace("listen = \"127.0.0.1:7443\"", "listen = \"127.0.0.1:0\""),
+    )
+    .unwrap();
+    let (ok, out) = sh(&mut as_certconn(&[
+        "/usr/bin/certconn",
+        "check-config",
+        "--config",
+        "/etc/certconn/certconn.toml",
+    ]));
+    assert!(ok, "check-config: {out}");
+
+    let addr_file = Path::new("/var/lib/certconn/api.addr");
+    let mut daemon = Running(
+        as_certconn(&[
+            "/usr/bin/certconn",
+            "serve",
+            "--config",
+            "/etc/certconn/certconn.toml",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let start = Instant::now();
+    while !addr_file.exists() {
+        if let Ok(Some(status)) = daemon.0.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = daemon.0.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("certconn serve exited with {status}: {err}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no api.addr");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(meta.uid(), std::fs::metadata(addr_file).unwrap().uid());
+
+    let pfx = "/var/lib/certconn/packaged.pfx";
+    let (ok, out) = sh(&mut as_certconn(&[
+        "/usr/bin/certconn",
+        "submit",
+        "issue",
+        "--config",
+        "/etc/certconn/certconn.toml",
+        "--profile",
+        "smime",
+        "--subject",
+        "CN=from the package",
+        "--out",
+        pfx,
+    ]));
+    drop(daemon);
+    assert!(ok, "submit: {out}");
+    let password = shown_password(&out);
+    let info = openssl_pkcs12_info(Path::new(pfx), &password);
+    assert!(info.contains("MAC"), "{info}");
+
+    // Purge: the package, its config, its state and its user are gone.
+    let (ok, out) = sh(Command::new("dpkg").args(["--purge", "certconn"]));
+    assert!(ok, "dpkg --purge: {out}");
+    for gone in [
+        "/usr/bin/certconn",
+        "/etc/certconn/certconn.toml",
+        "/etc/certconn",
+        "/var/lib/certconn",
+        "/usr/lib/certconn/plugins/local-ca.wasm",
+    ] {
+        assert!(
+            !Path::new(gone).exists(),
+            "{gone} is still there after purge"
+        );
+    }
+    let (ok, _) = sh(Command::new("getent").args(["passwd", "certconn"]));
+    assert!(!ok, "the certconn user is still there after purge");
+}

@@ -89,15 +89,13 @@ fn install_start_issue_and_purge() {
             "{path} not in the package:\n{contents}"
         );
     }
-    let conffiles = Command::new("dpkg-deb")
-        .arg("--ctrl-tarfile")
+    let control = tempfile::tempdir().unwrap();
+    let (ok, out) = sh(Command::new("dpkg-deb")
+        .arg("--control")
         .arg(&deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (_, listed) = sh(Command::new("tar")
-        .args(["-xO", "./conffiles"])
-        .stdin(conffiles.stdout.unwrap()));
+        .arg(control.path().join("DEBIAN")));
+    assert!(ok, "{out}");
+    let listed = std::fs::read_to_string(control.path().join("DEBIAN/conffiles")).unwrap();
     assert_eq!(listed.trim(), "/etc/certconn/certconn.toml");
 
     // A leftover from an interrupted run goes first.

@@ -29,9 +29,11 @@ try {
   await page.fill("#token", token);
   await page.click("#sign-in");
   await page.waitForSelector("#status:not([hidden])");
-  await page.waitForFunction(() => document.querySelector("#version").textContent !== "");
+  // Locators wait in Playwright's own isolated world. waitForFunction would poll with eval in
+  // the page's, which the page's Content-Security-Policy forbids (and fails when it polls).
+  await page.locator("#version").filter({ hasText: /\S/ }).waitFor();
   if (waitFor) {
-    await page.waitForFunction((t) => document.body.innerText.includes(t), waitFor, { timeout: 30000 });
+    await page.getByText(waitFor).first().waitFor({ timeout: 30000 });
   }
   const rows = (id) =>
     page.$$eval(`#${id} tbody tr`, (trs) =>
@@ -48,7 +50,7 @@ try {
   if (retry) {
     seen.retried = await retry.getAttribute("data-retry");
     await retry.click();
-    await page.waitForFunction(() => document.querySelector("#retry-result").textContent !== "");
+    await page.locator("#retry-result").filter({ hasText: /\S/ }).waitFor();
     seen.retry_result = await page.textContent("#retry-result");
   }
   await page.screenshot({ path: screenshot, fullPage: true });

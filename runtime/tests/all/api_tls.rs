@@ -13,26 +13,21 @@ use common::*;
 
 /// A certificate for the API at 127.0.0.1, self-signed, with its key (mode 0600).
 fn api_certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    let (key, cert) = (dir.join("api.key"), dir.join("api.pem"));
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=certconn API",
-            ])
-            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .args(["-addext", "extendedKeyUsage=serverAuth"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert),
+    let (key, cert) = openssl_self_signed(
+        dir,
+        "certconn-api",
+        &[
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+        ],
     );
     set_private(&key);
     (cert, key)
@@ -43,43 +38,27 @@ fn set_private(path: &Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-/// A CA for admin tools' client certificates, and one client certificate under it.
+/// A CA for admin tools' client certificates, and one client certificate under it:
+/// (CA certificate, certificate, key).
 fn client_ca_and_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let (ca_key, ca) = openssl_self_signed(dir, "admin-ca", &["-newkey", "rsa:2048"]);
-    let (key, csr, cert) = (
-        dir.join("admin.key"),
-        dir.join("admin.csr"),
-        dir.join("admin.pem"),
-    );
-    run_ok(
-        Command::new("openssl")
-            .args(["req", "-new", "-nodes", "-subj", "/CN=admin tool"])
-            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&csr),
-    );
-    let ext = dir.join("client.ext");
-    std::fs::write(
-        &ext,
+    openssl_ca_and_leaf(
+        dir,
+        "admin",
         "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
     )
-    .unwrap();
-    run_ok(
-        Command::new("openssl")
-            .args(["x509", "-req", "-days", "2", "-in"])
-            .arg(&csr)
-            .arg("-CA")
-            .arg(&ca)
-            .arg("-CAkey")
-            .arg(&ca_key)
-            .args(["-CAcreateserial", "-extfile"])
-            .arg(&ext)
-            .arg("-out")
-            .arg(&cert),
-    );
-    (ca, cert, key)
+}
+
+/// `certconn ARGS --config CONFIG`: whether it succeeded, and what it printed.
+fn run_certconn(args: &[&str], config: &Path) -> (bool, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
 }
 
 fn tls_config(data: &Path, cert: &Path, key: &Path, more: &str) -> String {
@@ -146,7 +125,7 @@ fn the_cli_and_curl_reach_the_api_over_tls_and_plain_http_gets_nothing() {
     let seen = String::from_utf8_lossy(&s_client.stderr).to_string()
         + &String::from_utf8_lossy(&std::mem::take(&mut s_client.stdout));
     assert!(
-        seen.contains("CN=certconn API") || seen.contains("CN = certconn API"),
+        seen.contains("CN=certconn-api") || seen.contains("CN = certconn-api"),
         "{seen}"
     );
     assert!(seen.contains("Verification: OK"), "{seen}");
@@ -242,26 +221,15 @@ fn an_api_off_loopback_without_tls_is_refused_unless_the_config_says_so() {
     let text = config_text(&dir.path().join("data"), &plugins(), "")
         .replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"");
     std::fs::write(&config, &text).unwrap();
-    let out = Command::new(binary())
-        .args(["check-config", "--syntax-only", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (ok, said) = run_certconn(&["check-config", "--syntax-only"], &config);
+    assert!(!ok, "{said}");
     assert!(
-        stderr.contains("api.listen")
-            && stderr.contains("in clear")
-            && stderr.contains("[api.tls]"),
-        "{stderr}"
+        said.contains("api.listen") && said.contains("in clear") && said.contains("[api.tls]"),
+        "{said}"
     );
-    let out = Command::new(binary())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("api.listen"));
+    let (ok, said) = run_certconn(&["serve"], &config);
+    assert!(!ok);
+    assert!(said.contains("api.listen"), "{said}");
 
     // Said explicitly, it is accepted.
     std::fs::write(
@@ -272,16 +240,8 @@ fn an_api_off_loopback_without_tls_is_refused_unless_the_config_says_so() {
         ),
     )
     .unwrap();
-    let out = Command::new(binary())
-        .args(["check-config", "--syntax-only", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, said) = run_certconn(&["check-config", "--syntax-only"], &config);
+    assert!(ok, "{said}");
 }
 
 #[test]
@@ -296,14 +256,8 @@ fn a_key_that_is_not_the_certificates_stops_the_start_with_the_reason() {
         tls_config(&dir.path().join("data"), &cert, &other_key, ""),
     )
     .unwrap();
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = run_certconn(&["check-config"], &config);
+    assert!(!ok, "{text}");
     assert!(
         text.contains("api.tls.key") && text.contains("is not the key of the certificate"),
         "{text}"
@@ -321,15 +275,10 @@ fn a_key_that_is_not_the_certificates_stops_the_start_with_the_reason() {
         tls_config(&dir.path().join("data"), &readable_cert, &readable_key, ""),
     )
     .unwrap();
-    let out = Command::new(binary())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (ok, said) = run_certconn(&["serve"], &config);
+    assert!(!ok, "{said}");
     assert!(
-        stderr.contains("api.tls.key") && stderr.contains("chmod 600"),
-        "{stderr}"
+        said.contains("api.tls.key") && said.contains("chmod 600"),
+        "{said}"
     );
 }

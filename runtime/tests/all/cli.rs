@@ -117,16 +117,7 @@ async fn an_interrupted_submit_names_its_job_and_jobs_result_fetches_it_later() 
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let ca = MockCa::start(0);
-    let plugin_dir = plugin_dir_with(
-        dir.path(),
-        &[
-            (
-                test_plugins().join("vendor-template.wasm"),
-                "vendor-template",
-            ),
-            (plugins().join("local-ca.wasm"), "local-ca"),
-        ],
-    );
+    let plugin_dir = vendor_and_local_plugin_dir(dir.path());
     let extra = ca.backend("example", "");
     let mut daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
     // The backend is drained (in memory only), so the job waits, journaled, while the client

@@ -101,16 +101,7 @@ async fn a_job_killed_while_its_request_is_at_the_ca_gets_that_certificate_on_re
     let dir = tempfile::tempdir().unwrap();
     // Each issuance takes 2 s at the CA: time for the kill to land while the request is there.
     let ca = MockCa::start(2_000);
-    let plugin_dir = plugin_dir_with(
-        dir.path(),
-        &[
-            (
-                test_plugins().join("vendor-template.wasm"),
-                "vendor-template",
-            ),
-            (plugins().join("local-ca.wasm"), "local-ca"),
-        ],
-    );
+    let plugin_dir = vendor_and_local_plugin_dir(dir.path());
     let extra = ca.backend("example", "");
     let mut daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
     let (config, log) = (daemon.config.clone(), daemon.log.clone());

@@ -624,54 +624,11 @@ fn server_pki(
     dir: &std::path::Path,
     name: &str,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let file = |ext: &str| dir.join(format!("{name}.{ext}"));
-    let (ca, ca_key, cert, key, csr, ext) = (
-        file("ca.pem"),
-        file("ca.key"),
-        file("pem"),
-        file("key"),
-        file("csr"),
-        file("ext"),
-    );
-    run_ok(
-        std::process::Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", &format!("/CN={name} CA")])
-            .arg("-keyout")
-            .arg(&ca_key)
-            .arg("-out")
-            .arg(&ca),
-    );
-    run_ok(
-        std::process::Command::new("openssl")
-            .args(["req", "-new", "-newkey", "rsa:2048", "-nodes"])
-            .args(["-subj", &format!("/CN={name}")])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&csr),
-    );
-    std::fs::write(
-        &ext,
+    openssl_ca_and_leaf(
+        dir,
+        name,
         "basicConstraints=critical,CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
     )
-    .unwrap();
-    run_ok(
-        std::process::Command::new("openssl")
-            .args(["x509", "-req", "-days", "1", "-in"])
-            .arg(&csr)
-            .arg("-CA")
-            .arg(&ca)
-            .arg("-CAkey")
-            .arg(&ca_key)
-            .args(["-CAcreateserial", "-extfile"])
-            .arg(&ext)
-            .arg("-out")
-            .arg(&cert),
-    );
-    (ca, cert, key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,14 @@ fn reload(daemon: &Daemon) -> std::process::Output {
     daemon.cli(&["reload"])
 }
 
+/// `certconn reload` that must fail: what it said on stderr.
+fn refused_reload(daemon: &Daemon) -> String {
+    let out = reload(daemon);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the reload was taken: {stderr}");
+    stderr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_and_profiles_change_under_load_and_no_job_is_lost() {
     let dir = tempfile::tempdir().unwrap();
@@ -129,9 +137,7 @@ async fn a_broken_or_restart_only_change_is_refused_and_the_running_config_goes_
 
     // Not TOML: the line is named.
     std::fs::write(&config, format!("{good}\n[profiles.broken\n")).unwrap();
-    let out = reload(&daemon);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused_reload(&daemon);
     assert!(
         stderr.contains("TOML parse error at line") && stderr.contains("[profiles.broken"),
         "{stderr}"
@@ -146,9 +152,7 @@ async fn a_broken_or_restart_only_change_is_refused_and_the_running_config_goes_
         ),
     )
     .unwrap();
-    let out = reload(&daemon);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused_reload(&daemon);
     assert!(stderr.contains("key_usage"), "{stderr}");
     let listed = ok(daemon.cli(&["plugins", "list"]));
     assert!(!listed.contains("bad"), "{listed}");
@@ -159,9 +163,7 @@ async fn a_broken_or_restart_only_change_is_refused_and_the_running_config_goes_
         good.replace("[jobs]\nworkers = 4", "[jobs]\nworkers = 8"),
     )
     .unwrap();
-    let out = reload(&daemon);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused_reload(&daemon);
     assert!(
         stderr.contains("[jobs] changed") && stderr.contains("restart"),
         "{stderr}"
@@ -186,9 +188,7 @@ async fn a_profile_unfinished_jobs_name_is_not_removed() {
     ok(daemon.cli(&["plugins", "drain", "second"]));
     let id = submit(&api, "other", "waiting", json!({})).await;
     write_config(dir.path(), "");
-    let out = reload(&daemon);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused_reload(&daemon);
     assert!(
         stderr.contains("profile \"other\" cannot be removed while 1 unfinished job(s) name it"),
         "{stderr}"

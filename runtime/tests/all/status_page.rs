@@ -33,16 +33,7 @@ async fn the_status_page_shows_what_needs_attention_and_retries_from_the_browser
         .local_addr()
         .unwrap()
         .port();
-    let plugin_dir = plugin_dir_with(
-        dir.path(),
-        &[
-            (
-                test_plugins().join("vendor-template.wasm"),
-                "vendor-template",
-            ),
-            (plugins().join("local-ca.wasm"), "local-ca"),
-        ],
-    );
+    let plugin_dir = vendor_and_local_plugin_dir(dir.path());
     let challenge = dir.path().join("challenge");
     write_private(&challenge, "status-page-challenge\n");
     let down = format!(

@@ -68,26 +68,24 @@ fn next_message(socket: &UnixDatagram, timeout: Duration) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// A daemon on the default test config run as systemd would with `env`, and the socket it
+/// notifies (`NOTIFY_SOCKET`).
+fn daemon_notifying(dir: &std::path::Path, env: &[(&str, &str)]) -> (Daemon, UnixDatagram) {
+    let socket_path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let config = dir.join("certconn.toml");
+    std::fs::write(&config, config_text(&dir.join("data"), &plugins(), "")).unwrap();
+    let mut vars = vec![("NOTIFY_SOCKET".to_owned(), socket_path.into_os_string())];
+    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.into())));
+    let daemon = Daemon::start_with_env(&config, &dir.join("daemon.log"), vars);
+    (daemon, socket)
+}
+
 #[test]
 fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let config = dir.path().join("certconn.toml");
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("data"), &plugins(), ""),
-    )
-    .unwrap();
-    let mut daemon = Daemon::start_with_env(
-        &config,
-        &dir.path().join("daemon.log"),
-        vec![
-            ("NOTIFY_SOCKET".into(), socket_path.clone().into()),
-            // 200 ms: pings every 100 ms, and STATUS with them.
-            ("WATCHDOG_USEC".into(), "200000".into()),
-        ],
-    );
+    // 200 ms: pings every 100 ms, and STATUS with them.
+    let (mut daemon, socket) = daemon_notifying(dir.path(), &[("WATCHDOG_USEC", "200000")]);
     let ready = next_message(&socket, Duration::from_secs(30)).expect("a message from serve");
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
     assert!(
@@ -126,23 +124,10 @@ fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
 #[test]
 fn a_watchdog_meant_for_another_process_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let config = dir.path().join("certconn.toml");
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("data"), &plugins(), ""),
-    )
-    .unwrap();
-    let _daemon = Daemon::start_with_env(
-        &config,
-        &dir.path().join("daemon.log"),
-        vec![
-            ("NOTIFY_SOCKET".into(), socket_path.clone().into()),
-            ("WATCHDOG_USEC".into(), "100000".into()),
-            // PID 1 is never the daemon.
-            ("WATCHDOG_PID".into(), "1".into()),
-        ],
+    // PID 1 is never the daemon.
+    let (_daemon, socket) = daemon_notifying(
+        dir.path(),
+        &[("WATCHDOG_USEC", "100000"), ("WATCHDOG_PID", "1")],
     );
     let ready = next_message(&socket, Duration::from_secs(30)).expect("READY");
     assert!(ready.contains("READY=1"), "{ready}");

@@ -293,6 +293,59 @@ pub fn openssl_self_signed(dir: &Path, name: &str, newkey: &[&str]) -> (PathBuf,
     (key, cert)
 }
 
+/// A CA and a certificate it issued, made by the openssl CLI with the X.509 extensions in
+/// `extensions` (an `-extfile`): (CA certificate, certificate, key), named after `name`.
+pub fn openssl_ca_and_leaf(
+    dir: &Path,
+    name: &str,
+    extensions: &str,
+) -> (PathBuf, PathBuf, PathBuf) {
+    let file = |ext: &str| dir.join(format!("{name}.{ext}"));
+    let (ca, ca_key, cert, key, csr, ext) = (
+        file("ca.pem"),
+        file("ca.key"),
+        file("pem"),
+        file("key"),
+        file("csr"),
+        file("ext"),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", &format!("/CN={name} CA")])
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-new", "-newkey", "rsa:2048", "-nodes"])
+            .args(["-subj", &format!("/CN={name}")])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+    );
+    std::fs::write(&ext, extensions).unwrap();
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "1", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .args(["-CAcreateserial", "-extfile"])
+            .arg(&ext)
+            .arg("-out")
+            .arg(&cert),
+    );
+    (ca, cert, key)
+}
+
 /// An RSA-2048 device key and self-signed certificate made by openssl.
 pub fn openssl_device(dir: &Path) -> (PathBuf, PathBuf) {
     openssl_self_signed(dir, "device", &["-newkey", "rsa:2048"])
@@ -310,6 +363,20 @@ pub fn mixed_plugin_dir(dir: &Path) -> PathBuf {
             .unwrap_or_else(|e| panic!("{}: {e}", src.display()));
     }
     out
+}
+
+/// A plugin directory with the vendor template (the mock CA's backend) and local-ca.
+pub fn vendor_and_local_plugin_dir(dir: &Path) -> PathBuf {
+    plugin_dir_with(
+        dir,
+        &[
+            (
+                test_plugins().join("vendor-template.wasm"),
+                "vendor-template",
+            ),
+            (plugins().join("local-ca.wasm"), "local-ca"),
+        ],
+    )
 }
 
 /// Submits an issue job through the API; returns its id.

@@ -15,6 +15,7 @@ pub mod files;
 pub mod jobs;
 pub mod journal;
 pub mod metrics;
+pub mod openapi;
 pub mod pki;
 pub mod plugins;
 pub mod report;

@@ -293,8 +293,10 @@ impl App {
         })
     }
 
-    /// The HTTP routes: the request API, and the SCEP server when configured.
+    /// The HTTP routes: the request API, and the SCEP server and the published CRLs and OCSP
+    /// when configured; `/v1/openapi.json` serves the document of exactly these routes.
     pub fn router(&self, token: Zeroizing<String>, read_token: Zeroizing<String>) -> axum::Router {
+        let openapi = Arc::new(std::sync::OnceLock::new());
         let api = crate::sources::api::server::router(ApiState {
             intake: self.intake.clone(),
             jobs: self.journal.clone(),
@@ -316,14 +318,31 @@ impl App {
                 .as_ref()
                 .and_then(crate::sources::api::tls::certificate_not_after),
             max_body_bytes: self.config.api.max_body_bytes,
+            openapi: openapi.clone(),
         });
-        self.public_routes().merge(api)
+        let (router, document) =
+            utoipa_axum::router::OpenApiRouter::with_openapi(crate::openapi::front_matter())
+                .merge(self.documented_public_routes())
+                .merge(api)
+                .split_for_parts();
+        match document.to_pretty_json() {
+            Ok(json) => {
+                let _ = openapi.set(json);
+            }
+            Err(e) => tracing::error!("the OpenAPI document cannot be written: {e}"),
+        }
+        router
     }
 
     /// What is served without the token (and, on `api.plain_listen`, without TLS): the SCEP
     /// endpoint and the published CRLs, OCSP and CA certificates, when configured.
     pub fn public_routes(&self) -> axum::Router {
-        let routes = axum::Router::new();
+        self.documented_public_routes().split_for_parts().0
+    }
+
+    /// [`Self::public_routes`] with their OpenAPI document.
+    fn documented_public_routes(&self) -> utoipa_axum::router::OpenApiRouter {
+        let routes = utoipa_axum::router::OpenApiRouter::new();
         let routes = match &self.revocation {
             Some(p) => crate::revocation::http::routes(p.clone()).merge(routes),
             None => routes,

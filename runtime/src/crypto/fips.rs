@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 /// FIPS status as `certconn status` and `/v1/health` report it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FipsStatus {
     /// `crypto.fips` in the config: only FIPS-approved algorithms are allowed.
     pub policy: bool,

@@ -14,7 +14,9 @@ use crate::crypto::provider::Padding;
 use crate::crypto::CryptoError;
 
 /// Key types custody can create.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyAlgorithm {
     #[serde(rename = "ec-p256")]

@@ -57,7 +57,7 @@ pub struct ImportJob {
 /// How the PFX password was encrypted to the custody key (Microsoft Graph's
 /// `userPfxPaddingScheme` names). `pkcs1` and `oaepSha1` are not accepted: the format itself
 /// retired them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(try_from = "String")]
 pub enum PasswordPadding {
     #[serde(rename = "oaepSha256")]
@@ -116,7 +116,7 @@ impl std::str::FromStr for PasswordPadding {
 }
 
 /// What an imported PFX is delivered for (Microsoft Graph's `userPfxIntendedPurpose` names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String")]
 pub enum ImportPurpose {
     #[serde(rename = "smimeEncryption")]
@@ -210,7 +210,7 @@ pub struct BadSerial {
 pub use crate::pki::issued::serial_hex;
 
 /// RFC 5280 CRLReason names as used on the CLI and API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RevocationReason {
     #[default]
@@ -266,7 +266,7 @@ pub fn erased_request(job: &JobRecord) -> Option<serde_json::Value> {
 }
 
 /// What a finished issue job produced, as kept in the outbox.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobResult {
     /// Certificate, PEM.
     pub certificate_pem: Option<String>,
@@ -317,15 +317,29 @@ impl JobResult {
 
 impl JobResult {
     /// What a listing may show of a result: no certificate body, no PFX, no password.
-    pub fn summary(&self) -> serde_json::Value {
-        serde_json::json!({
-            "serial": self.serial,
-            "backend_version": self.backend_version,
-            "pfx": self.pfx_base64.is_some(),
-            "password_sealed": self.sealed_password_base64.is_some(),
-            "revoked": self.revoked,
-        })
+    pub fn summary(&self) -> ResultSummary {
+        ResultSummary {
+            serial: self.serial.clone(),
+            backend_version: self.backend_version.clone(),
+            pfx: self.pfx_base64.is_some(),
+            password_sealed: self.sealed_password_base64.is_some(),
+            revoked: self.revoked,
+        }
     }
+}
+
+/// A job's result as a listing shows it: no certificate body, no PFX, no password.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ResultSummary {
+    /// Serial number of the certificate issued, hex.
+    pub serial: Option<String>,
+    pub backend_version: Option<String>,
+    /// The result holds a PKCS#12 file.
+    pub pfx: bool,
+    /// The PFX password is sealed for the device.
+    pub password_sealed: bool,
+    /// Revocation results.
+    pub revoked: Option<bool>,
 }
 
 impl RevocationReason {

@@ -14,7 +14,19 @@ pub fn serial_hex(bytes: &[u8]) -> String {
 }
 
 /// Where a job is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting for a worker (first run or a retry after backoff).
@@ -73,7 +85,7 @@ impl std::fmt::Display for JobState {
 }
 
 /// The kinds of work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobKind {
     Issue,
@@ -102,19 +114,27 @@ impl JobKind {
 }
 
 /// One job as the journal knows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct JobRecord {
     pub id: String,
+    /// Where the job came from: `api`, `cli`, `scep`.
     pub source: String,
     pub idempotency_key: String,
     pub kind: JobKind,
     pub state: JobState,
+    /// The request as submitted (an import's PFX and password reduced to size and SHA-256).
+    #[schema(value_type = Object)]
     pub request: serde_json::Value,
     pub attempts: u32,
+    /// The backend instance that took it.
     pub backend: Option<String>,
+    /// Why the last attempt did not succeed.
     pub last_error: Option<String>,
+    /// Unix milliseconds.
     pub created_at: i64,
+    /// Unix milliseconds.
     pub updated_at: i64,
+    /// Unix milliseconds: when a queued or pending job runs next.
     pub next_run_at: i64,
     #[serde(skip)]
     pub poll_token: Option<String>,

@@ -9,12 +9,15 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
+use axum::routing::get;
 use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
 use base64::{alphabet, Engine};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::Publisher;
+use crate::openapi::Binary;
 
 /// An OCSP request is a few hundred bytes; anything near this is not one.
 const MAX_OCSP_REQUEST: usize = 16 * 1024;
@@ -25,12 +28,18 @@ const PADDING_OPTIONAL: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// `GET /pki/{ca}/ocsp/{request}` for the OpenAPI document: axum routes it as a wildcard
+/// (base64 holds `/`), which `routes!` cannot express.
+#[derive(OpenApi)]
+#[openapi(paths(ocsp_get))]
+struct OcspGet;
+
 /// The routes, for merging into the API listener.
-pub fn routes(publisher: Arc<Publisher>) -> Router {
-    Router::new()
-        .route("/pki/{ca}/crl", get(crl))
-        .route("/pki/{ca}/ca.crt", get(certificate))
-        .route("/pki/{ca}/ocsp", post(ocsp_post))
+pub fn routes(publisher: Arc<Publisher>) -> OpenApiRouter {
+    OpenApiRouter::with_openapi(OcspGet::openapi())
+        .routes(routes!(crl))
+        .routes(routes!(certificate))
+        .routes(routes!(ocsp_post))
         .route("/pki/{ca}/ocsp/{*request}", get(ocsp_get))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_OCSP_REQUEST))
         .with_state(publisher)
@@ -45,6 +54,17 @@ fn not_here(ca: &str) -> Response {
         .into_response()
 }
 
+/// The CA's current CRL, DER.
+#[utoipa::path(
+    get,
+    path = "/pki/{ca}/crl",
+    tag = "pki",
+    params(("ca" = String, Path, description = "The CA's name ([revocation.ca.NAME])")),
+    responses(
+        (status = 200, description = "The CRL", content_type = "application/pkix-crl", body = inline(Binary)),
+        (status = 404, description = "certconn publishes no CA by this name", content_type = "text/plain; charset=utf-8", body = String),
+    )
+)]
 async fn crl(State(p): State<Arc<Publisher>>, Path(ca): Path<String>) -> Response {
     let Some(current) = p.crl(&ca) else {
         return not_here(&ca);
@@ -70,6 +90,17 @@ async fn crl(State(p): State<Arc<Publisher>>, Path(ca): Path<String>) -> Respons
         .into_response()
 }
 
+/// The CA's certificate, DER (the AIA caIssuers target).
+#[utoipa::path(
+    get,
+    path = "/pki/{ca}/ca.crt",
+    tag = "pki",
+    params(("ca" = String, Path, description = "The CA's name ([revocation.ca.NAME])")),
+    responses(
+        (status = 200, description = "The certificate", content_type = "application/pkix-cert", body = inline(Binary)),
+        (status = 404, description = "certconn publishes no CA by this name", content_type = "text/plain; charset=utf-8", body = String),
+    )
+)]
 async fn certificate(State(p): State<Arc<Publisher>>, Path(ca): Path<String>) -> Response {
     match p.certificate(&ca) {
         Some(der) => ([(header::CONTENT_TYPE, "application/pkix-cert")], der).into_response(),
@@ -77,6 +108,22 @@ async fn certificate(State(p): State<Arc<Publisher>>, Path(ca): Path<String>) ->
     }
 }
 
+/// An OCSP request (RFC 6960), DER in the body.
+#[utoipa::path(
+    post,
+    path = "/pki/{ca}/ocsp",
+    tag = "pki",
+    params(("ca" = String, Path, description = "The CA's name ([revocation.ca.NAME])")),
+    request_body(
+        description = "The DER OCSPRequest (an empty or malformed one gets the malformedRequest response)",
+        content = inline(Option<Binary>),
+        content_type = "application/ocsp-request",
+    ),
+    responses(
+        (status = 200, description = "An OCSP response (a malformed request gets the malformedRequest response)", content_type = "application/ocsp-response", body = inline(Binary)),
+        (status = 404, description = "certconn publishes no CA by this name", content_type = "text/plain; charset=utf-8", body = String),
+    )
+)]
 async fn ocsp_post(
     State(p): State<Arc<Publisher>>,
     Path(ca): Path<String>,
@@ -85,6 +132,17 @@ async fn ocsp_post(
     ocsp(&p, &ca, &body).await
 }
 
+/// An OCSP request (RFC 6960 appendix A), base64 in the path.
+#[utoipa::path(
+    get,
+    path = "/pki/{ca}/ocsp/{request}",
+    tag = "pki",
+    params(("ca" = String, Path, description = "The CA's name ([revocation.ca.NAME])"), ("request" = String, Path, description = "The DER request, base64 (padding optional)")),
+    responses(
+        (status = 200, description = "An OCSP response (a malformed request gets the malformedRequest response)", content_type = "application/ocsp-response", body = inline(Binary)),
+        (status = 404, description = "certconn publishes no CA by this name", content_type = "text/plain; charset=utf-8", body = String),
+    )
+)]
 async fn ocsp_get(
     State(p): State<Arc<Publisher>>,
     Path((ca, request)): Path<(String, String)>,

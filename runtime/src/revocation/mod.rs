@@ -76,7 +76,7 @@ pub struct CurrentCrl {
 }
 
 /// One CA's published state, as status shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct CaStatus {
     pub name: String,
     pub key: String,

@@ -21,6 +21,7 @@ mod issue_openssl;
 mod keys_cli;
 mod metrics;
 mod ndes_backend;
+mod openapi;
 mod pfx_import;
 mod pkcs11_custody;
 mod pkcs12_read;

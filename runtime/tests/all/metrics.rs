@@ -5,7 +5,6 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -13,26 +12,6 @@ use common::*;
 use serde_json::json;
 
 /// `curl` GET of `path` with `token` (if any): (HTTP status, body).
-fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-w", "\n%{http_code}"]);
-    if let Some(t) = token {
-        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-    }
-    let out = cmd
-        .arg(format!("http://127.0.0.1:{port}{path}"))
-        .output()
-        .expect("curl runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (code.trim().parse().unwrap(), body.to_owned())
-}
-
 /// The samples of an exposition as prometheus_client's parser reads them:
 /// (name, labels) → value. Panics when the parser refuses the text.
 fn parse(text: &str) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
@@ -79,29 +58,22 @@ fn sample(
     samples.get(&(name.to_owned(), labels)).copied()
 }
 
-fn token(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join("data").join(name))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_and_move_with_the_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_default(dir.path());
-    let read = token(dir.path(), "api-read-token");
-    let admin = token(dir.path(), "api-token");
+    let read = data_token(dir.path(), "api-read-token");
+    let admin = data_token(dir.path(), "api-token");
     assert_ne!(read, admin);
 
     // Who may read: the read-only token and the API token; nobody else. The read-only token
     // reads nothing but /metrics.
-    assert_eq!(get(daemon.port, "/metrics", None).0, 401);
-    assert_eq!(get(daemon.port, "/metrics", Some("wrong")).0, 401);
-    assert_eq!(get(daemon.port, "/metrics", Some(&admin)).0, 200);
-    assert_eq!(get(daemon.port, "/v1/jobs", Some(&read)).0, 401);
+    assert_eq!(http_get(daemon.port, "/metrics", None).0, 401);
+    assert_eq!(http_get(daemon.port, "/metrics", Some("wrong")).0, 401);
+    assert_eq!(http_get(daemon.port, "/metrics", Some(&admin)).0, 200);
+    assert_eq!(http_get(daemon.port, "/v1/jobs", Some(&read)).0, 401);
 
-    let (status, before) = get(daemon.port, "/metrics", Some(&read));
+    let (status, before) = http_get(daemon.port, "/metrics", Some(&read));
     assert_eq!(status, 200);
     let before = parse(&before);
     let issued_before = sample(
@@ -121,7 +93,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_jobs() {
         assert_eq!(job["state"], "succeeded", "{job}");
     }
 
-    let (_, after) = get(daemon.port, "/metrics", Some(&read));
+    let (_, after) = http_get(daemon.port, "/metrics", Some(&read));
     let after = parse(&after);
     assert_eq!(
         sample(
@@ -189,7 +161,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_jobs() {
     assert_eq!(expiry as i64, parsed.unix_timestamp());
 
     // No label names a device, a subject or a job.
-    let text = get(daemon.port, "/metrics", Some(&read)).1;
+    let text = http_get(daemon.port, "/metrics", Some(&read)).1;
     assert!(!text.contains("test device"), "{text}");
     for id in &ids {
         assert!(!text.contains(id.as_str()));

@@ -2,34 +2,41 @@
 //! revoked and why, what expires soon — and the one audited change it allows (a revocation's
 //! reason).
 
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use der::Decode;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use x509_cert::Certificate;
 
-use super::server::{ApiError, AppState};
+use super::server::{ApiError, AppState, ErrorBody};
 use crate::jobs::model::{JobResult, RevocationReason};
 use crate::journal::{JournalError, LedgerEntry, LedgerQuery, ReasonChange};
 use crate::report::rfc3339_ms;
 use certconn_x509::CertificateFacts;
 
 /// Query of `GET /v1/certificates`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CertificatesQuery {
+    /// Only revoked certificates.
     #[serde(default)]
     pub revoked: bool,
     /// Not revoked and expiring within this many days.
+    #[param(maximum = 36500)]
     pub expiring_days: Option<u32>,
+    /// Only those this backend instance issued.
     pub backend: Option<String>,
-    pub limit: Option<usize>,
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 10000)]
+    pub limit: Option<u32>,
 }
 
 /// Body of `POST /v1/certificates/{serial}/reason`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
     pub reason: RevocationReason,
@@ -37,8 +44,62 @@ pub struct ReasonBody {
     pub changed_by: String,
 }
 
+/// A certificate certconn issued, as people read it: its facts, not its bytes.
+#[derive(Serialize, ToSchema)]
+pub struct CertificateView {
+    /// Hex, as OpenSSL prints it.
+    pub serial: String,
+    pub subject: Option<String>,
+    pub issuer: Option<String>,
+    pub subject_alt_names: Option<Vec<String>>,
+    /// RFC 3339.
+    pub not_before: Option<String>,
+    /// RFC 3339.
+    pub not_after: String,
+    /// The backend instance that issued it.
+    pub backend: String,
+    /// The plugin version that issued it, when the job's result is still kept.
+    pub plugin_version: Option<String>,
+    /// The job that issued it.
+    pub job: String,
+    pub revoked: Option<Revoked>,
+}
+
+/// When and why a certificate was revoked.
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    /// RFC 3339.
+    pub at: String,
+    pub reason: String,
+}
+
+/// Answer of `GET /v1/certificates`.
+#[derive(Serialize, ToSchema)]
+pub struct CertificateList {
+    pub certificates: Vec<CertificateView>,
+}
+
+/// One audited change of a revocation's reason.
+#[derive(Serialize, ToSchema)]
+pub struct ReasonChangeView {
+    pub serial: String,
+    pub backend: String,
+    pub from: String,
+    pub to: String,
+    /// Who changed it.
+    pub by: String,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// Answer of `GET /v1/certificates/reason-changes`.
+#[derive(Serialize, ToSchema)]
+pub struct ReasonChanges {
+    pub changes: Vec<ReasonChangeView>,
+}
+
 /// A ledger entry as people read it: the certificate's facts, not its bytes.
-async fn view(state: &AppState, e: LedgerEntry) -> Value {
+async fn view(state: &AppState, e: LedgerEntry) -> CertificateView {
     let cert = Certificate::from_der(&e.certificate_der).ok();
     let facts = cert.as_ref().and_then(|c| CertificateFacts::of(c).ok());
     let plugin_version = match state.outbox.peek_result(&e.job_id).await {
@@ -47,39 +108,81 @@ async fn view(state: &AppState, e: LedgerEntry) -> Value {
             .and_then(|r| r.backend_version),
         _ => None,
     };
-    json!({
-        "serial": e.serial,
-        "subject": cert.as_ref().map(|c| c.tbs_certificate.subject.to_string()),
-        "issuer": cert.as_ref().map(|c| c.tbs_certificate.issuer.to_string()),
-        "subject_alt_names": facts.as_ref().map(|f| f.subject_alt_names.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
-        "not_before": facts.as_ref().map(|f| rfc3339_ms(i64::try_from(f.not_before).unwrap_or(0).saturating_mul(1000))),
-        "not_after": rfc3339_ms(e.not_after.saturating_mul(1000)),
-        "backend": e.backend,
-        "plugin_version": plugin_version,
-        "job": e.job_id,
-        "revoked": e.revoked.as_ref().map(|(at, reason)| json!({ "at": rfc3339_ms(*at), "reason": reason })),
-    })
+    CertificateView {
+        serial: e.serial,
+        subject: cert.as_ref().map(|c| c.tbs_certificate.subject.to_string()),
+        issuer: cert.as_ref().map(|c| c.tbs_certificate.issuer.to_string()),
+        subject_alt_names: facts
+            .as_ref()
+            .map(|f| f.subject_alt_names.iter().map(|s| s.to_string()).collect()),
+        not_before: facts.as_ref().map(|f| {
+            rfc3339_ms(
+                i64::try_from(f.not_before)
+                    .unwrap_or(0)
+                    .saturating_mul(1000),
+            )
+        }),
+        not_after: rfc3339_ms(e.not_after.saturating_mul(1000)),
+        backend: e.backend,
+        plugin_version,
+        job: e.job_id,
+        revoked: e.revoked.map(|(at, reason)| Revoked {
+            at: rfc3339_ms(at),
+            reason,
+        }),
+    }
 }
 
+/// The `{serial}` of a path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SerialPath {
+    /// Serial number, hex (colons and a `0x` prefix are accepted).
+    #[param(pattern = "^(0x)?[0-9A-Fa-f:]{1,62}$")]
+    pub serial: String,
+}
+
+/// What certconn issued, newest first: all, the revoked, or those expiring soon.
+#[utoipa::path(
+    get,
+    path = "/v1/certificates",
+    tag = "certificates",
+    params(CertificatesQuery),
+    responses(
+        (status = 200, description = "Certificates", body = CertificateList),
+        (status = 400, description = "The query is not what the endpoint takes", body = ErrorBody),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 503, description = "The journal is unavailable", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
-    Query(q): Query<CertificatesQuery>,
-) -> Result<Json<Value>, ApiError> {
+    query: Result<Query<CertificatesQuery>, QueryRejection>,
+) -> Result<Json<CertificateList>, ApiError> {
+    let Query(q) = query?;
     let now = crate::journal::now_ms() / 1000;
     let query = LedgerQuery {
         revoked: q.revoked,
-        expiring_before: q
-            .expiring_days
-            .map(|d| now.saturating_add(i64::from(d) * 86_400)),
+        expiring_before: match q.expiring_days {
+            Some(d @ 0..=36_500) => Some(now.saturating_add(i64::from(d) * 86_400)),
+            Some(d) => {
+                return Err(ApiError::bad_parameter(
+                    "expiring_days",
+                    format!("{d} days is out of range: 0 to 36500"),
+                ))
+            }
+            None => None,
+        },
         backend: q.backend,
         issuer_der: None,
-        limit: q.limit.unwrap_or(100).min(10_000),
+        limit: super::server::listing_limit(q.limit)? as usize,
     };
-    let mut out = Vec::new();
+    let mut certificates = Vec::new();
     for e in state.ledger.certificates(&query).await? {
-        out.push(view(&state, e).await);
+        certificates.push(view(&state, e).await);
     }
-    Ok(Json(json!({ "certificates": out })))
+    Ok(Json(CertificateList { certificates }))
 }
 
 /// The ledger's entry for `serial` as given in the path, or 422/404 saying why there is none.
@@ -94,19 +197,56 @@ async fn known(state: &AppState, serial: &str) -> Result<LedgerEntry, ApiError> 
     })
 }
 
+/// One certificate certconn issued.
+#[utoipa::path(
+    get,
+    path = "/v1/certificates/{serial}",
+    tag = "certificates",
+    params(SerialPath),
+    responses(
+        (status = 200, description = "The certificate", body = CertificateView),
+        (status = 400, description = "The path is not valid", body = ErrorBody),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 404, description = "certconn issued no certificate with this serial", body = ErrorBody),
+        (status = 422, description = "Not a serial number", body = ErrorBody),
+        (status = 503, description = "The journal is unavailable", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 pub(super) async fn show(
     State(state): State<AppState>,
-    Path(serial): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    path: Result<Path<SerialPath>, PathRejection>,
+) -> Result<Json<CertificateView>, ApiError> {
+    let Path(SerialPath { serial }) = path?;
     let entry = known(&state, &serial).await?;
     Ok(Json(view(&state, entry).await))
 }
 
+/// Changes a revocation's reason (audited; the next CRL and OCSP answers carry it).
+#[utoipa::path(
+    post,
+    path = "/v1/certificates/{serial}/reason",
+    tag = "certificates",
+    params(SerialPath),
+    request_body = ReasonBody,
+    responses(
+        (status = 200, description = "The certificate, with its new reason", body = CertificateView),
+        (status = 400, description = "The body is not what the endpoint takes", body = ErrorBody),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 404, description = "certconn issued no certificate with this serial", body = ErrorBody),
+        (status = 409, description = "Not revoked, already revoked with this reason, or changed meanwhile", body = ErrorBody),
+        (status = 422, description = "Not a serial number", body = ErrorBody),
+        (status = 503, description = "The journal is unavailable", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 pub(super) async fn set_reason(
     State(state): State<AppState>,
-    Path(serial): Path<String>,
-    Json(body): Json<ReasonBody>,
-) -> Result<Json<Value>, ApiError> {
+    path: Result<Path<SerialPath>, PathRejection>,
+    body: Result<Json<ReasonBody>, JsonRejection>,
+) -> Result<Json<CertificateView>, ApiError> {
+    let Path(SerialPath { serial }) = path?;
+    let Json(body) = body?;
     let entry = known(&state, &serial).await?;
     let serial = entry.serial.clone();
     let Some((_, old)) = entry.revoked.clone() else {
@@ -145,18 +285,34 @@ pub(super) async fn set_reason(
     Ok(Json(view(&state, known(&state, &serial).await?).await))
 }
 
-pub(super) async fn reason_changes(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let changes: Vec<Value> = state
+/// The audit record of revocation reasons changed (the newest 1000).
+#[utoipa::path(
+    get,
+    path = "/v1/certificates/reason-changes",
+    tag = "certificates",
+    responses(
+        (status = 200, description = "Changes, newest first", body = ReasonChanges),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 503, description = "The journal is unavailable", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
+pub(super) async fn reason_changes(
+    State(state): State<AppState>,
+) -> Result<Json<ReasonChanges>, ApiError> {
+    let changes = state
         .ledger
         .reason_changes(1000)
         .await?
         .into_iter()
-        .map(|c| {
-            json!({
-                "serial": c.serial, "backend": c.backend, "from": c.old_reason,
-                "to": c.new_reason, "by": c.changed_by, "at": rfc3339_ms(c.changed_at),
-            })
+        .map(|c| ReasonChangeView {
+            serial: c.serial,
+            backend: c.backend,
+            from: c.old_reason,
+            to: c.new_reason,
+            by: c.changed_by,
+            at: rfc3339_ms(c.changed_at),
         })
         .collect();
-    Ok(Json(json!({ "changes": changes })))
+    Ok(Json(ReasonChanges { changes }))
 }

@@ -7,9 +7,20 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::server::AppState;
+use super::server::{AppState, ErrorBody};
 use crate::metrics::Exposition;
 
+/// Prometheus text exposition (version 0.0.4).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 401, description = "Neither the read-only token nor the API token", body = ErrorBody),
+    ),
+    security(("token" = []), ("read_token" = []))
+)]
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let mut out = Exposition::default();
     out.family(

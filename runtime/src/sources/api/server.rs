@@ -5,15 +5,17 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
 use super::certificates;
@@ -21,8 +23,8 @@ use crate::crypto::fips::FipsStatus;
 use crate::crypto::provider;
 use crate::custody::{KeyAlgorithm, KeyStore};
 use crate::jobs::model::{
-    summarize, ImportJob, ImportPurpose, IssueJob, JobResult, PasswordPadding, RevocationReason,
-    RevokeJob,
+    summarize, ImportJob, ImportPurpose, IssueJob, JobResult, PasswordPadding, ResultSummary,
+    RevocationReason, RevokeJob,
 };
 use crate::jobs::{Intake, SubmitError};
 use crate::journal::{JobRecord, JobState, JobStore, JournalError, Outbox, RevocationLedger};
@@ -48,6 +50,15 @@ impl ApiError {
         }
     }
 
+    /// A query parameter out of its range: 400, like any query the endpoint cannot read.
+    pub(super) fn bad_parameter(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            field: Some(field),
+        }
+    }
+
     /// A request field that is not acceptable.
     pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -58,18 +69,44 @@ impl ApiError {
     }
 }
 
+/// What every error response carries.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// The request field at fault, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = match self.field {
-            Some(f) => json!({ "error": self.message, "field": f }),
-            None => json!({ "error": self.message }),
+        let body = ErrorBody {
+            error: self.message,
+            field: self.field,
         };
         (self.status, Json(body)).into_response()
     }
 }
 
+/// A body that is not the JSON the endpoint takes (not JSON, the wrong content type, a field
+/// of the wrong type, an unknown field): 400, with serde's words for what and where.
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+/// A query string the endpoint cannot read: 400, saying which parameter.
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+/// A path segment that is not valid (bad percent-encoding, not UTF-8): 400.
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, r.body_text())
     }
 }
@@ -139,52 +176,52 @@ pub struct ApiState {
     /// When the API's own TLS certificate expires (Unix seconds), with `[api.tls]`.
     pub tls_not_after: Option<u64>,
     pub max_body_bytes: usize,
+    /// The OpenAPI document of the routes this daemon serves, set once they are all built
+    /// (the composition root merges the SCEP and revocation routes in).
+    pub openapi: Arc<std::sync::OnceLock<String>>,
 }
 
 pub(super) type AppState = Arc<ApiState>;
 
-/// The router, with authentication on everything under `/v1` except `/v1/health`.
-pub fn router(state: ApiState) -> Router {
+/// The router and its OpenAPI document, with authentication on everything under `/v1` except
+/// `/v1/health` and `/v1/openapi.json`. Each route is registered from its handler's
+/// `#[utoipa::path]`, so the document cannot list a route the router lacks, or miss one.
+pub fn router(state: ApiState) -> OpenApiRouter {
     let max_body = state.max_body_bytes;
     let state = Arc::new(state);
-    let authed = Router::new()
-        .route("/v1/jobs", get(list_jobs))
-        .route("/v1/jobs/issue", post(submit_issue))
-        .route("/v1/jobs/revoke", post(submit_revoke))
-        .route("/v1/jobs/import", post(submit_import))
-        .route("/v1/keys/{name}", get(show_key))
-        .route("/v1/jobs/{id}", get(show_job))
-        .route("/v1/jobs/{id}/retry", post(retry_job))
-        .route("/v1/jobs/{id}/result", get(job_result))
-        .route("/v1/plugins", get(list_plugins))
-        .route("/v1/plugins/{name}/{action}", post(plugin_action))
-        .route("/v1/backends/{name}/{action}", post(backend_action))
-        .route("/v1/scep/challenges", post(mint_scep_challenge))
-        .route("/v1/reload", post(reload_config))
-        .route("/v1/certificates", get(certificates::list))
-        .route(
-            "/v1/certificates/reason-changes",
-            get(certificates::reason_changes),
-        )
-        .route("/v1/certificates/{serial}", get(certificates::show))
-        .route(
-            "/v1/certificates/{serial}/reason",
-            post(certificates::set_reason),
-        )
+    let authed = OpenApiRouter::new()
+        .routes(routes!(list_jobs))
+        .routes(routes!(submit_issue))
+        .routes(routes!(submit_revoke))
+        .routes(routes!(submit_import))
+        .routes(routes!(show_key))
+        .routes(routes!(show_job))
+        .routes(routes!(retry_job))
+        .routes(routes!(job_result))
+        .routes(routes!(list_plugins))
+        .routes(routes!(plugin_action))
+        .routes(routes!(backend_action))
+        .routes(routes!(mint_scep_challenge))
+        .routes(routes!(reload_config))
+        .routes(routes!(certificates::list))
+        .routes(routes!(certificates::reason_changes))
+        .routes(routes!(certificates::show))
+        .routes(routes!(certificates::set_reason))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    let readable = Router::new()
-        .route("/metrics", get(super::metrics::metrics))
-        .route("/v1/status", get(super::status::status))
+    let readable = OpenApiRouter::new()
+        .routes(routes!(super::metrics::metrics))
+        .routes(routes!(super::status::status))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate_reader,
         ));
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/status", get(super::status::page))
-        .route("/status/page.js", get(super::status::script))
-        .route("/status/page.css", get(super::status::style))
-        .route("/status/icon.svg", get(super::status::icon))
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(openapi_document))
+        .routes(routes!(super::status::page))
+        .routes(routes!(super::status::script))
+        .routes(routes!(super::status::style))
+        .routes(routes!(super::status::icon))
         .merge(authed)
         .merge(readable)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -192,16 +229,64 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// The OpenAPI document of this daemon's HTTP API: the routes it serves as configured (the
+/// SCEP and revocation routes only when those are).
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The document (OpenAPI 3.1)", body = Object))
+)]
+async fn openapi_document(State(state): State<AppState>) -> Response {
+    match state.openapi.get() {
+        Some(document) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            document.clone(),
+        )
+            .into_response(),
+        // Set before the listener accepts anything; kept honest all the same.
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the document is not built yet",
+        )
+        .into_response(),
+    }
+}
+
 /// Reloads `[backends]` and `[profiles]` from the config file; 422 with the reason when the
 /// new file is refused (the running configuration stays).
-async fn reload_config(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(
+    post,
+    path = "/v1/reload",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The new configuration runs; what changed", body = Reloaded),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 422, description = "The new configuration was refused (the reason); the old one keeps running", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
+async fn reload_config(State(state): State<AppState>) -> Result<Json<Reloaded>, ApiError> {
     match state.reload.reload().await {
-        Ok(changed) => Ok(Json(json!({ "changed": changed }))),
+        Ok(changed) => Ok(Json(Reloaded { changed })),
         Err(why) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, why)),
     }
 }
 
 /// Mints a one-time SCEP challenge password. The challenge is in this answer only.
+#[utoipa::path(
+    post,
+    path = "/v1/scep/challenges",
+    tag = "scep",
+    responses(
+        (status = 201, description = "A one-time challenge password; it is in this answer only", body = ScepChallenge),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 404, description = "The SCEP server is not configured", body = ErrorBody),
+        (status = 409, description = "One-time challenges are off", body = ErrorBody),
+        (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 async fn mint_scep_challenge(State(state): State<AppState>) -> Result<Response, ApiError> {
     let ra = state.scep.as_ref().ok_or_else(|| {
         ApiError::new(
@@ -219,11 +304,28 @@ async fn mint_scep_challenge(State(state): State<AppState>) -> Result<Response, 
             )
         })?
         .map_err(ApiError::from)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "challenge": challenge.as_str(), "expires_at": expires_at })),
-    )
-        .into_response())
+    let answer = ScepChallenge {
+        challenge: challenge.as_str().to_owned(),
+        expires_at,
+    };
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// Answer of `POST /v1/reload`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Reloaded {
+    /// Backend instances and profiles added, changed and removed.
+    #[schema(value_type = Object)]
+    pub changed: serde_json::Value,
+}
+
+/// Answer of `POST /v1/scep/challenges`.
+#[derive(Serialize, ToSchema)]
+pub struct ScepChallenge {
+    /// The one-time challenge password, for one SCEP request.
+    pub challenge: String,
+    /// Unix milliseconds.
+    pub expires_at: i64,
 }
 
 /// The bearer token, or a client certificate the TLS handshake verified against
@@ -283,7 +385,15 @@ fn presents(request: &Request, token: &str) -> bool {
     provider::constant_time_eq(presented.as_bytes(), token.as_bytes())
 }
 
-async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Whether the daemon is well, without the token", body = Health),
+    )
+)]
+async fn health(State(state): State<AppState>) -> Json<Health> {
     let counts = state.jobs.counts().await.unwrap_or_default();
     let registry = &state.registry;
     let down: Vec<String> = registry
@@ -293,20 +403,40 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         .filter(|(_, state)| *state != "serving")
         .map(|(i, state)| format!("{}: {state}", i.name))
         .collect();
-    Json(json!({
-        "status": if down.is_empty() { "ok" } else { "degraded" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "backends": registry.instances().len(),
-        "backends_not_serving": down,
-        "fips": &state.fips,
-        "jobs": counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect::<std::collections::BTreeMap<_, _>>(),
-        "revocation": state.revocation.as_ref().map(|p| p.status()),
-        "scep_ra": state.scep.as_ref().map(|ra| ra.status()),
-    }))
+    Json(Health {
+        status: if down.is_empty() { "ok" } else { "degraded" },
+        version: env!("CARGO_PKG_VERSION"),
+        backends: registry.instances().len(),
+        backends_not_serving: down,
+        fips: state.fips.clone(),
+        jobs: counts.into_iter().collect(),
+        revocation: state.revocation.as_ref().map(|p| p.status()),
+        scep_ra: state.scep.as_ref().map(|ra| ra.status()),
+    })
+}
+
+/// Answer of `GET /v1/health`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `degraded` when a backend instance is not serving.
+    pub status: &'static str,
+    pub version: &'static str,
+    /// Backend instances configured.
+    pub backends: usize,
+    /// `NAME: state` of each instance that is not serving.
+    pub backends_not_serving: Vec<String>,
+    pub fips: FipsStatus,
+    /// Jobs in the journal by state.
+    pub jobs: std::collections::BTreeMap<JobState, i64>,
+    /// The CRLs and OCSP certconn publishes, when configured.
+    pub revocation: Option<Vec<crate::revocation::CaStatus>>,
+    /// The SCEP RA's certificates, when the SCEP server is configured.
+    #[schema(value_type = Option<Object>)]
+    pub scep_ra: Option<serde_json::Value>,
 }
 
 /// Body of `POST /v1/jobs/issue`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueBody {
     /// Makes the submission idempotent: the same key returns the same job.
@@ -327,7 +457,7 @@ pub struct IssueBody {
 }
 
 /// Body of `POST /v1/jobs/import`: deliver an imported PFX to a device.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportBody {
     pub idempotency_key: Option<String>,
@@ -356,7 +486,7 @@ fn default_import_profile() -> String {
 }
 
 /// Body of `POST /v1/jobs/revoke`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {
     pub idempotency_key: Option<String>,
@@ -364,6 +494,18 @@ pub struct RevokeBody {
     #[serde(default)]
     pub reason: RevocationReason,
     pub backend: Option<String>,
+}
+
+/// How many entries a listing returns: `limit` (1 to 10000), 100 by default.
+pub(super) fn listing_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(100),
+        Some(n @ 1..=10_000) => Ok(n),
+        Some(n) => Err(ApiError::bad_parameter(
+            "limit",
+            format!("{n} is out of range: 1 to 10000"),
+        )),
+    }
 }
 
 fn idempotency_key(given: Option<String>) -> Result<String, ApiError> {
@@ -380,19 +522,42 @@ fn idempotency_key(given: Option<String>) -> Result<String, ApiError> {
     }
 }
 
+/// Answer of the three `POST /v1/jobs/KIND`.
+#[derive(Serialize, ToSchema)]
+pub struct Submitted {
+    pub job: JobRecord,
+    /// False when the idempotency key named a job submitted before.
+    pub created: bool,
+}
+
 fn accepted((job, created): (JobRecord, bool)) -> Response {
     let status = if created {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
     };
-    (
-        status,
-        Json(json!({ "job": summarize(job), "created": created })),
-    )
-        .into_response()
+    let answer = Submitted {
+        job: summarize(job),
+        created,
+    };
+    (status, Json(answer)).into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/issue",
+    tag = "jobs",
+    request_body = IssueBody,
+    responses(
+        (status = 202, description = "Journaled: a new job", body = Submitted),
+        (status = 200, description = "A job with this idempotency key was already submitted; it is returned", body = Submitted),
+        (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 422, description = "A field is not acceptable (`field` names it)", body = ErrorBody),
+        (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 async fn submit_issue(
     State(state): State<AppState>,
     body: Result<Json<IssueBody>, JsonRejection>,
@@ -414,6 +579,21 @@ async fn submit_issue(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/import",
+    tag = "jobs",
+    request_body = ImportBody,
+    responses(
+        (status = 202, description = "Journaled: a new job", body = Submitted),
+        (status = 200, description = "A job with this idempotency key was already submitted; it is returned", body = Submitted),
+        (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 422, description = "A field is not acceptable (`field` names it)", body = ErrorBody),
+        (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 async fn submit_import(
     State(state): State<AppState>,
     body: Result<Json<ImportBody>, JsonRejection>,
@@ -435,22 +615,62 @@ async fn submit_import(
     ))
 }
 
+/// Answer of `GET /v1/keys/{name}`.
+#[derive(Serialize, ToSchema)]
+pub struct PublicKeyView {
+    pub name: String,
+    /// The key's type, as custody describes it.
+    pub kind: String,
+    /// SubjectPublicKeyInfo, PEM.
+    pub public_key_pem: String,
+}
+
 /// A custody key's public half, so that admins can encrypt PFX passwords to it.
+#[utoipa::path(
+    get,
+    path = "/v1/keys/{name}",
+    tag = "keys",
+    params(("name" = String, Path, description = "The custody key's name ([keys.NAME])")),
+    responses(
+        (status = 200, description = "The key's public half", body = PublicKeyView),
+        (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 404, description = "No custody key has this name", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 async fn show_key(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<PublicKeyView>, ApiError> {
+    let Path(name) = path?;
     let key = state
         .keys
         .get(&name)
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
-    Ok(Json(json!({
-        "name": name,
-        "kind": key.key.kind().describe(),
-        "public_key_pem": crate::pki::pem::encode("PUBLIC KEY", key.key.public_key_der()),
-    })))
+    Ok(Json(PublicKeyView {
+        kind: key.key.kind().describe().to_string(),
+        public_key_pem: crate::pki::pem::encode("PUBLIC KEY", key.key.public_key_der()),
+        name,
+    }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/revoke",
+    tag = "jobs",
+    request_body = RevokeBody,
+    responses(
+        (status = 202, description = "Journaled: a new job", body = Submitted),
+        (status = 200, description = "A job with this idempotency key was already submitted; it is returned", body = Submitted),
+        (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 409, description = "The certificate is already revoked", body = ErrorBody),
+        (status = 422, description = "A field is not acceptable (`field` names it)", body = ErrorBody),
+        (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 async fn submit_revoke(
     State(state): State<AppState>,
     body: Result<Json<RevokeBody>, JsonRejection>,
@@ -467,61 +687,137 @@ async fn submit_revoke(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/jobs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
-    state: Option<String>,
+    /// Only jobs in this state.
+    state: Option<JobState>,
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
 }
 
+/// Answer of `GET /v1/jobs`.
+#[derive(Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobRecord>,
+}
+
+/// Answer of `GET /v1/jobs/{id}`.
+#[derive(Serialize, ToSchema)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: JobRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<ResultSummary>,
+}
+
+/// Answer of `GET /v1/jobs/{id}/result`.
+#[derive(Serialize, ToSchema)]
+pub struct FinishedJob {
+    pub job: JobRecord,
+    pub result: JobResult,
+}
+
+/// Jobs, newest first, optionally in one state.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Jobs, newest first", body = JobList),
+        (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 async fn list_jobs(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let filter = match q.state.as_deref() {
-        None => None,
-        Some(s) => Some(JobState::parse(s).ok_or_else(|| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: format!(
-                "unknown state {s:?}; expected queued, running, pending, succeeded, failed or dead"
-            ),
-            field: Some("state"),
-        })?),
-    };
-    let jobs = state
-        .jobs
-        .list(filter, q.limit.unwrap_or(100).min(10_000))
-        .await?;
-    let jobs: Vec<JobRecord> = jobs.into_iter().map(summarize).collect();
-    Ok(Json(json!({ "jobs": jobs })))
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    let Query(q) = query?;
+    let jobs = state.jobs.list(q.state, listing_limit(q.limit)?).await?;
+    let jobs = jobs.into_iter().map(summarize).collect();
+    Ok(Json(JobList { jobs }))
 }
 
 /// One job, and a summary of its result when it has one (nothing is handed out).
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job, and a summary of its result when it has one", body = JobView),
+        (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 async fn show_job(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobView>, ApiError> {
+    let Path(id) = path?;
     let job = summarize(state.jobs.get(&id).await?);
-    let mut value = serde_json::to_value(&job).unwrap_or_else(|_| json!({}));
-    if let Some(text) = state.outbox.peek_result(&id).await? {
-        if let Ok(result) = serde_json::from_str::<JobResult>(&text) {
-            value["result"] = result.summary();
-        }
-    }
-    Ok(Json(value))
+    let result = state
+        .outbox
+        .peek_result(&id)
+        .await?
+        .and_then(|text| serde_json::from_str::<JobResult>(&text).ok())
+        .map(|r| r.summary());
+    Ok(Json(JobView { job, result }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/retry",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job, queued again", body = JobRecord),
+        (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job is not failed or dead, or it is an import whose secrets were erased", body = ErrorBody),
+        (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 async fn retry_job(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobRecord>, ApiError> {
+    let Path(id) = path?;
     let job = state.intake.retry(&id).await?;
     Ok(Json(summarize(job)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/result",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job and its result; a PFX password not sealed for a device is in the first answer only", body = FinishedJob),
+        (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 404, description = "No such job, or no stored result", body = ErrorBody),
+        (status = 409, description = "The job has not succeeded", body = ErrorBody),
+        (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 async fn job_result(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<FinishedJob>, ApiError> {
+    let Path(id) = path?;
     let job = state.jobs.get(&id).await?;
     if job.state != JobState::Succeeded {
         return Err(ApiError::new(
@@ -535,45 +831,114 @@ async fn job_result(
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the job has no stored result"))?;
     let result = JobResult::from_outbox(&id, stored)?;
-    Ok(Json(json!({ "job": summarize(job), "result": result })))
+    Ok(Json(FinishedJob {
+        job: summarize(job),
+        result,
+    }))
 }
 
 /// Plugin files, backend instances, the versions they run and their health.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins",
+    tag = "plugins",
+    responses(
+        (status = 200, description = "Plugin files and backend instances: versions, state, breaker, health checked now", body = Object),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 async fn list_plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(super::status::backends_with_health(&state.registry).await)
 }
 
-/// `POST /v1/backends/NAME/{drain,undrain}`.
+/// What `POST /v1/backends/{name}/{action}` does.
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendAction {
+    /// Take no new jobs; finish those in flight.
+    Drain,
+    /// Take jobs again.
+    Undrain,
+}
+
+/// Answer of `POST /v1/backends/{name}/{action}`.
+#[derive(Serialize, ToSchema)]
+pub struct Drained {
+    pub backend: String,
+    pub drained: bool,
+    /// False when the backend was already so.
+    pub changed: bool,
+}
+
+/// Drains a backend instance, or takes it back into service.
+#[utoipa::path(
+    post,
+    path = "/v1/backends/{name}/{action}",
+    tag = "plugins",
+    params(("name" = String, Path, description = "Backend instance"), ("action" = inline(BackendAction), Path)),
+    responses(
+        (status = 200, description = "Done (or nothing to do)", body = Drained),
+        (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 404, description = "No backend instance has this name", body = ErrorBody),
+        (status = 409, description = "The backend cannot be drained now", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 async fn backend_action(
     State(state): State<AppState>,
-    Path((name, action)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let drained = match action.as_str() {
-        "drain" => true,
-        "undrain" => false,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no backend action {other:?}: drain or undrain"),
-            ))
-        }
-    };
+    path: Result<Path<(String, BackendAction)>, PathRejection>,
+) -> Result<Json<Drained>, ApiError> {
+    let Path((name, action)) = path?;
+    let drained = matches!(action, BackendAction::Drain);
     let changed = state.registry.drain(&name, drained).map_err(|e| match e {
         e @ RegistryError::UnknownBackend { .. } => {
             ApiError::new(StatusCode::NOT_FOUND, e.to_string())
         }
         e => ApiError::new(StatusCode::CONFLICT, e.to_string()),
     })?;
-    Ok(Json(
-        json!({ "backend": name, "drained": drained, "changed": changed }),
-    ))
+    Ok(Json(Drained {
+        backend: name,
+        drained,
+        changed,
+    }))
 }
 
-/// `POST /v1/plugins/NAME/{load,reload,unload,rollback}`.
+/// What `POST /v1/plugins/{name}/{action}` does.
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginAction {
+    /// Load the plugin file now, even one that was unloaded.
+    Load,
+    /// Load it again if it changed on disk.
+    Reload,
+    /// Stop serving it; its backends stop taking jobs.
+    Unload,
+    /// Go back to the version that served before the last load.
+    Rollback,
+}
+
+/// Loads, reloads, unloads or rolls back a plugin file.
+#[utoipa::path(
+    post,
+    path = "/v1/plugins/{name}/{action}",
+    tag = "plugins",
+    params(("name" = String, Path, description = "Plugin file name"), ("action" = inline(PluginAction), Path)),
+    responses(
+        (status = 200, description = "What the action did", body = Object),
+        (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
+        (status = 401, description = "No token, or not the API token", body = ErrorBody),
+        (status = 404, description = "No plugin file has this name", body = ErrorBody),
+        (status = 409, description = "The action was refused (the reason)", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
 async fn plugin_action(
     State(state): State<AppState>,
-    Path((name, action)): Path<(String, String)>,
+    path: Result<Path<(String, PluginAction)>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path((name, action)) = path?;
     let registry = &state.registry;
     let conflict = |e: RegistryError| match e {
         e @ RegistryError::UnknownPlugin { .. } => {
@@ -581,19 +946,19 @@ async fn plugin_action(
         }
         e => ApiError::new(StatusCode::CONFLICT, crate::report::chain(&e)),
     };
-    let answer = match action.as_str() {
-        "load" => json!({ "report": registry.reload(&name, true).await.map_err(conflict)? }),
-        "reload" => json!({ "report": registry.reload(&name, false).await.map_err(conflict)? }),
-        "unload" => json!({ "unloaded": registry.unload(&name).await.map_err(conflict)? }),
-        "rollback" => {
+    let answer = match action {
+        PluginAction::Load => {
+            json!({ "report": registry.reload(&name, true).await.map_err(conflict)? })
+        }
+        PluginAction::Reload => {
+            json!({ "report": registry.reload(&name, false).await.map_err(conflict)? })
+        }
+        PluginAction::Unload => {
+            json!({ "unloaded": registry.unload(&name).await.map_err(conflict)? })
+        }
+        PluginAction::Rollback => {
             let done = registry.rollback(&name).await.map_err(conflict)?;
             json!({ "rolled_back": done.into_iter().map(|(b, from, to)| json!({"backend": b, "from": from, "to": to})).collect::<Vec<_>>() })
-        }
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no plugin action {other:?}: load, reload, unload or rollback"),
-            ))
         }
     };
     Ok(Json(answer))

@@ -8,22 +8,32 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use base64::Engine;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::Ra;
+use crate::openapi::Binary;
+use std::collections::BTreeMap;
+use utoipa::openapi::{Content, RefOr, ResponseBuilder, ResponsesBuilder};
+use utoipa::PartialSchema;
 
 #[derive(Clone)]
 struct ScepState {
     ra: Arc<Ra>,
 }
 
-/// `/scep` and the classic `/cgi-bin/pkiclient.exe`, unauthenticated: SCEP authenticates by
-/// challenge password or by the renewing certificate.
-pub fn routes(ra: Arc<Ra>) -> Router {
-    Router::new()
-        .route("/scep", get(handle).post(handle))
-        .route("/cgi-bin/pkiclient.exe", get(handle).post(handle))
+/// `/scep` and the classic `/cgi-bin/pkiclient.exe` (the same endpoint under the name
+/// Windows clients and NDES use; not listed again in the OpenAPI document), unauthenticated:
+/// SCEP authenticates by challenge password or by the renewing certificate.
+pub fn routes(ra: Arc<Ra>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(get_operation))
+        .routes(routes!(post_operation))
+        .route(
+            "/cgi-bin/pkiclient.exe",
+            get(get_operation).post(post_operation),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(
             certconn_scep::MAX_MESSAGE_BYTES,
         ))
@@ -40,13 +50,80 @@ fn refused(text: impl Into<String>) -> Response {
 }
 
 fn plain(status: StatusCode, text: impl Into<String>) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        text.into(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, TEXT)], text.into()).into_response()
 }
+
+/// A SCEP operation by GET (RFC 8894 §4.1): GetCACaps, GetCACert, GetNextCACert, and
+/// PKIOperation with the message in the `message` parameter. Also at `/cgi-bin/pkiclient.exe`.
+#[utoipa::path(
+    get,
+    path = "/scep",
+    tag = "scep",
+    params(
+        ("operation" = inline(Operation), Query, description = "The SCEP operation"),
+        ("message" = Option<String>, Query, description = "PKIOperation's message, base64"),
+    ),
+    responses(ScepAnswer)
+)]
+async fn get_operation(state: State<ScepState>, query: RawQuery) -> Response {
+    handle(state, Method::GET, query, Bytes::new()).await
+}
+
+/// PKIOperation by POST (RFC 8894 §4.1), the message in the body. Also at
+/// `/cgi-bin/pkiclient.exe`.
+#[utoipa::path(
+    post,
+    path = "/scep",
+    tag = "scep",
+    params(("operation" = inline(PostOperation), Query, description = "Only PKIOperation is posted")),
+    request_body(
+        description = "The pkiMessage: DER (or base64)",
+        content = inline(Binary),
+        content_type = PKI_MESSAGE,
+    ),
+    responses(ScepAnswer)
+)]
+async fn post_operation(state: State<ScepState>, query: RawQuery, body: Bytes) -> Response {
+    handle(state, Method::POST, query, body).await
+}
+
+/// What both methods answer, for the OpenAPI document.
+struct ScepAnswer;
+
+impl utoipa::IntoResponses for ScepAnswer {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        let text = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(TEXT, Content::new(Some(String::schema())))
+                .build()
+        };
+        let binary = || Content::new(Some(Binary::schema()));
+        let answer = ResponseBuilder::new()
+            .description(
+                "GetCACaps: the capabilities, a line each; GetCACert: the CA and RA \
+                 certificates; GetNextCACert: the next RA certificate, signed; PKIOperation: a \
+                 CertRep (which may itself say failure or pending)",
+            )
+            .content(TEXT, Content::new(Some(String::schema())))
+            .content(CA_RA_CERT, binary())
+            .content(NEXT_CA_CERT, binary())
+            .content(PKI_MESSAGE, binary())
+            .build();
+        ResponsesBuilder::new()
+            .response("200", answer)
+            .response("400", text("Not SCEP: no or an unknown operation, an operation sent by the wrong method, a message that is not a pkiMessage"))
+            .response("404", text("GetNextCACert: no next RA certificate is announced"))
+            .response("500", text("The RA's certificates cannot be read"))
+            .build()
+            .into()
+    }
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const CA_RA_CERT: &str = "application/x-x509-ca-ra-cert";
+const NEXT_CA_CERT: &str = "application/x-x509-next-ca-cert";
+const PKI_MESSAGE: &str = "application/x-pki-message";
 
 async fn handle(
     State(s): State<ScepState>,
@@ -64,11 +141,16 @@ async fn handle(
     let Some(operation) = param("operation") else {
         return refused("missing the operation parameter");
     };
+    if method == Method::POST && operation != "PKIOperation" {
+        return refused(format!(
+            "{operation} is sent by GET (RFC 8894 §4.1); only PKIOperation is posted"
+        ));
+    }
     match operation {
         "GetCACaps" => plain(StatusCode::OK, s.ra.capabilities().to_body()),
         "GetCACert" => match s.ra.ca_certificates() {
             Ok(bag) => (
-                [(header::CONTENT_TYPE, "application/x-x509-ca-ra-cert")],
+                [(header::CONTENT_TYPE, CA_RA_CERT)],
                 bag,
             )
                 .into_response(),
@@ -76,7 +158,7 @@ async fn handle(
         },
         "GetNextCACert" => match s.ra.next_ca_certificates() {
             Ok(Some(signed)) => (
-                [(header::CONTENT_TYPE, "application/x-x509-next-ca-cert")],
+                [(header::CONTENT_TYPE, NEXT_CA_CERT)],
                 signed,
             )
                 .into_response(),
@@ -102,7 +184,7 @@ async fn handle(
             };
             match s.ra.pki_operation(&message).await {
                 Ok(rep) => {
-                    ([(header::CONTENT_TYPE, "application/x-pki-message")], rep).into_response()
+                    ([(header::CONTENT_TYPE, PKI_MESSAGE)], rep).into_response()
                 }
                 Err(e) => refused(e.0),
             }
@@ -111,6 +193,25 @@ async fn handle(
             "unknown operation {other:?}; expected GetCACaps, GetCACert, GetNextCACert or PKIOperation"
         )),
     }
+}
+
+/// The operations RFC 8894 defines (the schema of the `operation` parameter).
+#[derive(utoipa::ToSchema)]
+// Documentation only: `handle` reads the raw query, as SCEP clients write it. The variants
+// are RFC 8894's names.
+#[allow(dead_code, clippy::enum_variant_names)]
+enum Operation {
+    GetCACaps,
+    GetCACert,
+    GetNextCACert,
+    PKIOperation,
+}
+
+/// The one operation sent by POST.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Documentation only, as [`Operation`].
+enum PostOperation {
+    PKIOperation,
 }
 
 /// A POST body is the DER message; some clients post it base64-encoded instead.

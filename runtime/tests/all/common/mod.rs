@@ -689,3 +689,33 @@ pub async fn job_result(api: &ApiClient, id: &str) -> Value {
         .expect("job result")["result"]
         .clone()
 }
+
+/// `GET path` on the daemon's plain-HTTP API port with curl, with `token` as the bearer token
+/// when given: (status, body).
+pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.trim().parse().unwrap(), body.to_owned())
+}
+
+/// A token file the daemon made in `<dir>/data` (`api-token`, `api-read-token`).
+pub fn data_token(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join("data").join(name))
+        .unwrap()
+        .trim()
+        .to_owned()
+}

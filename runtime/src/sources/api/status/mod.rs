@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::server::AppState;
+use super::server::{AppState, ErrorBody};
 use crate::journal::JobState;
 use crate::plugins::Registry;
 
@@ -54,18 +54,46 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// The status page (it asks for a token, and reads `/v1/status`)
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "status page",
+    responses((status = 200, description = "The status page (it asks for a token, and reads `/v1/status`)", content_type = "text/html; charset=utf-8", body = String))
+)]
 pub(super) async fn page() -> Response {
     asset("text/html; charset=utf-8", PAGE)
 }
 
+/// The status page's script
+#[utoipa::path(
+    get,
+    path = "/status/page.js",
+    tag = "status page",
+    responses((status = 200, description = "The status page's script", content_type = "text/javascript; charset=utf-8", body = String))
+)]
 pub(super) async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
+/// The status page's style sheet
+#[utoipa::path(
+    get,
+    path = "/status/page.css",
+    tag = "status page",
+    responses((status = 200, description = "The status page's style sheet", content_type = "text/css; charset=utf-8", body = String))
+)]
 pub(super) async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }
 
+/// The status page's icon
+#[utoipa::path(
+    get,
+    path = "/status/icon.svg",
+    tag = "status page",
+    responses((status = 200, description = "The status page's icon", content_type = "image/svg+xml", body = String))
+)]
 pub(super) async fn icon() -> Response {
     asset("image/svg+xml", ICON)
 }
@@ -126,7 +154,18 @@ pub(super) async fn backends_with_health(registry: &Registry) -> serde_json::Val
     status
 }
 
-/// `GET /v1/status`: what the status page shows.
+/// What the status page shows: version, FIPS, backends with a health check run now, jobs by
+/// state, failed and dead jobs with their reasons, the certificates certconn depends on.
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The daemon's state", body = Object),
+        (status = 401, description = "Neither the read-only token nor the API token", body = ErrorBody),
+    ),
+    security(("token" = []), ("read_token" = []))
+)]
 pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
     let now = crate::journal::now_ms() / 1000;
     let now = u64::try_from(now).unwrap_or(0);

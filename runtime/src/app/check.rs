@@ -59,8 +59,11 @@ pub async fn check(config: &Config) -> Result<CheckReport, std::io::Error> {
 /// Secrets and state that `serve` reads: the API's TLS certificate and key, the API token, the
 /// SCEP challenge, the journal's schema, the key-encryption key, the PKCS#11 token.
 fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckReport) {
-    if let Some(tls) = &config.api.tls {
-        if let Err(e) = crate::sources::api::tls::server_config(tls, &config.policy()) {
+    // A certificate certconn issues itself is checked when serve issues it (the issuer's
+    // key is checked with the other keys).
+    if let Some(tls) = config.api.tls.as_ref().filter(|t| t.issuer.is_none()) {
+        let files = crate::sources::api::tls::ServerCertificate::Files;
+        if let Err(e) = crate::sources::api::tls::server_config(tls, &files, &config.policy()) {
             report.problems.push(crate::report::chain(&e));
         }
     }

@@ -156,27 +156,12 @@ impl Config {
         if let Some(rev) = &self.revocation {
             rev.check(cx)?;
             for (name, ca) in &rev.cas {
-                match self.keys.get(ca.key.get_ref()).map(|k| k.role()) {
-                    None => {
-                        return Err(cx.at(
-                            ca.key.span(),
-                            format!("revocation.cas.{name}.key"),
-                            format!("key {:?} is not declared in [keys]", ca.key.get_ref()),
-                        ))
-                    }
-                    Some(KeyRole::Ca | KeyRole::General) => {}
-                    Some(other) => {
-                        return Err(cx.at(
-                            ca.key.span(),
-                            format!("revocation.cas.{name}.key"),
-                            format!(
-                            "key {:?} has role {}; a CA's CRLs are signed by a key with role ca",
-                            ca.key.get_ref(),
-                            other.as_str()
-                        ),
-                        ))
-                    }
-                }
+                self.check_ca_key(
+                    cx,
+                    &ca.key,
+                    &format!("revocation.cas.{name}.key"),
+                    "a CA's CRLs are signed by a key with role ca",
+                )?;
             }
         }
         if let Some(scep) = &self.scep {
@@ -188,33 +173,58 @@ impl Config {
                     format!("no profile named {:?}", scep.profile.get_ref()),
                 ));
             }
-            match self.keys.get(scep.ca_key.get_ref()).map(|k| k.role()) {
-                None => {
-                    return Err(cx.at(
-                        scep.ca_key.span(),
-                        "scep.ca_key",
-                        format!("key {:?} is not declared in [keys]", scep.ca_key.get_ref()),
-                    ))
-                }
-                Some(KeyRole::Ca | KeyRole::General) => {}
-                Some(other) => {
-                    return Err(cx.at(
-                        scep.ca_key.span(),
-                        "scep.ca_key",
-                        format!(
-                            "key {:?} has role {}; the SCEP server's CA key has role ca",
-                            scep.ca_key.get_ref(),
-                            other.as_str()
-                        ),
-                    ))
-                }
+            self.check_ca_key(
+                cx,
+                &scep.ca_key,
+                "scep.ca_key",
+                "the SCEP server's CA key has role ca",
+            )?;
+        }
+        if let Some(issuer) = self.api.tls.as_ref().and_then(|t| t.issuer.as_ref()) {
+            self.check_ca_key(
+                cx,
+                issuer,
+                "api.tls.issuer",
+                "the API's certificate is issued by a key with role ca",
+            )?;
+            if self.keys.contains_key(crate::sources::api::tls::ISSUED_KEY) {
+                return Err(cx.section(
+                    &format!("keys.{}", crate::sources::api::tls::ISSUED_KEY),
+                    format!("keys.{}", crate::sources::api::tls::ISSUED_KEY),
+                    "with api.tls.issuer, certconn makes and renews this key itself; name your key otherwise",
+                ));
             }
         }
         Ok(())
     }
 
+    /// `key` (at `setting`) is declared in `[keys]` and may sign certificates: role `ca` (or
+    /// `general`, which predates roles); `why` says what needs it.
+    fn check_ca_key(
+        &self,
+        cx: &Checker<'_>,
+        key: &toml::Spanned<String>,
+        setting: &str,
+        why: &str,
+    ) -> Result<(), ConfigError> {
+        match self.keys.get(key.get_ref()).map(|k| k.role()) {
+            None => Err(cx.at(
+                key.span(),
+                setting,
+                format!("key {:?} is not declared in [keys]", key.get_ref()),
+            )),
+            Some(KeyRole::Ca | KeyRole::General) => Ok(()),
+            Some(other) => Err(cx.at(
+                key.span(),
+                setting,
+                format!("key {:?} has role {}; {why}", key.get_ref(), other.as_str()),
+            )),
+        }
+    }
+
     /// The keys certconn makes and uses itself: the SCEP server's RA keys (every generation, and
-    /// their encryption twins) and the OCSP responders' keys.
+    /// their encryption twins), the OCSP responders' keys, and the API's TLS key when certconn
+    /// issues the API's certificate.
     fn host_made_key(&self, name: &str) -> bool {
         let ra = self.scep.as_ref().is_some_and(|s| {
             let base = s.ra_key.as_str();
@@ -227,7 +237,9 @@ impl Config {
                 .keys()
                 .any(|ca| crate::revocation::PublishedCa::responder_key(ca) == name)
         });
-        ra || responder
+        let api = self.api.tls.as_ref().is_some_and(|t| t.issuer.is_some())
+            && name == crate::sources::api::tls::ISSUED_KEY;
+        ra || responder || api
     }
 
     /// The role of each key `[keys]` declares, for custody.
@@ -415,7 +427,13 @@ impl Config {
         use crate::sources::api::client::ApiClient;
         let addr = self.api_address();
         match &self.api.tls {
-            Some(tls) => ApiClient::with_tls(addr, token, tls, &self.policy()),
+            Some(tls) => ApiClient::with_tls(
+                addr,
+                token,
+                tls,
+                &crate::sources::api::tls::trust_anchors(tls, &self.data_dir),
+                &self.policy(),
+            ),
             None => Ok(ApiClient::new(addr, token)),
         }
     }

@@ -28,7 +28,7 @@ use crate::journal::{Journal, JournalError, SqliteJournal};
 use crate::plugins::{PluginEngine, PluginError, Registry};
 use crate::revocation::Publisher;
 use crate::sources::api::server::ApiState;
-use crate::sources::api::tls::{Peer, TlsListener};
+use crate::sources::api::tls::{IssuedCertificate, Peer, ServerCertificate, TlsListener};
 use crate::sources::api::token::{self, TokenError};
 use crate::sources::scep::{Ra, RaError, RaPorts};
 
@@ -295,7 +295,12 @@ impl App {
 
     /// The HTTP routes: the request API, and the SCEP server and the published CRLs and OCSP
     /// when configured; `/v1/openapi.json` serves the document of exactly these routes.
-    pub fn router(&self, token: Zeroizing<String>, read_token: Zeroizing<String>) -> axum::Router {
+    pub fn router(
+        &self,
+        token: Zeroizing<String>,
+        read_token: Zeroizing<String>,
+        tls_not_after: Arc<std::sync::atomic::AtomicU64>,
+    ) -> axum::Router {
         let openapi = Arc::new(std::sync::OnceLock::new());
         let api = crate::sources::api::server::router(ApiState {
             intake: self.intake.clone(),
@@ -311,12 +316,7 @@ impl App {
             token,
             read_token,
             watched_keys: self.config.keys.keys().cloned().collect(),
-            tls_not_after: self
-                .config
-                .api
-                .tls
-                .as_ref()
-                .and_then(crate::sources::api::tls::certificate_not_after),
+            tls_not_after,
             max_body_bytes: self.config.api.max_body_bytes,
             openapi: openapi.clone(),
         });
@@ -351,6 +351,40 @@ impl App {
             Some(ra) => crate::sources::scep::http::routes(ra.clone()).merge(routes),
             None => routes,
         }
+    }
+
+    /// The API's certificate: from files, or issued (or taken up again from custody) from the
+    /// CA key `api.tls.issuer` names.
+    async fn api_certificate(
+        &self,
+        tls: &crate::sources::api::tls::ApiTlsConfig,
+    ) -> Result<ServerCertificate, ServeError> {
+        let Some(issuer) = &tls.issuer else {
+            return Ok(ServerCertificate::Files);
+        };
+        let names = self
+            .config
+            .api
+            .issued_names()
+            .iter()
+            .map(|n| {
+                crate::sources::api::tls::issued::server_name_of(n)
+                    .map_err(|_| crate::sources::api::tls::ApiTlsError::ServerName(n.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let plan = crate::sources::api::tls::issued::IssuePlan {
+            issuer: issuer.get_ref().clone(),
+            names,
+            validity_days: tls.validity_days,
+        };
+        let issued = IssuedCertificate::open(
+            self.keys.clone(),
+            plan,
+            &self.config.data_dir,
+            crate::journal::now_secs(),
+        )
+        .await?;
+        Ok(ServerCertificate::Issued(Arc::new(issued)))
     }
 
     /// Binds `addr` and writes the address it got to `file` (the readiness signal scripts and
@@ -401,12 +435,28 @@ impl App {
         let token = token::load_or_create(&token_path)?;
         let read_token = token::load_or_create(&self.config.read_token_file())?;
         let api_config = &self.config.api;
-        // The certificate and key are read before anything listens: a bad file stops the start.
-        let tls = api_config
-            .tls
-            .as_ref()
-            .map(|t| crate::sources::api::tls::server_config(t, &self.config.policy()))
-            .transpose()?;
+        // The certificate and key are read, or issued, before anything listens: a bad file or
+        // an issuer that cannot issue stops the start.
+        let (tls, issued) = match &api_config.tls {
+            Some(t) => {
+                let source = self.api_certificate(t).await?;
+                let config =
+                    crate::sources::api::tls::server_config(t, &source, &self.config.policy())?;
+                let issued = match source {
+                    ServerCertificate::Issued(i) => Some(i),
+                    ServerCertificate::Files => None,
+                };
+                (Some(config), issued)
+            }
+            None => (None, None),
+        };
+        let tls_not_after = match (&issued, &api_config.tls) {
+            (Some(i), _) => i.not_after(),
+            (None, Some(t)) => Arc::new(std::sync::atomic::AtomicU64::new(
+                crate::sources::api::tls::certificate_not_after(t).unwrap_or(0),
+            )),
+            (None, None) => Arc::default(),
+        };
         let plain = match api_config.plain_listen {
             Some(addr) => Some(self.bind(addr, &self.config.plain_addr_file()).await?),
             None => None,
@@ -432,12 +482,15 @@ impl App {
         if let Some(ra) = &self.scep {
             tokio::spawn(ra.clone().run(RA_TICK, shutdown.clone()));
         }
+        if let Some(issued) = issued {
+            tokio::spawn(issued.run(shutdown.clone()));
+        }
         let watcher = self.run_plugin_watcher(shutdown.clone());
         let stopped = |mut stop: watch::Receiver<bool>| async move {
             let _ = stop.wait_for(|s| *s).await;
         };
         let app = self
-            .router(token, read_token)
+            .router(token, read_token, tls_not_after)
             .into_make_service_with_connect_info::<Peer>();
         let api: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
             Some(config) => Box::pin(

@@ -82,6 +82,11 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Seconds since the Unix epoch, for certificate validity and renewal points.
+pub fn now_secs() -> u64 {
+    u64::try_from(now_ms() / 1000).unwrap_or(0)
+}
+
 /// A duration in milliseconds, saturating (a lease of `u64::MAX` seconds must not wrap).
 pub fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

@@ -1,6 +1,6 @@
 //! Certificates the host itself signs with custody keys: the local CA's self-signed root, the
 //! SCEP server's RA certificate (issued by a CA key in custody, or self-signed), the delegated
-//! OCSP responder's certificate, and CRLs.
+//! OCSP responder's certificate, the API's own TLS certificate, and CRLs.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -182,6 +182,53 @@ pub fn ocsp_responder_certificate(
     sign(
         responder_key,
         subject,
+        ca_key,
+        &ca.tbs_certificate.subject,
+        days,
+        |_| Ok(exts),
+    )
+}
+
+/// A TLS server certificate for `server_key` naming `names` (DNS names and IP addresses; the
+/// first is also the subject's CN), issued by the CA (`ca_key`, `ca_cert`), valid from `now`:
+/// the API's own certificate when `api.tls.issuer` names a CA certconn holds.
+pub fn tls_server_certificate_at(
+    server_key: &PrivateKey,
+    names: &[certconn_x509::SubjectAltName],
+    ca_key: &PrivateKey,
+    ca_cert: &[u8],
+    days: u32,
+    now: u64,
+) -> Result<Vec<u8>, PkiError> {
+    let first = match names.first() {
+        Some(certconn_x509::SubjectAltName::Dns(name)) => name.clone(),
+        Some(certconn_x509::SubjectAltName::Ip(ip)) => ip.to_string(),
+        _ => {
+            return Err(PkiError::Invalid(
+                "a TLS server certificate needs a DNS name or an IP address".into(),
+            ))
+        }
+    };
+    let subject = super::dn::parse(&format!("CN={first}"))
+        .map_err(|e| PkiError::Invalid(format!("the name {first:?}: {e}")))?;
+    let ca = Certificate::from_der(ca_cert).map_err(PkiError::der("CA certificate"))?;
+    let mut exts = vec![
+        extensions::basic_constraints(false, None, &subject)?,
+        extensions::key_usage(&[KeyUsageName::DigitalSignature], &subject)?,
+        extensions::extended_key_usage(
+            &[certconn_x509::ExtendedKeyUsageName::ServerAuth],
+            &subject,
+        )?,
+        extensions::subject_alt_name(names, &subject)?,
+        extensions::subject_key_identifier(&key_id_of(server_key)?, &subject)?,
+    ];
+    if let Some(aki) = certconn_x509::extensions::subject_key_identifier_of(&ca) {
+        exts.push(extensions::authority_key_identifier(&aki, &subject)?);
+    }
+    sign_at(
+        now,
+        server_key,
+        &subject,
         ca_key,
         &ca.tbs_certificate.subject,
         days,

@@ -282,3 +282,156 @@ fn a_key_that_is_not_the_certificates_stops_the_start_with_the_reason() {
         "{said}"
     );
 }
+
+/// The certificate the API serves on `port`, PEM, as `openssl s_client` got it after verifying
+/// it against `ca_file` for `name` (an IP address or a DNS name).
+fn served_certificate(port: u16, ca_file: &Path, name: &str) -> String {
+    let check = if name.parse::<std::net::IpAddr>().is_ok() {
+        "-verify_ip"
+    } else {
+        "-verify_hostname"
+    };
+    let out = Command::new("openssl")
+        .args(["s_client", "-showcerts", "-verify_return_error", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-CAfile")
+        .arg(ca_file)
+        .args([check, name])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains("Verify return code: 0 (ok)"),
+        "openssl s_client: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let end = text[start..]
+        .find("-----END CERTIFICATE-----")
+        .expect("its end")
+        + start;
+    text[start..end].to_owned()
+}
+
+#[test]
+fn certconn_issues_the_api_certificate_from_its_own_ca_and_keeps_it_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("certconn.toml");
+    let write = |names: &str| {
+        let text = config_text(
+            &dir.path().join("data"),
+            &plugins(),
+            &format!("[api.tls]\nissuer = \"local-ca\"\nvalidity_days = 30\n{names}"),
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write("");
+    let mut daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let anchor = dir.path().join("data/api-ca.pem");
+
+    // The CLI trusts the CA the daemon wrote to data/api-ca.pem, and issues through the API.
+    let pfx = dir.path().join("issued-tls.pfx");
+    let password = issue_pfx(&daemon, "smime", "CN=over an issued certificate", &pfx);
+    openssl_pkcs12_info(&pfx, &password);
+    // curl and openssl verify it against that CA alone, for 127.0.0.1 and localhost (the
+    // default names of a loopback listener).
+    let (status, body) = curl(daemon.port, "/v1/health", &anchor, &[]);
+    assert_eq!(status, 200, "{body}");
+    let first = served_certificate(daemon.port, &anchor, "127.0.0.1");
+    assert_eq!(served_certificate(daemon.port, &anchor, "localhost"), first);
+
+    // What it is: issued by the local CA, for the server, for 30 days, on a P-256 key.
+    let pem = dir.path().join("served.pem");
+    std::fs::write(&pem, format!("{first}-----END CERTIFICATE-----\n")).unwrap();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("CN = certconn Test CA"), "{text}");
+    assert!(text.contains("TLS Web Server Authentication"), "{text}");
+    assert!(
+        text.contains("IP Address:127.0.0.1") && text.contains("DNS:localhost"),
+        "{text}"
+    );
+    assert!(text.contains("NIST CURVE: P-256"), "{text}");
+    let auth = format!(
+        "Authorization: Bearer {}",
+        data_token(dir.path(), "api-read-token")
+    );
+    let (code, body) = curl(daemon.port, "/v1/status", &anchor, &["-H", &auth]);
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let api = status["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "api-tls")
+        .unwrap_or_else(|| panic!("no api-tls in {status}"))
+        .clone();
+    assert!(
+        api["days_left"]
+            .as_i64()
+            .is_some_and(|d| (29..=30).contains(&d)),
+        "{api}"
+    );
+
+    // A restart serves the same certificate: it is kept in custody, not made anew.
+    daemon.stop();
+    let mut daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    assert_eq!(served_certificate(daemon.port, &anchor, "127.0.0.1"), first);
+
+    // Other names: a new certificate, for them.
+    daemon.stop();
+    write("names = [\"api.example.test\"]\n");
+    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let renamed = served_certificate(daemon.port, &anchor, "api.example.test");
+    assert_ne!(renamed, first);
+
+    // The signature trail holds both certificates the CA key signed for the API.
+    let (ok, said) = run_certconn(&["audit", "verify"], &config);
+    assert!(ok, "{said}");
+}
+
+#[test]
+fn an_issued_api_certificate_is_configured_one_way_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = api_certificate(dir.path());
+    let config = dir.path().join("certconn.toml");
+    let data = dir.path().join("data");
+    for (tls, expected) in [
+        (
+            format!(
+                "[api.tls]\nissuer = \"local-ca\"\ncertificate = \"{}\"\nkey = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ),
+            "api.tls.issuer",
+        ),
+        (
+            "[api.tls]\nclient_ca = \"x.pem\"\n".to_owned(),
+            "set certificate and key",
+        ),
+        (
+            "[api.tls]\nissuer = \"missing\"\n".to_owned(),
+            "key \"missing\" is not declared in [keys]",
+        ),
+        (
+            "[api.tls]\nissuer = \"local-ca\"\nnames = [\"not a name\"]\n".to_owned(),
+            "neither a DNS name nor an IP address",
+        ),
+        (
+            "[api.tls]\nissuer = \"local-ca\"\n[keys.api-tls]\nalgorithm = \"ec-p256\"\n"
+                .to_owned(),
+            "certconn makes and renews this key itself",
+        ),
+    ] {
+        std::fs::write(&config, config_text(&data, &plugins(), &tls)).unwrap();
+        let (ok, said) = run_certconn(&["check-config", "--syntax-only"], &config);
+        assert!(!ok && said.contains(expected), "{tls}\n{said}");
+    }
+}

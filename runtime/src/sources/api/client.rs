@@ -45,14 +45,15 @@ impl ApiClient {
     }
 
     /// A client for a daemon serving TLS at `addr` as `tls` (the daemon's own `[api.tls]`)
-    /// describes.
+    /// describes, trusting the certificates in `anchors` ([`super::tls::trust_anchors`]).
     pub fn with_tls(
         addr: SocketAddr,
         token: Zeroizing<String>,
         tls: &super::tls::ApiTlsConfig,
+        anchors: &std::path::Path,
         policy: &crate::crypto::AlgorithmPolicy,
     ) -> Result<Self, ApiTlsError> {
-        let connector = TlsConnector::from(super::tls::client_config(tls, policy)?);
+        let connector = TlsConnector::from(super::tls::client_config(anchors, policy)?);
         let name = super::tls::server_name(tls, addr)?;
         Ok(Self {
             addr,

@@ -91,7 +91,24 @@ impl ApiConfig {
                 ),
             ));
         }
+        if let Some(tls) = &self.tls {
+            tls.check(cx)?;
+        }
         Ok(())
+    }
+
+    /// The names of the certificate certconn issues for the API (`api.tls.issuer`):
+    /// `api.tls.names`, or [`tls::issued::default_names`].
+    pub fn issued_names(&self) -> Vec<String> {
+        match &self.tls {
+            Some(tls) if !tls.names.is_empty() => {
+                tls.names.iter().map(|n| n.get_ref().clone()).collect()
+            }
+            tls => tls::issued::default_names(
+                tls.as_ref().and_then(|t| t.server_name.as_deref()),
+                self.listen.get_ref().ip(),
+            ),
+        }
     }
 }
 

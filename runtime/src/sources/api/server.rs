@@ -173,8 +173,9 @@ pub struct ApiState {
     pub read_token: Zeroizing<String>,
     /// The configured custody keys: `/metrics` shows when their certificates expire.
     pub watched_keys: Vec<String>,
-    /// When the API's own TLS certificate expires (Unix seconds), with `[api.tls]`.
-    pub tls_not_after: Option<u64>,
+    /// When the API's own TLS certificate expires (Unix seconds; 0 without `[api.tls]`), kept
+    /// current when certconn renews it.
+    pub tls_not_after: Arc<std::sync::atomic::AtomicU64>,
     pub max_body_bytes: usize,
     /// The OpenAPI document of the routes this daemon serves, set once they are all built
     /// (the composition root merges the SCEP and revocation routes in).

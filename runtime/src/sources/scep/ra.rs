@@ -102,7 +102,7 @@ impl Ra {
         policy: AlgorithmPolicy,
         ports: RaPorts,
     ) -> Result<Self, RaError> {
-        Self::open_at(sc, keys, policy, ports, unix_now())
+        Self::open_at(sc, keys, policy, ports, crate::journal::now_secs())
     }
 
     /// [`Ra::open`] on the caller's clock (seconds since the Unix epoch).
@@ -219,7 +219,7 @@ impl Ra {
                 _ = interval.tick() => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            if let Err(e) = self.maintain(unix_now()) {
+            if let Err(e) = self.maintain(crate::journal::now_secs()) {
                 tracing::error!(event_id = 4404, error = %crate::report::chain(&e), "SCEP RA maintenance failed");
             }
             self.record_made().await;
@@ -238,7 +238,7 @@ impl Ra {
 
     /// What status shows of the RA: its generation, when the next one comes, any warning.
     pub fn status(&self) -> serde_json::Value {
-        self.ra_keys.status(unix_now())
+        self.ra_keys.status(crate::journal::now_secs())
     }
 
     /// The current RA generation.
@@ -709,10 +709,6 @@ fn identity_of(key: &StoredKey) -> CustodyIdentity<'_> {
     }
 }
 
-fn unix_now() -> u64 {
-    u64::try_from(crate::journal::now_ms() / 1000).unwrap_or(0)
-}
-
 enum Answer {
     Issued(Vec<u8>),
     Pending,
@@ -805,7 +801,7 @@ mod tests {
     }
 
     fn harness() -> Harness {
-        harness_with("", unix_now(), KeyAlgorithm::EcP256)
+        harness_with("", crate::journal::now_secs(), KeyAlgorithm::EcP256)
     }
 
     /// A harness with `extra` lines in `[scep]`, its RA opened at `now`, its CA key `ca_alg`.
@@ -1661,7 +1657,7 @@ mod tests {
     ) {
         let h = harness_with(
             "ra_layout = \"ndes\"\ndecrypt_with_ca_key = true",
-            unix_now(),
+            crate::journal::now_secs(),
             KeyAlgorithm::Rsa2048,
         );
         let published = certs::parse_certs_only(&h.ra.ca_certificates().unwrap()).unwrap();
@@ -1696,7 +1692,11 @@ mod tests {
             );
         }
         // Without decrypt_with_ca_key the CA key opens nothing.
-        let strict = harness_with("ra_layout = \"ndes\"", unix_now(), KeyAlgorithm::Rsa2048);
+        let strict = harness_with(
+            "ra_layout = \"ndes\"",
+            crate::journal::now_secs(),
+            KeyAlgorithm::Rsa2048,
+        );
         let d = device("ca-sealed");
         let rep = answer(
             &strict,
@@ -1743,7 +1743,7 @@ mod tests {
     #[tokio::test]
     async fn the_ra_renews_announces_its_successor_switches_and_still_decrypts_for_the_old_one() {
         let day = 86_400;
-        let t0 = unix_now();
+        let t0 = crate::journal::now_secs();
         let h = harness_with("ra_validity_days = 30", t0, KeyAlgorithm::EcP256);
         let old = h.ra_cert.clone();
         assert!(h.ra.capabilities().to_body().contains("GetNextCACert"));

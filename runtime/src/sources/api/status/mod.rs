@@ -116,8 +116,12 @@ pub(super) fn watched_certificates(state: &AppState) -> Vec<(String, u64)> {
     if let Some(ra) = &state.scep {
         out.push(("scep-ra".to_owned(), ra.current_not_after()));
     }
-    if let Some(end) = state.tls_not_after {
-        out.push(("api-tls".to_owned(), end));
+    match state
+        .tls_not_after
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        0 => {}
+        end => out.push(("api-tls".to_owned(), end)),
     }
     out
 }
@@ -167,8 +171,7 @@ pub(super) async fn backends_with_health(registry: &Registry) -> serde_json::Val
     security(("token" = []), ("read_token" = []))
 )]
 pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let now = crate::journal::now_ms() / 1000;
-    let now = u64::try_from(now).unwrap_or(0);
+    let now = crate::journal::now_secs();
     let certificates: Vec<_> = watched_certificates(&state)
         .into_iter()
         .map(|(name, not_after)| {

@@ -56,7 +56,7 @@ pub async fn check(config: &Config) -> Result<CheckReport, std::io::Error> {
     Ok(report)
 }
 
-/// Secrets and state that `serve` reads: the API's TLS certificate and key, the API token, the
+/// Secrets and state that `serve` reads: the API's TLS certificate and key, the API tokens, the
 /// SCEP challenge, the journal's schema, the key-encryption key, the PKCS#11 token.
 fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckReport) {
     // A certificate certconn issues itself is checked when serve issues it (the issuer's
@@ -67,12 +67,16 @@ fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckR
             report.problems.push(crate::report::chain(&e));
         }
     }
-    let token = config.token_file();
-    if token.exists() {
-        if let Err(e) = crate::files::read_protected(&token) {
-            report
-                .problems
-                .push(format!("the API token: {}", crate::report::chain(&e)));
+    for (what, token) in [
+        ("the API token", config.token_file()),
+        ("the read-only API token", config.read_token_file()),
+    ] {
+        if token.exists() {
+            if let Err(e) = crate::files::read_protected(&token) {
+                report
+                    .problems
+                    .push(format!("{what}: {}", crate::report::chain(&e)));
+            }
         }
     }
     if let Some(sc) = &config.scep {

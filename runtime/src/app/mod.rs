@@ -300,6 +300,7 @@ impl App {
         token: Zeroizing<String>,
         read_token: Zeroizing<String>,
         tls_not_after: Arc<std::sync::atomic::AtomicU64>,
+        listener: String,
     ) -> axum::Router {
         let openapi = Arc::new(std::sync::OnceLock::new());
         let api = crate::sources::api::server::router(ApiState {
@@ -317,6 +318,7 @@ impl App {
             read_token,
             watched_keys: self.config.keys.keys().cloned().collect(),
             tls_not_after,
+            listener,
             max_body_bytes: self.config.api.max_body_bytes,
             openapi: openapi.clone(),
         });
@@ -472,6 +474,11 @@ impl App {
         if tls.is_some() && self.scep.is_some() && plain.is_none() {
             tracing::warn!("the SCEP endpoint is served over TLS only (on the API listener); most SCEP clients need plain HTTP: set api.plain_listen");
         }
+        let listening = listener_description(
+            bound,
+            api_config.tls.as_ref(),
+            plain.as_ref().and_then(|l| l.local_addr().ok()),
+        );
         let _ = ready.send(bound);
         tracing::info!(api = %bound, tls = tls.is_some(), plain = ?plain.as_ref().and_then(|l| l.local_addr().ok()), token_file = %token_path.display(), backends = self.registry.instances().len(), "certconn is serving");
 
@@ -490,7 +497,7 @@ impl App {
             let _ = stop.wait_for(|s| *s).await;
         };
         let app = self
-            .router(token, read_token, tls_not_after)
+            .router(token, read_token, tls_not_after, listening)
             .into_make_service_with_connect_info::<Peer>();
         let api: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
             Some(config) => Box::pin(
@@ -520,5 +527,28 @@ impl App {
         plain.map_err(ServeError::Api)?;
         scheduler.await.map_err(ServeError::Scheduler)?;
         Ok(())
+    }
+}
+
+/// How the API is served, as the status page says it: the address, TLS and where its
+/// certificate comes from, and the plain listener beside it.
+fn listener_description(
+    bound: SocketAddr,
+    tls: Option<&crate::sources::api::tls::ApiTlsConfig>,
+    plain: Option<SocketAddr>,
+) -> String {
+    let api = match tls {
+        Some(t) => match &t.issuer {
+            Some(issuer) => format!(
+                "https://{bound}, certificate issued by {} (renews itself)",
+                issuer.get_ref()
+            ),
+            None => format!("https://{bound}, certificate from files"),
+        },
+        None => format!("http://{bound} (plain HTTP)"),
+    };
+    match plain {
+        Some(p) => format!("{api}; SCEP and /pki also on http://{p}"),
+        None => api,
     }
 }

@@ -167,3 +167,27 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_jobs() {
         assert!(!text.contains(id.as_str()));
     }
 }
+
+/// The read-only token is a secret like the API token: `check-config` says so when others can
+/// read its file.
+#[test]
+fn check_config_refuses_a_read_only_token_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = start_default(dir.path());
+    daemon.stop();
+    let token = dir.path().join("data/api-read-token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("the read-only API token") && said.contains("chmod 600"),
+        "{said}"
+    );
+}

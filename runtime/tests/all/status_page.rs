@@ -111,6 +111,23 @@ async fn the_status_page_shows_what_needs_attention_and_retries_from_the_browser
             .contains("dead-lettered after 1 attempts"),
         "{dead}"
     );
+    // The sources of work: the API as it listens, and the SCEP server with its RA.
+    let api_source = row("sources", "request API");
+    assert!(
+        api_source["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("http://127.0.0.1:{}", daemon.port)),
+        "{api_source}"
+    );
+    let scep_source = row("sources", "SCEP server");
+    assert!(
+        scep_source["text"]
+            .as_str()
+            .unwrap()
+            .contains("generation 1"),
+        "{scep_source}"
+    );
     let ra = row("certificates", "scep-ra");
     assert_eq!(ra["class"], "warning", "{ra}");
     assert!(ra["text"].as_str().unwrap().contains("renew soon"), "{ra}");

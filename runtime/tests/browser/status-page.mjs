@@ -40,6 +40,7 @@ try {
       trs.map((tr) => ({ class: tr.className, text: tr.innerText.replace(/\s+/g, " ").trim() })));
   seen.version = await page.textContent("#version");
   seen.overall = await page.textContent("#overall");
+  seen.sources = await rows("sources");
   seen.certificates = await rows("certificates");
   seen.backends = await rows("backends");
   seen.attention = await rows("attention");

@@ -176,6 +176,8 @@ pub struct ApiState {
     /// When the API's own TLS certificate expires (Unix seconds; 0 without `[api.tls]`), kept
     /// current when certconn renews it.
     pub tls_not_after: Arc<std::sync::atomic::AtomicU64>,
+    /// How the API listens (address, TLS and its certificate's source), for the status page.
+    pub listener: String,
     pub max_body_bytes: usize,
     /// The OpenAPI document of the routes this daemon serves, set once they are all built
     /// (the composition root merges the SCEP and revocation routes in).

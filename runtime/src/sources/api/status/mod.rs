@@ -8,8 +8,9 @@
 //! HTML from data). It refreshes itself every five seconds. Retrying a failed or dead job from
 //! the page takes the API token; the read-only token reads only.
 //!
-//! `/v1/status` gathers what an administrator checks first: version and FIPS state, backends
-//! with a live health check, jobs by state, the jobs that failed or were dead-lettered with
+//! `/v1/status` gathers what an administrator checks first: version and FIPS state, the sources
+//! of work (the request API and how it listens, the SCEP server and its RA), backends with a
+//! live health check, jobs by state, the jobs that failed or were dead-lettered with
 //! their reasons, and when the certificates certconn depends on expire — with a warning three
 //! weeks ahead (an expired SCEP RA certificate is how SCEP "quietly stops").
 
@@ -203,6 +204,23 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
     }
     let counts = state.jobs.counts().await.unwrap_or_default();
     let backends = backends_with_health(&state.registry).await;
+    let mut sources = vec![json!({
+        "name": "request API",
+        "state": "serving",
+        "detail": state.listener,
+    })];
+    if let Some(ra) = &state.scep {
+        let ra = ra.status();
+        let warning = ra["warning"].as_str();
+        sources.push(json!({
+            "name": "SCEP server",
+            "state": if warning.is_some() { "attention" } else { "serving" },
+            "detail": warning.map(str::to_owned).unwrap_or_else(|| format!(
+                "/scep and /cgi-bin/pkiclient.exe; RA certificate generation {}, renewed from {}",
+                ra["generation"], ra["next_at"].as_str().unwrap_or("?")
+            )),
+        }));
+    }
     let degraded = backends["backends"].as_array().is_some_and(|b| {
         b.iter()
             .any(|b| b["state"] != "serving" || b["healthy"] != true)
@@ -210,6 +228,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "status": if degraded { "attention" } else { "ok" },
+        "sources": sources,
         "fips": &state.fips,
         "backends": backends["backends"],
         "jobs": counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect::<std::collections::BTreeMap<_, _>>(),

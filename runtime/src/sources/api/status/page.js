@@ -70,6 +70,13 @@ function render(s) {
   overall.textContent = s.status === "ok" ? "all well" : "needs attention";
   overall.className = "badge " + (s.status === "ok" ? "ok" : "attention");
 
+  fill("sources", s.sources || [], (tr, src) => {
+    if (src.state !== "serving") tr.className = "warning";
+    cell(tr, src.name, "Source");
+    cell(tr, src.state, "State");
+    cell(tr, src.detail || "", "Detail");
+  });
+
   fill("certificates", s.certificates || [], (tr, c) => {
     if (c.expired) tr.className = "bad";
     else if (c.warning) tr.className = "warning";

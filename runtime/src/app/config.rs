@@ -47,6 +47,9 @@ pub struct Config {
     /// CRLs and OCSP for CAs whose key certconn holds, served on the API listener at `/pki/`.
     /// Off when absent.
     pub revocation: Option<RevocationConfig>,
+    /// The device-management service certconn takes its work from (the connector protocol).
+    /// Off when absent.
+    pub upstream: Option<crate::sources::upstream::UpstreamConfig>,
     #[serde(skip)]
     pub source_path: PathBuf,
     /// The file as read, to point at a line when a plugin refuses a setting.
@@ -153,6 +156,9 @@ impl Config {
         }
         self.check_lease(cx)?;
         self.api.check(cx)?;
+        if let Some(upstream) = &self.upstream {
+            upstream.check(cx)?;
+        }
         if let Some(rev) = &self.revocation {
             rev.check(cx)?;
             for (name, ca) in &rev.cas {

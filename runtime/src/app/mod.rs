@@ -67,6 +67,8 @@ pub enum StartError {
     },
     #[error("SCEP server")]
     Scep(#[from] RaError),
+    #[error("the upstream service")]
+    Upstream(#[from] crate::sources::upstream::UpstreamError),
     #[error("publishing revocation")]
     Revocation(#[from] crate::revocation::PublishError),
     #[error("{}", render_settings(path, backend, problems))]
@@ -170,6 +172,8 @@ pub struct App {
     pub scep: Option<Arc<Ra>>,
     /// CRLs and OCSP, when `[revocation]` is configured.
     pub revocation: Option<Arc<Publisher>>,
+    /// The device-management service work comes from, when `[upstream]` is configured.
+    pub upstream: Option<Arc<crate::sources::upstream::Upstream>>,
     /// Applies a changed `[backends]`/`[profiles]` without a restart.
     pub reloader: Arc<reload::Reloader>,
     _lock: std::fs::File,
@@ -268,6 +272,15 @@ impl App {
         if let Some(ra) = &scep {
             ra.record_made().await;
         }
+        let upstream = match &config.upstream {
+            Some(uc) => Some(Arc::new(crate::sources::upstream::Upstream::open(
+                uc,
+                intake.clone(),
+                journal.clone(),
+                &config.policy(),
+            )?)),
+            None => None,
+        };
         tracing::debug!(journal = %journal.location(), schema = journal.schema_version(), %instance, "opened");
         let reloader = Arc::new(reload::Reloader::new(
             &config,
@@ -289,6 +302,7 @@ impl App {
             scheduler,
             scep,
             revocation,
+            upstream,
             _lock: lock,
         })
     }
@@ -319,6 +333,7 @@ impl App {
             watched_keys: self.config.keys.keys().cloned().collect(),
             tls_not_after,
             listener,
+            upstream: self.upstream.clone(),
             max_body_bytes: self.config.api.max_body_bytes,
             openapi: openapi.clone(),
         });
@@ -491,6 +506,9 @@ impl App {
         }
         if let Some(issued) = issued {
             tokio::spawn(issued.run(shutdown.clone()));
+        }
+        if let Some(upstream) = &self.upstream {
+            tokio::spawn(upstream.clone().run(shutdown.clone()));
         }
         let watcher = self.run_plugin_watcher(shutdown.clone());
         let stopped = |mut stop: watch::Receiver<bool>| async move {

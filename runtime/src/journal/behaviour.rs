@@ -43,6 +43,7 @@ macro_rules! journal_behaviour_tests {
             a_replayed_value_is_refused_within_the_window,
             enqueue_wakes_a_waiting_worker,
             counts_and_list_by_state,
+            outcomes_are_owed_to_their_source_until_delivered,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
@@ -661,4 +662,58 @@ pub(crate) async fn counts_and_list_by_state(f: &dyn Factory) {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].id, held.job.id);
     assert_eq!(j.list(None, 2).await.unwrap().len(), 2);
+}
+
+pub(crate) async fn outcomes_are_owed_to_their_source_until_delivered(f: &dyn Factory) {
+    let j = f.open("a");
+    let r = req(1);
+    let upstream = |key| NewJob {
+        source: "upstream",
+        idempotency_key: key,
+        kind: JobKind::Issue,
+        request: &r,
+    };
+    let ok = j.enqueue(upstream("item-1")).await.unwrap().0;
+    let bad = j.enqueue(upstream("item-2")).await.unwrap().0;
+    let other = enqueue(&*j, "from-the-api").await;
+    // Nothing has ended: nothing is owed.
+    assert!(j.undelivered("upstream", 10).await.unwrap().is_empty());
+    for _ in 0..3 {
+        let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+        if held.job.id == bad.id {
+            assert!(j
+                .end(&held.lease, JobState::Failed, Some("b"), "refused", None)
+                .await
+                .unwrap());
+        } else {
+            assert!(j.complete(&held.lease, done("{}")).await.unwrap());
+        }
+    }
+    // Both upstream jobs are owed, oldest first; the API's job is not the upstream's.
+    let owed: Vec<String> = j
+        .undelivered("upstream", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|job| job.id)
+        .collect();
+    assert_eq!(owed.len(), 2, "{owed:?}");
+    assert!(owed.contains(&ok.id) && owed.contains(&bad.id) && !owed.contains(&other.id));
+    assert_eq!(j.undelivered("upstream", 1).await.unwrap().len(), 1);
+    j.mark_delivered(&ok.id).await.unwrap();
+    j.mark_delivered(&bad.id).await.unwrap();
+    // Twice is harmless.
+    j.mark_delivered(&bad.id).await.unwrap();
+    assert!(j.undelivered("upstream", 10).await.unwrap().is_empty());
+    // An operator's retry of the failed one: its next outcome is owed again.
+    j.retry(&bad.id).await.unwrap();
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    assert_eq!(held.job.id, bad.id);
+    assert!(j.complete(&held.lease, done("{}")).await.unwrap());
+    let owed = j.undelivered("upstream", 10).await.unwrap();
+    assert_eq!(owed.len(), 1);
+    assert_eq!(
+        (owed[0].id.as_str(), owed[0].state),
+        (bad.id.as_str(), JobState::Succeeded)
+    );
 }

@@ -191,6 +191,15 @@ pub trait Outbox: Send + Sync {
     /// A finished job's result, without its password and without handing anything out: what
     /// a listing may show.
     async fn peek_result(&self, id: &str) -> Result<Option<String>, JournalError>;
+
+    /// Jobs from `source` that ended (succeeded, failed or dead) and whose outcome has not
+    /// reached the source yet, oldest first: what a source that reports back (the upstream
+    /// service) still owes.
+    async fn undelivered(&self, source: &str, limit: u32) -> Result<Vec<JobRecord>, JournalError>;
+
+    /// Records that job `id`'s outcome reached its source. An operator's retry of the job
+    /// clears it, so that the new outcome is delivered too.
+    async fn mark_delivered(&self, id: &str) -> Result<(), JournalError>;
 }
 
 /// The certificates issued and revoked through certconn.

@@ -14,7 +14,7 @@ pub struct Migration {
 }
 
 /// The version a journal written by this binary is at.
-pub const CURRENT: i64 = 4;
+pub const CURRENT: i64 = 5;
 
 /// The first version with the signature trail.
 pub const SIGNATURE_TRAIL_SINCE: i64 = 4;
@@ -132,6 +132,15 @@ CREATE TABLE signature_trail (
 );
 CREATE UNIQUE INDEX signature_trail_serial ON signature_trail (issuer, serial)
     WHERE kind = 'certificate';
+"#,
+    },
+    Migration {
+        version: 5,
+        description: "results delivered back to their source (the upstream service)",
+        sqlite: r#"
+ALTER TABLE jobs ADD COLUMN delivered_at INTEGER;
+CREATE INDEX jobs_undelivered ON jobs (source, updated_at)
+    WHERE delivered_at IS NULL AND state IN ('succeeded', 'failed', 'dead');
 "#,
     },
 ];

@@ -507,7 +507,8 @@ impl JobStore for SqliteJournal {
                     .optional()?;
                 let state = state.ok_or_else(|| JournalError::NotFound(id.clone()))?;
                 let changed = conn.execute(
-                    "UPDATE jobs SET state = 'queued', attempts = 0, next_run_at = ?2, updated_at = ?2
+                    "UPDATE jobs SET state = 'queued', attempts = 0, next_run_at = ?2, updated_at = ?2,
+                         delivered_at = NULL
                      WHERE id = ?1 AND state IN ('failed', 'dead')",
                     params![id, now_ms()],
                 )?;
@@ -647,6 +648,35 @@ impl Outbox for SqliteJournal {
                     |r| r.get(0),
                 )
                 .optional()?)
+        })
+        .await
+    }
+
+    async fn undelivered(&self, source: &str, limit: u32) -> Result<Vec<JobRecord>, JournalError> {
+        let source = source.to_owned();
+        self.blocking(move |inner| {
+            let conn = inner.reader();
+            let mut stmt = conn.prepare(
+                "SELECT * FROM jobs WHERE source = ?1 AND delivered_at IS NULL
+                     AND state IN ('succeeded', 'failed', 'dead')
+                 ORDER BY updated_at, id LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![source, limit], job_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(finish_record).collect()
+        })
+        .await
+    }
+
+    async fn mark_delivered(&self, id: &str) -> Result<(), JournalError> {
+        let id = id.to_owned();
+        self.blocking(move |inner| {
+            inner.writer().execute(
+                "UPDATE jobs SET delivered_at = ?2 WHERE id = ?1 AND delivered_at IS NULL",
+                params![id, now_ms()],
+            )?;
+            Ok(())
         })
         .await
     }

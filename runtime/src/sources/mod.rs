@@ -4,9 +4,9 @@
 //!
 //! - `api`: the request API (JSON over HTTP), and the administrator's endpoints beside it.
 //! - `scep`: certconn's SCEP server; its challenge validators.
-//!
-//! Upstreams (a device-management service's connector protocol, Intune's APIs) are sources too,
-//! and arrive as one more module here.
+//! - `upstream`: the device-management service certconn polls for work (the connector
+//!   protocol), and sends results back to.
 
 pub mod api;
 pub mod scep;
+pub mod upstream;

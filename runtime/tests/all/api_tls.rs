@@ -48,19 +48,6 @@ fn client_ca_and_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-/// `certconn ARGS --config CONFIG`: whether it succeeded, and what it printed.
-fn run_certconn(args: &[&str], config: &Path) -> (bool, String) {
-    let out = Command::new(binary())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
 fn tls_config(data: &Path, cert: &Path, key: &Path, more: &str) -> String {
     config_text(
         data,

@@ -36,3 +36,4 @@ mod scep_messages;
 mod scep_server;
 mod status_page;
 mod systemd;
+mod upstream;

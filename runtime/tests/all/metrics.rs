@@ -178,14 +178,8 @@ fn check_config_refuses_a_read_only_token_others_can_read() {
     daemon.stop();
     let token = dir.path().join("data/api-read-token");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(&daemon.config)
-        .output()
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{said}");
+    let (ok, said) = run_certconn(&["check-config"], &daemon.config);
+    assert!(!ok, "{said}");
     assert!(
         said.contains("the read-only API token") && said.contains("chmod 600"),
         "{said}"

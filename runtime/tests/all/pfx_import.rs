@@ -407,16 +407,7 @@ async fn imported_pfx_files_are_checked_by_policy_and_delivered_sealed_for_the_d
             "{}.password.cms",
             pfx.file_name().unwrap().to_string_lossy()
         ));
-        let plain = run_ok(
-            Command::new("openssl")
-                .args(["cms", "-decrypt", "-inform", "DER", "-in"])
-                .arg(&sealed)
-                .arg("-recip")
-                .arg(&device_cert)
-                .arg("-inkey")
-                .arg(&device_key),
-        );
-        assert_eq!(plain, PASSWORD);
+        assert_eq!(openssl_unseal(&sealed, &device_cert, &device_key), PASSWORD);
     }
     // The delivered PFX is the file itself, unchanged.
     let api = daemon.client();

@@ -158,6 +158,19 @@ fn certificate_reason(e: &rustls::CertificateError) -> String {
     }
 }
 
+/// A client configuration for the host's own outbound https (the upstream service): the
+/// anchors in `anchors` (a PEM file), or the system trust store.
+pub(crate) fn outbound_client_config(
+    anchors: Option<&Path>,
+    policy: &AlgorithmPolicy,
+) -> Result<Arc<ClientConfig>, Box<dyn std::error::Error + Send + Sync>> {
+    let roots = match anchors {
+        Some(path) => Arc::new(read_anchors(path)?),
+        None => system_roots()?,
+    };
+    Ok(client_config(roots, policy)?)
+}
+
 fn read_anchors(path: &Path) -> Result<RootCertStore, GrantError> {
     let pem = std::fs::read(path).map_err(|source| GrantError::AnchorsFile {
         path: path.to_owned(),

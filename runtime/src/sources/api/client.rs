@@ -130,7 +130,10 @@ impl ApiClient {
 }
 
 /// Sends `request` over `io` (HTTP/1.1) and returns the response head; the body streams on.
-async fn send<I>(io: I, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, String>
+pub(crate) async fn send<I>(
+    io: I,
+    request: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, String>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

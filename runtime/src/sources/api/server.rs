@@ -178,6 +178,8 @@ pub struct ApiState {
     pub tls_not_after: Arc<std::sync::atomic::AtomicU64>,
     /// How the API listens (address, TLS and its certificate's source), for the status page.
     pub listener: String,
+    /// The upstream service, for status and health.
+    pub upstream: Option<Arc<crate::sources::upstream::Upstream>>,
     pub max_body_bytes: usize,
     /// The OpenAPI document of the routes this daemon serves, set once they are all built
     /// (the composition root merges the SCEP and revocation routes in).
@@ -415,6 +417,7 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         jobs: counts.into_iter().collect(),
         revocation: state.revocation.as_ref().map(|p| p.status()),
         scep_ra: state.scep.as_ref().map(|ra| ra.status()),
+        upstream: state.upstream.as_ref().map(|u| u.status()),
     })
 }
 
@@ -436,6 +439,8 @@ pub struct Health {
     /// The SCEP RA's certificates, when the SCEP server is configured.
     #[schema(value_type = Option<Object>)]
     pub scep_ra: Option<serde_json::Value>,
+    /// The upstream service, when configured.
+    pub upstream: Option<crate::sources::upstream::UpstreamStatus>,
 }
 
 /// Body of `POST /v1/jobs/issue`.

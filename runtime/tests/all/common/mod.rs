@@ -719,3 +719,30 @@ pub fn data_token(dir: &Path, name: &str) -> String {
         .trim()
         .to_owned()
 }
+
+/// The PFX password sealed to a device (CMS EnvelopedData, DER in `sealed`), opened with the
+/// device's certificate and key by `openssl cms -decrypt`.
+pub fn openssl_unseal(sealed: &Path, device_cert: &Path, device_key: &Path) -> String {
+    run_ok(
+        Command::new("openssl")
+            .args(["cms", "-decrypt", "-inform", "DER", "-in"])
+            .arg(sealed)
+            .arg("-recip")
+            .arg(device_cert)
+            .arg("-inkey")
+            .arg(device_key),
+    )
+}
+
+/// `certconn ARGS --config CONFIG`: whether it succeeded, and what it printed (both streams).
+pub fn run_certconn(args: &[&str], config: &Path) -> (bool, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}

@@ -209,6 +209,25 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
         "state": "serving",
         "detail": state.listener,
     })];
+    if let Some(upstream) = &state.upstream {
+        let u = upstream.status();
+        let mut detail = format!(
+            "{}; last poll {}; {} received, {} results sent, {} refused",
+            u.service,
+            u.last_poll.as_deref().unwrap_or("never"),
+            u.received,
+            u.delivered,
+            u.refused
+        );
+        if let Some(e) = &u.last_error {
+            detail = format!("{detail}; last error: {e}");
+        }
+        sources.push(json!({
+            "name": "upstream service",
+            "state": if u.connected && u.last_error.is_none() { "serving" } else { "disconnected" },
+            "detail": detail,
+        }));
+    }
     if let Some(ra) = &state.scep {
         let ra = ra.status();
         let warning = ra["warning"].as_str();

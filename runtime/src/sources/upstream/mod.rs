@@ -1,0 +1,226 @@
+//! The upstream: certconn fetches its work from a device-management service over the connector
+//! protocol (`docs/connector-protocol.md`, the messages in `certconn-connector`) and sends each
+//! result back. Two loops:
+//!
+//! - `poll`: long-polls the service for work; journals each item through the one
+//!   [`crate::jobs::Intake`] (the item's id is the idempotency key, the source `upstream`)
+//!   *before* it acknowledges it, so an item is never lost and an item offered twice is one
+//!   job. An item that cannot be a job fails alone: its failure is sent as its result.
+//! - `report`: sends the outcome of every upstream job that ended — from the outbox, in the
+//!   order they ended — until the service takes it, then marks it delivered in the journal.
+//!
+//! Faults back off with jitter (a `Retry-After` the service gives is honoured) and show in the
+//! status: nothing is lost or duplicated while the service is away.
+
+mod client;
+mod poll;
+mod report;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+use crate::config::ConfigPath;
+use crate::jobs::Intake;
+use crate::journal::Outbox;
+
+pub use client::ServiceClient;
+
+/// The source name upstream jobs carry.
+pub const SOURCE: &str = "upstream";
+
+/// `[upstream]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The service's URL: `https://…` (or `http://` to loopback, for trying it out).
+    pub service: toml::Spanned<String>,
+    /// File with the bearer token the service gave this connector (mode 0600).
+    pub token_file: ConfigPath,
+    /// PEM file of the CAs the service's TLS certificate must chain to. Default: the system
+    /// trust store.
+    pub trust_anchors: Option<ConfigPath>,
+    /// How long one long poll waits for work.
+    #[serde(
+        default = "default_wait",
+        deserialize_with = "crate::config::in_range::<_, u64, 1, 60>"
+    )]
+    pub poll_wait_seconds: u64,
+    /// Items asked for per poll.
+    #[serde(
+        default = "default_batch",
+        deserialize_with = "crate::config::in_range::<_, usize, 1, 100>"
+    )]
+    pub batch: usize,
+}
+
+fn default_wait() -> u64 {
+    30
+}
+
+fn default_batch() -> usize {
+    10
+}
+
+impl UpstreamConfig {
+    /// The service URL is https, or http to loopback: the token and the work (device
+    /// certificates, encrypted PFX passwords) do not cross a network in clear.
+    pub fn check(&self, cx: &crate::config::Checker<'_>) -> Result<(), crate::config::ConfigError> {
+        let url = self.service.get_ref();
+        let bad = |why: &str| cx.at(self.service.span(), "upstream.service", why.to_owned());
+        let uri: hyper::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        let host = uri.host().ok_or_else(|| bad("the URL has no host"))?;
+        match uri.scheme_str() {
+            Some("https") => Ok(()),
+            Some("http") => {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let loopback = host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if loopback {
+                    Ok(())
+                } else {
+                    Err(bad("plain http only to loopback: the token and the work would cross the network in clear; use https"))
+                }
+            }
+            _ => Err(bad("the scheme must be https (or http to loopback)")),
+        }
+    }
+}
+
+/// Why the upstream cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    #[error("upstream.service: {url}: {reason}")]
+    Service { url: String, reason: String },
+    #[error("upstream.trust_anchors: TLS for {url}")]
+    Tls {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("upstream.token_file")]
+    Token(#[source] crate::files::FileError),
+    #[error("upstream.token_file: {0}: the token is empty")]
+    EmptyToken(std::path::PathBuf),
+}
+
+/// What the status page and `/v1/health` show of the upstream.
+#[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct UpstreamStatus {
+    pub service: String,
+    /// The last poll got an answer.
+    pub connected: bool,
+    /// When the last poll got an answer (RFC 3339).
+    pub last_poll: Option<String>,
+    /// The last fault, until a call succeeds again.
+    pub last_error: Option<String>,
+    /// Items journaled from the service since start.
+    pub received: u64,
+    /// Results the service took since start.
+    pub delivered: u64,
+    /// Items that could not be jobs and were answered with their failure.
+    pub refused: u64,
+}
+
+/// The upstream source: the client, where work goes, and its status.
+pub struct Upstream {
+    client: ServiceClient,
+    intake: Arc<Intake>,
+    outbox: Arc<dyn Outbox>,
+    wait: Duration,
+    batch: usize,
+    status: Mutex<UpstreamStatus>,
+}
+
+impl Upstream {
+    /// Reads the token and prepares the client; a bad file or URL stops the start.
+    pub fn open(
+        config: &UpstreamConfig,
+        intake: Arc<Intake>,
+        outbox: Arc<dyn Outbox>,
+        policy: &crate::crypto::AlgorithmPolicy,
+    ) -> Result<Self, UpstreamError> {
+        let raw = crate::files::read_protected(&config.token_file).map_err(UpstreamError::Token)?;
+        let token = Zeroizing::new(String::from_utf8_lossy(&raw).trim().to_owned());
+        if token.is_empty() {
+            return Err(UpstreamError::EmptyToken(config.token_file.to_path_buf()));
+        }
+        let client = ServiceClient::new(
+            config.service.get_ref(),
+            config.trust_anchors.as_ref().map(|p| p.as_path()),
+            token,
+            policy,
+        )?;
+        let status = UpstreamStatus {
+            service: client.base().to_owned(),
+            ..Default::default()
+        };
+        Ok(Self {
+            client,
+            intake,
+            outbox,
+            wait: Duration::from_secs(config.poll_wait_seconds),
+            batch: config.batch,
+            status: Mutex::new(status),
+        })
+    }
+
+    /// Polls and reports until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        tracing::info!(event_id = 5001, service = %self.client.base(), "polling the upstream service for work");
+        let poll = tokio::spawn(self.clone().poll_loop(shutdown.clone()));
+        let report = tokio::spawn(self.clone().report_loop(shutdown));
+        let _ = tokio::join!(poll, report);
+    }
+
+    /// The status now.
+    pub fn status(&self) -> UpstreamStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut UpstreamStatus)) {
+        change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Records a fault (once per distinct message in the log, at warn) and returns how long
+    /// to wait: the service's `Retry-After`, or backoff with jitter.
+    fn fault(
+        &self,
+        what: &str,
+        error: String,
+        failures: u32,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        let first = self.status().last_error.as_deref() != Some(error.as_str());
+        if first {
+            tracing::warn!(event_id = 5002, service = %self.client.base(), %what, %error, "the upstream service: a call failed; retrying with backoff");
+        }
+        self.update(|s| {
+            s.last_error = Some(error);
+            if what == "poll" {
+                s.connected = false;
+            }
+        });
+        retry_after.unwrap_or_else(|| {
+            Duration::from_millis(crate::jobs::scheduler::backoff_ms(500, 60_000, failures))
+        })
+    }
+}
+
+/// Waits `delay`, or until `shutdown`; true when shut down.
+async fn pause(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let stopped = tokio::select! {
+        () = tokio::time::sleep(delay) => false,
+        _ = shutdown.wait_for(|s| *s) => true,
+    };
+    stopped || *shutdown.borrow()
+}

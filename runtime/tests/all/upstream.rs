@@ -1,0 +1,372 @@
+//! certconn as a connector: work fetched from the reference service over the connector
+//! protocol, done, and every result sent back — a PKCS#12 the device opens with the password
+//! sealed to it, a malformed item and a bad one failing alone beside good ones, and an outage
+//! of the service ridden out with nothing lost or sent twice.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The reference service (`crates/reference-service`), built beside certconn by
+/// `cargo build --workspace` (scripts/test).
+struct Service {
+    child: Child,
+    addr: String,
+    token_file: PathBuf,
+}
+
+impl Service {
+    fn start(dir: &Path) -> Service {
+        let token_file = dir.join("connector-token");
+        write_private(&token_file, "connector-secret-0123456789\n");
+        let addr_file = dir.join("service.addr");
+        let binary = binary().with_file_name("certconn-reference-service");
+        let child = Command::new(&binary)
+            .args(["--listen", "127.0.0.1:0", "--visibility-seconds", "5"])
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .arg("--connector-token-file")
+            .arg(&token_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (built by scripts/test)", binary.display()));
+        let start = Instant::now();
+        let addr = loop {
+            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+                break addr;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the reference service did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Service {
+            child,
+            addr,
+            token_file,
+        }
+    }
+
+    fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}"]);
+        if let Some(b) = body {
+            cmd.args(["-H", "content-type: application/json", "-d", &b.to_string()]);
+        }
+        let out = cmd
+            .arg(format!("http://{}/admin/v1{path}", self.addr))
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').expect("status line");
+        let value = serde_json::from_str(body).unwrap_or(Value::Null);
+        (code.trim().parse().unwrap(), value)
+    }
+
+    fn enqueue(&self, item: Value) {
+        let (status, answer) = self.admin("POST", "/work?unchecked=true", Some(&item));
+        assert_eq!(status, 201, "{answer}");
+    }
+
+    fn stats(&self) -> Value {
+        self.admin("GET", "/stats", None).1
+    }
+
+    /// Waits until the service holds `n` results.
+    fn wait_results(&self, n: u64, timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let stats = self.stats();
+            if stats["results"].as_u64() == Some(n) {
+                return stats;
+            }
+            assert!(start.elapsed() < timeout, "{n} results never came: {stats}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn result(&self, id: &str) -> Value {
+        let (status, result) = self.admin("GET", &format!("/results/{id}"), None);
+        assert_eq!(status, 200, "{id}: {result}");
+        result
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The daemon's jobs from the upstream (`certconn jobs list --json`).
+fn upstream_jobs(daemon: &Daemon) -> Vec<Value> {
+    let out = daemon.cli(&["jobs", "list", "--json", "--limit", "10000"]);
+    let jobs: Value = serde_json::from_slice(&out.stdout).expect("the jobs as JSON");
+    jobs["jobs"]
+        .as_array()
+        .expect("a list of jobs")
+        .iter()
+        .filter(|j| j["source"] == "upstream")
+        .cloned()
+        .collect()
+}
+
+fn upstream_section(service: &Service) -> String {
+    format!(
+        "[upstream]\nservice = \"http://{}\"\ntoken_file = \"{}\"\npoll_wait_seconds = 2\n",
+        service.addr,
+        service.token_file.display()
+    )
+}
+
+fn issue_item(id: &str, subject: &str, device_cert: &Path) -> Value {
+    json!({
+        "id": id,
+        "kind": "issue",
+        "profile": "smime",
+        "subject": subject,
+        "sans": ["email:device@example.com"],
+        "device_certificate": std::fs::read_to_string(device_cert).unwrap(),
+    })
+}
+
+/// `base64 -d` of `text` into `path`.
+fn write_base64(path: &Path, text: &str) {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap_or_else(|e| panic!("not base64: {e}"));
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn work_from_the_service_is_done_and_every_result_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(dir.path());
+    let (device_key, device_cert) = openssl_device(dir.path());
+    // Enqueued before certconn starts: they wait at the service.
+    service.enqueue(issue_item("issue-1", "CN=upstream device 1", &device_cert));
+    service.enqueue(json!({ "id": "teleport-1", "kind": "teleport" }));
+    service.enqueue(json!({
+        "id": "bad-profile", "kind": "issue", "profile": "nope", "subject": "CN=x",
+        "device_certificate": "-----BEGIN CERTIFICATE-----\n",
+    }));
+    service.enqueue(json!({ "id": "revoke-unknown", "kind": "revoke", "serial": "0badc0de" }));
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugins(), &upstream_section(&service))
+    });
+
+    let stats = service.wait_results(4, Duration::from_secs(60));
+    assert_eq!(stats["acked"], 4, "{stats}");
+    assert_eq!(stats["duplicate_results"], 0, "{stats}");
+
+    // The issued certificate: a PFX, and its password sealed to the device.
+    let issued = service.result("issue-1");
+    assert_eq!(issued["status"], "succeeded", "{issued}");
+    let pfx = dir.path().join("issue-1.p12");
+    write_base64(&pfx, issued["pfx"].as_str().expect("a PFX"));
+    let sealed = dir.path().join("issue-1.password.cms");
+    write_base64(
+        &sealed,
+        issued["sealed_password"]
+            .as_str()
+            .expect("a sealed password"),
+    );
+    let password = openssl_unseal(&sealed, &device_cert, &device_key);
+    // The PFX opens with the password only the device could unseal.
+    openssl_pkcs12_info(&pfx, &password);
+    let cert = dir.path().join("issue-1.pem");
+    std::fs::write(
+        &cert,
+        issued["certificate_pem"].as_str().expect("a certificate"),
+    )
+    .unwrap();
+    let subject = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-subject", "-in"])
+            .arg(&cert),
+    );
+    assert!(subject.contains("upstream device 1"), "{subject}");
+
+    // Each bad item failed alone, saying why.
+    let teleport = service.result("teleport-1");
+    assert_eq!(teleport["status"], "failed");
+    assert!(
+        teleport["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("teleport")),
+        "{teleport}"
+    );
+    let bad = service.result("bad-profile");
+    assert_eq!(bad["status"], "failed");
+    assert!(
+        bad["reason"].as_str().is_some_and(|r| r.contains("nope")),
+        "{bad}"
+    );
+    // A serial certconn never issued, with no backend named: refused at the door, no job.
+    let revoke = service.result("revoke-unknown");
+    assert_eq!(revoke["status"], "failed", "{revoke}");
+    assert!(
+        revoke["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("0badc0de")),
+        "{revoke}"
+    );
+
+    // certconn's view: connected, and what it did.
+    let (code, health) = http_get(daemon.port, "/v1/health", None);
+    assert_eq!(code, 200);
+    let health: Value = serde_json::from_str(&health).unwrap();
+    let upstream = &health["upstream"];
+    assert_eq!(upstream["connected"], true, "{health}");
+    assert_eq!(upstream["received"], 1, "{health}");
+    assert_eq!(upstream["delivered"], 1, "{health}");
+    assert_eq!(upstream["refused"], 3, "{health}");
+    // The journaled item is a job of the source `upstream`, keyed by the item id; the
+    // refused ones are not jobs.
+    let keys: Vec<Value> = upstream_jobs(&daemon)
+        .iter()
+        .map(|j| j["idempotency_key"].clone())
+        .collect();
+    assert_eq!(keys, [json!("issue-1")]);
+}
+
+#[test]
+fn an_outage_of_the_service_loses_nothing_and_sends_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(dir.path());
+    let (_, device_cert) = openssl_device(dir.path());
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugins(), &upstream_section(&service))
+    });
+    service.enqueue(issue_item("before", "CN=before the outage", &device_cert));
+    service.wait_results(1, Duration::from_secs(60));
+
+    // Down for a while: every call gets 503 with Retry-After. certconn says so.
+    let (status, _) = service.admin("POST", "/outage", Some(&json!({ "seconds": 4 })));
+    assert_eq!(status, 204);
+    let start = Instant::now();
+    loop {
+        let (_, health) = http_get(daemon.port, "/v1/health", None);
+        let health: Value = serde_json::from_str(&health).unwrap();
+        if health["upstream"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("503"))
+        {
+            assert_eq!(health["upstream"]["connected"], false, "{health}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the outage never showed: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Work enqueued meanwhile is done once the service is back.
+    for i in 0..5 {
+        service.enqueue(issue_item(
+            &format!("during-{i}"),
+            &format!("CN=during {i}"),
+            &device_cert,
+        ));
+    }
+    let stats = service.wait_results(6, Duration::from_secs(90));
+    assert_eq!(stats["duplicate_results"], 0, "{stats}");
+    assert_eq!(stats["acked"], 6, "{stats}");
+    for i in 0..5 {
+        assert_eq!(
+            service.result(&format!("during-{i}"))["status"],
+            "succeeded"
+        );
+    }
+    // Six items, six jobs: none was journaled twice.
+    assert_eq!(upstream_jobs(&daemon).len(), 6);
+}
+
+#[test]
+fn an_upstream_off_loopback_in_plain_http_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("certconn.toml");
+    let token = dir.path().join("token");
+    write_private(&token, "t\n");
+    let text = config_text(
+        &dir.path().join("data"),
+        &plugins(),
+        &format!(
+            "[upstream]\nservice = \"http://mdm.example.com\"\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let (ok, said) = run_certconn(&["check-config", "--syntax-only"], &config);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("upstream.service") && said.contains("use https"),
+        "{said}"
+    );
+}
+
+#[test]
+fn kill_9_under_a_stream_of_items_leaves_one_result_and_one_certificate_per_item() {
+    const ITEMS: usize = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(dir.path());
+    let (_, device_cert) = openssl_device(dir.path());
+    for i in 0..ITEMS {
+        service.enqueue(issue_item(
+            &format!("item-{i}"),
+            &format!("CN=stream {i}"),
+            &device_cert,
+        ));
+    }
+    let config_dir = dir.path().to_owned();
+    let mut daemon = start_in(&config_dir, |data| {
+        config_text(data, &plugins(), &upstream_section(&service))
+    });
+    // Killed twice mid-stream, at points the results show.
+    for at in [5, 15] {
+        let start = Instant::now();
+        while service.stats()["results"].as_u64().unwrap_or(0) < at {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{}",
+                service.stats()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        daemon.kill9();
+        daemon = Daemon::start(&daemon.config.clone(), &config_dir.join("daemon.log"));
+    }
+    let stats = service.wait_results(ITEMS as u64, Duration::from_secs(120));
+    assert_eq!(stats["acked"], ITEMS, "{stats}");
+    assert_eq!(stats["replaced_results"], 0, "a result changed: {stats}");
+    let mut serials = std::collections::BTreeSet::new();
+    for i in 0..ITEMS {
+        let result = service.result(&format!("item-{i}"));
+        assert_eq!(result["status"], "succeeded", "{result}");
+        serials.insert(result["serial"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(serials.len(), ITEMS, "every item its own certificate");
+    // certconn issued exactly one certificate per item: the ledger holds 30, the journal 30 jobs.
+    assert_eq!(upstream_jobs(&daemon).len(), ITEMS);
+    let token = data_token(dir.path(), "api-token");
+    let (code, body) = http_get(daemon.port, "/v1/certificates?limit=1000", Some(&token));
+    assert_eq!(code, 200, "{body}");
+    let ledger: Value = serde_json::from_str(&body).unwrap();
+    let issued: std::collections::BTreeSet<String> = ledger["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["serial"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        issued, serials,
+        "the ledger holds exactly the certificates delivered"
+    );
+}

@@ -19,6 +19,10 @@ use crate::crypto::AlgorithmPolicy;
 /// The largest answer read from the service (a batch of imported PFX files fits many times).
 const MAX_ANSWER_BYTES: usize = 16 << 20;
 
+/// A `Retry-After` longer than this is taken as this: a service's mistake must not park the
+/// connector for days.
+const MAX_RETRY_AFTER_SECONDS: u64 = 600;
+
 /// An answer: its status, its `Retry-After` (seconds) if any, and its body.
 pub struct Answer {
     pub status: StatusCode,
@@ -146,7 +150,7 @@ impl ServiceClient {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .map(|secs| Duration::from_secs(secs.min(MAX_RETRY_AFTER_SECONDS)));
         let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await

@@ -337,11 +337,12 @@ impl App {
             max_body_bytes: self.config.api.max_body_bytes,
             openapi: openapi.clone(),
         });
-        let (router, document) =
+        let (router, mut document) =
             utoipa_axum::router::OpenApiRouter::with_openapi(crate::openapi::front_matter())
                 .merge(self.documented_public_routes())
                 .merge(api)
                 .split_for_parts();
+        crate::sources::api::server::document_authentication(&mut document);
         match document.to_pretty_json() {
             Ok(json) => {
                 let _ = openapi.set(json);

@@ -151,7 +151,6 @@ pub struct SerialPath {
     responses(
         (status = 200, description = "Certificates", body = CertificateList),
         (status = 400, description = "The query is not what the endpoint takes", body = ErrorBody),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 503, description = "The journal is unavailable", body = ErrorBody),
     ),
     security(("token" = []))
@@ -206,7 +205,6 @@ async fn known(state: &AppState, serial: &str) -> Result<LedgerEntry, ApiError> 
     responses(
         (status = 200, description = "The certificate", body = CertificateView),
         (status = 400, description = "The path is not valid", body = ErrorBody),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 404, description = "certconn issued no certificate with this serial", body = ErrorBody),
         (status = 422, description = "Not a serial number", body = ErrorBody),
         (status = 503, description = "The journal is unavailable", body = ErrorBody),
@@ -232,7 +230,6 @@ pub(super) async fn show(
     responses(
         (status = 200, description = "The certificate, with its new reason", body = CertificateView),
         (status = 400, description = "The body is not what the endpoint takes", body = ErrorBody),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 404, description = "certconn issued no certificate with this serial", body = ErrorBody),
         (status = 409, description = "Not revoked, already revoked with this reason, or changed meanwhile", body = ErrorBody),
         (status = 422, description = "Not a serial number", body = ErrorBody),
@@ -292,7 +289,6 @@ pub(super) async fn set_reason(
     tag = "certificates",
     responses(
         (status = 200, description = "Changes, newest first", body = ReasonChanges),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 503, description = "The journal is unavailable", body = ErrorBody),
     ),
     security(("token" = []))

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::server::{AppState, ErrorBody};
+use super::server::AppState;
 use crate::metrics::Exposition;
 
 /// Prometheus text exposition (version 0.0.4).
@@ -17,7 +17,6 @@ use crate::metrics::Exposition;
     tag = "operations",
     responses(
         (status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
-        (status = 401, description = "Neither the read-only token nor the API token", body = ErrorBody),
     ),
     security(("token" = []), ("read_token" = []))
 )]

@@ -234,6 +234,36 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .with_state(state)
 }
 
+/// Documents the 401 that [`authenticate`] and [`authenticate_reader`] answer for every
+/// operation behind a token, once, rather than on each handler.
+pub fn document_authentication(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, ResponseBuilder};
+    let unauthorized = ResponseBuilder::new()
+        .description("No token, or a token that may not call this")
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                op.responses
+                    .responses
+                    .entry("401".to_owned())
+                    .or_insert_with(|| unauthorized.clone().into());
+            }
+        }
+    }
+}
+
 /// The OpenAPI document of this daemon's HTTP API: the routes it serves as configured (the
 /// SCEP and revocation routes only when those are).
 #[utoipa::path(
@@ -266,7 +296,6 @@ async fn openapi_document(State(state): State<AppState>) -> Response {
     tag = "operations",
     responses(
         (status = 200, description = "The new configuration runs; what changed", body = Reloaded),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 422, description = "The new configuration was refused (the reason); the old one keeps running", body = ErrorBody),
     ),
     security(("token" = []))
@@ -285,7 +314,6 @@ async fn reload_config(State(state): State<AppState>) -> Result<Json<Reloaded>, 
     tag = "scep",
     responses(
         (status = 201, description = "A one-time challenge password; it is in this answer only", body = ScepChallenge),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 404, description = "The SCEP server is not configured", body = ErrorBody),
         (status = 409, description = "One-time challenges are off", body = ErrorBody),
         (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
@@ -560,7 +588,6 @@ fn accepted((job, created): (JobRecord, bool)) -> Response {
         (status = 202, description = "Journaled: a new job", body = Submitted),
         (status = 200, description = "A job with this idempotency key was already submitted; it is returned", body = Submitted),
         (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 422, description = "A field is not acceptable (`field` names it)", body = ErrorBody),
         (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
     ),
@@ -596,7 +623,6 @@ async fn submit_issue(
         (status = 202, description = "Journaled: a new job", body = Submitted),
         (status = 200, description = "A job with this idempotency key was already submitted; it is returned", body = Submitted),
         (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 422, description = "A field is not acceptable (`field` names it)", body = ErrorBody),
         (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
     ),
@@ -642,7 +668,6 @@ pub struct PublicKeyView {
     responses(
         (status = 200, description = "The key's public half", body = PublicKeyView),
         (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 404, description = "No custody key has this name", body = ErrorBody),
     ),
     security(("token" = []))
@@ -672,7 +697,6 @@ async fn show_key(
         (status = 202, description = "Journaled: a new job", body = Submitted),
         (status = 200, description = "A job with this idempotency key was already submitted; it is returned", body = Submitted),
         (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 409, description = "The certificate is already revoked", body = ErrorBody),
         (status = 422, description = "A field is not acceptable (`field` names it)", body = ErrorBody),
         (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
@@ -737,7 +761,6 @@ pub struct FinishedJob {
     responses(
         (status = 200, description = "Jobs, newest first", body = JobList),
         (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
     ),
     security(("token" = []))
@@ -761,7 +784,6 @@ async fn list_jobs(
     responses(
         (status = 200, description = "The job, and a summary of its result when it has one", body = JobView),
         (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
     ),
@@ -790,7 +812,6 @@ async fn show_job(
     responses(
         (status = 200, description = "The job, queued again", body = JobRecord),
         (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job is not failed or dead, or it is an import whose secrets were erased", body = ErrorBody),
         (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
@@ -814,7 +835,6 @@ async fn retry_job(
     responses(
         (status = 200, description = "The job and its result; a PFX password not sealed for a device is in the first answer only", body = FinishedJob),
         (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 404, description = "No such job, or no stored result", body = ErrorBody),
         (status = 409, description = "The job has not succeeded", body = ErrorBody),
         (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
@@ -852,7 +872,6 @@ async fn job_result(
     tag = "plugins",
     responses(
         (status = 200, description = "Plugin files and backend instances: versions, state, breaker, health checked now", body = Object),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
     ),
     security(("token" = []))
 )]
@@ -888,7 +907,6 @@ pub struct Drained {
     responses(
         (status = 200, description = "Done (or nothing to do)", body = Drained),
         (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 404, description = "No backend instance has this name", body = ErrorBody),
         (status = 409, description = "The backend cannot be drained now", body = ErrorBody),
     ),
@@ -936,7 +954,6 @@ pub enum PluginAction {
     responses(
         (status = 200, description = "What the action did", body = Object),
         (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
-        (status = 401, description = "No token, or not the API token", body = ErrorBody),
         (status = 404, description = "No plugin file has this name", body = ErrorBody),
         (status = 409, description = "The action was refused (the reason)", body = ErrorBody),
     ),

@@ -106,7 +106,7 @@ pub enum UpstreamError {
     },
     #[error("upstream.token_file")]
     Token(#[source] crate::files::FileError),
-    #[error("upstream.token_file: {0}: the token is empty")]
+    #[error("upstream.token_file: {0}: no token in it (empty, or not UTF-8 text)")]
     EmptyToken(std::path::PathBuf),
 }
 
@@ -147,7 +147,10 @@ impl Upstream {
         policy: &crate::crypto::AlgorithmPolicy,
     ) -> Result<Self, UpstreamError> {
         let raw = crate::files::read_protected(&config.token_file).map_err(UpstreamError::Token)?;
-        let token = Zeroizing::new(String::from_utf8_lossy(&raw).trim().to_owned());
+        // No lossy copy: the token is only ever in zeroized memory.
+        let token = std::str::from_utf8(&raw)
+            .map(|t| Zeroizing::new(t.trim().to_owned()))
+            .unwrap_or_default();
         if token.is_empty() {
             return Err(UpstreamError::EmptyToken(config.token_file.to_path_buf()));
         }
@@ -200,16 +203,17 @@ impl Upstream {
         failures: u32,
         retry_after: Option<Duration>,
     ) -> Duration {
-        let first = self.status().last_error.as_deref() != Some(error.as_str());
-        if first {
-            tracing::warn!(event_id = 5002, service = %self.client.base(), %what, %error, "the upstream service: a call failed; retrying with backoff");
-        }
+        let mut first = false;
         self.update(|s| {
-            s.last_error = Some(error);
+            first = s.last_error.as_deref() != Some(error.as_str());
+            s.last_error = Some(error.clone());
             if what == "poll" {
                 s.connected = false;
             }
         });
+        if first {
+            tracing::warn!(event_id = 5002, service = %self.client.base(), %what, %error, "the upstream service: a call failed; retrying with backoff");
+        }
         retry_after.unwrap_or_else(|| {
             Duration::from_millis(crate::jobs::scheduler::backoff_ms(500, 60_000, failures))
         })

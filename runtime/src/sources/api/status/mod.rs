@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::server::{AppState, ErrorBody};
+use super::server::AppState;
 use crate::journal::JobState;
 use crate::plugins::Registry;
 
@@ -167,7 +167,6 @@ pub(super) async fn backends_with_health(registry: &Registry) -> serde_json::Val
     tag = "operations",
     responses(
         (status = 200, description = "The daemon's state", body = Object),
-        (status = 401, description = "Neither the read-only token nor the API token", body = ErrorBody),
     ),
     security(("token" = []), ("read_token" = []))
 )]

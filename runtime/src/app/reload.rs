@@ -149,10 +149,7 @@ impl Reloader {
         if backends.is_empty() && profiles.is_empty() {
             return Ok(());
         }
-        let mut unfinished = Vec::new();
-        for state in [JobState::Queued, JobState::Running, JobState::Pending] {
-            unfinished.extend(self.jobs.list(Some(state), u32::MAX).await?);
-        }
+        let unfinished = self.jobs.unfinished().await?;
         for backend in backends {
             let pending = unfinished
                 .iter()

@@ -662,6 +662,20 @@ pub(crate) async fn counts_and_list_by_state(f: &dyn Factory) {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].id, held.job.id);
     assert_eq!(j.list(None, 2).await.unwrap().len(), 2);
+    // One more leased: the unfinished are the running one and the queued one, not the failed.
+    let running = j.lease_next(MINUTE).await.unwrap().unwrap();
+    let mut unfinished: Vec<_> = j
+        .unfinished()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.state, r.id == running.job.id))
+        .collect();
+    unfinished.sort_by_key(|(state, _)| state.as_str());
+    assert_eq!(
+        unfinished,
+        [(JobState::Queued, false), (JobState::Running, true)]
+    );
 }
 
 pub(crate) async fn outcomes_are_owed_to_their_source_until_delivered(f: &dyn Factory) {

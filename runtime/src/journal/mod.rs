@@ -172,6 +172,11 @@ pub trait JobStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<JobRecord>, JournalError>;
 
+    /// Every job not yet ended (queued, running or pending), read in one snapshot: a job
+    /// moving between those states while it is read is seen once, never missed, which
+    /// separate listings per state cannot promise.
+    async fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError>;
+
     /// How many jobs are in each state (states with none are left out).
     async fn counts(&self) -> Result<Vec<(JobState, i64)>, JournalError>;
 

@@ -570,6 +570,20 @@ impl JobStore for SqliteJournal {
         .await
     }
 
+    async fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError> {
+        self.blocking(|inner| {
+            let conn = inner.reader();
+            let mut stmt = conn.prepare(
+                "SELECT * FROM jobs WHERE state IN ('queued', 'running', 'pending') ORDER BY created_at, id",
+            )?;
+            let rows = stmt
+                .query_map([], job_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(finish_record).collect()
+        })
+        .await
+    }
+
     async fn counts(&self) -> Result<Vec<(JobState, i64)>, JournalError> {
         self.blocking(|inner| {
             let conn = inner.reader();

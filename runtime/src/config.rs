@@ -184,19 +184,44 @@ impl<'a> Checker<'a> {
         key: impl Into<String>,
         message: impl Into<String>,
     ) -> ConfigError {
+        self.excerpt(span, key.into(), message.into(), false)
+    }
+
+    /// [`Checker::at`] for a value that may hold a secret: the excerpt shows the line with the
+    /// value replaced by `"…"`.
+    pub fn at_hiding_value(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        self.excerpt(span, key.into(), message.into(), true)
+    }
+
+    fn excerpt(&self, span: Range<usize>, key: String, message: String, hide: bool) -> ConfigError {
         let start = span.start.min(self.text.len());
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
         let line = self.text[..line_start].matches('\n').count() + 1;
         let column = self.text[line_start..start].chars().count() + 1;
-        let content = self.text[line_start..]
+        let mut content = self.text[line_start..]
             .split('\n')
             .next()
             .unwrap_or("")
-            .trim_end_matches('\r');
-        let width = self.text[start..span.end.clamp(start, self.text.len())]
+            .trim_end_matches('\r')
+            .to_owned();
+        let mut width = self.text[start..span.end.clamp(start, self.text.len())]
             .split('\n')
             .next()
             .map_or(1, |s| s.chars().count().max(1));
+        if hide {
+            let end = span.end.clamp(start, line_start + content.len());
+            content = format!(
+                "{}\"…\"{}",
+                &self.text[line_start..start],
+                &self.text[end..line_start + content.len()]
+            );
+            width = 3;
+        }
         let gutter = " ".repeat(line.to_string().len());
         let excerpt = format!(
             "{gutter} |\n{line} | {content}\n{gutter} | {}{}",
@@ -207,8 +232,8 @@ impl<'a> Checker<'a> {
             path: self.path.to_owned(),
             line,
             column,
-            key: key.into(),
-            message: message.into(),
+            key,
+            message,
             excerpt,
         }
     }

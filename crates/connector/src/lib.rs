@@ -11,9 +11,18 @@
 //! - `POST /work/{id}/ack` → 204: certconn has journaled the item; the service stops offering it.
 //! - `POST /results` with an [`ItemResult`] → 204: the item's outcome; sending it again is
 //!   harmless.
+//! - `POST /heartbeat` with a [`Heartbeat`] → [`HeartbeatAnswer`]: who the connector is and how
+//!   it is; the answer carries the service's [`VersionPolicy`].
 //!
 //! An item certconn cannot read fails alone: its result is a [`Outcome::Failed`] naming what was
 //! wrong, and the items beside it are done as usual ([`parse_batch`]).
+
+mod heartbeat;
+mod policy;
+pub mod spec;
+
+pub use heartbeat::{Heartbeat, HeartbeatAnswer, PluginReport};
+pub use policy::{compare_versions, day_number, Deprecation, VersionPolicy};
 
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +36,7 @@ pub const BASE: &str = "/connector/v1";
 pub const MAX_WAIT_SECONDS: u64 = 60;
 
 /// One piece of work; `id` is unique per service and is certconn's idempotency key.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkItem {
     pub id: String,
     #[serde(flatten)]
@@ -35,7 +44,7 @@ pub struct WorkItem {
 }
 
 /// What an item asks for, by `kind`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Work {
     /// Issue a certificate with a key certconn makes, delivered as PKCS#12 whose password is
@@ -48,7 +57,7 @@ pub enum Work {
 }
 
 /// `kind = "issue"`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueWork {
     /// A profile configured in certconn.
@@ -69,7 +78,7 @@ pub struct IssueWork {
 }
 
 /// `kind = "import"`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportWork {
     /// Default: certconn's `import` profile.
@@ -91,7 +100,7 @@ pub struct ImportWork {
 }
 
 /// `kind = "revoke"`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeWork {
     /// Hex.
@@ -102,7 +111,7 @@ pub struct RevokeWork {
 }
 
 /// The answer to `GET /work`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkBatch {
     pub items: Vec<WorkItem>,
 }
@@ -151,7 +160,7 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Parsed>, String> {
 pub const MAX_ID_LEN: usize = 200;
 
 /// `POST /results`: what became of an item.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ItemResult {
     pub item_id: String,
     #[serde(flatten)]
@@ -159,7 +168,7 @@ pub struct ItemResult {
 }
 
 /// The end of an item, by `status`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded(Delivered),
@@ -170,7 +179,7 @@ pub enum Outcome {
 }
 
 /// What a succeeded item delivers; which fields are set depends on its kind.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivered {
     /// Issue: the certificate, PEM.
     #[serde(default, skip_serializing_if = "Option::is_none")]

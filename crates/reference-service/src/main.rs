@@ -3,9 +3,10 @@
 //! certconn end to end in minutes and for certconn's own tests and benchmark.
 //!
 //! - The connector's API under `/connector/v1` (bearer token from `--connector-token-file`):
-//!   long-poll for work, acknowledge, upload results.
+//!   long-poll for work, acknowledge, upload results, heartbeat (answered with the version
+//!   policy from `--version-policy`).
 //! - An administrator's JSON API under `/admin/v1` (no token; listen on loopback): enqueue work,
-//!   read results and counters.
+//!   read results and counters, see the connectors' last heartbeats, change the version policy.
 //!
 //! It keeps everything in memory: it is a reference, not a product. An item handed to a
 //! connector and not acknowledged within `--visibility-seconds` is offered again, so that work a
@@ -24,7 +25,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use certconn_connector::{ItemResult, WorkItem, BASE, MAX_WAIT_SECONDS};
+use certconn_connector::{
+    Heartbeat, HeartbeatAnswer, ItemResult, VersionPolicy, WorkItem, BASE, MAX_WAIT_SECONDS,
+};
 use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
@@ -49,6 +52,11 @@ struct Args {
     /// How long an item handed out stays with its connector before it is offered again.
     #[arg(long, default_value_t = 60)]
     visibility_seconds: u64,
+    /// JSON file with the version policy heartbeats are answered with
+    /// (`{"latest": "…", "deprecated": [{"version", "deprecated_on", "unsupported_after"}]}`).
+    /// Default: this build's version is the latest, nothing deprecated.
+    #[arg(long)]
+    version_policy: Option<PathBuf>,
 }
 
 struct App {
@@ -57,6 +65,10 @@ struct App {
     /// Until when the connector's calls are answered with this status (an outage, asked for
     /// through the admin API to see a connector ride one out).
     outage: std::sync::Mutex<Option<(std::time::Instant, StatusCode)>>,
+    policy: std::sync::Mutex<VersionPolicy>,
+    /// Each connector's last heartbeat and when it came (milliseconds since the epoch), by
+    /// instance.
+    connectors: std::sync::Mutex<std::collections::BTreeMap<String, (Heartbeat, u128)>>,
 }
 
 #[tokio::main]
@@ -79,22 +91,43 @@ async fn run(args: Args) -> Result<(), String> {
             args.connector_token_file.display()
         ));
     }
+    let policy = match &args.version_policy {
+        Some(file) => {
+            let text = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let policy: VersionPolicy = serde_json::from_slice(&text)
+                .map_err(|e| format!("{}: not a version policy: {e}", file.display()))?;
+            policy
+                .check()
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            policy
+        }
+        None => VersionPolicy {
+            latest: env!("CARGO_PKG_VERSION").to_owned(),
+            deprecated: Vec::new(),
+        },
+    };
     let app = Arc::new(App {
         store: Store::new(Duration::from_secs(args.visibility_seconds)),
         token,
         outage: std::sync::Mutex::new(None),
+        policy: std::sync::Mutex::new(policy),
+        connectors: std::sync::Mutex::default(),
     });
     let connector = Router::new()
         .route("/work", get(poll))
         .route("/work/{id}/ack", post(ack))
         .route("/results", post(result))
+        .route("/heartbeat", post(heartbeat))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
     let admin = Router::new()
         .route("/work", post(enqueue))
         .route("/results", get(results))
         .route("/results/{id}", get(one_result))
         .route("/stats", get(stats))
-        .route("/outage", post(outage));
+        .route("/timings", get(timings))
+        .route("/outage", post(outage))
+        .route("/connectors", get(connectors))
+        .route("/version-policy", get(get_policy).put(put_policy));
     let router = Router::new()
         .nest(BASE, connector)
         .nest("/admin/v1", admin)
@@ -253,7 +286,56 @@ async fn outage(State(app): State<Arc<App>>, Json(o): Json<Outage>) -> Response 
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// `GET /admin/v1/timings`: per answered item, when it was enqueued and how long its result
+/// took (`certconn bench --upstream` reads it).
+async fn timings(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(app.store.timings())
+}
+
 /// `GET /admin/v1/stats`: counters a test or a person checks.
 async fn stats(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(app.store.stats())
+}
+
+/// `POST /connector/v1/heartbeat`: kept as the connector's latest; answered with the version
+/// policy.
+async fn heartbeat(
+    State(app): State<Arc<App>>,
+    Json(beat): Json<Heartbeat>,
+) -> Json<HeartbeatAnswer> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    app.connectors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(beat.instance.clone(), (beat, now));
+    Json(HeartbeatAnswer {
+        version_policy: app.policy.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+    })
+}
+
+/// `GET /admin/v1/connectors`: each connector's last heartbeat, with `last_seen_ms`.
+async fn connectors(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let connectors = app.connectors.lock().unwrap_or_else(|p| p.into_inner());
+    let list: Vec<_> = connectors
+        .values()
+        .map(|(beat, seen)| json!({ "heartbeat": beat, "last_seen_ms": seen }))
+        .collect();
+    Json(json!({ "connectors": list }))
+}
+
+/// `GET /admin/v1/version-policy`.
+async fn get_policy(State(app): State<Arc<App>>) -> Json<VersionPolicy> {
+    Json(app.policy.lock().unwrap_or_else(|p| p.into_inner()).clone())
+}
+
+/// `PUT /admin/v1/version-policy`: the policy the next heartbeats are answered with.
+async fn put_policy(State(app): State<Arc<App>>, Json(policy): Json<VersionPolicy>) -> Response {
+    if let Err(e) = policy.check() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, e);
+    }
+    *app.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+    StatusCode::NO_CONTENT.into_response()
 }

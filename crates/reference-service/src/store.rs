@@ -23,6 +23,9 @@ struct Entry {
     body: Value,
     held: Held,
     handed_out: u32,
+    enqueued: Instant,
+    /// When its first result came.
+    answered: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -42,6 +45,7 @@ pub struct Store {
     inner: Mutex<Inner>,
     arrived: Notify,
     visibility: Duration,
+    started: Instant,
 }
 
 impl Store {
@@ -50,6 +54,7 @@ impl Store {
             inner: Mutex::default(),
             arrived: Notify::new(),
             visibility,
+            started: Instant::now(),
         }
     }
 
@@ -80,6 +85,8 @@ impl Store {
                 body,
                 held: Held::Ready,
                 handed_out: 0,
+                enqueued: Instant::now(),
+                answered: None,
             },
         );
         drop(inner);
@@ -151,6 +158,11 @@ impl Store {
             return false;
         }
         let mut inner = self.lock();
+        if let Some(seq) = inner.by_id.get(&result.item_id).copied() {
+            if let Some(entry) = inner.entries.get_mut(&seq) {
+                entry.answered.get_or_insert_with(Instant::now);
+            }
+        }
         match inner.results.get(&result.item_id) {
             Some(held) if *held == result => inner.duplicate_results += 1,
             Some(_) => {
@@ -170,6 +182,28 @@ impl Store {
 
     pub fn results(&self) -> Vec<ItemResult> {
         self.lock().results.values().cloned().collect()
+    }
+
+    /// Per answered item, in milliseconds on the service's clock: when it was enqueued (since
+    /// the service started) and how long until its first result came — the request→result
+    /// latency a device-management service sees.
+    pub fn timings(&self) -> Value {
+        let inner = self.lock();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let timings: Vec<Value> = inner
+            .entries
+            .values()
+            .filter_map(|e| {
+                e.answered.map(|answered| {
+                    json!({
+                        "id": e.id,
+                        "enqueued_ms": ms(e.enqueued.duration_since(self.started)),
+                        "latency_ms": ms(answered.duration_since(e.enqueued)),
+                    })
+                })
+            })
+            .collect();
+        json!({ "timings": timings })
     }
 
     pub fn stats(&self) -> Value {
@@ -246,6 +280,11 @@ mod tests {
         assert!(store.record(failed));
         assert!(store.record(succeeded.clone()));
         assert_eq!(store.result("a"), Some(succeeded));
+        let timings = store.timings();
+        assert_eq!(timings["timings"][0]["id"], "a", "{timings}");
+        assert!(timings["timings"][0]["latency_ms"]
+            .as_f64()
+            .is_some_and(|l| l >= 0.0));
         let stats = store.stats();
         assert_eq!(
             (

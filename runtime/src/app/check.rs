@@ -57,7 +57,8 @@ pub async fn check(config: &Config) -> Result<CheckReport, std::io::Error> {
 }
 
 /// Secrets and state that `serve` reads: the API's TLS certificate and key, the API tokens, the
-/// SCEP challenge, the journal's schema, the key-encryption key, the PKCS#11 token.
+/// SCEP challenge, the journal's schema, the key-encryption key, the PKCS#11 token, the
+/// proxy's credentials.
 fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckReport) {
     // A certificate certconn issues itself is checked when serve issues it (the issuer's
     // key is checked with the other keys).
@@ -115,6 +116,10 @@ fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckR
         if let Err(e) = crate::custody::pkcs11::Token::open(p11) {
             report.problems.push(crate::report::chain(&e));
         }
+    }
+    // The proxy's credentials file, and a proxy from the environment of this check.
+    if let Err(e) = crate::proxy::Proxy::open(&config.proxy) {
+        report.problems.push(crate::report::chain(&e));
     }
 }
 
@@ -176,7 +181,7 @@ async fn check_backends(
     );
     let mut prepared: BTreeMap<String, Result<Checked, String>> = BTreeMap::new();
     for (name, b) in &config.backends {
-        let spec = match InstanceSpec::from_config(name, b, keys.clone(), config.policy()) {
+        let spec = match InstanceSpec::from_config(name, b, keys.clone(), config.policy(), None) {
             Ok(s) => s,
             Err(e) => {
                 report.problems.push(settings_problem(config, e));

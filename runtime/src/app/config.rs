@@ -50,6 +50,10 @@ pub struct Config {
     /// The device-management service certconn takes its work from (the connector protocol).
     /// Off when absent.
     pub upstream: Option<crate::sources::upstream::UpstreamConfig>,
+    /// The site's outbound HTTP proxy, for every connection certconn opens to the outside
+    /// (the upstream service, the plugins' granted HTTP).
+    #[serde(default)]
+    pub proxy: crate::proxy::ProxyConfig,
     #[serde(skip)]
     pub source_path: PathBuf,
     /// The file as read, to point at a line when a plugin refuses a setting.
@@ -156,6 +160,7 @@ impl Config {
         }
         self.check_lease(cx)?;
         self.api.check(cx)?;
+        self.proxy.check(cx)?;
         if let Some(upstream) = &self.upstream {
             upstream.check(cx)?;
         }

@@ -69,6 +69,8 @@ pub enum StartError {
     Scep(#[from] RaError),
     #[error("the upstream service")]
     Upstream(#[from] crate::sources::upstream::UpstreamError),
+    #[error("the outbound proxy")]
+    Proxy(#[from] crate::proxy::ProxyConfigError),
     #[error("publishing revocation")]
     Revocation(#[from] crate::revocation::PublishError),
     #[error("{}", render_settings(path, backend, problems))]
@@ -203,6 +205,10 @@ impl App {
                 "resuming jobs that were running when certconn stopped"
             );
         }
+        let proxy = crate::proxy::Proxy::open(&config.proxy)?;
+        if let Some(p) = &proxy {
+            tracing::info!(proxy = %p.url(), "outbound connections go through the proxy");
+        }
         let engine = Arc::new(PluginEngine::new(
             &config.cache_dir(),
             &config.engine_limits(),
@@ -214,6 +220,7 @@ impl App {
                 &config.backends,
                 keys.clone(),
                 config.policy(),
+                proxy.clone(),
                 publisher_trust(&config)?,
             )
             .await
@@ -277,6 +284,13 @@ impl App {
                 uc,
                 intake.clone(),
                 journal.clone(),
+                Arc::new(wiring::HeartbeatReport {
+                    instance: instance.clone(),
+                    registry: registry.clone(),
+                    jobs: journal.clone(),
+                    features: wiring::HeartbeatReport::features_of(&config, &fips),
+                }),
+                proxy.clone(),
                 &config.policy(),
             )?)),
             None => None,

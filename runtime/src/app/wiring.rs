@@ -152,3 +152,75 @@ impl crate::sources::scep::CrlSource for PublishedCrls {
         self.0.crl_by_issuer(issuer_der).map(|c| c.der.to_vec())
     }
 }
+
+/// What the upstream's heartbeat tells the service: this instance, its backends and their
+/// plugins, what is switched on, the queue, and health as `/v1/health` sums it up.
+pub struct HeartbeatReport {
+    pub instance: String,
+    pub registry: Arc<Registry>,
+    pub jobs: Arc<dyn crate::journal::JobStore>,
+    pub features: Vec<String>,
+}
+
+impl HeartbeatReport {
+    /// The features a configuration switches on, by the names the heartbeat reports.
+    pub fn features_of(
+        config: &super::config::Config,
+        fips: &crate::crypto::fips::FipsStatus,
+    ) -> Vec<String> {
+        [
+            (fips.policy, "fips"),
+            (config.scep.is_some(), "scep"),
+            (config.revocation.is_some(), "revocation"),
+            (config.api.tls.is_some(), "api-tls"),
+            (config.custody.pkcs11.is_some(), "pkcs11"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| name.to_owned())
+        .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::sources::upstream::InstanceReport for HeartbeatReport {
+    async fn heartbeat(&self) -> certconn_connector::Heartbeat {
+        let plugins: Vec<_> = self
+            .registry
+            .instances()
+            .iter()
+            .map(|i| {
+                let status = i.status();
+                certconn_connector::PluginReport {
+                    backend: status.backend,
+                    plugin: status.plugin,
+                    version: status.version,
+                    state: status.state.to_owned(),
+                }
+            })
+            .collect();
+        let health = if self.registry.not_serving().is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        };
+        let queue = self
+            .jobs
+            .counts()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(state, n)| (state.as_str().to_owned(), n))
+            .collect();
+        certconn_connector::Heartbeat {
+            instance: self.instance.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: certconn_connector::VERSION,
+            plugins,
+            features: self.features.clone(),
+            queue,
+            health: health.to_owned(),
+            last_error: None,
+        }
+    }
+}

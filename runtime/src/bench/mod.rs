@@ -8,7 +8,9 @@
 //!    with the same parallelism, and the ratio of 2 to 1.
 //!
 //! Other figures by option: `--pki` (PFX, sealing, custody), `--scep URL` (enrolments per
-//! second), `--hot-swap` (a new plugin version under load), `--ocsp` (CRL and OCSP costs).
+//! second), `--hot-swap` (a new plugin version under load), `--ocsp` (CRL and OCSP costs),
+//! `--upstream` (work through the connector protocol: items per second and request→result
+//! latency against the reference service).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -32,6 +34,7 @@ mod ocsp;
 mod pki_parts;
 mod scep;
 mod swap;
+mod upstream;
 use certconn_x509::{
     extensions, CertificateTemplate, ExtendedKeyUsageName, KeyUsageName, SubjectAltName,
 };
@@ -86,6 +89,12 @@ pub struct BenchArgs {
     /// With --hot-swap: seconds of load after the first job on the new version.
     #[arg(long, default_value_t = 2, requires = "hot_swap")]
     after_seconds: u64,
+    /// Measure work through the connector protocol instead: the reference service
+    /// (`certconn-reference-service`, beside this binary) feeds issue items; printed are the
+    /// request→result latency one at a time and for `--jobs` at once, items per second, and the
+    /// latency a 30-second poll interval would give.
+    #[arg(long)]
+    upstream: bool,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -118,7 +127,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let dir = std::env::temp_dir().join(format!("certconn-bench-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = if args.hot_swap {
+    let result = if args.upstream {
+        upstream::run(&plugins, &dir, args.workers.max(1), args.jobs.max(1)).await
+    } else if args.hot_swap {
         swap::run(
             &plugins,
             &dir,
@@ -299,7 +310,17 @@ pub(crate) fn bench_config(
     plugins: &std::path::Path,
     workers: usize,
 ) -> anyhow::Result<Config> {
-    let toml = format!(
+    bench_config_with(dir, plugins, workers, "")
+}
+
+/// [`bench_config`] with `extra` sections appended.
+pub(crate) fn bench_config_with(
+    dir: &std::path::Path,
+    plugins: &std::path::Path,
+    workers: usize,
+    extra: &str,
+) -> anyhow::Result<Config> {
+    let mut toml = format!(
         r#"
 data_dir = "{data}"
 [jobs]
@@ -320,6 +341,7 @@ backend = "local"
         data = dir.join("data").display(),
         plugins = plugins.display()
     );
+    toml.push_str(extra);
     let config_path = dir.join("bench.toml");
     std::fs::write(&config_path, &toml)?;
     Ok(Config::parse(&config_path, &toml)?)

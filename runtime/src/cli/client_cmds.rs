@@ -564,6 +564,37 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
         health["status"].as_str().unwrap_or("?")
     );
     println!("backends: {}", health["backends"]);
+    let upstream = &health["upstream"];
+    if upstream.is_object() {
+        println!(
+            "upstream {}: {}, last poll {}; {} received, {} results sent, {} refused",
+            upstream["service"].as_str().unwrap_or("?"),
+            if upstream["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "not connected"
+            },
+            upstream["last_poll"].as_str().unwrap_or("never"),
+            upstream["received"],
+            upstream["delivered"],
+            upstream["refused"]
+        );
+        if let Some(e) = upstream["last_error"].as_str() {
+            println!("upstream: last error: {e}");
+        }
+        if let Some(e) = upstream["heartbeat_error"].as_str() {
+            println!("upstream: heartbeat: {e}");
+        }
+        let lifecycle = &upstream["lifecycle"];
+        if let Some(summary) = lifecycle["summary"].as_str() {
+            let level = match lifecycle["stage"].as_str() {
+                Some("deprecated") => "warning: ",
+                Some("unsupported") => "error: ",
+                _ => "",
+            };
+            println!("{level}version: {summary}");
+        }
+    }
     let jobs: Vec<String> = health["jobs"]
         .as_object()
         .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use der::{Decode, Encode};
 use x509_cert::request::CertReq;
 
+use super::events::JobEvent;
 use super::model::{ImportJob, IssueJob, RevokeJob};
 use super::ports::Custody;
 use crate::crypto::provider;
@@ -187,7 +188,7 @@ impl Intake {
         req: &impl serde::Serialize,
     ) -> Result<(JobRecord, bool), SubmitError> {
         let request = serde_json::to_value(req).map_err(|e| bad("request", e.to_string()))?;
-        Ok(self
+        let (job, created) = self
             .store
             .enqueue(NewJob {
                 source,
@@ -195,7 +196,11 @@ impl Intake {
                 kind,
                 request: &request,
             })
-            .await?)
+            .await?;
+        if created {
+            tracing::info!(event_id = JobEvent::Accepted.id(kind), job = %job.id, %source, kind = kind.as_str(), "job accepted");
+        }
+        Ok((job, created))
     }
 
     fn check_profile(&self, profile: &str) -> Result<(), IntakeError> {

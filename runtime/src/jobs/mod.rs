@@ -7,6 +7,7 @@
 //! - `steps`: issue, import, revoke — each over the small ports it needs.
 //! - `outcome`: how one run ends, and the error class that decides what happens next.
 //! - `ports`: what the steps need of custody.
+//! - `events`: the stable event ids of a job's life, by flow.
 //! - `settings`: the `[jobs]` and `[profiles.NAME]` config sections.
 //!
 //! A job is written to the journal before it is acknowledged; its result is written to the
@@ -14,6 +15,7 @@
 //! can end it. A crash at any point leaves a job that is queued or leased, and an expired lease
 //! is taken up again, so every job ends exactly once.
 
+pub mod events;
 pub mod intake;
 pub mod model;
 pub mod outcome;

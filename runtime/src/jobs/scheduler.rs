@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::events::JobEvent;
 use super::model::erased_request;
 use super::outcome::{Completed, ErrorClass, Outcome};
 use super::settings::JobsConfig;
@@ -169,6 +170,7 @@ impl Scheduler {
         outcome: Outcome,
     ) -> Result<bool, JournalError> {
         let id = job.id.as_str();
+        let event = |e: JobEvent| e.id(job.kind);
         let error = match outcome {
             Ok(done) => return self.complete(job, lease, done).await,
             Err(error) => error,
@@ -178,6 +180,7 @@ impl Scheduler {
         match &error.class {
             ErrorClass::Pending { token, retry_after } => {
                 tracing::info!(
+                    event_id = event(JobEvent::Pending),
                     job = id,
                     backend,
                     retry_after_seconds = retry_after.as_secs(),
@@ -190,7 +193,12 @@ impl Scheduler {
             }
             ErrorClass::Unavailable => {
                 let delay = self.retry.backoff_max_ms.min(5_000);
-                tracing::warn!(job = id, retry_in_ms = delay, "{reason}");
+                tracing::warn!(
+                    event_id = event(JobEvent::Waiting),
+                    job = id,
+                    retry_in_ms = delay,
+                    "{reason}"
+                );
                 let at = now_ms().saturating_add(delay as i64);
                 self.store.requeue(lease, None, &reason, at, false).await
             }
@@ -199,7 +207,12 @@ impl Scheduler {
                     "dead-lettered after {} attempts; last error: {reason}",
                     job.attempts
                 );
-                tracing::warn!(job = id, backend, "{reason}");
+                tracing::warn!(
+                    event_id = event(JobEvent::Dead),
+                    job = id,
+                    backend,
+                    "{reason}"
+                );
                 self.end(job, lease, JobState::Dead, backend, &reason).await
             }
             ErrorClass::Transient => {
@@ -209,6 +222,7 @@ impl Scheduler {
                     job.attempts,
                 );
                 tracing::warn!(
+                    event_id = event(JobEvent::Retrying),
                     job = id,
                     backend,
                     attempt = job.attempts,
@@ -219,7 +233,12 @@ impl Scheduler {
                 self.store.requeue(lease, backend, &reason, at, true).await
             }
             ErrorClass::Permanent => {
-                tracing::warn!(job = id, backend, "job failed: {reason}");
+                tracing::warn!(
+                    event_id = event(JobEvent::Failed),
+                    job = id,
+                    backend,
+                    "job failed: {reason}"
+                );
                 self.end(job, lease, JobState::Failed, backend, &reason)
                     .await
             }
@@ -252,7 +271,7 @@ impl Scheduler {
             )
             .await?;
         if kept {
-            tracing::info!(job = %job.id, backend = %done.backend, serial = done.result.serial.as_deref(), "job succeeded");
+            tracing::info!(event_id = JobEvent::Succeeded.id(job.kind), job = %job.id, backend = %done.backend, serial = done.result.serial.as_deref(), "job succeeded");
         }
         Ok(kept)
     }

@@ -719,11 +719,15 @@ pub(crate) async fn outcomes_are_owed_to_their_source_until_delivered(f: &dyn Fa
     // Twice is harmless.
     j.mark_delivered(&bad.id).await.unwrap();
     assert!(j.undelivered("upstream", 10).await.unwrap().is_empty());
-    // An operator's retry of the failed one: its next outcome is owed again.
+    // An operator's retry of the failed one: its next outcome is owed again, and its end
+    // ticks the changes a reporter waits on.
     j.retry(&bad.id).await.unwrap();
     let held = j.lease_next(MINUTE).await.unwrap().unwrap();
     assert_eq!(held.job.id, bad.id);
+    let mut changes = j.changes();
+    changes.borrow_and_update();
     assert!(j.complete(&held.lease, done("{}")).await.unwrap());
+    assert!(changes.has_changed().unwrap(), "the end did not tick");
     let owed = j.undelivered("upstream", 10).await.unwrap();
     assert_eq!(owed.len(), 1);
     assert_eq!(

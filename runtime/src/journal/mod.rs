@@ -205,6 +205,11 @@ pub trait Outbox: Send + Sync {
     /// Records that job `id`'s outcome reached its source. An operator's retry of the job
     /// clears it, so that the new outcome is delivered too.
     async fn mark_delivered(&self, id: &str) -> Result<(), JournalError>;
+
+    /// Ticks after every change of a job's state made through this journal, so that a source
+    /// reporting outcomes waits on it instead of polling. Changes made by other processes
+    /// sharing the journal do not tick it: poll now and then as well.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 /// The certificates issued and revoked through certconn.

@@ -683,6 +683,10 @@ impl Outbox for SqliteJournal {
         .await
     }
 
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
     async fn mark_delivered(&self, id: &str) -> Result<(), JournalError> {
         let id = id.to_owned();
         self.blocking(move |inner| {

@@ -330,6 +330,7 @@ pub async fn run(config: KitConfig<'_>, options: &KitOptions) -> Result<Report, 
         &config.backends[&backend_name],
         keys.clone(),
         config.policy,
+        None,
     )?;
     let settings = match serde_json::from_str::<Value>(&spec.settings_json) {
         Ok(Value::Object(m)) => m,

@@ -38,12 +38,13 @@ impl InstanceSpec {
         config: &BackendConfig,
         keys: Arc<KeyStore>,
         policy: AlgorithmPolicy,
+        proxy: Option<Arc<crate::proxy::Proxy>>,
     ) -> Result<Self, PluginError> {
         let refused = |e: &dyn std::error::Error| PluginError::Config {
             backend: name.to_owned(),
             errors: vec![super::SettingError::general(crate::report::chain(e))],
         };
-        let http = HttpAccess::new(config.http.clone(), policy).map_err(|e| refused(&e))?;
+        let http = HttpAccess::new(config.http.clone(), policy, proxy).map_err(|e| refused(&e))?;
         let settings_json = config.settings_json().map_err(|e| refused(&e))?;
         Ok(Self {
             name: name.to_owned(),

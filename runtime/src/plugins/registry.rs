@@ -96,6 +96,8 @@ pub struct RegistryStatus {
 pub struct Registry {
     engine: Arc<PluginEngine>,
     policy: AlgorithmPolicy,
+    /// The site's outbound proxy, for the plugins' granted HTTP.
+    proxy: Option<Arc<crate::proxy::Proxy>>,
     dir: PathBuf,
     /// The instances and what configures them; a configuration reload replaces it whole.
     configured: std::sync::RwLock<Arc<Configured>>,
@@ -136,16 +138,18 @@ impl Registry {
         backends: &BTreeMap<String, BackendConfig>,
         keys: Arc<KeyStore>,
         policy: AlgorithmPolicy,
+        proxy: Option<Arc<crate::proxy::Proxy>>,
         trust: PublisherTrust,
     ) -> Result<Self, PluginError> {
         let mut instances = BTreeMap::new();
         for (name, b) in backends {
-            let spec = InstanceSpec::from_config(name, b, keys.clone(), policy)?;
+            let spec = InstanceSpec::from_config(name, b, keys.clone(), policy, proxy.clone())?;
             instances.insert(name.clone(), Arc::new(Instance::new(spec)));
         }
         let registry = Self {
             engine,
             policy,
+            proxy,
             dir: plugins_dir.to_owned(),
             configured: std::sync::RwLock::new(Arc::new(Configured {
                 instances,
@@ -210,6 +214,17 @@ impl Registry {
         self.configured().instances.values().cloned().collect()
     }
 
+    /// `NAME: state` of each instance that is not serving: what makes certconn's health
+    /// `degraded`.
+    pub fn not_serving(&self) -> Vec<String> {
+        self.instances()
+            .iter()
+            .map(|i| (i, i.status().state))
+            .filter(|(_, state)| *state != "serving")
+            .map(|(i, state)| format!("{}: {state}", i.name))
+            .collect()
+    }
+
     /// A configuration reload: the instances become those of `backends`. The instances named
     /// in `rebuild` (new, or configured differently) are made afresh and must each load their
     /// plugin before anything changes; if one does not, nothing changes and the error says
@@ -232,7 +247,13 @@ impl Registry {
                     instances.insert(name.clone(), i.clone());
                 }
                 before => {
-                    let spec = InstanceSpec::from_config(name, config, keys.clone(), self.policy)?;
+                    let spec = InstanceSpec::from_config(
+                        name,
+                        config,
+                        keys.clone(),
+                        self.policy,
+                        self.proxy.clone(),
+                    )?;
                     let instance = Arc::new(Instance::new(spec));
                     // What the administrator said about the instance it replaces still holds.
                     if let Some(before) = before {

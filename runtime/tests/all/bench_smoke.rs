@@ -101,3 +101,26 @@ fn ocsp_bench_prints_crl_time_and_both_ocsp_rates() {
         ],
     );
 }
+
+#[test]
+fn upstream_bench_prints_latency_throughput_and_the_poll_interval_beside_them() {
+    let plugins = plugins();
+    bench_prints(
+        &[
+            "--upstream",
+            "--jobs",
+            "10",
+            "--workers",
+            "2",
+            "--plugins",
+            plugins.to_str().unwrap(),
+        ],
+        &[
+            "one at a time:    10 items, request→result p50",
+            "burst:            10 items enqueued at once",
+            "items/s",
+            "a 30 s poll interval instead",
+            "long poll vs a 30 s poll: p99",
+        ],
+    );
+}

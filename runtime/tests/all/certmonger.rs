@@ -235,14 +235,6 @@ fn public_key_of_key(key: &Path) -> String {
     openssl(&["pkey", "-in", key.to_str().unwrap(), "-pubout"])
 }
 
-fn events(daemon: &Daemon, id: u64) -> usize {
-    std::fs::read_to_string(&daemon.log)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(&format!("\"event_id\":{id}")))
-        .count()
-}
-
 #[test]
 fn certmonger_enrols_renews_and_rekeys_through_its_own_daemon() {
     let dir = tempfile::tempdir().unwrap();

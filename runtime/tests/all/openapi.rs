@@ -136,3 +136,53 @@ fn schemathesis_finds_no_server_error_and_nothing_undocumented() {
     let log = std::fs::read_to_string(&daemon.log).unwrap();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// `docs/api/connector-protocol.schema.json`, read by Python's `jsonschema` (a validator a
+/// vendor would use): what certconn and a service say is valid, and a bad item is not.
+#[test]
+fn the_connector_protocol_schema_takes_real_messages_and_refuses_bad_ones() {
+    use certconn_connector::{
+        Delivered, Heartbeat, HeartbeatAnswer, ItemResult, Outcome, VersionPolicy, WorkItem,
+    };
+    let item = |text: &str| serde_json::from_str::<WorkItem>(text).unwrap();
+    let messages = serde_json::json!([
+        ["WorkItem", item(r#"{"id":"w-1","kind":"issue","profile":"device","subject":"CN=d","sans":["dns:d.example"],"key_algorithm":"ec-p256","device_certificate":"-----BEGIN CERTIFICATE-----"}"#), true],
+        ["WorkItem", item(r#"{"id":"w-2","kind":"import","pfx":"AA==","encrypted_password":"AA==","key_name":"pfx-password","user_principal_name":"a@example.com","intended_purpose":"smimeEncryption","device_certificate":"pem"}"#), true],
+        ["WorkItem", item(r#"{"id":"w-3","kind":"revoke","serial":"01ab","reason":"superseded"}"#), true],
+        ["WorkItem", {"id": "w-4", "kind": "revoke", "serial": "01", "colour": "blue"}, false],
+        ["WorkItem", {"id": "w-5", "kind": "teleport"}, false],
+        ["WorkItem", {"kind": "revoke", "serial": "01"}, false],
+        ["ItemResult", ItemResult { item_id: "w-1".into(), outcome: Outcome::Succeeded(Delivered { serial: Some("01".into()), revoked: Some(true), ..Default::default() }) }, true],
+        ["ItemResult", ItemResult { item_id: "w-2".into(), outcome: Outcome::Failed { reason: "no".into() } }, true],
+        ["Heartbeat", Heartbeat { instance: "i".into(), version: "0.1.0".into(), protocol: 1, plugins: vec![], features: vec!["scep".into()], queue: [("queued".to_owned(), 2)].into(), health: "ok".into(), last_error: None }, true],
+        ["HeartbeatAnswer", HeartbeatAnswer { version_policy: VersionPolicy { latest: "0.2.0".into(), deprecated: vec![] } }, true],
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.json");
+    std::fs::write(&cases, messages.to_string()).unwrap();
+    let script = r##"
+import json, sys, jsonschema
+schema = json.load(open(sys.argv[1]))
+for name, message, valid in json.load(open(sys.argv[2])):
+    check = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/" + name}
+    ok = jsonschema.Draft202012Validator(check).is_valid(message)
+    print(("ok  " if ok == valid else "BAD ") + name + " " + json.dumps(message)[:80] + (" accepted" if ok else " refused"))
+"##;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(repo_root().join("docs/api/connector-protocol.schema.json"))
+        .arg(&cases)
+        .output()
+        .expect("python3 with jsonschema (installed with schemathesis)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok  ")).count(),
+        10,
+        "{text}"
+    );
+}

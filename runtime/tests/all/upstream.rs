@@ -1,7 +1,8 @@
 //! certconn as a connector: work fetched from the reference service over the connector
 //! protocol, done, and every result sent back — a PKCS#12 the device opens with the password
-//! sealed to it, a malformed item and a bad one failing alone beside good ones, and an outage
-//! of the service ridden out with nothing lost or sent twice.
+//! sealed to it, a malformed item and a bad one failing alone beside good ones, an outage of
+//! the service ridden out with nothing lost or sent twice, and the heartbeat with the
+//! service's version policy.
 
 use crate::common;
 
@@ -235,6 +236,19 @@ fn work_from_the_service_is_done_and_every_result_goes_back() {
         .map(|j| j["idempotency_key"].clone())
         .collect();
     assert_eq!(keys, [json!("issue-1")]);
+
+    // The log by flow (docs/events.md): the item journaled (5003) and accepted as an issue job
+    // (1501) before it was acknowledged; the three bad items answered with their failure
+    // (5006); the job's success (1502), logged as its transaction commits.
+    assert_eq!(events(&daemon, 5003), 1);
+    assert_eq!(events(&daemon, 1501), 1);
+    assert_eq!(events(&daemon, 5006), 3);
+    let start = Instant::now();
+    while events(&daemon, 1502) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no event 1502");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(events(&daemon, 1502), 1);
 }
 
 #[test]
@@ -369,4 +383,158 @@ fn kill_9_under_a_stream_of_items_leaves_one_result_and_one_certificate_per_item
         issued, serials,
         "the ledger holds exactly the certificates delivered"
     );
+}
+
+/// `date -u +%F` shifted by `days`.
+fn date_in(days: i64) -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%F", "-d", &format!("{days} days")])
+        .output()
+        .expect("date runs");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Waits until `/v1/health` shows this version at `stage`; the upstream status then.
+fn wait_stage(daemon: &Daemon, stage: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let (_, health) = http_get(daemon.port, "/v1/health", None);
+        let health: Value = serde_json::from_str(&health).unwrap();
+        if health["upstream"]["lifecycle"]["stage"] == stage {
+            return health["upstream"].clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the version never became {stage}: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_heartbeat_reports_this_instance_and_the_services_policy_shows_where_its_version_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(dir.path());
+    let version = env!("CARGO_PKG_VERSION");
+    // A newer release shipped ten days ago; this one is supported for 170 days more.
+    let deprecated = json!({
+        "latest": "99.0.0",
+        "deprecated": [{
+            "version": version,
+            "deprecated_on": date_in(-10),
+            "unsupported_after": date_in(170),
+        }],
+    });
+    let (status, answer) = service.admin("PUT", "/version-policy", Some(&deprecated));
+    assert_eq!(status, 204, "{answer}");
+    let daemon = start_in(dir.path(), |data| {
+        config_text(
+            data,
+            &plugins(),
+            &format!("{}heartbeat_seconds = 1\n", upstream_section(&service)),
+        )
+    });
+
+    let upstream = wait_stage(&daemon, "deprecated");
+    let lifecycle = &upstream["lifecycle"];
+    assert_eq!(lifecycle["latest"], "99.0.0");
+    assert_eq!(lifecycle["unsupported_after"], date_in(170));
+    // 170, or 169 if the day turned between the policy and the heartbeat.
+    let left = lifecycle["days_left"].as_i64().unwrap();
+    assert!((169..=170).contains(&left), "{lifecycle}");
+    assert!(upstream["last_heartbeat"].is_string(), "{upstream}");
+    assert!(upstream["heartbeat_error"].is_null(), "{upstream}");
+    assert_eq!(
+        events(&daemon, 5012),
+        1,
+        "one warning when it became deprecated"
+    );
+
+    // `certconn status` says it as a warning; the metrics carry the stage.
+    let out = ok(daemon.cli(&["status"]));
+    assert!(
+        out.contains(&format!(
+            "warning: version: {version} is deprecated: supported until {}",
+            date_in(170)
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("upstream http://") && out.contains(": connected, last poll"),
+        "{out}"
+    );
+    let read = data_token(dir.path(), "api-read-token");
+    let (_, metrics) = http_get(daemon.port, "/metrics", Some(&read));
+    assert!(
+        metrics.contains("certconn_version_lifecycle{stage=\"deprecated\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("certconn_version_lifecycle{stage=\"current\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("certconn_upstream_connected 1"),
+        "{metrics}"
+    );
+
+    // The service saw this instance: its version, protocol, plugins, queue and health.
+    let (_, connectors) = service.admin("GET", "/connectors", None);
+    let list = connectors["connectors"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{connectors}");
+    let beat = &list[0]["heartbeat"];
+    let instance = std::fs::read_to_string(dir.path().join("data/instance-id")).unwrap();
+    assert!(!instance.trim().is_empty());
+    assert_eq!(beat["instance"], instance.trim(), "{beat}");
+    assert_eq!(beat["version"], version);
+    assert_eq!(beat["protocol"], 1);
+    assert_eq!(beat["health"], "ok");
+    assert!(beat["queue"].is_object(), "{beat}");
+    let plugins = beat["plugins"].as_array().unwrap();
+    assert!(
+        plugins.iter().any(|p| p["backend"] == "local"
+            && p["plugin"] == "local-ca"
+            && p["state"] == "serving"
+            && p["version"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("local-ca "))),
+        "{beat}"
+    );
+
+    // Past its last day: unsupported, an error event, and `certconn status` says so.
+    let past = json!({
+        "latest": "99.0.0",
+        "deprecated": [{
+            "version": version,
+            "deprecated_on": date_in(-190),
+            "unsupported_after": date_in(-1),
+        }],
+    });
+    let (status, answer) = service.admin("PUT", "/version-policy", Some(&past));
+    assert_eq!(status, 204, "{answer}");
+    wait_stage(&daemon, "unsupported");
+    assert_eq!(events(&daemon, 5013), 1);
+    let out = ok(daemon.cli(&["status"]));
+    assert!(
+        out.contains(&format!("error: version: {version} is unsupported since")),
+        "{out}"
+    );
+
+    // A policy that does not parse is refused by the service, and the stage stays.
+    let (status, _) = service.admin(
+        "PUT",
+        "/version-policy",
+        Some(&json!({ "latest": "99.0.0", "deprecated": [{ "version": version, "deprecated_on": "soon", "unsupported_after": "later" }] })),
+    );
+    assert_eq!(status, 422);
+
+    // The newest release: current again, one info event.
+    let (status, _) = service.admin(
+        "PUT",
+        "/version-policy",
+        Some(&json!({ "latest": version })),
+    );
+    assert_eq!(status, 204);
+    wait_stage(&daemon, "current");
+    assert!(events(&daemon, 5011) >= 1);
 }

@@ -6,6 +6,11 @@
 //! administrator naming that address and is allowed. The host connects to the address it
 //! checked (no second lookup to rebind), and reads at most `max_response_bytes` of the answer.
 //!
+//! Through the site's proxy (`[proxy]`, unless `no_proxy` names the host) the host opens a
+//! tunnel to the granted *name*: behind a proxy the host often cannot resolve outside names,
+//! and the proxy decides where a name leads (its own rules apply; `allow_private` is about
+//! direct connections).
+//!
 //! - `tls`: https, by the host's rustls, with the backend's own trust anchors or the system's.
 //! - `auth`: credentials the administrator granted the backend, used by the host to answer a
 //!   server's `401` challenge (Basic, or NTLM on one connection) — the plugin never sees them.
@@ -30,6 +35,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 pub use auth::{AuthScheme, CredentialConfig};
 
 use crate::crypto::AlgorithmPolicy;
+use crate::proxy::Proxy;
 
 /// Longest wait for a TCP connection and TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -187,6 +193,7 @@ pub struct HttpAccess {
     credentials: Vec<auth::Credential>,
     tls: tls::Trust,
     policy: AlgorithmPolicy,
+    proxy: Option<Arc<Proxy>>,
 }
 
 impl std::fmt::Debug for HttpAccess {
@@ -205,13 +212,18 @@ impl Default for HttpAccess {
             credentials: Vec::new(),
             tls: tls::Trust::System(Default::default()),
             policy: AlgorithmPolicy::default(),
+            proxy: None,
         }
     }
 }
 
 impl HttpAccess {
     /// Reads the grant's secrets and trust anchors. Errors name the setting.
-    pub fn new(grant: HttpGrant, policy: AlgorithmPolicy) -> Result<Self, GrantError> {
+    pub fn new(
+        grant: HttpGrant,
+        policy: AlgorithmPolicy,
+        proxy: Option<Arc<Proxy>>,
+    ) -> Result<Self, GrantError> {
         let credentials = grant
             .credentials
             .iter()
@@ -224,6 +236,7 @@ impl HttpAccess {
             credentials,
             tls,
             policy,
+            proxy,
         })
     }
 
@@ -309,28 +322,49 @@ impl Outgoing {
     }
 }
 
+/// Where a connection goes: the checked address, or a granted name through the proxy.
+#[derive(Clone)]
+enum Endpoint {
+    Direct(SocketAddr),
+    Proxied {
+        proxy: Arc<Proxy>,
+        host: String,
+        port: u16,
+    },
+}
+
 /// One HTTP/1.1 connection to the checked address, reopened when the server closes it (except
 /// where a handshake needs the same connection).
 struct Connection {
-    addr: SocketAddr,
+    endpoint: Endpoint,
     tls: Option<tls::Target>,
     sender: SendRequest<Full<Bytes>>,
 }
 
 impl Connection {
-    async fn open(addr: SocketAddr, tls: Option<tls::Target>) -> Result<Self, HttpError> {
-        let sender = Self::handshake(addr, tls.as_ref()).await?;
-        Ok(Self { addr, tls, sender })
+    async fn open(endpoint: Endpoint, tls: Option<tls::Target>) -> Result<Self, HttpError> {
+        let sender = Self::handshake(&endpoint, tls.as_ref()).await?;
+        Ok(Self {
+            endpoint,
+            tls,
+            sender,
+        })
     }
 
     async fn handshake(
-        addr: SocketAddr,
+        endpoint: &Endpoint,
         tls: Option<&tls::Target>,
     ) -> Result<SendRequest<Full<Bytes>>, HttpError> {
         let connect = async {
-            let tcp = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(HttpError::Connect)?;
+            let tcp = match endpoint {
+                Endpoint::Direct(addr) => tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(HttpError::Connect)?,
+                Endpoint::Proxied { proxy, host, port } => proxy
+                    .tunnel(host, *port)
+                    .await
+                    .map_err(|e| HttpError::Connect(std::io::Error::other(e.to_string())))?,
+            };
             match tls {
                 None => {
                     let (sender, conn) =
@@ -375,7 +409,7 @@ impl Connection {
                         .into(),
                 )));
             }
-            self.sender = Self::handshake(self.addr, self.tls.as_ref()).await?;
+            self.sender = Self::handshake(&self.endpoint, self.tls.as_ref()).await?;
         }
         let response = self
             .sender
@@ -390,6 +424,36 @@ impl Connection {
             .to_bytes();
         Ok(Answer { parts, body })
     }
+}
+
+/// The address a granted name resolves to, refused when it is internal and the grant does
+/// not allow that (an IP literal in the grant is the administrator naming that address).
+async fn checked_address(
+    backend: &str,
+    grant: &HttpGrant,
+    entry: &str,
+    host: &str,
+    port: u16,
+) -> Result<SocketAddr, HttpError> {
+    let literal = split_host_port(entry).0.parse::<IpAddr>().is_ok();
+    let addrs: Vec<_> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|_| {
+            tracing::warn!(backend, %host, "plugin HTTP: name does not resolve");
+            HttpError::DnsError {
+                rcode: None,
+                info_code: None,
+            }
+        })?
+        .collect();
+    let Some(addr) = addrs.first().copied() else {
+        return Err(HttpError::DestinationNotFound);
+    };
+    if !literal && !grant.allow_private && addrs.iter().any(|a| is_internal(a.ip())) {
+        tracing::warn!(backend, %host, address = %addr.ip(), "plugin HTTP request denied: a granted name resolves to an internal address (set http.allow_private for an on-premises CA)");
+        return Err(HttpError::DestinationIpProhibited);
+    }
+    Ok(addr)
 }
 
 /// Checks a plugin's request against the grant and sends it.
@@ -415,24 +479,14 @@ async fn send(
         return Err(HttpError::HttpRequestDenied);
     };
     let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-    let literal = split_host_port(entry).0.parse::<IpAddr>().is_ok();
-    let addrs: Vec<_> = tokio::net::lookup_host((bare_host, port))
-        .await
-        .map_err(|_| {
-            tracing::warn!(backend, %host, "plugin HTTP: name does not resolve");
-            HttpError::DnsError {
-                rcode: None,
-                info_code: None,
-            }
-        })?
-        .collect();
-    let Some(addr) = addrs.first().copied() else {
-        return Err(HttpError::DestinationNotFound);
+    let endpoint = match &access.proxy {
+        Some(proxy) if !proxy.bypasses(bare_host, port) => Endpoint::Proxied {
+            proxy: proxy.clone(),
+            host: bare_host.to_owned(),
+            port,
+        },
+        _ => Endpoint::Direct(checked_address(backend, grant, entry, bare_host, port).await?),
     };
-    if !literal && !grant.allow_private && addrs.iter().any(|a| is_internal(a.ip())) {
-        tracing::warn!(backend, %host, address = %addr.ip(), "plugin HTTP request denied: a granted name resolves to an internal address (set http.allow_private for an on-premises CA)");
-        return Err(HttpError::DestinationIpProhibited);
-    }
 
     // The body is sent whole with a Content-Length: servers that do not read chunked requests
     // (several SCEP servers) then work too, a plugin cannot stream an unbounded upload, and the
@@ -472,7 +526,7 @@ async fn send(
     } else {
         None
     };
-    let mut connection = Connection::open(addr, target).await.inspect_err(
+    let mut connection = Connection::open(endpoint, target).await.inspect_err(
         |e| tracing::warn!(backend, %host, port, "plugin HTTP: connecting failed: {e}"),
     )?;
     let answer = connection

@@ -111,6 +111,52 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         );
     }
 
+    if let Some(upstream) = &state.upstream {
+        let u = upstream.status();
+        out.family(
+            "certconn_upstream_connected",
+            "gauge",
+            "1 while the last long poll of the upstream service got an answer.",
+        );
+        out.sample(
+            "certconn_upstream_connected",
+            &[],
+            if u.connected { 1.0 } else { 0.0 },
+        );
+        if let Some(ms) = u.last_poll_ms {
+            out.family(
+                "certconn_upstream_last_poll_timestamp_seconds",
+                "gauge",
+                "When the upstream service last answered a poll (Unix time): the poll lag is now minus this.",
+            );
+            out.sample(
+                "certconn_upstream_last_poll_timestamp_seconds",
+                &[],
+                ms as f64 / 1000.0,
+            );
+        }
+        if let Some(l) = &u.lifecycle {
+            out.family(
+                "certconn_version_lifecycle",
+                "gauge",
+                "1 for the stage of this version in the service's version policy (current, outdated, deprecated, unsupported), 0 for the others.",
+            );
+            for stage in [
+                crate::lifecycle::Stage::Current,
+                crate::lifecycle::Stage::Outdated,
+                crate::lifecycle::Stage::Deprecated,
+                crate::lifecycle::Stage::Unsupported,
+            ] {
+                let on = if stage == l.stage { 1.0 } else { 0.0 };
+                out.sample(
+                    "certconn_version_lifecycle",
+                    &[("stage", stage.as_str())],
+                    on,
+                );
+            }
+        }
+    }
+
     crate::metrics::global().write(&mut out);
     (
         [(header::CONTENT_TYPE, Exposition::CONTENT_TYPE)],

@@ -429,13 +429,7 @@ fn presents(request: &Request, token: &str) -> bool {
 async fn health(State(state): State<AppState>) -> Json<Health> {
     let counts = state.jobs.counts().await.unwrap_or_default();
     let registry = &state.registry;
-    let down: Vec<String> = registry
-        .instances()
-        .iter()
-        .map(|i| (i, i.status().state))
-        .filter(|(_, state)| *state != "serving")
-        .map(|(i, state)| format!("{}: {state}", i.name))
-        .collect();
+    let down = registry.not_serving();
     Json(Health {
         status: if down.is_empty() { "ok" } else { "degraded" },
         version: env!("CARGO_PKG_VERSION"),

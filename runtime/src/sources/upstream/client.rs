@@ -1,6 +1,7 @@
 //! certconn's side of the connector protocol's HTTP: one connection per call (a long poll holds
-//! its own), TLS by the host's rustls, the bearer token, and every answer bounded in size and
-//! time so that a service that misbehaves costs a timeout, not memory.
+//! its own), through the site's proxy when one is set, TLS by the host's rustls, the bearer
+//! token, and every answer bounded in size and time so that a service that misbehaves costs a
+//! timeout, not memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
 
@@ -40,6 +40,7 @@ pub struct ServiceClient {
     prefix: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     token: Zeroizing<String>,
+    proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 impl ServiceClient {
@@ -49,6 +50,7 @@ impl ServiceClient {
         url: &str,
         anchors: Option<&std::path::Path>,
         token: Zeroizing<String>,
+        proxy: Option<Arc<crate::proxy::Proxy>>,
         policy: &AlgorithmPolicy,
     ) -> Result<Self, UpstreamError> {
         let bad = |why: &str| UpstreamError::Service {
@@ -88,6 +90,7 @@ impl ServiceClient {
             prefix,
             tls,
             token,
+            proxy,
         })
     }
 
@@ -131,9 +134,9 @@ impl ServiceClient {
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| e.to_string())?;
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+        let tcp = crate::proxy::connect(self.proxy.as_deref(), &self.host, self.port)
             .await
-            .map_err(|e| format!("connecting: {e}"))?;
+            .map_err(|e| crate::report::chain(&e))?;
         let response = match &self.tls {
             Some((connector, name)) => {
                 let tls = connector

@@ -1,6 +1,6 @@
 //! The upstream: certconn fetches its work from a device-management service over the connector
 //! protocol (`docs/connector-protocol.md`, the messages in `certconn-connector`) and sends each
-//! result back. Two loops:
+//! result back. Three loops:
 //!
 //! - `poll`: long-polls the service for work; journals each item through the one
 //!   [`crate::jobs::Intake`] (the item's id is the idempotency key, the source `upstream`)
@@ -8,11 +8,14 @@
 //!   job. An item that cannot be a job fails alone: its failure is sent as its result.
 //! - `report`: sends the outcome of every upstream job that ended — from the outbox, in the
 //!   order they ended — until the service takes it, then marks it delivered in the journal.
+//! - `heartbeat`: tells the service who this instance is and how it is; its answer's version
+//!   policy is this version's lifecycle in the status.
 //!
 //! Faults back off with jitter (a `Retry-After` the service gives is honoured) and show in the
 //! status: nothing is lost or duplicated while the service is away.
 
 mod client;
+mod heartbeat;
 mod poll;
 mod report;
 
@@ -28,6 +31,7 @@ use crate::jobs::Intake;
 use crate::journal::Outbox;
 
 pub use client::ServiceClient;
+pub use heartbeat::InstanceReport;
 
 /// The source name upstream jobs carry.
 pub const SOURCE: &str = "upstream";
@@ -55,6 +59,16 @@ pub struct UpstreamConfig {
         deserialize_with = "crate::config::in_range::<_, usize, 1, 100>"
     )]
     pub batch: usize,
+    /// How often the heartbeat reports this instance to the service.
+    #[serde(
+        default = "default_heartbeat",
+        deserialize_with = "crate::config::in_range::<_, u64, 1, 3600>"
+    )]
+    pub heartbeat_seconds: u64,
+}
+
+fn default_heartbeat() -> u64 {
+    60
 }
 
 fn default_wait() -> u64 {
@@ -114,10 +128,14 @@ pub enum UpstreamError {
 #[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct UpstreamStatus {
     pub service: String,
-    /// The last poll got an answer.
+    /// The service answers: the last poll got an answer (or, before the first long poll
+    /// returns, a heartbeat did).
     pub connected: bool,
     /// When the last poll got an answer (RFC 3339).
     pub last_poll: Option<String>,
+    /// The same, in milliseconds since the epoch, for the metrics.
+    #[serde(skip)]
+    pub last_poll_ms: Option<i64>,
     /// The last fault, until a call succeeds again.
     pub last_error: Option<String>,
     /// Items journaled from the service since start.
@@ -126,6 +144,12 @@ pub struct UpstreamStatus {
     pub delivered: u64,
     /// Items that could not be jobs and were answered with their failure.
     pub refused: u64,
+    /// When the service last answered a heartbeat (RFC 3339).
+    pub last_heartbeat: Option<String>,
+    /// Why the last heartbeat got no answer, until one does.
+    pub heartbeat_error: Option<String>,
+    /// Where this version stands in the service's version policy (from the last heartbeat).
+    pub lifecycle: Option<crate::lifecycle::Lifecycle>,
 }
 
 /// The upstream source: the client, where work goes, and its status.
@@ -135,6 +159,8 @@ pub struct Upstream {
     outbox: Arc<dyn Outbox>,
     wait: Duration,
     batch: usize,
+    heartbeat: Duration,
+    report: Arc<dyn InstanceReport>,
     status: Mutex<UpstreamStatus>,
 }
 
@@ -144,6 +170,8 @@ impl Upstream {
         config: &UpstreamConfig,
         intake: Arc<Intake>,
         outbox: Arc<dyn Outbox>,
+        report: Arc<dyn InstanceReport>,
+        proxy: Option<Arc<crate::proxy::Proxy>>,
         policy: &crate::crypto::AlgorithmPolicy,
     ) -> Result<Self, UpstreamError> {
         let raw = crate::files::read_protected(&config.token_file).map_err(UpstreamError::Token)?;
@@ -158,6 +186,7 @@ impl Upstream {
             config.service.get_ref(),
             config.trust_anchors.as_ref().map(|p| p.as_path()),
             token,
+            proxy,
             policy,
         )?;
         let status = UpstreamStatus {
@@ -170,6 +199,8 @@ impl Upstream {
             outbox,
             wait: Duration::from_secs(config.poll_wait_seconds),
             batch: config.batch,
+            heartbeat: Duration::from_secs(config.heartbeat_seconds),
+            report,
             status: Mutex::new(status),
         })
     }
@@ -178,8 +209,9 @@ impl Upstream {
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         tracing::info!(event_id = 5001, service = %self.client.base(), "polling the upstream service for work");
         let poll = tokio::spawn(self.clone().poll_loop(shutdown.clone()));
-        let report = tokio::spawn(self.clone().report_loop(shutdown));
-        let _ = tokio::join!(poll, report);
+        let report = tokio::spawn(self.clone().report_loop(shutdown.clone()));
+        let heartbeat = tokio::spawn(self.clone().heartbeat_loop(shutdown));
+        let _ = tokio::join!(poll, report, heartbeat);
     }
 
     /// The status now.

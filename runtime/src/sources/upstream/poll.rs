@@ -44,7 +44,9 @@ impl Upstream {
                 Ok(a) if a.status == StatusCode::OK => {
                     self.update(|s| {
                         s.connected = true;
-                        s.last_poll = Some(crate::report::rfc3339_ms(crate::journal::now_ms()));
+                        let now = crate::journal::now_ms();
+                        s.last_poll = Some(crate::report::rfc3339_ms(now));
+                        s.last_poll_ms = Some(now);
                         s.last_error = None;
                     });
                     match parse_batch(&a.body) {

@@ -11,9 +11,9 @@ use super::{pause, Upstream, SOURCE};
 use crate::jobs::model::JobResult;
 use crate::journal::{JobRecord, JobState};
 
-/// How often the journal is asked for outcomes owed: a result is on its way within this of its
-/// job's end.
-const TICK: Duration = Duration::from_millis(100);
+/// With nothing owed, the reporter waits for a job to change in this process; it asks the
+/// journal again after this anyway (a job ended by another process sharing the journal).
+const IDLE: Duration = Duration::from_secs(1);
 
 /// Outcomes sent per round.
 const ROUND: u32 = 50;
@@ -22,9 +22,19 @@ impl Upstream {
     /// Sends outcomes until `shutdown`.
     pub(super) async fn report_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut failures = 0u32;
+        let mut changes = self.outbox.changes();
         loop {
+            // Seen before the journal is read: a job that ends during the round ticks again.
+            changes.borrow_and_update();
             let delay = match self.report_round().await {
-                Ok(0) => TICK,
+                Ok(0) => {
+                    tokio::select! {
+                        _ = changes.changed() => {}
+                        () = tokio::time::sleep(IDLE) => {}
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                    continue;
+                }
                 Ok(_) => {
                     failures = 0;
                     Duration::ZERO

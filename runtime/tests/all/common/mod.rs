@@ -712,6 +712,15 @@ pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     (code.trim().parse().unwrap(), body.to_owned())
 }
 
+/// How many log lines of the daemon carry event `id` (the log is JSON).
+pub fn events(daemon: &Daemon, id: u64) -> usize {
+    std::fs::read_to_string(&daemon.log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&format!("\"event_id\":{id}")))
+        .count()
+}
+
 /// A token file the daemon made in `<dir>/data` (`api-token`, `api-read-token`).
 pub fn data_token(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join("data").join(name))

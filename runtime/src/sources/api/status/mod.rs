@@ -221,6 +221,9 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
         if let Some(e) = &u.last_error {
             detail = format!("{detail}; last error: {e}");
         }
+        if let Some(e) = &u.heartbeat_error {
+            detail = format!("{detail}; heartbeat: {e}");
+        }
         sources.push(json!({
             "name": "upstream service",
             "state": if u.connected && u.last_error.is_none() { "serving" } else { "disconnected" },
@@ -243,8 +246,17 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
         b.iter()
             .any(|b| b["state"] != "serving" || b["healthy"] != true)
     }) || certificates.iter().any(|c| c["warning"] == true);
+    let lifecycle = state.upstream.as_ref().and_then(|u| u.status().lifecycle);
+    let out_of_date = lifecycle.as_ref().is_some_and(|l| {
+        matches!(
+            l.stage,
+            crate::lifecycle::Stage::Deprecated | crate::lifecycle::Stage::Unsupported
+        )
+    });
+    let degraded = degraded || out_of_date;
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "lifecycle": lifecycle,
         "status": if degraded { "attention" } else { "ok" },
         "sources": sources,
         "fips": &state.fips,

@@ -65,7 +65,10 @@ function fill(tableId, rows, render) {
 }
 
 function render(s) {
-  $("version").textContent = "version " + s.version;
+  const version = $("version");
+  version.textContent = s.lifecycle ? s.lifecycle.summary : "version " + s.version;
+  version.className = s.lifecycle && (s.lifecycle.stage === "deprecated" || s.lifecycle.stage === "unsupported")
+    ? "warning" : "muted";
   const overall = $("overall");
   overall.textContent = s.status === "ok" ? "all well" : "needs attention";
   overall.className = "badge " + (s.status === "ok" ? "ok" : "attention");

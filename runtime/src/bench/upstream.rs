@@ -1,0 +1,272 @@
+//! `certconn bench --upstream`: work through the connector protocol, measured where a
+//! device-management service sees it.
+//!
+//! The reference service (`certconn-reference-service`, beside this binary) runs on a loopback
+//! port; a daemon-equivalent connector (journal, scheduler, the upstream source with its
+//! default long poll) takes its work. Issue items — an EC P-256 key made by certconn, the
+//! local CA, a PKCS#12 whose password is sealed to a device certificate — are enqueued through
+//! the service's admin API, and the service's own clock times each from enqueue to result:
+//!
+//! 1. latency one item at a time (nothing else in flight);
+//! 2. throughput and latency with `--jobs` items enqueued at once;
+//! 3. beside them, the latency a 30-second poll interval gives (the connectors certconn
+//!    replaces): a wait uniform over the interval, plus the same processing.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hyper::Method;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use certconn::app::{App, Config};
+use certconn::custody::{KeyAlgorithm, PrivateKey};
+use certconn::sources::api::client::{ApiClient, ClientError};
+
+/// Items measured one at a time (at most; no more than `--jobs`).
+const SEQUENTIAL: usize = 50;
+
+/// The poll interval of the connectors certconn replaces.
+const POLL_INTERVAL_SECONDS: f64 = 30.0;
+
+/// The reference service, stopped when dropped.
+struct Service {
+    child: Child,
+    addr: std::net::SocketAddr,
+    admin: ApiClient,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    fn start(dir: &Path, token_file: &Path) -> anyhow::Result<Self> {
+        let binary = std::env::current_exe()?.with_file_name("certconn-reference-service");
+        let addr_file = dir.join("service.addr");
+        let mut child = Command::new(&binary)
+            .args(["--listen", "127.0.0.1:0", "--visibility-seconds", "60"])
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .arg("--connector-token-file")
+            .arg(token_file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "{} (build it beside certconn: cargo build --release -p certconn-reference-service)",
+                    binary.display()
+                )
+            })?;
+        match listening(&mut child, &addr_file) {
+            Ok(addr) => Ok(Self {
+                child,
+                addr,
+                admin: ApiClient::new(addr, Zeroizing::default()),
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn enqueue(&self, item: &Value) -> anyhow::Result<()> {
+        self.admin
+            .call(Method::POST, "/admin/v1/work", Some(item))
+            .await?;
+        Ok(())
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.admin
+            .call(Method::GET, &format!("/admin/v1{path}"), None)
+            .await
+    }
+}
+
+/// The address the service wrote once it listened: its readiness signal.
+fn listening(child: &mut Child, addr_file: &Path) -> anyhow::Result<std::net::SocketAddr> {
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(addr_file) {
+            return Ok(text.trim().parse()?);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the reference service exited at start: {status}");
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the reference service did not start within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub async fn run(plugins: &Path, dir: &Path, workers: usize, items: usize) -> anyhow::Result<()> {
+    let token_file = dir.join("connector-token");
+    certconn::files::write_atomic(&token_file, b"bench-connector-token\n", 0o600)?;
+    let service = Service::start(dir, &token_file)?;
+    let device = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+    let device_cert = certconn::pki::ca::self_signed(
+        &device,
+        &x509_cert::name::Name::from_str("CN=bench device")?,
+        30,
+    )?;
+    let device_pem = certconn::pki::pem::encode("CERTIFICATE", &device_cert);
+
+    let upstream = format!(
+        "[upstream]\nservice = \"{}\"\ntoken_file = \"{}\"\n",
+        service.url(),
+        token_file.display()
+    );
+    let config: Config = super::bench_config_with(dir, plugins, workers, &upstream)?;
+    let app = Arc::new(App::open(config).await?);
+    let connector = app
+        .upstream
+        .clone()
+        .context("the bench configuration has no [upstream]")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let scheduler = {
+        let app = app.clone();
+        let rx = stop_rx.clone();
+        tokio::spawn(async move { app.run_scheduler(rx).await })
+    };
+    let polling = tokio::spawn(connector.run(stop_rx));
+    println!(
+        "certconn bench --upstream: the reference service on {}, long poll 30 s, batch 10, {workers} workers; issue items (EC P-256, local-ca, PKCS#12 sealed to the device)",
+        service.url()
+    );
+
+    let item = |id: String| {
+        json!({
+            "id": id, "kind": "issue", "profile": "device",
+            "subject": "CN=bench device,O=certconn", "sans": ["email:device@bench.example"],
+            "key_algorithm": "ec-p256",
+            "device_certificate": device_pem,
+        })
+    };
+    // Warm-up: the first item pays for the first poll, the plugin's compilation cache and so on.
+    service.enqueue(&item("warm-up".into())).await?;
+    wait_for_results(&service, 1).await?;
+
+    // 1. One at a time.
+    let sequential = items.min(SEQUENTIAL);
+    for i in 0..sequential {
+        let id = format!("one-{i}");
+        service.enqueue(&item(id.clone())).await?;
+        let start = Instant::now();
+        loop {
+            match service.get(&format!("/results/{id}")).await {
+                Ok(_) => break,
+                Err(ClientError::Api { status: 404, .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!("item {id} got no result within 2 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    // 2. A burst.
+    for i in 0..items {
+        service.enqueue(&item(format!("burst-{i}"))).await?;
+    }
+    wait_for_results(&service, 1 + sequential + items).await?;
+    let _ = stop_tx.send(true);
+    let _ = scheduler.await;
+    let _ = polling.await;
+
+    let results = service.get("/results").await?;
+    let failed: Vec<&Value> = results["results"]
+        .as_array()
+        .map(|r| r.iter().filter(|r| r["status"] != "succeeded").collect())
+        .unwrap_or_default();
+    if let Some(first) = failed.first() {
+        bail!("{} items failed; the first: {first}", failed.len());
+    }
+    let timings = service.get("/timings").await?;
+    let of = |prefix: &str| -> Vec<(f64, f64)> {
+        timings["timings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["id"].as_str().is_some_and(|id| id.starts_with(prefix)))
+            .filter_map(|t| Some((t["enqueued_ms"].as_f64()?, t["latency_ms"].as_f64()?)))
+            .collect()
+    };
+    let one = of("one-");
+    let burst = of("burst-");
+    if one.len() != sequential || burst.len() != items {
+        bail!(
+            "the service timed {} + {} items, not {sequential} + {items}",
+            one.len(),
+            burst.len()
+        );
+    }
+    let (p50, p99) = percentiles(&one);
+    println!(
+        "one at a time: {sequential:>5} items, request→result p50 {p50:>8.1} ms, p99 {p99:>8.1} ms"
+    );
+    let (b50, b99) = percentiles(&burst);
+    let first = burst.iter().map(|(at, _)| *at).fold(f64::MAX, f64::min);
+    let last = burst
+        .iter()
+        .map(|(at, latency)| at + latency)
+        .fold(0.0, f64::max);
+    let rate = items as f64 / ((last - first) / 1000.0);
+    println!(
+        "burst:         {items:>5} items enqueued at once, {rate:>7.1} items/s (first enqueue to last result), request→result p50 {b50:>8.1} ms, p99 {b99:>8.1} ms"
+    );
+    // A poller every T seconds leaves an item waiting U(0, T) for the next poll.
+    let t = POLL_INTERVAL_SECONDS * 1000.0;
+    println!(
+        "a {POLL_INTERVAL_SECONDS:.0} s poll interval instead (computed: a wait uniform over the interval + the processing above): p50 {:>8.1} ms, p99 {:>8.1} ms",
+        0.5 * t + p50,
+        0.99 * t + p50
+    );
+    println!(
+        "long poll vs a 30 s poll: p99 {:.0}× lower",
+        (0.99 * t + p50) / p99
+    );
+    Ok(())
+}
+
+/// Waits until the service holds `n` results.
+async fn wait_for_results(service: &Service, n: usize) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let stats = service.get("/stats").await?;
+        let have = stats["results"].as_u64().unwrap_or_default() as usize;
+        if have >= n {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("{have} of {n} results after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// p50 and p99 of the latencies (nearest rank).
+fn percentiles(timings: &[(f64, f64)]) -> (f64, f64) {
+    let mut latencies: Vec<f64> = timings.iter().map(|(_, l)| *l).collect();
+    latencies.sort_by(f64::total_cmp);
+    let rank = |p: f64| {
+        let i = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        latencies[i - 1]
+    };
+    (rank(0.50), rank(0.99))
+}

@@ -34,8 +34,9 @@ pub struct ProxyConfig {
     /// subdomains), an IP address, `host:port`, or `*` for all.
     #[serde(default)]
     pub no_proxy: Vec<String>,
-    /// Without `url`: take the proxy from `HTTPS_PROXY` (or `https_proxy`) and add the entries
-    /// of `NO_PROXY` (or `no_proxy`), as other tools on the host do.
+    /// Without `url`: take the proxy from `HTTPS_PROXY` (or `https_proxy`; `user:password@` in
+    /// it is used when there is no `credentials_file`) and add the entries of `NO_PROXY` (or
+    /// `no_proxy`), as other tools on the host do.
     #[serde(default)]
     pub from_env: bool,
 }
@@ -153,8 +154,20 @@ impl ProxyConfig {
     }
 }
 
-/// `http://host:port` → (host, port).
+/// A proxy URL's parts; `userinfo` (percent-decoded `user:password`) only from the environment.
+struct ProxyUrl {
+    host: String,
+    port: u16,
+    userinfo: Option<Zeroizing<String>>,
+}
+
+/// `http://host:port` → (host, port). Credentials in the URL are refused in the config (it is
+/// not a secret store), and taken from `HTTPS_PROXY`, where tools put them.
 fn parse_url(field: &'static str, url: &str) -> Result<(String, u16), ProxyConfigError> {
+    parse_full(field, url).map(|u| (u.host, u.port))
+}
+
+fn parse_full(field: &'static str, url: &str) -> Result<ProxyUrl, ProxyConfigError> {
     let bad = |reason: &str| ProxyConfigError::Url {
         field,
         url: redact(url),
@@ -164,11 +177,19 @@ fn parse_url(field: &'static str, url: &str) -> Result<(String, u16), ProxyConfi
         .strip_prefix("http://")
         .ok_or_else(|| bad("the proxy URL must be http://host:port (a TLS connection to the proxy itself is not supported; the tunnel through it is TLS)"))?;
     let authority = rest.trim_end_matches('/');
-    if authority.contains('@') {
-        return Err(bad(
+    let (userinfo, authority) = match authority.rsplit_once('@') {
+        Some(_) if field == "proxy.url" => return Err(bad(
             "credentials do not belong in the URL: put `user:password` in proxy.credentials_file",
-        ));
-    }
+        )),
+        Some((userinfo, authority)) => (
+            Some(
+                percent_decode(userinfo)
+                    .ok_or_else(|| bad("its credentials are not valid percent-encoded UTF-8"))?,
+            ),
+            authority,
+        ),
+        None => (None, authority),
+    };
     if authority.contains('/') {
         return Err(bad("a proxy URL has no path"));
     }
@@ -182,7 +203,29 @@ fn parse_url(field: &'static str, url: &str) -> Result<(String, u16), ProxyConfi
         .filter(|p| *p != 0)
         .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok((host.to_owned(), port))
+    Ok(ProxyUrl {
+        host: host.to_owned(),
+        port,
+        userinfo,
+    })
+}
+
+/// `%XX` escapes decoded (RFC 3986 userinfo).
+fn percent_decode(text: &str) -> Option<Zeroizing<String>> {
+    let bytes = text.as_bytes();
+    let mut out = Zeroizing::new(Vec::with_capacity(bytes.len()));
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out.to_vec()).ok().map(Zeroizing::new)
 }
 
 /// A URL as it may be shown: any `user:password@` replaced.
@@ -201,7 +244,17 @@ impl Proxy {
         let Some((field, url)) = config.chosen_url() else {
             return Ok(None);
         };
-        let (host, port) = parse_url(field, &url)?;
+        let ProxyUrl {
+            host,
+            port,
+            userinfo,
+        } = parse_full(field, &url)?;
+        let basic = |credentials: &str| {
+            let encoded = Zeroizing::new(
+                base64::engine::general_purpose::STANDARD.encode(credentials.as_bytes()),
+            );
+            Zeroizing::new(format!("Basic {}", encoded.as_str()))
+        };
         let authorization = match &config.credentials_file {
             Some(path) => {
                 let raw =
@@ -212,12 +265,9 @@ impl Proxy {
                 if !text.contains(':') || text.contains('\n') {
                     return Err(ProxyConfigError::CredentialsFormat(path.to_path_buf()));
                 }
-                let encoded = Zeroizing::new(
-                    base64::engine::general_purpose::STANDARD.encode(text.as_bytes()),
-                );
-                Some(Zeroizing::new(format!("Basic {}", encoded.as_str())))
+                Some(basic(text))
             }
-            None => None,
+            None => userinfo.as_deref().map(|u| basic(u)),
         };
         let mut bypass: Vec<String> = config
             .no_proxy
@@ -432,7 +482,7 @@ mod tests {
     }
 
     #[test]
-    fn a_url_is_http_host_port_without_credentials() {
+    fn a_url_is_http_host_port_and_credentials_come_only_from_the_environment() {
         assert_eq!(
             parse_url("proxy.url", "http://proxy.example.com:3128").unwrap(),
             ("proxy.example.com".into(), 3128)
@@ -448,6 +498,12 @@ mod tests {
             err.contains("credentials_file") && !err.contains("s3cret"),
             "{err}"
         );
+        let env = parse_full("HTTPS_PROXY", "http://alice:p%40ss@proxy:3128").unwrap();
+        assert_eq!(
+            env.userinfo.as_deref().map(String::as_str),
+            Some("alice:p@ss")
+        );
+        assert_eq!((env.host.as_str(), env.port), ("proxy", 3128));
         for bad in [
             "https://proxy:3128",
             "http://proxy",

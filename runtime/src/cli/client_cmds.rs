@@ -579,6 +579,13 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
             upstream["delivered"],
             upstream["refused"]
         );
+        let backlog = &upstream["backlog"];
+        if backlog.is_object() {
+            println!(
+                "upstream backlog: {} jobs unfinished, {} results to send",
+                backlog["unfinished"], backlog["owed"]
+            );
+        }
         if let Some(e) = upstream["last_error"].as_str() {
             println!("upstream: last error: {e}");
         }

@@ -692,6 +692,8 @@ pub(crate) async fn outcomes_are_owed_to_their_source_until_delivered(f: &dyn Fa
     let other = enqueue(&*j, "from-the-api").await;
     // Nothing has ended: nothing is owed.
     assert!(j.undelivered("upstream", 10).await.unwrap().is_empty());
+    let backlog = |unfinished, owed| crate::journal::Backlog { unfinished, owed };
+    assert_eq!(j.backlog("upstream").await.unwrap(), backlog(2, 0));
     for _ in 0..3 {
         let held = j.lease_next(MINUTE).await.unwrap().unwrap();
         if held.job.id == bad.id {
@@ -712,6 +714,7 @@ pub(crate) async fn outcomes_are_owed_to_their_source_until_delivered(f: &dyn Fa
         .map(|job| job.id)
         .collect();
     assert_eq!(owed.len(), 2, "{owed:?}");
+    assert_eq!(j.backlog("upstream").await.unwrap(), backlog(0, 2));
     assert!(owed.contains(&ok.id) && owed.contains(&bad.id) && !owed.contains(&other.id));
     assert_eq!(j.undelivered("upstream", 1).await.unwrap().len(), 1);
     j.mark_delivered(&ok.id).await.unwrap();
@@ -719,6 +722,7 @@ pub(crate) async fn outcomes_are_owed_to_their_source_until_delivered(f: &dyn Fa
     // Twice is harmless.
     j.mark_delivered(&bad.id).await.unwrap();
     assert!(j.undelivered("upstream", 10).await.unwrap().is_empty());
+    assert_eq!(j.backlog("upstream").await.unwrap(), backlog(0, 0));
     // An operator's retry of the failed one: its next outcome is owed again, and its end
     // ticks the changes a reporter waits on.
     j.retry(&bad.id).await.unwrap();

@@ -186,6 +186,15 @@ pub trait JobStore: Send + Sync {
     async fn wait_settled(&self, id: &str, max: Duration) -> Result<JobRecord, JournalError>;
 }
 
+/// What a source still waits for ([`Outbox::backlog`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Backlog {
+    /// Jobs queued, running or pending at their CA.
+    pub unfinished: u64,
+    /// Jobs that ended and whose outcome has not reached the source.
+    pub owed: u64,
+}
+
 /// The results of finished jobs.
 #[async_trait::async_trait]
 pub trait Outbox: Send + Sync {
@@ -205,6 +214,10 @@ pub trait Outbox: Send + Sync {
     /// Records that job `id`'s outcome reached its source. An operator's retry of the job
     /// clears it, so that the new outcome is delivered too.
     async fn mark_delivered(&self, id: &str) -> Result<(), JournalError>;
+
+    /// A source's backlog: its jobs not yet ended, and its ended jobs whose outcome it has not
+    /// taken yet.
+    async fn backlog(&self, source: &str) -> Result<Backlog, JournalError>;
 
     /// Ticks after every change of a job's state made through this journal, so that a source
     /// reporting outcomes waits on it instead of polling. Changes made by other processes

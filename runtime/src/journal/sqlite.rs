@@ -18,8 +18,8 @@ use super::record::*;
 use super::schema::{self, MIGRATIONS};
 use super::trail::{self, NewSignature, SignatureRecord, SignedKind};
 use super::{
-    millis, now_ms, ChallengeStore, JobStore, Journal, JournalError, Ledger, Outbox, ReplayGuard,
-    RevocationLedger, SignatureTrail,
+    millis, now_ms, Backlog, ChallengeStore, JobStore, Journal, JournalError, Ledger, Outbox,
+    ReplayGuard, RevocationLedger, SignatureTrail,
 };
 use crate::crypto::provider;
 
@@ -685,6 +685,25 @@ impl Outbox for SqliteJournal {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+
+    async fn backlog(&self, source: &str) -> Result<Backlog, JournalError> {
+        let source = source.to_owned();
+        self.blocking(move |inner| {
+            let (unfinished, owed): (i64, i64) = inner.reader().query_row(
+                "SELECT
+                     COUNT(*) FILTER (WHERE state IN ('queued', 'running', 'pending')),
+                     COUNT(*) FILTER (WHERE state IN ('succeeded', 'failed', 'dead') AND delivered_at IS NULL)
+                 FROM jobs WHERE source = ?1",
+                params![source],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(Backlog {
+                unfinished: unfinished.max(0) as u64,
+                owed: owed.max(0) as u64,
+            })
+        })
+        .await
     }
 
     async fn mark_delivered(&self, id: &str) -> Result<(), JournalError> {

@@ -90,6 +90,8 @@ fn the_upstream_and_plugins_go_through_the_proxy_and_its_refusals_are_named() {
         &plugins,
         "url = \"http://127.0.0.1:3129\"\nno_proxy = [\"127.0.0.1:8971\"]",
     );
+    // e: the same as c, from the environment (HTTPS_PROXY with credentials, NO_PROXY).
+    daemon_config(&d.join("e"), &plugins, "from_env = true");
     let script = format!(
         r#"set -e
 ip link set lo up
@@ -99,11 +101,13 @@ tinyproxy -d -c refusing.conf >refusing.log 2>&1 & p2=$!
 {service} --listen 127.0.0.1:8970 --addr-file service.addr --connector-token-file token >service.log 2>&1 & s=$!
 python3 {mock} --port 8971 >mock.out 2>&1 & m=$!
 for x in a b c; do (cd $x && exec {bin} --log-format json serve --config certconn.toml >daemon.log 2>&1) & eval "d_$x=\$!"; done
-echo "$p1 $p2 $s $m $d_a $d_b $d_c" >pids
-trap 'kill $p1 $p2 $s $m $d_a $d_b $d_c 2>/dev/null; wait 2>/dev/null || true' EXIT
+(cd e && HTTPS_PROXY='http://certconn:{PROXY_SECRET}@127.0.0.1:3129' NO_PROXY='localhost,127.0.0.1:8971' \
+  exec {bin} --log-format json serve --config certconn.toml >daemon.log 2>&1) & d_e=$!
+echo "$p1 $p2 $s $m $d_a $d_b $d_c $d_e" >pids
+trap 'kill $p1 $p2 $s $m $d_a $d_b $d_c $d_e 2>/dev/null; wait 2>/dev/null || true' EXIT
 up() {{ (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null; }}
 for i in $(seq 300); do
-  [ -s a/data/api.addr ] && [ -s b/data/api.addr ] && [ -s c/data/api.addr ] && [ -s service.addr ] \
+  [ -s a/data/api.addr ] && [ -s b/data/api.addr ] && [ -s c/data/api.addr ] && [ -s e/data/api.addr ] && [ -s service.addr ] \
     && up 3128 && up 3129 && up 8971 && break
   sleep 0.1
 done
@@ -113,12 +117,12 @@ curl -sf -X POST http://127.0.0.1:8970/admin/v1/work -H 'content-type: applicati
 for i in $(seq 600); do curl -sf http://127.0.0.1:8970/admin/v1/results/via-proxy >result.json && break; sleep 0.1; done
 echo "result: $(python3 -c 'import json; print(json.load(open("result.json"))["status"])')"
 # A plugin's HTTP: through the proxy (a), and directly by no_proxy past a refusing proxy (c).
-for x in a c; do
+for x in a c e; do
   CERTCONN_CONFIG=$x/certconn.toml {bin} submit issue --profile vendor --subject "CN=vendor via $x" --out $x/vendor.pfx >$x/submit.out 2>&1 \
     && echo "vendor $x: issued" || {{ echo "vendor $x: failed"; cat $x/submit.out; }}
 done
 # b and c cannot reach the service: their status names the proxy and why.
-for x in b c; do
+for x in b c e; do
   for i in $(seq 300); do
     CERTCONN_CONFIG=$x/certconn.toml {bin} status >$x/status.out 2>&1 || true
     grep -q 'upstream: last error' $x/status.out && break
@@ -200,6 +204,17 @@ done
     );
     // no_proxy: the mock CA was reached directly, past the refusing proxy.
     assert!(stdout.contains("vendor c: issued"), "{stdout}\n{}", logs());
+    // From the environment: the proxy of HTTPS_PROXY (named without its credentials), and
+    // NO_PROXY's exception.
+    assert!(
+        stdout.contains("status e: upstream: last error: the proxy http://127.0.0.1:3129 refused CONNECT to 127.0.0.1:8970"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("vendor e: issued"), "{stdout}\n{}", logs());
+    assert!(
+        !stdout.contains(PROXY_SECRET),
+        "the password is shown: {stdout}"
+    );
     let refusing = std::fs::read_to_string(d.join("refusing.log")).unwrap();
     assert!(refusing.contains("CONNECT 127.0.0.1:8970"), "{refusing}");
     assert!(
@@ -207,7 +222,7 @@ done
         "no_proxy was ignored: {refusing}"
     );
     // The proxy's password is in no log of certconn's.
-    for x in ["a", "b", "c"] {
+    for x in ["a", "b", "c", "e"] {
         let log = std::fs::read_to_string(d.join(x).join("daemon.log")).unwrap();
         assert!(
             !log.contains(PROXY_SECRET),

@@ -420,3 +420,44 @@ fn pending_then_cert_poll_delivers_the_certificate() {
     );
     assert!(dir.path().join("pending-device.pfx").exists());
 }
+
+/// Intune's strong mapping (KB5014754): a URI SAN `tag:microsoft.com,2022-09-14:sid:<SID>`
+/// that Active Directory maps to the user. It goes from the request into the CSR the host
+/// makes, through the `scep` backend and certconn's SCEP server, to the local CA, and comes
+/// out in the certificate as Intune sent it (commas and all).
+#[test]
+fn the_intune_strong_mapping_san_reaches_the_certificate_through_scep() {
+    const SID_SAN: &str =
+        "tag:microsoft.com,2022-09-14:sid:S-1-5-21-1004336348-1177238915-682003330-512";
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, _relay) = start_loop(dir.path(), "");
+    let pfx = dir.path().join("mapped.pfx");
+    let out = daemon.cli(&[
+        "submit",
+        "issue",
+        "--profile",
+        "scep-device",
+        "--subject",
+        "CN=mapped-user,O=Example",
+        "--san",
+        &format!("uri:{SID_SAN}"),
+        "--san",
+        "upn:mapped.user@corp.example",
+        "--out",
+        pfx.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+    );
+    let password = shown_password(&stdout);
+    let sans = run_ok(Command::new("bash").arg("-c").arg(format!(
+        "openssl pkcs12 -in {} -passin pass:{password} -nokeys -clcerts | openssl x509 -noout -ext subjectAltName",
+        pfx.display()
+    )));
+    assert!(sans.contains(&format!("URI:{SID_SAN}")), "{sans}");
+    assert!(sans.contains("mapped.user@corp.example"), "{sans}");
+}

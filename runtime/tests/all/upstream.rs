@@ -220,15 +220,33 @@ fn work_from_the_service_is_done_and_every_result_goes_back() {
         "{revoke}"
     );
 
-    // certconn's view: connected, and what it did.
-    let (code, health) = http_get(daemon.port, "/v1/health", None);
-    assert_eq!(code, 200);
-    let health: Value = serde_json::from_str(&health).unwrap();
+    // certconn's view: connected, and what it did. The service holds the result before
+    // certconn has recorded it delivered: wait for that, then read the rest.
+    let start = Instant::now();
+    let health = loop {
+        let (code, health) = http_get(daemon.port, "/v1/health", None);
+        assert_eq!(code, 200);
+        let health: Value = serde_json::from_str(&health).unwrap();
+        if health["upstream"]["delivered"] == 1 && health["upstream"]["backlog"]["owed"] == 0 {
+            break health;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the result was never recorded delivered: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let upstream = &health["upstream"];
     assert_eq!(upstream["connected"], true, "{health}");
     assert_eq!(upstream["received"], 1, "{health}");
     assert_eq!(upstream["delivered"], 1, "{health}");
     assert_eq!(upstream["refused"], 3, "{health}");
+    // Everything done and taken: no backlog.
+    assert_eq!(
+        upstream["backlog"],
+        json!({ "unfinished": 0, "owed": 0 }),
+        "{health}"
+    );
     // The journaled item is a job of the source `upstream`, keyed by the item id; the
     // refused ones are not jobs.
     let keys: Vec<Value> = upstream_jobs(&daemon)
@@ -463,6 +481,10 @@ fn the_heartbeat_reports_this_instance_and_the_services_policy_shows_where_its_v
         out.contains("upstream http://") && out.contains(": connected, last poll"),
         "{out}"
     );
+    assert!(
+        out.contains("upstream backlog: 0 jobs unfinished, 0 results to send"),
+        "{out}"
+    );
     let read = data_token(dir.path(), "api-read-token");
     let (_, metrics) = http_get(daemon.port, "/metrics", Some(&read));
     assert!(
@@ -475,6 +497,10 @@ fn the_heartbeat_reports_this_instance_and_the_services_policy_shows_where_its_v
     );
     assert!(
         metrics.contains("certconn_upstream_connected 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("certconn_upstream_backlog{kind=\"owed\"} 0"),
         "{metrics}"
     );
 

@@ -112,7 +112,24 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     }
 
     if let Some(upstream) = &state.upstream {
-        let u = upstream.status();
+        let u = upstream.status_with_backlog().await;
+        if let Some(b) = u.backlog {
+            out.family(
+                "certconn_upstream_backlog",
+                "gauge",
+                "Work from the upstream service not done yet (unfinished) and results it has not taken yet (owed).",
+            );
+            out.sample(
+                "certconn_upstream_backlog",
+                &[("kind", "unfinished")],
+                b.unfinished as f64,
+            );
+            out.sample(
+                "certconn_upstream_backlog",
+                &[("kind", "owed")],
+                b.owed as f64,
+            );
+        }
         out.family(
             "certconn_upstream_connected",
             "gauge",

@@ -439,7 +439,10 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         jobs: counts.into_iter().collect(),
         revocation: state.revocation.as_ref().map(|p| p.status()),
         scep_ra: state.scep.as_ref().map(|ra| ra.status()),
-        upstream: state.upstream.as_ref().map(|u| u.status()),
+        upstream: match &state.upstream {
+            Some(u) => Some(u.status_with_backlog().await),
+            None => None,
+        },
     })
 }
 

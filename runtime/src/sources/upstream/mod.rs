@@ -150,6 +150,9 @@ pub struct UpstreamStatus {
     pub heartbeat_error: Option<String>,
     /// Where this version stands in the service's version policy (from the last heartbeat).
     pub lifecycle: Option<crate::lifecycle::Lifecycle>,
+    /// Work from the service not done yet, and results it has not taken yet (from the
+    /// journal, when the status is read).
+    pub backlog: Option<crate::journal::Backlog>,
 }
 
 /// The upstream source: the client, where work goes, and its status.
@@ -214,12 +217,22 @@ impl Upstream {
         let _ = tokio::join!(poll, report, heartbeat);
     }
 
-    /// The status now.
+    /// The status now, without the backlog (no journal read).
     pub fn status(&self) -> UpstreamStatus {
         self.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The status now with the backlog, as `/v1/health` and the status page show it.
+    pub async fn status_with_backlog(&self) -> UpstreamStatus {
+        let mut status = self.status();
+        match self.outbox.backlog(SOURCE).await {
+            Ok(b) => status.backlog = Some(b),
+            Err(e) => tracing::warn!("the upstream's backlog: {}", crate::report::chain(&e)),
+        }
+        status
     }
 
     fn update(&self, change: impl FnOnce(&mut UpstreamStatus)) {

@@ -209,7 +209,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
         "detail": state.listener,
     })];
     if let Some(upstream) = &state.upstream {
-        let u = upstream.status();
+        let u = upstream.status_with_backlog().await;
         let mut detail = format!(
             "{}; last poll {}; {} received, {} results sent, {} refused",
             u.service,
@@ -218,6 +218,12 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
             u.delivered,
             u.refused
         );
+        if let Some(b) = u.backlog {
+            detail = format!(
+                "{detail}; backlog: {} jobs unfinished, {} results to send",
+                b.unfinished, b.owed
+            );
+        }
         if let Some(e) = &u.last_error {
             detail = format!("{detail}; last error: {e}");
         }

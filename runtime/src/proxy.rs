@@ -210,22 +210,12 @@ fn parse_full(field: &'static str, url: &str) -> Result<ProxyUrl, ProxyConfigErr
     })
 }
 
-/// `%XX` escapes decoded (RFC 3986 userinfo).
+/// `%XX` escapes decoded (RFC 3986 userinfo); `None` when the result is not UTF-8.
 fn percent_decode(text: &str) -> Option<Zeroizing<String>> {
-    let bytes = text.as_bytes();
-    let mut out = Zeroizing::new(Vec::with_capacity(bytes.len()));
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out.to_vec()).ok().map(Zeroizing::new)
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| Zeroizing::new(decoded.into_owned()))
 }
 
 /// A URL as it may be shown: any `user:password@` replaced.
@@ -306,18 +296,10 @@ impl Proxy {
             if entry == "*" {
                 return true;
             }
-            let (name, only_port) = match entry.rsplit_once(':') {
-                // `host:port`, but not a bare IPv6 address.
-                Some((n, p)) if !n.contains(':') || n.ends_with(']') => match p.parse::<u16>() {
-                    Ok(p) => (n.trim_start_matches('[').trim_end_matches(']'), Some(p)),
-                    Err(_) => (entry.as_str(), None),
-                },
-                _ => (entry.as_str(), None),
-            };
+            let (name, only_port) = split_host_port(entry);
             if only_port.is_some_and(|p| p != port) {
                 return false;
             }
-            let name = name.trim_start_matches('[').trim_end_matches(']');
             match name.strip_prefix('.') {
                 Some(domain) => host.ends_with(&format!(".{domain}")) || host == domain,
                 None => host == name || host.ends_with(&format!(".{name}")),
@@ -408,8 +390,24 @@ pub async fn connect(
     }
 }
 
+/// `host` or `host:port` (IPv6 in brackets): the host and the port, if one is given. The one
+/// reader of such entries: plugins' HTTP grants and `no_proxy`.
+pub fn split_host_port(entry: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = entry.strip_prefix('[') {
+        // [v6]:port
+        if let Some((h, p)) = rest.split_once("]:") {
+            return (h, p.parse().ok());
+        }
+        return (rest.trim_end_matches(']'), None);
+    }
+    match entry.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
+        _ => (entry, None),
+    }
+}
+
 /// `host:port`, with an IPv6 address in brackets.
-fn authority(host: &str, port: u16) -> String {
+pub fn authority(host: &str, port: u16) -> String {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.contains(':') {
         format!("[{host}]:{port}")

@@ -889,13 +889,13 @@ pub fn unmet_requests(config: &BackendConfig, manifest: &Manifest) -> Vec<Unmet>
             }),
             None if entry.starts_with("settings.") => None,
             None => {
-                let (h, p) = super::http::split_host_port(entry);
+                let (h, p) = crate::proxy::split_host_port(entry);
                 Some((h.to_owned(), p))
             }
         };
         if let Some((host, port)) = wanted {
             let granted = config.http.allow.iter().any(|a| {
-                let port = port.or(super::http::split_host_port(a).1).unwrap_or(0);
+                let port = port.or(crate::proxy::split_host_port(a).1).unwrap_or(0);
                 super::http::entry_matches(a, &host, port)
             });
             if !granted {

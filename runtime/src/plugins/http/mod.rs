@@ -35,7 +35,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 pub use auth::{AuthScheme, CredentialConfig};
 
 use crate::crypto::AlgorithmPolicy;
-use crate::proxy::Proxy;
+use crate::proxy::{split_host_port, Proxy};
 
 /// Longest wait for a TCP connection and TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,21 +93,6 @@ impl HttpGrant {
             .iter()
             .find(|entry| entry_matches(entry, host, port))
             .map(String::as_str)
-    }
-}
-
-/// `host` or `host:port` (IPv6 in brackets): the host and the port, if one is given.
-pub(crate) fn split_host_port(entry: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = entry.strip_prefix('[') {
-        // [v6]:port
-        if let Some((h, p)) = rest.split_once("]:") {
-            return (h, p.parse().ok());
-        }
-        return (rest.trim_end_matches(']'), None);
-    }
-    match entry.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
-        _ => (entry, None),
     }
 }
 

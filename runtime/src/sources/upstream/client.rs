@@ -167,10 +167,6 @@ impl ServiceClient {
     }
 
     fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        crate::proxy::authority(&self.host, self.port)
     }
 }

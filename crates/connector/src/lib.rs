@@ -13,15 +13,20 @@
 //!   harmless.
 //! - `POST /heartbeat` with a [`Heartbeat`] → [`HeartbeatAnswer`]: who the connector is and how
 //!   it is; the answer carries the service's [`VersionPolicy`].
+//! - `POST /register` with an [`IdentityRequest`] (bearer: a one-time enrolment token) →
+//!   [`IdentityAnswer`]: the connector's identity certificate; every later call is mutual TLS
+//!   with it. `POST /identity/renew` (mutual TLS) renews it.
 //!
 //! An item certconn cannot read fails alone: its result is a [`Outcome::Failed`] naming what was
 //! wrong, and the items beside it are done as usual ([`parse_batch`]).
 
 mod heartbeat;
+mod identity;
 mod policy;
 pub mod spec;
 
 pub use heartbeat::{Heartbeat, HeartbeatAnswer, PluginReport};
+pub use identity::{IdentityAnswer, IdentityRequest, IDENTITY_REFUSED, TOKEN_REFUSED};
 pub use policy::{compare_versions, day_number, Deprecation, VersionPolicy};
 
 use serde::{Deserialize, Serialize};
@@ -154,6 +159,15 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Parsed>, String> {
             }
         })
         .collect())
+}
+
+/// Every error answer: `{"error": "…"}` with a 4xx or 5xx status, and a `code` where the
+/// connector must act on the kind of error ([`IDENTITY_REFUSED`], [`TOKEN_REFUSED`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// The longest item id certconn takes (it is the job's idempotency key).

@@ -3,20 +3,14 @@
 //! in at `docs/api/connector-protocol.openapi.json` and `docs/api/connector-protocol.schema.json`
 //! (a test fails when they differ; `CERTCONN_UPDATE_SPEC=1` rewrites them).
 
-use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use crate::{
-    Delivered, Deprecation, Heartbeat, HeartbeatAnswer, ImportWork, IssueWork, ItemResult, Outcome,
-    PluginReport, RevokeWork, VersionPolicy, Work, WorkBatch, WorkItem,
+    Delivered, Deprecation, ErrorBody, Heartbeat, HeartbeatAnswer, IdentityAnswer, IdentityRequest,
+    ImportWork, IssueWork, ItemResult, Outcome, PluginReport, RevokeWork, VersionPolicy, Work,
+    WorkBatch, WorkItem,
 };
-
-/// Every error answer: `{"error": "…"}` with a 4xx or 5xx status.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,31 +20,48 @@ pub struct ErrorBody {
         description = "What a device-management service implements so that certconn can do its certificate work: certconn long-polls for work items, journals each before acknowledging it, and uploads every result until the service takes it. docs/connector-protocol.md is the prose.",
         license(name = "Apache-2.0")
     ),
-    paths(poll_work, acknowledge, upload_result, heartbeat),
+    paths(poll_work, acknowledge, upload_result, heartbeat, register, renew_identity),
     components(schemas(
         WorkBatch, WorkItem, Work, IssueWork, ImportWork, RevokeWork, ItemResult, Outcome,
         Delivered, Heartbeat, PluginReport, HeartbeatAnswer, VersionPolicy, Deprecation,
-        ErrorBody
+        IdentityRequest, IdentityAnswer, ErrorBody
     )),
-    modifiers(&ConnectorToken),
-    security(("connector_token" = []))
+    modifiers(&Credentials),
+    security(("connector_identity" = []), ("connector_token" = []))
 )]
 struct Spec;
 
-/// The bearer token the service gave the connector.
-struct ConnectorToken;
+/// How a connector proves who it is: its identity certificate (mutual TLS), or a bearer token
+/// the service gave it (for trying things out); and, once, the enrolment token.
+struct Credentials;
 
-impl Modify for ConnectorToken {
+impl Modify for Credentials {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
-            "connector_token",
+            "connector_identity",
+            SecurityScheme::MutualTls {
+                description: Some(
+                    "The identity certificate the service issued at registration".into(),
+                ),
+                extensions: None,
+            },
+        );
+        let bearer = |description: &str| {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The token the service gave this connector"))
+                    .description(Some(description))
                     .build(),
-            ),
+            )
+        };
+        components.add_security_scheme(
+            "connector_token",
+            bearer("A token the service gave this connector, instead of an identity"),
+        );
+        components.add_security_scheme(
+            "enrolment_token",
+            bearer("A one-time enrolment token, for registration only"),
         );
     }
 }
@@ -67,7 +78,7 @@ impl Modify for ConnectorToken {
     ),
     responses(
         (status = 200, description = "A batch; empty when nothing came within `wait`", body = WorkBatch),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credentials; `code` `identity_refused` when the identity is revoked or unknown (register again)", body = ErrorBody),
         (status = 429, description = "Too many calls; `Retry-After` says when to come back", body = ErrorBody),
         (status = 503, description = "Unavailable; `Retry-After` when known", body = ErrorBody),
     )
@@ -82,7 +93,7 @@ fn poll_work() {}
     params(("id" = String, Path, description = "The item's id")),
     responses(
         (status = 204, description = "Acknowledged (again is harmless)"),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credentials; `code` `identity_refused` when the identity is revoked or unknown (register again)", body = ErrorBody),
         (status = 404, description = "No such item", body = ErrorBody),
     )
 )]
@@ -97,7 +108,7 @@ fn acknowledge() {}
     request_body = ItemResult,
     responses(
         (status = 204, description = "Stored"),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credentials; `code` `identity_refused` when the identity is revoked or unknown (register again)", body = ErrorBody),
         (status = 404, description = "No such item: certconn drops the result", body = ErrorBody),
         (status = 429, description = "Too many calls; `Retry-After` says when to come back", body = ErrorBody),
         (status = 503, description = "Unavailable; certconn sends it again", body = ErrorBody),
@@ -113,11 +124,43 @@ fn upload_result() {}
     request_body = Heartbeat,
     responses(
         (status = 200, description = "The version policy", body = HeartbeatAnswer),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credentials; `code` `identity_refused` when the identity is revoked or unknown (register again)", body = ErrorBody),
     )
 )]
 #[allow(dead_code)]
 fn heartbeat() {}
+
+/// Registration: a one-time enrolment token and a CSR for a key the connector made buy the
+/// connector's identity certificate, and the CAs the service's TLS certificate chains to.
+#[utoipa::path(
+    post,
+    path = "/connector/v1/register",
+    request_body = IdentityRequest,
+    security(("enrolment_token" = [])),
+    responses(
+        (status = 201, description = "Registered", body = IdentityAnswer),
+        (status = 400, description = "Not a CSR, or its signature does not verify", body = ErrorBody),
+        (status = 401, description = "The enrolment token is unknown, used or expired (`code` `enrolment_token_refused`)", body = ErrorBody),
+    )
+)]
+#[allow(dead_code)]
+fn register() {}
+
+/// Renewal, over mutual TLS with the current identity: a new certificate for the CSR's (new)
+/// key, with the same connector id. certconn renews at two thirds of the lifetime.
+#[utoipa::path(
+    post,
+    path = "/connector/v1/identity/renew",
+    request_body = IdentityRequest,
+    security(("connector_identity" = [])),
+    responses(
+        (status = 200, description = "Renewed", body = IdentityAnswer),
+        (status = 400, description = "Not a CSR, or its signature does not verify", body = ErrorBody),
+        (status = 401, description = "No identity presented, or it is revoked or unknown (`code` `identity_refused`)", body = ErrorBody),
+    )
+)]
+#[allow(dead_code)]
+fn renew_identity() {}
 
 /// The kinds of work: closed (unknown fields refused), but a work item is one of them merged
 /// with its `id` and `kind` (`allOf`), and `additionalProperties: false` inside an `allOf`
@@ -199,6 +242,8 @@ mod tests {
             "/connector/v1/work/{id}/ack",
             "/connector/v1/results",
             "/connector/v1/heartbeat",
+            "/connector/v1/register",
+            "/connector/v1/identity/renew",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} is not documented");
         }
@@ -216,6 +261,9 @@ mod tests {
             "Heartbeat",
             "HeartbeatAnswer",
             "VersionPolicy",
+            "IdentityRequest",
+            "IdentityAnswer",
+            "ErrorBody",
         ] {
             assert!(defs.contains_key(message), "{message} missing");
         }

@@ -2,16 +2,21 @@
 //! (`docs/connector-protocol.md`), small enough to read in one sitting, for a vendor to try
 //! certconn end to end in minutes and for certconn's own tests and benchmark.
 //!
-//! - The connector's API under `/connector/v1` (bearer token from `--connector-token-file`):
-//!   long-poll for work, acknowledge, upload results, heartbeat (answered with the version
-//!   policy from `--version-policy`).
+//! - The connector's API under `/connector/v1`: long-poll for work, acknowledge, upload
+//!   results, heartbeat (answered with the version policy from `--version-policy`). A
+//!   connector proves who it is with a bearer token (`--connector-token-file`, for trying
+//!   things out) or, with `--tls-ca-file`, with the identity certificate it got by registering
+//!   (`POST /connector/v1/register` with a one-time enrolment token): mutual TLS.
 //! - An administrator's JSON API under `/admin/v1` (no token; listen on loopback): enqueue work,
-//!   read results and counters, see the connectors' last heartbeats, change the version policy.
+//!   read results and counters, see the connectors' last heartbeats, change the version policy,
+//!   mint enrolment tokens, list and revoke connector identities.
 //!
 //! It keeps everything in memory: it is a reference, not a product. An item handed to a
 //! connector and not acknowledged within `--visibility-seconds` is offered again, so that work a
 //! dead connector took goes to another.
 
+mod identity;
+mod listener;
 mod store;
 
 use std::net::SocketAddr;
@@ -19,19 +24,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use certconn_connector::{
-    Heartbeat, HeartbeatAnswer, ItemResult, VersionPolicy, WorkItem, BASE, MAX_WAIT_SECONDS,
+    Heartbeat, HeartbeatAnswer, IdentityAnswer, IdentityRequest, ItemResult, VersionPolicy,
+    WorkItem, BASE, MAX_WAIT_SECONDS,
 };
 use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
 
+use identity::Authority;
+use listener::Peer;
 use store::Store;
 
 #[derive(Parser)]
@@ -46,9 +54,20 @@ struct Args {
     /// Where to write the address it got (the readiness signal for scripts and tests).
     #[arg(long)]
     addr_file: Option<PathBuf>,
-    /// File holding the bearer token connectors present.
+    /// File holding a bearer token connectors may present instead of an identity.
+    #[arg(long, required_unless_present = "tls_ca_file")]
+    connector_token_file: Option<PathBuf>,
+    /// Serve HTTPS with a CA made at start, which issues the service's TLS certificate and the
+    /// connectors' identities (registration, mutual TLS); its certificate is written here
+    /// before the address file, for `certconn upstream register --trust-anchors`.
     #[arg(long)]
-    connector_token_file: PathBuf,
+    tls_ca_file: Option<PathBuf>,
+    /// The names of the service's TLS certificate.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+    tls_names: Vec<String>,
+    /// How long a connector identity certificate lives, in seconds.
+    #[arg(long, default_value_t = 30 * 86_400)]
+    identity_seconds: u64,
     /// How long an item handed out stays with its connector before it is offered again.
     #[arg(long, default_value_t = 60)]
     visibility_seconds: u64,
@@ -61,7 +80,11 @@ struct Args {
 
 struct App {
     store: Store,
-    token: String,
+    token: Option<String>,
+    /// The identity CA, with `--tls-ca-file`.
+    authority: Option<Authority>,
+    /// Calls refused because their identity was revoked or unknown.
+    refused_identities: std::sync::atomic::AtomicU64,
     /// Until when the connector's calls are answered with this status (an outage, asked for
     /// through the admin API to see a connector ride one out).
     outage: std::sync::Mutex<Option<(std::time::Instant, StatusCode)>>,
@@ -81,16 +104,23 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let token = std::fs::read_to_string(&args.connector_token_file)
-        .map_err(|e| format!("{}: {e}", args.connector_token_file.display()))?
-        .trim()
-        .to_owned();
-    if token.is_empty() {
-        return Err(format!(
-            "{}: the token is empty",
-            args.connector_token_file.display()
-        ));
-    }
+    let token = match &args.connector_token_file {
+        Some(file) => {
+            let token = std::fs::read_to_string(file)
+                .map_err(|e| format!("{}: {e}", file.display()))?
+                .trim()
+                .to_owned();
+            if token.is_empty() {
+                return Err(format!("{}: the token is empty", file.display()));
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    let authority = match &args.tls_ca_file {
+        Some(_) => Some(Authority::new(args.identity_seconds.max(1))?),
+        None => None,
+    };
     let policy = match &args.version_policy {
         Some(file) => {
             let text = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -109,6 +139,8 @@ async fn run(args: Args) -> Result<(), String> {
     let app = Arc::new(App {
         store: Store::new(Duration::from_secs(args.visibility_seconds)),
         token,
+        authority,
+        refused_identities: std::sync::atomic::AtomicU64::new(0),
         outage: std::sync::Mutex::new(None),
         policy: std::sync::Mutex::new(policy),
         connectors: std::sync::Mutex::default(),
@@ -118,7 +150,9 @@ async fn run(args: Args) -> Result<(), String> {
         .route("/work/{id}/ack", post(ack))
         .route("/results", post(result))
         .route("/heartbeat", post(heartbeat))
-        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
+        .route("/identity/renew", post(renew))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .route("/register", post(register));
     let admin = Router::new()
         .route("/work", post(enqueue))
         .route("/results", get(results))
@@ -127,35 +161,89 @@ async fn run(args: Args) -> Result<(), String> {
         .route("/timings", get(timings))
         .route("/outage", post(outage))
         .route("/connectors", get(connectors))
+        .route("/connectors/{id}/revoke", post(revoke))
+        .route("/identities", get(identities))
+        .route("/enrolment-tokens", post(new_token))
         .route("/version-policy", get(get_policy).put(put_policy));
     let router = Router::new()
         .nest(BASE, connector)
         .nest("/admin/v1", admin)
-        .with_state(app);
+        .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("binding {}: {e}", args.listen))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let tls = match (&app.authority, &args.tls_ca_file) {
+        (Some(authority), Some(ca_file)) => {
+            write_atomic(ca_file, authority.ca_pem().as_bytes())?;
+            let (chain, key) = authority.server_certificate(&args.tls_names)?;
+            Some(listener::server_config(chain, key, authority.ca_der())?)
+        }
+        _ => None,
+    };
     if let Some(file) = &args.addr_file {
-        let tmp = file.with_extension("tmp");
-        std::fs::write(&tmp, bound.to_string())
-            .and_then(|()| std::fs::rename(&tmp, file))
-            .map_err(|e| format!("{}: {e}", file.display()))?;
+        write_atomic(file, bound.to_string().as_bytes())?;
     }
-    eprintln!("certconn-reference-service: listening on http://{bound}");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| e.to_string())
+    let service = router.into_make_service_with_connect_info::<Peer>();
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match tls {
+        Some(config) => {
+            eprintln!("certconn-reference-service: listening on https://{bound}");
+            let listener =
+                listener::TlsListener::new(listener, config).map_err(|e| e.to_string())?;
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        None => {
+            eprintln!("certconn-reference-service: listening on http://{bound}");
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Writes `bytes` to `file` through a rename, so a reader never sees half of it.
+fn write_atomic(file: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .map_err(|e| format!("{}: {e}", file.display()))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-async fn authenticate(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+fn refusal(r: identity::Refusal) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = certconn_connector::ErrorBody {
+        error: r.reason,
+        code: r.code.map(str::to_owned),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// The connector a call comes from, as its credentials showed it.
+#[derive(Clone)]
+struct Caller {
+    /// The identity certificate (DER), when the call came with one.
+    identity: Option<Vec<u8>>,
+}
+
+/// A connector call: its identity certificate (verified by the handshake, and not revoked),
+/// else the bearer token.
+async fn authenticate(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let down = *app.outage.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((until, status)) = down {
         if std::time::Instant::now() < until {
@@ -166,15 +254,126 @@ async fn authenticate(State(app): State<Arc<App>>, request: Request, next: Next)
             return answer;
         }
     }
-    let presented = request
+    if let (Some(cert), Some(authority)) = (&peer.client_certificate, &app.authority) {
+        if let Err(r) = authority.connector_of(cert) {
+            app.refused_identities
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return refusal(r);
+        }
+        request.extensions_mut().insert(Caller {
+            identity: Some(cert.clone()),
+        });
+        return next.run(request).await;
+    }
+    let presented = bearer(&request);
+    if app.token.is_none() || presented != app.token.as_deref() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong connector credentials (an identity certificate or the connector token)",
+        );
+    }
+    request.extensions_mut().insert(Caller { identity: None });
+    next.run(request).await
+}
+
+fn bearer(request: &Request) -> Option<&str> {
+    request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented != Some(app.token.as_str()) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong connector token");
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// `POST /connector/v1/register` (bearer: a one-time enrolment token): the connector's first
+/// identity certificate, and the CA to trust from now on.
+async fn register(State(app): State<Arc<App>>, request: Request) -> Response {
+    let Some(authority) = &app.authority else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this service runs without TLS (--tls-ca-file): no registration",
+        );
+    };
+    let token = bearer(&request).map(str::to_owned);
+    let body = match axum::body::to_bytes(request.into_body(), 64 << 10).await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let asked: IdentityRequest = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match authority.register(token.as_deref(), &asked.csr) {
+        Ok((connector_id, certificate)) => {
+            eprintln!("certconn-reference-service: registered {connector_id}");
+            let answer = IdentityAnswer {
+                connector_id,
+                certificate,
+                service_ca: authority.ca_pem(),
+            };
+            (StatusCode::CREATED, Json(answer)).into_response()
+        }
+        Err(r) => refusal(r),
     }
-    next.run(request).await
+}
+
+/// `POST /connector/v1/identity/renew` (mutual TLS): a new identity certificate.
+async fn renew(
+    State(app): State<Arc<App>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Json(asked): Json<IdentityRequest>,
+) -> Response {
+    let (Some(authority), Some(presented)) = (&app.authority, &caller.identity) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "renewal needs the current identity (mutual TLS)",
+        );
+    };
+    match authority.renew(presented, &asked.csr) {
+        Ok((connector_id, certificate)) => Json(IdentityAnswer {
+            connector_id,
+            certificate,
+            service_ca: authority.ca_pem(),
+        })
+        .into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+/// `POST /admin/v1/enrolment-tokens`: a one-time token for `certconn upstream register`.
+async fn new_token(State(app): State<Arc<App>>) -> Response {
+    let Some(authority) = &app.authority else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this service runs without TLS (--tls-ca-file): no registration",
+        );
+    };
+    match authority.new_token() {
+        Ok(token) => (StatusCode::CREATED, Json(json!({ "token": token }))).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// `GET /admin/v1/identities`: every identity certificate issued, oldest first, and how many
+/// calls came with a revoked or unknown one.
+async fn identities(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let list = app
+        .authority
+        .as_ref()
+        .map(Authority::issued)
+        .unwrap_or_default();
+    let refused = app
+        .refused_identities
+        .load(std::sync::atomic::Ordering::Relaxed);
+    Json(json!({ "identities": list, "refused_calls": refused }))
+}
+
+/// `POST /admin/v1/connectors/{id}/revoke`: every identity of the connector is refused from
+/// now on.
+async fn revoke(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    match &app.authority {
+        Some(a) if a.revoke(&id) => StatusCode::NO_CONTENT.into_response(),
+        _ => error(StatusCode::NOT_FOUND, format!("no connector {id:?}")),
+    }
 }
 
 #[derive(Deserialize)]

@@ -234,8 +234,9 @@ impl Config {
     }
 
     /// The keys certconn makes and uses itself: the SCEP server's RA keys (every generation, and
-    /// their encryption twins), the OCSP responders' keys, and the API's TLS key when certconn
-    /// issues the API's certificate.
+    /// their encryption twins), the OCSP responders' keys, the API's TLS key when certconn
+    /// issues the API's certificate, and the upstream identity's keys (always: a registration
+    /// may come before the config names the upstream).
     fn host_made_key(&self, name: &str) -> bool {
         let ra = self.scep.as_ref().is_some_and(|s| {
             let base = s.ra_key.as_str();
@@ -250,7 +251,8 @@ impl Config {
         });
         let api = self.api.tls.as_ref().is_some_and(|t| t.issuer.is_some())
             && name == crate::sources::api::tls::ISSUED_KEY;
-        ra || responder || api
+        let upstream = crate::sources::upstream::identity::is_identity_key(name);
+        ra || responder || api || upstream
     }
 
     /// The role of each key `[keys]` declares, for custody.

@@ -282,6 +282,10 @@ impl App {
         let upstream = match &config.upstream {
             Some(uc) => Some(Arc::new(crate::sources::upstream::Upstream::open(
                 uc,
+                crate::sources::upstream::UpstreamState {
+                    keys: keys.clone(),
+                    data_dir: &config.data_dir,
+                },
                 intake.clone(),
                 journal.clone(),
                 Arc::new(wiring::HeartbeatReport {

@@ -601,6 +601,25 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
             };
             println!("{level}version: {summary}");
         }
+        let identity = &upstream["identity"];
+        if identity.is_object() {
+            let id = identity["connector_id"].as_str().unwrap_or("?");
+            let serial = identity["serial"].as_str().unwrap_or("?");
+            match identity["state"].as_str() {
+                Some("re-register") => println!(
+                    "error: upstream identity {id} (serial {serial}): re-register: {}; stop the daemon and run `certconn upstream register --token-file FILE` with a new enrolment token",
+                    identity["reason"].as_str().unwrap_or("refused")
+                ),
+                _ => println!(
+                    "upstream identity {id}: serial {serial}, valid until {}, renews at {}",
+                    identity["not_after"].as_str().unwrap_or("?"),
+                    identity["renew_at"].as_str().unwrap_or("?")
+                ),
+            }
+        }
+        if let Some(e) = upstream["identity_error"].as_str() {
+            println!("upstream: identity renewal: {e}");
+        }
     }
     let jobs: Vec<String> = health["jobs"]
         .as_object()

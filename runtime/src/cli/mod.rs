@@ -9,6 +9,7 @@ mod pfx;
 mod plugins;
 mod serve;
 mod systemd;
+mod upstream;
 
 use std::path::PathBuf;
 
@@ -104,6 +105,11 @@ pub enum Command {
     Plugins {
         #[command(subcommand)]
         what: plugins::Plugins,
+    },
+    /// The upstream service: register this connector (offline: the daemon must be stopped).
+    Upstream {
+        #[command(subcommand)]
+        what: upstream::Upstream,
     },
     /// Administer custody keys (offline: the daemon must be stopped).
     Keys {
@@ -221,6 +227,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Scep { what } => client_cmds::scep(&config, what).await,
             Command::Certs { what } => certs::certs(&config, what).await,
             Command::Keys { what } => keys::run(&config, what),
+            Command::Upstream { what } => upstream::run(&config, what).await,
             Command::Audit { what } => audit::run(&config, what),
             Command::Pfx { what } => pfx::run(&config, what).await,
             Command::CheckConfig { syntax_only } => check_config(&config, syntax_only).await,

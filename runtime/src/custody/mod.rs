@@ -10,6 +10,7 @@ pub mod key;
 pub mod pkcs11;
 pub mod settings;
 pub mod store;
+pub mod tls;
 pub mod trail;
 
 pub use grant::Grants;

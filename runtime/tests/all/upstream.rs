@@ -19,20 +19,39 @@ struct Service {
     child: Child,
     addr: String,
     token_file: PathBuf,
+    /// With TLS (`--tls-ca-file`): the service's CA certificate.
+    ca_file: Option<PathBuf>,
 }
 
 impl Service {
     fn start(dir: &Path) -> Service {
         let token_file = dir.join("connector-token");
         write_private(&token_file, "connector-secret-0123456789\n");
+        Self::start_with(dir, token_file, &["--connector-token-file"], None)
+    }
+
+    /// The service over HTTPS with its identity CA (`ca.pem` in `dir`), issuing identities
+    /// that live `identity_seconds`; no connector token: identities only.
+    fn start_tls(dir: &Path, identity_seconds: u64) -> Service {
+        let ca_file = dir.join("service-ca.pem");
+        let seconds = identity_seconds.to_string();
+        Self::start_with(
+            dir,
+            ca_file.clone(),
+            &["--identity-seconds", &seconds, "--tls-ca-file"],
+            Some(ca_file),
+        )
+    }
+
+    fn start_with(dir: &Path, file: PathBuf, args: &[&str], ca_file: Option<PathBuf>) -> Service {
         let addr_file = dir.join("service.addr");
         let binary = binary().with_file_name("certconn-reference-service");
         let child = Command::new(&binary)
             .args(["--listen", "127.0.0.1:0", "--visibility-seconds", "5"])
             .arg("--addr-file")
             .arg(&addr_file)
-            .arg("--connector-token-file")
-            .arg(&token_file)
+            .args(args)
+            .arg(&file)
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e} (built by scripts/test)", binary.display()));
         let start = Instant::now();
@@ -49,18 +68,30 @@ impl Service {
         Service {
             child,
             addr,
-            token_file,
+            token_file: file,
+            ca_file,
+        }
+    }
+
+    /// `https://ADDR` or `http://ADDR`.
+    fn url(&self) -> String {
+        match &self.ca_file {
+            Some(_) => format!("https://{}", self.addr),
+            None => format!("http://{}", self.addr),
         }
     }
 
     fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}"]);
+        if let Some(ca) = &self.ca_file {
+            cmd.arg("--cacert").arg(ca);
+        }
         if let Some(b) = body {
             cmd.args(["-H", "content-type: application/json", "-d", &b.to_string()]);
         }
         let out = cmd
-            .arg(format!("http://{}/admin/v1{path}", self.addr))
+            .arg(format!("{}/admin/v1{path}", self.url()))
             .output()
             .expect("curl runs");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -563,4 +594,263 @@ fn the_heartbeat_reports_this_instance_and_the_services_policy_shows_where_its_v
     assert_eq!(status, 204);
     wait_stage(&daemon, "current");
     assert!(events(&daemon, 5011) >= 1);
+}
+
+/// `[upstream]` for a registered connector: https, no token (its identity), the service's CA
+/// from the registration.
+fn identity_section(service: &Service) -> String {
+    format!(
+        "[upstream]\nservice = \"{}\"\npoll_wait_seconds = 2\nheartbeat_seconds = 1\n",
+        service.url()
+    )
+}
+
+/// Writes the config for `service` in `dir` without starting the daemon.
+fn write_identity_config(dir: &Path, service: &Service) -> PathBuf {
+    let config = dir.join("certconn.toml");
+    std::fs::write(
+        &config,
+        config_text(&dir.join("data"), &plugins(), &identity_section(service)),
+    )
+    .unwrap();
+    config
+}
+
+/// A one-time enrolment token from the service's admin API, in a 0600 file.
+fn enrolment_token(service: &Service, dir: &Path, name: &str) -> PathBuf {
+    let (status, answer) = service.admin("POST", "/enrolment-tokens", None);
+    assert_eq!(status, 201, "{answer}");
+    let file = dir.join(name);
+    write_private(&file, answer["token"].as_str().expect("a token"));
+    file
+}
+
+/// `certconn upstream register` trusting the service's CA for this first call.
+fn register(config: &Path, service: &Service, token: &Path) -> (bool, String) {
+    let token = token.display().to_string();
+    let ca = service.ca_file.as_ref().expect("TLS").display().to_string();
+    run_certconn(
+        &[
+            "upstream",
+            "register",
+            "--token-file",
+            &token,
+            "--trust-anchors",
+            &ca,
+        ],
+        config,
+    )
+}
+
+/// The identities the service issued.
+fn identities(service: &Service) -> Value {
+    service.admin("GET", "/identities", None).1
+}
+
+/// The daemon's upstream status, once `ready` says it is what the test waits for.
+fn wait_upstream(daemon: &Daemon, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let (code, health) = http_get(daemon.port, "/v1/health", None);
+        assert_eq!(code, 200, "{health}");
+        let health: Value = serde_json::from_str(&health).unwrap();
+        if ready(&health["upstream"]) {
+            return health["upstream"].clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what} never came: {}",
+            health["upstream"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The custody keys of the upstream identity (`certconn keys list --json`; daemon stopped).
+fn identity_keys(config: &Path) -> Vec<String> {
+    let out = ok(Command::new(binary())
+        .args(["keys", "list", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap());
+    let keys: Value = serde_json::from_str(&out).expect("keys as JSON");
+    keys.as_array()
+        .expect("a list of keys")
+        .iter()
+        .filter_map(|k| k["name"].as_str())
+        .filter(|n| n.starts_with("upstream-identity"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_registered_connector_works_over_mutual_tls_and_renews_its_identity_before_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    // Identities live 9 s: renewed at 6 s, so the test sees renewals and outlives the first.
+    let service = Service::start_tls(dir.path(), 9);
+    let config = write_identity_config(dir.path(), &service);
+
+    // Not registered yet: the daemon does not start, and says what to do.
+    let data = dir.path().join("data");
+    let serve = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&serve.stderr);
+    assert!(!serve.status.success(), "{said}");
+    assert!(
+        said.contains("not registered") && said.contains("certconn upstream register"),
+        "{said}"
+    );
+
+    // Registration with a one-time token; the same token again is refused, clearly.
+    let token = enrolment_token(&service, dir.path(), "enrolment-token");
+    let (registered, out) = register(&config, &service, &token);
+    assert!(registered, "{out}");
+    assert!(
+        out.contains("registered with https://") && out.contains("connector-1"),
+        "{out}"
+    );
+    let (again, out) = register(&config, &service, &token);
+    assert!(!again, "{out}");
+    assert!(
+        out.contains("refused the registration") && out.contains("new enrolment token"),
+        "{out}"
+    );
+    // The refused attempt left the identity as it was: one key, with its certificate.
+    assert_eq!(identity_keys(&config).len(), 1);
+    assert!(data.join("upstream-service-ca.pem").exists());
+    let first = identities(&service)["identities"][0].clone();
+    assert_eq!(first["connector_id"], "connector-1", "{first}");
+
+    // Work over mutual TLS: no token anywhere in the config.
+    let (_, device_cert) = openssl_device(dir.path());
+    service.enqueue(issue_item("mtls-1", "CN=mtls device", &device_cert));
+    let mut daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    service.wait_results(1, Duration::from_secs(60));
+    let result = service.result("mtls-1");
+    assert_eq!(result["status"], "succeeded", "{result}");
+    let (_, beats) = service.admin("GET", "/connectors", None);
+    assert_eq!(
+        beats["connectors"].as_array().map(Vec::len),
+        Some(1),
+        "{beats}"
+    );
+
+    // Renewed before the first identity expires; the status shows the new one.
+    let start = Instant::now();
+    let renewed = loop {
+        let list = identities(&service);
+        if let Some(r) = list["identities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["renewal"] == true)
+        {
+            break r.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no renewal: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(renewed["connector_id"], "connector-1", "{renewed}");
+    assert!(
+        renewed["not_before"].as_u64() < first["not_after"].as_u64(),
+        "renewed before the first expired: {renewed} {first}"
+    );
+    assert!(events(&daemon, 5021) >= 1, "a renewal event");
+
+    // Past the first identity's end, work still flows: the daemon presents a renewed one (the
+    // service's TLS refuses an expired certificate).
+    let first_end = first["not_after"].as_u64().unwrap();
+    while certconn::journal::now_secs() <= first_end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    service.enqueue(issue_item("mtls-2", "CN=mtls device 2", &device_cert));
+    service.wait_results(2, Duration::from_secs(60));
+    assert_eq!(service.result("mtls-2")["status"], "succeeded");
+    let upstream = wait_upstream(&daemon, "a valid identity", |u| {
+        u["identity"]["state"] == "valid" && u["identity"]["serial"] != first["serial"]
+    });
+    assert_eq!(upstream["identity"]["connector_id"], "connector-1");
+    let out = ok(daemon.cli(&["status"]));
+    assert!(
+        out.contains("upstream identity connector-1: serial"),
+        "{out}"
+    );
+    assert_eq!(identities(&service)["refused_calls"], 0);
+
+    // Each renewal replaced its key: one identity key in custody.
+    daemon.stop();
+    assert_eq!(identity_keys(&config).len(), 1);
+}
+
+#[test]
+fn a_revoked_identity_is_a_clear_re_register_status_and_a_new_registration_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start_tls(dir.path(), 3600);
+    let config = write_identity_config(dir.path(), &service);
+    let token = enrolment_token(&service, dir.path(), "enrolment-token");
+    let (registered, out) = register(&config, &service, &token);
+    assert!(registered, "{out}");
+    let mut daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    wait_upstream(&daemon, "a connection", |u| u["connected"] == true);
+
+    let (status, answer) = service.admin("POST", "/connectors/connector-1/revoke", None);
+    assert_eq!(status, 204, "{answer}");
+    let upstream = wait_upstream(&daemon, "re-register", |u| {
+        u["identity"]["state"] == "re-register"
+    });
+    assert!(
+        upstream["identity"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("revoked")),
+        "{upstream}"
+    );
+    let out = ok(daemon.cli(&["status"]));
+    assert!(
+        out.contains("error: upstream identity connector-1") && out.contains("re-register"),
+        "{out}"
+    );
+    // One event, and no loop of refused calls: at most the calls already under way when the
+    // service began refusing (poll, results, heartbeat), then none.
+    let refused = identities(&service)["refused_calls"].as_u64().unwrap();
+    assert!((1..=3).contains(&refused), "{refused}");
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        identities(&service)["refused_calls"].as_u64(),
+        Some(refused)
+    );
+    assert_eq!(events(&daemon, 5022), 1, "one re-register event");
+
+    // Registered again (daemon stopped, a new token): a new connector id, and work flows.
+    daemon.stop();
+    let token = enrolment_token(&service, dir.path(), "enrolment-token-2");
+    let (registered, out) = register(&config, &service, &token);
+    assert!(registered, "{out}");
+    assert!(out.contains("connector-2"), "{out}");
+    assert_eq!(
+        identity_keys(&config).len(),
+        1,
+        "the revoked identity's key is gone"
+    );
+    let (_, device_cert) = openssl_device(dir.path());
+    service.enqueue(issue_item(
+        "after-1",
+        "CN=after re-registration",
+        &device_cert,
+    ));
+    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    service.wait_results(1, Duration::from_secs(60));
+    assert_eq!(service.result("after-1")["status"], "succeeded");
+    let upstream = wait_upstream(&daemon, "the new identity", |u| {
+        u["identity"]["connector_id"] == "connector-2"
+    });
+    assert_eq!(upstream["identity"]["state"], "valid");
 }

@@ -75,6 +75,7 @@ impl Trust {
         match &grant.trust_anchors {
             Some(path) => Ok(Self::Anchors(client_config(
                 Arc::new(read_anchors(path)?),
+                None,
                 policy,
             )?)),
             None => Ok(Self::System(OnceLock::new())),
@@ -85,7 +86,7 @@ impl Trust {
         match self {
             Self::Anchors(config) => Ok(config.clone()),
             Self::System(config) => config
-                .get_or_init(|| client_config(system_roots()?, policy))
+                .get_or_init(|| client_config(system_roots()?, None, policy))
                 .clone(),
         }
     }
@@ -159,16 +160,18 @@ fn certificate_reason(e: &rustls::CertificateError) -> String {
 }
 
 /// A client configuration for the host's own outbound https (the upstream service): the
-/// anchors in `anchors` (a PEM file), or the system trust store.
+/// anchors in `anchors` (a PEM file), or the system trust store; the client certificate from
+/// `identity` when there is one (mutual TLS).
 pub(crate) fn outbound_client_config(
     anchors: Option<&Path>,
+    identity: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
     policy: &AlgorithmPolicy,
 ) -> Result<Arc<ClientConfig>, Box<dyn std::error::Error + Send + Sync>> {
     let roots = match anchors {
         Some(path) => Arc::new(read_anchors(path)?),
         None => system_roots()?,
     };
-    Ok(client_config(roots, policy)?)
+    Ok(client_config(roots, identity, policy)?)
 }
 
 fn read_anchors(path: &Path) -> Result<RootCertStore, GrantError> {
@@ -197,13 +200,17 @@ fn read_anchors(path: &Path) -> Result<RootCertStore, GrantError> {
 
 fn client_config(
     roots: Arc<RootCertStore>,
+    identity: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
     policy: &AlgorithmPolicy,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut config = ClientConfig::builder_with_provider(crate::crypto::tls::provider())
+    let builder = ClientConfig::builder_with_provider(crate::crypto::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(resolver) => builder.with_client_cert_resolver(resolver),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     if policy.fips && !config.fips() {
         return Err(TlsError::NotFips);

@@ -1,7 +1,8 @@
 //! certconn's side of the connector protocol's HTTP: one connection per call (a long poll holds
-//! its own), through the site's proxy when one is set, TLS by the host's rustls, the bearer
-//! token, and every answer bounded in size and time so that a service that misbehaves costs a
-//! timeout, not memory.
+//! its own), through the site's proxy when one is set, TLS by the host's rustls, the
+//! connector's credentials (its identity certificate in mutual TLS, or a bearer token), and
+//! every answer bounded in size and time so that a service that misbehaves costs a timeout,
+//! not memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,14 @@ const MAX_ANSWER_BYTES: usize = 16 << 20;
 /// connector for days.
 const MAX_RETRY_AFTER_SECONDS: u64 = 600;
 
+/// How the connector proves who it is.
+pub enum Credentials {
+    /// A bearer token (the service's connector token, or a one-time enrolment token).
+    Token(Zeroizing<String>),
+    /// The registered identity: mutual TLS, no token.
+    Identity(Arc<super::identity::Identity>),
+}
+
 /// An answer: its status, its `Retry-After` (seconds) if any, and its body.
 pub struct Answer {
     pub status: StatusCode,
@@ -39,7 +48,7 @@ pub struct ServiceClient {
     /// Path the service's URL carries before `/connector/v1`, without a trailing slash.
     prefix: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    token: Zeroizing<String>,
+    credentials: Credentials,
     proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
@@ -49,7 +58,7 @@ impl ServiceClient {
     pub fn new(
         url: &str,
         anchors: Option<&std::path::Path>,
-        token: Zeroizing<String>,
+        credentials: Credentials,
         proxy: Option<Arc<crate::proxy::Proxy>>,
         policy: &AlgorithmPolicy,
     ) -> Result<Self, UpstreamError> {
@@ -65,14 +74,26 @@ impl ServiceClient {
             .to_owned();
         let (tls, default_port) = match uri.scheme_str() {
             Some("https") => {
-                let config = crate::plugins::http::tls::outbound_client_config(anchors, policy)
-                    .map_err(|e| UpstreamError::Tls {
-                        url: url.to_owned(),
-                        source: e,
-                    })?;
+                let identity = match &credentials {
+                    Credentials::Identity(i) => {
+                        Some(i.clone() as Arc<dyn rustls::client::ResolvesClientCert>)
+                    }
+                    Credentials::Token(_) => None,
+                };
+                let config =
+                    crate::plugins::http::tls::outbound_client_config(anchors, identity, policy)
+                        .map_err(|e| UpstreamError::Tls {
+                            url: url.to_owned(),
+                            source: e,
+                        })?;
                 let name =
                     ServerName::try_from(host.clone()).map_err(|_| bad("not a server name"))?;
                 (Some((TlsConnector::from(Arc::clone(&config)), name)), 443)
+            }
+            Some("http") if matches!(credentials, Credentials::Identity(_)) => {
+                return Err(bad(
+                    "an identity is presented in mutual TLS: the service URL must be https",
+                ))
             }
             Some("http") => (None, 80),
             _ => return Err(bad("the scheme must be https (or http to loopback)")),
@@ -89,7 +110,7 @@ impl ServiceClient {
             port,
             prefix,
             tls,
-            token,
+            credentials,
             proxy,
         })
     }
@@ -107,9 +128,43 @@ impl ServiceClient {
         body: Option<Vec<u8>>,
         limit: Duration,
     ) -> Result<Answer, String> {
-        match tokio::time::timeout(limit, self.exchange(method, path, body)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(format!("no answer within {} s", limit.as_secs())),
+        if let Credentials::Identity(identity) = &self.credentials {
+            if let Some(why) = identity.refusal(crate::journal::now_secs()) {
+                return Err(format!(
+                    "not calling: the connector's identity must be registered again ({why}); run `certconn upstream register`"
+                ));
+            }
+        }
+        let answer = match tokio::time::timeout(limit, self.exchange(method, path, body)).await {
+            Ok(answer) => answer?,
+            Err(_) => return Err(format!("no answer within {} s", limit.as_secs())),
+        };
+        if let Credentials::Identity(identity) = &self.credentials {
+            self.check_refusal(identity, &answer);
+        }
+        Ok(answer)
+    }
+
+    /// A 401 with the code `identity_refused`: the service no longer takes this identity.
+    fn check_refusal(&self, identity: &super::identity::Identity, answer: &Answer) {
+        if answer.status != StatusCode::UNAUTHORIZED {
+            return;
+        }
+        let Ok(said) = serde_json::from_slice::<certconn_connector::ErrorBody>(&answer.body) else {
+            return;
+        };
+        if said.code.as_deref() != Some(certconn_connector::IDENTITY_REFUSED) {
+            return;
+        }
+        let why = format!("the service refused it: {}", said.error);
+        if identity.refuse(why.clone()) {
+            tracing::error!(
+                event_id = 5022,
+                service = %self.base,
+                serial = %identity.serial(),
+                reason = %why,
+                "the connector's identity is no longer accepted: register again with `certconn upstream register`; no calls are made until then"
+            );
         }
     }
 
@@ -123,11 +178,13 @@ impl ServiceClient {
             .method(method)
             .uri(format!("{}{path}", self.prefix))
             .header("host", self.authority())
-            .header("authorization", format!("Bearer {}", self.token.as_str()))
             .header(
                 "user-agent",
                 concat!("certconn/", env!("CARGO_PKG_VERSION")),
             );
+        if let Credentials::Token(token) = &self.credentials {
+            request = request.header("authorization", format!("Bearer {}", token.as_str()));
+        }
         if body.is_some() {
             request = request.header("content-type", "application/json");
         }

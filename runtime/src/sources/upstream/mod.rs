@@ -10,13 +10,17 @@
 //!   order they ended — until the service takes it, then marks it delivered in the journal.
 //! - `heartbeat`: tells the service who this instance is and how it is; its answer's version
 //!   policy is this version's lifecycle in the status.
+//! - `identity`: renews the connector's identity certificate at two thirds of its lifetime
+//!   (when the connector authenticates with its registered identity; [`identity`]).
 //!
 //! Faults back off with jitter (a `Retry-After` the service gives is honoured) and show in the
 //! status: nothing is lost or duplicated while the service is away.
 
 mod client;
 mod heartbeat;
+pub mod identity;
 mod poll;
+mod renewal;
 mod report;
 
 use std::sync::{Arc, Mutex};
@@ -30,7 +34,7 @@ use crate::config::ConfigPath;
 use crate::jobs::Intake;
 use crate::journal::Outbox;
 
-pub use client::ServiceClient;
+pub use client::{Credentials, ServiceClient};
 pub use heartbeat::InstanceReport;
 
 /// The source name upstream jobs carry.
@@ -42,10 +46,12 @@ pub const SOURCE: &str = "upstream";
 pub struct UpstreamConfig {
     /// The service's URL: `https://…` (or `http://` to loopback, for trying it out).
     pub service: toml::Spanned<String>,
-    /// File with the bearer token the service gave this connector (mode 0600).
-    pub token_file: ConfigPath,
-    /// PEM file of the CAs the service's TLS certificate must chain to. Default: the system
-    /// trust store.
+    /// File with a bearer token the service gave this connector (mode 0600). Without it the
+    /// connector authenticates with the identity `certconn upstream register` got (mutual
+    /// TLS), the way to run in production.
+    pub token_file: Option<ConfigPath>,
+    /// PEM file of the CAs the service's TLS certificate must chain to. Default: the CA the
+    /// service gave at registration, else the system trust store.
     pub trust_anchors: Option<ConfigPath>,
     /// How long one long poll waits for work.
     #[serde(
@@ -122,6 +128,8 @@ pub enum UpstreamError {
     Token(#[source] crate::files::FileError),
     #[error("upstream.token_file: {0}: no token in it (empty, or not UTF-8 text)")]
     EmptyToken(std::path::PathBuf),
+    #[error("upstream: the connector's identity")]
+    Identity(#[from] identity::IdentityError),
 }
 
 /// What the status page and `/v1/health` show of the upstream.
@@ -153,6 +161,10 @@ pub struct UpstreamStatus {
     /// Work from the service not done yet, and results it has not taken yet (from the
     /// journal, when the status is read).
     pub backlog: Option<crate::journal::Backlog>,
+    /// The connector's identity, when it authenticates with one.
+    pub identity: Option<identity::IdentityStatus>,
+    /// Why the last renewal of the identity failed, until one succeeds.
+    pub identity_error: Option<String>,
 }
 
 /// The upstream source: the client, where work goes, and its status.
@@ -164,34 +176,54 @@ pub struct Upstream {
     batch: usize,
     heartbeat: Duration,
     report: Arc<dyn InstanceReport>,
+    identity: Option<Arc<identity::Identity>>,
     status: Mutex<UpstreamStatus>,
 }
 
+/// Where the upstream's state outside the journal lives: custody (the identity key) and the
+/// data directory (the registration and the service's CA).
+pub struct UpstreamState<'a> {
+    pub keys: Arc<crate::custody::KeyStore>,
+    pub data_dir: &'a std::path::Path,
+}
+
 impl Upstream {
-    /// Reads the token and prepares the client; a bad file or URL stops the start.
+    /// Reads the token, or loads the registered identity, and prepares the client; a bad
+    /// file or URL, or a connector not registered, stops the start.
     pub fn open(
         config: &UpstreamConfig,
+        state: UpstreamState<'_>,
         intake: Arc<Intake>,
         outbox: Arc<dyn Outbox>,
         report: Arc<dyn InstanceReport>,
         proxy: Option<Arc<crate::proxy::Proxy>>,
         policy: &crate::crypto::AlgorithmPolicy,
     ) -> Result<Self, UpstreamError> {
-        let raw = crate::files::read_protected(&config.token_file).map_err(UpstreamError::Token)?;
-        // No lossy copy: the token is only ever in zeroized memory.
-        let token = std::str::from_utf8(&raw)
-            .map(|t| Zeroizing::new(t.trim().to_owned()))
-            .unwrap_or_default();
-        if token.is_empty() {
-            return Err(UpstreamError::EmptyToken(config.token_file.to_path_buf()));
-        }
-        let client = ServiceClient::new(
-            config.service.get_ref(),
-            config.trust_anchors.as_ref().map(|p| p.as_path()),
-            token,
-            proxy,
-            policy,
-        )?;
+        let service = config.service.get_ref();
+        let (credentials, identity, anchors) = match &config.token_file {
+            Some(file) => {
+                let token = read_token(file)?;
+                let anchors = config.trust_anchors.as_ref().map(|p| p.to_path_buf());
+                (Credentials::Token(token), None, anchors)
+            }
+            None => {
+                let identity = Arc::new(identity::Identity::load(
+                    state.keys,
+                    state.data_dir,
+                    service,
+                )?);
+                let anchors = match &config.trust_anchors {
+                    Some(p) => p.to_path_buf(),
+                    None => identity::service_ca_file(state.data_dir),
+                };
+                (
+                    Credentials::Identity(identity.clone()),
+                    Some(identity),
+                    Some(anchors),
+                )
+            }
+        };
+        let client = ServiceClient::new(service, anchors.as_deref(), credentials, proxy, policy)?;
         let status = UpstreamStatus {
             service: client.base().to_owned(),
             ..Default::default()
@@ -204,6 +236,7 @@ impl Upstream {
             batch: config.batch,
             heartbeat: Duration::from_secs(config.heartbeat_seconds),
             report,
+            identity,
             status: Mutex::new(status),
         })
     }
@@ -213,16 +246,23 @@ impl Upstream {
         tracing::info!(event_id = 5001, service = %self.client.base(), "polling the upstream service for work");
         let poll = tokio::spawn(self.clone().poll_loop(shutdown.clone()));
         let report = tokio::spawn(self.clone().report_loop(shutdown.clone()));
-        let heartbeat = tokio::spawn(self.clone().heartbeat_loop(shutdown));
-        let _ = tokio::join!(poll, report, heartbeat);
+        let heartbeat = tokio::spawn(self.clone().heartbeat_loop(shutdown.clone()));
+        let identity = tokio::spawn(self.clone().identity_loop(shutdown));
+        let _ = tokio::join!(poll, report, heartbeat, identity);
     }
 
     /// The status now, without the backlog (no journal read).
     pub fn status(&self) -> UpstreamStatus {
-        self.status
+        let mut status = self
+            .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        status.identity = self
+            .identity
+            .as_ref()
+            .map(|i| i.status(crate::journal::now_secs()));
+        status
     }
 
     /// The status now with the backlog, as `/v1/health` and the status page show it.
@@ -263,6 +303,19 @@ impl Upstream {
             Duration::from_millis(crate::jobs::scheduler::backoff_ms(500, 60_000, failures))
         })
     }
+}
+
+/// The token in `file`, kept only in zeroized memory.
+fn read_token(file: &ConfigPath) -> Result<Zeroizing<String>, UpstreamError> {
+    let raw = crate::files::read_protected(file).map_err(UpstreamError::Token)?;
+    // No lossy copy: the token is only ever in zeroized memory.
+    let token = std::str::from_utf8(&raw)
+        .map(|t| Zeroizing::new(t.trim().to_owned()))
+        .unwrap_or_default();
+    if token.is_empty() {
+        return Err(UpstreamError::EmptyToken(file.to_path_buf()));
+    }
+    Ok(token)
 }
 
 /// Waits `delay`, or until `shutdown`; true when shut down.

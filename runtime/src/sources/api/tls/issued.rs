@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use certconn_x509::{PublicKeyKind, SignatureScheme, SubjectAltName};
+use certconn_x509::SubjectAltName;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::{CertifiedKey, Signer, SigningKey};
+use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
 use super::ApiTlsError;
@@ -292,71 +292,10 @@ fn certified(key: Arc<StoredKey>, cert: &[u8], ca_cert: &[u8]) -> Arc<CertifiedK
         CertificateDer::from(cert.to_vec()),
         CertificateDer::from(ca_cert.to_vec()),
     ];
-    Arc::new(CertifiedKey::new(chain, Arc::new(CustodySigningKey(key))))
-}
-
-/// A custody key signing TLS handshakes: rustls gets the signatures, never the key.
-struct CustodySigningKey(Arc<StoredKey>);
-
-impl std::fmt::Debug for CustodySigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CustodySigningKey({})", self.0.name)
-    }
-}
-
-impl SigningKey for CustodySigningKey {
-    fn choose_scheme(&self, offered: &[rustls::SignatureScheme]) -> Option<Box<dyn Signer>> {
-        let (ours, theirs) = match self.0.key.kind() {
-            PublicKeyKind::EcP256 => (
-                SignatureScheme::EcdsaP256Sha256,
-                rustls::SignatureScheme::ECDSA_NISTP256_SHA256,
-            ),
-            PublicKeyKind::EcP384 => (
-                SignatureScheme::EcdsaP384Sha384,
-                rustls::SignatureScheme::ECDSA_NISTP384_SHA384,
-            ),
-            PublicKeyKind::Rsa { .. } => return None,
-        };
-        offered.contains(&theirs).then(|| {
-            Box::new(CustodySigner {
-                key: self.0.clone(),
-                ours,
-                theirs,
-            }) as Box<dyn Signer>
-        })
-    }
-
-    fn algorithm(&self) -> rustls::SignatureAlgorithm {
-        match self.0.key.kind() {
-            PublicKeyKind::Rsa { .. } => rustls::SignatureAlgorithm::RSA,
-            _ => rustls::SignatureAlgorithm::ECDSA,
-        }
-    }
-}
-
-struct CustodySigner {
-    key: Arc<StoredKey>,
-    ours: SignatureScheme,
-    theirs: rustls::SignatureScheme,
-}
-
-impl std::fmt::Debug for CustodySigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CustodySigner({}, {:?})", self.key.name, self.theirs)
-    }
-}
-
-impl Signer for CustodySigner {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
-        self.key
-            .key
-            .sign(self.ours, message)
-            .map_err(|e| rustls::Error::General(format!("the API's key: {e}")))
-    }
-
-    fn scheme(&self) -> rustls::SignatureScheme {
-        self.theirs
-    }
+    Arc::new(CertifiedKey::new(
+        chain,
+        Arc::new(crate::custody::tls::CustodySigningKey(key)),
+    ))
 }
 
 fn rfc3339(secs: u64) -> String {

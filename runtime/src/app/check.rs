@@ -58,7 +58,7 @@ pub async fn check(config: &Config) -> Result<CheckReport, std::io::Error> {
 
 /// Secrets and state that `serve` reads: the API's TLS certificate and key, the API tokens, the
 /// SCEP challenge, the journal's schema, the key-encryption key, the PKCS#11 token, the
-/// proxy's credentials.
+/// upstream's token or registration, the proxy's credentials.
 fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckReport) {
     // A certificate certconn issues itself is checked when serve issues it (the issuer's
     // key is checked with the other keys).
@@ -115,6 +115,23 @@ fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckR
     if let Some(p11) = &config.custody.pkcs11 {
         if let Err(e) = crate::custody::pkcs11::Token::open(p11) {
             report.problems.push(crate::report::chain(&e));
+        }
+    }
+    // The upstream's credentials: its token, or the registration of its identity.
+    if let Some(upstream) = &config.upstream {
+        let checked = match &upstream.token_file {
+            Some(file) => crate::files::read_protected(file)
+                .map(drop)
+                .map_err(|e| format!("upstream.token_file: {}", crate::report::chain(&e))),
+            None => crate::sources::upstream::identity::read_registration(
+                &config.data_dir,
+                upstream.service.get_ref(),
+            )
+            .map(drop)
+            .map_err(|e| format!("upstream: {}", crate::report::chain(&e))),
+        };
+        if let Err(problem) = checked {
+            report.problems.push(problem);
         }
     }
     // The proxy's credentials file, and a proxy from the environment of this check.

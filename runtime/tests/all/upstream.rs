@@ -668,18 +668,31 @@ fn wait_upstream(daemon: &Daemon, what: &str, ready: impl Fn(&Value) -> bool) ->
 
 /// The custody keys of the upstream identity (`certconn keys list --json`; daemon stopped).
 fn identity_keys(config: &Path) -> Vec<String> {
+    identity_key_rows(config, &[])
+        .iter()
+        .filter_map(|k| k["name"].as_str())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `certconn keys list --json` rows of the identity's keys, with `env` (e.g. SOFTHSM2_CONF).
+fn identity_key_rows(config: &Path, env: &[(&str, &Path)]) -> Vec<Value> {
     let out = ok(Command::new(binary())
         .args(["keys", "list", "--json", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .output()
         .unwrap());
     let keys: Value = serde_json::from_str(&out).expect("keys as JSON");
     keys.as_array()
         .expect("a list of keys")
         .iter()
-        .filter_map(|k| k["name"].as_str())
-        .filter(|n| n.starts_with("upstream-identity"))
-        .map(str::to_owned)
+        .filter(|k| {
+            k["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("upstream-identity"))
+        })
+        .cloned()
         .collect()
 }
 
@@ -703,6 +716,8 @@ fn a_registered_connector_works_over_mutual_tls_and_renews_its_identity_before_i
         said.contains("not registered") && said.contains("certconn upstream register"),
         "{said}"
     );
+    let (checked, out) = run_certconn(&["check-config"], &config);
+    assert!(!checked && out.contains("not registered"), "{out}");
 
     // Registration with a one-time token; the same token again is refused, clearly.
     let token = enrolment_token(&service, dir.path(), "enrolment-token");
@@ -720,6 +735,8 @@ fn a_registered_connector_works_over_mutual_tls_and_renews_its_identity_before_i
     );
     // The refused attempt left the identity as it was: one key, with its certificate.
     assert_eq!(identity_keys(&config).len(), 1);
+    let (checked, out) = run_certconn(&["check-config"], &config);
+    assert!(checked, "{out}");
     assert!(data.join("upstream-service-ca.pem").exists());
     let first = identities(&service)["identities"][0].clone();
     assert_eq!(first["connector_id"], "connector-1", "{first}");
@@ -853,4 +870,72 @@ fn a_revoked_identity_is_a_clear_re_register_status_and_a_new_registration_bring
         u["identity"]["connector_id"] == "connector-2"
     });
     assert_eq!(upstream["identity"]["state"], "valid");
+}
+
+#[test]
+fn an_identity_on_the_pkcs11_token_signs_the_handshakes_and_renews_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start_tls(dir.path(), 6);
+    let (conf, pin_file) = softhsm_token(dir.path(), "identity");
+    let config = dir.path().join("certconn.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            &dir.path().join("data"),
+            &plugins(),
+            &format!(
+                "{}{}",
+                softhsm_custody("identity", &pin_file),
+                identity_section(&service)
+            ),
+        ),
+    )
+    .unwrap();
+    let token = enrolment_token(&service, dir.path(), "enrolment-token");
+    let ca = service.ca_file.as_ref().unwrap();
+    let out = ok(Command::new(binary())
+        .env("SOFTHSM2_CONF", &conf)
+        .args(["upstream", "register", "--store", "pkcs11", "--token-file"])
+        .arg(&token)
+        .arg("--trust-anchors")
+        .arg(ca)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap());
+    assert!(out.contains("on the PKCS#11 token"), "{out}");
+    let rows = identity_key_rows(&config, &[("SOFTHSM2_CONF", &conf)]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0]["store"]
+            .as_str()
+            .is_some_and(|s| s.contains("pkcs11")),
+        "{rows:?}"
+    );
+
+    let env = vec![("SOFTHSM2_CONF".to_owned(), conf.clone().into_os_string())];
+    let mut daemon = Daemon::start_with_env(&config, &dir.path().join("daemon.log"), env);
+    let (_, device_cert) = openssl_device(dir.path());
+    service.enqueue(issue_item(
+        "p11-1",
+        "CN=token identity device",
+        &device_cert,
+    ));
+    service.wait_results(1, Duration::from_secs(60));
+    let result = service.result("p11-1");
+    assert_eq!(result["status"], "succeeded", "{result}");
+    // Renewed (at 4 s of 6) with a new key on the token.
+    let first = identities(&service)["identities"][0]["serial"].clone();
+    wait_upstream(&daemon, "a renewed identity", |u| {
+        u["identity"]["state"] == "valid" && u["identity"]["serial"] != first
+    });
+    daemon.stop();
+    let rows = identity_key_rows(&config, &[("SOFTHSM2_CONF", &conf)]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0]["store"]
+            .as_str()
+            .is_some_and(|s| s.contains("pkcs11")),
+        "{rows:?}"
+    );
 }

@@ -50,6 +50,34 @@ pub fn is_identity_key(name: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('.'))
 }
 
+/// The registration with `service` recorded in `data_dir`: none is
+/// [`IdentityError::NotRegistered`], one with another service [`IdentityError::OtherService`].
+pub fn read_registration(data_dir: &Path, service: &str) -> Result<Registration, IdentityError> {
+    let file = registration_file(data_dir);
+    let registration: Registration = match std::fs::read(&file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IdentityError::Record {
+            path: file.clone(),
+            reason: e.to_string(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(IdentityError::NotRegistered)
+        }
+        Err(e) => {
+            return Err(IdentityError::Record {
+                path: file,
+                reason: e.to_string(),
+            })
+        }
+    };
+    if !same_service(&registration.service, service) {
+        return Err(IdentityError::OtherService {
+            registered: registration.service,
+            configured: service.to_owned(),
+        });
+    }
+    Ok(registration)
+}
+
 /// What `certconn upstream register` recorded.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Registration {
@@ -177,28 +205,7 @@ impl Identity {
         data_dir: &Path,
         service: &str,
     ) -> Result<Self, IdentityError> {
-        let file = registration_file(data_dir);
-        let registration: Registration = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IdentityError::Record {
-                path: file.clone(),
-                reason: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(IdentityError::NotRegistered)
-            }
-            Err(e) => {
-                return Err(IdentityError::Record {
-                    path: file,
-                    reason: e.to_string(),
-                })
-            }
-        };
-        if !same_service(&registration.service, service) {
-            return Err(IdentityError::OtherService {
-                registered: registration.service,
-                configured: service.to_owned(),
-            });
-        }
+        let registration = read_registration(data_dir, service)?;
         let mut generations: Vec<Arc<StoredKey>> = keys
             .list()
             .into_iter()
@@ -253,6 +260,11 @@ impl Identity {
     /// When the identity is due for renewal (Unix seconds).
     pub fn renew_at(&self) -> u64 {
         self.read().renew_at()
+    }
+
+    /// When the identity certificate in use expires (Unix seconds).
+    pub fn not_after(&self) -> u64 {
+        self.read().not_after
     }
 
     /// The serial of the identity certificate in use, hex.

@@ -265,6 +265,11 @@ impl Upstream {
         status
     }
 
+    /// When the identity certificate in use expires (Unix seconds), with an identity.
+    pub fn identity_not_after(&self) -> Option<u64> {
+        self.identity.as_ref().map(|i| i.not_after())
+    }
+
     /// The status now with the backlog, as `/v1/health` and the status page show it.
     pub async fn status_with_backlog(&self) -> UpstreamStatus {
         let mut status = self.status();

@@ -101,7 +101,7 @@ pub(super) async fn icon() -> Response {
 
 /// The certificates certconn depends on, labelled, with their notAfter (Unix seconds): custody
 /// keys' certificates (`key/NAME`), the SCEP RA (`scep-ra`), the API's TLS certificate
-/// (`api-tls`).
+/// (`api-tls`), the connector's identity towards its upstream (`upstream-identity`).
 pub(super) fn watched_certificates(state: &AppState) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for name in &state.watched_keys {
@@ -123,6 +123,9 @@ pub(super) fn watched_certificates(state: &AppState) -> Vec<(String, u64)> {
     {
         0 => {}
         end => out.push(("api-tls".to_owned(), end)),
+    }
+    if let Some(end) = state.upstream.as_ref().and_then(|u| u.identity_not_after()) {
+        out.push(("upstream-identity".to_owned(), end));
     }
     out
 }

@@ -50,6 +50,9 @@ pub struct Config {
     /// The device-management service certconn takes its work from (the connector protocol).
     /// Off when absent.
     pub upstream: Option<crate::sources::upstream::UpstreamConfig>,
+    /// A Microsoft Intune tenant: its SCEP challenge validation (`scep.challenge = "intune"`).
+    /// Off when absent.
+    pub intune: Option<crate::sources::intune::IntuneConfig>,
     /// The site's outbound HTTP proxy, for every connection certconn opens to the outside
     /// (the upstream service, the plugins' granted HTTP).
     #[serde(default)]
@@ -164,6 +167,27 @@ impl Config {
         if let Some(upstream) = &self.upstream {
             upstream.check(cx)?;
         }
+        if let Some(intune) = &self.intune {
+            intune.check(cx)?;
+            if let Some(key) = &intune.certificate_key {
+                if !self.keys.contains_key(key.get_ref()) {
+                    return Err(cx.at(
+                        key.span(),
+                        "intune.certificate_key",
+                        format!("key {:?} is not declared in [keys]", key.get_ref()),
+                    ));
+                }
+            }
+        }
+        if let Some(challenge) = self.scep.as_ref().and_then(|s| s.challenge.as_ref()) {
+            if self.intune.is_none() {
+                return Err(cx.at(
+                    challenge.span(),
+                    "scep.challenge",
+                    "\"intune\" needs an [intune] section: the tenant and the app certconn asks Intune as",
+                ));
+            }
+        }
         if let Some(rev) = &self.revocation {
             rev.check(cx)?;
             for (name, ca) in &rev.cas {
@@ -235,8 +259,8 @@ impl Config {
 
     /// The keys certconn makes and uses itself: the SCEP server's RA keys (every generation, and
     /// their encryption twins), the OCSP responders' keys, the API's TLS key when certconn
-    /// issues the API's certificate, and the upstream identity's keys (always: a registration
-    /// may come before the config names the upstream).
+    /// issues the API's certificate, the upstream identity's keys (always: a registration
+    /// may come before the config names the upstream), and the Intune app's certificate key.
     fn host_made_key(&self, name: &str) -> bool {
         let ra = self.scep.as_ref().is_some_and(|s| {
             let base = s.ra_key.as_str();
@@ -252,7 +276,12 @@ impl Config {
         let api = self.api.tls.as_ref().is_some_and(|t| t.issuer.is_some())
             && name == crate::sources::api::tls::ISSUED_KEY;
         let upstream = crate::sources::upstream::identity::is_identity_key(name);
-        ra || responder || api || upstream
+        let intune = self
+            .intune
+            .as_ref()
+            .and_then(|i| i.certificate_key.as_ref())
+            .is_some_and(|k| k.get_ref() == name);
+        ra || responder || api || upstream || intune
     }
 
     /// The role of each key `[keys]` declares, for custody.

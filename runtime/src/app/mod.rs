@@ -71,6 +71,8 @@ pub enum StartError {
     Upstream(#[from] crate::sources::upstream::UpstreamError),
     #[error("the outbound proxy")]
     Proxy(#[from] crate::proxy::ProxyConfigError),
+    #[error("intune")]
+    Intune(#[from] crate::sources::intune::IntuneError),
     #[error("publishing revocation")]
     Revocation(#[from] crate::revocation::PublishError),
     #[error("{}", render_settings(path, backend, problems))]
@@ -256,6 +258,15 @@ impl App {
             )),
             None => None,
         };
+        let intune = match &config.intune {
+            Some(ic) => Some(Arc::new(crate::sources::intune::Intune::open(
+                ic.clone(),
+                keys.clone(),
+                proxy.clone(),
+                config.policy(),
+            )?)),
+            None => None,
+        };
         let scep = match &config.scep {
             Some(sc) => Some(Arc::new(Ra::open(
                 sc,
@@ -272,6 +283,10 @@ impl App {
                     ledger: journal.clone(),
                     challenges: journal.clone(),
                     replay: journal.clone(),
+                    authority: intune.clone().map(|i| {
+                        Arc::new(crate::sources::intune::scep::IntuneScep(i))
+                            as Arc<dyn crate::sources::scep::challenge::EnrolmentAuthority>
+                    }),
                 },
             )?)),
             None => None,

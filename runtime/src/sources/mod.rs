@@ -6,7 +6,11 @@
 //! - `scep`: certconn's SCEP server; its challenge validators.
 //! - `upstream`: the device-management service certconn polls for work (the connector
 //!   protocol), and sends results back to.
+//! - `intune`: Microsoft Intune's third-party CA APIs (SCEP challenge validation).
+//! - `outbound`: the host's own outbound HTTP(S) calls, which `upstream` and `intune` make.
 
 pub mod api;
+pub mod intune;
+pub mod outbound;
 pub mod scep;
 pub mod upstream;

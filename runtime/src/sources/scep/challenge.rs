@@ -44,6 +44,44 @@ pub trait ChallengeValidator: Send + Sync {
     async fn validate(&self, request: &ChallengeRequest<'_>) -> Result<Verdict, JournalError>;
 }
 
+/// A device-management service that decides the challenges of its devices and must hear how
+/// each request it admitted ended (Intune, `scep.challenge = "intune"`). It is asked after the
+/// static and one-time challenges, and never answers "not mine": it fails closed.
+#[async_trait::async_trait]
+pub trait EnrolmentAuthority: Send + Sync {
+    /// For logs.
+    fn name(&self) -> &'static str;
+    /// Whether the request (its CSR as DER) may be issued.
+    async fn validate(&self, request: &ChallengeRequest<'_>, csr_der: &[u8]) -> Verdict;
+    /// Before the certificate is delivered: an error means the device does not get it.
+    async fn issued(
+        &self,
+        transaction_id: &str,
+        csr_der: &[u8],
+        certificate_der: &[u8],
+    ) -> Result<(), String>;
+    /// A request it admitted was not issued (or not delivered), and why.
+    async fn not_issued(&self, transaction_id: &str, csr_der: &[u8], reason: &str);
+}
+
+/// An [`EnrolmentAuthority`] among the validators.
+pub struct Delegated(pub std::sync::Arc<dyn EnrolmentAuthority>);
+
+#[async_trait::async_trait]
+impl ChallengeValidator for Delegated {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    async fn validate(&self, r: &ChallengeRequest<'_>) -> Result<Verdict, JournalError> {
+        let der = crate::pki::pem::decode_all(r.csr_pem)
+            .ok()
+            .and_then(|blocks| blocks.into_iter().next())
+            .map(|(_, der)| der)
+            .unwrap_or_default();
+        Ok(self.0.validate(r, &der).await)
+    }
+}
+
 /// Why a challenge was not accepted; the SCEP reply says only "badRequest".
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -15,8 +15,8 @@ use zeroize::Zeroizing;
 
 use super::adapter::{CustodyIdentity, HostCrypto};
 use super::challenge::{
-    self, ChallengeError, ChallengeRequest, ChallengeValidator, OneTimeChallenges, StaticChallenge,
-    Webhook,
+    self, ChallengeError, ChallengeRequest, ChallengeValidator, Delegated, EnrolmentAuthority,
+    OneTimeChallenges, StaticChallenge, Webhook,
 };
 use super::ra_keys::{Generation, RaKeys};
 use super::settings::ScepConfig;
@@ -60,6 +60,8 @@ pub enum RaError {
     Certificate(#[source] pki::PkiError),
     #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
+    #[error("scep.challenge = \"intune\" needs the [intune] section")]
+    NoAuthority,
 }
 
 /// What the RA works with besides its key: the one door into the queue, the journal's parts it
@@ -73,6 +75,8 @@ pub struct RaPorts {
     pub ledger: Arc<dyn Ledger>,
     pub challenges: Arc<dyn ChallengeStore>,
     pub replay: Arc<dyn ReplayGuard>,
+    /// The device-management service that decides challenges (`scep.challenge = "intune"`).
+    pub authority: Option<Arc<dyn EnrolmentAuthority>>,
 }
 
 /// Where the RA finds a CA's current CRL for GetCRL.
@@ -91,6 +95,11 @@ pub struct Ra {
     validators: Vec<Box<dyn ChallengeValidator>>,
     one_time: Option<OneTimeChallenges>,
     ports: RaPorts,
+    /// Jobs whose end the authority was told of in this process, so that a client polling
+    /// again does not tell it twice.
+    reported: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Jobs whose certificate the authority did not take: withheld for good (in this process).
+    withheld: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Ra {
@@ -135,6 +144,10 @@ impl Ra {
                 url: url.get_ref().clone(),
             }));
         }
+        if sc.challenge.is_some() {
+            let authority = ports.authority.clone().ok_or(RaError::NoAuthority)?;
+            validators.push(Box::new(Delegated(authority)));
+        }
         let one_time = sc.one_time_challenges.then(|| OneTimeChallenges {
             store: ports.challenges.clone(),
             valid_for,
@@ -148,6 +161,8 @@ impl Ra {
             validators,
             one_time,
             ports,
+            reported: std::sync::Mutex::default(),
+            withheld: std::sync::Mutex::default(),
         })
     }
 
@@ -447,6 +462,9 @@ impl Ra {
                         chain.push(der);
                     }
                 }
+                if let Some(cert) = chain.first() {
+                    self.report_issued(&msg.transaction_id, &job, cert).await?;
+                }
                 let bag = certs::certs_only(&chain).map_err(bad(FailInfo::BadRequest))?;
                 // Answer in the cipher and key transport the request was sealed with: the
                 // strongest the client has shown it reads.
@@ -460,13 +478,94 @@ impl Ra {
                 .map_err(bad(FailInfo::BadAlg))?;
                 Ok(Answer::Issued(sealed))
             }
-            JobState::Failed | JobState::Dead => Err((
-                FailInfo::BadRequest,
-                job.last_error
-                    .unwrap_or_else(|| "the backend refused the request".into()),
-            )),
+            JobState::Failed | JobState::Dead => {
+                let why = job
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "the backend refused the request".into());
+                self.report_not_issued(&msg.transaction_id, &job, &why)
+                    .await;
+                Err((FailInfo::BadRequest, why))
+            }
             _ => Ok(Answer::Pending),
         }
+    }
+
+    /// The authority admitted this job's request (its CSR carries a challenge, which the
+    /// authority decides): its CSR, DER.
+    fn admitted_by_authority(
+        &self,
+        job: &JobRecord,
+    ) -> Option<(Arc<dyn EnrolmentAuthority>, Vec<u8>)> {
+        let authority = self.ports.authority.clone()?;
+        let der = job
+            .request
+            .get("csr_pem")
+            .and_then(|v| v.as_str())
+            .and_then(|text| pem::decode_all(text).ok())
+            .and_then(|blocks| blocks.into_iter().next())
+            .map(|(_, der)| der)?;
+        let csr = CertReq::from_der(&der).ok()?;
+        challenge_password(&csr)?;
+        Some((authority, der))
+    }
+
+    /// Before delivery: the authority hears of the certificate, and refusing it (or not
+    /// answering) keeps it from the device — fail closed.
+    async fn report_issued(
+        &self,
+        transaction_id: &str,
+        job: &JobRecord,
+        certificate_der: &[u8],
+    ) -> Result<(), (FailInfo, String)> {
+        let Some((authority, csr)) = self.admitted_by_authority(job) else {
+            return Ok(());
+        };
+        if let Some(why) = self
+            .withheld
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&job.id)
+        {
+            return Err((FailInfo::BadRequest, why.clone()));
+        }
+        if self.reported_before(&job.id) {
+            return Ok(());
+        }
+        if let Err(why) = authority
+            .issued(transaction_id, &csr, certificate_der)
+            .await
+        {
+            let why = format!(
+                "the certificate is withheld: {} did not take the success notification: {why}",
+                authority.name()
+            );
+            self.withheld
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(job.id.clone(), why.clone());
+            authority.not_issued(transaction_id, &csr, &why).await;
+            return Err((FailInfo::BadRequest, why));
+        }
+        Ok(())
+    }
+
+    /// The authority hears that a request it admitted was not issued (once per job here).
+    async fn report_not_issued(&self, transaction_id: &str, job: &JobRecord, why: &str) {
+        if let Some((authority, csr)) = self.admitted_by_authority(job) {
+            if !self.reported_before(&job.id) {
+                authority.not_issued(transaction_id, &csr, why).await;
+            }
+        }
+    }
+
+    /// True when `job` was reported already; marks it reported.
+    fn reported_before(&self, job: &str) -> bool {
+        !self
+            .reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.to_owned())
     }
 
     /// The latest request journaled under a transaction ID, and its generation (0 when none).
@@ -592,8 +691,12 @@ impl Ra {
         // Signed by a certificate certconn issued (the very bytes in the ledger): a renewal,
         // whether the client says RenewalReq or, as certmonger does, PKCSReq. Its validity is
         // what authorises it; no challenge is needed.
+        // With an authority deciding challenges (Intune), a request that carries one is the
+        // authority's to decide, whatever signed it.
+        let authority_decides =
+            self.ports.authority.is_some() && challenge_password(&csr).is_some();
         match (issued, msg.message_type) {
-            (Some(entry), _) => {
+            (Some(entry), _) if !authority_decides => {
                 if entry.revoked.is_some() {
                     return Err((
                         FailInfo::BadCertId,
@@ -622,7 +725,8 @@ impl Ra {
                     "a RenewalReq must be signed by a certificate certconn issued".into(),
                 ));
             }
-            (None, _) => {}
+            // Signed by a certificate certconn issued, with a challenge the authority decides.
+            (Some(_), _) | (None, _) => {}
         }
         // PKCSReq from anyone else: the challenge authorises it. RFC 8894 §3.3.1 says the
         // signer SHOULD use the CSR's key, not MUST; clients that sign with a separate key (or
@@ -845,6 +949,7 @@ mod tests {
                 ledger: journal.clone(),
                 challenges: journal.clone(),
                 replay: journal.clone(),
+                authority: None,
             },
             now,
         )

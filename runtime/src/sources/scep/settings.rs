@@ -48,6 +48,11 @@ pub struct ScepConfig {
     /// Ask this URL (plain http) about challenges neither static nor one-time: certconn POSTs
     /// `{transaction_id, challenge, csr_pem, subject}` and accepts on a 2xx answer. Fails closed.
     pub challenge_webhook: Option<Spanned<String>>,
+    /// `intune`: challenges are Intune's, decided by Intune's SCEP validation API (`[intune]`):
+    /// every request is validated before it is issued, Intune hears of each certificate before
+    /// the device gets it and of each request not issued. Static and one-time challenges are
+    /// still asked first.
+    pub challenge: Option<Spanned<ChallengeAuthority>>,
     /// How long a one-time challenge stays valid, in minutes.
     #[serde(
         default = "default_challenge_minutes",
@@ -61,6 +66,13 @@ pub struct ScepConfig {
         deserialize_with = "crate::config::in_range::<_, u32, 0, 60>"
     )]
     pub wait_seconds: u32,
+}
+
+/// Who decides challenges besides certconn (`scep.challenge`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChallengeAuthority {
+    Intune,
 }
 
 /// How the RA's certificates are laid out (`scep.ra_layout`).

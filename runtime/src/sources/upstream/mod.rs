@@ -89,26 +89,8 @@ impl UpstreamConfig {
     /// The service URL is https, or http to loopback: the token and the work (device
     /// certificates, encrypted PFX passwords) do not cross a network in clear.
     pub fn check(&self, cx: &crate::config::Checker<'_>) -> Result<(), crate::config::ConfigError> {
-        let url = self.service.get_ref();
-        let bad = |why: &str| cx.at(self.service.span(), "upstream.service", why.to_owned());
-        let uri: hyper::Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        let host = uri.host().ok_or_else(|| bad("the URL has no host"))?;
-        match uri.scheme_str() {
-            Some("https") => Ok(()),
-            Some("http") => {
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                let loopback = host == "localhost"
-                    || host
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback());
-                if loopback {
-                    Ok(())
-                } else {
-                    Err(bad("plain http only to loopback: the token and the work would cross the network in clear; use https"))
-                }
-            }
-            _ => Err(bad("the scheme must be https (or http to loopback)")),
-        }
+        crate::sources::outbound::check_scheme(self.service.get_ref())
+            .map_err(|why| cx.at(self.service.span(), "upstream.service", why.to_owned()))
     }
 }
 
@@ -116,14 +98,8 @@ impl UpstreamConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpstreamError {
-    #[error("upstream.service: {url}: {reason}")]
-    Service { url: String, reason: String },
-    #[error("upstream.trust_anchors: TLS for {url}")]
-    Tls {
-        url: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error("upstream.service")]
+    Service(#[from] crate::sources::outbound::TargetError),
     #[error("upstream.token_file")]
     Token(#[source] crate::files::FileError),
     #[error("upstream.token_file: {0}: no token in it (empty, or not UTF-8 text)")]

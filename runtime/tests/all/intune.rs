@@ -1,0 +1,525 @@
+//! certconn's SCEP server with Intune deciding the challenges (`scep.challenge = "intune"`),
+//! against a mock of Entra ID, Microsoft Graph and Intune's SCEP validation service built from
+//! the wire formats in `runtime/tests/data/intune/` (copied from the shared fixtures, with their README): the mock checks every header and body and
+//! records what it saw. A real SCEP client (micromdm's `scepclient`) enrols; the device's
+//! subject tells the mock how to answer.
+
+use crate::common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+
+const TENANT: &str = "contoso.onmicrosoft.com";
+const APP_ID: &str = "11111111-2222-3333-4444-555555555555";
+const SECRET: &str = "app-secret-<&>-value";
+const INTUNE_APP: &str = "0000000a-0000-0000-c000-000000000000";
+
+/// What the mock saw and how it answers.
+#[derive(Default)]
+struct Mock {
+    port: u16,
+    /// How long the tokens it hands out live, in seconds.
+    token_seconds: u64,
+    /// Every call: `token:<scope>`, `discovery`, `validateRequest`, ….
+    calls: Vec<String>,
+    /// The bodies of the SCEP actions, in order.
+    bodies: Vec<(String, Value)>,
+    /// What did not match the wire format: the test fails on any.
+    violations: Vec<String>,
+    /// Tokens handed out and when they expire.
+    tokens: Vec<(String, String, Instant)>,
+    next: u32,
+}
+
+type Shared = Arc<Mutex<Mock>>;
+
+fn fixture(path: &str) -> Value {
+    let file = common::repo_root()
+        .join("runtime/tests/data/intune")
+        .join(path);
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The keys of `value`'s object at `pointer`.
+fn keys(value: &Value, pointer: &str) -> BTreeSet<String> {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_object)
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn is_guid(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+impl Mock {
+    fn violation(&mut self, what: String) {
+        self.violations.push(what);
+    }
+
+    /// The bearer token, if it is one the mock gave for `scope` and it has not expired.
+    fn check_token(&mut self, headers: &HeaderMap, scope: &str, call: &str) -> bool {
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .to_owned();
+        match self.tokens.iter().find(|(t, _, _)| *t == presented) {
+            Some((_, s, _)) if s != scope => {
+                self.violation(format!("{call}: a token for {s}, not {scope}"));
+                false
+            }
+            Some((_, _, until)) if Instant::now() >= *until => false,
+            Some(_) => true,
+            None => {
+                self.violation(format!("{call}: unknown token {presented:?}"));
+                false
+            }
+        }
+    }
+
+    fn check_request_id(&mut self, headers: &HeaderMap, call: &str) {
+        let id = headers
+            .get("client-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !is_guid(id) {
+            self.violation(format!("{call}: client-request-id {id:?} is not a GUID"));
+        }
+    }
+}
+
+async fn token(
+    State(mock): State<Shared>,
+    UrlPath(tenant): UrlPath<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let mut m = mock.lock().unwrap();
+    if tenant != TENANT {
+        m.violation(format!("token: tenant {tenant}"));
+    }
+    if headers.get("content-type").and_then(|v| v.to_str().ok())
+        != Some("application/x-www-form-urlencoded")
+    {
+        m.violation(format!(
+            "token: content-type {:?}",
+            headers.get("content-type")
+        ));
+    }
+    let form: std::collections::HashMap<String, String> = body
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned();
+            (k.to_owned(), v)
+        })
+        .collect();
+    let scope = form.get("scope").cloned().unwrap_or_default();
+    for (field, want) in [
+        ("client_id", APP_ID),
+        ("client_secret", SECRET),
+        ("grant_type", "client_credentials"),
+    ] {
+        if form.get(field).map(String::as_str) != Some(want) {
+            m.violation(format!("token: {field} = {:?}", form.get(field)));
+        }
+    }
+    let graph = "https://graph.microsoft.com/.default";
+    let intune = "https://api.manage.microsoft.com//.default";
+    if scope != graph && scope != intune {
+        m.violation(format!("token: scope {scope:?}"));
+    }
+    m.calls.push(format!("token:{scope}"));
+    m.next += 1;
+    let token = format!("token-{}", m.next);
+    let lifetime = m.token_seconds;
+    m.tokens.push((
+        token.clone(),
+        scope,
+        Instant::now() + Duration::from_secs(lifetime),
+    ));
+    let mut answer = fixture("01a-token-for-graph/response.json");
+    answer["access_token"] = json!(token);
+    answer["expires_in"] = json!(lifetime);
+    Json(answer).into_response()
+}
+
+async fn discovery(State(mock): State<Shared>, headers: HeaderMap) -> Response {
+    let mut m = mock.lock().unwrap();
+    m.calls.push("discovery".into());
+    m.check_request_id(&headers, "discovery");
+    if !m.check_token(
+        &headers,
+        "https://graph.microsoft.com/.default",
+        "discovery",
+    ) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let mut answer = fixture("02-graph-service-discovery/response.json");
+    let port = m.port;
+    for endpoint in answer["value"].as_array_mut().unwrap() {
+        let name = endpoint["providerName"].as_str().unwrap().to_owned();
+        endpoint["uri"] = json!(format!("http://127.0.0.1:{port}/{name}/Gateway"));
+    }
+    Json(answer).into_response()
+}
+
+/// The device's CN in a request's `certificateRequest` (base64 DER PKCS#10).
+fn device_of(body: &Value, pointer: &str) -> String {
+    use der::Decode;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(
+            body.pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default();
+    x509_cert::request::CertReq::from_der(&der)
+        .map(|c| c.info.subject.to_string())
+        .unwrap_or_else(|e| format!("<not a CSR: {e}>"))
+}
+
+async fn scep_action(
+    State(mock): State<Shared>,
+    UrlPath(action): UrlPath<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut m = mock.lock().unwrap();
+    m.calls.push(action.clone());
+    m.check_request_id(&headers, &action);
+    for (header, want) in [
+        ("api-version", "2018-02-20"),
+        ("content-type", "application/json; charset=utf-8"),
+    ] {
+        if headers.get(header).and_then(|v| v.to_str().ok()) != Some(want) {
+            m.violation(format!("{action}: {header} {:?}", headers.get(header)));
+        }
+    }
+    if !m.check_token(
+        &headers,
+        "https://api.manage.microsoft.com//.default",
+        &action,
+    ) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let (fixture_dir, outer) = match action.as_str() {
+        "validateRequest" => ("03-scep-validateRequest", "/request"),
+        "successNotification" => ("04-scep-successNotification", "/notification"),
+        "failureNotification" => ("05-scep-failureNotification", "/notification"),
+        other => {
+            m.violation(format!("an unknown action {other}"));
+            return StatusCode::NOT_FOUND.into_response();
+        }
+    };
+    let want = fixture(&format!("{fixture_dir}/request.json"));
+    if keys(&body, outer) != keys(&want, outer) || keys(&body, "") != keys(&want, "") {
+        m.violation(format!(
+            "{action}: body {body} has other fields than {want}"
+        ));
+    }
+    if body.pointer(&format!("{outer}/callerInfo")) != Some(&json!("certconn-test/1.0")) {
+        m.violation(format!("{action}: callerInfo in {body}"));
+    }
+    let device = device_of(&body, &format!("{outer}/certificateRequest"));
+    m.bodies.push((action.clone(), body));
+    drop(m);
+    let fail = |code: StatusCode| (code, "an error the test asked for").into_response();
+    match action.as_str() {
+        "validateRequest" if device.contains("v500") => fail(StatusCode::INTERNAL_SERVER_ERROR),
+        "validateRequest" if device.contains("refuse") => {
+            Json(fixture("03-scep-validateRequest/response.error.json")).into_response()
+        }
+        "successNotification" if device.contains("n500") => fail(StatusCode::INTERNAL_SERVER_ERROR),
+        _ => Json(fixture("03-scep-validateRequest/response.json")).into_response(),
+    }
+}
+
+/// The mock on a port bound before the daemon starts; it runs until the test ends.
+fn start_mock(token_seconds: u64) -> Shared {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mock = Arc::new(Mutex::new(Mock {
+        port: listener.local_addr().unwrap().port(),
+        token_seconds,
+        ..Default::default()
+    }));
+    let state = mock.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let app = Router::new()
+                .route("/{tenant}/oauth2/v2.0/token", post(token))
+                .route(
+                    &format!("/v1.0/servicePrincipals/appId={INTUNE_APP}/endpoints"),
+                    get(discovery),
+                )
+                .route(
+                    "/ScepRequestValidationFEService/Gateway/ScepActions/{action}",
+                    post(scep_action),
+                )
+                .with_state(state);
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    mock
+}
+
+/// A daemon whose SCEP server asks the mock Intune at `port`.
+fn start_daemon(dir: &Path, mock: &Shared) -> Daemon {
+    let port = mock.lock().unwrap().port;
+    let challenge = dir.join("challenge");
+    write_private(&challenge, "static-Secret-42\n");
+    let secret = dir.join("intune-secret");
+    write_private(&secret, SECRET);
+    let extra = format!(
+        "{scep}challenge = \"intune\"\n\n[intune]\ntenant = \"{TENANT}\"\napp_id = \"{APP_ID}\"\n\
+         client_secret_file = \"{secret}\"\nprovider_name_and_version = \"certconn-test/1.0\"\n\
+         authority = \"http://127.0.0.1:{port}/\"\ngraph_url = \"http://127.0.0.1:{port}/\"\n\n\
+         [crypto]\nallow_single_des = true\n",
+        scep = scep_section(&challenge),
+        secret = secret.display()
+    );
+    start_in(dir, |data| {
+        config_text(data, &plugins(), &extra)
+            .replace("algorithm = \"ec-p256\"", "algorithm = \"rsa-2048\"")
+    })
+}
+
+fn scepclient(daemon: &Daemon, dir: &Path, name: &str) -> (Output, PathBuf) {
+    let dir = &dir.join(name);
+    std::fs::create_dir_all(dir).unwrap();
+    let cert = dir.join(format!("{name}.crt"));
+    let out = Command::new("scepclient")
+        .args([
+            "-server-url",
+            &format!("http://127.0.0.1:{}/scep", daemon.port),
+        ])
+        .args([
+            "-challenge",
+            "an-intune-challenge-blob",
+            "-cn",
+            name,
+            "-keySize",
+            "2048",
+        ])
+        .arg("-private-key")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-certificate")
+        .arg(&cert)
+        .current_dir(dir)
+        .output()
+        .expect("scepclient (Debian package scep) is installed by scripts/install-deps --test");
+    (out, cert)
+}
+
+fn calls(mock: &Shared) -> Vec<String> {
+    mock.lock().unwrap().calls.clone()
+}
+
+fn bodies(mock: &Shared, action: &str) -> Vec<Value> {
+    mock.lock()
+        .unwrap()
+        .bodies
+        .iter()
+        .filter(|(a, _)| a == action)
+        .map(|(_, b)| b.clone())
+        .collect()
+}
+
+fn no_violations(mock: &Shared) {
+    let violations = mock.lock().unwrap().violations.clone();
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn intune_validates_each_request_and_hears_of_each_certificate_before_the_device_gets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = start_mock(3600);
+    let daemon = start_daemon(dir.path(), &mock);
+
+    let (out, cert) = scepclient(&daemon, dir.path(), "ok-device-1");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+    );
+    assert_eq!(
+        calls(&mock),
+        [
+            "token:https://graph.microsoft.com/.default",
+            "discovery",
+            "token:https://api.manage.microsoft.com//.default",
+            "validateRequest",
+            "successNotification",
+        ]
+    );
+    let validate = &bodies(&mock, "validateRequest")[0]["request"];
+    let success = &bodies(&mock, "successNotification")[0]["notification"];
+    assert_eq!(validate["transactionId"], success["transactionId"]);
+    assert_eq!(
+        validate["certificateRequest"],
+        success["certificateRequest"]
+    );
+    // What Intune is told is the certificate the device got: thumbprint (SHA-1, upper-case
+    // hex), serial, expiry, issuer — read back by openssl.
+    let fingerprint = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha1", "-in"])
+            .arg(&cert),
+    );
+    let thumbprint = fingerprint
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "");
+    assert_eq!(success["certificateThumbprint"], json!(thumbprint));
+    let serial = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(&cert),
+    );
+    let serial = serial
+        .trim()
+        .trim_start_matches("serial=")
+        .trim_start_matches('0');
+    assert_eq!(
+        success["certificateSerialNumber"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches('0'),
+        serial
+    );
+    assert!(
+        success["certificateExpirationDateUtc"]
+            .as_str()
+            .is_some_and(|d| d.ends_with('Z') && d.contains('T')),
+        "{success}"
+    );
+    assert!(
+        success["issuingCertificateAuthority"]
+            .as_str()
+            .is_some_and(|i| i.contains("certconn Test CA")),
+        "{success}"
+    );
+
+    // A second device: the tokens and the discovery are reused.
+    let (out, _) = scepclient(&daemon, dir.path(), "ok-device-2");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+    );
+    assert_eq!(calls(&mock).len(), 7, "{:?}", calls(&mock));
+    no_violations(&mock);
+}
+
+#[test]
+fn a_refusal_or_an_unreachable_validation_or_notification_gives_the_device_no_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = start_mock(3600);
+    let daemon = start_daemon(dir.path(), &mock);
+
+    // Intune refuses (ChallengeDecryptionError): nothing issued, nothing journaled.
+    let (out, cert) = scepclient(&daemon, dir.path(), "refuse-device");
+    assert!(!out.status.success() && !cert.exists());
+    assert_eq!(jobs_total(&daemon), 0);
+    // validateRequest answers 500: fail closed, and the next call discovers again.
+    let discoveries = |m: &Shared| calls(m).iter().filter(|c| *c == "discovery").count();
+    assert_eq!(discoveries(&mock), 1);
+    let (out, cert) = scepclient(&daemon, dir.path(), "v500-device");
+    assert!(!out.status.success() && !cert.exists());
+    assert_eq!(jobs_total(&daemon), 0);
+    let (out, _) = scepclient(&daemon, dir.path(), "ok-after-500");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+    );
+    assert_eq!(
+        discoveries(&mock),
+        2,
+        "the discovery cache is cleared after a failure"
+    );
+
+    // successNotification answers 500: issued, but the device does not get it, and Intune
+    // hears that it was not delivered.
+    let (out, cert) = scepclient(&daemon, dir.path(), "n500-device");
+    assert!(!out.status.success() && !cert.exists());
+    let failures = bodies(&mock, "failureNotification");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let notified = &failures[0]["notification"];
+    assert!(
+        notified["errorDescription"]
+            .as_str()
+            .is_some_and(|d| d.contains("withheld")),
+        "{notified}"
+    );
+    assert!(notified["hResult"].as_i64().is_some(), "{notified}");
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(!refused.is_empty());
+    no_violations(&mock);
+}
+
+#[test]
+fn an_expired_token_is_replaced_before_it_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    // Tokens live 2 s: certconn fetches a new one before it uses an expired one (the mock
+    // answers 401 to an expired token, and the enrolment would fail).
+    let mock = start_mock(2);
+    let daemon = start_daemon(dir.path(), &mock);
+    let (out, _) = scepclient(&daemon, dir.path(), "ok-early");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+    );
+    let first: Instant = Instant::now();
+    while first.elapsed() < Duration::from_millis(2_500) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (out, _) = scepclient(&daemon, dir.path(), "ok-late");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+    );
+    let intune_tokens = calls(&mock)
+        .iter()
+        .filter(|c| c.as_str() == "token:https://api.manage.microsoft.com//.default")
+        .count();
+    assert_eq!(intune_tokens, 2, "{:?}", calls(&mock));
+    no_violations(&mock);
+}

@@ -178,6 +178,8 @@ pub struct App {
     pub revocation: Option<Arc<Publisher>>,
     /// The device-management service work comes from, when `[upstream]` is configured.
     pub upstream: Option<Arc<crate::sources::upstream::Upstream>>,
+    /// Intune's revocation requests, when `intune.revocation` is on.
+    pub intune_revocation: Option<Arc<crate::sources::intune::revocation::RevocationPoller>>,
     /// Applies a changed `[backends]`/`[profiles]` without a restart.
     pub reloader: Arc<reload::Reloader>,
     _lock: std::fs::File,
@@ -314,6 +316,13 @@ impl App {
             )?)),
             None => None,
         };
+        let intune_revocation = intune.as_ref().filter(|i| i.revocation_enabled()).map(|i| {
+            Arc::new(crate::sources::intune::revocation::RevocationPoller::new(
+                i.clone(),
+                intake.clone(),
+                journal.clone(),
+            ))
+        });
         tracing::debug!(journal = %journal.location(), schema = journal.schema_version(), %instance, "opened");
         let reloader = Arc::new(reload::Reloader::new(
             &config,
@@ -336,6 +345,7 @@ impl App {
             scep,
             revocation,
             upstream,
+            intune_revocation,
             _lock: lock,
         })
     }
@@ -540,6 +550,9 @@ impl App {
         }
         if let Some(issued) = issued {
             tokio::spawn(issued.run(shutdown.clone()));
+        }
+        if let Some(poller) = &self.intune_revocation {
+            tokio::spawn(poller.clone().run(shutdown.clone()));
         }
         if let Some(upstream) = &self.upstream {
             tokio::spawn(upstream.clone().run(shutdown.clone()));

@@ -41,6 +41,9 @@ struct Mock {
     /// Tokens handed out and when they expire.
     tokens: Vec<(String, String, Instant)>,
     next: u32,
+    /// Revocation requests Intune holds, and the results uploaded for them.
+    revocations: Vec<Value>,
+    results: Vec<Value>,
 }
 
 type Shared = Arc<Mutex<Mock>>;
@@ -257,6 +260,79 @@ async fn scep_action(
     }
 }
 
+async fn pki_action(
+    State(mock): State<Shared>,
+    UrlPath(action): UrlPath<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut m = mock.lock().unwrap();
+    m.calls.push(action.clone());
+    m.check_request_id(&headers, &action);
+    if headers.get("api-version").and_then(|v| v.to_str().ok()) != Some("5019-05-05") {
+        m.violation(format!(
+            "{action}: api-version {:?}",
+            headers.get("api-version")
+        ));
+    }
+    if !m.check_token(
+        &headers,
+        "https://api.manage.microsoft.com//.default",
+        &action,
+    ) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match action.as_str() {
+        "downloadRevocationRequests" => {
+            let want = fixture("06-pki-downloadRevocationRequests/request.json");
+            if keys(&body, "/downloadParameters") != keys(&want, "/downloadParameters") {
+                m.violation(format!("{action}: body {body}"));
+            }
+            let max = body["downloadParameters"]["maxRequests"]
+                .as_u64()
+                .unwrap_or(0);
+            if !(1..=500).contains(&max) {
+                m.violation(format!("{action}: maxRequests {max}"));
+            }
+            let answered: BTreeSet<String> = m
+                .results
+                .iter()
+                .filter_map(|r| r["requestContext"].as_str().map(str::to_owned))
+                .collect();
+            let value: Vec<Value> = m
+                .revocations
+                .iter()
+                .filter(|r| !answered.contains(r["requestContext"].as_str().unwrap_or("")))
+                .take(max as usize)
+                .cloned()
+                .collect();
+            Json(json!({ "value": value })).into_response()
+        }
+        "uploadRevocationResults" => {
+            let want = fixture("07-pki-uploadRevocationResults/request.json");
+            let results = body["results"].as_array().cloned().unwrap_or_default();
+            if results.is_empty() || keys(&body, "") != keys(&want, "") {
+                m.violation(format!("{action}: body {body}"));
+            }
+            for r in &results {
+                if keys(r, "") != keys(&want, "/results/0") {
+                    m.violation(format!("{action}: result {r}"));
+                }
+                let ok = r["succeeded"] == true;
+                if ok != (r["errorCode"] == "0") {
+                    m.violation(format!("{action}: succeeded and errorCode disagree in {r}"));
+                }
+            }
+            m.results.extend(results);
+            Json(fixture("07-pki-uploadRevocationResults/response.json")).into_response()
+        }
+        other => {
+            m.violation(format!("an unknown action {other}"));
+            StatusCode::NOT_FOUND.into_response()
+        }
+    }
+}
+
 /// The mock on a port bound before the daemon starts; it runs until the test ends.
 fn start_mock(token_seconds: u64) -> Shared {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -283,6 +359,10 @@ fn start_mock(token_seconds: u64) -> Shared {
                     "/ScepRequestValidationFEService/Gateway/ScepActions/{action}",
                     post(scep_action),
                 )
+                .route(
+                    "/PkiConnectorFEService/Gateway/CertificateAuthorityRequests/{action}",
+                    post(pki_action),
+                )
                 .with_state(state);
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             axum::serve(listener, app).await.unwrap();
@@ -293,6 +373,11 @@ fn start_mock(token_seconds: u64) -> Shared {
 
 /// A daemon whose SCEP server asks the mock Intune at `port`.
 fn start_daemon(dir: &Path, mock: &Shared) -> Daemon {
+    start_daemon_with(dir, mock, "")
+}
+
+/// [`start_daemon`] with more `[intune]` settings.
+fn start_daemon_with(dir: &Path, mock: &Shared, intune: &str) -> Daemon {
     let port = mock.lock().unwrap().port;
     let challenge = dir.join("challenge");
     write_private(&challenge, "static-Secret-42\n");
@@ -301,7 +386,7 @@ fn start_daemon(dir: &Path, mock: &Shared) -> Daemon {
     let extra = format!(
         "{scep}challenge = \"intune\"\n\n[intune]\ntenant = \"{TENANT}\"\napp_id = \"{APP_ID}\"\n\
          client_secret_file = \"{secret}\"\nprovider_name_and_version = \"certconn-test/1.0\"\n\
-         authority = \"http://127.0.0.1:{port}/\"\ngraph_url = \"http://127.0.0.1:{port}/\"\n\n\
+         authority = \"http://127.0.0.1:{port}/\"\ngraph_url = \"http://127.0.0.1:{port}/\"\n{intune}\n\
          [crypto]\nallow_single_des = true\n",
         scep = scep_section(&challenge),
         secret = secret.display()
@@ -521,5 +606,86 @@ fn an_expired_token_is_replaced_before_it_is_used() {
         .filter(|c| c.as_str() == "token:https://api.manage.microsoft.com//.default")
         .count();
     assert_eq!(intune_tokens, 2, "{:?}", calls(&mock));
+    no_violations(&mock);
+}
+
+#[test]
+fn intunes_revocation_requests_are_revoked_and_each_gets_its_result_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = start_mock(3600);
+    let daemon = start_daemon_with(
+        dir.path(),
+        &mock,
+        "revocation = true\nrevocation_interval_seconds = 1\n",
+    );
+    // A certificate certconn issued (through Intune-validated SCEP) to be revoked.
+    let (out, cert) = scepclient(&daemon, dir.path(), "ok-to-revoke");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let serial = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(&cert),
+    );
+    let serial = serial.trim().trim_start_matches("serial=").to_owned();
+    let request = |context: &str, serial: &str| {
+        let mut r = fixture("06-pki-downloadRevocationRequests/response.json")["value"][0].clone();
+        r["requestContext"] = json!(context);
+        r["serialNumber"] = json!(serial);
+        r
+    };
+    mock.lock().unwrap().revocations.extend([
+        request("ctx-issued", &serial),
+        request("ctx-unknown", "0badc0de"),
+        request("ctx-malformed", "not-hex!"),
+    ]);
+    let wait_results = |n: usize| {
+        let start = Instant::now();
+        loop {
+            let results = mock.lock().unwrap().results.clone();
+            if results.len() >= n {
+                return results;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{n} results never came: {results:?}\n{}",
+                std::fs::read_to_string(&daemon.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let results = wait_results(3);
+    let code_of = |results: &[Value], context: &str| {
+        let r = results
+            .iter()
+            .find(|r| r["requestContext"] == context)
+            .unwrap_or_else(|| panic!("no result for {context}: {results:?}"));
+        (
+            r["succeeded"].as_bool().unwrap(),
+            r["errorCode"].as_str().unwrap().to_owned(),
+        )
+    };
+    assert_eq!(code_of(&results, "ctx-issued"), (true, "0".to_owned()));
+    assert_eq!(code_of(&results, "ctx-unknown"), (false, "4004".to_owned()));
+    assert_eq!(
+        code_of(&results, "ctx-malformed"),
+        (false, "4002".to_owned())
+    );
+    // Revoked at the CA: certconn's ledger says so.
+    let shown = ok(daemon.cli(&["certs", "show", &serial.to_ascii_lowercase()]));
+    assert!(shown.to_ascii_lowercase().contains("revoked"), "{shown}");
+
+    // The same certificate asked again (another request): already revoked.
+    mock.lock()
+        .unwrap()
+        .revocations
+        .push(request("ctx-again", &serial));
+    let results = wait_results(4);
+    assert_eq!(code_of(&results, "ctx-again"), (false, "4005".to_owned()));
+    // Each request answered once.
+    assert_eq!(results.len(), 4, "{results:?}");
     no_violations(&mock);
 }

@@ -40,6 +40,31 @@ pub struct IntuneConfig {
     pub intune_resource_url: Spanned<String>,
     /// PEM file of the CAs the endpoints' TLS certificates chain to. Default: the system store.
     pub trust_anchors: Option<ConfigPath>,
+    /// Download Intune's revocation requests and revoke what certconn issued.
+    #[serde(default)]
+    pub revocation: bool,
+    /// How often to ask for revocation requests.
+    #[serde(
+        default = "default_revocation_interval",
+        deserialize_with = "crate::config::in_range::<_, u64, 1, 86_400>"
+    )]
+    pub revocation_interval_seconds: u64,
+    /// Requests asked for per download (Intune's limit is 500).
+    #[serde(
+        default = "default_revocation_batch",
+        deserialize_with = "crate::config::in_range::<_, u32, 1, 500>"
+    )]
+    pub revocation_batch: u32,
+    /// Only the requests for certificates of this issuer (its name as Intune has it).
+    pub revocation_issuer: Option<String>,
+}
+
+fn default_revocation_interval() -> u64 {
+    300
+}
+
+fn default_revocation_batch() -> u32 {
+    100
 }
 
 fn default_provider() -> Spanned<String> {

@@ -9,11 +9,14 @@
 //!   application proves itself with a client secret or with a certificate whose key is in
 //!   custody (a signed client assertion; the key never leaves custody).
 //! - [`scep`]: certconn's SCEP server asks Intune through it (`scep.challenge = "intune"`).
+//! - [`revocation`]: Intune's revocation requests become revoke jobs, and their outcomes go
+//!   back (`intune.revocation = true`).
 //!
 //! Discovery's answer is cached per process and cleared whenever a call to a discovered
 //! endpoint fails, as Microsoft's reference clients do: Intune moves tenants between rings.
 
 mod config;
+pub mod revocation;
 pub mod scep;
 mod token;
 
@@ -86,6 +89,11 @@ impl Intune {
             proxy,
             policy,
         })
+    }
+
+    /// Whether Intune's revocation requests are polled (`intune.revocation`).
+    pub fn revocation_enabled(&self) -> bool {
+        self.config.revocation
     }
 
     /// What certconn calls itself in Intune's records (`callerInfo`).

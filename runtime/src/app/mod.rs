@@ -377,6 +377,7 @@ impl App {
             tls_not_after,
             listener,
             upstream: self.upstream.clone(),
+            intune_revocation: self.intune_revocation.clone(),
             max_body_bytes: self.config.api.max_body_bytes,
             openapi: openapi.clone(),
         });

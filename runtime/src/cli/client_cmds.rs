@@ -621,6 +621,30 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
             println!("upstream: identity renewal: {e}");
         }
     }
+    let intune = &health["intune_revocation"];
+    if intune.is_object() {
+        println!(
+            "intune revocation requests: {}, last poll {}; {} received, {} results sent",
+            if intune["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "not connected"
+            },
+            intune["last_poll"].as_str().unwrap_or("never"),
+            intune["received"],
+            intune["delivered"]
+        );
+        let backlog = &intune["backlog"];
+        if backlog.is_object() {
+            println!(
+                "intune backlog: {} jobs unfinished, {} results to send",
+                backlog["unfinished"], backlog["owed"]
+            );
+        }
+        if let Some(e) = intune["last_error"].as_str() {
+            println!("intune: last error: {e}");
+        }
+    }
     let jobs: Vec<String> = health["jobs"]
         .as_object()
         .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())

@@ -44,6 +44,9 @@ struct Mock {
     /// Revocation requests Intune holds, and the results uploaded for them.
     revocations: Vec<Value>,
     results: Vec<Value>,
+    /// With a certificate credential: the app's certificate (DER), whose key must sign the
+    /// client assertion; no secret may come.
+    assertion_cert: Option<Vec<u8>>,
 }
 
 type Shared = Arc<Mutex<Mock>>;
@@ -140,9 +143,19 @@ async fn token(
         })
         .collect();
     let scope = form.get("scope").cloned().unwrap_or_default();
+    let credential = match m.assertion_cert.clone() {
+        Some(cert) => {
+            let audience = format!("http://127.0.0.1:{}/{TENANT}/oauth2/v2.0/token", m.port);
+            if let Err(why) = check_assertion(&form, &cert, &audience) {
+                m.violation(format!("token: the client assertion: {why}"));
+            }
+            ("grant_type", "client_credentials")
+        }
+        None => ("client_secret", SECRET),
+    };
     for (field, want) in [
         ("client_id", APP_ID),
-        ("client_secret", SECRET),
+        credential,
         ("grant_type", "client_credentials"),
     ] {
         if form.get(field).map(String::as_str) != Some(want) {
@@ -167,6 +180,68 @@ async fn token(
     answer["access_token"] = json!(token);
     answer["expires_in"] = json!(lifetime);
     Json(answer).into_response()
+}
+
+/// A client assertion as Entra ID checks it: RS256 over the header and claims, by the key of
+/// `cert`, which `x5t` names; for this app, at this token endpoint, not expired; and no secret.
+fn check_assertion(
+    form: &std::collections::HashMap<String, String>,
+    cert: &[u8],
+    audience: &str,
+) -> Result<(), String> {
+    use der::Decode;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    if form.contains_key("client_secret") {
+        return Err("a client secret came too".into());
+    }
+    if form.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return Err(format!(
+            "client_assertion_type {:?}",
+            form.get("client_assertion_type")
+        ));
+    }
+    let jwt = form.get("client_assertion").ok_or("no client_assertion")?;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [header, claims, signature] = parts.as_slice() else {
+        return Err(format!("{} parts", parts.len()));
+    };
+    let decode = |part: &str| -> Result<Value, String> {
+        let bytes = b64.decode(part).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    };
+    let (h, c) = (decode(header)?, decode(claims)?);
+    let thumbprint = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, cert);
+    if h["alg"] != "RS256" || h["x5t"] != json!(b64.encode(thumbprint.as_ref())) {
+        return Err(format!("header {h}"));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if c["aud"] != audience
+        || c["iss"] != APP_ID
+        || c["sub"] != APP_ID
+        || c["exp"].as_u64().is_none_or(|exp| exp <= now)
+        || c["jti"].as_str().is_none_or(|j| !is_guid(j))
+    {
+        return Err(format!("claims {c}"));
+    }
+    let parsed = x509_cert::Certificate::from_der(cert).map_err(|e| e.to_string())?;
+    let spki = parsed
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes()
+        .to_vec();
+    let signature = b64.decode(signature).map_err(|e| e.to_string())?;
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        spki,
+    )
+    .verify(format!("{header}.{claims}").as_bytes(), &signature)
+    .map_err(|_| "the signature does not verify with the app's certificate".to_owned())
 }
 
 async fn discovery(State(mock): State<Shared>, headers: HeaderMap) -> Response {
@@ -251,6 +326,17 @@ async fn scep_action(
     drop(m);
     let fail = |code: StatusCode| (code, "an error the test asked for").into_response();
     match action.as_str() {
+        "validateRequest" if device.contains("v429") => {
+            let mut answer = fail(StatusCode::TOO_MANY_REQUESTS);
+            answer
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            answer
+        }
+        "validateRequest" if device.contains("code-") => {
+            let code = device.split("code-").nth(1).unwrap_or_default().to_owned();
+            Json(json!({ "code": code, "errorDescription": "refused by the test" })).into_response()
+        }
         "validateRequest" if device.contains("v500") => fail(StatusCode::INTERNAL_SERVER_ERROR),
         "validateRequest" if device.contains("refuse") => {
             Json(fixture("03-scep-validateRequest/response.error.json")).into_response()
@@ -378,23 +464,31 @@ fn start_daemon(dir: &Path, mock: &Shared) -> Daemon {
 
 /// [`start_daemon`] with more `[intune]` settings.
 fn start_daemon_with(dir: &Path, mock: &Shared, intune: &str) -> Daemon {
+    let secret = dir.join("intune-secret");
+    write_private(&secret, SECRET);
+    let credential = format!("client_secret_file = \"{}\"\n{intune}", secret.display());
+    let config = write_config(dir, mock, &credential);
+    Daemon::start(&config, &dir.join("daemon.log"))
+}
+
+/// `dir/certconn.toml`: the test CA (RSA), the SCEP server with Intune deciding challenges,
+/// and `[intune]` at the mock with `credential` (and any more settings).
+fn write_config(dir: &Path, mock: &Shared, credential: &str) -> PathBuf {
     let port = mock.lock().unwrap().port;
     let challenge = dir.join("challenge");
     write_private(&challenge, "static-Secret-42\n");
-    let secret = dir.join("intune-secret");
-    write_private(&secret, SECRET);
     let extra = format!(
         "{scep}challenge = \"intune\"\n\n[intune]\ntenant = \"{TENANT}\"\napp_id = \"{APP_ID}\"\n\
-         client_secret_file = \"{secret}\"\nprovider_name_and_version = \"certconn-test/1.0\"\n\
-         authority = \"http://127.0.0.1:{port}/\"\ngraph_url = \"http://127.0.0.1:{port}/\"\n{intune}\n\
+         provider_name_and_version = \"certconn-test/1.0\"\n\
+         authority = \"http://127.0.0.1:{port}/\"\ngraph_url = \"http://127.0.0.1:{port}/\"\n{credential}\n\
          [crypto]\nallow_single_des = true\n",
         scep = scep_section(&challenge),
-        secret = secret.display()
     );
-    start_in(dir, |data| {
-        config_text(data, &plugins(), &extra)
-            .replace("algorithm = \"ec-p256\"", "algorithm = \"rsa-2048\"")
-    })
+    let config = dir.join("certconn.toml");
+    let text = config_text(&dir.join("data"), &plugins(), &extra)
+        .replace("algorithm = \"ec-p256\"", "algorithm = \"rsa-2048\"");
+    std::fs::write(&config, text).unwrap();
+    config
 }
 
 fn scepclient(daemon: &Daemon, dir: &Path, name: &str) -> (Output, PathBuf) {
@@ -687,5 +781,149 @@ fn intunes_revocation_requests_are_revoked_and_each_gets_its_result_code() {
     assert_eq!(code_of(&results, "ctx-again"), (false, "4005".to_owned()));
     // Each request answered once.
     assert_eq!(results.len(), 4, "{results:?}");
+    // The source in the status: connected, what it did, nothing owed. The mock holds the last
+    // result before certconn has counted it: wait for that.
+    let start = Instant::now();
+    let intune = loop {
+        let (code, health) = http_get(daemon.port, "/v1/health", None);
+        assert_eq!(code, 200);
+        let health: Value = serde_json::from_str(&health).unwrap();
+        let intune = health["intune_revocation"].clone();
+        if intune["delivered"] == 4 && intune["backlog"]["owed"] == 0 {
+            break intune;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{intune}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(intune["connected"], true, "{intune}");
+    assert_eq!(intune["received"], 1, "one request became a job: {intune}");
+    let out = ok(daemon.cli(&["status"]));
+    assert!(
+        out.contains("intune revocation requests: connected")
+            && out.contains("1 received, 4 results sent"),
+        "{out}"
+    );
     no_violations(&mock);
+}
+
+/// Intune's validation codes other than Success (IntuneScepServiceException.cs).
+const FAILURE_CODES: [&str; 24] = [
+    "Unknown",
+    "CertificateRequestDecodingFailed",
+    "ChallengePasswordMissing",
+    "ChallengeDeserializationError",
+    "ChallengeDecryptionError",
+    "ChallengeDecodingError",
+    "ChallengeInvalidTimestamp",
+    "ChallengeExpired",
+    "SubjectNameMissing",
+    "SubjectNameMismatch",
+    "SubjectAltNameMissing",
+    "SubjectAltNameMismatch",
+    "KeyUsageMismatch",
+    "KeyLengthMismatch",
+    "EnhancedKeyUsageMissing",
+    "EnhancedKeyUsageMismatch",
+    "AadKeyIdentifierListMissing",
+    "RegisteredKeyMismatch",
+    "SigningCertThumbprintMismatch",
+    "ScepProfileNoLongerTargetedToTheClient",
+    "SignatureValidationFailed",
+    "BadCertificateRequestIdInChallenge",
+    "BadDeviceIdInChallenge",
+    "BadUserIdInChallenge",
+];
+
+#[test]
+fn every_failure_code_and_a_429_refuse_the_request_and_issue_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = start_mock(3600);
+    let daemon = start_daemon(dir.path(), &mock);
+    for code in FAILURE_CODES {
+        let (out, cert) = scepclient(&daemon, dir.path(), &format!("code-{code}"));
+        assert!(!out.status.success() && !cert.exists(), "{code}");
+        let log = std::fs::read_to_string(&daemon.log).unwrap();
+        assert!(
+            log.lines().any(|l| l.contains("\"event_id\":4603")
+                && l.contains(&format!("Intune answered {code}"))),
+            "{code}: the refusal names the code"
+        );
+    }
+    // Too many requests: refused too (fail closed), and the next device gets through.
+    let (out, cert) = scepclient(&daemon, dir.path(), "v429-device");
+    assert!(!out.status.success() && !cert.exists());
+    assert_eq!(
+        jobs_total(&daemon),
+        0,
+        "nothing was journaled for a refused request"
+    );
+    let (out, _) = scepclient(&daemon, dir.path(), "ok-after-429");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    no_violations(&mock);
+}
+
+#[test]
+fn a_certificate_credential_signs_a_client_assertion_in_custody_and_no_secret_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = start_mock(3600);
+    // The app's certificate, registered on the app; its key imported into custody.
+    let (key, cert) = openssl_self_signed(dir.path(), "intune-app", &["-newkey", "rsa:2048"]);
+    let pfx = dir.path().join("intune-app.p12");
+    run_ok(
+        Command::new("openssl")
+            .args(["pkcs12", "-export", "-passout", "pass:app-pfx", "-inkey"])
+            .arg(&key)
+            .arg("-in")
+            .arg(&cert)
+            .arg("-out")
+            .arg(&pfx),
+    );
+    let der = run_ok_bytes(
+        Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert),
+    );
+    mock.lock().unwrap().assertion_cert = Some(der);
+    let config = write_config(
+        dir.path(),
+        &mock,
+        "certificate_key = \"intune-app\"\n\n[keys.intune-app]\nalgorithm = \"rsa-2048\"\nrole = \"signing\"\n",
+    );
+    ok(Command::new(binary())
+        .env("CERTCONN_PFX_PASSWORD", "app-pfx")
+        .args(["keys", "import", "intune-app", "--pfx"])
+        .arg(&pfx)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap());
+    let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let (out, cert) = scepclient(&daemon, dir.path(), "ok-assertion");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cert.exists());
+    let tokens = calls(&mock)
+        .iter()
+        .filter(|c| c.starts_with("token:"))
+        .count();
+    assert_eq!(tokens, 2, "{:?}", calls(&mock));
+    no_violations(&mock);
+}
+
+/// The stdout bytes of a command that must succeed.
+fn run_ok_bytes(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }

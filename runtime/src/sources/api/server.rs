@@ -180,6 +180,8 @@ pub struct ApiState {
     pub listener: String,
     /// The upstream service, for status and health.
     pub upstream: Option<Arc<crate::sources::upstream::Upstream>>,
+    /// Intune's revocation requests, for status and health.
+    pub intune_revocation: Option<Arc<crate::sources::intune::revocation::RevocationPoller>>,
     pub max_body_bytes: usize,
     /// The OpenAPI document of the routes this daemon serves, set once they are all built
     /// (the composition root merges the SCEP and revocation routes in).
@@ -443,6 +445,10 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
             Some(u) => Some(u.status_with_backlog().await),
             None => None,
         },
+        intune_revocation: match &state.intune_revocation {
+            Some(p) => Some(p.status().await),
+            None => None,
+        },
     })
 }
 
@@ -466,6 +472,8 @@ pub struct Health {
     pub scep_ra: Option<serde_json::Value>,
     /// The upstream service, when configured.
     pub upstream: Option<crate::sources::upstream::UpstreamStatus>,
+    /// Intune's revocation requests, when polled.
+    pub intune_revocation: Option<crate::sources::intune::revocation::IntuneRevocationStatus>,
 }
 
 /// Body of `POST /v1/jobs/issue`.

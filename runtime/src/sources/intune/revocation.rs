@@ -37,6 +37,23 @@ mod code {
     pub const RETRYABLE: &str = "4100";
 }
 
+/// What the status page and `/v1/health` show of Intune's revocation requests.
+#[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct IntuneRevocationStatus {
+    /// Intune answered the last round.
+    pub connected: bool,
+    /// When the last round succeeded (RFC 3339).
+    pub last_poll: Option<String>,
+    /// Why the last round failed, until one succeeds.
+    pub last_error: Option<String>,
+    /// Requests journaled as revoke jobs since start.
+    pub received: u64,
+    /// Results Intune took since start (answers at once included).
+    pub delivered: u64,
+    /// Its jobs not ended, and results Intune has not taken yet (when the status is read).
+    pub backlog: Option<crate::journal::Backlog>,
+}
+
 /// The poller of one tenant's revocation requests.
 pub struct RevocationPoller {
     intune: Arc<Intune>,
@@ -45,6 +62,7 @@ pub struct RevocationPoller {
     interval: Duration,
     batch: u32,
     issuer: Option<String>,
+    status: std::sync::Mutex<IntuneRevocationStatus>,
 }
 
 impl RevocationPoller {
@@ -57,7 +75,22 @@ impl RevocationPoller {
             intune: intune.clone(),
             intake,
             outbox,
+            status: std::sync::Mutex::default(),
         }
+    }
+
+    /// The status now, with the backlog from the journal.
+    pub async fn status(&self) -> IntuneRevocationStatus {
+        let mut status = self.lock().clone();
+        match self.outbox.backlog(SOURCE).await {
+            Ok(b) => status.backlog = Some(b),
+            Err(e) => tracing::warn!("Intune's revocation backlog: {}", crate::report::chain(&e)),
+        }
+        status
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, IntuneRevocationStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Downloads and uploads every `interval` until `shutdown`; a failed round is logged once
@@ -75,9 +108,20 @@ impl RevocationPoller {
                 self.upload().await
             };
             match round.await {
-                Ok(()) => last_error = None,
+                Ok(()) => {
+                    last_error = None;
+                    let mut s = self.lock();
+                    s.connected = true;
+                    s.last_poll = Some(crate::report::rfc3339_ms(crate::journal::now_ms()));
+                    s.last_error = None;
+                }
                 Err(e) => {
                     let error = crate::report::chain(&e);
+                    {
+                        let mut s = self.lock();
+                        s.connected = false;
+                        s.last_error = Some(error.clone());
+                    }
                     if last_error.as_deref() != Some(error.as_str()) {
                         tracing::warn!(event_id = 3604, %error, "Intune revocation polling: a round failed; trying again at the next");
                     }
@@ -110,7 +154,7 @@ impl RevocationPoller {
             .await?;
         let requests = answer["value"].as_array().cloned().unwrap_or_default();
         let mut refused = Vec::new();
-        let mut journaled = 0;
+        let mut journaled = 0u64;
         for request in &requests {
             let Some(context) = request["requestContext"].as_str().filter(|c| !c.is_empty()) else {
                 tracing::warn!(event_id = 3605, request = %request, "an Intune revocation request without a requestContext cannot be answered; skipped");
@@ -123,7 +167,8 @@ impl RevocationPoller {
                 backend: None,
             };
             match self.intake.submit_revoke(SOURCE, context, &job).await {
-                Ok(_) => journaled += 1,
+                Ok((_, true)) => journaled += 1,
+                Ok((_, false)) => {}
                 Err(SubmitError::Journal(e)) => {
                     return Err(IntuneError::Config(format!(
                         "journaling a revocation request: {}",
@@ -145,6 +190,7 @@ impl RevocationPoller {
                 }
             }
         }
+        self.lock().received += journaled;
         if !requests.is_empty() {
             tracing::info!(
                 event_id = 3602,
@@ -195,6 +241,7 @@ impl RevocationPoller {
                 "uploadRevocationResults was not taken: {answer}"
             )));
         }
+        self.lock().delivered += count as u64;
         tracing::info!(
             event_id = 3603,
             results = count,

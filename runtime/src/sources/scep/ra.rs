@@ -910,6 +910,16 @@ mod tests {
 
     /// A harness with `extra` lines in `[scep]`, its RA opened at `now`, its CA key `ca_alg`.
     fn harness_with(extra: &str, now: u64, ca_alg: KeyAlgorithm) -> Harness {
+        harness_full(extra, now, ca_alg, None)
+    }
+
+    /// [`harness_with`] with an enrolment authority deciding challenges.
+    fn harness_full(
+        extra: &str,
+        now: u64,
+        ca_alg: KeyAlgorithm,
+        authority: Option<Arc<dyn EnrolmentAuthority>>,
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let keys =
             Arc::new(KeyStore::open(&dir.path().join("keys"), &CustodyConfig::default()).unwrap());
@@ -949,7 +959,7 @@ mod tests {
                 ledger: journal.clone(),
                 challenges: journal.clone(),
                 replay: journal.clone(),
-                authority: None,
+                authority,
             },
             now,
         )
@@ -1378,53 +1388,7 @@ mod tests {
     async fn a_pkcs_req_signed_by_a_certificate_certconn_issued_is_a_renewal_without_challenge() {
         let h = harness();
         let d = device("renewer");
-        // What certconn issued earlier, in the ledger.
-        let issued =
-            pki::ca::ra_certificate(&d.key, &d.subject, Some((&h.ca.key, &h.ca.chain[0])), 30)
-                .unwrap();
-        let serial = serial_hex(
-            Certificate::from_der(&issued)
-                .unwrap()
-                .tbs_certificate
-                .serial_number
-                .as_bytes(),
-        );
-        let request = serde_json::json!({});
-        h.journal
-            .enqueue(crate::journal::NewJob {
-                source: "api",
-                idempotency_key: "earlier",
-                kind: crate::journal::JobKind::Issue,
-                request: &request,
-            })
-            .await
-            .unwrap();
-        let held = h
-            .journal
-            .lease_next(Duration::from_secs(60))
-            .await
-            .unwrap()
-            .unwrap();
-        let record = crate::journal::IssuedRecord {
-            backend: "local".into(),
-            serial,
-            issuer_der: vec![0x30, 0x00],
-            not_after: 4_000_000_000,
-            certificate_der: issued.clone(),
-        };
-        assert!(h
-            .journal
-            .complete(
-                &held.lease,
-                Completion {
-                    backend: "local",
-                    result: "{}",
-                    issued: Some(&record),
-                    ..Default::default()
-                }
-            )
-            .await
-            .unwrap());
+        let issued = record_in_ledger(&h, &d).await;
         // certmonger's way: a PKCSReq for a new key, no challenge, signed with the current
         // certificate.
         let current = Device {
@@ -1458,6 +1422,178 @@ mod tests {
         )
         .await;
         assert_eq!(rep.pki_status, Some(PkiStatus::Failure));
+    }
+
+    /// A certificate for `d` that certconn issued earlier, in the ledger.
+    async fn record_in_ledger(h: &Harness, d: &Device) -> Vec<u8> {
+        let issued =
+            pki::ca::ra_certificate(&d.key, &d.subject, Some((&h.ca.key, &h.ca.chain[0])), 30)
+                .unwrap();
+        let serial = serial_hex(
+            Certificate::from_der(&issued)
+                .unwrap()
+                .tbs_certificate
+                .serial_number
+                .as_bytes(),
+        );
+        let request = serde_json::json!({});
+        h.journal
+            .enqueue(crate::journal::NewJob {
+                source: "api",
+                idempotency_key: &format!("earlier-{serial}"),
+                kind: crate::journal::JobKind::Issue,
+                request: &request,
+            })
+            .await
+            .unwrap();
+        let held = h
+            .journal
+            .lease_next(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let record = crate::journal::IssuedRecord {
+            backend: "local".into(),
+            serial,
+            issuer_der: vec![0x30, 0x00],
+            not_after: 4_000_000_000,
+            certificate_der: issued.clone(),
+        };
+        assert!(h
+            .journal
+            .complete(
+                &held.lease,
+                Completion {
+                    backend: "local",
+                    result: "{}",
+                    issued: Some(&record),
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap());
+        issued
+    }
+
+    /// An authority (Intune's place) that admits challenges starting with `ok` and records
+    /// what it is asked and told.
+    #[derive(Default)]
+    struct FakeAuthority {
+        validated: std::sync::Mutex<Vec<String>>,
+        issued: std::sync::Mutex<Vec<String>>,
+        not_issued: std::sync::Mutex<Vec<String>>,
+        refuse_issued: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl EnrolmentAuthority for FakeAuthority {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        async fn validate(&self, r: &ChallengeRequest<'_>, csr_der: &[u8]) -> challenge::Verdict {
+            assert!(CertReq::from_der(csr_der).is_ok(), "the CSR, DER");
+            self.validated
+                .lock()
+                .unwrap()
+                .push(r.transaction_id.to_owned());
+            if r.challenge.starts_with("ok") {
+                challenge::Verdict::Accepted
+            } else {
+                challenge::Verdict::Refused("not this one".into())
+            }
+        }
+        async fn issued(&self, tx: &str, _: &[u8], cert: &[u8]) -> Result<(), String> {
+            assert!(Certificate::from_der(cert).is_ok(), "the certificate, DER");
+            self.issued.lock().unwrap().push(tx.to_owned());
+            if self
+                .refuse_issued
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                Err("the service is down".into())
+            } else {
+                Ok(())
+            }
+        }
+        async fn not_issued(&self, tx: &str, _: &[u8], _: &str) {
+            self.not_issued.lock().unwrap().push(tx.to_owned());
+        }
+    }
+
+    fn cert_poll(h: &Harness, d: &Device, txid: &str) -> Vec<u8> {
+        let poll = IssuerAndSubject {
+            issuer: d.subject.clone(),
+            subject: d.subject.clone(),
+        }
+        .to_der()
+        .unwrap();
+        message(h, d, MessageType::CertPoll, txid, &poll)
+    }
+
+    #[tokio::test]
+    async fn an_authority_validates_then_hears_of_the_certificate_once_before_a_poll_delivers_it() {
+        let fake = Arc::new(FakeAuthority::default());
+        let h = harness_full(
+            "challenge = \"intune\"",
+            crate::journal::now_secs(),
+            KeyAlgorithm::EcP256,
+            Some(fake.clone() as Arc<dyn EnrolmentAuthority>),
+        );
+        // Validated before it is journaled; PENDING; nothing told yet.
+        let d = device("device-a");
+        let rep = answer(&h, &pkcs_req(&h, &d, "tx-a", "ok-blob")).await;
+        assert_eq!(rep.pki_status, Some(PkiStatus::Pending));
+        assert_eq!(*fake.validated.lock().unwrap(), ["tx-a"]);
+        assert!(fake.issued.lock().unwrap().is_empty());
+        // Issued; the poll that delivers it tells the authority first, once.
+        issue(&h, &d).await;
+        for _ in 0..2 {
+            let rep = answer(&h, &cert_poll(&h, &d, "tx-a")).await;
+            assert_eq!(
+                rep.pki_status,
+                Some(PkiStatus::Success),
+                "{:?}",
+                rep.fail_info_text
+            );
+        }
+        assert_eq!(*fake.issued.lock().unwrap(), ["tx-a"]);
+
+        // The authority does not take the notification: withheld, now and on the next poll,
+        // and it is told the request was not delivered, once.
+        fake.refuse_issued
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let d2 = device("device-b");
+        let rep = answer(&h, &pkcs_req(&h, &d2, "tx-b", "ok-blob-2")).await;
+        assert_eq!(rep.pki_status, Some(PkiStatus::Pending));
+        issue(&h, &d2).await;
+        for _ in 0..2 {
+            let rep = answer(&h, &cert_poll(&h, &d2, "tx-b")).await;
+            assert_eq!(rep.pki_status, Some(PkiStatus::Failure));
+        }
+        assert_eq!(*fake.issued.lock().unwrap(), ["tx-a", "tx-b"]);
+        assert_eq!(*fake.not_issued.lock().unwrap(), ["tx-b"]);
+
+        // Refused by the authority: FAILURE, nothing journaled.
+        let d3 = device("device-c");
+        let rep = answer(&h, &pkcs_req(&h, &d3, "tx-c", "forged")).await;
+        assert_eq!(rep.pki_status, Some(PkiStatus::Failure));
+        assert!(h.journal.find(SOURCE, "scep:tx-c").await.unwrap().is_none());
+
+        // A renewal (signed by a certificate certconn issued, in the ledger) that carries a
+        // challenge is the authority's to decide too: refused here, though the certificate
+        // alone would have authorised it.
+        let d4 = device("device-d");
+        let renewing = Device {
+            cert: record_in_ledger(&h, &d4).await,
+            key: d4.key.duplicate().unwrap(),
+            subject: d4.subject.clone(),
+        };
+        let rep = answer(&h, &pkcs_req(&h, &renewing, "tx-renew", "forged-renewal")).await;
+        assert_eq!(rep.pki_status, Some(PkiStatus::Failure));
+        assert!(fake
+            .validated
+            .lock()
+            .unwrap()
+            .contains(&"tx-renew".to_owned()));
     }
 
     /// A device whose throwaway signer certificate has a 32-byte serial, made by the openssl

@@ -239,6 +239,29 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
             "detail": detail,
         }));
     }
+    if let Some(poller) = &state.intune_revocation {
+        let r = poller.status().await;
+        let mut detail = format!(
+            "last poll {}; {} requests received, {} results sent",
+            r.last_poll.as_deref().unwrap_or("never"),
+            r.received,
+            r.delivered
+        );
+        if let Some(b) = r.backlog {
+            detail = format!(
+                "{detail}; backlog: {} jobs unfinished, {} results to send",
+                b.unfinished, b.owed
+            );
+        }
+        if let Some(e) = &r.last_error {
+            detail = format!("{detail}; last error: {e}");
+        }
+        sources.push(json!({
+            "name": "Intune revocation requests",
+            "state": if r.connected { "serving" } else { "disconnected" },
+            "detail": detail,
+        }));
+    }
     if let Some(ra) = &state.scep {
         let ra = ra.status();
         let warning = ra["warning"].as_str();

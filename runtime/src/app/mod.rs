@@ -302,6 +302,7 @@ impl App {
                 crate::sources::upstream::UpstreamState {
                     keys: keys.clone(),
                     data_dir: &config.data_dir,
+                    instance: instance.clone(),
                 },
                 intake.clone(),
                 journal.clone(),

@@ -491,31 +491,19 @@ fn write_config(dir: &Path, mock: &Shared, credential: &str) -> PathBuf {
     config
 }
 
+/// A device enrolling with an Intune challenge (opaque to certconn: Intune decides).
 fn scepclient(daemon: &Daemon, dir: &Path, name: &str) -> (Output, PathBuf) {
-    let dir = &dir.join(name);
-    std::fs::create_dir_all(dir).unwrap();
-    let cert = dir.join(format!("{name}.crt"));
-    let out = Command::new("scepclient")
-        .args([
-            "-server-url",
-            &format!("http://127.0.0.1:{}/scep", daemon.port),
-        ])
-        .args([
-            "-challenge",
-            "an-intune-challenge-blob",
-            "-cn",
-            name,
-            "-keySize",
-            "2048",
-        ])
-        .arg("-private-key")
-        .arg(dir.join(format!("{name}.key")))
-        .arg("-certificate")
-        .arg(&cert)
-        .current_dir(dir)
-        .output()
-        .expect("scepclient (Debian package scep) is installed by scripts/install-deps --test");
-    (out, cert)
+    common::scepclient(daemon, dir, name, "an-intune-challenge-blob")
+}
+
+/// The enrolment succeeded; else its output and the daemon's log.
+fn enrolled(out: &Output, daemon: &Daemon) {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+    );
 }
 
 fn calls(mock: &Shared) -> Vec<String> {
@@ -544,12 +532,7 @@ fn intune_validates_each_request_and_hears_of_each_certificate_before_the_device
     let daemon = start_daemon(dir.path(), &mock);
 
     let (out, cert) = scepclient(&daemon, dir.path(), "ok-device-1");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&daemon.log).unwrap_or_default()
-    );
+    enrolled(&out, &daemon);
     assert_eq!(
         calls(&mock),
         [
@@ -612,12 +595,7 @@ fn intune_validates_each_request_and_hears_of_each_certificate_before_the_device
 
     // A second device: the tokens and the discovery are reused.
     let (out, _) = scepclient(&daemon, dir.path(), "ok-device-2");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&daemon.log).unwrap_or_default()
-    );
+    enrolled(&out, &daemon);
     assert_eq!(calls(&mock).len(), 7, "{:?}", calls(&mock));
     no_violations(&mock);
 }
@@ -639,12 +617,7 @@ fn a_refusal_or_an_unreachable_validation_or_notification_gives_the_device_no_ce
     assert!(!out.status.success() && !cert.exists());
     assert_eq!(jobs_total(&daemon), 0);
     let (out, _) = scepclient(&daemon, dir.path(), "ok-after-500");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&daemon.log).unwrap_or_default()
-    );
+    enrolled(&out, &daemon);
     assert_eq!(
         discoveries(&mock),
         2,
@@ -678,23 +651,13 @@ fn an_expired_token_is_replaced_before_it_is_used() {
     let mock = start_mock(2);
     let daemon = start_daemon(dir.path(), &mock);
     let (out, _) = scepclient(&daemon, dir.path(), "ok-early");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&daemon.log).unwrap_or_default()
-    );
+    enrolled(&out, &daemon);
     let first: Instant = Instant::now();
     while first.elapsed() < Duration::from_millis(2_500) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (out, _) = scepclient(&daemon, dir.path(), "ok-late");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&daemon.log).unwrap_or_default()
-    );
+    enrolled(&out, &daemon);
     let intune_tokens = calls(&mock)
         .iter()
         .filter(|c| c.as_str() == "token:https://api.manage.microsoft.com//.default")
@@ -714,11 +677,7 @@ fn intunes_revocation_requests_are_revoked_and_each_gets_its_result_code() {
     );
     // A certificate certconn issued (through Intune-validated SCEP) to be revoked.
     let (out, cert) = scepclient(&daemon, dir.path(), "ok-to-revoke");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    enrolled(&out, &daemon);
     let serial = run_ok(
         Command::new("openssl")
             .args(["x509", "-noout", "-serial", "-in"])
@@ -858,11 +817,7 @@ fn every_failure_code_and_a_429_refuse_the_request_and_issue_nothing() {
         "nothing was journaled for a refused request"
     );
     let (out, _) = scepclient(&daemon, dir.path(), "ok-after-429");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    enrolled(&out, &daemon);
     no_violations(&mock);
 }
 
@@ -882,11 +837,8 @@ fn a_certificate_credential_signs_a_client_assertion_in_custody_and_no_secret_is
             .arg("-out")
             .arg(&pfx),
     );
-    let der = run_ok_bytes(
-        Command::new("openssl")
-            .args(["x509", "-outform", "DER", "-in"])
-            .arg(&cert),
-    );
+    let der =
+        certconn_x509::pem::certificate_from_pem_or_der(&std::fs::read(&cert).unwrap()).unwrap();
     mock.lock().unwrap().assertion_cert = Some(der);
     let config = write_config(
         dir.path(),
@@ -903,11 +855,7 @@ fn a_certificate_credential_signs_a_client_assertion_in_custody_and_no_secret_is
         .unwrap());
     let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
     let (out, cert) = scepclient(&daemon, dir.path(), "ok-assertion");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    enrolled(&out, &daemon);
     assert!(cert.exists());
     let tokens = calls(&mock)
         .iter()
@@ -915,15 +863,4 @@ fn a_certificate_credential_signs_a_client_assertion_in_custody_and_no_secret_is
         .count();
     assert_eq!(tokens, 2, "{:?}", calls(&mock));
     no_violations(&mock);
-}
-
-/// The stdout bytes of a command that must succeed.
-fn run_ok_bytes(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }

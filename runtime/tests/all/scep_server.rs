@@ -4,8 +4,8 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 use common::*;
 
@@ -26,28 +26,6 @@ fn start(dir: &Path) -> Daemon {
         config_text(data, &plugins(), &extra)
             .replace("algorithm = \"ec-p256\"", "algorithm = \"rsa-2048\"")
     })
-}
-
-fn scepclient(daemon: &Daemon, dir: &Path, name: &str, challenge: &str) -> (Output, PathBuf) {
-    // scepclient keeps its CSR in `csr.pem` in the working directory and resends it: one
-    // directory per device, as on real devices.
-    let dir = &dir.join(name);
-    std::fs::create_dir_all(dir).unwrap();
-    let cert = dir.join(format!("{name}.crt"));
-    let out = Command::new("scepclient")
-        .args([
-            "-server-url",
-            &format!("http://127.0.0.1:{}/scep", daemon.port),
-        ])
-        .args(["-challenge", challenge, "-cn", name, "-keySize", "2048"])
-        .arg("-private-key")
-        .arg(dir.join(format!("{name}.key")))
-        .arg("-certificate")
-        .arg(&cert)
-        .current_dir(dir)
-        .output()
-        .expect("scepclient (Debian package scep) is installed by scripts/install-deps --test");
-    (out, cert)
 }
 
 fn openssl(args: &[&str]) -> String {

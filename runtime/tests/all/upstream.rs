@@ -627,19 +627,31 @@ fn enrolment_token(service: &Service, dir: &Path, name: &str) -> PathBuf {
 
 /// `certconn upstream register` trusting the service's CA for this first call.
 fn register(config: &Path, service: &Service, token: &Path) -> (bool, String) {
-    let token = token.display().to_string();
-    let ca = service.ca_file.as_ref().expect("TLS").display().to_string();
-    run_certconn(
-        &[
-            "upstream",
-            "register",
-            "--token-file",
-            &token,
-            "--trust-anchors",
-            &ca,
-        ],
-        config,
-    )
+    let out = register_command(config, service, token, &[], &[]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// `certconn upstream register` with more arguments and environment.
+fn register_command(
+    config: &Path,
+    service: &Service,
+    token: &Path,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> std::process::Output {
+    Command::new(binary())
+        .args(["upstream", "register", "--token-file"])
+        .arg(token)
+        .arg("--trust-anchors")
+        .arg(service.ca_file.as_ref().expect("TLS"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
 }
 
 /// The identities the service issued.
@@ -872,6 +884,17 @@ fn a_revoked_identity_is_a_clear_re_register_status_and_a_new_registration_bring
     assert_eq!(upstream["identity"]["state"], "valid");
 }
 
+/// One identity key, and it is on the token.
+fn one_key_on_the_token(rows: &[Value]) {
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0]["store"]
+            .as_str()
+            .is_some_and(|s| s.contains("pkcs11")),
+        "{rows:?}"
+    );
+}
+
 #[test]
 fn an_identity_on_the_pkcs11_token_signs_the_handshakes_and_renews_there() {
     let dir = tempfile::tempdir().unwrap();
@@ -892,26 +915,16 @@ fn an_identity_on_the_pkcs11_token_signs_the_handshakes_and_renews_there() {
     )
     .unwrap();
     let token = enrolment_token(&service, dir.path(), "enrolment-token");
-    let ca = service.ca_file.as_ref().unwrap();
-    let out = ok(Command::new(binary())
-        .env("SOFTHSM2_CONF", &conf)
-        .args(["upstream", "register", "--store", "pkcs11", "--token-file"])
-        .arg(&token)
-        .arg("--trust-anchors")
-        .arg(ca)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap());
+    let softhsm = [("SOFTHSM2_CONF", conf.as_path())];
+    let out = ok(register_command(
+        &config,
+        &service,
+        &token,
+        &["--store", "pkcs11"],
+        &softhsm,
+    ));
     assert!(out.contains("on the PKCS#11 token"), "{out}");
-    let rows = identity_key_rows(&config, &[("SOFTHSM2_CONF", &conf)]);
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert!(
-        rows[0]["store"]
-            .as_str()
-            .is_some_and(|s| s.contains("pkcs11")),
-        "{rows:?}"
-    );
+    one_key_on_the_token(&identity_key_rows(&config, &softhsm));
 
     let env = vec![("SOFTHSM2_CONF".to_owned(), conf.clone().into_os_string())];
     let mut daemon = Daemon::start_with_env(&config, &dir.path().join("daemon.log"), env);
@@ -930,12 +943,5 @@ fn an_identity_on_the_pkcs11_token_signs_the_handshakes_and_renews_there() {
         u["identity"]["state"] == "valid" && u["identity"]["serial"] != first
     });
     daemon.stop();
-    let rows = identity_key_rows(&config, &[("SOFTHSM2_CONF", &conf)]);
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert!(
-        rows[0]["store"]
-            .as_str()
-            .is_some_and(|s| s.contains("pkcs11")),
-        "{rows:?}"
-    );
+    one_key_on_the_token(&identity_key_rows(&config, &softhsm));
 }

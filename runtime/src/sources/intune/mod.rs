@@ -126,35 +126,65 @@ impl Intune {
     ) -> Result<serde_json::Value, IntuneError> {
         let base = self.endpoint(service).await?;
         let url = format!("{}/{suffix}", base.trim_end_matches('/'));
-        let token = self.tokens.get(self, &self.config.intune_scope()).await?;
         let request_id = guid();
         let failed = |reason: String| IntuneError::Call {
             url: url.clone(),
             request_id: request_id.clone(),
             reason,
         };
-        let target = self.target(&url).map_err(failed)?;
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(path_of(&url))
-            .header("host", target.authority())
-            .header("authorization", format!("Bearer {}", token.as_str()))
-            .header("content-type", "application/json; charset=utf-8")
-            .header("client-request-id", &request_id)
-            .header("api-version", api_version)
-            .header("UserAgent", self.caller_info())
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| failed(e.to_string()))?;
-        let answer = target
-            .send(request, self.proxy.as_deref(), CALL_LIMIT)
-            .await
+        let headers = [
+            ("content-type", "application/json; charset=utf-8"),
+            ("api-version", api_version),
+            ("UserAgent", self.caller_info()),
+        ];
+        let answer = self
+            .authorized(
+                Method::POST,
+                &url,
+                &self.config.intune_scope(),
+                &request_id,
+                &headers,
+                Bytes::from(body.to_string()),
+            )
+            .await?
             .map_err(failed)?;
-        if answer.status == StatusCode::UNAUTHORIZED {
-            self.tokens.forget(&self.config.intune_scope());
-        }
-        let answer = ok_json(answer).map_err(failed)?;
         tracing::debug!(%url, %request_id, "Intune answered");
         Ok(answer)
+    }
+
+    /// `method url` with a bearer token for `scope`, `client-request-id` and `headers`: the
+    /// JSON of a 2xx answer, or why not (the outer error: no token). A 401 drops the token.
+    async fn authorized(
+        &self,
+        method: Method,
+        url: &str,
+        scope: &str,
+        request_id: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Result<serde_json::Value, String>, IntuneError> {
+        let token = self.tokens.get(self, scope).await?;
+        Ok(async {
+            let target = self.target(url)?;
+            let mut request = Request::builder()
+                .method(method)
+                .uri(path_of(url))
+                .header("host", target.authority())
+                .header("authorization", format!("Bearer {}", token.as_str()))
+                .header("client-request-id", request_id);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+            let answer = target
+                .send(request, self.proxy.as_deref(), CALL_LIMIT)
+                .await?;
+            if answer.status == StatusCode::UNAUTHORIZED {
+                self.tokens.forget(scope);
+            }
+            ok_json(answer)
+        }
+        .await)
     }
 
     /// The URI discovery gives for `service`, discovering first when the cache is empty.
@@ -186,25 +216,17 @@ impl Intune {
             url: url.clone(),
             reason,
         };
-        let token = self.tokens.get(self, &self.config.graph_scope()).await?;
-        let target = self.target(&url).map_err(failed)?;
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(path_of(&url))
-            .header("host", target.authority())
-            .header("authorization", format!("Bearer {}", token.as_str()))
-            .header("client-request-id", guid())
-            .header("accept", "application/json")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| failed(e.to_string()))?;
-        let answer = target
-            .send(request, self.proxy.as_deref(), CALL_LIMIT)
-            .await
+        let answer = self
+            .authorized(
+                Method::GET,
+                &url,
+                &self.config.graph_scope(),
+                &guid(),
+                &[("accept", "application/json")],
+                Bytes::new(),
+            )
+            .await?
             .map_err(failed)?;
-        if answer.status == StatusCode::UNAUTHORIZED {
-            self.tokens.forget(&self.config.graph_scope());
-        }
-        let answer = ok_json(answer).map_err(failed)?;
         let endpoints = answer["value"]
             .as_array()
             .ok_or_else(|| failed("no \"value\" list in the answer".into()))?

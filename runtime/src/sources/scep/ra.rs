@@ -498,13 +498,7 @@ impl Ra {
         job: &JobRecord,
     ) -> Option<(Arc<dyn EnrolmentAuthority>, Vec<u8>)> {
         let authority = self.ports.authority.clone()?;
-        let der = job
-            .request
-            .get("csr_pem")
-            .and_then(|v| v.as_str())
-            .and_then(|text| pem::decode_all(text).ok())
-            .and_then(|blocks| blocks.into_iter().next())
-            .map(|(_, der)| der)?;
+        let der = csr_der_of(job)?;
         let csr = CertReq::from_der(&der).ok()?;
         challenge_password(&csr)?;
         Some((authority, der))
@@ -839,14 +833,18 @@ fn transaction_key(transaction_id: &str, generation: u32) -> String {
 /// Whether `job` asked for a certificate for the key of the CSR `csr_der`.
 fn same_key(job: &JobRecord, csr_der: &[u8]) -> bool {
     let key_of = |der: &[u8]| CertReq::from_der(der).ok().map(|c| c.info.public_key);
-    let stored = job
-        .request
+    let stored = csr_der_of(job).and_then(|der| key_of(&der));
+    stored.is_some() && stored == key_of(csr_der)
+}
+
+/// The CSR a SCEP job was journaled with, DER.
+fn csr_der_of(job: &JobRecord) -> Option<Vec<u8>> {
+    job.request
         .get("csr_pem")
         .and_then(|v| v.as_str())
         .and_then(|text| pem::decode_all(text).ok())
         .and_then(|blocks| blocks.into_iter().next())
-        .and_then(|(_, der)| key_of(&der));
-    stored.is_some() && stored == key_of(csr_der)
+        .map(|(_, der)| der)
 }
 
 /// Whether `job` is the request for `csr_pem`.

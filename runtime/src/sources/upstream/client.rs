@@ -114,15 +114,9 @@ impl ServiceClient {
         if said.code.as_deref() != Some(certconn_connector::IDENTITY_REFUSED) {
             return;
         }
-        let why = format!("the service refused it: {}", said.error);
-        if identity.refuse(why.clone()) {
-            tracing::error!(
-                event_id = 5022,
-                service = %self.base(),
-                serial = %identity.serial(),
-                reason = %why,
-                "the connector's identity is no longer accepted: register again with `certconn upstream register`; no calls are made until then"
-            );
-        }
+        identity.refuse(
+            format!("the service refused it: {}", said.error),
+            self.base(),
+        );
     }
 }

@@ -246,15 +246,21 @@ impl Identity {
         (now >= not_after).then(|| format!("it expired at {}", rfc3339(not_after)))
     }
 
-    /// The service refused the identity: from now on no call is made with it. True the
-    /// first time.
-    pub fn refuse(&self, why: String) -> bool {
+    /// The identity can no longer be used (`service` refused it, or it expired): from now on
+    /// no call is made with it. Logged once (event 5022), whoever notices first.
+    pub fn refuse(&self, why: String, service: &str) {
         let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-        let first = refused.is_none();
-        if first {
-            *refused = Some(why);
+        if refused.is_some() {
+            return;
         }
-        first
+        tracing::error!(
+            event_id = 5022,
+            %service,
+            serial = %self.serial(),
+            reason = %why,
+            "the connector's identity is no longer accepted: register again with `certconn upstream register`; no calls are made until then"
+        );
+        *refused = Some(why);
     }
 
     /// When the identity is due for renewal (Unix seconds).

@@ -153,6 +153,8 @@ pub struct Upstream {
     heartbeat: Duration,
     report: Arc<dyn InstanceReport>,
     identity: Option<Arc<identity::Identity>>,
+    /// This instance's id, the subject its identity renewals ask for.
+    instance: String,
     status: Mutex<UpstreamStatus>,
 }
 
@@ -161,6 +163,8 @@ pub struct Upstream {
 pub struct UpstreamState<'a> {
     pub keys: Arc<crate::custody::KeyStore>,
     pub data_dir: &'a std::path::Path,
+    /// This instance's id.
+    pub instance: String,
 }
 
 impl Upstream {
@@ -213,6 +217,7 @@ impl Upstream {
             heartbeat: Duration::from_secs(config.heartbeat_seconds),
             report,
             identity,
+            instance: state.instance,
             status: Mutex::new(status),
         })
     }

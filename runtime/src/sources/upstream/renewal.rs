@@ -23,16 +23,8 @@ impl Upstream {
         loop {
             let now = crate::journal::now_secs();
             if let Some(why) = identity.refusal(now) {
-                // Expiry is noticed here; a refusal was reported where the service said it.
-                if identity.refuse(why.clone()) {
-                    tracing::error!(
-                        event_id = 5022,
-                        service = %self.client.base(),
-                        serial = %identity.serial(),
-                        reason = %why,
-                        "the connector's identity is no longer accepted: register again with `certconn upstream register`; no calls are made until then"
-                    );
-                }
+                // Expiry is noticed here; a refusal, where the service said it.
+                identity.refuse(why, self.client.base());
                 return;
             }
             let due = identity.renew_at();
@@ -43,8 +35,7 @@ impl Upstream {
                 }
                 continue;
             }
-            let instance = self.report.heartbeat().await.instance;
-            match identity.renew(&self.client, &instance).await {
+            match identity.renew(&self.client, &self.instance).await {
                 Ok(()) => {
                     failures = 0;
                     self.update(|s| s.identity_error = None);

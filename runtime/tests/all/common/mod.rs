@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use certconn::sources::api::client::ApiClient;
@@ -754,4 +754,28 @@ pub fn run_certconn(args: &[&str], config: &Path) -> (bool, String) {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
+}
+
+/// micromdm's `scepclient` enrolling `name` (its CN) at the daemon's SCEP server with
+/// `challenge`, in a directory of its own: its output and where its certificate would be.
+pub fn scepclient(daemon: &Daemon, dir: &Path, name: &str, challenge: &str) -> (Output, PathBuf) {
+    // scepclient keeps its CSR in `csr.pem` in the working directory and resends it: one
+    // directory per device, as on real devices.
+    let dir = &dir.join(name);
+    std::fs::create_dir_all(dir).unwrap();
+    let cert = dir.join(format!("{name}.crt"));
+    let out = Command::new("scepclient")
+        .args([
+            "-server-url",
+            &format!("http://127.0.0.1:{}/scep", daemon.port),
+        ])
+        .args(["-challenge", challenge, "-cn", name, "-keySize", "2048"])
+        .arg("-private-key")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-certificate")
+        .arg(&cert)
+        .current_dir(dir)
+        .output()
+        .expect("scepclient (Debian package scep) is installed by scripts/install-deps --test");
+    (out, cert)
 }

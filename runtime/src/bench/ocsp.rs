@@ -40,6 +40,7 @@ pub async fn run(dir: &std::path::Path, revoked: usize, requests: usize) -> anyh
             idempotency_key: "one",
             kind: JobKind::Issue,
             request: &request,
+            route: None,
         })
         .await?;
     let held = journal

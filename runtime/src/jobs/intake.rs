@@ -195,6 +195,7 @@ impl Intake {
                 idempotency_key,
                 kind,
                 request: &request,
+                route: None,
             })
             .await?;
         if created {

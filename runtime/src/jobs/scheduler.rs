@@ -373,6 +373,7 @@ mod tests {
             idempotency_key: "k",
             kind: JobKind::Issue,
             request: &request,
+            route: None,
         })
         .await
         .unwrap()

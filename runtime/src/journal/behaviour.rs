@@ -1,6 +1,6 @@
 //! What every journal must do, written once. An implementation runs all of it with
-//! `crate::journal_behaviour_tests!(factory)` in its own test module, where `factory()` returns a
-//! [`Factory`] over a fresh, empty journal (for SQLite a file in a temporary directory; for a
+//! `crate::journal_behaviour_tests!(factory)` in its own test module, where `factory().await`
+//! returns a [`Factory`] over a fresh, empty journal (for SQLite a file in a temporary directory; for a
 //! shared database a fresh schema). `Factory::open` may be called several times to get several
 //! instances of certconn on the same journal.
 
@@ -12,9 +12,10 @@ use serde_json::json;
 use super::*;
 
 /// Opens instances of one fresh journal.
-pub(crate) trait Factory {
+#[async_trait::async_trait]
+pub(crate) trait Factory: Sync {
     /// The journal as instance `instance` sees it.
-    fn open(&self, instance: &str) -> Arc<dyn Journal>;
+    async fn open(&self, instance: &str) -> Arc<dyn Journal>;
 }
 
 /// Generates one `#[tokio::test]` per behaviour for the factory expression `$factory`.
@@ -44,13 +45,15 @@ macro_rules! journal_behaviour_tests {
             enqueue_wakes_a_waiting_worker,
             counts_and_list_by_state,
             outcomes_are_owed_to_their_source_until_delivered,
+            a_job_runs_only_where_a_backend_of_its_route_is_served,
+            instances_claiming_at_once_never_share_a_job,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test]
             async fn $name() {
-                let factory = $factory();
+                let factory = $factory().await;
                 $crate::journal::behaviour::$name(&factory).await;
             }
         )*
@@ -68,6 +71,7 @@ async fn enqueue(j: &dyn Journal, key: &str) -> JobRecord {
         idempotency_key: key,
         kind: JobKind::Issue,
         request: &r,
+        route: None,
     })
     .await
     .unwrap()
@@ -85,13 +89,14 @@ fn done(result: &str) -> Completion<'_> {
 }
 
 pub(crate) async fn same_idempotency_key_is_one_job(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     let (r1, r2) = (req(1), req(2));
     let new = |key, source, request| NewJob {
         source,
         idempotency_key: key,
         kind: JobKind::Issue,
         request,
+        route: None,
     };
     let (a, new_a) = j.enqueue(new("k1", "api", &r1)).await.unwrap();
     let (b, new_b) = j.enqueue(new("k1", "api", &r2)).await.unwrap();
@@ -106,7 +111,7 @@ pub(crate) async fn same_idempotency_key_is_one_job(f: &dyn Factory) {
 }
 
 pub(crate) async fn a_stale_lease_cannot_end_the_job_even_in_one_process(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     let job = enqueue(&*j, "k").await;
     // A lease that is already over: the worker holding it is "slow".
     let first = j.lease_next(Duration::ZERO).await.unwrap().unwrap();
@@ -134,7 +139,7 @@ pub(crate) async fn a_stale_lease_cannot_end_the_job_even_in_one_process(f: &dyn
 }
 
 pub(crate) async fn a_renewed_lease_is_not_taken_over(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     enqueue(&*j, "k").await;
     let held = j
         .lease_next(Duration::from_millis(50))
@@ -151,7 +156,7 @@ pub(crate) async fn a_renewed_lease_is_not_taken_over(f: &dyn Factory) {
 }
 
 pub(crate) async fn a_lost_lease_cannot_be_renewed(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     enqueue(&*j, "k").await;
     let first = j.lease_next(Duration::ZERO).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -160,7 +165,7 @@ pub(crate) async fn a_lost_lease_cannot_be_renewed(f: &dyn Factory) {
 }
 
 pub(crate) async fn the_password_is_handed_out_once(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     let job = enqueue(&*j, "k").await;
     let held = j.lease_next(MINUTE).await.unwrap().unwrap();
     let kept = j
@@ -192,7 +197,7 @@ pub(crate) async fn the_password_is_handed_out_once(f: &dyn Factory) {
 }
 
 pub(crate) async fn pending_waits_for_its_poll_time_without_using_attempts(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     let job = enqueue(&*j, "k").await;
     let held = j.lease_next(MINUTE).await.unwrap().unwrap();
     assert!(j
@@ -216,7 +221,7 @@ pub(crate) async fn pending_waits_for_its_poll_time_without_using_attempts(f: &d
 }
 
 pub(crate) async fn waiting_for_a_backend_uses_no_attempt(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     let job = enqueue(&*j, "k").await;
     let held = j.lease_next(MINUTE).await.unwrap().unwrap();
     assert!(j
@@ -237,7 +242,7 @@ pub(crate) async fn waiting_for_a_backend_uses_no_attempt(f: &dyn Factory) {
 }
 
 pub(crate) async fn operator_retry_only_from_a_terminal_failure(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     let job = enqueue(&*j, "k").await;
     assert!(matches!(
         j.retry(&job.id).await,
@@ -257,8 +262,8 @@ pub(crate) async fn operator_retry_only_from_a_terminal_failure(f: &dyn Factory)
 }
 
 pub(crate) async fn release_held_leaves_other_instances_leases_alone(f: &dyn Factory) {
-    let a = f.open("instance-a");
-    let b = f.open("instance-b");
+    let a = f.open("instance-a").await;
+    let b = f.open("instance-b").await;
     let ja = enqueue(&*a, "ka").await;
     let held_a = a.lease_next(MINUTE).await.unwrap().unwrap();
     let jb = enqueue(&*b, "kb").await;
@@ -277,7 +282,7 @@ pub(crate) async fn release_held_leaves_other_instances_leases_alone(f: &dyn Fac
 }
 
 pub(crate) async fn wait_settled_returns_when_the_job_ends(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     let job = enqueue(&*j, "k").await;
     let held = j.lease_next(MINUTE).await.unwrap().unwrap();
     let worker = {
@@ -295,7 +300,7 @@ pub(crate) async fn wait_settled_returns_when_the_job_ends(f: &dyn Factory) {
 }
 
 pub(crate) async fn wait_settled_gives_up_after_its_time(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     let job = enqueue(&*j, "k").await;
     let waited = j
         .wait_settled(&job.id, Duration::from_millis(30))
@@ -305,7 +310,7 @@ pub(crate) async fn wait_settled_gives_up_after_its_time(f: &dyn Factory) {
 }
 
 pub(crate) async fn ending_a_job_can_erase_its_request(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     let secret = json!({ "pfx_base64": "c2VjcmV0", "profile": "import" });
     let erased = json!({ "pfx": { "bytes": 6 }, "profile": "import" });
     for (key, fail) in [("k1", false), ("k2", true)] {
@@ -315,6 +320,7 @@ pub(crate) async fn ending_a_job_can_erase_its_request(f: &dyn Factory) {
                 idempotency_key: key,
                 kind: JobKind::Import,
                 request: &secret,
+                route: None,
             })
             .await
             .unwrap();
@@ -338,7 +344,7 @@ pub(crate) async fn ending_a_job_can_erase_its_request(f: &dyn Factory) {
 }
 
 pub(crate) async fn the_ledger_records_issue_and_revocation(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     let job = enqueue(&*j, "issue").await;
     let held = j.lease_next(MINUTE).await.unwrap().unwrap();
     let issued = IssuedRecord {
@@ -432,7 +438,7 @@ async fn issue_and_revoke(
 }
 
 pub(crate) async fn the_ledger_lists_what_a_crl_and_an_admin_need(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     let (ca1, ca2) = ([0x30, 0x01, 1], [0x30, 0x01, 2]);
     let empty = j.revocation_mark(&ca1).await.unwrap();
     issue_and_revoke(&*j, "01", &ca1, 2_000, Some("key-compromise")).await;
@@ -530,8 +536,8 @@ pub(crate) async fn the_ledger_lists_what_a_crl_and_an_admin_need(f: &dyn Factor
 }
 
 pub(crate) async fn crl_numbers_only_grow(f: &dyn Factory) {
-    let a = f.open("a");
-    let b = f.open("b");
+    let a = f.open("a").await;
+    let b = f.open("b").await;
     assert_eq!(a.next_crl_number("ca").await.unwrap(), 1);
     assert_eq!(b.next_crl_number("ca").await.unwrap(), 2);
     assert_eq!(a.next_crl_number("other").await.unwrap(), 1);
@@ -541,8 +547,8 @@ pub(crate) async fn crl_numbers_only_grow(f: &dyn Factory) {
 pub(crate) async fn the_signature_trail_chains_every_entry_and_never_reuses_a_serial(
     f: &dyn Factory,
 ) {
-    let a = f.open("a");
-    let b = f.open("b");
+    let a = f.open("a").await;
+    let b = f.open("b").await;
     let signature = |serial: &str, kind| NewSignature {
         key: "ca".into(),
         kind,
@@ -599,8 +605,8 @@ pub(crate) async fn the_signature_trail_chains_every_entry_and_never_reuses_a_se
 }
 
 pub(crate) async fn a_one_time_challenge_works_once_and_not_after_expiry(f: &dyn Factory) {
-    let a = f.open("a");
-    let b = f.open("b");
+    let a = f.open("a").await;
+    let b = f.open("b").await;
     a.add_challenge("d1", now_ms() + 60_000).await.unwrap();
     a.add_challenge("d2", now_ms() - 1).await.unwrap();
     // Minted on one instance, good on another, once.
@@ -611,8 +617,8 @@ pub(crate) async fn a_one_time_challenge_works_once_and_not_after_expiry(f: &dyn
 }
 
 pub(crate) async fn a_replayed_value_is_refused_within_the_window(f: &dyn Factory) {
-    let a = f.open("a");
-    let b = f.open("b");
+    let a = f.open("a").await;
+    let b = f.open("b").await;
     let short = Duration::from_millis(40);
     assert!(a.first_use("nonce", b"n1", short).await.unwrap());
     assert!(!b.first_use("nonce", b"n1", short).await.unwrap());
@@ -628,7 +634,7 @@ pub(crate) async fn a_replayed_value_is_refused_within_the_window(f: &dyn Factor
 }
 
 pub(crate) async fn enqueue_wakes_a_waiting_worker(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     let waiter = {
         let j = j.clone();
         tokio::spawn(async move {
@@ -644,7 +650,7 @@ pub(crate) async fn enqueue_wakes_a_waiting_worker(f: &dyn Factory) {
 }
 
 pub(crate) async fn counts_and_list_by_state(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     for k in ["k1", "k2", "k3"] {
         enqueue(&*j, k).await;
     }
@@ -679,13 +685,14 @@ pub(crate) async fn counts_and_list_by_state(f: &dyn Factory) {
 }
 
 pub(crate) async fn outcomes_are_owed_to_their_source_until_delivered(f: &dyn Factory) {
-    let j = f.open("a");
+    let j = f.open("a").await;
     let r = req(1);
     let upstream = |key| NewJob {
         source: "upstream",
         idempotency_key: key,
         kind: JobKind::Issue,
         request: &r,
+        route: None,
     };
     let ok = j.enqueue(upstream("item-1")).await.unwrap().0;
     let bad = j.enqueue(upstream("item-2")).await.unwrap().0;
@@ -738,4 +745,76 @@ pub(crate) async fn outcomes_are_owed_to_their_source_until_delivered(f: &dyn Fa
         (owed[0].id.as_str(), owed[0].state),
         (bad.id.as_str(), JobState::Succeeded)
     );
+}
+
+async fn enqueue_routed(j: &dyn Journal, key: &str, route: Option<&[String]>) -> JobRecord {
+    let r = req(1);
+    j.enqueue(NewJob {
+        source: "api",
+        idempotency_key: key,
+        kind: JobKind::Issue,
+        request: &r,
+        route,
+    })
+    .await
+    .unwrap()
+    .0
+}
+
+pub(crate) async fn a_job_runs_only_where_a_backend_of_its_route_is_served(f: &dyn Factory) {
+    let (a, b, c) = (f.open("a").await, f.open("b").await, f.open("c").await);
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    a.serve_only(Some(&names(&["x"])));
+    b.serve_only(Some(&names(&["y"])));
+    let for_x = enqueue_routed(&*b, "for-x", Some(&names(&["x"]))).await;
+    let for_y_or_z = enqueue_routed(&*a, "for-y", Some(&names(&["z", "y"]))).await;
+    // b cannot run the job for x, however long it asks.
+    let at_b = b.lease_next(MINUTE).await.unwrap().unwrap();
+    assert_eq!(at_b.job.id, for_y_or_z.id);
+    assert!(b.lease_next(MINUTE).await.unwrap().is_none());
+    let at_a = a.lease_next(MINUTE).await.unwrap().unwrap();
+    assert_eq!(at_a.job.id, for_x.id);
+    // Pending at x's CA: only an instance serving x polls it.
+    assert!(a
+        .park(&at_a.lease, "x", "poll-1", "pending", 0)
+        .await
+        .unwrap());
+    assert!(b.lease_next(MINUTE).await.unwrap().is_none());
+    let polled = a.lease_next(MINUTE).await.unwrap().unwrap();
+    assert_eq!(polled.job.id, for_x.id);
+    // A job with no route, and an instance serving everything, go anywhere.
+    let anywhere = enqueue_routed(&*c, "anywhere", None).await;
+    assert_eq!(
+        b.lease_next(MINUTE).await.unwrap().unwrap().job.id,
+        anywhere.id
+    );
+    b.serve_only(None);
+    assert!(b.complete(&at_b.lease, done("{}")).await.unwrap());
+    let late = enqueue_routed(&*c, "late-x", Some(&names(&["x"]))).await;
+    assert_eq!(b.lease_next(MINUTE).await.unwrap().unwrap().job.id, late.id);
+}
+
+pub(crate) async fn instances_claiming_at_once_never_share_a_job(f: &dyn Factory) {
+    const JOBS: usize = 40;
+    let instances = [f.open("a").await, f.open("b").await, f.open("c").await];
+    for n in 0..JOBS {
+        enqueue(&*instances[n % 3], &format!("k{n}")).await;
+    }
+    let mut claimers = tokio::task::JoinSet::new();
+    for j in instances {
+        claimers.spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(held) = j.lease_next(MINUTE).await.unwrap() {
+                mine.push(held.job.id.clone());
+                assert!(j.complete(&held.lease, done("{}")).await.unwrap());
+            }
+            mine
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(mine) = claimers.join_next().await {
+        all.extend(mine.unwrap());
+    }
+    let distinct: std::collections::BTreeSet<_> = all.iter().collect();
+    assert_eq!((all.len(), distinct.len()), (JOBS, JOBS));
 }

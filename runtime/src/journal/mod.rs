@@ -2,8 +2,8 @@
 //! of results, the ledger of certificates issued and revoked, SCEP one-time challenges and the
 //! replay window. It is a set of small async traits ([`JobStore`], [`Outbox`], [`Ledger`],
 //! [`ChallengeStore`], [`ReplayGuard`]), so each user depends on the part it needs and an
-//! implementation is one new file: SQLite ([`sqlite`], the embedded default) today, PostgreSQL
-//! for fleets next. The behaviour every implementation must have is written once, as tests any
+//! implementation is one new module: SQLite ([`sqlite`], the embedded default) and PostgreSQL
+//! ([`postgres`], for fleets: many instances on one journal). The behaviour every implementation must have is written once, as tests any
 //! implementation runs (`behaviour`).
 //!
 //! Fencing. Each lease carries a fresh random token, and every write that ends, parks, requeues
@@ -15,6 +15,8 @@
 //! Requests are kept as JSON: the journal stores what the job layer gives it and never needs to
 //! know an issue from an import.
 
+pub mod config;
+pub mod postgres;
 pub mod record;
 pub mod schema;
 pub mod sqlite;
@@ -27,6 +29,8 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
+pub use config::JournalConfig;
+pub use postgres::PostgresJournal;
 pub use record::{
     Completion, IssuedRecord, JobKind, JobRecord, JobState, Lease, Leased, LedgerEntry,
     LedgerQuery, NewJob, ReasonChange, Revocation, RevocationMark, RevokedSerial, StoredResult,
@@ -41,6 +45,13 @@ pub enum JournalError {
     #[error("journal {path}")]
     Open {
         path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The journal's database cannot be used (unreachable, refused the login, bad TLS).
+    #[error("journal {location}")]
+    Database {
+        location: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -179,6 +190,12 @@ pub trait JobStore: Send + Sync {
 
     /// How many jobs are in each state (states with none are left out).
     async fn counts(&self) -> Result<Vec<(JobState, i64)>, JournalError>;
+
+    /// From now on, take only jobs that one of `backends` may run (its route names one; a job
+    /// pending at a CA, only when that CA's backend is among them); `None`: any job. An
+    /// instance of a fleet serves the backends it can reach, so a CA reachable from one site
+    /// need not be reachable from every one.
+    fn serve_only(&self, backends: Option<&[String]>);
 
     /// Waits until job `id` is settled — ended, or pending at its CA — or `max` passed, and
     /// returns it as it is then. A source that answers in-line (SCEP) waits here instead of

@@ -147,6 +147,9 @@ pub struct NewJob<'a> {
     pub idempotency_key: &'a str,
     pub kind: JobKind,
     pub request: &'a serde_json::Value,
+    /// The backends that may run it, in the order they are tried; `None`: any. An instance
+    /// of a fleet takes only jobs with a backend it serves ([`super::JobStore::serve_only`]).
+    pub route: Option<&'a [String]>,
 }
 
 /// One worker's hold on one job: every write about the job while it runs is fenced on it.

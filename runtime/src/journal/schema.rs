@@ -1,32 +1,40 @@
 //! The journal's schema, as numbered migrations. A journal records the number it is at
-//! (SQLite: `PRAGMA user_version`); opening it applies the missing ones in order, each in one
-//! transaction, so a crash mid-upgrade leaves the previous version whole. A journal newer than
-//! this binary is refused rather than guessed at. Every change to the schema is one more
-//! migration here, and a line in `CHANGELOG.md`'s upgrade notes.
+//! (SQLite: `PRAGMA user_version`; PostgreSQL: the `certconn_schema` table); opening it applies
+//! the missing ones in order, each in one transaction, so a crash mid-upgrade leaves the
+//! previous version whole. A journal newer than this binary is refused rather than guessed at.
+//! Every change to the schema is one more migration here, and a line in `CHANGELOG.md`'s
+//! upgrade notes.
+//!
+//! SQLite and PostgreSQL are numbered apart: the PostgreSQL journal began (at its version 1)
+//! with everything SQLite had reached by its version 5, so it never replays SQLite's history.
+//! A change to both is one migration in each list.
 
 /// One step of the schema.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     pub version: i64,
     pub description: &'static str,
-    /// SQLite statements.
-    pub sqlite: &'static str,
+    /// The statements, in the dialect of the list the migration is in.
+    pub sql: &'static str,
 }
 
-/// The version a journal written by this binary is at.
-pub const CURRENT: i64 = 5;
+/// The version a SQLite journal written by this binary is at.
+pub const CURRENT: i64 = 6;
+
+/// The version a PostgreSQL journal written by this binary is at.
+pub const POSTGRES_CURRENT: i64 = 1;
 
 /// The first version with the signature trail.
 pub const SIGNATURE_TRAIL_SINCE: i64 = 4;
 
-/// Every migration, oldest first.
+/// Every SQLite migration, oldest first.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "jobs, outbox, certificate ledger, SCEP one-time challenges",
         // `IF NOT EXISTS`: journals written before versioning (user_version 0) already have
         // these tables and adopt version 1 as they are.
-        sqlite: r#"
+        sql: r#"
 CREATE TABLE IF NOT EXISTS jobs (
     id              TEXT PRIMARY KEY,
     source          TEXT NOT NULL,
@@ -76,7 +84,7 @@ CREATE TABLE IF NOT EXISTS scep_challenges (
         version: 2,
         description:
             "per-lease fencing tokens; the replay window (SCEP senderNonces) as shared state",
-        sqlite: r#"
+        sql: r#"
 ALTER TABLE jobs ADD COLUMN lease_token TEXT;
 CREATE INDEX jobs_lease_owner ON jobs (lease_owner) WHERE state = 'running';
 CREATE TABLE replay_window (
@@ -91,7 +99,7 @@ CREATE INDEX replay_window_expiry ON replay_window (expires_at);
     Migration {
         version: 3,
         description: "published revocation: CRL numbers per CA, the audit of reason changes",
-        sqlite: r#"
+        sql: r#"
 CREATE INDEX certificates_issuer_revoked ON certificates (issuer, revoked_at);
 CREATE INDEX certificates_not_after ON certificates (not_after);
 CREATE TABLE crl_numbers (
@@ -113,7 +121,7 @@ CREATE TABLE revocation_changes (
         version: 4,
         description:
             "the signature trail: every CA signature, chained by hash; serials unique per issuer",
-        sqlite: r#"
+        sql: r#"
 CREATE TABLE signature_trail (
     seq         INTEGER PRIMARY KEY,
     at          INTEGER NOT NULL,
@@ -137,13 +145,142 @@ CREATE UNIQUE INDEX signature_trail_serial ON signature_trail (issuer, serial)
     Migration {
         version: 5,
         description: "results delivered back to their source (the upstream service)",
-        sqlite: r#"
+        sql: r#"
 ALTER TABLE jobs ADD COLUMN delivered_at INTEGER;
 CREATE INDEX jobs_undelivered ON jobs (source, updated_at)
     WHERE delivered_at IS NULL AND state IN ('succeeded', 'failed', 'dead');
 "#,
     },
+    Migration {
+        version: 6,
+        description: "fleets: the backends a job may run on; the instances sharing the journal",
+        sql: r#"
+ALTER TABLE jobs ADD COLUMN route TEXT;
+CREATE TABLE instances (
+    id          TEXT PRIMARY KEY,
+    host        TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    plugins     TEXT NOT NULL,
+    serves      TEXT NOT NULL,
+    started_at  INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL
+);
+"#,
+    },
 ];
+
+/// Every PostgreSQL migration, oldest first. Times are unix milliseconds of the database's
+/// clock (`certconn_now_ms()`), never a host's: the instances of a fleet compare leases with
+/// one clock.
+pub const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description:
+        "jobs with fenced leases and routes, outbox, ledger, CRL numbers, reason changes, \
+                  signature trail, SCEP challenges, the replay window, the instances",
+    sql: r#"
+CREATE FUNCTION certconn_now_ms() RETURNS BIGINT
+    LANGUAGE sql VOLATILE AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT $$;
+CREATE TABLE jobs (
+    id              TEXT PRIMARY KEY,
+    source          TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    request         TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_run_at     BIGINT NOT NULL,
+    lease_owner     TEXT,
+    lease_token     TEXT,
+    lease_until     BIGINT,
+    poll_token      TEXT,
+    backend         TEXT,
+    last_error      TEXT,
+    route           TEXT[],
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL,
+    delivered_at    BIGINT,
+    UNIQUE (source, idempotency_key)
+);
+CREATE INDEX jobs_due ON jobs (next_run_at) WHERE state IN ('queued', 'pending');
+CREATE INDEX jobs_leased ON jobs (lease_until) WHERE state = 'running';
+CREATE INDEX jobs_lease_owner ON jobs (lease_owner) WHERE state = 'running';
+CREATE INDEX jobs_state_created ON jobs (state, created_at);
+CREATE INDEX jobs_undelivered ON jobs (source, updated_at)
+    WHERE delivered_at IS NULL AND state IN ('succeeded', 'failed', 'dead');
+CREATE TABLE outbox (
+    job_id      TEXT PRIMARY KEY REFERENCES jobs(id),
+    result      TEXT NOT NULL,
+    password    TEXT,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE certificates (
+    backend     TEXT NOT NULL,
+    serial      TEXT NOT NULL,
+    job_id      TEXT NOT NULL REFERENCES jobs(id),
+    issuer      BYTEA NOT NULL,
+    not_after   BIGINT NOT NULL,
+    certificate BYTEA NOT NULL,
+    revoked_at  BIGINT,
+    revocation_reason TEXT,
+    PRIMARY KEY (backend, serial)
+);
+CREATE INDEX certificates_serial ON certificates (serial);
+CREATE INDEX certificates_issuer_revoked ON certificates (issuer, revoked_at);
+CREATE INDEX certificates_not_after ON certificates (not_after);
+CREATE TABLE scep_challenges (
+    digest      TEXT PRIMARY KEY,
+    expires_at  BIGINT NOT NULL,
+    used_at     BIGINT
+);
+CREATE TABLE replay_window (
+    scope       TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    PRIMARY KEY (scope, value)
+);
+CREATE INDEX replay_window_expiry ON replay_window (expires_at);
+CREATE TABLE crl_numbers (
+    ca          TEXT PRIMARY KEY,
+    number      BIGINT NOT NULL
+);
+CREATE TABLE revocation_changes (
+    id          BIGSERIAL PRIMARY KEY,
+    backend     TEXT NOT NULL,
+    serial      TEXT NOT NULL,
+    old_reason  TEXT NOT NULL,
+    new_reason  TEXT NOT NULL,
+    changed_by  TEXT NOT NULL,
+    changed_at  BIGINT NOT NULL
+);
+CREATE TABLE signature_trail (
+    seq         BIGINT PRIMARY KEY,
+    at          BIGINT NOT NULL,
+    key         TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    job_id      TEXT,
+    backend     TEXT NOT NULL,
+    signer      TEXT NOT NULL,
+    signer_sha256 TEXT NOT NULL,
+    tbs_sha256  TEXT NOT NULL,
+    issuer      TEXT NOT NULL,
+    serial      TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    prev_hash   TEXT NOT NULL,
+    hash        TEXT NOT NULL
+);
+CREATE UNIQUE INDEX signature_trail_serial ON signature_trail (issuer, serial)
+    WHERE kind = 'certificate';
+CREATE TABLE instances (
+    id          TEXT PRIMARY KEY,
+    host        TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    plugins     TEXT NOT NULL,
+    serves      TEXT NOT NULL,
+    started_at  BIGINT NOT NULL,
+    last_seen   BIGINT NOT NULL
+);
+"#,
+}];
 
 #[cfg(test)]
 mod tests {
@@ -151,9 +288,14 @@ mod tests {
 
     #[test]
     fn versions_are_consecutive_and_end_at_current() {
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version, i as i64 + 1, "{}", m.description);
+        for (list, current) in [
+            (MIGRATIONS, CURRENT),
+            (POSTGRES_MIGRATIONS, POSTGRES_CURRENT),
+        ] {
+            for (i, m) in list.iter().enumerate() {
+                assert_eq!(m.version, i as i64 + 1, "{}", m.description);
+            }
+            assert_eq!(list.last().map(|m| m.version), Some(current));
         }
-        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(CURRENT));
     }
 }

@@ -42,6 +42,8 @@ struct Inner {
     /// This instance: the owner of the leases it takes.
     owner: String,
     version: i64,
+    /// The backends this instance runs jobs for, as a JSON array (`None`: every one).
+    serves: std::sync::RwLock<Option<String>>,
     /// A job was enqueued or retried: a worker should look.
     work: Notify,
     /// Bumped after every change of a job's state, for [`JobStore::wait_settled`].
@@ -140,7 +142,7 @@ fn migrate(conn: &mut Connection) -> Result<i64, JournalError> {
         let Some(next) = MIGRATIONS.iter().find(|m| m.version == version + 1) else {
             return Ok(version);
         };
-        tx.execute_batch(next.sqlite)?;
+        tx.execute_batch(next.sql)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", next.version))?;
         tx.commit()?;
         tracing::info!(
@@ -179,6 +181,7 @@ impl SqliteJournal {
                 reader: Mutex::new(reader),
                 owner: owner.to_owned(),
                 version,
+                serves: std::sync::RwLock::new(None),
                 work: Notify::new(),
                 changes: watch::Sender::new(0),
             }),
@@ -256,16 +259,19 @@ impl JobStore for SqliteJournal {
             new.kind,
         );
         let request = new.request.to_string();
+        let route = new
+            .route
+            .map(|r| serde_json::Value::from(r.to_vec()).to_string());
         let id = random_hex(16)?;
         let (job, created) = self
             .blocking(move |inner| {
                 let now = now_ms();
                 let conn = inner.writer();
                 let inserted = conn.execute(
-                    "INSERT INTO jobs (id, source, idempotency_key, kind, state, request, next_run_at, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6, ?6)
+                    "INSERT INTO jobs (id, source, idempotency_key, kind, state, request, route, next_run_at, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?7, ?6, ?6, ?6)
                      ON CONFLICT (source, idempotency_key) DO NOTHING",
-                    params![id, source, key, kind.as_str(), request, now],
+                    params![id, source, key, kind.as_str(), request, now, route],
                 )?;
                 let row = conn.query_row(
                     "SELECT * FROM jobs WHERE source = ?1 AND idempotency_key = ?2",
@@ -287,6 +293,7 @@ impl JobStore for SqliteJournal {
             .blocking(move |inner| {
                 let now = now_ms();
                 let until = now.saturating_add(millis(lease_for));
+                let serves = inner.serves.read().unwrap_or_else(|p| p.into_inner()).clone();
                 let conn = inner.writer();
                 let row = conn
                     .query_row(
@@ -294,11 +301,17 @@ impl JobStore for SqliteJournal {
                                 attempts = attempts + 1, updated_at = ?4
                          WHERE id = (
                             SELECT id FROM jobs
-                            WHERE (state IN ('queued', 'pending') AND next_run_at <= ?4)
-                               OR (state = 'running' AND lease_until < ?4)
+                            WHERE ((state IN ('queued', 'pending') AND next_run_at <= ?4)
+                                   OR (state = 'running' AND lease_until < ?4))
+                              AND (?5 IS NULL
+                                   OR ((route IS NULL OR EXISTS (
+                                          SELECT 1 FROM json_each(route) r
+                                          WHERE r.value IN (SELECT value FROM json_each(?5))))
+                                       AND (poll_token IS NULL OR backend IS NULL
+                                            OR backend IN (SELECT value FROM json_each(?5)))))
                             ORDER BY next_run_at LIMIT 1)
                          RETURNING *",
-                        params![inner.owner, token, until, now],
+                        params![inner.owner, token, until, now, serves],
                         job_from_row,
                     )
                     .optional()?;
@@ -601,6 +614,12 @@ impl JobStore for SqliteJournal {
                 .collect()
         })
         .await
+    }
+
+    fn serve_only(&self, backends: Option<&[String]>) {
+        *self.inner.serves.write().unwrap_or_else(|p| p.into_inner()) =
+            backends.map(|b| serde_json::Value::from(b.to_vec()).to_string());
+        self.inner.work.notify_waiters();
     }
 
     async fn wait_settled(&self, id: &str, max: Duration) -> Result<JobRecord, JournalError> {
@@ -1149,13 +1168,14 @@ mod tests {
 
     struct Sqlite(tempfile::TempDir);
 
+    #[async_trait::async_trait]
     impl behaviour::Factory for Sqlite {
-        fn open(&self, instance: &str) -> Arc<dyn Journal> {
+        async fn open(&self, instance: &str) -> Arc<dyn Journal> {
             Arc::new(SqliteJournal::open(&self.0.path().join("journal.sqlite"), instance).unwrap())
         }
     }
 
-    fn factory() -> Sqlite {
+    async fn factory() -> Sqlite {
         Sqlite(tempfile::tempdir().unwrap())
     }
 
@@ -1172,6 +1192,7 @@ mod tests {
                 idempotency_key: "k",
                 kind: JobKind::Issue,
                 request: &request,
+                route: None,
             })
             .await
             .unwrap();

@@ -1441,6 +1441,7 @@ mod tests {
                 idempotency_key: &format!("earlier-{serial}"),
                 kind: crate::journal::JobKind::Issue,
                 request: &request,
+                route: None,
             })
             .await
             .unwrap();

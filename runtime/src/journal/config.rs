@@ -1,0 +1,77 @@
+//! `[journal]`: where the journal is. Absent (or without `url`), it is SQLite in the data
+//! directory, the embedded default. With `url = "postgres://…"`, it is a PostgreSQL database
+//! that every instance of a fleet shares.
+
+use serde::Deserialize;
+
+use crate::config::ConfigPath;
+
+/// How many connections an instance holds to PostgreSQL by default: the workers' leases and
+/// outcomes, the API's reads, and one more for `LISTEN` (not pooled). 100 instances × 5 is 500
+/// connections; raise PostgreSQL's `max_connections`, or lower this, to fit.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+
+/// The `[journal]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// `postgres://user@host:port/database[?sslmode=require]`. Without a password: give it in
+    /// `password_env` or `password_file`, or use a client certificate.
+    pub url: Option<String>,
+    /// The environment variable holding the database password.
+    pub password_env: Option<String>,
+    /// A file (readable only by certconn's account) holding the database password.
+    pub password_file: Option<ConfigPath>,
+    /// The CAs (PEM) the database server's certificate must chain to; the system store when
+    /// absent. TLS is used when the URL says `sslmode=require` (or `prefer`), and the server's
+    /// certificate and name are always verified then.
+    pub trust_anchors: Option<ConfigPath>,
+    /// A client certificate (PEM chain) for PostgreSQL's `cert` authentication, with
+    /// `client_key` (PKCS#8 PEM, readable only by certconn's account).
+    pub client_certificate: Option<ConfigPath>,
+    pub client_key: Option<ConfigPath>,
+    /// Connections in this instance's pool (1 to 64). The `LISTEN` connection is one more.
+    #[serde(
+        default = "default_pool_size",
+        deserialize_with = "crate::config::in_range::<_, usize, 1, 64>"
+    )]
+    pub pool_size: usize,
+    /// Milliseconds between looks at the journal when no notification came: the longest a
+    /// job another instance enqueued waits, were `LISTEN` unavailable (behind a
+    /// transaction-pooling proxy). 50 to 60 000.
+    #[serde(
+        default = "default_poll_ms",
+        deserialize_with = "crate::config::in_range::<_, u64, 50, 60000>"
+    )]
+    pub poll_ms: u64,
+}
+
+fn default_pool_size() -> usize {
+    DEFAULT_POOL_SIZE
+}
+
+fn default_poll_ms() -> u64 {
+    500
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            password_env: None,
+            password_file: None,
+            trust_anchors: None,
+            client_certificate: None,
+            client_key: None,
+            pool_size: DEFAULT_POOL_SIZE,
+            poll_ms: default_poll_ms(),
+        }
+    }
+}
+
+impl JournalConfig {
+    /// True when the journal is a PostgreSQL database (a fleet's).
+    pub fn is_postgres(&self) -> bool {
+        self.url.is_some()
+    }
+}

@@ -1,0 +1,1255 @@
+//! The journal on PostgreSQL: one database that every instance of a fleet shares. The same
+//! traits and the same behaviour as SQLite (`behaviour` runs on both); what a fleet adds:
+//!
+//! - **Claiming** is `FOR UPDATE SKIP LOCKED`: instances taking work at the same moment each
+//!   get a different job and never wait on each other's row locks. A lease is fenced by its own
+//!   random token, as on SQLite, and an expired lease is the only way to take over a running
+//!   job.
+//! - **One clock.** Lease times, and every time the journal stamps, are the database's
+//!   (`certconn_now_ms()`), so a host whose clock is off neither steals leases nor keeps them.
+//! - **Wake-ups** by `LISTEN`/`NOTIFY`: an enqueue on one instance wakes the idle workers of all
+//!   of them, and a job's change wakes whoever waits for it (a SCEP request answered in-line on
+//!   one instance while another ran the job). Notifications are coalesced (at most one per
+//!   channel per [`listen::THROTTLE`] from each instance), and the workers still look every
+//!   `journal.poll_ms`, so nothing is lost behind a transaction-pooling proxy where `LISTEN`
+//!   does not work, or while the listening connection reconnects.
+//! - **Migrations** run under an advisory lock: the first instance to start applies them, the
+//!   others wait for it and find nothing left to do.
+//! - **Pool**: `journal.pool_size` connections (default 4) plus one for `LISTEN`.
+
+pub mod connect;
+mod listen;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{watch, Notify};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+use zeroize::Zeroizing;
+
+use super::config::JournalConfig;
+use super::record::*;
+use super::schema::{self, POSTGRES_MIGRATIONS};
+use super::trail::{self, NewSignature, SignatureRecord, SignedKind};
+use super::{
+    millis, Backlog, ChallengeStore, JobStore, Journal, JournalError, Ledger, Outbox, ReplayGuard,
+    RevocationLedger, SignatureTrail,
+};
+use crate::crypto::provider;
+pub use connect::{Connect, ConnectError};
+
+/// Advisory lock keys (arbitrary, fixed): migrations, and the signature trail's chain.
+const MIGRATION_LOCK: i64 = 0x6365_7274_636f_6e01;
+const TRAIL_LOCK: i64 = 0x6365_7274_636f_6e02;
+
+impl From<tokio_postgres::Error> for JournalError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        JournalError::Backend(Box::new(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for JournalError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        JournalError::Backend(Box::new(e))
+    }
+}
+
+/// The journal in a PostgreSQL database.
+#[derive(Clone)]
+pub struct PostgresJournal {
+    inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pool: Pool,
+    location: String,
+    /// This instance: the owner of the leases it takes.
+    owner: String,
+    version: i64,
+    /// The backends this instance runs jobs for (`None`: every one).
+    serves: RwLock<Option<Vec<String>>>,
+    /// The longest a worker waits without a notification before it looks again.
+    poll: Duration,
+    /// A job was enqueued or retried (here, or on another instance): workers should look.
+    work: Notify,
+    /// Bumped after every change of a job's state (here, or on another instance).
+    changes: watch::Sender<u64>,
+    /// What this instance has to tell the others.
+    signals: Arc<listen::Signals>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresJournal")
+            .field("location", &self.inner.location)
+            .field("owner", &self.inner.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String, JournalError> {
+    provider::random_vec(bytes)
+        .map(hex::encode)
+        .map_err(|e| JournalError::Backend(Box::new(e)))
+}
+
+fn corrupt(id: &str, reason: impl Into<String>) -> JournalError {
+    JournalError::Corrupt {
+        id: id.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn job_from_row(row: &Row) -> Result<JobRecord, JournalError> {
+    let id: String = row.try_get("id")?;
+    let kind: String = row.try_get("kind")?;
+    let state: String = row.try_get("state")?;
+    let request: String = row.try_get("request")?;
+    let kind =
+        JobKind::parse(&kind).ok_or_else(|| corrupt(&id, format!("unknown job kind {kind:?}")))?;
+    let state = JobState::parse(&state)
+        .ok_or_else(|| corrupt(&id, format!("unknown job state {state:?}")))?;
+    let attempts: i32 = row.try_get("attempts")?;
+    Ok(JobRecord {
+        request: serde_json::from_str(&request).map_err(|e| corrupt(&id, e.to_string()))?,
+        source: row.try_get("source")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        kind,
+        state,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        backend: row.try_get("backend")?,
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        next_run_at: row.try_get("next_run_at")?,
+        poll_token: row.try_get("poll_token")?,
+        id,
+    })
+}
+
+fn jobs_from_rows(rows: &[Row]) -> Result<Vec<JobRecord>, JournalError> {
+    rows.iter().map(job_from_row).collect()
+}
+
+/// One statement, prepared once per connection.
+async fn query(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, JournalError> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.query(&statement, params).await?)
+}
+
+async fn query_opt(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, JournalError> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.query_opt(&statement, params).await?)
+}
+
+async fn execute(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, JournalError> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.execute(&statement, params).await?)
+}
+
+/// Brings the schema up to [`schema::POSTGRES_CURRENT`], one transaction per migration, under
+/// an advisory lock so that instances starting together apply each migration once.
+async fn migrate(client: &mut deadpool_postgres::Client) -> Result<i64, JournalError> {
+    loop {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS certconn_schema (version BIGINT NOT NULL)")
+            .await?;
+        let version: i64 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM certconn_schema", &[])
+            .await?
+            .try_get(0)?;
+        if version > schema::POSTGRES_CURRENT {
+            return Err(JournalError::TooNew {
+                found: version,
+                supported: schema::POSTGRES_CURRENT,
+            });
+        }
+        let Some(next) = POSTGRES_MIGRATIONS
+            .iter()
+            .find(|m| m.version == version + 1)
+        else {
+            tx.commit().await?;
+            return Ok(version);
+        };
+        tx.batch_execute(next.sql).await?;
+        tx.execute(
+            "INSERT INTO certconn_schema (version) VALUES ($1)",
+            &[&next.version],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(
+            version = next.version,
+            "journal schema migrated: {}",
+            next.description
+        );
+    }
+}
+
+impl PostgresJournal {
+    /// Connects to the database `[journal]` names for the instance `owner`, migrating its
+    /// schema, and starts listening for the other instances' notifications.
+    pub async fn open(
+        config: &JournalConfig,
+        owner: &str,
+        fips: bool,
+    ) -> Result<Self, JournalError> {
+        let connect = Connect::new(config, fips).map_err(|e| JournalError::Database {
+            location: config
+                .url
+                .clone()
+                .map(|_| "[journal]".into())
+                .unwrap_or_default(),
+            source: Box::new(e),
+        })?;
+        let location = connect.location.clone();
+        let unreachable = |e: JournalError| match e {
+            JournalError::Backend(source) => JournalError::Database {
+                location: location.clone(),
+                source,
+            },
+            other => other,
+        };
+        let manager = Manager::from_config(
+            connect.pg.clone(),
+            connect.tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(15)))
+            .build()
+            .map_err(|e| JournalError::Database {
+                location: location.clone(),
+                source: Box::new(e),
+            })?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| unreachable(JournalError::from(e)))?;
+        let version = migrate(&mut client).await.map_err(unreachable)?;
+        drop(client);
+        let signals = Arc::new(listen::Signals::default());
+        let inner = Arc::new_cyclic(|weak| {
+            let tasks = vec![
+                tokio::spawn(listen::listen(connect.clone(), weak.clone())),
+                tokio::spawn(listen::notify(pool.clone(), signals.clone())),
+            ];
+            Inner {
+                pool,
+                location,
+                owner: owner.to_owned(),
+                version,
+                serves: RwLock::new(None),
+                poll: Duration::from_millis(config.poll_ms),
+                work: Notify::new(),
+                changes: watch::Sender::new(0),
+                signals,
+                tasks,
+            }
+        });
+        Ok(Self { inner })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, JournalError> {
+        Ok(self.inner.pool.get().await?)
+    }
+
+    /// A job changed here: waiters here now, the other instances soon.
+    fn changed(&self) {
+        self.inner.changed();
+        self.inner.signals.changed();
+    }
+
+    /// Work arrived here: a worker here now, the other instances' soon.
+    fn work_arrived(&self) {
+        self.inner.work.notify_one();
+        self.inner.signals.work();
+    }
+
+    fn serves(&self) -> Option<Vec<String>> {
+        self.inner
+            .serves
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs a fenced state change of a leased job (`$1` id, `$2` token, then `values`).
+    async fn fenced(
+        &self,
+        sql: &str,
+        lease: &Lease,
+        values: &[&(dyn ToSql + Sync)],
+    ) -> Result<bool, JournalError> {
+        let mut all: Vec<&(dyn ToSql + Sync)> = vec![&lease.job_id, &lease.token];
+        all.extend_from_slice(values);
+        let changed = execute(&self.client().await?, sql, &all).await? == 1;
+        if changed {
+            self.changed();
+        }
+        Ok(changed)
+    }
+
+    async fn get_job(&self, c: &impl GenericClient, id: &str) -> Result<JobRecord, JournalError> {
+        let row = query_opt(c, "SELECT * FROM jobs WHERE id = $1", &[&id])
+            .await?
+            .ok_or_else(|| JournalError::NotFound(id.into()))?;
+        job_from_row(&row)
+    }
+}
+
+impl Inner {
+    pub(super) fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Something may have arrived: every idle worker looks.
+    pub(super) fn wake_all(&self) {
+        self.work.notify_waiters();
+        self.work.notify_one();
+    }
+}
+
+#[async_trait::async_trait]
+impl JobStore for PostgresJournal {
+    async fn enqueue(&self, new: NewJob<'_>) -> Result<(JobRecord, bool), JournalError> {
+        let id = random_hex(16)?;
+        let request = new.request.to_string();
+        let route: Option<Vec<String>> = new.route.map(<[String]>::to_vec);
+        let c = self.client().await?;
+        let inserted = query_opt(
+            &c,
+            "INSERT INTO jobs (id, source, idempotency_key, kind, state, request, route,
+                               next_run_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6,
+                     certconn_now_ms(), certconn_now_ms(), certconn_now_ms())
+             ON CONFLICT (source, idempotency_key) DO NOTHING
+             RETURNING *",
+            &[
+                &id,
+                &new.source,
+                &new.idempotency_key,
+                &new.kind.as_str(),
+                &request,
+                &route,
+            ],
+        )
+        .await?;
+        if let Some(row) = inserted {
+            let job = job_from_row(&row)?;
+            self.work_arrived();
+            self.changed();
+            return Ok((job, true));
+        }
+        let row = query_opt(
+            &c,
+            "SELECT * FROM jobs WHERE source = $1 AND idempotency_key = $2",
+            &[&new.source, &new.idempotency_key],
+        )
+        .await?
+        .ok_or_else(|| JournalError::NotFound(new.idempotency_key.to_owned()))?;
+        Ok((job_from_row(&row)?, false))
+    }
+
+    async fn lease_next(&self, lease_for: Duration) -> Result<Option<Leased>, JournalError> {
+        let token = random_hex(16)?;
+        let serves = self.serves();
+        let row = query_opt(
+            &self.client().await?,
+            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_token = $2,
+                    lease_until = certconn_now_ms() + $3, attempts = attempts + 1,
+                    updated_at = certconn_now_ms()
+             WHERE id = (
+                SELECT id FROM jobs
+                WHERE ((state IN ('queued', 'pending') AND next_run_at <= certconn_now_ms())
+                       OR (state = 'running' AND lease_until < certconn_now_ms()))
+                  AND ($4::TEXT[] IS NULL
+                       OR ((route IS NULL OR route && $4::TEXT[])
+                           AND (poll_token IS NULL OR backend IS NULL
+                                OR backend = ANY($4::TEXT[]))))
+                ORDER BY next_run_at LIMIT 1
+                FOR UPDATE SKIP LOCKED)
+             RETURNING *",
+            &[&self.inner.owner, &token, &millis(lease_for), &serves],
+        )
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let job = job_from_row(&row)?;
+        self.changed();
+        Ok(Some(Leased {
+            lease: Lease {
+                job_id: job.id.clone(),
+                token,
+            },
+            job,
+        }))
+    }
+
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<bool, JournalError> {
+        Ok(execute(
+            &self.client().await?,
+            "UPDATE jobs SET lease_until = certconn_now_ms() + $3
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+            &[&lease.job_id, &lease.token, &millis(lease_for)],
+        )
+        .await?
+            == 1)
+    }
+
+    async fn complete(&self, lease: &Lease, done: Completion<'_>) -> Result<bool, JournalError> {
+        let request = done.request.map(|r| r.to_string());
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let changed = execute(
+            &tx,
+            "UPDATE jobs SET state = 'succeeded', backend = $3, last_error = NULL,
+                    lease_owner = NULL, lease_token = NULL, lease_until = NULL, poll_token = NULL,
+                    request = COALESCE($4, request), updated_at = certconn_now_ms()
+             WHERE id = $1 AND state = 'running' AND lease_token = $2",
+            &[&lease.job_id, &lease.token, &done.backend, &request],
+        )
+        .await?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        execute(
+            &tx,
+            "INSERT INTO outbox (job_id, result, password, created_at)
+             VALUES ($1, $2, $3, certconn_now_ms())",
+            &[&lease.job_id, &done.result, &done.password],
+        )
+        .await?;
+        if let Some(c) = done.issued {
+            execute(
+                &tx,
+                "INSERT INTO certificates (backend, serial, job_id, issuer, not_after, certificate)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &c.backend,
+                    &c.serial,
+                    &lease.job_id,
+                    &c.issuer_der,
+                    &c.not_after,
+                    &c.certificate_der,
+                ],
+            )
+            .await?;
+        }
+        if let Some(r) = done.revoked {
+            execute(
+                &tx,
+                "UPDATE certificates SET revoked_at = certconn_now_ms(), revocation_reason = $3
+                 WHERE backend = $1 AND serial = $2 AND revoked_at IS NULL",
+                &[&r.backend, &r.serial, &r.reason],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.changed();
+        Ok(true)
+    }
+
+    async fn requeue(
+        &self,
+        lease: &Lease,
+        backend: Option<&str>,
+        error: &str,
+        at: i64,
+        uses_attempt: bool,
+    ) -> Result<bool, JournalError> {
+        let refund = i32::from(!uses_attempt);
+        self.fenced(
+            "UPDATE jobs SET state = 'queued', backend = COALESCE($3, backend), last_error = $4,
+                    next_run_at = $5, attempts = attempts - $6, lease_owner = NULL,
+                    lease_token = NULL, lease_until = NULL, updated_at = certconn_now_ms()
+             WHERE id = $1 AND state = 'running' AND lease_token = $2",
+            lease,
+            &[&backend, &error, &at, &refund],
+        )
+        .await
+    }
+
+    async fn park(
+        &self,
+        lease: &Lease,
+        backend: &str,
+        poll_token: &str,
+        message: &str,
+        at: i64,
+    ) -> Result<bool, JournalError> {
+        self.fenced(
+            "UPDATE jobs SET state = 'pending', backend = $3, poll_token = $4, last_error = $5,
+                    next_run_at = $6, attempts = attempts - 1, lease_owner = NULL,
+                    lease_token = NULL, lease_until = NULL, updated_at = certconn_now_ms()
+             WHERE id = $1 AND state = 'running' AND lease_token = $2",
+            lease,
+            &[&backend, &poll_token, &message, &at],
+        )
+        .await
+    }
+
+    async fn end(
+        &self,
+        lease: &Lease,
+        state: JobState,
+        backend: Option<&str>,
+        error: &str,
+        request: Option<&serde_json::Value>,
+    ) -> Result<bool, JournalError> {
+        debug_assert!(matches!(state, JobState::Failed | JobState::Dead));
+        let request = request.map(|r| r.to_string());
+        self.fenced(
+            "UPDATE jobs SET state = $3, backend = COALESCE($4, backend), last_error = $5,
+                    request = COALESCE($6, request), lease_owner = NULL, lease_token = NULL,
+                    lease_until = NULL, updated_at = certconn_now_ms()
+             WHERE id = $1 AND state = 'running' AND lease_token = $2",
+            lease,
+            &[&state.as_str(), &backend, &error, &request],
+        )
+        .await
+    }
+
+    async fn release_held(&self) -> Result<usize, JournalError> {
+        let n = execute(
+            &self.client().await?,
+            "UPDATE jobs SET state = 'queued', next_run_at = certconn_now_ms(), lease_owner = NULL,
+                    lease_token = NULL, lease_until = NULL, updated_at = certconn_now_ms()
+             WHERE state = 'running' AND lease_owner = $1",
+            &[&self.inner.owner],
+        )
+        .await?;
+        if n > 0 {
+            self.changed();
+            self.work_arrived();
+        }
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, JournalError> {
+        let row = query(
+            &self.client().await?,
+            "SELECT LEAST(
+                (SELECT MIN(next_run_at) FROM jobs WHERE state IN ('queued', 'pending')),
+                (SELECT MIN(lease_until) FROM jobs WHERE state = 'running'))
+                - certconn_now_ms()",
+            &[],
+        )
+        .await?;
+        // The database's clock decides when a job is due; the wait is measured here.
+        let until: Option<i64> = row.first().map(|r| r.try_get(0)).transpose()?.flatten();
+        Ok(until.map(|ms| super::now_ms().saturating_add(ms)))
+    }
+
+    async fn wait_for_work(&self, max: Duration) {
+        let _ = tokio::time::timeout(max.min(self.inner.poll), self.inner.work.notified()).await;
+    }
+
+    async fn retry(&self, id: &str) -> Result<JobRecord, JournalError> {
+        let c = self.client().await?;
+        let changed = execute(
+            &c,
+            "UPDATE jobs SET state = 'queued', attempts = 0, next_run_at = certconn_now_ms(),
+                    updated_at = certconn_now_ms(), delivered_at = NULL
+             WHERE id = $1 AND state IN ('failed', 'dead')",
+            &[&id],
+        )
+        .await?;
+        let job = self.get_job(&c, id).await?;
+        if changed == 0 {
+            return Err(JournalError::NotRetryable {
+                id: id.to_owned(),
+                state: job.state.as_str(),
+            });
+        }
+        self.changed();
+        self.work_arrived();
+        Ok(job)
+    }
+
+    async fn get(&self, id: &str) -> Result<JobRecord, JournalError> {
+        self.get_job(&self.client().await?, id).await
+    }
+
+    async fn find(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<JobRecord>, JournalError> {
+        query_opt(
+            &self.client().await?,
+            "SELECT * FROM jobs WHERE source = $1 AND idempotency_key = $2",
+            &[&source, &idempotency_key],
+        )
+        .await?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()
+    }
+
+    async fn list(
+        &self,
+        state: Option<JobState>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, JournalError> {
+        let state = state.map(JobState::as_str);
+        let rows = query(
+            &self.client().await?,
+            "SELECT * FROM jobs WHERE ($1::TEXT IS NULL OR state = $1)
+             ORDER BY created_at DESC, id LIMIT $2",
+            &[&state, &i64::from(limit)],
+        )
+        .await?;
+        jobs_from_rows(&rows)
+    }
+
+    async fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError> {
+        let rows = query(
+            &self.client().await?,
+            "SELECT * FROM jobs WHERE state IN ('queued', 'running', 'pending')
+             ORDER BY created_at, id",
+            &[],
+        )
+        .await?;
+        jobs_from_rows(&rows)
+    }
+
+    async fn counts(&self) -> Result<Vec<(JobState, i64)>, JournalError> {
+        let rows = query(
+            &self.client().await?,
+            "SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state",
+            &[],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get(0)?;
+                let n: i64 = r.try_get(1)?;
+                JobState::parse(&state)
+                    .map(|s| (s, n))
+                    .ok_or_else(|| corrupt("(counts)", format!("unknown job state {state:?}")))
+            })
+            .collect()
+    }
+
+    async fn wait_settled(&self, id: &str, max: Duration) -> Result<JobRecord, JournalError> {
+        let deadline = tokio::time::Instant::now() + max;
+        // Subscribe before reading, so a change between the read and the wait is not lost.
+        let mut changes = self.inner.changes.subscribe();
+        loop {
+            let job = self.get(id).await?;
+            if job.state.is_settled() || tokio::time::Instant::now() >= deadline {
+                return Ok(job);
+            }
+            // Another instance's change arrives as a notification; were it lost, look anyway.
+            let look = (tokio::time::Instant::now() + self.inner.poll).min(deadline);
+            let _ = tokio::time::timeout_at(look, changes.changed()).await;
+        }
+    }
+
+    fn serve_only(&self, backends: Option<&[String]>) {
+        *self.inner.serves.write().unwrap_or_else(|p| p.into_inner()) =
+            backends.map(<[String]>::to_vec);
+        self.inner.wake_all();
+    }
+}
+
+#[async_trait::async_trait]
+impl Outbox for PostgresJournal {
+    async fn take_result(&self, id: &str) -> Result<Option<StoredResult>, JournalError> {
+        // The row is locked while it is read and its password erased: of two instances asking
+        // at once, one gets the password and the other sees it gone.
+        let row = query_opt(
+            &self.client().await?,
+            "UPDATE outbox o SET password = NULL
+             FROM (SELECT job_id, result, password FROM outbox WHERE job_id = $1 FOR UPDATE) old
+             WHERE o.job_id = old.job_id
+             RETURNING old.result, old.password",
+            &[&id],
+        )
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(StoredResult {
+            result: row.try_get(0)?,
+            password: row.try_get::<_, Option<String>>(1)?.map(Zeroizing::new),
+        }))
+    }
+
+    async fn peek_result(&self, id: &str) -> Result<Option<String>, JournalError> {
+        query_opt(
+            &self.client().await?,
+            "SELECT result FROM outbox WHERE job_id = $1",
+            &[&id],
+        )
+        .await?
+        .map(|r| r.try_get(0).map_err(JournalError::from))
+        .transpose()
+    }
+
+    async fn undelivered(&self, source: &str, limit: u32) -> Result<Vec<JobRecord>, JournalError> {
+        let rows = query(
+            &self.client().await?,
+            "SELECT * FROM jobs WHERE source = $1 AND delivered_at IS NULL
+                 AND state IN ('succeeded', 'failed', 'dead')
+             ORDER BY updated_at, id LIMIT $2",
+            &[&source, &i64::from(limit)],
+        )
+        .await?;
+        jobs_from_rows(&rows)
+    }
+
+    async fn mark_delivered(&self, id: &str) -> Result<(), JournalError> {
+        execute(
+            &self.client().await?,
+            "UPDATE jobs SET delivered_at = certconn_now_ms()
+             WHERE id = $1 AND delivered_at IS NULL",
+            &[&id],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn backlog(&self, source: &str) -> Result<Backlog, JournalError> {
+        let rows = query(
+            &self.client().await?,
+            "SELECT
+                 COUNT(*) FILTER (WHERE state IN ('queued', 'running', 'pending')),
+                 COUNT(*) FILTER (WHERE state IN ('succeeded', 'failed', 'dead')
+                                    AND delivered_at IS NULL)
+             FROM jobs WHERE source = $1",
+            &[&source],
+        )
+        .await?;
+        let (unfinished, owed): (i64, i64) = match rows.first() {
+            Some(r) => (r.try_get(0)?, r.try_get(1)?),
+            None => (0, 0),
+        };
+        Ok(Backlog {
+            unfinished: u64::try_from(unfinished).unwrap_or(0),
+            owed: u64::try_from(owed).unwrap_or(0),
+        })
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+}
+
+const LEDGER_COLUMNS: &str =
+    "backend, serial, job_id, issuer, not_after, certificate, revoked_at, revocation_reason";
+
+fn ledger_entry(r: &Row) -> Result<LedgerEntry, JournalError> {
+    let revoked_at: Option<i64> = r.try_get(6)?;
+    let reason: Option<String> = r.try_get(7)?;
+    Ok(LedgerEntry {
+        backend: r.try_get(0)?,
+        serial: r.try_get(1)?,
+        job_id: r.try_get(2)?,
+        issuer_der: r.try_get(3)?,
+        not_after: r.try_get(4)?,
+        certificate_der: r.try_get(5)?,
+        revoked: revoked_at.map(|t| (t, reason.unwrap_or_default())),
+    })
+}
+
+#[async_trait::async_trait]
+impl Ledger for PostgresJournal {
+    async fn certificate(&self, serial: &str) -> Result<Option<LedgerEntry>, JournalError> {
+        query_opt(
+            &self.client().await?,
+            &format!("SELECT {LEDGER_COLUMNS} FROM certificates WHERE serial = $1 LIMIT 1"),
+            &[&serial],
+        )
+        .await?
+        .as_ref()
+        .map(ledger_entry)
+        .transpose()
+    }
+}
+
+#[async_trait::async_trait]
+impl RevocationLedger for PostgresJournal {
+    async fn certificates(&self, q: &LedgerQuery) -> Result<Vec<LedgerEntry>, JournalError> {
+        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+        let rows = query(
+            &self.client().await?,
+            &format!(
+                "SELECT {LEDGER_COLUMNS} FROM certificates
+                 WHERE (NOT $1 OR revoked_at IS NOT NULL)
+                   AND ($2::BIGINT IS NULL OR (revoked_at IS NULL AND not_after < $2))
+                   AND ($3::TEXT IS NULL OR backend = $3)
+                   AND ($4::BYTEA IS NULL OR issuer = $4)
+                 ORDER BY not_after, serial LIMIT $5"
+            ),
+            &[
+                &q.revoked,
+                &q.expiring_before,
+                &q.backend,
+                &q.issuer_der,
+                &limit,
+            ],
+        )
+        .await?;
+        rows.iter().map(ledger_entry).collect()
+    }
+
+    async fn revocations(&self, issuer_der: &[u8]) -> Result<Vec<RevokedSerial>, JournalError> {
+        let rows = query(
+            &self.client().await?,
+            "SELECT serial, revoked_at, revocation_reason FROM certificates
+             WHERE issuer = $1 AND revoked_at IS NOT NULL ORDER BY revoked_at, serial",
+            &[&issuer_der],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RevokedSerial {
+                    serial: r.try_get(0)?,
+                    revoked_at: r.try_get(1)?,
+                    reason: r.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn revocation_mark(&self, issuer_der: &[u8]) -> Result<RevocationMark, JournalError> {
+        let rows = query(
+            &self.client().await?,
+            "SELECT COUNT(revoked_at), COALESCE(MAX(revoked_at), 0),
+                    (SELECT COALESCE(MAX(id), 0) FROM revocation_changes)
+             FROM certificates WHERE issuer = $1 AND revoked_at IS NOT NULL",
+            &[&issuer_der],
+        )
+        .await?;
+        let Some(r) = rows.first() else {
+            return Ok(RevocationMark::default());
+        };
+        Ok(RevocationMark {
+            revoked: r.try_get(0)?,
+            latest_revocation: r.try_get(1)?,
+            latest_change: r.try_get(2)?,
+        })
+    }
+
+    async fn next_crl_number(&self, ca: &str) -> Result<u64, JournalError> {
+        let rows = query(
+            &self.client().await?,
+            "INSERT INTO crl_numbers (ca, number) VALUES ($1, 1)
+             ON CONFLICT (ca) DO UPDATE SET number = crl_numbers.number + 1
+             RETURNING number",
+            &[&ca],
+        )
+        .await?;
+        let number: i64 = rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
+        Ok(u64::try_from(number).unwrap_or(0))
+    }
+
+    async fn change_reason(&self, c: &ReasonChange) -> Result<(), JournalError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let changed = execute(
+            &tx,
+            "UPDATE certificates SET revocation_reason = $3
+             WHERE backend = $1 AND serial = $2 AND revoked_at IS NOT NULL
+               AND revocation_reason = $4",
+            &[&c.backend, &c.serial, &c.new_reason, &c.old_reason],
+        )
+        .await?;
+        if changed == 0 {
+            return Err(JournalError::NotRevoked {
+                backend: c.backend.clone(),
+                serial: c.serial.clone(),
+            });
+        }
+        execute(
+            &tx,
+            "INSERT INTO revocation_changes
+               (backend, serial, old_reason, new_reason, changed_by, changed_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &c.backend,
+                &c.serial,
+                &c.old_reason,
+                &c.new_reason,
+                &c.changed_by,
+                &c.changed_at,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reason_changes(&self, limit: usize) -> Result<Vec<ReasonChange>, JournalError> {
+        let rows = query(
+            &self.client().await?,
+            "SELECT backend, serial, old_reason, new_reason, changed_by, changed_at
+             FROM revocation_changes ORDER BY id DESC LIMIT $1",
+            &[&i64::try_from(limit).unwrap_or(i64::MAX)],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReasonChange {
+                    backend: r.try_get(0)?,
+                    serial: r.try_get(1)?,
+                    old_reason: r.try_get(2)?,
+                    new_reason: r.try_get(3)?,
+                    changed_by: r.try_get(4)?,
+                    changed_at: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl ChallengeStore for PostgresJournal {
+    async fn add_challenge(&self, digest: &str, expires_at: i64) -> Result<(), JournalError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        execute(
+            &tx,
+            "DELETE FROM scep_challenges WHERE expires_at < certconn_now_ms()",
+            &[],
+        )
+        .await?;
+        execute(
+            &tx,
+            "INSERT INTO scep_challenges (digest, expires_at) VALUES ($1, $2)",
+            &[&digest, &expires_at],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn consume_challenge(&self, digest: &str) -> Result<bool, JournalError> {
+        Ok(execute(
+            &self.client().await?,
+            "UPDATE scep_challenges SET used_at = certconn_now_ms()
+             WHERE digest = $1 AND used_at IS NULL AND expires_at > certconn_now_ms()",
+            &[&digest],
+        )
+        .await?
+            == 1)
+    }
+}
+
+#[async_trait::async_trait]
+impl ReplayGuard for PostgresJournal {
+    async fn first_use(
+        &self,
+        scope: &str,
+        value: &[u8],
+        keep_for: Duration,
+    ) -> Result<bool, JournalError> {
+        let value = hex::encode(value);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        execute(
+            &tx,
+            "DELETE FROM replay_window WHERE expires_at <= certconn_now_ms()",
+            &[],
+        )
+        .await?;
+        let inserted = execute(
+            &tx,
+            "INSERT INTO replay_window (scope, value, expires_at)
+             VALUES ($1, $2, certconn_now_ms() + $3)
+             ON CONFLICT (scope, value) DO NOTHING",
+            &[&scope, &value, &millis(keep_for)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(inserted == 1)
+    }
+}
+
+/// The columns of a trail entry, in the order the append binds them and the reader reads them.
+const TRAIL_COLUMNS: &str = "seq, at, key, kind, job_id, backend, signer, signer_sha256, \
+                             tbs_sha256, issuer, serial, subject, prev_hash, hash";
+
+fn trail_entry(r: &Row) -> Result<SignatureRecord, JournalError> {
+    let seq: i64 = r.try_get(0)?;
+    let kind: String = r.try_get(3)?;
+    let kind = SignedKind::parse(&kind).ok_or_else(|| {
+        corrupt(
+            &format!("signature trail entry {seq}"),
+            format!("unknown kind {kind:?}"),
+        )
+    })?;
+    Ok(SignatureRecord {
+        seq: u64::try_from(seq).unwrap_or(0),
+        at: r.try_get(1)?,
+        signature: NewSignature {
+            key: r.try_get(2)?,
+            kind,
+            job: r.try_get(4)?,
+            backend: r.try_get(5)?,
+            signer: r.try_get(6)?,
+            signer_sha256: r.try_get(7)?,
+            tbs_sha256: r.try_get(8)?,
+            issuer: r.try_get(9)?,
+            serial: r.try_get(10)?,
+            subject: r.try_get(11)?,
+        },
+        prev_hash: r.try_get(12)?,
+        hash: r.try_get(13)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl SignatureTrail for PostgresJournal {
+    async fn append_signature(&self, s: &NewSignature) -> Result<SignatureRecord, JournalError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // One chain for the whole fleet: appends take turns.
+        execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&TRAIL_LOCK]).await?;
+        if s.kind == SignedKind::Certificate {
+            let used = query_opt(
+                &tx,
+                &format!(
+                    "SELECT {TRAIL_COLUMNS} FROM signature_trail
+                     WHERE issuer = $1 AND serial = $2 AND kind = 'certificate'"
+                ),
+                &[&s.issuer, &s.serial],
+            )
+            .await?;
+            if let Some(row) = used {
+                let same = trail_entry(&row)?;
+                // The very same certificate again (a retried job whose first answer was
+                // lost) is not a reuse: it is the entry already there.
+                if same.signature.tbs_sha256 == s.tbs_sha256 {
+                    return Ok(same);
+                }
+                return Err(JournalError::SerialReused {
+                    issuer: s.issuer.clone(),
+                    serial: s.serial.clone(),
+                    seq: same.seq,
+                });
+            }
+        }
+        let last = query_opt(
+            &tx,
+            "SELECT seq, hash FROM signature_trail ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+        let (seq, prev_hash) = match last {
+            Some(r) => (
+                u64::try_from(r.try_get::<_, i64>(0)?).unwrap_or(0) + 1,
+                r.try_get::<_, String>(1)?,
+            ),
+            None => (1, trail::GENESIS.to_owned()),
+        };
+        let at: i64 = query(&tx, "SELECT certconn_now_ms()", &[])
+            .await?
+            .first()
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .unwrap_or(0);
+        let hash = trail::entry_hash(seq, at, s, &prev_hash);
+        let seq_i64 = i64::try_from(seq).unwrap_or(i64::MAX);
+        execute(
+            &tx,
+            &format!(
+                "INSERT INTO signature_trail ({TRAIL_COLUMNS})
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            ),
+            &[
+                &seq_i64,
+                &at,
+                &s.key,
+                &s.kind.as_str(),
+                &s.job,
+                &s.backend,
+                &s.signer,
+                &s.signer_sha256,
+                &s.tbs_sha256,
+                &s.issuer,
+                &s.serial,
+                &s.subject,
+                &prev_hash,
+                &hash,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(SignatureRecord {
+            seq,
+            at,
+            signature: s.clone(),
+            prev_hash,
+            hash,
+        })
+    }
+
+    async fn signatures(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<SignatureRecord>, JournalError> {
+        let rows = query(
+            &self.client().await?,
+            &format!(
+                "SELECT {TRAIL_COLUMNS} FROM signature_trail WHERE seq > $1 ORDER BY seq LIMIT $2"
+            ),
+            &[
+                &i64::try_from(after_seq).unwrap_or(i64::MAX),
+                &i64::try_from(limit).unwrap_or(i64::MAX),
+            ],
+        )
+        .await?;
+        rows.iter().map(trail_entry).collect()
+    }
+}
+
+impl Journal for PostgresJournal {
+    fn schema_version(&self) -> i64 {
+        self.inner.version
+    }
+
+    fn location(&self) -> String {
+        self.inner.location.clone()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::journal_behaviour_tests!(testing::factory);
+
+    #[tokio::test]
+    async fn instances_starting_together_migrate_once() {
+        let db = testing::fresh_database().await;
+        let opens = (0..4).map(|i| {
+            let config = db.config();
+            async move { PostgresJournal::open(&config, &format!("i{i}"), false).await }
+        });
+        for j in futures_join_all(opens).await {
+            let j = j.unwrap_or_else(|e| panic!("{}", crate::report::chain(&e)));
+            assert_eq!(j.schema_version(), schema::POSTGRES_CURRENT);
+        }
+        let rows = db.psql("SELECT version FROM certconn_schema ORDER BY version");
+        let expected: Vec<String> = (1..=schema::POSTGRES_CURRENT)
+            .map(|v| v.to_string())
+            .collect();
+        assert_eq!(rows, expected);
+    }
+
+    #[tokio::test]
+    async fn a_journal_newer_than_this_binary_is_refused() {
+        let db = testing::fresh_database().await;
+        drop(
+            PostgresJournal::open(&db.config(), "a", false)
+                .await
+                .unwrap(),
+        );
+        db.psql(&format!(
+            "INSERT INTO certconn_schema VALUES ({})",
+            schema::POSTGRES_CURRENT + 1
+        ));
+        let e = PostgresJournal::open(&db.config(), "a", false)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, JournalError::TooNew { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_edited_state_is_an_error_not_a_guess() {
+        let db = testing::fresh_database().await;
+        let j = PostgresJournal::open(&db.config(), "a", false)
+            .await
+            .unwrap();
+        let request = serde_json::json!({});
+        let (job, _) = j
+            .enqueue(NewJob {
+                source: "api",
+                idempotency_key: "k",
+                kind: JobKind::Issue,
+                request: &request,
+                route: None,
+            })
+            .await
+            .unwrap();
+        db.psql(&format!(
+            "UPDATE jobs SET state = 'paused' WHERE id = '{}'",
+            job.id
+        ));
+        let err = crate::report::chain(&j.get(&job.id).await.unwrap_err());
+        assert!(err.contains("unknown job state \"paused\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_reported_with_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = JournalConfig {
+            url: Some(format!(
+                "postgres://certconn@{}:5432/fleet",
+                percent_encoding::utf8_percent_encode(
+                    &dir.path().display().to_string(),
+                    percent_encoding::NON_ALPHANUMERIC
+                )
+            )),
+            ..JournalConfig::default()
+        };
+        let e = PostgresJournal::open(&config, "a", false)
+            .await
+            .unwrap_err();
+        let text = crate::report::chain(&e);
+        assert!(text.contains("postgres://certconn@"), "{text}");
+        assert!(text.contains("/fleet"), "{text}");
+    }
+
+    async fn futures_join_all<F: std::future::Future + Send + 'static>(
+        futures: impl IntoIterator<Item = F>,
+    ) -> Vec<F::Output>
+    where
+        F::Output: Send + 'static,
+    {
+        let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.expect("task"));
+        }
+        out
+    }
+}

@@ -57,11 +57,48 @@ pub struct Config {
     /// (the upstream service, the plugins' granted HTTP).
     #[serde(default)]
     pub proxy: crate::proxy::ProxyConfig,
+    /// Where the journal is: SQLite in the data directory (the default), or a PostgreSQL
+    /// database a fleet of instances shares.
+    #[serde(default)]
+    pub journal: crate::journal::JournalConfig,
+    /// This instance's place in a fleet: the backends it serves, how often it reports itself.
+    #[serde(default)]
+    pub fleet: FleetConfig,
     #[serde(skip)]
     pub source_path: PathBuf,
     /// The file as read, to point at a line when a plugin refuses a setting.
     #[serde(skip)]
     pub source_text: String,
+}
+
+/// `[fleet]`: this instance among the others on a shared journal.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// The backends this instance runs jobs for: CA pinning, when a CA is reachable from one
+    /// site only. Jobs for other backends wait for an instance that serves one of theirs.
+    /// Absent: every backend configured here.
+    pub serves: Option<Vec<toml::Spanned<String>>>,
+    /// Seconds between this instance's reports of itself (id, host, version, plugins,
+    /// backends served) in the journal; an instance silent for three of them is `missing`.
+    #[serde(
+        default = "default_heartbeat_seconds",
+        deserialize_with = "crate::config::in_range::<_, u64, 1, 3600>"
+    )]
+    pub heartbeat_seconds: u64,
+}
+
+fn default_heartbeat_seconds() -> u64 {
+    10
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            serves: None,
+            heartbeat_seconds: default_heartbeat_seconds(),
+        }
+    }
 }
 
 impl Config {
@@ -160,6 +197,29 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(serves) = &self.fleet.serves {
+            for b in serves {
+                if !self.backends.contains_key(b.get_ref()) {
+                    return Err(cx.at(
+                        b.span(),
+                        "fleet.serves",
+                        format!(
+                            "no backend named {:?} (configured: {})",
+                            b.get_ref(),
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.journal.url.is_none() && self.journal.has_postgres_settings() {
+            return Err(cx.at(
+                0..0,
+                "journal",
+                "journal.password_env, password_file, trust_anchors, client_certificate and \
+                 client_key are for a PostgreSQL journal: set journal.url, or remove them",
+            ));
         }
         self.check_lease(cx)?;
         self.api.check(cx)?;
@@ -421,6 +481,21 @@ impl Config {
             .as_ref()
             .map(ConfigPath::to_path_buf)
             .unwrap_or_else(|| self.data_dir.join("cache"))
+    }
+
+    /// Each profile's route (its backend, then its fallbacks), for the intake.
+    pub fn profile_routes(&self) -> impl Iterator<Item = (String, Vec<String>)> + '_ {
+        self.profiles
+            .iter()
+            .map(|(name, p)| (name.clone(), p.route().map(str::to_owned).collect()))
+    }
+
+    /// The backends this instance runs jobs for (`fleet.serves`); `None`: all it configures.
+    pub fn served_backends(&self) -> Option<Vec<String>> {
+        self.fleet
+            .serves
+            .as_ref()
+            .map(|s| s.iter().map(|b| b.get_ref().clone()).collect())
     }
 
     pub fn journal_path(&self) -> PathBuf {

@@ -7,6 +7,7 @@
 pub mod check;
 mod config;
 pub mod datadir;
+mod fleet;
 pub mod reload;
 mod wiring;
 
@@ -24,7 +25,7 @@ pub use datadir::DataDirError;
 use crate::crypto::fips::FipsStatus;
 use crate::custody::{CustodyError, KeyStore};
 use crate::jobs::{Intake, Profiles, Scheduler, StepSettings, Steps};
-use crate::journal::{Journal, JournalError, SqliteJournal};
+use crate::journal::{Journal, JournalError, PostgresJournal, SqliteJournal};
 use crate::plugins::{PluginEngine, PluginError, Registry};
 use crate::revocation::Publisher;
 use crate::sources::api::server::ApiState;
@@ -182,6 +183,10 @@ pub struct App {
     pub intune_revocation: Option<Arc<crate::sources::intune::revocation::RevocationPoller>>,
     /// Applies a changed `[backends]`/`[profiles]` without a restart.
     pub reloader: Arc<reload::Reloader>,
+    /// This instance's id (`<data_dir>/instance-id`).
+    pub instance: String,
+    /// What this instance reports of itself, to the upstream service and to the fleet.
+    report: Arc<wiring::HeartbeatReport>,
     _lock: std::fs::File,
 }
 
@@ -198,8 +203,12 @@ impl App {
         let keys = Arc::new(KeyStore::open(&config.keys_dir(), &config.custody)?);
         keys.assign_roles(config.key_roles());
         crate::pki::ca::provision(&keys, &config.keys)?;
-        let journal: Arc<dyn Journal> =
-            Arc::new(SqliteJournal::open(&config.journal_path(), &instance)?);
+        let journal: Arc<dyn Journal> = if config.journal.is_postgres() {
+            Arc::new(PostgresJournal::open(&config.journal, &instance, config.crypto.fips).await?)
+        } else {
+            Arc::new(SqliteJournal::open(&config.journal_path(), &instance)?)
+        };
+        journal.serve_only(config.served_backends().as_deref());
         // Before any backend loads: no CA signature without its trail entry.
         keys.record_signatures_in(journal.clone());
         let released = journal.release_held().await?;
@@ -239,7 +248,10 @@ impl App {
                 policy: config.policy(),
             },
             custody.clone(),
-            Arc::new(wiring::RegistryBackends(registry.clone())),
+            Arc::new(wiring::RegistryBackends {
+                registry: registry.clone(),
+                serves: config.served_backends().map(|s| s.into_iter().collect()),
+            }),
             journal.clone(),
         );
         let scheduler = Arc::new(Scheduler::new(
@@ -250,7 +262,7 @@ impl App {
         let intake = Arc::new(Intake::new(
             journal.clone(),
             journal.clone(),
-            config.profiles.keys().cloned(),
+            config.profile_routes(),
             config.backends.keys().cloned(),
             custody,
         ));
@@ -296,6 +308,12 @@ impl App {
         if let Some(ra) = &scep {
             ra.record_made().await;
         }
+        let report = Arc::new(wiring::HeartbeatReport {
+            instance: instance.clone(),
+            registry: registry.clone(),
+            jobs: journal.clone(),
+            features: wiring::HeartbeatReport::features_of(&config, &fips),
+        });
         let upstream = match &config.upstream {
             Some(uc) => Some(Arc::new(crate::sources::upstream::Upstream::open(
                 uc,
@@ -306,12 +324,7 @@ impl App {
                 },
                 intake.clone(),
                 journal.clone(),
-                Arc::new(wiring::HeartbeatReport {
-                    instance: instance.clone(),
-                    registry: registry.clone(),
-                    jobs: journal.clone(),
-                    features: wiring::HeartbeatReport::features_of(&config, &fips),
-                }),
+                report.clone(),
                 proxy.clone(),
                 &config.policy(),
             )?)),
@@ -347,6 +360,8 @@ impl App {
             revocation,
             upstream,
             intune_revocation,
+            instance,
+            report,
             _lock: lock,
         })
     }
@@ -380,6 +395,9 @@ impl App {
             upstream: self.upstream.clone(),
             intune_revocation: self.intune_revocation.clone(),
             max_body_bytes: self.config.api.max_body_bytes,
+            fleet: self.journal.clone(),
+            fleet_heartbeat: std::time::Duration::from_secs(self.config.fleet.heartbeat_seconds),
+            instance: self.instance.clone(),
             openapi: openapi.clone(),
         });
         let (router, mut document) =
@@ -559,6 +577,15 @@ impl App {
         if let Some(upstream) = &self.upstream {
             tokio::spawn(upstream.clone().run(shutdown.clone()));
         }
+        tokio::spawn(
+            fleet::FleetHeartbeat {
+                registry: self.journal.clone(),
+                report: self.report.clone(),
+                serves: self.config.served_backends(),
+                every: std::time::Duration::from_secs(self.config.fleet.heartbeat_seconds),
+            }
+            .run(shutdown.clone()),
+        );
         let watcher = self.run_plugin_watcher(shutdown.clone());
         let stopped = |mut stop: watch::Receiver<bool>| async move {
             let _ = stop.wait_for(|s| *s).await;

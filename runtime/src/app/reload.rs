@@ -126,7 +126,7 @@ impl Reloader {
             .map_err(|e| ReloadError::Start(StartError::from_plugin(&new, e)))?;
         self.profiles.replace(new.profiles.clone());
         self.intake
-            .set_names(new.profiles.keys().cloned(), new.backends.keys().cloned());
+            .set_names(new.profile_routes(), new.backends.keys().cloned());
         let report = ReloadReport {
             backends_added: backends.added,
             backends_changed: backends.changed,

@@ -64,13 +64,41 @@ impl Custody for StoreCustody {
 }
 
 /// The registry's instances as routing candidates.
-pub struct RegistryBackends(pub Arc<Registry>);
+pub struct RegistryBackends {
+    pub registry: Arc<Registry>,
+    /// `fleet.serves`: the backends this instance may call (`None`: all). Another one in a
+    /// job's route is passed over here, and left to the instances that serve it.
+    pub serves: Option<std::collections::BTreeSet<String>>,
+}
 
 impl Backends for RegistryBackends {
     fn candidate(&self, name: &str) -> Option<Arc<dyn Candidate>> {
-        self.0
+        if self.serves.as_ref().is_some_and(|s| !s.contains(name)) {
+            return Some(Arc::new(NotServed(name.to_owned())));
+        }
+        self.registry
             .instance(name)
             .map(|i| Arc::new(InstanceCandidate(i)) as Arc<dyn Candidate>)
+    }
+}
+
+/// A backend this instance does not serve (`fleet.serves`): always passed over.
+struct NotServed(String);
+
+#[async_trait::async_trait]
+impl Candidate for NotServed {
+    fn name(&self) -> &str {
+        &self.0
+    }
+
+    fn reaches_outside(&self) -> bool {
+        false
+    }
+
+    async fn lease(&self, _wait: bool) -> Result<Slot, Unavailable> {
+        Err(Unavailable::Down(
+            "not served by this instance (fleet.serves)".into(),
+        ))
     }
 }
 

@@ -4,6 +4,7 @@
 mod audit;
 mod certs;
 mod client_cmds;
+mod fleet;
 mod keys;
 mod pfx;
 mod plugins;
@@ -105,6 +106,11 @@ pub enum Command {
     Plugins {
         #[command(subcommand)]
         what: plugins::Plugins,
+    },
+    /// The instances sharing this instance's journal: versions, backends served, health.
+    Fleet {
+        #[command(subcommand)]
+        what: Option<fleet::Fleet>,
     },
     /// The upstream service: register this connector (offline: the daemon must be stopped).
     Upstream {
@@ -228,6 +234,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Certs { what } => certs::certs(&config, what).await,
             Command::Keys { what } => keys::run(&config, what),
             Command::Upstream { what } => upstream::run(&config, what).await,
+            Command::Fleet { what } => fleet::run(&config, what).await,
             Command::Audit { what } => audit::run(&config, what),
             Command::Pfx { what } => pfx::run(&config, what).await,
             Command::CheckConfig { syntax_only } => check_config(&config, syntax_only).await,

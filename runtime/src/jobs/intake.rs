@@ -2,7 +2,7 @@
 //! refused with the field and the reason and nothing is stored. Every source (the request API,
 //! the SCEP server, upstreams) submits through one [`Intake`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use der::{Decode, Encode};
@@ -45,24 +45,26 @@ pub enum SubmitError {
 pub struct Intake {
     store: Arc<dyn JobStore>,
     ledger: Arc<dyn Ledger>,
-    /// The profiles and backends configured now (a reload replaces them).
+    /// The profiles (with their routes) and backends configured now (a reload replaces them).
     names: std::sync::RwLock<Names>,
     custody: Arc<dyn Custody>,
 }
 
 #[derive(Default)]
 struct Names {
-    profiles: BTreeSet<String>,
+    /// Each profile's route: its backend, then its fallbacks. A job carries it into the
+    /// journal, where an instance of a fleet takes only jobs it has a backend for.
+    profiles: BTreeMap<String, Vec<String>>,
     backends: BTreeSet<String>,
 }
 
 impl Intake {
-    /// Requests may name `profiles`; revocations may name `backends` and are checked against
-    /// the `ledger`.
+    /// Requests may name `profiles` (each with its route); revocations may name `backends`
+    /// and are checked against the `ledger`.
     pub fn new(
         store: Arc<dyn JobStore>,
         ledger: Arc<dyn Ledger>,
-        profiles: impl IntoIterator<Item = String>,
+        profiles: impl IntoIterator<Item = (String, Vec<String>)>,
         backends: impl IntoIterator<Item = String>,
         custody: Arc<dyn Custody>,
     ) -> Self {
@@ -80,7 +82,7 @@ impl Intake {
     /// A configuration reload: requests may name these profiles and backends from now on.
     pub fn set_names(
         &self,
-        profiles: impl IntoIterator<Item = String>,
+        profiles: impl IntoIterator<Item = (String, Vec<String>)>,
         backends: impl IntoIterator<Item = String>,
     ) {
         let names = Names {
@@ -103,9 +105,9 @@ impl Intake {
         idempotency_key: &str,
         req: &IssueJob,
     ) -> Result<(JobRecord, bool), SubmitError> {
-        self.check_profile(&req.profile)?;
+        let route = self.route_of(&req.profile)?;
         check_issue(req)?;
-        self.journal(source, idempotency_key, JobKind::Issue, req)
+        self.journal(source, idempotency_key, JobKind::Issue, req, &route)
             .await
     }
 
@@ -116,9 +118,9 @@ impl Intake {
         idempotency_key: &str,
         req: &ImportJob,
     ) -> Result<(JobRecord, bool), SubmitError> {
-        self.check_profile(&req.profile)?;
+        let route = self.route_of(&req.profile)?;
         check_import(&*self.custody, req)?;
-        self.journal(source, idempotency_key, JobKind::Import, req)
+        self.journal(source, idempotency_key, JobKind::Import, req, &route)
             .await
     }
 
@@ -143,7 +145,8 @@ impl Intake {
         if let Some(job) = self.store.find(source, idempotency_key).await? {
             return Ok((job, false));
         }
-        match (self.ledger.certificate(&serial).await?, &req.backend) {
+        // Revoked where it was issued (the ledger knows), or at the backend the request names.
+        let route = match (self.ledger.certificate(&serial).await?, &req.backend) {
             (Some(entry), _) => {
                 if let Some((at, reason)) = entry.revoked {
                     return Err(SubmitError::AlreadyRevoked {
@@ -152,8 +155,9 @@ impl Intake {
                         reason,
                     });
                 }
+                vec![req.backend.clone().unwrap_or(entry.backend)]
             }
-            (None, Some(_)) => {}
+            (None, Some(b)) => vec![b.clone()],
             (None, None) => {
                 return Err(bad(
                     "serial",
@@ -164,8 +168,8 @@ impl Intake {
                 )
                 .into())
             }
-        }
-        self.journal(source, idempotency_key, JobKind::Revoke, req)
+        };
+        self.journal(source, idempotency_key, JobKind::Revoke, req, &route)
             .await
     }
 
@@ -186,6 +190,7 @@ impl Intake {
         idempotency_key: &str,
         kind: JobKind,
         req: &impl serde::Serialize,
+        route: &[String],
     ) -> Result<(JobRecord, bool), SubmitError> {
         let request = serde_json::to_value(req).map_err(|e| bad("request", e.to_string()))?;
         let (job, created) = self
@@ -195,7 +200,7 @@ impl Intake {
                 idempotency_key,
                 kind,
                 request: &request,
-                route: None,
+                route: Some(route),
             })
             .await?;
         if created {
@@ -204,12 +209,13 @@ impl Intake {
         Ok((job, created))
     }
 
-    fn check_profile(&self, profile: &str) -> Result<(), IntakeError> {
+    /// The route of `profile`, or why there is none.
+    fn route_of(&self, profile: &str) -> Result<Vec<String>, IntakeError> {
         let names = self.names();
-        if names.profiles.contains(profile) {
-            return Ok(());
+        if let Some(route) = names.profiles.get(profile) {
+            return Ok(route.clone());
         }
-        let known: Vec<&str> = names.profiles.iter().map(String::as_str).collect();
+        let known: Vec<&str> = names.profiles.keys().map(String::as_str).collect();
         Err(bad(
             "profile",
             format!(
@@ -426,7 +432,7 @@ mod tests {
         let intake = Intake::new(
             journal.clone(),
             journal.clone(),
-            ["smime".to_owned()],
+            [("smime".to_owned(), vec!["local".to_owned()])],
             ["local".to_owned()],
             Arc::new(custody),
         );

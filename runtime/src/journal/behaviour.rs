@@ -47,6 +47,7 @@ macro_rules! journal_behaviour_tests {
             outcomes_are_owed_to_their_source_until_delivered,
             a_job_runs_only_where_a_backend_of_its_route_is_served,
             instances_claiming_at_once_never_share_a_job,
+            instances_report_themselves_and_can_be_forgotten,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
@@ -817,4 +818,36 @@ pub(crate) async fn instances_claiming_at_once_never_share_a_job(f: &dyn Factory
     }
     let distinct: std::collections::BTreeSet<_> = all.iter().collect();
     assert_eq!((all.len(), distinct.len()), (JOBS, JOBS));
+}
+
+pub(crate) async fn instances_report_themselves_and_can_be_forgotten(f: &dyn Factory) {
+    let (a, b) = (f.open("a").await, f.open("b").await);
+    let me = |id: &str, version: &str| InstanceRecord {
+        id: id.into(),
+        host: format!("{id}.example"),
+        version: version.into(),
+        plugins: json!([{ "backend": "x", "plugin": "local-ca", "version": "1.0.0" }]),
+        serves: (id == "b").then(|| vec!["x".to_owned()]),
+        health: "ok".into(),
+        started_at: 1,
+        last_seen: 0,
+    };
+    a.report_instance(&me("a", "0.1.0")).await.unwrap();
+    b.report_instance(&me("b", "0.2.0")).await.unwrap();
+    a.report_instance(&me("a", "0.1.1")).await.unwrap();
+    let (seen, now) = b.instances().await.unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        (seen[0].id.as_str(), seen[0].version.as_str()),
+        ("a", "0.1.1")
+    );
+    assert_eq!(seen[1].serves, Some(vec!["x".to_owned()]));
+    assert_eq!(seen[0].serves, None);
+    assert_eq!(seen[1].plugins, me("b", "").plugins);
+    for s in &seen {
+        assert!(s.last_seen > 0 && s.last_seen <= now, "{s:?} at {now}");
+    }
+    assert!(a.forget_instance("b").await.unwrap());
+    assert!(!a.forget_instance("b").await.unwrap());
+    assert_eq!(a.instances().await.unwrap().0.len(), 1);
 }

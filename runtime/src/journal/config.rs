@@ -74,4 +74,13 @@ impl JournalConfig {
     pub fn is_postgres(&self) -> bool {
         self.url.is_some()
     }
+
+    /// True when a setting only a PostgreSQL journal uses is given.
+    pub fn has_postgres_settings(&self) -> bool {
+        self.password_env.is_some()
+            || self.password_file.is_some()
+            || self.trust_anchors.is_some()
+            || self.client_certificate.is_some()
+            || self.client_key.is_some()
+    }
 }

@@ -32,8 +32,9 @@ use zeroize::Zeroizing;
 pub use config::JournalConfig;
 pub use postgres::PostgresJournal;
 pub use record::{
-    Completion, IssuedRecord, JobKind, JobRecord, JobState, Lease, Leased, LedgerEntry,
-    LedgerQuery, NewJob, ReasonChange, Revocation, RevocationMark, RevokedSerial, StoredResult,
+    Completion, InstanceRecord, IssuedRecord, JobKind, JobRecord, JobState, Lease, Leased,
+    LedgerEntry, LedgerQuery, NewJob, ReasonChange, Revocation, RevocationMark, RevokedSerial,
+    StoredResult,
 };
 pub use sqlite::SqliteJournal;
 pub use trail::{NewSignature, SignatureRecord, SignedKind};
@@ -316,9 +317,31 @@ pub trait SignatureTrail: Send + Sync {
     ) -> Result<Vec<SignatureRecord>, JournalError>;
 }
 
+/// The instances sharing the journal: each reports itself now and then, so that any of them
+/// can show the fleet, its versions and who has gone quiet.
+#[async_trait::async_trait]
+pub trait InstanceRegistry: Send + Sync {
+    /// Records `me` (its `last_seen` is the journal's clock now; its `started_at` is kept
+    /// from its first report since `me.started_at`).
+    async fn report_instance(&self, me: &InstanceRecord) -> Result<(), JournalError>;
+
+    /// Every instance that has reported, by id, and the journal's clock now (unix ms), to
+    /// tell how long ago each was seen.
+    async fn instances(&self) -> Result<(Vec<InstanceRecord>, i64), JournalError>;
+
+    /// Forgets instance `id` (decommissioned); false when it was not there.
+    async fn forget_instance(&self, id: &str) -> Result<bool, JournalError>;
+}
+
 /// All of it: what the composition root opens and hands out in parts.
 pub trait Journal:
-    JobStore + Outbox + RevocationLedger + ChallengeStore + ReplayGuard + SignatureTrail
+    JobStore
+    + Outbox
+    + RevocationLedger
+    + ChallengeStore
+    + ReplayGuard
+    + SignatureTrail
+    + InstanceRegistry
 {
     /// The schema version in use.
     fn schema_version(&self) -> i64;

@@ -269,3 +269,52 @@ pub struct ReasonChange {
     /// Unix ms.
     pub changed_at: i64,
 }
+
+/// One instance of certconn on this journal, as it last reported itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceRecord {
+    /// The instance id (`<data_dir>/instance-id`).
+    pub id: String,
+    pub host: String,
+    /// The certconn version it runs.
+    pub version: String,
+    /// Its backends and the plugin versions serving them (as the upstream heartbeat reports).
+    #[schema(value_type = Object)]
+    pub plugins: serde_json::Value,
+    /// The backends it runs jobs for (`fleet.serves`); `None`: every one it configures.
+    pub serves: Option<Vec<String>>,
+    /// `ok`, or `degraded` when a backend it configures is not serving.
+    pub health: String,
+    /// Unix ms, the journal's clock.
+    pub started_at: i64,
+    /// Unix ms, the journal's clock: its last report.
+    pub last_seen: i64,
+}
+
+/// An instance row as both journals store it (plugins and serves as JSON text).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn instance_record(
+    id: String,
+    host: String,
+    version: String,
+    plugins: &str,
+    serves: &str,
+    health: String,
+    started_at: i64,
+    last_seen: i64,
+) -> Result<InstanceRecord, super::JournalError> {
+    let corrupt = |e: serde_json::Error| super::JournalError::Corrupt {
+        id: format!("instance {id}"),
+        reason: e.to_string(),
+    };
+    Ok(InstanceRecord {
+        plugins: serde_json::from_str(plugins).map_err(corrupt)?,
+        serves: serde_json::from_str(serves).map_err(corrupt)?,
+        id,
+        host,
+        version,
+        health,
+        started_at,
+        last_seen,
+    })
+}

@@ -162,6 +162,7 @@ CREATE TABLE instances (
     version     TEXT NOT NULL,
     plugins     TEXT NOT NULL,
     serves      TEXT NOT NULL,
+    health      TEXT NOT NULL,
     started_at  INTEGER NOT NULL,
     last_seen   INTEGER NOT NULL
 );
@@ -276,6 +277,7 @@ CREATE TABLE instances (
     version     TEXT NOT NULL,
     plugins     TEXT NOT NULL,
     serves      TEXT NOT NULL,
+    health      TEXT NOT NULL,
     started_at  BIGINT NOT NULL,
     last_seen   BIGINT NOT NULL
 );

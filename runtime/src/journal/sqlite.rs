@@ -18,8 +18,8 @@ use super::record::*;
 use super::schema::{self, MIGRATIONS};
 use super::trail::{self, NewSignature, SignatureRecord, SignedKind};
 use super::{
-    millis, now_ms, Backlog, ChallengeStore, JobStore, Journal, JournalError, Ledger, Outbox,
-    ReplayGuard, RevocationLedger, SignatureTrail,
+    millis, now_ms, Backlog, ChallengeStore, InstanceRegistry, JobStore, Journal, JournalError,
+    Ledger, Outbox, ReplayGuard, RevocationLedger, SignatureTrail,
 };
 use crate::crypto::provider;
 
@@ -1149,6 +1149,81 @@ fn signatures_after(
         out.push(record);
     }
     Ok(out)
+}
+
+#[async_trait::async_trait]
+impl InstanceRegistry for SqliteJournal {
+    async fn report_instance(&self, me: &InstanceRecord) -> Result<(), JournalError> {
+        let me = me.clone();
+        self.blocking(move |inner| {
+            let now = now_ms();
+            inner.writer().execute(
+                "INSERT INTO instances (id, host, version, plugins, serves, health, started_at, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (id) DO UPDATE SET host = ?2, version = ?3, plugins = ?4, serves = ?5,
+                     health = ?6, started_at = ?7, last_seen = ?8",
+                params![
+                    me.id,
+                    me.host,
+                    me.version,
+                    me.plugins.to_string(),
+                    serde_json::to_string(&me.serves).unwrap_or_else(|_| "null".into()),
+                    me.health,
+                    me.started_at,
+                    now
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn instances(&self) -> Result<(Vec<InstanceRecord>, i64), JournalError> {
+        self.blocking(|inner| {
+            let conn = inner.reader();
+            let mut stmt = conn.prepare(
+                "SELECT id, host, version, plugins, serves, health, started_at, last_seen
+                 FROM instances ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, i64>(7)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let records = rows
+                .into_iter()
+                .map(
+                    |(id, host, version, plugins, serves, health, started_at, last_seen)| {
+                        instance_record(
+                            id, host, version, &plugins, &serves, health, started_at, last_seen,
+                        )
+                    },
+                )
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((records, now_ms()))
+        })
+        .await
+    }
+
+    async fn forget_instance(&self, id: &str) -> Result<bool, JournalError> {
+        let id = id.to_owned();
+        self.blocking(move |inner| {
+            Ok(inner
+                .writer()
+                .execute("DELETE FROM instances WHERE id = ?1", params![id])?
+                == 1)
+        })
+        .await
+    }
 }
 
 impl Journal for SqliteJournal {

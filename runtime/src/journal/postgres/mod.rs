@@ -34,8 +34,8 @@ use super::record::*;
 use super::schema::{self, POSTGRES_MIGRATIONS};
 use super::trail::{self, NewSignature, SignatureRecord, SignedKind};
 use super::{
-    millis, Backlog, ChallengeStore, JobStore, Journal, JournalError, Ledger, Outbox, ReplayGuard,
-    RevocationLedger, SignatureTrail,
+    millis, Backlog, ChallengeStore, InstanceRegistry, JobStore, Journal, JournalError, Ledger,
+    Outbox, ReplayGuard, RevocationLedger, SignatureTrail,
 };
 use crate::crypto::provider;
 pub use connect::{Connect, ConnectError};
@@ -1135,6 +1135,77 @@ impl SignatureTrail for PostgresJournal {
         )
         .await?;
         rows.iter().map(trail_entry).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl InstanceRegistry for PostgresJournal {
+    async fn report_instance(&self, me: &InstanceRecord) -> Result<(), JournalError> {
+        let serves = serde_json::to_string(&me.serves).unwrap_or_else(|_| "null".into());
+        execute(
+            &self.client().await?,
+            "INSERT INTO instances (id, host, version, plugins, serves, health, started_at, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, certconn_now_ms())
+             ON CONFLICT (id) DO UPDATE SET host = $2, version = $3, plugins = $4, serves = $5,
+                 health = $6, started_at = $7, last_seen = certconn_now_ms()",
+            &[
+                &me.id,
+                &me.host,
+                &me.version,
+                &me.plugins.to_string(),
+                &serves,
+                &me.health,
+                &me.started_at,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn instances(&self) -> Result<(Vec<InstanceRecord>, i64), JournalError> {
+        let rows = query(
+            &self.client().await?,
+            "SELECT id, host, version, plugins, serves, health, started_at, last_seen,
+                    certconn_now_ms()
+             FROM instances ORDER BY id",
+            &[],
+        )
+        .await?;
+        let mut now = None;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            now = Some(r.try_get::<_, i64>(8)?);
+            out.push(instance_record(
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                &r.try_get::<_, String>(3)?,
+                &r.try_get::<_, String>(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?,
+                r.try_get(7)?,
+            )?);
+        }
+        let now = match now {
+            Some(now) => now,
+            None => query(&self.client().await?, "SELECT certconn_now_ms()", &[])
+                .await?
+                .first()
+                .map(|r| r.try_get(0))
+                .transpose()?
+                .unwrap_or_else(super::now_ms),
+        };
+        Ok((out, now))
+    }
+
+    async fn forget_instance(&self, id: &str) -> Result<bool, JournalError> {
+        Ok(execute(
+            &self.client().await?,
+            "DELETE FROM instances WHERE id = $1",
+            &[&id],
+        )
+        .await?
+            == 1)
     }
 }
 

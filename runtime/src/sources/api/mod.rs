@@ -9,9 +9,11 @@
 //! - `tls`: the API over TLS, and client certificates.
 //! - `metrics`: `GET /metrics` for Prometheus.
 //! - `status`: the status page and `GET /v1/status`.
+//! - `fleet`: `GET /v1/fleet`, the instances sharing the journal.
 
 pub mod certificates;
 pub mod client;
+pub mod fleet;
 mod metrics;
 pub mod server;
 pub mod status;

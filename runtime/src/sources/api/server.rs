@@ -183,6 +183,12 @@ pub struct ApiState {
     /// Intune's revocation requests, for status and health.
     pub intune_revocation: Option<Arc<crate::sources::intune::revocation::RevocationPoller>>,
     pub max_body_bytes: usize,
+    /// The instances sharing the journal, for `/v1/fleet`.
+    pub fleet: Arc<dyn crate::journal::InstanceRegistry>,
+    /// `fleet.heartbeat_seconds`: an instance silent for three is missing.
+    pub fleet_heartbeat: std::time::Duration,
+    /// This instance's id.
+    pub instance: String,
     /// The OpenAPI document of the routes this daemon serves, set once they are all built
     /// (the composition root merges the SCEP and revocation routes in).
     pub openapi: Arc<std::sync::OnceLock<String>>,
@@ -214,10 +220,12 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .routes(routes!(certificates::reason_changes))
         .routes(routes!(certificates::show))
         .routes(routes!(certificates::set_reason))
+        .routes(routes!(super::fleet::forget))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let readable = OpenApiRouter::new()
         .routes(routes!(super::metrics::metrics))
         .routes(routes!(super::status::status))
+        .routes(routes!(super::fleet::fleet))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate_reader,

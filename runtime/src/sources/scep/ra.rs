@@ -941,7 +941,7 @@ mod tests {
         let intake = Arc::new(Intake::new(
             journal.clone(),
             journal.clone(),
-            ["smime".to_owned()],
+            [("smime".to_owned(), vec!["local".to_owned()])],
             Vec::<String>::new(),
             Arc::new(MemoryCustody::default()),
         ));

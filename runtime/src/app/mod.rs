@@ -398,6 +398,7 @@ impl App {
             fleet: self.journal.clone(),
             fleet_heartbeat: std::time::Duration::from_secs(self.config.fleet.heartbeat_seconds),
             instance: self.instance.clone(),
+            journal_location: self.journal.location(),
             openapi: openapi.clone(),
         });
         let (router, mut document) =

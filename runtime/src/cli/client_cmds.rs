@@ -564,6 +564,14 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
         health["status"].as_str().unwrap_or("?")
     );
     println!("backends: {}", health["backends"]);
+    let journal = &health["journal"];
+    if journal["reachable"].as_bool() == Some(false) {
+        println!(
+            "error: journal {} unreachable: {}; work waits (nothing is lost) until it is back",
+            journal["location"].as_str().unwrap_or("?"),
+            journal["error"].as_str().unwrap_or("?")
+        );
+    }
     let upstream = &health["upstream"];
     if upstream.is_object() {
         println!(

@@ -18,6 +18,7 @@ mod custody_at_rest;
 mod deb_package;
 mod events;
 mod fips_mode;
+mod fleet;
 mod intune;
 mod issue_openssl;
 mod keys_cli;

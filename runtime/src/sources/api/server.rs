@@ -189,6 +189,8 @@ pub struct ApiState {
     pub fleet_heartbeat: std::time::Duration,
     /// This instance's id.
     pub instance: String,
+    /// Where the journal is, for health (never a password).
+    pub journal_location: String,
     /// The OpenAPI document of the routes this daemon serves, set once they are all built
     /// (the composition root merges the SCEP and revocation routes in).
     pub openapi: Arc<std::sync::OnceLock<String>>,
@@ -437,11 +439,23 @@ fn presents(request: &Request, token: &str) -> bool {
     )
 )]
 async fn health(State(state): State<AppState>) -> Json<Health> {
-    let counts = state.jobs.counts().await.unwrap_or_default();
+    let (counts, journal_error) = match state.jobs.counts().await {
+        Ok(counts) => (counts, None),
+        Err(e) => (Vec::new(), Some(crate::report::chain(&e))),
+    };
     let registry = &state.registry;
     let down = registry.not_serving();
     Json(Health {
-        status: if down.is_empty() { "ok" } else { "degraded" },
+        status: if down.is_empty() && journal_error.is_none() {
+            "ok"
+        } else {
+            "degraded"
+        },
+        journal: JournalHealth {
+            location: state.journal_location.clone(),
+            reachable: journal_error.is_none(),
+            error: journal_error,
+        },
         version: env!("CARGO_PKG_VERSION"),
         backends: registry.instances().len(),
         backends_not_serving: down,
@@ -460,11 +474,24 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
     })
 }
 
+/// The journal, as `/v1/health` sees it.
+#[derive(Serialize, ToSchema)]
+pub struct JournalHealth {
+    /// `sqlite:PATH` or `postgres://user@host:port/database` (never a password).
+    pub location: String,
+    /// False while the journal cannot be read: work stalls (nothing is lost) until it is back.
+    pub reachable: bool,
+    /// Why it cannot be read.
+    pub error: Option<String>,
+}
+
 /// Answer of `GET /v1/health`.
 #[derive(Serialize, ToSchema)]
 pub struct Health {
-    /// `ok`, or `degraded` when a backend instance is not serving.
+    /// `ok`, or `degraded` when a backend instance is not serving or the journal is
+    /// unreachable.
     pub status: &'static str,
+    pub journal: JournalHealth,
     pub version: &'static str,
     /// Backend instances configured.
     pub backends: usize,

@@ -155,6 +155,28 @@ pub enum ServeError {
     Scheduler(#[source] tokio::task::JoinError),
 }
 
+/// Where a pending job's device key is shared with the fleet: the journal, when it is one a
+/// fleet shares (PostgreSQL) and custody has a KEK to seal under. Without a KEK the keys stay
+/// on the instance that made them, and a job pending at a CA can only be finished there.
+fn shared_keys(
+    config: &Config,
+    keys: &KeyStore,
+    journal: &Arc<dyn Journal>,
+) -> Option<Arc<dyn crate::journal::SharedKeys>> {
+    if !config.journal.is_postgres() {
+        return None;
+    }
+    if !keys.seals() {
+        tracing::warn!(
+            "custody.protection is none: the device keys of jobs pending at a CA stay on this \
+             instance, and another cannot finish them if it stops; give every instance the same \
+             custody.protection key file to share them sealed in the journal"
+        );
+        return None;
+    }
+    Some(journal.clone())
+}
+
 /// How often the revocation publisher looks at the ledger: the longest a revocation waits
 /// for its CRL (plus `after_revoke_seconds`). The look is one indexed query per CA.
 const PUBLISH_TICK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -211,6 +233,13 @@ impl App {
         journal.serve_only(config.served_backends().as_deref());
         // Before any backend loads: no CA signature without its trail entry.
         keys.record_signatures_in(journal.clone());
+        let forgotten = wiring::forget_finished_pending_keys(&keys, &*journal).await;
+        if forgotten > 0 {
+            tracing::info!(
+                keys = forgotten,
+                "removed the device keys of jobs that ended while this instance was away"
+            );
+        }
         let released = journal.release_held().await?;
         if released > 0 {
             tracing::info!(
@@ -239,7 +268,10 @@ impl App {
             .await
             .map_err(|e| StartError::from_plugin(&config, e))?,
         );
-        let custody = Arc::new(wiring::StoreCustody(keys.clone()));
+        let custody = Arc::new(wiring::StoreCustody {
+            keys: keys.clone(),
+            shared: shared_keys(&config, &keys, &journal),
+        });
         let profiles = Arc::new(Profiles::new(config.profiles.clone()));
         let steps = Steps::new(
             StepSettings {

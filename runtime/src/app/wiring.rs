@@ -18,29 +18,104 @@ fn pending_key_name(job_id: &str) -> String {
     format!("pending-{job_id}")
 }
 
+/// At start: removes the device keys kept here for jobs that have ended since — on another
+/// instance of the fleet, which took the job over, or here before a crash between the end and
+/// the removal. A key kept for a job that is still unfinished stays.
+pub async fn forget_finished_pending_keys(
+    keys: &KeyStore,
+    jobs: &dyn crate::journal::JobStore,
+) -> usize {
+    let mut forgotten = 0;
+    for summary in keys.list() {
+        let Some(job_id) = summary.name.strip_prefix("pending-") else {
+            continue;
+        };
+        let ended = match jobs.get(job_id).await {
+            Ok(job) => job.state.is_terminal(),
+            Err(crate::journal::JournalError::NotFound(_)) => true,
+            // Unknown now: kept, and looked at again at the next start.
+            Err(_) => false,
+        };
+        if ended {
+            match keys.remove(&summary.name) {
+                Ok(()) => forgotten += 1,
+                Err(e) => {
+                    tracing::warn!(key = %summary.name, "could not remove a finished job's device key: {}", crate::report::chain(&e))
+                }
+            }
+        }
+    }
+    forgotten
+}
+
 /// The custody name of a device key kept to renew certificate `serial` (hex).
 fn renewal_key_name(serial: &str) -> String {
     format!("renewal-{serial}")
 }
 
-/// The key store as the steps' custody.
-pub struct StoreCustody(pub Arc<KeyStore>);
+/// The key store as the steps' custody. In a fleet (`shared`: the journal every instance
+/// uses, with a KEK to seal under), a pending job's device key is also sealed into the
+/// journal, so that the instance that polls the CA next — this one or another after a
+/// failover — packages the certificate with it; the local store keeps a copy as a cache.
+pub struct StoreCustody {
+    pub keys: Arc<KeyStore>,
+    pub shared: Option<Arc<dyn crate::journal::SharedKeys>>,
+}
 
+fn shared_error(e: crate::journal::JournalError) -> CustodyError {
+    CustodyError::Shared(e)
+}
+
+#[async_trait::async_trait]
 impl Custody for StoreCustody {
     fn key(&self, name: &str) -> Result<Arc<StoredKey>, CustodyError> {
-        self.0.get(name)
+        self.keys.get(name)
     }
 
-    fn keep_pending(&self, job_id: &str, key: PrivateKey) -> Result<(), CustodyError> {
-        self.0.put(&pending_key_name(job_id), key).map(|_| ())
+    async fn keep_pending(&self, job_id: &str, key: PrivateKey) -> Result<(), CustodyError> {
+        let name = pending_key_name(job_id);
+        if let Some(shared) = &self.shared {
+            let sealed = self.keys.seal_for_fleet(&name, &key)?;
+            shared
+                .put_shared_key(&name, &sealed)
+                .await
+                .map_err(shared_error)?;
+        }
+        self.keys.put(&name, key).map(|_| ())
     }
 
-    fn pending_key(&self, job_id: &str) -> Option<Arc<StoredKey>> {
-        self.0.get(&pending_key_name(job_id)).ok()
+    async fn pending_key(&self, job_id: &str) -> Result<Option<Arc<StoredKey>>, CustodyError> {
+        let name = pending_key_name(job_id);
+        match self.keys.get(&name) {
+            Ok(key) => return Ok(Some(key)),
+            Err(CustodyError::NoSuchKey(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let Some(shared) = &self.shared else {
+            return Ok(None);
+        };
+        let Some(sealed) = shared.shared_key(&name).await.map_err(shared_error)? else {
+            return Ok(None);
+        };
+        let key = self.keys.open_from_fleet(&name, &sealed)?;
+        tracing::info!(job = %job_id, "took up the device key another instance kept for this pending job");
+        match self.keys.put(&name, key) {
+            Ok(stored) => Ok(Some(stored)),
+            // Two workers here took it up at once: the first one's copy is the same key.
+            Err(CustodyError::Exists(_)) => self.keys.get(&name).map(Some),
+            Err(e) => Err(e),
+        }
     }
 
-    fn forget_pending(&self, job_id: &str) -> Result<(), CustodyError> {
-        self.0.remove(&pending_key_name(job_id))
+    async fn forget_pending(&self, job_id: &str) -> Result<(), CustodyError> {
+        let name = pending_key_name(job_id);
+        if let Some(shared) = &self.shared {
+            shared
+                .remove_shared_key(&name)
+                .await
+                .map_err(shared_error)?;
+        }
+        self.keys.remove(&name)
     }
 
     fn keep_for_renewal(
@@ -50,16 +125,16 @@ impl Custody for StoreCustody {
         chain: Vec<Vec<u8>>,
     ) -> Result<(), CustodyError> {
         let name = renewal_key_name(serial);
-        self.0.put(&name, key)?;
-        self.0.set_chain(&name, chain).map(|_| ())
+        self.keys.put(&name, key)?;
+        self.keys.set_chain(&name, chain).map(|_| ())
     }
 
     fn renewal_key(&self, serial: &str) -> Option<Arc<StoredKey>> {
-        self.0.get(&renewal_key_name(serial)).ok()
+        self.keys.get(&renewal_key_name(serial)).ok()
     }
 
     fn forget_renewal(&self, serial: &str) -> Result<(), CustodyError> {
-        self.0.remove(&renewal_key_name(serial))
+        self.keys.remove(&renewal_key_name(serial))
     }
 }
 

@@ -59,6 +59,8 @@ pub enum CustodyError {
     NoToken(String),
     #[error("the signature trail")]
     Trail(#[source] crate::journal::JournalError),
+    #[error("the keys the fleet shares in the journal")]
+    Shared(#[source] crate::journal::JournalError),
     #[error("key file {path} is corrupt: {reason}")]
     Corrupt {
         path: std::path::PathBuf,

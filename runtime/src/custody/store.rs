@@ -363,6 +363,40 @@ impl KeyStore {
         Ok(stored)
     }
 
+    /// True when this store has a key-encryption key, so that keys can be sealed for other
+    /// instances holding the same KEK ([`Self::seal_for_fleet`]).
+    pub fn seals(&self) -> bool {
+        self.kek.is_some()
+    }
+
+    /// `key` sealed under this store's KEK and bound to `name`, for the journal a fleet
+    /// shares: an instance with the same KEK (`custody.protection` the same key file or
+    /// credential) opens it; the database, its backups and its administrators cannot.
+    pub fn seal_for_fleet(&self, name: &str, key: &PrivateKey) -> Result<Vec<u8>, CustodyError> {
+        let kek = self.kek.as_ref().ok_or_else(|| CustodyError::Unsupported {
+            name: name.to_owned(),
+            operation: "be shared with the fleet".into(),
+            kind: "in a store without a key-encryption key (custody.protection)".into(),
+        })?;
+        kek.seal(&fleet_aad(name), key.pkcs8_der()?)
+    }
+
+    /// Opens what [`Self::seal_for_fleet`] sealed for `name` (on this or another instance).
+    pub fn open_from_fleet(&self, name: &str, sealed: &[u8]) -> Result<PrivateKey, CustodyError> {
+        let kek = self.kek.as_ref().ok_or_else(|| CustodyError::Unsupported {
+            name: name.to_owned(),
+            operation: "be opened from the fleet".into(),
+            kind: "in a store without a key-encryption key (custody.protection)".into(),
+        })?;
+        let pkcs8 = kek.open(&fleet_aad(name), sealed).ok_or_else(|| {
+            CustodyError::WrongKek(format!(
+                "key {name:?} in the journal was sealed under another key-encryption key; every \
+                 instance of a fleet needs the same custody.protection key"
+            ))
+        })?;
+        Ok(PrivateKey::from_pkcs8(pkcs8)?)
+    }
+
     /// Removes key `name` and its chain from the store (destroying it on the token when it
     /// lives there). Missing keys are not an error.
     pub fn remove(&self, name: &str) -> Result<(), CustodyError> {
@@ -505,6 +539,12 @@ impl KeyStore {
             })
             .collect()
     }
+}
+
+/// What a key sealed for the fleet is bound to: its name, and that it is a journal's copy, so
+/// that one cannot be planted as a key file of the store (or the other way round).
+fn fleet_aad(name: &str) -> String {
+    format!("fleet:{name}")
 }
 
 #[cfg(test)]

@@ -7,17 +7,22 @@ use std::sync::Arc;
 use crate::custody::{CustodyError, PrivateKey, StoredKey};
 
 /// Custody as the job steps use it: named keys, the device keys of jobs pending at a CA, and
-/// the device keys a profile keeps so that their certificates can be renewed.
+/// the device keys a profile keeps so that their certificates can be renewed. The pending
+/// keys are async: in a fleet they are sealed into the shared journal, so that whichever
+/// instance polls the CA next can package the certificate with its key.
+#[async_trait::async_trait]
 pub trait Custody: Send + Sync {
     /// The custody key `name` (an import decrypts its PFX password with it).
     fn key(&self, name: &str) -> Result<Arc<StoredKey>, CustodyError>;
     /// Keeps the device key of job `job_id` while its CA answers pending, so that the
     /// certificate the CA issues later is for a key that still exists.
-    fn keep_pending(&self, job_id: &str, key: PrivateKey) -> Result<(), CustodyError>;
-    /// The device key kept for `job_id`, if any.
-    fn pending_key(&self, job_id: &str) -> Option<Arc<StoredKey>>;
+    async fn keep_pending(&self, job_id: &str, key: PrivateKey) -> Result<(), CustodyError>;
+    /// The device key kept for `job_id`, if any. An error (the journal unreachable, a key
+    /// sealed under another KEK) is not "none": the job must not make a new key for a request
+    /// the CA may already hold.
+    async fn pending_key(&self, job_id: &str) -> Result<Option<Arc<StoredKey>>, CustodyError>;
     /// Forgets the device key kept for `job_id` (its job ended). Missing is not an error.
-    fn forget_pending(&self, job_id: &str) -> Result<(), CustodyError>;
+    async fn forget_pending(&self, job_id: &str) -> Result<(), CustodyError>;
     /// Keeps the device key of the certificate `serial` (hex, as the ledger has it), with that
     /// certificate first in `chain`, so that a later renewal can prove possession of it.
     fn keep_for_renewal(
@@ -61,6 +66,7 @@ pub(crate) mod testing {
         }
     }
 
+    #[async_trait::async_trait]
     impl Custody for MemoryCustody {
         fn key(&self, name: &str) -> Result<Arc<StoredKey>, CustodyError> {
             self.keys
@@ -70,7 +76,7 @@ pub(crate) mod testing {
                 .cloned()
                 .ok_or_else(|| CustodyError::NoSuchKey(name.to_owned()))
         }
-        fn keep_pending(&self, job_id: &str, key: PrivateKey) -> Result<(), CustodyError> {
+        async fn keep_pending(&self, job_id: &str, key: PrivateKey) -> Result<(), CustodyError> {
             self.pending.lock().unwrap().insert(
                 job_id.to_owned(),
                 Arc::new(StoredKey {
@@ -81,10 +87,10 @@ pub(crate) mod testing {
             );
             Ok(())
         }
-        fn pending_key(&self, job_id: &str) -> Option<Arc<StoredKey>> {
-            self.pending.lock().unwrap().get(job_id).cloned()
+        async fn pending_key(&self, job_id: &str) -> Result<Option<Arc<StoredKey>>, CustodyError> {
+            Ok(self.pending.lock().unwrap().get(job_id).cloned())
         }
-        fn forget_pending(&self, job_id: &str) -> Result<(), CustodyError> {
+        async fn forget_pending(&self, job_id: &str) -> Result<(), CustodyError> {
             self.pending.lock().unwrap().remove(job_id);
             Ok(())
         }

@@ -48,6 +48,7 @@ macro_rules! journal_behaviour_tests {
             a_job_runs_only_where_a_backend_of_its_route_is_served,
             instances_claiming_at_once_never_share_a_job,
             instances_report_themselves_and_can_be_forgotten,
+            a_shared_key_is_seen_by_every_instance_until_removed,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
@@ -850,4 +851,18 @@ pub(crate) async fn instances_report_themselves_and_can_be_forgotten(f: &dyn Fac
     assert!(a.forget_instance("b").await.unwrap());
     assert!(!a.forget_instance("b").await.unwrap());
     assert_eq!(a.instances().await.unwrap().0.len(), 1);
+}
+
+pub(crate) async fn a_shared_key_is_seen_by_every_instance_until_removed(f: &dyn Factory) {
+    let (a, b) = (f.open("a").await, f.open("b").await);
+    assert_eq!(b.shared_key("pending-j1").await.unwrap(), None);
+    a.put_shared_key("pending-j1", b"sealed-1").await.unwrap();
+    a.put_shared_key("pending-j1", b"sealed-2").await.unwrap();
+    assert_eq!(
+        b.shared_key("pending-j1").await.unwrap().as_deref(),
+        Some(&b"sealed-2"[..])
+    );
+    b.remove_shared_key("pending-j1").await.unwrap();
+    b.remove_shared_key("pending-j1").await.unwrap();
+    assert_eq!(a.shared_key("pending-j1").await.unwrap(), None);
 }

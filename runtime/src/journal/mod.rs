@@ -333,6 +333,19 @@ pub trait InstanceRegistry: Send + Sync {
     async fn forget_instance(&self, id: &str) -> Result<bool, JournalError>;
 }
 
+/// Keys sealed under the custody KEK that every instance of a fleet holds: the device keys of
+/// jobs pending at a CA, so that any instance can finish such a job. The journal stores bytes
+/// it cannot open.
+#[async_trait::async_trait]
+pub trait SharedKeys: Send + Sync {
+    /// Stores (or replaces) the sealed key `name`.
+    async fn put_shared_key(&self, name: &str, sealed: &[u8]) -> Result<(), JournalError>;
+    /// The sealed key `name`, if stored.
+    async fn shared_key(&self, name: &str) -> Result<Option<Vec<u8>>, JournalError>;
+    /// Removes the sealed key `name`; missing is not an error.
+    async fn remove_shared_key(&self, name: &str) -> Result<(), JournalError>;
+}
+
 /// All of it: what the composition root opens and hands out in parts.
 pub trait Journal:
     JobStore
@@ -342,6 +355,7 @@ pub trait Journal:
     + ReplayGuard
     + SignatureTrail
     + InstanceRegistry
+    + SharedKeys
 {
     /// The schema version in use.
     fn schema_version(&self) -> i64;

@@ -153,7 +153,8 @@ CREATE INDEX jobs_undelivered ON jobs (source, updated_at)
     },
     Migration {
         version: 6,
-        description: "fleets: the backends a job may run on; the instances sharing the journal",
+        description: "fleets: the backends a job may run on; the instances sharing the journal; \
+                      device keys sealed for the fleet",
         sql: r#"
 ALTER TABLE jobs ADD COLUMN route TEXT;
 CREATE TABLE instances (
@@ -166,6 +167,11 @@ CREATE TABLE instances (
     started_at  INTEGER NOT NULL,
     last_seen   INTEGER NOT NULL
 );
+CREATE TABLE shared_keys (
+    name        TEXT PRIMARY KEY,
+    sealed      BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+);
 "#,
     },
 ];
@@ -177,7 +183,8 @@ pub const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     description:
         "jobs with fenced leases and routes, outbox, ledger, CRL numbers, reason changes, \
-                  signature trail, SCEP challenges, the replay window, the instances",
+                  signature trail, SCEP challenges, the replay window, the instances, \
+                  sealed device keys",
     sql: r#"
 CREATE FUNCTION certconn_now_ms() RETURNS BIGINT
     LANGUAGE sql VOLATILE AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT $$;
@@ -280,6 +287,12 @@ CREATE TABLE instances (
     health      TEXT NOT NULL,
     started_at  BIGINT NOT NULL,
     last_seen   BIGINT NOT NULL
+);
+-- Device keys of jobs pending at a CA, sealed under the custody KEK the fleet shares.
+CREATE TABLE shared_keys (
+    name        TEXT PRIMARY KEY,
+    sealed      BYTEA NOT NULL,
+    created_at  BIGINT NOT NULL
 );
 "#,
 }];

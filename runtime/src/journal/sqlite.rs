@@ -19,7 +19,7 @@ use super::schema::{self, MIGRATIONS};
 use super::trail::{self, NewSignature, SignatureRecord, SignedKind};
 use super::{
     millis, now_ms, Backlog, ChallengeStore, InstanceRegistry, JobStore, Journal, JournalError,
-    Ledger, Outbox, ReplayGuard, RevocationLedger, SignatureTrail,
+    Ledger, Outbox, ReplayGuard, RevocationLedger, SharedKeys, SignatureTrail,
 };
 use crate::crypto::provider;
 
@@ -1221,6 +1221,48 @@ impl InstanceRegistry for SqliteJournal {
                 .writer()
                 .execute("DELETE FROM instances WHERE id = ?1", params![id])?
                 == 1)
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl SharedKeys for SqliteJournal {
+    async fn put_shared_key(&self, name: &str, sealed: &[u8]) -> Result<(), JournalError> {
+        let (name, sealed) = (name.to_owned(), sealed.to_vec());
+        self.blocking(move |inner| {
+            inner.writer().execute(
+                "INSERT INTO shared_keys (name, sealed, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET sealed = ?2, created_at = ?3",
+                params![name, sealed, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn shared_key(&self, name: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        let name = name.to_owned();
+        self.blocking(move |inner| {
+            Ok(inner
+                .reader()
+                .query_row(
+                    "SELECT sealed FROM shared_keys WHERE name = ?1",
+                    params![name],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn remove_shared_key(&self, name: &str) -> Result<(), JournalError> {
+        let name = name.to_owned();
+        self.blocking(move |inner| {
+            inner
+                .writer()
+                .execute("DELETE FROM shared_keys WHERE name = ?1", params![name])?;
+            Ok(())
         })
         .await
     }

@@ -458,3 +458,99 @@ async fn a_scep_challenge_minted_on_one_instance_works_once_on_another() {
         assert!(!log.contains(&challenge), "the challenge is not logged");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_pending_at_the_ca_on_an_instance_that_dies_is_finished_by_another() {
+    let pg = Cluster::start();
+    let db = pg.database("failover");
+    let root = tempfile::tempdir().unwrap();
+    // The CA holds template "manual" for approval: pending, issued at the second poll.
+    let ca = MockCa::start(0);
+    let plugin_dir = vendor_and_local_plugin_dir(root.path());
+    // One KEK for the fleet: the device key is sealed under it in the journal.
+    let kek = root.path().join("fleet-kek.hex");
+    write_private(&kek, &"42".repeat(32));
+    let extra = format!(
+        "{}template = \"manual\"\n[custody]\nprotection = \"key-file\"\nkey_file = \"{}\"\n",
+        ca.backend("example", "timeout_seconds = 3"),
+        kek.display()
+    );
+    let start = |name: &str| {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        start_in(&dir, |data| fleet_config(data, &plugin_dir, &db, &extra))
+    };
+    let mut a = start("a");
+    let id = submit(&a.client(), "example", "pending-1", json!({})).await;
+    wait_for(
+        Duration::from_secs(60),
+        "the job pending at the CA",
+        || async {
+            (psql(&db, &format!("SELECT state FROM jobs WHERE id = '{id}'")) == "pending")
+                .then_some(())
+        },
+    )
+    .await;
+    a.kill9();
+    // The device key is in the journal, sealed: not a DER private key, the KEK's format.
+    let sealed = psql(
+        &db,
+        &format!("SELECT encode(sealed, 'escape') FROM shared_keys WHERE name = 'pending-{id}'"),
+    );
+    assert!(sealed.starts_with("CCKEY1"), "{sealed:.40}");
+    let kept_on_a = root.path().join(format!("a/data/keys/pending-{id}.key"));
+    assert!(kept_on_a.exists(), "A kept its own copy");
+
+    // B never saw the job; it polls the CA and packages the certificate with A's key.
+    let b = start("b");
+    let job = wait_job(&b.client(), &id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let pfx = root.path().join("failover.pfx");
+    let fetched = ok(b.cli(&["jobs", "result", &id, "--out", pfx.to_str().unwrap()]));
+    let password = shown_password(&fetched);
+    let pem = run_ok(std::process::Command::new("openssl").args([
+        "pkcs12",
+        "-in",
+        pfx.to_str().unwrap(),
+        "-nodes",
+        "-passin",
+        &format!("pass:{password}"),
+    ]));
+    let pem_file = root.path().join("failover.pem");
+    std::fs::write(&pem_file, &pem).unwrap();
+    let of = |args: &[&str]| {
+        run_ok(
+            std::process::Command::new("openssl")
+                .args(args)
+                .arg("-in")
+                .arg(&pem_file),
+        )
+    };
+    assert_eq!(
+        of(&["x509", "-noout", "-pubkey"]),
+        of(&["pkey", "-pubout"]),
+        "the certificate is for the key in the PFX"
+    );
+    assert_eq!(
+        ca.stats()["issue_requests"],
+        1,
+        "the request was not sent again"
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM shared_keys"),
+        0,
+        "the shared copy is gone with the job"
+    );
+    assert!(!root
+        .path()
+        .join(format!("b/data/keys/pending-{id}.key"))
+        .exists());
+    // A comes back: its own copy of the finished job's key is removed.
+    let (config, log) = (a.config.clone(), a.log.clone());
+    a = Daemon::start(&config, &log);
+    assert!(
+        !kept_on_a.exists(),
+        "A still keeps the device key of a finished job"
+    );
+    drop(a);
+}

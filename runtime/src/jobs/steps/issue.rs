@@ -119,7 +119,7 @@ impl Steps {
         let (csr, key) = self
             .csr_and_key(job, req, profile, subject.as_ref(), &sans)
             .await?;
-        let key = self.keep_if_outside(job, key, &route)?;
+        let key = self.keep_if_outside(job, key, &route).await?;
         let request = wit::IssueRequest {
             job_id: job.id.clone(),
             profile: req.profile.clone(),
@@ -170,7 +170,7 @@ impl Steps {
             ),
             Err(refusal) => Err(backend_refusal(&name, refusal)),
         };
-        self.settle_device_key(job, key, &outcome)?;
+        self.settle_device_key(job, key, &outcome).await?;
         if let (Ok(_), Some((serial, _))) = (&outcome, &renewed) {
             // Renewed: the old key has done its one job.
             if let Err(e) = self.custody.forget_renewal(serial) {
@@ -232,7 +232,10 @@ impl Steps {
                 .ok_or_else(|| JobError::permanent("the CSR has no PEM block"))?;
             return Ok((der, DeviceKey::OwnedByDevice));
         }
-        let key = match self.custody.pending_key(&job.id) {
+        let kept = self.custody.pending_key(&job.id).await.map_err(|e| {
+            JobError::transient("reading the device key kept for this job").because(e)
+        })?;
+        let key = match kept {
             Some(kept) => DeviceKey::Kept(kept),
             None => {
                 let alg = req.key.unwrap_or(profile.key_algorithm);
@@ -265,7 +268,7 @@ impl Steps {
     /// certificate it already issued — for this key, which must still exist. A backend on
     /// the host itself (no network grant) loses nothing with its answer, and the key stays in
     /// memory only.
-    fn keep_if_outside(
+    async fn keep_if_outside(
         &self,
         job: &JobRecord,
         key: DeviceKey,
@@ -281,12 +284,17 @@ impl Steps {
             .key
             .duplicate()
             .map_err(|e| JobError::transient("copying the device key").because(e))?;
-        self.custody.keep_pending(&job.id, copy).map_err(|e| {
-            JobError::transient("keeping the device key before asking the CA").because(e)
-        })?;
+        self.custody
+            .keep_pending(&job.id, copy)
+            .await
+            .map_err(|e| {
+                JobError::transient("keeping the device key before asking the CA").because(e)
+            })?;
         let kept = self
             .custody
             .pending_key(&job.id)
+            .await
+            .map_err(|e| JobError::transient("reading the device key just kept").because(e))?
             .ok_or_else(|| JobError::transient("the device key just kept is not in custody"))?;
         Ok(DeviceKey::Kept(kept))
     }
@@ -294,7 +302,7 @@ impl Steps {
     /// Keeps a fresh device key in custody when the CA answered pending (the certificate it
     /// issues later must be for a key that still exists); forgets a kept one once the job has
     /// an answer that ends it.
-    fn settle_device_key(
+    async fn settle_device_key(
         &self,
         job: &JobRecord,
         key: DeviceKey,
@@ -320,12 +328,12 @@ impl Steps {
                 // The plugin's store is gone, so this is the last reference.
                 let StoredKey { key, .. } = Arc::try_unwrap(k)
                     .map_err(|_| JobError::transient("the device key is still in use; retrying"))?;
-                self.custody.keep_pending(&job.id, key).map_err(|e| {
+                self.custody.keep_pending(&job.id, key).await.map_err(|e| {
                     JobError::transient("keeping the device key while the CA decides").because(e)
                 })
             }
             DeviceKey::Kept(_) if ended => {
-                if let Err(e) = self.custody.forget_pending(&job.id) {
+                if let Err(e) = self.custody.forget_pending(&job.id).await {
                     tracing::warn!(job = %job.id, "could not remove the kept device key: {}", crate::report::chain(&e));
                 }
                 Ok(())

@@ -290,7 +290,11 @@ pub(crate) mod tests {
         let mut j = job(JobKind::Issue, issue_request());
         let e = s.run(&j).await.expect_err("pending");
         assert!(matches!(e.class, ErrorClass::Pending { ref token, .. } if token == "t-1"));
-        let kept = custody.pending_key(&j.id).expect("the device key is kept");
+        let kept = custody
+            .pending_key(&j.id)
+            .await
+            .unwrap()
+            .expect("the device key is kept");
         // The scheduler parks it; the poll goes to the backend that answered pending.
         j.poll_token = Some("t-1".into());
         j.backend = Some("ca".into());
@@ -299,7 +303,7 @@ pub(crate) mod tests {
         assert_eq!(seen, kept.key.public_key_der());
         assert!(done.result.pfx_base64.is_some());
         assert!(
-            custody.pending_key(&j.id).is_none(),
+            custody.pending_key(&j.id).await.unwrap().is_none(),
             "forgotten once issued"
         );
     }

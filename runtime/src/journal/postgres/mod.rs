@@ -35,7 +35,7 @@ use super::schema::{self, POSTGRES_MIGRATIONS};
 use super::trail::{self, NewSignature, SignatureRecord, SignedKind};
 use super::{
     millis, Backlog, ChallengeStore, InstanceRegistry, JobStore, Journal, JournalError, Ledger,
-    Outbox, ReplayGuard, RevocationLedger, SignatureTrail,
+    Outbox, ReplayGuard, RevocationLedger, SharedKeys, SignatureTrail,
 };
 use crate::crypto::provider;
 pub use connect::{Connect, ConnectError};
@@ -1206,6 +1206,41 @@ impl InstanceRegistry for PostgresJournal {
         )
         .await?
             == 1)
+    }
+}
+
+#[async_trait::async_trait]
+impl SharedKeys for PostgresJournal {
+    async fn put_shared_key(&self, name: &str, sealed: &[u8]) -> Result<(), JournalError> {
+        execute(
+            &self.client().await?,
+            "INSERT INTO shared_keys (name, sealed, created_at) VALUES ($1, $2, certconn_now_ms())
+             ON CONFLICT (name) DO UPDATE SET sealed = $2, created_at = certconn_now_ms()",
+            &[&name, &sealed],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn shared_key(&self, name: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        query_opt(
+            &self.client().await?,
+            "SELECT sealed FROM shared_keys WHERE name = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| r.try_get(0).map_err(JournalError::from))
+        .transpose()
+    }
+
+    async fn remove_shared_key(&self, name: &str) -> Result<(), JournalError> {
+        execute(
+            &self.client().await?,
+            "DELETE FROM shared_keys WHERE name = $1",
+            &[&name],
+        )
+        .await?;
+        Ok(())
     }
 }
 

@@ -45,6 +45,7 @@ pub async fn check(config: &Config) -> Result<CheckReport, std::io::Error> {
     }
     let scratch = tempfile::tempdir()?;
     check_files(config, &scratch, &mut report);
+    check_journal(config, &mut report).await;
     let keys = match scratch_keys(config, &scratch) {
         Ok(k) => k,
         Err(e) => {
@@ -56,8 +57,41 @@ pub async fn check(config: &Config) -> Result<CheckReport, std::io::Error> {
     Ok(report)
 }
 
+/// The journal: reachable (PostgreSQL: connected, with the password and TLS `serve` uses), and
+/// at a schema version this certconn can use.
+async fn check_journal(config: &Config, report: &mut CheckReport) {
+    let (where_, found, current) = if config.journal.is_postgres() {
+        let found = crate::journal::PostgresJournal::schema_version_of(
+            &config.journal,
+            config.crypto.fips,
+        )
+        .await;
+        (
+            "the journal's database".to_owned(),
+            found,
+            schema::POSTGRES_CURRENT,
+        )
+    } else {
+        (
+            format!("journal {}", config.journal_path().display()),
+            crate::journal::sqlite::schema_version_of(&config.journal_path()),
+            schema::CURRENT,
+        )
+    };
+    match found {
+        Ok(Some(v)) if v > current => report.problems.push(format!(
+            "{where_}: schema version {v} is newer than this certconn knows ({current})"
+        )),
+        Ok(Some(v)) if v < current => report.warnings.push(format!(
+            "{where_}: schema version {v} will be migrated to {current} at start"
+        )),
+        Ok(_) => {}
+        Err(e) => report.problems.push(crate::report::chain(&e)),
+    }
+}
+
 /// Secrets and state that `serve` reads: the API's TLS certificate and key, the API tokens, the
-/// SCEP challenge, the journal's schema, the key-encryption key, the PKCS#11 token, the
+/// SCEP challenge, the key-encryption key, the PKCS#11 token, the
 /// upstream's token or registration, the proxy's credentials.
 fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckReport) {
     // A certificate certconn issues itself is checked when serve issues it (the issuer's
@@ -91,20 +125,6 @@ fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckR
                 report.problems.push(crate::report::chain(&e));
             }
         }
-    }
-    match crate::journal::sqlite::schema_version_of(&config.journal_path()) {
-        Ok(Some(v)) if v > schema::CURRENT => report.problems.push(format!(
-            "journal {}: schema version {v} is newer than this certconn knows ({})",
-            config.journal_path().display(),
-            schema::CURRENT
-        )),
-        Ok(Some(v)) if v < schema::CURRENT => report.warnings.push(format!(
-            "journal {}: schema version {v} will be migrated to {} at start",
-            config.journal_path().display(),
-            schema::CURRENT
-        )),
-        Ok(_) => {}
-        Err(e) => report.problems.push(crate::report::chain(&e)),
     }
     // The key-encryption key: obtained as `serve` would, against a scratch record.
     if let Err(e) = crate::custody::kek::Kek::obtain(&config.custody.protection, scratch.path()) {

@@ -166,7 +166,15 @@ fn shared_keys(
     if !config.journal.is_postgres() {
         return None;
     }
+    // Only a backend that reaches a CA out there answers pending (or keeps a key over a call).
+    let reaches_outside = config
+        .backends
+        .values()
+        .any(|b| !b.http.allow.is_empty());
     if !keys.seals() {
+        if !reaches_outside {
+            return None;
+        }
         tracing::warn!(
             "custody.protection is none: the device keys of jobs pending at a CA stay on this \
              instance, and another cannot finish them if it stops; give every instance the same \

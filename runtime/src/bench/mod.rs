@@ -10,7 +10,9 @@
 //! Other figures by option: `--pki` (PFX, sealing, custody), `--scep URL` (enrolments per
 //! second), `--hot-swap` (a new plugin version under load), `--ocsp` (CRL and OCSP costs),
 //! `--upstream` (work through the connector protocol: items per second and request→result
-//! latency against the reference service).
+//! latency against the reference service), `--fleet N` (instances on one PostgreSQL journal:
+//! jobs per second with 1…N of them, per-job database cost, SQLite beside it, and claim
+//! latency with `--pollers` instances polling).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -30,6 +32,7 @@ use certconn::jobs::model::IssueJob;
 use certconn::journal::JobState;
 use certconn::pki;
 
+mod fleet;
 mod ocsp;
 mod pki_parts;
 mod scep;
@@ -95,6 +98,19 @@ pub struct BenchArgs {
     /// latency a 30-second poll interval would give.
     #[arg(long)]
     upstream: bool,
+    /// Measure a fleet on one PostgreSQL journal instead: jobs per second with 1, 2, 4 … N
+    /// instances (each `--workers` workers), the database's cost per job, the same jobs on
+    /// SQLite, and claim latency with `--pollers` lightweight instances.
+    #[arg(long, value_name = "N")]
+    fleet: Option<usize>,
+    /// With --fleet: the lightweight instances polling for the claim-latency figure (each holds
+    /// two connections).
+    #[arg(long, default_value_t = 100, requires = "fleet")]
+    pollers: usize,
+    /// With --fleet: a PostgreSQL server whose user may create databases (one per run);
+    /// otherwise `scripts/pg-cluster` starts a throwaway one.
+    #[arg(long, value_name = "URL", requires = "fleet")]
+    postgres: Option<String>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -127,7 +143,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let dir = std::env::temp_dir().join(format!("certconn-bench-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = if args.upstream {
+    let result = if let Some(n) = args.fleet {
+        fleet::run(
+            &plugins,
+            &dir,
+            n.max(1),
+            args.jobs.max(1),
+            args.workers.max(1),
+            args.pollers.max(1),
+            args.postgres.as_deref(),
+        )
+        .await
+    } else if args.upstream {
         upstream::run(&plugins, &dir, args.workers.max(1), args.jobs.max(1)).await
     } else if args.hot_swap {
         swap::run(

@@ -12,6 +12,8 @@ fn bench_prints(args: &[&str], needles: &[&str]) {
     let out = Command::new(binary())
         .arg("bench")
         .args(args)
+        // Where `--fleet` finds scripts/pg-cluster.
+        .env("CERTCONN_ROOT", repo_root())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -23,6 +25,33 @@ fn bench_prints(args: &[&str], needles: &[&str]) {
     for needle in needles {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
     }
+}
+
+#[test]
+fn fleet_bench_prints_throughput_per_instance_count_sqlite_and_claim_latency() {
+    let plugins = plugins();
+    bench_prints(
+        &[
+            "--fleet",
+            "2",
+            "--jobs",
+            "20",
+            "--workers",
+            "2",
+            "--pollers",
+            "5",
+            "--plugins",
+            plugins.to_str().unwrap(),
+        ],
+        &[
+            "postgres:   1 instance(s)",
+            "postgres:   2 instance(s)",
+            "done twice: 0",
+            "sqlite:     1 instance",
+            "claims:   5 instances polling one database",
+            "claimed twice: 0",
+        ],
+    );
 }
 
 #[test]

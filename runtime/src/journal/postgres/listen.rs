@@ -142,7 +142,7 @@ async fn listen_once(
             return Ok(());
         };
         match channel.as_str() {
-            WORK => inner.wake_all(),
+            WORK => inner.wake_one(),
             CHANGES => inner.changed(),
             _ => {}
         }

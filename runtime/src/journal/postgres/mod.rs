@@ -280,6 +280,41 @@ impl PostgresJournal {
         Ok(Self { inner })
     }
 
+    /// The schema version of the database `[journal]` names, read without changing anything
+    /// (for `check-config`); `None` when certconn has not written there yet.
+    pub async fn schema_version_of(
+        config: &JournalConfig,
+        fips: bool,
+    ) -> Result<Option<i64>, JournalError> {
+        let connect = Connect::new(config, fips).map_err(|e| JournalError::Database {
+            location: "[journal]".into(),
+            source: Box::new(e),
+        })?;
+        let unreachable = |e: tokio_postgres::Error| JournalError::Database {
+            location: connect.location.clone(),
+            source: Box::new(e),
+        };
+        let (client, connection) = connect
+            .pg
+            .connect(connect.tls.clone())
+            .await
+            .map_err(unreachable)?;
+        let driver = tokio::spawn(connection);
+        let version = client
+            .query_one(
+                "SELECT CASE WHEN to_regclass('certconn_schema') IS NULL THEN NULL
+                        ELSE (SELECT MAX(version) FROM certconn_schema) END",
+                &[],
+            )
+            .await
+            .map_err(unreachable)?
+            .try_get::<_, Option<i64>>(0)
+            .map_err(unreachable)?;
+        drop(client);
+        let _ = driver.await;
+        Ok(version)
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Client, JournalError> {
         Ok(self.inner.pool.get().await?)
     }
@@ -333,7 +368,14 @@ impl Inner {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Something may have arrived: every idle worker looks.
+    /// Something may have arrived: one idle worker looks. A worker that finds a job wakes the
+    /// next ([`JobStore::lease_next`]), so a burst fans out over this instance's workers while
+    /// a notification to a hundred instances costs a hundred looks, not one per worker.
+    pub(super) fn wake_one(&self) {
+        self.work.notify_one();
+    }
+
+    /// Anything may have been missed (the notifications reconnected): every idle worker looks.
     pub(super) fn wake_all(&self) {
         self.work.notify_waiters();
         self.work.notify_one();
@@ -408,6 +450,8 @@ impl JobStore for PostgresJournal {
         };
         let job = job_from_row(&row)?;
         self.changed();
+        // There may be more: the next idle worker here looks too.
+        self.inner.wake_one();
         Ok(Some(Leased {
             lease: Lease {
                 job_id: job.id.clone(),

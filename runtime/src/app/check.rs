@@ -61,11 +61,9 @@ pub async fn check(config: &Config) -> Result<CheckReport, std::io::Error> {
 /// at a schema version this certconn can use.
 async fn check_journal(config: &Config, report: &mut CheckReport) {
     let (where_, found, current) = if config.journal.is_postgres() {
-        let found = crate::journal::PostgresJournal::schema_version_of(
-            &config.journal,
-            config.crypto.fips,
-        )
-        .await;
+        let found =
+            crate::journal::PostgresJournal::schema_version_of(&config.journal, config.crypto.fips)
+                .await;
         (
             "the journal's database".to_owned(),
             found,

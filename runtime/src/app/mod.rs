@@ -167,10 +167,7 @@ fn shared_keys(
         return None;
     }
     // Only a backend that reaches a CA out there answers pending (or keeps a key over a call).
-    let reaches_outside = config
-        .backends
-        .values()
-        .any(|b| !b.http.allow.is_empty());
+    let reaches_outside = config.backends.values().any(|b| !b.http.allow.is_empty());
     if !keys.seals() {
         if !reaches_outside {
             return None;

@@ -32,7 +32,11 @@ use certconn::journal::{
 enum Server {
     Given(String),
     /// A cluster this run started (and stops).
-    Throwaway { dir: PathBuf, script: PathBuf, url: String },
+    Throwaway {
+        dir: PathBuf,
+        script: PathBuf,
+        url: String,
+    },
 }
 
 impl Drop for Server {
@@ -200,7 +204,10 @@ async fn fleet_run(
     workers: usize,
     db: Option<&str>,
 ) -> anyhow::Result<f64> {
-    let run_dir = dir.join(format!("run-{}-{n}", if db.is_some() { "pg" } else { "sqlite" }));
+    let run_dir = dir.join(format!(
+        "run-{}-{n}",
+        if db.is_some() { "pg" } else { "sqlite" }
+    ));
     let mut apps = Vec::new();
     for i in 0..n {
         let instance_dir = run_dir.join(format!("i{i}"));

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use certconn::app::datadir;
 use certconn::app::Config;
 use certconn::crypto::provider::{self, Digest};
-use certconn::custody::{KeyAlgorithm, KeyLocation, KeyStore, PrivateKey};
+use certconn::custody::{bundle, KeyAlgorithm, KeyLocation, KeyStore, PrivateKey};
 use certconn::pki::{pem, pkcs12};
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +63,28 @@ pub enum Keys {
         /// Where to: `pkcs11` (the only destination there is).
         #[arg(long, default_value = "pkcs11")]
         to: KeyLocation,
+    },
+    /// Write software keys and their certificates to a bundle sealed under a passphrase, to
+    /// import on another instance of a fleet (a CA's key, the PFX-password key, RA keys).
+    ExportBundle {
+        /// The keys to carry.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// The bundle file to write (0600).
+        #[arg(long)]
+        out: PathBuf,
+        /// The environment variable holding the bundle's passphrase (never the command line).
+        #[arg(long, default_value = "CERTCONN_BUNDLE_PASSPHRASE")]
+        passphrase_env: String,
+    },
+    /// Take the keys of a bundle `export-bundle` wrote into custody: all of them, or none when
+    /// one does not open or its name is taken by another key.
+    ImportBundle {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// The environment variable holding the bundle's passphrase.
+        #[arg(long, default_value = "CERTCONN_BUNDLE_PASSPHRASE")]
+        passphrase_env: String,
     },
     /// Delete a key and its certificates from custody.
     Delete {
@@ -175,6 +197,44 @@ pub fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()> {
             }
             println!("imported {name}: {description}");
         }
+        Keys::ExportBundle {
+            names,
+            out,
+            passphrase_env,
+        } => {
+            let passphrase = bundle_passphrase(&passphrase_env)?;
+            let bytes = bundle::export(&store, &names, &passphrase)?;
+            certconn::files::write_atomic(&out, &bytes, 0o600)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote {} key(s) to {}: import them with certconn keys import-bundle on each instance, then destroy the file",
+                names.len(),
+                out.display()
+            );
+        }
+        Keys::ImportBundle {
+            bundle: path,
+            passphrase_env,
+        } => {
+            let passphrase = bundle_passphrase(&passphrase_env)?;
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            for done in bundle::import(&store, &bytes, &passphrase)? {
+                match done {
+                    bundle::Imported::Added(name) => {
+                        let key = store.get(&name)?;
+                        println!(
+                            "imported {name}: {} {}",
+                            key.key.kind().describe(),
+                            fingerprint(key.key.public_key_der())
+                        );
+                    }
+                    bundle::Imported::Unchanged(name) => {
+                        println!("{name}: already here, the same key")
+                    }
+                }
+            }
+        }
         Keys::Migrate { name, to } => {
             if to != KeyLocation::Pkcs11 {
                 bail!("keys migrate moves a software key onto the PKCS#11 token: --to pkcs11");
@@ -229,4 +289,17 @@ fn read_pkcs8(path: &std::path::Path) -> anyhow::Result<PrivateKey> {
         _ => raw,
     };
     PrivateKey::from_pkcs8(der).with_context(|| format!("{}", path.display()))
+}
+
+/// The bundle passphrase from `var`: set and not empty.
+fn bundle_passphrase(var: &str) -> anyhow::Result<Zeroizing<String>> {
+    let passphrase = Zeroizing::new(std::env::var(var).map_err(|_| {
+        anyhow::anyhow!(
+            "set the bundle passphrase in ${var} (it is never taken from the command line)"
+        )
+    })?);
+    if passphrase.is_empty() {
+        bail!("${var} is empty");
+    }
+    Ok(passphrase)
 }

@@ -182,7 +182,7 @@ impl Kek {
         Ok(Some(kek))
     }
 
-    fn from_bytes(bytes: &[u8]) -> Result<Self, CustodyError> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, CustodyError> {
         let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| {
             CustodyError::WrongKek("the key-encryption key must be 32 bytes".into())
         })?;

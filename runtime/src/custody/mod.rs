@@ -4,6 +4,7 @@
 //! chain that belongs to each) on disk; `grant` is the per-backend view that enforces which
 //! handles a backend instance may use; `settings` are the `[custody]` and `[keys]` sections.
 
+pub mod bundle;
 pub mod grant;
 pub mod kek;
 pub mod key;

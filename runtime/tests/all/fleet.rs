@@ -278,7 +278,10 @@ async fn the_database_gone_for_fifteen_seconds_under_load_stalls_the_fleet_and_l
     // check-config says where the journal is and that it cannot be reached.
     let (fine, said) = run_certconn(&["check-config"], &a.config);
     assert!(!fine, "{said}");
-    assert!(said.contains("postgres://postgres@") && said.contains("/outage"), "{said}");
+    assert!(
+        said.contains("postgres://postgres@") && said.contains("/outage"),
+        "{said}"
+    );
     let elapsed = outage.elapsed();
     if elapsed < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_secs(15) - elapsed).await;

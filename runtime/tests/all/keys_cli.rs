@@ -123,3 +123,112 @@ fn keys_are_administered_offline_and_never_while_the_daemon_runs() {
     );
     drop(daemon);
 }
+
+/// A CA key carried to a second instance in a bundle: both hold the same key and certificate,
+/// so either issues under the same CA; the bundle holds no readable key, and a wrong
+/// passphrase imports nothing.
+#[test]
+fn a_key_bundle_carries_a_ca_key_to_another_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let config = d.join("certconn.toml");
+        std::fs::write(&config, config_text(&d.join("data"), &plugins(), "")).unwrap();
+        config
+    };
+    let (a, b) = (setup("a"), setup("b"));
+    // A's first start makes its CA key and certificate.
+    let mut daemon = Daemon::start(&a, &dir.path().join("a.log"));
+    daemon.stop();
+    let bundle = dir.path().join("fleet-keys.json");
+    let with_passphrase = |config: &std::path::Path, pass: &str, args: &[&str]| {
+        Command::new(binary())
+            .arg("--config")
+            .arg(config)
+            .arg("keys")
+            .args(args)
+            .env("CERTCONN_BUNDLE_PASSPHRASE", pass)
+            .output()
+            .unwrap()
+    };
+    let said = keys(
+        &a,
+        &[
+            "export-bundle",
+            "local-ca",
+            "--out",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert!(!said.status.success());
+    assert!(
+        String::from_utf8_lossy(&said.stderr).contains("CERTCONN_BUNDLE_PASSPHRASE"),
+        "{said:?}"
+    );
+    ok(with_passphrase(
+        &a,
+        "fleet passphrase",
+        &[
+            "export-bundle",
+            "local-ca",
+            "--out",
+            bundle.to_str().unwrap(),
+        ],
+    ));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&bundle).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+
+    let wrong = with_passphrase(&b, "not it", &["import-bundle", bundle.to_str().unwrap()]);
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("nothing was imported"),
+        "{wrong:?}"
+    );
+    let imported = ok(with_passphrase(
+        &b,
+        "fleet passphrase",
+        &["import-bundle", bundle.to_str().unwrap()],
+    ));
+    assert!(imported.contains("imported local-ca"), "{imported}");
+    let listed = |config: &std::path::Path| -> serde_json::Value {
+        let rows: serde_json::Value =
+            serde_json::from_str(&ok(keys(config, &["list", "--json"]))).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "local-ca")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(listed(&a)["spki_sha256"], listed(&b)["spki_sha256"]);
+    assert_eq!(listed(&b)["certificates"], 1, "its certificate came along");
+    // B starts on it: no new CA is made, and what B issues chains to A's CA certificate.
+    let daemon = Daemon::start(&b, &dir.path().join("b.log"));
+    let pfx = dir.path().join("b.pfx");
+    let password = issue_pfx(&daemon, "smime", "CN=From B", &pfx);
+    let pem = run_ok(Command::new("openssl").args([
+        "pkcs12",
+        "-in",
+        pfx.to_str().unwrap(),
+        "-nokeys",
+        "-clcerts",
+        "-passin",
+        &format!("pass:{password}"),
+    ]));
+    let leaf = dir.path().join("leaf.pem");
+    std::fs::write(&leaf, pem).unwrap();
+    let ca = dir.path().join("a/data/keys/local-ca.chain.pem");
+    let verified = run_ok(
+        Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(&ca)
+            .arg(&leaf),
+    );
+    assert!(verified.contains(": OK"), "{verified}");
+}

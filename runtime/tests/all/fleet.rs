@@ -282,6 +282,23 @@ async fn the_database_gone_for_fifteen_seconds_under_load_stalls_the_fleet_and_l
         said.contains("postgres://postgres@") && said.contains("/outage"),
         "{said}"
     );
+    // Submissions are refused, not lost: the client is told to come back.
+    let refused = a
+        .client()
+        .call(
+            hyper::Method::POST,
+            "/v1/jobs/issue",
+            Some(&json!({ "idempotency_key": "during-outage", "profile": "smime", "subject": "CN=x" })),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            certconn::sources::api::client::ClientError::Api { status: 503, .. }
+        ),
+        "{refused}"
+    );
     let elapsed = outage.elapsed();
     if elapsed < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_secs(15) - elapsed).await;
@@ -560,4 +577,12 @@ async fn a_job_pending_at_the_ca_on_an_instance_that_dies_is_finished_by_another
         "A still keeps the device key of a finished job"
     );
     drop(a);
+}
+
+#[test]
+fn the_fleet_example_reads_and_names_a_postgres_journal() {
+    let config = certconn::app::Config::load(&repo_root().join("examples/fleet.toml"))
+        .unwrap_or_else(|e| panic!("{}", certconn::report::chain(&e)));
+    assert!(config.journal.is_postgres());
+    assert_eq!(config.fleet.heartbeat_seconds, 10);
 }

@@ -2,6 +2,11 @@
 //! reports who it is (id, host, version), its backends and their plugin versions, the backends
 //! it serves and its health, in the journal every instance shares. Any instance's
 //! `/v1/fleet` then shows the whole fleet, whose versions differ, and who has gone quiet.
+//!
+//! At the same beat it follows the operators' decisions taken on other instances — unload,
+//! load and roll back a plugin, drain and undrain a backend — so that one command acts on the
+//! whole fleet. At start it takes up the standing ones (a plugin unloaded, a backend drained
+//! while it was away); a rollback is a one-time act and is not repeated at start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +14,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::wiring::HeartbeatReport;
-use crate::journal::{InstanceRecord, InstanceRegistry};
+use crate::journal::{FleetDecision, InstanceRecord, InstanceRegistry};
+use crate::plugins::Registry;
 use crate::sources::upstream::InstanceReport;
 
 /// Reports this instance until `shutdown` turns true.
 pub struct FleetHeartbeat {
     pub registry: Arc<dyn InstanceRegistry>,
+    /// Where the operators' decisions are applied.
+    pub plugins: Arc<Registry>,
     pub report: Arc<HeartbeatReport>,
     pub serves: Option<Vec<String>>,
     pub every: Duration,
@@ -25,7 +33,9 @@ impl FleetHeartbeat {
         let started_at = crate::journal::now_ms();
         let host = host_name();
         let mut failing = false;
+        let mut followed = None;
         loop {
+            followed = self.follow_decisions(followed).await;
             let beat = self.report.heartbeat().await;
             let me = InstanceRecord {
                 id: beat.instance,
@@ -57,6 +67,69 @@ impl FleetHeartbeat {
                 _ = tokio::time::sleep(self.every) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
+        }
+    }
+}
+
+impl FleetHeartbeat {
+    /// Applies the decisions after `followed` (`None`: at start, the standing ones); the last
+    /// one seen, or `followed` unchanged when the journal could not be read.
+    async fn follow_decisions(&self, followed: Option<i64>) -> Option<i64> {
+        let decisions = match self.registry.decisions_after(followed.unwrap_or(0)).await {
+            Ok(d) => d,
+            Err(_) => return followed,
+        };
+        let last = decisions.last().map(|d| d.seq).or(followed).unwrap_or(0);
+        let me = &self.report.instance;
+        match followed {
+            Some(_) => {
+                for d in decisions.iter().filter(|d| &d.made_by != me) {
+                    self.apply(d).await;
+                }
+            }
+            None => {
+                // The latest standing decision per subject, whoever made it.
+                let mut standing = std::collections::BTreeMap::new();
+                for d in decisions.iter().filter(|d| d.action != "rollback") {
+                    standing.insert(d.subject.clone(), d);
+                }
+                for d in standing.into_values() {
+                    if matches!(d.action.as_str(), "unload" | "drain") {
+                        self.apply(d).await;
+                    }
+                }
+            }
+        }
+        Some(last)
+    }
+
+    async fn apply(&self, d: &FleetDecision) {
+        let p = &self.plugins;
+        let outcome = match d.action.as_str() {
+            "unload" => p.unload(&d.subject).await.map(|_| ()),
+            "load" => p.reload(&d.subject, true).await.map(|_| ()),
+            "rollback" => p.rollback(&d.subject).await.map(|_| ()),
+            "drain" => p.drain(&d.subject, true).map(|_| ()),
+            "undrain" => p.drain(&d.subject, false).map(|_| ()),
+            other => {
+                tracing::warn!(action = %other, subject = %d.subject, "fleet: a decision this version does not know; ignored");
+                return;
+            }
+        };
+        match outcome {
+            Ok(()) => tracing::info!(
+                action = %d.action,
+                subject = %d.subject,
+                by = %d.made_by,
+                "fleet: following an operator's decision taken on another instance"
+            ),
+            Err(e) => tracing::warn!(
+                action = %d.action,
+                subject = %d.subject,
+                by = %d.made_by,
+                "fleet: could not follow a decision taken on another instance: {}",
+                crate::report::chain(&e)
+            ),
         }
     }
 }

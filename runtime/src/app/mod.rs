@@ -618,6 +618,7 @@ impl App {
         tokio::spawn(
             fleet::FleetHeartbeat {
                 registry: self.journal.clone(),
+                plugins: self.registry.clone(),
                 report: self.report.clone(),
                 serves: self.config.served_backends(),
                 every: std::time::Duration::from_secs(self.config.fleet.heartbeat_seconds),

@@ -49,6 +49,7 @@ macro_rules! journal_behaviour_tests {
             instances_claiming_at_once_never_share_a_job,
             instances_report_themselves_and_can_be_forgotten,
             a_shared_key_is_seen_by_every_instance_until_removed,
+            decisions_are_seen_by_every_instance_in_order,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
@@ -865,4 +866,21 @@ pub(crate) async fn a_shared_key_is_seen_by_every_instance_until_removed(f: &dyn
     b.remove_shared_key("pending-j1").await.unwrap();
     b.remove_shared_key("pending-j1").await.unwrap();
     assert_eq!(a.shared_key("pending-j1").await.unwrap(), None);
+}
+
+pub(crate) async fn decisions_are_seen_by_every_instance_in_order(f: &dyn Factory) {
+    let (a, b) = (f.open("a").await, f.open("b").await);
+    let first = a.record_decision("vendor", "unload", "a").await.unwrap();
+    let second = b.record_decision("ca-x", "drain", "b").await.unwrap();
+    assert!(second > first);
+    let all = b.decisions_after(0).await.unwrap();
+    let seen: Vec<_> = all
+        .iter()
+        .map(|d| (d.subject.as_str(), d.action.as_str(), d.made_by.as_str()))
+        .collect();
+    assert_eq!(seen, [("vendor", "unload", "a"), ("ca-x", "drain", "b")]);
+    assert!(all.iter().all(|d| d.made_at > 0));
+    let later = a.decisions_after(first).await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].seq, second);
 }

@@ -32,9 +32,9 @@ use zeroize::Zeroizing;
 pub use config::JournalConfig;
 pub use postgres::PostgresJournal;
 pub use record::{
-    Completion, InstanceRecord, IssuedRecord, JobKind, JobRecord, JobState, Lease, Leased,
-    LedgerEntry, LedgerQuery, NewJob, ReasonChange, Revocation, RevocationMark, RevokedSerial,
-    StoredResult,
+    Completion, FleetDecision, InstanceRecord, IssuedRecord, JobKind, JobRecord, JobState, Lease,
+    Leased, LedgerEntry, LedgerQuery, NewJob, ReasonChange, Revocation, RevocationMark,
+    RevokedSerial, StoredResult,
 };
 pub use sqlite::SqliteJournal;
 pub use trail::{NewSignature, SignatureRecord, SignedKind};
@@ -331,6 +331,18 @@ pub trait InstanceRegistry: Send + Sync {
 
     /// Forgets instance `id` (decommissioned); false when it was not there.
     async fn forget_instance(&self, id: &str) -> Result<bool, JournalError>;
+
+    /// Records an operator's decision (`action` on `subject`, taken on instance `made_by`) for
+    /// the other instances to follow; its sequence number.
+    async fn record_decision(
+        &self,
+        subject: &str,
+        action: &str,
+        made_by: &str,
+    ) -> Result<i64, JournalError>;
+
+    /// The decisions after `seq`, oldest first.
+    async fn decisions_after(&self, seq: i64) -> Result<Vec<FleetDecision>, JournalError>;
 }
 
 /// Keys sealed under the custody KEK that every instance of a fleet holds: the device keys of

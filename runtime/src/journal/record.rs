@@ -278,8 +278,9 @@ pub struct InstanceRecord {
     pub host: String,
     /// The certconn version it runs.
     pub version: String,
-    /// Its backends and the plugin versions serving them (as the upstream heartbeat reports).
-    #[schema(value_type = Object)]
+    /// Its backends and the plugin versions serving them (as the upstream heartbeat reports):
+    /// `backend`, `plugin`, `version`, `state`.
+    #[schema(value_type = Vec<Object>)]
     pub plugins: serde_json::Value,
     /// The backends it runs jobs for (`fleet.serves`); `None`: every one it configures.
     pub serves: Option<Vec<String>>,
@@ -317,4 +318,20 @@ pub(crate) fn instance_record(
         started_at,
         last_seen,
     })
+}
+
+/// An operator's decision about a plugin or backend, taken on one instance and followed by
+/// every instance of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FleetDecision {
+    /// Its place in the order decisions were made.
+    pub seq: i64,
+    /// The plugin file (`unload`, `load`, `rollback`) or backend instance (`drain`,
+    /// `undrain`) it is about.
+    pub subject: String,
+    pub action: String,
+    /// The instance where the operator took it.
+    pub made_by: String,
+    /// Unix ms, the journal's clock.
+    pub made_at: i64,
 }

@@ -154,7 +154,7 @@ CREATE INDEX jobs_undelivered ON jobs (source, updated_at)
     Migration {
         version: 6,
         description: "fleets: the backends a job may run on; the instances sharing the journal; \
-                      device keys sealed for the fleet",
+                      device keys sealed for the fleet; operators' plugin decisions",
         sql: r#"
 ALTER TABLE jobs ADD COLUMN route TEXT;
 CREATE TABLE instances (
@@ -172,6 +172,13 @@ CREATE TABLE shared_keys (
     sealed      BLOB NOT NULL,
     created_at  INTEGER NOT NULL
 );
+CREATE TABLE fleet_decisions (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject     TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    made_by     TEXT NOT NULL,
+    made_at     INTEGER NOT NULL
+);
 "#,
     },
 ];
@@ -184,7 +191,7 @@ pub const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
     description:
         "jobs with fenced leases and routes, outbox, ledger, CRL numbers, reason changes, \
                   signature trail, SCEP challenges, the replay window, the instances, \
-                  sealed device keys",
+                  sealed device keys, operators' plugin decisions",
     sql: r#"
 CREATE FUNCTION certconn_now_ms() RETURNS BIGINT
     LANGUAGE sql VOLATILE AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT $$;
@@ -293,6 +300,14 @@ CREATE TABLE shared_keys (
     name        TEXT PRIMARY KEY,
     sealed      BYTEA NOT NULL,
     created_at  BIGINT NOT NULL
+);
+-- An operator's unload, load, rollback, drain or undrain on one instance, for all of them.
+CREATE TABLE fleet_decisions (
+    seq         BIGSERIAL PRIMARY KEY,
+    subject     TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    made_by     TEXT NOT NULL,
+    made_at     BIGINT NOT NULL
 );
 "#,
 }];

@@ -1224,6 +1224,48 @@ impl InstanceRegistry for SqliteJournal {
         })
         .await
     }
+
+    async fn record_decision(
+        &self,
+        subject: &str,
+        action: &str,
+        made_by: &str,
+    ) -> Result<i64, JournalError> {
+        let (subject, action, made_by) =
+            (subject.to_owned(), action.to_owned(), made_by.to_owned());
+        self.blocking(move |inner| {
+            Ok(inner.writer().query_row(
+                "INSERT INTO fleet_decisions (subject, action, made_by, made_at)
+                 VALUES (?1, ?2, ?3, ?4) RETURNING seq",
+                params![subject, action, made_by, now_ms()],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn decisions_after(&self, seq: i64) -> Result<Vec<FleetDecision>, JournalError> {
+        self.blocking(move |inner| {
+            let conn = inner.reader();
+            let mut stmt = conn.prepare(
+                "SELECT seq, subject, action, made_by, made_at FROM fleet_decisions
+                 WHERE seq > ?1 ORDER BY seq",
+            )?;
+            let rows = stmt
+                .query_map(params![seq], |r| {
+                    Ok(FleetDecision {
+                        seq: r.get(0)?,
+                        subject: r.get(1)?,
+                        action: r.get(2)?,
+                        made_by: r.get(3)?,
+                        made_at: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
 }
 
 #[async_trait::async_trait]

@@ -586,3 +586,46 @@ fn the_fleet_example_reads_and_names_a_postgres_journal() {
     assert!(config.journal.is_postgres());
     assert_eq!(config.fleet.heartbeat_seconds, 10);
 }
+
+/// An operator's unload, drain and load on one instance acts on the whole fleet; an instance
+/// that was away takes the standing decision up when it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_unloaded_on_one_instance_is_unloaded_on_every_one() {
+    let pg = Cluster::start();
+    let db = pg.database("decisions");
+    let root = tempfile::tempdir().unwrap();
+    let a = start_instance(root.path(), "a", &db, "");
+    let mut b = start_instance(root.path(), "b", &db, "");
+    let state_on = |d: &Daemon, backend: &'static str| {
+        let api = d.client();
+        async move { backend_status(&api, backend).await["state"].clone() }
+    };
+    let said = ok(a.cli(&["plugins", "unload", "local-ca"]));
+    assert!(said.contains("local: unloaded"), "{said}");
+    wait_for(Duration::from_secs(30), "B follows the unload", || async {
+        (state_on(&b, "local").await == "unloaded").then_some(())
+    })
+    .await;
+    // B, restarted, takes the standing decision up.
+    b.kill9();
+    let (config, log) = (b.config.clone(), b.log.clone());
+    b = Daemon::start(&config, &log);
+    wait_for(
+        Duration::from_secs(30),
+        "B unloaded again after its restart",
+        || async { (state_on(&b, "local").await == "unloaded").then_some(()) },
+    )
+    .await;
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.contains("following an operator's decision"),
+        "{log_text}"
+    );
+    // Loaded again on A: B follows.
+    ok(a.cli(&["plugins", "load", "local-ca"]));
+    wait_for(Duration::from_secs(30), "B follows the load", || async {
+        (state_on(&b, "local").await == "serving").then_some(())
+    })
+    .await;
+    assert_eq!(state_on(&a, "local").await, "serving");
+}

@@ -101,6 +101,11 @@ impl Connect {
         } else {
             let roots = match &config.trust_anchors {
                 Some(path) => Arc::new(read_anchors(path)?),
+                // `prefer` (the default) without anchors and without a system store: TLS, if
+                // the server offers it, cannot be verified and fails, rather than go unverified.
+                None if pg.get_ssl_mode() == SslMode::Prefer => {
+                    system_roots().unwrap_or_else(|_| Arc::new(RootCertStore::empty()))
+                }
                 None => system_roots()?,
             };
             let client = match (&config.client_certificate, &config.client_key) {
@@ -111,6 +116,17 @@ impl Connect {
             MakeRustlsConnect::new(client_config(roots, client, fips)?)
         };
         let location = location_of(&pg);
+        let remote = pg.get_hosts().iter().any(|h| match h {
+            Host::Tcp(name) => !is_loopback(name),
+            Host::Unix(_) => false,
+        });
+        if remote && pg.get_ssl_mode() != SslMode::Require {
+            tracing::warn!(
+                journal = %location,
+                "the journal's database is not on this host and journal.url does not say \
+                 sslmode=require: the connection may go without TLS"
+            );
+        }
         Ok(Self { pg, tls, location })
     }
 }
@@ -128,6 +144,15 @@ fn location_of(pg: &tokio_postgres::Config) -> String {
         pg.get_user().unwrap_or_default(),
         pg.get_dbname().or(pg.get_user()).unwrap_or_default()
     )
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn read_anchors(path: &std::path::Path) -> Result<RootCertStore, ConnectError> {

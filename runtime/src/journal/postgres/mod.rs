@@ -1251,6 +1251,45 @@ impl InstanceRegistry for PostgresJournal {
         .await?
             == 1)
     }
+
+    async fn record_decision(
+        &self,
+        subject: &str,
+        action: &str,
+        made_by: &str,
+    ) -> Result<i64, JournalError> {
+        let rows = query(
+            &self.client().await?,
+            "INSERT INTO fleet_decisions (subject, action, made_by, made_at)
+             VALUES ($1, $2, $3, certconn_now_ms()) RETURNING seq",
+            &[&subject, &action, &made_by],
+        )
+        .await?;
+        let seq = rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
+        self.changed();
+        Ok(seq)
+    }
+
+    async fn decisions_after(&self, seq: i64) -> Result<Vec<FleetDecision>, JournalError> {
+        let rows = query(
+            &self.client().await?,
+            "SELECT seq, subject, action, made_by, made_at FROM fleet_decisions
+             WHERE seq > $1 ORDER BY seq",
+            &[&seq],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FleetDecision {
+                    seq: r.try_get(0)?,
+                    subject: r.try_get(1)?,
+                    action: r.try_get(2)?,
+                    made_by: r.try_get(3)?,
+                    made_at: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
 }
 
 #[async_trait::async_trait]
@@ -1387,6 +1426,123 @@ mod tests {
         let text = crate::report::chain(&e);
         assert!(text.contains("postgres://certconn@"), "{text}");
         assert!(text.contains("/fleet"), "{text}");
+    }
+
+    /// TLS against a real server: the server is always verified, and the login is a client
+    /// certificate (PostgreSQL's `cert`) or a password from a file; secrets never show.
+    #[tokio::test]
+    async fn tls_logins_by_certificate_or_password_with_the_server_verified() {
+        let cluster = testing::OwnCluster::tls();
+        cluster.psql("CREATE ROLE certconn LOGIN; CREATE ROLE pwuser LOGIN PASSWORD 'pw-secret'");
+        // Each role owns its database (PostgreSQL 15 lets only the owner create in `public`).
+        cluster.psql("CREATE DATABASE certconn OWNER certconn");
+        cluster.psql("CREATE DATABASE pwuser OWNER pwuser");
+        let tls = cluster.dir.join("tls");
+        let url = |user: &str| {
+            format!(
+                "postgres://{user}@127.0.0.1:{}/{user}?sslmode=require",
+                cluster.port
+            )
+        };
+        let with = |user: &str| JournalConfig {
+            url: Some(url(user)),
+            trust_anchors: Some(tls.join("ca.pem").into()),
+            ..JournalConfig::default()
+        };
+        let works = |j: PostgresJournal| async move {
+            let request = serde_json::json!({});
+            j.enqueue(NewJob {
+                source: "api",
+                idempotency_key: "k",
+                kind: JobKind::Issue,
+                request: &request,
+                route: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{}", crate::report::chain(&e)));
+        };
+        // A client certificate.
+        let by_certificate = JournalConfig {
+            client_certificate: Some(tls.join("client.pem").into()),
+            client_key: Some(tls.join("client.key").into()),
+            ..with("certconn")
+        };
+        let j = PostgresJournal::open(&by_certificate, "a", false)
+            .await
+            .unwrap_or_else(|e| panic!("{}", crate::report::chain(&e)));
+        works(j.clone()).await;
+        let ssl = cluster.psql(
+            "SELECT DISTINCT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.usename = 'certconn'",
+        );
+        assert_eq!(ssl, ["t"]);
+        drop(j);
+        // Without it, the same role is refused.
+        let e = PostgresJournal::open(&with("certconn"), "a", false)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, JournalError::Database { .. }), "{e}");
+        // A password from a file; a wrong one is refused and never shown.
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("pw");
+        std::fs::write(&password, "pw-secret\n").unwrap();
+        std::fs::set_permissions(
+            &password,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let by_password = JournalConfig {
+            password_file: Some(password.clone().into()),
+            ..with("pwuser")
+        };
+        works(
+            PostgresJournal::open(&by_password, "b", false)
+                .await
+                .unwrap(),
+        )
+        .await;
+        std::fs::write(&password, "wrong-secret\n").unwrap();
+        let e = crate::report::chain(
+            &PostgresJournal::open(&by_password, "b", false)
+                .await
+                .unwrap_err(),
+        );
+        assert!(e.contains("password"), "{e}");
+        assert!(
+            !e.contains("wrong-secret") && !e.contains("pw-secret"),
+            "{e}"
+        );
+        // A server whose certificate is not under the anchors is refused.
+        let other_ca = dir.path().join("other-ca.pem");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=another CA", "-keyout"])
+            .arg(dir.path().join("other.key"))
+            .arg("-out")
+            .arg(&other_ca)
+            .output()
+            .unwrap();
+        assert!(made.status.success());
+        let e = crate::report::chain(
+            &PostgresJournal::open(
+                &JournalConfig {
+                    trust_anchors: Some(other_ca.into()),
+                    ..by_certificate.clone()
+                },
+                "c",
+                false,
+            )
+            .await
+            .unwrap_err(),
+        );
+        assert!(e.to_lowercase().contains("certificate"), "{e}");
     }
 
     async fn futures_join_all<F: std::future::Future + Send + 'static>(

@@ -25,7 +25,7 @@ pub fn server() -> String {
                 .tempdir()
                 .map_err(|e| e.to_string())?
                 .keep();
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg-cluster");
+            let script = SCRIPT;
             let out = std::process::Command::new(script)
                 .arg("start")
                 .arg(&dir)
@@ -43,6 +43,71 @@ pub fn server() -> String {
         .clone()
         .unwrap_or_else(|e| panic!("no PostgreSQL for the tests: {e}"))
 }
+
+/// A cluster of a test's own, stopped and removed when dropped (and when the process ends).
+pub struct OwnCluster {
+    pub dir: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl OwnCluster {
+    /// On a loopback port, TLS only: `scripts/pg-cluster start DIR --tcp --tls` (its CA, server
+    /// and client certificates in `dir/tls`).
+    pub fn tls() -> OwnCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("certconn-pg-tls-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let out = std::process::Command::new(SCRIPT)
+            .arg("start")
+            .arg(&dir)
+            .args(["--tcp", "--tls", "--watch", &std::process::id().to_string()])
+            .output()
+            .expect("scripts/pg-cluster");
+        assert!(
+            out.status.success(),
+            "pg-cluster: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::fs::read_to_string(dir.join("port"))
+            .expect("port")
+            .trim()
+            .parse()
+            .expect("a port");
+        OwnCluster { dir, port }
+    }
+
+    /// `sql` as the superuser, over the cluster's Unix socket.
+    pub fn psql(&self, sql: &str) -> Vec<String> {
+        let host: String = url_escape(&self.dir.display().to_string());
+        psql(
+            &format!("postgres://postgres@{host}:{}/postgres", self.port),
+            sql,
+        )
+    }
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(SCRIPT)
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg-cluster");
 
 /// One test's database.
 pub struct Database {

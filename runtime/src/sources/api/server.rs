@@ -964,6 +964,7 @@ async fn backend_action(
         }
         e => ApiError::new(StatusCode::CONFLICT, e.to_string()),
     })?;
+    record_for_fleet(&state, &name, if drained { "drain" } else { "undrain" }).await;
     Ok(Json(Drained {
         backend: name,
         drained,
@@ -1026,5 +1027,34 @@ async fn plugin_action(
             json!({ "rolled_back": done.into_iter().map(|(b, from, to)| json!({"backend": b, "from": from, "to": to})).collect::<Vec<_>>() })
         }
     };
+    // A reload follows this instance's own files; the others are the operator's decision for
+    // the whole fleet.
+    let decision = match action {
+        PluginAction::Load => Some("load"),
+        PluginAction::Unload => Some("unload"),
+        PluginAction::Rollback => Some("rollback"),
+        PluginAction::Reload => None,
+    };
+    if let Some(decision) = decision {
+        record_for_fleet(&state, &name, decision).await;
+    }
     Ok(Json(answer))
+}
+
+/// Records an operator's decision, taken here, for the other instances sharing the journal
+/// (they follow it at their next heartbeat). It took effect here whatever happens to the
+/// record; a failure to record it is logged.
+async fn record_for_fleet(state: &ApiState, subject: &str, action: &str) {
+    if let Err(e) = state
+        .fleet
+        .record_decision(subject, action, &state.instance)
+        .await
+    {
+        tracing::warn!(
+            %subject,
+            %action,
+            "the decision took effect here but could not be recorded for the other instances: {}",
+            crate::report::chain(&e)
+        );
+    }
 }

@@ -21,8 +21,9 @@ use crate::sources::upstream::InstanceReport;
 /// Reports this instance until `shutdown` turns true.
 pub struct FleetHeartbeat {
     pub registry: Arc<dyn InstanceRegistry>,
-    /// Where the operators' decisions are applied.
-    pub plugins: Arc<Registry>,
+    /// Where the operators' decisions are applied; `None` for a lone instance (SQLite), whose
+    /// decisions stay in its memory.
+    pub plugins: Option<Arc<Registry>>,
     pub report: Arc<HeartbeatReport>,
     pub serves: Option<Vec<String>>,
     pub every: Duration,
@@ -35,7 +36,9 @@ impl FleetHeartbeat {
         let mut failing = false;
         let mut followed = None;
         loop {
-            followed = self.follow_decisions(followed).await;
+            if let Some(plugins) = &self.plugins {
+                followed = self.follow_decisions(plugins, followed).await;
+            }
             let beat = self.report.heartbeat().await;
             let me = InstanceRecord {
                 id: beat.instance,
@@ -74,7 +77,7 @@ impl FleetHeartbeat {
 impl FleetHeartbeat {
     /// Applies the decisions after `followed` (`None`: at start, the standing ones); the last
     /// one seen, or `followed` unchanged when the journal could not be read.
-    async fn follow_decisions(&self, followed: Option<i64>) -> Option<i64> {
+    async fn follow_decisions(&self, plugins: &Registry, followed: Option<i64>) -> Option<i64> {
         let decisions = match self.registry.decisions_after(followed.unwrap_or(0)).await {
             Ok(d) => d,
             Err(_) => return followed,
@@ -84,7 +87,7 @@ impl FleetHeartbeat {
         match followed {
             Some(_) => {
                 for d in decisions.iter().filter(|d| &d.made_by != me) {
-                    self.apply(d).await;
+                    apply(plugins, d).await;
                 }
             }
             None => {
@@ -95,42 +98,42 @@ impl FleetHeartbeat {
                 }
                 for d in standing.into_values() {
                     if matches!(d.action.as_str(), "unload" | "drain") {
-                        self.apply(d).await;
+                        apply(plugins, d).await;
                     }
                 }
             }
         }
         Some(last)
     }
+}
 
-    async fn apply(&self, d: &FleetDecision) {
-        let p = &self.plugins;
-        let outcome = match d.action.as_str() {
-            "unload" => p.unload(&d.subject).await.map(|_| ()),
-            "load" => p.reload(&d.subject, true).await.map(|_| ()),
-            "rollback" => p.rollback(&d.subject).await.map(|_| ()),
-            "drain" => p.drain(&d.subject, true).map(|_| ()),
-            "undrain" => p.drain(&d.subject, false).map(|_| ()),
-            other => {
-                tracing::warn!(action = %other, subject = %d.subject, "fleet: a decision this version does not know; ignored");
-                return;
-            }
-        };
-        match outcome {
-            Ok(()) => tracing::info!(
-                action = %d.action,
-                subject = %d.subject,
-                by = %d.made_by,
-                "fleet: following an operator's decision taken on another instance"
-            ),
-            Err(e) => tracing::warn!(
-                action = %d.action,
-                subject = %d.subject,
-                by = %d.made_by,
-                "fleet: could not follow a decision taken on another instance: {}",
-                crate::report::chain(&e)
-            ),
+/// Applies decision `d` to this instance's plugins.
+async fn apply(p: &Registry, d: &FleetDecision) {
+    let outcome = match d.action.as_str() {
+        "unload" => p.unload(&d.subject).await.map(|_| ()),
+        "load" => p.reload(&d.subject, true).await.map(|_| ()),
+        "rollback" => p.rollback(&d.subject).await.map(|_| ()),
+        "drain" => p.drain(&d.subject, true).map(|_| ()),
+        "undrain" => p.drain(&d.subject, false).map(|_| ()),
+        other => {
+            tracing::warn!(action = %other, subject = %d.subject, "fleet: a decision this version does not know; ignored");
+            return;
         }
+    };
+    match outcome {
+        Ok(()) => tracing::info!(
+            action = %d.action,
+            subject = %d.subject,
+            by = %d.made_by,
+            "fleet: following an operator's decision taken on another instance"
+        ),
+        Err(e) => tracing::warn!(
+            action = %d.action,
+            subject = %d.subject,
+            by = %d.made_by,
+            "fleet: could not follow a decision taken on another instance: {}",
+            crate::report::chain(&e)
+        ),
     }
 }
 

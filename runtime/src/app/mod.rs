@@ -434,6 +434,7 @@ impl App {
             max_body_bytes: self.config.api.max_body_bytes,
             fleet: self.journal.clone(),
             fleet_heartbeat: std::time::Duration::from_secs(self.config.fleet.heartbeat_seconds),
+            shared_journal: self.config.journal.is_postgres(),
             instance: self.instance.clone(),
             journal_location: self.journal.location(),
             openapi: openapi.clone(),
@@ -618,7 +619,11 @@ impl App {
         tokio::spawn(
             fleet::FleetHeartbeat {
                 registry: self.journal.clone(),
-                plugins: self.registry.clone(),
+                plugins: self
+                    .config
+                    .journal
+                    .is_postgres()
+                    .then(|| self.registry.clone()),
                 report: self.report.clone(),
                 serves: self.config.served_backends(),
                 every: std::time::Duration::from_secs(self.config.fleet.heartbeat_seconds),

@@ -187,6 +187,9 @@ pub struct ApiState {
     pub fleet: Arc<dyn crate::journal::InstanceRegistry>,
     /// `fleet.heartbeat_seconds`: an instance silent for three is missing.
     pub fleet_heartbeat: std::time::Duration,
+    /// True when the journal is shared (PostgreSQL): an operator's plugin decisions are then
+    /// recorded for the other instances. A lone instance keeps them in memory, as before.
+    pub shared_journal: bool,
     /// This instance's id.
     pub instance: String,
     /// Where the journal is, for health (never a password).
@@ -1045,6 +1048,9 @@ async fn plugin_action(
 /// (they follow it at their next heartbeat). It took effect here whatever happens to the
 /// record; a failure to record it is logged.
 async fn record_for_fleet(state: &ApiState, subject: &str, action: &str) {
+    if !state.shared_journal {
+        return;
+    }
     if let Err(e) = state
         .fleet
         .record_decision(subject, action, &state.instance)

@@ -626,6 +626,41 @@ backend = "local"
     }
 
     #[test]
+    fn fleet_and_journal_settings_are_checked_where_they_are_written() {
+        let e = error(&format!(
+            "{GOOD}[fleet]\nserves = [\"local\", \"elsewhere\"]\n"
+        ));
+        assert!(e.contains("fleet.serves"), "{e}");
+        assert!(
+            e.contains("no backend named \"elsewhere\" (configured: local)"),
+            "{e}"
+        );
+        // A password file without a database to use it for is a mistake, not a no-op.
+        let e = error(&format!(
+            "{GOOD}[journal]\npassword_file = \"/etc/certconn/db-password\"\n"
+        ));
+        assert!(e.contains("set journal.url"), "{e}");
+        let e = error(&format!(
+            "{GOOD}[journal]\nurl = \"postgres://c@db/c\"\npool_size = 0\n"
+        ));
+        assert!(e.contains("pool_size"), "{e}");
+        let ok = Config::parse(
+            Path::new("c.toml"),
+            &format!(
+                "{GOOD}[journal]\nurl = \"postgres://c@db/c\"\n[fleet]\nserves = [\"local\"]\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(ok.journal.is_postgres());
+        assert_eq!(ok.served_backends(), Some(vec!["local".to_owned()]));
+        assert_eq!(
+            ok.journal.pool_size,
+            crate::journal::config::DEFAULT_POOL_SIZE
+        );
+        assert_eq!(ok.fleet.heartbeat_seconds, 10);
+    }
+
+    #[test]
     fn a_call_bound_handle_cannot_be_granted_by_name() {
         for handle in ["request", "current"] {
             let text = GOOD

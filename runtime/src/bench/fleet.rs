@@ -114,9 +114,7 @@ async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
         },
         false,
     )?;
-    let (client, connection) = c.pg.connect(c.tls.clone()).await?;
-    tokio::spawn(connection);
-    Ok(client)
+    Ok(c.client().await?)
 }
 
 /// Transactions committed and rows written in the current database so far.

@@ -41,6 +41,8 @@ pub enum ConnectError {
         path: String,
         what: &'static str,
     },
+    #[error("journal.trust_anchors")]
+    Anchors(#[source] Box<crate::crypto::tls::AnchorsError>),
     #[error("journal.client_certificate and journal.client_key go together")]
     HalfAClient,
     #[error("the system trust store has no usable certificates; set journal.trust_anchors")]
@@ -131,6 +133,16 @@ impl Connect {
     }
 }
 
+impl Connect {
+    /// One connection outside any pool, for a one-off look (`check-config`, the benchmark's
+    /// administration); it closes when the client is dropped.
+    pub async fn client(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = self.pg.connect(self.tls.clone()).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+}
+
 /// `postgres://user@host:port/database`, without the password, for the log and status.
 fn location_of(pg: &tokio_postgres::Config) -> String {
     let host = match pg.get_hosts().first() {
@@ -156,35 +168,11 @@ fn is_loopback(host: &str) -> bool {
 }
 
 fn read_anchors(path: &std::path::Path) -> Result<RootCertStore, ConnectError> {
-    let file_err = |source: Box<dyn std::error::Error + Send + Sync>| ConnectError::File {
-        field: "trust_anchors",
-        path: path.display().to_string(),
-        source,
-    };
-    let pem = std::fs::read(path).map_err(|e| file_err(Box::new(e)))?;
-    let mut store = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| file_err(Box::new(e)))?;
-        store.add(cert).map_err(|e| file_err(Box::new(e)))?;
-    }
-    if store.is_empty() {
-        return Err(ConnectError::Empty {
-            field: "trust_anchors",
-            path: path.display().to_string(),
-            what: "PEM certificate",
-        });
-    }
-    Ok(store)
+    crate::crypto::tls::read_anchors(path).map_err(|e| ConnectError::Anchors(Box::new(e)))
 }
 
 fn system_roots() -> Result<Arc<RootCertStore>, ConnectError> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut store = RootCertStore::empty();
-    let (added, _) = store.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err(ConnectError::NoSystemRoots);
-    }
-    Ok(Arc::new(store))
+    crate::crypto::tls::system_roots().map_err(|_| ConnectError::NoSystemRoots)
 }
 
 type ClientAuth = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);

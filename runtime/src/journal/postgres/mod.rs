@@ -294,12 +294,7 @@ impl PostgresJournal {
             location: connect.location.clone(),
             source: Box::new(e),
         };
-        let (client, connection) = connect
-            .pg
-            .connect(connect.tls.clone())
-            .await
-            .map_err(unreachable)?;
-        let driver = tokio::spawn(connection);
+        let client = connect.client().await.map_err(unreachable)?;
         let version = client
             .query_one(
                 "SELECT CASE WHEN to_regclass('certconn_schema') IS NULL THEN NULL
@@ -310,8 +305,6 @@ impl PostgresJournal {
             .map_err(unreachable)?
             .try_get::<_, Option<i64>>(0)
             .map_err(unreachable)?;
-        drop(client);
-        let _ = driver.await;
         Ok(version)
     }
 

@@ -6,8 +6,7 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -33,23 +32,8 @@ pub enum TlsError {
     NotFips,
 }
 
-/// The system trust store, read once per process at the first https request that needs it.
-static SYSTEM_ROOTS: OnceLock<Result<Arc<RootCertStore>, TlsError>> = OnceLock::new();
-
 fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
-    SYSTEM_ROOTS
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            let mut store = RootCertStore::empty();
-            let (added, _ignored) = store.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(TlsError::NoSystemRoots {
-                    errors: found.errors.len(),
-                });
-            }
-            Ok(Arc::new(store))
-        })
-        .clone()
+    crate::crypto::tls::system_roots().map_err(|e| TlsError::NoSystemRoots { errors: e.errors })
 }
 
 /// Which certificates a backend's https connections must chain to.
@@ -175,27 +159,20 @@ pub(crate) fn outbound_client_config(
 }
 
 fn read_anchors(path: &Path) -> Result<RootCertStore, GrantError> {
-    let pem = std::fs::read(path).map_err(|source| GrantError::AnchorsFile {
-        path: path.to_owned(),
-        source,
-    })?;
-    let anchor =
-        |number: usize, source: Box<dyn std::error::Error + Send + Sync>| GrantError::Anchor {
-            path: path.to_owned(),
+    use crate::crypto::tls::AnchorsError;
+    crate::crypto::tls::read_anchors(path).map_err(|e| match e {
+        AnchorsError::File { path, source } => GrantError::AnchorsFile { path, source },
+        AnchorsError::Certificate {
+            path,
             number,
             source,
-        };
-    let mut store = RootCertStore::empty();
-    for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
-        let cert = cert.map_err(|e| anchor(i + 1, Box::new(e)))?;
-        store.add(cert).map_err(|e| anchor(i + 1, Box::new(e)))?;
-    }
-    if store.is_empty() {
-        return Err(GrantError::NoAnchors {
-            path: path.to_owned(),
-        });
-    }
-    Ok(store)
+        } => GrantError::Anchor {
+            path,
+            number,
+            source,
+        },
+        AnchorsError::Empty { path } => GrantError::NoAnchors { path },
+    })
 }
 
 fn client_config(

@@ -9,7 +9,8 @@ knows which serials it issued for revocation. Loopback only.
     python3 mock-ca.py [--port 8700] [--api-key demo-key]   # prints the port it listens on
 
 For tests: --delay-ms N makes each issuance take N ms, --fail-first N answers the first N
-issuance requests 503 (a CA briefly down), and GET /mock/stats (unsigned) tells how many
+issuance requests 503 (a CA briefly down), POST /mock/fail-next/N does the same to the next N,
+and GET /mock/stats (unsigned) tells how many
 issuance requests it served and the most it ever had in flight at once.
 """
 import argparse
@@ -55,7 +56,7 @@ lock = threading.Lock()
 by_idempotency_key = {}  # key -> request id
 requests = {}  # request id -> {"csr": ..., "days": ..., "polls": n, "certificate": der or None}
 issued_serials = set()
-stats = {"issue_requests": 0, "in_flight": 0, "max_in_flight": 0}
+stats = {"issue_requests": 0, "in_flight": 0, "max_in_flight": 0, "fail_next": 0}
 
 
 def issue(csr_der, days):
@@ -115,10 +116,17 @@ class Api(http.server.BaseHTTPRequestHandler):
         if self.path == "/mock/stats":
             with lock:
                 return self.reply(200, dict(stats))
+        if self.command == "POST" and self.path.startswith("/mock/fail-next/"):
+            # The next N issuance requests answer 503, as a CA that breaks under a new client.
+            with lock:
+                stats["fail_next"] = int(self.path.rsplit("/", 1)[1])
+                return self.reply(200, dict(stats))
         if self.command == "POST" and self.path == "/v1/certificates":
             with lock:
                 stats["issue_requests"] += 1
-                failing = stats["issue_requests"] <= args.fail_first
+                failing = stats["issue_requests"] <= args.fail_first or stats["fail_next"] > 0
+                if stats["fail_next"] > 0:
+                    stats["fail_next"] -= 1
                 stats["in_flight"] += 1
                 stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
             try:

@@ -24,3 +24,4 @@ pub mod report;
 pub mod revocation;
 pub mod secret;
 pub mod sources;
+pub mod update;

@@ -10,6 +10,38 @@
 use certconn_connector::{compare_versions, day_number, VersionPolicy};
 use serde::Serialize;
 
+/// The updater as the API sees it: the update module lives beside the sources (it fetches
+/// through their outbound HTTPS), so the API reaches it through this port.
+#[async_trait::async_trait]
+pub trait Updates: Send + Sync {
+    /// `GET /v1/updates`: the feed, and where the daemon and each plugin stand.
+    fn status(&self) -> serde_json::Value;
+    /// The versions' stages and the feed's state, for `/v1/health`.
+    fn summary(&self) -> serde_json::Value;
+    /// Reads the feed now and acts on it as the policies say; returns the new status.
+    async fn check(&self) -> Result<serde_json::Value, String>;
+}
+
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01, UTC): the inverse of
+/// [`certconn_connector::day_number`].
+pub fn date_of_day(day: i64) -> String {
+    // 1970-01-01 is Julian day 2 440 588.
+    let julian = i32::try_from(day + 2_440_588).unwrap_or(i32::MAX);
+    match time::Date::from_julian_day(julian) {
+        Ok(d) => format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()),
+        Err(_) => "9999-12-31".to_owned(),
+    }
+}
+
+/// Today's day number (UTC).
+pub fn today() -> i64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    (secs / 86_400) as i64
+}
+
 /// The stage of a version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -117,6 +149,13 @@ mod tests {
                 deprecated_on: "2026-06-01".into(),
                 unsupported_after: "2026-11-30".into(),
             }],
+        }
+    }
+
+    #[test]
+    fn dates_and_day_numbers_round_trip() {
+        for date in ["1970-01-01", "2024-02-29", "2026-12-31", "2027-03-01"] {
+            assert_eq!(date_of_day(day_number(date).unwrap()), date);
         }
     }
 

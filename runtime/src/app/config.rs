@@ -64,6 +64,9 @@ pub struct Config {
     /// This instance's place in a fleet: the backends it serves, how often it reports itself.
     #[serde(default)]
     pub fleet: FleetConfig,
+    /// The signed update feed: the version lifecycle, and plugin updates as each backend's
+    /// `update` policy allows. Off when absent.
+    pub update: Option<crate::update::settings::UpdateConfig>,
     #[serde(skip)]
     pub source_path: PathBuf,
     /// The file as read, to point at a line when a plugin refuses a setting.
@@ -209,6 +212,23 @@ impl Config {
                             b.get_ref(),
                             known.join(", ")
                         ),
+                    ));
+                }
+            }
+        }
+        match &self.update {
+            Some(update) => {
+                update.check().map_err(|(key, why)| cx.at(0..0, key, why))?;
+                crate::update::plugin_policies(&self.backends, &update.plugins)
+                    .map_err(|why| cx.at(0..0, "backends", why))?;
+            }
+            None => {
+                if let Some((name, b)) = self.backends.iter().find(|(_, b)| b.update.is_some()) {
+                    let span = b.update.as_ref().map(|u| u.span()).unwrap_or(0..0);
+                    return Err(cx.at(
+                        span,
+                        format!("backends.{name}.update"),
+                        "an update policy needs a feed: add an [update] section (url, root)",
                     ));
                 }
             }

@@ -70,6 +70,8 @@ pub enum StartError {
     Scep(#[from] RaError),
     #[error("the upstream service")]
     Upstream(#[from] crate::sources::upstream::UpstreamError),
+    #[error("the update feed")]
+    Update(#[from] crate::update::UpdaterError),
     #[error("the outbound proxy")]
     Proxy(#[from] crate::proxy::ProxyConfigError),
     #[error("intune")]
@@ -208,6 +210,8 @@ pub struct App {
     pub upstream: Option<Arc<crate::sources::upstream::Upstream>>,
     /// Intune's revocation requests, when `intune.revocation` is on.
     pub intune_revocation: Option<Arc<crate::sources::intune::revocation::RevocationPoller>>,
+    /// The signed update feed, when `[update]` is configured.
+    pub updater: Option<Arc<crate::update::Updater>>,
     /// Applies a changed `[backends]`/`[profiles]` without a restart.
     pub reloader: Arc<reload::Reloader>,
     /// This instance's id (`<data_dir>/instance-id`).
@@ -374,6 +378,17 @@ impl App {
                 journal.clone(),
             ))
         });
+        let updater = match &config.update {
+            Some(uc) => Some(crate::update::Updater::new(
+                uc.clone(),
+                &config.data_dir,
+                registry.clone(),
+                &config.backends,
+                config.policy(),
+                proxy.clone(),
+            )?),
+            None => None,
+        };
         tracing::debug!(journal = %journal.location(), schema = journal.schema_version(), %instance, "opened");
         let reloader = Arc::new(reload::Reloader::new(
             &config,
@@ -397,6 +412,7 @@ impl App {
             revocation,
             upstream,
             intune_revocation,
+            updater,
             instance,
             report,
             _lock: lock,
@@ -431,6 +447,10 @@ impl App {
             listener,
             upstream: self.upstream.clone(),
             intune_revocation: self.intune_revocation.clone(),
+            updates: self
+                .updater
+                .clone()
+                .map(|u| u as Arc<dyn crate::lifecycle::Updates>),
             max_body_bytes: self.config.api.max_body_bytes,
             fleet: self.journal.clone(),
             fleet_heartbeat: std::time::Duration::from_secs(self.config.fleet.heartbeat_seconds),
@@ -615,6 +635,9 @@ impl App {
         }
         if let Some(upstream) = &self.upstream {
             tokio::spawn(upstream.clone().run(shutdown.clone()));
+        }
+        if let Some(updater) = &self.updater {
+            tokio::spawn(updater.clone().run(shutdown.clone()));
         }
         tokio::spawn(
             fleet::FleetHeartbeat {

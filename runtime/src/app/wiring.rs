@@ -207,10 +207,14 @@ struct BreakerVerdict(instance::Lease);
 
 impl Verdict for BreakerVerdict {
     fn success(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.backend.outcomes.answered.fetch_add(1, Relaxed);
         self.0.instance.breaker.success(&self.0.instance.name);
     }
 
     fn failure(&self, why: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.backend.outcomes.failed.fetch_add(1, Relaxed);
         self.0.instance.breaker.failure(&self.0.instance.name, why);
     }
 }

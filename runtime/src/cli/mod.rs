@@ -8,8 +8,10 @@ mod fleet;
 mod keys;
 mod pfx;
 mod plugins;
+mod release;
 mod serve;
 mod systemd;
+mod update;
 mod upstream;
 
 use std::path::PathBuf;
@@ -111,6 +113,16 @@ pub enum Command {
     Fleet {
         #[command(subcommand)]
         what: Option<fleet::Fleet>,
+    },
+    /// The signed update feed: where each version stands, and what the updater did.
+    Update {
+        #[command(subcommand)]
+        what: update::UpdateCmd,
+    },
+    /// Publish the signed update feed (for a release engineer; offline).
+    Release {
+        #[command(subcommand)]
+        what: release::ReleaseCmd,
     },
     /// The upstream service: register this connector (offline: the daemon must be stopped).
     Upstream {
@@ -235,6 +247,8 @@ pub fn main() -> std::process::ExitCode {
             Command::Keys { what } => keys::run(&config, what),
             Command::Upstream { what } => upstream::run(&config, what).await,
             Command::Fleet { what } => fleet::run(&config, what).await,
+            Command::Update { what } => update::run(&config, what).await,
+            Command::Release { what } => release::run(what).await,
             Command::Audit { what } => audit::run(&config, what),
             Command::Pfx { what } => pfx::run(&config, what).await,
             Command::CheckConfig { syntax_only } => check_config(&config, syntax_only).await,

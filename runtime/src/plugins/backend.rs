@@ -122,6 +122,7 @@ impl PreparedPlugin {
         policy: AlgorithmPolicy,
     ) -> Result<BackendInfo, PluginError> {
         LoadedBackend {
+            outcomes: Outcomes::default(),
             name: self.manifest.name.as_str().into(),
             plugin: self.clone(),
             info: empty_info(),
@@ -149,6 +150,8 @@ fn empty_info() -> BackendInfo {
 /// A plugin version loaded as a backend instance with its settings, grants and limits.
 pub struct LoadedBackend {
     pub name: Arc<str>,
+    /// What this version's calls came to: an update on probation is judged by them.
+    pub outcomes: Outcomes,
     pub plugin: Arc<PreparedPlugin>,
     pub info: BackendInfo,
     engine: Arc<PluginEngine>,
@@ -168,6 +171,22 @@ impl std::fmt::Debug for LoadedBackend {
     }
 }
 
+/// Counts of one loaded version's calls, as the circuit breaker sees them: answered, or failed
+/// (a plugin fault or its CA unreachable).
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    pub answered: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
+impl Outcomes {
+    /// `(answered, failed)`.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.answered.load(Relaxed), self.failed.load(Relaxed))
+    }
+}
+
 /// What a plugin call returns: the backend's own answer, or a fault of the plugin.
 pub type CallResult<T> = Result<Result<T, BackendError>, PluginError>;
 
@@ -181,6 +200,7 @@ impl LoadedBackend {
         policy: AlgorithmPolicy,
     ) -> Result<Self, PluginError> {
         let mut this = Self {
+            outcomes: Outcomes::default(),
             name: spec.name.as_str().into(),
             plugin,
             info: empty_info(),

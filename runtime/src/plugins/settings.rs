@@ -104,10 +104,76 @@ pub struct BackendConfig {
     pub settings_files: BTreeMap<String, Spanned<ConfigPath>>,
     /// This backend's own trusted publishers, instead of `plugins.trusted_publishers`.
     pub trusted_publishers: Option<Vec<Spanned<ConfigPath>>>,
+    /// How the signed update feed may change this backend's plugin: `"auto"`, `"notify"` or
+    /// `"pinned VERSION"`. Absent: `[update] plugins`. Backends that share a plugin file share
+    /// its updates; the most careful policy among them wins.
+    #[serde(default)]
+    pub update: Option<Spanned<UpdatePolicy>>,
 }
 
 /// Longest call a backend may be given, in seconds.
 pub const MAX_TIMEOUT_SECONDS: u64 = 3600;
+
+/// What the update feed may do with a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdatePolicy {
+    /// Install the newest release of the channel, hot, on probation.
+    Auto,
+    /// Show that a newer release exists; install nothing.
+    Notify,
+    /// Run exactly this version: installed from the feed when it is not the one running, even
+    /// when it is lower. Nothing else is installed.
+    Pinned(String),
+}
+
+impl UpdatePolicy {
+    /// How careful a policy is: of the backends sharing a plugin, the most careful wins.
+    pub fn care(&self) -> u8 {
+        match self {
+            Self::Auto => 0,
+            Self::Notify => 1,
+            Self::Pinned(_) => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for UpdatePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Notify => f.write_str("notify"),
+            Self::Pinned(v) => write!(f, "pinned {v}"),
+        }
+    }
+}
+
+impl std::str::FromStr for UpdatePolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        match s {
+            "auto" => Ok(Self::Auto),
+            "notify" => Ok(Self::Notify),
+            _ => match s.strip_prefix("pinned") {
+                Some(v) if semver::Version::parse(v.trim().trim_start_matches('v')).is_ok() => {
+                    Ok(Self::Pinned(v.trim().to_owned()))
+                }
+                _ => Err(format!(
+                    "{s:?} is not an update policy: \"auto\", \"notify\" or \"pinned VERSION\" (e.g. \"pinned 1.2.0\")"
+                )),
+            },
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UpdatePolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 fn default_quarantine_after() -> u32 {
     5

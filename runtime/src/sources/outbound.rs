@@ -159,24 +159,34 @@ impl Target {
         }
     }
 
-    async fn exchange(
+    /// Sends `request` and returns the answer's head; its body streams on, for the caller to
+    /// bound (an update feed reads targets far larger than [`MAX_ANSWER_BYTES`]).
+    pub async fn open(
         &self,
         request: Request<Full<Bytes>>,
         proxy: Option<&crate::proxy::Proxy>,
-    ) -> Result<Answer, String> {
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
         let tcp = crate::proxy::connect(proxy, &self.host, self.port)
             .await
             .map_err(|e| crate::report::chain(&e))?;
-        let response = match &self.tls {
+        match &self.tls {
             Some((connector, name)) => {
                 let tls = connector
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| format!("TLS: {e}"))?;
-                super::api::client::send(tls, request).await?
+                super::api::client::send(tls, request).await
             }
-            None => super::api::client::send(tcp, request).await?,
-        };
+            None => super::api::client::send(tcp, request).await,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        proxy: Option<&crate::proxy::Proxy>,
+    ) -> Result<Answer, String> {
+        let response = self.open(request, proxy).await?;
         let status = response.status();
         let retry_after = response
             .headers()

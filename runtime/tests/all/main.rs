@@ -40,4 +40,5 @@ mod scep_messages;
 mod scep_server;
 mod status_page;
 mod systemd;
+mod updates;
 mod upstream;

@@ -19,6 +19,7 @@ pub mod server;
 pub mod status;
 pub mod tls;
 pub mod token;
+pub mod updates;
 
 use std::net::SocketAddr;
 

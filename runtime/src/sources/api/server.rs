@@ -182,6 +182,8 @@ pub struct ApiState {
     pub upstream: Option<Arc<crate::sources::upstream::Upstream>>,
     /// Intune's revocation requests, for status and health.
     pub intune_revocation: Option<Arc<crate::sources::intune::revocation::RevocationPoller>>,
+    /// The signed update feed, for `/v1/updates` and health.
+    pub updates: Option<Arc<dyn crate::lifecycle::Updates>>,
     pub max_body_bytes: usize,
     /// The instances sharing the journal, for `/v1/fleet`.
     pub fleet: Arc<dyn crate::journal::InstanceRegistry>,
@@ -226,11 +228,13 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .routes(routes!(certificates::show))
         .routes(routes!(certificates::set_reason))
         .routes(routes!(super::fleet::forget))
+        .routes(routes!(super::updates::check))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let readable = OpenApiRouter::new()
         .routes(routes!(super::metrics::metrics))
         .routes(routes!(super::status::status))
         .routes(routes!(super::fleet::fleet))
+        .routes(routes!(super::updates::status))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate_reader,
@@ -474,6 +478,7 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
             Some(p) => Some(p.status().await),
             None => None,
         },
+        updates: state.updates.as_ref().map(|u| u.summary()),
     })
 }
 
@@ -512,6 +517,11 @@ pub struct Health {
     pub upstream: Option<crate::sources::upstream::UpstreamStatus>,
     /// Intune's revocation requests, when polled.
     pub intune_revocation: Option<crate::sources::intune::revocation::IntuneRevocationStatus>,
+    /// The signed update feed, when configured: `feed` (`verified`, `unreachable`, `not yet
+    /// read`), its `error`, the worst lifecycle `stage`, and each version's stage and summary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub updates: Option<serde_json::Value>,
 }
 
 /// Body of `POST /v1/jobs/issue`.

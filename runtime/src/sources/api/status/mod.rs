@@ -285,10 +285,15 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
             crate::lifecycle::Stage::Deprecated | crate::lifecycle::Stage::Unsupported
         )
     });
-    let degraded = degraded || out_of_date;
+    let updates = state.updates.as_ref().map(|u| u.summary());
+    let updates_attention = updates.as_ref().is_some_and(|u| {
+        u["error"].is_string() || matches!(u["stage"].as_str(), Some("deprecated" | "unsupported"))
+    });
+    let degraded = degraded || out_of_date || updates_attention;
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "lifecycle": lifecycle,
+        "updates": updates,
         "status": if degraded { "attention" } else { "ok" },
         "sources": sources,
         "fips": &state.fips,

@@ -1,0 +1,368 @@
+//! Signed updates and the version lifecycle.
+//!
+//! The feed is a TUF repository (`feed`, `transport`; published by `publish`): its metadata is
+//! verified from a root pinned in config, and every release in it carries its version, channel
+//! and date (`release`). From the release list come the lifecycle stages of the daemon and of
+//! each plugin (current → deprecated with the days of grace left → unsupported), and, as each
+//! backend's policy allows, plugin updates: downloaded, verified, published into the plugin
+//! directory by rename, loaded by the registry's hot path, and judged on probation — rolled
+//! back to the previous version, kept on disk, if they fail (`plugins`). What the updater
+//! decided survives a restart (`state`).
+//!
+//! A feed that cannot be read or verified changes nothing: the running versions keep serving
+//! and the status says why.
+
+pub mod feed;
+pub mod plugins;
+pub mod publish;
+pub mod release;
+pub mod settings;
+pub mod state;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+
+use self::feed::{FeedSource, Verified};
+use self::release::{version_policy, Kind};
+use self::settings::UpdateConfig;
+use self::state::State;
+use self::transport::FeedTransport;
+use crate::crypto::AlgorithmPolicy;
+use crate::lifecycle::{Lifecycle, Stage};
+use crate::plugins::registry::Registry;
+use crate::plugins::settings::{BackendConfig, UpdatePolicy};
+
+/// The running daemon's version.
+pub const DAEMON_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The feed as last read.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FeedStatus {
+    pub url: String,
+    pub channel: String,
+    /// Unix milliseconds of the last look, and of the last successful one.
+    pub checked_at_ms: Option<i64>,
+    pub verified_at_ms: Option<i64>,
+    /// Why the last look failed; the running versions keep serving.
+    pub error: Option<String>,
+    /// Releases in the feed that were left out, and why.
+    pub problems: Vec<String>,
+}
+
+/// One line's standing: the daemon's or a plugin's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Standing {
+    pub name: String,
+    /// The version running (for a plugin: on its backends).
+    pub running: Option<String>,
+    pub policy: String,
+    pub lifecycle: Option<Lifecycle>,
+    /// The newest release of the channel, when it is not the one running.
+    pub available: Option<String>,
+    /// What the updater last did or decided, for a person.
+    pub note: Option<String>,
+}
+
+/// The updater: reads the feed on a schedule or when asked, keeps the lifecycle current, and
+/// updates plugins as their policies allow.
+pub struct Updater {
+    config: UpdateConfig,
+    source: FeedSource,
+    transport: FeedTransport,
+    /// `DATA/update`: state, the kept previous versions, TUF's datastore.
+    dir: PathBuf,
+    registry: Arc<Registry>,
+    policies: BTreeMap<String, UpdatePolicy>,
+    state: Mutex<State>,
+    feed: Mutex<FeedStatus>,
+    standings: Mutex<Vec<Standing>>,
+    /// The versions on probation and the loaded backends they are judged by.
+    probation: Mutex<BTreeMap<String, plugins::OnProbation>>,
+    /// One look at the feed at a time.
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// Why the updater could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdaterError {
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The policy of each plugin: of the backends running it, the most careful one's; two
+/// different pins of one plugin are an error naming both backends.
+pub fn plugin_policies(
+    backends: &BTreeMap<String, BackendConfig>,
+    default: &UpdatePolicy,
+) -> Result<BTreeMap<String, UpdatePolicy>, String> {
+    let mut chosen: BTreeMap<String, (UpdatePolicy, String)> = BTreeMap::new();
+    for (name, b) in backends {
+        let policy = b
+            .update
+            .as_ref()
+            .map(|p| p.get_ref().clone())
+            .unwrap_or_else(|| default.clone());
+        let plugin = b.plugin.get_ref().clone();
+        match chosen.get(&plugin) {
+            Some((UpdatePolicy::Pinned(a), other)) if matches!(&policy, UpdatePolicy::Pinned(b) if b != a) =>
+            {
+                return Err(format!(
+                    "backends.{name}.update pins plugin {plugin:?} to {policy}, but backend {other:?} pins it to {a}: backends sharing a plugin share its version"
+                ));
+            }
+            Some((p, _)) if p.care() >= policy.care() => {}
+            _ => {
+                chosen.insert(plugin, (policy, name.clone()));
+            }
+        }
+    }
+    Ok(chosen.into_iter().map(|(k, (p, _))| (k, p)).collect())
+}
+
+impl Updater {
+    pub fn new(
+        config: UpdateConfig,
+        data_dir: &std::path::Path,
+        registry: Arc<Registry>,
+        backends: &BTreeMap<String, BackendConfig>,
+        policy: AlgorithmPolicy,
+        proxy: Option<Arc<crate::proxy::Proxy>>,
+    ) -> Result<Arc<Self>, UpdaterError> {
+        let dir = data_dir.join("update");
+        crate::files::private_dir(&dir)
+            .map_err(|e| UpdaterError::Config(format!("{}: {e}", dir.display())))?;
+        let url = url::Url::parse(&config.url)
+            .map_err(|e| UpdaterError::Config(format!("update.url: {e}")))?;
+        let source = FeedSource {
+            url: url.clone(),
+            root: config.root.to_path_buf(),
+            datastore: dir.join("tuf"),
+            max_target_bytes: config.max_download_bytes,
+        };
+        let transport = FeedTransport::new(
+            config.trust_anchors.as_ref().map(|p| p.to_path_buf()),
+            policy,
+            proxy,
+            feed::fetch_deadline(config.fetch_timeout_seconds),
+        );
+        let policies = plugin_policies(backends, &config.plugins).map_err(UpdaterError::Config)?;
+        let state = State::load(&dir)?;
+        let feed = FeedStatus {
+            url: config.url.clone(),
+            channel: config.channel.clone(),
+            ..FeedStatus::default()
+        };
+        Ok(Arc::new(Self {
+            config,
+            source,
+            transport,
+            dir,
+            registry,
+            policies,
+            state: Mutex::new(state),
+            feed: Mutex::new(feed),
+            standings: Mutex::new(Vec::new()),
+            probation: Mutex::new(BTreeMap::new()),
+            turn: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn save_state(&self) {
+        let state = Self::lock(&self.state).clone();
+        if let Err(e) = state.save(&self.dir) {
+            tracing::error!(event_id = 5109, "the update state could not be saved: {e}");
+        }
+    }
+
+    /// Runs until the process ends: a look at the feed every `check_seconds`, probation
+    /// checks every second. Updates left on probation by a restart resume it.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        self.resume_probations();
+        let every = Duration::from_secs(self.config.check_seconds);
+        let mut next = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            self.judge_probations().await;
+            if tokio::time::Instant::now() >= next {
+                let _ = self.check().await;
+                next = tokio::time::Instant::now() + every;
+            }
+        }
+    }
+
+    /// One look at the feed: verify, recompute where every version stands, then act on each
+    /// plugin's policy. An error leaves everything running as it was.
+    pub async fn check(&self) -> Result<(), String> {
+        let _turn = self.turn.lock().await;
+        let now = crate::journal::now_ms();
+        Self::lock(&self.feed).checked_at_ms = Some(now);
+        let verified = match self.source.verify(self.transport.clone()).await {
+            Ok(v) => v,
+            Err(e) => {
+                let why = crate::report::chain(&e);
+                let mut feed = Self::lock(&self.feed);
+                if feed.error.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(
+                        event_id = 5101,
+                        "update feed: {why}; the running versions keep serving"
+                    );
+                }
+                feed.error = Some(why.clone());
+                return Err(why);
+            }
+        };
+        {
+            let mut feed = Self::lock(&self.feed);
+            if feed.error.take().is_some() || feed.verified_at_ms.is_none() {
+                tracing::info!(
+                    event_id = 5102,
+                    releases = verified.releases.len(),
+                    "update feed verified"
+                );
+            }
+            feed.verified_at_ms = Some(now);
+            for p in verified
+                .problems
+                .iter()
+                .filter(|p| !feed.problems.contains(p))
+            {
+                tracing::warn!(event_id = 5103, "update feed: {p}");
+            }
+            feed.problems = verified.problems.clone();
+        }
+        let mut standings = vec![self.daemon_standing(&verified)];
+        for plugin in self.registry.plugin_names() {
+            let standing = self.plugin_step(&plugin, &verified).await;
+            standings.push(standing);
+        }
+        let before = std::mem::replace(&mut *Self::lock(&self.standings), standings.clone());
+        for s in &standings {
+            let was = before
+                .iter()
+                .find(|b| b.name == s.name)
+                .and_then(|b| b.lifecycle.as_ref())
+                .map(|l| (l.stage, l.version.clone()));
+            if let Some(l) = &s.lifecycle {
+                if was != Some((l.stage, l.version.clone())) {
+                    announce(&s.name, l);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn daemon_standing(&self, verified: &Verified) -> Standing {
+        let line = verified.line(Kind::Daemon, "certconn", &self.config.channel);
+        let policy = version_policy(line.iter().map(|l| &l.release));
+        let lifecycle = policy
+            .as_ref()
+            .map(|p| Lifecycle::of(DAEMON_VERSION, p, crate::lifecycle::today()));
+        let available = policy
+            .as_ref()
+            .filter(|p| certconn_connector::compare_versions(&p.latest, DAEMON_VERSION).is_gt())
+            .map(|p| p.latest.clone());
+        Standing {
+            name: "certconn".into(),
+            running: Some(DAEMON_VERSION.into()),
+            policy: "notify".into(),
+            note: available
+                .as_ref()
+                .map(|v| format!("certconn {v} is available: install it with your package manager, or `certconn update apply`")),
+            lifecycle,
+            available,
+        }
+    }
+
+    /// What `/v1/health` shows: the feed's state and each version's stage.
+    fn summary_value(&self) -> serde_json::Value {
+        let feed = Self::lock(&self.feed).clone();
+        let standings = Self::lock(&self.standings).clone();
+        let worst = standings
+            .iter()
+            .filter_map(|s| s.lifecycle.as_ref().map(|l| l.stage))
+            .max_by_key(|s| match s {
+                Stage::Current => 0,
+                Stage::Outdated => 1,
+                Stage::Deprecated => 2,
+                Stage::Unsupported => 3,
+            });
+        json!({
+            "feed": if feed.error.is_some() { "unreachable" } else if feed.verified_at_ms.is_some() { "verified" } else { "not yet read" },
+            "error": feed.error,
+            "stage": worst.map(Stage::as_str),
+            "versions": standings.iter().map(|s| json!({
+                "name": s.name,
+                "running": s.running,
+                "stage": s.lifecycle.as_ref().map(|l| l.stage.as_str()),
+                "summary": s.lifecycle.as_ref().map(|l| l.summary.clone()),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    fn status_value(&self) -> serde_json::Value {
+        let feed = Self::lock(&self.feed).clone();
+        let standings = Self::lock(&self.standings).clone();
+        let state = Self::lock(&self.state).clone();
+        json!({
+            "feed": feed,
+            "versions": standings,
+            "plugins": state.plugins,
+            "daemon": state.daemon,
+            "probation": {
+                "jobs": self.config.probation_jobs,
+                "seconds": self.config.probation_seconds,
+                "failures": self.config.probation_failures,
+            },
+        })
+    }
+}
+
+/// The event of a version's new stage, at the level its stage deserves.
+fn announce(name: &str, l: &Lifecycle) {
+    let summary = &l.summary;
+    match l.stage {
+        Stage::Current | Stage::Outdated => {
+            tracing::info!(event_id = 5111, %name, stage = l.stage.as_str(), latest = %l.latest, "version: {summary}")
+        }
+        Stage::Deprecated => {
+            tracing::warn!(event_id = 5112, %name, stage = l.stage.as_str(), latest = %l.latest, days_left = l.days_left, "version: {summary}")
+        }
+        Stage::Unsupported => {
+            tracing::error!(event_id = 5113, %name, stage = l.stage.as_str(), latest = %l.latest, "version: {summary}")
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::lifecycle::Updates for Updater {
+    fn status(&self) -> serde_json::Value {
+        self.status_value()
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        self.summary_value()
+    }
+
+    async fn check(&self) -> Result<serde_json::Value, String> {
+        Updater::check(self).await?;
+        Ok(self.status_value())
+    }
+}

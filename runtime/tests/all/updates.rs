@@ -1,0 +1,762 @@
+//! Signed updates from a TUF feed built with `certconn release` and served on loopback: a plugin
+//! update rolls out hot under load and passes probation; a version that fails on probation is
+//! rolled back; each attack on the feed is refused with its reason while the running version
+//! keeps serving; a rotated root is followed.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{Full, StreamBody};
+use hyper::body::{Bytes, Frame};
+use serde_json::{json, Value};
+
+use certconn::sources::api::client::ApiClient;
+
+use crate::common::*;
+
+/// A feed workspace made with `certconn release`, served over HTTP on a loopback port the test
+/// bound itself.
+struct Feed {
+    dir: PathBuf,
+    keys: PathBuf,
+    port: u16,
+    /// Paths answered with an endless body.
+    endless: Arc<Mutex<HashSet<String>>>,
+    /// Served instead of the repository, when set (an attacker's copy).
+    served: Arc<Mutex<PathBuf>>,
+}
+
+fn release(args: &[&str]) -> String {
+    ok(std::process::Command::new(binary())
+        .arg("release")
+        .args(args)
+        .output()
+        .expect("certconn release"))
+}
+
+impl Feed {
+    async fn new(dir: &Path, init: &[&str]) -> Feed {
+        let ws = dir.join("feed");
+        let keys = dir.join("feed-keys");
+        let mut args = vec![
+            "init",
+            ws.to_str().unwrap(),
+            "--keys",
+            keys.to_str().unwrap(),
+        ];
+        args.extend_from_slice(init);
+        release(&args);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let endless: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let served = Arc::new(Mutex::new(ws.join("repository")));
+        let (e, s) = (endless.clone(), served.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (e, s) = (e.clone(), s.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (e, s) = (e.clone(), s.clone());
+                            async move { Ok::<_, std::convert::Infallible>(serve_file(&req, &e, &s)) }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        Feed {
+            dir: ws,
+            keys,
+            port,
+            endless,
+            served,
+        }
+    }
+
+    fn add(&self, kind: &str, name: &str, version: &str, released: &str, file: &Path) {
+        release(&[
+            "add",
+            self.dir.to_str().unwrap(),
+            "--kind",
+            kind,
+            "--name",
+            name,
+            "--version",
+            version,
+            "--released",
+            released,
+            file.to_str().unwrap(),
+        ]);
+    }
+
+    fn publish(&self) {
+        release(&[
+            "publish",
+            self.dir.to_str().unwrap(),
+            "--keys",
+            self.keys.to_str().unwrap(),
+        ]);
+    }
+
+    fn metadata(&self) -> PathBuf {
+        self.dir.join("repository/metadata")
+    }
+
+    /// `[update]` for this feed; the daemon looks only when asked unless `extra` sets
+    /// `check_seconds`.
+    fn section(&self, extra: &str) -> String {
+        let every = if extra.contains("check_seconds") {
+            ""
+        } else {
+            "check_seconds = 3600\n"
+        };
+        format!(
+            "[update]\nurl = \"http://127.0.0.1:{}/\"\nroot = \"{}\"\n{every}{extra}\n",
+            self.port,
+            self.metadata().join("1.root.json").display()
+        )
+    }
+}
+
+type Body = http_body_util::Either<
+    Full<Bytes>,
+    StreamBody<
+        futures::stream::Iter<
+            std::iter::RepeatWith<fn() -> Result<Frame<Bytes>, std::convert::Infallible>>,
+        >,
+    >,
+>;
+
+fn endless_chunk() -> Result<Frame<Bytes>, std::convert::Infallible> {
+    Ok(Frame::data(Bytes::from_static(&[b' '; 16384])))
+}
+
+fn serve_file(
+    req: &hyper::Request<hyper::body::Incoming>,
+    endless: &Mutex<HashSet<String>>,
+    served: &Mutex<PathBuf>,
+) -> hyper::Response<Body> {
+    let path = req.uri().path().trim_start_matches('/').to_owned();
+    if endless.lock().unwrap().contains(&path) {
+        let f: fn() -> Result<Frame<Bytes>, std::convert::Infallible> = endless_chunk;
+        let stream = futures::stream::iter(std::iter::repeat_with(f));
+        return hyper::Response::new(http_body_util::Either::Right(StreamBody::new(stream)));
+    }
+    let root = served.lock().unwrap().clone();
+    match (!path.contains(".."))
+        .then(|| std::fs::read(root.join(&path)))
+        .and_then(Result::ok)
+    {
+        Some(bytes) => {
+            hyper::Response::new(http_body_util::Either::Left(Full::new(Bytes::from(bytes))))
+        }
+        None => {
+            let mut r = hyper::Response::new(http_body_util::Either::Left(Full::new(Bytes::new())));
+            *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+            r
+        }
+    }
+}
+
+/// `local-ca` repacked as version `version` (the same component).
+fn local_ca(dir: &Path, version: &str) -> PathBuf {
+    let out = dir.join(format!("local-ca-{version}.wasm"));
+    pack(
+        &plugins().join("local-ca.wasm"),
+        "local-ca",
+        version,
+        "0.2.0",
+        &out,
+    );
+    out
+}
+
+async fn local_version(api: &ApiClient) -> String {
+    backend_status(api, "local").await["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn check(api: &ApiClient) -> Result<Value, String> {
+    api.call(hyper::Method::POST, "/v1/updates/check", None)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A daemon on local-ca 0.1.0 with `[update] plugins = "auto"`, and a feed offering 0.1.0 and
+/// 0.2.0 whose first look the daemon has had or not (`look`).
+async fn attacked(dir: &Path, init: &[&str]) -> (Feed, Daemon) {
+    let feed = Feed::new(dir, init).await;
+    feed.add(
+        "plugin",
+        "local-ca",
+        "0.1.0",
+        "2026-01-01",
+        &local_ca(dir, "0.1.0"),
+    );
+    feed.publish();
+    let plugin_dir = plugin_dir_with(dir, &[(local_ca(dir, "0.1.0"), "local-ca")]);
+    let section = feed.section("plugins = \"auto\"");
+    let daemon = start_in(dir, |data| config_text(data, &plugin_dir, &section));
+    let api = daemon.client();
+    let status = check(&api).await.expect("the genuine feed verifies");
+    assert_eq!(status["feed"]["error"], Value::Null, "{status}");
+    feed.add(
+        "plugin",
+        "local-ca",
+        "0.2.0",
+        "2026-02-01",
+        &local_ca(dir, "0.2.0"),
+    );
+    (feed, daemon)
+}
+
+/// After an attack: the check was refused naming `what`, local-ca 0.1.0 still runs and a job
+/// still succeeds, and the status says the feed was refused.
+async fn still_serving(daemon: &Daemon, refused: Result<Value, String>, what: &[&str]) {
+    still_serving_on(daemon, refused, what, "local-ca 0.1.0").await
+}
+
+/// [`still_serving`], on `running`.
+async fn still_serving_on(
+    daemon: &Daemon,
+    refused: Result<Value, String>,
+    what: &[&str],
+    running: &str,
+) {
+    let api = daemon.client();
+    let why = refused.expect_err("the attacked feed must be refused");
+    assert!(
+        what.iter()
+            .any(|w| why.to_lowercase().contains(&w.to_lowercase())),
+        "the refusal names what failed ({what:?}): {why}"
+    );
+    let version = local_version(&api).await;
+    assert!(version.starts_with(running), "{version}");
+    let id = submit(&api, "smime", &format!("after-{}", what[0]), json!({})).await;
+    let job = wait_job(&api, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let status = api
+        .call(hyper::Method::GET, "/v1/updates", None)
+        .await
+        .unwrap();
+    assert!(status["feed"]["error"].is_string(), "{status}");
+    let health = api
+        .call(hyper::Method::GET, "/v1/health", None)
+        .await
+        .unwrap();
+    assert_eq!(health["updates"]["feed"], "unreachable", "{health}");
+}
+
+fn rewrite_json(path: &Path, change: impl FnOnce(&mut Value)) {
+    let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    change(&mut v);
+    std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_target_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, daemon) = attacked(dir.path(), &[]).await;
+    feed.publish();
+    // The 0.2.0 file on the server is changed after it was signed.
+    let target = walk(&feed.dir.join("repository/targets"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("0.2.0"))
+        .unwrap();
+    let mut bytes = std::fs::read(&target).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(&target, bytes).unwrap();
+    let api = daemon.client();
+    // The metadata verifies; the download does not: the check answers, and names the refusal.
+    let status = check(&api).await.unwrap();
+    let note = status["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "local-ca")
+        .unwrap()["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(note.to_lowercase().contains("hash"), "{status}");
+    assert!(local_version(&api).await.starts_with("local-ca 0.1.0"));
+    let id = submit(&api, "smime", "after-tamper", json!({})).await;
+    assert_eq!(
+        wait_job(&api, &id, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_signature_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, daemon) = attacked(dir.path(), &[]).await;
+    feed.publish();
+    // The plugins role's metadata changed after signing: a different length for 0.2.0.
+    rewrite_json(&feed.metadata().join("2.plugins.json"), |v| {
+        for (_, t) in v["signed"]["targets"].as_object_mut().unwrap() {
+            t["length"] = json!(t["length"].as_u64().unwrap() + 1);
+        }
+    });
+    // Snapshot and timestamp still name the old bytes: this is caught first by the hash.
+    let refused = check(&daemon.client()).await;
+    still_serving(&daemon, refused, &["hash", "signature", "length"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_signature_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, daemon) = attacked(dir.path(), &[]).await;
+    feed.publish();
+    rewrite_json(&feed.metadata().join("timestamp.json"), |v| {
+        v["signatures"] = json!([]);
+    });
+    let refused = check(&daemon.client()).await;
+    still_serving(&daemon, refused, &["signature", "threshold"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_to_older_metadata_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, daemon) = attacked(dir.path(), &[]).await;
+    // The attacker keeps a copy of today's feed (version 1) …
+    let old = dir.path().join("old-feed");
+    copy_dir(&feed.dir.join("repository"), &old);
+    // … the daemon sees version 2 and installs local-ca 0.2.0 …
+    feed.publish();
+    check(&daemon.client()).await.expect("version 2 verifies");
+    // … and is then offered version 1 again.
+    *feed.served.lock().unwrap() = old;
+    let refused = check(&daemon.client()).await;
+    still_serving_on(
+        &daemon,
+        refused,
+        &["version", "older", "rollback"],
+        "local-ca 0.2.0",
+    )
+    .await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_timestamp_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, daemon) = attacked(dir.path(), &[]).await;
+    // The feed stopped being published: its timestamp expired.
+    let toml = feed.dir.join("feed.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        text.replace("timestamp_days = 7", "timestamp_days = 0"),
+    )
+    .unwrap();
+    feed.publish();
+    let refused = check(&daemon.client()).await;
+    still_serving(&daemon, refused, &["expired"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mix_and_match_metadata_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, daemon) = attacked(dir.path(), &[]).await;
+    feed.publish();
+    // Version 2's snapshot is replaced by version 1's (renamed): signed, but not what the
+    // timestamp names.
+    std::fs::copy(
+        feed.metadata().join("1.snapshot.json"),
+        feed.metadata().join("2.snapshot.json"),
+    )
+    .unwrap();
+    let refused = check(&daemon.client()).await;
+    // Depending on the two signatures' lengths, the size or the hash the timestamp gives fails.
+    still_serving(&daemon, refused, &["hash", "size", "length"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_signed_by_an_untrusted_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, daemon) = attacked(dir.path(), &[]).await;
+    // Another feed with its own keys, same releases: its timestamp is served.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let intruder = Feed::new(&other, &[]).await;
+    intruder.add(
+        "plugin",
+        "local-ca",
+        "0.2.0",
+        "2026-02-01",
+        &local_ca(dir.path(), "0.2.0"),
+    );
+    intruder.publish();
+    intruder.publish();
+    feed.publish();
+    std::fs::copy(
+        intruder.metadata().join("timestamp.json"),
+        feed.metadata().join("timestamp.json"),
+    )
+    .unwrap();
+    let refused = check(&daemon.client()).await;
+    still_serving(&daemon, refused, &["signature", "threshold", "key"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timestamp_below_its_threshold_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, daemon) = attacked(
+        dir.path(),
+        &["--timestamp-keys", "2", "--timestamp-threshold", "2"],
+    )
+    .await;
+    feed.publish();
+    rewrite_json(&feed.metadata().join("timestamp.json"), |v| {
+        v["signatures"].as_array_mut().unwrap().truncate(1);
+    });
+    let refused = check(&daemon.client()).await;
+    still_serving(&daemon, refused, &["signature", "threshold"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_download_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, daemon) = attacked(dir.path(), &[]).await;
+    feed.publish();
+    feed.endless
+        .lock()
+        .unwrap()
+        .insert("metadata/timestamp.json".into());
+    let refused = check(&daemon.client()).await;
+    still_serving(&daemon, refused, &["maximum size", "exceeded"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_feed_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, daemon) = attacked(dir.path(), &[]).await;
+    *feed.served.lock().unwrap() = dir.path().join("nothing-here");
+    let refused = check(&daemon.client()).await;
+    still_serving(&daemon, refused, &["not found", "timestamp"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_root_is_followed_from_the_pinned_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, daemon) = attacked(dir.path(), &[]).await;
+    release(&[
+        "rotate-root",
+        feed.dir.to_str().unwrap(),
+        "--keys",
+        feed.keys.to_str().unwrap(),
+    ]);
+    feed.publish();
+    assert!(feed.metadata().join("2.root.json").exists());
+    // The daemon pins 1.root.json; it follows to 2 and installs 0.2.0.
+    let api = daemon.client();
+    let status = check(&api).await.expect("the rotated feed verifies");
+    assert_eq!(status["feed"]["error"], Value::Null, "{status}");
+    wait_for(Duration::from_secs(30), "0.2.0 to serve", || async {
+        local_version(&api)
+            .await
+            .starts_with("local-ca 0.2.0")
+            .then_some(())
+    })
+    .await;
+}
+
+/// The update under load: jobs keep arriving while 0.2.0 is downloaded, swapped in and judged;
+/// none fails; 0.2.0 passes probation; the state survives a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_update_rolls_out_hot_under_load_and_passes_probation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MockCa::start(20);
+    let template = test_plugins().join("vendor-template.wasm");
+    let v2 = dir.path().join("vendor-template-2.wasm");
+    pack(&template, "vendor-template", "0.2.0", "0.2.0", &v2);
+    let feed = Feed::new(dir.path(), &[]).await;
+    feed.add(
+        "plugin",
+        "vendor-template",
+        "0.1.0",
+        "2026-01-01",
+        &template,
+    );
+    feed.publish();
+    let plugin_dir = plugin_dir_with(
+        dir.path(),
+        &[
+            (template.clone(), "vendor-template"),
+            (plugins().join("local-ca.wasm"), "local-ca"),
+        ],
+    );
+    let extra = ca.backend("example", "update = \"auto\"")
+        + &feed.section("check_seconds = 1\nprobation_jobs = 10\nprobation_seconds = 600");
+    let daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
+    let api = daemon.client();
+    let version = || async {
+        backend_status(&api, "example").await["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(version().await.starts_with("vendor-template 0.1.0"));
+
+    // Load: a job every 20 ms from now until the update has passed probation.
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(submit(&api, "example", &format!("before-{n}"), json!({})).await);
+    }
+    feed.add("plugin", "vendor-template", "0.2.0", "2026-02-01", &v2);
+    feed.publish();
+    let mut n = 0;
+    let passed = loop {
+        ids.push(submit(&api, "example", &format!("during-{n}"), json!({})).await);
+        n += 1;
+        let status = api
+            .call(hyper::Method::GET, "/v1/updates", None)
+            .await
+            .unwrap();
+        let line = &status["plugins"]["vendor-template"];
+        if line["current"]["version"] == "0.2.0" && line["probation"].is_null() {
+            break status;
+        }
+        assert!(n < 1500, "the update did not pass probation: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(version().await.starts_with("vendor-template 0.2.0"));
+    let line = &passed["plugins"]["vendor-template"];
+    assert_eq!(line["previous"]["version"], "0.1.0", "{passed}");
+    assert_eq!(line["refused"], json!([]), "{passed}");
+    let mut on = std::collections::BTreeMap::<String, usize>::new();
+    for id in &ids {
+        let job = wait_job(&api, id, Duration::from_secs(60)).await;
+        assert_eq!(
+            job["state"], "succeeded",
+            "no job fails during the update: {job}"
+        );
+        let r = job_result(&api, id).await;
+        *on.entry(r["backend_version"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    assert!(on.len() == 2, "jobs ran on both versions: {on:?}");
+    // The previous version's file is kept for a rollback after a restart.
+    let kept = dir.path().join("data/update/plugins/vendor-template");
+    assert_eq!(
+        std::fs::read_dir(&kept).unwrap().count(),
+        1,
+        "{}",
+        kept.display()
+    );
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(log.contains("passed its probation"), "{log}");
+    drop(daemon);
+
+    // After a restart: 0.2.0 runs, and the state still knows 0.1.0 as previous.
+    let daemon = Daemon::start(
+        &dir.path().join("certconn.toml"),
+        &dir.path().join("daemon2.log"),
+    );
+    let api = daemon.client();
+    let status = wait_for(
+        Duration::from_secs(20),
+        "the first look at the feed",
+        || async {
+            let s = api
+                .call(hyper::Method::GET, "/v1/updates", None)
+                .await
+                .ok()?;
+            s["feed"]["verified_at_ms"].is_number().then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(
+        status["plugins"]["vendor-template"]["previous"]["version"], "0.1.0",
+        "{status}"
+    );
+    assert!(backend_status(&api, "example").await["version"]
+        .as_str()
+        .unwrap()
+        .starts_with("vendor-template 0.2.0"));
+}
+
+/// A version whose calls fail on probation is swapped back at once, its file restored and the
+/// version refused — after a restart too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_version_failing_on_probation_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MockCa::start(0);
+    let template = test_plugins().join("vendor-template.wasm");
+    let v2 = dir.path().join("vendor-template-2.wasm");
+    pack(&template, "vendor-template", "0.2.0", "0.2.0", &v2);
+    let feed = Feed::new(dir.path(), &[]).await;
+    feed.add(
+        "plugin",
+        "vendor-template",
+        "0.1.0",
+        "2026-01-01",
+        &template,
+    );
+    feed.publish();
+    let plugin_dir = plugin_dir_with(
+        dir.path(),
+        &[
+            (template.clone(), "vendor-template"),
+            (plugins().join("local-ca.wasm"), "local-ca"),
+        ],
+    );
+    let extra = ca.backend("example", "update = \"auto\"\nquarantine_after = 100")
+        + &feed.section("probation_jobs = 50\nprobation_failures = 2");
+    let daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
+    let api = daemon.client();
+    feed.add("plugin", "vendor-template", "0.2.0", "2026-02-01", &v2);
+    feed.publish();
+    check(&api).await.expect("the feed verifies");
+    assert!(backend_status(&api, "example").await["version"]
+        .as_str()
+        .unwrap()
+        .starts_with("vendor-template 0.2.0"));
+
+    // The CA breaks under the new version: its next calls fail.
+    let (code, _) = http_raw(ca.port, "POST", "/mock/fail-next/3", b"");
+    assert_eq!(code, 200);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(submit(&api, "example", &format!("probe-{n}"), json!({})).await);
+    }
+    let status = wait_for(Duration::from_secs(30), "the rollback", || async {
+        let s = api
+            .call(hyper::Method::GET, "/v1/updates", None)
+            .await
+            .ok()?;
+        (!s["plugins"]["vendor-template"]["refused"]
+            .as_array()?
+            .is_empty())
+        .then_some(s)
+    })
+    .await;
+    let refusal = &status["plugins"]["vendor-template"]["refused"][0];
+    assert_eq!(refusal["version"], "0.2.0", "{status}");
+    assert!(
+        refusal["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failed on probation"),
+        "{status}"
+    );
+    assert!(backend_status(&api, "example").await["version"]
+        .as_str()
+        .unwrap()
+        .starts_with("vendor-template 0.1.0"));
+    // The file in the plugin directory is 0.1.0 again.
+    assert_eq!(
+        std::fs::read(plugin_dir.join("vendor-template.wasm")).unwrap(),
+        std::fs::read(&template).unwrap()
+    );
+    // The jobs that failed on 0.2.0 are retried and succeed on 0.1.0.
+    for id in &ids {
+        let job = wait_job(&api, id, Duration::from_secs(60)).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    // A later look does not install 0.2.0 again, and neither does a restart.
+    let status = check(&api).await.unwrap();
+    let note = status["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "vendor-template")
+        .unwrap()["note"]
+        .clone();
+    assert!(
+        note.as_str().unwrap_or_default().contains("refused"),
+        "{status}"
+    );
+    drop(daemon);
+    let daemon = Daemon::start(
+        &dir.path().join("certconn.toml"),
+        &dir.path().join("daemon2.log"),
+    );
+    let api = daemon.client();
+    check(&api).await.unwrap();
+    assert!(backend_status(&api, "example").await["version"]
+        .as_str()
+        .unwrap()
+        .starts_with("vendor-template 0.1.0"));
+}
+
+/// `certconn update status` prints each version's lifecycle from the feed's dates.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_each_versions_lifecycle_from_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = Feed::new(dir.path(), &[]).await;
+    // 0.1.0 is deprecated by 0.2.0, released yesterday with the default 183 days of grace.
+    let yesterday = certconn::lifecycle::date_of_day(certconn::lifecycle::today() - 1);
+    feed.add(
+        "plugin",
+        "local-ca",
+        "0.1.0",
+        "2026-01-01",
+        &local_ca(dir.path(), "0.1.0"),
+    );
+    feed.add(
+        "plugin",
+        "local-ca",
+        "0.2.0",
+        &yesterday,
+        &local_ca(dir.path(), "0.2.0"),
+    );
+    feed.publish();
+    let plugin_dir = plugin_dir_with(dir.path(), &[(local_ca(dir.path(), "0.1.0"), "local-ca")]);
+    let section = feed.section("");
+    let daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &section));
+    let out = ok(daemon.cli(&["update", "check"]));
+    assert!(
+        out.contains("0.1.0 is deprecated: supported until") && out.contains("(181 days left)"),
+        "{out}"
+    );
+    assert!(out.contains("policy notify"), "{out}");
+    assert!(out.contains("local-ca 0.2.0 is available"), "{out}");
+    // notify installs nothing.
+    assert!(local_version(&daemon.client())
+        .await
+        .starts_with("local-ca 0.1.0"));
+    let health: Value = daemon
+        .client()
+        .call(hyper::Method::GET, "/v1/health", None)
+        .await
+        .unwrap();
+    assert_eq!(health["updates"]["stage"], "deprecated", "{health}");
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(log.contains("5112") || log.contains("deprecated"), "{log}");
+}

@@ -25,3 +25,4 @@ pub mod revocation;
 pub mod secret;
 pub mod sources;
 pub mod update;
+pub mod version;

@@ -321,7 +321,7 @@ impl crate::sources::upstream::InstanceReport for HeartbeatReport {
             .collect();
         certconn_connector::Heartbeat {
             instance: self.instance.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: crate::version::version().to_owned(),
             protocol: certconn_connector::VERSION,
             plugins,
             features: self.features.clone(),

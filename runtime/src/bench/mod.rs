@@ -32,6 +32,7 @@ use certconn::jobs::model::IssueJob;
 use certconn::journal::JobState;
 use certconn::pki;
 
+mod daemon_update;
 mod fleet;
 mod ocsp;
 mod pki_parts;
@@ -86,12 +87,22 @@ pub struct BenchArgs {
     /// print the swap latency, failed jobs and the throughput dip.
     #[arg(long)]
     hot_swap: bool,
+    /// With --hot-swap: publish the new version through a signed update feed instead of a
+    /// rename: `certconn release publish`, then one look at the feed (verify, download, stage,
+    /// hot load, probation). Printed from the publish.
+    #[arg(long, requires = "hot_swap")]
+    via_feed: bool,
     /// With --hot-swap: seconds of load before the new version is published.
     #[arg(long, default_value_t = 3, requires = "hot_swap")]
     warm_up_seconds: u64,
     /// With --hot-swap: seconds of load after the first job on the new version.
     #[arg(long, default_value_t = 2, requires = "hot_swap")]
     after_seconds: u64,
+    /// Measure the daemon's own update instead: this binary under `certconn launch`, a copy
+    /// one patch version higher published to a signed feed; print publish → serving, the gap
+    /// in service and failed jobs.
+    #[arg(long)]
+    daemon_update: bool,
     /// Measure work through the connector protocol instead: the reference service
     /// (`certconn-reference-service`, beside this binary) feeds issue items; printed are the
     /// request→result latency one at a time and for `--jobs` at once, items per second, and the
@@ -154,6 +165,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.postgres.as_deref(),
         )
         .await
+    } else if args.daemon_update {
+        daemon_update::run(&plugins, &dir).await
     } else if args.upstream {
         upstream::run(&plugins, &dir, args.workers.max(1), args.jobs.max(1)).await
     } else if args.hot_swap {
@@ -163,6 +176,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.workers.max(1),
             Duration::from_secs(args.warm_up_seconds),
             Duration::from_secs(args.after_seconds),
+            args.via_feed,
         )
         .await
     } else {

@@ -7,6 +7,11 @@
 //! registry's swap and to the first job served by the new version, jobs that failed or had to
 //! be retried over the whole run (the target is zero), and throughput in 100 ms windows before
 //! and after the rename (the dip), by the completion times the journal recorded.
+//!
+//! With `--via-feed` the new version goes the way of a plugin update: added to a signed feed
+//! (`certconn release`'s workspace, read as `file://`), published, and found by one look at the
+//! feed, which verifies, downloads, publishes by rename and hot-loads it on probation; the
+//! times are then from the publish.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -29,6 +34,7 @@ pub async fn run(
     workers: usize,
     warm_up: Duration,
     after: Duration,
+    via_feed: bool,
 ) -> anyhow::Result<()> {
     let plugin_dir = dir.join("plugins");
     std::fs::create_dir_all(&plugin_dir)?;
@@ -43,7 +49,31 @@ pub async fn run(
     let new_bytes = package::embed(&old.bytes, &manifest)?;
     let new = PluginPackage::from_bytes(Path::new("local-ca.wasm"), new_bytes)?;
 
-    let app = Arc::new(App::open(super::bench_config(dir, &plugin_dir, workers)?).await?);
+    let feed = certconn::update::publish::Workspace::new(dir.join("feed"), dir.join("feed-keys"));
+    let mut extra = String::new();
+    if via_feed {
+        let root = feed.init(Default::default()).await?;
+        let release = |version: &str| certconn::update::release::Release {
+            kind: certconn::update::release::Kind::Plugin,
+            name: "local-ca".into(),
+            version: version.into(),
+            channel: "stable".into(),
+            released: certconn::lifecycle::date_of_day(certconn::lifecycle::today()),
+            support_days: certconn::update::release::DEFAULT_SUPPORT_DAYS,
+        };
+        feed.add(&release(&old.manifest.version), &source)?;
+        feed.publish().await?;
+        let new_file = dir.join("local-ca-new.wasm");
+        std::fs::write(&new_file, &new.bytes)?;
+        feed.add(&release(&new.manifest.version), &new_file)?;
+        extra = format!(
+            "[update]\nurl = \"{}\"\nroot = \"{}\"\nplugins = \"auto\"\ncheck_seconds = 604800\nprobation_jobs = 1000000\n",
+            certconn::update::feed::directory_url(&feed.repository())?,
+            root.display()
+        );
+    }
+    let app =
+        Arc::new(App::open(super::bench_config_with(dir, &plugin_dir, workers, &extra)?).await?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let scheduler = {
         let app = app.clone();
@@ -61,7 +91,8 @@ pub async fn run(
     let request = super::bench_request();
     let in_flight_target = workers * 2;
     println!(
-        "certconn bench --hot-swap: local-ca {} → {}, {workers} workers, {in_flight_target} jobs in flight, {:?} before the rename, {:?} after the first job on the new version",
+        "certconn bench --hot-swap{}: local-ca {} → {}, {workers} workers, {in_flight_target} jobs in flight, {:?} before the rename, {:?} after the first job on the new version",
+        if via_feed { " --via-feed" } else { "" },
         old.manifest.version, new.manifest.version, warm_up, after
     );
 
@@ -88,11 +119,17 @@ pub async fn run(
             outstanding.push_back(job.id);
         }
         if published.is_none() && start.elapsed() >= warm_up {
-            let target = plugin_dir.join("local-ca.wasm");
-            let tmp = plugin_dir.join(".local-ca.wasm.tmp");
-            std::fs::write(&tmp, &new.bytes)?;
-            std::fs::rename(&tmp, &target)?;
             published = Some(Instant::now());
+            if via_feed {
+                feed.publish().await?;
+                let updater = app.updater.clone().context("no updater")?;
+                tokio::spawn(async move { updater.check().await });
+            } else {
+                let target = plugin_dir.join("local-ca.wasm");
+                let tmp = plugin_dir.join(".local-ca.wasm.tmp");
+                std::fs::write(&tmp, &new.bytes)?;
+                std::fs::rename(&tmp, &target)?;
+            }
         }
         if let (Some(p), None) = (published, swap_seen) {
             if registry
@@ -178,12 +215,13 @@ pub async fn run(
     let second_second = rate(&around[around.len().min(10)..]);
     let first_second = rate(&around[..around.len().min(10)]);
     let on_new = completions.iter().filter(|(_, n)| *n).count();
+    let from = if via_feed { "publish" } else { "rename" };
     println!(
-        "swap: rename → registry swapped       {:>8.1} ms",
+        "swap: {from} → registry swapped       {:>8.1} ms",
         swap_seen.unwrap_or_default().as_secs_f64() * 1e3
     );
     println!(
-        "swap: rename → first job on the new version {:>8.1} ms",
+        "swap: {from} → first job on the new version {:>8.1} ms",
         first_new.unwrap_or_default().as_secs_f64() * 1e3
     );
     println!(

@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// certconn: a certificate connector with sandboxed WebAssembly CA backends.
 #[derive(Debug, Parser)]
-#[command(name = "certconn", version, about, long_about = None)]
+#[command(name = "certconn", version = certconn::version::version(), about, long_about = None)]
 pub struct Cli {
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "CERTCONN_LOG_FORMAT")]
@@ -118,6 +118,16 @@ pub enum Command {
     Update {
         #[command(subcommand)]
         what: update::UpdateCmd,
+    },
+    /// Run `INSTALL/current/certconn ARGS` and keep it running through daemon updates: start
+    /// the new version after a switch, and put the previous one back if the new one does not
+    /// serve within its deadline. What systemd runs when the daemon updates itself.
+    Launch {
+        /// The install directory (INSTALL/versions/VERSION/certconn, INSTALL/current).
+        install_dir: PathBuf,
+        /// The arguments for the daemon, after `--` (e.g. `-- serve --config /etc/certconn/certconn.toml`).
+        #[arg(last = true)]
+        args: Vec<std::ffi::OsString>,
     },
     /// Publish the signed update feed (for a release engineer; offline).
     Release {
@@ -249,6 +259,14 @@ pub fn main() -> std::process::ExitCode {
             Command::Fleet { what } => fleet::run(&config, what).await,
             Command::Update { what } => update::run(&config, what).await,
             Command::Release { what } => release::run(what).await,
+            Command::Launch { install_dir, args } => {
+                let code = certconn::update::daemon::launch(
+                    certconn::update::daemon::Install::new(install_dir),
+                    args,
+                )
+                .await?;
+                std::process::exit(code)
+            }
             Command::Audit { what } => audit::run(&config, what),
             Command::Pfx { what } => pfx::run(&config, what).await,
             Command::CheckConfig { syntax_only } => check_config(&config, syntax_only).await,

@@ -18,19 +18,22 @@ pub enum ReleaseCmd {
         /// Where the signing keys are written (mode 0600); keep the root keys offline.
         #[arg(long)]
         keys: PathBuf,
-        /// Root keys, and how many must sign a new root.
+        /// How many root keys to make.
         #[arg(long, default_value_t = 1)]
         root_keys: u32,
+        /// How many root keys must sign a new root.
         #[arg(long, default_value_t = 1)]
         root_threshold: u32,
-        /// Timestamp keys, and how many must sign each timestamp.
+        /// How many timestamp keys to make.
         #[arg(long, default_value_t = 1)]
         timestamp_keys: u32,
+        /// How many timestamp keys must sign each timestamp.
         #[arg(long, default_value_t = 1)]
         timestamp_threshold: u32,
     },
     /// Add a release to the workspace (served once published).
     Add {
+        /// The feed workspace.
         dir: PathBuf,
         /// `daemon` (a certconn binary) or `plugin` (a plugin package).
         #[arg(long, value_parser = ["daemon", "plugin"])]
@@ -38,8 +41,10 @@ pub enum ReleaseCmd {
         /// The plugin's name (`certconn` for the daemon).
         #[arg(long, default_value = "certconn")]
         name: String,
+        /// The release's version (semver).
         #[arg(long)]
         version: String,
+        /// The channel it is released on (`stable`, `preview`, …).
         #[arg(long, default_value = "stable")]
         channel: String,
         /// The release date (YYYY-MM-DD, UTC); today when absent.
@@ -51,14 +56,29 @@ pub enum ReleaseCmd {
     /// Sign the workspace's releases into `repository/` with a new metadata version. Serve
     /// that directory as it is (metadata/ and targets/).
     Publish {
+        /// The feed workspace.
         dir: PathBuf,
+        /// The signing keys' directory.
         #[arg(long)]
         keys: PathBuf,
+    },
+    /// Write a copy of a certconn binary that reports VERSION (`certconn --version`, health,
+    /// the fleet), without a rebuild: for a release candidate, or a build republished.
+    Stamp {
+        /// The certconn binary.
+        input: PathBuf,
+        /// Where the stamped copy is written (mode 0755).
+        output: PathBuf,
+        /// The version it reports.
+        #[arg(long)]
+        version: String,
     },
     /// Replace the root key: a new root, signed by the old key and the new, that clients
     /// follow from the root they pin.
     RotateRoot {
+        /// The feed workspace.
         dir: PathBuf,
+        /// The signing keys' directory (the old root key is kept as `root-1.pem.retired`).
         #[arg(long)]
         keys: PathBuf,
     },
@@ -139,6 +159,20 @@ pub async fn run(what: ReleaseCmd) -> anyhow::Result<()> {
                 "published metadata version {version} in {}",
                 ws.repository().display()
             );
+            Ok(())
+        }
+        ReleaseCmd::Stamp {
+            input,
+            output,
+            version,
+        } => {
+            let bytes =
+                std::fs::read(&input).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+            let stamped = certconn::version::stamp(&bytes, &version)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+            certconn::files::write_atomic(&output, &stamped, 0o755)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", output.display()))?;
+            println!("{} reports certconn {version}", output.display());
             Ok(())
         }
         ReleaseCmd::RotateRoot { dir, keys } => {

@@ -23,10 +23,15 @@ pub async fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     let notifier = Notifier::from_env().map(Arc::new);
     let reloader = app.reloader.clone();
+    let mut restart = false;
     let signals = async {
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
+                () = certconn::update::restart_for_update().notified() => {
+                    restart = true;
+                    break;
+                }
                 _ = term.recv() => break,
                 // The reload logs what it changed, or why it changed nothing.
                 _ = hangup.recv() => {
@@ -42,10 +47,23 @@ pub async fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     };
     let (ready_tx, ready_rx) = oneshot::channel();
+    let (systemd_tx, systemd_rx) = oneshot::channel();
+    let journal = app.journal.clone();
+    // Ready: the API is bound. A version on trial proves itself here (its journal answers).
+    tokio::spawn(async move {
+        let Ok(addr) = ready_rx.await else { return };
+        if tokio::time::timeout(Duration::from_secs(10), journal.counts())
+            .await
+            .is_ok_and(|c| c.is_ok())
+        {
+            certconn::update::commit_trial();
+        }
+        let _ = systemd_tx.send(addr);
+    });
     if let Some(n) = notifier.clone() {
         tokio::spawn(tell_systemd(
             n,
-            ready_rx,
+            systemd_rx,
             app.journal.clone(),
             stop_rx.clone(),
         ));
@@ -57,6 +75,10 @@ pub async fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         () = signals => served.await?,
     }
     tracing::info!("stopped");
+    if restart {
+        // The launcher starts `current` again: the version just switched to.
+        std::process::exit(certconn::update::daemon::RESTART_EXIT);
+    }
     Ok(())
 }
 

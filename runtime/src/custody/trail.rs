@@ -11,7 +11,7 @@ use crate::journal::{NewSignature, SignedKind};
 
 /// How the host names itself as a signer in the trail.
 pub fn host_signer() -> String {
-    format!("certconn {}", env!("CARGO_PKG_VERSION"))
+    format!("certconn {}", crate::version::version())
 }
 
 /// Records `cert_der`, which the host signed with custody key `key`, in `store`'s signature

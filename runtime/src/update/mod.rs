@@ -12,6 +12,7 @@
 //! A feed that cannot be read or verified changes nothing: the running versions keep serving
 //! and the status says why.
 
+pub mod daemon;
 pub mod feed;
 pub mod plugins;
 pub mod publish;
@@ -39,7 +40,10 @@ use crate::plugins::registry::Registry;
 use crate::plugins::settings::{BackendConfig, UpdatePolicy};
 
 /// The running daemon's version.
-pub const DAEMON_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The running daemon's version ([`crate::version`]: the crate's, or a release's stamp).
+pub fn daemon_version() -> &'static str {
+    crate::version::version()
+}
 
 /// The feed as last read.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -248,7 +252,7 @@ impl Updater {
             }
             feed.problems = verified.problems.clone();
         }
-        let mut standings = vec![self.daemon_standing(&verified)];
+        let mut standings = vec![self.daemon_standing(&verified).await];
         for plugin in self.registry.plugin_names() {
             let standing = self.plugin_step(&plugin, &verified).await;
             standings.push(standing);
@@ -269,26 +273,102 @@ impl Updater {
         Ok(())
     }
 
-    fn daemon_standing(&self, verified: &Verified) -> Standing {
+    async fn daemon_standing(&self, verified: &Verified) -> Standing {
+        let running = daemon_version();
         let line = verified.line(Kind::Daemon, "certconn", &self.config.channel);
         let policy = version_policy(line.iter().map(|l| &l.release));
         let lifecycle = policy
             .as_ref()
-            .map(|p| Lifecycle::of(DAEMON_VERSION, p, crate::lifecycle::today()));
-        let available = policy
-            .as_ref()
-            .filter(|p| certconn_connector::compare_versions(&p.latest, DAEMON_VERSION).is_gt())
-            .map(|p| p.latest.clone());
+            .map(|p| Lifecycle::of(running, p, crate::lifecycle::today()));
+        let newest = line
+            .last()
+            .filter(|l| certconn_connector::compare_versions(&l.release.version, running).is_gt())
+            .copied();
+        let available = newest.map(|l| l.release.version.clone());
+        let wanted = match &self.config.daemon {
+            UpdatePolicy::Auto => newest,
+            UpdatePolicy::Pinned(v) => line
+                .iter()
+                .find(|l| certconn_connector::compare_versions(&l.release.version, v).is_eq())
+                .copied()
+                .filter(|l| l.release.version != running),
+            UpdatePolicy::Notify => None,
+        };
+        let note = match wanted {
+            Some(w) => Some(match self.install_daemon(w, verified).await {
+                Ok(done) => done,
+                Err(why) => why,
+            }),
+            None => available.as_ref().map(|v| {
+                format!("certconn {v} is available: `certconn update apply`, or set [update] daemon = \"auto\" under `certconn launch`")
+            }),
+        };
         Standing {
             name: "certconn".into(),
-            running: Some(DAEMON_VERSION.into()),
-            policy: "notify".into(),
-            note: available
-                .as_ref()
-                .map(|v| format!("certconn {v} is available: install it with your package manager, or `certconn update apply`")),
+            running: Some(running.into()),
+            policy: self.config.daemon.to_string(),
+            note,
             lifecycle,
             available,
         }
+    }
+
+    /// Stages `wanted`, switches to it on trial, and asks `serve` to hand over to the
+    /// launcher, which starts it and watches its trial.
+    async fn install_daemon(
+        &self,
+        wanted: &release::Listed,
+        verified: &Verified,
+    ) -> Result<String, String> {
+        let version = &wanted.release.version;
+        let Some((install, _)) = daemon::Install::of_running_exe() else {
+            return Err(format!(
+                "certconn {version} is wanted, but this daemon does not run from an install directory (INSTALL/versions/VERSION/certconn): update it with the package manager, or see docs/updates.md"
+            ));
+        };
+        if std::env::var_os("CERTCONN_LAUNCHED").is_none() {
+            return Err(format!(
+                "certconn {version} is wanted, but this daemon was not started by `certconn launch`, which watches a new version's first start"
+            ));
+        }
+        if let Some(r) = install.refusal(version) {
+            return Err(format!(
+                "certconn {version} was refused and is not tried again: {}",
+                r.reason
+            ));
+        }
+        let bytes = verified
+            .download(wanted, self.config.max_download_bytes)
+            .await
+            .map_err(|e| {
+                let why = crate::report::chain(&e);
+                tracing::warn!(event_id = 5104, %version, "daemon update not downloaded: {why}; this version keeps serving");
+                why
+            })?;
+        let staged = tokio::task::spawn_blocking({
+            let install = install.clone();
+            let version = version.clone();
+            let health = self.config.daemon_health_seconds;
+            move || {
+                install.stage(&version, &bytes)?;
+                install.begin_trial(&version, health)
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if let Err(e) = staged {
+            let why = crate::report::chain(&e);
+            tracing::warn!(event_id = 5106, %version, "daemon update refused: {why}");
+            return Err(format!("certconn {version} was not installed: {why}"));
+        }
+        tracing::warn!(
+            event_id = 5121,
+            from = daemon_version(),
+            to = %version,
+            "switching to certconn {version}: stopping to hand over (jobs in flight finish first)"
+        );
+        restart_for_update().notify_one();
+        Ok(format!("certconn {version} staged; restarting into it"))
     }
 
     /// What `/v1/health` shows: the feed's state and each version's stage.
@@ -332,6 +412,26 @@ impl Updater {
                 "failures": self.config.probation_failures,
             },
         })
+    }
+}
+
+/// Rung when the daemon switched to a new version and must stop so that the launcher starts it.
+pub fn restart_for_update() -> &'static tokio::sync::Notify {
+    static RESTART: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+    RESTART.get_or_init(tokio::sync::Notify::new)
+}
+
+/// Called once the daemon serves: a version on trial in its install directory has passed.
+pub fn commit_trial() {
+    let Some((install, version)) = daemon::Install::of_running_exe() else {
+        return;
+    };
+    match install.commit(&version) {
+        Ok(true) => {
+            tracing::info!(event_id = 5123, %version, "certconn {version} came up healthy: the update is complete")
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!(event_id = 5109, "recording the update as complete: {e}"),
     }
 }
 

@@ -31,6 +31,18 @@ pub struct UpdateConfig {
     /// installed without an administrator's word) or `"pinned VERSION"`.
     #[serde(default = "default_plugins")]
     pub plugins: UpdatePolicy,
+    /// What the feed may do with the daemon itself: `"notify"` (the default), `"auto"`, or
+    /// `"pinned VERSION"`. Installing needs the daemon to run from an install directory under
+    /// `certconn launch` (see docs/updates.md); otherwise the feed only shows what is available.
+    #[serde(default = "default_plugins")]
+    pub daemon: UpdatePolicy,
+    /// A new daemon version must serve within this many seconds of its start, or the launcher
+    /// puts the previous one back.
+    #[serde(
+        default = "default_daemon_health",
+        deserialize_with = "crate::config::in_range::<_, u64, 1, 3600>"
+    )]
+    pub daemon_health_seconds: u64,
     /// A new plugin version is on probation until it has answered this many jobs …
     #[serde(
         default = "default_probation_jobs",
@@ -68,6 +80,9 @@ fn default_check_seconds() -> u64 {
 }
 fn default_plugins() -> UpdatePolicy {
     UpdatePolicy::Notify
+}
+fn default_daemon_health() -> u64 {
+    120
 }
 fn default_probation_jobs() -> u64 {
     20

@@ -120,6 +120,45 @@ fn hot_swap_bench_prints_latency_failures_and_dip() {
 }
 
 #[test]
+fn plugin_update_bench_through_the_feed_prints_publish_to_serving_and_failures() {
+    let plugins = plugins();
+    bench_prints(
+        &[
+            "--hot-swap",
+            "--via-feed",
+            "--warm-up-seconds",
+            "2",
+            "--after-seconds",
+            "1",
+            "--workers",
+            "2",
+            "--plugins",
+            plugins.to_str().unwrap(),
+        ],
+        &[
+            "certconn bench --hot-swap --via-feed",
+            "swap: publish → registry swapped",
+            "swap: publish → first job on the new version",
+            " 0 failed, 0 retried",
+        ],
+    );
+}
+
+#[test]
+fn daemon_update_bench_prints_publish_to_serving_the_gap_and_failures() {
+    let plugins = plugins();
+    bench_prints(
+        &["--daemon-update", "--plugins", plugins.to_str().unwrap()],
+        &[
+            "certconn bench --daemon-update:",
+            "daemon update: publish →",
+            "daemon update: gap in service",
+            " 0 failed;",
+        ],
+    );
+}
+
+#[test]
 fn ocsp_bench_prints_crl_time_and_both_ocsp_rates() {
     bench_prints(
         &["--ocsp", "--revoked", "500", "--calls", "20"],

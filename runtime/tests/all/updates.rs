@@ -760,3 +760,386 @@ async fn status_shows_each_versions_lifecycle_from_the_feed() {
     let log = std::fs::read_to_string(&daemon.log).unwrap();
     assert!(log.contains("5112") || log.contains("deprecated"), "{log}");
 }
+
+/// This build without its debug information (a quarter of the size: the tests copy, hash and
+/// download it several times).
+fn this_build(dir: &Path) -> PathBuf {
+    let out = dir.join("certconn-this-build");
+    if !out.exists() {
+        run_ok(
+            std::process::Command::new("strip")
+                .arg("--strip-debug")
+                .arg("-o")
+                .arg(&out)
+                .arg(binary()),
+        );
+    }
+    out
+}
+
+/// An install directory holding this build as version 0.1.0, `current` pointing at it.
+fn install_dir(dir: &Path) -> PathBuf {
+    let install = dir.join("install");
+    let v1 = install.join("versions/0.1.0");
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::copy(this_build(dir), v1.join("certconn")).unwrap();
+    std::os::unix::fs::symlink("versions/0.1.0", install.join("current")).unwrap();
+    install
+}
+
+/// This build, stamped to report `version`.
+fn stamped(dir: &Path, version: &str) -> PathBuf {
+    let out = dir.join(format!("certconn-{version}"));
+    ok(std::process::Command::new(binary())
+        .args(["release", "stamp"])
+        .arg(this_build(dir))
+        .arg(&out)
+        .args(["--version", version])
+        .output()
+        .unwrap());
+    out
+}
+
+/// `certconn launch INSTALL -- serve`, in its own process group (killed whole on drop).
+struct Launched {
+    child: std::process::Child,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+impl Launched {
+    fn start(install: &Path, config: &Path, data: &Path, log: &Path) -> Launched {
+        use std::os::unix::process::CommandExt;
+        let log_file = std::fs::File::create(log).unwrap();
+        let child = std::process::Command::new(binary())
+            .arg("launch")
+            .arg(install)
+            .args(["--", "--log-format", "json", "serve", "--config"])
+            .arg(config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        Launched {
+            child,
+            data: data.to_owned(),
+            log: log.to_owned(),
+        }
+    }
+
+    /// `/v1/health`'s version, from whichever daemon now holds `data/api.addr`.
+    fn version(&self) -> Option<String> {
+        let addr: std::net::SocketAddr = std::fs::read_to_string(self.data.join("api.addr"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        curl_json(addr.port(), "GET", "/v1/health", None, None)?["version"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    async fn wait_version(&self, version: &str, within: Duration) -> std::time::Instant {
+        wait_for(within, &format!("certconn {version} to serve"), || async {
+            (self.version().as_deref() == Some(version)).then(std::time::Instant::now)
+        })
+        .await
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: signalling the process group the test started.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// One call with curl, `None` when nothing (or no JSON) answers: a daemon between versions.
+fn curl_json(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<Value> {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sf", "--max-time", "5", "-X", method]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data", b]);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .ok()?;
+    out.status.success().then_some(())?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn api_port(data: &Path) -> u16 {
+    std::fs::read_to_string(data.join("api.addr"))
+        .unwrap()
+        .trim()
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port()
+}
+
+/// `install.json`; null until the first switch writes it.
+fn install_state(install: &Path) -> Value {
+    match std::fs::read(install.join("install.json")) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
+        Err(_) => Value::Null,
+    }
+}
+
+/// The daemon finds a newer release of itself, stages it, switches, and hands over to the
+/// launcher, which starts it; it serves, commits its trial, and the jobs submitted around the
+/// switch all succeed. Prints the publish → serving time and the gap in service.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_updates_itself_and_comes_up_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let install = install_dir(dir.path());
+    let feed = Feed::new(dir.path(), &[]).await;
+    feed.add(
+        "daemon",
+        "certconn",
+        "0.1.0",
+        "2026-01-01",
+        &this_build(dir.path()),
+    );
+    feed.publish();
+    let config = dir.path().join("certconn.toml");
+    let data = dir.path().join("data");
+    let section = feed.section("daemon = \"auto\"\ncheck_seconds = 1\ndaemon_health_seconds = 60");
+    std::fs::write(&config, config_text(&data, &plugins(), &section)).unwrap();
+    let daemon = Launched::start(&install, &config, &data, &dir.path().join("daemon.log"));
+    daemon.wait_version("0.1.0", Duration::from_secs(60)).await;
+    let token = data_token(dir.path(), "api-token");
+    let jobs: Vec<String> = (0..5)
+        .map(|n| {
+            let body = format!(
+                r#"{{"profile":"smime","subject":"CN=d{n}","idempotency_key":"before-{n}"}}"#
+            );
+            let v = curl_json(
+                api_port(&data),
+                "POST",
+                "/v1/jobs/issue",
+                Some(&token),
+                Some(&body),
+            )
+            .expect("the job is taken");
+            v["job"]["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+
+    let published = std::time::Instant::now();
+    feed.add(
+        "daemon",
+        "certconn",
+        "0.2.0",
+        "2026-02-01",
+        &stamped(dir.path(), "0.2.0"),
+    );
+    feed.publish();
+    let mut last_old = published;
+    let first_new = wait_for(Duration::from_secs(120), "certconn 0.2.0 to serve", || {
+        let v = daemon.version();
+        if v.as_deref() == Some("0.1.0") {
+            last_old = std::time::Instant::now();
+        }
+        async move { (v.as_deref() == Some("0.2.0")).then(std::time::Instant::now) }
+    })
+    .await;
+    println!(
+        "daemon update: publish -> serving {:.1} s; gap in service {:.1} s",
+        (first_new - published).as_secs_f64(),
+        (first_new - last_old).as_secs_f64()
+    );
+    let state = wait_for(Duration::from_secs(30), "the trial to commit", || async {
+        let s = install_state(&install);
+        s["trial"].is_null().then_some(s)
+    })
+    .await;
+    assert_eq!(state["current"], "0.2.0", "{state}");
+    assert_eq!(state["previous"], "0.1.0", "{state}");
+    assert_eq!(
+        std::fs::read_link(install.join("current")).unwrap(),
+        PathBuf::from("versions/0.2.0")
+    );
+    assert!(daemon.log().contains("came up healthy"), "{}", daemon.log());
+    // The jobs submitted before the switch all finished, none failed.
+    let port = api_port(&data);
+    for id in jobs {
+        let job = wait_for(Duration::from_secs(60), "the job to finish", || {
+            let v = curl_json(port, "GET", &format!("/v1/jobs/{id}"), Some(&token), None)
+                .unwrap_or(Value::Null);
+            async move {
+                matches!(
+                    v["job"]["state"].as_str().or(v["state"].as_str()),
+                    Some("succeeded" | "failed" | "dead")
+                )
+                .then_some(v)
+            }
+        })
+        .await;
+        let state = job["job"]["state"].as_str().or(job["state"].as_str());
+        assert_eq!(state, Some("succeeded"), "{job}");
+    }
+}
+
+/// A release that passes its first run (`--version`) but never serves is stopped at its
+/// deadline; the previous version is started again and the release refused for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_that_cannot_become_healthy_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let install = install_dir(dir.path());
+    let broken = dir.path().join("broken");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then echo \"certconn 0.3.0\"; exit 0; fi\nexec sleep 600\n",
+    )
+    .unwrap();
+    let feed = Feed::new(dir.path(), &[]).await;
+    feed.add(
+        "daemon",
+        "certconn",
+        "0.1.0",
+        "2026-01-01",
+        &this_build(dir.path()),
+    );
+    feed.publish();
+    let config = dir.path().join("certconn.toml");
+    let data = dir.path().join("data");
+    let section = feed.section("daemon = \"auto\"\ncheck_seconds = 1\ndaemon_health_seconds = 3");
+    std::fs::write(&config, config_text(&data, &plugins(), &section)).unwrap();
+    let daemon = Launched::start(&install, &config, &data, &dir.path().join("daemon.log"));
+    daemon.wait_version("0.1.0", Duration::from_secs(60)).await;
+    feed.add("daemon", "certconn", "0.3.0", "2026-02-01", &broken);
+    feed.publish();
+    let state = wait_for(Duration::from_secs(60), "the rollback", || async {
+        let s = install_state(&install);
+        (!s["refused"].as_array().is_none_or(|r| r.is_empty())).then_some(s)
+    })
+    .await;
+    assert_eq!(state["refused"][0]["version"], "0.3.0", "{state}");
+    assert!(
+        state["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not serve within 3 s"),
+        "{state}"
+    );
+    assert_eq!(
+        std::fs::read_link(install.join("current")).unwrap(),
+        PathBuf::from("versions/0.1.0")
+    );
+    let _ = std::fs::remove_file(data.join("api.addr"));
+    daemon.wait_version("0.1.0", Duration::from_secs(60)).await;
+    // The next look does not try 0.3.0 again.
+    let out = ok(std::process::Command::new(binary())
+        .args(["update", "check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap());
+    assert!(
+        out.contains("0.3.0 was refused and is not tried again"),
+        "{out}"
+    );
+    assert_eq!(install_state(&install)["trial"], Value::Null);
+    assert!(daemon.log().contains("was rolled back"), "{}", daemon.log());
+}
+
+/// The offline path: `certconn update apply` from a copied feed, verified from the pinned
+/// root, switches to the new version; `certconn update rollback` goes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_and_rollback_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let install = install_dir(dir.path());
+    let feed = Feed::new(dir.path(), &[]).await;
+    feed.add(
+        "daemon",
+        "certconn",
+        "0.2.0",
+        "2026-02-01",
+        &stamped(dir.path(), "0.2.0"),
+    );
+    feed.publish();
+    let bundle = dir.path().join("bundle");
+    copy_dir(&feed.dir.join("repository"), &bundle);
+    let root = feed.metadata().join("1.root.json");
+    let run = |args: &[&str]| {
+        std::process::Command::new(binary())
+            .args(args)
+            .args(["--config", "/nonexistent.toml"])
+            .output()
+            .unwrap()
+    };
+    let out = ok(run(&[
+        "update",
+        "apply",
+        bundle.to_str().unwrap(),
+        "--install-dir",
+        install.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ]));
+    assert!(out.contains("certconn 0.2.0 staged and switched"), "{out}");
+    assert_eq!(
+        std::fs::read_link(install.join("current")).unwrap(),
+        PathBuf::from("versions/0.2.0")
+    );
+    let said = ok(std::process::Command::new(install.join("current/certconn"))
+        .arg("--version")
+        .output()
+        .unwrap());
+    assert_eq!(said.trim(), "certconn 0.2.0");
+    // A tampered bundle is refused and changes nothing.
+    let target = walk(&bundle.join("targets")).pop().unwrap();
+    std::fs::write(&target, b"not certconn").unwrap();
+    let refused = run(&[
+        "update",
+        "rollback",
+        "--install-dir",
+        install.to_str().unwrap(),
+    ]);
+    assert!(
+        refused.status.success(),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        std::fs::read_link(install.join("current")).unwrap(),
+        PathBuf::from("versions/0.1.0")
+    );
+    let state = install_state(&install);
+    assert_eq!(state["refused"][0]["version"], "0.2.0", "{state}");
+    let again = run(&[
+        "update",
+        "apply",
+        bundle.to_str().unwrap(),
+        "--install-dir",
+        install.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr).to_lowercase();
+    assert!(err.contains("hash mismatch"), "{err}");
+    assert_eq!(
+        std::fs::read_link(install.join("current")).unwrap(),
+        PathBuf::from("versions/0.1.0")
+    );
+}

@@ -31,7 +31,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     out.sample(
         "certconn_build_info",
         &[
-            ("version", env!("CARGO_PKG_VERSION")),
+            ("version", crate::version::version()),
             ("fips", if fips { "true" } else { "false" }),
         ],
         1.0,

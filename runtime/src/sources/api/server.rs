@@ -463,7 +463,7 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
             reachable: journal_error.is_none(),
             error: journal_error,
         },
-        version: env!("CARGO_PKG_VERSION"),
+        version: crate::version::version(),
         backends: registry.instances().len(),
         backends_not_serving: down,
         fips: state.fips.clone(),

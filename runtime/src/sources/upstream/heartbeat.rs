@@ -84,7 +84,7 @@ impl Upstream {
             .check()
             .map_err(|e| missed(format!("its version policy: {e}")))?;
         let today = (crate::journal::now_secs() / 86_400) as i64;
-        let lifecycle = Lifecycle::of(env!("CARGO_PKG_VERSION"), &answer.version_policy, today);
+        let lifecycle = Lifecycle::of(crate::version::version(), &answer.version_policy, today);
         let mut before = None;
         self.update(|s| {
             s.last_heartbeat = Some(crate::report::rfc3339_ms(crate::journal::now_ms()));

@@ -291,7 +291,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
     });
     let degraded = degraded || out_of_date || updates_attention;
     Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::version::version(),
         "lifecycle": lifecycle,
         "updates": updates,
         "status": if degraded { "attention" } else { "ok" },

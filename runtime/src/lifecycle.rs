@@ -20,6 +20,21 @@ pub trait Updates: Send + Sync {
     fn summary(&self) -> serde_json::Value;
     /// Reads the feed now and acts on it as the policies say; returns the new status.
     async fn check(&self) -> Result<serde_json::Value, String>;
+    /// Where `version` of `name` (`certconn` or a plugin) stands by the feed as last read:
+    /// the fleet judges every instance's versions by it.
+    fn stage_of(&self, name: &str, version: &str) -> Option<Lifecycle>;
+}
+
+impl Lifecycle {
+    /// As the connector protocol's heartbeat and the fleet view carry it.
+    pub fn standing(&self, name: &str) -> certconn_connector::VersionStanding {
+        certconn_connector::VersionStanding {
+            name: name.to_owned(),
+            version: self.version.clone(),
+            stage: self.stage.as_str().to_owned(),
+            summary: self.summary.clone(),
+        }
+    }
 }
 
 /// `YYYY-MM-DD` of a day number (days since 1970-01-01, UTC): the inverse of

@@ -31,6 +31,22 @@ pub struct Heartbeat {
     /// The last fault the connector met talking to this service, until a call succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Where certconn and each plugin it runs stand by its signed update feed; empty when it
+    /// reads none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lifecycle: Vec<VersionStanding>,
+}
+
+/// A version's stage by the connector's signed update feed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VersionStanding {
+    /// `certconn`, or a plugin's name.
+    pub name: String,
+    pub version: String,
+    /// `current`, `outdated`, `deprecated` or `unsupported`.
+    pub stage: String,
+    /// One line for a person: the stage, the dates, what to do.
+    pub summary: String,
 }
 
 /// A backend and the plugin serving it.

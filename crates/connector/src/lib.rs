@@ -25,7 +25,7 @@ mod identity;
 mod policy;
 pub mod spec;
 
-pub use heartbeat::{Heartbeat, HeartbeatAnswer, PluginReport};
+pub use heartbeat::{Heartbeat, HeartbeatAnswer, PluginReport, VersionStanding};
 pub use identity::{IdentityAnswer, IdentityRequest, IDENTITY_REFUSED, TOKEN_REFUSED};
 pub use policy::{compare_versions, day_number, Deprecation, VersionPolicy};
 

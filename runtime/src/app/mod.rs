@@ -354,6 +354,7 @@ impl App {
             registry: registry.clone(),
             jobs: journal.clone(),
             features: wiring::HeartbeatReport::features_of(&config, &fips),
+            updates: std::sync::OnceLock::new(),
         });
         let upstream = match &config.upstream {
             Some(uc) => Some(Arc::new(crate::sources::upstream::Upstream::open(
@@ -389,6 +390,9 @@ impl App {
             )?),
             None => None,
         };
+        if let Some(u) = &updater {
+            let _ = report.updates.set(u.clone());
+        }
         tracing::debug!(journal = %journal.location(), schema = journal.schema_version(), %instance, "opened");
         let reloader = Arc::new(reload::Reloader::new(
             &config,

@@ -267,6 +267,8 @@ pub struct HeartbeatReport {
     pub registry: Arc<Registry>,
     pub jobs: Arc<dyn crate::journal::JobStore>,
     pub features: Vec<String>,
+    /// The update feed, once it is open: where this instance's versions stand.
+    pub updates: std::sync::OnceLock<Arc<crate::update::Updater>>,
 }
 
 impl HeartbeatReport {
@@ -328,6 +330,11 @@ impl crate::sources::upstream::InstanceReport for HeartbeatReport {
             queue,
             health: health.to_owned(),
             last_error: None,
+            lifecycle: self
+                .updates
+                .get()
+                .map(|u| u.standings())
+                .unwrap_or_default(),
         }
     }
 }

@@ -572,6 +572,24 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
             journal["error"].as_str().unwrap_or("?")
         );
     }
+    let updates = &health["updates"];
+    if updates.is_object() {
+        match updates["error"].as_str() {
+            Some(e) => println!("warning: update feed: {e}; the running versions keep serving"),
+            None => println!("update feed: {}", updates["feed"].as_str().unwrap_or("?")),
+        }
+        for v in updates["versions"].as_array().into_iter().flatten() {
+            let Some(summary) = v["summary"].as_str() else {
+                continue;
+            };
+            let level = match v["stage"].as_str() {
+                Some("deprecated") => "warning: ",
+                Some("unsupported") => "error: ",
+                _ => "",
+            };
+            println!("{level}{}: {summary}", v["name"].as_str().unwrap_or("?"));
+        }
+    }
     let upstream = &health["upstream"];
     if upstream.is_object() {
         println!(

@@ -333,11 +333,13 @@ pub async fn launch(install: Install, args: Vec<std::ffi::OsString>) -> anyhow::
             .map(|t| tokio::time::Instant::now() + Duration::from_secs(t.deadline_seconds));
         let mut poll = tokio::time::interval(Duration::from_millis(200));
         let mut on_trial = trial.is_some();
+        // Stopped by the administrator: the child's exit then says nothing about the version.
+        let mut stopping = false;
         let outcome = loop {
             tokio::select! {
                 status = child.wait() => break Some(status?),
-                _ = term.recv() => { pass_on(&child, libc::SIGTERM); }
-                _ = int.recv() => { pass_on(&child, libc::SIGINT); }
+                _ = term.recv() => { stopping = true; pass_on(&child, libc::SIGTERM); }
+                _ = int.recv() => { stopping = true; pass_on(&child, libc::SIGINT); }
                 _ = poll.tick(), if on_trial => {
                     let committed = install.load().map(|s| s.trial.is_none()).unwrap_or(false);
                     if committed {
@@ -349,6 +351,10 @@ pub async fn launch(install: Install, args: Vec<std::ffi::OsString>) -> anyhow::
                 }
             }
         };
+        if let (Some(status), true) = (outcome, stopping) {
+            // A trial interrupted by a stop is judged again at the next start.
+            return Ok(status.code().unwrap_or(1));
+        }
         match (outcome, on_trial) {
             (Some(status), false) if status.code() == Some(RESTART_EXIT) => {
                 tracing::info!("launcher: starting {} again after an update", exe.display());

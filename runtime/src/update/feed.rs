@@ -123,13 +123,18 @@ fn list(repository: &Repository) -> (Vec<Listed>, Vec<String>) {
         .map(|(n, t)| (Kind::Daemon, n, t))
         .collect();
     match top.delegated_targets(PLUGINS_ROLE) {
-        Ok(role) => candidates.extend(
-            role.signed
-                .targets
-                .iter()
-                .filter(|(name, _)| name.resolved().starts_with(PLUGIN_PREFIX))
-                .map(|(n, t)| (Kind::Plugin, n, t)),
-        ),
+        Ok(role) => {
+            for (name, target) in &role.signed.targets {
+                if name.resolved().starts_with(PLUGIN_PREFIX) {
+                    candidates.push((Kind::Plugin, name, target));
+                } else {
+                    problems.push(format!(
+                        "{}: signed by the {PLUGINS_ROLE:?} role outside {PLUGIN_PREFIX}: ignored (a plugin publisher cannot ship a daemon)",
+                        name.resolved()
+                    ));
+                }
+            }
+        }
         Err(_) => problems.push(format!(
             "the feed has no {PLUGINS_ROLE:?} role: no plugin updates"
         )),

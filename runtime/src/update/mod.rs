@@ -88,6 +88,9 @@ pub struct Updater {
     standings: Mutex<Vec<Standing>>,
     /// The versions on probation and the loaded backends they are judged by.
     probation: Mutex<BTreeMap<String, plugins::OnProbation>>,
+    /// Each line's version policy by the feed as last read (`certconn`, each plugin in the
+    /// channel), for judging other instances' versions.
+    lines: Mutex<BTreeMap<String, certconn_connector::VersionPolicy>>,
     /// One look at the feed at a time.
     turn: tokio::sync::Mutex<()>,
 }
@@ -176,6 +179,7 @@ impl Updater {
             feed: Mutex::new(feed),
             standings: Mutex::new(Vec::new()),
             probation: Mutex::new(BTreeMap::new()),
+            lines: Mutex::new(BTreeMap::new()),
             turn: tokio::sync::Mutex::new(()),
         }))
     }
@@ -252,6 +256,21 @@ impl Updater {
             }
             feed.problems = verified.problems.clone();
         }
+        let mut lines = BTreeMap::new();
+        for l in verified
+            .releases
+            .iter()
+            .filter(|l| l.release.channel == self.config.channel)
+        {
+            lines
+                .entry(l.release.name.clone())
+                .or_insert_with(Vec::new)
+                .push(&l.release);
+        }
+        *Self::lock(&self.lines) = lines
+            .into_iter()
+            .filter_map(|(name, line)| version_policy(line).map(|p| (name, p)))
+            .collect();
         let mut standings = vec![self.daemon_standing(&verified).await];
         for plugin in self.registry.plugin_names() {
             let standing = self.plugin_step(&plugin, &verified).await;
@@ -405,7 +424,11 @@ impl Updater {
             "feed": feed,
             "versions": standings,
             "plugins": state.plugins,
-            "daemon": state.daemon,
+            // The daemon's versions live beside its binaries, when it runs from an install
+            // directory (`certconn launch`).
+            "install": daemon::Install::of_running_exe().and_then(|(i, _)| {
+                i.load().ok().map(|s| json!({ "dir": i.dir(), "state": s }))
+            }),
             "probation": {
                 "jobs": self.config.probation_jobs,
                 "seconds": self.config.probation_seconds,
@@ -464,5 +487,21 @@ impl crate::lifecycle::Updates for Updater {
     async fn check(&self) -> Result<serde_json::Value, String> {
         Updater::check(self).await?;
         Ok(self.status_value())
+    }
+
+    fn stage_of(&self, name: &str, version: &str) -> Option<Lifecycle> {
+        let lines = Self::lock(&self.lines);
+        let policy = lines.get(name)?;
+        Some(Lifecycle::of(version, policy, crate::lifecycle::today()))
+    }
+}
+
+impl Updater {
+    /// Where this instance's versions stand, for the heartbeat.
+    pub fn standings(&self) -> Vec<certconn_connector::VersionStanding> {
+        Self::lock(&self.standings)
+            .iter()
+            .filter_map(|s| s.lifecycle.as_ref().map(|l| l.standing(&s.name)))
+            .collect()
     }
 }

@@ -283,7 +283,23 @@ impl Updater {
                 .join("; "),
             Err(e) => crate::report::chain(&e),
         };
+        // A refusal the registry would retry (a failed health check: the CA may be back) is
+        // not held against the version: the next look tries it again.
+        let transient = self
+            .registry
+            .status()
+            .plugins
+            .iter()
+            .find(|f| f.plugin == plugin)
+            .and_then(|f| f.rejected.as_ref())
+            .is_some_and(|r| !r.permanent && !r.untrusted);
         self.restore(plugin, previous.as_ref());
+        if transient {
+            tracing::warn!(event_id = 5104, %plugin, %version, "plugin update not loaded this time: {why}; tried again at the next look");
+            return Err(format!(
+                "{plugin} {version} was not loaded this time ({why}); tried again at the next look"
+            ));
+        }
         Err(self.refuse(
             plugin,
             version,

@@ -416,15 +416,13 @@ impl Workspace {
     /// Signs and writes the repository for the releases in `feed.toml`. Returns the new
     /// metadata version.
     pub async fn publish(&self) -> Result<u64, PublishError> {
-        self.publish_with(None).await
+        self.publish_with(&[]).await
     }
 
-    /// `publish`, with `timestamp.json` expiring at `timestamp_expires` instead of in the
-    /// feed's `timestamp_days` (for tests of a frozen feed).
-    pub async fn publish_with(
-        &self,
-        timestamp_expires: Option<jiff::Timestamp>,
-    ) -> Result<u64, PublishError> {
+    /// `publish`, with the daemon releases of `smuggled` versions signed by the plugins role
+    /// instead of targets — what a plugin publisher's key would try in order to ship a daemon
+    /// binary. For the client's tests: it must not be offered.
+    pub async fn publish_with(&self, smuggled: &[&str]) -> Result<u64, PublishError> {
         let feed = self.read_feed()?;
         let (_, root) = self.latest_root()?;
         let metadata = self.metadata();
@@ -490,8 +488,10 @@ impl Workspace {
             };
             let name = TargetName::new(&path).map_err(|e| PublishError::Invalid(e.to_string()))?;
             match entry.kind {
-                Kind::Daemon => daemon.add_target(name, target),
-                Kind::Plugin => plugins.add_target(name, target),
+                Kind::Daemon if !smuggled.contains(&entry.version.as_str()) => {
+                    daemon.add_target(name, target)
+                }
+                _ => plugins.add_target(name, target),
             }
         }
 
@@ -548,11 +548,8 @@ impl Workspace {
             SignedRole::new(snapshot, &KeyHolder::Root(root.clone()), &keys, &rng)
                 .await
                 .map_err(|e| sign_error("snapshot", e))?;
-        let mut timestamp = Timestamp::new(
-            SPEC_VERSION.into(),
-            v,
-            timestamp_expires.unwrap_or_else(|| days_from_now(feed.timestamp_days)),
-        );
+        let mut timestamp =
+            Timestamp::new(SPEC_VERSION.into(), v, days_from_now(feed.timestamp_days));
         timestamp.meta.insert(
             "snapshot.json".into(),
             metafile(v, snapshot_signed.buffer()),

@@ -105,6 +105,12 @@ impl UpdateConfig {
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         let url = url::Url::parse(&self.url)
             .map_err(|e| ("update.url", format!("{:?} is not a URL: {e}", self.url)))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err((
+                "update.url",
+                "the URL carries credentials, which would show in logs and the status: the feed is signed and needs none".into(),
+            ));
+        }
         match url.scheme() {
             "file" => {}
             "http" | "https" => {

@@ -1,5 +1,5 @@
 //! What the updater remembers across restarts, in `DATA/update/state.json` (written by rename):
-//! for the daemon and each plugin the version current, the previous one (kept on disk for a
+//! for each plugin the version current, the previous one (kept on disk for a
 //! rollback), the versions refused and why, and an update on probation.
 
 use std::collections::BTreeMap;
@@ -70,8 +70,7 @@ impl Line {
 /// The updater's memory.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    #[serde(default)]
-    pub daemon: Line,
+    /// Per plugin. (The daemon's versions are kept beside its binaries: [`super::daemon`].)
     #[serde(default)]
     pub plugins: BTreeMap<String, Line>,
 }

@@ -154,7 +154,7 @@ fn the_connector_protocol_schema_takes_real_messages_and_refuses_bad_ones() {
         ["WorkItem", {"kind": "revoke", "serial": "01"}, false],
         ["ItemResult", ItemResult { item_id: "w-1".into(), outcome: Outcome::Succeeded(Delivered { serial: Some("01".into()), revoked: Some(true), ..Default::default() }) }, true],
         ["ItemResult", ItemResult { item_id: "w-2".into(), outcome: Outcome::Failed { reason: "no".into() } }, true],
-        ["Heartbeat", Heartbeat { instance: "i".into(), version: "0.1.0".into(), protocol: 1, plugins: vec![], features: vec!["scep".into()], queue: [("queued".to_owned(), 2)].into(), health: "ok".into(), last_error: None }, true],
+        ["Heartbeat", Heartbeat { instance: "i".into(), version: "0.1.0".into(), protocol: 1, plugins: vec![], features: vec!["scep".into()], queue: [("queued".to_owned(), 2)].into(), health: "ok".into(), last_error: None, lifecycle: vec![] }, true],
         ["HeartbeatAnswer", HeartbeatAnswer { version_policy: VersionPolicy { latest: "0.2.0".into(), deprecated: vec![] } }, true],
     ]);
     let dir = tempfile::tempdir().unwrap();

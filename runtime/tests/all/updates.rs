@@ -462,6 +462,30 @@ async fn an_endless_download_is_cut_off() {
     still_serving(&daemon, refused, &["maximum size", "exceeded"]).await;
 }
 
+/// The plugins role's key signs a daemon binary (a plugin publisher trying to ship one): it is
+/// never offered as a daemon release.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_publisher_cannot_ship_a_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, daemon) = attacked(dir.path(), &[]).await;
+    feed.add(
+        "daemon",
+        "certconn",
+        "9.9.9",
+        "2026-02-01",
+        &local_ca(dir.path(), "0.2.0"),
+    );
+    certconn::update::publish::Workspace::new(&feed.dir, &feed.keys)
+        .publish_with(&["9.9.9"])
+        .await
+        .unwrap();
+    // TUF holds a delegated role to its paths: the whole feed is refused, naming the target,
+    // and the running versions keep serving. (certconn would also take daemon releases from
+    // the top-level targets role only.)
+    let refused = check(&daemon.client()).await;
+    still_serving(&daemon, refused, &["not delegated: daemon/9.9.9"]).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_feed_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -713,6 +737,77 @@ async fn a_plugin_version_failing_on_probation_is_rolled_back() {
         .as_str()
         .unwrap()
         .starts_with("vendor-template 0.1.0"));
+}
+
+/// A release whose health check fails when it is loaded (its CA is down) is not refused for
+/// good: the running version keeps serving and the next look, with the CA back, installs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_whose_health_check_fails_is_tried_again_at_the_next_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MockCa::start(0);
+    let port = ca.port;
+    let template = test_plugins().join("vendor-template.wasm");
+    let v2 = dir.path().join("vendor-template-2.wasm");
+    pack(&template, "vendor-template", "0.2.0", "0.2.0", &v2);
+    let feed = Feed::new(dir.path(), &[]).await;
+    feed.add(
+        "plugin",
+        "vendor-template",
+        "0.1.0",
+        "2026-01-01",
+        &template,
+    );
+    feed.publish();
+    let plugin_dir = plugin_dir_with(
+        dir.path(),
+        &[
+            (template.clone(), "vendor-template"),
+            (plugins().join("local-ca.wasm"), "local-ca"),
+        ],
+    );
+    let extra = ca.backend("example", "update = \"auto\"") + &feed.section("");
+    let daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
+    let api = daemon.client();
+    feed.add("plugin", "vendor-template", "0.2.0", "2026-02-01", &v2);
+    feed.publish();
+    drop(ca);
+    let status = check(&api).await.unwrap();
+    let line = |s: &Value| {
+        s["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "vendor-template")
+            .cloned()
+            .unwrap()
+    };
+    assert!(
+        line(&status)["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tried again at the next look"),
+        "{status}"
+    );
+    assert_eq!(
+        status["plugins"]["vendor-template"]["refused"],
+        json!([]),
+        "{status}"
+    );
+    assert!(backend_status(&api, "example").await["version"]
+        .as_str()
+        .unwrap()
+        .starts_with("vendor-template 0.1.0"));
+    // The CA is back: the next look installs 0.2.0.
+    let _ca = MockCa::start_on(port, 0);
+    let status = check(&api).await.unwrap();
+    assert_eq!(
+        status["plugins"]["vendor-template"]["probation"]["version"], "0.2.0",
+        "{status}"
+    );
+    assert!(backend_status(&api, "example").await["version"]
+        .as_str()
+        .unwrap()
+        .starts_with("vendor-template 0.2.0"));
 }
 
 /// `certconn update status` prints each version's lifecycle from the feed's dates.
@@ -1046,7 +1141,8 @@ async fn a_daemon_that_cannot_become_healthy_is_rolled_back() {
         std::fs::read_link(install.join("current")).unwrap(),
         PathBuf::from("versions/0.1.0")
     );
-    let _ = std::fs::remove_file(data.join("api.addr"));
+    // The previous version serves again (on the port it now writes to data/api.addr; the
+    // stale address of the first run answers nothing).
     daemon.wait_version("0.1.0", Duration::from_secs(60)).await;
     // The next look does not try 0.3.0 again.
     let out = ok(std::process::Command::new(binary())

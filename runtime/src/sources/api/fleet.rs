@@ -25,7 +25,14 @@ pub struct FleetInstance {
     pub last_seen_ms_ago: i64,
     /// True for the instance that answered.
     pub this: bool,
+    /// Where its certconn and plugin versions stand by this instance's update feed; empty
+    /// without a feed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lifecycle: Vec<certconn_connector::VersionStanding>,
 }
+
+/// Judges a version of `certconn` or a plugin by the update feed: `(name, version)`.
+pub type Judge<'a> = &'a dyn Fn(&str, &str) -> Option<crate::lifecycle::Lifecycle>;
 
 /// `GET /v1/fleet`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -39,12 +46,31 @@ pub struct FleetView {
 
 /// The fleet as `records` (read at `now`, the journal's clock) shows it, from instance
 /// `me`'s point of view; instances silent for longer than `missed_after_ms` are missing.
-pub fn view(records: Vec<InstanceRecord>, now: i64, me: &str, missed_after_ms: i64) -> FleetView {
+pub fn view(
+    records: Vec<InstanceRecord>,
+    now: i64,
+    me: &str,
+    missed_after_ms: i64,
+    judge: Judge<'_>,
+) -> FleetView {
     let instances: Vec<FleetInstance> = records
         .into_iter()
         .map(|r| {
             let ago = (now - r.last_seen).max(0);
+            let mut lifecycle: Vec<_> = judge("certconn", &r.version)
+                .map(|l| l.standing("certconn"))
+                .into_iter()
+                .collect();
+            for (plugin, version) in plugin_versions(&r) {
+                if !lifecycle
+                    .iter()
+                    .any(|s| s.name == plugin && s.version == version)
+                {
+                    lifecycle.extend(judge(&plugin, &version).map(|l| l.standing(&plugin)));
+                }
+            }
             FleetInstance {
+                lifecycle,
                 state: if ago > missed_after_ms {
                     "missing"
                 } else {
@@ -90,6 +116,18 @@ pub fn view(records: Vec<InstanceRecord>, now: i64, me: &str, missed_after_ms: i
             i.instance.id
         ));
     }
+    for i in &up {
+        for s in i
+            .lifecycle
+            .iter()
+            .filter(|s| matches!(s.stage.as_str(), "deprecated" | "unsupported"))
+        {
+            warnings.push(format!(
+                "instance {}: {} {}",
+                i.instance.id, s.name, s.summary
+            ));
+        }
+    }
     for i in up.iter().filter(|i| i.instance.health != "ok") {
         warnings.push(format!(
             "instance {} is {}: a backend it configures is not serving",
@@ -119,6 +157,25 @@ pub fn view(records: Vec<InstanceRecord>, now: i64, me: &str, missed_after_ms: i
     }
 }
 
+/// The plugins an instance's report names and their versions (`name VERSION (sha)` → VERSION).
+fn plugin_versions(r: &InstanceRecord) -> Vec<(String, String)> {
+    r.plugins
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let plugin = p.get("plugin")?.as_str()?.to_owned();
+            let version = p
+                .get("version")?
+                .as_str()?
+                .split_whitespace()
+                .nth(1)?
+                .to_owned();
+            Some((plugin, version))
+        })
+        .collect()
+}
+
 /// The backends an instance's report names.
 fn backends_of(r: &InstanceRecord) -> impl Iterator<Item = String> + '_ {
     r.plugins
@@ -144,7 +201,19 @@ pub(super) async fn fleet(State(state): State<AppState>) -> Result<Json<FleetVie
     let missed_after = i64::try_from(state.fleet_heartbeat.as_millis())
         .unwrap_or(i64::MAX)
         .saturating_mul(MISSED_BEATS as i64);
-    Ok(Json(view(records, now, &state.instance, missed_after)))
+    let judge = |name: &str, version: &str| {
+        state
+            .updates
+            .as_ref()
+            .and_then(|u| u.stage_of(name, version))
+    };
+    Ok(Json(view(
+        records,
+        now,
+        &state.instance,
+        missed_after,
+        &judge,
+    )))
 }
 
 /// Forgets a decommissioned instance. One still running reports itself again at its next
@@ -204,6 +273,7 @@ mod tests {
             10_000,
             "a",
             3_000,
+            &|_, _| None,
         );
         let states: Vec<_> = v.instances.iter().map(|i| i.state.as_str()).collect();
         assert_eq!(states, ["up", "up", "missing"]);
@@ -229,8 +299,54 @@ mod tests {
             10_000,
             "b",
             3_000,
+            &|_, _| None,
         );
         assert!(v.warnings.is_empty(), "{:?}", v.warnings);
         assert_eq!(v.versions, ["0.1.0"]);
+    }
+
+    /// Each instance's certconn and plugin versions are judged by the feed; a deprecated one
+    /// is warned of, naming the instance.
+    #[test]
+    fn each_instances_versions_are_judged_by_the_feed() {
+        let policy = certconn_connector::VersionPolicy {
+            latest: "0.2.0".into(),
+            deprecated: vec![certconn_connector::Deprecation {
+                version: "0.1.0".into(),
+                deprecated_on: "2026-01-01".into(),
+                unsupported_after: "2099-01-01".into(),
+            }],
+        };
+        let judge = |name: &str, version: &str| {
+            (name == "certconn" || name == "local-ca").then(|| {
+                crate::lifecycle::Lifecycle::of(version, &policy, crate::lifecycle::today())
+            })
+        };
+        let mut old = record("a", "0.1.0", 10_000, None);
+        old.plugins =
+            json!([{ "backend": "x", "plugin": "local-ca", "version": "local-ca 0.2.0 (abcdef)" }]);
+        let v = view(
+            vec![old, record("b", "0.2.0", 10_000, None)],
+            10_000,
+            "b",
+            3_000,
+            &judge,
+        );
+        let a = &v.instances[0].lifecycle;
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert_eq!(
+            (a[0].name.as_str(), a[0].stage.as_str()),
+            ("certconn", "deprecated")
+        );
+        assert_eq!(
+            (a[1].name.as_str(), a[1].stage.as_str()),
+            ("local-ca", "current")
+        );
+        let all = v.warnings.join("\n");
+        assert!(
+            all.contains("instance a: certconn 0.1.0 is deprecated"),
+            "{all}"
+        );
+        assert!(!all.contains("instance b:"), "{all}");
     }
 }

@@ -160,7 +160,6 @@ async fn apply(
         url: directory_url(bundle)?,
         root,
         datastore: install_dir.join("tuf"),
-        max_target_bytes: 1 << 30,
     };
     let transport = certconn::update::transport::FeedTransport::new(
         None,

@@ -41,8 +41,6 @@ pub struct FeedSource {
     pub root: PathBuf,
     /// Where the last verified metadata is kept, so that an older feed is refused.
     pub datastore: PathBuf,
-    /// The largest target fetched.
-    pub max_target_bytes: u64,
 }
 
 /// A verified feed.

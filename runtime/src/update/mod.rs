@@ -153,7 +153,6 @@ impl Updater {
             url: url.clone(),
             root: config.root.to_path_buf(),
             datastore: dir.join("tuf"),
-            max_target_bytes: config.max_download_bytes,
         };
         let transport = FeedTransport::new(
             config.trust_anchors.as_ref().map(|p| p.to_path_buf()),

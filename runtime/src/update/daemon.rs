@@ -263,13 +263,8 @@ impl Install {
 }
 
 fn refuse(state: &mut InstallState, version: &str, reason: &str) {
-    state.refused.retain(|r| r.version != version);
-    state.refused.push(Refusal {
-        version: version.to_owned(),
-        sha256: String::new(),
-        reason: reason.to_owned(),
-        at_ms: crate::journal::now_ms(),
-    });
+    // A daemon version is refused by its number: a binary has no other identity here.
+    super::state::record_refusal(&mut state.refused, version, "", reason.to_owned());
 }
 
 /// Runs `binary --version` once: it must answer `certconn VERSION` within 10 s.

@@ -396,12 +396,7 @@ impl Updater {
         let worst = standings
             .iter()
             .filter_map(|s| s.lifecycle.as_ref().map(|l| l.stage))
-            .max_by_key(|s| match s {
-                Stage::Current => 0,
-                Stage::Outdated => 1,
-                Stage::Deprecated => 2,
-                Stage::Unsupported => 3,
-            });
+            .max();
         json!({
             "feed": if feed.error.is_some() { "unreachable" } else if feed.verified_at_ms.is_some() { "verified" } else { "not yet read" },
             "error": feed.error,

@@ -35,7 +35,22 @@ pub struct Probation {
     pub since_ms: i64,
 }
 
-/// One line of versions: the daemon's or one plugin's.
+/// Records `version` as refused in `refused` (replacing an older refusal of the same version),
+/// keeping the last 16: enough to explain, while the feed moves on.
+pub fn record_refusal(refused: &mut Vec<Refusal>, version: &str, sha256: &str, reason: String) {
+    refused.retain(|r| r.version != version || r.sha256 != sha256);
+    refused.push(Refusal {
+        version: version.to_owned(),
+        sha256: sha256.to_owned(),
+        reason,
+        at_ms: crate::journal::now_ms(),
+    });
+    if refused.len() > 16 {
+        refused.remove(0);
+    }
+}
+
+/// One plugin's line of versions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Line {
     pub current: Option<Version>,
@@ -53,17 +68,7 @@ impl Line {
     }
 
     pub fn refuse(&mut self, version: &str, sha256: &str, reason: String) {
-        self.refused.retain(|r| r.sha256 != sha256);
-        self.refused.push(Refusal {
-            version: version.to_owned(),
-            sha256: sha256.to_owned(),
-            reason,
-            at_ms: crate::journal::now_ms(),
-        });
-        // The last few are enough to explain; the feed moves on.
-        if self.refused.len() > 16 {
-            self.refused.remove(0);
-        }
+        record_refusal(&mut self.refused, version, sha256, reason);
     }
 }
 

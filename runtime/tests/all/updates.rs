@@ -520,16 +520,13 @@ async fn a_rotated_root_is_followed_from_the_pinned_one() {
     .await;
 }
 
-/// The update under load: jobs keep arriving while 0.2.0 is downloaded, swapped in and judged;
-/// none fails; 0.2.0 passes probation; the state survives a restart.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_plugin_update_rolls_out_hot_under_load_and_passes_probation() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = MockCa::start(20);
+/// A feed offering vendor-template 0.1.0, a plugin directory running it beside local-ca, and
+/// 0.2.0 packed for the test to release: `(feed, plugin_dir, 0.1.0, 0.2.0)`.
+async fn vendor_template_feed(dir: &Path) -> (Feed, PathBuf, PathBuf, PathBuf) {
     let template = test_plugins().join("vendor-template.wasm");
-    let v2 = dir.path().join("vendor-template-2.wasm");
+    let v2 = dir.join("vendor-template-2.wasm");
     pack(&template, "vendor-template", "0.2.0", "0.2.0", &v2);
-    let feed = Feed::new(dir.path(), &[]).await;
+    let feed = Feed::new(dir, &[]).await;
     feed.add(
         "plugin",
         "vendor-template",
@@ -539,12 +536,22 @@ async fn a_plugin_update_rolls_out_hot_under_load_and_passes_probation() {
     );
     feed.publish();
     let plugin_dir = plugin_dir_with(
-        dir.path(),
+        dir,
         &[
             (template.clone(), "vendor-template"),
             (plugins().join("local-ca.wasm"), "local-ca"),
         ],
     );
+    (feed, plugin_dir, template, v2)
+}
+
+/// The update under load: jobs keep arriving while 0.2.0 is downloaded, swapped in and judged;
+/// none fails; 0.2.0 passes probation; the state survives a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_update_rolls_out_hot_under_load_and_passes_probation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MockCa::start(20);
+    let (feed, plugin_dir, _, v2) = vendor_template_feed(dir.path()).await;
     let extra = ca.backend("example", "update = \"auto\"")
         + &feed.section("check_seconds = 1\nprobation_jobs = 10\nprobation_seconds = 600");
     let daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
@@ -641,25 +648,7 @@ async fn a_plugin_update_rolls_out_hot_under_load_and_passes_probation() {
 async fn a_plugin_version_failing_on_probation_is_rolled_back() {
     let dir = tempfile::tempdir().unwrap();
     let ca = MockCa::start(0);
-    let template = test_plugins().join("vendor-template.wasm");
-    let v2 = dir.path().join("vendor-template-2.wasm");
-    pack(&template, "vendor-template", "0.2.0", "0.2.0", &v2);
-    let feed = Feed::new(dir.path(), &[]).await;
-    feed.add(
-        "plugin",
-        "vendor-template",
-        "0.1.0",
-        "2026-01-01",
-        &template,
-    );
-    feed.publish();
-    let plugin_dir = plugin_dir_with(
-        dir.path(),
-        &[
-            (template.clone(), "vendor-template"),
-            (plugins().join("local-ca.wasm"), "local-ca"),
-        ],
-    );
+    let (feed, plugin_dir, template, v2) = vendor_template_feed(dir.path()).await;
     let extra = ca.backend("example", "update = \"auto\"\nquarantine_after = 100")
         + &feed.section("probation_jobs = 50\nprobation_failures = 2");
     let daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
@@ -746,25 +735,7 @@ async fn a_release_whose_health_check_fails_is_tried_again_at_the_next_look() {
     let dir = tempfile::tempdir().unwrap();
     let ca = MockCa::start(0);
     let port = ca.port;
-    let template = test_plugins().join("vendor-template.wasm");
-    let v2 = dir.path().join("vendor-template-2.wasm");
-    pack(&template, "vendor-template", "0.2.0", "0.2.0", &v2);
-    let feed = Feed::new(dir.path(), &[]).await;
-    feed.add(
-        "plugin",
-        "vendor-template",
-        "0.1.0",
-        "2026-01-01",
-        &template,
-    );
-    feed.publish();
-    let plugin_dir = plugin_dir_with(
-        dir.path(),
-        &[
-            (template.clone(), "vendor-template"),
-            (plugins().join("local-ca.wasm"), "local-ca"),
-        ],
-    );
+    let (feed, plugin_dir, _, v2) = vendor_template_feed(dir.path()).await;
     let extra = ca.backend("example", "update = \"auto\"") + &feed.section("");
     let daemon = start_in(dir.path(), |data| config_text(data, &plugin_dir, &extra));
     let api = daemon.client();

@@ -83,7 +83,7 @@ impl Upstream {
             .version_policy
             .check()
             .map_err(|e| missed(format!("its version policy: {e}")))?;
-        let today = (crate::journal::now_secs() / 86_400) as i64;
+        let today = crate::lifecycle::today();
         let lifecycle = Lifecycle::of(crate::version::version(), &answer.version_policy, today);
         let mut before = None;
         self.update(|s| {

@@ -60,6 +60,45 @@ pub struct Metrics {
     plugin_call_seconds: Mutex<BTreeMap<(String, &'static str), Arc<Histogram>>>,
     /// Plugin faults (traps, limits), by backend.
     plugin_faults: Mutex<BTreeMap<String, u64>>,
+    /// Where a job's time goes, by stage ([`JobStage`]).
+    job_stage_seconds: Mutex<BTreeMap<JobStage, Arc<Histogram>>>,
+}
+
+/// The stages a job's time is split into: what `certconn bench` prints and
+/// `certconn_job_stage_seconds` counts, so the split is seen without a profiler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum JobStage {
+    /// Validating a request and writing it to the journal, until it is acknowledged.
+    Intake,
+    /// A worker taking a due job from the journal (its lease written).
+    Lease,
+    /// The host's own cryptography for the job: keys, CSR, PKCS#12, sealing.
+    Crypto,
+    /// The backend's plugin call: a fresh instance, configure, the operation (and the host
+    /// calls it makes: signatures, the signature trail).
+    Plugin,
+    /// Writing the job's outcome and result to the journal, until it is durable.
+    Commit,
+}
+
+impl JobStage {
+    pub const ALL: [JobStage; 5] = [
+        Self::Intake,
+        Self::Lease,
+        Self::Crypto,
+        Self::Plugin,
+        Self::Commit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Intake => "intake",
+            Self::Lease => "lease",
+            Self::Crypto => "crypto",
+            Self::Plugin => "plugin",
+            Self::Commit => "commit",
+        }
+    }
 }
 
 /// The process's metrics.
@@ -108,6 +147,27 @@ impl Metrics {
         }
     }
 
+    /// One stage of a job took `took`.
+    pub fn job_stage(&self, stage: JobStage, took: Duration) {
+        histogram(&self.job_stage_seconds, &stage).observe(took);
+    }
+
+    /// `(observations, total time)` of each stage since the process started.
+    pub fn job_stage_totals(&self) -> Vec<(JobStage, u64, Duration)> {
+        let stages = lock(&self.job_stage_seconds);
+        JobStage::ALL
+            .iter()
+            .map(|stage| match stages.get(stage) {
+                Some(h) => (
+                    *stage,
+                    h.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum(),
+                    Duration::from_nanos(h.sum_nanos.load(Ordering::Relaxed)),
+                ),
+                None => (*stage, 0, Duration::ZERO),
+            })
+            .collect()
+    }
+
     /// Writes the counters and histograms.
     pub fn write(&self, out: &mut Exposition) {
         out.family(
@@ -147,6 +207,18 @@ impl Metrics {
             out.histogram(
                 "certconn_plugin_call_seconds",
                 &[("backend", backend), ("operation", operation)],
+                h,
+            );
+        }
+        out.family(
+            "certconn_job_stage_seconds",
+            "histogram",
+            "Where jobs' time goes, by stage: intake, lease, crypto (the host's keys, CSR, PKCS#12, sealing), plugin (the backend call), commit.",
+        );
+        for (stage, h) in lock(&self.job_stage_seconds).iter() {
+            out.histogram(
+                "certconn_job_stage_seconds",
+                &[("stage", stage.as_str())],
                 h,
             );
         }

@@ -34,6 +34,7 @@ use certconn::pki;
 
 mod daemon_update;
 mod fleet;
+mod latency;
 mod ocsp;
 mod pki_parts;
 mod scep;
@@ -252,6 +253,7 @@ async fn bench(
         )?),
         ..CallKeys::default()
     };
+    let cpu_before = cpu_time();
     let t = Instant::now();
     for _ in 0..issue_calls {
         backend
@@ -262,8 +264,10 @@ async fn bench(
             })?;
     }
     let issue_us = t.elapsed().as_secs_f64() * 1e6 / issue_calls as f64;
+    let issue_cpu_us =
+        cpu_time().saturating_sub(cpu_before).as_secs_f64() * 1e6 / issue_calls as f64;
     println!(
-        "local-ca:  instantiate + configure + issue (CSR check, sign) {issue_us:>9.1} µs/call"
+        "local-ca:  instantiate + configure + issue (CSR check, sign) {issue_us:>9.1} µs/call (CPU {issue_cpu_us:.1} µs)"
     );
 
     // 2. Pipeline throughput.
@@ -273,6 +277,8 @@ async fn bench(
         tokio::spawn(async move { app.run_scheduler(stop_rx).await })
     };
     let request = bench_request();
+    let stages_before = certconn::metrics::global().job_stage_totals();
+    let cpu_before = cpu_time();
     let t = Instant::now();
     for i in 0..args.jobs {
         app.intake
@@ -311,17 +317,27 @@ async fn bench(
                 args.jobs
             );
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Counting scans the jobs: often enough to time the run to 1 %, not so often that the
+        // counting itself is a load.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let pipeline_secs = t.elapsed().as_secs_f64();
+    let pipeline_cpu = cpu_time().saturating_sub(cpu_before);
+    let pipeline_rate = args.jobs as f64 / pipeline_secs;
+    println!("pipeline:  {:>6} issue jobs (EC P-256, local-ca, PKCS#12) in {pipeline_secs:>7.3} s = {pipeline_rate:>8.1} jobs/s; CPU {:.0} µs/job, {:.2} cores busy", args.jobs, pipeline_cpu.as_secs_f64() * 1e6 / args.jobs as f64, pipeline_cpu.as_secs_f64() / pipeline_secs);
+    print_stages(&stages_before, args.jobs, pipeline_secs, args.workers);
+
+    // Latency at moderate load: half the throughput just measured, one job at a time.
+    let latency =
+        latency::measure(&app, &request, pipeline_rate / 2.0, args.jobs.min(1000)).await?;
+    println!("{latency}");
     let _ = stop_tx.send(true);
     scheduler.await?;
-    let pipeline_rate = args.jobs as f64 / pipeline_secs;
-    println!("pipeline:  {:>6} issue jobs (EC P-256, local-ca, PKCS#12) in {pipeline_secs:>7.3} s = {pipeline_rate:>8.1} jobs/s", args.jobs);
 
     // 3. The same cryptographic work, directly.
     let ca = app.keys.get("bench-ca")?;
     let iterations = app.config.pfx.iterations;
+    let cpu_before = cpu_time();
     let t = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..args.workers {
@@ -338,10 +354,52 @@ async fn bench(
         r??;
     }
     let direct_secs = t.elapsed().as_secs_f64();
+    let direct_cpu = cpu_time().saturating_sub(cpu_before);
     let direct_rate = args.jobs as f64 / direct_secs;
-    println!("direct:    {:>6} issues (keygen, CSR, CA signature, PKCS#12)     in {direct_secs:>7.3} s = {direct_rate:>8.1} issues/s", args.jobs);
+    println!("direct:    {:>6} issues (keygen, CSR, CA signature, PKCS#12)     in {direct_secs:>7.3} s = {direct_rate:>8.1} issues/s; CPU {:.0} µs/issue, {:.2} cores busy", args.jobs, direct_cpu.as_secs_f64() * 1e6 / args.jobs as f64, direct_cpu.as_secs_f64() / direct_secs);
     println!("ratio pipeline/direct: {:.3} (the journal, scheduler and plugin sandbox cost {:.1}% of throughput)", pipeline_rate / direct_rate, (1.0 - pipeline_rate / direct_rate) * 100.0);
     Ok(())
+}
+
+/// CPU time this process has used (user and system, every thread).
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole rusage into the pointer it is given, which is valid.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return Duration::ZERO;
+        }
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Where the pipeline's jobs spent their time, from the stage histograms
+/// (`certconn_job_stage_seconds`): each stage's time per job, summed over the workers that ran
+/// at once — so the column adds up to more than the wall time per job when workers overlap.
+fn print_stages(
+    before: &[(certconn::metrics::JobStage, u64, Duration)],
+    jobs: usize,
+    wall_secs: f64,
+    workers: usize,
+) {
+    let after = certconn::metrics::global().job_stage_totals();
+    let per_job_wall_us = wall_secs * 1e6 / jobs as f64;
+    println!(
+        "where a job's time goes (µs per job; {workers} workers overlap, so stages add up to about {workers} × the {per_job_wall_us:.0} µs of wall time per job):"
+    );
+    for ((stage, n0, t0), (_, n1, t1)) in before.iter().zip(after.iter()) {
+        let n = n1 - n0;
+        let took = t1.saturating_sub(*t0);
+        let per_job = took.as_secs_f64() * 1e6 / jobs as f64;
+        println!(
+            "  {:<7} {per_job:>9.1} µs/job  ({n} timings)",
+            stage.as_str()
+        );
+    }
 }
 
 /// The benchmarks' configuration: the local CA (`bench-ca` key) behind profile `device`, the

@@ -105,10 +105,14 @@ impl Intake {
         idempotency_key: &str,
         req: &IssueJob,
     ) -> Result<(JobRecord, bool), SubmitError> {
+        let clock = std::time::Instant::now();
         let route = self.route_of(&req.profile)?;
         check_issue(req)?;
-        self.journal(source, idempotency_key, JobKind::Issue, req, &route)
-            .await
+        let journaled = self
+            .journal(source, idempotency_key, JobKind::Issue, req, &route)
+            .await;
+        crate::metrics::global().job_stage(crate::metrics::JobStage::Intake, clock.elapsed());
+        journaled
     }
 
     /// Validates and journals an imported-PFX delivery.
@@ -118,10 +122,14 @@ impl Intake {
         idempotency_key: &str,
         req: &ImportJob,
     ) -> Result<(JobRecord, bool), SubmitError> {
+        let clock = std::time::Instant::now();
         let route = self.route_of(&req.profile)?;
         check_import(&*self.custody, req)?;
-        self.journal(source, idempotency_key, JobKind::Import, req, &route)
-            .await
+        let journaled = self
+            .journal(source, idempotency_key, JobKind::Import, req, &route)
+            .await;
+        crate::metrics::global().job_stage(crate::metrics::JobStage::Intake, clock.elapsed());
+        journaled
     }
 
     /// Validates and journals a revocation. A serial the ledger does not know is refused unless
@@ -129,6 +137,18 @@ impl Intake {
     /// outside certconn); a serial already revoked is refused with when and why, unless this is
     /// the same request again (its idempotency key), which returns its job.
     pub async fn submit_revoke(
+        &self,
+        source: &str,
+        idempotency_key: &str,
+        req: &RevokeJob,
+    ) -> Result<(JobRecord, bool), SubmitError> {
+        let clock = std::time::Instant::now();
+        let journaled = self.revoke_request(source, idempotency_key, req).await;
+        crate::metrics::global().job_stage(crate::metrics::JobStage::Intake, clock.elapsed());
+        journaled
+    }
+
+    async fn revoke_request(
         &self,
         source: &str,
         idempotency_key: &str,

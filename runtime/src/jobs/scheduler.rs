@@ -25,6 +25,7 @@ use crate::crypto::provider;
 use crate::journal::{
     millis, now_ms, Completion, JobRecord, JobState, JobStore, JournalError, Lease, Leased,
 };
+use crate::metrics::JobStage;
 
 /// Longest a worker sleeps without looking at the journal.
 const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -77,8 +78,10 @@ impl Scheduler {
             if *shutdown.borrow() {
                 return;
             }
+            let clock = std::time::Instant::now();
             match self.store.lease_next(self.lease).await {
                 Ok(Some(leased)) => {
+                    crate::metrics::global().job_stage(JobStage::Lease, clock.elapsed());
                     tracing::debug!(worker = n, job = %leased.job.id, attempt = leased.job.attempts, "running job");
                     self.work(leased).await;
                 }
@@ -121,7 +124,10 @@ impl Scheduler {
             started.elapsed(),
             waited,
         );
-        match self.record(&job, &lease, outcome).await {
+        let clock = std::time::Instant::now();
+        let recorded = self.record(&job, &lease, outcome).await;
+        crate::metrics::global().job_stage(JobStage::Commit, clock.elapsed());
+        match recorded {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
                 job = %job.id,

@@ -16,6 +16,7 @@
 //! know an issue from an import.
 
 pub mod config;
+mod group_commit;
 pub mod postgres;
 pub mod record;
 pub mod schema;

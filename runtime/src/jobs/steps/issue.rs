@@ -3,6 +3,7 @@
 //! A device that sent a CSR keeps its key and gets the certificate only.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use base64::Engine as _;
 use certconn_x509::SubjectAltName;
@@ -18,6 +19,7 @@ use crate::jobs::outcome::{Completed, ErrorClass, JobError, Outcome};
 use crate::jobs::routing::{backend_refusal, call_through, CaBackend, Route};
 use crate::jobs::settings::ProfileConfig;
 use crate::journal::{IssuedRecord, JobRecord};
+use crate::metrics::{self, JobStage};
 use crate::pki::{self, pem};
 use crate::plugins::bindings::types as wit;
 
@@ -116,9 +118,11 @@ impl Steps {
             Some((_, current)) if req.subject.is_empty() => names_of_renewed(current)?,
             _ => requested_names(req)?,
         };
+        let clock = Instant::now();
         let (csr, key) = self
             .csr_and_key(job, req, profile, subject.as_ref(), &sans)
             .await?;
+        metrics::global().job_stage(JobStage::Crypto, clock.elapsed());
         let key = self.keep_if_outside(job, key, &route).await?;
         let request = wit::IssueRequest {
             job_id: job.id.clone(),
@@ -145,6 +149,7 @@ impl Steps {
         .map_err(|e| JobError::permanent("the CSR").because(e))?;
         let scope = &scope;
         let (job_id, poll_token, request_ref, key_ref) = (&job.id, &job.poll_token, &request, &key);
+        let clock = Instant::now();
         let answer = call_through(&mut route, |backend| async move {
             let keys = CallKeys {
                 request: key_ref.request_key(),
@@ -157,19 +162,24 @@ impl Steps {
             }
         })
         .await?;
+        metrics::global().job_stage(JobStage::Plugin, clock.elapsed());
         let name = answer.backend_name;
+        let clock = Instant::now();
         let outcome = match answer.answer {
-            Ok(issued) => self.package(
-                &name,
-                &*answer.backend,
-                &scope.certified_key,
-                &key,
-                issued,
-                req,
-                profile,
-            ),
+            Ok(issued) => super::cpu_bound(|| {
+                self.package(
+                    &name,
+                    &*answer.backend,
+                    &scope.certified_key,
+                    &key,
+                    issued,
+                    req,
+                    profile,
+                )
+            }),
             Err(refusal) => Err(backend_refusal(&name, refusal)),
         };
+        metrics::global().job_stage(JobStage::Crypto, clock.elapsed());
         self.settle_device_key(job, key, &outcome).await?;
         if let (Ok(_), Some((serial, _))) = (&outcome, &renewed) {
             // Renewed: the old key has done its one job.

@@ -35,6 +35,48 @@ pub enum DnError {
     Empty,
 }
 
+/// Refuses an attribute type written as a number that is not an OID whose arcs fit in 32 bits
+/// (`1.2.840.113549.1.9.1=…` is fine): see [`crate::dotted_oid`].
+fn check_numeric_types(given: &str) -> Result<(), DnError> {
+    let mut parts = Vec::new();
+    let (mut start, mut escaped) = (0, false);
+    for (i, c) in given.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            ',' | '+' => {
+                parts.push(&given[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&given[start..]);
+    for part in parts {
+        let Some((kind, _)) = part.split_once('=') else {
+            continue;
+        };
+        let kind = kind.trim();
+        if !kind.starts_with(|c: char| c.is_ascii_digit()) {
+            continue;
+        }
+        let arcs: Vec<&str> = kind.split('.').collect();
+        let fits = arcs.len() >= 2
+            && arcs
+                .iter()
+                .all(|a| !a.is_empty() && a.len() <= 10 && a.parse::<u32>().is_ok());
+        if !fits {
+            return Err(DnError::Malformed {
+                given: given.to_owned(),
+                reason: format!(
+                    "attribute type {kind:?} is neither a name (CN, O, …) nor an OID whose parts fit in 32 bits"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Parses an RFC 4514 distinguished name.
 pub fn parse(text: &str) -> Result<Name, DnError> {
     let given = text.trim();
@@ -50,6 +92,7 @@ pub fn parse(text: &str) -> Result<Name, DnError> {
             suggestion: parts.join(","),
         });
     }
+    check_numeric_types(given)?;
     let name = Name::from_str(given).map_err(|e| DnError::Malformed {
         given: given.to_owned(),
         reason: e.to_string(),
@@ -79,6 +122,26 @@ pub fn parse(text: &str) -> Result<Name, DnError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `api_json` fuzz target: a numeric attribute type too large for the OID
+    /// parser's arithmetic. It is refused with the type named, and a real OID still parses.
+    #[test]
+    fn a_numeric_type_that_is_no_oid_is_refused_not_overflowed() {
+        for bad in [
+            "55555555555555555555=x",
+            "CN=Alice,1.2.4294967296=x",
+            "1=x",
+            "1..2=x",
+            "CN=a+99999999999.5=x",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("is neither a name"), "{bad}: {e}");
+        }
+        let name = parse("CN=Alice,1.2.840.113549.1.9.1=alice@example.com").unwrap();
+        assert_eq!(name.0.len(), 2);
+        // An escaped comma or plus is part of a value, not a new type.
+        parse(r"CN=a\,99999999999999999999=x,O=b").unwrap();
+    }
 
     #[test]
     fn rfc4514_names_parse_with_the_most_significant_part_last() {

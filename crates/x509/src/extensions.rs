@@ -205,7 +205,7 @@ impl FromStr for ExtendedKeyUsageName {
             "time_stamping" => Self::TimeStamping,
             "ocsp_signing" => Self::OcspSigning,
             "smartcard_logon" => Self::SmartcardLogon,
-            other => Self::Oid(ObjectIdentifier::new(other).map_err(|_| {
+            other => Self::Oid(crate::dotted_oid(other).ok_or_else(|| {
                 Error::Invalid(format!(
                     "unknown extended key usage {other:?}; expected server_auth, client_auth, email_protection, code_signing, time_stamping, ocsp_signing, smartcard_logon or a dotted OID"
                 ))
@@ -390,6 +390,22 @@ pub fn encode_extension_list(exts: &[Extension]) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An EKU OID with an arc beyond 32 bits is refused (it overflowed the OID parser); a real
+    /// one is kept.
+    #[test]
+    fn an_eku_oid_arc_beyond_32_bits_is_refused() {
+        assert!("1.3.6.1.5.5.7.3.4294967296"
+            .parse::<ExtendedKeyUsageName>()
+            .is_err());
+        assert!("99999999999999999999"
+            .parse::<ExtendedKeyUsageName>()
+            .is_err());
+        assert!(matches!(
+            "1.3.6.1.4.1.311.20.2.2".parse::<ExtendedKeyUsageName>(),
+            Ok(ExtendedKeyUsageName::Oid(_))
+        ));
+    }
 
     #[test]
     fn san_text_forms_round_trip() {

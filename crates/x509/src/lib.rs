@@ -29,6 +29,22 @@ pub use key::PublicKeyKind;
 pub use signed::SignedParts;
 pub use tbs::CertificateTemplate;
 
+/// A dotted OID as an administrator or a request writes it (`1.2.840.113549.1.9.1`), or `None`.
+/// The one way text becomes an OID here: `const-oid`'s parser multiplies each arc without a
+/// check, so an arc beyond 32 bits overflowed it (a panic with overflow checks, a silently
+/// different OID without) — found by the `api_json` fuzz target. Arcs are checked first.
+pub fn dotted_oid(text: &str) -> Option<const_oid::ObjectIdentifier> {
+    let arcs: Vec<&str> = text.split('.').collect();
+    let fits = arcs.len() >= 2
+        && arcs.iter().all(|a| {
+            !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) && a.parse::<u32>().is_ok()
+        });
+    if !fits {
+        return None;
+    }
+    const_oid::ObjectIdentifier::new(text).ok()
+}
+
 /// Errors from encoding or decoding certificate structures.
 #[derive(Debug)]
 pub enum Error {

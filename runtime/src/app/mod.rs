@@ -8,6 +8,9 @@ pub mod check;
 mod config;
 pub mod datadir;
 mod fleet;
+/// The fuzz targets' entries: they reach every parser, as the composition root does.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod reload;
 mod wiring;
 

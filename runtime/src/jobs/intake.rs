@@ -305,7 +305,7 @@ pub fn check_issue(req: &IssueJob) -> Result<(), IntakeError> {
 }
 
 /// Parses a PEM CSR and verifies its self-signature.
-fn check_csr(text: &str) -> Result<(), IntakeError> {
+pub(crate) fn check_csr(text: &str) -> Result<(), IntakeError> {
     let blocks = pem::decode_all(text).map_err(|e| bad("csr", format!("not PEM: {e}")))?;
     let Some((label, der)) = blocks.into_iter().next() else {
         return Err(bad("csr", "no PEM block"));

@@ -19,6 +19,7 @@ mod deb_package;
 mod events;
 mod fips_mode;
 mod fleet;
+mod fuzz_smoke;
 mod intune;
 mod issue_openssl;
 mod keys_cli;

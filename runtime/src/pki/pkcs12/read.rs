@@ -40,8 +40,12 @@ pub enum PfxError {
     Malformed(String),
     #[error("wrong password, or the PFX is corrupt (its MAC does not verify)")]
     WrongPassword,
-    #[error("the PFX asks for {iterations} iterations ({what}); the limit is {MAX_ITERATIONS}")]
-    TooManyIterations { what: &'static str, iterations: u64 },
+    #[error("the PFX asks for {iterations} iterations ({what}); the limit is {limit}")]
+    TooManyIterations {
+        what: &'static str,
+        iterations: u64,
+        limit: u32,
+    },
     #[error("the PFX uses {0}, which certconn does not support")]
     Unsupported(String),
     #[error(transparent)]
@@ -118,15 +122,30 @@ struct Pbkdf2Params {
     prf: Option<AlgorithmIdentifierOwned>,
 }
 
-fn check_iterations(what: &'static str, iterations: u64) -> Result<u32, PfxError> {
+fn check_iterations(what: &'static str, iterations: u64, limit: u32) -> Result<u32, PfxError> {
     match u32::try_from(iterations) {
-        Ok(n) if (1..=MAX_ITERATIONS).contains(&n) => Ok(n),
-        _ => Err(PfxError::TooManyIterations { what, iterations }),
+        Ok(n) if (1..=limit).contains(&n) => Ok(n),
+        _ => Err(PfxError::TooManyIterations {
+            what,
+            iterations,
+            limit,
+        }),
     }
 }
 
 /// Opens `bytes` with `password` under `policy`.
 pub fn open(bytes: &[u8], password: &str, policy: &AlgorithmPolicy) -> Result<OpenedPfx, PfxError> {
+    open_limited(bytes, password, policy, MAX_ITERATIONS)
+}
+
+/// [`open`] with a lower ceiling than [`MAX_ITERATIONS`] on every key derivation: what the
+/// fuzz target uses, so that one input costs microseconds, not a second of PBKDF2.
+pub fn open_limited(
+    bytes: &[u8],
+    password: &str,
+    policy: &AlgorithmPolicy,
+    max_iterations: u32,
+) -> Result<OpenedPfx, PfxError> {
     if bytes.len() > MAX_SIZE {
         return Err(PfxError::TooLarge(bytes.len()));
     }
@@ -158,8 +177,11 @@ pub fn open(bytes: &[u8], password: &str, policy: &AlgorithmPolicy) -> Result<Op
             oid::SHA512 => Digest::Sha512,
             other => return Err(PfxError::Unsupported(format!("MAC digest {other}"))),
         };
-        let iterations =
-            check_iterations("MAC", u64::try_from(mac.iterations).unwrap_or(u64::MAX))?;
+        let iterations = check_iterations(
+            "MAC",
+            u64::try_from(mac.iterations).unwrap_or(u64::MAX),
+            max_iterations,
+        )?;
         let len = provider::digest(digest, b"").len();
         let candidates: Vec<Zeroizing<Vec<u8>>> = if password.is_empty() {
             vec![bmp.clone(), Zeroizing::new(Vec::new())]
@@ -193,6 +215,7 @@ pub fn open(bytes: &[u8], password: &str, policy: &AlgorithmPolicy) -> Result<Op
         utf8: password.as_bytes(),
         bmp: &kdf_password,
         policy,
+        max_iterations,
     };
     // The MAC covers the content octets as sent; parsing needs them as DER (Firefox sends BER).
     let auth_safe_der = ber::to_der(auth_safe)
@@ -240,6 +263,7 @@ struct Secrets<'a> {
     utf8: &'a [u8],
     bmp: &'a [u8],
     policy: &'a AlgorithmPolicy,
+    max_iterations: u32,
 }
 
 impl Secrets<'_> {
@@ -260,7 +284,11 @@ impl Secrets<'_> {
                 let p = params
                     .decode_as::<Pkcs12PbeParams>()
                     .map_err(malformed(name))?;
-                let it = check_iterations("PBE", u64::try_from(p.iterations).unwrap_or(u64::MAX))?;
+                let it = check_iterations(
+                    "PBE",
+                    u64::try_from(p.iterations).unwrap_or(u64::MAX),
+                    self.max_iterations,
+                )?;
                 let key = kdf::derive(
                     Digest::Sha1,
                     self.bmp,
@@ -339,7 +367,11 @@ impl Secrets<'_> {
             .ok_or_else(|| PfxError::Malformed("PBKDF2 without parameters".into()))?
             .decode_as::<Pbkdf2Params>()
             .map_err(malformed("PBKDF2"))?;
-        let iterations = check_iterations("PBKDF2", u64::from(kdf_params.iteration_count))?;
+        let iterations = check_iterations(
+            "PBKDF2",
+            u64::from(kdf_params.iteration_count),
+            self.max_iterations,
+        )?;
         let (prf, prf_name) = match kdf_params.prf.as_ref().map(|a| a.oid) {
             None | Some(oid::HMAC_WITH_SHA1) => (Prf::HmacSha1, "hmacWithSHA1"),
             Some(oid::HMAC_WITH_SHA256) => (Prf::HmacSha256, "hmacWithSHA256"),

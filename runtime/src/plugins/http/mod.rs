@@ -17,7 +17,7 @@
 //! - `ntlm`: the NTLM message framing.
 
 mod auth;
-mod ntlm;
+pub(crate) mod ntlm;
 pub mod tls;
 
 use std::future::Future;

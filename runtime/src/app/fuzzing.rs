@@ -1,0 +1,139 @@
+//! One entry per parser that faces the outside, for the fuzz targets (`fuzz/`, run by
+//! `scripts/fuzz`) and their smoke test in `./scripts/test`.
+//!
+//! Each entry takes arbitrary bytes and must return — never panic, never hang, never allocate
+//! without bound — whatever the bytes are. What a parser answers is not checked here (its own
+//! tests do that); that it answers is. The entries reach private parsers, which is why they
+//! live in the crate rather than beside the targets.
+
+use std::path::Path;
+
+use crate::crypto::AlgorithmPolicy;
+
+/// Highest PBKDF iteration count the PKCS#12 entry lets a file ask for: a PFX may ask for up to
+/// [`crate::pki::pkcs12::read::MAX_ITERATIONS`], which costs a second — a fuzzer needs an input
+/// to cost microseconds. The limit itself is checked the same way at either value.
+const PFX_FUZZ_ITERATIONS: u32 = 64;
+
+/// A fuzz target: takes any bytes, must return.
+pub type Target = fn(&[u8]);
+
+/// The targets, by the name `scripts/fuzz` and the smoke test give them.
+pub const TARGETS: [(&str, Target); 9] = [
+    ("pkcs12", pkcs12),
+    ("scep_message", scep_message),
+    ("csr", csr),
+    ("ntlm_challenge", ntlm_challenge),
+    ("ndes_page", ndes_page),
+    ("api_json", api_json),
+    ("config", config),
+    ("upstream", upstream),
+    ("plugin_manifest", plugin_manifest),
+];
+
+/// A PFX and its password: the first byte is the password's length, the password follows, the
+/// file is the rest (so that inputs derived from a real file get past its MAC).
+pub fn pkcs12(data: &[u8]) {
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let n = usize::from(n).min(rest.len());
+    let (password, pfx) = rest.split_at(n);
+    let password = String::from_utf8_lossy(password);
+    let fips = AlgorithmPolicy {
+        fips: true,
+        ..AlgorithmPolicy::default()
+    };
+    for policy in [AlgorithmPolicy::default(), fips] {
+        if let Ok(opened) =
+            crate::pki::pkcs12::read::open_limited(pfx, &password, &policy, PFX_FUZZ_ITERATIONS)
+        {
+            // What the import step does next with an opened file.
+            let _ = opened.key_and_certificate();
+        }
+    }
+}
+
+/// A SCEP pkiMessage as a client or a CA sends it (BER), its certificates, and a degenerate
+/// certs-only answer (GetCACert).
+pub fn scep_message(data: &[u8]) {
+    let crypto = crate::sources::scep::adapter::HostCrypto {
+        policy: AlgorithmPolicy::default(),
+    };
+    if let Ok(message) = certconn_scep::message::verify(&crypto, data, &[]) {
+        for cert in &message.certificates {
+            let _ = certconn_scep::lenient::certificate("certificate", cert);
+        }
+    }
+    let _ = certconn_scep::certs::parse_certs_only(data);
+    let _ = certconn_scep::caps::Capabilities::parse(&String::from_utf8_lossy(data));
+}
+
+/// A PKCS#10 request as intake checks it (PEM, self-signature, key size) and as the issuance
+/// policy reads it (the key it certifies).
+pub fn csr(data: &[u8]) {
+    let pem = certconn_x509::pem::encode("CERTIFICATE REQUEST", data);
+    let _ = crate::jobs::intake::check_csr(&pem);
+    let _ = crate::jobs::intake::check_csr(&String::from_utf8_lossy(data));
+    let _ = crate::custody::grant::IssuanceScope::for_request(None, data, None, Default::default());
+}
+
+/// An NTLM CHALLENGE message, as a CA's web server sends it.
+pub fn ntlm_challenge(data: &[u8]) {
+    use crate::plugins::http::ntlm;
+    if let Ok(challenge) = ntlm::Challenge::parse(data) {
+        // What the client answers with: the AUTHENTICATE message built from the challenge.
+        let identity = ntlm::Identity {
+            domain: "DOMAIN",
+            user: "user",
+            password: "password",
+        };
+        let _ = ntlm::authenticate(
+            &AlgorithmPolicy::default(),
+            &ntlm::negotiate(),
+            &challenge,
+            &identity,
+            [7; 8],
+            ntlm::filetime_now(),
+        );
+    }
+}
+
+/// The NDES admin page (`mscep_admin`), UTF-16 or UTF-8, as the NDES backend reads it.
+pub fn ndes_page(data: &[u8]) {
+    let _ = certconn_scep::ndes::parse(data);
+}
+
+/// The API's request bodies: each job kind as intake validates it.
+pub fn api_json(data: &[u8]) {
+    use crate::jobs::model::{ImportJob, IssueJob, RevokeJob};
+    if let Ok(issue) = serde_json::from_slice::<IssueJob>(data) {
+        let _ = crate::jobs::intake::check_issue(&issue);
+    }
+    if let Ok(revoke) = serde_json::from_slice::<RevokeJob>(data) {
+        let _ = revoke.normalized_serial();
+    }
+    let _ = serde_json::from_slice::<ImportJob>(data);
+}
+
+/// `certconn.toml`, with every check `serve` makes before it opens anything.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = crate::app::Config::parse(Path::new("/nonexistent/certconn.toml"), text);
+}
+
+/// The upstream protocol's answers, as the connector reads them: a batch of work items.
+pub fn upstream(data: &[u8]) {
+    let _ = certconn_connector::parse_batch(data);
+    let _ = serde_json::from_slice::<certconn_connector::ErrorBody>(data);
+}
+
+/// A plugin's `certconn-plugin.toml` manifest.
+pub fn plugin_manifest(data: &[u8]) {
+    if let Ok(manifest) = crate::plugins::manifest::Manifest::parse(data) {
+        let _ = manifest.contract_version();
+        let _ = manifest.to_toml();
+    }
+}

@@ -52,7 +52,7 @@ ca_cert = (
 )
 ca_der = ca_cert.public_bytes(serialization.Encoding.DER)
 
-lock = threading.Lock()
+lock = threading.RLock()  # re-entered: an answer given under it leaves the in-flight count
 by_idempotency_key = {}  # key -> request id
 requests = {}  # request id -> {"csr": ..., "days": ..., "polls": n, "certificate": der or None}
 issued_serials = set()
@@ -92,7 +92,18 @@ class Api(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
+    def leave(self):
+        # An issuance stops counting as in flight when the CA starts to answer it. Counted until
+        # after the answer is written, the client's next request — sent the moment this answer
+        # arrives — could be counted beside it, and max_in_flight would see two at once that
+        # never were.
+        if getattr(self, "counted", False):
+            self.counted = False
+            with lock:
+                stats["in_flight"] -= 1
+
     def reply(self, status, value):
+        self.leave()
         body = json.dumps(value).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -129,14 +140,14 @@ class Api(http.server.BaseHTTPRequestHandler):
                     stats["fail_next"] -= 1
                 stats["in_flight"] += 1
                 stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
+                self.counted = True
             try:
                 time.sleep(args.delay_ms / 1000)
                 if failing:
                     return self.reply(503, {"error": "the CA is briefly down (--fail-first)"})
                 return self.handle_signed(body)
             finally:
-                with lock:
-                    stats["in_flight"] -= 1
+                self.leave()
         self.handle_signed(body)
 
     def handle_signed(self, body):

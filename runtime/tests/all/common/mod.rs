@@ -721,6 +721,24 @@ pub fn events(daemon: &Daemon, id: u64) -> usize {
         .count()
 }
 
+/// Waits until the daemon has logged event `id` at least once, for up to `max`: an event the
+/// daemon logs after a peer has seen its effect (the peer answers first, the log line follows)
+/// is not yet in the log the moment the peer shows it. Returns how many lines carry it.
+pub fn wait_for_event(daemon: &Daemon, id: u64, max: Duration) -> usize {
+    let start = Instant::now();
+    loop {
+        let n = events(daemon, id);
+        if n > 0 {
+            return n;
+        }
+        assert!(
+            start.elapsed() < max,
+            "the daemon logged no event {id} in {max:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A token file the daemon made in `<dir>/data` (`api-token`, `api-read-token`).
 pub fn data_token(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join("data").join(name))

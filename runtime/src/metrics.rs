@@ -62,6 +62,11 @@ pub struct Metrics {
     plugin_faults: Mutex<BTreeMap<String, u64>>,
     /// Where a job's time goes, by stage ([`JobStage`]).
     job_stage_seconds: Mutex<BTreeMap<JobStage, Arc<Histogram>>>,
+    /// Transactions the SQLite journal's group commit made durable.
+    journal_commits: AtomicU64,
+    /// Writes those transactions carried: writes per commit is the batch the group commit
+    /// achieved (each commit is one fsync).
+    journal_commit_writes: AtomicU64,
 }
 
 /// The stages a job's time is split into: what `certconn bench` prints and
@@ -152,6 +157,21 @@ impl Metrics {
         histogram(&self.job_stage_seconds, &stage).observe(took);
     }
 
+    /// The SQLite journal committed one transaction carrying `writes` writes.
+    pub fn journal_committed(&self, writes: usize) {
+        self.journal_commits.fetch_add(1, Ordering::Relaxed);
+        self.journal_commit_writes
+            .fetch_add(writes as u64, Ordering::Relaxed);
+    }
+
+    /// `(commits, writes)` the SQLite journal has made durable since the process started.
+    pub fn journal_commit_totals(&self) -> (u64, u64) {
+        (
+            self.journal_commits.load(Ordering::Relaxed),
+            self.journal_commit_writes.load(Ordering::Relaxed),
+        )
+    }
+
     /// `(observations, total time)` of each stage since the process started.
     pub fn job_stage_totals(&self) -> Vec<(JobStage, u64, Duration)> {
         let stages = lock(&self.job_stage_seconds);
@@ -222,6 +242,19 @@ impl Metrics {
                 h,
             );
         }
+        let (commits, writes) = self.journal_commit_totals();
+        out.family(
+            "certconn_journal_commits_total",
+            "counter",
+            "Transactions the SQLite journal committed (each one fsync); writes_total / commits_total is the group commit's batch.",
+        );
+        out.sample("certconn_journal_commits_total", &[], commits as f64);
+        out.family(
+            "certconn_journal_writes_total",
+            "counter",
+            "Writes the SQLite journal's commits carried.",
+        );
+        out.sample("certconn_journal_writes_total", &[], writes as f64);
         out.family(
             "certconn_plugin_faults_total",
             "counter",

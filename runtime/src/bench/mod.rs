@@ -278,6 +278,7 @@ async fn bench(
     };
     let request = bench_request();
     let stages_before = certconn::metrics::global().job_stage_totals();
+    let commits_before = certconn::metrics::global().journal_commit_totals();
     let cpu_before = cpu_time();
     let t = Instant::now();
     for i in 0..args.jobs {
@@ -326,6 +327,7 @@ async fn bench(
     let pipeline_rate = args.jobs as f64 / pipeline_secs;
     println!("pipeline:  {:>6} issue jobs (EC P-256, local-ca, PKCS#12) in {pipeline_secs:>7.3} s = {pipeline_rate:>8.1} jobs/s; CPU {:.0} µs/job, {:.2} cores busy", args.jobs, pipeline_cpu.as_secs_f64() * 1e6 / args.jobs as f64, pipeline_cpu.as_secs_f64() / pipeline_secs);
     print_stages(&stages_before, args.jobs, pipeline_secs, args.workers);
+    print_commits(commits_before, args.jobs);
 
     // Latency at moderate load: half the throughput just measured, one job at a time.
     let latency =
@@ -400,6 +402,18 @@ fn print_stages(
             stage.as_str()
         );
     }
+}
+
+/// The journal's commits (fsyncs) per job and writes per commit over the pipeline run: how
+/// much the group commit batched.
+fn print_commits(before: (u64, u64), jobs: usize) {
+    let (commits, writes) = certconn::metrics::global().journal_commit_totals();
+    let (commits, writes) = (commits - before.0, writes - before.1);
+    println!(
+        "journal:   {:.2} commits (fsyncs) per job, {:.2} writes per commit",
+        commits as f64 / jobs as f64,
+        writes as f64 / commits.max(1) as f64
+    );
 }
 
 /// The benchmarks' configuration: the local CA (`bench-ca` key) behind profile `device`, the

@@ -158,6 +158,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Write>) {
     drop(writes);
     match conn.execute_batch("COMMIT") {
         Ok(()) => {
+            crate::metrics::global().journal_committed(staged.len());
             for s in staged {
                 (s.answer)(None);
             }
@@ -237,6 +238,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (writer, path) = writer(dir.path());
         let writer = Arc::new(writer);
+        let (commits_before, writes_before) = crate::metrics::global().journal_commit_totals();
         let mut tasks = tokio::task::JoinSet::new();
         for k in 0..200i64 {
             let writer = writer.clone();
@@ -274,6 +276,11 @@ mod tests {
             }
         }
         assert_eq!(failed, 20);
+        // Every write that ran is counted with its commit, the failed ones too (they were in a
+        // committed batch); other tests may commit meanwhile, so at least.
+        let (commits, writes) = crate::metrics::global().journal_commit_totals();
+        assert!(commits > commits_before);
+        assert!(writes - writes_before >= 200, "{}", writes - writes_before);
         let rows = rows(&path);
         assert_eq!(rows.len(), 180);
         assert!(rows

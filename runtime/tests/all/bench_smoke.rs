@@ -80,6 +80,8 @@ fn bench_prints_overhead_throughput_direct_and_ratio() {
             "  plugin ",
             "  commit ",
             "(20 timings)",
+            "journal:   ",
+            "commits (fsyncs) per job",
             "latency:   request → sealed PFX",
             "p99 ",
             "direct:",

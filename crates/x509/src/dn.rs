@@ -60,12 +60,7 @@ fn check_numeric_types(given: &str) -> Result<(), DnError> {
         if !kind.starts_with(|c: char| c.is_ascii_digit()) {
             continue;
         }
-        let arcs: Vec<&str> = kind.split('.').collect();
-        let fits = arcs.len() >= 2
-            && arcs
-                .iter()
-                .all(|a| !a.is_empty() && a.len() <= 10 && a.parse::<u32>().is_ok());
-        if !fits {
+        if crate::dotted_oid(kind).is_none() {
             return Err(DnError::Malformed {
                 given: given.to_owned(),
                 reason: format!(

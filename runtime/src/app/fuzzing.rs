@@ -13,7 +13,7 @@ use crate::crypto::AlgorithmPolicy;
 /// Highest PBKDF iteration count the PKCS#12 entry lets a file ask for: a PFX may ask for up to
 /// [`crate::pki::pkcs12::read::MAX_ITERATIONS`], which costs a second — a fuzzer needs an input
 /// to cost microseconds. The limit itself is checked the same way at either value.
-const PFX_FUZZ_ITERATIONS: u32 = 64;
+pub const PFX_FUZZ_ITERATIONS: u32 = 64;
 
 /// A fuzz target: takes any bytes, must return.
 pub type Target = fn(&[u8]);

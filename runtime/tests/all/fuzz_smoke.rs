@@ -143,7 +143,7 @@ fn the_pkcs12_seeds_open() {
             pfx,
             std::str::from_utf8(password).unwrap(),
             &Default::default(),
-            64,
+            certconn::app::fuzzing::PFX_FUZZ_ITERATIONS,
         );
         assert!(opened.is_ok(), "{name}: {:?}", opened.err());
     }

@@ -378,9 +378,19 @@ async fn a_plugin_holding_the_ca_key_signs_only_the_jobs_certificate() {
 
     // Tampering with a copy of the journal is found: an edited entry, then a removed one.
     let journal = dir.path().join("data").join("journal.sqlite");
-    let tamper = |name: &str, sql: &str| -> String {
+    // A copy of the live journal taken through SQLite (one read transaction, the WAL included):
+    // the file copied byte by byte while the daemon checkpoints can be torn ("database disk
+    // image is malformed").
+    let snapshot = |name: &str| -> std::path::PathBuf {
         let copy = dir.path().join(name);
-        std::fs::copy(&journal, &copy).unwrap();
+        rusqlite::Connection::open(&journal)
+            .unwrap()
+            .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+            .unwrap();
+        copy
+    };
+    let tamper = |name: &str, sql: &str| -> String {
+        let copy = snapshot(name);
         rusqlite::Connection::open(&copy)
             .unwrap()
             .execute_batch(sql)
@@ -408,8 +418,7 @@ async fn a_plugin_holding_the_ca_key_signs_only_the_jobs_certificate() {
         .find_map(|l| l.strip_prefix("head: "))
         .unwrap()
         .to_owned();
-    let copy = dir.path().join("cut.sqlite");
-    std::fs::copy(&journal, &copy).unwrap();
+    let copy = snapshot("cut.sqlite");
     rusqlite::Connection::open(&copy)
         .unwrap()
         .execute_batch("DELETE FROM signature_trail WHERE seq = 3;")

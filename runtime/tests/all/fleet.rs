@@ -114,48 +114,67 @@ async fn five_instances_killed_at_random_while_they_work_do_every_job_exactly_on
     let mut instances: Vec<Daemon> = (0..INSTANCES)
         .map(|i| start_instance(root.path(), &format!("i{i}"), &db, ""))
         .collect();
-    // Submitted to every instance in turn; RSA-2048 device keys make each job slow enough
-    // that the kills land mid-work.
-    let mut ids = Vec::new();
-    for n in 0..JOBS {
-        let api = instances[n % INSTANCES].client();
-        ids.push(
-            submit(
-                &api,
-                "smime",
-                &format!("fleet-{n}"),
-                json!({ "key": "rsa-2048" }),
-            )
-            .await,
-        );
-    }
     let succeeded = || count(&db, "SELECT COUNT(*) FROM jobs WHERE state = 'succeeded'");
     // A fixed sequence of victims: the run is the same every time.
     let victims = [3, 1, 4, 0, 2, 1];
+    let per_round = JOBS / victims.len();
+    let mut ids = Vec::new();
     let mut killed_mid_job = 0;
     for (round, &victim) in victims.iter().enumerate() {
-        let target = (round as i64 + 1) * 15;
+        // Each round brings its own work, submitted to every instance in turn (the one
+        // restarted last round too): submitted all at once, the jobs would be done before the
+        // later kills on a fast machine, and those kills would hit idle instances.
+        for n in round * per_round..(round + 1) * per_round {
+            let api = instances[n % INSTANCES].client();
+            ids.push(
+                submit(
+                    &api,
+                    "smime",
+                    &format!("fleet-{n}"),
+                    json!({ "key": "rsa-2048" }),
+                )
+                .await,
+            );
+        }
+        let submitted = ids.len() as i64;
+        let owner = instance_id(&instances[victim]);
+        let held = || {
+            count(
+                &db,
+                &format!(
+                    "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND lease_owner = '{owner}'"
+                ),
+            )
+        };
+        // The kill lands while the victim works. Frozen, it cannot finish the job it holds
+        // between the look and the kill; if it holds none, it is thawed and watched again (as
+        // long as work is left for it).
         wait_for(
             Duration::from_secs(300),
-            "progress before a kill",
-            || async { (succeeded() >= target).then_some(()) },
+            "the victim frozen while it holds a job",
+            || async {
+                if succeeded() == submitted {
+                    return Some(());
+                }
+                instances[victim].freeze();
+                if held() > 0 {
+                    return Some(());
+                }
+                instances[victim].thaw();
+                None
+            },
         )
         .await;
-        let owner = instance_id(&instances[victim]);
-        let held = count(
-            &db,
-            &format!(
-                "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND lease_owner = '{owner}'"
-            ),
-        );
-        killed_mid_job += usize::from(held > 0);
         instances[victim].kill9();
+        // Counted after the process is gone: what it still holds is what it held when it
+        // died (its lease has 3 s to run before another instance may take the job).
+        killed_mid_job += usize::from(held() > 0);
         // The others go on while it is down.
         let before = succeeded();
         wait_for(
             Duration::from_secs(300),
             "progress while one is down",
-            || async { (succeeded() >= before + 5 || succeeded() == JOBS as i64).then_some(()) },
+            || async { (succeeded() >= before + 5 || succeeded() == submitted).then_some(()) },
         )
         .await;
         let (config, log) = (
@@ -164,9 +183,10 @@ async fn five_instances_killed_at_random_while_they_work_do_every_job_exactly_on
         );
         instances[victim] = Daemon::start(&config, &log);
     }
-    assert!(
-        killed_mid_job >= 3,
-        "the kills must land while the victims hold jobs ({killed_mid_job} did)"
+    assert_eq!(
+        killed_mid_job,
+        victims.len(),
+        "every kill must land while its victim holds a job"
     );
     for (n, id) in ids.iter().enumerate() {
         let job = wait_job(
@@ -253,11 +273,23 @@ async fn the_database_gone_for_fifteen_seconds_under_load_stalls_the_fleet_and_l
             .await,
         );
     }
+    let succeeded = || count(&db, "SELECT COUNT(*) FROM jobs WHERE state = 'succeeded'");
     wait_for(Duration::from_secs(120), "work under way", || async {
-        (count(&db, "SELECT COUNT(*) FROM jobs WHERE state = 'succeeded'") >= 5).then_some(())
+        (succeeded() >= 5).then_some(())
     })
     .await;
+    // The database goes while work is left: frozen, the instances cannot finish it all
+    // between the look and the outage, however fast they are.
+    a.freeze();
+    b.freeze();
+    let done_before = succeeded();
+    assert!(
+        done_before < JOBS as i64,
+        "the outage must come under load ({done_before} of {JOBS} done)"
+    );
     pg.stop();
+    a.thaw();
+    b.thaw();
     let outage = Instant::now();
     // Both instances say so, and keep serving their API meanwhile.
     for d in [&a, &b] {

@@ -163,6 +163,25 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP: the process holds whatever it holds until it is thawed or killed.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Daemon::freeze`].
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {}", self.child.id());
+    }
+
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         let _ = Command::new("kill")

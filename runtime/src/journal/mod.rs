@@ -100,6 +100,29 @@ pub fn now_secs() -> u64 {
     u64::try_from(now_ms() / 1000).unwrap_or(0)
 }
 
+/// `bytes` fresh random bytes as hex: lease tokens, and the random part of job ids.
+pub(crate) fn random_hex(bytes: usize) -> Result<String, JournalError> {
+    crate::crypto::provider::random_vec(bytes)
+        .map(hex::encode)
+        .map_err(|e| JournalError::Backend(Box::new(e)))
+}
+
+/// A new job's id: the time in milliseconds (48 bits), then 80 random bits, as 32 hex digits.
+///
+/// Time first, so that jobs created together sit side by side in every index keyed by their id
+/// (the jobs' and the outbox's primary keys): a commit carrying several of them writes one leaf
+/// page of each index, not one page per job, as wholly random ids made it. The 80 random bits
+/// keep ids unguessable and unique across a fleet's instances.
+pub(crate) fn new_job_id() -> Result<String, JournalError> {
+    Ok(job_id_at(now_ms(), &random_hex(10)?))
+}
+
+fn job_id_at(now_ms: i64, random: &str) -> String {
+    // 48 bits of milliseconds last until the year 10889.
+    let millis = u64::try_from(now_ms).unwrap_or(0) & 0xffff_ffff_ffff;
+    format!("{millis:012x}{random}")
+}
+
 /// A duration in milliseconds, saturating (a lease of `u64::MAX` seconds must not wrap).
 pub fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -378,3 +401,25 @@ pub trait Journal:
 
 /// A password the outbox holds until its one reader takes it.
 pub type Password = Zeroizing<String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_sort_by_creation_time_and_stay_unguessable() {
+        let later_but_smaller_random = job_id_at(1_000_001, &"0".repeat(20));
+        let earlier = job_id_at(1_000_000, &"f".repeat(20));
+        assert!(earlier < later_but_smaller_random);
+        assert_eq!(earlier, format!("0000000f4240{}", "f".repeat(20)));
+        let (a, b) = (new_job_id().unwrap(), new_job_id().unwrap());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a[12..], b[12..], "80 fresh random bits each");
+        let now = u64::from_str_radix(&a[..12], 16).unwrap();
+        assert!(
+            now.abs_diff(u64::try_from(now_ms()).unwrap()) < 60_000,
+            "{a}"
+        );
+    }
+}

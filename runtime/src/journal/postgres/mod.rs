@@ -34,10 +34,9 @@ use super::record::*;
 use super::schema::{self, POSTGRES_MIGRATIONS};
 use super::trail::{self, NewSignature, SignatureRecord, SignedKind};
 use super::{
-    millis, Backlog, ChallengeStore, InstanceRegistry, JobStore, Journal, JournalError, Ledger,
-    Outbox, ReplayGuard, RevocationLedger, SharedKeys, SignatureTrail,
+    millis, new_job_id, random_hex, Backlog, ChallengeStore, InstanceRegistry, JobStore, Journal,
+    JournalError, Ledger, Outbox, ReplayGuard, RevocationLedger, SharedKeys, SignatureTrail,
 };
-use crate::crypto::provider;
 pub use connect::{Connect, ConnectError};
 
 /// Advisory lock keys (arbitrary, fixed): migrations, and the signature trail's chain.
@@ -96,12 +95,6 @@ impl std::fmt::Debug for PostgresJournal {
             .field("owner", &self.inner.owner)
             .finish_non_exhaustive()
     }
-}
-
-fn random_hex(bytes: usize) -> Result<String, JournalError> {
-    provider::random_vec(bytes)
-        .map(hex::encode)
-        .map_err(|e| JournalError::Backend(Box::new(e)))
 }
 
 fn corrupt(id: &str, reason: impl Into<String>) -> JournalError {
@@ -378,7 +371,7 @@ impl Inner {
 #[async_trait::async_trait]
 impl JobStore for PostgresJournal {
     async fn enqueue(&self, new: NewJob<'_>) -> Result<(JobRecord, bool), JournalError> {
-        let id = random_hex(16)?;
+        let id = new_job_id()?;
         let request = new.request.to_string();
         let route: Option<Vec<String>> = new.route.map(<[String]>::to_vec);
         let c = self.client().await?;

@@ -1,8 +1,11 @@
 //! kill -9 with jobs in flight, restart: every job ends exactly once and the CA's ledger holds
-//! exactly one certificate per job.
+//! exactly one certificate per job. And what makes a commit survive power loss: the journal's
+//! WAL is synced on every commit.
 
 use crate::common;
 
+use std::collections::BTreeSet;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -139,4 +142,62 @@ async fn a_job_killed_while_its_request_is_at_the_ca_gets_that_certificate_on_re
     let fetched = ok(daemon.cli(&["jobs", "result", &id, "--out", pfx.to_str().unwrap()]));
     openssl_pkcs12_info(&pfx, &shown_password(&fetched));
     assert_eq!(kept(), 0, "the kept device key outlived its job");
+}
+
+/// SQLite syncs the WAL at every commit (`synchronous = FULL`), with fdatasync(2): the build
+/// turns `HAVE_FDATASYNC` on (`.cargo/config.toml`), which the bundled SQLite leaves off. Watched
+/// from outside with strace, over the pipeline of `certconn bench`.
+#[test]
+fn every_commit_syncs_the_wal_with_fdatasync() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("strace.txt");
+    let plugins = plugins();
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=openat,fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(binary())
+        .args(["bench", "--jobs", "40", "--workers", "2", "--calls", "1"])
+        .arg("--plugins")
+        .arg(&plugins)
+        .output()
+        .expect("strace (scripts/install-deps --test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // "journal:   1.83 commits (fsyncs) per job, …": the bench's own count of commits.
+    let per_job: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("journal:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no journal line in\n{stdout}"));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    // The WAL's descriptors: strace -f lines are "PID openat(…, \"…-wal\", …) = FD".
+    let wal_fds: BTreeSet<String> = text
+        .lines()
+        .filter(|l| l.contains("openat(") && l.contains("journal.sqlite-wal\""))
+        .filter_map(|l| l.rsplit_once(") = ").map(|(_, fd)| fd.trim().to_owned()))
+        .collect();
+    assert!(!wal_fds.is_empty(), "the WAL was never opened:\n{text}");
+    let syncs = |call: &str| {
+        text.lines()
+            .filter(|l| {
+                // "PID fdatasync(FD)  = 0": strace pads before the result.
+                wal_fds.iter().any(|fd| {
+                    l.contains(&format!(" {call}({fd})")) && l.trim_end().ends_with("= 0")
+                })
+            })
+            .count()
+    };
+    let (fdatasyncs, fsyncs) = (syncs("fdatasync"), syncs("fsync"));
+    assert_eq!(fsyncs, 0, "the WAL was fsync'd ({fdatasyncs} fdatasyncs)");
+    // At least one sync per commit of the 40 jobs the pipeline ran.
+    let commits = (per_job * 40.0).floor() as usize;
+    assert!(
+        commits >= 40 && fdatasyncs >= commits,
+        "{fdatasyncs} fdatasyncs of the WAL for {commits} commits"
+    );
 }

@@ -199,13 +199,14 @@ async fn bench(
         .context("backend local is not loaded")?;
 
     println!(
-        "certconn bench: {} jobs, {} workers, {} plugin calls, {} cores",
+        "certconn bench: {} jobs, {} workers, {} plugin calls, {} cores, {}",
         args.jobs,
         args.workers,
         args.calls,
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(1)
+            .unwrap_or(1),
+        certconn::crypto::fips::module_name()
     );
 
     // 1. Plugin overhead.

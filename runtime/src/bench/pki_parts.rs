@@ -143,7 +143,10 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 
 pub fn run(n: usize, token: Option<TokenChoice>) -> anyhow::Result<()> {
     let policy = AlgorithmPolicy::default();
-    println!("certconn bench --pki: {n} operations each, one thread");
+    println!(
+        "certconn bench --pki: {n} operations each, one thread, {}",
+        certconn::crypto::fips::module_name()
+    );
     let key = PrivateKey::generate(KeyAlgorithm::Rsa2048)?;
     let subject: x509_cert::name::Name = "CN=bench".parse()?;
     let cert = certconn::pki::ca::self_signed(&key, &subject, 1)?;

@@ -5,6 +5,17 @@
 
 use serde::Serialize;
 
+/// The cryptographic module this binary was built against, as figures name it: a benchmark of
+/// the FIPS build measures a different module (slower at PBKDF2 and HMAC), and its numbers
+/// must not pass for the default build's.
+pub fn module_name() -> &'static str {
+    if cfg!(feature = "fips") {
+        "AWS-LC FIPS module"
+    } else {
+        "AWS-LC"
+    }
+}
+
 /// FIPS status as `certconn status` and `/v1/health` report it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FipsStatus {

@@ -57,6 +57,8 @@ fn fleet_bench_prints_throughput_per_instance_count_sqlite_and_claim_latency() {
 #[test]
 fn bench_prints_overhead_throughput_direct_and_ratio() {
     let plugins = plugins();
+    // Figures say which cryptographic module they measured.
+    let module = format!("cores, {}\n", certconn::crypto::fips::module_name());
     bench_prints(
         &[
             "--jobs",
@@ -69,6 +71,7 @@ fn bench_prints_overhead_throughput_direct_and_ratio() {
             plugins.to_str().unwrap(),
         ],
         &[
+            module.as_str(),
             "plugin overhead: instantiate + describe",
             "local-ca:  instantiate + configure + issue",
             "pipeline:",

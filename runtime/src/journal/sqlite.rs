@@ -112,7 +112,8 @@ const STATEMENT_CACHE: usize = 96;
 
 /// `temp_store = MEMORY`: the statement journals of a group commit's savepoints stay in memory.
 /// On disk they were a temporary file opened, written and dropped every few commits (about one
-/// per two jobs under load), with page images, passwords among them, left in freed disk blocks.
+/// per two jobs under load), leaving page images in freed disk blocks (an outbox page can hold
+/// a password until it is claimed).
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 5000; \
      PRAGMA temp_store = MEMORY;";

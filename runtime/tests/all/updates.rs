@@ -1045,7 +1045,16 @@ async fn the_daemon_updates_itself_and_comes_up_healthy() {
         std::fs::read_link(install.join("current")).unwrap(),
         PathBuf::from("versions/0.2.0")
     );
-    assert!(daemon.log().contains("came up healthy"), "{}", daemon.log());
+    // Logged just after the trial is committed (event 5123): waited for, not read once.
+    wait_for(
+        Duration::from_secs(30),
+        "event 5123 (came up healthy)",
+        || {
+            let logged = daemon.log().contains("came up healthy");
+            async move { logged.then_some(()) }
+        },
+    )
+    .await;
     // The jobs submitted before the switch all finished, none failed.
     let port = api_port(&data);
     for id in jobs {

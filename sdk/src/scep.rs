@@ -554,7 +554,7 @@ impl Enrolment {
                 for der in &ca.all {
                     let got = hex(&HostCrypto.digest(Digest::Sha256, der).map_err(rejected)?);
                     let subject = Certificate::from_der(der)
-                        .map(|c| c.tbs_certificate.subject.to_string())
+                        .map(|c| certconn_x509::dn::format(&c.tbs_certificate.subject))
                         .unwrap_or_else(|_| "an unreadable certificate".into());
                     if &got == want {
                         matched = Some(subject);

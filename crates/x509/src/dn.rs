@@ -4,8 +4,16 @@
 //! OpenSSL's `/O=Example/CN=Alice` shows. One parser for requests, the CLI and the config,
 //! with errors that say how to write the name instead of "malformed OID".
 
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::str::FromStr;
+use std::sync::{OnceLock, PoisonError, RwLock};
 
+use const_oid::db::DB;
+use const_oid::ObjectIdentifier;
+use der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
+use der::{Tag, Tagged};
+use x509_cert::attr::AttributeTypeAndValue;
 use x509_cert::name::Name;
 
 /// Why text is not a distinguished name, and how to write it.
@@ -95,7 +103,8 @@ pub fn parse(text: &str) -> Result<Name, DnError> {
     // `cn=x;o=y` parses as one part whose value is `x;o=y`: almost certainly not meant.
     for rdn in name.0.iter() {
         for atv in rdn.0.iter() {
-            let value = atv.to_string();
+            let mut value = String::new();
+            write_attribute(&mut value, atv);
             let value = value.split_once('=').map_or(value.as_str(), |(_, v)| v);
             if let Some((_, after)) = value.split_once(';') {
                 let looks_like_a_part = after.split_once('=').is_some_and(|(k, _)| {
@@ -114,9 +123,143 @@ pub fn parse(text: &str) -> Result<Name, DnError> {
     Ok(name)
 }
 
+/// Writes `name` as RFC 4514 text (`CN=Alice,O=Example`), character for character what
+/// x509-cert's `Display` writes, so names already stored in the journal keep their spelling.
+///
+/// Why not `Display`: for every attribute it looks up the type's shortest name by scanning
+/// all ~1,100 entries of const-oid's database, which made naming a certificate's subject and
+/// issuer a visible part of each issue job's CPU (the signature trail, the ledger and the
+/// PFX's friendly name each name them). Here each type is looked up once per process.
+pub fn format(name: &Name) -> String {
+    let mut text = String::new();
+    // RFC 4514 §2.1: the last RDN of the sequence is written first.
+    for (i, rdn) in name.0.iter().rev().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        for (j, atv) in rdn.0.iter().enumerate() {
+            if j > 0 {
+                text.push('+');
+            }
+            write_attribute(&mut text, atv);
+        }
+    }
+    text
+}
+
+/// One `TYPE=value` of [`format`], escaped as RFC 4514 §2.4 asks.
+fn write_attribute(out: &mut String, atv: &AttributeTypeAndValue) {
+    let value = match atv.value.tag() {
+        Tag::PrintableString => PrintableStringRef::try_from(&atv.value)
+            .ok()
+            .map(|s| s.as_str()),
+        Tag::Utf8String => Utf8StringRef::try_from(&atv.value).ok().map(|s| s.as_str()),
+        Tag::Ia5String => Ia5StringRef::try_from(&atv.value).ok().map(|s| s.as_str()),
+        Tag::TeletexString => TeletexStringRef::try_from(&atv.value)
+            .ok()
+            .map(|s| s.as_str()),
+        _ => None,
+    };
+    let (Some(value), Some(key)) = (value, shortest_name(&atv.oid)) else {
+        // A type without a name, or a value that is no string: `1.2.3=#04…`, which x509-cert
+        // writes (and this rare path does not need to be fast).
+        let _ = write!(out, "{atv}");
+        return;
+    };
+    out.extend(key.chars().map(|c| c.to_ascii_uppercase()));
+    out.push('=');
+    let mut chars = value.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || chars.peek().is_none() => out.push_str("\\ "),
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\x00'..='\x1f' | '\x7f' => {
+                let _ = write!(out, "\\{:02x}", c as u8);
+            }
+            _ => out.push(c),
+        }
+    }
+}
+
+/// The shortest of const-oid's names for `oid` (the first, of equally short ones), as
+/// x509-cert chooses it. Only types the database knows are remembered, so the memo holds at
+/// most the database's ~1,100 entries whatever names a peer sends.
+fn shortest_name(oid: &ObjectIdentifier) -> Option<&'static str> {
+    static KNOWN: OnceLock<RwLock<HashMap<ObjectIdentifier, &'static str>>> = OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    if let Some(name) = known
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(oid)
+    {
+        return Some(name);
+    }
+    let mut shortest: Option<&'static str> = None;
+    for name in DB.find_names_for_oid(*oid) {
+        if shortest.is_none_or(|s| name.len() < s.len()) {
+            shortest = Some(name);
+        }
+    }
+    if let Some(name) = shortest {
+        known
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(*oid, name);
+    }
+    shortest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `format` must spell every name as x509-cert's `Display` does: the journal already holds
+    /// names written that way, and the API and the trail compare them as text.
+    #[test]
+    fn format_spells_names_as_x509_cert_display_does() {
+        use der::asn1::{BmpString, OctetString};
+        use der::{Any, Encode};
+        use x509_cert::name::RelativeDistinguishedName;
+
+        let mut names: Vec<Name> = [
+            "CN=Alice,O=Example",
+            "CN=device-0042,OU=Devices,O=Example Corp,L=Zürich,ST=ZH,C=CH",
+            r"CN=Smith\, John+UID=jsmith,DC=example,DC=com",
+            r#"CN=\#hash\ ,O=a\+b\;c\<d\>e\\f\"g"#,
+            "CN=Alice,1.2.840.113549.1.9.1=alice@example.com",
+            "CN=x,2.5.4.5=1234,2.5.4.97=VATDE-123,1.3.6.1.4.1.311.60.2.1.3=DE",
+            "1.2.3.4=unknown,CN=y",
+        ]
+        .iter()
+        .map(|t| Name::from_str(t).unwrap())
+        .collect();
+        names.push(Name::default());
+        // Values that are no string, and a control character.
+        let odd = |value: Any| {
+            let atv = AttributeTypeAndValue {
+                oid: const_oid::db::rfc4519::CN,
+                value,
+            };
+            Name::from(vec![RelativeDistinguishedName::try_from(vec![atv]).unwrap()])
+        };
+        names.push(odd(Any::encode_from(
+            &OctetString::new(vec![1, 2, 3]).unwrap(),
+        )
+        .unwrap()));
+        names.push(odd(
+            Any::encode_from(&BmpString::from_utf8("bmp").unwrap()).unwrap()
+        ));
+        names.push(odd(
+            Any::new(Tag::Utf8String, "tab\there\x7f".as_bytes()).unwrap()
+        ));
+        for name in &names {
+            assert_eq!(format(name), name.to_string(), "{:?}", name.to_der());
+        }
+    }
 
     /// Found by the `api_json` fuzz target: a numeric attribute type too large for the OID
     /// parser's arithmetic. It is refused with the type named, and a real OID still parses.

@@ -119,7 +119,7 @@ impl Cert {
     }
 
     fn subject(&self) -> String {
-        self.cert.tbs_certificate.subject.to_string()
+        certconn_sdk::x509::dn::format(&self.cert.tbs_certificate.subject)
     }
 }
 

@@ -26,7 +26,8 @@ use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::name::Name;
 
 use certconn::app::{App, Config};
-use certconn::custody::grant::{CallKeys, IssuanceScope};
+use certconn::custody::grant::{CallKeys, IssuanceScope, REQUEST_HANDLE};
+use certconn::custody::store::StoredKey;
 use certconn::custody::{KeyAlgorithm, PrivateKey};
 use certconn::jobs::model::IssueJob;
 use certconn::journal::JobState;
@@ -227,10 +228,14 @@ async fn bench(
     println!("plugin overhead: instantiate + configure + health {health_us:>9.1} µs/call");
 
     // The plugin's own work on one issue (instantiate + configure + issue), CSR made in advance.
-    let device = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+    let device = Arc::new(StoredKey {
+        name: REQUEST_HANDLE.into(),
+        key: PrivateKey::generate(KeyAlgorithm::EcP256)?,
+        chain: Vec::new(),
+    });
     let subject = Name::from_str("CN=bench device,O=certconn")?;
     let csr = pki::csr::build(
-        &device,
+        &device.key,
         &subject,
         &[SubjectAltName::Email("device@bench.example".into())],
     )?;
@@ -244,15 +249,17 @@ async fn bench(
         template: None,
     };
     let issue_calls = (args.calls / 4).max(1);
-    // What the issue step hands the call: the one certificate the CA key may sign.
+    // What the issue step hands the call: the request key certconn made, the CSR it signed
+    // with it, and the one certificate the CA key may sign.
     let call_keys = CallKeys {
         scope: Some(IssuanceScope::for_request(
-            None,
+            Some(&device),
             &issue_request.csr,
             None,
             Default::default(),
         )?),
-        ..CallKeys::default()
+        host_signed_csr: Some(Arc::from(issue_request.csr.as_slice())),
+        ..CallKeys::request(Some(device.clone()))
     };
     let cpu_before = cpu_time();
     let t = Instant::now();

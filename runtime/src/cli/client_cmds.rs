@@ -168,7 +168,7 @@ pub async fn submit(config_path: &Path, what: Submit) -> anyhow::Result<()> {
                     .and_then(|(_, der)| {
                         <x509_cert::request::CertReq as der::Decode>::from_der(&der).ok()
                     })
-                    .map(|c| c.info.subject.to_string())
+                    .map(|c| certconn::pki::dn::format(&c.info.subject))
                     .unwrap_or_else(|| "?".into());
                 eprintln!(
                     "warning: --subject {subject:?} replaces the CSR's own subject {of_csr:?} in the certificate"

@@ -41,9 +41,9 @@ pub async fn record_host_certificate(
             signer: host_signer(),
             signer_sha256: String::new(),
             tbs_sha256: hex::encode(provider::digest(Digest::Sha256, &tbs)),
-            issuer: cert.tbs_certificate.issuer.to_string(),
+            issuer: crate::pki::dn::format(&cert.tbs_certificate.issuer),
             serial,
-            subject: cert.tbs_certificate.subject.to_string(),
+            subject: crate::pki::dn::format(&cert.tbs_certificate.subject),
         })
         .await
         .map_err(CustodyError::Trail)?;

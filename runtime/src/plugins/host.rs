@@ -264,6 +264,12 @@ impl crypto::Host for PluginState {
         self.policy
             .check_verification(scheme)
             .map_err(crypto_error)?;
+        if self
+            .grants
+            .is_host_signed_csr(&public_key, scheme, &message, &signature)
+        {
+            return Ok(true);
+        }
         provider::verify(&public_key, scheme, &message, &signature).map_err(crypto_error)
     }
 

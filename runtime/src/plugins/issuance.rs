@@ -99,8 +99,8 @@ pub fn check(
     check_usage(&scope.usage, &facts)?;
     Ok(Permitted {
         serial: crate::pki::issued::serial_hex(tbs.serial_number.as_bytes()),
-        subject: tbs.subject.to_string(),
-        issuer: tbs.issuer.to_string(),
+        subject: crate::pki::dn::format(&tbs.subject),
+        issuer: crate::pki::dn::format(&tbs.issuer),
     })
 }
 

@@ -348,7 +348,7 @@ impl Publisher {
                     crate::crypto::provider::Digest::Sha256,
                     tbs,
                 )),
-                issuer: a.issuer_name.to_string(),
+                issuer: crate::pki::dn::format(&a.issuer_name),
                 serial: format!("{number:x}"),
                 subject: String::new(),
             })

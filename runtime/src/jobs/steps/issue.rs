@@ -148,6 +148,10 @@ impl Steps {
         )
         .map_err(|e| JobError::permanent("the CSR").because(e))?;
         let scope = &scope;
+        // A CSR certconn made it signed itself; one from the device is the device's.
+        let host_signed_csr: Option<Arc<[u8]>> =
+            key.request_key().map(|_| Arc::from(request.csr.as_slice()));
+        let host_signed_csr = &host_signed_csr;
         let (job_id, poll_token, request_ref, key_ref) = (&job.id, &job.poll_token, &request, &key);
         let clock = Instant::now();
         let answer = call_through(&mut route, |backend| async move {
@@ -155,6 +159,7 @@ impl Steps {
                 request: key_ref.request_key(),
                 current: current.cloned(),
                 scope: Some(scope.clone()),
+                host_signed_csr: host_signed_csr.clone(),
             };
             match poll_token {
                 Some(token) => backend.poll(job_id, token, keys).await,
@@ -391,7 +396,7 @@ impl Steps {
         if let Some(key) = key.private() {
             let password = pki::pkcs12::random_password()
                 .map_err(|e| fail(JobError::transient("a PFX password").because(e)))?;
-            let friendly = checked.certificate.tbs_certificate.subject.to_string();
+            let friendly = crate::pki::dn::format(&checked.certificate.tbs_certificate.subject);
             let key_pkcs8 = key
                 .pkcs8_der()
                 .map_err(|e| fail(JobError::permanent("the device key").because(e)))?;

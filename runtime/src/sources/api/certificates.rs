@@ -110,8 +110,12 @@ async fn view(state: &AppState, e: LedgerEntry) -> CertificateView {
     };
     CertificateView {
         serial: e.serial,
-        subject: cert.as_ref().map(|c| c.tbs_certificate.subject.to_string()),
-        issuer: cert.as_ref().map(|c| c.tbs_certificate.issuer.to_string()),
+        subject: cert
+            .as_ref()
+            .map(|c| crate::pki::dn::format(&c.tbs_certificate.subject)),
+        issuer: cert
+            .as_ref()
+            .map(|c| crate::pki::dn::format(&c.tbs_certificate.issuer)),
         subject_alt_names: facts
             .as_ref()
             .map(|f| f.subject_alt_names.iter().map(|s| s.to_string()).collect()),

@@ -101,7 +101,7 @@ impl EnrolmentAuthority for IntuneScep {
             certificate_der,
         ));
         let serial = hex::encode_upper(cert.tbs_certificate.serial_number.as_bytes());
-        let issuer = cert.tbs_certificate.issuer.to_string();
+        let issuer = crate::pki::dn::format(&cert.tbs_certificate.issuer);
         let expiry = crate::report::rfc3339_ms(
             i64::try_from(not_after)
                 .unwrap_or(i64::MAX)

@@ -732,7 +732,7 @@ impl Ra {
         let Some(given) = challenge_password(&csr) else {
             return Err((FailInfo::BadRequest, ChallengeError::Missing.to_string()));
         };
-        let subject = csr.info.subject.to_string();
+        let subject = crate::pki::dn::format(&csr.info.subject);
         let request = ChallengeRequest {
             transaction_id: &msg.transaction_id,
             challenge: &given,

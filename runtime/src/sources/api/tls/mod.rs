@@ -376,7 +376,7 @@ fn client_subject(tls: &TlsStream<TcpStream>) -> Option<String> {
     use der::Decode;
     let first = tls.get_ref().1.peer_certificates()?.first()?;
     let subject = x509_cert::Certificate::from_der(first)
-        .map(|c| c.tbs_certificate.subject.to_string())
+        .map(|c| crate::pki::dn::format(&c.tbs_certificate.subject))
         .unwrap_or_else(|_| "an unreadable subject".to_owned());
     Some(subject)
 }

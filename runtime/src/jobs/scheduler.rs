@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use super::events::JobEvent;
 use super::model::erased_request;
-use super::outcome::{Completed, ErrorClass, Outcome};
+use super::outcome::{Completed, ErrorClass, JobError, Outcome};
 use super::settings::JobsConfig;
 use super::steps::JobRunner;
 use crate::crypto::provider;
@@ -74,39 +74,53 @@ impl Scheduler {
     }
 
     async fn worker(&self, n: usize, mut shutdown: watch::Receiver<bool>) {
+        // The job taken in the same write as the last one's outcome, if any.
+        let mut next: Option<Leased> = None;
         loop {
-            if *shutdown.borrow() {
-                return;
-            }
-            let clock = std::time::Instant::now();
-            match self.store.lease_next(self.lease).await {
-                Ok(Some(leased)) => {
-                    crate::metrics::global().job_stage(JobStage::Lease, clock.elapsed());
-                    tracing::debug!(worker = n, job = %leased.job.id, attempt = leased.job.attempts, "running job");
-                    self.work(leased).await;
-                }
-                Ok(None) => {
-                    let wait = match self.store.next_due().await {
-                        Ok(Some(due)) => Duration::from_millis(
-                            (due - now_ms()).clamp(1, millis(IDLE_POLL)) as u64,
-                        ),
-                        _ => IDLE_POLL,
-                    };
-                    tokio::select! {
-                        _ = self.store.wait_for_work(wait) => {}
-                        _ = shutdown.changed() => {}
+            let leased = match next.take() {
+                Some(leased) => leased,
+                None => {
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    let clock = std::time::Instant::now();
+                    match self.store.lease_next(self.lease).await {
+                        Ok(Some(leased)) => {
+                            crate::metrics::global().job_stage(JobStage::Lease, clock.elapsed());
+                            leased
+                        }
+                        Ok(None) => {
+                            let wait = match self.store.next_due().await {
+                                Ok(Some(due)) => Duration::from_millis(
+                                    (due - now_ms()).clamp(1, millis(IDLE_POLL)) as u64,
+                                ),
+                                _ => IDLE_POLL,
+                            };
+                            tokio::select! {
+                                _ = self.store.wait_for_work(wait) => {}
+                                _ = shutdown.changed() => {}
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!("journal: {}", crate::report::chain(&e));
+                            tokio::time::sleep(IDLE_POLL).await;
+                            continue;
+                        }
                     }
                 }
-                Err(e) => {
-                    tracing::error!("journal: {}", crate::report::chain(&e));
-                    tokio::time::sleep(IDLE_POLL).await;
-                }
-            }
+            };
+            tracing::debug!(worker = n, job = %leased.job.id, attempt = leased.job.attempts, "running job");
+            // Once shutting down, no new job is taken; one already taken runs to its end.
+            let take_next = !*shutdown.borrow();
+            next = self.work(leased, take_next).await;
         }
     }
 
-    /// Runs one leased job while renewing its lease, then records how it ended.
-    async fn work(&self, leased: Leased) {
+    /// Runs one leased job while renewing its lease, then records how it ended; with
+    /// `take_next`, a successful job's outcome is written with the lease of the next job,
+    /// which is returned.
+    async fn work(&self, leased: Leased, take_next: bool) -> Option<Leased> {
         let Leased { job, lease } = leased;
         let started = std::time::Instant::now();
         let waited = Duration::from_millis(u64::try_from(now_ms() - job.next_run_at).unwrap_or(0));
@@ -115,7 +129,7 @@ impl Scheduler {
             outcome = self.runner.run(&job) => outcome,
             () = self.keep_lease(&lease) => {
                 tracing::warn!(job = %job.id, "the job's lease was lost (the journal was unreachable for longer than jobs.lease_seconds); abandoning it to the worker that took it over");
-                return;
+                return None;
             }
         };
         crate::metrics::global().job_ran(
@@ -125,7 +139,7 @@ impl Scheduler {
             waited,
         );
         let clock = std::time::Instant::now();
-        let recorded = self.record(&job, &lease, outcome).await;
+        let (recorded, next) = self.record(&job, &lease, outcome, take_next).await;
         crate::metrics::global().job_stage(JobStage::Commit, clock.elapsed());
         match recorded {
             Ok(true) => {}
@@ -137,6 +151,7 @@ impl Scheduler {
                 tracing::error!(job = %job.id, "recording the outcome failed, the lease will expire and the job run again: {}", crate::report::chain(&e))
             }
         }
+        next
     }
 
     /// Renews `lease` every third of its length; returns only when it is lost.
@@ -168,19 +183,30 @@ impl Scheduler {
         }
     }
 
-    /// The retry policy: what each outcome does to the job.
+    /// The retry policy: what each outcome does to the job. With `take_next`, a success is
+    /// written with the lease of the next job (a failure, rarer, is not).
     async fn record(
         &self,
         job: &JobRecord,
         lease: &Lease,
         outcome: Outcome,
+        take_next: bool,
+    ) -> (Result<bool, JournalError>, Option<Leased>) {
+        let error = match outcome {
+            Ok(done) => return self.complete(job, lease, done, take_next).await,
+            Err(error) => error,
+        };
+        (self.record_failure(job, lease, error).await, None)
+    }
+
+    async fn record_failure(
+        &self,
+        job: &JobRecord,
+        lease: &Lease,
+        error: JobError,
     ) -> Result<bool, JournalError> {
         let id = job.id.as_str();
         let event = |e: JobEvent| e.id(job.kind);
-        let error = match outcome {
-            Ok(done) => return self.complete(job, lease, done).await,
-            Err(error) => error,
-        };
         let backend = error.backend.as_deref();
         let reason = error.report();
         match &error.class {
@@ -256,30 +282,44 @@ impl Scheduler {
         job: &JobRecord,
         lease: &Lease,
         done: Completed,
-    ) -> Result<bool, JournalError> {
-        let result = serde_json::to_string(&done.result).map_err(|e| JournalError::Corrupt {
-            id: job.id.clone(),
-            reason: format!("its result does not serialize: {e}"),
-        })?;
+        take_next: bool,
+    ) -> (Result<bool, JournalError>, Option<Leased>) {
+        let result = match serde_json::to_string(&done.result) {
+            Ok(result) => result,
+            Err(e) => {
+                let reason = format!("its result does not serialize: {e}");
+                let id = job.id.clone();
+                return (Err(JournalError::Corrupt { id, reason }), None);
+            }
+        };
         let erased = erased_request(job);
-        let kept = self
-            .store
-            .complete(
-                lease,
-                Completion {
-                    backend: &done.backend,
-                    result: &result,
-                    password: done.password.as_deref().map(String::as_str),
-                    issued: done.issued.as_ref(),
-                    revoked: done.revoked.as_ref(),
-                    request: erased.as_ref(),
-                },
-            )
-            .await?;
-        if kept {
-            tracing::info!(event_id = JobEvent::Succeeded.id(job.kind), job = %job.id, backend = %done.backend, serial = done.result.serial.as_deref(), "job succeeded");
+        let completion = Completion {
+            backend: &done.backend,
+            result: &result,
+            password: done.password.as_deref().map(String::as_str),
+            issued: done.issued.as_ref(),
+            revoked: done.revoked.as_ref(),
+            request: erased.as_ref(),
+        };
+        let recorded = if take_next {
+            self.store
+                .complete_and_lease_next(lease, completion, self.lease)
+                .await
+        } else {
+            self.store
+                .complete(lease, completion)
+                .await
+                .map(|kept| (kept, None))
+        };
+        match recorded {
+            Ok((kept, next)) => {
+                if kept {
+                    tracing::info!(event_id = JobEvent::Succeeded.id(job.kind), job = %job.id, backend = %done.backend, serial = done.result.serial.as_deref(), "job succeeded");
+                }
+                (Ok(kept), next)
+            }
+            Err(e) => (Err(e), None),
         }
-        Ok(kept)
     }
 
     async fn end(

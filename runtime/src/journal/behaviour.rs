@@ -26,6 +26,7 @@ macro_rules! journal_behaviour_tests {
         $crate::journal_behaviour_tests!(@each $factory;
             same_idempotency_key_is_one_job,
             a_stale_lease_cannot_end_the_job_even_in_one_process,
+            completing_a_job_can_take_the_next_in_the_same_write,
             a_renewed_lease_is_not_taken_over,
             a_lost_lease_cannot_be_renewed,
             the_password_is_handed_out_once,
@@ -139,6 +140,49 @@ pub(crate) async fn a_stale_lease_cannot_end_the_job_even_in_one_process(f: &dyn
     let ended = j.get(&job.id).await.unwrap();
     assert_eq!((ended.state, ended.attempts), (JobState::Succeeded, 2));
     assert!(j.take_result(&job.id).await.unwrap().is_some());
+}
+
+pub(crate) async fn completing_a_job_can_take_the_next_in_the_same_write(f: &dyn Factory) {
+    let j = f.open("a").await;
+    let first = enqueue(&*j, "k1").await;
+    let second = enqueue(&*j, "k2").await;
+    let third = enqueue(&*j, "k3").await;
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    assert_eq!(held.job.id, first.id);
+
+    let (kept, next) = j
+        .complete_and_lease_next(&held.lease, done("{\"n\":1}"), MINUTE)
+        .await
+        .unwrap();
+    assert!(kept);
+    let next = next.expect("the next due job is taken with the outcome");
+    assert_eq!(next.job.id, second.id);
+    assert_eq!(j.get(&first.id).await.unwrap().state, JobState::Succeeded);
+    assert!(j.take_result(&first.id).await.unwrap().is_some());
+    let running = j.get(&second.id).await.unwrap();
+    assert_eq!((running.state, running.attempts), (JobState::Running, 1));
+    assert!(j.renew(&next.lease, MINUTE).await.unwrap(), "a real lease");
+
+    // A lease lost meanwhile ends nothing, and the worker still gets the next job.
+    let stale = Lease {
+        job_id: next.lease.job_id.clone(),
+        token: "0".repeat(32),
+    };
+    let (kept, after) = j
+        .complete_and_lease_next(&stale, done("{}"), MINUTE)
+        .await
+        .unwrap();
+    assert!(!kept);
+    assert_eq!(after.unwrap().job.id, third.id);
+    assert_eq!(j.get(&second.id).await.unwrap().state, JobState::Running);
+
+    // With nothing left the job still ends, and nothing is taken.
+    let (kept, none) = j
+        .complete_and_lease_next(&next.lease, done("{}"), MINUTE)
+        .await
+        .unwrap();
+    assert!(kept && none.is_none());
+    assert_eq!(j.get(&second.id).await.unwrap().state, JobState::Succeeded);
 }
 
 pub(crate) async fn a_renewed_lease_is_not_taken_over(f: &dyn Factory) {

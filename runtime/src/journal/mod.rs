@@ -148,6 +148,25 @@ pub trait JobStore: Send + Sync {
     /// False (and nothing changed) when `lease` no longer holds the job.
     async fn complete(&self, lease: &Lease, done: Completion<'_>) -> Result<bool, JournalError>;
 
+    /// [`Self::complete`], then [`Self::lease_next`] for `lease_for`: what a worker does
+    /// between two jobs. A journal whose writes queue behind one writer (SQLite) does both in
+    /// one write, saving a round trip to it per job; the default does them in turn. The job
+    /// ends as `complete` would end it whatever becomes of the lease: a lease that fails is
+    /// `None` (nothing taken), as is an empty queue, and the caller asks again.
+    async fn complete_and_lease_next(
+        &self,
+        lease: &Lease,
+        done: Completion<'_>,
+        lease_for: Duration,
+    ) -> Result<(bool, Option<Leased>), JournalError> {
+        let kept = self.complete(lease, done).await?;
+        let next = self.lease_next(lease_for).await.unwrap_or_else(|e| {
+            tracing::warn!("journal: taking the next job: {}", crate::report::chain(&e));
+            None
+        });
+        Ok((kept, next))
+    }
+
     /// Puts a leased job back in the queue until `at` (unix ms). `uses_attempt` false when the
     /// job only waits (for a backend to be loaded or to leave quarantine).
     async fn requeue(

@@ -216,6 +216,21 @@ impl SqliteJournal {
         self.inner.writer.write(f).await
     }
 
+    /// The lease [`JobStore::lease_next`] takes, ready to run in a write.
+    fn lease_query(&self, lease_for: Duration) -> Result<LeaseQuery, JournalError> {
+        Ok(LeaseQuery {
+            token: random_hex(16)?,
+            serves: self
+                .inner
+                .serves
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            owner: self.inner.owner.clone(),
+            lease_for,
+        })
+    }
+
     /// Runs a fenced state change of a leased job; notes the change for waiters.
     async fn fenced(
         &self,
@@ -277,6 +292,148 @@ impl Inner {
     }
 }
 
+/// A lease to take, with what it needs from the journal's state, run inside a write.
+struct LeaseQuery {
+    token: String,
+    serves: Option<String>,
+    owner: String,
+    lease_for: Duration,
+}
+
+impl LeaseQuery {
+    fn run(self, conn: &Connection) -> Result<Option<Leased>, JournalError> {
+        let Self {
+            token,
+            serves,
+            owner,
+            lease_for,
+        } = self;
+        let now = now_ms();
+        let until = now.saturating_add(millis(lease_for));
+        // Two probes, each walking `jobs_due` in due order and stopping at the first job this
+        // instance may take: one `OR` of both would gather every due job and sort them, a cost
+        // that grows with the queue (0.7 ms a lease with 3,000 queued).
+        let row = conn
+            .prepare_cached(concat!(
+                r##"UPDATE jobs SET state = 'running', lease_owner = ?1, lease_token = ?2, lease_until = ?3,
+                        attempts = attempts + 1, updated_at = ?4
+                 WHERE id = (SELECT id FROM (
+                    SELECT * FROM (
+                        SELECT id, next_run_at FROM jobs
+                        WHERE state IN ('queued', 'pending') AND next_run_at <= ?4
+                          AND "##,
+                serves_route!(),
+                r##"
+                        ORDER BY next_run_at LIMIT 1)
+                    UNION ALL
+                    SELECT * FROM (
+                        SELECT id, next_run_at FROM jobs
+                        WHERE state = 'running' AND lease_until < ?4
+                          AND "##,
+                serves_route!(),
+                r##"
+                        ORDER BY next_run_at LIMIT 1)
+                 ) ORDER BY next_run_at LIMIT 1)
+                 RETURNING *"##
+            ))?
+            .query_row(params![owner, token, until, now, serves], job_from_row)
+            .optional()?;
+        row.map(finish_record).transpose().map(|job| {
+            job.map(|job| Leased {
+                lease: Lease {
+                    job_id: job.id.clone(),
+                    token,
+                },
+                job,
+            })
+        })
+    }
+}
+
+/// A [`Completion`] owned, to cross to the writer thread.
+struct OwnedCompletion {
+    id: String,
+    token: String,
+    backend: String,
+    result: String,
+    password: Option<Zeroizing<String>>,
+    issued: Option<IssuedRecord>,
+    revoked: Option<Revocation>,
+    request: Option<String>,
+}
+
+impl OwnedCompletion {
+    fn new(lease: &Lease, done: Completion<'_>) -> Self {
+        Self {
+            id: lease.job_id.clone(),
+            token: lease.token.clone(),
+            backend: done.backend.to_owned(),
+            result: done.result.to_owned(),
+            password: done.password.map(|p| Zeroizing::new(p.to_owned())),
+            issued: done.issued.cloned(),
+            revoked: done.revoked.cloned(),
+            request: done.request.map(|r| r.to_string()),
+        }
+    }
+
+    /// The fenced end of the job: false, and nothing changed, when the lease no longer holds it.
+    fn run(self, tx: &Connection) -> Result<bool, JournalError> {
+        let Self {
+            id,
+            token,
+            backend,
+            result,
+            password,
+            issued,
+            revoked,
+            request,
+        } = self;
+        let now = now_ms();
+        let changed = tx
+            .prepare_cached(
+                "UPDATE jobs SET state = 'succeeded', backend = ?3, last_error = NULL, lease_owner = NULL,
+                        lease_token = NULL, lease_until = NULL, poll_token = NULL,
+                        request = COALESCE(?5, request), updated_at = ?4
+                 WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+            )?
+            .execute(params![id, token, backend, now, request])?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        tx.prepare_cached(
+            "INSERT INTO outbox (job_id, result, password, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            id,
+            result,
+            password.as_deref().map(String::as_str),
+            now
+        ])?;
+        if let Some(c) = issued {
+            tx.prepare_cached(
+                "INSERT INTO certificates (backend, serial, job_id, issuer, not_after, certificate)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                c.backend,
+                c.serial,
+                id,
+                c.issuer_der,
+                c.not_after,
+                c.certificate_der
+            ])?;
+        }
+        if let Some(r) = revoked {
+            tx.prepare_cached(
+                "UPDATE certificates SET revoked_at = ?3, revocation_reason = ?4
+                 WHERE backend = ?1 AND serial = ?2 AND revoked_at IS NULL",
+            )?
+            .execute(params![r.backend, r.serial, now, r.reason])?;
+        }
+        Ok(true)
+    }
+}
+
 #[async_trait::async_trait]
 impl JobStore for SqliteJournal {
     async fn enqueue(&self, new: NewJob<'_>) -> Result<(JobRecord, bool), JournalError> {
@@ -313,56 +470,8 @@ impl JobStore for SqliteJournal {
     }
 
     async fn lease_next(&self, lease_for: Duration) -> Result<Option<Leased>, JournalError> {
-        let token = random_hex(16)?;
-        let serves = self
-            .inner
-            .serves
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let owner = self.inner.owner.clone();
-        let leased = self
-            .write(move |conn| {
-                let now = now_ms();
-                let until = now.saturating_add(millis(lease_for));
-                // Two probes, each walking `jobs_due` in due order and stopping at the first job
-                // this instance may take: one `OR` of both would gather every due job and sort
-                // them, a cost that grows with the queue (0.7 ms a lease with 3,000 queued).
-                let row = conn
-                    .prepare_cached(
-                        concat!(r##"UPDATE jobs SET state = 'running', lease_owner = ?1, lease_token = ?2, lease_until = ?3,
-                                attempts = attempts + 1, updated_at = ?4
-                         WHERE id = (SELECT id FROM (
-                            SELECT * FROM (
-                                SELECT id, next_run_at FROM jobs
-                                WHERE state IN ('queued', 'pending') AND next_run_at <= ?4
-                                  AND "##, serves_route!(), r##"
-                                ORDER BY next_run_at LIMIT 1)
-                            UNION ALL
-                            SELECT * FROM (
-                                SELECT id, next_run_at FROM jobs
-                                WHERE state = 'running' AND lease_until < ?4
-                                  AND "##, serves_route!(), r##"
-                                ORDER BY next_run_at LIMIT 1)
-                         ) ORDER BY next_run_at LIMIT 1)
-                         RETURNING *"##))?.query_row(
-                        params![owner, token, until, now, serves],
-                        job_from_row,
-                    )
-                    .optional()?;
-                row.map(finish_record)
-                    .transpose()
-                    .map(|job| {
-                        job.map(|job| Leased {
-                            lease: Lease {
-                                job_id: job.id.clone(),
-                                token,
-                            },
-                            job,
-                        })
-                    })
-            })
-            .await?;
+        let lease = self.lease_query(lease_for)?;
+        let leased = self.write(move |conn| lease.run(conn)).await?;
         if leased.is_some() {
             self.inner.changed();
         }
@@ -385,50 +494,38 @@ impl JobStore for SqliteJournal {
     }
 
     async fn complete(&self, lease: &Lease, done: Completion<'_>) -> Result<bool, JournalError> {
-        let (id, token) = (lease.job_id.clone(), lease.token.clone());
-        let backend = done.backend.to_owned();
-        let result = done.result.to_owned();
-        let password = done.password.map(|p| Zeroizing::new(p.to_owned()));
-        let issued = done.issued.cloned();
-        let revoked = done.revoked.cloned();
-        let request = done.request.map(|r| r.to_string());
-        let kept = self.write(move |tx| {
-                let now = now_ms();
-                let changed = tx.prepare_cached(
-                    "UPDATE jobs SET state = 'succeeded', backend = ?3, last_error = NULL, lease_owner = NULL,
-                            lease_token = NULL, lease_until = NULL, poll_token = NULL,
-                            request = COALESCE(?5, request), updated_at = ?4
-                     WHERE id = ?1 AND state = 'running' AND lease_token = ?2")?.execute(
-                    params![id, token, backend, now, request],
-                )?;
-                if changed == 0 {
-                    return Ok(false);
-                }
-                tx.prepare_cached(
-                    "INSERT INTO outbox (job_id, result, password, created_at) VALUES (?1, ?2, ?3, ?4)")?.execute(
-                    params![id, result, password.as_deref().map(String::as_str), now],
-                )?;
-                if let Some(c) = issued {
-                    tx.prepare_cached(
-                        "INSERT INTO certificates (backend, serial, job_id, issuer, not_after, certificate)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
-                        params![c.backend, c.serial, id, c.issuer_der, c.not_after, c.certificate_der],
-                    )?;
-                }
-                if let Some(r) = revoked {
-                    tx.prepare_cached(
-                        "UPDATE certificates SET revoked_at = ?3, revocation_reason = ?4
-                         WHERE backend = ?1 AND serial = ?2 AND revoked_at IS NULL")?.execute(
-                        params![r.backend, r.serial, now, r.reason],
-                    )?;
-                }
-                Ok(true)
-            })
-            .await?;
+        let completion = OwnedCompletion::new(lease, done);
+        let kept = self.write(move |tx| completion.run(tx)).await?;
         if kept {
             self.inner.changed();
         }
         Ok(kept)
+    }
+
+    async fn complete_and_lease_next(
+        &self,
+        lease: &Lease,
+        done: Completion<'_>,
+        lease_for: Duration,
+    ) -> Result<(bool, Option<Leased>), JournalError> {
+        let completion = OwnedCompletion::new(lease, done);
+        let next = self.lease_query(lease_for);
+        let (kept, leased) = self
+            .write(move |tx| {
+                let kept = completion.run(tx)?;
+                // A lease that fails leaves the completion standing: SQLite undoes only the
+                // failed statement, and the worker asks again on its own.
+                let leased = next.and_then(|lease| lease.run(tx)).unwrap_or_else(|e| {
+                    tracing::warn!("journal: taking the next job: {}", crate::report::chain(&e));
+                    None
+                });
+                Ok((kept, leased))
+            })
+            .await?;
+        if kept || leased.is_some() {
+            self.inner.changed();
+        }
+        Ok((kept, leased))
     }
 
     async fn requeue(

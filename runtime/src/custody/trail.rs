@@ -41,9 +41,9 @@ pub async fn record_host_certificate(
             signer: host_signer(),
             signer_sha256: String::new(),
             tbs_sha256: hex::encode(provider::digest(Digest::Sha256, &tbs)),
-            issuer: crate::pki::dn::format(&cert.tbs_certificate.issuer),
+            issuer: certconn_x509::dn::format(&cert.tbs_certificate.issuer),
             serial,
-            subject: crate::pki::dn::format(&cert.tbs_certificate.subject),
+            subject: certconn_x509::dn::format(&cert.tbs_certificate.subject),
         })
         .await
         .map_err(CustodyError::Trail)?;

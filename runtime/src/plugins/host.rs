@@ -374,3 +374,70 @@ impl log::Host for PluginState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+    use std::sync::Arc;
+
+    use certconn_x509::{SignatureScheme, SignedParts};
+    use x509_cert::name::Name;
+
+    use crate::custody::grant::{CallKeys, Grants, REQUEST_HANDLE};
+    use crate::custody::{KeyAlgorithm, PrivateKey, StoredKey};
+
+    fn request_key() -> Arc<StoredKey> {
+        Arc::new(StoredKey {
+            name: REQUEST_HANDLE.into(),
+            key: PrivateKey::generate(KeyAlgorithm::EcP256).unwrap(),
+            chain: Vec::new(),
+        })
+    }
+
+    fn grants_for(key: &Arc<StoredKey>, csr: Option<&[u8]>) -> Grants {
+        Grants::none().with_call_keys(CallKeys {
+            host_signed_csr: csr.map(Arc::from),
+            ..CallKeys::request(Some(key.clone()))
+        })
+    }
+
+    /// The crypto host skips verifying only the signature certconn made on this call's CSR,
+    /// byte for byte; a changed byte anywhere, another key or scheme, or a CSR the device
+    /// made is verified as before.
+    #[test]
+    fn only_the_csr_certconn_signed_in_this_call_is_vouched_for() {
+        let key = request_key();
+        let subject = Name::from_str("CN=device").unwrap();
+        let csr = crate::pki::csr::build(&key.key, &subject, &[]).unwrap();
+        let parts = SignedParts::split(&csr).unwrap();
+        let spki = key.key.public_key_der().to_vec();
+        let scheme = SignatureScheme::EcdsaP256Sha256;
+        let grants = grants_for(&key, Some(&csr));
+        assert!(grants.is_host_signed_csr(&spki, scheme, parts.tbs, parts.signature));
+
+        let mut signature = parts.signature.to_vec();
+        *signature.last_mut().unwrap() ^= 1;
+        assert!(!grants.is_host_signed_csr(&spki, scheme, parts.tbs, &signature));
+        let mut tbs = parts.tbs.to_vec();
+        *tbs.last_mut().unwrap() ^= 1;
+        assert!(!grants.is_host_signed_csr(&spki, scheme, &tbs, parts.signature));
+        let other = request_key();
+        let other_spki = other.key.public_key_der().to_vec();
+        assert!(!grants.is_host_signed_csr(&other_spki, scheme, parts.tbs, parts.signature));
+        let sha384 = SignatureScheme::EcdsaP384Sha384;
+        assert!(!grants.is_host_signed_csr(&spki, sha384, parts.tbs, parts.signature));
+        // The device's own CSR (no host-signed one), or the CSR under another request key.
+        assert!(!grants_for(&key, None).is_host_signed_csr(
+            &spki,
+            scheme,
+            parts.tbs,
+            parts.signature
+        ));
+        assert!(!grants_for(&other, Some(&csr)).is_host_signed_csr(
+            &spki,
+            scheme,
+            parts.tbs,
+            parts.signature
+        ));
+    }
+}

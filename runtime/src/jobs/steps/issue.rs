@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::Steps;
 use crate::custody::grant::{CallKeys, IssuanceScope, REQUEST_HANDLE};
-use crate::custody::{PrivateKey, StoredKey};
+use crate::custody::{KeyAlgorithm, PrivateKey, StoredKey};
 use crate::jobs::model::{normalize_serial, IssueJob, JobResult};
 use crate::jobs::outcome::{Completed, ErrorClass, JobError, Outcome};
 use crate::jobs::routing::{backend_refusal, call_through, CaBackend, Route};
@@ -254,10 +254,7 @@ impl Steps {
             Some(kept) => DeviceKey::Kept(kept),
             None => {
                 let alg = req.key.unwrap_or(profile.key_algorithm);
-                let key = tokio::task::spawn_blocking(move || PrivateKey::generate(alg))
-                    .await
-                    .map_err(|e| JobError::transient("the key generation task").because(e))?
-                    .map_err(|e| JobError::transient("generating the device key").because(e))?;
+                let key = generate_device_key(alg).await?;
                 DeviceKey::Fresh(Arc::new(StoredKey {
                     name: REQUEST_HANDLE.into(),
                     key,
@@ -472,4 +469,19 @@ pub(super) fn seal_for(
         .map_err(|e| JobError::permanent("the recipient certificate").because(e))?;
     pki::cms::seal_for(&der, password.as_bytes(), profile.recipient_key_transport)
         .map_err(|e| JobError::permanent("sealing the password for the device").because(e))
+}
+
+/// Makes a device key. An EC key takes a few tens of microseconds, less than handing it to a
+/// blocking-pool thread and back costs (two thread switches), so it is made in place; an RSA
+/// key takes tens to hundreds of milliseconds and is made off the async threads.
+async fn generate_device_key(alg: KeyAlgorithm) -> Result<PrivateKey, JobError> {
+    let made = match alg {
+        KeyAlgorithm::EcP256 | KeyAlgorithm::EcP384 => PrivateKey::generate(alg),
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+            tokio::task::spawn_blocking(move || PrivateKey::generate(alg))
+                .await
+                .map_err(|e| JobError::transient("the key generation task").because(e))?
+        }
+    };
+    made.map_err(|e| JobError::transient("generating the device key").because(e))
 }

@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// Plugin calls for the overhead figure.
     #[arg(long, default_value_t = 2000)]
     calls: usize,
+    /// Measure the pipeline and the direct work this many times, in turn, and print the median
+    /// ratio: one run's ratio moves by several percent with the machine's other load.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Measure the PKI building blocks instead (PFX, sealing, custody), this many of each.
     #[arg(long, num_args = 0..=1, default_missing_value = "200", value_name = "N")]
     pki: Option<usize>,
@@ -287,21 +291,103 @@ async fn bench(
     let request = bench_request();
     let stages_before = certconn::metrics::global().job_stage_totals();
     let commits_before = certconn::metrics::global().journal_commit_totals();
-    let cpu_before = cpu_time();
-    let t = Instant::now();
-    for i in 0..args.jobs {
-        app.intake
-            .submit_issue("bench", &format!("job-{i}"), &request)
-            .await?;
+    let pipeline = pipeline_round(&app, args.jobs, &request, 0).await?;
+    println!("pipeline:  {:>6} issue jobs (EC P-256, local-ca, PKCS#12) in {:>7.3} s = {:>8.1} jobs/s; CPU {:.0} µs/job, {:.2} cores busy", args.jobs, pipeline.secs, pipeline.rate, pipeline.cpu_us, pipeline.cores);
+    print_stages(&stages_before, args.jobs, pipeline.secs, args.workers);
+    print_commits(commits_before, args.jobs);
+
+    // Latency at moderate load: half the throughput just measured, one job at a time.
+    let latency =
+        latency::measure(&app, &request, pipeline.rate / 2.0, args.jobs.min(1000)).await?;
+    println!("{latency}");
+
+    // 3. The same cryptographic work, directly.
+    let direct = direct_round(&app, args.jobs, args.workers).await?;
+    println!("direct:    {:>6} issues (keygen, CSR, CA signature, PKCS#12)     in {:>7.3} s = {:>8.1} issues/s; CPU {:.0} µs/issue, {:.2} cores busy", args.jobs, direct.secs, direct.rate, direct.cpu_us, direct.cores);
+    let ratio = pipeline.rate / direct.rate;
+    println!("ratio pipeline/direct: {ratio:.3} (the journal, scheduler and plugin sandbox cost {:.1}% of throughput)", (1.0 - ratio) * 100.0);
+
+    // 4. With --rounds: both again, in turn, and the median of the ratios.
+    let mut ratios = vec![ratio];
+    for round in 1..args.rounds {
+        let pipeline = pipeline_round(&app, args.jobs, &request, round).await?;
+        let direct = direct_round(&app, args.jobs, args.workers).await?;
+        let ratio = pipeline.rate / direct.rate;
+        println!(
+            "round {:>3}: pipeline {:>8.1} jobs/s (CPU {:.0} µs/job), direct {:>8.1} issues/s (CPU {:.0} µs/issue), ratio {ratio:.3}",
+            round + 1,
+            pipeline.rate,
+            pipeline.cpu_us,
+            direct.rate,
+            direct.cpu_us
+        );
+        ratios.push(ratio);
     }
-    let journal = app.journal.clone();
-    loop {
-        let counts = journal.counts().await?;
-        let done: i64 = counts
+    if ratios.len() > 1 {
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        let median = if n % 2 == 1 {
+            ratios[n / 2]
+        } else {
+            (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+        };
+        println!(
+            "ratio over {n} rounds: median {median:.3} (min {:.3}, max {:.3})",
+            ratios[0],
+            ratios[n - 1]
+        );
+    }
+    let _ = stop_tx.send(true);
+    scheduler.await?;
+    Ok(())
+}
+
+/// One measured phase: its rate, CPU per item and cores kept busy.
+struct Phase {
+    secs: f64,
+    rate: f64,
+    cpu_us: f64,
+    cores: f64,
+}
+
+impl Phase {
+    fn measured(items: usize, secs: f64, cpu: Duration) -> Self {
+        Self {
+            secs,
+            rate: items as f64 / secs,
+            cpu_us: cpu.as_secs_f64() * 1e6 / items as f64,
+            cores: cpu.as_secs_f64() / secs,
+        }
+    }
+}
+
+/// Submits `jobs` issue jobs (idempotency keys of round `round`) and waits until the running
+/// scheduler has done them all.
+async fn pipeline_round(
+    app: &App,
+    jobs: usize,
+    request: &IssueJob,
+    round: u32,
+) -> anyhow::Result<Phase> {
+    let succeeded = |counts: &[(JobState, i64)]| -> usize {
+        counts
             .iter()
             .filter(|(s, _)| *s == JobState::Succeeded)
-            .map(|(_, n)| n)
-            .sum();
+            .map(|(_, n)| usize::try_from(*n).unwrap_or(0))
+            .sum()
+    };
+    // Jobs of earlier rounds (and of the latency phase) have succeeded already.
+    let target = succeeded(&app.journal.counts().await?) + jobs;
+    let cpu_before = cpu_time();
+    let t = Instant::now();
+    for i in 0..jobs {
+        app.intake
+            .submit_issue("bench", &format!("job-{round}-{i}"), request)
+            .await?;
+    }
+    loop {
+        let counts = app.journal.counts().await?;
+        let done = succeeded(&counts);
         let bad: i64 = counts
             .iter()
             .filter(|(s, _)| matches!(s, JobState::Failed | JobState::Dead))
@@ -310,49 +396,43 @@ async fn bench(
         if bad > 0 {
             bail!(
                 "{bad} bench jobs failed: {:?}",
-                journal
+                app.journal
                     .list(Some(JobState::Failed), 1)
                     .await?
                     .first()
                     .and_then(|j| j.last_error.clone())
             );
         }
-        if done as usize >= args.jobs {
+        if done >= target {
             break;
         }
         if t.elapsed() > Duration::from_secs(600) {
             bail!(
-                "the pipeline did not finish {} jobs in 10 minutes ({done} done)",
-                args.jobs
+                "the pipeline did not finish {jobs} jobs in 10 minutes ({} done)",
+                (done + jobs).saturating_sub(target)
             );
         }
         // Counting scans the jobs: often enough to time the run to 1 %, not so often that the
         // counting itself is a load.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pipeline_secs = t.elapsed().as_secs_f64();
-    let pipeline_cpu = cpu_time().saturating_sub(cpu_before);
-    let pipeline_rate = args.jobs as f64 / pipeline_secs;
-    println!("pipeline:  {:>6} issue jobs (EC P-256, local-ca, PKCS#12) in {pipeline_secs:>7.3} s = {pipeline_rate:>8.1} jobs/s; CPU {:.0} µs/job, {:.2} cores busy", args.jobs, pipeline_cpu.as_secs_f64() * 1e6 / args.jobs as f64, pipeline_cpu.as_secs_f64() / pipeline_secs);
-    print_stages(&stages_before, args.jobs, pipeline_secs, args.workers);
-    print_commits(commits_before, args.jobs);
+    Ok(Phase::measured(
+        jobs,
+        t.elapsed().as_secs_f64(),
+        cpu_time().saturating_sub(cpu_before),
+    ))
+}
 
-    // Latency at moderate load: half the throughput just measured, one job at a time.
-    let latency =
-        latency::measure(&app, &request, pipeline_rate / 2.0, args.jobs.min(1000)).await?;
-    println!("{latency}");
-    let _ = stop_tx.send(true);
-    scheduler.await?;
-
-    // 3. The same cryptographic work, directly.
+/// `jobs` issues done directly (no journal, scheduler or plugin), `workers` at a time.
+async fn direct_round(app: &App, jobs: usize, workers: usize) -> anyhow::Result<Phase> {
     let ca = app.keys.get("bench-ca")?;
     let iterations = app.config.pfx.iterations;
     let cpu_before = cpu_time();
     let t = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..args.workers {
+    for w in 0..workers {
         let ca = ca.clone();
-        let n = args.jobs / args.workers + usize::from(w < args.jobs % args.workers);
+        let n = jobs / workers + usize::from(w < jobs % workers);
         tasks.spawn_blocking(move || -> anyhow::Result<()> {
             for _ in 0..n {
                 direct_issue(&ca.key, &ca.chain, iterations)?;
@@ -363,12 +443,11 @@ async fn bench(
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    let direct_secs = t.elapsed().as_secs_f64();
-    let direct_cpu = cpu_time().saturating_sub(cpu_before);
-    let direct_rate = args.jobs as f64 / direct_secs;
-    println!("direct:    {:>6} issues (keygen, CSR, CA signature, PKCS#12)     in {direct_secs:>7.3} s = {direct_rate:>8.1} issues/s; CPU {:.0} µs/issue, {:.2} cores busy", args.jobs, direct_cpu.as_secs_f64() * 1e6 / args.jobs as f64, direct_cpu.as_secs_f64() / direct_secs);
-    println!("ratio pipeline/direct: {:.3} (the journal, scheduler and plugin sandbox cost {:.1}% of throughput)", pipeline_rate / direct_rate, (1.0 - pipeline_rate / direct_rate) * 100.0);
-    Ok(())
+    Ok(Phase::measured(
+        jobs,
+        t.elapsed().as_secs_f64(),
+        cpu_time().saturating_sub(cpu_before),
+    ))
 }
 
 /// CPU time this process has used (user and system, every thread).

@@ -67,6 +67,8 @@ fn bench_prints_overhead_throughput_direct_and_ratio() {
             "2",
             "--calls",
             "20",
+            "--rounds",
+            "2",
             "--plugins",
             plugins.to_str().unwrap(),
         ],
@@ -89,6 +91,8 @@ fn bench_prints_overhead_throughput_direct_and_ratio() {
             "p99 ",
             "direct:",
             "ratio pipeline/direct:",
+            "round   2: pipeline ",
+            "ratio over 2 rounds: median ",
         ],
     );
 }

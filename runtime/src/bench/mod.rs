@@ -232,11 +232,11 @@ async fn bench(
     println!("plugin overhead: instantiate + configure + health {health_us:>9.1} µs/call");
 
     // The plugin's own work on one issue (instantiate + configure + issue), CSR made in advance.
-    let device = Arc::new(StoredKey {
-        name: REQUEST_HANDLE.into(),
-        key: PrivateKey::generate(KeyAlgorithm::EcP256)?,
-        chain: Vec::new(),
-    });
+    let device = Arc::new(StoredKey::new(
+        REQUEST_HANDLE.into(),
+        PrivateKey::generate(KeyAlgorithm::EcP256)?,
+        Vec::new(),
+    ));
     let subject = Name::from_str("CN=bench device,O=certconn")?;
     let csr = pki::csr::build(
         &device.key,

@@ -20,6 +20,9 @@ use super::{CustodyConfig, CustodyError, KeyAlgorithm, KeyRole, PrivateKey};
 use crate::files::{self, overwrite_and_remove, write_atomic};
 use crate::journal::SignatureTrail;
 use certconn_x509::pem;
+use certconn_x509::CertificateFacts;
+use der::Decode;
+use x509_cert::Certificate;
 
 /// A key with the certificates that belong to it.
 #[derive(Debug)]
@@ -28,6 +31,34 @@ pub struct StoredKey {
     pub key: PrivateKey,
     /// The key's own certificate first, then its issuers. Empty when it has none.
     pub chain: Vec<Vec<u8>>,
+    /// [`Self::ca_certificate`], parsed at its first use.
+    ca: std::sync::OnceLock<Option<Certificate>>,
+}
+
+impl StoredKey {
+    pub fn new(name: String, key: PrivateKey, chain: Vec<Vec<u8>>) -> Self {
+        Self {
+            name,
+            key,
+            chain,
+            ca: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The key's own certificate (first in its chain) when it is a CA certificate. Parsed
+    /// once per key, not at every signature the key makes: the host checks each certificate
+    /// a CA key signs against it.
+    pub fn ca_certificate(&self) -> Option<&Certificate> {
+        self.ca
+            .get_or_init(|| {
+                let cert = Certificate::from_der(self.chain.first()?).ok()?;
+                CertificateFacts::of(&cert)
+                    .ok()
+                    .filter(|f| f.is_ca)
+                    .map(|_| cert)
+            })
+            .as_ref()
+    }
 }
 
 /// Keys on disk, loaded at start.
@@ -215,11 +246,7 @@ impl KeyStore {
                 let chain = load_chain(dir, name)?;
                 keys.insert(
                     name.to_owned(),
-                    Arc::new(StoredKey {
-                        name: name.to_owned(),
-                        key,
-                        chain,
-                    }),
+                    Arc::new(StoredKey::new(name.to_owned(), key, chain)),
                 );
                 continue;
             }
@@ -256,7 +283,7 @@ impl KeyStore {
                 reason: e.to_string(),
             })?;
             let chain = load_chain(dir, &name)?;
-            keys.insert(name.clone(), Arc::new(StoredKey { name, key, chain }));
+            keys.insert(name.clone(), Arc::new(StoredKey::new(name, key, chain)));
         }
         let store = Self {
             dir: dir.to_owned(),
@@ -335,11 +362,7 @@ impl KeyStore {
                     let _ = token.destroy(&id);
                     return Err(e.into());
                 }
-                let stored = Arc::new(StoredKey {
-                    name: name.into(),
-                    key,
-                    chain: Vec::new(),
-                });
+                let stored = Arc::new(StoredKey::new(name.into(), key, Vec::new()));
                 keys.insert(name.into(), stored.clone());
                 Ok(stored)
             }
@@ -354,11 +377,7 @@ impl KeyStore {
             return Err(CustodyError::Exists(name.into()));
         }
         self.write_key(name, &key)?;
-        let stored = Arc::new(StoredKey {
-            name: name.into(),
-            key,
-            chain: Vec::new(),
-        });
+        let stored = Arc::new(StoredKey::new(name.into(), key, Vec::new()));
         keys.insert(name.into(), stored.clone());
         Ok(stored)
     }
@@ -444,11 +463,7 @@ impl KeyStore {
         )?;
         // A second owner of the key rather than a shared one: a key has one owner.
         let key = old.key.duplicate()?;
-        let stored = Arc::new(StoredKey {
-            name: name.into(),
-            key,
-            chain,
-        });
+        let stored = Arc::new(StoredKey::new(name.into(), key, chain));
         keys.insert(name.into(), stored.clone());
         Ok(stored)
     }
@@ -513,11 +528,7 @@ impl KeyStore {
         // The software copy goes (a backup of the file still holds it: the command says so).
         let key_path = self.dir.join(format!("{name}.key"));
         overwrite_and_remove(&key_path)?;
-        let stored = Arc::new(StoredKey {
-            name: name.into(),
-            key: moved,
-            chain: current.chain.clone(),
-        });
+        let stored = Arc::new(StoredKey::new(name.into(), moved, current.chain.clone()));
         keys.insert(name.into(), stored.clone());
         Ok(stored)
     }

@@ -56,11 +56,7 @@ pub(crate) mod testing {
         pub fn with_key(self, name: &str, key: PrivateKey) -> Self {
             self.keys.lock().unwrap().insert(
                 name.to_owned(),
-                Arc::new(StoredKey {
-                    name: name.to_owned(),
-                    key,
-                    chain: Vec::new(),
-                }),
+                Arc::new(StoredKey::new(name.to_owned(), key, Vec::new())),
             );
             self
         }
@@ -79,11 +75,7 @@ pub(crate) mod testing {
         async fn keep_pending(&self, job_id: &str, key: PrivateKey) -> Result<(), CustodyError> {
             self.pending.lock().unwrap().insert(
                 job_id.to_owned(),
-                Arc::new(StoredKey {
-                    name: format!("pending-{job_id}"),
-                    key,
-                    chain: Vec::new(),
-                }),
+                Arc::new(StoredKey::new(format!("pending-{job_id}"), key, Vec::new())),
             );
             Ok(())
         }
@@ -102,11 +94,7 @@ pub(crate) mod testing {
         ) -> Result<(), CustodyError> {
             self.renewal.lock().unwrap().insert(
                 serial.to_owned(),
-                Arc::new(StoredKey {
-                    name: format!("renewal-{serial}"),
-                    key,
-                    chain,
-                }),
+                Arc::new(StoredKey::new(format!("renewal-{serial}"), key, chain)),
             );
             Ok(())
         }

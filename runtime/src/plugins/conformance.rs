@@ -229,11 +229,7 @@ fn device(label: &str) -> Result<Device, KitError> {
     )
     .map_err(failed)?;
     Ok(Device {
-        key: Arc::new(StoredKey {
-            name: REQUEST_HANDLE.into(),
-            key,
-            chain: Vec::new(),
-        }),
+        key: Arc::new(StoredKey::new(REQUEST_HANDLE.into(), key, Vec::new())),
         csr,
     })
 }

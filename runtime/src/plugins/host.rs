@@ -181,7 +181,7 @@ impl custody::Host for PluginState {
         if let Some(why) = role.refuses_signing() {
             return Err(self.refuse_by_role(&handle, "sign", why));
         }
-        let ca = super::issuance::ca_certificate_of(&key.chain);
+        let ca = key.ca_certificate();
         if ca.is_none() && role == KeyRole::Ca {
             return Err(self.refuse(
                 &handle,
@@ -192,7 +192,7 @@ impl custody::Host for PluginState {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let permitted = super::issuance::check(self.grants.scope(), &ca, &message, now)
+            let permitted = super::issuance::check(self.grants.scope(), ca, &message, now)
                 .map_err(|why| self.refuse(&handle, &why))?;
             if let Some((trail, entry)) = self.trail_entry(&handle, &message, permitted) {
                 // Only owned values cross the await (the store's state is not Sync).
@@ -387,11 +387,11 @@ mod tests {
     use crate::custody::{KeyAlgorithm, PrivateKey, StoredKey};
 
     fn request_key() -> Arc<StoredKey> {
-        Arc::new(StoredKey {
-            name: REQUEST_HANDLE.into(),
-            key: PrivateKey::generate(KeyAlgorithm::EcP256).unwrap(),
-            chain: Vec::new(),
-        })
+        Arc::new(StoredKey::new(
+            REQUEST_HANDLE.into(),
+            PrivateKey::generate(KeyAlgorithm::EcP256).unwrap(),
+            Vec::new(),
+        ))
     }
 
     fn grants_for(key: &Arc<StoredKey>, csr: Option<&[u8]>) -> Grants {

@@ -21,15 +21,6 @@ pub use crate::custody::grant::{IssuanceScope, UsageLimits, MAX_VALIDITY_DAYS};
 /// How far before "now" a certificate may start (CAs backdate a little for clock skew).
 const BACKDATE_SECONDS: u64 = 2 * 86_400;
 
-/// The CA certificate of a key, when the key's own certificate (first in its chain) is one.
-pub fn ca_certificate_of(chain: &[Vec<u8>]) -> Option<Certificate> {
-    let cert = Certificate::from_der(chain.first()?).ok()?;
-    CertificateFacts::of(&cert)
-        .ok()
-        .filter(|f| f.is_ca)
-        .map(|_| cert)
-}
-
 /// A certificate the policy let through: what the signature trail records of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Permitted {
@@ -317,8 +308,21 @@ mod tests {
     #[test]
     fn only_a_key_whose_certificate_is_a_ca_is_a_ca_key() {
         let c = case();
-        assert!(ca_certificate_of(&[c.ca.to_der().unwrap()]).is_some());
-        assert!(ca_certificate_of(&[]).is_none());
+        let key = |chain| {
+            crate::custody::StoredKey::new(
+                "k".into(),
+                PrivateKey::generate(KeyAlgorithm::EcP256).unwrap(),
+                chain,
+            )
+        };
+        let ca = key(vec![c.ca.to_der().unwrap()]);
+        assert_eq!(ca.ca_certificate(), Some(&c.ca));
+        // Parsed once: the second answer is the same certificate.
+        assert!(std::ptr::eq(
+            ca.ca_certificate().unwrap(),
+            ca.ca_certificate().unwrap()
+        ));
+        assert!(key(Vec::new()).ca_certificate().is_none());
         let leaf = crate::pki::ca::ra_certificate(
             &PrivateKey::generate(KeyAlgorithm::EcP256).unwrap(),
             &Name::from_str("CN=leaf").unwrap(),
@@ -326,6 +330,6 @@ mod tests {
             1,
         )
         .unwrap();
-        assert!(ca_certificate_of(&[leaf]).is_none());
+        assert!(key(vec![leaf]).ca_certificate().is_none());
     }
 }

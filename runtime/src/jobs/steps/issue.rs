@@ -255,11 +255,11 @@ impl Steps {
             None => {
                 let alg = req.key.unwrap_or(profile.key_algorithm);
                 let key = generate_device_key(alg).await?;
-                DeviceKey::Fresh(Arc::new(StoredKey {
-                    name: REQUEST_HANDLE.into(),
+                DeviceKey::Fresh(Arc::new(StoredKey::new(
+                    REQUEST_HANDLE.into(),
                     key,
-                    chain: Vec::new(),
-                }))
+                    Vec::new(),
+                )))
             }
         };
         let subject = subject.ok_or_else(|| {

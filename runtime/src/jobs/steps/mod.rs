@@ -257,11 +257,11 @@ pub(crate) mod tests {
         let backend = {
             let ca = ca.clone();
             StandIn::new("ca", move |_, _| {
-                let other = StoredKey {
-                    name: "x".into(),
-                    key: PrivateKey::generate(KeyAlgorithm::EcP256).unwrap(),
-                    chain: Vec::new(),
-                };
+                let other = StoredKey::new(
+                    "x".into(),
+                    PrivateKey::generate(KeyAlgorithm::EcP256).unwrap(),
+                    Vec::new(),
+                );
                 ca.issue(Some(&other))
             })
         };

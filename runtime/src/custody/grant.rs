@@ -247,7 +247,8 @@ impl Grants {
     /// ([`CallKeys::host_signed_csr`]) with the request key: the same public key, scheme,
     /// signed bytes and signature. Then the answer is known — certconn signed those bytes
     /// with that key moments ago — and the crypto host answers it without verifying again,
-    /// which saved about a tenth of a local-ca issue call's CPU (docs/design/pipeline.md).
+    /// which saved ≈ 55 of the ≈ 400 µs of CPU a local-ca issue call cost
+    /// (docs/design/pipeline.md).
     /// Anything else, one byte different, is verified.
     pub fn is_host_signed_csr(
         &self,

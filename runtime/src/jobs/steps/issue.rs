@@ -148,7 +148,7 @@ impl Steps {
         )
         .map_err(|e| JobError::permanent("the CSR").because(e))?;
         let scope = &scope;
-        // A CSR certconn made it signed itself; one from the device is the device's.
+        // certconn signed the CSR it made itself; a CSR the device sent is the device's.
         let host_signed_csr: Option<Arc<[u8]>> =
             key.request_key().map(|_| Arc::from(request.csr.as_slice()));
         let host_signed_csr = &host_signed_csr;

@@ -125,6 +125,17 @@ fn job_id_at(now_ms: i64, random: &str) -> String {
     format!("{millis:012x}{random}")
 }
 
+/// The next lease of [`JobStore::complete_and_lease_next`]: one that failed is logged and
+/// counts as nothing taken (the job before it has ended all the same; the worker asks again).
+pub(crate) fn nothing_taken_if_failed(
+    next: Result<Option<Leased>, JournalError>,
+) -> Option<Leased> {
+    next.unwrap_or_else(|e| {
+        tracing::warn!("journal: taking the next job: {}", crate::report::chain(&e));
+        None
+    })
+}
+
 /// A duration in milliseconds, saturating (a lease of `u64::MAX` seconds must not wrap).
 pub fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -160,11 +171,10 @@ pub trait JobStore: Send + Sync {
         lease_for: Duration,
     ) -> Result<(bool, Option<Leased>), JournalError> {
         let kept = self.complete(lease, done).await?;
-        let next = self.lease_next(lease_for).await.unwrap_or_else(|e| {
-            tracing::warn!("journal: taking the next job: {}", crate::report::chain(&e));
-            None
-        });
-        Ok((kept, next))
+        Ok((
+            kept,
+            nothing_taken_if_failed(self.lease_next(lease_for).await),
+        ))
     }
 
     /// Puts a leased job back in the queue until `at` (unix ms). `uses_attempt` false when the

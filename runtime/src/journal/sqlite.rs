@@ -515,10 +515,7 @@ impl JobStore for SqliteJournal {
                 let kept = completion.run(tx)?;
                 // A lease that fails leaves the completion standing: SQLite undoes only the
                 // failed statement, and the worker asks again on its own.
-                let leased = next.and_then(|lease| lease.run(tx)).unwrap_or_else(|e| {
-                    tracing::warn!("journal: taking the next job: {}", crate::report::chain(&e));
-                    None
-                });
+                let leased = super::nothing_taken_if_failed(next.and_then(|lease| lease.run(tx)));
                 Ok((kept, leased))
             })
             .await?;

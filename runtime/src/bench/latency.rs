@@ -1,5 +1,7 @@
-//! Request → sealed PFX latency at a given load: jobs submitted at a steady rate, each timed
-//! from the submission to its result durable in the journal.
+//! Request → sealed PFX latency at a given load: jobs submitted at a steady rate, or all at
+//! once (a burst of SCEP clients, say), each timed from the submission to its result durable in
+//! the journal, with its caller waiting as an API or SCEP client does
+//! ([`certconn::journal::JobStore::wait_settled`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,8 +15,11 @@ use certconn::journal::JobState;
 
 /// Percentiles of one latency run.
 pub struct Latency {
+    /// Jobs submitted per second; infinite for a burst.
     rate: f64,
     samples: Vec<Duration>,
+    /// From the first submission to the last job settled.
+    took: Duration,
 }
 
 impl Latency {
@@ -28,11 +33,24 @@ impl Latency {
 impl fmt::Display for Latency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let n = self.samples.len();
+        if self.rate.is_finite() {
+            write!(
+                f,
+                "latency:   request → sealed PFX at {:.0} jobs/s ({n} jobs)",
+                self.rate
+            )?;
+        } else {
+            write!(
+                f,
+                "burst:     {n} requests at once, each caller waiting for its job: all done in {:.0} ms ({:.0} jobs/s)",
+                ms(self.took),
+                n as f64 / self.took.as_secs_f64()
+            )?;
+        }
         write!(
             f,
-            "latency:   request → sealed PFX at {:.0} jobs/s ({} jobs): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            self.rate,
-            self.samples.len(),
+            ": p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             ms(self.percentile(50.0)),
             ms(self.percentile(90.0)),
             ms(self.percentile(99.0)),
@@ -49,7 +67,21 @@ pub async fn measure(
     rate: f64,
     jobs: usize,
 ) -> anyhow::Result<Latency> {
-    let rate = rate.max(1.0);
+    run(app, request, rate.max(1.0), jobs, "bench-latency").await
+}
+
+/// Submits `jobs` issue jobs at once, each from its own task that then waits for its job.
+pub async fn burst(app: &Arc<App>, request: &IssueJob, jobs: usize) -> anyhow::Result<Latency> {
+    run(app, request, f64::INFINITY, jobs, "bench-burst").await
+}
+
+async fn run(
+    app: &Arc<App>,
+    request: &IssueJob,
+    rate: f64,
+    jobs: usize,
+    source: &'static str,
+) -> anyhow::Result<Latency> {
     let every = Duration::from_secs_f64(1.0 / rate);
     let mut tasks = tokio::task::JoinSet::new();
     let start = tokio::time::Instant::now();
@@ -60,7 +92,7 @@ pub async fn measure(
             let t = Instant::now();
             let (job, _) = app
                 .intake
-                .submit_issue("bench-latency", &format!("job-{i}"), &request)
+                .submit_issue(source, &format!("job-{i}"), &request)
                 .await?;
             let done = app
                 .journal
@@ -82,5 +114,9 @@ pub async fn measure(
         samples.push(r.context("a latency task")??);
     }
     samples.sort();
-    Ok(Latency { rate, samples })
+    Ok(Latency {
+        rate,
+        samples,
+        took: start.elapsed(),
+    })
 }

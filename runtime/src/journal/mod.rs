@@ -22,6 +22,7 @@ pub mod record;
 pub mod schema;
 pub mod sqlite;
 pub mod trail;
+mod waiters;
 
 #[cfg(test)]
 pub(crate) mod behaviour;

@@ -51,8 +51,8 @@ struct Inner {
     serves: std::sync::RwLock<Option<String>>,
     /// A job was enqueued or retried: a worker should look.
     work: Notify,
-    /// Bumped after every change of a job's state, for [`JobStore::wait_settled`].
-    changes: watch::Sender<u64>,
+    /// Who waits for which job ([`JobStore::wait_settled`]), and the change counter.
+    waiters: super::waiters::JobWaiters,
 }
 
 impl std::fmt::Debug for SqliteJournal {
@@ -191,7 +191,7 @@ impl SqliteJournal {
                 version,
                 serves: std::sync::RwLock::new(None),
                 work: Notify::new(),
-                changes: watch::Sender::new(0),
+                waiters: Default::default(),
             }),
         })
     }
@@ -250,7 +250,7 @@ impl SqliteJournal {
             })
             .await?;
         if changed {
-            self.inner.changed();
+            self.inner.waiters.job_changed(&lease.job_id);
         }
         Ok(changed)
     }
@@ -272,10 +272,6 @@ macro_rules! serves_route {
 impl Inner {
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn changed(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn get(&self, id: &str) -> Result<JobRecord, JournalError> {
@@ -472,8 +468,8 @@ impl JobStore for SqliteJournal {
     async fn lease_next(&self, lease_for: Duration) -> Result<Option<Leased>, JournalError> {
         let lease = self.lease_query(lease_for)?;
         let leased = self.write(move |conn| lease.run(conn)).await?;
-        if leased.is_some() {
-            self.inner.changed();
+        if let Some(leased) = &leased {
+            self.inner.waiters.job_changed(&leased.job.id);
         }
         Ok(leased)
     }
@@ -497,7 +493,7 @@ impl JobStore for SqliteJournal {
         let completion = OwnedCompletion::new(lease, done);
         let kept = self.write(move |tx| completion.run(tx)).await?;
         if kept {
-            self.inner.changed();
+            self.inner.waiters.job_changed(&lease.job_id);
         }
         Ok(kept)
     }
@@ -519,8 +515,11 @@ impl JobStore for SqliteJournal {
                 Ok((kept, leased))
             })
             .await?;
-        if kept || leased.is_some() {
-            self.inner.changed();
+        if kept {
+            self.inner.waiters.job_changed(&lease.job_id);
+        }
+        if let Some(leased) = &leased {
+            self.inner.waiters.job_changed(&leased.job.id);
         }
         Ok((kept, leased))
     }
@@ -613,7 +612,7 @@ impl JobStore for SqliteJournal {
             })
             .await?;
         if n > 0 {
-            self.inner.changed();
+            self.inner.waiters.all_changed();
         }
         Ok(n)
     }
@@ -660,7 +659,7 @@ impl JobStore for SqliteJournal {
                 Ok(())
             })
             .await?;
-        self.inner.changed();
+        self.inner.waiters.job_changed(&target);
         self.inner.work.notify_one();
         self.get(&target).await
     }
@@ -748,20 +747,12 @@ impl JobStore for SqliteJournal {
     }
 
     async fn wait_settled(&self, id: &str, max: Duration) -> Result<JobRecord, JournalError> {
-        let deadline = tokio::time::Instant::now() + max;
-        // Subscribe before reading, so a change between the read and the wait is not lost.
-        let mut changes = self.inner.changes.subscribe();
-        loop {
-            let job = self.get(id).await?;
-            if job.state.is_settled() {
-                return Ok(job);
-            }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => {}
-                // Timed out, or the journal is closing: the job as it is now.
-                _ => return self.get(id).await,
-            }
-        }
+        // Every change of a job's state goes through this process's writer: no need to look
+        // but when told.
+        self.inner
+            .waiters
+            .wait_settled(id, max, None, || self.get(id))
+            .await
     }
 }
 
@@ -820,7 +811,7 @@ impl Outbox for SqliteJournal {
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
-        self.inner.changes.subscribe()
+        self.inner.waiters.changes()
     }
 
     async fn backlog(&self, source: &str) -> Result<Backlog, JournalError> {

@@ -133,7 +133,7 @@ async fn listen_once(
     match inner.upgrade() {
         Some(inner) => {
             inner.wake_all();
-            inner.changed();
+            inner.waiters.all_changed();
         }
         None => return Ok(()),
     }
@@ -143,7 +143,7 @@ async fn listen_once(
         };
         match channel.as_str() {
             WORK => inner.wake_one(),
-            CHANGES => inner.changed(),
+            CHANGES => inner.waiters.all_changed(),
             _ => {}
         }
     }

@@ -73,8 +73,9 @@ pub(super) struct Inner {
     poll: Duration,
     /// A job was enqueued or retried (here, or on another instance): workers should look.
     work: Notify,
-    /// Bumped after every change of a job's state (here, or on another instance).
-    changes: watch::Sender<u64>,
+    /// Who waits for which job ([`JobStore::wait_settled`]), and the change counter; another
+    /// instance's changes arrive unnamed and wake every waiter.
+    pub(super) waiters: super::waiters::JobWaiters,
     /// What this instance has to tell the others.
     signals: Arc<listen::Signals>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -265,7 +266,7 @@ impl PostgresJournal {
                 serves: RwLock::new(None),
                 poll: Duration::from_millis(config.poll_ms),
                 work: Notify::new(),
-                changes: watch::Sender::new(0),
+                waiters: Default::default(),
                 signals,
                 tasks,
             }
@@ -305,9 +306,15 @@ impl PostgresJournal {
         Ok(self.inner.pool.get().await?)
     }
 
-    /// A job changed here: waiters here now, the other instances soon.
-    fn changed(&self) {
-        self.inner.changed();
+    /// Job `id` changed here: its waiters here now, the other instances soon.
+    fn job_changed(&self, id: &str) {
+        self.inner.waiters.job_changed(id);
+        self.inner.signals.changed();
+    }
+
+    /// Jobs changed here that are not named: every waiter here now, the other instances soon.
+    fn all_changed(&self) {
+        self.inner.waiters.all_changed();
         self.inner.signals.changed();
     }
 
@@ -336,7 +343,7 @@ impl PostgresJournal {
         all.extend_from_slice(values);
         let changed = execute(&self.client().await?, sql, &all).await? == 1;
         if changed {
-            self.changed();
+            self.job_changed(&lease.job_id);
         }
         Ok(changed)
     }
@@ -350,10 +357,6 @@ impl PostgresJournal {
 }
 
 impl Inner {
-    pub(super) fn changed(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
     /// Something may have arrived: one idle worker looks. A worker that finds a job wakes the
     /// next ([`JobStore::lease_next`]), so a burst fans out over this instance's workers while
     /// a notification to a hundred instances costs a hundred looks, not one per worker.
@@ -396,7 +399,7 @@ impl JobStore for PostgresJournal {
         if let Some(row) = inserted {
             let job = job_from_row(&row)?;
             self.work_arrived();
-            self.changed();
+            self.job_changed(&job.id);
             return Ok((job, true));
         }
         let row = query_opt(
@@ -435,7 +438,7 @@ impl JobStore for PostgresJournal {
             return Ok(None);
         };
         let job = job_from_row(&row)?;
-        self.changed();
+        self.job_changed(&job.id);
         // There may be more: the next idle worker here looks too.
         self.inner.wake_one();
         Ok(Some(Leased {
@@ -507,7 +510,7 @@ impl JobStore for PostgresJournal {
             .await?;
         }
         tx.commit().await?;
-        self.changed();
+        self.job_changed(&lease.job_id);
         Ok(true)
     }
 
@@ -581,7 +584,7 @@ impl JobStore for PostgresJournal {
         )
         .await?;
         if n > 0 {
-            self.changed();
+            self.all_changed();
             self.work_arrived();
         }
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
@@ -623,7 +626,7 @@ impl JobStore for PostgresJournal {
                 state: job.state.as_str(),
             });
         }
-        self.changed();
+        self.job_changed(id);
         self.work_arrived();
         Ok(job)
     }
@@ -694,18 +697,11 @@ impl JobStore for PostgresJournal {
     }
 
     async fn wait_settled(&self, id: &str, max: Duration) -> Result<JobRecord, JournalError> {
-        let deadline = tokio::time::Instant::now() + max;
-        // Subscribe before reading, so a change between the read and the wait is not lost.
-        let mut changes = self.inner.changes.subscribe();
-        loop {
-            let job = self.get(id).await?;
-            if job.state.is_settled() || tokio::time::Instant::now() >= deadline {
-                return Ok(job);
-            }
-            // Another instance's change arrives as a notification; were it lost, look anyway.
-            let look = (tokio::time::Instant::now() + self.inner.poll).min(deadline);
-            let _ = tokio::time::timeout_at(look, changes.changed()).await;
-        }
+        // Another instance's change arrives as a notification; were it lost, look anyway.
+        self.inner
+            .waiters
+            .wait_settled(id, max, Some(self.inner.poll), || self.get(id))
+            .await
     }
 
     fn serve_only(&self, backends: Option<&[String]>) {
@@ -794,7 +790,7 @@ impl Outbox for PostgresJournal {
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
-        self.inner.changes.subscribe()
+        self.inner.waiters.changes()
     }
 }
 
@@ -1252,7 +1248,7 @@ impl InstanceRegistry for PostgresJournal {
         )
         .await?;
         let seq = rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
-        self.changed();
+        self.all_changed();
         Ok(seq)
     }
 

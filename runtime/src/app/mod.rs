@@ -193,6 +193,9 @@ const PUBLISH_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often the SCEP RA checks whether its next certificate is due: its points are months
 /// apart, so an hour late is nothing.
 const RA_TICK: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often old job results are looked for: retention is counted in days, so an hour late is
+/// nothing, and a sweep that finds nothing reads a few rows.
+const RETENTION_TICK: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A started connector: everything opened and wired, nothing running yet.
 pub struct App {
@@ -500,6 +503,18 @@ impl App {
         }
     }
 
+    /// The sweep of old job results (`journal.keep_results_days`; none when 0). Results owed to
+    /// the upstream service stay until delivered, whether or not one is configured now.
+    fn result_retention(&self) -> Option<crate::journal::retention::ResultRetention> {
+        let days = self.config.journal.keep_results_days;
+        (days > 0).then(|| crate::journal::retention::ResultRetention {
+            journal: self.journal.clone(),
+            keep: std::time::Duration::from_secs(u64::from(days) * 86_400),
+            owed_to: vec![crate::sources::upstream::SOURCE],
+            every: RETENTION_TICK,
+        })
+    }
+
     /// The API's certificate: from files, or issued (or taken up again from custody) from the
     /// CA key `api.tls.issuer` names.
     async fn api_certificate(
@@ -645,6 +660,9 @@ impl App {
         }
         if let Some(updater) = &self.updater {
             tokio::spawn(updater.clone().run(shutdown.clone()));
+        }
+        if let Some(retention) = self.result_retention() {
+            tokio::spawn(retention.run(shutdown.clone()));
         }
         tokio::spawn(
             fleet::FleetHeartbeat {

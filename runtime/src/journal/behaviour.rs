@@ -46,6 +46,7 @@ macro_rules! journal_behaviour_tests {
             enqueue_wakes_a_waiting_worker,
             counts_and_list_by_state,
             outcomes_are_owed_to_their_source_until_delivered,
+            old_results_are_removed_except_those_still_owed,
             a_job_runs_only_where_a_backend_of_its_route_is_served,
             instances_claiming_at_once_never_share_a_job,
             instances_report_themselves_and_can_be_forgotten,
@@ -792,6 +793,87 @@ pub(crate) async fn outcomes_are_owed_to_their_source_until_delivered(f: &dyn Fa
         (owed[0].id.as_str(), owed[0].state),
         (bad.id.as_str(), JobState::Succeeded)
     );
+}
+
+pub(crate) async fn old_results_are_removed_except_those_still_owed(f: &dyn Factory) {
+    let j = f.open("a").await;
+    let r = req(1);
+    let from = |source, key| NewJob {
+        source,
+        idempotency_key: key,
+        kind: JobKind::Issue,
+        request: &r,
+        route: None,
+    };
+    // Five jobs that end in turn: three from the API, two from the upstream service (one of
+    // them delivered), then one more that ends after the cutoff.
+    let mut ended = Vec::new();
+    for (source, key) in [
+        ("api", "a1"),
+        ("upstream", "owed"),
+        ("api", "a2"),
+        ("upstream", "delivered"),
+        ("api", "a3"),
+    ] {
+        let job = j.enqueue(from(source, key)).await.unwrap().0;
+        let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+        assert_eq!(held.job.id, job.id);
+        let completion = Completion {
+            password: Some("pfx password"),
+            ..done("{\"pfx_base64\":\"MII...\"}")
+        };
+        assert!(j.complete(&held.lease, completion).await.unwrap());
+        ended.push(job);
+    }
+    j.mark_delivered(&ended[3].id).await.unwrap();
+    // The journal's clock (PostgreSQL's, for a shared one) is past every end; a job that ends
+    // after it stays whatever happens.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let late = j.enqueue(from("api", "late")).await.unwrap().0;
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    assert!(j.complete(&held.lease, done("{}")).await.unwrap());
+
+    let stored = |id: String| {
+        let j = j.clone();
+        async move { j.peek_result(&id).await.unwrap().is_some() }
+    };
+    // In batches of two: the oldest first, the owed one passed over.
+    assert_eq!(j.remove_results(cutoff, &["upstream"], 2).await.unwrap(), 2);
+    assert!(!stored(ended[0].id.clone()).await);
+    assert!(
+        stored(ended[1].id.clone()).await,
+        "an owed result was removed"
+    );
+    assert!(!stored(ended[2].id.clone()).await);
+    assert!(stored(ended[3].id.clone()).await);
+    assert_eq!(j.remove_results(cutoff, &["upstream"], 2).await.unwrap(), 2);
+    assert_eq!(j.remove_results(cutoff, &["upstream"], 2).await.unwrap(), 0);
+    for (job, kept) in ended.iter().zip([false, true, false, false, false]) {
+        assert_eq!(
+            stored(job.id.clone()).await,
+            kept,
+            "job {}",
+            job.idempotency_key
+        );
+        // The job itself stays, succeeded.
+        assert_eq!(j.get(&job.id).await.unwrap().state, JobState::Succeeded);
+    }
+    assert!(
+        stored(late.id.clone()).await,
+        "a result younger than the cutoff was removed"
+    );
+    assert!(j.take_result(&ended[0].id).await.unwrap().is_none());
+
+    // Once delivered, the owed one goes too.
+    j.mark_delivered(&ended[1].id).await.unwrap();
+    assert_eq!(
+        j.remove_results(cutoff, &["upstream"], 10).await.unwrap(),
+        1
+    );
+    assert!(!stored(ended[1].id.clone()).await);
+    assert!(stored(late.id.clone()).await);
 }
 
 async fn enqueue_routed(j: &dyn Journal, key: &str, route: Option<&[String]>) -> JobRecord {

@@ -44,6 +44,20 @@ pub struct JournalConfig {
         deserialize_with = "crate::config::in_range::<_, u64, 50, 60000>"
     )]
     pub poll_ms: u64,
+    /// Days a finished job's result (the PFX, the certificates) stays in the journal after the
+    /// job ended; 0 keeps results forever. The job and its ledger entry stay either way, and a
+    /// result owed to the upstream service stays until delivered. See [`super::retention`].
+    #[serde(
+        default = "default_keep_results_days",
+        deserialize_with = "crate::config::in_range::<_, u32, 0, 36500>"
+    )]
+    pub keep_results_days: u32,
+}
+
+/// A month: long enough for a client to come back for its result, short enough that the
+/// journal does not keep every device key it ever made.
+fn default_keep_results_days() -> u32 {
+    30
 }
 
 fn default_pool_size() -> usize {
@@ -65,6 +79,7 @@ impl Default for JournalConfig {
             client_key: None,
             pool_size: DEFAULT_POOL_SIZE,
             poll_ms: default_poll_ms(),
+            keep_results_days: default_keep_results_days(),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod config;
 mod group_commit;
 pub mod postgres;
 pub mod record;
+pub mod retention;
 pub mod schema;
 pub mod sqlite;
 pub mod trail;
@@ -288,6 +289,17 @@ pub trait Outbox: Send + Sync {
     /// Records that job `id`'s outcome reached its source. An operator's retry of the job
     /// clears it, so that the new outcome is delivered too.
     async fn mark_delivered(&self, id: &str) -> Result<(), JournalError>;
+
+    /// Removes up to `limit` stored results (the PFX, the certificates, a password not yet
+    /// handed out) of jobs that ended before `ended_before` (Unix ms), oldest first; a result
+    /// still owed to one of the `owed_to` sources ([`Self::undelivered`]) stays. The job and its
+    /// ledger entry stay too. Returns how many were removed. See [`retention`].
+    async fn remove_results(
+        &self,
+        ended_before: i64,
+        owed_to: &[&str],
+        limit: u32,
+    ) -> Result<u64, JournalError>;
 
     /// A source's backlog: its jobs not yet ended, and its ended jobs whose outcome it has not
     /// taken yet.

@@ -844,6 +844,48 @@ impl Outbox for SqliteJournal {
         })
         .await
     }
+
+    async fn remove_results(
+        &self,
+        ended_before: i64,
+        owed_to: &[&str],
+        limit: u32,
+    ) -> Result<u64, JournalError> {
+        let owed_to = serde_json::Value::from(owed_to.to_vec()).to_string();
+        self.write(move |tx| {
+            // Results are stored in the order jobs end, so the walk in rowid order stops at the
+            // first one too young: a sweep reads what it removes (and the few results still
+            // owed), not the whole outbox, while the writer's other work waits.
+            let mut doomed = Vec::new();
+            {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT o.rowid, o.created_at,
+                            j.delivered_at IS NULL
+                            AND j.source IN (SELECT value FROM json_each(?1))
+                     FROM outbox o JOIN jobs j ON j.id = o.job_id
+                     ORDER BY o.rowid",
+                )?;
+                let mut rows = stmt.query(params![owed_to])?;
+                while doomed.len() < limit as usize {
+                    let Some(row) = rows.next()? else { break };
+                    let (rowid, ended, owed): (i64, i64, bool) =
+                        (row.get(0)?, row.get(1)?, row.get(2)?);
+                    if ended >= ended_before {
+                        break;
+                    }
+                    if !owed {
+                        doomed.push(rowid);
+                    }
+                }
+            }
+            let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE rowid = ?1")?;
+            for rowid in &doomed {
+                delete.execute(params![rowid])?;
+            }
+            Ok(doomed.len() as u64)
+        })
+        .await
+    }
 }
 
 const LEDGER_COLUMNS: &str =

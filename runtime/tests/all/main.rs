@@ -33,6 +33,7 @@ mod plugin_lifecycle;
 mod poison_job;
 mod proxy;
 mod reload;
+mod retention;
 mod revocation;
 mod routing;
 mod sandbox;

@@ -768,6 +768,27 @@ impl Outbox for PostgresJournal {
         Ok(())
     }
 
+    async fn remove_results(
+        &self,
+        ended_before: i64,
+        owed_to: &[&str],
+        limit: u32,
+    ) -> Result<u64, JournalError> {
+        // No index on the age (it would cost every job a write): each batch reads the outbox
+        // once, which PostgreSQL does beside the workers' writes, not in their way.
+        execute(
+            &self.client().await?,
+            "DELETE FROM outbox WHERE job_id IN (
+                 SELECT o.job_id FROM outbox o JOIN jobs j ON j.id = o.job_id
+                 WHERE o.created_at < $1
+                   AND NOT (j.delivered_at IS NULL AND j.source = ANY($2::TEXT[]))
+                 ORDER BY o.created_at
+                 LIMIT $3)",
+            &[&ended_before, &owed_to, &i64::from(limit)],
+        )
+        .await
+    }
+
     async fn backlog(&self, source: &str) -> Result<Backlog, JournalError> {
         let rows = query(
             &self.client().await?,

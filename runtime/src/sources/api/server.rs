@@ -888,8 +888,9 @@ async fn retry_job(
     responses(
         (status = 200, description = "The job and its result; a PFX password not sealed for a device is in the first answer only", body = FinishedJob),
         (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
-        (status = 404, description = "No such job, or no stored result", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job has not succeeded", body = ErrorBody),
+        (status = 410, description = "The result was removed: results are kept `journal.keep_results_days` after the job ended", body = ErrorBody),
         (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
     ),
     security(("token" = []))
@@ -910,7 +911,13 @@ async fn job_result(
         .outbox
         .take_result(&id)
         .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the job has no stored result"))?;
+        .ok_or_else(|| {
+            // Every job that succeeded stored a result; only the retention sweep removes one.
+            ApiError::new(
+                StatusCode::GONE,
+                format!("the result of job {id} was removed: results are kept journal.keep_results_days days after the job ended"),
+            )
+        })?;
     let result = JobResult::from_outbox(&id, stored)?;
     Ok(Json(FinishedJob {
         job: summarize(job),

@@ -1,0 +1,95 @@
+//! `journal.keep_results_days`: a result older than the retention is removed by the daemon's
+//! sweep; the job and its certificate stay, and fetching the result says it was removed.
+
+use std::time::Duration;
+
+use hyper::Method;
+use serde_json::json;
+
+use crate::common::*;
+
+const DAY_MS: i64 = 86_400_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_older_than_the_retention_is_removed_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = start_default(dir.path());
+    let api = daemon.client();
+    let old = submit(&api, "smime", "old", json!({})).await;
+    let young = submit(&api, "smime", "young", json!({})).await;
+    for id in [&old, &young] {
+        assert_eq!(
+            wait_job(&api, id, Duration::from_secs(60)).await["state"],
+            "succeeded"
+        );
+    }
+    daemon.stop();
+
+    // The first job ended 31 days ago, as far as the journal knows; the second, 29.
+    let db = rusqlite::Connection::open(dir.path().join("data/journal.sqlite")).unwrap();
+    for (id, days) in [(&old, 31), (&young, 29)] {
+        let changed = db
+            .execute(
+                "UPDATE outbox SET created_at = created_at - ?2 WHERE job_id = ?1",
+                rusqlite::params![id, days * DAY_MS],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+    drop(db);
+
+    // The default retention is 30 days; the sweep runs as the daemon starts.
+    let daemon = Daemon::start(&daemon.config.clone(), &dir.path().join("daemon.log"));
+    let api = daemon.client();
+    let started = std::time::Instant::now();
+    let gone = loop {
+        match api
+            .call(Method::GET, &format!("/v1/jobs/{old}/result"), None)
+            .await
+        {
+            Err(certconn::sources::api::client::ClientError::Api {
+                status: 410,
+                message,
+            }) => break message,
+            Ok(_) => {}
+            Err(e) => panic!("unexpected answer for the old result: {e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the old result was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        gone.contains(&format!("the result of job {old} was removed"))
+            && gone.contains("journal.keep_results_days"),
+        "{gone}"
+    );
+    // The younger result is whole: its PFX is there for the taking.
+    let kept = api
+        .call(Method::GET, &format!("/v1/jobs/{young}/result"), None)
+        .await
+        .expect("the younger result");
+    assert!(
+        kept["result"]["pfx_base64"]
+            .as_str()
+            .is_some_and(|p| !p.is_empty()),
+        "{kept}"
+    );
+    // The job and its certificate stay.
+    let job = api
+        .call(Method::GET, &format!("/v1/jobs/{old}"), None)
+        .await
+        .unwrap();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let db = rusqlite::Connection::open(dir.path().join("data/journal.sqlite")).unwrap();
+    let ledger: i64 = db
+        .query_row("SELECT COUNT(*) FROM certificates", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ledger, 2, "the ledger lost a certificate");
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("removed the stored results") && log.contains("\"removed\":1"),
+        "{log}"
+    );
+}

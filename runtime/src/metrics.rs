@@ -67,6 +67,8 @@ pub struct Metrics {
     /// Writes those transactions carried: writes per commit is the batch the group commit
     /// achieved (each commit is one fsync).
     journal_commit_writes: AtomicU64,
+    /// Job results removed by the retention sweep (`journal.keep_results_days`).
+    journal_results_removed: AtomicU64,
 }
 
 /// The stages a job's time is split into: what `certconn bench` prints and
@@ -164,6 +166,11 @@ impl Metrics {
             .fetch_add(writes as u64, Ordering::Relaxed);
     }
 
+    /// The retention sweep removed `n` job results.
+    pub fn journal_results_removed(&self, n: u64) {
+        self.journal_results_removed.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// `(commits, writes)` the SQLite journal has made durable since the process started.
     pub fn journal_commit_totals(&self) -> (u64, u64) {
         (
@@ -255,6 +262,16 @@ impl Metrics {
             "Writes the SQLite journal's commits carried.",
         );
         out.sample("certconn_journal_writes_total", &[], writes as f64);
+        out.family(
+            "certconn_journal_results_removed_total",
+            "counter",
+            "Job results (PFX, certificates) removed after journal.keep_results_days.",
+        );
+        out.sample(
+            "certconn_journal_results_removed_total",
+            &[],
+            self.journal_results_removed.load(Ordering::Relaxed) as f64,
+        );
         out.family(
             "certconn_plugin_faults_total",
             "counter",

@@ -194,7 +194,8 @@ const PUBLISH_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 /// apart, so an hour late is nothing.
 const RA_TICK: std::time::Duration = std::time::Duration::from_secs(3600);
 /// How often old job results are looked for: retention is counted in days, so an hour late is
-/// nothing, and a sweep that finds nothing reads a few rows.
+/// nothing. A sweep that finds nothing reads up to the first young result on SQLite, and the
+/// outbox once on PostgreSQL.
 const RETENTION_TICK: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A started connector: everything opened and wired, nothing running yet.

@@ -67,6 +67,7 @@ impl ResultRetention {
                 .remove_results(ended_before, &self.owed_to, BATCH)
                 .await?;
             removed += n;
+            crate::metrics::global().journal_results_removed(n);
             if n < u64::from(BATCH) {
                 return Ok(removed);
             }

@@ -87,6 +87,13 @@ async fn a_result_older_than_the_retention_is_removed_and_says_so() {
         .query_row("SELECT COUNT(*) FROM certificates", [], |r| r.get(0))
         .unwrap();
     assert_eq!(ledger, 2, "the ledger lost a certificate");
+    let read = data_token(dir.path(), "api-read-token");
+    let (status, metrics) = http_get(daemon.port, "/metrics", Some(&read));
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("\ncertconn_journal_results_removed_total 1\n"),
+        "{metrics}"
+    );
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(
         log.contains("removed the stored results") && log.contains("\"removed\":1"),

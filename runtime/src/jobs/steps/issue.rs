@@ -171,7 +171,7 @@ impl Steps {
         let name = answer.backend_name;
         let clock = Instant::now();
         let outcome = match answer.answer {
-            Ok(issued) => super::cpu_bound(|| {
+            Ok(issued) => {
                 self.package(
                     &name,
                     &*answer.backend,
@@ -181,7 +181,8 @@ impl Steps {
                     req,
                     profile,
                 )
-            }),
+                .await
+            }
             Err(refusal) => Err(backend_refusal(&name, refusal)),
         };
         metrics::global().job_stage(JobStage::Crypto, clock.elapsed());
@@ -358,7 +359,7 @@ impl Steps {
     /// key certconn made, a PFX under a random password, the password sealed for the device or
     /// handed out once.
     #[allow(clippy::too_many_arguments)]
-    fn package(
+    async fn package(
         &self,
         name: &str,
         backend: &dyn CaBackend,
@@ -397,20 +398,28 @@ impl Steps {
             let key_pkcs8 = key
                 .pkcs8_der()
                 .map_err(|e| fail(JobError::permanent("the device key").because(e)))?;
-            let contents = pki::pkcs12::PfxContents {
-                key_pkcs8,
-                certificate: &issued.certificate,
-                chain: &issued.chain,
-                friendly_name: Some(&friendly),
+            let pfx = {
+                let key_pkcs8 = Zeroizing::new(key_pkcs8.to_vec());
+                let (certificate, chain) = (issued.certificate.clone(), issued.chain.clone());
+                let password = password.clone();
+                let (iterations, format, policy) = (
+                    self.settings.pfx_iterations,
+                    profile.pfx_format,
+                    self.settings.policy,
+                );
+                super::cpu_bound(move || {
+                    let contents = pki::pkcs12::PfxContents {
+                        key_pkcs8: &key_pkcs8,
+                        certificate: &certificate,
+                        chain: &chain,
+                        friendly_name: Some(&friendly),
+                    };
+                    pki::pkcs12::write(&contents, &password, iterations, format, &policy)
+                })
+                .await
+                .map_err(fail)?
+                .map_err(|e| fail(JobError::permanent("writing the PFX").because(e)))?
             };
-            let pfx = pki::pkcs12::write(
-                &contents,
-                &password,
-                self.settings.pfx_iterations,
-                profile.pfx_format,
-                &self.settings.policy,
-            )
-            .map_err(|e| fail(JobError::permanent("writing the PFX").because(e)))?;
             result.pfx_base64 = Some(b64.encode(&pfx));
             match &req.recipient_pem {
                 Some(recipient) => {

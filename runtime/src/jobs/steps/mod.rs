@@ -70,14 +70,14 @@ impl Steps {
 }
 
 /// Runs `f`, a millisecond or more of the host's cryptography (a PKCS#12 file's key
-/// derivations), off the async threads: on the daemon's multi-threaded runtime the worker thread
-/// hands its other tasks to another thread first, so journal answers and plugin calls of other
-/// jobs are not stuck behind it. On a single-threaded runtime (tools, tests) it just runs.
-fn cpu_bound<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
+/// derivations), on the blocking pool, so journal answers and plugin calls of other jobs are not
+/// stuck behind it on the async threads.
+async fn cpu_bound<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, JobError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| JobError::permanent("the host's cryptography panicked").because(e))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(job: &JobRecord) -> Result<T, JobError> {

@@ -451,7 +451,10 @@ impl Ra {
                     .take_result(&job.id)
                     .await
                     .map_err(internal)?
-                    .ok_or_else(|| internal("the finished job has no result"))?;
+                    .ok_or_else(|| {
+                        // Only the retention sweep removes a finished job's result.
+                        internal("the finished job's result was removed (journal.keep_results_days); a new enrolment, with a new transaction id, is needed")
+                    })?;
                 let result = JobResult::from_outbox(&job.id, stored).map_err(internal)?;
                 let mut chain = Vec::new();
                 for text in [result.certificate_pem, result.chain_pem]

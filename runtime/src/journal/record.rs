@@ -140,6 +140,29 @@ pub struct JobRecord {
     pub poll_token: Option<String>,
 }
 
+#[cfg(test)]
+impl JobRecord {
+    /// A running job of `kind` with `request` (id `job-1`, from the API), for tests that need
+    /// a record without a journal.
+    pub(crate) fn running(kind: JobKind, request: serde_json::Value) -> Self {
+        Self {
+            id: "job-1".into(),
+            source: "api".into(),
+            idempotency_key: "k".into(),
+            kind,
+            state: JobState::Running,
+            request,
+            attempts: 1,
+            backend: None,
+            last_error: None,
+            created_at: 0,
+            updated_at: 0,
+            next_run_at: 0,
+            poll_token: None,
+        }
+    }
+}
+
 /// A job to record.
 #[derive(Clone, Copy, Debug)]
 pub struct NewJob<'a> {

@@ -146,18 +146,8 @@ mod tests {
     fn job(id: &str, state: JobState) -> JobRecord {
         JobRecord {
             id: id.into(),
-            source: "test".into(),
-            idempotency_key: id.into(),
-            kind: JobKind::Issue,
             state,
-            request: serde_json::Value::Null,
-            attempts: 1,
-            backend: None,
-            last_error: None,
-            created_at: 0,
-            updated_at: 0,
-            next_run_at: 0,
-            poll_token: None,
+            ..JobRecord::running(JobKind::Issue, serde_json::Value::Null)
         }
     }
 

@@ -110,7 +110,7 @@ pub(crate) mod tests {
     use crate::jobs::routing::testing::{StandIn, StandIns};
     use crate::jobs::Completed;
     use crate::jobs::ErrorClass;
-    use crate::journal::{JobState, LedgerEntry};
+    use crate::journal::LedgerEntry;
     use crate::plugins::backend::CallResult;
     use crate::plugins::bindings::types as wit;
 
@@ -174,22 +174,8 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn job(kind: JobKind, request: serde_json::Value) -> JobRecord {
-        JobRecord {
-            id: "job-1".into(),
-            source: "api".into(),
-            idempotency_key: "k".into(),
-            kind,
-            state: JobState::Running,
-            request,
-            attempts: 1,
-            backend: None,
-            last_error: None,
-            created_at: 0,
-            updated_at: 0,
-            next_run_at: 0,
-            poll_token: None,
-        }
+    fn job(kind: JobKind, request: serde_json::Value) -> JobRecord {
+        JobRecord::running(kind, request)
     }
 
     fn issue_request() -> serde_json::Value {

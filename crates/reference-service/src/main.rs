@@ -21,6 +21,7 @@ mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,6 +93,43 @@ struct App {
     /// Each connector's last heartbeat and when it came (milliseconds since the epoch), by
     /// instance.
     connectors: std::sync::Mutex<std::collections::BTreeMap<String, (Heartbeat, u128)>>,
+    /// How long each acknowledgement and result is held before it is answered (milliseconds;
+    /// the admin's `POST /pace`), to see whether a connector's calls overlap.
+    pace_ms: AtomicU64,
+    /// Acknowledgements being answered now, and the most ever at once.
+    acks: Gauge,
+    /// Results being answered now, and the most ever at once.
+    results: Gauge,
+}
+
+/// Calls of one kind being answered now, and the most ever at once.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicU64,
+    most: AtomicU64,
+}
+
+/// A call being answered: counted in its gauge while it lives.
+struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    /// Counts the call in, then holds it for the admin's pace.
+    async fn paced(app: &App, gauge: &'a Gauge) -> Self {
+        let now = gauge.now.fetch_add(1, Ordering::SeqCst) + 1;
+        gauge.most.fetch_max(now, Ordering::SeqCst);
+        let call = Self(gauge);
+        let pace = app.pace_ms.load(Ordering::SeqCst);
+        if pace > 0 {
+            tokio::time::sleep(Duration::from_millis(pace)).await;
+        }
+        call
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[tokio::main]
@@ -144,6 +182,9 @@ async fn run(args: Args) -> Result<(), String> {
         outage: std::sync::Mutex::new(None),
         policy: std::sync::Mutex::new(policy),
         connectors: std::sync::Mutex::default(),
+        pace_ms: AtomicU64::new(0),
+        acks: Gauge::default(),
+        results: Gauge::default(),
     });
     let connector = Router::new()
         .route("/work", get(poll))
@@ -160,6 +201,7 @@ async fn run(args: Args) -> Result<(), String> {
         .route("/stats", get(stats))
         .route("/timings", get(timings))
         .route("/outage", post(outage))
+        .route("/pace", post(pace))
         .route("/connectors", get(connectors))
         .route("/connectors/{id}/revoke", post(revoke))
         .route("/identities", get(identities))
@@ -392,6 +434,7 @@ async fn poll(State(app): State<Arc<App>>, Query(q): Query<PollQuery>) -> Json<s
 
 /// `POST /connector/v1/work/{id}/ack`.
 async fn ack(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let _call = InFlight::paced(&app, &app.acks).await;
     if app.store.ack(&id) {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -401,6 +444,7 @@ async fn ack(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
 
 /// `POST /connector/v1/results`: kept once; a repeat is accepted and changes nothing.
 async fn result(State(app): State<Arc<App>>, Json(result): Json<ItemResult>) -> Response {
+    let _call = InFlight::paced(&app, &app.results).await;
     if app.store.record(result) {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -485,6 +529,25 @@ async fn outage(State(app): State<Arc<App>>, Json(o): Json<Outage>) -> Response 
     StatusCode::NO_CONTENT.into_response()
 }
 
+#[derive(Deserialize)]
+struct Pace {
+    millis: u64,
+}
+
+/// `POST /admin/v1/pace` `{"millis": N}`: each acknowledgement and result is held N ms before
+/// it is answered (0: at once). With it, `most_in_flight` in the stats shows whether a
+/// connector's acknowledgements (and its results) overlap.
+async fn pace(State(app): State<Arc<App>>, Json(p): Json<Pace>) -> Response {
+    if p.millis > 60_000 {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("millis {}: at most 60000", p.millis),
+        );
+    }
+    app.pace_ms.store(p.millis, Ordering::SeqCst);
+    StatusCode::NO_CONTENT.into_response()
+}
+
 /// `GET /admin/v1/timings`: per answered item, when it was enqueued and how long its result
 /// took (`certconn bench --upstream` reads it).
 async fn timings(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
@@ -493,7 +556,12 @@ async fn timings(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 
 /// `GET /admin/v1/stats`: counters a test or a person checks.
 async fn stats(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    Json(app.store.stats())
+    let mut stats = app.store.stats();
+    stats["most_in_flight"] = json!({
+        "acks": app.acks.most.load(Ordering::SeqCst),
+        "results": app.results.most.load(Ordering::SeqCst),
+    });
+    Json(stats)
 }
 
 /// `POST /connector/v1/heartbeat`: kept as the connector's latest; answered with the version

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use futures::StreamExt;
 use hyper::Method;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
@@ -29,6 +30,9 @@ use certconn::sources::api::client::{ApiClient, ClientError};
 
 /// Items measured one at a time (at most; no more than `--jobs`).
 const SEQUENTIAL: usize = 50;
+
+/// Admin calls enqueuing the burst at once.
+const ENQUEUE_IN_FLIGHT: usize = 16;
 
 /// The poll interval of the connectors certconn replaces.
 const POLL_INTERVAL_SECONDS: f64 = 30.0;
@@ -180,10 +184,16 @@ pub async fn run(plugins: &Path, dir: &Path, workers: usize, items: usize) -> an
         }
     }
 
-    // 2. A burst.
-    for i in 0..items {
-        service.enqueue(&item(format!("burst-{i}"))).await?;
-    }
+    // 2. A burst: the items go to the service side by side, as many devices' requests would,
+    //    so that how fast they are enqueued does not bound how fast the connector takes them.
+    let burst: Vec<Value> = (0..items).map(|i| item(format!("burst-{i}"))).collect();
+    futures::stream::iter(&burst)
+        .map(|i| service.enqueue(i))
+        .buffer_unordered(ENQUEUE_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?;
     wait_for_results(&service, 1 + sequential + items).await?;
     let _ = stop_tx.send(true);
     let _ = scheduler.await;

@@ -347,6 +347,46 @@ fn an_outage_of_the_service_loses_nothing_and_sends_nothing_twice() {
     assert_eq!(upstream_jobs(&daemon).len(), 6);
 }
 
+/// The items of one batch are journaled together and acknowledged side by side, and their
+/// results sent side by side: with the service holding each acknowledgement and result 300 ms,
+/// a connector that made these calls one at a time would never have two of a kind in flight.
+#[test]
+fn the_items_of_a_batch_are_acknowledged_and_answered_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(dir.path());
+    let (_, device_cert) = openssl_device(dir.path());
+    let (status, _) = service.admin("POST", "/pace", Some(&json!({ "millis": 300 })));
+    assert_eq!(status, 204);
+    // Ten items waiting before certconn starts: its first poll (batch 10) takes them all.
+    for i in 0..10 {
+        service.enqueue(issue_item(
+            &format!("side-{i}"),
+            &format!("CN=side by side {i}"),
+            &device_cert,
+        ));
+    }
+    let _daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugins(), &upstream_section(&service))
+    });
+    let stats = service.wait_results(10, Duration::from_secs(90));
+    assert_eq!(stats["acked"], 10, "{stats}");
+    assert_eq!(stats["duplicate_results"], 0, "{stats}");
+    // One at a time, each would be 1 (an acknowledgement and a result may overlap each other:
+    // they come from two loops).
+    for calls in ["acks", "results"] {
+        let most = stats["most_in_flight"][calls]
+            .as_u64()
+            .expect("most_in_flight");
+        assert!(
+            (2..=8).contains(&most),
+            "{calls} in flight at once: {most} (certconn allows 8): {stats}"
+        );
+    }
+    for i in 0..10 {
+        assert_eq!(service.result(&format!("side-{i}"))["status"], "succeeded");
+    }
+}
+
 #[test]
 fn an_upstream_off_loopback_in_plain_http_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,8 +6,9 @@
 //!   [`crate::jobs::Intake`] (the item's id is the idempotency key, the source `upstream`)
 //!   *before* it acknowledges it, so an item is never lost and an item offered twice is one
 //!   job. An item that cannot be a job fails alone: its failure is sent as its result.
-//! - `report`: sends the outcome of every upstream job that ended — from the outbox, in the
-//!   order they ended — until the service takes it, then marks it delivered in the journal.
+//! - `report`: sends the outcome of every upstream job that ended — from the outbox, oldest
+//!   first, several at once — until the service takes it, then marks it delivered in the
+//!   journal.
 //! - `heartbeat`: tells the service who this instance is and how it is; its answer's version
 //!   policy is this version's lifecycle in the status.
 //! - `identity`: renews the connector's identity certificate at two thirds of its lifetime
@@ -39,6 +40,12 @@ pub use heartbeat::InstanceReport;
 
 /// The source name upstream jobs carry.
 pub const SOURCE: &str = "upstream";
+
+/// Items of a batch, and results of a report round, handled at once: their journal writes
+/// share commits and their calls to the service overlap, where one at a time each waited for
+/// the one before (a commit, then a round trip). Few enough not to flood the service with
+/// connections.
+const IN_FLIGHT: usize = 8;
 
 /// `[upstream]`.
 #[derive(Debug, Clone, Deserialize)]

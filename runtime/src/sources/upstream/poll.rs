@@ -7,10 +7,11 @@ use certconn_connector::{
     parse_batch, Delivered, ImportWork, IssueWork, ItemResult, Outcome, Parsed, RevokeWork, Work,
     WorkItem, BASE,
 };
+use futures::StreamExt;
 use hyper::{Method, StatusCode};
 use tokio::sync::watch;
 
-use super::{pause, Upstream, SOURCE};
+use super::{pause, Upstream, IN_FLIGHT, SOURCE};
 use crate::jobs::model::{ImportJob, IssueJob, RevocationReason, RevokeJob};
 use crate::jobs::SubmitError;
 
@@ -21,7 +22,7 @@ pub(super) const CALL_LIMIT: Duration = Duration::from_secs(30);
 const EAGER: Duration = Duration::from_secs(1);
 
 impl Upstream {
-    /// Long-polls until `shutdown`: each batch is journaled and acknowledged item by item.
+    /// Long-polls until `shutdown`: each item of a batch is journaled, then acknowledged.
     pub(super) async fn poll_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut failures = 0u32;
         let path = format!(
@@ -89,20 +90,30 @@ impl Upstream {
     }
 
     /// Journals each item, then acknowledges it; an item that cannot be a job is answered with
-    /// its failure at once. Stops at the first item the journal cannot take (it is offered
-    /// again after the service's visibility timeout, and journaled then).
+    /// its failure at once. The items of a batch are taken together, at most [`IN_FLIGHT`] at a
+    /// time: their journal writes share a commit, and their acknowledgements go side by side
+    /// instead of one round trip after another. An item the journal cannot take is not
+    /// acknowledged (it is offered again after the service's visibility timeout, and journaled
+    /// then); the first such failure is returned once the others are done.
     async fn take(&self, items: Vec<Parsed>) -> Result<(), String> {
-        for parsed in items {
-            match parsed {
-                Parsed::Item(item) => self.take_item(item).await?,
-                Parsed::Malformed {
-                    id: Some(id),
-                    reason,
-                } => self.refuse(&id, format!("not a work item: {reason}")).await,
-                Parsed::Malformed { id: None, reason } => {
-                    self.update(|s| s.refused += 1);
-                    tracing::warn!(event_id = 5004, %reason, "the upstream service sent an item without a usable id; it cannot be answered");
-                }
+        let taken: Vec<Result<(), String>> = futures::stream::iter(items)
+            .map(|parsed| self.take_parsed(parsed))
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        taken.into_iter().collect()
+    }
+
+    async fn take_parsed(&self, parsed: Parsed) -> Result<(), String> {
+        match parsed {
+            Parsed::Item(item) => self.take_item(item).await?,
+            Parsed::Malformed {
+                id: Some(id),
+                reason,
+            } => self.refuse(&id, format!("not a work item: {reason}")).await,
+            Parsed::Malformed { id: None, reason } => {
+                self.update(|s| s.refused += 1);
+                tracing::warn!(event_id = 5004, %reason, "the upstream service sent an item without a usable id; it cannot be answered");
             }
         }
         Ok(())

@@ -1,13 +1,15 @@
 //! Sending results back: every upstream job that ended, from the outbox, until the service has
 //! it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use certconn_connector::{Delivered, ItemResult, Outcome};
+use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::{pause, Upstream, SOURCE};
+use super::{pause, Upstream, IN_FLIGHT, SOURCE};
 use crate::jobs::model::JobResult;
 use crate::journal::{JobRecord, JobState};
 
@@ -17,6 +19,13 @@ const IDLE: Duration = Duration::from_secs(1);
 
 /// Outcomes sent per round.
 const ROUND: u32 = 50;
+
+/// Why a round stopped: what failed (for the status), the error, the service's Retry-After.
+type Failure = (&'static str, String, Option<Duration>);
+
+fn journal_failure(e: crate::journal::JournalError) -> Failure {
+    ("journal", crate::report::chain(&e), None)
+}
 
 impl Upstream {
     /// Sends outcomes until `shutdown`.
@@ -50,32 +59,63 @@ impl Upstream {
         }
     }
 
-    /// Sends what is owed now, in the order the jobs ended: how many went.
-    async fn report_round(&self) -> Result<usize, (&'static str, String, Option<Duration>)> {
-        let journal = |e: crate::journal::JournalError| ("journal", crate::report::chain(&e), None);
+    /// Sends what is owed now, oldest first, [`IN_FLIGHT`] at a time: how many went. Each
+    /// result is marked delivered once the service has it, so the marks of a round share
+    /// commits. After a result the service did not take, no other is started (the ones on
+    /// their way finish); the round then returns that failure, and what did not go stays owed.
+    async fn report_round(&self) -> Result<usize, Failure> {
         let owed = self
             .outbox
             .undelivered(SOURCE, ROUND)
             .await
-            .map_err(journal)?;
+            .map_err(journal_failure)?;
+        let failed = AtomicBool::new(false);
+        let delivered: Vec<Result<bool, Failure>> = futures::stream::iter(owed)
+            .map(|job| self.deliver(job, &failed))
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
         let mut sent = 0;
-        for job in owed {
+        let mut failure = None;
+        for d in delivered {
+            match d {
+                Ok(went) => sent += usize::from(went),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        failure.map_or(Ok(sent), Err)
+    }
+
+    /// Sends one job's outcome and marks it delivered: false when it was not tried, because
+    /// another of the round failed first.
+    async fn deliver(&self, job: JobRecord, failed: &AtomicBool) -> Result<bool, Failure> {
+        if failed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let sent = async {
             let result = ItemResult {
                 item_id: job.idempotency_key.clone(),
-                outcome: self.outcome_of(&job).await.map_err(journal)?,
+                outcome: self.outcome_of(&job).await.map_err(journal_failure)?,
             };
             self.send_result(&result)
                 .await
                 .map_err(|(e, retry_after)| ("report", e, retry_after))?;
-            self.outbox.mark_delivered(&job.id).await.map_err(journal)?;
-            self.update(|s| {
-                s.delivered += 1;
-                s.last_error = None;
-            });
-            tracing::info!(event_id = 5009, item = %job.idempotency_key, job = %job.id, state = job.state.as_str(), "sent a result to the upstream service");
-            sent += 1;
+            self.outbox
+                .mark_delivered(&job.id)
+                .await
+                .map_err(journal_failure)
         }
-        Ok(sent)
+        .await;
+        if let Err(e) = sent {
+            failed.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+        self.update(|s| {
+            s.delivered += 1;
+            s.last_error = None;
+        });
+        tracing::info!(event_id = 5009, item = %job.idempotency_key, job = %job.id, state = job.state.as_str(), "sent a result to the upstream service");
+        Ok(true)
     }
 
     /// A job's outcome as the protocol carries it.

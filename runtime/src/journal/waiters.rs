@@ -3,9 +3,10 @@
 //! [`super::JobStore::wait_settled`] used to wake on every change of any job and read its job
 //! again: with W callers waiting (a burst of SCEP clients, API clients with `?wait=`), every
 //! change cost W reads of the journal, all through one reader connection. A journal now says
-//! which job changed ([`JobWaiters::job_changed`]), and only that job's waiters look. A change
-//! that cannot name its jobs — a bulk update, or another instance's change arriving as one
-//! coalesced notification — wakes everyone ([`JobWaiters::all_changed`]), as before.
+//! which job changed ([`JobWaiters::job_changed`]), and only that job's waiters look; so do the
+//! instances of a PostgreSQL fleet, whose notifications name the jobs another instance changed
+//! ([`JobWaiters::jobs_changed`]). A change that cannot name its jobs — a bulk update, or more
+//! jobs than one notification names — wakes everyone ([`JobWaiters::all_changed`]), as before.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,8 +42,19 @@ impl JobWaiters {
 
     /// Job `id` changed: its waiters look, and the change counter ticks.
     pub(crate) fn job_changed(&self, id: &str) {
-        if let Some(tx) = self.by_job().get(id) {
-            tx.send_replace(());
+        self.jobs_changed([id]);
+    }
+
+    /// Jobs `ids` changed (another instance of a fleet names them in one notification): their
+    /// waiters look, and the change counter ticks once.
+    pub(crate) fn jobs_changed<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        {
+            let by_job = self.by_job();
+            for id in ids {
+                if let Some(tx) = by_job.get(id) {
+                    tx.send_replace(());
+                }
+            }
         }
         self.tick();
     }
@@ -108,6 +120,13 @@ impl JobWaiters {
             id: id.to_owned(),
             rx,
         }
+    }
+
+    /// A receiver told of each change of job `id`, for a test to see who was woken.
+    #[cfg(test)]
+    pub(crate) fn subscribe(&self, id: &str) -> watch::Receiver<()> {
+        // The clone keeps the job's entry in the map when `watch`'s waiter is dropped.
+        self.watch(id).rx.clone()
     }
 
     #[cfg(test)]

@@ -309,13 +309,13 @@ impl PostgresJournal {
     /// Job `id` changed here: its waiters here now, the other instances soon.
     fn job_changed(&self, id: &str) {
         self.inner.waiters.job_changed(id);
-        self.inner.signals.changed();
+        self.inner.signals.job_changed(id);
     }
 
     /// Jobs changed here that are not named: every waiter here now, the other instances soon.
     fn all_changed(&self) {
         self.inner.waiters.all_changed();
-        self.inner.signals.changed();
+        self.inner.signals.all_changed();
     }
 
     /// Work arrived here: a worker here now, the other instances' soon.
@@ -1365,6 +1365,53 @@ mod tests {
             .map(|v| v.to_string())
             .collect();
         assert_eq!(rows, expected);
+    }
+
+    /// Another instance's change wakes only the waiters of the jobs it names; one that names
+    /// none wakes them all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_on_another_instance_wakes_only_that_jobs_waiters() {
+        let db = testing::fresh_database().await;
+        let config = db.config();
+        let a = PostgresJournal::open(&config, "a", false).await.unwrap();
+        let b = PostgresJournal::open(&config, "b", false).await.unwrap();
+        // Whether `rx` is told of a change it has not seen within `secs`.
+        let within = |rx: &tokio::sync::watch::Receiver<()>, secs| {
+            let mut rx = rx.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(secs), rx.changed())
+                    .await
+                    .is_ok()
+            }
+        };
+        // Until a listens: b tells of a change until a hears it.
+        let up = a.inner.waiters.subscribe("f0");
+        let mut heard = false;
+        for _ in 0..100 {
+            b.job_changed("f0");
+            if within(&up, 1).await {
+                heard = true;
+                break;
+            }
+        }
+        assert!(heard, "a never heard of b's changes");
+
+        let mut waiting = a.inner.waiters.subscribe("a0");
+        let other = a.inner.waiters.subscribe("b0");
+        b.job_changed("b0");
+        assert!(within(&other, 30).await, "b's change of b0 never came");
+        assert!(
+            !waiting.has_changed().unwrap(),
+            "a's waiter of a0 was woken by a change of b0"
+        );
+        b.job_changed("a0");
+        assert!(within(&waiting, 30).await, "b's change of a0 never came");
+        waiting.borrow_and_update();
+        b.all_changed();
+        assert!(
+            within(&waiting, 30).await,
+            "a change naming no job did not wake a0's waiter"
+        );
     }
 
     #[tokio::test]

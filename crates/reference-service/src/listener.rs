@@ -18,6 +18,8 @@ use tokio_rustls::TlsAcceptor;
 pub struct Peer {
     /// The client certificate the handshake verified against the identity CA (DER).
     pub client_certificate: Option<Vec<u8>>,
+    /// The other end's address: one per connection.
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 /// The TLS configuration: `chain` and `key` served; client certificates issued by `ca`
@@ -64,7 +66,7 @@ impl TlsListener {
                     () = tx.closed() => return,
                     a = tcp.accept() => a,
                 };
-                let Ok((stream, _)) = accepted else {
+                let Ok((stream, addr)) = accepted else {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
@@ -80,7 +82,10 @@ impl TlsListener {
                             .peer_certificates()
                             .and_then(|c| c.first())
                             .map(|c| c.as_ref().to_vec());
-                        let peer = Peer { client_certificate };
+                        let peer = Peer {
+                            client_certificate,
+                            addr: Some(addr),
+                        };
                         let _ = tx.send((tls, peer)).await;
                     }
                 });
@@ -104,6 +109,7 @@ impl axum::serve::Listener for TlsListener {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(Peer {
             client_certificate: None,
+            addr: None,
         })
     }
 }
@@ -115,9 +121,10 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
 }
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(_: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
         Peer {
             client_certificate: None,
+            addr: Some(*stream.remote_addr()),
         }
     }
 }

@@ -100,6 +100,9 @@ struct App {
     acks: Gauge,
     /// Results being answered now, and the most ever at once.
     results: Gauge,
+    /// The addresses connector calls came from: one per connection, so their number is how many
+    /// connections connectors made (whether they keep theirs for the next call).
+    connector_peers: std::sync::Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 /// Calls of one kind being answered now, and the most ever at once.
@@ -185,6 +188,7 @@ async fn run(args: Args) -> Result<(), String> {
         pace_ms: AtomicU64::new(0),
         acks: Gauge::default(),
         results: Gauge::default(),
+        connector_peers: std::sync::Mutex::default(),
     });
     let connector = Router::new()
         .route("/work", get(poll))
@@ -295,6 +299,12 @@ async fn authenticate(
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             return answer;
         }
+    }
+    if let Some(addr) = peer.addr {
+        app.connector_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr);
     }
     if let (Some(cert), Some(authority)) = (&peer.client_certificate, &app.authority) {
         if let Err(r) = authority.connector_of(cert) {
@@ -557,6 +567,11 @@ async fn timings(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 /// `GET /admin/v1/stats`: counters a test or a person checks.
 async fn stats(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     let mut stats = app.store.stats();
+    stats["connector_connections"] = json!(app
+        .connector_peers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .len());
     stats["most_in_flight"] = json!({
         "acks": app.acks.most.load(Ordering::SeqCst),
         "results": app.results.most.load(Ordering::SeqCst),

@@ -387,6 +387,35 @@ fn the_items_of_a_batch_are_acknowledged_and_answered_side_by_side() {
     }
 }
 
+/// Calls to the service reuse connections: thirty items cost sixty calls (an acknowledgement
+/// and a result each) and more for the polls, and far fewer connections.
+#[test]
+fn calls_to_the_service_share_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(dir.path());
+    let (_, device_cert) = openssl_device(dir.path());
+    for i in 0..30 {
+        service.enqueue(issue_item(
+            &format!("kept-{i}"),
+            &format!("CN=kept connection {i}"),
+            &device_cert,
+        ));
+    }
+    let _daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugins(), &upstream_section(&service))
+    });
+    let stats = service.wait_results(30, Duration::from_secs(90));
+    assert_eq!(stats["acked"], 30, "{stats}");
+    let connections = stats["connector_connections"]
+        .as_u64()
+        .expect("connector_connections");
+    // One per call would be at least 63 (30 acknowledgements, 30 results, 3 polls).
+    assert!(
+        connections <= 30,
+        "{connections} connections for 60 calls and more: {stats}"
+    );
+}
+
 #[test]
 fn an_upstream_off_loopback_in_plain_http_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -61,6 +61,12 @@ impl ServiceClient {
         self.target.base()
     }
 
+    /// The identity was renewed: the next calls make new connections, whose handshakes present
+    /// the new certificate (a kept connection would go on presenting the old one).
+    pub fn forget_connections(&self) {
+        self.target.forget_connections();
+    }
+
     /// `method path` (under the service URL's own path) with `body` as JSON, within `limit`.
     pub async fn call(
         &self,

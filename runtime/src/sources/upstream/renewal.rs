@@ -37,6 +37,7 @@ impl Upstream {
             }
             match identity.renew(&self.client, &self.instance).await {
                 Ok(()) => {
+                    self.client.forget_connections();
                     failures = 0;
                     self.update(|s| s.identity_error = None);
                     let status = identity.status(crate::journal::now_secs());

@@ -219,11 +219,6 @@ impl Target {
         self.idle().clear();
     }
 
-    /// How many connections are kept now.
-    pub fn idle_connections(&self) -> usize {
-        self.idle().len()
-    }
-
     async fn connect(&self, proxy: Option<&crate::proxy::Proxy>) -> Result<Connection, String> {
         let tcp = crate::proxy::connect(proxy, &self.host, self.port)
             .await
@@ -343,6 +338,11 @@ mod tests {
     use super::*;
 
     impl Target {
+        /// How many connections are kept now.
+        fn idle_connections(&self) -> usize {
+            self.idle().len()
+        }
+
         /// Kept connections whose driver has not seen them end.
         fn kept_open(&self) -> usize {
             self.idle()

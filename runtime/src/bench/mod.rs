@@ -12,7 +12,7 @@
 //! Other figures by option: `--pki` (PFX, sealing, custody), `--scep URL` (enrolments per
 //! second), `--hot-swap` (a new plugin version under load), `--ocsp` (CRL and OCSP costs),
 //! `--upstream` (work through the connector protocol: items per second and request→result
-//! latency against the reference service), `--fleet N` (instances on one PostgreSQL journal:
+//! latency against the reference service; with `--tls` over HTTPS), `--fleet N` (instances on one PostgreSQL journal:
 //! jobs per second with 1…N of them, per-job database cost, SQLite beside it, and claim
 //! latency with `--pollers` instances polling).
 
@@ -122,6 +122,10 @@ pub struct BenchArgs {
     /// latency a 30-second poll interval would give.
     #[arg(long)]
     upstream: bool,
+    /// With --upstream: the service serves HTTPS (from a CA it makes, which the connector
+    /// trusts), as a production service does, so that TLS handshakes are in the figures.
+    #[arg(long, requires = "upstream")]
+    tls: bool,
     /// Measure a fleet on one PostgreSQL journal instead: jobs per second with 1, 2, 4 … N
     /// instances (each `--workers` workers), the database's cost per job, the same jobs on
     /// SQLite, and claim latency with `--pollers` lightweight instances.
@@ -181,7 +185,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else if args.daemon_update {
         daemon_update::run(&plugins, &dir).await
     } else if args.upstream {
-        upstream::run(&plugins, &dir, args.workers.max(1), args.jobs.max(1)).await
+        upstream::run(
+            &plugins,
+            &dir,
+            args.workers.max(1),
+            args.jobs.max(1),
+            args.tls,
+        )
+        .await
     } else if args.hot_swap {
         swap::run(
             &plugins,

@@ -2,7 +2,8 @@
 //! device-management service sees it.
 //!
 //! The reference service (`certconn-reference-service`, beside this binary) runs on a loopback
-//! port; a daemon-equivalent connector (journal, scheduler, the upstream source with its
+//! port (with `--tls`, over HTTPS from a CA it makes, which the connector trusts); a
+//! daemon-equivalent connector (journal, scheduler, the upstream source with its
 //! default long poll) takes its work. Issue items — an EC P-256 key made by certconn, the
 //! local CA, a PKCS#12 whose password is sealed to a device certificate — are enqueued through
 //! the service's admin API, and the service's own clock times each from enqueue to result:
@@ -22,11 +23,11 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use hyper::Method;
 use serde_json::{json, Value};
-use zeroize::Zeroizing;
 
 use certconn::app::{App, Config};
+use certconn::crypto::AlgorithmPolicy;
 use certconn::custody::{KeyAlgorithm, PrivateKey};
-use certconn::sources::api::client::{ApiClient, ClientError};
+use certconn::sources::outbound::Target;
 
 /// Items measured one at a time (at most; no more than `--jobs`).
 const SEQUENTIAL: usize = 50;
@@ -40,8 +41,11 @@ const POLL_INTERVAL_SECONDS: f64 = 30.0;
 /// The reference service, stopped when dropped.
 struct Service {
     child: Child,
-    addr: std::net::SocketAddr,
-    admin: ApiClient,
+    url: String,
+    /// Its CA certificate, when it serves HTTPS: the connector's trust anchor.
+    ca_file: Option<std::path::PathBuf>,
+    /// The admin API, on the same port (and the same TLS) as the connector protocol.
+    admin: Target,
 }
 
 impl Drop for Service {
@@ -52,28 +56,40 @@ impl Drop for Service {
 }
 
 impl Service {
-    fn start(dir: &Path, token_file: &Path) -> anyhow::Result<Self> {
+    fn start(dir: &Path, token_file: &Path, tls: bool) -> anyhow::Result<Self> {
         let binary = std::env::current_exe()?.with_file_name("certconn-reference-service");
         let addr_file = dir.join("service.addr");
-        let mut child = Command::new(&binary)
+        let ca_file = tls.then(|| dir.join("service-ca.pem"));
+        let mut command = Command::new(&binary);
+        command
             .args(["--listen", "127.0.0.1:0", "--visibility-seconds", "60"])
             .arg("--addr-file")
             .arg(&addr_file)
             .arg("--connector-token-file")
             .arg(token_file)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "{} (build it beside certconn: cargo build --release -p certconn-reference-service)",
-                    binary.display()
-                )
-            })?;
-        match listening(&mut child, &addr_file) {
-            Ok(addr) => Ok(Self {
+            .stderr(std::process::Stdio::null());
+        if let Some(ca_file) = &ca_file {
+            // Its CA certificate is written before the address: ready together.
+            command.arg("--tls-ca-file").arg(ca_file);
+        }
+        let mut child = command.spawn().with_context(|| {
+            format!(
+                "{} (build it beside certconn: cargo build --release -p certconn-reference-service)",
+                binary.display()
+            )
+        })?;
+        let started = listening(&mut child, &addr_file).and_then(|addr| {
+            let scheme = if tls { "https" } else { "http" };
+            let url = format!("{scheme}://{addr}");
+            let admin = Target::new(&url, ca_file.as_deref(), None, &AlgorithmPolicy::default())?;
+            Ok((url, admin))
+        });
+        match started {
+            Ok((url, admin)) => Ok(Self {
                 child,
-                addr,
-                admin: ApiClient::new(addr, Zeroizing::default()),
+                url,
+                ca_file,
+                admin,
             }),
             Err(e) => {
                 let _ = child.kill();
@@ -83,21 +99,66 @@ impl Service {
         }
     }
 
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
+    fn url(&self) -> &str {
+        &self.url
     }
 
     async fn enqueue(&self, item: &Value) -> anyhow::Result<()> {
-        self.admin
-            .call(Method::POST, "/admin/v1/work", Some(item))
-            .await?;
+        self.admin_call(Method::POST, "/work", Some(item)).await?;
         Ok(())
     }
 
-    async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.admin
-            .call(Method::GET, &format!("/admin/v1{path}"), None)
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.get_if_there(path)
+            .await?
+            .with_context(|| format!("GET /admin/v1{path}: not found"))
+    }
+
+    /// `None` for a 404 (a result not there yet).
+    async fn get_if_there(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        self.admin_call(Method::GET, path, None).await
+    }
+
+    async fn admin_call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Option<Value>> {
+        let what = format!("{method} /admin/v1{path}");
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}/admin/v1{path}", self.admin.prefix()))
+            .header("host", self.admin.authority());
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()?
+            .unwrap_or_default();
+        let request = request.body(http_body_util::Full::new(hyper::body::Bytes::from(body)))?;
+        let answer = self
+            .admin
+            .send(request, None, Duration::from_secs(30))
             .await
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        if answer.status == hyper::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !answer.status.is_success() {
+            bail!(
+                "{what}: HTTP {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            );
+        }
+        if answer.body.is_empty() {
+            return Ok(Some(Value::Null));
+        }
+        Ok(Some(
+            serde_json::from_slice(&answer.body).with_context(|| format!("{what}: not JSON"))?,
+        ))
     }
 }
 
@@ -118,10 +179,16 @@ fn listening(child: &mut Child, addr_file: &Path) -> anyhow::Result<std::net::So
     }
 }
 
-pub async fn run(plugins: &Path, dir: &Path, workers: usize, items: usize) -> anyhow::Result<()> {
+pub async fn run(
+    plugins: &Path,
+    dir: &Path,
+    workers: usize,
+    items: usize,
+    tls: bool,
+) -> anyhow::Result<()> {
     let token_file = dir.join("connector-token");
     certconn::files::write_atomic(&token_file, b"bench-connector-token\n", 0o600)?;
-    let service = Service::start(dir, &token_file)?;
+    let service = Service::start(dir, &token_file, tls)?;
     let device = PrivateKey::generate(KeyAlgorithm::EcP256)?;
     let device_cert = certconn::pki::ca::self_signed(
         &device,
@@ -130,11 +197,14 @@ pub async fn run(plugins: &Path, dir: &Path, workers: usize, items: usize) -> an
     )?;
     let device_pem = certconn::pki::pem::encode("CERTIFICATE", &device_cert);
 
-    let upstream = format!(
+    let mut upstream = format!(
         "[upstream]\nservice = \"{}\"\ntoken_file = \"{}\"\n",
         service.url(),
         token_file.display()
     );
+    if let Some(ca_file) = &service.ca_file {
+        upstream.push_str(&format!("trust_anchors = \"{}\"\n", ca_file.display()));
+    }
     let config: Config = super::bench_config_with(dir, plugins, workers, &upstream)?;
     let app = Arc::new(App::open(config).await?);
     let connector = app
@@ -172,10 +242,12 @@ pub async fn run(plugins: &Path, dir: &Path, workers: usize, items: usize) -> an
         service.enqueue(&item(id.clone())).await?;
         let start = Instant::now();
         loop {
-            match service.get(&format!("/results/{id}")).await {
-                Ok(_) => break,
-                Err(ClientError::Api { status: 404, .. }) => {}
-                Err(e) => return Err(e.into()),
+            if service
+                .get_if_there(&format!("/results/{id}"))
+                .await?
+                .is_some()
+            {
+                break;
             }
             if start.elapsed() > Duration::from_secs(120) {
                 bail!("item {id} got no result within 2 minutes");

@@ -214,3 +214,25 @@ fn upstream_bench_prints_latency_throughput_and_the_poll_interval_beside_them() 
         ],
     );
 }
+
+#[test]
+fn upstream_bench_over_tls_names_an_https_service() {
+    let plugins = plugins();
+    bench_prints(
+        &[
+            "--upstream",
+            "--tls",
+            "--jobs",
+            "10",
+            "--workers",
+            "2",
+            "--plugins",
+            plugins.to_str().unwrap(),
+        ],
+        &[
+            "the reference service on https://127.0.0.1:",
+            "one at a time:    10 items, request→result p50",
+            "burst:            10 items enqueued at once",
+        ],
+    );
+}

@@ -12,9 +12,9 @@
 //! Other figures by option: `--pki` (PFX, sealing, custody), `--scep URL` (enrolments per
 //! second), `--hot-swap` (a new plugin version under load), `--ocsp` (CRL and OCSP costs),
 //! `--upstream` (work through the connector protocol: items per second and request→result
-//! latency against the reference service; with `--tls` over HTTPS), `--fleet N` (instances on one PostgreSQL journal:
-//! jobs per second with 1…N of them, per-job database cost, SQLite beside it, and claim
-//! latency with `--pollers` instances polling).
+//! latency against the reference service; with `--tls` over HTTPS), `--fleet N` (instances on
+//! one PostgreSQL journal: jobs per second with 1…N of them, per-job database cost, SQLite
+//! beside it, and claim latency with `--pollers` instances polling).
 
 use std::path::PathBuf;
 use std::str::FromStr;

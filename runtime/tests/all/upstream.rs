@@ -105,6 +105,18 @@ impl Service {
         assert_eq!(status, 201, "{answer}");
     }
 
+    /// Enqueues `count` issue items, `{prefix}-0` …, each for a device of subject
+    /// `CN={prefix} {i}`.
+    fn enqueue_issues(&self, prefix: &str, count: usize, device_cert: &Path) {
+        for i in 0..count {
+            self.enqueue(issue_item(
+                &format!("{prefix}-{i}"),
+                &format!("CN={prefix} {i}"),
+                device_cert,
+            ));
+        }
+    }
+
     fn stats(&self) -> Value {
         self.admin("GET", "/stats", None).1
     }
@@ -327,13 +339,7 @@ fn an_outage_of_the_service_loses_nothing_and_sends_nothing_twice() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Work enqueued meanwhile is done once the service is back.
-    for i in 0..5 {
-        service.enqueue(issue_item(
-            &format!("during-{i}"),
-            &format!("CN=during {i}"),
-            &device_cert,
-        ));
-    }
+    service.enqueue_issues("during", 5, &device_cert);
     let stats = service.wait_results(6, Duration::from_secs(90));
     assert_eq!(stats["duplicate_results"], 0, "{stats}");
     assert_eq!(stats["acked"], 6, "{stats}");
@@ -358,13 +364,7 @@ fn the_items_of_a_batch_are_acknowledged_and_answered_side_by_side() {
     let (status, _) = service.admin("POST", "/pace", Some(&json!({ "millis": 300 })));
     assert_eq!(status, 204);
     // Ten items waiting before certconn starts: its first poll (batch 10) takes them all.
-    for i in 0..10 {
-        service.enqueue(issue_item(
-            &format!("side-{i}"),
-            &format!("CN=side by side {i}"),
-            &device_cert,
-        ));
-    }
+    service.enqueue_issues("side", 10, &device_cert);
     let _daemon = start_in(dir.path(), |data| {
         config_text(data, &plugins(), &upstream_section(&service))
     });
@@ -394,13 +394,7 @@ fn calls_to_the_service_share_connections() {
     let dir = tempfile::tempdir().unwrap();
     let service = Service::start(dir.path());
     let (_, device_cert) = openssl_device(dir.path());
-    for i in 0..30 {
-        service.enqueue(issue_item(
-            &format!("kept-{i}"),
-            &format!("CN=kept connection {i}"),
-            &device_cert,
-        ));
-    }
+    service.enqueue_issues("kept", 30, &device_cert);
     let _daemon = start_in(dir.path(), |data| {
         config_text(data, &plugins(), &upstream_section(&service))
     });
@@ -445,13 +439,7 @@ fn kill_9_under_a_stream_of_items_leaves_one_result_and_one_certificate_per_item
     let dir = tempfile::tempdir().unwrap();
     let service = Service::start(dir.path());
     let (_, device_cert) = openssl_device(dir.path());
-    for i in 0..ITEMS {
-        service.enqueue(issue_item(
-            &format!("item-{i}"),
-            &format!("CN=stream {i}"),
-            &device_cert,
-        ));
-    }
+    service.enqueue_issues("item", ITEMS, &device_cert);
     let config_dir = dir.path().to_owned();
     let mut daemon = start_in(&config_dir, |data| {
         config_text(data, &plugins(), &upstream_section(&service))

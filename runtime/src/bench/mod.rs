@@ -55,10 +55,13 @@ pub struct BenchArgs {
     /// Issue jobs to run through the pipeline (and directly).
     #[arg(long, default_value_t = 400)]
     jobs: usize,
-    /// Scheduler workers (and as many callers submitting the pipeline's jobs, and parallel tasks
-    /// for the direct run).
+    /// Scheduler workers (and parallel tasks for the direct run).
     #[arg(long, default_value_t = 8)]
     workers: usize,
+    /// Callers submitting the pipeline's jobs at once, as API and SCEP clients do. Apart from
+    /// `--workers`, so that a change of workers is not also a change of the intake's load.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    callers: u32,
     /// Requests submitted at once for the burst figure, each caller waiting for its own job as
     /// an API or SCEP client does (0: none).
     #[arg(long, default_value_t = 200)]
@@ -309,8 +312,9 @@ async fn bench(
     let request = bench_request();
     let stages_before = certconn::metrics::global().job_stage_totals();
     let commits_before = certconn::metrics::global().journal_commit_totals();
-    let pipeline = pipeline_round(&app, args.jobs, args.workers, &request, 0).await?;
-    println!("pipeline:  {:>6} issue jobs (EC P-256, local-ca, PKCS#12; {} callers) in {:>7.3} s = {:>8.1} jobs/s; CPU {:.0} µs/job, {:.2} cores busy", args.jobs, args.workers, pipeline.secs, pipeline.rate, pipeline.cpu_us, pipeline.cores);
+    let callers = args.callers as usize;
+    let pipeline = pipeline_round(&app, args.jobs, callers, &request, 0).await?;
+    println!("pipeline:  {:>6} issue jobs (EC P-256, local-ca, PKCS#12; {} callers, {} workers) in {:>7.3} s = {:>8.1} jobs/s; CPU {:.0} µs/job, {:.2} cores busy", args.jobs, callers, args.workers, pipeline.secs, pipeline.rate, pipeline.cpu_us, pipeline.cores);
     print_stages(&stages_before, args.jobs, pipeline.secs, args.workers);
     print_commits(commits_before, args.jobs);
 
@@ -331,7 +335,7 @@ async fn bench(
     // 4. With --rounds: both again, in turn, and the median of the ratios.
     let mut ratios = vec![ratio];
     for round in 1..args.rounds {
-        let pipeline = pipeline_round(&app, args.jobs, args.workers, &request, round).await?;
+        let pipeline = pipeline_round(&app, args.jobs, callers, &request, round).await?;
         let direct = direct_round(&app, args.jobs, args.workers).await?;
         let ratio = pipeline.rate / direct.rate;
         println!(

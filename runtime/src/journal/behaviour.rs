@@ -25,6 +25,7 @@ macro_rules! journal_behaviour_tests {
     ($factory:expr) => {
         $crate::journal_behaviour_tests!(@each $factory;
             same_idempotency_key_is_one_job,
+            enqueue_returns_the_job_as_the_journal_keeps_it,
             a_stale_lease_cannot_end_the_job_even_in_one_process,
             completing_a_job_can_take_the_next_in_the_same_write,
             a_renewed_lease_is_not_taken_over,
@@ -113,6 +114,29 @@ pub(crate) async fn same_idempotency_key_is_one_job(f: &dyn Factory) {
     assert_ne!(c.id, a.id);
     assert_eq!(j.find("api", "k1").await.unwrap().unwrap().id, a.id);
     assert!(j.find("api", "nope").await.unwrap().is_none());
+}
+
+pub(crate) async fn enqueue_returns_the_job_as_the_journal_keeps_it(f: &dyn Factory) {
+    let j = f.open("a").await;
+    let request = json!({ "subject": "CN=d", "sans": ["a", "b"], "n": 1.5, "none": null });
+    let route = ["ca-1".to_owned(), "ca-2".to_owned()];
+    let new = NewJob {
+        source: "scep",
+        idempotency_key: "k1",
+        kind: JobKind::Import,
+        request: &request,
+        route: Some(&route),
+    };
+    let as_json = |job: &JobRecord| serde_json::to_value(job).unwrap();
+    let (made, created) = j.enqueue(new).await.unwrap();
+    let kept = j.get(&made.id).await.unwrap();
+    assert!(created);
+    assert_eq!(as_json(&made), as_json(&kept), "a new job as enqueue returns it and as read");
+    assert_eq!(made.poll_token, kept.poll_token);
+    assert_eq!((made.state, made.attempts), (JobState::Queued, 0));
+    let (again, created) = j.enqueue(new).await.unwrap();
+    assert!(!created);
+    assert_eq!(as_json(&again), as_json(&kept), "the same job enqueued again");
 }
 
 pub(crate) async fn a_stale_lease_cannot_end_the_job_even_in_one_process(f: &dyn Factory) {

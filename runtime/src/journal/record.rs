@@ -140,6 +140,28 @@ pub struct JobRecord {
     pub poll_token: Option<String>,
 }
 
+impl JobRecord {
+    /// Job `id` as the journal records `new` when it enqueues it at `at` (unix milliseconds):
+    /// queued, due at once, not yet attempted.
+    pub fn queued(id: String, new: &super::NewJob<'_>, at: i64) -> Self {
+        Self {
+            id,
+            source: new.source.to_owned(),
+            idempotency_key: new.idempotency_key.to_owned(),
+            kind: new.kind,
+            state: JobState::Queued,
+            request: new.request.clone(),
+            attempts: 0,
+            backend: None,
+            last_error: None,
+            created_at: at,
+            updated_at: at,
+            next_run_at: at,
+            poll_token: None,
+        }
+    }
+}
+
 #[cfg(test)]
 impl JobRecord {
     /// A running job of `kind` with `request` (id `job-1`, from the API), for tests that need

@@ -316,7 +316,7 @@ async fn bench(
     let pipeline = pipeline_round(&app, args.jobs, callers, &request, 0).await?;
     println!("pipeline:  {:>6} issue jobs (EC P-256, local-ca, PKCS#12; {} callers, {} workers) in {:>7.3} s = {:>8.1} jobs/s; CPU {:.0} µs/job, {:.2} cores busy", args.jobs, callers, args.workers, pipeline.secs, pipeline.rate, pipeline.cpu_us, pipeline.cores);
     print_stages(&stages_before, args.jobs, pipeline.secs, args.workers);
-    print_commits(commits_before, args.jobs);
+    print_commits(commits_before, args.jobs, pipeline.writer_us);
 
     // Latency at moderate load: half the throughput just measured, one job at a time.
     let latency =
@@ -339,10 +339,11 @@ async fn bench(
         let direct = direct_round(&app, args.jobs, args.workers).await?;
         let ratio = pipeline.rate / direct.rate;
         println!(
-            "round {:>3}: pipeline {:>8.1} jobs/s (CPU {:.0} µs/job), direct {:>8.1} issues/s (CPU {:.0} µs/issue), ratio {ratio:.3}",
+            "round {:>3}: pipeline {:>8.1} jobs/s (CPU {:.0} µs/job, journal writer {}), direct {:>8.1} issues/s (CPU {:.0} µs/issue), ratio {ratio:.3}",
             round + 1,
             pipeline.rate,
             pipeline.cpu_us,
+            pipeline.writer_us.map_or("?".to_owned(), |us| format!("{us:.0} µs")),
             direct.rate,
             direct.cpu_us
         );
@@ -373,6 +374,8 @@ struct Phase {
     rate: f64,
     cpu_us: f64,
     cores: f64,
+    /// CPU per item of the journal's writer thread, where the kernel reports it.
+    writer_us: Option<f64>,
 }
 
 impl Phase {
@@ -382,6 +385,7 @@ impl Phase {
             rate: items as f64 / secs,
             cpu_us: cpu.as_secs_f64() * 1e6 / items as f64,
             cores: cpu.as_secs_f64() / secs,
+            writer_us: None,
         }
     }
 }
@@ -410,6 +414,7 @@ async fn pipeline_round(
     };
     // Jobs of earlier rounds (and of the latency phase) have succeeded already.
     let target = succeeded(&app.journal.counts().await?) + jobs;
+    let writer_before = journal_writer_cpu();
     let cpu_before = cpu_time();
     let t = Instant::now();
     let mut callers = tokio::task::JoinSet::new();
@@ -459,11 +464,15 @@ async fn pipeline_round(
         // counting itself is a load.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(Phase::measured(
+    let mut phase = Phase::measured(
         jobs,
         t.elapsed().as_secs_f64(),
         cpu_time().saturating_sub(cpu_before),
-    ))
+    );
+    phase.writer_us = writer_before
+        .zip(journal_writer_cpu())
+        .map(|(before, after)| after.saturating_sub(before).as_secs_f64() * 1e6 / jobs as f64);
+    Ok(phase)
 }
 
 /// `jobs` issues done directly (no journal, scheduler or plugin), `workers` at a time.
@@ -491,6 +500,31 @@ async fn direct_round(app: &App, jobs: usize, workers: usize) -> anyhow::Result<
         t.elapsed().as_secs_f64(),
         cpu_time().saturating_sub(cpu_before),
     ))
+}
+
+/// CPU time the journal's writer thread (`group_commit`) has used: its SQL, its WAL writes and
+/// its commits' `fsync` work, all of which wait in one line. Read from the kernel's per-thread
+/// `schedstat` (nanoseconds on the CPU), so the journal's share needs no profiler and costs the
+/// connector nothing; `None` where the kernel does not provide it.
+fn journal_writer_cpu() -> Option<Duration> {
+    let mut total = None;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        // The kernel keeps 15 bytes of a thread's name: "certconn-journal-…" reads so.
+        let is_writer = std::fs::read_to_string(path.join("comm"))
+            .is_ok_and(|name| name.starts_with("certconn-journa"));
+        if !is_writer {
+            continue;
+        }
+        let on_cpu_ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()?;
+        *total.get_or_insert(Duration::ZERO) += Duration::from_nanos(on_cpu_ns);
+    }
+    total
 }
 
 /// CPU time this process has used (user and system, every thread).
@@ -536,11 +570,14 @@ fn print_stages(
 
 /// The journal's commits (fsyncs) per job and writes per commit over the pipeline run: how
 /// much the group commit batched.
-fn print_commits(before: (u64, u64), jobs: usize) {
+fn print_commits(before: (u64, u64), jobs: usize, writer_us: Option<f64>) {
     let (commits, writes) = certconn::metrics::global().journal_commit_totals();
     let (commits, writes) = (commits - before.0, writes - before.1);
+    let writer = writer_us.map_or(String::new(), |us| {
+        format!("; its writer thread {us:.0} µs of CPU per job")
+    });
     println!(
-        "journal:   {:.2} commits (fsyncs) per job, {:.2} writes per commit",
+        "journal:   {:.2} commits (fsyncs) per job, {:.2} writes per commit{writer}",
         commits as f64 / jobs as f64,
         writes as f64 / commits.max(1) as f64
     );

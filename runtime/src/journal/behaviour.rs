@@ -32,6 +32,7 @@ macro_rules! journal_behaviour_tests {
             a_lost_lease_cannot_be_renewed,
             the_password_is_handed_out_once,
             pending_waits_for_its_poll_time_without_using_attempts,
+            the_job_due_earliest_is_leased_first_whatever_its_state,
             waiting_for_a_backend_uses_no_attempt,
             operator_retry_only_from_a_terminal_failure,
             release_held_leaves_other_instances_leases_alone,
@@ -131,12 +132,20 @@ pub(crate) async fn enqueue_returns_the_job_as_the_journal_keeps_it(f: &dyn Fact
     let (made, created) = j.enqueue(new).await.unwrap();
     let kept = j.get(&made.id).await.unwrap();
     assert!(created);
-    assert_eq!(as_json(&made), as_json(&kept), "a new job as enqueue returns it and as read");
+    assert_eq!(
+        as_json(&made),
+        as_json(&kept),
+        "a new job as enqueue returns it and as read"
+    );
     assert_eq!(made.poll_token, kept.poll_token);
     assert_eq!((made.state, made.attempts), (JobState::Queued, 0));
     let (again, created) = j.enqueue(new).await.unwrap();
     assert!(!created);
-    assert_eq!(as_json(&again), as_json(&kept), "the same job enqueued again");
+    assert_eq!(
+        as_json(&again),
+        as_json(&kept),
+        "the same job enqueued again"
+    );
 }
 
 pub(crate) async fn a_stale_lease_cannot_end_the_job_even_in_one_process(f: &dyn Factory) {
@@ -290,6 +299,48 @@ pub(crate) async fn pending_waits_for_its_poll_time_without_using_attempts(f: &d
     assert_eq!(polled.job.poll_token.as_deref(), Some("token-1"));
     assert_eq!(polled.job.backend.as_deref(), Some("b"));
     assert_eq!(polled.job.attempts, 1);
+}
+
+pub(crate) async fn the_job_due_earliest_is_leased_first_whatever_its_state(f: &dyn Factory) {
+    let j = f.open("a").await;
+    // Each sleep only makes the clock's milliseconds move on, so that due times differ.
+    let tick = || tokio::time::sleep(Duration::from_millis(3));
+    let pending = enqueue(&*j, "pending").await;
+    let queued = enqueue(&*j, "queued").await;
+    let (p, q) = (
+        j.lease_next(MINUTE).await.unwrap().unwrap(),
+        j.lease_next(MINUTE).await.unwrap().unwrap(),
+    );
+    let (p, q) = if p.job.id == pending.id {
+        (p, q)
+    } else {
+        (q, p)
+    };
+    assert_eq!(
+        (p.job.id.as_str(), q.job.id.as_str()),
+        (pending.id.as_str(), queued.id.as_str())
+    );
+    tick().await;
+    let abandoned = enqueue(&*j, "abandoned").await;
+    let a = j.lease_next(Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(a.job.id, abandoned.id);
+    tick().await;
+    // Due: the pending job two seconds ago, the abandoned one (its lease ran out) when it was
+    // enqueued, the queued one now.
+    assert!(j
+        .park(&p.lease, "b", "t", "waiting", now_ms() - 2000)
+        .await
+        .unwrap());
+    assert!(j
+        .requeue(&q.lease, None, "again", now_ms(), false)
+        .await
+        .unwrap());
+    tick().await;
+    let mut order = Vec::new();
+    while let Some(next) = j.lease_next(MINUTE).await.unwrap() {
+        order.push(next.job.id);
+    }
+    assert_eq!(order, [pending.id, abandoned.id, queued.id]);
 }
 
 pub(crate) async fn waiting_for_a_backend_uses_no_attempt(f: &dyn Factory) {

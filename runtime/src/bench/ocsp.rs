@@ -54,6 +54,7 @@ pub async fn run(dir: &std::path::Path, revoked: usize, requests: usize) -> anyh
         issuer_der: issuer_der.clone(),
         not_after: 4_000_000_000,
         certificate_der: vec![0x30, 0x00],
+        backend_version: None,
     };
     journal
         .complete(

@@ -476,6 +476,7 @@ pub(crate) async fn the_ledger_records_issue_and_revocation(f: &dyn Factory) {
         issuer_der: vec![0x30, 0x00],
         not_after: 1_900_000_000,
         certificate_der: vec![0x30, 0x03, 1, 2, 3],
+        backend_version: Some("local-ca 1.2.0 (0123abcd)".into()),
     };
     assert!(j
         .complete(
@@ -494,6 +495,10 @@ pub(crate) async fn the_ledger_records_issue_and_revocation(f: &dyn Factory) {
     );
     assert_eq!(entry.certificate_der, issued.certificate_der);
     assert_eq!(entry.revoked, None);
+    assert_eq!(
+        entry.backend_version, issued.backend_version,
+        "the ledger keeps the version"
+    );
     assert!(j.certificate("ffff").await.unwrap().is_none());
 
     enqueue(&*j, "revoke").await;
@@ -538,6 +543,7 @@ async fn issue_and_revoke(
         issuer_der: issuer.to_vec(),
         not_after,
         certificate_der: vec![0x30, 0x00],
+        backend_version: None,
     };
     let completion = Completion {
         issued: Some(&issued),

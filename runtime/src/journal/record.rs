@@ -221,6 +221,9 @@ pub struct IssuedRecord {
     /// Seconds since the epoch.
     pub not_after: i64,
     pub certificate_der: Vec<u8>,
+    /// The plugin version that issued it (`name version (sha256 prefix)`): kept in the ledger,
+    /// which outlives the job's result.
+    pub backend_version: Option<String>,
 }
 
 /// A revocation to record in the ledger.
@@ -257,6 +260,9 @@ pub struct LedgerEntry {
     pub certificate_der: Vec<u8>,
     /// When (unix ms) and why it was revoked.
     pub revoked: Option<(i64, String)>,
+    /// The plugin version that issued it; `None` for certificates recorded before the ledger
+    /// kept it (journal schema 7 on SQLite, 2 on PostgreSQL).
+    pub backend_version: Option<String>,
 }
 
 /// A finished job's result as the outbox hands it out.

@@ -19,10 +19,10 @@ pub struct Migration {
 }
 
 /// The version a SQLite journal written by this binary is at.
-pub const CURRENT: i64 = 6;
+pub const CURRENT: i64 = 7;
 
 /// The version a PostgreSQL journal written by this binary is at.
-pub const POSTGRES_CURRENT: i64 = 1;
+pub const POSTGRES_CURRENT: i64 = 2;
 
 /// The first version with the signature trail.
 pub const SIGNATURE_TRAIL_SINCE: i64 = 4;
@@ -181,18 +181,30 @@ CREATE TABLE fleet_decisions (
 );
 "#,
     },
+    Migration {
+        version: 7,
+        description: "the ledger keeps the plugin version that issued each certificate",
+        // Taken from the results still kept; a result that is not JSON is skipped, not fatal.
+        sql: r#"
+ALTER TABLE certificates ADD COLUMN backend_version TEXT;
+UPDATE certificates SET backend_version = (
+    SELECT json_extract(o.result, '$.backend_version') FROM outbox o
+    WHERE o.job_id = certificates.job_id AND json_valid(o.result));
+"#,
+    },
 ];
 
 /// Every PostgreSQL migration, oldest first. Times are unix milliseconds of the database's
 /// clock (`certconn_now_ms()`), never a host's: the instances of a fleet compare leases with
 /// one clock.
-pub const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description:
-        "jobs with fenced leases and routes, outbox, ledger, CRL numbers, reason changes, \
+pub const POSTGRES_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description:
+            "jobs with fenced leases and routes, outbox, ledger, CRL numbers, reason changes, \
                   signature trail, SCEP challenges, the replay window, the instances, \
                   sealed device keys, operators' plugin decisions",
-    sql: r#"
+        sql: r#"
 CREATE FUNCTION certconn_now_ms() RETURNS BIGINT
     LANGUAGE sql VOLATILE AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT $$;
 CREATE TABLE jobs (
@@ -310,7 +322,26 @@ CREATE TABLE fleet_decisions (
     made_at     BIGINT NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "the ledger keeps the plugin version that issued each certificate",
+        // Taken from the results still kept; a result that is not JSON is skipped, not fatal.
+        sql: r#"
+ALTER TABLE certificates ADD COLUMN backend_version TEXT;
+CREATE FUNCTION certconn_json_field(doc TEXT, field TEXT) RETURNS TEXT
+    LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN doc::jsonb ->> field;
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END $$;
+UPDATE certificates c SET backend_version = certconn_json_field(o.result, 'backend_version')
+    FROM outbox o WHERE o.job_id = c.job_id;
+DROP FUNCTION certconn_json_field(TEXT, TEXT);
+"#,
+    },
+];
 
 #[cfg(test)]
 mod tests {

@@ -446,8 +446,9 @@ impl OwnedCompletion {
         ])?;
         if let Some(c) = issued {
             tx.prepare_cached(
-                "INSERT INTO certificates (backend, serial, job_id, issuer, not_after, certificate)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO certificates
+                     (backend, serial, job_id, issuer, not_after, certificate, backend_version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 c.backend,
@@ -455,7 +456,8 @@ impl OwnedCompletion {
                 id,
                 c.issuer_der,
                 c.not_after,
-                c.certificate_der
+                c.certificate_der,
+                c.backend_version
             ])?;
         }
         if let Some(r) = revoked {
@@ -934,7 +936,8 @@ impl Outbox for SqliteJournal {
 }
 
 const LEDGER_COLUMNS: &str =
-    "backend, serial, job_id, issuer, not_after, certificate, revoked_at, revocation_reason";
+    "backend, serial, job_id, issuer, not_after, certificate, revoked_at, \
+     revocation_reason, backend_version";
 
 fn ledger_entry(r: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
     let revoked_at: Option<i64> = r.get(6)?;
@@ -947,6 +950,7 @@ fn ledger_entry(r: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
         not_after: r.get(4)?,
         certificate_der: r.get(5)?,
         revoked: revoked_at.map(|t| (t, reason.unwrap_or_default())),
+        backend_version: r.get(8)?,
     })
 }
 
@@ -1629,5 +1633,50 @@ INSERT INTO certificates VALUES ('local', '0a', 'j1', x'30', 99, x'3000', NULL, 
             e.to_string().contains("newer than this certconn knows"),
             "{e}"
         );
+    }
+
+    /// Schema 7 takes each certificate's plugin version from its job's result where one is
+    /// kept and reads as JSON; the others stay without one, and the upgrade does not fail.
+    #[tokio::test]
+    async fn the_ledger_learns_the_plugin_versions_of_certificates_issued_before_it_kept_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sqlite");
+        drop(SqliteJournal::open(&path, "a").unwrap());
+        let version_6 = r#"
+ALTER TABLE certificates DROP COLUMN backend_version;
+PRAGMA user_version = 6;
+INSERT INTO jobs (id, source, idempotency_key, kind, state, request, next_run_at, created_at, updated_at)
+    VALUES ('j1', 'api', 'k1', 'issue', 'succeeded', '{}', 0, 1, 2),
+           ('j2', 'api', 'k2', 'issue', 'succeeded', '{}', 0, 1, 2),
+           ('j3', 'api', 'k3', 'issue', 'succeeded', '{}', 0, 1, 2);
+INSERT INTO outbox (job_id, result, created_at)
+    VALUES ('j1', '{"serial":"0a","backend_version":"local-ca 1.0.0 (0123abcd)"}', 2),
+           ('j2', 'not JSON', 2);
+INSERT INTO certificates (backend, serial, job_id, issuer, not_after, certificate)
+    VALUES ('local', '0a', 'j1', x'30', 99, x'3000'), ('local', '0b', 'j2', x'30', 99, x'3000'),
+           ('local', '0c', 'j3', x'30', 99, x'3000');
+"#;
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(version_6)
+            .unwrap();
+        let j = SqliteJournal::open(&path, "a").unwrap();
+        assert_eq!(j.schema_version(), 7);
+        let version = |serial: &'static str| {
+            let j = &j;
+            async move {
+                j.certificate(serial)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .backend_version
+            }
+        };
+        assert_eq!(
+            version("0a").await.as_deref(),
+            Some("local-ca 1.0.0 (0123abcd)")
+        );
+        assert_eq!(version("0b").await, None, "a result that is not JSON");
+        assert_eq!(version("0c").await, None, "no result kept");
     }
 }

@@ -1,5 +1,6 @@
 //! `journal.keep_results_days`: a result older than the retention is removed by the daemon's
-//! sweep; the job and its certificate stay, and fetching the result says it was removed.
+//! sweep; the job and its certificate (with the plugin version that issued it) stay, and
+//! fetching the result says it was removed.
 
 use std::time::Duration;
 
@@ -87,6 +88,25 @@ async fn a_result_older_than_the_retention_is_removed_and_says_so() {
         .query_row("SELECT COUNT(*) FROM certificates", [], |r| r.get(0))
         .unwrap();
     assert_eq!(ledger, 2, "the ledger lost a certificate");
+    // The certificate's view still names the plugin version that issued it: the ledger keeps
+    // it, not only the removed result.
+    let serial: String = db
+        .query_row(
+            "SELECT serial FROM certificates WHERE job_id = ?1",
+            rusqlite::params![old],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let view = api
+        .call(Method::GET, &format!("/v1/certificates/{serial}"), None)
+        .await
+        .unwrap();
+    assert!(
+        view["plugin_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("local-ca ")),
+        "{view}"
+    );
     let read = data_token(dir.path(), "api-read-token");
     let (status, metrics) = http_get(daemon.port, "/metrics", Some(&read));
     assert_eq!(status, 200);

@@ -434,6 +434,7 @@ impl Steps {
                 self.keep_for_renewal(&checked.serial, private, &issued);
             }
         }
+        let backend_version = result.backend_version.clone();
         Ok(Completed {
             backend: name.to_owned(),
             result,
@@ -444,6 +445,7 @@ impl Steps {
                 issuer_der: checked.issuer_der,
                 not_after: checked.not_after,
                 certificate_der: issued.certificate,
+                backend_version,
             }),
             revoked: None,
         })

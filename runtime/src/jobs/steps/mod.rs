@@ -424,6 +424,7 @@ pub(crate) mod tests {
                 not_after: 0,
                 certificate_der: Vec::new(),
                 revoked: None,
+                backend_version: None,
             }))),
         );
         revoker
@@ -458,6 +459,7 @@ pub(crate) mod tests {
             not_after: 0,
             certificate_der: Vec::new(),
             revoked: None,
+            backend_version: None,
         }));
         let s = Steps::new(
             settings(),

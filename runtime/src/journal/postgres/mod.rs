@@ -487,8 +487,9 @@ impl JobStore for PostgresJournal {
         if let Some(c) = done.issued {
             execute(
                 &tx,
-                "INSERT INTO certificates (backend, serial, job_id, issuer, not_after, certificate)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO certificates
+                     (backend, serial, job_id, issuer, not_after, certificate, backend_version)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 &[
                     &c.backend,
                     &c.serial,
@@ -496,6 +497,7 @@ impl JobStore for PostgresJournal {
                     &c.issuer_der,
                     &c.not_after,
                     &c.certificate_der,
+                    &c.backend_version,
                 ],
             )
             .await?;
@@ -816,7 +818,8 @@ impl Outbox for PostgresJournal {
 }
 
 const LEDGER_COLUMNS: &str =
-    "backend, serial, job_id, issuer, not_after, certificate, revoked_at, revocation_reason";
+    "backend, serial, job_id, issuer, not_after, certificate, revoked_at, \
+     revocation_reason, backend_version";
 
 fn ledger_entry(r: &Row) -> Result<LedgerEntry, JournalError> {
     let revoked_at: Option<i64> = r.try_get(6)?;
@@ -829,6 +832,7 @@ fn ledger_entry(r: &Row) -> Result<LedgerEntry, JournalError> {
         not_after: r.try_get(4)?,
         certificate_der: r.try_get(5)?,
         revoked: revoked_at.map(|t| (t, reason.unwrap_or_default())),
+        backend_version: r.try_get(8)?,
     })
 }
 
@@ -1365,6 +1369,49 @@ mod tests {
             .map(|v| v.to_string())
             .collect();
         assert_eq!(rows, expected);
+    }
+
+    /// Schema 2 takes each certificate's plugin version from its job's result where one is
+    /// kept and reads as JSON; the others stay without one, and the upgrade does not fail.
+    #[tokio::test]
+    async fn the_ledger_learns_the_plugin_versions_of_certificates_issued_before_it_kept_them() {
+        let db = testing::fresh_database().await;
+        let config = db.config();
+        drop(PostgresJournal::open(&config, "a", false).await.unwrap());
+        db.psql(
+            "ALTER TABLE certificates DROP COLUMN backend_version;
+             DELETE FROM certconn_schema WHERE version = 2;
+             INSERT INTO jobs (id, source, idempotency_key, kind, state, request, next_run_at,
+                               created_at, updated_at)
+                 VALUES ('j1', 'api', 'k1', 'issue', 'succeeded', '{}', 0, 1, 2),
+                        ('j2', 'api', 'k2', 'issue', 'succeeded', '{}', 0, 1, 2),
+                        ('j3', 'api', 'k3', 'issue', 'succeeded', '{}', 0, 1, 2);
+             INSERT INTO outbox (job_id, result, created_at)
+                 VALUES ('j1', '{\"serial\":\"0a\",\"backend_version\":\"local-ca 1.0.0 (0123abcd)\"}', 2),
+                        ('j2', 'not JSON', 2);
+             INSERT INTO certificates (backend, serial, job_id, issuer, not_after, certificate)
+                 VALUES ('local', '0a', 'j1', '\\x30', 99, '\\x3000'),
+                        ('local', '0b', 'j2', '\\x30', 99, '\\x3000'),
+                        ('local', '0c', 'j3', '\\x30', 99, '\\x3000');",
+        );
+        let j = PostgresJournal::open(&config, "a", false).await.unwrap();
+        assert_eq!(j.schema_version(), 2);
+        let version = |serial: &'static str| {
+            let j = &j;
+            async move {
+                j.certificate(serial)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .backend_version
+            }
+        };
+        assert_eq!(
+            version("0a").await.as_deref(),
+            Some("local-ca 1.0.0 (0123abcd)")
+        );
+        assert_eq!(version("0b").await, None, "a result that is not JSON");
+        assert_eq!(version("0c").await, None, "no result kept");
     }
 
     /// Another instance's change wakes only the waiters of the jobs it names; one that names

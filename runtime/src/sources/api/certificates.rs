@@ -58,7 +58,8 @@ pub struct CertificateView {
     pub not_after: String,
     /// The backend instance that issued it.
     pub backend: String,
-    /// The plugin version that issued it, when the job's result is still kept.
+    /// The plugin version that issued it (for a certificate issued before version 7 of the
+    /// SQLite journal, 2 of PostgreSQL: while its job's result is kept).
     pub plugin_version: Option<String>,
     /// The job that issued it.
     pub job: String,
@@ -102,11 +103,16 @@ pub struct ReasonChanges {
 async fn view(state: &AppState, e: LedgerEntry) -> CertificateView {
     let cert = Certificate::from_der(&e.certificate_der).ok();
     let facts = cert.as_ref().and_then(|c| CertificateFacts::of(c).ok());
-    let plugin_version = match state.outbox.peek_result(&e.job_id).await {
-        Ok(Some(text)) => serde_json::from_str::<JobResult>(&text)
-            .ok()
-            .and_then(|r| r.backend_version),
-        _ => None,
+    // The ledger keeps it; a certificate recorded before it did has it only in its job's
+    // result, while that is kept.
+    let plugin_version = match e.backend_version {
+        Some(version) => Some(version),
+        None => match state.outbox.peek_result(&e.job_id).await {
+            Ok(Some(text)) => serde_json::from_str::<JobResult>(&text)
+                .ok()
+                .and_then(|r| r.backend_version),
+            _ => None,
+        },
     };
     CertificateView {
         serial: e.serial,

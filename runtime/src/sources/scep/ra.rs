@@ -1460,6 +1460,7 @@ mod tests {
             issuer_der: vec![0x30, 0x00],
             not_after: 4_000_000_000,
             certificate_der: issued.clone(),
+            backend_version: None,
         };
         assert!(h
             .journal
@@ -2094,6 +2095,7 @@ mod tests {
             issuer_der: vec![0x30, 0x00],
             not_after: 4_000_000_000,
             certificate_der: issued.clone(),
+            backend_version: None,
         };
         let result = serde_json::to_string(&JobResult {
             certificate_pem: Some(pem::encode("CERTIFICATE", &issued)),

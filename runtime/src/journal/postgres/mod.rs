@@ -371,6 +371,41 @@ impl Inner {
     }
 }
 
+/// Leases the job due earliest of the first queued or pending job that is due and the first
+/// running job whose lease ran out, among those this instance may take (`$4`, the backends it
+/// serves; `NULL`: every one), for `$1` (owner) with `$2` (token) for `$3` ms.
+///
+/// The clock is read once (`now`): `certconn_now_ms()` is volatile, so compared row by row
+/// it kept PostgreSQL from using an index, and one `OR` of both kinds of job could not be
+/// read in due order either: every lease scanned and sorted the whole table (2.5 ms with
+/// 3,000 jobs queued, growing with the queue). Each probe now walks its partial index
+/// (`jobs_due`, `jobs_leased`) and locks at most one row; the row not taken is unlocked when
+/// the statement ends.
+const LEASE_NEXT_DUE: &str = "
+WITH now AS MATERIALIZED (SELECT certconn_now_ms() AS t),
+due AS (
+    SELECT id, next_run_at FROM jobs
+    WHERE state IN ('queued', 'pending') AND next_run_at <= (SELECT t FROM now)
+      AND ($4::TEXT[] IS NULL
+           OR ((route IS NULL OR route && $4::TEXT[])
+               AND (poll_token IS NULL OR backend IS NULL OR backend = ANY($4::TEXT[]))))
+    ORDER BY next_run_at LIMIT 1
+    FOR UPDATE SKIP LOCKED),
+lapsed AS (
+    SELECT id, next_run_at FROM jobs
+    WHERE state = 'running' AND lease_until < (SELECT t FROM now)
+      AND ($4::TEXT[] IS NULL
+           OR ((route IS NULL OR route && $4::TEXT[])
+               AND (poll_token IS NULL OR backend IS NULL OR backend = ANY($4::TEXT[]))))
+    ORDER BY next_run_at LIMIT 1
+    FOR UPDATE SKIP LOCKED)
+UPDATE jobs SET state = 'running', lease_owner = $1, lease_token = $2,
+       lease_until = (SELECT t FROM now) + $3, attempts = attempts + 1,
+       updated_at = (SELECT t FROM now)
+WHERE id = (SELECT id FROM (SELECT * FROM due UNION ALL SELECT * FROM lapsed) candidates
+            ORDER BY next_run_at LIMIT 1)
+RETURNING *";
+
 #[async_trait::async_trait]
 impl JobStore for PostgresJournal {
     async fn enqueue(&self, new: NewJob<'_>) -> Result<(JobRecord, bool), JournalError> {
@@ -417,20 +452,7 @@ impl JobStore for PostgresJournal {
         let serves = self.serves();
         let row = query_opt(
             &self.client().await?,
-            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_token = $2,
-                    lease_until = certconn_now_ms() + $3, attempts = attempts + 1,
-                    updated_at = certconn_now_ms()
-             WHERE id = (
-                SELECT id FROM jobs
-                WHERE ((state IN ('queued', 'pending') AND next_run_at <= certconn_now_ms())
-                       OR (state = 'running' AND lease_until < certconn_now_ms()))
-                  AND ($4::TEXT[] IS NULL
-                       OR ((route IS NULL OR route && $4::TEXT[])
-                           AND (poll_token IS NULL OR backend IS NULL
-                                OR backend = ANY($4::TEXT[]))))
-                ORDER BY next_run_at LIMIT 1
-                FOR UPDATE SKIP LOCKED)
-             RETURNING *",
+            LEASE_NEXT_DUE,
             &[&self.inner.owner, &token, &millis(lease_for), &serves],
         )
         .await?;
@@ -1412,6 +1434,34 @@ mod tests {
         );
         assert_eq!(version("0b").await, None, "a result that is not JSON");
         assert_eq!(version("0c").await, None, "no result kept");
+    }
+
+    /// With thousands of jobs queued, a lease walks the due index to the first job instead of
+    /// reading and sorting the whole table.
+    #[tokio::test]
+    async fn a_lease_reads_the_due_index_not_the_whole_queue() {
+        let db = testing::fresh_database().await;
+        drop(
+            PostgresJournal::open(&db.config(), "a", false)
+                .await
+                .unwrap(),
+        );
+        db.psql(
+            "INSERT INTO jobs (id, source, idempotency_key, kind, state, request, next_run_at,
+                               created_at, updated_at)
+                 SELECT 'q' || g, 'api', 'k' || g, 'issue', 'queued', '{}',
+                        certconn_now_ms() - 100000 + g, 0, 0
+                 FROM generate_series(1, 3000) g;
+             ANALYZE jobs;",
+        );
+        let plan = db
+            .psql(&format!(
+                "PREPARE lease (TEXT, TEXT, BIGINT, TEXT[]) AS {LEASE_NEXT_DUE};
+                 EXPLAIN (COSTS OFF) EXECUTE lease ('o', 't', 60000, NULL);"
+            ))
+            .join("\n");
+        assert!(plan.contains("Index Scan using jobs_due"), "{plan}");
+        assert!(!plan.contains("Seq Scan on jobs"), "{plan}");
     }
 
     /// Another instance's change wakes only the waiters of the jobs it names; one that names

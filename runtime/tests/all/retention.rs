@@ -16,14 +16,18 @@ async fn a_result_older_than_the_retention_is_removed_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = start_default(dir.path());
     let api = daemon.client();
-    let old = submit(&api, "smime", "old", json!({})).await;
-    let young = submit(&api, "smime", "young", json!({})).await;
-    for id in [&old, &young] {
+    // One after the other: results are stored in the order jobs end, and the sweep relies on
+    // it (it stops at the first result too young), so the older result must be stored first.
+    let mut ended = Vec::new();
+    for key in ["old", "young"] {
+        let id = submit(&api, "smime", key, json!({})).await;
         assert_eq!(
-            wait_job(&api, id, Duration::from_secs(60)).await["state"],
+            wait_job(&api, &id, Duration::from_secs(60)).await["state"],
             "succeeded"
         );
+        ended.push(id);
     }
+    let [old, young] = <[String; 2]>::try_from(ended).unwrap();
     daemon.stop();
 
     // The first job ended 31 days ago, as far as the journal knows; the second, 29.

@@ -371,6 +371,16 @@ impl Inner {
     }
 }
 
+/// The jobs this instance may take, with `$4` the backends it serves (`NULL`: every one): a job
+/// routed to one of them, and a pending job only at a backend it serves.
+macro_rules! serves_route {
+    () => {
+        "($4::TEXT[] IS NULL
+           OR ((route IS NULL OR route && $4::TEXT[])
+               AND (poll_token IS NULL OR backend IS NULL OR backend = ANY($4::TEXT[]))))"
+    };
+}
+
 /// Leases the job due earliest of the first queued or pending job that is due and the first
 /// running job whose lease ran out, among those this instance may take (`$4`, the backends it
 /// serves; `NULL`: every one), for `$1` (owner) with `$2` (token) for `$3` ms.
@@ -381,22 +391,20 @@ impl Inner {
 /// 3,000 jobs queued, growing with the queue). Each probe now walks its partial index
 /// (`jobs_due`, `jobs_leased`) and locks at most one row; the row not taken is unlocked when
 /// the statement ends.
-const LEASE_NEXT_DUE: &str = "
-WITH now AS MATERIALIZED (SELECT certconn_now_ms() AS t),
+const LEASE_NEXT_DUE: &str = concat!(
+    "WITH now AS MATERIALIZED (SELECT certconn_now_ms() AS t),
 due AS (
     SELECT id, next_run_at FROM jobs
-    WHERE state IN ('queued', 'pending') AND next_run_at <= (SELECT t FROM now)
-      AND ($4::TEXT[] IS NULL
-           OR ((route IS NULL OR route && $4::TEXT[])
-               AND (poll_token IS NULL OR backend IS NULL OR backend = ANY($4::TEXT[]))))
+    WHERE state IN ('queued', 'pending') AND next_run_at <= (SELECT t FROM now) AND ",
+    serves_route!(),
+    "
     ORDER BY next_run_at LIMIT 1
     FOR UPDATE SKIP LOCKED),
 lapsed AS (
     SELECT id, next_run_at FROM jobs
-    WHERE state = 'running' AND lease_until < (SELECT t FROM now)
-      AND ($4::TEXT[] IS NULL
-           OR ((route IS NULL OR route && $4::TEXT[])
-               AND (poll_token IS NULL OR backend IS NULL OR backend = ANY($4::TEXT[]))))
+    WHERE state = 'running' AND lease_until < (SELECT t FROM now) AND ",
+    serves_route!(),
+    "
     ORDER BY next_run_at LIMIT 1
     FOR UPDATE SKIP LOCKED)
 UPDATE jobs SET state = 'running', lease_owner = $1, lease_token = $2,
@@ -404,7 +412,8 @@ UPDATE jobs SET state = 'running', lease_owner = $1, lease_token = $2,
        updated_at = (SELECT t FROM now)
 WHERE id = (SELECT id FROM (SELECT * FROM due UNION ALL SELECT * FROM lapsed) candidates
             ORDER BY next_run_at LIMIT 1)
-RETURNING *";
+RETURNING *"
+);
 
 #[async_trait::async_trait]
 impl JobStore for PostgresJournal {

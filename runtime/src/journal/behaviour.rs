@@ -528,6 +528,25 @@ pub(crate) async fn the_ledger_records_issue_and_revocation(f: &dyn Factory) {
     assert_eq!(reason, "key-compromise");
 }
 
+/// What the ledger migration that added `backend_version` must leave, on either journal, for
+/// certificates `0a` (its result names a version), `0b` (its result is not JSON) and `0c` (no
+/// result kept).
+pub(crate) async fn versions_learned_from_results(j: &dyn Ledger) {
+    let version = |serial: &'static str| async move {
+        j.certificate(serial)
+            .await
+            .unwrap()
+            .unwrap()
+            .backend_version
+    };
+    assert_eq!(
+        version("0a").await.as_deref(),
+        Some("local-ca 1.0.0 (0123abcd)")
+    );
+    assert_eq!(version("0b").await, None, "a result that is not JSON");
+    assert_eq!(version("0c").await, None, "no result kept");
+}
+
 async fn issue_and_revoke(
     j: &dyn Journal,
     serial: &str,

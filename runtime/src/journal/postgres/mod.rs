@@ -1407,9 +1407,8 @@ mod tests {
     /// kept and reads as JSON; the others stay without one, and the upgrade does not fail.
     #[tokio::test]
     async fn the_ledger_learns_the_plugin_versions_of_certificates_issued_before_it_kept_them() {
-        let db = testing::fresh_database().await;
+        let db = testing::migrated_database().await;
         let config = db.config();
-        drop(PostgresJournal::open(&config, "a", false).await.unwrap());
         db.psql(
             "ALTER TABLE certificates DROP COLUMN backend_version;
              DELETE FROM certconn_schema WHERE version = 2;
@@ -1428,34 +1427,14 @@ mod tests {
         );
         let j = PostgresJournal::open(&config, "a", false).await.unwrap();
         assert_eq!(j.schema_version(), 2);
-        let version = |serial: &'static str| {
-            let j = &j;
-            async move {
-                j.certificate(serial)
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .backend_version
-            }
-        };
-        assert_eq!(
-            version("0a").await.as_deref(),
-            Some("local-ca 1.0.0 (0123abcd)")
-        );
-        assert_eq!(version("0b").await, None, "a result that is not JSON");
-        assert_eq!(version("0c").await, None, "no result kept");
+        crate::journal::behaviour::versions_learned_from_results(&j).await;
     }
 
     /// With thousands of jobs queued, a lease walks the due index to the first job instead of
     /// reading and sorting the whole table.
     #[tokio::test]
     async fn a_lease_reads_the_due_index_not_the_whole_queue() {
-        let db = testing::fresh_database().await;
-        drop(
-            PostgresJournal::open(&db.config(), "a", false)
-                .await
-                .unwrap(),
-        );
+        let db = testing::migrated_database().await;
         db.psql(
             "INSERT INTO jobs (id, source, idempotency_key, kind, state, request, next_run_at,
                                created_at, updated_at)
@@ -1478,12 +1457,7 @@ mod tests {
     /// window.
     #[tokio::test]
     async fn a_replay_check_reads_only_the_expired_values() {
-        let db = testing::fresh_database().await;
-        drop(
-            PostgresJournal::open(&db.config(), "a", false)
-                .await
-                .unwrap(),
-        );
+        let db = testing::migrated_database().await;
         db.psql(
             "INSERT INTO replay_window (scope, value, expires_at)
                  SELECT 'scep', 'v' || g, certconn_now_ms() + 600000 + g
@@ -1546,12 +1520,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_journal_newer_than_this_binary_is_refused() {
-        let db = testing::fresh_database().await;
-        drop(
-            PostgresJournal::open(&db.config(), "a", false)
-                .await
-                .unwrap(),
-        );
+        let db = testing::migrated_database().await;
         db.psql(&format!(
             "INSERT INTO certconn_schema VALUES ({})",
             schema::POSTGRES_CURRENT + 1

@@ -166,6 +166,17 @@ pub async fn fresh_database() -> Database {
     }
 }
 
+/// A new database with the current schema (a journal opened on it once, then closed).
+pub async fn migrated_database() -> Database {
+    let db = fresh_database().await;
+    drop(
+        PostgresJournal::open(&db.config(), "setup", false)
+            .await
+            .expect("the schema"),
+    );
+    db
+}
+
 /// The behaviour tests' factory: instances of one fresh database.
 pub struct Postgres(Database);
 

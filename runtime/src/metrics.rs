@@ -69,6 +69,32 @@ pub struct Metrics {
     journal_commit_writes: AtomicU64,
     /// Job results removed by the retention sweep (`journal.keep_results_days`).
     journal_results_removed: AtomicU64,
+    /// The SQLite journal's WAL checkpoints, by who ran them ([`CheckpointBy::ALL`]'s order).
+    journal_checkpoints: [AtomicU64; 2],
+    /// WAL pages those checkpoints found in the log.
+    journal_checkpoint_pages: [AtomicU64; 2],
+    /// Time those checkpoints took, in nanoseconds: on the writer, every write waited for it.
+    journal_checkpoint_nanos: [AtomicU64; 2],
+}
+
+/// Who ran a checkpoint of the SQLite journal's WAL (`journal::checkpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointBy {
+    /// The checkpoint thread, beside the writer.
+    Background,
+    /// The writer itself, between batches: the WAL had grown past its bound.
+    Writer,
+}
+
+impl CheckpointBy {
+    pub const ALL: [CheckpointBy; 2] = [Self::Background, Self::Writer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Background => "background",
+            Self::Writer => "writer",
+        }
+    }
 }
 
 /// The stages a job's time is split into: what `certconn bench` prints and
@@ -164,6 +190,28 @@ impl Metrics {
         self.journal_commits.fetch_add(1, Ordering::Relaxed);
         self.journal_commit_writes
             .fetch_add(writes as u64, Ordering::Relaxed);
+    }
+
+    /// A checkpoint of the SQLite journal's WAL ran, with `pages` in the log.
+    pub fn journal_checkpointed(&self, by: CheckpointBy, pages: i64, took: Duration) {
+        let i = by as usize;
+        self.journal_checkpoint_nanos[i].fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.journal_checkpoints[i].fetch_add(1, Ordering::Relaxed);
+        self.journal_checkpoint_pages[i]
+            .fetch_add(u64::try_from(pages).unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Checkpoints of the SQLite journal's WAL that `by` ran since the process started, and
+    /// the time they took.
+    pub fn journal_checkpoint_totals(&self, by: CheckpointBy) -> (u64, Duration) {
+        let i = by as usize;
+        (
+            self.journal_checkpoints[i].load(Ordering::Relaxed),
+            Duration::from_nanos(self.journal_checkpoint_nanos[i].load(Ordering::Relaxed)),
+        )
     }
 
     /// The retention sweep removed `n` job results.
@@ -272,6 +320,42 @@ impl Metrics {
             &[],
             self.journal_results_removed.load(Ordering::Relaxed) as f64,
         );
+        out.family(
+            "certconn_journal_checkpoints_total",
+            "counter",
+            "Checkpoints of the SQLite journal's write-ahead log: by the checkpoint thread (background) or, when the log outgrew it, by the writer itself (writer).",
+        );
+        for by in CheckpointBy::ALL {
+            out.sample(
+                "certconn_journal_checkpoints_total",
+                &[("by", by.as_str())],
+                self.journal_checkpoint_totals(by).0 as f64,
+            );
+        }
+        out.family(
+            "certconn_journal_checkpoint_seconds_total",
+            "counter",
+            "Time the SQLite journal's checkpoints took, by who ran them: on the writer, every write waited for it.",
+        );
+        for by in CheckpointBy::ALL {
+            out.sample(
+                "certconn_journal_checkpoint_seconds_total",
+                &[("by", by.as_str())],
+                self.journal_checkpoint_totals(by).1.as_secs_f64(),
+            );
+        }
+        out.family(
+            "certconn_journal_checkpoint_pages_total",
+            "counter",
+            "WAL pages the SQLite journal's checkpoints found in the log, by who ran them.",
+        );
+        for by in CheckpointBy::ALL {
+            out.sample(
+                "certconn_journal_checkpoint_pages_total",
+                &[("by", by.as_str())],
+                self.journal_checkpoint_pages[by as usize].load(Ordering::Relaxed) as f64,
+            );
+        }
         out.family(
             "certconn_plugin_faults_total",
             "counter",

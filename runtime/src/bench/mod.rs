@@ -312,11 +312,12 @@ async fn bench(
     let request = bench_request();
     let stages_before = certconn::metrics::global().job_stage_totals();
     let commits_before = certconn::metrics::global().journal_commit_totals();
+    let checkpoints_before = checkpoint_counts();
     let callers = args.callers as usize;
     let pipeline = pipeline_round(&app, args.jobs, callers, &request, 0).await?;
     println!("pipeline:  {:>6} issue jobs (EC P-256, local-ca, PKCS#12; {} callers, {} workers) in {:>7.3} s = {:>8.1} jobs/s; CPU {:.0} µs/job, {:.2} cores busy", args.jobs, callers, args.workers, pipeline.secs, pipeline.rate, pipeline.cpu_us, pipeline.cores);
     print_stages(&stages_before, args.jobs, pipeline.secs, args.workers);
-    print_commits(commits_before, args.jobs, pipeline.writer_us);
+    print_commits(commits_before, checkpoints_before, args.jobs, &pipeline);
 
     // Latency at moderate load: half the throughput just measured, one job at a time.
     let latency =
@@ -376,6 +377,8 @@ struct Phase {
     cores: f64,
     /// CPU per item of the journal's writer thread, where the kernel reports it.
     writer_us: Option<f64>,
+    /// The same of the journal's checkpoint thread.
+    checkpoint_us: Option<f64>,
 }
 
 impl Phase {
@@ -386,6 +389,7 @@ impl Phase {
             cpu_us: cpu.as_secs_f64() * 1e6 / items as f64,
             cores: cpu.as_secs_f64() / secs,
             writer_us: None,
+            checkpoint_us: None,
         }
     }
 }
@@ -414,7 +418,8 @@ async fn pipeline_round(
     };
     // Jobs of earlier rounds (and of the latency phase) have succeeded already.
     let target = succeeded(&app.journal.counts().await?) + jobs;
-    let writer_before = journal_writer_cpu();
+    let writer_before = journal_thread_cpu(WRITER_THREAD);
+    let checkpoint_before = journal_thread_cpu(CHECKPOINT_THREAD);
     let cpu_before = cpu_time();
     let t = Instant::now();
     let mut callers = tokio::task::JoinSet::new();
@@ -469,9 +474,13 @@ async fn pipeline_round(
         t.elapsed().as_secs_f64(),
         cpu_time().saturating_sub(cpu_before),
     );
-    phase.writer_us = writer_before
-        .zip(journal_writer_cpu())
-        .map(|(before, after)| after.saturating_sub(before).as_secs_f64() * 1e6 / jobs as f64);
+    let per_job = |before: Option<Duration>, after: Option<Duration>| {
+        before
+            .zip(after)
+            .map(|(before, after)| after.saturating_sub(before).as_secs_f64() * 1e6 / jobs as f64)
+    };
+    phase.writer_us = per_job(writer_before, journal_thread_cpu(WRITER_THREAD));
+    phase.checkpoint_us = per_job(checkpoint_before, journal_thread_cpu(CHECKPOINT_THREAD));
     Ok(phase)
 }
 
@@ -502,18 +511,25 @@ async fn direct_round(app: &App, jobs: usize, workers: usize) -> anyhow::Result<
     ))
 }
 
-/// CPU time the journal's writer thread (`group_commit`) has used: its SQL, its WAL writes and
-/// its commits' `fsync` work, all of which wait in one line. Read from the kernel's per-thread
-/// `schedstat` (nanoseconds on the CPU), so the journal's share needs no profiler and costs the
-/// connector nothing; `None` where the kernel does not provide it.
-fn journal_writer_cpu() -> Option<Duration> {
+/// The journal's writer thread (`group_commit`) as the kernel names it: it keeps 15 bytes of a
+/// thread's name, so "certconn-journal-…" reads so.
+const WRITER_THREAD: &str = "certconn-journa";
+
+/// The journal's checkpoint thread (`journal::checkpoint`), likewise.
+const CHECKPOINT_THREAD: &str = "certconn-checkp";
+
+/// CPU time the journal's threads named `name` have used. The writer's is its SQL, its WAL
+/// writes and its commits' `fsync` work, all of which wait in one line; the checkpoint
+/// thread's runs beside it. Read from the kernel's per-thread `schedstat` (nanoseconds on the
+/// CPU), so the journal's share needs no profiler and costs the connector nothing; `None`
+/// where the kernel does not provide it.
+fn journal_thread_cpu(name: &str) -> Option<Duration> {
     let mut total = None;
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let path = task.path();
-        // The kernel keeps 15 bytes of a thread's name: "certconn-journal-…" reads so.
-        let is_writer = std::fs::read_to_string(path.join("comm"))
-            .is_ok_and(|name| name.starts_with("certconn-journa"));
-        if !is_writer {
+        let named =
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim_end() == name);
+        if !named {
             continue;
         }
         let on_cpu_ns = std::fs::read_to_string(path.join("schedstat"))
@@ -568,18 +584,39 @@ fn print_stages(
     }
 }
 
+/// Checkpoints of the journal's WAL so far, and their time: `(by the checkpoint thread, by the
+/// writer)`.
+fn checkpoint_counts() -> [(u64, Duration); 2] {
+    use certconn::metrics::CheckpointBy;
+    let metrics = certconn::metrics::global();
+    [
+        metrics.journal_checkpoint_totals(CheckpointBy::Background),
+        metrics.journal_checkpoint_totals(CheckpointBy::Writer),
+    ]
+}
+
 /// The journal's commits (fsyncs) per job and writes per commit over the pipeline run: how
-/// much the group commit batched.
-fn print_commits(before: (u64, u64), jobs: usize, writer_us: Option<f64>) {
+/// much the group commit batched; and its WAL checkpoints, beside the writer and on it.
+fn print_commits(
+    before: (u64, u64),
+    checkpoints_before: [(u64, Duration); 2],
+    jobs: usize,
+    phase: &Phase,
+) {
     let (commits, writes) = certconn::metrics::global().journal_commit_totals();
     let (commits, writes) = (commits - before.0, writes - before.1);
-    let writer = writer_us.map_or(String::new(), |us| {
-        format!("; its writer thread {us:.0} µs of CPU per job")
-    });
+    let us = |us: Option<f64>| us.map_or("?".to_owned(), |us| format!("{us:.0}"));
+    let [background, on_writer] = checkpoint_counts();
+    let [background_before, on_writer_before] = checkpoints_before;
     println!(
-        "journal:   {:.2} commits (fsyncs) per job, {:.2} writes per commit{writer}",
+        "journal:   {:.2} commits (fsyncs) per job, {:.2} writes per commit; its writer thread {} µs of CPU per job; {} checkpoints beside it ({} µs of CPU per job), {} on it ({:.1} ms in all)",
         commits as f64 / jobs as f64,
-        writes as f64 / commits.max(1) as f64
+        writes as f64 / commits.max(1) as f64,
+        us(phase.writer_us),
+        background.0 - background_before.0,
+        us(phase.checkpoint_us),
+        on_writer.0 - on_writer_before.0,
+        on_writer.1.saturating_sub(on_writer_before.1).as_secs_f64() * 1e3,
     );
 }
 

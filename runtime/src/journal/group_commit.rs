@@ -25,6 +25,7 @@ use std::sync::mpsc;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::checkpoint::WalCheckpoints;
 use super::JournalError;
 
 /// Most writes one commit takes: bounds how long the first of them waits for the last.
@@ -88,12 +89,16 @@ pub(super) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the thread that owns `conn` from now on.
-    pub(super) fn start(conn: Connection, name: &str) -> Result<Self, JournalError> {
+    /// Starts the thread that owns `conn` from now on, checkpointing the WAL by `checkpoints`.
+    pub(super) fn start(
+        conn: Connection,
+        name: &str,
+        checkpoints: WalCheckpoints,
+    ) -> Result<Self, JournalError> {
         let (writes, queue) = mpsc::channel::<Write>();
         std::thread::Builder::new()
             .name(format!("certconn-journal-{name}"))
-            .spawn(move || run(conn, queue))
+            .spawn(move || run(conn, queue, checkpoints))
             .map_err(|e| JournalError::Backend(Box::new(e)))?;
         Ok(Self { writes })
     }
@@ -112,7 +117,8 @@ impl GroupCommit {
     }
 }
 
-fn run(conn: Connection, queue: mpsc::Receiver<Write>) {
+fn run(conn: Connection, queue: mpsc::Receiver<Write>, checkpoints: WalCheckpoints) {
+    WalCheckpoints::install(&conn);
     let mut batch: Vec<Write> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = queue.recv() {
         batch.push(first);
@@ -123,6 +129,7 @@ fn run(conn: Connection, queue: mpsc::Receiver<Write>) {
             }
         }
         commit_batch(&conn, &mut batch);
+        checkpoints.after_commit(&conn);
     }
 }
 
@@ -224,7 +231,8 @@ mod tests {
             "PRAGMA journal_mode = WAL; CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
         )
         .unwrap();
-        (GroupCommit::start(conn, "test").unwrap(), path)
+        let checkpoints = WalCheckpoints::on_the_writer();
+        (GroupCommit::start(conn, "test", checkpoints).unwrap(), path)
     }
 
     fn rows(path: &std::path::Path) -> Vec<(i64, String)> {

@@ -15,6 +15,7 @@
 //! Requests are kept as JSON: the journal stores what the job layer gives it and never needs to
 //! know an issue from an import.
 
+mod checkpoint;
 pub mod config;
 mod group_commit;
 pub mod postgres;

@@ -17,6 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use tokio::sync::{watch, Notify};
 use zeroize::Zeroizing;
 
+use super::checkpoint::WalCheckpoints;
 use super::group_commit::GroupCommit;
 use super::record::*;
 use super::schema::{self, MIGRATIONS};
@@ -190,10 +191,12 @@ impl SqliteJournal {
         reader
             .execute_batch("PRAGMA query_only = ON;")
             .map_err(|e| open_err(e.into()))?;
+        let checkpoints =
+            WalCheckpoints::in_background(connect().map_err(open_err)?, owner).map_err(open_err)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
-                writer: GroupCommit::start(writer, owner).map_err(open_err)?,
+                writer: GroupCommit::start(writer, owner, checkpoints).map_err(open_err)?,
                 reader: Mutex::new(reader),
                 owner: owner.to_owned(),
                 version,

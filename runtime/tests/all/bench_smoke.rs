@@ -89,6 +89,7 @@ fn bench_prints_overhead_throughput_direct_and_ratio() {
             "(20 timings)",
             "journal:   ",
             "commits (fsyncs) per job",
+            "checkpoints beside it",
             "latency:   request → sealed PFX",
             "p99 ",
             "burst:     10 requests at once, each caller waiting for its job: all done in ",

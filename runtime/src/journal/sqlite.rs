@@ -116,6 +116,14 @@ enum Enqueued {
     Existing((JobRecord, String)),
 }
 
+/// A source's outcomes not yet delivered to it, oldest first: walks `jobs_undelivered` (its
+/// predicate spelled as the index's).
+const UNDELIVERED: &str = concat!(
+    "SELECT * FROM jobs WHERE source = ?1 AND ",
+    schema::sqlite_owed!(),
+    " ORDER BY updated_at, id LIMIT ?2"
+);
+
 /// Statements kept prepared per connection: more than the journal has distinct ones.
 const STATEMENT_CACHE: usize = 96;
 
@@ -847,11 +855,7 @@ impl Outbox for SqliteJournal {
         let source = source.to_owned();
         self.blocking(move |inner| {
             let conn = inner.reader();
-            let mut stmt = conn.prepare_cached(
-                "SELECT * FROM jobs WHERE source = ?1 AND delivered_at IS NULL
-                     AND state IN ('succeeded', 'failed', 'dead')
-                 ORDER BY updated_at, id LIMIT ?2",
-            )?;
+            let mut stmt = conn.prepare_cached(UNDELIVERED)?;
             let rows = stmt
                 .query_map(params![source, limit], job_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -1544,6 +1548,44 @@ mod tests {
         }
     }
 
+    /// Updating a job's state evaluates `jobs_undelivered`'s predicate on the row before and
+    /// after; written as `state IN (…)` each evaluation filled a temporary table (two per
+    /// update, on the writer thread). And the query of what is owed still walks that index.
+    #[test]
+    fn a_job_update_fills_no_temporary_table_and_owed_outcomes_use_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        drop(SqliteJournal::open(&path, "a").unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let opcodes: Vec<String> = conn
+            .prepare("EXPLAIN UPDATE jobs SET state = ?2, updated_at = ?3 WHERE id = ?1")
+            .unwrap()
+            .query_map(params!["j1", "succeeded", 1_i64], |r| r.get::<_, String>(1))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            opcodes.iter().any(|op| op == "IdxInsert"),
+            "the update maintains no index: {opcodes:?}"
+        );
+        assert!(
+            !opcodes.iter().any(|op| op == "OpenEphemeral"),
+            "an update of a job fills a temporary table: {opcodes:?}"
+        );
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {UNDELIVERED}"))
+            .unwrap()
+            .query_map(params!["upstream", 8], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX jobs_undelivered")),
+            "{plan:#?}"
+        );
+    }
+
     #[tokio::test]
     async fn an_edited_state_is_an_error_not_a_guess() {
         let dir = tempfile::tempdir().unwrap();
@@ -1664,7 +1706,7 @@ INSERT INTO certificates (backend, serial, job_id, issuer, not_after, certificat
             .execute_batch(version_6)
             .unwrap();
         let j = SqliteJournal::open(&path, "a").unwrap();
-        assert_eq!(j.schema_version(), 7);
+        assert_eq!(j.schema_version(), schema::CURRENT);
         crate::journal::behaviour::versions_learned_from_results(&j).await;
     }
 }

@@ -528,6 +528,55 @@ pub(crate) async fn the_ledger_records_issue_and_revocation(f: &dyn Factory) {
     assert_eq!(reason, "key-compromise");
 }
 
+/// Three jobs enqueued in turn on `j`, keys `unreadable-1`, `unreadable-2` and `readable`; the
+/// test then spoils the records of the first two (and makes them due first).
+pub(crate) async fn three_jobs(j: &dyn Journal) -> [String; 3] {
+    let mut ids = Vec::new();
+    for key in ["unreadable-1", "unreadable-2", "readable"] {
+        let request = json!({ "key": key });
+        let (job, _) = j
+            .enqueue(NewJob {
+                source: "api",
+                idempotency_key: key,
+                kind: JobKind::Issue,
+                request: &request,
+                route: None,
+            })
+            .await
+            .unwrap();
+        ids.push(job.id);
+    }
+    ids.try_into().unwrap()
+}
+
+/// What a lease must do, on either journal, when the first due jobs' records cannot be read
+/// ([`three_jobs`], spoiled): fail them with the reason and take the one behind them. Before,
+/// the lease failed on the first, which stayed first, and no job behind it ever ran.
+pub(crate) async fn unreadable_jobs_are_failed_and_the_queue_goes_on(
+    j: &dyn Journal,
+    [_, _, readable]: &[String; 3],
+) {
+    let leased = j
+        .lease_next(Duration::from_secs(30))
+        .await
+        .expect("a lease past the unreadable jobs")
+        .expect("the readable job is taken");
+    assert_eq!(&leased.job.id, readable);
+    let failed = j
+        .counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(state, _)| *state == JobState::Failed)
+        .map_or(0, |(_, n)| n);
+    assert_eq!(failed, 2, "the unreadable jobs are failed");
+    assert!(j
+        .lease_next(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_none());
+}
+
 /// What the ledger migration that added `backend_version` must leave, on either journal, for
 /// certificates `0a` (its result names a version), `0b` (its result is not JSON) and `0c` (no
 /// result kept).

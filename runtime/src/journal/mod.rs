@@ -128,6 +128,21 @@ fn job_id_at(now_ms: i64, random: &str) -> String {
     format!("{millis:012x}{random}")
 }
 
+/// Jobs whose record cannot be read that one lease fails in passing before it stops looking
+/// (the next lease goes on): bounds one write, whatever the journal holds.
+pub(crate) const UNREADABLE_PER_LEASE: usize = 8;
+
+/// What a job whose record in the journal cannot be read (a request that is not JSON, a kind
+/// this version does not know) ends with. The lease fails it and takes the next job: left
+/// queued, it would be the first due job on every lease, and no job behind it would run.
+pub(crate) fn set_aside_reason(id: &str, reason: &str) -> String {
+    let why = format!(
+        "its record in the journal cannot be read ({reason}); it was failed so that the jobs queued behind it run"
+    );
+    tracing::error!(job = id, "journal: job {id}: {why}");
+    why
+}
+
 /// The next lease of [`JobStore::complete_and_lease_next`]: one that failed is logged and
 /// counts as nothing taken (the job before it has ended all the same; the worker asks again).
 pub(crate) fn nothing_taken_if_failed(

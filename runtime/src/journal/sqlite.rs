@@ -250,6 +250,18 @@ impl SqliteJournal {
         })
     }
 
+    /// The job a committed lease took, after telling the waiters of it and of the jobs it
+    /// failed on the way.
+    fn leased(&self, outcome: LeaseOutcome) -> Option<Leased> {
+        for id in &outcome.set_aside {
+            self.inner.waiters.job_changed(id);
+        }
+        if let Some(leased) = &outcome.leased {
+            self.inner.waiters.job_changed(&leased.job.id);
+        }
+        outcome.leased
+    }
+
     /// Runs a fenced state change of a leased job; notes the change for waiters.
     async fn fenced(
         &self,
@@ -350,8 +362,16 @@ struct LeaseQuery {
     lease_for: Duration,
 }
 
+/// What a lease did: the job it took, and the jobs it failed on the way because their records
+/// cannot be read (`super::set_aside_reason`), whose waiters must hear of it.
+#[derive(Default)]
+struct LeaseOutcome {
+    leased: Option<Leased>,
+    set_aside: Vec<String>,
+}
+
 impl LeaseQuery {
-    fn run(self, conn: &Connection) -> Result<Option<Leased>, JournalError> {
+    fn run(self, conn: &Connection) -> Result<LeaseOutcome, JournalError> {
         let Self {
             token,
             serves,
@@ -360,40 +380,84 @@ impl LeaseQuery {
         } = self;
         let now = now_ms();
         let until = now.saturating_add(millis(lease_for));
-        // See `NEXT_DUE_JOB`. The job is read, then leased by its id, not with `UPDATE …
-        // RETURNING`, which buffers the returned row in a temporary table. Both statements run
-        // in the writer's one transaction, so no other write comes between them.
-        let row = conn
-            .prepare_cached(NEXT_DUE_JOB)?
-            .query_row(params![now, serves], job_from_row)
-            .optional()?;
-        let Some((mut job, request)) = row else {
-            return Ok(None);
-        };
-        let leased = conn
-            .prepare_cached(
-                "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_token = ?3,
-                        lease_until = ?4, attempts = attempts + 1, updated_at = ?5
-                 WHERE id = ?1",
-            )?
-            .execute(params![job.id, owner, token, until, now])?;
-        if leased != 1 {
-            return Err(JournalError::Backend(
-                format!("job {} was found due but could not be leased", job.id).into(),
-            ));
+        let mut outcome = LeaseOutcome::default();
+        for _ in 0..=super::UNREADABLE_PER_LEASE {
+            // See `NEXT_DUE_JOB`. The job is read, then leased by its id, not with `UPDATE …
+            // RETURNING`, which buffers the returned row in a temporary table. Both statements
+            // run in the writer's one transaction, so no other write comes between them.
+            let row = conn
+                .prepare_cached(NEXT_DUE_JOB)?
+                .query_row(params![now, serves], |row| {
+                    let id: String = row.get("id")?;
+                    Ok(job_from_row(row).map_err(|e| (id, e.to_string())))
+                })
+                .optional()?;
+            let Some(row) = row else {
+                return Ok(outcome);
+            };
+            let read = row.and_then(|read| {
+                finish_record(read).map_err(|e| match e {
+                    JournalError::Corrupt { id, reason } => (id, reason),
+                    other => (String::new(), other.to_string()),
+                })
+            });
+            match read {
+                Ok(job) => {
+                    outcome.leased = Some(lease(conn, job, &owner, token, until, now)?);
+                    return Ok(outcome);
+                }
+                Err((id, reason)) => {
+                    set_aside(conn, &id, &reason, now)?;
+                    outcome.set_aside.push(id);
+                }
+            }
         }
-        job.state = JobState::Running;
-        job.attempts += 1;
-        job.updated_at = now;
-        let job = finish_record((job, request))?;
-        Ok(Some(Leased {
-            lease: Lease {
-                job_id: job.id.clone(),
-                token,
-            },
-            job,
-        }))
+        Ok(outcome)
     }
+}
+
+/// Fails job `id`, whose record cannot be read, so that the lease can go on to the next.
+fn set_aside(conn: &Connection, id: &str, reason: &str, now: i64) -> Result<(), JournalError> {
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'failed', last_error = ?2, lease_owner = NULL,
+                lease_token = NULL, lease_until = NULL, updated_at = ?3
+         WHERE id = ?1",
+    )?
+    .execute(params![id, super::set_aside_reason(id, reason), now])?;
+    Ok(())
+}
+
+/// Leases `job`, read as due, to `owner` with `token` until `until`.
+fn lease(
+    conn: &Connection,
+    mut job: JobRecord,
+    owner: &str,
+    token: String,
+    until: i64,
+    now: i64,
+) -> Result<Leased, JournalError> {
+    let leased = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_token = ?3,
+                    lease_until = ?4, attempts = attempts + 1, updated_at = ?5
+             WHERE id = ?1",
+        )?
+        .execute(params![job.id, owner, token, until, now])?;
+    if leased != 1 {
+        return Err(JournalError::Backend(
+            format!("job {} was found due but could not be leased", job.id).into(),
+        ));
+    }
+    job.state = JobState::Running;
+    job.attempts += 1;
+    job.updated_at = now;
+    Ok(Leased {
+        lease: Lease {
+            job_id: job.id.clone(),
+            token,
+        },
+        job,
+    })
 }
 
 /// A [`Completion`] owned, to cross to the writer thread.
@@ -525,11 +589,8 @@ impl JobStore for SqliteJournal {
 
     async fn lease_next(&self, lease_for: Duration) -> Result<Option<Leased>, JournalError> {
         let lease = self.lease_query(lease_for)?;
-        let leased = self.write(move |conn| lease.run(conn)).await?;
-        if let Some(leased) = &leased {
-            self.inner.waiters.job_changed(&leased.job.id);
-        }
-        Ok(leased)
+        let outcome = self.write(move |conn| lease.run(conn)).await?;
+        Ok(self.leased(outcome))
     }
 
     async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<bool, JournalError> {
@@ -564,21 +625,19 @@ impl JobStore for SqliteJournal {
     ) -> Result<(bool, Option<Leased>), JournalError> {
         let completion = OwnedCompletion::new(lease, done);
         let next = self.lease_query(lease_for);
-        let (kept, leased) = self
+        let (kept, taken) = self
             .write(move |tx| {
                 let kept = completion.run(tx)?;
                 // A lease that fails leaves the completion standing: SQLite undoes only the
                 // failed statement, and the worker asks again on its own.
-                let leased = super::nothing_taken_if_failed(next.and_then(|lease| lease.run(tx)));
-                Ok((kept, leased))
+                let taken = next.and_then(|lease| lease.run(tx));
+                Ok((kept, taken))
             })
             .await?;
         if kept {
             self.inner.waiters.job_changed(&lease.job_id);
         }
-        if let Some(leased) = &leased {
-            self.inner.waiters.job_changed(&leased.job.id);
-        }
+        let leased = super::nothing_taken_if_failed(taken.map(|outcome| self.leased(outcome)));
         Ok((kept, leased))
     }
 
@@ -1584,6 +1643,46 @@ mod tests {
                 .any(|step| step.contains("USING INDEX jobs_undelivered")),
             "{plan:#?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_record_cannot_be_read_is_failed_and_the_queue_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = SqliteJournal::open(&dir.path().join("j.sqlite"), "a").unwrap();
+        let ids = crate::journal::behaviour::three_jobs(&j).await;
+        let [a, b, _] = ids.clone();
+        j.write(move |conn| {
+            conn.execute(
+                "UPDATE jobs SET request = 'not JSON', next_run_at = next_run_at - 2000 WHERE id = ?1",
+                params![a],
+            )?;
+            conn.execute(
+                "UPDATE jobs SET kind = 'renew-v9', next_run_at = next_run_at - 1000 WHERE id = ?1",
+                params![b],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        crate::journal::behaviour::unreadable_jobs_are_failed_and_the_queue_goes_on(&j, &ids).await;
+        let [a, b, _] = ids;
+        let last_error = |id: String| {
+            let path = dir.path().join("j.sqlite");
+            Connection::open(path)
+                .unwrap()
+                .query_row(
+                    "SELECT last_error FROM jobs WHERE id = ?1",
+                    params![id],
+                    |r| r.get::<_, String>(0),
+                )
+                .unwrap()
+        };
+        let (a, b) = (last_error(a), last_error(b));
+        assert!(
+            a.contains("cannot be read (expected ident at line 1 column 2)"),
+            "{a}"
+        );
+        assert!(b.contains("unknown job kind \"renew-v9\""), "{b}");
     }
 
     #[tokio::test]

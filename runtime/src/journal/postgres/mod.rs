@@ -457,18 +457,44 @@ impl JobStore for PostgresJournal {
     }
 
     async fn lease_next(&self, lease_for: Duration) -> Result<Option<Leased>, JournalError> {
-        let token = random_hex(16)?;
         let serves = self.serves();
-        let row = query_opt(
-            &self.client().await?,
-            LEASE_NEXT_DUE,
-            &[&self.inner.owner, &token, &millis(lease_for), &serves],
-        )
-        .await?;
-        let Some(row) = row else {
+        let client = self.client().await?;
+        let mut leased = None;
+        for _ in 0..=super::UNREADABLE_PER_LEASE {
+            let token = random_hex(16)?;
+            let row = query_opt(
+                &client,
+                LEASE_NEXT_DUE,
+                &[&self.inner.owner, &token, &millis(lease_for), &serves],
+            )
+            .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            match job_from_row(&row) {
+                Ok(job) => {
+                    leased = Some((job, token));
+                    break;
+                }
+                // Leased already (the lease is one statement): failed under that lease.
+                Err(JournalError::Corrupt { id, reason }) => {
+                    execute(
+                        &client,
+                        "UPDATE jobs SET state = 'failed', last_error = $3, lease_owner = NULL,
+                                lease_token = NULL, lease_until = NULL,
+                                updated_at = certconn_now_ms()
+                         WHERE id = $1 AND lease_token = $2",
+                        &[&id, &token, &super::set_aside_reason(&id, &reason)],
+                    )
+                    .await?;
+                    self.job_changed(&id);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        let Some((job, token)) = leased else {
             return Ok(None);
         };
-        let job = job_from_row(&row)?;
         self.job_changed(&job.id);
         // There may be more: the next idle worker here looks too.
         self.inner.wake_one();
@@ -1529,6 +1555,32 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, JournalError::TooNew { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_record_cannot_be_read_is_failed_and_the_queue_goes_on() {
+        let db = testing::fresh_database().await;
+        let j = PostgresJournal::open(&db.config(), "a", false)
+            .await
+            .unwrap();
+        let ids = crate::journal::behaviour::three_jobs(&j).await;
+        db.psql(&format!(
+            "UPDATE jobs SET request = 'not JSON', next_run_at = next_run_at - 2000 WHERE id = '{}';
+             UPDATE jobs SET kind = 'renew-v9', next_run_at = next_run_at - 1000 WHERE id = '{}';",
+            ids[0], ids[1]
+        ));
+        crate::journal::behaviour::unreadable_jobs_are_failed_and_the_queue_goes_on(&j, &ids).await;
+        let errors = db
+            .psql(&format!(
+                "SELECT last_error FROM jobs WHERE id IN ('{}', '{}') ORDER BY next_run_at",
+                ids[0], ids[1]
+            ))
+            .join("\n");
+        assert!(
+            errors.contains("cannot be read (expected ident at line 1 column 2)"),
+            "{errors}"
+        );
+        assert!(errors.contains("unknown job kind \"renew-v9\""), "{errors}");
     }
 
     #[tokio::test]

@@ -575,6 +575,26 @@ pub(crate) async fn unreadable_jobs_are_failed_and_the_queue_goes_on(
         .await
         .unwrap()
         .is_none());
+    // Failed, they are owed to their source like any failure; unreadable, they are left out of
+    // what is owed rather than keep the readable outcomes from going.
+    let owed = j.undelivered("api", 10).await.expect("the owed outcomes");
+    assert!(owed.is_empty(), "{owed:?}");
+    j.complete(
+        &leased.lease,
+        Completion {
+            backend: "local",
+            result: "{}",
+            password: None,
+            issued: None,
+            revoked: None,
+            request: None,
+        },
+    )
+    .await
+    .unwrap();
+    let owed = j.undelivered("api", 10).await.expect("the owed outcomes");
+    assert_eq!(owed.len(), 1);
+    assert_eq!(&owed[0].id, readable);
 }
 
 /// What the ledger migration that added `backend_version` must leave, on either journal, for

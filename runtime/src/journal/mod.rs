@@ -143,6 +143,16 @@ pub(crate) fn set_aside_reason(id: &str, reason: &str) -> String {
     why
 }
 
+/// Leaves job `id`, whose record cannot be read, out of the outcomes owed to its source, and
+/// says so: one such job must not keep every other outcome from being delivered (the lease
+/// fails these jobs, so they are owed like any failure). It stays owed, and in the log.
+pub(crate) fn left_out_of_owed(id: &str, reason: &str) {
+    tracing::error!(
+        job = id,
+        "journal: job {id} is left out of the outcomes owed to its source: its record cannot be read ({reason})"
+    );
+}
+
 /// The next lease of [`JobStore::complete_and_lease_next`]: one that failed is logged and
 /// counts as nothing taken (the job before it has ended all the same; the worker asks again).
 pub(crate) fn nothing_taken_if_failed(

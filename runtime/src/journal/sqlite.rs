@@ -395,21 +395,20 @@ impl LeaseQuery {
             let Some(row) = row else {
                 return Ok(outcome);
             };
-            let read = row.and_then(|read| {
-                finish_record(read).map_err(|e| match e {
-                    JournalError::Corrupt { id, reason } => (id, reason),
-                    other => (String::new(), other.to_string()),
-                })
-            });
+            let read = match row {
+                Ok(read) => finish_record(read),
+                Err((id, reason)) => Err(JournalError::Corrupt { id, reason }),
+            };
             match read {
                 Ok(job) => {
                     outcome.leased = Some(lease(conn, job, &owner, token, until, now)?);
                     return Ok(outcome);
                 }
-                Err((id, reason)) => {
+                Err(JournalError::Corrupt { id, reason }) => {
                     set_aside(conn, &id, &reason, now)?;
                     outcome.set_aside.push(id);
                 }
+                Err(other) => return Err(other),
             }
         }
         Ok(outcome)
@@ -916,9 +915,26 @@ impl Outbox for SqliteJournal {
             let conn = inner.reader();
             let mut stmt = conn.prepare_cached(UNDELIVERED)?;
             let rows = stmt
-                .query_map(params![source, limit], job_from_row)?
+                .query_map(params![source, limit], |row| {
+                    let id: String = row.get("id")?;
+                    Ok(job_from_row(row).map_err(|e| (id, e.to_string())))
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(finish_record).collect()
+            let mut owed = Vec::with_capacity(rows.len());
+            for row in rows {
+                let read = match row {
+                    Ok(read) => finish_record(read),
+                    Err((id, reason)) => Err(JournalError::Corrupt { id, reason }),
+                };
+                match read {
+                    Ok(job) => owed.push(job),
+                    Err(JournalError::Corrupt { id, reason }) => {
+                        super::left_out_of_owed(&id, &reason)
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+            Ok(owed)
         })
         .await
     }

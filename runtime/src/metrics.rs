@@ -70,11 +70,17 @@ pub struct Metrics {
     /// Job results removed by the retention sweep (`journal.keep_results_days`).
     journal_results_removed: AtomicU64,
     /// The SQLite journal's WAL checkpoints, by who ran them ([`CheckpointBy::ALL`]'s order).
-    journal_checkpoints: [AtomicU64; 2],
-    /// WAL pages those checkpoints found in the log.
-    journal_checkpoint_pages: [AtomicU64; 2],
-    /// Time those checkpoints took, in nanoseconds: on the writer, every write waited for it.
-    journal_checkpoint_nanos: [AtomicU64; 2],
+    journal_checkpoints: [CheckpointTotals; 2],
+}
+
+/// What the checkpoints one [`CheckpointBy`] ran add up to.
+#[derive(Default)]
+struct CheckpointTotals {
+    count: AtomicU64,
+    /// WAL pages they found in the log.
+    pages: AtomicU64,
+    /// Time they took: on the writer, every write waited for it.
+    nanos: AtomicU64,
 }
 
 /// Who ran a checkpoint of the SQLite journal's WAL (`journal::checkpoint`).
@@ -194,23 +200,24 @@ impl Metrics {
 
     /// A checkpoint of the SQLite journal's WAL ran, with `pages` in the log.
     pub fn journal_checkpointed(&self, by: CheckpointBy, pages: i64, took: Duration) {
-        let i = by as usize;
-        self.journal_checkpoint_nanos[i].fetch_add(
+        let totals = &self.journal_checkpoints[by as usize];
+        totals.count.fetch_add(1, Ordering::Relaxed);
+        totals
+            .pages
+            .fetch_add(u64::try_from(pages).unwrap_or(0), Ordering::Relaxed);
+        totals.nanos.fetch_add(
             u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        self.journal_checkpoints[i].fetch_add(1, Ordering::Relaxed);
-        self.journal_checkpoint_pages[i]
-            .fetch_add(u64::try_from(pages).unwrap_or(0), Ordering::Relaxed);
     }
 
     /// Checkpoints of the SQLite journal's WAL that `by` ran since the process started, and
     /// the time they took.
     pub fn journal_checkpoint_totals(&self, by: CheckpointBy) -> (u64, Duration) {
-        let i = by as usize;
+        let totals = &self.journal_checkpoints[by as usize];
         (
-            self.journal_checkpoints[i].load(Ordering::Relaxed),
-            Duration::from_nanos(self.journal_checkpoint_nanos[i].load(Ordering::Relaxed)),
+            totals.count.load(Ordering::Relaxed),
+            Duration::from_nanos(totals.nanos.load(Ordering::Relaxed)),
         )
     }
 
@@ -320,41 +327,33 @@ impl Metrics {
             &[],
             self.journal_results_removed.load(Ordering::Relaxed) as f64,
         );
-        out.family(
-            "certconn_journal_checkpoints_total",
-            "counter",
-            "Checkpoints of the SQLite journal's write-ahead log: by the checkpoint thread (background) or, when the log outgrew it, by the writer itself (writer).",
-        );
-        for by in CheckpointBy::ALL {
-            out.sample(
+        type Family = (&'static str, &'static str, fn(&CheckpointTotals) -> f64);
+        let checkpoints: [Family; 3] = [
+            (
                 "certconn_journal_checkpoints_total",
-                &[("by", by.as_str())],
-                self.journal_checkpoint_totals(by).0 as f64,
-            );
-        }
-        out.family(
-            "certconn_journal_checkpoint_seconds_total",
-            "counter",
-            "Time the SQLite journal's checkpoints took, by who ran them: on the writer, every write waited for it.",
-        );
-        for by in CheckpointBy::ALL {
-            out.sample(
+                "Checkpoints of the SQLite journal's write-ahead log: by the checkpoint thread (background) or, when the log outgrew it, by the writer itself (writer).",
+                |t| t.count.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "certconn_journal_checkpoint_seconds_total",
-                &[("by", by.as_str())],
-                self.journal_checkpoint_totals(by).1.as_secs_f64(),
-            );
-        }
-        out.family(
-            "certconn_journal_checkpoint_pages_total",
-            "counter",
-            "WAL pages the SQLite journal's checkpoints found in the log, by who ran them.",
-        );
-        for by in CheckpointBy::ALL {
-            out.sample(
+                "Time the SQLite journal's checkpoints took, by who ran them: on the writer, every write waited for it.",
+                |t| Duration::from_nanos(t.nanos.load(Ordering::Relaxed)).as_secs_f64(),
+            ),
+            (
                 "certconn_journal_checkpoint_pages_total",
-                &[("by", by.as_str())],
-                self.journal_checkpoint_pages[by as usize].load(Ordering::Relaxed) as f64,
-            );
+                "WAL pages the SQLite journal's checkpoints found in the log, by who ran them.",
+                |t| t.pages.load(Ordering::Relaxed) as f64,
+            ),
+        ];
+        for (name, help, value) in checkpoints {
+            out.family(name, "counter", help);
+            for by in CheckpointBy::ALL {
+                out.sample(
+                    name,
+                    &[("by", by.as_str())],
+                    value(&self.journal_checkpoints[by as usize]),
+                );
+            }
         }
         out.family(
             "certconn_plugin_faults_total",

@@ -135,6 +135,7 @@ pub(crate) const UNREADABLE_PER_LEASE: usize = 8;
 /// What a job whose record in the journal cannot be read (a request that is not JSON, a kind
 /// this version does not know) ends with. The lease fails it and takes the next job: left
 /// queued, it would be the first due job on every lease, and no job behind it would run.
+/// Logged here, once per job set aside.
 pub(crate) fn set_aside_reason(id: &str, reason: &str) -> String {
     let why = format!(
         "its record in the journal cannot be read ({reason}); it was failed so that the jobs queued behind it run"

@@ -1597,20 +1597,39 @@ mod tests {
 
     crate::journal_behaviour_tests!(factory);
 
+    /// A connection to a journal just made (every migration applied), in `dir`.
+    fn migrated(dir: &tempfile::TempDir) -> Connection {
+        let path = dir.path().join("j.sqlite");
+        drop(SqliteJournal::open(&path, "a").unwrap());
+        Connection::open(&path).unwrap()
+    }
+
+    /// Column `column` of every row `sql` (an `EXPLAIN`) returns with `values`.
+    fn explained(
+        conn: &Connection,
+        sql: &str,
+        values: impl rusqlite::Params,
+        column: usize,
+    ) -> Vec<String> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map(values, |r| r.get::<_, String>(column))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     #[test]
     fn the_lease_query_walks_the_due_index_and_sorts_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.sqlite");
-        drop(SqliteJournal::open(&path, "a").unwrap());
-        let conn = Connection::open(&path).unwrap();
+        let conn = migrated(&dir);
         for serves in [None, Some(r#"["local-ca"]"#)] {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {NEXT_DUE_JOB}"))
-                .unwrap()
-                .query_map(params![0_i64, serves], |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let plan = explained(
+                &conn,
+                &format!("EXPLAIN QUERY PLAN {NEXT_DUE_JOB}"),
+                params![0_i64, serves],
+                3,
+            );
             assert!(
                 !plan.iter().any(|step| step.contains("TEMP B-TREE")),
                 "the lease sorts: {plan:#?}"
@@ -1629,16 +1648,13 @@ mod tests {
     #[test]
     fn a_job_update_fills_no_temporary_table_and_owed_outcomes_use_their_index() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.sqlite");
-        drop(SqliteJournal::open(&path, "a").unwrap());
-        let conn = Connection::open(&path).unwrap();
-        let opcodes: Vec<String> = conn
-            .prepare("EXPLAIN UPDATE jobs SET state = ?2, updated_at = ?3 WHERE id = ?1")
-            .unwrap()
-            .query_map(params!["j1", "succeeded", 1_i64], |r| r.get::<_, String>(1))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let conn = migrated(&dir);
+        let opcodes = explained(
+            &conn,
+            "EXPLAIN UPDATE jobs SET state = ?2, updated_at = ?3 WHERE id = ?1",
+            params!["j1", "succeeded", 1_i64],
+            1,
+        );
         assert!(
             opcodes.iter().any(|op| op == "IdxInsert"),
             "the update maintains no index: {opcodes:?}"
@@ -1647,13 +1663,12 @@ mod tests {
             !opcodes.iter().any(|op| op == "OpenEphemeral"),
             "an update of a job fills a temporary table: {opcodes:?}"
         );
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {UNDELIVERED}"))
-            .unwrap()
-            .query_map(params!["upstream", 8], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = explained(
+            &conn,
+            &format!("EXPLAIN QUERY PLAN {UNDELIVERED}"),
+            params!["upstream", 8],
+            3,
+        );
         assert!(
             plan.iter()
                 .any(|step| step.contains("USING INDEX jobs_undelivered")),

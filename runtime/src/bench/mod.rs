@@ -452,6 +452,7 @@ async fn pipeline_round(
                 app.journal
                     .list(Some(JobState::Failed), 1)
                     .await?
+                    .jobs
                     .first()
                     .and_then(|j| j.last_error.clone())
             );

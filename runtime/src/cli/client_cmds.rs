@@ -406,6 +406,26 @@ fn print_job(job: &Value) {
     }
 }
 
+/// The listed jobs the journal cannot read, after the table: each one's id, state and why.
+fn print_unreadable(unreadable: &serde_json::Value) {
+    let unreadable = unreadable.as_array().map(Vec::as_slice).unwrap_or_default();
+    if unreadable.is_empty() {
+        return;
+    }
+    println!(
+        "\n{} listed job(s) cannot be read from the journal (the next lease fails a queued one):",
+        unreadable.len()
+    );
+    for j in unreadable {
+        println!(
+            "{:<32}  {:<9}  {}",
+            j["id"].as_str().unwrap_or(""),
+            j["state"].as_str().unwrap_or(""),
+            j["reason"].as_str().unwrap_or("")
+        );
+    }
+}
+
 pub(super) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -452,6 +472,7 @@ pub async fn jobs(config_path: &Path, what: Jobs) -> anyhow::Result<()> {
                     j["last_error"].as_str().unwrap_or("")
                 );
             }
+            print_unreadable(&answer["unreadable"]);
         }
         Jobs::Show { id, json } => {
             let job = api

@@ -586,7 +586,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            journal.list(None, 100).await.unwrap().is_empty(),
+            journal.list(None, 100).await.unwrap().jobs.is_empty(),
             "something was stored"
         );
     }
@@ -599,6 +599,6 @@ mod tests {
         assert!(new_a && !new_b);
         assert_eq!(a.id, b.id);
         assert_eq!(a.kind, JobKind::Issue);
-        assert_eq!(journal.list(None, 100).await.unwrap().len(), 1);
+        assert_eq!(journal.list(None, 100).await.unwrap().jobs.len(), 1);
     }
 }

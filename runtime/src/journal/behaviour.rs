@@ -554,8 +554,24 @@ pub(crate) async fn three_jobs(j: &dyn Journal) -> [String; 3] {
 /// the lease failed on the first, which stayed first, and no job behind it ever ran.
 pub(crate) async fn unreadable_jobs_are_failed_and_the_queue_goes_on(
     j: &dyn Journal,
-    [_, _, readable]: &[String; 3],
+    [first, second, readable]: &[String; 3],
 ) {
+    // What a reload checks leaves them out (they will not run as they are) and is read.
+    let unfinished = j.unfinished().await.expect("the unfinished jobs are read");
+    let unfinished: Vec<_> = unfinished.iter().map(|job| &job.id).collect();
+    assert_eq!(unfinished, [readable]);
+    let listing = j.list(None, 10).await.expect("a listing is read");
+    let listed: Vec<_> = listing.jobs.iter().map(|job| &job.id).collect();
+    assert_eq!(listed, [readable]);
+    let mut unreadable: Vec<_> = listing
+        .unreadable
+        .iter()
+        .map(|job| (&job.id, job.state.as_str(), job.source.as_str()))
+        .collect();
+    unreadable.sort();
+    let mut expected = [(first, "queued", "api"), (second, "queued", "api")];
+    expected.sort();
+    assert_eq!(unreadable, expected);
     let leased = j
         .lease_next(Duration::from_secs(30))
         .await
@@ -570,6 +586,18 @@ pub(crate) async fn unreadable_jobs_are_failed_and_the_queue_goes_on(
         .find(|(state, _)| *state == JobState::Failed)
         .map_or(0, |(_, n)| n);
     assert_eq!(failed, 2, "the unreadable jobs are failed");
+    // An operator sees them, failed, with the reason, and the listing does not fail on them.
+    let listing = j.list(Some(JobState::Failed), 10).await.unwrap();
+    assert!(listing.jobs.is_empty(), "{:?}", listing.jobs);
+    assert_eq!(listing.unreadable.len(), 2);
+    for job in &listing.unreadable {
+        assert_eq!(job.state, "failed");
+        let why = job.last_error.as_deref().unwrap_or_default();
+        assert!(why.contains(&job.reason), "{why} / {}", job.reason);
+        assert!(why.contains("cannot be read"), "{why}");
+    }
+    let shown = j.get(first).await.expect_err("one job cannot be read");
+    assert!(matches!(shown, JournalError::Corrupt { .. }), "{shown:?}");
     assert!(j
         .lease_next(Duration::from_secs(30))
         .await
@@ -882,9 +910,10 @@ pub(crate) async fn counts_and_list_by_state(f: &dyn Factory) {
         std::collections::BTreeMap::from([(JobState::Queued, 2), (JobState::Failed, 1)])
     );
     let failed = j.list(Some(JobState::Failed), 10).await.unwrap();
-    assert_eq!(failed.len(), 1);
-    assert_eq!(failed[0].id, held.job.id);
-    assert_eq!(j.list(None, 2).await.unwrap().len(), 2);
+    assert_eq!(failed.jobs.len(), 1);
+    assert_eq!(failed.jobs[0].id, held.job.id);
+    assert!(failed.unreadable.is_empty());
+    assert_eq!(j.list(None, 2).await.unwrap().jobs.len(), 2);
     // One more leased: the unfinished are the running one and the queued one, not the failed.
     let running = j.lease_next(MINUTE).await.unwrap().unwrap();
     let mut unfinished: Vec<_> = j

@@ -36,9 +36,9 @@ use zeroize::Zeroizing;
 pub use config::JournalConfig;
 pub use postgres::PostgresJournal;
 pub use record::{
-    Completion, FleetDecision, InstanceRecord, IssuedRecord, JobKind, JobRecord, JobState, Lease,
-    Leased, LedgerEntry, LedgerQuery, NewJob, ReasonChange, Revocation, RevocationMark,
-    RevokedSerial, StoredResult,
+    Completion, FleetDecision, InstanceRecord, IssuedRecord, JobKind, JobListing, JobRecord,
+    JobState, Lease, Leased, LedgerEntry, LedgerQuery, NewJob, ReasonChange, Revocation,
+    RevocationMark, RevokedSerial, StoredResult, UnreadableJob,
 };
 pub use sqlite::SqliteJournal;
 pub use trail::{NewSignature, SignatureRecord, SignedKind};
@@ -144,14 +144,29 @@ pub(crate) fn set_aside_reason(id: &str, reason: &str) -> String {
     why
 }
 
-/// Leaves job `id`, whose record cannot be read, out of the outcomes owed to its source, and
-/// says so: one such job must not keep every other outcome from being delivered (the lease
-/// fails these jobs, so they are owed like any failure). It stays owed, and in the log.
-pub(crate) fn left_out_of_owed(id: &str, reason: &str) {
+/// Leaves `job`, whose record cannot be read, out of `what` (what is owed to its source, the
+/// unfinished jobs), and says so: one such job must not keep a whole listing from being read.
+/// The lease fails these jobs the first time it meets them ([`set_aside_reason`]); a failed
+/// one stays owed to its source, and in the log.
+pub(crate) fn left_out(job: &UnreadableJob, what: &str) {
     tracing::error!(
-        job = id,
-        "journal: job {id} is left out of the outcomes owed to its source: its record cannot be read ({reason})"
+        job = job.id,
+        "journal: job {} is left out of {what}: its record cannot be read ({})",
+        job.id,
+        job.reason
     );
+}
+
+/// The jobs of `rows` that can be read; each other one is left out of `what` ([`left_out`]).
+pub(crate) fn readable<E>(
+    rows: impl IntoIterator<Item = Result<Result<JobRecord, UnreadableJob>, E>>,
+    what: &str,
+) -> Result<Vec<JobRecord>, E> {
+    let listing = JobListing::of(rows)?;
+    for job in &listing.unreadable {
+        left_out(job, what);
+    }
+    Ok(listing.jobs)
 }
 
 /// The next lease of [`JobStore::complete_and_lease_next`]: one that failed is logged and
@@ -261,16 +276,16 @@ pub trait JobStore: Send + Sync {
         idempotency_key: &str,
     ) -> Result<Option<JobRecord>, JournalError>;
 
-    /// Jobs, newest first, optionally in one state.
-    async fn list(
-        &self,
-        state: Option<JobState>,
-        limit: u32,
-    ) -> Result<Vec<JobRecord>, JournalError>;
+    /// Jobs, newest first, optionally in one state. A row that cannot be read is listed
+    /// apart ([`JobListing::unreadable`]) rather than fail the listing: an operator must see
+    /// the jobs beside it, and it too.
+    async fn list(&self, state: Option<JobState>, limit: u32) -> Result<JobListing, JournalError>;
 
     /// Every job not yet ended (queued, running or pending), read in one snapshot: a job
     /// moving between those states while it is read is seen once, never missed, which
-    /// separate listings per state cannot promise.
+    /// separate listings per state cannot promise. A job whose record cannot be read is left
+    /// out and logged ([`left_out`]): it will not run as it is (the next lease fails it), so
+    /// nothing that checks what is unfinished need wait for it.
     async fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError>;
 
     /// How many jobs are in each state (states with none are left out).

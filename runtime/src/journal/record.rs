@@ -162,6 +162,47 @@ impl JobRecord {
     }
 }
 
+/// A job the journal holds but cannot read: its request is not JSON, or its kind or state is
+/// one this version does not know (as after going back to an older certconn). A listing shows
+/// what it can of it instead of failing as a whole; the next lease that meets it fails it
+/// ([`super::set_aside_reason`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct UnreadableJob {
+    pub id: String,
+    pub source: String,
+    /// As stored: it may be a state this version does not know.
+    pub state: String,
+    pub last_error: Option<String>,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+    /// What cannot be read.
+    pub reason: String,
+}
+
+/// Jobs as a listing reads them ([`super::JobStore::list`]).
+#[derive(Clone, Debug, Default)]
+pub struct JobListing {
+    pub jobs: Vec<JobRecord>,
+    /// The listed rows that cannot be read, in the listing's order.
+    pub unreadable: Vec<UnreadableJob>,
+}
+
+impl JobListing {
+    /// The listing of `rows`, each read as a job or found unreadable, in their order.
+    pub(crate) fn of<E>(
+        rows: impl IntoIterator<Item = Result<Result<JobRecord, UnreadableJob>, E>>,
+    ) -> Result<Self, E> {
+        let mut listing = Self::default();
+        for row in rows {
+            match row? {
+                Ok(job) => listing.jobs.push(job),
+                Err(unreadable) => listing.unreadable.push(unreadable),
+            }
+        }
+        Ok(listing)
+    }
+}
+
 #[cfg(test)]
 impl JobRecord {
     /// A running job of `kind` with `request` (id `job-1`, from the API), for tests that need

@@ -108,6 +108,25 @@ fn finish_record((mut job, request): (JobRecord, String)) -> Result<JobRecord, J
     Ok(job)
 }
 
+/// Job `row` as a listing reads it: the record, or what can be read of a row that cannot
+/// (an unknown kind or state, a request that is not JSON).
+fn job_or_unreadable(row: &Row<'_>) -> rusqlite::Result<Result<JobRecord, UnreadableJob>> {
+    let reason = match job_from_row(row).map(finish_record) {
+        Ok(Ok(job)) => return Ok(Ok(job)),
+        Ok(Err(JournalError::Corrupt { reason, .. })) => reason,
+        Ok(Err(other)) => other.to_string(),
+        Err(e) => e.to_string(),
+    };
+    Ok(Err(UnreadableJob {
+        id: row.get("id")?,
+        source: row.get("source")?,
+        state: row.get("state")?,
+        last_error: row.get("last_error")?,
+        updated_at: row.get("updated_at")?,
+        reason,
+    }))
+}
+
 /// What an enqueue wrote. A new job's row is exactly what was inserted, so it is not read back
 /// (the writer thread is the journal's bottleneck: the read and the request's JSON parse were
 /// a third of the enqueue's time on it); an existing one (the same idempotency key) is read.
@@ -805,20 +824,14 @@ impl JobStore for SqliteJournal {
         .await
     }
 
-    async fn list(
-        &self,
-        state: Option<JobState>,
-        limit: u32,
-    ) -> Result<Vec<JobRecord>, JournalError> {
+    async fn list(&self, state: Option<JobState>, limit: u32) -> Result<JobListing, JournalError> {
         self.blocking(move |inner| {
             let conn = inner.reader();
             let mut stmt = conn.prepare_cached(
                 "SELECT * FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id LIMIT ?2",
             )?;
-            let rows = stmt
-                .query_map(params![state.map(JobState::as_str), limit], job_from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(finish_record).collect()
+            let rows = stmt.query_map(params![state.map(JobState::as_str), limit], job_or_unreadable)?;
+            Ok(JobListing::of(rows)?)
         })
         .await
     }
@@ -829,10 +842,8 @@ impl JobStore for SqliteJournal {
             let mut stmt = conn.prepare_cached(
                 "SELECT * FROM jobs WHERE state IN ('queued', 'running', 'pending') ORDER BY created_at, id",
             )?;
-            let rows = stmt
-                .query_map([], job_from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(finish_record).collect()
+            let rows = stmt.query_map([], job_or_unreadable)?;
+            Ok(super::readable(rows, "the unfinished jobs")?)
         })
         .await
     }
@@ -914,27 +925,8 @@ impl Outbox for SqliteJournal {
         self.blocking(move |inner| {
             let conn = inner.reader();
             let mut stmt = conn.prepare_cached(UNDELIVERED)?;
-            let rows = stmt
-                .query_map(params![source, limit], |row| {
-                    let id: String = row.get("id")?;
-                    Ok(job_from_row(row).map_err(|e| (id, e.to_string())))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut owed = Vec::with_capacity(rows.len());
-            for row in rows {
-                let read = match row {
-                    Ok(read) => finish_record(read),
-                    Err((id, reason)) => Err(JournalError::Corrupt { id, reason }),
-                };
-                match read {
-                    Ok(job) => owed.push(job),
-                    Err(JournalError::Corrupt { id, reason }) => {
-                        super::left_out_of_owed(&id, &reason)
-                    }
-                    Err(other) => return Err(other),
-                }
-            }
-            Ok(owed)
+            let rows = stmt.query_map(params![source, limit], job_or_unreadable)?;
+            Ok(super::readable(rows, "the outcomes owed to its source")?)
         })
         .await
     }

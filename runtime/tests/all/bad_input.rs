@@ -203,6 +203,106 @@ async fn malformed_requests_are_refused_with_the_reason_and_store_nothing() {
     let _ = device_cert;
 }
 
+/// A job whose record in the journal cannot be read (here a queued one whose request is not
+/// JSON, as a hand edit or a bad restore leaves it): the worker fails it with the reason and runs
+/// the job behind it, and the operator sees it in `certconn jobs list` and on the status page,
+/// and a clear error for it alone, while every other job still lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_journal_cannot_read_is_failed_shown_and_blocks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_default(dir.path());
+    let api = daemon.client();
+    let first = submit(
+        &api,
+        "smime",
+        "before-the-spoiled-one",
+        json!({ "subject": "CN=a" }),
+    )
+    .await;
+    assert_eq!(
+        wait_job(&api, &first, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+
+    // A copy of that job, queued, due before anything else, with a request that is not JSON.
+    let spoiled = format!("{}-spoiled", &first);
+    let db = rusqlite::Connection::open(dir.path().join("data/journal.sqlite")).unwrap();
+    db.execute_batch(&format!(
+        "CREATE TEMP TABLE copy AS SELECT * FROM jobs WHERE id = '{first}';
+         UPDATE copy SET id = '{spoiled}', idempotency_key = 'spoiled', state = 'queued',
+             request = '{{not JSON', attempts = 0, next_run_at = 0, last_error = NULL,
+             backend = NULL, lease_owner = NULL, lease_until = NULL, lease_token = NULL,
+             delivered_at = NULL;
+         INSERT INTO jobs SELECT * FROM copy;"
+    ))
+    .unwrap();
+    drop(db);
+
+    // The next job is run all the same.
+    let second = submit(
+        &api,
+        "smime",
+        "after-the-spoiled-one",
+        json!({ "subject": "CN=b" }),
+    )
+    .await;
+    assert_eq!(
+        wait_job(&api, &second, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+
+    let out = daemon.cli(&["jobs", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{listed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        listed.contains(&first) && listed.contains(&second),
+        "{listed}"
+    );
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&spoiled))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        line.contains("failed") && line.contains("key must be a string at line 1 column 2"),
+        "{line}"
+    );
+    assert!(
+        listed.contains("1 listed job(s) cannot be read from the journal"),
+        "{listed}"
+    );
+
+    let status = api.call(Method::GET, "/v1/status", None).await.unwrap();
+    let shown = status["attention"]
+        .as_array()
+        .and_then(|jobs| jobs.iter().find(|j| j["id"] == spoiled.as_str()))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(shown["kind"], "unreadable");
+    assert_eq!(shown["state"], "failed");
+    let reason = shown["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("cannot be read") && reason.contains("the jobs queued behind it run"),
+        "{reason}"
+    );
+
+    match api
+        .call(Method::GET, &format!("/v1/jobs/{spoiled}"), None)
+        .await
+    {
+        Err(ClientError::Api { status, message }) => {
+            assert_eq!(status, 500, "{message}");
+            assert!(
+                message.contains(&format!("malformed record for job {spoiled}")),
+                "{message}"
+            );
+        }
+        other => panic!("an unreadable job was shown: {other:?}"),
+    }
+}
+
 async fn raw_post(daemon: &Daemon, body: &str) -> (u16, String) {
     use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client;

@@ -132,8 +132,22 @@ fn job_from_row(row: &Row) -> Result<JobRecord, JournalError> {
     })
 }
 
-fn jobs_from_rows(rows: &[Row]) -> Result<Vec<JobRecord>, JournalError> {
-    rows.iter().map(job_from_row).collect()
+/// Job `row` as a listing reads it: the record, or what can be read of a row that cannot
+/// (an unknown kind or state, a request that is not JSON).
+fn job_or_unreadable(row: &Row) -> Result<Result<JobRecord, UnreadableJob>, JournalError> {
+    let reason = match job_from_row(row) {
+        Ok(job) => return Ok(Ok(job)),
+        Err(JournalError::Corrupt { reason, .. }) => reason,
+        Err(other) => return Err(other),
+    };
+    Ok(Err(UnreadableJob {
+        id: row.try_get("id")?,
+        source: row.try_get("source")?,
+        state: row.try_get("state")?,
+        last_error: row.try_get("last_error")?,
+        updated_at: row.try_get("updated_at")?,
+        reason,
+    }))
 }
 
 /// One statement, prepared once per connection.
@@ -710,11 +724,7 @@ impl JobStore for PostgresJournal {
         .transpose()
     }
 
-    async fn list(
-        &self,
-        state: Option<JobState>,
-        limit: u32,
-    ) -> Result<Vec<JobRecord>, JournalError> {
+    async fn list(&self, state: Option<JobState>, limit: u32) -> Result<JobListing, JournalError> {
         let state = state.map(JobState::as_str);
         let rows = query(
             &self.client().await?,
@@ -723,7 +733,7 @@ impl JobStore for PostgresJournal {
             &[&state, &i64::from(limit)],
         )
         .await?;
-        jobs_from_rows(&rows)
+        JobListing::of(rows.iter().map(job_or_unreadable))
     }
 
     async fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError> {
@@ -734,7 +744,7 @@ impl JobStore for PostgresJournal {
             &[],
         )
         .await?;
-        jobs_from_rows(&rows)
+        super::readable(rows.iter().map(job_or_unreadable), "the unfinished jobs")
     }
 
     async fn counts(&self) -> Result<Vec<(JobState, i64)>, JournalError> {
@@ -813,15 +823,10 @@ impl Outbox for PostgresJournal {
             &[&source, &i64::from(limit)],
         )
         .await?;
-        let mut owed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match job_from_row(row) {
-                Ok(job) => owed.push(job),
-                Err(JournalError::Corrupt { id, reason }) => super::left_out_of_owed(&id, &reason),
-                Err(other) => return Err(other),
-            }
-        }
-        Ok(owed)
+        super::readable(
+            rows.iter().map(job_or_unreadable),
+            "the outcomes owed to its source",
+        )
     }
 
     async fn mark_delivered(&self, id: &str) -> Result<(), JournalError> {

@@ -27,7 +27,9 @@ use crate::jobs::model::{
     RevocationReason, RevokeJob,
 };
 use crate::jobs::{Intake, SubmitError};
-use crate::journal::{JobRecord, JobState, JobStore, JournalError, Outbox, RevocationLedger};
+use crate::journal::{
+    JobRecord, JobState, JobStore, JournalError, Outbox, RevocationLedger, UnreadableJob,
+};
 use crate::plugins::registry::RegistryError;
 use crate::plugins::Registry;
 use crate::revocation::Publisher;
@@ -116,6 +118,12 @@ impl From<JournalError> for ApiError {
         match e {
             JournalError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             JournalError::NotRetryable { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            // Not the journal's absence: a retry would meet the same record. Its reason is a
+            // parser's message or an unknown kind or state, never the request.
+            JournalError::Corrupt { .. } => {
+                tracing::error!("{e}");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
             other => {
                 tracing::error!("{}", crate::report::chain(&other));
                 ApiError::new(
@@ -787,6 +795,9 @@ struct ListQuery {
 #[derive(Serialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<JobRecord>,
+    /// Listed jobs whose record the journal cannot read (a request that is not JSON, a kind
+    /// or state this version does not know): what can be read of each, and why not the rest.
+    pub unreadable: Vec<UnreadableJob>,
 }
 
 /// Answer of `GET /v1/jobs/{id}`.
@@ -823,9 +834,11 @@ async fn list_jobs(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
     let Query(q) = query?;
-    let jobs = state.jobs.list(q.state, listing_limit(q.limit)?).await?;
-    let jobs = jobs.into_iter().map(summarize).collect();
-    Ok(Json(JobList { jobs }))
+    let listing = state.jobs.list(q.state, listing_limit(q.limit)?).await?;
+    Ok(Json(JobList {
+        jobs: listing.jobs.into_iter().map(summarize).collect(),
+        unreadable: listing.unreadable,
+    }))
 }
 
 /// One job, and a summary of its result when it has one (nothing is handed out).
@@ -838,6 +851,7 @@ async fn list_jobs(
         (status = 200, description = "The job, and a summary of its result when it has one", body = JobView),
         (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
+        (status = 500, description = "The journal holds the job but cannot read its record; the error says why", body = ErrorBody),
         (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
     ),
     security(("token" = []))
@@ -867,6 +881,7 @@ async fn show_job(
         (status = 400, description = "The body or query is not what the endpoint takes", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job is not failed or dead, or it is an import whose secrets were erased", body = ErrorBody),
+        (status = 500, description = "The journal holds the job but cannot read its record; the error says why", body = ErrorBody),
         (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
     ),
     security(("token" = []))
@@ -891,6 +906,7 @@ async fn retry_job(
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job has not succeeded", body = ErrorBody),
         (status = 410, description = "The result was removed: results are kept `journal.keep_results_days` after the job ended", body = ErrorBody),
+        (status = 500, description = "The journal holds the job but cannot read its record; the error says why", body = ErrorBody),
         (status = 503, description = "The journal is unavailable; nothing was stored", body = ErrorBody),
     ),
     security(("token" = []))

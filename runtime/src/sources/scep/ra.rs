@@ -1246,7 +1246,7 @@ mod tests {
             (wrong.pki_status, wrong.fail_info),
             (Some(PkiStatus::Failure), Some(FailInfo::BadRequest))
         );
-        assert_eq!(h.journal.list(None, 10).await.unwrap().len(), 1);
+        assert_eq!(h.journal.list(None, 10).await.unwrap().jobs.len(), 1);
         // A CertPoll for a transaction nobody sent is badCertId.
         let poll = IssuerAndSubject {
             issuer: d.subject.clone(),
@@ -1382,7 +1382,7 @@ mod tests {
             (wrong.pki_status, wrong.fail_info),
             (Some(PkiStatus::Failure), Some(FailInfo::BadRequest))
         );
-        assert_eq!(h.journal.list(None, 10).await.unwrap().len(), 1);
+        assert_eq!(h.journal.list(None, 10).await.unwrap().jobs.len(), 1);
     }
 
     #[tokio::test]

@@ -190,8 +190,8 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
         .collect();
     let mut attention = Vec::new();
     for job_state in [JobState::Dead, JobState::Failed] {
-        if let Ok(jobs) = state.jobs.list(Some(job_state), ATTENTION_JOBS).await {
-            attention.extend(jobs.into_iter().map(|j| {
+        if let Ok(listing) = state.jobs.list(Some(job_state), ATTENTION_JOBS).await {
+            attention.extend(listing.jobs.into_iter().map(|j| {
                 json!({
                     "id": j.id,
                     "kind": j.kind.as_str(),
@@ -199,6 +199,19 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
                     "backend": j.backend,
                     "attempts": j.attempts,
                     "reason": j.last_error,
+                    "updated_at": crate::report::rfc3339_ms(j.updated_at),
+                })
+            }));
+            // A job the lease failed because its record cannot be read needs an operator
+            // most of all.
+            attention.extend(listing.unreadable.into_iter().map(|j| {
+                json!({
+                    "id": j.id,
+                    "kind": "unreadable",
+                    "state": j.state,
+                    "backend": null,
+                    "attempts": null,
+                    "reason": j.last_error.unwrap_or(j.reason),
                     "updated_at": crate::report::rfc3339_ms(j.updated_at),
                 })
             }));

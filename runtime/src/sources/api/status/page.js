@@ -105,7 +105,8 @@ function render(s) {
   fill("attention", s.attention || [], (tr, j) => {
     tr.className = "bad";
     cell(tr, j.kind + " " + j.id + (j.backend ? " at " + j.backend : ""), "Job");
-    cell(tr, j.state + " after " + j.attempts + " attempt(s), " + j.updated_at, "State");
+    const tries = j.attempts == null ? "" : " after " + j.attempts + " attempt(s)";
+    cell(tr, j.state + tries + ", " + j.updated_at, "State");
     cell(tr, j.reason || "", "Reason");
     const td = cell(tr, "", "");
     const button = document.createElement("button");

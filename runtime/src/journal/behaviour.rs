@@ -603,10 +603,27 @@ pub(crate) async fn unreadable_jobs_are_failed_and_the_queue_goes_on(
         .await
         .unwrap()
         .is_none());
-    // Failed, they are owed to their source like any failure; unreadable, they are left out of
-    // what is owed rather than keep the readable outcomes from going.
+    // Failed, they are owed to their source like any failure, with the reason: what is owed
+    // reads neither the request nor the kind.
     let owed = j.undelivered("api", 10).await.expect("the owed outcomes");
-    assert!(owed.is_empty(), "{owed:?}");
+    let mut failures: Vec<_> = owed
+        .iter()
+        .map(|o| (&o.id, o.state, o.idempotency_key.as_str()))
+        .collect();
+    failures.sort();
+    let mut expected = [
+        (first, JobState::Failed, "unreadable-1"),
+        (second, JobState::Failed, "unreadable-2"),
+    ];
+    expected.sort();
+    assert_eq!(failures, expected);
+    assert!(owed.iter().all(|o| o
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("cannot be read"))));
+    for o in &owed {
+        j.mark_delivered(&o.id).await.unwrap();
+    }
     j.complete(
         &leased.lease,
         Completion {

@@ -37,8 +37,8 @@ pub use config::JournalConfig;
 pub use postgres::PostgresJournal;
 pub use record::{
     Completion, FleetDecision, InstanceRecord, IssuedRecord, JobKind, JobListing, JobRecord,
-    JobState, Lease, Leased, LedgerEntry, LedgerQuery, NewJob, ReasonChange, Revocation,
-    RevocationMark, RevokedSerial, StoredResult, UnreadableJob,
+    JobState, Lease, Leased, LedgerEntry, LedgerQuery, NewJob, OwedOutcome, ReasonChange,
+    Revocation, RevocationMark, RevokedSerial, StoredResult, UnreadableJob,
 };
 pub use sqlite::SqliteJournal;
 pub use trail::{NewSignature, SignatureRecord, SignedKind};
@@ -144,10 +144,9 @@ pub(crate) fn set_aside_reason(id: &str, reason: &str) -> String {
     why
 }
 
-/// Leaves `job`, whose record cannot be read, out of `what` (what is owed to its source, the
-/// unfinished jobs), and says so: one such job must not keep a whole listing from being read.
-/// The lease fails these jobs the first time it meets them ([`set_aside_reason`]); a failed
-/// one stays owed to its source, and in the log.
+/// Leaves `job`, whose record cannot be read, out of `what`, and says so: one such job must
+/// not keep a whole listing from being read. The lease fails these jobs the first time it
+/// meets them ([`set_aside_reason`]).
 pub(crate) fn left_out(job: &UnreadableJob, what: &str) {
     tracing::error!(
         job = job.id,
@@ -325,8 +324,9 @@ pub trait Outbox: Send + Sync {
 
     /// Jobs from `source` that ended (succeeded, failed or dead) and whose outcome has not
     /// reached the source yet, oldest first: what a source that reports back (the upstream
-    /// service) still owes.
-    async fn undelivered(&self, source: &str, limit: u32) -> Result<Vec<JobRecord>, JournalError>;
+    /// service, Intune's revocations) still owes.
+    async fn undelivered(&self, source: &str, limit: u32)
+        -> Result<Vec<OwedOutcome>, JournalError>;
 
     /// Records that job `id`'s outcome reached its source. An operator's retry of the job
     /// clears it, so that the new outcome is delivered too.

@@ -179,6 +179,20 @@ pub struct UnreadableJob {
     pub reason: String,
 }
 
+/// An outcome owed to the source a job came from ([`super::Outbox::undelivered`]): what a
+/// report of it needs, and no more. Neither the request nor the kind is read, so a job whose
+/// request cannot be read (the lease fails it, [`super::set_aside_reason`]) is reported like
+/// any other failure instead of staying owed for ever.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwedOutcome {
+    pub id: String,
+    /// The source's own name for the work (the upstream service's item id).
+    pub idempotency_key: String,
+    /// Succeeded, failed or dead.
+    pub state: JobState,
+    pub last_error: Option<String>,
+}
+
 /// Jobs as a listing reads them ([`super::JobStore::list`]).
 #[derive(Clone, Debug, Default)]
 pub struct JobListing {

@@ -138,7 +138,7 @@ enum Enqueued {
 /// A source's outcomes not yet delivered to it, oldest first: walks `jobs_undelivered` (its
 /// predicate spelled as the index's).
 const UNDELIVERED: &str = concat!(
-    "SELECT * FROM jobs WHERE source = ?1 AND ",
+    "SELECT id, idempotency_key, state, last_error FROM jobs WHERE source = ?1 AND ",
     schema::sqlite_owed!(),
     " ORDER BY updated_at, id LIMIT ?2"
 );
@@ -920,13 +920,28 @@ impl Outbox for SqliteJournal {
         .await
     }
 
-    async fn undelivered(&self, source: &str, limit: u32) -> Result<Vec<JobRecord>, JournalError> {
+    async fn undelivered(
+        &self,
+        source: &str,
+        limit: u32,
+    ) -> Result<Vec<OwedOutcome>, JournalError> {
         let source = source.to_owned();
         self.blocking(move |inner| {
             let conn = inner.reader();
             let mut stmt = conn.prepare_cached(UNDELIVERED)?;
-            let rows = stmt.query_map(params![source, limit], job_or_unreadable)?;
-            Ok(super::readable(rows, "the outcomes owed to its source")?)
+            let owed = stmt
+                .query_map(params![source, limit], |row| {
+                    let state: String = row.get("state")?;
+                    Ok(OwedOutcome {
+                        id: row.get("id")?,
+                        idempotency_key: row.get("idempotency_key")?,
+                        state: JobState::parse(&state)
+                            .ok_or_else(|| unknown_value("job state", &state))?,
+                        last_error: row.get("last_error")?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(owed)
         })
         .await
     }

@@ -486,6 +486,75 @@ fn kill_9_under_a_stream_of_items_leaves_one_result_and_one_certificate_per_item
     );
 }
 
+/// What the journal holds for an item but cannot read still reaches the service, and holds
+/// back nothing else: a queued job whose request is not JSON (the worker fails it; the item
+/// the service offers again for it is answered with that failure), and a succeeded job whose
+/// result is not JSON (reported failed, with why). Before, the first was left owed for ever
+/// and its item offered for ever; the second stopped every report round behind it.
+#[test]
+fn what_the_journal_cannot_read_is_reported_failed_and_the_rest_still_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(dir.path());
+    let (_, device_cert) = openssl_device(dir.path());
+    service.enqueue(issue_item("first", "CN=first", &device_cert));
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugins(), &upstream_section(&service))
+    });
+    service.wait_results(1, Duration::from_secs(60));
+    assert_eq!(service.result("first")["status"], "succeeded");
+
+    let db = rusqlite::Connection::open(dir.path().join("data/journal.sqlite")).unwrap();
+    db.execute_batch(
+        "CREATE TEMP TABLE copy AS SELECT * FROM jobs WHERE idempotency_key = 'first';
+         UPDATE copy SET id = id || '-spoiled', idempotency_key = 'spoiled', state = 'queued',
+             request = '{not JSON', attempts = 0, next_run_at = 0, last_error = NULL,
+             backend = NULL, lease_owner = NULL, lease_until = NULL, lease_token = NULL,
+             delivered_at = NULL;
+         INSERT INTO jobs SELECT * FROM copy;
+         UPDATE outbox SET result = 'not JSON'
+             WHERE job_id = (SELECT id FROM jobs WHERE idempotency_key = 'first');
+         UPDATE jobs SET delivered_at = NULL WHERE idempotency_key = 'first';",
+    )
+    .unwrap();
+    drop(db);
+    service.enqueue(issue_item("spoiled", "CN=spoiled", &device_cert));
+    service.enqueue(issue_item("second", "CN=second", &device_cert));
+
+    let start = Instant::now();
+    let stats = loop {
+        let stats = service.stats();
+        if stats["results"] == 3 && stats["replaced_results"] == 1 {
+            break stats;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the results never came: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(stats["acked"], 3, "{stats}");
+    let second = service.result("second");
+    assert_eq!(second["status"], "succeeded", "{second}");
+    let spoiled = service.result("spoiled");
+    assert_eq!(spoiled["status"], "failed", "{spoiled}");
+    let why = spoiled["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("its record in the journal cannot be read (key must be a string"),
+        "{why}"
+    );
+    let first = service.result("first");
+    assert_eq!(first["status"], "failed", "{first}");
+    let why = first["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("succeeded, but its result in certconn's journal cannot be read"),
+        "{why}"
+    );
+    // Each marked delivered: nothing is owed any more, and nothing is left to run.
+    wait_upstream(&daemon, "an empty backlog", |u| {
+        u["backlog"]["owed"] == 0 && u["backlog"]["unfinished"] == 0
+    });
+}
+
 /// `date -u +%F` shifted by `days`.
 fn date_in(days: i64) -> String {
     let out = Command::new("date")

@@ -814,19 +814,33 @@ impl Outbox for PostgresJournal {
         .transpose()
     }
 
-    async fn undelivered(&self, source: &str, limit: u32) -> Result<Vec<JobRecord>, JournalError> {
+    async fn undelivered(
+        &self,
+        source: &str,
+        limit: u32,
+    ) -> Result<Vec<OwedOutcome>, JournalError> {
         let rows = query(
             &self.client().await?,
-            "SELECT * FROM jobs WHERE source = $1 AND delivered_at IS NULL
+            "SELECT id, idempotency_key, state, last_error FROM jobs
+             WHERE source = $1 AND delivered_at IS NULL
                  AND state IN ('succeeded', 'failed', 'dead')
              ORDER BY updated_at, id LIMIT $2",
             &[&source, &i64::from(limit)],
         )
         .await?;
-        super::readable(
-            rows.iter().map(job_or_unreadable),
-            "the outcomes owed to its source",
-        )
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                let state: String = row.try_get("state")?;
+                Ok(OwedOutcome {
+                    state: JobState::parse(&state)
+                        .ok_or_else(|| corrupt(&id, format!("unknown job state {state:?}")))?,
+                    idempotency_key: row.try_get("idempotency_key")?,
+                    last_error: row.try_get("last_error")?,
+                    id,
+                })
+            })
+            .collect()
     }
 
     async fn mark_delivered(&self, id: &str) -> Result<(), JournalError> {

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use super::{Intune, IntuneError};
 use crate::jobs::model::{RevocationReason, RevokeJob};
 use crate::jobs::{Intake, SubmitError};
-use crate::journal::{JobRecord, JobState, Outbox};
+use crate::journal::{JobState, Outbox, OwedOutcome};
 
 /// The source name Intune's revoke jobs carry.
 pub const SOURCE: &str = "intune";
@@ -266,7 +266,7 @@ fn result(context: &str, succeeded: bool, code: &str, message: &str) -> Value {
 
 /// A revoke job's end as Intune's result: revoked; refused for good; or given up after
 /// certconn's retries (retryable: Intune asks again).
-fn outcome(job: &JobRecord) -> Value {
+fn outcome(job: &OwedOutcome) -> Value {
     let context = job.idempotency_key.as_str();
     let why = job.last_error.as_deref().unwrap_or("");
     match job.state {

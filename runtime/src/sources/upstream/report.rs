@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::{pause, Upstream, IN_FLIGHT, SOURCE};
 use crate::jobs::model::JobResult;
-use crate::journal::{JobRecord, JobState};
+use crate::journal::{JobState, OwedOutcome};
 
 /// With nothing owed, the reporter waits for a job to change in this process; it asks the
 /// journal again after this anyway (a job ended by another process sharing the journal).
@@ -88,7 +88,7 @@ impl Upstream {
 
     /// Sends one job's outcome and marks it delivered: false when it was not tried, because
     /// another of the round failed first.
-    async fn deliver(&self, job: JobRecord, failed: &AtomicBool) -> Result<bool, Failure> {
+    async fn deliver(&self, job: OwedOutcome, failed: &AtomicBool) -> Result<bool, Failure> {
         if failed.load(Ordering::Relaxed) {
             return Ok(false);
         }
@@ -118,8 +118,10 @@ impl Upstream {
         Ok(true)
     }
 
-    /// A job's outcome as the protocol carries it.
-    async fn outcome_of(&self, job: &JobRecord) -> Result<Outcome, crate::journal::JournalError> {
+    /// A job's outcome as the protocol carries it. A succeeded job whose result cannot be
+    /// read is reported failed, with why: left owed, it would stop every report round behind
+    /// it for ever, and the service could never ask again.
+    async fn outcome_of(&self, job: &OwedOutcome) -> Result<Outcome, crate::journal::JournalError> {
         if job.state != JobState::Succeeded {
             let reason = job
                 .last_error
@@ -131,10 +133,12 @@ impl Upstream {
         let result: JobResult = match stored.as_deref().map(serde_json::from_str) {
             Some(Ok(r)) => r,
             Some(Err(e)) => {
-                return Err(crate::journal::JournalError::Corrupt {
-                    id: job.id.clone(),
-                    reason: format!("its result: {e}"),
-                })
+                let reason = format!(
+                    "job {} succeeded, but its result in certconn's journal cannot be read ({e})",
+                    job.id
+                );
+                tracing::error!(event_id = 5014, item = %job.idempotency_key, job = %job.id, "{reason}; it is reported failed");
+                return Ok(Outcome::Failed { reason });
             }
             None => JobResult::default(),
         };

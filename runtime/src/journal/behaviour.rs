@@ -529,7 +529,8 @@ pub(crate) async fn the_ledger_records_issue_and_revocation(f: &dyn Factory) {
 }
 
 /// Three jobs enqueued in turn on `j`, keys `unreadable-1`, `unreadable-2` and `readable`; the
-/// test then spoils the records of the first two (and makes them due first).
+/// test then spoils the records of the first two (the first's request becomes `not JSON`, the
+/// second's kind `renew-v9`) and makes them due first.
 pub(crate) async fn three_jobs(j: &dyn Journal) -> [String; 3] {
     let mut ids = Vec::new();
     for key in ["unreadable-1", "unreadable-2", "readable"] {
@@ -572,6 +573,16 @@ pub(crate) async fn unreadable_jobs_are_failed_and_the_queue_goes_on(
     let mut expected = [(first, "queued", "api"), (second, "queued", "api")];
     expected.sort();
     assert_eq!(unreadable, expected);
+    let why = |id: &String| {
+        let job = listing.unreadable.iter().find(|u| &u.id == id).unwrap();
+        job.reason.clone()
+    };
+    assert!(
+        why(first).starts_with("expected ident at line 1"),
+        "{}",
+        why(first)
+    );
+    assert_eq!(why(second), "unknown job kind \"renew-v9\"");
     let leased = j
         .lease_next(Duration::from_secs(30))
         .await

@@ -115,6 +115,8 @@ fn job_or_unreadable(row: &Row<'_>) -> rusqlite::Result<Result<JobRecord, Unread
         Ok(Ok(job)) => return Ok(Ok(job)),
         Ok(Err(JournalError::Corrupt { reason, .. })) => reason,
         Ok(Err(other)) => other.to_string(),
+        // An unknown kind or state ([`unknown_value`]): its own words, not rusqlite's frame.
+        Err(rusqlite::Error::FromSqlConversionFailure(_, _, why)) => why.to_string(),
         Err(e) => e.to_string(),
     };
     Ok(Err(UnreadableJob {

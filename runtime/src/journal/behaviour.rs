@@ -653,6 +653,25 @@ pub(crate) async fn unreadable_jobs_are_failed_and_the_queue_goes_on(
     assert_eq!(&owed[0].id, readable);
 }
 
+/// Job `id`, alone in `j`, whose state was edited to `paused` (no state of this version): it is
+/// an error to read it as a job, never a guess; the listing shows it apart with that state, and
+/// the counts (which health, metrics and a version on trial read) leave it out and still work.
+pub(crate) async fn an_edited_state_is_shown_not_guessed(j: &dyn Journal, id: &str) {
+    let err = crate::report::chain(&j.get(id).await.unwrap_err());
+    assert!(err.contains("unknown job state \"paused\""), "{err}");
+    let listing = j.list(None, 10).await.expect("the listing is read");
+    assert!(listing.jobs.is_empty());
+    assert_eq!(listing.unreadable.len(), 1);
+    assert_eq!(
+        (
+            listing.unreadable[0].state.as_str(),
+            listing.unreadable[0].reason.as_str()
+        ),
+        ("paused", "unknown job state \"paused\"")
+    );
+    assert_eq!(j.counts().await.expect("the counts are read"), []);
+}
+
 /// What the ledger migration that added `backend_version` must leave, on either journal, for
 /// certificates `0a` (its result names a version), `0b` (its result is not JSON) and `0c` (no
 /// result kept).

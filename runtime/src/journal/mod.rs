@@ -287,7 +287,9 @@ pub trait JobStore: Send + Sync {
     /// nothing that checks what is unfinished need wait for it.
     async fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError>;
 
-    /// How many jobs are in each state (states with none are left out).
+    /// How many jobs are in each state (states with none are left out). A state this version
+    /// does not know (a hand edit, a newer certconn) is not counted rather than fail the
+    /// count: health, metrics and a version on trial read it. `list` shows such a job apart.
     async fn counts(&self) -> Result<Vec<(JobState, i64)>, JournalError>;
 
     /// From now on, take only jobs that one of `backends` may run (its route names one; a job

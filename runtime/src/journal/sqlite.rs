@@ -858,13 +858,10 @@ impl JobStore for SqliteJournal {
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(|(s, n)| {
-                    JobState::parse(&s)
-                        .map(|s| (s, n))
-                        .ok_or_else(|| unknown_value("job state", &s).into())
-                })
-                .collect()
+            Ok(rows
+                .into_iter()
+                .filter_map(|(s, n)| JobState::parse(&s).map(|s| (s, n)))
+                .collect())
         })
         .await
     }
@@ -1750,8 +1747,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let err = crate::report::chain(&j.get(&job.id).await.unwrap_err());
-        assert!(err.contains("unknown job state \"paused\""), "{err}");
+        crate::journal::behaviour::an_edited_state_is_shown_not_guessed(&j, &job.id).await;
     }
 
     /// The schema before versioning, as certconn 0.1 wrote it, with one finished job.

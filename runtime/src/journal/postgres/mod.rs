@@ -754,15 +754,14 @@ impl JobStore for PostgresJournal {
             &[],
         )
         .await?;
-        rows.iter()
-            .map(|r| {
-                let state: String = r.try_get(0)?;
-                let n: i64 = r.try_get(1)?;
-                JobState::parse(&state)
-                    .map(|s| (s, n))
-                    .ok_or_else(|| corrupt("(counts)", format!("unknown job state {state:?}")))
-            })
-            .collect()
+        let mut counts = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let state: String = r.try_get(0)?;
+            if let Some(state) = JobState::parse(&state) {
+                counts.push((state, r.try_get(1)?));
+            }
+        }
+        Ok(counts)
     }
 
     async fn wait_settled(&self, id: &str, max: Duration) -> Result<JobRecord, JournalError> {
@@ -1631,8 +1630,7 @@ mod tests {
             "UPDATE jobs SET state = 'paused' WHERE id = '{}'",
             job.id
         ));
-        let err = crate::report::chain(&j.get(&job.id).await.unwrap_err());
-        assert!(err.contains("unknown job state \"paused\""), "{err}");
+        crate::journal::behaviour::an_edited_state_is_shown_not_guessed(&j, &job.id).await;
     }
 
     #[tokio::test]

@@ -487,10 +487,11 @@ fn kill_9_under_a_stream_of_items_leaves_one_result_and_one_certificate_per_item
 }
 
 /// What the journal holds for an item but cannot read still reaches the service, and holds
-/// back nothing else: a queued job whose request is not JSON (the worker fails it; the item
-/// the service offers again for it is answered with that failure), and a succeeded job whose
-/// result is not JSON (reported failed, with why). Before, the first was left owed for ever
-/// and its item offered for ever; the second stopped every report round behind it.
+/// back nothing else: a queued job whose request is not JSON (its item, offered, is
+/// acknowledged as that job; the worker fails the job and its failure is the item's result),
+/// and a succeeded job whose result is not JSON (reported failed, with why). Before, the
+/// first's item was refused by the journal each time it came (a failed poll round), and its
+/// failure never sent; the second stopped every report round behind it.
 #[test]
 fn what_the_journal_cannot_read_is_reported_failed_and_the_rest_still_goes() {
     let dir = tempfile::tempdir().unwrap();
@@ -503,21 +504,46 @@ fn what_the_journal_cannot_read_is_reported_failed_and_the_rest_still_goes() {
     service.wait_results(1, Duration::from_secs(60));
     assert_eq!(service.result("first")["status"], "succeeded");
 
-    let db = rusqlite::Connection::open(dir.path().join("data/journal.sqlite")).unwrap();
-    db.execute_batch(
+    // A queued copy whose request is not JSON, for item `spoiled`, not due for an hour: no
+    // worker meets it before the service has offered its item. And the first job's result
+    // spoiled, and owed again.
+    let journal = dir.path().join("data/journal.sqlite");
+    let in_an_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_600_000;
+    let db = rusqlite::Connection::open(&journal).unwrap();
+    db.execute_batch(&format!(
         "CREATE TEMP TABLE copy AS SELECT * FROM jobs WHERE idempotency_key = 'first';
          UPDATE copy SET id = id || '-spoiled', idempotency_key = 'spoiled', state = 'queued',
-             request = '{not JSON', attempts = 0, next_run_at = 0, last_error = NULL,
-             backend = NULL, lease_owner = NULL, lease_until = NULL, lease_token = NULL,
-             delivered_at = NULL;
+             request = '{{not JSON', attempts = 0, next_run_at = {in_an_hour},
+             last_error = NULL, backend = NULL, lease_owner = NULL, lease_until = NULL,
+             lease_token = NULL, delivered_at = NULL;
          INSERT INTO jobs SELECT * FROM copy;
          UPDATE outbox SET result = 'not JSON'
              WHERE job_id = (SELECT id FROM jobs WHERE idempotency_key = 'first');
-         UPDATE jobs SET delivered_at = NULL WHERE idempotency_key = 'first';",
+         UPDATE jobs SET delivered_at = NULL WHERE idempotency_key = 'first';"
+    ))
+    .unwrap();
+    // Offered, the item is recognised as that job and acknowledged.
+    service.enqueue(issue_item("spoiled", "CN=spoiled", &device_cert));
+    let start = Instant::now();
+    while service.stats()["acked"] != 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the item of the unreadable job was never acknowledged: {}",
+            service.stats()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Now due, it is failed by the next lease, which takes the job behind it.
+    db.execute(
+        "UPDATE jobs SET next_run_at = 0 WHERE idempotency_key = 'spoiled'",
+        [],
     )
     .unwrap();
     drop(db);
-    service.enqueue(issue_item("spoiled", "CN=spoiled", &device_cert));
     service.enqueue(issue_item("second", "CN=second", &device_cert));
 
     let start = Instant::now();
@@ -553,6 +579,14 @@ fn what_the_journal_cannot_read_is_reported_failed_and_the_rest_still_goes() {
     wait_upstream(&daemon, "an empty backlog", |u| {
         u["backlog"]["owed"] == 0 && u["backlog"]["unfinished"] == 0
     });
+    // The item offered for the job already journaled was acknowledged as such, not refused
+    // by the journal (which would have failed the poll round and backed off every item).
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(!log.contains("the journal did not take item"), "{log}");
+    assert!(
+        log.contains("the journal holds this item's job but cannot read it"),
+        "{log}"
+    );
 }
 
 /// `date -u +%F` shifted by `days`.

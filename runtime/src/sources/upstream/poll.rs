@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::{pause, Upstream, IN_FLIGHT, SOURCE};
 use crate::jobs::model::{ImportJob, IssueJob, RevocationReason, RevokeJob};
 use crate::jobs::SubmitError;
+use crate::journal::JournalError;
 
 /// How long a call other than the long poll may take.
 pub(super) const CALL_LIMIT: Duration = Duration::from_secs(30);
@@ -143,6 +144,15 @@ impl Upstream {
                     self.update(|s| s.received += 1);
                     tracing::info!(event_id = 5003, item = %item.id, job = %job.id, kind = job.kind.as_str(), "journaled work from the upstream service");
                 }
+                self.acknowledge(&item.id).await;
+                Ok(())
+            }
+            // The item's job is journaled already (its idempotency key), but its record cannot
+            // be read: the lease fails it with the reason and the reporter sends that failure.
+            // Not acknowledged, the item would come back after every visibility timeout, each
+            // time a failed poll round and a backoff for every item behind it.
+            Err(SubmitError::Journal(JournalError::Corrupt { id, reason })) => {
+                tracing::warn!(event_id = 5015, item = %item.id, job = %id, "the journal holds this item's job but cannot read it ({reason}); its failure is sent as its result");
                 self.acknowledge(&item.id).await;
                 Ok(())
             }

@@ -144,26 +144,21 @@ pub(crate) fn set_aside_reason(id: &str, reason: &str) -> String {
     why
 }
 
-/// Leaves `job`, whose record cannot be read, out of `what`, and says so: one such job must
-/// not keep a whole listing from being read. The lease fails these jobs the first time it
-/// meets them ([`set_aside_reason`]).
-pub(crate) fn left_out(job: &UnreadableJob, what: &str) {
-    tracing::error!(
-        job = job.id,
-        "journal: job {} is left out of {what}: its record cannot be read ({})",
-        job.id,
-        job.reason
-    );
-}
-
-/// The jobs of `rows` that can be read; each other one is left out of `what` ([`left_out`]).
-pub(crate) fn readable<E>(
+/// The unfinished jobs of `rows` that can be read ([`JobStore::unfinished`]). Each other one
+/// is left out and logged: one such job must not keep the whole listing from being read, and
+/// it will not run as it is (the lease fails it the first time it meets it,
+/// [`set_aside_reason`]).
+pub(crate) fn readable_unfinished<E>(
     rows: impl IntoIterator<Item = Result<Result<JobRecord, UnreadableJob>, E>>,
-    what: &str,
 ) -> Result<Vec<JobRecord>, E> {
     let listing = JobListing::of(rows)?;
     for job in &listing.unreadable {
-        left_out(job, what);
+        tracing::error!(
+            job = job.id,
+            "journal: job {} is left out of the unfinished jobs: its record cannot be read ({})",
+            job.id,
+            job.reason
+        );
     }
     Ok(listing.jobs)
 }
@@ -283,7 +278,7 @@ pub trait JobStore: Send + Sync {
     /// Every job not yet ended (queued, running or pending), read in one snapshot: a job
     /// moving between those states while it is read is seen once, never missed, which
     /// separate listings per state cannot promise. A job whose record cannot be read is left
-    /// out and logged ([`left_out`]): it will not run as it is (the next lease fails it), so
+    /// out and logged ([`readable_unfinished`]): it will not run as it is (the next lease fails it), so
     /// nothing that checks what is unfinished need wait for it.
     async fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError>;
 

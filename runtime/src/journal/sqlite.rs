@@ -845,7 +845,7 @@ impl JobStore for SqliteJournal {
                 "SELECT * FROM jobs WHERE state IN ('queued', 'running', 'pending') ORDER BY created_at, id",
             )?;
             let rows = stmt.query_map([], job_or_unreadable)?;
-            Ok(super::readable(rows, "the unfinished jobs")?)
+            Ok(super::readable_unfinished(rows)?)
         })
         .await
     }

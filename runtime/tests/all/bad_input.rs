@@ -225,17 +225,8 @@ async fn a_job_the_journal_cannot_read_is_failed_shown_and_blocks_nothing() {
     );
 
     // A copy of that job, queued, due before anything else, with a request that is not JSON.
-    let spoiled = format!("{}-spoiled", &first);
     let db = rusqlite::Connection::open(dir.path().join("data/journal.sqlite")).unwrap();
-    db.execute_batch(&format!(
-        "CREATE TEMP TABLE copy AS SELECT * FROM jobs WHERE id = '{first}';
-         UPDATE copy SET id = '{spoiled}', idempotency_key = 'spoiled', state = 'queued',
-             request = '{{not JSON', attempts = 0, next_run_at = 0, last_error = NULL,
-             backend = NULL, lease_owner = NULL, lease_until = NULL, lease_token = NULL,
-             delivered_at = NULL;
-         INSERT INTO jobs SELECT * FROM copy;"
-    ))
-    .unwrap();
+    let spoiled = insert_unreadable_copy(&db, "before-the-spoiled-one", "spoiled", 0);
     drop(db);
 
     // The next job is run all the same.

@@ -514,17 +514,12 @@ fn what_the_journal_cannot_read_is_reported_failed_and_the_rest_still_goes() {
         .as_millis()
         + 3_600_000;
     let db = rusqlite::Connection::open(&journal).unwrap();
-    db.execute_batch(&format!(
-        "CREATE TEMP TABLE copy AS SELECT * FROM jobs WHERE idempotency_key = 'first';
-         UPDATE copy SET id = id || '-spoiled', idempotency_key = 'spoiled', state = 'queued',
-             request = '{{not JSON', attempts = 0, next_run_at = {in_an_hour},
-             last_error = NULL, backend = NULL, lease_owner = NULL, lease_until = NULL,
-             lease_token = NULL, delivered_at = NULL;
-         INSERT INTO jobs SELECT * FROM copy;
-         UPDATE outbox SET result = 'not JSON'
+    insert_unreadable_copy(&db, "first", "spoiled", in_an_hour);
+    db.execute_batch(
+        "UPDATE outbox SET result = 'not JSON'
              WHERE job_id = (SELECT id FROM jobs WHERE idempotency_key = 'first');
-         UPDATE jobs SET delivered_at = NULL WHERE idempotency_key = 'first';"
-    ))
+         UPDATE jobs SET delivered_at = NULL WHERE idempotency_key = 'first';",
+    )
     .unwrap();
     // Offered, the item is recognised as that job and acknowledged.
     service.enqueue(issue_item("spoiled", "CN=spoiled", &device_cert));

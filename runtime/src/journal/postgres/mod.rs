@@ -744,7 +744,7 @@ impl JobStore for PostgresJournal {
             &[],
         )
         .await?;
-        super::readable(rows.iter().map(job_or_unreadable), "the unfinished jobs")
+        super::readable_unfinished(rows.iter().map(job_or_unreadable))
     }
 
     async fn counts(&self) -> Result<Vec<(JobState, i64)>, JournalError> {

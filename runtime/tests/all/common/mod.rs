@@ -816,3 +816,31 @@ pub fn scepclient(daemon: &Daemon, dir: &Path, name: &str, challenge: &str) -> (
         .expect("scepclient (Debian package scep) is installed by scripts/install-deps --test");
     (out, cert)
 }
+
+/// Inserts into the live journal `db` a queued copy of the job with idempotency key `of_key`,
+/// keyed `key`, whose request is not JSON, due at `next_run_at` (unix ms): a job whose record
+/// cannot be read, as a hand edit or a bad restore leaves one. Returns the copy's id (the
+/// original's with `-spoiled`).
+pub fn insert_unreadable_copy(
+    db: &rusqlite::Connection,
+    of_key: &str,
+    key: &str,
+    next_run_at: u128,
+) -> String {
+    db.execute_batch(&format!(
+        "CREATE TEMP TABLE copy AS SELECT * FROM jobs WHERE idempotency_key = '{of_key}';
+         UPDATE copy SET id = id || '-spoiled', idempotency_key = '{key}', state = 'queued',
+             request = '{{not JSON', attempts = 0, next_run_at = {next_run_at},
+             last_error = NULL, backend = NULL, lease_owner = NULL, lease_until = NULL,
+             lease_token = NULL, delivered_at = NULL;
+         INSERT INTO jobs SELECT * FROM copy;
+         DROP TABLE copy;"
+    ))
+    .unwrap();
+    db.query_row(
+        "SELECT id FROM jobs WHERE idempotency_key = ?1",
+        [key],
+        |r| r.get(0),
+    )
+    .unwrap()
+}

@@ -12,7 +12,8 @@
 //! Other figures by option: `--pki` (PFX, sealing, custody), `--scep URL` (enrolments per
 //! second), `--hot-swap` (a new plugin version under load), `--ocsp` (CRL and OCSP costs),
 //! `--upstream` (work through the connector protocol: items per second and request→result
-//! latency against the reference service; with `--tls` over HTTPS), `--fleet N` (instances on
+//! latency against the reference service; with `--tls` over HTTPS, with `--identity` over
+//! mutual TLS), `--fleet N` (instances on
 //! one PostgreSQL journal: jobs per second with 1…N of them, per-job database cost, SQLite
 //! beside it, and claim latency with `--pollers` instances polling).
 
@@ -129,6 +130,11 @@ pub struct BenchArgs {
     /// trusts), as a production service does, so that TLS handshakes are in the figures.
     #[arg(long, requires = "upstream")]
     tls: bool,
+    /// With --upstream --tls: the connector registers with the service (a one-time enrolment
+    /// token) and calls it over mutual TLS with its identity, the key in custody signing each
+    /// handshake, as a registered connector does, instead of with a bearer token.
+    #[arg(long, requires = "tls")]
+    identity: bool,
     /// Measure a fleet on one PostgreSQL journal instead: jobs per second with 1, 2, 4 … N
     /// instances (each `--workers` workers), the database's cost per job, the same jobs on
     /// SQLite, and claim latency with `--pollers` lightweight instances.
@@ -193,7 +199,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             &dir,
             args.workers.max(1),
             args.jobs.max(1),
-            args.tls,
+            if args.identity {
+                upstream::Credentials::Identity
+            } else if args.tls {
+                upstream::Credentials::TokenOverTls
+            } else {
+                upstream::Credentials::Token
+            },
         )
         .await
     } else if args.hot_swap {

@@ -26,8 +26,9 @@ use serde_json::{json, Value};
 
 use certconn::app::{App, Config};
 use certconn::crypto::AlgorithmPolicy;
-use certconn::custody::{KeyAlgorithm, PrivateKey};
+use certconn::custody::{KeyAlgorithm, KeyLocation, KeyStore, PrivateKey};
 use certconn::sources::outbound::Target;
+use certconn::sources::upstream::identity::{self, Enrolment};
 
 /// Items measured one at a time (at most; no more than `--jobs`).
 const SEQUENTIAL: usize = 50;
@@ -37,6 +38,34 @@ const ENQUEUE_IN_FLIGHT: usize = 16;
 
 /// The poll interval of the connectors certconn replaces.
 const POLL_INTERVAL_SECONDS: f64 = 30.0;
+
+/// How the connector proves who it is to the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Credentials {
+    /// A bearer token over plain HTTP.
+    Token,
+    /// A bearer token over HTTPS (`--tls`).
+    TokenOverTls,
+    /// Its registered identity over mutual TLS (`--tls --identity`): the identity key in
+    /// custody signs each handshake.
+    Identity,
+}
+
+impl Credentials {
+    fn tls(self) -> bool {
+        self != Self::Token
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Token => "HTTP, bearer token",
+            Self::TokenOverTls => "HTTPS, bearer token",
+            Self::Identity => {
+                "HTTPS, mutual TLS with the registered identity (EC P-256, software custody)"
+            }
+        }
+    }
+}
 
 /// The reference service, stopped when dropped.
 struct Service {
@@ -184,11 +213,11 @@ pub async fn run(
     dir: &Path,
     workers: usize,
     items: usize,
-    tls: bool,
+    credentials: Credentials,
 ) -> anyhow::Result<()> {
     let token_file = dir.join("connector-token");
     certconn::files::write_atomic(&token_file, b"bench-connector-token\n", 0o600)?;
-    let service = Service::start(dir, &token_file, tls)?;
+    let service = Service::start(dir, &token_file, credentials.tls())?;
     let device = PrivateKey::generate(KeyAlgorithm::EcP256)?;
     let device_cert = certconn::pki::ca::self_signed(
         &device,
@@ -197,15 +226,18 @@ pub async fn run(
     )?;
     let device_pem = certconn::pki::pem::encode("CERTIFICATE", &device_cert);
 
-    let mut upstream = format!(
-        "[upstream]\nservice = \"{}\"\ntoken_file = \"{}\"\n",
-        service.url(),
-        token_file.display()
-    );
-    if let Some(ca_file) = &service.ca_file {
-        upstream.push_str(&format!("trust_anchors = \"{}\"\n", ca_file.display()));
+    let mut upstream = format!("[upstream]\nservice = \"{}\"\n", service.url());
+    if credentials != Credentials::Identity {
+        upstream.push_str(&format!("token_file = \"{}\"\n", token_file.display()));
+        if let Some(ca_file) = &service.ca_file {
+            upstream.push_str(&format!("trust_anchors = \"{}\"\n", ca_file.display()));
+        }
     }
     let config: Config = super::bench_config_with(dir, plugins, workers, &upstream)?;
+    if credentials == Credentials::Identity {
+        // As `certconn upstream register` does; the service's CA comes with the identity.
+        register(&service, &config).await?;
+    }
     let app = Arc::new(App::open(config).await?);
     let connector = app
         .upstream
@@ -219,8 +251,9 @@ pub async fn run(
     };
     let polling = tokio::spawn(connector.run(stop_rx));
     println!(
-        "certconn bench --upstream: the reference service on {}, long poll 30 s, batch 10, {workers} workers; issue items (EC P-256, local-ca, PKCS#12 sealed to the device)",
-        service.url()
+        "certconn bench --upstream: the reference service on {} ({}), long poll 30 s, batch 10, {workers} workers; issue items (EC P-256, local-ca, PKCS#12 sealed to the device)",
+        service.url(),
+        credentials.describe()
     );
 
     let item = |id: String| {
@@ -279,6 +312,9 @@ pub async fn run(
     if let Some(first) = failed.first() {
         bail!("{} items failed; the first: {first}", failed.len());
     }
+    let connections = service.get("/stats").await?["connector_connections"]
+        .as_u64()
+        .unwrap_or_default();
     let timings = service.get("/timings").await?;
     let of = |prefix: &str| -> Vec<(f64, f64)> {
         timings["timings"]
@@ -312,6 +348,15 @@ pub async fn run(
     println!(
         "burst:         {items:>5} items enqueued at once, {rate:>7.1} items/s (first enqueue to last result), request→result p50 {b50:>8.1} ms, p99 {b99:>8.1} ms"
     );
+    println!(
+        "connections:   {connections} made by the connector for all {} items{}",
+        1 + sequential + items,
+        if credentials.tls() {
+            " (one TLS handshake each; calls share them)"
+        } else {
+            ""
+        }
+    );
     // A poller every T seconds leaves an item waiting U(0, T) for the next poll.
     let t = POLL_INTERVAL_SECONDS * 1000.0;
     println!(
@@ -323,6 +368,38 @@ pub async fn run(
         "long poll vs a 30 s poll: p99 {:.0}× lower",
         (0.99 * t + p50) / p99
     );
+    Ok(())
+}
+
+/// Registers the connector of `config` with `service`: a one-time enrolment token from the
+/// service's admin API, then what `certconn upstream register` does.
+async fn register(service: &Service, config: &Config) -> anyhow::Result<()> {
+    let answer = service
+        .admin_call(Method::POST, "/enrolment-tokens", None)
+        .await?
+        .context("POST /admin/v1/enrolment-tokens: not found")?;
+    let token = answer["token"]
+        .as_str()
+        .context("POST /admin/v1/enrolment-tokens: no token in the answer")?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let instance = certconn::app::datadir::instance_id(&config.data_dir)?;
+    let keys = Arc::new(KeyStore::open(&config.keys_dir(), &config.custody)?);
+    identity::register(
+        &keys,
+        &config.data_dir,
+        Enrolment {
+            service: service.url(),
+            token: zeroize::Zeroizing::new(token.to_owned()),
+            anchors: service.ca_file.as_deref(),
+            proxy: None,
+            algorithm: KeyAlgorithm::EcP256,
+            location: KeyLocation::Software,
+            instance: &instance,
+        },
+        &config.policy(),
+    )
+    .await
+    .context("registering the bench connector with the reference service")?;
     Ok(())
 }
 

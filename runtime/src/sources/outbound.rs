@@ -35,7 +35,9 @@ const MAX_RETRY_AFTER_SECONDS: u64 = 600;
 /// closing at that moment.
 pub const IDLE_FOR: Duration = Duration::from_secs(4);
 
-/// Idle connections kept per target: as many as the calls a source makes at once.
+/// Idle connections kept per target unless its caller says otherwise ([`Target::keeping`]):
+/// as many as the calls a source makes at once. A call beyond them makes a connection, and a
+/// handshake, that is dropped after its one call.
 pub const MAX_IDLE: usize = 8;
 
 /// How long a connection whose answer was read may take to be ready for the next request
@@ -108,6 +110,8 @@ pub struct Target {
     /// Connections kept for the next call, newest last. Every call of a target goes through
     /// the same proxy (its caller's), so a kept connection fits any of them.
     idle: Mutex<Vec<Idle>>,
+    /// How many idle connections are kept at most.
+    max_idle: usize,
     generation: AtomicU64,
 }
 
@@ -162,9 +166,17 @@ impl Target {
             port,
             prefix: uri.path().trim_end_matches('/').to_owned(),
             idle: Mutex::default(),
+            max_idle: MAX_IDLE,
             generation: AtomicU64::new(0),
             tls,
         })
+    }
+
+    /// Keeps up to `connections` idle connections instead of [`MAX_IDLE`]: for a caller that
+    /// makes more calls at once, each of which would otherwise make a connection of its own.
+    pub fn keeping(mut self, connections: usize) -> Self {
+        self.max_idle = connections;
+        self
     }
 
     /// Where calls go, for logs and status (no credentials in it).
@@ -305,7 +317,7 @@ impl Target {
 
     /// Keeps `connection`, its answer read whole, for the next call: once it is ready for
     /// another request, if it was made since the last [`Self::forget_connections`] and fewer
-    /// than [`MAX_IDLE`] are kept.
+    /// than the target's limit ([`MAX_IDLE`], or [`Self::keeping`]) are kept.
     async fn keep(&self, mut connection: Connection, generation: u64) {
         let ready = tokio::time::timeout(READY_WITHIN, connection.ready()).await;
         if !matches!(ready, Ok(Ok(()))) || generation != self.generation.load(Ordering::SeqCst) {
@@ -313,7 +325,7 @@ impl Target {
         }
         let mut idle = self.idle();
         idle.retain(|kept| kept.since.elapsed() < IDLE_FOR && !kept.connection.is_closed());
-        if idle.len() < MAX_IDLE {
+        if idle.len() < self.max_idle {
             idle.push(Idle {
                 connection,
                 since: Instant::now(),
@@ -357,13 +369,21 @@ mod tests {
     /// close`; after answering `/drop` the server closes the connection without a word, as a
     /// server's keep-alive timeout does.
     async fn server() -> (Target, Arc<AtomicUsize>) {
+        server_with(1).await
+    }
+
+    /// [`server`], answering `/together` only once `together` of them are waiting: that many
+    /// calls at once, each on a connection of its own.
+    async fn server_with(together: usize) -> (Target, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
+        let barrier = Arc::new(tokio::sync::Barrier::new(together));
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
+                let barrier = barrier.clone();
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -377,6 +397,9 @@ mod tests {
                             let request: Vec<u8> = head.drain(..end + 4).collect();
                             let close = request.starts_with(b"GET /close ");
                             let drop = request.starts_with(b"GET /drop ");
+                            if request.starts_with(b"GET /together ") {
+                                barrier.wait().await;
+                            }
                             let answer = if close {
                                 "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
                             } else {
@@ -435,6 +458,27 @@ mod tests {
         futures::future::join_all(many).await;
         assert!(target.idle_connections() <= MAX_IDLE);
         assert!(accepted.load(Ordering::SeqCst) > 2);
+    }
+
+    /// A caller making more calls at once than [`MAX_IDLE`] keeps as many connections as it
+    /// asks for: the next calls at once go on them, where each one beyond the limit made a new
+    /// connection (a handshake, with TLS) and dropped it after its call.
+    #[tokio::test]
+    async fn a_target_keeps_as_many_connections_as_its_caller_makes_calls_at_once() {
+        const AT_ONCE: usize = 2 * MAX_IDLE;
+        for (keeping, made_again) in [(MAX_IDLE, AT_ONCE - MAX_IDLE), (AT_ONCE, 0)] {
+            let (target, accepted) = server_with(AT_ONCE).await;
+            let target = target.keeping(keeping);
+            for _ in 0..2 {
+                futures::future::join_all((0..AT_ONCE).map(|_| call(&target, "/together"))).await;
+            }
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                AT_ONCE + made_again,
+                "keeping {keeping}"
+            );
+            assert_eq!(target.idle_connections(), keeping);
+        }
     }
 
     #[tokio::test]

@@ -212,6 +212,7 @@ fn upstream_bench_prints_latency_throughput_and_the_poll_interval_beside_them() 
             "items/s",
             "a 30 s poll interval instead",
             "long poll vs a 30 s poll: p99",
+            "made by the connector for all 21 items",
         ],
     );
 }
@@ -234,6 +235,30 @@ fn upstream_bench_over_tls_names_an_https_service() {
             "the reference service on https://127.0.0.1:",
             "one at a time:    10 items, request→result p50",
             "burst:            10 items enqueued at once",
+        ],
+    );
+}
+
+#[test]
+fn upstream_bench_over_mutual_tls_registers_and_calls_with_the_identity() {
+    let plugins = plugins();
+    bench_prints(
+        &[
+            "--upstream",
+            "--tls",
+            "--identity",
+            "--jobs",
+            "10",
+            "--workers",
+            "2",
+            "--plugins",
+            plugins.to_str().unwrap(),
+        ],
+        &[
+            "mutual TLS with the registered identity",
+            "one at a time:    10 items, request→result p50",
+            "burst:            10 items enqueued at once",
+            "made by the connector for all 21 items (one TLS handshake each",
         ],
     );
 }

@@ -48,7 +48,7 @@ impl ServiceClient {
             }
             Credentials::Token(_) => None,
         };
-        let target = Target::new(url, anchors, identity, policy)?;
+        let target = Target::new(url, anchors, identity, policy)?.keeping(super::CALLS_AT_ONCE);
         Ok(Self {
             target,
             credentials,

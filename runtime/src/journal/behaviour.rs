@@ -47,6 +47,7 @@ macro_rules! journal_behaviour_tests {
             a_replayed_value_is_refused_within_the_window,
             enqueue_wakes_a_waiting_worker,
             counts_and_list_by_state,
+            every_state_is_listed_newest_first,
             outcomes_are_owed_to_their_source_until_delivered,
             old_results_are_removed_except_those_still_owed,
             a_job_runs_only_where_a_backend_of_its_route_is_served,
@@ -975,6 +976,84 @@ pub(crate) async fn counts_and_list_by_state(f: &dyn Factory) {
         unfinished,
         [(JobState::Queued, false), (JobState::Running, true)]
     );
+}
+
+/// Each state's listing (its own query on SQLite, walking its own index) holds that state's
+/// jobs and no other, newest first, and stops at its limit; so does the listing of every job.
+pub(crate) async fn every_state_is_listed_newest_first(f: &dyn Factory) {
+    let j = f.open("a").await;
+    let mut created = Vec::new();
+    for i in 0..13 {
+        created.push(enqueue(&*j, &format!("k{i}")).await.id);
+        // Each job in a millisecond of its own: created_at orders them, not the tie-break.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    // Leased in the order they were created (each due when made): two of each ended state,
+    // two pending at the CA, two running, and the last three still queued.
+    let mut expected: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for (i, state) in [
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Dead,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Dead,
+        JobState::Pending,
+        JobState::Pending,
+        JobState::Running,
+        JobState::Running,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let held = j.lease_next(MINUTE).await.unwrap().expect("a job due");
+        assert_eq!(held.job.id, created[i], "leased in created order");
+        let changed = match state {
+            JobState::Succeeded => j.complete(&held.lease, done("{}")).await.unwrap(),
+            JobState::Failed | JobState::Dead => j
+                .end(&held.lease, state, Some("b"), "no", None)
+                .await
+                .unwrap(),
+            JobState::Pending => j
+                .park(&held.lease, "b", "t", "waiting", now_ms() + 3_600_000)
+                .await
+                .unwrap(),
+            _ => true,
+        };
+        assert!(changed);
+        expected
+            .entry(state.as_str())
+            .or_default()
+            .insert(0, created[i].clone());
+    }
+    expected.insert("queued", created[10..].iter().rev().cloned().collect());
+    for state in JobState::ALL {
+        let listing = j.list(Some(state), 10).await.unwrap();
+        let ids: Vec<String> = listing.jobs.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids, expected[state.as_str()], "{}", state.as_str());
+        assert!(listing.jobs.iter().all(|r| r.state == state));
+        let newest = j.list(Some(state), 1).await.unwrap();
+        assert_eq!(newest.jobs.len(), 1, "{}", state.as_str());
+        assert_eq!(newest.jobs[0].id, expected[state.as_str()][0]);
+    }
+    let every: Vec<String> = j
+        .list(None, 100)
+        .await
+        .unwrap()
+        .jobs
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(every, created.iter().rev().cloned().collect::<Vec<_>>());
+    let newest: Vec<String> = j
+        .list(None, 3)
+        .await
+        .unwrap()
+        .jobs
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(newest, every[..3]);
 }
 
 pub(crate) async fn outcomes_are_owed_to_their_source_until_delivered(f: &dyn Factory) {

@@ -19,6 +19,7 @@ mod checkpoint;
 pub mod config;
 mod group_commit;
 pub mod postgres;
+mod readers;
 pub mod record;
 pub mod retention;
 pub mod schema;

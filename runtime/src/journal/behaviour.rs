@@ -1054,6 +1054,20 @@ pub(crate) async fn every_state_is_listed_newest_first(f: &dyn Factory) {
         .map(|r| r.id)
         .collect();
     assert_eq!(newest, every[..3]);
+    // The backlog of their source counts every state where it belongs: three queued, two
+    // pending and two running unfinished; the six ended ones owed (none was delivered).
+    let backlog = crate::journal::Backlog {
+        unfinished: 7,
+        owed: 6,
+    };
+    assert_eq!(j.backlog("api").await.unwrap(), backlog);
+    assert_eq!(
+        j.backlog("upstream").await.unwrap(),
+        crate::journal::Backlog {
+            unfinished: 0,
+            owed: 0
+        }
+    );
 }
 
 pub(crate) async fn outcomes_are_owed_to_their_source_until_delivered(f: &dyn Factory) {

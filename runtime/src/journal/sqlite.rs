@@ -314,6 +314,18 @@ impl SqliteJournal {
     }
 }
 
+/// A source's backlog: its jobs not yet ended, counted from the due index (`+source` keeps
+/// SQLite off the index of every job of the source), and its outcomes it has not taken, from
+/// `jobs_undelivered`. Each count reads only the jobs it counts, where one pass over every job
+/// of the source took 300 ms with a million upstream jobs, at every `/v1/health`.
+const BACKLOG: &str = concat!(
+    "SELECT
+         (SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running', 'pending') AND +source = ?1),
+         (SELECT COUNT(*) FROM jobs WHERE source = ?1 AND ",
+    schema::sqlite_owed!(),
+    ")"
+);
+
 /// The newest `?1` jobs in `state` (`None`: every job), each query walking an index in created
 /// order and stopping there (schema 9), where one query for all had SQLite sort every job
 /// (120–170 ms with a million jobs in the journal, each holding up the other reads then).
@@ -986,14 +998,10 @@ impl Outbox for SqliteJournal {
     async fn backlog(&self, source: &str) -> Result<Backlog, JournalError> {
         let source = source.to_owned();
         self.blocking(move |inner| {
-            let (unfinished, owed): (i64, i64) = inner.reader().query_row(
-                "SELECT
-                     COUNT(*) FILTER (WHERE state IN ('queued', 'running', 'pending')),
-                     COUNT(*) FILTER (WHERE state IN ('succeeded', 'failed', 'dead') AND delivered_at IS NULL)
-                 FROM jobs WHERE source = ?1",
-                params![source],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
+            let (unfinished, owed): (i64, i64) = inner
+                .reader()
+                .prepare_cached(BACKLOG)?
+                .query_row(params![source], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(Backlog {
                 unfinished: unfinished.max(0) as u64,
                 owed: owed.max(0) as u64,
@@ -1711,6 +1719,32 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(job.id, id);
+    }
+
+    /// A source's backlog counts from the indexes of unfinished and owed jobs, never every job
+    /// of the source (which, for a connector fed by the upstream service, is every job).
+    #[test]
+    fn the_backlog_reads_only_unfinished_and_owed_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = migrated(&dir);
+        let plan = explained(
+            &conn,
+            &format!("EXPLAIN QUERY PLAN {BACKLOG}"),
+            params!["upstream"],
+            3,
+        );
+        for index in ["USING INDEX jobs_due", "USING INDEX jobs_undelivered"] {
+            assert!(
+                plan.iter().any(|step| step.contains(index)),
+                "{index}: {plan:#?}"
+            );
+        }
+        assert!(
+            !plan
+                .iter()
+                .any(|step| step == "SCAN jobs" || step.contains("sqlite_autoindex_jobs")),
+            "the backlog reads every job of the source: {plan:#?}"
+        );
     }
 
     /// A listing walks an index and stops at its limit: with one query for every state,

@@ -9,7 +9,8 @@
 //! 4. The same cryptographic work done directly in the host (keygen, CSR, CA signature, PKCS#12)
 //!    with the same parallelism, and the ratio of 2 to 4.
 //!
-//! Other figures by option: `--pki` (PFX, sealing, custody), `--scep URL` (enrolments per
+//! Other figures by option: `--journal N` (the journal's reads with N jobs in it), `--pki`
+//! (PFX, sealing, custody), `--scep URL` (enrolments per
 //! second), `--hot-swap` (a new plugin version under load), `--ocsp` (CRL and OCSP costs),
 //! `--upstream` (work through the connector protocol: items per second and request→result
 //! latency against the reference service; with `--tls` over HTTPS, with `--identity` over
@@ -38,6 +39,7 @@ use certconn::pki;
 
 mod daemon_update;
 mod fleet;
+mod journal_scale;
 mod latency;
 mod ocsp;
 mod pki_parts;
@@ -74,6 +76,10 @@ pub struct BenchArgs {
     /// ratio: one run's ratio moves by several percent with the machine's other load.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
+    /// Measure the journal's reads instead, once it holds this many finished jobs (listings,
+    /// counts, the upstream backlog, one job by id alone and beside long reads).
+    #[arg(long, num_args = 0..=1, default_missing_value = "1000000", value_name = "JOBS")]
+    journal: Option<usize>,
     /// Measure the PKI building blocks instead (PFX, sealing, custody), this many of each.
     #[arg(long, num_args = 0..=1, default_missing_value = "200", value_name = "N")]
     pki: Option<usize>,
@@ -170,6 +176,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.ocsp {
         let dir = tempfile::tempdir()?;
         return ocsp::run(dir.path(), args.revoked, args.calls.max(1)).await;
+    }
+    if let Some(jobs) = args.journal {
+        let dir = tempfile::tempdir()?;
+        return journal_scale::run(dir.path(), jobs.max(1)).await;
     }
     let plugins = std::fs::canonicalize(&args.plugins).with_context(|| {
         format!(

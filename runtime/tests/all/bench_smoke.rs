@@ -262,3 +262,18 @@ fn upstream_bench_over_mutual_tls_registers_and_calls_with_the_identity() {
         ],
     );
 }
+
+#[test]
+fn journal_bench_prints_the_reads_of_a_full_journal() {
+    bench_prints(
+        &["--journal", "20000"],
+        &[
+            "certconn bench --journal: 20000 finished upstream jobs",
+            "list newest 50 jobs (jobs list)",
+            "list newest 50 failed (the status page)",
+            "backlog of the upstream source",
+            "jobs counted by state",
+            "one job by id, 4 counts running beside",
+        ],
+    );
+}

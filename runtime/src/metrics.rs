@@ -69,6 +69,8 @@ pub struct Metrics {
     journal_commit_writes: AtomicU64,
     /// Job results removed by the retention sweep (`journal.keep_results_days`).
     journal_results_removed: AtomicU64,
+    /// Finished jobs removed by the retention sweep (`journal.keep_jobs_days`).
+    journal_jobs_removed: AtomicU64,
     /// The SQLite journal's WAL checkpoints, by who ran them ([`CheckpointBy::ALL`]'s order).
     journal_checkpoints: [CheckpointTotals; 2],
 }
@@ -226,6 +228,11 @@ impl Metrics {
         self.journal_results_removed.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The retention sweep removed `n` finished jobs.
+    pub fn journal_jobs_removed(&self, n: u64) {
+        self.journal_jobs_removed.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// `(commits, writes)` the SQLite journal has made durable since the process started.
     pub fn journal_commit_totals(&self) -> (u64, u64) {
         (
@@ -326,6 +333,16 @@ impl Metrics {
             "certconn_journal_results_removed_total",
             &[],
             self.journal_results_removed.load(Ordering::Relaxed) as f64,
+        );
+        out.family(
+            "certconn_journal_jobs_removed_total",
+            "counter",
+            "Finished jobs removed after journal.keep_jobs_days (their certificates stay in the ledger).",
+        );
+        out.sample(
+            "certconn_journal_jobs_removed_total",
+            &[],
+            self.journal_jobs_removed.load(Ordering::Relaxed) as f64,
         );
         type Family = (&'static str, &'static str, fn(&CheckpointTotals) -> f64);
         let checkpoints: [Family; 3] = [

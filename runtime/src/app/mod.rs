@@ -504,15 +504,21 @@ impl App {
         }
     }
 
-    /// The sweep of old job results (`journal.keep_results_days`; none when 0). Results owed to
-    /// the upstream service stay until delivered, whether or not one is configured now.
+    /// The sweep of old job results and jobs (`journal.keep_results_days`,
+    /// `journal.keep_jobs_days`; none when both are 0). What is owed to the upstream service
+    /// stays until delivered, whether or not one is configured now.
     fn result_retention(&self) -> Option<crate::journal::retention::ResultRetention> {
-        let days = self.config.journal.keep_results_days;
-        (days > 0).then(|| crate::journal::retention::ResultRetention {
-            journal: self.journal.clone(),
-            keep: std::time::Duration::from_secs(u64::from(days) * 86_400),
-            owed_to: vec![crate::sources::upstream::SOURCE],
-            every: RETENTION_TICK,
+        let days = |d: u32| (d > 0).then(|| std::time::Duration::from_secs(u64::from(d) * 86_400));
+        let keep = days(self.config.journal.keep_results_days);
+        let keep_jobs = days(self.config.journal.keep_jobs_days);
+        (keep.is_some() || keep_jobs.is_some()).then(|| {
+            crate::journal::retention::ResultRetention {
+                journal: self.journal.clone(),
+                keep,
+                keep_jobs,
+                owed_to: vec![crate::sources::upstream::SOURCE],
+                every: RETENTION_TICK,
+            }
         })
     }
 

@@ -50,6 +50,7 @@ macro_rules! journal_behaviour_tests {
             every_state_is_listed_newest_first,
             outcomes_are_owed_to_their_source_until_delivered,
             old_results_are_removed_except_those_still_owed,
+            old_jobs_are_removed_once_nothing_is_left_to_hand_out,
             a_job_runs_only_where_a_backend_of_its_route_is_served,
             instances_claiming_at_once_never_share_a_job,
             instances_report_themselves_and_can_be_forgotten,
@@ -1131,6 +1132,125 @@ pub(crate) async fn outcomes_are_owed_to_their_source_until_delivered(f: &dyn Fa
         (owed[0].id.as_str(), owed[0].state),
         (bad.id.as_str(), JobState::Succeeded)
     );
+}
+
+/// A finished job goes once nothing is left to hand out (its result removed, its outcome
+/// delivered); its certificate stays in the ledger, naming it; its idempotency key is free
+/// again. A job not ended, one whose result is still stored, one still owed, and one that ended
+/// after the cutoff all stay.
+pub(crate) async fn old_jobs_are_removed_once_nothing_is_left_to_hand_out(f: &dyn Factory) {
+    let j = f.open("a").await;
+    let r = req(1);
+    let from = |source, key| NewJob {
+        source,
+        idempotency_key: key,
+        kind: JobKind::Issue,
+        request: &r,
+        route: None,
+    };
+    let issued = IssuedRecord {
+        backend: "b".into(),
+        serial: "0c0ffee0".into(),
+        issuer_der: vec![0x30, 0x00],
+        not_after: 1_900_000_000,
+        certificate_der: vec![0x30, 0x03, 1, 2, 3],
+        backend_version: None,
+    };
+    let mut jobs = std::collections::BTreeMap::new();
+    for (source, key) in [
+        ("api", "issued"),
+        ("api", "failed"),
+        ("upstream", "owed"),
+        ("api", "result-kept"),
+    ] {
+        let job = j.enqueue(from(source, key)).await.unwrap().0;
+        let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+        assert_eq!(held.job.id, job.id);
+        let changed = match key {
+            "issued" => j
+                .complete(
+                    &held.lease,
+                    Completion {
+                        issued: Some(&issued),
+                        ..done("{}")
+                    },
+                )
+                .await
+                .unwrap(),
+            "result-kept" => j.complete(&held.lease, done("{}")).await.unwrap(),
+            _ => j
+                .end(&held.lease, JobState::Failed, Some("b"), "refused", None)
+                .await
+                .unwrap(),
+        };
+        assert!(changed);
+        jobs.insert(key, job.id);
+    }
+    // Old, and not ended.
+    jobs.insert("queued", enqueue(&*j, "queued").await.id);
+    // The issued job's result goes first (`journal.keep_results_days`).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let late = j.enqueue(from("api", "late")).await.unwrap().0;
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    assert_eq!(held.job.id, jobs["queued"], "the oldest due job first");
+    assert!(j
+        .end(&held.lease, JobState::Dead, Some("b"), "no", None)
+        .await
+        .unwrap());
+    // The queued one ended now, after the cutoff: it stays too.
+    let held = j.lease_next(MINUTE).await.unwrap().unwrap();
+    assert_eq!(held.job.id, late.id);
+    assert!(j.complete(&held.lease, done("{}")).await.unwrap());
+    // The oldest result goes (`journal.keep_results_days`, a batch of one): the issued job's.
+    // `result-kept` keeps its own for now.
+    assert_eq!(j.remove_results(cutoff, &["upstream"], 1).await.unwrap(), 1);
+    assert!(j.peek_result(&jobs["issued"]).await.unwrap().is_none());
+    assert!(j.peek_result(&jobs["result-kept"]).await.unwrap().is_some());
+
+    // In batches, the oldest first.
+    assert_eq!(j.remove_jobs(cutoff, &["upstream"], 1).await.unwrap(), 1);
+    assert_eq!(j.remove_jobs(cutoff, &["upstream"], 10).await.unwrap(), 1);
+    assert_eq!(j.remove_jobs(cutoff, &["upstream"], 10).await.unwrap(), 0);
+    let gone = |id: &String| {
+        let (j, id) = (j.clone(), id.clone());
+        async move { matches!(j.get(&id).await, Err(JournalError::NotFound(_))) }
+    };
+    for (key, removed) in [
+        ("issued", true),
+        ("failed", true),
+        ("result-kept", false),
+        ("owed", false),
+        ("queued", false),
+    ] {
+        assert_eq!(gone(&jobs[key]).await, removed, "job {key}");
+    }
+    assert!(
+        !gone(&late.id).await,
+        "a job that ended after the cutoff was removed"
+    );
+    // The ledger keeps the certificate, naming the job that is gone.
+    let entry = j
+        .certificate("0c0ffee0")
+        .await
+        .unwrap()
+        .expect("in the ledger");
+    assert_eq!(entry.job_id, jobs["issued"]);
+    // The idempotency key is free again: the same key makes a new job.
+    let again = j.enqueue(from("api", "failed")).await.unwrap().0;
+    assert_ne!(again.id, jobs["failed"]);
+    // Once its result is removed, `result-kept` goes.
+    assert_eq!(
+        j.remove_results(cutoff, &["upstream"], 10).await.unwrap(),
+        1
+    );
+    assert_eq!(j.remove_jobs(cutoff, &["upstream"], 10).await.unwrap(), 1);
+    assert!(gone(&jobs["result-kept"]).await);
+    // Once its outcome is delivered, the owed one goes too.
+    j.mark_delivered(&jobs["owed"]).await.unwrap();
+    assert_eq!(j.remove_jobs(cutoff, &["upstream"], 10).await.unwrap(), 1);
+    assert!(gone(&jobs["owed"]).await);
 }
 
 pub(crate) async fn old_results_are_removed_except_those_still_owed(f: &dyn Factory) {

@@ -52,6 +52,20 @@ pub struct JournalConfig {
         deserialize_with = "crate::config::in_range::<_, u32, 0, 36500>"
     )]
     pub keep_results_days: u32,
+    /// Days a finished job stays in the journal after it ended; 0 keeps jobs forever. A job
+    /// stays at least as long as its result and until its outcome is delivered; its
+    /// certificates stay in the ledger for ever. Its idempotency key is forgotten with it.
+    #[serde(
+        default = "default_keep_jobs_days",
+        deserialize_with = "crate::config::in_range::<_, u32, 0, 36500>"
+    )]
+    pub keep_jobs_days: u32,
+}
+
+/// Half a year of history for operators (listings, a job's reason), while the journal, and
+/// every count over its jobs, stays bounded by the work of that half year.
+fn default_keep_jobs_days() -> u32 {
+    180
 }
 
 /// A month: long enough for a client to come back for its result, short enough that the
@@ -80,6 +94,7 @@ impl Default for JournalConfig {
             pool_size: DEFAULT_POOL_SIZE,
             poll_ms: default_poll_ms(),
             keep_results_days: default_keep_results_days(),
+            keep_jobs_days: default_keep_jobs_days(),
         }
     }
 }

@@ -341,6 +341,18 @@ pub trait Outbox: Send + Sync {
         limit: u32,
     ) -> Result<u64, JournalError>;
 
+    /// Removes up to `limit` jobs that ended before `ended_before` (Unix ms), oldest first,
+    /// each with nothing left to hand out: its result is removed already
+    /// ([`Self::remove_results`]) and its outcome is not owed to one of the `owed_to` sources.
+    /// Their certificates stay in the ledger, naming the job. Returns how many were removed.
+    /// See [`retention`].
+    async fn remove_jobs(
+        &self,
+        ended_before: i64,
+        owed_to: &[&str],
+        limit: u32,
+    ) -> Result<u64, JournalError>;
+
     /// A source's backlog: its jobs not yet ended, and its ended jobs whose outcome it has not
     /// taken yet.
     async fn backlog(&self, source: &str) -> Result<Backlog, JournalError>;

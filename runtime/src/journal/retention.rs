@@ -1,14 +1,21 @@
-//! How long a finished job's result stays in the journal (`journal.keep_results_days`).
+//! How long a finished job's result (`journal.keep_results_days`) and the job itself
+//! (`journal.keep_jobs_days`) stay in the journal.
 //!
 //! A result is the bulk of what a job leaves behind: the PFX (a device's private key, under its
 //! password), the certificates as PEM, a password not yet handed out — about 4.4 KB of the
 //! 6.9 KB a job adds to the journal (the one-hour soak, `scripts/soak`). Kept forever, it made
 //! the journal grow by about half a gigabyte a day at the soak's rate, and kept every device's
 //! key, encrypted, for as long as the file lived. The sweep removes results older than the
-//! retention; the job (its state, request summary, error) and its ledger entry stay, so
-//! listings, revocation and CRLs are unchanged, and fetching the result of such a job says it
-//! was removed. A result still owed to the upstream service stays until it is delivered,
-//! however old. SQLite's `secure_delete` overwrites the freed pages.
+//! retention; fetching the result of such a job says it was removed. A result still owed to
+//! the upstream service stays until it is delivered, however old. SQLite's `secure_delete`
+//! overwrites the freed pages.
+//!
+//! The job goes later (half a year by default), once its result is gone and its outcome
+//! delivered. Kept forever, jobs made every count of them (`/v1/health`, `/metrics`) grow with
+//! the journal's age: about 50 ms per million jobs on SQLite (`certconn bench --journal`). The
+//! ledger keeps its certificates for ever (it is the CA database: revocation and CRLs read it),
+//! naming a job that may be gone; the signature trail keeps every signature. A removed job's
+//! idempotency key is forgotten with it: the same key again makes a new job.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,19 +24,29 @@ use tokio::sync::watch;
 
 use super::{now_ms, Journal, JournalError};
 
-/// Results removed per write: each batch is one write of the journal, so the workers' writes
-/// wait for at most one batch (about a millisecond of SQLite's time per 100).
+/// Results or jobs removed per write: each batch is one write of the journal, so the workers'
+/// writes wait for at most one batch (about a millisecond of SQLite's time per 100).
 const BATCH: u32 = 200;
 
-/// Removes results older than `keep`, at start and then every `every`.
+/// Removes results, then jobs, older than their retention, at start and then every `every`.
 pub struct ResultRetention {
     pub journal: Arc<dyn Journal>,
-    /// How long a result stays after its job ended.
-    pub keep: Duration,
-    /// Sources that report outcomes back ([`super::Outbox::undelivered`]): their results stay
-    /// until delivered.
+    /// How long a result stays after its job ended (`None`: for ever).
+    pub keep: Option<Duration>,
+    /// How long a finished job stays after it ended (`None`: for ever); at least as long as
+    /// its result, whatever this says.
+    pub keep_jobs: Option<Duration>,
+    /// Sources that report outcomes back ([`super::Outbox::undelivered`]): their results and
+    /// jobs stay until delivered.
     pub owed_to: Vec<&'static str>,
     pub every: Duration,
+}
+
+/// What one sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub results: u64,
+    pub jobs: u64,
 }
 
 impl ResultRetention {
@@ -38,14 +55,24 @@ impl ResultRetention {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         loop {
             match self.sweep().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    removed = n,
-                    keep_days = self.keep.as_secs() / 86_400,
-                    "journal: removed the stored results of jobs that ended before the retention (journal.keep_results_days)"
-                ),
+                Ok(swept) => {
+                    if swept.results > 0 {
+                        tracing::info!(
+                            removed = swept.results,
+                            keep_days = self.keep.map_or(0, |k| k.as_secs() / 86_400),
+                            "journal: removed the stored results of jobs that ended before the retention (journal.keep_results_days)"
+                        );
+                    }
+                    if swept.jobs > 0 {
+                        tracing::info!(
+                            removed = swept.jobs,
+                            keep_days = self.keep_jobs.map_or(0, |k| k.as_secs() / 86_400),
+                            "journal: removed finished jobs that ended before the retention (journal.keep_jobs_days); their certificates stay in the ledger"
+                        );
+                    }
+                }
                 Err(e) => tracing::warn!(
-                    "journal: removing old results: {}",
+                    "journal: removing old results and jobs: {}",
                     crate::report::chain(&e)
                 ),
             }
@@ -56,21 +83,42 @@ impl ResultRetention {
         }
     }
 
-    /// Removes every result older than the retention, a batch per write; returns how many.
-    pub async fn sweep(&self) -> Result<u64, JournalError> {
-        let keep = i64::try_from(self.keep.as_millis()).unwrap_or(i64::MAX);
-        let ended_before = now_ms().saturating_sub(keep);
-        let mut removed = 0;
-        loop {
-            let n = self
-                .journal
-                .remove_results(ended_before, &self.owed_to, BATCH)
-                .await?;
-            removed += n;
-            crate::metrics::global().journal_results_removed(n);
-            if n < u64::from(BATCH) {
-                return Ok(removed);
+    /// Removes every result, then every job, older than its retention, a batch per write.
+    pub async fn sweep(&self) -> Result<Swept, JournalError> {
+        let mut swept = Swept::default();
+        if let Some(keep) = self.keep {
+            let ended_before = cutoff(keep);
+            loop {
+                let n = self
+                    .journal
+                    .remove_results(ended_before, &self.owed_to, BATCH)
+                    .await?;
+                swept.results += n;
+                crate::metrics::global().journal_results_removed(n);
+                if n < u64::from(BATCH) {
+                    break;
+                }
             }
         }
+        if let Some(keep) = self.keep_jobs {
+            let ended_before = cutoff(keep);
+            loop {
+                let n = self
+                    .journal
+                    .remove_jobs(ended_before, &self.owed_to, BATCH)
+                    .await?;
+                swept.jobs += n;
+                crate::metrics::global().journal_jobs_removed(n);
+                if n < u64::from(BATCH) {
+                    break;
+                }
+            }
+        }
+        Ok(swept)
     }
+}
+
+/// Unix ms `keep` ago.
+fn cutoff(keep: Duration) -> i64 {
+    now_ms().saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))
 }

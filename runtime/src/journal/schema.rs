@@ -19,10 +19,10 @@ pub struct Migration {
 }
 
 /// The version a SQLite journal written by this binary is at.
-pub const CURRENT: i64 = 9;
+pub const CURRENT: i64 = 10;
 
 /// The version a PostgreSQL journal written by this binary is at.
-pub const POSTGRES_CURRENT: i64 = 3;
+pub const POSTGRES_CURRENT: i64 = 4;
 
 /// What makes a job's outcome owed to its source on SQLite: the predicate of the partial index
 /// `jobs_undelivered`, which a query must repeat as written to use that index.
@@ -228,6 +228,36 @@ CREATE INDEX jobs_undelivered ON jobs (source, updated_at) WHERE ",
             "CREATE INDEX jobs_created ON jobs (created_at);
 CREATE INDEX jobs_ended_badly ON jobs (state, created_at) WHERE state = 'failed' OR state = 'dead';",
     },
+    Migration {
+        version: 10,
+        description: "the ledger outlives the jobs that issued its certificates",
+        // `certificates.job_id` stops being a foreign key, so that a finished job can be
+        // removed after `journal.keep_jobs_days` while its certificate stays in the ledger (the
+        // CA database) for ever. SQLite cannot drop a constraint: the table is made again.
+        sql: r#"
+CREATE TABLE certificates_v10 (
+    backend     TEXT NOT NULL,
+    serial      TEXT NOT NULL,
+    job_id      TEXT NOT NULL,
+    issuer      BLOB NOT NULL,
+    not_after   INTEGER NOT NULL,
+    certificate BLOB NOT NULL,
+    revoked_at  INTEGER,
+    revocation_reason TEXT,
+    backend_version TEXT,
+    PRIMARY KEY (backend, serial)
+);
+INSERT INTO certificates_v10 (backend, serial, job_id, issuer, not_after, certificate,
+                              revoked_at, revocation_reason, backend_version)
+    SELECT backend, serial, job_id, issuer, not_after, certificate,
+           revoked_at, revocation_reason, backend_version FROM certificates;
+DROP TABLE certificates;
+ALTER TABLE certificates_v10 RENAME TO certificates;
+CREATE INDEX certificates_serial ON certificates (serial);
+CREATE INDEX certificates_issuer_revoked ON certificates (issuer, revoked_at);
+CREATE INDEX certificates_not_after ON certificates (not_after);
+"#,
+    },
 ];
 
 /// Every PostgreSQL migration, oldest first. Times are unix milliseconds of the database's
@@ -382,6 +412,12 @@ DROP FUNCTION certconn_json_field(TEXT, TEXT);
         description: "the listing of every job walks an index, newest first",
         // A listing of one state already walks `jobs_state_created`.
         sql: "CREATE INDEX jobs_created ON jobs (created_at);",
+    },
+    Migration {
+        version: 4,
+        description: "the ledger outlives the jobs that issued its certificates",
+        // See SQLite's version 10.
+        sql: "ALTER TABLE certificates DROP CONSTRAINT certificates_job_id_fkey;",
     },
 ];
 

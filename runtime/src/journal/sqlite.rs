@@ -1063,6 +1063,39 @@ impl Outbox for SqliteJournal {
         })
         .await
     }
+
+    async fn remove_jobs(
+        &self,
+        ended_before: i64,
+        owed_to: &[&str],
+        limit: u32,
+    ) -> Result<u64, JournalError> {
+        let owed_to = serde_json::Value::from(owed_to.to_vec()).to_string();
+        self.write(move |tx| {
+            // Walks `jobs_created` from the oldest job and stops at the first made after the
+            // cutoff: a sweep reads what it removes and the few old jobs that must stay.
+            let doomed = tx
+                .prepare_cached(
+                    "SELECT id FROM jobs
+                     WHERE created_at < ?1 AND updated_at < ?1
+                       AND (state = 'succeeded' OR state = 'failed' OR state = 'dead')
+                       AND NOT (delivered_at IS NULL
+                                AND source IN (SELECT value FROM json_each(?2)))
+                       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = jobs.id)
+                     ORDER BY created_at LIMIT ?3",
+                )?
+                .query_map(params![ended_before, owed_to, limit], |r| {
+                    r.get::<_, String>(0)
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
+            for id in &doomed {
+                delete.execute(params![id])?;
+            }
+            Ok(doomed.len() as u64)
+        })
+        .await
+    }
 }
 
 const LEDGER_COLUMNS: &str =

@@ -874,6 +874,28 @@ impl Outbox for PostgresJournal {
         .await
     }
 
+    async fn remove_jobs(
+        &self,
+        ended_before: i64,
+        owed_to: &[&str],
+        limit: u32,
+    ) -> Result<u64, JournalError> {
+        // `jobs_created` from the oldest job, up to the cutoff.
+        execute(
+            &self.client().await?,
+            "DELETE FROM jobs WHERE id IN (
+                 SELECT j.id FROM jobs j
+                 WHERE j.created_at < $1 AND j.updated_at < $1
+                   AND j.state IN ('succeeded', 'failed', 'dead')
+                   AND NOT (j.delivered_at IS NULL AND j.source = ANY($2::TEXT[]))
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id)
+                 ORDER BY j.created_at
+                 LIMIT $3)",
+            &[&ended_before, &owed_to, &i64::from(limit)],
+        )
+        .await
+    }
+
     async fn backlog(&self, source: &str) -> Result<Backlog, JournalError> {
         let rows = query(
             &self.client().await?,
@@ -1468,6 +1490,8 @@ mod tests {
         db.psql(
             "ALTER TABLE certificates DROP COLUMN backend_version;
              DROP INDEX jobs_created;
+             ALTER TABLE certificates ADD CONSTRAINT certificates_job_id_fkey
+                 FOREIGN KEY (job_id) REFERENCES jobs(id);
              DELETE FROM certconn_schema WHERE version >= 2;
              INSERT INTO jobs (id, source, idempotency_key, kind, state, request, next_run_at,
                                created_at, updated_at)

@@ -61,7 +61,8 @@ pub struct CertificateView {
     /// The plugin version that issued it (for a certificate issued before version 7 of the
     /// SQLite journal, 2 of PostgreSQL: while its job's result is kept).
     pub plugin_version: Option<String>,
-    /// The job that issued it.
+    /// The job that issued it. The job is removed `journal.keep_jobs_days` after it ended;
+    /// the certificate stays.
     pub job: String,
     pub revoked: Option<Revoked>,
 }

@@ -510,7 +510,11 @@ impl App {
     fn result_retention(&self) -> Option<crate::journal::retention::ResultRetention> {
         let days = |d: u32| (d > 0).then(|| std::time::Duration::from_secs(u64::from(d) * 86_400));
         let keep = days(self.config.journal.keep_results_days);
-        let keep_jobs = days(self.config.journal.keep_jobs_days);
+        // A job stays at least as long as its result: with results kept for ever, so are the
+        // jobs that have one, and a sweep would walk all of them every time, on the writer.
+        let keep_jobs = keep.and_then(|results| {
+            days(self.config.journal.keep_jobs_days).map(|jobs| jobs.max(results))
+        });
         (keep.is_some() || keep_jobs.is_some()).then(|| {
             crate::journal::retention::ResultRetention {
                 journal: self.journal.clone(),

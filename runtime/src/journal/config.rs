@@ -53,8 +53,9 @@ pub struct JournalConfig {
     )]
     pub keep_results_days: u32,
     /// Days a finished job stays in the journal after it ended; 0 keeps jobs forever. A job
-    /// stays at least as long as its result and until its outcome is delivered; its
-    /// certificates stay in the ledger for ever. Its idempotency key is forgotten with it.
+    /// stays at least as long as its result (`keep_results_days`; when that is 0, jobs are
+    /// kept forever too) and until its outcome is delivered; its certificates stay in the
+    /// ledger for ever. Its idempotency key is forgotten with it.
     #[serde(
         default = "default_keep_jobs_days",
         deserialize_with = "crate::config::in_range::<_, u32, 0, 36500>"

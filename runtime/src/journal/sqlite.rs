@@ -326,6 +326,18 @@ const BACKLOG: &str = concat!(
     ")"
 );
 
+/// Up to `?3` jobs that ended before `?1` with nothing left to hand out (no stored result, no
+/// outcome owed to a source of the JSON array `?2`), oldest first. It walks `jobs_created` from
+/// the oldest job and stops at the first made after the cutoff, so a sweep reads what it
+/// removes and the few old jobs that must stay (owed, or not ended). `+state` keeps SQLite off
+/// the state indexes, through which it read and sorted every ended job, on the writer.
+const REMOVABLE_JOBS: &str = "SELECT id FROM jobs
+     WHERE created_at < ?1 AND updated_at < ?1
+       AND (+state = 'succeeded' OR +state = 'failed' OR +state = 'dead')
+       AND NOT (delivered_at IS NULL AND source IN (SELECT value FROM json_each(?2)))
+       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = jobs.id)
+     ORDER BY created_at LIMIT ?3";
+
 /// The newest `?1` jobs in `state` (`None`: every job), each query walking an index in created
 /// order and stopping there (schema 9), where one query for all had SQLite sort every job
 /// (120–170 ms with a million jobs in the journal, each holding up the other reads then).
@@ -1072,18 +1084,8 @@ impl Outbox for SqliteJournal {
     ) -> Result<u64, JournalError> {
         let owed_to = serde_json::Value::from(owed_to.to_vec()).to_string();
         self.write(move |tx| {
-            // Walks `jobs_created` from the oldest job and stops at the first made after the
-            // cutoff: a sweep reads what it removes and the few old jobs that must stay.
             let doomed = tx
-                .prepare_cached(
-                    "SELECT id FROM jobs
-                     WHERE created_at < ?1 AND updated_at < ?1
-                       AND (state = 'succeeded' OR state = 'failed' OR state = 'dead')
-                       AND NOT (delivered_at IS NULL
-                                AND source IN (SELECT value FROM json_each(?2)))
-                       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = jobs.id)
-                     ORDER BY created_at LIMIT ?3",
-                )?
+                .prepare_cached(REMOVABLE_JOBS)?
                 .query_map(params![ended_before, owed_to, limit], |r| {
                     r.get::<_, String>(0)
                 })?
@@ -1777,6 +1779,29 @@ mod tests {
                 .iter()
                 .any(|step| step == "SCAN jobs" || step.contains("sqlite_autoindex_jobs")),
             "the backlog reads every job of the source: {plan:#?}"
+        );
+    }
+
+    /// The sweep of old jobs runs on the writer: it walks the jobs oldest first and stops at
+    /// the cutoff. Through the state indexes SQLite read and sorted every ended job.
+    #[test]
+    fn the_sweep_of_old_jobs_walks_them_oldest_first_and_sorts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = migrated(&dir);
+        let plan = explained(
+            &conn,
+            &format!("EXPLAIN QUERY PLAN {REMOVABLE_JOBS}"),
+            params![1_i64, r#"["upstream"]"#, 200],
+            3,
+        );
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH jobs USING INDEX jobs_created")),
+            "{plan:#?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "the sweep sorts: {plan:#?}"
         );
     }
 

@@ -505,8 +505,8 @@ impl App {
     }
 
     /// The sweep of old job results and jobs (`journal.keep_results_days`,
-    /// `journal.keep_jobs_days`; none when both are 0). What is owed to the upstream service
-    /// stays until delivered, whether or not one is configured now.
+    /// `journal.keep_jobs_days`; none when results are kept forever). What is owed to the
+    /// upstream service stays until delivered, whether or not one is configured now.
     fn result_retention(&self) -> Option<crate::journal::retention::ResultRetention> {
         let days = |d: u32| (d > 0).then(|| std::time::Duration::from_secs(u64::from(d) * 86_400));
         let keep = days(self.config.journal.keep_results_days);
@@ -515,15 +515,14 @@ impl App {
         let keep_jobs = keep.and_then(|results| {
             days(self.config.journal.keep_jobs_days).map(|jobs| jobs.max(results))
         });
-        (keep.is_some() || keep_jobs.is_some()).then(|| {
-            crate::journal::retention::ResultRetention {
+        keep.is_some()
+            .then(|| crate::journal::retention::ResultRetention {
                 journal: self.journal.clone(),
                 keep,
                 keep_jobs,
                 owed_to: vec![crate::sources::upstream::SOURCE],
                 every: RETENTION_TICK,
-            }
-        })
+            })
     }
 
     /// The API's certificate: from files, or issued (or taken up again from custody) from the

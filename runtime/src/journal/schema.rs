@@ -416,8 +416,9 @@ DROP FUNCTION certconn_json_field(TEXT, TEXT);
     Migration {
         version: 4,
         description: "the ledger outlives the jobs that issued its certificates",
-        // See SQLite's version 10.
-        sql: "ALTER TABLE certificates DROP CONSTRAINT certificates_job_id_fkey;",
+        // See SQLite's version 10. The name is the one PostgreSQL gave the constraint of
+        // version 1; a journal without it (a hand edit) has nothing to drop.
+        sql: "ALTER TABLE certificates DROP CONSTRAINT IF EXISTS certificates_job_id_fkey;",
     },
 ];
 

@@ -74,9 +74,14 @@ fn req(x: i64) -> serde_json::Value {
 }
 
 async fn enqueue(j: &dyn Journal, key: &str) -> JobRecord {
+    enqueue_from(j, "api", key).await
+}
+
+/// An issue job from `source`.
+async fn enqueue_from(j: &dyn Journal, source: &str, key: &str) -> JobRecord {
     let r = req(1);
     j.enqueue(NewJob {
-        source: "api",
+        source,
         idempotency_key: key,
         kind: JobKind::Issue,
         request: &r,
@@ -1140,14 +1145,6 @@ pub(crate) async fn outcomes_are_owed_to_their_source_until_delivered(f: &dyn Fa
 /// after the cutoff all stay.
 pub(crate) async fn old_jobs_are_removed_once_nothing_is_left_to_hand_out(f: &dyn Factory) {
     let j = f.open("a").await;
-    let r = req(1);
-    let from = |source, key| NewJob {
-        source,
-        idempotency_key: key,
-        kind: JobKind::Issue,
-        request: &r,
-        route: None,
-    };
     let issued = IssuedRecord {
         backend: "b".into(),
         serial: "0c0ffee0".into(),
@@ -1163,7 +1160,7 @@ pub(crate) async fn old_jobs_are_removed_once_nothing_is_left_to_hand_out(f: &dy
         ("upstream", "owed"),
         ("api", "result-kept"),
     ] {
-        let job = j.enqueue(from(source, key)).await.unwrap().0;
+        let job = enqueue_from(&*j, source, key).await;
         let held = j.lease_next(MINUTE).await.unwrap().unwrap();
         assert_eq!(held.job.id, job.id);
         let changed = match key {
@@ -1192,7 +1189,7 @@ pub(crate) async fn old_jobs_are_removed_once_nothing_is_left_to_hand_out(f: &dy
     tokio::time::sleep(Duration::from_millis(20)).await;
     let cutoff = now_ms();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let late = j.enqueue(from("api", "late")).await.unwrap().0;
+    let late = enqueue_from(&*j, "api", "late").await;
     let held = j.lease_next(MINUTE).await.unwrap().unwrap();
     assert_eq!(held.job.id, jobs["queued"], "the oldest due job first");
     assert!(j
@@ -1238,7 +1235,7 @@ pub(crate) async fn old_jobs_are_removed_once_nothing_is_left_to_hand_out(f: &dy
         .expect("in the ledger");
     assert_eq!(entry.job_id, jobs["issued"]);
     // The idempotency key is free again: the same key makes a new job.
-    let again = j.enqueue(from("api", "failed")).await.unwrap().0;
+    let again = enqueue_from(&*j, "api", "failed").await;
     assert_ne!(again.id, jobs["failed"]);
     // Once its result is removed, `result-kept` goes.
     assert_eq!(
@@ -1255,14 +1252,6 @@ pub(crate) async fn old_jobs_are_removed_once_nothing_is_left_to_hand_out(f: &dy
 
 pub(crate) async fn old_results_are_removed_except_those_still_owed(f: &dyn Factory) {
     let j = f.open("a").await;
-    let r = req(1);
-    let from = |source, key| NewJob {
-        source,
-        idempotency_key: key,
-        kind: JobKind::Issue,
-        request: &r,
-        route: None,
-    };
     // Five jobs that end in turn: three from the API, two from the upstream service (one of
     // them delivered), then one more that ends after the cutoff.
     let mut ended = Vec::new();
@@ -1273,7 +1262,7 @@ pub(crate) async fn old_results_are_removed_except_those_still_owed(f: &dyn Fact
         ("upstream", "delivered"),
         ("api", "a3"),
     ] {
-        let job = j.enqueue(from(source, key)).await.unwrap().0;
+        let job = enqueue_from(&*j, source, key).await;
         let held = j.lease_next(MINUTE).await.unwrap().unwrap();
         assert_eq!(held.job.id, job.id);
         let completion = Completion {
@@ -1289,7 +1278,7 @@ pub(crate) async fn old_results_are_removed_except_those_still_owed(f: &dyn Fact
     tokio::time::sleep(Duration::from_millis(20)).await;
     let cutoff = now_ms();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let late = j.enqueue(from("api", "late")).await.unwrap().0;
+    let late = enqueue_from(&*j, "api", "late").await;
     let held = j.lease_next(MINUTE).await.unwrap().unwrap();
     assert!(j.complete(&held.lease, done("{}")).await.unwrap());
 

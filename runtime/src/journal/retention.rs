@@ -85,36 +85,46 @@ impl ResultRetention {
 
     /// Removes every result, then every job, older than its retention, a batch per write.
     pub async fn sweep(&self) -> Result<Swept, JournalError> {
+        let metrics = crate::metrics::global();
         let mut swept = Swept::default();
         if let Some(keep) = self.keep {
             let ended_before = cutoff(keep);
-            loop {
-                let n = self
-                    .journal
-                    .remove_results(ended_before, &self.owed_to, BATCH)
-                    .await?;
-                swept.results += n;
-                crate::metrics::global().journal_results_removed(n);
-                if n < u64::from(BATCH) {
-                    break;
-                }
-            }
+            swept.results = in_batches(
+                |limit| {
+                    self.journal
+                        .remove_results(ended_before, &self.owed_to, limit)
+                },
+                |n| metrics.journal_results_removed(n),
+            )
+            .await?;
         }
         if let Some(keep) = self.keep_jobs {
             let ended_before = cutoff(keep);
-            loop {
-                let n = self
-                    .journal
-                    .remove_jobs(ended_before, &self.owed_to, BATCH)
-                    .await?;
-                swept.jobs += n;
-                crate::metrics::global().journal_jobs_removed(n);
-                if n < u64::from(BATCH) {
-                    break;
-                }
-            }
+            swept.jobs = in_batches(
+                |limit| self.journal.remove_jobs(ended_before, &self.owed_to, limit),
+                |n| metrics.journal_jobs_removed(n),
+            )
+            .await?;
         }
         Ok(swept)
+    }
+}
+
+/// Calls `remove` with [`BATCH`] (one write each) until a batch comes back short, telling
+/// `removed` of each batch as it goes; how many in all.
+async fn in_batches<F, Fut>(remove: F, removed: impl Fn(u64)) -> Result<u64, JournalError>
+where
+    F: Fn(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, JournalError>>,
+{
+    let mut total = 0;
+    loop {
+        let n = remove(BATCH).await?;
+        total += n;
+        removed(n);
+        if n < u64::from(BATCH) {
+            return Ok(total);
+        }
     }
 }
 

@@ -12,13 +12,13 @@ use crate::common::*;
 
 const DAY_MS: i64 = 86_400_000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_result_older_than_the_retention_is_removed_and_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut daemon = start_default(dir.path());
+/// Starts the default daemon in `dir`, has it issue `old` and then `young`, and stops it: the
+/// (stopped) daemon and the two job ids. One after the other: results are stored in the order
+/// jobs end, and the sweep relies on it (it stops at the first result too young), so the older
+/// result must be stored first.
+async fn two_jobs_ended_in_turn(dir: &std::path::Path) -> (Daemon, [String; 2]) {
+    let mut daemon = start_default(dir);
     let api = daemon.client();
-    // One after the other: results are stored in the order jobs end, and the sweep relies on
-    // it (it stops at the first result too young), so the older result must be stored first.
     let mut ended = Vec::new();
     for key in ["old", "young"] {
         let id = submit(&api, "smime", key, json!({})).await;
@@ -28,8 +28,14 @@ async fn a_result_older_than_the_retention_is_removed_and_says_so() {
         );
         ended.push(id);
     }
-    let [old, young] = <[String; 2]>::try_from(ended).unwrap();
     daemon.stop();
+    (daemon, <[String; 2]>::try_from(ended).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_older_than_the_retention_is_removed_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, [old, young]) = two_jobs_ended_in_turn(dir.path()).await;
 
     // The first job ended 31 days ago, as far as the journal knows; the second, 29.
     let db = rusqlite::Connection::open(dir.path().join("data/journal.sqlite")).unwrap();
@@ -129,19 +135,7 @@ async fn a_result_older_than_the_retention_is_removed_and_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_older_than_its_retention_is_removed_and_its_certificate_stays_revocable() {
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = start_default(dir.path());
-    let api = daemon.client();
-    let mut ended = Vec::new();
-    for key in ["old", "young"] {
-        let id = submit(&api, "smime", key, json!({})).await;
-        assert_eq!(
-            wait_job(&api, &id, Duration::from_secs(60)).await["state"],
-            "succeeded"
-        );
-        ended.push(id);
-    }
-    let [old, young] = <[String; 2]>::try_from(ended).unwrap();
-    daemon.stop();
+    let (daemon, [old, young]) = two_jobs_ended_in_turn(dir.path()).await;
 
     // The first job was made and ended 181 days ago, as far as the journal knows (its result
     // too); the second 179.

@@ -38,8 +38,8 @@ pub use config::JournalConfig;
 pub use postgres::PostgresJournal;
 pub use record::{
     Completion, FleetDecision, InstanceRecord, IssuedRecord, JobKind, JobListing, JobRecord,
-    JobState, Lease, Leased, LedgerEntry, LedgerQuery, NewJob, OwedOutcome, ReasonChange,
-    Revocation, RevocationMark, RevokedSerial, StoredResult, UnreadableJob,
+    JobState, Lease, Leased, LedgerEntry, LedgerQuery, LedgerSelection, NewJob, OwedOutcome,
+    ReasonChange, Revocation, RevocationMark, RevokedSerial, StoredResult, UnreadableJob,
 };
 pub use sqlite::SqliteJournal;
 pub use trail::{NewSignature, SignatureRecord, SignedKind};

@@ -343,6 +343,29 @@ pub struct LedgerQuery {
     pub limit: usize,
 }
 
+/// What a ledger listing selects besides its backend and issuer, each shape a query of its own
+/// in each journal, walking an index in expiry order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerSelection {
+    Every,
+    Revoked,
+    /// Not revoked, expiring before this time (seconds since the epoch).
+    ExpiringBefore(i64),
+    /// Revoked and expiring: a certificate that expires soon is one not revoked.
+    Nothing,
+}
+
+impl LedgerQuery {
+    pub fn selection(&self) -> LedgerSelection {
+        match (self.revoked, self.expiring_before) {
+            (false, None) => LedgerSelection::Every,
+            (true, None) => LedgerSelection::Revoked,
+            (false, Some(before)) => LedgerSelection::ExpiringBefore(before),
+            (true, Some(_)) => LedgerSelection::Nothing,
+        }
+    }
+}
+
 /// One line of a CRL: a revoked serial, without the certificate (a CRL may have 100 000).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedSerial {

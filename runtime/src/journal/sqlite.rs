@@ -1104,6 +1104,25 @@ const LEDGER_COLUMNS: &str =
     "backend, serial, job_id, issuer, not_after, certificate, revoked_at, \
      revocation_reason, backend_version";
 
+/// The ledger's listing of `selection`, soonest expiry first, with `?1` the backend and `?2`
+/// the issuer (`NULL`: any), `?3` the limit and `?4` the expiry cutoff. Each shape walks an
+/// index in expiry order and stops at its limit (schema 11: revoked certificates have an index
+/// of their own). One query for every shape, its conditions bound, let SQLite use no index for
+/// them: a listing of revoked certificates, or of those expiring soon when few do, read every
+/// certificate the ledger holds, which it keeps for ever.
+fn ledger_listing(selection: LedgerSelection) -> String {
+    let only = match selection {
+        LedgerSelection::Every | LedgerSelection::Nothing => "",
+        LedgerSelection::Revoked => "revoked_at IS NOT NULL AND",
+        LedgerSelection::ExpiringBefore(_) => "not_after < ?4 AND revoked_at IS NULL AND",
+    };
+    format!(
+        "SELECT {LEDGER_COLUMNS} FROM certificates
+         WHERE {only} (?1 IS NULL OR backend = ?1) AND (?2 IS NULL OR issuer = ?2)
+         ORDER BY not_after, serial LIMIT ?3"
+    )
+}
+
 fn ledger_entry(r: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
     let revoked_at: Option<i64> = r.get(6)?;
     let reason: Option<String> = r.get(7)?;
@@ -1141,21 +1160,22 @@ impl Ledger for SqliteJournal {
 impl RevocationLedger for SqliteJournal {
     async fn certificates(&self, query: &LedgerQuery) -> Result<Vec<LedgerEntry>, JournalError> {
         let q = query.clone();
+        let before = match q.selection() {
+            LedgerSelection::Nothing => return Ok(Vec::new()),
+            LedgerSelection::ExpiringBefore(before) => Some(before),
+            LedgerSelection::Every | LedgerSelection::Revoked => None,
+        };
         self.blocking(move |inner| {
             let conn = inner.reader();
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {LEDGER_COLUMNS} FROM certificates
-                 WHERE (?1 = 0 OR revoked_at IS NOT NULL)
-                   AND (?2 IS NULL OR (revoked_at IS NULL AND not_after < ?2))
-                   AND (?3 IS NULL OR backend = ?3)
-                   AND (?4 IS NULL OR issuer = ?4)
-                 ORDER BY not_after, serial LIMIT ?5"
-            ))?;
+            let mut stmt = conn.prepare_cached(&ledger_listing(q.selection()))?;
             let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-            let rows = stmt.query_map(
-                params![q.revoked, q.expiring_before, q.backend, q.issuer_der, limit],
-                ledger_entry,
-            )?;
+            let (backend, issuer) = (&q.backend, &q.issuer_der);
+            let rows = match before {
+                Some(before) => {
+                    stmt.query_map(params![backend, issuer, limit, before], ledger_entry)?
+                }
+                None => stmt.query_map(params![backend, issuer, limit], ledger_entry)?,
+            };
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -1847,6 +1867,49 @@ mod tests {
         }
     }
 
+    /// Each listing of the ledger walks an index in expiry order and stops at its limit; none
+    /// reads every certificate or sorts them all. One query for all three, with its
+    /// conditions bound, walked `certificates_not_after` filtering every row.
+    #[test]
+    fn each_listing_of_the_ledger_walks_an_index_in_expiry_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = migrated(&dir);
+        let none: Option<String> = None;
+        for (selection, walk) in [
+            (
+                LedgerSelection::Every,
+                "SCAN certificates USING INDEX certificates_not_after",
+            ),
+            (
+                LedgerSelection::Revoked,
+                "SCAN certificates USING INDEX certificates_revoked",
+            ),
+            (
+                LedgerSelection::ExpiringBefore(1),
+                "SEARCH certificates USING INDEX certificates_not_after (not_after<?)",
+            ),
+        ] {
+            let sql = format!("EXPLAIN QUERY PLAN {}", ledger_listing(selection));
+            let plan = match selection {
+                LedgerSelection::ExpiringBefore(before) => {
+                    explained(&conn, &sql, params![none, none, 10, before], 3)
+                }
+                _ => explained(&conn, &sql, params![none, none, 10], 3),
+            };
+            assert!(
+                plan.iter().any(|step| step == walk),
+                "{selection:?}: {plan:#?}"
+            );
+            assert!(
+                !plan
+                    .iter()
+                    .any(|step| step == "SCAN certificates"
+                        || step == "USE TEMP B-TREE FOR ORDER BY"),
+                "{selection:?} reads or sorts every certificate: {plan:#?}"
+            );
+        }
+    }
+
     /// Updating a job's state evaluates `jobs_undelivered`'s predicate on the row before and
     /// after; written as `state IN (…)` each evaluation filled a temporary table (two per
     /// update, on the writer thread). And the query of what is owed still walks that index.
@@ -2025,6 +2088,7 @@ INSERT INTO certificates VALUES ('local', '0a', 'j1', x'30', 99, x'3000', NULL, 
 ALTER TABLE certificates DROP COLUMN backend_version;
 DROP INDEX jobs_created;
 DROP INDEX jobs_ended_badly;
+DROP INDEX certificates_revoked;
 PRAGMA user_version = 6;
 INSERT INTO jobs (id, source, idempotency_key, kind, state, request, next_run_at, created_at, updated_at)
     VALUES ('j1', 'api', 'k1', 'issue', 'succeeded', '{}', 0, 1, 2),

@@ -60,6 +60,10 @@ pub enum PublishError {
     },
     #[error("signing was interrupted (shutting down)")]
     Interrupted,
+    /// A CRL that left a revoked certificate out would tell relying parties it is good, so
+    /// none is published until the row is mended; the previous CRL stays served meanwhile.
+    #[error("CA {ca:?}: the ledger lists revoked certificate {serial:?}, whose serial is not hex digits; no CRL is published without it until that row of the journal's certificates is corrected")]
+    UnreadableSerial { ca: String, serial: String },
 }
 
 /// The CRL a CA publishes now.
@@ -262,18 +266,22 @@ impl Publisher {
         let number = self.ledger.next_crl_number(&a.name).await?;
         let this_update = now_secs();
         let next_update = this_update + self.validity.as_secs();
-        let entries: Vec<RevokedEntry> = revoked
+        let entries = revoked
             .iter()
-            .filter_map(|r| {
-                let serial = hex::decode(&r.serial).ok()?;
-                Some(RevokedEntry {
+            .map(|r| {
+                let serial =
+                    hex::decode(&r.serial).map_err(|_| PublishError::UnreadableSerial {
+                        ca: a.name.clone(),
+                        serial: r.serial.clone(),
+                    })?;
+                Ok(RevokedEntry {
                     serial,
                     revoked_at: u64::try_from(r.revoked_at / 1000).unwrap_or(0),
                     reason: reason_from_name(&r.reason)
                         .filter(|r| *r != x509_cert::ext::pkix::CrlReason::Unspecified),
                 })
             })
-            .collect();
+            .collect::<Result<Vec<RevokedEntry>, PublishError>>()?;
         let count = entries.len();
         let template = CrlTemplate {
             issuer: a.issuer_name.clone(),
@@ -695,5 +703,54 @@ mod tests {
         let chain = keys.get("ocsp-local").unwrap().chain.clone();
         assert_ne!(chain[0], young);
         assert_eq!(chain[1], ca.chain[0]);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_serial_that_is_not_hex_stops_the_crl_instead_of_vanishing_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, journal, config) = setup(dir.path());
+        let ca = keys.get("ca").unwrap();
+        let issuer = Certificate::from_der(&ca.chain[0])
+            .unwrap()
+            .tbs_certificate
+            .subject
+            .to_der()
+            .unwrap();
+        let revoke = |serial: &'static str| {
+            let (journal, issuer) = (journal.clone(), issuer.clone());
+            async move {
+                crate::journal::behaviour::issue_and_revoke(
+                    &*journal,
+                    serial,
+                    &issuer,
+                    i64::MAX,
+                    Some("key-compromise"),
+                )
+                .await
+            }
+        };
+        revoke("8f01").await;
+        let publisher = Publisher::open(&config, keys.clone(), journal.clone())
+            .await
+            .unwrap();
+        let a = publisher.authorities.values().next().unwrap().clone();
+        let published = || a.current.read().unwrap().clone().unwrap();
+        assert_eq!(published().revoked, 1);
+        let before = published().der;
+
+        revoke("zz").await;
+        let err = publisher.publish(&a).await.unwrap_err();
+        assert!(
+            matches!(&err, PublishError::UnreadableSerial { serial, .. } if serial == "zz"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("\"zz\""), "{err}");
+        assert_eq!(published().der, before, "the previous CRL stays served");
+
+        let err = Publisher::open(&config, keys, journal).await.err().unwrap();
+        assert!(
+            matches!(err, PublishError::UnreadableSerial { .. }),
+            "nor is one made at start: {err:?}"
+        );
     }
 }

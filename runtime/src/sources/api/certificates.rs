@@ -153,7 +153,7 @@ pub struct SerialPath {
     pub serial: String,
 }
 
-/// What certconn issued, newest first: all, the revoked, or those expiring soon.
+/// What certconn issued, soonest expiry first: all, the revoked, or those expiring soon.
 #[utoipa::path(
     get,
     path = "/v1/certificates",

@@ -721,6 +721,9 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
                 .map(|t| format!(" (responder certificate until {t})"))
                 .unwrap_or_default()
         );
+        if let Some(error) = ca["publishing_error"].as_str() {
+            println!("  publishing fails, the CRL above stays served until then: {error}");
+        }
     }
     let ra = &health["scep_ra"];
     if ra.is_object() {

@@ -93,6 +93,9 @@ pub struct CaStatus {
     pub ocsp: &'static str,
     /// The delegated responder certificate's expiry (RFC 3339), when there is one.
     pub responder_not_after: Option<String>,
+    /// Why publishing fails, while it does: the CRL above is the last one published, served
+    /// until it expires.
+    pub publishing_error: Option<String>,
 }
 
 /// A cap on cached OCSP responses per CA; beyond it the cache starts over (responses are cheap to
@@ -117,6 +120,8 @@ struct Authority {
     cache: Mutex<HashMap<Vec<u8>, Bytes>>,
     /// When a change of the ledger was first seen and not yet published.
     changed_since: Mutex<Option<Instant>>,
+    /// Why publishing has failed since the last success: shown in status, logged once.
+    failing: Mutex<Option<String>>,
 }
 
 /// The CRLs and OCSP responders of the configured CAs.
@@ -186,6 +191,7 @@ impl Publisher {
                     responder: RwLock::new(None),
                     cache: Mutex::new(HashMap::new()),
                     changed_since: Mutex::new(None),
+                    failing: Mutex::new(None),
                 }),
             );
         }
@@ -220,9 +226,17 @@ impl Publisher {
                 _ = shutdown.wait_for(|s| *s) => return,
             }
             for a in self.authorities.values() {
-                if let Err(e) = self.refresh(a).await {
-                    tracing::warn!(event_id = 3100, ca = %a.name, error = %crate::report::chain(&e), "publishing revocation failed; the previous CRL stays until it is fixed");
+                let error = self
+                    .refresh(a)
+                    .await
+                    .err()
+                    .map(|e| crate::report::chain(&e));
+                let mut failing = a.failing.lock().unwrap_or_else(|p| p.into_inner());
+                // Once per distinct error, not at every look (each second).
+                if let Some(error) = error.as_ref().filter(|e| failing.as_ref() != Some(*e)) {
+                    tracing::warn!(event_id = 3100, ca = %a.name, %error, "publishing revocation failed; the previous CRL stays until it is fixed");
                 }
+                *failing = error;
             }
         }
     }
@@ -580,6 +594,7 @@ impl Publisher {
                         OcspSigner::Off => "off",
                     },
                     responder_not_after,
+                    publishing_error: a.failing.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 }
             })
             .collect()
@@ -752,5 +767,40 @@ mod tests {
             matches!(err, PublishError::UnreadableSerial { .. }),
             "nor is one made at start: {err:?}"
         );
+
+        // Running, the publisher shows why it fails until the row is mended, then publishes.
+        let publisher = Arc::new(publisher);
+        let (stop, stopped) = watch::channel(false);
+        let running = tokio::spawn(publisher.clone().run(Duration::from_millis(10), stopped));
+        let shown = |want_error: bool| {
+            let publisher = publisher.clone();
+            async move {
+                for _ in 0..3000 {
+                    let status = publisher.status().remove(0);
+                    if status.publishing_error.is_some() == want_error {
+                        return status;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("publishing_error is never {want_error}");
+            }
+        };
+        let failing = shown(true).await;
+        assert!(
+            failing.publishing_error.unwrap().contains("\"zz\""),
+            "status names the serial"
+        );
+        assert_eq!(failing.revoked, 1, "the last CRL published is shown");
+        rusqlite::Connection::open(dir.path().join("j.sqlite"))
+            .unwrap()
+            .execute(
+                "UPDATE certificates SET serial = '0b' WHERE serial = 'zz'",
+                [],
+            )
+            .unwrap();
+        let mended = shown(false).await;
+        assert_eq!(mended.revoked, 2, "the mended revocation is published");
+        stop.send(true).unwrap();
+        running.await.unwrap();
     }
 }

@@ -77,8 +77,9 @@ pub(super) struct WalCheckpoints {
     /// The WAL's length the thread's last checkpoint found and copied entirely; the writer's
     /// own checkpoint waits for this to be close to the WAL's length, so that it copies little.
     copied: Arc<AtomicU32>,
-    /// The WAL's length from which the writer may try a `RESTART` again after one timed out.
-    restart_from: Cell<u32>,
+    /// The WAL's length when the writer's last `RESTART` timed out (0: none since the WAL
+    /// started again); it is tried again [`WRITER_AT`] pages later, not at every commit.
+    restart_failed_at: Cell<u32>,
 }
 
 impl WalCheckpoints {
@@ -118,7 +119,7 @@ impl WalCheckpoints {
             writer_at,
             woken_at: Cell::new(0),
             copied,
-            restart_from: Cell::new(0),
+            restart_failed_at: Cell::new(0),
         })
     }
 
@@ -135,12 +136,7 @@ impl WalCheckpoints {
         if pages == 0 {
             return;
         }
-        if pages < self.woken_at.get() || pages < self.restart_from.get() {
-            // The WAL started again.
-            self.woken_at.set(0);
-            self.restart_from.set(0);
-            self.copied.store(0, Ordering::Relaxed);
-        }
+        self.note_length(pages);
         let copied = self.copied.load(Ordering::Relaxed);
         // The thread has finished what it was last woken for.
         let idle = copied >= self.woken_at.get();
@@ -152,8 +148,8 @@ impl WalCheckpoints {
         };
         let little_left = pages.saturating_sub(copied) <= self.nudge_at / 4;
         if pages >= self.writer_at.saturating_mul(2) {
-            if pages >= self.restart_from.get() && restart(conn).is_none() {
-                self.restart_from.set(pages.saturating_add(self.writer_at));
+            if self.may_restart(pages) && restart(conn).is_none() {
+                self.restart_failed_at.set(pages);
             }
         } else if pages >= self.writer_at && idle && little_left {
             checkpoint(conn, CheckpointBy::Writer);
@@ -165,6 +161,24 @@ impl WalCheckpoints {
             // writer's bound still holds the WAL.
             let _ = wake.try_send(());
         }
+    }
+}
+
+impl WalCheckpoints {
+    /// Forgets what was known of the WAL once it started again: it is shorter than then.
+    fn note_length(&self, pages: u32) {
+        if pages < self.woken_at.get() || pages < self.restart_failed_at.get() {
+            self.woken_at.set(0);
+            self.restart_failed_at.set(0);
+            self.copied.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the writer may try a `RESTART` at `pages`: unless the last one timed out fewer
+    /// than [`WRITER_AT`] pages ago.
+    fn may_restart(&self, pages: u32) -> bool {
+        let failed_at = self.restart_failed_at.get();
+        failed_at == 0 || pages >= failed_at.saturating_add(self.writer_at)
     }
 }
 
@@ -329,6 +343,26 @@ mod tests {
         let pages = wal_pages(&path);
         assert!(pages < 64 + 4, "the WAL holds {pages} pages");
         drop(writer);
+    }
+
+    /// A `RESTART` that timed out (a read longer than [`RESTART_WAIT`]) is tried again
+    /// `writer_at` pages later, not at the next commit: each try holds every write up to that
+    /// long. The WAL starting again forgets the failure.
+    #[test]
+    fn a_restart_that_timed_out_is_tried_again_only_much_later() {
+        let policy = WalCheckpoints::on_the_writer();
+        let bound = 2 * WRITER_AT;
+        policy.note_length(bound);
+        assert!(policy.may_restart(bound));
+        policy.restart_failed_at.set(bound);
+        for pages in [bound + 1, bound + 10, bound + WRITER_AT - 1] {
+            policy.note_length(pages);
+            assert!(!policy.may_restart(pages), "tried again at {pages} pages");
+        }
+        policy.note_length(bound + WRITER_AT);
+        assert!(policy.may_restart(bound + WRITER_AT));
+        policy.note_length(3);
+        assert!(policy.may_restart(bound), "the WAL started again");
     }
 
     /// Reads that overlap without a pause always hold a snapshot older than the WAL's end, so

@@ -73,6 +73,8 @@ pub struct Metrics {
     journal_jobs_removed: AtomicU64,
     /// The SQLite journal's WAL checkpoints, by who ran them ([`CheckpointBy::ALL`]'s order).
     journal_checkpoints: [CheckpointTotals; 2],
+    /// The writer's `RESTART` checkpoints that gave up waiting for reads.
+    journal_restarts_timed_out: AtomicU64,
 }
 
 /// What the checkpoints one [`CheckpointBy`] ran add up to.
@@ -213,6 +215,17 @@ impl Metrics {
         );
     }
 
+    /// The writer's `RESTART` checkpoint gave up waiting for the reads begun before it.
+    pub fn journal_restart_timed_out(&self) {
+        self.journal_restarts_timed_out
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The writer's `RESTART` checkpoints that timed out since the process started.
+    pub fn journal_restart_timeouts(&self) -> u64 {
+        self.journal_restarts_timed_out.load(Ordering::Relaxed)
+    }
+
     /// Checkpoints of the SQLite journal's WAL that `by` ran since the process started, and
     /// the time they took.
     pub fn journal_checkpoint_totals(&self, by: CheckpointBy) -> (u64, Duration) {
@@ -343,6 +356,16 @@ impl Metrics {
             "certconn_journal_jobs_removed_total",
             &[],
             self.journal_jobs_removed.load(Ordering::Relaxed) as f64,
+        );
+        out.family(
+            "certconn_journal_checkpoint_timeouts_total",
+            "counter",
+            "Times the SQLite journal's writer gave up starting its write-ahead log again, because reads begun before it went on for longer than it waits (1 s); it tries again 4,000 pages later, and the log grows meanwhile.",
+        );
+        out.sample(
+            "certconn_journal_checkpoint_timeouts_total",
+            &[],
+            self.journal_restart_timeouts() as f64,
         );
         type Family = (&'static str, &'static str, fn(&CheckpointTotals) -> f64);
         let checkpoints: [Family; 3] = [

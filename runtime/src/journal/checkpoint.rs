@@ -150,6 +150,12 @@ impl WalCheckpoints {
         if pages >= self.writer_at.saturating_mul(2) {
             if self.may_restart(pages) && restart(conn).is_none() {
                 self.restart_failed_at.set(pages);
+                crate::metrics::global().journal_restart_timed_out();
+                tracing::warn!(
+                    wal_pages = pages,
+                    "journal checkpoint: reads went on past {RESTART_WAIT:?}, so the WAL did not start again; trying again {} pages later",
+                    self.writer_at
+                );
             }
         } else if pages >= self.writer_at && idle && little_left {
             checkpoint(conn, CheckpointBy::Writer);
@@ -363,6 +369,31 @@ mod tests {
         assert!(policy.may_restart(bound + WRITER_AT));
         policy.note_length(3);
         assert!(policy.may_restart(bound), "the WAL started again");
+    }
+
+    /// A read longer than [`RESTART_WAIT`] makes the writer's `RESTART` give up: the writer
+    /// goes on writing (no write fails or hangs), the WAL keeps its pages, and the timeout is
+    /// counted for operators.
+    #[tokio::test]
+    async fn a_read_longer_than_the_restart_waits_is_outlasted_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer(dir.path(), true, u32::MAX, 64);
+        let reader = open(&path);
+        reader.execute_batch("BEGIN").unwrap();
+        reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+            .unwrap();
+        let timeouts = || crate::metrics::global().journal_restart_timeouts();
+        let before = timeouts();
+        write_rows(&writer, 100).await;
+        assert!(timeouts() > before, "no restart timed out");
+        let pages = wal_pages(&path);
+        assert!(
+            pages >= 2 * 64,
+            "the WAL started again under a read: {pages} pages"
+        );
+        reader.execute_batch("COMMIT").unwrap();
+        drop(writer);
     }
 
     /// Reads that overlap without a pause always hold a snapshot older than the WAL's end, so

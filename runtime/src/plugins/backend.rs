@@ -93,7 +93,7 @@ impl PreparedPlugin {
                 contract.major, contract.minor
             ))
         })?;
-        let pre = BackendPre::new(line, instance_pre).map_err(|e| {
+        let pre = BackendPre::new(&contract, instance_pre).map_err(|e| {
             invalid(format!(
                 "its backend export does not match certconn:plugin@{contract}: {e:#}"
             ))
@@ -247,7 +247,7 @@ impl LoadedBackend {
         operation: &'static str,
         job: Option<&str>,
         configure: bool,
-        op: impl AsyncFnOnce(&mut Store<PluginState>, &BackendInstance) -> wasmtime::Result<R>,
+        op: impl AsyncFnOnce(&mut Store<PluginState>, &BackendInstance<'_>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         self.run_with_keys(operation, job, CallKeys::default(), configure, op)
             .await
@@ -261,7 +261,7 @@ impl LoadedBackend {
         job: Option<&str>,
         call_keys: CallKeys,
         configure: bool,
-        op: impl AsyncFnOnce(&mut Store<PluginState>, &BackendInstance) -> wasmtime::Result<R>,
+        op: impl AsyncFnOnce(&mut Store<PluginState>, &BackendInstance<'_>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let started = std::time::Instant::now();
         let answer = self.run_in_fresh_store(job, call_keys, configure, op).await;
@@ -275,7 +275,7 @@ impl LoadedBackend {
         job: Option<&str>,
         call_keys: CallKeys,
         configure: bool,
-        op: impl AsyncFnOnce(&mut Store<PluginState>, &BackendInstance) -> wasmtime::Result<R>,
+        op: impl AsyncFnOnce(&mut Store<PluginState>, &BackendInstance<'_>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let mut store = self.new_store(job, call_keys);
         // The epoch deadline stops a spinning plugin; this outer timeout also covers time spent

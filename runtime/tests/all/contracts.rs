@@ -114,3 +114,27 @@ fn inspect_refuses_an_unsupported_contract_naming_both_versions() {
         "{text}"
     );
 }
+
+/// The host calls a backend's functions without checking their types at each call (see
+/// `plugins::bindings::BackendPre`), so a component whose export has the contract's version
+/// and names but other types must be refused when it is loaded, the function named.
+#[test]
+fn a_backend_whose_functions_have_other_types_is_refused_before_any_call() {
+    let out = std::process::Command::new(binary())
+        .args(["plugins", "inspect"])
+        .arg(test_plugins().join("contract-mistyped.wasm"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("does not match certconn:plugin@0.2.0")
+            && text.contains("its function `describe` has another type"),
+        "{text}"
+    );
+    assert!(!text.contains("describe   "), "it was called: {text}");
+}

@@ -21,6 +21,47 @@ fn artifacts_dir() -> std::path::PathBuf {
     dir
 }
 
+/// Signs in to the status page of `daemon` with `token` in Chromium (the page shown once
+/// `wait_for` is on it), retries the first failed job it lists, and returns what it saw.
+fn browse(daemon: &Daemon, token: &str, screenshot: &std::path::Path, wait_for: &str) -> Value {
+    let _ = std::fs::remove_file(screenshot);
+    let out = Command::new("node")
+        .arg(repo_root().join("runtime/tests/browser/status-page.mjs"))
+        .arg(format!("http://127.0.0.1:{}", daemon.port))
+        .arg(token)
+        .arg(screenshot)
+        .arg(wait_for)
+        .output()
+        .expect("node runs (scripts/install-deps --test installs playwright-core)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser run failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("screenshot: {}", screenshot.display());
+    serde_json::from_str(stdout.trim()).expect("the script's JSON")
+}
+
+/// The row of `table` the browser saw whose text holds `needle`.
+fn row(seen: &Value, table: &str, needle: &str) -> Value {
+    seen[table]
+        .as_array()
+        .and_then(|rows| {
+            rows.iter()
+                .find(|r| r["text"].as_str().is_some_and(|t| t.contains(needle)))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no {table} row with {needle:?}: {seen}"))
+}
+
+fn api_token(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("data/api-token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_what_needs_attention_and_retries_from_the_browser() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,28 +98,9 @@ async fn the_status_page_shows_what_needs_attention_and_retries_from_the_browser
     let job = wait_job(&api, &id, Duration::from_secs(60)).await;
     assert_eq!(job["state"], "dead", "{job}");
 
-    let token = std::fs::read_to_string(dir.path().join("data/api-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let token = api_token(dir.path());
     let screenshot = artifacts_dir().join("status-page.png");
-    let _ = std::fs::remove_file(&screenshot);
-    let out = Command::new("node")
-        .arg(repo_root().join("runtime/tests/browser/status-page.mjs"))
-        .arg(format!("http://127.0.0.1:{}", daemon.port))
-        .arg(&token)
-        .arg(&screenshot)
-        .arg("dead-lettered")
-        .output()
-        .expect("node runs (scripts/install-deps --test installs playwright-core)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the browser run failed: {}{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_str(stdout.trim()).expect("the script's JSON");
-    eprintln!("screenshot: {}", screenshot.display());
+    let seen = browse(&daemon, &token, &screenshot, "dead-lettered");
 
     assert!(
         seen["version"]
@@ -87,16 +109,7 @@ async fn the_status_page_shows_what_needs_attention_and_retries_from_the_browser
         "{seen}"
     );
     assert_eq!(seen["overall"], "needs attention", "{seen}");
-    let row = |table: &str, needle: &str| -> Value {
-        seen[table]
-            .as_array()
-            .and_then(|rows| {
-                rows.iter()
-                    .find(|r| r["text"].as_str().is_some_and(|t| t.contains(needle)))
-            })
-            .cloned()
-            .unwrap_or_else(|| panic!("no {table} row with {needle:?}: {seen}"))
-    };
+    let row = |table: &str, needle: &str| row(&seen, table, needle);
     let failing = row("backends", "down (vendor-template)");
     assert_eq!(failing["class"], "bad", "{failing}");
     assert!(
@@ -157,6 +170,98 @@ async fn the_status_page_shows_what_needs_attention_and_retries_from_the_browser
     assert_eq!(seen["errors"], json!([]), "the page logged errors: {seen}");
     let shot = std::fs::metadata(&screenshot).expect("the screenshot");
     assert!(shot.len() > 1000, "{} bytes", shot.len());
+}
+
+/// A CA whose CRL cannot be published: its row on the page says why and which CRL is still
+/// served, and the page needs attention. Before, the same daemon shows the CA's CRL, all well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_a_crl_that_cannot_be_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let publish = dir.path().join("publish");
+    std::fs::create_dir(&publish).unwrap();
+    let daemon = start_in(dir.path(), |data| {
+        config_text(
+            data,
+            &plugins(),
+            &format!(
+                "[revocation]\ncrl_dir = \"{}\"\n[revocation.cas.local]\nkey = \"local-ca\"\n",
+                publish.display()
+            ),
+        )
+    });
+    let token = api_token(dir.path());
+    let serial_of = |name: &str| -> String {
+        issue_pfx(
+            &daemon,
+            "smime",
+            &format!("CN={name},O=Example"),
+            &dir.path().join(format!("{name}.pfx")),
+        );
+        let db = rusqlite::Connection::open(dir.path().join("data/journal.sqlite")).unwrap();
+        db.query_row(
+            "SELECT serial FROM certificates ORDER BY rowid DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let revoke = |serial: &str| {
+        let out = daemon.cli(&["submit", "revoke", "--serial", serial]);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let alice = serial_of("alice");
+    let bob = serial_of("bob");
+    revoke(&alice);
+
+    let seen = browse(
+        &daemon,
+        &token,
+        &artifacts_dir().join("status-page-revocation.png"),
+        "1 revoked",
+    );
+    assert_eq!(seen["revocation_shown"], true, "{seen}");
+    let ca = row(&seen, "revocation", "local (key local-ca)");
+    assert_eq!(ca["class"], "", "{ca}");
+    assert!(
+        ca["text"].as_str().unwrap().contains("1 revoked")
+            && ca["text"].as_str().unwrap().contains("delegated"),
+        "{ca}"
+    );
+    assert_eq!(seen["overall"], "all well", "{seen}");
+
+    // A ledger serial that is not hex (a hand edit): the next revocation's CRL cannot be made.
+    let db = rusqlite::Connection::open(dir.path().join("data/journal.sqlite")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE certificates SET serial = 'a1-not-hex' WHERE serial = ?1",
+            [&alice],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    revoke(&bob);
+    let seen = browse(
+        &daemon,
+        &token,
+        &artifacts_dir().join("status-page-revocation-failing.png"),
+        "publishing fails",
+    );
+    let ca = row(&seen, "revocation", "local (key local-ca)");
+    assert_eq!(ca["class"], "bad", "{ca}");
+    let text = ca["text"].as_str().unwrap();
+    assert!(
+        text.contains("\"a1-not-hex\", whose serial is not hex digits")
+            && text.contains("still served: CRL")
+            && text.contains("1 revoked"),
+        "{ca}"
+    );
+    assert_eq!(seen["overall"], "needs attention", "{seen}");
+    assert_eq!(seen["errors"], json!([]), "the page logged errors: {seen}");
 }
 
 /// The read-only token reads `/v1/status` but cannot retry; the page shell holds no data and

@@ -43,6 +43,8 @@ try {
   seen.sources = await rows("sources");
   seen.certificates = await rows("certificates");
   seen.backends = await rows("backends");
+  seen.revocation = await rows("revocation");
+  seen.revocation_shown = await page.isVisible("#revocation-section");
   seen.attention = await rows("attention");
   seen.jobs = await page.textContent("#jobs");
 

@@ -11,8 +11,9 @@
 //! `/v1/status` gathers what an administrator checks first: version and FIPS state, the sources
 //! of work (the request API and how it listens, the SCEP server and its RA), backends with a
 //! live health check, jobs by state, the jobs that failed or were dead-lettered with
-//! their reasons, and when the certificates certconn depends on expire — with a warning three
-//! weeks ahead (an expired SCEP RA certificate is how SCEP "quietly stops").
+//! their reasons, when the certificates certconn depends on expire — with a warning three
+//! weeks ahead (an expired SCEP RA certificate is how SCEP "quietly stops") — and each CA's
+//! published CRL and OCSP responder, with why publishing fails while it does.
 
 use axum::extract::State;
 use axum::http::header;
@@ -163,7 +164,8 @@ pub(super) async fn backends_with_health(registry: &Registry) -> serde_json::Val
 }
 
 /// What the status page shows: version, FIPS, backends with a health check run now, jobs by
-/// state, failed and dead jobs with their reasons, the certificates certconn depends on.
+/// state, failed and dead jobs with their reasons, the certificates certconn depends on, and
+/// revocation (CRLs and OCSP). `status` is `attention` when any of them needs an operator.
 #[utoipa::path(
     get,
     path = "/v1/status",
@@ -302,7 +304,14 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
     let updates_attention = updates.as_ref().is_some_and(|u| {
         u["error"].is_string() || matches!(u["stage"].as_str(), Some("deprecated" | "unsupported"))
     });
-    let degraded = degraded || out_of_date || updates_attention;
+    let revocation = state.revocation.as_ref().map(|p| p.status());
+    // A CA whose CRL cannot be published: relying parties keep the last CRL until it expires,
+    // and trust whatever was revoked since.
+    let publishing_fails = revocation
+        .iter()
+        .flatten()
+        .any(|ca| ca.publishing_error.is_some());
+    let degraded = degraded || out_of_date || updates_attention || publishing_fails;
     Json(json!({
         "version": crate::version::version(),
         "lifecycle": lifecycle,
@@ -316,6 +325,6 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
         "certificates": certificates,
         "certificate_warning_days": EXPIRY_WARNING_DAYS,
         "scep_ra": state.scep.as_ref().map(|ra| ra.status()),
-        "revocation": state.revocation.as_ref().map(|p| p.status()),
+        "revocation": revocation,
     }))
 }

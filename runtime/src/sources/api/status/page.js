@@ -89,6 +89,20 @@ function render(s) {
     cell(tr, left, "Days left");
   });
 
+  // Shown only where certconn publishes revocation ([revocation] in its config).
+  $("revocation-section").hidden = !Array.isArray(s.revocation);
+  fill("revocation", s.revocation || [], (tr, ca) => {
+    if (ca.publishing_error) tr.className = "bad";
+    cell(tr, ca.name + " (key " + ca.key + ")", "CA");
+    let crl = "CRL " + ca.crl_number + ", " + ca.revoked + " revoked, next update " + ca.next_update;
+    if (ca.publishing_error) {
+      crl = "publishing fails: " + ca.publishing_error + " (still served: " + crl + ")";
+    }
+    cell(tr, crl, "CRL");
+    const responder = ca.responder_not_after ? ", responder certificate until " + ca.responder_not_after : "";
+    cell(tr, ca.ocsp + responder, "OCSP");
+  });
+
   fill("backends", s.backends || [], (tr, b) => {
     const healthy = b.healthy === true;
     if (b.state !== "serving" || !healthy) tr.className = "bad";

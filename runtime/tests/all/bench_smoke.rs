@@ -77,6 +77,7 @@ fn bench_prints_overhead_throughput_direct_and_ratio() {
         &[
             module.as_str(),
             "plugin overhead: instantiate + describe",
+            "µs/call (median of 5 batches of 4; ",
             "local-ca:  instantiate + configure + issue",
             "pipeline:",
             "CPU ",

@@ -123,7 +123,10 @@ pub enum ContractError {
 /// for each fresh instance: about 1.4 µs of a 16 µs bare call, `certconn bench`). A function's
 /// type is a property of the component and the linker, both fixed for the life of this value,
 /// so checking it once is the same check. Both lines share one signature per function (0.1's
-/// types are 0.2's), so one table serves them.
+/// types are 0.2's), so one table serves them. The check uses what bindgen's generated code
+/// uses (`ComponentFunc::typecheck`, `InstancePre::instance_type`, hidden from wasmtime's
+/// docs): after a wasmtime upgrade, `contracts::a_backend_whose_functions_have_other_types_
+/// is_refused_before_any_call` shows it still refuses a mistyped backend.
 pub struct BackendPre {
     instance_pre: InstancePre<PluginState>,
     exports: BackendExports,

@@ -85,19 +85,23 @@ fallbacks = ["local"]
     assert!(log.contains("issued by a certconn:plugin@0.1.0 backend"));
 }
 
-#[test]
-fn inspect_refuses_an_unsupported_contract_naming_both_versions() {
+/// `certconn plugins inspect` of a test plugin: whether it succeeded, and what it printed (both
+/// streams).
+fn inspect(test_plugin: &str) -> (bool, String) {
     let out = std::process::Command::new(binary())
         .args(["plugins", "inspect"])
-        .arg(test_plugins().join("contract-future.wasm"))
+        .arg(test_plugins().join(test_plugin))
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn inspect_refuses_an_unsupported_contract_naming_both_versions() {
+    let (ran, text) = inspect("contract-future.wasm");
+    assert!(!ran, "{text}");
     assert!(
         text.contains("built for certconn:plugin@1.0.0")
             && text.contains("it runs 0.2.x and 0.1.x"),
@@ -120,17 +124,8 @@ fn inspect_refuses_an_unsupported_contract_naming_both_versions() {
 /// and names but other types must be refused when it is loaded, the function named.
 #[test]
 fn a_backend_whose_functions_have_other_types_is_refused_before_any_call() {
-    let out = std::process::Command::new(binary())
-        .args(["plugins", "inspect"])
-        .arg(test_plugins().join("contract-mistyped.wasm"))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{text}");
+    let (ran, text) = inspect("contract-mistyped.wasm");
+    assert!(!ran, "{text}");
     assert!(
         text.contains("does not match certconn:plugin@0.2.0")
             && text.contains("its function `describe` has another type"),

@@ -55,13 +55,6 @@ fn row(seen: &Value, table: &str, needle: &str) -> Value {
         .unwrap_or_else(|| panic!("no {table} row with {needle:?}: {seen}"))
 }
 
-fn api_token(dir: &std::path::Path) -> String {
-    std::fs::read_to_string(dir.join("data/api-token"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_what_needs_attention_and_retries_from_the_browser() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,7 +91,7 @@ async fn the_status_page_shows_what_needs_attention_and_retries_from_the_browser
     let job = wait_job(&api, &id, Duration::from_secs(60)).await;
     assert_eq!(job["state"], "dead", "{job}");
 
-    let token = api_token(dir.path());
+    let token = data_token(dir.path(), "api-token");
     let screenshot = artifacts_dir().join("status-page.png");
     let seen = browse(&daemon, &token, &screenshot, "dead-lettered");
 
@@ -189,7 +182,7 @@ async fn the_status_page_shows_a_crl_that_cannot_be_published() {
             ),
         )
     });
-    let token = api_token(dir.path());
+    let token = data_token(dir.path(), "api-token");
     let serial_of = |name: &str| -> String {
         issue_pfx(
             &daemon,

@@ -19,10 +19,11 @@ pub const PFX_FUZZ_ITERATIONS: u32 = 64;
 pub type Target = fn(&[u8]);
 
 /// The targets, by the name `scripts/fuzz` and the smoke test give them.
-pub const TARGETS: [(&str, Target); 9] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("pkcs12", pkcs12),
     ("scep_message", scep_message),
     ("csr", csr),
+    ("name", name),
     ("ntlm_challenge", ntlm_challenge),
     ("ndes_page", ndes_page),
     ("api_json", api_json),
@@ -76,6 +77,29 @@ pub fn csr(data: &[u8]) {
     let _ = crate::jobs::intake::check_csr(&pem);
     let _ = crate::jobs::intake::check_csr(&String::from_utf8_lossy(data));
     let _ = crate::custody::grant::IssuanceScope::for_request(None, data, None, Default::default());
+}
+
+/// A distinguished name as a certificate or a request carries it (DER), written as text the way
+/// the journal, the signature trail and the API write every subject and issuer
+/// ([`crate::pki::dn::format`]: a device chooses its CSR's subject, a PFX's owner its
+/// certificate's). The text must be x509-cert's `Display` of the name, character for character:
+/// names already in journals were written that way and are compared as text. A difference is a
+/// bug, so this target panics on one.
+pub fn name(data: &[u8]) {
+    use std::fmt::Write as _;
+    let Ok(name) = <x509_cert::name::Name as der::Decode>::from_der(data) else {
+        return;
+    };
+    let ours = crate::pki::dn::format(&name);
+    let mut display = String::new();
+    // x509-cert's `Display` fails (rather than writes) only for a value it cannot encode again;
+    // there is nothing to compare with then.
+    if write!(display, "{name}").is_ok() {
+        assert_eq!(
+            ours, display,
+            "dn::format and x509-cert's Display write this name differently"
+        );
+    }
 }
 
 /// An NTLM CHALLENGE message, as a CA's web server sends it.

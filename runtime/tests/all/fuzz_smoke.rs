@@ -148,3 +148,16 @@ fn the_pkcs12_seeds_open() {
         assert!(opened.is_ok(), "{name}: {:?}", opened.err());
     }
 }
+
+/// The name entry compares only names that decode: every seed must, or the comparison never
+/// runs on them. Between them they hold every string type, a multi-valued RDN, a type without a
+/// name, a value that is no string, and characters that need escaping.
+#[test]
+fn the_name_seeds_decode() {
+    let seeds = inputs(&fuzz_dir().join("seeds/name"));
+    assert!(seeds.len() >= 10, "{} name seeds", seeds.len());
+    for (name, data) in seeds {
+        let decoded = <x509_cert::name::Name as der::Decode>::from_der(&data);
+        assert!(decoded.is_ok(), "{name}: {:?}", decoded.err());
+    }
+}

@@ -19,7 +19,7 @@ pub const PFX_FUZZ_ITERATIONS: u32 = 64;
 pub type Target = fn(&[u8]);
 
 /// The targets, by the name `scripts/fuzz` and the smoke test give them.
-pub const TARGETS: [(&str, Target); 10] = [
+pub const TARGETS: [(&str, Target); 12] = [
     ("pkcs12", pkcs12),
     ("scep_message", scep_message),
     ("csr", csr),
@@ -30,6 +30,8 @@ pub const TARGETS: [(&str, Target); 10] = [
     ("config", config),
     ("upstream", upstream),
     ("plugin_manifest", plugin_manifest),
+    ("plugin_package", plugin_package),
+    ("ocsp_request", ocsp_request),
 ];
 
 /// A PFX and its password: the first byte is the password's length, the password follows, the
@@ -160,4 +162,84 @@ pub fn plugin_manifest(data: &[u8]) {
         let _ = manifest.contract_version();
         let _ = manifest.to_toml();
     }
+}
+
+/// A plugin package as an administrator or the update feed hands it over: the manifest found
+/// (at the top level or inside a core module) and parsed, and the publisher's signature section
+/// found, parsed and verified — all of which happens before trust is decided, so for packages
+/// from anyone.
+pub fn plugin_package(data: &[u8]) {
+    use crate::plugins::{package::PluginPackage, signature};
+    let _ = PluginPackage::from_bytes(Path::new("fuzz.wasm"), data.to_vec());
+    let _ = signature::unsigned(data);
+    let _ = signature::signer_of(data);
+}
+
+/// An OCSP request (RFC 6960) as anyone who reaches a responder sends it, without a token: read
+/// for a CA, then — when every CertID names that CA — answered, encoded and signed the way the
+/// responder answers, each certificate good, revoked or unknown in turn. The CA is the PKITS
+/// test CA whose requests are the seeds (`runtime/tests/data/pkcs12/GoodCACert.crt`).
+pub fn ocsp_request(data: &[u8]) {
+    use crate::pki::ocsp::{self, Answer, Signer, Status};
+    let Some((issuer, key)) = ocsp_responder() else {
+        return;
+    };
+    let query = match ocsp::read_request(data, issuer) {
+        Ok(query) => query,
+        Err(refusal) => {
+            let _ = refusal.response_der();
+            return;
+        }
+    };
+    let answers = query
+        .ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let _ = ocsp::serial_of(&id);
+            let _ = der::Encode::to_der(&id);
+            let status = match i % 3 {
+                0 => Status::Good,
+                1 => Status::Revoked(
+                    1_700_000_000,
+                    Some(x509_cert::ext::pkix::CrlReason::KeyCompromise),
+                ),
+                _ => Status::Unknown,
+            };
+            Answer { id, status }
+        })
+        .collect();
+    let signer = Signer {
+        key,
+        certificate: None,
+    };
+    let _ = ocsp::respond(
+        answers,
+        query.nonce.as_deref(),
+        1_700_000_000,
+        1_700_086_400,
+        1_700_000_000,
+        &signer,
+    );
+}
+
+/// The CA [`ocsp_request`] answers for and a key to sign with, made once per process.
+fn ocsp_responder() -> Option<&'static (crate::pki::ocsp::Issuer, crate::custody::PrivateKey)> {
+    static RESPONDER: std::sync::OnceLock<
+        Option<(crate::pki::ocsp::Issuer, crate::custody::PrivateKey)>,
+    > = std::sync::OnceLock::new();
+    RESPONDER
+        .get_or_init(|| {
+            let pem = include_str!("../../tests/data/pkcs12/GoodCACert.crt");
+            let der = crate::pki::pem::decode_certificates(pem)
+                .ok()?
+                .into_iter()
+                .next()?;
+            let ca = <x509_cert::Certificate as der::Decode>::from_der(&der).ok()?;
+            let issuer = crate::pki::ocsp::Issuer::of(&ca).ok()?;
+            let key =
+                crate::custody::PrivateKey::generate(crate::custody::KeyAlgorithm::EcP256).ok()?;
+            Some((issuer, key))
+        })
+        .as_ref()
 }

@@ -161,3 +161,48 @@ fn the_name_seeds_decode() {
         assert!(decoded.is_ok(), "{name}: {:?}", decoded.err());
     }
 }
+
+/// The OCSP entry answers only requests for its CA: the seeds made for that CA must read, so
+/// that mutants of them reach the responder's encoding and signature (one seed names another CA,
+/// to keep the refusal in the corpus).
+#[test]
+fn the_ocsp_seeds_name_the_targets_ca() {
+    let pem = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pkcs12/GoodCACert.crt"),
+    )
+    .unwrap();
+    let der = certconn::pki::pem::decode_certificates(&pem)
+        .unwrap()
+        .remove(0);
+    let ca = <x509_cert::Certificate as der::Decode>::from_der(&der).unwrap();
+    let issuer = certconn::pki::ocsp::Issuer::of(&ca).unwrap();
+    let seeds = inputs(&fuzz_dir().join("seeds/ocsp_request"));
+    let read = seeds
+        .iter()
+        .filter(|(_, data)| certconn::pki::ocsp::read_request(data, &issuer).is_ok())
+        .count();
+    assert_eq!(
+        read,
+        seeds.len() - 1,
+        "{read} of {} seeds read",
+        seeds.len()
+    );
+}
+
+/// The package entry reaches the manifest and the signature: every seed is a package, and the
+/// signed one verifies.
+#[test]
+fn the_plugin_package_seeds_are_packages() {
+    use certconn::plugins::{package::PluginPackage, signature};
+    for (name, data) in inputs(&fuzz_dir().join("seeds/plugin_package")) {
+        let package = PluginPackage::from_bytes(Path::new(&name), data.clone());
+        assert!(package.is_ok(), "{name}: {:?}", package.err());
+        let signer = signature::signer_of(&data);
+        assert!(signer.is_ok(), "{name}: {:?}", signer.err());
+        assert_eq!(
+            signer.unwrap().is_some(),
+            name.ends_with("/signed.wasm"),
+            "{name}"
+        );
+    }
+}

@@ -19,9 +19,10 @@ pub const PFX_FUZZ_ITERATIONS: u32 = 64;
 pub type Target = fn(&[u8]);
 
 /// The targets, by the name `scripts/fuzz` and the smoke test give them.
-pub const TARGETS: [(&str, Target); 12] = [
+pub const TARGETS: [(&str, Target); 13] = [
     ("pkcs12", pkcs12),
     ("scep_message", scep_message),
+    ("scep_request", scep_request),
     ("csr", csr),
     ("name", name),
     ("ntlm_challenge", ntlm_challenge),
@@ -70,6 +71,55 @@ pub fn scep_message(data: &[u8]) {
     }
     let _ = certconn_scep::certs::parse_certs_only(data);
     let _ = certconn_scep::caps::Capabilities::parse(&String::from_utf8_lossy(data));
+}
+
+/// What the SCEP server reads of a request past its signature — which keeps no one out, since a
+/// device signs its first request with a certificate it made itself: the pkcsPKIEnvelope, opened
+/// as the recipient it names (the server's certificate; decryption then fails, the key being
+/// another: the parsing before it is what is tested here), and the contents each message type
+/// carries, which anyone can encrypt to the server's certificate — a PKCS#10 request, its
+/// challenge password and subject (PKCSReq, RenewalReq), an IssuerAndSerialNumber (GetCert,
+/// GetCRL) or an IssuerAndSubject (CertPoll). The input is read as each of them.
+pub fn scep_request(data: &[u8]) {
+    use crate::sources::scep::adapter::{CustodyIdentity, HostCrypto};
+    let crypto = HostCrypto {
+        policy: AlgorithmPolicy::default(),
+    };
+    if let Some((key, certificate)) = scep_server() {
+        let identity = CustodyIdentity { key, certificate };
+        let _ = certconn_scep::envelope::open(&crypto, &identity, data);
+    }
+    if let Ok(csr) = <x509_cert::request::CertReq as der::Decode>::from_der(data) {
+        let _ = crate::sources::scep::ra::challenge_password(&csr);
+        let _ = crate::pki::dn::format(&csr.info.subject);
+    }
+    if let Ok(asked) = <certconn_scep::lenient::IssuerSerial as der::Decode>::from_der(data) {
+        let _ = asked.issuer.to_string();
+        let _ = crate::jobs::model::serial_hex(asked.serial_number.as_bytes());
+    }
+    if let Ok(asked) = <cms::cert::IssuerAndSerialNumber as der::Decode>::from_der(data) {
+        let _ = der::Encode::to_der(&asked.issuer);
+    }
+    let _ = <certconn_scep::IssuerAndSubject as der::Decode>::from_der(data);
+}
+
+/// The certificate [`scep_request`]'s envelopes are for (micromdm's test CA, to which its
+/// seed, a real device's PKCSReq, was sealed) and a key that is not its own, made once.
+fn scep_server() -> Option<&'static (crate::custody::PrivateKey, Vec<u8>)> {
+    static SERVER: std::sync::OnceLock<Option<(crate::custody::PrivateKey, Vec<u8>)>> =
+        std::sync::OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            let pem = include_str!("../../tests/data/scep/micromdm/scep_testdata_testca_ca.pem");
+            let der = crate::pki::pem::decode_certificates(pem)
+                .ok()?
+                .into_iter()
+                .next()?;
+            let key =
+                crate::custody::PrivateKey::generate(crate::custody::KeyAlgorithm::Rsa2048).ok()?;
+            Some((key, der))
+        })
+        .as_ref()
 }
 
 /// A PKCS#10 request as intake checks it (PEM, self-signature, key size) and as the issuance

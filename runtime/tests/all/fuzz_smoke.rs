@@ -206,3 +206,49 @@ fn the_plugin_package_seeds_are_packages() {
         );
     }
 }
+
+/// The SCEP request entry reaches each reader it feeds: the envelopes from micromdm and jscep
+/// parse, and micromdm's (sealed to the CA certificate the entry names) gets as far as the key's
+/// decryption; the contents parse as what each message type carries, the CSR with a challenge.
+/// (The device's own CSR inside micromdm's envelope, `csr-micromdm.der`, says version 2, which
+/// x509-cert refuses: it stays a seed for the refusal.)
+#[test]
+fn the_scep_request_seeds_reach_each_reader() {
+    use certconn::sources::scep::adapter::{CustodyIdentity, HostCrypto};
+    use certconn_scep::{envelope, Error};
+    let dir = fuzz_dir().join("seeds/scep_request");
+    let seed = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let pem = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/scep/micromdm/scep_testdata_testca_ca.pem"),
+    )
+    .unwrap();
+    let certificate = certconn::pki::pem::decode_certificates(&pem)
+        .unwrap()
+        .remove(0);
+    let key =
+        certconn::custody::PrivateKey::generate(certconn::custody::KeyAlgorithm::Rsa2048).unwrap();
+    let identity = CustodyIdentity {
+        key: &key,
+        certificate: &certificate,
+    };
+    let crypto = HostCrypto {
+        policy: Default::default(),
+    };
+    match envelope::open(&crypto, &identity, &seed("envelope-micromdm.der")) {
+        Err(Error::Crypto(_)) => {}
+        other => panic!("micromdm's envelope: {other:?}"),
+    }
+    match envelope::open(&crypto, &identity, &seed("envelope-jscep2.der")) {
+        Err(Error::WrongRecipient(_)) => {}
+        other => panic!("jscep's envelope: {other:?}"),
+    }
+    let csr =
+        <x509_cert::request::CertReq as der::Decode>::from_der(&seed("csr-challenge.der")).unwrap();
+    let challenge = const_oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.7");
+    assert!(csr.info.attributes.iter().any(|a| a.oid == challenge));
+    <certconn_scep::lenient::IssuerSerial as der::Decode>::from_der(&seed("issuer-and-serial.der"))
+        .unwrap();
+    <certconn_scep::IssuerAndSubject as der::Decode>::from_der(&seed("issuer-and-subject.der"))
+        .unwrap();
+}

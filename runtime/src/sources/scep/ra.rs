@@ -855,7 +855,7 @@ fn same_csr(job: &JobRecord, csr_pem: &str) -> bool {
     job.request.get("csr_pem").and_then(|v| v.as_str()) == Some(csr_pem)
 }
 
-fn challenge_password(csr: &CertReq) -> Option<String> {
+pub(crate) fn challenge_password(csr: &CertReq) -> Option<String> {
     let attr = csr
         .info
         .attributes

@@ -85,10 +85,9 @@ pub fn scep_request(data: &[u8]) {
     let crypto = HostCrypto {
         policy: AlgorithmPolicy::default(),
     };
-    if let Some((key, certificate)) = scep_server() {
-        let identity = CustodyIdentity { key, certificate };
-        let _ = certconn_scep::envelope::open(&crypto, &identity, data);
-    }
+    let (key, certificate) = scep_server();
+    let identity = CustodyIdentity { key, certificate };
+    let _ = certconn_scep::envelope::open(&crypto, &identity, data);
     if let Ok(csr) = <x509_cert::request::CertReq as der::Decode>::from_der(data) {
         let _ = crate::sources::scep::ra::challenge_password(&csr);
         let _ = crate::pki::dn::format(&csr.info.subject);
@@ -104,22 +103,20 @@ pub fn scep_request(data: &[u8]) {
 }
 
 /// The certificate [`scep_request`]'s envelopes are for (micromdm's test CA, to which its
-/// seed, a real device's PKCSReq, was sealed) and a key that is not its own, made once.
-fn scep_server() -> Option<&'static (crate::custody::PrivateKey, Vec<u8>)> {
-    static SERVER: std::sync::OnceLock<Option<(crate::custody::PrivateKey, Vec<u8>)>> =
+/// seed, a real device's PKCSReq, was sealed) and a key that is not its own, made once. Built
+/// from compiled-in data, it cannot fail for an input's sake: if it fails, the target is broken,
+/// and says so rather than test nothing.
+fn scep_server() -> &'static (crate::custody::PrivateKey, Vec<u8>) {
+    static SERVER: std::sync::OnceLock<(crate::custody::PrivateKey, Vec<u8>)> =
         std::sync::OnceLock::new();
-    SERVER
-        .get_or_init(|| {
-            let pem = include_str!("../../tests/data/scep/micromdm/scep_testdata_testca_ca.pem");
-            let der = crate::pki::pem::decode_certificates(pem)
-                .ok()?
-                .into_iter()
-                .next()?;
-            let key =
-                crate::custody::PrivateKey::generate(crate::custody::KeyAlgorithm::Rsa2048).ok()?;
-            Some((key, der))
-        })
-        .as_ref()
+    SERVER.get_or_init(|| {
+        let pem = include_str!("../../tests/data/scep/micromdm/scep_testdata_testca_ca.pem");
+        let mut certificates = crate::pki::pem::decode_certificates(pem)
+            .expect("the SCEP target's CA certificate is PEM");
+        let key = crate::custody::PrivateKey::generate(crate::custody::KeyAlgorithm::Rsa2048)
+            .expect("an RSA key for the SCEP target");
+        (key, certificates.remove(0))
+    })
 }
 
 /// A PKCS#10 request as intake checks it (PEM, self-signature, key size) and as the issuance
@@ -231,9 +228,7 @@ pub fn plugin_package(data: &[u8]) {
 /// test CA whose requests are the seeds (`runtime/tests/data/pkcs12/GoodCACert.crt`).
 pub fn ocsp_request(data: &[u8]) {
     use crate::pki::ocsp::{self, Answer, Signer, Status};
-    let Some((issuer, key)) = ocsp_responder() else {
-        return;
-    };
+    let (issuer, key) = ocsp_responder();
     let query = match ocsp::read_request(data, issuer) {
         Ok(query) => query,
         Err(refusal) => {
@@ -273,23 +268,21 @@ pub fn ocsp_request(data: &[u8]) {
     );
 }
 
-/// The CA [`ocsp_request`] answers for and a key to sign with, made once per process.
-fn ocsp_responder() -> Option<&'static (crate::pki::ocsp::Issuer, crate::custody::PrivateKey)> {
-    static RESPONDER: std::sync::OnceLock<
-        Option<(crate::pki::ocsp::Issuer, crate::custody::PrivateKey)>,
-    > = std::sync::OnceLock::new();
-    RESPONDER
-        .get_or_init(|| {
-            let pem = include_str!("../../tests/data/pkcs12/GoodCACert.crt");
-            let der = crate::pki::pem::decode_certificates(pem)
-                .ok()?
-                .into_iter()
-                .next()?;
-            let ca = <x509_cert::Certificate as der::Decode>::from_der(&der).ok()?;
-            let issuer = crate::pki::ocsp::Issuer::of(&ca).ok()?;
-            let key =
-                crate::custody::PrivateKey::generate(crate::custody::KeyAlgorithm::EcP256).ok()?;
-            Some((issuer, key))
-        })
-        .as_ref()
+/// The CA [`ocsp_request`] answers for and a key to sign with, made once per process from
+/// compiled-in data; like [`scep_server`], a failure here is the target's, not an input's.
+fn ocsp_responder() -> &'static (crate::pki::ocsp::Issuer, crate::custody::PrivateKey) {
+    static RESPONDER: std::sync::OnceLock<(crate::pki::ocsp::Issuer, crate::custody::PrivateKey)> =
+        std::sync::OnceLock::new();
+    RESPONDER.get_or_init(|| {
+        let pem = include_str!("../../tests/data/pkcs12/GoodCACert.crt");
+        let der = crate::pki::pem::decode_certificates(pem)
+            .expect("the OCSP target's CA certificate is PEM")
+            .remove(0);
+        let ca = <x509_cert::Certificate as der::Decode>::from_der(&der)
+            .expect("the OCSP target's CA certificate parses");
+        let issuer = crate::pki::ocsp::Issuer::of(&ca).expect("the OCSP target's CA names itself");
+        let key = crate::custody::PrivateKey::generate(crate::custody::KeyAlgorithm::EcP256)
+            .expect("a key for the OCSP target");
+        (issuer, key)
+    })
 }

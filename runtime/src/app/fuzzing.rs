@@ -105,8 +105,9 @@ pub fn scep_request(data: &[u8]) {
 /// The certificate [`scep_request`]'s envelopes are for (micromdm's test CA, to which its
 /// seed, a real device's PKCSReq, was sealed) and a key that is not its own, made once. Built
 /// from compiled-in data, it cannot fail for an input's sake: if it fails, the target is broken,
-/// and says so rather than test nothing.
-fn scep_server() -> &'static (crate::custody::PrivateKey, Vec<u8>) {
+/// and says so rather than test nothing. Public so that the smoke tests check the seeds against
+/// the target's own server, not a copy of it.
+pub fn scep_server() -> &'static (crate::custody::PrivateKey, Vec<u8>) {
     static SERVER: std::sync::OnceLock<(crate::custody::PrivateKey, Vec<u8>)> =
         std::sync::OnceLock::new();
     SERVER.get_or_init(|| {
@@ -269,8 +270,9 @@ pub fn ocsp_request(data: &[u8]) {
 }
 
 /// The CA [`ocsp_request`] answers for and a key to sign with, made once per process from
-/// compiled-in data; like [`scep_server`], a failure here is the target's, not an input's.
-fn ocsp_responder() -> &'static (crate::pki::ocsp::Issuer, crate::custody::PrivateKey) {
+/// compiled-in data; like [`scep_server`], a failure here is the target's, not an input's, and
+/// the smoke tests read the seeds with it.
+pub fn ocsp_responder() -> &'static (crate::pki::ocsp::Issuer, crate::custody::PrivateKey) {
     static RESPONDER: std::sync::OnceLock<(crate::pki::ocsp::Issuer, crate::custody::PrivateKey)> =
         std::sync::OnceLock::new();
     RESPONDER.get_or_init(|| {

@@ -167,19 +167,11 @@ fn the_name_seeds_decode() {
 /// to keep the refusal in the corpus).
 #[test]
 fn the_ocsp_seeds_name_the_targets_ca() {
-    let pem = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pkcs12/GoodCACert.crt"),
-    )
-    .unwrap();
-    let der = certconn::pki::pem::decode_certificates(&pem)
-        .unwrap()
-        .remove(0);
-    let ca = <x509_cert::Certificate as der::Decode>::from_der(&der).unwrap();
-    let issuer = certconn::pki::ocsp::Issuer::of(&ca).unwrap();
+    let (issuer, _) = certconn::app::fuzzing::ocsp_responder();
     let seeds = inputs(&fuzz_dir().join("seeds/ocsp_request"));
     let read = seeds
         .iter()
-        .filter(|(_, data)| certconn::pki::ocsp::read_request(data, &issuer).is_ok())
+        .filter(|(_, data)| certconn::pki::ocsp::read_request(data, issuer).is_ok())
         .count();
     assert_eq!(
         read,
@@ -218,20 +210,8 @@ fn the_scep_request_seeds_reach_each_reader() {
     use certconn_scep::{envelope, Error};
     let dir = fuzz_dir().join("seeds/scep_request");
     let seed = |name: &str| std::fs::read(dir.join(name)).unwrap();
-    let pem = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/scep/micromdm/scep_testdata_testca_ca.pem"),
-    )
-    .unwrap();
-    let certificate = certconn::pki::pem::decode_certificates(&pem)
-        .unwrap()
-        .remove(0);
-    let key =
-        certconn::custody::PrivateKey::generate(certconn::custody::KeyAlgorithm::Rsa2048).unwrap();
-    let identity = CustodyIdentity {
-        key: &key,
-        certificate: &certificate,
-    };
+    let (key, certificate) = certconn::app::fuzzing::scep_server();
+    let identity = CustodyIdentity { key, certificate };
     let crypto = HostCrypto {
         policy: Default::default(),
     };

@@ -11,8 +11,9 @@ use x509_cert::request::{CertReqInfo, Version};
 use super::PkiError;
 use crate::custody::PrivateKey;
 
-/// challengePassword (PKCS#9), the SCEP enrolment secret.
-const CHALLENGE_PASSWORD: const_oid::ObjectIdentifier =
+/// challengePassword (PKCS#9), the SCEP enrolment secret: written here into the requests
+/// certconn makes, read by the SCEP server from the requests devices send.
+pub const CHALLENGE_PASSWORD: const_oid::ObjectIdentifier =
     const_oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.7");
 
 /// Builds and signs a CSR for `key` with `subject` and, when given, the SANs as an

@@ -225,7 +225,7 @@ fn the_scep_request_seeds_reach_each_reader() {
     }
     let csr =
         <x509_cert::request::CertReq as der::Decode>::from_der(&seed("csr-challenge.der")).unwrap();
-    let challenge = const_oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.7");
+    let challenge = certconn::pki::csr::CHALLENGE_PASSWORD;
     assert!(csr.info.attributes.iter().any(|a| a.oid == challenge));
     <certconn_scep::lenient::IssuerSerial as der::Decode>::from_der(&seed("issuer-and-serial.der"))
         .unwrap();

@@ -253,7 +253,7 @@ fn serve(
                     .info
                     .attributes
                     .iter()
-                    .find(|a| a.oid.to_string() == "1.2.840.113549.1.9.7")
+                    .find(|a| a.oid == certconn::pki::csr::CHALLENGE_PASSWORD)
                     .and_then(|a| {
                         a.values
                             .iter()

@@ -37,9 +37,6 @@ pub const SOURCE: &str = "scep";
 const NONCE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// The replay-window scope of SCEP senderNonces.
 const NONCE_SCOPE: &str = "scep-sender-nonce";
-/// challengePassword (PKCS#9).
-const CHALLENGE_PASSWORD: const_oid::ObjectIdentifier =
-    const_oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.7");
 
 /// What a request gets when it cannot be answered with a CertRep at all.
 #[derive(Debug, thiserror::Error)]
@@ -860,7 +857,7 @@ pub(crate) fn challenge_password(csr: &CertReq) -> Option<String> {
         .info
         .attributes
         .iter()
-        .find(|a| a.oid == CHALLENGE_PASSWORD)?;
+        .find(|a| a.oid == pki::csr::CHALLENGE_PASSWORD)?;
     let value = attr.values.iter().next()?;
     // DirectoryString: PrintableString, UTF8String, … — the value bytes are the text.
     String::from_utf8(value.value().to_vec()).ok()

@@ -681,6 +681,25 @@ backend = "local"
     }
 
     #[test]
+    fn workers_default_by_journal_and_a_set_count_wins() {
+        use crate::jobs::settings::{DEFAULT_WORKERS, DEFAULT_WORKERS_POSTGRES};
+        let parse =
+            |text: &str| Config::parse(Path::new("c.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+        let postgres = "[journal]\nurl = \"postgres://c@db/c\"\n";
+        let sqlite = parse(GOOD);
+        assert_eq!(sqlite.jobs.workers(&sqlite.journal), DEFAULT_WORKERS);
+        let pg = parse(&format!("{GOOD}{postgres}"));
+        assert_eq!(pg.jobs.workers(&pg.journal), DEFAULT_WORKERS_POSTGRES);
+        assert_ne!(DEFAULT_WORKERS, DEFAULT_WORKERS_POSTGRES);
+        for journal in ["", postgres] {
+            let set = parse(&format!("{GOOD}{journal}[jobs]\nworkers = 3\n"));
+            assert_eq!(set.jobs.workers(&set.journal), 3, "{journal}");
+        }
+        let e = error(&format!("{GOOD}[jobs]\nworkers = 0\n"));
+        assert!(e.contains("workers"), "{e}");
+    }
+
+    #[test]
     fn a_call_bound_handle_cannot_be_granted_by_name() {
         for handle in ["request", "current"] {
             let text = GOOD

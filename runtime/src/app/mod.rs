@@ -306,6 +306,7 @@ impl App {
             journal.clone(),
             Arc::new(steps),
             &config.jobs,
+            config.jobs.workers(&config.journal),
         ));
         let intake = Arc::new(Intake::new(
             journal.clone(),

@@ -58,9 +58,10 @@ pub struct BenchArgs {
     /// Issue jobs to run through the pipeline (and directly).
     #[arg(long, default_value_t = 400)]
     jobs: usize,
-    /// Scheduler workers; by default the daemon's own default (`jobs.workers`).
-    #[arg(long, default_value_t = certconn::jobs::JobsConfig::default().workers)]
-    workers: usize,
+    /// Scheduler workers; by default the daemon's own for the journal measured (`jobs.workers`:
+    /// 16 on SQLite, 8 on PostgreSQL with `--fleet`).
+    #[arg(long)]
+    workers: Option<usize>,
     /// Callers submitting the pipeline's jobs at once, as API and SCEP clients do. Apart from
     /// `--workers`, so that a change of workers is not also a change of the intake's load.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -157,13 +158,25 @@ pub struct BenchArgs {
     postgres: Option<String>,
 }
 
+impl BenchArgs {
+    /// `--workers`, or the daemon's default for the journal this run measures.
+    fn workers(&self) -> usize {
+        let default = if self.fleet.is_some() {
+            certconn::jobs::settings::DEFAULT_WORKERS_POSTGRES
+        } else {
+            certconn::jobs::settings::DEFAULT_WORKERS
+        };
+        self.workers.unwrap_or(default).max(1)
+    }
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.scep.is_empty() {
         return scep::run(
             &args.scep,
             &args.challenge,
             args.jobs.max(1),
-            args.workers.max(1),
+            args.workers(),
         )
         .await;
     }
@@ -197,7 +210,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             &dir,
             n.max(1),
             args.jobs.max(1),
-            args.workers.max(1),
+            args.workers(),
             args.pollers.max(1),
             args.postgres.as_deref(),
         )
@@ -208,7 +221,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         upstream::run(
             &plugins,
             &dir,
-            args.workers.max(1),
+            args.workers(),
             args.jobs.max(1),
             if args.identity {
                 upstream::Credentials::Identity
@@ -223,7 +236,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         swap::run(
             &plugins,
             &dir,
-            args.workers.max(1),
+            args.workers(),
             Duration::from_secs(args.warm_up_seconds),
             Duration::from_secs(args.after_seconds),
             args.via_feed,
@@ -287,7 +300,7 @@ async fn bench(
     plugins: &std::path::Path,
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let app = Arc::new(App::open(bench_config(dir, plugins, args.workers)?).await?);
+    let app = Arc::new(App::open(bench_config(dir, plugins, args.workers())?).await?);
     let backend = app
         .registry
         .backend("local")
@@ -296,7 +309,7 @@ async fn bench(
     println!(
         "certconn bench: {} jobs, {} workers, {} plugin calls, {} cores, {}",
         args.jobs,
-        args.workers,
+        args.workers(),
         args.calls,
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -384,8 +397,8 @@ async fn bench(
     let checkpoints_before = checkpoint_counts();
     let callers = args.callers as usize;
     let pipeline = pipeline_round(&app, args.jobs, callers, &request, 0).await?;
-    println!("pipeline:  {:>6} issue jobs (EC P-256, local-ca, PKCS#12; {} callers, {} workers) in {:>7.3} s = {:>8.1} jobs/s; CPU {:.0} µs/job, {:.2} cores busy", args.jobs, callers, args.workers, pipeline.secs, pipeline.rate, pipeline.cpu_us, pipeline.cores);
-    print_stages(&stages_before, args.jobs, pipeline.secs, args.workers);
+    println!("pipeline:  {:>6} issue jobs (EC P-256, local-ca, PKCS#12; {} callers, {} workers) in {:>7.3} s = {:>8.1} jobs/s; CPU {:.0} µs/job, {:.2} cores busy", args.jobs, callers, args.workers(), pipeline.secs, pipeline.rate, pipeline.cpu_us, pipeline.cores);
+    print_stages(&stages_before, args.jobs, pipeline.secs, args.workers());
     print_commits(commits_before, checkpoints_before, args.jobs, &pipeline);
 
     // Latency at moderate load: half the throughput just measured, one job at a time.

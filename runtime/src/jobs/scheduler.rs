@@ -48,11 +48,17 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(store: Arc<dyn JobStore>, runner: Arc<dyn JobRunner>, config: &JobsConfig) -> Self {
+    /// `workers` is [`JobsConfig::workers`] for the journal `store` is.
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        runner: Arc<dyn JobRunner>,
+        config: &JobsConfig,
+        workers: usize,
+    ) -> Self {
         Self {
             store,
             runner,
-            workers: config.workers,
+            workers,
             lease: config.lease(),
             retry: RetryPolicy {
                 max_attempts: config.max_attempts,

@@ -14,12 +14,12 @@ use crate::custody::KeyAlgorithm;
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsConfig {
-    /// Jobs running at once.
+    /// Jobs running at once; when absent, the default for the journal ([`JobsConfig::workers`]).
     #[serde(
-        default = "default_workers",
-        deserialize_with = "crate::config::in_range::<_, usize, 1, 1024>"
+        default,
+        deserialize_with = "crate::config::in_range_opt::<_, usize, 1, 1024>"
     )]
-    pub workers: usize,
+    pub workers: Option<usize>,
     /// Attempts before a job is dead-lettered.
     #[serde(
         default = "default_attempts",
@@ -41,7 +41,7 @@ pub struct JobsConfig {
 impl Default for JobsConfig {
     fn default() -> Self {
         Self {
-            workers: default_workers(),
+            workers: None,
             max_attempts: default_attempts(),
             backoff_initial_ms: default_backoff_initial(),
             backoff_max_ms: default_backoff_max(),
@@ -51,20 +51,36 @@ impl Default for JobsConfig {
 }
 
 impl JobsConfig {
+    /// The workers to run: `jobs.workers`, else the default for the journal they share.
+    pub fn workers(&self, journal: &crate::journal::JournalConfig) -> usize {
+        self.workers.unwrap_or(if journal.is_postgres() {
+            DEFAULT_WORKERS_POSTGRES
+        } else {
+            DEFAULT_WORKERS
+        })
+    }
+
     /// The lease a worker takes and renews.
     pub fn lease(&self) -> Duration {
         Duration::from_secs(*self.lease_seconds.get_ref())
     }
 }
 
-/// Sixteen, not the core count: a worker spends much of a local-CA job waiting for the
-/// journal's commits (its trail entry, its outcome), and only jobs in flight together share a
-/// commit. On two cores, 16 workers kept 1.8 cores busy where 8 kept 1.65, at 0.55 commits per
-/// job against 0.8 (`certconn bench`, docs/design/pipeline.md); 32 and 64 gained nothing more.
-/// A CA that must see fewer requests at once has `backends.NAME.max_concurrency`.
-fn default_workers() -> usize {
-    16
-}
+/// Workers with the embedded SQLite journal when `jobs.workers` is not set. Sixteen, not the
+/// core count: a worker spends much of a local-CA job waiting for the journal's commits (its
+/// trail entry, its outcome), and only jobs in flight together share a commit. On two cores,
+/// 16 workers kept 1.8 cores busy where 8 kept 1.65, at 0.55 commits per job against 0.8
+/// (`certconn bench`, docs/design/pipeline.md); 32 and 64 gained nothing more. A CA that must
+/// see fewer requests at once has `backends.NAME.max_concurrency`.
+pub const DEFAULT_WORKERS: usize = 16;
+
+/// Workers with a PostgreSQL journal when `jobs.workers` is not set. Eight: every idle worker
+/// looks for work in the shared database every half second, so a fleet's idle load on it grows
+/// with the workers of every instance; and under load 16 workers measured slower there, not
+/// faster (`certconn bench --fleet 1`: 617–640 against 678–688 jobs/s, 10.7 transactions per
+/// job against 7.5; docs/design/pipeline.md).
+pub const DEFAULT_WORKERS_POSTGRES: usize = 8;
+
 fn default_attempts() -> u32 {
     5
 }

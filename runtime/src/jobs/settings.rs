@@ -69,7 +69,7 @@ impl JobsConfig {
 /// Workers with the embedded SQLite journal when `jobs.workers` is not set. Sixteen, not the
 /// core count: a worker spends much of a local-CA job waiting for the journal's commits (its
 /// trail entry, its outcome), and only jobs in flight together share a commit. On two cores,
-/// 16 workers kept 1.8 cores busy where 8 kept 1.65, at 0.55 commits per job against 0.8
+/// 16 workers kept 1.8 cores busy where 8 kept 1.65, at about 0.5 commits per job against 0.75
 /// (`certconn bench`, docs/design/pipeline.md); 32 and 64 gained nothing more. A CA that must
 /// see fewer requests at once has `backends.NAME.max_concurrency`.
 pub const DEFAULT_WORKERS: usize = 16;

@@ -112,11 +112,14 @@ pub fn scep_server() -> &'static (crate::custody::PrivateKey, Vec<u8>) {
         std::sync::OnceLock::new();
     SERVER.get_or_init(|| {
         let pem = include_str!("../../tests/data/scep/micromdm/scep_testdata_testca_ca.pem");
-        let mut certificates = crate::pki::pem::decode_certificates(pem)
-            .expect("the SCEP target's CA certificate is PEM");
+        let certificate = crate::pki::pem::decode_certificates(pem)
+            .expect("the SCEP target's CA certificate is PEM")
+            .into_iter()
+            .next()
+            .expect("the SCEP target's PEM file holds a certificate");
         let key = crate::custody::PrivateKey::generate(crate::custody::KeyAlgorithm::Rsa2048)
             .expect("an RSA key for the SCEP target");
-        (key, certificates.remove(0))
+        (key, certificate)
     })
 }
 
@@ -279,7 +282,9 @@ pub fn ocsp_responder() -> &'static (crate::pki::ocsp::Issuer, crate::custody::P
         let pem = include_str!("../../tests/data/pkcs12/GoodCACert.crt");
         let der = crate::pki::pem::decode_certificates(pem)
             .expect("the OCSP target's CA certificate is PEM")
-            .remove(0);
+            .into_iter()
+            .next()
+            .expect("the OCSP target's PEM file holds a certificate");
         let ca = <x509_cert::Certificate as der::Decode>::from_der(&der)
             .expect("the OCSP target's CA certificate parses");
         let issuer = crate::pki::ocsp::Issuer::of(&ca).expect("the OCSP target's CA names itself");

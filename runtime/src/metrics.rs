@@ -75,6 +75,10 @@ pub struct Metrics {
     journal_checkpoints: [CheckpointTotals; 2],
     /// The writer's `RESTART` checkpoints that gave up waiting for reads.
     journal_restarts_timed_out: AtomicU64,
+    /// PKCS#12 files written for issued certificates.
+    pfx_written: AtomicU64,
+    /// CPU time those files took on the threads that wrote them (key derivations, encryption).
+    pfx_cpu_nanos: AtomicU64,
 }
 
 /// What the checkpoints one [`CheckpointBy`] ran add up to.
@@ -142,6 +146,24 @@ impl JobStage {
             Self::Commit => "commit",
         }
     }
+}
+
+/// CPU time (user and system) the calling thread has used so far; `None` where the clock is
+/// not available. The difference across a piece of synchronous work is what that work cost,
+/// whatever else the process ran meanwhile, which wall time under load does not tell.
+pub fn thread_cpu_time() -> Option<Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the pointer it is given, which is valid.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(now.tv_sec).ok()?,
+        u32::try_from(now.tv_nsec).ok()?,
+    ))
 }
 
 /// The process's metrics.
@@ -233,6 +255,25 @@ impl Metrics {
         (
             totals.count.load(Ordering::Relaxed),
             Duration::from_nanos(totals.nanos.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// A PKCS#12 file for an issued certificate was written, using `cpu` of its thread's CPU
+    /// time ([`thread_cpu_time`]). With `pfx_iterations` it is most of what an issue costs the
+    /// host, so its share of the daemon's CPU is worth seeing apart from the rest.
+    pub fn pfx_written(&self, cpu: Duration) {
+        self.pfx_written.fetch_add(1, Ordering::Relaxed);
+        self.pfx_cpu_nanos.fetch_add(
+            u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// `(files, CPU time)` of the PKCS#12 files written since the process started.
+    pub fn pfx_totals(&self) -> (u64, Duration) {
+        (
+            self.pfx_written.load(Ordering::Relaxed),
+            Duration::from_nanos(self.pfx_cpu_nanos.load(Ordering::Relaxed)),
         )
     }
 
@@ -337,6 +378,19 @@ impl Metrics {
             "Writes the SQLite journal's commits carried.",
         );
         out.sample("certconn_journal_writes_total", &[], writes as f64);
+        let (pfx_files, pfx_cpu) = self.pfx_totals();
+        out.family(
+            "certconn_pfx_written_total",
+            "counter",
+            "PKCS#12 files written for issued certificates.",
+        );
+        out.sample("certconn_pfx_written_total", &[], pfx_files as f64);
+        out.family(
+            "certconn_pfx_cpu_seconds_total",
+            "counter",
+            "CPU time writing those files took (their key derivations: pfx_iterations), on the threads that wrote them.",
+        );
+        out.sample("certconn_pfx_cpu_seconds_total", &[], pfx_cpu.as_secs_f64());
         out.family(
             "certconn_journal_results_removed_total",
             "counter",
@@ -502,6 +556,45 @@ fn escape(s: &str, quote: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threads_cpu_time_counts_its_own_work_and_not_its_sleep() {
+        let start = thread_cpu_time().expect("Linux has a per-thread CPU clock");
+        std::thread::sleep(Duration::from_millis(50));
+        let slept = thread_cpu_time().unwrap().saturating_sub(start);
+        let mut x = 1u64;
+        let busy_from = thread_cpu_time().unwrap();
+        let clock = std::time::Instant::now();
+        while clock.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let busy = thread_cpu_time().unwrap().saturating_sub(busy_from);
+        assert!(
+            slept < Duration::from_millis(25),
+            "{slept:?} of CPU while asleep"
+        );
+        // 50 ms of spinning; the thread may be preempted, so only a part is certain.
+        assert!(
+            busy > Duration::from_millis(5),
+            "{busy:?} of CPU while busy"
+        );
+    }
+
+    #[test]
+    fn pfx_totals_add_up_the_files_and_their_cpu() {
+        let m = Metrics::default();
+        m.pfx_written(Duration::from_micros(700));
+        m.pfx_written(Duration::from_micros(300));
+        assert_eq!(m.pfx_totals(), (2, Duration::from_millis(1)));
+        let mut out = Exposition::default();
+        m.write(&mut out);
+        let text = out.into_string();
+        assert!(text.contains("\ncertconn_pfx_written_total 2\n"), "{text}");
+        assert!(
+            text.contains("\ncertconn_pfx_cpu_seconds_total 0.001\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn histograms_are_cumulative_and_count_every_observation() {

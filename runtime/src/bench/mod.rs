@@ -368,6 +368,7 @@ async fn bench(
         host_signed_csr: Some(Arc::from(issue_request.csr.as_slice())),
         ..CallKeys::request(Some(device.clone()))
     };
+    let writer_before = journal_thread_cpu(WRITER_THREAD);
     let cpu_before = cpu_time();
     let t = Instant::now();
     for _ in 0..issue_calls {
@@ -381,8 +382,18 @@ async fn bench(
     let issue_us = t.elapsed().as_secs_f64() * 1e6 / issue_calls as f64;
     let issue_cpu_us =
         cpu_time().saturating_sub(cpu_before).as_secs_f64() * 1e6 / issue_calls as f64;
+    // Each call's signature-trail entry is a commit of its own here, with nothing to share it.
+    let trail_us = writer_before.zip(journal_thread_cpu(WRITER_THREAD)).map_or(
+        "?".to_owned(),
+        |(before, after)| {
+            format!(
+                "{:.1}",
+                after.saturating_sub(before).as_secs_f64() * 1e6 / issue_calls as f64
+            )
+        },
+    );
     println!(
-        "local-ca:  instantiate + configure + issue (CSR check, sign) {issue_us:>9.1} µs/call (CPU {issue_cpu_us:.1} µs)"
+        "local-ca:  instantiate + configure + issue (CSR check, sign) {issue_us:>9.1} µs/call (CPU {issue_cpu_us:.1} µs, {trail_us} of it the journal's writer committing the signature trail's entry alone)"
     );
 
     // 2. Pipeline throughput.
@@ -414,6 +425,7 @@ async fn bench(
     println!("direct:    {:>6} issues (keygen, CSR, CA signature, PKCS#12)     in {:>7.3} s = {:>8.1} issues/s; CPU {:.0} µs/issue, {:.2} cores busy", args.jobs, direct.secs, direct.rate, direct.cpu_us, direct.cores);
     let ratio = pipeline.rate / direct.rate;
     println!("ratio pipeline/direct: {ratio:.3} (the journal, scheduler and plugin sandbox cost {:.1}% of throughput)", (1.0 - ratio) * 100.0);
+    println!("{}", cpu_split(&pipeline, &direct));
 
     // 4. With --rounds: both again, in turn, and the median of the ratios.
     let mut ratios = vec![ratio];
@@ -422,13 +434,15 @@ async fn bench(
         let direct = direct_round(&app, args.jobs).await?;
         let ratio = pipeline.rate / direct.rate;
         println!(
-            "round {:>3}: pipeline {:>8.1} jobs/s (CPU {:.0} µs/job, journal writer {}), direct {:>8.1} issues/s (CPU {:.0} µs/issue), ratio {ratio:.3}",
+            "round {:>3}: pipeline {:>8.1} jobs/s (CPU {:.0} µs/job, journal writer {}, PKCS#12 {}), direct {:>8.1} issues/s (CPU {:.0} µs/issue, PKCS#12 {}), ratio {ratio:.3}",
             round + 1,
             pipeline.rate,
             pipeline.cpu_us,
             pipeline.writer_us.map_or("?".to_owned(), |us| format!("{us:.0} µs")),
+            pipeline.pfx_us.map_or("?".to_owned(), |us| format!("{us:.0} µs")),
             direct.rate,
-            direct.cpu_us
+            direct.cpu_us,
+            direct.pfx_us.map_or("?".to_owned(), |us| format!("{us:.0} µs")),
         );
         ratios.push(ratio);
     }
@@ -461,6 +475,8 @@ struct Phase {
     writer_us: Option<f64>,
     /// The same of the journal's checkpoint thread.
     checkpoint_us: Option<f64>,
+    /// CPU per item its PKCS#12 files took, on the threads that wrote them.
+    pfx_us: Option<f64>,
 }
 
 impl Phase {
@@ -472,8 +488,33 @@ impl Phase {
             cores: cpu.as_secs_f64() / secs,
             writer_us: None,
             checkpoint_us: None,
+            pfx_us: None,
         }
     }
+}
+
+/// The CPU per job of both phases taken apart by what was measured on its own thread: the
+/// PKCS#12 files (the same work in both, so their figures should match), the journal's
+/// threads, and the rest. The pipeline's rest minus the direct rest is what the journal's
+/// callers, the scheduler, the plugin call and the intake cost beyond the cryptography.
+fn cpu_split(pipeline: &Phase, direct: &Phase) -> String {
+    let us = |us: Option<f64>| us.map_or("?".to_owned(), |us| format!("{us:.0}"));
+    let rest = |phase: &Phase| {
+        let known =
+            phase.pfx_us? + phase.writer_us.unwrap_or(0.0) + phase.checkpoint_us.unwrap_or(0.0);
+        Some(phase.cpu_us - known)
+    };
+    format!(
+        "CPU per job: pipeline {:.0} µs = PKCS#12 {} + journal writer {} + checkpoints {} + the rest {} (keys, CSR, CA signature, plugin call, scheduler, intake); direct {:.0} µs = PKCS#12 {} + the rest {} (keys, CSR, CA signature)",
+        pipeline.cpu_us,
+        us(pipeline.pfx_us),
+        us(pipeline.writer_us),
+        us(pipeline.checkpoint_us),
+        us(rest(pipeline)),
+        direct.cpu_us,
+        us(direct.pfx_us),
+        us(rest(direct)),
+    )
 }
 
 /// Submits `jobs` issue jobs (idempotency keys of round `round`) from `clients` callers at once
@@ -502,6 +543,7 @@ async fn pipeline_round(
     let target = succeeded(&app.journal.counts().await?) + jobs;
     let writer_before = journal_thread_cpu(WRITER_THREAD);
     let checkpoint_before = journal_thread_cpu(CHECKPOINT_THREAD);
+    let pfx_before = certconn::metrics::global().pfx_totals();
     let cpu_before = cpu_time();
     let t = Instant::now();
     let mut callers = tokio::task::JoinSet::new();
@@ -564,6 +606,10 @@ async fn pipeline_round(
     };
     phase.writer_us = per_job(writer_before, journal_thread_cpu(WRITER_THREAD));
     phase.checkpoint_us = per_job(checkpoint_before, journal_thread_cpu(CHECKPOINT_THREAD));
+    let pfx_after = certconn::metrics::global().pfx_totals();
+    // Every job wrote one PKCS#12 file; a count that differs means the figure is not per job.
+    phase.pfx_us = (pfx_after.0 - pfx_before.0 == jobs as u64)
+        .then(|| pfx_after.1.saturating_sub(pfx_before.1).as_secs_f64() * 1e6 / jobs as f64);
     Ok(phase)
 }
 
@@ -583,21 +629,26 @@ async fn direct_round(app: &App, jobs: usize) -> anyhow::Result<Phase> {
     for w in 0..workers {
         let ca = ca.clone();
         let n = jobs / workers + usize::from(w < jobs % workers);
-        tasks.spawn_blocking(move || -> anyhow::Result<()> {
+        tasks.spawn_blocking(move || -> anyhow::Result<Option<Duration>> {
+            let mut pfx_cpu = Some(Duration::ZERO);
             for _ in 0..n {
-                direct_issue(&ca.key, &ca.chain, iterations)?;
+                let cpu = direct_issue(&ca.key, &ca.chain, iterations)?;
+                pfx_cpu = pfx_cpu.zip(cpu).map(|(sum, cpu)| sum + cpu);
             }
-            Ok(())
+            Ok(pfx_cpu)
         });
     }
+    let mut pfx_cpu = Some(Duration::ZERO);
     while let Some(r) = tasks.join_next().await {
-        r??;
+        pfx_cpu = pfx_cpu.zip(r??).map(|(sum, cpu)| sum + cpu);
     }
-    Ok(Phase::measured(
+    let mut phase = Phase::measured(
         jobs,
         t.elapsed().as_secs_f64(),
         cpu_time().saturating_sub(cpu_before),
-    ))
+    );
+    phase.pfx_us = pfx_cpu.map(|cpu| cpu.as_secs_f64() * 1e6 / jobs as f64);
+    Ok(phase)
 }
 
 /// The journal's writer thread (`group_commit`) as the kernel names it: it keeps 15 bytes of a
@@ -768,7 +819,12 @@ pub(crate) fn bench_request() -> IssueJob {
 }
 
 /// One issuance without journal or plugin: what the pipeline's cryptography costs on its own.
-fn direct_issue(ca: &PrivateKey, ca_chain: &[Vec<u8>], iterations: u32) -> anyhow::Result<()> {
+/// Returns the CPU time its PKCS#12 file took, measured as the pipeline measures its own.
+fn direct_issue(
+    ca: &PrivateKey,
+    ca_chain: &[Vec<u8>],
+    iterations: u32,
+) -> anyhow::Result<Option<Duration>> {
     let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
     let subject = Name::from_str("CN=bench device,O=certconn")?;
     let sans = [SubjectAltName::Email("device@bench.example".into())];
@@ -808,6 +864,7 @@ fn direct_issue(ca: &PrivateKey, ca_chain: &[Vec<u8>], iterations: u32) -> anyho
         .sign(ca_scheme, |tbs| ca.sign(ca_scheme, tbs))
         .map_err(|e| anyhow::anyhow!("signing: {e:?}"))?;
     let password = pki::pkcs12::random_password()?;
+    let cpu = certconn::metrics::thread_cpu_time();
     pki::pkcs12::write(
         &pki::pkcs12::PfxContents {
             key_pkcs8: key.pkcs8_der()?,
@@ -820,5 +877,8 @@ fn direct_issue(ca: &PrivateKey, ca_chain: &[Vec<u8>], iterations: u32) -> anyho
         pki::pkcs12::PfxProfile::Modern,
         &certconn::crypto::AlgorithmPolicy::default(),
     )?;
-    Ok(())
+    let pfx_cpu = cpu
+        .zip(certconn::metrics::thread_cpu_time())
+        .map(|(before, after)| after.saturating_sub(before));
+    Ok(pfx_cpu)
 }

@@ -7,8 +7,9 @@ use std::process::Command;
 
 use common::*;
 
-/// Runs `certconn bench ARGS`, asserts it succeeded and printed every one of `needles`.
-fn bench_prints(args: &[&str], needles: &[&str]) {
+/// Runs `certconn bench ARGS`, asserts it succeeded and printed every one of `needles`;
+/// returns what it printed.
+fn bench_prints(args: &[&str], needles: &[&str]) -> String {
     let out = Command::new(binary())
         .arg("bench")
         .args(args)
@@ -25,6 +26,7 @@ fn bench_prints(args: &[&str], needles: &[&str]) {
     for needle in needles {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
     }
+    text.into_owned()
 }
 
 #[test]
@@ -59,7 +61,7 @@ fn bench_prints_overhead_throughput_direct_and_ratio() {
     let plugins = plugins();
     // Figures say which cryptographic module they measured.
     let module = format!("cores, {}\n", certconn::crypto::fips::module_name());
-    bench_prints(
+    let text = bench_prints(
         &[
             "--jobs",
             "20",
@@ -95,11 +97,18 @@ fn bench_prints_overhead_throughput_direct_and_ratio() {
             "p99 ",
             "burst:     10 requests at once, each caller waiting for its job: all done in ",
             "direct:",
+            "of it the journal's writer committing the signature trail's entry alone",
             "ratio pipeline/direct:",
+            "CPU per job: pipeline ",
+            " = PKCS#12 ",
+            "direct ",
             "round   2: pipeline ",
+            "PKCS#12 ",
             "ratio over 2 rounds: median ",
         ],
     );
+    // The CPU split is measured, not left unknown: each job's PKCS#12 file was counted.
+    assert!(!text.contains("PKCS#12 ?"), "{text}");
 }
 
 #[test]

@@ -108,6 +108,15 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_jobs() {
         sample(&after, "certconn_jobs", &[("state", "succeeded")]),
         Some(3.0)
     );
+    // Each of the three wrote one PKCS#12 file, whose key derivations took CPU time.
+    let pfx = |samples, name| sample(samples, name, &[]).expect(name);
+    assert_eq!(
+        pfx(&after, "certconn_pfx_written_total"),
+        pfx(&before, "certconn_pfx_written_total") + 3.0
+    );
+    let pfx_cpu = pfx(&after, "certconn_pfx_cpu_seconds_total")
+        - pfx(&before, "certconn_pfx_cpu_seconds_total");
+    assert!(pfx_cpu > 0.0 && pfx_cpu < 60.0, "{pfx_cpu}");
     let calls = sample(
         &after,
         "certconn_plugin_call_seconds_count",

@@ -414,7 +414,14 @@ impl Steps {
                         chain: &chain,
                         friendly_name: Some(&friendly),
                     };
-                    pki::pkcs12::write(&contents, &password, iterations, format, &policy)
+                    let cpu = metrics::thread_cpu_time();
+                    let pfx = pki::pkcs12::write(&contents, &password, iterations, format, &policy);
+                    if let (Ok(_), Some(before), Some(after)) =
+                        (&pfx, cpu, metrics::thread_cpu_time())
+                    {
+                        metrics::global().pfx_written(after.saturating_sub(before));
+                    }
+                    pfx
                 })
                 .await
                 .map_err(fail)?

@@ -67,6 +67,9 @@ pub struct Metrics {
     /// Writes those transactions carried: writes per commit is the batch the group commit
     /// achieved (each commit is one fsync).
     journal_commit_writes: AtomicU64,
+    /// How long each of those commits took (the WAL's pages written and synced): the disk's
+    /// latency as every write of a batch waits for it.
+    journal_commit_seconds: Histogram,
     /// Job results removed by the retention sweep (`journal.keep_results_days`).
     journal_results_removed: AtomicU64,
     /// Finished jobs removed by the retention sweep (`journal.keep_jobs_days`).
@@ -217,8 +220,9 @@ impl Metrics {
         histogram(&self.job_stage_seconds, &stage).observe(took);
     }
 
-    /// The SQLite journal committed one transaction carrying `writes` writes.
-    pub fn journal_committed(&self, writes: usize) {
+    /// The SQLite journal committed one transaction carrying `writes` writes, in `took`.
+    pub fn journal_committed(&self, writes: usize, took: Duration) {
+        self.journal_commit_seconds.observe(took);
         self.journal_commits.fetch_add(1, Ordering::Relaxed);
         self.journal_commit_writes
             .fetch_add(writes as u64, Ordering::Relaxed);
@@ -292,6 +296,18 @@ impl Metrics {
         (
             self.journal_commits.load(Ordering::Relaxed),
             self.journal_commit_writes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The SQLite journal's commits since the process started that took longer than
+    /// `seconds`, which must be one of the histograms' bucket bounds (`None` otherwise).
+    pub fn journal_commits_over(&self, seconds: f64) -> Option<u64> {
+        let bound = BUCKETS.iter().position(|b| *b == seconds)?;
+        Some(
+            self.journal_commit_seconds.counts[bound + 1..]
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum(),
         )
     }
 
@@ -378,6 +394,16 @@ impl Metrics {
             "Writes the SQLite journal's commits carried.",
         );
         out.sample("certconn_journal_writes_total", &[], writes as f64);
+        out.family(
+            "certconn_journal_commit_seconds",
+            "histogram",
+            "How long the SQLite journal's commits took (the write-ahead log's pages written and synced to the disk); every write of a batch waits for its commit.",
+        );
+        out.histogram(
+            "certconn_journal_commit_seconds",
+            &[],
+            &self.journal_commit_seconds,
+        );
         let (pfx_files, pfx_cpu) = self.pfx_totals();
         out.family(
             "certconn_pfx_written_total",
@@ -624,6 +650,31 @@ mod tests {
         assert!(text.contains("certconn_job_run_seconds_bucket{kind=\"issue\",le=\"3600\"} 2"));
         assert!(text.contains("certconn_job_run_seconds_bucket{kind=\"issue\",le=\"+Inf\"} 3"));
         assert!(text.contains("certconn_job_run_seconds_count{kind=\"issue\"} 3"));
+    }
+
+    #[test]
+    fn slow_commits_are_counted_past_a_bucket_bound_and_only_a_bound_is_asked() {
+        let m = Metrics::default();
+        for ms in [1, 8, 10, 11, 30, 400] {
+            m.journal_committed(3, Duration::from_millis(ms));
+        }
+        assert_eq!(m.journal_commit_totals(), (6, 18));
+        // 10 ms falls in the bucket up to 10 ms: not over it.
+        assert_eq!(m.journal_commits_over(0.01), Some(3));
+        assert_eq!(m.journal_commits_over(0.025), Some(2));
+        assert_eq!(m.journal_commits_over(0.25), Some(1));
+        assert_eq!(m.journal_commits_over(0.02), None);
+        let mut out = Exposition::default();
+        m.write(&mut out);
+        let text = out.into_string();
+        assert!(
+            text.contains("\ncertconn_journal_commit_seconds_bucket{le=\"0.01\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\ncertconn_journal_commit_seconds_count 6\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -413,9 +413,11 @@ async fn bench(
     print_commits(commits_before, checkpoints_before, args.jobs, &pipeline);
 
     // Latency at moderate load: half the throughput just measured, one job at a time.
+    let slow_commits_before = slow_commits();
     let latency =
         latency::measure(&app, &request, pipeline.rate / 2.0, args.jobs.min(1000)).await?;
     println!("{latency}");
+    println!("{}", slow_commits_since(slow_commits_before));
     if args.burst > 0 {
         println!("{}", latency::burst(&app, &request, args.burst).await?);
     }
@@ -722,6 +724,31 @@ fn print_stages(
             stage.as_str()
         );
     }
+}
+
+/// What counts as a slow commit of the journal for the latency phase: one that alone uses up
+/// half, or all, of the 20 ms p99 the latency is held to.
+const SLOW_COMMITS: [f64; 2] = [0.01, 0.025];
+
+/// The journal's commits so far, and those slower than each of [`SLOW_COMMITS`].
+fn slow_commits() -> (u64, [u64; 2]) {
+    let metrics = certconn::metrics::global();
+    (
+        metrics.journal_commit_totals().0,
+        SLOW_COMMITS.map(|s| metrics.journal_commits_over(s).unwrap_or(0)),
+    )
+}
+
+/// The journal's commits since `before`, and how many were slow: a latency phase whose p99
+/// jumps, with a slow commit beside it, waited for the disk.
+fn slow_commits_since(before: (u64, [u64; 2])) -> String {
+    let (commits, slow) = slow_commits();
+    format!(
+        "           its journal commits: {}, over 10 ms: {}, over 25 ms: {}",
+        commits - before.0,
+        slow[0] - before.1[0],
+        slow[1] - before.1[1],
+    )
 }
 
 /// Checkpoints of the journal's WAL so far, and their time: `(by the checkpoint thread, by the

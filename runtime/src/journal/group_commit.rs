@@ -163,9 +163,10 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Write>) {
         }
     }
     drop(writes);
+    let clock = std::time::Instant::now();
     match run_statement(conn, "COMMIT") {
         Ok(()) => {
-            crate::metrics::global().journal_committed(staged.len());
+            crate::metrics::global().journal_committed(staged.len(), clock.elapsed());
             for s in staged {
                 (s.answer)(None);
             }

@@ -95,6 +95,8 @@ fn bench_prints_overhead_throughput_direct_and_ratio() {
             "checkpoints beside it",
             "latency:   request → sealed PFX",
             "p99 ",
+            "its journal commits: ",
+            ", over 25 ms: ",
             "burst:     10 requests at once, each caller waiting for its job: all done in ",
             "direct:",
             "of it the journal's writer committing the signature trail's entry alone",

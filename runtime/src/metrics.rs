@@ -263,7 +263,7 @@ impl Metrics {
     }
 
     /// A PKCS#12 file for an issued certificate was written, using `cpu` of its thread's CPU
-    /// time ([`thread_cpu_time`]). With `pfx_iterations` it is most of what an issue costs the
+    /// time ([`thread_cpu_time`]). With `pfx.iterations` it is most of what an issue costs the
     /// host, so its share of the daemon's CPU is worth seeing apart from the rest.
     pub fn pfx_written(&self, cpu: Duration) {
         self.pfx_written.fetch_add(1, Ordering::Relaxed);
@@ -414,7 +414,7 @@ impl Metrics {
         out.family(
             "certconn_pfx_cpu_seconds_total",
             "counter",
-            "CPU time writing those files took (their key derivations: pfx_iterations), on the threads that wrote them.",
+            "CPU time writing those files took (their key derivations: pfx.iterations), on the threads that wrote them.",
         );
         out.sample("certconn_pfx_cpu_seconds_total", &[], pfx_cpu.as_secs_f64());
         out.family(

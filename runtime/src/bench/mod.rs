@@ -161,11 +161,7 @@ pub struct BenchArgs {
 impl BenchArgs {
     /// `--workers`, or the daemon's default for the journal this run measures.
     fn workers(&self) -> usize {
-        let default = if self.fleet.is_some() {
-            certconn::jobs::settings::DEFAULT_WORKERS_POSTGRES
-        } else {
-            certconn::jobs::settings::DEFAULT_WORKERS
-        };
+        let default = certconn::jobs::settings::default_workers(self.fleet.is_some());
         self.workers.unwrap_or(default).max(1)
     }
 }
@@ -436,15 +432,15 @@ async fn bench(
         let direct = direct_round(&app, args.jobs).await?;
         let ratio = pipeline.rate / direct.rate;
         println!(
-            "round {:>3}: pipeline {:>8.1} jobs/s (CPU {:.0} µs/job, journal writer {}, PKCS#12 {}), direct {:>8.1} issues/s (CPU {:.0} µs/issue, PKCS#12 {}), ratio {ratio:.3}",
+            "round {:>3}: pipeline {:>8.1} jobs/s (CPU {:.0} µs/job, journal writer {} µs, PKCS#12 {} µs), direct {:>8.1} issues/s (CPU {:.0} µs/issue, PKCS#12 {} µs), ratio {ratio:.3}",
             round + 1,
             pipeline.rate,
             pipeline.cpu_us,
-            pipeline.writer_us.map_or("?".to_owned(), |us| format!("{us:.0} µs")),
-            pipeline.pfx_us.map_or("?".to_owned(), |us| format!("{us:.0} µs")),
+            whole_us(pipeline.writer_us),
+            whole_us(pipeline.pfx_us),
             direct.rate,
             direct.cpu_us,
-            direct.pfx_us.map_or("?".to_owned(), |us| format!("{us:.0} µs")),
+            whole_us(direct.pfx_us),
         );
         ratios.push(ratio);
     }
@@ -495,12 +491,16 @@ impl Phase {
     }
 }
 
+/// A figure in whole microseconds, or `?` where the kernel did not provide it.
+fn whole_us(us: Option<f64>) -> String {
+    us.map_or("?".to_owned(), |us| format!("{us:.0}"))
+}
+
 /// The CPU per job of both phases taken apart by what was measured on its own thread: the
 /// PKCS#12 files (the same work in both, so their figures should match), the journal's
 /// threads, and the rest. The pipeline's rest minus the direct rest is what the journal's
 /// callers, the scheduler, the plugin call and the intake cost beyond the cryptography.
 fn cpu_split(pipeline: &Phase, direct: &Phase) -> String {
-    let us = |us: Option<f64>| us.map_or("?".to_owned(), |us| format!("{us:.0}"));
     let rest = |phase: &Phase| {
         let known =
             phase.pfx_us? + phase.writer_us.unwrap_or(0.0) + phase.checkpoint_us.unwrap_or(0.0);
@@ -509,13 +509,13 @@ fn cpu_split(pipeline: &Phase, direct: &Phase) -> String {
     format!(
         "CPU per job: pipeline {:.0} µs = PKCS#12 {} + journal writer {} + checkpoints {} + the rest {} (keys, CSR, CA signature, plugin call, scheduler, intake); direct {:.0} µs = PKCS#12 {} + the rest {} (keys, CSR, CA signature)",
         pipeline.cpu_us,
-        us(pipeline.pfx_us),
-        us(pipeline.writer_us),
-        us(pipeline.checkpoint_us),
-        us(rest(pipeline)),
+        whole_us(pipeline.pfx_us),
+        whole_us(pipeline.writer_us),
+        whole_us(pipeline.checkpoint_us),
+        whole_us(rest(pipeline)),
         direct.cpu_us,
-        us(direct.pfx_us),
-        us(rest(direct)),
+        whole_us(direct.pfx_us),
+        whole_us(rest(direct)),
     )
 }
 
@@ -772,16 +772,15 @@ fn print_commits(
 ) {
     let (commits, writes) = certconn::metrics::global().journal_commit_totals();
     let (commits, writes) = (commits - before.0, writes - before.1);
-    let us = |us: Option<f64>| us.map_or("?".to_owned(), |us| format!("{us:.0}"));
     let [background, on_writer] = checkpoint_counts();
     let [background_before, on_writer_before] = checkpoints_before;
     println!(
         "journal:   {:.2} commits (fsyncs) per job, {:.2} writes per commit; its writer thread {} µs of CPU per job; {} checkpoints beside it ({} µs of CPU per job), {} on it ({:.1} ms in all)",
         commits as f64 / jobs as f64,
         writes as f64 / commits.max(1) as f64,
-        us(phase.writer_us),
+        whole_us(phase.writer_us),
         background.0 - background_before.0,
-        us(phase.checkpoint_us),
+        whole_us(phase.checkpoint_us),
         on_writer.0 - on_writer_before.0,
         on_writer.1.saturating_sub(on_writer_before.1).as_secs_f64() * 1e3,
     );

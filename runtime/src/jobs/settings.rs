@@ -53,16 +53,23 @@ impl Default for JobsConfig {
 impl JobsConfig {
     /// The workers to run: `jobs.workers`, else the default for the journal they share.
     pub fn workers(&self, journal: &crate::journal::JournalConfig) -> usize {
-        self.workers.unwrap_or(if journal.is_postgres() {
-            DEFAULT_WORKERS_POSTGRES
-        } else {
-            DEFAULT_WORKERS
-        })
+        self.workers
+            .unwrap_or_else(|| default_workers(journal.is_postgres()))
     }
 
     /// The lease a worker takes and renews.
     pub fn lease(&self) -> Duration {
         Duration::from_secs(*self.lease_seconds.get_ref())
+    }
+}
+
+/// The workers to run when `jobs.workers` is not set: [`DEFAULT_WORKERS_POSTGRES`] on a
+/// PostgreSQL journal, else [`DEFAULT_WORKERS`].
+pub fn default_workers(postgres: bool) -> usize {
+    if postgres {
+        DEFAULT_WORKERS_POSTGRES
+    } else {
+        DEFAULT_WORKERS
     }
 }
 

@@ -9,11 +9,19 @@
 //! only when its worker is gone; if a renewal finds the lease lost anyway (the journal was
 //! unreachable for a whole lease), the worker abandons the job — another worker owns it, and the
 //! fenced journal would refuse this one's outcome in any case.
+//!
+//! Idle workers do not all poll. One of them, the watcher, looks at the journal when the next
+//! job falls due and at least every [`IDLE_POLL`] (a job another instance enqueued, were its
+//! notification missed); the others wait for a notification of work, or for the watcher to take
+//! a job, when one of them becomes the watcher. On a journal shared by a fleet (PostgreSQL)
+//! every idle worker polling made each instance's idle load grow with its workers; now it is
+//! one look per interval per instance, and a worker more costs nothing while idle.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use super::events::JobEvent;
@@ -27,8 +35,12 @@ use crate::journal::{
 };
 use crate::metrics::JobStage;
 
-/// Longest a worker sleeps without looking at the journal.
+/// Longest the watching idle worker sleeps without looking at the journal.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// Longest any other idle worker sleeps without looking: only a safety net, since the watcher
+/// wakes one of them whenever it takes a job.
+const IDLE_FOLLOW: Duration = Duration::from_secs(10);
 
 /// How often and how long jobs are retried.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +57,12 @@ pub struct Scheduler {
     workers: usize,
     lease: Duration,
     retry: RetryPolicy,
+    /// Whether an idle worker watches the journal for due jobs (see the module's doc).
+    watching: AtomicBool,
+    /// Wakes an idle worker to take the watch over from one that took a job.
+    watch_free: Notify,
+    /// Times an idle worker looked at the journal and found nothing.
+    idle_looks: AtomicU64,
 }
 
 impl Scheduler {
@@ -65,6 +83,9 @@ impl Scheduler {
                 backoff_initial_ms: config.backoff_initial_ms,
                 backoff_max_ms: config.backoff_max_ms,
             },
+            watching: AtomicBool::new(false),
+            watch_free: Notify::new(),
+            idle_looks: AtomicU64::new(0),
         }
     }
 
@@ -93,19 +114,16 @@ impl Scheduler {
                     match self.store.lease_next(self.lease).await {
                         Ok(Some(leased)) => {
                             crate::metrics::global().job_stage(JobStage::Lease, clock.elapsed());
+                            if !self.watching.load(Ordering::Acquire) {
+                                // The watcher may be this worker, or gone to a job: another
+                                // idle worker takes the watch over.
+                                self.watch_free.notify_one();
+                            }
                             leased
                         }
                         Ok(None) => {
-                            let wait = match self.store.next_due().await {
-                                Ok(Some(due)) => Duration::from_millis(
-                                    (due - now_ms()).clamp(1, millis(IDLE_POLL)) as u64,
-                                ),
-                                _ => IDLE_POLL,
-                            };
-                            tokio::select! {
-                                _ = self.store.wait_for_work(wait) => {}
-                                _ = shutdown.changed() => {}
-                            }
+                            self.idle_looks.fetch_add(1, Ordering::Relaxed);
+                            self.idle(&mut shutdown).await;
                             continue;
                         }
                         Err(e) => {
@@ -121,6 +139,36 @@ impl Scheduler {
             let take_next = !*shutdown.borrow();
             next = self.work(leased, take_next).await;
         }
+    }
+
+    /// Waits, after a look found no job due: as the watcher until the next job is due (or
+    /// [`IDLE_POLL`]), or, when another worker watches, until work is announced or the watch
+    /// is free.
+    async fn idle(&self, shutdown: &mut watch::Receiver<bool>) {
+        let watch =
+            self.watching
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire);
+        if watch.is_err() {
+            tokio::select! {
+                () = self.store.wait_for_notice(IDLE_FOLLOW) => {}
+                () = self.watch_free.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+            return;
+        }
+        let wait = match self.store.next_due().await {
+            Ok(Some(due)) => {
+                Duration::from_millis((due - now_ms()).clamp(1, millis(IDLE_POLL)) as u64)
+            }
+            _ => IDLE_POLL,
+        };
+        tokio::select! {
+            () = self.store.wait_for_work(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+        // Free while this worker looks again; it takes the watch back if it finds nothing, and
+        // hands it on if it finds a job.
+        self.watching.store(false, Ordering::Release);
     }
 
     /// Runs one leased job while renewing its lease, then records how it ended; with
@@ -370,7 +418,7 @@ impl std::fmt::Display for ErrorClass {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
 
     use super::*;
@@ -403,6 +451,20 @@ mod tests {
         lease: Duration,
         max_attempts: u32,
     ) -> (tempfile::TempDir, Arc<SqliteJournal>, Arc<Scheduler>) {
+        let retry = RetryPolicy {
+            max_attempts,
+            backoff_initial_ms: 1,
+            backoff_max_ms: 1,
+        };
+        scheduler_retrying(runner, workers, lease, retry)
+    }
+
+    fn scheduler_retrying(
+        runner: Arc<dyn JobRunner>,
+        workers: usize,
+        lease: Duration,
+        retry: RetryPolicy,
+    ) -> (tempfile::TempDir, Arc<SqliteJournal>, Arc<Scheduler>) {
         let dir = tempfile::tempdir().unwrap();
         let journal = Arc::new(SqliteJournal::open(&dir.path().join("j.sqlite"), "test").unwrap());
         let scheduler = Arc::new(Scheduler {
@@ -410,11 +472,10 @@ mod tests {
             runner,
             workers,
             lease,
-            retry: RetryPolicy {
-                max_attempts,
-                backoff_initial_ms: 1,
-                backoff_max_ms: 1,
-            },
+            retry,
+            watching: AtomicBool::new(false),
+            watch_free: Notify::new(),
+            idle_looks: AtomicU64::new(0),
         });
         (dir, journal, scheduler)
     }
@@ -533,5 +594,92 @@ mod tests {
         let (job, runs) = run_script(vec![unavailable, unavailable, permanent], 1).await;
         assert_eq!((job.state, runs, job.attempts), (JobState::Failed, 3, 1));
         assert_eq!(job.last_error.as_deref(), Some("rejected: no"));
+    }
+
+    #[tokio::test]
+    async fn idle_workers_leave_the_polling_to_one_of_them() {
+        let runner = Arc::new(Scripted {
+            outcomes: Mutex::new(Vec::new()),
+            runs: AtomicUsize::new(0),
+        });
+        let (_dir, _journal, scheduler) = scheduler(runner, 8, Duration::from_secs(60), 1);
+        let (stop, stopped) = watch::channel(false);
+        let running = tokio::spawn(scheduler.clone().run(stopped));
+        let idle = Duration::from_millis(1600);
+        tokio::time::sleep(idle).await;
+        stop.send(true).unwrap();
+        running.await.unwrap();
+        // Each worker's first look, then the watcher's, at most one per IDLE_POLL: 8 + 3 here
+        // (+ 2 to spare). Every worker polling would have made about 8 × 4.
+        let looks = scheduler.idle_looks.load(Ordering::Relaxed);
+        let most = 8 + idle.as_millis() / IDLE_POLL.as_millis() + 2;
+        assert!(
+            (8..=most as u64).contains(&looks),
+            "{looks} looks by 8 idle workers in {idle:?}; expected 8 to {most}"
+        );
+    }
+
+    /// Sends each job away for `again` at its first run; at its second, waits for `together`
+    /// other runs to reach the same point and fails with what it saw.
+    struct ComeBackTogether {
+        seen: Mutex<std::collections::HashSet<String>>,
+        together: tokio::sync::Barrier,
+    }
+
+    #[async_trait::async_trait]
+    impl JobRunner for ComeBackTogether {
+        async fn run(&self, job: &JobRecord) -> Outcome {
+            if self.seen.lock().unwrap().insert(job.id.clone()) {
+                return Err(JobError::unavailable("not yet"));
+            }
+            match tokio::time::timeout(Duration::from_secs(5), self.together.wait()).await {
+                Ok(_) => Err(JobError::permanent("ran together")),
+                Err(_) => Err(JobError::permanent("ran alone")),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_falling_due_together_run_together_though_only_one_worker_watches() {
+        let runner = Arc::new(ComeBackTogether {
+            seen: Mutex::new(Default::default()),
+            together: tokio::sync::Barrier::new(2),
+        });
+        // A job sent away comes due again 300 ms later; a missed handover would leave the
+        // second one to a follower's IDLE_FOLLOW, past the barrier's 5 s.
+        let retry = RetryPolicy {
+            max_attempts: 3,
+            backoff_initial_ms: 300,
+            backoff_max_ms: 300,
+        };
+        let (_dir, journal, scheduler) =
+            scheduler_retrying(runner, 4, Duration::from_secs(60), retry);
+        let (stop, stopped) = watch::channel(false);
+        let running = tokio::spawn(scheduler.run(stopped));
+        let mut jobs = Vec::new();
+        for key in ["a", "b"] {
+            let job = journal
+                .enqueue(NewJob {
+                    source: "api",
+                    idempotency_key: key,
+                    kind: JobKind::Issue,
+                    request: &serde_json::json!({}),
+                    route: None,
+                })
+                .await
+                .unwrap()
+                .0;
+            jobs.push(job);
+        }
+        for job in &jobs {
+            let ended = journal
+                .wait_settled(&job.id, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert_eq!(ended.state, JobState::Failed);
+            assert_eq!(ended.last_error.as_deref(), Some("ran together"));
+        }
+        stop.send(true).unwrap();
+        running.await.unwrap();
     }
 }

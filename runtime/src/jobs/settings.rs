@@ -81,11 +81,11 @@ pub fn default_workers(postgres: bool) -> usize {
 /// see fewer requests at once has `backends.NAME.max_concurrency`.
 pub const DEFAULT_WORKERS: usize = 16;
 
-/// Workers with a PostgreSQL journal when `jobs.workers` is not set. Eight: every idle worker
-/// looks for work in the shared database every half second, so a fleet's idle load on it grows
-/// with the workers of every instance; and under load 16 workers measured slower there, not
-/// faster (`certconn bench --fleet 1`: 617–640 against 678–688 jobs/s, 10.7 transactions per
-/// job against 7.5; docs/design/pipeline.md).
+/// Workers with a PostgreSQL journal when `jobs.workers` is not set. Eight: each write there is
+/// its own transaction on one of `journal.pool_size` (4) connections, so there is no commit to
+/// share, and under load 16 measured the same as 8 (`certconn bench --fleet 1`: 665 / 612
+/// against 647 / 640 jobs/s; docs/design/pipeline.md). Idle workers cost the database one look
+/// per half second per instance, whatever their number (`jobs::scheduler`).
 pub const DEFAULT_WORKERS_POSTGRES: usize = 8;
 
 fn default_attempts() -> u32 {

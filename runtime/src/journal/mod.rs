@@ -255,8 +255,13 @@ pub trait JobStore: Send + Sync {
     /// When the next job becomes due, if any (unix ms).
     async fn next_due(&self) -> Result<Option<i64>, JournalError>;
 
-    /// Returns when work may have arrived (a job was enqueued or retried), or after `max`.
+    /// Returns when work may have arrived (a job was enqueued or retried), or after `max`; on a
+    /// journal whose notifications can be missed, after its poll interval at the latest.
     async fn wait_for_work(&self, max: Duration);
+
+    /// Returns when work may have arrived, or after `max`, whatever the poll interval: for the
+    /// idle workers that leave polling to one of them (see `jobs::scheduler`).
+    async fn wait_for_notice(&self, max: Duration);
 
     /// An operator's retry of a failed or dead job: attempts start over.
     async fn retry(&self, id: &str) -> Result<JobRecord, JournalError>;

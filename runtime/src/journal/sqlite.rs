@@ -828,6 +828,10 @@ impl JobStore for SqliteJournal {
     }
 
     async fn wait_for_work(&self, max: Duration) {
+        self.wait_for_notice(max).await;
+    }
+
+    async fn wait_for_notice(&self, max: Duration) {
         let _ = tokio::time::timeout(max, self.inner.work.notified()).await;
     }
 

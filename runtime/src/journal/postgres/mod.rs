@@ -679,7 +679,11 @@ impl JobStore for PostgresJournal {
     }
 
     async fn wait_for_work(&self, max: Duration) {
-        let _ = tokio::time::timeout(max.min(self.inner.poll), self.inner.work.notified()).await;
+        self.wait_for_notice(max.min(self.inner.poll)).await;
+    }
+
+    async fn wait_for_notice(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.inner.work.notified()).await;
     }
 
     async fn retry(&self, id: &str) -> Result<JobRecord, JournalError> {

@@ -73,13 +73,15 @@ pub fn default_workers(postgres: bool) -> usize {
     }
 }
 
-/// Workers with the embedded SQLite journal when `jobs.workers` is not set. Sixteen, not the
+/// Workers with the embedded SQLite journal when `jobs.workers` is not set. Thirty-two, not the
 /// core count: a worker spends much of a local-CA job waiting for the journal's commits (its
 /// trail entry, its outcome), and only jobs in flight together share a commit. On two cores,
-/// 16 workers kept 1.8 cores busy where 8 kept 1.65, at about 0.5 commits per job against 0.75
-/// (`certconn bench`, docs/design/pipeline.md); 32 and 64 gained nothing more. A CA that must
-/// see fewer requests at once has `backends.NAME.max_concurrency`.
-pub const DEFAULT_WORKERS: usize = 16;
+/// with 32 callers submitting, 32 workers kept 1.87–1.89 cores busy where 16 kept 1.77–1.80,
+/// for a median ratio of 0.655–0.676 against 0.624–0.636 of the direct work; 48 gained little
+/// more (`certconn bench --callers 32`, docs/design/pipeline.md). Idle workers cost nothing
+/// (one of them polls). A CA that must see fewer requests at once has
+/// `backends.NAME.max_concurrency`.
+pub const DEFAULT_WORKERS: usize = 32;
 
 /// Workers with a PostgreSQL journal when `jobs.workers` is not set. Eight: each write there is
 /// its own transaction on one of `journal.pool_size` (4) connections, so there is no commit to

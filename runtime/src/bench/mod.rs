@@ -476,6 +476,9 @@ struct Phase {
     checkpoint_us: Option<f64>,
     /// CPU per item its PKCS#12 files took, on the threads that wrote them.
     pfx_us: Option<f64>,
+    /// KiB per item this process sent to the disk (the journal's WAL and its checkpoints),
+    /// where the kernel counts it.
+    disk_kib: Option<f64>,
 }
 
 impl Phase {
@@ -488,6 +491,7 @@ impl Phase {
             writer_us: None,
             checkpoint_us: None,
             pfx_us: None,
+            disk_kib: None,
         }
     }
 }
@@ -549,6 +553,7 @@ async fn pipeline_round(
     let writer_before = journal_thread_cpu(WRITER_THREAD);
     let checkpoint_before = journal_thread_cpu(CHECKPOINT_THREAD);
     let pfx_before = certconn::metrics::global().pfx_totals();
+    let disk_before = disk_written();
     let cpu_before = cpu_time();
     let t = Instant::now();
     let mut callers = tokio::task::JoinSet::new();
@@ -611,6 +616,9 @@ async fn pipeline_round(
     };
     phase.writer_us = per_job(writer_before, journal_thread_cpu(WRITER_THREAD));
     phase.checkpoint_us = per_job(checkpoint_before, journal_thread_cpu(CHECKPOINT_THREAD));
+    phase.disk_kib = disk_before
+        .zip(disk_written())
+        .map(|(before, after)| after.saturating_sub(before) as f64 / 1024.0 / jobs as f64);
     let pfx_after = certconn::metrics::global().pfx_totals();
     // Every job wrote one PKCS#12 file; a count that differs means the figure is not per job.
     phase.pfx_us = (pfx_after.0 - pfx_before.0 == jobs as u64)
@@ -689,6 +697,19 @@ fn journal_thread_cpu(name: &str) -> Option<Duration> {
 }
 
 /// CPU time this process has used (user and system, every thread).
+/// Bytes this process has caused to be sent to the disk (`write_bytes` of `/proc/self/io`:
+/// counted when a page is first dirtied, so a page written again before it reached the disk
+/// counts once), where the kernel keeps the count.
+fn disk_written() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn cpu_time() -> Duration {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes a whole rusage into the pointer it is given, which is valid.
@@ -778,7 +799,7 @@ fn print_commits(
     let [background, on_writer] = checkpoint_counts();
     let [background_before, on_writer_before] = checkpoints_before;
     println!(
-        "journal:   {:.2} commits (fsyncs) per job, {:.2} writes per commit; its writer thread {} µs of CPU per job; {} checkpoints beside it ({} µs of CPU per job), {} on it ({:.1} ms in all)",
+        "journal:   {:.2} commits (fsyncs) per job, {:.2} writes per commit; its writer thread {} µs of CPU per job; {} checkpoints beside it ({} µs of CPU per job), {} on it ({:.1} ms in all); {} KiB per job to the disk",
         commits as f64 / jobs as f64,
         writes as f64 / commits.max(1) as f64,
         whole_us(phase.writer_us),
@@ -786,6 +807,7 @@ fn print_commits(
         whole_us(phase.checkpoint_us),
         on_writer.0 - on_writer_before.0,
         on_writer.1.saturating_sub(on_writer_before.1).as_secs_f64() * 1e3,
+        phase.disk_kib.map_or("?".to_owned(), |kib| format!("{kib:.1}")),
     );
 }
 

@@ -93,6 +93,7 @@ fn bench_prints_overhead_throughput_direct_and_ratio() {
             "journal:   ",
             "commits (fsyncs) per job",
             "checkpoints beside it",
+            " KiB per job to the disk",
             "latency:   request → sealed PFX",
             "p99 ",
             "its journal commits: ",
@@ -111,6 +112,7 @@ fn bench_prints_overhead_throughput_direct_and_ratio() {
     );
     // The CPU split is measured, not left unknown: each job's PKCS#12 file was counted.
     assert!(!text.contains("PKCS#12 ?"), "{text}");
+    assert!(!text.contains("? KiB per job"), "{text}");
 }
 
 #[test]

@@ -696,7 +696,6 @@ fn journal_thread_cpu(name: &str) -> Option<Duration> {
     total
 }
 
-/// CPU time this process has used (user and system, every thread).
 /// Bytes this process has caused to be sent to the disk (`write_bytes` of `/proc/self/io`:
 /// counted when a page is first dirtied, so a page written again before it reached the disk
 /// counts once), where the kernel keeps the count.
@@ -710,6 +709,7 @@ fn disk_written() -> Option<u64> {
         .ok()
 }
 
+/// CPU time this process has used (user and system, every thread).
 fn cpu_time() -> Duration {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes a whole rusage into the pointer it is given, which is valid.

@@ -229,6 +229,12 @@ pub fn run(n: usize, token: Option<TokenChoice>) -> anyhow::Result<()> {
             rate(n, || Ok(k.sign(scheme, b"message to sign").map(drop)?))?,
         );
     }
+    for (name, alg) in [
+        ("device key made, EC P-256", KeyAlgorithm::EcP256),
+        ("device key made, EC P-384", KeyAlgorithm::EcP384),
+    ] {
+        line(name, rate(n, || Ok(PrivateKey::generate(alg).map(drop)?))?);
+    }
     let ct = provider::rsa_encrypt(key.public_key_der(), Padding::OaepSha512, b"pfx password")
         .context("encrypt")?;
     line(

@@ -94,21 +94,23 @@ impl std::fmt::Debug for PrivateKey {
 
 impl PrivateKey {
     /// Generates a fresh key.
+    ///
+    /// An EC key is kept as generated: loading it back from its PKCS#8 (as [`Self::from_pkcs8`]
+    /// does with a key from outside) repeats the public key's scalar multiplication to check a
+    /// key that aws-lc has just made, about a third of an EC P-256 key's cost, on every device
+    /// key of every issue job.
     pub fn generate(alg: KeyAlgorithm) -> Result<Self, CryptoError> {
         let failed = |_| CryptoError::Failed(format!("generating a {alg} key failed"));
-        let pkcs8: Vec<u8> = match alg {
+        match alg {
             KeyAlgorithm::EcP256 | KeyAlgorithm::EcP384 => {
                 let sig_alg = if alg == KeyAlgorithm::EcP256 {
                     &signature::ECDSA_P256_SHA256_ASN1_SIGNING
                 } else {
                     &signature::ECDSA_P384_SHA384_ASN1_SIGNING
                 };
-                EcdsaKeyPair::generate(sig_alg)
-                    .map_err(failed)?
-                    .to_pkcs8v1()
-                    .map_err(failed)?
-                    .as_ref()
-                    .to_vec()
+                let kp = EcdsaKeyPair::generate(sig_alg).map_err(failed)?;
+                let pkcs8 = Zeroizing::new(kp.to_pkcs8v1().map_err(failed)?.as_ref().to_vec());
+                Self::software(Inner::Ec(kp), pkcs8)
             }
             KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
                 let size = match alg {
@@ -117,26 +119,23 @@ impl PrivateKey {
                     _ => KeySize::Rsa4096,
                 };
                 let kp = RsaKeyPair::generate(size).map_err(failed)?;
-                AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp)
+                let pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp)
                     .map_err(failed)?
                     .as_ref()
-                    .to_vec()
+                    .to_vec();
+                // The decrypting keys are made from the PKCS#8 (aws-lc-rs has no other way).
+                Self::from_pkcs8(Zeroizing::new(pkcs8))
             }
-        };
-        Self::from_pkcs8(Zeroizing::new(pkcs8))
+        }
     }
 
     /// Loads a PKCS#8 PrivateKeyInfo (RSA, or EC on P-256/P-384).
     pub fn from_pkcs8(pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, CryptoError> {
-        let (inner, spki) = if let Ok(kp) =
+        let inner = if let Ok(kp) =
             EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8).or_else(
                 |_| EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, &pkcs8),
             ) {
-            let spki = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(kp.public_key())
-                .map_err(|_| CryptoError::Failed("encoding the EC public key failed".into()))?
-                .as_ref()
-                .to_vec();
-            (Inner::Ec(kp), spki)
+            Inner::Ec(kp)
         } else {
             let sign = RsaKeyPair::from_pkcs8(&pkcs8).map_err(|e| {
                 CryptoError::InvalidInput(match e.to_string().as_str() {
@@ -154,12 +153,30 @@ impl PrivateKey {
             let refused = |_| CryptoError::InvalidInput("RSA key refused for decryption".into());
             let oaep = OaepPrivateDecryptingKey::new(decrypting()?).map_err(refused)?;
             let pkcs1 = Pkcs1PrivateDecryptingKey::new(decrypting()?).map_err(refused)?;
-            let spki = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(sign.public_key())
-                .map_err(|_| CryptoError::Failed("encoding the RSA public key failed".into()))?
-                .as_ref()
-                .to_vec();
-            (Inner::Rsa { sign, oaep, pkcs1 }, spki)
+            Inner::Rsa { sign, oaep, pkcs1 }
         };
+        Self::software(inner, pkcs8)
+    }
+
+    /// A key held in memory, with its PKCS#8 (for PFX files, sealing and `duplicate`).
+    fn software(inner: Inner, pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, CryptoError> {
+        let spki = match &inner {
+            Inner::Ec(kp) => {
+                AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(kp.public_key())
+                    .map_err(|_| CryptoError::Failed("encoding the EC public key failed".into()))?
+            }
+            Inner::Rsa { sign, .. } => {
+                AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(sign.public_key())
+                    .map_err(|_| CryptoError::Failed("encoding the RSA public key failed".into()))?
+            }
+            Inner::Token(_) => {
+                return Err(CryptoError::Failed(
+                    "a token key has no PKCS#8 in memory".into(),
+                ))
+            }
+        }
+        .as_ref()
+        .to_vec();
         let (_, kind) =
             PublicKeyKind::of_der(&spki).map_err(|e| CryptoError::InvalidInput(e.to_string()))?;
         Ok(Self {
@@ -308,19 +325,28 @@ mod tests {
     use super::*;
     use crate::crypto::provider;
 
+    /// A generated key signs, and its PKCS#8 (what a PFX carries) is the same key: an EC key is
+    /// kept as generated, not loaded back from that PKCS#8, so the two must be checked to agree.
     #[test]
     fn generated_keys_sign_and_verify() {
         for (alg, scheme) in [
             (KeyAlgorithm::EcP256, SignatureScheme::EcdsaP256Sha256),
+            (KeyAlgorithm::EcP384, SignatureScheme::EcdsaP384Sha384),
             (KeyAlgorithm::Rsa2048, SignatureScheme::RsaPkcs1Sha256),
         ] {
             let key = PrivateKey::generate(alg).unwrap();
+            assert_eq!(key.kind().default_signature_scheme(), scheme, "{alg}");
             let sig = key.sign(scheme, b"message").unwrap();
             assert!(provider::verify(key.public_key_der(), scheme, b"message", &sig).unwrap());
             assert!(!provider::verify(key.public_key_der(), scheme, b"massage", &sig).unwrap());
             let reloaded =
                 PrivateKey::from_pkcs8(Zeroizing::new(key.pkcs8_der().unwrap().to_vec())).unwrap();
             assert_eq!(reloaded.public_key_der(), key.public_key_der());
+            assert_eq!(reloaded.kind(), key.kind());
+            let by_reloaded = reloaded.sign(scheme, b"message").unwrap();
+            assert!(
+                provider::verify(key.public_key_der(), scheme, b"message", &by_reloaded).unwrap()
+            );
         }
     }
 

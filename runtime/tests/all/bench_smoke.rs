@@ -123,6 +123,8 @@ fn pki_bench_prints_pfx_seal_and_custody_rates_software_and_softhsm() {
             "PFX write, modern",
             "PFX read,  compat",
             "seal for EC P-256",
+            "device key made, EC P-256",
+            "device key made, EC P-384",
             "custody RSA-OAEP-SHA512 decrypt, RSA-2048 (software store)",
             "custody sign, EC P-256 (SoftHSM2)",
             "custody RSA-OAEP-SHA512 decrypt, RSA-2048 (SoftHSM2)",

@@ -98,7 +98,8 @@ impl PrivateKey {
     /// An EC key is kept as generated: loading it back from its PKCS#8 (as [`Self::from_pkcs8`]
     /// does with a key from outside) repeats the public key's scalar multiplication to check a
     /// key that aws-lc has just made, about a third of an EC P-256 key's cost, on every device
-    /// key of every issue job.
+    /// key of every issue job. The FIPS build keeps its own check: aws-lc generates through
+    /// `EC_KEY_generate_key_fips` there, which tests the new key's pairwise consistency.
     pub fn generate(alg: KeyAlgorithm) -> Result<Self, CryptoError> {
         let failed = |_| CryptoError::Failed(format!("generating a {alg} key failed"));
         match alg {

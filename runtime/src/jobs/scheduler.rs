@@ -16,21 +16,12 @@
 //! a job, when one of them becomes the watcher. On a journal shared by a fleet (PostgreSQL)
 //! every idle worker polling made each instance's idle load grow with its workers; now it is
 //! one look per interval per instance, and a worker more costs nothing while idle.
-//!
-//! Each worker is an OS thread of its own (`certconn-worker-N`) that drives its loop with the
-//! runtime's handle, not a task on the async threads. A job's work between two waits is CPU
-//! (the plugin call, the host's checks, its PKCS#12 file): on a thread of its own the worker does
-//! it in place, where a task had to hand the PKCS#12 file to the blocking pool and come back,
-//! and the journal's answers wake the worker itself instead of a task an async thread must pick
-//! up. The writes of the jobs in flight then reach the journal together (about 22 per commit
-//! against 8 on two cores), and a job costs less CPU; see `docs/design/pipeline.md`.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use super::events::JobEvent;
@@ -50,26 +41,6 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Longest any other idle worker sleeps without looking: only a safety net, since the watcher
 /// wakes one of them whenever it takes a job.
 const IDLE_FOLLOW: Duration = Duration::from_secs(10);
-
-thread_local! {
-    /// Set on a worker's own thread, which runs nothing but its jobs.
-    static ON_WORKER_THREAD: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the caller runs on a scheduler worker's own thread, where CPU-bound work (a PKCS#12
-/// file) may run in place: it holds up nothing but its own job.
-pub(crate) fn on_worker_thread() -> bool {
-    ON_WORKER_THREAD.with(Cell::get)
-}
-
-/// Runs `f` as if on a worker's own thread.
-#[cfg(test)]
-pub(crate) fn as_worker_thread<R>(f: impl FnOnce() -> R) -> R {
-    ON_WORKER_THREAD.with(|on| on.set(true));
-    let result = f();
-    ON_WORKER_THREAD.with(|on| on.set(false));
-    result
-}
 
 /// How often and how long jobs are retried.
 #[derive(Debug, Clone, Copy)]
@@ -119,34 +90,12 @@ impl Scheduler {
     }
 
     /// Runs the workers until `shutdown` turns true; jobs in flight finish first.
-    ///
-    /// Each worker runs on a thread of its own (see the module's documentation), so dropping
-    /// this future does not stop them: `shutdown` does. A worker whose thread cannot be started
-    /// runs as a task on the async threads instead.
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
-        let handle = tokio::runtime::Handle::current();
         let mut workers = JoinSet::new();
         for n in 0..self.workers {
-            let (this, stop, runtime) = (self.clone(), shutdown.clone(), handle.clone());
-            let (ended, end) = oneshot::channel::<()>();
-            let started = std::thread::Builder::new()
-                .name(format!("certconn-worker-{n}"))
-                .spawn(move || {
-                    ON_WORKER_THREAD.with(|on| on.set(true));
-                    runtime.block_on(this.worker(n, stop));
-                    let _ = ended.send(());
-                });
-            match started {
-                // A worker that panicked drops `ended`: the wait ends all the same.
-                Ok(_) => workers.spawn(async move {
-                    let _ = end.await;
-                }),
-                Err(e) => {
-                    tracing::warn!(worker = n, "could not start a thread for a scheduler worker ({e}); it runs on the async threads");
-                    let (this, stop) = (self.clone(), shutdown.clone());
-                    workers.spawn(async move { this.worker(n, stop).await })
-                }
-            };
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            workers.spawn(async move { this.worker(n, shutdown).await });
         }
         while workers.join_next().await.is_some() {}
     }
@@ -668,49 +617,6 @@ mod tests {
             (8..=most as u64).contains(&looks),
             "{looks} looks by 8 idle workers in {idle:?}; expected 8 to {most}"
         );
-    }
-
-    /// Notes where each job ran.
-    #[derive(Default)]
-    struct WhereRun(Mutex<Vec<(bool, Option<String>)>>);
-
-    #[async_trait::async_trait]
-    impl JobRunner for WhereRun {
-        async fn run(&self, _job: &JobRecord) -> Outcome {
-            let thread = std::thread::current();
-            self.0
-                .lock()
-                .unwrap()
-                .push((on_worker_thread(), thread.name().map(str::to_owned)));
-            Err(JobError::permanent("noted"))
-        }
-    }
-
-    #[tokio::test]
-    async fn each_worker_runs_on_a_thread_of_its_own() {
-        let runner = Arc::new(WhereRun::default());
-        let (_dir, journal, scheduler) = scheduler(runner.clone(), 2, Duration::from_secs(60), 1);
-        let (stop, stopped) = watch::channel(false);
-        let running = tokio::spawn(scheduler.run(stopped));
-        let job = enqueue(&journal, serde_json::json!({})).await;
-        let ended = journal
-            .wait_settled(&job.id, Duration::from_secs(30))
-            .await
-            .unwrap();
-        stop.send(true).unwrap();
-        running.await.unwrap();
-        assert_eq!(ended.last_error.as_deref(), Some("noted"));
-        let seen = runner.0.lock().unwrap().clone();
-        assert_eq!(seen.len(), 1, "{seen:?}");
-        let (marked, name) = &seen[0];
-        assert!(marked, "{seen:?}");
-        assert!(
-            name.as_deref()
-                .is_some_and(|n| n.starts_with("certconn-worker-")),
-            "{seen:?}"
-        );
-        // The test's own thread is not a worker's.
-        assert!(!on_worker_thread());
     }
 
     /// Sends each job away for `again` at its first run; at its second, waits for `together`

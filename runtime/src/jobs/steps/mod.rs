@@ -70,19 +70,14 @@ impl Steps {
 }
 
 /// Runs `f`, a millisecond or more of the host's cryptography (a PKCS#12 file's key
-/// derivations), where it holds up no other job: in place on a scheduler worker's own thread,
-/// which runs nothing else, and elsewhere (a step run from an async thread) on the blocking
-/// pool, so journal answers and plugin calls of other jobs are not stuck behind it.
+/// derivations), on the blocking pool, so journal answers and plugin calls of other jobs are not
+/// stuck behind it on the async threads.
 async fn cpu_bound<R: Send + 'static>(
     f: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R, JobError> {
-    let panicked = || JobError::permanent("the host's cryptography panicked");
-    if crate::jobs::scheduler::on_worker_thread() {
-        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| panicked());
-    }
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| panicked().because(e))
+        .map_err(|e| JobError::permanent("the host's cryptography panicked").because(e))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(job: &JobRecord) -> Result<T, JobError> {
@@ -573,33 +568,5 @@ pub(crate) mod tests {
             "{}",
             e.report()
         );
-    }
-
-    /// On a worker's own thread a PKCS#12 file is made in place, and a panic in it fails its
-    /// job instead of the worker; anywhere else the work goes to the blocking pool.
-    #[test]
-    fn cpu_bound_work_runs_in_place_on_a_worker_thread() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let here = std::thread::current().id();
-        crate::jobs::scheduler::as_worker_thread(|| {
-            let ran_on = runtime
-                .handle()
-                .block_on(cpu_bound(|| std::thread::current().id()))
-                .unwrap();
-            assert_eq!(ran_on, here);
-            let panicked = runtime
-                .handle()
-                .block_on(cpu_bound(|| -> u8 { panic!("a PKCS#12 file that panics") }))
-                .unwrap_err();
-            assert_eq!(panicked.to_string(), "the host's cryptography panicked");
-        });
-        let ran_on = runtime
-            .block_on(cpu_bound(|| std::thread::current().id()))
-            .unwrap();
-        assert_ne!(ran_on, here);
     }
 }

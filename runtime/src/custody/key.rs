@@ -68,6 +68,17 @@ enum Inner {
     Token(TokenKey),
 }
 
+/// The SubjectPublicKeyInfo (DER) of an aws-lc public key, EC or RSA.
+fn spki_der<'a, K: AsDer<aws_lc_rs::encoding::PublicKeyX509Der<'a>>>(
+    key: &K,
+) -> Result<Vec<u8>, CryptoError> {
+    Ok(key
+        .as_der()
+        .map_err(|_| CryptoError::Failed("encoding the public key failed".into()))?
+        .as_ref()
+        .to_vec())
+}
+
 /// A private key held by the host: in memory (software store, device keys) or on a token.
 pub struct PrivateKey {
     inner: Inner,
@@ -111,7 +122,8 @@ impl PrivateKey {
                 };
                 let kp = EcdsaKeyPair::generate(sig_alg).map_err(failed)?;
                 let pkcs8 = Zeroizing::new(kp.to_pkcs8v1().map_err(failed)?.as_ref().to_vec());
-                Self::software(Inner::Ec(kp), pkcs8)
+                let spki = spki_der(kp.public_key())?;
+                Self::software(Inner::Ec(kp), spki, pkcs8)
             }
             KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
                 let size = match alg {
@@ -132,11 +144,12 @@ impl PrivateKey {
 
     /// Loads a PKCS#8 PrivateKeyInfo (RSA, or EC on P-256/P-384).
     pub fn from_pkcs8(pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, CryptoError> {
-        let inner = if let Ok(kp) =
+        let (inner, spki) = if let Ok(kp) =
             EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8).or_else(
                 |_| EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, &pkcs8),
             ) {
-            Inner::Ec(kp)
+            let spki = spki_der(kp.public_key())?;
+            (Inner::Ec(kp), spki)
         } else {
             let sign = RsaKeyPair::from_pkcs8(&pkcs8).map_err(|e| {
                 CryptoError::InvalidInput(match e.to_string().as_str() {
@@ -154,30 +167,19 @@ impl PrivateKey {
             let refused = |_| CryptoError::InvalidInput("RSA key refused for decryption".into());
             let oaep = OaepPrivateDecryptingKey::new(decrypting()?).map_err(refused)?;
             let pkcs1 = Pkcs1PrivateDecryptingKey::new(decrypting()?).map_err(refused)?;
-            Inner::Rsa { sign, oaep, pkcs1 }
+            let spki = spki_der(sign.public_key())?;
+            (Inner::Rsa { sign, oaep, pkcs1 }, spki)
         };
-        Self::software(inner, pkcs8)
+        Self::software(inner, spki, pkcs8)
     }
 
-    /// A key held in memory, with its PKCS#8 (for PFX files, sealing and `duplicate`).
-    fn software(inner: Inner, pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, CryptoError> {
-        let spki = match &inner {
-            Inner::Ec(kp) => {
-                AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(kp.public_key())
-                    .map_err(|_| CryptoError::Failed("encoding the EC public key failed".into()))?
-            }
-            Inner::Rsa { sign, .. } => {
-                AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(sign.public_key())
-                    .map_err(|_| CryptoError::Failed("encoding the RSA public key failed".into()))?
-            }
-            Inner::Token(_) => {
-                return Err(CryptoError::Failed(
-                    "a token key has no PKCS#8 in memory".into(),
-                ))
-            }
-        }
-        .as_ref()
-        .to_vec();
+    /// A key held in memory, with its public key and its PKCS#8 (for PFX files, sealing and
+    /// `duplicate`).
+    fn software(
+        inner: Inner,
+        spki: Vec<u8>,
+        pkcs8: Zeroizing<Vec<u8>>,
+    ) -> Result<Self, CryptoError> {
         let (_, kind) =
             PublicKeyKind::of_der(&spki).map_err(|e| CryptoError::InvalidInput(e.to_string()))?;
         Ok(Self {

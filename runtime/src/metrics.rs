@@ -311,6 +311,16 @@ impl Metrics {
         )
     }
 
+    /// How many runs of `kind` jobs ended with `outcome` since the process started. A run is
+    /// counted as it ends, before its outcome is in the journal.
+    pub fn job_runs(&self, kind: &str, outcome: JobOutcome) -> u64 {
+        lock(&self.job_runs)
+            .iter()
+            .filter(|((k, o), _)| *k == kind && *o == outcome)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// `(observations, total time)` of each stage since the process started.
     pub fn job_stage_totals(&self) -> Vec<(JobStage, u64, Duration)> {
         let stages = lock(&self.job_stage_seconds);
@@ -650,6 +660,24 @@ mod tests {
         assert!(text.contains("certconn_job_run_seconds_bucket{kind=\"issue\",le=\"3600\"} 2"));
         assert!(text.contains("certconn_job_run_seconds_bucket{kind=\"issue\",le=\"+Inf\"} 3"));
         assert!(text.contains("certconn_job_run_seconds_count{kind=\"issue\"} 3"));
+    }
+
+    #[test]
+    fn job_runs_counts_one_kind_and_outcome() {
+        let m = Metrics::default();
+        assert_eq!(m.job_runs("issue", "succeeded"), 0);
+        for (kind, outcome) in [
+            ("issue", "succeeded"),
+            ("issue", "succeeded"),
+            ("issue", "failed"),
+            ("revoke", "succeeded"),
+        ] {
+            m.job_ran(kind, outcome, Duration::ZERO, Duration::ZERO);
+        }
+        assert_eq!(m.job_runs("issue", "succeeded"), 2);
+        assert_eq!(m.job_runs("issue", "failed"), 1);
+        assert_eq!(m.job_runs("issue", "dead"), 0);
+        assert_eq!(m.job_runs("revoke", "succeeded"), 1);
     }
 
     #[test]

@@ -92,6 +92,7 @@ fn bench_prints_overhead_throughput_direct_and_ratio() {
             "(20 timings)",
             "journal:   ",
             "commits (fsyncs) per job",
+            " µs waiting for a core; ",
             "checkpoints beside it",
             " KiB per job to the disk",
             "latency:   request → sealed PFX",

@@ -469,6 +469,7 @@ impl App {
             shared_journal: self.config.journal.is_postgres(),
             instance: self.instance.clone(),
             journal_location: self.journal.location(),
+            health_counts: Default::default(),
             openapi: openapi.clone(),
         });
         let (router, mut document) =

@@ -10,10 +10,12 @@
 //! - `metrics`: `GET /metrics` for Prometheus.
 //! - `status`: the status page and `GET /v1/status`.
 //! - `fleet`: `GET /v1/fleet`, the instances sharing the journal.
+//! - `job_counts`: the job counts `GET /v1/health` shows, at most a second old.
 
 pub mod certificates;
 pub mod client;
 pub mod fleet;
+pub mod job_counts;
 mod metrics;
 pub mod server;
 pub mod status;

@@ -13,24 +13,26 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::journal::{JobState, JobStore, JournalError};
+use crate::journal::{JobState, JobStore};
 
 /// How old a count `/v1/health` may show.
 pub const MAX_AGE: Duration = Duration::from_secs(1);
 
-/// Jobs by state, as counted at a moment.
-type Counts = Vec<(JobState, i64)>;
+/// Jobs by state as counted at a moment, or why the journal could not be counted (the whole
+/// chain, as health shows it).
+pub type Counted = Result<Vec<(JobState, i64)>, String>;
 
-/// The last count and when it was taken. A failed count is not kept: the next request asks
-/// the journal again, so `/v1/health` says at once when it is back.
+/// The last count and when it was taken. A failure is kept as long as a count: when the
+/// journal is unreachable, requests that waited for a count that failed do not each try again
+/// in turn (each would wait out the journal's timeout behind the others).
 #[derive(Default)]
 pub struct JobCounts {
-    last: Mutex<Option<(Instant, Counts)>>,
+    last: Mutex<Option<(Instant, Counted)>>,
 }
 
 impl JobCounts {
     /// The counts of `jobs`, at most [`MAX_AGE`] old.
-    pub async fn read(&self, jobs: &dyn JobStore) -> Result<Counts, JournalError> {
+    pub async fn read(&self, jobs: &dyn JobStore) -> Counted {
         self.read_at(jobs, Instant::now, MAX_AGE).await
     }
 
@@ -39,17 +41,17 @@ impl JobCounts {
         jobs: &dyn JobStore,
         now: impl Fn() -> Instant,
         max_age: Duration,
-    ) -> Result<Counts, JournalError> {
+    ) -> Counted {
         // Held while counting: requests meanwhile wait for this count instead of starting theirs.
         let mut last = self.last.lock().await;
-        if let Some((at, counts)) = last.as_ref() {
+        if let Some((at, counted)) = last.as_ref() {
             if now().saturating_duration_since(*at) < max_age {
-                return Ok(counts.clone());
+                return counted.clone();
             }
         }
-        let counts = jobs.counts().await?;
-        *last = Some((now(), counts.clone()));
-        Ok(counts)
+        let counted = jobs.counts().await.map_err(|e| crate::report::chain(&e));
+        *last = Some((now(), counted.clone()));
+        counted
     }
 }
 
@@ -61,8 +63,8 @@ mod tests {
     use crate::journal::{JobKind, NewJob, SqliteJournal};
 
     /// Jobs in every state.
-    fn total(counts: &Counts) -> i64 {
-        counts.iter().map(|(_, n)| n).sum()
+    fn total(counted: &Counted) -> i64 {
+        counted.as_ref().unwrap().iter().map(|(_, n)| n).sum()
     }
 
     async fn enqueue(j: &SqliteJournal, key: &str) {
@@ -88,23 +90,52 @@ mod tests {
         let at = |ms: u64| move || start + Duration::from_millis(ms);
 
         enqueue(&journal, "a").await;
-        let first = counts.read_at(&*journal, at(0), MAX_AGE).await.unwrap();
+        let first = counts.read_at(&*journal, at(0), MAX_AGE).await;
         assert_eq!(total(&first), 1);
 
         enqueue(&journal, "b").await;
-        let again = counts.read_at(&*journal, at(999), MAX_AGE).await.unwrap();
+        let again = counts.read_at(&*journal, at(999), MAX_AGE).await;
         assert_eq!(again, first, "a count under a second old is served again");
 
-        let fresh = counts.read_at(&*journal, at(1000), MAX_AGE).await.unwrap();
+        let fresh = counts.read_at(&*journal, at(1000), MAX_AGE).await;
         assert_eq!(total(&fresh), 2, "a second later the journal is counted");
 
         enqueue(&journal, "c").await;
-        let kept = counts.read_at(&*journal, at(1500), MAX_AGE).await.unwrap();
+        let kept = counts.read_at(&*journal, at(1500), MAX_AGE).await;
         assert_eq!(
             kept, fresh,
             "the age runs from the last count, not the first"
         );
-        let recounted = counts.read_at(&*journal, at(2000), MAX_AGE).await.unwrap();
+        let recounted = counts.read_at(&*journal, at(2000), MAX_AGE).await;
         assert_eq!(total(&recounted), 3);
+    }
+
+    /// A count that failed is answered as long as one that did not, and the journal is counted
+    /// again once it is a second old.
+    #[tokio::test]
+    async fn a_failed_count_is_kept_as_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let journal = Arc::new(SqliteJournal::open(&path, "t").unwrap());
+        enqueue(&journal, "a").await;
+        let counts = JobCounts::default();
+        let start = Instant::now();
+        let at = |ms: u64| move || start + Duration::from_millis(ms);
+        // The journal loses its jobs table, then gets it back.
+        let outside = rusqlite::Connection::open(&path).unwrap();
+        outside
+            .execute_batch("ALTER TABLE jobs RENAME TO jobs_away")
+            .unwrap();
+        let failed = counts.read_at(&*journal, at(0), MAX_AGE).await;
+        let why = failed.clone().unwrap_err();
+        assert!(why.contains("jobs"), "{why}");
+        outside
+            .execute_batch("ALTER TABLE jobs_away RENAME TO jobs")
+            .unwrap();
+        assert_eq!(counts.read_at(&*journal, at(999), MAX_AGE).await, failed);
+        assert_eq!(
+            total(&counts.read_at(&*journal, at(1000), MAX_AGE).await),
+            1
+        );
     }
 }

@@ -458,7 +458,7 @@ fn presents(request: &Request, token: &str) -> bool {
 async fn health(State(state): State<AppState>) -> Json<Health> {
     let (counts, journal_error) = match state.health_counts.read(&*state.jobs).await {
         Ok(counts) => (counts, None),
-        Err(e) => (Vec::new(), Some(crate::report::chain(&e))),
+        Err(why) => (Vec::new(), Some(why)),
     };
     let registry = &state.registry;
     let down = registry.not_serving();

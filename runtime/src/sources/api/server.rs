@@ -456,7 +456,7 @@ fn presents(request: &Request, token: &str) -> bool {
     )
 )]
 async fn health(State(state): State<AppState>) -> Json<Health> {
-    let (counts, journal_error) = match state.health_counts.read(&*state.jobs).await {
+    let (counts, journal_error) = match state.health_counts.read(&state.jobs).await {
         Ok(counts) => (counts, None),
         Err(why) => (Vec::new(), Some(why)),
     };

@@ -73,7 +73,7 @@ fn req(x: i64) -> serde_json::Value {
     json!({ "x": x })
 }
 
-async fn enqueue(j: &dyn Journal, key: &str) -> JobRecord {
+pub(crate) async fn enqueue(j: &dyn Journal, key: &str) -> JobRecord {
     enqueue_from(j, "api", key).await
 }
 

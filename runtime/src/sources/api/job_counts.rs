@@ -67,54 +67,70 @@ impl JobCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{JobKind, NewJob, SqliteJournal};
+    use crate::journal::behaviour::enqueue;
+    use crate::journal::SqliteJournal;
+
+    /// A fresh journal at `path`, the same as the store health reads, and when the test began.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        journal: Arc<SqliteJournal>,
+        store: Arc<dyn JobStore>,
+        start: Instant,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("j.sqlite");
+            let journal = Arc::new(SqliteJournal::open(&path, "t").unwrap());
+            Self {
+                _dir: dir,
+                path,
+                store: journal.clone(),
+                journal,
+                start: Instant::now(),
+            }
+        }
+
+        /// `counts` read when the clock says `ms` after the test began.
+        async fn read(&self, counts: &JobCounts, ms: u64) -> Counted {
+            let start = self.start;
+            let now = move || start + Duration::from_millis(ms);
+            counts.read_at(&self.store, now, MAX_AGE).await
+        }
+    }
 
     /// Jobs in every state.
     fn total(counted: &Counted) -> i64 {
         counted.as_ref().unwrap().iter().map(|(_, n)| n).sum()
     }
 
-    async fn enqueue(j: &SqliteJournal, key: &str) {
-        j.enqueue(NewJob {
-            source: "api",
-            idempotency_key: key,
-            kind: JobKind::Issue,
-            request: &serde_json::json!({}),
-            route: None,
-        })
-        .await
-        .unwrap();
-    }
-
     /// Within the age a count is served again, so a flood of requests costs one count; past it
     /// the journal is counted afresh.
     #[tokio::test]
     async fn a_count_serves_until_it_is_a_second_old() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Arc::new(SqliteJournal::open(&dir.path().join("j.sqlite"), "t").unwrap());
-        let store: Arc<dyn JobStore> = journal.clone();
+        let f = Fixture::new();
         let counts = JobCounts::default();
-        let start = Instant::now();
-        let at = |ms: u64| move || start + Duration::from_millis(ms);
 
-        enqueue(&journal, "a").await;
-        let first = counts.read_at(&store, at(0), MAX_AGE).await;
+        enqueue(&*f.journal, "a").await;
+        let first = f.read(&counts, 0).await;
         assert_eq!(total(&first), 1);
 
-        enqueue(&journal, "b").await;
-        let again = counts.read_at(&store, at(999), MAX_AGE).await;
+        enqueue(&*f.journal, "b").await;
+        let again = f.read(&counts, 999).await;
         assert_eq!(again, first, "a count under a second old is served again");
 
-        let fresh = counts.read_at(&store, at(1000), MAX_AGE).await;
+        let fresh = f.read(&counts, 1000).await;
         assert_eq!(total(&fresh), 2, "a second later the journal is counted");
 
-        enqueue(&journal, "c").await;
-        let kept = counts.read_at(&store, at(1500), MAX_AGE).await;
+        enqueue(&*f.journal, "c").await;
+        let kept = f.read(&counts, 1500).await;
         assert_eq!(
             kept, fresh,
             "the age runs from the last count, not the first"
         );
-        let recounted = counts.read_at(&store, at(2000), MAX_AGE).await;
+        let recounted = f.read(&counts, 2000).await;
         assert_eq!(total(&recounted), 3);
     }
 
@@ -122,53 +138,44 @@ mod tests {
     /// as if it had stayed: the next request, half a second later, does not count again.
     #[tokio::test]
     async fn a_count_outlives_the_request_that_started_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Arc::new(SqliteJournal::open(&dir.path().join("j.sqlite"), "t").unwrap());
-        let store: Arc<dyn JobStore> = journal.clone();
+        let f = Fixture::new();
         let counts = JobCounts::default();
-        let start = Instant::now();
-        let at = |ms: u64| move || start + Duration::from_millis(ms);
-        enqueue(&journal, "a").await;
+        enqueue(&*f.journal, "a").await;
         // Polled once, then dropped: its count has started (in a task not yet run), and the
         // request is gone.
-        let mut request = Box::pin(counts.read_at(&store, at(0), MAX_AGE));
+        let mut request = Box::pin(f.read(&counts, 0));
         let polled = std::future::poll_fn(|cx| {
             std::task::Poll::Ready(std::future::Future::poll(request.as_mut(), cx))
         })
         .await;
         assert!(polled.is_pending(), "a count cannot end within one poll");
         drop(request);
-        let next = counts.read_at(&store, at(500), MAX_AGE).await;
+        let next = f.read(&counts, 500).await;
         assert_eq!(total(&next), 1);
         // Taken at 0, that count is a second old at 1,200 (one taken at 500 would not be).
-        enqueue(&journal, "b").await;
-        assert_eq!(total(&counts.read_at(&store, at(1200), MAX_AGE).await), 2);
+        enqueue(&*f.journal, "b").await;
+        assert_eq!(total(&f.read(&counts, 1200).await), 2);
     }
 
     /// A count that failed is answered as long as one that did not, and the journal is counted
     /// again once it is a second old.
     #[tokio::test]
     async fn a_failed_count_is_kept_as_long() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.sqlite");
-        let journal = Arc::new(SqliteJournal::open(&path, "t").unwrap());
-        let store: Arc<dyn JobStore> = journal.clone();
-        enqueue(&journal, "a").await;
+        let f = Fixture::new();
         let counts = JobCounts::default();
-        let start = Instant::now();
-        let at = |ms: u64| move || start + Duration::from_millis(ms);
+        enqueue(&*f.journal, "a").await;
         // The journal loses its jobs table, then gets it back.
-        let outside = rusqlite::Connection::open(&path).unwrap();
+        let outside = rusqlite::Connection::open(&f.path).unwrap();
         outside
             .execute_batch("ALTER TABLE jobs RENAME TO jobs_away")
             .unwrap();
-        let failed = counts.read_at(&store, at(0), MAX_AGE).await;
+        let failed = f.read(&counts, 0).await;
         let why = failed.clone().unwrap_err();
         assert!(why.contains("jobs"), "{why}");
         outside
             .execute_batch("ALTER TABLE jobs_away RENAME TO jobs")
             .unwrap();
-        assert_eq!(counts.read_at(&store, at(999), MAX_AGE).await, failed);
-        assert_eq!(total(&counts.read_at(&store, at(1000), MAX_AGE).await), 1);
+        assert_eq!(f.read(&counts, 999).await, failed);
+        assert_eq!(total(&f.read(&counts, 1000).await), 1);
     }
 }

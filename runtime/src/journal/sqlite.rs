@@ -1749,6 +1749,33 @@ mod tests {
         }
     }
 
+    /// The bundled SQLite is built as `.cargo/config.toml` says: no allocation statistics (a
+    /// global mutex around every allocation), no shared cache, and no memory management (which
+    /// puts every connection's page cache behind one mutex). docs/design/pipeline.md, "SQLite
+    /// without its global mutexes". A build that drops the flags still works, a little slower:
+    /// this says so.
+    #[test]
+    fn sqlite_is_built_without_its_global_mutexes() {
+        let conn = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for wanted in ["DEFAULT_MEMSTATUS=0", "OMIT_SHARED_CACHE", "THREADSAFE=1"] {
+            assert!(
+                options.iter().any(|o| o == wanted),
+                "{wanted} missing: {options:?}"
+            );
+        }
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+    }
+
     /// A read does not wait for another to end: with a read connection held (as a long read
     /// holds it), a read still answers; with every one held, a read waits and goes on when one
     /// comes back. With one connection for every read, the first read waited.

@@ -1752,10 +1752,10 @@ mod tests {
     /// The bundled SQLite is built as `.cargo/config.toml` says: no allocation statistics (a
     /// global mutex around every allocation), no shared cache, and no memory management (which
     /// puts every connection's page cache behind one mutex). docs/design/pipeline.md, "SQLite
-    /// without its global mutexes". A build that drops the flags still works, a little slower:
-    /// this says so.
+    /// without the global mutexes on its allocations and page caches". A build that drops the
+    /// flags still works, a little slower: this says so.
     #[test]
-    fn sqlite_is_built_without_its_global_mutexes() {
+    fn sqlite_takes_no_global_mutex_to_allocate_or_cache_pages() {
         let conn = Connection::open_in_memory().unwrap();
         let options: Vec<String> = conn
             .prepare("PRAGMA compile_options")

@@ -14,6 +14,7 @@ use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use aws_lc_rs::{digest, hmac, pbkdf2};
 use certconn_x509::SignatureScheme;
 use std::num::NonZeroU32;
+use zeroize::Zeroizing;
 
 use super::policy::Cipher;
 use super::CryptoError;
@@ -97,6 +98,21 @@ pub fn random_vec(len: usize) -> Result<Vec<u8>, CryptoError> {
 /// Hashes `data`.
 pub fn digest(alg: Digest, data: &[u8]) -> Vec<u8> {
     digest::digest(alg.algorithm(), data).as_ref().to_vec()
+}
+
+/// `data` hashed `iterations` times over, each hash of the one before (the chain the PKCS#12
+/// key derivation runs thousands of rounds long). One buffer holds the chain, zeroized when
+/// done: a vector per round cost an allocation each and left every link in freed memory.
+pub fn digest_iterated(alg: Digest, data: &[u8], iterations: u32) -> Zeroizing<Vec<u8>> {
+    let alg = alg.algorithm();
+    let len = alg.output_len();
+    let mut chain = Zeroizing::new([0u8; digest::MAX_OUTPUT_LEN]);
+    chain[..len].copy_from_slice(digest::digest(alg, data).as_ref());
+    for _ in 1..iterations.max(1) {
+        let next = digest::digest(alg, &chain[..len]);
+        chain[..len].copy_from_slice(next.as_ref());
+    }
+    Zeroizing::new(chain[..len].to_vec())
 }
 
 fn verification_algorithm(scheme: SignatureScheme) -> &'static dyn VerificationAlgorithm {
@@ -344,6 +360,25 @@ mod tests {
             assert_eq!(
                 cbc_decrypt(cipher, &key, &iv, &ct).unwrap(),
                 b"attack at dawn"
+            );
+        }
+    }
+
+    /// Each round hashes the one before, for every digest length (SHA-1's 20 bytes to
+    /// SHA-512's 64); zero rounds count as one, as the PKCS#12 derivation's loop always did.
+    #[test]
+    fn an_iterated_digest_is_the_chain_of_single_ones() {
+        for alg in [Digest::Sha1, Digest::Sha256, Digest::Sha384, Digest::Sha512] {
+            let mut chain = digest(alg, b"certconn");
+            assert_eq!(&digest_iterated(alg, b"certconn", 1)[..], &chain[..]);
+            assert_eq!(&digest_iterated(alg, b"certconn", 0)[..], &chain[..]);
+            for _ in 1..5 {
+                chain = digest(alg, &chain);
+            }
+            assert_eq!(
+                &digest_iterated(alg, b"certconn", 5)[..],
+                &chain[..],
+                "{alg:?}"
             );
         }
     }

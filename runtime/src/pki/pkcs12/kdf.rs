@@ -50,23 +50,20 @@ pub fn derive(
             .collect()
     };
     let mut i = Zeroizing::new(fill(salt));
-    i.extend_from_slice(&fill(password));
+    i.extend_from_slice(&Zeroizing::new(fill(password)));
     let d = vec![purpose as u8; v];
     let mut out = Zeroizing::new(Vec::with_capacity(len));
     loop {
         let mut input = Zeroizing::new(d.clone());
         input.extend_from_slice(&i);
-        let mut a = Zeroizing::new(provider::digest(digest, &input));
-        for _ in 1..iterations.max(1) {
-            *a = provider::digest(digest, &a);
-        }
+        let a = provider::digest_iterated(digest, &input, iterations);
         let take = (len - out.len()).min(a.len());
         out.extend_from_slice(&a[..take]);
         if out.len() == len {
             return out;
         }
         // I_j = (I_j + B + 1) mod 2^(8v), B = A repeated to v bytes.
-        let b: Vec<u8> = a.iter().copied().cycle().take(v).collect();
+        let b: Zeroizing<Vec<u8>> = Zeroizing::new(a.iter().copied().cycle().take(v).collect());
         for chunk in i.chunks_mut(v) {
             let mut carry = 1u16;
             for k in (0..v).rev() {

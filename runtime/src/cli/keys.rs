@@ -272,9 +272,15 @@ fn fingerprint(spki: &[u8]) -> String {
 }
 
 fn read_pkcs8(path: &std::path::Path) -> anyhow::Result<PrivateKey> {
+    // Sized to the file before reading: a vector grown while reading frees its smaller copies
+    // of the key unzeroized.
     let mut raw = Zeroizing::new(Vec::new());
     std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut raw))
+        .and_then(|mut f| {
+            let len = f.metadata()?.len();
+            raw.reserve_exact(usize::try_from(len).unwrap_or(0));
+            f.read_to_end(&mut raw)
+        })
         .with_context(|| format!("reading {}", path.display()))?;
     let der = match std::str::from_utf8(&raw) {
         Ok(text) if text.contains("-----BEGIN") => {

@@ -98,7 +98,9 @@ pub struct PasswordSource {
 impl PasswordSource {
     fn read(&self) -> anyhow::Result<Zeroizing<String>> {
         let password = if self.password_stdin {
-            let mut line = Zeroizing::new(String::new());
+            // Room for any sane password, so that the line is not reallocated while it is read
+            // (a grown string frees its smaller copies unzeroized).
+            let mut line = Zeroizing::new(String::with_capacity(1024));
             std::io::stdin()
                 .lock()
                 .read_line(&mut line)

@@ -274,14 +274,28 @@ fn fingerprint(spki: &[u8]) -> String {
 fn read_pkcs8(path: &std::path::Path) -> anyhow::Result<PrivateKey> {
     // Sized to the file before reading: a vector grown while reading frees its smaller copies
     // of the key unzeroized.
-    let mut raw = Zeroizing::new(Vec::new());
-    std::fs::File::open(path)
-        .and_then(|mut f| {
-            let len = f.metadata()?.len();
-            raw.reserve_exact(usize::try_from(len).unwrap_or(0));
-            f.read_to_end(&mut raw)
-        })
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let max = certconn::files::MAX_SECRET_FILE;
+    if len > max {
+        bail!(
+            "{} is {len} bytes; a PKCS#8 key file holds at most {max}",
+            path.display()
+        );
+    }
+    let mut raw = Zeroizing::new(Vec::with_capacity(len as usize));
+    file.take(max + 1)
+        .read_to_end(&mut raw)
         .with_context(|| format!("reading {}", path.display()))?;
+    if raw.len() as u64 > max {
+        bail!(
+            "{} grew past {max} bytes while it was read; a PKCS#8 key file holds at most {max}",
+            path.display()
+        );
+    }
     let der = match std::str::from_utf8(&raw) {
         Ok(text) if text.contains("-----BEGIN") => {
             let blocks = pem::decode_all(text).map_err(anyhow::Error::msg)?;

@@ -107,6 +107,19 @@ fn keys_are_administered_offline_and_never_while_the_daemon_runs() {
         !out.status.success()
             && String::from_utf8_lossy(&out.stderr).contains("encrypted PKCS#8 is not supported")
     );
+    let huge = dir.path().join("huge.pem");
+    std::fs::write(&huge, vec![b'A'; 100 * 1024]).unwrap();
+    let out = keys(
+        &config,
+        &["import", "other", "--pkcs8", huge.to_str().unwrap()],
+    );
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("is 102400 bytes; a PKCS#8 key file holds at most 65536"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = keys(&config, &["delete", "signer"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--yes"));
     ok(keys(&config, &["delete", "signer", "--yes"]));

@@ -110,17 +110,41 @@ pub fn read_protected(path: &Path) -> Result<Zeroizing<Vec<u8>>, FileError> {
         });
     }
     check_owner(path, &meta)?;
-    if meta.len() > MAX_SECRET_FILE {
-        return Err(FileError::TooLarge {
-            path: path.to_owned(),
-            size: meta.len(),
-        });
+    read_bounded(&mut file, path, meta.len())
+}
+
+/// Reads key material handed to certconn once, as an import: bounded and read into zeroized
+/// memory like [`read_protected`], but without its checks of owner and mode, which are for
+/// files certconn keeps reading (a key exported to be imported is often world-readable).
+pub fn read_secret_once(path: &Path) -> Result<Zeroizing<Vec<u8>>, FileError> {
+    let mut file = fs::File::open(path).map_err(io(path))?;
+    let len = file.metadata().map_err(io(path))?.len();
+    read_bounded(&mut file, path, len)
+}
+
+/// Reads at most [`MAX_SECRET_FILE`] bytes of an open file `len` bytes long into a buffer
+/// sized before the read: a buffer grown while reading frees its smaller copies unzeroized.
+/// A file over the limit, or one that grew past it while it was read, is refused.
+fn read_bounded(
+    file: &mut fs::File,
+    path: &Path,
+    len: u64,
+) -> Result<Zeroizing<Vec<u8>>, FileError> {
+    let too_large = |size| FileError::TooLarge {
+        path: path.to_owned(),
+        size,
+    };
+    if len > MAX_SECRET_FILE {
+        return Err(too_large(len));
     }
-    let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
-    Read::by_ref(&mut file)
+    let mut bytes = Zeroizing::new(Vec::with_capacity(len as usize));
+    Read::by_ref(file)
         .take(MAX_SECRET_FILE + 1)
         .read_to_end(&mut bytes)
         .map_err(io(path))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(too_large(bytes.len() as u64));
+    }
     Ok(bytes)
 }
 
@@ -301,6 +325,25 @@ mod tests {
         chmod(&path, 0o600);
         assert!(matches!(
             read_protected(&path),
+            Err(FileError::TooLarge { .. })
+        ));
+    }
+
+    /// An import's key file is read whatever its mode, within the same bound.
+    #[test]
+    fn a_secret_read_once_skips_the_mode_check_but_not_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exported.pem");
+        fs::write(&path, b"key").unwrap();
+        chmod(&path, 0o644);
+        assert!(matches!(
+            read_protected(&path),
+            Err(FileError::Readable { .. })
+        ));
+        assert_eq!(&read_secret_once(&path).unwrap()[..], b"key");
+        fs::write(&path, vec![b'a'; (MAX_SECRET_FILE + 1) as usize]).unwrap();
+        assert!(matches!(
+            read_secret_once(&path),
             Err(FileError::TooLarge { .. })
         ));
     }

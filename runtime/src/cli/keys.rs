@@ -1,7 +1,6 @@
 //! `certconn keys`: administer the key store offline. These commands take the data directory's
 //! lock, so they refuse to run while the daemon owns it (the daemon holds keys in memory).
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -272,30 +271,7 @@ fn fingerprint(spki: &[u8]) -> String {
 }
 
 fn read_pkcs8(path: &std::path::Path) -> anyhow::Result<PrivateKey> {
-    // Sized to the file before reading: a vector grown while reading frees its smaller copies
-    // of the key unzeroized.
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let len = file
-        .metadata()
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    let max = certconn::files::MAX_SECRET_FILE;
-    if len > max {
-        bail!(
-            "{} is {len} bytes; a PKCS#8 key file holds at most {max}",
-            path.display()
-        );
-    }
-    let mut raw = Zeroizing::new(Vec::with_capacity(len as usize));
-    file.take(max + 1)
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if raw.len() as u64 > max {
-        bail!(
-            "{} grew past {max} bytes while it was read; a PKCS#8 key file holds at most {max}",
-            path.display()
-        );
-    }
+    let raw = certconn::files::read_secret_once(path)?;
     let der = match std::str::from_utf8(&raw) {
         Ok(text) if text.contains("-----BEGIN") => {
             let blocks = pem::decode_all(text).map_err(anyhow::Error::msg)?;

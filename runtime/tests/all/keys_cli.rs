@@ -116,7 +116,7 @@ fn keys_are_administered_offline_and_never_while_the_daemon_runs() {
     assert!(
         !out.status.success()
             && String::from_utf8_lossy(&out.stderr)
-                .contains("is 102400 bytes; a PKCS#8 key file holds at most 65536"),
+                .contains("is 102400 bytes; a secret file holds at most 65536"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

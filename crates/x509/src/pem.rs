@@ -7,6 +7,7 @@
 //! label mismatch or base64 that does not decode is an error that names the block.
 
 use der::pem::{self, LineEnding};
+use zeroize::Zeroizing;
 
 /// Why PEM text could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,19 @@ pub fn decode_certificates(text: &str) -> Result<Vec<Vec<u8>>, PemError> {
 
 /// Decodes every PEM block in `text` into (label, DER).
 pub fn decode_all(text: &str) -> Result<Vec<(String, Vec<u8>)>, PemError> {
+    Ok(decode_all_secret(text)?
+        .into_iter()
+        .map(|(label, mut der)| (label, core::mem::take(&mut *der)))
+        .collect())
+}
+
+/// A PEM block's label and its bytes, zeroized when dropped.
+pub type SecretBlock = (String, Zeroizing<Vec<u8>>);
+
+/// [`decode_all`] for text that may hold a private key: every block's bytes are zeroized when
+/// dropped, so neither the block a caller keeps nor the ones it passes over (a second key, a
+/// block that failed to decode after the first) stay behind in freed memory.
+pub fn decode_all_secret(text: &str) -> Result<Vec<SecretBlock>, PemError> {
     const BEGIN: &str = "-----BEGIN ";
     let mut out = Vec::new();
     let mut rest = text;
@@ -98,21 +112,54 @@ pub fn decode_all(text: &str) -> Result<Vec<(String, Vec<u8>)>, PemError> {
 
 /// The base64 between a header and its footer, whatever its line length and line ends:
 /// re-wrapped into the canonical form and decoded by the RFC 7468 decoder.
-fn decode_body(label: &str, body: &str) -> Result<Vec<u8>, PemError> {
-    let b64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    let mut canonical = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        // `b64` holds ASCII only once whitespace is gone, or the decoder refuses it below.
-        canonical.push_str(&String::from_utf8_lossy(chunk));
-        canonical.push('\n');
+///
+/// A `PRIVATE KEY` block passes through here too, so every copy of its content is sized before
+/// it is filled (a buffer that grows frees its smaller copies unzeroized) and zeroized when
+/// dropped: the base64, its canonical form, and the decoded bytes.
+fn decode_body(label: &str, body: &str) -> Result<Zeroizing<Vec<u8>>, PemError> {
+    let undecodable = |reason: String| PemError::Undecodable {
+        label: label.to_owned(),
+        reason,
+    };
+    let mut b64 = Zeroizing::new(Vec::with_capacity(body.len()));
+    b64.extend(body.bytes().filter(|b| !b.is_ascii_whitespace()));
+    if !b64.is_ascii() {
+        return Err(undecodable("a character that is not base64".into()));
     }
-    canonical.push_str(&format!("-----END {label}-----\n"));
-    pem::decode_vec(canonical.as_bytes())
-        .map(|(_, der)| der)
-        .map_err(|e| PemError::Undecodable {
-            label: label.to_owned(),
-            reason: e.to_string(),
-        })
+    let canonical = rewrap(label, &b64);
+    let mut decoder = pem::Decoder::new(&canonical).map_err(|e| undecodable(e.to_string()))?;
+    let mut der = Zeroizing::new(vec![0; decoder.remaining_len()]);
+    let decoded_len = decoder
+        .decode(&mut der)
+        .map_err(|e| undecodable(e.to_string()))?
+        .len();
+    if decoded_len != der.len() || !decoder.is_finished() {
+        return Err(undecodable("trailing data after the base64".into()));
+    }
+    Ok(der)
+}
+
+/// `b64` (whitespace already gone) as one canonical PEM block: 64-column lines, LF ends. The
+/// buffer is allocated once, at its final length.
+fn rewrap(label: &str, b64: &[u8]) -> Zeroizing<Vec<u8>> {
+    const BEGIN: &str = "-----BEGIN ";
+    const END: &str = "-----END ";
+    const CLOSE: &str = "-----\n";
+    let framing = BEGIN.len() + END.len() + 2 * (label.len() + CLOSE.len());
+    let mut out = Zeroizing::new(Vec::with_capacity(
+        framing + b64.len() + b64.len().div_ceil(64),
+    ));
+    for part in [BEGIN, label, CLOSE] {
+        out.extend_from_slice(part.as_bytes());
+    }
+    for line in b64.chunks(64) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    for part in [END, label, CLOSE] {
+        out.extend_from_slice(part.as_bytes());
+    }
+    out
 }
 
 /// Reads a certificate from PEM or DER bytes: the first certificate of a PEM text.
@@ -165,6 +212,57 @@ mod tests {
                 "width {width}"
             );
         }
+    }
+
+    #[test]
+    fn the_canonical_form_is_allocated_once_at_its_final_length() {
+        // A buffer that grew would have freed a smaller copy of a private key's base64.
+        for len in [0, 1, 63, 64, 65, 128, 1000] {
+            let b64 = vec![b'A'; len];
+            let out = rewrap("PRIVATE KEY", &b64);
+            assert_eq!(out.len(), out.capacity(), "{len} base64 characters");
+            let text = core::str::from_utf8(&out).unwrap();
+            assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+            assert!(text.ends_with("\n-----END PRIVATE KEY-----\n"));
+            assert!(text
+                .lines()
+                .all(|l| l.len() <= 64 || l.starts_with("-----")));
+        }
+    }
+
+    #[test]
+    fn a_private_key_block_in_any_wrapping_decodes_to_its_bytes() {
+        let der: Vec<u8> = (0..=255u8).cycle().take(1217).collect();
+        let canonical = encode("PRIVATE KEY", &der);
+        let b64: String = canonical
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let wrapped: String = b64
+            .as_bytes()
+            .chunks(76)
+            .map(|c| format!("{}\r\n", core::str::from_utf8(c).unwrap()))
+            .collect();
+        let text = format!("-----BEGIN PRIVATE KEY-----\r\n{wrapped}-----END PRIVATE KEY-----\r\n");
+        let blocks = decode_all_secret(&text).unwrap();
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(blocks[0].0, "PRIVATE KEY");
+        assert_eq!(*blocks[0].1, der);
+        assert_eq!(
+            decode_all(&text).unwrap(),
+            vec![("PRIVATE KEY".to_owned(), der)]
+        );
+    }
+
+    #[test]
+    fn a_character_outside_ascii_is_named_as_not_base64() {
+        let err =
+            decode_all("-----BEGIN PRIVATE KEY-----\nMII\u{e9}AA==\n-----END PRIVATE KEY-----\n")
+                .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "PEM block PRIVATE KEY does not decode: a character that is not base64"
+        );
     }
 
     #[test]

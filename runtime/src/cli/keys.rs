@@ -274,10 +274,10 @@ fn read_pkcs8(path: &std::path::Path) -> anyhow::Result<PrivateKey> {
     let raw = certconn::files::read_secret_once(path)?;
     let der = match std::str::from_utf8(&raw) {
         Ok(text) if text.contains("-----BEGIN") => {
-            let blocks = pem::decode_all(text).map_err(anyhow::Error::msg)?;
+            let blocks = pem::decode_all_secret(text).map_err(anyhow::Error::msg)?;
             let (label, der) = blocks.into_iter().next().context("no PEM block")?;
             match label.as_str() {
-                "PRIVATE KEY" => Zeroizing::new(der),
+                "PRIVATE KEY" => der,
                 "ENCRYPTED PRIVATE KEY" => bail!("{}: encrypted PKCS#8 is not supported; decrypt it with `openssl pkcs8 -topk8 -nocrypt` first, or import a PFX", path.display()),
                 other => bail!("{}: expected a PRIVATE KEY (PKCS#8) block, found {other}; convert with `openssl pkcs8 -topk8 -nocrypt`", path.display()),
             }

@@ -379,10 +379,10 @@ async fn pack(
 
 /// A publisher's private key from a PKCS#8 PEM file.
 fn signing_key(path: &Path) -> anyhow::Result<certconn::custody::PrivateKey> {
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-    );
-    let blocks = certconn::pki::pem::decode_all(&text)
+    let raw = certconn::files::read_secret_once(path)?;
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| anyhow::anyhow!("{}: not PEM (not UTF-8 text)", path.display()))?;
+    let blocks = certconn::pki::pem::decode_all_secret(text)
         .with_context(|| format!("{}: not PEM", path.display()))?;
     let Some((_, der)) = blocks.into_iter().find(|(l, _)| l == "PRIVATE KEY") else {
         bail!(
@@ -391,7 +391,7 @@ fn signing_key(path: &Path) -> anyhow::Result<certconn::custody::PrivateKey> {
             path.display()
         );
     };
-    certconn::custody::PrivateKey::from_pkcs8(zeroize::Zeroizing::new(der))
+    certconn::custody::PrivateKey::from_pkcs8(der)
         .with_context(|| format!("{}: not a private key certconn can use", path.display()))
 }
 

@@ -3,6 +3,9 @@
 //! challenge, credentials granted to a backend's HTTP, the PKCS#11 PIN), so the rules are the
 //! same everywhere: exactly one source, the file checked by [`files::read_protected`] before it
 //! is read, a trailing newline ignored, empty refused, and the value never in an error message.
+//!
+//! Also [`SecretString`], the type a secret certconn makes (a PFX password) is held in where it
+//! travels with data that is printed, so that a `{:?}` of the whole never shows it.
 
 use std::path::Path;
 
@@ -66,4 +69,73 @@ pub fn read_text(
         return Err(SecretError::Empty { what: what_owned() });
     }
     Ok(trimmed)
+}
+
+/// A secret text that never shows itself: zeroized when dropped and `<redacted>` in debug
+/// output, so a struct that carries one (a job's result, its outcome, the outbox's row) can
+/// derive `Debug` without a `{:?}` of it, in a log line or a failed test, printing the secret.
+/// It serializes as its plain text, for the one answer that hands it out.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretString(Zeroizing<String>);
+
+impl SecretString {
+    /// The secret's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for SecretString {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SecretString {
+    fn from(text: String) -> Self {
+        Self(Zeroizing::new(text))
+    }
+}
+
+impl From<Zeroizing<String>> for SecretString {
+    fn from(text: Zeroizing<String>) -> Self {
+        Self(text)
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl serde::Serialize for SecretString {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_string_is_redacted_in_debug_output_and_plain_in_json() {
+        let secret = SecretString::from("hunter2-pfx".to_owned());
+        assert_eq!(format!("{secret:?}"), "<redacted>");
+        assert_eq!(format!("{:?}", Some(&secret)), "Some(<redacted>)");
+        assert_eq!(secret.as_str(), "hunter2-pfx");
+        let json = serde_json::to_string(&secret).unwrap();
+        assert_eq!(json, "\"hunter2-pfx\"");
+        let back: SecretString = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, secret);
+    }
 }

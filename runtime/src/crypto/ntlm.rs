@@ -38,9 +38,15 @@ pub struct NtlmV2Response {
     pub session_base_key: Zeroizing<Vec<u8>>,
 }
 
-/// UTF-16LE, as NTLM encodes every string.
+/// UTF-16LE, as NTLM encodes every string. Sized before it is filled (at most one UTF-16 unit
+/// per UTF-8 byte), since the password passes through here: a vector that grew would free its
+/// smaller copies unzeroized.
 pub fn utf16le(s: &str) -> Vec<u8> {
-    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+    let mut out = Vec::with_capacity(2 * s.len());
+    for unit in s.encode_utf16() {
+        out.extend_from_slice(&unit.to_le_bytes());
+    }
+    out
 }
 
 /// HMAC-MD5 over the concatenation of `parts`.

@@ -280,7 +280,8 @@ pub struct JobResult {
     pub sealed_password_base64: Option<String>,
     /// The PFX password, when no recipient was given: returned once, then erased.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub password: Option<crate::secret::SecretString>,
     /// True when the password was already handed out and erased.
     #[serde(default)]
     pub password_claimed: bool,
@@ -305,7 +306,7 @@ impl JobResult {
             }
         })?;
         match stored.password {
-            Some(p) => result.password = Some(p.as_str().to_owned()),
+            Some(p) => result.password = Some(p),
             None => {
                 result.password_claimed =
                     result.sealed_password_base64.is_none() && result.pfx_base64.is_some()

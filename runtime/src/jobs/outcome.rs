@@ -5,8 +5,6 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use zeroize::Zeroizing;
-
 use super::model::JobResult;
 use crate::journal::{IssuedRecord, Revocation};
 
@@ -113,7 +111,7 @@ pub struct Completed {
     pub backend: String,
     pub result: JobResult,
     /// The PFX password when no recipient was given: handed out once.
-    pub password: Option<Zeroizing<String>>,
+    pub password: Option<crate::secret::SecretString>,
     pub issued: Option<IssuedRecord>,
     pub revoked: Option<Revocation>,
 }
@@ -133,5 +131,32 @@ mod tests {
         assert_eq!(e.to_string(), "opening the PFX");
         assert_eq!(e.report(), "opening the PFX: MAC does not verify");
         assert_eq!(e.backend.as_deref(), Some("import"));
+    }
+
+    #[test]
+    fn a_completed_job_in_debug_output_does_not_show_its_pfx_password() {
+        let password: crate::secret::SecretString = "Kq2-pfx-secret".to_owned().into();
+        let done = Completed {
+            backend: "local-ca".into(),
+            result: JobResult {
+                serial: Some("01".into()),
+                password: Some(password.clone()),
+                ..JobResult::default()
+            },
+            password: Some(password),
+            issued: None,
+            revoked: None,
+        };
+        let shown = format!("{done:?}");
+        assert!(
+            shown.contains("local-ca") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        assert!(!shown.contains("Kq2-pfx-secret"), "{shown}");
+        let answer = serde_json::to_value(&done.result).unwrap();
+        assert_eq!(
+            answer["password"], "Kq2-pfx-secret",
+            "the API still hands it out"
+        );
     }
 }

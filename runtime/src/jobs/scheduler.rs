@@ -350,7 +350,7 @@ impl Scheduler {
         let completion = Completion {
             backend: &done.backend,
             result: &result,
-            password: done.password.as_deref().map(String::as_str),
+            password: done.password.as_ref(),
             issued: done.issued.as_ref(),
             revoked: done.revoked.as_ref(),
             request: erased.as_ref(),

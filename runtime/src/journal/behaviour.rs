@@ -260,7 +260,7 @@ pub(crate) async fn the_password_is_handed_out_once(f: &dyn Factory) {
         .complete(
             &held.lease,
             Completion {
-                password: Some("s3cret"),
+                password: Some(&"s3cret".to_owned().into()),
                 ..done(r#"{"pfx":"AA=="}"#)
             },
         )
@@ -269,10 +269,7 @@ pub(crate) async fn the_password_is_handed_out_once(f: &dyn Factory) {
     assert!(kept);
     let first = j.take_result(&job.id).await.unwrap().unwrap();
     assert_eq!(first.result, r#"{"pfx":"AA=="}"#);
-    assert_eq!(
-        first.password.as_deref().map(String::as_str),
-        Some("s3cret")
-    );
+    assert_eq!(first.password.as_deref(), Some("s3cret"));
     let again = j.take_result(&job.id).await.unwrap().unwrap();
     assert!(again.password.is_none());
     assert_eq!(again.result, first.result);
@@ -1288,7 +1285,7 @@ pub(crate) async fn old_results_are_removed_except_those_still_owed(f: &dyn Fact
         let held = j.lease_next(MINUTE).await.unwrap().unwrap();
         assert_eq!(held.job.id, job.id);
         let completion = Completion {
-            password: Some("pfx password"),
+            password: Some(&"pfx password".to_owned().into()),
             ..done("{\"pfx_base64\":\"MII...\"}")
         };
         assert!(j.complete(&held.lease, completion).await.unwrap());

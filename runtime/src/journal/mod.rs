@@ -32,8 +32,6 @@ pub(crate) mod behaviour;
 
 use std::time::Duration;
 
-use zeroize::Zeroizing;
-
 pub use config::JournalConfig;
 pub use postgres::PostgresJournal;
 pub use record::{
@@ -501,7 +499,7 @@ pub trait Journal:
 }
 
 /// A password the outbox holds until its one reader takes it.
-pub type Password = Zeroizing<String>;
+pub type Password = crate::secret::SecretString;
 
 #[cfg(test)]
 mod tests {

@@ -297,7 +297,7 @@ pub struct Completion<'a> {
     /// The result as the outbox keeps it (JSON).
     pub result: &'a str,
     /// A PFX password handed out once by [`super::Outbox::take_result`], then erased.
-    pub password: Option<&'a str>,
+    pub password: Option<&'a Password>,
     pub issued: Option<&'a IssuedRecord>,
     pub revoked: Option<&'a Revocation>,
     /// Replaces the stored request (its secrets erased now that the job ended).

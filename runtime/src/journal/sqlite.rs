@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use tokio::sync::{watch, Notify};
-use zeroize::Zeroizing;
 
 use super::checkpoint::WalCheckpoints;
 use super::group_commit::GroupCommit;
@@ -23,6 +22,7 @@ use super::readers::{Reader, Readers, READERS};
 use super::record::*;
 use super::schema::{self, MIGRATIONS};
 use super::trail::{self, NewSignature, SignatureRecord, SignedKind};
+use super::Password;
 use super::{
     millis, new_job_id, now_ms, random_hex, Backlog, ChallengeStore, InstanceRegistry, JobStore,
     Journal, JournalError, Ledger, Outbox, ReplayGuard, RevocationLedger, SharedKeys,
@@ -546,7 +546,7 @@ struct OwnedCompletion {
     token: String,
     backend: String,
     result: String,
-    password: Option<Zeroizing<String>>,
+    password: Option<Password>,
     issued: Option<IssuedRecord>,
     revoked: Option<Revocation>,
     request: Option<String>,
@@ -559,7 +559,7 @@ impl OwnedCompletion {
             token: lease.token.clone(),
             backend: done.backend.to_owned(),
             result: done.result.to_owned(),
-            password: done.password.map(|p| Zeroizing::new(p.to_owned())),
+            password: done.password.cloned(),
             issued: done.issued.cloned(),
             revoked: done.revoked.cloned(),
             request: done.request.map(|r| r.to_string()),
@@ -593,12 +593,7 @@ impl OwnedCompletion {
         tx.prepare_cached(
             "INSERT INTO outbox (job_id, result, password, created_at) VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![
-            id,
-            result,
-            password.as_deref().map(String::as_str),
-            now
-        ])?;
+        .execute(params![id, result, password.as_deref(), now])?;
         if let Some(c) = issued {
             tx.prepare_cached(
                 "INSERT INTO certificates
@@ -956,7 +951,7 @@ impl Outbox for SqliteJournal {
             let Some((result, password)) = row else {
                 return Ok(None);
             };
-            let password = password.map(Zeroizing::new);
+            let password = password.map(Password::from);
             if password.is_some() {
                 tx.prepare_cached("UPDATE outbox SET password = NULL WHERE job_id = ?1")?
                     .execute(params![id])?;

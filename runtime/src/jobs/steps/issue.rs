@@ -433,7 +433,7 @@ impl Steps {
                     let sealed = seal_for(recipient, &password, profile).map_err(fail)?;
                     result.sealed_password_base64 = Some(b64.encode(sealed));
                 }
-                None => password_out = Some(password),
+                None => password_out = Some(password.into()),
             }
         }
         if profile.keep_keys_for_renewal {

@@ -27,12 +27,12 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMe
 use tokio::sync::{watch, Notify};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
-use zeroize::Zeroizing;
 
 use super::config::JournalConfig;
 use super::record::*;
 use super::schema::{self, POSTGRES_MIGRATIONS};
 use super::trail::{self, NewSignature, SignatureRecord, SignedKind};
+use super::Password;
 use super::{
     millis, new_job_id, random_hex, Backlog, ChallengeStore, InstanceRegistry, JobStore, Journal,
     JournalError, Ledger, Outbox, ReplayGuard, RevocationLedger, SharedKeys, SignatureTrail,
@@ -552,7 +552,11 @@ impl JobStore for PostgresJournal {
             &tx,
             "INSERT INTO outbox (job_id, result, password, created_at)
              VALUES ($1, $2, $3, certconn_now_ms())",
-            &[&lease.job_id, &done.result, &done.password],
+            &[
+                &lease.job_id,
+                &done.result,
+                &done.password.map(Password::as_str),
+            ],
         )
         .await?;
         if let Some(c) = done.issued {
@@ -800,7 +804,7 @@ impl Outbox for PostgresJournal {
         };
         Ok(Some(StoredResult {
             result: row.try_get(0)?,
-            password: row.try_get::<_, Option<String>>(1)?.map(Zeroizing::new),
+            password: row.try_get::<_, Option<String>>(1)?.map(Password::from),
         }))
     }
 

@@ -157,10 +157,19 @@ impl Credential {
                 if !connection.is_tls() {
                     tracing::warn!(backend, host = %self.host, "sending Basic credentials over plain http: the password travels in clear (use https)");
                 }
-                let pair = Zeroizing::new(format!("{}:{}", self.username, &*self.password));
+                // Each buffer sized before it is filled: one that grew would free its smaller
+                // copies of the password unzeroized (`format!` grows as it writes).
+                let mut pair = Zeroizing::new(String::with_capacity(
+                    self.username.len() + 1 + self.password.len(),
+                ));
+                pair.push_str(&self.username);
+                pair.push(':');
+                pair.push_str(&self.password);
                 let token =
                     Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*pair));
-                let value = Zeroizing::new(format!("Basic {}", &*token));
+                let mut value = Zeroizing::new(String::with_capacity("Basic ".len() + token.len()));
+                value.push_str("Basic ");
+                value.push_str(&token);
                 let mut value = HeaderValue::from_str(&value).map_err(|_| {
                     HttpError::InternalError(Some(
                         "the Basic credentials are not valid header text".into(),

@@ -132,17 +132,29 @@ impl Tokens {
             reason,
         };
         let app = intune.config.app_id.get_ref();
-        let mut form = Zeroizing::new(format!("client_id={}", utf8_percent_encode(app, FORM)));
-        match &self.credential {
-            Credential::Secret(secret) => {
-                form.push_str("&client_secret=");
-                form.extend(utf8_percent_encode(secret, FORM));
-            }
-            Credential::Certificate { key, x5t } => {
-                let assertion = client_assertion(key, x5t, app, &url).map_err(failed)?;
-                form.push_str("&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion=");
-                form.push_str(&assertion);
-            }
+        let (secret, assertion) = match &self.credential {
+            Credential::Secret(secret) => (Some(secret), None),
+            Credential::Certificate { key, x5t } => (
+                None,
+                Some(client_assertion(key, x5t, app, &url).map_err(failed)?),
+            ),
+        };
+        // Sized before it is filled: a form that grew would free its smaller copies of the client
+        // secret unzeroized. Percent-encoding at most triples a byte; the names and the
+        // assertion type take under 256 bytes.
+        let room = 256
+            + 3 * (app.len() + scope.len() + secret.map_or(0, |s| s.len()))
+            + assertion.as_ref().map_or(0, String::len);
+        let mut form = Zeroizing::new(String::with_capacity(room));
+        form.push_str("client_id=");
+        form.extend(utf8_percent_encode(app, FORM));
+        if let Some(secret) = secret {
+            form.push_str("&client_secret=");
+            form.extend(utf8_percent_encode(secret, FORM));
+        }
+        if let Some(assertion) = assertion {
+            form.push_str("&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion=");
+            form.push_str(&assertion);
         }
         form.push_str("&scope=");
         form.extend(utf8_percent_encode(scope, FORM));

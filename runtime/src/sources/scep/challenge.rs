@@ -15,7 +15,6 @@ use crate::crypto::provider::{self, Digest};
 use crate::journal::{now_ms, ChallengeStore, JournalError};
 
 /// What a validator is shown of a request.
-#[derive(Debug)]
 pub struct ChallengeRequest<'a> {
     pub transaction_id: &'a str,
     /// The challenge password in the CSR.
@@ -23,6 +22,18 @@ pub struct ChallengeRequest<'a> {
     pub csr_pem: &'a str,
     /// The CSR's subject, RFC 4514.
     pub subject: &'a str,
+}
+
+/// Without the challenge, and without the CSR, which carries it too.
+impl std::fmt::Debug for ChallengeRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChallengeRequest")
+            .field("transaction_id", &self.transaction_id)
+            .field("challenge", &"<redacted>")
+            .field("csr_pem", &"<redacted>")
+            .field("subject", &self.subject)
+            .finish()
+    }
 }
 
 /// A validator's answer.
@@ -273,6 +284,23 @@ mod tests {
             subject: "CN=x",
         };
         admit(validators, &request).await
+    }
+
+    #[test]
+    fn a_request_in_debug_output_shows_neither_its_challenge_nor_its_csr() {
+        let request = ChallengeRequest {
+            transaction_id: "t-1",
+            challenge: "one-time-7f3a",
+            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\nb25lLXRpbWUtN2YzYQ==",
+            subject: "CN=device",
+        };
+        let shown = format!("{request:?}");
+        assert!(
+            shown.contains("t-1") && shown.contains("CN=device"),
+            "{shown}"
+        );
+        assert!(!shown.contains("one-time-7f3a"), "{shown}");
+        assert!(!shown.contains("b25lLXRpbWUtN2YzYQ"), "{shown}");
     }
 
     /// Refuses everything, counting the questions.

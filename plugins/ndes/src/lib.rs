@@ -26,8 +26,8 @@ use certconn_sdk::{
 };
 use serde::Deserialize;
 
-/// Settings, from `[backends.NAME.settings]`.
-#[derive(Debug, Deserialize)]
+/// Settings, from `[backends.NAME.settings]`. Not `Debug`: it holds the password.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The NDES server, for example `http://ndes.corp.example`.

@@ -18,8 +18,8 @@ use certconn_sdk::{
 };
 use serde::Deserialize;
 
-/// Settings, from `[backends.NAME.settings]`.
-#[derive(Debug, Deserialize)]
+/// Settings, from `[backends.NAME.settings]`. Not `Debug`: it holds the challenge password.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The SCEP URL (for example `http://ca.example/scep`).

@@ -194,7 +194,7 @@ impl Kit {
         settings: &serde_json::Map<String, Value>,
     ) -> Result<LoadedBackend, PluginError> {
         let spec = InstanceSpec {
-            settings_json: Value::Object(settings.clone()).to_string(),
+            settings_json: zeroize::Zeroizing::new(Value::Object(settings.clone()).to_string()),
             ..self.spec.clone()
         };
         LoadedBackend::load(

@@ -22,7 +22,8 @@ use crate::custody::{Grants, KeyStore};
 pub struct InstanceSpec {
     pub name: String,
     pub plugin: String,
-    pub settings_json: String,
+    /// Zeroized when dropped: `settings_files` put secrets here.
+    pub settings_json: zeroize::Zeroizing<String>,
     pub grants: Grants,
     pub http: Arc<HttpAccess>,
     pub limits: BackendLimits,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use toml::Spanned;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::http::HttpGrant;
 use super::BackendLimits;
@@ -206,20 +207,65 @@ pub enum SettingsError {
     Json(#[source] serde_json::Error),
 }
 
+/// `value` as JSON in a buffer allocated once at its final length: written once to count its
+/// bytes, then for real.
+fn json_sized(value: &impl serde::Serialize) -> Result<Zeroizing<String>, SettingsError> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_err(SettingsError::Json)?;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(count.0));
+    serde_json::to_writer(&mut *bytes, value).map_err(SettingsError::Json)?;
+    String::from_utf8(std::mem::take(&mut *bytes))
+        .map(Zeroizing::new)
+        .map_err(|e| {
+            e.into_bytes().zeroize();
+            SettingsError::Json(serde::ser::Error::custom("JSON that is not UTF-8"))
+        })
+}
+
 impl BackendConfig {
     /// The settings as the JSON object `configure` receives, with `settings_files` read in.
-    pub fn settings_json(&self) -> Result<String, SettingsError> {
+    ///
+    /// A file's text loses its trailing line ends, as every secret file certconn reads does
+    /// (`echo secret > file` must not make the challenge `secret\n`). The files are where
+    /// secrets go (a challenge, a password), so their texts are zeroized once in the JSON, and
+    /// the JSON is written into a buffer sized first (one that grew would free copies of them
+    /// unzeroized) and zeroized when the backend drops it.
+    pub fn settings_json(&self) -> Result<Zeroizing<String>, SettingsError> {
         let mut settings = self.settings.clone();
+        let json = self
+            .read_files_into(&mut settings)
+            .and_then(|()| json_sized(&settings));
+        for key in self.settings_files.keys() {
+            if let Some(toml::Value::String(text)) = settings.get_mut(key) {
+                text.zeroize();
+            }
+        }
+        json
+    }
+
+    fn read_files_into(&self, settings: &mut toml::Table) -> Result<(), SettingsError> {
         for (key, path) in &self.settings_files {
             let path = path.get_ref();
-            let text = std::fs::read_to_string(path).map_err(|source| SettingsError::File {
+            // Sized to the file before the read, so it is never reallocated.
+            let mut text = std::fs::read_to_string(path).map_err(|source| SettingsError::File {
                 key: key.clone(),
                 path: path.to_path_buf(),
                 source,
             })?;
+            text.truncate(text.trim_end_matches(['\n', '\r']).len());
             settings.insert(key.clone(), toml::Value::String(text));
         }
-        serde_json::to_string(&settings).map_err(SettingsError::Json)
+        Ok(())
     }
 
     /// The sandbox limits of this instance.
@@ -260,5 +306,52 @@ impl BackendConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settings_file_loses_its_trailing_line_ends_and_the_json_is_sized_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let challenge = dir.path().join("challenge");
+        std::fs::write(&challenge, "one-time \"7f\"\r\n\n").unwrap();
+        let anchors = dir.path().join("anchors.pem");
+        std::fs::write(
+            &anchors,
+            "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let config: BackendConfig = toml::from_str(&format!(
+            "plugin = \"scep\"\nsettings_files = {{ challenge = {:?}, anchors = {:?} }}\n\
+             [settings]\nurl = \"http://ca.example/scep\"\n",
+            challenge.display().to_string(),
+            anchors.display().to_string(),
+        ))
+        .unwrap();
+        let json = config.settings_json().unwrap();
+        assert_eq!(json.len(), json.capacity(), "allocated once, at its length");
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["challenge"], "one-time \"7f\"");
+        assert_eq!(
+            value["anchors"],
+            "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----"
+        );
+        assert_eq!(value["url"], "http://ca.example/scep");
+    }
+
+    #[test]
+    fn a_missing_settings_file_is_named_with_its_key() {
+        let config: BackendConfig = toml::from_str(
+            "plugin = \"scep\"\nsettings_files = { challenge = \"/nonexistent/challenge\" }\n",
+        )
+        .unwrap();
+        let err = config.settings_json().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "settings_files.challenge: reading /nonexistent/challenge"
+        );
     }
 }

@@ -298,6 +298,9 @@ fn scep_backend_enrols_at_micromdm_scepserver() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let scep_port = 18080;
+    // The challenge in a file as `echo` writes it, newline and all, as docs/scep.md shows.
+    let challenge = d.join("micromdm.challenge");
+    write_private(&challenge, &format!("{CHALLENGE}\n"));
     let extra = format!(
         r#"
 [crypto]
@@ -305,15 +308,16 @@ allow_single_des = true
 [backends.micromdm]
 plugin = "scep"
 http = {{ allow = ["127.0.0.1:{scep_port}"] }}
+settings_files = {{ challenge = "{challenge}" }}
 [backends.micromdm.settings]
 url = "http://127.0.0.1:{scep_port}/scep"
-challenge = "{CHALLENGE}"
 allow_single_des = true
 [profiles.scep-device]
 backend = "micromdm"
 key_algorithm = "rsa-2048"
 keep_keys_for_renewal = true
-"#
+"#,
+        challenge = challenge.display(),
     );
     std::fs::write(
         d.join("certconn.toml"),

@@ -48,14 +48,17 @@ fn password_text(bytes: &[u8]) -> Result<Zeroizing<String>, OpenError> {
         && bytes.len().is_multiple_of(2)
         && bytes.iter().skip(1).step_by(2).all(|b| *b == 0);
     if looks_utf16 {
-        let units: Vec<u16> = bytes
+        let units = bytes
             .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        let text = String::from_utf16(&units).map_err(|_| OpenError::NotText);
-        let mut units = units;
-        zeroize::Zeroize::zeroize(&mut units);
-        return text.map(Zeroizing::new);
+            .map(|c| u16::from_le_bytes([c[0], c[1]]));
+        // Sized for the longest UTF-8 a unit makes (3 bytes), not grown while decoding:
+        // `String::from_utf16` sizes for one byte a unit and grows on an accented letter,
+        // freeing a copy of the password unzeroized.
+        let mut text = Zeroizing::new(String::with_capacity(3 * (bytes.len() / 2)));
+        for c in char::decode_utf16(units) {
+            text.push(c.map_err(|_| OpenError::NotText)?);
+        }
+        return Ok(text);
     }
     std::str::from_utf8(bytes)
         .map(|s| Zeroizing::new(s.to_owned()))
@@ -198,7 +201,9 @@ mod tests {
             .encode_utf16()
             .flat_map(u16::to_le_bytes)
             .collect();
-        assert_eq!(&*password_text(&utf16).unwrap(), "s3cr\u{e9}t");
+        let decoded = password_text(&utf16).unwrap();
+        assert_eq!(&*decoded, "s3cr\u{e9}t");
+        assert_eq!(decoded.capacity(), 3 * 6, "sized once, never grown");
         assert_eq!(&*password_text("pässword".as_bytes()).unwrap(), "pässword");
         assert!(password_text(&[0xff, 0xfe, 0xfd]).is_err());
     }

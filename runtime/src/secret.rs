@@ -85,6 +85,16 @@ impl SecretString {
     }
 }
 
+/// `Bearer <token>`, an `authorization` header's value, in a buffer sized first and zeroized
+/// when dropped: `format!` grows as it writes, and each growth frees a copy of the token.
+pub fn bearer(token: &str) -> Zeroizing<String> {
+    const SCHEME: &str = "Bearer ";
+    let mut value = Zeroizing::new(String::with_capacity(SCHEME.len() + token.len()));
+    value.push_str(SCHEME);
+    value.push_str(token);
+    value
+}
+
 impl std::ops::Deref for SecretString {
     type Target = str;
 
@@ -126,6 +136,13 @@ impl<'de> serde::Deserialize<'de> for SecretString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bearer_value_is_allocated_once_at_its_length() {
+        let value = bearer("tok3n-0123456789abcdef0123456789abcdef");
+        assert_eq!(&*value, "Bearer tok3n-0123456789abcdef0123456789abcdef");
+        assert_eq!(value.len(), value.capacity());
+    }
 
     #[test]
     fn a_secret_string_is_redacted_in_debug_output_and_plain_in_json() {

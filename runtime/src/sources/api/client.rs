@@ -97,7 +97,7 @@ impl ApiClient {
             .method(method)
             .uri(path)
             .header("host", self.addr.to_string())
-            .header("authorization", format!("Bearer {}", self.token.as_str()))
+            .header("authorization", crate::secret::bearer(&self.token).as_str())
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| unreachable(e.to_string()))?;

@@ -170,7 +170,7 @@ impl Intune {
                 .method(method)
                 .uri(path_of(url))
                 .header("host", target.authority())
-                .header("authorization", format!("Bearer {}", token.as_str()))
+                .header("authorization", crate::secret::bearer(&token).as_str())
                 .header("client-request-id", request_id);
             for (name, value) in headers {
                 request = request.header(*name, *value);

@@ -91,7 +91,7 @@ impl ServiceClient {
                 concat!("certconn/", env!("CARGO_PKG_VERSION")),
             );
         if let Credentials::Token(token) = &self.credentials {
-            request = request.header("authorization", format!("Bearer {}", token.as_str()));
+            request = request.header("authorization", crate::secret::bearer(token).as_str());
         }
         if body.is_some() {
             request = request.header("content-type", "application/json");

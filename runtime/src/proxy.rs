@@ -243,7 +243,7 @@ impl Proxy {
             let encoded = Zeroizing::new(
                 base64::engine::general_purpose::STANDARD.encode(credentials.as_bytes()),
             );
-            Zeroizing::new(format!("Basic {}", encoded.as_str()))
+            crate::secret::credential("Basic", &encoded)
         };
         let authorization = match &config.credentials_file {
             Some(path) => {
@@ -316,16 +316,7 @@ impl Proxy {
                 proxy: self.url.clone(),
                 source,
             })?;
-        let mut request = Zeroizing::new(format!(
-            "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: certconn/{}\r\n",
-            env!("CARGO_PKG_VERSION")
-        ));
-        if let Some(auth) = &self.authorization {
-            request.push_str("Proxy-Authorization: ");
-            request.push_str(auth);
-            request.push_str("\r\n");
-        }
-        request.push_str("\r\n");
+        let request = connect_request(&target, self.authorization.as_ref().map(|a| a.as_str()));
         let unreachable = |source| ProxyError::Unreachable {
             proxy: self.url.clone(),
             source,
@@ -442,6 +433,27 @@ async fn read_head(stream: &mut TcpStream) -> Result<String, String> {
     String::from_utf8(head).map_err(|_| "its answer is not text".into())
 }
 
+/// The `CONNECT` request's head, with the proxy's credentials when there are any. Sized before
+/// it is filled and zeroized when dropped: a string that grew would free its smaller copies of
+/// the credentials unzeroized.
+fn connect_request(target: &str, authorization: Option<&str>) -> Zeroizing<String> {
+    const AUTH_NAME: &str = "Proxy-Authorization: ";
+    let head = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: certconn/{}\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    let auth_len = authorization.map_or(0, |auth| AUTH_NAME.len() + auth.len() + 2);
+    let mut request = Zeroizing::new(String::with_capacity(head.len() + auth_len + 2));
+    request.push_str(&head);
+    if let Some(auth) = authorization {
+        request.push_str(AUTH_NAME);
+        request.push_str(auth);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,6 +466,18 @@ mod tests {
             authorization: None,
             bypass: bypass.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn a_connect_request_with_credentials_is_allocated_once_at_its_length() {
+        let auth = crate::secret::credential("Basic", "YWxpY2U6czNjcmV0");
+        let request = connect_request("ca.example:443", Some(auth.as_str()));
+        assert!(request.starts_with("CONNECT ca.example:443 HTTP/1.1\r\nHost: ca.example:443\r\n"));
+        assert!(request.ends_with("\r\nProxy-Authorization: Basic YWxpY2U6czNjcmV0\r\n\r\n"));
+        assert_eq!(request.len(), request.capacity());
+        let bare = connect_request("ca.example:443", None);
+        assert!(!bare.contains("Proxy-Authorization") && bare.ends_with("\r\n\r\n"));
+        assert_eq!(bare.len(), bare.capacity());
     }
 
     #[test]

@@ -85,14 +85,38 @@ impl SecretString {
     }
 }
 
-/// `Bearer <token>`, an `authorization` header's value, in a buffer sized first and zeroized
-/// when dropped: `format!` grows as it writes, and each growth frees a copy of the token.
-pub fn bearer(token: &str) -> Zeroizing<String> {
-    const SCHEME: &str = "Bearer ";
-    let mut value = Zeroizing::new(String::with_capacity(SCHEME.len() + token.len()));
-    value.push_str(SCHEME);
-    value.push_str(token);
-    value
+/// `<scheme> <credential>` (`Bearer <token>`, `Basic <base64>`), an `authorization` header's
+/// text, in a buffer sized first and zeroized when dropped: `format!` grows as it writes, and
+/// each growth frees a copy of the credential.
+pub fn credential(scheme: &str, credential: &str) -> Zeroizing<String> {
+    let mut text = Zeroizing::new(String::with_capacity(scheme.len() + 1 + credential.len()));
+    text.push_str(scheme);
+    text.push(' ');
+    text.push_str(credential);
+    text
+}
+
+/// [`credential`] as a header value to send. Its bytes stay in that zeroized buffer for as long
+/// as the request holds them (`HeaderValue::from_str` would copy them into one that is not), and
+/// it is marked sensitive: `Sensitive` in debug output, and never put in an HTTP/2 compression
+/// table. What the HTTP stack copies the value into to send it is the transport's, not zeroized.
+///
+/// Fails when the credential holds a character no header may (a control character, a line
+/// end); the error does not carry it.
+pub fn credential_header(
+    scheme: &str,
+    credential: &str,
+) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+    sensitive_header(self::credential(scheme, credential))
+}
+
+/// A header value whose bytes are `text`'s own buffer, zeroized when the value is dropped.
+fn sensitive_header(
+    text: Zeroizing<String>,
+) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+    let mut value = http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 impl std::ops::Deref for SecretString {
@@ -138,10 +162,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bearer_value_is_allocated_once_at_its_length() {
-        let value = bearer("tok3n-0123456789abcdef0123456789abcdef");
-        assert_eq!(&*value, "Bearer tok3n-0123456789abcdef0123456789abcdef");
-        assert_eq!(value.len(), value.capacity());
+    fn a_credential_is_allocated_once_at_its_length() {
+        let text = credential("Bearer", "tok3n-0123456789abcdef0123456789abcdef");
+        assert_eq!(&*text, "Bearer tok3n-0123456789abcdef0123456789abcdef");
+        assert_eq!(text.len(), text.capacity());
+    }
+
+    #[test]
+    fn a_credential_header_is_sensitive_and_keeps_its_bytes_where_they_are_zeroized() {
+        let token = "tok3n-0123456789abcdef";
+        let value = credential_header("Bearer", token).unwrap();
+        assert_eq!(value.as_bytes(), b"Bearer tok3n-0123456789abcdef");
+        assert!(value.is_sensitive());
+        let debug = format!("{value:?}");
+        assert!(!debug.contains(token), "{debug}");
+        // The header's bytes are the zeroizing buffer itself, not a copy: a value built by
+        // `HeaderValue::from_str` would own an allocation of its own, left unzeroized.
+        let text = credential("Bearer", token);
+        let buffer = text.as_ptr();
+        let value = sensitive_header(text).unwrap();
+        assert_eq!(value.as_bytes().as_ptr(), buffer);
+        let request = http::Request::builder()
+            .header("authorization", value)
+            .body(())
+            .unwrap();
+        assert!(!format!("{request:?}").contains(token));
+    }
+
+    #[test]
+    fn a_credential_header_refuses_a_line_end_without_showing_it() {
+        let error = credential_header("Bearer", "tok3n\r\nx-injected: 1").unwrap_err();
+        assert!(!error.to_string().contains("tok3n"), "{error}");
     }
 
     #[test]

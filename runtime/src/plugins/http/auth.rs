@@ -167,15 +167,11 @@ impl Credential {
                 pair.push_str(&self.password);
                 let token =
                     Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*pair));
-                let mut value = Zeroizing::new(String::with_capacity("Basic ".len() + token.len()));
-                value.push_str("Basic ");
-                value.push_str(&token);
-                let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                let value = crate::secret::credential_header("Basic", &token).map_err(|_| {
                     HttpError::InternalError(Some(
                         "the Basic credentials are not valid header text".into(),
                     ))
                 })?;
-                value.set_sensitive(true);
                 connection
                     .exchange(outgoing.request(Some(value)), max, false)
                     .await?

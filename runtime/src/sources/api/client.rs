@@ -32,6 +32,8 @@ pub enum ClientError {
     Unreachable { base: String, reason: String },
     #[error("{message}")]
     Api { status: u16, message: String },
+    #[error("the API token holds a character an HTTP header may not (a control character or line end): check where it was read from")]
+    TokenNotHeaderText,
 }
 
 impl ApiClient {
@@ -93,11 +95,13 @@ impl ApiClient {
             reason,
         };
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let authorization = crate::secret::credential_header("Bearer", &self.token)
+            .map_err(|_| ClientError::TokenNotHeaderText)?;
         let request = Request::builder()
             .method(method)
             .uri(path)
             .header("host", self.addr.to_string())
-            .header("authorization", crate::secret::bearer(&self.token).as_str())
+            .header("authorization", authorization)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| unreachable(e.to_string()))?;

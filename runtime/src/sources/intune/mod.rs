@@ -166,11 +166,16 @@ impl Intune {
         let token = self.tokens.get(self, scope).await?;
         Ok(async {
             let target = self.target(url)?;
+            let authorization =
+                crate::secret::credential_header("Bearer", &token).map_err(|_| {
+                    "the access token Entra ID issued holds a character an HTTP header may not"
+                        .to_owned()
+                })?;
             let mut request = Request::builder()
                 .method(method)
                 .uri(path_of(url))
                 .header("host", target.authority())
-                .header("authorization", crate::secret::bearer(&token).as_str())
+                .header("authorization", authorization)
                 .header("client-request-id", request_id);
             for (name, value) in headers {
                 request = request.header(*name, *value);

@@ -91,7 +91,10 @@ impl ServiceClient {
                 concat!("certconn/", env!("CARGO_PKG_VERSION")),
             );
         if let Credentials::Token(token) = &self.credentials {
-            request = request.header("authorization", crate::secret::bearer(token).as_str());
+            let authorization = crate::secret::credential_header("Bearer", token).map_err(|_| {
+                "the service token holds a character an HTTP header may not (a control character or line end)".to_owned()
+            })?;
+            request = request.header("authorization", authorization);
         }
         if body.is_some() {
             request = request.header("content-type", "application/json");

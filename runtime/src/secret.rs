@@ -119,6 +119,34 @@ fn sensitive_header(
     Ok(value)
 }
 
+/// `value` as JSON in a buffer allocated once at its final length and zeroized when dropped: it
+/// is written once to count its bytes, then for real. For JSON that carries a secret (a
+/// backend's settings, an API answer with a PFX password); `serde_json::to_vec` grows as it
+/// writes, and each growth frees a copy.
+pub fn json(value: &impl serde::Serialize) -> Result<Zeroizing<String>, serde_json::Error> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value)?;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(count.0));
+    serde_json::to_writer(&mut *bytes, value)?;
+    // serde_json writes UTF-8 only; the error path is there so that nothing here can panic.
+    String::from_utf8(std::mem::take(&mut *bytes))
+        .map(Zeroizing::new)
+        .map_err(|e| {
+            zeroize::Zeroize::zeroize(&mut e.into_bytes());
+            serde::ser::Error::custom("JSON that is not UTF-8")
+        })
+}
+
 impl std::ops::Deref for SecretString {
     type Target = str;
 
@@ -193,6 +221,18 @@ mod tests {
     fn a_credential_header_refuses_a_line_end_without_showing_it() {
         let error = credential_header("Bearer", "tok3n\r\nx-injected: 1").unwrap_err();
         assert!(!error.to_string().contains("tok3n"), "{error}");
+    }
+
+    #[test]
+    fn json_is_allocated_once_at_its_length() {
+        let value = serde_json::json!({
+            "password": SecretString::from("s3cr\u{e9}t \"quoted\"".to_owned()),
+            "pfx_base64": "A".repeat(5000),
+        });
+        let text = json(&value).unwrap();
+        assert_eq!(text.len(), text.capacity());
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, value);
     }
 
     #[test]

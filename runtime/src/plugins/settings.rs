@@ -207,31 +207,6 @@ pub enum SettingsError {
     Json(#[source] serde_json::Error),
 }
 
-/// `value` as JSON in a buffer allocated once at its final length: written once to count its
-/// bytes, then for real.
-fn json_sized(value: &impl serde::Serialize) -> Result<Zeroizing<String>, SettingsError> {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer(&mut count, value).map_err(SettingsError::Json)?;
-    let mut bytes = Zeroizing::new(Vec::with_capacity(count.0));
-    serde_json::to_writer(&mut *bytes, value).map_err(SettingsError::Json)?;
-    String::from_utf8(std::mem::take(&mut *bytes))
-        .map(Zeroizing::new)
-        .map_err(|e| {
-            e.into_bytes().zeroize();
-            SettingsError::Json(serde::ser::Error::custom("JSON that is not UTF-8"))
-        })
-}
-
 impl BackendConfig {
     /// The settings as the JSON object `configure` receives, with `settings_files` read in.
     ///
@@ -244,7 +219,7 @@ impl BackendConfig {
         let mut settings = self.settings.clone();
         let json = self
             .read_files_into(&mut settings)
-            .and_then(|()| json_sized(&settings));
+            .and_then(|()| crate::secret::json(&settings).map_err(SettingsError::Json));
         for key in self.settings_files.keys() {
             if let Some(toml::Value::String(text)) = settings.get_mut(key) {
                 text.zeroize();

@@ -91,6 +91,30 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A JSON answer that carries a secret (a PFX password, a one-time SCEP challenge). It is written
+/// into a buffer sized first ([`crate::secret::json`]) that becomes the body itself and is
+/// zeroized when the server drops it: axum's `Json` writes into a buffer that grows, each
+/// growth freeing a copy unzeroized.
+pub struct SecretJson<T>(pub StatusCode, pub T);
+
+impl<T: Serialize> IntoResponse for SecretJson<T> {
+    fn into_response(self) -> Response {
+        match crate::secret::json(&self.1) {
+            Ok(text) => (
+                self.0,
+                [(header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::from(bytes::Bytes::from_owner(text)),
+            )
+                .into_response(),
+            Err(e) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the answer cannot be written as JSON: {e}"),
+            )
+            .into_response(),
+        }
+    }
+}
+
 /// A body that is not the JSON the endpoint takes (not JSON, the wrong content type, a field
 /// of the wrong type, an unknown field): 400, with serde's words for what and where.
 impl From<JsonRejection> for ApiError {
@@ -367,10 +391,10 @@ async fn mint_scep_challenge(State(state): State<AppState>) -> Result<Response, 
         })?
         .map_err(ApiError::from)?;
     let answer = ScepChallenge {
-        challenge: challenge.as_str().to_owned(),
+        challenge: challenge.into(),
         expires_at,
     };
-    Ok((StatusCode::CREATED, Json(answer)).into_response())
+    Ok(SecretJson(StatusCode::CREATED, answer).into_response())
 }
 
 /// Answer of `POST /v1/reload`.
@@ -385,7 +409,8 @@ pub struct Reloaded {
 #[derive(Serialize, ToSchema)]
 pub struct ScepChallenge {
     /// The one-time challenge password, for one SCEP request.
-    pub challenge: String,
+    #[schema(value_type = String)]
+    pub challenge: crate::secret::SecretString,
     /// Unix milliseconds.
     pub expires_at: i64,
 }
@@ -916,7 +941,7 @@ async fn retry_job(
 async fn job_result(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<FinishedJob>, ApiError> {
+) -> Result<SecretJson<FinishedJob>, ApiError> {
     let Path(id) = path?;
     let job = state.jobs.get(&id).await?;
     if job.state != JobState::Succeeded {
@@ -937,10 +962,13 @@ async fn job_result(
             )
         })?;
     let result = JobResult::from_outbox(&id, stored)?;
-    Ok(Json(FinishedJob {
-        job: summarize(job),
-        result,
-    }))
+    Ok(SecretJson(
+        StatusCode::OK,
+        FinishedJob {
+            job: summarize(job),
+            result,
+        },
+    ))
 }
 
 /// Plugin files, backend instances, the versions they run and their health.

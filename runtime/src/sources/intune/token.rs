@@ -166,7 +166,8 @@ impl Tokens {
             .header("host", target.authority())
             .header("content-type", "application/x-www-form-urlencoded")
             .header("client-request-id", guid())
-            .body(Full::new(Bytes::from(form.as_bytes().to_vec())))
+            // The form itself becomes the body, not a copy of it: zeroized when hyper drops it.
+            .body(Full::new(Bytes::from_owner(form)))
             .map_err(|e| failed(e.to_string()))?;
         let answer = target
             .send(request, intune.proxy.as_deref(), CALL_LIMIT)

@@ -166,19 +166,28 @@ fn digest_hex(challenge: &str) -> String {
 impl OneTimeChallenges {
     /// Mints a challenge. Returns it and its expiry (unix ms).
     pub async fn mint(&self) -> Result<(Zeroizing<String>, i64), JournalError> {
-        let bytes = provider::random_vec(18).map_err(|e| JournalError::Backend(Box::new(e)))?;
-        // URL-safe base64 without padding: 24 characters, all valid in a PrintableString.
-        let challenge = Zeroizing::new(
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(bytes)
-                .replace('_', "."),
+        let bytes = Zeroizing::new(
+            provider::random_vec(18).map_err(|e| JournalError::Backend(Box::new(e)))?,
         );
+        let challenge = challenge_text(&bytes);
         let expires_at = now_ms().saturating_add(crate::journal::millis(self.valid_for));
         self.store
             .add_challenge(&digest_hex(&challenge), expires_at)
             .await?;
         Ok((challenge, expires_at))
     }
+}
+
+/// A challenge's text for its random bytes: URL-safe base64 without padding, `_` written as `.`,
+/// so that every character is valid in a PrintableString (18 bytes make 24 characters). Written
+/// in place into one buffer zeroized when dropped.
+fn challenge_text(bytes: &[u8]) -> Zeroizing<String> {
+    let mut text = Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    // `_` and `.` are one byte each: the swap happens in place, nothing is reallocated.
+    while let Some(i) = text.find('_') {
+        text.replace_range(i..=i, ".");
+    }
+    text
 }
 
 #[async_trait::async_trait]
@@ -284,6 +293,23 @@ mod tests {
             subject: "CN=x",
         };
         admit(validators, &request).await
+    }
+
+    #[test]
+    fn a_challenge_is_printable_base64_written_in_place() {
+        // 0xff bytes encode as `_` in URL-safe base64; 0xfb 0xff 0xbf as `-_-_`.
+        let text = challenge_text(&[0xff; 18]);
+        assert_eq!(&*text, "........................");
+        assert_eq!(
+            text.capacity(),
+            24,
+            "the encoder's one allocation, not a copy"
+        );
+        let text = challenge_text(&[0xfb, 0xff, 0xbf, 0x00, 0x01, 0x02]);
+        assert_eq!(&*text, "-.-.AAEC");
+        assert!(text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
     }
 
     #[test]

@@ -847,6 +847,29 @@ backend = "local"
     }
 
     #[test]
+    fn core_dumps_are_denied_unless_custody_allows_them() {
+        let parse =
+            |extra: &str| Config::parse(Path::new("/etc/c/c.toml"), &format!("{GOOD}{extra}"));
+        assert!(!parse("").unwrap().custody.allow_core_dumps);
+        assert!(!parse("[custody]\n").unwrap().custody.allow_core_dumps);
+        let allowed =
+            parse("[custody]\nallow_core_dumps = true\nkey_file = \"kek.bin\"\n").unwrap();
+        assert!(allowed.custody.allow_core_dumps);
+        assert_eq!(
+            allowed.custody.protection,
+            crate::custody::KekSource::KeyFile {
+                key_file: Path::new("/etc/c/kek.bin").into()
+            },
+            "the setting is not taken for a kind of protection"
+        );
+        let e = error(&format!("{GOOD}[custody]\nallow_core_dumps = \"yes\"\n"));
+        assert!(
+            e.contains("allow_core_dumps: expected true or false, found string"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn custody_protection_defaults_to_none_or_to_the_kind_its_settings_name() {
         let parse =
             |extra: &str| Config::parse(Path::new("/etc/c/c.toml"), &format!("{GOOD}{extra}"));

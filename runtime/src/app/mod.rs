@@ -53,6 +53,8 @@ pub fn publisher_trust(
 pub enum StartError {
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    #[error("keeping the keys in memory out of core files (custody.allow_core_dumps)")]
+    CoreDumps(#[source] std::io::Error),
     #[error(transparent)]
     Custody(#[from] CustodyError),
     #[error(transparent)]
@@ -238,6 +240,15 @@ impl App {
         }
         let lock = datadir::lock(&config.data_dir)?;
         let instance = datadir::instance_id(&config.data_dir)?;
+        // The engine before any secret is read, so that the process can stop being dumpable
+        // in between (`custody::core_dumps` says why that order).
+        let engine = Arc::new(PluginEngine::new(
+            &config.cache_dir(),
+            &config.engine_limits(),
+        )?);
+        if !config.custody.allow_core_dumps {
+            crate::custody::core_dumps::deny().map_err(StartError::CoreDumps)?;
+        }
         let keys = Arc::new(KeyStore::open(&config.keys_dir(), &config.custody)?);
         keys.assign_roles(config.key_roles());
         crate::pki::ca::provision(&keys, &config.keys)?;
@@ -267,10 +278,6 @@ impl App {
         if let Some(p) = &proxy {
             tracing::info!(proxy = %p.url(), "outbound connections go through the proxy");
         }
-        let engine = Arc::new(PluginEngine::new(
-            &config.cache_dir(),
-            &config.engine_limits(),
-        )?);
         let registry = Arc::new(
             Registry::load(
                 engine.clone(),

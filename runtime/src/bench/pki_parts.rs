@@ -79,6 +79,7 @@ fn token_custody(choice: &TokenChoice, dir: &std::path::Path) -> anyhow::Result<
             pin_env: "CERTCONN_PKCS11_PIN".into(),
             pin_file: pin_file.map(Into::into),
         }),
+        allow_core_dumps: false,
     })
 }
 

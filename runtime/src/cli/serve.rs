@@ -17,6 +17,12 @@ const STATUS_EVERY: Duration = Duration::from_secs(30);
 
 pub async fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = super::certconn_config(config_path)?;
+    if config.custody.allow_core_dumps {
+        tracing::warn!(
+            "custody.allow_core_dumps = true: a crash writes the keys, passwords and credentials \
+             certconn holds in memory to a core file"
+        );
+    }
     let app = App::open(config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut term = signal(SignalKind::terminate())?;

@@ -5,6 +5,7 @@
 //! handles a backend instance may use; `settings` are the `[custody]` and `[keys]` sections.
 
 pub mod bundle;
+pub mod core_dumps;
 pub mod grant;
 pub mod kek;
 pub mod key;

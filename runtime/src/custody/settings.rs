@@ -13,6 +13,10 @@ use crate::config::{Checker, ConfigError};
 pub struct CustodyConfig {
     pub protection: KekSource,
     pub pkcs11: Option<Pkcs11Config>,
+    /// `allow_core_dumps`: let a crash of `certconn serve` write a core file (or reach
+    /// `kernel.core_pattern`'s program), with the keys, passwords and credentials in memory
+    /// at the time. Off by default: see [`super::core_dumps`].
+    pub allow_core_dumps: bool,
 }
 
 impl From<KekSource> for CustodyConfig {
@@ -20,6 +24,7 @@ impl From<KekSource> for CustodyConfig {
         Self {
             protection,
             pkcs11: None,
+            allow_core_dumps: false,
         }
     }
 }
@@ -36,6 +41,16 @@ impl<'de> serde::Deserialize<'de> for CustodyConfig {
                 Pkcs11Config::deserialize(v).map_err(|e| D::Error::custom(format!("pkcs11: {e}")))
             })
             .transpose()?;
+        let allow_core_dumps = match table.remove("allow_core_dumps") {
+            None => false,
+            Some(toml::Value::Boolean(allow)) => allow,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "allow_core_dumps: expected true or false, found {}",
+                    other.type_str()
+                )))
+            }
+        };
         if !table.contains_key("protection") {
             // `protection` defaults to `none`; a table that gives the setting of one kind of
             // protection means that kind (`key_file = "…"` alone is `protection = "key-file"`).
@@ -66,7 +81,11 @@ impl<'de> serde::Deserialize<'de> for CustodyConfig {
         } else {
             KekSource::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?
         };
-        Ok(Self { protection, pkcs11 })
+        Ok(Self {
+            protection,
+            pkcs11,
+            allow_core_dumps,
+        })
     }
 }
 

@@ -151,6 +151,38 @@ fn install_start_issue_and_purge() {
     }
     assert_eq!(meta.uid(), std::fs::metadata(addr_file).unwrap().uid());
 
+    // The daemon holds unsealed keys in memory: no other process of its own user may read it
+    // (`/proc/PID/environ` takes the same check as `/proc/PID/mem` and ptrace), and it dumps
+    // no core. A dumpable process's environment is readable by its user, so this fails if the
+    // daemon stays dumpable.
+    let environ = format!("/proc/{}/environ", daemon.0.id());
+    assert!(
+        std::fs::read(&environ).is_ok(),
+        "root reads {environ} (the process is there)"
+    );
+    let (readable, said) = sh(&mut as_certconn(&["cat", &environ]));
+    assert!(
+        !readable && said.contains("Permission denied"),
+        "another process of the certconn user read {environ}: {said}"
+    );
+    let (_, limits) = sh(Command::new("cat").arg(format!("/proc/{}/limits", daemon.0.id())));
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    assert_eq!(core.get(4..6), Some(&["0", "0"][..]), "{limits}");
+    // …and it opened its page map before that (the plugin engine's fast reset of an instance's
+    // memory needs it, and a process that is not dumpable cannot open its own any more).
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.0.id())).unwrap();
+    assert!(
+        fds.flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|target| target.ends_with("pagemap")),
+        "certconn serve has no /proc/self/pagemap open"
+    );
+
     let pfx = "/var/lib/certconn/packaged.pfx";
     let (ok, out) = sh(&mut as_certconn(&[
         "/usr/bin/certconn",

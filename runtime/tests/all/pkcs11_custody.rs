@@ -195,6 +195,7 @@ fn token_rsa_decrypts_what_openssl_encrypts_with_every_padding_and_signs_every_s
             pin_env: "UNUSED".into(),
             pin_file: Some(pin_file.into()),
         }),
+        allow_core_dumps: false,
     };
     let store = KeyStore::open(&dir.path().join("keys"), &custody).unwrap();
     let rsa = store

@@ -42,7 +42,7 @@ pub fn read_text(
     file: Option<&Path>,
 ) -> Result<Zeroizing<String>, SecretError> {
     let what_owned = || what.to_owned();
-    let text = match (env, file) {
+    let mut text = match (env, file) {
         (Some(_), Some(_)) => return Err(SecretError::TwoSources { what: what_owned() }),
         (None, None) => return Err(SecretError::NoSource { what: what_owned() }),
         (Some(var), None) => {
@@ -52,23 +52,33 @@ pub fn read_text(
             })?)
         }
         (None, Some(path)) => {
-            let bytes = files::read_protected(path).map_err(|source| SecretError::File {
+            let mut bytes = files::read_protected(path).map_err(|source| SecretError::File {
                 what: what_owned(),
                 source,
             })?;
-            Zeroizing::new(
-                String::from_utf8(bytes.to_vec()).map_err(|_| SecretError::NotText {
-                    what: what_owned(),
-                    path: path.display().to_string(),
-                })?,
-            )
+            // The bytes become the string, not a copy; refused bytes are zeroized too.
+            String::from_utf8(std::mem::take(&mut *bytes))
+                .map(Zeroizing::new)
+                .map_err(|e| {
+                    zeroize::Zeroize::zeroize(&mut e.into_bytes());
+                    SecretError::NotText {
+                        what: what_owned(),
+                        path: path.display().to_string(),
+                    }
+                })?
         }
     };
-    let trimmed = Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string());
-    if trimmed.is_empty() {
+    drop_line_ends(&mut text);
+    if text.is_empty() {
         return Err(SecretError::Empty { what: what_owned() });
     }
-    Ok(trimmed)
+    Ok(text)
+}
+
+/// Drops a secret text's trailing line ends (`echo secret > file` writes one), in place: no
+/// copy of the secret is made. Every secret certconn reads from a file goes through here.
+pub fn drop_line_ends(text: &mut String) {
+    text.truncate(text.trim_end_matches(['\n', '\r']).len());
 }
 
 /// A secret text that never shows itself: zeroized when dropped and `<redacted>` in debug
@@ -188,6 +198,31 @@ impl<'de> serde::Deserialize<'de> for SecretString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_loses_its_line_ends_in_place_and_bad_ones_are_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            path
+        };
+        let text = read_text("the challenge", None, Some(&write("ok", b"s3cret\r\n\n"))).unwrap();
+        assert_eq!(&*text, "s3cret");
+        assert_eq!(
+            text.capacity(),
+            9,
+            "the bytes read became the string: no copy"
+        );
+        let empty = read_text("the challenge", None, Some(&write("empty", b"\n"))).unwrap_err();
+        assert!(matches!(empty, SecretError::Empty { .. }), "{empty}");
+        let binary = write("binary", b"s3cret\xff\n");
+        let e = read_text("the challenge", None, Some(&binary)).unwrap_err();
+        assert!(matches!(e, SecretError::NotText { .. }), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
 
     #[test]
     fn a_credential_is_allocated_once_at_its_length() {

@@ -237,7 +237,7 @@ impl BackendConfig {
                 path: path.to_path_buf(),
                 source,
             })?;
-            text.truncate(text.trim_end_matches(['\n', '\r']).len());
+            crate::secret::drop_line_ends(&mut text);
             settings.insert(key.clone(), toml::Value::String(text));
         }
         Ok(())

@@ -246,9 +246,8 @@ impl App {
             &config.cache_dir(),
             &config.engine_limits(),
         )?);
-        if !config.custody.allow_core_dumps {
-            crate::custody::core_dumps::deny().map_err(StartError::CoreDumps)?;
-        }
+        crate::custody::core_dumps::deny_unless_allowed(&config.custody)
+            .map_err(StartError::CoreDumps)?;
         let keys = Arc::new(KeyStore::open(&config.keys_dir(), &config.custody)?);
         keys.assign_roles(config.key_roles());
         crate::pki::ca::provision(&keys, &config.keys)?;

@@ -98,6 +98,7 @@ pub enum Keys {
 pub fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let _lock = datadir::lock(&config.data_dir)?;
+    super::keep_keys_out_of_cores(Some(&config.custody))?;
     let store = KeyStore::open(&config.keys_dir(), &config.custody)?;
     match what {
         Keys::Create {

@@ -368,6 +368,21 @@ pub(crate) fn certconn_config(path: &std::path::Path) -> anyhow::Result<certconn
     Ok(certconn::app::Config::load(path)?)
 }
 
+/// Makes this process non-dumpable with a core limit of 0 before a command reads a key
+/// (`custody::core_dumps`), unless the config's `custody` (where the command reads a config)
+/// gives cores back.
+pub(crate) fn keep_keys_out_of_cores(
+    custody: Option<&certconn::custody::CustodyConfig>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use certconn::custody::core_dumps;
+    match custody {
+        Some(custody) => core_dumps::deny_unless_allowed(custody),
+        None => core_dumps::deny(),
+    }
+    .context("keeping the keys in memory out of core files (custody.allow_core_dumps)")
+}
+
 /// Reads the API token and makes a client for the daemon the config names.
 pub(crate) fn api_client(
     config: &certconn::app::Config,

@@ -379,6 +379,7 @@ async fn pack(
 
 /// A publisher's private key from a PKCS#8 PEM file.
 fn signing_key(path: &Path) -> anyhow::Result<certconn::custody::PrivateKey> {
+    super::keep_keys_out_of_cores(None)?;
     let raw = certconn::files::read_secret_once(path)?;
     let text = std::str::from_utf8(&raw)
         .map_err(|_| anyhow::anyhow!("{}: not PEM (not UTF-8 text)", path.display()))?;
@@ -422,6 +423,7 @@ fn keygen(prefix: &Path) -> anyhow::Result<()> {
             bail!("{} exists; not replacing a publisher key", p.display());
         }
     }
+    super::keep_keys_out_of_cores(None)?;
     let key = certconn::custody::PrivateKey::generate(certconn::custody::KeyAlgorithm::EcP256)?;
     let pem = zeroize::Zeroizing::new(certconn::pki::pem::encode("PRIVATE KEY", key.pkcs8_der()?));
     certconn::files::write_atomic(&private, pem.as_bytes(), 0o600)?;

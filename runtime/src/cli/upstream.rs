@@ -61,6 +61,7 @@ pub async fn run(config_path: &std::path::Path, what: Upstream) -> anyhow::Resul
             .and_then(|u| u.trust_anchors.as_ref())
             .map(|p| p.to_path_buf())
     });
+    super::keep_keys_out_of_cores(Some(&config.custody))?;
     let raw = certconn::files::read_protected(&token_file)
         .with_context(|| format!("--token-file {}", token_file.display()))?;
     let token = std::str::from_utf8(&raw)

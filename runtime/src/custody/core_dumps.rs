@@ -10,9 +10,25 @@
 //! core file even then (a program `core_pattern` pipes to decides for itself; systemd-coredump
 //! honours the limit). ssh-agent does the same.
 //!
-//! It is applied after the plugin engine is made: wasmtime opens `/proc/self/pagemap` then
-//! (its fast reset of a used instance's memory), and a process that is not dumpable no longer
-//! owns its `/proc/self` files, so a service that does not run as root could not open it later.
+//! `certconn serve` applies it, and so do the offline commands that read custody's keys or
+//! a private key file (`certconn keys`, `upstream register`, `plugin keygen`, `sign` and `pack
+//! --sign-key`): short-lived, but a key is as clear in their memory as in the daemon's.
+//!
+//! In `serve` it is applied after the plugin engine is made: wasmtime opens
+//! `/proc/self/pagemap` then (its fast reset of a used instance's memory), and a process that
+//! is not dumpable no longer owns its `/proc/self` files, so a service that does not run as
+//! root could not open it later.
+
+use super::CustodyConfig;
+
+/// [`deny`], unless `custody.allow_core_dumps` gives cores back: what a command calls before
+/// it reads a key.
+pub fn deny_unless_allowed(custody: &CustodyConfig) -> std::io::Result<()> {
+    if custody.allow_core_dumps {
+        return Ok(());
+    }
+    deny()
+}
 
 /// Makes the process non-dumpable and its core size limit 0, hard and soft.
 pub fn deny() -> std::io::Result<()> {

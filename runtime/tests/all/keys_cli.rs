@@ -2,6 +2,7 @@
 
 use crate::common;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 
 use common::*;
@@ -244,4 +245,100 @@ fn a_key_bundle_carries_a_ca_key_to_another_instance() {
             .arg(&leaf),
     );
     assert!(verified.contains(": OK"), "{verified}");
+}
+
+/// `certconn keys import` reads a private key, and a crash while it holds one must not write
+/// it to a core file: by the time it reads the key its core limit is 0 (and it is not
+/// dumpable), though it was started with cores allowed; `custody.allow_core_dumps` gives them
+/// back. The key comes through a FIFO, so the command is caught holding it open.
+#[test]
+fn a_key_is_read_by_a_process_that_writes_no_core_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("ec.pem");
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(&key),
+    );
+    let pem = std::fs::read(&key).unwrap();
+    for (name, custody, expected) in [
+        ("denied", "", "0 0"),
+        (
+            "allowed",
+            "[custody]\nallow_core_dumps = true\n",
+            "unlimited unlimited",
+        ),
+    ] {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            config_text(&dir.path().join(name), &plugins(), custody),
+        )
+        .unwrap();
+        let fifo = dir.path().join(format!("{name}.fifo"));
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `mkfifo` reads the NUL-terminated path it is given.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let mut child = Command::new("sh")
+            .args(["-c", "ulimit -c unlimited && exec \"$@\"", "sh"])
+            .arg(binary())
+            .arg("--config")
+            .arg(&config)
+            .args(["keys", "import", "imported", "--pkcs8"])
+            .arg(&fifo)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Opening the FIFO for writing succeeds once the command has opened it to read the key.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut writer = loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+            {
+                Ok(f) => break f,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                    if let Some(status) = child.try_wait().unwrap() {
+                        let out = child.wait_with_output().unwrap();
+                        panic!(
+                            "{name}: exited ({status}) before reading the key: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                    assert!(std::time::Instant::now() < deadline, "{name}: never read");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("{name}: {e}"),
+            }
+        };
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap();
+        std::io::Write::write_all(&mut writer, &pem).unwrap();
+        drop(writer);
+        let out = child.wait_with_output().unwrap();
+        ok(out);
+        assert_eq!(
+            core, expected,
+            "{name}: the core limit while it read the key"
+        );
+    }
 }

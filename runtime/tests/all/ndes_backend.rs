@@ -118,6 +118,8 @@ struct Seen {
     ciphers: Vec<Cipher>,
     challenges: Vec<String>,
     pending: Vec<String>,
+    /// The CSR of each request answered "pending", by transaction id, for its CertPoll.
+    held: std::collections::HashMap<String, Vec<u8>>,
     cert_polls: usize,
 }
 
@@ -267,15 +269,10 @@ fn serve(
                     "the challenge from mscep_admin is in the CSR"
                 );
                 if pend_first.load(Ordering::SeqCst) == 1 {
-                    seen.lock()
-                        .unwrap()
-                        .pending
-                        .push(msg.transaction_id.clone());
-                    std::fs::write(
-                        std::env::temp_dir().join(format!("ndes-{}", msg.transaction_id)),
-                        &content,
-                    )
-                    .unwrap();
+                    let mut seen = seen.lock().unwrap();
+                    seen.pending.push(msg.transaction_id.clone());
+                    seen.held.insert(msg.transaction_id.clone(), content);
+                    drop(seen);
                     return respond(
                         &mut stream,
                         "200 OK",
@@ -287,8 +284,8 @@ fn serve(
             }
             MessageType::CertPoll => {
                 seen.lock().unwrap().cert_polls += 1;
-                std::fs::read(std::env::temp_dir().join(format!("ndes-{}", msg.transaction_id)))
-                    .expect("a pending request")
+                let held = seen.lock().unwrap().held.get(&msg.transaction_id).cloned();
+                held.expect("a pending request")
             }
             other => panic!("unexpected {other:?}"),
         };

@@ -30,10 +30,11 @@ pub struct NtlmV2Input<'a> {
 
 /// The NTLMv2 answers to one CHALLENGE.
 pub struct NtlmV2Response {
-    /// NtChallengeResponse = NTProofStr ‖ temp.
-    pub nt_response: Vec<u8>,
+    /// NtChallengeResponse = NTProofStr ‖ temp. Zeroized: with the challenges it is an offline
+    /// guess at the password away (as a hash is).
+    pub nt_response: Zeroizing<Vec<u8>>,
     /// LmChallengeResponse (LMv2); a client sends zeros instead when the server sent a timestamp.
-    pub lm_response: Vec<u8>,
+    pub lm_response: Zeroizing<Vec<u8>>,
     /// SessionBaseKey: the exported session key when no key exchange is negotiated; the MIC key.
     pub session_base_key: Zeroizing<Vec<u8>>,
 }
@@ -87,10 +88,13 @@ pub fn v2_response(
     temp.extend_from_slice(&[0; 4]);
     let proof = hmac_md5(&key, &[input.server_challenge, &temp])?;
     let session_base_key = hmac_md5(&key, &[&proof])?;
-    let mut lm_response =
-        hmac_md5(&key, &[input.server_challenge, input.client_challenge])?.to_vec();
+    // Each response sized before it is filled: one that grew would free a copy unzeroized.
+    let lm_proof = hmac_md5(&key, &[input.server_challenge, input.client_challenge])?;
+    let mut lm_response = Zeroizing::new(Vec::with_capacity(lm_proof.len() + 8));
+    lm_response.extend_from_slice(&lm_proof);
     lm_response.extend_from_slice(input.client_challenge);
-    let mut nt_response = proof.to_vec();
+    let mut nt_response = Zeroizing::new(Vec::with_capacity(proof.len() + temp.len()));
+    nt_response.extend_from_slice(&proof);
     nt_response.extend_from_slice(&temp);
     Ok(NtlmV2Response {
         nt_response,
@@ -149,10 +153,13 @@ mod tests {
             "SessionBaseKey"
         );
         assert_eq!(
-            hex::encode(&r.lm_response),
+            hex::encode(&*r.lm_response),
             "86c35097ac9cec102554764a57cccc19aaaaaaaaaaaaaaaa",
             "LMv2"
         );
+        // Each response allocated once at its length: one that grew would have freed a copy.
+        assert_eq!(r.nt_response.capacity(), r.nt_response.len());
+        assert_eq!(r.lm_response.capacity(), r.lm_response.len());
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! password and no connection handling.
 
 use base64::Engine as _;
-use http::HeaderValue;
 use serde::Deserialize;
 use wasmtime_wasi_http::Error as HttpError;
 use zeroize::Zeroizing;
@@ -201,8 +200,14 @@ impl Credential {
         policy: &AlgorithmPolicy,
     ) -> Result<Answer, HttpError> {
         let b64 = base64::engine::general_purpose::STANDARD;
+        // The AUTHENTICATE message carries the NTLMv2 response, which a listener could guess
+        // the password from offline: its header is a credential's (sensitive, zeroized).
         let header = |msg: &[u8]| {
-            HeaderValue::from_str(&format!("{scheme} {}", b64.encode(msg)))
+            let mut text = Zeroizing::new(String::with_capacity(
+                base64::encoded_len(msg.len(), true).unwrap_or_default(),
+            ));
+            b64.encode_string(msg, &mut text);
+            crate::secret::credential_header(scheme, &text)
                 .map_err(|_| HttpError::InternalError(Some("NTLM header".into())))
         };
         let negotiate = ntlm::negotiate();
@@ -245,10 +250,8 @@ impl Credential {
             ntlm::filetime_now(),
         )
         .map_err(|e| HttpError::InternalError(Some(crate::report::chain(&e))))?;
-        let mut value = header(&authenticate)?;
-        value.set_sensitive(true);
         connection
-            .exchange(outgoing.request(Some(value)), max, true)
+            .exchange(outgoing.request(Some(header(&authenticate)?)), max, true)
             .await
     }
 }
@@ -262,7 +265,7 @@ mod tests {
         for h in headers {
             response.headers_mut().append(
                 http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_str(h).unwrap(),
+                http::HeaderValue::from_str(h).unwrap(),
             );
         }
         let (parts, ()) = response.into_parts();

@@ -4,6 +4,7 @@
 
 use crate::crypto::ntlm::{self as compute, utf16le, NtlmV2Input};
 use crate::crypto::{AlgorithmPolicy, CryptoError};
+use zeroize::Zeroizing;
 
 const SIGNATURE: &[u8; 8] = b"NTLMSSP\0";
 
@@ -212,7 +213,7 @@ pub fn authenticate(
     identity: &Identity<'_>,
     client_challenge: [u8; 8],
     now: u64,
-) -> Result<Vec<u8>, NtlmError> {
+) -> Result<Zeroizing<Vec<u8>>, NtlmError> {
     let server_time = challenge.timestamp();
     let with_mic = server_time.is_some();
     let target_info = client_target_info(challenge, with_mic)?;
@@ -229,20 +230,19 @@ pub fn authenticate(
         },
     )?;
     // With a server timestamp the LM response is 24 zero bytes (MS-NLMP §3.3.2).
-    let lm = if with_mic {
-        vec![0; 24]
-    } else {
-        v2.lm_response.clone()
-    };
+    let lm: &[u8] = if with_mic { &[0; 24] } else { &v2.lm_response };
     let domain = utf16le(identity.domain);
     let user = utf16le(identity.user);
     let workstation = utf16le("CERTCONN");
     let flags = (challenge.flags & CLIENT_FLAGS) | NEGOTIATE_UNICODE;
 
-    let mut message = Vec::with_capacity(AUTHENTICATE_HEADER + 256);
+    // The message carries the responses: sized before it is filled and zeroized, as they are.
+    let fields: [&[u8]; 5] = [lm, &v2.nt_response, &domain, &user, &workstation];
+    let payload_len: usize = fields.iter().map(|f| f.len()).sum();
+    let mut message = Zeroizing::new(Vec::with_capacity(AUTHENTICATE_HEADER + payload_len));
     message.extend_from_slice(SIGNATURE);
     message.extend_from_slice(&3u32.to_le_bytes());
-    let mut payload = Vec::new();
+    let mut payload = Zeroizing::new(Vec::with_capacity(payload_len));
     let mut field = |message: &mut Vec<u8>, value: &[u8]| -> Result<(), NtlmError> {
         let len = u16::try_from(value.len()).map_err(|_| NtlmError::TooLong)?;
         let offset =
@@ -253,11 +253,9 @@ pub fn authenticate(
         payload.extend_from_slice(value);
         Ok(())
     };
-    field(&mut message, &lm)?;
-    field(&mut message, &v2.nt_response)?;
-    field(&mut message, &domain)?;
-    field(&mut message, &user)?;
-    field(&mut message, &workstation)?;
+    for value in fields {
+        field(&mut message, value)?;
+    }
     field(&mut message, &[])?; // no encrypted random session key: no key exchange
     message.extend_from_slice(&flags.to_le_bytes());
     message.extend_from_slice(&VERSION);
@@ -342,6 +340,9 @@ mod tests {
         let pairs = av_pairs(&nt[44..]).unwrap();
         assert!(pairs.contains(&(AV_FLAGS, &AV_FLAG_MIC.to_le_bytes()[..])));
         assert_ne!(&m[MIC_OFFSET..MIC_OFFSET + 16], &[0; 16], "MIC present");
+        // The responses pass through it: allocated once, at its length (a message that grew
+        // would have freed a copy of them unzeroized).
+        assert_eq!(m.capacity(), m.len());
 
         let plain = Challenge::parse(&challenge_message(false)).unwrap();
         let m = authenticate(
@@ -364,6 +365,7 @@ mod tests {
         );
         let lm_len = u16_at(&m, 12).unwrap();
         assert_eq!(lm_len, 24);
+        assert_eq!(m.capacity(), m.len());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use crate::common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,6 +44,60 @@ fn as_certconn(args: &[&str]) -> Command {
     ])
     .args(args);
     cmd
+}
+
+/// The installed unit's command `key` (`ExecStart`, `ExecStartPre`) as the unit runs it: as
+/// the `certconn` user, under the unit's system call filter and address families
+/// (`common::unit_filter`), so that a call the unit forbids kills it here as systemd would
+/// (SIGSYS), not first in production.
+fn as_the_unit_runs(key: &str) -> Command {
+    let unit = std::fs::read_to_string("/lib/systemd/system/certconn.service").unwrap();
+    let filter = common::unit_filter::UnitFilter::of_unit(&unit);
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("the unit has no {key}="));
+    let mut words = line.split_whitespace();
+    let (_, user) = sh(Command::new("getent").args(["passwd", "certconn"]));
+    let ids: Vec<u32> = user
+        .split(':')
+        .skip(2)
+        .take(2)
+        .map(|id| id.parse().unwrap())
+        .collect();
+    let mut cmd = Command::new(words.next().unwrap());
+    cmd.args(words)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", "/var/lib/certconn")
+        .env("USER", "certconn")
+        .env("LOGNAME", "certconn")
+        .uid(ids[0])
+        .gid(ids[1]);
+    // SAFETY: the closure makes two `prctl` calls on a program built before the fork.
+    unsafe {
+        cmd.pre_exec(move || filter.install());
+    }
+    cmd
+}
+
+/// Panics with the daemon's stderr if it is no longer running; a death by SIGSYS is named.
+fn still_serving(daemon: &mut Running, after: &str) {
+    let Ok(Some(status)) = daemon.0.try_wait() else {
+        return;
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = daemon.0.stderr.take().unwrap().read_to_string(&mut err);
+    use std::os::unix::process::ExitStatusExt;
+    if status.signal() == Some(libc::SIGSYS) {
+        panic!(
+            "certconn serve was killed by SIGSYS {after}: it made a system call the unit's \
+             SystemCallFilter= does not allow (`strace -f -c` over the same steps lists the calls \
+             it makes). Its log:\n{err}"
+        );
+    }
+    panic!("certconn serve exited with {status} {after}: {err}");
 }
 
 /// Purges the package when the test ends, however it ends.
@@ -124,28 +179,21 @@ fn install_start_issue_and_purge() {
         "/etc/certconn/certconn.toml",
     ]));
     assert!(ok, "check-config: {out}");
+    // The unit's ExecStartPre, under its filter.
+    let (ok, out) = sh(&mut as_the_unit_runs("ExecStartPre"));
+    assert!(ok, "ExecStartPre as the unit runs it: {out}");
 
     let addr_file = Path::new("/var/lib/certconn/api.addr");
     let mut daemon = Running(
-        as_certconn(&[
-            "/usr/bin/certconn",
-            "serve",
-            "--config",
-            "/etc/certconn/certconn.toml",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap(),
+        as_the_unit_runs("ExecStart")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
     let start = Instant::now();
     while !addr_file.exists() {
-        if let Ok(Some(status)) = daemon.0.try_wait() {
-            let mut err = String::new();
-            use std::io::Read;
-            let _ = daemon.0.stderr.take().unwrap().read_to_string(&mut err);
-            panic!("certconn serve exited with {status}: {err}");
-        }
+        still_serving(&mut daemon, "while it started");
         assert!(start.elapsed() < Duration::from_secs(60), "no api.addr");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -183,25 +231,51 @@ fn install_start_issue_and_purge() {
         "certconn serve has no /proc/self/pagemap open"
     );
 
-    let pfx = "/var/lib/certconn/packaged.pfx";
+    // An EC key made in place and an RSA key made on the blocking pool, a reload and a status:
+    // every call they take is one the unit's filter allows (or the daemon dies of it).
+    let mut issued = Vec::new();
+    for (profile, pfx) in [
+        ("smime", "/var/lib/certconn/packaged.pfx"),
+        ("device", "/var/lib/certconn/packaged-device.pfx"),
+    ] {
+        let (ok, out) = sh(&mut as_certconn(&[
+            "/usr/bin/certconn",
+            "submit",
+            "issue",
+            "--config",
+            "/etc/certconn/certconn.toml",
+            "--profile",
+            profile,
+            "--subject",
+            "CN=from the package",
+            "--out",
+            pfx,
+        ]));
+        still_serving(&mut daemon, &format!("issuing for profile {profile}"));
+        assert!(ok, "submit --profile {profile}: {out}");
+        issued.push((pfx, shown_password(&out)));
+    }
     let (ok, out) = sh(&mut as_certconn(&[
         "/usr/bin/certconn",
-        "submit",
-        "issue",
+        "reload",
         "--config",
         "/etc/certconn/certconn.toml",
-        "--profile",
-        "smime",
-        "--subject",
-        "CN=from the package",
-        "--out",
-        pfx,
     ]));
+    still_serving(&mut daemon, "reloading");
+    assert!(ok, "reload: {out}");
+    let (ok, out) = sh(&mut as_certconn(&[
+        "/usr/bin/certconn",
+        "status",
+        "--config",
+        "/etc/certconn/certconn.toml",
+    ]));
+    still_serving(&mut daemon, "answering status");
+    assert!(ok, "status: {out}");
     drop(daemon);
-    assert!(ok, "submit: {out}");
-    let password = shown_password(&out);
-    let info = openssl_pkcs12_info(Path::new(pfx), &password);
-    assert!(info.contains("MAC"), "{info}");
+    for (pfx, password) in issued {
+        let info = openssl_pkcs12_info(Path::new(pfx), &password);
+        assert!(info.contains("MAC"), "{pfx}: {info}");
+    }
 
     // Purge: the package, its config, its state and its user are gone.
     let (ok, out) = sh(Command::new("dpkg").args(["--purge", "certconn"]));

@@ -61,6 +61,47 @@ fn the_unit_verifies_and_its_exposure_stays_low() {
 }
 
 /// The next datagram on `socket`, within `timeout`.
+/// The test's stand-in for systemd's filter (`common::unit_filter`, which the package test
+/// runs the daemon under) does what systemd does with the shipped unit: a call the unit
+/// forbids (`setuid`, of `@privileged`) kills the process with SIGSYS, a socket of a
+/// family outside `RestrictAddressFamilies=` fails with EAFNOSUPPORT, and what the unit allows
+/// runs.
+#[test]
+fn the_units_filter_as_the_tests_apply_it_kills_a_forbidden_call_and_refuses_a_foreign_socket() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let shipped = std::fs::read_to_string(repo_root().join("packaging/systemd/certconn.service"))
+        .expect("packaging/systemd/certconn.service");
+    let filter = std::sync::Arc::new(common::unit_filter::UnitFilter::of_unit(&shipped));
+    assert!(filter.allowed.contains("setpriority") && !filter.allowed.contains("setrlimit"));
+    let run = |script: &str| {
+        let filter = filter.clone();
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script]);
+        // SAFETY: the closure makes two `prctl` calls on a program built before the fork.
+        unsafe {
+            cmd.pre_exec(move || filter.install());
+        }
+        cmd.output().unwrap()
+    };
+    let socket = run("import socket, errno\n\
+        try:\n    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\n\
+        except OSError as e:\n    print(errno.errorcode[e.errno])\n\
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()\n\
+        print('inet')");
+    assert!(socket.status.success(), "{socket:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&socket.stdout),
+        "EAFNOSUPPORT\ninet\n"
+    );
+    // setuid to the uid it has: harmless, were the filter not there.
+    let forbidden = run("import os\nos.setuid(os.getuid())");
+    assert_eq!(
+        forbidden.status.signal(),
+        Some(libc::SIGSYS),
+        "{forbidden:?}"
+    );
+}
+
 fn next_message(socket: &UnixDatagram, timeout: Duration) -> Option<String> {
     socket.set_read_timeout(Some(timeout)).unwrap();
     let mut buf = [0u8; 4096];

@@ -137,11 +137,20 @@ async fn apply(p: &Registry, d: &FleetDecision) {
     }
 }
 
-/// The machine's name, for telling instances apart in a listing.
+/// The machine's name, for telling instances apart in a listing. Asked of the kernel
+/// (`gethostname`), not read from `/proc/sys/kernel/hostname`: the packaged unit's
+/// `ProcSubset=pid` hides `/proc/sys`, and every instance would have been "unknown".
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    let mut name = [0u8; 256];
+    // SAFETY: gethostname writes at most `name.len()` bytes into `name`.
+    if unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } != 0 {
+        return "unknown".into();
+    }
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    let text = String::from_utf8_lossy(&name[..end]).trim().to_owned();
+    if text.is_empty() {
+        "unknown".into()
+    } else {
+        text
+    }
 }

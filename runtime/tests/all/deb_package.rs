@@ -47,9 +47,11 @@ fn as_certconn(args: &[&str]) -> Command {
 }
 
 /// The installed unit's command `key` (`ExecStart`, `ExecStartPre`) as the unit runs it: as
-/// the `certconn` user, under the unit's system call filter and address families
-/// (`common::unit_filter`), so that a call the unit forbids kills it here as systemd would
-/// (SIGSYS), not first in production.
+/// the `certconn` user, seeing the file system the unit gives it (read-only but for its state
+/// directory, its own `/tmp`, a `/proc` of its own processes only: `common::unit_mounts`), and
+/// under the unit's system call filter and address families (`common::unit_filter`) — so that
+/// what the unit forbids fails here as under systemd (a forbidden call kills with SIGSYS), not
+/// first in production.
 fn as_the_unit_runs(key: &str) -> Command {
     let unit = std::fs::read_to_string("/lib/systemd/system/certconn.service").unwrap();
     let filter = common::unit_filter::UnitFilter::of_unit(&unit);
@@ -71,12 +73,14 @@ fn as_the_unit_runs(key: &str) -> Command {
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("HOME", "/var/lib/certconn")
         .env("USER", "certconn")
-        .env("LOGNAME", "certconn")
-        .uid(ids[0])
-        .gid(ids[1]);
-    // SAFETY: the closure makes two `prctl` calls on a program built before the fork.
+        .env("LOGNAME", "certconn");
+    let mounts = common::unit_mounts::UnitMounts::of_unit(&unit, ids[0], ids[1]);
+    // SAFETY: the closure makes system calls only, on what was built before the fork.
     unsafe {
-        cmd.pre_exec(move || filter.install());
+        cmd.pre_exec(move || {
+            mounts.enter()?;
+            filter.install()
+        });
     }
     cmd
 }
@@ -271,6 +275,31 @@ fn install_start_issue_and_purge() {
     ]));
     still_serving(&mut daemon, "answering status");
     assert!(ok, "status: {out}");
+    // The fleet listing names the machine (the unit hides /proc/sys, where it was once read).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let start = Instant::now();
+    let listed = loop {
+        let (ok, out) = sh(&mut as_certconn(&[
+            "/usr/bin/certconn",
+            "fleet",
+            "list",
+            "--json",
+            "--config",
+            "/etc/certconn/certconn.toml",
+        ]));
+        assert!(ok, "fleet: {out}");
+        let fleet: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if let Some(first) = fleet["instances"].as_array().and_then(|i| i.first()) {
+            break first["host"].clone();
+        }
+        still_serving(&mut daemon, "before its first heartbeat");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no instance in {out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(listed, host.trim(), "the fleet listing's host");
     drop(daemon);
     for (pfx, password) in issued {
         let info = openssl_pkcs12_info(Path::new(pfx), &password);

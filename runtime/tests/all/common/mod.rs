@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod unit_filter;
+pub mod unit_mounts;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

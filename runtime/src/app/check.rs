@@ -152,6 +152,15 @@ fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckR
             report.problems.push(problem);
         }
     }
+    // Where the plugin releases the feed's policies would install must be writable.
+    if let Some(update) = &config.update {
+        if let Ok(policies) = crate::update::plugin_policies(&config.backends, &update.plugins) {
+            if let Some(why) = crate::update::unwritable_plugin_dir(&config.plugins.dir, &policies)
+            {
+                report.warnings.push(format!("update: {why}"));
+            }
+        }
+    }
     // The proxy's credentials file, and a proxy from the environment of this check.
     if let Err(e) = crate::proxy::Proxy::open(&config.proxy) {
         report.problems.push(crate::report::chain(&e));

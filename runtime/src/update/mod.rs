@@ -135,6 +135,39 @@ pub fn plugin_policies(
     Ok(chosen.into_iter().map(|(k, (p, _))| (k, p)).collect())
 }
 
+/// Why the plugin directory `dir` cannot take the releases `policies` would install there, when
+/// one would (`auto`, or a pin) and it cannot: said at start and by `check-config`, so that an
+/// operator does not learn it first from a release that fails to publish. Asked with
+/// `access(W_OK)`, which also answers for a file system read-only to this process (a unit's
+/// `ProtectSystem=strict`).
+pub fn unwritable_plugin_dir(
+    dir: &std::path::Path,
+    policies: &BTreeMap<String, UpdatePolicy>,
+) -> Option<String> {
+    let installing: Vec<&str> = policies
+        .iter()
+        .filter(|(_, p)| !matches!(p, UpdatePolicy::Notify))
+        .map(|(plugin, _)| plugin.as_str())
+        .collect();
+    if installing.is_empty() {
+        return None;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `access` reads the NUL-terminated path and nothing else.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0 {
+        return None;
+    }
+    Some(format!(
+        "plugins.dir {} cannot be written by this process ({}), so the plugin releases [update] \
+         would install ({}) cannot be published there: give the plugins a directory certconn's \
+         user owns, or set their policy to notify (docs/updates.md, \"Under the packaged unit\")",
+        dir.display(),
+        std::io::Error::last_os_error(),
+        installing.join(", ")
+    ))
+}
+
 impl Updater {
     pub fn new(
         config: UpdateConfig,
@@ -161,6 +194,9 @@ impl Updater {
             feed::fetch_deadline(config.fetch_timeout_seconds),
         );
         let policies = plugin_policies(backends, &config.plugins).map_err(UpdaterError::Config)?;
+        if let Some(why) = unwritable_plugin_dir(registry.plugins_dir(), &policies) {
+            tracing::warn!(event_id = 5110, "{why}");
+        }
         let state = State::load(&dir)?;
         let feed = FeedStatus {
             url: config.url.clone(),
@@ -497,5 +533,42 @@ impl Updater {
             .iter()
             .filter_map(|s| s.lifecycle.as_ref().map(|l| l.standing(&s.name)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a policy that installs (`auto`, a pin) needs the directory writable, and the
+    /// message names the directory, the reason and the plugins that would be installed. (The
+    /// suite runs as root, whom `access` lets write anywhere on a writable file system: a
+    /// missing directory stands in for one this process may not write.)
+    #[test]
+    fn a_plugin_dir_that_cannot_take_an_installed_release_is_named_with_its_plugins() {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = |ndes: UpdatePolicy| {
+            BTreeMap::from([
+                ("ndes".to_owned(), ndes),
+                ("scep".to_owned(), UpdatePolicy::Notify),
+            ])
+        };
+        assert_eq!(
+            unwritable_plugin_dir(dir.path(), &policies(UpdatePolicy::Auto)),
+            None
+        );
+        let gone = dir.path().join("gone");
+        assert_eq!(
+            unwritable_plugin_dir(&gone, &policies(UpdatePolicy::Notify)),
+            None
+        );
+        let why =
+            unwritable_plugin_dir(&gone, &policies(UpdatePolicy::Pinned("1.2.0".into()))).unwrap();
+        assert!(
+            why.contains(&gone.display().to_string())
+                && why.contains("No such file or directory")
+                && why.contains("would install (ndes)"),
+            "{why}"
+        );
     }
 }

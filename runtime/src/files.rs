@@ -148,6 +148,21 @@ fn read_bounded(
     Ok(bytes)
 }
 
+/// Whether this process may create files in directory `dir` ([`write_atomic`]'s temporary file
+/// and rename), asked without writing anything (`access(W_OK)`), so that a check does not touch
+/// a directory a running daemon watches. Also fails on a file system read-only to this process
+/// (a systemd unit's `ProtectSystem=strict`) and for a directory that is not there.
+pub fn check_writable_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `access` reads the NUL-terminated path and nothing else.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically with `mode`: a temporary file in the same directory,
 /// synced, renamed over `path`, then the directory synced so the rename itself survives a
 /// power loss.

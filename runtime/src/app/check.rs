@@ -161,6 +161,16 @@ fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckR
             }
         }
     }
+    // The directory the CRLs are also written to.
+    if let Some(dir) = config.revocation.as_ref().and_then(|r| r.crl_dir.as_ref()) {
+        if let Err(e) = crate::files::check_writable_dir(dir) {
+            report.warnings.push(format!(
+                "revocation.crl_dir {}: this process cannot write it ({e}), so the CRLs will not \
+                 be written there (under the packaged unit: ReadWritePaths= in a drop-in)",
+                dir.display()
+            ));
+        }
+    }
     // The proxy's credentials file, and a proxy from the environment of this check.
     if let Err(e) = crate::proxy::Proxy::open(&config.proxy) {
         report.problems.push(crate::report::chain(&e));

@@ -136,10 +136,9 @@ pub fn plugin_policies(
 }
 
 /// Why the plugin directory `dir` cannot take the releases `policies` would install there, when
-/// one would (`auto`, or a pin) and it cannot: said at start and by `check-config`, so that an
-/// operator does not learn it first from a release that fails to publish. Asked with
-/// `access(W_OK)`, which also answers for a file system read-only to this process (a unit's
-/// `ProtectSystem=strict`).
+/// one would (`auto`, or a pin) and it cannot ([`crate::files::check_writable_dir`]): said at
+/// start and by `check-config`, so that an operator does not learn it first from a release that
+/// fails to publish.
 pub fn unwritable_plugin_dir(
     dir: &std::path::Path,
     policies: &BTreeMap<String, UpdatePolicy>,
@@ -152,18 +151,13 @@ pub fn unwritable_plugin_dir(
     if installing.is_empty() {
         return None;
     }
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: `access` reads the NUL-terminated path and nothing else.
-    if unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0 {
-        return None;
-    }
+    let refused = crate::files::check_writable_dir(dir).err()?;
     Some(format!(
         "plugins.dir {} cannot be written by this process ({}), so the plugin releases [update] \
          would install ({}) cannot be published there: give the plugins a directory certconn's \
          user owns, or set their policy to notify (docs/updates.md, \"Under the packaged unit\")",
         dir.display(),
-        std::io::Error::last_os_error(),
+        refused,
         installing.join(", ")
     ))
 }

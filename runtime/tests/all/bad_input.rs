@@ -421,5 +421,21 @@ fn check_config_finds_what_serve_would_meet_and_writes_nothing() {
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(expect), "{expect}: {stderr}");
     }
+    // A CRL directory this process cannot write is a warning: serve runs, the files would not
+    // come.
+    let out = check(&config_text(
+        &data,
+        &plugins(),
+        "[revocation]\ncrl_dir = \"/nonexistent/pki\"\n[revocation.cas.local]\nkey = \"local-ca\"",
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: revocation.crl_dir /nonexistent/pki: this process cannot write it (No such \
+             file or directory"
+        ),
+        "{stderr}"
+    );
     assert!(!data.exists(), "check-config created the data directory");
 }

@@ -89,8 +89,9 @@ async fn check_journal(config: &Config, report: &mut CheckReport) {
 }
 
 /// Secrets and state that `serve` reads: the API's TLS certificate and key, the API tokens, the
-/// SCEP challenge, the key-encryption key, the PKCS#11 token, the
-/// upstream's token or registration, the proxy's credentials.
+/// SCEP challenge, the key-encryption key, the PKCS#11 token, the upstream's token or
+/// registration, the proxy's credentials; and the directories outside the data directory it
+/// writes to (the plugin directory, when the feed would install there; `crl_dir`).
 fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckReport) {
     // A certificate certconn issues itself is checked when serve issues it (the issuer's
     // key is checked with the other keys).

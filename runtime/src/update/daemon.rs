@@ -309,11 +309,14 @@ fn smoke(binary: &Path, version: &str) -> Result<(), InstallError> {
 /// running through updates — a child that exits with [`RESTART_EXIT`] is started again from
 /// `current`; a version on trial that exits, or has not committed its trial by the deadline,
 /// is stopped and the previous version started. SIGTERM and SIGINT are passed to the child;
-/// the launcher then exits as the child did.
+/// the launcher then exits as the child did. SIGHUP is passed on for the child to reload its
+/// configuration: the unit's `ExecReload=` signals the main process, which is the launcher
+/// here, and a SIGHUP left to its default action would end it.
 pub async fn launch(install: Install, args: Vec<std::ffi::OsString>) -> anyhow::Result<i32> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     loop {
         let state = install.load()?;
         let exe = install.current_binary();
@@ -335,6 +338,7 @@ pub async fn launch(install: Install, args: Vec<std::ffi::OsString>) -> anyhow::
                 status = child.wait() => break Some(status?),
                 _ = term.recv() => { stopping = true; pass_on(&child, libc::SIGTERM); }
                 _ = int.recv() => { stopping = true; pass_on(&child, libc::SIGINT); }
+                _ = hup.recv() => pass_on(&child, libc::SIGHUP),
                 _ = poll.tick(), if on_trial => {
                     let committed = install.load().map(|s| s.trial.is_none()).unwrap_or(false);
                     if committed {

@@ -1219,3 +1219,35 @@ async fn apply_and_rollback_offline() {
         PathBuf::from("versions/0.1.0")
     );
 }
+
+/// Under the launcher, the unit's `ExecReload=` (SIGHUP to the main process, the launcher)
+/// reloads the daemon's configuration: the launcher passes the signal on and keeps running.
+/// Left to its default action, SIGHUP ended the launcher, and a reload became a failed service.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_launcher_passes_a_reload_signal_to_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let install = install_dir(dir.path());
+    let config = dir.path().join("certconn.toml");
+    let data = dir.path().join("data");
+    std::fs::write(&config, config_text(&data, &plugins(), "")).unwrap();
+    let mut daemon = Launched::start(&install, &config, &data, &dir.path().join("daemon.log"));
+    daemon.wait_version("0.1.0", Duration::from_secs(60)).await;
+    let launcher = daemon.child.id() as i32;
+    // SAFETY: signalling the launcher this test started.
+    unsafe {
+        libc::kill(launcher, libc::SIGHUP);
+    }
+    wait_for(Duration::from_secs(30), "the daemon to reload", || async {
+        daemon
+            .log()
+            .contains("configuration reloaded: no backend or profile changed")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the launcher ended on SIGHUP: {}",
+        daemon.log()
+    );
+    assert_eq!(daemon.version().as_deref(), Some("0.1.0"));
+}

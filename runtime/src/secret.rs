@@ -56,16 +56,10 @@ pub fn read_text(
                 what: what_owned(),
                 source,
             })?;
-            // The bytes become the string, not a copy; refused bytes are zeroized too.
-            String::from_utf8(std::mem::take(&mut *bytes))
-                .map(Zeroizing::new)
-                .map_err(|e| {
-                    zeroize::Zeroize::zeroize(&mut e.into_bytes());
-                    SecretError::NotText {
-                        what: what_owned(),
-                        path: path.display().to_string(),
-                    }
-                })?
+            into_text(&mut bytes).ok_or_else(|| SecretError::NotText {
+                what: what_owned(),
+                path: path.display().to_string(),
+            })?
         }
     };
     drop_line_ends(&mut text);
@@ -149,12 +143,19 @@ pub fn json(value: &impl serde::Serialize) -> Result<Zeroizing<String>, serde_js
     let mut bytes = Zeroizing::new(Vec::with_capacity(count.0));
     serde_json::to_writer(&mut *bytes, value)?;
     // serde_json writes UTF-8 only; the error path is there so that nothing here can panic.
-    String::from_utf8(std::mem::take(&mut *bytes))
-        .map(Zeroizing::new)
-        .map_err(|e| {
+    into_text(&mut bytes).ok_or_else(|| serde::ser::Error::custom("JSON that is not UTF-8"))
+}
+
+/// `bytes` as text in the same buffer (the bytes become the string, no copy is made), or
+/// `None` with the bytes zeroized when they are not UTF-8.
+fn into_text(bytes: &mut Zeroizing<Vec<u8>>) -> Option<Zeroizing<String>> {
+    match String::from_utf8(std::mem::take(&mut **bytes)) {
+        Ok(text) => Some(Zeroizing::new(text)),
+        Err(e) => {
             zeroize::Zeroize::zeroize(&mut e.into_bytes());
-            serde::ser::Error::custom("JSON that is not UTF-8")
-        })
+            None
+        }
+    }
 }
 
 impl std::ops::Deref for SecretString {

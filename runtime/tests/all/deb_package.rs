@@ -46,6 +46,14 @@ fn as_certconn(args: &[&str]) -> Command {
     cmd
 }
 
+/// The installed `certconn ARGS` with the installed config, as the `certconn` user.
+fn installed(args: &[&str]) -> Command {
+    let mut cmd = as_certconn(&["/usr/bin/certconn"]);
+    cmd.args(args)
+        .args(["--config", "/etc/certconn/certconn.toml"]);
+    cmd
+}
+
 /// The installed unit's command `key` (`ExecStart`, `ExecStartPre`) as the unit runs it: as
 /// the `certconn` user, seeing the file system the unit gives it (read-only but for its state
 /// directory, its own `/tmp`, a `/proc` of its own processes only: `common::unit_mounts`), and
@@ -176,12 +184,7 @@ fn install_start_issue_and_purge() {
         text.replace("listen = \"127.0.0.1:7443\"", "listen = \"127.0.0.1:0\""),
     )
     .unwrap();
-    let (ok, out) = sh(&mut as_certconn(&[
-        "/usr/bin/certconn",
-        "check-config",
-        "--config",
-        "/etc/certconn/certconn.toml",
-    ]));
+    let (ok, out) = sh(&mut installed(&["check-config"]));
     assert!(ok, "check-config: {out}");
     // The unit's ExecStartPre, under its filter.
     let (ok, out) = sh(&mut as_the_unit_runs("ExecStartPre"));
@@ -242,12 +245,9 @@ fn install_start_issue_and_purge() {
         ("smime", "/var/lib/certconn/packaged.pfx"),
         ("device", "/var/lib/certconn/packaged-device.pfx"),
     ] {
-        let (ok, out) = sh(&mut as_certconn(&[
-            "/usr/bin/certconn",
+        let (ok, out) = sh(&mut installed(&[
             "submit",
             "issue",
-            "--config",
-            "/etc/certconn/certconn.toml",
             "--profile",
             profile,
             "--subject",
@@ -259,34 +259,17 @@ fn install_start_issue_and_purge() {
         assert!(ok, "submit --profile {profile}: {out}");
         issued.push((pfx, shown_password(&out)));
     }
-    let (ok, out) = sh(&mut as_certconn(&[
-        "/usr/bin/certconn",
-        "reload",
-        "--config",
-        "/etc/certconn/certconn.toml",
-    ]));
+    let (ok, out) = sh(&mut installed(&["reload"]));
     still_serving(&mut daemon, "reloading");
     assert!(ok, "reload: {out}");
-    let (ok, out) = sh(&mut as_certconn(&[
-        "/usr/bin/certconn",
-        "status",
-        "--config",
-        "/etc/certconn/certconn.toml",
-    ]));
+    let (ok, out) = sh(&mut installed(&["status"]));
     still_serving(&mut daemon, "answering status");
     assert!(ok, "status: {out}");
     // The fleet listing names the machine (the unit hides /proc/sys, where it was once read).
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let start = Instant::now();
     let listed = loop {
-        let (ok, out) = sh(&mut as_certconn(&[
-            "/usr/bin/certconn",
-            "fleet",
-            "list",
-            "--json",
-            "--config",
-            "/etc/certconn/certconn.toml",
-        ]));
+        let (ok, out) = sh(&mut installed(&["fleet", "list", "--json"]));
         assert!(ok, "fleet: {out}");
         let fleet: serde_json::Value = serde_json::from_str(&out).unwrap();
         if let Some(first) = fleet["instances"].as_array().and_then(|i| i.first()) {

@@ -17,6 +17,23 @@ fn keys(config: &std::path::Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// An EC P-256 private key made by openssl (PKCS#8 PEM) at `path`.
+fn openssl_ec_key(path: &std::path::Path) -> std::path::PathBuf {
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(path),
+    );
+    path.to_owned()
+}
+
 #[test]
 fn keys_are_administered_offline_and_never_while_the_daemon_runs() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,19 +56,7 @@ fn keys_are_administered_offline_and_never_while_the_daemon_runs() {
     assert!(text.contains("Public-Key: (3072 bit)"), "{text}");
 
     // Import an openssl-made EC key; its public half comes back out unchanged.
-    let ec = dir.path().join("ec.pem");
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-            ])
-            .arg(&ec),
-    );
+    let ec = openssl_ec_key(&dir.path().join("ec.pem"));
     ok(keys(
         &config,
         &["import", "device-ca", "--pkcs8", ec.to_str().unwrap()],
@@ -254,19 +259,7 @@ fn a_key_bundle_carries_a_ca_key_to_another_instance() {
 #[test]
 fn a_key_is_read_by_a_process_that_writes_no_core_file() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("ec.pem");
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-            ])
-            .arg(&key),
-    );
+    let key = openssl_ec_key(&dir.path().join("ec.pem"));
     let pem = std::fs::read(&key).unwrap();
     for (name, custody, expected) in [
         ("denied", "", "0 0"),

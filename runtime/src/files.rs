@@ -73,6 +73,69 @@ pub fn current_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The name of user `uid`, or its number when it has none: for messages that tell an
+/// administrator which account must be given access to a file.
+pub fn user_name(uid: u32) -> String {
+    // SAFETY: an all-zero `passwd` is a valid value to be filled in.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found = std::ptr::null_mut();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: `entry`, `buf` and `found` are valid for writes of their sizes; the name the
+    // entry points at lies in `buf`, which is read before it is dropped.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc == 0 && !found.is_null() && !entry.pw_name.is_null() {
+        // SAFETY: a successful lookup leaves a NUL-terminated name in `buf`.
+        unsafe { std::ffi::CStr::from_ptr(entry.pw_name) }
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        format!("uid {uid}")
+    }
+}
+
+/// The name of group `gid`, or its number when it has none (see [`user_name`]).
+pub fn group_name(gid: u32) -> String {
+    // SAFETY: an all-zero `group` is a valid value to be filled in.
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut found = std::ptr::null_mut();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: as in `user_name`.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc == 0 && !found.is_null() && !entry.gr_name.is_null() {
+        // SAFETY: a successful lookup leaves a NUL-terminated name in `buf`.
+        unsafe { std::ffi::CStr::from_ptr(entry.gr_name) }
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        format!("gid {gid}")
+    }
+}
+
+/// Who may use `path`, as `ls -l` would say it: "owner root, group softhsm, mode 0640". When
+/// this process cannot even look at it, the same of the directory in the way, named:
+/// "/etc/softhsm: owner root, group softhsm, mode 0750". For messages about a file this
+/// process cannot read or write.
+pub fn describe_access(path: &Path) -> String {
+    let describe = |meta: fs::Metadata| {
+        format!(
+            "owner {}, group {}, mode {:04o}",
+            user_name(meta.uid()),
+            group_name(meta.gid()),
+            meta.permissions().mode() & 0o7777
+        )
+    };
+    match fs::metadata(path) {
+        Ok(meta) => describe(meta),
+        Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => e.to_string(),
+        Err(e) => path
+            .ancestors()
+            .skip(1)
+            .find_map(|dir| fs::metadata(dir).ok().map(|m| (dir, m)))
+            .map(|(dir, meta)| format!("{}: {}", dir.display(), describe(meta)))
+            .unwrap_or_else(|| e.to_string()),
+    }
+}
+
 /// Checks that `meta` belongs to this process's user (or root).
 fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), FileError> {
     let expected = current_uid();

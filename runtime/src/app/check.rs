@@ -132,8 +132,9 @@ fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckR
             .push(format!("custody.protection: {}", crate::report::chain(&e)));
     }
     if let Some(p11) = &config.custody.pkcs11 {
-        if let Err(e) = crate::custody::pkcs11::Token::open(p11) {
-            report.problems.push(crate::report::chain(&e));
+        match crate::custody::pkcs11::Token::open(p11) {
+            Err(e) => report.problems.push(crate::report::chain(&e)),
+            Ok(_) => check_token_keys_made_at_start(config, p11, report),
         }
     }
     // The upstream's credentials: its token, or the registration of its identity.
@@ -178,6 +179,39 @@ fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckR
     }
 }
 
+/// The token keys `serve` would make at its first start (declared `store = "pkcs11"`, not yet
+/// in the key store): on SoftHSM2, whether this process could store them, since the token
+/// (not the key store) is what the packaged unit's read-only file system keeps it from
+/// writing, and `serve` would stop there.
+fn check_token_keys_made_at_start(
+    config: &Config,
+    p11: &crate::custody::Pkcs11Config,
+    report: &mut CheckReport,
+) {
+    use crate::custody::softhsm;
+    let to_make: Vec<&str> = config
+        .keys
+        .iter()
+        .filter(|(name, k)| {
+            *k.store.get_ref() == KeyLocation::Pkcs11
+                && KeyStore::holds(&config.keys_dir(), name) == Some(false)
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if to_make.is_empty() || !softhsm::is_module(&p11.module) {
+        return;
+    }
+    if let Some(why) = softhsm::why_not_stored() {
+        report.problems.push(format!(
+            "keys {}: `serve` would make {} on PKCS#11 token {:?} at its first start, and \
+             could not{why}",
+            to_make.join(", "),
+            if to_make.len() == 1 { "it" } else { "them" },
+            p11.token_label
+        ));
+    }
+}
+
 /// The keys `[keys]` declares, made fresh in the scratch directory and in software (a key that
 /// `serve` would make on the token is not made on it by a check).
 fn scratch_keys(config: &Config, scratch: &tempfile::TempDir) -> Result<Arc<KeyStore>, StartError> {
@@ -204,7 +238,11 @@ fn scratch_keys(config: &Config, scratch: &tempfile::TempDir) -> Result<Arc<KeyS
         })
         .collect();
     keys.assign_roles(config.key_roles());
-    crate::pki::ca::provision(&keys, &software)?;
+    // Unlogged: "creating custody key … store=Software" would read as this check having made
+    // the CA's key, and in software where the config says a token.
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+        crate::pki::ca::provision(&keys, &software)
+    })?;
     Ok(keys)
 }
 

@@ -10,7 +10,7 @@ use anyhow::Context;
 use certconn::crypto::provider::{self, Padding};
 use certconn::crypto::AlgorithmPolicy;
 use certconn::custody::{
-    pkcs11, CustodyConfig, KeyAlgorithm, KeyLocation, KeyStore, Pkcs11Config, PrivateKey,
+    softhsm, CustodyConfig, KeyAlgorithm, KeyLocation, KeyStore, Pkcs11Config, PrivateKey,
 };
 use certconn::pki::cms::{self, KeyTransport};
 use certconn::pki::pkcs12::{self, PfxContents, PfxProfile};
@@ -59,13 +59,13 @@ fn token_custody(choice: &TokenChoice, dir: &std::path::Path) -> anyhow::Result<
         TokenChoice::Module { module, label } => (module.clone(), label.clone(), None),
         TokenChoice::SoftHsm => {
             let pin = hex::encode(provider::random_vec(8)?);
-            let (conf, pin_file) = pkcs11::softhsm_throwaway_token(dir, "certconn-bench", &pin)
+            let (conf, pin_file) = softhsm::throwaway_token(dir, "certconn-bench", &pin)
                 .map_err(anyhow::Error::msg)?;
             // SoftHSM reads its configuration from the environment when the module starts; this
             // process has no other token user.
             std::env::set_var("SOFTHSM2_CONF", &conf);
             (
-                pkcs11::SOFTHSM_MODULE.into(),
+                softhsm::MODULE.into(),
                 "certconn-bench".to_owned(),
                 Some(pin_file),
             )

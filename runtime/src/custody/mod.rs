@@ -11,6 +11,7 @@ pub mod kek;
 pub mod key;
 pub mod pkcs11;
 pub mod settings;
+pub mod softhsm;
 pub mod store;
 pub mod tls;
 pub mod trail;

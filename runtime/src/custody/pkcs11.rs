@@ -58,58 +58,6 @@ fn default_pin_env() -> String {
     "CERTCONN_PKCS11_PIN".into()
 }
 
-/// Where Debian's softhsm2 package installs the module.
-pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
-/// A throwaway SoftHSM2 token for `bench --pkcs11 softhsm` and the tests: a config and token
-/// directory in `dir`, one token labelled `label` with user PIN `pin`, and a 0600 file holding
-/// the PIN (for `pin_file`). Returns the paths of the config (for `SOFTHSM2_CONF`) and the PIN
-/// file. Needs `softhsm2-util`.
-pub fn softhsm_throwaway_token(
-    dir: &std::path::Path,
-    label: &str,
-    pin: &str,
-) -> Result<(PathBuf, PathBuf), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    let tokens = dir.join("softhsm-tokens");
-    std::fs::create_dir_all(&tokens).map_err(|e| io("creating the token directory", e))?;
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .map_err(|e| io("writing softhsm2.conf", e))?;
-    let out = std::process::Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--pin",
-            pin,
-            "--so-pin",
-            pin,
-        ])
-        .output()
-        .map_err(|e| io("running softhsm2-util (install the softhsm2 package)", e))?;
-    if !out.status.success() {
-        return Err(format!(
-            "softhsm2-util --init-token: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let pin_file = dir.join("pkcs11.pin");
-    std::fs::write(&pin_file, pin).map_err(|e| io("writing the PIN file", e))?;
-    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io("protecting the PIN file", e))?;
-    Ok((conf, pin_file))
-}
-
 fn token_error(token: &str, what: &str) -> impl FnOnce(P11Error) -> CustodyError {
     let (token, what) = (token.to_owned(), what.to_owned());
     move |e| CustodyError::Token {
@@ -123,6 +71,8 @@ pub struct Token {
     ctx: Pkcs11,
     slot: Slot,
     label: String,
+    /// The module's path, for what an error says about it.
+    module: PathBuf,
     sessions: Mutex<Vec<Session>>,
     /// Cleared the first time the token refuses OAEP with a SHA-2 hash.
     native_oaep_sha2: AtomicBool,
@@ -173,14 +123,17 @@ impl Token {
         match ctx.initialize(CInitializeArgs::OsThreads) {
             Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => {
+                // Dropped, the context would finalise a module that never initialised and log
+                // that failure as an error of its own, ahead of this one that says why.
+                std::mem::forget(ctx);
                 return Err(CustodyError::Token {
                     token: label.clone(),
                     reason: format!(
                         "initialising the module {}: {e}{}",
                         config.module.display(),
-                        module_config_hint(&config.module)
+                        module_hint(&config.module)
                     ),
-                })
+                });
             }
         }
         let mut slot = None;
@@ -199,7 +152,7 @@ impl Token {
             reason: format!(
                 "no initialised token with this label in {}{}",
                 config.module.display(),
-                module_config_hint(&config.module)
+                module_hint(&config.module)
             ),
         })?;
         let pin = read_pin(config)?;
@@ -220,6 +173,7 @@ impl Token {
             ctx,
             slot,
             label: config.token_label.clone(),
+            module: config.module.to_path_buf(),
             sessions: Mutex::new(vec![session]),
             native_oaep_sha2: AtomicBool::new(true),
         }))
@@ -228,6 +182,25 @@ impl Token {
     /// The token's label, for listings and errors.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The error for a refused `what` that stores an object on the token: with SoftHSM2, what
+    /// this process may not write when that is the cause (the module says only
+    /// `CKR_GENERAL_ERROR`).
+    fn store_error(&self, what: &str) -> impl FnOnce(P11Error) -> CustodyError {
+        let label = self.label.clone();
+        let what = what.to_owned();
+        let softhsm = super::softhsm::is_module(&self.module);
+        move |e| CustodyError::Token {
+            token: label,
+            reason: format!(
+                "{what}: {e}{}",
+                softhsm
+                    .then(super::softhsm::why_not_stored)
+                    .flatten()
+                    .unwrap_or_default()
+            ),
+        }
     }
 
     fn session(&self) -> Result<Lease<'_>, CustodyError> {
@@ -311,7 +284,7 @@ impl Token {
         private.extend(common_private);
         let (_, private_handle) = session
             .generate_key_pair(&mechanism, &public, &private)
-            .map_err(token_error(&self.label, &format!("generating a {alg} key")))?;
+            .map_err(self.store_error(&format!("generating a {alg} key")))?;
         drop(session);
         self.key_from_handle(private_handle, id)
     }
@@ -364,7 +337,7 @@ impl Token {
         let session = self.session()?;
         let public_handle = session
             .create_object(&public)
-            .map_err(token_error(&self.label, "creating the public key"))?;
+            .map_err(self.store_error("creating the public key"))?;
         let created = session.create_object(&private);
         // The template held the private key's components: wipe them now.
         for a in &mut private {
@@ -383,7 +356,7 @@ impl Token {
             Ok(h) => h,
             Err(e) => {
                 let _ = session.destroy_object(public_handle);
-                return Err(token_error(&self.label, "creating the private key")(e));
+                return Err(self.store_error("creating the private key")(e));
             }
         };
         let kept = session
@@ -494,26 +467,15 @@ impl Token {
     }
 }
 
-/// Where a module looks for its own configuration, when it has one: the usual cause of a
-/// module that initialises without tokens, or not at all, is that certconn runs without it.
-fn module_config_hint(module: &std::path::Path) -> String {
-    let name = module
-        .file_name()
-        .map(|n| n.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
-    if name.contains("softhsm") {
-        let set = std::env::var_os("SOFTHSM2_CONF")
-            .map(|v| format!("SOFTHSM2_CONF is {}", std::path::Path::new(&v).display()))
-            .unwrap_or_else(|| {
-                "SOFTHSM2_CONF is not set, so /etc/softhsm/softhsm2.conf is used".into()
-            });
-        format!(
-            " (SoftHSM2 reads its token directory from the file SOFTHSM2_CONF names: {set}; \
-             set it in certconn's environment, e.g. Environment=SOFTHSM2_CONF=… in the unit)"
-        )
+/// Why a module initialises without the token, or not at all. The usual cause is that
+/// certconn runs without the files or environment the module needs, or may not read them;
+/// for SoftHSM2 those are known and looked at ([`super::softhsm::why_no_token`]).
+fn module_hint(module: &std::path::Path) -> String {
+    if super::softhsm::is_module(module) {
+        super::softhsm::why_no_token()
     } else {
         " (if the module needs its own configuration file or environment, check that certconn's \
-         environment has it)"
+         environment has it and that the user certconn runs as may read it)"
             .into()
     }
 }

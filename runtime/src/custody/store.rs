@@ -226,6 +226,18 @@ impl KeyStore {
         self.trail.get().cloned()
     }
 
+    /// Whether the store in `dir` holds a key called `name`, known from its file names alone
+    /// (nothing is opened or unsealed): for a check that must tell which keys `serve` would
+    /// make at its first start. A directory this process cannot look into holds nothing it
+    /// can tell of: `None`.
+    pub fn holds(dir: &Path, name: &str) -> Option<bool> {
+        let mut held = false;
+        for ext in ["key", "p11"] {
+            held |= dir.join(format!("{name}.{ext}")).try_exists().ok()?;
+        }
+        Some(held)
+    }
+
     /// Opens (creating if needed) the store in `dir`, obtains its key-encryption key from
     /// `protection`, and loads every key. Plain key files found in a protected store are sealed
     /// in place (the way to turn protection on).

@@ -54,35 +54,52 @@ fn installed(args: &[&str]) -> Command {
     cmd
 }
 
-/// The installed unit's command `key` (`ExecStart`, `ExecStartPre`) as the unit runs it: as
-/// the `certconn` user, seeing the file system the unit gives it (read-only but for its state
-/// directory, its own `/tmp`, a `/proc` of its own processes only: `common::unit_mounts`), and
-/// under the unit's system call filter and address families (`common::unit_filter`) — so that
-/// what the unit forbids fails here as under systemd (a forbidden call kills with SIGSYS), not
-/// first in production.
+/// Where an administrator's drop-ins for the unit go (`systemctl edit certconn` writes there).
+const DROP_INS: &str = "/etc/systemd/system/certconn.service.d";
+
+/// The installed unit as systemd reads it: its file, then its drop-ins in the order of their
+/// names (later settings add to a list, or replace a single value, as systemd does).
+fn the_unit() -> String {
+    let mut unit = std::fs::read_to_string("/lib/systemd/system/certconn.service").unwrap();
+    let mut drop_ins: Vec<PathBuf> = std::fs::read_dir(DROP_INS)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    drop_ins.retain(|p| p.extension().is_some_and(|e| e == "conf"));
+    drop_ins.sort();
+    for file in drop_ins {
+        unit.push_str(&std::fs::read_to_string(file).unwrap());
+    }
+    unit
+}
+
+/// The installed unit's command `key` (`ExecStart`, `ExecStartPre`) as the unit runs it (see
+/// [`under_the_unit`]).
 fn as_the_unit_runs(key: &str) -> Command {
-    let unit = std::fs::read_to_string("/lib/systemd/system/certconn.service").unwrap();
-    let filter = common::unit_filter::UnitFilter::of_unit(&unit);
+    let unit = the_unit();
     let line = unit
         .lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
         .unwrap_or_else(|| panic!("the unit has no {key}="));
-    let mut words = line.split_whitespace();
-    let (_, user) = sh(Command::new("getent").args(["passwd", "certconn"]));
-    let ids: Vec<u32> = user
-        .split(':')
-        .skip(2)
-        .take(2)
-        .map(|id| id.parse().unwrap())
-        .collect();
-    let mut cmd = Command::new(words.next().unwrap());
-    cmd.args(words)
+    under_the_unit(&line.split_whitespace().collect::<Vec<_>>())
+}
+
+/// `command` run as the unit runs its commands: as the `certconn` user with its groups, seeing
+/// the file system the unit gives it (read-only but for its state directory and
+/// `ReadWritePaths=`, its own `/tmp`, a `/proc` of its own processes only:
+/// `common::unit_mounts`), and under the unit's system call filter and address families
+/// (`common::unit_filter`) — so that what the unit forbids fails here as under systemd (a
+/// forbidden call kills with SIGSYS), not first in production. The unit's drop-ins count.
+fn under_the_unit(command: &[&str]) -> Command {
+    let unit = the_unit();
+    let filter = common::unit_filter::UnitFilter::of_unit(&unit);
+    let mut cmd = Command::new(command[0]);
+    cmd.args(&command[1..])
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("HOME", "/var/lib/certconn")
         .env("USER", "certconn")
         .env("LOGNAME", "certconn");
-    let mounts = common::unit_mounts::UnitMounts::of_unit(&unit, ids[0], ids[1]);
+    let mounts = common::unit_mounts::UnitMounts::of_unit(&unit, "certconn");
     // SAFETY: the closure makes system calls only, on what was built before the fork.
     unsafe {
         cmd.pre_exec(move || {
@@ -91,6 +108,29 @@ fn as_the_unit_runs(key: &str) -> Command {
         });
     }
     cmd
+}
+
+/// Where the daemon writes its API's address once it listens.
+const API_ADDR: &str = "/var/lib/certconn/api.addr";
+
+/// The unit's `ExecStart` started as the unit runs it, once its API listens.
+fn start_as_the_unit_runs() -> Running {
+    // A daemon killed earlier in the test left its address behind.
+    let _ = std::fs::remove_file(API_ADDR);
+    let mut daemon = Running(
+        as_the_unit_runs("ExecStart")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while !Path::new(API_ADDR).exists() {
+        still_serving(&mut daemon, "while it started");
+        assert!(start.elapsed() < Duration::from_secs(60), "no api.addr");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon
 }
 
 /// Panics with the daemon's stderr if it is no longer running; a death by SIGSYS is named.
@@ -190,21 +230,8 @@ fn install_start_issue_and_purge() {
     let (ok, out) = sh(&mut as_the_unit_runs("ExecStartPre"));
     assert!(ok, "ExecStartPre as the unit runs it: {out}");
 
-    let addr_file = Path::new("/var/lib/certconn/api.addr");
-    let mut daemon = Running(
-        as_the_unit_runs("ExecStart")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let start = Instant::now();
-    while !addr_file.exists() {
-        still_serving(&mut daemon, "while it started");
-        assert!(start.elapsed() < Duration::from_secs(60), "no api.addr");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(meta.uid(), std::fs::metadata(addr_file).unwrap().uid());
+    let mut daemon = start_as_the_unit_runs();
+    assert_eq!(meta.uid(), std::fs::metadata(API_ADDR).unwrap().uid());
 
     // The daemon holds unsealed keys in memory: no other process of its own user may read it
     // (`/proc/PID/environ` takes the same check as `/proc/PID/mem` and ptrace), and it dumps
@@ -289,6 +316,8 @@ fn install_start_issue_and_purge() {
         assert!(info.contains("MAC"), "{pfx}: {info}");
     }
 
+    a_token_key_under_the_unit();
+
     // Purge: the package, its config, its state and its user are gone.
     let (ok, out) = sh(Command::new("dpkg").args(["--purge", "certconn"]));
     assert!(ok, "dpkg --purge: {out}");
@@ -306,4 +335,186 @@ fn install_start_issue_and_purge() {
     }
     let (ok, _) = sh(Command::new("getent").args(["passwd", "certconn"]));
     assert!(!ok, "the certconn user is still there after purge");
+}
+
+/// Custody on a PKCS#11 token under the unit, set up as docs/operations.md tells an
+/// administrator (SoftHSM2 from Debian's package, the service's user in group `softhsm`, its
+/// token initialised as that user, the PIN in a file) after the two mistakes one makes first
+/// (the user not in the group, the token made as root), each named by the check with its fix.
+/// Then the check finds what the unit's read-only file system keeps `serve` from doing at its
+/// first start (making the CA's key on the token) and names the drop-in; with that drop-in the
+/// daemon makes the key and issues with it; without it, a key already on the token still
+/// signs.
+fn a_token_key_under_the_unit() {
+    const LABEL: &str = "certconn-deb-test";
+    const PIN_FILE: &str = "/etc/certconn/pkcs11-pin";
+    /// Removes what this part made outside the package, however it ends.
+    struct Cleanup;
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("softhsm2-util")
+                .args(["--delete-token", "--token", LABEL])
+                .output();
+            let _ = std::fs::remove_dir_all(DROP_INS);
+            let _ = std::fs::remove_file(PIN_FILE);
+        }
+    }
+    let _cleanup = Cleanup;
+    let init_token = |cmd: &mut Command| {
+        let (ok, out) = sh(cmd.args([
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            LABEL,
+            "--pin",
+            "4711-deb",
+            "--so-pin",
+            "4712-deb",
+        ]));
+        assert!(ok, "softhsm2-util --init-token: {out}");
+    };
+
+    std::fs::write(PIN_FILE, "4711-deb\n").unwrap();
+    let (ok, out) = sh(Command::new("chown").args(["certconn:certconn", PIN_FILE]));
+    assert!(ok, "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(PIN_FILE, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let config = Path::new("/etc/certconn/certconn.toml");
+    let mut text = std::fs::read_to_string(config).unwrap();
+    for (from, to) in [
+        (
+            "[keys.local-ca]",
+            format!(
+                "[custody.pkcs11]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken_label = \"{LABEL}\"\n\
+                 pin_file = \"{PIN_FILE}\"\n\n[keys.token-ca]\nalgorithm = \"ec-p256\"\n\
+                 store = \"pkcs11\"\n\
+                 self_signed = {{ subject = \"CN=certconn Token CA\", validity_days = 3650 }}\n\n\
+                 [keys.local-ca]"
+            ),
+        ),
+        ("keys = [\"local-ca\"]", "keys = [\"token-ca\"]".into()),
+        ("ca_key = \"local-ca\"", "ca_key = \"token-ca\"".into()),
+    ] {
+        assert!(text.contains(from), "the packaged config has no {from}");
+        text = text.replace(from, &to);
+    }
+    std::fs::write(config, text).unwrap();
+    let check = || {
+        sh(&mut under_the_unit(&[
+            "/usr/bin/certconn",
+            "check-config",
+            "--config",
+            "/etc/certconn/certconn.toml",
+        ]))
+    };
+
+    // First as an administrator may well do it: the token made by root, the service's user
+    // not in SoftHSM2's group. The check names what this user cannot read, and the fix.
+    init_token(&mut Command::new("env"));
+    let (ok, out) = check();
+    assert!(
+        !ok && out.contains("SoftHSM2 cannot read its configuration /etc/softhsm/softhsm2.conf")
+            && out.contains("usermod -aG softhsm certconn"),
+        "check-config under the unit, certconn not in group softhsm: {out}"
+    );
+    let (ok, out) = sh(Command::new("usermod").args(["-aG", "softhsm", "certconn"]));
+    assert!(ok, "usermod: {out}");
+    let (ok, out) = check();
+    assert!(
+        !ok && out.contains("this process cannot read /var/lib/softhsm/tokens/")
+            && out.contains("owner root")
+            && out.contains("sudo -u certconn softhsm2-util --init-token"),
+        "check-config under the unit, the token made by root: {out}"
+    );
+    let (ok, out) = sh(Command::new("softhsm2-util").args(["--delete-token", "--token", LABEL]));
+    assert!(ok, "{out}");
+    init_token(&mut as_certconn(&[]));
+
+    // The token directory is read-only under the unit: the check says so before serve stops
+    // on it, and serve says the same.
+    let (ok, out) = check();
+    assert!(
+        !ok && out.contains("keys token-ca: `serve` would make it on PKCS#11 token")
+            && out.contains("ReadWritePaths=/var/lib/softhsm/tokens"),
+        "check-config under the unit, with a token key to make: {out}"
+    );
+    let mut refused = as_the_unit_runs("ExecStart")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = refused.kill();
+            panic!("serve started although it cannot make its key on the read-only token");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    refused
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        !status.success()
+            && err.contains("generating a ec-p256 key")
+            && err.contains("Read-only file system")
+            && err.contains("ReadWritePaths=/var/lib/softhsm/tokens"),
+        "serve under the unit, with a token key to make: {status}: {err}"
+    );
+
+    // The drop-in the message names: serve makes the key on the token and issues with it.
+    std::fs::create_dir_all(DROP_INS).unwrap();
+    std::fs::write(
+        Path::new(DROP_INS).join("softhsm.conf"),
+        "[Service]\nReadWritePaths=/var/lib/softhsm/tokens\n",
+    )
+    .unwrap();
+    let (ok, out) = check();
+    assert!(ok, "check-config under the unit with the drop-in: {out}");
+    let issue_and_verify = |daemon: &mut Running, pfx: &str| {
+        let (ok, out) = sh(&mut installed(&[
+            "submit",
+            "issue",
+            "--profile",
+            "smime",
+            "--subject",
+            "CN=signed on the token",
+            "--out",
+            pfx,
+        ]));
+        still_serving(daemon, "issuing with the token's key");
+        assert!(ok, "submit: {out}");
+        let leaf = format!("{pfx}.pem");
+        let (ok, out) = sh(Command::new("openssl")
+            .args(["pkcs12", "-nokeys", "-clcerts", "-in", pfx, "-out", &leaf])
+            .arg("-passin")
+            .arg(format!("pass:{}", shown_password(&out))));
+        assert!(ok, "{out}");
+        let (ok, out) = sh(Command::new("openssl").args([
+            "verify",
+            "-CAfile",
+            "/var/lib/certconn/keys/token-ca.chain.pem",
+            &leaf,
+        ]));
+        assert!(ok && out.contains(": OK"), "{out}");
+    };
+    let mut daemon = start_as_the_unit_runs();
+    issue_and_verify(&mut daemon, "/var/lib/certconn/token-1.pfx");
+    drop(daemon);
+    let record = std::fs::read_to_string("/var/lib/certconn/keys/token-ca.p11").unwrap();
+    assert!(record.contains(LABEL), "{record}");
+
+    // Without it, the key already on the token still signs: signing writes nothing there.
+    std::fs::remove_dir_all(DROP_INS).unwrap();
+    let mut daemon = start_as_the_unit_runs();
+    issue_and_verify(&mut daemon, "/var/lib/certconn/token-2.pfx");
 }

@@ -423,3 +423,37 @@ fn a_software_key_migrates_onto_the_token_and_goes_on_signing() {
     );
     assert!(verified.contains(": OK"), "{verified}");
 }
+
+/// A token label SoftHSM2 does not have, in a token directory this process reads: the error
+/// says where SoftHSM2 looked and which configuration sent it there (the usual cause is a
+/// `SOFTHSM2_CONF` set for the command that made the token and not for certconn). The cases of
+/// a configuration, token directory or token another user owns are in deb_package.rs, which
+/// runs certconn as its own user.
+#[test]
+fn a_token_softhsm_does_not_have_is_named_with_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (conf, pin_file) = softhsm_token(dir.path(), "certconn-here");
+    let config = dir.path().join("certconn.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            &dir.path().join("data"),
+            &plugins(),
+            &softhsm_custody("certconn-elsewhere", &pin_file),
+        ),
+    )
+    .unwrap();
+    let out = certconn(&conf, &config, &["keys", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for said in [
+        "PKCS#11 token \"certconn-elsewhere\": no initialised token with this label",
+        &format!(
+            "SoftHSM2 reads its tokens from {} (SOFTHSM2_CONF names {})",
+            dir.path().join("softhsm-tokens").display(),
+            conf.display()
+        ),
+    ] {
+        assert!(err.contains(said), "{said:?} not in: {err}");
+    }
+}

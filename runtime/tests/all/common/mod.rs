@@ -483,7 +483,7 @@ pub fn openssl_pkcs12_info(pfx: &Path, password: &str) -> String {
 /// A throwaway SoftHSM2 token in `dir` labelled `label`: returns the `SOFTHSM2_CONF` path and a
 /// 0600 file holding its user PIN.
 pub fn softhsm_token(dir: &Path, label: &str) -> (PathBuf, PathBuf) {
-    certconn::custody::pkcs11::softhsm_throwaway_token(dir, label, "4711-test-pin")
+    certconn::custody::softhsm::throwaway_token(dir, label, "4711-test-pin")
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -506,7 +506,7 @@ pub fn softhsm_custody(label: &str, pin_file: &Path) -> String {
     )
 }
 
-pub use certconn::custody::pkcs11::SOFTHSM_MODULE;
+pub use certconn::custody::softhsm::MODULE as SOFTHSM_MODULE;
 
 /// A plain HTTP/1.0 request to a daemon on loopback: (status, body). For protocols the API
 /// client does not speak (SCEP).

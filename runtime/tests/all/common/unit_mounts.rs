@@ -1,18 +1,20 @@
 //! The file system a systemd unit's process sees, made for a test where no systemd runs: a
 //! private mount namespace in which `/` is read-only (`ProtectSystem=strict`) but for the
-//! unit's `StateDirectory=`, `/tmp` is its own (`PrivateTmp=yes`), and `/proc` shows only
+//! unit's `StateDirectory=` and its `ReadWritePaths=`, `/tmp` is its own (`PrivateTmp=yes`), and `/proc` shows only
 //! processes of its own (`ProtectProc=invisible`) and nothing but them (`ProcSubset=pid`: no
 //! `/proc/sys`, no `/proc/meminfo`). Only those settings, with those values, are made; the
 //! unit is checked to ask for them. Other mounts under `/` keep their own modes (systemd makes
-//! them read-only too). Needs root; the process then drops to the unit's user itself, since the
-//! mounts must be made before.
+//! them read-only too). Needs root; the process then drops to the unit's user itself, with the
+//! user's supplementary groups as systemd gives them for `User=`, since the mounts must be
+//! made before.
 
 use std::ffi::CString;
 
 /// Everything the mounts and the change of user need, made before the fork: applying it takes
 /// system calls only, which a `pre_exec` closure may make.
 pub struct UnitMounts {
-    state: CString,
+    /// The state directory and each `ReadWritePaths=` path: left writable.
+    writable: Vec<CString>,
     root: CString,
     proc: CString,
     tmp: CString,
@@ -21,12 +23,24 @@ pub struct UnitMounts {
     tmpfs: CString,
     uid: libc::uid_t,
     gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
 }
 
 impl UnitMounts {
-    /// The mounts of `unit`, whose process runs as `uid`/`gid` with its state in `/var/lib/`
-    /// + the unit's `StateDirectory=`.
-    pub fn of_unit(unit: &str, uid: u32, gid: u32) -> Self {
+    /// The mounts of `unit` (its text followed by its drop-ins'), whose process runs as user
+    /// `user` with its state in `/var/lib/` + the unit's `StateDirectory=`.
+    pub fn of_unit(unit: &str, user: &str) -> Self {
+        let id = |flag: &str| -> Vec<u32> {
+            let out = std::process::Command::new("id")
+                .args([flag, user])
+                .output()
+                .expect("run id");
+            assert!(out.status.success(), "id {flag} {user}");
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(|n| n.parse().expect("a numeric id"))
+                .collect()
+        };
         let setting = |key: &str| {
             unit.lines()
                 .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
@@ -43,16 +57,30 @@ impl UnitMounts {
             assert_eq!(setting(key), value, "{key}= is emulated only as {value}");
         }
         let c = |s: &str| CString::new(s).unwrap();
+        // `-` before a path: no error when it is missing; `+`: relative to a root directory,
+        // which this unit does not set.
+        let mut writable = vec![c(&format!("/var/lib/{}", setting("StateDirectory")))];
+        writable.extend(
+            unit.lines()
+                .filter_map(|l| l.trim().strip_prefix("ReadWritePaths="))
+                .flat_map(str::split_whitespace)
+                .filter_map(|p| {
+                    let path = p.trim_start_matches(['-', '+']);
+                    let optional = p[..p.len() - path.len()].contains('-');
+                    (!optional || std::path::Path::new(path).exists()).then(|| c(path))
+                }),
+        );
         Self {
-            state: c(&format!("/var/lib/{}", setting("StateDirectory"))),
+            writable,
             root: c("/"),
             proc: c("/proc"),
             tmp: c("/tmp"),
             proc_type: c("proc"),
             proc_options: c("hidepid=invisible,subset=pid"),
             tmpfs: c("tmpfs"),
-            uid,
-            gid,
+            uid: id("-u")[0],
+            gid: id("-g")[0],
+            groups: id("-G"),
         }
     }
 
@@ -78,13 +106,15 @@ impl UnitMounts {
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ))?;
-            check(libc::mount(
-                self.state.as_ptr(),
-                self.state.as_ptr(),
-                none,
-                libc::MS_BIND,
-                std::ptr::null(),
-            ))?;
+            for path in &self.writable {
+                check(libc::mount(
+                    path.as_ptr(),
+                    path.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
+            }
             check(libc::mount(
                 none,
                 self.root.as_ptr(),
@@ -106,7 +136,7 @@ impl UnitMounts {
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 self.proc_options.as_ptr().cast(),
             ))?;
-            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
             check(libc::setgid(self.gid))?;
             check(libc::setuid(self.uid))?;
         }

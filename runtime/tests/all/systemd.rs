@@ -102,6 +102,82 @@ fn the_units_filter_as_the_tests_apply_it_kills_a_forbidden_call_and_refuses_a_f
     );
 }
 
+/// The test's stand-in for the file system the unit gives its process
+/// (`common::unit_mounts`, which the package test runs the daemon in) makes what the shipped
+/// unit asks for: everything read-only but the state directory and `ReadWritePaths=` (an
+/// optional one that is missing skipped, as systemd does), an empty private `/tmp`, a `/proc`
+/// without other users' processes or `/proc/sys`, a `/dev` of pseudo devices only, closed home
+/// directories, and the user's supplementary groups.
+#[test]
+fn the_units_file_system_as_the_tests_make_it() {
+    use std::os::unix::process::CommandExt;
+    let shipped = std::fs::read_to_string(repo_root().join("packaging/systemd/certconn.service"))
+        .expect("packaging/systemd/certconn.service");
+    // Its own state directory: the package test installs and purges /var/lib/certconn.
+    let state = std::path::Path::new("/var/lib/certconn-unit-mounts-test");
+    let writable = tempfile::tempdir_in("/var/lib").unwrap();
+    let unit = format!(
+        "{}\nReadWritePaths=-/nonexistent/certconn {}\n",
+        shipped.replace(
+            "StateDirectory=certconn",
+            "StateDirectory=certconn-unit-mounts-test"
+        ),
+        writable.path().display()
+    );
+    std::fs::create_dir_all(state).unwrap();
+    struct Remove<'a>(&'a std::path::Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _remove = Remove(state);
+    for dir in [state, writable.path()] {
+        run_ok(Command::new("chown").arg("nobody").arg(dir));
+    }
+    let mounts = common::unit_mounts::UnitMounts::of_unit(&unit, "nobody");
+    let script = format!(
+        "import os, errno\n\
+         def attempt(f):\n    try:\n        f(); return 'ok'\n    except OSError as e:\n        return errno.errorcode[e.errno]\n\
+         print('state', attempt(lambda: open('{state}/f', 'w').close()))\n\
+         print('rw-path', attempt(lambda: open('{rw}/f', 'w').close()))\n\
+         print('elsewhere', attempt(lambda: open('/var/lib/certconn-unit-mounts-test-other', 'w').close()))\n\
+         print('tmp', os.listdir('/tmp'))\n\
+         print('var-tmp', os.listdir('/var/tmp'))\n\
+         print('dev', sorted(os.listdir('/dev')))\n\
+         print('root', attempt(lambda: os.listdir('/root')))\n\
+         print('pid1', os.path.exists('/proc/1'), 'sys', os.path.exists('/proc/sys'))\n\
+         print('groups', sorted(os.getgroups()))\n",
+        state = state.display(),
+        rw = writable.path().display()
+    );
+    // Files in this /tmp and /var/tmp the process must not see.
+    let outside = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+    let outside_var = tempfile::NamedTempFile::new_in("/var/tmp").unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script]);
+    // SAFETY: the closure makes system calls only, on what was built before the fork.
+    unsafe {
+        cmd.pre_exec(move || mounts.enter());
+    }
+    let out = run_ok(&mut cmd);
+    let groups = run_ok(Command::new("id").args(["-G", "nobody"]));
+    let mut groups: Vec<u32> = groups
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    groups.sort();
+    assert!(outside.path().exists() && outside_var.path().exists());
+    assert_eq!(
+        out,
+        format!(
+            "state ok\nrw-path ok\nelsewhere EROFS\ntmp []\nvar-tmp []\n\
+             dev ['full', 'null', 'random', 'shm', 'tty', 'urandom', 'zero']\nroot EACCES\n\
+             pid1 False sys False\ngroups {groups:?}\n"
+        )
+    );
+}
+
 fn next_message(socket: &UnixDatagram, timeout: Duration) -> Option<String> {
     socket.set_read_timeout(Some(timeout)).unwrap();
     let mut buf = [0u8; 4096];

@@ -1,9 +1,13 @@
 //! The file system a systemd unit's process sees, made for a test where no systemd runs: a
 //! private mount namespace in which `/` is read-only (`ProtectSystem=strict`) but for the
-//! unit's `StateDirectory=` and its `ReadWritePaths=`, `/tmp` is its own (`PrivateTmp=yes`), and `/proc` shows only
-//! processes of its own (`ProtectProc=invisible`) and nothing but them (`ProcSubset=pid`: no
-//! `/proc/sys`, no `/proc/meminfo`). Only those settings, with those values, are made; the
-//! unit is checked to ask for them. Other mounts under `/` keep their own modes (systemd makes
+//! unit's `StateDirectory=` and its `ReadWritePaths=`, `/tmp` and `/var/tmp` are its own
+//! (`PrivateTmp=yes`),
+//! `/proc` shows only processes of its own (`ProtectProc=invisible`) and nothing but them
+//! (`ProcSubset=pid`: no `/proc/sys`, no `/proc/meminfo`), `/dev` holds only the pseudo
+//! devices (`PrivateDevices=yes`: null, zero, full, random, urandom, tty and an empty
+//! `/dev/shm`), and `/home`, `/root` and `/run/user` are empty and closed (`ProtectHome=yes`).
+//! Only those settings, with those values, are made; the unit (its last word on each, as
+//! systemd reads drop-ins) is checked to ask for them. Other mounts under `/` keep their own modes (systemd makes
 //! them read-only too). Needs root; the process then drops to the unit's user itself, with the
 //! user's supplementary groups as systemd gives them for `User=`, since the mounts must be
 //! made before.
@@ -17,10 +21,21 @@ pub struct UnitMounts {
     writable: Vec<CString>,
     root: CString,
     proc: CString,
-    tmp: CString,
+    /// `/tmp` and `/var/tmp`.
+    tmp: [CString; 2],
     proc_type: CString,
     proc_options: CString,
     tmpfs: CString,
+    tmp_options: CString,
+    dev: CString,
+    dev_options: CString,
+    /// The pseudo devices `PrivateDevices=` leaves: path, major, minor.
+    dev_nodes: Vec<(CString, u32, u32)>,
+    dev_shm: CString,
+    dev_shm_options: CString,
+    /// `/home`, `/root`, `/run/user`, those that exist.
+    homes: Vec<CString>,
+    homes_options: CString,
     uid: libc::uid_t,
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
@@ -43,7 +58,8 @@ impl UnitMounts {
         };
         let setting = |key: &str| {
             unit.lines()
-                .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+                .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+                .last()
                 .unwrap_or_else(|| panic!("the unit sets no {key}="))
                 .trim()
                 .to_owned()
@@ -53,6 +69,8 @@ impl UnitMounts {
             ("PrivateTmp", "yes"),
             ("ProtectProc", "invisible"),
             ("ProcSubset", "pid"),
+            ("PrivateDevices", "yes"),
+            ("ProtectHome", "yes"),
         ] {
             assert_eq!(setting(key), value, "{key}= is emulated only as {value}");
         }
@@ -74,10 +92,32 @@ impl UnitMounts {
             writable,
             root: c("/"),
             proc: c("/proc"),
-            tmp: c("/tmp"),
+            tmp: [c("/tmp"), c("/var/tmp")],
             proc_type: c("proc"),
             proc_options: c("hidepid=invisible,subset=pid"),
             tmpfs: c("tmpfs"),
+            tmp_options: c("mode=1777"),
+            dev: c("/dev"),
+            dev_options: c("mode=0755"),
+            dev_nodes: [
+                ("null", 1, 3),
+                ("zero", 1, 5),
+                ("full", 1, 7),
+                ("random", 1, 8),
+                ("urandom", 1, 9),
+                ("tty", 5, 0),
+            ]
+            .into_iter()
+            .map(|(name, major, minor)| (c(&format!("/dev/{name}")), major, minor))
+            .collect(),
+            dev_shm: c("/dev/shm"),
+            dev_shm_options: c("mode=1777"),
+            homes: ["/home", "/root", "/run/user"]
+                .into_iter()
+                .filter(|p| std::path::Path::new(p).is_dir())
+                .map(c)
+                .collect(),
+            homes_options: c("mode=0000"),
             uid: id("-u")[0],
             gid: id("-g")[0],
             groups: id("-G"),
@@ -122,13 +162,15 @@ impl UnitMounts {
                 libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
                 std::ptr::null(),
             ))?;
-            check(libc::mount(
-                self.tmpfs.as_ptr(),
-                self.tmp.as_ptr(),
-                self.tmpfs.as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                std::ptr::null(),
-            ))?;
+            for tmp in &self.tmp {
+                check(libc::mount(
+                    self.tmpfs.as_ptr(),
+                    tmp.as_ptr(),
+                    self.tmpfs.as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    self.tmp_options.as_ptr().cast(),
+                ))?;
+            }
             check(libc::mount(
                 self.proc_type.as_ptr(),
                 self.proc.as_ptr(),
@@ -136,6 +178,39 @@ impl UnitMounts {
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 self.proc_options.as_ptr().cast(),
             ))?;
+            check(libc::mount(
+                self.tmpfs.as_ptr(),
+                self.dev.as_ptr(),
+                self.tmpfs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                self.dev_options.as_ptr().cast(),
+            ))?;
+            for (node, major, minor) in &self.dev_nodes {
+                check(libc::mknod(
+                    node.as_ptr(),
+                    libc::S_IFCHR | 0o666,
+                    libc::makedev(*major, *minor),
+                ))?;
+                // mknod's mode passes through the umask.
+                check(libc::chmod(node.as_ptr(), 0o666))?;
+            }
+            check(libc::mkdir(self.dev_shm.as_ptr(), 0o1777))?;
+            check(libc::mount(
+                self.tmpfs.as_ptr(),
+                self.dev_shm.as_ptr(),
+                self.tmpfs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                self.dev_shm_options.as_ptr().cast(),
+            ))?;
+            for home in &self.homes {
+                check(libc::mount(
+                    self.tmpfs.as_ptr(),
+                    home.as_ptr(),
+                    self.tmpfs.as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+                    self.homes_options.as_ptr().cast(),
+                ))?;
+            }
             check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
             check(libc::setgid(self.gid))?;
             check(libc::setuid(self.uid))?;

@@ -58,8 +58,8 @@ impl UnitMounts {
         };
         let setting = |key: &str| {
             unit.lines()
-                .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-                .last()
+                .rev()
+                .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
                 .unwrap_or_else(|| panic!("the unit sets no {key}="))
                 .trim()
                 .to_owned()

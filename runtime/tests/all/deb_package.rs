@@ -1,7 +1,9 @@
 //! The Debian package as an administrator meets it: `dpkg -i`, the daemon started from the
-//! installed paths as the `certconn` user with the installed config, a certificate issued and
-//! read by openssl, then `dpkg --purge` leaving nothing behind. Built by `scripts/package-deb`
-//! (scripts/test runs it); installing needs root, as CI has.
+//! installed paths as the unit runs it (its user, file system and system call filter) with the
+//! installed config, certificates issued and read by openssl; then the two setups the
+//! documents give drop-ins for, under the same unit: the daemon's own update through the
+//! launcher, and keys on a SoftHSM2 token; then `dpkg --purge` leaving nothing behind. Built by
+//! `scripts/package-deb` (scripts/test runs it); installing needs root, as CI has.
 
 use crate::common;
 
@@ -73,13 +75,18 @@ fn the_unit() -> String {
 }
 
 /// The installed unit's command `key` (`ExecStart`, `ExecStartPre`) as the unit runs it (see
-/// [`under_the_unit`]).
+/// [`under_the_unit`]): its last word, as systemd reads a drop-in's `ExecStart=` (an empty
+/// one clears what came before).
 fn as_the_unit_runs(key: &str) -> Command {
     let unit = the_unit();
-    let line = unit
+    let mut line = None;
+    for value in unit
         .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("the unit has no {key}="));
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+    {
+        line = Some(value.trim()).filter(|v| !v.is_empty());
+    }
+    let line = line.unwrap_or_else(|| panic!("the unit has no {key}="));
     under_the_unit(&line.split_whitespace().collect::<Vec<_>>())
 }
 
@@ -117,13 +124,7 @@ const API_ADDR: &str = "/var/lib/certconn/api.addr";
 fn start_as_the_unit_runs() -> Running {
     // A daemon killed earlier in the test left its address behind.
     let _ = std::fs::remove_file(API_ADDR);
-    let mut daemon = Running(
-        as_the_unit_runs("ExecStart")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut daemon = Running::spawn(&mut as_the_unit_runs("ExecStart"));
     let start = Instant::now();
     while !Path::new(API_ADDR).exists() {
         still_serving(&mut daemon, "while it started");
@@ -133,14 +134,12 @@ fn start_as_the_unit_runs() -> Running {
     daemon
 }
 
-/// Panics with the daemon's stderr if it is no longer running; a death by SIGSYS is named.
+/// Panics with the daemon's log if it is no longer running; a death by SIGSYS is named.
 fn still_serving(daemon: &mut Running, after: &str) {
-    let Ok(Some(status)) = daemon.0.try_wait() else {
+    let Ok(Some(status)) = daemon.child.try_wait() else {
         return;
     };
-    let mut err = String::new();
-    use std::io::Read;
-    let _ = daemon.0.stderr.take().unwrap().read_to_string(&mut err);
+    let err = daemon.log();
     use std::os::unix::process::ExitStatusExt;
     if status.signal() == Some(libc::SIGSYS) {
         panic!(
@@ -161,14 +160,40 @@ impl Drop for Purge {
     }
 }
 
-/// The installed daemon, killed when the test ends (declared after [`Purge`], so it goes
-/// first).
-struct Running(Child);
+/// The installed daemon (or the launcher and its daemon), in a process group of its own, its
+/// stderr in a file (a pipe read only at its death could fill and stall it); the group is
+/// killed when the test ends (declared after [`Purge`], so it goes first).
+struct Running {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Running {
+    fn spawn(cmd: &mut Command) -> Self {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = cmd
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        // SAFETY: signalling the process group this test started.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 }
 
@@ -237,7 +262,7 @@ fn install_start_issue_and_purge() {
     // (`/proc/PID/environ` takes the same check as `/proc/PID/mem` and ptrace), and it dumps
     // no core. A dumpable process's environment is readable by its user, so this fails if the
     // daemon stays dumpable.
-    let environ = format!("/proc/{}/environ", daemon.0.id());
+    let environ = format!("/proc/{}/environ", daemon.id());
     assert!(
         std::fs::read(&environ).is_ok(),
         "root reads {environ} (the process is there)"
@@ -247,7 +272,7 @@ fn install_start_issue_and_purge() {
         !readable && said.contains("Permission denied"),
         "another process of the certconn user read {environ}: {said}"
     );
-    let (_, limits) = sh(Command::new("cat").arg(format!("/proc/{}/limits", daemon.0.id())));
+    let (_, limits) = sh(Command::new("cat").arg(format!("/proc/{}/limits", daemon.id())));
     let core = limits
         .lines()
         .find(|l| l.starts_with("Max core file size"))
@@ -257,7 +282,7 @@ fn install_start_issue_and_purge() {
     assert_eq!(core.get(4..6), Some(&["0", "0"][..]), "{limits}");
     // …and it opened its page map before that (the plugin engine's fast reset of an instance's
     // memory needs it, and a process that is not dumpable cannot open its own any more).
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.0.id())).unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.id())).unwrap();
     assert!(
         fds.flatten()
             .filter_map(|fd| std::fs::read_link(fd.path()).ok())
@@ -316,6 +341,7 @@ fn install_start_issue_and_purge() {
         assert!(info.contains("MAC"), "{pfx}: {info}");
     }
 
+    the_launcher_updates_the_daemon_under_the_unit();
     a_token_key_under_the_unit();
 
     // Purge: the package, its config, its state and its user are gone.
@@ -335,6 +361,164 @@ fn install_start_issue_and_purge() {
     }
     let (ok, _) = sh(Command::new("getent").args(["passwd", "certconn"]));
     assert!(!ok, "the certconn user is still there after purge");
+}
+
+/// The config as the test found it, written back however a part of the test ends.
+struct RestoreConfig(String);
+
+impl RestoreConfig {
+    const PATH: &'static str = "/etc/certconn/certconn.toml";
+
+    fn save() -> Self {
+        Self(std::fs::read_to_string(Self::PATH).unwrap())
+    }
+}
+
+impl Drop for RestoreConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+/// `/v1/health`'s version from whichever daemon now holds the API address; `None` between
+/// versions.
+fn serving_version() -> Option<String> {
+    let addr = std::fs::read_to_string(API_ADDR).ok()?;
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "5"])
+        .arg(format!("http://{}/v1/health", addr.trim()))
+        .output()
+        .ok()?;
+    let health: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    health["version"].as_str().map(str::to_owned)
+}
+
+/// The daemon's own update under the unit with the drop-in docs/updates.md gives (read from
+/// the document, so that the two cannot drift apart): the launcher starts the installed
+/// version from `/opt/certconn`, the daemon finds a newer release in a signed feed, stages and
+/// checks it, switches `current` and hands over; the launcher starts the new version, which
+/// serves and commits its trial; `systemctl stop` (SIGTERM to the launcher) ends both.
+fn the_launcher_updates_the_daemon_under_the_unit() {
+    const INSTALL: &str = "/opt/certconn";
+    const ROOT: &str = "/etc/certconn/update-root.json";
+    struct Cleanup;
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(DROP_INS);
+            let _ = std::fs::remove_dir_all(INSTALL);
+            let _ = std::fs::remove_file(ROOT);
+        }
+    }
+    let _config = RestoreConfig::save();
+    let _cleanup = Cleanup;
+    let dir = tempfile::tempdir().unwrap();
+
+    // The install directory, as docs/updates.md lays it out, owned by certconn.
+    let v1 = Path::new(INSTALL).join("versions/0.1.0");
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::copy("/usr/bin/certconn", v1.join("certconn")).unwrap();
+    std::os::unix::fs::symlink("versions/0.1.0", Path::new(INSTALL).join("current")).unwrap();
+    let (ok, out) = sh(Command::new("chown").args(["-R", "certconn:certconn", INSTALL]));
+    assert!(ok, "{out}");
+
+    // A feed offering the installed version, its root pinned in the config.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let feed = runtime.block_on(common::feed::Feed::new(dir.path(), &[]));
+    feed.add(
+        "daemon",
+        "certconn",
+        "0.1.0",
+        "2026-01-01",
+        Path::new("/usr/bin/certconn"),
+    );
+    feed.publish();
+    std::fs::copy(feed.metadata().join("1.root.json"), ROOT).unwrap();
+    let mut config = std::fs::read_to_string(RestoreConfig::PATH).unwrap();
+    config.push_str(&format!(
+        "\n[update]\nurl = \"http://127.0.0.1:{}/\"\nroot = \"{ROOT}\"\ndaemon = \"auto\"\n\
+         check_seconds = 1\ndaemon_health_seconds = 60\n",
+        feed.port
+    ));
+    std::fs::write(RestoreConfig::PATH, config).unwrap();
+
+    // The drop-in, as the document gives it.
+    let doc = std::fs::read_to_string(repo_root().join("docs/updates.md")).unwrap();
+    let drop_in = doc
+        .split("```ini\n")
+        .map(|block| block.split("```").next().unwrap_or_default())
+        .find(|block| block.contains("certconn launch"))
+        .expect("docs/updates.md gives the launcher's drop-in in an ini block");
+    std::fs::create_dir_all(DROP_INS).unwrap();
+    std::fs::write(Path::new(DROP_INS).join("self-update.conf"), drop_in).unwrap();
+
+    // The launcher as the unit now runs it, in a process group of its own (the daemon is its
+    // child): killed whole if the test fails.
+    let _ = std::fs::remove_file(API_ADDR);
+    let mut launched = Running::spawn(&mut as_the_unit_runs("ExecStart"));
+    let wait_version = |launched: &mut Running, version: &str| {
+        let start = Instant::now();
+        while serving_version().as_deref() != Some(version) {
+            still_serving(launched, &format!("before certconn {version} served"));
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "certconn {version} did not serve within 120 s; the log:\n{}",
+                launched.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_version(&mut launched, "0.1.0");
+
+    // A newer release: the daemon stages it, switches and hands over; the new one serves.
+    let stamped = dir.path().join("certconn-0.2.0");
+    let (ok, out) = sh(Command::new("/usr/bin/certconn")
+        .args(["release", "stamp", "/usr/bin/certconn"])
+        .arg(&stamped)
+        .args(["--version", "0.2.0"]));
+    assert!(ok, "release stamp: {out}");
+    feed.add("daemon", "certconn", "0.2.0", "2026-02-01", &stamped);
+    feed.publish();
+    wait_version(&mut launched, "0.2.0");
+    let start = Instant::now();
+    let state = loop {
+        let state: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(Path::new(INSTALL).join("install.json")).unwrap(),
+        )
+        .unwrap();
+        if state["trial"].is_null() {
+            break state;
+        }
+        still_serving(&mut launched, "while the new version was on trial");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the trial never ended: {state}; the log:\n{}",
+            launched.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(state["current"], "0.2.0", "{state}");
+    assert_eq!(state["previous"], "0.1.0", "{state}");
+
+    // `systemctl stop`: SIGTERM to the main process, the launcher, which passes it on.
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(launched.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = launched.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the launcher did not stop within 60 s of SIGTERM; the log:\n{}",
+            launched.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "the launcher stopped with {status}; the log:\n{}",
+        launched.log()
+    );
 }
 
 /// Custody on a PKCS#11 token under the unit, set up as docs/operations.md tells an
@@ -359,6 +543,7 @@ fn a_token_key_under_the_unit() {
             let _ = std::fs::remove_file(PIN_FILE);
         }
     }
+    let _config = RestoreConfig::save();
     let _cleanup = Cleanup;
     let init_token = |cmd: &mut Command| {
         let (ok, out) = sh(cmd.args([
@@ -439,30 +624,20 @@ fn a_token_key_under_the_unit() {
             && out.contains("ReadWritePaths=/var/lib/softhsm/tokens"),
         "check-config under the unit, with a token key to make: {out}"
     );
-    let mut refused = as_the_unit_runs("ExecStart")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut refused = Running::spawn(&mut as_the_unit_runs("ExecStart"));
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = refused.try_wait().unwrap() {
+        if let Some(status) = refused.child.try_wait().unwrap() {
             break status;
         }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = refused.kill();
-            panic!("serve started although it cannot make its key on the read-only token");
-        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "serve started although it cannot make its key on the read-only token: {}",
+            refused.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut err = String::new();
-    use std::io::Read;
-    refused
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = refused.log();
     assert!(
         !status.success()
             && err.contains("generating a ec-p256 key")

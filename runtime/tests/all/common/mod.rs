@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod feed;
 pub mod unit_filter;
 pub mod unit_mounts;
 

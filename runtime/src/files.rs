@@ -36,14 +36,27 @@ pub enum FileError {
     #[error("{path}: permissions {mode:04o} let other users change it; run `chmod go-w {path}`")]
     Writable { path: PathBuf, mode: u32 },
     #[error(
-        "{path} is owned by uid {owner}, not by certconn's user (uid {expected}) or root; \
-         `chown` it to the user certconn runs as"
+        "{path} is owned by {}, not by certconn's user ({}) or root; `chown` it to the user \
+         certconn runs as",
+        user_name(*owner),
+        user_name(*expected)
     )]
     Owner {
         path: PathBuf,
         owner: u32,
         expected: u32,
     },
+    /// Met by a command run as root on the files of the user the service runs as: the fix is
+    /// to run the command as that user, not to give root the files (which would take them
+    /// from the service).
+    #[error(
+        "{path} belongs to {}, and certconn run as root uses only root's files here; run this \
+         command as that user instead: `sudo -u {} certconn …` (do not chown it to root: the \
+         service, running as that user, would lose it)",
+        lookup_user(*owner).map_or_else(|| format!("uid {owner}"), |n| format!("user {n}")),
+        lookup_user(*owner).unwrap_or_else(|| format!("'#{owner}'"))
+    )]
+    RootOnServiceFiles { path: PathBuf, owner: u32 },
     #[error("{path} is not a regular file")]
     NotAFile { path: PathBuf },
     #[error("{path} is a symbolic link; certconn does not follow links to secrets or code")]
@@ -76,6 +89,11 @@ pub fn current_uid() -> u32 {
 /// The name of user `uid`, or its number when it has none: for messages that tell an
 /// administrator which account must be given access to a file.
 pub fn user_name(uid: u32) -> String {
+    lookup_user(uid).unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// The name of user `uid`, if the system has one.
+fn lookup_user(uid: u32) -> Option<String> {
     // SAFETY: an all-zero `passwd` is a valid value to be filled in.
     let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
     let mut found = std::ptr::null_mut();
@@ -83,14 +101,12 @@ pub fn user_name(uid: u32) -> String {
     // SAFETY: `entry`, `buf` and `found` are valid for writes of their sizes; the name the
     // entry points at lies in `buf`, which is read before it is dropped.
     let rc = unsafe { libc::getpwuid_r(uid, &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) };
-    if rc == 0 && !found.is_null() && !entry.pw_name.is_null() {
+    (rc == 0 && !found.is_null() && !entry.pw_name.is_null()).then(|| {
         // SAFETY: a successful lookup leaves a NUL-terminated name in `buf`.
         unsafe { std::ffi::CStr::from_ptr(entry.pw_name) }
             .to_string_lossy()
             .into_owned()
-    } else {
-        format!("uid {uid}")
-    }
+    })
 }
 
 /// The name of group `gid`, or its number when it has none (see [`user_name`]).
@@ -141,6 +157,11 @@ fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), FileError> {
     let expected = current_uid();
     if meta.uid() == expected || meta.uid() == 0 {
         Ok(())
+    } else if expected == 0 {
+        Err(FileError::RootOnServiceFiles {
+            path: path.to_owned(),
+            owner: meta.uid(),
+        })
     } else {
         Err(FileError::Owner {
             path: path.to_owned(),
@@ -346,6 +367,29 @@ fn check_not_writable_by_others(path: &Path, meta: &fs::Metadata) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_on_the_services_files_is_told_to_run_as_its_user_never_to_chown() {
+        let by_name = FileError::RootOnServiceFiles {
+            path: "/var/lib/certconn/api-token".into(),
+            owner: 0,
+        }
+        .to_string();
+        assert!(by_name.contains("belongs to user root"), "{by_name}");
+        assert!(by_name.contains("`sudo -u root certconn …`"), "{by_name}");
+        // A uid without a name: `sudo -u` takes it as '#UID'.
+        let unnamed = FileError::RootOnServiceFiles {
+            path: "/var/lib/certconn".into(),
+            owner: 4_000_000_000,
+        }
+        .to_string();
+        assert!(unnamed.contains("belongs to uid 4000000000"), "{unnamed}");
+        assert!(
+            unnamed.contains("`sudo -u '#4000000000' certconn …`"),
+            "{unnamed}"
+        );
+        assert!(!unnamed.contains("`chown` it"), "{unnamed}");
+    }
 
     fn chmod(path: &Path, mode: u32) {
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();

@@ -317,6 +317,24 @@ fn install_start_issue_and_purge() {
     let (ok, out) = sh(&mut installed(&["status"]));
     still_serving(&mut daemon, "answering status");
     assert!(ok, "status: {out}");
+    // An administrator in a root shell is told to run the command as the service's user, not
+    // to chown the service's files to root (which the message once said, and which takes the
+    // API token and the keys from the service), and changes nothing.
+    for command in [
+        &["status"][..],
+        &["keys", "create", "by-root", "--alg", "ec-p256"],
+    ] {
+        let (ok, out) = sh(Command::new("/usr/bin/certconn")
+            .args(command)
+            .args(["--config", "/etc/certconn/certconn.toml"]));
+        assert!(
+            !ok && out
+                .contains("run this command as that user instead: `sudo -u certconn certconn")
+                && !out.contains("`chown` it"),
+            "certconn {command:?} as root: {out}"
+        );
+    }
+    assert!(!Path::new("/var/lib/certconn/keys/by-root.key").exists());
     // The fleet listing names the machine (the unit hides /proc/sys, where it was once read).
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let start = Instant::now();

@@ -35,28 +35,12 @@ pub enum FileError {
     Readable { path: PathBuf, mode: u32 },
     #[error("{path}: permissions {mode:04o} let other users change it; run `chmod go-w {path}`")]
     Writable { path: PathBuf, mode: u32 },
-    #[error(
-        "{path} is owned by {}, not by certconn's user ({}) or root; `chown` it to the user \
-         certconn runs as",
-        user_name(*owner),
-        user_name(*expected)
-    )]
+    #[error("{}", owner_refused(path, *owner, *expected))]
     Owner {
         path: PathBuf,
         owner: u32,
         expected: u32,
     },
-    /// Met by a command run as root on the files of the user the service runs as: the fix is
-    /// to run the command as that user, not to give root the files (which would take them
-    /// from the service).
-    #[error(
-        "{path} belongs to {}, and certconn run as root uses only root's files here; run this \
-         command as that user instead: `sudo -u {} certconn …` (do not chown it to root: the \
-         service, running as that user, would lose it)",
-        lookup_user(*owner).map_or_else(|| format!("uid {owner}"), |n| format!("user {n}")),
-        lookup_user(*owner).unwrap_or_else(|| format!("'#{owner}'"))
-    )]
-    RootOnServiceFiles { path: PathBuf, owner: u32 },
     #[error("{path} is not a regular file")]
     NotAFile { path: PathBuf },
     #[error("{path} is a symbolic link; certconn does not follow links to secrets or code")]
@@ -152,16 +136,42 @@ pub fn describe_access(path: &Path) -> String {
     }
 }
 
+/// Why a file of user `owner` is refused to a process of user `expected`, and the fix. Run as
+/// root, the file is most often the service's own (its data directory, its API token), met
+/// by an administrator's command: the fix is to run the command as that user, never to chown
+/// the file to root, which takes it from the service.
+fn owner_refused(path: &Path, owner: u32, expected: u32) -> String {
+    let owner_name = lookup_user(owner);
+    let named = |uid: u32, name: Option<&String>| match name {
+        Some(n) => format!("uid {uid} ({n})"),
+        None => format!("uid {uid}"),
+    };
+    if expected == 0 {
+        let sudo_user = owner_name.clone().unwrap_or_else(|| format!("'#{owner}'"));
+        format!(
+            "{} is owned by {}, and certconn run as root trusts only root's files. If it is \
+             the service's own (its data directory, its API token), run this command as that \
+             user instead: `sudo -u {sudo_user} certconn …`, rather than chown it to root, \
+             which would take it from the service; if it is not, chown it to root",
+            path.display(),
+            named(owner, owner_name.as_ref())
+        )
+    } else {
+        format!(
+            "{} is owned by {}, not by certconn's user ({}) or root; `chown` it to the user \
+             certconn runs as",
+            path.display(),
+            named(owner, owner_name.as_ref()),
+            named(expected, lookup_user(expected).as_ref())
+        )
+    }
+}
+
 /// Checks that `meta` belongs to this process's user (or root).
 fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), FileError> {
     let expected = current_uid();
     if meta.uid() == expected || meta.uid() == 0 {
         Ok(())
-    } else if expected == 0 {
-        Err(FileError::RootOnServiceFiles {
-            path: path.to_owned(),
-            owner: meta.uid(),
-        })
     } else {
         Err(FileError::Owner {
             path: path.to_owned(),
@@ -369,26 +379,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn root_on_the_services_files_is_told_to_run_as_its_user_never_to_chown() {
-        let by_name = FileError::RootOnServiceFiles {
-            path: "/var/lib/certconn/api-token".into(),
-            owner: 0,
-        }
-        .to_string();
-        assert!(by_name.contains("belongs to user root"), "{by_name}");
-        assert!(by_name.contains("`sudo -u root certconn …`"), "{by_name}");
+    fn root_on_the_services_files_is_told_to_run_as_its_user_not_to_chown_them() {
+        let by_root = |owner| {
+            FileError::Owner {
+                path: "/var/lib/certconn/api-token".into(),
+                owner,
+                expected: 0,
+            }
+            .to_string()
+        };
+        let named = by_root(0);
+        assert!(named.contains("owned by uid 0 (root)"), "{named}");
+        assert!(named.contains("`sudo -u root certconn …`"), "{named}");
         // A uid without a name: `sudo -u` takes it as '#UID'.
-        let unnamed = FileError::RootOnServiceFiles {
-            path: "/var/lib/certconn".into(),
-            owner: 4_000_000_000,
-        }
-        .to_string();
-        assert!(unnamed.contains("belongs to uid 4000000000"), "{unnamed}");
+        let unnamed = by_root(4_000_000_000);
+        assert!(unnamed.contains("owned by uid 4000000000,"), "{unnamed}");
         assert!(
             unnamed.contains("`sudo -u '#4000000000' certconn …`"),
             "{unnamed}"
         );
         assert!(!unnamed.contains("`chown` it"), "{unnamed}");
+        // Not root: the file goes to the user certconn runs as.
+        let other = FileError::Owner {
+            path: "/srv/token".into(),
+            owner: 4_000_000_000,
+            expected: 4_000_000_001,
+        }
+        .to_string();
+        assert!(
+            other.contains("not by certconn's user (uid 4000000001) or root; `chown` it"),
+            "{other}"
+        );
     }
 
     fn chmod(path: &Path, mode: u32) {

@@ -28,15 +28,11 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `certconn=debug`.
     #[arg(long, global = true, default_value = "info", env = "CERTCONN_LOG")]
     pub log: String,
-    /// The config file (the daemon's, for client commands: they read its API address and token).
-    #[arg(
-        long,
-        short,
-        global = true,
-        env = "CERTCONN_CONFIG",
-        default_value = "certconn.toml"
-    )]
-    pub config: PathBuf,
+    /// The config file (the daemon's, for client commands: they read its API address and
+    /// token). Without it: `certconn.toml` in the current directory, else the package's
+    /// `/etc/certconn/certconn.toml`.
+    #[arg(long, short, global = true, env = "CERTCONN_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -244,7 +240,7 @@ pub fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let config = cli.config;
+        let config = cli.config.unwrap_or_else(default_config);
         match cli.command {
             Command::Serve => serve::serve(&config).await,
             Command::Submit { what } => client_cmds::submit(&config, what).await,
@@ -290,6 +286,22 @@ pub fn main() -> std::process::ExitCode {
             }
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Where the Debian package installs the config.
+const PACKAGED_CONFIG: &str = "/etc/certconn/certconn.toml";
+
+/// The config when neither `--config` nor `CERTCONN_CONFIG` names one: `certconn.toml` in the
+/// current directory (a source tree, the quick start), else the package's — so that on an
+/// installed machine `sudo -u certconn certconn status` needs no more. When neither exists,
+/// `certconn.toml`, which the command then reports missing.
+fn default_config() -> std::path::PathBuf {
+    let here = std::path::PathBuf::from("certconn.toml");
+    if !here.exists() && std::path::Path::new(PACKAGED_CONFIG).exists() {
+        PACKAGED_CONFIG.into()
+    } else {
+        here
     }
 }
 

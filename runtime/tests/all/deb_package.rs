@@ -335,6 +335,9 @@ fn install_start_issue_and_purge() {
         );
     }
     assert!(!Path::new("/var/lib/certconn/keys/by-root.key").exists());
+    // As the service's user, the installed config needs no naming.
+    let (ok, out) = sh(as_certconn(&["/usr/bin/certconn", "status"]).current_dir("/"));
+    assert!(ok, "certconn status as certconn, no --config: {out}");
     // The fleet listing names the machine (the unit hides /proc/sys, where it was once read).
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let start = Instant::now();

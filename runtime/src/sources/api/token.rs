@@ -31,8 +31,16 @@ pub enum TokenError {
     Short { path: PathBuf },
     #[error("a random API token")]
     Random(#[source] crate::crypto::CryptoError),
+    /// No token file: the daemon makes it at its first start.
     #[error("reading the API token {path} (is the daemon started with this config?)")]
     Missing {
+        path: PathBuf,
+        #[source]
+        source: FileError,
+    },
+    /// A token file that is there but refused (its owner, its mode) or unreadable.
+    #[error("reading the API token {path}")]
+    Unreadable {
         path: PathBuf,
         #[source]
         source: FileError,
@@ -87,9 +95,14 @@ pub fn load_or_create(path: &Path) -> Result<Zeroizing<String>, TokenError> {
 
 /// Reads an existing token (for clients).
 pub fn read(path: &Path) -> Result<Zeroizing<String>, TokenError> {
-    let bytes = files::read_protected(path).map_err(|source| TokenError::Missing {
-        path: path.to_owned(),
-        source,
+    let bytes = files::read_protected(path).map_err(|source| {
+        let path = path.to_owned();
+        match &source {
+            FileError::Io { source: e, .. } if e.kind() == std::io::ErrorKind::NotFound => {
+                TokenError::Missing { path, source }
+            }
+            _ => TokenError::Unreadable { path, source },
+        }
     })?;
     parse(path, &bytes)
 }
@@ -98,6 +111,19 @@ pub fn read(path: &Path) -> Result<Zeroizing<String>, TokenError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn only_a_missing_token_asks_whether_the_daemon_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-token");
+        let missing = crate::report::chain(&read(&path).unwrap_err());
+        assert!(missing.contains("is the daemon started"), "{missing}");
+        load_or_create(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = crate::report::chain(&read(&path).unwrap_err());
+        assert!(refused.contains("chmod 600"), "{refused}");
+        assert!(!refused.contains("is the daemon started"), "{refused}");
+    }
 
     #[test]
     fn a_readable_token_is_refused_before_it_is_read() {

@@ -69,6 +69,25 @@ pub fn read_text(
     Ok(text)
 }
 
+/// The file of systemd credential `name`, which the unit hands over with `LoadCredential=NAME:…`
+/// (or `SetCredentialEncrypted=`, `LoadCredentialEncrypted=`): `$CREDENTIALS_DIRECTORY/NAME`,
+/// readable by the service's user only, and gone when the service stops. Refused when the
+/// process was not started with credentials, or the name is not one systemd would give.
+pub fn systemd_credential(name: &str) -> Result<std::path::PathBuf, String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(format!(
+            "{name:?} is not a systemd credential name (no \"/\", not empty, not \".\" or \"..\")"
+        ));
+    }
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+        format!(
+            "credential {name:?}: $CREDENTIALS_DIRECTORY is not set (run under systemd with \
+             LoadCredential={name}:FILE in the unit)"
+        )
+    })?;
+    Ok(Path::new(&dir).join(name))
+}
+
 /// Drops a secret text's trailing line ends (`echo secret > file` writes one), in place: no
 /// copy of the secret is made. Every secret certconn reads from a file goes through here.
 pub fn drop_line_ends(text: &mut String) {

@@ -78,6 +78,7 @@ fn token_custody(choice: &TokenChoice, dir: &std::path::Path) -> anyhow::Result<
             token_label: label,
             pin_env: "CERTCONN_PKCS11_PIN".into(),
             pin_file: pin_file.map(Into::into),
+            pin_credential: None,
         }),
         allow_core_dumps: false,
     })

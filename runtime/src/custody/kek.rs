@@ -140,15 +140,13 @@ impl Kek {
                     ("key-file", Vec::new(), 0, read_secret_file(key_file)?)
                 }
                 KekSource::Credential { credential } => {
-                    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                    corrupt(&record_path, "custody.protection is \"credential\" but $CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential=)")
-                })?;
-                    (
-                        "credential",
-                        Vec::new(),
-                        0,
-                        read_secret_file(&Path::new(&dir).join(credential))?,
-                    )
+                    let path = crate::secret::systemd_credential(credential).map_err(|why| {
+                        corrupt(
+                            &record_path,
+                            format!("custody.protection is \"credential\": {why}"),
+                        )
+                    })?;
+                    ("credential", Vec::new(), 0, read_secret_file(&path)?)
                 }
             };
         let kek = Self::from_bytes(&material)?;

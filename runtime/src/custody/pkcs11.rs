@@ -52,6 +52,9 @@ pub struct Pkcs11Config {
     pub pin_env: String,
     /// A file holding the user PIN (mode 0600/0400) instead of the environment.
     pub pin_file: Option<ConfigPath>,
+    /// A systemd credential holding the user PIN (`LoadCredential=NAME:FILE` in the unit), instead
+    /// of the environment: the way to hand a service a secret without a file it can always read.
+    pub pin_credential: Option<String>,
 }
 
 fn default_pin_env() -> String {
@@ -481,10 +484,19 @@ fn module_hint(module: &std::path::Path) -> String {
 }
 
 fn read_pin(config: &Pkcs11Config) -> Result<AuthPin, CustodyError> {
-    const WHAT: &str = "the PKCS#11 user PIN (custody.pkcs11.pin_env or pin_file)";
-    let text = match &config.pin_file {
-        Some(path) => crate::secret::read_text(WHAT, None, Some(path)),
-        None => crate::secret::read_text(WHAT, Some(&config.pin_env), None),
+    const WHAT: &str = "the PKCS#11 user PIN (custody.pkcs11.pin_env, pin_file or pin_credential)";
+    let text = match (&config.pin_file, &config.pin_credential) {
+        (Some(_), Some(_)) => Err(crate::secret::SecretError::TwoSources { what: WHAT.into() }),
+        (Some(path), None) => crate::secret::read_text(WHAT, None, Some(path)),
+        (None, Some(name)) => {
+            let path =
+                crate::secret::systemd_credential(name).map_err(|why| CustodyError::Token {
+                    token: config.token_label.clone(),
+                    reason: format!("custody.pkcs11.pin_credential: {why}"),
+                })?;
+            crate::secret::read_text(WHAT, None, Some(&path))
+        }
+        (None, None) => crate::secret::read_text(WHAT, Some(&config.pin_env), None),
     }?;
     Ok(AuthPin::new(text.as_str().into()))
 }

@@ -194,6 +194,7 @@ fn token_rsa_decrypts_what_openssl_encrypts_with_every_padding_and_signs_every_s
             token_label: "certconn-dec".into(),
             pin_env: "UNUSED".into(),
             pin_file: Some(pin_file.into()),
+            pin_credential: None,
         }),
         allow_core_dumps: false,
     };
@@ -456,4 +457,77 @@ fn a_token_softhsm_does_not_have_is_named_with_where_it_looked() {
     ] {
         assert!(err.contains(said), "{said:?} not in: {err}");
     }
+}
+
+/// The PIN from a systemd credential (`pin_credential`, `LoadCredential=NAME:FILE` in the
+/// unit): read from `$CREDENTIALS_DIRECTORY/NAME`, as systemd hands it to the service; without
+/// that directory, or with a PIN file as well, refused with the reason.
+#[test]
+fn the_pin_comes_from_a_systemd_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let (conf, pin_file) = softhsm_token(dir.path(), "certconn-cred");
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::copy(&pin_file, credentials.join("pkcs11-pin")).unwrap();
+    let config = dir.path().join("certconn.toml");
+    let custody = |pin: &str| {
+        format!(
+            "[custody.pkcs11]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken_label = \"certconn-cred\"\n{pin}\n"
+        )
+    };
+    let write = |pin: &str| {
+        std::fs::write(
+            &config,
+            config_text(&dir.path().join("data"), &plugins(), &custody(pin)),
+        )
+        .unwrap()
+    };
+    let keys_create = |credentials_dir: Option<&std::path::Path>| {
+        let mut cmd = Command::new(binary());
+        cmd.env("SOFTHSM2_CONF", &conf)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("CERTCONN_PKCS11_PIN")
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "keys",
+                "create",
+                "from-cred",
+                "--alg",
+                "ec-p256",
+                "--store",
+                "pkcs11",
+            ]);
+        if let Some(d) = credentials_dir {
+            cmd.env("CREDENTIALS_DIRECTORY", d);
+        }
+        cmd.output().unwrap()
+    };
+
+    write("pin_credential = \"pkcs11-pin\"");
+    let out = keys_create(None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("custody.pkcs11.pin_credential")
+            && err.contains("$CREDENTIALS_DIRECTORY is not set")
+            && err.contains("LoadCredential=pkcs11-pin:FILE"),
+        "{err}"
+    );
+    write(&format!(
+        "pin_credential = \"pkcs11-pin\"\npin_file = \"{}\"",
+        pin_file.display()
+    ));
+    let out = keys_create(Some(&credentials));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("give the secret in one place"),
+        "{err}"
+    );
+    write("pin_credential = \"pkcs11-pin\"");
+    let created = ok(keys_create(Some(&credentials)));
+    assert!(
+        created.contains("EC P-256 on PKCS#11 token \"certconn-cred\""),
+        "{created}"
+    );
 }

@@ -76,39 +76,52 @@ pub fn user_name(uid: u32) -> String {
     lookup_user(uid).unwrap_or_else(|| format!("uid {uid}"))
 }
 
+/// The name of group `gid`, or its number when it has none (see [`user_name`]).
+pub fn group_name(gid: u32) -> String {
+    account_name(|buf, len| {
+        // SAFETY: an all-zero `group` is a valid value to be filled in.
+        let mut entry: libc::group = unsafe { std::mem::zeroed() };
+        let mut found = std::ptr::null_mut();
+        // SAFETY: `entry`, `found` and `buf` (of `len` bytes) are valid for writes.
+        let rc = unsafe { libc::getgrgid_r(gid, &mut entry, buf, len, &mut found) };
+        if rc == 0 && !found.is_null() {
+            entry.gr_name
+        } else {
+            std::ptr::null()
+        }
+    })
+    .unwrap_or_else(|| format!("gid {gid}"))
+}
+
 /// The name of user `uid`, if the system has one.
 fn lookup_user(uid: u32) -> Option<String> {
-    // SAFETY: an all-zero `passwd` is a valid value to be filled in.
-    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found = std::ptr::null_mut();
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: `entry`, `buf` and `found` are valid for writes of their sizes; the name the
-    // entry points at lies in `buf`, which is read before it is dropped.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) };
-    (rc == 0 && !found.is_null() && !entry.pw_name.is_null()).then(|| {
-        // SAFETY: a successful lookup leaves a NUL-terminated name in `buf`.
-        unsafe { std::ffi::CStr::from_ptr(entry.pw_name) }
-            .to_string_lossy()
-            .into_owned()
+    account_name(|buf, len| {
+        // SAFETY: an all-zero `passwd` is a valid value to be filled in.
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found = std::ptr::null_mut();
+        // SAFETY: `entry`, `found` and `buf` (of `len` bytes) are valid for writes.
+        let rc = unsafe { libc::getpwuid_r(uid, &mut entry, buf, len, &mut found) };
+        if rc == 0 && !found.is_null() {
+            entry.pw_name
+        } else {
+            std::ptr::null()
+        }
     })
 }
 
-/// The name of group `gid`, or its number when it has none (see [`user_name`]).
-pub fn group_name(gid: u32) -> String {
-    // SAFETY: an all-zero `group` is a valid value to be filled in.
-    let mut entry: libc::group = unsafe { std::mem::zeroed() };
-    let mut found = std::ptr::null_mut();
+/// The name a `get*_r` lookup leaves in the buffer it is given: `lookup` fills the buffer and
+/// returns a pointer to the NUL-terminated name in it, or null when there is none.
+fn account_name(
+    lookup: impl FnOnce(*mut libc::c_char, usize) -> *const libc::c_char,
+) -> Option<String> {
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: as in `user_name`.
-    let rc = unsafe { libc::getgrgid_r(gid, &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) };
-    if rc == 0 && !found.is_null() && !entry.gr_name.is_null() {
-        // SAFETY: a successful lookup leaves a NUL-terminated name in `buf`.
-        unsafe { std::ffi::CStr::from_ptr(entry.gr_name) }
+    let name = lookup(buf.as_mut_ptr(), buf.len());
+    // SAFETY: a name the lookup found is NUL-terminated and lies in `buf`, still alive here.
+    (!name.is_null()).then(|| {
+        unsafe { std::ffi::CStr::from_ptr(name) }
             .to_string_lossy()
             .into_owned()
-    } else {
-        format!("gid {gid}")
-    }
+    })
 }
 
 /// Who may use `path`, as `ls -l` would say it: "owner root, group softhsm, mode 0640". When

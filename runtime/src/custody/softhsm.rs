@@ -54,23 +54,27 @@ fn this_user() -> String {
     files::user_name(files::current_uid())
 }
 
-/// The token directory, read from the configuration; or what keeps this process from
-/// knowing it, as a sentence for an error.
-fn read_token_dir() -> Result<PathBuf, String> {
+/// The token directory, read from the configuration, with how that configuration was chosen;
+/// or what keeps this process from knowing it, as a sentence for an error.
+fn read_token_dir() -> Result<(PathBuf, String), String> {
     let (conf, how) = conf();
     let text = std::fs::read_to_string(&conf).map_err(|e| {
         format!(
             "SoftHSM2 cannot read its configuration {} ({how}): {e} ({}); the user certconn \
-             runs as ({}) must be able to read it — on Debian, add it to group softhsm \
-             (`usermod -aG softhsm {}`) and restart certconn",
+             runs as ({user}) must be able to read it — on Debian, add it to group softhsm \
+             (`usermod -aG softhsm {user}`) and restart certconn",
             conf.display(),
             files::describe_access(&conf),
-            this_user(),
-            this_user()
+            user = this_user()
         )
     })?;
-    token_dir(&text)
-        .ok_or_else(|| format!("{} ({how}) sets no directories.tokendir", conf.display()))
+    match token_dir(&text) {
+        Some(dir) => Ok((dir, how)),
+        None => Err(format!(
+            "{} ({how}) sets no directories.tokendir",
+            conf.display()
+        )),
+    }
 }
 
 /// Why SoftHSM2 shows this process no token, or fails to initialise: its configuration or
@@ -79,8 +83,8 @@ fn read_token_dir() -> Result<PathBuf, String> {
 /// a process that reads another configuration than the one the token was made with sees
 /// other tokens.
 pub fn why_no_token() -> String {
-    let dir = match read_token_dir() {
-        Ok(dir) => dir,
+    let (dir, how) = match read_token_dir() {
+        Ok(found) => found,
         Err(why) => return format!(" ({why})"),
     };
     let entries = match std::fs::read_dir(&dir) {
@@ -116,7 +120,6 @@ pub fn why_no_token() -> String {
             this_user()
         );
     }
-    let (_, how) = conf();
     format!(
         " (SoftHSM2 reads its tokens from {} ({how}); a token made with another \
          SOFTHSM2_CONF is not there: set the same one in certconn's environment, e.g. \
@@ -129,7 +132,7 @@ pub fn why_no_token() -> String {
 /// directory, or the token's own, not writable by this process — the packaged unit's
 /// read-only file system, or permissions. `None` when this process may write them.
 pub fn why_not_stored() -> Option<String> {
-    let dir = read_token_dir().ok()?;
+    let (dir, _) = read_token_dir().ok()?;
     let mut dirs = vec![dir.clone()];
     dirs.extend(
         std::fs::read_dir(&dir)

@@ -48,6 +48,18 @@ fn as_certconn(args: &[&str]) -> Command {
     cmd
 }
 
+/// A command run by an administrator in a root shell (`env COMMAND…`): with the environment
+/// such a shell has, not this test process's (another test in it sets `SOFTHSM2_CONF` for
+/// itself, which would send `softhsm2-util` to that test's tokens).
+fn as_root_admin() -> Command {
+    let mut cmd = Command::new("env");
+    cmd.args([
+        "-i",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ]);
+    cmd
+}
+
 /// The installed `certconn ARGS` with the installed config, as the `certconn` user.
 fn installed(args: &[&str]) -> Command {
     let mut cmd = as_certconn(&["/usr/bin/certconn"]);
@@ -187,6 +199,23 @@ impl Running {
     fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
+
+    /// Its exit status, once it has exited; panics, with `what` and its log, if it has not
+    /// within a minute.
+    fn exit_status(&mut self, what: &str) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{what} within 60 s; the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Running {
@@ -324,7 +353,8 @@ fn install_start_issue_and_purge() {
         &["status"][..],
         &["keys", "create", "by-root", "--alg", "ec-p256"],
     ] {
-        let (ok, out) = sh(Command::new("/usr/bin/certconn")
+        let (ok, out) = sh(as_root_admin()
+            .arg("/usr/bin/certconn")
             .args(command)
             .args(["--config", "/etc/certconn/certconn.toml"]));
         assert!(
@@ -523,18 +553,7 @@ fn the_launcher_updates_the_daemon_under_the_unit() {
     // `systemctl stop`: SIGTERM to the main process, the launcher, which passes it on.
     // SAFETY: signalling the child this test started.
     unsafe { libc::kill(launched.id() as i32, libc::SIGTERM) };
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = launched.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the launcher did not stop within 60 s of SIGTERM; the log:\n{}",
-            launched.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = launched.exit_status("the launcher did not stop after SIGTERM");
     assert!(
         status.success(),
         "the launcher stopped with {status}; the log:\n{}",
@@ -557,7 +576,8 @@ fn a_token_key_under_the_unit() {
     struct Cleanup;
     impl Drop for Cleanup {
         fn drop(&mut self) {
-            let _ = Command::new("softhsm2-util")
+            let _ = as_root_admin()
+                .arg("softhsm2-util")
                 .args(["--delete-token", "--token", LABEL])
                 .output();
             let _ = std::fs::remove_dir_all(DROP_INS);
@@ -617,7 +637,7 @@ fn a_token_key_under_the_unit() {
 
     // First as an administrator may well do it: the token made by root, the service's user
     // not in SoftHSM2's group. The check names what this user cannot read, and the fix.
-    init_token(&mut Command::new("env"));
+    init_token(&mut as_root_admin());
     let (ok, out) = check();
     assert!(
         !ok && out.contains("SoftHSM2 cannot read its configuration /etc/softhsm/softhsm2.conf")
@@ -633,7 +653,7 @@ fn a_token_key_under_the_unit() {
             && out.contains("sudo -u certconn softhsm2-util --init-token"),
         "check-config under the unit, the token made by root: {out}"
     );
-    let (ok, out) = sh(Command::new("softhsm2-util").args(["--delete-token", "--token", LABEL]));
+    let (ok, out) = sh(as_root_admin().args(["softhsm2-util", "--delete-token", "--token", LABEL]));
     assert!(ok, "{out}");
     init_token(&mut as_certconn(&[]));
 
@@ -646,18 +666,8 @@ fn a_token_key_under_the_unit() {
         "check-config under the unit, with a token key to make: {out}"
     );
     let mut refused = Running::spawn(&mut as_the_unit_runs("ExecStart"));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = refused.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "serve started although it cannot make its key on the read-only token: {}",
-            refused.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = refused
+        .exit_status("serve did not stop although it cannot make its key on the read-only token");
     let err = refused.log();
     assert!(
         !status.success()

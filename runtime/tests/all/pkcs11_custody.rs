@@ -27,6 +27,28 @@ fn certconn(
         .unwrap()
 }
 
+/// A throwaway token labelled `token` in `dir`, and a config there (data in `dir/data`) whose
+/// `[custody.pkcs11]` names the token `configured`: returns the `SOFTHSM2_CONF` path, the PIN
+/// file and the config.
+fn token_and_config(
+    dir: &std::path::Path,
+    token: &str,
+    configured: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let (conf, pin_file) = softhsm_token(dir, token);
+    let config = dir.join("certconn.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            &dir.join("data"),
+            &plugins(),
+            &softhsm_custody(configured, &pin_file),
+        ),
+    )
+    .unwrap();
+    (conf, pin_file, config)
+}
+
 /// `pkcs11-tool -O` over the token: what an outside tool sees of our objects.
 fn token_objects(conf: &std::path::Path, label: &str, pin_file: &std::path::Path) -> String {
     let pin = std::fs::read_to_string(pin_file).unwrap();
@@ -322,17 +344,7 @@ fn token_rsa_decrypts_what_openssl_encrypts_with_every_padding_and_signs_every_s
 #[test]
 fn a_software_key_migrates_onto_the_token_and_goes_on_signing() {
     let dir = tempfile::tempdir().unwrap();
-    let (conf, pin_file) = softhsm_token(dir.path(), "migrate");
-    let config = dir.path().join("certconn.toml");
-    std::fs::write(
-        &config,
-        config_text(
-            &dir.path().join("data"),
-            &plugins(),
-            &softhsm_custody("migrate", &pin_file),
-        ),
-    )
-    .unwrap();
+    let (conf, pin_file, config) = token_and_config(dir.path(), "migrate", "migrate");
     let env: Vec<(String, OsString)> = vec![("SOFTHSM2_CONF".into(), conf.clone().into())];
     // First start: the local CA key is made in software, with its certificate.
     let mut daemon = Daemon::start_with_env(&config, &dir.path().join("daemon.log"), env.clone());
@@ -433,17 +445,7 @@ fn a_software_key_migrates_onto_the_token_and_goes_on_signing() {
 #[test]
 fn a_token_softhsm_does_not_have_is_named_with_where_it_looked() {
     let dir = tempfile::tempdir().unwrap();
-    let (conf, pin_file) = softhsm_token(dir.path(), "certconn-here");
-    let config = dir.path().join("certconn.toml");
-    std::fs::write(
-        &config,
-        config_text(
-            &dir.path().join("data"),
-            &plugins(),
-            &softhsm_custody("certconn-elsewhere", &pin_file),
-        ),
-    )
-    .unwrap();
+    let (conf, _, config) = token_and_config(dir.path(), "certconn-here", "certconn-elsewhere");
     let out = certconn(&conf, &config, &["keys", "list"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");

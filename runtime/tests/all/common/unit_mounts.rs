@@ -135,6 +135,19 @@ impl UnitMounts {
                 Err(std::io::Error::last_os_error())
             }
         };
+        // A tmpfs on `target` with `flags` and `options`.
+        let tmpfs = |target: &CString, flags: libc::c_ulong, options: &CString| {
+            // SAFETY: the call reads only NUL-terminated strings that outlive it.
+            check(unsafe {
+                libc::mount(
+                    self.tmpfs.as_ptr(),
+                    target.as_ptr(),
+                    self.tmpfs.as_ptr(),
+                    flags,
+                    options.as_ptr().cast(),
+                )
+            })
+        };
         // SAFETY: each call reads only the NUL-terminated strings of `self`, which outlive it,
         // and null pointers where the call takes none.
         unsafe {
@@ -163,13 +176,7 @@ impl UnitMounts {
                 std::ptr::null(),
             ))?;
             for tmp in &self.tmp {
-                check(libc::mount(
-                    self.tmpfs.as_ptr(),
-                    tmp.as_ptr(),
-                    self.tmpfs.as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    self.tmp_options.as_ptr().cast(),
-                ))?;
+                tmpfs(tmp, libc::MS_NOSUID | libc::MS_NODEV, &self.tmp_options)?;
             }
             check(libc::mount(
                 self.proc_type.as_ptr(),
@@ -178,13 +185,11 @@ impl UnitMounts {
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 self.proc_options.as_ptr().cast(),
             ))?;
-            check(libc::mount(
-                self.tmpfs.as_ptr(),
-                self.dev.as_ptr(),
-                self.tmpfs.as_ptr(),
+            tmpfs(
+                &self.dev,
                 libc::MS_NOSUID | libc::MS_NOEXEC,
-                self.dev_options.as_ptr().cast(),
-            ))?;
+                &self.dev_options,
+            )?;
             for (node, major, minor) in &self.dev_nodes {
                 check(libc::mknod(
                     node.as_ptr(),
@@ -195,21 +200,17 @@ impl UnitMounts {
                 check(libc::chmod(node.as_ptr(), 0o666))?;
             }
             check(libc::mkdir(self.dev_shm.as_ptr(), 0o1777))?;
-            check(libc::mount(
-                self.tmpfs.as_ptr(),
-                self.dev_shm.as_ptr(),
-                self.tmpfs.as_ptr(),
+            tmpfs(
+                &self.dev_shm,
                 libc::MS_NOSUID | libc::MS_NODEV,
-                self.dev_shm_options.as_ptr().cast(),
-            ))?;
+                &self.dev_shm_options,
+            )?;
             for home in &self.homes {
-                check(libc::mount(
-                    self.tmpfs.as_ptr(),
-                    home.as_ptr(),
-                    self.tmpfs.as_ptr(),
+                tmpfs(
+                    home,
                     libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
-                    self.homes_options.as_ptr().cast(),
-                ))?;
+                    &self.homes_options,
+                )?;
             }
             check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
             check(libc::setgid(self.gid))?;

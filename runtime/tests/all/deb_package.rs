@@ -393,6 +393,7 @@ fn install_start_issue_and_purge() {
     }
 
     the_launcher_updates_the_daemon_under_the_unit();
+    a_plugin_updates_hot_under_the_unit();
     a_token_key_under_the_unit();
 
     // Purge: the package, its config, its state and its user are gone.
@@ -559,6 +560,156 @@ fn the_launcher_updates_the_daemon_under_the_unit() {
         "the launcher stopped with {status}; the log:\n{}",
         launched.log()
     );
+}
+
+/// A plugin updated hot from a signed feed under the unit, its directory set up as
+/// docs/updates.md tells an administrator (the document's commands run as written, in a root
+/// shell). First without them: with `plugins = "auto"`, the check under the unit says the
+/// package's plugin directory cannot take a release, as the document warns. Then with
+/// them: the daemon downloads local-ca 0.2.0, publishes it into the state directory, loads it
+/// while serving, issues with it, and ends its probation; the file written is the release.
+fn a_plugin_updates_hot_under_the_unit() {
+    const ROOT: &str = "/etc/certconn/update-root.json";
+    const PLUGINS: &str = "/var/lib/certconn/plugins";
+    struct Cleanup;
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(PLUGINS);
+            let _ = std::fs::remove_file(ROOT);
+        }
+    }
+    let _config = RestoreConfig::save();
+    let _cleanup = Cleanup;
+    let dir = tempfile::tempdir().unwrap();
+
+    // The installed local-ca and a newer release of it, in a feed whose root the config pins.
+    let packaged = Path::new("/usr/lib/certconn/plugins/local-ca.wasm");
+    let running = certconn::plugins::package::PluginPackage::read(packaged).unwrap();
+    assert_eq!(running.manifest.version, "0.1.0", "the packaged local-ca");
+    let release = dir.path().join("local-ca-0.2.0.wasm");
+    common::pack(packaged, "local-ca", "0.2.0", "0.2.0", &release);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let feed = runtime.block_on(common::feed::Feed::new(dir.path(), &[]));
+    feed.add("plugin", "local-ca", "0.1.0", "2026-01-01", packaged);
+    feed.publish();
+    std::fs::copy(feed.metadata().join("1.root.json"), ROOT).unwrap();
+    let mut config = std::fs::read_to_string(RestoreConfig::PATH).unwrap();
+    config.push_str(&format!(
+        "\n[update]\nurl = \"http://127.0.0.1:{}/\"\nroot = \"{ROOT}\"\nplugins = \"auto\"\n\
+         check_seconds = 1\nprobation_jobs = 1\n",
+        feed.port
+    ));
+    std::fs::write(RestoreConfig::PATH, &config).unwrap();
+    let check = || {
+        sh(&mut under_the_unit(&[
+            "/usr/bin/certconn",
+            "check-config",
+            "--config",
+            RestoreConfig::PATH,
+        ]))
+    };
+    // (root's directory, so `access` answers "Permission denied" before the read-only mount.)
+    let read_only = "plugins.dir /usr/lib/certconn/plugins cannot be written by this process";
+    let (ok, out) = check();
+    assert!(
+        ok && out.contains(read_only) && out.contains("local-ca"),
+        "check-config under the unit, plugins = \"auto\" on the package's plugin directory: {out}"
+    );
+
+    // The document's commands, in a root shell, and the directory they name in the config.
+    let doc = std::fs::read_to_string(repo_root().join("docs/updates.md")).unwrap();
+    let commands = doc
+        .split("```sh\n")
+        .map(|block| block.split("```").next().unwrap_or_default())
+        .find(|block| block.contains("install -d -o certconn"))
+        .expect("docs/updates.md gives the plugin directory's commands in a sh block");
+    let setting = format!("[plugins] dir = \"{PLUGINS}\"");
+    assert!(
+        commands.contains(&setting),
+        "the commands name {setting}: {commands}"
+    );
+    let (ok, out) = sh(as_root_admin().args(["sh", "-ec", commands]));
+    assert!(ok, "the commands of docs/updates.md: {out}");
+    let packaged_dir = "dir = \"/usr/lib/certconn/plugins\"";
+    assert!(config.contains(packaged_dir), "{config}");
+    std::fs::write(
+        RestoreConfig::PATH,
+        config.replace(packaged_dir, &format!("dir = \"{PLUGINS}\"")),
+    )
+    .unwrap();
+    let (ok, out) = check();
+    assert!(
+        ok && !out.contains("cannot be written"),
+        "check-config under the unit, the plugins in the state directory: {out}"
+    );
+
+    // Serving on 0.1.0; the release appears in the feed and is installed hot.
+    let mut daemon = start_as_the_unit_runs();
+    let update_status = |daemon: &mut Running| {
+        let (ok, out) = sh(&mut installed(&["update", "status", "--json"]));
+        still_serving(daemon, "answering update status");
+        assert!(ok, "update status: {out}");
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+        status["plugins"]["local-ca"].clone()
+    };
+    let wait_for = |daemon: &mut Running, what: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
+        let start = Instant::now();
+        loop {
+            let line = update_status(daemon);
+            if done(&line) {
+                return line;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{what} within 60 s: {line}; the log:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(&mut daemon, "the feed read, 0.1.0 current", &|line| {
+        line["current"]["version"] == "0.1.0"
+    });
+    feed.add("plugin", "local-ca", "0.2.0", "2026-02-01", &release);
+    feed.publish();
+    let line = wait_for(&mut daemon, "local-ca 0.2.0 installed", &|line| {
+        line["probation"]["version"] == "0.2.0"
+            || !line["refused"].as_array().is_none_or(Vec::is_empty)
+    });
+    assert_eq!(line["refused"], serde_json::json!([]), "{line}");
+
+    // A job on the new version ends its probation (one job, here).
+    let pfx = "/var/lib/certconn/updated.pfx";
+    let (ok, out) = sh(&mut installed(&[
+        "submit",
+        "issue",
+        "--profile",
+        "smime",
+        "--subject",
+        "CN=issued by the update",
+        "--out",
+        pfx,
+    ]));
+    still_serving(&mut daemon, "issuing on the updated plugin");
+    assert!(ok, "submit: {out}");
+    let info = openssl_pkcs12_info(Path::new(pfx), &shown_password(&out));
+    assert!(info.contains("MAC"), "{info}");
+    let line = wait_for(&mut daemon, "the probation ended", &|line| {
+        line["probation"].is_null()
+    });
+    assert_eq!(line["current"]["version"], "0.2.0", "{line}");
+    assert_eq!(line["previous"]["version"], "0.1.0", "{line}");
+    let published = Path::new(PLUGINS).join("local-ca.wasm");
+    assert_eq!(
+        std::fs::read(&published).unwrap(),
+        std::fs::read(&release).unwrap(),
+        "{} is the release",
+        published.display()
+    );
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&published).unwrap();
+    let (_, uid) = sh(Command::new("id").args(["-u", "certconn"]));
+    assert_eq!(meta.uid().to_string(), uid.trim(), "the release's owner");
 }
 
 /// Custody on a PKCS#11 token under the unit, set up as docs/operations.md tells an

@@ -70,7 +70,9 @@ pub struct IssueWork {
     /// Subject DN, RFC 4514 (`CN=…,O=…`).
     #[serde(default)]
     pub subject: String,
-    /// `kind:value`: `dns:`, `email:`, `upn:`, `uri:`, `ip:`.
+    /// `kind:value`: `dns:`, `email:`, `upn:`, `uri:`, `ip:`, each in the syntax RFC 5280 requires
+    /// (a DNS name of letters, digits and hyphens, `*` only as its leftmost label; a mailbox
+    /// `local@domain`; an absolute URI; `user@suffix`); a name that is not is refused.
     #[serde(default)]
     pub sans: Vec<String>,
     /// `ec-p256`, `ec-p384`, `rsa-2048`, `rsa-3072`, `rsa-4096`; default: the profile's.

@@ -17,7 +17,7 @@ use x509_cert::ext::pkix::{
 use x509_cert::ext::{AsExtension, Extension};
 use x509_cert::name::Name;
 
-use crate::{Error, Result};
+use crate::{san_syntax, Error, Result};
 
 /// Microsoft's user principal name otherName (used by Windows logon and Intune).
 pub const UPN_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.20.2.3");
@@ -47,16 +47,31 @@ impl SubjectAltName {
                 "subject alternative name {s:?} has an empty value"
             )));
         }
+        let invalid =
+            |why: String| Error::Invalid(format!("subject alternative name {s:?}: {why}"));
+        let syntax = |check: core::result::Result<(), String>| check.map_err(invalid);
         Ok(match kind {
-            "dns" => Self::Dns(value.to_owned()),
-            "email" => Self::Email(value.to_owned()),
-            "upn" => Self::Upn(value.to_owned()),
-            "uri" => Self::Uri(value.to_owned()),
-            "ip" => Self::Ip(value.parse().map_err(|_| {
-                Error::Invalid(format!(
-                    "subject alternative name {s:?}: {value:?} is not an IP address"
-                ))
-            })?),
+            "dns" => {
+                syntax(san_syntax::dns_name(value, true))?;
+                Self::Dns(value.to_owned())
+            }
+            "email" => {
+                syntax(san_syntax::mailbox(value))?;
+                Self::Email(value.to_owned())
+            }
+            "upn" => {
+                syntax(san_syntax::user_principal_name(value))?;
+                Self::Upn(value.to_owned())
+            }
+            "uri" => {
+                syntax(san_syntax::uri(value))?;
+                Self::Uri(value.to_owned())
+            }
+            "ip" => Self::Ip(
+                value
+                    .parse()
+                    .map_err(|_| invalid(format!("{value:?} is not an IP address")))?,
+            ),
             other => {
                 return Err(Error::Invalid(format!(
                     "subject alternative name kind {other:?} is not one of dns, email, upn, uri, ip"
@@ -442,6 +457,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("empty"));
+        // Each kind's syntax (san_syntax has the cases), named with the whole name.
+        for (bad, why) in [
+            ("dns:-bad-.example", "hyphen"),
+            ("email:not an email", "no @"),
+            ("uri:not a uri", "scheme"),
+            ("upn:alice", "no @"),
+        ] {
+            let err = SubjectAltName::parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{bad:?}")) && err.contains(why),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod extensions;
 pub mod facts;
 pub mod key;
 pub mod pem;
+mod san_syntax;
 pub mod signed;
 pub mod tbs;
 

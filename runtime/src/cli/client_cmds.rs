@@ -161,6 +161,9 @@ pub async fn submit(config_path: &Path, what: Submit) -> anyhow::Result<()> {
                 .map(|p| read_text(p, "recipient certificate"))
                 .transpose()?;
             let csr_pem = csr.as_deref().map(|p| read_text(p, "CSR")).transpose()?;
+            if let Some(path) = &out {
+                check_out(path, recipient.is_some(), "nothing was submitted")?;
+            }
             if let (Some(text), false) = (&csr_pem, subject.is_empty()) {
                 let of_csr = certconn::pki::pem::decode_all(text)
                     .ok()
@@ -293,7 +296,16 @@ fn write_issue_result(id: &str, answer: &Value, out: Option<&Path>) -> anyhow::R
             let bytes = b64
                 .decode(pfx)
                 .context("the PFX in the answer is not base64")?;
-            write_private(path, &bytes)?;
+            if let Err(e) = write_private(path, &bytes) {
+                // The one-time password is not kept: shown now, it still opens the PFX the
+                // job's result gives again.
+                if let Some(password) = result["password"].as_str() {
+                    println!("PFX password (shown once, not kept): {password}");
+                }
+                return Err(e.context(format!(
+                    "the PFX was not written; fetch it again with `certconn jobs result {id} --out FILE`"
+                )));
+            }
             println!("PFX: {}", path.display());
             if let Some(sealed) = result["sealed_password_base64"].as_str() {
                 let sealed_path = PathBuf::from(format!("{}.password.cms", path.display()));
@@ -426,6 +438,37 @@ fn print_unreadable(unreadable: &serde_json::Value) {
     }
 }
 
+/// Refuses an `--out` this process could not write, before anything is asked of the daemon: a
+/// PFX's password is handed out once, so a result fetched and then not written would be lost.
+/// With `sealed`, the sealed password goes beside it (`FILE.password.cms`), in the same
+/// directory.
+fn check_out(path: &Path, sealed: bool, so: &str) -> anyhow::Result<()> {
+    let refused = |why: String| anyhow::anyhow!("--out {}: {why}; {so}", path.display());
+    if path.is_dir() {
+        return Err(refused("a directory, not a file".into()));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    certconn::files::check_writable_dir(dir).map_err(|e| {
+        refused(format!(
+            "this process cannot create files in {} ({e})",
+            dir.display()
+        ))
+    })?;
+    if sealed {
+        let beside = PathBuf::from(format!("{}.password.cms", path.display()));
+        if beside.is_dir() {
+            return Err(refused(format!(
+                "{} (where the sealed password goes) is a directory",
+                beside.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -485,6 +528,13 @@ pub async fn jobs(config_path: &Path, what: Jobs) -> anyhow::Result<()> {
             }
         }
         Jobs::Result { id, out } => {
+            if let Some(path) = &out {
+                check_out(
+                    path,
+                    false,
+                    "the result was not fetched (a one-time password is handed out once)",
+                )?;
+            }
             let answer = api
                 .call(Method::GET, &format!("/v1/jobs/{id}/result"), None)
                 .await?;

@@ -236,3 +236,151 @@ fn subjects_get_a_hint_and_an_override_a_warning() {
         "{stderr}"
     );
 }
+
+/// An `--out` that cannot be written is refused before the job is submitted (its one-time
+/// password would be lost with the PFX); one that fails anyway, after the result was fetched,
+/// still shows the password and names the command that fetches the PFX again, which the
+/// password then opens.
+#[test]
+fn an_out_that_cannot_be_written_loses_no_pfx() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_default(dir.path());
+    let jobs = || ok(daemon.cli(&["jobs", "list", "--json"]));
+    let before = jobs();
+    for (out, why) in [
+        (dir.path().join("missing/a.pfx"), "cannot create files in"),
+        (dir.path().to_path_buf(), "a directory, not a file"),
+    ] {
+        let refused = daemon.cli(&[
+            "submit",
+            "issue",
+            "--profile",
+            "smime",
+            "--subject",
+            "CN=nowhere",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success()
+                && stderr.contains(why)
+                && stderr.contains("nothing was submitted"),
+            "{}: {stderr}",
+            out.display()
+        );
+    }
+    assert_eq!(jobs(), before, "a refused --out submitted a job");
+
+    // A link into a directory that is not there passes the check and fails at the write.
+    let link = dir.path().join("link.pfx");
+    std::os::unix::fs::symlink(dir.path().join("gone/a.pfx"), &link).unwrap();
+    let failed = daemon.cli(&[
+        "submit",
+        "issue",
+        "--profile",
+        "smime",
+        "--subject",
+        "CN=fetched again",
+        "--out",
+        link.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&failed.stdout);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{stdout}{stderr}");
+    let id = stdout
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("job "))
+        .and_then(|r| r.split(':').next())
+        .unwrap_or_else(|| panic!("no job named in {stdout}"));
+    assert!(
+        stderr.contains(&format!("certconn jobs result {id} --out FILE")),
+        "{stderr}"
+    );
+    let password = shown_password(&stdout);
+    let pfx = dir.path().join("again.pfx");
+    let again = ok(daemon.cli(&["jobs", "result", id, "--out", pfx.to_str().unwrap()]));
+    assert!(again.contains("already handed out"), "{again}");
+    let info = openssl_pkcs12_info(&pfx, &password);
+    assert!(info.contains("MAC"), "{info}");
+}
+
+/// Subject alternative names in a syntax RFC 5280 does not allow are refused where the request
+/// enters the daemon (a 400 of the API naming the field and the name, which the CLI reports),
+/// and no job is made.
+#[test]
+fn malformed_subject_alternative_names_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_default(dir.path());
+    let before = ok(daemon.cli(&["jobs", "list", "--json"]));
+    for (san, why) in [
+        ("email:not an email", "no @"),
+        ("dns:-bad-.example", "begins or ends with a hyphen"),
+        ("dns:host name.example", "' '"),
+        ("uri:not a uri", "must begin with a scheme"),
+        ("upn:alice", "no @"),
+    ] {
+        let refused = daemon.cli(&[
+            "submit",
+            "issue",
+            "--profile",
+            "smime",
+            "--subject",
+            "CN=x",
+            "--san",
+            san,
+        ]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success()
+                && stderr.contains("sans")
+                && stderr.contains(&format!("{san:?}"))
+                && stderr.contains(why),
+            "{san}: {stderr}"
+        );
+    }
+    assert_eq!(ok(daemon.cli(&["jobs", "list", "--json"])), before);
+    // Well-formed names of every kind still go through, into the certificate.
+    let pfx = dir.path().join("ok.pfx");
+    let out = ok(daemon.cli(&[
+        "submit",
+        "issue",
+        "--profile",
+        "smime",
+        "--subject",
+        "CN=x",
+        "--san",
+        "email:first.last+tag@example.com",
+        "--san",
+        "dns:*.dev-1.example.com",
+        "--san",
+        "uri:urn:uuid:8c5d3f0e-5b7e-4a43-9d4e-2f3c0e6e1a11",
+        "--san",
+        "upn:alice@corp",
+        "--out",
+        pfx.to_str().unwrap(),
+    ]));
+    let pem = dir.path().join("ok.pem");
+    run_ok(
+        Command::new("openssl")
+            .args(["pkcs12", "-nokeys", "-clcerts", "-in"])
+            .arg(&pfx)
+            .arg("-passin")
+            .arg(format!("pass:{}", shown_password(&out)))
+            .arg("-out")
+            .arg(&pem),
+    );
+    let text = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(&pem),
+    );
+    for shown in [
+        "email:first.last+tag@example.com",
+        "DNS:*.dev-1.example.com",
+        "URI:urn:uuid:8c5d3f0e-5b7e-4a43-9d4e-2f3c0e6e1a11",
+    ] {
+        assert!(text.contains(shown), "{shown} not in {text}");
+    }
+}

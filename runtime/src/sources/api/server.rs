@@ -568,6 +568,10 @@ pub struct IssueBody {
     pub profile: String,
     #[serde(default)]
     pub subject: String,
+    /// Subject alternative names, `kind:value`: `dns:`, `email:`, `upn:`, `uri:`, `ip:`, each in
+    /// the syntax RFC 5280 requires (a DNS name of letters, digits and hyphens, `*` only as its
+    /// leftmost label; a mailbox `local@domain`; an absolute URI; `user@suffix`); a name that
+    /// is not is refused with 400.
     #[serde(default)]
     pub sans: Vec<String>,
     pub key: Option<KeyAlgorithm>,

@@ -43,9 +43,17 @@ pub enum DnError {
     Empty,
 }
 
-/// Refuses an attribute type written as a number that is not an OID whose arcs fit in 32 bits
-/// (`1.2.840.113549.1.9.1=…` is fine): see [`crate::dotted_oid`].
-fn check_numeric_types(given: &str) -> Result<(), DnError> {
+/// Checks each part of `given` (split at unescaped `,` and `+`) before x509-cert's parser
+/// sees it, whose own errors ("operation failed", "malformed OID") do not say which part is
+/// wrong: a part without `=`, without a type, with a type that is neither a name const-oid
+/// knows nor an OID whose arcs fit in 32 bits (`1.2.840.113549.1.9.1=…` is fine: see
+/// [`crate::dotted_oid`]). Returns the name with spaces around each type taken away, as RFC
+/// 2253 allowed and people write (`CN=Alice, O=Example`); values are left as they are.
+fn check_parts(given: &str) -> Result<String, DnError> {
+    let malformed = |reason: String| DnError::Malformed {
+        given: given.to_owned(),
+        reason,
+    };
     let mut parts = Vec::new();
     let (mut start, mut escaped) = (0, false);
     for (i, c) in given.char_indices() {
@@ -53,31 +61,49 @@ fn check_numeric_types(given: &str) -> Result<(), DnError> {
             _ if escaped => escaped = false,
             '\\' => escaped = true,
             ',' | '+' => {
-                parts.push(&given[start..i]);
+                parts.push(&given[start..=i]);
                 start = i + 1;
             }
             _ => {}
         }
     }
     parts.push(&given[start..]);
+    let mut normalized = String::with_capacity(given.len());
     for part in parts {
-        let Some((kind, _)) = part.split_once('=') else {
-            continue;
+        let (part, separator) = match part.strip_suffix([',', '+']) {
+            Some(p) => (p, &part[p.len()..]),
+            None => (part, ""),
+        };
+        let Some((kind, value)) = part.split_once('=') else {
+            return Err(malformed(format!(
+                "part {:?} has no '=': each part is TYPE=value",
+                part.trim()
+            )));
         };
         let kind = kind.trim();
-        if !kind.starts_with(|c: char| c.is_ascii_digit()) {
-            continue;
+        if kind.is_empty() {
+            return Err(malformed(format!(
+                "part {:?} has no attribute type before its '='",
+                part.trim()
+            )));
         }
-        if crate::dotted_oid(kind).is_none() {
-            return Err(DnError::Malformed {
-                given: given.to_owned(),
-                reason: format!(
-                    "attribute type {kind:?} is neither a name (CN, O, …) nor an OID whose parts fit in 32 bits"
-                ),
-            });
+        let known = if kind.starts_with(|c: char| c.is_ascii_digit()) {
+            crate::dotted_oid(kind).is_some()
+        } else {
+            DB.by_name(kind).is_some()
+        };
+        if !known {
+            return Err(malformed(format!(
+                "attribute type {kind:?} is neither a name (CN, O, OU, L, ST, C, DC, UID, …) \
+                 nor an OID whose parts fit in 32 bits"
+            )));
         }
+        normalized.push_str(kind);
+        normalized.push('=');
+        normalized.push_str(value);
+        normalized.push_str(separator);
     }
-    Ok(())
+    Ok(normalized)
 }
 
 /// Parses an RFC 4514 distinguished name.
@@ -95,8 +121,8 @@ pub fn parse(text: &str) -> Result<Name, DnError> {
             suggestion: parts.join(","),
         });
     }
-    check_numeric_types(given)?;
-    let name = Name::from_str(given).map_err(|e| DnError::Malformed {
+    let normalized = check_parts(given)?;
+    let name = Name::from_str(&normalized).map_err(|e| DnError::Malformed {
         given: given.to_owned(),
         reason: e.to_string(),
     })?;
@@ -316,5 +342,42 @@ mod tests {
         let e = parse("not a dn").unwrap_err().to_string();
         assert!(e.contains("CN=Alice,O=Example"), "{e}");
         assert_eq!(parse("  "), Err(DnError::Empty));
+    }
+
+    /// Each malformed part is named with what is wrong with it, not x509-cert's "operation
+    /// failed" or "malformed OID".
+    #[test]
+    fn the_wrong_part_is_named() {
+        for (bad, why) in [
+            ("garbage", "part \"garbage\" has no '='"),
+            ("CN=Alice,Example", "part \"Example\" has no '='"),
+            (
+                "CN=Alice,=Example",
+                "part \"=Example\" has no attribute type",
+            ),
+            (
+                "CN=Alice,Org=Example",
+                "attribute type \"Org\" is neither a name",
+            ),
+            ("CN=a+X Y=b", "attribute type \"X Y\" is neither a name"),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(why) && !e.contains("operation failed"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    /// Spaces around a type, as people write names (and RFC 2253 allowed), are not part of it;
+    /// the same name comes out as without them. Spaces in values are kept.
+    #[test]
+    fn spaces_around_types_are_not_part_of_them() {
+        let spaced = parse(" CN=Alice Smith, O=Example Corp,  C =CH").unwrap();
+        assert_eq!(spaced, parse("CN=Alice Smith,O=Example Corp,C=CH").unwrap());
+        assert_eq!(format(&spaced), "CN=Alice Smith,O=Example Corp,C=CH");
+        // An escaped separator is part of a value.
+        let escaped = parse(r"CN=Smith\, John, O=Example").unwrap();
+        assert_eq!(format(&escaped), r"CN=Smith\, John,O=Example");
     }
 }

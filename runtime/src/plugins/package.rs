@@ -39,11 +39,16 @@ pub enum PackageError {
     #[error("not a WebAssembly component")]
     NotWasm(#[source] wasmparser::BinaryReaderError),
     #[error(
+        "not a WebAssembly file: it begins with {head}, where WebAssembly begins with 00 61 73 6d \
+         (\"\\0asm\")"
+    )]
+    NotWasmFile { head: String },
+    #[error(
         "a core WebAssembly module, not a component: build for wasm32-wasip2 (or run \
          `wasm-tools component new`)"
     )]
     CoreModule,
-    #[error("empty input")]
+    #[error("it is empty")]
     Empty,
     #[error("it has two different {SECTION} sections")]
     TwoManifests,
@@ -124,6 +129,7 @@ pub fn version_id(manifest: &Manifest, sha256: &str) -> String {
 /// modules (where a Rust plugin's `#[link_section]` puts it). Two different manifests are an
 /// error rather than a guess.
 pub fn find_manifest(bytes: &[u8]) -> Result<Option<Vec<u8>>, PackageError> {
+    check_magic(bytes)?;
     let mut depth = 0usize;
     let mut top = None;
     let mut nested: Option<Vec<u8>> = None;
@@ -163,8 +169,37 @@ fn leb128(mut n: usize, out: &mut Vec<u8>) {
     }
 }
 
+/// Refuses bytes that do not begin as WebAssembly does, naming what they begin with (a text
+/// file, an archive): wasmparser's own error prints the two magic numbers as debug arrays,
+/// one byte a line.
+pub(crate) fn check_magic(bytes: &[u8]) -> Result<(), PackageError> {
+    const MAGIC: &[u8] = b"\0asm";
+    if bytes.is_empty() {
+        return Err(PackageError::Empty);
+    }
+    if bytes.starts_with(MAGIC) {
+        return Ok(());
+    }
+    let head = &bytes[..bytes.len().min(MAGIC.len())];
+    let hex: Vec<String> = head.iter().map(|b| format!("{b:02x}")).collect();
+    let text: String = head
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    Err(PackageError::NotWasmFile {
+        head: format!("{} ({text:?})", hex.join(" ")),
+    })
+}
+
 /// `component` with `manifest` as its top-level manifest section (replacing any there).
 pub fn embed(component: &[u8], manifest: &Manifest) -> Result<Vec<u8>, PackageError> {
+    check_magic(component)?;
     let toml = manifest.to_toml()?;
     let mut out = Vec::with_capacity(component.len() + toml.len() + 32);
     let mut depth = 0usize;
@@ -278,5 +313,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("certconn plugin pack"), "{e}");
+    }
+
+    /// A file that is not WebAssembly at all is named by what it begins with, on one line.
+    #[test]
+    fn a_file_of_another_kind_is_named_by_its_first_bytes() {
+        let e = find_manifest(b"root:x:0:0:root:/root:/bin/bash\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "not a WebAssembly file: it begins with 72 6f 6f 74 (\"root\"), where WebAssembly \
+             begins with 00 61 73 6d (\"\\0asm\")"
+        );
+        let e = embed(b"PK\x03\x04zip", &manifest("1.0.0")).unwrap_err();
+        assert!(e.to_string().contains("50 4b 03 04 (\"PK..\")"), "{e}");
+        assert!(matches!(find_manifest(b""), Err(PackageError::Empty)));
     }
 }

@@ -34,7 +34,7 @@ const ALGORITHM: &str = "ecdsa-p256-sha256";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignatureError {
-    #[error("not a WebAssembly component: {0}")]
+    #[error("{0}")]
     NotWasm(String),
     #[error("its {SECTION} section is not the last section: something was added after signing")]
     NotLast,
@@ -112,8 +112,10 @@ fn is_p256(spki: &[u8]) -> Result<(), String> {
 fn find(bytes: &[u8]) -> Result<Option<(usize, &[u8])>, SignatureError> {
     let mut depth = 0usize;
     let mut found = None;
+    super::package::check_magic(bytes).map_err(|e| SignatureError::NotWasm(e.to_string()))?;
     for payload in Parser::new(0).parse_all(bytes) {
-        let payload = payload.map_err(|e| SignatureError::NotWasm(e.to_string()))?;
+        let payload = payload
+            .map_err(|e| SignatureError::NotWasm(format!("not a WebAssembly component: {e}")))?;
         match &payload {
             Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),

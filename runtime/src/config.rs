@@ -62,7 +62,24 @@ pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigEr
     let _reset = Reset(BASE.with(|b| b.borrow_mut().replace(base)));
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
+        message: missing_at_the_top(&e).unwrap_or_else(|| e.to_string().trim_end().to_owned()),
+    })
+}
+
+/// A required setting missing from the file's top level, said as such: the parser points its
+/// caret at line 1, column 1 (the whole document is the table that lacks it), which reads as
+/// if the first line were wrong.
+fn missing_at_the_top(e: &toml::de::Error) -> Option<String> {
+    let field = e
+        .message()
+        .strip_prefix("missing field `")?
+        .strip_suffix('`')?;
+    // The document's own table has no span of its own: toml reports 0..0 for it.
+    (e.span()? == (0..0)).then(|| {
+        format!(
+            "`{field}` is required at the top level and the file does not set it \
+             (docs/operations.md lists every setting)"
+        )
     })
 }
 
@@ -288,6 +305,38 @@ mod tests {
         // Outside a parse, nothing is resolved.
         let outside: ConfigPath = toml::Value::String("rel".into()).try_into().unwrap();
         assert_eq!(outside.as_path(), Path::new("rel"));
+    }
+
+    /// A required top-level setting that is missing is named as such, not pointed at line 1; one
+    /// missing inside a table keeps the parser's caret on that table.
+    #[test]
+    fn a_missing_top_level_setting_is_named_not_pointed_at_line_one() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Nested {
+            dir: ConfigPath,
+            inner: Sample,
+        }
+        for text in ["memory_mb = 1\n", ""] {
+            let e = parse::<Sample>(Path::new("c.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                "config c.toml: `dir` is required at the top level and the file does not set it \
+                 (docs/operations.md lists every setting)"
+            );
+        }
+        let e = parse::<Nested>(
+            Path::new("c.toml"),
+            "dir = \"d\"\n\n[inner]\nmemory_mb = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("missing field `dir`"),
+            "{e}"
+        );
     }
 
     #[test]

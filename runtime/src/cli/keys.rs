@@ -167,8 +167,10 @@ pub fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()> {
             let (key, chain) = match (pkcs8, pfx) {
                 (Some(path), _) => (read_pkcs8(&path)?, Vec::new()),
                 (None, Some(path)) => {
-                    let password =
-                        Zeroizing::new(std::env::var(&pfx_password_env).unwrap_or_default());
+                    let password = super::pfx::password_from_env(
+                        &pfx_password_env,
+                        "--pfx-password-env NAME",
+                    )?;
                     let bytes = std::fs::read(&path)
                         .with_context(|| format!("reading {}", path.display()))?;
                     let opened = pkcs12::open(&bytes, &password, &config.policy())

@@ -107,17 +107,28 @@ impl PasswordSource {
                 .context("reading the password from standard input")?;
             Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned())
         } else {
-            Zeroizing::new(std::env::var(&self.password_env).map_err(|_| {
-                anyhow::anyhow!(
-                    "the PFX password is read from the environment variable {}, which is not set (or use --password-stdin)",
-                    self.password_env
-                )
-            })?)
+            password_from_env(&self.password_env, "--password-stdin")?
         };
         if password.is_empty() {
             bail!("the PFX password is empty");
         }
         Ok(password)
+    }
+}
+
+/// A PFX password from environment variable `var`; unset is an error that names it, and the
+/// other way to give it (`instead`), rather than an empty password that then fails as "wrong
+/// password". Set but empty is an empty password.
+pub(super) fn password_from_env(var: &str, instead: &str) -> anyhow::Result<Zeroizing<String>> {
+    match std::env::var(var) {
+        Ok(password) => Ok(Zeroizing::new(password)),
+        Err(std::env::VarError::NotPresent) => bail!(
+            "the PFX password is read from the environment variable {var}, which is not set \
+             (or use {instead})"
+        ),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            bail!("the environment variable {var} is not UTF-8 text")
+        }
     }
 }
 

@@ -70,9 +70,24 @@ fn keys_are_administered_offline_and_never_while_the_daemon_runs() {
         )
     );
 
-    // Import a Windows-exported PFX: key and certificate come in together.
+    // Import a Windows-exported PFX: key and certificate come in together. Without its
+    // password in the environment, the variable is named (not "wrong password").
     let pfx = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/pkcs12/ValidCertificatePathTest1EE_windows_aes.p12.pfx");
+    let out = Command::new(binary())
+        .arg("--config")
+        .arg(&config)
+        .args(["keys", "import", "archived", "--pfx"])
+        .arg(&pfx)
+        .env_remove("CERTCONN_PFX_PASSWORD")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("the environment variable CERTCONN_PFX_PASSWORD, which is not set"),
+        "{err}"
+    );
     let out = Command::new(binary())
         .arg("--config")
         .arg(&config)

@@ -156,7 +156,7 @@ impl Intake {
     ) -> Result<(JobRecord, bool), SubmitError> {
         let serial = req
             .normalized_serial()
-            .map_err(|e| bad("serial", e.to_string()))?;
+            .map_err(|e| bad("serial", crate::report::chain(&e)))?;
         if let Some(b) = &req.backend {
             if !self.names().backends.contains(b) {
                 return Err(bad("backend", format!("no backend named {b:?}")).into());
@@ -212,7 +212,8 @@ impl Intake {
         req: &impl serde::Serialize,
         route: &[String],
     ) -> Result<(JobRecord, bool), SubmitError> {
-        let request = serde_json::to_value(req).map_err(|e| bad("request", e.to_string()))?;
+        let request =
+            serde_json::to_value(req).map_err(|e| bad("request", crate::report::chain(&e)))?;
         let (job, created) = self
             .store
             .enqueue(NewJob {
@@ -270,10 +271,11 @@ pub fn check_issue(req: &IssueJob) -> Result<(), IntakeError> {
         ));
     }
     if !req.subject.is_empty() {
-        crate::pki::dn::parse(&req.subject).map_err(|e| bad("subject", e.to_string()))?;
+        crate::pki::dn::parse(&req.subject)
+            .map_err(|e| bad("subject", crate::report::chain(&e)))?;
     }
     for san in &req.sans {
-        SubjectAltName::parse(san).map_err(|e| bad("sans", e.to_string()))?;
+        SubjectAltName::parse(san).map_err(|e| bad("sans", crate::report::chain(&e)))?;
     }
     if let Some(days) = req.validity_days {
         if days == 0 || days > 3650 {
@@ -299,7 +301,8 @@ pub fn check_issue(req: &IssueJob) -> Result<(), IntakeError> {
                 "a device that sends its own CSR holds its own key and renews with it; renews is for keys certconn made",
             ));
         }
-        crate::jobs::model::normalize_serial(serial).map_err(|e| bad("renews", e.to_string()))?;
+        crate::jobs::model::normalize_serial(serial)
+            .map_err(|e| bad("renews", crate::report::chain(&e)))?;
     }
     Ok(())
 }
@@ -320,9 +323,9 @@ pub(crate) fn check_csr(text: &str) -> Result<(), IntakeError> {
     let parts =
         SignedParts::split(&der).map_err(|e| bad("csr", format!("malformed PKCS#10: {e}")))?;
     let scheme = SignatureScheme::from_algorithm_identifier(&parts.algorithm)
-        .map_err(|e| bad("csr", e.to_string()))?;
+        .map_err(|e| bad("csr", crate::report::chain(&e)))?;
     if let PublicKeyKind::Rsa { bits } =
-        PublicKeyKind::of(&csr.info.public_key).map_err(|e| bad("csr", e.to_string()))?
+        PublicKeyKind::of(&csr.info.public_key).map_err(|e| bad("csr", crate::report::chain(&e)))?
     {
         if bits < 2048 {
             return Err(bad(
@@ -335,9 +338,9 @@ pub(crate) fn check_csr(text: &str) -> Result<(), IntakeError> {
         .info
         .public_key
         .to_der()
-        .map_err(|e| bad("csr", e.to_string()))?;
+        .map_err(|e| bad("csr", crate::report::chain(&e)))?;
     if !provider::verify(&spki, scheme, parts.tbs, parts.signature)
-        .map_err(|e| bad("csr", e.to_string()))?
+        .map_err(|e| bad("csr", crate::report::chain(&e)))?
     {
         return Err(bad(
             "csr",
@@ -428,9 +431,16 @@ fn check_import(custody: &dyn Custody, req: &ImportJob) -> Result<(), IntakeErro
 }
 
 fn check_recipient(pem_text: &str) -> Result<(), IntakeError> {
+    // The API carries it as text: without a PEM block it is not DER either.
+    if !pem_text.contains("-----BEGIN") {
+        return Err(bad(
+            "recipient",
+            "not a PEM certificate: no -----BEGIN CERTIFICATE----- block",
+        ));
+    }
     let der = pem::certificate_from_pem_or_der(pem_text.as_bytes())
-        .map_err(|e| bad("recipient", e.to_string()))?;
-    cms::check_recipient(&der).map_err(|e| bad("recipient", e.to_string()))?;
+        .map_err(|e| bad("recipient", crate::report::chain(&e)))?;
+    cms::check_recipient(&der).map_err(|e| bad("recipient", crate::report::chain(&e)))?;
     Ok(())
 }
 
@@ -536,6 +546,14 @@ mod tests {
         for (field, req) in cases {
             let e = refused(intake.submit_issue("api", field, &req).await).await;
             assert_eq!(e.field, field, "{e}");
+            // A recipient that is no certificate once said only "recipient certificate".
+            if field == "recipient" {
+                assert!(
+                    e.to_string()
+                        .contains("no -----BEGIN CERTIFICATE----- block"),
+                    "{e}"
+                );
+            }
         }
         let import = ImportJob {
             profile: "smime".into(),

@@ -183,7 +183,8 @@ impl Intake {
                     "serial",
                     format!(
                         "certconn issued no certificate with serial {serial}; to revoke one a CA \
-                         issued outside certconn, name the backend to revoke it at"
+                         issued outside certconn, name the backend to revoke it at (the \
+                         request's `backend`; `certconn submit revoke --backend NAME`)"
                     ),
                 )
                 .into())

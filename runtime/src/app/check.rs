@@ -127,9 +127,14 @@ fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckR
     }
     // The key-encryption key: obtained as `serve` would, against a scratch record.
     if let Err(e) = crate::custody::kek::Kek::obtain(&config.custody.protection, scratch.path()) {
+        // A `Protection` error names the setting itself.
+        let setting = match e {
+            crate::custody::CustodyError::Protection(_) => "",
+            _ => "custody.protection: ",
+        };
         report
             .problems
-            .push(format!("custody.protection: {}", crate::report::chain(&e)));
+            .push(format!("{setting}{}", crate::report::chain(&e)));
     }
     if let Some(p11) = &config.custody.pkcs11 {
         match crate::custody::pkcs11::Token::open(p11) {

@@ -107,16 +107,25 @@ impl Kek {
             match source {
                 KekSource::None => {
                     if record.is_some() {
-                        return Err(corrupt(&record_path, "the key store is encrypted but custody.protection is \"none\"; configure how to obtain its key-encryption key"));
+                        return Err(CustodyError::Protection(format!(
+                            "the key store ({}) is encrypted, but custody.protection is \"none\": \
+                             configure how to obtain its key-encryption key",
+                            dir.display()
+                        )));
                     }
                     return Ok(None);
                 }
                 KekSource::Passphrase { passphrase_env } => {
-                    let passphrase = Zeroizing::new(std::env::var(passphrase_env).map_err(|_| {
-                    corrupt(&record_path, format!("custody.protection is \"passphrase\" but ${passphrase_env} is not set"))
-                })?);
+                    let passphrase =
+                        Zeroizing::new(std::env::var(passphrase_env).map_err(|_| {
+                            CustodyError::Protection(format!(
+                            "custody.protection is \"passphrase\" but ${passphrase_env} is not set"
+                        ))
+                        })?);
                     if passphrase.is_empty() {
-                        return Err(corrupt(&record_path, format!("${passphrase_env} is empty")));
+                        return Err(CustodyError::Protection(format!(
+                            "custody.protection is \"passphrase\" but ${passphrase_env} is empty"
+                        )));
                     }
                     let (salt, iterations) = match &record {
                         Some(r) => (
@@ -141,10 +150,9 @@ impl Kek {
                 }
                 KekSource::Credential { credential } => {
                     let path = crate::secret::systemd_credential(credential).map_err(|why| {
-                        corrupt(
-                            &record_path,
-                            format!("custody.protection is \"credential\": {why}"),
-                        )
+                        CustodyError::Protection(format!(
+                            "custody.protection is \"credential\": {why}"
+                        ))
                     })?;
                     ("credential", Vec::new(), 0, read_secret_file(&path)?)
                 }

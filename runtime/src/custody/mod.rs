@@ -64,6 +64,11 @@ pub enum CustodyError {
     Trail(#[source] crate::journal::JournalError),
     #[error("the keys the fleet shares in the journal")]
     Shared(#[source] crate::journal::JournalError),
+    /// The key-encryption key cannot be had as `custody.protection` says (a variable not set,
+    /// a credential not passed), or the store and the setting disagree: the configuration's
+    /// or the environment's fault, never the files'.
+    #[error("the key store's key-encryption key: {0}")]
+    Protection(String),
     #[error("key file {path} is corrupt: {reason}")]
     Corrupt {
         path: std::path::PathBuf,

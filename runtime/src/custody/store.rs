@@ -278,11 +278,11 @@ impl KeyStore {
                     }
                     })?,
                     (None, true) => {
-                        return Err(CustodyError::Corrupt {
-                            path,
-                            reason: "the key is encrypted but custody.protection is \"none\""
-                                .into(),
-                        })
+                        return Err(CustodyError::Protection(format!(
+                            "{} is encrypted, but custody.protection is \"none\": configure how \
+                             to obtain its key-encryption key",
+                            path.display()
+                        )))
                     }
                     (Some(_), false) => {
                         to_seal.push(name.clone());
@@ -649,10 +649,13 @@ mod tests {
             err.contains("wrong key-encryption key") && err.contains("nothing was changed"),
             "{err}"
         );
-        assert!(KeyStore::open(dir.path(), &CustodyConfig::default())
+        let err = KeyStore::open(dir.path(), &CustodyConfig::default())
             .unwrap_err()
-            .to_string()
-            .contains("custody.protection"));
+            .to_string();
+        assert!(
+            err.contains("custody.protection is \"none\"") && !err.contains("corrupt"),
+            "{err}"
+        );
         // Swapping two key files is detected: each is bound to its name.
         fs::rename(dir.path().join("a.key"), dir.path().join("tmp")).unwrap();
         fs::rename(dir.path().join("b.key"), dir.path().join("a.key")).unwrap();
@@ -678,6 +681,38 @@ mod tests {
         );
         assert_eq!(fs::read(dir.path().join("b.key")).unwrap(), before[1]);
         assert_eq!(fs::read(dir.path().join("kek.json")).unwrap(), before[2]);
+    }
+
+    /// A key-encryption key the configuration cannot give (its variable not set, its systemd
+    /// credential not passed) is said to be that, not a corrupt key file: the files are fine.
+    #[test]
+    fn a_key_encryption_key_that_cannot_be_had_is_not_called_a_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        with_passphrase("correct horse", |p| KeyStore::open(dir.path(), p).unwrap());
+        let unset: CustodyConfig = KekSource::Passphrase {
+            passphrase_env: "CERTCONN_TEST_PASSPHRASE_NEVER_SET".into(),
+        }
+        .into();
+        let err = crate::report::chain(&KeyStore::open(dir.path(), &unset).unwrap_err());
+        assert_eq!(
+            err,
+            "the key store's key-encryption key: custody.protection is \"passphrase\" but \
+             $CERTCONN_TEST_PASSPHRASE_NEVER_SET is not set"
+        );
+        if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+            let credential: CustodyConfig = KekSource::Credential {
+                credential: "kek".into(),
+            }
+            .into();
+            let err = crate::report::chain(&KeyStore::open(dir.path(), &credential).unwrap_err());
+            assert!(
+                err.starts_with(
+                    "the key store's key-encryption key: custody.protection is \"credential\""
+                ) && err.contains("$CREDENTIALS_DIRECTORY is not set")
+                    && !err.contains("corrupt"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -57,6 +57,37 @@ pub enum StampError {
     Ambiguous(usize),
 }
 
+/// Where the version in `binary`'s one slot starts.
+fn stamp_at(binary: &[u8]) -> Result<usize, StampError> {
+    let marker = marker();
+    let at: Vec<usize> = binary
+        .windows(MARKER_LEN)
+        .enumerate()
+        .filter(|(_, w)| *w == marker)
+        .map(|(i, _)| i)
+        .collect();
+    match at.as_slice() {
+        [] => Err(StampError::NoSlot),
+        [one] => Ok(one + MARKER_LEN),
+        many => Err(StampError::Ambiguous(many.len())),
+    }
+}
+
+/// The version stamped into certconn binary `binary`, read from its bytes (it is not run):
+/// `None` for a binary never stamped, which reports the version of the crate it was built
+/// from.
+pub fn stamped(binary: &[u8]) -> Result<Option<String>, StampError> {
+    let start = stamp_at(binary)?;
+    let slot = binary
+        .get(start..start + MAX_STAMP)
+        .ok_or(StampError::NoSlot)?;
+    let end = slot.iter().position(|&b| b == 0).unwrap_or(slot.len());
+    Ok(std::str::from_utf8(&slot[..end])
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned))
+}
+
 /// `binary` with `version` in its slot.
 pub fn stamp(binary: &[u8], version: &str) -> Result<Vec<u8>, StampError> {
     if version.is_empty()
@@ -65,18 +96,7 @@ pub fn stamp(binary: &[u8], version: &str) -> Result<Vec<u8>, StampError> {
     {
         return Err(StampError::Version(version.to_owned()));
     }
-    let marker = marker();
-    let at: Vec<usize> = binary
-        .windows(MARKER_LEN)
-        .enumerate()
-        .filter(|(_, w)| *w == marker)
-        .map(|(i, _)| i)
-        .collect();
-    let start = match at.as_slice() {
-        [] => return Err(StampError::NoSlot),
-        [one] => one + MARKER_LEN,
-        many => return Err(StampError::Ambiguous(many.len())),
-    };
+    let start = stamp_at(binary)?;
     let mut out = binary.to_vec();
     let slot = out
         .get_mut(start..start + MAX_STAMP)
@@ -104,6 +124,15 @@ mod tests {
         assert_eq!(stamped.len(), file.len());
         let at = 4 + MARKER_LEN;
         assert_eq!(&stamped[at..at + 10], b"2.0.0-rc.1");
+        assert_eq!(
+            super::stamped(&stamped).unwrap().as_deref(),
+            Some("2.0.0-rc.1")
+        );
+        assert_eq!(super::stamped(&file).unwrap(), None);
+        assert!(matches!(
+            super::stamped(b"nothing"),
+            Err(StampError::NoSlot)
+        ));
         assert!(matches!(
             stamp(b"nothing", "1.0.0"),
             Err(StampError::NoSlot)

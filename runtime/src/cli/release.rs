@@ -141,6 +141,17 @@ pub async fn run(what: ReleaseCmd) -> anyhow::Result<()> {
                 }),
                 support_days: DEFAULT_SUPPORT_DAYS,
             };
+            let bytes =
+                std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            release.check_file(&file, &bytes).map_err(|why| {
+                anyhow::anyhow!(
+                    "{}: {why}; not added to the feed (every certconn would refuse it as {} {} {})",
+                    file.display(),
+                    release.kind.as_str(),
+                    release.name,
+                    release.version
+                )
+            })?;
             Workspace::new(&dir, PathBuf::new()).add(&release, &file)?;
             println!(
                 "{} {} {} ({}, released {}) added; `certconn release publish` serves it",

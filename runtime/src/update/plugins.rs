@@ -216,16 +216,8 @@ impl Updater {
                 ))
             }
         };
-        if package.manifest.name != plugin || package.manifest.version != *version {
-            return Err(self.refuse(
-                plugin,
-                version,
-                &wanted.sha256,
-                format!(
-                    "the feed lists {plugin} {version}, but the package's manifest says {} {}",
-                    package.manifest.name, package.manifest.version
-                ),
-            ));
+        if let Err(why) = wanted.release.check_manifest(&package.manifest) {
+            return Err(self.refuse(plugin, version, &wanted.sha256, why));
         }
         let previous = running.map(|r| Version {
             version: r.version.clone(),

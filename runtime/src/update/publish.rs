@@ -322,7 +322,9 @@ impl Workspace {
     }
 
     /// Adds a release: copies `file` into `files/` and lists it in `feed.toml`. Nothing is
-    /// served until `publish`.
+    /// served until `publish`. Whether the file is what the release says (a package of that
+    /// plugin and version, a certconn binary) is [`Release::check_file`]'s, which `certconn
+    /// release add` asks first; the tests put in releases it refuses, as an attacker would.
     pub fn add(&self, release: &Release, file: &Path) -> Result<(), PublishError> {
         release.check().map_err(PublishError::Invalid)?;
         let mut feed = self.read_feed()?;

@@ -85,6 +85,48 @@ impl Release {
         }
     }
 
+    /// Whether `file` (its bytes) is what this release says it is, as the daemons that install
+    /// it will check: a plugin package whose manifest names this plugin at this version; a
+    /// certconn binary (ELF) whose stamp, if it has one, is this version. Asked where a release
+    /// is added to a feed, so that a mistake is refused there rather than by every instance.
+    pub fn check_file(&self, file: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+        match self.kind {
+            Kind::Plugin => {
+                let package =
+                    crate::plugins::package::PluginPackage::from_bytes(file, bytes.to_vec())
+                        .map_err(|e| crate::report::chain(&e))?;
+                self.check_manifest(&package.manifest)
+            }
+            Kind::Daemon => {
+                if !bytes.starts_with(b"\x7fELF") {
+                    return Err("not a certconn binary: not an ELF executable".into());
+                }
+                match crate::version::stamped(bytes).map_err(|e| e.to_string())? {
+                    Some(stamped) if stamped != self.version => Err(format!(
+                        "the binary is stamped {stamped}, not {} (`certconn release stamp` \
+                         makes a copy that reports {})",
+                        self.version, self.version
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Whether a plugin package's manifest is this release's plugin and version.
+    pub fn check_manifest(
+        &self,
+        manifest: &crate::plugins::manifest::Manifest,
+    ) -> Result<(), String> {
+        if manifest.name == self.name && manifest.version == self.version {
+            return Ok(());
+        }
+        Err(format!(
+            "the feed lists {} {}, but the package's manifest says {} {}",
+            self.name, self.version, manifest.name, manifest.version
+        ))
+    }
+
     /// Names, versions, channels and dates a feed may carry; the reason otherwise.
     pub fn check(&self) -> Result<(), String> {
         let word = |what: &str, v: &str| {

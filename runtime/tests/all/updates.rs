@@ -315,7 +315,21 @@ async fn an_endless_download_is_cut_off() {
 async fn a_plugin_publisher_cannot_ship_a_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let (feed, daemon) = attacked(dir.path(), &[]).await;
-    feed.add(
+    // `certconn release add` refuses a plugin package as a daemon release; an attacker does not
+    // ask it.
+    let refused = std::process::Command::new(binary())
+        .args(["release", "add"])
+        .arg(&feed.dir)
+        .args(["--kind", "daemon", "--version", "9.9.9"])
+        .arg(local_ca(dir.path(), "0.2.0"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("not a certconn binary"),
+        "{err}"
+    );
+    feed.add_unchecked(
         "daemon",
         "certconn",
         "9.9.9",
@@ -701,6 +715,77 @@ fn install_dir(dir: &Path) -> PathBuf {
 }
 
 /// This build, stamped to report `version`.
+/// `certconn release add` refuses a file that is not the release it names, as every certconn
+/// would refuse it later, and leaves the feed as it was: a package whose manifest names another
+/// version or plugin, a file that is no plugin package, a binary stamped with another version,
+/// a file that is no certconn binary.
+#[tokio::test(flavor = "multi_thread")]
+async fn release_add_refuses_a_file_that_is_not_the_release_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = Feed::new(dir.path(), &[]).await;
+    let listed = || std::fs::read_to_string(feed.dir.join("feed.toml")).unwrap_or_default();
+    let before = listed();
+    let passwd = Path::new("/etc/passwd");
+    let local_ca_2 = local_ca(dir.path(), "0.2.0");
+    let stamped_2 = stamped(dir.path(), "0.2.0");
+    for (kind, name, version, file, why) in [
+        (
+            "plugin",
+            "local-ca",
+            "1.0.0",
+            local_ca_2.as_path(),
+            "the feed lists local-ca 1.0.0, but the package's manifest says local-ca 0.2.0",
+        ),
+        (
+            "plugin",
+            "scep",
+            "0.2.0",
+            local_ca_2.as_path(),
+            "the feed lists scep 0.2.0, but the package's manifest says local-ca 0.2.0",
+        ),
+        (
+            "plugin",
+            "local-ca",
+            "0.3.0",
+            passwd,
+            "not a WebAssembly file",
+        ),
+        (
+            "daemon",
+            "certconn",
+            "0.3.0",
+            stamped_2.as_path(),
+            "the binary is stamped 0.2.0, not 0.3.0",
+        ),
+        (
+            "daemon",
+            "certconn",
+            "0.3.0",
+            passwd,
+            "not a certconn binary",
+        ),
+    ] {
+        let out = std::process::Command::new(binary())
+            .args(["release", "add"])
+            .arg(&feed.dir)
+            .args(["--kind", kind, "--name", name, "--version", version])
+            .arg(file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why) && err.contains("not added to the feed"),
+            "{kind} {name} {version} from {}: {err}",
+            file.display()
+        );
+    }
+    assert_eq!(listed(), before, "a refused release was listed");
+    // What the release says it is goes in.
+    feed.add("plugin", "local-ca", "0.2.0", "2026-02-01", &local_ca_2);
+    feed.add("daemon", "certconn", "0.2.0", "2026-02-01", &stamped_2);
+    assert!(listed().contains("0.2.0"));
+}
+
 fn stamped(dir: &Path, version: &str) -> PathBuf {
     let out = dir.join(format!("certconn-{version}"));
     ok(std::process::Command::new(binary())
@@ -949,7 +1034,8 @@ async fn a_daemon_that_cannot_become_healthy_is_rolled_back() {
     std::fs::write(&config, config_text(&data, &plugins(), &section)).unwrap();
     let daemon = Launched::start(&install, &config, &data, &dir.path().join("daemon.log"));
     daemon.wait_version("0.1.0", Duration::from_secs(60)).await;
-    feed.add("daemon", "certconn", "0.3.0", "2026-02-01", &broken);
+    // A script, not a certconn binary: `certconn release add` would refuse it.
+    feed.add_unchecked("daemon", "certconn", "0.3.0", "2026-02-01", &broken);
     feed.publish();
     let state = wait_for(Duration::from_secs(60), "the rollback", || async {
         let s = install_state(&install);

@@ -95,8 +95,10 @@ pub(super) fn parse_reason(s: &str) -> Result<RevocationReason, String> {
 pub enum Jobs {
     /// List jobs, newest first.
     List {
-        /// Only jobs in this state: queued, running, pending, succeeded, failed or dead.
-        #[arg(long)]
+        /// Only jobs in this state.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(
+            certconn::journal::JobState::ALL.map(certconn::journal::JobState::as_str)
+        ))]
         state: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]

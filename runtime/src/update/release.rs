@@ -92,9 +92,13 @@ impl Release {
     pub fn check_file(&self, file: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
         match self.kind {
             Kind::Plugin => {
+                // The caller names the file: the reason alone, not "plugin \"FILE\": …" again.
                 let package =
                     crate::plugins::package::PluginPackage::from_bytes(file, bytes.to_vec())
-                        .map_err(|e| crate::report::chain(&e))?;
+                        .map_err(|e| match e {
+                            crate::plugins::PluginError::Invalid { reason, .. } => reason,
+                            other => crate::report::chain(&other),
+                        })?;
                 self.check_manifest(&package.manifest)
             }
             Kind::Daemon => {

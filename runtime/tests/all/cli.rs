@@ -246,21 +246,24 @@ fn an_out_that_cannot_be_written_loses_no_pfx() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_default(dir.path());
     let jobs = || ok(daemon.cli(&["jobs", "list", "--json"]));
-    let before = jobs();
-    for (out, why) in [
-        (dir.path().join("missing/a.pfx"), "cannot create files in"),
-        (dir.path().to_path_buf(), "a directory, not a file"),
-    ] {
-        let refused = daemon.cli(&[
+    let issue_to = |subject: &str, out: &std::path::Path| {
+        daemon.cli(&[
             "submit",
             "issue",
             "--profile",
             "smime",
             "--subject",
-            "CN=nowhere",
+            subject,
             "--out",
             out.to_str().unwrap(),
-        ]);
+        ])
+    };
+    let before = jobs();
+    for (out, why) in [
+        (dir.path().join("missing/a.pfx"), "cannot create files in"),
+        (dir.path().to_path_buf(), "a directory, not a file"),
+    ] {
+        let refused = issue_to("CN=nowhere", &out);
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(
             !refused.status.success()
@@ -275,16 +278,7 @@ fn an_out_that_cannot_be_written_loses_no_pfx() {
     // A link into a directory that is not there passes the check and fails at the write.
     let link = dir.path().join("link.pfx");
     std::os::unix::fs::symlink(dir.path().join("gone/a.pfx"), &link).unwrap();
-    let failed = daemon.cli(&[
-        "submit",
-        "issue",
-        "--profile",
-        "smime",
-        "--subject",
-        "CN=fetched again",
-        "--out",
-        link.to_str().unwrap(),
-    ]);
+    let failed = issue_to("CN=fetched again", &link);
     let stdout = String::from_utf8_lossy(&failed.stdout);
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success(), "{stdout}{stderr}");

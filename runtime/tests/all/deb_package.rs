@@ -137,12 +137,13 @@ fn start_as_the_unit_runs() -> Running {
     // A daemon killed earlier in the test left its address behind.
     let _ = std::fs::remove_file(API_ADDR);
     let mut daemon = Running::spawn(&mut as_the_unit_runs("ExecStart"));
-    let start = Instant::now();
-    while !Path::new(API_ADDR).exists() {
-        still_serving(&mut daemon, "while it started");
-        assert!(start.elapsed() < Duration::from_secs(60), "no api.addr");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon.wait_until("its API address written", Duration::from_secs(60), |d| {
+        if Path::new(API_ADDR).exists() {
+            return Ok(());
+        }
+        still_serving(d, "while it started");
+        Err(format!("no {API_ADDR}"))
+    });
     daemon
 }
 
@@ -203,17 +204,33 @@ impl Running {
     /// Its exit status, once it has exited; panics, with `what` and its log, if it has not
     /// within a minute.
     fn exit_status(&mut self, what: &str) -> std::process::ExitStatus {
+        self.wait_until(what, Duration::from_secs(60), |d| {
+            d.child
+                .try_wait()
+                .unwrap()
+                .ok_or_else(|| "still running".into())
+        })
+    }
+
+    /// Asks `ready` until it answers `Ok`; after `within`, panics with `what`, its last
+    /// answer and the log. `ready` checks that the daemon still serves where it should.
+    fn wait_until<T>(
+        &mut self,
+        what: &str,
+        within: Duration,
+        mut ready: impl FnMut(&mut Self) -> Result<T, String>,
+    ) -> T {
         let start = Instant::now();
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
+            match ready(self) {
+                Ok(value) => return value,
+                Err(last) => assert!(
+                    start.elapsed() < within,
+                    "{what}: not within {within:?} (last: {last}); the log:\n{}",
+                    self.log()
+                ),
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{what} within 60 s; the log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
@@ -370,21 +387,16 @@ fn install_start_issue_and_purge() {
     assert!(ok, "certconn status as certconn, no --config: {out}");
     // The fleet listing names the machine (the unit hides /proc/sys, where it was once read).
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-    let start = Instant::now();
-    let listed = loop {
+    let listed = daemon.wait_until("an instance listed", Duration::from_secs(30), |d| {
         let (ok, out) = sh(&mut installed(&["fleet", "list", "--json"]));
         assert!(ok, "fleet: {out}");
         let fleet: serde_json::Value = serde_json::from_str(&out).unwrap();
         if let Some(first) = fleet["instances"].as_array().and_then(|i| i.first()) {
-            break first["host"].clone();
+            return Ok(first["host"].clone());
         }
-        still_serving(&mut daemon, "before its first heartbeat");
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no instance in {out}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        still_serving(d, "before its first heartbeat");
+        Err(out)
+    });
     assert_eq!(listed, host.trim(), "the fleet listing's host");
     drop(daemon);
     for (pfx, password) in issued {
@@ -508,16 +520,15 @@ fn the_launcher_updates_the_daemon_under_the_unit() {
     let _ = std::fs::remove_file(API_ADDR);
     let mut launched = Running::spawn(&mut as_the_unit_runs("ExecStart"));
     let wait_version = |launched: &mut Running, version: &str| {
-        let start = Instant::now();
-        while serving_version().as_deref() != Some(version) {
-            still_serving(launched, &format!("before certconn {version} served"));
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "certconn {version} did not serve within 120 s; the log:\n{}",
-                launched.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let what = format!("certconn {version} serving");
+        launched.wait_until(&what, Duration::from_secs(120), |d| {
+            let serving = serving_version();
+            if serving.as_deref() == Some(version) {
+                return Ok(());
+            }
+            still_serving(d, &format!("before certconn {version} served"));
+            Err(format!("serving {serving:?}"))
+        })
     };
     wait_version(&mut launched, "0.1.0");
 
@@ -531,23 +542,17 @@ fn the_launcher_updates_the_daemon_under_the_unit() {
     feed.add("daemon", "certconn", "0.2.0", "2026-02-01", &stamped);
     feed.publish();
     wait_version(&mut launched, "0.2.0");
-    let start = Instant::now();
-    let state = loop {
+    let state = launched.wait_until("the trial's end", Duration::from_secs(60), |d| {
         let state: serde_json::Value = serde_json::from_slice(
             &std::fs::read(Path::new(INSTALL).join("install.json")).unwrap(),
         )
         .unwrap();
         if state["trial"].is_null() {
-            break state;
+            return Ok(state);
         }
-        still_serving(&mut launched, "while the new version was on trial");
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the trial never ended: {state}; the log:\n{}",
-            launched.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        still_serving(d, "while the new version was on trial");
+        Err(state.to_string())
+    });
     assert_eq!(state["current"], "0.2.0", "{state}");
     assert_eq!(state["previous"], "0.1.0", "{state}");
 
@@ -653,19 +658,14 @@ fn a_plugin_updates_hot_under_the_unit() {
         status["plugins"]["local-ca"].clone()
     };
     let wait_for = |daemon: &mut Running, what: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
-        let start = Instant::now();
-        loop {
-            let line = update_status(daemon);
+        daemon.wait_until(what, Duration::from_secs(60), |d| {
+            let line = update_status(d);
             if done(&line) {
-                return line;
+                Ok(line)
+            } else {
+                Err(line.to_string())
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{what} within 60 s: {line}; the log:\n{}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })
     };
     wait_for(&mut daemon, "the feed read, 0.1.0 current", &|line| {
         line["current"]["version"] == "0.1.0"

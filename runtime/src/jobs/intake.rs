@@ -39,6 +39,11 @@ pub enum SubmitError {
          it again (certconn pfx import …) with the password to use now"
     )]
     Erased { id: String },
+    /// A revocation of a serial the ledger does not hold, naming no backend. Each source says
+    /// what its requester can do about it: an API caller can name the backend, an upstream
+    /// service or Intune cannot.
+    #[error("certconn issued no certificate with serial {serial}")]
+    NotIssued { serial: String },
 }
 
 /// Validates requests and journals them: the one door into the job queue.
@@ -178,17 +183,7 @@ impl Intake {
                 vec![req.backend.clone().unwrap_or(entry.backend)]
             }
             (None, Some(b)) => vec![b.clone()],
-            (None, None) => {
-                return Err(bad(
-                    "serial",
-                    format!(
-                        "certconn issued no certificate with serial {serial}; to revoke one a CA \
-                         issued outside certconn, name the backend to revoke it at (the \
-                         request's `backend`; `certconn submit revoke --backend NAME`)"
-                    ),
-                )
-                .into())
-            }
+            (None, None) => return Err(SubmitError::NotIssued { serial }),
         };
         self.journal(source, idempotency_key, JobKind::Revoke, req, &route)
             .await
@@ -598,12 +593,10 @@ mod tests {
             serial: "0b".into(),
             ..revoke
         };
-        let e = refused(intake.submit_revoke("api", "r", &never_issued).await).await;
-        assert_eq!(e.field, "serial");
-        assert!(
-            e.message.contains("issued no certificate with serial 0b"),
-            "{e}"
-        );
+        match intake.submit_revoke("api", "r", &never_issued).await {
+            Err(SubmitError::NotIssued { serial }) => assert_eq!(serial, "0b"),
+            other => panic!("a serial never issued was not refused as such: {other:?}"),
+        }
         assert!(
             journal.list(None, 100).await.unwrap().jobs.is_empty(),
             "something was stored"

@@ -293,7 +293,8 @@ fn a_revocation_reaches_the_crl_and_the_ocsp_responder_that_openssl_reads() {
     let never = daemon.cli(&["submit", "revoke", "--serial", "0badc0de"]);
     assert!(!never.status.success());
     assert!(
-        both(&never).contains("issued no certificate with serial 0badc0de"),
+        both(&never).contains("issued no certificate with serial 0badc0de")
+            && both(&never).contains("--backend NAME"),
         "{}",
         both(&never)
     );

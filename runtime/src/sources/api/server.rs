@@ -168,6 +168,15 @@ impl From<SubmitError> for ApiError {
                 field: Some(i.field),
             },
             SubmitError::Journal(j) => j.into(),
+            e @ SubmitError::NotIssued { .. } => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: format!(
+                    "{e}; to revoke one a CA issued outside certconn, name the backend to \
+                     revoke it at (the request's `backend`; `certconn submit revoke --backend \
+                     NAME`)"
+                ),
+                field: Some("serial"),
+            },
             e @ (SubmitError::Erased { .. } | SubmitError::AlreadyRevoked { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, e.to_string())
             }

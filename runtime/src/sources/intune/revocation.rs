@@ -178,11 +178,7 @@ impl RevocationPoller {
                 Err(e) => {
                     let code = match &e {
                         SubmitError::AlreadyRevoked { .. } => code::CONFLICT,
-                        SubmitError::Invalid(i)
-                            if i.to_string().contains("issued no certificate") =>
-                        {
-                            code::NOT_FOUND
-                        }
+                        SubmitError::NotIssued { .. } => code::NOT_FOUND,
                         SubmitError::Invalid(_) => code::PARAMETER_INVALID,
                         _ => code::NON_RETRYABLE,
                     };

@@ -171,6 +171,16 @@ impl Upstream {
                 self.answer(&item.id, done).await;
                 Ok(())
             }
+            // The service cannot name a backend; the connector's administrator can.
+            Err(e @ SubmitError::NotIssued { .. }) => {
+                let reason = format!(
+                    "{e} (one a CA issued before or outside certconn is revoked by this \
+                     connector's administrator, naming the backend: `certconn submit revoke \
+                     --serial SERIAL --backend NAME`)"
+                );
+                self.refuse(&item.id, reason).await;
+                Ok(())
+            }
             Err(e) => {
                 self.refuse(&item.id, crate::report::chain(&e)).await;
                 Ok(())

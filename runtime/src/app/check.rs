@@ -125,6 +125,16 @@ fn check_files(config: &Config, scratch: &tempfile::TempDir, report: &mut CheckR
             }
         }
     }
+    // The SCEP server's CA key, as declared (serve looks at the key itself).
+    if let Some(sc) = &config.scep {
+        if let Some(key) = config.keys.get(sc.ca_key.get_ref()) {
+            if !key.algorithm.is_rsa() {
+                report
+                    .warnings
+                    .push(sc.ca_key_not_rsa(&key.algorithm.to_string()));
+            }
+        }
+    }
     // The key-encryption key: obtained as `serve` would, against a scratch record.
     if let Err(e) = crate::custody::kek::Kek::obtain(&config.custody.protection, scratch.path()) {
         // A `Protection` error names the setting itself.

@@ -45,6 +45,14 @@ impl std::str::FromStr for KeyAlgorithm {
     }
 }
 
+impl KeyAlgorithm {
+    /// RSA of any size: what can decrypt (an SCEP RA or CA that clients encrypt to, a PFX
+    /// password key), where EC can only sign.
+    pub fn is_rsa(self) -> bool {
+        matches!(self, Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096)
+    }
+}
+
 impl std::fmt::Display for KeyAlgorithm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

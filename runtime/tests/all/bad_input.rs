@@ -437,5 +437,19 @@ fn check_config_finds_what_serve_would_meet_and_writes_nothing() {
         ),
         "{stderr}"
     );
+    // An SCEP server whose CA key is EC is a warning: clients that encrypt to every
+    // certificate GetCACert returns cannot encrypt to it (micromdm's scepclient panics).
+    let out = check(&config_text(
+        &data,
+        &plugins(),
+        "[scep]\nprofile = \"smime\"\nca_key = \"local-ca\"",
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: scep.ca_key \"local-ca\" is an ec-p256 key")
+            && stderr.contains("encrypt their request to every certificate"),
+        "{stderr}"
+    );
     assert!(!data.exists(), "check-config created the data directory");
 }

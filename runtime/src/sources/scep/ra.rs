@@ -124,6 +124,10 @@ impl Ra {
         if ca.chain.is_empty() {
             return Err(RaError::NoCaCertificate(ca_key.clone()));
         }
+        let kind = ca.key.kind();
+        if !matches!(kind, certconn_x509::key::PublicKeyKind::Rsa { .. }) {
+            tracing::warn!(event_id = 4406, "{}", sc.ca_key_not_rsa(&kind.describe()));
+        }
         let ra_keys = RaKeys::open(sc, keys, ca.clone(), now)?;
         let mut validators: Vec<Box<dyn ChallengeValidator>> = Vec::new();
         if let Some(s) = static_challenge(sc)? {

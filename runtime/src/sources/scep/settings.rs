@@ -111,6 +111,22 @@ fn default_scep_wait() -> u32 {
 }
 
 impl ScepConfig {
+    /// What `serve` and `check-config` say when the CA key GetCACert publishes is not RSA
+    /// (`algorithm` names what it is). Not refused: clients that seal their request for the
+    /// RA certificate alone enrol; those that seal it for every certificate GetCACert returns
+    /// cannot encrypt to an EC key and fail on the client side, where the server never hears
+    /// of it.
+    pub fn ca_key_not_rsa(&self, algorithm: &str) -> String {
+        format!(
+            "scep.ca_key {:?} is an {algorithm} key: GetCACert returns its certificate beside the \
+             RA's, and SCEP clients that encrypt their request to every certificate there cannot \
+             encrypt to it and fail (micromdm's scepclient stops with a panic); clients that \
+             seal for the RA certificate alone enrol. An RSA CA key serves every client \
+             (docs/scep.md)",
+            self.ca_key.get_ref()
+        )
+    }
+
     /// Checks what can be checked of the section on its own.
     pub fn check(&self, cx: &Checker<'_>) -> Result<(), ConfigError> {
         if let Err(e) = crate::pki::dn::parse(self.ra_subject.get_ref()) {

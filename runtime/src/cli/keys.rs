@@ -1,5 +1,6 @@
 //! `certconn keys`: administer the key store offline. These commands take the data directory's
-//! lock, so they refuse to run while the daemon owns it (the daemon holds keys in memory).
+//! lock, so they refuse to run while the daemon owns it (the daemon holds keys in memory); only
+//! `export-public`, which changes nothing, asks the running daemon instead.
 
 use std::path::PathBuf;
 
@@ -95,9 +96,22 @@ pub enum Keys {
     },
 }
 
-pub fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()> {
+pub async fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    let _lock = datadir::lock(&config.data_dir)?;
+    let _lock = match (datadir::lock(&config.data_dir), &what) {
+        // A public half is no secret and changes nothing: while the daemon owns the key store,
+        // it answers (`GET /v1/keys/NAME`), so that an administrator need not stop it to read one.
+        (Err(datadir::DataDirError::Locked { .. }), Keys::ExportPublic { name }) => {
+            let spki = super::pfx::public_key(config_path, name, None)
+                .await
+                .context(
+                    "the data directory is in use (the daemon runs), so the daemon was asked",
+                )?;
+            print!("{}", pem::encode("PUBLIC KEY", &spki));
+            return Ok(());
+        }
+        (lock, _) => lock?,
+    };
     super::keep_keys_out_of_cores(Some(&config.custody))?;
     let store = KeyStore::open(&config.keys_dir(), &config.custody)?;
     match what {

@@ -250,7 +250,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Plugins { what } => plugins::run(&config, what).await,
             Command::Scep { what } => client_cmds::scep(&config, what).await,
             Command::Certs { what } => certs::certs(&config, what).await,
-            Command::Keys { what } => keys::run(&config, what),
+            Command::Keys { what } => keys::run(&config, what).await,
             Command::Upstream { what } => upstream::run(&config, what).await,
             Command::Fleet { what } => fleet::run(&config, what).await,
             Command::Update { what } => update::run(&config, what).await,

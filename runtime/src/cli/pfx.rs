@@ -133,7 +133,7 @@ pub(super) fn password_from_env(var: &str, instead: &str) -> anyhow::Result<Zero
 }
 
 /// The public key of custody key `name`, from a PEM file or the daemon.
-async fn public_key(
+pub(super) async fn public_key(
     config_path: &Path,
     name: &str,
     file: Option<&Path>,
@@ -143,7 +143,17 @@ async fn public_key(
         None => {
             let api = client(config_path)?;
             let answer = api
-                .call(Method::GET, &format!("/v1/keys/{name}"), None)
+                .call(
+                    Method::GET,
+                    &format!(
+                        "/v1/keys/{}",
+                        percent_encoding::utf8_percent_encode(
+                            name,
+                            percent_encoding::NON_ALPHANUMERIC
+                        )
+                    ),
+                    None,
+                )
                 .await
                 .with_context(|| format!("asking the daemon for key {name:?}"))?;
             answer["public_key_pem"]

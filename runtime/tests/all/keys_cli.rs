@@ -146,7 +146,8 @@ fn keys_are_administered_offline_and_never_while_the_daemon_runs() {
     ok(keys(&config, &["delete", "signer", "--yes"]));
     assert!(!ok(keys(&config, &["list"])).contains("signer"));
 
-    // While the daemon owns the data directory, keys commands refuse.
+    // While the daemon owns the data directory, keys commands refuse, except export-public,
+    // which the daemon answers: the same public half as offline.
     let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
     let out = keys(&config, &["list"]);
     assert!(
@@ -155,7 +156,16 @@ fn keys_are_administered_offline_and_never_while_the_daemon_runs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let answered = ok(keys(&config, &["export-public", "local-ca"]));
+    let out = keys(&config, &["export-public", "nosuch"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("key \"nosuch\" does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(daemon);
+    assert_eq!(ok(keys(&config, &["export-public", "local-ca"])), answered);
 }
 
 /// A CA key carried to a second instance in a bundle: both hold the same key and certificate,

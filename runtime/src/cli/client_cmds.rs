@@ -258,26 +258,34 @@ async fn submit_and_wait(
     Ok(Some((id, result)))
 }
 
-/// Polls until the job ends; returns its result, or an error with the job's reason.
+/// Polls until the job ends; returns its result, or an error with the job's reason. While it
+/// waits, each new reason the job records for not being done yet (a drained backend, a retry
+/// after a CA's refusal) is said on stderr as it appears, not only at the timeout.
 async fn wait_for_result(api: &ApiClient, id: &str, timeout: Duration) -> anyhow::Result<Value> {
     let start = Instant::now();
     let mut delay = Duration::from_millis(20);
+    let mut said: Option<String> = None;
     loop {
         let job = api
             .call(Method::GET, &format!("/v1/jobs/{id}"), None)
             .await?;
-        match job["state"].as_str().unwrap_or("") {
+        let state = job["state"].as_str().unwrap_or("?");
+        let reason = job["last_error"].as_str();
+        match state {
             "succeeded" => return Ok(api.call(Method::GET, &format!("/v1/jobs/{id}/result"), None).await?),
             "failed" | "dead" => bail!(
-                "job {id} {}: {}",
-                job["state"].as_str().unwrap_or(""),
-                job["last_error"].as_str().unwrap_or("no reason recorded")
+                "job {id} {state}: {}",
+                reason.unwrap_or("no reason recorded")
             ),
             _ if start.elapsed() > timeout => bail!(
-                "job {id} is still {} after {timeout:?}; it keeps running — see `certconn jobs show {id}`",
-                job["state"].as_str().unwrap_or("?")
+                "job {id} is still {state} after {timeout:?}{}; it keeps running — see `certconn jobs show {id}`",
+                reason.map(|r| format!(" ({r})")).unwrap_or_default()
             ),
             _ => {
+                if let Some(r) = reason.filter(|r| said.as_deref() != Some(*r)) {
+                    eprintln!("job {id}: {state}: {r}");
+                    said = Some(r.to_owned());
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_millis(500));
             }

@@ -153,9 +153,21 @@ async fn an_interrupted_submit_names_its_job_and_jobs_result_fetches_it_later() 
         first.contains("accepted; waiting for the result"),
         "{first}"
     );
+    // While it waits, it says why the job is not done yet, as soon as the job records it.
+    let mut errors = std::io::BufReader::new(submit.stderr.take().unwrap());
+    let mut why = String::new();
+    errors.read_line(&mut why).unwrap();
+    assert_eq!(
+        why.trim_end(),
+        format!(
+            "job {id}: queued: waiting for a backend: backend \"example\" is drained (certconn \
+             plugins undrain example)"
+        )
+    );
     daemon.kill9();
     let out = submit.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut errors, &mut stderr).unwrap();
     assert!(!out.status.success());
     assert!(
         stderr.contains(&format!("certconn jobs result {id} --out FILE")),

@@ -28,8 +28,14 @@ use crate::custody::KeyStore;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
-    #[error("no backend runs a plugin named {plugin:?} (configured plugins: {known})")]
-    UnknownPlugin { plugin: String, known: String },
+    #[error("no backend runs a plugin named {plugin:?} (configured plugins: {known}){hint}")]
+    UnknownPlugin {
+        plugin: String,
+        known: String,
+        /// When the name is a backend's: which plugin it runs, and that `drain` acts on one
+        /// backend.
+        hint: String,
+    },
     #[error("no backend named {backend:?} (configured backends: {known})")]
     UnknownBackend { backend: String, known: String },
     #[error("plugin {0:?} is unloaded; `certconn plugins load {0}` loads it again")]
@@ -344,7 +350,20 @@ impl Registry {
     }
 
     fn unknown_plugin(&self, plugin: &str) -> RegistryError {
+        let hint = self
+            .instances()
+            .iter()
+            .find(|i| i.name == plugin)
+            .map(|i| {
+                format!(
+                    "; {plugin:?} is a backend, and the plugin it runs is {:?} (to stop or \
+                     start one backend alone: `certconn plugins drain|undrain {plugin}`)",
+                    i.plugin
+                )
+            })
+            .unwrap_or_default();
         RegistryError::UnknownPlugin {
+            hint,
             plugin: plugin.to_owned(),
             known: self
                 .plugin_names()

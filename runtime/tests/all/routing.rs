@@ -205,6 +205,18 @@ backend = "forest-b"
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The plugin commands take a plugin's name; a backend's name is told apart from a typo.
+    let out = daemon.cli(&["plugins", "unload", "local"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains(
+                "\"local\" is a backend, and the plugin it runs is \"local-ca\" (to stop or \
+                 start one backend alone: `certconn plugins drain|undrain local`)"
+            ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(backend_status(&api, "local").await["state"], "drained");
     ok(daemon.cli(&["plugins", "undrain", "local"]));
     assert_eq!(backend_status(&api, "local").await["state"], "serving");
     assert_eq!(served_by("smime", "after").await, "local");

@@ -213,6 +213,18 @@ pub async fn run(config_path: &Path, what: Pfx) -> anyhow::Result<()> {
         } => {
             let password = password.read()?;
             let recipient_pem = read_text(&recipient, "recipient certificate")?;
+            // Where the sealed passwords go is made and checked before anything is submitted: a
+            // write that failed halfway would end the run's waiting and its summary.
+            if let Some(dir) = &out_dir {
+                std::fs::create_dir_all(dir)
+                    .and_then(|()| certconn::files::check_writable_dir(dir))
+                    .with_context(|| {
+                        format!(
+                            "--out-dir {}: this process cannot write there; nothing was submitted",
+                            dir.display()
+                        )
+                    })?;
+            }
             let config = super::certconn_config(config_path)?;
             let api = super::api_client(&config)?;
             // The password takes part in a file's identity, keyed by the API token so that the
@@ -381,8 +393,6 @@ impl Import<'_> {
                                 .file_name()
                                 .map(|n| n.to_string_lossy().into_owned())
                                 .unwrap_or_else(|| id.clone());
-                            std::fs::create_dir_all(dir)
-                                .with_context(|| format!("creating {}", dir.display()))?;
                             write_private(
                                 &dir.join(format!("{name}.password.cms")),
                                 &base64::engine::general_purpose::STANDARD

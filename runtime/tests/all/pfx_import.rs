@@ -369,6 +369,23 @@ async fn imported_pfx_files_are_checked_by_policy_and_delivered_sealed_for_the_d
         "--out-dir",
         out_dir.to_str().unwrap(),
     ]);
+    // An --out-dir that cannot be made (under a regular file) is refused before any job.
+    let blocked = dir.path().join("a-file");
+    std::fs::write(&blocked, "").unwrap();
+    let mut refused_args = args.clone();
+    let under_file = blocked.join("sealed");
+    *refused_args.last_mut().unwrap() = under_file.to_str().unwrap();
+    let (succeeded, output) = pfx_import(&daemon, PASSWORD, &refused_args);
+    assert!(
+        !succeeded
+            && output.contains(&format!(
+                "--out-dir {}: this process cannot write there; nothing was submitted",
+                under_file.display()
+            )),
+        "{output}"
+    );
+    let listed = ok(daemon.cli(&["jobs", "list"]));
+    assert_eq!(listed.lines().count(), 1, "a job was made:\n{listed}");
     let (ok, output) = pfx_import(&daemon, PASSWORD, &args);
     assert!(!ok, "refusals must fail the command:\n{output}");
     assert!(

@@ -436,4 +436,157 @@ mod tests {
         walk(&super::Cli::command(), "certconn", &mut missing);
         assert!(missing.is_empty(), "no help for: {missing:#?}");
     }
+
+    /// Every `certconn …` command the documents show (the READMEs, `docs/`, the examples'
+    /// comments) names commands and options this binary has: a renamed command or option must
+    /// not leave the runbook telling an administrator to type one that is refused.
+    #[test]
+    fn the_documents_name_only_commands_and_options_that_exist() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the runtime crate sits in the repository");
+        let mut files = vec![root.join("README.md"), root.join("sdk/README.md")];
+        collect(&root.join("docs"), "md", &mut files);
+        collect(&root.join("examples"), "toml", &mut files);
+        let mut cli = super::Cli::command();
+        cli.build();
+        let (mut checked, mut wrong) = (0, Vec::new());
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            let toml = file.extension().is_some_and(|e| e == "toml");
+            for (line, snippet, strict) in snippets(&text, toml) {
+                for (command, first) in commands_in(&snippet) {
+                    checked += 1;
+                    if let Err(why) = check(&cli, &command, strict && first) {
+                        wrong.push(format!("{}:{line}: {why}: {snippet}", file.display()));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        assert!(
+            checked > 100,
+            "only {checked} commands found in the documents"
+        );
+    }
+
+    fn collect(dir: &std::path::Path, ext: &str, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                collect(&path, ext, files);
+            } else if path.extension().is_some_and(|e| e == ext) {
+                files.push(path);
+            }
+        }
+    }
+
+    /// Where commands are written: lines of fenced blocks and inline code spans (`strict`:
+    /// what follows `certconn` there must be a command), and in TOML, comment lines (prose as
+    /// often as commands).
+    fn snippets(text: &str, toml: bool) -> Vec<(usize, String, bool)> {
+        let mut out = Vec::new();
+        let mut fenced = false;
+        for (i, line) in text.lines().enumerate() {
+            if toml {
+                if line.trim_start().starts_with('#') {
+                    out.push((i + 1, line.to_owned(), false));
+                }
+            } else if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+            } else if fenced {
+                out.push((i + 1, line.to_owned(), true));
+            } else {
+                out.extend(
+                    line.split('`')
+                        .skip(1)
+                        .step_by(2)
+                        .map(|s| (i + 1, s.to_owned(), true)),
+                );
+            }
+        }
+        out
+    }
+
+    /// The words after each `certconn` that may begin a command, up to where the shell would
+    /// end it, and whether it begins the snippet (then it must be a command: `strict`).
+    fn commands_in(snippet: &str) -> Vec<(Vec<String>, bool)> {
+        let text = snippet.trim_start().trim_start_matches("$ ");
+        let mut out = Vec::new();
+        let mut rest = text;
+        let mut previous_word = "";
+        while let Some(at) = rest.find("certconn ") {
+            let before = &rest[..at];
+            let begins = before
+                .chars()
+                .last()
+                .is_none_or(|c| c.is_whitespace() || c == '/' || c == '(');
+            // `sudo -u certconn`, `cargo build -p certconn`: an option's value, not a command.
+            previous_word = before
+                .split_whitespace()
+                .last()
+                .map_or(previous_word, |w| w);
+            let value = previous_word.starts_with('-');
+            let first = std::ptr::eq(rest, text) && at == 0;
+            rest = &rest[at + "certconn ".len()..];
+            if begins && !value {
+                let words = rest
+                    .split_whitespace()
+                    // A word ending in ':' is a program's output ("certconn plugin
+                    // conformance: …"), not a command.
+                    .take_while(|w| {
+                        !w.starts_with(['|', ';', '&', '>', '#', '<']) && !w.ends_with(':')
+                    })
+                    .map(str::to_owned)
+                    .collect();
+                out.push((words, first));
+            }
+            previous_word = "certconn";
+        }
+        out
+    }
+
+    /// The subcommand path must exist; after a command with subcommands, the next word must be
+    /// one; every `--option` must be one of the command's (globals included). Not `strict`, a
+    /// first word that is no command is prose ("certconn issues …").
+    fn check(cli: &clap::Command, words: &[String], strict: bool) -> Result<(), String> {
+        let mut cmd = cli;
+        let mut words = words.iter().peekable();
+        let mut path = 0;
+        while let Some(sub) = words.peek().and_then(|w| cmd.find_subcommand(w.as_str())) {
+            cmd = sub;
+            words.next();
+            path += 1;
+        }
+        if path == 0 && !strict {
+            return Ok(());
+        }
+        if cmd.has_subcommands() {
+            if let Some(w) = words.peek() {
+                let placeholder = w.starts_with('-')
+                    || w.chars().all(|c| !c.is_ascii_lowercase())
+                    || w.contains('|');
+                if !placeholder {
+                    return Err(format!("`{}` has no subcommand {w:?}", cmd.get_name()));
+                }
+            }
+        }
+        for word in words {
+            let Some(option) = word.trim_start_matches('[').strip_prefix("--") else {
+                continue;
+            };
+            let long: String = option
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            let known = long == "help"
+                || cmd
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some(long.as_str()));
+            if !long.is_empty() && !known {
+                return Err(format!("`{}` has no option --{long}", cmd.get_name()));
+            }
+        }
+        Ok(())
+    }
 }

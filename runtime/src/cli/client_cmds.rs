@@ -676,14 +676,19 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
     let upstream = &health["upstream"];
     if upstream.is_object() {
         println!(
-            "upstream {}: {}, last poll {}; {} received, {} results sent, {} refused",
+            "upstream {}: {}, {}; {} received, {} results sent, {} refused",
             upstream["service"].as_str().unwrap_or("?"),
             if upstream["connected"].as_bool() == Some(true) {
                 "connected"
             } else {
                 "not connected"
             },
-            upstream["last_poll"].as_str().unwrap_or("never"),
+            // Until the first long poll returns, none is answered; it is not "never polled".
+            upstream["last_poll"]
+                .as_str()
+                .map_or("no poll answered yet".to_owned(), |t| format!(
+                    "last poll answered {t}"
+                )),
             upstream["received"],
             upstream["delivered"],
             upstream["refused"]

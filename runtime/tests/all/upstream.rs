@@ -286,6 +286,12 @@ fn work_from_the_service_is_done_and_every_result_goes_back() {
     assert_eq!(upstream["connected"], true, "{health}");
     assert_eq!(upstream["received"], 1, "{health}");
     assert_eq!(upstream["delivered"], 1, "{health}");
+    // The poll that brought the items was answered, and `certconn status` says when.
+    let status = ok(daemon.cli(&["status"]));
+    assert!(
+        status.contains(": connected, last poll answered 20"),
+        "{status}"
+    );
     assert_eq!(upstream["refused"], 3, "{health}");
     // Everything done and taken: no backlog.
     assert_eq!(
@@ -672,7 +678,9 @@ fn the_heartbeat_reports_this_instance_and_the_services_policy_shows_where_its_v
         "{out}"
     );
     assert!(
-        out.contains("upstream http://") && out.contains(": connected, last poll"),
+        out.contains("upstream http://")
+            && (out.contains(": connected, last poll answered 20")
+                || out.contains(": connected, no poll answered yet")),
         "{out}"
     );
     assert!(

@@ -228,10 +228,16 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
     })];
     if let Some(upstream) = &state.upstream {
         let u = upstream.status_with_backlog().await;
+        // The first long poll may wait `poll_wait_seconds` for work: until it returns, no
+        // poll has been answered, which is not "never polled".
         let mut detail = format!(
-            "{}; last poll {}; {} received, {} results sent, {} refused",
+            "{}; {}; {} received, {} results sent, {} refused",
             u.service,
-            u.last_poll.as_deref().unwrap_or("never"),
+            u.last_poll
+                .as_deref()
+                .map_or("no poll answered yet".to_owned(), |t| format!(
+                    "last poll answered {t}"
+                )),
             u.received,
             u.delivered,
             u.refused

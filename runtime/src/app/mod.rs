@@ -490,13 +490,16 @@ impl App {
             }
             Err(e) => tracing::error!("the OpenAPI document cannot be written: {e}"),
         }
-        router
+        router.method_not_allowed_fallback(crate::sources::api::server::method_not_allowed)
     }
 
     /// What is served without the token (and, on `api.plain_listen`, without TLS): the SCEP
     /// endpoint and the published CRLs, OCSP and CA certificates, when configured.
     pub fn public_routes(&self) -> axum::Router {
-        self.documented_public_routes().split_for_parts().0
+        self.documented_public_routes()
+            .split_for_parts()
+            .0
+            .method_not_allowed_fallback(crate::sources::api::server::method_not_allowed)
     }
 
     /// [`Self::public_routes`] with their OpenAPI document.

@@ -33,6 +33,31 @@ async fn malformed_requests_are_refused_with_the_reason_and_store_nothing() {
         other => panic!("wrong token accepted: {other:?}"),
     }
 
+    // A method a route does not take: the JSON error every refusal has, and the Allow header.
+    match api.call(Method::DELETE, "/v1/jobs/x", None).await {
+        Err(ClientError::Api {
+            status: 405,
+            message,
+        }) => assert_eq!(
+            message,
+            "DELETE is not allowed on /v1/jobs/x (the Allow header says what is)"
+        ),
+        other => panic!("a DELETE of a job was not refused as such: {other:?}"),
+    }
+    let answer = run_ok(
+        Command::new("curl")
+            .args(["-sS", "-i", "-X", "PUT"])
+            .arg(format!("http://127.0.0.1:{}/v1/health", daemon.port)),
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 405")
+            && answer.to_ascii_lowercase().contains("\nallow: get,head")
+            && answer.ends_with(
+                "{\"error\":\"PUT is not allowed on /v1/health (the Allow header says what is)\"}"
+            ),
+        "{answer}"
+    );
+
     // Malformed JSON and unknown fields (raw bodies through hyper).
     let (status, message) = raw_post(&daemon, "{\"profile\": \"smime\",").await;
     assert_eq!(status, 400, "{message}");

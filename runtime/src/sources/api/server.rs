@@ -296,6 +296,19 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .with_state(state)
 }
 
+/// The answer to a method a route does not take (a `DELETE` of a job, a `PUT` on
+/// `/v1/health`): the JSON error every other refusal has, where axum's own 405 has an empty
+/// body. Installed on the whole router once every route is in it; the `Allow` header stays.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not allowed on {} (the Allow header says what is)",
+            uri.path()
+        ),
+    )
+}
+
 /// Documents the 401 that [`authenticate`] and [`authenticate_reader`] answer for every
 /// operation behind a token, once, rather than on each handler.
 pub fn document_authentication(doc: &mut utoipa::openapi::OpenApi) {

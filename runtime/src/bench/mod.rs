@@ -56,7 +56,7 @@ pub struct BenchArgs {
     #[arg(long, env = "CERTCONN_PLUGIN_DIR", default_value = "dist/plugins")]
     plugins: PathBuf,
     /// Issue jobs to run through the pipeline (and directly).
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 400, value_parser = at_least_one)]
     jobs: usize,
     /// Scheduler workers; by default the daemon's own for the journal measured (`jobs.workers`:
     /// 32 on SQLite, 8 on PostgreSQL with `--fleet`).
@@ -73,7 +73,7 @@ pub struct BenchArgs {
     burst: usize,
     /// Plugin calls for each overhead figure, run in five batches: the median batch's time per
     /// call is the figure, the fastest and slowest its range.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = at_least_one)]
     calls: usize,
     /// Measure the pipeline and the direct work this many times, in turn, and print the median
     /// ratio: one run's ratio moves by several percent with the machine's other load.
@@ -159,6 +159,15 @@ pub struct BenchArgs {
     postgres: Option<String>,
 }
 
+/// A count that must be at least 1: a figure of zero jobs or calls is a division by zero.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl BenchArgs {
     /// `--workers`, or the daemon's default for the journal this run measures.
     fn workers(&self) -> usize {
@@ -169,13 +178,7 @@ impl BenchArgs {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.scep.is_empty() {
-        return scep::run(
-            &args.scep,
-            &args.challenge,
-            args.jobs.max(1),
-            args.workers(),
-        )
-        .await;
+        return scep::run(&args.scep, &args.challenge, args.jobs, args.workers()).await;
     }
     if let Some(n) = args.pki {
         let token = args
@@ -186,7 +189,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.ocsp {
         let dir = tempfile::tempdir()?;
-        return ocsp::run(dir.path(), args.revoked, args.calls.max(1)).await;
+        return ocsp::run(dir.path(), args.revoked, args.calls).await;
     }
     if let Some(jobs) = args.journal {
         let dir = tempfile::tempdir()?;
@@ -206,7 +209,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             &plugins,
             &dir,
             n.max(1),
-            args.jobs.max(1),
+            args.jobs,
             args.workers(),
             args.pollers.max(1),
             args.postgres.as_deref(),
@@ -219,7 +222,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             &plugins,
             &dir,
             args.workers(),
-            args.jobs.max(1),
+            args.jobs,
             if args.identity {
                 upstream::Credentials::Identity
             } else if args.tls {

@@ -437,6 +437,27 @@ mod tests {
         assert!(missing.is_empty(), "no help for: {missing:#?}");
     }
 
+    /// A bench of zero jobs or calls would print figures divided by zero (NaN, inf); it is
+    /// refused with the reason.
+    #[test]
+    fn a_bench_of_nothing_is_refused() {
+        use clap::Parser;
+        for option in ["--jobs", "--calls"] {
+            let e = super::Cli::try_parse_from(["certconn", "bench", option, "0"])
+                .expect_err("a bench of nothing was accepted");
+            assert!(
+                e.to_string()
+                    .contains(&format!("invalid value '0' for '{option} <")),
+                "{e}"
+            );
+            assert!(e.to_string().contains("must be at least 1"), "{e}");
+        }
+        assert!(
+            super::Cli::try_parse_from(["certconn", "bench", "--jobs", "1", "--calls", "1"])
+                .is_ok()
+        );
+    }
+
     /// Every `certconn …` command the documents show (the READMEs, `docs/`, the examples'
     /// comments) names commands and options this binary has: a renamed command or option must
     /// not leave the runbook telling an administrator to type one that is refused.

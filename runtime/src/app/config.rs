@@ -924,4 +924,71 @@ backend = "local"
             "{e}"
         );
     }
+
+    /// Every configuration the documents show (their `toml` blocks, each set into the quick
+    /// start's config as an administrator would paste it) is one certconn reads: a setting
+    /// renamed or removed must not stay in the runbook, where it would stop `serve`.
+    #[test]
+    fn the_documents_show_only_settings_that_exist() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the runtime crate sits in the repository");
+        let base: toml::Table = toml::from_str(
+            &std::fs::read_to_string(root.join("examples/quickstart.toml")).unwrap(),
+        )
+        .unwrap();
+        let mut checked = 0;
+        let mut wrong = Vec::new();
+        for doc in ["operations.md", "scep.md", "updates.md", "plugin-guide.md"] {
+            let text = std::fs::read_to_string(root.join("docs").join(doc)).unwrap();
+            let mut lines = text.lines().enumerate();
+            while let Some((at, line)) = lines.next() {
+                if line.trim() != "```toml" {
+                    continue;
+                }
+                let block: String = lines
+                    .by_ref()
+                    .map(|(_, l)| l)
+                    .take_while(|l| l.trim() != "```")
+                    .flat_map(|l| [l, "\n"])
+                    .collect();
+                let fragment: toml::Table = match toml::from_str(&block) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        wrong.push(format!("docs/{doc}:{}: not TOML: {e}", at + 1));
+                        continue;
+                    }
+                };
+                // A plugin's manifest (plugin-guide.md) is not a certconn config.
+                if fragment.contains_key("requests") {
+                    continue;
+                }
+                let mut merged = base.clone();
+                merge(&mut merged, fragment);
+                checked += 1;
+                if let Err(e) = crate::config::parse::<Config>(
+                    Path::new("/etc/certconn/certconn.toml"),
+                    &toml::to_string(&merged).unwrap(),
+                ) {
+                    wrong.push(format!("docs/{doc}:{}: {e}", at + 1));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        assert!(
+            checked >= 15,
+            "only {checked} configurations found in the documents"
+        );
+    }
+
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (key, value) in from {
+            match (into.get_mut(&key), value) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, value) => {
+                    into.insert(key, value);
+                }
+            }
+        }
+    }
 }

@@ -12,6 +12,11 @@ use common::*;
 const STATIC_CHALLENGE: &str = "static-Secret-42";
 
 fn start(dir: &Path) -> Daemon {
+    start_waiting(dir, 5)
+}
+
+/// [`start`], a PKIOperation waiting up to `wait_seconds` for its job before PENDING.
+fn start_waiting(dir: &Path, wait_seconds: u32) -> Daemon {
     let challenge = dir.join("challenge");
     write_private(&challenge, &format!("{STATIC_CHALLENGE}\n"));
     // SCEP clients (micromdm's among them) encrypt to every certificate GetCACert returns, so a
@@ -20,7 +25,10 @@ fn start(dir: &Path) -> Daemon {
     // administrator allows it explicitly, as a site with such clients would.
     let extra = format!(
         "{}\n[crypto]\nallow_single_des = true\n",
-        scep_section(&challenge)
+        scep_section(&challenge).replace(
+            "wait_seconds = 5",
+            &format!("wait_seconds = {wait_seconds}")
+        )
     );
     start_in(dir, |data| {
         config_text(data, &plugins(), &extra)
@@ -146,6 +154,68 @@ fn scepclient_enrols_with_the_static_challenge_and_openssl_verifies_the_certific
     );
 }
 
+/// After PENDING, micromdm's scepclient polls by sending its PKCSReq again unchanged, same
+/// senderNonce and all: that finds the job the first sending made (and only that job), and
+/// the certificate comes once the backend takes it.
+#[test]
+fn scepclient_polls_through_pending_by_resending_its_request() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_waiting(dir.path(), 0);
+    // Drained, the backend leaves the job queued: the first answer is PENDING.
+    ok(daemon.cli(&["plugins", "drain", "local"]));
+    let device = dir.path().join("device");
+    std::fs::create_dir_all(&device).unwrap();
+    let mut client = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec scepclient -server-url http://127.0.0.1:{}/scep -challenge {STATIC_CHALLENGE} \
+             -cn polling -keySize 2048 -private-key polling.key -certificate polling.crt 2>&1",
+            daemon.port
+        ))
+        .current_dir(&device)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("scepclient (Debian package scep) is installed by scripts/install-deps --test");
+    let mut said = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert_ne!(
+            said.read_line(&mut line).unwrap(),
+            0,
+            "scepclient ended before PENDING:\n{seen}"
+        );
+        seen.push_str(&line);
+        if line.contains("pkiStatus=PENDING") {
+            break;
+        }
+    }
+    ok(daemon.cli(&["plugins", "undrain", "local"]));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut said, &mut rest).unwrap();
+    let status = client.wait().unwrap();
+    assert!(
+        status.success(),
+        "scepclient failed after PENDING:\n{seen}{rest}\ndaemon log:\n{}",
+        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+    );
+    let bundle = scep_ca_bundle(&daemon, dir.path());
+    let cert = device.join("polling.crt");
+    let verified = openssl(&[
+        "verify",
+        "-CAfile",
+        bundle.to_str().unwrap(),
+        cert.to_str().unwrap(),
+    ]);
+    assert!(verified.contains(": OK"), "{verified}");
+    assert_eq!(
+        jobs_total(&daemon),
+        1,
+        "the resent request made no second job"
+    );
+}
+
 #[test]
 fn one_time_challenges_work_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -250,7 +320,8 @@ fn bad_messages_get_a_clear_http_error_and_issue_nothing() {
         dump[fail_at..].lines().nth(2).unwrap_or("").contains(":1"),
         "{dump}"
     );
-    // Replaying the same message (same senderNonce) is refused as badRequest.
+    // Replaying the same message (same senderNonce), which made no job, is refused as
+    // badRequest.
     let (_, body) = http_raw(
         daemon.port,
         "POST",

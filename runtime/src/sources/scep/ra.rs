@@ -299,7 +299,22 @@ impl Ra {
             }
             self.cert_rep(&msg, status, fail.map(|f| f.0), content.as_deref())
         };
-        if !self.fresh_nonce(msg.sender_nonce.as_deref()).await {
+        // A senderNonce seen before is the same message again: a client polling by resending
+        // it unchanged (micromdm's scepclient does, after PENDING) or a replay. Either may only
+        // find the job its first sending made, and reads its state sealed for the message's
+        // own signer; nothing is admitted, journaled or consumed again.
+        let resent = !self.fresh_nonce(msg.sender_nonce.as_deref()).await;
+        let polls = matches!(
+            msg.message_type,
+            MessageType::PkcsReq | MessageType::RenewalReq | MessageType::CertPoll
+        );
+        let made_a_job = async {
+            matches!(
+                self.latest_request(&msg.transaction_id).await,
+                Ok((Some(_), _))
+            )
+        };
+        if resent && !(polls && made_a_job.await) {
             return reply(
                 PkiStatus::Failure,
                 Some((
@@ -309,7 +324,7 @@ impl Ra {
                 None,
             );
         }
-        match self.process(&msg).await {
+        match self.process(&msg, resent).await {
             Ok(Answer::Issued(content)) => reply(PkiStatus::Success, None, Some(content)),
             Ok(Answer::Pending) => reply(PkiStatus::Pending, None, None),
             Err((f, why)) => reply(PkiStatus::Failure, Some((f, why)), None),
@@ -336,7 +351,13 @@ impl Ra {
         }
     }
 
-    async fn process(&self, msg: &SignedMessage) -> Result<Answer, (FailInfo, String)> {
+    /// `resent`: the message was seen before (its senderNonce), so it may only find the job
+    /// it made then.
+    async fn process(
+        &self,
+        msg: &SignedMessage,
+        resent: bool,
+    ) -> Result<Answer, (FailInfo, String)> {
         let bad = |f: FailInfo| move |e: certconn_scep::Error| (f, e.to_string());
         let content = msg.content.as_deref().ok_or((
             FailInfo::BadRequest,
@@ -368,6 +389,14 @@ impl Ra {
                 match latest {
                     // A resent request (the client polling by resending) finds its job again.
                     Some(job) if same_csr(&job, &csr_pem) && !renews(&job) => job,
+                    _ if resent => {
+                        return Err((
+                            FailInfo::BadRequest,
+                            "replayed message: senderNonce seen before, and no request of its \
+                             transaction has its CSR"
+                                .into(),
+                        ))
+                    }
                     Some(job) if !job.state.is_settled() => {
                         return Err((
                             FailInfo::BadRequest,
@@ -1231,8 +1260,12 @@ mod tests {
         );
     }
 
+    /// A message sent again unchanged (its senderNonce seen before) finds the job its first
+    /// sending made, as micromdm's scepclient polls after PENDING; it admits nothing anew. One
+    /// whose first sending was refused stays refused, and a challenge spent by another request
+    /// is not spent again by a replay.
     #[tokio::test]
-    async fn a_replayed_message_and_a_wrong_challenge_are_refused_and_journal_nothing_new() {
+    async fn a_replayed_message_finds_only_its_own_job_and_a_wrong_challenge_journals_nothing() {
         let h = harness();
         let d = device("device-2");
         let req = pkcs_req(&h, &d, "tx-2", CHALLENGE);
@@ -1240,14 +1273,34 @@ mod tests {
         let replay = answer(&h, &req).await;
         assert_eq!(
             (replay.pki_status, replay.fail_info),
-            (Some(PkiStatus::Failure), Some(FailInfo::BadRequest))
+            (Some(PkiStatus::Pending), None)
         );
-        let wrong = answer(&h, &pkcs_req(&h, &device("device-3"), "tx-3", "guess")).await;
-        assert_eq!(
-            (wrong.pki_status, wrong.fail_info),
-            (Some(PkiStatus::Failure), Some(FailInfo::BadRequest))
-        );
+        let wrong_req = pkcs_req(&h, &device("device-3"), "tx-3", "guess");
+        for _ in 0..2 {
+            let wrong = answer(&h, &wrong_req).await;
+            assert_eq!(
+                (wrong.pki_status, wrong.fail_info),
+                (Some(PkiStatus::Failure), Some(FailInfo::BadRequest))
+            );
+        }
         assert_eq!(h.journal.list(None, 10).await.unwrap().jobs.len(), 1);
+        // A one-time challenge spent: the replay of the request that spent it finds that
+        // request's job; another request with it is refused, and so is that one's replay.
+        let (once, _) = h.ra.mint_challenge().await.unwrap().unwrap();
+        let first = pkcs_req(&h, &device("device-4"), "tx-4", &once);
+        assert_eq!(
+            answer(&h, &first).await.pki_status,
+            Some(PkiStatus::Pending)
+        );
+        let other = pkcs_req(&h, &device("device-5"), "tx-5", &once);
+        for r in [&other, &other] {
+            assert_eq!(answer(&h, r).await.fail_info, Some(FailInfo::BadRequest));
+        }
+        assert_eq!(
+            answer(&h, &first).await.pki_status,
+            Some(PkiStatus::Pending)
+        );
+        assert_eq!(h.journal.list(None, 10).await.unwrap().jobs.len(), 2);
         // A CertPoll for a transaction nobody sent is badCertId.
         let poll = IssuerAndSubject {
             issuer: d.subject.clone(),

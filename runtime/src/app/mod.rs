@@ -14,7 +14,7 @@ pub mod fuzzing;
 pub mod reload;
 mod wiring;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,8 +31,9 @@ use crate::jobs::{Intake, Profiles, Scheduler, StepSettings, Steps};
 use crate::journal::{Journal, JournalError, PostgresJournal, SqliteJournal};
 use crate::plugins::{PluginEngine, PluginError, Registry};
 use crate::revocation::Publisher;
+use crate::sources::api::serve::serve;
 use crate::sources::api::server::ApiState;
-use crate::sources::api::tls::{IssuedCertificate, Peer, ServerCertificate, TlsListener};
+use crate::sources::api::tls::{IssuedCertificate, ServerCertificate, TlsListener};
 use crate::sources::api::token::{self, TokenError};
 use crate::sources::scep::{Ra, RaError, RaPorts};
 
@@ -700,38 +701,27 @@ impl App {
             .run(shutdown.clone()),
         );
         let watcher = self.run_plugin_watcher(shutdown.clone());
-        let stopped = |mut stop: watch::Receiver<bool>| async move {
-            let _ = stop.wait_for(|s| *s).await;
+        let router = self.router(token, read_token, tls_not_after, listening);
+        let header_timeout = std::time::Duration::from_secs(self.config.api.header_timeout_seconds);
+        let api: Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
+            Some(config) => Box::pin(serve(
+                TlsListener::new(listener, config).map_err(ServeError::Api)?,
+                router,
+                header_timeout,
+                shutdown.clone(),
+            )),
+            None => Box::pin(serve(listener, router, header_timeout, shutdown.clone())),
         };
-        let app = self
-            .router(token, read_token, tls_not_after, listening)
-            .into_make_service_with_connect_info::<Peer>();
-        let api: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
-            Some(config) => Box::pin(
-                axum::serve(
-                    TlsListener::new(listener, config).map_err(ServeError::Api)?,
-                    app,
-                )
-                .with_graceful_shutdown(stopped(shutdown.clone()))
-                .into_future(),
-            ),
-            None => Box::pin(
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped(shutdown.clone()))
-                    .into_future(),
-            ),
+        let plain: Pin<Box<dyn Future<Output = ()> + Send>> = match plain {
+            Some(listener) => Box::pin(serve(
+                listener,
+                self.public_routes(),
+                header_timeout,
+                shutdown.clone(),
+            )),
+            None => Box::pin(async {}),
         };
-        let plain: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match plain {
-            Some(listener) => Box::pin(
-                axum::serve(listener, self.public_routes())
-                    .with_graceful_shutdown(stopped(shutdown.clone()))
-                    .into_future(),
-            ),
-            None => Box::pin(async { Ok(()) }),
-        };
-        let (api, plain, ()) = tokio::join!(api, plain, watcher);
-        api.map_err(ServeError::Api)?;
-        plain.map_err(ServeError::Api)?;
+        tokio::join!(api, plain, watcher);
         scheduler.await.map_err(ServeError::Scheduler)?;
         Ok(())
     }

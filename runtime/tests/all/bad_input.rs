@@ -478,3 +478,54 @@ fn check_config_finds_what_serve_would_meet_and_writes_nothing() {
     );
     assert!(!data.exists(), "check-config created the data directory");
 }
+
+/// A client that opens a connection and never finishes its request's headers (a slow-headers
+/// attack on the SCEP endpoint, say) is cut off after `api.header_timeout_seconds`, and so is a
+/// keep-alive connection left idle as long; it would otherwise hold a file descriptor for ever.
+#[test]
+fn a_connection_that_sends_no_request_is_closed_after_the_header_timeout() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugins(), "").replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nheader_timeout_seconds = 1",
+        )
+    });
+    // Read until the daemon closes the connection; the read timeout only keeps a broken
+    // daemon from hanging the test.
+    let until_closed = |mut s: std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut got = Vec::new();
+        let result = s.read_to_end(&mut got);
+        (result, String::from_utf8_lossy(&got).into_owned())
+    };
+    let started = Instant::now();
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    half.write_all(b"GET /v1/health HTTP/1.1\r\nHost: certconn\r\n")
+        .unwrap();
+    let (result, said) = until_closed(half);
+    assert!(
+        result.is_ok(),
+        "the half-sent request's connection was not closed: {result:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(!said.contains("200 OK"), "{said}");
+    // A whole request is answered, and its connection, kept alive and idle, is closed too.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    idle.write_all(b"GET /v1/health HTTP/1.1\r\nHost: certconn\r\n\r\n")
+        .unwrap();
+    let (result, said) = until_closed(idle);
+    assert!(
+        result.is_ok(),
+        "the idle connection was not closed: {result:?}"
+    );
+    assert!(said.starts_with("HTTP/1.1 200 OK"), "{said}");
+    // The daemon serves on.
+    assert_eq!(http_get(daemon.port, "/v1/health", None).0, 200);
+}

@@ -17,6 +17,7 @@ pub mod client;
 pub mod fleet;
 pub mod job_counts;
 mod metrics;
+pub mod serve;
 pub mod server;
 pub mod status;
 pub mod tls;
@@ -48,6 +49,14 @@ pub struct ApiConfig {
         deserialize_with = "crate::config::in_range::<_, usize, 1024, 1_073_741_824>"
     )]
     pub max_body_bytes: usize,
+    /// How long a client has to send a request's headers, and how long a keep-alive
+    /// connection may stay idle, in seconds; then the connection is closed. Without it, a
+    /// client that sends nothing holds its connection (and a file descriptor) for ever.
+    #[serde(
+        default = "default_header_timeout",
+        deserialize_with = "crate::config::in_range::<_, u64, 1, 3600>"
+    )]
+    pub header_timeout_seconds: u64,
     /// TLS for the API (and everything served on its listener).
     pub tls: Option<tls::ApiTlsConfig>,
     /// Serve the API in plain HTTP on an address other than loopback. The bearer token then
@@ -67,11 +76,16 @@ impl Default for ApiConfig {
             token_file: None,
             read_token_file: None,
             max_body_bytes: default_body_limit(),
+            header_timeout_seconds: default_header_timeout(),
             tls: None,
             allow_plain_http: false,
             plain_listen: None,
         }
     }
+}
+
+fn default_header_timeout() -> u64 {
+    30
 }
 
 fn default_listen() -> toml::Spanned<SocketAddr> {

@@ -401,16 +401,11 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        stream.remote_addr().clone()
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+/// A plain TCP peer: no certificate.
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
         Peer {
-            addr: *stream.remote_addr(),
+            addr,
             client_certificate: None,
         }
     }

@@ -1,0 +1,58 @@
+//! Serving the HTTP routes on a listener, with a deadline for each request's headers.
+//!
+//! `axum::serve` gives hyper no timer, so hyper reads a request's headers for as long as the
+//! client cares to send them: a client that opens connections and sends nothing (or a byte a
+//! minute) holds each one open for ever, and a few hundred such connections take every file
+//! descriptor the daemon may open, journal and plugins included. The SCEP endpoint and the
+//! published CRLs and OCSP face devices on networks nobody vouches for, so every connection
+//! here has `api.header_timeout_seconds` to send a request's headers; a keep-alive connection
+//! idle as long is closed too (hyper's `header_read_timeout`). The TLS handshake has its own
+//! deadline (`tls::TlsListener`). The rest is what `axum::serve` does: the peer as
+//! [`ConnectInfo`], and a graceful shutdown that lets requests in flight finish.
+
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::watch;
+use tower::Service;
+
+use super::tls::Peer;
+
+/// Serves `router` on `listener` until `shutdown` turns true, then waits for the requests in
+/// flight.
+pub async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    header_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    L: axum::serve::Listener,
+    Peer: From<L::Addr>,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        // `accept` waits out failures itself (out of file descriptors and the like).
+        let (io, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let peer = Peer::from(addr);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request| {
+            request.extensions_mut().insert(ConnectInfo(peer.clone()));
+            router.clone().call(request)
+        });
+        let connection = connections.watch(http.serve_connection(TokioIo::new(io), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("API connection ended: {e}");
+            }
+        });
+    }
+    connections.shutdown().await;
+}

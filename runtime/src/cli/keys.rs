@@ -1,6 +1,6 @@
 //! `certconn keys`: administer the key store offline. These commands take the data directory's
 //! lock, so they refuse to run while the daemon owns it (the daemon holds keys in memory); only
-//! `export-public`, which changes nothing, asks the running daemon instead.
+//! `list` and `export-public`, which change nothing, ask the running daemon instead.
 
 use std::path::PathBuf;
 
@@ -10,8 +10,7 @@ use zeroize::Zeroizing;
 
 use certconn::app::datadir;
 use certconn::app::Config;
-use certconn::crypto::provider::{self, Digest};
-use certconn::custody::{bundle, KeyAlgorithm, KeyLocation, KeyStore, PrivateKey};
+use certconn::custody::{bundle, KeyAlgorithm, KeyLocation, KeyStore, KeySummary, PrivateKey};
 use certconn::pki::{pem, pkcs12};
 
 #[derive(Debug, Subcommand)]
@@ -99,14 +98,23 @@ pub enum Keys {
 pub async fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let _lock = match (datadir::lock(&config.data_dir), &what) {
-        // A public half is no secret and changes nothing: while the daemon owns the key store,
-        // it answers (`GET /v1/keys/NAME`), so that an administrator need not stop it to read one.
+        // What changes nothing and holds no secret — the list, a public half — the daemon
+        // answers while it owns the key store (`GET /v1/keys`, `GET /v1/keys/NAME`), so that an
+        // administrator need not stop it to read them.
+        (Err(datadir::DataDirError::Locked { .. }), Keys::List { json }) => {
+            let api = super::api_client(&config)?;
+            let answer = api
+                .call(hyper::Method::GET, "/v1/keys", None)
+                .await
+                .context(IN_USE)?;
+            let keys: Vec<KeySummary> = serde_json::from_value(answer["keys"].clone())
+                .context("the daemon's list of keys is not what this certconn reads")?;
+            return print_list(&keys, *json);
+        }
         (Err(datadir::DataDirError::Locked { .. }), Keys::ExportPublic { name }) => {
             let spki = super::pfx::public_key(config_path, name, None)
                 .await
-                .context(
-                    "the data directory is in use (the daemon runs), so the daemon was asked",
-                )?;
+                .context(IN_USE)?;
             print!("{}", pem::encode("PUBLIC KEY", &spki));
             return Ok(());
         }
@@ -128,46 +136,10 @@ pub async fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()
             println!(
                 "created {name}: {}{place} {}",
                 key.key.kind().describe(),
-                fingerprint(key.key.public_key_der())
+                key.key.spki_sha256()
             );
         }
-        Keys::List { json } => {
-            let rows: Vec<serde_json::Value> = store
-                .list()
-                .into_iter()
-                .map(|k| {
-                    let fp = store
-                        .get(&k.name)
-                        .map(|s| fingerprint(s.key.public_key_der()))
-                        .unwrap_or_default();
-                    serde_json::json!({
-                        "name": k.name,
-                        "kind": k.kind,
-                        "store": k.store,
-                        "certificates": k.certificates,
-                        "spki_sha256": fp,
-                    })
-                })
-                .collect();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!(
-                    "{:<24}  {:<10}  {:<20}  {:>5}  SPKI SHA-256",
-                    "NAME", "TYPE", "STORE", "CERTS"
-                );
-                for r in rows {
-                    println!(
-                        "{:<24}  {:<10}  {:<20}  {:>5}  {}",
-                        r["name"].as_str().unwrap_or(""),
-                        r["kind"].as_str().unwrap_or(""),
-                        r["store"].as_str().unwrap_or(""),
-                        r["certificates"],
-                        r["spki_sha256"].as_str().unwrap_or("")
-                    );
-                }
-            }
-        }
+        Keys::List { json } => print_list(&store.list(), json)?,
         Keys::ExportPublic { name } => {
             let key = store.get(&name)?;
             print!("{}", pem::encode("PUBLIC KEY", key.key.public_key_der()));
@@ -202,11 +174,7 @@ pub async fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()
                 }
                 (None, None) => bail!("give --pkcs8 FILE or --pfx FILE"),
             };
-            let description = format!(
-                "{} {}",
-                key.kind().describe(),
-                fingerprint(key.public_key_der())
-            );
+            let description = format!("{} {}", key.kind().describe(), key.spki_sha256());
             store.put(&name, key)?;
             if !chain.is_empty() {
                 store.set_chain(&name, chain)?;
@@ -242,7 +210,7 @@ pub async fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()
                         println!(
                             "imported {name}: {} {}",
                             key.key.kind().describe(),
-                            fingerprint(key.key.public_key_der())
+                            key.key.spki_sha256()
                         );
                     }
                     bundle::Imported::Unchanged(name) => {
@@ -264,7 +232,7 @@ pub async fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()
             println!(
                 "moved {name} onto PKCS#11 token {token:?}: sensitive, not extractable, {} (same public key {})",
                 key.key.kind().describe(),
-                fingerprint(key.key.public_key_der())
+                key.key.spki_sha256()
             );
             println!(
                 "the key file {} was overwritten and removed; a backup of it still holds the key — destroy any copy you made",
@@ -283,8 +251,26 @@ pub async fn run(config_path: &std::path::Path, what: Keys) -> anyhow::Result<()
     Ok(())
 }
 
-fn fingerprint(spki: &[u8]) -> String {
-    hex::encode(provider::digest(Digest::Sha256, spki))
+/// Why a read-only keys command asked the daemon.
+const IN_USE: &str = "the data directory is in use (the daemon runs), so the daemon was asked";
+
+/// `keys list`: a table, or JSON.
+fn print_list(keys: &[KeySummary], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(keys)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24}  {:<10}  {:<20}  {:>5}  SPKI SHA-256",
+        "NAME", "TYPE", "STORE", "CERTS"
+    );
+    for k in keys {
+        println!(
+            "{:<24}  {:<10}  {:<20}  {:>5}  {}",
+            k.name, k.kind, k.store, k.certificates, k.spki_sha256
+        );
+    }
+    Ok(())
 }
 
 fn read_pkcs8(path: &std::path::Path) -> anyhow::Result<PrivateKey> {

@@ -78,13 +78,6 @@ fn aad(name: &str) -> String {
     format!("bundle:{name}")
 }
 
-fn spki_sha256(key: &PrivateKey) -> String {
-    hex::encode(provider::digest(
-        provider::Digest::Sha256,
-        key.public_key_der(),
-    ))
-}
-
 /// The keys `names` of `store`, sealed under `passphrase`, as a bundle file's bytes.
 pub fn export(
     store: &KeyStore,
@@ -105,7 +98,7 @@ pub fn export(
         }
         keys.push(BundledKey {
             name: name.clone(),
-            spki_sha256: spki_sha256(&stored.key),
+            spki_sha256: stored.key.spki_sha256(),
             sealed: b64().encode(kek.seal(&aad(name), stored.key.pkcs8_der()?)?),
             chain: stored.chain.iter().map(|c| b64().encode(c)).collect(),
         });
@@ -155,7 +148,7 @@ pub fn import(
             ))
         })?;
         let key = PrivateKey::from_pkcs8(pkcs8)?;
-        if spki_sha256(&key) != k.spki_sha256 {
+        if key.spki_sha256() != k.spki_sha256 {
             return Err(bad(format!(
                 "key {:?} is not the key its fingerprint names",
                 k.name

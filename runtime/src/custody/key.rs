@@ -233,6 +233,15 @@ impl PrivateKey {
         &self.spki
     }
 
+    /// SHA-256 of [`Self::public_key_der`], hex: how `keys list`, bundles and the API name a
+    /// key's public half, so that two copies of a key can be compared without either secret.
+    pub fn spki_sha256(&self) -> String {
+        hex::encode(crate::crypto::provider::digest(
+            crate::crypto::provider::Digest::Sha256,
+            &self.spki,
+        ))
+    }
+
     /// The key's kind (RSA with size, or the curve).
     pub fn kind(&self) -> PublicKeyKind {
         self.kind

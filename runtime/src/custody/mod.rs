@@ -21,7 +21,7 @@ pub use kek::KekSource;
 pub use key::{KeyAlgorithm, PrivateKey};
 pub use pkcs11::Pkcs11Config;
 pub use settings::{CustodyConfig, KeyConfig, KeyRole, SelfSigned};
-pub use store::{KeyLocation, KeyStore, StoredKey};
+pub use store::{KeyLocation, KeyStore, KeySummary, StoredKey};
 
 /// Why a custody operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -115,14 +115,17 @@ struct TokenRecord {
     id: String,
 }
 
-/// One line of `certconn keys list`.
-#[derive(Debug, serde::Serialize)]
+/// One line of `certconn keys list` (and of `GET /v1/keys`).
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct KeySummary {
     pub name: String,
     pub kind: String,
     /// `software`, or `pkcs11:<token label>`.
     pub store: String,
+    /// Certificates held with the key: its own first, then its issuers.
     pub certificates: usize,
+    /// SHA-256 of the key's SubjectPublicKeyInfo, hex: what to compare with another copy.
+    pub spki_sha256: String,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CustodyError + '_ {
@@ -559,6 +562,7 @@ impl KeyStore {
                     None => "software".into(),
                 },
                 certificates: k.chain.len(),
+                spki_sha256: k.key.spki_sha256(),
             })
             .collect()
     }

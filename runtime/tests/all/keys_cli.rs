@@ -35,7 +35,7 @@ fn openssl_ec_key(path: &std::path::Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn keys_are_administered_offline_and_never_while_the_daemon_runs() {
+fn keys_are_administered_offline_and_read_through_the_daemon_while_it_runs() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("certconn.toml");
     std::fs::write(
@@ -146,15 +146,21 @@ fn keys_are_administered_offline_and_never_while_the_daemon_runs() {
     ok(keys(&config, &["delete", "signer", "--yes"]));
     assert!(!ok(keys(&config, &["list"])).contains("signer"));
 
-    // While the daemon owns the data directory, keys commands refuse, except export-public,
-    // which the daemon answers: the same public half as offline.
+    // While the daemon owns the data directory, keys commands that change the store refuse;
+    // list and export-public, which change nothing, the daemon answers: the same as offline.
     let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
-    let out = keys(&config, &["list"]);
+    let out = keys(&config, &["create", "while-serving"]);
     assert!(
         !out.status.success()
             && String::from_utf8_lossy(&out.stderr).contains("in use by another certconn"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = ok(keys(&config, &["list"]));
+    let listed_json = ok(keys(&config, &["list", "--json"]));
+    assert!(
+        listed.contains("local-ca") && !listed.contains("while-serving"),
+        "{listed}"
     );
     let answered = ok(keys(&config, &["export-public", "local-ca"]));
     let out = keys(&config, &["export-public", "nosuch"]);
@@ -166,6 +172,8 @@ fn keys_are_administered_offline_and_never_while_the_daemon_runs() {
     );
     drop(daemon);
     assert_eq!(ok(keys(&config, &["export-public", "local-ca"])), answered);
+    assert_eq!(ok(keys(&config, &["list"])), listed);
+    assert_eq!(ok(keys(&config, &["list", "--json"])), listed_json);
 }
 
 /// A CA key carried to a second instance in a bundle: both hold the same key and certificate,

@@ -257,6 +257,7 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .routes(routes!(submit_issue))
         .routes(routes!(submit_revoke))
         .routes(routes!(submit_import))
+        .routes(routes!(list_keys))
         .routes(routes!(show_key))
         .routes(routes!(show_job))
         .routes(routes!(retry_job))
@@ -771,6 +772,30 @@ pub struct PublicKeyView {
     pub kind: String,
     /// SubjectPublicKeyInfo, PEM.
     pub public_key_pem: String,
+}
+
+/// Answer of `GET /v1/keys`.
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    /// Every key in custody, by name.
+    pub keys: Vec<crate::custody::KeySummary>,
+}
+
+/// The keys in custody — type, store, certificates and public-key fingerprint, nothing
+/// secret — as `certconn keys list` shows them while the daemon holds the store.
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    tag = "keys",
+    responses(
+        (status = 200, description = "Every key in custody", body = KeyList),
+    ),
+    security(("token" = []))
+)]
+async fn list_keys(State(state): State<AppState>) -> Json<KeyList> {
+    Json(KeyList {
+        keys: state.keys.list(),
+    })
 }
 
 /// A custody key's public half, so that admins can encrypt PFX passwords to it.

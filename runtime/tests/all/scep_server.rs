@@ -40,6 +40,18 @@ fn openssl(args: &[&str]) -> String {
     run_ok(Command::new("openssl").args(args))
 }
 
+/// `cert` verifies, with openssl, against the chain GetCACert publishes.
+fn assert_issued_by_the_scep_ca(daemon: &Daemon, dir: &Path, cert: &Path) {
+    let bundle = scep_ca_bundle(daemon, dir);
+    let verified = openssl(&[
+        "verify",
+        "-CAfile",
+        bundle.to_str().unwrap(),
+        cert.to_str().unwrap(),
+    ]);
+    assert!(verified.contains(": OK"), "{verified}");
+}
+
 #[test]
 fn scepclient_enrols_with_the_static_challenge_and_openssl_verifies_the_certificate() {
     let dir = tempfile::tempdir().unwrap();
@@ -68,14 +80,7 @@ fn scepclient_enrols_with_the_static_challenge_and_openssl_verifies_the_certific
         String::from_utf8_lossy(&out.stderr),
         std::fs::read_to_string(&daemon.log).unwrap_or_default()
     );
-    let bundle = scep_ca_bundle(&daemon, dir.path());
-    let verified = openssl(&[
-        "verify",
-        "-CAfile",
-        bundle.to_str().unwrap(),
-        cert.to_str().unwrap(),
-    ]);
-    assert!(verified.contains(": OK"), "{verified}");
+    assert_issued_by_the_scep_ca(&daemon, dir.path(), &cert);
     let text = openssl(&[
         "x509",
         "-in",
@@ -200,15 +205,7 @@ fn scepclient_polls_through_pending_by_resending_its_request() {
         "scepclient failed after PENDING:\n{seen}{rest}\ndaemon log:\n{}",
         std::fs::read_to_string(&daemon.log).unwrap_or_default()
     );
-    let bundle = scep_ca_bundle(&daemon, dir.path());
-    let cert = device.join("polling.crt");
-    let verified = openssl(&[
-        "verify",
-        "-CAfile",
-        bundle.to_str().unwrap(),
-        cert.to_str().unwrap(),
-    ]);
-    assert!(verified.contains(": OK"), "{verified}");
+    assert_issued_by_the_scep_ca(&daemon, dir.path(), &device.join("polling.crt"));
     assert_eq!(
         jobs_total(&daemon),
         1,

@@ -78,6 +78,11 @@ pub struct Metrics {
     journal_checkpoints: [CheckpointTotals; 2],
     /// The writer's `RESTART` checkpoints that gave up waiting for reads.
     journal_restarts_timed_out: AtomicU64,
+    /// Connections each API listener holds now ([`ListenerKind::ALL`]'s order).
+    api_connections: [AtomicU64; 2],
+    /// Times each API listener found itself at `api.max_connections` when it went to take
+    /// the next connection.
+    api_connection_limit_reached: [AtomicU64; 2],
     /// PKCS#12 files written for issued certificates.
     pfx_written: AtomicU64,
     /// CPU time those files took on the threads that wrote them (key derivations, encryption).
@@ -110,6 +115,26 @@ impl CheckpointBy {
         match self {
             Self::Background => "background",
             Self::Writer => "writer",
+        }
+    }
+}
+
+/// Which listener a connection came in on, as the metrics and the log name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// `api.listen`: the API and, on it, everything else.
+    Api,
+    /// `api.plain_listen`: the SCEP endpoint and the published revocation data.
+    Plain,
+}
+
+impl ListenerKind {
+    pub const ALL: [ListenerKind; 2] = [Self::Api, Self::Plain];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Plain => "plain",
         }
     }
 }
@@ -279,6 +304,26 @@ impl Metrics {
             self.pfx_written.load(Ordering::Relaxed),
             Duration::from_nanos(self.pfx_cpu_nanos.load(Ordering::Relaxed)),
         )
+    }
+
+    /// A connection on `listener` was taken.
+    pub fn api_connection_opened(&self, listener: ListenerKind) {
+        self.api_connections[listener as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection on `listener` closed.
+    pub fn api_connection_closed(&self, listener: ListenerKind) {
+        self.api_connections[listener as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// `listener` was at `api.max_connections` when it went to take the next connection.
+    pub fn api_connection_limit_reached(&self, listener: ListenerKind) {
+        self.api_connection_limit_reached[listener as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How often `listener` was at its limit since the process started.
+    pub fn api_connection_limit_reached_total(&self, listener: ListenerKind) -> u64 {
+        self.api_connection_limit_reached[listener as usize].load(Ordering::Relaxed)
     }
 
     /// The retention sweep removed `n` job results.
@@ -484,6 +529,30 @@ impl Metrics {
                     value(&self.journal_checkpoints[by as usize]),
                 );
             }
+        }
+        out.family(
+            "certconn_api_connections",
+            "gauge",
+            "Connections the API's listeners hold now, by listener (api, plain), TLS handshakes included; at most api.max_connections each.",
+        );
+        for listener in ListenerKind::ALL {
+            out.sample(
+                "certconn_api_connections",
+                &[("listener", listener.as_str())],
+                self.api_connections[listener as usize].load(Ordering::Relaxed) as f64,
+            );
+        }
+        out.family(
+            "certconn_api_connection_limit_reached_total",
+            "counter",
+            "Times a listener held api.max_connections connections when it went to take the next one, which then waited in the kernel's queue.",
+        );
+        for listener in ListenerKind::ALL {
+            out.sample(
+                "certconn_api_connection_limit_reached_total",
+                &[("listener", listener.as_str())],
+                self.api_connection_limit_reached_total(listener) as f64,
+            );
         }
         out.family(
             "certconn_plugin_faults_total",

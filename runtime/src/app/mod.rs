@@ -31,6 +31,7 @@ use crate::jobs::{Intake, Profiles, Scheduler, StepSettings, Steps};
 use crate::journal::{Journal, JournalError, PostgresJournal, SqliteJournal};
 use crate::plugins::{PluginEngine, PluginError, Registry};
 use crate::revocation::Publisher;
+use crate::sources::api::connections::{self, LimitedListener, ListenerKind};
 use crate::sources::api::serve::serve;
 use crate::sources::api::server::ApiState;
 use crate::sources::api::tls::{IssuedCertificate, ServerCertificate, TlsListener};
@@ -641,6 +642,27 @@ impl App {
             )),
             (None, None) => Arc::default(),
         };
+        // Before anything is bound, and said before api.addr is written.
+        let listeners = if api_config.plain_listen.is_some() {
+            2
+        } else {
+            1
+        };
+        match connections::raise_file_limit() {
+            Some(limit) => {
+                if let Some(warning) = connections::file_limit_warning(
+                    limit,
+                    listeners,
+                    api_config.max_connections as u64,
+                ) {
+                    tracing::warn!(event_id = 5605, "{warning}");
+                }
+            }
+            None => tracing::warn!(
+                "the process's open-file limit could not be read: {}",
+                std::io::Error::last_os_error()
+            ),
+        }
         let plain = match api_config.plain_listen {
             Some(addr) => Some(self.bind(addr, &self.config.plain_addr_file()).await?),
             None => None,
@@ -703,6 +725,8 @@ impl App {
         let watcher = self.run_plugin_watcher(shutdown.clone());
         let router = self.router(token, read_token, tls_not_after, listening);
         let header_timeout = std::time::Duration::from_secs(self.config.api.header_timeout_seconds);
+        let max_connections = self.config.api.max_connections;
+        let listener = LimitedListener::new(listener, ListenerKind::Api, max_connections);
         let api: Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
             Some(config) => Box::pin(serve(
                 TlsListener::new(listener, config).map_err(ServeError::Api)?,
@@ -714,7 +738,7 @@ impl App {
         };
         let plain: Pin<Box<dyn Future<Output = ()> + Send>> = match plain {
             Some(listener) => Box::pin(serve(
-                listener,
+                LimitedListener::new(listener, ListenerKind::Plain, max_connections),
                 self.public_routes(),
                 header_timeout,
                 shutdown.clone(),

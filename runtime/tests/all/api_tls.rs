@@ -201,6 +201,51 @@ fn scep_and_crls_stay_plain_http_on_plain_listen_and_nothing_else_is_there() {
     assert_eq!(status, 200);
 }
 
+/// A TLS handshake holds one of the listener's `api.max_connections` from its first byte: a
+/// client that connects and never says hello keeps the next one waiting at a limit of one,
+/// until it leaves. The plain listener has a limit of its own and answers meanwhile.
+#[test]
+fn a_stalled_tls_handshake_counts_against_the_listeners_limit_and_the_plain_listener_has_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = api_certificate(dir.path());
+    let daemon = start_in(dir.path(), |data| {
+        tls_config(data, &cert, &key, "").replace(
+            "listen = \"127.0.0.1:0\"\n",
+            "listen = \"127.0.0.1:0\"\nplain_listen = \"127.0.0.1:0\"\nmax_connections = 1\n",
+        )
+    });
+    let plain: std::net::SocketAddr = std::fs::read_to_string(dir.path().join("data/plain.addr"))
+        .expect("serve writes data/plain.addr")
+        .trim()
+        .parse()
+        .unwrap();
+    let (status, _) = curl(daemon.port, "/v1/health", &cert, &[]);
+    assert_eq!(status, 200);
+    // Connected first, so taken first (the kernel's queue is in order), and silent.
+    let silent = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "1", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://127.0.0.1:{}/v1/health", daemon.port))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(28),
+        "curl was answered, or refused, while the one connection allowed was held: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _) = http_raw(plain.port(), "GET", "/v1/health", b"");
+    assert_eq!(
+        status, 404,
+        "the plain listener did not answer beside a full API listener"
+    );
+    drop(silent);
+    let (status, _) = curl(daemon.port, "/v1/health", &cert, &[]);
+    assert_eq!(status, 200);
+}
+
 #[test]
 fn an_api_off_loopback_without_tls_is_refused_unless_the_config_says_so() {
     let dir = tempfile::tempdir().unwrap();

@@ -476,6 +476,124 @@ fn check_config_finds_what_serve_would_meet_and_writes_nothing() {
     assert!(!data.exists(), "check-config created the data directory");
 }
 
+/// At `api.max_connections` the API listener takes no further connection until one closes:
+/// two keep-alive clients hold the two it may take, a third client's request waits (in the
+/// kernel's queue, not refused) and is answered as soon as one of them leaves. The daemon says
+/// so in its log (event 5604) and in its metrics.
+#[test]
+fn a_listener_at_its_connection_limit_serves_the_next_client_when_one_leaves() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugins(), "").replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nmax_connections = 2",
+        )
+    });
+    const REQUEST: &[u8] = b"GET /v1/health HTTP/1.1\r\nHost: certconn\r\n\r\n";
+    // Sends a request and reads the head of its answer; the connection stays open.
+    let ask = |s: &mut std::net::TcpStream, timeout: Duration| {
+        s.set_read_timeout(Some(timeout)).unwrap();
+        s.write_all(REQUEST).unwrap();
+        let mut head = [0u8; 15];
+        s.read_exact(&mut head).map(|()| head)
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+        let head = ask(&mut s, Duration::from_secs(30)).expect("an answer under the limit");
+        assert_eq!(&head, b"HTTP/1.1 200 OK");
+        held.push(s);
+    }
+    // The third connects (the kernel completes the handshake) but is not served while the
+    // two are held: a daemon without the limit would answer it at once.
+    let mut third = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    let waited = ask(&mut third, Duration::from_millis(500));
+    assert!(
+        waited.as_ref().is_err_and(|e| matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+        "the third connection was answered, or refused, at a limit of two: {waited:?}"
+    );
+    wait_for_event(&daemon, 5604, Duration::from_secs(30));
+    drop(held.remove(0));
+    third
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = [0u8; 15];
+    third
+        .read_exact(&mut head)
+        .expect("the waiting client was not served once a connection closed");
+    assert_eq!(&head, b"HTTP/1.1 200 OK");
+    drop((held, third));
+    let (status, metrics) = http_get(
+        daemon.port,
+        "/metrics",
+        Some(&data_token(dir.path(), "api-read-token")),
+    );
+    assert_eq!(status, 200, "{metrics}");
+    let reached = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("certconn_api_connection_limit_reached_total{listener=\"api\"} ")
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no limit count for the api listener:\n{metrics}"));
+    assert!(reached >= 1.0, "{reached}");
+}
+
+/// Started with a service's default open-file limit (1,024 soft), `serve` raises its soft
+/// limit to the hard one, so `api.max_connections` can be reached; where the hard limit
+/// itself is too low for the listeners' limits, it says so at start (event 5605).
+#[test]
+fn serve_raises_its_open_file_limit_and_warns_when_the_hard_one_is_too_low() {
+    let open_files = |daemon: &Daemon| {
+        let limits =
+            std::fs::read_to_string(format!("/proc/{}/limits", daemon.child.id())).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap_or_else(|| panic!("{limits}"))
+            .to_owned();
+        let numbers: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (numbers[0], numbers[1])
+    };
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one struct into the pointer it is given.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
+        0
+    );
+    let hard = hard.rlim_max.min(1 << 20);
+    assert!(hard > 2048, "this machine's hard open-file limit is {hard}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let mut daemon = Daemon::start_with_file_limit(&config, &dir.path().join("a.log"), 1024, hard);
+    assert_eq!(open_files(&daemon), (hard, hard));
+    assert_eq!(http_get(daemon.port, "/v1/health", None).0, 200);
+    assert_eq!(events(&daemon, 5605), 0);
+    daemon.stop();
+
+    // A hard limit of 1,024 leaves 1,024 connections (the default) no room beside the journal.
+    let mut daemon = Daemon::start_with_file_limit(&config, &dir.path().join("b.log"), 512, 1024);
+    assert_eq!(open_files(&daemon), (1024, 1024));
+    assert_eq!(events(&daemon, 5605), 1);
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains("may open 1024 files") && log.contains("api.max_connections = 1024"),
+        "{log}"
+    );
+    daemon.stop();
+}
+
 /// A client that opens a connection and never finishes its request's headers (a slow-headers
 /// attack on the SCEP endpoint, say) is cut off after `api.header_timeout_seconds`, and so is a
 /// keep-alive connection left idle as long; it would otherwise hold a file descriptor for ever.

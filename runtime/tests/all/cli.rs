@@ -13,12 +13,7 @@ use common::*;
 #[test]
 fn a_closed_pipe_ends_the_cli_quietly() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("certconn.toml");
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("data"), &plugins(), ""),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), "");
     let (reader, writer) = std::io::pipe().unwrap();
     // Nobody will read: the first write fails with EPIPE.
     drop(reader);
@@ -79,12 +74,7 @@ async fn sighup_with_nothing_changed_reloads_nothing_and_serves_on() {
 #[test]
 fn logs_to_a_file_carry_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("certconn.toml");
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("data"), &plugins(), ""),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), "");
     let log = dir.path().join("human.log");
     let mut child = Command::new(binary())
         .args(["--log-format", "human", "serve", "--config"])

@@ -107,7 +107,9 @@ fn as_the_unit_runs(key: &str) -> Command {
 /// `ReadWritePaths=`, its own `/tmp`, a `/proc` of its own processes only:
 /// `common::unit_mounts`), and under the unit's system call filter and address families
 /// (`common::unit_filter`) — so that what the unit forbids fails here as under systemd (a
-/// forbidden call kills with SIGSYS), not first in production. The unit's drop-ins count.
+/// forbidden call kills with SIGSYS), not first in production — and with systemd's default
+/// open-file limit for services, 1,024 soft (`DefaultLimitNOFILE=`), which `serve` raises.
+/// The unit's drop-ins count.
 fn under_the_unit(command: &[&str]) -> Command {
     let unit = the_unit();
     let filter = common::unit_filter::UnitFilter::of_unit(&unit);
@@ -122,6 +124,17 @@ fn under_the_unit(command: &[&str]) -> Command {
     // SAFETY: the closure makes system calls only, on what was built before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            let mut files = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            files.rlim_cur = files.rlim_max.min(1024);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &files) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             mounts.enter()?;
             filter.install()
         });
@@ -326,6 +339,18 @@ fn install_start_issue_and_purge() {
         .split_whitespace()
         .collect::<Vec<_>>();
     assert_eq!(core.get(4..6), Some(&["0", "0"][..]), "{limits}");
+    // Started with systemd's 1,024 soft open files, it raised them to the hard limit, under
+    // the unit's filter (`api.max_connections` needs the room).
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    assert!(
+        files.get(3).is_some() && files.get(3) == files.get(4),
+        "{limits}"
+    );
     // …and it opened its page map before that (the plugin engine's fast reset of an instance's
     // memory needs it, and a process that is not dumpable cannot open its own any more).
     let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.id())).unwrap();

@@ -13,12 +13,7 @@ fn fips_policy_runs_only_on_the_fips_module() {
     let dir = tempfile::tempdir().unwrap();
     let extra =
         "[profiles.legacy]\nbackend = \"local\"\npfx_format = \"compat\"\n[crypto]\nfips = true\n";
-    let config = dir.path().join("certconn.toml");
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("data"), &plugins(), extra),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), extra);
 
     if !cfg!(feature = "fips") {
         let out = Command::new(binary())

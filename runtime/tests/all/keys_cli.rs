@@ -37,12 +37,7 @@ fn openssl_ec_key(path: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn keys_are_administered_offline_and_read_through_the_daemon_while_it_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("certconn.toml");
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("data"), &plugins(), ""),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), "");
 
     let created = ok(keys(&config, &["create", "signer", "--alg", "rsa-3072"]));
     assert!(created.contains("created signer: RSA-3072"), "{created}");

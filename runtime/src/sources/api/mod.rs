@@ -6,6 +6,8 @@
 //! - `server`: routes and handlers.
 //! - `certificates`: the ledger for administrators.
 //! - `client`: what the CLI uses to talk to a running daemon.
+//! - `connections`: how many connections a listener holds at once (`api.max_connections`).
+//! - `serve`: the accept loop, with a deadline for each request's headers.
 //! - `tls`: the API over TLS, and client certificates.
 //! - `metrics`: `GET /metrics` for Prometheus.
 //! - `status`: the status page and `GET /v1/status`.
@@ -14,6 +16,7 @@
 
 pub mod certificates;
 pub mod client;
+pub mod connections;
 pub mod fleet;
 pub mod job_counts;
 mod metrics;
@@ -57,6 +60,15 @@ pub struct ApiConfig {
         deserialize_with = "crate::config::in_range::<_, u64, 1, 3600>"
     )]
     pub header_timeout_seconds: u64,
+    /// How many connections each listener (`listen`, and `plain_listen`) holds at once, TLS
+    /// handshakes included; further ones wait in the kernel's queue until one closes. The
+    /// deadlines above bound how long a client holds a connection; this bounds how many, so
+    /// a flood of them cannot take every file descriptor the journal and plugins need.
+    #[serde(
+        default = "default_max_connections",
+        deserialize_with = "crate::config::in_range::<_, usize, 1, 1_000_000>"
+    )]
+    pub max_connections: usize,
     /// TLS for the API (and everything served on its listener).
     pub tls: Option<tls::ApiTlsConfig>,
     /// Serve the API in plain HTTP on an address other than loopback. The bearer token then
@@ -77,6 +89,7 @@ impl Default for ApiConfig {
             read_token_file: None,
             max_body_bytes: default_body_limit(),
             header_timeout_seconds: default_header_timeout(),
+            max_connections: default_max_connections(),
             tls: None,
             allow_plain_http: false,
             plain_listen: None,
@@ -86,6 +99,10 @@ impl Default for ApiConfig {
 
 fn default_header_timeout() -> u64 {
     30
+}
+
+fn default_max_connections() -> usize {
+    1024
 }
 
 fn default_listen() -> toml::Spanned<SocketAddr> {

@@ -105,6 +105,36 @@ impl Daemon {
         log: &Path,
         env: Vec<(String, std::ffi::OsString)>,
     ) -> Daemon {
+        Self::start_with(config, log, env, |_| {})
+    }
+
+    /// `start` with the open-file limit `soft`:`hard` (`ulimit -n`), as a service manager would
+    /// set it.
+    pub fn start_with_file_limit(config: &Path, log: &Path, soft: u64, hard: u64) -> Daemon {
+        use std::os::unix::process::CommandExt;
+        Self::start_with(config, log, Vec::new(), move |cmd| {
+            // SAFETY: the closure makes one `setrlimit` call, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    fn start_with(
+        config: &Path,
+        log: &Path,
+        env: Vec<(String, std::ffi::OsString)>,
+        configure: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let addr_file = certconn::app::Config::load(config)
             .expect("config")
             .api_addr_file();
@@ -115,15 +145,16 @@ impl Daemon {
             .append(true)
             .open(log)
             .expect("log file");
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["--log-format", "json", "serve", "--config"])
             .arg(config)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn certconn serve");
+            .stderr(log_file);
+        configure(&mut command);
+        let child = command.spawn().expect("spawn certconn serve");
         let mut d = Daemon {
             child,
             config: config.to_owned(),
@@ -413,6 +444,14 @@ pub async fn submit(api: &ApiClient, profile: &str, key: &str, extra: Value) -> 
         .await
         .expect("submit");
     answer["job"]["id"].as_str().expect("job id").to_owned()
+}
+
+/// The default test config with `extra` appended, written to `<dir>/certconn.toml` (its data
+/// directory `<dir>/data`); its path.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("certconn.toml");
+    std::fs::write(&config, config_text(&dir.join("data"), &plugins(), extra)).unwrap();
+    config
 }
 
 /// Writes `dir/certconn.toml` from `text(data_dir)` and starts a daemon on it.

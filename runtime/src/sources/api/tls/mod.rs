@@ -21,7 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -29,6 +29,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::ConfigPath;
 use crate::crypto::AlgorithmPolicy;
 use crate::files::FileError;
+
+use super::connections::{Counted, LimitedListener};
 
 pub mod issued;
 
@@ -322,32 +324,24 @@ pub struct Peer {
 }
 
 /// A TLS listener for `axum::serve`. Handshakes run in their own tasks, each bounded by
-/// [`HANDSHAKE_TIMEOUT`], so a client that stalls mid-handshake holds up nobody else.
+/// [`HANDSHAKE_TIMEOUT`], so a client that stalls mid-handshake holds up nobody else; each
+/// holds its connection's permit of `tcp`'s limit from the start.
 pub struct TlsListener {
     local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, Peer)>,
+    ready: mpsc::Receiver<(TlsStream<Counted<TcpStream>>, Peer)>,
 }
 
 impl TlsListener {
     /// Serves TLS with `config` on `tcp` until this listener is dropped.
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
+    pub fn new(mut tcp: LimitedListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(ACCEPT_QUEUE);
         let acceptor = TlsAcceptor::from(config);
         tokio::spawn(async move {
             loop {
-                let accepted = tokio::select! {
+                let (stream, addr) = tokio::select! {
                     () = tx.closed() => return,
                     a = tcp.accept() => a,
-                };
-                let (stream, addr) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait rather than spin.
-                        tracing::warn!("API listener: accepting a connection failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
                 };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
@@ -372,7 +366,7 @@ impl TlsListener {
 }
 
 /// The subject of the verified client certificate on `tls`.
-fn client_subject(tls: &TlsStream<TcpStream>) -> Option<String> {
+fn client_subject<T>(tls: &TlsStream<T>) -> Option<String> {
     use der::Decode;
     let first = tls.get_ref().1.peer_certificates()?.first()?;
     let subject = x509_cert::Certificate::from_der(first)
@@ -382,7 +376,7 @@ fn client_subject(tls: &TlsStream<TcpStream>) -> Option<String> {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<Counted<TcpStream>>;
     type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -1,0 +1,327 @@
+//! How many connections a listener holds at once (`api.max_connections`), and the file
+//! descriptors the process may open for them.
+//!
+//! A deadline on each handshake and on each request's headers (`serve`, `tls`) bounds how long
+//! a silent client holds a connection, not how many it holds: a client that opens connections
+//! faster than they time out takes every file descriptor the process may open, and then the
+//! journal cannot open its files and a plugin cannot load. So a listener takes a connection
+//! only with a permit, from its TCP accept through the TLS handshake to the connection's close;
+//! at the limit it stops accepting, and further connections wait in the kernel's listen queue
+//! (where a client sees a slow connect, not an error) until one closes. The API listener and
+//! `api.plain_listen` have a limit each, so devices flooding the SCEP endpoint do not lock the
+//! administrator out of the API. Stopping the accept, rather than accepting and closing at once,
+//! is what nginx's `worker_connections` does: an accepted connection already costs the file
+//! descriptor the limit is there to save.
+//!
+//! The limits are worth little if the process's own file limit is lower, and a service's soft
+//! limit is 1,024 by default (systemd's `DefaultLimitNOFILE=1024:524288`). So `serve` raises the
+//! soft limit to the hard one, as the Go runtime does for every program since 1.19, and says
+//! at start when the listeners' limits leave the rest of the process too little.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use crate::metrics::ListenerKind;
+
+/// File descriptors the process keeps for itself beside the listeners' connections: the
+/// journal's files, plugins being loaded, outbound connections to CAs, the runtime's own.
+pub const RESERVED_FILES: u64 = 256;
+
+/// How often a listener at its limit says so in the log.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// A TCP listener that holds at most `max` connections at once.
+pub struct LimitedListener {
+    tcp: TcpListener,
+    kind: ListenerKind,
+    max: usize,
+    permits: Arc<Semaphore>,
+    /// When the listener last said it was at its limit: under a flood it is at its limit at
+    /// nearly every accept, and once a minute is enough to say so.
+    warned: Option<std::time::Instant>,
+}
+
+impl LimitedListener {
+    pub fn new(tcp: TcpListener, kind: ListenerKind, max: usize) -> Self {
+        Self {
+            tcp,
+            kind,
+            max,
+            permits: Arc::new(Semaphore::new(max)),
+            warned: None,
+        }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// The next connection, once the listener holds fewer than its limit. Failures to accept
+    /// (out of file descriptors and the like) are logged and waited out, as `axum::serve`
+    /// does, rather than spun on.
+    pub async fn accept(&mut self) -> (Counted<TcpStream>, SocketAddr) {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                crate::metrics::global().api_connection_limit_reached(self.kind);
+                if self.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                    self.warned = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        event_id = 5604,
+                        "the {} listener holds api.max_connections ({}) connections: new ones \
+                         wait in the kernel's queue until one closes \
+                         (certconn_api_connection_limit_reached_total counts each time)",
+                        self.kind.as_str(),
+                        self.max
+                    );
+                }
+                match self.permits.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    // The semaphore lives as long as this listener and is never closed.
+                    Err(_) => return std::future::pending().await,
+                }
+            }
+        };
+        loop {
+            match self.tcp.accept().await {
+                Ok((io, addr)) => return (Counted::new(io, permit, self.kind), addr),
+                Err(e) => {
+                    tracing::warn!(
+                        listener = self.kind.as_str(),
+                        "accepting a connection failed: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = Counted<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        LimitedListener::accept(self).await
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A connection that holds its listener's permit (and counts in `certconn_api_connections`)
+/// until it is dropped.
+pub struct Counted<T> {
+    io: T,
+    kind: ListenerKind,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T> Counted<T> {
+    fn new(io: T, permit: OwnedSemaphorePermit, kind: ListenerKind) -> Self {
+        crate::metrics::global().api_connection_opened(kind);
+        Self {
+            io,
+            kind,
+            _permit: permit,
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+}
+
+impl<T> Drop for Counted<T> {
+    fn drop(&mut self) {
+        crate::metrics::global().api_connection_closed(self.kind);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The process's file limit after [`raise_file_limit`]: `(soft, hard)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLimit {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Raises the soft limit on open files to the hard one (`fs.nr_open` if that is unlimited),
+/// and returns the limit now in force. `None` when the limit cannot be read.
+pub fn raise_file_limit() -> Option<FileLimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one struct into the pointer it is given, which is valid.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    // An unlimited hard limit still stops at the kernel's `fs.nr_open`; asking for more fails.
+    let target = if limit.rlim_max == libc::RLIM_INFINITY {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(1 << 20)
+    } else {
+        limit.rlim_max
+    };
+    if limit.rlim_cur < target {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `setrlimit` reads the struct we pass and nothing else.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            tracing::debug!(
+                "raising the open-file limit to {target} failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Some(FileLimit {
+        soft: limit.rlim_cur,
+        hard: limit.rlim_max,
+    })
+}
+
+/// What to tell the administrator when `listeners` listeners of `max_connections` each leave
+/// the process fewer than [`RESERVED_FILES`] of its `limit`; `None` when they fit.
+pub fn file_limit_warning(
+    limit: FileLimit,
+    listeners: u64,
+    max_connections: u64,
+) -> Option<String> {
+    let connections = listeners.saturating_mul(max_connections);
+    if connections.saturating_add(RESERVED_FILES) <= limit.soft {
+        return None;
+    }
+    Some(format!(
+        "the process may open {} files (its hard limit is {}), and {listeners} listener(s) of \
+         api.max_connections = {max_connections} may take {connections} of them, leaving fewer \
+         than the {RESERVED_FILES} the journal and plugins need: lower api.max_connections or \
+         raise the limit (LimitNOFILE= in the unit, ulimit -n)",
+        limit.soft, limit.hard
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_limit_that_leaves_the_process_too_few_files_is_named() {
+        let systemd_default = FileLimit {
+            soft: 1024,
+            hard: 524_288,
+        };
+        let raised = FileLimit {
+            soft: 524_288,
+            hard: 524_288,
+        };
+        assert_eq!(file_limit_warning(raised, 2, 1024), None);
+        assert_eq!(file_limit_warning(systemd_default, 1, 768), None);
+        let warning = file_limit_warning(systemd_default, 1, 769).unwrap();
+        assert!(
+            warning.contains("may open 1024 files")
+                && warning.contains("api.max_connections = 769"),
+            "{warning}"
+        );
+        assert!(file_limit_warning(systemd_default, 2, 1024).is_some());
+    }
+
+    /// At its limit the listener takes no further connection until one closes; the waiting
+    /// client is then served, and the count comes back down.
+    #[tokio::test]
+    async fn a_listener_at_its_limit_takes_the_next_connection_only_when_one_closes() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = LimitedListener::new(tcp, ListenerKind::Plain, 2);
+        let permits = listener.permits.clone();
+        let mut clients = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+            held.push(listener.accept().await.0);
+        }
+        assert_eq!(permits.available_permits(), 0);
+        // The third client's TCP handshake completes in the kernel's queue; the listener does
+        // not take it while two connections are held.
+        let reached =
+            crate::metrics::global().api_connection_limit_reached_total(ListenerKind::Plain);
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let accept = listener.accept();
+        tokio::pin!(accept);
+        // A listener that took the third connection would do so at once: its handshake is done.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), accept.as_mut())
+                .await
+                .is_err(),
+            "a third connection was taken at a limit of two"
+        );
+        assert_eq!(
+            crate::metrics::global().api_connection_limit_reached_total(ListenerKind::Plain),
+            reached + 1
+        );
+        drop(held.remove(0));
+        let (mut taken, _) = accept.await;
+        third.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        taken.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        assert_eq!(permits.available_permits(), 0);
+        drop(taken);
+        drop(held);
+        assert_eq!(permits.available_permits(), 2);
+    }
+}

@@ -82,7 +82,9 @@ pub fn systemd_credential(name: &str) -> Result<std::path::PathBuf, String> {
     let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
         format!(
             "credential {name:?}: $CREDENTIALS_DIRECTORY is not set (run under systemd with \
-             LoadCredential={name}:FILE in the unit)"
+             LoadCredential={name}:FILE in the unit; a command by hand: `systemd-run --pipe \
+             --wait -p User=certconn -p LoadCredential={name}:FILE certconn ...`, or \
+             CREDENTIALS_DIRECTORY set to a directory holding a file {name})"
         )
     })?;
     Ok(Path::new(&dir).join(name))

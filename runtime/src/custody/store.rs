@@ -118,7 +118,9 @@ struct TokenRecord {
 /// One line of `certconn keys list` (and of `GET /v1/keys`).
 #[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct KeySummary {
+    /// The name a backend's grant, `scep.ca_key` or `api.tls.issuer` uses for the key.
     pub name: String,
+    /// The key's algorithm and size, as people write it: `RSA-2048`, `EC P-256`, `EC P-384`.
     pub kind: String,
     /// `software`, or `pkcs11:<token label>`.
     pub store: String,

@@ -513,7 +513,8 @@ fn the_pin_comes_from_a_systemd_credential() {
         !out.status.success()
             && err.contains("custody.pkcs11.pin_credential")
             && err.contains("$CREDENTIALS_DIRECTORY is not set")
-            && err.contains("LoadCredential=pkcs11-pin:FILE"),
+            && err.contains("LoadCredential=pkcs11-pin:FILE")
+            && err.contains("systemd-run --pipe --wait"),
         "{err}"
     );
     write(&format!(

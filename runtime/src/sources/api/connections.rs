@@ -43,9 +43,24 @@ pub struct LimitedListener {
     kind: ListenerKind,
     max: usize,
     permits: Arc<Semaphore>,
-    /// When the listener last said it was at its limit: under a flood it is at its limit at
-    /// nearly every accept, and once a minute is enough to say so.
-    warned: Option<std::time::Instant>,
+    /// Under a flood the listener is at its limit at nearly every accept, and out of file
+    /// descriptors at every try: once a minute is enough to say either.
+    at_limit: OnceAMinute,
+    failing: OnceAMinute,
+}
+
+/// Whether a warning is due: the first time, then once a minute at most.
+#[derive(Default)]
+struct OnceAMinute(Option<std::time::Instant>);
+
+impl OnceAMinute {
+    fn due(&mut self) -> bool {
+        let due = self.0.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+        if due {
+            self.0 = Some(std::time::Instant::now());
+        }
+        due
+    }
 }
 
 impl LimitedListener {
@@ -55,7 +70,8 @@ impl LimitedListener {
             kind,
             max,
             permits: Arc::new(Semaphore::new(max)),
-            warned: None,
+            at_limit: OnceAMinute::default(),
+            failing: OnceAMinute::default(),
         }
     }
 
@@ -64,15 +80,14 @@ impl LimitedListener {
     }
 
     /// The next connection, once the listener holds fewer than its limit. Failures to accept
-    /// (out of file descriptors and the like) are logged and waited out, as `axum::serve`
-    /// does, rather than spun on.
+    /// (out of file descriptors and the like) are waited out, as `axum::serve` does, rather
+    /// than spun on.
     pub async fn accept(&mut self) -> (Counted<TcpStream>, SocketAddr) {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 crate::metrics::global().api_connection_limit_reached(self.kind);
-                if self.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-                    self.warned = Some(std::time::Instant::now());
+                if self.at_limit.due() {
                     tracing::warn!(
                         event_id = 5604,
                         "the {} listener holds api.max_connections ({}) connections: new ones \
@@ -93,10 +108,13 @@ impl LimitedListener {
             match self.tcp.accept().await {
                 Ok((io, addr)) => return (Counted::new(io, permit, self.kind), addr),
                 Err(e) => {
-                    tracing::warn!(
-                        listener = self.kind.as_str(),
-                        "accepting a connection failed: {e}"
-                    );
+                    if self.failing.due() {
+                        tracing::warn!(
+                            "the {} listener could not accept a connection: {e} (said once a \
+                             minute while it lasts)",
+                            self.kind.as_str()
+                        );
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -278,6 +296,16 @@ mod tests {
             "{warning}"
         );
         assert!(file_limit_warning(systemd_default, 2, 1024).is_some());
+    }
+
+    #[test]
+    fn a_flood_is_said_once_a_minute() {
+        let mut said = OnceAMinute::default();
+        assert!(said.due());
+        assert!(!said.due() && !said.due());
+        said.0 = std::time::Instant::now().checked_sub(WARN_EVERY);
+        assert!(said.due());
+        assert!(!said.due());
     }
 
     /// At its limit the listener takes no further connection until one closes; the waiting

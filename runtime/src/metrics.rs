@@ -316,6 +316,11 @@ impl Metrics {
         self.api_connections[listener as usize].fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Connections `listener` holds now.
+    pub fn api_connections_open(&self, listener: ListenerKind) -> u64 {
+        self.api_connections[listener as usize].load(Ordering::Relaxed)
+    }
+
     /// `listener` was at `api.max_connections` when it went to take the next connection.
     pub fn api_connection_limit_reached(&self, listener: ListenerKind) {
         self.api_connection_limit_reached[listener as usize].fetch_add(1, Ordering::Relaxed);
@@ -539,7 +544,7 @@ impl Metrics {
             out.sample(
                 "certconn_api_connections",
                 &[("listener", listener.as_str())],
-                self.api_connections[listener as usize].load(Ordering::Relaxed) as f64,
+                self.api_connections_open(listener) as f64,
             );
         }
         out.family(

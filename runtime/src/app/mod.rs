@@ -465,6 +465,8 @@ impl App {
             watched_keys: self.config.keys.keys().cloned().collect(),
             tls_not_after,
             listener,
+            max_connections: self.config.api.max_connections,
+            plain_listener: self.config.api.plain_listen.is_some(),
             upstream: self.upstream.clone(),
             intune_revocation: self.intune_revocation.clone(),
             updates: self

@@ -543,6 +543,70 @@ fn a_listener_at_its_connection_limit_serves_the_next_client_when_one_leaves() {
     assert!(reached >= 1.0, "{reached}");
 }
 
+/// The status page says how full each listener is, and a listener at its limit needs
+/// attention: here the plain listener (where SCEP clients come) holds both connections it may,
+/// and the API, on its own listener, still answers and says so.
+#[test]
+fn the_status_page_shows_a_listener_at_its_connection_limit() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugins(), "").replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nplain_listen = \"127.0.0.1:0\"\nmax_connections = 2",
+        )
+    });
+    let read = data_token(dir.path(), "api-read-token");
+    let status = || {
+        let (code, body) = http_get(daemon.port, "/v1/status", Some(&read));
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let api = v["sources"][0].clone();
+        assert_eq!(api["name"], "request API", "{v}");
+        (
+            v["status"].clone(),
+            api["state"].clone(),
+            api["detail"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (overall, state, detail) = status();
+    assert!(
+        detail.contains("of 2 connections on the API listener"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("0 of 2 connections on the plain listener"),
+        "{detail}"
+    );
+    assert_eq!((overall, state), (json!("ok"), json!("serving")));
+
+    let plain: std::net::SocketAddr = std::fs::read_to_string(dir.path().join("data/plain.addr"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Two keep-alive connections, each answered (so taken), and held.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(plain).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(b"GET /scep?operation=GetCACaps HTTP/1.1\r\nHost: certconn\r\n\r\n")
+                .unwrap();
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).unwrap();
+            assert_eq!(&head, b"HTTP/1.1 404", "no SCEP here: a 404, but an answer");
+            s
+        })
+        .collect();
+    let (overall, state, detail) = status();
+    assert!(
+        detail.contains("2 of 2 connections on the plain listener (at api.max_connections"),
+        "{detail}"
+    );
+    assert_eq!((overall, state), (json!("attention"), json!("attention")));
+    drop(held);
+}
+
 /// Started with a service's default open-file limit (1,024 soft), `serve` raises its soft
 /// limit to the hard one, so `api.max_connections` can be reached; where the hard limit
 /// itself is too low for the listeners' limits, it says so at start (event 5605).

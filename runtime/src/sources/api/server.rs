@@ -219,6 +219,10 @@ pub struct ApiState {
     pub tls_not_after: Arc<std::sync::atomic::AtomicU64>,
     /// How the API listens (address, TLS and its certificate's source), for the status page.
     pub listener: String,
+    /// `api.max_connections`, and whether `api.plain_listen` is served: the status page shows
+    /// how full each listener is.
+    pub max_connections: usize,
+    pub plain_listener: bool,
     /// The upstream service, for status and health.
     pub upstream: Option<Arc<crate::sources::upstream::Upstream>>,
     /// Intune's revocation requests, for status and health.

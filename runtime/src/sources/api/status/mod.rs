@@ -131,6 +131,42 @@ pub(super) fn watched_certificates(state: &AppState) -> Vec<(String, u64)> {
     out
 }
 
+/// How many connections each listener holds against `api.max_connections`, as the status page
+/// says it, and whether one is at its limit now (clients then wait to be taken: a flood, or a
+/// limit set too low).
+fn connections(state: &AppState) -> (String, bool) {
+    use crate::metrics::ListenerKind;
+    let metrics = crate::metrics::global();
+    let max = state.max_connections as u64;
+    let listeners: &[ListenerKind] = if state.plain_listener {
+        &ListenerKind::ALL
+    } else {
+        &[ListenerKind::Api]
+    };
+    let mut at_limit = false;
+    let said: Vec<String> = listeners
+        .iter()
+        .map(|&listener| {
+            let open = metrics.api_connections_open(listener);
+            let full = open >= max;
+            at_limit |= full;
+            format!(
+                "{open} of {max} connections on the {} listener{}",
+                match listener {
+                    ListenerKind::Api => "API",
+                    ListenerKind::Plain => "plain",
+                },
+                if full {
+                    " (at api.max_connections: new clients wait)"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    (said.join(", "), at_limit)
+}
+
 /// Every backend instance as `plugins list` shows it, with a health check of each run now (at
 /// once: each may wait on its CA).
 pub(super) async fn backends_with_health(registry: &Registry) -> serde_json::Value {
@@ -221,10 +257,11 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
     }
     let counts = state.jobs.counts().await.unwrap_or_default();
     let backends = backends_with_health(&state.registry).await;
+    let (connections, at_limit) = connections(&state);
     let mut sources = vec![json!({
         "name": "request API",
-        "state": "serving",
-        "detail": state.listener,
+        "state": if at_limit { "attention" } else { "serving" },
+        "detail": format!("{}; {connections}", state.listener),
     })];
     if let Some(upstream) = &state.upstream {
         let u = upstream.status_with_backlog().await;
@@ -317,7 +354,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
         .iter()
         .flatten()
         .any(|ca| ca.publishing_error.is_some());
-    let degraded = degraded || out_of_date || updates_attention || publishing_fails;
+    let degraded = degraded || out_of_date || updates_attention || publishing_fails || at_limit;
     Json(json!({
         "version": crate::version::version(),
         "lifecycle": lifecycle,

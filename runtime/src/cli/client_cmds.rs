@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use certconn::custody::KeyAlgorithm;
 use certconn::jobs::model::RevocationReason;
 use certconn::sources::api::client::{ApiClient, ClientError};
+use certconn::sources::api::connections::ListenerConnections;
 
 #[derive(Debug, Subcommand)]
 pub enum Submit {
@@ -647,6 +648,11 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
         health["status"].as_str().unwrap_or("?")
     );
     println!("backends: {}", health["backends"]);
+    let listeners: Vec<ListenerConnections> =
+        serde_json::from_value(health["connections"].clone()).unwrap_or_default();
+    for l in listeners {
+        println!("{}{l}", if l.at_limit { "warning: " } else { "" });
+    }
     let journal = &health["journal"];
     if journal["reachable"].as_bool() == Some(false) {
         println!(

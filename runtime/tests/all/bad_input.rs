@@ -545,7 +545,7 @@ fn a_listener_at_its_connection_limit_serves_the_next_client_when_one_leaves() {
 
 /// The status page says how full each listener is, and a listener at its limit needs
 /// attention: here the plain listener (where SCEP clients come) holds both connections it may,
-/// and the API, on its own listener, still answers and says so.
+/// and the API, on its own listener, still answers and says so, as `certconn status` does.
 #[test]
 fn the_status_page_shows_a_listener_at_its_connection_limit() {
     use std::io::{Read, Write};
@@ -604,6 +604,15 @@ fn the_status_page_shows_a_listener_at_its_connection_limit() {
         "{detail}"
     );
     assert_eq!((overall, state), (json!("attention"), json!("attention")));
+    // `certconn status` (from /v1/health, which needs no token) warns of it.
+    let (ok, said) = run_certconn(&["status"], &daemon.config);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains(
+            "warning: 2 of 2 connections on the plain listener (at api.max_connections: new clients wait)"
+        ) && said.contains("of 2 connections on the API listener"),
+        "{said}"
+    );
     drop(held);
 }
 

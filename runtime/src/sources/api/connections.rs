@@ -37,6 +37,59 @@ pub const RESERVED_FILES: u64 = 256;
 /// How often a listener at its limit says so in the log.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// How full one listener is, as `/v1/health`, `certconn status` and the status page say it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ListenerConnections {
+    /// `api` (`api.listen`) or `plain` (`api.plain_listen`).
+    pub listener: String,
+    /// Connections it holds now, TLS handshakes included.
+    pub open: u64,
+    /// `api.max_connections`.
+    pub max: u64,
+    /// It holds `max`: new clients wait in the kernel's queue (a flood, or a limit too low).
+    pub at_limit: bool,
+}
+
+/// `3 of 1024 connections on the API listener`, and why it matters when it is full.
+impl std::fmt::Display for ListenerConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} connections on the {} listener",
+            self.open,
+            self.max,
+            if self.listener == "api" {
+                "API"
+            } else {
+                &self.listener
+            }
+        )?;
+        if self.at_limit {
+            f.write_str(" (at api.max_connections: new clients wait)")?;
+        }
+        Ok(())
+    }
+}
+
+/// How full each listener served is: the API's, and the plain one when `plain` is served.
+pub fn listener_connections(max_connections: usize, plain: bool) -> Vec<ListenerConnections> {
+    let metrics = crate::metrics::global();
+    let max = max_connections as u64;
+    ListenerKind::ALL
+        .into_iter()
+        .filter(|kind| plain || *kind == ListenerKind::Api)
+        .map(|kind| {
+            let open = metrics.api_connections_open(kind);
+            ListenerConnections {
+                listener: kind.as_str().to_owned(),
+                open,
+                max,
+                at_limit: open >= max,
+            }
+        })
+        .collect()
+}
+
 /// A TCP listener that holds at most `max` connections at once.
 pub struct LimitedListener {
     tcp: TcpListener,

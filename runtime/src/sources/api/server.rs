@@ -541,6 +541,10 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
             None => None,
         },
         updates: state.updates.as_ref().map(|u| u.summary()),
+        connections: super::connections::listener_connections(
+            state.max_connections,
+            state.plain_listener,
+        ),
     })
 }
 
@@ -584,6 +588,8 @@ pub struct Health {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub updates: Option<serde_json::Value>,
+    /// How many connections each listener holds against `api.max_connections`.
+    pub connections: Vec<super::connections::ListenerConnections>,
 }
 
 /// Body of `POST /v1/jobs/issue`.

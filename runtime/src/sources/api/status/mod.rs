@@ -132,39 +132,14 @@ pub(super) fn watched_certificates(state: &AppState) -> Vec<(String, u64)> {
 }
 
 /// How many connections each listener holds against `api.max_connections`, as the status page
-/// says it, and whether one is at its limit now (clients then wait to be taken: a flood, or a
-/// limit set too low).
+/// says it, and whether one is at its limit now.
 fn connections(state: &AppState) -> (String, bool) {
-    use crate::metrics::ListenerKind;
-    let metrics = crate::metrics::global();
-    let max = state.max_connections as u64;
-    let listeners: &[ListenerKind] = if state.plain_listener {
-        &ListenerKind::ALL
-    } else {
-        &[ListenerKind::Api]
-    };
-    let mut at_limit = false;
-    let said: Vec<String> = listeners
-        .iter()
-        .map(|&listener| {
-            let open = metrics.api_connections_open(listener);
-            let full = open >= max;
-            at_limit |= full;
-            format!(
-                "{open} of {max} connections on the {} listener{}",
-                match listener {
-                    ListenerKind::Api => "API",
-                    ListenerKind::Plain => "plain",
-                },
-                if full {
-                    " (at api.max_connections: new clients wait)"
-                } else {
-                    ""
-                }
-            )
-        })
-        .collect();
-    (said.join(", "), at_limit)
+    let listeners = crate::sources::api::connections::listener_connections(
+        state.max_connections,
+        state.plain_listener,
+    );
+    let said: Vec<String> = listeners.iter().map(|l| l.to_string()).collect();
+    (said.join(", "), listeners.iter().any(|l| l.at_limit))
 }
 
 /// Every backend instance as `plugins list` shows it, with a health check of each run now (at

@@ -77,7 +77,7 @@ pub async fn run(plugins: &Path, dir: &Path) -> anyhow::Result<()> {
         released: certconn::lifecycle::date_of_day(certconn::lifecycle::today()),
         support_days: DEFAULT_SUPPORT_DAYS,
     };
-    feed.add(&release(&old), &build)?;
+    feed.add(&release(&old), &std::fs::read(&build)?)?;
     feed.publish().await?;
     let extra = format!(
         "[api]\nlisten = \"127.0.0.1:0\"\n[update]\nurl = \"{}\"\nroot = \"{}\"\ndaemon = \"auto\"\ncheck_seconds = 1\n",
@@ -156,7 +156,7 @@ pub async fn run(plugins: &Path, dir: &Path) -> anyhow::Result<()> {
         n += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    feed.add(&release(&new), &stamped)?;
+    feed.add(&release(&new), &std::fs::read(&stamped)?)?;
     let published = Instant::now();
     feed.publish().await?;
     let mut last_old = published;

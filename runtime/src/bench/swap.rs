@@ -61,11 +61,9 @@ pub async fn run(
             released: certconn::lifecycle::date_of_day(certconn::lifecycle::today()),
             support_days: certconn::update::release::DEFAULT_SUPPORT_DAYS,
         };
-        feed.add(&release(&old.manifest.version), &source)?;
+        feed.add(&release(&old.manifest.version), &old.bytes)?;
         feed.publish().await?;
-        let new_file = dir.join("local-ca-new.wasm");
-        std::fs::write(&new_file, &new.bytes)?;
-        feed.add(&release(&new.manifest.version), &new_file)?;
+        feed.add(&release(&new.manifest.version), &new.bytes)?;
         extra = format!(
             "[update]\nurl = \"{}\"\nroot = \"{}\"\nplugins = \"auto\"\ncheck_seconds = 604800\nprobation_jobs = 1000000\n",
             certconn::update::feed::directory_url(&feed.repository())?,

@@ -152,7 +152,7 @@ pub async fn run(what: ReleaseCmd) -> anyhow::Result<()> {
                     release.version
                 )
             })?;
-            Workspace::new(&dir, PathBuf::new()).add(&release, &file)?;
+            Workspace::new(&dir, PathBuf::new()).add(&release, &bytes)?;
             println!(
                 "{} {} {} ({}, released {}) added; `certconn release publish` serves it",
                 release.kind.as_str(),

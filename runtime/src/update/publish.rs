@@ -321,11 +321,13 @@ impl Workspace {
         files::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| file_error(&path, e))
     }
 
-    /// Adds a release: copies `file` into `files/` and lists it in `feed.toml`. Nothing is
-    /// served until `publish`. Whether the file is what the release says (a package of that
-    /// plugin and version, a certconn binary) is [`Release::check_file`]'s, which `certconn
-    /// release add` asks first; the tests put in releases it refuses, as an attacker would.
-    pub fn add(&self, release: &Release, file: &Path) -> Result<(), PublishError> {
+    /// Adds a release: writes the file's `bytes` into `files/` and lists it in `feed.toml`.
+    /// Nothing is served until `publish`. Whether the bytes are what the release says (a
+    /// package of that plugin and version, a certconn binary) is [`Release::check_file`]'s,
+    /// which `certconn release add` asks first, of the same bytes it hands here (the file is
+    /// read once: what was checked is what is stored); the tests put in releases it refuses,
+    /// as an attacker would.
+    pub fn add(&self, release: &Release, bytes: &[u8]) -> Result<(), PublishError> {
         release.check().map_err(PublishError::Invalid)?;
         let mut feed = self.read_feed()?;
         if feed.releases.iter().any(|r| {
@@ -338,7 +340,6 @@ impl Workspace {
                 release.version
             )));
         }
-        let bytes = std::fs::read(file).map_err(|e| file_error(file, e))?;
         let stored = format!(
             "{}-{}-{}",
             release.kind.as_str(),
@@ -346,7 +347,7 @@ impl Workspace {
             release.version
         );
         let dest = self.dir.join("files").join(&stored);
-        files::write_atomic(&dest, &bytes, 0o644).map_err(|e| file_error(&dest, e))?;
+        files::write_atomic(&dest, bytes, 0o644).map_err(|e| file_error(&dest, e))?;
         feed.releases.push(FeedEntry {
             kind: release.kind,
             name: release.name.clone(),

@@ -115,7 +115,7 @@ impl Feed {
             support_days: certconn::update::release::DEFAULT_SUPPORT_DAYS,
         };
         certconn::update::publish::Workspace::new(&self.dir, PathBuf::new())
-            .add(&release, file)
+            .add(&release, &std::fs::read(file).expect("the release's file"))
             .expect("the release is added");
     }
 

@@ -8,8 +8,8 @@
 //! only with a permit, from its TCP accept through the TLS handshake to the connection's close;
 //! at the limit it stops accepting, and further connections wait in the kernel's listen queue
 //! (where a client sees a slow connect, not an error) until one closes. The API listener and
-//! `api.plain_listen` have a limit each, so devices flooding the SCEP endpoint do not lock the
-//! administrator out of the API. Stopping the accept, rather than accepting and closing at once,
+//! `api.plain_listen` have a limit each, so a flood on the plain listener, where SCEP clients
+//! come, does not lock the administrator out of the API. Stopping the accept, rather than accepting and closing at once,
 //! is what nginx's `worker_connections` does: an accepted connection already costs the file
 //! descriptor the limit is there to save.
 //!
@@ -204,10 +204,6 @@ impl<T> Counted<T> {
             kind,
             _permit: permit,
         }
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.io
     }
 }
 

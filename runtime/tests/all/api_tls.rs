@@ -178,16 +178,12 @@ fn scep_and_crls_stay_plain_http_on_plain_listen_and_nothing_else_is_there() {
     let challenge = dir.path().join("challenge");
     write_private(&challenge, "tls-test-challenge\n");
     let daemon = start_in(dir.path(), |data| {
-        tls_config(data, &cert, &key, "").replace(
-            "listen = \"127.0.0.1:0\"\n",
-            "listen = \"127.0.0.1:0\"\nplain_listen = \"127.0.0.1:0\"\n",
+        with_api_settings(
+            &tls_config(data, &cert, &key, ""),
+            "plain_listen = \"127.0.0.1:0\"",
         ) + &scep_section(&challenge)
     });
-    let plain: std::net::SocketAddr = std::fs::read_to_string(dir.path().join("data/plain.addr"))
-        .expect("serve writes data/plain.addr")
-        .trim()
-        .parse()
-        .unwrap();
+    let plain = plain_addr(dir.path());
     let (status, caps) = http_raw(plain.port(), "GET", "/scep?operation=GetCACaps", b"");
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&caps).contains("SCEPStandard"));
@@ -209,16 +205,12 @@ fn a_stalled_tls_handshake_counts_against_the_listeners_limit_and_the_plain_list
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = api_certificate(dir.path());
     let daemon = start_in(dir.path(), |data| {
-        tls_config(data, &cert, &key, "").replace(
-            "listen = \"127.0.0.1:0\"\n",
-            "listen = \"127.0.0.1:0\"\nplain_listen = \"127.0.0.1:0\"\nmax_connections = 1\n",
+        with_api_settings(
+            &tls_config(data, &cert, &key, ""),
+            "plain_listen = \"127.0.0.1:0\"\nmax_connections = 1",
         )
     });
-    let plain: std::net::SocketAddr = std::fs::read_to_string(dir.path().join("data/plain.addr"))
-        .expect("serve writes data/plain.addr")
-        .trim()
-        .parse()
-        .unwrap();
+    let plain = plain_addr(dir.path());
     let (status, _) = curl(daemon.port, "/v1/health", &cert, &[]);
     assert_eq!(status, 200);
     // Connected first, so taken first (the kernel's queue is in order), and silent.

@@ -485,10 +485,7 @@ fn a_listener_at_its_connection_limit_serves_the_next_client_when_one_leaves() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_in(dir.path(), |data| {
-        config_text(data, &plugins(), "").replace(
-            "listen = \"127.0.0.1:0\"",
-            "listen = \"127.0.0.1:0\"\nmax_connections = 2",
-        )
+        with_api_settings(&config_text(data, &plugins(), ""), "max_connections = 2")
     });
     const REQUEST: &[u8] = b"GET /v1/health HTTP/1.1\r\nHost: certconn\r\n\r\n";
     // Sends a request and reads the head of its answer; the connection stays open.
@@ -551,9 +548,9 @@ fn the_status_page_shows_a_listener_at_its_connection_limit() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_in(dir.path(), |data| {
-        config_text(data, &plugins(), "").replace(
-            "listen = \"127.0.0.1:0\"",
-            "listen = \"127.0.0.1:0\"\nplain_listen = \"127.0.0.1:0\"\nmax_connections = 2",
+        with_api_settings(
+            &config_text(data, &plugins(), ""),
+            "plain_listen = \"127.0.0.1:0\"\nmax_connections = 2",
         )
     });
     let read = data_token(dir.path(), "api-read-token");
@@ -580,11 +577,7 @@ fn the_status_page_shows_a_listener_at_its_connection_limit() {
     );
     assert_eq!((overall, state), (json!("ok"), json!("serving")));
 
-    let plain: std::net::SocketAddr = std::fs::read_to_string(dir.path().join("data/plain.addr"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let plain = plain_addr(dir.path());
     // Two keep-alive connections, each answered (so taken), and held.
     let held: Vec<_> = (0..2)
         .map(|_| {
@@ -622,18 +615,8 @@ fn the_status_page_shows_a_listener_at_its_connection_limit() {
 #[test]
 fn serve_raises_its_open_file_limit_and_warns_when_the_hard_one_is_too_low() {
     let open_files = |daemon: &Daemon| {
-        let limits =
-            std::fs::read_to_string(format!("/proc/{}/limits", daemon.child.id())).unwrap();
-        let line = limits
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .unwrap_or_else(|| panic!("{limits}"))
-            .to_owned();
-        let numbers: Vec<u64> = line
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        (numbers[0], numbers[1])
+        let (soft, hard) = process_limit(daemon.child.id(), "Max open files");
+        (soft.parse::<u64>().unwrap(), hard.parse::<u64>().unwrap())
     };
     let mut hard = libc::rlimit {
         rlim_cur: 0,
@@ -676,9 +659,9 @@ fn a_connection_that_sends_no_request_is_closed_after_the_header_timeout() {
     use std::time::Instant;
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_in(dir.path(), |data| {
-        config_text(data, &plugins(), "").replace(
-            "listen = \"127.0.0.1:0\"",
-            "listen = \"127.0.0.1:0\"\nheader_timeout_seconds = 1",
+        with_api_settings(
+            &config_text(data, &plugins(), ""),
+            "header_timeout_seconds = 1",
         )
     });
     // Read until the daemon closes the connection; the read timeout only keeps a broken

@@ -331,26 +331,12 @@ fn install_start_issue_and_purge() {
         !readable && said.contains("Permission denied"),
         "another process of the certconn user read {environ}: {said}"
     );
-    let (_, limits) = sh(Command::new("cat").arg(format!("/proc/{}/limits", daemon.id())));
-    let core = limits
-        .lines()
-        .find(|l| l.starts_with("Max core file size"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect::<Vec<_>>();
-    assert_eq!(core.get(4..6), Some(&["0", "0"][..]), "{limits}");
+    let core = process_limit(daemon.id(), "Max core file size");
+    assert_eq!(core, ("0".to_owned(), "0".to_owned()));
     // Started with systemd's 1,024 soft open files, it raised them to the hard limit, under
     // the unit's filter (`api.max_connections` needs the room).
-    let files = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect::<Vec<_>>();
-    assert!(
-        files.get(3).is_some() && files.get(3) == files.get(4),
-        "{limits}"
-    );
+    let (soft, hard) = process_limit(daemon.id(), "Max open files");
+    assert_eq!(soft, hard, "open files not raised to the hard limit");
     // …and it opened its page map before that (the plugin engine's fast reset of an instance's
     // memory needs it, and a process that is not dumpable cannot open its own any more).
     let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.id())).unwrap();

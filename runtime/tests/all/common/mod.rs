@@ -446,6 +446,38 @@ pub async fn submit(api: &ApiClient, profile: &str, key: &str, extra: Value) -> 
     answer["job"]["id"].as_str().expect("job id").to_owned()
 }
 
+/// `text` (a [`config_text`]) with `settings` (TOML lines) added to its `[api]` table.
+pub fn with_api_settings(text: &str, settings: &str) -> String {
+    const LISTEN: &str = "listen = \"127.0.0.1:0\"\n";
+    assert!(text.contains(LISTEN), "no [api] listen line in:\n{text}");
+    text.replacen(LISTEN, &format!("{LISTEN}{settings}\n"), 1)
+}
+
+/// The address `api.plain_listen` got, which `serve` writes to `<dir>/data/plain.addr` before
+/// `api.addr` (so it is there once [`Daemon::start`] returns).
+pub fn plain_addr(dir: &Path) -> std::net::SocketAddr {
+    std::fs::read_to_string(dir.join("data/plain.addr"))
+        .expect("serve writes data/plain.addr")
+        .trim()
+        .parse()
+        .expect("an address in data/plain.addr")
+}
+
+/// One limit of process `pid` as `/proc/PID/limits` states it: `(soft, hard)`, as written
+/// (`unlimited` or a number).
+pub fn process_limit(pid: u32, name: &str) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name:?} in:\n{limits}"));
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(soft), Some(hard)) => (soft.to_owned(), hard.to_owned()),
+        _ => panic!("{name}: no soft and hard limit in {line:?}"),
+    }
+}
+
 /// The default test config with `extra` appended, written to `<dir>/certconn.toml` (its data
 /// directory `<dir>/data`); its path.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {

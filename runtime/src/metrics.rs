@@ -83,6 +83,9 @@ pub struct Metrics {
     /// Times each API listener found itself at `api.max_connections` when it went to take
     /// the next connection.
     api_connection_limit_reached: [AtomicU64; 2],
+    /// Clients each API listener cut off for missing a deadline, by listener and
+    /// [`ClientTimeout`].
+    api_client_timeouts: [[AtomicU64; 2]; 2],
     /// PKCS#12 files written for issued certificates.
     pfx_written: AtomicU64,
     /// CPU time those files took on the threads that wrote them (key derivations, encryption).
@@ -135,6 +138,27 @@ impl ListenerKind {
         match self {
             Self::Api => "api",
             Self::Plain => "plain",
+        }
+    }
+}
+
+/// The deadline a client of the API missed after its request's headers
+/// (`sources::api::deadlines`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTimeout {
+    /// The request's body did not arrive in time (`api.body_timeout_seconds`).
+    Body,
+    /// A write of the answer waited for the client too long (`api.send_timeout_seconds`).
+    Send,
+}
+
+impl ClientTimeout {
+    pub const ALL: [ClientTimeout; 2] = [Self::Body, Self::Send];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Body => "body",
+            Self::Send => "send",
         }
     }
 }
@@ -329,6 +353,16 @@ impl Metrics {
     /// How often `listener` was at its limit since the process started.
     pub fn api_connection_limit_reached_total(&self, listener: ListenerKind) -> u64 {
         self.api_connection_limit_reached[listener as usize].load(Ordering::Relaxed)
+    }
+
+    /// A client of `listener` missed the `phase` deadline and was cut off.
+    pub fn api_client_timeout(&self, listener: ListenerKind, phase: ClientTimeout) {
+        self.api_client_timeouts[listener as usize][phase as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Clients of `listener` cut off at the `phase` deadline since the process started.
+    pub fn api_client_timeouts_total(&self, listener: ListenerKind, phase: ClientTimeout) -> u64 {
+        self.api_client_timeouts[listener as usize][phase as usize].load(Ordering::Relaxed)
     }
 
     /// The retention sweep removed `n` job results.
@@ -558,6 +592,20 @@ impl Metrics {
                 &[("listener", listener.as_str())],
                 self.api_connection_limit_reached_total(listener) as f64,
             );
+        }
+        out.family(
+            "certconn_api_client_timeouts_total",
+            "counter",
+            "Connections closed because the client missed a deadline after its request's headers, by listener and phase: body (api.body_timeout_seconds) or send (api.send_timeout_seconds).",
+        );
+        for listener in ListenerKind::ALL {
+            for phase in ClientTimeout::ALL {
+                out.sample(
+                    "certconn_api_client_timeouts_total",
+                    &[("listener", listener.as_str()), ("phase", phase.as_str())],
+                    self.api_client_timeouts_total(listener, phase) as f64,
+                );
+            }
         }
         out.family(
             "certconn_plugin_faults_total",

@@ -32,6 +32,7 @@ use crate::journal::{Journal, JournalError, PostgresJournal, SqliteJournal};
 use crate::plugins::{PluginEngine, PluginError, Registry};
 use crate::revocation::Publisher;
 use crate::sources::api::connections::{self, LimitedListener, ListenerKind};
+use crate::sources::api::deadlines::ListenerDeadlines;
 use crate::sources::api::serve::serve;
 use crate::sources::api::server::ApiState;
 use crate::sources::api::tls::{IssuedCertificate, ServerCertificate, TlsListener};
@@ -487,7 +488,7 @@ impl App {
                 .merge(self.documented_public_routes())
                 .merge(api)
                 .split_for_parts();
-        crate::sources::api::server::document_authentication(&mut document);
+        crate::sources::api::server::document_shared_answers(&mut document);
         match document.to_pretty_json() {
             Ok(json) => {
                 let _ = openapi.set(json);
@@ -726,23 +727,24 @@ impl App {
         );
         let watcher = self.run_plugin_watcher(shutdown.clone());
         let router = self.router(token, read_token, tls_not_after, listening);
-        let header_timeout = std::time::Duration::from_secs(self.config.api.header_timeout_seconds);
+        let deadlines = self.config.api.client_deadlines();
         let max_connections = self.config.api.max_connections;
         let listener = LimitedListener::new(listener, ListenerKind::Api, max_connections);
+        let api_deadlines = ListenerDeadlines::new(ListenerKind::Api, deadlines);
         let api: Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
             Some(config) => Box::pin(serve(
                 TlsListener::new(listener, config).map_err(ServeError::Api)?,
                 router,
-                header_timeout,
+                api_deadlines,
                 shutdown.clone(),
             )),
-            None => Box::pin(serve(listener, router, header_timeout, shutdown.clone())),
+            None => Box::pin(serve(listener, router, api_deadlines, shutdown.clone())),
         };
         let plain: Pin<Box<dyn Future<Output = ()> + Send>> = match plain {
             Some(listener) => Box::pin(serve(
                 LimitedListener::new(listener, ListenerKind::Plain, max_connections),
                 self.public_routes(),
-                header_timeout,
+                ListenerDeadlines::new(ListenerKind::Plain, deadlines),
                 shutdown.clone(),
             )),
             None => Box::pin(async {}),

@@ -650,12 +650,138 @@ fn serve_raises_its_open_file_limit_and_warns_when_the_hard_one_is_too_low() {
     daemon.stop();
 }
 
+/// Reads what the daemon sends until it closes the connection; the read timeout only keeps a
+/// broken daemon from hanging the test.
+fn read_until_closed(mut s: std::net::TcpStream) -> (std::io::Result<usize>, String) {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut got = Vec::new();
+    let result = s.read_to_end(&mut got);
+    (result, String::from_utf8_lossy(&got).into_owned())
+}
+
+/// A client that sends a request's headers and then stops sending its body (a slow-body
+/// attack: the headers' deadline is over once they are in) gets 408 after
+/// `api.body_timeout_seconds`, and its connection is closed, freeing the listener's slot;
+/// a client that sends a large body slowly but steadily is served though it takes longer.
+#[test]
+fn a_request_body_that_stops_gets_408_and_a_steady_slow_one_is_served() {
+    use std::io::Write;
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_in(dir.path(), |data| {
+        with_api_settings(
+            &config_text(data, &plugins(), ""),
+            "body_timeout_seconds = 1\nmax_connections = 1",
+        )
+    });
+    let token = data_token(dir.path(), "api-token");
+    let head = |length: usize| {
+        format!(
+            "POST /v1/jobs/issue HTTP/1.1\r\nHost: certconn\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        )
+    };
+    let started = Instant::now();
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    stalled
+        .write_all(format!("{}{{\"profile\"", head(1000)).as_bytes())
+        .unwrap();
+    let (result, said) = read_until_closed(stalled);
+    assert!(
+        result.is_ok(),
+        "the stalled connection was not closed: {result:?}"
+    );
+    assert!(said.starts_with("HTTP/1.1 408 Request Timeout"), "{said}");
+    assert!(said.contains("api.body_timeout_seconds"), "{said}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "408 before the deadline: {:?}",
+        started.elapsed()
+    );
+    wait_for_event(&daemon, 5606, Duration::from_secs(30));
+
+    // 6,000 bytes (a request padded with JSON's whitespace) in six parts 300 ms apart: 1.5 s,
+    // past the second the body has, but at 3,000 bytes a second, well above the 500 that
+    // extend it. The listener's one slot is free again, or this would wait.
+    let mut body = json!({ "profile": "smime", "subject": "CN=slow but steady" }).to_string();
+    body.push_str(&" ".repeat(6000 - body.len()));
+    let started = Instant::now();
+    let mut steady = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    steady.write_all(head(body.len()).as_bytes()).unwrap();
+    for part in body.as_bytes().chunks(1000) {
+        steady.write_all(part).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let mut head = [0u8; 12];
+    steady
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    std::io::Read::read_exact(&mut steady, &mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 202", "the steady body was not accepted");
+    // It holds the one slot while kept alive.
+    drop(steady);
+
+    let (status, metrics) = http_get(
+        daemon.port,
+        "/metrics",
+        Some(&data_token(dir.path(), "api-read-token")),
+    );
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("certconn_api_client_timeouts_total{listener=\"api\",phase=\"body\"} 1\n"),
+        "{metrics}"
+    );
+}
+
+/// A client that asks for answers and never reads them (here 200 pipelined requests for the
+/// API's 100 KB description, far more than the sockets' buffers hold) is cut off once a write
+/// has waited `api.send_timeout_seconds` for it; it would otherwise hold its connection for
+/// ever, as no request deadline runs while the daemon writes.
+#[test]
+fn an_answer_the_client_never_reads_is_cut_off_after_the_send_timeout() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_in(dir.path(), |data| {
+        with_api_settings(
+            &config_text(data, &plugins(), ""),
+            "send_timeout_seconds = 1",
+        )
+    });
+    let (status, document) = http_get(daemon.port, "/v1/openapi.json", None);
+    assert_eq!(status, 200);
+    let mut reader = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    reader
+        .write_all(&b"GET /v1/openapi.json HTTP/1.1\r\nHost: certconn\r\n\r\n".repeat(200))
+        .unwrap();
+    // The daemon says so once a write has waited the second; reading only then.
+    wait_for_event(&daemon, 5606, Duration::from_secs(60));
+    let (result, said) = read_until_closed(reader);
+    // Closed with answers unsent: the end of what was sent, or a reset.
+    let answers = said.matches("HTTP/1.1 200 OK").count();
+    assert!(
+        answers < 200 && said.len() < 200 * document.len(),
+        "all {answers} answers arrived ({result:?})"
+    );
+    let (status, metrics) = http_get(
+        daemon.port,
+        "/metrics",
+        Some(&data_token(dir.path(), "api-read-token")),
+    );
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("certconn_api_client_timeouts_total{listener=\"api\",phase=\"send\"} 1\n"),
+        "{metrics}"
+    );
+}
+
 /// A client that opens a connection and never finishes its request's headers (a slow-headers
 /// attack on the SCEP endpoint, say) is cut off after `api.header_timeout_seconds`, and so is a
 /// keep-alive connection left idle as long; it would otherwise hold a file descriptor for ever.
 #[test]
 fn a_connection_that_sends_no_request_is_closed_after_the_header_timeout() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::time::Instant;
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_in(dir.path(), |data| {
@@ -664,19 +790,11 @@ fn a_connection_that_sends_no_request_is_closed_after_the_header_timeout() {
             "header_timeout_seconds = 1",
         )
     });
-    // Read until the daemon closes the connection; the read timeout only keeps a broken
-    // daemon from hanging the test.
-    let until_closed = |mut s: std::net::TcpStream| {
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut got = Vec::new();
-        let result = s.read_to_end(&mut got);
-        (result, String::from_utf8_lossy(&got).into_owned())
-    };
     let started = Instant::now();
     let mut half = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
     half.write_all(b"GET /v1/health HTTP/1.1\r\nHost: certconn\r\n")
         .unwrap();
-    let (result, said) = until_closed(half);
+    let (result, said) = read_until_closed(half);
     assert!(
         result.is_ok(),
         "the half-sent request's connection was not closed: {result:?}"
@@ -691,7 +809,7 @@ fn a_connection_that_sends_no_request_is_closed_after_the_header_timeout() {
     let mut idle = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
     idle.write_all(b"GET /v1/health HTTP/1.1\r\nHost: certconn\r\n\r\n")
         .unwrap();
-    let (result, said) = until_closed(idle);
+    let (result, said) = read_until_closed(idle);
     assert!(
         result.is_ok(),
         "the idle connection was not closed: {result:?}"

@@ -104,10 +104,10 @@ pub struct LimitedListener {
 
 /// Whether a warning is due: the first time, then once a minute at most.
 #[derive(Default)]
-struct OnceAMinute(Option<std::time::Instant>);
+pub(super) struct OnceAMinute(Option<std::time::Instant>);
 
 impl OnceAMinute {
-    fn due(&mut self) -> bool {
+    pub(super) fn due(&mut self) -> bool {
         let due = self.0.is_none_or(|at| at.elapsed() >= WARN_EVERY);
         if due {
             self.0 = Some(std::time::Instant::now());

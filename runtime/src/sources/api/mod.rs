@@ -8,6 +8,7 @@
 //! - `client`: what the CLI uses to talk to a running daemon.
 //! - `connections`: how many connections a listener holds at once (`api.max_connections`).
 //! - `serve`: the accept loop, with a deadline for each request's headers.
+//! - `deadlines`: the deadlines for a request's body and for taking its answer.
 //! - `tls`: the API over TLS, and client certificates.
 //! - `metrics`: `GET /metrics` for Prometheus.
 //! - `status`: the status page and `GET /v1/status`.
@@ -17,6 +18,7 @@
 pub mod certificates;
 pub mod client;
 pub mod connections;
+pub mod deadlines;
 pub mod fleet;
 pub mod job_counts;
 mod metrics;
@@ -60,6 +62,23 @@ pub struct ApiConfig {
         deserialize_with = "crate::config::in_range::<_, u64, 1, 3600>"
     )]
     pub header_timeout_seconds: u64,
+    /// How long a request's body may take once its headers are in, in seconds, and a second
+    /// more for every 500 bytes received; then the client gets 408 and the connection is
+    /// closed. Without it, a client that sends headers and then a byte a minute holds its
+    /// connection for ever.
+    #[serde(
+        default = "default_body_timeout",
+        deserialize_with = "crate::config::in_range::<_, u64, 1, 3600>"
+    )]
+    pub body_timeout_seconds: u64,
+    /// How long a write of an answer may wait for the client to take it, in seconds; then the
+    /// connection is closed. Without it, a client that asks and never reads holds its
+    /// connection for ever.
+    #[serde(
+        default = "default_send_timeout",
+        deserialize_with = "crate::config::in_range::<_, u64, 1, 3600>"
+    )]
+    pub send_timeout_seconds: u64,
     /// How many connections each listener (`listen`, and `plain_listen`) holds at once, TLS
     /// handshakes included; further ones wait in the kernel's queue until one closes. The
     /// deadlines above bound how long a client holds a connection; this bounds how many, so
@@ -89,6 +108,8 @@ impl Default for ApiConfig {
             read_token_file: None,
             max_body_bytes: default_body_limit(),
             header_timeout_seconds: default_header_timeout(),
+            body_timeout_seconds: default_body_timeout(),
+            send_timeout_seconds: default_send_timeout(),
             max_connections: default_max_connections(),
             tls: None,
             allow_plain_http: false,
@@ -99,6 +120,14 @@ impl Default for ApiConfig {
 
 fn default_header_timeout() -> u64 {
     30
+}
+
+fn default_body_timeout() -> u64 {
+    30
+}
+
+fn default_send_timeout() -> u64 {
+    60
 }
 
 fn default_max_connections() -> usize {
@@ -131,6 +160,15 @@ impl ApiConfig {
             tls.check(cx)?;
         }
         Ok(())
+    }
+
+    /// The deadlines each listener holds its clients to.
+    pub fn client_deadlines(&self) -> deadlines::ClientDeadlines {
+        deadlines::ClientDeadlines {
+            header: std::time::Duration::from_secs(self.header_timeout_seconds),
+            body: std::time::Duration::from_secs(self.body_timeout_seconds),
+            send: std::time::Duration::from_secs(self.send_timeout_seconds),
+        }
     }
 
     /// The names of the certificate certconn issues for the API (`api.tls.issuer`):

@@ -7,10 +7,12 @@
 //! published CRLs and OCSP face devices on networks nobody vouches for, so every connection
 //! here has `api.header_timeout_seconds` to send a request's headers; a keep-alive connection
 //! idle as long is closed too (hyper's `header_read_timeout`). The TLS handshake has its own
-//! deadline (`tls::TlsListener`). The rest is what `axum::serve` does: the peer as
+//! deadline (`tls::TlsListener`), and so do a request's body and the answer's writes, once the
+//! headers are in (`deadlines`). The rest is what `axum::serve` does: the peer as
 //! [`ConnectInfo`], and a graceful shutdown that lets requests in flight finish.
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -18,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 use tower::Service;
 
+use super::deadlines::ListenerDeadlines;
 use super::tls::Peer;
 
 /// Serves `router` on `listener` until `shutdown` turns true, then waits for the requests in
@@ -25,7 +28,7 @@ use super::tls::Peer;
 pub async fn serve<L>(
     mut listener: L,
     router: Router,
-    header_timeout: Duration,
+    deadlines: Arc<ListenerDeadlines>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     L: axum::serve::Listener,
@@ -33,7 +36,7 @@ pub async fn serve<L>(
 {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(deadlines.header());
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         // `accept` waits out failures itself (out of file descriptors and the like).
@@ -43,11 +46,22 @@ pub async fn serve<L>(
         };
         let peer = Peer::from(addr);
         let router = router.clone();
-        let service = hyper::service::service_fn(move |mut request| {
+        let held = deadlines.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let (mut request, late) = held.hold_body(request);
             request.extensions_mut().insert(ConnectInfo(peer.clone()));
-            router.clone().call(request)
+            let answer = router.clone().call(request);
+            let held = held.clone();
+            async move {
+                let answer = answer.await;
+                if late.load(Ordering::Relaxed) {
+                    return Ok(held.body_timed_out());
+                }
+                answer
+            }
         });
-        let connection = connections.watch(http.serve_connection(TokioIo::new(io), service));
+        let io = TokioIo::new(deadlines.hold_sends(io));
+        let connection = connections.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("API connection ended: {e}");

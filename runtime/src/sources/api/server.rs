@@ -314,17 +314,26 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
     )
 }
 
-/// Documents the 401 that [`authenticate`] and [`authenticate_reader`] answer for every
-/// operation behind a token, once, rather than on each handler.
-pub fn document_authentication(doc: &mut utoipa::openapi::OpenApi) {
+/// Documents the answers the server gives for many operations, once, rather than on each
+/// handler: the 401 that [`authenticate`] and [`authenticate_reader`] answer for every
+/// operation behind a token, and the 408 for a request body that missed its deadline
+/// (`deadlines`) on every operation that takes one.
+pub fn document_shared_answers(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{Content, Ref, ResponseBuilder};
-    let unauthorized = ResponseBuilder::new()
-        .description("No token, or a token that may not call this")
-        .content(
-            "application/json",
-            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
-        )
-        .build();
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+            )
+            .build()
+    };
+    let unauthorized = error("No token, or a token that may not call this");
+    let late = error(
+        "The body did not arrive within api.body_timeout_seconds of the headers (and a second \
+         more for every 500 bytes received); the connection is closed",
+    );
     for item in doc.paths.paths.values_mut() {
         let operations = [
             &mut item.get,
@@ -339,6 +348,12 @@ pub fn document_authentication(doc: &mut utoipa::openapi::OpenApi) {
                     .responses
                     .entry("401".to_owned())
                     .or_insert_with(|| unauthorized.clone().into());
+            }
+            if op.request_body.is_some() {
+                op.responses
+                    .responses
+                    .entry("408".to_owned())
+                    .or_insert_with(|| late.clone().into());
             }
         }
     }

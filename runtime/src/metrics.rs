@@ -83,6 +83,8 @@ pub struct Metrics {
     /// Times each API listener found itself at `api.max_connections` when it went to take
     /// the next connection.
     api_connection_limit_reached: [AtomicU64; 2],
+    /// Idle connections each API listener closed at its limit to make room.
+    api_idle_connections_closed: [AtomicU64; 2],
     /// Clients each API listener cut off for missing a deadline, by listener and
     /// [`ClientTimeout`].
     api_client_timeouts: [[AtomicU64; 2]; 2],
@@ -355,6 +357,16 @@ impl Metrics {
         self.api_connection_limit_reached[listener as usize].load(Ordering::Relaxed)
     }
 
+    /// `listener`, at its limit, closed a connection idle between requests.
+    pub fn api_idle_connection_closed(&self, listener: ListenerKind) {
+        self.api_idle_connections_closed[listener as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Idle connections `listener` closed at its limit since the process started.
+    pub fn api_idle_connections_closed_total(&self, listener: ListenerKind) -> u64 {
+        self.api_idle_connections_closed[listener as usize].load(Ordering::Relaxed)
+    }
+
     /// A client of `listener` missed the `phase` deadline and was cut off.
     pub fn api_client_timeout(&self, listener: ListenerKind, phase: ClientTimeout) {
         self.api_client_timeouts[listener as usize][phase as usize].fetch_add(1, Ordering::Relaxed);
@@ -591,6 +603,18 @@ impl Metrics {
                 "certconn_api_connection_limit_reached_total",
                 &[("listener", listener.as_str())],
                 self.api_connection_limit_reached_total(listener) as f64,
+            );
+        }
+        out.family(
+            "certconn_api_idle_connections_closed_total",
+            "counter",
+            "Connections idle between requests that a listener at api.max_connections closed to make room for a new one, oldest first.",
+        );
+        for listener in ListenerKind::ALL {
+            out.sample(
+                "certconn_api_idle_connections_closed_total",
+                &[("listener", listener.as_str())],
+                self.api_idle_connections_closed_total(listener) as f64,
             );
         }
         out.family(

@@ -730,23 +730,36 @@ impl App {
         let deadlines = self.config.api.client_deadlines();
         let max_connections = self.config.api.max_connections;
         let listener = LimitedListener::new(listener, ListenerKind::Api, max_connections);
+        let idle = listener.idle_connections();
         let api_deadlines = ListenerDeadlines::new(ListenerKind::Api, deadlines);
         let api: Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
             Some(config) => Box::pin(serve(
                 TlsListener::new(listener, config).map_err(ServeError::Api)?,
                 router,
                 api_deadlines,
+                idle,
                 shutdown.clone(),
             )),
-            None => Box::pin(serve(listener, router, api_deadlines, shutdown.clone())),
+            None => Box::pin(serve(
+                listener,
+                router,
+                api_deadlines,
+                idle,
+                shutdown.clone(),
+            )),
         };
         let plain: Pin<Box<dyn Future<Output = ()> + Send>> = match plain {
-            Some(listener) => Box::pin(serve(
-                LimitedListener::new(listener, ListenerKind::Plain, max_connections),
-                self.public_routes(),
-                ListenerDeadlines::new(ListenerKind::Plain, deadlines),
-                shutdown.clone(),
-            )),
+            Some(listener) => {
+                let listener = LimitedListener::new(listener, ListenerKind::Plain, max_connections);
+                let idle = listener.idle_connections();
+                Box::pin(serve(
+                    listener,
+                    self.public_routes(),
+                    ListenerDeadlines::new(ListenerKind::Plain, deadlines),
+                    idle,
+                    shutdown.clone(),
+                ))
+            }
             None => Box::pin(async {}),
         };
         tokio::join!(api, plain, watcher);

@@ -476,54 +476,70 @@ fn check_config_finds_what_serve_would_meet_and_writes_nothing() {
     assert!(!data.exists(), "check-config created the data directory");
 }
 
-/// At `api.max_connections` the API listener takes no further connection until one closes:
-/// two keep-alive clients hold the two it may take, a third client's request waits (in the
-/// kernel's queue, not refused) and is answered as soon as one of them leaves. The daemon says
-/// so in its log (event 5604) and in its metrics.
+/// At `api.max_connections`, with every connection busy (a request's body on its way), the
+/// API listener takes no further connection until one closes: a third client's request waits
+/// (in the kernel's queue, not refused) and is answered as soon as one of the two leaves. The
+/// daemon says so in its log (event 5604) and in its metrics.
 #[test]
-fn a_listener_at_its_connection_limit_serves_the_next_client_when_one_leaves() {
+fn a_listener_whose_connections_are_all_busy_serves_the_next_client_when_one_leaves() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_in(dir.path(), |data| {
-        with_api_settings(&config_text(data, &plugins(), ""), "max_connections = 2")
+        with_api_settings(
+            &config_text(data, &plugins(), ""),
+            "max_connections = 2\nbody_timeout_seconds = 600",
+        )
     });
-    const REQUEST: &[u8] = b"GET /v1/health HTTP/1.1\r\nHost: certconn\r\n\r\n";
-    // Sends a request and reads the head of its answer; the connection stays open.
-    let ask = |s: &mut std::net::TcpStream, timeout: Duration| {
-        s.set_read_timeout(Some(timeout)).unwrap();
-        s.write_all(REQUEST).unwrap();
-        let mut head = [0u8; 15];
-        s.read_exact(&mut head).map(|()| head)
-    };
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
-        let head = ask(&mut s, Duration::from_secs(30)).expect("an answer under the limit");
-        assert_eq!(&head, b"HTTP/1.1 200 OK");
-        held.push(s);
-    }
-    // The third connects (the kernel completes the handshake) but is not served while the
-    // two are held: a daemon without the limit would answer it at once.
+    let token = data_token(dir.path(), "api-token");
+    // Two requests in progress: each handler is reading its body (it asked for it with
+    // `100 Continue`), and the body does not come.
+    let mut busy: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(
+                format!(
+                    "POST /v1/jobs/issue HTTP/1.1\r\nHost: certconn\r\nAuthorization: Bearer \
+                     {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\
+                     Expect: 100-continue\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            let mut interim = [0u8; 25];
+            s.read_exact(&mut interim).unwrap();
+            assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+            s.write_all(b"{").unwrap();
+            s
+        })
+        .collect();
     let mut third = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
-    let waited = ask(&mut third, Duration::from_millis(500));
+    third
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: certconn\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 15];
+    // A daemon without the limit, or one that closed a busy connection, would answer at once.
+    third
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let waited = third.read_exact(&mut head);
     assert!(
         waited.as_ref().is_err_and(|e| matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         )),
-        "the third connection was answered, or refused, at a limit of two: {waited:?}"
+        "the third connection was answered, or refused, with two busy at a limit of two: {waited:?}"
     );
     wait_for_event(&daemon, 5604, Duration::from_secs(30));
-    drop(held.remove(0));
+    drop(busy.remove(0));
     third
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut head = [0u8; 15];
     third
         .read_exact(&mut head)
         .expect("the waiting client was not served once a connection closed");
     assert_eq!(&head, b"HTTP/1.1 200 OK");
-    drop((held, third));
+    drop((busy, third));
     let (status, metrics) = http_get(
         daemon.port,
         "/metrics",
@@ -538,6 +554,77 @@ fn a_listener_at_its_connection_limit_serves_the_next_client_when_one_leaves() {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no limit count for the api listener:\n{metrics}"));
     assert!(reached >= 1.0, "{reached}");
+}
+
+/// At `api.max_connections`, connections idle between requests do not keep a new client
+/// waiting: the listener closes the oldest of them (here a keep-alive connection answered
+/// and left open) and serves the new one at once, as nginx reuses its idle connections.
+#[test]
+fn a_listener_at_its_connection_limit_closes_the_oldest_idle_connection_for_the_next_client() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_in(dir.path(), |data| {
+        with_api_settings(
+            &config_text(data, &plugins(), ""),
+            "max_connections = 2\nheader_timeout_seconds = 600",
+        )
+    });
+    const REQUEST: &[u8] = b"GET /v1/health HTTP/1.1\r\nHost: certconn\r\n\r\n";
+    // Two keep-alive connections, each answered and left open, the first one first.
+    let mut idle: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(REQUEST).unwrap();
+            let mut got = [0u8; 1024];
+            let n = s.read(&mut got).unwrap();
+            assert!(got[..n].starts_with(b"HTTP/1.1 200 OK"));
+            s
+        })
+        .collect();
+    // The third is answered without waiting for either to time out (600 s).
+    let mut third = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    third.write_all(REQUEST).unwrap();
+    let mut head = [0u8; 15];
+    third
+        .read_exact(&mut head)
+        .expect("the new client was not served while the held connections were idle");
+    assert_eq!(&head, b"HTTP/1.1 200 OK");
+    // The oldest was closed: its read ends (after the rest of its answer, if unread).
+    let (result, _) = read_until_closed(idle.remove(0));
+    assert!(
+        result.is_ok(),
+        "the oldest idle connection is still open: {result:?}"
+    );
+    // The other is still served.
+    let mut second = idle.remove(0);
+    second.write_all(REQUEST).unwrap();
+    let mut got = [0u8; 1024];
+    let n = second.read(&mut got).unwrap();
+    assert!(
+        got[..n].starts_with(b"HTTP/1.1 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&got[..n])
+    );
+    drop((second, third));
+    wait_for_event(&daemon, 5604, Duration::from_secs(30));
+    let (status, metrics) = http_get(
+        daemon.port,
+        "/metrics",
+        Some(&data_token(dir.path(), "api-read-token")),
+    );
+    assert_eq!(status, 200, "{metrics}");
+    let closed = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("certconn_api_idle_connections_closed_total{listener=\"api\"} ")
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no idle-closed count for the api listener:\n{metrics}"));
+    assert!(closed >= 1.0, "{closed}");
 }
 
 /// The status page says how full each listener is, and a listener at its limit needs

@@ -5,13 +5,16 @@
 //! a silent client holds a connection, not how many it holds: a client that opens connections
 //! faster than they time out takes every file descriptor the process may open, and then the
 //! journal cannot open its files and a plugin cannot load. So a listener takes a connection
-//! only with a permit, from its TCP accept through the TLS handshake to the connection's close;
-//! at the limit it stops accepting, and further connections wait in the kernel's listen queue
-//! (where a client sees a slow connect, not an error) until one closes. The API listener and
-//! `api.plain_listen` have a limit each, so a flood on the plain listener, where SCEP clients
-//! come, does not lock the administrator out of the API. Stopping the accept, rather than accepting and closing at once,
-//! is what nginx's `worker_connections` does: an accepted connection already costs the file
-//! descriptor the limit is there to save.
+//! only with a permit, from its TCP accept through the TLS handshake to the connection's close.
+//! At the limit, when a client comes, the listener takes that one connection beyond the limit
+//! and closes the oldest connection idle between requests to make room for it (`idle`); when
+//! every connection has a request in progress, that client waits for a slot, and the ones
+//! after it wait in the kernel's listen queue (where a client sees a slow connect, not an
+//! error) until one closes. Not accepting them, rather than accepting and closing at once, is
+//! what nginx's `worker_connections` does: an accepted connection already costs the file
+//! descriptor the limit is there to save. The API listener and `api.plain_listen` have a limit
+//! each, so a flood on the plain listener, where SCEP clients come, does not lock the
+//! administrator out of the API.
 //!
 //! The limits are worth little if the process's own file limit is lower, and a service's soft
 //! limit is 1,024 by default (systemd's `DefaultLimitNOFILE=1024:524288`). So `serve` raises the
@@ -28,6 +31,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::idle::IdleConnections;
+
 pub use crate::metrics::ListenerKind;
 
 /// File descriptors the process keeps for itself beside the listeners' connections: the
@@ -36,6 +41,10 @@ pub const RESERVED_FILES: u64 = 256;
 
 /// How often a listener at its limit says so in the log.
 const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a connection must have been idle before a listener at its limit closes it for a
+/// new client: one taken a moment ago may be a client whose first request is on its way.
+const IDLE_BEFORE_CLOSING: Duration = Duration::from_secs(1);
 
 /// How full one listener is, as `/v1/health`, `certconn status` and the status page say it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -96,6 +105,8 @@ pub struct LimitedListener {
     kind: ListenerKind,
     max: usize,
     permits: Arc<Semaphore>,
+    /// Its connections between requests, one of which it closes at the limit.
+    idle: Arc<IdleConnections>,
     /// Under a flood the listener is at its limit at nearly every accept, and out of file
     /// descriptors at every try: once a minute is enough to say either.
     at_limit: OnceAMinute,
@@ -123,6 +134,7 @@ impl LimitedListener {
             kind,
             max,
             permits: Arc::new(Semaphore::new(max)),
+            idle: IdleConnections::new(),
             at_limit: OnceAMinute::default(),
             failing: OnceAMinute::default(),
         }
@@ -132,34 +144,64 @@ impl LimitedListener {
         self.tcp.local_addr()
     }
 
-    /// The next connection, once the listener holds fewer than its limit. Failures to accept
-    /// (out of file descriptors and the like) are waited out, as `axum::serve` does, rather
-    /// than spun on.
+    /// Where the server enters each connection it serves, and says when it has a request in
+    /// progress.
+    pub fn idle_connections(&self) -> Arc<IdleConnections> {
+        self.idle.clone()
+    }
+
+    /// The next connection, once the listener holds fewer than its limit. At the limit it
+    /// waits for a slot, and when a client comes meanwhile, takes it (one, the only connection
+    /// it holds beyond the limit) and closes the oldest connection idle between requests for
+    /// it. Failures to accept (out of file descriptors and the like) are waited out, as
+    /// `axum::serve` does, rather than spun on.
     pub async fn accept(&mut self) -> (Counted<TcpStream>, SocketAddr) {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                crate::metrics::global().api_connection_limit_reached(self.kind);
-                if self.at_limit.due() {
-                    tracing::warn!(
-                        event_id = 5604,
-                        "the {} listener holds api.max_connections ({}) connections: new ones \
-                         wait in the kernel's queue until one closes \
-                         (certconn_api_connection_limit_reached_total counts each time)",
-                        self.kind.as_str(),
-                        self.max
-                    );
-                }
-                match self.permits.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    // The semaphore lives as long as this listener and is never closed.
-                    Err(_) => return std::future::pending().await,
-                }
+        let permits = self.permits.clone();
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            let (io, addr) = self.take().await;
+            return (Counted::new(io, permit, self.kind), addr);
+        }
+        let metrics = crate::metrics::global();
+        metrics.api_connection_limit_reached(self.kind);
+        if self.at_limit.due() {
+            tracing::warn!(
+                event_id = 5604,
+                "the {} listener holds api.max_connections ({}) connections: it closes the \
+                 oldest idle between requests to make room, and while every one has a request \
+                 in progress new ones wait in the kernel's queue \
+                 (certconn_api_connection_limit_reached_total and \
+                 certconn_api_idle_connections_closed_total count each time)",
+                self.kind.as_str(),
+                self.max
+            );
+        }
+        let (io, addr) = tokio::select! {
+            permit = slot(&permits) => {
+                let (io, addr) = self.take().await;
+                return (Counted::new(io, permit, self.kind), addr);
+            }
+            waiting = self.take() => waiting,
+        };
+        // A client waits and every slot is taken: make room. A connection idle for less than
+        // `IDLE_BEFORE_CLOSING` may be a client whose first request is on its way; if none has
+        // been idle that long, or the one closed had a request begin meanwhile, look again.
+        let permit = loop {
+            if self.idle.close_oldest_idle(IDLE_BEFORE_CLOSING) {
+                metrics.api_idle_connection_closed(self.kind);
+            }
+            tokio::select! {
+                permit = slot(&permits) => break permit,
+                _ = tokio::time::sleep(IDLE_BEFORE_CLOSING) => {}
             }
         };
+        (Counted::new(io, permit, self.kind), addr)
+    }
+
+    /// The next connection from the kernel's queue.
+    async fn take(&mut self) -> (TcpStream, SocketAddr) {
         loop {
             match self.tcp.accept().await {
-                Ok((io, addr)) => return (Counted::new(io, permit, self.kind), addr),
+                Ok(accepted) => return accepted,
                 Err(e) => {
                     if self.failing.due() {
                         tracing::warn!(
@@ -172,6 +214,15 @@ impl LimitedListener {
                 }
             }
         }
+    }
+}
+
+/// A slot of the listener's limit, once one is free.
+async fn slot(permits: &Arc<Semaphore>) -> OwnedSemaphorePermit {
+    match permits.clone().acquire_owned().await {
+        Ok(p) => p,
+        // The semaphore lives as long as its listener and is never closed.
+        Err(_) => std::future::pending().await,
     }
 }
 

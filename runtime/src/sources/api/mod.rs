@@ -9,6 +9,7 @@
 //! - `connections`: how many connections a listener holds at once (`api.max_connections`).
 //! - `serve`: the accept loop, with a deadline for each request's headers.
 //! - `deadlines`: the deadlines for a request's body and for taking its answer.
+//! - `idle`: the connections between requests, one of which a listener at its limit closes.
 //! - `tls`: the API over TLS, and client certificates.
 //! - `metrics`: `GET /metrics` for Prometheus.
 //! - `status`: the status page and `GET /v1/status`.
@@ -20,6 +21,7 @@ pub mod client;
 pub mod connections;
 pub mod deadlines;
 pub mod fleet;
+pub mod idle;
 pub mod job_counts;
 mod metrics;
 pub mod serve;
@@ -80,7 +82,9 @@ pub struct ApiConfig {
     )]
     pub send_timeout_seconds: u64,
     /// How many connections each listener (`listen`, and `plain_listen`) holds at once, TLS
-    /// handshakes included; further ones wait in the kernel's queue until one closes. The
+    /// handshakes included. At the limit the oldest connection idle between requests is
+    /// closed to make room; while every one has a request in progress, further ones wait in
+    /// the kernel's queue until one closes. The
     /// deadlines above bound how long a client holds a connection; this bounds how many, so
     /// a flood of them cannot take every file descriptor the journal and plugins need.
     #[serde(

@@ -21,14 +21,17 @@ use tokio::sync::watch;
 use tower::Service;
 
 use super::deadlines::ListenerDeadlines;
+use super::idle::IdleConnections;
 use super::tls::Peer;
 
 /// Serves `router` on `listener` until `shutdown` turns true, then waits for the requests in
-/// flight.
+/// flight. Each connection is entered in `idle`, whence the listener closes it at its limit
+/// while it has no request in progress.
 pub async fn serve<L>(
     mut listener: L,
     router: Router,
     deadlines: Arc<ListenerDeadlines>,
+    idle: Arc<IdleConnections>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     L: axum::serve::Listener,
@@ -37,7 +40,8 @@ pub async fn serve<L>(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(deadlines.header());
-    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection's task holds a sender; once all are dropped, every connection is closed.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         // `accept` waits out failures itself (out of file descriptors and the like).
         let (io, addr) = tokio::select! {
@@ -47,13 +51,17 @@ pub async fn serve<L>(
         let peer = Peer::from(addr);
         let router = router.clone();
         let held = deadlines.clone();
+        let registered = Arc::new(idle.register());
+        let in_service = registered.clone();
         let service = hyper::service::service_fn(move |request| {
+            let in_progress = in_service.request();
             let (mut request, late) = held.hold_body(request);
             request.extensions_mut().insert(ConnectInfo(peer.clone()));
             let answer = router.clone().call(request);
             let held = held.clone();
             async move {
                 let answer = answer.await;
+                drop(in_progress);
                 if late.load(Ordering::Relaxed) {
                     return Ok(held.body_timed_out());
                 }
@@ -61,12 +69,28 @@ pub async fn serve<L>(
             }
         });
         let io = TokioIo::new(deadlines.hold_sends(io));
-        let connection = connections.watch(http.serve_connection(io, service));
+        let connection = http.serve_connection(io, service);
+        let mut stop = shutdown.clone();
+        let open = open.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            tokio::pin!(connection);
+            let mut closing = false;
+            // Closed gracefully, when the daemon stops or the listener needs room: at once if
+            // idle, after the answer if a request is in progress.
+            let ended = loop {
+                tokio::select! {
+                    ended = connection.as_mut() => break ended,
+                    _ = registered.close_asked(), if !closing => closing = true,
+                    _ = stop.wait_for(|stop| *stop), if !closing => closing = true,
+                }
+                connection.as_mut().graceful_shutdown();
+            };
+            if let Err(e) = ended {
                 tracing::debug!("API connection ended: {e}");
             }
+            drop(open);
         });
     }
-    connections.shutdown().await;
+    drop(open);
+    let _ = all_closed.recv().await;
 }

@@ -46,6 +46,10 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 /// new client: one taken a moment ago may be a client whose first request is on its way.
 const IDLE_BEFORE_CLOSING: Duration = Duration::from_secs(1);
 
+/// How long a listener waits for the slot of a connection it closed before it closes another:
+/// an idle one frees it at once, one whose request began as it was chosen after the answer.
+const CLOSED_FREES_ITS_SLOT: Duration = Duration::from_secs(10);
+
 /// How full one listener is, as `/v1/health`, `certconn status` and the status page say it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ListenerConnections {
@@ -184,14 +188,18 @@ impl LimitedListener {
         };
         // A client waits and every slot is taken: make room. A connection idle for less than
         // `IDLE_BEFORE_CLOSING` may be a client whose first request is on its way; if none has
-        // been idle that long, or the one closed had a request begin meanwhile, look again.
+        // been idle that long, look again then. One closed frees its slot at once, or after
+        // its answer if a request began meanwhile: another is closed only if that takes long.
         let permit = loop {
-            if self.idle.close_oldest_idle(IDLE_BEFORE_CLOSING) {
+            let wait = if self.idle.close_oldest_idle(IDLE_BEFORE_CLOSING) {
                 metrics.api_idle_connection_closed(self.kind);
-            }
+                CLOSED_FREES_ITS_SLOT
+            } else {
+                IDLE_BEFORE_CLOSING
+            };
             tokio::select! {
                 permit = slot(&permits) => break permit,
-                _ = tokio::time::sleep(IDLE_BEFORE_CLOSING) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         };
         (Counted::new(io, permit, self.kind), addr)

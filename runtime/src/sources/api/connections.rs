@@ -180,6 +180,7 @@ impl LimitedListener {
             );
         }
         let (io, addr) = tokio::select! {
+            biased;
             permit = slot(&permits) => {
                 let (io, addr) = self.take().await;
                 return (Counted::new(io, permit, self.kind), addr);
@@ -191,6 +192,10 @@ impl LimitedListener {
         // been idle that long, look again then. One closed frees its slot at once, or after
         // its answer if a request began meanwhile: another is closed only if that takes long.
         let permit = loop {
+            // A slot freed as the client came needs no room made.
+            if let Ok(permit) = permits.clone().try_acquire_owned() {
+                break permit;
+            }
             let wait = if self.idle.close_oldest_idle(IDLE_BEFORE_CLOSING) {
                 metrics.api_idle_connection_closed(self.kind);
                 CLOSED_FREES_ITS_SLOT

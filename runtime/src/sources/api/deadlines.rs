@@ -61,6 +61,7 @@ pub struct ListenerDeadlines {
 }
 
 impl ListenerDeadlines {
+    /// Shared by every connection of the listener `kind`, which the log and metrics name.
     pub fn new(kind: ListenerKind, deadlines: ClientDeadlines) -> Arc<Self> {
         Arc::new(Self {
             kind,
@@ -69,6 +70,7 @@ impl ListenerDeadlines {
         })
     }
 
+    /// The header deadline, which hyper keeps itself (`serve`).
     pub fn header(&self) -> Duration {
         self.deadlines.header
     }

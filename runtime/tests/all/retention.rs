@@ -118,12 +118,12 @@ async fn a_result_older_than_the_retention_is_removed_and_says_so() {
             .is_some_and(|v| v.starts_with("local-ca ")),
         "{view}"
     );
-    let read = data_token(dir.path(), "api-read-token");
-    let (status, metrics) = http_get(daemon.port, "/metrics", Some(&read));
-    assert_eq!(status, 200);
-    assert!(
-        metrics.contains("\ncertconn_journal_results_removed_total 1\n"),
-        "{metrics}"
+    assert_eq!(
+        metric(
+            &scrape_metrics(daemon.port, dir.path()),
+            "certconn_journal_results_removed_total"
+        ),
+        1.0
     );
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(
@@ -216,12 +216,12 @@ async fn a_job_older_than_its_retention_is_removed_and_its_certificate_stays_rev
     let again = submit(&api, "smime", "old", json!({})).await;
     assert_ne!(again, old);
 
-    let read = data_token(dir.path(), "api-read-token");
-    let (status, metrics) = http_get(daemon.port, "/metrics", Some(&read));
-    assert_eq!(status, 200);
-    assert!(
-        metrics.contains("\ncertconn_journal_jobs_removed_total 1\n"),
-        "{metrics}"
+    assert_eq!(
+        metric(
+            &scrape_metrics(daemon.port, dir.path()),
+            "certconn_journal_jobs_removed_total"
+        ),
+        1.0
     );
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(

@@ -841,6 +841,22 @@ pub fn data_token(dir: &Path, name: &str) -> String {
         .to_owned()
 }
 
+/// The daemon's `/metrics` on `port`, read with the read-only token it made in `<dir>/data`.
+pub fn scrape_metrics(port: u16, dir: &Path) -> String {
+    let (status, text) = http_get(port, "/metrics", Some(&data_token(dir, "api-read-token")));
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// The value of one series in a `/metrics` text, named as written there (`name{labels}`, or
+/// `name` alone); panics, with the text, when it is not there.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
 /// The PFX password sealed to a device (CMS EnvelopedData, DER in `sealed`), opened with the
 /// device's certificate and key by `openssl cms -decrypt`.
 pub fn openssl_unseal(sealed: &Path, device_cert: &Path, device_key: &Path) -> String {

@@ -45,12 +45,10 @@ pub fn read_text(
     let mut text = match (env, file) {
         (Some(_), Some(_)) => return Err(SecretError::TwoSources { what: what_owned() }),
         (None, None) => return Err(SecretError::NoSource { what: what_owned() }),
-        (Some(var), None) => {
-            Zeroizing::new(std::env::var(var).map_err(|_| SecretError::Unset {
-                what: what_owned(),
-                var: var.to_owned(),
-            })?)
-        }
+        (Some(var), None) => env_var(var).map_err(|_| SecretError::Unset {
+            what: what_owned(),
+            var: var.to_owned(),
+        })?,
         (None, Some(path)) => {
             let mut bytes = files::read_protected(path).map_err(|source| SecretError::File {
                 what: what_owned(),
@@ -67,6 +65,54 @@ pub fn read_text(
         return Err(SecretError::Empty { what: what_owned() });
     }
     Ok(text)
+}
+
+/// The value of environment variable `var`, which an administrator named to hand over a secret,
+/// in a buffer zeroized when dropped. Every secret certconn takes from the environment is read
+/// here; in unit tests, [`testing::with_env`] gives a value to this thread alone.
+pub fn env_var(var: &str) -> Result<Zeroizing<String>, std::env::VarError> {
+    #[cfg(test)]
+    if let Some(value) = testing::value(var) {
+        return Ok(value);
+    }
+    std::env::var(var).map(Zeroizing::new)
+}
+
+/// What unit tests give [`env_var`] instead of `std::env::set_var`: a test binary runs its
+/// tests on many threads, and glibc's `setenv` may move the array a `getenv` in C code (SQLite,
+/// aws-lc, the resolver) on another thread is reading at that moment.
+#[cfg(test)]
+pub mod testing {
+    use std::cell::RefCell;
+
+    use zeroize::Zeroizing;
+
+    thread_local! {
+        static VARS: RefCell<Vec<(String, Zeroizing<String>)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Runs `f` with environment variable `var` reading as `value` to [`super::env_var`] on this
+    /// thread, and as before once `f` returns (or panics).
+    pub fn with_env<T>(var: &str, value: &str, f: impl FnOnce() -> T) -> T {
+        struct Unset(String);
+        impl Drop for Unset {
+            fn drop(&mut self) {
+                VARS.with_borrow_mut(|vars| vars.retain(|(name, _)| *name != self.0));
+            }
+        }
+        VARS.with_borrow_mut(|vars| vars.push((var.to_owned(), Zeroizing::new(value.to_owned()))));
+        let _unset = Unset(var.to_owned());
+        f()
+    }
+
+    pub(super) fn value(var: &str) -> Option<Zeroizing<String>> {
+        VARS.with_borrow(|vars| {
+            vars.iter()
+                .rev()
+                .find(|(name, _)| name == var)
+                .map(|(_, value)| value.clone())
+        })
+    }
 }
 
 /// The file of systemd credential `name`, which the unit hands over with `LoadCredential=NAME:…`
@@ -220,6 +266,19 @@ impl<'de> serde::Deserialize<'de> for SecretString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_given_by_a_test_is_seen_on_its_thread_only_and_while_it_is_given() {
+        let var = "CERTCONN_TEST_NEVER_IN_THE_ENVIRONMENT";
+        assert!(env_var(var).is_err());
+        testing::with_env(var, "given", || {
+            assert_eq!(env_var(var).unwrap().as_str(), "given");
+            std::thread::spawn(move || assert!(env_var(var).is_err()))
+                .join()
+                .unwrap();
+        });
+        assert!(env_var(var).is_err());
+    }
 
     #[test]
     fn a_secret_file_loses_its_line_ends_in_place_and_bad_ones_are_named() {

@@ -61,8 +61,9 @@ fn token_custody(choice: &TokenChoice, dir: &std::path::Path) -> anyhow::Result<
             let pin = hex::encode(provider::random_vec(8)?);
             let (conf, pin_file) = softhsm::throwaway_token(dir, "certconn-bench", &pin)
                 .map_err(anyhow::Error::msg)?;
-            // SoftHSM reads its configuration from the environment when the module starts; this
-            // process has no other token user.
+            // SoftHSM reads its configuration from the environment when the module starts. No
+            // other thread runs at this moment (the bench's async task awaits this one, on a
+            // runtime with nothing else to do), so no C code's `getenv` races this write.
             std::env::set_var("SOFTHSM2_CONF", &conf);
             (
                 softhsm::MODULE.into(),

@@ -292,11 +292,11 @@ fn read_pkcs8(path: &std::path::Path) -> anyhow::Result<PrivateKey> {
 
 /// The bundle passphrase from `var`: set and not empty.
 fn bundle_passphrase(var: &str) -> anyhow::Result<Zeroizing<String>> {
-    let passphrase = Zeroizing::new(std::env::var(var).map_err(|_| {
+    let passphrase = certconn::secret::env_var(var).map_err(|_| {
         anyhow::anyhow!(
             "set the bundle passphrase in ${var} (it is never taken from the command line)"
         )
-    })?);
+    })?;
     if passphrase.is_empty() {
         bail!("${var} is empty");
     }

@@ -120,8 +120,8 @@ impl PasswordSource {
 /// other way to give it (`instead`), rather than an empty password that then fails as "wrong
 /// password". Set but empty is an empty password.
 pub(super) fn password_from_env(var: &str, instead: &str) -> anyhow::Result<Zeroizing<String>> {
-    match std::env::var(var) {
-        Ok(password) => Ok(Zeroizing::new(password)),
+    match certconn::secret::env_var(var) {
+        Ok(password) => Ok(password),
         Err(std::env::VarError::NotPresent) => bail!(
             "the PFX password is read from the environment variable {var}, which is not set \
              (or use {instead})"

@@ -116,12 +116,11 @@ impl Kek {
                     return Ok(None);
                 }
                 KekSource::Passphrase { passphrase_env } => {
-                    let passphrase =
-                        Zeroizing::new(std::env::var(passphrase_env).map_err(|_| {
-                            CustodyError::Protection(format!(
+                    let passphrase = crate::secret::env_var(passphrase_env).map_err(|_| {
+                        CustodyError::Protection(format!(
                             "custody.protection is \"passphrase\" but ${passphrase_env} is not set"
                         ))
-                        })?);
+                    })?;
                     if passphrase.is_empty() {
                         return Err(CustodyError::Protection(format!(
                             "custody.protection is \"passphrase\" but ${passphrase_env} is empty"

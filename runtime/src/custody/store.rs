@@ -601,21 +601,13 @@ mod tests {
     }
 
     fn with_passphrase<T>(value: &str, f: impl FnOnce(&CustodyConfig) -> T) -> T {
-        // Each test uses its own variable: tests run in parallel.
-        let var = format!(
-            "CERTCONN_TEST_PASSPHRASE_{}",
-            crate::crypto::provider::random_vec(4)
-                .map(hex::encode)
-                .unwrap()
-        );
-        // SAFETY: the variable name is unique to this call, so no other thread reads or writes it.
-        unsafe { std::env::set_var(&var, value) };
-        let r = f(&KekSource::Passphrase {
-            passphrase_env: var.clone(),
-        }
-        .into());
-        unsafe { std::env::remove_var(&var) };
-        r
+        let var = "CERTCONN_TEST_PASSPHRASE";
+        crate::secret::testing::with_env(var, value, || {
+            f(&KekSource::Passphrase {
+                passphrase_env: var.to_owned(),
+            }
+            .into())
+        })
     }
 
     #[test]

@@ -204,11 +204,16 @@ fn token_keys_sign_certificates_and_never_leave_the_token() {
 
 #[test]
 fn token_rsa_decrypts_what_openssl_encrypts_with_every_padding_and_signs_every_scheme() {
-    let dir = tempfile::tempdir().unwrap();
-    let (conf, pin_file) = softhsm_token(dir.path(), "certconn-dec");
-    // The only in-process token user in this binary: SoftHSM reads its config at
-    // C_Initialize, from the environment.
-    std::env::set_var("SOFTHSM2_CONF", &conf);
+    let Some(dir) = alone_with_softhsm(
+        "pkcs11_custody::token_rsa_decrypts_what_openssl_encrypts_with_every_padding_and_signs_every_scheme",
+    ) else {
+        return;
+    };
+    let (conf, pin_file) = softhsm_token(&dir, "certconn-dec");
+    assert_eq!(
+        std::env::var_os("SOFTHSM2_CONF"),
+        Some(conf.into_os_string())
+    );
     let custody = CustodyConfig {
         protection: Default::default(),
         pkcs11: Some(Pkcs11Config {
@@ -220,7 +225,7 @@ fn token_rsa_decrypts_what_openssl_encrypts_with_every_padding_and_signs_every_s
         }),
         allow_core_dumps: false,
     };
-    let store = KeyStore::open(&dir.path().join("keys"), &custody).unwrap();
+    let store = KeyStore::open(&dir.join("keys"), &custody).unwrap();
     let rsa = store
         .create("dec", KeyAlgorithm::Rsa2048, KeyLocation::Pkcs11)
         .unwrap();
@@ -228,13 +233,13 @@ fn token_rsa_decrypts_what_openssl_encrypts_with_every_padding_and_signs_every_s
         rsa.key.pkcs8_der().is_err(),
         "a token key exported its PKCS#8"
     );
-    let public = dir.path().join("dec.pub.pem");
+    let public = dir.join("dec.pub.pem");
     std::fs::write(
         &public,
         certconn::pki::pem::encode("PUBLIC KEY", rsa.key.public_key_der()),
     )
     .unwrap();
-    let plaintext = dir.path().join("secret.txt");
+    let plaintext = dir.join("secret.txt");
     std::fs::write(&plaintext, "pfx password 0123456789").unwrap();
 
     for (padding, opts) in [
@@ -265,7 +270,7 @@ fn token_rsa_decrypts_what_openssl_encrypts_with_every_padding_and_signs_every_s
         (Padding::OaepSha1, &["rsa_padding_mode:oaep"][..]),
         (Padding::Pkcs1, &["rsa_padding_mode:pkcs1"][..]),
     ] {
-        let ct_path = dir.path().join("ct.bin");
+        let ct_path = dir.join("ct.bin");
         let mut cmd = Command::new("openssl");
         cmd.args(["pkeyutl", "-encrypt", "-pubin", "-inkey"])
             .arg(&public)
@@ -333,7 +338,7 @@ fn token_rsa_decrypts_what_openssl_encrypts_with_every_padding_and_signs_every_s
     // Reopening finds every key again by its record.
     drop(rsa);
     drop(store);
-    let again = KeyStore::open(&dir.path().join("keys"), &custody).unwrap();
+    let again = KeyStore::open(&dir.join("keys"), &custody).unwrap();
     let names: Vec<String> = again.list().into_iter().map(|k| k.name).collect();
     assert_eq!(names, ["dec", "ec-ec-p256", "ec-ec-p384"]);
 }

@@ -261,14 +261,15 @@ mod tests {
 
     #[test]
     fn the_location_shows_where_but_not_the_password() {
-        std::env::set_var("CERTCONN_TEST_PG_PASSWORD", "s3cret-pw");
-        let c = Connect::new(
-            &JournalConfig {
-                password_env: Some("CERTCONN_TEST_PG_PASSWORD".into()),
-                ..config("postgres://certconn@db.example:6543/fleet")
-            },
-            false,
-        )
+        let c = crate::secret::testing::with_env("CERTCONN_TEST_PG_PASSWORD", "s3cret-pw", || {
+            Connect::new(
+                &JournalConfig {
+                    password_env: Some("CERTCONN_TEST_PG_PASSWORD".into()),
+                    ..config("postgres://certconn@db.example:6543/fleet")
+                },
+                false,
+            )
+        })
         .unwrap_or_else(|e| panic!("{}", crate::report::chain(&e)));
         assert_eq!(c.location, "postgres://certconn@db.example:6543/fleet");
         assert_eq!(c.pg.get_password(), Some(&b"s3cret-pw"[..]));

@@ -293,40 +293,42 @@ mod tests {
 
     #[test]
     fn credentials_must_name_a_granted_host_and_never_print_the_password() {
-        std::env::set_var("CERTCONN_TEST_HTTP_PASSWORD", "s3cret-value");
-        let grant = HttpGrant {
-            allow: vec!["ndes.corp.example".into()],
-            ..HttpGrant::default()
-        };
-        let mut config = CredentialConfig {
-            host: "ndes.corp.example".into(),
-            scheme: AuthScheme::Ntlm,
-            username: "CORP\\svc".into(),
-            password_env: Some("CERTCONN_TEST_HTTP_PASSWORD".into()),
-            password_file: None,
-        };
-        let c = Credential::resolve(0, &config, &grant, &AlgorithmPolicy::default()).unwrap();
-        assert!(!format!("{c:?}").contains("s3cret"));
-        assert!(c.matches("NDES.corp.example", 80) && !c.matches("other", 80));
-        let fips = AlgorithmPolicy {
-            fips: true,
-            ..AlgorithmPolicy::default()
-        };
-        let e = crate::report::chain(&Credential::resolve(0, &config, &grant, &fips).unwrap_err());
-        assert!(e.contains("NTLM") && e.contains("FIPS"), "{e}");
-        config.host = "elsewhere.example".into();
-        let e = Credential::resolve(0, &config, &grant, &AlgorithmPolicy::default())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("not one of http.allow"), "{e}");
-        config.host = "ndes.corp.example".into();
-        config.password_env = Some("CERTCONN_TEST_HTTP_PASSWORD_UNSET".into());
-        let e = crate::report::chain(
-            &Credential::resolve(0, &config, &grant, &AlgorithmPolicy::default()).unwrap_err(),
-        );
-        assert!(
+        crate::secret::testing::with_env("CERTCONN_TEST_HTTP_PASSWORD", "s3cret-value", || {
+            let grant = HttpGrant {
+                allow: vec!["ndes.corp.example".into()],
+                ..HttpGrant::default()
+            };
+            let mut config = CredentialConfig {
+                host: "ndes.corp.example".into(),
+                scheme: AuthScheme::Ntlm,
+                username: "CORP\\svc".into(),
+                password_env: Some("CERTCONN_TEST_HTTP_PASSWORD".into()),
+                password_file: None,
+            };
+            let c = Credential::resolve(0, &config, &grant, &AlgorithmPolicy::default()).unwrap();
+            assert!(!format!("{c:?}").contains("s3cret"));
+            assert!(c.matches("NDES.corp.example", 80) && !c.matches("other", 80));
+            let fips = AlgorithmPolicy {
+                fips: true,
+                ..AlgorithmPolicy::default()
+            };
+            let e =
+                crate::report::chain(&Credential::resolve(0, &config, &grant, &fips).unwrap_err());
+            assert!(e.contains("NTLM") && e.contains("FIPS"), "{e}");
+            config.host = "elsewhere.example".into();
+            let e = Credential::resolve(0, &config, &grant, &AlgorithmPolicy::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not one of http.allow"), "{e}");
+            config.host = "ndes.corp.example".into();
+            config.password_env = Some("CERTCONN_TEST_HTTP_PASSWORD_UNSET".into());
+            let e = crate::report::chain(
+                &Credential::resolve(0, &config, &grant, &AlgorithmPolicy::default()).unwrap_err(),
+            );
+            assert!(
             e.starts_with("http.credentials[0] (ndes.corp.example): the password: environment variable CERTCONN_TEST_HTTP_PASSWORD_UNSET is not set"),
             "{e}"
         );
+        });
     }
 }

@@ -559,6 +559,35 @@ pub fn softhsm_token(dir: &Path, label: &str) -> (PathBuf, PathBuf) {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// For a test that loads SoftHSM2 into this process, which reads `SOFTHSM2_CONF` with C's
+/// `getenv` when the module starts: `std::env::set_var` in this binary, whose tests run on many
+/// threads, races C code reading the environment on another thread (glibc's `setenv` may move
+/// the array a `getenv` is walking). So test `name` runs again alone, in a child process whose
+/// environment names `softhsm2.conf` in a directory the parent made (and removes) from its
+/// start. Returns that directory in the child, where [`softhsm_token`] puts the config the
+/// variable names; `None` in the parent, once the child has passed.
+pub fn alone_with_softhsm(name: &str) -> Option<PathBuf> {
+    const CHILD: &str = "CERTCONN_TEST_ALONE";
+    if std::env::var_os(CHILD).is_some_and(|test| test == name) {
+        let conf = PathBuf::from(std::env::var_os("SOFTHSM2_CONF").expect("set by the parent"));
+        return Some(conf.parent().expect("a file in a directory").to_owned());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, name)
+        .env("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{name}, run alone in a child process:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    None
+}
+
 /// `out` must be a success; returns its stdout (and shows both streams when it is not).
 pub fn ok(out: std::process::Output) -> String {
     assert!(

@@ -216,7 +216,7 @@ fn check_token_keys_made_at_start(
     if to_make.is_empty() || !softhsm::is_module(&p11.module) {
         return;
     }
-    if let Some(why) = softhsm::why_not_stored() {
+    if let Some(why) = softhsm::why_not_stored(&p11.module) {
         report.problems.push(format!(
             "keys {}: `serve` would make {} on PKCS#11 token {:?} at its first start, and \
              could not{why}",

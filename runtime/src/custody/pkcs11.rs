@@ -193,13 +193,13 @@ impl Token {
     fn store_error(&self, what: &str) -> impl FnOnce(P11Error) -> CustodyError {
         let label = self.label.clone();
         let what = what.to_owned();
-        let softhsm = super::softhsm::is_module(&self.module);
+        let module = self.module.clone();
         move |e| CustodyError::Token {
             token: label,
             reason: format!(
                 "{what}: {e}{}",
-                softhsm
-                    .then(super::softhsm::why_not_stored)
+                super::softhsm::is_module(&module)
+                    .then(|| super::softhsm::why_not_stored(&module))
                     .flatten()
                     .unwrap_or_default()
             ),
@@ -475,7 +475,7 @@ impl Token {
 /// for SoftHSM2 those are known and looked at ([`super::softhsm::why_no_token`]).
 fn module_hint(module: &std::path::Path) -> String {
     if super::softhsm::is_module(module) {
-        super::softhsm::why_no_token()
+        super::softhsm::why_no_token(module)
     } else {
         " (if the module needs its own configuration file or environment, check that certconn's \
          environment has it and that the user certconn runs as may read it)"

@@ -8,6 +8,7 @@
 //! what an administrator first sees, so when the module is SoftHSM2 the errors of
 //! [`super::pkcs11`] say what this process may not read or write, and who may.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::files;
@@ -15,8 +16,13 @@ use crate::files;
 /// Where Debian's softhsm2 package installs the module.
 pub const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
-/// The configuration SoftHSM2 reads when `SOFTHSM2_CONF` is not set (Debian's build).
-const DEFAULT_CONF: &str = "/etc/softhsm/softhsm2.conf";
+/// The configuration a SoftHSM2 module reads when nothing else names one, when its file does
+/// not say (Debian's build).
+const DEBIAN_CONF: &str = "/etc/softhsm/softhsm2.conf";
+
+/// A user's own configuration, under `$HOME`, which SoftHSM2 2.6 and later read before the
+/// built-in one when it can be opened.
+const USER_CONF: &str = ".config/softhsm2/softhsm2.conf";
 
 /// Whether `module` is SoftHSM2's library, by its file name.
 pub fn is_module(module: &Path) -> bool {
@@ -25,19 +31,63 @@ pub fn is_module(module: &Path) -> bool {
         .is_some_and(|n| n.to_string_lossy().to_lowercase().contains("softhsm"))
 }
 
-/// The configuration file the module reads, and how it came to be that one.
-fn conf() -> (PathBuf, String) {
-    match std::env::var_os("SOFTHSM2_CONF") {
-        Some(v) => {
-            let path = PathBuf::from(v);
-            let how = format!("SOFTHSM2_CONF names {}", path.display());
-            (path, how)
-        }
-        None => (
-            PathBuf::from(DEFAULT_CONF),
-            format!("SOFTHSM2_CONF is not set, so {DEFAULT_CONF} is used"),
-        ),
+/// The configuration file `module` reads in this process, and how it came to be that one.
+fn conf(module: &Path) -> (PathBuf, String) {
+    conf_for(
+        module,
+        std::env::var_os("SOFTHSM2_CONF"),
+        std::env::var_os("HOME"),
+    )
+}
+
+/// SoftHSM2's own choice, given the values of `SOFTHSM2_CONF` and `HOME`: the variable, else
+/// the user's own configuration when the module knows of one and it can be opened, else the
+/// path built into the module (`DEFAULT_SOFTHSM2_CONF`, which each distribution sets: Debian's
+/// `/etc/softhsm/softhsm2.conf`, Fedora's `/etc/softhsm2.conf`), read from the module's file.
+fn conf_for(
+    module: &Path,
+    softhsm2_conf: Option<OsString>,
+    home: Option<OsString>,
+) -> (PathBuf, String) {
+    if let Some(v) = softhsm2_conf {
+        let path = PathBuf::from(v);
+        let how = format!("SOFTHSM2_CONF names {}", path.display());
+        return (path, how);
     }
+    let code = std::fs::read(module).unwrap_or_default();
+    if let Some(home) = home.filter(|_| contains(&code, USER_CONF.as_bytes())) {
+        let path = Path::new(&home).join(USER_CONF);
+        if std::fs::File::open(&path).is_ok() {
+            let how = format!(
+                "SOFTHSM2_CONF is not set, and this user's own {} can be read",
+                path.display()
+            );
+            return (path, how);
+        }
+    }
+    let (path, whose) = match built_in_conf(&code) {
+        Some(path) => (path, "the module's built-in"),
+        None => (PathBuf::from(DEBIAN_CONF), "Debian's"),
+    };
+    let how = format!(
+        "SOFTHSM2_CONF is not set, so {whose} {} is used",
+        path.display()
+    );
+    (path, how)
+}
+
+/// The configuration path built into a SoftHSM2 module's code: the absolute path among its
+/// strings that ends in `/softhsm2.conf`.
+fn built_in_conf(code: &[u8]) -> Option<PathBuf> {
+    code.split(|&b| b == 0)
+        .filter(|s| s.starts_with(b"/") && s.ends_with(b"/softhsm2.conf"))
+        .filter_map(|s| std::str::from_utf8(s).ok())
+        .find(|s| s.chars().all(|c| c.is_ascii_graphic()))
+        .map(PathBuf::from)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The `directories.tokendir` of a SoftHSM2 configuration file's text.
@@ -54,18 +104,37 @@ fn this_user() -> String {
     files::user_name(files::current_uid())
 }
 
-/// The token directory, read from the configuration, with how that configuration was chosen;
-/// or what keeps this process from knowing it, as a sentence for an error.
-fn read_token_dir() -> Result<(PathBuf, String), String> {
-    let (conf, how) = conf();
+/// How the user certconn runs as (`user`) may come to read `path` (a file, or with `dir` a
+/// directory to list): through the group that owns it, when that group may (Debian's package
+/// gives its configuration and token directory to group `softhsm`), or by its permissions.
+fn read_access_fix(path: &Path, dir: bool, user: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let needs = if dir { 0o050 } else { 0o040 };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.mode() & needs == needs && meta.gid() != 0 => {
+            let group = files::group_name(meta.gid());
+            format!(
+                "add that user to group {group}, which may read it (`usermod -aG {group} {user}`), \
+                 and restart certconn"
+            )
+        }
+        _ => format!("give it access to {}", path.display()),
+    }
+}
+
+/// The token directory, read from the configuration `module` reads, with how that
+/// configuration was chosen; or what keeps this process from knowing it, as a sentence for an
+/// error.
+fn read_token_dir(module: &Path) -> Result<(PathBuf, String), String> {
+    let (conf, how) = conf(module);
     let text = std::fs::read_to_string(&conf).map_err(|e| {
+        let user = this_user();
         format!(
             "SoftHSM2 cannot read its configuration {} ({how}): {e} ({}); the user certconn \
-             runs as ({user}) must be able to read it — on Debian, add it to group softhsm \
-             (`usermod -aG softhsm {user}`) and restart certconn",
+             runs as ({user}) must be able to read it: {}",
             conf.display(),
             files::describe_access(&conf),
-            user = this_user()
+            read_access_fix(&conf, false, &user)
         )
     })?;
     match token_dir(&text) {
@@ -82,22 +151,22 @@ fn read_token_dir() -> Result<(PathBuf, String), String> {
 /// error (starting with a space); when nothing is wrong with the files, where they are, since
 /// a process that reads another configuration than the one the token was made with sees
 /// other tokens.
-pub fn why_no_token() -> String {
-    let (dir, how) = match read_token_dir() {
+pub fn why_no_token(module: &Path) -> String {
+    let (dir, how) = match read_token_dir(module) {
         Ok(found) => found,
         Err(why) => return format!(" ({why})"),
     };
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(e) => {
+            let user = this_user();
             return format!(
                 " (SoftHSM2's token directory {} cannot be read by this process: {e} ({}); the \
-                 user certconn runs as ({}) must be able to read it — on Debian, add it to group \
-                 softhsm and restart certconn)",
+                 user certconn runs as ({user}) must be able to read it: {})",
                 dir.display(),
                 files::describe_access(&dir),
-                this_user()
-            )
+                read_access_fix(&dir, true, &user)
+            );
         }
     };
     let unreadable: Vec<String> = entries
@@ -131,8 +200,8 @@ pub fn why_no_token() -> String {
 /// Why SoftHSM2 could not store a new object (a key made or moved onto the token): its token
 /// directory, or the token's own, not writable by this process — the packaged unit's
 /// read-only file system, or permissions. `None` when this process may write them.
-pub fn why_not_stored() -> Option<String> {
-    let (dir, _) = read_token_dir().ok()?;
+pub fn why_not_stored(module: &Path) -> Option<String> {
+    let (dir, _) = read_token_dir(module).ok()?;
     let mut dirs = vec![dir.clone()];
     dirs.extend(
         std::fs::read_dir(&dir)
@@ -217,6 +286,105 @@ mod tests {
             Some(PathBuf::from("/var/lib/softhsm/tokens/"))
         );
         assert_eq!(token_dir("objectstore.backend = file\n"), None);
+    }
+
+    /// A module's file, as far as the lookups read it: code, then the strings they look for.
+    fn module_with(dir: &Path, strings: &[&str]) -> PathBuf {
+        let mut code = b"\x7fELF\x02\x01\x01\0/lib64/ld-linux-x86-64.so.2\0".to_vec();
+        for s in strings {
+            code.extend_from_slice(s.as_bytes());
+            code.push(0);
+        }
+        let module = dir.join("libsofthsm2.so");
+        std::fs::write(&module, code).unwrap();
+        module
+    }
+
+    #[test]
+    fn the_configuration_is_the_one_the_module_would_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fedora = module_with(
+            dir.path(),
+            &[
+                "SOFTHSM2_CONF",
+                "/etc/softhsm2.conf",
+                "%s/.config/softhsm2/softhsm2.conf",
+            ],
+        );
+        let home = dir.path().join("home");
+        let named = Some(OsString::from("/srv/hsm/softhsm2.conf"));
+        let (conf, how) = conf_for(&fedora, named, Some(home.clone().into()));
+        assert_eq!(conf, Path::new("/srv/hsm/softhsm2.conf"));
+        assert!(how.starts_with("SOFTHSM2_CONF names"), "{how}");
+        // No configuration of the user's own: the one built into the module, Fedora's here.
+        let (conf, how) = conf_for(&fedora, None, Some(home.clone().into()));
+        assert_eq!(conf, Path::new("/etc/softhsm2.conf"));
+        assert!(
+            how.contains("the module's built-in /etc/softhsm2.conf"),
+            "{how}"
+        );
+        // One the user can open comes first, with a module that knows of it (2.6 and later).
+        let own = home.join(USER_CONF);
+        std::fs::create_dir_all(own.parent().unwrap()).unwrap();
+        std::fs::write(&own, "directories.tokendir = /tmp\n").unwrap();
+        let (conf, how) = conf_for(&fedora, None, Some(home.clone().into()));
+        assert_eq!(conf, own);
+        assert!(how.contains("this user's own"), "{how}");
+        assert_eq!(
+            conf_for(&fedora, None, None).0,
+            Path::new("/etc/softhsm2.conf")
+        );
+        let older = module_with(dir.path(), &["/usr/local/etc/softhsm2.conf"]);
+        assert_eq!(
+            conf_for(&older, None, Some(home.into())).0,
+            Path::new("/usr/local/etc/softhsm2.conf")
+        );
+        // A file that says nothing: Debian's.
+        let (conf, how) = conf_for(&dir.path().join("missing.so"), None, None);
+        assert_eq!(conf, Path::new(DEBIAN_CONF));
+        assert!(how.contains("Debian's"), "{how}");
+    }
+
+    /// The module the tests load (Debian's package, which `scripts/install-deps --test`
+    /// installs) names its configuration as the lookup expects.
+    #[test]
+    fn the_installed_module_names_debians_configuration_and_the_users_own() {
+        let code = std::fs::read(MODULE)
+            .unwrap_or_else(|e| panic!("{MODULE}: {e} (scripts/install-deps --test installs it)"));
+        assert_eq!(built_in_conf(&code), Some(PathBuf::from(DEBIAN_CONF)));
+        assert!(contains(&code, USER_CONF.as_bytes()));
+    }
+
+    #[test]
+    fn access_is_given_through_the_group_that_may_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("softhsm2.conf");
+        std::fs::write(&file, "").unwrap();
+        let gid = |file: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(file).unwrap().gid()
+        };
+        if gid(&file) == 0 {
+            // Root's group is no fix: the file is given to another (tests run as root in CI).
+            std::os::unix::fs::chown(&file, None, Some(1)).unwrap();
+        }
+        let group = files::group_name(gid(&file));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(
+            read_access_fix(&file, false, "certconn"),
+            format!(
+                "add that user to group {group}, which may read it (`usermod -aG {group} \
+                 certconn`), and restart certconn"
+            )
+        );
+        // As a directory it must also be searchable by the group; it is not.
+        assert!(read_access_fix(&file, true, "certconn").starts_with("give it access to"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            read_access_fix(&file, false, "certconn"),
+            format!("give it access to {}", file.display())
+        );
     }
 
     #[test]

@@ -464,6 +464,44 @@ fn a_token_softhsm_does_not_have_is_named_with_where_it_looked() {
     ] {
         assert!(err.contains(said), "{said:?} not in: {err}");
     }
+
+    // Without SOFTHSM2_CONF, SoftHSM2 2.6 reads the user's own configuration first: the module
+    // finds the token through it, and the error for the other label names it.
+    let home = dir.path().join("home");
+    let own = home.join(".config/softhsm2/softhsm2.conf");
+    std::fs::create_dir_all(own.parent().unwrap()).unwrap();
+    std::fs::copy(&conf, &own).unwrap();
+    let without_conf = |config: &std::path::Path| {
+        Command::new(binary())
+            .env_remove("SOFTHSM2_CONF")
+            .env("HOME", &home)
+            .arg("--config")
+            .arg(config)
+            .args(["keys", "list"])
+            .output()
+            .unwrap()
+    };
+    let here = dir.path().join("here.toml");
+    std::fs::write(
+        &here,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("\"certconn-elsewhere\"", "\"certconn-here\""),
+    )
+    .unwrap();
+    ok(without_conf(&here));
+    let out = without_conf(&config);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let said = format!(
+        "SoftHSM2 reads its tokens from {} (SOFTHSM2_CONF is not set, and this user's own {} \
+         can be read)",
+        dir.path().join("softhsm-tokens").display(),
+        own.display()
+    );
+    assert!(
+        !out.status.success() && err.contains(&said),
+        "{said:?} not in: {err}"
+    );
 }
 
 /// The PIN from a systemd credential (`pin_credential`, `LoadCredential=NAME:FILE` in the

@@ -105,13 +105,25 @@ fn this_user() -> String {
 }
 
 /// How the user certconn runs as (`user`) may come to read `path` (a file, or with `dir` a
-/// directory to list): through the group that owns it, when that group may (Debian's package
-/// gives its configuration and token directory to group `softhsm`), or by its permissions.
+/// directory to list): through the group that owns what stands in the way, when that group may
+/// pass (Debian's package gives its configuration, its directory and the token directory to
+/// group `softhsm`), or by permissions. What stands in the way is `path`, or, when this process
+/// cannot even look at it, the nearest directory above it that it can look at (as
+/// [`files::describe_access`] names it).
 fn read_access_fix(path: &Path, dir: bool, user: &str) -> String {
     use std::os::unix::fs::MetadataExt;
-    let needs = if dir { 0o050 } else { 0o040 };
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.mode() & needs == needs && meta.gid() != 0 => {
+    let (blocking, needs) = match std::fs::metadata(path) {
+        Ok(meta) => (Some(meta), if dir { 0o050 } else { 0o040 }),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => (
+            path.ancestors()
+                .skip(1)
+                .find_map(|d| std::fs::metadata(d).ok()),
+            0o050,
+        ),
+        Err(_) => (None, 0),
+    };
+    match blocking {
+        Some(meta) if meta.mode() & needs == needs && meta.gid() != 0 => {
             let group = files::group_name(meta.gid());
             format!(
                 "add that user to group {group}, which may read it (`usermod -aG {group} {user}`), \
@@ -385,6 +397,9 @@ mod tests {
             read_access_fix(&file, false, "certconn"),
             format!("give it access to {}", file.display())
         );
+        // A file that is not there is not a group's to give.
+        let missing = dir.path().join("missing.conf");
+        assert!(read_access_fix(&missing, false, "certconn").starts_with("give it access to"));
     }
 
     #[test]

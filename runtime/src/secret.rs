@@ -94,14 +94,15 @@ pub mod testing {
     /// Runs `f` with environment variable `var` reading as `value` to [`super::env_var`] on this
     /// thread, and as before once `f` returns (or panics).
     pub fn with_env<T>(var: &str, value: &str, f: impl FnOnce() -> T) -> T {
-        struct Unset(String);
+        /// Takes back the value this call gave: the last one, since calls nest.
+        struct Unset;
         impl Drop for Unset {
             fn drop(&mut self) {
-                VARS.with_borrow_mut(|vars| vars.retain(|(name, _)| *name != self.0));
+                VARS.with_borrow_mut(|vars| vars.pop());
             }
         }
         VARS.with_borrow_mut(|vars| vars.push((var.to_owned(), Zeroizing::new(value.to_owned()))));
-        let _unset = Unset(var.to_owned());
+        let _unset = Unset;
         f()
     }
 
@@ -272,6 +273,10 @@ mod tests {
         let var = "CERTCONN_TEST_NEVER_IN_THE_ENVIRONMENT";
         assert!(env_var(var).is_err());
         testing::with_env(var, "given", || {
+            assert_eq!(env_var(var).unwrap().as_str(), "given");
+            testing::with_env(var, "inner", || {
+                assert_eq!(env_var(var).unwrap().as_str(), "inner");
+            });
             assert_eq!(env_var(var).unwrap().as_str(), "given");
             std::thread::spawn(move || assert!(env_var(var).is_err()))
                 .join()

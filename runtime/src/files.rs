@@ -137,15 +137,25 @@ pub fn describe_access(path: &Path) -> String {
             meta.permissions().mode() & 0o7777
         )
     };
+    match in_the_way(path) {
+        Ok((found, meta)) if found == path => describe(meta),
+        Ok((dir, meta)) => format!("{}: {}", dir.display(), describe(meta)),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// What stands between this process and `path`: `path` itself with its metadata, or, when this
+/// process may not even look at it, the nearest directory above it that it may look at (the
+/// one whose permissions keep it out). Any other failure to look is returned.
+pub fn in_the_way(path: &Path) -> std::io::Result<(&Path, fs::Metadata)> {
     match fs::metadata(path) {
-        Ok(meta) => describe(meta),
-        Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => e.to_string(),
+        Ok(meta) => Ok((path, meta)),
+        Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => Err(e),
         Err(e) => path
             .ancestors()
             .skip(1)
             .find_map(|dir| fs::metadata(dir).ok().map(|m| (dir, m)))
-            .map(|(dir, meta)| format!("{}: {}", dir.display(), describe(meta)))
-            .unwrap_or_else(|| e.to_string()),
+            .ok_or(e),
     }
 }
 

@@ -105,33 +105,23 @@ fn this_user() -> String {
 }
 
 /// How the user certconn runs as (`user`) may come to read `path` (a file, or with `dir` a
-/// directory to list): through the group that owns what stands in the way, when that group may
-/// pass (Debian's package gives its configuration, its directory and the token directory to
-/// group `softhsm`), or by permissions. What stands in the way is `path`, or, when this process
-/// cannot even look at it, the nearest directory above it that it can look at (as
-/// [`files::describe_access`] names it).
+/// directory to list): through the group that owns what stands in the way
+/// ([`files::in_the_way`]: `path`, or a directory above it this process may not enter), when
+/// that group may pass (Debian's package gives its configuration, its directory and the token
+/// directory to group `softhsm`), or by permissions.
 fn read_access_fix(path: &Path, dir: bool, user: &str) -> String {
     use std::os::unix::fs::MetadataExt;
-    let (blocking, needs) = match std::fs::metadata(path) {
-        Ok(meta) => (Some(meta), if dir { 0o050 } else { 0o040 }),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => (
-            path.ancestors()
-                .skip(1)
-                .find_map(|d| std::fs::metadata(d).ok()),
-            0o050,
-        ),
-        Err(_) => (None, 0),
-    };
-    match blocking {
-        Some(meta) if meta.mode() & needs == needs && meta.gid() != 0 => {
+    if let Ok((found, meta)) = files::in_the_way(path) {
+        let needs = if dir || found != path { 0o050 } else { 0o040 };
+        if meta.mode() & needs == needs && meta.gid() != 0 {
             let group = files::group_name(meta.gid());
-            format!(
-                "add that user to group {group}, which may read it (`usermod -aG {group} {user}`), \
-                 and restart certconn"
-            )
+            return format!(
+                "add that user to group {group}, which may read it (`usermod -aG {group} \
+                 {user}`), and restart certconn"
+            );
         }
-        _ => format!("give it access to {}", path.display()),
     }
+    format!("give it access to {}", path.display())
 }
 
 /// The token directory, read from the configuration `module` reads, with how that

@@ -57,8 +57,8 @@ pub async fn check(config: &Config) -> Result<CheckReport, std::io::Error> {
     Ok(report)
 }
 
-/// The journal: reachable (PostgreSQL: connected, with the password and TLS `serve` uses), and
-/// at a schema version this certconn can use.
+/// The journal: reachable (PostgreSQL: connected, with the password and TLS `serve` uses), at a
+/// schema version this certconn can use, and (PostgreSQL) durable in what it commits.
 async fn check_journal(config: &Config, report: &mut CheckReport) {
     let (where_, found, current) = if config.journal.is_postgres() {
         let found =
@@ -84,7 +84,27 @@ async fn check_journal(config: &Config, report: &mut CheckReport) {
             "{where_}: schema version {v} will be migrated to {current} at start"
         )),
         Ok(_) => {}
-        Err(e) => report.problems.push(crate::report::chain(&e)),
+        Err(e) => {
+            report.problems.push(crate::report::chain(&e));
+            return;
+        }
+    }
+    if config.journal.is_postgres() {
+        // Reachable: what it does with a commit by default.
+        match crate::journal::PostgresJournal::commit_defaults_of(
+            &config.journal,
+            config.crypto.fips,
+        )
+        .await
+        {
+            Ok((location, defaults)) => report.warnings.extend(
+                defaults
+                    .weaknesses()
+                    .into_iter()
+                    .map(|w| w.describe(&location)),
+            ),
+            Err(e) => report.problems.push(crate::report::chain(&e)),
+        }
     }
 }
 

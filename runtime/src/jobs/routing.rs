@@ -181,7 +181,8 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Answer<T> {
 }
 
 /// Makes one call through `route`: candidates in order; a plugin fault or a transient error
-/// counts against that instance's circuit breaker and moves to the next candidate. `Err` when
+/// counts against that instance's circuit breaker and moves to the next candidate, while a
+/// journal that failed the call is a transient error at once (every backend shares it). `Err` when
 /// no backend gave an answer: every one was down, busy, faulted or transient
 /// ([`ErrorClass::Transient`](super::ErrorClass), or `Unavailable` when none could be tried), or
 /// the call could not be made for a reason no other backend changes (`Permanent`).
@@ -196,6 +197,10 @@ where
         let failure = match call(slot.backend.clone()).await {
             Ok(Err(e @ wit::BackendError::Transient(_))) => describe_backend_error(&e),
             Err(e @ PluginError::Fault { .. }) => bounded(&e.to_string()),
+            // Every backend shares the journal: not this one's failure, nor one another helps.
+            Err(e @ PluginError::Journal { .. }) => {
+                return Err(JobError::transient(bounded(&e.to_string())).at(name))
+            }
             Err(other) => return Err(JobError::permanent(other.to_string()).at(name)),
             Ok(answer) => {
                 slot.verdict.success();
@@ -508,6 +513,32 @@ mod tests {
         let answer = issue_through(&mut route).await.expect("an answer");
         assert_eq!(answer.backend_name, "primary");
         assert_eq!(fallback.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_journal_that_failed_the_call_is_a_transient_error_of_no_backend() {
+        fn journal_away(
+            _: &wit::IssueRequest,
+            _: Option<&StoredKey>,
+        ) -> CallResult<wit::IssuedCertificate> {
+            Err(PluginError::Journal {
+                backend: "primary".into(),
+                reason: "the signature could not be recorded".into(),
+            })
+        }
+        let primary = StandIn::new("primary", journal_away);
+        let fallback = StandIn::new("fallback", rejected);
+        let backends = StandIns(vec![primary.clone(), fallback.clone()]);
+        let mut route = Route::for_profile(&profile("primary", &["fallback"]), &backends);
+        let e = issue_through(&mut route).await.expect_err("an error");
+        assert_eq!(e.class, ErrorClass::Transient);
+        assert!(e.to_string().contains("could not be recorded"), "{e}");
+        // The journal is every backend's: no other is tried, and no breaker counts it.
+        assert_eq!(fallback.calls(), 0);
+        assert_eq!(
+            primary.failures.load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
     }
 
     #[tokio::test]

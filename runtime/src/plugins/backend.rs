@@ -290,7 +290,16 @@ impl LoadedBackend {
             }
             op(&mut store, &instance).await.map(Ok)
         };
-        match tokio::time::timeout(outer, work).await {
+        let answer = tokio::time::timeout(outer, work).await;
+        if let Some(reason) = store.data_mut().journal_failure.take() {
+            // The plugin saw a custody error and answered as it would for any (most likely a
+            // rejection); the job must not fail for a journal that was away.
+            return Err(PluginError::Journal {
+                backend: self.name.to_string(),
+                reason,
+            });
+        }
+        match answer {
             Err(_) => Err(PluginError::Fault {
                 backend: self.name.to_string(),
                 reason: format!(

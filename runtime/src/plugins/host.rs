@@ -139,22 +139,29 @@ impl PluginState {
     }
 
     /// The trail's answer: recorded, or a refusal (a serial its issuer already used), or a
-    /// failure to record — and then nothing is signed.
+    /// failure to record — and then nothing is signed, and the call's answer is the journal's
+    /// failure whatever the plugin makes of it (`journal_failure`).
     fn recorded(
-        &self,
+        &mut self,
         handle: &str,
         recorded: Result<SignatureRecord, JournalError>,
     ) -> Result<(), custody::CustodyError> {
         match recorded {
             Ok(r) => {
                 tracing::info!(backend = %self.backend, job = self.job.as_deref(), seq = r.seq, hash = %r.hash, serial = %r.signature.serial, "signature trail: CA key {handle} signs a certificate");
+                self.journal_failure = None;
                 Ok(())
             }
             Err(e @ JournalError::SerialReused { .. }) => Err(self.refuse(handle, &e.to_string())),
-            Err(e) => Err(custody::CustodyError::Failed(format!(
-                "the signature could not be recorded in the signature trail, so nothing was signed: {}",
-                crate::report::chain(&e)
-            ))),
+            Err(e) => {
+                let why = format!(
+                    "the signature could not be recorded in the signature trail, so nothing was \
+                     signed: {}",
+                    crate::report::chain(&e)
+                );
+                self.journal_failure = Some(why.clone());
+                Err(custody::CustodyError::Failed(why))
+            }
         }
     }
 }

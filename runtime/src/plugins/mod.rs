@@ -154,4 +154,9 @@ pub enum PluginError {
     /// The plugin trapped, ran out of time or memory: a `plugin-fault`.
     #[error("plugin-fault in backend {backend:?}: {reason}")]
     Fault { backend: String, reason: String },
+    /// The journal failed the call (it could not record a signature the plugin asked for, so
+    /// nothing was signed): the host's failure, whatever the plugin answered, and a passing
+    /// one (a job is tried again).
+    #[error("backend {backend:?}: {reason}")]
+    Journal { backend: String, reason: String },
 }

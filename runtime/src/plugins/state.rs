@@ -40,6 +40,9 @@ pub struct PluginState {
     pub(crate) job: Option<Arc<str>>,
     pub(crate) log_lines_left: u32,
     pub(crate) stderr: MemoryOutputPipe,
+    /// Why the journal could not record the call's last signature (so nothing was signed), when
+    /// it could not: the host's failure, not the plugin's answer (see `backend`).
+    pub(crate) journal_failure: Option<String>,
 }
 
 impl PluginState {
@@ -74,6 +77,7 @@ impl PluginState {
             job,
             log_lines_left: log_lines,
             stderr,
+            journal_failure: None,
         }
     }
 

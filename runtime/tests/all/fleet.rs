@@ -368,6 +368,53 @@ async fn the_database_gone_for_fifteen_seconds_under_load_stalls_the_fleet_and_l
     }
 }
 
+/// A job is acknowledged once the journal committed it, and a crash of PostgreSQL right after
+/// does not take it back, though the test cluster, like a server tuned for speed, defaults to
+/// `synchronous_commit = off`, which acknowledges a commit before its WAL is written (and the
+/// cluster writes it at most every 10 s): with the default, every job was gone when the
+/// database came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_acknowledged_just_before_the_database_crashes_are_there_when_it_is_back() {
+    const JOBS: usize = 40;
+    let pg = Cluster::start();
+    let db = pg.database("crash");
+    assert_eq!(psql(&db, "SHOW synchronous_commit"), "off");
+    let root = tempfile::tempdir().unwrap();
+    let a = start_instance(root.path(), "a", &db, "");
+    // Acknowledged together, so that the crash comes within moments of every commit.
+    let api = a.client();
+    let keys: Vec<String> = (0..JOBS).map(|n| format!("crash-{n}")).collect();
+    let submitted = futures::future::join_all(
+        keys.iter()
+            .map(|key| submit(&api, "smime", key, json!({ "key": "ec-p256" }))),
+    )
+    .await;
+    // Nothing more from the instance until the database is back: what it acknowledged is
+    // all the crash can take.
+    a.freeze();
+    pg.stop();
+    pg.resume();
+    a.thaw();
+    let ids: Vec<String> = psql(&db, "SELECT id FROM jobs ORDER BY id")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let mut expected = submitted.clone();
+    expected.sort();
+    assert_eq!(ids, expected, "jobs acknowledged before the crash");
+    // And the instance, its connections cut, finishes them all.
+    for id in &submitted {
+        let job = wait_job(&api, id, Duration::from_secs(120)).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    // It said what the database's defaults would have cost.
+    let log = std::fs::read_to_string(&a.log).unwrap();
+    assert!(
+        log.contains("runs with fsync = off") && log.contains("commits asynchronously by default"),
+        "{log}"
+    );
+}
+
 /// Backends `x` (instance A) and `y` (instance B), both configured everywhere.
 fn pinned(data: &Path, db: &str, serves: &str) -> String {
     let extra = r#"

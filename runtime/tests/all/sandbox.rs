@@ -442,6 +442,63 @@ async fn a_plugin_holding_the_ca_key_signs_only_the_jobs_certificate() {
 /// never decrypts (and signs only the job's certificate), a PFX-password key never signs, a
 /// signing key never decrypts. Each refusal fails the job with the reason and is logged with
 /// the plugin version.
+/// A journal that cannot record a signature fails the call, not the job: nothing is signed,
+/// the job is tried again, and it succeeds once the journal records again. The plugin sees a
+/// custody error and answers as it would for any (local-ca: rejected); the job failed for good
+/// on that answer when a PostgreSQL journal was cut off in the middle of a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_the_journal_cannot_record_is_tried_again_not_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_in(dir.path(), |data| {
+        config_text(data, &plugins(), "").replace("workers = 4", "workers = 4\nmax_attempts = 1000")
+    });
+    let journal =
+        rusqlite::Connection::open(dir.path().join("data").join("journal.sqlite")).unwrap();
+    journal.busy_timeout(Duration::from_secs(10)).unwrap();
+    journal
+        .execute_batch(
+            "CREATE TRIGGER trail_gone BEFORE INSERT ON signature_trail \
+             BEGIN SELECT RAISE(ABORT, 'the trail cannot be written'); END;",
+        )
+        .unwrap();
+    let api = daemon.client();
+    let id = submit(&api, "smime", "trail-gone", json!({})).await;
+    let start = std::time::Instant::now();
+    let job = loop {
+        let job = api
+            .call(hyper::Method::GET, &format!("/v1/jobs/{id}"), None)
+            .await
+            .unwrap();
+        if job["attempts"].as_u64().unwrap_or(0) >= 2 {
+            break job;
+        }
+        assert_ne!(job["state"], "failed", "{job}");
+        assert!(start.elapsed() < Duration::from_secs(60), "{job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let error = job["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("could not be recorded in the signature trail, so nothing was signed")
+            && error.contains("the trail cannot be written"),
+        "{job}"
+    );
+    assert!(
+        matches!(job["state"].as_str(), Some("queued" | "running")),
+        "{job}"
+    );
+    let signed: i64 = journal
+        .query_row("SELECT COUNT(*) FROM signature_trail", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(signed, 0);
+    journal.execute_batch("DROP TRIGGER trail_gone").unwrap();
+    let job = wait_job(&api, &id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let signed: i64 = journal
+        .query_row("SELECT COUNT(*) FROM signature_trail", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(signed, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_role_fixes_what_a_plugin_may_have_it_do() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,14 +16,20 @@
 //! - **Migrations** run under an advisory lock: the first instance to start applies them, the
 //!   others wait for it and find nothing left to do.
 //! - **Pool**: `journal.pool_size` connections (default 4) plus one for `LISTEN`.
+//! - **Durable commits** whatever the database's defaults: each connection turns
+//!   `synchronous_commit` back on when the default leaves it off, and `fsync = off` is said
+//!   at start ([`durability`]).
 
 pub mod connect;
+pub mod durability;
 mod listen;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    GenericClient, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
+};
 use tokio::sync::{watch, Notify};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -219,6 +225,17 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<i64, JournalE
     }
 }
 
+/// What the database does with a commit by default ([`durability::DEFAULTS`]).
+async fn commit_defaults(
+    c: &tokio_postgres::Client,
+) -> Result<durability::CommitDefaults, JournalError> {
+    let row = c.query_one(durability::DEFAULTS, &[]).await?;
+    Ok(durability::CommitDefaults {
+        fsync: row.try_get(0)?,
+        synchronous_commit: row.try_get(1)?,
+    })
+}
+
 impl PostgresJournal {
     /// Connects to the database `[journal]` names for the instance `owner`, migrating its
     /// schema, and starts listening for the other instances' notifications.
@@ -252,6 +269,14 @@ impl PostgresJournal {
         );
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
+            .post_create(Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(durability::COMMIT_SYNCHRONOUSLY)
+                        .await
+                        .map_err(HookError::Backend)
+                })
+            }))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(30)))
             .create_timeout(Some(Duration::from_secs(15)))
@@ -265,7 +290,15 @@ impl PostgresJournal {
             .await
             .map_err(|e| unreachable(JournalError::from(e)))?;
         let version = migrate(&mut client).await.map_err(unreachable)?;
+        let defaults = commit_defaults(&client).await.map_err(unreachable)?;
         drop(client);
+        for weakness in defaults.weaknesses() {
+            if weakness.made_up_for() {
+                tracing::info!("{}", weakness.describe(&location));
+            } else {
+                tracing::warn!("{}", weakness.describe(&location));
+            }
+        }
         let signals = Arc::new(listen::Signals::default());
         let inner = Arc::new_cyclic(|weak| {
             let tasks = vec![
@@ -314,6 +347,31 @@ impl PostgresJournal {
             .try_get::<_, Option<i64>>(0)
             .map_err(unreachable)?;
         Ok(version)
+    }
+
+    /// Where the database is (as the log names it, without the password) and its `fsync` and
+    /// default `synchronous_commit`, read without changing anything (for `check-config`).
+    pub async fn commit_defaults_of(
+        config: &JournalConfig,
+        fips: bool,
+    ) -> Result<(String, durability::CommitDefaults), JournalError> {
+        let connect = Connect::new(config, fips).map_err(|e| JournalError::Database {
+            location: "[journal]".into(),
+            source: Box::new(e),
+        })?;
+        let unreachable = |source| JournalError::Database {
+            location: connect.location.clone(),
+            source,
+        };
+        let client = connect
+            .client()
+            .await
+            .map_err(|e| unreachable(Box::new(e)))?;
+        let defaults = commit_defaults(&client).await.map_err(|e| match e {
+            JournalError::Backend(source) => unreachable(source),
+            other => other,
+        })?;
+        Ok((connect.location.clone(), defaults))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, JournalError> {
@@ -1522,6 +1580,68 @@ mod tests {
             .map(|v| v.to_string())
             .collect();
         assert_eq!(rows, expected);
+    }
+
+    /// A database whose default is `synchronous_commit = off` (as the test cluster's is, with
+    /// `fsync = off`: `scripts/pg-cluster`): every connection of the journal's pool commits
+    /// synchronously all the same, and what the defaults would cost is named for
+    /// `check-config`.
+    #[tokio::test]
+    async fn every_connection_commits_synchronously_whatever_the_database_default() {
+        let db = testing::migrated_database().await;
+        let set_default = |level: &str| {
+            db.psql(&format!(
+                "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = {level}', \
+                 current_database()); END $$"
+            ))
+        };
+        set_default("off");
+        assert_eq!(db.psql("SHOW synchronous_commit"), ["off"]);
+        let fsync_off = db.psql("SHOW fsync") == ["off"];
+        let j = PostgresJournal::open(&db.config(), "a", false)
+            .await
+            .unwrap_or_else(|e| panic!("{}", crate::report::chain(&e)));
+        // Three connections held at once: the pool makes a new one for each.
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(
+                j.client()
+                    .await
+                    .unwrap_or_else(|e| panic!("{}", crate::report::chain(&e))),
+            );
+        }
+        for c in &clients {
+            let level: String = c
+                .query_one("SHOW synchronous_commit", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(level, "on");
+        }
+        drop(clients);
+        let (location, defaults) = PostgresJournal::commit_defaults_of(&db.config(), false)
+            .await
+            .unwrap_or_else(|e| panic!("{}", crate::report::chain(&e)));
+        assert_eq!(location, j.location());
+        let mut expected = vec![durability::Weakness::AsynchronousDefault];
+        if fsync_off {
+            expected.insert(0, durability::Weakness::NoFsync);
+        }
+        assert_eq!(defaults.weaknesses(), expected);
+        // A stronger level chosen for the database is kept, not lowered to `on`.
+        set_default("remote_apply");
+        let k = PostgresJournal::open(&db.config(), "b", false)
+            .await
+            .unwrap();
+        let level: String = k
+            .client()
+            .await
+            .unwrap()
+            .query_one("SHOW synchronous_commit", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(level, "remote_apply");
     }
 
     /// Schema 2 takes each certificate's plugin version from its job's result where one is

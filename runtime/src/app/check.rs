@@ -61,12 +61,18 @@ pub async fn check(config: &Config) -> Result<CheckReport, std::io::Error> {
 /// schema version this certconn can use, and (PostgreSQL) durable in what it commits.
 async fn check_journal(config: &Config, report: &mut CheckReport) {
     let (where_, found, current) = if config.journal.is_postgres() {
-        let found =
-            crate::journal::PostgresJournal::schema_version_of(&config.journal, config.crypto.fips)
-                .await;
+        let look = crate::journal::PostgresJournal::look(&config.journal, config.crypto.fips).await;
+        if let Ok(look) = &look {
+            report.warnings.extend(
+                look.commit
+                    .weaknesses()
+                    .into_iter()
+                    .map(|w| w.describe(&look.location)),
+            );
+        }
         (
             "the journal's database".to_owned(),
-            found,
+            look.map(|l| l.schema_version),
             schema::POSTGRES_CURRENT,
         )
     } else {
@@ -84,27 +90,7 @@ async fn check_journal(config: &Config, report: &mut CheckReport) {
             "{where_}: schema version {v} will be migrated to {current} at start"
         )),
         Ok(_) => {}
-        Err(e) => {
-            report.problems.push(crate::report::chain(&e));
-            return;
-        }
-    }
-    if config.journal.is_postgres() {
-        // Reachable: what it does with a commit by default.
-        match crate::journal::PostgresJournal::commit_defaults_of(
-            &config.journal,
-            config.crypto.fips,
-        )
-        .await
-        {
-            Ok((location, defaults)) => report.warnings.extend(
-                defaults
-                    .weaknesses()
-                    .into_iter()
-                    .map(|w| w.describe(&location)),
-            ),
-            Err(e) => report.problems.push(crate::report::chain(&e)),
-        }
+        Err(e) => report.problems.push(crate::report::chain(&e)),
     }
 }
 

@@ -29,7 +29,7 @@ pub const DEFAULTS: &str = "SELECT current_setting('fsync'), \
      (SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit')";
 
 /// The settings [`DEFAULTS`] reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct CommitDefaults {
     pub fsync: String,
     pub synchronous_commit: String,

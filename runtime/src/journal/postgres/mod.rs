@@ -225,6 +225,16 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<i64, JournalE
     }
 }
 
+/// The database `[journal]` names, as [`PostgresJournal::look`] found it.
+#[derive(Debug)]
+pub struct DatabaseLook {
+    /// Where it is, as the log names it (without the password).
+    pub location: String,
+    /// `None` when certconn has not written there yet.
+    pub schema_version: Option<i64>,
+    pub commit: durability::CommitDefaults,
+}
+
 /// What the database does with a commit by default ([`durability::DEFAULTS`]).
 async fn commit_defaults(
     c: &tokio_postgres::Client,
@@ -321,40 +331,9 @@ impl PostgresJournal {
         Ok(Self { inner })
     }
 
-    /// The schema version of the database `[journal]` names, read without changing anything
-    /// (for `check-config`); `None` when certconn has not written there yet.
-    pub async fn schema_version_of(
-        config: &JournalConfig,
-        fips: bool,
-    ) -> Result<Option<i64>, JournalError> {
-        let connect = Connect::new(config, fips).map_err(|e| JournalError::Database {
-            location: "[journal]".into(),
-            source: Box::new(e),
-        })?;
-        let unreachable = |e: tokio_postgres::Error| JournalError::Database {
-            location: connect.location.clone(),
-            source: Box::new(e),
-        };
-        let client = connect.client().await.map_err(unreachable)?;
-        let version = client
-            .query_one(
-                "SELECT CASE WHEN to_regclass('certconn_schema') IS NULL THEN NULL
-                        ELSE (SELECT MAX(version) FROM certconn_schema) END",
-                &[],
-            )
-            .await
-            .map_err(unreachable)?
-            .try_get::<_, Option<i64>>(0)
-            .map_err(unreachable)?;
-        Ok(version)
-    }
-
-    /// Where the database is (as the log names it, without the password) and its `fsync` and
-    /// default `synchronous_commit`, read without changing anything (for `check-config`).
-    pub async fn commit_defaults_of(
-        config: &JournalConfig,
-        fips: bool,
-    ) -> Result<(String, durability::CommitDefaults), JournalError> {
+    /// What `check-config` reads of the database `[journal]` names, on one connection and
+    /// changing nothing: its schema version and what it does with a commit by default.
+    pub async fn look(config: &JournalConfig, fips: bool) -> Result<DatabaseLook, JournalError> {
         let connect = Connect::new(config, fips).map_err(|e| JournalError::Database {
             location: "[journal]".into(),
             source: Box::new(e),
@@ -367,11 +346,31 @@ impl PostgresJournal {
             .client()
             .await
             .map_err(|e| unreachable(Box::new(e)))?;
-        let defaults = commit_defaults(&client).await.map_err(|e| match e {
+        let read = async {
+            // Two statements: PostgreSQL resolves a table's name when it parses a statement,
+            // so one naming `certconn_schema` fails where it does not exist yet.
+            let migrated: bool = client
+                .query_one("SELECT to_regclass('certconn_schema') IS NOT NULL", &[])
+                .await?
+                .try_get(0)?;
+            let schema_version = if migrated {
+                client
+                    .query_one("SELECT MAX(version) FROM certconn_schema", &[])
+                    .await?
+                    .try_get::<_, Option<i64>>(0)?
+            } else {
+                None
+            };
+            Ok(DatabaseLook {
+                location: connect.location.clone(),
+                schema_version,
+                commit: commit_defaults(&client).await?,
+            })
+        };
+        read.await.map_err(|e| match e {
             JournalError::Backend(source) => unreachable(source),
             other => other,
-        })?;
-        Ok((connect.location.clone(), defaults))
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, JournalError> {
@@ -1619,10 +1618,18 @@ mod tests {
             assert_eq!(level, "on");
         }
         drop(clients);
-        let (location, defaults) = PostgresJournal::commit_defaults_of(&db.config(), false)
+        let look = PostgresJournal::look(&db.config(), false)
             .await
             .unwrap_or_else(|e| panic!("{}", crate::report::chain(&e)));
-        assert_eq!(location, j.location());
+        assert_eq!(look.location, j.location());
+        assert_eq!(look.schema_version, Some(schema::POSTGRES_CURRENT));
+        // A database certconn has not written to yet: no version, and no error.
+        let fresh = testing::fresh_database().await;
+        let look_fresh = PostgresJournal::look(&fresh.config(), false)
+            .await
+            .unwrap_or_else(|e| panic!("{}", crate::report::chain(&e)));
+        assert_eq!(look_fresh.schema_version, None);
+        let defaults = look.commit;
         let mut expected = vec![durability::Weakness::AsynchronousDefault];
         if fsync_off {
             expected.insert(0, durability::Weakness::NoFsync);

@@ -412,7 +412,9 @@ async fn jobs_acknowledged_just_before_the_database_crashes_are_there_when_it_is
     // It said what the database's defaults would have cost.
     let log = std::fs::read_to_string(&a.log).unwrap();
     assert!(
-        log.contains("runs with fsync = off") && log.contains("commits asynchronously by default"),
+        log.contains("runs with fsync = off")
+            && log.contains("runs with full_page_writes = off")
+            && log.contains("commits asynchronously by default"),
         "{log}"
     );
 }

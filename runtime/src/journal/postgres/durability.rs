@@ -13,6 +13,10 @@
 //! - `fsync = off` leaves the WAL in the operating system's cache: a crash of the machine may
 //!   lose or corrupt anything. Only the server's configuration can change it, so certconn says
 //!   so at start and in `check-config`.
+//! - `full_page_writes = off` leaves a page the machine was writing when it lost power half
+//!   old and half new, and the WAL cannot repair it: the jobs on it are lost or corrupt. It is
+//!   safe only on a filesystem that never tears a page (ZFS, for one), which certconn cannot
+//!   see, so it is said the same way as `fsync`.
 //!
 //! Behind a pooler in transaction mode (PgBouncer), a session's setting does not follow the
 //! transactions to the server's connections; there the role's default must be right:
@@ -23,15 +27,17 @@
 pub const COMMIT_SYNCHRONOUSLY: &str = "SELECT set_config('synchronous_commit', 'on', false) \
      WHERE current_setting('synchronous_commit') = 'off'";
 
-/// The database's defaults for a new session of this role: `fsync`, and `synchronous_commit`
-/// before [`COMMIT_SYNCHRONOUSLY`] changed it (`reset_val` is what `RESET` would give back).
-pub const DEFAULTS: &str = "SELECT current_setting('fsync'), \
+/// The database's defaults for a new session of this role: `fsync`, `full_page_writes`, and
+/// `synchronous_commit` before [`COMMIT_SYNCHRONOUSLY`] changed it (`reset_val` is what `RESET`
+/// would give back).
+pub const DEFAULTS: &str = "SELECT current_setting('fsync'), current_setting('full_page_writes'), \
      (SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit')";
 
 /// The settings [`DEFAULTS`] reads.
 #[derive(Debug)]
 pub struct CommitDefaults {
     pub fsync: String,
+    pub full_page_writes: String,
     pub synchronous_commit: String,
 }
 
@@ -42,6 +48,9 @@ impl CommitDefaults {
         let mut found = Vec::new();
         if self.fsync == "off" {
             found.push(Weakness::NoFsync);
+        }
+        if self.full_page_writes == "off" {
+            found.push(Weakness::TornPages);
         }
         if self.synchronous_commit == "off" {
             found.push(Weakness::AsynchronousDefault);
@@ -55,6 +64,9 @@ impl CommitDefaults {
 pub enum Weakness {
     /// `fsync = off`: only the server's configuration can change it.
     NoFsync,
+    /// `full_page_writes = off`: likewise; harmless only where the filesystem cannot tear a
+    /// page.
+    TornPages,
     /// `synchronous_commit = off` by default: certconn's own connections turn it on.
     AsynchronousDefault,
 }
@@ -73,6 +85,13 @@ impl Weakness {
                  machine can lose or corrupt jobs certconn has acknowledged; set fsync = on in \
                  the server's postgresql.conf"
             ),
+            Weakness::TornPages => format!(
+                "the journal's database ({location}) runs with full_page_writes = off: a power \
+                 loss while it writes a page can leave the page torn, which its WAL cannot \
+                 repair, and the jobs on it lost or corrupt; set full_page_writes = on in the \
+                 server's postgresql.conf unless its data is on a filesystem that never tears a \
+                 page (ZFS)"
+            ),
             Weakness::AsynchronousDefault => format!(
                 "the journal's database ({location}) commits asynchronously by default \
                  (synchronous_commit = off); certconn's connections turn it on for themselves, \
@@ -87,9 +106,10 @@ impl Weakness {
 mod tests {
     use super::*;
 
-    fn defaults(fsync: &str, synchronous_commit: &str) -> CommitDefaults {
+    fn defaults(fsync: &str, full_page_writes: &str, synchronous_commit: &str) -> CommitDefaults {
         CommitDefaults {
             fsync: fsync.into(),
+            full_page_writes: full_page_writes.into(),
             synchronous_commit: synchronous_commit.into(),
         }
     }
@@ -98,21 +118,34 @@ mod tests {
     fn only_settings_that_lose_acknowledged_commits_are_named() {
         let at = "postgres://certconn@db:5432/certconn";
         for level in ["on", "local", "remote_write", "remote_apply"] {
-            assert!(defaults("on", level).weaknesses().is_empty(), "{level}");
+            assert!(
+                defaults("on", "on", level).weaknesses().is_empty(),
+                "{level}"
+            );
         }
-        let both = defaults("off", "off");
-        let said: Vec<String> = both.weaknesses().iter().map(|w| w.describe(at)).collect();
-        assert_eq!(said.len(), 2, "{said:?}");
+        let all = defaults("off", "off", "off");
+        let said: Vec<String> = all.weaknesses().iter().map(|w| w.describe(at)).collect();
+        assert_eq!(said.len(), 3, "{said:?}");
         assert!(
             said[0].contains("fsync = off") && said[0].contains(at),
             "{said:?}"
         );
         assert!(
-            said[1].contains("synchronous_commit = off")
-                && said[1].contains("ALTER ROLE <certconn's role> SET synchronous_commit = on"),
+            said[1].contains("full_page_writes = off")
+                && said[1].contains(at)
+                && said[1].contains("set full_page_writes = on"),
             "{said:?}"
         );
-        let made_up: Vec<bool> = both.weaknesses().iter().map(|w| w.made_up_for()).collect();
-        assert_eq!(made_up, [false, true]);
+        assert!(
+            said[2].contains("synchronous_commit = off")
+                && said[2].contains("ALTER ROLE <certconn's role> SET synchronous_commit = on"),
+            "{said:?}"
+        );
+        let made_up: Vec<bool> = all.weaknesses().iter().map(|w| w.made_up_for()).collect();
+        assert_eq!(made_up, [false, false, true]);
+        assert_eq!(
+            defaults("on", "off", "on").weaknesses(),
+            [Weakness::TornPages]
+        );
     }
 }

@@ -242,7 +242,8 @@ async fn commit_defaults(
     let row = c.query_one(durability::DEFAULTS, &[]).await?;
     Ok(durability::CommitDefaults {
         fsync: row.try_get(0)?,
-        synchronous_commit: row.try_get(1)?,
+        full_page_writes: row.try_get(1)?,
+        synchronous_commit: row.try_get(2)?,
     })
 }
 
@@ -1597,6 +1598,7 @@ mod tests {
         set_default("off");
         assert_eq!(db.psql("SHOW synchronous_commit"), ["off"]);
         let fsync_off = db.psql("SHOW fsync") == ["off"];
+        let torn_pages = db.psql("SHOW full_page_writes") == ["off"];
         let j = PostgresJournal::open(&db.config(), "a", false)
             .await
             .unwrap_or_else(|e| panic!("{}", crate::report::chain(&e)));
@@ -1630,10 +1632,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("{}", crate::report::chain(&e)));
         assert_eq!(look_fresh.schema_version, None);
         let defaults = look.commit;
-        let mut expected = vec![durability::Weakness::AsynchronousDefault];
+        let mut expected = Vec::new();
         if fsync_off {
-            expected.insert(0, durability::Weakness::NoFsync);
+            expected.push(durability::Weakness::NoFsync);
         }
+        if torn_pages {
+            expected.push(durability::Weakness::TornPages);
+        }
+        expected.push(durability::Weakness::AsynchronousDefault);
         assert_eq!(defaults.weaknesses(), expected);
         // A stronger level chosen for the database is kept, not lowered to `on`.
         set_default("remote_apply");

@@ -12,6 +12,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -183,6 +184,62 @@ where
     in_range::<D, T, MIN, MAX>(d).map(Some)
 }
 
+/// Reads an address to listen on, `IP:PORT`, at the value's own position, with an error that
+/// says what is wrong and how to write one (serde's own says only "invalid socket address
+/// syntax"). For `#[serde(deserialize_with = "crate::config::listen_address")]` on a
+/// `toml::Spanned<SocketAddr>`.
+pub fn listen_address<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<toml::Spanned<SocketAddr>, D::Error> {
+    let text = toml::Spanned::<String>::deserialize(d)?;
+    let span = text.span();
+    parse_listen_address(text.get_ref())
+        .map(|addr| toml::Spanned::new(span, addr))
+        .map_err(D::Error::custom)
+}
+
+/// [`listen_address`] for an optional one (with `#[serde(default)]`).
+pub fn listen_address_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_listen_address(&text)
+        .map(Some)
+        .map_err(D::Error::custom)
+}
+
+/// `IP:PORT`; an address without a port, a host name (a listener binds an address, and which
+/// one a name resolves to can change) or a port above 65535 is refused with the reason.
+fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let bare_ip = text.parse::<IpAddr>().ok();
+    let bracketed_ip = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .is_some_and(|ip| ip.parse::<Ipv6Addr>().is_ok());
+    let why = match text.rsplit_once(':') {
+        // `::1:7443` is an IPv6 address of its own, not `::1` and a port.
+        _ if bare_ip.is_some_and(|ip| ip.is_ipv6()) => {
+            "it has no port: an IPv6 address goes in brackets before its port, [ADDRESS]:PORT"
+                .to_owned()
+        }
+        _ if bare_ip.is_some() || bracketed_ip => "it has no port".to_owned(),
+        None => "it has no port".to_owned(),
+        Some((host, port)) => match port.parse::<u64>() {
+            Err(_) => format!("{port:?} is not a port number"),
+            Ok(p) if p > u64::from(u16::MAX) => format!("port {p} is above 65535"),
+            Ok(_) if host.parse::<Ipv6Addr>().is_ok() => {
+                format!("an IPv6 address goes in brackets: [{host}]:{port}")
+            }
+            Ok(_) => format!("{host:?} is not an IP address, and a host name is not looked up"),
+        },
+    };
+    Err(format!(
+        "{text:?} is not an address to listen on ({why}); write IP:PORT, such as \
+         127.0.0.1:7443, 0.0.0.0:7443 or [::]:7443"
+    ))
+}
+
 /// Reports problems found after parsing at the place in the text they come from.
 pub struct Checker<'a> {
     path: &'a Path,
@@ -305,6 +362,57 @@ mod tests {
         // Outside a parse, nothing is resolved.
         let outside: ConfigPath = toml::Value::String("rel".into()).try_into().unwrap();
         assert_eq!(outside.as_path(), Path::new("rel"));
+    }
+
+    #[test]
+    fn a_listen_address_that_cannot_be_bound_says_why_at_its_own_line() {
+        #[derive(Debug, Deserialize)]
+        struct Listen {
+            #[serde(deserialize_with = "listen_address")]
+            listen: toml::Spanned<SocketAddr>,
+            #[serde(default, deserialize_with = "listen_address_opt")]
+            plain: Option<SocketAddr>,
+        }
+        let fine: Listen = parse(
+            Path::new("c.toml"),
+            "listen = \"[::1]:7443\"\nplain = \"0.0.0.0:0\"\n",
+        )
+        .unwrap();
+        assert_eq!(fine.listen.get_ref().to_string(), "[::1]:7443");
+        assert_eq!(fine.listen.span(), 9..21);
+        assert_eq!(fine.plain, Some(SocketAddr::from(([0, 0, 0, 0], 0))));
+        let none: Listen = parse(Path::new("c.toml"), "listen = \"127.0.0.1:1\"\n").unwrap();
+        assert_eq!(none.plain, None);
+        for (value, why) in [
+            ("localhost", "it has no port"),
+            ("127.0.0.1", "it has no port"),
+            ("[::1]", "it has no port"),
+            (
+                "localhost:7443",
+                "\"localhost\" is not an IP address, and a host name is not looked up",
+            ),
+            ("127.0.0.1:99999", "port 99999 is above 65535"),
+            ("127.0.0.1:https", "\"https\" is not a port number"),
+            (
+                "::1:7443",
+                "an IPv6 address goes in brackets before its port",
+            ),
+            (
+                "::ffff:10.0.0.1:80",
+                "an IPv6 address goes in brackets: [::ffff:10.0.0.1]:80",
+            ),
+        ] {
+            let text = format!("listen = \"127.0.0.1:1\"\nplain = \"{value}\"\n");
+            let e = parse::<Listen>(Path::new("c.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{value}: {e}");
+            assert!(
+                e.contains("write IP:PORT, such as 127.0.0.1:7443"),
+                "{value}: {e}"
+            );
+            assert!(e.contains("line 2"), "{value}: {e}");
+        }
     }
 
     /// A required top-level setting that is missing is named as such, not pointed at line 1; one

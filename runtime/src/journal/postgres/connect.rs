@@ -72,7 +72,8 @@ impl Connect {
         }
         let mut pg: tokio_postgres::Config = url
             .parse()
-            .map_err(|e: tokio_postgres::Error| ConnectError::Url(e.to_string()))?;
+            // The parser's cause names the option or the byte that is wrong, never a value.
+            .map_err(|e: tokio_postgres::Error| ConnectError::Url(crate::report::chain(&e)))?;
         if pg.get_password().is_some() {
             return Err(ConnectError::PasswordInUrl);
         }
@@ -257,6 +258,29 @@ mod tests {
             .err()
             .expect("refused");
         assert!(e.to_string().contains("no user"), "{e}");
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_says_which_option_is_wrong_without_its_password() {
+        let e = Connect::new(
+            &config("postgres://certconn:hunter2@db/certconn?sslmode=sometimes"),
+            false,
+        )
+        .err()
+        .expect("refused");
+        let text = crate::report::chain(&e);
+        assert!(
+            text.contains("invalid value for option `sslmode`"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        let e = Connect::new(
+            &config("postgres://certconn@db/certconn?colour=blue"),
+            false,
+        )
+        .err()
+        .expect("refused");
+        assert!(e.to_string().contains("unknown option `colour`"), "{e}");
     }
 
     #[test]

@@ -41,7 +41,10 @@ use crate::config::ConfigPath;
 pub struct ApiConfig {
     /// Where the request API listens. Loopback by default; port 0 takes a free port and writes
     /// the address it got to `<data_dir>/api.addr`.
-    #[serde(default = "default_listen")]
+    #[serde(
+        default = "default_listen",
+        deserialize_with = "crate::config::listen_address"
+    )]
     pub listen: toml::Spanned<SocketAddr>,
     /// Bearer token file; created with mode 0600 on first start. Default: `<data_dir>/api-token`.
     pub token_file: Option<ConfigPath>,
@@ -101,6 +104,7 @@ pub struct ApiConfig {
     /// A second listener, plain HTTP, serving only what clients need without TLS and without
     /// the token: the SCEP endpoint (its messages are CMS-protected) and the published CRLs,
     /// OCSP and CA certificates. Port 0 takes a free port, written to `<data_dir>/plain.addr`.
+    #[serde(default, deserialize_with = "crate::config::listen_address_opt")]
     pub plain_listen: Option<SocketAddr>,
 }
 

@@ -44,8 +44,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpGrant {
-    /// `host` (any port) or `host:port`; host names compare without case.
-    #[serde(default)]
+    /// `host` (any port) or `host:port`; host names compare without case. Each entry is
+    /// checked as it is read ([`check_allow_entry`]).
+    #[serde(default, deserialize_with = "allow_entries")]
     pub allow: Vec<String>,
     /// Let granted names resolve to loopback/private/link-local addresses (an on-premises CA
     /// on a private network).
@@ -76,6 +77,87 @@ impl Default for HttpGrant {
             trust_anchors: None,
             credentials: Vec::new(),
         }
+    }
+}
+
+/// How an `http.allow` entry is written, for the errors that refuse one.
+const ALLOW_SHAPE: &str = "write a host name or IP address, alone (any port) or with its \
+     port: ca.example.com, ca.example.com:443, 10.0.0.5, [2001:db8::5]:8443";
+
+/// `http.allow`, each entry checked where it is written in the file.
+fn allow_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Entry(String);
+    impl<'de> Deserialize<'de> for Entry {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let entry = String::deserialize(d)?;
+            check_allow_entry(&entry).map_err(serde::de::Error::custom)?;
+            Ok(Self(entry))
+        }
+    }
+    Ok(Vec::<Entry>::deserialize(d)?
+        .into_iter()
+        .map(|e| e.0)
+        .collect())
+}
+
+/// Refuses an `http.allow` entry that is not `host` or `host:port`. Read loosely, a URL
+/// (`https://ca.example.com`) granted a host named `https`, and a port that is not one
+/// (`ca.example.com:99999`) granted every port; both only showed later, as a plugin's
+/// requests refused, or not refused.
+pub(crate) fn check_allow_entry(entry: &str) -> Result<(), String> {
+    if let Some((_, rest)) = entry.split_once("://") {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        return Err(format!(
+            "{entry:?} is a URL, not a host; {ALLOW_SHAPE} (here {host:?})"
+        ));
+    }
+    if entry.contains('*') {
+        return Err(format!(
+            "{entry:?}: a wildcard grants nothing here, list each host; {ALLOW_SHAPE}"
+        ));
+    }
+    if let Some(c) = entry
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '?' | '#' | '@'))
+    {
+        return Err(format!(
+            "{entry:?} is not a host ({c:?} in it); {ALLOW_SHAPE}"
+        ));
+    }
+    let (host, port) = match entry.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, after)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => {
+                match after.strip_prefix(':') {
+                    Some(port) => (ip, Some(port)),
+                    None if after.is_empty() => (ip, None),
+                    None => {
+                        return Err(format!(
+                            "{entry:?}: {after:?} after the address; {ALLOW_SHAPE}"
+                        ))
+                    }
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "{entry:?} is not an IPv6 address in brackets; {ALLOW_SHAPE}"
+                ))
+            }
+        },
+        None => match entry.rsplit_once(':') {
+            // One colon: `host:port`. More: an IPv6 address without a port.
+            Some((host, port)) if !host.contains(':') => (host, Some(port)),
+            _ => (entry, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(format!("{entry:?} names no host; {ALLOW_SHAPE}"));
+    }
+    match port.map(str::parse::<u16>) {
+        None | Some(Ok(1..)) => Ok(()),
+        Some(_) => Err(format!(
+            "{entry:?}: {:?} is not a port (1 to 65535); {ALLOW_SHAPE}",
+            port.unwrap_or_default()
+        )),
     }
 }
 
@@ -563,6 +645,49 @@ mod tests {
         assert!(g.entry_for("[::1]", 9000).is_some());
         assert!(g.entry_for("evil.example", 80).is_none());
         assert!(g.entry_for("ndes.corp.example.evil.example", 80).is_none());
+    }
+
+    #[test]
+    fn an_allow_entry_that_is_not_a_host_is_refused_where_it_is_written() {
+        let grant: HttpGrant = crate::config::parse(
+            std::path::Path::new("c.toml"),
+            "allow = [\"ca.example.com\", \"CA.example.com:443\", \"10.0.0.5\", \
+             \"2001:db8::5\", \"[2001:db8::5]:8443\", \"[::1]\"]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(grant.allow.len(), 6);
+        assert!(grant.entry_for("2001:db8::5", 1).is_some());
+        for (entry, why) in [
+            ("https://ca.example.com/certsrv", "is a URL, not a host"),
+            (
+                "https://ca.example.com/certsrv",
+                "(here \"ca.example.com\")",
+            ),
+            (
+                "ca.example.com:99999",
+                "\"99999\" is not a port (1 to 65535)",
+            ),
+            ("ca.example.com:0", "\"0\" is not a port"),
+            ("ca.example.com:https", "\"https\" is not a port"),
+            ("*.example.com", "a wildcard grants nothing here"),
+            ("ca.example.com/certsrv", "is not a host ('/' in it)"),
+            ("user@ca.example.com", "is not a host ('@' in it)"),
+            ("ca example", "is not a host (' ' in it)"),
+            ("", "names no host"),
+            (":443", "names no host"),
+            ("[ca.example.com]:443", "is not an IPv6 address in brackets"),
+            ("[::1]8443", "after the address"),
+        ] {
+            // The caret is on the array (toml's errors carry no element's place); the message
+            // quotes the entry.
+            let text = format!("# the CA\nallow = [\"ok.example\", \"{entry}\"]\n");
+            let e = crate::config::parse::<HttpGrant>(std::path::Path::new("c.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{entry}: {e}");
+            assert!(e.contains("line 2"), "{entry}: {e}");
+            assert!(e.contains("ca.example.com:443, 10.0.0.5"), "{entry}: {e}");
+        }
     }
 
     #[test]

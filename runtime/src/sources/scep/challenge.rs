@@ -214,7 +214,55 @@ impl ChallengeValidator for OneTimeChallenges {
 /// `{transaction_id, challenge, csr_pem, subject}` and accepts on a 2xx answer within five
 /// seconds. Anything else — another status, an error, a timeout — refuses: it fails closed.
 pub struct Webhook {
-    pub url: String,
+    url: String,
+    /// The URL as the log shows it ([`Webhook::shown`]).
+    shown: String,
+}
+
+impl Webhook {
+    /// The webhook at `url`, which `scep.challenge_webhook`'s check ([`Webhook::check_url`])
+    /// has let through.
+    pub fn new(url: String) -> Self {
+        let shown = Self::shown(&url);
+        Self { url, shown }
+    }
+
+    /// `url` without its query and fragment, where a webhook's token often rides: what the log
+    /// and a config error show of it.
+    pub fn shown(url: &str) -> String {
+        url.split(['?', '#']).next().unwrap_or_default().to_owned()
+    }
+
+    /// Why `url` cannot be the webhook, if it cannot: it must be `http://host[:port]/…`. Read
+    /// loosely, a port out of range (`:99999`) sent the challenge to port 80, and credentials
+    /// in the URL were silently not sent.
+    pub fn check_url(url: &str) -> Result<(), String> {
+        if !url.starts_with("http://") {
+            return Err("it must start with http:// (certconn asks it in plain HTTP)".into());
+        }
+        let uri = url
+            .parse::<http::Uri>()
+            .map_err(|e| format!("it does not parse: {e}"))?;
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        if authority.contains('@') {
+            return Err(
+                "credentials in the URL are not sent; let the webhook trust the address it \
+                 listens on, or put a token in the path or query"
+                    .into(),
+            );
+        }
+        let host = uri.host().unwrap_or_default();
+        if host.is_empty() || host == "[]" {
+            return Err("it names no host".into());
+        }
+        let port_text = authority.strip_prefix(host).unwrap_or_default();
+        if let Some(port) = port_text.strip_prefix(':') {
+            if !matches!(port.parse::<u16>(), Ok(1..)) {
+                return Err(format!("{port:?} is not a port (1 to 65535)"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -242,7 +290,7 @@ impl ChallengeValidator for Webhook {
         {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(url, "SCEP challenge webhook: {e}");
+                tracing::error!(url = %self.shown, "SCEP challenge webhook: {e}");
                 return Ok(Verdict::Refused(format!("the webhook request: {e}")));
             }
         };
@@ -254,20 +302,20 @@ impl ChallengeValidator for Webhook {
                     if status.is_success() {
                         Verdict::Accepted
                     } else {
-                        tracing::info!(url, %status, transaction = r.transaction_id, "SCEP challenge webhook refused the request");
+                        tracing::info!(url = %self.shown, %status, transaction = r.transaction_id, "SCEP challenge webhook refused the request");
                         Verdict::Refused(format!("it answered {status}"))
                     }
                 }
                 Ok(Err(e)) => {
                     tracing::error!(
-                        url,
+                        url = %self.shown,
                         "SCEP challenge webhook unreachable (refusing the request): {e}"
                     );
                     Verdict::Refused("it is unreachable".into())
                 }
                 Err(_) => {
                     tracing::error!(
-                        url,
+                        url = %self.shown,
                         "SCEP challenge webhook did not answer within 5 s (refusing the request)"
                     );
                     Verdict::Refused("it did not answer within 5 s".into())
@@ -293,6 +341,39 @@ mod tests {
             subject: "CN=x",
         };
         admit(validators, &request).await
+    }
+
+    #[test]
+    fn a_webhook_url_is_http_host_and_a_real_port_and_its_query_is_not_shown() {
+        for fine in [
+            "http://127.0.0.1:9000/scep-challenge",
+            "http://mdm.example/check?token=s3cret",
+            "http://[::1]:9000/x",
+            "http://mdm.example",
+        ] {
+            assert_eq!(Webhook::check_url(fine), Ok(()), "{fine}");
+        }
+        for (url, why) in [
+            ("ftp://mdm.example/x", "must start with http://"),
+            ("https://mdm.example/x", "must start with http://"),
+            ("http://127.0.0.1:99999/x", "\"99999\" is not a port"),
+            ("http://127.0.0.1:0/x", "\"0\" is not a port"),
+            ("http://[::1]:70000/x", "\"70000\" is not a port"),
+            (
+                "http://user:pw@mdm.example/x",
+                "credentials in the URL are not sent",
+            ),
+            ("http:///x", "does not parse"),
+            ("http://mdm example/x", "does not parse"),
+        ] {
+            let e = Webhook::check_url(url).expect_err(url);
+            assert!(e.contains(why), "{url}: {e}");
+            assert!(!e.contains("pw@"), "{url}: {e}");
+        }
+        assert_eq!(
+            Webhook::shown("http://mdm.example/check?token=s3cret#x"),
+            "http://mdm.example/check"
+        );
     }
 
     #[test]

@@ -141,9 +141,7 @@ impl Ra {
             }));
         }
         if let Some(url) = &sc.challenge_webhook {
-            validators.push(Box::new(Webhook {
-                url: url.get_ref().clone(),
-            }));
+            validators.push(Box::new(Webhook::new(url.get_ref().clone())));
         }
         if sc.challenge.is_some() {
             let authority = ports.authority.clone().ok_or(RaError::NoAuthority)?;

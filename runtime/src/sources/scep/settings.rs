@@ -140,12 +140,14 @@ impl ScepConfig {
             ));
         }
         if let Some(url) = &self.challenge_webhook {
-            if !url.get_ref().starts_with("http://") || url.get_ref().parse::<http::Uri>().is_err()
-            {
+            if let Err(why) = super::challenge::Webhook::check_url(url.get_ref()) {
                 return Err(cx.at(
                     url.span(),
                     "scep.challenge_webhook",
-                    format!("{:?} is not an http:// URL", url.get_ref()),
+                    format!(
+                        "{:?} is not an http:// URL to ask: {why}",
+                        super::challenge::Webhook::shown(url.get_ref())
+                    ),
                 ));
             }
         }

@@ -61,11 +61,34 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+/// The port `uri` names, if it names one. `http::Uri` reads a port out of range (`:99999`)
+/// as no port at all, and a client then goes to the scheme's default port: here it is an
+/// error, for every URL a setting names.
+pub fn explicit_port(uri: &hyper::Uri) -> Result<Option<u16>, String> {
+    let (Some(authority), Some(host)) = (uri.authority(), uri.host()) else {
+        return Ok(None);
+    };
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, after)| after);
+    let after_host = host_port.strip_prefix(host).unwrap_or_default();
+    match after_host.strip_prefix(':') {
+        None => Ok(None),
+        Some(port) => match port.parse::<u16>() {
+            Ok(p @ 1..) => Ok(Some(p)),
+            _ => Err(format!("{port:?} is not a port (1 to 65535)")),
+        },
+    }
+}
+
 /// A URL certconn sends secrets or work to must be https, or http to loopback (for trying
-/// things out and for tests): nothing crosses a network in clear.
-pub fn check_scheme(url: &str) -> Result<(), &'static str> {
-    let uri: hyper::Uri = url.parse().map_err(|_| "not a URL")?;
+/// things out and for tests): nothing crosses a network in clear. Its port, if it names one,
+/// must be one ([`explicit_port`]).
+pub fn check_scheme(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|_| "not a URL".to_owned())?;
     let host = uri.host().ok_or("the URL has no host")?;
+    explicit_port(&uri)?;
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http") => {
@@ -77,10 +100,10 @@ pub fn check_scheme(url: &str) -> Result<(), &'static str> {
             if loopback {
                 Ok(())
             } else {
-                Err("plain http only to loopback: credentials and work would cross the network in clear; use https")
+                Err("plain http only to loopback: credentials and work would cross the network in clear; use https".into())
             }
         }
-        _ => Err("the scheme must be https (or http to loopback)"),
+        _ => Err("the scheme must be https (or http to loopback)".into()),
     }
 }
 
@@ -155,7 +178,9 @@ impl Target {
             Some("http") => (None, 80),
             _ => return Err(bad("the scheme must be https (or http to loopback)")),
         };
-        let port = uri.port_u16().unwrap_or(default_port);
+        let port = explicit_port(&uri)
+            .map_err(|why| bad(&why))?
+            .unwrap_or(default_port);
         Ok(Self {
             base: format!(
                 "{}://{}:{port}",
@@ -348,6 +373,32 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    #[test]
+    fn a_port_out_of_range_is_an_error_not_the_default_port() {
+        for (url, port) in [
+            ("https://svc.example/x", None),
+            ("https://svc.example:8443/x", Some(8443)),
+            ("http://127.0.0.1:1/", Some(1)),
+            ("http://[::1]:65535/", Some(65535)),
+            ("https://u@8:8/", Some(8)),
+        ] {
+            let uri: hyper::Uri = url.parse().unwrap();
+            assert_eq!(explicit_port(&uri), Ok(port), "{url}");
+        }
+        for url in [
+            "https://svc.example:99999/x",
+            "https://svc.example:0/x",
+            "http://[::1]:70000/",
+        ] {
+            let uri: hyper::Uri = url.parse().unwrap();
+            let e = explicit_port(&uri).expect_err(url);
+            assert!(e.contains("is not a port (1 to 65535)"), "{url}: {e}");
+            let e = check_scheme(url).expect_err(url);
+            assert!(e.contains("is not a port"), "{url}: {e}");
+        }
+        assert_eq!(check_scheme("https://svc.example:443/x"), Ok(()));
+    }
 
     impl Target {
         /// How many connections are kept now.

@@ -115,7 +115,7 @@ impl UpdateConfig {
             "file" => {}
             "http" | "https" => {
                 crate::sources::outbound::check_scheme(&self.url)
-                    .map_err(|why| ("update.url", why.to_owned()))?;
+                    .map_err(|why| ("update.url", why))?;
             }
             other => {
                 return Err((

@@ -131,7 +131,7 @@ impl IntuneConfig {
             ("intune.graph_url", &self.graph_url),
         ] {
             crate::sources::outbound::check_scheme(url.get_ref())
-                .map_err(|why| cx.at(url.span(), setting, why.to_owned()))?;
+                .map_err(|why| cx.at(url.span(), setting, why))?;
         }
         for (setting, value) in [
             ("intune.tenant", &self.tenant),

@@ -255,13 +255,7 @@ impl Webhook {
         if host.is_empty() || host == "[]" {
             return Err("it names no host".into());
         }
-        let port_text = authority.strip_prefix(host).unwrap_or_default();
-        if let Some(port) = port_text.strip_prefix(':') {
-            if !matches!(port.parse::<u16>(), Ok(1..)) {
-                return Err(format!("{port:?} is not a port (1 to 65535)"));
-            }
-        }
-        Ok(())
+        crate::sources::outbound::explicit_port(&uri).map(drop)
     }
 }
 

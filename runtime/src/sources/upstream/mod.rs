@@ -104,7 +104,7 @@ impl UpstreamConfig {
     /// certificates, encrypted PFX passwords) do not cross a network in clear.
     pub fn check(&self, cx: &crate::config::Checker<'_>) -> Result<(), crate::config::ConfigError> {
         crate::sources::outbound::check_scheme(self.service.get_ref())
-            .map_err(|why| cx.at(self.service.span(), "upstream.service", why.to_owned()))
+            .map_err(|why| cx.at(self.service.span(), "upstream.service", why))
     }
 }
 

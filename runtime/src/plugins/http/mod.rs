@@ -45,7 +45,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[serde(deny_unknown_fields)]
 pub struct HttpGrant {
     /// `host` (any port) or `host:port`; host names compare without case. Each entry is
-    /// checked as it is read ([`check_allow_entry`]).
+    /// checked as it is read (`check_allow_entry`).
     #[serde(default, deserialize_with = "allow_entries")]
     pub allow: Vec<String>,
     /// Let granted names resolve to loopback/private/link-local addresses (an on-premises CA
@@ -104,7 +104,7 @@ fn allow_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, 
 /// (`https://ca.example.com`) granted a host named `https`, and a port that is not one
 /// (`ca.example.com:99999`) granted every port; both only showed later, as a plugin's
 /// requests refused, or not refused.
-pub(crate) fn check_allow_entry(entry: &str) -> Result<(), String> {
+fn check_allow_entry(entry: &str) -> Result<(), String> {
     if let Some((_, rest)) = entry.split_once("://") {
         let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
         return Err(format!(

@@ -397,6 +397,14 @@ pub fn split_host_port(entry: &str) -> (&str, Option<u16>) {
     }
 }
 
+/// A port a setting names after a host's colon: 1 to 65535, or why not.
+pub fn port_number(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(port @ 1..) => Ok(port),
+        _ => Err(format!("{text:?} is not a port (1 to 65535)")),
+    }
+}
+
 /// `host:port`, with an IPv6 address in brackets.
 pub fn authority(host: &str, port: u16) -> String {
     let host = host.trim_start_matches('[').trim_end_matches(']');

@@ -75,10 +75,7 @@ pub fn explicit_port(uri: &hyper::Uri) -> Result<Option<u16>, String> {
     let after_host = host_port.strip_prefix(host).unwrap_or_default();
     match after_host.strip_prefix(':') {
         None => Ok(None),
-        Some(port) => match port.parse::<u16>() {
-            Ok(p @ 1..) => Ok(Some(p)),
-            _ => Err(format!("{port:?} is not a port (1 to 65535)")),
-        },
+        Some(port) => crate::proxy::port_number(port).map(Some),
     }
 }
 

@@ -152,12 +152,9 @@ fn check_allow_entry(entry: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err(format!("{entry:?} names no host; {ALLOW_SHAPE}"));
     }
-    match port.map(str::parse::<u16>) {
-        None | Some(Ok(1..)) => Ok(()),
-        Some(_) => Err(format!(
-            "{entry:?}: {:?} is not a port (1 to 65535); {ALLOW_SHAPE}",
-            port.unwrap_or_default()
-        )),
+    match port.map(crate::proxy::port_number) {
+        None | Some(Ok(_)) => Ok(()),
+        Some(Err(why)) => Err(format!("{entry:?}: {why}; {ALLOW_SHAPE}")),
     }
 }
 

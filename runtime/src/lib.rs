@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod pki;
 pub mod plugins;
+pub mod process;
 pub mod proxy;
 pub mod report;
 pub mod revocation;

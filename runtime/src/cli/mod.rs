@@ -224,6 +224,8 @@ fn init_logging(cli: &Cli) {
 
 /// Entry point of the binary.
 pub fn main() -> std::process::ExitCode {
+    // Before any thread starts: each thread's arena is chosen at its first allocation.
+    certconn::process::heap::bound_arenas();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve) {
         end_quietly_on_a_closed_pipe();

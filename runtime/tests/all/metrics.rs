@@ -194,3 +194,112 @@ fn check_config_refuses_a_read_only_token_others_can_read() {
         "{said}"
     );
 }
+
+/// A number field of `/proc/PID/status` (`Threads:`, `VmRSS:` in KiB).
+fn proc_status(pid: u32, name: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+}
+
+/// The daemon's process figures under the names Prometheus's client libraries use, and its
+/// heap: as many malloc arenas as cores at most, however many threads allocate. Without the
+/// bound, the daemon's dozen threads make a dozen arenas (each keeping its own freed memory).
+/// An empty `MALLOC_ARENA_MAX` is no limit, as glibc reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_figures_are_the_daemons_and_malloc_keeps_to_one_arena_per_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let daemon = Daemon::start_with_env(
+        &config,
+        &dir.path().join("daemon.log"),
+        vec![("MALLOC_ARENA_MAX".into(), "".into())],
+    );
+    let read = data_token(dir.path(), "api-read-token");
+    // Jobs, so that the journal's threads, the blocking pool and the plugin calls allocate.
+    let api = daemon.client();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(submit(&api, "smime", &format!("heap-{i}"), json!({})).await);
+    }
+    for id in &ids {
+        let job = wait_job(&api, id, Duration::from_secs(60)).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    let pid = daemon.child.id();
+    let threads = proc_status(pid, "Threads");
+    let rss = proc_status(pid, "VmRSS") * 1024;
+    let (status, text) = http_get(daemon.port, "/metrics", Some(&read));
+    assert_eq!(status, 200);
+    let samples = parse(&text);
+    let figure = |name: &str, labels: &[(&str, &str)]| {
+        sample(&samples, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in {text}"))
+    };
+
+    let seen_threads = figure("process_threads", &[]);
+    assert!(threads >= 8, "the daemon runs {threads} threads");
+    assert!(
+        (seen_threads - threads as f64).abs() <= 4.0,
+        "{seen_threads} threads in /metrics, {threads} in /proc"
+    );
+    let seen_rss = figure("process_resident_memory_bytes", &[]);
+    assert!(
+        seen_rss > rss as f64 * 0.8 && seen_rss < rss as f64 * 1.25,
+        "{seen_rss} bytes resident in /metrics, {rss} in /proc"
+    );
+    let anon = figure("certconn_resident_anonymous_memory_bytes", &[]);
+    assert!(anon > 0.0 && anon < seen_rss, "{anon} of {seen_rss}");
+    let fds = figure("process_open_fds", &[]);
+    let open_now = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as f64;
+    assert!(
+        fds >= 5.0 && (fds - open_now).abs() <= 4.0,
+        "{fds} open in /metrics, {open_now} in /proc"
+    );
+
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let limit = figure("certconn_heap_arenas", &[("kind", "limit")]);
+    let made = figure("certconn_heap_arenas", &[("kind", "made")]);
+    assert_eq!(limit, cores.max(2) as f64);
+    assert!(
+        made >= 1.0 && made <= limit,
+        "{made} arenas made, limit {limit}, {threads} threads"
+    );
+    let in_use = figure("certconn_heap_bytes", &[("kind", "in_use")]);
+    let kept = figure("certconn_heap_bytes", &[("kind", "free_kept")]);
+    assert!(
+        in_use > 1e6 && in_use < seen_rss,
+        "{in_use} in use of {seen_rss}"
+    );
+    assert!(kept >= 0.0, "{kept}");
+}
+
+/// An operator's `MALLOC_ARENA_MAX` is the limit, not certconn's default.
+#[test]
+fn an_operators_malloc_arena_max_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let daemon = Daemon::start_with_env(
+        &config,
+        &dir.path().join("daemon.log"),
+        vec![("MALLOC_ARENA_MAX".into(), "1".into())],
+    );
+    let read = data_token(dir.path(), "api-read-token");
+    let (status, text) = http_get(daemon.port, "/metrics", Some(&read));
+    assert_eq!(status, 200);
+    let samples = parse(&text);
+    assert_eq!(
+        sample(&samples, "certconn_heap_arenas", &[("kind", "limit")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&samples, "certconn_heap_arenas", &[("kind", "made")]),
+        Some(1.0),
+        "{text}"
+    );
+}

@@ -174,10 +174,81 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         }
     }
 
+    process_figures(&mut out);
     crate::metrics::global().write(&mut out);
     (
         [(header::CONTENT_TYPE, Exposition::CONTENT_TYPE)],
         out.into_string(),
     )
         .into_response()
+}
+
+/// The process's resident memory, open files, threads and heap ([`crate::process`]), each
+/// family only where it can be read.
+fn process_figures(out: &mut Exposition) {
+    let p = crate::process::figures();
+    if let Some(bytes) = p.resident_bytes {
+        out.family(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
+        out.sample("process_resident_memory_bytes", &[], bytes as f64);
+    }
+    if let Some(bytes) = p.resident_anonymous_bytes {
+        out.family(
+            "certconn_resident_anonymous_memory_bytes",
+            "gauge",
+            "Of the resident memory, the anonymous part (heap, plugin slots): the part that grows if memory is kept; the rest is mostly the binary's code.",
+        );
+        out.sample(
+            "certconn_resident_anonymous_memory_bytes",
+            &[],
+            bytes as f64,
+        );
+    }
+    if let Some(n) = p.open_fds {
+        out.family(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+        );
+        out.sample("process_open_fds", &[], n as f64);
+    }
+    if let Some(n) = p.threads {
+        out.family(
+            "process_threads",
+            "gauge",
+            "Number of OS threads in the process.",
+        );
+        out.sample("process_threads", &[], n as f64);
+    }
+    if let Some(h) = crate::process::heap::figures() {
+        out.family(
+            "certconn_heap_bytes",
+            "gauge",
+            "The heap as malloc sees it: bytes in use, and bytes freed but kept by malloc for reuse (mostly resident, not in use).",
+        );
+        out.sample(
+            "certconn_heap_bytes",
+            &[("kind", "in_use")],
+            h.in_use as f64,
+        );
+        out.sample(
+            "certconn_heap_bytes",
+            &[("kind", "free_kept")],
+            h.free_kept as f64,
+        );
+        out.family(
+            "certconn_heap_arenas",
+            "gauge",
+            "malloc arenas made, and the most that may be made (one per core, or MALLOC_ARENA_MAX).",
+        );
+        out.sample("certconn_heap_arenas", &[("kind", "made")], h.arenas as f64);
+        out.sample(
+            "certconn_heap_arenas",
+            &[("kind", "limit")],
+            h.arena_limit as f64,
+        );
+    }
 }

@@ -9,6 +9,8 @@
 //!
 //! A leaf: it knows configuration paths, protected files and TCP; nothing of who calls it.
 
+mod no_proxy;
+
 use std::sync::Arc;
 
 use base64::Engine;
@@ -30,10 +32,11 @@ pub struct ProxyConfig {
     pub url: Option<toml::Spanned<String>>,
     /// File holding `user:password` for the proxy's Basic authentication (mode 0600).
     pub credentials_file: Option<ConfigPath>,
-    /// Destinations reached directly: `host` (and its subdomains), `.domain` (its
-    /// subdomains), an IP address, `host:port`, or `*` for all.
+    /// Destinations reached directly: a host name (and its subdomains; also written
+    /// `.domain` or `*.domain`), an IP address, a CIDR block, either of the first two with
+    /// `:port`, or `*` for all ([`no_proxy`]'s rules, which are curl's).
     #[serde(default)]
-    pub no_proxy: Vec<String>,
+    pub no_proxy: Vec<toml::Spanned<String>>,
     /// Without `url`: take the proxy from `HTTPS_PROXY` (or `https_proxy`; `user:password@` in
     /// it is used when there is no `credentials_file`) and add the entries of `NO_PROXY` (or
     /// `no_proxy`), as other tools on the host do.
@@ -55,6 +58,8 @@ pub enum ProxyConfigError {
     Credentials(#[source] crate::files::FileError),
     #[error("proxy.credentials_file: {0}: not `user:password` on one line")]
     CredentialsFormat(std::path::PathBuf),
+    #[error("proxy.no_proxy: {entry:?}: {reason}; {}", no_proxy::SHAPES)]
+    NoProxy { entry: String, reason: String },
 }
 
 /// Why a connection could not be opened.
@@ -109,7 +114,7 @@ pub struct Proxy {
     port: u16,
     /// `Basic …`.
     authorization: Option<Zeroizing<String>>,
-    bypass: Vec<String>,
+    bypass: Vec<no_proxy::Entry>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -140,9 +145,9 @@ impl ProxyConfig {
         None
     }
 
-    /// `url` is `http://host:port` without credentials in it. (A proxy from the environment
-    /// is checked when certconn starts: the environment of `check-config` may not be the
-    /// daemon's.)
+    /// `url` is `http://host:port` without credentials in it, and every `no_proxy` entry is
+    /// one, each refused at its place. (A proxy from the environment is checked when certconn
+    /// starts: the environment of `check-config` may not be the daemon's.)
     pub fn check(&self, cx: &crate::config::Checker<'_>) -> Result<(), crate::config::ConfigError> {
         if let Some(url) = &self.url {
             if let Err(ProxyConfigError::Url { reason, .. }) = parse_url("proxy.url", url.get_ref())
@@ -150,8 +155,37 @@ impl ProxyConfig {
                 return Err(cx.at_hiding_value(url.span(), "proxy.url", reason));
             }
         }
+        for entry in &self.no_proxy {
+            if let Err(reason) = no_proxy::Entry::parse(entry.get_ref().trim()) {
+                return Err(cx.at(
+                    entry.span(),
+                    "proxy.no_proxy",
+                    format!("{:?}: {reason}; {}", entry.get_ref(), no_proxy::SHAPES),
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// The entries of `NO_PROXY` (variable `var`) certconn can read. The variable is the host's,
+/// shared with other tools that may read more, so an entry certconn cannot read is left out
+/// with a warning rather than stopping it; empty entries (`a,,b`) are nothing.
+fn environment_entries(var: &str, value: &str) -> Vec<no_proxy::Entry> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .filter_map(|e| match no_proxy::Entry::parse(e) {
+            Ok(entry) => Some(entry),
+            Err(reason) => {
+                tracing::warn!(
+                    "{var}: {e:?} is left out: {reason}; connections to it go through the proxy"
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 /// A proxy URL's parts; `userinfo` (percent-decoded `user:password`) only from the environment.
@@ -259,19 +293,25 @@ impl Proxy {
             }
             None => userinfo.as_deref().map(|u| basic(u)),
         };
-        let mut bypass: Vec<String> = config
+        let mut bypass = config
             .no_proxy
             .iter()
-            .map(|e| e.trim().to_ascii_lowercase())
-            .collect();
+            .map(|entry| {
+                no_proxy::Entry::parse(entry.get_ref().trim()).map_err(|reason| {
+                    ProxyConfigError::NoProxy {
+                        entry: entry.get_ref().clone(),
+                        reason,
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if config.from_env {
             for var in ["NO_PROXY", "no_proxy"] {
                 if let Ok(v) = std::env::var(var) {
-                    bypass.extend(v.split(',').map(|e| e.trim().to_ascii_lowercase()));
+                    bypass.extend(environment_entries(var, &v));
                 }
             }
         }
-        bypass.retain(|e| !e.is_empty());
         Ok(Some(Arc::new(Self {
             url: format!("http://{}", authority(&host, port)),
             host,
@@ -288,23 +328,7 @@ impl Proxy {
 
     /// Whether `host:port` is reached directly (`no_proxy`).
     pub fn bypasses(&self, host: &str, port: u16) -> bool {
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        self.bypass.iter().any(|entry| {
-            if entry == "*" {
-                return true;
-            }
-            let (name, only_port) = split_host_port(entry);
-            if only_port.is_some_and(|p| p != port) {
-                return false;
-            }
-            match name.strip_prefix('.') {
-                Some(domain) => host.ends_with(&format!(".{domain}")) || host == domain,
-                None => host == name || host.ends_with(&format!(".{name}")),
-            }
-        })
+        self.bypass.iter().any(|entry| entry.covers(host, port))
     }
 
     /// A tunnel to `host:port` through the proxy.
@@ -472,7 +496,10 @@ mod tests {
             host: "proxy".into(),
             port: 3128,
             authorization: None,
-            bypass: bypass.iter().map(|s| s.to_string()).collect(),
+            bypass: bypass
+                .iter()
+                .map(|s| no_proxy::Entry::parse(s).unwrap())
+                .collect(),
         }
     }
 
@@ -509,6 +536,49 @@ mod tests {
         assert!(p.bypasses("::1", 443));
         assert!(!p.bypasses("mdm.example.net", 443));
         assert!(proxy(&["*"]).bypasses("anything", 1));
+    }
+
+    #[test]
+    fn a_no_proxy_entry_that_is_not_a_destination_is_refused_at_its_place() {
+        let path = std::path::Path::new("c.toml");
+        let text = "url = \"http://proxy:3128\"\nno_proxy = [\"localhost\", \"10.0.0.0/8\",\n  \"https://ca.corp.example\"]\n";
+        let config: ProxyConfig = crate::config::parse(path, text).unwrap();
+        let e = config
+            .check(&crate::config::Checker::new(path, text))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy.no_proxy"), "{e}");
+        assert!(e.contains("line 3: proxy.no_proxy"), "{e}");
+        assert!(
+            e.contains("3 |   \"https://ca.corp.example\"]\n  |   ^^^^"),
+            "the caret is on the entry: {e}"
+        );
+        assert!(e.contains("a URL: write the host alone"), "{e}");
+        assert!(e.contains("a CIDR block (10.0.0.0/8)"), "{e}");
+        let good = "url = \"http://proxy:3128\"\nno_proxy = [\"localhost\", \"10.0.0.0/8\", \"*.corp.example:8443\"]\n";
+        let config: ProxyConfig = crate::config::parse(path, good).unwrap();
+        config
+            .check(&crate::config::Checker::new(path, good))
+            .unwrap();
+        let p = Proxy::open(&config).unwrap().unwrap();
+        assert!(p.bypasses("10.9.8.7", 443) && p.bypasses("ndes.corp.example", 8443));
+        assert!(!p.bypasses("ndes.corp.example", 443) && !p.bypasses("11.0.0.1", 443));
+    }
+
+    #[test]
+    fn no_proxy_from_the_environment_keeps_the_entries_it_can_read() {
+        let entries = environment_entries(
+            "NO_PROXY",
+            "localhost, ,10.0.0.0/8,https://x.example,.corp.example:99999,[::1],",
+        );
+        assert_eq!(
+            entries,
+            vec![
+                no_proxy::Entry::parse("localhost").unwrap(),
+                no_proxy::Entry::parse("10.0.0.0/8").unwrap(),
+                no_proxy::Entry::parse("::1").unwrap(),
+            ]
+        );
     }
 
     #[test]

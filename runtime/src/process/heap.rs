@@ -5,13 +5,14 @@
 //! daemon runs a dozen long-lived threads (the async threads, the journal's writer, checkpoint
 //! and readers, the blocking pool), so under steady load a dozen arenas each held their own
 //! high-water mark of freed memory: in a soak of 40 minutes (`scripts/soak`, two cores) the
-//! daemon's anonymous memory rose from 31 to 46 MB and was still rising, while the bytes in use
-//! stayed near 22 MB. With the arenas bounded to the number of cores the same soak stayed flat
-//! (see `docs/operations.md`, "Soak"). Two cores run at most two threads at once, so two
-//! arenas cost the pipeline no measurable lock contention (`certconn bench`, same section).
+//! daemon's anonymous memory rose from 31 to 49 MB and was still rising; in an earlier one the
+//! bytes in use stayed near 22 MB while those malloc held went from 40 to 49 MB. With two
+//! arenas the same soak stayed flat, 33.1 to 33.4 MB (`docs/operations.md`, under
+//! "Benchmark"). Two cores run at most two threads at once, so two arenas cost the pipeline no
+//! measurable lock contention (`docs/design/pipeline.md`, "malloc arenas, one per core").
 //!
-//! An operator's `MALLOC_ARENA_MAX` in the environment wins ([`arena_limit_in_force`]). On other C libraries (musl) this module does nothing and
-//! [`figures`] reports nothing.
+//! An operator's `MALLOC_ARENA_MAX` in the environment wins ([`arena_limit_in_force`]). On
+//! other C libraries (musl) this module does nothing and [`figures`] reports nothing.
 
 /// The arena limit certconn sets: one per core, and at least two.
 pub fn arena_limit() -> usize {

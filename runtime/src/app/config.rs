@@ -242,6 +242,9 @@ impl Config {
             ));
         }
         self.check_lease(cx)?;
+        if let Err(e) = self.crypto.check_pbkdf2_iterations(self.pfx.iterations) {
+            return Err(cx.section("pfx", "pfx.iterations", e.to_string()));
+        }
         self.api.check(cx)?;
         self.proxy.check(cx)?;
         if let Some(upstream) = &self.upstream {
@@ -609,6 +612,24 @@ backend = "local"
         Config::parse(Path::new("c.toml"), text)
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn fips_mode_refuses_pfx_iterations_below_sp_800_132() {
+        let e = error(&format!(
+            "{GOOD}[crypto]\nfips = true\n[pfx]\niterations = 999\n"
+        ));
+        assert!(e.contains("pfx.iterations"), "{e}");
+        assert!(e.contains("PBKDF2 with 999 iterations"), "{e}");
+        assert!(e.contains("at least 1000"), "{e}");
+        assert!(e.contains("| [pfx]"), "{e}");
+        for ok in [
+            "[crypto]\nfips = true\n[pfx]\niterations = 1000\n",
+            "[pfx]\niterations = 1\n",
+        ] {
+            Config::parse(Path::new("c.toml"), &format!("{GOOD}{ok}"))
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
     }
 
     #[test]

@@ -93,6 +93,21 @@ impl AlgorithmPolicy {
         Ok(())
     }
 
+    /// The fewest PBKDF2 iterations FIPS mode takes: NIST SP 800-132's figure, below which
+    /// AWS-LC's FIPS module counts a derivation as a non-approved use.
+    pub const FIPS_MIN_PBKDF2_ITERATIONS: u32 = 1000;
+
+    /// May a password-based key be derived with this many PBKDF2 iterations?
+    pub fn check_pbkdf2_iterations(&self, iterations: u32) -> Result<(), CryptoError> {
+        if self.fips && iterations < Self::FIPS_MIN_PBKDF2_ITERATIONS {
+            return Err(self.refuse(
+                &format!("PBKDF2 with {iterations} iterations"),
+                "FIPS mode needs at least 1000 (NIST SP 800-132)",
+            ));
+        }
+        Ok(())
+    }
+
     /// May an RSA key of this size be used?
     pub fn check_rsa_bits(&self, bits: usize) -> Result<(), CryptoError> {
         if self.fips && bits < 2048 {
@@ -128,6 +143,15 @@ mod tests {
             .to_string()
             .contains("RSA-1024"));
         assert!(p.check_cipher(Cipher::Aes256Cbc).is_ok());
+        let e = p.check_pbkdf2_iterations(999).unwrap_err().to_string();
+        assert!(
+            e.contains("PBKDF2 with 999 iterations") && e.contains("at least 1000"),
+            "{e}"
+        );
+        assert!(p.check_pbkdf2_iterations(1000).is_ok());
+        assert!(AlgorithmPolicy::default()
+            .check_pbkdf2_iterations(1)
+            .is_ok());
     }
 
     #[test]

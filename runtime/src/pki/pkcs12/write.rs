@@ -89,6 +89,7 @@ pub fn write(
     if profile == PfxProfile::Compat {
         policy.check_cipher(Cipher::DesEde3Cbc)?;
     }
+    policy.check_pbkdf2_iterations(iterations)?;
     let local_key_id = provider::digest(Digest::Sha256, contents.certificate);
     let bag_attrs = |with_name: bool| -> Result<SetOfVec<Attribute>, PkiError> {
         let mut attrs = SetOfVec::new();
@@ -301,6 +302,24 @@ pub fn random_password() -> Result<Zeroizing<String>, PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fips_mode_writes_no_file_with_fewer_than_1000_iterations() {
+        let contents = PfxContents {
+            key_pkcs8: &[],
+            certificate: &[],
+            chain: &[],
+            friendly_name: None,
+        };
+        let fips = AlgorithmPolicy {
+            fips: true,
+            ..AlgorithmPolicy::default()
+        };
+        let e = write(&contents, "pw", 999, PfxProfile::Modern, &fips)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PBKDF2 with 999 iterations"), "{e}");
+    }
 
     #[test]
     fn random_passwords_differ() {

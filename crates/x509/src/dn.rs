@@ -14,7 +14,7 @@ use const_oid::ObjectIdentifier;
 use der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
 use der::{Tag, Tagged};
 use x509_cert::attr::AttributeTypeAndValue;
-use x509_cert::name::Name;
+use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
 
 /// Why text is not a distinguished name, and how to write it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,37 +43,46 @@ pub enum DnError {
     Empty,
 }
 
-/// Checks each part of `given` (split at unescaped `,` and `+`) before x509-cert's parser
+/// One `TYPE=value` of a written name, and whether a `+` joins it to the next (a multi-valued
+/// RDN).
+struct Part<'a> {
+    kind: &'a str,
+    value: &'a str,
+    joined: bool,
+}
+
+/// Splits `given` at unescaped `,` and `+` and checks each part before x509-cert's parser
 /// sees it, whose own errors ("operation failed", "malformed OID") do not say which part is
 /// wrong: a part without `=`, without a type, with a type that is neither a name const-oid
 /// knows nor an OID whose arcs fit in 32 bits (`1.2.840.113549.1.9.1=…` is fine: see
-/// [`crate::dotted_oid`]). Returns the name with spaces around each type taken away, as RFC
-/// 2253 allowed and people write (`CN=Alice, O=Example`); values are left as they are.
-fn check_parts(given: &str) -> Result<String, DnError> {
+/// [`crate::dotted_oid`]). Spaces around each type are taken away, as RFC 2253 allowed and
+/// people write (`CN=Alice, O=Example`); values are left as they are.
+///
+/// The split is this function's, not x509-cert's: `Name::from_str` takes a separator after
+/// two or more backslashes for an unescaped one (`a\\\,b` — an escaped backslash and an
+/// escaped comma — became two parts), so a part it made could hold what this check never saw
+/// (a fuzzer found a type of 13 digits there, which const-oid's parser overflows on).
+fn split_parts(given: &str) -> Result<Vec<Part<'_>>, DnError> {
     let malformed = |reason: String| DnError::Malformed {
         given: given.to_owned(),
         reason,
     };
-    let mut parts = Vec::new();
+    let mut pieces = Vec::new();
     let (mut start, mut escaped) = (0, false);
     for (i, c) in given.char_indices() {
         match c {
             _ if escaped => escaped = false,
             '\\' => escaped = true,
             ',' | '+' => {
-                parts.push(&given[start..=i]);
+                pieces.push((&given[start..i], c == '+'));
                 start = i + 1;
             }
             _ => {}
         }
     }
-    parts.push(&given[start..]);
-    let mut normalized = String::with_capacity(given.len());
-    for part in parts {
-        let (part, separator) = match part.strip_suffix([',', '+']) {
-            Some(p) => (p, &part[p.len()..]),
-            None => (part, ""),
-        };
+    pieces.push((&given[start..], false));
+    let mut parts = Vec::with_capacity(pieces.len());
+    for (part, joined) in pieces {
         let Some((kind, value)) = part.split_once('=') else {
             return Err(malformed(format!(
                 "part {:?} has no '=': each part is TYPE=value",
@@ -98,12 +107,13 @@ fn check_parts(given: &str) -> Result<String, DnError> {
                  nor an OID whose parts fit in 32 bits"
             )));
         }
-        normalized.push_str(kind);
-        normalized.push('=');
-        normalized.push_str(value);
-        normalized.push_str(separator);
+        parts.push(Part {
+            kind,
+            value,
+            joined,
+        });
     }
-    Ok(normalized)
+    Ok(parts)
 }
 
 /// Parses an RFC 4514 distinguished name.
@@ -121,11 +131,26 @@ pub fn parse(text: &str) -> Result<Name, DnError> {
             suggestion: parts.join(","),
         });
     }
-    let normalized = check_parts(given)?;
-    let name = Name::from_str(&normalized).map_err(|e| DnError::Malformed {
+    let malformed = |e: der::Error| DnError::Malformed {
         given: given.to_owned(),
         reason: e.to_string(),
-    })?;
+    };
+    // Each part read by x509-cert (its value's escapes, `#` hex), grouped into RDNs here.
+    let mut rdns = Vec::new();
+    let mut rdn = Vec::new();
+    for part in split_parts(given)? {
+        let atv = AttributeTypeAndValue::from_str(&format!("{}={}", part.kind, part.value))
+            .map_err(malformed)?;
+        rdn.push(atv);
+        if !part.joined {
+            rdns.push(
+                RelativeDistinguishedName::try_from(std::mem::take(&mut rdn)).map_err(malformed)?,
+            );
+        }
+    }
+    // RFC 4514 writes the most significant RDN last; the RDNSequence holds it first.
+    rdns.reverse();
+    let name: Name = RdnSequence(rdns);
     // `cn=x;o=y` parses as one part whose value is `x;o=y`: almost certainly not meant.
     for rdn in name.0.iter() {
         for atv in rdn.0.iter() {
@@ -305,6 +330,29 @@ mod tests {
         assert_eq!(name.0.len(), 2);
         // An escaped comma or plus is part of a value, not a new type.
         parse(r"CN=a\,99999999999999999999=x,O=b").unwrap();
+    }
+
+    /// Found by the `config` fuzz target, in a CA's `self_signed.subject`: after an escaped
+    /// backslash, an escaped comma is still part of the value. x509-cert's own split took it
+    /// for a separator, so the part after it (here a 13-digit "type") was parsed unchecked, and
+    /// const-oid's arithmetic overflowed on it.
+    #[test]
+    fn an_escaped_separator_after_an_escaped_backslash_stays_in_the_value() {
+        let name = parse(r"CN=a\\\,4463069400815=x").unwrap();
+        assert_eq!(name.0.len(), 1);
+        assert_eq!(format(&name), r"CN=a\\\,4463069400815=x");
+        let name = parse(r"CN=a\\\,O=injected,O=Example").unwrap();
+        assert_eq!(name.0.len(), 2, "{name}");
+        assert_eq!(format(&name), r"CN=a\\\,O=injected,O=Example");
+        // Two backslashes, then a comma: an escaped backslash, then a separator.
+        let name = parse(r"CN=a\\,O=Example").unwrap();
+        assert_eq!(name.0.len(), 2);
+        assert_eq!(format(&name), r"CN=a\\,O=Example");
+        // `+` still joins the parts of one RDN.
+        let name = parse("CN=Smith+UID=jsmith,DC=example").unwrap();
+        assert_eq!(name.0.len(), 2);
+        assert_eq!(name.0[1].0.len(), 2);
+        assert_eq!(format(&name), "CN=Smith+UID=jsmith,DC=example");
     }
 
     #[test]

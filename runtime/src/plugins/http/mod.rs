@@ -84,14 +84,24 @@ impl Default for HttpGrant {
 const ALLOW_SHAPE: &str = "write a host name or IP address, alone (any port) or with its \
      port: ca.example.com, ca.example.com:443, 10.0.0.5, [2001:db8::5]:8443";
 
-/// `http.allow`, each entry checked where it is written in the file.
+/// `http.allow`, each entry checked where it is written in the file: the check runs inside
+/// the entry's own visitor, so that toml's error carries the entry's place, not the array's.
 fn allow_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     struct Entry(String);
     impl<'de> Deserialize<'de> for Entry {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            let entry = String::deserialize(d)?;
-            check_allow_entry(&entry).map_err(serde::de::Error::custom)?;
-            Ok(Self(entry))
+            struct Checked;
+            impl serde::de::Visitor<'_> for Checked {
+                type Value = Entry;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a host or host:port")
+                }
+                fn visit_str<E: serde::de::Error>(self, entry: &str) -> Result<Entry, E> {
+                    check_allow_entry(entry).map_err(E::custom)?;
+                    Ok(Entry(entry.to_owned()))
+                }
+            }
+            d.deserialize_str(Checked)
         }
     }
     Ok(Vec::<Entry>::deserialize(d)?
@@ -675,14 +685,14 @@ mod tests {
             ("[ca.example.com]:443", "is not an IPv6 address in brackets"),
             ("[::1]8443", "after the address"),
         ] {
-            // The caret is on the array (toml's errors carry no element's place); the message
-            // quotes the entry.
-            let text = format!("# the CA\nallow = [\"ok.example\", \"{entry}\"]\n");
+            // The caret is on the entry, on its own line in the array.
+            let text = format!("# the CA\nallow = [\n  \"ok.example\",\n  \"{entry}\",\n]\n");
             let e = crate::config::parse::<HttpGrant>(std::path::Path::new("c.toml"), &text)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(why), "{entry}: {e}");
-            assert!(e.contains("line 2"), "{entry}: {e}");
+            assert!(e.contains("line 4"), "{entry}: {e}");
+            assert!(e.contains("4 |   \""), "{entry}: {e}");
             assert!(e.contains("ca.example.com:443, 10.0.0.5"), "{entry}: {e}");
         }
     }

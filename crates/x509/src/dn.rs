@@ -54,7 +54,7 @@ struct Part<'a> {
 /// Splits `given` at unescaped `,` and `+` and checks each part before x509-cert's parser
 /// sees it, whose own errors ("operation failed", "malformed OID") do not say which part is
 /// wrong: a part without `=`, without a type, with a type that is neither a name const-oid
-/// knows nor an OID whose arcs fit in 32 bits (`1.2.840.113549.1.9.1=…` is fine: see
+/// knows nor an OID whose arcs are below 2^28 (`1.2.840.113549.1.9.1=…` is fine: see
 /// [`crate::dotted_oid`]). Spaces around each type are taken away, as RFC 2253 allowed and
 /// people write (`CN=Alice, O=Example`); values are left as they are.
 ///
@@ -104,7 +104,7 @@ fn split_parts(given: &str) -> Result<Vec<Part<'_>>, DnError> {
         if !known {
             return Err(malformed(format!(
                 "attribute type {kind:?} is neither a name (CN, O, OU, L, ST, C, DC, UID, …) \
-                 nor an OID whose parts fit in 32 bits"
+                 nor an OID whose parts are below 2^28"
             )));
         }
         parts.push(Part {
@@ -322,6 +322,8 @@ mod tests {
             "1=x",
             "1..2=x",
             "CN=a+99999999999.5=x",
+            // Below 2^32 but not 2^28: const-oid could not print it (api_json, 2026-12-07).
+            "C=NA,0.4.709551615.55=x",
         ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains("is neither a name"), "{bad}: {e}");

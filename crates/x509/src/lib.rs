@@ -34,11 +34,16 @@ pub use tbs::CertificateTemplate;
 /// The one way text becomes an OID here: `const-oid`'s parser multiplies each arc without a
 /// check, so an arc beyond 32 bits overflowed it (a panic with overflow checks, a silently
 /// different OID without) — found by the `api_json` fuzz target. Arcs are checked first.
+/// An arc must also be below 2^28: const-oid 0.9 writes larger ones in five bytes but reads
+/// some of those back as "arc too big", and panics when it prints them (`0.4.709551615` —
+/// found by the same target, 2026-12-07).
 pub fn dotted_oid(text: &str) -> Option<const_oid::ObjectIdentifier> {
     let arcs: Vec<&str> = text.split('.').collect();
     let fits = arcs.len() >= 2
         && arcs.iter().all(|a| {
-            !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) && a.parse::<u32>().is_ok()
+            !a.is_empty()
+                && a.bytes().all(|b| b.is_ascii_digit())
+                && a.parse::<u32>().is_ok_and(|n| n < 1 << 28)
         });
     if !fits {
         return None;

@@ -24,7 +24,7 @@ pub struct ProcessFigures {
 /// Reads [`ProcessFigures`] now.
 pub fn figures() -> ProcessFigures {
     let status = std::fs::read_to_string("/proc/self/status").ok();
-    let field = |name: &str| status.as_deref().and_then(|s| status_kib(s, name));
+    let field = |name: &str| status.as_deref().and_then(|s| status_number(s, name));
     ProcessFigures {
         resident_bytes: field("VmRSS").map(|k| k * 1024),
         resident_anonymous_bytes: field("RssAnon").map(|k| k * 1024),
@@ -34,7 +34,7 @@ pub fn figures() -> ProcessFigures {
 }
 
 /// A number field of `/proc/self/status` (`VmRSS:   66016 kB`, `Threads:  12`).
-fn status_kib(status: &str, name: &str) -> Option<u64> {
+fn status_number(status: &str, name: &str) -> Option<u64> {
     status.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?.strip_prefix(':')?;
         rest.split_whitespace().next()?.parse().ok()
@@ -52,12 +52,12 @@ mod tests {
     #[test]
     fn status_fields_are_read_by_their_exact_name() {
         let status = "Name:\tcertconn\nVmRSS:\t   66016 kB\nRssAnon:\t   30816 kB\nRssFile:\t   35084 kB\nThreads:\t12\n";
-        assert_eq!(status_kib(status, "VmRSS"), Some(66016));
-        assert_eq!(status_kib(status, "RssAnon"), Some(30816));
-        assert_eq!(status_kib(status, "Threads"), Some(12));
+        assert_eq!(status_number(status, "VmRSS"), Some(66016));
+        assert_eq!(status_number(status, "RssAnon"), Some(30816));
+        assert_eq!(status_number(status, "Threads"), Some(12));
         // A name that is a prefix of another's is not it.
-        assert_eq!(status_kib(status, "Rss"), None);
-        assert_eq!(status_kib("VmRSS:\tmany kB\n", "VmRSS"), None);
+        assert_eq!(status_number(status, "Rss"), None);
+        assert_eq!(status_number("VmRSS:\tmany kB\n", "VmRSS"), None);
     }
 
     #[cfg(target_os = "linux")]

@@ -155,16 +155,22 @@ impl ProxyConfig {
                 return Err(cx.at_hiding_value(url.span(), "proxy.url", reason));
             }
         }
-        for entry in &self.no_proxy {
-            if let Err(reason) = no_proxy::Entry::parse(entry.get_ref().trim()) {
-                return Err(cx.at(
-                    entry.span(),
-                    "proxy.no_proxy",
-                    format!("{:?}: {reason}; {}", entry.get_ref(), no_proxy::SHAPES),
-                ));
-            }
-        }
+        self.no_proxy_entries().map_err(|(entry, reason)| {
+            cx.at(
+                entry.span(),
+                "proxy.no_proxy",
+                format!("{:?}: {reason}; {}", entry.get_ref(), no_proxy::SHAPES),
+            )
+        })?;
         Ok(())
+    }
+
+    /// The `no_proxy` entries read, or the first that is none, with why.
+    fn no_proxy_entries(&self) -> Result<Vec<no_proxy::Entry>, (&toml::Spanned<String>, String)> {
+        self.no_proxy
+            .iter()
+            .map(|entry| no_proxy::Entry::parse(entry.get_ref().trim()).map_err(|why| (entry, why)))
+            .collect()
     }
 }
 
@@ -231,11 +237,7 @@ fn parse_full(field: &'static str, url: &str) -> Result<ProxyUrl, ProxyConfigErr
         .rsplit_once(':')
         .filter(|(h, _)| !h.is_empty())
         .ok_or_else(|| bad("the URL needs host and port (e.g. http://proxy.example.com:3128)"))?;
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
+    let port = port_number(port).map_err(|why| bad(&why))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     Ok(ProxyUrl {
         host: host.to_owned(),
@@ -293,18 +295,13 @@ impl Proxy {
             }
             None => userinfo.as_deref().map(|u| basic(u)),
         };
-        let mut bypass = config
-            .no_proxy
-            .iter()
-            .map(|entry| {
-                no_proxy::Entry::parse(entry.get_ref().trim()).map_err(|reason| {
-                    ProxyConfigError::NoProxy {
-                        entry: entry.get_ref().clone(),
-                        reason,
-                    }
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut bypass =
+            config
+                .no_proxy_entries()
+                .map_err(|(entry, reason)| ProxyConfigError::NoProxy {
+                    entry: entry.get_ref().clone(),
+                    reason,
+                })?;
         if config.from_env {
             for var in ["NO_PROXY", "no_proxy"] {
                 if let Ok(v) = std::env::var(var) {

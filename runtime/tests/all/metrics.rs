@@ -205,6 +205,15 @@ fn proc_status(pid: u32, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {status}"))
 }
 
+/// A daemon on the default test config with `MALLOC_ARENA_MAX` set to `value`.
+fn start_with_arena_max(dir: &std::path::Path, value: &str) -> Daemon {
+    Daemon::start_with_env(
+        &write_config(dir, ""),
+        &dir.join("daemon.log"),
+        vec![("MALLOC_ARENA_MAX".into(), value.into())],
+    )
+}
+
 /// The daemon's process figures under the names Prometheus's client libraries use, and its
 /// heap: as many malloc arenas as cores at most, however many threads allocate. Without the
 /// bound, the daemon's dozen threads make a dozen arenas (each keeping its own freed memory).
@@ -212,12 +221,7 @@ fn proc_status(pid: u32, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_figures_are_the_daemons_and_malloc_keeps_to_one_arena_per_core() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
-    let daemon = Daemon::start_with_env(
-        &config,
-        &dir.path().join("daemon.log"),
-        vec![("MALLOC_ARENA_MAX".into(), "".into())],
-    );
+    let daemon = start_with_arena_max(dir.path(), "");
     let read = data_token(dir.path(), "api-read-token");
     // Jobs, so that the journal's threads, the blocking pool and the plugin calls allocate.
     let api = daemon.client();
@@ -282,12 +286,7 @@ async fn process_figures_are_the_daemons_and_malloc_keeps_to_one_arena_per_core(
 #[test]
 fn an_operators_malloc_arena_max_is_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
-    let daemon = Daemon::start_with_env(
-        &config,
-        &dir.path().join("daemon.log"),
-        vec![("MALLOC_ARENA_MAX".into(), "1".into())],
-    );
+    let daemon = start_with_arena_max(dir.path(), "1");
     let read = data_token(dir.path(), "api-read-token");
     let (status, text) = http_get(daemon.port, "/metrics", Some(&read));
     assert_eq!(status, 200);

@@ -255,3 +255,81 @@ fn compat_profile_is_3des_with_a_sha1_mac_and_refused_in_fips_mode() {
         .to_string();
     assert!(err.contains("3DES") && err.contains("FIPS"), "{err}");
 }
+
+/// Exports a fresh EC key and self-signed certificate with OpenSSL's defaults (PBES2,
+/// PBKDF2-HMAC-SHA256, AES-256-CBC) at `iterations` PBKDF2 iterations.
+fn openssl_pfx(dir: &std::path::Path, iterations: u32) -> Vec<u8> {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.pem",
+        "-subj",
+        "/CN=device",
+        "-days",
+        "1",
+    ]);
+    let name = format!("iter{iterations}.p12");
+    run(&[
+        "pkcs12",
+        "-export",
+        "-inkey",
+        "key.pem",
+        "-in",
+        "cert.pem",
+        "-passout",
+        "pass:pw",
+        "-iter",
+        &iterations.to_string(),
+        "-out",
+        &name,
+    ]);
+    std::fs::read(dir.join(name)).unwrap()
+}
+
+#[test]
+fn fips_mode_reads_no_file_whose_pbkdf2_runs_fewer_than_1000_iterations() {
+    let dir = tempfile::tempdir().unwrap();
+    let fips = AlgorithmPolicy {
+        fips: true,
+        allow_single_des: false,
+    };
+    let few = openssl_pfx(dir.path(), 999);
+    let err = pkcs12::open(&few, "pw", &fips).unwrap_err();
+    assert!(matches!(err, PfxError::Crypto(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("PBKDF2 with 999 iterations") && text.contains("FIPS"),
+        "{text}"
+    );
+    // The same file opens outside FIPS mode, and one at the bound opens in it.
+    assert!(pkcs12::open(&few, "pw", &AlgorithmPolicy::default()).is_ok());
+    let opened = pkcs12::open(&openssl_pfx(dir.path(), 1000), "pw", &fips).unwrap();
+    assert!(
+        opened
+            .protections
+            .iter()
+            .any(|p| p.contains("PBKDF2-hmacWithSHA256 AES-256-CBC (1000 iterations)")),
+        "{:?}",
+        opened.protections
+    );
+}

@@ -372,6 +372,10 @@ impl Secrets<'_> {
             u64::from(kdf_params.iteration_count),
             self.max_iterations,
         )?;
+        // FIPS mode reads no file it would not write: OpenSSL's FIPS provider refuses the same
+        // derivation (its PBKDF2 lower-bound check), and AWS-LC's module counts it as a
+        // non-approved use.
+        self.policy.check_pbkdf2_iterations(iterations)?;
         let (prf, prf_name) = match kdf_params.prf.as_ref().map(|a| a.oid) {
             None | Some(oid::HMAC_WITH_SHA1) => (Prf::HmacSha1, "hmacWithSHA1"),
             Some(oid::HMAC_WITH_SHA256) => (Prf::HmacSha256, "hmacWithSHA256"),

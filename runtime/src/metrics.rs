@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -78,6 +78,8 @@ pub struct Metrics {
     journal_checkpoints: [CheckpointTotals; 2],
     /// The writer's `RESTART` checkpoints that gave up waiting for reads.
     journal_restarts_timed_out: AtomicU64,
+    /// Bytes the SQLite journals' connections hold, by [`JOURNAL_MEMORY_KINDS`].
+    journal_memory: [AtomicI64; 3],
     /// Connections each API listener holds now ([`ListenerKind::ALL`]'s order).
     api_connections: [AtomicU64; 2],
     /// Times each API listener found itself at `api.max_connections` when it went to take
@@ -93,6 +95,10 @@ pub struct Metrics {
     /// CPU time those files took on the threads that wrote them (key derivations, encryption).
     pfx_cpu_nanos: AtomicU64,
 }
+
+/// The `kind`s of `certconn_journal_memory_bytes`: a SQLite connection's page cache, its
+/// prepared statements, its parsed schema.
+pub const JOURNAL_MEMORY_KINDS: [&str; 3] = ["page_cache", "statements", "schema"];
 
 /// What the checkpoints one [`CheckpointBy`] ran add up to.
 #[derive(Default)]
@@ -387,6 +393,25 @@ impl Metrics {
         self.journal_jobs_removed.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// A SQLite journal connection's memory went from `was` to `now` (by
+    /// [`JOURNAL_MEMORY_KINDS`]).
+    pub fn journal_memory_changed(&self, was: &[u64; 3], now: &[u64; 3]) {
+        for ((gauge, was), now) in self.journal_memory.iter().zip(was).zip(now) {
+            let change =
+                i64::try_from(*now).unwrap_or(i64::MAX) - i64::try_from(*was).unwrap_or(i64::MAX);
+            if change != 0 {
+                gauge.fetch_add(change, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Bytes the SQLite journals' connections hold now, by [`JOURNAL_MEMORY_KINDS`].
+    pub fn journal_memory(&self) -> [u64; 3] {
+        self.journal_memory
+            .each_ref()
+            .map(|g| u64::try_from(g.load(Ordering::Relaxed)).unwrap_or(0))
+    }
+
     /// `(commits, writes)` the SQLite journal has made durable since the process started.
     pub fn journal_commit_totals(&self) -> (u64, u64) {
         (
@@ -510,6 +535,18 @@ impl Metrics {
             &[],
             &self.journal_commit_seconds,
         );
+        out.family(
+            "certconn_journal_memory_bytes",
+            "gauge",
+            "Memory the SQLite journal's connections hold: their page caches (up to 2 MiB each, six connections), prepared statements and schema. Part of certconn_heap_bytes{kind=\"in_use\"}; the caches fill as the journal grows.",
+        );
+        for (kind, bytes) in JOURNAL_MEMORY_KINDS.iter().zip(self.journal_memory()) {
+            out.sample(
+                "certconn_journal_memory_bytes",
+                &[("kind", kind)],
+                bytes as f64,
+            );
+        }
         let (pfx_files, pfx_cpu) = self.pfx_totals();
         out.family(
             "certconn_pfx_written_total",

@@ -43,6 +43,7 @@ use std::sync::{mpsc, Arc};
 use rusqlite::hooks::Wal;
 use rusqlite::Connection;
 
+use super::memory::ConnectionMemory;
 use super::JournalError;
 use crate::metrics::CheckpointBy;
 
@@ -196,10 +197,12 @@ fn note_wal_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
 
 /// The checkpoint thread: one passive checkpoint per wake-up, until the writer is gone.
 fn run(conn: &Connection, woken: &mpsc::Receiver<()>, copied: &AtomicU32) {
+    let mut memory = ConnectionMemory::default();
     while woken.recv().is_ok() {
         if let Some(all) = checkpoint(conn, CheckpointBy::Background) {
             copied.store(all, Ordering::Relaxed);
         }
+        memory.report(conn);
     }
 }
 

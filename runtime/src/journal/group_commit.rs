@@ -26,6 +26,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::checkpoint::WalCheckpoints;
+use super::memory::ConnectionMemory;
 use super::JournalError;
 
 /// Most writes one commit takes: bounds how long the first of them waits for the last.
@@ -119,6 +120,7 @@ impl GroupCommit {
 
 fn run(conn: Connection, queue: mpsc::Receiver<Write>, checkpoints: WalCheckpoints) {
     WalCheckpoints::install(&conn);
+    let mut memory = ConnectionMemory::default();
     let mut batch: Vec<Write> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = queue.recv() {
         batch.push(first);
@@ -130,6 +132,7 @@ fn run(conn: Connection, queue: mpsc::Receiver<Write>, checkpoints: WalCheckpoin
         }
         commit_batch(&conn, &mut batch);
         checkpoints.after_commit(&conn);
+        memory.report(&conn);
     }
 }
 

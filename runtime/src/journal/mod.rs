@@ -18,6 +18,7 @@
 mod checkpoint;
 pub mod config;
 mod group_commit;
+mod memory;
 pub mod postgres;
 mod readers;
 pub mod record;

@@ -7,26 +7,33 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
+use super::memory::ConnectionMemory;
+
 /// How many read connections a journal opens: more than the two cores of a small connector,
 /// so that a long read and a few short ones all go at once.
 pub(super) const READERS: usize = 4;
 
-/// The idle read connections.
+/// The idle read connections, each with what it last reported of its memory.
 pub(super) struct Readers {
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<(Connection, ConnectionMemory)>>,
     returned: Condvar,
 }
 
 /// A read connection taken from [`Readers`], given back when dropped.
 pub(super) struct Reader<'a> {
     readers: &'a Readers,
-    conn: Option<Connection>,
+    conn: Option<(Connection, ConnectionMemory)>,
 }
 
 impl Readers {
     pub(super) fn new(connections: Vec<Connection>) -> Self {
         Self {
-            idle: Mutex::new(connections),
+            idle: Mutex::new(
+                connections
+                    .into_iter()
+                    .map(|c| (c, ConnectionMemory::default()))
+                    .collect(),
+            ),
             returned: Condvar::new(),
         }
     }
@@ -46,7 +53,7 @@ impl Readers {
         }
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
+    fn idle(&self) -> MutexGuard<'_, Vec<(Connection, ConnectionMemory)>> {
         // Every change under the lock is one push or pop.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -57,16 +64,20 @@ impl std::ops::Deref for Reader<'_> {
 
     fn deref(&self) -> &Connection {
         // Taken out only in `drop`.
-        self.conn
+        &self
+            .conn
             .as_ref()
             .expect("a reader holds its connection until dropped")
+            .0
     }
 }
 
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.readers.idle().push(conn);
+        if let Some((conn, mut memory)) = self.conn.take() {
+            // After the read, on its thread, before another may take the connection.
+            memory.report(&conn);
+            self.readers.idle().push((conn, memory));
             self.readers.returned.notify_one();
         }
     }

@@ -280,6 +280,21 @@ async fn process_figures_are_the_daemons_and_malloc_keeps_to_one_arena_per_core(
         "{in_use} in use of {seen_rss}"
     );
     assert!(kept >= 0.0, "{kept}");
+
+    // The journal's connections have read and written six jobs: each holds a page cache, its
+    // statements and the schema, all of it part of the heap in use.
+    let journal: Vec<f64> = ["page_cache", "statements", "schema"]
+        .iter()
+        .map(|kind| figure("certconn_journal_memory_bytes", &[("kind", kind)]))
+        .collect();
+    assert!(
+        journal.iter().all(|&bytes| bytes > 0.0),
+        "journal memory {journal:?}"
+    );
+    assert!(
+        journal.iter().sum::<f64>() < in_use,
+        "journal memory {journal:?} of {in_use} in use"
+    );
 }
 
 /// An operator's `MALLOC_ARENA_MAX` is the limit, not certconn's default.

@@ -106,11 +106,15 @@ for x in a b c; do (cd $x && exec {bin} --log-format json serve --config certcon
 echo "$p1 $p2 $s $m $d_a $d_b $d_c $d_e" >pids
 trap 'kill $p1 $p2 $s $m $d_a $d_b $d_c $d_e 2>/dev/null; wait 2>/dev/null || true' EXIT
 up() {{ (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null; }}
-for i in $(seq 300); do
+# Everything listening, however long four daemons take to compile their plugins on a loaded
+# machine.
+ready=
+for i in $(seq 1200); do
   [ -s a/data/api.addr ] && [ -s b/data/api.addr ] && [ -s c/data/api.addr ] && [ -s e/data/api.addr ] && [ -s service.addr ] \
-    && up 3128 && up 3129 && up 8971 && break
+    && up 3128 && up 3129 && up 8971 && {{ ready=1; break; }}
   sleep 0.1
 done
+[ -n "$ready" ] || {{ echo 'the daemons, proxies or service did not start within 120 s'; cat a/daemon.log b/daemon.log c/daemon.log e/daemon.log service.log 2>/dev/null; exit 1; }}
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout device.key -out device.pem -subj /CN=device -days 2 2>/dev/null
 python3 -c 'import json; print(json.dumps({{"id": "via-proxy", "kind": "issue", "profile": "smime", "subject": "CN=through the proxy", "device_certificate": open("device.pem").read()}}))' >item.json
 curl -sf -X POST http://127.0.0.1:8970/admin/v1/work -H 'content-type: application/json' --data @item.json >/dev/null

@@ -336,7 +336,11 @@ daemon_pid=$!
 echo "$scep_pid $daemon_pid" >pids
 # Nothing may outlive this shell: the namespace it made is unreachable once it is gone.
 trap 'kill $scep_pid $daemon_pid 2>/dev/null; wait $scep_pid $daemon_pid 2>/dev/null || true' EXIT
-for i in $(seq 100); do [ -s data/api.addr ] && (echo > /dev/tcp/127.0.0.1/{scep_port}) 2>/dev/null && break; sleep 0.1; done
+# Both listening, however long a loaded machine takes to compile the plugins; the daemon
+# writes api.addr once it serves.
+ready=
+for i in $(seq 1200); do [ -s data/api.addr ] && (echo > /dev/tcp/127.0.0.1/{scep_port}) 2>/dev/null && {{ ready=1; break; }}; sleep 0.1; done
+[ -n "$ready" ] || {{ echo 'certconn or scepserver did not start within 120 s'; cat daemon.log scepserver.log; exit 1; }}
 CERTCONN_CONFIG=certconn.toml {bin} submit issue --profile scep-device --subject "CN=micromdm-device,O=Example" --out device.pfx >submit.out 2>&1 || {{ cat submit.out; cat daemon.log; exit 1; }}
 pw=$(sed -n 's/^PFX password (shown once, not kept): //p' submit.out)
 openssl pkcs12 -in device.pfx -passin "pass:$pw" -nokeys -clcerts 2>/dev/null | openssl x509 -noout -subject -issuer

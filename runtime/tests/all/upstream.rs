@@ -882,8 +882,10 @@ fn identity_key_rows(config: &Path, env: &[(&str, &Path)]) -> Vec<Value> {
 #[test]
 fn a_registered_connector_works_over_mutual_tls_and_renews_its_identity_before_it_expires() {
     let dir = tempfile::tempdir().unwrap();
-    // Identities live 9 s: renewed at 6 s, so the test sees renewals and outlives the first.
-    let service = Service::start_tls(dir.path(), 9);
+    // Identities live 30 s: renewed at 20 s, so the test sees renewals and outlives the first.
+    // Shorter, a daemon slow to start (its plugins compiled on a loaded machine) found its
+    // identity expired before it first used it, and an expired identity is for re-registering.
+    let service = Service::start_tls(dir.path(), 30);
     let config = write_identity_config(dir.path(), &service);
 
     // Not registered yet: the daemon does not start, and says what to do.
@@ -951,7 +953,7 @@ fn a_registered_connector_works_over_mutual_tls_and_renews_its_identity_before_i
             break r.clone();
         }
         assert!(
-            start.elapsed() < Duration::from_secs(30),
+            start.elapsed() < Duration::from_secs(60),
             "no renewal: {list}"
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -1070,7 +1072,8 @@ fn one_key_on_the_token(rows: &[Value]) {
 #[test]
 fn an_identity_on_the_pkcs11_token_signs_the_handshakes_and_renews_there() {
     let dir = tempfile::tempdir().unwrap();
-    let service = Service::start_tls(dir.path(), 6);
+    // Renewed at 20 s of 30 (see the test above for why not shorter).
+    let service = Service::start_tls(dir.path(), 30);
     let (conf, pin_file) = softhsm_token(dir.path(), "identity");
     let config = dir.path().join("certconn.toml");
     std::fs::write(
@@ -1109,7 +1112,7 @@ fn an_identity_on_the_pkcs11_token_signs_the_handshakes_and_renews_there() {
     service.wait_results(1, Duration::from_secs(60));
     let result = service.result("p11-1");
     assert_eq!(result["status"], "succeeded", "{result}");
-    // Renewed (at 4 s of 6) with a new key on the token.
+    // Renewed (at 20 s of 30) with a new key on the token.
     let first = identities(&service)["identities"][0]["serial"].clone();
     wait_upstream(&daemon, "a renewed identity", |u| {
         u["identity"]["state"] == "valid" && u["identity"]["serial"] != first

@@ -538,7 +538,7 @@ impl Metrics {
         out.family(
             "certconn_journal_memory_bytes",
             "gauge",
-            "Memory the SQLite journal's connections hold: their page caches (up to 2 MiB each, six connections), prepared statements and schema. Part of certconn_heap_bytes{kind=\"in_use\"}; the caches fill as the journal grows.",
+            "Memory the SQLite journal's connections hold: their page caches (up to 2 MiB each, six connections), prepared statements and schema. Part of certconn_heap_bytes{kind=\"in_use\"}.",
         );
         for (kind, bytes) in JOURNAL_MEMORY_KINDS.iter().zip(self.journal_memory()) {
             out.sample(

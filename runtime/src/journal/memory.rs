@@ -2,10 +2,10 @@
 //! (`certconn_journal_memory_bytes`).
 //!
 //! Each of the six connections (the writer, four readers, the checkpoint thread's) keeps a page
-//! cache of up to 2 MiB (`cache_size`'s default), its prepared statements and the schema. The
-//! caches fill as the journal grows past what they hold, slowly on a young journal: in an
+//! cache of up to 2 MiB (`cache_size`'s default), its prepared statements and the schema. In an
 //! hour's soak malloc's bytes in use rose by 1.3 MB while the journal grew from 19 to 180 MB,
-//! and without this figure nothing told that filling from a leak. Each connection reports
+//! and caches filling with the journal was one reading nothing could check: this figure is
+//! that check (the next soak found them flat, so the rise is elsewhere). Each connection reports
 //! after its own work (a commit, a read, a checkpoint) on its own thread, as SQLite allows only
 //! there; the gauge moves by the change, so several journals in one process add up.
 

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use certconn::crypto::AlgorithmPolicy;
 use certconn::pki::pkcs12::{self, PfxError};
 
+use crate::common;
+
 fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/pkcs12")
@@ -259,51 +261,24 @@ fn compat_profile_is_3des_with_a_sha1_mac_and_refused_in_fips_mode() {
 /// Exports a fresh EC key and self-signed certificate with OpenSSL's defaults (PBES2,
 /// PBKDF2-HMAC-SHA256, AES-256-CBC) at `iterations` PBKDF2 iterations.
 fn openssl_pfx(dir: &std::path::Path, iterations: u32) -> Vec<u8> {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "cert.pem",
-        "-subj",
-        "/CN=device",
-        "-days",
-        "1",
-    ]);
-    let name = format!("iter{iterations}.p12");
-    run(&[
-        "pkcs12",
-        "-export",
-        "-inkey",
-        "key.pem",
-        "-in",
-        "cert.pem",
-        "-passout",
-        "pass:pw",
-        "-iter",
-        &iterations.to_string(),
-        "-out",
-        &name,
-    ]);
-    std::fs::read(dir.join(name)).unwrap()
+    let (key, cert) = common::openssl_self_signed(
+        dir,
+        "device",
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let pfx = dir.join(format!("iter{iterations}.p12"));
+    common::run_ok(
+        std::process::Command::new("openssl")
+            .args(["pkcs12", "-export", "-passout", "pass:pw", "-iter"])
+            .arg(iterations.to_string())
+            .arg("-inkey")
+            .arg(&key)
+            .arg("-in")
+            .arg(&cert)
+            .arg("-out")
+            .arg(&pfx),
+    );
+    std::fs::read(pfx).unwrap()
 }
 
 #[test]

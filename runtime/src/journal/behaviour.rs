@@ -808,11 +808,24 @@ pub(crate) async fn the_ledger_lists_what_a_crl_and_an_admin_need(f: &dyn Factor
         .unwrap();
     assert_eq!(of_ca1.len(), 1, "the limit holds");
 
-    let crl = j.revocations(&ca1).await.unwrap();
+    let crl = j.revocations(&ca1, 0).await.unwrap();
     assert_eq!(crl.len(), 1);
     assert_eq!(
         (crl[0].serial.as_str(), crl[0].reason.as_str()),
         ("01", "key-compromise")
+    );
+    // A certificate that expired before the cutoff is revoked still, but on no CRL.
+    issue_and_revoke(&*j, "05", &ca1, 1_500, Some("superseded")).await;
+    let serials = |crl: Vec<RevokedSerial>| crl.into_iter().map(|r| r.serial).collect::<Vec<_>>();
+    assert_eq!(serials(j.revocations(&ca1, 0).await.unwrap()), ["01", "05"]);
+    assert_eq!(
+        serials(j.revocations(&ca1, 1_500).await.unwrap()),
+        ["01", "05"]
+    );
+    assert_eq!(serials(j.revocations(&ca1, 1_501).await.unwrap()), ["01"]);
+    assert_eq!(
+        serials(j.revocations(&ca1, 2_001).await.unwrap()),
+        Vec::<String>::new()
     );
     let mark = j.revocation_mark(&ca1).await.unwrap();
     assert_ne!(mark, empty, "a revocation changes the mark");
@@ -826,7 +839,10 @@ pub(crate) async fn the_ledger_lists_what_a_crl_and_an_admin_need(f: &dyn Factor
         changed_at: 5,
     };
     j.change_reason(&change).await.unwrap();
-    assert_eq!(j.revocations(&ca1).await.unwrap()[0].reason, "superseded");
+    assert_eq!(
+        j.revocations(&ca1, 0).await.unwrap()[0].reason,
+        "superseded"
+    );
     assert_ne!(
         j.revocation_mark(&ca1).await.unwrap(),
         mark,

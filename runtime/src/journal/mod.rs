@@ -382,10 +382,18 @@ pub trait RevocationLedger: Ledger {
     /// The certificates `query` selects, soonest expiry first.
     async fn certificates(&self, query: &LedgerQuery) -> Result<Vec<LedgerEntry>, JournalError>;
 
-    /// Every revoked certificate of `issuer_der` (a DER Name), oldest revocation first: a CRL.
-    async fn revocations(&self, issuer_der: &[u8]) -> Result<Vec<RevokedSerial>, JournalError>;
+    /// The revoked certificates of `issuer_der` (a DER Name) that expire at or after
+    /// `expiring_from` (unix seconds), oldest revocation first: a CRL. The ledger keeps every
+    /// revocation; a CRL need not list certificates long expired (RFC 5280, 5.1.2.6), and one
+    /// that listed them all would grow with every revocation for the life of the CA.
+    async fn revocations(
+        &self,
+        issuer_der: &[u8],
+        expiring_from: i64,
+    ) -> Result<Vec<RevokedSerial>, JournalError>;
 
-    /// A cheap summary of `issuer_der`'s revocations that changes whenever a CRL would.
+    /// A cheap summary of `issuer_der`'s revocations that changes whenever one is made or
+    /// changed (a certificate that leaves the CRL by expiring leaves it at the next refresh).
     async fn revocation_mark(&self, issuer_der: &[u8]) -> Result<RevocationMark, JournalError>;
 
     /// The next cRLNumber of `ca`: one more than the last one handed out, durable before it is

@@ -1180,15 +1180,20 @@ impl RevocationLedger for SqliteJournal {
         .await
     }
 
-    async fn revocations(&self, issuer_der: &[u8]) -> Result<Vec<RevokedSerial>, JournalError> {
+    async fn revocations(
+        &self,
+        issuer_der: &[u8],
+        expiring_from: i64,
+    ) -> Result<Vec<RevokedSerial>, JournalError> {
         let issuer = issuer_der.to_vec();
         self.blocking(move |inner| {
             let conn = inner.reader();
             let mut stmt = conn.prepare_cached(
                 "SELECT serial, revoked_at, revocation_reason FROM certificates
-                 WHERE issuer = ?1 AND revoked_at IS NOT NULL ORDER BY revoked_at, serial",
+                 WHERE issuer = ?1 AND revoked_at IS NOT NULL AND not_after >= ?2
+                 ORDER BY revoked_at, serial",
             )?;
-            let rows = stmt.query_map(params![issuer], |r| {
+            let rows = stmt.query_map(params![issuer, expiring_from], |r| {
                 Ok(RevokedSerial {
                     serial: r.get(0)?,
                     revoked_at: r.get(1)?,

@@ -276,10 +276,20 @@ impl Publisher {
         // The mark is read before the list: a revocation landing in between changes the mark
         // again, so it is published on the next look, never lost.
         let mark = self.ledger.revocation_mark(&a.issuer.name_der).await?;
-        let revoked = self.ledger.revocations(&a.issuer.name_der).await?;
-        let number = self.ledger.next_crl_number(&a.name).await?;
         let this_update = now_secs();
         let next_update = this_update + self.validity.as_secs();
+        // A revoked certificate stays listed until it has been expired for one CRL validity:
+        // so it is on at least one CRL issued after it expired (RFC 5280, 5.1.2.6), and every
+        // CRL a relying party may still hold as current from before then lists it too.
+        let expiring_from = this_update.saturating_sub(self.validity.as_secs());
+        let revoked = self
+            .ledger
+            .revocations(
+                &a.issuer.name_der,
+                i64::try_from(expiring_from).unwrap_or(i64::MAX),
+            )
+            .await?;
+        let number = self.ledger.next_crl_number(&a.name).await?;
         let entries = revoked
             .iter()
             .map(|r| {
@@ -718,6 +728,52 @@ mod tests {
         let chain = keys.get("ocsp-local").unwrap().chain.clone();
         assert_ne!(chain[0], young);
         assert_eq!(chain[1], ca.chain[0]);
+    }
+
+    /// A CRL lists revoked certificates until they have been expired for a CRL validity (a
+    /// week by default), not for ever: one that listed every revocation would grow with each
+    /// for the life of the CA (a soak's CRL grew 38 bytes a revocation, all held in memory).
+    #[tokio::test]
+    async fn a_certificate_expired_for_a_crl_validity_leaves_the_crl() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, journal, config) = setup(dir.path());
+        let ca = keys.get("ca").unwrap();
+        let issuer = Certificate::from_der(&ca.chain[0])
+            .unwrap()
+            .tbs_certificate
+            .subject
+            .to_der()
+            .unwrap();
+        let now = i64::try_from(now_secs()).unwrap();
+        let week = 7 * i64::try_from(DAY).unwrap();
+        for (serial, not_after) in [
+            ("0a", now - week - 3600),
+            ("0b", now - week + 3600),
+            ("0c", now - 3600),
+            ("0d", now + week),
+        ] {
+            crate::journal::behaviour::issue_and_revoke(
+                &*journal,
+                serial,
+                &issuer,
+                not_after,
+                Some("key-compromise"),
+            )
+            .await;
+        }
+        let publisher = Publisher::open(&config, keys, journal).await.unwrap();
+        let a = publisher.authorities.values().next().unwrap().clone();
+        let current = a.current.read().unwrap().clone().unwrap();
+        let crl = x509_cert::crl::CertificateList::from_der(&current.der).unwrap();
+        let listed: Vec<String> = crl
+            .tbs_cert_list
+            .revoked_certificates
+            .unwrap_or_default()
+            .iter()
+            .map(|r| hex::encode(r.serial_number.as_bytes()))
+            .collect();
+        assert_eq!(listed, ["0b", "0c", "0d"]);
+        assert_eq!(current.revoked, 3);
     }
 
     #[tokio::test]

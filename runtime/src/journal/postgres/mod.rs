@@ -1087,12 +1087,17 @@ impl RevocationLedger for PostgresJournal {
         rows.iter().map(ledger_entry).collect()
     }
 
-    async fn revocations(&self, issuer_der: &[u8]) -> Result<Vec<RevokedSerial>, JournalError> {
+    async fn revocations(
+        &self,
+        issuer_der: &[u8],
+        expiring_from: i64,
+    ) -> Result<Vec<RevokedSerial>, JournalError> {
         let rows = query(
             &self.client().await?,
             "SELECT serial, revoked_at, revocation_reason FROM certificates
-             WHERE issuer = $1 AND revoked_at IS NOT NULL ORDER BY revoked_at, serial",
-            &[&issuer_der],
+             WHERE issuer = $1 AND revoked_at IS NOT NULL AND not_after >= $2
+             ORDER BY revoked_at, serial",
+            &[&issuer_der, &expiring_from],
         )
         .await?;
         rows.iter()

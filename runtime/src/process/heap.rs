@@ -46,13 +46,31 @@ pub fn bound_arenas() {
     }
 }
 
+/// Gives the whole free pages malloc keeps back to the kernel (glibc's `malloc_trim`), and
+/// returns whether any went.
+///
+/// For after a rare burst that freed a lot: a plugin's compilation frees tens of megabytes
+/// that malloc would otherwise keep resident for good, since steady work never needs that
+/// much at once. Walks every arena under its lock (a few milliseconds), so not for a hot path.
+pub fn release_free() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only releases pages of free chunks; live allocations are untouched.
+        unsafe { libc::malloc_trim(0) != 0 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
 /// The heap as malloc sees it now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeapFigures {
     /// Bytes handed out and not yet freed (small chunks and large mapped ones).
     pub in_use: u64,
-    /// Bytes freed and kept by malloc for later allocations, not given back to the kernel:
-    /// mostly resident memory that is not in use (the never-touched end of an arena is not).
+    /// Bytes freed and kept by malloc for later allocations: mostly resident memory that is
+    /// not in use, except the never-touched end of an arena and the whole pages
+    /// [`release_free`] gave back to the kernel (after a plugin's compilation), which malloc
+    /// still counts here.
     pub free_kept: u64,
     /// Arenas malloc has made (the main one among them).
     pub arenas: u64,

@@ -17,6 +17,7 @@ pub mod challenge;
 pub mod http;
 pub mod ra;
 pub mod ra_keys;
+pub mod remembered;
 pub mod settings;
 
 pub use ra::{CrlSource, Ra, RaError, RaPorts};

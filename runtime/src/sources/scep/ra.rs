@@ -19,6 +19,7 @@ use super::challenge::{
     OneTimeChallenges, StaticChallenge, Webhook,
 };
 use super::ra_keys::{Generation, RaKeys};
+use super::remembered::Remembered;
 use super::settings::ScepConfig;
 use crate::crypto::AlgorithmPolicy;
 use crate::custody::{CustodyError, KeyStore, StoredKey};
@@ -93,10 +94,11 @@ pub struct Ra {
     one_time: Option<OneTimeChallenges>,
     ports: RaPorts,
     /// Jobs whose end the authority was told of in this process, so that a client polling
-    /// again does not tell it twice.
-    reported: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Jobs whose certificate the authority did not take: withheld for good (in this process).
-    withheld: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// again does not tell it twice (for a day: see [`super::remembered`]).
+    reported: Remembered<()>,
+    /// Jobs whose certificate the authority did not take, with why: withheld (in this
+    /// process, for a day).
+    withheld: Remembered<String>,
 }
 
 impl Ra {
@@ -160,8 +162,8 @@ impl Ra {
             validators,
             one_time,
             ports,
-            reported: std::sync::Mutex::default(),
-            withheld: std::sync::Mutex::default(),
+            reported: Remembered::new(),
+            withheld: Remembered::new(),
         })
     }
 
@@ -546,13 +548,8 @@ impl Ra {
         let Some((authority, csr)) = self.admitted_by_authority(job) else {
             return Ok(());
         };
-        if let Some(why) = self
-            .withheld
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&job.id)
-        {
-            return Err((FailInfo::BadRequest, why.clone()));
+        if let Some(why) = self.withheld.get(&job.id) {
+            return Err((FailInfo::BadRequest, why));
         }
         if self.reported_before(&job.id) {
             return Ok(());
@@ -565,10 +562,7 @@ impl Ra {
                 "the certificate is withheld: {} did not take the success notification: {why}",
                 authority.name()
             );
-            self.withheld
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(job.id.clone(), why.clone());
+            self.withheld.note(&job.id, why.clone());
             authority.not_issued(transaction_id, &csr, &why).await;
             return Err((FailInfo::BadRequest, why));
         }
@@ -586,11 +580,7 @@ impl Ra {
 
     /// True when `job` was reported already; marks it reported.
     fn reported_before(&self, job: &str) -> bool {
-        !self
-            .reported
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(job.to_owned())
+        !self.reported.note(job, ())
     }
 
     /// The latest request journaled under a transaction ID, and its generation (0 when none).

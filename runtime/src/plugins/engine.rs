@@ -207,7 +207,7 @@ impl PluginEngine {
     /// Compiles a component on an engine of its own, dropped when it is done.
     ///
     /// Cranelift keeps the scratch space of every compilation (register allocator, function
-    /// builder: about 16 MB after the four bundled plugins) in its engine for the next one, for
+    /// builder: about 16 MB after the soak's two plugins) in its engine for the next one, for
     /// as long as the engine lives; for the daemon's engine that was the life of the process,
     /// three quarters of its heap after a first start or a plugin update (a heap profile of
     /// `scripts/soak`, `SOAK_HEAPTRACK=1`). Compiled apart, that space goes with the engine and

@@ -65,7 +65,9 @@ pub fn release_free() -> bool {
 /// The heap as malloc sees it now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeapFigures {
-    /// Bytes handed out and not yet freed (small chunks and large mapped ones).
+    /// Bytes handed out and not yet freed (small chunks and large mapped ones), and the freed
+    /// chunks each thread keeps in its own cache (tcache) for its next allocations, which
+    /// malloc counts as in use: up to some hundreds of KB a thread, filled as sizes recur.
     pub in_use: u64,
     /// Bytes freed and kept by malloc for later allocations: mostly resident memory that is
     /// not in use, except the never-touched end of an arena and the whole pages

@@ -227,7 +227,7 @@ fn process_figures(out: &mut Exposition) {
         out.family(
             "certconn_heap_bytes",
             "gauge",
-            "The heap as malloc sees it: bytes in use, and bytes freed but kept by malloc for reuse (mostly resident, not in use).",
+            "The heap as malloc sees it: bytes in use (with the freed chunks each thread caches for its next allocations), and bytes freed but kept by malloc for reuse (mostly resident, not in use).",
         );
         out.sample(
             "certconn_heap_bytes",

@@ -281,12 +281,14 @@ impl Publisher {
         // A revoked certificate stays listed until it has been expired for one CRL validity:
         // so it is on at least one CRL issued after it expired (RFC 5280, 5.1.2.6), and every
         // CRL a relying party may still hold as current from before then lists it too.
+        // (Were the cutoff out of i64's range, 0 lists every revocation: a CRL that left one
+        // out would vouch for it.)
         let expiring_from = this_update.saturating_sub(self.validity.as_secs());
         let revoked = self
             .ledger
             .revocations(
                 &a.issuer.name_der,
-                i64::try_from(expiring_from).unwrap_or(i64::MAX),
+                i64::try_from(expiring_from).unwrap_or(0),
             )
             .await?;
         let number = self.ledger.next_crl_number(&a.name).await?;

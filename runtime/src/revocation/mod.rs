@@ -680,6 +680,17 @@ mod tests {
         (keys, journal, config)
     }
 
+    /// The test CA's subject, DER: the issuer its CRL and its revocations name.
+    fn ca_subject_der(keys: &KeyStore) -> Vec<u8> {
+        let ca = keys.get("ca").unwrap();
+        Certificate::from_der(&ca.chain[0])
+            .unwrap()
+            .tbs_certificate
+            .subject
+            .to_der()
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_responder_certificate_with_a_third_left_is_renewed_and_a_fresh_one_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -739,13 +750,7 @@ mod tests {
     async fn a_certificate_expired_for_a_crl_validity_leaves_the_crl() {
         let dir = tempfile::tempdir().unwrap();
         let (keys, journal, config) = setup(dir.path());
-        let ca = keys.get("ca").unwrap();
-        let issuer = Certificate::from_der(&ca.chain[0])
-            .unwrap()
-            .tbs_certificate
-            .subject
-            .to_der()
-            .unwrap();
+        let issuer = ca_subject_der(&keys);
         let now = i64::try_from(now_secs()).unwrap();
         let week = 7 * i64::try_from(DAY).unwrap();
         for (serial, not_after) in [
@@ -782,13 +787,7 @@ mod tests {
     async fn a_revoked_serial_that_is_not_hex_stops_the_crl_instead_of_vanishing_from_it() {
         let dir = tempfile::tempdir().unwrap();
         let (keys, journal, config) = setup(dir.path());
-        let ca = keys.get("ca").unwrap();
-        let issuer = Certificate::from_der(&ca.chain[0])
-            .unwrap()
-            .tbs_certificate
-            .subject
-            .to_der()
-            .unwrap();
+        let issuer = ca_subject_der(&keys);
         let revoke = |serial: &'static str| {
             let (journal, issuer) = (journal.clone(), issuer.clone());
             async move {

@@ -87,6 +87,9 @@ pub struct Metrics {
     api_connection_limit_reached: [AtomicU64; 2],
     /// Idle connections each API listener closed at its limit to make room.
     api_idle_connections_closed: [AtomicU64; 2],
+    /// Connections each API listener closed as it took them, their address at
+    /// `api.max_connections_per_address`.
+    api_connections_refused_per_address: [AtomicU64; 2],
     /// Clients each API listener cut off for missing a deadline, by listener and
     /// [`ClientTimeout`].
     api_client_timeouts: [[AtomicU64; 2]; 2],
@@ -368,6 +371,17 @@ impl Metrics {
         self.api_idle_connections_closed[listener as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `listener` closed a connection as it took it: its address held
+    /// `api.max_connections_per_address` already.
+    pub fn api_connection_refused_per_address(&self, listener: ListenerKind) {
+        self.api_connections_refused_per_address[listener as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections `listener` refused for their address since the process started.
+    pub fn api_connections_refused_per_address_total(&self, listener: ListenerKind) -> u64 {
+        self.api_connections_refused_per_address[listener as usize].load(Ordering::Relaxed)
+    }
+
     /// Idle connections `listener` closed at its limit since the process started.
     pub fn api_idle_connections_closed_total(&self, listener: ListenerKind) -> u64 {
         self.api_idle_connections_closed[listener as usize].load(Ordering::Relaxed)
@@ -640,6 +654,18 @@ impl Metrics {
                 "certconn_api_connection_limit_reached_total",
                 &[("listener", listener.as_str())],
                 self.api_connection_limit_reached_total(listener) as f64,
+            );
+        }
+        out.family(
+            "certconn_api_connections_refused_per_address_total",
+            "counter",
+            "Connections a listener closed as it took them because their client address (an IPv6 client's /64) held api.max_connections_per_address already.",
+        );
+        for listener in ListenerKind::ALL {
+            out.sample(
+                "certconn_api_connections_refused_per_address_total",
+                &[("listener", listener.as_str())],
+                self.api_connections_refused_per_address_total(listener) as f64,
             );
         }
         out.family(

@@ -729,7 +729,9 @@ impl App {
         let router = self.router(token, read_token, tls_not_after, listening);
         let deadlines = self.config.api.client_deadlines();
         let max_connections = self.config.api.max_connections;
-        let listener = LimitedListener::new(listener, ListenerKind::Api, max_connections);
+        let per_address = self.config.api.max_connections_per_address;
+        let listener =
+            LimitedListener::new(listener, ListenerKind::Api, max_connections, per_address);
         let idle = listener.idle_connections();
         let api_deadlines = ListenerDeadlines::new(ListenerKind::Api, deadlines);
         let api: Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
@@ -750,7 +752,12 @@ impl App {
         };
         let plain: Pin<Box<dyn Future<Output = ()> + Send>> = match plain {
             Some(listener) => {
-                let listener = LimitedListener::new(listener, ListenerKind::Plain, max_connections);
+                let listener = LimitedListener::new(
+                    listener,
+                    ListenerKind::Plain,
+                    max_connections,
+                    per_address,
+                );
                 let idle = listener.idle_connections();
                 Box::pin(serve(
                     listener,

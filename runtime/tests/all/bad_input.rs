@@ -476,6 +476,26 @@ fn check_config_finds_what_serve_would_meet_and_writes_nothing() {
     assert!(!data.exists(), "check-config created the data directory");
 }
 
+/// `s`, with a request in progress: its handler is reading the body it asked for with
+/// `100 Continue`, and the body does not come.
+fn with_a_body_on_its_way(mut s: std::net::TcpStream, token: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    s.write_all(
+        format!(
+            "POST /v1/jobs/issue HTTP/1.1\r\nHost: certconn\r\nAuthorization: Bearer \
+             {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\
+             Expect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"{").unwrap();
+    s
+}
+
 /// At `api.max_connections`, with every connection busy (a request's body on its way), the
 /// API listener takes no further connection until one closes: a third client's request waits
 /// (in the kernel's queue, not refused) and is answered as soon as one of the two leaves. The
@@ -491,26 +511,12 @@ fn a_listener_whose_connections_are_all_busy_serves_the_next_client_when_one_lea
         )
     });
     let token = data_token(dir.path(), "api-token");
-    // Two requests in progress: each handler is reading its body (it asked for it with
-    // `100 Continue`), and the body does not come.
+    // Two requests in progress.
     let mut busy: Vec<_> = (0..2)
         .map(|_| {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+            let s = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            s.write_all(
-                format!(
-                    "POST /v1/jobs/issue HTTP/1.1\r\nHost: certconn\r\nAuthorization: Bearer \
-                     {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\
-                     Expect: 100-continue\r\n\r\n"
-                )
-                .as_bytes(),
-            )
-            .unwrap();
-            let mut interim = [0u8; 25];
-            s.read_exact(&mut interim).unwrap();
-            assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
-            s.write_all(b"{").unwrap();
-            s
+            with_a_body_on_its_way(s, &token)
         })
         .collect();
     let mut third = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
@@ -545,6 +551,97 @@ fn a_listener_whose_connections_are_all_busy_serves_the_next_client_when_one_lea
         "certconn_api_connection_limit_reached_total{listener=\"api\"}",
     );
     assert!(reached >= 1.0, "{reached}");
+}
+
+/// With `api.max_connections_per_address`, one address whose connections are all busy (a
+/// request's body on its way in each) cannot take the listener from everyone else: its next
+/// connection is closed unanswered, a client from another address is served at once, and once
+/// one of its own closes it is served again. The daemon says so in its log (event 5607) and
+/// its metrics.
+#[test]
+fn an_address_holding_its_share_of_the_connections_does_not_keep_others_out() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_in(dir.path(), |data| {
+        with_api_settings(
+            &config_text(data, &plugins(), ""),
+            "max_connections = 8\nmax_connections_per_address = 2\nbody_timeout_seconds = 600",
+        )
+    });
+    let token = data_token(dir.path(), "api-token");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let connect_from = |ip: &str| -> std::net::TcpStream {
+        runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+            let stream = socket
+                .connect(([127, 0, 0, 1], daemon.port).into())
+                .await
+                .unwrap();
+            let stream = stream.into_std().unwrap();
+            stream.set_nonblocking(false).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            stream
+        })
+    };
+    let health = |s: &mut std::net::TcpStream| -> std::io::Result<[u8; 15]> {
+        s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: certconn\r\n\r\n")?;
+        let mut head = [0u8; 15];
+        s.read_exact(&mut head)?;
+        Ok(head)
+    };
+    let mut busy: Vec<_> = (0..2)
+        .map(|_| with_a_body_on_its_way(connect_from("127.0.0.1"), &token))
+        .collect();
+    let refused = health(&mut connect_from("127.0.0.1"));
+    assert!(
+        refused.is_err(),
+        "a third connection from an address holding two was answered: {refused:?}"
+    );
+    assert_eq!(
+        &health(&mut connect_from("127.0.0.2")).expect("another address was not served"),
+        b"HTTP/1.1 200 OK"
+    );
+    wait_for_event(&daemon, 5607, Duration::from_secs(30));
+    drop(busy.remove(0));
+    // The daemon counts the closed connection out when it sees it close; until then the
+    // address still holds two, so ask until it is let in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let served = loop {
+        match health(&mut connect_from("127.0.0.1")) {
+            Ok(head) => break head,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("the address was not let in again once a connection closed: {e}"),
+        }
+    };
+    assert_eq!(&served, b"HTTP/1.1 200 OK");
+    // Read from the other address: this one's closed connections may not be counted out yet.
+    let mut scrape = connect_from("127.0.0.2");
+    scrape
+        .write_all(
+            format!(
+                "GET /metrics HTTP/1.1\r\nHost: certconn\r\nAuthorization: Bearer {}\r\n\
+                 Connection: close\r\n\r\n",
+                data_token(dir.path(), "api-read-token")
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut metrics = String::new();
+    scrape.read_to_string(&mut metrics).unwrap();
+    drop(busy);
+    let counted = metric(
+        &metrics,
+        "certconn_api_connections_refused_per_address_total{listener=\"api\"}",
+    );
+    assert!(counted >= 1.0, "{counted}");
 }
 
 /// At `api.max_connections`, connections idle between requests do not keep a new client

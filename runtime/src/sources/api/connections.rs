@@ -32,6 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::idle::IdleConnections;
+use super::per_address::{describe_client, AddressSlot, PerAddress};
 
 pub use crate::metrics::ListenerKind;
 
@@ -103,7 +104,8 @@ pub fn listener_connections(max_connections: usize, plain: bool) -> Vec<Listener
         .collect()
 }
 
-/// A TCP listener that holds at most `max` connections at once.
+/// A TCP listener that holds at most `max` connections at once, and at most
+/// `api.max_connections_per_address` of them from one client address (`per_address`).
 pub struct LimitedListener {
     tcp: TcpListener,
     kind: ListenerKind,
@@ -111,10 +113,12 @@ pub struct LimitedListener {
     permits: Arc<Semaphore>,
     /// Its connections between requests, one of which it closes at the limit.
     idle: Arc<IdleConnections>,
+    per_address: Arc<PerAddress>,
     /// Under a flood the listener is at its limit at nearly every accept, and out of file
     /// descriptors at every try: once a minute is enough to say either.
     at_limit: OnceAMinute,
     failing: OnceAMinute,
+    refused: OnceAMinute,
 }
 
 /// Whether a warning is due: the first time, then once a minute at most.
@@ -132,15 +136,19 @@ impl OnceAMinute {
 }
 
 impl LimitedListener {
-    pub fn new(tcp: TcpListener, kind: ListenerKind, max: usize) -> Self {
+    /// A listener of at most `max` connections, `max_per_address` of them (0: any number)
+    /// from one client address.
+    pub fn new(tcp: TcpListener, kind: ListenerKind, max: usize, max_per_address: usize) -> Self {
         Self {
             tcp,
             kind,
             max,
             permits: Arc::new(Semaphore::new(max)),
             idle: IdleConnections::new(),
+            per_address: PerAddress::new(max_per_address),
             at_limit: OnceAMinute::default(),
             failing: OnceAMinute::default(),
+            refused: OnceAMinute::default(),
         }
     }
 
@@ -157,13 +165,25 @@ impl LimitedListener {
     /// The next connection, once the listener holds fewer than its limit. At the limit it
     /// waits for a slot, and when a client comes meanwhile, takes it (one, the only connection
     /// it holds beyond the limit) and closes the oldest connection idle between requests for
-    /// it. Failures to accept (out of file descriptors and the like) are waited out, as
-    /// `axum::serve` does, rather than spun on.
+    /// it. A connection from an address that holds its own limit already is closed as it is
+    /// taken, and makes no room. Failures to accept (out of file descriptors and the like) are
+    /// waited out, as `axum::serve` does, rather than spun on.
     pub async fn accept(&mut self) -> (Counted<TcpStream>, SocketAddr) {
+        loop {
+            if let Some(accepted) = self.accept_within_limits().await {
+                return accepted;
+            }
+        }
+    }
+
+    /// [`Self::accept`]'s one try: `None` when the connection taken was refused for its
+    /// address.
+    async fn accept_within_limits(&mut self) -> Option<(Counted<TcpStream>, SocketAddr)> {
         let permits = self.permits.clone();
         if let Ok(permit) = permits.clone().try_acquire_owned() {
             let (io, addr) = self.take().await;
-            return (Counted::new(io, permit, self.kind), addr);
+            let slot = self.admit(addr)?;
+            return Some((Counted::new(io, permit, slot, self.kind), addr));
         }
         let metrics = crate::metrics::global();
         metrics.api_connection_limit_reached(self.kind);
@@ -183,10 +203,12 @@ impl LimitedListener {
             biased;
             permit = slot(&permits) => {
                 let (io, addr) = self.take().await;
-                return (Counted::new(io, permit, self.kind), addr);
+                let slot = self.admit(addr)?;
+                return Some((Counted::new(io, permit, slot, self.kind), addr));
             }
             waiting = self.take() => waiting,
         };
+        let address_slot = self.admit(addr)?;
         // A client waits and every slot is taken: make room. A connection idle for less than
         // `IDLE_BEFORE_CLOSING` may be a client whose first request is on its way; if none has
         // been idle that long, look again then. One closed frees its slot at once, or after
@@ -207,7 +229,27 @@ impl LimitedListener {
                 _ = tokio::time::sleep(wait) => {}
             }
         };
-        (Counted::new(io, permit, self.kind), addr)
+        Some((Counted::new(io, permit, address_slot, self.kind), addr))
+    }
+
+    /// A slot for a connection from `addr`, or `None` (and the connection is to be closed)
+    /// when its address holds `api.max_connections_per_address` already.
+    fn admit(&mut self, addr: SocketAddr) -> Option<AddressSlot> {
+        let slot = self.per_address.enter(addr.ip());
+        if slot.is_none() {
+            crate::metrics::global().api_connection_refused_per_address(self.kind);
+            if self.refused.due() {
+                tracing::warn!(
+                    event_id = 5607,
+                    "the {} listener closed a connection from {}, which holds \
+                     api.max_connections_per_address connections already (said once a minute; \
+                     certconn_api_connections_refused_per_address_total counts each time)",
+                    self.kind.as_str(),
+                    describe_client(addr.ip())
+                );
+            }
+        }
+        slot
     }
 
     /// The next connection from the kernel's queue.
@@ -252,21 +294,23 @@ impl axum::serve::Listener for LimitedListener {
     }
 }
 
-/// A connection that holds its listener's permit (and counts in `certconn_api_connections`)
-/// until it is dropped.
+/// A connection that holds its listener's permit and its place in its address's count (and
+/// counts in `certconn_api_connections`) until it is dropped.
 pub struct Counted<T> {
     io: T,
     kind: ListenerKind,
     _permit: OwnedSemaphorePermit,
+    _address: AddressSlot,
 }
 
 impl<T> Counted<T> {
-    fn new(io: T, permit: OwnedSemaphorePermit, kind: ListenerKind) -> Self {
+    fn new(io: T, permit: OwnedSemaphorePermit, address: AddressSlot, kind: ListenerKind) -> Self {
         crate::metrics::global().api_connection_opened(kind);
         Self {
             io,
             kind,
             _permit: permit,
+            _address: address,
         }
     }
 }
@@ -427,7 +471,7 @@ mod tests {
     async fn a_listener_at_its_limit_takes_the_next_connection_only_when_one_closes() {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
-        let mut listener = LimitedListener::new(tcp, ListenerKind::Plain, 2);
+        let mut listener = LimitedListener::new(tcp, ListenerKind::Plain, 2, 0);
         let permits = listener.permits.clone();
         let mut clients = Vec::new();
         let mut held = Vec::new();
@@ -464,5 +508,100 @@ mod tests {
         drop(taken);
         drop(held);
         assert_eq!(permits.available_permits(), 2);
+    }
+
+    /// A connection from `ip` to `addr`.
+    async fn connect_from(ip: &str, addr: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    /// Whether the listener closed `client` without a word.
+    async fn closed(client: &mut TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_secs(10), client.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(_)) | Err(_) => false,
+        }
+    }
+
+    /// An address at `api.max_connections_per_address` has its next connection closed as it
+    /// is taken, while another address's is served; once one of its own closes, it may
+    /// connect again.
+    #[tokio::test]
+    async fn an_address_holding_its_share_has_its_next_connection_closed() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = LimitedListener::new(tcp, ListenerKind::Api, 8, 2);
+        let metrics = crate::metrics::global();
+        let refused = metrics.api_connections_refused_per_address_total(ListenerKind::Api);
+        let mut clients = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            clients.push(connect_from("127.0.0.1", addr).await);
+            held.push(listener.accept().await.0);
+        }
+        // Both are in the kernel's queue before the listener looks: it takes the first,
+        // closes it, and takes the second.
+        let mut third = connect_from("127.0.0.1", addr).await;
+        let mut other = connect_from("127.0.0.2", addr).await;
+        let (mut taken, from) = listener.accept().await;
+        assert_eq!(from.ip().to_string(), "127.0.0.2");
+        assert!(
+            closed(&mut third).await,
+            "a third connection from one address at 2"
+        );
+        assert_eq!(
+            metrics.api_connections_refused_per_address_total(ListenerKind::Api),
+            refused + 1
+        );
+        other.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        taken.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        drop(held.remove(0));
+        let _again = connect_from("127.0.0.1", addr).await;
+        let (_, from) = listener.accept().await;
+        assert_eq!(from.ip().to_string(), "127.0.0.1");
+        assert_eq!(
+            metrics.api_connections_refused_per_address_total(ListenerKind::Api),
+            refused + 1
+        );
+    }
+
+    /// At `api.max_connections`, a client whose address holds its share already is closed,
+    /// not let in by closing someone else's idle connection.
+    #[tokio::test]
+    async fn at_the_listener_limit_an_address_over_its_share_is_closed_and_makes_no_room() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = LimitedListener::new(tcp, ListenerKind::Plain, 2, 1);
+        let idle = listener.idle_connections();
+        let mut clients = Vec::new();
+        let mut held = Vec::new();
+        for ip in ["127.0.0.1", "127.0.0.2"] {
+            clients.push(connect_from(ip, addr).await);
+            let (io, _) = listener.accept().await;
+            // Served, and now idle between requests.
+            let registered = idle.register();
+            held.push((io, registered));
+        }
+        // Old enough to be closed for a newcomer (the registry's clock is the real one).
+        tokio::time::sleep(IDLE_BEFORE_CLOSING + Duration::from_millis(100)).await;
+        let closed_before =
+            crate::metrics::global().api_idle_connections_closed_total(ListenerKind::Plain);
+        let mut third = connect_from("127.0.0.1", addr).await;
+        let accept = listener.accept();
+        tokio::pin!(accept);
+        tokio::select! {
+            _ = accept.as_mut() => panic!("a connection over its address's share was taken"),
+            was_closed = closed(&mut third) => assert!(was_closed, "the third connection stayed open"),
+        }
+        assert_eq!(
+            crate::metrics::global().api_idle_connections_closed_total(ListenerKind::Plain),
+            closed_before,
+            "an idle connection was closed for a client that was then refused"
+        );
     }
 }

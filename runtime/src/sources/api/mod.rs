@@ -24,6 +24,7 @@ pub mod fleet;
 pub mod idle;
 pub mod job_counts;
 mod metrics;
+pub mod per_address;
 pub mod serve;
 pub mod server;
 pub mod status;
@@ -95,6 +96,16 @@ pub struct ApiConfig {
         deserialize_with = "crate::config::in_range::<_, usize, 1, 1_000_000>"
     )]
     pub max_connections: usize,
+    /// How many of a listener's connections one client address may hold (an IPv6 client: its
+    /// /64); 0, the default, is no limit. A connection beyond it is closed as it is accepted.
+    /// Without it one client whose requests are all in progress (slow bodies, each within its
+    /// deadline) can hold every slot of `max_connections`. Leave it off behind a reverse proxy
+    /// or NAT, where every client has the same address.
+    #[serde(
+        default,
+        deserialize_with = "crate::config::in_range::<_, usize, 0, 1_000_000>"
+    )]
+    pub max_connections_per_address: usize,
     /// TLS for the API (and everything served on its listener).
     pub tls: Option<tls::ApiTlsConfig>,
     /// Serve the API in plain HTTP on an address other than loopback. The bearer token then
@@ -119,6 +130,7 @@ impl Default for ApiConfig {
             body_timeout_seconds: default_body_timeout(),
             send_timeout_seconds: default_send_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_address: 0,
             tls: None,
             allow_plain_http: false,
             plain_listen: None,

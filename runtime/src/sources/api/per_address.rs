@@ -86,7 +86,7 @@ impl Drop for AddressSlot {
 }
 
 /// What a connection from `ip` is counted under: the IPv4 address, or the IPv6 /64.
-pub fn client_of(ip: IpAddr) -> IpAddr {
+fn client_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
